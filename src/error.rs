@@ -1,0 +1,488 @@
+//! One error type for the whole crate.
+//!
+//! Every variant carries what a caller needs to act on it: the operation, the errno where the kernel
+//! gave one, the file where there is one, and (in `Display`) how to fix what a user can fix.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// Result alias used throughout ringshard.
+pub type Result<T, E = IoUringError> = std::result::Result<T, E>;
+
+/// Alias: the crate's one error enum under a shorter name.
+pub type Error = IoUringError;
+
+/// Everything that can go wrong in ringshard.
+///
+/// Match on the variant to react; use [`is_transient`](Self::is_transient) to decide whether a
+/// retry can succeed and [`is_fatal`](Self::is_fatal) to decide whether the ring, pool or executor
+/// that returned it is still usable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum IoUringError {
+    /// Creating an io_uring instance failed (`io_uring_setup`).
+    RingSetup {
+        /// Ring entries asked for.
+        entries: u32,
+        /// Setup flags asked for, as text (e.g. `"SINGLE_ISSUER|DEFER_TASKRUN"`).
+        flags: String,
+        /// The errno from the kernel.
+        errno: i32,
+    },
+    /// Registering buffers or files with a ring failed (`io_uring_register`).
+    Registration {
+        /// What was being registered (`"buffers"`, `"files"`, ...).
+        what: &'static str,
+        /// Bytes the registration would pin (0 where not applicable).
+        bytes: usize,
+        /// The errno from the kernel.
+        errno: i32,
+        /// RLIMIT_MEMLOCK soft limit at the time, in bytes (`None` = unlimited or unknown).
+        memlock_limit: Option<u64>,
+    },
+    /// Allocating or placing memory failed (`mmap`, `mbind`).
+    Memory {
+        /// The call that failed.
+        op: &'static str,
+        /// Bytes asked for.
+        bytes: usize,
+        /// The errno.
+        errno: i32,
+    },
+    /// The submission queue had no free entry. Submit what is queued, reap completions, retry.
+    SubmissionQueueFull,
+    /// Every buffer of the pool is acquired or in flight. Release one, or make the pool larger.
+    PoolExhausted {
+        /// Buffers in the pool.
+        total: usize,
+    },
+    /// A buffer index outside the pool.
+    InvalidIndex {
+        /// The index given.
+        index: u16,
+        /// Buffers in the pool.
+        total: usize,
+    },
+    /// A buffer index that is in the wrong state for the call (e.g. releasing a buffer the kernel is
+    /// still using, or submitting one that was never acquired).
+    BufferState {
+        /// The index given.
+        index: u16,
+        /// What was attempted.
+        op: &'static str,
+        /// The state the buffer is in (`"free"`, `"in flight"`, ...).
+        state: &'static str,
+    },
+    /// A request larger than one buffer.
+    BufferTooSmall {
+        /// Bytes asked for.
+        requested: usize,
+        /// Bytes a buffer holds.
+        buffer_size: usize,
+    },
+    /// A configuration value out of range; the text says which and what is allowed.
+    InvalidConfig(String),
+    /// An argument out of range or malformed for an operation (offset overflow, NUL in a path, ...).
+    InvalidArgument {
+        /// The operation.
+        op: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An I/O operation completed with an error.
+    Io {
+        /// The operation (`"read"`, `"write"`, `"open"`, `"fsync"`, ...).
+        op: &'static str,
+        /// The file, where known.
+        path: Option<PathBuf>,
+        /// The file offset, where the operation has one.
+        offset: Option<u64>,
+        /// The errno.
+        errno: i32,
+    },
+    /// A pool was used with a ring other than the one its buffers are registered with.
+    WrongRing,
+    /// The file handle is closed, or belongs to another executor.
+    BadHandle(String),
+    /// The executor is shutting down or has shut down; no new work is accepted.
+    Shutdown,
+    /// A shard thread died (panicked); its pending operations fail with this error.
+    ShardFailed {
+        /// The shard's index.
+        shard: usize,
+        /// What is known of the failure.
+        reason: String,
+    },
+    /// Waiting for a completion timed out; the operation itself is still running.
+    Timeout,
+    /// Reading the machine's topology failed.
+    Topology(String),
+}
+
+impl IoUringError {
+    /// The errno behind this error, where the kernel gave one.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Self::RingSetup { errno, .. }
+            | Self::Registration { errno, .. }
+            | Self::Memory { errno, .. }
+            | Self::Io { errno, .. } => Some(*errno),
+            _ => None,
+        }
+    }
+
+    /// A retry of the same call, later, can succeed without the caller changing anything
+    /// (queue or pool momentarily full, interrupted or would-block I/O, a wait that timed out).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::SubmissionQueueFull | Self::PoolExhausted { .. } | Self::Timeout => true,
+            Self::Io { errno, .. } => {
+                matches!(*errno, libc::EAGAIN | libc::EINTR | libc::EBUSY | libc::ENOBUFS)
+            }
+            _ => false,
+        }
+    }
+
+    /// The object that returned this error cannot be used any more (its ring could not be made or
+    /// its executor is gone): recreate it rather than retry.
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            Self::RingSetup { .. }
+                | Self::Registration { .. }
+                | Self::Memory { .. }
+                | Self::Shutdown
+                | Self::ShardFailed { .. }
+                | Self::Topology(_)
+        )
+    }
+
+    /// Builds an [`Io`](Self::Io) error from a negative CQE result or an errno.
+    pub(crate) fn io(op: &'static str, path: Option<PathBuf>, offset: Option<u64>, errno: i32) -> Self {
+        Self::Io {
+            op,
+            path,
+            offset,
+            errno: errno.abs(),
+        }
+    }
+
+    /// Builds an [`InvalidArgument`](Self::InvalidArgument) error.
+    pub(crate) fn invalid(op: &'static str, reason: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            op,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// `strerror`-style text for an errno, e.g. `"ENOMEM (Cannot allocate memory)"`.
+pub fn errno_text(errno: i32) -> String {
+    let desc = std::io::Error::from_raw_os_error(errno).to_string();
+    // std's text ends in " (os error N)"; keep only the description.
+    let desc = desc.split(" (os error").next().unwrap_or(&desc).to_string();
+    match errno_name(errno) {
+        Some(name) => format!("{name} ({desc})"),
+        None => format!("errno {errno} ({desc})"),
+    }
+}
+
+fn errno_name(errno: i32) -> Option<&'static str> {
+    Some(match errno {
+        libc::EPERM => "EPERM",
+        libc::ENOENT => "ENOENT",
+        libc::EINTR => "EINTR",
+        libc::EIO => "EIO",
+        libc::EBADF => "EBADF",
+        libc::EAGAIN => "EAGAIN",
+        libc::ENOMEM => "ENOMEM",
+        libc::EACCES => "EACCES",
+        libc::EFAULT => "EFAULT",
+        libc::EBUSY => "EBUSY",
+        libc::EEXIST => "EEXIST",
+        libc::ENODEV => "ENODEV",
+        libc::EISDIR => "EISDIR",
+        libc::EINVAL => "EINVAL",
+        libc::EMFILE => "EMFILE",
+        libc::EFBIG => "EFBIG",
+        libc::ENOSPC => "ENOSPC",
+        libc::EROFS => "EROFS",
+        libc::ENOSYS => "ENOSYS",
+        libc::EOPNOTSUPP => "EOPNOTSUPP",
+        libc::ECANCELED => "ECANCELED",
+        libc::ENOBUFS => "ENOBUFS",
+        libc::EOVERFLOW => "EOVERFLOW",
+        libc::ENAMETOOLONG => "ENAMETOOLONG",
+        libc::ENOTDIR => "ENOTDIR",
+        _ => return None,
+    })
+}
+
+fn fmt_limit(limit: Option<u64>) -> String {
+    match limit {
+        None => "unlimited".to_string(),
+        Some(l) => format!("{l} bytes ({} KiB)", l / 1024),
+    }
+}
+
+impl fmt::Display for IoUringError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::RingSetup { entries, flags, errno } => {
+                write!(
+                    f,
+                    "io_uring_setup({entries} entries, flags {flags}) failed: {}",
+                    errno_text(*errno)
+                )?;
+                match *errno {
+                    libc::EPERM => write!(
+                        f,
+                        "; io_uring is blocked: either the sysctl kernel.io_uring_disabled is set \
+                         (currently {}; 0 allows everyone, 1 only the group in \
+                         kernel.io_uring_group) or a seccomp filter denies it (Docker's default \
+                         profile does: run with --security-opt seccomp=unconfined or a profile \
+                         that allows io_uring_setup/enter/register)",
+                        io_uring_disabled_sysctl()
+                    ),
+                    libc::ENOSYS => write!(
+                        f,
+                        "; this kernel has no io_uring (built without CONFIG_IO_URING, or a \
+                         sandbox such as gVisor or a seccomp filter hides it); ringshard needs \
+                         Linux 5.19 or later with io_uring enabled"
+                    ),
+                    libc::EINVAL => write!(
+                        f,
+                        "; the kernel rejected the setup flags (older kernels lack \
+                         SINGLE_ISSUER/DEFER_TASKRUN, and SQPOLL cannot be combined with \
+                         COOP_TASKRUN or DEFER_TASKRUN): choose fewer flags"
+                    ),
+                    libc::ENOMEM => write!(
+                        f,
+                        "; the ring's memory could not be allocated or locked: use fewer entries, \
+                         or raise RLIMIT_MEMLOCK (ulimit -l)"
+                    ),
+                    _ => Ok(()),
+                }
+            }
+            Self::Registration {
+                what,
+                bytes,
+                errno,
+                memlock_limit,
+            } => {
+                write!(f, "io_uring_register({what}")?;
+                if *bytes > 0 {
+                    write!(f, ", {bytes} bytes")?;
+                }
+                write!(f, ") failed: {}", errno_text(*errno))?;
+                match *errno {
+                    libc::ENOMEM => write!(
+                        f,
+                        "; registered buffers are pinned and count against RLIMIT_MEMLOCK \
+                         (current limit {}, asked for {bytes} bytes): raise the limit \
+                         (`ulimit -l unlimited`, or memlock in /etc/security/limits.conf, or \
+                         LimitMEMLOCK= in a systemd unit), use a smaller pool (fewer or smaller \
+                         buffers), or give the process CAP_IPC_LOCK",
+                        fmt_limit(*memlock_limit)
+                    ),
+                    libc::EBUSY => write!(
+                        f,
+                        "; this ring already has {what} registered: use one pool per ring, or \
+                         unregister the old one first"
+                    ),
+                    libc::EEXIST => write!(
+                        f,
+                        "; the ring was created with SINGLE_ISSUER by another thread: register \
+                         from the thread that created the ring"
+                    ),
+                    _ => Ok(()),
+                }
+            }
+            Self::Memory { op, bytes, errno } => {
+                write!(f, "{op} of {bytes} bytes failed: {}", errno_text(*errno))
+            }
+            Self::SubmissionQueueFull => write!(
+                f,
+                "submission queue full: submit the queued entries (ring.submit()), reap \
+                 completions, then retry; or create the ring with more entries"
+            ),
+            Self::PoolExhausted { total } => write!(
+                f,
+                "buffer pool exhausted: all {total} buffers are acquired or in flight; release \
+                 buffers whose I/O has completed, or create a larger pool"
+            ),
+            Self::InvalidIndex { index, total } => write!(
+                f,
+                "invalid buffer index {index}: the pool has {total} buffers (0..{total})"
+            ),
+            Self::BufferState { index, op, state } => {
+                write!(f, "cannot {op} buffer {index}: it is {state}")?;
+                if *state == "in flight" {
+                    write!(
+                        f,
+                        "; wait for its completion and call complete_in_flight first, because the \
+                         kernel may still write into it"
+                    )?;
+                }
+                Ok(())
+            }
+            Self::BufferTooSmall {
+                requested,
+                buffer_size,
+            } => write!(
+                f,
+                "request of {requested} bytes does not fit a {buffer_size}-byte buffer: split it, \
+                 or create the pool with larger buffers"
+            ),
+            Self::InvalidConfig(reason) => write!(f, "invalid configuration: {reason}"),
+            Self::InvalidArgument { op, reason } => write!(f, "{op}: invalid argument: {reason}"),
+            Self::Io {
+                op,
+                path,
+                offset,
+                errno,
+            } => {
+                write!(f, "{op}")?;
+                if let Some(p) = path {
+                    write!(f, " {}", p.display())?;
+                }
+                if let Some(o) = offset {
+                    write!(f, " at offset {o}")?;
+                }
+                write!(f, " failed: {}", errno_text(*errno))?;
+                match *errno {
+                    libc::EINVAL if *op == "open" => write!(
+                        f,
+                        "; if O_DIRECT was asked for, this filesystem may not support it (tmpfs \
+                         does not): open without direct"
+                    ),
+                    libc::EINVAL if *op == "read" || *op == "write" => write!(
+                        f,
+                        "; with O_DIRECT, offset and length must be multiples of the device's \
+                         logical block size (use 4096)"
+                    ),
+                    libc::EBADF if *op == "write" => {
+                        write!(f, "; the file may be open read-only: open it with write access")
+                    }
+                    libc::ENOSPC => write!(f, "; the filesystem is full"),
+                    libc::EMFILE => write!(
+                        f,
+                        "; too many open files: close files or raise RLIMIT_NOFILE (ulimit -n)"
+                    ),
+                    _ => Ok(()),
+                }
+            }
+            Self::WrongRing => write!(
+                f,
+                "this buffer pool is registered with another ring: submit through the ring the \
+                 pool was created with"
+            ),
+            Self::BadHandle(why) => write!(f, "bad file handle: {why}"),
+            Self::Shutdown => write!(f, "the executor is shut down; no new work is accepted"),
+            Self::ShardFailed { shard, reason } => write!(f, "shard {shard} failed: {reason}"),
+            Self::Timeout => write!(
+                f,
+                "timed out waiting for a completion; the operation is still running"
+            ),
+            Self::Topology(reason) => write!(f, "reading the CPU/NUMA topology failed: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for IoUringError {}
+
+impl From<IoUringError> for std::io::Error {
+    fn from(e: IoUringError) -> Self {
+        let kind_errno = e.errno();
+        let msg = e.to_string();
+        match kind_errno {
+            Some(errno) => std::io::Error::new(std::io::Error::from_raw_os_error(errno).kind(), msg),
+            None => std::io::Error::other(msg),
+        }
+    }
+}
+
+/// Current value of `kernel.io_uring_disabled`, or `"unknown"` where the sysctl does not exist.
+fn io_uring_disabled_sysctl() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".to_string())
+}
+
+/// The soft RLIMIT_MEMLOCK in bytes, `None` when unlimited or unknown.
+pub(crate) fn memlock_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only into the struct we pass, which lives for the call.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) };
+    if rc != 0 || lim.rlim_cur == libc::RLIM_INFINITY {
+        None
+    } else {
+        Some(lim.rlim_cur)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memlock_message_names_limit_bytes_and_fixes() {
+        let e = IoUringError::Registration {
+            what: "buffers",
+            bytes: 16 << 20,
+            errno: libc::ENOMEM,
+            memlock_limit: Some(8 << 20),
+        };
+        let s = e.to_string();
+        assert!(s.contains("ENOMEM"), "{s}");
+        assert!(s.contains("RLIMIT_MEMLOCK"), "{s}");
+        assert!(s.contains("16777216"), "{s}");
+        assert!(s.contains("8388608"), "{s}");
+        assert!(s.contains("ulimit -l"), "{s}");
+        assert!(s.contains("CAP_IPC_LOCK"), "{s}");
+        assert!(e.is_fatal());
+        assert!(!e.is_transient());
+        assert_eq!(e.errno(), Some(libc::ENOMEM));
+    }
+
+    #[test]
+    fn setup_eperm_explains_sysctl_and_seccomp() {
+        let e = IoUringError::RingSetup {
+            entries: 64,
+            flags: "none".into(),
+            errno: libc::EPERM,
+        };
+        let s = e.to_string();
+        assert!(s.contains("io_uring_disabled"), "{s}");
+        assert!(s.contains("seccomp"), "{s}");
+    }
+
+    #[test]
+    fn io_error_carries_op_path_offset_errno() {
+        let e = IoUringError::io("read", Some("/x/y".into()), Some(4096), -libc::EIO);
+        assert_eq!(e.errno(), Some(libc::EIO));
+        let s = e.to_string();
+        assert!(s.contains("read /x/y at offset 4096 failed: EIO"), "{s}");
+        let io: std::io::Error = e.into();
+        assert!(io.to_string().contains("EIO"));
+    }
+
+    #[test]
+    fn transient_and_fatal_classification() {
+        assert!(IoUringError::SubmissionQueueFull.is_transient());
+        assert!(IoUringError::PoolExhausted { total: 1 }.is_transient());
+        assert!(IoUringError::io("read", None, None, libc::EAGAIN).is_transient());
+        assert!(!IoUringError::io("read", None, None, libc::EIO).is_transient());
+        assert!(IoUringError::Shutdown.is_fatal());
+        assert!(!IoUringError::InvalidIndex { index: 3, total: 2 }.is_fatal());
+    }
+
+    #[test]
+    fn errno_text_has_name_and_description() {
+        assert!(errno_text(libc::ENOSPC).starts_with("ENOSPC ("));
+        assert!(errno_text(9999).starts_with("errno 9999"));
+    }
+}

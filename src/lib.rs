@@ -1,0 +1,35 @@
+//! # ringshard
+//!
+//! A thread-per-core, sharded file I/O executor on Linux io_uring.
+//!
+//! The foundation is [`RegisteredBufferPool`]: buffers registered with a ring once, acquired and
+//! released by index, and submitted with `READ_FIXED` / `WRITE_FIXED`.
+//!
+//! ```
+//! use io_uring::IoUring;
+//! use ringshard::RegisteredBufferPool;
+//! use std::os::fd::AsRawFd;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut ring = IoUring::new(32)?;
+//! let mut pool = RegisteredBufferPool::new(&mut ring, 64 * 1024, 16)?;
+//! let file = tempfile::tempfile()?;
+//!
+//! let (idx, buf) = pool.acquire()?;
+//! buf[..5].copy_from_slice(b"hello");
+//! pool.submit_write_fixed(&mut ring, file.as_raw_fd(), idx, 0, 5)?;
+//! ring.submit_and_wait(1)?;
+//! let cqe = ring.completion().next().expect("a completion");
+//! assert_eq!(pool.complete_cqe(&cqe), Some((idx, 5)));
+//! pool.release(idx);
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod error;
+pub mod numa;
+pub mod pool;
+
+pub use error::{Error, IoUringError, Result};
+pub use pool::{BufferPoolStats, RegisteredBufferPool};

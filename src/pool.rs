@@ -1,0 +1,938 @@
+//! `RegisteredBufferPool`: buffers registered with a ring once, acquired and released by index,
+//! and used with `READ_FIXED` / `WRITE_FIXED`.
+//!
+//! The pool is one page-aligned slab; buffer `i` starts at `i * stride`, where the stride is the
+//! buffer size rounded up to a whole page, so every buffer is aligned for O_DIRECT.
+//!
+//! A buffer is in one of three states: free (in the free list), acquired (held by the caller) or
+//! acquired with I/O in flight (the kernel may read or write it). A buffer in flight never goes back
+//! to the free list, and its memory is never unmapped while the pool can tell it is in flight.
+
+use crate::error::{memlock_limit, IoUringError, Result};
+use crate::numa::{page_size, Slab};
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use serde::Serialize;
+use std::fmt;
+use std::os::fd::{AsRawFd, RawFd};
+
+/// The kernel's limit on registered buffers per ring.
+pub const MAX_BUFFERS: usize = 16_384;
+/// The kernel's limit on the size of one registered buffer (1 GiB).
+pub const MAX_BUFFER_SIZE: usize = 1 << 30;
+
+/// `user_data` values made by the pool carry this tag bit, so they never collide with `user_data`
+/// the caller chooses for other operations on the same ring (as long as it keeps that bit clear).
+pub const POOL_USER_DATA_TAG: u64 = 1 << 63;
+const SEQ_SHIFT: u32 = 16;
+const SEQ_MASK: u64 = (1 << 47) - 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Free,
+    /// Held by a caller; `in_flight` operations use it in the kernel right now.
+    Acquired { in_flight: u32 },
+}
+
+/// The direction of a fixed-buffer operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Direction {
+    Read,
+    Write,
+}
+
+/// Statistics of one buffer pool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct BufferPoolStats {
+    /// Buffers in the pool.
+    pub total_count: usize,
+    /// Buffers in the free list.
+    pub available_count: usize,
+    /// Buffers held by callers (including those in flight).
+    pub acquired_count: usize,
+    /// Buffers with at least one operation in flight.
+    pub in_flight_count: usize,
+    /// Usable bytes per buffer.
+    pub buffer_size: usize,
+    /// `total_count * buffer_size`.
+    pub total_bytes: usize,
+    /// Successful acquisitions since creation.
+    pub acquisitions: u64,
+    /// Acquisitions that found the pool empty.
+    pub exhaustions: u64,
+    /// `release` calls refused because the buffer was in flight.
+    pub misuse_release_in_flight: u64,
+    /// `release`/`mark_in_flight`/`complete_in_flight` calls with an index outside the pool.
+    pub misuse_invalid_index: u64,
+    /// Other calls refused for the buffer's state (double release, completing what is not in flight).
+    pub misuse_bad_state: u64,
+    /// The NUMA node the slab is bound to, if one was asked for.
+    pub numa_node: Option<u32>,
+}
+
+impl BufferPoolStats {
+    /// All misuse events counted.
+    pub fn misuse_total(&self) -> u64 {
+        self.misuse_release_in_flight + self.misuse_invalid_index + self.misuse_bad_state
+    }
+}
+
+impl fmt::Display for BufferPoolStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "BufferPool({} available/{} total, {} in flight, {} KiB each, {} KiB total, {} acquisitions, {} exhaustions, {} misuse",
+            self.available_count,
+            self.total_count,
+            self.in_flight_count,
+            self.buffer_size / 1024,
+            self.total_bytes / 1024,
+            self.acquisitions,
+            self.exhaustions,
+            self.misuse_total()
+        )?;
+        if let Some(n) = self.numa_node {
+            write!(f, ", node {n}")?;
+        }
+        write!(f, ")")
+    }
+}
+
+/// A pool of equal-size buffers registered with one io_uring ring.
+///
+/// ```
+/// use io_uring::IoUring;
+/// use ringshard::RegisteredBufferPool;
+/// use std::os::fd::AsRawFd;
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let mut ring = IoUring::new(32)?;
+/// let mut pool = RegisteredBufferPool::new(&mut ring, 64 * 1024, 16)?;
+/// let file = tempfile::tempfile()?;
+/// let fd = file.as_raw_fd();
+///
+/// // Write "hello" through a registered buffer.
+/// let (idx, buf) = pool.acquire()?;
+/// buf[..5].copy_from_slice(b"hello");
+/// let user_data = pool.submit_write_fixed(&mut ring, fd, idx, 0, 5)?;
+/// ring.submit_and_wait(1)?;
+/// let cqe = ring.completion().next().expect("one completion");
+/// assert_eq!(cqe.user_data(), user_data);
+/// assert_eq!(RegisteredBufferPool::buffer_index_of(cqe.user_data()), Some(idx));
+/// assert_eq!(cqe.result(), 5);
+/// pool.complete_in_flight(idx);
+/// pool.release(idx);
+///
+/// // Read it back.
+/// let (idx, _) = pool.acquire()?;
+/// pool.submit_read_fixed(&mut ring, fd, idx, 0, 5)?;
+/// ring.submit_and_wait(1)?;
+/// let cqe = ring.completion().next().expect("one completion");
+/// let (done, res) = pool.complete_cqe(&cqe).expect("a pool operation");
+/// assert_eq!((done, res), (idx, 5));
+/// assert_eq!(&pool.get(idx)?[..5], b"hello");
+/// pool.release(idx);
+/// # Ok(()) }
+/// ```
+///
+/// # Lifetime and drop
+///
+/// The registration belongs to the ring: it ends when the ring is dropped. Dropping the pool while
+/// no operation is in flight unmaps the slab (the kernel keeps the registered pages pinned, not
+/// mapped, until the ring goes, so nothing can write into memory that is reused). Dropping the pool
+/// while operations are in flight **leaks the slab** on purpose: the mapping stays until the process
+/// exits, so a late completion writes into memory nobody else owns. Wait for completions (and call
+/// [`complete_in_flight`](Self::complete_in_flight)) before dropping to avoid the leak.
+#[derive(Debug)]
+pub struct RegisteredBufferPool {
+    slab: Option<Slab>,
+    ring_fd: RawFd,
+    buffer_size: usize,
+    stride: usize,
+    total_count: usize,
+    states: Vec<State>,
+    free: Vec<u16>,
+    acquired_count: usize,
+    in_flight_count: usize,
+    next_seq: u64,
+    acquisitions: u64,
+    exhaustions: u64,
+    misuse_release_in_flight: u64,
+    misuse_invalid_index: u64,
+    misuse_bad_state: u64,
+}
+
+impl RegisteredBufferPool {
+    /// Allocates `buffer_count` buffers of `buffer_size` bytes in one page-aligned slab and
+    /// registers them with `ring`.
+    ///
+    /// Errors: `InvalidConfig` for a size or count of 0, a count over 16,384 or a size over 1 GiB;
+    /// `Registration` when the kernel refuses (ENOMEM: RLIMIT_MEMLOCK, with the fix in the message;
+    /// EBUSY: the ring already has buffers).
+    pub fn new(ring: &mut IoUring, buffer_size: usize, buffer_count: usize) -> Result<Self> {
+        Self::build(ring, buffer_size, buffer_count, None)
+    }
+
+    /// Like [`new`](Self::new), with the slab bound to NUMA node `node` and every page touched
+    /// before registration, so the buffers live on that node. Call it from a thread running on that
+    /// node for the best placement of everything else.
+    pub fn new_on_node(
+        ring: &mut IoUring,
+        buffer_size: usize,
+        buffer_count: usize,
+        node: u32,
+    ) -> Result<Self> {
+        Self::build(ring, buffer_size, buffer_count, Some(node))
+    }
+
+    fn build(
+        ring: &mut IoUring,
+        buffer_size: usize,
+        buffer_count: usize,
+        node: Option<u32>,
+    ) -> Result<Self> {
+        let (stride, slab_len) = Self::layout(buffer_size, buffer_count)?;
+        let slab = match node {
+            Some(n) => Slab::new_on_node(slab_len, n)?,
+            None => Slab::new(slab_len)?,
+        };
+        let iovecs: Vec<libc::iovec> = (0..buffer_count)
+            .map(|i| libc::iovec {
+                // SAFETY (pointer arithmetic): i * stride + buffer_size <= slab_len.
+                iov_base: unsafe { slab.as_ptr().add(i * stride) }.cast(),
+                iov_len: buffer_size,
+            })
+            .collect();
+        // SAFETY: every iovec points into `slab`, which the pool owns and keeps mapped for as long
+        // as any operation may use it (see Drop); the registration pins the pages.
+        let reg = unsafe { ring.submitter().register_buffers(&iovecs) };
+        if let Err(e) = reg {
+            return Err(IoUringError::Registration {
+                what: "buffers",
+                bytes: slab_len,
+                errno: e.raw_os_error().unwrap_or(libc::EIO),
+                memlock_limit: memlock_limit(),
+            });
+        }
+        Ok(RegisteredBufferPool {
+            slab: Some(slab),
+            ring_fd: ring.as_raw_fd(),
+            buffer_size,
+            stride,
+            total_count: buffer_count,
+            states: vec![State::Free; buffer_count],
+            // Reversed so that acquire (pop) hands out 0, 1, 2, ... first.
+            free: (0..buffer_count as u16).rev().collect(),
+            acquired_count: 0,
+            in_flight_count: 0,
+            next_seq: 0,
+            acquisitions: 0,
+            exhaustions: 0,
+            misuse_release_in_flight: 0,
+            misuse_invalid_index: 0,
+            misuse_bad_state: 0,
+        })
+    }
+
+    /// Validates the configuration and returns (stride, slab length).
+    fn layout(buffer_size: usize, buffer_count: usize) -> Result<(usize, usize)> {
+        if buffer_size == 0 {
+            return Err(IoUringError::InvalidConfig(
+                "buffer_size is 0: buffers must hold at least one byte".into(),
+            ));
+        }
+        if buffer_size > MAX_BUFFER_SIZE {
+            return Err(IoUringError::InvalidConfig(format!(
+                "buffer_size {buffer_size} exceeds the kernel's 1 GiB per registered buffer"
+            )));
+        }
+        if buffer_count == 0 || buffer_count > MAX_BUFFERS {
+            return Err(IoUringError::InvalidConfig(format!(
+                "buffer_count {buffer_count} is out of range: the kernel accepts 1 to {MAX_BUFFERS} \
+                 registered buffers per ring"
+            )));
+        }
+        let page = page_size();
+        let stride = buffer_size.div_ceil(page) * page;
+        let slab_len = stride.checked_mul(buffer_count).ok_or_else(|| {
+            IoUringError::InvalidConfig(format!(
+                "{buffer_count} buffers of {buffer_size} bytes overflow the address space"
+            ))
+        })?;
+        Ok((stride, slab_len))
+    }
+
+    fn slab_ptr(&self) -> *mut u8 {
+        self.slab
+            .as_ref()
+            .map_or(std::ptr::null_mut(), |s| s.as_ptr())
+    }
+
+    /// Pointer to the start of buffer `idx` (which must be valid).
+    fn buf_ptr(&self, idx: u16) -> *mut u8 {
+        // SAFETY (pointer arithmetic): callers check idx < total_count, so the offset is inside the
+        // slab.
+        unsafe { self.slab_ptr().add(idx as usize * self.stride) }
+    }
+
+    fn buf_mut(&mut self, idx: u16) -> &mut [u8] {
+        // SAFETY: idx is valid (checked by callers); the range [ptr, ptr+buffer_size) lies inside
+        // the slab and does not overlap any other buffer; `&mut self` guarantees no other reference
+        // to it exists in this process; callers only hand it out when no operation is in flight.
+        unsafe { std::slice::from_raw_parts_mut(self.buf_ptr(idx), self.buffer_size) }
+    }
+
+    fn check_index(&self, idx: u16) -> Result<()> {
+        if (idx as usize) < self.total_count {
+            Ok(())
+        } else {
+            Err(IoUringError::InvalidIndex {
+                index: idx,
+                total: self.total_count,
+            })
+        }
+    }
+
+    /// Takes a free buffer. Errors with `PoolExhausted` when none is free.
+    pub fn acquire(&mut self) -> Result<(u16, &mut [u8])> {
+        match self.free.pop() {
+            Some(idx) => {
+                self.states[idx as usize] = State::Acquired { in_flight: 0 };
+                self.acquired_count += 1;
+                self.acquisitions += 1;
+                Ok((idx, self.buf_mut(idx)))
+            }
+            None => {
+                self.exhaustions += 1;
+                Err(IoUringError::PoolExhausted {
+                    total: self.total_count,
+                })
+            }
+        }
+    }
+
+    /// Takes a free buffer, or `None` when none is free.
+    pub fn try_acquire(&mut self) -> Option<(u16, &mut [u8])> {
+        self.acquire().ok()
+    }
+
+    /// Returns buffer `buf_index` to the free list.
+    ///
+    /// A buffer with I/O in flight is **never** returned: the kernel may still write into it. In
+    /// debug builds that misuse panics; in release builds the call is refused and counted in
+    /// [`stats`](Self::stats) (`misuse_release_in_flight`). An invalid index or a buffer that is
+    /// already free is likewise a debug panic, and a counted no-op in release builds.
+    pub fn release(&mut self, buf_index: u16) {
+        if let Err(e) = self.try_release(buf_index) {
+            debug_assert!(false, "RegisteredBufferPool::release: {e}");
+        }
+    }
+
+    /// [`release`](Self::release) that reports misuse as an error instead of a debug panic.
+    pub fn try_release(&mut self, buf_index: u16) -> Result<()> {
+        if let Err(e) = self.check_index(buf_index) {
+            self.misuse_invalid_index += 1;
+            return Err(e);
+        }
+        match self.states[buf_index as usize] {
+            State::Acquired { in_flight: 0 } => {
+                self.states[buf_index as usize] = State::Free;
+                self.acquired_count -= 1;
+                self.free.push(buf_index);
+                Ok(())
+            }
+            State::Acquired { .. } => {
+                self.misuse_release_in_flight += 1;
+                Err(IoUringError::BufferState {
+                    index: buf_index,
+                    op: "release",
+                    state: "in flight",
+                })
+            }
+            State::Free => {
+                self.misuse_bad_state += 1;
+                Err(IoUringError::BufferState {
+                    index: buf_index,
+                    op: "release",
+                    state: "already free",
+                })
+            }
+        }
+    }
+
+    /// Records that an operation using `buf_index` was handed to the kernel. Several operations may
+    /// use one buffer at once (e.g. the same data written to two files); each needs its own
+    /// [`complete_in_flight`](Self::complete_in_flight). `submit_*` call this for you.
+    ///
+    /// Misuse (invalid index, a free buffer) is a debug panic and a counted no-op in release builds.
+    pub fn mark_in_flight(&mut self, buf_index: u16) {
+        let r = self.check_index(buf_index).map_err(|e| {
+            self.misuse_invalid_index += 1;
+            e
+        });
+        let r = r.and_then(|()| match &mut self.states[buf_index as usize] {
+            State::Acquired { in_flight } => {
+                if *in_flight == 0 {
+                    self.in_flight_count += 1;
+                }
+                *in_flight += 1;
+                Ok(())
+            }
+            State::Free => {
+                self.misuse_bad_state += 1;
+                Err(IoUringError::BufferState {
+                    index: buf_index,
+                    op: "mark in flight",
+                    state: "free (never acquired)",
+                })
+            }
+        });
+        if let Err(e) = r {
+            debug_assert!(false, "RegisteredBufferPool::mark_in_flight: {e}");
+        }
+    }
+
+    /// Records that one operation using `buf_index` has completed (its CQE was reaped). The buffer
+    /// stays acquired; [`release`](Self::release) it when done with the data.
+    ///
+    /// Misuse (invalid index, nothing in flight) is a debug panic and a counted no-op in release
+    /// builds.
+    pub fn complete_in_flight(&mut self, buf_index: u16) {
+        let r = self.check_index(buf_index).map_err(|e| {
+            self.misuse_invalid_index += 1;
+            e
+        });
+        let r = r.and_then(|()| match &mut self.states[buf_index as usize] {
+            State::Acquired { in_flight } if *in_flight > 0 => {
+                *in_flight -= 1;
+                if *in_flight == 0 {
+                    self.in_flight_count -= 1;
+                }
+                Ok(())
+            }
+            _ => {
+                self.misuse_bad_state += 1;
+                Err(IoUringError::BufferState {
+                    index: buf_index,
+                    op: "complete",
+                    state: "not in flight",
+                })
+            }
+        });
+        if let Err(e) = r {
+            debug_assert!(false, "RegisteredBufferPool::complete_in_flight: {e}");
+        }
+    }
+
+    /// Decodes a CQE made by `submit_*`, marks its operation complete, and returns the buffer index
+    /// and the CQE result (bytes transferred, or a negative errno). `None` for a CQE whose
+    /// `user_data` the pool did not make.
+    pub fn complete_cqe(&mut self, cqe: &cqueue::Entry) -> Option<(u16, i32)> {
+        let idx = Self::buffer_index_of(cqe.user_data())?;
+        self.check_index(idx).ok()?;
+        self.complete_in_flight(idx);
+        Some((idx, cqe.result()))
+    }
+
+    /// Whether `buf_index` has an operation in flight (false for invalid indexes).
+    pub fn is_in_flight(&self, buf_index: u16) -> bool {
+        matches!(
+            self.states.get(buf_index as usize),
+            Some(State::Acquired { in_flight }) if *in_flight > 0
+        )
+    }
+
+    fn check_not_in_flight(&self, buf_index: u16, op: &'static str) -> Result<()> {
+        self.check_index(buf_index)?;
+        if self.is_in_flight(buf_index) {
+            return Err(IoUringError::BufferState {
+                index: buf_index,
+                op,
+                state: "in flight",
+            });
+        }
+        Ok(())
+    }
+
+    /// The contents of buffer `buf_index` (all `buffer_size` bytes). Errors for an invalid index,
+    /// and for a buffer in flight (the kernel may be writing into it).
+    pub fn get(&self, buf_index: u16) -> Result<&[u8]> {
+        self.check_not_in_flight(buf_index, "read")?;
+        // SAFETY: valid index; the range is inside the slab; no operation is in flight, and
+        // `&self` excludes writers in this process.
+        Ok(unsafe { std::slice::from_raw_parts(self.buf_ptr(buf_index), self.buffer_size) })
+    }
+
+    /// Mutable contents of buffer `buf_index`. Errors for an invalid index, and for a buffer in
+    /// flight.
+    pub fn get_mut(&mut self, buf_index: u16) -> Result<&mut [u8]> {
+        self.check_not_in_flight(buf_index, "write")?;
+        Ok(self.buf_mut(buf_index))
+    }
+
+    /// Checks a fixed-buffer operation and builds its SQE (without `user_data`, not yet in flight).
+    pub(crate) fn prepare(
+        &self,
+        dir: Direction,
+        target: impl Into<Target>,
+        buf_index: u16,
+        offset: u64,
+        len: u32,
+    ) -> Result<squeue::Entry> {
+        self.check_index(buf_index)?;
+        if self.states[buf_index as usize] == State::Free {
+            return Err(IoUringError::BufferState {
+                index: buf_index,
+                op: "submit",
+                state: "free (acquire it first)",
+            });
+        }
+        if len as usize > self.buffer_size {
+            return Err(IoUringError::BufferTooSmall {
+                requested: len as usize,
+                buffer_size: self.buffer_size,
+            });
+        }
+        if offset > i64::MAX as u64 {
+            return Err(IoUringError::invalid(
+                "submit",
+                format!("offset {offset} exceeds the largest file offset"),
+            ));
+        }
+        let ptr = self.buf_ptr(buf_index);
+        Ok(match (dir, target.into()) {
+            (Direction::Read, Target::Fd(fd)) => {
+                opcode::ReadFixed::new(types::Fd(fd), ptr, len, buf_index)
+                    .offset(offset)
+                    .build()
+            }
+            (Direction::Read, Target::Fixed(slot)) => {
+                opcode::ReadFixed::new(types::Fixed(slot), ptr, len, buf_index)
+                    .offset(offset)
+                    .build()
+            }
+            (Direction::Write, Target::Fd(fd)) => {
+                opcode::WriteFixed::new(types::Fd(fd), ptr, len, buf_index)
+                    .offset(offset)
+                    .build()
+            }
+            (Direction::Write, Target::Fixed(slot)) => {
+                opcode::WriteFixed::new(types::Fixed(slot), ptr, len, buf_index)
+                    .offset(offset)
+                    .build()
+            }
+        })
+    }
+
+    fn submit(
+        &mut self,
+        dir: Direction,
+        ring: &mut IoUring,
+        fd: RawFd,
+        buf_index: u16,
+        offset: u64,
+        len: u32,
+    ) -> Result<u64> {
+        if ring.as_raw_fd() != self.ring_fd {
+            return Err(IoUringError::WrongRing);
+        }
+        if fd < 0 {
+            return Err(IoUringError::invalid("submit", format!("fd {fd} is negative")));
+        }
+        let user_data = POOL_USER_DATA_TAG
+            | ((self.next_seq & SEQ_MASK) << SEQ_SHIFT)
+            | u64::from(buf_index);
+        let entry = self
+            .prepare(dir, Target::Fd(fd), buf_index, offset, len)?
+            .user_data(user_data);
+        // SAFETY: the SQE points into buffer `buf_index` of our slab, which stays mapped while the
+        // buffer is in flight (release refuses in-flight buffers; Drop leaks the slab if any is in
+        // flight). The buffer is registered with this ring (checked above).
+        unsafe { ring.submission().push(&entry) }.map_err(|_| IoUringError::SubmissionQueueFull)?;
+        self.next_seq = self.next_seq.wrapping_add(1);
+        self.mark_in_flight(buf_index);
+        Ok(user_data)
+    }
+
+    /// Pushes a `READ_FIXED` SQE that reads `len` bytes at `offset` of `fd` into buffer
+    /// `buf_index`, and marks the buffer in flight. Returns the operation's `user_data` (unique for
+    /// the pool's life, decodable with [`buffer_index_of`](Self::buffer_index_of)). The SQE is
+    /// pushed, not submitted: call `ring.submit()` or `ring.submit_and_wait(n)`.
+    ///
+    /// Errors: `SubmissionQueueFull` (nothing changed: submit and retry), `InvalidIndex`,
+    /// `BufferState` (buffer not acquired), `BufferTooSmall`, `WrongRing`.
+    pub fn submit_read_fixed(
+        &mut self,
+        ring: &mut IoUring,
+        fd: RawFd,
+        buf_index: u16,
+        offset: u64,
+        len: u32,
+    ) -> Result<u64> {
+        self.submit(Direction::Read, ring, fd, buf_index, offset, len)
+    }
+
+    /// Pushes a `WRITE_FIXED` SQE that writes the first `len` bytes of buffer `buf_index` at
+    /// `offset` of `fd`; otherwise as [`submit_read_fixed`](Self::submit_read_fixed).
+    pub fn submit_write_fixed(
+        &mut self,
+        ring: &mut IoUring,
+        fd: RawFd,
+        buf_index: u16,
+        offset: u64,
+        len: u32,
+    ) -> Result<u64> {
+        self.submit(Direction::Write, ring, fd, buf_index, offset, len)
+    }
+
+    /// The buffer index encoded in a `user_data` made by `submit_*`, or `None` when the value was
+    /// not made by a pool.
+    pub fn buffer_index_of(user_data: u64) -> Option<u16> {
+        (user_data & POOL_USER_DATA_TAG != 0).then_some(user_data as u16)
+    }
+
+    /// Usable bytes per buffer.
+    pub const fn buffer_size(&self) -> usize {
+        self.buffer_size
+    }
+
+    /// Buffers in the pool.
+    pub const fn total_count(&self) -> usize {
+        self.total_count
+    }
+
+    /// Buffers in the free list.
+    pub fn available_count(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Buffers held by callers (acquired and not yet released), including those in flight.
+    pub const fn acquired_count(&self) -> usize {
+        self.acquired_count
+    }
+
+    /// Buffers with at least one operation in flight.
+    pub fn in_flight_count(&self) -> usize {
+        self.in_flight_count
+    }
+
+    /// No buffer is free.
+    pub fn is_exhausted(&self) -> bool {
+        self.free.is_empty()
+    }
+
+    /// The NUMA node the slab was bound to, if one was asked for.
+    pub fn numa_node(&self) -> Option<u32> {
+        self.slab.as_ref().and_then(Slab::node)
+    }
+
+    /// A snapshot of the pool's counters.
+    pub fn stats(&self) -> BufferPoolStats {
+        BufferPoolStats {
+            total_count: self.total_count,
+            available_count: self.free.len(),
+            acquired_count: self.acquired_count,
+            in_flight_count: self.in_flight_count,
+            buffer_size: self.buffer_size,
+            total_bytes: self.total_count * self.buffer_size,
+            acquisitions: self.acquisitions,
+            exhaustions: self.exhaustions,
+            misuse_release_in_flight: self.misuse_release_in_flight,
+            misuse_invalid_index: self.misuse_invalid_index,
+            misuse_bad_state: self.misuse_bad_state,
+            numa_node: self.numa_node(),
+        }
+    }
+}
+
+/// Where a fixed-buffer operation goes: a plain descriptor, or a slot in the ring's registered file
+/// table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Target {
+    Fd(RawFd),
+    Fixed(u32),
+}
+
+impl From<RawFd> for Target {
+    fn from(fd: RawFd) -> Self {
+        Target::Fd(fd)
+    }
+}
+
+impl Drop for RegisteredBufferPool {
+    fn drop(&mut self) {
+        if let Some(slab) = self.slab.take() {
+            if self.in_flight_count > 0 {
+                // The kernel may still write into these buffers: keep the memory mapped for the
+                // rest of the process rather than let it be reused.
+                slab.leak();
+            }
+            // Otherwise the slab unmaps here.
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring() -> IoUring {
+        IoUring::new(8).expect("io_uring must be available for these tests")
+    }
+
+    #[test]
+    fn config_errors() {
+        let mut r = ring();
+        let e = RegisteredBufferPool::new(&mut r, 0, 4).unwrap_err();
+        assert!(matches!(e, IoUringError::InvalidConfig(_)), "{e}");
+        let e = RegisteredBufferPool::new(&mut r, 4096, 0).unwrap_err();
+        assert!(e.to_string().contains("16384"), "{e}");
+        let e = RegisteredBufferPool::new(&mut r, 4096, MAX_BUFFERS + 1).unwrap_err();
+        assert!(matches!(e, IoUringError::InvalidConfig(_)), "{e}");
+        let e = RegisteredBufferPool::new(&mut r, MAX_BUFFER_SIZE + 1, 1).unwrap_err();
+        assert!(matches!(e, IoUringError::InvalidConfig(_)), "{e}");
+        // After all these refusals the ring can still take a pool.
+        assert!(RegisteredBufferPool::new(&mut r, 4096, 4).is_ok());
+    }
+
+    #[test]
+    fn max_count_registers() {
+        let mut r = ring();
+        let p = RegisteredBufferPool::new(&mut r, 64, MAX_BUFFERS).unwrap();
+        assert_eq!(p.total_count(), MAX_BUFFERS);
+        assert_eq!(p.buffer_size(), 64);
+    }
+
+    #[test]
+    fn second_pool_on_same_ring_is_ebusy_with_advice() {
+        let mut r = ring();
+        let _p = RegisteredBufferPool::new(&mut r, 4096, 2).unwrap();
+        let e = RegisteredBufferPool::new(&mut r, 4096, 2).unwrap_err();
+        assert_eq!(e.errno(), Some(libc::EBUSY), "{e}");
+        assert!(e.to_string().contains("one pool per ring"), "{e}");
+    }
+
+    #[test]
+    fn buffers_are_page_aligned_and_sized() {
+        let mut r = ring();
+        let mut p = RegisteredBufferPool::new(&mut r, 5000, 3).unwrap();
+        let mut ptrs = vec![];
+        while let Some((_, b)) = p.try_acquire() {
+            assert_eq!(b.len(), 5000);
+            assert_eq!(b.as_ptr() as usize % 4096, 0);
+            ptrs.push(b.as_ptr() as usize);
+        }
+        assert_eq!(ptrs.len(), 3);
+        for w in ptrs.windows(2) {
+            assert!(w[1].abs_diff(w[0]) >= 8192, "buffers must not overlap");
+        }
+    }
+
+    #[test]
+    fn acquire_release_accounting() {
+        let mut r = ring();
+        let mut p = RegisteredBufferPool::new(&mut r, 4096, 2).unwrap();
+        let (a, _) = p.acquire().unwrap();
+        let (b, _) = p.acquire().unwrap();
+        assert_ne!(a, b);
+        assert!(p.is_exhausted());
+        assert_eq!(p.acquired_count(), 2);
+        assert_eq!(p.available_count(), 0);
+        assert!(matches!(
+            p.acquire(),
+            Err(IoUringError::PoolExhausted { total: 2 })
+        ));
+        assert!(p.try_acquire().is_none());
+        p.release(a);
+        assert_eq!(p.available_count(), 1);
+        assert_eq!(p.acquired_count(), 1);
+        let s = p.stats();
+        assert_eq!(s.acquisitions, 2);
+        assert_eq!(s.exhaustions, 2);
+        assert_eq!(s.total_bytes, 8192);
+        assert!(s.to_string().contains("1 available/2 total"), "{s}");
+    }
+
+    #[test]
+    fn get_and_get_mut() {
+        let mut r = ring();
+        let mut p = RegisteredBufferPool::new(&mut r, 16, 2).unwrap();
+        let (i, b) = p.acquire().unwrap();
+        b[..3].copy_from_slice(b"abc");
+        assert_eq!(&p.get(i).unwrap()[..3], b"abc");
+        p.get_mut(i).unwrap()[0] = b'x';
+        assert_eq!(&p.get(i).unwrap()[..3], b"xbc");
+        assert!(matches!(
+            p.get(2),
+            Err(IoUringError::InvalidIndex { index: 2, total: 2 })
+        ));
+        assert!(p.get_mut(99).is_err());
+    }
+
+    #[test]
+    fn try_release_reports_misuse_and_counts_it() {
+        let mut r = ring();
+        let mut p = RegisteredBufferPool::new(&mut r, 16, 2).unwrap();
+        let (i, _) = p.acquire().unwrap();
+        p.mark_in_flight(i);
+        assert!(p.is_in_flight(i));
+        let e = p.try_release(i).unwrap_err();
+        assert!(e.to_string().contains("in flight"), "{e}");
+        assert_eq!(p.available_count(), 1, "in-flight buffer must not be freed");
+        assert!(p.get(i).is_err() && p.get_mut(i).is_err());
+        p.complete_in_flight(i);
+        p.try_release(i).unwrap();
+        assert!(p.try_release(i).is_err(), "double release");
+        assert!(p.try_release(7).is_err(), "invalid index");
+        let s = p.stats();
+        assert_eq!(s.misuse_release_in_flight, 1);
+        assert_eq!(s.misuse_bad_state, 1);
+        assert_eq!(s.misuse_invalid_index, 1);
+        assert_eq!(s.misuse_total(), 3);
+    }
+
+    #[test]
+    fn in_flight_counts_nest() {
+        let mut r = ring();
+        let mut p = RegisteredBufferPool::new(&mut r, 16, 1).unwrap();
+        let (i, _) = p.acquire().unwrap();
+        p.mark_in_flight(i);
+        p.mark_in_flight(i);
+        assert_eq!(p.in_flight_count(), 1);
+        p.complete_in_flight(i);
+        assert!(p.is_in_flight(i));
+        p.complete_in_flight(i);
+        assert!(!p.is_in_flight(i));
+        assert_eq!(p.stats().in_flight_count, 0);
+    }
+
+    #[cfg(debug_assertions)]
+    #[test]
+    #[should_panic(expected = "in flight")]
+    fn release_in_flight_panics_in_debug() {
+        let mut r = ring();
+        let mut p = RegisteredBufferPool::new(&mut r, 16, 1).unwrap();
+        let (i, _) = p.acquire().unwrap();
+        p.mark_in_flight(i);
+        p.release(i);
+    }
+
+    #[cfg(debug_assertions)]
+    #[test]
+    #[should_panic(expected = "invalid buffer index")]
+    fn release_invalid_index_panics_in_debug() {
+        let mut r = ring();
+        let mut p = RegisteredBufferPool::new(&mut r, 16, 1).unwrap();
+        p.release(5);
+    }
+
+    #[cfg(debug_assertions)]
+    #[test]
+    #[should_panic(expected = "never acquired")]
+    fn mark_free_buffer_panics_in_debug() {
+        let mut r = ring();
+        let mut p = RegisteredBufferPool::new(&mut r, 16, 1).unwrap();
+        p.mark_in_flight(0);
+    }
+
+    #[cfg(debug_assertions)]
+    #[test]
+    #[should_panic(expected = "not in flight")]
+    fn complete_without_flight_panics_in_debug() {
+        let mut r = ring();
+        let mut p = RegisteredBufferPool::new(&mut r, 16, 1).unwrap();
+        let (i, _) = p.acquire().unwrap();
+        p.complete_in_flight(i);
+    }
+
+    #[cfg(not(debug_assertions))]
+    #[test]
+    fn release_builds_refuse_and_count() {
+        let mut r = ring();
+        let mut p = RegisteredBufferPool::new(&mut r, 16, 1).unwrap();
+        let (i, _) = p.acquire().unwrap();
+        p.mark_in_flight(i);
+        p.release(i);
+        assert_eq!(p.available_count(), 0);
+        p.release(9);
+        p.mark_in_flight(9);
+        p.complete_in_flight(9);
+        let s = p.stats();
+        assert_eq!(s.misuse_release_in_flight, 1);
+        assert_eq!(s.misuse_invalid_index, 3);
+    }
+
+    #[test]
+    fn submit_errors() {
+        let mut r = ring();
+        let mut p = RegisteredBufferPool::new(&mut r, 16, 2).unwrap();
+        let f = tempfile::tempfile().unwrap();
+        let fd = f.as_raw_fd();
+        // Never acquired.
+        assert!(matches!(
+            p.submit_read_fixed(&mut r, fd, 0, 0, 4),
+            Err(IoUringError::BufferState { .. })
+        ));
+        let (i, _) = p.acquire().unwrap();
+        assert!(matches!(
+            p.submit_read_fixed(&mut r, fd, i, 0, 17),
+            Err(IoUringError::BufferTooSmall {
+                requested: 17,
+                buffer_size: 16
+            })
+        ));
+        assert!(matches!(
+            p.submit_write_fixed(&mut r, fd, 9, 0, 4),
+            Err(IoUringError::InvalidIndex { .. })
+        ));
+        assert!(p.submit_read_fixed(&mut r, fd, i, u64::MAX, 4).is_err());
+        assert!(p.submit_read_fixed(&mut r, -1, i, 0, 4).is_err());
+        let mut other = ring();
+        assert!(matches!(
+            p.submit_read_fixed(&mut other, fd, i, 0, 4),
+            Err(IoUringError::WrongRing)
+        ));
+        assert!(!p.is_in_flight(i), "failed submits leave the buffer idle");
+    }
+
+    #[test]
+    fn sq_full_is_an_error_not_a_panic() {
+        let mut r = IoUring::new(2).unwrap();
+        let mut p = RegisteredBufferPool::new(&mut r, 16, 4).unwrap();
+        let f = tempfile::tempfile().unwrap();
+        let fd = f.as_raw_fd();
+        let idx: Vec<u16> = (0..3).map(|_| p.acquire().unwrap().0).collect();
+        p.submit_read_fixed(&mut r, fd, idx[0], 0, 4).unwrap();
+        p.submit_read_fixed(&mut r, fd, idx[1], 0, 4).unwrap();
+        assert_eq!(
+            p.submit_read_fixed(&mut r, fd, idx[2], 0, 4),
+            Err(IoUringError::SubmissionQueueFull)
+        );
+        assert!(!p.is_in_flight(idx[2]));
+        r.submit_and_wait(2).unwrap();
+        let cqes: Vec<_> = r.completion().collect();
+        for c in &cqes {
+            p.complete_cqe(c).unwrap();
+        }
+        assert_eq!(p.in_flight_count(), 0);
+    }
+
+    #[test]
+    fn user_data_is_unique_and_decodes() {
+        let mut r = IoUring::new(64).unwrap();
+        let mut p = RegisteredBufferPool::new(&mut r, 16, 4).unwrap();
+        let f = tempfile::tempfile().unwrap();
+        let fd = f.as_raw_fd();
+        let (i, _) = p.acquire().unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for round in 0..10 {
+            let ud = p.submit_read_fixed(&mut r, fd, i, 0, 4).unwrap();
+            assert!(seen.insert(ud), "user_data repeated in round {round}");
+            assert_eq!(RegisteredBufferPool::buffer_index_of(ud), Some(i));
+            r.submit_and_wait(1).unwrap();
+            let c = r.completion().next().unwrap();
+            assert_eq!(c.user_data(), ud);
+            assert_eq!(p.complete_cqe(&c), Some((i, 0)));
+        }
+        assert_eq!(RegisteredBufferPool::buffer_index_of(42), None);
+    }
+}

@@ -35,7 +35,9 @@ fn read_fixed_4k(c: &mut Criterion) {
     let mut n = 0u64;
     group.bench_function("read_fixed_4k_qd1", |b| {
         b.iter(|| {
-            n = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            n = n
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let (idx, _) = pool.acquire().expect("free buffer");
             pool.submit_read_fixed(&mut ring, fd, idx, (n % blocks) * 4096, 4096)
                 .expect("push");
@@ -52,7 +54,9 @@ fn read_fixed_4k(c: &mut Criterion) {
             || (),
             |()| {
                 for _ in 0..32 {
-                    n = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    n = n
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
                     let (idx, _) = pool.acquire().expect("free buffer");
                     pool.submit_read_fixed(&mut ring, fd, idx, (n % blocks) * 4096, 4096)
                         .expect("push");

@@ -137,7 +137,10 @@ impl IoUringError {
         match self {
             Self::SubmissionQueueFull | Self::PoolExhausted { .. } | Self::Timeout => true,
             Self::Io { errno, .. } => {
-                matches!(*errno, libc::EAGAIN | libc::EINTR | libc::EBUSY | libc::ENOBUFS)
+                matches!(
+                    *errno,
+                    libc::EAGAIN | libc::EINTR | libc::EBUSY | libc::ENOBUFS
+                )
             }
             _ => false,
         }
@@ -158,7 +161,12 @@ impl IoUringError {
     }
 
     /// Builds an [`Io`](Self::Io) error from a negative CQE result or an errno.
-    pub(crate) fn io(op: &'static str, path: Option<PathBuf>, offset: Option<u64>, errno: i32) -> Self {
+    pub(crate) fn io(
+        op: &'static str,
+        path: Option<PathBuf>,
+        offset: Option<u64>,
+        errno: i32,
+    ) -> Self {
         Self::Io {
             op,
             path,
@@ -228,7 +236,11 @@ fn fmt_limit(limit: Option<u64>) -> String {
 impl fmt::Display for IoUringError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::RingSetup { entries, flags, errno } => {
+            Self::RingSetup {
+                entries,
+                flags,
+                errno,
+            } => {
                 write!(
                     f,
                     "io_uring_setup({entries} entries, flags {flags}) failed: {}",
@@ -362,7 +374,10 @@ impl fmt::Display for IoUringError {
                          logical block size (use 4096)"
                     ),
                     libc::EBADF if *op == "write" => {
-                        write!(f, "; the file may be open read-only: open it with write access")
+                        write!(
+                            f,
+                            "; the file may be open read-only: open it with write access"
+                        )
                     }
                     libc::ENOSPC => write!(f, "; the filesystem is full"),
                     libc::EMFILE => write!(
@@ -396,7 +411,9 @@ impl From<IoUringError> for std::io::Error {
         let kind_errno = e.errno();
         let msg = e.to_string();
         match kind_errno {
-            Some(errno) => std::io::Error::new(std::io::Error::from_raw_os_error(errno).kind(), msg),
+            Some(errno) => {
+                std::io::Error::new(std::io::Error::from_raw_os_error(errno).kind(), msg)
+            }
             None => std::io::Error::other(msg),
         }
     }

@@ -27,9 +27,24 @@
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod completion;
 pub mod error;
+pub mod executor;
+pub mod file;
 pub mod numa;
 pub mod pool;
+pub mod ring;
+pub mod router;
+pub mod shard;
+pub mod stats;
+pub mod topology;
 
+pub use completion::Completion;
 pub use error::{Error, IoUringError, Result};
+pub use executor::{Batch, Executor, ExecutorBuilder};
+pub use file::{File, OpenOptions};
 pub use pool::{BufferPoolStats, RegisteredBufferPool};
+pub use ring::RingConfig;
+pub use shard::{ShardContext, ShardCqe};
+pub use stats::{ExecutorStats, LatencySummary, OpKind, ShardStats};
+pub use topology::{Placement, Topology};

@@ -182,6 +182,8 @@ impl Drop for Slab {
 ///
 /// The page must be mapped; an untouched page is faulted in by the call's semantics only when it
 /// has been written, so touch memory before asking.
+// The address is only a lookup key for the kernel; nothing dereferences it.
+#[allow(clippy::not_unsafe_ptr_arg_deref)]
 pub fn node_of_address(addr: *const u8) -> Result<u32> {
     let mut node: libc::c_int = -1;
     // SAFETY: get_mempolicy writes one int into `node`; with a null mask and maxnode 0 it writes no
@@ -231,7 +233,9 @@ pub fn prefer_node_for_thread(node: u32) -> Result<()> {
 }
 
 pub(crate) fn last_errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
 }
 
 #[cfg(test)]

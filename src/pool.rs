@@ -30,7 +30,9 @@ const SEQ_MASK: u64 = (1 << 47) - 1;
 enum State {
     Free,
     /// Held by a caller; `in_flight` operations use it in the kernel right now.
-    Acquired { in_flight: u32 },
+    Acquired {
+        in_flight: u32,
+    },
 }
 
 /// The direction of a fixed-buffer operation.
@@ -365,10 +367,9 @@ impl RegisteredBufferPool {
     ///
     /// Misuse (invalid index, a free buffer) is a debug panic and a counted no-op in release builds.
     pub fn mark_in_flight(&mut self, buf_index: u16) {
-        let r = self.check_index(buf_index).map_err(|e| {
-            self.misuse_invalid_index += 1;
-            e
-        });
+        let r = self
+            .check_index(buf_index)
+            .inspect_err(|_| self.misuse_invalid_index += 1);
         let r = r.and_then(|()| match &mut self.states[buf_index as usize] {
             State::Acquired { in_flight } => {
                 if *in_flight == 0 {
@@ -397,10 +398,9 @@ impl RegisteredBufferPool {
     /// Misuse (invalid index, nothing in flight) is a debug panic and a counted no-op in release
     /// builds.
     pub fn complete_in_flight(&mut self, buf_index: u16) {
-        let r = self.check_index(buf_index).map_err(|e| {
-            self.misuse_invalid_index += 1;
-            e
-        });
+        let r = self
+            .check_index(buf_index)
+            .inspect_err(|_| self.misuse_invalid_index += 1);
         let r = r.and_then(|()| match &mut self.states[buf_index as usize] {
             State::Acquired { in_flight } if *in_flight > 0 => {
                 *in_flight -= 1;
@@ -478,6 +478,20 @@ impl RegisteredBufferPool {
         offset: u64,
         len: u32,
     ) -> Result<squeue::Entry> {
+        self.prepare_at(dir, target.into(), buf_index, 0, offset, len)
+    }
+
+    /// [`prepare`](Self::prepare) for bytes `buf_offset..buf_offset + len` of the buffer (the rest
+    /// of a short transfer).
+    pub(crate) fn prepare_at(
+        &self,
+        dir: Direction,
+        target: Target,
+        buf_index: u16,
+        buf_offset: usize,
+        offset: u64,
+        len: u32,
+    ) -> Result<squeue::Entry> {
         self.check_index(buf_index)?;
         if self.states[buf_index as usize] == State::Free {
             return Err(IoUringError::BufferState {
@@ -486,9 +500,9 @@ impl RegisteredBufferPool {
                 state: "free (acquire it first)",
             });
         }
-        if len as usize > self.buffer_size {
+        if buf_offset.saturating_add(len as usize) > self.buffer_size {
             return Err(IoUringError::BufferTooSmall {
-                requested: len as usize,
+                requested: buf_offset.saturating_add(len as usize),
                 buffer_size: self.buffer_size,
             });
         }
@@ -498,8 +512,9 @@ impl RegisteredBufferPool {
                 format!("offset {offset} exceeds the largest file offset"),
             ));
         }
-        let ptr = self.buf_ptr(buf_index);
-        Ok(match (dir, target.into()) {
+        // SAFETY (pointer arithmetic): buf_offset + len <= buffer_size, checked above.
+        let ptr = unsafe { self.buf_ptr(buf_index).add(buf_offset) };
+        Ok(match (dir, target) {
             (Direction::Read, Target::Fd(fd)) => {
                 opcode::ReadFixed::new(types::Fd(fd), ptr, len, buf_index)
                     .offset(offset)
@@ -536,17 +551,29 @@ impl RegisteredBufferPool {
             return Err(IoUringError::WrongRing);
         }
         if fd < 0 {
-            return Err(IoUringError::invalid("submit", format!("fd {fd} is negative")));
+            return Err(IoUringError::invalid(
+                "submit",
+                format!("fd {fd} is negative"),
+            ));
         }
-        let user_data = POOL_USER_DATA_TAG
-            | ((self.next_seq & SEQ_MASK) << SEQ_SHIFT)
-            | u64::from(buf_index);
-        let entry = self
-            .prepare(dir, Target::Fd(fd), buf_index, offset, len)?
-            .user_data(user_data);
-        // SAFETY: the SQE points into buffer `buf_index` of our slab, which stays mapped while the
-        // buffer is in flight (release refuses in-flight buffers; Drop leaks the slab if any is in
-        // flight). The buffer is registered with this ring (checked above).
+        let entry = self.prepare(dir, Target::Fd(fd), buf_index, offset, len)?;
+        self.push_prepared(ring, entry, buf_index)
+    }
+
+    /// Gives a prepared entry its `user_data`, pushes it and marks its buffer in flight: the one
+    /// place where pool operations enter a ring. `ring` must be the pool's ring.
+    pub(crate) fn push_prepared(
+        &mut self,
+        ring: &mut IoUring,
+        entry: squeue::Entry,
+        buf_index: u16,
+    ) -> Result<u64> {
+        let user_data =
+            POOL_USER_DATA_TAG | ((self.next_seq & SEQ_MASK) << SEQ_SHIFT) | u64::from(buf_index);
+        let entry = entry.user_data(user_data);
+        // SAFETY: `entry` was built by `prepare`, so it points into buffer `buf_index` of our slab,
+        // which stays mapped while the buffer is in flight (release refuses in-flight buffers; Drop
+        // leaks the slab if any is in flight). Callers pass the ring the pool is registered with.
         unsafe { ring.submission().push(&entry) }.map_err(|_| IoUringError::SubmissionQueueFull)?;
         self.next_seq = self.next_seq.wrapping_add(1);
         self.mark_in_flight(buf_index);

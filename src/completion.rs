@@ -1,0 +1,304 @@
+//! The caller's handle on one operation: wait for it (blocking, with or without a timeout) or
+//! `.await` it in any async runtime.
+//!
+//! A [`Completion`] and its shard-side [`Completer`] share one small allocation. The completer is
+//! completed exactly once; if it is dropped without completing (its shard panicked or stopped), the
+//! drop completes it with an error, so no handle is ever left hanging.
+
+use crate::error::{IoUringError, Result};
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+struct Slot<T> {
+    result: Option<Result<T>>,
+    taken: bool,
+    waker: Option<Waker>,
+}
+
+struct Shared<T> {
+    slot: Mutex<Slot<T>>,
+    ready: Condvar,
+}
+
+impl<T> Shared<T> {
+    fn lock(&self) -> MutexGuard<'_, Slot<T>> {
+        // A panic while holding this lock cannot leave the slot half-written (every critical
+        // section is a few field assignments), so a poisoned lock is still consistent.
+        self.slot.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The result of one operation, delivered later.
+///
+/// ```
+/// # fn main() -> ringshard::Result<()> {
+/// let exec = ringshard::Executor::builder().shards(1).build()?;
+/// let dir = tempfile::tempdir().unwrap();
+/// let file = exec.open(dir.path().join("f"), ringshard::OpenOptions::new().read(true).write(true).create(true)).wait()?;
+/// let n = exec.write(&file, 0, b"abc".to_vec()).wait()?;
+/// assert_eq!(n, 3);
+/// // Or, in async code: `exec.read(&file, 0, 3).await?`
+/// let mut pending = exec.read(&file, 0, 3);
+/// let data = pending.wait_timeout(std::time::Duration::from_secs(5))?;
+/// assert_eq!(data, b"abc");
+/// # Ok(()) }
+/// ```
+#[must_use = "an operation's result (and its errors) is only seen through its Completion"]
+pub struct Completion<T> {
+    shared: Arc<Shared<T>>,
+}
+
+impl<T> std::fmt::Debug for Completion<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Completion")
+            .field("done", &self.is_done())
+            .finish()
+    }
+}
+
+/// The shard's end of a [`Completion`].
+pub(crate) struct Completer<T> {
+    shared: Option<Arc<Shared<T>>>,
+    shard: usize,
+}
+
+/// Makes a linked (completion, completer) pair for an operation routed to `shard`.
+pub(crate) fn pair<T>(shard: usize) -> (Completion<T>, Completer<T>) {
+    let shared = Arc::new(Shared {
+        slot: Mutex::new(Slot {
+            result: None,
+            taken: false,
+            waker: None,
+        }),
+        ready: Condvar::new(),
+    });
+    (
+        Completion {
+            shared: Arc::clone(&shared),
+        },
+        Completer {
+            shared: Some(shared),
+            shard,
+        },
+    )
+}
+
+impl<T> Completion<T> {
+    /// A completion that is already done, with `result`.
+    pub fn ready(result: Result<T>) -> Self {
+        let (c, done) = pair(usize::MAX);
+        done.complete(result);
+        c
+    }
+
+    /// Whether the result has arrived (and not been taken yet).
+    pub fn is_done(&self) -> bool {
+        self.shared.lock().result.is_some()
+    }
+
+    fn take(slot: &mut Slot<T>) -> Option<Result<T>> {
+        if slot.taken {
+            return Some(Err(IoUringError::invalid(
+                "wait",
+                "the result of this completion was already taken",
+            )));
+        }
+        let r = slot.result.take();
+        if r.is_some() {
+            slot.taken = true;
+        }
+        r
+    }
+
+    /// Blocks the calling thread until the operation completes. The thread sleeps; it does not spin.
+    pub fn wait(self) -> Result<T> {
+        let mut slot = self.shared.lock();
+        loop {
+            if let Some(r) = Self::take(&mut slot) {
+                return r;
+            }
+            slot = self
+                .shared
+                .ready
+                .wait(slot)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Blocks up to `timeout`. On [`IoUringError::Timeout`] the operation is still running and this
+    /// handle can be waited on again.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<T> {
+        let deadline = Instant::now() + timeout;
+        let mut slot = self.shared.lock();
+        loop {
+            if let Some(r) = Self::take(&mut slot) {
+                return r;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(IoUringError::Timeout);
+            }
+            slot = self
+                .shared
+                .ready
+                .wait_timeout(slot, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// The result if it has arrived, without blocking.
+    pub fn try_take(&mut self) -> Option<Result<T>> {
+        Self::take(&mut self.shared.lock())
+    }
+}
+
+impl<T> Future for Completion<T> {
+    type Output = Result<T>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut slot = self.shared.lock();
+        match Self::take(&mut slot) {
+            Some(r) => Poll::Ready(r),
+            None => {
+                match &slot.waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => slot.waker = Some(cx.waker().clone()),
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<T> Completer<T> {
+    /// Delivers the result and wakes whoever waits (thread or task).
+    pub(crate) fn complete(mut self, result: Result<T>) {
+        if let Some(shared) = self.shared.take() {
+            let waker = {
+                let mut slot = shared.lock();
+                slot.result = Some(result);
+                slot.waker.take()
+            };
+            shared.ready.notify_all();
+            if let Some(w) = waker {
+                w.wake();
+            }
+        }
+    }
+}
+
+/// Why completers dropped on this thread without a result are failed: set by a shard thread while
+/// it unwinds from a panic or drains at shutdown.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum AbandonReason {
+    ShardPanicked,
+    Shutdown,
+}
+
+thread_local! {
+    static ABANDON_REASON: Cell<Option<AbandonReason>> = const { Cell::new(None) };
+}
+
+/// Sets the reason used for completers dropped on this thread from now on.
+pub(crate) fn set_abandon_reason(reason: AbandonReason) {
+    ABANDON_REASON.with(|r| r.set(Some(reason)));
+}
+
+impl<T> Drop for Completer<T> {
+    fn drop(&mut self) {
+        if self.shared.is_some() {
+            let shard = self.shard;
+            let err = match ABANDON_REASON.with(Cell::get) {
+                Some(AbandonReason::Shutdown) => IoUringError::Shutdown,
+                Some(AbandonReason::ShardPanicked) => IoUringError::ShardFailed {
+                    shard,
+                    reason: "the shard thread panicked; this operation did not complete".into(),
+                },
+                None => IoUringError::ShardFailed {
+                    shard,
+                    reason: "the operation was dropped before it completed".into(),
+                },
+            };
+            let done = Completer {
+                shared: self.shared.take(),
+                shard,
+            };
+            done.complete(Err(err));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_gets_result_from_other_thread() {
+        let (c, done) = pair::<u32>(0);
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            done.complete(Ok(7));
+        });
+        assert_eq!(c.wait().unwrap(), 7);
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn wait_timeout_then_wait_again() {
+        let (mut c, done) = pair::<u32>(0);
+        assert_eq!(
+            c.wait_timeout(Duration::from_millis(10)),
+            Err(IoUringError::Timeout)
+        );
+        assert!(!c.is_done());
+        done.complete(Ok(1));
+        assert!(c.is_done());
+        assert_eq!(c.wait_timeout(Duration::from_secs(1)), Ok(1));
+        assert!(c.try_take().unwrap().is_err(), "second take is an error");
+    }
+
+    #[test]
+    fn dropped_completer_fails_the_handle() {
+        let (c, done) = pair::<u32>(3);
+        drop(done);
+        match c.wait() {
+            Err(IoUringError::ShardFailed { shard: 3, .. }) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn abandon_reason_shutdown() {
+        std::thread::spawn(|| {
+            set_abandon_reason(AbandonReason::Shutdown);
+            let (c, done) = pair::<u32>(0);
+            drop(done);
+            assert_eq!(c.wait(), Err(IoUringError::Shutdown));
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn future_with_futures_executor() {
+        let (c, done) = pair::<&'static str>(0);
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(10));
+            done.complete(Ok("x"));
+        });
+        assert_eq!(futures::executor::block_on(c).unwrap(), "x");
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn ready_is_done() {
+        let c = Completion::ready(Ok(5u8));
+        assert!(c.is_done());
+        assert_eq!(c.wait(), Ok(5));
+    }
+}

@@ -1,0 +1,92 @@
+//! File -> shard routing.
+//!
+//! A file is identified by its inode: the `(st_dev, st_ino)` pair of the open file. Every path that
+//! reaches the same file (a symlink, a hard link, `a/../b`, a bind mount) therefore routes to the
+//! same shard, and so does every reopen, for as long as the file exists. The hash is fixed (no
+//! per-process random seed), so routing is also stable across runs with the same shard count.
+
+use serde::Serialize;
+
+/// The identity of an open file: device and inode number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct FileKey {
+    /// `st_dev`.
+    pub dev: u64,
+    /// `st_ino`.
+    pub ino: u64,
+}
+
+impl FileKey {
+    /// The key of an open descriptor (`fstat`).
+    pub(crate) fn of_fd(fd: std::os::fd::RawFd) -> std::io::Result<FileKey> {
+        // SAFETY: fstat writes only into the stat buffer we pass, which lives for the call.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: as above; fd is a descriptor the caller owns.
+        if unsafe { libc::fstat(fd, &mut st) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(FileKey {
+            dev: st.st_dev,
+            ino: st.st_ino,
+        })
+    }
+}
+
+/// splitmix64's finalizer: a fixed, well-mixing 64-bit hash.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The shard (0..shards) that owns `key`. `shards` must be at least 1.
+pub fn shard_for(key: FileKey, shards: usize) -> usize {
+    let h = mix(mix(key.dev) ^ key.ino.rotate_left(17));
+    (h % shards.max(1) as u64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stable_and_in_range() {
+        let k = FileKey {
+            dev: 2049,
+            ino: 1234,
+        };
+        for shards in 1..9 {
+            let s = shard_for(k, shards);
+            assert!(s < shards);
+            assert_eq!(s, shard_for(k, shards));
+        }
+        assert_eq!(shard_for(k, 0), 0);
+    }
+
+    #[test]
+    fn spreads_consecutive_inodes() {
+        let mut counts = [0usize; 4];
+        for ino in 0..4000 {
+            counts[shard_for(FileKey { dev: 1, ino }, 4)] += 1;
+        }
+        for c in counts {
+            assert!((800..1200).contains(&c), "{counts:?}");
+        }
+    }
+
+    #[test]
+    fn hard_link_has_same_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        let b = dir.path().join("b");
+        std::fs::write(&a, b"x").unwrap();
+        std::fs::hard_link(&a, &b).unwrap();
+        use std::os::fd::AsRawFd;
+        let fa = std::fs::File::open(&a).unwrap();
+        let fb = std::fs::File::open(&b).unwrap();
+        assert_eq!(
+            FileKey::of_fd(fa.as_raw_fd()).unwrap(),
+            FileKey::of_fd(fb.as_raw_fd()).unwrap()
+        );
+    }
+}

@@ -1,0 +1,200 @@
+//! `ShardContext`: direct access to a shard's ring, buffer pool and files for a closure run on the
+//! shard thread (`Executor::submit_to`). No channel is crossed per I/O: benchmarks and advanced
+//! users drive the ring themselves.
+
+use super::runner::FileTable;
+use crate::error::{IoUringError, Result};
+use crate::file::File;
+use crate::pool::{Direction, RegisteredBufferPool, Target};
+use crate::stats::{OpKind, ShardStats};
+use io_uring::{squeue, IoUring};
+use std::os::fd::RawFd;
+
+/// The `user_data` the shard uses for its wake-up read. Never use it for your own SQEs.
+pub const WAKE_USER_DATA: u64 = (1 << 63) - 1;
+
+/// One completion reaped through [`ShardContext::reap`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardCqe {
+    /// The `user_data` of the SQE.
+    pub user_data: u64,
+    /// Bytes transferred, or a negative errno.
+    pub result: i32,
+    /// For operations pushed through the pool: the buffer, already marked complete (still
+    /// acquired: release it when done with the data).
+    pub buf_index: Option<u16>,
+}
+
+/// What a closure running on a shard may use.
+///
+/// When the closure starts, the shard has no operation of its own in flight, so every completion
+/// the closure reaps is its own. Rules: reap completions only through [`reap`](Self::reap) (it keeps
+/// the shard's wake-up working), let every operation you submit complete before returning (the shard
+/// waits for pool buffers still in flight), and release the buffers you acquire.
+///
+/// ```
+/// # fn main() -> ringshard::Result<()> {
+/// use ringshard::{Executor, OpenOptions};
+/// let exec = Executor::builder().shards(1).build()?;
+/// let dir = tempfile::tempdir().unwrap();
+/// let file = exec.open(dir.path().join("f"), OpenOptions::new().read(true).write(true).create(true)).wait()?;
+/// exec.write(&file, 0, vec![7u8; 4096]).wait()?;
+/// let f = file.clone();
+/// let sum = exec.submit_to(file.shard(), move |ctx| -> ringshard::Result<u64> {
+///     let (idx, _) = ctx.pool().acquire()?;
+///     ctx.push_read_fixed(&f, idx, 0, 4096)?;
+///     ctx.submit_and_wait(1)?;
+///     let mut got = 0;
+///     ctx.reap(|cqe| got = cqe.result);
+///     assert_eq!(got, 4096);
+///     let s = ctx.pool().get(idx)?.iter().map(|&b| b as u64).sum();
+///     ctx.pool().release(idx);
+///     Ok(s)
+/// }).wait()??;
+/// assert_eq!(sum, 7 * 4096);
+/// # Ok(()) }
+/// ```
+pub struct ShardContext<'a> {
+    pub(super) ring: &'a mut IoUring,
+    pub(super) pool: &'a mut RegisteredBufferPool,
+    pub(super) files: &'a FileTable,
+    pub(super) stats: &'a mut ShardStats,
+    pub(super) wake_seen: &'a mut bool,
+    pub(super) index: usize,
+}
+
+impl ShardContext<'_> {
+    /// This shard's index.
+    pub fn shard(&self) -> usize {
+        self.index
+    }
+
+    /// The CPU this shard is pinned to, if pinned.
+    pub fn cpu(&self) -> Option<usize> {
+        self.stats.cpu
+    }
+
+    /// The NUMA node of this shard's memory, if known.
+    pub fn numa_node(&self) -> Option<u32> {
+        self.stats.numa_node
+    }
+
+    /// The shard's registered buffer pool.
+    pub fn pool(&mut self) -> &mut RegisteredBufferPool {
+        self.pool
+    }
+
+    /// The raw descriptor of `file` (which must live on this shard).
+    pub fn raw_fd(&self, file: &File) -> Result<RawFd> {
+        Ok(self.files.lookup(file)?.fd())
+    }
+
+    /// Free submission queue entries right now.
+    pub fn sq_space(&mut self) -> usize {
+        let sq = self.ring.submission();
+        sq.capacity() - sq.len()
+    }
+
+    fn push_fixed(
+        &mut self,
+        dir: Direction,
+        file: &File,
+        buf_index: u16,
+        offset: u64,
+        len: u32,
+    ) -> Result<u64> {
+        let target: Target = self.files.lookup(file)?.target();
+        let entry = self.pool.prepare(dir, target, buf_index, offset, len)?;
+        self.pool.push_prepared(self.ring, entry, buf_index)
+    }
+
+    /// Pushes a `READ_FIXED` of `len` bytes at `offset` of `file` into pool buffer `buf_index`
+    /// (acquired by you), using the ring's registered file slot. Returns the `user_data`.
+    pub fn push_read_fixed(
+        &mut self,
+        file: &File,
+        buf_index: u16,
+        offset: u64,
+        len: u32,
+    ) -> Result<u64> {
+        self.push_fixed(Direction::Read, file, buf_index, offset, len)
+    }
+
+    /// Pushes a `WRITE_FIXED` of the first `len` bytes of pool buffer `buf_index` at `offset`.
+    pub fn push_write_fixed(
+        &mut self,
+        file: &File,
+        buf_index: u16,
+        offset: u64,
+        len: u32,
+    ) -> Result<u64> {
+        self.push_fixed(Direction::Write, file, buf_index, offset, len)
+    }
+
+    /// Pushes any SQE.
+    ///
+    /// # Safety
+    /// Everything the entry points to must stay valid until its completion is reaped, and its
+    /// `user_data` must not be [`WAKE_USER_DATA`].
+    pub unsafe fn push(&mut self, entry: &squeue::Entry) -> Result<()> {
+        // SAFETY: the caller upholds the contract above.
+        unsafe { self.ring.submission().push(entry) }.map_err(|_| IoUringError::SubmissionQueueFull)
+    }
+
+    /// Submits what was pushed; returns how many SQEs the kernel took.
+    pub fn submit(&mut self) -> Result<usize> {
+        self.submit_and_wait(0)
+    }
+
+    /// Submits what was pushed and waits until at least `want` completions are ready.
+    pub fn submit_and_wait(&mut self, want: usize) -> Result<usize> {
+        let queued = self.ring.submission().len() as u64;
+        loop {
+            match self.ring.submit_and_wait(want) {
+                Ok(n) => {
+                    self.stats.note_submit(queued);
+                    return Ok(n);
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) => {
+                    return Err(IoUringError::io(
+                        "io_uring_enter",
+                        None,
+                        None,
+                        e.raw_os_error().unwrap_or(libc::EIO),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Calls `f` for every completion ready now; returns how many. Completions of pool operations
+    /// are marked complete in the pool first (see [`ShardCqe::buf_index`]).
+    pub fn reap(&mut self, mut f: impl FnMut(ShardCqe)) -> usize {
+        let mut n = 0;
+        for cqe in self.ring.completion() {
+            if cqe.user_data() == WAKE_USER_DATA {
+                *self.wake_seen = true;
+                continue;
+            }
+            let buf_index = self.pool.complete_cqe(&cqe).map(|(i, _)| i);
+            f(ShardCqe {
+                user_data: cqe.user_data(),
+                result: cqe.result(),
+                buf_index,
+            });
+            n += 1;
+        }
+        n
+    }
+
+    /// Counts an operation done by the closure in the shard's statistics.
+    pub fn record(&mut self, kind: OpKind, bytes: u64, latency_ns: u64) {
+        self.stats.record(kind, bytes, latency_ns);
+    }
+
+    /// Counts a failed operation done by the closure in the shard's statistics.
+    pub fn record_error(&mut self, kind: OpKind, errno: i32, latency_ns: u64) {
+        self.stats.record_error(kind, errno, latency_ns);
+    }
+}

@@ -1,0 +1,189 @@
+//! The shard: one pinned thread that owns one ring, one registered buffer pool and one file table.
+//!
+//! - [`ShardLink`] is the callers' side: the inbox sender and the wake-up eventfd.
+//! - `runner` is the thread's loop: admit requests, issue SQEs, submit, reap, sleep.
+//! - `order` keeps operations on one file in a safe order.
+//! - [`ShardContext`] is what a closure run on the shard (`Executor::submit_to`) gets.
+
+mod context;
+mod order;
+mod runner;
+
+pub use context::{ShardContext, ShardCqe, WAKE_USER_DATA};
+pub(crate) use runner::{spawn, ShardConfig};
+
+use crate::completion::Completer;
+use crate::error::{IoUringError, Result};
+use crate::file::{File, FileFlags};
+use crate::router::FileKey;
+use crate::stats::ShardStats;
+use crossbeam_channel::{Sender, TrySendError};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// One I/O request for a shard.
+pub(crate) struct IoRequest {
+    pub file: File,
+    pub op: IoOp,
+    pub at: Instant,
+}
+
+/// The operation of an [`IoRequest`], with the completer its result goes to.
+pub(crate) enum IoOp {
+    Read {
+        offset: u64,
+        len: usize,
+        done: Completer<Vec<u8>>,
+    },
+    Write {
+        offset: u64,
+        data: Vec<u8>,
+        done: Completer<usize>,
+    },
+    Sync {
+        datasync: bool,
+        done: Completer<()>,
+    },
+    Fallocate {
+        mode: i32,
+        offset: u64,
+        len: u64,
+        done: Completer<()>,
+    },
+    Size {
+        done: Completer<u64>,
+    },
+    Close {
+        done: Completer<()>,
+    },
+}
+
+/// A closure to run on the shard thread.
+pub(crate) type Task = Box<dyn FnOnce(&mut ShardContext<'_>) + Send>;
+
+/// What travels over a shard's inbox.
+pub(crate) enum Message {
+    Io(IoRequest),
+    Batch(Vec<IoRequest>),
+    Install {
+        fd: OwnedFd,
+        key: FileKey,
+        flags: FileFlags,
+        path: Arc<Path>,
+        done: Completer<File>,
+    },
+    Task(Task),
+    Stats(Completer<ShardStats>),
+    Shutdown,
+}
+
+/// State shared between a shard thread and the callers.
+#[derive(Debug)]
+pub(crate) struct ShardShared {
+    /// The shard is (about to be) blocked in the ring; a caller must write the eventfd to wake it.
+    pub sleeping: AtomicBool,
+    /// The shard thread has died (panicked); new work fails at once.
+    pub dead: AtomicBool,
+    /// Wakes the shard: an `IORING_OP_READ` on it is always armed in the ring.
+    pub eventfd: OwnedFd,
+}
+
+impl ShardShared {
+    pub(crate) fn new() -> Result<Self> {
+        // SAFETY: eventfd has no memory arguments.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(IoUringError::io(
+                "eventfd",
+                None,
+                None,
+                crate::numa::last_errno(),
+            ));
+        }
+        // SAFETY: eventfd returned a new descriptor that nothing else owns.
+        let eventfd = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) };
+        Ok(ShardShared {
+            sleeping: AtomicBool::new(false),
+            dead: AtomicBool::new(false),
+            eventfd,
+        })
+    }
+
+    /// Wakes the shard if it sleeps. Called after a message was put in the inbox.
+    ///
+    /// The shard sets `sleeping`, then (after a SeqCst fence) looks at the inbox once more before
+    /// it blocks; the caller puts the message in, then (after a SeqCst fence) looks at `sleeping`.
+    /// One of the two sees the other, so no wake-up is lost. Only the caller that flips `sleeping`
+    /// back writes the eventfd, so a burst of requests costs one write.
+    pub(crate) fn wake(&self) {
+        fence(Ordering::SeqCst);
+        if self.sleeping.load(Ordering::Relaxed) && self.sleeping.swap(false, Ordering::AcqRel) {
+            let one: u64 = 1;
+            // SAFETY: writes 8 bytes from a local u64 to our eventfd. EAGAIN (counter saturated)
+            // means a wake-up is pending anyway.
+            unsafe {
+                libc::write(
+                    self.eventfd.as_raw_fd(),
+                    (&one as *const u64).cast(),
+                    std::mem::size_of::<u64>(),
+                )
+            };
+        }
+    }
+}
+
+/// The callers' side of one shard.
+#[derive(Debug)]
+pub(crate) struct ShardLink {
+    pub index: usize,
+    pub cpu: Option<usize>,
+    pub node: Option<u32>,
+    pub tx: Sender<Message>,
+    pub shared: Arc<ShardShared>,
+}
+
+impl ShardLink {
+    /// Puts `msg` in the inbox (waiting while it is full: backpressure) and wakes the shard.
+    /// Gives the message back when the shard is gone.
+    #[allow(clippy::result_large_err)] // cold path: the shard is gone
+    pub(crate) fn send(&self, msg: Message) -> std::result::Result<(), (Message, IoUringError)> {
+        if self.shared.dead.load(Ordering::Acquire) {
+            return Err((msg, self.dead_error()));
+        }
+        let msg = match self.tx.try_send(msg) {
+            Ok(()) => {
+                self.shared.wake();
+                return Ok(());
+            }
+            Err(TrySendError::Disconnected(m)) => return Err((m, self.gone_error())),
+            Err(TrySendError::Full(m)) => m,
+        };
+        // Full: make sure the shard is awake to drain it, then wait for room.
+        self.shared.wake();
+        match self.tx.send(msg) {
+            Ok(()) => {
+                self.shared.wake();
+                Ok(())
+            }
+            Err(e) => Err((e.0, self.gone_error())),
+        }
+    }
+
+    fn dead_error(&self) -> IoUringError {
+        IoUringError::ShardFailed {
+            shard: self.index,
+            reason: "the shard thread panicked earlier; its files are unavailable".into(),
+        }
+    }
+
+    fn gone_error(&self) -> IoUringError {
+        if self.shared.dead.load(Ordering::Acquire) {
+            self.dead_error()
+        } else {
+            IoUringError::Shutdown
+        }
+    }
+}

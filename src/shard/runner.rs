@@ -1,0 +1,1210 @@
+//! The shard thread: setup on its own core, then the loop.
+//!
+//! ```text
+//! loop {
+//!     admit messages from the inbox (bounded batch)      -> op table + per-file order
+//!     issue ready ops: acquire buffers, push SQEs       (no buffer: the op waits here;
+//!                                                         SQ full: submit, then go on)
+//!     submit, reap CQEs: finish chunks, resubmit short   -> complete handles, count stats
+//!     no progress: spin a little, then sleep in the ring until an I/O completes or the
+//!                  wake-up eventfd fires
+//! }
+//! ```
+//!
+//! `user_data`: operations that use a pool buffer carry the pool's tag and buffer index (the buffer
+//! maps to its chunk, the chunk to its op); other operations carry `slot | generation << 24` of the
+//! op table; the wake-up read carries [`WAKE_USER_DATA`].
+
+use super::context::{ShardContext, WAKE_USER_DATA};
+use super::order::{Footprint, Ordering};
+use super::{IoOp, IoRequest, Message, ShardLink, ShardShared, Task};
+use crate::completion::{set_abandon_reason, AbandonReason, Completer};
+use crate::error::{IoUringError, Result};
+use crate::file::{File, FileFlags};
+use crate::numa;
+use crate::pool::{Direction, RegisteredBufferPool, Target};
+use crate::ring::{pin_workers, RingConfig};
+use crate::router::FileKey;
+use crate::stats::{OpKind, ShardStats};
+use crossbeam_channel::{Receiver, TryRecvError};
+use io_uring::{opcode, squeue, types, IoUring};
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::sync::atomic::{fence, Ordering as AtomicOrdering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How a shard is set up.
+#[derive(Debug, Clone)]
+pub(crate) struct ShardConfig {
+    pub index: usize,
+    pub exec_id: u64,
+    pub cpu: Option<usize>,
+    pub node: Option<u32>,
+    /// Bind the pool to `node` with mbind (only worth it on multi-node machines).
+    pub bind_memory: bool,
+    pub ring: RingConfig,
+    pub buffer_size: usize,
+    pub buffer_count: usize,
+    pub max_files: u32,
+    pub spin: Duration,
+    pub channel_capacity: usize,
+}
+
+const SLOT_BITS: u32 = 24;
+const SLOT_MASK: u64 = (1 << SLOT_BITS) - 1;
+const GEN_MASK: u64 = (1 << 23) - 1;
+/// Messages taken from the inbox per loop turn, so completions are reaped between bursts.
+const INBOX_BATCH: usize = 256;
+
+// ---------------------------------------------------------------------------------------------
+// Files
+
+/// One open file of the shard.
+#[derive(Debug)]
+pub(crate) struct FileEntry {
+    fd: OwnedFd,
+    /// Slot in the ring's registered file table, when it fit.
+    fixed: Option<u32>,
+    key: FileKey,
+    flags: FileFlags,
+    path: Arc<Path>,
+    /// A close was admitted: new operations on this handle fail.
+    closing: bool,
+}
+
+impl FileEntry {
+    pub(crate) fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    pub(crate) fn target(&self) -> Target {
+        match self.fixed {
+            Some(slot) => Target::Fixed(slot),
+            None => Target::Fd(self.fd()),
+        }
+    }
+}
+
+/// The shard's open files, indexed by slot; a slot's generation changes when it is closed, so a
+/// stale handle can never reach a file opened later in the same slot.
+#[derive(Debug, Default)]
+pub(crate) struct FileTable {
+    slots: Vec<(u32, Option<FileEntry>)>,
+    free: Vec<u32>,
+    exec_id: u64,
+    shard: usize,
+}
+
+impl FileTable {
+    pub(crate) fn lookup(&self, file: &File) -> Result<&FileEntry> {
+        if file.exec != self.exec_id || file.shard != self.shard {
+            return Err(IoUringError::BadHandle(format!(
+                "{} belongs to another executor",
+                file.path.display()
+            )));
+        }
+        match self.slots.get(file.slot as usize) {
+            Some((gen, Some(e))) if *gen == file.gen && !e.closing => Ok(e),
+            _ => Err(IoUringError::BadHandle(format!(
+                "{} is closed",
+                file.path.display()
+            ))),
+        }
+    }
+
+    fn lookup_mut(&mut self, file: &File) -> Result<&mut FileEntry> {
+        self.lookup(file)?;
+        match self.slots.get_mut(file.slot as usize) {
+            Some((_, Some(e))) => Ok(e),
+            _ => Err(IoUringError::BadHandle("closed".into())),
+        }
+    }
+
+    fn insert(&mut self, entry: FileEntry) -> (u32, u32) {
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.slots.push((0, None));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let s = &mut self.slots[slot as usize];
+        s.1 = Some(entry);
+        (slot, s.0)
+    }
+
+    fn remove(&mut self, slot: u32) -> Option<FileEntry> {
+        let s = self.slots.get_mut(slot as usize)?;
+        let e = s.1.take()?;
+        s.0 = s.0.wrapping_add(1);
+        self.free.push(slot);
+        Some(e)
+    }
+
+    fn next_slot(&self) -> u32 {
+        self.free.last().copied().unwrap_or(self.slots.len() as u32)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operations
+
+enum Body {
+    Read {
+        out: Vec<u8>,
+        done: Completer<Vec<u8>>,
+    },
+    Write {
+        data: Vec<u8>,
+        done: Completer<usize>,
+    },
+    Sync {
+        datasync: bool,
+        done: Completer<()>,
+    },
+    Fallocate {
+        mode: i32,
+        done: Completer<()>,
+    },
+    Size {
+        done: Completer<u64>,
+    },
+    Close {
+        done: Completer<()>,
+    },
+}
+
+struct Op {
+    kind: OpKind,
+    key: FileKey,
+    file_slot: u32,
+    target: Target,
+    path: Arc<Path>,
+    offset: u64,
+    len: u64,
+    /// Bytes of the range handed to chunks so far.
+    issued: u64,
+    /// SQEs of this op in the kernel.
+    outstanding: u32,
+    /// End of file seen by a read, relative to `offset`.
+    eof: Option<u64>,
+    errno: Option<i32>,
+    /// Only one chunk at a time (O_APPEND writes).
+    serial: bool,
+    queued: bool,
+    at: Instant,
+    body: Body,
+}
+
+impl Op {
+    fn more_to_issue(&self) -> bool {
+        match self.body {
+            Body::Read { .. } | Body::Write { .. } => {
+                self.errno.is_none()
+                    && self.eof.is_none()
+                    && self.issued < self.len
+                    && !(self.serial && self.outstanding > 0)
+            }
+            _ => self.outstanding == 0 && self.issued == 0,
+        }
+    }
+
+    fn finished(&self) -> bool {
+        self.outstanding == 0 && !self.more_to_issue()
+    }
+}
+
+/// A part of a read or write that fits one buffer.
+#[derive(Debug, Clone, Copy, Default)]
+struct Chunk {
+    op: u32,
+    /// Offset of the chunk inside the op.
+    rel: u64,
+    len: u32,
+    /// Bytes already transferred (short transfers are resubmitted from here).
+    done: u32,
+}
+
+/// Op slots with generations: a slot's generation changes when it is freed, so a late or stray
+/// completion can never finish another operation.
+#[derive(Default)]
+struct OpTable {
+    slots: Vec<(u32, Option<Op>)>,
+    free: Vec<u32>,
+    live: usize,
+}
+
+impl OpTable {
+    fn insert(&mut self, op: Op) -> u32 {
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.slots.push((0, None));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.slots[slot as usize].1 = Some(op);
+        self.live += 1;
+        slot
+    }
+
+    fn get(&mut self, slot: u32) -> Option<&mut Op> {
+        self.slots.get_mut(slot as usize)?.1.as_mut()
+    }
+
+    fn gen(&self, slot: u32) -> u32 {
+        self.slots.get(slot as usize).map_or(0, |s| s.0)
+    }
+
+    fn remove(&mut self, slot: u32) -> Option<Op> {
+        let s = self.slots.get_mut(slot as usize)?;
+        let op = s.1.take()?;
+        s.0 = s.0.wrapping_add(1) & GEN_MASK as u32;
+        self.free.push(slot);
+        self.live -= 1;
+        Some(op)
+    }
+
+    fn drain(&mut self) -> Vec<Op> {
+        self.free.clear();
+        self.live = 0;
+        self.slots.drain(..).filter_map(|s| s.1).collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The shard
+
+struct Shard {
+    // Field order is drop order: the ring goes before the pool, so the kernel lets go of the
+    // buffers before the pool decides whether to unmap them.
+    ring: IoUring,
+    pool: RegisteredBufferPool,
+    cfg: ShardConfig,
+    files: FileTable,
+    fixed_capacity: u32,
+    ops: OpTable,
+    chunks: Vec<Chunk>,
+    ready: VecDeque<u32>,
+    order: Ordering,
+    tasks: VecDeque<Task>,
+    stats: ShardStats,
+    shared: Arc<ShardShared>,
+    rx: Receiver<Message>,
+    /// Target of the wake-up read; boxed so its address is stable while the read is in flight.
+    wake_buf: Box<u64>,
+    wake_armed: bool,
+    /// SQEs pushed and not yet reaped (the wake-up read included).
+    in_flight: u32,
+    cq_capacity: u32,
+    closing: bool,
+    cqes: Vec<(u64, i32)>,
+}
+
+/// Starts shard `cfg.index` on its own thread. Returns once the shard is set up (pinned, memory
+/// policy set, ring and pool created on that thread) or with the setup error.
+pub(crate) fn spawn(cfg: ShardConfig) -> Result<(ShardLink, std::thread::JoinHandle<()>)> {
+    let shared = Arc::new(ShardShared::new()?);
+    let (tx, rx) = crossbeam_channel::bounded(cfg.channel_capacity.max(1));
+    let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<()>>(1);
+    let thread_shared = Arc::clone(&shared);
+    let thread_cfg = cfg.clone();
+    let handle = std::thread::Builder::new()
+        .name(format!("ringshard-{}", cfg.index))
+        .spawn(move || shard_main(thread_cfg, rx, thread_shared, ready_tx))
+        .map_err(|e| {
+            IoUringError::io(
+                "spawn shard thread",
+                None,
+                None,
+                e.raw_os_error().unwrap_or(libc::EAGAIN),
+            )
+        })?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok((
+            ShardLink {
+                index: cfg.index,
+                cpu: cfg.cpu,
+                node: cfg.node,
+                tx,
+                shared,
+            },
+            handle,
+        )),
+        Ok(Err(e)) => {
+            let _ = handle.join();
+            Err(e)
+        }
+        Err(_) => {
+            let _ = handle.join();
+            Err(IoUringError::ShardFailed {
+                shard: cfg.index,
+                reason: "the shard thread died during setup".into(),
+            })
+        }
+    }
+}
+
+fn shard_main(
+    cfg: ShardConfig,
+    rx: Receiver<Message>,
+    shared: Arc<ShardShared>,
+    ready: crossbeam_channel::Sender<Result<()>>,
+) {
+    let mut shard = match Shard::new(cfg, rx, Arc::clone(&shared)) {
+        Ok(s) => {
+            let _ = ready.send(Ok(()));
+            s
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shard.run()));
+    if outcome.is_err() {
+        // Everything still pending on this shard fails with ShardFailed as it is dropped; new
+        // work is refused at the door. The ring is dropped before the pool, and the pool keeps
+        // its memory mapped if the kernel may still write into it.
+        shared.dead.store(true, AtomicOrdering::Release);
+        set_abandon_reason(AbandonReason::ShardPanicked);
+    } else {
+        set_abandon_reason(AbandonReason::Shutdown);
+    }
+    // Whatever is still queued for this shard is failed (by dropping its completers).
+    while shard.rx.try_recv().is_ok() {}
+    drop(shard);
+}
+
+impl Shard {
+    fn new(cfg: ShardConfig, rx: Receiver<Message>, shared: Arc<ShardShared>) -> Result<Self> {
+        if let Some(cpu) = cfg.cpu {
+            if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
+                return Err(IoUringError::InvalidConfig(format!(
+                    "shard {}: cannot pin to CPU {cpu} (sched_setaffinity refused): the CPU may \
+                     be offline or outside this process's cpuset",
+                    cfg.index
+                )));
+            }
+        }
+        if let Some(node) = cfg.node {
+            // Best effort: a kernel without NUMA support refuses, and then there is one node.
+            let _ = numa::prefer_node_for_thread(node);
+        }
+        // The ring, the pool and the file table are created here, on the pinned thread: with
+        // SINGLE_ISSUER only this thread may use the ring, and first-touch puts memory locally.
+        let (mut ring, _mode) = cfg.ring.build()?;
+        if let Some(cpu) = cfg.cpu {
+            pin_workers(&ring, cpu);
+        }
+        let pool = match (cfg.bind_memory, cfg.node) {
+            (true, Some(node)) => RegisteredBufferPool::new_on_node(
+                &mut ring,
+                cfg.buffer_size,
+                cfg.buffer_count,
+                node,
+            )?,
+            _ => RegisteredBufferPool::new(&mut ring, cfg.buffer_size, cfg.buffer_count)?,
+        };
+        let fixed_capacity = if cfg.max_files > 0 {
+            match ring.submitter().register_files_sparse(cfg.max_files) {
+                Ok(()) => cfg.max_files,
+                // EMFILE (RLIMIT_NOFILE below max_files) or an old kernel: plain descriptors.
+                Err(_) => 0,
+            }
+        } else {
+            0
+        };
+        let cq_capacity = ring.params().cq_entries();
+        let mut stats = ShardStats::new(cfg.index, cfg.cpu, cfg.node);
+        stats.pool = pool.stats();
+        let mut shard = Shard {
+            chunks: vec![Chunk::default(); cfg.buffer_count],
+            files: FileTable {
+                exec_id: cfg.exec_id,
+                shard: cfg.index,
+                ..FileTable::default()
+            },
+            ring,
+            pool,
+            cfg,
+            fixed_capacity,
+            ops: OpTable::default(),
+            ready: VecDeque::new(),
+            order: Ordering::default(),
+            tasks: VecDeque::new(),
+            stats,
+            shared,
+            rx,
+            wake_buf: Box::new(0),
+            wake_armed: false,
+            in_flight: 0,
+            cq_capacity,
+            closing: false,
+            cqes: Vec::with_capacity(256),
+        };
+        shard.arm_wake()?;
+        Ok(shard)
+    }
+
+    /// Arms the read on the wake-up eventfd.
+    fn arm_wake(&mut self) -> Result<()> {
+        if self.wake_armed {
+            return Ok(());
+        }
+        let entry = opcode::Read::new(
+            types::Fd(self.shared.eventfd.as_raw_fd()),
+            (&mut *self.wake_buf as *mut u64).cast(),
+            8,
+        )
+        .build()
+        .user_data(WAKE_USER_DATA);
+        self.push_entry(&entry)?;
+        self.wake_armed = true;
+        Ok(())
+    }
+
+    /// Pushes an SQE, submitting first when the queue is full.
+    fn push_entry(&mut self, entry: &squeue::Entry) -> Result<()> {
+        loop {
+            // SAFETY: every entry the shard pushes points to memory the shard owns and keeps
+            // until the completion is reaped (the wake buffer, pool buffers, boxed statx).
+            if unsafe { self.ring.submission().push(entry) }.is_ok() {
+                self.in_flight += 1;
+                return Ok(());
+            }
+            self.stats.note_sq_full();
+            self.submit(0)?;
+        }
+    }
+
+    fn has_cq_room(&mut self) -> bool {
+        // Keep the CQ from overflowing: never more in flight than it holds.
+        self.in_flight < self.cq_capacity
+    }
+
+    fn submit(&mut self, want: usize) -> Result<usize> {
+        let queued = self.ring.submission().len() as u64;
+        loop {
+            match self.ring.submit_and_wait(want) {
+                Ok(n) => {
+                    self.stats.note_submit(queued);
+                    return Ok(n);
+                }
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR)) => continue,
+                // EBUSY/EAGAIN: the CQ is full or the kernel is short of memory; reaping frees it.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN)) => {
+                    return Ok(0)
+                }
+                Err(e) => {
+                    return Err(IoUringError::io(
+                        "io_uring_enter",
+                        None,
+                        None,
+                        e.raw_os_error().unwrap_or(libc::EIO),
+                    ))
+                }
+            }
+        }
+    }
+
+    fn run(&mut self) {
+        let mut idle_since: Option<Instant> = None;
+        loop {
+            let mut progress = self.admit_inbox();
+            if self.tasks.is_empty() {
+                progress |= self.issue();
+            } else if self.ops_in_flight() == 0 {
+                self.run_tasks();
+                progress = true;
+            }
+            let pending = self.ring.submission().len();
+            if pending > 0 {
+                // A failed submit is retried next turn; a persistent failure shows in stats.
+                let _ = self.submit(0);
+            }
+            progress |= self.reap() > 0;
+            if self.closing && self.ops.live == 0 && self.tasks.is_empty() && self.rx.is_empty() {
+                return;
+            }
+            if progress {
+                idle_since = None;
+                continue;
+            }
+            let started = *idle_since.get_or_insert_with(Instant::now);
+            if started.elapsed() < self.cfg.spin {
+                // Spin: ask the kernel for completions (deferred task work runs only on enter).
+                self.poll_completions();
+                std::hint::spin_loop();
+                continue;
+            }
+            self.sleep();
+            idle_since = None;
+        }
+    }
+
+    fn ops_in_flight(&self) -> u32 {
+        self.in_flight - u32::from(self.wake_armed)
+    }
+
+    /// Runs deferred completions without blocking.
+    fn poll_completions(&mut self) {
+        // SAFETY: a plain io_uring_enter with no submissions and no argument.
+        let _ = unsafe {
+            self.ring.submitter().enter::<libc::sigset_t>(
+                0,
+                0,
+                io_uring::EnterFlags::GETEVENTS.bits(),
+                None,
+            )
+        };
+    }
+
+    /// Blocks in the ring until a completion (I/O or wake-up) arrives.
+    fn sleep(&mut self) {
+        self.shared.sleeping.store(true, AtomicOrdering::Relaxed);
+        fence(AtomicOrdering::SeqCst);
+        if !self.rx.is_empty() {
+            self.shared.sleeping.store(false, AtomicOrdering::Relaxed);
+            return;
+        }
+        if self.arm_wake().is_err() {
+            self.shared.sleeping.store(false, AtomicOrdering::Relaxed);
+            return;
+        }
+        self.stats.note_sleep();
+        let _ = self.submit(1);
+        self.shared.sleeping.store(false, AtomicOrdering::Relaxed);
+    }
+
+    // -- inbox ---------------------------------------------------------------------------------
+
+    fn admit_inbox(&mut self) -> bool {
+        let mut any = false;
+        for _ in 0..INBOX_BATCH {
+            match self.rx.try_recv() {
+                Ok(msg) => {
+                    any = true;
+                    self.handle(msg);
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    self.closing = true;
+                    break;
+                }
+            }
+        }
+        if any {
+            self.stats
+                .note_queued((self.ready.len() + self.order.waiting()) as u64);
+        }
+        any
+    }
+
+    fn handle(&mut self, msg: Message) {
+        match msg {
+            Message::Io(req) => self.admit(req),
+            Message::Batch(reqs) => {
+                for req in reqs {
+                    self.admit(req);
+                }
+            }
+            Message::Install {
+                fd,
+                key,
+                flags,
+                path,
+                done,
+            } => self.install(fd, key, flags, path, done),
+            Message::Task(t) => self.tasks.push_back(t),
+            Message::Stats(done) => {
+                self.stats.pool = self.pool.stats();
+                done.complete(Ok(self.stats.clone()));
+            }
+            Message::Shutdown => self.closing = true,
+        }
+    }
+
+    fn install(
+        &mut self,
+        fd: OwnedFd,
+        key: FileKey,
+        flags: FileFlags,
+        path: Arc<Path>,
+        done: Completer<File>,
+    ) {
+        let at = Instant::now();
+        let slot = self.files.next_slot();
+        let fixed = (slot < self.fixed_capacity
+            && self
+                .ring
+                .submitter()
+                .register_files_update(slot, &[fd.as_raw_fd()])
+                .is_ok())
+        .then_some(slot);
+        let (slot, gen) = self.files.insert(FileEntry {
+            fd,
+            fixed,
+            key,
+            flags,
+            path: Arc::clone(&path),
+            closing: false,
+        });
+        self.stats.record(OpKind::Open, 0, elapsed_ns(at));
+        done.complete(Ok(File {
+            exec: self.cfg.exec_id,
+            shard: self.cfg.index,
+            slot,
+            gen,
+            key,
+            flags,
+            path,
+        }));
+    }
+
+    /// Checks a request and queues it as an op.
+    fn admit(&mut self, req: IoRequest) {
+        let IoRequest { file, op, at } = req;
+        let entry = match self.files.lookup_mut(&file) {
+            Ok(e) => e,
+            Err(e) => return fail_request(op, e, &mut self.stats, at),
+        };
+        let (kind, offset, len, fp, body) = match op {
+            IoOp::Read { offset, len, done } => (
+                OpKind::Read,
+                offset,
+                len as u64,
+                Footprint::read(offset, len as u64),
+                Body::Read {
+                    out: Vec::new(),
+                    done,
+                },
+            ),
+            IoOp::Write { offset, data, done } => {
+                let len = data.len() as u64;
+                let fp = if entry.flags.append {
+                    Footprint::Barrier
+                } else {
+                    Footprint::write(offset, len)
+                };
+                (OpKind::Write, offset, len, fp, Body::Write { data, done })
+            }
+            IoOp::Sync { datasync, done } => (
+                if datasync {
+                    OpKind::Fdatasync
+                } else {
+                    OpKind::Fsync
+                },
+                0,
+                0,
+                Footprint::Sync,
+                Body::Sync { datasync, done },
+            ),
+            IoOp::Fallocate {
+                mode,
+                offset,
+                len,
+                done,
+            } => (
+                OpKind::Fallocate,
+                offset,
+                len,
+                Footprint::Barrier,
+                Body::Fallocate { mode, done },
+            ),
+            IoOp::Size { done } => (OpKind::Size, 0, 0, Footprint::Barrier, Body::Size { done }),
+            IoOp::Close { done } => {
+                entry.closing = true;
+                (
+                    OpKind::Close,
+                    0,
+                    0,
+                    Footprint::Barrier,
+                    Body::Close { done },
+                )
+            }
+        };
+        let op = Op {
+            kind,
+            key: entry.key,
+            file_slot: file.slot,
+            target: entry.target(),
+            path: Arc::clone(&entry.path),
+            offset,
+            len,
+            issued: 0,
+            outstanding: 0,
+            eof: None,
+            errno: None,
+            serial: entry.flags.append,
+            queued: false,
+            at,
+            body,
+        };
+        let key = op.key;
+        let slot = self.ops.insert(op);
+        if self.order.admit(key, slot, fp) {
+            self.enqueue(slot);
+        }
+    }
+
+    fn enqueue(&mut self, slot: u32) {
+        if let Some(op) = self.ops.get(slot) {
+            if !op.queued {
+                op.queued = true;
+                self.ready.push_back(slot);
+            }
+        }
+    }
+
+    // -- issuing -------------------------------------------------------------------------------
+
+    /// Issues SQEs for ready ops, in order, until buffers or CQ room run out.
+    fn issue(&mut self) -> bool {
+        let mut any = false;
+        while let Some(&slot) = self.ready.front() {
+            let Some(op) = self.ops.get(slot) else {
+                self.ready.pop_front();
+                continue;
+            };
+            if !op.more_to_issue() {
+                op.queued = false;
+                self.ready.pop_front();
+                if op.finished() {
+                    self.finish(slot);
+                }
+                continue;
+            }
+            if !self.has_cq_room() {
+                break;
+            }
+            match self.issue_one(slot) {
+                Ok(true) => any = true,
+                Ok(false) => break, // no free buffer: wait for completions
+                Err(e) => {
+                    // Pushing failed for a reason that will not pass: fail the op.
+                    if let Some(op) = self.ops.get(slot) {
+                        op.errno.get_or_insert(e.errno().unwrap_or(libc::EIO));
+                    }
+                    any = true;
+                }
+            }
+        }
+        if any {
+            self.stats.note_in_flight(u64::from(self.ops_in_flight()));
+        }
+        any
+    }
+
+    /// Issues the next SQE of op `slot`. `Ok(false)`: it needs a buffer and none is free.
+    fn issue_one(&mut self, slot: u32) -> Result<bool> {
+        let gen = self.ops.gen(slot);
+        let Some(op) = self.ops.get(slot) else {
+            return Ok(true);
+        };
+        let user_data = u64::from(slot) | (u64::from(gen) << SLOT_BITS);
+        let entry = match &op.body {
+            Body::Read { .. } | Body::Write { .. } => return self.issue_chunk(slot),
+            Body::Sync { datasync, .. } => {
+                let flags = if *datasync {
+                    types::FsyncFlags::DATASYNC
+                } else {
+                    types::FsyncFlags::empty()
+                };
+                match op.target {
+                    Target::Fixed(s) => opcode::Fsync::new(types::Fixed(s)).flags(flags).build(),
+                    Target::Fd(fd) => opcode::Fsync::new(types::Fd(fd)).flags(flags).build(),
+                }
+            }
+            Body::Fallocate { mode, .. } => match op.target {
+                Target::Fixed(s) => opcode::Fallocate::new(types::Fixed(s), op.len)
+                    .offset(op.offset)
+                    .mode(*mode)
+                    .build(),
+                Target::Fd(fd) => opcode::Fallocate::new(types::Fd(fd), op.len)
+                    .offset(op.offset)
+                    .mode(*mode)
+                    .build(),
+            },
+            Body::Size { .. } | Body::Close { .. } => {
+                // Synchronous and cheap: run them here, in order.
+                op.issued = 1;
+                self.run_sync_op(slot);
+                return Ok(true);
+            }
+        };
+        op.issued = 1;
+        self.push_entry(&entry.user_data(user_data))?;
+        if let Some(op) = self.ops.get(slot) {
+            op.outstanding = 1;
+        }
+        Ok(true)
+    }
+
+    fn issue_chunk(&mut self, slot: u32) -> Result<bool> {
+        let buffer_size = self.pool.buffer_size() as u64;
+        let Some((idx, _)) = self.pool.try_acquire() else {
+            self.stats.note_pool_exhausted();
+            return Ok(false);
+        };
+        let Some(op) = self.ops.get(slot) else {
+            self.pool.release(idx);
+            return Ok(true);
+        };
+        let rel = op.issued;
+        let len = (op.len - rel).min(buffer_size) as u32;
+        let dir = match &op.body {
+            Body::Write { data, .. } => {
+                let src = &data[rel as usize..rel as usize + len as usize];
+                // The buffer was just acquired, so it is not in flight.
+                if let Ok(buf) = self.pool.get_mut(idx) {
+                    buf[..len as usize].copy_from_slice(src);
+                }
+                Direction::Write
+            }
+            _ => Direction::Read,
+        };
+        op.issued += u64::from(len);
+        op.outstanding += 1;
+        self.chunks[idx as usize] = Chunk {
+            op: slot,
+            rel,
+            len,
+            done: 0,
+        };
+        if let Err(e) = self.push_chunk(dir, idx) {
+            if let Some(op) = self.ops.get(slot) {
+                op.outstanding -= 1;
+            }
+            self.pool.release(idx);
+            return Err(e);
+        }
+        Ok(true)
+    }
+
+    /// Pushes (or re-pushes, after a short transfer) the SQE of the chunk in buffer `idx`.
+    fn push_chunk(&mut self, dir: Direction, idx: u16) -> Result<()> {
+        let ch = self.chunks[idx as usize];
+        let Some(op) = self.ops.get(ch.op) else {
+            return Err(IoUringError::invalid("issue", "chunk without op"));
+        };
+        let (target, file_off) = (op.target, op.offset + ch.rel + u64::from(ch.done));
+        let entry = self.pool.prepare_at(
+            dir,
+            target,
+            idx,
+            ch.done as usize,
+            file_off,
+            ch.len - ch.done,
+        )?;
+        loop {
+            match self.pool.push_prepared(&mut self.ring, entry.clone(), idx) {
+                Ok(_) => {
+                    self.in_flight += 1;
+                    return Ok(());
+                }
+                Err(IoUringError::SubmissionQueueFull) => {
+                    self.stats.note_sq_full();
+                    self.submit(0)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn run_sync_op(&mut self, slot: u32) {
+        let Some(op) = self.ops.get(slot) else { return };
+        let file_slot = op.file_slot;
+        match &op.body {
+            Body::Size { .. } => {
+                let fd = match op.target {
+                    Target::Fd(fd) => fd,
+                    Target::Fixed(_) => self
+                        .files
+                        .slots
+                        .get(file_slot as usize)
+                        .and_then(|s| s.1.as_ref())
+                        .map_or(-1, FileEntry::fd),
+                };
+                // SAFETY: fstat writes into the local struct only.
+                let mut st: libc::stat = unsafe { std::mem::zeroed() };
+                // SAFETY: fd is a descriptor of this shard's file table (or -1, which fails).
+                if unsafe { libc::fstat(fd, &mut st) } == 0 {
+                    op.len = st.st_size as u64;
+                } else {
+                    op.errno = Some(numa::last_errno());
+                }
+            }
+            Body::Close { .. } => {
+                if let Some(entry) = self.files.remove(file_slot) {
+                    if let Some(fixed) = entry.fixed {
+                        // Drops the ring's reference; failure leaves it until the ring closes.
+                        let _ = self.ring.submitter().register_files_update(fixed, &[-1]);
+                    }
+                    drop(entry); // closes the descriptor
+                }
+            }
+            _ => {}
+        }
+        self.finish(slot);
+    }
+
+    // -- completions ---------------------------------------------------------------------------
+
+    fn reap(&mut self) -> usize {
+        let mut cqes = std::mem::take(&mut self.cqes);
+        cqes.clear();
+        cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+        let n = cqes.len();
+        for &(ud, res) in &cqes {
+            self.in_flight = self.in_flight.saturating_sub(1);
+            if ud == WAKE_USER_DATA {
+                self.wake_armed = false;
+                self.stats.note_wakeup();
+                // Re-armed before the next sleep.
+                continue;
+            }
+            match RegisteredBufferPool::buffer_index_of(ud) {
+                Some(idx) => self.complete_chunk(idx, res),
+                None => self.complete_plain(ud, res),
+            }
+        }
+        self.cqes = cqes;
+        n
+    }
+
+    fn complete_plain(&mut self, ud: u64, res: i32) {
+        let slot = (ud & SLOT_MASK) as u32;
+        if u64::from(self.ops.gen(slot)) != (ud >> SLOT_BITS) & GEN_MASK {
+            return; // stale: cannot happen while slots outlive their SQEs, but never misroute
+        }
+        if let Some(op) = self.ops.get(slot) {
+            op.outstanding = op.outstanding.saturating_sub(1);
+            if res < 0 {
+                op.errno = Some(-res);
+            }
+        }
+        self.finish(slot);
+    }
+
+    fn complete_chunk(&mut self, idx: u16, res: i32) {
+        if (idx as usize) >= self.chunks.len() || !self.pool.is_in_flight(idx) {
+            return;
+        }
+        self.pool.complete_in_flight(idx);
+        let mut ch = self.chunks[idx as usize];
+        let Some(op) = self.ops.get(ch.op) else {
+            self.pool.release(idx);
+            return;
+        };
+        let is_read = matches!(op.body, Body::Read { .. });
+        let dir = if is_read {
+            Direction::Read
+        } else {
+            Direction::Write
+        };
+        let mut retry = false;
+        if res < 0 {
+            if matches!(-res, libc::EAGAIN | libc::EINTR) {
+                retry = true;
+            } else {
+                op.errno.get_or_insert(-res);
+            }
+        } else if res == 0 {
+            if is_read {
+                let end = ch.rel + u64::from(ch.done);
+                op.eof = Some(op.eof.map_or(end, |e| e.min(end)));
+            } else {
+                // A write that makes no progress would loop forever.
+                op.errno.get_or_insert(libc::EIO);
+            }
+        } else {
+            ch.done += res as u32;
+            self.chunks[idx as usize].done = ch.done;
+            retry = ch.done < ch.len;
+        }
+        if retry && op.errno.is_none() {
+            if self.push_chunk(dir, idx).is_ok() {
+                return;
+            }
+            if let Some(op) = self.ops.get(ch.op) {
+                op.errno.get_or_insert(libc::EIO);
+            }
+        }
+        let Some(op) = self.ops.get(ch.op) else {
+            return;
+        };
+        if let Body::Read { out, .. } = &mut op.body {
+            if ch.done > 0 {
+                if out.len() < op.len as usize {
+                    out.resize(op.len as usize, 0);
+                }
+                if let Ok(buf) = self.pool.get(idx) {
+                    let start = ch.rel as usize;
+                    out[start..start + ch.done as usize].copy_from_slice(&buf[..ch.done as usize]);
+                }
+            }
+        }
+        op.outstanding -= 1;
+        self.pool.release(idx);
+        let slot = ch.op;
+        if op.finished() {
+            self.finish(slot);
+        } else if op.more_to_issue() {
+            self.enqueue(slot);
+        }
+    }
+
+    /// Completes op `slot`'s handle, counts it, and lets the next ops of its file go.
+    fn finish(&mut self, slot: u32) {
+        let Some(op) = self.ops.remove(slot) else {
+            return;
+        };
+        let before = self.ready.len();
+        self.order.finish(op.key, slot, &mut self.ready);
+        // Ops made ready by `order.finish` are queued now.
+        for i in before..self.ready.len() {
+            let s = self.ready[i];
+            if let Some(o) = self.ops.get(s) {
+                o.queued = true;
+            }
+        }
+        let lat = elapsed_ns(op.at);
+        let path = Some(op.path.to_path_buf());
+        let err = |name: &'static str, errno: i32, offset: Option<u64>| {
+            IoUringError::io(name, path.clone(), offset, errno)
+        };
+        match (op.errno, op.body) {
+            (Some(errno), body) => {
+                self.stats.record_error(op.kind, errno, lat);
+                let offset = matches!(
+                    body,
+                    Body::Read { .. } | Body::Write { .. } | Body::Fallocate { .. }
+                )
+                .then_some(op.offset);
+                let e = err(op.kind.name(), errno, offset);
+                match body {
+                    Body::Read { done, .. } => done.complete(Err(e)),
+                    Body::Write { done, .. } => done.complete(Err(e)),
+                    Body::Sync { done, .. }
+                    | Body::Fallocate { done, .. }
+                    | Body::Close { done } => done.complete(Err(e)),
+                    Body::Size { done } => done.complete(Err(e)),
+                }
+            }
+            (None, Body::Read { mut out, done }) => {
+                let n = op.eof.unwrap_or(op.len).min(op.len) as usize;
+                out.resize(n, 0);
+                self.stats.record(OpKind::Read, n as u64, lat);
+                done.complete(Ok(out));
+            }
+            (None, Body::Write { data, done }) => {
+                self.stats.record(OpKind::Write, data.len() as u64, lat);
+                done.complete(Ok(data.len()));
+            }
+            (None, Body::Size { done }) => {
+                self.stats.record(OpKind::Size, 0, lat);
+                done.complete(Ok(op.len));
+            }
+            (
+                None,
+                Body::Sync { done, .. } | Body::Fallocate { done, .. } | Body::Close { done },
+            ) => {
+                self.stats.record(op.kind, 0, lat);
+                done.complete(Ok(()));
+            }
+        }
+    }
+
+    // -- tasks ---------------------------------------------------------------------------------
+
+    fn run_tasks(&mut self) {
+        while let Some(task) = self.tasks.pop_front() {
+            let at = Instant::now();
+            let mut wake_seen = false;
+            {
+                let mut ctx = ShardContext {
+                    ring: &mut self.ring,
+                    pool: &mut self.pool,
+                    files: &self.files,
+                    stats: &mut self.stats,
+                    wake_seen: &mut wake_seen,
+                    index: self.cfg.index,
+                };
+                task(&mut ctx);
+            }
+            if wake_seen {
+                self.wake_armed = false;
+                self.in_flight = self.in_flight.saturating_sub(1);
+            }
+            self.drain_task_buffers();
+            self.stats.record(OpKind::Task, 0, elapsed_ns(at));
+        }
+    }
+
+    /// Waits until no pool buffer a task submitted is in flight (the task broke the contract if
+    /// any is), so the shard never reuses a buffer the kernel may still write into.
+    fn drain_task_buffers(&mut self) {
+        while self.pool.in_flight_count() > 0 {
+            let _ = self.submit(1);
+            let cqes: Vec<(u64, i32)> = self
+                .ring
+                .completion()
+                .map(|c| (c.user_data(), c.result()))
+                .collect();
+            for (ud, _) in cqes {
+                if ud == WAKE_USER_DATA {
+                    self.wake_armed = false;
+                    self.in_flight = self.in_flight.saturating_sub(1);
+                } else if let Some(idx) = RegisteredBufferPool::buffer_index_of(ud) {
+                    if self.pool.is_in_flight(idx) {
+                        self.pool.complete_in_flight(idx);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Shard {
+    fn drop(&mut self) {
+        // Fail what never ran (their completers report why), and close every file.
+        for op in self.ops.drain() {
+            drop(op);
+        }
+        self.tasks.clear();
+        if self.wake_armed {
+            // The kernel may still complete the wake-up read into this box after the ring is
+            // gone: keep its 8 bytes for the life of the process.
+            std::mem::forget(std::mem::take(&mut self.wake_buf));
+        }
+    }
+}
+
+fn fail_request(op: IoOp, e: IoUringError, stats: &mut ShardStats, at: Instant) {
+    let lat = elapsed_ns(at);
+    let kind = match &op {
+        IoOp::Read { .. } => OpKind::Read,
+        IoOp::Write { .. } => OpKind::Write,
+        IoOp::Sync { datasync: true, .. } => OpKind::Fdatasync,
+        IoOp::Sync { .. } => OpKind::Fsync,
+        IoOp::Fallocate { .. } => OpKind::Fallocate,
+        IoOp::Size { .. } => OpKind::Size,
+        IoOp::Close { .. } => OpKind::Close,
+    };
+    stats.record_error(kind, e.errno().unwrap_or(libc::EBADF), lat);
+    match op {
+        IoOp::Read { done, .. } => done.complete(Err(e)),
+        IoOp::Write { done, .. } => done.complete(Err(e)),
+        IoOp::Sync { done, .. } | IoOp::Fallocate { done, .. } | IoOp::Close { done } => {
+            done.complete(Err(e))
+        }
+        IoOp::Size { done } => done.complete(Err(e)),
+    }
+}
+
+fn elapsed_ns(at: Instant) -> u64 {
+    at.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64
+}

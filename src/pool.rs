@@ -124,8 +124,9 @@ impl fmt::Display for BufferPoolStats {
 /// pool.complete_in_flight(idx);
 /// pool.release(idx);
 ///
-/// // Read it back.
-/// let (idx, _) = pool.acquire()?;
+/// // Read it back into a cleared buffer.
+/// let (idx, buf) = pool.acquire()?;
+/// buf.fill(0);
 /// pool.submit_read_fixed(&mut ring, fd, idx, 0, 5)?;
 /// ring.submit_and_wait(1)?;
 /// let cqe = ring.completion().next().expect("one completion");
@@ -152,6 +153,9 @@ pub struct RegisteredBufferPool {
     stride: usize,
     total_count: usize,
     states: Vec<State>,
+    /// For each buffer, the `user_data` of its operations pushed by the pool and not yet
+    /// completed: a completion whose `user_data` is not here is stale and changes nothing.
+    pending: Vec<Vec<u64>>,
     free: Vec<u16>,
     acquired_count: usize,
     in_flight_count: usize,
@@ -222,6 +226,7 @@ impl RegisteredBufferPool {
             stride,
             total_count: buffer_count,
             states: vec![State::Free; buffer_count],
+            pending: vec![Vec::new(); buffer_count],
             // Reversed so that acquire (pop) hands out 0, 1, 2, ... first.
             free: (0..buffer_count as u16).rev().collect(),
             acquired_count: 0,
@@ -407,6 +412,11 @@ impl RegisteredBufferPool {
                 if *in_flight == 0 {
                     self.in_flight_count -= 1;
                 }
+                // Never remember more operations than are in flight: a caller completing by
+                // index retires the oldest.
+                let pending = &mut self.pending[buf_index as usize];
+                let excess = pending.len().saturating_sub(*in_flight as usize);
+                pending.drain(..excess);
                 Ok(())
             }
             _ => {
@@ -426,11 +436,24 @@ impl RegisteredBufferPool {
     /// Decodes a CQE made by `submit_*`, marks its operation complete, and returns the buffer index
     /// and the CQE result (bytes transferred, or a negative errno). `None` for a CQE whose
     /// `user_data` the pool did not make.
+    ///
+    /// A completion that does not belong to an operation in flight (a stale or repeated CQE, or
+    /// one already completed by index) returns `None` and changes nothing, so it can never free a
+    /// buffer that a newer operation is using.
     pub fn complete_cqe(&mut self, cqe: &cqueue::Entry) -> Option<(u16, i32)> {
-        let idx = Self::buffer_index_of(cqe.user_data())?;
-        self.check_index(idx).ok()?;
-        self.complete_in_flight(idx);
+        let idx = self.complete_user_data(cqe.user_data())?;
         Some((idx, cqe.result()))
+    }
+
+    /// Marks the operation with this `user_data` complete; returns its buffer, or `None` when
+    /// the pool has no such operation in flight.
+    pub(crate) fn complete_user_data(&mut self, user_data: u64) -> Option<u16> {
+        let idx = Self::buffer_index_of(user_data)?;
+        let pending = self.pending.get_mut(idx as usize)?;
+        let pos = pending.iter().position(|&u| u == user_data)?;
+        pending.remove(pos);
+        self.complete_in_flight(idx);
+        Some(idx)
     }
 
     /// Whether `buf_index` has an operation in flight (false for invalid indexes).
@@ -577,6 +600,7 @@ impl RegisteredBufferPool {
         unsafe { ring.submission().push(&entry) }.map_err(|_| IoUringError::SubmissionQueueFull)?;
         self.next_seq = self.next_seq.wrapping_add(1);
         self.mark_in_flight(buf_index);
+        self.pending[buf_index as usize].push(user_data);
         Ok(user_data)
     }
 
@@ -941,6 +965,44 @@ mod tests {
             p.complete_cqe(c).unwrap();
         }
         assert_eq!(p.in_flight_count(), 0);
+    }
+
+    #[test]
+    fn stale_completion_changes_nothing() {
+        let mut r = IoUring::new(8).unwrap();
+        let mut p = RegisteredBufferPool::new(&mut r, 16, 1).unwrap();
+        let f = tempfile::tempfile().unwrap();
+        let fd = f.as_raw_fd();
+        let (i, _) = p.acquire().unwrap();
+        p.submit_write_fixed(&mut r, fd, i, 0, 4).unwrap();
+        r.submit_and_wait(1).unwrap();
+        let old = r.completion().next().unwrap();
+        assert_eq!(p.complete_cqe(&old), Some((i, 4)));
+        // A new operation on the same buffer, then the old CQE again (a late duplicate).
+        p.submit_read_fixed(&mut r, fd, i, 0, 4).unwrap();
+        assert_eq!(p.complete_cqe(&old), None);
+        assert!(p.is_in_flight(i), "the new read must stay in flight");
+        assert!(p.try_release(i).is_err());
+        r.submit_and_wait(1).unwrap();
+        let new = r.completion().next().unwrap();
+        assert_eq!(p.complete_cqe(&new), Some((i, 4)));
+        p.try_release(i).unwrap();
+    }
+
+    #[test]
+    fn complete_by_index_retires_pending_user_data() {
+        let mut r = IoUring::new(8).unwrap();
+        let mut p = RegisteredBufferPool::new(&mut r, 16, 1).unwrap();
+        let f = tempfile::tempfile().unwrap();
+        let (i, _) = p.acquire().unwrap();
+        p.submit_write_fixed(&mut r, f.as_raw_fd(), i, 0, 4)
+            .unwrap();
+        r.submit_and_wait(1).unwrap();
+        let cqe = r.completion().next().unwrap();
+        p.complete_in_flight(i);
+        // The CQE was already accounted by index: decoding it again must not double-complete.
+        assert_eq!(p.complete_cqe(&cqe), None);
+        assert_eq!(p.stats().misuse_total(), 0);
     }
 
     #[test]

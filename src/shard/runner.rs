@@ -967,7 +967,7 @@ impl Shard {
                 continue;
             }
             match RegisteredBufferPool::buffer_index_of(ud) {
-                Some(idx) => self.complete_chunk(idx, res),
+                Some(idx) => self.complete_chunk(idx, ud, res),
                 None => self.complete_plain(ud, res),
             }
         }
@@ -989,11 +989,11 @@ impl Shard {
         self.finish(slot);
     }
 
-    fn complete_chunk(&mut self, idx: u16, res: i32) {
-        if (idx as usize) >= self.chunks.len() || !self.pool.is_in_flight(idx) {
+    fn complete_chunk(&mut self, idx: u16, ud: u64, res: i32) {
+        // Only a completion of an operation the pool has in flight counts: never a stale one.
+        if (idx as usize) >= self.chunks.len() || self.pool.complete_user_data(ud).is_none() {
             return;
         }
-        self.pool.complete_in_flight(idx);
         let mut ch = self.chunks[idx as usize];
         let Some(op) = self.ops.get(ch.op) else {
             self.pool.release(idx);
@@ -1158,10 +1158,8 @@ impl Shard {
                 if ud == WAKE_USER_DATA {
                     self.wake_armed = false;
                     self.in_flight = self.in_flight.saturating_sub(1);
-                } else if let Some(idx) = RegisteredBufferPool::buffer_index_of(ud) {
-                    if self.pool.is_in_flight(idx) {
-                        self.pool.complete_in_flight(idx);
-                    }
+                } else {
+                    self.pool.complete_user_data(ud);
                 }
             }
         }

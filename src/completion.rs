@@ -1,7 +1,7 @@
 //! The caller's handle on one operation: wait for it (blocking, with or without a timeout) or
 //! `.await` it in any async runtime.
 //!
-//! A [`Completion`] and its shard-side [`Completer`] share one small allocation. The completer is
+//! A [`Completion`] and its shard-side `Completer` share one small allocation. The completer is
 //! completed exactly once; if it is dropped without completing (its shard panicked or stopped), the
 //! drop completes it with an error, so no handle is ever left hanging.
 
@@ -17,6 +17,8 @@ struct Slot<T> {
     result: Option<Result<T>>,
     taken: bool,
     waker: Option<Waker>,
+    /// A thread is blocked on the condvar: only then does completing pay for a futex wake.
+    thread_waiting: bool,
 }
 
 struct Shared<T> {
@@ -73,6 +75,7 @@ pub(crate) fn pair<T>(shard: usize) -> (Completion<T>, Completer<T>) {
             result: None,
             taken: false,
             waker: None,
+            thread_waiting: false,
         }),
         ready: Condvar::new(),
     });
@@ -121,6 +124,7 @@ impl<T> Completion<T> {
             if let Some(r) = Self::take(&mut slot) {
                 return r;
             }
+            slot.thread_waiting = true;
             slot = self
                 .shared
                 .ready
@@ -142,6 +146,7 @@ impl<T> Completion<T> {
             if now >= deadline {
                 return Err(IoUringError::Timeout);
             }
+            slot.thread_waiting = true;
             slot = self
                 .shared
                 .ready
@@ -179,12 +184,16 @@ impl<T> Completer<T> {
     /// Delivers the result and wakes whoever waits (thread or task).
     pub(crate) fn complete(mut self, result: Result<T>) {
         if let Some(shared) = self.shared.take() {
-            let waker = {
+            let (waker, thread_waiting) = {
                 let mut slot = shared.lock();
                 slot.result = Some(result);
-                slot.waker.take()
+                (slot.waker.take(), slot.thread_waiting)
             };
-            shared.ready.notify_all();
+            // The flag is set under the lock before a waiter sleeps, so a waiter either sees the
+            // result or is announced here: no wake-up is lost, and none is paid for needlessly.
+            if thread_waiting {
+                shared.ready.notify_all();
+            }
             if let Some(w) = waker {
                 w.wake();
             }

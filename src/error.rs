@@ -366,7 +366,8 @@ impl fmt::Display for IoUringError {
                     libc::EINVAL if *op == "open" => write!(
                         f,
                         "; if O_DIRECT was asked for, this filesystem may not support it (tmpfs \
-                         does not): open without direct"
+                         before Linux 6.6, some FUSE and network filesystems): open without \
+                         direct, or put the file on a filesystem that supports it"
                     ),
                     libc::EINVAL if *op == "read" || *op == "write" => write!(
                         f,

@@ -306,6 +306,11 @@ impl Executor {
     /// hard links) lands on the same shard, and so does every reopen.
     pub fn open(&self, path: impl AsRef<Path>, options: &OpenOptions) -> Completion<File> {
         let path = path.as_ref();
+        // why: open(2) runs here, before the request reaches a shard; without this check an open
+        // refused after shutdown would still create or truncate the file.
+        if self.closed.load(Ordering::Acquire) {
+            return Completion::ready(Err(IoUringError::Shutdown));
+        }
         let (fd, key, flags) = match options.open_fd(path) {
             Ok(x) => x,
             Err(e) => return Completion::ready(Err(e)),
@@ -427,8 +432,9 @@ impl Executor {
     }
 
     /// Runs `f` on shard `shard`'s thread with direct access to its ring and pool (see
-    /// [`ShardContext`]), after the shard's own in-flight operations have completed. A panic in
-    /// `f` kills that shard (its pending operations fail; other shards go on).
+    /// [`ShardContext`]), after the shard's own in-flight operations have completed (operations
+    /// queued but not yet issued may run after it). A panic in `f` kills that shard (its pending
+    /// operations fail; other shards go on).
     pub fn submit_to<R, F>(&self, shard: usize, f: F) -> Completion<R>
     where
         F: FnOnce(&mut ShardContext<'_>) -> R + Send + 'static,
@@ -437,13 +443,27 @@ impl Executor {
         if self.closed.load(Ordering::Acquire) {
             return Completion::ready(Err(IoUringError::Shutdown));
         }
+        // why: `send` cannot fail a task's completer with its error (the completer is inside the
+        // closure), so an unknown shard would surface as "ShardFailed { shard }" for a shard that
+        // does not exist.
+        if shard >= self.shards.len() {
+            return Completion::ready(Err(IoUringError::invalid(
+                "submit_to",
+                format!(
+                    "no shard {shard}: this executor has {} shards (0..{})",
+                    self.shards.len(),
+                    self.shards.len()
+                ),
+            )));
+        }
         let (c, done) = pair(shard);
         let task = Box::new(move |ctx: &mut ShardContext<'_>| done.complete(Ok(f(ctx))));
         let _ = self.send(shard, Message::Task(task));
         c
     }
 
-    /// Per-shard and merged statistics. A shard that died shows as failed with no counts.
+    /// Per-shard and merged statistics. After shutdown, the counts as the shards stopped; a shard
+    /// that died shows as failed with no counts.
     pub fn stats(&self) -> ExecutorStats {
         let pending: Vec<_> = self
             .shards
@@ -458,7 +478,8 @@ impl Executor {
             .into_iter()
             .map(|(link, c, sent)| {
                 let got = if sent { c.wait().ok() } else { None };
-                got.unwrap_or_else(|| {
+                let last = || link.shared.final_stats.lock().ok().and_then(|s| s.clone());
+                got.or_else(last).unwrap_or_else(|| {
                     let mut s = ShardStats::new(link.index, link.cpu, link.node);
                     s.failed = true;
                     s
@@ -477,10 +498,13 @@ impl Executor {
             // A full inbox makes this wait for room: the shard is draining it.
             let _ = link.send(Message::Shutdown);
         }
-        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
-        for t in threads {
+        // why: the lock is held while joining, so a concurrent shutdown() waits here for the
+        // shards to stop instead of finding the list empty and returning while work is pending.
+        let mut threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
+        for t in threads.drain(..) {
             let _ = t.join();
         }
+        drop(threads);
         match self
             .shards
             .iter()
@@ -502,7 +526,7 @@ impl Drop for Executor {
 }
 
 /// A group of requests sent with one message per shard. Dropping a batch without submitting it
-/// fails its completions.
+/// fails its completions with [`IoUringError::InvalidArgument`].
 pub struct Batch<'a> {
     exec: &'a Executor,
     per_shard: Vec<Vec<IoRequest>>,
@@ -578,11 +602,24 @@ impl Batch<'_> {
     }
 
     /// Sends the batch: one message and at most one wake-up per shard.
-    pub fn submit(self) {
+    pub fn submit(mut self) {
         let exec = self.exec;
-        for (shard, reqs) in self.per_shard.into_iter().enumerate() {
+        for (shard, reqs) in std::mem::take(&mut self.per_shard).into_iter().enumerate() {
             if !reqs.is_empty() {
                 let _ = exec.send(shard, Message::Batch(reqs));
+            }
+        }
+    }
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        for reqs in self.per_shard.drain(..) {
+            if !reqs.is_empty() {
+                fail_message(
+                    Message::Batch(reqs),
+                    IoUringError::invalid("batch", "the batch was dropped without submit()"),
+                );
             }
         }
     }

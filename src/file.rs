@@ -70,7 +70,8 @@ impl OpenOptions {
 
     /// O_DIRECT: bypass the page cache. Offsets and lengths of reads and writes must then be
     /// multiples of 4096 (the executor's buffers are page-aligned). Not every filesystem supports
-    /// it (tmpfs does not).
+    /// it (tmpfs before Linux 6.6, some FUSE and network filesystems): `open` then fails with
+    /// EINVAL.
     pub fn direct(&mut self, on: bool) -> &mut Self {
         self.direct = on;
         self

@@ -1,6 +1,6 @@
 //! The shard: one pinned thread that owns one ring, one registered buffer pool and one file table.
 //!
-//! - [`ShardLink`] is the callers' side: the inbox sender and the wake-up eventfd.
+//! - `ShardLink` is the callers' side: the inbox sender and the wake-up eventfd.
 //! - `runner` is the thread's loop: admit requests, issue SQEs, submit, reap, sleep.
 //! - `order` keeps operations on one file in a safe order.
 //! - [`ShardContext`] is what a closure run on the shard (`Executor::submit_to`) gets.
@@ -20,7 +20,7 @@ use crate::stats::ShardStats;
 use crossbeam_channel::{Sender, TrySendError};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -87,8 +87,14 @@ pub(crate) struct ShardShared {
     pub sleeping: AtomicBool,
     /// The shard thread has died (panicked); new work fails at once.
     pub dead: AtomicBool,
+    /// The shard thread has left its loop and is draining its inbox for the last time.
+    pub exited: AtomicBool,
+    /// Callers inside [`ShardLink::send`]; the exiting shard drains until this is 0.
+    pub sending: AtomicUsize,
     /// Wakes the shard: an `IORING_OP_READ` on it is always armed in the ring.
     pub eventfd: OwnedFd,
+    /// The shard's statistics as it stopped after a clean shutdown.
+    pub final_stats: std::sync::Mutex<Option<ShardStats>>,
 }
 
 impl ShardShared {
@@ -108,7 +114,10 @@ impl ShardShared {
         Ok(ShardShared {
             sleeping: AtomicBool::new(false),
             dead: AtomicBool::new(false),
+            exited: AtomicBool::new(false),
+            sending: AtomicUsize::new(0),
             eventfd,
+            final_stats: std::sync::Mutex::new(None),
         })
     }
 
@@ -153,6 +162,23 @@ impl ShardLink {
         if self.shared.dead.load(Ordering::Acquire) {
             return Err((msg, self.dead_error()));
         }
+        // why: a message put in the inbox after the exiting shard's last drain would be neither
+        // received nor dropped (crossbeam keeps it while this link's sender lives), so its handle
+        // would hang.
+        // The shard sets `exited`, then drains until no send is in progress; a send that starts
+        // after `exited` is set is refused here. (SeqCst on both sides: one sees the other.)
+        self.shared.sending.fetch_add(1, Ordering::SeqCst);
+        let result = if self.shared.exited.load(Ordering::SeqCst) {
+            Err((msg, self.gone_error()))
+        } else {
+            self.send_inner(msg)
+        };
+        self.shared.sending.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
+
+    #[allow(clippy::result_large_err)] // cold path: the shard is gone
+    fn send_inner(&self, msg: Message) -> std::result::Result<(), (Message, IoUringError)> {
         let msg = match self.tx.try_send(msg) {
             Ok(()) => {
                 self.shared.wake();

@@ -364,6 +364,13 @@ fn shard_main(
         }
     };
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shard.run()));
+    if outcome.is_ok() {
+        // Kept for `Executor::stats` after shutdown.
+        shard.stats.pool = shard.pool.stats();
+        if let Ok(mut last) = shared.final_stats.lock() {
+            *last = Some(shard.stats.clone());
+        }
+    }
     if outcome.is_err() {
         // Everything still pending on this shard fails with ShardFailed as it is dropped; new
         // work is refused at the door. The ring is dropped before the pool, and the pool keeps
@@ -373,8 +380,17 @@ fn shard_main(
     } else {
         set_abandon_reason(AbandonReason::Shutdown);
     }
-    // Whatever is still queued for this shard is failed (by dropping its completers).
-    while shard.rx.try_recv().is_ok() {}
+    // Whatever is still queued for this shard is failed (by dropping its completers), including
+    // what callers blocked on a full inbox (or between their checks and their send) put in now:
+    // see `ShardLink::send`.
+    shared.exited.store(true, AtomicOrdering::SeqCst);
+    loop {
+        while shard.rx.try_recv().is_ok() {}
+        if shared.sending.load(AtomicOrdering::SeqCst) == 0 && shard.rx.is_empty() {
+            break;
+        }
+        std::thread::yield_now();
+    }
     drop(shard);
 }
 
@@ -546,7 +562,10 @@ impl Shard {
     }
 
     fn ops_in_flight(&self) -> u32 {
-        self.in_flight - u32::from(self.wake_armed)
+        // why: saturating: a completion of a task's own operation reaped by the main loop (a task
+        // that returned with it still in flight) makes `in_flight` undercount by one; that must
+        // not panic (debug) or wrap to u32::MAX (release: no task would ever run again).
+        self.in_flight.saturating_sub(u32::from(self.wake_armed))
     }
 
     /// Runs deferred completions without blocking.
@@ -584,6 +603,11 @@ impl Shard {
     fn admit_inbox(&mut self) -> bool {
         let mut any = false;
         for _ in 0..INBOX_BATCH {
+            // Admitted ops are bounded like the inbox: past the bound, requests stay in the inbox
+            // and senders wait (backpressure), and per-file order lists stay short.
+            if self.ops.live >= self.cfg.channel_capacity {
+                break;
+            }
             match self.rx.try_recv() {
                 Ok(msg) => {
                     any = true;
@@ -1062,6 +1086,14 @@ impl Shard {
         let Some(op) = self.ops.remove(slot) else {
             return;
         };
+        // why: an op can finish while still queued (a read that met end of file, or failed, while
+        // waiting at the head of `ready` for a buffer). Its slot is freed and the next admitted op
+        // reuses it; a stale entry left here would issue that op ahead of the ops it must wait for.
+        if op.queued {
+            if let Some(pos) = self.ready.iter().position(|&s| s == slot) {
+                self.ready.remove(pos);
+            }
+        }
         let before = self.ready.len();
         self.order.finish(op.key, slot, &mut self.ready);
         // Ops made ready by `order.finish` are queued now.
@@ -1147,8 +1179,12 @@ impl Shard {
     /// Waits until no pool buffer a task submitted is in flight (the task broke the contract if
     /// any is), so the shard never reuses a buffer the kernel may still write into.
     fn drain_task_buffers(&mut self) {
-        while self.pool.in_flight_count() > 0 {
-            let _ = self.submit(1);
+        // why: a task may wait for its own operations without reaping their completions. No op of
+        // the shard was in flight while it ran, so every completion in the ring now (but the
+        // wake-up's) is the task's: take them all here. Left in the ring, the main loop would
+        // count them against `in_flight` and could take a `user_data` for one of its own ops.
+        self.poll_completions();
+        loop {
             let cqes: Vec<(u64, i32)> = self
                 .ring
                 .completion()
@@ -1162,6 +1198,10 @@ impl Shard {
                     self.pool.complete_user_data(ud);
                 }
             }
+            if self.pool.in_flight_count() == 0 {
+                break;
+            }
+            let _ = self.submit(1);
         }
     }
 }

@@ -1,0 +1,465 @@
+//! The command line: fio-like flags, parsed by clap and checked here into a [`Workload`], with
+//! one-line errors that say what is wrong and how to fix it.
+
+use crate::error::BenchError;
+use crate::workload::{EngineKind, Mode, PlacementSpec, Rw, TokioApi, Workload};
+use clap::Parser;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// fio-style load generator for ringshard, with side-by-side baselines.
+///
+/// With no arguments: 4k random reads from the page cache, one 64 MiB file per shard in a
+/// temporary directory, generated inside every shard, for 3 seconds.
+#[derive(Parser, Debug)]
+#[command(name = "ringbench", version, about)]
+pub struct Args {
+    /// I/O pattern.
+    #[arg(long, value_enum, default_value_t = Rw::Randread)]
+    pub rw: Rw,
+    /// Percentage of reads for --rw randrw.
+    #[arg(long, default_value_t = 50, value_name = "PERCENT")]
+    pub rwmix_read: u32,
+    /// Block size of each operation (k/m/g suffixes: 4k, 64k, 1m).
+    #[arg(long, default_value = "4k", value_name = "SIZE")]
+    pub bs: String,
+    /// Size of each file (e.g. 64m, 1g).
+    #[arg(long, default_value = "64m", value_name = "SIZE")]
+    pub size: String,
+    /// Number of files, spread over the shards by the router (default: one per shard, chosen so
+    /// that every shard gets one).
+    #[arg(long, value_name = "N")]
+    pub files: Option<usize>,
+    /// Operations in flight per submitter (per shard in-shard, per client routed).
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    pub iodepth: usize,
+    /// How long to run (e.g. 5s, 500ms, 1m); default 3s unless --ops is given.
+    #[arg(long, value_name = "TIME")]
+    pub duration: Option<String>,
+    /// Stop after this many reads+writes in total (split over the submitters).
+    #[arg(long, value_name = "N")]
+    pub ops: Option<u64>,
+    /// Bypass the page cache (O_DIRECT); --bs must be a multiple of 4096.
+    #[arg(long)]
+    pub direct: bool,
+    /// fsync a file after every N writes to it (0: never).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub fsync_every: u64,
+    /// Directory for the data files (created and filled as needed, reused when present with the
+    /// right size); default: a temporary directory, removed afterwards.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Seed of the operation sequence and of the --verify pattern.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Write a known pattern and check every byte read; mismatches fail the run (exit code 1).
+    #[arg(long)]
+    pub verify: bool,
+
+    /// Number of shards (spread over NUMA nodes and physical cores; with --cores, --numa-nodes
+    /// or --physical-cores: the first N of those CPUs).
+    #[arg(long, value_name = "N")]
+    pub shards: Option<usize>,
+    /// One shard on each of these CPUs (e.g. 0-1,3).
+    #[arg(long, value_name = "LIST")]
+    pub cores: Option<String>,
+    /// One shard on each CPU of these NUMA nodes (e.g. 0,1).
+    #[arg(long, value_name = "LIST")]
+    pub numa_nodes: Option<String>,
+    /// One shard per physical core (SMT siblings left idle).
+    #[arg(long)]
+    pub physical_cores: bool,
+    /// Kernel submission polling with its thread on this CPU (burns that CPU).
+    #[arg(long, value_name = "CPU")]
+    pub sqpoll: Option<u32>,
+    /// How long an idle shard spins before sleeping, in microseconds.
+    #[arg(long, value_name = "N")]
+    pub spin_us: Option<u64>,
+
+    /// Where load is generated: inside each shard, or by --clients caller threads.
+    #[arg(long, value_enum, default_value_t = Mode::InShard)]
+    pub mode: Mode,
+    /// Caller threads for --mode routed (each keeps --iodepth requests in flight).
+    #[arg(long, value_name = "N")]
+    pub clients: Option<usize>,
+    /// Implementation doing the I/O.
+    #[arg(long, value_enum, default_value_t = EngineKind::Ringshard)]
+    pub engine: EngineKind,
+    /// pread-pool worker threads (default: one per shard of the placement).
+    #[arg(long, value_name = "N")]
+    pub pool_threads: Option<usize>,
+    /// How the tokio-fs engine reads and writes.
+    #[arg(long, value_enum, default_value_t = TokioApi::SeekRead)]
+    pub tokio_api: TokioApi,
+
+    /// Run the workload on every engine, interleaved over --repeat rounds, and compare.
+    #[arg(long)]
+    pub compare: bool,
+    /// Rounds for --compare and --sweep (default: 3 for --compare, 1 for --sweep).
+    #[arg(long, value_name = "N")]
+    pub repeat: Option<usize>,
+    /// Run once per shard count and print a scaling table: shards=1,2,4.
+    #[arg(long, value_name = "shards=LIST")]
+    pub sweep: Option<String>,
+    /// Write the --sweep scaling plot here (SVG).
+    #[arg(long, value_name = "FILE")]
+    pub plot: Option<PathBuf>,
+    /// Also write the results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// No live progress line.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// What to do with the workload.
+#[derive(Debug, Clone)]
+pub enum Action {
+    Single,
+    Compare { repeat: usize },
+    Sweep { shards: Vec<usize>, repeat: usize },
+}
+
+/// Everything the command line asked for.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub w: Workload,
+    pub action: Action,
+    pub json: Option<PathBuf>,
+    pub plot: Option<PathBuf>,
+    pub quiet: bool,
+}
+
+/// Parses a size: a whole number with an optional k, m, g or t suffix (binary multiples;
+/// "kb", "kib" and a trailing "b" are accepted too).
+pub fn parse_size(flag: &str, s: &str) -> Result<u64, BenchError> {
+    let bad = || {
+        BenchError::usage(format!(
+            "{flag} {s:?} is not a size: use a whole number with an optional k, m or g suffix \
+             (e.g. 4k, 64k, 1m, 64m)"
+        ))
+    };
+    let t = s.trim().to_ascii_lowercase();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    if digits == 0 {
+        return Err(bad());
+    }
+    let n: u64 = t[..digits].parse().map_err(|_| bad())?;
+    let shift = match &t[digits..] {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(1u64 << shift).ok_or_else(bad)
+}
+
+/// "4k" style, for labels.
+pub fn fmt_size(n: u64) -> String {
+    for (shift, suffix) in [(40, "t"), (30, "g"), (20, "m"), (10, "k")] {
+        if n >= 1 << shift && n % (1 << shift) == 0 {
+            return format!("{}{suffix}", n >> shift);
+        }
+    }
+    n.to_string()
+}
+
+/// Parses a duration: a number with an optional ms, s, m or h suffix (seconds by default).
+pub fn parse_duration(flag: &str, s: &str) -> Result<Duration, BenchError> {
+    let bad = || {
+        BenchError::usage(format!(
+            "{flag} {s:?} is not a duration: use a number with an optional ms, s, m or h suffix \
+             (e.g. 500ms, 5s, 1m)"
+        ))
+    };
+    let t = s.trim().to_ascii_lowercase();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let n: f64 = t[..split].parse().map_err(|_| bad())?;
+    let secs = match &t[split..] {
+        "" | "s" | "sec" => n,
+        "ms" => n / 1000.0,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(bad()),
+    };
+    if !secs.is_finite() || secs <= 0.0 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_list<T: TryFrom<usize>>(flag: &str, s: &str) -> Result<Vec<T>, BenchError> {
+    let list = ringshard::topology::parse_cpu_list(s)
+        .map_err(|e| BenchError::usage(format!("{flag} {s:?}: {e}")))?;
+    list.into_iter()
+        .map(|v| {
+            T::try_from(v).map_err(|_| BenchError::usage(format!("{flag}: {v} is out of range")))
+        })
+        .collect()
+}
+
+/// "shards=1,2,4" -> [1, 2, 4].
+fn parse_sweep(s: &str) -> Result<Vec<usize>, BenchError> {
+    let bad = |why: &str| {
+        BenchError::usage(format!(
+            "--sweep {s:?}: {why}; use --sweep shards=1,2,4 (shard counts, each at least 1)"
+        ))
+    };
+    let list = s
+        .strip_prefix("shards=")
+        .ok_or_else(|| bad("only shard counts can be swept"))?;
+    let v: Vec<usize> = list
+        .split(',')
+        .map(|x| x.trim().parse::<usize>().map_err(|_| bad("not a number")))
+        .collect::<Result<_, _>>()?;
+    if v.is_empty() || v.contains(&0) {
+        return Err(bad("shard counts must be at least 1"));
+    }
+    Ok(v)
+}
+
+impl Args {
+    /// Checks every flag and builds the configuration.
+    pub fn into_config(self) -> Result<Config, BenchError> {
+        let bs = parse_size("--bs", &self.bs)?;
+        let size = parse_size("--size", &self.size)?;
+        if bs == 0 {
+            return Err(BenchError::usage(
+                "--bs 0: use a block size of at least 1 byte",
+            ));
+        }
+        if bs > 1 << 30 {
+            return Err(BenchError::usage(format!(
+                "--bs {}: at most 1g per operation (the kernel's limit for one registered buffer)",
+                self.bs
+            )));
+        }
+        if bs > size {
+            return Err(BenchError::usage(format!(
+                "--bs {} is larger than --size {}: make --size at least --bs",
+                self.bs, self.size
+            )));
+        }
+        if self.direct && bs % 4096 != 0 {
+            return Err(BenchError::usage(format!(
+                "--direct needs --bs to be a multiple of 4096 (got {}): use e.g. 4k or 64k",
+                self.bs
+            )));
+        }
+        if self.iodepth == 0 {
+            return Err(BenchError::usage(
+                "--iodepth 0: at least one operation must be in flight; use --iodepth 1 or more",
+            ));
+        }
+        if self.iodepth > 4096 {
+            return Err(BenchError::usage(format!(
+                "--iodepth {} is too deep: use at most 4096",
+                self.iodepth
+            )));
+        }
+        if self.rwmix_read > 100 {
+            return Err(BenchError::usage(format!(
+                "--rwmix-read {}: a percentage from 0 to 100",
+                self.rwmix_read
+            )));
+        }
+        if self.files == Some(0) {
+            return Err(BenchError::usage("--files 0: use at least one file"));
+        }
+        if self.clients == Some(0) {
+            return Err(BenchError::usage("--clients 0: use at least one client"));
+        }
+        if self.pool_threads == Some(0) {
+            return Err(BenchError::usage(
+                "--pool-threads 0: use at least one thread",
+            ));
+        }
+        if self.ops == Some(0) {
+            return Err(BenchError::usage("--ops 0: use at least one operation"));
+        }
+        let duration = match &self.duration {
+            Some(d) => Some(parse_duration("--duration", d)?),
+            None if self.ops.is_none() => Some(Duration::from_secs(3)),
+            None => None,
+        };
+        let placement = PlacementSpec {
+            shards: self.shards,
+            cores: self
+                .cores
+                .as_deref()
+                .map(|s| parse_list("--cores", s))
+                .transpose()?,
+            numa_nodes: self
+                .numa_nodes
+                .as_deref()
+                .map(|s| parse_list("--numa-nodes", s))
+                .transpose()?,
+            physical_cores: self.physical_cores,
+        };
+        let explicit = [
+            placement.cores.is_some(),
+            placement.numa_nodes.is_some(),
+            placement.physical_cores,
+        ];
+        if explicit.iter().filter(|&&b| b).count() > 1 {
+            return Err(BenchError::usage(
+                "--cores, --numa-nodes and --physical-cores each choose the CPUs: use one of \
+                 them (with --shards N to take the first N)",
+            ));
+        }
+        let action = match (&self.sweep, self.compare) {
+            (Some(_), true) => {
+                return Err(BenchError::usage(
+                    "--sweep and --compare together: run one, then the other",
+                ))
+            }
+            (Some(s), false) => Action::Sweep {
+                shards: parse_sweep(s)?,
+                repeat: self.repeat.unwrap_or(1),
+            },
+            (None, true) => Action::Compare {
+                repeat: self.repeat.unwrap_or(3),
+            },
+            (None, false) => {
+                if self.repeat.is_some() {
+                    return Err(BenchError::usage(
+                        "--repeat needs --compare or --sweep (it sets their number of rounds)",
+                    ));
+                }
+                Action::Single
+            }
+        };
+        if let Action::Compare { repeat: 0 } | Action::Sweep { repeat: 0, .. } = action {
+            return Err(BenchError::usage("--repeat 0: use at least one round"));
+        }
+        if self.plot.is_some() && !matches!(action, Action::Sweep { .. }) {
+            return Err(BenchError::usage(
+                "--plot needs --sweep shards=LIST (it draws the scaling curve)",
+            ));
+        }
+        if self.clients.is_some() && self.mode == Mode::InShard {
+            return Err(BenchError::usage(
+                "--clients applies to --mode routed (in-shard runs one load loop per shard)",
+            ));
+        }
+        let w = Workload {
+            rw: self.rw,
+            rwmix_read: self.rwmix_read,
+            bs: bs as usize,
+            size: size / bs * bs,
+            files: self.files,
+            iodepth: self.iodepth,
+            duration,
+            ops: self.ops,
+            direct: self.direct,
+            fsync_every: self.fsync_every,
+            dir: self.dir,
+            seed: self.seed,
+            verify: self.verify,
+            placement,
+            sqpoll: self.sqpoll,
+            spin_us: self.spin_us,
+            mode: self.mode,
+            clients: self.clients.unwrap_or(1),
+            engine: self.engine,
+            pool_threads: self.pool_threads,
+            tokio_api: self.tokio_api,
+        };
+        Ok(Config {
+            w,
+            action,
+            json: self.json,
+            plot: self.plot,
+            quiet: self.quiet,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("--bs", "4k").unwrap(), 4096);
+        assert_eq!(parse_size("--bs", "64K").unwrap(), 65536);
+        assert_eq!(parse_size("--bs", "1m").unwrap(), 1 << 20);
+        assert_eq!(parse_size("--size", "2g").unwrap(), 2 << 30);
+        assert_eq!(parse_size("--size", "4096").unwrap(), 4096);
+        assert_eq!(parse_size("--size", "8KiB").unwrap(), 8192);
+        for bad in [
+            "",
+            "k",
+            "4x",
+            "4 k",
+            "-1",
+            "1.5m",
+            "4kk",
+            "99999999999999999999t",
+        ] {
+            let e = parse_size("--bs", bad).unwrap_err();
+            assert_eq!(e.exit_code(), 2);
+            assert!(e.to_string().contains("--bs"), "{e}");
+        }
+        assert_eq!(fmt_size(4096), "4k");
+        assert_eq!(fmt_size(1 << 20), "1m");
+        assert_eq!(fmt_size(1000), "1000");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("d", "5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("d", "2").unwrap(), Duration::from_secs(2));
+        assert_eq!(
+            parse_duration("d", "500ms").unwrap(),
+            Duration::from_millis(500)
+        );
+        assert_eq!(parse_duration("d", "1m").unwrap(), Duration::from_secs(60));
+        for bad in ["", "s", "5x", "0", "-1s", "1..2s"] {
+            assert!(parse_duration("d", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sweeps() {
+        assert_eq!(parse_sweep("shards=1,2,4").unwrap(), vec![1, 2, 4]);
+        assert!(parse_sweep("clients=1").is_err());
+        assert!(parse_sweep("shards=0").is_err());
+        assert!(parse_sweep("shards=a").is_err());
+    }
+
+    fn cfg(args: &[&str]) -> Result<Config, BenchError> {
+        let mut v = vec!["ringbench"];
+        v.extend_from_slice(args);
+        Args::try_parse_from(v).unwrap().into_config()
+    }
+
+    #[test]
+    fn defaults_and_errors() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.w.bs, 4096);
+        assert_eq!(c.w.size, 64 << 20);
+        assert_eq!(c.w.duration, Some(Duration::from_secs(3)));
+        assert!(matches!(c.action, Action::Single));
+        assert_eq!(cfg(&["--iodepth", "0"]).unwrap_err().exit_code(), 2);
+        assert_eq!(
+            cfg(&["--bs", "1m", "--size", "64k"])
+                .unwrap_err()
+                .exit_code(),
+            2
+        );
+        assert_eq!(cfg(&["--bs", "abc"]).unwrap_err().exit_code(), 2);
+        assert_eq!(
+            cfg(&["--direct", "--bs", "1000"]).unwrap_err().exit_code(),
+            2
+        );
+        assert_eq!(cfg(&["--repeat", "2"]).unwrap_err().exit_code(), 2);
+        assert!(cfg(&["--ops", "10"]).unwrap().w.duration.is_none());
+        let c = cfg(&["--compare"]).unwrap();
+        assert!(matches!(c.action, Action::Compare { repeat: 3 }));
+    }
+}

@@ -1,0 +1,266 @@
+//! The thread-pool baseline: worker threads doing pread/pwrite/fsync, fed by one crossbeam
+//! channel. Submitter threads keep `--iodepth` requests each in flight and get results back on
+//! their own channel; buffers travel with the requests (no allocation per operation).
+//!
+//! Workers: one per CPU of the placement (pinned like shards), or `--pool-threads`. In-shard
+//! runs have one submitter per shard, so "one shard" compares with "one worker thread doing pread,
+//! one caller submitting".
+
+use super::{ns_between, pin, DoneGuard, Output, RunCtx};
+use crate::buf::AlignedBuf;
+use crate::control::{Control, Measure};
+use crate::error::BenchError;
+use crate::pattern::Pattern;
+use crate::tally::{errno_reason, Tally};
+use crate::workload::{IoKind, Op, OpGen, Submitter};
+use crossbeam_channel::{Receiver, Sender};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Barrier;
+use std::time::Instant;
+
+struct Req {
+    op: Op,
+    slot: usize,
+    buf: AlignedBuf,
+    reply: usize,
+}
+
+struct Resp {
+    slot: usize,
+    buf: AlignedBuf,
+    /// Bytes transferred, or the errno.
+    result: Result<usize, i32>,
+}
+
+pub fn run(ctx: &RunCtx) -> Result<Output, BenchError> {
+    let w = ctx.w;
+    let subs = ctx.submitters();
+    let workers = w.pool_threads.unwrap_or(ctx.cpus.len()).max(1);
+    let files = ctx.open_std()?;
+    let paths: Vec<PathBuf> = ctx.files.iter().map(|f| f.path.clone()).collect();
+    let patterns = ctx.patterns();
+    let control = Control::new(ctx.cpus.len().max(w.clients));
+    let (req_tx, req_rx) = crossbeam_channel::bounded::<Req>(subs.len() * w.iodepth);
+    let replies: Vec<(Sender<Resp>, Receiver<Resp>)> = subs
+        .iter()
+        .map(|_| crossbeam_channel::bounded(w.iodepth))
+        .collect();
+    let reply_tx: Vec<Sender<Resp>> = replies.iter().map(|(t, _)| t.clone()).collect();
+    let barrier = Barrier::new(subs.len() + 1);
+
+    let resident = ctx.warm()?;
+    let (tallies, elapsed, cpu) = std::thread::scope(|scope| {
+        for i in 0..workers {
+            let (rx, tx, files) = (req_rx.clone(), reply_tx.clone(), &files);
+            let (cpu, _) = ctx.cpu_of(i);
+            std::thread::Builder::new()
+                .name(format!("pread-pool-{i}"))
+                .spawn_scoped(scope, move || {
+                    pin(cpu);
+                    worker(rx, tx, files)
+                })
+                .expect("spawning a pool worker");
+        }
+        drop(req_rx);
+        drop(reply_tx);
+        let handles: Vec<_> = subs
+            .iter()
+            .zip(replies)
+            .enumerate()
+            .map(|(k, (s, (_, rx)))| {
+                let sub = SubmitterThread {
+                    sub: s,
+                    submitters: subs.len(),
+                    reply: k,
+                    tx: req_tx.clone(),
+                    rx,
+                    paths: &paths,
+                    patterns: &patterns,
+                    control: &control,
+                    verify: w.verify,
+                };
+                let barrier = &barrier;
+                std::thread::Builder::new()
+                    .name(format!("pread-submit-{}", s.index))
+                    .spawn_scoped(scope, move || {
+                        barrier.wait();
+                        sub.run(ctx)
+                    })
+                    .expect("spawning a submitter")
+            })
+            .collect();
+        drop(req_tx);
+        let meas = Measure::start();
+        barrier.wait();
+        let elapsed = control.supervise(subs.len(), meas.start, w.duration, ctx.progress);
+        let cpu = meas.cpu();
+        let tallies: Vec<_> = handles
+            .into_iter()
+            .zip(&subs)
+            .map(|(h, s)| (Some(s.index), None, None, h.join().unwrap_or_default()))
+            .collect();
+        // Submitters are gone, so the request channel closes and the workers return.
+        (tallies, elapsed, cpu)
+    });
+    let notes = vec![format!(
+        "{workers} pool worker thread(s) pinned to CPU(s) {}; {} submitter thread(s) unpinned",
+        (0..workers)
+            .map(|i| ctx.cpu_of(i).0.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+        subs.len()
+    )];
+    Ok(Output::from_tallies(
+        "submitter",
+        tallies,
+        elapsed,
+        cpu,
+        resident,
+        notes,
+    ))
+}
+
+fn worker(rx: Receiver<Req>, replies: Vec<Sender<Resp>>, files: &[File]) {
+    while let Ok(mut req) = rx.recv() {
+        let f = &files[req.op.file];
+        let r = match req.op.kind {
+            IoKind::Read => f.read_at(&mut req.buf, req.op.offset),
+            IoKind::Write => f.write_at(&req.buf, req.op.offset),
+            IoKind::Fsync => f.sync_all().map(|()| 0),
+        };
+        let result = r.map_err(|e| e.raw_os_error().unwrap_or(libc::EIO));
+        let _ = replies[req.reply].send(Resp {
+            slot: req.slot,
+            buf: req.buf,
+            result,
+        });
+    }
+}
+
+struct SubmitterThread<'a> {
+    sub: &'a Submitter,
+    submitters: usize,
+    reply: usize,
+    tx: Sender<Req>,
+    rx: Receiver<Resp>,
+    paths: &'a [PathBuf],
+    patterns: &'a [Pattern],
+    control: &'a Control,
+    verify: bool,
+}
+
+impl SubmitterThread<'_> {
+    fn run(self, ctx: &RunCtx) -> Tally {
+        let _done = DoneGuard(self.control);
+        let w = ctx.w;
+        let bs = w.bs;
+        let depth = w.iodepth;
+        let mut gen = OpGen::new(
+            w,
+            self.sub.files.clone(),
+            self.sub.quota,
+            self.sub.index,
+            self.submitters,
+        );
+        let mut tally = Tally::default();
+        let mut bufs: Vec<Option<AlignedBuf>> = (0..depth)
+            .map(|_| {
+                let mut b = AlignedBuf::new(bs);
+                if w.rw.writes() && !w.verify {
+                    self.patterns[0].fill(&mut b, 0);
+                }
+                Some(b)
+            })
+            .collect();
+        let mut ops: Vec<Option<Op>> = vec![None; depth];
+        let mut t0 = vec![Instant::now(); depth];
+        let mut free: Vec<usize> = (0..depth).rev().collect();
+        let mut in_flight = 0usize;
+        loop {
+            if !self.control.stopped() {
+                let t = Instant::now();
+                while let Some(&slot) = free.last() {
+                    let Some(op) = gen.next_op() else { break };
+                    free.pop();
+                    let Some(mut buf) = bufs[slot].take() else {
+                        break;
+                    };
+                    if op.kind == IoKind::Write && w.verify {
+                        self.patterns[op.file].fill(&mut buf, op.offset);
+                    }
+                    ops[slot] = Some(op);
+                    t0[slot] = t;
+                    in_flight += 1;
+                    let req = Req {
+                        op,
+                        slot,
+                        buf,
+                        reply: self.reply,
+                    };
+                    if self.tx.send(req).is_err() {
+                        return tally;
+                    }
+                }
+            }
+            if in_flight == 0 {
+                break;
+            }
+            let Ok(first) = self.rx.recv() else { break };
+            let now = Instant::now();
+            let (mut n_ops, mut n_bytes) = (0u64, 0u64);
+            let mut next = Some(first);
+            while let Some(r) = next.take() {
+                let slot = r.slot;
+                in_flight -= 1;
+                free.push(slot);
+                if let Some(op) = ops[slot].take() {
+                    if self.finish(&mut tally, &mut gen, op, &r, ns_between(t0[slot], now), bs) {
+                        n_ops += 1;
+                        n_bytes += bs as u64;
+                    }
+                }
+                bufs[slot] = Some(r.buf);
+                next = self.rx.try_recv().ok();
+            }
+            self.control.add(self.sub.index, n_ops, n_bytes);
+        }
+        tally
+    }
+
+    /// Counts one result; true for a completed read or write.
+    fn finish(
+        &self,
+        tally: &mut Tally,
+        gen: &mut OpGen,
+        op: Op,
+        r: &Resp,
+        lat: u64,
+        bs: usize,
+    ) -> bool {
+        let path = &self.paths[op.file];
+        match r.result {
+            Err(errno) => {
+                tally.fail(op.kind, path, op.offset, &errno_reason(errno));
+                false
+            }
+            Ok(n) if op.kind != IoKind::Fsync && n != bs => {
+                let what = format!("short transfer ({n} of {bs} bytes)");
+                tally.fail(op.kind, path, op.offset, &what);
+                false
+            }
+            Ok(n) => {
+                if op.kind == IoKind::Read && self.verify {
+                    tally.checks.verified += 1;
+                    if let Some(m) = self.patterns[op.file].check(&r.buf[..bs], op.offset) {
+                        tally.checks.mismatch(path, m);
+                    }
+                }
+                tally.ok(op.kind, n as u64, lat);
+                gen.write_done(&op);
+                op.kind != IoKind::Fsync
+            }
+        }
+    }
+}

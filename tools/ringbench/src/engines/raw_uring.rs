@@ -1,0 +1,302 @@
+//! The ceiling: one plain io_uring loop per thread, pinned like a shard, with its own ring
+//! (SINGLE_ISSUER | DEFER_TASKRUN), registered buffers and registered files, pushing a whole batch
+//! per `io_uring_enter`. Same loop shape and operation sequence as the in-shard ringshard loop,
+//! without the library in between.
+
+use super::{ns_between, pin, DoneGuard, Output, RunCtx};
+use crate::buf::{AlignedBuf, ALIGN};
+use crate::control::{Control, Measure};
+use crate::error::BenchError;
+use crate::pattern::Pattern;
+use crate::tally::{errno_reason, Tally};
+use crate::workload::{IoKind, Op, OpGen, Submitter};
+use io_uring::{opcode, types, IoUring};
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::Barrier;
+use std::time::Instant;
+
+pub fn run(ctx: &RunCtx) -> Result<Output, BenchError> {
+    let w = ctx.w;
+    let subs = ctx.submitters();
+    let files = ctx.open_std()?;
+    let paths: Vec<PathBuf> = ctx.files.iter().map(|f| f.path.clone()).collect();
+    let patterns = ctx.patterns();
+    let control = Control::new(ctx.cpus.len().max(w.clients));
+    let barrier = Barrier::new(subs.len() + 1);
+    let (ready_tx, ready_rx) = crossbeam_channel::unbounded::<Result<(), String>>();
+
+    let result = std::thread::scope(|scope| {
+        let handles: Vec<_> = subs
+            .iter()
+            .map(|s| {
+                let (cpu, node) = ctx.cpu_of(s.index);
+                let t = Thread {
+                    sub: s,
+                    submitters: subs.len(),
+                    files: &files,
+                    paths: &paths,
+                    patterns: &patterns,
+                    control: &control,
+                    cpu,
+                };
+                let (barrier, ready) = (&barrier, ready_tx.clone());
+                let h = std::thread::Builder::new()
+                    .name(format!("raw-uring-{}", s.index))
+                    .spawn_scoped(scope, move || t.main(ctx, barrier, ready))
+                    .expect("spawning a raw-uring thread");
+                (h, s.index, cpu, node)
+            })
+            .collect();
+        let mut setup_errors = Vec::new();
+        for _ in 0..subs.len() {
+            if let Ok(Err(e)) = ready_rx.recv() {
+                setup_errors.push(e);
+            }
+        }
+        if !setup_errors.is_empty() {
+            control.stop();
+        }
+        let resident = if setup_errors.is_empty() {
+            ctx.warm()
+        } else {
+            Ok(None)
+        };
+        let meas = Measure::start();
+        barrier.wait();
+        let elapsed = control.supervise(subs.len(), meas.start, w.duration, ctx.progress);
+        let cpu = meas.cpu();
+        let tallies: Vec<_> = handles
+            .into_iter()
+            .map(|(h, i, c, n)| (Some(i), Some(c), n, h.join().unwrap_or_default()))
+            .collect();
+        if !setup_errors.is_empty() {
+            return Err(BenchError::runtime(format!(
+                "raw-uring setup: {}",
+                setup_errors.join("; ")
+            )));
+        }
+        Ok((tallies, elapsed, cpu, resident?))
+    })?;
+    let (tallies, elapsed, cpu, resident) = result;
+    Ok(Output::from_tallies(
+        "thread",
+        tallies,
+        elapsed,
+        cpu,
+        resident,
+        Vec::new(),
+    ))
+}
+
+struct Thread<'a> {
+    sub: &'a Submitter,
+    submitters: usize,
+    files: &'a [File],
+    paths: &'a [PathBuf],
+    patterns: &'a [Pattern],
+    control: &'a Control,
+    cpu: usize,
+}
+
+/// A ring with the same flags a shard asks for (SQPOLL when `--sqpoll`).
+fn ring(entries: u32, sqpoll: Option<u32>) -> std::io::Result<IoUring> {
+    let mut b = IoUring::builder();
+    b.setup_cqsize(entries * 2).setup_clamp();
+    match sqpoll {
+        Some(cpu) => {
+            b.setup_sqpoll(100).setup_sqpoll_cpu(cpu);
+        }
+        None => {
+            b.setup_single_issuer().setup_defer_taskrun();
+        }
+    }
+    match b.build(entries) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => IoUring::new(entries),
+        r => r,
+    }
+}
+
+struct Setup {
+    ring: IoUring,
+    slab: AlignedBuf,
+    stride: usize,
+    /// Registered file slot of each global file index (u32::MAX: not ours).
+    fixed: Vec<u32>,
+}
+
+impl Thread<'_> {
+    fn main(
+        self,
+        ctx: &RunCtx,
+        barrier: &Barrier,
+        ready: crossbeam_channel::Sender<Result<(), String>>,
+    ) -> Tally {
+        let _done = DoneGuard(self.control);
+        pin(self.cpu);
+        let setup = self.setup(ctx);
+        let _ = ready.send(setup.as_ref().map(drop).map_err(Clone::clone));
+        barrier.wait();
+        let mut tally = Tally::default();
+        if let Ok(mut s) = setup {
+            if !self.control.stopped() {
+                self.drive(ctx, &mut s, &mut tally);
+            }
+        }
+        tally
+    }
+
+    fn setup(&self, ctx: &RunCtx) -> Result<Setup, String> {
+        let w = ctx.w;
+        let depth = w.iodepth;
+        let entries = depth.next_power_of_two().max(8) as u32;
+        let ring = ring(entries, w.sqpoll).map_err(|e| format!("io_uring_setup: {e}"))?;
+        let stride = w.bs.div_ceil(ALIGN) * ALIGN;
+        let slab = AlignedBuf::new(stride * depth);
+        let iovecs: Vec<libc::iovec> = (0..depth)
+            .map(|i| libc::iovec {
+                // SAFETY (pointer arithmetic): i * stride is inside the slab.
+                iov_base: unsafe { slab.as_ptr().add(i * stride) } as *mut libc::c_void,
+                iov_len: w.bs,
+            })
+            .collect();
+        // SAFETY: the slab outlives the ring's use of it: `Setup` drops the ring first (field
+        // order), and every operation completes before `drive` returns.
+        unsafe { ring.submitter().register_buffers(&iovecs) }
+            .map_err(|e| format!("registering buffers: {e}"))?;
+        let fds: Vec<i32> = self
+            .sub
+            .files
+            .iter()
+            .map(|&i| self.files[i].as_raw_fd())
+            .collect();
+        ring.submitter()
+            .register_files(&fds)
+            .map_err(|e| format!("registering files: {e}"))?;
+        let mut fixed = vec![u32::MAX; self.files.len()];
+        for (slot, &i) in self.sub.files.iter().enumerate() {
+            fixed[i] = slot as u32;
+        }
+        Ok(Setup {
+            ring,
+            slab,
+            stride,
+            fixed,
+        })
+    }
+
+    fn drive(&self, ctx: &RunCtx, s: &mut Setup, tally: &mut Tally) {
+        let w = ctx.w;
+        let bs = w.bs;
+        let depth = w.iodepth;
+        let mut gen = OpGen::new(
+            w,
+            self.sub.files.clone(),
+            self.sub.quota,
+            self.sub.index,
+            self.submitters,
+        );
+        if w.rw.writes() && !w.verify {
+            for i in 0..depth {
+                let b = &mut s.slab[i * s.stride..i * s.stride + bs];
+                self.patterns[0].fill(b, 0);
+            }
+        }
+        let mut ops: Vec<Option<Op>> = vec![None; depth];
+        let mut t0 = vec![Instant::now(); depth];
+        let mut free: Vec<usize> = (0..depth).rev().collect();
+        let mut fresh: Vec<usize> = Vec::with_capacity(depth);
+        let mut in_flight = 0usize;
+        loop {
+            if !self.control.stopped() {
+                while let Some(&slot) = free.last() {
+                    let Some(op) = gen.next_op() else { break };
+                    free.pop();
+                    let off = slot * s.stride;
+                    let file = types::Fixed(s.fixed[op.file]);
+                    let ptr = s.slab[off..].as_mut_ptr();
+                    let entry = match op.kind {
+                        IoKind::Read => opcode::ReadFixed::new(file, ptr, bs as u32, slot as u16)
+                            .offset(op.offset)
+                            .build(),
+                        IoKind::Write => {
+                            if w.verify {
+                                self.patterns[op.file].fill(&mut s.slab[off..off + bs], op.offset);
+                            }
+                            opcode::WriteFixed::new(file, ptr, bs as u32, slot as u16)
+                                .offset(op.offset)
+                                .build()
+                        }
+                        IoKind::Fsync => opcode::Fsync::new(file).build(),
+                    };
+                    // SAFETY: the entry points into our registered slab, which stays alive and
+                    // untouched until its completion is reaped below. The SQ holds `depth`.
+                    if unsafe { s.ring.submission().push(&entry.user_data(slot as u64)) }.is_err() {
+                        free.push(slot);
+                        break;
+                    }
+                    ops[slot] = Some(op);
+                    fresh.push(slot);
+                    in_flight += 1;
+                }
+            }
+            if in_flight == 0 {
+                break;
+            }
+            let t = Instant::now();
+            for slot in fresh.drain(..) {
+                t0[slot] = t;
+            }
+            match s.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY)) => {}
+                Err(e) => {
+                    let path = &self.paths[self.sub.files[0]];
+                    tally.fail(IoKind::Read, path, 0, &format!("io_uring_enter: {e}"));
+                    self.control.stop();
+                    // Nothing more can be reaped safely: keep the slab (leak) rather than free it
+                    // under the kernel.
+                    std::mem::forget(std::mem::replace(&mut s.slab, AlignedBuf::new(1)));
+                    return;
+                }
+            }
+            let now = Instant::now();
+            let (mut done_ops, mut done_bytes) = (0u64, 0u64);
+            for cqe in s.ring.completion() {
+                let slot = cqe.user_data() as usize;
+                let Some(op) = ops.get_mut(slot).and_then(Option::take) else {
+                    continue;
+                };
+                in_flight -= 1;
+                free.push(slot);
+                let path = &self.paths[op.file];
+                let res = cqe.result();
+                if res < 0 {
+                    tally.fail(op.kind, path, op.offset, &errno_reason(res));
+                    continue;
+                }
+                if op.kind != IoKind::Fsync && res as usize != bs {
+                    let what = format!("short transfer ({res} of {bs} bytes)");
+                    tally.fail(op.kind, path, op.offset, &what);
+                    continue;
+                }
+                if op.kind == IoKind::Read && w.verify {
+                    tally.checks.verified += 1;
+                    let off = slot * s.stride;
+                    if let Some(m) = self.patterns[op.file].check(&s.slab[off..off + bs], op.offset)
+                    {
+                        tally.checks.mismatch(path, m);
+                    }
+                }
+                tally.ok(op.kind, res as u64, ns_between(t0[slot], now));
+                gen.write_done(&op);
+                if op.kind != IoKind::Fsync {
+                    done_ops += 1;
+                    done_bytes += bs as u64;
+                }
+            }
+            self.control.add(self.sub.index, done_ops, done_bytes);
+        }
+    }
+}

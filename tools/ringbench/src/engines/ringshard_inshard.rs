@@ -1,0 +1,371 @@
+//! ringshard, load generated inside each shard: `Executor::submit_to` runs a loop on the shard
+//! thread that keeps `--iodepth` READ_FIXED / WRITE_FIXED in flight on the shard's own ring and
+//! pool (no channel per I/O) and records every operation in the shard's statistics.
+
+use super::{ns_between, Output, Row, RunCtx};
+use crate::control::{Control, Measure};
+use crate::error::BenchError;
+use crate::pattern::Pattern;
+use crate::tally::{errno_reason, Checks, LatSummary};
+use crate::workload::{IoKind, Op, OpGen, Rw, Submitter, Workload};
+use io_uring::{opcode, types};
+use ringshard::{Executor, ExecutorStats, OpKind, OpenOptions, ShardContext, ShardStats};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// `user_data` of our fsync SQEs: bit 62 set (pool operations use bit 63), and the index of the
+/// slot's (idle) buffer in the low 16 bits.
+const FSYNC_TAG: u64 = 1 << 62;
+
+/// Starts an executor on the run's CPUs with `buffers` pool buffers of `--bs` per shard.
+pub fn build_executor(ctx: &RunCtx, buffers: usize) -> Result<Executor, BenchError> {
+    let w = ctx.w;
+    let entries = (buffers.next_power_of_two()).clamp(256, 32_768) as u32;
+    let mut b = Executor::builder()
+        .cores(ctx.cpus.to_vec())
+        .buffer_size(w.bs)
+        .buffer_count(buffers)
+        .ring_entries(entries);
+    if let Some(us) = w.spin_us {
+        b = b.spin(Duration::from_micros(us));
+    }
+    if let Some(cpu) = w.sqpoll {
+        b = b.sqpoll(cpu);
+    }
+    b.build()
+        .map_err(|e| BenchError::from_lib("starting the ringshard executor", e))
+}
+
+/// Opens the run's files through the executor (each lands on the shard its inode routes to).
+pub fn open_files(exec: &Executor, ctx: &RunCtx) -> Result<Vec<ringshard::File>, BenchError> {
+    let mut o = OpenOptions::new();
+    o.read(true).write(ctx.w.rw.writes()).direct(ctx.w.direct);
+    let pending: Vec<_> = ctx.files.iter().map(|f| exec.open(&f.path, &o)).collect();
+    pending
+        .into_iter()
+        .zip(ctx.files)
+        .map(|(c, f)| {
+            c.wait().map_err(|e| {
+                BenchError::from_lib(&format!("opening {} in the executor", f.path.display()), e)
+            })
+        })
+        .collect()
+}
+
+/// The latency the table shows for a shard: reads, writes, or (mixed) every operation of the
+/// shard with the maximum taken over reads and writes only (the all-operations histogram also
+/// holds the benchmark closure itself, as one `task`, and the opens).
+pub fn io_latency(s: &ShardStats, rw: Rw) -> LatSummary {
+    match rw {
+        Rw::Randread | Rw::Read => LatSummary::from_lib(&s.read_latency()),
+        Rw::Randwrite | Rw::Write => LatSummary::from_lib(&s.write_latency()),
+        Rw::Randrw => {
+            let mut l = LatSummary::from_lib(&s.latency());
+            l.max = s.read_latency().max_us.max(s.write_latency().max_us);
+            l
+        }
+    }
+}
+
+/// A table row from a shard's statistics.
+pub fn row_of(s: &ShardStats, rw: Rw) -> Row {
+    Row {
+        id: (!s.is_total()).then_some(s.shard),
+        cpu: s.cpu,
+        numa_node: s.numa_node,
+        reads: s.ops(OpKind::Read),
+        writes: s.ops(OpKind::Write),
+        fsyncs: s.ops(OpKind::Fsync),
+        bytes: s.bytes_read + s.bytes_written,
+        errors: s.error_count(),
+        lat_us: io_latency(s, rw),
+    }
+}
+
+/// What the shard loop returns.
+#[derive(Default)]
+struct ShardResult {
+    checks: Checks,
+    fatal: Option<String>,
+}
+
+/// Everything the shard loop needs. Dropping it (after the loop, or with the closure if the shard
+/// never runs it) tells the coordinator this submitter is done.
+struct Job {
+    w: Arc<Workload>,
+    files: Arc<Vec<ringshard::File>>,
+    paths: Arc<Vec<PathBuf>>,
+    patterns: Arc<Vec<Pattern>>,
+    sub: Submitter,
+    submitters: usize,
+    control: Arc<Control>,
+}
+
+pub fn run(ctx: &RunCtx) -> Result<Output, BenchError> {
+    let w = ctx.w;
+    let exec = build_executor(ctx, w.iodepth)?;
+    let files = Arc::new(open_files(&exec, ctx)?);
+    let n = exec.shard_count();
+    let owner = |i: usize| files[i].shard();
+    let subs = crate::workload::plan_submitters(n, files.len(), Some(&owner), w.ops);
+    let mut notes = Vec::new();
+    if subs.len() < n {
+        let idle: Vec<String> = (0..n)
+            .filter(|i| !subs.iter().any(|s| s.index == *i))
+            .map(|i| i.to_string())
+            .collect();
+        notes.push(format!(
+            "shard(s) {} own none of the {} file(s) (files go to shards by inode) and stay idle; \
+             omit --files to get one file per shard",
+            idle.join(","),
+            files.len()
+        ));
+    }
+    let control = Arc::new(Control::new(n));
+    let wl = Arc::new(w.clone());
+    let paths = Arc::new(ctx.files.iter().map(|f| f.path.clone()).collect::<Vec<_>>());
+    let patterns = Arc::new(ctx.patterns());
+
+    let resident = ctx.warm()?;
+    let meas = Measure::start();
+    let pending: Vec<_> = subs
+        .iter()
+        .map(|s| {
+            let job = Job {
+                w: Arc::clone(&wl),
+                files: Arc::clone(&files),
+                paths: Arc::clone(&paths),
+                patterns: Arc::clone(&patterns),
+                sub: s.clone(),
+                submitters: subs.len(),
+                control: Arc::clone(&control),
+            };
+            exec.submit_to(s.index, move |sctx| shard_loop(sctx, job))
+        })
+        .collect();
+    let elapsed = control.supervise(subs.len(), meas.start, w.duration, ctx.progress);
+    let cpu = meas.cpu();
+
+    let mut checks = Checks::default();
+    let mut fatal = Vec::new();
+    for (s, c) in subs.iter().zip(pending) {
+        match c.wait() {
+            Ok(r) => {
+                checks.merge(&r.checks);
+                if let Some(f) = r.fatal {
+                    fatal.push(format!("shard {}: {f}", s.index));
+                }
+            }
+            Err(e) => fatal.push(format!("shard {}: {e}", s.index)),
+        }
+    }
+    let stats = exec.stats();
+    let _ = exec.shutdown();
+    if !fatal.is_empty() {
+        return Err(BenchError::runtime(fatal.join("; ")));
+    }
+    let library = ExecutorStats::from_shards(stats.shards, elapsed);
+    Ok(Output {
+        row_kind: "shard",
+        rows: library.shards.iter().map(|s| row_of(s, w.rw)).collect(),
+        total: row_of(&library.total, w.rw),
+        elapsed,
+        cpu,
+        checks,
+        resident,
+        library: Some(library),
+        client_latency: false,
+        notes,
+    })
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        self.control.done();
+    }
+}
+
+/// One in-flight slot: its buffer and the operation using it.
+struct Slot {
+    buf: u16,
+    op: Option<Op>,
+    t0: Instant,
+}
+
+fn lib_kind(k: IoKind) -> OpKind {
+    match k {
+        IoKind::Read => OpKind::Read,
+        IoKind::Write => OpKind::Write,
+        IoKind::Fsync => OpKind::Fsync,
+    }
+}
+
+/// The loop run on the shard thread.
+fn shard_loop(ctx: &mut ShardContext<'_>, job: Job) -> ShardResult {
+    let mut res = ShardResult::default();
+    let depth = job.w.iodepth;
+    let mut slots = Vec::with_capacity(depth);
+    for _ in 0..depth {
+        match ctx.pool().acquire() {
+            Ok((buf, _)) => slots.push(Slot {
+                buf,
+                op: None,
+                t0: Instant::now(),
+            }),
+            Err(e) => {
+                res.fatal = Some(format!("acquiring {depth} pool buffers: {e}"));
+                break;
+            }
+        }
+    }
+    if res.fatal.is_none() {
+        drive(ctx, &job, &mut slots, &mut res);
+    }
+    for s in &slots {
+        ctx.pool().release(s.buf);
+    }
+    res
+}
+
+fn drive(ctx: &mut ShardContext<'_>, job: &Job, slots: &mut [Slot], res: &mut ShardResult) {
+    let w = &*job.w;
+    let bs = w.bs as u32;
+    let mut gen = OpGen::new(
+        w,
+        job.sub.files.clone(),
+        job.sub.quota,
+        job.sub.index,
+        job.submitters,
+    );
+    let mut slot_of_buf = vec![u32::MAX; ctx.pool().total_count()];
+    for (i, s) in slots.iter().enumerate() {
+        slot_of_buf[s.buf as usize] = i as u32;
+    }
+    if w.rw.writes() && !w.verify {
+        // Writes without --verify write whatever the buffer holds: fill it once.
+        for s in slots.iter() {
+            if let Ok(b) = ctx.pool().get_mut(s.buf) {
+                job.patterns[0].fill(&mut b[..bs as usize], 0);
+            }
+        }
+    }
+    let mut free: Vec<usize> = (0..slots.len()).rev().collect();
+    let mut fresh: Vec<usize> = Vec::with_capacity(slots.len());
+    let mut cqes = Vec::with_capacity(slots.len() * 2);
+    let mut in_flight = 0usize;
+    loop {
+        if !job.control.stopped() {
+            while let Some(&s) = free.last() {
+                let Some(op) = gen.next_op() else { break };
+                match push(ctx, job, &slots[s], &op, bs) {
+                    Ok(()) => {
+                        free.pop();
+                        slots[s].op = Some(op);
+                        fresh.push(s);
+                        in_flight += 1;
+                    }
+                    Err(e) => {
+                        ctx.record_error(lib_kind(op.kind), e.errno().unwrap_or(libc::EINVAL), 0);
+                        res.checks
+                            .error(op.kind, &job.paths[op.file], op.offset, &e.to_string());
+                        job.control.stop();
+                        break;
+                    }
+                }
+            }
+        }
+        if in_flight == 0 {
+            break;
+        }
+        let t = Instant::now();
+        for s in fresh.drain(..) {
+            slots[s].t0 = t;
+        }
+        if let Err(e) = ctx.submit_and_wait(1) {
+            // The shard waits for our in-flight buffers after we return.
+            res.fatal = Some(format!("submit: {e}"));
+            job.control.stop();
+            return;
+        }
+        let now = Instant::now();
+        cqes.clear();
+        ctx.reap(|c| cqes.push(c));
+        let (mut ops, mut bytes) = (0u64, 0u64);
+        for c in &cqes {
+            let buf = match c.buf_index {
+                Some(b) => b,
+                None if c.user_data & FSYNC_TAG != 0 => c.user_data as u16,
+                None => continue,
+            };
+            let s = slot_of_buf.get(buf as usize).copied().unwrap_or(u32::MAX) as usize;
+            let Some(op) = slots.get_mut(s).and_then(|x| x.op.take()) else {
+                continue;
+            };
+            in_flight -= 1;
+            free.push(s);
+            let lat = ns_between(slots[s].t0, now);
+            let kind = lib_kind(op.kind);
+            let path = &job.paths[op.file];
+            if c.result < 0 {
+                ctx.record_error(kind, -c.result, lat);
+                res.checks
+                    .error(op.kind, path, op.offset, &errno_reason(c.result));
+                continue;
+            }
+            if op.kind != IoKind::Fsync && c.result as u32 != bs {
+                ctx.record_error(kind, libc::EIO, lat);
+                let what = format!("short transfer ({} of {bs} bytes)", c.result);
+                res.checks.error(op.kind, path, op.offset, &what);
+                continue;
+            }
+            if op.kind == IoKind::Read && w.verify {
+                res.checks.verified += 1;
+                if let Ok(b) = ctx.pool().get(slots[s].buf) {
+                    if let Some(m) = job.patterns[op.file].check(&b[..bs as usize], op.offset) {
+                        res.checks.mismatch(path, m);
+                    }
+                }
+            }
+            ctx.record(kind, c.result as u64, lat);
+            if op.kind != IoKind::Fsync {
+                ops += 1;
+                bytes += u64::from(bs);
+            }
+            gen.write_done(&op);
+        }
+        job.control.add(job.sub.index, ops, bytes);
+    }
+}
+
+/// Pushes the SQE of `op` into slot `slot` (filling the buffer first for a verified write).
+fn push(
+    ctx: &mut ShardContext<'_>,
+    job: &Job,
+    slot: &Slot,
+    op: &Op,
+    bs: u32,
+) -> ringshard::Result<()> {
+    let file = &job.files[op.file];
+    match op.kind {
+        IoKind::Read => ctx.push_read_fixed(file, slot.buf, op.offset, bs).map(drop),
+        IoKind::Write => {
+            if job.w.verify {
+                let b = ctx.pool().get_mut(slot.buf)?;
+                job.patterns[op.file].fill(&mut b[..bs as usize], op.offset);
+            }
+            ctx.push_write_fixed(file, slot.buf, op.offset, bs)
+                .map(drop)
+        }
+        IoKind::Fsync => {
+            // The slot is found again through its (idle) buffer's index.
+            let fd = ctx.raw_fd(file)?;
+            let e = opcode::Fsync::new(types::Fd(fd))
+                .build()
+                .user_data(FSYNC_TAG | u64::from(slot.buf));
+            // SAFETY: an fsync points to no memory; its user_data has bit 63 clear and is not
+            // the shard's wake-up value.
+            unsafe { ctx.push(&e) }
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! ringshard through its public request API: `--clients` caller threads, each keeping `--iodepth`
+//! requests in flight with `Executor::batch` (one message per shard per refill), waiting on the
+//! oldest and taking every other one already done. Latency is measured by the callers.
+
+use super::ringshard_inshard::{build_executor, open_files};
+use super::{ns_between, DoneGuard, Output, RunCtx};
+use crate::control::{Control, Measure};
+use crate::error::BenchError;
+use crate::pattern::Pattern;
+use crate::tally::Tally;
+use crate::workload::{IoKind, Op, OpGen, Submitter};
+use ringshard::{Completion, Executor, ExecutorStats};
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Barrier;
+use std::time::Instant;
+
+enum Pending {
+    Read(Completion<Vec<u8>>),
+    Write(Completion<usize>),
+    Sync(Completion<()>),
+}
+
+impl Pending {
+    fn is_done(&self) -> bool {
+        match self {
+            Pending::Read(c) => c.is_done(),
+            Pending::Write(c) => c.is_done(),
+            Pending::Sync(c) => c.is_done(),
+        }
+    }
+
+    /// Waits; the bytes transferred (reads: the data) or the error.
+    fn wait(self) -> ringshard::Result<(usize, Option<Vec<u8>>)> {
+        match self {
+            Pending::Read(c) => c.wait().map(|d| (d.len(), Some(d))),
+            Pending::Write(c) => c.wait().map(|n| (n, None)),
+            Pending::Sync(c) => c.wait().map(|()| (0, None)),
+        }
+    }
+}
+
+struct InFlight {
+    pending: Pending,
+    op: Op,
+    t0: Instant,
+}
+
+pub fn run(ctx: &RunCtx) -> Result<Output, BenchError> {
+    let w = ctx.w;
+    let buffers = (w.clients * w.iodepth).clamp(64, 16_384);
+    let exec = build_executor(ctx, buffers)?;
+    let files = open_files(&exec, ctx)?;
+    let subs = ctx.submitters();
+    let control = Control::new(subs.len());
+    let paths: Vec<PathBuf> = ctx.files.iter().map(|f| f.path.clone()).collect();
+    let patterns = ctx.patterns();
+    let barrier = Barrier::new(subs.len() + 1);
+
+    let resident = ctx.warm()?;
+    let (tallies, elapsed, cpu) = std::thread::scope(|scope| {
+        let handles: Vec<_> = subs
+            .iter()
+            .map(|s| {
+                let c = Client {
+                    exec: &exec,
+                    files: &files,
+                    paths: &paths,
+                    patterns: &patterns,
+                    control: &control,
+                    sub: s,
+                    submitters: subs.len(),
+                };
+                let barrier = &barrier;
+                std::thread::Builder::new()
+                    .name(format!("ringbench-client-{}", s.index))
+                    .spawn_scoped(scope, move || {
+                        barrier.wait();
+                        c.run(ctx)
+                    })
+                    .expect("spawning a client thread")
+            })
+            .collect();
+        let meas = Measure::start();
+        barrier.wait();
+        let elapsed = control.supervise(subs.len(), meas.start, w.duration, ctx.progress);
+        let cpu = meas.cpu();
+        let tallies: Vec<_> = handles
+            .into_iter()
+            .zip(&subs)
+            .map(|(h, s)| {
+                let t = h.join().unwrap_or_default();
+                (Some(s.index), None, None, t)
+            })
+            .collect();
+        (tallies, elapsed, cpu)
+    });
+    let stats = exec.stats();
+    let _ = exec.shutdown();
+    let mut out = Output::from_tallies("client", tallies, elapsed, cpu, resident, Vec::new());
+    out.library = Some(ExecutorStats::from_shards(stats.shards, elapsed));
+    Ok(out)
+}
+
+struct Client<'a> {
+    exec: &'a Executor,
+    files: &'a [ringshard::File],
+    paths: &'a [PathBuf],
+    patterns: &'a [Pattern],
+    control: &'a Control,
+    sub: &'a Submitter,
+    submitters: usize,
+}
+
+impl Client<'_> {
+    fn run(&self, ctx: &RunCtx) -> Tally {
+        let _done = DoneGuard(self.control);
+        let w = ctx.w;
+        let bs = w.bs;
+        let mut gen = OpGen::new(
+            w,
+            self.sub.files.clone(),
+            self.sub.quota,
+            self.sub.index,
+            self.submitters,
+        );
+        let mut tally = Tally::default();
+        let mut template = vec![0u8; bs];
+        self.patterns[0].fill(&mut template, 0);
+        let mut q: VecDeque<InFlight> = VecDeque::with_capacity(w.iodepth);
+        let mut added: Vec<(Pending, Op)> = Vec::with_capacity(w.iodepth);
+        loop {
+            if !self.control.stopped() && q.len() < w.iodepth {
+                let mut batch = self.exec.batch();
+                while q.len() + added.len() < w.iodepth {
+                    let Some(op) = gen.next_op() else { break };
+                    let f = &self.files[op.file];
+                    let p = match op.kind {
+                        IoKind::Read => Pending::Read(batch.read(f, op.offset, bs)),
+                        IoKind::Write => {
+                            let data = if w.verify {
+                                let mut d = vec![0u8; bs];
+                                self.patterns[op.file].fill(&mut d, op.offset);
+                                d
+                            } else {
+                                template.clone()
+                            };
+                            Pending::Write(batch.write(f, op.offset, data))
+                        }
+                        IoKind::Fsync => Pending::Sync(batch.fsync(f)),
+                    };
+                    added.push((p, op));
+                }
+                let t0 = Instant::now();
+                batch.submit();
+                q.extend(
+                    added
+                        .drain(..)
+                        .map(|(pending, op)| InFlight { pending, op, t0 }),
+                );
+            }
+            let Some(first) = q.pop_front() else { break };
+            let r = first.pending.wait();
+            let now = Instant::now();
+            let (mut ops, mut bytes) = (0, 0);
+            self.finish(
+                &mut tally, &mut gen, first.op, first.t0, r, now, w.verify, bs,
+            );
+            (ops, bytes) = count(first.op, ops, bytes, bs);
+            while q.front().is_some_and(|f| f.pending.is_done()) {
+                let Some(f) = q.pop_front() else { break };
+                let r = f.pending.wait();
+                self.finish(&mut tally, &mut gen, f.op, f.t0, r, now, w.verify, bs);
+                (ops, bytes) = count(f.op, ops, bytes, bs);
+            }
+            self.control.add(self.sub.index, ops, bytes);
+        }
+        tally
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        tally: &mut Tally,
+        gen: &mut OpGen,
+        op: Op,
+        t0: Instant,
+        r: ringshard::Result<(usize, Option<Vec<u8>>)>,
+        now: Instant,
+        verify: bool,
+        bs: usize,
+    ) {
+        let path = &self.paths[op.file];
+        match r {
+            Err(e) => {
+                let reason = match e.errno() {
+                    Some(errno) => crate::tally::errno_reason(errno),
+                    None => e.to_string(),
+                };
+                tally.fail(op.kind, path, op.offset, &reason);
+            }
+            Ok((n, _)) if op.kind != IoKind::Fsync && n != bs => {
+                let what = format!("short transfer ({n} of {bs} bytes)");
+                tally.fail(op.kind, path, op.offset, &what);
+            }
+            Ok((n, data)) => {
+                if let (true, Some(d)) = (verify, &data) {
+                    tally.checks.verified += 1;
+                    if let Some(m) = self.patterns[op.file].check(d, op.offset) {
+                        tally.checks.mismatch(path, m);
+                    }
+                }
+                tally.ok(op.kind, n as u64, ns_between(t0, now));
+                gen.write_done(&op);
+            }
+        }
+    }
+}
+
+fn count(op: Op, ops: u64, bytes: u64, bs: usize) -> (u64, u64) {
+    if op.kind == IoKind::Fsync {
+        (ops, bytes)
+    } else {
+        (ops + 1, bytes + bs as u64)
+    }
+}

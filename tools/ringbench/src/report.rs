@@ -1,0 +1,460 @@
+//! Results: one run's report (the table printed at the end, and the JSON), the host description,
+//! and number formatting shared by the other reports.
+
+use crate::engines::{Output, Row};
+use crate::error::BenchError;
+use crate::tally::LatSummary;
+use crate::workload::{EngineKind, Workload};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// What the numbers were measured on.
+#[derive(Debug, Clone, Serialize)]
+pub struct Host {
+    pub kernel: String,
+    pub online_cpus: usize,
+    pub allowed_cpus: usize,
+    pub dir: String,
+    pub filesystem: String,
+}
+
+impl Host {
+    pub fn detect(dir: &Path) -> Self {
+        // SAFETY: uname writes only into the struct we pass.
+        let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let kernel = if unsafe { libc::uname(&mut u) } == 0 {
+            let f = |s: &[libc::c_char]| {
+                // SAFETY: uname NUL-terminates its fields.
+                unsafe { std::ffi::CStr::from_ptr(s.as_ptr()) }
+                    .to_string_lossy()
+                    .into_owned()
+            };
+            format!("{} {}", f(&u.sysname), f(&u.release))
+        } else {
+            "unknown".into()
+        };
+        Host {
+            kernel,
+            online_cpus: ringshard::Topology::detect().map_or(0, |t| t.cpus().len()),
+            allowed_cpus: ringshard::topology::allowed_cpus().map_or(0, |c| c.len()),
+            dir: dir.display().to_string(),
+            filesystem: crate::files::fs_type(dir),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Total {
+    /// Reads + writes (fsyncs are counted separately).
+    pub ops: u64,
+    pub reads: u64,
+    pub writes: u64,
+    pub fsyncs: u64,
+    pub iops: f64,
+    pub bytes: u64,
+    pub mb_s: f64,
+    pub errors: u64,
+    pub lat_us: LatSummary,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ShardRow {
+    /// Shard, thread or client index (see `row_kind`).
+    pub shard: Option<usize>,
+    pub cpu: Option<usize>,
+    pub numa_node: Option<u32>,
+    pub ops: u64,
+    pub iops: f64,
+    pub mb_s: f64,
+    pub errors: u64,
+    pub lat_us: LatSummary,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CpuReport {
+    pub user_s: f64,
+    pub sys_s: f64,
+    /// CPU seconds (user + sys) per million reads+writes.
+    pub cpu_s_per_mop: f64,
+    /// Average busy cores over the run.
+    pub cores: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    pub enabled: bool,
+    pub verified_reads: u64,
+    pub mismatches: u64,
+}
+
+/// One run, as printed and as JSON.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub engine: &'static str,
+    pub mode: &'static str,
+    pub workload: Workload,
+    pub host: Host,
+    /// CPUs of the placement (one shard, or baseline thread, each).
+    pub cpus: Vec<usize>,
+    pub files: Vec<String>,
+    pub duration_s: f64,
+    pub total: Total,
+    /// What a row of `shards` is: shard, thread, submitter or client.
+    pub row_kind: &'static str,
+    /// Latency measured by the callers ("caller") or inside the shards ("shard").
+    pub latency_measured_by: &'static str,
+    pub shards: Vec<ShardRow>,
+    pub cpu: CpuReport,
+    pub direct: bool,
+    /// Share of the files in the page cache after warming, in percent (null with --direct).
+    pub resident_pct: Option<f64>,
+    pub verify: VerifyReport,
+    pub errors: BTreeMap<String, u64>,
+    /// The first verification mismatches and errors, with file and offset.
+    pub messages: Vec<String>,
+    pub notes: Vec<String>,
+    /// ringshard's own merged statistics (`ExecutorStats` JSON), for ringshard runs.
+    pub library_stats: Option<serde_json::Value>,
+    #[serde(skip)]
+    pub library_table: Option<String>,
+}
+
+fn per_sec(n: f64, secs: f64) -> f64 {
+    if secs > 0.0 {
+        n / secs
+    } else {
+        0.0
+    }
+}
+
+fn shard_row(r: &Row, secs: f64) -> ShardRow {
+    ShardRow {
+        shard: r.id,
+        cpu: r.cpu,
+        numa_node: r.numa_node,
+        ops: r.ops(),
+        iops: per_sec(r.ops() as f64, secs),
+        mb_s: per_sec(r.bytes as f64 / 1e6, secs),
+        errors: r.errors,
+        lat_us: r.lat_us,
+    }
+}
+
+impl RunReport {
+    pub fn new(
+        engine: EngineKind,
+        w: &Workload,
+        host: &Host,
+        cpus: &[usize],
+        files: &[crate::files::BenchFile],
+        out: &Output,
+    ) -> Self {
+        let secs = out.elapsed.as_secs_f64();
+        let t = &out.total;
+        let mops = t.ops() as f64 / 1e6;
+        RunReport {
+            engine: engine.name(),
+            mode: w.mode.name(),
+            workload: w.clone(),
+            host: host.clone(),
+            cpus: cpus.to_vec(),
+            files: files.iter().map(|f| f.path.display().to_string()).collect(),
+            duration_s: secs,
+            total: Total {
+                ops: t.ops(),
+                reads: t.reads,
+                writes: t.writes,
+                fsyncs: t.fsyncs,
+                iops: per_sec(t.ops() as f64, secs),
+                bytes: t.bytes,
+                mb_s: per_sec(t.bytes as f64 / 1e6, secs),
+                errors: t.errors.max(out.checks.error_count()),
+                lat_us: t.lat_us,
+            },
+            row_kind: out.row_kind,
+            latency_measured_by: if out.client_latency {
+                "caller"
+            } else {
+                "shard"
+            },
+            shards: out.rows.iter().map(|r| shard_row(r, secs)).collect(),
+            cpu: CpuReport {
+                user_s: out.cpu.user_s,
+                sys_s: out.cpu.sys_s,
+                cpu_s_per_mop: if mops > 0.0 {
+                    out.cpu.total() / mops
+                } else {
+                    0.0
+                },
+                cores: per_sec(out.cpu.total(), secs),
+            },
+            direct: w.direct,
+            resident_pct: out.resident.map(|r| r * 100.0),
+            verify: VerifyReport {
+                enabled: w.verify,
+                verified_reads: out.checks.verified,
+                mismatches: out.checks.mismatches,
+            },
+            errors: out.checks.errors.clone(),
+            messages: out.checks.messages.clone(),
+            notes: out.notes.clone(),
+            library_stats: out.library.as_ref().map(|s| s.to_json_value()),
+            library_table: out.library.as_ref().map(|s| s.to_string()),
+        }
+    }
+
+    /// Whether the run failed its checks (errors or verification mismatches).
+    pub fn failed(&self) -> bool {
+        self.total.errors > 0 || self.verify.mismatches > 0
+    }
+
+    /// One line saying what ran where.
+    pub fn headline(&self) -> String {
+        let w = &self.workload;
+        let placement = format!(
+            "{} shard{} on CPU{} {}",
+            self.cpus.len(),
+            if self.cpus.len() == 1 { "" } else { "s" },
+            if self.cpus.len() == 1 { "" } else { "s" },
+            self.cpus
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let who = match w.mode {
+            crate::workload::Mode::InShard => placement,
+            crate::workload::Mode::Routed => format!("{placement}, {} client(s)", w.clients),
+        };
+        let cache = match self.resident_pct {
+            _ if self.direct => "O_DIRECT".to_string(),
+            Some(p) => format!("page cache ({p:.0}% resident after warming)"),
+            None => "page cache".to_string(),
+        };
+        format!(
+            "{} {} | {} | iodepth {} | {} file(s) x {} | {} | {}",
+            self.engine,
+            self.mode,
+            w.label(),
+            w.iodepth,
+            self.files.len(),
+            crate::cli::fmt_size(w.size),
+            cache,
+            who
+        )
+    }
+
+    /// The full text report.
+    pub fn print(&self) {
+        println!("== {}", self.headline());
+        println!(
+            "   host: {}, {} online CPUs ({} allowed), {} at {}",
+            self.host.kernel,
+            self.host.online_cpus,
+            self.host.allowed_cpus,
+            self.host.filesystem,
+            self.host.dir
+        );
+        if let Some(t) = &self.library_table {
+            println!("ringshard statistics (exec.stats(), measured phase):");
+            print!("{t}");
+            if self.latency_measured_by == "shard" {
+                println!(
+                    "   (latency columns above cover every operation the shards counted, \
+                     including the benchmark loop itself as one `task` and the opens)"
+                );
+            }
+        }
+        println!(
+            "per {} (latency of reads and writes in µs, measured by the {}):",
+            self.row_kind, self.latency_measured_by
+        );
+        let mut rows: Vec<Vec<String>> = self
+            .shards
+            .iter()
+            .map(|r| {
+                row_cells(
+                    r.shard.map_or("-".into(), |s| s.to_string()),
+                    r.cpu,
+                    r.numa_node,
+                    r.ops,
+                    r.iops,
+                    r.mb_s,
+                    r.errors,
+                    &r.lat_us,
+                )
+            })
+            .collect();
+        let t = &self.total;
+        let node = self
+            .shards
+            .first()
+            .and_then(|r| r.numa_node)
+            .filter(|n| self.shards.iter().all(|r| r.numa_node == Some(*n)));
+        rows.push(row_cells(
+            "total".into(),
+            None,
+            node,
+            t.ops,
+            t.iops,
+            t.mb_s,
+            t.errors,
+            &t.lat_us,
+        ));
+        let head = [
+            self.row_kind,
+            "cpu",
+            "node",
+            "ops",
+            "IOPS",
+            "MB/s",
+            "errors",
+            "p50",
+            "p99",
+            "p99.9",
+            "max",
+        ];
+        print_table(&head, &rows);
+        println!(
+            "total: {} IOPS, {:.1} MB/s, {} reads + {} writes{} in {:.3} s",
+            fmt_count(t.iops),
+            t.mb_s,
+            t.reads,
+            t.writes,
+            if t.fsyncs > 0 {
+                format!(" + {} fsyncs", t.fsyncs)
+            } else {
+                String::new()
+            },
+            self.duration_s
+        );
+        println!(
+            "CPU: user {:.2} s + sys {:.2} s ({:.2} cores busy) = {:.3} CPU s per million ops",
+            self.cpu.user_s, self.cpu.sys_s, self.cpu.cores, self.cpu.cpu_s_per_mop
+        );
+        if self.verify.enabled {
+            println!(
+                "verify: {} reads checked, {} mismatches",
+                self.verify.verified_reads, self.verify.mismatches
+            );
+        }
+        if !self.errors.is_empty() {
+            let e: Vec<String> = self
+                .errors
+                .iter()
+                .map(|(k, v)| format!("{k} x{v}"))
+                .collect();
+            println!("errors: {}", e.join(", "));
+        }
+        for m in &self.messages {
+            println!("  {m}");
+        }
+        for n in &self.notes {
+            println!("note: {n}");
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn row_cells(
+    id: String,
+    cpu: Option<usize>,
+    node: Option<u32>,
+    ops: u64,
+    iops: f64,
+    mbs: f64,
+    errors: u64,
+    l: &LatSummary,
+) -> Vec<String> {
+    vec![
+        id,
+        cpu.map_or("-".into(), |c| c.to_string()),
+        node.map_or("-".into(), |n| n.to_string()),
+        ops.to_string(),
+        fmt_count(iops),
+        format!("{mbs:.1}"),
+        errors.to_string(),
+        format!("{:.1}", l.p50),
+        format!("{:.1}", l.p99),
+        format!("{:.1}", l.p999),
+        format!("{:.1}", l.max),
+    ]
+}
+
+/// Prints an aligned table: first column left-aligned, the others right-aligned.
+pub fn print_table(head: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
+            if i == 0 {
+                s.push_str(&format!("{c:<w$}"));
+            } else {
+                s.push_str(&format!("  {c:>w$}"));
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(head.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}
+
+/// 812.3K style.
+pub fn fmt_count(v: f64) -> String {
+    if v >= 1e9 {
+        format!("{:.2}G", v / 1e9)
+    } else if v >= 1e6 {
+        format!("{:.2}M", v / 1e6)
+    } else if v >= 1e4 {
+        format!("{:.1}K", v / 1e3)
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+/// Writes `value` as pretty JSON to `path`.
+pub fn write_json(path: &Path, value: &impl Serialize) -> Result<(), BenchError> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| BenchError::runtime(format!("encoding JSON: {e}")))?;
+    std::fs::write(path, text + "\n")
+        .map_err(|e| BenchError::runtime(format!("writing --json {}: {e}", path.display())))
+}
+
+/// The median of `v` (mean of the middle two for an even count; 0 when empty).
+pub fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_and_counts() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(&[]), 0.0);
+        assert_eq!(fmt_count(812_345.0), "812.3K");
+        assert_eq!(fmt_count(1_500_000.0), "1.50M");
+        assert_eq!(fmt_count(950.0), "950");
+    }
+}

@@ -1,0 +1,460 @@
+//! What to run: the validated workload, and the per-submitter operation generator.
+//!
+//! Every engine draws its operations from [`OpGen`], seeded by (`--seed`, submitter index), so two
+//! engines given the same workload issue the same sequence of (file, offset, kind) per submitter.
+
+use clap::ValueEnum;
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The I/O pattern (`--rw`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Rw {
+    /// Random reads.
+    Randread,
+    /// Random writes.
+    Randwrite,
+    /// Sequential reads.
+    Read,
+    /// Sequential writes.
+    Write,
+    /// Random reads and writes, `--rwmix-read` percent reads.
+    Randrw,
+}
+
+impl Rw {
+    pub fn name(self) -> &'static str {
+        match self {
+            Rw::Randread => "randread",
+            Rw::Randwrite => "randwrite",
+            Rw::Read => "read",
+            Rw::Write => "write",
+            Rw::Randrw => "randrw",
+        }
+    }
+
+    pub fn writes(self) -> bool {
+        !matches!(self, Rw::Randread | Rw::Read)
+    }
+
+    pub fn reads(self) -> bool {
+        !matches!(self, Rw::Randwrite | Rw::Write)
+    }
+
+    fn random(self) -> bool {
+        matches!(self, Rw::Randread | Rw::Randwrite | Rw::Randrw)
+    }
+}
+
+/// Where the load is generated (`--mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Inside each shard (ringshard: `Executor::submit_to`); baselines use one thread per shard.
+    InShard,
+    /// From `--clients` caller threads through the public request API.
+    Routed,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::InShard => "in-shard",
+            Mode::Routed => "routed",
+        }
+    }
+}
+
+/// Which implementation does the I/O (`--engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EngineKind {
+    /// The ringshard executor.
+    Ringshard,
+    /// One plain io_uring loop per thread: fixed buffers, registered files, batching.
+    RawUring,
+    /// Worker threads doing pread/pwrite, fed by a channel.
+    PreadPool,
+    /// tokio::fs (blocking-pool file I/O).
+    TokioFs,
+}
+
+impl EngineKind {
+    pub const ALL: [EngineKind; 4] = [
+        EngineKind::Ringshard,
+        EngineKind::RawUring,
+        EngineKind::PreadPool,
+        EngineKind::TokioFs,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineKind::Ringshard => "ringshard",
+            EngineKind::RawUring => "raw-uring",
+            EngineKind::PreadPool => "pread-pool",
+            EngineKind::TokioFs => "tokio-fs",
+        }
+    }
+}
+
+/// How the tokio-fs engine does one operation (`--tokio-api`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TokioApi {
+    /// `tokio::fs::File`: `seek` then `read_exact` / `write_all` + `flush`.
+    #[default]
+    SeekRead,
+    /// `spawn_blocking` around `FileExt::read_at` / `write_at` on a shared `std::fs::File`.
+    ReadAt,
+}
+
+/// Which CPUs the shards (and the baselines' threads) use.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PlacementSpec {
+    pub shards: Option<usize>,
+    pub cores: Option<Vec<usize>>,
+    pub numa_nodes: Option<Vec<u32>>,
+    pub physical_cores: bool,
+}
+
+/// The validated workload: every flag, in units.
+#[derive(Debug, Clone, Serialize)]
+pub struct Workload {
+    pub rw: Rw,
+    pub rwmix_read: u32,
+    pub bs: usize,
+    pub size: u64,
+    /// `None`: one file per shard, picked so that the router gives every shard one.
+    pub files: Option<usize>,
+    pub iodepth: usize,
+    #[serde(serialize_with = "ser_opt_secs")]
+    pub duration: Option<Duration>,
+    pub ops: Option<u64>,
+    pub direct: bool,
+    pub fsync_every: u64,
+    pub dir: Option<PathBuf>,
+    pub seed: u64,
+    pub verify: bool,
+    pub placement: PlacementSpec,
+    pub sqpoll: Option<u32>,
+    pub spin_us: Option<u64>,
+    pub mode: Mode,
+    pub clients: usize,
+    pub engine: EngineKind,
+    pub pool_threads: Option<usize>,
+    pub tokio_api: TokioApi,
+}
+
+fn ser_opt_secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_some(&d.as_secs_f64()),
+        None => s.serialize_none(),
+    }
+}
+
+impl Workload {
+    /// Blocks per file.
+    pub fn blocks(&self) -> u64 {
+        self.size / self.bs as u64
+    }
+
+    /// "4k randread" style label.
+    pub fn label(&self) -> String {
+        let mut s = format!(
+            "{} {}",
+            crate::cli::fmt_size(self.bs as u64),
+            self.rw.name()
+        );
+        if self.rw == Rw::Randrw {
+            s.push_str(&format!(" ({}% reads)", self.rwmix_read));
+        }
+        s
+    }
+}
+
+/// One operation to issue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Op {
+    pub kind: IoKind,
+    /// Index into the run's file list.
+    pub file: usize,
+    /// Index into this generator's own file list (for fsync bookkeeping).
+    pub local: u32,
+    pub offset: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoKind {
+    Read,
+    Write,
+    Fsync,
+}
+
+/// splitmix64: a fast, well-mixed 64-bit generator step / hash.
+#[inline]
+pub fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The operation sequence of one submitter.
+#[derive(Debug)]
+pub struct OpGen {
+    state: u64,
+    files: Vec<usize>,
+    blocks: u64,
+    bs: u64,
+    rw: Rw,
+    read_pct: u64,
+    seq: Vec<u64>,
+    remaining: Option<u64>,
+    fsync_every: u64,
+    since_fsync: Vec<u64>,
+    fsyncs: VecDeque<(usize, u32)>,
+}
+
+impl OpGen {
+    /// `files`: the global indexes this submitter uses; `quota`: reads+writes to issue (None: no
+    /// limit); `submitter`/`submitters` spread the sequential starting points.
+    pub fn new(
+        w: &Workload,
+        files: Vec<usize>,
+        quota: Option<u64>,
+        submitter: usize,
+        submitters: usize,
+    ) -> Self {
+        let blocks = w.blocks().max(1);
+        let start = blocks * submitter as u64 / submitters.max(1) as u64;
+        let n = files.len();
+        OpGen {
+            state: mix64(w.seed ^ mix64(0x5eed_0000 + submitter as u64)),
+            files,
+            blocks,
+            bs: w.bs as u64,
+            rw: w.rw,
+            read_pct: u64::from(w.rwmix_read),
+            seq: vec![start; n],
+            remaining: quota,
+            fsync_every: if w.rw.writes() { w.fsync_every } else { 0 },
+            since_fsync: vec![0; n],
+            fsyncs: VecDeque::new(),
+        }
+    }
+
+    #[inline]
+    fn rand(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        mix64(self.state)
+    }
+
+    /// Uniform in `0..n` (Lemire's multiply-shift; n > 0).
+    #[inline]
+    fn below(&mut self, n: u64) -> u64 {
+        ((u128::from(self.rand()) * u128::from(n)) >> 64) as u64
+    }
+
+    /// The next operation, or `None` when the quota is used up (or the generator has no files).
+    #[inline]
+    pub fn next_op(&mut self) -> Option<Op> {
+        if let Some((file, local)) = self.fsyncs.pop_front() {
+            return Some(Op {
+                kind: IoKind::Fsync,
+                file,
+                local,
+                offset: 0,
+            });
+        }
+        if self.files.is_empty() || self.remaining == Some(0) {
+            return None;
+        }
+        if let Some(r) = &mut self.remaining {
+            *r -= 1;
+        }
+        let local = if self.files.len() == 1 {
+            0
+        } else {
+            self.below(self.files.len() as u64) as usize
+        };
+        let kind = match self.rw {
+            Rw::Randread | Rw::Read => IoKind::Read,
+            Rw::Randwrite | Rw::Write => IoKind::Write,
+            Rw::Randrw => {
+                if self.below(100) < self.read_pct {
+                    IoKind::Read
+                } else {
+                    IoKind::Write
+                }
+            }
+        };
+        let block = if self.rw.random() {
+            self.below(self.blocks)
+        } else {
+            let b = self.seq[local];
+            self.seq[local] = if b + 1 >= self.blocks { 0 } else { b + 1 };
+            b
+        };
+        Some(Op {
+            kind,
+            file: self.files[local],
+            local: local as u32,
+            offset: block * self.bs,
+        })
+    }
+
+    /// Tells the generator a write completed (queues an fsync every `--fsync-every` writes).
+    #[inline]
+    pub fn write_done(&mut self, op: &Op) {
+        if self.fsync_every == 0 || op.kind != IoKind::Write {
+            return;
+        }
+        let n = &mut self.since_fsync[op.local as usize];
+        *n += 1;
+        if *n >= self.fsync_every {
+            *n = 0;
+            self.fsyncs.push_back((op.file, op.local));
+        }
+    }
+}
+
+/// One load-generating thread (or shard, or task group) of a run.
+#[derive(Debug, Clone)]
+pub struct Submitter {
+    pub index: usize,
+    pub files: Vec<usize>,
+    pub quota: Option<u64>,
+}
+
+/// Splits the files and the `--ops` quota over `count` submitters. `owner(file)` gives the
+/// submitter of a file (in-shard: its shard), or `None` when every submitter uses every file.
+/// Submitters without files are left out.
+pub fn plan_submitters(
+    count: usize,
+    files: usize,
+    owner: Option<&dyn Fn(usize) -> usize>,
+    ops: Option<u64>,
+) -> Vec<Submitter> {
+    let mut subs: Vec<Submitter> = (0..count)
+        .map(|index| Submitter {
+            index,
+            files: match owner {
+                Some(f) => (0..files).filter(|&i| f(i) == index).collect(),
+                None => (0..files).collect(),
+            },
+            quota: None,
+        })
+        .filter(|s| !s.files.is_empty())
+        .collect();
+    if let Some(total) = ops {
+        let n = subs.len().max(1) as u64;
+        for (i, s) in subs.iter_mut().enumerate() {
+            s.quota = Some(total / n + u64::from((i as u64) < total % n));
+        }
+    }
+    subs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wl(rw: Rw) -> Workload {
+        Workload {
+            rw,
+            rwmix_read: 70,
+            bs: 4096,
+            size: 1 << 20,
+            files: None,
+            iodepth: 4,
+            duration: None,
+            ops: None,
+            direct: false,
+            fsync_every: 3,
+            dir: None,
+            seed: 7,
+            verify: false,
+            placement: PlacementSpec::default(),
+            sqpoll: None,
+            spin_us: None,
+            mode: Mode::InShard,
+            clients: 1,
+            engine: EngineKind::Ringshard,
+            pool_threads: None,
+            tokio_api: TokioApi::SeekRead,
+        }
+    }
+
+    #[test]
+    fn offsets_in_range_and_aligned() {
+        let w = wl(Rw::Randrw);
+        let mut g = OpGen::new(&w, vec![3, 5], Some(10_000), 0, 1);
+        let mut reads = 0;
+        let mut n = 0;
+        while let Some(op) = g.next_op() {
+            if op.kind == IoKind::Fsync {
+                continue;
+            }
+            n += 1;
+            assert!(op.offset % 4096 == 0 && op.offset + 4096 <= w.size);
+            assert!(op.file == 3 || op.file == 5);
+            reads += u32::from(op.kind == IoKind::Read);
+        }
+        assert_eq!(n, 10_000);
+        assert!((6_500..7_500).contains(&reads), "{reads}");
+    }
+
+    #[test]
+    fn same_seed_same_sequence() {
+        let w = wl(Rw::Randread);
+        let a: Vec<Op> = {
+            let mut g = OpGen::new(&w, vec![0], Some(100), 1, 2);
+            std::iter::from_fn(|| g.next_op()).collect()
+        };
+        let mut g = OpGen::new(&w, vec![0], Some(100), 1, 2);
+        let b: Vec<Op> = std::iter::from_fn(|| g.next_op()).collect();
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 100);
+    }
+
+    #[test]
+    fn sequential_wraps() {
+        let w = wl(Rw::Read);
+        let mut g = OpGen::new(&w, vec![0], Some(300), 0, 1);
+        let offs: Vec<u64> = std::iter::from_fn(|| g.next_op())
+            .map(|o| o.offset)
+            .collect();
+        assert_eq!(offs[0], 0);
+        assert_eq!(offs[255], 255 * 4096);
+        assert_eq!(offs[256], 0);
+    }
+
+    #[test]
+    fn fsync_every_n_writes() {
+        let w = wl(Rw::Randwrite);
+        let mut g = OpGen::new(&w, vec![0], Some(6), 0, 1);
+        let mut fsyncs = 0;
+        while let Some(op) = g.next_op() {
+            match op.kind {
+                IoKind::Write => g.write_done(&op),
+                IoKind::Fsync => fsyncs += 1,
+                IoKind::Read => unreachable!(),
+            }
+        }
+        assert_eq!(fsyncs, 2);
+    }
+
+    #[test]
+    fn plan_splits_quota_and_skips_idle() {
+        let owner = |f: usize| f % 3;
+        let p = plan_submitters(4, 5, Some(&owner), Some(10));
+        assert_eq!(p.len(), 3);
+        assert_eq!(p[0].files, vec![0, 3]);
+        let q: u64 = p.iter().map(|s| s.quota.unwrap()).sum();
+        assert_eq!(q, 10);
+        let all = plan_submitters(2, 2, None, None);
+        assert_eq!(all[1].files, vec![0, 1]);
+    }
+}

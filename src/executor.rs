@@ -662,14 +662,7 @@ fn check_rw(file: &File, op: &'static str, offset: u64, len: u64, allowed: bool)
 
 /// Completes the completers inside a message that could not be delivered.
 fn fail_message(msg: Message, e: IoUringError) {
-    let fail_req = |req: IoRequest| match req.op {
-        IoOp::Read { done, .. } => done.complete(Err(e.clone())),
-        IoOp::Write { done, .. } => done.complete(Err(e.clone())),
-        IoOp::Sync { done, .. } | IoOp::Fallocate { done, .. } | IoOp::Close { done } => {
-            done.complete(Err(e.clone()))
-        }
-        IoOp::Size { done } => done.complete(Err(e.clone())),
-    };
+    let fail_req = |req: IoRequest| req.op.fail(e.clone());
     match msg {
         Message::Io(req) => fail_req(req),
         Message::Batch(reqs) => reqs.into_iter().for_each(fail_req),

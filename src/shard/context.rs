@@ -2,7 +2,7 @@
 //! shard thread (`Executor::submit_to`). No channel is crossed per I/O: benchmarks and advanced
 //! users drive the ring themselves.
 
-use super::runner::FileTable;
+use super::runner::{submit_counted, FileTable};
 use crate::error::{IoUringError, Result};
 use crate::file::File;
 use crate::pool::{Direction, RegisteredBufferPool, Target};
@@ -146,26 +146,10 @@ impl ShardContext<'_> {
         self.submit_and_wait(0)
     }
 
-    /// Submits what was pushed and waits until at least `want` completions are ready.
+    /// Submits what was pushed and waits until at least `want` completions are ready. Returns 0
+    /// without waiting when the kernel is momentarily out of room (reap, then call again).
     pub fn submit_and_wait(&mut self, want: usize) -> Result<usize> {
-        let queued = self.ring.submission().len() as u64;
-        loop {
-            match self.ring.submit_and_wait(want) {
-                Ok(n) => {
-                    self.stats.note_submit(queued);
-                    return Ok(n);
-                }
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                Err(e) => {
-                    return Err(IoUringError::io(
-                        "io_uring_enter",
-                        None,
-                        None,
-                        e.raw_os_error().unwrap_or(libc::EIO),
-                    ))
-                }
-            }
-        }
+        submit_counted(self.ring, self.stats, want)
     }
 
     /// Calls `f` for every completion ready now; returns how many. Completions of pool operations

@@ -16,7 +16,7 @@ use crate::completion::Completer;
 use crate::error::{IoUringError, Result};
 use crate::file::{File, FileFlags};
 use crate::router::FileKey;
-use crate::stats::ShardStats;
+use crate::stats::{OpKind, ShardStats};
 use crossbeam_channel::{Sender, TrySendError};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
@@ -59,6 +59,43 @@ pub(crate) enum IoOp {
     Close {
         done: Completer<()>,
     },
+}
+
+impl IoOp {
+    /// The kind, for statistics.
+    pub(crate) fn kind(&self) -> OpKind {
+        match self {
+            IoOp::Read { .. } => OpKind::Read,
+            IoOp::Write { .. } => OpKind::Write,
+            IoOp::Sync { datasync: true, .. } => OpKind::Fdatasync,
+            IoOp::Sync { .. } => OpKind::Fsync,
+            IoOp::Fallocate { .. } => OpKind::Fallocate,
+            IoOp::Size { .. } => OpKind::Size,
+            IoOp::Close { .. } => OpKind::Close,
+        }
+    }
+
+    /// The byte range (offset, length) the operation touches; (0, 0) for whole-file operations.
+    pub(crate) fn range(&self) -> (u64, u64) {
+        match self {
+            IoOp::Read { offset, len, .. } => (*offset, *len as u64),
+            IoOp::Write { offset, data, .. } => (*offset, data.len() as u64),
+            IoOp::Fallocate { offset, len, .. } => (*offset, *len),
+            IoOp::Sync { .. } | IoOp::Size { .. } | IoOp::Close { .. } => (0, 0),
+        }
+    }
+
+    /// Completes the operation's handle with `e`.
+    pub(crate) fn fail(self, e: IoUringError) {
+        match self {
+            IoOp::Read { done, .. } => done.complete(Err(e)),
+            IoOp::Write { done, .. } => done.complete(Err(e)),
+            IoOp::Sync { done, .. } | IoOp::Fallocate { done, .. } | IoOp::Close { done } => {
+                done.complete(Err(e))
+            }
+            IoOp::Size { done } => done.complete(Err(e)),
+        }
+    }
 }
 
 /// A closure to run on the shard thread.

@@ -151,31 +151,6 @@ impl FileTable {
 // ---------------------------------------------------------------------------------------------
 // Operations
 
-enum Body {
-    Read {
-        out: Vec<u8>,
-        done: Completer<Vec<u8>>,
-    },
-    Write {
-        data: Vec<u8>,
-        done: Completer<usize>,
-    },
-    Sync {
-        datasync: bool,
-        done: Completer<()>,
-    },
-    Fallocate {
-        mode: i32,
-        done: Completer<()>,
-    },
-    Size {
-        done: Completer<u64>,
-    },
-    Close {
-        done: Completer<()>,
-    },
-}
-
 struct Op {
     kind: OpKind,
     key: FileKey,
@@ -195,13 +170,16 @@ struct Op {
     serial: bool,
     queued: bool,
     at: Instant,
-    body: Body,
+    /// The request, with its completer.
+    io: IoOp,
+    /// A read's data, filled chunk by chunk.
+    out: Vec<u8>,
 }
 
 impl Op {
     fn more_to_issue(&self) -> bool {
-        match self.body {
-            Body::Read { .. } | Body::Write { .. } => {
+        match self.io {
+            IoOp::Read { .. } | IoOp::Write { .. } => {
                 self.errno.is_none()
                     && self.eof.is_none()
                     && self.issued < self.len
@@ -502,28 +480,7 @@ impl Shard {
     }
 
     fn submit(&mut self, want: usize) -> Result<usize> {
-        let queued = self.ring.submission().len() as u64;
-        loop {
-            match self.ring.submit_and_wait(want) {
-                Ok(n) => {
-                    self.stats.note_submit(queued);
-                    return Ok(n);
-                }
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR)) => continue,
-                // EBUSY/EAGAIN: the CQ is full or the kernel is short of memory; reaping frees it.
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN)) => {
-                    return Ok(0)
-                }
-                Err(e) => {
-                    return Err(IoUringError::io(
-                        "io_uring_enter",
-                        None,
-                        None,
-                        e.raw_os_error().unwrap_or(libc::EIO),
-                    ))
-                }
-            }
-        }
+        submit_counted(&mut self.ring, &mut self.stats, want)
     }
 
     fn run(&mut self) {
@@ -695,60 +652,19 @@ impl Shard {
             Ok(e) => e,
             Err(e) => return fail_request(op, e, &mut self.stats, at),
         };
-        let (kind, offset, len, fp, body) = match op {
-            IoOp::Read { offset, len, done } => (
-                OpKind::Read,
-                offset,
-                len as u64,
-                Footprint::read(offset, len as u64),
-                Body::Read {
-                    out: Vec::new(),
-                    done,
-                },
-            ),
-            IoOp::Write { offset, data, done } => {
-                let len = data.len() as u64;
-                let fp = if entry.flags.append {
-                    Footprint::Barrier
-                } else {
-                    Footprint::write(offset, len)
-                };
-                (OpKind::Write, offset, len, fp, Body::Write { data, done })
-            }
-            IoOp::Sync { datasync, done } => (
-                if datasync {
-                    OpKind::Fdatasync
-                } else {
-                    OpKind::Fsync
-                },
-                0,
-                0,
-                Footprint::Sync,
-                Body::Sync { datasync, done },
-            ),
-            IoOp::Fallocate {
-                mode,
-                offset,
-                len,
-                done,
-            } => (
-                OpKind::Fallocate,
-                offset,
-                len,
-                Footprint::Barrier,
-                Body::Fallocate { mode, done },
-            ),
-            IoOp::Size { done } => (OpKind::Size, 0, 0, Footprint::Barrier, Body::Size { done }),
-            IoOp::Close { done } => {
+        let kind = op.kind();
+        let (offset, len) = op.range();
+        let fp = match &op {
+            IoOp::Read { .. } => Footprint::read(offset, len),
+            // O_APPEND writes land at the end, wherever that is: order them against everything.
+            IoOp::Write { .. } if entry.flags.append => Footprint::Barrier,
+            IoOp::Write { .. } => Footprint::write(offset, len),
+            IoOp::Sync { .. } => Footprint::Sync,
+            IoOp::Close { .. } => {
                 entry.closing = true;
-                (
-                    OpKind::Close,
-                    0,
-                    0,
-                    Footprint::Barrier,
-                    Body::Close { done },
-                )
+                Footprint::Barrier
             }
+            IoOp::Fallocate { .. } | IoOp::Size { .. } => Footprint::Barrier,
         };
         let op = Op {
             kind,
@@ -765,7 +681,8 @@ impl Shard {
             serial: entry.flags.append,
             queued: false,
             at,
-            body,
+            io: op,
+            out: Vec::new(),
         };
         let key = op.key;
         let slot = self.ops.insert(op);
@@ -829,9 +746,9 @@ impl Shard {
             return Ok(true);
         };
         let user_data = u64::from(slot) | (u64::from(gen) << SLOT_BITS);
-        let entry = match &op.body {
-            Body::Read { .. } | Body::Write { .. } => return self.issue_chunk(slot),
-            Body::Sync { datasync, .. } => {
+        let entry = match &op.io {
+            IoOp::Read { .. } | IoOp::Write { .. } => return self.issue_chunk(slot),
+            IoOp::Sync { datasync, .. } => {
                 let flags = if *datasync {
                     types::FsyncFlags::DATASYNC
                 } else {
@@ -842,7 +759,7 @@ impl Shard {
                     Target::Fd(fd) => opcode::Fsync::new(types::Fd(fd)).flags(flags).build(),
                 }
             }
-            Body::Fallocate { mode, .. } => match op.target {
+            IoOp::Fallocate { mode, .. } => match op.target {
                 Target::Fixed(s) => opcode::Fallocate::new(types::Fixed(s), op.len)
                     .offset(op.offset)
                     .mode(*mode)
@@ -852,7 +769,7 @@ impl Shard {
                     .mode(*mode)
                     .build(),
             },
-            Body::Size { .. } | Body::Close { .. } => {
+            IoOp::Size { .. } | IoOp::Close { .. } => {
                 // Synchronous and cheap: run them here, in order.
                 op.issued = 1;
                 self.run_sync_op(slot);
@@ -879,8 +796,8 @@ impl Shard {
         };
         let rel = op.issued;
         let len = (op.len - rel).min(buffer_size) as u32;
-        let dir = match &op.body {
-            Body::Write { data, .. } => {
+        let dir = match &op.io {
+            IoOp::Write { data, .. } => {
                 let src = &data[rel as usize..rel as usize + len as usize];
                 // The buffer was just acquired, so it is not in flight.
                 if let Ok(buf) = self.pool.get_mut(idx) {
@@ -941,8 +858,8 @@ impl Shard {
     fn run_sync_op(&mut self, slot: u32) {
         let Some(op) = self.ops.get(slot) else { return };
         let file_slot = op.file_slot;
-        match &op.body {
-            Body::Size { .. } => {
+        match &op.io {
+            IoOp::Size { .. } => {
                 let fd = match op.target {
                     Target::Fd(fd) => fd,
                     Target::Fixed(_) => self
@@ -961,7 +878,7 @@ impl Shard {
                     op.errno = Some(numa::last_errno());
                 }
             }
-            Body::Close { .. } => {
+            IoOp::Close { .. } => {
                 if let Some(entry) = self.files.remove(file_slot) {
                     if let Some(fixed) = entry.fixed {
                         // Drops the ring's reference; failure leaves it until the ring closes.
@@ -1023,7 +940,7 @@ impl Shard {
             self.pool.release(idx);
             return;
         };
-        let is_read = matches!(op.body, Body::Read { .. });
+        let is_read = matches!(op.io, IoOp::Read { .. });
         let dir = if is_read {
             Direction::Read
         } else {
@@ -1060,7 +977,8 @@ impl Shard {
         let Some(op) = self.ops.get(ch.op) else {
             return;
         };
-        if let Body::Read { out, .. } = &mut op.body {
+        if is_read {
+            let out = &mut op.out;
             if ch.done > 0 {
                 if out.len() < op.len as usize {
                     out.resize(op.len as usize, 0);
@@ -1104,46 +1022,35 @@ impl Shard {
             }
         }
         let lat = elapsed_ns(op.at);
-        let path = Some(op.path.to_path_buf());
-        let err = |name: &'static str, errno: i32, offset: Option<u64>| {
-            IoUringError::io(name, path.clone(), offset, errno)
-        };
-        match (op.errno, op.body) {
-            (Some(errno), body) => {
-                self.stats.record_error(op.kind, errno, lat);
-                let offset = matches!(
-                    body,
-                    Body::Read { .. } | Body::Write { .. } | Body::Fallocate { .. }
-                )
-                .then_some(op.offset);
-                let e = err(op.kind.name(), errno, offset);
-                match body {
-                    Body::Read { done, .. } => done.complete(Err(e)),
-                    Body::Write { done, .. } => done.complete(Err(e)),
-                    Body::Sync { done, .. }
-                    | Body::Fallocate { done, .. }
-                    | Body::Close { done } => done.complete(Err(e)),
-                    Body::Size { done } => done.complete(Err(e)),
-                }
-            }
-            (None, Body::Read { mut out, done }) => {
+        if let Some(errno) = op.errno {
+            self.stats.record_error(op.kind, errno, lat);
+            let offset = matches!(
+                op.io,
+                IoOp::Read { .. } | IoOp::Write { .. } | IoOp::Fallocate { .. }
+            )
+            .then_some(op.offset);
+            let path = Some(op.path.to_path_buf());
+            op.io
+                .fail(IoUringError::io(op.kind.name(), path, offset, errno));
+            return;
+        }
+        match op.io {
+            IoOp::Read { done, .. } => {
+                let mut out = op.out;
                 let n = op.eof.unwrap_or(op.len).min(op.len) as usize;
                 out.resize(n, 0);
                 self.stats.record(OpKind::Read, n as u64, lat);
                 done.complete(Ok(out));
             }
-            (None, Body::Write { data, done }) => {
+            IoOp::Write { data, done, .. } => {
                 self.stats.record(OpKind::Write, data.len() as u64, lat);
                 done.complete(Ok(data.len()));
             }
-            (None, Body::Size { done }) => {
+            IoOp::Size { done } => {
                 self.stats.record(OpKind::Size, 0, lat);
                 done.complete(Ok(op.len));
             }
-            (
-                None,
-                Body::Sync { done, .. } | Body::Fallocate { done, .. } | Body::Close { done },
-            ) => {
+            IoOp::Sync { done, .. } | IoOp::Fallocate { done, .. } | IoOp::Close { done } => {
                 self.stats.record(op.kind, 0, lat);
                 done.complete(Ok(()));
             }
@@ -1222,24 +1129,35 @@ impl Drop for Shard {
 }
 
 fn fail_request(op: IoOp, e: IoUringError, stats: &mut ShardStats, at: Instant) {
-    let lat = elapsed_ns(at);
-    let kind = match &op {
-        IoOp::Read { .. } => OpKind::Read,
-        IoOp::Write { .. } => OpKind::Write,
-        IoOp::Sync { datasync: true, .. } => OpKind::Fdatasync,
-        IoOp::Sync { .. } => OpKind::Fsync,
-        IoOp::Fallocate { .. } => OpKind::Fallocate,
-        IoOp::Size { .. } => OpKind::Size,
-        IoOp::Close { .. } => OpKind::Close,
-    };
-    stats.record_error(kind, e.errno().unwrap_or(libc::EBADF), lat);
-    match op {
-        IoOp::Read { done, .. } => done.complete(Err(e)),
-        IoOp::Write { done, .. } => done.complete(Err(e)),
-        IoOp::Sync { done, .. } | IoOp::Fallocate { done, .. } | IoOp::Close { done } => {
-            done.complete(Err(e))
+    stats.record_error(op.kind(), e.errno().unwrap_or(libc::EBADF), elapsed_ns(at));
+    op.fail(e);
+}
+
+/// Submits what is queued and waits for `want` completions, counting the call in `stats`.
+/// EINTR is retried; EBUSY/EAGAIN (CQ full, kernel short of memory) return 0: reaping frees room.
+pub(super) fn submit_counted(
+    ring: &mut IoUring,
+    stats: &mut ShardStats,
+    want: usize,
+) -> Result<usize> {
+    let queued = ring.submission().len() as u64;
+    loop {
+        match ring.submit_and_wait(want) {
+            Ok(n) => {
+                stats.note_submit(queued);
+                return Ok(n);
+            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR)) => continue,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN)) => return Ok(0),
+            Err(e) => {
+                return Err(IoUringError::io(
+                    "io_uring_enter",
+                    None,
+                    None,
+                    e.raw_os_error().unwrap_or(libc::EIO),
+                ))
+            }
         }
-        IoOp::Size { done } => done.complete(Err(e)),
     }
 }
 

@@ -9,6 +9,7 @@ use crate::error::{IoUringError, Result};
 use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -24,6 +25,8 @@ struct Slot<T> {
 struct Shared<T> {
     slot: Mutex<Slot<T>>,
     ready: Condvar,
+    /// Set (after the result is stored) so waiters can poll without taking the lock.
+    done: AtomicBool,
 }
 
 impl<T> Shared<T> {
@@ -78,6 +81,7 @@ pub(crate) fn pair<T>(shard: usize) -> (Completion<T>, Completer<T>) {
             thread_waiting: false,
         }),
         ready: Condvar::new(),
+        done: AtomicBool::new(false),
     });
     (
         Completion {
@@ -100,7 +104,7 @@ impl<T> Completion<T> {
 
     /// Whether the result has arrived (and not been taken yet).
     pub fn is_done(&self) -> bool {
-        self.shared.lock().result.is_some()
+        self.shared.done.load(Ordering::Acquire) && self.shared.lock().result.is_some()
     }
 
     fn take(slot: &mut Slot<T>) -> Option<Result<T>> {
@@ -117,8 +121,18 @@ impl<T> Completion<T> {
         r
     }
 
-    /// Blocks the calling thread until the operation completes. The thread sleeps; it does not spin.
+    /// Blocks the calling thread until the operation completes. Like crossbeam-channel's `recv`,
+    /// it first backs off for a few microseconds (a short spin, then yielding the core: on a busy
+    /// machine the shard often finishes in that time, and a sleep plus wake-up costs two context
+    /// switches), then sleeps until the result arrives.
     pub fn wait(self) -> Result<T> {
+        let backoff = crossbeam_utils::Backoff::new();
+        while !backoff.is_completed() {
+            if let Some(r) = self.try_take_now() {
+                return r;
+            }
+            backoff.snooze();
+        }
         let mut slot = self.shared.lock();
         loop {
             if let Some(r) = Self::take(&mut slot) {
@@ -156,6 +170,13 @@ impl<T> Completion<T> {
         }
     }
 
+    fn try_take_now(&self) -> Option<Result<T>> {
+        if !self.shared.done.load(Ordering::Acquire) {
+            return None;
+        }
+        Self::take(&mut self.shared.lock())
+    }
+
     /// The result if it has arrived, without blocking.
     pub fn try_take(&mut self) -> Option<Result<T>> {
         Self::take(&mut self.shared.lock())
@@ -189,6 +210,7 @@ impl<T> Completer<T> {
                 slot.result = Some(result);
                 (slot.waker.take(), slot.thread_waiting)
             };
+            shared.done.store(true, Ordering::Release);
             // The flag is set under the lock before a waiter sleeps, so a waiter either sees the
             // result or is announced here: no wake-up is lost, and none is paid for needlessly.
             if thread_waiting {

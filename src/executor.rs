@@ -39,6 +39,7 @@ pub struct ExecutorBuilder {
     channel_capacity: usize,
     spin: Duration,
     pin: bool,
+    inline_buffered_writes: bool,
     sysfs_root: Option<std::path::PathBuf>,
 }
 
@@ -53,6 +54,7 @@ impl Default for ExecutorBuilder {
             channel_capacity: 4096,
             spin: Duration::from_micros(20),
             pin: true,
+            inline_buffered_writes: true,
             sysfs_root: None,
         }
     }
@@ -160,6 +162,16 @@ impl ExecutorBuilder {
         self
     }
 
+    /// Whether buffered (not O_DIRECT) writes are done with `pwrite` on the shard thread (default
+    /// true). On ext4 a buffered write cannot be done without blocking, so io_uring hands each one
+    /// to a kernel worker thread, which costs more than the write; done inline, the write is a
+    /// memory copy into the page cache, but a shard stalls while the kernel throttles writers
+    /// (dirty page limits). Turn it off to keep shards responsive under heavy write-back.
+    pub fn inline_buffered_writes(mut self, on: bool) -> Self {
+        self.inline_buffered_writes = on;
+        self
+    }
+
     /// Whether shard threads pin themselves to their CPU (default true).
     pub fn pin(mut self, on: bool) -> Self {
         self.pin = on;
@@ -210,6 +222,7 @@ impl ExecutorBuilder {
                 buffer_count,
                 max_files: self.max_files,
                 spin: self.spin,
+                inline_buffered_writes: self.inline_buffered_writes,
                 channel_capacity: self.channel_capacity,
             };
             match spawn(cfg) {

@@ -72,52 +72,106 @@ struct Entry {
     running: bool,
 }
 
+/// One file's unfinished operations, in arrival order.
+#[derive(Debug, Default)]
+struct FileOrder {
+    list: VecDeque<Entry>,
+    /// Entries that are not reads: while there are none, a new read cannot conflict.
+    non_reads: usize,
+    /// Entries not yet running: while there are none, a finish has nothing to release.
+    waiting: usize,
+}
+
+/// A cheap hasher for [`FileKey`]s (the router's mix, no per-process seed): the order table is
+/// looked up once per request and once per completion.
+#[derive(Default)]
+pub(crate) struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = crate::router::mix(self.0 ^ v);
+    }
+}
+
+type KeyMap<V> = HashMap<FileKey, V, std::hash::BuildHasherDefault<KeyHasher>>;
+
 /// The unfinished operations of every file of one shard.
 #[derive(Debug, Default)]
 pub(crate) struct Ordering {
-    files: HashMap<FileKey, VecDeque<Entry>>,
+    files: KeyMap<FileOrder>,
+    waiting: usize,
 }
 
 impl Ordering {
     /// Records a new operation; returns whether it may be issued now.
     pub(crate) fn admit(&mut self, key: FileKey, op: u32, fp: Footprint) -> bool {
-        let list = self.files.entry(key).or_default();
-        let running = list.iter().all(|e| !conflicts(e.fp, fp));
-        list.push_back(Entry { op, fp, running });
+        let f = self.files.entry(key).or_default();
+        let is_read = matches!(fp, Footprint::Read { .. });
+        // Fast path: with only reads unfinished, a read conflicts with nothing.
+        let running = (is_read && f.non_reads == 0) || f.list.iter().all(|e| !conflicts(e.fp, fp));
+        f.list.push_back(Entry { op, fp, running });
+        if !is_read {
+            f.non_reads += 1;
+        }
+        if !running {
+            f.waiting += 1;
+            self.waiting += 1;
+        }
         running
     }
 
     /// Forgets a finished operation and appends to `ready`, in order, every waiting operation of
     /// the same file that no longer conflicts with anything before it.
     pub(crate) fn finish(&mut self, key: FileKey, op: u32, ready: &mut VecDeque<u32>) {
-        let Some(list) = self.files.get_mut(&key) else {
+        let Some(f) = self.files.get_mut(&key) else {
             return;
         };
-        if let Some(pos) = list.iter().position(|e| e.op == op) {
-            list.remove(pos);
+        if let Some(pos) = f.list.iter().position(|e| e.op == op) {
+            if let Some(e) = f.list.remove(pos) {
+                if !matches!(e.fp, Footprint::Read { .. }) {
+                    f.non_reads -= 1;
+                }
+                if !e.running {
+                    f.waiting -= 1;
+                    self.waiting -= 1;
+                }
+            }
         }
-        if list.is_empty() {
+        if f.list.is_empty() {
             self.files.remove(&key);
             return;
         }
-        for i in 0..list.len() {
-            if list[i].running {
+        for i in 0..f.list.len() {
+            if f.waiting == 0 {
+                break;
+            }
+            if f.list[i].running {
                 continue;
             }
-            let fp = list[i].fp;
-            if list.iter().take(i).all(|e| !conflicts(e.fp, fp)) {
-                list[i].running = true;
-                ready.push_back(list[i].op);
+            let fp = f.list[i].fp;
+            if f.list.iter().take(i).all(|e| !conflicts(e.fp, fp)) {
+                f.list[i].running = true;
+                f.waiting -= 1;
+                self.waiting -= 1;
+                ready.push_back(f.list[i].op);
+            } else if fp == Footprint::Barrier {
+                // Everything after a waiting barrier waits for it.
+                break;
             }
         }
     }
 
     /// Operations waiting behind others, over all files.
     pub(crate) fn waiting(&self) -> usize {
-        self.files
-            .values()
-            .map(|l| l.iter().filter(|e| !e.running).count())
-            .sum()
+        self.waiting
     }
 }
 
@@ -166,6 +220,7 @@ mod tests {
         o.finish(K2, 5, &mut ready);
         assert_eq!(o.waiting(), 0);
         assert!(o.files.is_empty());
+        assert_eq!(o.waiting, 0);
     }
 
     #[test]
@@ -195,5 +250,65 @@ mod tests {
         assert_eq!(ready, [2]);
         o.finish(K, 2, &mut ready);
         assert_eq!(ready, [2, 3]);
+    }
+
+    /// Random admits and finishes agree with the rule applied from scratch: an op runs exactly
+    /// when it conflicts with no earlier unfinished op.
+    #[test]
+    fn agrees_with_the_rule_from_scratch() {
+        let mut seed = 0x1234_5678_u64;
+        let mut rnd = |n: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        let mut o = Ordering::default();
+        let mut ready = VecDeque::new();
+        // (op, footprint, running) in arrival order, per file key 1 or 2.
+        let mut model: Vec<(u32, FileKey, Footprint, bool)> = Vec::new();
+        let mut next = 0u32;
+        for _ in 0..5000 {
+            if model.is_empty() || rnd(3) > 0 {
+                let key = if rnd(2) == 0 { K } else { K2 };
+                let off = rnd(8) * 10;
+                let fp = match rnd(10) {
+                    0..=5 => Footprint::read(off, 15),
+                    6..=7 => Footprint::write(off, 15),
+                    8 => Footprint::Sync,
+                    _ => Footprint::Barrier,
+                };
+                let run = o.admit(key, next, fp);
+                model.push((next, key, fp, run));
+                next += 1;
+            } else {
+                // Finish a random running op.
+                let running: Vec<usize> = (0..model.len()).filter(|&i| model[i].3).collect();
+                if running.is_empty() {
+                    continue;
+                }
+                let i = running[rnd(running.len() as u64) as usize];
+                let (op, key, _, _) = model.remove(i);
+                ready.clear();
+                o.finish(key, op, &mut ready);
+                for &r in &ready {
+                    let m = model.iter_mut().find(|m| m.0 == r).unwrap();
+                    assert!(!m.3, "op {r} released twice");
+                    m.3 = true;
+                }
+            }
+            // Check every op against the rule.
+            for (idx, m) in model.iter().enumerate() {
+                let blocked = model[..idx]
+                    .iter()
+                    .any(|e| e.1 == m.1 && conflicts(e.2, m.2));
+                assert_eq!(
+                    m.3, !blocked,
+                    "op {} running={} but blocked={}",
+                    m.0, m.3, blocked
+                );
+            }
+            assert_eq!(o.waiting(), model.iter().filter(|m| !m.3).count());
+        }
     }
 }

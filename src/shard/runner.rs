@@ -49,6 +49,8 @@ pub(crate) struct ShardConfig {
     pub buffer_count: usize,
     pub max_files: u32,
     pub spin: Duration,
+    /// Buffered writes with `pwrite` on the shard thread instead of through the ring.
+    pub inline_buffered_writes: bool,
     pub channel_capacity: usize,
 }
 
@@ -151,6 +153,23 @@ impl FileTable {
 // ---------------------------------------------------------------------------------------------
 // Operations
 
+/// Where a read or write moves its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DataPath {
+    /// Through registered pool buffers with READ_FIXED/WRITE_FIXED, one chunk per buffer: the
+    /// path for O_DIRECT, where registered buffers spare the kernel pinning pages on every I/O.
+    Fixed,
+    /// Straight into the read's result vector (or from the write's data) with READ/WRITE, one SQE
+    /// at a time: page-cache I/O, one copy instead of two.
+    Memory,
+    /// `pwrite` on the shard thread: buffered writes, which ext4 cannot do without blocking and
+    /// io_uring would hand to a worker thread each.
+    Inline,
+}
+
+/// Largest transfer handed to the kernel in one SQE on the memory path.
+const MAX_SQE_BYTES: u64 = 1 << 30;
+
 struct Op {
     kind: OpKind,
     key: FileKey,
@@ -166,8 +185,11 @@ struct Op {
     /// End of file seen by a read, relative to `offset`.
     eof: Option<u64>,
     errno: Option<i32>,
-    /// Only one chunk at a time (O_APPEND writes).
+    /// Only one chunk at a time (O_APPEND writes; the memory path).
     serial: bool,
+    data_path: DataPath,
+    /// Bytes moved so far on the memory path.
+    transferred: u64,
     queued: bool,
     at: Instant,
     /// The request, with its completer.
@@ -484,7 +506,6 @@ impl Shard {
     }
 
     fn run(&mut self) {
-        let mut idle_since: Option<Instant> = None;
         loop {
             let mut progress = self.admit_inbox();
             if self.tasks.is_empty() {
@@ -503,18 +524,40 @@ impl Shard {
                 return;
             }
             if progress {
-                idle_since = None;
                 continue;
             }
-            let started = *idle_since.get_or_insert_with(Instant::now);
-            if started.elapsed() < self.cfg.spin {
-                // Spin: ask the kernel for completions (deferred task work runs only on enter).
-                self.poll_completions();
-                std::hint::spin_loop();
+            // Idle. With I/O in flight, wait in the ring: the next completion or request wakes
+            // us. With nothing in flight, spin briefly on the inbox (no system calls: on a busy
+            // machine they would take the core from the callers), then sleep.
+            if self.ops_in_flight() == 0 && self.can_admit() && self.spin_for_inbox() {
                 continue;
             }
             self.sleep();
-            idle_since = None;
+        }
+    }
+
+    /// Admitted ops are bounded like the inbox: past the bound, requests stay in the inbox and
+    /// senders wait (backpressure), and per-file order lists stay short.
+    fn can_admit(&self) -> bool {
+        self.ops.live < self.cfg.channel_capacity
+    }
+
+    /// Watches the inbox for up to the configured spin time; true when a message arrived.
+    /// Between looks it yields the core: where callers share the shard's core, they run (and
+    /// send) instead of waiting for the spin to end; on a core of its own the yield returns at once.
+    fn spin_for_inbox(&self) -> bool {
+        if self.cfg.spin.is_zero() {
+            return false;
+        }
+        let deadline = Instant::now() + self.cfg.spin;
+        loop {
+            if !self.rx.is_empty() {
+                return true;
+            }
+            std::thread::yield_now();
+            if Instant::now() >= deadline {
+                return false;
+            }
         }
     }
 
@@ -542,7 +585,9 @@ impl Shard {
     fn sleep(&mut self) {
         self.shared.sleeping.store(true, AtomicOrdering::Relaxed);
         fence(AtomicOrdering::SeqCst);
-        if !self.rx.is_empty() {
+        // A message we cannot admit yet (too many ops) is no reason to stay up: the completions
+        // that make room come only from waiting in the ring.
+        if self.can_admit() && !self.rx.is_empty() {
             self.shared.sleeping.store(false, AtomicOrdering::Relaxed);
             return;
         }
@@ -560,9 +605,7 @@ impl Shard {
     fn admit_inbox(&mut self) -> bool {
         let mut any = false;
         for _ in 0..INBOX_BATCH {
-            // Admitted ops are bounded like the inbox: past the bound, requests stay in the inbox
-            // and senders wait (backpressure), and per-file order lists stay short.
-            if self.ops.live >= self.cfg.channel_capacity {
+            if !self.can_admit() {
                 break;
             }
             match self.rx.try_recv() {
@@ -654,6 +697,11 @@ impl Shard {
         };
         let kind = op.kind();
         let (offset, len) = op.range();
+        let data_path = match (&op, entry.flags.direct) {
+            (_, true) => DataPath::Fixed,
+            (IoOp::Write { .. }, false) if self.cfg.inline_buffered_writes => DataPath::Inline,
+            _ => DataPath::Memory,
+        };
         let fp = match &op {
             IoOp::Read { .. } => Footprint::read(offset, len),
             // O_APPEND writes land at the end, wherever that is: order them against everything.
@@ -678,7 +726,9 @@ impl Shard {
             outstanding: 0,
             eof: None,
             errno: None,
-            serial: entry.flags.append,
+            serial: entry.flags.append || data_path != DataPath::Fixed,
+            data_path,
+            transferred: 0,
             queued: false,
             at,
             io: op,
@@ -746,9 +796,47 @@ impl Shard {
             return Ok(true);
         };
         let user_data = u64::from(slot) | (u64::from(gen) << SLOT_BITS);
-        let entry = match &op.io {
-            IoOp::Read { .. } | IoOp::Write { .. } => return self.issue_chunk(slot),
-            IoOp::Sync { datasync, .. } => {
+        let entry = match (&op.io, op.data_path) {
+            (IoOp::Read { .. } | IoOp::Write { .. }, DataPath::Fixed) => {
+                return self.issue_chunk(slot)
+            }
+            (IoOp::Write { .. }, DataPath::Inline) => {
+                self.write_inline(slot);
+                return Ok(true);
+            }
+            (IoOp::Read { .. }, DataPath::Memory) => {
+                let (at, n) = (op.transferred, (op.len - op.transferred).min(MAX_SQE_BYTES));
+                op.out.reserve_exact(op.len as usize);
+                // SAFETY (pointer arithmetic): `out` has capacity `len` >= at + n.
+                let ptr = unsafe { op.out.as_mut_ptr().add(at as usize) };
+                let off = op.offset + at;
+                op.issued = at + n;
+                match op.target {
+                    Target::Fixed(s) => opcode::Read::new(types::Fixed(s), ptr, n as u32)
+                        .offset(off)
+                        .build(),
+                    Target::Fd(fd) => opcode::Read::new(types::Fd(fd), ptr, n as u32)
+                        .offset(off)
+                        .build(),
+                }
+            }
+            (IoOp::Write { data, .. }, _) => {
+                let (at, n) = (op.transferred, (op.len - op.transferred).min(MAX_SQE_BYTES));
+                // SAFETY (pointer arithmetic): at + n <= data.len().
+                let ptr = unsafe { data.as_ptr().add(at as usize) };
+                let off = op.offset + at;
+                op.issued = at + n;
+                match op.target {
+                    Target::Fixed(s) => opcode::Write::new(types::Fixed(s), ptr, n as u32)
+                        .offset(off)
+                        .build(),
+                    Target::Fd(fd) => opcode::Write::new(types::Fd(fd), ptr, n as u32)
+                        .offset(off)
+                        .build(),
+                }
+            }
+            (IoOp::Read { .. }, _) => return self.issue_chunk(slot),
+            (IoOp::Sync { datasync, .. }, _) => {
                 let flags = if *datasync {
                     types::FsyncFlags::DATASYNC
                 } else {
@@ -759,7 +847,7 @@ impl Shard {
                     Target::Fd(fd) => opcode::Fsync::new(types::Fd(fd)).flags(flags).build(),
                 }
             }
-            IoOp::Fallocate { mode, .. } => match op.target {
+            (IoOp::Fallocate { mode, .. }, _) => match op.target {
                 Target::Fixed(s) => opcode::Fallocate::new(types::Fixed(s), op.len)
                     .offset(op.offset)
                     .mode(*mode)
@@ -769,14 +857,16 @@ impl Shard {
                     .mode(*mode)
                     .build(),
             },
-            IoOp::Size { .. } | IoOp::Close { .. } => {
+            (IoOp::Size { .. } | IoOp::Close { .. }, _) => {
                 // Synchronous and cheap: run them here, in order.
                 op.issued = 1;
                 self.run_sync_op(slot);
                 return Ok(true);
             }
         };
-        op.issued = 1;
+        if !matches!(op.io, IoOp::Read { .. } | IoOp::Write { .. }) {
+            op.issued = 1;
+        }
         self.push_entry(&entry.user_data(user_data))?;
         if let Some(op) = self.ops.get(slot) {
             op.outstanding = 1;
@@ -856,19 +946,11 @@ impl Shard {
     }
 
     fn run_sync_op(&mut self, slot: u32) {
+        let fd = self.fd_of(slot);
         let Some(op) = self.ops.get(slot) else { return };
         let file_slot = op.file_slot;
         match &op.io {
             IoOp::Size { .. } => {
-                let fd = match op.target {
-                    Target::Fd(fd) => fd,
-                    Target::Fixed(_) => self
-                        .files
-                        .slots
-                        .get(file_slot as usize)
-                        .and_then(|s| s.1.as_ref())
-                        .map_or(-1, FileEntry::fd),
-                };
                 // SAFETY: fstat writes into the local struct only.
                 let mut st: libc::stat = unsafe { std::mem::zeroed() };
                 // SAFETY: fd is a descriptor of this shard's file table (or -1, which fails).
@@ -921,13 +1003,94 @@ impl Shard {
         if u64::from(self.ops.gen(slot)) != (ud >> SLOT_BITS) & GEN_MASK {
             return; // stale: cannot happen while slots outlive their SQEs, but never misroute
         }
-        if let Some(op) = self.ops.get(slot) {
-            op.outstanding = op.outstanding.saturating_sub(1);
-            if res < 0 {
-                op.errno = Some(-res);
+        let Some(op) = self.ops.get(slot) else { return };
+        op.outstanding = op.outstanding.saturating_sub(1);
+        if op.data_path == DataPath::Memory
+            && matches!(op.io, IoOp::Read { .. } | IoOp::Write { .. })
+        {
+            let is_read = matches!(op.io, IoOp::Read { .. });
+            match res {
+                r if r < 0 && matches!(-r, libc::EAGAIN | libc::EINTR) => {}
+                r if r < 0 => op.errno = Some(-r),
+                // A read of 0 bytes is the end of the file; a write of 0 would loop forever.
+                0 if is_read => op.eof = Some(op.transferred),
+                0 => op.errno = Some(libc::EIO),
+                r => {
+                    op.transferred += r as u64;
+                    if is_read {
+                        // SAFETY: the kernel initialized bytes up to `transferred`, which is
+                        // within the capacity reserved before the read was issued.
+                        unsafe { op.out.set_len(op.transferred as usize) };
+                    }
+                }
             }
+            // The rest of a short transfer (or a retry) goes out next turn.
+            op.issued = op.transferred;
+            if !op.finished() {
+                self.enqueue(slot);
+                return;
+            }
+        } else if res < 0 {
+            op.errno = Some(-res);
         }
         self.finish(slot);
+    }
+
+    /// Writes a buffered write with `pwrite` on this thread, then finishes it.
+    fn write_inline(&mut self, slot: u32) {
+        let fd = self.fd_of(slot);
+        let Some(op) = self.ops.get(slot) else { return };
+        if let IoOp::Write { data, .. } = &op.io {
+            let mut done = 0usize;
+            while done < data.len() {
+                let rest = &data[done..];
+                // SAFETY: writes from a live slice; fd is the op's file, open until its close op,
+                // which cannot run before this one finishes (close is a barrier).
+                let n = unsafe {
+                    libc::pwrite(
+                        fd,
+                        rest.as_ptr().cast(),
+                        rest.len(),
+                        (op.offset + done as u64) as libc::off_t,
+                    )
+                };
+                match n {
+                    n if n > 0 => done += n as usize,
+                    0 => {
+                        op.errno = Some(libc::EIO);
+                        break;
+                    }
+                    _ => {
+                        let errno = numa::last_errno();
+                        if errno != libc::EINTR && errno != libc::EAGAIN {
+                            op.errno = Some(errno);
+                            break;
+                        }
+                    }
+                }
+            }
+            op.transferred = done as u64;
+        }
+        op.issued = op.len;
+        self.finish(slot);
+    }
+
+    /// The raw descriptor of op `slot`'s file.
+    fn fd_of(&mut self, slot: u32) -> RawFd {
+        let Some(op) = self.ops.get(slot) else {
+            return -1;
+        };
+        match op.target {
+            Target::Fd(fd) => fd,
+            Target::Fixed(_) => {
+                let file_slot = op.file_slot;
+                self.files
+                    .slots
+                    .get(file_slot as usize)
+                    .and_then(|s| s.1.as_ref())
+                    .map_or(-1, FileEntry::fd)
+            }
+        }
     }
 
     fn complete_chunk(&mut self, idx: u16, ud: u64, res: i32) {
@@ -1115,8 +1278,16 @@ impl Shard {
 
 impl Drop for Shard {
     fn drop(&mut self) {
-        // Fail what never ran (their completers report why), and close every file.
-        for op in self.ops.drain() {
+        // Fail what never ran (their completers report why), and close every file. Memory the
+        // kernel may still read or write (the memory path of an op in flight) is leaked, not
+        // freed: the ring is closed only after this.
+        for mut op in self.ops.drain() {
+            if op.outstanding > 0 && op.data_path == DataPath::Memory {
+                std::mem::forget(std::mem::take(&mut op.out));
+                if let IoOp::Write { data, .. } = &mut op.io {
+                    std::mem::forget(std::mem::take(data));
+                }
+            }
             drop(op);
         }
         self.tasks.clear();

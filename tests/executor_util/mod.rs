@@ -185,6 +185,18 @@ pub fn files_on_every_shard(
     per_shard: usize,
     limit: usize,
 ) -> Vec<(PathBuf, File)> {
+    files_on_every_shard_with(exec, dir, prefix, per_shard, limit, &rwc())
+}
+
+/// [`files_on_every_shard`] with these open options.
+pub fn files_on_every_shard_with(
+    exec: &Executor,
+    dir: &Path,
+    prefix: &str,
+    per_shard: usize,
+    limit: usize,
+    opts: &OpenOptions,
+) -> Vec<(PathBuf, File)> {
     let mut out = Vec::new();
     let mut counts = vec![0usize; exec.shard_count()];
     for i in 0..limit {
@@ -192,7 +204,7 @@ pub fn files_on_every_shard(
             break;
         }
         let path = dir.join(format!("{prefix}{i}"));
-        let f = open_rwc(exec, &path);
+        let f = ok(exec.open(&path, opts), "open");
         counts[f.shard()] += 1;
         out.push((path, f));
     }

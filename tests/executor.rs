@@ -658,3 +658,38 @@ fn files_beyond_the_registered_table_and_fallocate() {
         exec.shutdown().unwrap();
     }
 }
+
+#[test]
+fn shard_context_writes_inline_like_the_executor() {
+    for inline in [true, false] {
+        let exec = Executor::builder()
+            .shards(1)
+            .inline_buffered_writes(inline)
+            .build()
+            .expect("executor");
+        let dir = tempfile::tempdir().unwrap();
+        let f = open_rwc(&exec, &dir.path().join("ctx"));
+        let g = f.clone();
+        let (flag, n) = ok(
+            exec.submit_to(0, move |ctx| {
+                let flag = ctx.buffered_writes_inline();
+                let (idx, buf) = ctx.pool().acquire().expect("buffer");
+                buf[..6].copy_from_slice(b"inline");
+                let n = ctx.write_fixed_inline(&g, idx, 10, 6);
+                // More than the buffer holds is refused, not read past its end.
+                let size = ctx.pool().buffer_size();
+                let too_long = ctx.write_fixed_inline(&g, idx, 0, size + 1);
+                assert!(too_long.is_err());
+                ctx.pool().release(idx);
+                (flag, n.expect("inline write"))
+            }),
+            "task",
+        );
+        assert_eq!(flag, inline);
+        assert_eq!(n, 6);
+        assert_eq!(ok(exec.read(&f, 10, 6), "read back"), b"inline");
+        // The executor's own buffered writes take the configured path and land the same.
+        assert_eq!(ok(exec.write(&f, 0, b"0123456789".to_vec()), "write"), 10);
+        assert_eq!(ok(exec.read(&f, 0, 16), "read"), b"0123456789inline");
+    }
+}

@@ -2,7 +2,7 @@
 //! shard thread (`Executor::submit_to`). No channel is crossed per I/O: benchmarks and advanced
 //! users drive the ring themselves.
 
-use super::runner::{submit_counted, FileTable};
+use super::runner::{pwrite_all, submit_counted, FileTable};
 use crate::error::{IoUringError, Result};
 use crate::file::File;
 use crate::pool::{Direction, RegisteredBufferPool, Target};
@@ -61,6 +61,7 @@ pub struct ShardContext<'a> {
     pub(super) stats: &'a mut ShardStats,
     pub(super) wake_seen: &'a mut bool,
     pub(super) index: usize,
+    pub(super) inline_buffered_writes: bool,
 }
 
 impl ShardContext<'_> {
@@ -87,6 +88,37 @@ impl ShardContext<'_> {
     /// The raw descriptor of `file` (which must live on this shard).
     pub fn raw_fd(&self, file: &File) -> Result<RawFd> {
         Ok(self.files.lookup(file)?.fd())
+    }
+
+    /// Whether this executor does buffered (not O_DIRECT) writes with `pwrite` on the shard
+    /// thread rather than through the ring (see
+    /// [`ExecutorBuilder::inline_buffered_writes`](crate::ExecutorBuilder::inline_buffered_writes)).
+    /// Loops that want the executor's write path use [`write_fixed_inline`](Self::write_fixed_inline)
+    /// when this is true and `file` is not O_DIRECT.
+    pub fn buffered_writes_inline(&self) -> bool {
+        self.inline_buffered_writes
+    }
+
+    /// Writes the first `len` bytes of pool buffer `buf_index` at `offset` of `file` now, with
+    /// `pwrite` on this thread (short writes resumed): the executor's path for buffered writes.
+    /// Returns the bytes written.
+    pub fn write_fixed_inline(
+        &mut self,
+        file: &File,
+        buf_index: u16,
+        offset: u64,
+        len: usize,
+    ) -> Result<usize> {
+        let fd = self.files.lookup(file)?.fd();
+        let buffer_size = self.pool.buffer_size();
+        let data = self.pool.get(buf_index)?;
+        let data = data.get(..len).ok_or(IoUringError::BufferTooSmall {
+            requested: len,
+            buffer_size,
+        })?;
+        pwrite_all(fd, data, offset).map_err(|errno| {
+            IoUringError::io("write", Some(file.path().into()), Some(offset), errno)
+        })
     }
 
     /// Free submission queue entries right now.

@@ -1041,35 +1041,12 @@ impl Shard {
         let fd = self.fd_of(slot);
         let Some(op) = self.ops.get(slot) else { return };
         if let IoOp::Write { data, .. } = &op.io {
-            let mut done = 0usize;
-            while done < data.len() {
-                let rest = &data[done..];
-                // SAFETY: writes from a live slice; fd is the op's file, open until its close op,
-                // which cannot run before this one finishes (close is a barrier).
-                let n = unsafe {
-                    libc::pwrite(
-                        fd,
-                        rest.as_ptr().cast(),
-                        rest.len(),
-                        (op.offset + done as u64) as libc::off_t,
-                    )
-                };
-                match n {
-                    n if n > 0 => done += n as usize,
-                    0 => {
-                        op.errno = Some(libc::EIO);
-                        break;
-                    }
-                    _ => {
-                        let errno = numa::last_errno();
-                        if errno != libc::EINTR && errno != libc::EAGAIN {
-                            op.errno = Some(errno);
-                            break;
-                        }
-                    }
-                }
+            // fd is the op's file, open until its close op, which cannot run before this one
+            // finishes (close is a barrier).
+            match pwrite_all(fd, data, op.offset) {
+                Ok(n) => op.transferred = n as u64,
+                Err(errno) => op.errno = Some(errno),
             }
-            op.transferred = done as u64;
         }
         op.issued = op.len;
         self.finish(slot);
@@ -1228,6 +1205,7 @@ impl Shard {
             let mut wake_seen = false;
             {
                 let mut ctx = ShardContext {
+                    inline_buffered_writes: self.cfg.inline_buffered_writes,
                     ring: &mut self.ring,
                     pool: &mut self.pool,
                     files: &self.files,
@@ -1330,6 +1308,35 @@ pub(super) fn submit_counted(
             }
         }
     }
+}
+
+/// Writes all of `data` at `offset` of `fd` with `pwrite`, resuming short writes and retrying
+/// EINTR/EAGAIN; the bytes written, or the errno.
+pub(super) fn pwrite_all(fd: RawFd, data: &[u8], offset: u64) -> std::result::Result<usize, i32> {
+    let mut done = 0usize;
+    while done < data.len() {
+        let rest = &data[done..];
+        // SAFETY: pwrite reads `rest.len()` bytes from a live slice.
+        let n = unsafe {
+            libc::pwrite(
+                fd,
+                rest.as_ptr().cast(),
+                rest.len(),
+                (offset + done as u64) as libc::off_t,
+            )
+        };
+        match n {
+            n if n > 0 => done += n as usize,
+            0 => return Err(libc::EIO), // no progress: would loop forever
+            _ => {
+                let errno = numa::last_errno();
+                if errno != libc::EINTR && errno != libc::EAGAIN {
+                    return Err(errno);
+                }
+            }
+        }
+    }
+    Ok(done)
 }
 
 fn elapsed_ns(at: Instant) -> u64 {

@@ -9,7 +9,7 @@ use crate::pattern::Pattern;
 use crate::tally::{errno_reason, Checks, LatSummary};
 use crate::workload::{IoKind, Op, OpGen, Rw, Submitter, Workload};
 use io_uring::{opcode, types};
-use ringshard::{Executor, ExecutorStats, OpKind, OpenOptions, ShardContext, ShardStats};
+use ringshard::{Executor, ExecutorStats, OpKind, OpenOptions, ShardContext, ShardCqe, ShardStats};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -253,17 +253,31 @@ fn drive(ctx: &mut ShardContext<'_>, job: &Job, slots: &mut [Slot], res: &mut Sh
     let mut free: Vec<usize> = (0..slots.len()).rev().collect();
     let mut fresh: Vec<usize> = Vec::with_capacity(slots.len());
     let mut cqes = Vec::with_capacity(slots.len() * 2);
+    let mut inline_done: Vec<ShardCqe> = Vec::with_capacity(slots.len());
     let mut in_flight = 0usize;
     loop {
         if !job.control.stopped() {
             while let Some(&s) = free.last() {
                 let Some(op) = gen.next_op() else { break };
+                let t_push = Instant::now();
                 match push(ctx, job, &slots[s], &op, bs) {
-                    Ok(()) => {
+                    Ok(done_now) => {
                         free.pop();
                         slots[s].op = Some(op);
-                        fresh.push(s);
                         in_flight += 1;
+                        match done_now {
+                            // Done on this thread (a buffered write, as the executor does it):
+                            // handled with the ring's completions below.
+                            Some(result) => {
+                                slots[s].t0 = t_push;
+                                inline_done.push(ShardCqe {
+                                    user_data: 0,
+                                    result,
+                                    buf_index: Some(slots[s].buf),
+                                });
+                            }
+                            None => fresh.push(s),
+                        }
                     }
                     Err(e) => {
                         ctx.record_error(lib_kind(op.kind), e.errno().unwrap_or(libc::EINVAL), 0);
@@ -282,7 +296,9 @@ fn drive(ctx: &mut ShardContext<'_>, job: &Job, slots: &mut [Slot], res: &mut Sh
         for s in fresh.drain(..) {
             slots[s].t0 = t;
         }
-        if let Err(e) = ctx.submit_and_wait(1) {
+        // Wait for the ring only when nothing finished inline.
+        let want = usize::from(inline_done.is_empty());
+        if let Err(e) = ctx.submit_and_wait(want) {
             // The shard waits for our in-flight buffers after we return.
             res.fatal = Some(format!("submit: {e}"));
             job.control.stop();
@@ -290,6 +306,7 @@ fn drive(ctx: &mut ShardContext<'_>, job: &Job, slots: &mut [Slot], res: &mut Sh
         }
         let now = Instant::now();
         cqes.clear();
+        cqes.append(&mut inline_done);
         ctx.reap(|c| cqes.push(c));
         let (mut ops, mut bytes) = (0u64, 0u64);
         for c in &cqes {
@@ -339,23 +356,33 @@ fn drive(ctx: &mut ShardContext<'_>, job: &Job, slots: &mut [Slot], res: &mut Sh
 }
 
 /// Pushes the SQE of `op` into slot `slot` (filling the buffer first for a verified write).
+/// `Some(result)`: the operation was done on this thread instead (a buffered write, where the
+/// executor writes inline), with this result.
 fn push(
     ctx: &mut ShardContext<'_>,
     job: &Job,
     slot: &Slot,
     op: &Op,
     bs: u32,
-) -> ringshard::Result<()> {
+) -> ringshard::Result<Option<i32>> {
     let file = &job.files[op.file];
     match op.kind {
-        IoKind::Read => ctx.push_read_fixed(file, slot.buf, op.offset, bs).map(drop),
+        IoKind::Read => ctx
+            .push_read_fixed(file, slot.buf, op.offset, bs)
+            .map(|_| None),
         IoKind::Write => {
             if job.w.verify {
                 let b = ctx.pool().get_mut(slot.buf)?;
                 job.patterns[op.file].fill(&mut b[..bs as usize], op.offset);
             }
+            if !file.is_direct() && ctx.buffered_writes_inline() {
+                return match ctx.write_fixed_inline(file, slot.buf, op.offset, bs as usize) {
+                    Ok(n) => Ok(Some(n as i32)),
+                    Err(e) => Ok(Some(-e.errno().unwrap_or(libc::EIO))),
+                };
+            }
             ctx.push_write_fixed(file, slot.buf, op.offset, bs)
-                .map(drop)
+                .map(|_| None)
         }
         IoKind::Fsync => {
             // The slot is found again through its (idle) buffer's index.
@@ -365,7 +392,7 @@ fn push(
                 .user_data(FSYNC_TAG | u64::from(slot.buf));
             // SAFETY: an fsync points to no memory; its user_data has bit 63 clear and is not
             // the shard's wake-up value.
-            unsafe { ctx.push(&e) }
+            unsafe { ctx.push(&e) }.map(|()| None)
         }
     }
 }

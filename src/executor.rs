@@ -293,6 +293,26 @@ impl Executor {
         self.shards.len()
     }
 
+    /// The shard that owns the file at `path` (following symlinks), without opening it: the
+    /// same routing [`open`](Self::open) uses. Fails if the file does not exist.
+    pub fn shard_of_path(&self, path: impl AsRef<Path>) -> Result<usize> {
+        use std::os::unix::fs::MetadataExt;
+        let path = path.as_ref();
+        let md = std::fs::metadata(path).map_err(|e| {
+            IoUringError::io(
+                "stat",
+                Some(path.to_path_buf()),
+                None,
+                e.raw_os_error().unwrap_or(libc::EIO),
+            )
+        })?;
+        let key = crate::router::FileKey {
+            dev: md.dev(),
+            ino: md.ino(),
+        };
+        Ok(shard_for(key, self.shards.len()))
+    }
+
     /// The CPU each shard is pinned to (`None` when pinning is off), by shard index.
     pub fn shard_cpus(&self) -> Vec<Option<usize>> {
         self.shards.iter().map(|s| s.cpu).collect()

@@ -693,3 +693,18 @@ fn shard_context_writes_inline_like_the_executor() {
         assert_eq!(ok(exec.read(&f, 0, 16), "read"), b"0123456789inline");
     }
 }
+
+#[test]
+fn shard_of_path_predicts_open() {
+    let exec = Executor::builder().shards(2).build().expect("executor");
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..8 {
+        let p = dir.path().join(format!("p{i}"));
+        std::fs::write(&p, b"x").unwrap();
+        let predicted = exec.shard_of_path(&p).expect("stat");
+        let f = open_rwc(&exec, &p);
+        assert_eq!(predicted, f.shard(), "{}", p.display());
+    }
+    let e = exec.shard_of_path(dir.path().join("missing")).unwrap_err();
+    assert_eq!(e.errno(), Some(libc::ENOENT), "{e}");
+}

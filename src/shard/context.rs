@@ -137,7 +137,10 @@ impl ShardContext<'_> {
     ) -> Result<u64> {
         let target: Target = self.files.lookup(file)?.target();
         let entry = self.pool.prepare(dir, target, buf_index, offset, len)?;
-        self.pool.push_prepared(self.ring, entry, buf_index)
+        let user_data = self.pool.push_prepared(self.ring, entry, buf_index)?;
+        self.stats
+            .note_in_flight(self.pool.in_flight_count() as u64);
+        Ok(user_data)
     }
 
     /// Pushes a `READ_FIXED` of `len` bytes at `offset` of `file` into pool buffer `buf_index`

@@ -262,8 +262,8 @@ impl RunReport {
             print!("{t}");
             if self.latency_measured_by == "shard" {
                 println!(
-                    "   (latency columns above cover every operation the shards counted, \
-                     including the benchmark loop itself as one `task` and the opens)"
+                    "   (latency columns above cover every I/O operation the shards counted, \
+                     the opens included; the benchmark loop is counted as one `task`)"
                 );
             }
         }

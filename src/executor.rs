@@ -377,7 +377,7 @@ impl Executor {
         }
         let (c, done) = pair(file.shard);
         let req = IoRequest {
-            file: file.clone(),
+            file: file.handle(),
             op: make(done),
             at: Instant::now(),
         };
@@ -584,7 +584,7 @@ impl Batch<'_> {
         let (c, done) = pair(file.shard);
         if let Some(list) = self.per_shard.get_mut(file.shard) {
             list.push(IoRequest {
-                file: file.clone(),
+                file: file.handle(),
                 op: make(done),
                 at: Instant::now(),
             });

@@ -185,7 +185,26 @@ pub struct File {
     pub(crate) path: Arc<Path>,
 }
 
+/// What a request carries to name its file: copied, not reference-counted, so requests do not
+/// bounce a shared counter between cores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileRef {
+    pub exec: u64,
+    pub shard: usize,
+    pub slot: u32,
+    pub gen: u32,
+}
+
 impl File {
+    pub(crate) fn handle(&self) -> FileRef {
+        FileRef {
+            exec: self.exec,
+            shard: self.shard,
+            slot: self.slot,
+            gen: self.gen,
+        }
+    }
+
     /// The shard that runs every operation on this file.
     pub fn shard(&self) -> usize {
         self.shard

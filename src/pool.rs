@@ -155,7 +155,7 @@ pub struct RegisteredBufferPool {
     states: Vec<State>,
     /// For each buffer, the `user_data` of its operations pushed by the pool and not yet
     /// completed: a completion whose `user_data` is not here is stale and changes nothing.
-    pending: Vec<Vec<u64>>,
+    pending: Vec<Pending>,
     free: Vec<u16>,
     acquired_count: usize,
     in_flight_count: usize,
@@ -226,7 +226,7 @@ impl RegisteredBufferPool {
             stride,
             total_count: buffer_count,
             states: vec![State::Free; buffer_count],
-            pending: vec![Vec::new(); buffer_count],
+            pending: vec![Pending::default(); buffer_count],
             // Reversed so that acquire (pop) hands out 0, 1, 2, ... first.
             free: (0..buffer_count as u16).rev().collect(),
             acquired_count: 0,
@@ -413,10 +413,8 @@ impl RegisteredBufferPool {
                     self.in_flight_count -= 1;
                 }
                 // Never remember more operations than are in flight: a caller completing by
-                // index retires the oldest.
-                let pending = &mut self.pending[buf_index as usize];
-                let excess = pending.len().saturating_sub(*in_flight as usize);
-                pending.drain(..excess);
+                // index retires one of them.
+                self.pending[buf_index as usize].truncate(*in_flight as usize);
                 Ok(())
             }
             _ => {
@@ -449,9 +447,9 @@ impl RegisteredBufferPool {
     /// the pool has no such operation in flight.
     pub(crate) fn complete_user_data(&mut self, user_data: u64) -> Option<u16> {
         let idx = Self::buffer_index_of(user_data)?;
-        let pending = self.pending.get_mut(idx as usize)?;
-        let pos = pending.iter().position(|&u| u == user_data)?;
-        pending.remove(pos);
+        if !self.pending.get_mut(idx as usize)?.remove(user_data) {
+            return None;
+        }
         self.complete_in_flight(idx);
         Some(idx)
     }
@@ -691,6 +689,47 @@ impl RegisteredBufferPool {
             misuse_invalid_index: self.misuse_invalid_index,
             misuse_bad_state: self.misuse_bad_state,
             numa_node: self.numa_node(),
+        }
+    }
+}
+
+/// The `user_data` of one buffer's operations in flight: almost always one, so it lives inline.
+#[derive(Debug, Clone, Default)]
+struct Pending {
+    first: Option<u64>,
+    rest: Vec<u64>,
+}
+
+impl Pending {
+    fn push(&mut self, user_data: u64) {
+        match self.first {
+            None => self.first = Some(user_data),
+            Some(_) => self.rest.push(user_data),
+        }
+    }
+
+    /// Forgets `user_data`; false when it is not pending.
+    fn remove(&mut self, user_data: u64) -> bool {
+        if self.first == Some(user_data) {
+            self.first = self.rest.pop();
+            return true;
+        }
+        match self.rest.iter().position(|&u| u == user_data) {
+            Some(i) => {
+                self.rest.swap_remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Keeps at most `n` (a caller that completes by index does not say which operation ended).
+    fn truncate(&mut self, n: usize) {
+        let len = usize::from(self.first.is_some()) + self.rest.len();
+        for _ in n..len {
+            if self.rest.pop().is_none() {
+                self.first = None;
+            }
         }
     }
 }
@@ -986,6 +1025,31 @@ mod tests {
         r.submit_and_wait(1).unwrap();
         let new = r.completion().next().unwrap();
         assert_eq!(p.complete_cqe(&new), Some((i, 4)));
+        p.try_release(i).unwrap();
+    }
+
+    #[test]
+    fn several_operations_on_one_buffer_complete_in_any_order() {
+        let mut r = IoUring::new(8).unwrap();
+        let mut p = RegisteredBufferPool::new(&mut r, 16, 1).unwrap();
+        let f = tempfile::tempfile().unwrap();
+        let (i, _) = p.acquire().unwrap();
+        let uds: Vec<u64> = (0..3)
+            .map(|k| {
+                p.submit_write_fixed(&mut r, f.as_raw_fd(), i, k * 16, 4)
+                    .unwrap()
+            })
+            .collect();
+        r.submit_and_wait(3).unwrap();
+        let mut cqes: Vec<_> = r.completion().collect();
+        cqes.sort_by_key(|c| std::cmp::Reverse(c.user_data()));
+        for (n, c) in cqes.iter().enumerate() {
+            assert!(uds.contains(&c.user_data()));
+            assert_eq!(p.complete_cqe(c), Some((i, 4)));
+            assert_eq!(p.is_in_flight(i), n < 2);
+            // Completing the same CQE twice is stale the second time.
+            assert_eq!(p.complete_cqe(c), None);
+        }
         p.try_release(i).unwrap();
     }
 

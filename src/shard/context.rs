@@ -87,7 +87,7 @@ impl ShardContext<'_> {
 
     /// The raw descriptor of `file` (which must live on this shard).
     pub fn raw_fd(&self, file: &File) -> Result<RawFd> {
-        Ok(self.files.lookup(file)?.fd())
+        Ok(self.files.lookup(file.handle())?.fd())
     }
 
     /// Whether this executor does buffered (not O_DIRECT) writes with `pwrite` on the shard
@@ -109,7 +109,7 @@ impl ShardContext<'_> {
         offset: u64,
         len: usize,
     ) -> Result<usize> {
-        let fd = self.files.lookup(file)?.fd();
+        let fd = self.files.lookup(file.handle())?.fd();
         let buffer_size = self.pool.buffer_size();
         let data = self.pool.get(buf_index)?;
         let data = data.get(..len).ok_or(IoUringError::BufferTooSmall {
@@ -135,7 +135,7 @@ impl ShardContext<'_> {
         offset: u64,
         len: u32,
     ) -> Result<u64> {
-        let target: Target = self.files.lookup(file)?.target();
+        let target: Target = self.files.lookup(file.handle())?.target();
         let entry = self.pool.prepare(dir, target, buf_index, offset, len)?;
         let user_data = self.pool.push_prepared(self.ring, entry, buf_index)?;
         self.stats

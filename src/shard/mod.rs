@@ -14,7 +14,7 @@ pub(crate) use runner::{spawn, ShardConfig};
 
 use crate::completion::Completer;
 use crate::error::{IoUringError, Result};
-use crate::file::{File, FileFlags};
+use crate::file::{File, FileFlags, FileRef};
 use crate::router::FileKey;
 use crate::stats::{OpKind, ShardStats};
 use crossbeam_channel::{Sender, TrySendError};
@@ -26,7 +26,7 @@ use std::time::Instant;
 
 /// One I/O request for a shard.
 pub(crate) struct IoRequest {
-    pub file: File,
+    pub file: FileRef,
     pub op: IoOp,
     pub at: Instant,
 }

@@ -20,7 +20,7 @@ use super::order::{Footprint, Ordering};
 use super::{IoOp, IoRequest, Message, ShardLink, ShardShared, Task};
 use crate::completion::{set_abandon_reason, AbandonReason, Completer};
 use crate::error::{IoUringError, Result};
-use crate::file::{File, FileFlags};
+use crate::file::{File, FileFlags, FileRef};
 use crate::numa;
 use crate::pool::{Direction, RegisteredBufferPool, Target};
 use crate::ring::{pin_workers, RingConfig};
@@ -89,58 +89,88 @@ impl FileEntry {
     }
 }
 
+/// One slot of the file table.
+#[derive(Debug, Default)]
+struct FileSlot {
+    /// Changes when the slot's file is closed, so stale handles are recognized.
+    gen: u32,
+    entry: Option<FileEntry>,
+    /// The path of the file last closed here, for errors about stale handles.
+    closed_path: Option<Arc<Path>>,
+}
+
 /// The shard's open files, indexed by slot; a slot's generation changes when it is closed, so a
 /// stale handle can never reach a file opened later in the same slot.
 #[derive(Debug, Default)]
 pub(crate) struct FileTable {
-    slots: Vec<(u32, Option<FileEntry>)>,
+    slots: Vec<FileSlot>,
     free: Vec<u32>,
     exec_id: u64,
     shard: usize,
 }
 
 impl FileTable {
-    pub(crate) fn lookup(&self, file: &File) -> Result<&FileEntry> {
+    pub(crate) fn lookup(&self, file: FileRef) -> Result<&FileEntry> {
         if file.exec != self.exec_id || file.shard != self.shard {
-            return Err(IoUringError::BadHandle(format!(
-                "{} belongs to another executor",
-                file.path.display()
-            )));
+            return Err(IoUringError::BadHandle(
+                "the file belongs to another executor".into(),
+            ));
         }
         match self.slots.get(file.slot as usize) {
-            Some((gen, Some(e))) if *gen == file.gen && !e.closing => Ok(e),
-            _ => Err(IoUringError::BadHandle(format!(
+            Some(FileSlot {
+                gen,
+                entry: Some(e),
+                ..
+            }) if *gen == file.gen && !e.closing => Ok(e),
+            Some(FileSlot {
+                gen,
+                entry: Some(e),
+                ..
+            }) if *gen == file.gen => Err(IoUringError::BadHandle(format!(
                 "{} is closed",
-                file.path.display()
+                e.path.display()
             ))),
+            Some(s) if s.gen == file.gen.wrapping_add(1) && s.closed_path.is_some() => {
+                let p = s.closed_path.as_deref().unwrap_or(Path::new("the file"));
+                Err(IoUringError::BadHandle(format!(
+                    "{} is closed",
+                    p.display()
+                )))
+            }
+            _ => Err(IoUringError::BadHandle("the file is closed".into())),
         }
     }
 
-    fn lookup_mut(&mut self, file: &File) -> Result<&mut FileEntry> {
+    fn lookup_mut(&mut self, file: FileRef) -> Result<&mut FileEntry> {
         self.lookup(file)?;
         match self.slots.get_mut(file.slot as usize) {
-            Some((_, Some(e))) => Ok(e),
-            _ => Err(IoUringError::BadHandle("closed".into())),
+            Some(FileSlot { entry: Some(e), .. }) => Ok(e),
+            _ => Err(IoUringError::BadHandle("the file is closed".into())),
         }
+    }
+
+    fn get(&self, slot: u32) -> Option<&FileEntry> {
+        self.slots.get(slot as usize)?.entry.as_ref()
     }
 
     fn insert(&mut self, entry: FileEntry) -> (u32, u32) {
         let slot = match self.free.pop() {
             Some(s) => s,
             None => {
-                self.slots.push((0, None));
+                self.slots.push(FileSlot::default());
                 (self.slots.len() - 1) as u32
             }
         };
         let s = &mut self.slots[slot as usize];
-        s.1 = Some(entry);
-        (slot, s.0)
+        s.entry = Some(entry);
+        (slot, s.gen)
     }
 
     fn remove(&mut self, slot: u32) -> Option<FileEntry> {
         let s = self.slots.get_mut(slot as usize)?;
-        let e = s.1.take()?;
-        s.0 = s.0.wrapping_add(1);
+        let e = s.entry.take()?;
+        s.gen = s.gen.wrapping_add(1);
+        s.closed_path = Some(Arc::clone(&e.path));
         self.free.push(slot);
         Some(e)
     }
@@ -691,7 +721,7 @@ impl Shard {
     /// Checks a request and queues it as an op.
     fn admit(&mut self, req: IoRequest) {
         let IoRequest { file, op, at } = req;
-        let entry = match self.files.lookup_mut(&file) {
+        let entry = match self.files.lookup_mut(file) {
             Ok(e) => e,
             Err(e) => return fail_request(op, e, &mut self.stats, at),
         };
@@ -1061,11 +1091,7 @@ impl Shard {
             Target::Fd(fd) => fd,
             Target::Fixed(_) => {
                 let file_slot = op.file_slot;
-                self.files
-                    .slots
-                    .get(file_slot as usize)
-                    .and_then(|s| s.1.as_ref())
-                    .map_or(-1, FileEntry::fd)
+                self.files.get(file_slot).map_or(-1, FileEntry::fd)
             }
         }
     }

@@ -14,6 +14,11 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+/// How many times `wait` yields the core before it sleeps. Measured on 2 cores with 2 shards and
+/// 2 callers (routed 4 KiB reads): 0 gives 0.72M IOPS, 4 gives 1.39M, 8 to 32 give 1.44M; a spin
+/// instead of yields did worse (1.34M), as it keeps the shard from the core.
+const WAIT_YIELDS: u32 = 8;
+
 struct Slot<T> {
     result: Option<Result<T>>,
     taken: bool,
@@ -121,17 +126,16 @@ impl<T> Completion<T> {
         r
     }
 
-    /// Blocks the calling thread until the operation completes. Like crossbeam-channel's `recv`,
-    /// it first backs off for a few microseconds (a short spin, then yielding the core: on a busy
-    /// machine the shard often finishes in that time, and a sleep plus wake-up costs two context
-    /// switches), then sleeps until the result arrives.
+    /// Blocks the calling thread until the operation completes. It first yields the core a few
+    /// times (on a busy machine the shard often finishes meanwhile, and a sleep plus a wake-up
+    /// costs two context switches and a futex call on the shard's side), then sleeps until the
+    /// result arrives.
     pub fn wait(self) -> Result<T> {
-        let backoff = crossbeam_utils::Backoff::new();
-        while !backoff.is_completed() {
+        for _ in 0..WAIT_YIELDS {
             if let Some(r) = self.try_take_now() {
                 return r;
             }
-            backoff.snooze();
+            std::thread::yield_now();
         }
         let mut slot = self.shared.lock();
         loop {

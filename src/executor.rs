@@ -460,6 +460,7 @@ impl Executor {
     pub fn batch(&self) -> Batch<'_> {
         Batch {
             exec: self,
+            created: Instant::now(),
             per_shard: (0..self.shards.len()).map(|_| Vec::new()).collect(),
         }
     }
@@ -562,6 +563,8 @@ impl Drop for Executor {
 /// fails its completions with [`IoUringError::InvalidArgument`].
 pub struct Batch<'a> {
     exec: &'a Executor,
+    /// Placeholder timestamp for requests; `submit` stamps them.
+    created: Instant,
     per_shard: Vec<Vec<IoRequest>>,
 }
 
@@ -586,7 +589,7 @@ impl Batch<'_> {
             list.push(IoRequest {
                 file: file.handle(),
                 op: make(done),
-                at: Instant::now(),
+                at: self.created,
             });
         }
         c
@@ -634,10 +637,15 @@ impl Batch<'_> {
         self.len() == 0
     }
 
-    /// Sends the batch: one message and at most one wake-up per shard.
+    /// Sends the batch: one message and at most one wake-up per shard. Latency is counted from
+    /// here.
     pub fn submit(mut self) {
         let exec = self.exec;
-        for (shard, reqs) in std::mem::take(&mut self.per_shard).into_iter().enumerate() {
+        let now = Instant::now();
+        for (shard, mut reqs) in std::mem::take(&mut self.per_shard).into_iter().enumerate() {
+            for r in &mut reqs {
+                r.at = now;
+            }
             if !reqs.is_empty() {
                 let _ = exec.send(shard, Message::Batch(reqs));
             }

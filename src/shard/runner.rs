@@ -331,6 +331,8 @@ struct Shard {
     cq_capacity: u32,
     closing: bool,
     cqes: Vec<(u64, i32)>,
+    /// The time, read at most once per loop turn: completions finished in one turn share it.
+    clock: Option<Instant>,
 }
 
 /// Starts shard `cfg.index` on its own thread. Returns once the shard is set up (pinned, memory
@@ -490,6 +492,7 @@ impl Shard {
             cq_capacity,
             closing: false,
             cqes: Vec::with_capacity(256),
+            clock: None,
         };
         shard.arm_wake()?;
         Ok(shard)
@@ -537,6 +540,7 @@ impl Shard {
 
     fn run(&mut self) {
         loop {
+            self.clock = None;
             let mut progress = self.admit_inbox();
             if self.tasks.is_empty() {
                 progress |= self.issue();
@@ -589,6 +593,14 @@ impl Shard {
                 return false;
             }
         }
+    }
+
+    /// Nanoseconds since `at`, by this turn's clock.
+    fn elapsed_since(&mut self, at: Instant) -> u64 {
+        let now = *self.clock.get_or_insert_with(Instant::now);
+        now.saturating_duration_since(at)
+            .as_nanos()
+            .min(u128::from(u64::MAX)) as u64
     }
 
     fn ops_in_flight(&self) -> u32 {
@@ -1187,7 +1199,7 @@ impl Shard {
                 o.queued = true;
             }
         }
-        let lat = elapsed_ns(op.at);
+        let lat = self.elapsed_since(op.at);
         if let Some(errno) = op.errno {
             self.stats.record_error(op.kind, errno, lat);
             let offset = matches!(

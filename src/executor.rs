@@ -388,10 +388,27 @@ impl Executor {
     /// Reads up to `len` bytes at `offset`. Fewer come back only at end of file. Any length works:
     /// long reads are split across pool buffers.
     pub fn read(&self, file: &File, offset: u64, len: usize) -> Completion<Vec<u8>> {
+        self.read_into(file, offset, len, Vec::new())
+    }
+
+    /// [`read`](Self::read) into `buf`, whose allocation is reused (its contents are replaced):
+    /// a server that recycles its buffers spares an allocation per read.
+    pub fn read_into(
+        &self,
+        file: &File,
+        offset: u64,
+        len: usize,
+        buf: Vec<u8>,
+    ) -> Completion<Vec<u8>> {
         if let Err(e) = check_rw(file, "read", offset, len as u64, file.flags.readable) {
             return Completion::ready(Err(e));
         }
-        self.request(file, |done| IoOp::Read { offset, len, done })
+        self.request(file, |done| IoOp::Read {
+            offset,
+            len,
+            buf,
+            done,
+        })
     }
 
     /// Writes all of `data` at `offset` (short writes are completed); returns the bytes written.
@@ -597,8 +614,24 @@ impl Batch<'_> {
 
     /// Adds a read (see [`Executor::read`]).
     pub fn read(&mut self, file: &File, offset: u64, len: usize) -> Completion<Vec<u8>> {
+        self.read_into(file, offset, len, Vec::new())
+    }
+
+    /// Adds a read into `buf` (see [`Executor::read_into`]).
+    pub fn read_into(
+        &mut self,
+        file: &File,
+        offset: u64,
+        len: usize,
+        buf: Vec<u8>,
+    ) -> Completion<Vec<u8>> {
         let check = check_rw(file, "read", offset, len as u64, file.flags.readable);
-        self.add(file, check, |done| IoOp::Read { offset, len, done })
+        self.add(file, check, |done| IoOp::Read {
+            offset,
+            len,
+            buf,
+            done,
+        })
     }
 
     /// Adds a write (see [`Executor::write`]).

@@ -254,6 +254,7 @@ mod tests {
     fn slab_on_node_zero_lands_on_node_zero() {
         let s = Slab::new_on_node(8 * page_size(), 0).unwrap();
         for i in 0..8 {
+            // SAFETY (pointer arithmetic): page i of 8 lies inside the slab.
             let addr = unsafe { s.as_ptr().add(i * page_size()) };
             assert_eq!(node_of_address(addr).unwrap(), 0);
         }

@@ -708,3 +708,23 @@ fn shard_of_path_predicts_open() {
     let e = exec.shard_of_path(dir.path().join("missing")).unwrap_err();
     assert_eq!(e.errno(), Some(libc::ENOENT), "{e}");
 }
+
+#[test]
+fn read_into_reuses_the_callers_buffer() {
+    let exec = Executor::builder().shards(1).build().expect("executor");
+    let dir = tempfile::tempdir().unwrap();
+    let f = open_rwc(&exec, &dir.path().join("ri"));
+    ok(exec.write(&f, 0, b"fresh bytes".to_vec()), "write");
+    // Old contents are replaced, the allocation is kept.
+    let mut buf = Vec::with_capacity(64);
+    buf.extend_from_slice(b"stale stale stale");
+    let ptr = buf.as_ptr();
+    let got = ok(exec.read_into(&f, 0, 5, buf), "read_into");
+    assert_eq!(got, b"fresh");
+    assert_eq!(got.as_ptr(), ptr, "the caller's allocation is reused");
+    // Past the end: what exists; in a batch too.
+    let mut b = exec.batch();
+    let r = b.read_into(&f, 6, 100, got);
+    b.submit();
+    assert_eq!(ok(r, "batch read_into"), b"bytes");
+}

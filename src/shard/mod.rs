@@ -36,6 +36,8 @@ pub(crate) enum IoOp {
     Read {
         offset: u64,
         len: usize,
+        /// Storage to read into (its capacity is reused; its contents are discarded).
+        buf: Vec<u8>,
         done: Completer<Vec<u8>>,
     },
     Write {

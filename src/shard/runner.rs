@@ -732,7 +732,7 @@ impl Shard {
 
     /// Checks a request and queues it as an op.
     fn admit(&mut self, req: IoRequest) {
-        let IoRequest { file, op, at } = req;
+        let IoRequest { file, mut op, at } = req;
         let entry = match self.files.lookup_mut(file) {
             Ok(e) => e,
             Err(e) => return fail_request(op, e, &mut self.stats, at),
@@ -773,8 +773,15 @@ impl Shard {
             transferred: 0,
             queued: false,
             at,
+            out: match &mut op {
+                IoOp::Read { buf, .. } => {
+                    let mut b = std::mem::take(buf);
+                    b.clear();
+                    b
+                }
+                _ => Vec::new(),
+            },
             io: op,
-            out: Vec::new(),
         };
         let key = op.key;
         let slot = self.ops.insert(op);

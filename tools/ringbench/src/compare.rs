@@ -149,11 +149,7 @@ pub fn run(
                 format!("{:.3}", s.median.cpu_s_per_mop),
                 ratio(s.iops_vs_ringshard),
                 ratio(s.cpu_per_op_vs_ringshard),
-                s.rounds_iops
-                    .iter()
-                    .map(|v| fmt_count(*v))
-                    .collect::<Vec<_>>()
-                    .join(" "),
+                report::fmt_rounds(&s.rounds_iops),
             ]
         })
         .collect();

@@ -408,6 +408,15 @@ pub fn print_table(head: &[&str], rows: &[Vec<String>]) {
     }
 }
 
+/// Per-round counts, space separated, for the "by round" columns.
+pub fn fmt_rounds(values: &[f64]) -> String {
+    values
+        .iter()
+        .map(|v| fmt_count(*v))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// 812.3K style.
 pub fn fmt_count(v: f64) -> String {
     if v >= 1e9 {

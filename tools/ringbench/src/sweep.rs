@@ -99,11 +99,7 @@ pub fn run(
                 format!("{:.2}x", p.speedup),
                 format!("{:.0}%", p.efficiency * 100.0),
                 format!("{:.3}", p.cpu_s_per_mop),
-                p.rounds_iops
-                    .iter()
-                    .map(|v| fmt_count(*v))
-                    .collect::<Vec<_>>()
-                    .join(" "),
+                report::fmt_rounds(&p.rounds_iops),
             ]
         })
         .collect();

@@ -259,7 +259,9 @@ fn drive(ctx: &mut ShardContext<'_>, job: &Job, slots: &mut [Slot], res: &mut Sh
         if !job.control.stopped() {
             while let Some(&s) = free.last() {
                 let Some(op) = gen.next_op() else { break };
-                let t_push = Instant::now();
+                // Only a write can complete inline (and needs its start time now): reads skip
+                // the clock here.
+                let t_push = (op.kind == IoKind::Write).then(Instant::now);
                 match push(ctx, job, &slots[s], &op, bs) {
                     Ok(done_now) => {
                         free.pop();
@@ -269,7 +271,7 @@ fn drive(ctx: &mut ShardContext<'_>, job: &Job, slots: &mut [Slot], res: &mut Sh
                             // Done on this thread (a buffered write, as the executor does it):
                             // handled with the ring's completions below.
                             Some(result) => {
-                                slots[s].t0 = t_push;
+                                slots[s].t0 = t_push.unwrap_or_else(Instant::now);
                                 inline_done.push(ShardCqe {
                                     user_data: 0,
                                     result,

@@ -129,6 +129,8 @@ impl Client<'_> {
         self.patterns[0].fill(&mut template, 0);
         let mut q: VecDeque<InFlight> = VecDeque::with_capacity(w.iodepth);
         let mut added: Vec<(Pending, Op)> = Vec::with_capacity(w.iodepth);
+        // Read buffers come back with their data and are reused (Executor::read_into).
+        let mut spare: Vec<Vec<u8>> = Vec::with_capacity(w.iodepth);
         loop {
             if !self.control.stopped() && q.len() < w.iodepth {
                 let mut batch = self.exec.batch();
@@ -136,7 +138,10 @@ impl Client<'_> {
                     let Some(op) = gen.next_op() else { break };
                     let f = &self.files[op.file];
                     let p = match op.kind {
-                        IoKind::Read => Pending::Read(batch.read(f, op.offset, bs)),
+                        IoKind::Read => {
+                            let buf = spare.pop().unwrap_or_default();
+                            Pending::Read(batch.read_into(f, op.offset, bs, buf))
+                        }
                         IoKind::Write => {
                             let data = if w.verify {
                                 let mut d = vec![0u8; bs];
@@ -163,14 +168,14 @@ impl Client<'_> {
             let r = first.pending.wait();
             let now = Instant::now();
             let (mut ops, mut bytes) = (0, 0);
-            self.finish(
+            spare.extend(self.finish(
                 &mut tally, &mut gen, first.op, first.t0, r, now, w.verify, bs,
-            );
+            ));
             (ops, bytes) = count(first.op, ops, bytes, bs);
             while q.front().is_some_and(|f| f.pending.is_done()) {
                 let Some(f) = q.pop_front() else { break };
                 let r = f.pending.wait();
-                self.finish(&mut tally, &mut gen, f.op, f.t0, r, now, w.verify, bs);
+                spare.extend(self.finish(&mut tally, &mut gen, f.op, f.t0, r, now, w.verify, bs));
                 (ops, bytes) = count(f.op, ops, bytes, bs);
             }
             self.control.add(self.sub.index, ops, bytes);
@@ -189,7 +194,7 @@ impl Client<'_> {
         now: Instant,
         verify: bool,
         bs: usize,
-    ) {
+    ) -> Option<Vec<u8>> {
         let path = &self.paths[op.file];
         match r {
             Err(e) => {
@@ -198,10 +203,12 @@ impl Client<'_> {
                     None => e.to_string(),
                 };
                 tally.fail(op.kind, path, op.offset, &reason);
+                None
             }
             Ok((n, _)) if op.kind != IoKind::Fsync && n != bs => {
                 let what = format!("short transfer ({n} of {bs} bytes)");
                 tally.fail(op.kind, path, op.offset, &what);
+                None
             }
             Ok((n, data)) => {
                 if let (true, Some(d)) = (verify, &data) {
@@ -212,6 +219,8 @@ impl Client<'_> {
                 }
                 tally.ok(op.kind, n as u64, ns_between(t0, now));
                 gen.write_done(&op);
+                // The read's buffer goes back to the client for its next read.
+                data
             }
         }
     }

@@ -2,7 +2,8 @@
 //! shard thread (`Executor::submit_to`). No channel is crossed per I/O: benchmarks and advanced
 //! users drive the ring themselves.
 
-use super::runner::{pwrite_all, submit_counted, FileTable};
+use super::files::FileTable;
+use super::runner::{pwrite_all, submit_counted};
 use crate::error::{IoUringError, Result};
 use crate::file::File;
 use crate::pool::{Direction, RegisteredBufferPool, Target};

@@ -2,10 +2,13 @@
 //!
 //! - `ShardLink` is the callers' side: the inbox sender and the wake-up eventfd.
 //! - `runner` is the thread's loop: admit requests, issue SQEs, submit, reap, sleep.
+//! - `files` is the shard's file table; `ops` what an admitted request becomes.
 //! - `order` keeps operations on one file in a safe order.
 //! - [`ShardContext`] is what a closure run on the shard (`Executor::submit_to`) gets.
 
 mod context;
+mod files;
+mod ops;
 mod order;
 mod runner;
 

@@ -1,0 +1,127 @@
+//! The shard's file table: open files by slot, with generations so a stale handle can never
+//! reach a file opened later in the same slot.
+
+use crate::error::{IoUringError, Result};
+use crate::file::{FileFlags, FileRef};
+use crate::pool::Target;
+use crate::router::FileKey;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::sync::Arc;
+
+/// One open file of the shard.
+#[derive(Debug)]
+pub(crate) struct FileEntry {
+    pub(super) fd: OwnedFd,
+    /// Slot in the ring's registered file table, when it fit.
+    pub(super) fixed: Option<u32>,
+    pub(super) key: FileKey,
+    pub(super) flags: FileFlags,
+    pub(super) path: Arc<Path>,
+    /// A close was admitted: new operations on this handle fail.
+    pub(super) closing: bool,
+}
+
+impl FileEntry {
+    pub(crate) fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    pub(crate) fn target(&self) -> Target {
+        match self.fixed {
+            Some(slot) => Target::Fixed(slot),
+            None => Target::Fd(self.fd()),
+        }
+    }
+}
+
+/// One slot of the file table.
+#[derive(Debug, Default)]
+pub(super) struct FileSlot {
+    /// Changes when the slot's file is closed, so stale handles are recognized.
+    pub(super) gen: u32,
+    pub(super) entry: Option<FileEntry>,
+    /// The path of the file last closed here, for errors about stale handles.
+    pub(super) closed_path: Option<Arc<Path>>,
+}
+
+/// The shard's open files, indexed by slot; a slot's generation changes when it is closed, so a
+/// stale handle can never reach a file opened later in the same slot.
+#[derive(Debug, Default)]
+pub(crate) struct FileTable {
+    pub(super) slots: Vec<FileSlot>,
+    pub(super) free: Vec<u32>,
+    pub(super) exec_id: u64,
+    pub(super) shard: usize,
+}
+
+impl FileTable {
+    pub(crate) fn lookup(&self, file: FileRef) -> Result<&FileEntry> {
+        if file.exec != self.exec_id || file.shard != self.shard {
+            return Err(IoUringError::BadHandle(
+                "the file belongs to another executor".into(),
+            ));
+        }
+        match self.slots.get(file.slot as usize) {
+            Some(FileSlot {
+                gen,
+                entry: Some(e),
+                ..
+            }) if *gen == file.gen && !e.closing => Ok(e),
+            Some(FileSlot {
+                gen,
+                entry: Some(e),
+                ..
+            }) if *gen == file.gen => Err(IoUringError::BadHandle(format!(
+                "{} is closed",
+                e.path.display()
+            ))),
+            Some(s) if s.gen == file.gen.wrapping_add(1) && s.closed_path.is_some() => {
+                let p = s.closed_path.as_deref().unwrap_or(Path::new("the file"));
+                Err(IoUringError::BadHandle(format!(
+                    "{} is closed",
+                    p.display()
+                )))
+            }
+            _ => Err(IoUringError::BadHandle("the file is closed".into())),
+        }
+    }
+
+    pub(super) fn lookup_mut(&mut self, file: FileRef) -> Result<&mut FileEntry> {
+        self.lookup(file)?;
+        match self.slots.get_mut(file.slot as usize) {
+            Some(FileSlot { entry: Some(e), .. }) => Ok(e),
+            _ => Err(IoUringError::BadHandle("the file is closed".into())),
+        }
+    }
+
+    pub(super) fn get(&self, slot: u32) -> Option<&FileEntry> {
+        self.slots.get(slot as usize)?.entry.as_ref()
+    }
+
+    pub(super) fn insert(&mut self, entry: FileEntry) -> (u32, u32) {
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.slots.push(FileSlot::default());
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let s = &mut self.slots[slot as usize];
+        s.entry = Some(entry);
+        (slot, s.gen)
+    }
+
+    pub(super) fn remove(&mut self, slot: u32) -> Option<FileEntry> {
+        let s = self.slots.get_mut(slot as usize)?;
+        let e = s.entry.take()?;
+        s.gen = s.gen.wrapping_add(1);
+        s.closed_path = Some(Arc::clone(&e.path));
+        self.free.push(slot);
+        Some(e)
+    }
+
+    pub(super) fn next_slot(&self) -> u32 {
+        self.free.last().copied().unwrap_or(self.slots.len() as u32)
+    }
+}

@@ -1,0 +1,138 @@
+//! The shard's operations: what an admitted request becomes, its chunks, and the table that
+//! names it in `user_data` (slot + generation).
+
+use super::IoOp;
+use crate::pool::Target;
+use crate::router::FileKey;
+use crate::stats::OpKind;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// `user_data` of an op that uses no pool buffer: `slot | generation << SLOT_BITS`.
+pub(super) const SLOT_BITS: u32 = 24;
+/// Mask of the slot part.
+pub(super) const SLOT_MASK: u64 = (1 << SLOT_BITS) - 1;
+/// Mask of the generation part (23 bits: bit 63 stays clear, it is the pool's tag).
+pub(super) const GEN_MASK: u64 = (1 << 23) - 1;
+
+/// Where a read or write moves its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum DataPath {
+    /// Through registered pool buffers with READ_FIXED/WRITE_FIXED, one chunk per buffer: the
+    /// path for O_DIRECT, where registered buffers spare the kernel pinning pages on every I/O.
+    Fixed,
+    /// Straight into the read's result vector (or from the write's data) with READ/WRITE, one SQE
+    /// at a time: page-cache I/O, one copy instead of two.
+    Memory,
+    /// `pwrite` on the shard thread: buffered writes, which ext4 cannot do without blocking and
+    /// io_uring would hand to a worker thread each.
+    Inline,
+}
+
+/// Largest transfer handed to the kernel in one SQE on the memory path.
+pub(super) const MAX_SQE_BYTES: u64 = 1 << 30;
+
+pub(super) struct Op {
+    pub(super) kind: OpKind,
+    pub(super) key: FileKey,
+    pub(super) file_slot: u32,
+    pub(super) target: Target,
+    pub(super) path: Arc<Path>,
+    pub(super) offset: u64,
+    pub(super) len: u64,
+    /// Bytes of the range handed to chunks so far.
+    pub(super) issued: u64,
+    /// SQEs of this op in the kernel.
+    pub(super) outstanding: u32,
+    /// End of file seen by a read, relative to `offset`.
+    pub(super) eof: Option<u64>,
+    pub(super) errno: Option<i32>,
+    /// Only one chunk at a time (O_APPEND writes; the memory path).
+    pub(super) serial: bool,
+    pub(super) data_path: DataPath,
+    /// Bytes moved so far on the memory path.
+    pub(super) transferred: u64,
+    pub(super) queued: bool,
+    pub(super) at: Instant,
+    /// The request, with its completer.
+    pub(super) io: IoOp,
+    /// A read's data, filled chunk by chunk.
+    pub(super) out: Vec<u8>,
+}
+
+impl Op {
+    pub(super) fn more_to_issue(&self) -> bool {
+        match self.io {
+            IoOp::Read { .. } | IoOp::Write { .. } => {
+                self.errno.is_none()
+                    && self.eof.is_none()
+                    && self.issued < self.len
+                    && !(self.serial && self.outstanding > 0)
+            }
+            _ => self.outstanding == 0 && self.issued == 0,
+        }
+    }
+
+    pub(super) fn finished(&self) -> bool {
+        self.outstanding == 0 && !self.more_to_issue()
+    }
+}
+
+/// A part of a read or write that fits one buffer.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Chunk {
+    pub(super) op: u32,
+    /// Offset of the chunk inside the op.
+    pub(super) rel: u64,
+    pub(super) len: u32,
+    /// Bytes already transferred (short transfers are resubmitted from here).
+    pub(super) done: u32,
+}
+
+/// Op slots with generations: a slot's generation changes when it is freed, so a late or stray
+/// completion can never finish another operation.
+#[derive(Default)]
+pub(super) struct OpTable {
+    pub(super) slots: Vec<(u32, Option<Op>)>,
+    pub(super) free: Vec<u32>,
+    pub(super) live: usize,
+}
+
+impl OpTable {
+    pub(super) fn insert(&mut self, op: Op) -> u32 {
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.slots.push((0, None));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.slots[slot as usize].1 = Some(op);
+        self.live += 1;
+        slot
+    }
+
+    pub(super) fn get(&mut self, slot: u32) -> Option<&mut Op> {
+        self.slots.get_mut(slot as usize)?.1.as_mut()
+    }
+
+    pub(super) fn gen(&self, slot: u32) -> u32 {
+        self.slots.get(slot as usize).map_or(0, |s| s.0)
+    }
+
+    pub(super) fn remove(&mut self, slot: u32) -> Option<Op> {
+        let s = self.slots.get_mut(slot as usize)?;
+        let op = s.1.take()?;
+        s.0 = s.0.wrapping_add(1) & GEN_MASK as u32;
+        self.free.push(slot);
+        self.live -= 1;
+        Some(op)
+    }
+
+    pub(super) fn drain(&mut self) -> Vec<Op> {
+        self.free.clear();
+        self.live = 0;
+        self.slots.drain(..).filter_map(|s| s.1).collect()
+    }
+}

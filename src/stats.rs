@@ -253,7 +253,10 @@ pub struct ShardStats {
     pub sqes_submitted: u64,
     /// The shard's buffer pool at snapshot time (merged: see [`merge_pool_stats`]).
     pub pool: BufferPoolStats,
-    latency: LatencyHistogram,
+    /// Latency of operations other than reads, writes and tasks. The all-operations histogram is
+    /// the exact sum of this and the read and write ones, made on demand: each operation is
+    /// recorded once, on the hot path.
+    other_latency: LatencyHistogram,
     read_latency: LatencyHistogram,
     write_latency: LatencyHistogram,
 }
@@ -281,7 +284,7 @@ impl ShardStats {
             submit_calls: 0,
             sqes_submitted: 0,
             pool: BufferPoolStats::default(),
-            latency: LatencyHistogram::new(),
+            other_latency: LatencyHistogram::new(),
             read_latency: LatencyHistogram::new(),
             write_latency: LatencyHistogram::new(),
         }
@@ -301,19 +304,18 @@ impl ShardStats {
         if kind == OpKind::Task {
             return;
         }
-        self.latency.record(latency_ns);
         match kind {
             OpKind::Read => self.read_latency.record(latency_ns),
             OpKind::Write => self.write_latency.record(latency_ns),
-            _ => {}
+            _ => self.other_latency.record(latency_ns),
         }
     }
 
     /// Records a successful operation: counts it, adds `bytes` to
     /// [`bytes_read`](Self::bytes_read) / [`bytes_written`](Self::bytes_written) for reads and writes
-    /// (ignored for other kinds), and records `latency_ns` in the all-ops histogram (except for
-    /// [`OpKind::Task`]) and, for reads and writes, in the read or write histogram. Latencies above
-    /// 60 s are clamped. No allocation.
+    /// (ignored for other kinds), and records `latency_ns` once, in its kind's histogram (reads,
+    /// writes, or the rest; [`OpKind::Task`] is counted but has no latency). The all-operations
+    /// latency is their exact sum. Latencies above 60 s are clamped. No allocation.
     #[inline]
     pub fn record(&mut self, kind: OpKind, bytes: u64, latency_ns: u64) {
         self.count_op(kind, latency_ns);
@@ -402,9 +404,17 @@ impl ShardStats {
             .unwrap_or(0)
     }
 
+    /// The histogram of all operations: reads, writes and the rest, added exactly.
+    fn all_latency(&self) -> LatencyHistogram {
+        let mut all = self.other_latency.clone();
+        all.merge(&self.read_latency);
+        all.merge(&self.write_latency);
+        all
+    }
+
     /// Latency of all operations.
     pub fn latency(&self) -> LatencySummary {
-        self.latency.summary()
+        self.all_latency().summary()
     }
 
     /// Latency of reads.
@@ -420,7 +430,7 @@ impl ShardStats {
     /// Latency at quantile `q` (0.0..=1.0) over all operations, in nanoseconds, for percentiles
     /// [`LatencySummary`] does not carry (0 with no samples).
     pub fn latency_quantile_ns(&self, q: f64) -> u64 {
-        match &self.latency.0 {
+        match &self.all_latency().0 {
             Some(h) if !h.is_empty() => h.value_at_quantile(q),
             _ => 0,
         }
@@ -463,7 +473,7 @@ impl ShardStats {
         self.submit_calls = self.submit_calls.saturating_add(other.submit_calls);
         self.sqes_submitted = self.sqes_submitted.saturating_add(other.sqes_submitted);
         self.pool = merge_pool_stats(&self.pool, &other.pool);
-        self.latency.merge(&other.latency);
+        self.other_latency.merge(&other.other_latency);
         self.read_latency.merge(&other.read_latency);
         self.write_latency.merge(&other.write_latency);
     }

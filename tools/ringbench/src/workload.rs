@@ -218,6 +218,11 @@ pub struct OpGen {
 }
 
 impl OpGen {
+    /// The generator of submitter `sub` (one of `submitters`).
+    pub fn for_submitter(w: &Workload, sub: &Submitter, submitters: usize) -> Self {
+        OpGen::new(w, sub.files.clone(), sub.quota, sub.index, submitters)
+    }
+
     /// `files`: the global indexes this submitter uses; `quota`: reads+writes to issue (None: no
     /// limit); `submitter`/`submitters` spread the sequential starting points.
     pub fn new(

@@ -157,13 +157,7 @@ impl SubmitterThread<'_> {
         let w = ctx.w;
         let bs = w.bs;
         let depth = w.iodepth;
-        let mut gen = OpGen::new(
-            w,
-            self.sub.files.clone(),
-            self.sub.quota,
-            self.sub.index,
-            self.submitters,
-        );
+        let mut gen = OpGen::for_submitter(w, self.sub, self.submitters);
         let mut tally = Tally::default();
         let mut bufs: Vec<Option<AlignedBuf>> = (0..depth)
             .map(|_| {

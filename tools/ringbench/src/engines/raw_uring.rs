@@ -190,13 +190,7 @@ impl Thread<'_> {
         let w = ctx.w;
         let bs = w.bs;
         let depth = w.iodepth;
-        let mut gen = OpGen::new(
-            w,
-            self.sub.files.clone(),
-            self.sub.quota,
-            self.sub.index,
-            self.submitters,
-        );
+        let mut gen = OpGen::for_submitter(w, self.sub, self.submitters);
         if w.rw.writes() && !w.verify {
             for i in 0..depth {
                 let b = &mut s.slab[i * s.stride..i * s.stride + bs];

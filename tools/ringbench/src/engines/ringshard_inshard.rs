@@ -231,13 +231,7 @@ fn shard_loop(ctx: &mut ShardContext<'_>, job: Job) -> ShardResult {
 fn drive(ctx: &mut ShardContext<'_>, job: &Job, slots: &mut [Slot], res: &mut ShardResult) {
     let w = &*job.w;
     let bs = w.bs as u32;
-    let mut gen = OpGen::new(
-        w,
-        job.sub.files.clone(),
-        job.sub.quota,
-        job.sub.index,
-        job.submitters,
-    );
+    let mut gen = OpGen::for_submitter(w, &job.sub, job.submitters);
     let mut slot_of_buf = vec![u32::MAX; ctx.pool().total_count()];
     for (i, s) in slots.iter().enumerate() {
         slot_of_buf[s.buf as usize] = i as u32;

@@ -117,13 +117,7 @@ impl Client<'_> {
         let _done = DoneGuard(self.control);
         let w = ctx.w;
         let bs = w.bs;
-        let mut gen = OpGen::new(
-            w,
-            self.sub.files.clone(),
-            self.sub.quota,
-            self.sub.index,
-            self.submitters,
-        );
+        let mut gen = OpGen::for_submitter(w, self.sub, self.submitters);
         let mut tally = Tally::default();
         let mut template = vec![0u8; bs];
         self.patterns[0].fill(&mut template, 0);

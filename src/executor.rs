@@ -363,17 +363,26 @@ impl Executor {
         c
     }
 
+    /// `file` must have been opened by this executor.
+    fn check_owner(&self, file: &File) -> Result<()> {
+        if file.exec == self.id {
+            Ok(())
+        } else {
+            Err(IoUringError::BadHandle(format!(
+                "{} was opened by another executor",
+                file.path.display()
+            )))
+        }
+    }
+
     /// Checks that `file` is ours and routes a request for it.
     fn request<T>(
         &self,
         file: &File,
         make: impl FnOnce(crate::completion::Completer<T>) -> IoOp,
     ) -> Completion<T> {
-        if file.exec != self.id {
-            return Completion::ready(Err(IoUringError::BadHandle(format!(
-                "{} was opened by another executor",
-                file.path.display()
-            ))));
+        if let Err(e) = self.check_owner(file) {
+            return Completion::ready(Err(e));
         }
         let (c, done) = pair(file.shard);
         let req = IoRequest {
@@ -595,11 +604,8 @@ impl Batch<'_> {
         if let Err(e) = check {
             return Completion::ready(Err(e));
         }
-        if file.exec != self.exec.id {
-            return Completion::ready(Err(IoUringError::BadHandle(format!(
-                "{} was opened by another executor",
-                file.path.display()
-            ))));
+        if let Err(e) = self.exec.check_owner(file) {
+            return Completion::ready(Err(e));
         }
         let (c, done) = pair(file.shard);
         if let Some(list) = self.per_shard.get_mut(file.shard) {

@@ -528,15 +528,7 @@ fn concurrent_shutdowns_both_wait_for_the_shards() {
 fn a_shard_that_dies_with_a_full_inbox_strands_nothing() {
     let _quiet = QuietShardPanics::install();
     for round in 0..5 {
-        let exec = Arc::new(
-            Executor::builder()
-                .shards(1)
-                .buffer_size(4096)
-                .buffer_count(2)
-                .channel_capacity(2)
-                .build()
-                .expect("executor"),
-        );
+        let exec = Arc::new(tiny_executor());
         let dir = tempfile::tempdir().unwrap();
         let f = open_rwc(&exec, &dir.path().join("f"));
         let task = exec.submit_to(0, |_| {
@@ -576,15 +568,7 @@ fn a_shard_that_dies_with_a_full_inbox_strands_nothing() {
 #[test]
 fn shutdown_with_a_full_inbox_strands_nothing() {
     for round in 0..5u64 {
-        let exec = Arc::new(
-            Executor::builder()
-                .shards(1)
-                .buffer_size(4096)
-                .buffer_count(2)
-                .channel_capacity(2)
-                .build()
-                .expect("executor"),
-        );
+        let exec = Arc::new(tiny_executor());
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         let f = open_rwc(&exec, &path);
@@ -620,4 +604,15 @@ fn shutdown_with_a_full_inbox_strands_nothing() {
             }
         }
     }
+}
+
+/// One shard with an inbox of 2 and a pool of 2 small buffers: callers block on it quickly.
+fn tiny_executor() -> Executor {
+    Executor::builder()
+        .shards(1)
+        .buffer_size(4096)
+        .buffer_count(2)
+        .channel_capacity(2)
+        .build()
+        .expect("executor")
 }

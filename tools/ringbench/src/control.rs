@@ -69,6 +69,22 @@ impl Control {
         })
     }
 
+    /// The measured phase of a run whose submitter threads wait on `go`: starts the clock and
+    /// the CPU meter, releases them, supervises until they are done. Returns the wall time and the
+    /// process CPU time of the phase.
+    pub fn measure_phase(
+        &self,
+        go: &std::sync::Barrier,
+        submitters: usize,
+        duration: Option<Duration>,
+        progress: bool,
+    ) -> (Duration, CpuTimes) {
+        let meas = Measure::start();
+        go.wait();
+        let elapsed = self.supervise(submitters, meas.start, duration, progress);
+        (elapsed, meas.cpu())
+    }
+
     /// Waits until `submitters` have called [`done`](Self::done), telling them to stop after
     /// `duration`, printing progress when `progress`. Returns the time from `start` to the last
     /// `done`.

@@ -8,7 +8,7 @@
 
 use super::{ns_between, pin, DoneGuard, Output, RunCtx};
 use crate::buf::AlignedBuf;
-use crate::control::{Control, Measure};
+use crate::control::Control;
 use crate::error::BenchError;
 use crate::pattern::Pattern;
 use crate::tally::{errno_reason, Tally};
@@ -92,10 +92,7 @@ pub fn run(ctx: &RunCtx) -> Result<Output, BenchError> {
             })
             .collect();
         drop(req_tx);
-        let meas = Measure::start();
-        barrier.wait();
-        let elapsed = control.supervise(subs.len(), meas.start, w.duration, ctx.progress);
-        let cpu = meas.cpu();
+        let (elapsed, cpu) = control.measure_phase(&barrier, subs.len(), w.duration, ctx.progress);
         let tallies: Vec<_> = handles
             .into_iter()
             .zip(&subs)

@@ -5,7 +5,7 @@
 
 use super::{ns_between, pin, DoneGuard, Output, RunCtx};
 use crate::buf::{AlignedBuf, ALIGN};
-use crate::control::{Control, Measure};
+use crate::control::Control;
 use crate::error::BenchError;
 use crate::pattern::Pattern;
 use crate::tally::{errno_reason, Tally};
@@ -63,10 +63,7 @@ pub fn run(ctx: &RunCtx) -> Result<Output, BenchError> {
         } else {
             Ok(None)
         };
-        let meas = Measure::start();
-        barrier.wait();
-        let elapsed = control.supervise(subs.len(), meas.start, w.duration, ctx.progress);
-        let cpu = meas.cpu();
+        let (elapsed, cpu) = control.measure_phase(&barrier, subs.len(), w.duration, ctx.progress);
         let tallies: Vec<_> = handles
             .into_iter()
             .map(|(h, i, c, n)| (Some(i), Some(c), n, h.join().unwrap_or_default()))

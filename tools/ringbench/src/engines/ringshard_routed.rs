@@ -4,7 +4,7 @@
 
 use super::ringshard_inshard::{build_executor, open_files};
 use super::{ns_between, DoneGuard, Output, RunCtx};
-use crate::control::{Control, Measure};
+use crate::control::Control;
 use crate::error::BenchError;
 use crate::pattern::Pattern;
 use crate::tally::Tally;
@@ -81,10 +81,7 @@ pub fn run(ctx: &RunCtx) -> Result<Output, BenchError> {
                     .expect("spawning a client thread")
             })
             .collect();
-        let meas = Measure::start();
-        barrier.wait();
-        let elapsed = control.supervise(subs.len(), meas.start, w.duration, ctx.progress);
-        let cpu = meas.cpu();
+        let (elapsed, cpu) = control.measure_phase(&barrier, subs.len(), w.duration, ctx.progress);
         let tallies: Vec<_> = handles
             .into_iter()
             .zip(&subs)

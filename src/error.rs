@@ -117,6 +117,34 @@ pub enum IoUringError {
     Timeout,
     /// Reading the machine's topology failed.
     Topology(String),
+    /// The operation was cancelled before it completed: its handle was dropped or cancelled, or
+    /// the executor shut down while it could not finish (a read that waits forever).
+    Cancelled {
+        /// The operation.
+        op: &'static str,
+        /// The file, where known.
+        path: Option<PathBuf>,
+    },
+    /// The operation's deadline passed before it completed; it was cancelled.
+    DeadlineExceeded {
+        /// The operation.
+        op: &'static str,
+        /// The file, where known.
+        path: Option<PathBuf>,
+    },
+    /// A [`Session`](crate::Session) already has as many requests in flight as its capacity.
+    SessionFull {
+        /// The session's capacity.
+        capacity: usize,
+    },
+    /// A blocking call made on a shard's own thread would wait for that same shard, which can
+    /// never happen while the thread waits.
+    WouldDeadlock {
+        /// What was called.
+        op: &'static str,
+        /// The shard whose thread made the call.
+        shard: usize,
+    },
 }
 
 impl IoUringError {
@@ -135,7 +163,10 @@ impl IoUringError {
     /// (queue or pool momentarily full, interrupted or would-block I/O, a wait that timed out).
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::SubmissionQueueFull | Self::PoolExhausted { .. } | Self::Timeout => true,
+            Self::SubmissionQueueFull
+            | Self::PoolExhausted { .. }
+            | Self::Timeout
+            | Self::SessionFull { .. } => true,
             Self::Io { errno, .. } => {
                 matches!(
                     *errno,
@@ -401,6 +432,39 @@ impl fmt::Display for IoUringError {
                 "timed out waiting for a completion; the operation is still running"
             ),
             Self::Topology(reason) => write!(f, "reading the CPU/NUMA topology failed: {reason}"),
+            Self::Cancelled { op, path } => {
+                write!(f, "{op}")?;
+                if let Some(p) = path {
+                    write!(f, " {}", p.display())?;
+                }
+                write!(
+                    f,
+                    " was cancelled before it completed (its handle was dropped or cancelled, or \
+                     the executor shut down while it could not finish)"
+                )
+            }
+            Self::DeadlineExceeded { op, path } => {
+                write!(f, "{op}")?;
+                if let Some(p) = path {
+                    write!(f, " {}", p.display())?;
+                }
+                write!(
+                    f,
+                    " did not complete before its deadline and was cancelled: allow more time, \
+                     or look for a slow device or a blocking file (FIFO, network filesystem)"
+                )
+            }
+            Self::SessionFull { capacity } => write!(
+                f,
+                "session full: {capacity} requests are in flight; reap completions before \
+                 submitting more, or create the session with a larger capacity"
+            ),
+            Self::WouldDeadlock { op, shard } => write!(
+                f,
+                "{op} called on shard {shard}'s own thread would wait for shard {shard}, which \
+                 cannot run while its thread waits: inside shard code, use the ShardContext \
+                 or an async form instead of blocking"
+            ),
         }
     }
 }

@@ -32,6 +32,7 @@ pub mod error;
 pub mod executor;
 pub mod file;
 pub mod numa;
+mod park;
 pub mod pool;
 pub mod ring;
 pub mod router;

@@ -1,16 +1,19 @@
 //! The executor: builds the shards, routes requests to them, merges their statistics, shuts down.
 
-use crate::completion::{pair, Completion};
+use crate::completion::{pair, Completer, Completion};
 use crate::error::{IoUringError, Result};
-use crate::file::{File, OpenOptions};
+use crate::file::{File, FileFlags, FileRef, OpenOptions};
+use crate::request::{self, Limits, DEFAULT_MAX_REQUEST_SIZE, MAX_REQUEST_SIZE_LIMIT};
 use crate::ring::RingConfig;
-use crate::router::shard_for;
-use crate::shard::{spawn, IoOp, IoRequest, Message, ShardConfig, ShardContext, ShardLink};
+use crate::router::{shard_for, FileKey};
+use crate::session::{Session, DEFAULT_SESSION_CAPACITY};
+use crate::shard::{spawn, IoOp, IoRequest, Message, Reply, ShardConfig, ShardContext, ShardLink};
 use crate::stats::{ExecutorStats, ShardStats};
 use crate::topology::{allowed_cpus, Placement, Topology};
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -41,6 +44,8 @@ pub struct ExecutorBuilder {
     pin: bool,
     inline_buffered_writes: bool,
     sysfs_root: Option<std::path::PathBuf>,
+    max_request_size: usize,
+    shutdown_timeout: Duration,
 }
 
 impl Default for ExecutorBuilder {
@@ -56,6 +61,8 @@ impl Default for ExecutorBuilder {
             pin: true,
             inline_buffered_writes: true,
             sysfs_root: None,
+            max_request_size: DEFAULT_MAX_REQUEST_SIZE,
+            shutdown_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -150,15 +157,35 @@ impl ExecutorBuilder {
         self
     }
 
-    /// Messages each shard's inbox holds before senders wait (default 4096).
+    /// Operations each shard admits at once (default 4096, at most 65,536): the bound on its
+    /// op table and per-file order lists. Requests beyond it wait in the shard's inbox, in order;
+    /// sending never blocks (see "Embedding in a server" in the README for backpressure).
     pub fn channel_capacity(mut self, n: usize) -> Self {
         self.channel_capacity = n;
         self
     }
 
-    /// How long an idle shard spins before it sleeps (default 20 µs; zero sleeps at once).
+    /// How long an idle shard spins before it sleeps (default 20 µs; zero sleeps at once; longer
+    /// than a second is clamped to a second).
     pub fn spin(mut self, d: Duration) -> Self {
-        self.spin = d;
+        self.spin = d.min(MAX_SPIN);
+        self
+    }
+
+    /// The largest read or write one request may ask for (default 256 MiB, at most 1 TiB).
+    /// Larger requests fail with [`IoUringError::InvalidArgument`] before they leave the caller.
+    /// A read allocates only as its data arrives, so a read past the end of a small file costs
+    /// little whatever its length.
+    pub fn max_request_size(mut self, bytes: usize) -> Self {
+        self.max_request_size = bytes;
+        self
+    }
+
+    /// How long [`Executor::shutdown`] lets in-flight operations run before it cancels those
+    /// that have not finished (a read from a FIFO with no writer, a stalled device). Default
+    /// 10 s; any `Duration` works.
+    pub fn shutdown_timeout(mut self, d: Duration) -> Self {
+        self.shutdown_timeout = d;
         self
     }
 
@@ -188,10 +215,17 @@ impl ExecutorBuilder {
     /// the first failure stops the ones already started and is returned.
     pub fn build(self) -> Result<Executor> {
         self.ring.validate()?;
-        if self.channel_capacity == 0 {
-            return Err(IoUringError::InvalidConfig(
-                "channel_capacity must be at least 1".into(),
-            ));
+        if self.channel_capacity == 0 || self.channel_capacity > MAX_CHANNEL_CAPACITY {
+            return Err(IoUringError::InvalidConfig(format!(
+                "channel_capacity {} out of range: use 1 to {MAX_CHANNEL_CAPACITY}",
+                self.channel_capacity
+            )));
+        }
+        if self.max_request_size == 0 || self.max_request_size > MAX_REQUEST_SIZE_LIMIT {
+            return Err(IoUringError::InvalidConfig(format!(
+                "max_request_size {} out of range: use 1 to {MAX_REQUEST_SIZE_LIMIT} bytes",
+                self.max_request_size
+            )));
         }
         let topo = match &self.sysfs_root {
             Some(root) => Topology::from_sysfs(root)?,
@@ -232,7 +266,10 @@ impl ExecutorBuilder {
                 }
                 Err(e) => {
                     for link in &links {
-                        let _ = link.send(Message::Shutdown);
+                        let _ = link.send(Message::Shutdown {
+                            grace: Duration::ZERO,
+                            done: None,
+                        });
                     }
                     for t in threads {
                         let _ = t.join();
@@ -242,12 +279,145 @@ impl ExecutorBuilder {
             }
         }
         Ok(Executor {
-            id,
-            shards: links,
+            shared: Arc::new(ExecShared {
+                id,
+                shards: links,
+                closed: AtomicBool::new(false),
+                limits: Limits {
+                    max_request: self.max_request_size,
+                },
+            }),
             threads: Mutex::new(threads),
-            closed: AtomicBool::new(false),
             started: Instant::now(),
+            shutdown_timeout: self.shutdown_timeout,
+            opener: OnceLock::new(),
         })
+    }
+}
+
+/// The longest idle spin a shard accepts.
+const MAX_SPIN: Duration = Duration::from_secs(1);
+/// The largest `channel_capacity`: keeps every shard's op table far inside the 24 bits of slot
+/// that `user_data` has room for.
+pub const MAX_CHANNEL_CAPACITY: usize = 65_536;
+
+/// What files, sessions and the executor share: the routes to the shards.
+pub(crate) struct ExecShared {
+    pub(crate) id: u64,
+    pub(crate) shards: Vec<ShardLink>,
+    /// Shutdown has begun: new work is refused.
+    pub(crate) closed: AtomicBool,
+    pub(crate) limits: Limits,
+}
+
+impl std::fmt::Debug for ExecShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecShared")
+            .field("id", &self.id)
+            .field("shards", &self.shards.len())
+            .finish()
+    }
+}
+
+impl ExecShared {
+    /// Sends `msg` to `shard`; gives it back with the error when it cannot go.
+    #[allow(clippy::result_large_err)] // cold path: shut down or the shard is gone
+    pub(crate) fn send(
+        &self,
+        shard: usize,
+        msg: Message,
+    ) -> std::result::Result<(), (Message, IoUringError)> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err((msg, IoUringError::Shutdown));
+        }
+        match self.shards.get(shard) {
+            Some(link) => link.send(msg),
+            None => Err((
+                msg,
+                IoUringError::invalid("route", format!("no shard {shard}")),
+            )),
+        }
+    }
+
+    /// Sends `msg`; on failure completes the completers inside it with the error.
+    fn send_or_fail(&self, shard: usize, msg: Message) {
+        if let Err((msg, e)) = self.send(shard, msg) {
+            fail_message(msg, e);
+        }
+    }
+
+    /// `file` must have been opened by this executor.
+    pub(crate) fn check_owner(&self, file: &File) -> Result<()> {
+        if file.handle().exec == self.id {
+            Ok(())
+        } else {
+            Err(IoUringError::BadHandle(format!(
+                "{} was opened by another executor",
+                file.path().display()
+            )))
+        }
+    }
+
+    /// Closes a file whose last handle was dropped: nobody waits for the result.
+    pub(crate) fn close_detached(&self, file: FileRef) {
+        let req = IoRequest {
+            file,
+            op: IoOp::Close,
+            reply: Reply::Detached,
+            at: Instant::now(),
+            deadline: None,
+        };
+        // Refused after shutdown: the shard closes every file as it stops.
+        let _ = self.send(file.shard, Message::Io(req));
+    }
+
+    /// Counts requests a caller dropped before they were sent to `shard`.
+    pub(crate) fn note_cancelled_unsent(&self, shard: usize, n: u64) {
+        if let Some(link) = self.shards.get(shard) {
+            link.shared.cancelled_unsent.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Opens `path` on the calling thread (open(2), fstat(2)) and sends it to its shard.
+    fn open_here(
+        &self,
+        self_arc: &Arc<ExecShared>,
+        path: &Path,
+        options: &OpenOptions,
+        done: Completer<File>,
+    ) {
+        // why: open(2) runs here, before the request reaches a shard; without this check an open
+        // refused after shutdown would still create or truncate the file.
+        if self.closed.load(Ordering::Acquire) {
+            return done.complete(Err(IoUringError::Shutdown));
+        }
+        match options.open_fd(path) {
+            Ok((fd, key, flags)) => self.install(self_arc, fd, key, flags, path, done),
+            Err(e) => done.complete(Err(e)),
+        }
+    }
+
+    fn install(
+        &self,
+        self_arc: &Arc<ExecShared>,
+        fd: OwnedFd,
+        key: FileKey,
+        flags: FileFlags,
+        path: &Path,
+        done: Completer<File>,
+    ) {
+        let shard = shard_for(key, self.shards.len());
+        self.send_or_fail(
+            shard,
+            Message::Install {
+                fd,
+                key,
+                flags,
+                path: Arc::from(path),
+                exec: Arc::clone(self_arc),
+                done,
+            },
+        );
     }
 }
 
@@ -268,13 +438,26 @@ impl ExecutorBuilder {
 /// exec.shutdown()?;
 /// # Ok(()) }
 /// ```
+///
+/// What blocks: [`open`](Self::open) (open(2) and fstat(2) on the calling thread; use
+/// [`open_async`](Self::open_async) in async code), [`stats`](Self::stats),
+/// [`shutdown`](Self::shutdown) and `Drop` (they have async forms), and the `wait` methods of
+/// [`Completion`] and [`Session`]. Sending a request never blocks.
 #[derive(Debug)]
 pub struct Executor {
-    id: u64,
-    shards: Vec<ShardLink>,
+    shared: Arc<ExecShared>,
     threads: Mutex<Vec<JoinHandle<()>>>,
-    closed: AtomicBool,
     started: Instant,
+    shutdown_timeout: Duration,
+    /// The thread that runs `open_async`'s open(2) calls, started on first use.
+    opener: OnceLock<crossbeam_channel::Sender<OpenJob>>,
+}
+
+/// An open for the opener thread.
+struct OpenJob {
+    path: std::path::PathBuf,
+    options: OpenOptions,
+    done: Completer<File>,
 }
 
 impl Executor {
@@ -290,11 +473,12 @@ impl Executor {
 
     /// Number of shards.
     pub fn shard_count(&self) -> usize {
-        self.shards.len()
+        self.shared.shards.len()
     }
 
     /// The shard that owns the file at `path` (following symlinks), without opening it: the
-    /// same routing [`open`](Self::open) uses. Fails if the file does not exist.
+    /// same routing [`open`](Self::open) uses. Fails if the file does not exist. Blocks on
+    /// stat(2).
     pub fn shard_of_path(&self, path: impl AsRef<Path>) -> Result<usize> {
         use std::os::unix::fs::MetadataExt;
         let path = path.as_ref();
@@ -306,96 +490,126 @@ impl Executor {
                 e.raw_os_error().unwrap_or(libc::EIO),
             )
         })?;
-        let key = crate::router::FileKey {
+        let key = FileKey {
             dev: md.dev(),
             ino: md.ino(),
         };
-        Ok(shard_for(key, self.shards.len()))
+        Ok(shard_for(key, self.shared.shards.len()))
     }
 
     /// The CPU each shard is pinned to (`None` when pinning is off), by shard index.
     pub fn shard_cpus(&self) -> Vec<Option<usize>> {
-        self.shards.iter().map(|s| s.cpu).collect()
-    }
-
-    /// Sends `msg` to `shard`; on failure returns the error (the message's completers fail with it
-    /// too, as they are dropped here with an explicit result).
-    fn send(&self, shard: usize, msg: Message) -> std::result::Result<(), IoUringError> {
-        if self.closed.load(Ordering::Acquire) {
-            fail_message(msg, IoUringError::Shutdown);
-            return Err(IoUringError::Shutdown);
-        }
-        let link = self
-            .shards
-            .get(shard)
-            .ok_or_else(|| IoUringError::invalid("route", format!("no shard {shard}")))?;
-        link.send(msg).map_err(|(msg, e)| {
-            fail_message(msg, e.clone());
-            e
-        })
+        self.shared.shards.iter().map(|s| s.cpu).collect()
     }
 
     /// Opens `path`. The file's inode picks its shard: every path to the same file (symlinks,
     /// hard links) lands on the same shard, and so does every reopen.
+    ///
+    /// Blocks the calling thread for open(2) and fstat(2) (on a slow or network filesystem that
+    /// can be long): in async code use [`open_async`](Self::open_async).
     pub fn open(&self, path: impl AsRef<Path>, options: &OpenOptions) -> Completion<File> {
-        let path = path.as_ref();
-        // why: open(2) runs here, before the request reaches a shard; without this check an open
-        // refused after shutdown would still create or truncate the file.
-        if self.closed.load(Ordering::Acquire) {
-            return Completion::ready(Err(IoUringError::Shutdown));
-        }
-        let (fd, key, flags) = match options.open_fd(path) {
-            Ok(x) => x,
-            Err(e) => return Completion::ready(Err(e)),
-        };
-        let shard = shard_for(key, self.shards.len());
-        let (c, done) = pair(shard);
-        let _ = self.send(
-            shard,
-            Message::Install {
-                fd,
-                key,
-                flags,
-                path: Arc::from(path),
-                done,
-            },
-        );
+        let (c, done) = pair(self.shared.id, usize::MAX);
+        self.shared
+            .open_here(&self.shared, path.as_ref(), options, done);
         c
     }
 
-    /// `file` must have been opened by this executor.
-    fn check_owner(&self, file: &File) -> Result<()> {
-        if file.exec == self.id {
-            Ok(())
-        } else {
-            Err(IoUringError::BadHandle(format!(
-                "{} was opened by another executor",
-                file.path.display()
-            )))
+    /// Like [`open`](Self::open), with open(2) and fstat(2) done on the executor's opener thread:
+    /// never blocks the caller. Await the result (or wait on it).
+    pub fn open_async(&self, path: impl AsRef<Path>, options: &OpenOptions) -> Completion<File> {
+        let (c, done) = pair(self.shared.id, usize::MAX);
+        if self.shared.closed.load(Ordering::Acquire) {
+            done.complete(Err(IoUringError::Shutdown));
+            return c;
         }
+        let job = OpenJob {
+            path: path.as_ref().to_path_buf(),
+            options: options.clone(),
+            done,
+        };
+        match self.opener() {
+            Ok(tx) => {
+                if let Err(e) = tx.send(job) {
+                    e.0.done.complete(Err(IoUringError::Shutdown));
+                }
+            }
+            Err(e) => job.done.complete(Err(e)),
+        }
+        c
     }
 
-    /// Checks that `file` is ours and routes a request for it.
+    fn opener(&self) -> Result<&crossbeam_channel::Sender<OpenJob>> {
+        if let Some(tx) = self.opener.get() {
+            return Ok(tx);
+        }
+        let (tx, rx) = crossbeam_channel::unbounded::<OpenJob>();
+        let shared = Arc::clone(&self.shared);
+        std::thread::Builder::new()
+            .name(format!("ringshard-open-{}", self.shared.id))
+            .spawn(move || {
+                // Ends when the executor (the only sender) is dropped.
+                for job in rx {
+                    shared.open_here(&shared, &job.path, &job.options, job.done);
+                }
+            })
+            .map_err(|e| {
+                IoUringError::io(
+                    "spawn opener thread",
+                    None,
+                    None,
+                    e.raw_os_error().unwrap_or(libc::EAGAIN),
+                )
+            })?;
+        // A racing caller may have set it first: its thread serves; ours ends with its sender.
+        Ok(self.opener.get_or_init(|| tx))
+    }
+
+    /// Takes over an open descriptor: its shard is picked by its inode like [`open`](Self::open),
+    /// its access mode, O_APPEND and O_DIRECT are read from the descriptor, and it is closed when
+    /// the last handle drops. `path` names it in errors.
+    pub fn adopt(&self, fd: OwnedFd, path: impl AsRef<Path>) -> Completion<File> {
+        let path = path.as_ref();
+        let (c, done) = pair(self.shared.id, usize::MAX);
+        if self.shared.closed.load(Ordering::Acquire) {
+            done.complete(Err(IoUringError::Shutdown));
+            return c;
+        }
+        match crate::file::describe_fd(&fd, path) {
+            Ok((key, flags)) => self
+                .shared
+                .install(&self.shared, fd, key, flags, path, done),
+            Err(e) => done.complete(Err(e)),
+        }
+        c
+    }
+
+    /// Routes one checked request.
     fn request<T>(
         &self,
         file: &File,
-        make: impl FnOnce(crate::completion::Completer<T>) -> IoOp,
+        op: Result<IoOp>,
+        reply: impl FnOnce(Completer<T>) -> Reply,
+        deadline: Option<Instant>,
     ) -> Completion<T> {
-        if let Err(e) = self.check_owner(file) {
-            return Completion::ready(Err(e));
-        }
-        let (c, done) = pair(file.shard);
+        let op = match op.and_then(|op| self.shared.check_owner(file).map(|()| op)) {
+            Ok(op) => op,
+            Err(e) => return Completion::ready(Err(e)),
+        };
+        let (c, done) = pair(self.shared.id, file.shard());
         let req = IoRequest {
             file: file.handle(),
-            op: make(done),
+            op,
+            reply: reply(done),
             at: Instant::now(),
+            deadline,
         };
-        let _ = self.send(file.shard, Message::Io(req));
+        self.shared.send_or_fail(file.shard(), Message::Io(req));
         c
     }
 
-    /// Reads up to `len` bytes at `offset`. Fewer come back only at end of file. Any length works:
-    /// long reads are split across pool buffers.
+    /// Reads up to `len` bytes at `offset`. Fewer come back only at end of file. Lengths up to
+    /// [`max_request_size`](ExecutorBuilder::max_request_size) work: long reads are split, and
+    /// memory grows only as data arrives.
     pub fn read(&self, file: &File, offset: u64, len: usize) -> Completion<Vec<u8>> {
         self.read_into(file, offset, len, Vec::new())
     }
@@ -409,76 +623,69 @@ impl Executor {
         len: usize,
         buf: Vec<u8>,
     ) -> Completion<Vec<u8>> {
-        if let Err(e) = check_rw(file, "read", offset, len as u64, file.flags.readable) {
-            return Completion::ready(Err(e));
-        }
-        self.request(file, |done| IoOp::Read {
-            offset,
-            len,
-            buf,
-            done,
-        })
+        self.with_deadline(None).read_into(file, offset, len, buf)
     }
 
     /// Writes all of `data` at `offset` (short writes are completed); returns the bytes written.
     pub fn write(&self, file: &File, offset: u64, data: impl Into<Vec<u8>>) -> Completion<usize> {
-        let data = data.into();
-        if let Err(e) = check_rw(
-            file,
-            "write",
-            offset,
-            data.len() as u64,
-            file.flags.writable,
-        ) {
-            return Completion::ready(Err(e));
-        }
-        self.request(file, |done| IoOp::Write { offset, data, done })
+        self.with_deadline(None).write(file, offset, data)
     }
 
     /// fsync: completes after every earlier write to the file (through this executor) is durable.
     pub fn fsync(&self, file: &File) -> Completion<()> {
-        self.request(file, |done| IoOp::Sync {
-            datasync: false,
-            done,
-        })
+        self.with_deadline(None).fsync(file)
     }
 
     /// fdatasync: like [`fsync`](Self::fsync) without flushing metadata that reads do not need.
     pub fn fdatasync(&self, file: &File) -> Completion<()> {
-        self.request(file, |done| IoOp::Sync {
-            datasync: true,
-            done,
-        })
+        self.with_deadline(None).fdatasync(file)
     }
 
     /// fallocate(2) with `mode` (0 allocates and extends the file).
     pub fn fallocate(&self, file: &File, mode: i32, offset: u64, len: u64) -> Completion<()> {
-        if offset
-            .checked_add(len)
-            .is_none_or(|end| end > i64::MAX as u64)
-        {
-            return Completion::ready(Err(IoUringError::invalid(
-                "fallocate",
-                format!("offset {offset} + length {len} overflows the largest file offset"),
-            )));
-        }
-        self.request(file, |done| IoOp::Fallocate {
-            mode,
-            offset,
-            len,
-            done,
-        })
+        let op = request::fallocate(offset, len).map(|()| IoOp::Fallocate { mode, offset, len });
+        self.request(file, op, Reply::Unit, None)
     }
 
     /// The file's size, after every earlier operation on it.
     pub fn size(&self, file: &File) -> Completion<u64> {
-        self.request(file, |done| IoOp::Size { done })
+        self.request(file, Ok(IoOp::Size), Reply::Size, None)
     }
 
-    /// Closes the file after every earlier operation on it; later operations on any clone of the
-    /// handle fail with [`IoUringError::BadHandle`].
+    /// Closes the file after every earlier operation on it and reports errors; later operations
+    /// on any clone of the handle fail with [`IoUringError::BadHandle`]. (Dropping the last
+    /// clone closes it too, without a report.)
     pub fn close(&self, file: &File) -> Completion<()> {
-        self.request(file, |done| IoOp::Close { done })
+        if let Err(e) = self.shared.check_owner(file) {
+            return Completion::ready(Err(e));
+        }
+        file.inner.closed.store(true, Ordering::Release);
+        self.request(file, Ok(IoOp::Close), Reply::Unit, None)
+    }
+
+    /// Requests with a deadline `timeout` from now: one not done by then is cancelled (not
+    /// issued; or, for reads, cancelled in the kernel) and fails with
+    /// [`IoUringError::DeadlineExceeded`]. Writes already issued are not torn: they finish.
+    /// A timeout too large to be a point in time means no deadline.
+    ///
+    /// ```
+    /// # fn main() -> ringshard::Result<()> {
+    /// # let exec = ringshard::Executor::builder().shards(1).build()?;
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let file = exec.open(dir.path().join("f"), ringshard::OpenOptions::new().read(true).write(true).create(true)).wait()?;
+    /// let data = exec.timeout(std::time::Duration::from_secs(2)).read(&file, 0, 4096).wait()?;
+    /// # assert!(data.is_empty());
+    /// # Ok(()) }
+    /// ```
+    pub fn timeout(&self, timeout: Duration) -> Deadlined<'_> {
+        self.with_deadline(Instant::now().checked_add(timeout))
+    }
+
+    fn with_deadline(&self, deadline: Option<Instant>) -> Deadlined<'_> {
+        Deadlined {
+            exec: self,
+            deadline,
+        }
     }
 
     /// Starts a batch: requests added to it go out with one message (and at most one wake-up) per
@@ -487,85 +694,188 @@ impl Executor {
         Batch {
             exec: self,
             created: Instant::now(),
-            per_shard: (0..self.shards.len()).map(|_| Vec::new()).collect(),
+            per_shard: (0..self.shared.shards.len()).map(|_| Vec::new()).collect(),
         }
+    }
+
+    /// A [`Session`] with the default capacity (256 requests in flight).
+    pub fn session(&self) -> Session {
+        Session::new(Arc::clone(&self.shared), DEFAULT_SESSION_CAPACITY)
+    }
+
+    /// A [`Session`] that may have up to `capacity` requests in flight (1 to 65,536).
+    pub fn session_with_capacity(&self, capacity: usize) -> Result<Session> {
+        Session::with_capacity(Arc::clone(&self.shared), capacity)
     }
 
     /// Runs `f` on shard `shard`'s thread with direct access to its ring and pool (see
     /// [`ShardContext`]), after the shard's own in-flight operations have completed (operations
-    /// queued but not yet issued may run after it). A panic in `f` kills that shard (its pending
-    /// operations fail; other shards go on).
+    /// queued but not yet issued may run after it). A panic in `f` fails this call with
+    /// [`IoUringError::ShardFailed`] (naming the panic); the shard goes on.
     pub fn submit_to<R, F>(&self, shard: usize, f: F) -> Completion<R>
     where
         F: FnOnce(&mut ShardContext<'_>) -> R + Send + 'static,
         R: Send + 'static,
     {
-        if self.closed.load(Ordering::Acquire) {
+        if self.shared.closed.load(Ordering::Acquire) {
             return Completion::ready(Err(IoUringError::Shutdown));
         }
         // why: `send` cannot fail a task's completer with its error (the completer is inside the
         // closure), so an unknown shard would surface as "ShardFailed { shard }" for a shard that
         // does not exist.
-        if shard >= self.shards.len() {
+        if shard >= self.shared.shards.len() {
             return Completion::ready(Err(IoUringError::invalid(
                 "submit_to",
                 format!(
                     "no shard {shard}: this executor has {} shards (0..{})",
-                    self.shards.len(),
-                    self.shards.len()
+                    self.shared.shards.len(),
+                    self.shared.shards.len()
                 ),
             )));
         }
-        let (c, done) = pair(shard);
-        let task = Box::new(move |ctx: &mut ShardContext<'_>| done.complete(Ok(f(ctx))));
-        let _ = self.send(shard, Message::Task(task));
+        let (c, done) = pair(self.shared.id, shard);
+        let task = Box::new(move |ctx: &mut ShardContext<'_>| {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(ctx)));
+            done.complete(r.map_err(|p| IoUringError::ShardFailed {
+                shard,
+                reason: format!(
+                    "the task panicked ({}); the shard goes on",
+                    panic_text(p.as_ref())
+                ),
+            }));
+        });
+        let _ = self.shared.send(shard, Message::Task(task));
         c
+    }
+
+    /// Fault injection for tests: shard `shard`'s thread panics after sleeping `after`, as if
+    /// the shard itself had a bug (a task's own panic does not kill a shard). Its pending work
+    /// fails with [`IoUringError::ShardFailed`]; other shards go on. Not for production use.
+    #[doc(hidden)]
+    pub fn kill_shard_for_tests(&self, shard: usize, after: Duration) -> Completion<()> {
+        let (c, done) = pair(self.shared.id, shard);
+        let task = Box::new(move |_: &mut ShardContext<'_>| {
+            std::thread::sleep(after);
+            // Dropped while unwinding: the handle fails with ShardFailed.
+            let _pending = done;
+            std::panic::panic_any(KillShard);
+        });
+        self.shared.send_or_fail(shard, Message::Task(task));
+        c
+    }
+
+    /// Sends a stats request to every shard.
+    fn request_stats(&self) -> Vec<(usize, Option<Completion<ShardStats>>)> {
+        self.shared
+            .shards
+            .iter()
+            .map(|link| {
+                let (c, done) = pair(self.shared.id, link.index);
+                let sent = link.send(Message::Stats(done)).is_ok();
+                (link.index, sent.then_some(c))
+            })
+            .collect()
+    }
+
+    /// Fills in a shard's stats from its reply, its last snapshot, or as failed; adds the
+    /// caller-side cancellations.
+    fn shard_stats(&self, index: usize, got: Option<ShardStats>) -> ShardStats {
+        let link = &self.shared.shards[index];
+        let last = || link.shared.final_stats.lock().ok().and_then(|s| s.clone());
+        let mut s = got.or_else(last).unwrap_or_else(|| {
+            let mut s = ShardStats::new(link.index, link.cpu, link.node);
+            s.failed = true;
+            s
+        });
+        s.cancelled = s
+            .cancelled
+            .saturating_add(link.shared.cancelled_unsent.load(Ordering::Relaxed));
+        s
     }
 
     /// Per-shard and merged statistics. After shutdown, the counts as the shards stopped; a shard
     /// that died shows as failed with no counts.
+    ///
+    /// Blocks until every shard has answered (each answers between two turns of its loop). On a
+    /// shard's own thread it cannot wait for that shard: use [`try_stats`](Self::try_stats)
+    /// there, which says so; this shows that shard as failed.
     pub fn stats(&self) -> ExecutorStats {
-        let pending: Vec<_> = self
-            .shards
-            .iter()
-            .map(|link| {
-                let (c, done) = pair(link.index);
-                let sent = link.send(Message::Stats(done)).is_ok();
-                (link, c, sent)
-            })
-            .collect();
-        let shards = pending
+        let shards = self
+            .request_stats()
             .into_iter()
-            .map(|(link, c, sent)| {
-                let got = if sent { c.wait().ok() } else { None };
-                let last = || link.shared.final_stats.lock().ok().and_then(|s| s.clone());
-                got.or_else(last).unwrap_or_else(|| {
-                    let mut s = ShardStats::new(link.index, link.cpu, link.node);
-                    s.failed = true;
-                    s
-                })
+            .map(|(i, c)| {
+                let got = c.and_then(|c| c.wait().ok());
+                self.shard_stats(i, got)
             })
             .collect();
         ExecutorStats::from_shards(shards, self.started.elapsed())
     }
 
-    /// Stops accepting work (new calls fail with [`IoUringError::Shutdown`]), lets every queued and
-    /// in-flight operation finish and complete its handle, closes files, unregisters and unmaps,
-    /// and joins the shard threads. Returns an error if a shard had died. Idempotent.
-    pub fn shutdown(&self) -> Result<()> {
-        self.closed.store(true, Ordering::Release);
-        for link in &self.shards {
-            // A full inbox makes this wait for room: the shard is draining it.
-            let _ = link.send(Message::Shutdown);
+    /// [`stats`](Self::stats), failing with [`IoUringError::WouldDeadlock`] on a shard's own
+    /// thread instead of showing that shard as failed.
+    pub fn try_stats(&self) -> Result<ExecutorStats> {
+        if let Some((exec, shard)) = crate::completion::current_shard() {
+            if exec == self.shared.id {
+                return Err(IoUringError::WouldDeadlock {
+                    op: "Executor::stats",
+                    shard,
+                });
+            }
         }
+        Ok(self.stats())
+    }
+
+    /// [`stats`](Self::stats) without blocking: awaits each shard's answer.
+    pub async fn stats_async(&self) -> ExecutorStats {
+        let mut shards = Vec::with_capacity(self.shared.shards.len());
+        for (i, c) in self.request_stats() {
+            let got = match c {
+                Some(c) => c.await.ok(),
+                None => None,
+            };
+            shards.push(self.shard_stats(i, got));
+        }
+        ExecutorStats::from_shards(shards, self.started.elapsed())
+    }
+
+    /// Tells every shard to stop; the completions finish when each has stopped.
+    fn begin_shutdown(&self) -> Vec<Completion<()>> {
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared
+            .shards
+            .iter()
+            .map(|link| {
+                let (c, done) = pair(self.shared.id, link.index);
+                let msg = Message::Shutdown {
+                    grace: self.shutdown_timeout,
+                    done: Some(done),
+                };
+                match link.send(msg) {
+                    Ok(()) => c,
+                    // Already stopped (or stopping past its last drain): nothing to wait for.
+                    Err(_) => Completion::ready(Ok(())),
+                }
+            })
+            .collect()
+    }
+
+    /// Joins the stopped shard threads (never the calling thread itself) and reports a dead shard.
+    fn finish_shutdown(&self) -> Result<()> {
         // why: the lock is held while joining, so a concurrent shutdown() waits here for the
         // shards to stop instead of finding the list empty and returning while work is pending.
         let mut threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
+        let me = std::thread::current().id();
         for t in threads.drain(..) {
+            if t.thread().id() == me {
+                // The last handle was dropped on a shard thread: it stops when this call returns
+                // to its loop; joining itself would never end.
+                continue;
+            }
             let _ = t.join();
         }
         drop(threads);
         match self
+            .shared
             .shards
             .iter()
             .find(|l| l.shared.dead.load(Ordering::Acquire))
@@ -577,11 +887,88 @@ impl Executor {
             None => Ok(()),
         }
     }
+
+    /// Stops accepting work (new calls fail with [`IoUringError::Shutdown`]), lets every queued and
+    /// in-flight operation finish and complete its handle, cancels what is still in flight after
+    /// [`shutdown_timeout`](ExecutorBuilder::shutdown_timeout), closes files, unregisters and
+    /// unmaps, and joins the shard threads. Returns an error if a shard had died. Idempotent.
+    ///
+    /// Blocks until the shards have stopped: in async code use
+    /// [`shutdown_async`](Self::shutdown_async). Called on a shard's own thread, it does not wait
+    /// for that shard (which stops after the call returns to it).
+    pub fn shutdown(&self) -> Result<()> {
+        for c in self.begin_shutdown() {
+            // WouldDeadlock on our own shard: it stops once we return to its loop.
+            let _ = c.wait();
+        }
+        self.finish_shutdown()
+    }
+
+    /// [`shutdown`](Self::shutdown) without blocking: awaits the shards' stop, then joins their
+    /// threads, which have exited by then.
+    pub async fn shutdown_async(&self) -> Result<()> {
+        for c in self.begin_shutdown() {
+            let _ = c.await;
+        }
+        self.finish_shutdown()
+    }
 }
 
 impl Drop for Executor {
+    /// Shuts down (see [`Executor::shutdown`]): blocks until the shards have stopped. In async
+    /// code, `shutdown_async().await` first.
     fn drop(&mut self) {
         let _ = self.shutdown();
+    }
+}
+
+/// Requests with a deadline: see [`Executor::timeout`].
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlined<'a> {
+    exec: &'a Executor,
+    deadline: Option<Instant>,
+}
+
+impl Deadlined<'_> {
+    /// [`Executor::read`] with the deadline.
+    pub fn read(&self, file: &File, offset: u64, len: usize) -> Completion<Vec<u8>> {
+        self.read_into(file, offset, len, Vec::new())
+    }
+
+    /// [`Executor::read_into`] with the deadline.
+    pub fn read_into(
+        &self,
+        file: &File,
+        offset: u64,
+        len: usize,
+        buf: Vec<u8>,
+    ) -> Completion<Vec<u8>> {
+        let op = request::read(file, offset, len, self.exec.shared.limits).map(|()| IoOp::Read {
+            offset,
+            len,
+            buf,
+        });
+        self.exec.request(file, op, Reply::Data, self.deadline)
+    }
+
+    /// [`Executor::write`] with the deadline.
+    pub fn write(&self, file: &File, offset: u64, data: impl Into<Vec<u8>>) -> Completion<usize> {
+        let data = data.into();
+        let op = request::write(file, offset, data.len(), self.exec.shared.limits)
+            .map(|()| IoOp::Write { offset, data });
+        self.exec.request(file, op, Reply::Count, self.deadline)
+    }
+
+    /// [`Executor::fsync`] with the deadline.
+    pub fn fsync(&self, file: &File) -> Completion<()> {
+        let op = Ok(IoOp::Sync { datasync: false });
+        self.exec.request(file, op, Reply::Unit, self.deadline)
+    }
+
+    /// [`Executor::fdatasync`] with the deadline.
+    pub fn fdatasync(&self, file: &File) -> Completion<()> {
+        let op = Ok(IoOp::Sync { datasync: true });
+        self.exec.request(file, op, Reply::Unit, self.deadline)
     }
 }
 
@@ -598,21 +985,21 @@ impl Batch<'_> {
     fn add<T>(
         &mut self,
         file: &File,
-        check: Result<()>,
-        make: impl FnOnce(crate::completion::Completer<T>) -> IoOp,
+        op: Result<IoOp>,
+        reply: impl FnOnce(Completer<T>) -> Reply,
     ) -> Completion<T> {
-        if let Err(e) = check {
-            return Completion::ready(Err(e));
-        }
-        if let Err(e) = self.exec.check_owner(file) {
-            return Completion::ready(Err(e));
-        }
-        let (c, done) = pair(file.shard);
-        if let Some(list) = self.per_shard.get_mut(file.shard) {
+        let op = match op.and_then(|op| self.exec.shared.check_owner(file).map(|()| op)) {
+            Ok(op) => op,
+            Err(e) => return Completion::ready(Err(e)),
+        };
+        let (c, done) = pair(self.exec.shared.id, file.shard());
+        if let Some(list) = self.per_shard.get_mut(file.shard()) {
             list.push(IoRequest {
                 file: file.handle(),
-                op: make(done),
+                op,
+                reply: reply(done),
                 at: self.created,
+                deadline: None,
             });
         }
         c
@@ -631,13 +1018,12 @@ impl Batch<'_> {
         len: usize,
         buf: Vec<u8>,
     ) -> Completion<Vec<u8>> {
-        let check = check_rw(file, "read", offset, len as u64, file.flags.readable);
-        self.add(file, check, |done| IoOp::Read {
+        let op = request::read(file, offset, len, self.exec.shared.limits).map(|()| IoOp::Read {
             offset,
             len,
             buf,
-            done,
-        })
+        });
+        self.add(file, op, Reply::Data)
     }
 
     /// Adds a write (see [`Executor::write`]).
@@ -648,22 +1034,14 @@ impl Batch<'_> {
         data: impl Into<Vec<u8>>,
     ) -> Completion<usize> {
         let data = data.into();
-        let check = check_rw(
-            file,
-            "write",
-            offset,
-            data.len() as u64,
-            file.flags.writable,
-        );
-        self.add(file, check, |done| IoOp::Write { offset, data, done })
+        let op = request::write(file, offset, data.len(), self.exec.shared.limits)
+            .map(|()| IoOp::Write { offset, data });
+        self.add(file, op, Reply::Count)
     }
 
     /// Adds an fsync (see [`Executor::fsync`]).
     pub fn fsync(&mut self, file: &File) -> Completion<()> {
-        self.add(file, Ok(()), |done| IoOp::Sync {
-            datasync: false,
-            done,
-        })
+        self.add(file, Ok(IoOp::Sync { datasync: false }), Reply::Unit)
     }
 
     /// Requests in the batch.
@@ -677,7 +1055,7 @@ impl Batch<'_> {
     }
 
     /// Sends the batch: one message and at most one wake-up per shard. Latency is counted from
-    /// here.
+    /// here. Never blocks.
     pub fn submit(mut self) {
         let exec = self.exec;
         let now = Instant::now();
@@ -686,7 +1064,7 @@ impl Batch<'_> {
                 r.at = now;
             }
             if !reqs.is_empty() {
-                let _ = exec.send(shard, Message::Batch(reqs));
+                exec.shared.send_or_fail(shard, Message::Batch(reqs));
             }
         }
     }
@@ -705,50 +1083,40 @@ impl Drop for Batch<'_> {
     }
 }
 
-/// Checks a read or write before it leaves the caller: access mode, overflow, O_DIRECT alignment.
-fn check_rw(file: &File, op: &'static str, offset: u64, len: u64, allowed: bool) -> Result<()> {
-    if !allowed {
-        let how = if op == "read" {
-            "read(true)"
-        } else {
-            "write(true)"
-        };
-        return Err(IoUringError::BadHandle(format!(
-            "{op} on {}: the file was not opened for {op}ing; open it with {how}",
-            file.path.display()
-        )));
+/// The panic payload of [`Executor::kill_shard_for_tests`]: the shard lets it unwind.
+pub(crate) struct KillShard;
+
+/// The text of a panic payload.
+pub(crate) fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a non-text panic payload".to_string()
     }
-    if offset
-        .checked_add(len)
-        .is_none_or(|end| end > i64::MAX as u64)
-    {
-        return Err(IoUringError::invalid(
-            op,
-            format!("offset {offset} + length {len} overflows the largest file offset"),
-        ));
-    }
-    if file.flags.direct && (offset % 4096 != 0 || len % 4096 != 0) {
-        return Err(IoUringError::invalid(
-            op,
-            format!(
-                "{} is open with O_DIRECT: offset {offset} and length {len} must be multiples of \
-                 4096",
-                file.path.display()
-            ),
-        ));
-    }
-    Ok(())
 }
 
 /// Completes the completers inside a message that could not be delivered.
 fn fail_message(msg: Message, e: IoUringError) {
-    let fail_req = |req: IoRequest| req.op.fail(e.clone());
+    let mut sessions = crate::session::SessionTable::default();
+    let mut fail_req = |req: IoRequest| {
+        let mut op = req.op;
+        let buf = op.take_buf();
+        req.reply.deliver(Err(e.clone()), buf, &mut sessions);
+    };
     match msg {
         Message::Io(req) => fail_req(req),
         Message::Batch(reqs) => reqs.into_iter().for_each(fail_req),
         Message::Install { done, .. } => done.complete(Err(e)),
         Message::Stats(done) => done.complete(Err(e)),
-        // A task's completer is inside its closure: dropping it fails the handle.
-        Message::Task(_) | Message::Shutdown => {}
+        Message::Shutdown { done, .. } => {
+            if let Some(d) = done {
+                d.complete(Ok(()));
+            }
+        }
+        // A task's completer is inside its closure: dropping it fails the handle. A session's
+        // flush handles its own refusals.
+        Message::Task(_) | Message::Session { .. } => {}
     }
 }

@@ -10,6 +10,7 @@ use std::ffi::CString;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::Arc;
 
 /// How to open a file: the same switches as [`std::fs::OpenOptions`], plus O_DIRECT.
@@ -160,6 +161,40 @@ impl OpenOptions {
     }
 }
 
+/// Identifies an existing descriptor for [`Executor::adopt`](crate::Executor::adopt): its access
+/// mode, O_APPEND and O_DIRECT from `fcntl(F_GETFL)`, its identity from `fstat`.
+pub(crate) fn describe_fd(fd: &OwnedFd, path: &Path) -> Result<(FileKey, FileFlags)> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: F_GETFL reads the descriptor's flags; no memory is passed.
+    let fl = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    if fl < 0 {
+        return Err(IoUringError::io(
+            "fcntl(F_GETFL)",
+            Some(path.to_path_buf()),
+            None,
+            crate::numa::last_errno(),
+        ));
+    }
+    let key = FileKey::of_fd(fd.as_raw_fd()).map_err(|e| {
+        IoUringError::io(
+            "fstat",
+            Some(path.to_path_buf()),
+            None,
+            e.raw_os_error().unwrap_or(libc::EIO),
+        )
+    })?;
+    let acc = fl & libc::O_ACCMODE;
+    Ok((
+        key,
+        FileFlags {
+            readable: acc == libc::O_RDONLY || acc == libc::O_RDWR,
+            writable: acc == libc::O_WRONLY || acc == libc::O_RDWR,
+            append: fl & libc::O_APPEND != 0,
+            direct: fl & libc::O_DIRECT != 0,
+        },
+    ))
+}
+
 /// What a handle may do, fixed at open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct FileFlags {
@@ -171,18 +206,46 @@ pub(crate) struct FileFlags {
 
 /// A file open in an [`Executor`](crate::Executor).
 ///
-/// Cheap to clone: clones name the same open file. After [`close`](crate::Executor::close), every
-/// clone is stale and operations on it fail with [`IoUringError::BadHandle`]; so do operations on
-/// a handle from another executor.
-#[derive(Debug, Clone)]
+/// Cheap to clone: clones name the same open file. When the last clone is dropped, the file is
+/// closed on its shard (after every operation already sent for it), and its registered slot is
+/// reused. [`Executor::close`](crate::Executor::close) closes it earlier and reports errors;
+/// after that, every clone is stale and operations on it fail with [`IoUringError::BadHandle`],
+/// as do operations on a handle from another executor.
+#[derive(Clone)]
 pub struct File {
-    pub(crate) exec: u64,
-    pub(crate) shard: usize,
-    pub(crate) slot: u32,
-    pub(crate) gen: u32,
+    pub(crate) inner: Arc<FileInner>,
+}
+
+/// The shared part of a [`File`]: what its clones name, and the close on drop.
+pub(crate) struct FileInner {
+    pub(crate) handle: FileRef,
     pub(crate) key: FileKey,
     pub(crate) flags: FileFlags,
     pub(crate) path: Arc<Path>,
+    pub(crate) exec: Arc<crate::executor::ExecShared>,
+    /// An explicit close was sent: the drop sends none.
+    pub(crate) closed: AtomicBool,
+}
+
+impl Drop for FileInner {
+    fn drop(&mut self) {
+        if !self.closed.load(AtomicOrdering::Acquire) {
+            // Never blocks (the inbox is unbounded); refused quietly once the executor is shut
+            // down, when the shard has closed every file itself.
+            self.exec.close_detached(self.handle);
+        }
+    }
+}
+
+impl std::fmt::Debug for File {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("File")
+            .field("path", &self.inner.path)
+            .field("shard", &self.inner.handle.shard)
+            .field("slot", &self.inner.handle.slot)
+            .field("key", &self.inner.key)
+            .finish()
+    }
 }
 
 /// What a request carries to name its file: copied, not reference-counted, so requests do not
@@ -197,32 +260,31 @@ pub(crate) struct FileRef {
 
 impl File {
     pub(crate) fn handle(&self) -> FileRef {
-        FileRef {
-            exec: self.exec,
-            shard: self.shard,
-            slot: self.slot,
-            gen: self.gen,
-        }
+        self.inner.handle
+    }
+
+    pub(crate) fn flags(&self) -> FileFlags {
+        self.inner.flags
     }
 
     /// The shard that runs every operation on this file.
     pub fn shard(&self) -> usize {
-        self.shard
+        self.inner.handle.shard
     }
 
     /// The path the file was opened by.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.inner.path
     }
 
     /// The file's identity (device and inode), which decided its shard.
     pub fn key(&self) -> FileKey {
-        self.key
+        self.inner.key
     }
 
     /// Whether the file was opened with O_DIRECT.
     pub fn is_direct(&self) -> bool {
-        self.flags.direct
+        self.inner.flags.direct
     }
 }
 

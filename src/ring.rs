@@ -94,11 +94,17 @@ impl RingConfig {
             let mut b = IoUring::builder();
             b.setup_cqsize(cq).setup_clamp();
             match mode {
+                // TASKRUN_FLAG: the kernel flags pending task work in the SQ, so a busy shard
+                // knows when an enter with GETEVENTS is needed to post deferred completions.
                 RingMode::DeferTaskrun => {
-                    b.setup_single_issuer().setup_defer_taskrun();
+                    b.setup_single_issuer()
+                        .setup_defer_taskrun()
+                        .setup_taskrun_flag();
                 }
                 RingMode::CoopTaskrun => {
-                    b.setup_single_issuer().setup_coop_taskrun();
+                    b.setup_single_issuer()
+                        .setup_coop_taskrun()
+                        .setup_taskrun_flag();
                 }
                 RingMode::Sqpoll => {
                     b.setup_sqpoll(self.sqpoll_idle_ms);

@@ -249,6 +249,13 @@ pub struct ShardStats {
     pub wakeups: u64,
     /// `io_uring_enter` submit calls.
     pub submit_calls: u64,
+    /// Operations that did not run, or were stopped, because their handle was dropped or
+    /// cancelled, their session dropped, or shutdown cancelled them. Not counted in
+    /// [`ops`](Self::ops) or [`errors`](Self::errors) unless the kernel had already started them.
+    pub cancelled: u64,
+    /// Operations cancelled because their deadline passed (also failed with
+    /// [`DeadlineExceeded`](crate::IoUringError::DeadlineExceeded)).
+    pub deadline_exceeded: u64,
     /// SQEs submitted to the kernel.
     pub sqes_submitted: u64,
     /// The shard's buffer pool at snapshot time (merged: see [`merge_pool_stats`]).
@@ -282,6 +289,8 @@ impl ShardStats {
             sleeps: 0,
             wakeups: 0,
             submit_calls: 0,
+            cancelled: 0,
+            deadline_exceeded: 0,
             sqes_submitted: 0,
             pool: BufferPoolStats::default(),
             other_latency: LatencyHistogram::new(),
@@ -380,6 +389,18 @@ impl ShardStats {
         self.sqes_submitted = self.sqes_submitted.saturating_add(sqes);
     }
 
+    /// Counts one cancelled operation.
+    #[inline]
+    pub fn note_cancelled(&mut self) {
+        self.cancelled = self.cancelled.saturating_add(1);
+    }
+
+    /// Counts one operation whose deadline passed.
+    #[inline]
+    pub fn note_deadline_exceeded(&mut self) {
+        self.deadline_exceeded = self.deadline_exceeded.saturating_add(1);
+    }
+
     /// Completed operations of one kind (successful or not).
     #[inline]
     pub fn ops(&self, kind: OpKind) -> u64 {
@@ -472,6 +493,10 @@ impl ShardStats {
         self.wakeups = self.wakeups.saturating_add(other.wakeups);
         self.submit_calls = self.submit_calls.saturating_add(other.submit_calls);
         self.sqes_submitted = self.sqes_submitted.saturating_add(other.sqes_submitted);
+        self.cancelled = self.cancelled.saturating_add(other.cancelled);
+        self.deadline_exceeded = self
+            .deadline_exceeded
+            .saturating_add(other.deadline_exceeded);
         self.pool = merge_pool_stats(&self.pool, &other.pool);
         self.other_latency.merge(&other.other_latency);
         self.read_latency.merge(&other.read_latency);
@@ -550,7 +575,7 @@ impl Serialize for ErrorsView<'_> {
 /// `latency`, `read_latency`, `write_latency` as [`LatencySummary`]; `pool` as [`BufferPoolStats`].
 impl Serialize for ShardStats {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut s = serializer.serialize_struct("ShardStats", 23)?;
+        let mut s = serializer.serialize_struct("ShardStats", 25)?;
         let shard = if self.is_total() {
             None
         } else {
@@ -574,6 +599,8 @@ impl Serialize for ShardStats {
         s.serialize_field("wakeups", &self.wakeups)?;
         s.serialize_field("submit_calls", &self.submit_calls)?;
         s.serialize_field("sqes_submitted", &self.sqes_submitted)?;
+        s.serialize_field("cancelled", &self.cancelled)?;
+        s.serialize_field("deadline_exceeded", &self.deadline_exceeded)?;
         s.serialize_field("latency", &self.latency())?;
         s.serialize_field("read_latency", &self.read_latency())?;
         s.serialize_field("write_latency", &self.write_latency())?;
@@ -652,7 +679,7 @@ impl Serialize for ExecutorStats {
 
 const MB: f64 = 1_000_000.0;
 
-const HEADERS: [&str; 17] = [
+const HEADERS: [&str; 18] = [
     "shard",
     "cpu",
     "node",
@@ -662,6 +689,7 @@ const HEADERS: [&str; 17] = [
     "MB read",
     "MB written",
     "errors",
+    "cancelled",
     "p50 µs",
     "p99 µs",
     "p99.9 µs",
@@ -692,6 +720,7 @@ fn table_row(s: &ShardStats) -> [String; HEADERS.len()] {
         format!("{:.1}", s.bytes_read as f64 / MB),
         format!("{:.1}", s.bytes_written as f64 / MB),
         s.error_count().to_string(),
+        s.cancelled.to_string(),
         format!("{:.1}", lat.p50_us),
         format!("{:.1}", lat.p99_us),
         format!("{:.1}", lat.p999_us),
@@ -983,10 +1012,12 @@ mod tests {
         let stats = two_shards();
         let text = stats.to_string();
         println!("{text}");
-        // shard cpu node ops reads writes MBr MBw errors p50 p99 p999 max inflt queued sleeps wakeups
+        // shard cpu node ops reads writes MBr MBw errors cancelled p50 p99 p999 max inflt queued
+        // sleeps wakeups
         let r0 = cells(&text, "0");
         assert_eq!(r0[1..9], ["0", "0", "31", "31", "0", "30.0", "0.0", "1"]);
-        assert_eq!(r0[13..], ["8", "3", "4", "1"]);
+        assert_eq!(r0[9], "0");
+        assert_eq!(r0[14..], ["8", "3", "4", "1"]);
         let r1 = cells(&text, "1*");
         assert_eq!(r1[1..9], ["1", "0", "15", "0", "15", "0.0", "6.0", "3"]);
         let total = cells(&text, "total");
@@ -995,10 +1026,11 @@ mod tests {
             total[1..9],
             ["-", "0", "46", "31", "15", "30.0", "6.0", "4"]
         );
-        assert_eq!(total[13..], ["8", "9", "10", "3"]);
-        let p50: f64 = total[9].parse().unwrap();
+        assert_eq!(total[9], "0");
+        assert_eq!(total[14..], ["8", "9", "10", "3"]);
+        let p50: f64 = total[10].parse().unwrap();
         assert!((p50 - 50.0).abs() < 0.1, "{p50}");
-        let max: f64 = total[12].parse().unwrap();
+        let max: f64 = total[13].parse().unwrap();
         assert!((max - 200.0).abs() < 0.3, "{max}");
         assert!(text.contains("errors: ENOSPC x3, EIO x1"), "{text}");
         assert!(text.contains("* shard failed"));
@@ -1057,6 +1089,8 @@ mod tests {
             "wakeups",
             "submit_calls",
             "sqes_submitted",
+            "cancelled",
+            "deadline_exceeded",
         ] {
             assert!(t[key].is_u64(), "{key}");
         }

@@ -326,10 +326,7 @@ fn a_panicking_shard_fails_its_work_and_the_other_goes_on() {
     assert_eq!(ok(exec.write(&f0, 0, vec![5u8; 50_000]), "write"), 50_000);
     assert_eq!(ok(exec.write(&f1, 0, vec![6u8; 50_000]), "write"), 50_000);
 
-    let task = exec.submit_to(0, |_| {
-        std::thread::sleep(Duration::from_millis(150));
-        panic!("boom (test: a shard task panics on purpose)");
-    });
+    let task = exec.kill_shard_for_tests(0, Duration::from_millis(150));
     // Submitted while the task runs: pending on the shard that is about to die.
     let reads: Vec<_> = (0..30u64).map(|i| exec.read(&f0, i * 200, 100)).collect();
     let writes: Vec<_> = (0..30u64)
@@ -531,10 +528,7 @@ fn a_shard_that_dies_with_a_full_inbox_strands_nothing() {
         let exec = Arc::new(tiny_executor());
         let dir = tempfile::tempdir().unwrap();
         let f = open_rwc(&exec, &dir.path().join("f"));
-        let task = exec.submit_to(0, |_| {
-            std::thread::sleep(Duration::from_millis(50));
-            panic!("boom (test: a shard task panics on purpose)");
-        });
+        let task = exec.kill_shard_for_tests(0, Duration::from_millis(50));
         // Callers that fill the 2-slot inbox and then block on it while the task runs.
         let callers: Vec<_> = (0..4u64)
             .map(|t| {

@@ -11,8 +11,12 @@ use crate::stats::{OpKind, ShardStats};
 use io_uring::{squeue, IoUring};
 use std::os::fd::RawFd;
 
-/// The `user_data` the shard uses for its wake-up read. Never use it for your own SQEs.
+/// The `user_data` the shard uses for its wake-up poll. Never use it for your own SQEs.
 pub const WAKE_USER_DATA: u64 = (1 << 63) - 1;
+
+/// The `user_data` of the shard's cancel requests (ASYNC_CANCEL). Never use it for your own
+/// SQEs.
+pub const CANCEL_USER_DATA: u64 = (1 << 63) - 2;
 
 /// One completion reaped through [`ShardContext::reap`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,10 +174,18 @@ impl ShardContext<'_> {
     /// Pushes any SQE.
     ///
     /// # Safety
-    /// Everything the entry points to must stay valid until its completion is reaped, and its
-    /// `user_data` must not be [`WAKE_USER_DATA`].
+    /// - Everything the entry points to (buffers, paths, structs the kernel writes) must stay
+    ///   valid and must not be used by anything else until its completion is reaped.
+    /// - The operation must complete, and its completion be reaped through
+    ///   [`reap`](Self::reap), before the closure returns: the shard resumes its own operations
+    ///   right after, and a completion left in the ring would be taken for one of them.
+    /// - Its `user_data` must stay out of the shard's space: not [`WAKE_USER_DATA`] or
+    ///   [`CANCEL_USER_DATA`], without the pool's tag bit (bit 63), and not a value below
+    ///   2^47 that names a shard op (`slot | generation << 24`); use values in
+    ///   `2^47 .. 2^62` for your own SQEs.
     pub unsafe fn push(&mut self, entry: &squeue::Entry) -> Result<()> {
-        // SAFETY: the caller upholds the contract above.
+        // SAFETY: the caller upholds the contract above: the memory outlives the operation, and
+        // its completion is reaped (and so never confused with a shard op) before we return.
         unsafe { self.ring.submission().push(entry) }.map_err(|_| IoUringError::SubmissionQueueFull)
     }
 

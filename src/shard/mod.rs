@@ -12,7 +12,7 @@ mod ops;
 mod order;
 mod runner;
 
-pub use context::{ShardContext, ShardCqe, WAKE_USER_DATA};
+pub use context::{ShardContext, ShardCqe, CANCEL_USER_DATA, WAKE_USER_DATA};
 pub(crate) use runner::{spawn, ShardConfig};
 
 use crate::completion::Completer;
@@ -20,10 +20,10 @@ use crate::error::{IoUringError, Result};
 use crate::file::{File, FileFlags, FileRef};
 use crate::router::FileKey;
 use crate::stats::{OpKind, ShardStats};
-use crossbeam_channel::{Sender, TrySendError};
+use crossbeam_channel::Sender;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -31,39 +31,37 @@ use std::time::Instant;
 pub(crate) struct IoRequest {
     pub file: FileRef,
     pub op: IoOp,
+    /// Where the result goes.
+    pub reply: Reply,
+    /// When the caller made the request (latency is counted from here).
     pub at: Instant,
+    /// Past this instant the request is cancelled (not issued, or cancelled in the kernel).
+    pub deadline: Option<Instant>,
 }
 
-/// The operation of an [`IoRequest`], with the completer its result goes to.
+/// What an [`IoRequest`] does. Validated by the caller's side before it is sent
+/// (see `request.rs`).
 pub(crate) enum IoOp {
     Read {
         offset: u64,
         len: usize,
         /// Storage to read into (its capacity is reused; its contents are discarded).
         buf: Vec<u8>,
-        done: Completer<Vec<u8>>,
     },
     Write {
         offset: u64,
         data: Vec<u8>,
-        done: Completer<usize>,
     },
     Sync {
         datasync: bool,
-        done: Completer<()>,
     },
     Fallocate {
         mode: i32,
         offset: u64,
         len: u64,
-        done: Completer<()>,
     },
-    Size {
-        done: Completer<u64>,
-    },
-    Close {
-        done: Completer<()>,
-    },
+    Size,
+    Close,
 }
 
 impl IoOp {
@@ -72,11 +70,11 @@ impl IoOp {
         match self {
             IoOp::Read { .. } => OpKind::Read,
             IoOp::Write { .. } => OpKind::Write,
-            IoOp::Sync { datasync: true, .. } => OpKind::Fdatasync,
+            IoOp::Sync { datasync: true } => OpKind::Fdatasync,
             IoOp::Sync { .. } => OpKind::Fsync,
             IoOp::Fallocate { .. } => OpKind::Fallocate,
-            IoOp::Size { .. } => OpKind::Size,
-            IoOp::Close { .. } => OpKind::Close,
+            IoOp::Size => OpKind::Size,
+            IoOp::Close => OpKind::Close,
         }
     }
 
@@ -84,21 +82,74 @@ impl IoOp {
     pub(crate) fn range(&self) -> (u64, u64) {
         match self {
             IoOp::Read { offset, len, .. } => (*offset, *len as u64),
-            IoOp::Write { offset, data, .. } => (*offset, data.len() as u64),
+            IoOp::Write { offset, data } => (*offset, data.len() as u64),
             IoOp::Fallocate { offset, len, .. } => (*offset, *len),
-            IoOp::Sync { .. } | IoOp::Size { .. } | IoOp::Close { .. } => (0, 0),
+            IoOp::Sync { .. } | IoOp::Size | IoOp::Close => (0, 0),
         }
     }
 
-    /// Completes the operation's handle with `e`.
-    pub(crate) fn fail(self, e: IoUringError) {
+    /// The caller's buffer, handed back with the result (a read's storage, a write's data).
+    pub(crate) fn take_buf(&mut self) -> Vec<u8> {
         match self {
-            IoOp::Read { done, .. } => done.complete(Err(e)),
-            IoOp::Write { done, .. } => done.complete(Err(e)),
-            IoOp::Sync { done, .. } | IoOp::Fallocate { done, .. } | IoOp::Close { done } => {
-                done.complete(Err(e))
-            }
-            IoOp::Size { done } => done.complete(Err(e)),
+            IoOp::Read { buf, .. } => std::mem::take(buf),
+            IoOp::Write { data, .. } => std::mem::take(data),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// Where an operation's result goes.
+pub(crate) enum Reply {
+    /// A read's [`Completion`](crate::Completion): the data.
+    Data(Completer<Vec<u8>>),
+    /// A write's: bytes written.
+    Count(Completer<usize>),
+    /// fsync, fallocate, close.
+    Unit(Completer<()>),
+    /// size.
+    Size(Completer<u64>),
+    /// A session's request: its token; the result goes into the session's batch (the index names
+    /// the session in the shard's session table).
+    Session { session: u32, token: u64 },
+    /// Nobody waits: the close of a dropped [`File`].
+    Detached,
+}
+
+impl Reply {
+    /// Delivers a result: `n` is the bytes moved (the size, for `size`), `buf` the caller's buffer
+    /// (a read's data). Sessions' results are collected in `sessions` and delivered per batch.
+    pub(crate) fn deliver(
+        self,
+        result: Result<u64>,
+        buf: Vec<u8>,
+        sessions: &mut crate::session::SessionTable,
+    ) {
+        match self {
+            Reply::Data(c) => c.complete(result.map(|_| buf)),
+            Reply::Count(c) => c.complete(result.map(|n| n as usize)),
+            Reply::Unit(c) => c.complete(result.map(|_| ())),
+            Reply::Size(c) => c.complete(result),
+            Reply::Session { session, token } => sessions.push(
+                session,
+                crate::session::Done {
+                    token,
+                    result: result.map(|n| n as usize),
+                    buf,
+                },
+            ),
+            Reply::Detached => {}
+        }
+    }
+
+    /// Whether nobody wants the result any more (handle dropped or cancelled, session dropped).
+    pub(crate) fn is_cancelled(&self, sessions: &crate::session::SessionTable) -> bool {
+        match self {
+            Reply::Data(c) => c.is_cancelled(),
+            Reply::Count(c) => c.is_cancelled(),
+            Reply::Unit(c) => c.is_cancelled(),
+            Reply::Size(c) => c.is_cancelled(),
+            Reply::Session { session, .. } => sessions.is_dropped(*session),
+            Reply::Detached => false,
         }
     }
 }
@@ -110,16 +161,29 @@ pub(crate) type Task = Box<dyn FnOnce(&mut ShardContext<'_>) + Send>;
 pub(crate) enum Message {
     Io(IoRequest),
     Batch(Vec<IoRequest>),
+    /// A session's flush: its requests for this shard, in order.
+    Session {
+        session: Arc<crate::session::SessionShared>,
+        reqs: Vec<crate::session::SessionReq>,
+        at: Instant,
+    },
     Install {
         fd: OwnedFd,
         key: FileKey,
         flags: FileFlags,
         path: Arc<Path>,
+        /// The executor, for the handle's close-on-drop.
+        exec: Arc<crate::executor::ExecShared>,
         done: Completer<File>,
     },
     Task(Task),
     Stats(Completer<ShardStats>),
-    Shutdown,
+    /// Stop after what is queued; `grace` bounds how long in-flight operations may take before
+    /// they are cancelled; `done` completes when the shard has stopped.
+    Shutdown {
+        grace: std::time::Duration,
+        done: Option<Completer<()>>,
+    },
 }
 
 /// State shared between a shard thread and the callers.
@@ -133,10 +197,14 @@ pub(crate) struct ShardShared {
     pub exited: AtomicBool,
     /// Callers inside [`ShardLink::send`]; the exiting shard drains until this is 0.
     pub sending: AtomicUsize,
-    /// Wakes the shard: an `IORING_OP_READ` on it is always armed in the ring.
+    /// Wakes the shard: an `IORING_OP_POLL_ADD` on it is armed in the ring whenever the shard
+    /// sleeps. Non-blocking, so the shard can reset it with a plain read that never waits.
     pub eventfd: OwnedFd,
     /// The shard's statistics as it stopped after a clean shutdown.
     pub final_stats: std::sync::Mutex<Option<ShardStats>>,
+    /// Requests cancelled on the callers' side before they reached the shard (a session dropped
+    /// with unsent requests); added to the shard's `cancelled` count in stats.
+    pub cancelled_unsent: AtomicU64,
 }
 
 impl ShardShared {
@@ -160,6 +228,7 @@ impl ShardShared {
             sending: AtomicUsize::new(0),
             eventfd,
             final_stats: std::sync::Mutex::new(None),
+            cancelled_unsent: AtomicU64::new(0),
         })
     }
 
@@ -197,47 +266,32 @@ pub(crate) struct ShardLink {
 }
 
 impl ShardLink {
-    /// Puts `msg` in the inbox (waiting while it is full: backpressure) and wakes the shard.
-    /// Gives the message back when the shard is gone.
+    /// Puts `msg` in the inbox and wakes the shard if it sleeps. Never blocks: the inbox is
+    /// unbounded, and what a shard has admitted is bounded on its side (the rest waits in the
+    /// inbox, in order). Gives the message back when the shard is gone.
     #[allow(clippy::result_large_err)] // cold path: the shard is gone
     pub(crate) fn send(&self, msg: Message) -> std::result::Result<(), (Message, IoUringError)> {
         if self.shared.dead.load(Ordering::Acquire) {
             return Err((msg, self.dead_error()));
         }
         // why: a message put in the inbox after the exiting shard's last drain would be neither
-        // received nor dropped (crossbeam keeps it while this link's sender lives), so its handle
-        // would hang.
+        // received nor dropped (crossbeam keeps it while a sender lives), so its handle would hang.
         // The shard sets `exited`, then drains until no send is in progress; a send that starts
         // after `exited` is set is refused here. (SeqCst on both sides: one sees the other.)
         self.shared.sending.fetch_add(1, Ordering::SeqCst);
         let result = if self.shared.exited.load(Ordering::SeqCst) {
             Err((msg, self.gone_error()))
         } else {
-            self.send_inner(msg)
+            match self.tx.send(msg) {
+                Ok(()) => {
+                    self.shared.wake();
+                    Ok(())
+                }
+                Err(e) => Err((e.0, self.gone_error())),
+            }
         };
         self.shared.sending.fetch_sub(1, Ordering::SeqCst);
         result
-    }
-
-    #[allow(clippy::result_large_err)] // cold path: the shard is gone
-    fn send_inner(&self, msg: Message) -> std::result::Result<(), (Message, IoUringError)> {
-        let msg = match self.tx.try_send(msg) {
-            Ok(()) => {
-                self.shared.wake();
-                return Ok(());
-            }
-            Err(TrySendError::Disconnected(m)) => return Err((m, self.gone_error())),
-            Err(TrySendError::Full(m)) => m,
-        };
-        // Full: make sure the shard is awake to drain it, then wait for room.
-        self.shared.wake();
-        match self.tx.send(msg) {
-            Ok(()) => {
-                self.shared.wake();
-                Ok(())
-            }
-            Err(e) => Err((e.0, self.gone_error())),
-        }
     }
 
     fn dead_error(&self) -> IoUringError {

@@ -1,7 +1,7 @@
 //! The shard's operations: what an admitted request becomes, its chunks, and the table that
 //! names it in `user_data` (slot + generation).
 
-use super::IoOp;
+use super::{IoOp, Reply};
 use crate::pool::Target;
 use crate::router::FileKey;
 use crate::stats::OpKind;
@@ -55,28 +55,51 @@ pub(super) struct Op {
     pub(super) transferred: u64,
     pub(super) queued: bool,
     pub(super) at: Instant,
-    /// The request, with its completer.
+    /// Past this instant the op is cancelled.
+    pub(super) deadline: Option<Instant>,
+    /// Why the op is being cancelled, once it is (an ASYNC_CANCEL was sent for what is in flight).
+    pub(super) cancel: Option<CancelWhy>,
+    /// The request.
     pub(super) io: IoOp,
+    /// Where its result goes.
+    pub(super) reply: Reply,
     /// A read's data, filled chunk by chunk.
     pub(super) out: Vec<u8>,
 }
 
 impl Op {
+    /// Whether the kernel has seen any of it (or, inline, it ran): then it is not skipped.
+    pub(super) fn started(&self) -> bool {
+        self.outstanding > 0 || self.issued > 0 || self.transferred > 0
+    }
+
     pub(super) fn more_to_issue(&self) -> bool {
         match self.io {
             IoOp::Read { .. } | IoOp::Write { .. } => {
                 self.errno.is_none()
+                    && self.cancel.is_none()
                     && self.eof.is_none()
                     && self.issued < self.len
                     && !(self.serial && self.outstanding > 0)
             }
-            _ => self.outstanding == 0 && self.issued == 0,
+            _ => self.outstanding == 0 && self.issued == 0 && self.cancel.is_none(),
         }
     }
 
     pub(super) fn finished(&self) -> bool {
         self.outstanding == 0 && !self.more_to_issue()
     }
+}
+
+/// Why an op was cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CancelWhy {
+    /// Its handle was dropped or cancelled, or its session dropped.
+    Dropped,
+    /// Its deadline passed.
+    Deadline,
+    /// Shutdown's grace period ran out.
+    Shutdown,
 }
 
 /// A part of a read or write that fits one buffer.
@@ -88,6 +111,8 @@ pub(super) struct Chunk {
     pub(super) len: u32,
     /// Bytes already transferred (short transfers are resubmitted from here).
     pub(super) done: u32,
+    /// The `user_data` of the chunk's SQE in flight (to cancel it).
+    pub(super) user_data: u64,
 }
 
 /// Op slots with generations: a slot's generation changes when it is freed, so a late or stray

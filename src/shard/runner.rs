@@ -13,27 +13,37 @@
 //!
 //! `user_data`: operations that use a pool buffer carry the pool's tag and buffer index (the buffer
 //! maps to its chunk, the chunk to its op); other operations carry `slot | generation << 24` of the
-//! op table; the wake-up read carries [`WAKE_USER_DATA`].
+//! op table; the wake-up poll carries [`WAKE_USER_DATA`], cancel requests [`CANCEL_USER_DATA`].
+//!
+//! Cancellation: an op whose handle was dropped (or cancelled), whose session was dropped, or
+//! whose deadline passed is skipped if the kernel has not seen it, checked when it is admitted
+//! and when it is issued. Ops already in the kernel are looked at every [`SCAN_EVERY`] (the shard
+//! sleeps no longer than that while ops are in flight): reads get an ASYNC_CANCEL, writes and
+//! syncs finish (a write is never torn out of order), except after shutdown's grace period, when
+//! everything left is cancelled. Buffers are released only at each SQE's own completion.
 
-use super::context::{ShardContext, WAKE_USER_DATA};
+use super::context::{ShardContext, CANCEL_USER_DATA, WAKE_USER_DATA};
 use super::files::{FileEntry, FileTable};
-use super::ops::{Chunk, DataPath, Op, OpTable, GEN_MASK, MAX_SQE_BYTES, SLOT_BITS, SLOT_MASK};
+use super::ops::{
+    CancelWhy, Chunk, DataPath, Op, OpTable, GEN_MASK, MAX_SQE_BYTES, SLOT_BITS, SLOT_MASK,
+};
 use super::order::{Footprint, Ordering};
-use super::{IoOp, IoRequest, Message, ShardLink, ShardShared, Task};
-use crate::completion::{set_abandon_reason, AbandonReason, Completer};
+use super::{IoOp, IoRequest, Message, Reply, ShardLink, ShardShared, Task};
+use crate::completion::{set_abandon_reason, set_current_shard, AbandonReason, Completer};
 use crate::error::{IoUringError, Result};
-use crate::file::{File, FileFlags};
+use crate::file::{File, FileFlags, FileInner, FileRef};
 use crate::numa;
 use crate::pool::{Direction, RegisteredBufferPool, Target};
 use crate::ring::{pin_workers, RingConfig};
 use crate::router::FileKey;
+use crate::session::{Done, SessionTable};
 use crate::stats::{OpKind, ShardStats};
 use crossbeam_channel::{Receiver, TryRecvError};
 use io_uring::{opcode, squeue, types, IoUring};
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
-use std::sync::atomic::{fence, Ordering as AtomicOrdering};
+use std::sync::atomic::{fence, AtomicBool, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -59,6 +69,18 @@ pub(crate) struct ShardConfig {
 /// Messages taken from the inbox per loop turn, so completions are reaped between bursts.
 const INBOX_BATCH: usize = 256;
 
+/// How often ops in the kernel are checked for cancellation and deadlines, and the longest the
+/// shard sleeps while ops are in flight.
+const SCAN_EVERY: Duration = Duration::from_millis(5);
+
+/// A page-cache read asks the kernel for at most this much in its first SQE; each next SQE asks
+/// for as much as has arrived so far. So a read allocates at most about twice what it returns,
+/// whatever length it was given (a 1 TiB read of a 4 KiB file allocates 1 MiB, not 1 TiB).
+const READ_STEP: u64 = 1 << 20;
+
+/// O_DIRECT chunks are multiples of this (the logical block size the executor assumes).
+const DIRECT_ALIGN: u64 = 4096;
+
 // ---------------------------------------------------------------------------------------------
 // The shard
 
@@ -74,27 +96,45 @@ struct Shard {
     chunks: Vec<Chunk>,
     ready: VecDeque<u32>,
     order: Ordering,
+    /// Requests received and not yet admitted (the rest of a batch or session flush that did not
+    /// fit): admitted before anything newer from the inbox.
+    backlog: VecDeque<IoRequest>,
+    /// Sessions with requests here; their results go out once per turn.
+    sessions: SessionTable,
     tasks: VecDeque<Task>,
     stats: ShardStats,
     shared: Arc<ShardShared>,
     rx: Receiver<Message>,
-    /// Target of the wake-up read; boxed so its address is stable while the read is in flight.
-    wake_buf: Box<u64>,
     wake_armed: bool,
-    /// SQEs pushed and not yet reaped (the wake-up read included).
+    /// The wake-up poll failed (an old or odd kernel): sleep in short timed waits instead.
+    wake_broken: bool,
+    /// SQEs pushed and not yet reaped (the wake-up poll and cancel requests included).
     in_flight: u32,
     cq_capacity: u32,
     closing: bool,
+    /// When shutdown's grace period ends: then everything still in flight is cancelled.
+    closing_deadline: Option<Instant>,
+    /// Shutdown's grace period is over.
+    cancel_all: bool,
+    /// Completed when the shard has stopped.
+    shutdown_waiters: Vec<Completer<()>>,
+    /// The last cancellation/deadline scan.
+    last_scan: Instant,
     cqes: Vec<(u64, i32)>,
     /// The time, read at most once per loop turn: completions finished in one turn share it.
     clock: Option<Instant>,
+    /// The thread is unwinding from a panic: pending results report ShardFailed.
+    panicked: bool,
 }
 
 /// Starts shard `cfg.index` on its own thread. Returns once the shard is set up (pinned, memory
 /// policy set, ring and pool created on that thread) or with the setup error.
 pub(crate) fn spawn(cfg: ShardConfig) -> Result<(ShardLink, std::thread::JoinHandle<()>)> {
     let shared = Arc::new(ShardShared::new()?);
-    let (tx, rx) = crossbeam_channel::bounded(cfg.channel_capacity.max(1));
+    // Unbounded: a send never blocks a caller (or an async runtime thread). What the shard has
+    // admitted is bounded by `channel_capacity`; the rest waits here in order, and its memory is
+    // the callers' own requests.
+    let (tx, rx) = crossbeam_channel::unbounded();
     let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<()>>(1);
     let thread_shared = Arc::clone(&shared);
     let thread_cfg = cfg.clone();
@@ -140,6 +180,8 @@ fn shard_main(
     shared: Arc<ShardShared>,
     ready: crossbeam_channel::Sender<Result<()>>,
 ) {
+    set_current_shard(cfg.exec_id, cfg.index);
+    let index = cfg.index;
     let mut shard = match Shard::new(cfg, rx, Arc::clone(&shared)) {
         Ok(s) => {
             let _ = ready.send(Ok(()));
@@ -151,34 +193,79 @@ fn shard_main(
         }
     };
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shard.run()));
-    if outcome.is_ok() {
+    let panicked = outcome.is_err();
+    if !panicked {
         // Kept for `Executor::stats` after shutdown.
         shard.stats.pool = shard.pool.stats();
         if let Ok(mut last) = shared.final_stats.lock() {
             *last = Some(shard.stats.clone());
         }
     }
-    if outcome.is_err() {
-        // Everything still pending on this shard fails with ShardFailed as it is dropped; new
-        // work is refused at the door. The ring is dropped before the pool, and the pool keeps
-        // its memory mapped if the kernel may still write into it.
+    let error = if panicked {
+        // Everything still pending on this shard fails with ShardFailed; new work is refused at
+        // the door. The ring is dropped before the pool, and the pool keeps its memory mapped
+        // if the kernel may still write into it.
         shared.dead.store(true, AtomicOrdering::Release);
         set_abandon_reason(AbandonReason::ShardPanicked);
+        shard.panicked = true;
+        IoUringError::ShardFailed {
+            shard: index,
+            reason: "the shard thread panicked; this operation did not complete".into(),
+        }
     } else {
         set_abandon_reason(AbandonReason::Shutdown);
-    }
-    // Whatever is still queued for this shard is failed (by dropping its completers), including
-    // what callers blocked on a full inbox (or between their checks and their send) put in now:
-    // see `ShardLink::send`.
+        IoUringError::Shutdown
+    };
+    // Whatever is still queued for this shard is failed, including what callers put in between
+    // their checks and their send: see `ShardLink::send`.
     shared.exited.store(true, AtomicOrdering::SeqCst);
     loop {
-        while shard.rx.try_recv().is_ok() {}
+        while let Ok(msg) = shard.rx.try_recv() {
+            abandon(msg, &error, &mut shard.shutdown_waiters);
+        }
         if shared.sending.load(AtomicOrdering::SeqCst) == 0 && shard.rx.is_empty() {
             break;
         }
         std::thread::yield_now();
     }
+    let waiters = std::mem::take(&mut shard.shutdown_waiters);
     drop(shard);
+    for w in waiters {
+        w.complete(Ok(()));
+    }
+}
+
+/// Fails a message the shard will never run: its handles (and sessions) get `error`.
+fn abandon(msg: Message, error: &IoUringError, waiters: &mut Vec<Completer<()>>) {
+    match msg {
+        Message::Io(req) => abandon_request(req, error),
+        Message::Batch(reqs) => reqs.into_iter().for_each(|r| abandon_request(r, error)),
+        Message::Session { session, reqs, .. } => {
+            let mut out: Vec<Done> = reqs
+                .into_iter()
+                .map(|mut r| Done {
+                    token: r.token,
+                    result: Err(error.clone()),
+                    buf: r.op.take_buf(),
+                })
+                .collect();
+            session.deliver(&mut out);
+        }
+        Message::Install { done, .. } => done.complete(Err(error.clone())),
+        Message::Stats(done) => done.complete(Err(error.clone())),
+        Message::Shutdown { done, .. } => waiters.extend(done),
+        // Dropping the closure fails its handle (its completer is inside).
+        Message::Task(_) => {}
+    }
+}
+
+fn abandon_request(req: IoRequest, error: &IoUringError) {
+    let mut op = req.op;
+    let buf = op.take_buf();
+    // A request never admitted has no session entry: sessions' requests are abandoned whole, as
+    // messages, above.
+    req.reply
+        .deliver(Err(error.clone()), buf, &mut SessionTable::default());
 }
 
 impl Shard {
@@ -237,31 +324,38 @@ impl Shard {
             ops: OpTable::default(),
             ready: VecDeque::new(),
             order: Ordering::default(),
+            backlog: VecDeque::new(),
+            sessions: SessionTable::default(),
             tasks: VecDeque::new(),
             stats,
             shared,
             rx,
-            wake_buf: Box::new(0),
             wake_armed: false,
+            wake_broken: false,
             in_flight: 0,
             cq_capacity,
             closing: false,
+            closing_deadline: None,
+            cancel_all: false,
+            shutdown_waiters: Vec::new(),
+            last_scan: Instant::now(),
             cqes: Vec::with_capacity(256),
             clock: None,
+            panicked: false,
         };
         shard.arm_wake()?;
         Ok(shard)
     }
 
-    /// Arms the read on the wake-up eventfd.
+    /// Arms the poll on the wake-up eventfd: a poll holds no memory of ours, so nothing is at
+    /// stake if it is still armed when the ring goes.
     fn arm_wake(&mut self) -> Result<()> {
         if self.wake_armed {
             return Ok(());
         }
-        let entry = opcode::Read::new(
+        let entry = opcode::PollAdd::new(
             types::Fd(self.shared.eventfd.as_raw_fd()),
-            (&mut *self.wake_buf as *mut u64).cast(),
-            8,
+            libc::POLLIN as u32,
         )
         .build()
         .user_data(WAKE_USER_DATA);
@@ -270,11 +364,25 @@ impl Shard {
         Ok(())
     }
 
+    /// The wake-up poll completed with `res`: reset the eventfd so the next poll waits again.
+    fn on_wake(&mut self, res: i32) {
+        self.wake_armed = false;
+        if res < 0 {
+            // The kernel refused the poll: fall back to short timed sleeps rather than spin.
+            self.wake_broken = true;
+            return;
+        }
+        self.stats.note_wakeup();
+        reset_eventfd(&self.shared);
+    }
+
     /// Pushes an SQE, submitting first when the queue is full.
     fn push_entry(&mut self, entry: &squeue::Entry) -> Result<()> {
         loop {
-            // SAFETY: every entry the shard pushes points to memory the shard owns and keeps
-            // until the completion is reaped (the wake buffer, pool buffers, boxed statx).
+            // SAFETY: the entries pushed here (the wake-up poll, fsync, fallocate, cancel, and
+            // page-cache reads and writes) point at no memory or at an op's `out`/`data` vector,
+            // which stays in the op table (never moved or freed) until the op's CQE is reaped;
+            // Drop for Shard leaks them if the shard dies first.
             if unsafe { self.ring.submission().push(entry) }.is_ok() {
                 self.in_flight += 1;
                 return Ok(());
@@ -303,13 +411,26 @@ impl Shard {
                 self.run_tasks();
                 progress = true;
             }
+            // With DEFER_TASKRUN, completions that need task work (O_DIRECT, page-cache misses,
+            // anything punted) are posted only by an enter with GETEVENTS. The kernel flags such
+            // work in the SQ (TASKRUN_FLAG), and `submit` then asks for it: so a loop kept busy
+            // by its inbox still runs them every turn.
             let pending = self.ring.submission().len();
-            if pending > 0 {
+            if pending > 0 || (self.ops_in_flight() > 0 && self.ring.submission().taskrun()) {
                 // A failed submit is retried next turn; a persistent failure shows in stats.
                 let _ = self.submit(0);
             }
             progress |= self.reap() > 0;
-            if self.closing && self.ops.live == 0 && self.tasks.is_empty() && self.rx.is_empty() {
+            if self.ops.live > 0 || self.closing {
+                self.housekeeping();
+            }
+            self.sessions.deliver();
+            if self.closing
+                && self.ops.live == 0
+                && self.tasks.is_empty()
+                && self.backlog.is_empty()
+                && self.rx.is_empty()
+            {
                 return;
             }
             if progress {
@@ -325,10 +446,15 @@ impl Shard {
         }
     }
 
-    /// Admitted ops are bounded like the inbox: past the bound, requests stay in the inbox and
-    /// senders wait (backpressure), and per-file order lists stay short.
+    /// Admitted ops are bounded: past the bound, requests stay in the inbox (or backlog), and per-
+    /// file order lists stay short.
     fn can_admit(&self) -> bool {
         self.ops.live < self.cfg.channel_capacity
+    }
+
+    /// Whether requests wait to be admitted.
+    fn has_incoming(&self) -> bool {
+        !self.backlog.is_empty() || !self.rx.is_empty()
     }
 
     /// Watches the inbox for up to the configured spin time; true when a message arrived.
@@ -338,21 +464,26 @@ impl Shard {
         if self.cfg.spin.is_zero() {
             return false;
         }
-        let deadline = Instant::now() + self.cfg.spin;
+        let start = Instant::now();
         loop {
-            if !self.rx.is_empty() {
+            if self.has_incoming() {
                 return true;
             }
             std::thread::yield_now();
-            if Instant::now() >= deadline {
+            if start.elapsed() >= self.cfg.spin {
                 return false;
             }
         }
     }
 
+    /// The time, read at most once per loop turn.
+    fn now(&mut self) -> Instant {
+        *self.clock.get_or_insert_with(Instant::now)
+    }
+
     /// Nanoseconds since `at`, by this turn's clock.
     fn elapsed_since(&mut self, at: Instant) -> u64 {
-        let now = *self.clock.get_or_insert_with(Instant::now);
+        let now = self.now();
         now.saturating_duration_since(at)
             .as_nanos()
             .min(u128::from(u64::MAX)) as u64
@@ -378,23 +509,127 @@ impl Shard {
         };
     }
 
-    /// Blocks in the ring until a completion (I/O or wake-up) arrives.
+    /// Blocks in the ring until a completion (I/O or wake-up) arrives. While ops are in flight
+    /// the wait is bounded by [`SCAN_EVERY`], so cancellations and deadlines are seen.
     fn sleep(&mut self) {
         self.shared.sleeping.store(true, AtomicOrdering::Relaxed);
         fence(AtomicOrdering::SeqCst);
         // A message we cannot admit yet (too many ops) is no reason to stay up: the completions
         // that make room come only from waiting in the ring.
-        if self.can_admit() && !self.rx.is_empty() {
+        if self.can_admit() && self.has_incoming() {
             self.shared.sleeping.store(false, AtomicOrdering::Relaxed);
             return;
         }
-        if self.arm_wake().is_err() {
-            self.shared.sleeping.store(false, AtomicOrdering::Relaxed);
-            return;
+        if !self.wake_broken && self.arm_wake().is_err() {
+            self.wake_broken = true;
         }
         self.stats.note_sleep();
-        let _ = self.submit(1);
+        let bounded = self.ops.live > 0 || self.closing || self.wake_broken;
+        if bounded {
+            let ts = types::Timespec::from(SCAN_EVERY);
+            let args = types::SubmitArgs::new().timespec(&ts);
+            match self.ring.submitter().submit_with_args(1, &args) {
+                Ok(_) => {}
+                // ETIME: the timeout passed; EINTR: a signal. Both just end the wait.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR)) => {}
+                // No EXT_ARG (before 5.11): an unbounded wait; scans happen on the next wake.
+                Err(_) => {
+                    let _ = self.submit(1);
+                }
+            }
+        } else {
+            let _ = self.submit(1);
+        }
         self.shared.sleeping.store(false, AtomicOrdering::Relaxed);
+    }
+
+    // -- cancellation and deadlines ---------------------------------------------------------
+
+    /// Every [`SCAN_EVERY`]: cancels what nobody waits for or what is past its deadline, and
+    /// ends shutdown's grace period.
+    fn housekeeping(&mut self) {
+        let now = self.now();
+        if now.saturating_duration_since(self.last_scan) < SCAN_EVERY {
+            return;
+        }
+        self.last_scan = now;
+        if self.closing && !self.cancel_all && self.closing_deadline.is_some_and(|d| now >= d) {
+            self.cancel_all = true;
+        }
+        for slot in 0..self.ops.slots.len() as u32 {
+            let Some(op) = self.ops.get(slot) else {
+                continue;
+            };
+            if op.cancel.is_some() {
+                continue;
+            }
+            let why = if self.cancel_all {
+                CancelWhy::Shutdown
+            } else if op.deadline.is_some_and(|d| now >= d) {
+                CancelWhy::Deadline
+            } else if op.reply.is_cancelled(&self.sessions) {
+                CancelWhy::Dropped
+            } else {
+                continue;
+            };
+            self.cancel(slot, why);
+        }
+    }
+
+    /// Cancels op `slot`: one the kernel has not seen is finished now; of one in the kernel,
+    /// reads (everything, after shutdown's grace) get an ASYNC_CANCEL per SQE, and it finishes
+    /// at its completions. Issued writes and syncs finish normally.
+    fn cancel(&mut self, slot: u32, why: CancelWhy) {
+        let gen = self.ops.gen(slot);
+        let Some(op) = self.ops.get(slot) else { return };
+        if !op.started() {
+            op.cancel = Some(why);
+            self.finish(slot);
+            return;
+        }
+        let is_read = matches!(op.io, IoOp::Read { .. });
+        if !is_read && why != CancelWhy::Shutdown {
+            return;
+        }
+        op.cancel = Some(why);
+        let targets: Vec<u64> = match op.data_path {
+            DataPath::Fixed => self
+                .chunks
+                .iter()
+                .enumerate()
+                .filter(|(i, c)| c.op == slot && self.pool.is_in_flight(*i as u16))
+                .map(|(_, c)| c.user_data)
+                .collect(),
+            _ if op.outstanding > 0 => vec![u64::from(slot) | (u64::from(gen) << SLOT_BITS)],
+            _ => Vec::new(),
+        };
+        if targets.is_empty() {
+            // Nothing in the kernel right now (between two SQEs of a long read): done.
+            if let Some(op) = self.ops.get(slot) {
+                if op.outstanding == 0 {
+                    self.finish(slot);
+                }
+            }
+            return;
+        }
+        for ud in targets {
+            let entry = opcode::AsyncCancel::new(ud)
+                .build()
+                .user_data(CANCEL_USER_DATA);
+            // A failed push leaves the op to finish on its own.
+            let _ = self.push_entry(&entry);
+        }
+    }
+
+    /// Whether a request should not run at all: nobody waits for it, or its deadline passed.
+    fn skip_reason(&mut self, reply: &Reply, deadline: Option<Instant>) -> Option<CancelWhy> {
+        if reply.is_cancelled(&self.sessions) {
+            return Some(CancelWhy::Dropped);
+        }
+        match deadline {
+            Some(d) if self.now() >= d => Some(CancelWhy::Deadline),
+            _ => None,
+        }
     }
 
     // -- inbox ---------------------------------------------------------------------------------
@@ -402,7 +637,15 @@ impl Shard {
     fn admit_inbox(&mut self) -> bool {
         let mut any = false;
         for _ in 0..INBOX_BATCH {
-            if !self.can_admit() {
+            // The backlog first: it holds requests that arrived before anything in the inbox.
+            while self.can_admit() {
+                let Some(req) = self.backlog.pop_front() else {
+                    break;
+                };
+                any = true;
+                self.admit(req);
+            }
+            if !self.can_admit() || !self.backlog.is_empty() {
                 break;
             }
             match self.rx.try_recv() {
@@ -419,7 +662,7 @@ impl Shard {
         }
         if any {
             self.stats
-                .note_queued((self.ready.len() + self.order.waiting()) as u64);
+                .note_queued((self.ready.len() + self.order.waiting() + self.backlog.len()) as u64);
         }
         any
     }
@@ -427,24 +670,40 @@ impl Shard {
     fn handle(&mut self, msg: Message) {
         match msg {
             Message::Io(req) => self.admit(req),
-            Message::Batch(reqs) => {
-                for req in reqs {
-                    self.admit(req);
-                }
+            Message::Batch(reqs) => self.backlog.extend(reqs),
+            Message::Session { session, reqs, at } => {
+                let index = self.sessions.register(session, reqs.len());
+                self.backlog.extend(reqs.into_iter().map(|r| IoRequest {
+                    file: r.file,
+                    op: r.op,
+                    reply: Reply::Session {
+                        session: index,
+                        token: r.token,
+                    },
+                    at,
+                    deadline: r.deadline,
+                }));
             }
             Message::Install {
                 fd,
                 key,
                 flags,
                 path,
+                exec,
                 done,
-            } => self.install(fd, key, flags, path, done),
+            } => self.install(fd, key, flags, path, exec, done),
             Message::Task(t) => self.tasks.push_back(t),
             Message::Stats(done) => {
                 self.stats.pool = self.pool.stats();
                 done.complete(Ok(self.stats.clone()));
             }
-            Message::Shutdown => self.closing = true,
+            Message::Shutdown { grace, done } => {
+                if !self.closing {
+                    self.closing = true;
+                    self.closing_deadline = self.now().checked_add(grace);
+                }
+                self.shutdown_waiters.extend(done);
+            }
         }
     }
 
@@ -454,6 +713,7 @@ impl Shard {
         key: FileKey,
         flags: FileFlags,
         path: Arc<Path>,
+        exec: Arc<crate::executor::ExecShared>,
         done: Completer<File>,
     ) {
         let at = Instant::now();
@@ -474,28 +734,57 @@ impl Shard {
             closing: false,
         });
         self.stats.record(OpKind::Open, 0, elapsed_ns(at));
+        // Made here, so that a handle dropped by a caller who no longer waits still closes the
+        // file (its drop sends the close).
         done.complete(Ok(File {
-            exec: self.cfg.exec_id,
-            shard: self.cfg.index,
-            slot,
-            gen,
-            key,
-            flags,
-            path,
+            inner: Arc::new(FileInner {
+                handle: FileRef {
+                    exec: self.cfg.exec_id,
+                    shard: self.cfg.index,
+                    slot,
+                    gen,
+                },
+                key,
+                flags,
+                path,
+                exec,
+                closed: AtomicBool::new(false),
+            }),
         }));
     }
 
     /// Checks a request and queues it as an op.
     fn admit(&mut self, req: IoRequest) {
-        let IoRequest { file, mut op, at } = req;
+        let IoRequest {
+            file,
+            mut op,
+            reply,
+            at,
+            deadline,
+        } = req;
+        if let Some(why) = self.skip_reason(&reply, deadline) {
+            let err = self.cancel_error(why, op.kind(), None);
+            let buf = op.take_buf();
+            reply.deliver(Err(err), buf, &mut self.sessions);
+            return;
+        }
         let entry = match self.files.lookup_mut(file) {
             Ok(e) => e,
-            Err(e) => return fail_request(op, e, &mut self.stats, at),
+            Err(e) => {
+                self.stats.record_error(
+                    op.kind(),
+                    e.errno().unwrap_or(libc::EBADF),
+                    elapsed_ns(at),
+                );
+                let buf = op.take_buf();
+                reply.deliver(Err(e), buf, &mut self.sessions);
+                return;
+            }
         };
         let kind = op.kind();
         let (offset, len) = op.range();
         let data_path = match (&op, entry.flags.direct) {
-            (_, true) => DataPath::Fixed,
+            (IoOp::Read { .. } | IoOp::Write { .. }, true) => DataPath::Fixed,
             (IoOp::Write { .. }, false) if self.cfg.inline_buffered_writes => DataPath::Inline,
             _ => DataPath::Memory,
         };
@@ -505,11 +794,11 @@ impl Shard {
             IoOp::Write { .. } if entry.flags.append => Footprint::Barrier,
             IoOp::Write { .. } => Footprint::write(offset, len),
             IoOp::Sync { .. } => Footprint::Sync,
-            IoOp::Close { .. } => {
+            IoOp::Close => {
                 entry.closing = true;
                 Footprint::Barrier
             }
-            IoOp::Fallocate { .. } | IoOp::Size { .. } => Footprint::Barrier,
+            IoOp::Fallocate { .. } | IoOp::Size => Footprint::Barrier,
         };
         let op = Op {
             kind,
@@ -528,6 +817,8 @@ impl Shard {
             transferred: 0,
             queued: false,
             at,
+            deadline,
+            cancel: None,
             out: match &mut op {
                 IoOp::Read { buf, .. } => {
                     let mut b = std::mem::take(buf);
@@ -537,11 +828,33 @@ impl Shard {
                 _ => Vec::new(),
             },
             io: op,
+            reply,
         };
         let key = op.key;
         let slot = self.ops.insert(op);
         if self.order.admit(key, slot, fp) {
             self.enqueue(slot);
+        }
+    }
+
+    /// The error a cancelled op completes with.
+    fn cancel_error(&mut self, why: CancelWhy, kind: OpKind, path: Option<&Path>) -> IoUringError {
+        let path = path.map(Path::to_path_buf);
+        match why {
+            CancelWhy::Deadline => {
+                self.stats.note_deadline_exceeded();
+                IoUringError::DeadlineExceeded {
+                    op: kind.name(),
+                    path,
+                }
+            }
+            CancelWhy::Dropped | CancelWhy::Shutdown => {
+                self.stats.note_cancelled();
+                IoUringError::Cancelled {
+                    op: kind.name(),
+                    path,
+                }
+            }
         }
     }
 
@@ -572,8 +885,32 @@ impl Shard {
                 }
                 continue;
             }
+            let fresh = !op.started();
             if !self.has_cq_room() {
                 break;
+            }
+            if fresh {
+                // Dropped or past its deadline while it waited: it never runs.
+                let Some(op) = self.ops.get(slot) else {
+                    continue;
+                };
+                let deadline = op.deadline;
+                let reply_cancelled = op.reply.is_cancelled(&self.sessions);
+                let why = if reply_cancelled {
+                    Some(CancelWhy::Dropped)
+                } else {
+                    deadline
+                        .filter(|&d| self.now() >= d)
+                        .map(|_| CancelWhy::Deadline)
+                };
+                if let Some(why) = why {
+                    if let Some(op) = self.ops.get(slot) {
+                        op.cancel = Some(why);
+                    }
+                    self.finish(slot);
+                    any = true;
+                    continue;
+                }
             }
             match self.issue_one(slot) {
                 Ok(true) => any = true,
@@ -609,9 +946,14 @@ impl Shard {
                 return Ok(true);
             }
             (IoOp::Read { .. }, DataPath::Memory) => {
-                let (at, n) = (op.transferred, (op.len - op.transferred).min(MAX_SQE_BYTES));
-                op.out.reserve_exact(op.len as usize);
-                // SAFETY (pointer arithmetic): `out` has capacity `len` >= at + n.
+                let at = op.transferred;
+                // Grow as data arrives (READ_STEP, then doubling): memory stays within about
+                // twice what the read returns, whatever length it asked for.
+                let n = (op.len - at).min(MAX_SQE_BYTES).min(READ_STEP.max(at));
+                // `out.len()` is `at` (set after each completion): room for `n` more.
+                op.out.reserve_exact(n as usize);
+                // SAFETY (pointer arithmetic): `out` has capacity >= len + n = at + n, so the
+                // pointer is inside (or one past) its allocation.
                 let ptr = unsafe { op.out.as_mut_ptr().add(at as usize) };
                 let off = op.offset + at;
                 op.issued = at + n;
@@ -640,7 +982,7 @@ impl Shard {
                 }
             }
             (IoOp::Read { .. }, _) => return self.issue_chunk(slot),
-            (IoOp::Sync { datasync, .. }, _) => {
+            (IoOp::Sync { datasync }, _) => {
                 let flags = if *datasync {
                     types::FsyncFlags::DATASYNC
                 } else {
@@ -661,7 +1003,7 @@ impl Shard {
                     .mode(*mode)
                     .build(),
             },
-            (IoOp::Size { .. } | IoOp::Close { .. }, _) => {
+            (IoOp::Size | IoOp::Close, _) => {
                 // Synchronous and cheap: run them here, in order.
                 op.issued = 1;
                 self.run_sync_op(slot);
@@ -679,7 +1021,16 @@ impl Shard {
     }
 
     fn issue_chunk(&mut self, slot: u32) -> Result<bool> {
+        // O_DIRECT needs every chunk (offset and length) aligned: use whole 4 KiB blocks of the
+        // buffer, whatever its size.
         let buffer_size = self.pool.buffer_size() as u64;
+        let chunk_size = buffer_size - buffer_size % DIRECT_ALIGN;
+        if chunk_size == 0 {
+            if let Some(op) = self.ops.get(slot) {
+                op.errno.get_or_insert(libc::EINVAL);
+            }
+            return Ok(true);
+        }
         let Some((idx, _)) = self.pool.try_acquire() else {
             self.stats.note_pool_exhausted();
             return Ok(false);
@@ -689,7 +1040,7 @@ impl Shard {
             return Ok(true);
         };
         let rel = op.issued;
-        let len = (op.len - rel).min(buffer_size) as u32;
+        let len = (op.len - rel).min(chunk_size) as u32;
         let dir = match &op.io {
             IoOp::Write { data, .. } => {
                 let src = &data[rel as usize..rel as usize + len as usize];
@@ -708,6 +1059,7 @@ impl Shard {
             rel,
             len,
             done: 0,
+            user_data: 0,
         };
         if let Err(e) = self.push_chunk(dir, idx) {
             if let Some(op) = self.ops.get(slot) {
@@ -736,8 +1088,9 @@ impl Shard {
         )?;
         loop {
             match self.pool.push_prepared(&mut self.ring, entry.clone(), idx) {
-                Ok(_) => {
+                Ok(user_data) => {
                     self.in_flight += 1;
+                    self.chunks[idx as usize].user_data = user_data;
                     return Ok(());
                 }
                 Err(IoUringError::SubmissionQueueFull) => {
@@ -754,7 +1107,7 @@ impl Shard {
         let Some(op) = self.ops.get(slot) else { return };
         let file_slot = op.file_slot;
         match &op.io {
-            IoOp::Size { .. } => {
+            IoOp::Size => {
                 // SAFETY: fstat writes into the local struct only.
                 let mut st: libc::stat = unsafe { std::mem::zeroed() };
                 // SAFETY: fd is a descriptor of this shard's file table (or -1, which fails).
@@ -764,7 +1117,7 @@ impl Shard {
                     op.errno = Some(numa::last_errno());
                 }
             }
-            IoOp::Close { .. } => {
+            IoOp::Close => {
                 if let Some(entry) = self.files.remove(file_slot) {
                     if let Some(fixed) = entry.fixed {
                         // Drops the ring's reference; failure leaves it until the ring closes.
@@ -788,9 +1141,12 @@ impl Shard {
         for &(ud, res) in &cqes {
             self.in_flight = self.in_flight.saturating_sub(1);
             if ud == WAKE_USER_DATA {
-                self.wake_armed = false;
-                self.stats.note_wakeup();
                 // Re-armed before the next sleep.
+                self.on_wake(res);
+                continue;
+            }
+            if ud == CANCEL_USER_DATA {
+                // The cancelled op reports through its own completion.
                 continue;
             }
             match RegisteredBufferPool::buffer_index_of(ud) {
@@ -903,10 +1259,23 @@ impl Shard {
             }
         } else {
             ch.done += res as u32;
+            if ch.done < ch.len && u64::from(ch.done) % DIRECT_ALIGN != 0 {
+                if is_read {
+                    // A short O_DIRECT read that ends inside a block is the end of the file.
+                    let end = ch.rel + u64::from(ch.done);
+                    op.eof = Some(op.eof.map_or(end, |e| e.min(end)));
+                } else {
+                    // The rest must start on a block: write the partial block again (same bytes),
+                    // so the retry is aligned and reports the real error (ENOSPC), not EINVAL.
+                    ch.done -= (u64::from(ch.done) % DIRECT_ALIGN) as u32;
+                    retry = true;
+                }
+            } else {
+                retry = ch.done < ch.len;
+            }
             self.chunks[idx as usize].done = ch.done;
-            retry = ch.done < ch.len;
         }
-        if retry && op.errno.is_none() {
+        if retry && op.errno.is_none() && op.cancel.is_none() {
             if self.push_chunk(dir, idx).is_ok() {
                 return;
             }
@@ -917,16 +1286,15 @@ impl Shard {
         let Some(op) = self.ops.get(ch.op) else {
             return;
         };
-        if is_read {
-            let out = &mut op.out;
-            if ch.done > 0 {
-                if out.len() < op.len as usize {
-                    out.resize(op.len as usize, 0);
-                }
-                if let Ok(buf) = self.pool.get(idx) {
-                    let start = ch.rel as usize;
-                    out[start..start + ch.done as usize].copy_from_slice(&buf[..ch.done as usize]);
-                }
+        if is_read && ch.done > 0 {
+            // Grows only as far as data has arrived (chunks may land out of order; the gaps are
+            // filled by their own chunks or cut at end of file).
+            let (start, end) = (ch.rel as usize, ch.rel as usize + ch.done as usize);
+            if op.out.len() < end {
+                op.out.resize(end, 0);
+            }
+            if let Ok(buf) = self.pool.get(idx) {
+                op.out[start..end].copy_from_slice(&buf[..ch.done as usize]);
             }
         }
         op.outstanding -= 1;
@@ -962,39 +1330,74 @@ impl Shard {
             }
         }
         let lat = self.elapsed_since(op.at);
-        if let Some(errno) = op.errno {
-            self.stats.record_error(op.kind, errno, lat);
+        let Op {
+            kind,
+            mut io,
+            reply,
+            out,
+            cancel,
+            errno,
+            path,
+            offset,
+            len,
+            eof,
+            ..
+        } = op;
+        let buf = if kind == OpKind::Read {
+            out
+        } else {
+            io.take_buf()
+        };
+        let result = if let Some(why) = cancel {
+            // A cancelled op that the kernel had started is counted as the error it got too.
+            if let Some(errno) = errno {
+                self.stats.record_error(kind, errno, lat);
+            }
+            Err(self.cancel_error(why, kind, Some(&path)))
+        } else if let Some(errno) = errno {
+            self.stats.record_error(kind, errno, lat);
             let offset = matches!(
-                op.io,
+                io,
                 IoOp::Read { .. } | IoOp::Write { .. } | IoOp::Fallocate { .. }
             )
-            .then_some(op.offset);
-            let path = Some(op.path.to_path_buf());
-            op.io
-                .fail(IoUringError::io(op.kind.name(), path, offset, errno));
-            return;
-        }
-        match op.io {
-            IoOp::Read { done, .. } => {
-                let mut out = op.out;
-                let n = op.eof.unwrap_or(op.len).min(op.len) as usize;
-                out.resize(n, 0);
-                self.stats.record(OpKind::Read, n as u64, lat);
-                done.complete(Ok(out));
+            .then_some(offset);
+            Err(IoUringError::io(
+                kind.name(),
+                Some(path.to_path_buf()),
+                offset,
+                errno,
+            ))
+        } else {
+            match io {
+                IoOp::Read { .. } => {
+                    let n = eof.unwrap_or(len).min(len);
+                    self.stats.record(kind, n, lat);
+                    Ok(n)
+                }
+                IoOp::Write { .. } => {
+                    self.stats.record(kind, len, lat);
+                    Ok(len)
+                }
+                // `len` holds the size fstat found.
+                IoOp::Size => {
+                    self.stats.record(kind, 0, lat);
+                    Ok(len)
+                }
+                IoOp::Sync { .. } | IoOp::Fallocate { .. } | IoOp::Close => {
+                    self.stats.record(kind, 0, lat);
+                    Ok(0)
+                }
             }
-            IoOp::Write { data, done, .. } => {
-                self.stats.record(OpKind::Write, data.len() as u64, lat);
-                done.complete(Ok(data.len()));
+        };
+        let buf = match (&result, kind) {
+            (Ok(n), OpKind::Read) => {
+                let mut b = buf;
+                b.truncate(*n as usize);
+                b
             }
-            IoOp::Size { done } => {
-                self.stats.record(OpKind::Size, 0, lat);
-                done.complete(Ok(op.len));
-            }
-            IoOp::Sync { done, .. } | IoOp::Fallocate { done, .. } | IoOp::Close { done } => {
-                self.stats.record(op.kind, 0, lat);
-                done.complete(Ok(()));
-            }
-        }
+            _ => buf,
+        };
+        reply.deliver(result, buf, &mut self.sessions);
     }
 
     // -- tasks ---------------------------------------------------------------------------------
@@ -1013,11 +1416,18 @@ impl Shard {
                     wake_seen: &mut wake_seen,
                     index: self.cfg.index,
                 };
-                task(&mut ctx);
+                // A panicking task (submit_to catches its own; this is the backstop) must not
+                // take the shard down: its buffers are drained below all the same.
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task(&mut ctx)));
+                if let Err(p) = run {
+                    if p.is::<crate::executor::KillShard>() {
+                        std::panic::resume_unwind(p);
+                    }
+                }
             }
             if wake_seen {
-                self.wake_armed = false;
                 self.in_flight = self.in_flight.saturating_sub(1);
+                self.on_wake(0);
             }
             self.drain_task_buffers();
             self.stats.record(OpKind::Task, 0, elapsed_ns(at));
@@ -1038,10 +1448,10 @@ impl Shard {
                 .completion()
                 .map(|c| (c.user_data(), c.result()))
                 .collect();
-            for (ud, _) in cqes {
+            for (ud, res) in cqes {
                 if ud == WAKE_USER_DATA {
-                    self.wake_armed = false;
                     self.in_flight = self.in_flight.saturating_sub(1);
+                    self.on_wake(res);
                 } else {
                     self.pool.complete_user_data(ud);
                 }
@@ -1056,30 +1466,55 @@ impl Shard {
 
 impl Drop for Shard {
     fn drop(&mut self) {
-        // Fail what never ran (their completers report why), and close every file. Memory the
-        // kernel may still read or write (the memory path of an op in flight) is leaked, not
-        // freed: the ring is closed only after this.
+        // Fail what never ran or never finished (handles and sessions are told why), and close
+        // every file. Memory the kernel may still read or write (the memory path of an op in
+        // flight) is leaked, not freed: the ring is closed only after this.
+        let error = if self.panicked {
+            IoUringError::ShardFailed {
+                shard: self.cfg.index,
+                reason: "the shard thread panicked; this operation did not complete".into(),
+            }
+        } else {
+            IoUringError::Shutdown
+        };
         for mut op in self.ops.drain() {
-            if op.outstanding > 0 && op.data_path == DataPath::Memory {
+            let in_kernel = op.outstanding > 0 && op.data_path == DataPath::Memory;
+            let buf = if in_kernel {
                 std::mem::forget(std::mem::take(&mut op.out));
                 if let IoOp::Write { data, .. } = &mut op.io {
                     std::mem::forget(std::mem::take(data));
                 }
-            }
-            drop(op);
+                Vec::new()
+            } else if op.kind == OpKind::Read {
+                std::mem::take(&mut op.out)
+            } else {
+                op.io.take_buf()
+            };
+            op.reply
+                .deliver(Err(error.clone()), buf, &mut self.sessions);
         }
+        for req in std::mem::take(&mut self.backlog) {
+            let mut io = req.op;
+            let buf = io.take_buf();
+            req.reply
+                .deliver(Err(error.clone()), buf, &mut self.sessions);
+        }
+        self.sessions.deliver();
         self.tasks.clear();
-        if self.wake_armed {
-            // The kernel may still complete the wake-up read into this box after the ring is
-            // gone: keep its 8 bytes for the life of the process.
-            std::mem::forget(std::mem::take(&mut self.wake_buf));
-        }
     }
 }
 
-fn fail_request(op: IoOp, e: IoUringError, stats: &mut ShardStats, at: Instant) {
-    stats.record_error(op.kind(), e.errno().unwrap_or(libc::EBADF), elapsed_ns(at));
-    op.fail(e);
+/// Resets the wake-up eventfd's counter (non-blocking: EAGAIN means it was already 0).
+fn reset_eventfd(shared: &ShardShared) {
+    let mut value: u64 = 0;
+    // SAFETY: reads 8 bytes into a local u64 from our own non-blocking eventfd.
+    unsafe {
+        libc::read(
+            shared.eventfd.as_raw_fd(),
+            (&mut value as *mut u64).cast(),
+            std::mem::size_of::<u64>(),
+        )
+    };
 }
 
 /// Submits what is queued and waits for `want` completions, counting the call in `stats`.

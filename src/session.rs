@@ -1,0 +1,567 @@
+//! Sessions: a caller-owned completion queue for callers that keep many requests in flight.
+//!
+//! A [`Session`] is made per thread or per task. Requests carry a caller token; buffers move in
+//! with the request and come back with its result ([`Done`]). Requests to one shard are queued in
+//! the session and go out together on [`flush`](Session::flush) (also done by every reap and
+//! wait): one message and at most one wake-up per shard per flush. The shard collects the
+//! session's results over one turn of its loop and hands them back in one batch: one lock and at
+//! most one wake-up per batch, no allocation, `Arc`, `Mutex` or `Condvar` per operation.
+//!
+//! ```text
+//! caller (Session)                               shard i
+//! read/write/fsync(token) -> pending[i]          admit the batch's requests (in order)
+//! flush: pending[i] --(one message)-------------> ... issue, reap ...
+//!                                                finish: Done{token, result, buf} -> per-turn batch
+//! reap/wait/next: take the batch <--(one lock, one wake per batch)-- end of turn: deliver
+//! ```
+
+use crate::completion::wake_guarded;
+use crate::error::{IoUringError, Result};
+use crate::executor::ExecShared;
+use crate::file::{File, FileRef};
+use crate::park;
+use crate::request::{self, Limits};
+use crate::shard::{IoOp, Message};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+/// Requests a session may have in flight by default.
+pub const DEFAULT_SESSION_CAPACITY: usize = 256;
+/// The largest session capacity.
+pub const MAX_SESSION_CAPACITY: usize = 65_536;
+
+/// How many times a blocking wait yields the core before it sleeps: on a busy machine the shard
+/// often delivers meanwhile, and a sleep plus a wake-up costs two context switches and a futex
+/// call on the shard's side (the same trade as `Completion::wait`).
+const WAIT_YIELDS: u32 = 8;
+
+/// One finished request of a [`Session`].
+#[derive(Debug)]
+pub struct Done {
+    /// The token given with the request.
+    pub token: u64,
+    /// Bytes read or written (0 for fsync), or the error.
+    pub result: Result<usize>,
+    /// The request's buffer, back with the caller: a read's data (`len()` = bytes read), a
+    /// write's data as given (to reuse), empty for fsync. On an error, the buffer as it was.
+    pub buf: Vec<u8>,
+}
+
+/// A request queued in a session, as it travels to its shard.
+pub(crate) struct SessionReq {
+    pub file: FileRef,
+    pub op: IoOp,
+    pub token: u64,
+    pub deadline: Option<Instant>,
+}
+
+/// The part of a session its shards see: where results are delivered.
+pub(crate) struct SessionShared {
+    /// Results delivered and not yet taken.
+    done: Mutex<Vec<Done>>,
+    /// Bumped after every delivery; the word a blocked caller sleeps on.
+    epoch: AtomicU32,
+    /// A thread sleeps (or is about to) on `epoch`: only then does a delivery pay for a wake.
+    thread_waiting: AtomicBool,
+    waker: atomic_waker::AtomicWaker,
+    /// The session was dropped: its requests not yet issued are skipped, issued reads cancelled.
+    dropped: AtomicBool,
+}
+
+impl SessionShared {
+    fn new() -> Self {
+        SessionShared {
+            done: Mutex::new(Vec::new()),
+            epoch: AtomicU32::new(0),
+            thread_waiting: AtomicBool::new(false),
+            waker: atomic_waker::AtomicWaker::new(),
+            dropped: AtomicBool::new(false),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Done>> {
+        // A panic while holding this lock cannot leave the vector half-written (appends and swaps
+        // only), so a poisoned lock is still consistent.
+        self.done.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hands `batch` to the session (leaving `batch` empty, with some capacity) and wakes it.
+    /// Runs on the shard thread; never panics, whatever the caller's waker does.
+    pub(crate) fn deliver(&self, batch: &mut Vec<Done>) {
+        {
+            let mut q = self.lock();
+            if q.is_empty() {
+                // Swap: the caller's empty vector comes back to the shard, so neither side
+                // allocates in the steady state.
+                std::mem::swap(&mut *q, batch);
+            } else {
+                q.append(batch);
+            }
+        }
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        // Pairs with the waiter's SeqCst store of `thread_waiting` then load of `epoch`: either
+        // the waiter sees the new epoch and does not sleep, or this load sees it waiting.
+        if self.thread_waiting.load(Ordering::SeqCst) {
+            park::wake_all(&self.epoch);
+        }
+        if let Some(w) = self.waker.take() {
+            wake_guarded(w);
+        }
+    }
+}
+
+/// A caller-owned completion queue on an [`Executor`](crate::Executor): see the
+/// [module docs](self).
+///
+/// ```
+/// # fn main() -> ringshard::Result<()> {
+/// use ringshard::{Executor, OpenOptions};
+/// let exec = Executor::builder().shards(2).build()?;
+/// let dir = tempfile::tempdir().unwrap();
+/// let file = exec.open(dir.path().join("f"), OpenOptions::new().read(true).write(true).create(true)).wait()?;
+/// let mut s = exec.session();
+/// for i in 0..8u64 {
+///     s.write(&file, i * 4096, vec![i as u8; 4096], i)?;    // token i
+/// }
+/// let mut done = Vec::new();
+/// s.wait(8, &mut done)?;                                    // flushes, then waits for all 8
+/// assert!(done.iter().all(|d| d.result == Ok(4096)));
+/// let mut bufs: Vec<Vec<u8>> = done.drain(..).map(|d| d.buf).collect(); // reuse the buffers
+/// for i in 0..8u64 {
+///     s.read(&file, i * 4096, 4096, bufs.pop().unwrap(), 100 + i)?;
+/// }
+/// while s.in_flight() > 0 {
+///     s.wait(1, &mut done)?;                                // whatever is done, in any order
+/// }
+/// for d in &done {
+///     assert_eq!(d.buf, vec![(d.token - 100) as u8; 4096]);
+/// }
+/// # Ok(()) }
+/// ```
+///
+/// In async code, [`next`](Self::next) awaits at least one result without blocking the runtime.
+/// A session is `Send` (move it between threads or tasks) but not shared: one owner at a time.
+///
+/// Dropping a session with requests in flight is safe: requests not yet sent or issued never run
+/// (counted as cancelled), issued reads are cancelled in the kernel, issued writes finish, and
+/// every buffer is freed only after its operation's completion.
+pub struct Session {
+    exec: Arc<ExecShared>,
+    shared: Arc<SessionShared>,
+    /// Requests queued per shard, not yet flushed.
+    pending: Vec<Vec<SessionReq>>,
+    /// Results the caller's side produced itself (requests refused before they left).
+    local: Vec<Done>,
+    /// Requests submitted and not yet reaped (queued, sent, or done and not taken).
+    in_flight: usize,
+    capacity: usize,
+    timeout: Option<Duration>,
+    /// The epoch last seen: a changed epoch means something was delivered.
+    seen_epoch: u32,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("in_flight", &self.in_flight)
+            .field("capacity", &self.capacity)
+            .finish()
+    }
+}
+
+impl Session {
+    /// A session of `capacity` (checked: 1 to [`MAX_SESSION_CAPACITY`]).
+    pub(crate) fn with_capacity(exec: Arc<ExecShared>, capacity: usize) -> Result<Self> {
+        if capacity == 0 || capacity > MAX_SESSION_CAPACITY {
+            return Err(IoUringError::InvalidConfig(format!(
+                "session capacity {capacity} out of range: use 1 to {MAX_SESSION_CAPACITY}"
+            )));
+        }
+        Ok(Self::new(exec, capacity))
+    }
+
+    /// A session of `capacity`, which the caller has checked.
+    pub(crate) fn new(exec: Arc<ExecShared>, capacity: usize) -> Self {
+        let shards = exec.shards.len();
+        Session {
+            exec,
+            shared: Arc::new(SessionShared::new()),
+            pending: (0..shards).map(|_| Vec::new()).collect(),
+            local: Vec::new(),
+            in_flight: 0,
+            capacity,
+            timeout: None,
+            seen_epoch: 0,
+        }
+    }
+
+    /// Requests this session may have in flight.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Requests submitted and not yet reaped.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// A timeout for the requests submitted from now on (`None`: no deadline). A request not
+    /// done in time is cancelled and completes with
+    /// [`DeadlineExceeded`](IoUringError::DeadlineExceeded). Durations too large to be a point in
+    /// time mean no deadline.
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) {
+        self.timeout = timeout;
+    }
+
+    fn limits(&self) -> Limits {
+        self.exec.limits
+    }
+
+    /// Queues `op` on `file` under `token`; a request refused here completes with its error.
+    fn submit(&mut self, file: &File, op: Result<IoOp>, token: u64, buf: Vec<u8>) -> Result<()> {
+        if self.in_flight >= self.capacity {
+            return Err(IoUringError::SessionFull {
+                capacity: self.capacity,
+            });
+        }
+        self.in_flight += 1;
+        let checked = op.and_then(|op| self.exec.check_owner(file).map(|()| op));
+        match checked {
+            Ok(op) => {
+                let deadline = self.timeout.and_then(|t| Instant::now().checked_add(t));
+                if let Some(q) = self.pending.get_mut(file.shard()) {
+                    q.push(SessionReq {
+                        file: file.handle(),
+                        op,
+                        token,
+                        deadline,
+                    });
+                }
+            }
+            Err(e) => self.local.push(Done {
+                token,
+                result: Err(e),
+                buf,
+            }),
+        }
+        Ok(())
+    }
+
+    /// Queues a read of up to `len` bytes at `offset` into `buf` (its allocation is reused; its
+    /// contents are replaced). Fewer bytes come back only at end of file. Fails only when the
+    /// session is full ([`SessionFull`](IoUringError::SessionFull)); any other error comes back
+    /// as the request's result, with its buffer.
+    pub fn read(
+        &mut self,
+        file: &File,
+        offset: u64,
+        len: usize,
+        buf: Vec<u8>,
+        token: u64,
+    ) -> Result<()> {
+        let limits = self.limits();
+        match request::read(file, offset, len, limits) {
+            Ok(()) => self.submit(file, Ok(IoOp::Read { offset, len, buf }), token, Vec::new()),
+            Err(e) => self.submit(file, Err(e), token, buf),
+        }
+    }
+
+    /// Queues a write of all of `data` at `offset` (short writes are completed). Fails only when
+    /// the session is full; other errors come back as the request's result, with `data`.
+    pub fn write(&mut self, file: &File, offset: u64, data: Vec<u8>, token: u64) -> Result<()> {
+        let limits = self.limits();
+        match request::write(file, offset, data.len(), limits) {
+            Ok(()) => self.submit(file, Ok(IoOp::Write { offset, data }), token, Vec::new()),
+            Err(e) => self.submit(file, Err(e), token, data),
+        }
+    }
+
+    /// Queues an fsync: done after every earlier write to the file is durable.
+    pub fn fsync(&mut self, file: &File, token: u64) -> Result<()> {
+        self.submit(file, Ok(IoOp::Sync { datasync: false }), token, Vec::new())
+    }
+
+    /// Queues an fdatasync.
+    pub fn fdatasync(&mut self, file: &File, token: u64) -> Result<()> {
+        self.submit(file, Ok(IoOp::Sync { datasync: true }), token, Vec::new())
+    }
+
+    /// Sends the queued requests: one message and at most one wake-up per shard. Never blocks.
+    pub fn flush(&mut self) {
+        let now = Instant::now();
+        for shard in 0..self.pending.len() {
+            if self.pending[shard].is_empty() {
+                continue;
+            }
+            let n = self.pending[shard].len();
+            let reqs = std::mem::replace(&mut self.pending[shard], Vec::with_capacity(n));
+            let msg = Message::Session {
+                session: Arc::clone(&self.shared),
+                reqs,
+                at: now,
+            };
+            if let Err((msg, e)) = self.exec.send(shard, msg) {
+                if let Message::Session { reqs, .. } = msg {
+                    for mut r in reqs {
+                        let buf = r.op.take_buf();
+                        self.local.push(Done {
+                            token: r.token,
+                            result: Err(e.clone()),
+                            buf,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Moves every result ready now into `out` (appending); returns how many. Flushes first.
+    /// Never blocks.
+    pub fn reap(&mut self, out: &mut Vec<Done>) -> usize {
+        self.flush();
+        self.take(out)
+    }
+
+    fn take(&mut self, out: &mut Vec<Done>) -> usize {
+        let before = out.len();
+        out.append(&mut self.local);
+        let epoch = self.shared.epoch.load(Ordering::Acquire);
+        if epoch != self.seen_epoch {
+            self.seen_epoch = epoch;
+            let mut q = self.shared.lock();
+            if out.is_empty() {
+                // Swap: no copy, and the caller's spare capacity goes to the shard.
+                std::mem::swap(&mut *q, out);
+            } else {
+                out.append(&mut q);
+            }
+        }
+        let n = out.len() - before;
+        self.in_flight -= n.min(self.in_flight);
+        n
+    }
+
+    /// Flushes, then blocks until at least `min` results (at most [`in_flight`](Self::in_flight))
+    /// are in `out`; returns how many were added. Blocks the calling thread: in async code use
+    /// [`next`](Self::next).
+    pub fn wait(&mut self, min: usize, out: &mut Vec<Done>) -> Result<usize> {
+        self.wait_until(min, None, out)
+    }
+
+    /// Like [`wait`](Self::wait), giving up after `timeout` with what arrived by then (which may
+    /// be fewer than `min`; requests still in flight stay in flight). Any `Duration` works.
+    pub fn wait_timeout(
+        &mut self,
+        min: usize,
+        timeout: Duration,
+        out: &mut Vec<Done>,
+    ) -> Result<usize> {
+        let deadline = Instant::now().checked_add(timeout);
+        self.wait_until(min, Some(deadline), out)
+    }
+
+    /// `deadline`: `None` waits forever; `Some(None)` is a deadline too far to represent.
+    fn wait_until(
+        &mut self,
+        min: usize,
+        deadline: Option<Option<Instant>>,
+        out: &mut Vec<Done>,
+    ) -> Result<usize> {
+        self.flush();
+        let want = min.min(self.in_flight);
+        let mut got = self.take(out);
+        if got >= want {
+            return Ok(got);
+        }
+        self.check_not_on_own_shard()?;
+        let mut yields = 0;
+        loop {
+            let epoch = self.shared.epoch.load(Ordering::Acquire);
+            if epoch != self.seen_epoch {
+                got += self.take(out);
+                if got >= want {
+                    return Ok(got);
+                }
+                continue;
+            }
+            if yields < WAIT_YIELDS {
+                yields += 1;
+                std::thread::yield_now();
+                continue;
+            }
+            let left = match deadline {
+                None => None,
+                Some(None) => Some(Duration::MAX),
+                Some(Some(d)) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return Ok(got);
+                    }
+                    Some(d - now)
+                }
+            };
+            self.shared.thread_waiting.store(true, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+            if self.shared.epoch.load(Ordering::SeqCst) == epoch {
+                park::wait(&self.shared.epoch, epoch, left);
+            }
+            self.shared.thread_waiting.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Blocking on a session whose requests this very shard thread must run would never end.
+    fn check_not_on_own_shard(&self) -> Result<()> {
+        if let Some((exec, shard)) = crate::completion::current_shard() {
+            if exec == self.exec.id {
+                return Err(IoUringError::WouldDeadlock {
+                    op: "Session::wait",
+                    shard,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Awaits at least one result (flushing first) and moves every ready result into `out`;
+    /// resolves to how many were added, or to 0 at once when nothing is in flight. Never blocks
+    /// the runtime thread.
+    pub fn next<'a>(&'a mut self, out: &'a mut Vec<Done>) -> Next<'a> {
+        Next { session: self, out }
+    }
+
+    /// The polling form of [`next`](Self::next).
+    pub fn poll_next(&mut self, cx: &mut Context<'_>, out: &mut Vec<Done>) -> Poll<usize> {
+        self.flush();
+        let n = self.take(out);
+        if n > 0 || self.in_flight == 0 {
+            return Poll::Ready(n);
+        }
+        self.shared.waker.register(cx.waker());
+        // A delivery between the take above and the registration would not wake us: look again.
+        let n = self.take(out);
+        if n > 0 {
+            Poll::Ready(n)
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+/// The future of [`Session::next`].
+#[must_use = "futures do nothing unless awaited"]
+pub struct Next<'a> {
+    session: &'a mut Session,
+    out: &'a mut Vec<Done>,
+}
+
+impl Future for Next<'_> {
+    type Output = usize;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<usize> {
+        let this = self.get_mut();
+        this.session.poll_next(cx, this.out)
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.shared.dropped.store(true, Ordering::Release);
+        for (shard, q) in self.pending.iter().enumerate() {
+            if !q.is_empty() {
+                self.exec.note_cancelled_unsent(shard, q.len() as u64);
+            }
+        }
+    }
+}
+
+/// A shard's view of the sessions it has requests from: results are collected per session over
+/// one turn and delivered together.
+#[derive(Default)]
+pub(crate) struct SessionTable {
+    entries: Vec<Option<Entry>>,
+    free: Vec<u32>,
+    by_ptr: HashMap<usize, u32>,
+    /// Sessions with results to deliver at the end of the turn.
+    dirty: Vec<u32>,
+}
+
+struct Entry {
+    shared: Arc<SessionShared>,
+    out: Vec<Done>,
+    /// Requests of this session admitted here and not yet finished.
+    ops: usize,
+}
+
+impl SessionTable {
+    /// The index of `session` (registering it), counting `n` more requests for it.
+    pub(crate) fn register(&mut self, session: Arc<SessionShared>, n: usize) -> u32 {
+        let key = Arc::as_ptr(&session) as usize;
+        if let Some(&i) = self.by_ptr.get(&key) {
+            if let Some(Some(e)) = self.entries.get_mut(i as usize) {
+                e.ops += n;
+                return i;
+            }
+        }
+        let entry = Entry {
+            shared: session,
+            out: Vec::new(),
+            ops: n,
+        };
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.entries[i as usize] = Some(entry);
+                i
+            }
+            None => {
+                self.entries.push(Some(entry));
+                (self.entries.len() - 1) as u32
+            }
+        };
+        self.by_ptr.insert(key, i);
+        i
+    }
+
+    /// Adds a result for session `i`, delivered at the end of the turn.
+    pub(crate) fn push(&mut self, i: u32, done: Done) {
+        if let Some(Some(e)) = self.entries.get_mut(i as usize) {
+            if e.out.is_empty() {
+                self.dirty.push(i);
+            }
+            e.out.push(done);
+            e.ops = e.ops.saturating_sub(1);
+        }
+    }
+
+    /// Whether session `i` was dropped by its owner.
+    pub(crate) fn is_dropped(&self, i: u32) -> bool {
+        match self.entries.get(i as usize) {
+            Some(Some(e)) => e.shared.dropped.load(Ordering::Relaxed),
+            _ => true,
+        }
+    }
+
+    /// Delivers every session's results of this turn; forgets sessions with nothing in flight.
+    pub(crate) fn deliver(&mut self) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for &i in &dirty {
+            let Some(Some(e)) = self.entries.get_mut(i as usize) else {
+                continue;
+            };
+            e.shared.deliver(&mut e.out);
+            if e.ops == 0 {
+                let key = Arc::as_ptr(&e.shared) as usize;
+                self.entries[i as usize] = None;
+                self.by_ptr.remove(&key);
+                self.free.push(i);
+            }
+        }
+        // Kept for the next turn: no allocation per turn.
+        dirty.clear();
+        self.dirty = dirty;
+    }
+}

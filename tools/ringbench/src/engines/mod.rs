@@ -188,7 +188,9 @@ pub fn run(engine: EngineKind, ctx: &RunCtx) -> Result<Output, BenchError> {
     }
     match (engine, ctx.w.mode) {
         (EngineKind::Ringshard, Mode::InShard) => ringshard_inshard::run(ctx),
-        (EngineKind::Ringshard, Mode::Routed) => ringshard_routed::run(ctx),
+        (EngineKind::Ringshard, Mode::Routed) => {
+            ringshard_routed::run(ctx, ringshard_routed::Api::Session)
+        }
         (EngineKind::RawUring, _) => raw_uring::run(ctx),
         (EngineKind::PreadPool, _) => pread_pool::run(ctx),
         (EngineKind::TokioFs, _) => tokio_fs::run(ctx),

@@ -1,6 +1,9 @@
 //! ringshard through its public request API: `--clients` caller threads, each keeping `--iodepth`
-//! requests in flight with `Executor::batch` (one message per shard per refill), waiting on the
-//! oldest and taking every other one already done. Latency is measured by the callers.
+//! requests in flight. With the session API (the default), each client owns a `Session`: requests
+//! carry a token, buffers travel with them, and the client takes whatever has completed. With the
+//! per-request API, each refill is an `Executor::batch` (one message per shard), and the client
+//! waits on the oldest `Completion` and takes every other one already done. Latency is measured by
+//! the callers.
 
 use super::ringshard_inshard::{build_executor, open_files};
 use super::{ns_between, DoneGuard, Output, RunCtx};
@@ -46,7 +49,16 @@ struct InFlight {
     t0: Instant,
 }
 
-pub fn run(ctx: &RunCtx) -> Result<Output, BenchError> {
+/// Which request API the clients use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// `Session`: a completion queue per client.
+    Session,
+    /// `Completion`: one handle per request.
+    Completion,
+}
+
+pub fn run(ctx: &RunCtx, api: Api) -> Result<Output, BenchError> {
     let w = ctx.w;
     let buffers = (w.clients * w.iodepth).clamp(64, 16_384);
     let exec = build_executor(ctx, buffers)?;
@@ -76,7 +88,10 @@ pub fn run(ctx: &RunCtx) -> Result<Output, BenchError> {
                     .name(format!("ringbench-client-{}", s.index))
                     .spawn_scoped(scope, move || {
                         barrier.wait();
-                        c.run(ctx)
+                        match api {
+                            Api::Session => c.run_session(ctx),
+                            Api::Completion => c.run(ctx),
+                        }
                     })
                     .expect("spawning a client thread")
             })
@@ -168,6 +183,95 @@ impl Client<'_> {
                 let r = f.pending.wait();
                 spare.extend(self.finish(&mut tally, &mut gen, f.op, f.t0, r, now, w.verify, bs));
                 (ops, bytes) = count(f.op, ops, bytes, bs);
+            }
+            self.control.add(self.sub.index, ops, bytes);
+        }
+        tally
+    }
+
+    /// The session loop: fill every free slot, flush, take whatever completed, repeat.
+    fn run_session(&self, ctx: &RunCtx) -> Tally {
+        let _done = DoneGuard(self.control);
+        let w = ctx.w;
+        let bs = w.bs;
+        let mut gen = OpGen::for_submitter(w, self.sub, self.submitters);
+        let mut tally = Tally::default();
+        let mut session = match self.exec.session_with_capacity(w.iodepth) {
+            Ok(s) => s,
+            Err(e) => {
+                tally.fail(IoKind::Read, &self.paths[0], 0, &e.to_string());
+                return tally;
+            }
+        };
+        let mut template = vec![0u8; bs];
+        self.patterns[0].fill(&mut template, 0);
+        // Slot i holds the op whose token is i; buffers come back with results and are reused.
+        let mut slots: Vec<Option<(Op, Instant)>> = vec![None; w.iodepth];
+        let mut free: Vec<usize> = (0..w.iodepth).rev().collect();
+        let mut spare: Vec<Vec<u8>> = Vec::with_capacity(w.iodepth);
+        let mut done = Vec::with_capacity(w.iodepth);
+        loop {
+            if !self.control.stopped() {
+                let t0 = Instant::now();
+                while let Some(slot) = free.pop() {
+                    let Some(op) = gen.next_op() else {
+                        free.push(slot);
+                        break;
+                    };
+                    let f = &self.files[op.file];
+                    let token = slot as u64;
+                    let submitted = match op.kind {
+                        IoKind::Read => {
+                            let buf = spare.pop().unwrap_or_default();
+                            session.read(f, op.offset, bs, buf, token)
+                        }
+                        IoKind::Write => {
+                            let mut data = spare.pop().unwrap_or_default();
+                            data.clear();
+                            if w.verify {
+                                data.resize(bs, 0);
+                                self.patterns[op.file].fill(&mut data, op.offset);
+                            } else {
+                                data.extend_from_slice(&template);
+                            }
+                            session.write(f, op.offset, data, token)
+                        }
+                        IoKind::Fsync => session.fsync(f, token),
+                    };
+                    // The session holds `iodepth` requests, as many as there are slots.
+                    if submitted.is_ok() {
+                        slots[slot] = Some((op, t0));
+                    } else {
+                        free.push(slot);
+                        break;
+                    }
+                }
+            }
+            if session.in_flight() == 0 {
+                break;
+            }
+            if let Err(e) = session.wait(1, &mut done) {
+                tally.fail(IoKind::Read, &self.paths[0], 0, &e.to_string());
+                break;
+            }
+            let now = Instant::now();
+            let (mut ops, mut bytes) = (0, 0);
+            for d in done.drain(..) {
+                let slot = d.token as usize;
+                let Some((op, t0)) = slots.get_mut(slot).and_then(Option::take) else {
+                    continue;
+                };
+                free.push(slot);
+                let r = match (op.kind, d.result) {
+                    (IoKind::Read, Ok(n)) => Ok((n, Some(d.buf))),
+                    (_, Ok(n)) => {
+                        spare.push(d.buf);
+                        Ok((n, None))
+                    }
+                    (_, Err(e)) => Err(e),
+                };
+                spare.extend(self.finish(&mut tally, &mut gen, op, t0, r, now, w.verify, bs));
+                (ops, bytes) = count(op, ops, bytes, bs);
             }
             self.control.add(self.sub.index, ops, bytes);
         }

@@ -2,7 +2,8 @@
 //! one-line errors that say what is wrong and how to fix it.
 
 use crate::error::BenchError;
-use crate::workload::{EngineKind, Mode, PlacementSpec, Rw, TokioApi, Workload};
+use crate::sweep::SweepKey;
+use crate::workload::{Api, EngineKind, Mode, PlacementSpec, Rw, TokioApi, Workload};
 use clap::Parser;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -30,9 +31,10 @@ pub struct Args {
     /// that every shard gets one).
     #[arg(long, value_name = "N")]
     pub files: Option<usize>,
-    /// Operations in flight per submitter (per shard in-shard, per client routed).
-    #[arg(long, default_value_t = 32, value_name = "N")]
-    pub iodepth: usize,
+    /// Operations in flight per submitter: per shard in-shard, per client routed, per task async
+    /// [default: 32; 1 with --mode async].
+    #[arg(long, value_name = "N")]
+    pub iodepth: Option<usize>,
     /// How long to run (e.g. 5s, 500ms, 1m); default 3s unless --ops is given.
     #[arg(long, value_name = "TIME")]
     pub duration: Option<String>,
@@ -76,13 +78,22 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub spin_us: Option<u64>,
 
-    /// Where load is generated: inside each shard, or by --clients caller threads.
+    /// Where load is generated: inside each shard, by --clients caller threads, or by --tasks
+    /// tokio tasks.
     #[arg(long, value_enum, default_value_t = Mode::InShard)]
     pub mode: Mode,
-    /// Caller threads for --mode routed (each keeps --iodepth requests in flight).
+    /// Caller threads for --mode routed, each keeping --iodepth requests in flight (default 1);
+    /// tokio runtime worker threads for --mode async (default 2).
     #[arg(long, value_name = "N")]
     pub clients: Option<usize>,
-    /// Implementation doing the I/O.
+    /// tokio tasks for --mode async, each keeping --iodepth requests in flight (default 64).
+    #[arg(long, value_name = "N")]
+    pub tasks: Option<usize>,
+    /// Which ringshard request API --mode routed and --mode async use: the Session API, or one
+    /// Completion per request [default: session].
+    #[arg(long, value_enum, value_name = "API")]
+    pub api: Option<Api>,
+    /// Implementation doing the I/O (--mode async: ringshard, spawn-blocking or tokio-fs).
     #[arg(long, value_enum, default_value_t = EngineKind::Ringshard)]
     pub engine: EngineKind,
     /// pread-pool worker threads (default: one per shard of the placement).
@@ -92,14 +103,16 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = TokioApi::SeekRead)]
     pub tokio_api: TokioApi,
 
-    /// Run the workload on every engine, interleaved over --repeat rounds, and compare.
+    /// Run the workload on every engine (--mode async: ringshard, spawn-blocking, tokio-fs),
+    /// interleaved over --repeat rounds, and compare.
     #[arg(long)]
     pub compare: bool,
     /// Rounds for --compare and --sweep (default: 3 for --compare, 1 for --sweep).
     #[arg(long, value_name = "N")]
     pub repeat: Option<usize>,
-    /// Run once per shard count and print a scaling table: shards=1,2,4.
-    #[arg(long, value_name = "shards=LIST")]
+    /// Run once per value of one key and print a scaling table: shards=1,2,4, clients=1,2,4
+    /// (routed, async), iodepth=1,8,32 or tasks=1,16,64 (async).
+    #[arg(long, value_name = "KEY=LIST")]
     pub sweep: Option<String>,
     /// Write the --sweep scaling plot here (SVG).
     #[arg(long, value_name = "FILE")]
@@ -116,8 +129,14 @@ pub struct Args {
 #[derive(Debug, Clone)]
 pub enum Action {
     Single,
-    Compare { repeat: usize },
-    Sweep { shards: Vec<usize>, repeat: usize },
+    Compare {
+        repeat: usize,
+    },
+    Sweep {
+        key: SweepKey,
+        values: Vec<usize>,
+        repeat: usize,
+    },
 }
 
 /// Everything the command line asked for.
@@ -202,25 +221,54 @@ fn parse_list<T: TryFrom<usize>>(flag: &str, s: &str) -> Result<Vec<T>, BenchErr
         .collect()
 }
 
-/// "shards=1,2,4" -> [1, 2, 4].
-fn parse_sweep(s: &str) -> Result<Vec<usize>, BenchError> {
-    let bad = |why: &str| {
+/// "shards=1,2,4" -> (shards, [1, 2, 4]); one key per sweep.
+fn parse_sweep(s: &str) -> Result<(SweepKey, Vec<usize>), BenchError> {
+    let keys = SweepKey::ALL.map(SweepKey::name).join(", ");
+    let bad = |why: String| {
         BenchError::usage(format!(
-            "--sweep {s:?}: {why}; use --sweep shards=1,2,4 (shard counts, each at least 1)"
+            "--sweep {s:?}: {why}; use one KEY=LIST with KEY one of {keys} (e.g. --sweep \
+             shards=1,2,4 or --sweep iodepth=1,8,32)"
         ))
     };
-    let list = s
-        .strip_prefix("shards=")
-        .ok_or_else(|| bad("only shard counts can be swept"))?;
+    let Some((name, list)) = s.split_once('=') else {
+        return Err(bad("no KEY=".to_string()));
+    };
+    let key = SweepKey::ALL
+        .into_iter()
+        .find(|k| k.name() == name.trim())
+        .ok_or_else(|| bad(format!("{:?} is not a key that can be swept", name.trim())))?;
+    if list.contains('=') {
+        return Err(bad("one key per sweep".to_string()));
+    }
     let v: Vec<usize> = list
         .split(',')
-        .map(|x| x.trim().parse::<usize>().map_err(|_| bad("not a number")))
+        .map(|x| {
+            x.trim()
+                .parse::<usize>()
+                .map_err(|_| bad(format!("{:?} is not a number", x.trim())))
+        })
         .collect::<Result<_, _>>()?;
     if v.is_empty() || v.contains(&0) {
-        return Err(bad("shard counts must be at least 1"));
+        return Err(bad(format!("{} values must be at least 1", key.name())));
     }
-    Ok(v)
+    Ok((key, v))
 }
+
+/// Checks a count given by `flag` (`--iodepth`, `--tasks`, or a value of `--sweep` for them):
+/// from 1 to `max` `what`.
+pub fn check_count(flag: &str, n: usize, max: usize, what: &str) -> Result<usize, BenchError> {
+    if n == 0 || n > max {
+        return Err(BenchError::usage(format!(
+            "{flag} {n}: use 1 to {max} {what} (e.g. {flag} 1)"
+        )));
+    }
+    Ok(n)
+}
+
+/// Most operations in flight per submitter.
+pub const MAX_IODEPTH: usize = 4096;
+/// Most tasks of `--mode async`.
+pub const MAX_TASKS: usize = 65_536;
 
 impl Args {
     /// Checks every flag and builds the configuration.
@@ -250,17 +298,11 @@ impl Args {
                 self.bs
             )));
         }
-        if self.iodepth == 0 {
-            return Err(BenchError::usage(
-                "--iodepth 0: at least one operation must be in flight; use --iodepth 1 or more",
-            ));
-        }
-        if self.iodepth > 4096 {
-            return Err(BenchError::usage(format!(
-                "--iodepth {} is too deep: use at most 4096",
-                self.iodepth
-            )));
-        }
+        let iodepth = match (self.iodepth, self.mode) {
+            (Some(n), _) => check_count("--iodepth", n, MAX_IODEPTH, "operations in flight")?,
+            (None, Mode::Async) => 1,
+            (None, _) => 32,
+        };
         if self.rwmix_read > 100 {
             return Err(BenchError::usage(format!(
                 "--rwmix-read {}: a percentage from 0 to 100",
@@ -272,6 +314,9 @@ impl Args {
         }
         if self.clients == Some(0) {
             return Err(BenchError::usage("--clients 0: use at least one client"));
+        }
+        if let Some(n) = self.tasks {
+            check_count("--tasks", n, MAX_TASKS, "tasks")?;
         }
         if self.pool_threads == Some(0) {
             return Err(BenchError::usage(
@@ -317,10 +362,15 @@ impl Args {
                     "--sweep and --compare together: run one, then the other",
                 ))
             }
-            (Some(s), false) => Action::Sweep {
-                shards: parse_sweep(s)?,
-                repeat: self.repeat.unwrap_or(1),
-            },
+            (Some(s), false) => {
+                let (key, values) = parse_sweep(s)?;
+                key.check(self.mode, &values)?;
+                Action::Sweep {
+                    key,
+                    values,
+                    repeat: self.repeat.unwrap_or(1),
+                }
+            }
             (None, true) => Action::Compare {
                 repeat: self.repeat.unwrap_or(3),
             },
@@ -338,13 +388,33 @@ impl Args {
         }
         if self.plot.is_some() && !matches!(action, Action::Sweep { .. }) {
             return Err(BenchError::usage(
-                "--plot needs --sweep shards=LIST (it draws the scaling curve)",
+                "--plot needs --sweep KEY=LIST (it draws the scaling curve)",
             ));
         }
         if self.clients.is_some() && self.mode == Mode::InShard {
             return Err(BenchError::usage(
-                "--clients applies to --mode routed (in-shard runs one load loop per shard)",
+                "--clients applies to --mode routed and --mode async (in-shard runs one load loop \
+                 per shard)",
             ));
+        }
+        if self.tasks.is_some() && self.mode != Mode::Async {
+            return Err(BenchError::usage(
+                "--tasks applies to --mode async (add --mode async)",
+            ));
+        }
+        if self.api.is_some() && self.mode == Mode::InShard {
+            return Err(BenchError::usage(
+                "--api applies to --mode routed and --mode async (in-shard load runs inside the \
+                 shards, not through the request API)",
+            ));
+        }
+        if self.mode == Mode::Async && !self.engine.has_async_form() {
+            return Err(BenchError::usage(format!(
+                "--engine {} has no async form: --mode async runs ringshard, spawn-blocking or \
+                 tokio-fs (use --mode in-shard or routed for {})",
+                self.engine.name(),
+                self.engine.name()
+            )));
         }
         let w = Workload {
             rw: self.rw,
@@ -352,7 +422,7 @@ impl Args {
             bs: bs as usize,
             size: size / bs * bs,
             files: self.files,
-            iodepth: self.iodepth,
+            iodepth,
             duration,
             ops: self.ops,
             direct: self.direct,
@@ -364,7 +434,11 @@ impl Args {
             sqpoll: self.sqpoll,
             spin_us: self.spin_us,
             mode: self.mode,
-            clients: self.clients.unwrap_or(1),
+            clients: self
+                .clients
+                .unwrap_or(if self.mode == Mode::Async { 2 } else { 1 }),
+            tasks: self.tasks.unwrap_or(64),
+            api: self.api.unwrap_or_default(),
             engine: self.engine,
             pool_threads: self.pool_threads,
             tokio_api: self.tokio_api,
@@ -426,10 +500,72 @@ mod tests {
 
     #[test]
     fn sweeps() {
-        assert_eq!(parse_sweep("shards=1,2,4").unwrap(), vec![1, 2, 4]);
-        assert!(parse_sweep("clients=1").is_err());
-        assert!(parse_sweep("shards=0").is_err());
-        assert!(parse_sweep("shards=a").is_err());
+        assert_eq!(
+            parse_sweep("shards=1,2,4").unwrap(),
+            (SweepKey::Shards, vec![1, 2, 4])
+        );
+        assert_eq!(
+            parse_sweep("clients=1").unwrap(),
+            (SweepKey::Clients, vec![1])
+        );
+        assert_eq!(
+            parse_sweep("iodepth=1,8,32").unwrap(),
+            (SweepKey::Iodepth, vec![1, 8, 32])
+        );
+        assert_eq!(
+            parse_sweep("tasks=1,16").unwrap(),
+            (SweepKey::Tasks, vec![1, 16])
+        );
+        for bad in [
+            "shards=0",
+            "shards=a",
+            "cores=1,2",
+            "shards",
+            "shards=1,tasks=2",
+            "=1",
+        ] {
+            let e = parse_sweep(bad).unwrap_err();
+            assert_eq!(e.exit_code(), 2);
+            assert!(
+                e.to_string().contains("shards, clients, iodepth, tasks"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn async_mode_defaults_and_checks() {
+        let c = cfg(&["--mode", "async"]).unwrap();
+        assert_eq!(c.w.mode, Mode::Async);
+        assert_eq!((c.w.tasks, c.w.clients, c.w.iodepth), (64, 2, 1));
+        assert_eq!(c.w.api, Api::Session);
+        let c = cfg(&["--mode", "async", "--iodepth", "4", "--tasks", "8"]).unwrap();
+        assert_eq!((c.w.tasks, c.w.iodepth), (8, 4));
+        let c = cfg(&["--mode", "routed", "--api", "completion"]).unwrap();
+        assert_eq!(
+            (c.w.api, c.w.iodepth, c.w.clients),
+            (Api::Completion, 32, 1)
+        );
+        for bad in [
+            &["--mode", "async", "--engine", "raw-uring"][..],
+            &["--mode", "async", "--engine", "pread-pool"],
+            &["--mode", "async", "--tasks", "0"],
+            &["--tasks", "4"],
+            &["--api", "completion"],
+            &["--sweep", "tasks=1,2", "--mode", "routed"],
+            &["--sweep", "clients=1,2"],
+            &["--sweep", "iodepth=1,5000"],
+        ] {
+            assert_eq!(cfg(bad).unwrap_err().exit_code(), 2, "{bad:?}");
+        }
+        let c = cfg(&["--mode", "async", "--sweep", "tasks=1,4"]).unwrap();
+        assert!(matches!(
+            c.action,
+            Action::Sweep {
+                key: SweepKey::Tasks,
+                ..
+            }
+        ));
     }
 
     fn cfg(args: &[&str]) -> Result<Config, BenchError> {

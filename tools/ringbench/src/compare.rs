@@ -40,6 +40,8 @@ struct CompareReport<'a> {
     compare: bool,
     rounds: usize,
     mode: &'static str,
+    /// ringshard's request API (routed and async).
+    api: Option<&'static str>,
     workload: &'a Workload,
     host: &'a Host,
     engines: Vec<EngineSummary>,
@@ -54,17 +56,19 @@ pub fn run(
     progress: bool,
 ) -> Result<i32, BenchError> {
     let setup = Setup::new(&cfg.w, ws, None)?;
-    let engines = EngineKind::ALL;
+    let engines = EngineKind::compared(cfg.w.mode);
     let n = engines.len();
     // results[engine][round]
     let mut results: Vec<Vec<Option<RunReport>>> = vec![Vec::new(); n];
     let mut failures: Vec<Vec<String>> = vec![Vec::new(); n];
     println!(
-        "== compare: {} {} | iodepth {} | {} file(s) x {} | {} | {} round(s), engine order \
+        "== compare: {} {}{} | {} | {} file(s) x {} | {} | {} round(s), engine order \
          rotated each round",
         cfg.w.mode.name(),
         cfg.w.label(),
-        cfg.w.iodepth,
+        report::api_of(EngineKind::Ringshard, &cfg.w)
+            .map_or(String::new(), |a| format!(" | ringshard {a} API")),
+        report::load_params(&cfg.w, None),
         setup.files.len(),
         crate::cli::fmt_size(cfg.w.size),
         if cfg.w.direct {
@@ -83,7 +87,7 @@ pub fn run(
             match setup.run(&w, engine, host, progress) {
                 Ok(r) => {
                     println!(
-                        "round {}/{repeat}  {:<10}  {:>9} IOPS  {:>9.1} MB/s  p50 {:>7.1} µs  \
+                        "round {}/{repeat}  {:<14}  {:>9} IOPS  {:>9.1} MB/s  p50 {:>7.1} µs  \
                          p99 {:>8.1} µs  {:>6.3} CPU s/Mop{}",
                         round + 1,
                         engine.name(),
@@ -102,7 +106,7 @@ pub fn run(
                 Err(BenchError::Usage(m)) => return Err(BenchError::Usage(m)),
                 Err(BenchError::Runtime(m)) => {
                     println!(
-                        "round {}/{repeat}  {:<10}  failed: {m}",
+                        "round {}/{repeat}  {:<14}  failed: {m}",
                         round + 1,
                         engine.name()
                     );
@@ -168,6 +172,7 @@ pub fn run(
             compare: true,
             rounds: repeat,
             mode: cfg.w.mode.name(),
+            api: report::api_of(EngineKind::Ringshard, &cfg.w),
             workload: &cfg.w,
             host,
             engines: summaries,

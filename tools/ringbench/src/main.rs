@@ -2,8 +2,8 @@
 //!
 //! `cargo run --release -p ringbench` runs a short default workload (4k random reads from the page
 //! cache, one 64 MiB file per shard in a temporary directory, load generated inside every shard)
-//! and prints the table. See `--help` for the flags, `--compare` for the baselines and
-//! `--sweep shards=1,2,...` for a scaling curve.
+//! and prints the table. See `--help` for the flags, `--mode async` for tokio tasks, `--compare`
+//! for the baselines and `--sweep shards=1,2,...` (or clients, iodepth, tasks) for a scaling curve.
 
 mod buf;
 mod cli;
@@ -64,7 +64,11 @@ fn run(args: cli::Args) -> Result<i32, BenchError> {
             Ok(i32::from(report.failed()))
         }
         Action::Compare { repeat } => compare::run(&cfg, &ws, &host, *repeat, progress),
-        Action::Sweep { shards, repeat } => sweep::run(&cfg, &ws, &host, shards, *repeat, progress),
+        Action::Sweep {
+            key,
+            values,
+            repeat,
+        } => sweep::run(&cfg, &ws, &host, *key, values, *repeat, progress),
     }
 }
 

@@ -3,8 +3,9 @@
 
 use crate::engines::{Output, Row};
 use crate::error::BenchError;
+use crate::sweep::SweepKey;
 use crate::tally::LatSummary;
-use crate::workload::{EngineKind, Workload};
+use crate::workload::{Api, EngineKind, Mode, Workload};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -89,11 +90,16 @@ pub struct VerifyReport {
     pub mismatches: u64,
 }
 
+/// Rows of the per-shard (thread, client, task) table printed before the total; JSON has all.
+const MAX_ROWS: usize = 16;
+
 /// One run, as printed and as JSON.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
     pub engine: &'static str,
     pub mode: &'static str,
+    /// The ringshard request API (`--api`) for routed and async ringshard runs, else null.
+    pub api: Option<&'static str>,
     pub workload: Workload,
     pub host: Host,
     /// CPUs of the placement (one shard, or baseline thread, each).
@@ -157,6 +163,7 @@ impl RunReport {
         RunReport {
             engine: engine.name(),
             mode: w.mode.name(),
+            api: api_of(engine, w),
             workload: w.clone(),
             host: host.clone(),
             cpus: cpus.to_vec(),
@@ -225,8 +232,12 @@ impl RunReport {
                 .join(",")
         );
         let who = match w.mode {
-            crate::workload::Mode::InShard => placement,
-            crate::workload::Mode::Routed => format!("{placement}, {} client(s)", w.clients),
+            Mode::InShard => placement,
+            Mode::Routed => format!("{placement}, {} client(s)", w.clients),
+            Mode::Async => format!(
+                "{placement}, {} task(s) on {} tokio worker thread(s)",
+                w.tasks, w.clients
+            ),
         };
         let cache = match self.resident_pct {
             _ if self.direct => "O_DIRECT".to_string(),
@@ -234,9 +245,10 @@ impl RunReport {
             None => "page cache".to_string(),
         };
         format!(
-            "{} {} | {} | iodepth {} | {} file(s) x {} | {} | {}",
+            "{} {}{} | {} | iodepth {} | {} file(s) x {} | {} | {}",
             self.engine,
             self.mode,
+            self.api.map_or(String::new(), |a| format!(" ({a} API)")),
             w.label(),
             w.iodepth,
             self.files.len(),
@@ -271,9 +283,11 @@ impl RunReport {
             "per {} (latency of reads and writes in µs, measured by the {}):",
             self.row_kind, self.latency_measured_by
         );
+        let hidden = self.shards.len().saturating_sub(MAX_ROWS);
         let mut rows: Vec<Vec<String>> = self
             .shards
             .iter()
+            .take(MAX_ROWS)
             .map(|r| {
                 row_cells(
                     r.shard.map_or("-".into(), |s| s.to_string()),
@@ -317,6 +331,12 @@ impl RunReport {
             "max",
         ];
         print_table(&head, &rows);
+        if hidden > 0 {
+            println!(
+                "({hidden} more {} rows not shown; --json FILE has every row)",
+                self.row_kind
+            );
+        }
         println!(
             "total: {} IOPS, {:.1} MB/s, {} reads + {} writes{} in {:.3} s",
             fmt_count(t.iops),
@@ -381,6 +401,38 @@ fn row_cells(
         format!("{:.1}", l.p999),
         format!("{:.1}", l.max),
     ]
+}
+
+/// The `--api` a run of `engine` reports: ringshard's, in routed and async mode.
+pub fn api_of(engine: EngineKind, w: &Workload) -> Option<&'static str> {
+    Api::applies(engine, w.mode).then(|| w.api.name())
+}
+
+/// How the load is generated, for headers and plot titles ("iodepth 32", "2 client(s), iodepth
+/// 32", "64 task(s), 2 worker(s), iodepth 1"), leaving out what a sweep over `except` varies.
+pub fn load_params(w: &Workload, except: Option<SweepKey>) -> String {
+    let shown = |k: SweepKey| except != Some(k);
+    let mut parts = Vec::new();
+    match w.mode {
+        Mode::InShard => {}
+        Mode::Routed => {
+            if shown(SweepKey::Clients) {
+                parts.push(format!("{} client(s)", w.clients));
+            }
+        }
+        Mode::Async => {
+            if shown(SweepKey::Tasks) {
+                parts.push(format!("{} task(s)", w.tasks));
+            }
+            if shown(SweepKey::Clients) {
+                parts.push(format!("{} worker(s)", w.clients));
+            }
+        }
+    }
+    if shown(SweepKey::Iodepth) {
+        parts.push(format!("iodepth {}", w.iodepth));
+    }
+    parts.join(", ")
 }
 
 /// Prints an aligned table: first column left-aligned, the others right-aligned.

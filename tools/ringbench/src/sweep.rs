@@ -1,27 +1,104 @@
-//! `--sweep shards=1,2,...`: the workload once per shard count (per round; counts rotated each
-//! round), a scaling table (IOPS, speed-up, efficiency against the first count) and an SVG plot
-//! with the ideal (linear) line.
+//! `--sweep KEY=1,2,...`: the workload once per value of one key (shards, clients, iodepth or
+//! tasks; per round, values rotated each round), a scaling table (IOPS, speed-up against the first
+//! value, and for shards and clients the efficiency) and an SVG plot (with the ideal, linear line
+//! for shards and clients).
 
-use crate::cli::Config;
+use crate::cli::{check_count, Config, MAX_IODEPTH, MAX_TASKS};
 use crate::error::BenchError;
 use crate::files::Workspace;
 use crate::report::{self, fmt_count, median, Host, RunReport};
+use crate::workload::{Mode, Workload};
 use crate::Setup;
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::Path;
 
+/// What a sweep varies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SweepKey {
+    Shards,
+    Clients,
+    Iodepth,
+    Tasks,
+}
+
+impl SweepKey {
+    pub const ALL: [SweepKey; 4] = [
+        SweepKey::Shards,
+        SweepKey::Clients,
+        SweepKey::Iodepth,
+        SweepKey::Tasks,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SweepKey::Shards => "shards",
+            SweepKey::Clients => "clients",
+            SweepKey::Iodepth => "iodepth",
+            SweepKey::Tasks => "tasks",
+        }
+    }
+
+    /// Whether the key counts parallel workers, so that ideal scaling is linear and efficiency
+    /// (speed-up / relative value) means something; iodepth and tasks get a speed-up only.
+    pub fn scales_linearly(self) -> bool {
+        matches!(self, SweepKey::Shards | SweepKey::Clients)
+    }
+
+    /// Checks that the key can be swept in `mode` and that its values are valid.
+    pub fn check(self, mode: Mode, values: &[usize]) -> Result<(), BenchError> {
+        let flag = format!("--sweep {}=", self.name());
+        match (self, mode) {
+            (SweepKey::Clients, Mode::InShard) => {
+                return Err(BenchError::usage(format!(
+                    "{flag} needs --mode routed or --mode async (in-shard runs one load loop per \
+                     shard)"
+                )))
+            }
+            (SweepKey::Tasks, Mode::InShard | Mode::Routed) => {
+                return Err(BenchError::usage(format!(
+                    "{flag} needs --mode async (tasks are tokio tasks)"
+                )))
+            }
+            _ => {}
+        }
+        let limit = match self {
+            SweepKey::Iodepth => Some((MAX_IODEPTH, "operations in flight")),
+            SweepKey::Tasks => Some((MAX_TASKS, "tasks")),
+            SweepKey::Shards | SweepKey::Clients => None,
+        };
+        if let Some((max, what)) = limit {
+            for &v in values {
+                check_count(&flag, v, max, what)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The workload of the point with this value.
+    pub fn apply(self, w: &mut Workload, v: usize) {
+        match self {
+            SweepKey::Shards => w.placement.shards = Some(v),
+            SweepKey::Clients => w.clients = v,
+            SweepKey::Iodepth => w.iodepth = v,
+            SweepKey::Tasks => w.tasks = v,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Point {
-    pub shards: usize,
+    /// The swept key's value (the key is the report's `sweep`).
+    pub value: usize,
     /// Median IOPS over the rounds.
     pub iops: f64,
     pub mb_s: f64,
     pub rounds_iops: Vec<f64>,
-    /// IOPS / IOPS of the first count.
+    /// IOPS / IOPS of the first value.
     pub speedup: f64,
-    /// speed-up / (shards / first count's shards).
-    pub efficiency: f64,
+    /// speed-up / (value / first value); shards and clients only.
+    pub efficiency: Option<f64>,
     pub cpu_s_per_mop: f64,
 }
 
@@ -30,6 +107,8 @@ struct SweepReport<'a> {
     sweep: &'static str,
     engine: &'static str,
     mode: &'static str,
+    /// The ringshard request API (routed and async ringshard runs).
+    api: Option<&'static str>,
     workload: &'a crate::workload::Workload,
     host: &'a Host,
     points: &'a [Point],
@@ -40,36 +119,50 @@ pub fn run(
     cfg: &Config,
     ws: &Workspace,
     host: &Host,
-    counts: &[usize],
+    key: SweepKey,
+    values: &[usize],
     repeat: usize,
     progress: bool,
 ) -> Result<i32, BenchError> {
-    let setups: Vec<Setup> = counts
-        .iter()
-        .map(|&n| Setup::new(&cfg.w, ws, Some(n)))
-        .collect::<Result<_, _>>()?;
-    let mut runs: Vec<Vec<RunReport>> = vec![Vec::new(); counts.len()];
+    // Only the shard count changes the placement and the files: one setup serves other keys.
+    let setups: Vec<Setup> = if key == SweepKey::Shards {
+        values
+            .iter()
+            .map(|&n| Setup::new(&cfg.w, ws, Some(n)))
+            .collect::<Result<_, _>>()?
+    } else {
+        vec![Setup::new(&cfg.w, ws, None)?]
+    };
+    let setup_of = |i: usize| &setups[i.min(setups.len() - 1)];
+    let mut runs: Vec<Vec<RunReport>> = vec![Vec::new(); values.len()];
+    let api = crate::report::api_of(cfg.w.engine, &cfg.w);
     println!(
-        "== sweep: {} {} {} | iodepth {} | shards {:?} | {} round(s)",
+        "== sweep: {} {}{} {} | {} | {} {:?} | {} round(s)",
         cfg.w.engine.name(),
         cfg.w.mode.name(),
+        api.map_or(String::new(), |a| format!(" ({a} API)")),
         cfg.w.label(),
-        cfg.w.iodepth,
-        counts,
+        report::load_params(&cfg.w, Some(key)),
+        key.name(),
+        values,
         repeat
     );
     for round in 0..repeat {
-        for k in 0..counts.len() {
-            let i = (round + k) % counts.len();
+        for k in 0..values.len() {
+            let i = (round + k) % values.len();
             let mut w = cfg.w.clone();
-            w.placement.shards = Some(counts[i]);
-            let r = setups[i].run(&w, cfg.w.engine, host, progress)?;
+            key.apply(&mut w, values[i]);
+            let setup = setup_of(i);
+            let r = setup.run(&w, cfg.w.engine, host, progress)?;
+            let what = match key {
+                SweepKey::Shards => {
+                    format!("{:>3} shard(s) on CPUs {:?}", values[i], setup.cpus.cpus)
+                }
+                _ => format!("{} {:>4}", key.name(), values[i]),
+            };
             println!(
-                "round {}/{repeat}  {:>3} shard(s) on CPUs {:?}: {:>9} IOPS  {:.1} MB/s  {:.3} \
-                 CPU s/Mop{}",
+                "round {}/{repeat}  {what}: {:>9} IOPS  {:.1} MB/s  {:.3} CPU s/Mop{}",
                 round + 1,
-                counts[i],
-                setups[i].cpus.cpus,
                 fmt_count(r.total.iops),
                 r.total.mb_s,
                 r.cpu.cpu_s_per_mop,
@@ -78,39 +171,40 @@ pub fn run(
             runs[i].push(r);
         }
     }
-    let points = points(counts, &runs);
+    let points = points(key, values, &runs);
     println!();
-    let head = [
-        "shards",
-        "IOPS",
-        "MB/s",
-        "speed-up",
-        "efficiency",
-        "CPU s/Mop",
-        "IOPS by round",
-    ];
+    let mut head = vec![key.name(), "IOPS", "MB/s", "speed-up"];
+    if key.scales_linearly() {
+        head.push("efficiency");
+    }
+    head.extend(["CPU s/Mop", "IOPS by round"]);
     let rows: Vec<Vec<String>> = points
         .iter()
         .map(|p| {
-            vec![
-                p.shards.to_string(),
+            let mut row = vec![
+                p.value.to_string(),
                 fmt_count(p.iops),
                 format!("{:.1}", p.mb_s),
                 format!("{:.2}x", p.speedup),
-                format!("{:.0}%", p.efficiency * 100.0),
+            ];
+            if let Some(e) = p.efficiency {
+                row.push(format!("{:.0}%", e * 100.0));
+            }
+            row.extend([
                 format!("{:.3}", p.cpu_s_per_mop),
                 report::fmt_rounds(&p.rounds_iops),
-            ]
+            ]);
+            row
         })
         .collect();
     report::print_table(&head, &rows);
     if let Some(path) = &cfg.plot {
         let title = format!(
-            "{} {} {} iodepth {} ({}, {})",
+            "{} {} {} {} ({}, {})",
             cfg.w.engine.name(),
             cfg.w.mode.name(),
             cfg.w.label(),
-            cfg.w.iodepth,
+            report::load_params(&cfg.w, Some(key)),
             if cfg.w.direct {
                 "O_DIRECT"
             } else {
@@ -118,15 +212,16 @@ pub fn run(
             },
             host.kernel
         );
-        write_svg(path, &title, &points)?;
+        write_svg(path, &title, key, &points)?;
         println!("plot: {}", path.display());
     }
     let failed = runs.iter().flatten().any(RunReport::failed);
     if let Some(p) = &cfg.json {
         let rep = SweepReport {
-            sweep: "shards",
+            sweep: key.name(),
             engine: cfg.w.engine.name(),
             mode: cfg.w.mode.name(),
+            api,
             workload: &cfg.w,
             host,
             points: &points,
@@ -137,13 +232,13 @@ pub fn run(
     Ok(i32::from(failed))
 }
 
-fn points(counts: &[usize], runs: &[Vec<RunReport>]) -> Vec<Point> {
+fn points(key: SweepKey, values: &[usize], runs: &[Vec<RunReport>]) -> Vec<Point> {
     let med = |rs: &[RunReport], f: &dyn Fn(&RunReport) -> f64| {
         median(&rs.iter().map(f).collect::<Vec<_>>())
     };
     let base_iops = med(&runs[0], &|r| r.total.iops);
-    let base_n = counts[0] as f64;
-    counts
+    let base_n = values[0] as f64;
+    values
         .iter()
         .zip(runs)
         .map(|(&n, rs)| {
@@ -154,12 +249,12 @@ fn points(counts: &[usize], runs: &[Vec<RunReport>]) -> Vec<Point> {
                 0.0
             };
             Point {
-                shards: n,
+                value: n,
                 iops,
                 mb_s: med(rs, &|r| r.total.mb_s),
                 rounds_iops: rs.iter().map(|r| r.total.iops).collect(),
                 speedup,
-                efficiency: speedup / (n as f64 / base_n),
+                efficiency: key.scales_linearly().then(|| speedup / (n as f64 / base_n)),
                 cpu_s_per_mop: med(rs, &|r| r.cpu.cpu_s_per_mop),
             }
         })
@@ -199,14 +294,16 @@ fn fmt_tick(v: f64) -> String {
     format!("{}{unit}", num.trim_end_matches('0').trim_end_matches('.'))
 }
 
-/// The scaling plot: measured IOPS per shard count, and the ideal line through the first point.
-pub fn svg(title: &str, points: &[Point]) -> String {
+/// The scaling plot: measured IOPS per value of `key`, and for shards and clients the ideal line
+/// through the first point.
+pub fn svg(title: &str, key: SweepKey, points: &[Point]) -> String {
+    let linear = key.scales_linearly();
     let (w, h) = (720.0, 440.0);
     let (left, right, top, bottom) = (90.0, 80.0, 50.0, 60.0);
     let (pw, ph) = (w - left - right, h - top - bottom);
-    let max_n = points.iter().map(|p| p.shards).max().unwrap_or(1) as f64;
-    let base = points.first().map_or(0.0, |p| p.iops / p.shards as f64);
-    let ideal_max = base * max_n;
+    let max_n = points.iter().map(|p| p.value).max().unwrap_or(1) as f64;
+    let base = points.first().map_or(0.0, |p| p.iops / p.value as f64);
+    let ideal_max = if linear { base * max_n } else { 0.0 };
     let y_top = points
         .iter()
         .map(|p| p.iops)
@@ -248,9 +345,9 @@ pub fn svg(title: &str, points: &[Point]) -> String {
         );
         v += step;
     }
-    // X ticks at each measured shard count.
+    // X ticks at each measured value.
     for p in points {
-        let xx = x(p.shards as f64);
+        let xx = x(p.value as f64);
         let _ = writeln!(
             s,
             r##"<line x1="{xx:.1}" y1="{:.1}" x2="{xx:.1}" y2="{:.1}" stroke="#333"/>"##,
@@ -261,7 +358,7 @@ pub fn svg(title: &str, points: &[Point]) -> String {
             s,
             r#"<text x="{xx:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
             top + ph + 20.0,
-            p.shards
+            p.value
         );
     }
     // Axes and labels.
@@ -279,9 +376,10 @@ pub fn svg(title: &str, points: &[Point]) -> String {
     );
     let _ = writeln!(
         s,
-        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">shards</text>"#,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
         left + pw / 2.0,
-        h - 18.0
+        h - 18.0,
+        key.name()
     );
     let _ = writeln!(
         s,
@@ -290,18 +388,20 @@ pub fn svg(title: &str, points: &[Point]) -> String {
         top + ph / 2.0
     );
     // Ideal scaling: linear through the first point, from 0.
-    let _ = writeln!(
-        s,
-        r##"<line x1="{:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#999" stroke-dasharray="6 4"/>"##,
-        x(0.0),
-        y(0.0),
-        x(max_n),
-        y(ideal_max)
-    );
+    if linear {
+        let _ = writeln!(
+            s,
+            r##"<line x1="{:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#999" stroke-dasharray="6 4"/>"##,
+            x(0.0),
+            y(0.0),
+            x(max_n),
+            y(ideal_max)
+        );
+    }
     // Measured.
     let pts: Vec<String> = points
         .iter()
-        .map(|p| format!("{:.1},{:.1}", x(p.shards as f64), y(p.iops)))
+        .map(|p| format!("{:.1},{:.1}", x(p.value as f64), y(p.iops)))
         .collect();
     let _ = writeln!(
         s,
@@ -309,46 +409,52 @@ pub fn svg(title: &str, points: &[Point]) -> String {
         pts.join(" ")
     );
     for p in points {
-        let (xx, yy) = (x(p.shards as f64), y(p.iops));
+        let (xx, yy) = (x(p.value as f64), y(p.iops));
         let _ = writeln!(
             s,
             r##"<circle cx="{xx:.1}" cy="{yy:.1}" r="4" fill="#1f6feb"/>"##
         );
+        let label = match p.efficiency {
+            Some(e) => format!("{} ({:.0}%)", fmt_count(p.iops), e * 100.0),
+            None => format!("{} ({:.2}x)", fmt_count(p.iops), p.speedup),
+        };
         let _ = writeln!(
             s,
-            r#"<text x="{xx:.1}" y="{:.1}" text-anchor="middle">{} ({:.0}%)</text>"#,
-            yy - 10.0,
-            fmt_count(p.iops),
-            p.efficiency * 100.0
+            r#"<text x="{xx:.1}" y="{:.1}" text-anchor="middle">{label}</text>"#,
+            yy - 10.0
         );
     }
     // Legend.
     let lx = left + 16.0;
     let _ = writeln!(
         s,
-        r##"<line x1="{lx}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#1f6feb" stroke-width="2.5"/><text x="{:.1}" y="{:.1}">measured (median IOPS, efficiency)</text>"##,
+        r##"<line x1="{lx}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#1f6feb" stroke-width="2.5"/><text x="{:.1}" y="{:.1}">measured (median IOPS, {})</text>"##,
         top + 14.0,
         lx + 24.0,
         top + 14.0,
         lx + 30.0,
-        top + 18.0
+        top + 18.0,
+        if linear { "efficiency" } else { "speed-up" }
     );
-    let _ = writeln!(
-        s,
-        r##"<line x1="{lx}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#999" stroke-dasharray="6 4"/><text x="{:.1}" y="{:.1}">ideal (linear from {} shard(s))</text>"##,
-        top + 32.0,
-        lx + 24.0,
-        top + 32.0,
-        lx + 30.0,
-        top + 36.0,
-        points.first().map_or(1, |p| p.shards)
-    );
+    if linear {
+        let _ = writeln!(
+            s,
+            r##"<line x1="{lx}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#999" stroke-dasharray="6 4"/><text x="{:.1}" y="{:.1}">ideal (linear from {} {})</text>"##,
+            top + 32.0,
+            lx + 24.0,
+            top + 32.0,
+            lx + 30.0,
+            top + 36.0,
+            points.first().map_or(1, |p| p.value),
+            key.name()
+        );
+    }
     s.push_str("</svg>\n");
     s
 }
 
-fn write_svg(path: &Path, title: &str, points: &[Point]) -> Result<(), BenchError> {
-    std::fs::write(path, svg(title, points))
+fn write_svg(path: &Path, title: &str, key: SweepKey, points: &[Point]) -> Result<(), BenchError> {
+    std::fs::write(path, svg(title, key, points))
         .map_err(|e| BenchError::runtime(format!("writing --plot {}: {e}", path.display())))
 }
 
@@ -368,21 +474,30 @@ mod tests {
 
     #[test]
     fn svg_has_axes_and_both_lines() {
-        let p = |shards, iops: f64| Point {
-            shards,
+        let p = |value, iops: f64| Point {
+            value,
             iops,
             mb_s: 0.0,
             rounds_iops: vec![iops],
             speedup: iops / 100.0,
-            efficiency: iops / 100.0 / shards as f64,
+            efficiency: Some(iops / 100.0 / value as f64),
             cpu_s_per_mop: 1.0,
         };
-        let s = svg("t <x>", &[p(1, 100.0), p(2, 180.0)]);
+        let s = svg("t <x>", SweepKey::Shards, &[p(1, 100.0), p(2, 180.0)]);
         assert!(s.starts_with("<svg"));
         assert!(s.contains("polyline"));
         assert!(s.contains("stroke-dasharray"));
         assert!(s.contains(">shards<"));
         assert!(s.contains("t &lt;x&gt;"));
         assert!(s.trim_end().ends_with("</svg>"));
+        // iodepth: no ideal line, speed-up instead of efficiency.
+        let q = |value, iops: f64| Point {
+            efficiency: None,
+            ..p(value, iops)
+        };
+        let d = svg("t", SweepKey::Iodepth, &[q(1, 100.0), q(8, 300.0)]);
+        assert!(d.contains(">iodepth<"));
+        assert!(!d.contains("stroke-dasharray"));
+        assert!(d.contains("(3.00x)"));
     }
 }

@@ -184,3 +184,19 @@ impl Tally {
 pub fn errno_reason(errno: i32) -> String {
     ringshard::stats::errno_name(errno.abs())
 }
+
+/// The text of a failed ringshard request: its errno's name, or the error.
+pub fn lib_reason(e: &ringshard::Error) -> String {
+    match e.errno() {
+        Some(errno) => errno_reason(errno),
+        None => e.to_string(),
+    }
+}
+
+/// The text of a failed std I/O call: its errno's name, or the error.
+pub fn io_reason(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(errno) => errno_reason(errno),
+        None => e.to_string(),
+    }
+}

@@ -57,6 +57,8 @@ pub enum Mode {
     InShard,
     /// From `--clients` caller threads through the public request API.
     Routed,
+    /// From `--tasks` tokio tasks on a multi-thread runtime with `--clients` worker threads.
+    Async,
 }
 
 impl Mode {
@@ -64,6 +66,7 @@ impl Mode {
         match self {
             Mode::InShard => "in-shard",
             Mode::Routed => "routed",
+            Mode::Async => "async",
         }
     }
 }
@@ -80,15 +83,32 @@ pub enum EngineKind {
     PreadPool,
     /// tokio::fs (blocking-pool file I/O).
     TokioFs,
+    /// tokio `spawn_blocking` around pread/pwrite on a shared `std::fs::File`.
+    SpawnBlocking,
 }
 
 impl EngineKind {
-    pub const ALL: [EngineKind; 4] = [
-        EngineKind::Ringshard,
-        EngineKind::RawUring,
-        EngineKind::PreadPool,
-        EngineKind::TokioFs,
-    ];
+    /// The engines `--compare` runs in `mode`, ringshard first (the ratios are to it).
+    pub fn compared(mode: Mode) -> &'static [EngineKind] {
+        match mode {
+            Mode::Async => &[
+                EngineKind::Ringshard,
+                EngineKind::SpawnBlocking,
+                EngineKind::TokioFs,
+            ],
+            Mode::InShard | Mode::Routed => &[
+                EngineKind::Ringshard,
+                EngineKind::RawUring,
+                EngineKind::PreadPool,
+                EngineKind::TokioFs,
+            ],
+        }
+    }
+
+    /// Whether the engine runs as tokio tasks in `--mode async`.
+    pub fn has_async_form(self) -> bool {
+        Self::compared(Mode::Async).contains(&self)
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -96,7 +116,34 @@ impl EngineKind {
             EngineKind::RawUring => "raw-uring",
             EngineKind::PreadPool => "pread-pool",
             EngineKind::TokioFs => "tokio-fs",
+            EngineKind::SpawnBlocking => "spawn-blocking",
         }
+    }
+}
+
+/// Which ringshard request API the routed and async engines use (`--api`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Api {
+    /// A `Session` per client thread or task: tokens in, results out in batches, buffers moved in
+    /// and back.
+    #[default]
+    Session,
+    /// One `Completion` per request (`Executor::read_into`, `write`, `fsync`, `batch`).
+    Completion,
+}
+
+impl Api {
+    pub fn name(self) -> &'static str {
+        match self {
+            Api::Session => "session",
+            Api::Completion => "completion",
+        }
+    }
+
+    /// Whether `--api` means anything for `engine` in `mode` (ringshard, routed or async).
+    pub fn applies(engine: EngineKind, mode: Mode) -> bool {
+        engine == EngineKind::Ringshard && mode != Mode::InShard
     }
 }
 
@@ -129,6 +176,7 @@ pub struct Workload {
     pub size: u64,
     /// `None`: one file per shard, picked so that the router gives every shard one.
     pub files: Option<usize>,
+    /// Operations in flight per submitter (per shard, client, or task in `--mode async`).
     pub iodepth: usize,
     #[serde(serialize_with = "ser_opt_secs")]
     pub duration: Option<Duration>,
@@ -142,7 +190,11 @@ pub struct Workload {
     pub sqpoll: Option<u32>,
     pub spin_us: Option<u64>,
     pub mode: Mode,
+    /// Caller threads (routed) or tokio worker threads (async).
     pub clients: usize,
+    /// tokio tasks (async).
+    pub tasks: usize,
+    pub api: Api,
     pub engine: EngineKind,
     pub pool_threads: Option<usize>,
     pub tokio_api: TokioApi,
@@ -386,6 +438,8 @@ mod tests {
             spin_us: None,
             mode: Mode::InShard,
             clients: 1,
+            tasks: 64,
+            api: Api::Session,
             engine: EngineKind::Ringshard,
             pool_threads: None,
             tokio_api: TokioApi::SeekRead,

@@ -1,6 +1,6 @@
 //! Runs the built ringbench binary: every engine in both modes with --verify and --json for about a
-//! second each, --compare, --sweep, verification catching a corrupted byte, and the usage errors
-//! (exit code 2, one line).
+//! second each, --mode async with each async engine, --api, --compare, --sweep (shards, iodepth,
+//! tasks), verification catching a corrupted byte, and the usage errors (exit code 2, one line).
 
 use serde_json::Value;
 use std::path::Path;
@@ -60,6 +60,8 @@ fn check_run(v: &Value, engine: &str, mode: &str, verify: bool) {
         "placement",
         "mode",
         "clients",
+        "tasks",
+        "api",
         "engine",
     ] {
         assert!(w.get(key).is_some(), "workload.{key} missing: {w}");
@@ -91,8 +93,8 @@ fn check_run(v: &Value, engine: &str, mode: &str, verify: bool) {
     }
 }
 
-/// One engine, both modes, mixed reads and writes with fsyncs, verified.
-fn engine_both_modes(engine: &str) {
+/// One engine, both modes, mixed reads and writes with fsyncs, verified, for `duration` each.
+fn engine_both_modes(engine: &str, duration: &str) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
     for mode in ["in-shard", "routed"] {
@@ -111,7 +113,7 @@ fn engine_both_modes(engine: &str) {
             "--iodepth",
             "8",
             "--duration",
-            "1s",
+            duration,
             "--verify",
             "--quiet",
             "--dir",
@@ -137,22 +139,170 @@ fn engine_both_modes(engine: &str) {
 
 #[test]
 fn ringshard_in_shard_and_routed() {
-    engine_both_modes("ringshard");
+    engine_both_modes("ringshard", "1s");
 }
 
 #[test]
 fn raw_uring_in_shard_and_routed() {
-    engine_both_modes("raw-uring");
+    engine_both_modes("raw-uring", "1s");
 }
 
 #[test]
 fn pread_pool_in_shard_and_routed() {
-    engine_both_modes("pread-pool");
+    engine_both_modes("pread-pool", "1s");
 }
 
 #[test]
 fn tokio_fs_in_shard_and_routed() {
-    engine_both_modes("tokio-fs");
+    engine_both_modes("tokio-fs", "1s");
+}
+
+#[test]
+fn spawn_blocking_in_shard_and_routed() {
+    engine_both_modes("spawn-blocking", "300ms");
+}
+
+/// Runs ringbench expecting success on 4 MiB files in `dir`, quietly, with `--json`: returns
+/// stdout and the JSON.
+fn run_in(dir: &Path, args: &[&str]) -> (String, Value) {
+    let js = dir.join("out.json");
+    let mut all = args.to_vec();
+    let (d, j) = (dir.to_str().unwrap(), js.to_str().unwrap());
+    all.extend(["--size", "4m", "--quiet", "--dir", d, "--json", j]);
+    let out = ok(&all);
+    (out, json(&js))
+}
+
+/// `--mode async` on one engine: tasks with mixed reads and writes with fsyncs, verified.
+fn async_engine(engine: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, v) = run_in(
+        dir.path(),
+        &[
+            "--mode",
+            "async",
+            "--engine",
+            engine,
+            "--tasks",
+            "8",
+            "--rw",
+            "randrw",
+            "--fsync-every",
+            "64",
+            "--duration",
+            "300ms",
+            "--verify",
+        ],
+    );
+    assert!(out.contains("per task"), "{out}");
+    assert!(
+        out.contains("8 task(s) on 2 tokio worker thread(s)"),
+        "{out}"
+    );
+    check_run(&v, engine, "async", true);
+    assert!(num(&v["total"], "writes") > 0.0);
+    assert_eq!(v["row_kind"], "task");
+    assert_eq!(v["shards"].as_array().unwrap().len(), 8);
+    assert_eq!(
+        v["workload"]["iodepth"], 1,
+        "async default: one request per task"
+    );
+    assert_eq!(v["workload"]["clients"], 2);
+    if engine == "ringshard" {
+        assert_eq!(v["api"], "session");
+        assert!(out.contains("ringshard async (session API) |"), "{out}");
+        assert!(v["library_stats"]["total"]["total_ops"].as_u64().unwrap() > 0);
+    } else {
+        assert!(v["api"].is_null(), "{}", v["api"]);
+    }
+}
+
+#[test]
+fn async_ringshard() {
+    async_engine("ringshard");
+}
+
+#[test]
+fn async_spawn_blocking() {
+    async_engine("spawn-blocking");
+}
+
+#[test]
+fn async_tokio_fs() {
+    async_engine("tokio-fs");
+}
+
+#[test]
+fn async_iodepth_keeps_several_requests_per_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, v) = run_in(
+        dir.path(),
+        &[
+            "--mode",
+            "async",
+            "--tasks",
+            "2",
+            "--iodepth",
+            "4",
+            "--clients",
+            "1",
+            "--ops",
+            "2000",
+            "--verify",
+        ],
+    );
+    check_run(&v, "ringshard", "async", true);
+    assert_eq!(v["total"]["ops"], 2000);
+    assert_eq!(v["workload"]["iodepth"], 4);
+    assert_eq!(v["shards"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn api_completion_and_session_run_routed_and_async() {
+    let dir = tempfile::tempdir().unwrap();
+    for mode in ["routed", "async"] {
+        for api in ["completion", "session"] {
+            let args = ["--mode", mode, "--api", api, "--ops", "2000"];
+            let (out, v) = run_in(dir.path(), &args);
+            let head = format!("ringshard {mode} ({api} API) |");
+            assert!(out.contains(&head), "{out}");
+            check_run(&v, "ringshard", mode, false);
+            assert_eq!(v["api"], api);
+            assert_eq!(v["workload"]["api"], api);
+            assert_eq!(v["total"]["ops"], 2000);
+        }
+    }
+}
+
+#[test]
+fn compare_in_async_mode_runs_the_async_engines() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, v) = run_in(
+        dir.path(),
+        &[
+            "--compare",
+            "--mode",
+            "async",
+            "--tasks",
+            "4",
+            "--repeat",
+            "1",
+            "--ops",
+            "2000",
+        ],
+    );
+    assert!(out.contains("ringshard session API"), "{out}");
+    let names: Vec<&str> = v["engines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["engine"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["ringshard", "spawn-blocking", "tokio-fs"]);
+    assert_eq!(v["api"], "session");
+    for r in v["runs"].as_array().unwrap() {
+        check_run(r, r["engine"].as_str().unwrap(), "async", false);
+    }
 }
 
 #[test]
@@ -274,9 +424,53 @@ fn sweep_prints_scaling_and_writes_svg() {
     let v = json(&js);
     let points = v["points"].as_array().unwrap();
     assert_eq!(points.len(), 2);
-    assert_eq!(points[0]["shards"], 1);
+    assert_eq!(v["sweep"], "shards");
+    assert_eq!(points[0]["value"], 1);
     assert_eq!(points[0]["speedup"], 1.0);
+    assert_eq!(points[0]["efficiency"], 1.0);
     assert!(num(&points[1], "iops") > 0.0);
+}
+
+/// A sweep over a key without linear scaling: speed-up only, no ideal line.
+fn sweep_speedup_only(args: &[&str], key: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("s.svg");
+    let mut all = args.to_vec();
+    all.extend(["--ops", "2000", "--plot", svg.to_str().unwrap()]);
+    let (out, v) = run_in(dir.path(), &all);
+    assert!(out.contains("speed-up"), "{out}");
+    assert!(!out.contains("efficiency"), "{out}");
+    assert!(
+        out.lines().any(|l| l.starts_with(&format!("{key} "))),
+        "table column named {key}: {out}"
+    );
+    let s = std::fs::read_to_string(&svg).unwrap();
+    assert!(s.contains(&format!(">{key}<")), "x axis label");
+    assert!(!s.contains("ideal"), "no ideal line for {key}");
+    assert_eq!(v["sweep"], key);
+    let points = v["points"].as_array().unwrap();
+    assert_eq!(points.len(), 2);
+    assert_eq!(points[0]["value"], 1);
+    assert_eq!(points[1]["value"], 4);
+    assert!(points[0]["efficiency"].is_null());
+    assert_eq!(points[0]["speedup"], 1.0);
+    let runs = v["runs"].as_array().unwrap();
+    assert!(runs.iter().all(|r| r["total"]["ops"] == 2000));
+    let by_value: Vec<u64> = runs
+        .iter()
+        .map(|r| r["workload"][key].as_u64().unwrap())
+        .collect();
+    assert_eq!(by_value, [1, 4]);
+}
+
+#[test]
+fn sweep_tasks_in_async_mode() {
+    sweep_speedup_only(&["--sweep", "tasks=1,4", "--mode", "async"], "tasks");
+}
+
+#[test]
+fn sweep_iodepth() {
+    sweep_speedup_only(&["--sweep", "iodepth=1,4", "--shards", "1"], "iodepth");
 }
 
 #[test]
@@ -316,7 +510,22 @@ fn usage_errors_exit_2_with_one_line() {
     usage_error(&["--shards", "64"], "more shards than cores");
     usage_error(&["--duration", "soon"], "is not a duration");
     usage_error(&["--direct", "--bs", "512"], "multiple of 4096");
-    usage_error(&["--sweep", "clients=2"], "--sweep shards=");
+    usage_error(&["--sweep", "cores=1,2"], "shards, clients, iodepth, tasks");
+    usage_error(&["--sweep", "shards=1,iodepth=2"], "one key per sweep");
+    usage_error(
+        &["--sweep", "clients=2"],
+        "needs --mode routed or --mode async",
+    );
+    usage_error(
+        &["--sweep", "tasks=2", "--mode", "routed"],
+        "needs --mode async",
+    );
+    usage_error(
+        &["--mode", "async", "--engine", "raw-uring"],
+        "--engine raw-uring has no async form",
+    );
+    usage_error(&["--tasks", "8"], "--tasks applies to --mode async");
+    usage_error(&["--api", "completion"], "--api applies to --mode routed");
 }
 
 fn is_root() -> bool {

@@ -1,18 +1,21 @@
-//! The engines: ringshard (in-shard and routed) and the baselines it is compared with. Each one
-//! sets itself up, warms the files, runs the measured phase and reports what it counted.
+//! The engines: ringshard (in-shard, routed and async) and the baselines it is compared with. Each
+//! one sets itself up, warms the files, runs the measured phase and reports what it counted.
 
 pub mod pread_pool;
 pub mod raw_uring;
+pub mod ringshard_async;
 pub mod ringshard_inshard;
 pub mod ringshard_routed;
+pub mod spawn_blocking;
 pub mod tokio_fs;
+pub mod tokio_tasks;
 
 use crate::control::CpuTimes;
 use crate::error::BenchError;
 use crate::files::{self, BenchFile};
 use crate::pattern::Pattern;
 use crate::tally::{Checks, LatSummary, Tally};
-use crate::workload::{plan_submitters, EngineKind, Mode, Submitter, Workload};
+use crate::workload::{plan_submitters, EngineKind, Mode, Submitter, TokioApi, Workload};
 use ringshard::router::shard_for;
 use ringshard::ExecutorStats;
 use std::fs::{File, OpenOptions};
@@ -33,7 +36,8 @@ pub struct RunCtx<'a> {
 
 impl RunCtx<'_> {
     /// The load generators: in-shard, one per CPU of the placement with the files the router
-    /// gives it; routed, `--clients` of them over every file.
+    /// gives it; routed, `--clients` of them over every file; async, `--tasks` of them over every
+    /// file.
     pub fn submitters(&self) -> Vec<Submitter> {
         match self.w.mode {
             Mode::InShard => {
@@ -42,6 +46,7 @@ impl RunCtx<'_> {
                 plan_submitters(n, self.files.len(), Some(&owner), self.w.ops)
             }
             Mode::Routed => plan_submitters(self.w.clients, self.files.len(), None, self.w.ops),
+            Mode::Async => plan_submitters(self.w.tasks, self.files.len(), None, self.w.ops),
         }
     }
 
@@ -188,12 +193,19 @@ pub fn run(engine: EngineKind, ctx: &RunCtx) -> Result<Output, BenchError> {
     }
     match (engine, ctx.w.mode) {
         (EngineKind::Ringshard, Mode::InShard) => ringshard_inshard::run(ctx),
-        (EngineKind::Ringshard, Mode::Routed) => {
-            ringshard_routed::run(ctx, ringshard_routed::Api::Session)
+        (EngineKind::Ringshard, Mode::Routed) => ringshard_routed::run(ctx),
+        (EngineKind::Ringshard, Mode::Async) => ringshard_async::run(ctx),
+        (EngineKind::RawUring | EngineKind::PreadPool, Mode::Async) => {
+            Err(BenchError::usage(format!(
+                "--engine {} has no async form: --mode async runs ringshard, spawn-blocking or \
+                 tokio-fs",
+                engine.name()
+            )))
         }
         (EngineKind::RawUring, _) => raw_uring::run(ctx),
         (EngineKind::PreadPool, _) => pread_pool::run(ctx),
-        (EngineKind::TokioFs, _) => tokio_fs::run(ctx),
+        (EngineKind::TokioFs, _) => tokio_fs::run(ctx, ctx.w.tokio_api),
+        (EngineKind::SpawnBlocking, _) => tokio_fs::run(ctx, TokioApi::ReadAt),
     }
 }
 

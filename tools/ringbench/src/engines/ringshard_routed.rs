@@ -11,21 +11,25 @@ use crate::control::Control;
 use crate::error::BenchError;
 use crate::pattern::Pattern;
 use crate::tally::Tally;
-use crate::workload::{IoKind, Op, OpGen, Submitter};
+use crate::workload::{Api, IoKind, Op, OpGen, Submitter};
 use ringshard::{Completion, Executor, ExecutorStats};
 use std::collections::VecDeque;
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Barrier;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
-enum Pending {
+/// One request in flight: the caller threads wait on it, the async engine's tasks await it.
+pub enum Pending {
     Read(Completion<Vec<u8>>),
     Write(Completion<usize>),
     Sync(Completion<()>),
 }
 
 impl Pending {
-    fn is_done(&self) -> bool {
+    pub fn is_done(&self) -> bool {
         match self {
             Pending::Read(c) => c.is_done(),
             Pending::Write(c) => c.is_done(),
@@ -43,22 +47,27 @@ impl Pending {
     }
 }
 
+impl Future for Pending {
+    /// As [`Pending::wait`] returns it.
+    type Output = ringshard::Result<(usize, Option<Vec<u8>>)>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Pending::Read(c) => Pin::new(c).poll(cx).map_ok(|d| (d.len(), Some(d))),
+            Pending::Write(c) => Pin::new(c).poll(cx).map_ok(|n| (n, None)),
+            Pending::Sync(c) => Pin::new(c).poll(cx).map_ok(|()| (0, None)),
+        }
+    }
+}
+
 struct InFlight {
     pending: Pending,
     op: Op,
     t0: Instant,
 }
 
-/// Which request API the clients use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Api {
-    /// `Session`: a completion queue per client.
-    Session,
-    /// `Completion`: one handle per request.
-    Completion,
-}
-
-pub fn run(ctx: &RunCtx, api: Api) -> Result<Output, BenchError> {
+pub fn run(ctx: &RunCtx) -> Result<Output, BenchError> {
+    let api = ctx.w.api;
     let w = ctx.w;
     let buffers = (w.clients * w.iodepth).clamp(64, 16_384);
     let exec = build_executor(ctx, buffers)?;
@@ -293,11 +302,7 @@ impl Client<'_> {
         let path = &self.paths[op.file];
         match r {
             Err(e) => {
-                let reason = match e.errno() {
-                    Some(errno) => crate::tally::errno_reason(errno),
-                    None => e.to_string(),
-                };
-                tally.fail(op.kind, path, op.offset, &reason);
+                tally.fail(op.kind, path, op.offset, &crate::tally::lib_reason(&e));
                 None
             }
             Ok((n, _)) if op.kind != IoKind::Fsync && n != bs => {

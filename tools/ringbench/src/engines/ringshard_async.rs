@@ -1,0 +1,169 @@
+//! ringshard from async code: `--tasks` tokio tasks on a multi-thread runtime with `--clients`
+//! worker threads, each with `--iodepth` requests in flight (default 1). With `--api session`
+//! (the default) each task owns a `Session` and awaits `Session::next`; with `--api completion`
+//! it awaits the executor's `Completion` futures (`exec.read_into(&file, off, bs, buf).await`,
+//! `exec.write(..)`, `exec.fsync(..)`). Read buffers come back with their data and are
+//! reused; writes send a copy of a template block (or, with `--verify`, the pattern), as the
+//! routed engine does. Latency is measured by the tasks.
+
+use super::ringshard_inshard::{build_executor, open_files};
+use super::ringshard_routed::Pending;
+use super::tokio_tasks::{self, pipeline, record, Plan, TaskFuture, TaskIo, TaskJob};
+use super::{ns_between, DoneGuard, Output, RunCtx};
+use crate::error::BenchError;
+use crate::tally::{lib_reason, Tally};
+use crate::workload::{Api, IoKind, Op};
+use ringshard::{Executor, ExecutorStats};
+use std::sync::Arc;
+use std::time::Instant;
+
+struct RingIo {
+    exec: Arc<Executor>,
+    files: Vec<ringshard::File>,
+    bs: usize,
+    /// What writes without --verify send.
+    template: Vec<u8>,
+}
+
+impl TaskIo for RingIo {
+    type Buf = Vec<u8>;
+    type Pending = Pending;
+
+    fn buffer(&self, job: &TaskJob, op: &Op, spare: &mut Vec<Vec<u8>>) -> Vec<u8> {
+        match op.kind {
+            IoKind::Read => spare.pop().unwrap_or_default(),
+            IoKind::Write if job.w.verify => {
+                let mut d = vec![0u8; self.bs];
+                job.patterns[op.file].fill(&mut d, op.offset);
+                d
+            }
+            IoKind::Write => self.template.clone(),
+            IoKind::Fsync => Vec::new(),
+        }
+    }
+
+    fn issue(self: &Arc<Self>, op: &Op, buf: Vec<u8>) -> Pending {
+        let f = &self.files[op.file];
+        match op.kind {
+            IoKind::Read => Pending::Read(self.exec.read_into(f, op.offset, self.bs, buf)),
+            IoKind::Write => Pending::Write(self.exec.write(f, op.offset, buf)),
+            IoKind::Fsync => Pending::Sync(self.exec.fsync(f)),
+        }
+    }
+
+    fn is_done(p: &Pending) -> bool {
+        p.is_done()
+    }
+
+    fn result(
+        out: ringshard::Result<(usize, Option<Vec<u8>>)>,
+    ) -> (Option<Vec<u8>>, Result<usize, String>) {
+        match out {
+            Ok((n, data)) => (data, Ok(n)),
+            Err(e) => (None, Err(lib_reason(&e))),
+        }
+    }
+}
+
+pub fn run(ctx: &RunCtx) -> Result<Output, BenchError> {
+    let w = ctx.w;
+    let buffers = w.tasks.saturating_mul(w.iodepth).clamp(64, 16_384);
+    let exec = Arc::new(build_executor(ctx, buffers)?);
+    let files = match open_files(&exec, ctx) {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = exec.shutdown();
+            return Err(e);
+        }
+    };
+    let mut template = vec![0u8; w.bs];
+    if let Some(p) = ctx.patterns().first() {
+        p.fill(&mut template, 0);
+    }
+    let io = Arc::new(RingIo {
+        exec: Arc::clone(&exec),
+        files,
+        bs: w.bs,
+        template,
+    });
+    let plan = Plan::new(ctx, 1, w.iodepth);
+    let api = w.api;
+    let note = match api {
+        Api::Session => "each task owns a Session (capacity --iodepth) and awaits Session::next",
+        Api::Completion => {
+            "each task awaits Executor::read_into / write / fsync (a Completion is a Future)"
+        }
+    };
+    let out = tokio_tasks::run(ctx, &plan, vec![note.to_string()], |job| -> TaskFuture {
+        match api {
+            Api::Session => Box::pin(session_task(Arc::clone(&io), job)),
+            Api::Completion => Box::pin(pipeline(Arc::clone(&io), job)),
+        }
+    });
+    let stats = exec.stats();
+    let _ = exec.shutdown();
+    let mut out = out?;
+    out.library = Some(ExecutorStats::from_shards(stats.shards, out.elapsed));
+    Ok(out)
+}
+
+/// A task with its own `Session`: keeps `job.depth` requests in flight (slot i = token i),
+/// awaits whatever completes, and refills.
+async fn session_task(io: Arc<RingIo>, job: TaskJob) -> Tally {
+    let _done = DoneGuard(&job.control);
+    let mut tally = Tally::default();
+    let mut gen = job.gen();
+    let mut session = match io.exec.session_with_capacity(job.depth) {
+        Ok(s) => s,
+        Err(e) => {
+            tally.fail(IoKind::Read, &job.paths[0], 0, &lib_reason(&e));
+            return tally;
+        }
+    };
+    let mut slots: Vec<Option<(Op, Instant)>> = vec![None; job.depth];
+    let mut free: Vec<usize> = (0..job.depth).rev().collect();
+    let mut spare: Vec<Vec<u8>> = Vec::with_capacity(job.depth);
+    let mut done = Vec::with_capacity(job.depth);
+    loop {
+        if !job.control.stopped() {
+            while let Some(slot) = free.pop() {
+                let Some(op) = gen.next_op() else {
+                    free.push(slot);
+                    break;
+                };
+                let buf = io.buffer(&job, &op, &mut spare);
+                let f = &io.files[op.file];
+                let token = slot as u64;
+                let t0 = Instant::now();
+                let sent = match op.kind {
+                    IoKind::Read => session.read(f, op.offset, io.bs, buf, token),
+                    IoKind::Write => session.write(f, op.offset, buf, token),
+                    IoKind::Fsync => session.fsync(f, token),
+                };
+                if sent.is_err() {
+                    free.push(slot);
+                    break;
+                }
+                slots[slot] = Some((op, t0));
+            }
+        }
+        if session.in_flight() == 0 {
+            break;
+        }
+        session.next(&mut done).await;
+        let now = Instant::now();
+        for d in done.drain(..) {
+            let slot = d.token as usize;
+            let Some((op, t0)) = slots.get_mut(slot).and_then(Option::take) else {
+                continue;
+            };
+            free.push(slot);
+            let r = d.result.map_err(|e| lib_reason(&e));
+            // Only a read's data is checked; every buffer is reused.
+            let data: &[u8] = if op.kind == IoKind::Read { &d.buf } else { &[] };
+            record(&job, &mut gen, &mut tally, op, r, data, ns_between(t0, now));
+            spare.push(d.buf);
+        }
+    }
+    tally
+}

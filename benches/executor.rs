@@ -1,6 +1,6 @@
 //! Executor benchmarks: the routing + channel round trip of one request (a zero-length read,
-//! which does no I/O), and end-to-end 4 KiB reads from the page cache from one and from several
-//! caller threads.
+//! which does no I/O) through a `Completion` and through a `Session`, and end-to-end 4 KiB reads
+//! from the page cache from one and from several caller threads, per request and by session.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ringshard::{Executor, File, OpenOptions};
@@ -47,6 +47,32 @@ fn round_trip(c: &mut Criterion) {
     });
 }
 
+fn session_round_trip(c: &mut Criterion) {
+    let (_dir, exec, files) = setup(1, 1);
+    let mut s = exec.session_with_capacity(32).expect("session");
+    let mut done = Vec::with_capacity(32);
+    let mut g = c.benchmark_group("executor");
+    g.bench_function("session_round_trip_empty_read", |b| {
+        b.iter(|| {
+            s.read(&files[0], 0, 0, Vec::new(), 0).expect("submit");
+            s.wait(1, &mut done).expect("wait");
+            done.clear();
+        })
+    });
+    // 32 zero-length reads per flush: the hop's cost per request when it is batched.
+    g.throughput(Throughput::Elements(32));
+    g.bench_function("session_round_trip_batch32", |b| {
+        b.iter(|| {
+            for t in 0..32 {
+                s.read(&files[0], 0, 0, Vec::new(), t).expect("submit");
+            }
+            s.wait(32, &mut done).expect("wait");
+            done.clear();
+        })
+    });
+    g.finish();
+}
+
 fn reads_one_thread(c: &mut Criterion) {
     let (_dir, exec, files) = setup(1, 1);
     let mut g = c.benchmark_group("executor");
@@ -69,6 +95,20 @@ fn reads_one_thread(c: &mut Criterion) {
             for p in pending {
                 p.wait().expect("read");
             }
+        })
+    });
+    let mut s = exec.session_with_capacity(32).expect("session");
+    let mut done = Vec::with_capacity(32);
+    let mut spare: Vec<Vec<u8>> = (0..32).map(|_| Vec::with_capacity(4096)).collect();
+    g.bench_function("session_read_4k_batch32", |b| {
+        b.iter(|| {
+            for t in 0..32 {
+                let buf = spare.pop().unwrap_or_default();
+                s.read(&files[0], next(&mut n) % BLOCKS * 4096, 4096, buf, t)
+                    .expect("submit");
+            }
+            s.wait(32, &mut done).expect("wait");
+            spare.extend(done.drain(..).map(|d| d.buf));
         })
     });
     g.finish();
@@ -116,6 +156,6 @@ fn reads_many_threads(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = round_trip, reads_one_thread, reads_many_threads
+    targets = round_trip, session_round_trip, reads_one_thread, reads_many_threads
 }
 criterion_main!(benches);

@@ -125,6 +125,7 @@ struct Shard {
     clock: Option<Instant>,
     /// The thread is unwinding from a panic: pending results report ShardFailed.
     panicked: bool,
+    issue_batch: usize,
 }
 
 /// Starts shard `cfg.index` on its own thread. Returns once the shard is set up (pinned, memory
@@ -342,6 +343,10 @@ impl Shard {
             cqes: Vec::with_capacity(256),
             clock: None,
             panicked: false,
+            issue_batch: std::env::var("RINGSHARD_ISSUE_BATCH")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(usize::MAX),
         };
         shard.arm_wake()?;
         Ok(shard)
@@ -872,7 +877,11 @@ impl Shard {
     /// Issues SQEs for ready ops, in order, until buffers or CQ room run out.
     fn issue(&mut self) -> bool {
         let mut any = false;
+        let mut issued = 0usize;
         while let Some(&slot) = self.ready.front() {
+            if issued >= self.issue_batch {
+                break;
+            }
             let Some(op) = self.ops.get(slot) else {
                 self.ready.pop_front();
                 continue;
@@ -913,7 +922,10 @@ impl Shard {
                 }
             }
             match self.issue_one(slot) {
-                Ok(true) => any = true,
+                Ok(true) => {
+                    any = true;
+                    issued += 1;
+                }
                 Ok(false) => break, // no free buffer: wait for completions
                 Err(e) => {
                     // Pushing failed for a reason that will not pass: fail the op.

@@ -363,7 +363,8 @@ impl fmt::Display for IoUringError {
                 if *state == "in flight" {
                     write!(
                         f,
-                        "; wait for its completion and call complete_in_flight first, because the \
+                        "; wait for its completion and give its CQE to complete_cqe first (or call \
+                         complete_in_flight for an operation you marked yourself), because the \
                          kernel may still write into it"
                     )?;
                 }

@@ -4,9 +4,19 @@
 //! The pool is one page-aligned slab; buffer `i` starts at `i * stride`, where the stride is the
 //! buffer size rounded up to a whole page, so every buffer is aligned for O_DIRECT.
 //!
-//! A buffer is in one of three states: free (in the free list), acquired (held by the caller) or
-//! acquired with I/O in flight (the kernel may read or write it). A buffer in flight never goes back
-//! to the free list, and its memory is never unmapped while the pool can tell it is in flight.
+//! A buffer is free (in the free list), acquired (held by the caller, possibly with I/O in flight)
+//! or quarantined (released by its holder while an operation the pool pushed for it has no matched
+//! completion). Two records say whether the kernel may use a buffer:
+//!
+//! - the caller's: [`mark_in_flight`](RegisteredBufferPool::mark_in_flight) and
+//!   [`complete_in_flight`](RegisteredBufferPool::complete_in_flight), which the pool believes;
+//! - the pool's own: set when the pool pushes an SQE for the buffer, cleared only when the CQE with
+//!   that exact `user_data` is matched ([`complete_cqe`](RegisteredBufferPool::complete_cqe),
+//!   [`complete_user_data`](RegisteredBufferPool::complete_user_data)). No public call clears it.
+//!
+//! A buffer either record says is in flight never goes back to the free list, and its memory is
+//! never unmapped while either says so. The pool's own record is what keeps one caller's mistake
+//! from handing a buffer the kernel is writing into to another caller.
 
 use crate::error::{memlock_limit, IoUringError, Result};
 use crate::numa::{page_size, Slab};
@@ -26,13 +36,48 @@ pub const POOL_USER_DATA_TAG: u64 = 1 << 63;
 const SEQ_SHIFT: u32 = 16;
 const SEQ_MASK: u64 = (1 << 47) - 1;
 
+/// Who holds a buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
+enum Hold {
+    /// In the free list.
     Free,
-    /// Held by a caller; `in_flight` operations use it in the kernel right now.
-    Acquired {
-        in_flight: u32,
-    },
+    /// Held by a caller.
+    Acquired,
+    /// Released by its holder while the pool's record says the kernel may still own it: kept out
+    /// of the free list until the last of its CQEs is matched.
+    Quarantined,
+}
+
+/// One buffer's state. Invariants: `retired <= kernel`, `kernel - retired <= in_flight`, and
+/// `kernel` equals the number of `user_data` in the buffer's [`Pending`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Slot {
+    hold: Hold,
+    /// Operations in flight as the caller's calls say: pushes by the pool and `mark_in_flight`
+    /// raise it, matched completions and `complete_in_flight` lower it. What `is_in_flight` reports
+    /// and what `release` checks first.
+    in_flight: u32,
+    /// The pool's own record: SQEs the pool pushed for this buffer whose CQE it has not matched.
+    /// Raised only by `push_prepared`, lowered only by a matched `user_data`. While it is not 0 the
+    /// buffer is never handed out, never readable through `get`, and the slab is never unmapped.
+    kernel: u32,
+    /// Of `kernel`, the operations `complete_in_flight` already took out of `in_flight` (the caller
+    /// said their CQE was reaped): their matched completion must not lower `in_flight` again.
+    retired: u32,
+}
+
+impl Slot {
+    const FREE: Slot = Slot {
+        hold: Hold::Free,
+        in_flight: 0,
+        kernel: 0,
+        retired: 0,
+    };
+    /// Acquired with nothing in flight by either record (`retired <= kernel`, so it is 0 too).
+    const ACQUIRED_IDLE: Slot = Slot {
+        hold: Hold::Acquired,
+        ..Slot::FREE
+    };
 }
 
 /// The direction of a fixed-buffer operation.
@@ -51,8 +96,14 @@ pub struct BufferPoolStats {
     pub available_count: usize,
     /// Buffers held by callers (including those in flight).
     pub acquired_count: usize,
-    /// Buffers with at least one operation in flight.
+    /// Buffers with at least one operation in flight, as the callers' calls say
+    /// ([`RegisteredBufferPool::in_flight_count`]).
     pub in_flight_count: usize,
+    /// Buffers with an SQE the pool pushed and whose CQE it has not matched
+    /// ([`RegisteredBufferPool::kernel_owned_count`]).
+    pub kernel_owned_count: usize,
+    /// Buffers released while kernel-owned, waiting out of the free list for their CQE.
+    pub quarantined_count: usize,
     /// Usable bytes per buffer.
     pub buffer_size: usize,
     /// `total_count * buffer_size`.
@@ -63,6 +114,10 @@ pub struct BufferPoolStats {
     pub exhaustions: u64,
     /// `release` calls refused because the buffer was in flight.
     pub misuse_release_in_flight: u64,
+    /// `release` calls of a buffer the caller had declared complete (`complete_in_flight`) while
+    /// the CQE of an operation the pool pushed for it was not yet matched: the buffer was
+    /// quarantined instead of freed.
+    pub misuse_quarantined: u64,
     /// `release`/`mark_in_flight`/`complete_in_flight` calls with an index outside the pool.
     pub misuse_invalid_index: u64,
     /// Other calls refused for the buffer's state (double release, completing what is not in flight).
@@ -74,7 +129,10 @@ pub struct BufferPoolStats {
 impl BufferPoolStats {
     /// All misuse events counted.
     pub fn misuse_total(&self) -> u64 {
-        self.misuse_release_in_flight + self.misuse_invalid_index + self.misuse_bad_state
+        self.misuse_release_in_flight
+            + self.misuse_quarantined
+            + self.misuse_invalid_index
+            + self.misuse_bad_state
     }
 }
 
@@ -92,6 +150,9 @@ impl fmt::Display for BufferPoolStats {
             self.exhaustions,
             self.misuse_total()
         )?;
+        if self.quarantined_count > 0 {
+            write!(f, ", {} quarantined", self.quarantined_count)?;
+        }
         if let Some(n) = self.numa_node {
             write!(f, ", node {n}")?;
         }
@@ -120,8 +181,8 @@ impl fmt::Display for BufferPoolStats {
 /// let cqe = ring.completion().next().expect("one completion");
 /// assert_eq!(cqe.user_data(), user_data);
 /// assert_eq!(RegisteredBufferPool::buffer_index_of(cqe.user_data()), Some(idx));
-/// assert_eq!(cqe.result(), 5);
-/// pool.complete_in_flight(idx);
+/// // Hand the CQE to the pool: that completes the operation and ends the kernel's ownership.
+/// assert_eq!(pool.complete_cqe(&cqe), Some((idx, 5)));
 /// pool.release(idx);
 ///
 /// // Read it back into a cleared buffer.
@@ -137,14 +198,48 @@ impl fmt::Display for BufferPoolStats {
 /// # Ok(()) }
 /// ```
 ///
+/// # What the caller promises, and what the pool guarantees anyway
+///
+/// [`mark_in_flight`](Self::mark_in_flight) and [`complete_in_flight`](Self::complete_in_flight)
+/// are safe functions, so the pool cannot rely on them being called truthfully. The promise they
+/// ask for:
+///
+/// - call `mark_in_flight(i)` for an operation on buffer `i` that **you** handed to the kernel by
+///   other means (an SQE you built and pushed yourself); the `submit_*` methods record their own
+///   operations;
+/// - call `complete_in_flight(i)` once per such operation, and **only after its CQE has been
+///   reaped**.
+///
+/// For operations the pool pushed (`submit_*`), the pool does not depend on that promise. It keeps
+/// its own record, set when it pushes the SQE and cleared only when the CQE with that exact
+/// `user_data` is matched ([`complete_cqe`](Self::complete_cqe),
+/// [`complete_user_data`](Self::complete_user_data)): while that record is set, whatever
+/// `complete_in_flight` said, [`acquire`](Self::acquire) never hands the buffer out,
+/// [`get`](Self::get) and [`get_mut`](Self::get_mut) refuse it, [`release`](Self::release)
+/// **quarantines** it (out of the free list until the CQE is matched; counted in
+/// [`BufferPoolStats::misuse_quarantined`]) and dropping the pool leaks the slab. A false
+/// `complete_in_flight` can therefore disturb only the caller's own operation; it can never give
+/// a buffer the kernel is still writing into to another caller.
+///
+/// So finish the pool's operations by giving their CQE to the pool: `complete_in_flight` after
+/// reaping one yourself makes `is_in_flight` false, but the buffer comes back only when the pool
+/// sees the CQE (until then it stays kernel-owned, see
+/// [`kernel_owned_count`](Self::kernel_owned_count)).
+///
+/// For operations you submitted yourself the pool has only your word: a false
+/// `complete_in_flight` there lets the kernel write into a buffer the pool may hand out again.
+/// Pushing such an SQE already took `unsafe` code, whose contract (everything the entry points to
+/// stays valid until its completion is reaped) is where that obligation lives.
+///
 /// # Lifetime and drop
 ///
 /// The registration belongs to the ring: it ends when the ring is dropped. Dropping the pool while
 /// no operation is in flight unmaps the slab (the kernel keeps the registered pages pinned, not
 /// mapped, until the ring goes, so nothing can write into memory that is reused). Dropping the pool
-/// while operations are in flight **leaks the slab** on purpose: the mapping stays until the process
-/// exits, so a late completion writes into memory nobody else owns. Wait for completions (and call
-/// [`complete_in_flight`](Self::complete_in_flight)) before dropping to avoid the leak.
+/// while operations are in flight (by the callers' calls, or by the pool's own record of SQEs
+/// whose CQE it has not matched) **leaks the slab** on purpose: the mapping stays until the
+/// process exits, so a late completion writes into memory nobody else owns. Give every completion
+/// to the pool before dropping it to avoid the leak.
 #[derive(Debug)]
 pub struct RegisteredBufferPool {
     slab: Option<Slab>,
@@ -152,17 +247,20 @@ pub struct RegisteredBufferPool {
     buffer_size: usize,
     stride: usize,
     total_count: usize,
-    states: Vec<State>,
-    /// For each buffer, the `user_data` of its operations pushed by the pool and not yet
-    /// completed: a completion whose `user_data` is not here is stale and changes nothing.
+    slots: Vec<Slot>,
+    /// For each buffer, the `user_data` of its operations pushed by the pool whose CQE has not been
+    /// matched: a completion whose `user_data` is not here is stale and changes nothing.
     pending: Vec<Pending>,
     free: Vec<u16>,
     acquired_count: usize,
     in_flight_count: usize,
+    kernel_owned_count: usize,
+    quarantined_count: usize,
     next_seq: u64,
     acquisitions: u64,
     exhaustions: u64,
     misuse_release_in_flight: u64,
+    misuse_quarantined: u64,
     misuse_invalid_index: u64,
     misuse_bad_state: u64,
 }
@@ -225,16 +323,19 @@ impl RegisteredBufferPool {
             buffer_size,
             stride,
             total_count: buffer_count,
-            states: vec![State::Free; buffer_count],
+            slots: vec![Slot::FREE; buffer_count],
             pending: vec![Pending::default(); buffer_count],
             // Reversed so that acquire (pop) hands out 0, 1, 2, ... first.
             free: (0..buffer_count as u16).rev().collect(),
             acquired_count: 0,
             in_flight_count: 0,
+            kernel_owned_count: 0,
+            quarantined_count: 0,
             next_seq: 0,
             acquisitions: 0,
             exhaustions: 0,
             misuse_release_in_flight: 0,
+            misuse_quarantined: 0,
             misuse_invalid_index: 0,
             misuse_bad_state: 0,
         })
@@ -284,7 +385,9 @@ impl RegisteredBufferPool {
     fn buf_mut(&mut self, idx: u16) -> &mut [u8] {
         // SAFETY: idx is valid (checked by callers); the range [ptr, ptr+buffer_size) lies inside
         // the slab and does not overlap any other buffer; `&mut self` guarantees no other reference
-        // to it exists in this process; callers only hand it out when no operation is in flight.
+        // to it exists in this process; callers only hand it out when neither record says an
+        // operation is in flight, and the pool's own record (`Slot::kernel`) is exact for every
+        // SQE the pool pushed.
         unsafe { std::slice::from_raw_parts_mut(self.buf_ptr(idx), self.buffer_size) }
     }
 
@@ -300,10 +403,22 @@ impl RegisteredBufferPool {
     }
 
     /// Takes a free buffer. Errors with `PoolExhausted` when none is free.
+    ///
+    /// Never returns a buffer with an SQE the pool pushed whose CQE it has not matched, whatever
+    /// [`complete_in_flight`](Self::complete_in_flight) was told.
     pub fn acquire(&mut self) -> Result<(u16, &mut [u8])> {
         match self.free.pop() {
             Some(idx) => {
-                self.states[idx as usize] = State::Acquired { in_flight: 0 };
+                let slot = &mut self.slots[idx as usize];
+                // Only two places push onto the free list, and both check the pool's own record
+                // first: `try_release` (which quarantines a kernel-owned buffer instead) and
+                // `complete_user_data` (which frees a quarantined one when its last CQE is
+                // matched).
+                debug_assert!(
+                    slot.hold == Hold::Free && slot.kernel == 0,
+                    "free list holds buffer {idx} in state {slot:?}"
+                );
+                slot.hold = Hold::Acquired;
                 self.acquired_count += 1;
                 self.acquisitions += 1;
                 Ok((idx, self.buf_mut(idx)))
@@ -328,6 +443,12 @@ impl RegisteredBufferPool {
     /// debug builds that misuse panics; in release builds the call is refused and counted in
     /// [`stats`](Self::stats) (`misuse_release_in_flight`). An invalid index or a buffer that is
     /// already free is likewise a debug panic, and a counted no-op in release builds.
+    ///
+    /// A buffer that [`complete_in_flight`](Self::complete_in_flight) said is done, but with an
+    /// operation the pool pushed whose CQE the pool has not matched, is taken from the caller and
+    /// **quarantined** instead: it goes back to the free list when that CQE is matched
+    /// ([`complete_cqe`](Self::complete_cqe)). That is counted (`misuse_quarantined`), and is not a
+    /// panic: the pool protects itself.
     pub fn release(&mut self, buf_index: u16) {
         if let Err(e) = self.try_release(buf_index) {
             debug_assert!(false, "RegisteredBufferPool::release: {e}");
@@ -335,19 +456,39 @@ impl RegisteredBufferPool {
     }
 
     /// [`release`](Self::release) that reports misuse as an error instead of a debug panic.
+    /// Quarantining a kernel-owned buffer is `Ok`: the buffer is no longer the caller's.
     pub fn try_release(&mut self, buf_index: u16) -> Result<()> {
+        if let Some(slot) = self.slots.get_mut(buf_index as usize) {
+            // The common case in one comparison: acquired, idle by both records.
+            if *slot == Slot::ACQUIRED_IDLE {
+                slot.hold = Hold::Free;
+                self.acquired_count -= 1;
+                self.free.push(buf_index);
+                return Ok(());
+            }
+        }
+        self.release_other(buf_index)
+    }
+
+    /// [`try_release`](Self::try_release) of anything but an acquired, idle buffer.
+    #[cold]
+    fn release_other(&mut self, buf_index: u16) -> Result<()> {
         if let Err(e) = self.check_index(buf_index) {
             self.misuse_invalid_index += 1;
             return Err(e);
         }
-        match self.states[buf_index as usize] {
-            State::Acquired { in_flight: 0 } => {
-                self.states[buf_index as usize] = State::Free;
+        let slot = &mut self.slots[buf_index as usize];
+        match (slot.hold, slot.in_flight) {
+            (Hold::Acquired, 0) => {
+                // Not idle by the pool's own record (else the fast path took it): an operation the
+                // pool pushed has no matched CQE, though `complete_in_flight` said it was done.
                 self.acquired_count -= 1;
-                self.free.push(buf_index);
+                slot.hold = Hold::Quarantined;
+                self.quarantined_count += 1;
+                self.misuse_quarantined += 1;
                 Ok(())
             }
-            State::Acquired { .. } => {
+            (Hold::Acquired, _) => {
                 self.misuse_release_in_flight += 1;
                 Err(IoUringError::BufferState {
                     index: buf_index,
@@ -355,7 +496,7 @@ impl RegisteredBufferPool {
                     state: "in flight",
                 })
             }
-            State::Free => {
+            (Hold::Free, _) => {
                 self.misuse_bad_state += 1;
                 Err(IoUringError::BufferState {
                     index: buf_index,
@@ -363,32 +504,52 @@ impl RegisteredBufferPool {
                     state: "already free",
                 })
             }
+            (Hold::Quarantined, _) => {
+                self.misuse_bad_state += 1;
+                Err(IoUringError::BufferState {
+                    index: buf_index,
+                    op: "release",
+                    state: "already released (quarantined until its completion is matched)",
+                })
+            }
         }
     }
 
-    /// Records that an operation using `buf_index` was handed to the kernel. Several operations may
-    /// use one buffer at once (e.g. the same data written to two files); each needs its own
-    /// [`complete_in_flight`](Self::complete_in_flight). `submit_*` call this for you.
+    /// Records that an operation using `buf_index`, which **you** handed to the kernel by other
+    /// means than the pool (an SQE you built and pushed yourself), is in flight. Several operations
+    /// may use one buffer at once (e.g. the same data written to two files); each needs its own
+    /// [`complete_in_flight`](Self::complete_in_flight). Do not call it for `submit_*`: the pool
+    /// records its own operations.
     ///
-    /// Misuse (invalid index, a free buffer) is a debug panic and a counted no-op in release builds.
+    /// While marked, [`release`](Self::release), [`get`](Self::get) and [`get_mut`](Self::get_mut)
+    /// refuse the buffer. The pool cannot see such an operation end; it believes
+    /// `complete_in_flight`: see
+    /// [the caller's promise](Self#what-the-caller-promises-and-what-the-pool-guarantees-anyway).
+    ///
+    /// Misuse (invalid index, a buffer not acquired) is a debug panic and a counted no-op in
+    /// release builds.
     pub fn mark_in_flight(&mut self, buf_index: u16) {
         let r = self
             .check_index(buf_index)
             .inspect_err(|_| self.misuse_invalid_index += 1);
-        let r = r.and_then(|()| match &mut self.states[buf_index as usize] {
-            State::Acquired { in_flight } => {
-                if *in_flight == 0 {
+        let r = r.and_then(|()| {
+            let slot = &mut self.slots[buf_index as usize];
+            if slot.hold == Hold::Acquired {
+                if slot.in_flight == 0 {
                     self.in_flight_count += 1;
                 }
-                *in_flight += 1;
+                slot.in_flight += 1;
                 Ok(())
-            }
-            State::Free => {
+            } else {
                 self.misuse_bad_state += 1;
                 Err(IoUringError::BufferState {
                     index: buf_index,
                     op: "mark in flight",
-                    state: "free (never acquired)",
+                    state: if slot.hold == Hold::Free {
+                        "free (never acquired)"
+                    } else {
+                        "released (quarantined until its completion is matched)"
+                    },
                 })
             }
         });
@@ -397,8 +558,21 @@ impl RegisteredBufferPool {
         }
     }
 
-    /// Records that one operation using `buf_index` has completed (its CQE was reaped). The buffer
-    /// stays acquired; [`release`](Self::release) it when done with the data.
+    /// Records that one operation using `buf_index` has completed. The buffer stays acquired;
+    /// [`release`](Self::release) it when done with the data.
+    ///
+    /// **The promise:** call it only after the CQE of that operation has been reaped, once per
+    /// operation. It is meant for operations recorded with [`mark_in_flight`](Self::mark_in_flight)
+    /// (those are retired first); for the pool's own operations give the CQE to
+    /// [`complete_cqe`](Self::complete_cqe) instead.
+    ///
+    /// If it retires an operation the pool pushed, it lowers what
+    /// [`is_in_flight`](Self::is_in_flight) reports and nothing else: the pool's own record stays
+    /// until that operation's CQE is matched, and until then the buffer is refused by `get`, is
+    /// never handed out by [`acquire`](Self::acquire), and is quarantined if released. So calling
+    /// it early (before the CQE) can disturb only your own operation, never another caller's
+    /// buffer. See
+    /// [the caller's promise](Self#what-the-caller-promises-and-what-the-pool-guarantees-anyway).
     ///
     /// Misuse (invalid index, nothing in flight) is a debug panic and a counted no-op in release
     /// builds.
@@ -406,18 +580,21 @@ impl RegisteredBufferPool {
         let r = self
             .check_index(buf_index)
             .inspect_err(|_| self.misuse_invalid_index += 1);
-        let r = r.and_then(|()| match &mut self.states[buf_index as usize] {
-            State::Acquired { in_flight } if *in_flight > 0 => {
-                *in_flight -= 1;
-                if *in_flight == 0 {
+        let r = r.and_then(|()| {
+            let slot = &mut self.slots[buf_index as usize];
+            if slot.hold == Hold::Acquired && slot.in_flight > 0 {
+                // The pool's operations still counted in `in_flight`; the rest were marked by
+                // the caller. Those are retired first: the pool's have their own way out.
+                let pool_ops = slot.kernel - slot.retired;
+                if slot.in_flight == pool_ops {
+                    slot.retired += 1;
+                }
+                slot.in_flight -= 1;
+                if slot.in_flight == 0 {
                     self.in_flight_count -= 1;
                 }
-                // Never remember more operations than are in flight: a caller completing by
-                // index retires one of them.
-                self.pending[buf_index as usize].truncate(*in_flight as usize);
                 Ok(())
-            }
-            _ => {
+            } else {
                 self.misuse_bad_state += 1;
                 Err(IoUringError::BufferState {
                     index: buf_index,
@@ -435,59 +612,118 @@ impl RegisteredBufferPool {
     /// and the CQE result (bytes transferred, or a negative errno). `None` for a CQE whose
     /// `user_data` the pool did not make.
     ///
-    /// A completion that does not belong to an operation in flight (a stale or repeated CQE, or
-    /// one already completed by index) returns `None` and changes nothing, so it can never free a
-    /// buffer that a newer operation is using.
+    /// A completion that does not belong to an operation the pool pushed and has not matched yet
+    /// (a stale or repeated CQE) returns `None` and changes nothing, so it can never free a buffer
+    /// that a newer operation is using. This is the only way (with
+    /// [`complete_user_data`](Self::complete_user_data)) the pool learns the kernel is done with a
+    /// buffer it pushed an operation for.
     pub fn complete_cqe(&mut self, cqe: &cqueue::Entry) -> Option<(u16, i32)> {
         let idx = self.complete_user_data(cqe.user_data())?;
         Some((idx, cqe.result()))
     }
 
-    /// Marks the operation with this `user_data` complete; returns its buffer, or `None` when
-    /// the pool has no such operation in flight.
-    pub(crate) fn complete_user_data(&mut self, user_data: u64) -> Option<u16> {
+    /// [`complete_cqe`](Self::complete_cqe) for a CQE already taken apart: marks the operation
+    /// with this `user_data` complete and returns its buffer, or `None` when the pool has no such
+    /// operation whose completion it has not matched.
+    ///
+    /// If [`complete_in_flight`](Self::complete_in_flight) already retired the operation, this only
+    /// ends the kernel's ownership (and frees the buffer if it was released in the meantime).
+    pub fn complete_user_data(&mut self, user_data: u64) -> Option<u16> {
         let idx = Self::buffer_index_of(user_data)?;
         if !self.pending.get_mut(idx as usize)?.remove(user_data) {
             return None;
         }
-        self.complete_in_flight(idx);
+        let slot = &mut self.slots[idx as usize];
+        if slot.kernel > slot.retired {
+            // Still counted in flight: this completion ends it.
+            slot.in_flight -= 1;
+            if slot.in_flight == 0 {
+                self.in_flight_count -= 1;
+            }
+        } else {
+            // The caller retired it already with `complete_in_flight`.
+            slot.retired -= 1;
+        }
+        slot.kernel -= 1;
+        if slot.kernel == 0 {
+            self.kernel_owned_count -= 1;
+            if slot.hold == Hold::Quarantined {
+                slot.hold = Hold::Free;
+                self.quarantined_count -= 1;
+                self.free.push(idx);
+            }
+        }
         Some(idx)
     }
 
-    /// Whether `buf_index` has an operation in flight (false for invalid indexes).
+    /// Whether `buf_index` has an operation in flight as the callers' calls say (false for invalid
+    /// indexes). See also [`is_kernel_owned`](Self::is_kernel_owned).
     pub fn is_in_flight(&self, buf_index: u16) -> bool {
-        matches!(
-            self.states.get(buf_index as usize),
-            Some(State::Acquired { in_flight }) if *in_flight > 0
-        )
+        self.slots
+            .get(buf_index as usize)
+            .is_some_and(|s| s.in_flight > 0)
     }
 
-    fn check_not_in_flight(&self, buf_index: u16, op: &'static str) -> Result<()> {
+    /// Whether the pool pushed an SQE for `buf_index` whose CQE it has not matched, whatever
+    /// [`complete_in_flight`](Self::complete_in_flight) said (false for invalid indexes).
+    pub fn is_kernel_owned(&self, buf_index: u16) -> bool {
+        self.slots
+            .get(buf_index as usize)
+            .is_some_and(|s| s.kernel > 0)
+    }
+
+    fn check_idle(&self, buf_index: u16, op: &'static str) -> Result<()> {
         self.check_index(buf_index)?;
-        if self.is_in_flight(buf_index) {
+        let slot = self.slots[buf_index as usize];
+        if slot.in_flight > 0 {
             return Err(IoUringError::BufferState {
                 index: buf_index,
                 op,
                 state: "in flight",
             });
         }
+        if slot.kernel > 0 {
+            return Err(IoUringError::BufferState {
+                index: buf_index,
+                op,
+                state: "owned by the kernel: the pool has not matched the completion of an \
+                        operation it pushed for it (pass that CQE to complete_cqe)",
+            });
+        }
         Ok(())
     }
 
     /// The contents of buffer `buf_index` (all `buffer_size` bytes). Errors for an invalid index,
-    /// and for a buffer in flight (the kernel may be writing into it).
+    /// and for a buffer in flight or kernel-owned (the kernel may be writing into it).
     pub fn get(&self, buf_index: u16) -> Result<&[u8]> {
-        self.check_not_in_flight(buf_index, "read")?;
-        // SAFETY: valid index; the range is inside the slab; no operation is in flight, and
-        // `&self` excludes writers in this process.
+        self.check_idle(buf_index, "read")?;
+        // SAFETY: valid index; the range is inside the slab; neither the callers' record nor the
+        // pool's own says an operation is in flight, and `&self` excludes writers in this process.
         Ok(unsafe { std::slice::from_raw_parts(self.buf_ptr(buf_index), self.buffer_size) })
     }
 
     /// Mutable contents of buffer `buf_index`. Errors for an invalid index, and for a buffer in
-    /// flight.
+    /// flight or kernel-owned.
     pub fn get_mut(&mut self, buf_index: u16) -> Result<&mut [u8]> {
-        self.check_not_in_flight(buf_index, "write")?;
+        self.check_idle(buf_index, "write")?;
         Ok(self.buf_mut(buf_index))
+    }
+
+    fn check_acquired(&self, buf_index: u16) -> Result<()> {
+        self.check_index(buf_index)?;
+        match self.slots[buf_index as usize].hold {
+            Hold::Acquired => Ok(()),
+            Hold::Free => Err(IoUringError::BufferState {
+                index: buf_index,
+                op: "submit",
+                state: "free (acquire it first)",
+            }),
+            Hold::Quarantined => Err(IoUringError::BufferState {
+                index: buf_index,
+                op: "submit",
+                state: "released (quarantined until its completion is matched)",
+            }),
+        }
     }
 
     /// Checks a fixed-buffer operation and builds its SQE (without `user_data`, not yet in flight).
@@ -513,14 +749,7 @@ impl RegisteredBufferPool {
         offset: u64,
         len: u32,
     ) -> Result<squeue::Entry> {
-        self.check_index(buf_index)?;
-        if self.states[buf_index as usize] == State::Free {
-            return Err(IoUringError::BufferState {
-                index: buf_index,
-                op: "submit",
-                state: "free (acquire it first)",
-            });
-        }
+        self.check_acquired(buf_index)?;
         if buf_offset.saturating_add(len as usize) > self.buffer_size {
             return Err(IoUringError::BufferTooSmall {
                 requested: buf_offset.saturating_add(len as usize),
@@ -581,23 +810,37 @@ impl RegisteredBufferPool {
         self.push_prepared(ring, entry, buf_index)
     }
 
-    /// Gives a prepared entry its `user_data`, pushes it and marks its buffer in flight: the one
-    /// place where pool operations enter a ring. `ring` must be the pool's ring.
+    /// Gives a prepared entry its `user_data`, pushes it and records its buffer in flight in both
+    /// records: the one place where pool operations enter a ring, and the only place the pool's own
+    /// record of kernel ownership is set. `ring` must be the pool's ring, and `entry` an entry
+    /// [`prepare`](Self::prepare) built for `buf_index`.
     pub(crate) fn push_prepared(
         &mut self,
         ring: &mut IoUring,
         entry: squeue::Entry,
         buf_index: u16,
     ) -> Result<u64> {
+        // The buffer may have been released since `prepare`: never push for a buffer nobody holds.
+        self.check_acquired(buf_index)?;
         let user_data =
             POOL_USER_DATA_TAG | ((self.next_seq & SEQ_MASK) << SEQ_SHIFT) | u64::from(buf_index);
         let entry = entry.user_data(user_data);
-        // SAFETY: `entry` was built by `prepare`, so it points into buffer `buf_index` of our slab,
-        // which stays mapped while the buffer is in flight (release refuses in-flight buffers; Drop
-        // leaks the slab if any is in flight). Callers pass the ring the pool is registered with.
+        // SAFETY: `entry` was built by `prepare` for `buf_index`, so it points into that buffer of
+        // our slab. The buffer is acquired (checked above); from the push below until its CQE is
+        // matched, the pool's own record (`Slot::kernel`, set right after the push, before anything
+        // else can touch the pool) keeps it out of the free list and out of `get`/`get_mut`, and
+        // Drop leaks the slab while it is set. Callers pass the ring the pool is registered with.
         unsafe { ring.submission().push(&entry) }.map_err(|_| IoUringError::SubmissionQueueFull)?;
         self.next_seq = self.next_seq.wrapping_add(1);
-        self.mark_in_flight(buf_index);
+        let slot = &mut self.slots[buf_index as usize];
+        if slot.in_flight == 0 {
+            self.in_flight_count += 1;
+        }
+        slot.in_flight += 1;
+        if slot.kernel == 0 {
+            self.kernel_owned_count += 1;
+        }
+        slot.kernel += 1;
         self.pending[buf_index as usize].push(user_data);
         Ok(user_data)
     }
@@ -605,7 +848,8 @@ impl RegisteredBufferPool {
     /// Pushes a `READ_FIXED` SQE that reads `len` bytes at `offset` of `fd` into buffer
     /// `buf_index`, and marks the buffer in flight. Returns the operation's `user_data` (unique for
     /// the pool's life, decodable with [`buffer_index_of`](Self::buffer_index_of)). The SQE is
-    /// pushed, not submitted: call `ring.submit()` or `ring.submit_and_wait(n)`.
+    /// pushed, not submitted: call `ring.submit()` or `ring.submit_and_wait(n)`. Give its CQE to
+    /// [`complete_cqe`](Self::complete_cqe): until then the buffer stays kernel-owned.
     ///
     /// Errors: `SubmissionQueueFull` (nothing changed: submit and retry), `InvalidIndex`,
     /// `BufferState` (buffer not acquired), `BufferTooSmall`, `WrongRing`.
@@ -659,9 +903,20 @@ impl RegisteredBufferPool {
         self.acquired_count
     }
 
-    /// Buffers with at least one operation in flight.
+    /// Buffers with at least one operation in flight, as the callers' calls say
+    /// (`mark_in_flight`, `complete_in_flight`, and the pool's pushes and matched completions).
     pub fn in_flight_count(&self) -> usize {
         self.in_flight_count
+    }
+
+    /// Buffers for which the pool pushed an SQE whose CQE it has not matched: the buffers the
+    /// kernel may still read or write, by the pool's own record, whatever `complete_in_flight` was
+    /// told. Only a push raises it and only [`complete_cqe`](Self::complete_cqe) /
+    /// [`complete_user_data`](Self::complete_user_data) lower it. Waiting for it to reach 0
+    /// (reaping every CQE into the pool) is how a ring's owner knows none of the pool's operations
+    /// is left.
+    pub fn kernel_owned_count(&self) -> usize {
+        self.kernel_owned_count
     }
 
     /// No buffer is free.
@@ -681,11 +936,14 @@ impl RegisteredBufferPool {
             available_count: self.free.len(),
             acquired_count: self.acquired_count,
             in_flight_count: self.in_flight_count,
+            kernel_owned_count: self.kernel_owned_count,
+            quarantined_count: self.quarantined_count,
             buffer_size: self.buffer_size,
             total_bytes: self.total_count * self.buffer_size,
             acquisitions: self.acquisitions,
             exhaustions: self.exhaustions,
             misuse_release_in_flight: self.misuse_release_in_flight,
+            misuse_quarantined: self.misuse_quarantined,
             misuse_invalid_index: self.misuse_invalid_index,
             misuse_bad_state: self.misuse_bad_state,
             numa_node: self.numa_node(),
@@ -693,7 +951,8 @@ impl RegisteredBufferPool {
     }
 }
 
-/// The `user_data` of one buffer's operations in flight: almost always one, so it lives inline.
+/// The `user_data` of one buffer's operations pushed by the pool and not yet matched: almost always
+/// one, so it lives inline.
 #[derive(Debug, Clone, Default)]
 struct Pending {
     first: Option<u64>,
@@ -722,16 +981,6 @@ impl Pending {
             None => false,
         }
     }
-
-    /// Keeps at most `n` (a caller that completes by index does not say which operation ended).
-    fn truncate(&mut self, n: usize) {
-        let len = usize::from(self.first.is_some()) + self.rest.len();
-        for _ in n..len {
-            if self.rest.pop().is_none() {
-                self.first = None;
-            }
-        }
-    }
 }
 
 /// Where a fixed-buffer operation goes: a plain descriptor, or a slot in the ring's registered file
@@ -751,9 +1000,10 @@ impl From<RawFd> for Target {
 impl Drop for RegisteredBufferPool {
     fn drop(&mut self) {
         if let Some(slab) = self.slab.take() {
-            if self.in_flight_count > 0 {
-                // The kernel may still write into these buffers: keep the memory mapped for the
-                // rest of the process rather than let it be reused.
+            if self.in_flight_count > 0 || self.kernel_owned_count > 0 {
+                // The kernel may still write into these buffers (by the callers' word, or by the
+                // pool's own record of SQEs whose CQE it has not matched): keep the memory mapped
+                // for the rest of the process rather than let it be reused.
                 slab.leak();
             }
             // Otherwise the slab unmaps here.
@@ -767,6 +1017,24 @@ mod tests {
 
     fn ring() -> IoUring {
         IoUring::new(8).expect("io_uring must be available for these tests")
+    }
+
+    /// A one-buffer pool on a new ring, a temp file, and the buffer acquired with a 4-byte
+    /// WRITE_FIXED at offset 0 of the file pushed (not submitted).
+    fn one_write_pushed() -> (IoUring, RegisteredBufferPool, std::fs::File, u16) {
+        let mut r = ring();
+        let mut p = RegisteredBufferPool::new(&mut r, 16, 1).unwrap();
+        let f = tempfile::tempfile().unwrap();
+        let (i, _) = p.acquire().unwrap();
+        p.submit_write_fixed(&mut r, f.as_raw_fd(), i, 0, 4)
+            .unwrap();
+        (r, p, f, i)
+    }
+
+    /// Submits what is pushed and returns the next completion.
+    fn next_cqe(r: &mut IoUring) -> cqueue::Entry {
+        r.submit_and_wait(1).unwrap();
+        r.completion().next().expect("a completion")
     }
 
     #[test]
@@ -1008,22 +1276,16 @@ mod tests {
 
     #[test]
     fn stale_completion_changes_nothing() {
-        let mut r = IoUring::new(8).unwrap();
-        let mut p = RegisteredBufferPool::new(&mut r, 16, 1).unwrap();
-        let f = tempfile::tempfile().unwrap();
+        let (mut r, mut p, f, i) = one_write_pushed();
         let fd = f.as_raw_fd();
-        let (i, _) = p.acquire().unwrap();
-        p.submit_write_fixed(&mut r, fd, i, 0, 4).unwrap();
-        r.submit_and_wait(1).unwrap();
-        let old = r.completion().next().unwrap();
+        let old = next_cqe(&mut r);
         assert_eq!(p.complete_cqe(&old), Some((i, 4)));
         // A new operation on the same buffer, then the old CQE again (a late duplicate).
         p.submit_read_fixed(&mut r, fd, i, 0, 4).unwrap();
         assert_eq!(p.complete_cqe(&old), None);
         assert!(p.is_in_flight(i), "the new read must stay in flight");
         assert!(p.try_release(i).is_err());
-        r.submit_and_wait(1).unwrap();
-        let new = r.completion().next().unwrap();
+        let new = next_cqe(&mut r);
         assert_eq!(p.complete_cqe(&new), Some((i, 4)));
         p.try_release(i).unwrap();
     }
@@ -1054,18 +1316,159 @@ mod tests {
     }
 
     #[test]
-    fn complete_by_index_retires_pending_user_data() {
-        let mut r = IoUring::new(8).unwrap();
-        let mut p = RegisteredBufferPool::new(&mut r, 16, 1).unwrap();
-        let f = tempfile::tempfile().unwrap();
-        let (i, _) = p.acquire().unwrap();
-        p.submit_write_fixed(&mut r, f.as_raw_fd(), i, 0, 4)
-            .unwrap();
-        r.submit_and_wait(1).unwrap();
-        let cqe = r.completion().next().unwrap();
+    fn complete_by_index_then_cqe_completes_once() {
+        let (mut r, mut p, _f, i) = one_write_pushed();
+        let cqe = next_cqe(&mut r);
         p.complete_in_flight(i);
-        // The CQE was already accounted by index: decoding it again must not double-complete.
-        assert_eq!(p.complete_cqe(&cqe), None);
+        assert!(!p.is_in_flight(i));
+        // Completing by index does not end the pool's own record: only the CQE does.
+        assert!(p.is_kernel_owned(i));
+        assert!(p.get(i).is_err(), "kernel-owned buffers are not readable");
+        // Matching the CQE ends the kernel's ownership without completing the operation twice.
+        assert_eq!(p.complete_cqe(&cqe), Some((i, 4)));
+        assert!(!p.is_kernel_owned(i) && !p.is_in_flight(i));
+        assert_eq!(p.in_flight_count(), 0);
+        assert_eq!(p.complete_cqe(&cqe), None, "a repeated CQE is stale");
+        assert!(p.get(i).is_ok());
+        p.try_release(i).unwrap();
+        assert_eq!(p.available_count(), 1);
+        assert_eq!(p.stats().misuse_total(), 0);
+    }
+
+    /// Every buffer `acquire` hands out until the pool is exhausted (then released again).
+    fn drain_free_list(p: &mut RegisteredBufferPool) -> Vec<u16> {
+        let mut got = vec![];
+        while let Some((j, _)) = p.try_acquire() {
+            got.push(j);
+        }
+        for &j in &got {
+            p.release(j);
+        }
+        got
+    }
+
+    /// A READ_FIXED from a real file into buffer `i`; the caller lies with `complete_in_flight(i)`
+    /// before the CQE is reaped, and releases it. Nothing the pool hands out is `i` until its CQE
+    /// is matched; after that, `i` is handed out again.
+    #[test]
+    fn lying_complete_then_release_quarantines_until_cqe() {
+        let mut r = IoUring::new(8).unwrap();
+        let mut p = RegisteredBufferPool::new(&mut r, 4096, 4).unwrap();
+        let mut f = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut f, &[0xC3; 4096]).unwrap();
+        let (i, _) = p.acquire().unwrap();
+        let ud = p
+            .submit_read_fixed(&mut r, f.as_raw_fd(), i, 0, 4096)
+            .unwrap();
+        assert_eq!(p.kernel_owned_count(), 1);
+        // The lie: the CQE has not been reaped (the SQE is not even submitted).
+        p.complete_in_flight(i);
+        assert!(!p.is_in_flight(i) && p.is_kernel_owned(i));
+        assert_eq!(p.in_flight_count(), 0);
+        assert_eq!(p.kernel_owned_count(), 1);
+        p.try_release(i).unwrap();
+        let s = p.stats();
+        assert_eq!(s.misuse_quarantined, 1);
+        assert_eq!(s.misuse_total(), 1);
+        assert_eq!((s.available_count, s.acquired_count), (3, 0));
+        assert_eq!((s.quarantined_count, s.kernel_owned_count), (1, 1));
+        assert!(s.to_string().contains("1 quarantined"), "{s}");
+        // A quarantined buffer cannot be released again, submitted, marked or read.
+        assert!(p.try_release(i).is_err());
+        assert!(p
+            .submit_read_fixed(&mut r, f.as_raw_fd(), i, 0, 16)
+            .is_err());
+        assert!(p.get(i).is_err() && p.get_mut(i).is_err());
+        assert_eq!(p.stats().misuse_bad_state, 1, "the second release");
+
+        let got = drain_free_list(&mut p);
+        assert_eq!(got.len(), 3);
+        assert!(
+            !got.contains(&i),
+            "{got:?} includes the kernel-owned buffer {i}"
+        );
+
+        // Now the kernel does the read; still not handed out until the pool matches the CQE.
+        let cqe = next_cqe(&mut r);
+        assert_eq!(cqe.user_data(), ud);
+        assert!(!drain_free_list(&mut p).contains(&i));
+        assert_eq!(p.complete_cqe(&cqe), Some((i, 4096)));
+        let s = p.stats();
+        assert_eq!((s.available_count, s.quarantined_count), (4, 0));
+        assert_eq!((s.kernel_owned_count, s.in_flight_count), (0, 0));
+        assert!(drain_free_list(&mut p).contains(&i));
+        // The read landed in the quarantined buffer, nowhere else.
+        assert_eq!(p.get(i).unwrap(), &[0xC3; 4096][..]);
+        assert_eq!(p.stats().misuse_quarantined, 1);
+    }
+
+    #[test]
+    fn kernel_owned_count_tracks_pushes_and_matches_only() {
+        let mut r = IoUring::new(16).unwrap();
+        let mut p = RegisteredBufferPool::new(&mut r, 16, 3).unwrap();
+        let f = tempfile::tempfile().unwrap();
+        let fd = f.as_raw_fd();
+        let (a, _) = p.acquire().unwrap();
+        let (b, _) = p.acquire().unwrap();
+        let (c, _) = p.acquire().unwrap();
+        // Marking by hand is the caller's record, not the pool's.
+        p.mark_in_flight(c);
+        assert_eq!((p.in_flight_count(), p.kernel_owned_count()), (1, 0));
+        p.complete_in_flight(c);
+        // Two operations on `a`, one on `b`: two kernel-owned buffers.
+        p.submit_write_fixed(&mut r, fd, a, 0, 4).unwrap();
+        p.submit_write_fixed(&mut r, fd, a, 16, 4).unwrap();
+        p.submit_write_fixed(&mut r, fd, b, 32, 4).unwrap();
+        assert_eq!((p.in_flight_count(), p.kernel_owned_count()), (2, 2));
+        // Public calls do not lower it.
+        p.complete_in_flight(a);
+        p.complete_in_flight(a);
+        p.complete_in_flight(b);
+        p.release(a);
+        assert_eq!((p.in_flight_count(), p.kernel_owned_count()), (0, 2));
+        r.submit_and_wait(3).unwrap();
+        let cqes: Vec<_> = r.completion().collect();
+        assert_eq!(cqes.len(), 3);
+        let of_a: Vec<_> = cqes.iter().filter(|c| c.user_data() as u16 == a).collect();
+        let of_b = cqes.iter().find(|c| c.user_data() as u16 == b).unwrap();
+        assert_eq!(p.complete_cqe(of_b), Some((b, 4)));
+        assert_eq!(p.kernel_owned_count(), 1);
+        // Stale and duplicate CQEs change nothing.
+        assert_eq!(p.complete_cqe(of_b), None);
+        let forged = POOL_USER_DATA_TAG | (1000 << SEQ_SHIFT) | u64::from(a);
+        assert_eq!(p.complete_user_data(forged), None);
+        assert_eq!(p.complete_user_data(42), None);
+        assert_eq!(p.kernel_owned_count(), 1);
+        assert_eq!(p.complete_cqe(of_a[0]), Some((a, 4)));
+        assert_eq!(p.kernel_owned_count(), 1, "`a` has a second operation");
+        assert_eq!(p.available_count(), 0, "`a` stays quarantined");
+        assert_eq!(p.complete_user_data(of_a[1].user_data()), Some(a));
+        assert_eq!(p.kernel_owned_count(), 0);
+        assert_eq!(p.complete_cqe(of_a[1]), None);
+        assert_eq!(p.available_count(), 1, "`a` is free again");
+        p.release(b);
+        p.release(c);
+        let s = p.stats();
+        assert_eq!(
+            (s.available_count, s.in_flight_count, s.kernel_owned_count),
+            (3, 0, 0)
+        );
+        assert_eq!(s.misuse_quarantined, 1);
+        assert_eq!(s.misuse_total(), 1);
+    }
+
+    /// An operation marked by the caller and one pushed by the pool on the same buffer:
+    /// `complete_in_flight` retires the caller's first, and the pool's CQE ends its own.
+    #[test]
+    fn marked_and_pushed_operations_on_one_buffer() {
+        let (mut r, mut p, _f, i) = one_write_pushed();
+        p.mark_in_flight(i);
+        p.complete_in_flight(i); // the caller's own operation
+        assert!(p.is_in_flight(i), "the pool's operation is still in flight");
+        let cqe = next_cqe(&mut r);
+        assert_eq!(p.complete_cqe(&cqe), Some((i, 4)));
+        assert!(!p.is_in_flight(i) && !p.is_kernel_owned(i));
+        p.try_release(i).unwrap();
         assert_eq!(p.stats().misuse_total(), 0);
     }
 

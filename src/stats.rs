@@ -512,6 +512,8 @@ pub fn merge_pool_stats(a: &BufferPoolStats, b: &BufferPoolStats) -> BufferPoolS
         available_count: a.available_count.saturating_add(b.available_count),
         acquired_count: a.acquired_count.saturating_add(b.acquired_count),
         in_flight_count: a.in_flight_count.saturating_add(b.in_flight_count),
+        kernel_owned_count: a.kernel_owned_count.saturating_add(b.kernel_owned_count),
+        quarantined_count: a.quarantined_count.saturating_add(b.quarantined_count),
         buffer_size: if a.buffer_size == b.buffer_size {
             a.buffer_size
         } else {
@@ -523,6 +525,7 @@ pub fn merge_pool_stats(a: &BufferPoolStats, b: &BufferPoolStats) -> BufferPoolS
         misuse_release_in_flight: a
             .misuse_release_in_flight
             .saturating_add(b.misuse_release_in_flight),
+        misuse_quarantined: a.misuse_quarantined.saturating_add(b.misuse_quarantined),
         misuse_invalid_index: a
             .misuse_invalid_index
             .saturating_add(b.misuse_invalid_index),
@@ -948,11 +951,14 @@ mod tests {
             available_count: 10,
             acquired_count: 6,
             in_flight_count: 4,
+            kernel_owned_count: 5,
+            quarantined_count: 1,
             buffer_size: 65536,
             total_bytes: 16 * 65536,
             acquisitions: 100,
             exhaustions: 2,
             misuse_release_in_flight: 1,
+            misuse_quarantined: 2,
             misuse_invalid_index: 0,
             misuse_bad_state: 3,
             numa_node: Some(0),
@@ -962,6 +968,9 @@ mod tests {
         assert_eq!(m.total_bytes, 32 * 65536);
         assert_eq!(m.acquisitions, 200);
         assert_eq!(m.misuse_bad_state, 6);
+        assert_eq!((m.kernel_owned_count, m.quarantined_count), (10, 2));
+        assert_eq!(m.misuse_quarantined, 4);
+        assert_eq!(m.misuse_total(), 12);
         assert_eq!(m.buffer_size, 65536);
         assert_eq!(m.numa_node, Some(0));
         let q = BufferPoolStats {

@@ -196,8 +196,11 @@ fn documented_usage_write_then_read() {
         Some(idx)
     );
     assert_eq!(cqe.result(), 5);
-    pool.complete_in_flight(idx);
+    assert!(pool.is_kernel_owned(idx), "until the pool sees the CQE");
+    assert_eq!(pool.complete_cqe(&cqe), Some((idx, 5)));
     assert!(!pool.is_in_flight(idx));
+    assert!(!pool.is_kernel_owned(idx));
+    assert_eq!(pool.kernel_owned_count(), 0);
     pool.release(idx);
     assert_eq!(pool.available_count(), 256);
 
@@ -259,6 +262,40 @@ fn fs_magic(path: &Path) -> i64 {
     st.f_type as i64
 }
 
+/// Creates `path` opened read-write with O_DIRECT, or `None` (after saying why) when its
+/// filesystem refuses O_DIRECT, which is allowed only for filesystems other than ext4.
+fn open_direct(path: &Path, test: &str) -> Option<File> {
+    match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+    {
+        Ok(f) => {
+            // SAFETY: F_GETFL only reads the descriptor's flags.
+            let flags = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFL) };
+            assert!(flags & libc::O_DIRECT != 0, "file is open with O_DIRECT");
+            Some(f)
+        }
+        Err(e) => {
+            assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "open O_DIRECT: {e}");
+            let dir = path.parent().unwrap_or(path);
+            let magic = fs_magic(dir);
+            assert_ne!(
+                magic, EXT4_SUPER_MAGIC,
+                "ext4 supports O_DIRECT, yet open failed with EINVAL"
+            );
+            eprintln!(
+                "SKIP {test}: the filesystem of {} (magic {magic:#x}) refuses O_DIRECT with EINVAL",
+                dir.display()
+            );
+            None
+        }
+    }
+}
+
 /// Pushes `ops` (buffer, offset, len) as fixed reads or writes all at once, checks they are all in
 /// flight together, reaps them and checks every one transferred its full length.
 fn run_batch(
@@ -307,33 +344,9 @@ fn o_direct_round_trip_1mib() {
     const BATCH: usize = 32;
     let dir = tmp_dir("ringshard-odirect");
     let path = dir.path().join("data");
-    let file = match OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(&path)
-    {
-        Ok(f) => f,
-        Err(e) => {
-            assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "open O_DIRECT: {e}");
-            let magic = fs_magic(dir.path());
-            assert_ne!(
-                magic, EXT4_SUPER_MAGIC,
-                "ext4 supports O_DIRECT, yet open failed with EINVAL"
-            );
-            eprintln!(
-                "SKIP o_direct_round_trip_1mib: the filesystem of {} (magic {magic:#x}) refuses \
-                 O_DIRECT with EINVAL",
-                dir.path().display()
-            );
-            return;
-        }
+    let Some(file) = open_direct(&path, "o_direct_round_trip_1mib") else {
+        return;
     };
-    // SAFETY: F_GETFL only reads the descriptor's flags.
-    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
-    assert!(flags & libc::O_DIRECT != 0, "file is open with O_DIRECT");
     let fd = file.as_raw_fd();
     let data = pattern(0x0D1_2EC7, TOTAL);
 
@@ -648,13 +661,18 @@ fn pipe() -> (OwnedFd, OwnedFd) {
     unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
 }
 
-/// Expected behaviour (the "Lifetime and drop" docs of `RegisteredBufferPool`): dropping the pool
-/// while an operation is in flight leaks the slab on purpose, so the mapping stays and a late
-/// completion lands in memory nobody else owns. Here a READ_FIXED on an empty pipe stays in flight,
-/// the pool is dropped, the buffer's page is still mapped, and when data arrives the read completes
-/// with the bytes written, into that still-mapped memory, without a crash.
-#[test]
-fn drop_with_read_in_flight_keeps_buffer_mapped() {
+/// Writes all of `data` to the pipe `tx` (it must fit in the pipe's buffer).
+fn write_pipe(tx: &OwnedFd, data: &[u8]) {
+    // SAFETY: writes `data.len()` bytes from a live slice to a pipe we own.
+    let n = unsafe { libc::write(tx.as_raw_fd(), data.as_ptr().cast(), data.len()) };
+    assert_eq!(n, data.len() as isize, "write to pipe: errno {}", errno());
+}
+
+/// A READ_FIXED on an empty pipe stays in flight; the pool is dropped (after the caller has
+/// declared the read complete and released the buffer, when `lie`); the buffer's page must still be
+/// mapped, and when data arrives the read completes with the bytes written, into that still-mapped
+/// memory, without a crash.
+fn drop_with_pipe_read_pending(lie: bool) {
     let _serial = serial();
     let (rx, tx) = pipe();
     let mut ring = new_ring(8);
@@ -669,8 +687,21 @@ fn drop_with_read_in_flight_keeps_buffer_mapped() {
         !completion_within(&mut ring, Duration::from_millis(50)),
         "a read of an empty pipe must stay in flight"
     );
-    assert!(pool.is_in_flight(idx));
-    assert_eq!(pool.in_flight_count(), 1);
+    assert_eq!(pool.kernel_owned_count(), 1);
+    if lie {
+        // No CQE has arrived: a false completion, then a release the pool must not honour.
+        pool.complete_in_flight(idx);
+        pool.release(idx);
+        assert!(!pool.is_in_flight(idx));
+        assert_eq!(pool.in_flight_count(), 0);
+        assert_eq!(pool.available_count(), 3, "quarantined, not free");
+        assert_eq!(pool.stats().misuse_quarantined, 1);
+    } else {
+        assert!(pool.is_in_flight(idx));
+        assert_eq!(pool.in_flight_count(), 1);
+    }
+    assert!(pool.is_kernel_owned(idx));
+    assert_eq!(pool.kernel_owned_count(), 1);
 
     drop(pool);
     assert_eq!(
@@ -680,9 +711,7 @@ fn drop_with_read_in_flight_keeps_buffer_mapped() {
     );
 
     let msg = b"late data";
-    // SAFETY: writes `msg.len()` bytes from a live slice to a pipe we own.
-    let n = unsafe { libc::write(tx.as_raw_fd(), msg.as_ptr().cast(), msg.len()) };
-    assert_eq!(n, msg.len() as isize, "write to pipe: errno {}", errno());
+    write_pipe(&tx, msg);
     let cqe = reap(&mut ring, 1).pop().unwrap();
     assert_eq!(cqe.user_data(), ud);
     assert_eq!(
@@ -700,6 +729,21 @@ fn drop_with_read_in_flight_keeps_buffer_mapped() {
     );
     assert!(landed[msg.len()..].iter().all(|&b| b == 0x5A));
     assert_eq!(page_mapped(addr), Ok(()));
+}
+
+/// Expected behaviour (the "Lifetime and drop" docs of `RegisteredBufferPool`): dropping the pool
+/// while an operation is in flight leaks the slab on purpose, so the mapping stays and a late
+/// completion lands in memory nobody else owns.
+#[test]
+fn drop_with_read_in_flight_keeps_buffer_mapped() {
+    drop_with_pipe_read_pending(false);
+}
+
+/// The same when the caller has declared the read complete (`complete_in_flight`) before its CQE
+/// and released the buffer: the pool's own record still says the kernel owns it, so the slab leaks.
+#[test]
+fn drop_with_kernel_owned_buffer_keeps_slab_mapped() {
+    drop_with_pipe_read_pending(true);
 }
 
 /// Contrast: with nothing in flight (after a completed write), dropping the pool unmaps the slab:
@@ -1107,4 +1151,197 @@ fn tmpfs_full_gives_enospc() {
         written.len()
     );
     drop(file);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 10. A caller that breaks its promise (`complete_in_flight` before the CQE)
+// ---------------------------------------------------------------------------------------------
+
+const LIE_LEN: usize = 4096;
+
+/// A file in a new temp dir on /tmp holding `LIE_LEN` bytes of a pattern, opened with O_DIRECT
+/// (`None` where the filesystem refuses O_DIRECT), with the pattern.
+fn direct_file_with_pattern(test: &str) -> Option<(tempfile::TempDir, PathBuf, File, Vec<u8>)> {
+    let dir = tmp_dir("ringshard-quarantine");
+    let path = dir.path().join("data");
+    let file = open_direct(&path, test)?;
+    let theirs = pattern(0xF11E, LIE_LEN);
+    // Written through the page cache; an O_DIRECT read writes back the range before reading.
+    OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .write_all_at(&theirs, 0)
+        .unwrap();
+    Some((dir, path, file, theirs))
+}
+
+/// Every buffer the pool hands out now (released again).
+fn all_acquirable(pool: &mut RegisteredBufferPool) -> Vec<u16> {
+    let mut got = Vec::new();
+    while let Some((j, _)) = pool.try_acquire() {
+        got.push(j);
+    }
+    for &j in &got {
+        pool.release(j);
+    }
+    got
+}
+
+/// The issue "Safe to embed": a caller declares its READ_FIXED complete (`complete_in_flight`)
+/// while the read still waits on an empty pipe, and releases the buffer. Another caller takes every
+/// buffer the pool will give and does an O_DIRECT read, in flight together with the misused read
+/// when the pipe's data arrives: it never gets the misused buffer, and gets its file's bytes, not
+/// the pipe's. The misused buffer is handed out again only once its CQE is given to the pool.
+#[test]
+fn lie_during_slow_read_never_gives_the_buffer_to_an_o_direct_reader() {
+    let _serial = serial();
+    let test = "lie_during_slow_read_never_gives_the_buffer_to_an_o_direct_reader";
+    let Some((_dir, _path, file, theirs)) = direct_file_with_pattern(test) else {
+        return;
+    };
+    let (rx, tx) = pipe();
+    let mut ring = new_ring(8);
+    let mut pool = RegisteredBufferPool::new(&mut ring, LIE_LEN, 2).unwrap();
+
+    // The misbehaving caller.
+    let (mine, buf) = pool.acquire().unwrap();
+    buf.fill(0x11);
+    let late_ud = pool
+        .submit_read_fixed(&mut ring, rx.as_raw_fd(), mine, 0, LIE_LEN as u32)
+        .unwrap();
+    assert!(
+        !completion_within(&mut ring, Duration::from_millis(50)),
+        "a read of an empty pipe must stay in flight"
+    );
+    pool.complete_in_flight(mine); // the lie: no CQE has arrived
+    pool.release(mine);
+    let s = pool.stats();
+    assert_eq!((s.in_flight_count, s.kernel_owned_count), (0, 1));
+    assert_eq!((s.available_count, s.quarantined_count), (1, 1));
+    assert_eq!(s.misuse_quarantined, 1);
+
+    // The other caller takes every buffer the pool hands out.
+    let (other, buf) = pool.acquire().unwrap();
+    assert_ne!(other, mine);
+    buf.fill(0xEE);
+    assert!(
+        pool.try_acquire().is_none(),
+        "the misused buffer is not handed out"
+    );
+    let their_ud = pool
+        .submit_read_fixed(&mut ring, file.as_raw_fd(), other, 0, LIE_LEN as u32)
+        .unwrap();
+    // The pipe's data arrives while both reads are in flight.
+    let misused = pattern(0xBAD, LIE_LEN);
+    write_pipe(&tx, &misused);
+    let mut cqes = reap(&mut ring, 2);
+    assert_eq!(cqes.len(), 2);
+    cqes.sort_by_key(|c| c.user_data() != their_ud);
+    let (theirs_cqe, late) = (&cqes[0], &cqes[1]);
+    assert_eq!(
+        (theirs_cqe.user_data(), late.user_data()),
+        (their_ud, late_ud)
+    );
+    assert_eq!(late.result(), LIE_LEN as i32);
+    assert_eq!(pool.complete_cqe(theirs_cqe), Some((other, LIE_LEN as i32)));
+    assert_bytes_eq(
+        pool.get(other).unwrap(),
+        &theirs,
+        "the other caller's O_DIRECT read",
+    );
+    pool.release(other);
+    // Reaped from the ring, but not yet given to the pool: still not handed out.
+    assert_eq!(all_acquirable(&mut pool), vec![other]);
+    assert!(pool.is_kernel_owned(mine));
+
+    assert_eq!(pool.complete_cqe(late), Some((mine, LIE_LEN as i32)));
+    assert_eq!(pool.complete_cqe(late), None, "a repeated CQE is stale");
+    let s = pool.stats();
+    assert_eq!((s.kernel_owned_count, s.quarantined_count), (0, 0));
+    assert_eq!((s.available_count, s.acquired_count), (2, 0));
+    let mut back = all_acquirable(&mut pool);
+    back.sort_unstable();
+    assert_eq!(back, vec![mine.min(other), mine.max(other)]);
+    // The pipe's bytes landed in the misused buffer and nowhere else.
+    assert_bytes_eq(pool.get(mine).unwrap(), &misused, "the misused buffer");
+    assert_bytes_eq(pool.get(other).unwrap(), &theirs, "the other buffer");
+    let s = pool.stats();
+    assert_eq!(s.misuse_quarantined, 1);
+    assert_eq!(s.misuse_total(), 1);
+}
+
+/// The same through the executor: a task (`submit_to`) reads a FIFO into a buffer of its shard's
+/// pool, declares the read complete before any data comes, releases the buffer and returns.
+/// Another caller's O_DIRECT read on that shard must get its file's bytes, and the shard must stay
+/// sound once the FIFO's data arrives (it reclaims the task's buffer by the pool's own record).
+#[test]
+#[ignore = "needs Shard::drain_task_buffers to wait on pool.kernel_owned_count() (runner.rs)"]
+fn task_lying_to_its_pool_cannot_corrupt_another_read() {
+    let _serial = serial();
+    let test = "task_lying_to_its_pool_cannot_corrupt_another_read";
+    let Some((dir, path, _file, theirs)) = direct_file_with_pattern(test) else {
+        return;
+    };
+    let fifo = dir.path().join("fifo");
+    let c = CString::new(fifo.as_os_str().as_bytes()).unwrap();
+    // SAFETY: `c` is a valid NUL-terminated path.
+    assert_eq!(
+        unsafe { libc::mkfifo(c.as_ptr(), 0o600) },
+        0,
+        "mkfifo: errno {}",
+        errno()
+    );
+
+    let exec = ringshard::Executor::builder().shards(1).build().unwrap();
+    let data = exec
+        .open(&path, ringshard::OpenOptions::new().read(true).direct(true))
+        .wait()
+        .unwrap();
+    // Read-write, so the open does not wait for a writer.
+    let ff = exec
+        .open(&fifo, ringshard::OpenOptions::new().read(true).write(true))
+        .wait()
+        .unwrap();
+    let g = ff.clone();
+    let total = exec
+        .submit_to(ff.shard(), move |ctx| {
+            let (i, _) = ctx.pool().acquire().expect("a buffer");
+            ctx.push_read_fixed(&g, i, 0, LIE_LEN as u32).expect("push");
+            ctx.submit().expect("submit");
+            ctx.pool().complete_in_flight(i); // the lie: no CQE has arrived
+            ctx.pool().release(i);
+            ctx.pool().total_count()
+        })
+        .wait()
+        .unwrap();
+
+    // Another caller's O_DIRECT read, while the task's read still waits on the FIFO.
+    let read = exec.read(&data, 0, LIE_LEN);
+    std::thread::sleep(Duration::from_millis(50));
+    let misused = pattern(0xBAD, LIE_LEN);
+    OpenOptions::new()
+        .write(true)
+        .open(&fifo)
+        .unwrap()
+        .write_all(&misused)
+        .unwrap();
+    assert_bytes_eq(
+        &read.wait().unwrap(),
+        &theirs,
+        "O_DIRECT read after the lie",
+    );
+    // The shard goes on, with every buffer back.
+    for _ in 0..2 * total {
+        assert_bytes_eq(
+            &exec.read(&data, 0, LIE_LEN).wait().unwrap(),
+            &theirs,
+            "again",
+        );
+    }
+    let pool = exec.stats().total.pool;
+    assert_eq!(pool.misuse_quarantined, 1);
+    assert_eq!(pool.misuse_total(), 1, "{pool:?}");
+    assert_eq!((pool.kernel_owned_count, pool.quarantined_count), (0, 0));
+    assert_eq!(pool.available_count, total);
 }

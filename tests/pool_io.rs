@@ -1276,7 +1276,6 @@ fn lie_during_slow_read_never_gives_the_buffer_to_an_o_direct_reader() {
 /// Another caller's O_DIRECT read on that shard must get its file's bytes, and the shard must stay
 /// sound once the FIFO's data arrives (it reclaims the task's buffer by the pool's own record).
 #[test]
-#[ignore = "needs Shard::drain_task_buffers to wait on pool.kernel_owned_count() (runner.rs)"]
 fn task_lying_to_its_pool_cannot_corrupt_another_read() {
     let _serial = serial();
     let test = "task_lying_to_its_pool_cannot_corrupt_another_read";

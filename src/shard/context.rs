@@ -34,8 +34,9 @@ pub struct ShardCqe {
 ///
 /// When the closure starts, the shard has no operation of its own in flight, so every completion
 /// the closure reaps is its own. Rules: reap completions only through [`reap`](Self::reap) (it keeps
-/// the shard's wake-up working), let every operation you submit complete before returning (the shard
-/// waits for pool buffers still in flight), and release the buffers you acquire.
+/// the shard's wake-up working), let every operation you submit complete before returning (the
+/// shard waits until every SQE pushed through the pool has had its completion matched, by the
+/// pool's own records), and release the buffers you acquire.
 ///
 /// ```
 /// # fn main() -> ringshard::Result<()> {
@@ -180,7 +181,8 @@ impl ShardContext<'_> {
     ///   [`reap`](Self::reap), before the closure returns: the shard resumes its own operations
     ///   right after, and a completion left in the ring would be taken for one of them.
     /// - Its `user_data` must stay out of the shard's space: not [`WAKE_USER_DATA`] or
-    ///   [`CANCEL_USER_DATA`], without the pool's tag bit (bit 63), and not a value below
+    ///   [`CANCEL_USER_DATA`], without the pool's tag bit (bit 63: a forged pool `user_data`
+    ///   could end a buffer's kernel ownership early), and not a value below
     ///   2^47 that names a shard op (`slot | generation << 24`); use values in
     ///   `2^47 .. 2^62` for your own SQEs.
     pub unsafe fn push(&mut self, entry: &squeue::Entry) -> Result<()> {

@@ -1468,7 +1468,7 @@ impl Shard {
                     self.pool.complete_user_data(ud);
                 }
             }
-            if self.pool.in_flight_count() == 0 {
+            if self.pool.kernel_owned_count() == 0 {
                 break;
             }
             let _ = self.submit(1);

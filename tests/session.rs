@@ -319,7 +319,7 @@ fn session_across_shutdown() {
     let mut done = Vec::new();
     s.wait_timeout(200, HANG, &mut done).unwrap();
     assert_eq!(done.len(), 200);
-    let mut seen = vec![false; 200];
+    let mut seen = [false; 200];
     for d in done {
         assert!(!seen[d.token as usize]);
         seen[d.token as usize] = true;

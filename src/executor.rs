@@ -695,6 +695,7 @@ impl Executor {
             exec: self,
             created: Instant::now(),
             per_shard: (0..self.shared.shards.len()).map(|_| Vec::new()).collect(),
+            held: Vec::new(),
         }
     }
 
@@ -979,6 +980,9 @@ pub struct Batch<'a> {
     /// Placeholder timestamp for requests; `submit` stamps them.
     created: Instant,
     per_shard: Vec<Vec<IoRequest>>,
+    /// The files of the batch's requests (each once in a row), kept open until it is sent: a
+    /// file whose last handle the caller drops meanwhile closes after the batch.
+    held: Vec<File>,
 }
 
 impl Batch<'_> {
@@ -993,6 +997,13 @@ impl Batch<'_> {
             Err(e) => return Completion::ready(Err(e)),
         };
         let (c, done) = pair(self.exec.shared.id, file.shard());
+        if !self
+            .held
+            .last()
+            .is_some_and(|f| Arc::ptr_eq(&f.inner, &file.inner))
+        {
+            self.held.push(file.clone());
+        }
         if let Some(list) = self.per_shard.get_mut(file.shard()) {
             list.push(IoRequest {
                 file: file.handle(),
@@ -1067,6 +1078,8 @@ impl Batch<'_> {
                 exec.shared.send_or_fail(shard, Message::Batch(reqs));
             }
         }
+        // After the sends: a close these drops may send goes behind the batch.
+        self.held.clear();
     }
 }
 

@@ -155,6 +155,10 @@ pub struct Session {
     shared: Arc<SessionShared>,
     /// Requests queued per shard, not yet flushed.
     pending: Vec<Vec<SessionReq>>,
+    /// The files of unflushed requests (each once in a row): a file whose last handle the
+    /// caller drops meanwhile is closed only after these requests, as its close is sent when
+    /// this clone drops, after the flush.
+    held: Vec<File>,
     /// Results the caller's side produced itself (requests refused before they left).
     local: Vec<Done>,
     /// Requests submitted and not yet reaped (queued, sent, or done and not taken).
@@ -192,6 +196,7 @@ impl Session {
             exec,
             shared: Arc::new(SessionShared::new()),
             pending: (0..shards).map(|_| Vec::new()).collect(),
+            held: Vec::new(),
             local: Vec::new(),
             in_flight: 0,
             capacity,
@@ -234,6 +239,13 @@ impl Session {
         match checked {
             Ok(op) => {
                 let deadline = self.timeout.and_then(|t| Instant::now().checked_add(t));
+                if !self
+                    .held
+                    .last()
+                    .is_some_and(|f| Arc::ptr_eq(&f.inner, &file.inner))
+                {
+                    self.held.push(file.clone());
+                }
                 if let Some(q) = self.pending.get_mut(file.shard()) {
                     q.push(SessionReq {
                         file: file.handle(),
@@ -316,6 +328,8 @@ impl Session {
                 }
             }
         }
+        // After the sends: a close these drops may send goes behind the requests.
+        self.held.clear();
     }
 
     /// Moves every result ready now into `out` (appending); returns how many. Flushes first.

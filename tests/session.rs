@@ -442,3 +442,38 @@ fn direct_read_is_not_starved_by_a_busy_inbox() {
     // And none is held for long: the original symptom was 53 ms, then 2-3 ms each.
     assert!(median < Duration::from_millis(50), "median {median:?}");
 }
+
+/// A file whose last handle is dropped while a session (or batch) still holds unflushed requests
+/// for it closes after those requests, not before them.
+#[test]
+fn dropping_the_last_file_handle_before_a_flush() {
+    let exec = Executor::builder().shards(1).build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f"), vec![4u8; 8192]).unwrap();
+    for round in 0..50u64 {
+        let f = ok(
+            exec.open(dir.path().join("f"), OpenOptions::new().read(true)),
+            "open",
+        );
+        let mut s = exec.session();
+        s.read(&f, 0, 4096, Vec::new(), round).unwrap();
+        let mut batch = exec.batch();
+        let c = batch.read(&f, 4096, 4096);
+        drop(f); // the last handle: its close goes out when the requests have
+        batch.submit();
+        let mut done = Vec::new();
+        s.wait(1, &mut done).unwrap();
+        assert_eq!(done[0].result, Ok(4096), "round {round}");
+        assert_eq!(c.wait().unwrap(), vec![4u8; 4096], "round {round}");
+    }
+    // Every file was closed: only the executor's own descriptors remain open on it.
+    let open_on_f = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|t| t == &dir.path().join("f"))
+        .count();
+    assert!(
+        open_on_f <= 1,
+        "{open_on_f} descriptors still open on the file"
+    );
+}

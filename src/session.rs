@@ -305,16 +305,15 @@ impl Session {
                 reqs,
                 at: now,
             };
-            if let Err((msg, e)) = self.exec.send(shard, msg) {
-                if let Message::Session { reqs, .. } = msg {
-                    for mut r in reqs {
-                        let buf = r.op.take_buf();
-                        self.local.push(Done {
-                            token: r.token,
-                            result: Err(e.clone()),
-                            buf,
-                        });
-                    }
+            // A refused message comes back as it went: a session's.
+            if let Err((Message::Session { reqs, .. }, e)) = self.exec.send(shard, msg) {
+                for mut r in reqs {
+                    let buf = r.op.take_buf();
+                    self.local.push(Done {
+                        token: r.token,
+                        result: Err(e.clone()),
+                        buf,
+                    });
                 }
             }
         }

@@ -386,15 +386,20 @@ impl ExecShared {
         options: &OpenOptions,
         done: Completer<File>,
     ) {
-        // why: open(2) runs here, before the request reaches a shard; without this check an open
-        // refused after shutdown would still create or truncate the file.
-        if self.closed.load(Ordering::Acquire) {
-            return done.complete(Err(IoUringError::Shutdown));
-        }
-        match options.open_fd(path) {
+        match self.open_fd(path, options) {
             Ok((fd, key, flags)) => self.install(self_arc, fd, key, flags, path, done),
             Err(e) => done.complete(Err(e)),
         }
+    }
+
+    /// open(2) and fstat(2) on the calling thread, unless shut down.
+    fn open_fd(&self, path: &Path, options: &OpenOptions) -> Result<(OwnedFd, FileKey, FileFlags)> {
+        // why: open(2) runs here, before the request reaches a shard; without this check an open
+        // refused after shutdown would still create or truncate the file.
+        if self.closed.load(Ordering::Acquire) {
+            return Err(IoUringError::Shutdown);
+        }
+        options.open_fd(path)
     }
 
     fn install(
@@ -508,15 +513,40 @@ impl Executor {
     /// Blocks the calling thread for open(2) and fstat(2) (on a slow or network filesystem that
     /// can be long): in async code use [`open_async`](Self::open_async).
     pub fn open(&self, path: impl AsRef<Path>, options: &OpenOptions) -> Completion<File> {
-        let (c, done) = pair(self.shared.id, usize::MAX);
+        let path = path.as_ref();
+        match self.shared.open_fd(path, options) {
+            Ok((fd, key, flags)) => self.install_routed(fd, key, flags, path),
+            Err(e) => Completion::ready(Err(e)),
+        }
+    }
+
+    /// Sends a descriptor opened on this thread to its shard.
+    fn install_routed(
+        &self,
+        fd: OwnedFd,
+        key: FileKey,
+        flags: FileFlags,
+        path: &Path,
+    ) -> Completion<File> {
+        // why: the completion names the shard the file goes to, so that waiting for it on that
+        // shard's own thread fails with WouldDeadlock; named "no shard", it hung there forever.
+        let shard = shard_for(key, self.shared.shards.len());
+        let (c, done) = pair(self.shared.id, shard);
         self.shared
-            .open_here(&self.shared, path.as_ref(), options, done);
+            .install(&self.shared, fd, key, flags, path, done);
         c
     }
 
     /// Like [`open`](Self::open), with open(2) and fstat(2) done on the executor's opener thread:
-    /// never blocks the caller. Await the result (or wait on it).
+    /// never blocks the caller. Await the result (or wait on it). Called on one of this
+    /// executor's shard threads, it opens there, like [`open`](Self::open).
     pub fn open_async(&self, path: impl AsRef<Path>, options: &OpenOptions) -> Completion<File> {
+        // why: on a shard thread, an open done elsewhere cannot say which shard it waits for, and
+        // waiting for it there hangs if the file lives on that very shard. A shard thread is not
+        // an async runtime's, so it opens here, as `open` does, and gets WouldDeadlock instead.
+        if crate::completion::current_shard().is_some_and(|(exec, _)| exec == self.shared.id) {
+            return self.open(path, options);
+        }
         let (c, done) = pair(self.shared.id, usize::MAX);
         if self.shared.closed.load(Ordering::Acquire) {
             done.complete(Err(IoUringError::Shutdown));
@@ -569,18 +599,13 @@ impl Executor {
     /// the last handle drops. `path` names it in errors.
     pub fn adopt(&self, fd: OwnedFd, path: impl AsRef<Path>) -> Completion<File> {
         let path = path.as_ref();
-        let (c, done) = pair(self.shared.id, usize::MAX);
         if self.shared.closed.load(Ordering::Acquire) {
-            done.complete(Err(IoUringError::Shutdown));
-            return c;
+            return Completion::ready(Err(IoUringError::Shutdown));
         }
         match crate::file::describe_fd(&fd, path) {
-            Ok((key, flags)) => self
-                .shared
-                .install(&self.shared, fd, key, flags, path, done),
-            Err(e) => done.complete(Err(e)),
+            Ok((key, flags)) => self.install_routed(fd, key, flags, path),
+            Err(e) => Completion::ready(Err(e)),
         }
-        c
     }
 
     /// Routes one checked request.

@@ -261,49 +261,6 @@ fn shutdown_races_with_submitters_without_stranding_requests() {
 // A shard that panics
 // ---------------------------------------------------------------------------------------------
 
-/// Silences panic messages from shard threads (`ringshard-*`) while alive; others still print.
-type Hook = Box<dyn Fn(&std::panic::PanicHookInfo<'_>) + Send + Sync + 'static>;
-
-struct QuietShardPanics {
-    prev: Option<Arc<Hook>>,
-    /// One guard at a time (the hook is process-wide): tests using it run one after another.
-    _one: std::sync::MutexGuard<'static, ()>,
-}
-
-static HOOK_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-impl QuietShardPanics {
-    fn install() -> Self {
-        let one = HOOK_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-        let prev = Arc::new(std::panic::take_hook());
-        let inner = Arc::clone(&prev);
-        std::panic::set_hook(Box::new(move |info| {
-            let shard = std::thread::current()
-                .name()
-                .is_some_and(|n| n.starts_with("ringshard-"));
-            if !shard {
-                inner(info);
-            }
-        }));
-        QuietShardPanics {
-            prev: Some(prev),
-            _one: one,
-        }
-    }
-}
-
-impl Drop for QuietShardPanics {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            return; // the hook cannot be changed now; leave ours (it forwards to the old one)
-        }
-        drop(std::panic::take_hook()); // ours: releases its reference to the previous hook
-        if let Some(Ok(prev)) = self.prev.take().map(Arc::try_unwrap) {
-            std::panic::set_hook(prev);
-        }
-    }
-}
-
 fn is_shard_failed(e: &IoUringError, shard: usize) -> bool {
     matches!(e, IoUringError::ShardFailed { shard: s, .. } if *s == shard)
 }

@@ -111,6 +111,9 @@ pub(super) struct Chunk {
     pub(super) len: u32,
     /// Bytes already transferred (short transfers are resubmitted from here).
     pub(super) done: u32,
+    /// Where a short O_DIRECT write last ended inside a block (and was rewound to the block's
+    /// start); 0 if none. A rewound write that ends there again makes no progress.
+    pub(super) rewound: u32,
     /// The `user_data` of the chunk's SQE in flight (to cancel it).
     pub(super) user_data: u64,
 }

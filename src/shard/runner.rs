@@ -97,7 +97,8 @@ struct Shard {
     ready: VecDeque<u32>,
     order: Ordering,
     /// Requests received and not yet admitted (the rest of a batch or session flush that did not
-    /// fit): admitted before anything newer from the inbox.
+    /// fit, and requests read while the op table was full): admitted in order, before anything
+    /// newer from the inbox.
     backlog: VecDeque<IoRequest>,
     /// Sessions with requests here; their results go out once per turn.
     sessions: SessionTable,
@@ -650,9 +651,10 @@ impl Shard {
                 any = true;
                 self.admit(req);
             }
-            if !self.can_admit() || !self.backlog.is_empty() {
-                break;
-            }
+            // why: the inbox is read even when the op table is full. Its ops may never finish on
+            // their own (reads of a FIFO with no writer), and a shard that stopped reading would
+            // never see the shutdown that cancels them, nor answer stats or run tasks: requests
+            // read now wait in the backlog, in order, and control messages are handled.
             match self.rx.try_recv() {
                 Ok(msg) => {
                     any = true;
@@ -674,7 +676,8 @@ impl Shard {
 
     fn handle(&mut self, msg: Message) {
         match msg {
-            Message::Io(req) => self.admit(req),
+            Message::Io(req) if self.can_admit() && self.backlog.is_empty() => self.admit(req),
+            Message::Io(req) => self.backlog.push_back(req),
             Message::Batch(reqs) => self.backlog.extend(reqs),
             Message::Session { session, reqs, at } => {
                 let index = self.sessions.register(session, reqs.len());
@@ -1071,6 +1074,7 @@ impl Shard {
             rel,
             len,
             done: 0,
+            rewound: 0,
             user_data: 0,
         };
         if let Err(e) = self.push_chunk(dir, idx) {
@@ -1276,9 +1280,16 @@ impl Shard {
                     // A short O_DIRECT read that ends inside a block is the end of the file.
                     let end = ch.rel + u64::from(ch.done);
                     op.eof = Some(op.eof.map_or(end, |e| e.min(end)));
+                } else if ch.done <= ch.rewound {
+                    // why: the kernel may cut the rewritten block short at the same point again
+                    // (it had room for the partial block and no more, or RLIMIT_FSIZE ends
+                    // there); rewriting it again would never end, with the shard spinning.
+                    let end = op.offset + ch.rel + u64::from(ch.done);
+                    op.errno.get_or_insert(short_direct_write_errno(end));
                 } else {
                     // The rest must start on a block: write the partial block again (same bytes),
                     // so the retry is aligned and reports the real error (ENOSPC), not EINVAL.
+                    ch.rewound = ch.done;
                     ch.done -= (u64::from(ch.done) % DIRECT_ALIGN) as u32;
                     retry = true;
                 }
@@ -1286,6 +1297,7 @@ impl Shard {
                 retry = ch.done < ch.len;
             }
             self.chunks[idx as usize].done = ch.done;
+            self.chunks[idx as usize].rewound = ch.rewound;
         }
         if retry && op.errno.is_none() && op.cancel.is_none() {
             if self.push_chunk(dir, idx).is_ok() {
@@ -1513,6 +1525,24 @@ impl Drop for Shard {
         }
         self.sessions.deliver();
         self.tasks.clear();
+    }
+}
+
+/// Why an O_DIRECT write stops for good at `end`, inside a block: RLIMIT_FSIZE ends there
+/// (EFBIG), or the filesystem has no room for the rest of the block (ENOSPC; a full quota cuts
+/// the write short the same way and is reported as ENOSPC too). The kernel gives no errno for a
+/// short write, and asking it with a write from `end` would fail O_DIRECT's alignment (EINVAL).
+fn short_direct_write_errno(end: u64) -> i32 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the local struct only.
+    let got = unsafe { libc::getrlimit(libc::RLIMIT_FSIZE, &mut lim) } == 0;
+    if got && lim.rlim_cur != libc::RLIM_INFINITY && end >= lim.rlim_cur {
+        libc::EFBIG
+    } else {
+        libc::ENOSPC
     }
 }
 

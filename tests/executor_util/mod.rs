@@ -214,3 +214,171 @@ pub fn files_on_every_shard_with(
     );
     out
 }
+
+// ---------------------------------------------------------------------------------------------
+// Panics on shard threads
+// ---------------------------------------------------------------------------------------------
+
+type Hook = Box<dyn Fn(&std::panic::PanicHookInfo<'_>) + Send + Sync + 'static>;
+
+/// Silences panic messages from shard threads (`ringshard-*`) while alive; others still print.
+pub struct QuietShardPanics {
+    prev: Option<std::sync::Arc<Hook>>,
+    /// One guard at a time (the hook is process-wide): tests using it run one after another.
+    _one: std::sync::MutexGuard<'static, ()>,
+}
+
+static HOOK_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+impl QuietShardPanics {
+    pub fn install() -> Self {
+        let one = HOOK_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        let prev = std::sync::Arc::new(std::panic::take_hook());
+        let inner = std::sync::Arc::clone(&prev);
+        std::panic::set_hook(Box::new(move |info| {
+            let shard = std::thread::current()
+                .name()
+                .is_some_and(|n| n.starts_with("ringshard-"));
+            if !shard {
+                inner(info);
+            }
+        }));
+        QuietShardPanics {
+            prev: Some(prev),
+            _one: one,
+        }
+    }
+}
+
+impl Drop for QuietShardPanics {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return; // the hook cannot be changed now; leave ours (it forwards to the old one)
+        }
+        drop(std::panic::take_hook()); // ours: releases its reference to the previous hook
+        if let Some(Ok(prev)) = self.prev.take().map(std::sync::Arc::try_unwrap) {
+            std::panic::set_hook(prev);
+        }
+    }
+}
+
+/// The text every [`panicking_waker`] panics with.
+pub const WAKER_PANIC: &str = "this waker panics on purpose";
+
+/// How many times a [`panicking_waker`] was woken (and panicked), in this process.
+pub static WAKER_PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+struct PanicWaker;
+
+impl std::task::Wake for PanicWaker {
+    fn wake(self: std::sync::Arc<Self>) {
+        WAKER_PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        panic!("{WAKER_PANIC}");
+    }
+}
+
+/// A waker whose `wake` (and `wake_by_ref`) panics: a broken runtime.
+pub fn panicking_waker() -> std::task::Waker {
+    std::task::Waker::from(std::sync::Arc::new(PanicWaker))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Process resources
+// ---------------------------------------------------------------------------------------------
+
+/// Descriptors open in this process now (the entries of /proc/self/fd, less the one that lists
+/// them).
+pub fn fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .count()
+        .saturating_sub(1)
+}
+
+/// What descriptor `fd` names now (the link target in /proc/self/fd), or `None` if it is closed.
+pub fn fd_target(fd: i32) -> Option<PathBuf> {
+    std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()
+}
+
+/// This process's resident set size, in bytes (/proc/self/statm).
+pub fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .expect("resident pages in /proc/self/statm");
+    // SAFETY: sysconf has no memory arguments.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * page.max(4096) as u64
+}
+
+/// CPU time (user + system) the calling thread has used so far.
+pub fn thread_cpu_time() -> Duration {
+    // SAFETY: rusage is plain data; zeroed is a valid value, and getrusage writes only into it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to a local rusage.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    assert_eq!(rc, 0, "getrusage(RUSAGE_THREAD)");
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Makes a FIFO at `path`.
+pub fn mkfifo(path: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("path without NUL");
+    // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+    let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
+    assert_eq!(rc, 0, "mkfifo {}", path.display());
+}
+
+/// Aborts the process (with a message) unless dropped within `limit`: a test that waits with
+/// `Duration::MAX` somewhere must still not hang CI forever.
+pub struct Watchdog {
+    _disarm: std::sync::mpsc::Sender<()>,
+}
+
+impl Watchdog {
+    pub fn new(what: &'static str, limit: Duration) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
+                eprintln!("{what} hung for {limit:?}: aborting");
+                std::process::abort();
+            }
+        });
+        Watchdog { _disarm: tx }
+    }
+}
+
+/// Serializes the tests of one binary that measure process-wide things (descriptors, RSS, CPU
+/// time, timer lateness): each holds the guard for its whole run.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Polls `cond` (every 2 ms) until it holds; panics naming `what` if it does not within `limit`.
+/// Returns how long it took.
+#[track_caller]
+pub fn eventually(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Duration {
+    let start = std::time::Instant::now();
+    loop {
+        if cond() {
+            return start.elapsed();
+        }
+        if start.elapsed() > limit {
+            panic!("{what}: not within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// The Linux thread id of the calling thread.
+pub fn gettid() -> i32 {
+    // SAFETY: gettid has no arguments and cannot fail.
+    unsafe { libc::gettid() }
+}

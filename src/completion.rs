@@ -44,11 +44,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-/// How many times `wait` yields the core before it sleeps. Measured on 2 cores with 2 shards and
-/// 2 callers (routed 4 KiB reads): 0 gives 0.72M IOPS, 4 gives 1.39M, 8 to 32 give 1.44M; a spin
-/// instead of yields did worse (1.34M), as it keeps the shard from the core.
-const WAIT_YIELDS: u32 = 8;
-
 /// The result is in the cell (set once, by the completer, with `Release`).
 const READY: u32 = 1;
 /// The result was moved out of the cell (set once, by the consumer).
@@ -232,10 +227,10 @@ impl<T> Completion<T> {
         None
     }
 
-    /// Blocks the calling thread until the operation completes. It first yields the core a few
-    /// times (on a busy machine the shard often finishes meanwhile, and a sleep plus a wake-up
-    /// costs two context switches and a futex call on the shard's side), then sleeps until the
-    /// result arrives.
+    /// Blocks the calling thread until the operation completes. It first keeps looking for a
+    /// short while, yielding the core between looks (the shard often finishes meanwhile, and a
+    /// sleep plus a wake-up costs two context switches and a futex call on the shard's side),
+    /// then sleeps until the result arrives.
     ///
     /// Called on the thread of the very shard this operation waits for, while the result has not
     /// arrived, it returns [`IoUringError::WouldDeadlock`] at once: that shard cannot run while its
@@ -247,9 +242,13 @@ impl<T> Completion<T> {
         if let Some(e) = self.would_deadlock() {
             return Err(e);
         }
-        for _ in 0..WAIT_YIELDS {
-            std::thread::yield_now();
-            if let Some(r) = self.check() {
+        // Look for a while before sleeping (see `park::look`).
+        let mut got = None;
+        if crate::park::look(|| {
+            got = self.check();
+            got.is_some()
+        }) {
+            if let Some(r) = got {
                 return r;
             }
         }

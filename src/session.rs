@@ -35,11 +35,6 @@ pub const DEFAULT_SESSION_CAPACITY: usize = 256;
 /// The largest session capacity.
 pub const MAX_SESSION_CAPACITY: usize = 65_536;
 
-/// How many times a blocking wait yields the core before it sleeps: on a busy machine the shard
-/// often delivers meanwhile, and a sleep plus a wake-up costs two context switches and a futex
-/// call on the shard's side (the same trade as `Completion::wait`).
-const WAIT_YIELDS: u32 = 8;
-
 /// One finished request of a [`Session`].
 #[derive(Debug)]
 pub struct Done {
@@ -391,7 +386,7 @@ impl Session {
             return Ok(got);
         }
         self.check_not_on_own_shard()?;
-        let mut yields = 0;
+        let mut looked = false;
         loop {
             let epoch = self.shared.epoch.load(Ordering::Acquire);
             if epoch != self.seen_epoch {
@@ -401,10 +396,15 @@ impl Session {
                 }
                 continue;
             }
-            if yields < WAIT_YIELDS {
-                yields += 1;
-                std::thread::yield_now();
-                continue;
+            if !looked {
+                // Look for a while before sleeping (see `park::look`); again after each sleep
+                // only if the shard delivers too little.
+                looked = true;
+                let seen = self.seen_epoch;
+                let shared = &self.shared;
+                if park::look(|| shared.epoch.load(Ordering::Acquire) != seen) {
+                    continue;
+                }
             }
             let left = match deadline {
                 None => None,

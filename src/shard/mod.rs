@@ -23,7 +23,7 @@ use crate::stats::{OpKind, ShardStats};
 use crossbeam_channel::Sender;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -186,11 +186,21 @@ pub(crate) enum Message {
     },
 }
 
+/// [`ShardShared::sleep`]: the shard is running.
+pub(crate) const AWAKE: u32 = 0;
+/// The shard waits in `io_uring_enter` (it has I/O in the kernel): wake it with the eventfd.
+pub(crate) const IN_RING: u32 = 1;
+/// The shard sleeps on the `sleep` word (nothing of its own in the kernel): a futex wake is
+/// about a microsecond, where an eventfd write, the poll's task work and the ring's wake-up cost
+/// several times that on both sides.
+pub(crate) const ON_FUTEX: u32 = 2;
+
 /// State shared between a shard thread and the callers.
 #[derive(Debug)]
 pub(crate) struct ShardShared {
-    /// The shard is (about to be) blocked in the ring; a caller must write the eventfd to wake it.
-    pub sleeping: AtomicBool,
+    /// Whether (and how) the shard sleeps: [`AWAKE`], [`IN_RING`] (a caller wakes it with the
+    /// eventfd) or [`ON_FUTEX`] (a caller wakes it with a futex wake on this word).
+    pub sleep: AtomicU32,
     /// The shard thread has died (panicked); new work fails at once.
     pub dead: AtomicBool,
     /// The shard thread has left its loop and is draining its inbox for the last time.
@@ -222,7 +232,7 @@ impl ShardShared {
         // SAFETY: eventfd returned a new descriptor that nothing else owns.
         let eventfd = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) };
         Ok(ShardShared {
-            sleeping: AtomicBool::new(false),
+            sleep: AtomicU32::new(AWAKE),
             dead: AtomicBool::new(false),
             exited: AtomicBool::new(false),
             sending: AtomicUsize::new(0),
@@ -234,13 +244,21 @@ impl ShardShared {
 
     /// Wakes the shard if it sleeps. Called after a message was put in the inbox.
     ///
-    /// The shard sets `sleeping`, then (after a SeqCst fence) looks at the inbox once more before
-    /// it blocks; the caller puts the message in, then (after a SeqCst fence) looks at `sleeping`.
-    /// One of the two sees the other, so no wake-up is lost. Only the caller that flips `sleeping`
-    /// back writes the eventfd, so a burst of requests costs one write.
+    /// The shard sets `sleep`, then (after a SeqCst fence) looks at the inbox once more before
+    /// it blocks; the caller puts the message in, then (after a SeqCst fence) looks at `sleep`.
+    /// One of the two sees the other, so no wake-up is lost. Only the caller that flips `sleep`
+    /// back to [`AWAKE`] wakes it, so a burst of requests costs one wake-up: a futex wake when
+    /// the shard sleeps on the word (nothing of its own in the kernel), an eventfd write when it
+    /// waits in the ring.
     pub(crate) fn wake(&self) {
         fence(Ordering::SeqCst);
-        if self.sleeping.load(Ordering::Relaxed) && self.sleeping.swap(false, Ordering::AcqRel) {
+        if self.sleep.load(Ordering::Relaxed) == AWAKE {
+            return;
+        }
+        let was = self.sleep.swap(AWAKE, Ordering::AcqRel);
+        if was == ON_FUTEX {
+            crate::park::wake_all(&self.sleep);
+        } else if was == IN_RING {
             let one: u64 = 1;
             // SAFETY: writes 8 bytes from a local u64 to our eventfd. EAGAIN (counter saturated)
             // means a wake-up is pending anyway.

@@ -28,7 +28,9 @@ use super::ops::{
     CancelWhy, Chunk, DataPath, Op, OpTable, GEN_MASK, MAX_SQE_BYTES, SLOT_BITS, SLOT_MASK,
 };
 use super::order::{Footprint, Ordering};
-use super::{IoOp, IoRequest, Message, Reply, ShardLink, ShardShared, Task};
+use super::{
+    IoOp, IoRequest, Message, Reply, ShardLink, ShardShared, Task, AWAKE, IN_RING, ON_FUTEX,
+};
 use crate::completion::{set_abandon_reason, set_current_shard, AbandonReason, Completer};
 use crate::error::{IoUringError, Result};
 use crate::file::{File, FileFlags, FileInner, FileRef};
@@ -78,6 +80,12 @@ const SCAN_EVERY: Duration = Duration::from_millis(5);
 /// whatever length it was given (a 1 TiB read of a 4 KiB file allocates 1 MiB, not 1 TiB).
 const READ_STEP: u64 = 1 << 20;
 
+/// SQEs issued per turn at most. A turn ends with a submit, a reap and the delivery of results,
+/// so a smaller batch hands results back sooner and callers refill while the shard works on the
+/// rest. Measured (routed 4 KiB reads, 1 shard x 1 client, QD32, interleaved): unbounded, the
+/// shard and its caller took turns (1.0-1.4 cores busy); 8 to 32 kept both cores busy.
+const ISSUE_BATCH: usize = 32;
+
 /// O_DIRECT chunks are multiples of this (the logical block size the executor assumes).
 const DIRECT_ALIGN: u64 = 4096;
 
@@ -126,7 +134,6 @@ struct Shard {
     clock: Option<Instant>,
     /// The thread is unwinding from a panic: pending results report ShardFailed.
     panicked: bool,
-    issue_batch: usize,
 }
 
 /// Starts shard `cfg.index` on its own thread. Returns once the shard is set up (pinned, memory
@@ -344,10 +351,6 @@ impl Shard {
             cqes: Vec::with_capacity(256),
             clock: None,
             panicked: false,
-            issue_batch: std::env::var("RINGSHARD_ISSUE_BATCH")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(usize::MAX),
         };
         shard.arm_wake()?;
         Ok(shard)
@@ -515,38 +518,47 @@ impl Shard {
         };
     }
 
-    /// Blocks in the ring until a completion (I/O or wake-up) arrives. While ops are in flight
-    /// the wait is bounded by [`SCAN_EVERY`], so cancellations and deadlines are seen.
+    /// Blocks until a request (or, with I/O in the kernel, a completion) arrives. With nothing of
+    /// its own in the kernel, the shard sleeps on a futex (cheap to wake); otherwise in the ring,
+    /// where a completion or the eventfd poll ends the wait. While ops are live the wait is
+    /// bounded by [`SCAN_EVERY`], so cancellations and deadlines are seen.
     fn sleep(&mut self) {
-        self.shared.sleeping.store(true, AtomicOrdering::Relaxed);
+        let in_ring = self.ops_in_flight() > 0;
+        let mode = if in_ring { IN_RING } else { ON_FUTEX };
+        self.shared.sleep.store(mode, AtomicOrdering::Relaxed);
         fence(AtomicOrdering::SeqCst);
         // A message we cannot admit yet (too many ops) is no reason to stay up: the completions
         // that make room come only from waiting in the ring.
         if self.can_admit() && self.has_incoming() {
-            self.shared.sleeping.store(false, AtomicOrdering::Relaxed);
+            self.shared.sleep.store(AWAKE, AtomicOrdering::Relaxed);
             return;
         }
-        if !self.wake_broken && self.arm_wake().is_err() {
-            self.wake_broken = true;
-        }
         self.stats.note_sleep();
-        let bounded = self.ops.live > 0 || self.closing || self.wake_broken;
-        if bounded {
-            let ts = types::Timespec::from(SCAN_EVERY);
-            let args = types::SubmitArgs::new().timespec(&ts);
-            match self.ring.submitter().submit_with_args(1, &args) {
-                Ok(_) => {}
-                // ETIME: the timeout passed; EINTR: a signal. Both just end the wait.
-                Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR)) => {}
-                // No EXT_ARG (before 5.11): an unbounded wait; scans happen on the next wake.
-                Err(_) => {
-                    let _ = self.submit(1);
-                }
-            }
+        let bounded = self.ops.live > 0 || self.closing;
+        if !in_ring {
+            let timeout = bounded.then_some(SCAN_EVERY);
+            crate::park::wait(&self.shared.sleep, ON_FUTEX, timeout);
         } else {
-            let _ = self.submit(1);
+            if !self.wake_broken && self.arm_wake().is_err() {
+                self.wake_broken = true;
+            }
+            if bounded || self.wake_broken {
+                let ts = types::Timespec::from(SCAN_EVERY);
+                let args = types::SubmitArgs::new().timespec(&ts);
+                match self.ring.submitter().submit_with_args(1, &args) {
+                    Ok(_) => {}
+                    // ETIME: the timeout passed; EINTR: a signal. Both just end the wait.
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR)) => {}
+                    // No EXT_ARG (before 5.11): an unbounded wait; scans happen on the next wake.
+                    Err(_) => {
+                        let _ = self.submit(1);
+                    }
+                }
+            } else {
+                let _ = self.submit(1);
+            }
         }
-        self.shared.sleeping.store(false, AtomicOrdering::Relaxed);
+        self.shared.sleep.store(AWAKE, AtomicOrdering::Relaxed);
     }
 
     // -- cancellation and deadlines ---------------------------------------------------------
@@ -882,7 +894,7 @@ impl Shard {
         let mut any = false;
         let mut issued = 0usize;
         while let Some(&slot) = self.ready.front() {
-            if issued >= self.issue_batch {
+            if issued >= ISSUE_BATCH {
                 break;
             }
             let Some(op) = self.ops.get(slot) else {

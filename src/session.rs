@@ -500,7 +500,12 @@ pub(crate) struct SessionTable {
     by_ptr: HashMap<usize, u32>,
     /// Sessions with results to deliver at the end of the turn.
     dirty: Vec<u32>,
+    /// Turns with deliveries, for the periodic sweep of dropped sessions.
+    deliveries: u64,
 }
+
+/// Every this many delivering turns, entries of sessions dropped while idle are forgotten.
+const SWEEP_EVERY: u64 = 1024;
 
 struct Entry {
     shared: Arc<SessionShared>,
@@ -565,15 +570,40 @@ impl SessionTable {
                 continue;
             };
             e.shared.deliver(&mut e.out);
-            if e.ops == 0 {
-                let key = Arc::as_ptr(&e.shared) as usize;
-                self.entries[i as usize] = None;
-                self.by_ptr.remove(&key);
-                self.free.push(i);
+            // why: a live session's entry stays (with its batch vector) while it has nothing
+            // here: a session that keeps requests flowing touches zero between round trips, and
+            // re-registering costs a map insert and removal and regrowing the vector each time.
+            if e.ops == 0 && e.shared.dropped.load(Ordering::Relaxed) {
+                self.forget(i);
             }
         }
         // Kept for the next turn: no allocation per turn.
         dirty.clear();
         self.dirty = dirty;
+        self.deliveries = self.deliveries.wrapping_add(1);
+        if self.deliveries % SWEEP_EVERY == 0 {
+            self.sweep();
+        }
+    }
+
+    /// Forgets sessions that were dropped while they had nothing in flight here (no delivery
+    /// would ever look at them again).
+    fn sweep(&mut self) {
+        for i in 0..self.entries.len() as u32 {
+            let idle_and_dropped = matches!(
+                &self.entries[i as usize],
+                Some(e) if e.ops == 0 && e.shared.dropped.load(Ordering::Relaxed)
+            );
+            if idle_and_dropped {
+                self.forget(i);
+            }
+        }
+    }
+
+    fn forget(&mut self, i: u32) {
+        if let Some(e) = self.entries.get_mut(i as usize).and_then(Option::take) {
+            self.by_ptr.remove(&(Arc::as_ptr(&e.shared) as usize));
+            self.free.push(i);
+        }
     }
 }

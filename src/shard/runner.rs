@@ -615,7 +615,7 @@ impl Shard {
                 .chunks
                 .iter()
                 .enumerate()
-                .filter(|(i, c)| c.op == slot && self.pool.is_in_flight(*i as u16))
+                .filter(|(i, c)| c.op == slot && self.pool.is_kernel_owned(*i as u16))
                 .map(|(_, c)| c.user_data)
                 .collect(),
             _ if op.outstanding > 0 => vec![u64::from(slot) | (u64::from(gen) << SLOT_BITS)],
@@ -693,7 +693,7 @@ impl Shard {
             Message::Batch(reqs) => self.backlog.extend(reqs),
             Message::Session { session, reqs, at } => {
                 let index = self.sessions.register(session, reqs.len());
-                self.backlog.extend(reqs.into_iter().map(|r| IoRequest {
+                let mut reqs = reqs.into_iter().map(|r| IoRequest {
                     file: r.file,
                     op: r.op,
                     reply: Reply::Session {
@@ -702,7 +702,16 @@ impl Shard {
                     },
                     at,
                     deadline: r.deadline,
-                }));
+                });
+                // Straight into the op table while there is room and nothing older waits; the
+                // rest waits in the backlog, in order.
+                if self.backlog.is_empty() {
+                    while self.can_admit() {
+                        let Some(req) = reqs.next() else { break };
+                        self.admit(req);
+                    }
+                }
+                self.backlog.extend(reqs);
             }
             Message::Install {
                 fd,

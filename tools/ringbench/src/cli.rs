@@ -90,7 +90,8 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub tasks: Option<usize>,
     /// Which ringshard request API --mode routed and --mode async use: the Session API, or one
-    /// Completion per request [default: session].
+    /// Completion per request [default: session for routed (each client thread keeps many
+    /// requests in flight), completion for async (each task awaits its own requests)].
     #[arg(long, value_enum, value_name = "API")]
     pub api: Option<Api>,
     /// Implementation doing the I/O (--mode async: ringshard, spawn-blocking or tokio-fs).
@@ -438,7 +439,10 @@ impl Args {
                 .clients
                 .unwrap_or(if self.mode == Mode::Async { 2 } else { 1 }),
             tasks: self.tasks.unwrap_or(64),
-            api: self.api.unwrap_or_default(),
+            api: self.api.unwrap_or(match self.mode {
+                Mode::Async => Api::Completion,
+                Mode::Routed | Mode::InShard => Api::Session,
+            }),
             engine: self.engine,
             pool_threads: self.pool_threads,
             tokio_api: self.tokio_api,
@@ -538,6 +542,8 @@ mod tests {
         let c = cfg(&["--mode", "async"]).unwrap();
         assert_eq!(c.w.mode, Mode::Async);
         assert_eq!((c.w.tasks, c.w.clients, c.w.iodepth), (64, 2, 1));
+        assert_eq!(c.w.api, Api::Completion);
+        let c = cfg(&["--mode", "routed"]).unwrap();
         assert_eq!(c.w.api, Api::Session);
         let c = cfg(&["--mode", "async", "--iodepth", "4", "--tasks", "8"]).unwrap();
         assert_eq!((c.w.tasks, c.w.iodepth), (8, 4));

@@ -209,8 +209,11 @@ fn async_engine(engine: &str) {
     );
     assert_eq!(v["workload"]["clients"], 2);
     if engine == "ringshard" {
-        assert_eq!(v["api"], "session");
-        assert!(out.contains("ringshard async (session API) |"), "{out}");
+        assert_eq!(
+            v["api"], "completion",
+            "async default: per-request completions"
+        );
+        assert!(out.contains("ringshard async (completion API) |"), "{out}");
         assert!(v["library_stats"]["total"]["total_ops"].as_u64().unwrap() > 0);
     } else {
         assert!(v["api"].is_null(), "{}", v["api"]);
@@ -291,7 +294,7 @@ fn compare_in_async_mode_runs_the_async_engines() {
             "2000",
         ],
     );
-    assert!(out.contains("ringshard session API"), "{out}");
+    assert!(out.contains("ringshard completion API"), "{out}");
     let names: Vec<&str> = v["engines"]
         .as_array()
         .unwrap()
@@ -299,7 +302,7 @@ fn compare_in_async_mode_runs_the_async_engines() {
         .map(|e| e["engine"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["ringshard", "spawn-blocking", "tokio-fs"]);
-    assert_eq!(v["api"], "session");
+    assert_eq!(v["api"], "completion");
     for r in v["runs"].as_array().unwrap() {
         check_run(r, r["engine"].as_str().unwrap(), "async", false);
     }

@@ -137,8 +137,8 @@ pub enum IoUringError {
         /// The session's capacity.
         capacity: usize,
     },
-    /// A blocking call made on a shard's own thread would wait for that same shard, which can
-    /// never happen while the thread waits.
+    /// A blocking call made on a shard's thread would wait for a shard of the same executor:
+    /// its own cannot run while its thread waits, and shards waiting on each other deadlock.
     WouldDeadlock {
         /// What was called.
         op: &'static str,
@@ -462,9 +462,10 @@ impl fmt::Display for IoUringError {
             ),
             Self::WouldDeadlock { op, shard } => write!(
                 f,
-                "{op} called on shard {shard}'s own thread would wait for shard {shard}, which \
-                 cannot run while its thread waits: inside shard code, use the ShardContext \
-                 or an async form instead of blocking"
+                "{op} called on shard {shard}'s own thread would block it waiting for a shard of \
+                 the same executor: its own cannot run while it waits, and two shards waiting \
+                 on each other never finish; inside shard code, use the ShardContext or an async \
+                 form instead of blocking"
             ),
         }
     }

@@ -542,6 +542,10 @@ impl Shard {
         if !in_ring {
             let timeout = bounded.then_some(SCAN_EVERY);
             crate::park::wait(&self.shared.sleep, ON_FUTEX, timeout);
+            // A sender flipped the word to AWAKE (a timeout leaves it ON_FUTEX): a wake-up.
+            if self.shared.sleep.load(AtomicOrdering::Relaxed) == AWAKE {
+                self.stats.note_wakeup();
+            }
         } else {
             if !self.wake_broken && self.arm_wake().is_err() {
                 self.wake_broken = true;

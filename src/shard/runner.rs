@@ -197,11 +197,15 @@ fn shard_main(
             s
         }
         Err(e) => {
+            crate::logging::shard_setup_failed(index, &e);
             let _ = ready.send(Err(e));
             return;
         }
     };
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shard.run()));
+    if let Err(payload) = &outcome {
+        crate::logging::shard_panicked(index, payload.as_ref());
+    }
     let panicked = outcome.is_err();
     if !panicked {
         // Kept for `Executor::stats` after shutdown.
@@ -307,13 +311,11 @@ impl Shard {
                 )));
             }
         }
-        if let Some(node) = cfg.node {
-            // Best effort: a kernel without NUMA support refuses, and then there is one node.
-            let _ = numa::prefer_node_for_thread(node);
-        }
+        // Best effort: a kernel without NUMA support refuses, and then there is one node.
+        let mem_policy = numa::prefer_node_for_shard(cfg.index, cfg.node);
         // The ring, the pool and the file table are created here, on the pinned thread: with
         // SINGLE_ISSUER only this thread may use the ring, and first-touch puts memory locally.
-        let (mut ring, _mode) = cfg.ring.build()?;
+        let (mut ring, mode) = cfg.ring.build()?;
         if let Some(cpu) = cfg.cpu {
             pin_workers(&ring, cpu);
         }
@@ -338,6 +340,8 @@ impl Shard {
         let cq_capacity = ring.params().cq_entries();
         let mut stats = ShardStats::new(cfg.index, cfg.cpu, cfg.node);
         stats.pool = pool.stats();
+        (stats.ring_mode, stats.mem_policy) = (Some(mode), mem_policy);
+        crate::logging::shard_setup(&stats, fixed_capacity);
         let mut shard = Shard {
             chunks: vec![Chunk::default(); cfg.buffer_count],
             files: FileTable {
@@ -563,7 +567,7 @@ impl Shard {
         if !in_ring {
             let timeout = bounded.then_some(SCAN_EVERY);
             crate::park::wait(&self.shared.sleep, ON_FUTEX, timeout);
-            // A caller flipped the word back: that was a wake-up (not a timeout).
+            // A caller flipped the word back (a timeout leaves it ON_FUTEX): a wake-up.
             if self.shared.sleep.load(AtomicOrdering::Acquire) == AWAKE {
                 self.stats.note_wakeup();
             }

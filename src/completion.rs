@@ -207,13 +207,16 @@ impl<T> Completion<T> {
     }
 
     /// Waiting here would wait for the shard that runs this very thread.
+    /// Blocking on a thread of one of this executor's shards: waiting for that shard can never
+    /// end, and waiting for another can deadlock (two shards waiting on each other), and either
+    /// stalls every request of the blocked shard meanwhile.
     fn would_deadlock(&self) -> Option<IoUringError> {
-        (current_shard() == Some((self.inner.exec, self.inner.shard))).then_some(
-            IoUringError::WouldDeadlock {
-                op: "wait",
-                shard: self.inner.shard,
-            },
-        )
+        match current_shard() {
+            Some((exec, shard)) if exec == self.inner.exec => {
+                Some(IoUringError::WouldDeadlock { op: "wait", shard })
+            }
+            _ => None,
+        }
     }
 
     /// Announces a sleeping thread, then sleeps while the word is unchanged (at most `timeout`).
@@ -731,7 +734,7 @@ mod tests {
     }
 
     #[test]
-    fn waiting_on_own_shard_would_deadlock() {
+    fn waiting_on_a_shard_of_the_same_executor_would_deadlock() {
         std::thread::spawn(|| {
             set_current_shard(1, 0);
             assert_eq!(current_shard(), Some((1, 0)));
@@ -752,8 +755,15 @@ mod tests {
             done.complete(Ok(3));
             assert_eq!(c.wait_timeout(Duration::from_secs(30)), Ok(3));
 
-            // Another executor's shard 0, or this executor's shard 1: a normal wait.
-            for (exec, shard) in [(2, 0), (1, 1)] {
+            // This executor's other shard: refused too (two shards waiting on each other would
+            // never finish).
+            let (c, _done) = pair::<u32>(1, 1);
+            assert!(matches!(
+                c.wait(),
+                Err(IoUringError::WouldDeadlock { shard: 0, .. })
+            ));
+            // Another executor's shards: a normal wait.
+            for (exec, shard) in [(2, 0), (2, 1)] {
                 let (c, done) = pair::<u32>(exec, shard);
                 let flag = Arc::new(AtomicBool::new(false));
                 let f2 = Arc::clone(&flag);

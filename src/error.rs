@@ -17,7 +17,11 @@ pub type Error = IoUringError;
 /// Match on the variant to react; use [`is_transient`](Self::is_transient) to decide whether a
 /// retry can succeed and [`is_fatal`](Self::is_fatal) to decide whether the ring, pool or executor
 /// that returned it is still usable.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// `Debug` shows the variant and its fields followed by the `Display` text, so a `main` that
+/// returns [`Result`] prints the diagnosis and its fix, not only the fields:
+/// `Error: RingSetup { entries: 256, flags: "...", errno: 1 }: io_uring_setup(...) failed: ...`.
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum IoUringError {
     /// Creating an io_uring instance failed (`io_uring_setup`).
@@ -137,8 +141,8 @@ pub enum IoUringError {
         /// The session's capacity.
         capacity: usize,
     },
-    /// A blocking call made on a shard's own thread would wait for that same shard, which can
-    /// never happen while the thread waits.
+    /// A blocking call made on a shard's thread would wait for a shard of the same executor:
+    /// its own cannot run while its thread waits, and shards waiting on each other deadlock.
     WouldDeadlock {
         /// What was called.
         op: &'static str,
@@ -462,11 +466,121 @@ impl fmt::Display for IoUringError {
             ),
             Self::WouldDeadlock { op, shard } => write!(
                 f,
-                "{op} called on shard {shard}'s own thread would wait for shard {shard}, which \
-                 cannot run while its thread waits: inside shard code, use the ShardContext \
-                 or an async form instead of blocking"
+                "{op} called on shard {shard}'s own thread would block it waiting for a shard of \
+                 the same executor: its own cannot run while it waits, and two shards waiting \
+                 on each other never finish; inside shard code, use the ShardContext or an async \
+                 form instead of blocking"
             ),
         }
+    }
+}
+
+/// The variant and its fields (like a derived `Debug`), then `": "` and the `Display` text: the
+/// form a `main` returning [`Result`] prints, so it carries the diagnosis.
+impl fmt::Debug for IoUringError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::RingSetup {
+                entries,
+                flags,
+                errno,
+            } => f
+                .debug_struct("RingSetup")
+                .field("entries", entries)
+                .field("flags", flags)
+                .field("errno", errno)
+                .finish(),
+            Self::Registration {
+                what,
+                bytes,
+                errno,
+                memlock_limit,
+            } => f
+                .debug_struct("Registration")
+                .field("what", what)
+                .field("bytes", bytes)
+                .field("errno", errno)
+                .field("memlock_limit", memlock_limit)
+                .finish(),
+            Self::Memory { op, bytes, errno } => f
+                .debug_struct("Memory")
+                .field("op", op)
+                .field("bytes", bytes)
+                .field("errno", errno)
+                .finish(),
+            Self::SubmissionQueueFull => f.write_str("SubmissionQueueFull"),
+            Self::PoolExhausted { total } => f
+                .debug_struct("PoolExhausted")
+                .field("total", total)
+                .finish(),
+            Self::InvalidIndex { index, total } => f
+                .debug_struct("InvalidIndex")
+                .field("index", index)
+                .field("total", total)
+                .finish(),
+            Self::BufferState { index, op, state } => f
+                .debug_struct("BufferState")
+                .field("index", index)
+                .field("op", op)
+                .field("state", state)
+                .finish(),
+            Self::BufferTooSmall {
+                requested,
+                buffer_size,
+            } => f
+                .debug_struct("BufferTooSmall")
+                .field("requested", requested)
+                .field("buffer_size", buffer_size)
+                .finish(),
+            Self::InvalidConfig(reason) => f.debug_tuple("InvalidConfig").field(reason).finish(),
+            Self::InvalidArgument { op, reason } => f
+                .debug_struct("InvalidArgument")
+                .field("op", op)
+                .field("reason", reason)
+                .finish(),
+            Self::Io {
+                op,
+                path,
+                offset,
+                errno,
+            } => f
+                .debug_struct("Io")
+                .field("op", op)
+                .field("path", path)
+                .field("offset", offset)
+                .field("errno", errno)
+                .finish(),
+            Self::WrongRing => f.write_str("WrongRing"),
+            Self::BadHandle(why) => f.debug_tuple("BadHandle").field(why).finish(),
+            Self::Shutdown => f.write_str("Shutdown"),
+            Self::ShardFailed { shard, reason } => f
+                .debug_struct("ShardFailed")
+                .field("shard", shard)
+                .field("reason", reason)
+                .finish(),
+            Self::Timeout => f.write_str("Timeout"),
+            Self::Topology(reason) => f.debug_tuple("Topology").field(reason).finish(),
+            Self::Cancelled { op, path } => f
+                .debug_struct("Cancelled")
+                .field("op", op)
+                .field("path", path)
+                .finish(),
+            Self::DeadlineExceeded { op, path } => f
+                .debug_struct("DeadlineExceeded")
+                .field("op", op)
+                .field("path", path)
+                .finish(),
+            Self::SessionFull { capacity } => f
+                .debug_struct("SessionFull")
+                .field("capacity", capacity)
+                .finish(),
+            Self::WouldDeadlock { op, shard } => f
+                .debug_struct("WouldDeadlock")
+                .field("op", op)
+                .field("shard", shard)
+                .finish(),
+        }?;
+        write!(f, ": {self}")
     }
 }
 
@@ -561,6 +675,36 @@ mod tests {
         assert!(!IoUringError::io("read", None, None, libc::EIO).is_transient());
         assert!(IoUringError::Shutdown.is_fatal());
         assert!(!IoUringError::InvalidIndex { index: 3, total: 2 }.is_fatal());
+    }
+
+    #[test]
+    fn debug_shows_fields_and_diagnosis() {
+        let e = IoUringError::RingSetup {
+            entries: 256,
+            flags: "SINGLE_ISSUER|DEFER_TASKRUN".into(),
+            errno: libc::EPERM,
+        };
+        // What `fn main() -> ringshard::Result<()>` prints after "Error: ".
+        let d = format!("{e:?}");
+        assert!(
+            d.starts_with(
+                "RingSetup { entries: 256, flags: \"SINGLE_ISSUER|DEFER_TASKRUN\", errno: 1 }: "
+            ),
+            "{d}"
+        );
+        assert!(d.ends_with(&e.to_string()), "{d}");
+        assert!(d.contains("seccomp"), "{d}");
+        // Through Box<dyn Error> too (the examples' return type).
+        let boxed: Box<dyn std::error::Error> = Box::new(e.clone());
+        assert_eq!(format!("{boxed:?}"), d);
+        // Unit and tuple variants.
+        let d = format!("{:?}", IoUringError::Shutdown);
+        assert!(d.starts_with("Shutdown: the executor is shut down"), "{d}");
+        let d = format!("{:?}", IoUringError::InvalidConfig("x".into()));
+        assert_eq!(d, "InvalidConfig(\"x\"): invalid configuration: x");
+        // The alternate form keeps the pretty fields.
+        let d = format!("{e:#?}");
+        assert!(d.starts_with("RingSetup {\n    entries: 256,"), "{d}");
     }
 
     #[test]

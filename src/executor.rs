@@ -1022,13 +1022,7 @@ impl Batch<'_> {
             Err(e) => return Completion::ready(Err(e)),
         };
         let (c, done) = pair(self.exec.shared.id, file.shard());
-        if !self
-            .held
-            .last()
-            .is_some_and(|f| Arc::ptr_eq(&f.inner, &file.inner))
-        {
-            self.held.push(file.clone());
-        }
+        crate::file::hold(&mut self.held, file);
         if let Some(list) = self.per_shard.get_mut(file.shard()) {
             list.push(IoRequest {
                 file: file.handle(),

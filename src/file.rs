@@ -139,15 +139,7 @@ impl OpenOptions {
         }
         // SAFETY: open returned a new descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        use std::os::fd::AsRawFd;
-        let key = FileKey::of_fd(fd.as_raw_fd()).map_err(|e| {
-            IoUringError::io(
-                "fstat",
-                Some(path.to_path_buf()),
-                None,
-                e.raw_os_error().unwrap_or(libc::EIO),
-            )
-        })?;
+        let key = key_of(&fd, path)?;
         Ok((
             fd,
             key,
@@ -158,6 +150,32 @@ impl OpenOptions {
                 direct: self.direct,
             },
         ))
+    }
+}
+
+/// The identity (device, inode) of an open descriptor, which decides its shard.
+fn key_of(fd: &OwnedFd, path: &Path) -> Result<FileKey> {
+    use std::os::fd::AsRawFd;
+    FileKey::of_fd(fd.as_raw_fd()).map_err(|e| {
+        IoUringError::io(
+            "fstat",
+            Some(path.to_path_buf()),
+            None,
+            e.raw_os_error().unwrap_or(libc::EIO),
+        )
+    })
+}
+
+/// Keeps `file` open until `held` is cleared, once per run of requests for the same file: a
+/// `Session` or `Batch` holds the files of requests it has not sent yet, so that a last handle
+/// the caller drops meanwhile closes the file only after those requests (its close is sent when
+/// the held clone drops, after the send).
+pub(crate) fn hold(held: &mut Vec<File>, file: &File) {
+    if !held
+        .last()
+        .is_some_and(|f| Arc::ptr_eq(&f.inner, &file.inner))
+    {
+        held.push(file.clone());
     }
 }
 
@@ -175,14 +193,7 @@ pub(crate) fn describe_fd(fd: &OwnedFd, path: &Path) -> Result<(FileKey, FileFla
             crate::numa::last_errno(),
         ));
     }
-    let key = FileKey::of_fd(fd.as_raw_fd()).map_err(|e| {
-        IoUringError::io(
-            "fstat",
-            Some(path.to_path_buf()),
-            None,
-            e.raw_os_error().unwrap_or(libc::EIO),
-        )
-    })?;
+    let key = key_of(fd, path)?;
     let acc = fl & libc::O_ACCMODE;
     Ok((
         key,

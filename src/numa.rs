@@ -5,6 +5,7 @@
 //! `libc::syscall`. Node masks are fixed at [`MAX_NODES`] bits.
 
 use crate::error::{IoUringError, Result};
+use crate::stats::MemPolicy;
 use std::ptr::NonNull;
 
 /// Highest NUMA node count ringshard can address (the size of the node masks it passes the kernel).
@@ -230,6 +231,21 @@ pub fn prefer_node_for_thread(node: u32) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// [`prefer_node_for_thread`] for a shard thread, when it has a node: what became of it, for the
+/// shard's stats (a refusal is logged, not an error: there may be one node, or no NUMA support).
+pub(crate) fn prefer_node_for_shard(shard: usize, node: Option<u32>) -> Option<MemPolicy> {
+    let node = node?;
+    Some(match prefer_node_for_thread(node) {
+        Ok(()) => MemPolicy::Preferred,
+        Err(e) => {
+            crate::logging::mem_policy_failed(shard, node, &e);
+            MemPolicy::Failed {
+                errno: e.errno().unwrap_or(libc::EIO),
+            }
+        }
+    })
 }
 
 pub(crate) fn last_errno() -> i32 {

@@ -35,7 +35,10 @@ impl Default for RingConfig {
 }
 
 /// The flags a ring was finally created with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// Serialized (JSON) and labelled (Prometheus) by [`name`](Self::name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RingMode {
     /// `SINGLE_ISSUER | DEFER_TASKRUN`.
     DeferTaskrun,
@@ -48,6 +51,27 @@ pub enum RingMode {
 }
 
 impl RingMode {
+    /// Lower-case name, as in JSON and metric labels: `"defer_taskrun"`, `"coop_taskrun"`,
+    /// `"plain"`, `"sqpoll"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            RingMode::DeferTaskrun => "defer_taskrun",
+            RingMode::CoopTaskrun => "coop_taskrun",
+            RingMode::Plain => "plain",
+            RingMode::Sqpoll => "sqpoll",
+        }
+    }
+
+    /// A short name for the stats table: `"defer"`, `"coop"`, `"plain"`, `"sqpoll"`.
+    pub fn short_name(self) -> &'static str {
+        match self {
+            RingMode::DeferTaskrun => "defer",
+            RingMode::CoopTaskrun => "coop",
+            RingMode::Plain => "plain",
+            RingMode::Sqpoll => "sqpoll",
+        }
+    }
+
     /// The flags as text, for errors and stats.
     pub fn flags(self) -> &'static str {
         match self {

@@ -234,13 +234,7 @@ impl Session {
         match checked {
             Ok(op) => {
                 let deadline = self.timeout.and_then(|t| Instant::now().checked_add(t));
-                if !self
-                    .held
-                    .last()
-                    .is_some_and(|f| Arc::ptr_eq(&f.inner, &file.inner))
-                {
-                    self.held.push(file.clone());
-                }
+                crate::file::hold(&mut self.held, file);
                 if let Some(q) = self.pending.get_mut(file.shard()) {
                     q.push(SessionReq {
                         file: file.handle(),

@@ -39,6 +39,10 @@ use serde::{Serialize, Serializer};
 
 use crate::error::errno_text;
 use crate::pool::BufferPoolStats;
+use crate::ring::RingMode;
+
+mod prometheus;
+pub use prometheus::{LATENCY_BUCKETS_NS, OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE};
 
 /// Lowest latency the histograms discern, in nanoseconds.
 pub const LATENCY_MIN_NS: u64 = 1;
@@ -115,6 +119,30 @@ impl OpKind {
 impl fmt::Display for OpKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+/// What became of a shard thread's NUMA memory policy (`set_mempolicy(MPOL_PREFERRED)` for the
+/// node of its core), which puts its ring, stacks and heap pages on that node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MemPolicy {
+    /// The thread prefers memory from its node.
+    Preferred,
+    /// The kernel refused the policy (no NUMA support, or a seccomp filter): memory comes from
+    /// wherever the kernel's default policy puts it.
+    Failed {
+        /// The errno of `set_mempolicy`.
+        errno: i32,
+    },
+}
+
+impl MemPolicy {
+    /// `"preferred"` or `"failed"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            MemPolicy::Preferred => "preferred",
+            MemPolicy::Failed { .. } => "failed",
+        }
     }
 }
 
@@ -196,6 +224,25 @@ impl LatencyHistogram {
         }
     }
 
+    /// The samples of `self` that are not in `earlier`, bucket by bucket (saturating at zero: a
+    /// bucket `earlier` has more of, as after a reset, counts as none).
+    fn since(&self, earlier: &LatencyHistogram) -> LatencyHistogram {
+        let (Some(now), Some(then)) = (&self.0, &earlier.0) else {
+            return self.clone();
+        };
+        let mut out = LatencyHistogram::new();
+        if let Some(h) = &mut out.0 {
+            for v in now.iter_recorded() {
+                let value = v.value_iterated_to();
+                let n = v.count_at_value().saturating_sub(then.count_at(value));
+                if n > 0 {
+                    h.saturating_record_n(value, n);
+                }
+            }
+        }
+        out
+    }
+
     fn summary(&self) -> LatencySummary {
         self.0
             .as_ref()
@@ -225,6 +272,12 @@ pub struct ShardStats {
     pub numa_node: Option<u32>,
     /// Whether the shard thread failed (died or could not start).
     pub failed: bool,
+    /// How the shard's ring was set up (`None` where no ring was made, or in a merged total whose
+    /// shards differ).
+    pub ring_mode: Option<RingMode>,
+    /// The shard thread's NUMA memory policy (`None` where no node was asked for). In a merged
+    /// total: the first failure if any shard failed, else the shards' common value, else `None`.
+    pub mem_policy: Option<MemPolicy>,
     /// Completed operations (successful or not) by kind, indexed by [`OpKind::index`].
     pub ops: [u64; OpKind::COUNT],
     /// Bytes transferred by successful reads.
@@ -278,6 +331,8 @@ impl ShardStats {
             cpu,
             numa_node,
             failed: false,
+            ring_mode: None,
+            mem_policy: None,
             ops: [0; OpKind::COUNT],
             bytes_read: 0,
             bytes_written: 0,
@@ -463,7 +518,8 @@ impl ShardStats {
     /// - latency histograms: added bucket by bucket, so merged percentiles equal those of one
     ///   histogram fed every sample;
     /// - `in_flight_hwm`, `queued_hwm`: the largest single-shard high-water mark (max);
-    /// - `cpu`, `numa_node`: kept if equal, else `None`; `failed`: true if either failed;
+    /// - `cpu`, `numa_node`, `ring_mode`: kept if equal, else `None`; `failed`: true if either
+    ///   failed; `mem_policy`: a failure if either failed, else kept if equal, else `None`;
     /// - `pool`: [`merge_pool_stats`];
     /// - `shard`: unchanged (set it to [`TOTAL_SHARD`] for a total, as `from_shards` does).
     pub fn merge(&mut self, other: &ShardStats) {
@@ -473,6 +529,16 @@ impl ShardStats {
         if self.numa_node != other.numa_node {
             self.numa_node = None;
         }
+        if self.ring_mode != other.ring_mode {
+            self.ring_mode = None;
+        }
+        self.mem_policy = match (self.mem_policy, other.mem_policy) {
+            (Some(f @ MemPolicy::Failed { .. }), _) | (_, Some(f @ MemPolicy::Failed { .. })) => {
+                Some(f)
+            }
+            (a, b) if a == b => a,
+            _ => None,
+        };
         self.failed |= other.failed;
         for (a, b) in self.ops.iter_mut().zip(other.ops.iter()) {
             *a = a.saturating_add(*b);
@@ -501,6 +567,48 @@ impl ShardStats {
         self.other_latency.merge(&other.other_latency);
         self.read_latency.merge(&other.read_latency);
         self.write_latency.merge(&other.write_latency);
+    }
+}
+
+impl ShardStats {
+    /// What happened between `earlier` and `self`, two snapshots of the same shard: counters,
+    /// bytes, per-kind ops, errors by errno and the pool's counters (acquisitions, exhaustions,
+    /// misuse) are subtracted, saturating at zero; latency histograms are subtracted bucket by
+    /// bucket (exact: the interval's percentiles are those of its own samples). Gauges and
+    /// descriptions (`cpu`, `numa_node`, `ring_mode`, `mem_policy`, `failed`, the pool's buffer
+    /// counts) are `self`'s. The high-water marks are `self`'s too: they cover the whole run, not
+    /// the interval.
+    pub fn since(&self, earlier: &ShardStats) -> ShardStats {
+        let sub = |a: u64, b: u64| a.saturating_sub(b);
+        let mut out = self.clone();
+        for (a, b) in out.ops.iter_mut().zip(earlier.ops.iter()) {
+            *a = sub(*a, *b);
+        }
+        out.bytes_read = sub(self.bytes_read, earlier.bytes_read);
+        out.bytes_written = sub(self.bytes_written, earlier.bytes_written);
+        for (errno, n) in out.errors.iter_mut() {
+            *n = sub(*n, earlier.errors.get(errno).copied().unwrap_or(0));
+        }
+        out.errors.retain(|_, n| *n > 0);
+        out.sq_full_events = sub(self.sq_full_events, earlier.sq_full_events);
+        out.pool_exhausted_events = sub(self.pool_exhausted_events, earlier.pool_exhausted_events);
+        out.sleeps = sub(self.sleeps, earlier.sleeps);
+        out.wakeups = sub(self.wakeups, earlier.wakeups);
+        out.submit_calls = sub(self.submit_calls, earlier.submit_calls);
+        out.sqes_submitted = sub(self.sqes_submitted, earlier.sqes_submitted);
+        out.cancelled = sub(self.cancelled, earlier.cancelled);
+        out.deadline_exceeded = sub(self.deadline_exceeded, earlier.deadline_exceeded);
+        let (p, q) = (&mut out.pool, &earlier.pool);
+        p.acquisitions = sub(p.acquisitions, q.acquisitions);
+        p.exhaustions = sub(p.exhaustions, q.exhaustions);
+        p.misuse_release_in_flight = sub(p.misuse_release_in_flight, q.misuse_release_in_flight);
+        p.misuse_quarantined = sub(p.misuse_quarantined, q.misuse_quarantined);
+        p.misuse_invalid_index = sub(p.misuse_invalid_index, q.misuse_invalid_index);
+        p.misuse_bad_state = sub(p.misuse_bad_state, q.misuse_bad_state);
+        out.other_latency = self.other_latency.since(&earlier.other_latency);
+        out.read_latency = self.read_latency.since(&earlier.read_latency);
+        out.write_latency = self.write_latency.since(&earlier.write_latency);
+        out
     }
 }
 
@@ -573,12 +681,14 @@ impl Serialize for ErrorsView<'_> {
     }
 }
 
-/// JSON shape: every counter; `shard` is `null` for a merged total; `ops` as
+/// JSON shape: every counter; `shard` is `null` for a merged total; `ring_mode` as
+/// [`RingMode::name`] or `null`; `mem_policy` as `"preferred"`, `"failed"` or `null`, with
+/// `mem_policy_errno` (`"EPERM"`, ...) when it failed; `ops` as
 /// `{"read": n, ...}`; `errors` as `{"ENOSPC": n, ...}`; `total_ops`, `error_count`;
 /// `latency`, `read_latency`, `write_latency` as [`LatencySummary`]; `pool` as [`BufferPoolStats`].
 impl Serialize for ShardStats {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut s = serializer.serialize_struct("ShardStats", 25)?;
+        let mut s = serializer.serialize_struct("ShardStats", 28)?;
         let shard = if self.is_total() {
             None
         } else {
@@ -588,6 +698,13 @@ impl Serialize for ShardStats {
         s.serialize_field("cpu", &self.cpu)?;
         s.serialize_field("numa_node", &self.numa_node)?;
         s.serialize_field("failed", &self.failed)?;
+        s.serialize_field("ring_mode", &self.ring_mode)?;
+        s.serialize_field("mem_policy", &self.mem_policy.map(MemPolicy::name))?;
+        let policy_errno = match self.mem_policy {
+            Some(MemPolicy::Failed { errno }) => Some(errno_name(errno)),
+            _ => None,
+        };
+        s.serialize_field("mem_policy_errno", &policy_errno)?;
         s.serialize_field("total_ops", &self.total_ops())?;
         s.serialize_field("ops", &OpsView(&self.ops))?;
         s.serialize_field("bytes_read", &self.bytes_read)?;
@@ -655,6 +772,74 @@ impl ExecutorStats {
         })
     }
 
+    /// What happened between `earlier` and `self`, two snapshots of the same executor, for rates:
+    /// each shard minus the `earlier` shard with the same index ([`ShardStats::since`]; a shard
+    /// `earlier` lacks is taken whole), merged again into the total, and `elapsed` is the
+    /// interval (so [`ops_per_sec`](Self::ops_per_sec) and the table's rates are the interval's).
+    ///
+    /// ```no_run
+    /// # fn main() -> ringshard::Result<()> {
+    /// let exec = ringshard::Executor::new()?;
+    /// let before = exec.stats();
+    /// // ... work ...
+    /// let interval = exec.stats().since(&before);
+    /// println!("{:.0} ops/s, p99 {:.1} µs", interval.ops_per_sec(), interval.total.latency().p99_us);
+    /// # Ok(()) }
+    /// ```
+    pub fn since(&self, earlier: &ExecutorStats) -> ExecutorStats {
+        let shards = self
+            .shards
+            .iter()
+            .map(
+                |s| match earlier.shards.iter().find(|e| e.shard == s.shard) {
+                    Some(e) => s.since(e),
+                    None => s.clone(),
+                },
+            )
+            .collect();
+        ExecutorStats::from_shards(shards, self.elapsed.saturating_sub(earlier.elapsed))
+    }
+
+    /// The Prometheus text exposition format (version 0.0.4; `Content-Type`
+    /// [`PROMETHEUS_CONTENT_TYPE`]), for a `/metrics` endpoint.
+    ///
+    /// Every series is per shard, labelled `shard`, `backend` (`"io_uring"`) and `ring_mode`
+    /// ([`RingMode::name`], `"none"` without a ring); per-kind series add `op`, errors add `errno`
+    /// (`"ENOSPC"`). There are no totals: sum over `shard`. Counters (`_total`): operations by
+    /// kind, bytes read and written, errors by errno, cancelled, deadline exceeded, sleeps,
+    /// wake-ups, submit calls, SQEs, queue-full and pool-exhausted waits, pool acquisitions,
+    /// exhaustions and misuse. Gauges: elapsed seconds, `ringshard_shard_info` (cpu, NUMA node,
+    /// pool node, memory policy), failure, high-water marks, pool buffers by state.
+    /// `ringshard_op_latency_seconds` is a histogram by `op` (`read`, `write`, `other`) with
+    /// buckets at [`LATENCY_BUCKETS_NS`].
+    pub fn to_prometheus(&self) -> String {
+        self.render(prometheus::Flavor::Prometheus)
+    }
+
+    /// Writes [`to_prometheus`](Self::to_prometheus)'s text into `out`.
+    pub fn write_prometheus(&self, out: &mut impl fmt::Write) -> fmt::Result {
+        prometheus::write(self, out, prometheus::Flavor::Prometheus)
+    }
+
+    /// The same metrics in the OpenMetrics 1.0 text format (`Content-Type`
+    /// [`OPENMETRICS_CONTENT_TYPE`]): counter families are named without `_total` (their samples
+    /// keep it), and the text ends with `# EOF`.
+    pub fn to_openmetrics(&self) -> String {
+        self.render(prometheus::Flavor::OpenMetrics)
+    }
+
+    fn render(&self, flavor: prometheus::Flavor) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus::write(self, &mut out, flavor);
+        out
+    }
+
+    /// Writes [`to_openmetrics`](Self::to_openmetrics)'s text into `out`.
+    pub fn write_openmetrics(&self, out: &mut impl fmt::Write) -> fmt::Result {
+        prometheus::write(self, out, prometheus::Flavor::OpenMetrics)
+    }
+
     /// The same JSON as [`to_json`](Self::to_json), as a value.
     pub fn to_json_value(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
@@ -682,10 +867,11 @@ impl Serialize for ExecutorStats {
 
 const MB: f64 = 1_000_000.0;
 
-const HEADERS: [&str; 18] = [
+const HEADERS: [&str; 19] = [
     "shard",
     "cpu",
     "node",
+    "ring",
     "ops",
     "reads",
     "writes",
@@ -716,7 +902,12 @@ fn table_row(s: &ShardStats) -> [String; HEADERS.len()] {
     [
         shard,
         opt(s.cpu.map(|c| c.to_string())),
-        opt(s.numa_node.map(|n| n.to_string())),
+        match (s.numa_node, s.mem_policy) {
+            (Some(n), Some(MemPolicy::Failed { .. })) => format!("{n}!"),
+            (None, Some(MemPolicy::Failed { .. })) => "-!".to_string(),
+            (n, _) => opt(n.map(|n| n.to_string())),
+        },
+        opt(s.ring_mode.map(|m| m.short_name().to_string())),
         s.total_ops().to_string(),
         s.ops(OpKind::Read).to_string(),
         s.ops(OpKind::Write).to_string(),
@@ -736,7 +927,9 @@ fn table_row(s: &ShardStats) -> [String; HEADERS.len()] {
 }
 
 /// A summary line, a table with one row per shard and a `total` row (MB = 10^6 bytes; latencies over
-/// all operations; a `*` after a shard index marks a failed shard; the total's high-water marks are
+/// all operations; a `*` after a shard index marks a failed shard; `ring` is the ring's mode (`defer`,
+/// `coop`, `plain`, `sqpoll`; `-` in a total whose shards differ); a `!` after a node marks a shard
+/// whose NUMA memory policy the kernel refused; the total's high-water marks are
 /// the largest single-shard ones), then the errors by errno name, most frequent first.
 impl fmt::Display for ExecutorStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -778,6 +971,13 @@ impl fmt::Display for ExecutorStats {
 
         if self.shards.iter().any(|s| s.failed) {
             writeln!(f, "* shard failed")?;
+        }
+        if let Some(MemPolicy::Failed { errno }) = t.mem_policy {
+            writeln!(
+                f,
+                "! NUMA memory policy refused ({}): memory may be on another node",
+                errno_name(errno)
+            )?;
         }
         if !t.errors.is_empty() {
             let mut errs: Vec<(i32, u64)> = t.errors.iter().map(|(&e, &n)| (e, n)).collect();
@@ -1005,6 +1205,10 @@ mod tests {
         a.wakeups = 1;
         b.wakeups = 2;
         b.failed = true;
+        a.ring_mode = Some(RingMode::DeferTaskrun);
+        b.ring_mode = Some(RingMode::DeferTaskrun);
+        a.mem_policy = Some(MemPolicy::Preferred);
+        b.mem_policy = Some(MemPolicy::Failed { errno: libc::EPERM });
         ExecutorStats::from_shards(vec![a, b], Duration::from_secs(2))
     }
 
@@ -1021,25 +1225,35 @@ mod tests {
         let stats = two_shards();
         let text = stats.to_string();
         println!("{text}");
-        // shard cpu node ops reads writes MBr MBw errors cancelled p50 p99 p999 max inflt queued
-        // sleeps wakeups
+        // shard cpu node ring ops reads writes MBr MBw errors cancelled p50 p99 p999 max inflt
+        // queued sleeps wakeups
         let r0 = cells(&text, "0");
-        assert_eq!(r0[1..9], ["0", "0", "31", "31", "0", "30.0", "0.0", "1"]);
-        assert_eq!(r0[9], "0");
-        assert_eq!(r0[14..], ["8", "3", "4", "1"]);
+        assert_eq!(
+            r0[1..10],
+            ["0", "0", "defer", "31", "31", "0", "30.0", "0.0", "1"]
+        );
+        assert_eq!(r0[10], "0");
+        assert_eq!(r0[15..], ["8", "3", "4", "1"]);
         let r1 = cells(&text, "1*");
-        assert_eq!(r1[1..9], ["1", "0", "15", "0", "15", "0.0", "6.0", "3"]);
+        assert_eq!(
+            r1[1..10],
+            ["1", "0!", "defer", "15", "0", "15", "0.0", "6.0", "3"]
+        );
         let total = cells(&text, "total");
         assert_eq!(total.len(), HEADERS.len());
         assert_eq!(
-            total[1..9],
-            ["-", "0", "46", "31", "15", "30.0", "6.0", "4"]
+            total[1..10],
+            ["-", "0!", "defer", "46", "31", "15", "30.0", "6.0", "4"]
         );
-        assert_eq!(total[9], "0");
-        assert_eq!(total[14..], ["8", "9", "10", "3"]);
-        let p50: f64 = total[10].parse().unwrap();
+        assert_eq!(total[10], "0");
+        assert_eq!(total[15..], ["8", "9", "10", "3"]);
+        assert!(
+            text.contains("! NUMA memory policy refused (EPERM)"),
+            "{text}"
+        );
+        let p50: f64 = total[11].parse().unwrap();
         assert!((p50 - 50.0).abs() < 0.1, "{p50}");
-        let max: f64 = total[13].parse().unwrap();
+        let max: f64 = total[14].parse().unwrap();
         assert!((max - 200.0).abs() < 0.3, "{max}");
         assert!(text.contains("errors: ENOSPC x3, EIO x1"), "{text}");
         assert!(text.contains("* shard failed"));
@@ -1070,6 +1284,13 @@ mod tests {
         assert_eq!(shards[0]["ops"]["write"], 0);
         assert_eq!(shards[0]["errors"]["EIO"], 1);
         assert_eq!(shards[1]["failed"], true);
+        assert_eq!(shards[0]["ring_mode"], "defer_taskrun");
+        assert_eq!(shards[0]["mem_policy"], "preferred");
+        assert_eq!(shards[0]["mem_policy_errno"], Value::Null);
+        assert_eq!(shards[1]["mem_policy"], "failed");
+        assert_eq!(shards[1]["mem_policy_errno"], "EPERM");
+        assert_eq!(v["total"]["ring_mode"], "defer_taskrun");
+        assert_eq!(v["total"]["mem_policy"], "failed");
         let t = &v["total"];
         assert_eq!(t["shard"], Value::Null);
         assert_eq!(t["total_ops"], 46);
@@ -1105,6 +1326,63 @@ mod tests {
         }
         assert!(t["pool"]["total_count"].is_u64());
         assert!(t["pool"]["numa_node"].is_null());
+    }
+
+    #[test]
+    fn since_subtracts_counters_and_histograms() {
+        let mut a = ShardStats::new(0, Some(0), Some(0));
+        let mut b = ShardStats::new(1, Some(1), Some(0));
+        for v in samples(500, 3) {
+            a.record(OpKind::Read, 4096, v);
+        }
+        b.record_error(OpKind::Write, libc::EIO, 10);
+        a.sleeps = 5;
+        a.pool.acquisitions = 7;
+        a.note_in_flight(4);
+        let before = ExecutorStats::from_shards(vec![a.clone(), b.clone()], Duration::from_secs(1));
+
+        let later_reads = samples(300, 4);
+        for &v in &later_reads {
+            a.record(OpKind::Read, 512, v * 3);
+        }
+        a.record(OpKind::Fsync, 0, 999);
+        b.record_error(OpKind::Write, libc::ENOSPC, 20);
+        a.sleeps = 8;
+        a.pool.acquisitions = 9;
+        a.pool.available_count = 3;
+        let after = ExecutorStats::from_shards(vec![a, b], Duration::from_secs(3));
+
+        let d = after.since(&before);
+        assert_eq!(d.elapsed, Duration::from_secs(2));
+        assert_eq!(d.shards[0].ops(OpKind::Read), 300);
+        assert_eq!(d.shards[0].ops(OpKind::Fsync), 1);
+        assert_eq!(d.shards[0].bytes_read, 512 * 300);
+        assert_eq!(d.shards[0].sleeps, 3);
+        assert_eq!(d.shards[0].pool.acquisitions, 2);
+        assert_eq!(
+            d.shards[0].pool.available_count, 3,
+            "gauges are the later value"
+        );
+        assert_eq!(d.shards[0].in_flight_hwm, 4);
+        // Only the interval's samples: the same summary as a histogram fed just them.
+        let want = reference(&later_reads.iter().map(|v| v * 3).collect::<Vec<_>>());
+        assert_eq!(
+            d.shards[0].read_latency(),
+            LatencySummary::from_histogram(&want)
+        );
+        assert_eq!(d.shards[0].latency().count, 301);
+        // Errors: EIO is gone (no new ones), ENOSPC new.
+        assert_eq!(d.shards[1].errors_with(libc::EIO), 0);
+        assert!(!d.shards[1].errors.contains_key(&libc::EIO));
+        assert_eq!(d.total.errors_with(libc::ENOSPC), 1);
+        assert_eq!(d.total.total_ops(), 302);
+        assert!((d.ops_per_sec() - 151.0).abs() < 1e-9);
+
+        // Backwards (not an earlier snapshot): saturates at zero, never panics.
+        let back = before.since(&after);
+        assert_eq!(back.total.total_ops(), 0);
+        assert_eq!(back.total.latency().count, 0);
+        assert_eq!(back.elapsed, Duration::ZERO);
     }
 
     #[test]

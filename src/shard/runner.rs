@@ -197,11 +197,15 @@ fn shard_main(
             s
         }
         Err(e) => {
+            crate::logging::shard_setup_failed(index, &e);
             let _ = ready.send(Err(e));
             return;
         }
     };
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shard.run()));
+    if let Err(payload) = &outcome {
+        crate::logging::shard_panicked(index, payload.as_ref());
+    }
     let panicked = outcome.is_err();
     if !panicked {
         // Kept for `Executor::stats` after shutdown.
@@ -268,6 +272,25 @@ fn abandon(msg: Message, error: &IoUringError, waiters: &mut Vec<Completer<()>>)
     }
 }
 
+/// Why an op should not run (or go on) any more: nobody waits for it, or its deadline passed.
+/// A close is never skipped: whoever dropped its handle still wants the file closed (the handle's
+/// own drop sends no second close once an explicit one was sent).
+fn skip_reason(
+    kind: OpKind,
+    reply: &Reply,
+    deadline: Option<Instant>,
+    now: Instant,
+    sessions: &SessionTable,
+) -> Option<CancelWhy> {
+    if kind == OpKind::Close {
+        return None;
+    }
+    if deadline.is_some_and(|d| now >= d) {
+        return Some(CancelWhy::Deadline);
+    }
+    reply.is_cancelled(sessions).then_some(CancelWhy::Dropped)
+}
+
 fn abandon_request(req: IoRequest, error: &IoUringError) {
     let mut op = req.op;
     let buf = op.take_buf();
@@ -288,13 +311,11 @@ impl Shard {
                 )));
             }
         }
-        if let Some(node) = cfg.node {
-            // Best effort: a kernel without NUMA support refuses, and then there is one node.
-            let _ = numa::prefer_node_for_thread(node);
-        }
+        // Best effort: a kernel without NUMA support refuses, and then there is one node.
+        let mem_policy = numa::prefer_node_for_shard(cfg.index, cfg.node);
         // The ring, the pool and the file table are created here, on the pinned thread: with
         // SINGLE_ISSUER only this thread may use the ring, and first-touch puts memory locally.
-        let (mut ring, _mode) = cfg.ring.build()?;
+        let (mut ring, mode) = cfg.ring.build()?;
         if let Some(cpu) = cfg.cpu {
             pin_workers(&ring, cpu);
         }
@@ -319,6 +340,8 @@ impl Shard {
         let cq_capacity = ring.params().cq_entries();
         let mut stats = ShardStats::new(cfg.index, cfg.cpu, cfg.node);
         stats.pool = pool.stats();
+        (stats.ring_mode, stats.mem_policy) = (Some(mode), mem_policy);
+        crate::logging::shard_setup(&stats, fixed_capacity);
         let mut shard = Shard {
             chunks: vec![Chunk::default(); cfg.buffer_count],
             files: FileTable {
@@ -377,10 +400,12 @@ impl Shard {
     fn on_wake(&mut self, res: i32) {
         self.wake_armed = false;
         if res < 0 {
-            // The kernel refused the poll: fall back to short timed sleeps rather than spin.
+            // The kernel refused the poll: sleep in short timed waits (rather than spin) until
+            // a poll works again.
             self.wake_broken = true;
             return;
         }
+        self.wake_broken = false;
         self.stats.note_wakeup();
         reset_eventfd(&self.shared);
     }
@@ -389,9 +414,13 @@ impl Shard {
     fn push_entry(&mut self, entry: &squeue::Entry) -> Result<()> {
         loop {
             // SAFETY: the entries pushed here (the wake-up poll, fsync, fallocate, cancel, and
-            // page-cache reads and writes) point at no memory or at an op's `out`/`data` vector,
-            // which stays in the op table (never moved or freed) until the op's CQE is reaped;
-            // Drop for Shard leaks them if the shard dies first.
+            // page-cache reads and writes) point at no memory or into the heap buffer of an op's
+            // `out`/`data` vector. That buffer is not reallocated, shrunk or freed while the op
+            // has an SQE outstanding: the memory path is serial (one SQE at a time), `out` is
+            // grown only before an SQE is issued, an op leaves the table (and frees its vectors)
+            // only with nothing outstanding, and Drop for Shard leaks the buffers of ops still in
+            // the kernel. (The `Op` itself may move when the table grows; its heap buffer does
+            // not.)
             if unsafe { self.ring.submission().push(entry) }.is_ok() {
                 self.in_flight += 1;
                 return Ok(());
@@ -538,8 +567,12 @@ impl Shard {
         if !in_ring {
             let timeout = bounded.then_some(SCAN_EVERY);
             crate::park::wait(&self.shared.sleep, ON_FUTEX, timeout);
+            // A caller flipped the word back (a timeout leaves it ON_FUTEX): a wake-up.
+            if self.shared.sleep.load(AtomicOrdering::Acquire) == AWAKE {
+                self.stats.note_wakeup();
+            }
         } else {
-            if !self.wake_broken && self.arm_wake().is_err() {
+            if self.arm_wake().is_err() {
                 self.wake_broken = true;
             }
             if bounded || self.wake_broken {
@@ -582,15 +615,13 @@ impl Shard {
                 continue;
             }
             let why = if self.cancel_all {
-                CancelWhy::Shutdown
-            } else if op.deadline.is_some_and(|d| now >= d) {
-                CancelWhy::Deadline
-            } else if op.reply.is_cancelled(&self.sessions) {
-                CancelWhy::Dropped
+                Some(CancelWhy::Shutdown)
             } else {
-                continue;
+                skip_reason(op.kind, &op.reply, op.deadline, now, &self.sessions)
             };
-            self.cancel(slot, why);
+            if let Some(why) = why {
+                self.cancel(slot, why);
+            }
         }
     }
 
@@ -630,23 +661,18 @@ impl Shard {
             }
             return;
         }
+        let mut sent = false;
         for ud in targets {
             let entry = opcode::AsyncCancel::new(ud)
                 .build()
                 .user_data(CANCEL_USER_DATA);
-            // A failed push leaves the op to finish on its own.
-            let _ = self.push_entry(&entry);
+            sent |= self.push_entry(&entry).is_ok();
         }
-    }
-
-    /// Whether a request should not run at all: nobody waits for it, or its deadline passed.
-    fn skip_reason(&mut self, reply: &Reply, deadline: Option<Instant>) -> Option<CancelWhy> {
-        if reply.is_cancelled(&self.sessions) {
-            return Some(CancelWhy::Dropped);
-        }
-        match deadline {
-            Some(d) if self.now() >= d => Some(CancelWhy::Deadline),
-            _ => None,
+        if !sent {
+            // Not one cancel went in (the SQ could not be flushed): the next scan tries again.
+            if let Some(op) = self.ops.get(slot) {
+                op.cancel = None;
+            }
         }
     }
 
@@ -791,7 +817,8 @@ impl Shard {
             at,
             deadline,
         } = req;
-        if let Some(why) = self.skip_reason(&reply, deadline) {
+        let now = self.now();
+        if let Some(why) = skip_reason(op.kind(), &reply, deadline, now, &self.sessions) {
             let err = self.cancel_error(why, op.kind(), None);
             let buf = op.take_buf();
             reply.deliver(Err(err), buf, &mut self.sessions);
@@ -924,18 +951,10 @@ impl Shard {
             }
             if fresh {
                 // Dropped or past its deadline while it waited: it never runs.
-                let Some(op) = self.ops.get(slot) else {
-                    continue;
-                };
-                let deadline = op.deadline;
-                let reply_cancelled = op.reply.is_cancelled(&self.sessions);
-                let why = if reply_cancelled {
-                    Some(CancelWhy::Dropped)
-                } else {
-                    deadline
-                        .filter(|&d| self.now() >= d)
-                        .map(|_| CancelWhy::Deadline)
-                };
+                let now = self.now();
+                let why = self.ops.get(slot).and_then(|op| {
+                    skip_reason(op.kind, &op.reply, op.deadline, now, &self.sessions)
+                });
                 if let Some(why) = why {
                     if let Some(op) = self.ops.get(slot) {
                         op.cancel = Some(why);
@@ -1080,9 +1099,16 @@ impl Shard {
         let dir = match &op.io {
             IoOp::Write { data, .. } => {
                 let src = &data[rel as usize..rel as usize + len as usize];
-                // The buffer was just acquired, so it is not in flight.
-                if let Ok(buf) = self.pool.get_mut(idx) {
-                    buf[..len as usize].copy_from_slice(src);
+                // The buffer was just acquired, so it is not in flight; if the pool refused it
+                // anyway, writing whatever it held would put other bytes on disk: fail instead.
+                match self.pool.get_mut(idx) {
+                    Ok(buf) => buf[..len as usize].copy_from_slice(src),
+                    Err(_) => {
+                        debug_assert!(false, "a just-acquired pool buffer was refused");
+                        op.errno.get_or_insert(libc::EIO);
+                        self.pool.release(idx);
+                        return Ok(true);
+                    }
                 }
                 Direction::Write
             }
@@ -1215,6 +1241,7 @@ impl Shard {
                 r => {
                     op.transferred += r as u64;
                     if is_read {
+                        debug_assert!(op.out.len() + r as usize == op.transferred as usize);
                         // SAFETY: the kernel initialized bytes up to `transferred`, which is
                         // within the capacity reserved before the read was issued.
                         unsafe { op.out.set_len(op.transferred as usize) };
@@ -1338,8 +1365,13 @@ impl Shard {
             if op.out.len() < end {
                 op.out.resize(end, 0);
             }
-            if let Ok(buf) = self.pool.get(idx) {
-                op.out[start..end].copy_from_slice(&buf[..ch.done as usize]);
+            match self.pool.get(idx) {
+                Ok(buf) => op.out[start..end].copy_from_slice(&buf[..ch.done as usize]),
+                Err(_) => {
+                    // Matched above, so the pool holds it for us; never return zeros as data.
+                    debug_assert!(false, "a completed pool buffer was refused");
+                    op.errno.get_or_insert(libc::EIO);
+                }
             }
         }
         op.outstanding -= 1;

@@ -1,0 +1,70 @@
+//! Log events through the `tracing` crate, behind the `tracing` feature.
+//!
+//! Without the feature every function here is empty. With it, events go to whatever subscriber
+//! the application installed, and nowhere without one (silent by default). Targets are
+//! `ringshard::shard`.
+
+use crate::error::IoUringError;
+use crate::stats::ShardStats;
+
+/// A shard is set up: its core, node, ring mode, pool and memory policy.
+pub(crate) fn shard_setup(stats: &ShardStats, fixed_files: u32) {
+    #[cfg(feature = "tracing")]
+    tracing::info!(
+        target: "ringshard::shard",
+        shard = stats.shard,
+        cpu = ?stats.cpu,
+        numa_node = ?stats.numa_node,
+        ring_mode = stats.ring_mode.map(|m| m.name()).unwrap_or("none"),
+        mem_policy = stats.mem_policy.map(|p| p.name()).unwrap_or("none"),
+        pool_buffers = stats.pool.total_count,
+        buffer_size = stats.pool.buffer_size,
+        pool_numa_node = ?stats.pool.numa_node,
+        fixed_files,
+        "shard ready"
+    );
+    #[cfg(not(feature = "tracing"))]
+    let _ = (stats, fixed_files);
+}
+
+/// The kernel refused the shard thread's NUMA memory policy.
+pub(crate) fn mem_policy_failed(shard: usize, node: u32, error: &IoUringError) {
+    #[cfg(feature = "tracing")]
+    tracing::warn!(
+        target: "ringshard::shard",
+        shard,
+        node,
+        error = %error,
+        "NUMA memory policy refused: the shard's memory may come from another node"
+    );
+    #[cfg(not(feature = "tracing"))]
+    let _ = (shard, node, error);
+}
+
+/// A shard could not be set up.
+pub(crate) fn shard_setup_failed(shard: usize, error: &IoUringError) {
+    #[cfg(feature = "tracing")]
+    tracing::error!(target: "ringshard::shard", shard, error = %error, "shard setup failed");
+    #[cfg(not(feature = "tracing"))]
+    let _ = (shard, error);
+}
+
+/// A shard thread panicked; `payload` is what `catch_unwind` returned.
+pub(crate) fn shard_panicked(shard: usize, payload: &(dyn std::any::Any + Send)) {
+    #[cfg(feature = "tracing")]
+    {
+        let reason = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(not a string)");
+        tracing::error!(
+            target: "ringshard::shard",
+            shard,
+            reason,
+            "shard thread panicked: its pending operations fail with ShardFailed"
+        );
+    }
+    #[cfg(not(feature = "tracing"))]
+    let _ = (shard, payload);
+}

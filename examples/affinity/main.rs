@@ -457,6 +457,9 @@ fn measure(args: &Args, layouts: &[Layout], clients: usize) -> Result<ExitCode, 
     print_table(layouts, &results);
     println!();
     println!("{}", verdict(layouts, &results));
+    if let Some(line) = separated(layouts, &results) {
+        println!("{line}");
+    }
     let errors: u64 = results
         .iter()
         .flat_map(|r| &r.samples)
@@ -615,6 +618,56 @@ fn verdict(layouts: &[Layout], results: &[Results]) -> String {
         lb.name
     ));
     s
+}
+
+/// The layouts whose rounds are all above or all below every round of `all-cpus`: the
+/// differences the noise cannot explain. Needs 3 rounds or more; layouts that run the same
+/// threads on the same CPUs as `all-cpus` are left out (their differences are noise by
+/// construction).
+fn separated(layouts: &[Layout], results: &[Results]) -> Option<String> {
+    let b = layouts.iter().position(|l| l.name == "all-cpus")?;
+    let rb = &results[b];
+    if rb.samples.len() < 3 {
+        return None;
+    }
+    let (b_lo, b_hi) = rb.range();
+    let pct = |a: f64, b: f64| (a / b - 1.0) * 100.0;
+    let clear: Vec<String> = layouts
+        .iter()
+        .zip(results)
+        .filter(|(l, r)| {
+            l.name != "all-cpus"
+                && r.samples.len() >= 3
+                && !l
+                    .note
+                    .as_deref()
+                    .is_some_and(|n| n.contains("same CPUs as"))
+        })
+        .filter(|(_, r)| {
+            let (lo, hi) = r.range();
+            hi < b_lo || lo > b_hi
+        })
+        .map(|(l, r)| {
+            format!(
+                "{} {:+.0}% IOPS, {:+.0}% CPU per op, {:+.0}% p99",
+                l.name,
+                pct(r.iops(), rb.iops()),
+                pct(r.cpu(), rb.cpu()),
+                pct(r.p99(), rb.p99())
+            )
+        })
+        .collect();
+    Some(if clear.is_empty() {
+        "No layout's rounds are clear of all-cpus's rounds: here, at this load, placement made no \
+         difference beyond the noise."
+            .to_string()
+    } else {
+        format!(
+            "Beyond the noise against all-cpus (every round above or below every all-cpus round): \
+             {}.",
+            clear.join("; ")
+        )
+    })
 }
 
 /// Pins the calling thread to `cpus`.

@@ -120,6 +120,8 @@ fn parse_size(s: &str) -> Result<u64, String> {
 /// One layout's result in one round.
 #[derive(Debug, Clone)]
 struct Sample {
+    /// The round it ran in (0-based).
+    round: usize,
     iops: f64,
     p99_us: f64,
     cpu_us_per_op: f64,
@@ -439,7 +441,7 @@ fn measure(args: &Args, layouts: &[Layout], clients: usize) -> Result<ExitCode, 
                             String::new()
                         }
                     );
-                    results[i].samples.push(s);
+                    results[i].samples.push(Sample { round, ..s });
                 }
                 Err(e) => {
                     println!(
@@ -472,10 +474,25 @@ fn measure(args: &Args, layouts: &[Layout], clients: usize) -> Result<ExitCode, 
     })
 }
 
+/// The median over the rounds of `r`'s IOPS / `base`'s IOPS in the same round: drift of the
+/// machine between rounds cancels out.
+fn ratio_to(r: &Results, base: &Results) -> Option<f64> {
+    let mut v: Vec<f64> = r
+        .samples
+        .iter()
+        .filter_map(|s| {
+            let b = base.samples.iter().find(|b| b.round == s.round)?;
+            (b.iops > 0.0).then(|| s.iops / b.iops)
+        })
+        .collect();
+    (!v.is_empty()).then(|| median(&mut v))
+}
+
 fn print_table(layouts: &[Layout], results: &[Results]) {
+    let base = layouts.iter().position(|l| l.name == "all-cpus");
     println!(
-        "{:<15} {:<12} {:<16} {:>10} {:>9} {:>11}  IOPS by round",
-        "layout", "shard CPUs", "callers", "IOPS", "p99 µs", "CPU µs/op"
+        "{:<15} {:<12} {:<16} {:>10} {:>8} {:>9} {:>11}  IOPS by round",
+        "layout", "shard CPUs", "callers", "IOPS", "x all", "p99 µs", "CPU µs/op"
     );
     for (l, r) in layouts.iter().zip(results) {
         let head = format!(
@@ -494,9 +511,13 @@ fn print_table(layouts: &[Layout], results: &[Results]) {
                 .iter()
                 .map(|s| format!("{:.0}K", s.iops / 1e3))
                 .collect();
+            let ratio = base
+                .and_then(|b| ratio_to(r, &results[b]))
+                .map_or("-".to_string(), |x| format!("{x:.2}x"));
             println!(
-                "{head} {:>10.0} {:>9.1} {:>11.2}  {}",
+                "{head} {:>10.0} {:>8} {:>9.1} {:>11.2}  {}",
                 r.iops(),
+                ratio,
                 r.p99(),
                 r.cpu(),
                 rounds.join(" ")
@@ -865,6 +886,7 @@ fn run_layout(
     }
     let secs = args.duration.as_secs_f64();
     Ok(Sample {
+        round: 0,
         iops: ops as f64 / secs,
         p99_us: hist.value_at_quantile(0.99) as f64,
         cpu_us_per_op: if ops == 0 {

@@ -477,14 +477,7 @@ fn measure(args: &Args, layouts: &[Layout], clients: usize) -> Result<ExitCode, 
 /// The median over the rounds of `r`'s IOPS / `base`'s IOPS in the same round: drift of the
 /// machine between rounds cancels out.
 fn ratio_to(r: &Results, base: &Results) -> Option<f64> {
-    let mut v: Vec<f64> = r
-        .samples
-        .iter()
-        .filter_map(|s| {
-            let b = base.samples.iter().find(|b| b.round == s.round)?;
-            (b.iops > 0.0).then(|| s.iops / b.iops)
-        })
-        .collect();
+    let mut v = round_ratios(r, base);
     (!v.is_empty()).then(|| median(&mut v))
 }
 
@@ -641,51 +634,67 @@ fn verdict(layouts: &[Layout], results: &[Results]) -> String {
     s
 }
 
-/// The layouts whose rounds are all above or all below every round of `all-cpus`: the
-/// differences the noise cannot explain. Needs 3 rounds or more; layouts that run the same
-/// threads on the same CPUs as `all-cpus` are left out (their differences are noise by
-/// construction).
+/// Per-round IOPS ratios of `r` to `base` (rounds where both ran).
+fn round_ratios(r: &Results, base: &Results) -> Vec<f64> {
+    r.samples
+        .iter()
+        .filter_map(|s| {
+            let b = base.samples.iter().find(|b| b.round == s.round)?;
+            (b.iops > 0.0).then(|| s.iops / b.iops)
+        })
+        .collect()
+}
+
+/// The layouts that beat or lost to `all-cpus` in every round (each round compares runs made
+/// seconds apart, so drift of the machine between rounds cancels): the differences the noise
+/// does not explain. Needs 5 paired rounds (all on one side by chance: 2 in 2^5); layouts that
+/// run the same threads on the same CPUs as `all-cpus` are left out (their differences are noise
+/// by construction).
 fn separated(layouts: &[Layout], results: &[Results]) -> Option<String> {
+    const MIN_ROUNDS: usize = 5;
     let b = layouts.iter().position(|l| l.name == "all-cpus")?;
     let rb = &results[b];
-    if rb.samples.len() < 3 {
-        return None;
+    if rb.samples.len() < MIN_ROUNDS {
+        return Some(format!(
+            "(Run --rounds {MIN_ROUNDS} or more to see which layouts differ from all-cpus beyond \
+             the noise.)"
+        ));
     }
-    let (b_lo, b_hi) = rb.range();
     let pct = |a: f64, b: f64| (a / b - 1.0) * 100.0;
     let clear: Vec<String> = layouts
         .iter()
         .zip(results)
-        .filter(|(l, r)| {
+        .filter(|(l, _)| {
             l.name != "all-cpus"
-                && r.samples.len() >= 3
                 && !l
                     .note
                     .as_deref()
                     .is_some_and(|n| n.contains("same CPUs as"))
         })
-        .filter(|(_, r)| {
-            let (lo, hi) = r.range();
-            hi < b_lo || lo > b_hi
-        })
-        .map(|(l, r)| {
-            format!(
-                "{} {:+.0}% IOPS, {:+.0}% CPU per op, {:+.0}% p99",
-                l.name,
-                pct(r.iops(), rb.iops()),
-                pct(r.cpu(), rb.cpu()),
-                pct(r.p99(), rb.p99())
-            )
+        .filter_map(|(l, r)| {
+            let v = round_ratios(r, rb);
+            let all_below = v.iter().all(|&x| x < 1.0);
+            let all_above = v.iter().all(|&x| x > 1.0);
+            (v.len() >= MIN_ROUNDS && (all_below || all_above)).then(|| {
+                format!(
+                    "{} {} in all {} rounds ({:.2}x IOPS, {:+.0}% CPU per op, {:+.0}% p99)",
+                    l.name,
+                    if all_below { "lost" } else { "won" },
+                    v.len(),
+                    ratio_to(r, rb).unwrap_or(f64::NAN),
+                    pct(r.cpu(), rb.cpu()),
+                    pct(r.p99(), rb.p99())
+                )
+            })
         })
         .collect();
     Some(if clear.is_empty() {
-        "No layout's rounds are clear of all-cpus's rounds: here, at this load, placement made no \
-         difference beyond the noise."
+        "No layout won or lost against all-cpus in every round: here, at this load, placement \
+         made no difference beyond the noise."
             .to_string()
     } else {
         format!(
-            "Beyond the noise against all-cpus (every round above or below every all-cpus round): \
-             {}.",
+            "Beyond the noise, against all-cpus in the same round: {}.",
             clear.join("; ")
         )
     })

@@ -349,15 +349,17 @@ impl Files {
         let path = self.dir.join(format!("affinity-{}.dat", self.paths.len()));
         let ok = std::fs::metadata(&path).is_ok_and(|m| m.len() == self.size);
         if !ok {
+            use std::io::Write;
             let chunk: Vec<u8> = (0..1u64 << 20).map(|i| (i % 251) as u8).collect();
+            let err = |e: std::io::Error| format!("{}: {e}", path.display());
+            let mut f = std::io::BufWriter::new(std::fs::File::create(&path).map_err(err)?);
             let mut left = self.size;
-            let mut data = Vec::with_capacity(self.size.min(1 << 30) as usize);
             while left > 0 {
                 let n = left.min(chunk.len() as u64) as usize;
-                data.extend_from_slice(&chunk[..n]);
+                f.write_all(&chunk[..n]).map_err(err)?;
                 left -= n as u64;
             }
-            std::fs::write(&path, &data).map_err(|e| format!("{}: {e}", path.display()))?;
+            f.flush().map_err(err)?;
         }
         self.paths.push(path);
         Ok(())
@@ -595,7 +597,10 @@ fn verdict(layouts: &[Layout], results: &[Results]) -> String {
         });
     }
     if lw.spin != lb.spin {
-        diff.push(format!("spin {}", lw.spin_text()));
+        diff.push(match lw.spin {
+            None => "the default spin".to_string(),
+            Some(_) => format!("spin {}", lw.spin_text()),
+        });
     }
     let what = if diff.is_empty() {
         "the same CPUs".to_string()
@@ -782,14 +787,22 @@ fn run_layout(
                 Callers::Pinned(list) => Some(vec![list[c % list.len()]]),
             };
             handles.push(scope.spawn(move || -> Result<CallerTally, String> {
-                if let Some(cpus) = &pin {
-                    pin_to(cpus).map_err(|e| format!("pinning a caller to {cpus:?}: {e}"))?;
-                }
-                let mut session = exec
-                    .session_with_capacity(iodepth)
-                    .map_err(|e| e.to_string())?;
-                let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
-                    .map_err(|e| e.to_string())?;
+                // Set up, then meet the others at both barriers whatever happened: a caller
+                // that returned early would leave them waiting forever.
+                let setup = (|| {
+                    if let Some(cpus) = &pin {
+                        pin_to(cpus).map_err(|e| format!("pinning a caller to {cpus:?}: {e}"))?;
+                    }
+                    let session = exec
+                        .session_with_capacity(iodepth)
+                        .map_err(|e| e.to_string())?;
+                    let hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+                        .map_err(|e| e.to_string())?;
+                    Ok::<_, String>((session, hist))
+                })();
+                ready.wait();
+                go.wait();
+                let (mut session, mut hist) = setup?;
                 let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ ((c as u64 + 1) << 32);
                 let mut next = move || {
                     rng ^= rng << 13;
@@ -810,8 +823,6 @@ fn run_layout(
                 let mut free: Vec<usize> = (0..iodepth).collect();
                 let mut done = Vec::with_capacity(iodepth);
                 let (mut ops, mut errors) = (0u64, 0u64);
-                ready.wait();
-                go.wait();
                 let (t0, t1) = *begin.get().expect("set before the go barrier");
                 let mut counting = false;
                 loop {

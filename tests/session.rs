@@ -250,10 +250,7 @@ fn dropping_sessions_with_requests_in_flight() {
     for f in &files {
         ok(exec.write(f, 0, vec![9u8; 64 * 1024]), "write");
     }
-    let rss = || -> u64 {
-        let s = std::fs::read_to_string("/proc/self/statm").unwrap();
-        s.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 4096
-    };
+    let rss = executor_util::rss_bytes;
     let mut rss_after_warmup = 0;
     for round in 0..400u64 {
         let mut s = exec.session_with_capacity(64).unwrap();

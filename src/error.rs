@@ -145,6 +145,13 @@ pub enum IoUringError {
         /// The shard whose thread made the call.
         shard: usize,
     },
+    /// An async task spawned on a shard panicked; the shard goes on.
+    TaskPanicked {
+        /// The shard the task ran on.
+        shard: usize,
+        /// The panic's message.
+        message: String,
+    },
 }
 
 impl IoUringError {
@@ -465,6 +472,10 @@ impl fmt::Display for IoUringError {
                 "{op} called on shard {shard}'s own thread would wait for shard {shard}, which \
                  cannot run while its thread waits: inside shard code, use the ShardContext \
                  or an async form instead of blocking"
+            ),
+            Self::TaskPanicked { shard, message } => write!(
+                f,
+                "a task on shard {shard} panicked ({message}); the shard goes on"
             ),
         }
     }

@@ -49,6 +49,9 @@ pub use file::{File, OpenOptions};
 pub use pool::{BufferPoolStats, RegisteredBufferPool};
 pub use ring::RingConfig;
 pub use session::{Done, Session};
-pub use shard::{ShardContext, ShardCqe};
+pub use shard::{
+    block_on, local, yield_now, JoinHandle, LocalShard, ShardContext, ShardCqe, Sleep, YieldNow,
+    SLOW_POLL,
+};
 pub use stats::{ExecutorStats, LatencySummary, OpKind, ShardStats};
 pub use topology::{Placement, Topology};

@@ -249,6 +249,12 @@ pub struct ShardStats {
     pub wakeups: u64,
     /// `io_uring_enter` submit calls.
     pub submit_calls: u64,
+    /// Polls of async tasks on the shard.
+    pub task_polls: u64,
+    /// Task polls that kept the shard's thread longer than [`SLOW_POLL`](crate::SLOW_POLL) (10
+    /// ms): a task that computes or blocks without yielding delays the shard's I/O and its other
+    /// tasks. Should stay 0.
+    pub slow_task_polls: u64,
     /// Operations that did not run, or were stopped, because their handle was dropped or
     /// cancelled, their session dropped, or shutdown cancelled them. Not counted in
     /// [`ops`](Self::ops) or [`errors`](Self::errors) unless the kernel had already started them.
@@ -289,6 +295,8 @@ impl ShardStats {
             sleeps: 0,
             wakeups: 0,
             submit_calls: 0,
+            task_polls: 0,
+            slow_task_polls: 0,
             cancelled: 0,
             deadline_exceeded: 0,
             sqes_submitted: 0,
@@ -374,6 +382,13 @@ impl ShardStats {
     #[inline]
     pub fn note_sleep(&mut self) {
         self.sleeps = self.sleeps.saturating_add(1);
+    }
+
+    /// Counts `polls` async task polls, `slow` of them over [`SLOW_POLL`](crate::SLOW_POLL).
+    #[inline]
+    pub fn note_task_polls(&mut self, polls: u64, slow: u64) {
+        self.task_polls = self.task_polls.saturating_add(polls);
+        self.slow_task_polls = self.slow_task_polls.saturating_add(slow);
     }
 
     /// Counts one wake-up of the shard thread.
@@ -491,6 +506,8 @@ impl ShardStats {
             .saturating_add(other.pool_exhausted_events);
         self.sleeps = self.sleeps.saturating_add(other.sleeps);
         self.wakeups = self.wakeups.saturating_add(other.wakeups);
+        self.task_polls = self.task_polls.saturating_add(other.task_polls);
+        self.slow_task_polls = self.slow_task_polls.saturating_add(other.slow_task_polls);
         self.submit_calls = self.submit_calls.saturating_add(other.submit_calls);
         self.sqes_submitted = self.sqes_submitted.saturating_add(other.sqes_submitted);
         self.cancelled = self.cancelled.saturating_add(other.cancelled);
@@ -578,7 +595,7 @@ impl Serialize for ErrorsView<'_> {
 /// `latency`, `read_latency`, `write_latency` as [`LatencySummary`]; `pool` as [`BufferPoolStats`].
 impl Serialize for ShardStats {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut s = serializer.serialize_struct("ShardStats", 25)?;
+        let mut s = serializer.serialize_struct("ShardStats", 27)?;
         let shard = if self.is_total() {
             None
         } else {
@@ -601,6 +618,8 @@ impl Serialize for ShardStats {
         s.serialize_field("sleeps", &self.sleeps)?;
         s.serialize_field("wakeups", &self.wakeups)?;
         s.serialize_field("submit_calls", &self.submit_calls)?;
+        s.serialize_field("task_polls", &self.task_polls)?;
+        s.serialize_field("slow_task_polls", &self.slow_task_polls)?;
         s.serialize_field("sqes_submitted", &self.sqes_submitted)?;
         s.serialize_field("cancelled", &self.cancelled)?;
         s.serialize_field("deadline_exceeded", &self.deadline_exceeded)?;
@@ -682,7 +701,7 @@ impl Serialize for ExecutorStats {
 
 const MB: f64 = 1_000_000.0;
 
-const HEADERS: [&str; 18] = [
+const HEADERS: [&str; 19] = [
     "shard",
     "cpu",
     "node",
@@ -701,6 +720,7 @@ const HEADERS: [&str; 18] = [
     "queued hwm",
     "sleeps",
     "wakeups",
+    "slow polls",
 ];
 
 fn table_row(s: &ShardStats) -> [String; HEADERS.len()] {
@@ -732,6 +752,7 @@ fn table_row(s: &ShardStats) -> [String; HEADERS.len()] {
         s.queued_hwm.to_string(),
         s.sleeps.to_string(),
         s.wakeups.to_string(),
+        s.slow_task_polls.to_string(),
     ]
 }
 
@@ -1026,7 +1047,7 @@ mod tests {
         let r0 = cells(&text, "0");
         assert_eq!(r0[1..9], ["0", "0", "31", "31", "0", "30.0", "0.0", "1"]);
         assert_eq!(r0[9], "0");
-        assert_eq!(r0[14..], ["8", "3", "4", "1"]);
+        assert_eq!(r0[14..], ["8", "3", "4", "1", "0"]);
         let r1 = cells(&text, "1*");
         assert_eq!(r1[1..9], ["1", "0", "15", "0", "15", "0.0", "6.0", "3"]);
         let total = cells(&text, "total");
@@ -1036,7 +1057,7 @@ mod tests {
             ["-", "0", "46", "31", "15", "30.0", "6.0", "4"]
         );
         assert_eq!(total[9], "0");
-        assert_eq!(total[14..], ["8", "9", "10", "3"]);
+        assert_eq!(total[14..], ["8", "9", "10", "3", "0"]);
         let p50: f64 = total[10].parse().unwrap();
         assert!((p50 - 50.0).abs() < 0.1, "{p50}");
         let max: f64 = total[13].parse().unwrap();

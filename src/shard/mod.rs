@@ -5,15 +5,18 @@
 //! - `files` is the shard's file table; `ops` what an admitted request becomes.
 //! - `order` keeps operations on one file in a safe order.
 //! - [`ShardContext`] is what a closure run on the shard (`Executor::submit_to`) gets.
+//! - `tasks` runs async tasks on the shard ([`JoinHandle`], [`LocalShard`], sleep, yield).
 
 mod context;
 mod files;
 mod ops;
 mod order;
 mod runner;
+pub(crate) mod tasks;
 
 pub use context::{ShardContext, ShardCqe, CANCEL_USER_DATA, WAKE_USER_DATA};
 pub(crate) use runner::{spawn, ShardConfig};
+pub use tasks::{block_on, local, yield_now, JoinHandle, LocalShard, Sleep, YieldNow, SLOW_POLL};
 
 use crate::completion::Completer;
 use crate::error::{IoUringError, Result};
@@ -177,6 +180,10 @@ pub(crate) enum Message {
         done: Completer<File>,
     },
     Task(Task),
+    /// The executor, for tasks (`ringshard::local()`); sent once after the shards start.
+    SetExec(std::sync::Weak<crate::executor::ExecShared>),
+    /// An async task woken on another thread: it runs on the shard's next batch.
+    Run(async_task::Runnable),
     Stats(Completer<ShardStats>),
     /// Stop after what is queued; `grace` bounds how long in-flight operations may take before
     /// they are cancelled; `done` completes when the shard has stopped.

@@ -28,6 +28,7 @@ use super::ops::{
     CancelWhy, Chunk, DataPath, Op, OpTable, GEN_MASK, MAX_SQE_BYTES, SLOT_BITS, SLOT_MASK,
 };
 use super::order::{Footprint, Ordering};
+use super::tasks::{self, TimerState, TASK_BUDGET};
 use super::{
     IoOp, IoRequest, Message, Reply, ShardLink, ShardShared, Task, AWAKE, IN_RING, ON_FUTEX,
 };
@@ -86,6 +87,11 @@ const READ_STEP: u64 = 1 << 20;
 /// shard and its caller took turns (1.0-1.4 cores busy); 8 to 32 kept both cores busy.
 const ISSUE_BATCH: usize = 32;
 
+/// The `user_data` tag of a task's sleep (`IORING_OP_TIMEOUT`): bit 62, with the timer's index in
+/// the low bits. Outside the ops' space (below 2^47), the pool's (bit 63) and the range that
+/// `submit_to` closures may use (2^47 .. 2^62); WAKE and CANCEL are matched before it.
+const TIMER_TAG: u64 = 1 << 62;
+
 /// O_DIRECT chunks are multiples of this (the logical block size the executor assumes).
 const DIRECT_ALIGN: u64 = 4096;
 
@@ -111,6 +117,14 @@ struct Shard {
     /// Sessions with requests here; their results go out once per turn.
     sessions: SessionTable,
     tasks: VecDeque<Task>,
+    /// Requests async tasks made for this shard's files, taken once per batch (kept to reuse
+    /// its allocation).
+    local_io: Vec<IoRequest>,
+    /// Sleeps in the ring: index = `user_data & !TIMER_TAG`. The timespec stays here until the
+    /// timeout's completion.
+    timers: Vec<Option<(Arc<TimerState>, Box<types::Timespec>)>>,
+    timer_free: Vec<usize>,
+    new_timers: Vec<Arc<TimerState>>,
     stats: ShardStats,
     shared: Arc<ShardShared>,
     rx: Receiver<Message>,
@@ -203,6 +217,10 @@ fn shard_main(
     };
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shard.run()));
     let panicked = outcome.is_err();
+    // Tasks still runnable are dropped here, on their thread (their handles report it); from now
+    // on a task woken on this thread is dropped at once.
+    let unadmitted = tasks::shutdown_here();
+    shard.backlog.extend(unadmitted);
     if !panicked {
         // Kept for `Executor::stats` after shutdown.
         shard.stats.pool = shard.pool.stats();
@@ -263,8 +281,9 @@ fn abandon(msg: Message, error: &IoUringError, waiters: &mut Vec<Completer<()>>)
         Message::Install { done, .. } => done.complete(Err(error.clone())),
         Message::Stats(done) => done.complete(Err(error.clone())),
         Message::Shutdown { done, .. } => waiters.extend(done),
-        // Dropping the closure fails its handle (its completer is inside).
-        Message::Task(_) => {}
+        // Dropping the closure fails its handle (its completer is inside); dropping a runnable
+        // cancels its task (this is its shard's thread: `!Send` ones may be dropped here).
+        Message::Task(_) | Message::Run(_) | Message::SetExec(_) => {}
     }
 }
 
@@ -336,6 +355,10 @@ impl Shard {
             backlog: VecDeque::new(),
             sessions: SessionTable::default(),
             tasks: VecDeque::new(),
+            local_io: Vec::new(),
+            timers: Vec::new(),
+            timer_free: Vec::new(),
+            new_timers: Vec::new(),
             stats,
             shared,
             rx,
@@ -414,6 +437,7 @@ impl Shard {
         loop {
             self.clock = None;
             let mut progress = self.admit_inbox();
+            progress |= self.run_async_tasks();
             if self.tasks.is_empty() {
                 progress |= self.issue();
             } else if self.ops_in_flight() == 0 {
@@ -442,7 +466,7 @@ impl Shard {
             {
                 return;
             }
-            if progress {
+            if progress || tasks::has_work() {
                 continue;
             }
             // Idle. With I/O in flight, wait in the ring: the next completion or request wakes
@@ -529,7 +553,7 @@ impl Shard {
         fence(AtomicOrdering::SeqCst);
         // A message we cannot admit yet (too many ops) is no reason to stay up: the completions
         // that make room come only from waiting in the ring.
-        if self.can_admit() && self.has_incoming() {
+        if (self.can_admit() && self.has_incoming()) || tasks::has_work() {
             self.shared.sleep.store(AWAKE, AtomicOrdering::Relaxed);
             return;
         }
@@ -538,6 +562,11 @@ impl Shard {
         if !in_ring {
             let timeout = bounded.then_some(SCAN_EVERY);
             crate::park::wait(&self.shared.sleep, ON_FUTEX, timeout);
+            // A caller flipped the word back to AWAKE (and woke us): count it, like the eventfd
+            // wake-ups of a shard waiting in the ring.
+            if self.shared.sleep.load(AtomicOrdering::Acquire) == AWAKE {
+                self.stats.note_wakeup();
+            }
         } else {
             if !self.wake_broken && self.arm_wake().is_err() {
                 self.wake_broken = true;
@@ -722,6 +751,8 @@ impl Shard {
                 done,
             } => self.install(fd, key, flags, path, exec, done),
             Message::Task(t) => self.tasks.push_back(t),
+            Message::Run(r) => tasks::push_runnable(r),
+            Message::SetExec(exec) => tasks::set_executor(exec),
             Message::Stats(done) => {
                 self.stats.pool = self.pool.stats();
                 done.complete(Ok(self.stats.clone()));
@@ -1186,6 +1217,10 @@ impl Shard {
                 // The cancelled op reports through its own completion.
                 continue;
             }
+            if ud & (TIMER_TAG | crate::pool::POOL_USER_DATA_TAG) == TIMER_TAG {
+                self.timer_fired((ud & !TIMER_TAG) as usize);
+                continue;
+            }
             match RegisteredBufferPool::buffer_index_of(ud) {
                 Some(idx) => self.complete_chunk(idx, ud, res),
                 None => self.complete_plain(ud, res),
@@ -1445,6 +1480,76 @@ impl Shard {
         reply.deliver(result, buf, &mut self.sessions);
     }
 
+    // -- async tasks ---------------------------------------------------------------------------
+
+    /// One batch of async tasks (at most [`TASK_BUDGET`] polls), then what they asked for: their
+    /// requests on this shard's files are admitted (same path as routed ones, in the order they
+    /// were made) and their sleeps armed in the ring.
+    fn run_async_tasks(&mut self) -> bool {
+        let (ran, slow) = tasks::run_batch(TASK_BUDGET);
+        if ran > 0 {
+            self.stats.note_task_polls(ran as u64, slow);
+        }
+        let mut any = ran > 0;
+        let mut reqs = std::mem::take(&mut self.local_io);
+        tasks::take_local_io(&mut reqs);
+        if !reqs.is_empty() {
+            any = true;
+            for req in reqs.drain(..) {
+                if self.can_admit() && self.backlog.is_empty() {
+                    self.admit(req);
+                } else {
+                    self.backlog.push_back(req);
+                }
+            }
+        }
+        self.local_io = reqs;
+        tasks::take_timers(&mut self.new_timers);
+        if !self.new_timers.is_empty() {
+            any = true;
+            let mut new = std::mem::take(&mut self.new_timers);
+            for t in new.drain(..) {
+                self.arm_timer(t);
+            }
+            self.new_timers = new;
+        }
+        any
+    }
+
+    /// Pushes an `IORING_OP_TIMEOUT` for a task's sleep.
+    fn arm_timer(&mut self, t: Arc<TimerState>) {
+        let left = t.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            t.fire();
+            return;
+        }
+        let ts = Box::new(types::Timespec::from(left));
+        let entry = opcode::Timeout::new(&*ts as *const types::Timespec).build();
+        let index = match self.timer_free.pop() {
+            Some(i) => i,
+            None => {
+                self.timers.push(None);
+                self.timers.len() - 1
+            }
+        };
+        let entry = entry.user_data(TIMER_TAG | index as u64);
+        self.timers[index] = Some((t, ts));
+        if self.push_entry(&entry).is_err() {
+            // The ring refused it: wake the sleeper now rather than never.
+            if let Some((t, _)) = self.timers[index].take() {
+                t.fire();
+            }
+            self.timer_free.push(index);
+        }
+    }
+
+    fn timer_fired(&mut self, index: usize) {
+        if let Some((t, _ts)) = self.timers.get_mut(index).and_then(Option::take) {
+            self.timer_free.push(index);
+            t.fire();
+        }
+    }
+
     // -- tasks ---------------------------------------------------------------------------------
 
     fn run_tasks(&mut self) {
@@ -1546,6 +1651,11 @@ impl Drop for Shard {
         }
         self.sessions.deliver();
         self.tasks.clear();
+        // Sleepers wake (their tasks are dropped: the shard has stopped). The timeouts' memory is
+        // copied by the kernel when it takes the SQE; the timespecs go with the ring anyway.
+        for (t, _) in self.timers.drain(..).flatten() {
+            t.fire();
+        }
     }
 }
 

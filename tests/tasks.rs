@@ -366,8 +366,9 @@ fn routed_reads_stay_fast_while_tasks_saturate_the_shard() {
         lat[lat.len() / 2],
         p99
     );
-    // One turn runs at most 64 polls of ~50 µs: ~3.2 ms; generous for a shared machine.
-    assert!(p99 < Duration::from_millis(100), "p99 {p99:?}");
+    // A turn polls tasks for ~0.5 ms at most (a read needs two or three turns): a few ms on an
+    // idle machine. The bound is generous for a loaded, shared one: it catches starvation.
+    assert!(p99 < Duration::from_secs(1), "p99 {p99:?}");
 
     // A task that does not yield for 30 ms is counted.
     exec.spawn_on(0, async {

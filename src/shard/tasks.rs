@@ -30,6 +30,10 @@ use std::time::{Duration, Instant};
 /// Task polls per shard turn at most: then the shard admits requests, issues and reaps.
 pub(crate) const TASK_BUDGET: usize = 64;
 
+/// Time spent polling tasks per shard turn at most (checked after each poll): with tasks that
+/// each poll for long, the routed requests and completions still get a turn this often.
+pub(crate) const TASK_TIME_BUDGET: Duration = Duration::from_micros(500);
+
 /// A poll longer than this counts as a slow task poll (`ShardStats::slow_task_polls`).
 pub const SLOW_POLL: Duration = Duration::from_millis(10);
 
@@ -216,17 +220,19 @@ where
 // ---------------------------------------------------------------------------------------------
 // The shard's side
 
-/// Polls at most `budget` runnable tasks. Returns how many ran and how many polls took longer
+/// Polls at most `budget` runnable tasks, for about [`TASK_TIME_BUDGET`] at most. Returns how many ran and how many polls took longer
 /// than [`SLOW_POLL`].
 pub(crate) fn run_batch(budget: usize) -> (usize, u64) {
     let mut ran = 0;
     let mut slow = 0;
     let mut last = None;
+    let mut first = None;
     while ran < budget {
         let Some(r) = RUN.with(|q| q.borrow_mut().pop_front()) else {
             break;
         };
         let at = *last.get_or_insert_with(Instant::now);
+        let start = *first.get_or_insert(at);
         // A task's own panic is caught inside (`Guarded`); this catches a panicking waker or
         // destructor, which must not take the shard down either.
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| r.run()));
@@ -236,6 +242,9 @@ pub(crate) fn run_batch(budget: usize) -> (usize, u64) {
             slow += 1;
         }
         last = Some(now);
+        if now.saturating_duration_since(start) > TASK_TIME_BUDGET {
+            break;
+        }
     }
     (ran, slow)
 }

@@ -820,6 +820,38 @@ impl Executor {
         crate::shard::tasks::spawn_with(&self.shared, shard, f)
     }
 
+    /// Builds one `T` per shard, each by `make` on its own shard's thread (so its memory is
+    /// allocated on the shard's NUMA node), like Seastar's `sharded<T>`: see
+    /// [`Sharded`](crate::Sharded) for running code on each and `map_reduce`.
+    ///
+    /// Blocks until every shard has built its `T` (a [`WouldDeadlock`](IoUringError::WouldDeadlock)
+    /// on a shard's own thread); [`sharded_async`](Self::sharded_async) awaits instead. A panic
+    /// in `make` fails the call with [`IoUringError::TaskPanicked`].
+    pub fn sharded<T, F>(&self, make: F) -> Result<crate::Sharded<T>>
+    where
+        T: Send + Sync + 'static,
+        F: Fn(&crate::shard::LocalShard) -> T + Send + Sync + 'static,
+    {
+        if let Some((id, shard)) = crate::completion::current_shard() {
+            if id == self.shared.id {
+                return Err(IoUringError::WouldDeadlock {
+                    op: "sharded",
+                    shard,
+                });
+            }
+        }
+        crate::shard::block_on(self.sharded_async(make))
+    }
+
+    /// [`sharded`](Self::sharded) without blocking.
+    pub async fn sharded_async<T, F>(&self, make: F) -> Result<crate::Sharded<T>>
+    where
+        T: Send + Sync + 'static,
+        F: Fn(&crate::shard::LocalShard) -> T + Send + Sync + 'static,
+    {
+        crate::sharded::build(&self.shared, make).await
+    }
+
     /// Fault injection for tests: shard `shard`'s thread panics after sleeping `after`, as if
     /// the shard itself had a bug (a task's own panic does not kill a shard). Its pending work
     /// fails with [`IoUringError::ShardFailed`]; other shards go on. Not for production use.

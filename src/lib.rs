@@ -39,6 +39,7 @@ pub mod ring;
 pub mod router;
 pub mod session;
 pub mod shard;
+pub mod sharded;
 pub mod stats;
 pub mod topology;
 
@@ -53,5 +54,6 @@ pub use shard::{
     block_on, local, yield_now, JoinHandle, LocalShard, ShardContext, ShardCqe, Sleep, YieldNow,
     SLOW_POLL,
 };
+pub use sharded::Sharded;
 pub use stats::{ExecutorStats, LatencySummary, OpKind, ShardStats};
 pub use topology::{Placement, Topology};

@@ -302,6 +302,7 @@ impl Args {
         let iodepth = match (self.iodepth, self.mode) {
             (Some(n), _) => check_count("--iodepth", n, MAX_IODEPTH, "operations in flight")?,
             (None, Mode::Async) => 1,
+            (None, Mode::Tasks) => 32,
             (None, _) => 32,
         };
         if self.rwmix_read > 100 {
@@ -392,16 +393,23 @@ impl Args {
                 "--plot needs --sweep KEY=LIST (it draws the scaling curve)",
             ));
         }
-        if self.clients.is_some() && self.mode == Mode::InShard {
+        if self.clients.is_some() && matches!(self.mode, Mode::InShard | Mode::Tasks) {
             return Err(BenchError::usage(
-                "--clients applies to --mode routed and --mode async (in-shard runs one load loop \
-                 per shard)",
+                "--clients applies to --mode routed and --mode async (in-shard and tasks run the \
+                 load on the shards)",
             ));
         }
-        if self.tasks.is_some() && self.mode != Mode::Async {
+        if self.tasks.is_some() && !matches!(self.mode, Mode::Async | Mode::Tasks) {
             return Err(BenchError::usage(
-                "--tasks applies to --mode async (add --mode async)",
+                "--tasks applies to --mode async and --mode tasks",
             ));
+        }
+        if self.mode == Mode::Tasks && !EngineKind::compared(Mode::Tasks).contains(&self.engine) {
+            return Err(BenchError::usage(format!(
+                "--engine {} has no tasks form: --mode tasks runs ringshard, ringshard-inshard or \
+                 raw-uring",
+                self.engine.name()
+            )));
         }
         if self.api.is_some() && self.mode == Mode::InShard {
             return Err(BenchError::usage(
@@ -438,9 +446,11 @@ impl Args {
             clients: self
                 .clients
                 .unwrap_or(if self.mode == Mode::Async { 2 } else { 1 }),
-            tasks: self.tasks.unwrap_or(64),
+            tasks: self
+                .tasks
+                .unwrap_or(if self.mode == Mode::Tasks { 1 } else { 64 }),
             api: self.api.unwrap_or(match self.mode {
-                Mode::Async => Api::Completion,
+                Mode::Async | Mode::Tasks => Api::Completion,
                 Mode::Routed | Mode::InShard => Api::Session,
             }),
             engine: self.engine,
@@ -535,6 +545,18 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn tasks_mode_defaults_and_checks() {
+        let c = cfg(&["--mode", "tasks"]).unwrap();
+        assert_eq!(c.w.mode, Mode::Tasks);
+        assert_eq!((c.w.tasks, c.w.iodepth), (1, 32));
+        let c = cfg(&["--mode", "tasks", "--tasks", "4", "--iodepth", "8"]).unwrap();
+        assert_eq!((c.w.tasks, c.w.iodepth), (4, 8));
+        assert!(cfg(&["--mode", "tasks", "--engine", "ringshard-inshard"]).is_ok());
+        assert!(cfg(&["--mode", "tasks", "--engine", "tokio-fs"]).is_err());
+        assert!(cfg(&["--mode", "tasks", "--clients", "2"]).is_err());
     }
 
     #[test]

@@ -39,7 +39,7 @@ impl Plan {
     pub fn new(ctx: &RunCtx, per_group: usize, depth: usize) -> Self {
         let (workers, row_kind) = match ctx.w.mode {
             Mode::Async => (ctx.w.clients, "task"),
-            Mode::InShard | Mode::Routed => (ctx.cpus.len(), "client"),
+            Mode::InShard | Mode::Routed | Mode::Tasks => (ctx.cpus.len(), "client"),
         };
         Plan {
             workers: workers.max(1),

@@ -48,6 +48,9 @@ thread_local! {
     static EXEC: RefCell<Weak<ExecShared>> = const { RefCell::new(Weak::new()) };
     /// The shard has left its loop: tasks woken here now are dropped (cancelled), not queued.
     static EXITED: Cell<bool> = const { Cell::new(false) };
+    /// When the task being polled on this thread started its poll: the time a request it makes
+    /// is counted from (one clock read per poll, not one per request).
+    static POLL_START: Cell<Option<Instant>> = const { Cell::new(None) };
 }
 
 /// Called by the shard thread at start: tasks and [`local`] find the executor through this.
@@ -233,6 +236,7 @@ pub(crate) fn run_batch(budget: usize) -> (usize, u64) {
         };
         let at = *last.get_or_insert_with(Instant::now);
         let start = *first.get_or_insert(at);
+        POLL_START.with(|c| c.set(Some(at)));
         // A task's own panic is caught inside (`Guarded`); this catches a panicking waker or
         // destructor, which must not take the shard down either.
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| r.run()));
@@ -242,6 +246,7 @@ pub(crate) fn run_batch(budget: usize) -> (usize, u64) {
             slow += 1;
         }
         last = Some(now);
+        POLL_START.with(|c| c.set(None));
         if now.saturating_duration_since(start) > TASK_TIME_BUDGET {
             break;
         }
@@ -722,7 +727,8 @@ pub(crate) fn make<T>(
             file: file.handle(),
             op,
             reply: reply(done),
-            at: Instant::now(),
+            // In a shard task: the start of its poll, at most a poll earlier than now.
+            at: POLL_START.with(Cell::get).unwrap_or_else(Instant::now),
             deadline,
         },
     )

@@ -787,6 +787,23 @@ impl Executor {
     /// I/O and its other tasks stop meanwhile (polls over
     /// [`SLOW_POLL`](crate::SLOW_POLL) are counted in `ShardStats::slow_task_polls`).
     ///
+    /// ```
+    /// # fn main() -> ringshard::Result<()> {
+    /// # let exec = ringshard::Executor::builder().shards(2).build()?;
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let file = exec.open(dir.path().join("t"), ringshard::OpenOptions::new().read(true).write(true).create(true)).wait()?;
+    /// let f = file.clone();
+    /// let n = exec
+    ///     .spawn_on_owner(&file, async move {
+    ///         let local = ringshard::local().expect("on a shard");
+    ///         local.write(&f, 0, b"hello".to_vec()).await?;
+    ///         Ok::<_, ringshard::IoUringError>(local.read(&f, 0, 5).await?.len())
+    ///     })
+    ///     .wait()??; // or `.await` from any runtime, or from another shard's task
+    /// assert_eq!(n, 5);
+    /// # exec.shutdown() }
+    /// ```
+    ///
     /// Use `spawn_on` for application code that lives on a shard (it interleaves with the
     /// shard's work and awaits I/O); use [`submit_to`](Self::submit_to) for a synchronous closure
     /// that needs the raw ring and pool ([`ShardContext`]), which runs only once the shard has

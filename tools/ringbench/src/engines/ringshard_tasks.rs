@@ -5,7 +5,7 @@
 
 use super::ringshard_async::RingIo;
 use super::ringshard_inshard::{build_executor, open_files};
-use super::tokio_tasks::{pipeline, TaskJob};
+use super::tokio_tasks::{jobs, pipeline};
 use super::{Output, RunCtx};
 use crate::control::{Control, Measure};
 use crate::error::BenchError;
@@ -50,27 +50,10 @@ pub fn run(ctx: &RunCtx) -> Result<Output, BenchError> {
 
     let resident = ctx.warm()?;
     let meas = Measure::start();
-    let mut handles = Vec::with_capacity(tasks);
-    for (k, s) in subs.iter().enumerate() {
-        for d in 0..per {
-            let quota = s
-                .quota
-                .map(|q| q / per as u64 + u64::from((d as u64) < q % per as u64));
-            let job = TaskJob {
-                w: Arc::clone(&wl),
-                files: s.files.clone(),
-                quota,
-                stream: s.index * per + d,
-                streams: subs.len() * per,
-                index: k * per + d,
-                depth: w.iodepth,
-                paths: Arc::clone(&paths),
-                patterns: Arc::clone(&patterns),
-                control: Arc::clone(&control),
-            };
-            handles.push(exec.spawn_on(s.index, pipeline(Arc::clone(&io), job)));
-        }
-    }
+    let handles: Vec<_> = jobs(&subs, per, w.iodepth, &wl, &paths, &patterns, &control)
+        .into_iter()
+        .map(|(shard, job)| exec.spawn_on(shard, pipeline(Arc::clone(&io), job)))
+        .collect();
     let elapsed = control.supervise(tasks, meas.start, w.duration, ctx.progress);
     let cpu = meas.cpu();
     let mut fatal = Vec::new();

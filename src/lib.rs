@@ -51,8 +51,8 @@ pub use pool::{BufferPoolStats, RegisteredBufferPool};
 pub use ring::RingConfig;
 pub use session::{Done, Session};
 pub use shard::{
-    block_on, local, yield_now, JoinHandle, LocalShard, ShardContext, ShardCqe, Sleep, YieldNow,
-    SLOW_POLL,
+    block_on, local, yield_now, JoinHandle, LocalShard, PoolBuf, ShardContext, ShardCqe, Sleep,
+    YieldNow, SLOW_POLL,
 };
 pub use sharded::Sharded;
 pub use stats::{ExecutorStats, LatencySummary, OpKind, ShardStats};

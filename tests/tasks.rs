@@ -442,6 +442,20 @@ fn sharded_state_is_built_on_each_shard_and_on_its_node() {
     exec.shutdown().unwrap();
 }
 
+/// Opens `path` with O_DIRECT, or says why the test is skipped (tmpfs and some filesystems
+/// refuse it).
+fn open_direct(exec: &Executor, path: &std::path::Path) -> Option<ringshard::File> {
+    let mut o = rwc();
+    o.direct(true);
+    match exec.open(path, &o).wait() {
+        Ok(f) => Some(f),
+        Err(e) => {
+            println!("SKIPPED: O_DIRECT not available here: {e}");
+            None
+        }
+    }
+}
+
 /// O_DIRECT from a task goes through the shard's registered pool (READ_FIXED / WRITE_FIXED), in
 /// per-file order, and every buffer is back in the pool afterwards.
 #[test]
@@ -452,15 +466,8 @@ fn o_direct_from_a_task_uses_the_shards_pool() {
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut o = rwc();
-    o.direct(true);
-    let f = match exec.open(dir.path().join("d"), &o).wait() {
-        Ok(f) => f,
-        // tmpfs (and some filesystems) refuse O_DIRECT: nothing to test there.
-        Err(e) => {
-            println!("O_DIRECT not available here: {e}");
-            return;
-        }
+    let Some(f) = open_direct(&exec, &dir.path().join("d")) else {
+        return;
     };
     let before = exec.stats().total.pool.acquisitions;
     let h = exec.spawn_on_owner(&f.clone(), async move {
@@ -481,5 +488,59 @@ fn o_direct_from_a_task_uses_the_shards_pool() {
     let pool = exec.stats().total.pool;
     assert!(pool.acquisitions >= before + 32, "{pool:?}");
     assert_eq!(pool.available_count, pool.total_count, "{pool:?}");
+    exec.shutdown().unwrap();
+}
+
+/// A pooled read hands the task the pool buffer itself: the data is right, a held buffer is never
+/// reused by later reads, it goes back to the pool when the guard is dropped, and misuse (a file
+/// without O_DIRECT, more than one buffer) is an error.
+#[test]
+fn pooled_reads_lend_the_buffer_until_the_guard_drops() {
+    let exec = Executor::builder()
+        .shards(1)
+        .buffer_size(8192)
+        .buffer_count(4)
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let Some(f) = open_direct(&exec, &dir.path().join("p")) else {
+        return;
+    };
+    let plain = open_rwc(&exec, &dir.path().join("plain"));
+    let h = exec.spawn_on_with(0, move |l| async move {
+        l.write(&f, 0, vec![1u8; 4096]).await.unwrap();
+        l.write(&f, 4096, vec![2u8; 4096]).await.unwrap();
+        let a = l.read_pooled(&f, 0, 4096).await.unwrap();
+        assert_eq!(&a[..], &[1u8; 4096][..]);
+        // Three more reads while `a` is held: none may land in a's buffer.
+        for _ in 0..3 {
+            let b = l.read_pooled(&f, 4096, 4096).await.unwrap();
+            assert_ne!(b.buffer_index(), a.buffer_index());
+            assert_eq!(&b[..], &[2u8; 4096][..]);
+            assert_eq!(&a[..], &[1u8; 4096][..], "a held buffer is never reused");
+        }
+        // A short read at end of file.
+        let c = l.read_pooled(&f, 8192, 4096).await.unwrap();
+        assert!(c.is_empty());
+        drop((a, c));
+        let too_big = l.read_pooled(&f, 0, 16384).await;
+        assert!(
+            matches!(too_big, Err(IoUringError::InvalidArgument { .. })),
+            "{too_big:?}"
+        );
+        let not_direct = l.read_pooled(&plain, 0, 4096).await;
+        assert!(
+            matches!(not_direct, Err(IoUringError::InvalidArgument { .. })),
+            "{not_direct:?}"
+        );
+        // Let the shard take the buffers back.
+        ringshard::yield_now().await;
+        true
+    });
+    assert!(h.wait().unwrap());
+    eventually("every buffer back in the pool", HANG, || {
+        let p = exec.stats().total.pool;
+        p.available_count == p.total_count
+    });
     exec.shutdown().unwrap();
 }

@@ -16,7 +16,9 @@ pub(crate) mod tasks;
 
 pub use context::{ShardContext, ShardCqe, CANCEL_USER_DATA, WAKE_USER_DATA};
 pub(crate) use runner::{spawn, ShardConfig};
-pub use tasks::{block_on, local, yield_now, JoinHandle, LocalShard, Sleep, YieldNow, SLOW_POLL};
+pub use tasks::{
+    block_on, local, yield_now, JoinHandle, LocalShard, PoolBuf, Sleep, YieldNow, SLOW_POLL,
+};
 
 use crate::completion::Completer;
 use crate::error::{IoUringError, Result};
@@ -116,6 +118,8 @@ pub(crate) enum Reply {
     Session { session: u32, token: u64 },
     /// Nobody waits: the close of a dropped [`File`].
     Detached,
+    /// A task's pooled O_DIRECT read: the pool buffer itself, lent until the guard is dropped.
+    Lease(Completer<tasks::Lease>),
 }
 
 impl Reply {
@@ -141,6 +145,13 @@ impl Reply {
                 },
             ),
             Reply::Detached => {}
+            // Only the shard's finish can lend a buffer: anything arriving here is an error.
+            Reply::Lease(c) => c.complete(result.and_then(|_| {
+                Err(IoUringError::invalid(
+                    "read_pooled",
+                    "no pool buffer was lent",
+                ))
+            })),
         }
     }
 
@@ -153,6 +164,7 @@ impl Reply {
             Reply::Size(c) => c.is_cancelled(),
             Reply::Session { session, .. } => sessions.is_dropped(*session),
             Reply::Detached => false,
+            Reply::Lease(c) => c.is_cancelled(),
         }
     }
 }

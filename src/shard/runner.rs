@@ -125,6 +125,9 @@ struct Shard {
     timers: Vec<Option<(Arc<TimerState>, Box<types::Timespec>)>>,
     timer_free: Vec<usize>,
     new_timers: Vec<Arc<TimerState>>,
+    /// Pool buffers lent to tasks (pooled reads), by index; and the ones handed back this turn.
+    lent_out: Vec<bool>,
+    released: Vec<u16>,
     stats: ShardStats,
     shared: Arc<ShardShared>,
     rx: Receiver<Message>,
@@ -359,6 +362,8 @@ impl Shard {
             timers: Vec::new(),
             timer_free: Vec::new(),
             new_timers: Vec::new(),
+            lent_out: Vec::new(),
+            released: Vec::new(),
             stats,
             shared,
             rx,
@@ -375,7 +380,9 @@ impl Shard {
             clock: None,
             panicked: false,
         };
+        shard.lent_out = vec![false; shard.cfg.buffer_count];
         shard.arm_wake()?;
+        tasks::set_pool_alive(true);
         Ok(shard)
     }
 
@@ -848,6 +855,27 @@ impl Shard {
             (IoOp::Write { .. }, false) if self.cfg.inline_buffered_writes => DataPath::Inline,
             _ => DataPath::Memory,
         };
+        if matches!(reply, Reply::Lease(_)) {
+            // A pooled read fills exactly one pool buffer, in place.
+            let chunk = self.pool.buffer_size() as u64 / DIRECT_ALIGN * DIRECT_ALIGN;
+            if data_path != DataPath::Fixed || len > chunk || !matches!(op, IoOp::Read { .. }) {
+                let e = IoUringError::invalid(
+                    "read_pooled",
+                    format!(
+                        "a pooled read is an O_DIRECT read of at most one pool buffer \
+                         ({chunk} bytes); got {len} bytes{}",
+                        if data_path == DataPath::Fixed {
+                            ""
+                        } else {
+                            " on a file without O_DIRECT"
+                        }
+                    ),
+                );
+                let buf = op.take_buf();
+                reply.deliver(Err(e), buf, &mut self.sessions);
+                return;
+            }
+        }
         let fp = match &op {
             IoOp::Read { .. } => Footprint::read(offset, len),
             // O_APPEND writes land at the end, wherever that is: order them against everything.
@@ -889,6 +917,7 @@ impl Shard {
             },
             io: op,
             reply,
+            lent: None,
         };
         let key = op.key;
         let slot = self.ops.insert(op);
@@ -1309,6 +1338,7 @@ impl Shard {
             return;
         };
         let is_read = matches!(op.io, IoOp::Read { .. });
+        let lease = matches!(op.reply, Reply::Lease(_));
         let dir = if is_read {
             Direction::Read
         } else {
@@ -1366,7 +1396,7 @@ impl Shard {
         let Some(op) = self.ops.get(ch.op) else {
             return;
         };
-        if is_read && ch.done > 0 {
+        if is_read && ch.done > 0 && !lease {
             // Grows only as far as data has arrived (chunks may land out of order; the gaps are
             // filled by their own chunks or cut at end of file).
             let (start, end) = (ch.rel as usize, ch.rel as usize + ch.done as usize);
@@ -1378,7 +1408,12 @@ impl Shard {
             }
         }
         op.outstanding -= 1;
-        self.pool.release(idx);
+        if lease {
+            // The data stays in the buffer: it is the task's until its guard is dropped.
+            op.lent = Some(idx);
+        } else {
+            self.pool.release(idx);
+        }
         let slot = ch.op;
         if op.finished() {
             self.finish(slot);
@@ -1421,6 +1456,7 @@ impl Shard {
             offset,
             len,
             eof,
+            lent,
             ..
         } = op;
         let buf = if kind == OpKind::Read {
@@ -1469,6 +1505,10 @@ impl Shard {
                 }
             }
         };
+        if let Reply::Lease(c) = reply {
+            self.lend(c, result, lent);
+            return;
+        }
         let buf = match (&result, kind) {
             (Ok(n), OpKind::Read) => {
                 let mut b = buf;
@@ -1487,6 +1527,7 @@ impl Shard {
     /// were made) and their sleeps armed in the ring.
     fn run_async_tasks(&mut self) -> bool {
         let (ran, slow) = tasks::run_batch(TASK_BUDGET);
+        self.take_back_lent();
         if ran > 0 {
             self.stats.note_task_polls(ran as u64, slow);
         }
@@ -1548,6 +1589,57 @@ impl Shard {
             self.timer_free.push(index);
             t.fire();
         }
+    }
+
+    /// Finishes a pooled read: on success the buffer is lent to the task (released when its
+    /// guard is dropped, see [`tasks::take_released`]); otherwise it goes back now.
+    fn lend(&mut self, c: Completer<tasks::Lease>, result: Result<u64>, lent: Option<u16>) {
+        match (result, lent) {
+            (Ok(n), Some(idx)) => match self.pool.get(idx) {
+                Ok(buf) => {
+                    let ptr = buf.as_ptr();
+                    if let Some(flag) = self.lent_out.get_mut(idx as usize) {
+                        *flag = true;
+                    }
+                    let n = (n as usize).min(buf.len());
+                    c.complete(Ok(tasks::Lease::new(
+                        self.cfg.exec_id,
+                        self.cfg.index,
+                        idx,
+                        ptr,
+                        n,
+                    )));
+                }
+                Err(e) => {
+                    self.pool.release(idx);
+                    c.complete(Err(e));
+                }
+            },
+            (Ok(_), None) => c.complete(Err(IoUringError::invalid(
+                "read_pooled",
+                "the read completed without a buffer",
+            ))),
+            (Err(e), lent) => {
+                if let Some(idx) = lent {
+                    self.pool.release(idx);
+                }
+                c.complete(Err(e));
+            }
+        }
+    }
+
+    /// Takes back the buffers whose guards were dropped on this thread.
+    fn take_back_lent(&mut self) {
+        let mut back = std::mem::take(&mut self.released);
+        tasks::take_released(&mut back);
+        for idx in back.drain(..) {
+            if let Some(flag) = self.lent_out.get_mut(idx as usize) {
+                if std::mem::replace(flag, false) {
+                    self.pool.release(idx);
+                }
+            }
+        }
+        self.released = back;
     }
 
     // -- tasks ---------------------------------------------------------------------------------
@@ -1656,6 +1748,8 @@ impl Drop for Shard {
         for (t, _) in self.timers.drain(..).flatten() {
             t.fire();
         }
+        // The pool is unmapped after this body: guards of lent buffers read nothing from now on.
+        tasks::set_pool_alive(false);
     }
 }
 

@@ -51,6 +51,10 @@ thread_local! {
     /// When the task being polled on this thread started its poll: the time a request it makes
     /// is counted from (one clock read per poll, not one per request).
     static POLL_START: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// Pool buffers whose guards were dropped on this thread, for the shard to take back.
+    static RELEASED: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
+    /// This thread's shard has its pool mapped (set after setup, cleared before it is unmapped).
+    static POOL_ALIVE: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Called by the shard thread at start: tasks and [`local`] find the executor through this.
@@ -293,6 +297,97 @@ pub(crate) fn shutdown_here() -> Vec<IoRequest> {
         t.fire();
     }
     LOCAL_IO.with(|q| std::mem::take(&mut *q.borrow_mut()))
+}
+
+/// Marks whether this shard thread's pool is mapped (see [`PoolBuf`]).
+pub(crate) fn set_pool_alive(alive: bool) {
+    POOL_ALIVE.with(|c| c.set(alive));
+}
+
+/// Moves the indexes of pool buffers handed back by dropped guards into `out`.
+pub(crate) fn take_released(out: &mut Vec<u16>) {
+    RELEASED.with(|q| out.append(&mut q.borrow_mut()));
+}
+
+/// A pool buffer lent by the shard after a pooled read: where it is, and how much was read.
+/// Dropped on its shard's thread, it gives the buffer back (at the shard's next batch); dropped
+/// anywhere else (it never should be) the buffer stays lent (leaked, never reused early).
+#[derive(Debug)]
+pub(crate) struct Lease {
+    exec: u64,
+    shard: usize,
+    idx: u16,
+    /// The buffer's address, as a number (the lease travels in a `Send` completion).
+    addr: usize,
+    len: usize,
+}
+
+impl Lease {
+    pub(crate) fn new(exec: u64, shard: usize, idx: u16, ptr: *const u8, len: usize) -> Lease {
+        Lease {
+            exec,
+            shard,
+            idx,
+            addr: ptr as usize,
+            len,
+        }
+    }
+
+    /// Whether this thread is the lender's and its pool is still mapped.
+    fn readable_here(&self) -> bool {
+        current_shard() == Some((self.exec, self.shard)) && POOL_ALIVE.with(Cell::get)
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if current_shard() == Some((self.exec, self.shard)) {
+            RELEASED.with(|q| q.borrow_mut().push(self.idx));
+        }
+    }
+}
+
+/// The data of a pooled O_DIRECT read ([`LocalShard::read_pooled`]), in the shard's registered
+/// buffer itself: no copy. Dropping it gives the buffer back to the pool. Not `Send`: it is read
+/// on its shard's thread (elsewhere, or after the shard stopped, it reads as empty).
+pub struct PoolBuf {
+    lease: Lease,
+    _not_send: std::marker::PhantomData<*const u8>,
+}
+
+impl std::fmt::Debug for PoolBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolBuf")
+            .field("buffer", &self.lease.idx)
+            .field("len", &self.lease.len)
+            .finish()
+    }
+}
+
+impl PoolBuf {
+    /// The pool buffer's index.
+    pub fn buffer_index(&self) -> u16 {
+        self.lease.idx
+    }
+}
+
+impl std::ops::Deref for PoolBuf {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        if !self.lease.readable_here() {
+            return &[];
+        }
+        // SAFETY: `addr` is buffer `idx` of this thread's shard's pool, read from the pool after
+        // the read's CQE (so the kernel no longer owns it) and `len` is at most the buffer's
+        // size. The shard keeps the buffer acquired and never reuses it until this guard's
+        // `Lease` is dropped (it is released only from `RELEASED`, which only the drop fills).
+        // The slab stays mapped while `POOL_ALIVE` is set on this thread, and it is cleared
+        // before the pool is unmapped, on this same thread, where no borrow of this slice can
+        // be alive across that point (the shard drops its pool only after its loop, outside any
+        // task's poll). `PoolBuf` is not `Send`, and `readable_here` checked the thread.
+        unsafe { std::slice::from_raw_parts(self.lease.addr as *const u8, self.lease.len) }
+    }
 }
 
 /// A request routed by the executor: when it is for the shard this thread runs, it is kept for
@@ -587,6 +682,32 @@ impl LocalShard {
     pub fn write(&self, file: &File, offset: u64, data: impl Into<Vec<u8>>) -> Completion<usize> {
         let op = crate::request::write_op(file, offset, data.into(), self.exec.limits);
         self.exec.request(file, op, Reply::Count, None)
+    }
+
+    /// Reads up to `len` bytes at `offset` of an O_DIRECT file owned by this shard straight into
+    /// one of the shard's registered pool buffers (READ_FIXED), and hands that buffer to the task
+    /// as a [`PoolBuf`]: no copy. `len` must fit one buffer (`buffer_size` rounded down to 4096)
+    /// and be 4096-aligned, as `offset`. The buffer goes back to the pool when the guard is
+    /// dropped (never before the read's completion); hold it briefly: the shard's O_DIRECT I/O
+    /// waits while the pool is empty.
+    pub async fn read_pooled(&self, file: &File, offset: u64, len: usize) -> Result<PoolBuf> {
+        if !self.owns(file) || !on_shard(self.exec.id, self.index) {
+            return Err(IoUringError::invalid(
+                "read_pooled",
+                format!(
+                    "{} is not owned by shard {} (or this is not its thread): pooled reads use \
+                     the shard's own pool",
+                    file.path().display(),
+                    self.index
+                ),
+            ));
+        }
+        let op = crate::request::read_op(file, offset, len, Vec::new(), self.exec.limits);
+        let lease = self.exec.request(file, op, Reply::Lease, None).await?;
+        Ok(PoolBuf {
+            lease,
+            _not_send: std::marker::PhantomData,
+        })
     }
 
     /// fsync, after every earlier write to the file.

@@ -258,11 +258,12 @@ pub(crate) fn run_batch(budget: usize) -> (usize, u64) {
     (ran, slow)
 }
 
-/// Whether a task is waiting to run, or a task left I/O or a timer to be taken.
+/// Whether a task is waiting to run, or tasks left I/O, a timer or a lent buffer to be taken.
 pub(crate) fn has_work() -> bool {
     RUN.with(|q| !q.borrow().is_empty())
         || LOCAL_IO.with(|q| !q.borrow().is_empty())
         || TIMERS.with(|q| !q.borrow().is_empty())
+        || RELEASED.with(|q| !q.borrow().is_empty())
 }
 
 /// Puts a runnable that came through the inbox in the run queue.

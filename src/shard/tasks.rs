@@ -74,8 +74,8 @@ fn schedule(exec: &Arc<ExecShared>, shard: usize, local: bool, r: async_task::Ru
             // The shard has stopped: dropping the runnable cancels the task (its JoinHandle
             // reports it). This is the shard thread, so a `!Send` future may be dropped here.
             drop(r);
-        } else {
-            RUN.with(|q| q.borrow_mut().push_back(r));
+        } else if let Err(r) = push_local_runnable(r) {
+            drop(r);
         }
         return;
     }
@@ -87,6 +87,19 @@ fn schedule(exec: &Arc<ExecShared>, shard: usize, local: bool, r: async_task::Ru
     if let Err((Message::Run(r), _)) = link.send(Message::Run(r)) {
         forget_or_drop(r, local);
     }
+}
+
+/// Puts `r` in this thread's run queue; gives it back if the queue is gone (thread teardown).
+fn push_local_runnable(r: async_task::Runnable) -> std::result::Result<(), async_task::Runnable> {
+    let mut slot = Some(r);
+    let _ = RUN.try_with(|q| {
+        if let Ok(mut q) = q.try_borrow_mut() {
+            if let Some(r) = slot.take() {
+                q.push_back(r);
+            }
+        }
+    });
+    slot.map_or(Ok(()), Err)
 }
 
 /// A task that can no longer reach its shard: a `Send` one is dropped (cancelled: its handle
@@ -343,7 +356,8 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         if current_shard() == Some((self.exec, self.shard)) {
-            RELEASED.with(|q| q.borrow_mut().push(self.idx));
+            // `try_with`: during the thread's teardown the queue may be gone (and so the pool).
+            let _ = RELEASED.try_with(|q| q.borrow_mut().push(self.idx));
         }
     }
 }

@@ -78,15 +78,17 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub spin_us: Option<u64>,
 
-    /// Where load is generated: inside each shard, by --clients caller threads, or by --tasks
-    /// tokio tasks.
+    /// Where load is generated: inside each shard, by --clients caller threads, by --tasks
+    /// tokio tasks (async), or by --tasks async tasks on each shard (tasks).
     #[arg(long, value_enum, default_value_t = Mode::InShard)]
     pub mode: Mode,
     /// Caller threads for --mode routed, each keeping --iodepth requests in flight (default 1);
     /// tokio runtime worker threads for --mode async (default 2).
     #[arg(long, value_name = "N")]
     pub clients: Option<usize>,
-    /// tokio tasks for --mode async, each keeping --iodepth requests in flight (default 64).
+    /// tokio tasks for --mode async (default 64), or tasks per shard for --mode tasks (default
+    /// 1), each keeping --iodepth requests in flight. (--compare in tasks mode gives the in-shard
+    /// loop and raw-uring --iodepth per shard: keep --tasks 1 for like-for-like depth.)
     #[arg(long, value_name = "N")]
     pub tasks: Option<usize>,
     /// Which ringshard request API --mode routed and --mode async use: the Session API, or one

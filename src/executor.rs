@@ -807,7 +807,7 @@ impl Executor {
     /// Use `spawn_on` for application code that lives on a shard (it interleaves with the
     /// shard's work and awaits I/O); use [`submit_to`](Self::submit_to) for a synchronous closure
     /// that needs the raw ring and pool ([`ShardContext`]), which runs only once the shard has
-    /// nothing in flight.
+    /// no I/O in flight (task sleeps are taken out of the ring for it and put back after).
     pub fn spawn_on<F>(&self, shard: usize, fut: F) -> crate::shard::JoinHandle<F::Output>
     where
         F: std::future::Future + Send + 'static,

@@ -544,3 +544,35 @@ fn pooled_reads_lend_the_buffer_until_the_guard_drops() {
     });
     exec.shutdown().unwrap();
 }
+
+/// Task sleeps do not hold back `submit_to` closures (which need a ring with nothing in flight):
+/// the sleeps are taken out of the ring for the closure and put back with the time they had
+/// left, so they still fire, and not early.
+#[test]
+fn sleeping_tasks_do_not_hold_back_submit_to() {
+    let exec = shards(1);
+    let long = exec.spawn_on(0, async {
+        ringshard::local()
+            .unwrap()
+            .sleep(Duration::from_secs(3600))
+            .await
+    });
+    let start = Instant::now();
+    let short = exec.spawn_on(0, async move {
+        ringshard::local()
+            .unwrap()
+            .sleep(Duration::from_millis(150))
+            .await;
+        start.elapsed()
+    });
+    std::thread::sleep(Duration::from_millis(20));
+    let t = Instant::now();
+    let mut c = exec.submit_to(0, |_| 42);
+    assert_eq!(c.wait_timeout(Duration::from_secs(10)), Ok(42));
+    println!("submit_to behind two sleeps took {:?}", t.elapsed());
+    let slept = short.wait().unwrap();
+    assert!(slept >= Duration::from_millis(150), "woke after {slept:?}");
+    assert!(!long.is_finished(), "the long sleep is still sleeping");
+    drop(long);
+    exec.shutdown().unwrap();
+}

@@ -125,6 +125,12 @@ struct Shard {
     timers: Vec<Option<(Arc<TimerState>, Box<types::Timespec>)>>,
     timer_free: Vec<usize>,
     new_timers: Vec<Arc<TimerState>>,
+    /// Sleeps in the ring (timeouts pushed, CQE not reaped yet).
+    timers_armed: u32,
+    /// Sleeps are being taken out of the ring so that queued closures can run.
+    parking: bool,
+    /// Sleeps taken out, armed again once the closures have run.
+    parked_timers: Vec<Arc<TimerState>>,
     /// Pool buffers lent to tasks (pooled reads), by index; and the ones handed back this turn.
     lent_out: Vec<bool>,
     released: Vec<u16>,
@@ -362,6 +368,9 @@ impl Shard {
             timers: Vec::new(),
             timer_free: Vec::new(),
             new_timers: Vec::new(),
+            timers_armed: 0,
+            parking: false,
+            parked_timers: Vec::new(),
             lent_out: Vec::new(),
             released: Vec::new(),
             stats,
@@ -449,7 +458,13 @@ impl Shard {
                 progress |= self.issue();
             } else if self.ops_in_flight() == 0 {
                 self.run_tasks();
+                // Sleeps taken out of the ring for the closures go back in (the time left).
+                self.new_timers.append(&mut self.parked_timers);
                 progress = true;
+            } else if self.ops_in_flight() == self.timers_armed && !self.parking {
+                // Only task sleeps keep the ring busy: take them out (TIMEOUT_REMOVE) rather than
+                // make the closures wait for them; they are armed again after the closures.
+                self.park_timers();
             }
             // With DEFER_TASKRUN, completions that need task work (O_DIRECT, page-cache misses,
             // anything punted) are posted only by an enter with GETEVENTS. The kernel flags such
@@ -1247,7 +1262,7 @@ impl Shard {
                 continue;
             }
             if ud & (TIMER_TAG | crate::pool::POOL_USER_DATA_TAG) == TIMER_TAG {
-                self.timer_fired((ud & !TIMER_TAG) as usize);
+                self.timer_fired((ud & !TIMER_TAG) as usize, res);
                 continue;
             }
             match RegisteredBufferPool::buffer_index_of(ud) {
@@ -1546,7 +1561,8 @@ impl Shard {
         }
         self.local_io = reqs;
         tasks::take_timers(&mut self.new_timers);
-        if !self.new_timers.is_empty() {
+        // While submit_to closures wait for a quiet ring, new sleeps wait with them.
+        if !self.new_timers.is_empty() && self.tasks.is_empty() {
             any = true;
             let mut new = std::mem::take(&mut self.new_timers);
             for t in new.drain(..) {
@@ -1575,7 +1591,9 @@ impl Shard {
         };
         let entry = entry.user_data(TIMER_TAG | index as u64);
         self.timers[index] = Some((t, ts));
-        if self.push_entry(&entry).is_err() {
+        if self.push_entry(&entry).is_ok() {
+            self.timers_armed += 1;
+        } else {
             // The ring refused it: wake the sleeper now rather than never.
             if let Some((t, _)) = self.timers[index].take() {
                 t.fire();
@@ -1584,10 +1602,38 @@ impl Shard {
         }
     }
 
-    fn timer_fired(&mut self, index: usize) {
+    fn timer_fired(&mut self, index: usize, res: i32) {
         if let Some((t, _ts)) = self.timers.get_mut(index).and_then(Option::take) {
+            self.timers_armed = self.timers_armed.saturating_sub(1);
             self.timer_free.push(index);
-            t.fire();
+            if self.parking && res == -libc::ECANCELED {
+                // Removed for the closures, not expired: armed again after them.
+                self.parked_timers.push(t);
+            } else {
+                t.fire();
+            }
+            if self.timers_armed == 0 {
+                self.parking = false;
+            }
+        }
+    }
+
+    /// Asks the kernel to remove every armed sleep (their CQEs come back with ECANCELED).
+    fn park_timers(&mut self) {
+        self.parking = true;
+        let armed: Vec<u64> = self
+            .timers
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.is_some())
+            .map(|(i, _)| TIMER_TAG | i as u64)
+            .collect();
+        for ud in armed {
+            let entry = opcode::TimeoutRemove::new(ud)
+                .build()
+                .user_data(CANCEL_USER_DATA);
+            // A failed push leaves that sleep to expire on its own.
+            let _ = self.push_entry(&entry);
         }
     }
 
@@ -1746,6 +1792,13 @@ impl Drop for Shard {
         // Sleepers wake (their tasks are dropped: the shard has stopped). The timeouts' memory is
         // copied by the kernel when it takes the SQE; the timespecs go with the ring anyway.
         for (t, _) in self.timers.drain(..).flatten() {
+            t.fire();
+        }
+        for t in self
+            .parked_timers
+            .drain(..)
+            .chain(self.new_timers.drain(..))
+        {
             t.fire();
         }
         // The pool is unmapped after this body: guards of lent buffers read nothing from now on.

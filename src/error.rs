@@ -149,6 +149,13 @@ pub enum IoUringError {
         /// The shard whose thread made the call.
         shard: usize,
     },
+    /// An async task spawned on a shard panicked; the shard goes on.
+    TaskPanicked {
+        /// The shard the task ran on.
+        shard: usize,
+        /// The panic's message.
+        message: String,
+    },
 }
 
 impl IoUringError {
@@ -471,6 +478,10 @@ impl fmt::Display for IoUringError {
                  on each other never finish; inside shard code, use the ShardContext or an async \
                  form instead of blocking"
             ),
+            Self::TaskPanicked { shard, message } => write!(
+                f,
+                "a task on shard {shard} panicked ({message}); the shard goes on"
+            ),
         }
     }
 }
@@ -578,6 +589,11 @@ impl fmt::Debug for IoUringError {
                 .debug_struct("WouldDeadlock")
                 .field("op", op)
                 .field("shard", shard)
+                .finish(),
+            Self::TaskPanicked { shard, message } => f
+                .debug_struct("TaskPanicked")
+                .field("shard", shard)
+                .field("message", message)
                 .finish(),
         }?;
         write!(f, ": {self}")

@@ -278,15 +278,21 @@ impl ExecutorBuilder {
                 }
             }
         }
+        let shared = Arc::new(ExecShared {
+            id,
+            shards: links,
+            closed: AtomicBool::new(false),
+            limits: Limits {
+                max_request: self.max_request_size,
+            },
+        });
+        // Tasks find their executor (for `ringshard::local()`) through this; a weak reference,
+        // so the shards never keep the executor's routes alive.
+        for link in &shared.shards {
+            let _ = link.send(Message::SetExec(Arc::downgrade(&shared)));
+        }
         Ok(Executor {
-            shared: Arc::new(ExecShared {
-                id,
-                shards: links,
-                closed: AtomicBool::new(false),
-                limits: Limits {
-                    max_request: self.max_request_size,
-                },
-            }),
+            shared,
             threads: Mutex::new(threads),
             started: Instant::now(),
             shutdown_timeout: self.shutdown_timeout,
@@ -340,7 +346,7 @@ impl ExecShared {
     }
 
     /// Sends `msg`; on failure completes the completers inside it with the error.
-    fn send_or_fail(&self, shard: usize, msg: Message) {
+    pub(crate) fn send_or_fail(&self, shard: usize, msg: Message) {
         if let Err((msg, e)) = self.send(shard, msg) {
             fail_message(msg, e);
         }
@@ -369,6 +375,24 @@ impl ExecShared {
         };
         // Refused after shutdown: the shard closes every file as it stops.
         let _ = self.send(file.shard, Message::Io(req));
+    }
+
+    /// Routes one checked request. On the thread of the file's own shard (a task, a `submit_to`
+    /// closure) it skips the channel: the shard admits it after its current batch of tasks.
+    pub(crate) fn request<T>(
+        &self,
+        file: &File,
+        op: Result<IoOp>,
+        reply: impl FnOnce(Completer<T>) -> Reply,
+        deadline: Option<Instant>,
+    ) -> Completion<T> {
+        let op = match op.and_then(|op| self.check_owner(file).map(|()| op)) {
+            Ok(op) => op,
+            Err(e) => return Completion::ready(Err(e)),
+        };
+        let (c, req) = crate::shard::tasks::make(self, file, op, reply, deadline);
+        crate::shard::tasks::route(self, req);
+        c
     }
 
     /// Counts requests a caller dropped before they were sent to `shard`.
@@ -608,30 +632,6 @@ impl Executor {
         }
     }
 
-    /// Routes one checked request.
-    fn request<T>(
-        &self,
-        file: &File,
-        op: Result<IoOp>,
-        reply: impl FnOnce(Completer<T>) -> Reply,
-        deadline: Option<Instant>,
-    ) -> Completion<T> {
-        let op = match op.and_then(|op| self.shared.check_owner(file).map(|()| op)) {
-            Ok(op) => op,
-            Err(e) => return Completion::ready(Err(e)),
-        };
-        let (c, done) = pair(self.shared.id, file.shard());
-        let req = IoRequest {
-            file: file.handle(),
-            op,
-            reply: reply(done),
-            at: Instant::now(),
-            deadline,
-        };
-        self.shared.send_or_fail(file.shard(), Message::Io(req));
-        c
-    }
-
     /// Reads up to `len` bytes at `offset`. Fewer come back only at end of file. Lengths up to
     /// [`max_request_size`](ExecutorBuilder::max_request_size) work: long reads are split, and
     /// memory grows only as data arrives.
@@ -669,12 +669,12 @@ impl Executor {
     /// fallocate(2) with `mode` (0 allocates and extends the file).
     pub fn fallocate(&self, file: &File, mode: i32, offset: u64, len: u64) -> Completion<()> {
         let op = request::fallocate(offset, len).map(|()| IoOp::Fallocate { mode, offset, len });
-        self.request(file, op, Reply::Unit, None)
+        self.shared.request(file, op, Reply::Unit, None)
     }
 
     /// The file's size, after every earlier operation on it.
     pub fn size(&self, file: &File) -> Completion<u64> {
-        self.request(file, Ok(IoOp::Size), Reply::Size, None)
+        self.shared.request(file, Ok(IoOp::Size), Reply::Size, None)
     }
 
     /// Closes the file after every earlier operation on it and reports errors; later operations
@@ -685,7 +685,8 @@ impl Executor {
             return Completion::ready(Err(e));
         }
         file.inner.closed.store(true, Ordering::Release);
-        self.request(file, Ok(IoOp::Close), Reply::Unit, None)
+        self.shared
+            .request(file, Ok(IoOp::Close), Reply::Unit, None)
     }
 
     /// Requests with a deadline `timeout` from now: one not done by then is cancelled (not
@@ -772,6 +773,100 @@ impl Executor {
         });
         let _ = self.shared.send(shard, Message::Task(task));
         c
+    }
+
+    /// Spawns `fut` as an async task on shard `shard`. It runs on that shard's thread,
+    /// interleaved with the shard's I/O; inside it, [`crate::local()`] gives the shard's
+    /// [`LocalShard`](crate::LocalShard) (I/O on the shard's own files without the channel,
+    /// timers on its ring, `!Send` tasks).
+    ///
+    /// The [`JoinHandle`](crate::JoinHandle) can be awaited anywhere or waited on; dropping it
+    /// cancels the task ([`detach`](crate::JoinHandle::detach) to let it run). A panic in the task
+    /// comes back as [`IoUringError::TaskPanicked`]; the shard goes on. A task must not block its
+    /// thread (no blocking waits, no long computations without [`crate::yield_now`]): the shard's
+    /// I/O and its other tasks stop meanwhile (polls over
+    /// [`SLOW_POLL`](crate::SLOW_POLL) are counted in `ShardStats::slow_task_polls`).
+    ///
+    /// ```
+    /// # fn main() -> ringshard::Result<()> {
+    /// # let exec = ringshard::Executor::builder().shards(2).build()?;
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let file = exec.open(dir.path().join("t"), ringshard::OpenOptions::new().read(true).write(true).create(true)).wait()?;
+    /// let f = file.clone();
+    /// let n = exec
+    ///     .spawn_on_owner(&file, async move {
+    ///         let local = ringshard::local().expect("on a shard");
+    ///         local.write(&f, 0, b"hello".to_vec()).await?;
+    ///         Ok::<_, ringshard::IoUringError>(local.read(&f, 0, 5).await?.len())
+    ///     })
+    ///     .wait()??; // or `.await` from any runtime, or from another shard's task
+    /// assert_eq!(n, 5);
+    /// # exec.shutdown() }
+    /// ```
+    ///
+    /// Use `spawn_on` for application code that lives on a shard (it interleaves with the
+    /// shard's work and awaits I/O); use [`submit_to`](Self::submit_to) for a synchronous closure
+    /// that needs the raw ring and pool ([`ShardContext`]), which runs only once the shard has
+    /// no I/O in flight (task sleeps are taken out of the ring for it and put back after).
+    pub fn spawn_on<F>(&self, shard: usize, fut: F) -> crate::shard::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        crate::shard::tasks::spawn(&self.shared, shard, fut)
+    }
+
+    /// [`spawn_on`](Self::spawn_on) the shard that owns `file`.
+    pub fn spawn_on_owner<F>(&self, file: &File, fut: F) -> crate::shard::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.spawn_on(file.shard(), fut)
+    }
+
+    /// Runs a future that need not be `Send` on shard `shard`: `f` (which is `Send`) builds it on
+    /// the shard's thread, from the shard's [`LocalShard`](crate::LocalShard). The output must be
+    /// `Send`, as it travels back to the handle.
+    pub fn spawn_on_with<F, Fut>(&self, shard: usize, f: F) -> crate::shard::JoinHandle<Fut::Output>
+    where
+        F: FnOnce(crate::shard::LocalShard) -> Fut + Send + 'static,
+        Fut: std::future::Future + 'static,
+        Fut::Output: Send + 'static,
+    {
+        crate::shard::tasks::spawn_with(&self.shared, shard, f)
+    }
+
+    /// Builds one `T` per shard, each by `make` on its own shard's thread (so its memory is
+    /// allocated on the shard's NUMA node), like Seastar's `sharded<T>`: see
+    /// [`Sharded`](crate::Sharded) for running code on each and `map_reduce`.
+    ///
+    /// Blocks until every shard has built its `T` (a [`WouldDeadlock`](IoUringError::WouldDeadlock)
+    /// on a shard's own thread); [`sharded_async`](Self::sharded_async) awaits instead. A panic
+    /// in `make` fails the call with [`IoUringError::TaskPanicked`].
+    pub fn sharded<T, F>(&self, make: F) -> Result<crate::Sharded<T>>
+    where
+        T: Send + Sync + 'static,
+        F: Fn(&crate::shard::LocalShard) -> T + Send + Sync + 'static,
+    {
+        if let Some((id, shard)) = crate::completion::current_shard() {
+            if id == self.shared.id {
+                return Err(IoUringError::WouldDeadlock {
+                    op: "sharded",
+                    shard,
+                });
+            }
+        }
+        crate::shard::block_on(self.sharded_async(make))
+    }
+
+    /// [`sharded`](Self::sharded) without blocking.
+    pub async fn sharded_async<T, F>(&self, make: F) -> Result<crate::Sharded<T>>
+    where
+        T: Send + Sync + 'static,
+        F: Fn(&crate::shard::LocalShard) -> T + Send + Sync + 'static,
+    {
+        crate::sharded::build(&self.shared, make).await
     }
 
     /// Fault injection for tests: shard `shard`'s thread panics after sleeping `after`, as if
@@ -969,32 +1064,34 @@ impl Deadlined<'_> {
         len: usize,
         buf: Vec<u8>,
     ) -> Completion<Vec<u8>> {
-        let op = request::read(file, offset, len, self.exec.shared.limits).map(|()| IoOp::Read {
-            offset,
-            len,
-            buf,
-        });
-        self.exec.request(file, op, Reply::Data, self.deadline)
+        let op = request::read_op(file, offset, len, buf, self.exec.shared.limits);
+        self.exec
+            .shared
+            .request(file, op, Reply::Data, self.deadline)
     }
 
     /// [`Executor::write`] with the deadline.
     pub fn write(&self, file: &File, offset: u64, data: impl Into<Vec<u8>>) -> Completion<usize> {
-        let data = data.into();
-        let op = request::write(file, offset, data.len(), self.exec.shared.limits)
-            .map(|()| IoOp::Write { offset, data });
-        self.exec.request(file, op, Reply::Count, self.deadline)
+        let op = request::write_op(file, offset, data.into(), self.exec.shared.limits);
+        self.exec
+            .shared
+            .request(file, op, Reply::Count, self.deadline)
     }
 
     /// [`Executor::fsync`] with the deadline.
     pub fn fsync(&self, file: &File) -> Completion<()> {
         let op = Ok(IoOp::Sync { datasync: false });
-        self.exec.request(file, op, Reply::Unit, self.deadline)
+        self.exec
+            .shared
+            .request(file, op, Reply::Unit, self.deadline)
     }
 
     /// [`Executor::fdatasync`] with the deadline.
     pub fn fdatasync(&self, file: &File) -> Completion<()> {
         let op = Ok(IoOp::Sync { datasync: true });
-        self.exec.request(file, op, Reply::Unit, self.deadline)
+        self.exec
+            .shared
+            .request(file, op, Reply::Unit, self.deadline)
     }
 }
 
@@ -1048,11 +1145,7 @@ impl Batch<'_> {
         len: usize,
         buf: Vec<u8>,
     ) -> Completion<Vec<u8>> {
-        let op = request::read(file, offset, len, self.exec.shared.limits).map(|()| IoOp::Read {
-            offset,
-            len,
-            buf,
-        });
+        let op = request::read_op(file, offset, len, buf, self.exec.shared.limits);
         self.add(file, op, Reply::Data)
     }
 
@@ -1149,6 +1242,6 @@ fn fail_message(msg: Message, e: IoUringError) {
         }
         // A task's completer is inside its closure: dropping it fails the handle. A session's
         // flush handles its own refusals.
-        Message::Task(_) | Message::Session { .. } => {}
+        Message::Task(_) | Message::Session { .. } | Message::Run(_) | Message::SetExec(_) => {}
     }
 }

@@ -40,6 +40,7 @@ pub mod ring;
 pub mod router;
 pub mod session;
 pub mod shard;
+pub mod sharded;
 pub mod stats;
 pub mod topology;
 
@@ -50,6 +51,10 @@ pub use file::{File, OpenOptions};
 pub use pool::{BufferPoolStats, RegisteredBufferPool};
 pub use ring::{RingConfig, RingMode};
 pub use session::{Done, Session};
-pub use shard::{ShardContext, ShardCqe};
+pub use shard::{
+    block_on, local, yield_now, JoinHandle, LocalShard, PoolBuf, ShardContext, ShardCqe, Sleep,
+    YieldNow, SLOW_POLL,
+};
+pub use sharded::Sharded;
 pub use stats::{ExecutorStats, LatencySummary, MemPolicy, OpKind, ShardStats};
 pub use topology::{Placement, Topology};

@@ -5,6 +5,7 @@
 
 use crate::error::{IoUringError, Result};
 use crate::file::File;
+use crate::shard::IoOp;
 
 /// The default largest read or write one request may ask for.
 pub const DEFAULT_MAX_REQUEST_SIZE: usize = 256 << 20;
@@ -26,6 +27,22 @@ pub(crate) fn read(file: &File, offset: u64, len: usize, limits: Limits) -> Resu
 /// A write of `len` bytes at `offset`.
 pub(crate) fn write(file: &File, offset: u64, len: usize, limits: Limits) -> Result<()> {
     check_rw(file, "write", offset, len, file.flags().writable, limits)
+}
+
+/// The checked op of a read of `len` bytes at `offset` into `buf`'s allocation.
+pub(crate) fn read_op(
+    file: &File,
+    offset: u64,
+    len: usize,
+    buf: Vec<u8>,
+    limits: Limits,
+) -> Result<IoOp> {
+    read(file, offset, len, limits).map(|()| IoOp::Read { offset, len, buf })
+}
+
+/// The checked op of a write of `data` at `offset`.
+pub(crate) fn write_op(file: &File, offset: u64, data: Vec<u8>, limits: Limits) -> Result<IoOp> {
+    write(file, offset, data.len(), limits).map(|()| IoOp::Write { offset, data })
 }
 
 /// An fallocate of `len` bytes at `offset`.

@@ -302,6 +302,12 @@ pub struct ShardStats {
     pub wakeups: u64,
     /// `io_uring_enter` submit calls.
     pub submit_calls: u64,
+    /// Polls of async tasks on the shard.
+    pub task_polls: u64,
+    /// Task polls that kept the shard's thread longer than [`SLOW_POLL`](crate::SLOW_POLL) (10
+    /// ms): a task that computes or blocks without yielding delays the shard's I/O and its other
+    /// tasks. Should stay 0.
+    pub slow_task_polls: u64,
     /// Operations that did not run, or were stopped, because their handle was dropped or
     /// cancelled, their session dropped, or shutdown cancelled them. Not counted in
     /// [`ops`](Self::ops) or [`errors`](Self::errors) unless the kernel had already started them.
@@ -344,6 +350,8 @@ impl ShardStats {
             sleeps: 0,
             wakeups: 0,
             submit_calls: 0,
+            task_polls: 0,
+            slow_task_polls: 0,
             cancelled: 0,
             deadline_exceeded: 0,
             sqes_submitted: 0,
@@ -429,6 +437,13 @@ impl ShardStats {
     #[inline]
     pub fn note_sleep(&mut self) {
         self.sleeps = self.sleeps.saturating_add(1);
+    }
+
+    /// Counts `polls` async task polls, `slow` of them over [`SLOW_POLL`](crate::SLOW_POLL).
+    #[inline]
+    pub fn note_task_polls(&mut self, polls: u64, slow: u64) {
+        self.task_polls = self.task_polls.saturating_add(polls);
+        self.slow_task_polls = self.slow_task_polls.saturating_add(slow);
     }
 
     /// Counts one wake-up of the shard thread.
@@ -557,6 +572,8 @@ impl ShardStats {
             .saturating_add(other.pool_exhausted_events);
         self.sleeps = self.sleeps.saturating_add(other.sleeps);
         self.wakeups = self.wakeups.saturating_add(other.wakeups);
+        self.task_polls = self.task_polls.saturating_add(other.task_polls);
+        self.slow_task_polls = self.slow_task_polls.saturating_add(other.slow_task_polls);
         self.submit_calls = self.submit_calls.saturating_add(other.submit_calls);
         self.sqes_submitted = self.sqes_submitted.saturating_add(other.sqes_submitted);
         self.cancelled = self.cancelled.saturating_add(other.cancelled);
@@ -598,6 +615,8 @@ impl ShardStats {
         out.sqes_submitted = sub(self.sqes_submitted, earlier.sqes_submitted);
         out.cancelled = sub(self.cancelled, earlier.cancelled);
         out.deadline_exceeded = sub(self.deadline_exceeded, earlier.deadline_exceeded);
+        out.task_polls = sub(self.task_polls, earlier.task_polls);
+        out.slow_task_polls = sub(self.slow_task_polls, earlier.slow_task_polls);
         let (p, q) = (&mut out.pool, &earlier.pool);
         p.acquisitions = sub(p.acquisitions, q.acquisitions);
         p.exhaustions = sub(p.exhaustions, q.exhaustions);
@@ -688,7 +707,7 @@ impl Serialize for ErrorsView<'_> {
 /// `latency`, `read_latency`, `write_latency` as [`LatencySummary`]; `pool` as [`BufferPoolStats`].
 impl Serialize for ShardStats {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut s = serializer.serialize_struct("ShardStats", 28)?;
+        let mut s = serializer.serialize_struct("ShardStats", 30)?;
         let shard = if self.is_total() {
             None
         } else {
@@ -718,6 +737,8 @@ impl Serialize for ShardStats {
         s.serialize_field("sleeps", &self.sleeps)?;
         s.serialize_field("wakeups", &self.wakeups)?;
         s.serialize_field("submit_calls", &self.submit_calls)?;
+        s.serialize_field("task_polls", &self.task_polls)?;
+        s.serialize_field("slow_task_polls", &self.slow_task_polls)?;
         s.serialize_field("sqes_submitted", &self.sqes_submitted)?;
         s.serialize_field("cancelled", &self.cancelled)?;
         s.serialize_field("deadline_exceeded", &self.deadline_exceeded)?;
@@ -867,7 +888,7 @@ impl Serialize for ExecutorStats {
 
 const MB: f64 = 1_000_000.0;
 
-const HEADERS: [&str; 19] = [
+const HEADERS: [&str; 20] = [
     "shard",
     "cpu",
     "node",
@@ -887,6 +908,7 @@ const HEADERS: [&str; 19] = [
     "queued hwm",
     "sleeps",
     "wakeups",
+    "slow polls",
 ];
 
 fn table_row(s: &ShardStats) -> [String; HEADERS.len()] {
@@ -923,6 +945,7 @@ fn table_row(s: &ShardStats) -> [String; HEADERS.len()] {
         s.queued_hwm.to_string(),
         s.sleeps.to_string(),
         s.wakeups.to_string(),
+        s.slow_task_polls.to_string(),
     ]
 }
 
@@ -1233,7 +1256,7 @@ mod tests {
             ["0", "0", "defer", "31", "31", "0", "30.0", "0.0", "1"]
         );
         assert_eq!(r0[10], "0");
-        assert_eq!(r0[15..], ["8", "3", "4", "1"]);
+        assert_eq!(r0[15..], ["8", "3", "4", "1", "0"]);
         let r1 = cells(&text, "1*");
         assert_eq!(
             r1[1..10],
@@ -1246,7 +1269,7 @@ mod tests {
             ["-", "0!", "defer", "46", "31", "15", "30.0", "6.0", "4"]
         );
         assert_eq!(total[10], "0");
-        assert_eq!(total[15..], ["8", "9", "10", "3"]);
+        assert_eq!(total[15..], ["8", "9", "10", "3", "0"]);
         assert!(
             text.contains("! NUMA memory policy refused (EPERM)"),
             "{text}"

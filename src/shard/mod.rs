@@ -5,15 +5,20 @@
 //! - `files` is the shard's file table; `ops` what an admitted request becomes.
 //! - `order` keeps operations on one file in a safe order.
 //! - [`ShardContext`] is what a closure run on the shard (`Executor::submit_to`) gets.
+//! - `tasks` runs async tasks on the shard ([`JoinHandle`], [`LocalShard`], sleep, yield).
 
 mod context;
 mod files;
 mod ops;
 mod order;
 mod runner;
+pub(crate) mod tasks;
 
 pub use context::{ShardContext, ShardCqe, CANCEL_USER_DATA, WAKE_USER_DATA};
 pub(crate) use runner::{spawn, ShardConfig};
+pub use tasks::{
+    block_on, local, yield_now, JoinHandle, LocalShard, PoolBuf, Sleep, YieldNow, SLOW_POLL,
+};
 
 use crate::completion::Completer;
 use crate::error::{IoUringError, Result};
@@ -113,6 +118,8 @@ pub(crate) enum Reply {
     Session { session: u32, token: u64 },
     /// Nobody waits: the close of a dropped [`File`].
     Detached,
+    /// A task's pooled O_DIRECT read: the pool buffer itself, lent until the guard is dropped.
+    Lease(Completer<tasks::Lease>),
 }
 
 impl Reply {
@@ -138,6 +145,13 @@ impl Reply {
                 },
             ),
             Reply::Detached => {}
+            // Only the shard's finish can lend a buffer: anything arriving here is an error.
+            Reply::Lease(c) => c.complete(result.and_then(|_| {
+                Err(IoUringError::invalid(
+                    "read_pooled",
+                    "no pool buffer was lent",
+                ))
+            })),
         }
     }
 
@@ -150,6 +164,7 @@ impl Reply {
             Reply::Size(c) => c.is_cancelled(),
             Reply::Session { session, .. } => sessions.is_dropped(*session),
             Reply::Detached => false,
+            Reply::Lease(c) => c.is_cancelled(),
         }
     }
 }
@@ -177,6 +192,10 @@ pub(crate) enum Message {
         done: Completer<File>,
     },
     Task(Task),
+    /// The executor, for tasks (`ringshard::local()`); sent once after the shards start.
+    SetExec(std::sync::Weak<crate::executor::ExecShared>),
+    /// An async task woken on another thread: it runs on the shard's next batch.
+    Run(async_task::Runnable),
     Stats(Completer<ShardStats>),
     /// Stop after what is queued; `grace` bounds how long in-flight operations may take before
     /// they are cancelled; `done` completes when the shard has stopped.

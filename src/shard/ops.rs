@@ -65,6 +65,9 @@ pub(super) struct Op {
     pub(super) reply: Reply,
     /// A read's data, filled chunk by chunk.
     pub(super) out: Vec<u8>,
+    /// A pooled read's buffer (reply [`Reply::Lease`](super::Reply::Lease)): kept, not copied
+    /// and released, after its CQE; handed to the task at finish (or released on error).
+    pub(super) lent: Option<u16>,
 }
 
 impl Op {

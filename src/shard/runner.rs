@@ -28,6 +28,7 @@ use super::ops::{
     CancelWhy, Chunk, DataPath, Op, OpTable, GEN_MASK, MAX_SQE_BYTES, SLOT_BITS, SLOT_MASK,
 };
 use super::order::{Footprint, Ordering};
+use super::tasks::{self, TimerState, TASK_BUDGET};
 use super::{
     IoOp, IoRequest, Message, Reply, ShardLink, ShardShared, Task, AWAKE, IN_RING, ON_FUTEX,
 };
@@ -86,6 +87,11 @@ const READ_STEP: u64 = 1 << 20;
 /// shard and its caller took turns (1.0-1.4 cores busy); 8 to 32 kept both cores busy.
 const ISSUE_BATCH: usize = 32;
 
+/// The `user_data` tag of a task's sleep (`IORING_OP_TIMEOUT`): bit 62, with the timer's index in
+/// the low bits. Outside the ops' space (below 2^47), the pool's (bit 63) and the range that
+/// `submit_to` closures may use (2^47 .. 2^62); WAKE and CANCEL are matched before it.
+const TIMER_TAG: u64 = 1 << 62;
+
 /// O_DIRECT chunks are multiples of this (the logical block size the executor assumes).
 const DIRECT_ALIGN: u64 = 4096;
 
@@ -111,6 +117,23 @@ struct Shard {
     /// Sessions with requests here; their results go out once per turn.
     sessions: SessionTable,
     tasks: VecDeque<Task>,
+    /// Requests async tasks made for this shard's files, taken once per batch (kept to reuse
+    /// its allocation).
+    local_io: Vec<IoRequest>,
+    /// Sleeps in the ring: index = `user_data & !TIMER_TAG`. The timespec stays here until the
+    /// timeout's completion.
+    timers: Vec<Option<(Arc<TimerState>, Box<types::Timespec>)>>,
+    timer_free: Vec<usize>,
+    new_timers: Vec<Arc<TimerState>>,
+    /// Sleeps in the ring (timeouts pushed, CQE not reaped yet).
+    timers_armed: u32,
+    /// Sleeps are being taken out of the ring so that queued closures can run.
+    parking: bool,
+    /// Sleeps taken out, armed again once the closures have run.
+    parked_timers: Vec<Arc<TimerState>>,
+    /// Pool buffers lent to tasks (pooled reads), by index; and the ones handed back this turn.
+    lent_out: Vec<bool>,
+    released: Vec<u16>,
     stats: ShardStats,
     shared: Arc<ShardShared>,
     rx: Receiver<Message>,
@@ -207,6 +230,10 @@ fn shard_main(
         crate::logging::shard_panicked(index, payload.as_ref());
     }
     let panicked = outcome.is_err();
+    // Tasks still runnable are dropped here, on their thread (their handles report it); from now
+    // on a task woken on this thread is dropped at once.
+    let unadmitted = tasks::shutdown_here();
+    shard.backlog.extend(unadmitted);
     if !panicked {
         // Kept for `Executor::stats` after shutdown.
         shard.stats.pool = shard.pool.stats();
@@ -267,8 +294,9 @@ fn abandon(msg: Message, error: &IoUringError, waiters: &mut Vec<Completer<()>>)
         Message::Install { done, .. } => done.complete(Err(error.clone())),
         Message::Stats(done) => done.complete(Err(error.clone())),
         Message::Shutdown { done, .. } => waiters.extend(done),
-        // Dropping the closure fails its handle (its completer is inside).
-        Message::Task(_) => {}
+        // Dropping the closure fails its handle (its completer is inside); dropping a runnable
+        // cancels its task (this is its shard's thread: `!Send` ones may be dropped here).
+        Message::Task(_) | Message::Run(_) | Message::SetExec(_) => {}
     }
 }
 
@@ -359,6 +387,15 @@ impl Shard {
             backlog: VecDeque::new(),
             sessions: SessionTable::default(),
             tasks: VecDeque::new(),
+            local_io: Vec::new(),
+            timers: Vec::new(),
+            timer_free: Vec::new(),
+            new_timers: Vec::new(),
+            timers_armed: 0,
+            parking: false,
+            parked_timers: Vec::new(),
+            lent_out: Vec::new(),
+            released: Vec::new(),
             stats,
             shared,
             rx,
@@ -375,7 +412,9 @@ impl Shard {
             clock: None,
             panicked: false,
         };
+        shard.lent_out = vec![false; shard.cfg.buffer_count];
         shard.arm_wake()?;
+        tasks::set_pool_alive(true);
         Ok(shard)
     }
 
@@ -443,11 +482,18 @@ impl Shard {
         loop {
             self.clock = None;
             let mut progress = self.admit_inbox();
+            progress |= self.run_async_tasks();
             if self.tasks.is_empty() {
                 progress |= self.issue();
             } else if self.ops_in_flight() == 0 {
                 self.run_tasks();
+                // Sleeps taken out of the ring for the closures go back in (the time left).
+                self.new_timers.append(&mut self.parked_timers);
                 progress = true;
+            } else if self.ops_in_flight() == self.timers_armed && !self.parking {
+                // Only task sleeps keep the ring busy: take them out (TIMEOUT_REMOVE) rather than
+                // make the closures wait for them; they are armed again after the closures.
+                self.park_timers();
             }
             // With DEFER_TASKRUN, completions that need task work (O_DIRECT, page-cache misses,
             // anything punted) are posted only by an enter with GETEVENTS. The kernel flags such
@@ -471,7 +517,7 @@ impl Shard {
             {
                 return;
             }
-            if progress {
+            if progress || tasks::has_work() {
                 continue;
             }
             // Idle. With I/O in flight, wait in the ring: the next completion or request wakes
@@ -558,7 +604,7 @@ impl Shard {
         fence(AtomicOrdering::SeqCst);
         // A message we cannot admit yet (too many ops) is no reason to stay up: the completions
         // that make room come only from waiting in the ring.
-        if self.can_admit() && self.has_incoming() {
+        if (self.can_admit() && self.has_incoming()) || tasks::has_work() {
             self.shared.sleep.store(AWAKE, AtomicOrdering::Relaxed);
             return;
         }
@@ -748,6 +794,8 @@ impl Shard {
                 done,
             } => self.install(fd, key, flags, path, exec, done),
             Message::Task(t) => self.tasks.push_back(t),
+            Message::Run(r) => tasks::push_runnable(r),
+            Message::SetExec(exec) => tasks::set_executor(exec),
             Message::Stats(done) => {
                 self.stats.pool = self.pool.stats();
                 done.complete(Ok(self.stats.clone()));
@@ -844,6 +892,27 @@ impl Shard {
             (IoOp::Write { .. }, false) if self.cfg.inline_buffered_writes => DataPath::Inline,
             _ => DataPath::Memory,
         };
+        if matches!(reply, Reply::Lease(_)) {
+            // A pooled read fills exactly one pool buffer, in place.
+            let chunk = self.pool.buffer_size() as u64 / DIRECT_ALIGN * DIRECT_ALIGN;
+            if data_path != DataPath::Fixed || len > chunk || !matches!(op, IoOp::Read { .. }) {
+                let e = IoUringError::invalid(
+                    "read_pooled",
+                    format!(
+                        "a pooled read is an O_DIRECT read of at most one pool buffer \
+                         ({chunk} bytes); got {len} bytes{}",
+                        if data_path == DataPath::Fixed {
+                            ""
+                        } else {
+                            " on a file without O_DIRECT"
+                        }
+                    ),
+                );
+                let buf = op.take_buf();
+                reply.deliver(Err(e), buf, &mut self.sessions);
+                return;
+            }
+        }
         let fp = match &op {
             IoOp::Read { .. } => Footprint::read(offset, len),
             // O_APPEND writes land at the end, wherever that is: order them against everything.
@@ -885,6 +954,7 @@ impl Shard {
             },
             io: op,
             reply,
+            lent: None,
         };
         let key = op.key;
         let slot = self.ops.insert(op);
@@ -1212,6 +1282,10 @@ impl Shard {
                 // The cancelled op reports through its own completion.
                 continue;
             }
+            if ud & (TIMER_TAG | crate::pool::POOL_USER_DATA_TAG) == TIMER_TAG {
+                self.timer_fired((ud & !TIMER_TAG) as usize, res);
+                continue;
+            }
             match RegisteredBufferPool::buffer_index_of(ud) {
                 Some(idx) => self.complete_chunk(idx, ud, res),
                 None => self.complete_plain(ud, res),
@@ -1301,6 +1375,7 @@ impl Shard {
             return;
         };
         let is_read = matches!(op.io, IoOp::Read { .. });
+        let lease = matches!(op.reply, Reply::Lease(_));
         let dir = if is_read {
             Direction::Read
         } else {
@@ -1358,7 +1433,7 @@ impl Shard {
         let Some(op) = self.ops.get(ch.op) else {
             return;
         };
-        if is_read && ch.done > 0 {
+        if is_read && ch.done > 0 && !lease {
             // Grows only as far as data has arrived (chunks may land out of order; the gaps are
             // filled by their own chunks or cut at end of file).
             let (start, end) = (ch.rel as usize, ch.rel as usize + ch.done as usize);
@@ -1375,7 +1450,12 @@ impl Shard {
             }
         }
         op.outstanding -= 1;
-        self.pool.release(idx);
+        if lease {
+            // The data stays in the buffer: it is the task's until its guard is dropped.
+            op.lent = Some(idx);
+        } else {
+            self.pool.release(idx);
+        }
         let slot = ch.op;
         if op.finished() {
             self.finish(slot);
@@ -1418,6 +1498,7 @@ impl Shard {
             offset,
             len,
             eof,
+            lent,
             ..
         } = op;
         let buf = if kind == OpKind::Read {
@@ -1466,6 +1547,10 @@ impl Shard {
                 }
             }
         };
+        if let Reply::Lease(c) = reply {
+            self.lend(c, result, lent);
+            return;
+        }
         let buf = match (&result, kind) {
             (Ok(n), OpKind::Read) => {
                 let mut b = buf;
@@ -1475,6 +1560,159 @@ impl Shard {
             _ => buf,
         };
         reply.deliver(result, buf, &mut self.sessions);
+    }
+
+    // -- async tasks ---------------------------------------------------------------------------
+
+    /// One batch of async tasks (at most [`TASK_BUDGET`] polls), then what they asked for: their
+    /// requests on this shard's files are admitted (same path as routed ones, in the order they
+    /// were made) and their sleeps armed in the ring.
+    fn run_async_tasks(&mut self) -> bool {
+        let (ran, slow) = tasks::run_batch(TASK_BUDGET);
+        self.take_back_lent();
+        if ran > 0 {
+            self.stats.note_task_polls(ran as u64, slow);
+        }
+        let mut any = ran > 0;
+        let mut reqs = std::mem::take(&mut self.local_io);
+        tasks::take_local_io(&mut reqs);
+        if !reqs.is_empty() {
+            any = true;
+            for req in reqs.drain(..) {
+                if self.can_admit() && self.backlog.is_empty() {
+                    self.admit(req);
+                } else {
+                    self.backlog.push_back(req);
+                }
+            }
+        }
+        self.local_io = reqs;
+        tasks::take_timers(&mut self.new_timers);
+        // While submit_to closures wait for a quiet ring, new sleeps wait with them.
+        if !self.new_timers.is_empty() && self.tasks.is_empty() {
+            any = true;
+            let mut new = std::mem::take(&mut self.new_timers);
+            for t in new.drain(..) {
+                self.arm_timer(t);
+            }
+            self.new_timers = new;
+        }
+        any
+    }
+
+    /// Pushes an `IORING_OP_TIMEOUT` for a task's sleep.
+    fn arm_timer(&mut self, t: Arc<TimerState>) {
+        let left = t.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            t.fire();
+            return;
+        }
+        let ts = Box::new(types::Timespec::from(left));
+        let entry = opcode::Timeout::new(&*ts as *const types::Timespec).build();
+        let index = match self.timer_free.pop() {
+            Some(i) => i,
+            None => {
+                self.timers.push(None);
+                self.timers.len() - 1
+            }
+        };
+        let entry = entry.user_data(TIMER_TAG | index as u64);
+        self.timers[index] = Some((t, ts));
+        if self.push_entry(&entry).is_ok() {
+            self.timers_armed += 1;
+        } else {
+            // The ring refused it: wake the sleeper now rather than never.
+            if let Some((t, _)) = self.timers[index].take() {
+                t.fire();
+            }
+            self.timer_free.push(index);
+        }
+    }
+
+    fn timer_fired(&mut self, index: usize, res: i32) {
+        if let Some((t, _ts)) = self.timers.get_mut(index).and_then(Option::take) {
+            self.timers_armed = self.timers_armed.saturating_sub(1);
+            self.timer_free.push(index);
+            if self.parking && res == -libc::ECANCELED {
+                // Removed for the closures, not expired: armed again after them.
+                self.parked_timers.push(t);
+            } else {
+                t.fire();
+            }
+            if self.timers_armed == 0 {
+                self.parking = false;
+            }
+        }
+    }
+
+    /// Asks the kernel to remove every armed sleep (their CQEs come back with ECANCELED).
+    fn park_timers(&mut self) {
+        self.parking = true;
+        let armed: Vec<u64> = self
+            .timers
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.is_some())
+            .map(|(i, _)| TIMER_TAG | i as u64)
+            .collect();
+        for ud in armed {
+            let entry = opcode::TimeoutRemove::new(ud)
+                .build()
+                .user_data(CANCEL_USER_DATA);
+            // A failed push leaves that sleep to expire on its own.
+            let _ = self.push_entry(&entry);
+        }
+    }
+
+    /// Finishes a pooled read: on success the buffer is lent to the task (released when its
+    /// guard is dropped, see [`tasks::take_released`]); otherwise it goes back now.
+    fn lend(&mut self, c: Completer<tasks::Lease>, result: Result<u64>, lent: Option<u16>) {
+        match (result, lent) {
+            (Ok(n), Some(idx)) => match self.pool.get(idx) {
+                Ok(buf) => {
+                    let ptr = buf.as_ptr();
+                    if let Some(flag) = self.lent_out.get_mut(idx as usize) {
+                        *flag = true;
+                    }
+                    let n = (n as usize).min(buf.len());
+                    c.complete(Ok(tasks::Lease::new(
+                        self.cfg.exec_id,
+                        self.cfg.index,
+                        idx,
+                        ptr,
+                        n,
+                    )));
+                }
+                Err(e) => {
+                    self.pool.release(idx);
+                    c.complete(Err(e));
+                }
+            },
+            (Ok(_), None) => c.complete(Err(IoUringError::invalid(
+                "read_pooled",
+                "the read completed without a buffer",
+            ))),
+            (Err(e), lent) => {
+                if let Some(idx) = lent {
+                    self.pool.release(idx);
+                }
+                c.complete(Err(e));
+            }
+        }
+    }
+
+    /// Takes back the buffers whose guards were dropped on this thread.
+    fn take_back_lent(&mut self) {
+        let mut back = std::mem::take(&mut self.released);
+        tasks::take_released(&mut back);
+        for idx in back.drain(..) {
+            if let Some(flag) = self.lent_out.get_mut(idx as usize) {
+                if std::mem::replace(flag, false) {
+                    self.pool.release(idx);
+                }
+            }
+        }
+        self.released = back;
     }
 
     // -- tasks ---------------------------------------------------------------------------------
@@ -1578,6 +1816,20 @@ impl Drop for Shard {
         }
         self.sessions.deliver();
         self.tasks.clear();
+        // Sleepers wake (their tasks are dropped: the shard has stopped). The timeouts' memory is
+        // copied by the kernel when it takes the SQE; the timespecs go with the ring anyway.
+        for (t, _) in self.timers.drain(..).flatten() {
+            t.fire();
+        }
+        for t in self
+            .parked_timers
+            .drain(..)
+            .chain(self.new_timers.drain(..))
+        {
+            t.fire();
+        }
+        // The pool is unmapped after this body: guards of lent buffers read nothing from now on.
+        tasks::set_pool_alive(false);
     }
 }
 

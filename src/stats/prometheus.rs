@@ -198,6 +198,16 @@ const COUNTERS: [(&str, &str, Getter); 13] = [
         |s| s.deadline_exceeded,
     ),
     (
+        "ringshard_task_polls",
+        "Polls of async tasks run on the shard.",
+        |s| s.task_polls,
+    ),
+    (
+        "ringshard_slow_task_polls",
+        "Task polls that kept the shard longer than SLOW_POLL without yielding.",
+        |s| s.slow_task_polls,
+    ),
+    (
         "ringshard_sleeps",
         "Times the shard thread went to sleep waiting for work.",
         |s| s.sleeps,

@@ -78,15 +78,17 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub spin_us: Option<u64>,
 
-    /// Where load is generated: inside each shard, by --clients caller threads, or by --tasks
-    /// tokio tasks.
+    /// Where load is generated: inside each shard, by --clients caller threads, by --tasks
+    /// tokio tasks (async), or by --tasks async tasks on each shard (tasks).
     #[arg(long, value_enum, default_value_t = Mode::InShard)]
     pub mode: Mode,
     /// Caller threads for --mode routed, each keeping --iodepth requests in flight (default 1);
     /// tokio runtime worker threads for --mode async (default 2).
     #[arg(long, value_name = "N")]
     pub clients: Option<usize>,
-    /// tokio tasks for --mode async, each keeping --iodepth requests in flight (default 64).
+    /// tokio tasks for --mode async (default 64), or tasks per shard for --mode tasks (default
+    /// 1), each keeping --iodepth requests in flight. (--compare in tasks mode gives the in-shard
+    /// loop and raw-uring --iodepth per shard: keep --tasks 1 for like-for-like depth.)
     #[arg(long, value_name = "N")]
     pub tasks: Option<usize>,
     /// Which ringshard request API --mode routed and --mode async use: the Session API, or one
@@ -302,6 +304,7 @@ impl Args {
         let iodepth = match (self.iodepth, self.mode) {
             (Some(n), _) => check_count("--iodepth", n, MAX_IODEPTH, "operations in flight")?,
             (None, Mode::Async) => 1,
+            (None, Mode::Tasks) => 32,
             (None, _) => 32,
         };
         if self.rwmix_read > 100 {
@@ -392,16 +395,23 @@ impl Args {
                 "--plot needs --sweep KEY=LIST (it draws the scaling curve)",
             ));
         }
-        if self.clients.is_some() && self.mode == Mode::InShard {
+        if self.clients.is_some() && matches!(self.mode, Mode::InShard | Mode::Tasks) {
             return Err(BenchError::usage(
-                "--clients applies to --mode routed and --mode async (in-shard runs one load loop \
-                 per shard)",
+                "--clients applies to --mode routed and --mode async (in-shard and tasks run the \
+                 load on the shards)",
             ));
         }
-        if self.tasks.is_some() && self.mode != Mode::Async {
+        if self.tasks.is_some() && !matches!(self.mode, Mode::Async | Mode::Tasks) {
             return Err(BenchError::usage(
-                "--tasks applies to --mode async (add --mode async)",
+                "--tasks applies to --mode async and --mode tasks",
             ));
+        }
+        if self.mode == Mode::Tasks && !EngineKind::compared(Mode::Tasks).contains(&self.engine) {
+            return Err(BenchError::usage(format!(
+                "--engine {} has no tasks form: --mode tasks runs ringshard, ringshard-inshard or \
+                 raw-uring",
+                self.engine.name()
+            )));
         }
         if self.api.is_some() && self.mode == Mode::InShard {
             return Err(BenchError::usage(
@@ -438,9 +448,11 @@ impl Args {
             clients: self
                 .clients
                 .unwrap_or(if self.mode == Mode::Async { 2 } else { 1 }),
-            tasks: self.tasks.unwrap_or(64),
+            tasks: self
+                .tasks
+                .unwrap_or(if self.mode == Mode::Tasks { 1 } else { 64 }),
             api: self.api.unwrap_or(match self.mode {
-                Mode::Async => Api::Completion,
+                Mode::Async | Mode::Tasks => Api::Completion,
                 Mode::Routed | Mode::InShard => Api::Session,
             }),
             engine: self.engine,
@@ -535,6 +547,18 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn tasks_mode_defaults_and_checks() {
+        let c = cfg(&["--mode", "tasks"]).unwrap();
+        assert_eq!(c.w.mode, Mode::Tasks);
+        assert_eq!((c.w.tasks, c.w.iodepth), (1, 32));
+        let c = cfg(&["--mode", "tasks", "--tasks", "4", "--iodepth", "8"]).unwrap();
+        assert_eq!((c.w.tasks, c.w.iodepth), (4, 8));
+        assert!(cfg(&["--mode", "tasks", "--engine", "ringshard-inshard"]).is_ok());
+        assert!(cfg(&["--mode", "tasks", "--engine", "tokio-fs"]).is_err());
+        assert!(cfg(&["--mode", "tasks", "--clients", "2"]).is_err());
     }
 
     #[test]

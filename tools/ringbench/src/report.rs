@@ -238,6 +238,7 @@ impl RunReport {
                 "{placement}, {} task(s) on {} tokio worker thread(s)",
                 w.tasks, w.clients
             ),
+            Mode::Tasks => format!("{placement}, {} task(s) per shard", w.tasks),
         };
         let cache = match self.resident_pct {
             _ if self.direct => "O_DIRECT".to_string(),
@@ -418,6 +419,11 @@ pub fn load_params(w: &Workload, except: Option<SweepKey>) -> String {
         Mode::Routed => {
             if shown(SweepKey::Clients) {
                 parts.push(format!("{} client(s)", w.clients));
+            }
+        }
+        Mode::Tasks => {
+            if shown(SweepKey::Tasks) {
+                parts.push(format!("{} task(s) per shard", w.tasks));
             }
         }
         Mode::Async => {

@@ -50,7 +50,7 @@ impl SweepKey {
     pub fn check(self, mode: Mode, values: &[usize]) -> Result<(), BenchError> {
         let flag = format!("--sweep {}=", self.name());
         match (self, mode) {
-            (SweepKey::Clients, Mode::InShard) => {
+            (SweepKey::Clients, Mode::InShard | Mode::Tasks) => {
                 return Err(BenchError::usage(format!(
                     "{flag} needs --mode routed or --mode async (in-shard runs one load loop per \
                      shard)"

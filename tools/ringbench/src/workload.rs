@@ -59,6 +59,10 @@ pub enum Mode {
     Routed,
     /// From `--tasks` tokio tasks on a multi-thread runtime with `--clients` worker threads.
     Async,
+    /// From `--tasks` async tasks on each shard (ringshard: `Executor::spawn_on`), through the
+    /// request API, which on a file's own shard skips the channel. Baselines: ringshard's
+    /// in-shard loop and one raw io_uring loop per shard CPU.
+    Tasks,
 }
 
 impl Mode {
@@ -67,6 +71,7 @@ impl Mode {
             Mode::InShard => "in-shard",
             Mode::Routed => "routed",
             Mode::Async => "async",
+            Mode::Tasks => "tasks",
         }
     }
 }
@@ -85,6 +90,9 @@ pub enum EngineKind {
     TokioFs,
     /// tokio `spawn_blocking` around pread/pwrite on a shared `std::fs::File`.
     SpawnBlocking,
+    /// ringshard's in-shard loop (`submit_to` with the raw ring), in any mode: the reference
+    /// `--mode tasks` is compared with.
+    RingshardInshard,
 }
 
 impl EngineKind {
@@ -95,6 +103,11 @@ impl EngineKind {
                 EngineKind::Ringshard,
                 EngineKind::SpawnBlocking,
                 EngineKind::TokioFs,
+            ],
+            Mode::Tasks => &[
+                EngineKind::Ringshard,
+                EngineKind::RingshardInshard,
+                EngineKind::RawUring,
             ],
             Mode::InShard | Mode::Routed => &[
                 EngineKind::Ringshard,
@@ -117,6 +130,7 @@ impl EngineKind {
             EngineKind::PreadPool => "pread-pool",
             EngineKind::TokioFs => "tokio-fs",
             EngineKind::SpawnBlocking => "spawn-blocking",
+            EngineKind::RingshardInshard => "ringshard-inshard",
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod raw_uring;
 pub mod ringshard_async;
 pub mod ringshard_inshard;
 pub mod ringshard_routed;
+pub mod ringshard_tasks;
 pub mod spawn_blocking;
 pub mod tokio_fs;
 pub mod tokio_tasks;
@@ -40,7 +41,7 @@ impl RunCtx<'_> {
     /// file.
     pub fn submitters(&self) -> Vec<Submitter> {
         match self.w.mode {
-            Mode::InShard => {
+            Mode::InShard | Mode::Tasks => {
                 let n = self.cpus.len();
                 let owner = |i: usize| shard_for(self.files[i].key, n);
                 plan_submitters(n, self.files.len(), Some(&owner), self.w.ops)
@@ -195,6 +196,18 @@ pub fn run(engine: EngineKind, ctx: &RunCtx) -> Result<Output, BenchError> {
         (EngineKind::Ringshard, Mode::InShard) => ringshard_inshard::run(ctx),
         (EngineKind::Ringshard, Mode::Routed) => ringshard_routed::run(ctx),
         (EngineKind::Ringshard, Mode::Async) => ringshard_async::run(ctx),
+        (EngineKind::Ringshard, Mode::Tasks) => ringshard_tasks::run(ctx),
+        (EngineKind::RingshardInshard, Mode::Async) => Err(BenchError::usage(
+            "--engine ringshard-inshard has no async form: use --mode in-shard or tasks",
+        )),
+        (EngineKind::RingshardInshard, _) => ringshard_inshard::run(ctx),
+        (EngineKind::PreadPool | EngineKind::TokioFs | EngineKind::SpawnBlocking, Mode::Tasks) => {
+            Err(BenchError::usage(format!(
+                "--engine {} has no tasks form: --mode tasks runs ringshard, ringshard-inshard \
+                 or raw-uring",
+                engine.name()
+            )))
+        }
         (EngineKind::RawUring | EngineKind::PreadPool, Mode::Async) => {
             Err(BenchError::usage(format!(
                 "--engine {} has no async form: --mode async runs ringshard, spawn-blocking or \

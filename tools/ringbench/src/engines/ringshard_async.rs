@@ -17,12 +17,30 @@ use ringshard::{Executor, ExecutorStats};
 use std::sync::Arc;
 use std::time::Instant;
 
-struct RingIo {
+/// ringshard's request API as a [`TaskIo`]: `Executor::read_into` / `write` / `fsync`. (On a
+/// file's own shard, in a shard task, these skip the channel.)
+pub struct RingIo {
     exec: Arc<Executor>,
     files: Vec<ringshard::File>,
     bs: usize,
     /// What writes without --verify send.
     template: Vec<u8>,
+}
+
+impl RingIo {
+    /// Requests of `--bs` on `files`; unverified writes send a block of the first file's pattern.
+    pub fn new(ctx: &RunCtx, exec: Arc<Executor>, files: Vec<ringshard::File>) -> Self {
+        let mut template = vec![0u8; ctx.w.bs];
+        if let Some(p) = ctx.patterns().first() {
+            p.fill(&mut template, 0);
+        }
+        RingIo {
+            exec,
+            files,
+            bs: ctx.w.bs,
+            template,
+        }
+    }
 }
 
 impl TaskIo for RingIo {
@@ -76,16 +94,7 @@ pub fn run(ctx: &RunCtx) -> Result<Output, BenchError> {
             return Err(e);
         }
     };
-    let mut template = vec![0u8; w.bs];
-    if let Some(p) = ctx.patterns().first() {
-        p.fill(&mut template, 0);
-    }
-    let io = Arc::new(RingIo {
-        exec: Arc::clone(&exec),
-        files,
-        bs: w.bs,
-        template,
-    });
+    let io = Arc::new(RingIo::new(ctx, Arc::clone(&exec), files));
     let plan = Plan::new(ctx, 1, w.iodepth);
     let api = w.api;
     let note = match api {

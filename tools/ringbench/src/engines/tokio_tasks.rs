@@ -39,7 +39,7 @@ impl Plan {
     pub fn new(ctx: &RunCtx, per_group: usize, depth: usize) -> Self {
         let (workers, row_kind) = match ctx.w.mode {
             Mode::Async => (ctx.w.clients, "task"),
-            Mode::InShard | Mode::Routed => (ctx.cpus.len(), "client"),
+            Mode::InShard | Mode::Routed | Mode::Tasks => (ctx.cpus.len(), "client"),
         };
         Plan {
             workers: workers.max(1),
@@ -110,27 +110,18 @@ pub fn run(
 
     let resident = ctx.warm()?;
     let meas = Measure::start();
-    let mut handles = Vec::with_capacity(tasks);
-    for (k, s) in plan.groups.iter().enumerate() {
-        for d in 0..per {
-            let quota = s
-                .quota
-                .map(|q| q / per as u64 + u64::from((d as u64) < q % per as u64));
-            let job = TaskJob {
-                w: Arc::clone(&wl),
-                files: s.files.clone(),
-                quota,
-                stream: s.index * per + d,
-                streams: plan.groups.len() * per,
-                index: k * per + d,
-                depth: plan.depth,
-                paths: Arc::clone(&paths),
-                patterns: Arc::clone(&patterns),
-                control: Arc::clone(&control),
-            };
-            handles.push(rt.spawn(spawn(job)));
-        }
-    }
+    let handles: Vec<_> = jobs(
+        &plan.groups,
+        per,
+        plan.depth,
+        &wl,
+        &paths,
+        &patterns,
+        &control,
+    )
+    .into_iter()
+    .map(|(_, job)| rt.spawn(spawn(job)))
+    .collect();
     let elapsed = control.supervise(tasks, meas.start, w.duration, ctx.progress);
     let cpu = meas.cpu();
     let per_task: Vec<Tally> = rt.block_on(async {
@@ -174,6 +165,42 @@ pub fn run(
         resident,
         notes,
     ))
+}
+
+/// The jobs of `per` tasks for each of `groups` (with the group's submitter index): each group's
+/// files and `--ops` quota are split over its tasks; every task has its own generator stream and
+/// progress slot.
+pub fn jobs(
+    groups: &[Submitter],
+    per: usize,
+    depth: usize,
+    w: &Arc<Workload>,
+    paths: &Arc<Vec<PathBuf>>,
+    patterns: &Arc<Vec<Pattern>>,
+    control: &Arc<Control>,
+) -> Vec<(usize, TaskJob)> {
+    let mut out = Vec::with_capacity(groups.len() * per);
+    for (k, s) in groups.iter().enumerate() {
+        for d in 0..per {
+            let quota = s
+                .quota
+                .map(|q| q / per as u64 + u64::from((d as u64) < q % per as u64));
+            let job = TaskJob {
+                w: Arc::clone(w),
+                files: s.files.clone(),
+                quota,
+                stream: s.index * per + d,
+                streams: groups.len() * per,
+                index: k * per + d,
+                depth,
+                paths: Arc::clone(paths),
+                patterns: Arc::clone(patterns),
+                control: Arc::clone(control),
+            };
+            out.push((s.index, job));
+        }
+    }
+    out
 }
 
 /// An I/O interface a task drives through [`pipeline`].

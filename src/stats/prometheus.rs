@@ -176,7 +176,7 @@ impl ShardLabels {
 type Getter = fn(&ShardStats) -> u64;
 
 /// Counters with one value per shard: (name without `_total`, help, getter).
-const COUNTERS: [(&str, &str, Getter); 13] = [
+const COUNTERS: [(&str, &str, Getter); 15] = [
     (
         "ringshard_read_bytes",
         "Bytes transferred by successful reads.",

@@ -808,3 +808,42 @@ fn o_direct_eio_and_enospc_mid_write() {
         start.elapsed()
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// What the kernel does with a short read of a FUSE direct_io file
+// ---------------------------------------------------------------------------------------------
+
+/// Reads 4 KiB at offset 0 of a 2,000-byte file (a short read: end of file) through the
+/// executor, on a mount with and without `FUSE_ASYNC_DIO`. With it, the executor returns the
+/// 2,000 bytes (asserted: the other tests rely on it). Without it, this kernel retries the short
+/// read itself at the same offset and reports 4 KiB with bytes repeated: printed, not asserted
+/// (a kernel fix would change it), and the reason the other tests avoid short reads there.
+#[test]
+fn short_read_at_eof_through_fuse_direct_io() {
+    let _serial = serial();
+    let _dog = Watchdog::new("short_read_at_eof", LIMIT);
+    for async_dio in [true, false] {
+        let Some(fs) = faultfs::mount_with_or_skip("short_read_at_eof", async_dio) else {
+            return;
+        };
+        let exec = executor(true);
+        let want = seed(&fs, "eof", 2000, 14);
+        let f = open(&exec, &fs, "eof");
+        let got = ok(exec.read(&f, 0, 4 * KIB), "read across EOF");
+        let repeated = got.len() == 4 * KIB && got[2000..4000] == want[..];
+        eprintln!(
+            "  eof (FUSE_ASYNC_DIO {async_dio}): a 4 KiB read of a 2000-byte file returned {} \
+             bytes{}",
+            got.len(),
+            if repeated {
+                " (the file's bytes, then the same bytes again)"
+            } else {
+                ""
+            }
+        );
+        if async_dio {
+            assert_bytes_eq(&got, &want, "read across EOF with FUSE_ASYNC_DIO");
+        }
+        drop((f, exec));
+    }
+}

@@ -538,6 +538,11 @@ impl Shard {
         if !in_ring {
             let timeout = bounded.then_some(SCAN_EVERY);
             crate::park::wait(&self.shared.sleep, ON_FUTEX, timeout);
+            // A caller wakes the shard by swapping the word back to AWAKE (a timeout leaves it
+            // ON_FUTEX): count it, as the eventfd path does.
+            if self.shared.sleep.load(AtomicOrdering::Acquire) == AWAKE {
+                self.stats.note_wakeup();
+            }
         } else {
             if !self.wake_broken && self.arm_wake().is_err() {
                 self.wake_broken = true;

@@ -101,6 +101,15 @@ fn mount_for_writes(what: &str, inline_writes: bool) -> Option<FaultFs> {
     faultfs::mount_with_or_skip(what, inline_writes)
 }
 
+/// Prints a line straight to stderr, past the test harness's capture: the `FAULTS` summaries
+/// and the skip notes show in a plain `cargo test` run, passing or not.
+macro_rules! report {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 /// Mounts, or prints why the test is skipped.
 macro_rules! mount_or_return {
     ($what:expr) => {
@@ -201,7 +210,7 @@ fn eio_on_one_range_fails_only_reads_of_that_range() {
     let counted = counted_errors(&exec, libc::EIO);
     assert_eq!(counted, failed, "the executor counts each failed read once");
     drop((a, b, exec));
-    eprintln!(
+    report!(
         "FAULTS eio: injected={} (FUSE reads seen {}); {failed} reads failed with EIO naming op, \
          path and offset (executor counted {counted}); {fine} other reads/writes on the same file \
          and shard intact; {:.2?}",
@@ -288,7 +297,7 @@ fn short_reads_and_writes_are_completed() {
         drop((f, exec));
     }
     assert!(short_reads > 1000, "{short_reads} short reads");
-    eprintln!(
+    report!(
         "FAULTS short: injected {} short reads and {} short writes (1000 bytes each); {checks} \
          requests (routed and session, inline and ring writes) all returned their full length \
          (reads cut only at EOF) with the right bytes; {:.2?}",
@@ -391,9 +400,9 @@ fn a_stalled_file_delays_only_itself() {
     let c = fs.counts();
     assert!(c.delayed >= 7, "{c:?}");
     for l in &lines {
-        eprintln!("{l}");
+        report!("{l}");
     }
-    eprintln!(
+    report!(
         "FAULTS stall: delayed {} operations by {STALL:?}; reads and fsyncs of a stalled file \
          never held up another file's reads on the same shard; a stalled buffered write holds the \
          shard when writes are inline (inline_buffered_writes, the default), not when they go \
@@ -532,14 +541,14 @@ fn enospc_after_n_bytes_fails_the_write_that_crosses_it() {
         partial += c.enospc_partial;
         drop((f, exec));
     }
-    eprintln!(
+    report!(
         "  enospc: the crossing write reports {} -- its offset is where the write started; how \
          many of its bytes landed ({} of {}) is not reported",
         reports[0],
         ROOM - 64 * KIB as u64,
         192 * KIB
     );
-    eprintln!(
+    report!(
         "FAULTS enospc: injected {} ENOSPC and {} writes cut short at the limit; every crossing or \
          later write failed with ENOSPC (op, path, start offset), bytes before the limit intact, \
          partial count not reported; {:.2?}",
@@ -608,13 +617,13 @@ fn a_failed_fsync_is_reported_never_hidden() {
         "the writes around the failed fsyncs",
     );
     drop((f, exec));
-    eprintln!(
+    report!(
         "  fsync: the fsync after a failed one returned {second_routed} (routed) and \
          {second_session} (session): the filesystem's answer, passed through. A real kernel \
          does the same after a writeback error (reported once per file description, the pages \
          marked clean): the caller must treat the first failure as data loss."
     );
-    eprintln!(
+    report!(
         "FAULTS fsync: injected {} fsync/fdatasync failures; each failed request reported EIO \
          (op, path), none reported success; writes after it landed; {:.2?}",
         c.fsync_failed,
@@ -685,7 +694,7 @@ fn per_file_order_holds_under_faults() {
     }
     let c = fs.counts();
     assert_eq!(c.eio, rounds, "{c:?}");
-    eprintln!(
+    report!(
         "FAULTS order: {rounds} rounds (inline and ring writes), each with a write delayed 100 ms \
          and one failing with EIO; every later overlapping read/write waited for them, the \
          failed write left its range untouched and the writes after it landed in order \
@@ -707,7 +716,7 @@ fn open_direct(exec: &Executor, fs: &FaultFs, name: &str) -> Option<File> {
     match wait(exec.open(fs.join(name), &o)) {
         Ok(f) => Some(f),
         Err(e) => {
-            eprintln!("SKIPPED O_DIRECT faults: this kernel refuses O_DIRECT on FUSE: {e}");
+            report!("SKIPPED O_DIRECT faults: this kernel refuses O_DIRECT on FUSE: {e}");
             None
         }
     }
@@ -792,14 +801,14 @@ fn o_direct_eio_and_enospc_mid_write() {
         .unwrap_or(MIB / 4096);
     let c = fs.counts();
     drop((f, exec));
-    eprintln!(
+    report!(
         "  o_direct: a 1 MiB O_DIRECT write with room for {} KiB failed with {r:?}; {} KiB of it \
          landed ({} KiB as one prefix): not reported",
         ROOM / 1024,
         new_blocks * 4,
         first_gap * 4
     );
-    eprintln!(
+    report!(
         "FAULTS o_direct: injected {eio} EIO on O_DIRECT reads (each covering read failed with \
          EIO, op, path, offset; others intact) and {} ENOSPC + {} cut-short writes in one \
          multi-chunk O_DIRECT write (reported ENOSPC at its start offset, no byte count); {:.2?}",
@@ -831,7 +840,7 @@ fn short_read_at_eof_through_fuse_direct_io() {
         let f = open(&exec, &fs, "eof");
         let got = ok(exec.read(&f, 0, 4 * KIB), "read across EOF");
         let repeated = got.len() == 4 * KIB && got[2000..4000] == want[..];
-        eprintln!(
+        report!(
             "  eof (FUSE_ASYNC_DIO {async_dio}): a 4 KiB read of a 2000-byte file returned {} \
              bytes{}",
             got.len(),

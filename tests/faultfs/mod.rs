@@ -313,7 +313,12 @@ pub fn mount_with_or_skip(what: &str, async_dio: bool) -> Option<FaultFs> {
     match FaultFs::mount_with(async_dio) {
         Ok(fs) => Some(fs),
         Err(why) => {
-            eprintln!("SKIPPED {what}: needs a FUSE mount: {why}");
+            // Straight to stderr, past the test harness's capture: a skip must show.
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "SKIPPED {what}: needs a FUSE mount: {why}"
+            );
             None
         }
     }

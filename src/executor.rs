@@ -918,8 +918,9 @@ impl Executor {
     /// that died shows as failed with no counts.
     ///
     /// Blocks until every shard has answered (each answers between two turns of its loop). On a
-    /// shard's own thread it cannot wait for that shard: use [`try_stats`](Self::try_stats)
-    /// there, which says so; this shows that shard as failed.
+    /// shard thread of this executor it waits for no shard (a shard thread never blocks on
+    /// shards): use [`try_stats`](Self::try_stats) or [`stats_async`](Self::stats_async) there;
+    /// this shows the shards it could not wait for as failed.
     pub fn stats(&self) -> ExecutorStats {
         let shards = self
             .request_stats()
@@ -932,8 +933,8 @@ impl Executor {
         ExecutorStats::from_shards(shards, self.started.elapsed())
     }
 
-    /// [`stats`](Self::stats), failing with [`IoUringError::WouldDeadlock`] on a shard's own
-    /// thread instead of showing that shard as failed.
+    /// [`stats`](Self::stats), failing with [`IoUringError::WouldDeadlock`] on a shard thread of
+    /// this executor instead of showing shards as failed.
     pub fn try_stats(&self) -> Result<ExecutorStats> {
         if let Some((exec, shard)) = crate::completion::current_shard() {
             if exec == self.shared.id {
@@ -984,17 +985,17 @@ impl Executor {
     fn finish_shutdown(&self) -> Result<()> {
         // why: the lock is held while joining, so a concurrent shutdown() waits here for the
         // shards to stop instead of finding the list empty and returning while work is pending.
-        let mut threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
-        let me = std::thread::current().id();
-        for t in threads.drain(..) {
-            if t.thread().id() == me {
-                // The last handle was dropped on a shard thread: it stops when this call returns
-                // to its loop; joining itself would never end.
-                continue;
+        // why: on one of this executor's shard threads, joining is left to a caller elsewhere
+        // (or to nobody: a dropped executor's threads end by themselves). Joining itself would
+        // never end, and two shards shutting down at once would each wait to join the other.
+        let on_a_shard =
+            crate::completion::current_shard().is_some_and(|(exec, _)| exec == self.shared.id);
+        if !on_a_shard {
+            let mut threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
+            for t in threads.drain(..) {
+                let _ = t.join();
             }
-            let _ = t.join();
         }
-        drop(threads);
         match self
             .shared
             .shards
@@ -1015,11 +1016,12 @@ impl Executor {
     /// unmaps, and joins the shard threads. Returns an error if a shard had died. Idempotent.
     ///
     /// Blocks until the shards have stopped: in async code use
-    /// [`shutdown_async`](Self::shutdown_async). Called on a shard's own thread, it does not wait
-    /// for that shard (which stops after the call returns to it).
+    /// [`shutdown_async`](Self::shutdown_async). Called on one of this executor's shard threads,
+    /// it tells every shard to stop but waits for none (each stops by itself; that one once the
+    /// call returns to it): a shard thread never blocks on shards.
     pub fn shutdown(&self) -> Result<()> {
         for c in self.begin_shutdown() {
-            // WouldDeadlock on our own shard: it stops once we return to its loop.
+            // WouldDeadlock on a shard thread: the shards stop by themselves.
             let _ = c.wait();
         }
         self.finish_shutdown()

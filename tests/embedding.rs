@@ -837,3 +837,27 @@ fn a_dropped_close_handle_still_closes() {
     assert_eq!(open_on(&path), 0, "descriptors left open");
     exec.shutdown().unwrap();
 }
+
+/// Two shard threads shutting the same executor down at once: neither waits for (or joins) the
+/// other, so both return, and a later shutdown from outside joins the threads.
+#[test]
+fn two_shards_shutting_down_at_once_do_not_deadlock() {
+    let _g = serial();
+    let exec = Arc::new(Executor::builder().shards(2).build().expect("executor"));
+    let both = Arc::new(std::sync::Barrier::new(2));
+    let tasks: Vec<_> = (0..2)
+        .map(|shard| {
+            let (e, b) = (Arc::clone(&exec), Arc::clone(&both));
+            exec.submit_to(shard, move |_| {
+                b.wait();
+                e.shutdown()
+            })
+        })
+        .collect();
+    for t in tasks {
+        // The closures' own result: shutdown from a shard thread returns (Ok: no shard died).
+        assert!(matches!(wait(t), Ok(Ok(()))));
+    }
+    exec.shutdown()
+        .expect("shutdown from outside joins the threads");
+}

@@ -515,15 +515,17 @@ impl<T> JoinHandle<T> {
 
     /// Blocks the calling thread until the task ends.
     ///
-    /// On the thread of the task's own shard it returns [`IoUringError::WouldDeadlock`] unless
-    /// the task has finished: that shard cannot run the task while its thread waits. (On another
-    /// shard's thread it works, but stops that shard meanwhile: await the handle in a task.)
+    /// On a shard thread of the same executor it returns [`IoUringError::WouldDeadlock`] unless
+    /// the task has finished: the task's own shard cannot run it while its thread waits, and two
+    /// shards waiting on each other never finish. Await the handle in a task instead.
     pub fn wait(self) -> Result<T> {
-        if current_shard() == Some((self.exec.id, self.shard)) && !self.is_finished() {
-            return Err(IoUringError::WouldDeadlock {
-                op: "JoinHandle::wait",
-                shard: self.shard,
-            });
+        if let Some((exec, shard)) = current_shard() {
+            if exec == self.exec.id && !self.is_finished() {
+                return Err(IoUringError::WouldDeadlock {
+                    op: "JoinHandle::wait",
+                    shard,
+                });
+            }
         }
         block_on(self)
     }

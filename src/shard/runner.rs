@@ -2,14 +2,22 @@
 //!
 //! ```text
 //! loop {
-//!     admit messages from the inbox (bounded batch)      -> op table + per-file order
-//!     issue ready ops: acquire buffers, push SQEs       (no buffer: the op waits here;
-//!                                                         SQ full: submit, then go on)
-//!     submit, reap CQEs: finish chunks, resubmit short   -> complete handles, count stats
-//!     no progress: spin a little, then sleep in the ring until an I/O completes or the
-//!                  wake-up eventfd fires
+//!     admit: the backlog, then up to 256 inbox messages,   -> op table + per-file order
+//!            while fewer than channel_capacity ops live
+//!     run async tasks (a budget of polls and time)         -> their local I/O is admitted too
+//!     issue ready ops, at most 32 SQEs                     (no buffer: the op waits here;
+//!                                                           SQ full: submit, then go on)
+//!     submit (GETEVENTS when the kernel flags task work), reap CQEs: finish chunks, resubmit
+//!            short ones                                    -> complete handles, count stats
+//!     every 5 ms with ops live: cancellations, deadlines, shutdown's grace period
+//!     deliver each session's results of the turn (one batch per session)
+//!     no progress: look at the inbox for a while (yielding), then sleep: on a futex with
+//!            nothing in the kernel, in the ring (eventfd poll armed) otherwise
 //! }
 //! ```
+//!
+//! `submit_to` closures run between turns, once none of the shard's own operations is in the
+//! kernel (see [`ShardContext`]).
 //!
 //! `user_data`: operations that use a pool buffer carry the pool's tag and buffer index (the buffer
 //! maps to its chunk, the chunk to its op); other operations carry `slot | generation << 24` of the

@@ -7,15 +7,6 @@ use executor_util::*;
 use ringshard::{Executor, File, IoUringError, OpKind, OpenOptions};
 use std::path::Path;
 
-fn exec2() -> Executor {
-    Executor::builder()
-        .shards(2)
-        .buffer_size(16 * 1024)
-        .buffer_count(8)
-        .build()
-        .expect("executor")
-}
-
 /// A good write and read on `f` through `exec` (proves the executor still works).
 #[track_caller]
 fn still_works(exec: &Executor, f: &File, tag: &str) {

@@ -261,10 +261,6 @@ fn shutdown_races_with_submitters_without_stranding_requests() {
 // A shard that panics
 // ---------------------------------------------------------------------------------------------
 
-fn is_shard_failed(e: &IoUringError, shard: usize) -> bool {
-    matches!(e, IoUringError::ShardFailed { shard: s, .. } if *s == shard)
-}
-
 #[test]
 fn a_panicking_shard_fails_its_work_and_the_other_goes_on() {
     let _quiet = QuietShardPanics::install();

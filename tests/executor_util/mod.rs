@@ -44,6 +44,16 @@ pub fn rw() -> OpenOptions {
     o
 }
 
+/// An executor of two shards with small pools (8 buffers of 16 KiB each).
+pub fn exec2() -> Executor {
+    Executor::builder()
+        .shards(2)
+        .buffer_size(16 * 1024)
+        .buffer_count(8)
+        .build()
+        .expect("executor")
+}
+
 /// Opens `path` read-write (creating it) through `exec`.
 #[track_caller]
 pub fn open_rwc(exec: &Executor, path: &Path) -> File {
@@ -260,6 +270,11 @@ impl Drop for QuietShardPanics {
             std::panic::set_hook(prev);
         }
     }
+}
+
+/// Whether `e` is [`IoUringError::ShardFailed`] for `shard`.
+pub fn is_shard_failed(e: &IoUringError, shard: usize) -> bool {
+    matches!(e, IoUringError::ShardFailed { shard: s, .. } if *s == shard)
 }
 
 /// The text every [`panicking_waker`] panics with.

@@ -104,10 +104,9 @@ fn mount_for_writes(what: &str, inline_writes: bool) -> Option<FaultFs> {
 /// Prints a line straight to stderr, past the test harness's capture: the `FAULTS` summaries
 /// and the skip notes show in a plain `cargo test` run, passing or not.
 macro_rules! report {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
-    }};
+    ($($arg:tt)*) => {
+        report_line(format_args!($($arg)*))
+    };
 }
 
 /// Mounts, or prints why the test is skipped.

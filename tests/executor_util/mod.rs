@@ -135,6 +135,14 @@ pub fn assert_bytes_eq(got: &[u8], want: &[u8], what: &str) {
     );
 }
 
+/// Prints a line straight to stderr, past the test harness's capture: summaries (figures the
+/// README quotes) and skip notes show in a plain `cargo test` run, passing or not. Test files
+/// wrap it in a `report!` macro taking `format!` arguments.
+pub fn report_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "{args}");
+}
+
 /// Whether this process is root (mounting tmpfs needs it).
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no arguments and cannot fail.

@@ -20,6 +20,10 @@ pub(crate) struct FileEntry {
     pub(super) path: Arc<Path>,
     /// A close was admitted: new operations on this handle fail.
     pub(super) closing: bool,
+    /// A size the file is known to have at least (fstat at install, raised by completed reads,
+    /// writes, fallocate, and set by size): a read that ends within it cannot be changed by a
+    /// write it does not overlap (see `order.rs`). Changes made outside the executor are not seen.
+    pub(super) size_hint: u64,
 }
 
 impl FileEntry {
@@ -97,6 +101,10 @@ impl FileTable {
 
     pub(super) fn get(&self, slot: u32) -> Option<&FileEntry> {
         self.slots.get(slot as usize)?.entry.as_ref()
+    }
+
+    pub(super) fn get_mut(&mut self, slot: u32) -> Option<&mut FileEntry> {
+        self.slots.get_mut(slot as usize)?.entry.as_mut()
     }
 
     pub(super) fn insert(&mut self, entry: FileEntry) -> (u32, u32) {

@@ -14,6 +14,12 @@
 //! So reads run in parallel, a read sees every earlier overlapping write, a write never overtakes
 //! an earlier overlapping read or write, an fsync covers every earlier write, and close, fallocate
 //! and size wait for everything before them and hold back everything after.
+//!
+//! A read that may reach the end of the file ([`Footprint::read_to_end`]) touches everything from
+//! its start up: a write above it, though it does not overlap the read's bytes, moves the end of
+//! file the read sees (end of file, or the zeros of the hole the write makes), so they keep their
+//! order too. A read that ends within the size the file is known to have cannot be changed by a
+//! write it does not overlap.
 
 use crate::router::FileKey;
 use std::collections::{HashMap, VecDeque};
@@ -36,6 +42,15 @@ impl Footprint {
         Footprint::Read {
             start: offset,
             end: offset.saturating_add(len),
+        }
+    }
+
+    /// A read from `offset` that may reach the end of the file: ordered against every write that
+    /// ends above `offset`.
+    pub(crate) fn read_to_end(offset: u64) -> Self {
+        Footprint::Read {
+            start: offset,
+            end: u64::MAX,
         }
     }
 
@@ -196,6 +211,14 @@ mod tests {
         assert!(conflicts(Footprint::Barrier, r) && conflicts(r, Footprint::Barrier));
         // Touching ranges do not overlap.
         assert!(!conflicts(Footprint::write(0, 10), Footprint::read(10, 5)));
+        // A read that may reach the end of the file: every write ending above its start moves
+        // its end of file, either way round; a write wholly below it cannot.
+        let tail = Footprint::read_to_end(50);
+        assert!(conflicts(Footprint::write(100, 10), tail));
+        assert!(conflicts(tail, Footprint::write(100, 10)));
+        assert!(conflicts(Footprint::write(40, 20), tail));
+        assert!(!conflicts(Footprint::write(0, 50), tail));
+        assert!(!conflicts(tail, Footprint::read(1000, 10)));
     }
 
     #[test]

@@ -836,6 +836,14 @@ impl Shard {
                 .register_files_update(slot, &[fd.as_raw_fd()])
                 .is_ok())
         .then_some(slot);
+        // SAFETY: fstat writes into the local struct only; fd is the descriptor just received.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: as above: a valid descriptor and a struct that lives for the call.
+        let size_hint = if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } == 0 {
+            st.st_size.max(0) as u64
+        } else {
+            0 // unknown: every read is ordered as if it could reach the end of the file
+        };
         let (slot, gen) = self.files.insert(FileEntry {
             fd,
             fixed,
@@ -843,6 +851,7 @@ impl Shard {
             flags,
             path: Arc::clone(&path),
             closing: false,
+            size_hint,
         });
         self.stats.record(OpKind::Open, 0, elapsed_ns(at));
         // Made here, so that a handle dropped by a caller who no longer waits still closes the
@@ -922,7 +931,11 @@ impl Shard {
             }
         }
         let fp = match &op {
-            IoOp::Read { .. } => Footprint::read(offset, len),
+            // Within the known size, only overlapping writes matter; past it, any write above.
+            IoOp::Read { .. } if offset.saturating_add(len) <= entry.size_hint => {
+                Footprint::read(offset, len)
+            }
+            IoOp::Read { .. } => Footprint::read_to_end(offset),
             // O_APPEND writes land at the end, wherever that is: order them against everything.
             IoOp::Write { .. } if entry.flags.append => Footprint::Barrier,
             IoOp::Write { .. } => Footprint::write(offset, len),
@@ -1507,6 +1520,7 @@ impl Shard {
             len,
             eof,
             lent,
+            file_slot,
             ..
         } = op;
         let buf = if kind == OpKind::Read {
@@ -1559,6 +1573,9 @@ impl Shard {
             self.lend(c, result, lent);
             return;
         }
+        if let Ok(n) = &result {
+            self.note_size(file_slot, &io, offset, *n);
+        }
         let buf = match (&result, kind) {
             (Ok(n), OpKind::Read) => {
                 let mut b = buf;
@@ -1568,6 +1585,26 @@ impl Shard {
             _ => buf,
         };
         reply.deliver(result, buf, &mut self.sessions);
+    }
+
+    /// Raises the file's known size after a successful op (`n`: bytes moved, or the size).
+    fn note_size(&mut self, file_slot: u32, io: &IoOp, offset: u64, n: u64) {
+        let Some(entry) = self.files.get_mut(file_slot) else {
+            return;
+        };
+        let at_least = match io {
+            // An O_APPEND write lands at the end, not at `offset`: nothing is learnt.
+            IoOp::Write { .. } if entry.flags.append => return,
+            IoOp::Read { .. } | IoOp::Write { .. } => offset.saturating_add(n),
+            IoOp::Fallocate { mode: 0, len, .. } => offset.saturating_add(*len),
+            IoOp::Size => {
+                // Exact (a barrier: nothing of ours ran meanwhile).
+                entry.size_hint = n;
+                return;
+            }
+            _ => return,
+        };
+        entry.size_hint = entry.size_hint.max(at_least);
     }
 
     // -- async tasks ---------------------------------------------------------------------------

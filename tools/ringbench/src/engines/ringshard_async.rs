@@ -6,7 +6,7 @@
 //! reused; writes send a copy of a template block (or, with `--verify`, the pattern), as the
 //! routed engine does. Latency is measured by the tasks.
 
-use super::ringshard_inshard::{build_executor, open_files};
+use super::ringshard_inshard::start_with_files;
 use super::ringshard_routed::Pending;
 use super::tokio_tasks::{self, pipeline, record, Plan, TaskFuture, TaskIo, TaskJob};
 use super::{ns_between, DoneGuard, Output, RunCtx};
@@ -86,14 +86,7 @@ impl TaskIo for RingIo {
 pub fn run(ctx: &RunCtx) -> Result<Output, BenchError> {
     let w = ctx.w;
     let buffers = w.tasks.saturating_mul(w.iodepth).clamp(64, 16_384);
-    let exec = Arc::new(build_executor(ctx, buffers)?);
-    let files = match open_files(&exec, ctx) {
-        Ok(f) => f,
-        Err(e) => {
-            let _ = exec.shutdown();
-            return Err(e);
-        }
-    };
+    let (exec, files) = start_with_files(ctx, buffers)?;
     let io = Arc::new(RingIo::new(ctx, Arc::clone(&exec), files));
     let plan = Plan::new(ctx, 1, w.iodepth);
     let api = w.api;

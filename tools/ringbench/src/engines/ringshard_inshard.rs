@@ -53,6 +53,22 @@ pub fn open_files(exec: &Executor, ctx: &RunCtx) -> Result<Vec<ringshard::File>,
         .collect()
 }
 
+/// An executor (shared, for engines whose tasks hold it) with the run's files open in it; if an
+/// open fails, the executor is shut down before the error is returned.
+pub fn start_with_files(
+    ctx: &RunCtx,
+    buffers: usize,
+) -> Result<(std::sync::Arc<Executor>, Vec<ringshard::File>), BenchError> {
+    let exec = std::sync::Arc::new(build_executor(ctx, buffers)?);
+    match open_files(&exec, ctx) {
+        Ok(files) => Ok((exec, files)),
+        Err(e) => {
+            let _ = exec.shutdown();
+            Err(e)
+        }
+    }
+}
+
 /// The latency the table shows for a shard: reads, writes, or (mixed) every operation of the
 /// shard with the maximum taken over reads and writes only (the all-operations histogram also
 /// holds the benchmark closure itself, as one `task`, and the opens).

@@ -4,8 +4,8 @@
 //! into the shard's op table (no channel, no wake-up). Latency is measured by the tasks.
 
 use super::ringshard_async::RingIo;
-use super::ringshard_inshard::{build_executor, open_files};
-use super::tokio_tasks::{jobs, pipeline};
+use super::ringshard_inshard::start_with_files;
+use super::tokio_tasks::{group_tallies, jobs, pipeline};
 use super::{Output, RunCtx};
 use crate::control::{Control, Measure};
 use crate::error::BenchError;
@@ -17,14 +17,7 @@ pub fn run(ctx: &RunCtx) -> Result<Output, BenchError> {
     let w = ctx.w;
     let per = w.tasks.max(1);
     let buffers = per.saturating_mul(w.iodepth).clamp(64, 16_384);
-    let exec = Arc::new(build_executor(ctx, buffers)?);
-    let files = match open_files(&exec, ctx) {
-        Ok(f) => f,
-        Err(e) => {
-            let _ = exec.shutdown();
-            return Err(e);
-        }
-    };
+    let (exec, files) = start_with_files(ctx, buffers)?;
     let n = exec.shard_count();
     let owner = |i: usize| files[i].shard();
     let subs = crate::workload::plan_submitters(n, files.len(), Some(&owner), w.ops);
@@ -75,12 +68,8 @@ pub fn run(ctx: &RunCtx) -> Result<Output, BenchError> {
     }
     let tallies = subs
         .iter()
-        .zip(per_task.chunks(per))
-        .map(|(s, ts)| {
-            let mut t = Tally::default();
-            for x in ts {
-                t.merge(x);
-            }
+        .zip(group_tallies(&per_task, per))
+        .map(|(s, t)| {
             let (cpu, node) = ctx.cpu_of(s.index);
             (Some(s.index), Some(cpu), node, t)
         })

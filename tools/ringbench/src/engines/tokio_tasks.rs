@@ -135,14 +135,8 @@ pub fn run(
     let tallies = plan
         .groups
         .iter()
-        .zip(per_task.chunks(per))
-        .map(|(s, ts)| {
-            let mut t = Tally::default();
-            for x in ts {
-                t.merge(x);
-            }
-            (Some(s.index), None, None, t)
-        })
+        .zip(group_tallies(&per_task, per))
+        .map(|(s, t)| (Some(s.index), None, None, t))
         .collect();
     let grouped = if per > 1 {
         format!(" ({per} per {})", plan.row_kind)
@@ -201,6 +195,20 @@ pub fn jobs(
         }
     }
     out
+}
+
+/// One tally per group of `per` consecutive task tallies (each group's tasks merged).
+pub fn group_tallies(per_task: &[Tally], per: usize) -> Vec<Tally> {
+    per_task
+        .chunks(per.max(1))
+        .map(|ts| {
+            let mut t = Tally::default();
+            for x in ts {
+                t.merge(x);
+            }
+            t
+        })
+        .collect()
 }
 
 /// An I/O interface a task drives through [`pipeline`].

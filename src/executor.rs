@@ -1,6 +1,7 @@
 //! The executor: builds the shards, routes requests to them, merges their statistics, shuts down.
 
 use crate::completion::{pair, Completer, Completion};
+use crate::driver::{Backend, BackendChoice};
 use crate::error::{IoUringError, Result};
 use crate::file::{File, FileFlags, FileRef, OpenOptions};
 use crate::request::{self, Limits, DEFAULT_MAX_REQUEST_SIZE, MAX_REQUEST_SIZE_LIMIT};
@@ -46,6 +47,8 @@ pub struct ExecutorBuilder {
     sysfs_root: Option<std::path::PathBuf>,
     max_request_size: usize,
     shutdown_timeout: Duration,
+    backend: BackendChoice,
+    threads_per_shard: usize,
 }
 
 impl Default for ExecutorBuilder {
@@ -63,9 +66,14 @@ impl Default for ExecutorBuilder {
             sysfs_root: None,
             max_request_size: DEFAULT_MAX_REQUEST_SIZE,
             shutdown_timeout: Duration::from_secs(10),
+            backend: BackendChoice::Auto,
+            threads_per_shard: DEFAULT_THREADS_PER_SHARD,
         }
     }
 }
+
+/// Worker threads per shard at most on the threads backend, by default.
+const DEFAULT_THREADS_PER_SHARD: usize = 16;
 
 /// Buffers per shard when not set: 64 (4 MiB of 64 KiB buffers), fewer when RLIMIT_MEMLOCK would
 /// refuse that and the process lacks CAP_IPC_LOCK.
@@ -199,6 +207,23 @@ impl ExecutorBuilder {
         self
     }
 
+    /// Which backend runs the shards' operations (default [`BackendChoice::Auto`]: io_uring where
+    /// it works, the threads backend where it is blocked; `RINGSHARD_BACKEND=threads|io_uring`
+    /// decides when this is `Auto`). The choice and its reason are in
+    /// [`ShardStats::backend`](crate::ShardStats::backend) and logged once (feature `tracing`).
+    pub fn backend(mut self, choice: BackendChoice) -> Self {
+        self.backend = choice;
+        self
+    }
+
+    /// Worker threads per shard at most on the threads backend (default 16, at least 1): they
+    /// run the system calls that may block (writes, O_DIRECT reads, syncs, page-cache misses),
+    /// started on demand and pinned to the shard's CPU. More keep more O_DIRECT reads in flight.
+    pub fn threads_per_shard(mut self, n: usize) -> Self {
+        self.threads_per_shard = n.clamp(1, 1024);
+        self
+    }
+
     /// Whether shard threads pin themselves to their CPU (default true).
     pub fn pin(mut self, on: bool) -> Self {
         self.pin = on;
@@ -241,6 +266,11 @@ impl ExecutorBuilder {
         let buffer_count = self
             .buffer_count
             .unwrap_or_else(|| default_buffer_count(self.buffer_size, cpus.len()));
+        let chosen = crate::driver::choose(self.backend, &self.ring)?;
+        crate::logging::backend_chosen(chosen.backend, &chosen.reason);
+        let backend_reason = (chosen.backend == Backend::Threads
+            || self.backend != BackendChoice::Auto)
+            .then(|| chosen.reason.clone());
         let id = NEXT_EXECUTOR_ID.fetch_add(1, Ordering::Relaxed);
         let mut links = Vec::with_capacity(cpus.len());
         let mut threads = Vec::with_capacity(cpus.len());
@@ -258,6 +288,9 @@ impl ExecutorBuilder {
                 spin: self.spin,
                 inline_buffered_writes: self.inline_buffered_writes,
                 channel_capacity: self.channel_capacity,
+                backend: chosen.backend,
+                threads_per_shard: self.threads_per_shard,
+                backend_reason: backend_reason.clone(),
             };
             match spawn(cfg) {
                 Ok((link, handle)) => {

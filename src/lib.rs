@@ -28,6 +28,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod completion;
+mod driver;
 pub mod error;
 pub mod executor;
 pub mod file;
@@ -45,6 +46,7 @@ pub mod stats;
 pub mod topology;
 
 pub use completion::Completion;
+pub use driver::{Backend, BackendChoice, BACKEND_ENV};
 pub use error::{Error, IoUringError, Result};
 pub use executor::{Batch, Deadlined, Executor, ExecutorBuilder};
 pub use file::{File, OpenOptions};

@@ -68,3 +68,25 @@ pub(crate) fn shard_panicked(shard: usize, payload: &(dyn std::any::Any + Send))
     #[cfg(not(feature = "tracing"))]
     let _ = (shard, payload);
 }
+
+/// The executor's backend, chosen once before its shards start: a warning when it is the threads
+/// backend (io_uring blocked or forced), with the reason.
+pub(crate) fn backend_chosen(backend: crate::driver::Backend, reason: &str) {
+    #[cfg(feature = "tracing")]
+    match backend {
+        crate::driver::Backend::Threads => tracing::warn!(
+            target: "ringshard::backend",
+            backend = backend.name(),
+            reason,
+            "io_uring not used: operations run on the threads backend"
+        ),
+        crate::driver::Backend::IoUring => tracing::info!(
+            target: "ringshard::backend",
+            backend = backend.name(),
+            reason,
+            "backend chosen"
+        ),
+    }
+    #[cfg(not(feature = "tracing"))]
+    let _ = (backend, reason);
+}

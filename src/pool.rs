@@ -25,6 +25,47 @@ use serde::Serialize;
 use std::fmt;
 use std::os::fd::{AsRawFd, RawFd};
 
+/// Where the pool pushes its SQEs: a kernel ring, or a shard's driver (either backend).
+pub(crate) trait SqPush {
+    /// Queues `entry`; false when the submission queue is full.
+    ///
+    /// # Safety
+    /// As `io_uring::SubmissionQueue::push`: what `entry` points to stays valid until its CQE.
+    unsafe fn push_sqe(&mut self, entry: &squeue::Entry) -> bool;
+}
+
+impl SqPush for IoUring {
+    unsafe fn push_sqe(&mut self, entry: &squeue::Entry) -> bool {
+        // SAFETY: the caller's contract is the kernel's.
+        unsafe { self.submission().push(entry) }.is_ok()
+    }
+}
+
+impl SqPush for crate::driver::Driver {
+    unsafe fn push_sqe(&mut self, entry: &squeue::Entry) -> bool {
+        // SAFETY: the caller's contract is the driver's.
+        unsafe { self.push(entry) }
+    }
+}
+
+/// Fewest registered buffers worth registering: below this a shard's pool goes unregistered.
+pub(crate) const MIN_REGISTERED: usize = 4;
+
+/// How a shard's pool came out (see [`RegisteredBufferPool::for_shard`]).
+#[derive(Debug)]
+pub(crate) enum PoolFit {
+    /// All buffers registered.
+    Registered,
+    /// Fewer buffers than asked, to fit RLIMIT_MEMLOCK; the error the full size got.
+    Fitted {
+        asked: usize,
+        error: Option<IoUringError>,
+    },
+    /// Unregistered buffers: the threads backend (`bytes` 0), or not even
+    /// [`MIN_REGISTERED`] buffers fit the limit (`bytes` is what the full pool would pin).
+    Unregistered { bytes: usize },
+}
+
 /// The kernel's limit on registered buffers per ring.
 pub const MAX_BUFFERS: usize = 16_384;
 /// The kernel's limit on the size of one registered buffer (1 GiB).
@@ -244,6 +285,9 @@ impl fmt::Display for BufferPoolStats {
 pub struct RegisteredBufferPool {
     slab: Option<Slab>,
     ring_fd: RawFd,
+    /// Whether the buffers are registered with the ring (READ_FIXED/WRITE_FIXED); if not, the
+    /// same buffers go out with plain READ/WRITE (a low RLIMIT_MEMLOCK, the threads backend).
+    registered: bool,
     buffer_size: usize,
     stride: usize,
     total_count: usize,
@@ -294,32 +338,27 @@ impl RegisteredBufferPool {
         buffer_count: usize,
         node: Option<u32>,
     ) -> Result<Self> {
+        let mut pool = Self::unregistered(buffer_size, buffer_count, node, ring.as_raw_fd())?;
+        pool.register(ring)?;
+        Ok(pool)
+    }
+
+    /// The slab and the books, with nothing registered: buffers go out with plain READ/WRITE.
+    fn unregistered(
+        buffer_size: usize,
+        buffer_count: usize,
+        node: Option<u32>,
+        ring_fd: RawFd,
+    ) -> Result<Self> {
         let (stride, slab_len) = Self::layout(buffer_size, buffer_count)?;
         let slab = match node {
             Some(n) => Slab::new_on_node(slab_len, n)?,
             None => Slab::new(slab_len)?,
         };
-        let iovecs: Vec<libc::iovec> = (0..buffer_count)
-            .map(|i| libc::iovec {
-                // SAFETY (pointer arithmetic): i * stride + buffer_size <= slab_len.
-                iov_base: unsafe { slab.as_ptr().add(i * stride) }.cast(),
-                iov_len: buffer_size,
-            })
-            .collect();
-        // SAFETY: every iovec points into `slab`, which the pool owns and keeps mapped for as long
-        // as any operation may use it (see Drop); the registration pins the pages.
-        let reg = unsafe { ring.submitter().register_buffers(&iovecs) };
-        if let Err(e) = reg {
-            return Err(IoUringError::Registration {
-                what: "buffers",
-                bytes: slab_len,
-                errno: e.raw_os_error().unwrap_or(libc::EIO),
-                memlock_limit: memlock_limit(),
-            });
-        }
         Ok(RegisteredBufferPool {
             slab: Some(slab),
-            ring_fd: ring.as_raw_fd(),
+            ring_fd,
+            registered: false,
             buffer_size,
             stride,
             total_count: buffer_count,
@@ -339,6 +378,93 @@ impl RegisteredBufferPool {
             misuse_invalid_index: 0,
             misuse_bad_state: 0,
         })
+    }
+
+    /// Registers every buffer with `ring` (before any is used).
+    fn register(&mut self, ring: &mut IoUring) -> Result<()> {
+        let Some(slab) = self.slab.as_ref() else {
+            return Err(IoUringError::invalid("register", "the pool has no slab"));
+        };
+        let (stride, size) = (self.stride, self.buffer_size);
+        let iovecs: Vec<libc::iovec> = (0..self.total_count)
+            .map(|i| libc::iovec {
+                // SAFETY (pointer arithmetic): i * stride + buffer_size <= slab_len (layout).
+                iov_base: unsafe { slab.as_ptr().add(i * stride) }.cast(),
+                iov_len: size,
+            })
+            .collect();
+        // SAFETY: every iovec points into `slab`, which the pool owns and keeps mapped for as long
+        // as any operation may use it (see Drop); the registration pins the pages.
+        let reg = unsafe { ring.submitter().register_buffers(&iovecs) };
+        if let Err(e) = reg {
+            return Err(IoUringError::Registration {
+                what: "buffers",
+                bytes: stride.saturating_mul(self.total_count),
+                errno: e.raw_os_error().unwrap_or(libc::EIO),
+                memlock_limit: memlock_limit(),
+            });
+        }
+        self.registered = true;
+        Ok(())
+    }
+
+    /// A shard's pool on `driver`: registered when it can be; under a low RLIMIT_MEMLOCK, as many
+    /// registered buffers as fit (at least [`MIN_REGISTERED`]); below that, or on the threads
+    /// backend, unregistered buffers (plain READ/WRITE into the same aligned memory). Says which.
+    pub(crate) fn for_shard(
+        driver: &mut crate::driver::Driver,
+        buffer_size: usize,
+        buffer_count: usize,
+        node: Option<u32>,
+    ) -> Result<(Self, PoolFit)> {
+        let ring = match driver {
+            crate::driver::Driver::Uring(ring) => ring,
+            crate::driver::Driver::Threads(_) => {
+                let pool = Self::unregistered(buffer_size, buffer_count, node, -1)?;
+                return Ok((pool, PoolFit::Unregistered { bytes: 0 }));
+            }
+        };
+        let (stride, _) = Self::layout(buffer_size, buffer_count)?;
+        let mut count = buffer_count;
+        let mut first_error = None;
+        loop {
+            match Self::build(ring, buffer_size, count, node) {
+                Ok(pool) if count == buffer_count => return Ok((pool, PoolFit::Registered)),
+                Ok(pool) => {
+                    return Ok((
+                        pool,
+                        PoolFit::Fitted {
+                            asked: buffer_count,
+                            error: first_error,
+                        },
+                    ))
+                }
+                Err(
+                    e @ IoUringError::Registration {
+                        errno: libc::ENOMEM,
+                        ..
+                    },
+                ) => {
+                    // Pinned memory is counted per user against RLIMIT_MEMLOCK: start from what
+                    // the limit allows, then halve (other rings of the user may hold some).
+                    let fit = memlock_limit().map_or(count / 2, |l| (l / stride as u64) as usize);
+                    count = fit.min(count / 2);
+                    first_error.get_or_insert(e);
+                    if count < MIN_REGISTERED {
+                        let bytes = stride.saturating_mul(buffer_count);
+                        let pool =
+                            Self::unregistered(buffer_size, buffer_count, node, ring.as_raw_fd())?;
+                        return Ok((pool, PoolFit::Unregistered { bytes }));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Whether the buffers are registered with the ring.
+    pub fn is_registered(&self) -> bool {
+        self.registered
     }
 
     /// Validates the configuration and returns (stride, slab length).
@@ -764,24 +890,43 @@ impl RegisteredBufferPool {
         }
         // SAFETY (pointer arithmetic): buf_offset + len <= buffer_size, checked above.
         let ptr = unsafe { self.buf_ptr(buf_index).add(buf_offset) };
-        Ok(match (dir, target) {
-            (Direction::Read, Target::Fd(fd)) => {
+        let fixed = self.registered;
+        Ok(match (dir, target, fixed) {
+            (Direction::Read, Target::Fd(fd), true) => {
                 opcode::ReadFixed::new(types::Fd(fd), ptr, len, buf_index)
                     .offset(offset)
                     .build()
             }
-            (Direction::Read, Target::Fixed(slot)) => {
+            (Direction::Read, Target::Fixed(slot), true) => {
                 opcode::ReadFixed::new(types::Fixed(slot), ptr, len, buf_index)
                     .offset(offset)
                     .build()
             }
-            (Direction::Write, Target::Fd(fd)) => {
+            (Direction::Write, Target::Fd(fd), true) => {
                 opcode::WriteFixed::new(types::Fd(fd), ptr, len, buf_index)
                     .offset(offset)
                     .build()
             }
-            (Direction::Write, Target::Fixed(slot)) => {
+            (Direction::Write, Target::Fixed(slot), true) => {
                 opcode::WriteFixed::new(types::Fixed(slot), ptr, len, buf_index)
+                    .offset(offset)
+                    .build()
+            }
+            (Direction::Read, Target::Fd(fd), false) => opcode::Read::new(types::Fd(fd), ptr, len)
+                .offset(offset)
+                .build(),
+            (Direction::Read, Target::Fixed(slot), false) => {
+                opcode::Read::new(types::Fixed(slot), ptr, len)
+                    .offset(offset)
+                    .build()
+            }
+            (Direction::Write, Target::Fd(fd), false) => {
+                opcode::Write::new(types::Fd(fd), ptr, len)
+                    .offset(offset)
+                    .build()
+            }
+            (Direction::Write, Target::Fixed(slot), false) => {
+                opcode::Write::new(types::Fixed(slot), ptr, len)
                     .offset(offset)
                     .build()
             }
@@ -816,7 +961,7 @@ impl RegisteredBufferPool {
     /// [`prepare`](Self::prepare) built for `buf_index`.
     pub(crate) fn push_prepared(
         &mut self,
-        ring: &mut IoUring,
+        ring: &mut impl SqPush,
         entry: squeue::Entry,
         buf_index: u16,
     ) -> Result<u64> {
@@ -830,7 +975,9 @@ impl RegisteredBufferPool {
         // matched, the pool's own record (`Slot::kernel`, set right after the push, before anything
         // else can touch the pool) keeps it out of the free list and out of `get`/`get_mut`, and
         // Drop leaks the slab while it is set. Callers pass the ring the pool is registered with.
-        unsafe { ring.submission().push(&entry) }.map_err(|_| IoUringError::SubmissionQueueFull)?;
+        if !unsafe { ring.push_sqe(&entry) } {
+            return Err(IoUringError::SubmissionQueueFull);
+        }
         self.next_seq = self.next_seq.wrapping_add(1);
         let slot = &mut self.slots[buf_index as usize];
         if slot.in_flight == 0 {

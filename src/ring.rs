@@ -102,8 +102,11 @@ impl RingConfig {
     pub fn build(&self) -> Result<(IoUring, RingMode)> {
         self.validate()?;
         let cq = self.entries.saturating_mul(2);
+        let forced = forced_mode()?;
         let attempts: &[RingMode] = if self.sqpoll_cpu.is_some() {
             &[RingMode::Sqpoll]
+        } else if let Some(mode) = forced.as_ref() {
+            std::slice::from_ref(mode)
         } else if self.defer_taskrun {
             &[
                 RingMode::DeferTaskrun,
@@ -173,6 +176,23 @@ impl RingConfig {
             // Refusal (kernels before 5.15) only leaves the default worker limits.
             let _ = ring.submitter().register_iowq_max_workers(&mut m);
         }
+    }
+}
+
+/// The environment variable that forces a ring mode (`defer`, `coop` or `plain`), to run a
+/// program or test suite as it would run on an older kernel.
+pub const RING_MODE_ENV: &str = "RINGSHARD_RING_MODE";
+
+/// The mode `RINGSHARD_RING_MODE` forces, if set.
+fn forced_mode() -> Result<Option<RingMode>> {
+    match std::env::var(RING_MODE_ENV).ok().as_deref() {
+        None | Some("") => Ok(None),
+        Some("defer") => Ok(Some(RingMode::DeferTaskrun)),
+        Some("coop") => Ok(Some(RingMode::CoopTaskrun)),
+        Some("plain") => Ok(Some(RingMode::Plain)),
+        Some(other) => Err(IoUringError::InvalidConfig(format!(
+            "{RING_MODE_ENV}={other:?}: expected defer, coop or plain"
+        ))),
     }
 }
 

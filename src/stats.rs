@@ -37,6 +37,7 @@ use hdrhistogram::Histogram;
 use serde::ser::{SerializeMap, SerializeStruct};
 use serde::{Serialize, Serializer};
 
+use crate::driver::Backend;
 use crate::error::errno_text;
 use crate::pool::BufferPoolStats;
 use crate::ring::RingMode;
@@ -275,6 +276,13 @@ pub struct ShardStats {
     /// How the shard's ring was set up (`None` where no ring was made, or in a merged total whose
     /// shards differ).
     pub ring_mode: Option<RingMode>,
+    /// The backend that runs the shard's operations.
+    pub backend: Backend,
+    /// Why that backend was chosen (`None` for io_uring chosen by default).
+    pub backend_reason: Option<String>,
+    /// What the shard did about its buffer pool when it could not register all of it (fewer
+    /// buffers to fit RLIMIT_MEMLOCK, or unregistered buffers), with the fix; `None` otherwise.
+    pub pool_note: Option<String>,
     /// The shard thread's NUMA memory policy (`None` where no node was asked for). In a merged
     /// total: the first failure if any shard failed, else the shards' common value, else `None`.
     pub mem_policy: Option<MemPolicy>,
@@ -338,6 +346,9 @@ impl ShardStats {
             numa_node,
             failed: false,
             ring_mode: None,
+            backend: Backend::IoUring,
+            backend_reason: None,
+            pool_note: None,
             mem_policy: None,
             ops: [0; OpKind::COUNT],
             bytes_read: 0,
@@ -547,6 +558,12 @@ impl ShardStats {
         if self.ring_mode != other.ring_mode {
             self.ring_mode = None;
         }
+        if self.backend_reason != other.backend_reason {
+            self.backend_reason = None;
+        }
+        if self.pool_note.is_none() {
+            self.pool_note.clone_from(&other.pool_note);
+        }
         self.mem_policy = match (self.mem_policy, other.mem_policy) {
             (Some(f @ MemPolicy::Failed { .. }), _) | (_, Some(f @ MemPolicy::Failed { .. })) => {
                 Some(f)
@@ -718,6 +735,9 @@ impl Serialize for ShardStats {
         s.serialize_field("numa_node", &self.numa_node)?;
         s.serialize_field("failed", &self.failed)?;
         s.serialize_field("ring_mode", &self.ring_mode)?;
+        s.serialize_field("backend", &self.backend)?;
+        s.serialize_field("backend_reason", &self.backend_reason)?;
+        s.serialize_field("pool_note", &self.pool_note)?;
         s.serialize_field("mem_policy", &self.mem_policy.map(MemPolicy::name))?;
         let policy_errno = match self.mem_policy {
             Some(MemPolicy::Failed { errno }) => Some(errno_name(errno)),
@@ -929,7 +949,10 @@ fn table_row(s: &ShardStats) -> [String; HEADERS.len()] {
             (None, Some(MemPolicy::Failed { .. })) => "-!".to_string(),
             (n, _) => opt(n.map(|n| n.to_string())),
         },
-        opt(s.ring_mode.map(|m| m.short_name().to_string())),
+        match s.backend {
+            Backend::Threads => "threads".to_string(),
+            Backend::IoUring => opt(s.ring_mode.map(|m| m.short_name().to_string())),
+        },
         s.total_ops().to_string(),
         s.ops(OpKind::Read).to_string(),
         s.ops(OpKind::Write).to_string(),
@@ -994,6 +1017,16 @@ impl fmt::Display for ExecutorStats {
 
         if self.shards.iter().any(|s| s.failed) {
             writeln!(f, "* shard failed")?;
+        }
+        if t.backend == Backend::Threads {
+            writeln!(
+                f,
+                "backend: threads ({})",
+                t.backend_reason.as_deref().unwrap_or("see each shard")
+            )?;
+        }
+        if let Some(note) = &t.pool_note {
+            writeln!(f, "pool: {note}")?;
         }
         if let Some(MemPolicy::Failed { errno }) = t.mem_policy {
             writeln!(

@@ -149,13 +149,21 @@ fn check_against(stats: &ExecutorStats, s: &Samples) {
         let info = sum(
             s,
             "ringshard_shard_info",
-            &[("shard", &id), ("backend", "io_uring"), ("ring_mode", mode)],
+            &[
+                ("shard", &id),
+                ("backend", shard.backend.name()),
+                ("ring_mode", mode),
+            ],
         );
         assert_eq!(info, 1.0, "shard {id} info");
         let hist = sum(
             s,
             "ringshard_op_latency_seconds_count",
-            &[("shard", &id), ("backend", "io_uring"), ("ring_mode", mode)],
+            &[
+                ("shard", &id),
+                ("backend", shard.backend.name()),
+                ("ring_mode", mode),
+            ],
         );
         assert_eq!(
             hist,
@@ -211,9 +219,11 @@ fn exposition_parses_and_matches_the_stats() {
     let stats = exec.stats();
     exec.shutdown().expect("shutdown");
     for shard in &stats.shards {
-        assert!(
+        // A ring on io_uring; none on the threads backend (RINGSHARD_BACKEND=threads).
+        assert_eq!(
             shard.ring_mode.is_some(),
-            "shard {} has a ring",
+            shard.backend == ringshard::Backend::IoUring,
+            "shard {}: a ring exactly on io_uring",
             shard.shard
         );
         if shard.numa_node.is_some() {
@@ -273,7 +283,7 @@ fn malformed_exposition_is_rejected() {
         let n: u64 = n.parse().expect("integer");
         text.replacen(line, &format!("{head} {}", n + 1), 1)
     };
-    let unescaped = text.replacen("backend=\"io_uring\"", "backend=\"io\"uring\"", 1);
+    let unescaped = text.replacen("shard=\"0\"", "shard=\"0\"0\"", 1);
     let late_help = format!("{}# HELP ringshard_ops again\n# EOF\n", no_eof);
     for (what, bad) in [
         ("no # EOF", no_eof.clone()),

@@ -1,5 +1,9 @@
 //! Integration tests for `RegisteredBufferPool` on a real io_uring ring and real files (no mocks).
 //!
+//! The pool needs a ring: these tests make their own with `IoUring::new`, whatever
+//! `RINGSHARD_BACKEND` says (that only picks the executor's backend). Where io_uring is blocked
+//! they fail at `IoUring::new` with the kernel's errno, as the pool's users would.
+//!
 //! Every test asserts what the kernel actually did: bytes on disk and in buffers, CQE results and
 //! errnos, and the pool's counters.
 //!

@@ -8,7 +8,7 @@ use crate::error::{IoUringError, Result};
 use crate::file::File;
 use crate::pool::{Direction, RegisteredBufferPool, Target};
 use crate::stats::{OpKind, ShardStats};
-use io_uring::{squeue, IoUring};
+use io_uring::squeue;
 use std::os::fd::RawFd;
 
 /// The `user_data` the shard uses for its wake-up poll. Never use it for your own SQEs.
@@ -61,7 +61,7 @@ pub struct ShardCqe {
 /// # Ok(()) }
 /// ```
 pub struct ShardContext<'a> {
-    pub(super) ring: &'a mut IoUring,
+    pub(super) ring: &'a mut crate::driver::Driver,
     pub(super) pool: &'a mut RegisteredBufferPool,
     pub(super) files: &'a FileTable,
     pub(super) stats: &'a mut ShardStats,
@@ -129,8 +129,7 @@ impl ShardContext<'_> {
 
     /// Free submission queue entries right now.
     pub fn sq_space(&mut self) -> usize {
-        let sq = self.ring.submission();
-        sq.capacity() - sq.len()
+        self.ring.sq_space()
     }
 
     fn push_fixed(
@@ -188,7 +187,11 @@ impl ShardContext<'_> {
     pub unsafe fn push(&mut self, entry: &squeue::Entry) -> Result<()> {
         // SAFETY: the caller upholds the contract above: the memory outlives the operation, and
         // its completion is reaped (and so never confused with a shard op) before we return.
-        unsafe { self.ring.submission().push(entry) }.map_err(|_| IoUringError::SubmissionQueueFull)
+        if unsafe { self.ring.push(entry) } {
+            Ok(())
+        } else {
+            Err(IoUringError::SubmissionQueueFull)
+        }
     }
 
     /// Submits what was pushed; returns how many SQEs the kernel took.
@@ -206,15 +209,17 @@ impl ShardContext<'_> {
     /// are marked complete in the pool first (see [`ShardCqe::buf_index`]).
     pub fn reap(&mut self, mut f: impl FnMut(ShardCqe)) -> usize {
         let mut n = 0;
-        for cqe in self.ring.completion() {
-            if cqe.user_data() == WAKE_USER_DATA {
+        let mut cqes = Vec::new();
+        self.ring.completions(&mut cqes);
+        for (user_data, result) in cqes {
+            if user_data == WAKE_USER_DATA {
                 *self.wake_seen = true;
                 continue;
             }
-            let buf_index = self.pool.complete_cqe(&cqe).map(|(i, _)| i);
+            let buf_index = self.pool.complete_user_data(user_data);
             f(ShardCqe {
-                user_data: cqe.user_data(),
-                result: cqe.result(),
+                user_data,
+                result,
                 buf_index,
             });
             n += 1;

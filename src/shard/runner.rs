@@ -41,16 +41,18 @@ use super::{
     IoOp, IoRequest, Message, Reply, ShardLink, ShardShared, Task, AWAKE, IN_RING, ON_FUTEX,
 };
 use crate::completion::{set_abandon_reason, set_current_shard, AbandonReason, Completer};
+use crate::driver::{Backend, Driver, ThreadDriver};
 use crate::error::{IoUringError, Result};
 use crate::file::{File, FileFlags, FileInner, FileRef};
 use crate::numa;
+use crate::pool::PoolFit;
 use crate::pool::{Direction, RegisteredBufferPool, Target};
 use crate::ring::{pin_workers, RingConfig};
 use crate::router::FileKey;
 use crate::session::{Done, SessionTable};
 use crate::stats::{OpKind, ShardStats};
 use crossbeam_channel::{Receiver, TryRecvError};
-use io_uring::{opcode, squeue, types, IoUring};
+use io_uring::{opcode, squeue, types};
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
@@ -75,6 +77,34 @@ pub(crate) struct ShardConfig {
     /// Buffered writes with `pwrite` on the shard thread instead of through the ring.
     pub inline_buffered_writes: bool,
     pub channel_capacity: usize,
+    /// The backend the executor chose (see `driver::choose`).
+    pub backend: Backend,
+    /// Worker threads per shard at most, on the threads backend.
+    pub threads_per_shard: usize,
+    /// Why that backend (for stats).
+    pub backend_reason: Option<String>,
+}
+
+/// What a shard's stats say about its pool when it is not the registered pool asked for.
+fn pool_note(fit: &PoolFit, pool: &RegisteredBufferPool) -> Option<String> {
+    let size = pool.stats().buffer_size;
+    match fit {
+        PoolFit::Registered => None,
+        PoolFit::Fitted { asked, error } => Some(format!(
+            "{} of {asked} buffers of {size} bytes registered, to fit RLIMIT_MEMLOCK{}",
+            pool.stats().total_count,
+            error.as_ref().map_or(String::new(), |e| format!(" ({e})")),
+        )),
+        PoolFit::Unregistered { bytes: 0 } => None,
+        PoolFit::Unregistered { bytes } => Some(format!(
+            "buffers unregistered (plain READ/WRITE): fewer than {} buffers of {size} bytes fit \
+             RLIMIT_MEMLOCK (limit {}; the full pool pins {bytes} bytes). Raise the limit \
+             (`ulimit -l unlimited`, memlock in /etc/security/limits.conf, LimitMEMLOCK= for \
+             systemd, --ulimit memlock=-1 for docker) to register them",
+            crate::pool::MIN_REGISTERED,
+            crate::error::memlock_limit().map_or("unlimited".to_string(), |l| format!("{l} bytes")),
+        )),
+    }
 }
 
 /// Messages taken from the inbox per loop turn, so completions are reaped between bursts.
@@ -109,7 +139,7 @@ const DIRECT_ALIGN: u64 = 4096;
 struct Shard {
     // Field order is drop order: the ring goes before the pool, so the kernel lets go of the
     // buffers before the pool decides whether to unmap them.
-    ring: IoUring,
+    ring: Driver,
     pool: RegisteredBufferPool,
     cfg: ShardConfig,
     files: FileTable,
@@ -351,21 +381,32 @@ impl Shard {
         let mem_policy = numa::prefer_node_for_shard(cfg.index, cfg.node);
         // The ring, the pool and the file table are created here, on the pinned thread: with
         // SINGLE_ISSUER only this thread may use the ring, and first-touch puts memory locally.
-        let (mut ring, mode) = cfg.ring.build()?;
-        if let Some(cpu) = cfg.cpu {
-            pin_workers(&ring, cpu);
-        }
-        let pool = match (cfg.bind_memory, cfg.node) {
-            (true, Some(node)) => RegisteredBufferPool::new_on_node(
-                &mut ring,
-                cfg.buffer_size,
-                cfg.buffer_count,
-                node,
-            )?,
-            _ => RegisteredBufferPool::new(&mut ring, cfg.buffer_size, cfg.buffer_count)?,
+        let (mut ring, mode) = match cfg.backend {
+            Backend::IoUring => {
+                let (ring, mode) = cfg.ring.build()?;
+                if let Some(cpu) = cfg.cpu {
+                    pin_workers(&ring, cpu);
+                }
+                (Driver::Uring(ring), Some(mode))
+            }
+            Backend::Threads => {
+                let driver = ThreadDriver::new(
+                    cfg.ring.entries,
+                    cfg.cpu,
+                    cfg.threads_per_shard,
+                    format!("ringshard-{}-io", cfg.index),
+                )
+                .map_err(|e| {
+                    IoUringError::io("eventfd", None, None, e.raw_os_error().unwrap_or(libc::EIO))
+                })?;
+                (Driver::Threads(driver), None)
+            }
         };
+        let node = if cfg.bind_memory { cfg.node } else { None };
+        let (pool, fit) =
+            RegisteredBufferPool::for_shard(&mut ring, cfg.buffer_size, cfg.buffer_count, node)?;
         let fixed_capacity = if cfg.max_files > 0 {
-            match ring.submitter().register_files_sparse(cfg.max_files) {
+            match ring.register_files_sparse(cfg.max_files) {
                 Ok(()) => cfg.max_files,
                 // EMFILE (RLIMIT_NOFILE below max_files) or an old kernel: plain descriptors.
                 Err(_) => 0,
@@ -373,10 +414,13 @@ impl Shard {
         } else {
             0
         };
-        let cq_capacity = ring.params().cq_entries();
+        let cq_capacity = ring.cq_entries();
         let mut stats = ShardStats::new(cfg.index, cfg.cpu, cfg.node);
         stats.pool = pool.stats();
-        (stats.ring_mode, stats.mem_policy) = (Some(mode), mem_policy);
+        (stats.ring_mode, stats.mem_policy) = (mode, mem_policy);
+        stats.backend = ring.backend();
+        stats.backend_reason = cfg.backend_reason.clone();
+        stats.pool_note = pool_note(&fit, &pool);
         crate::logging::shard_setup(&stats, fixed_capacity);
         let mut shard = Shard {
             chunks: vec![Chunk::default(); cfg.buffer_count],
@@ -468,7 +512,7 @@ impl Shard {
             // only with nothing outstanding, and Drop for Shard leaks the buffers of ops still in
             // the kernel. (The `Op` itself may move when the table grows; its heap buffer does
             // not.)
-            if unsafe { self.ring.submission().push(entry) }.is_ok() {
+            if unsafe { self.ring.push(entry) } {
                 self.in_flight += 1;
                 return Ok(());
             }
@@ -507,8 +551,8 @@ impl Shard {
             // anything punted) are posted only by an enter with GETEVENTS. The kernel flags such
             // work in the SQ (TASKRUN_FLAG), and `submit` then asks for it: so a loop kept busy
             // by its inbox still runs them every turn.
-            let pending = self.ring.submission().len();
-            if pending > 0 || (self.ops_in_flight() > 0 && self.ring.submission().taskrun()) {
+            let pending = self.ring.sq_len();
+            if pending > 0 || (self.ops_in_flight() > 0 && self.ring.taskrun()) {
                 // A failed submit is retried next turn; a persistent failure shows in stats.
                 let _ = self.submit(0);
             }
@@ -590,15 +634,7 @@ impl Shard {
 
     /// Runs deferred completions without blocking.
     fn poll_completions(&mut self) {
-        // SAFETY: a plain io_uring_enter with no submissions and no argument.
-        let _ = unsafe {
-            self.ring.submitter().enter::<libc::sigset_t>(
-                0,
-                0,
-                io_uring::EnterFlags::GETEVENTS.bits(),
-                None,
-            )
-        };
+        self.ring.get_events();
     }
 
     /// Blocks until a request (or, with I/O in the kernel, a completion) arrives. With nothing of
@@ -630,9 +666,7 @@ impl Shard {
                 self.wake_broken = true;
             }
             if bounded || self.wake_broken {
-                let ts = types::Timespec::from(SCAN_EVERY);
-                let args = types::SubmitArgs::new().timespec(&ts);
-                match self.ring.submitter().submit_with_args(1, &args) {
+                match self.ring.submit_and_wait_for(1, SCAN_EVERY) {
                     Ok(_) => {}
                     // ETIME: the timeout passed; EINTR: a signal. Both just end the wait.
                     Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR)) => {}
@@ -830,11 +864,7 @@ impl Shard {
         let at = Instant::now();
         let slot = self.files.next_slot();
         let fixed = (slot < self.fixed_capacity
-            && self
-                .ring
-                .submitter()
-                .register_files_update(slot, &[fd.as_raw_fd()])
-                .is_ok())
+            && self.ring.register_files_update(slot, &[fd.as_raw_fd()]))
         .then_some(slot);
         // SAFETY: fstat writes into the local struct only; fd is the descriptor just received.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
@@ -1275,7 +1305,8 @@ impl Shard {
                 if let Some(entry) = self.files.remove(file_slot) {
                     if let Some(fixed) = entry.fixed {
                         // Drops the ring's reference; failure leaves it until the ring closes.
-                        let _ = self.ring.submitter().register_files_update(fixed, &[-1]);
+                        // Refused, the ring keeps its reference until it closes.
+                        let _ = self.ring.register_files_update(fixed, &[-1]);
                     }
                     drop(entry); // closes the descriptor
                 }
@@ -1290,7 +1321,7 @@ impl Shard {
     fn reap(&mut self) -> usize {
         let mut cqes = std::mem::take(&mut self.cqes);
         cqes.clear();
-        cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+        self.ring.completions(&mut cqes);
         let n = cqes.len();
         for &(ud, res) in &cqes {
             self.in_flight = self.in_flight.saturating_sub(1);
@@ -1803,11 +1834,8 @@ impl Shard {
         // count them against `in_flight` and could take a `user_data` for one of its own ops.
         self.poll_completions();
         loop {
-            let cqes: Vec<(u64, i32)> = self
-                .ring
-                .completion()
-                .map(|c| (c.user_data(), c.result()))
-                .collect();
+            let mut cqes = Vec::new();
+            self.ring.completions(&mut cqes);
             for (ud, res) in cqes {
                 if ud == WAKE_USER_DATA {
                     self.in_flight = self.in_flight.saturating_sub(1);
@@ -1912,11 +1940,11 @@ fn reset_eventfd(shared: &ShardShared) {
 /// Submits what is queued and waits for `want` completions, counting the call in `stats`.
 /// EINTR is retried; EBUSY/EAGAIN (CQ full, kernel short of memory) return 0: reaping frees room.
 pub(super) fn submit_counted(
-    ring: &mut IoUring,
+    ring: &mut Driver,
     stats: &mut ShardStats,
     want: usize,
 ) -> Result<usize> {
-    let queued = ring.submission().len() as u64;
+    let queued = ring.sq_len() as u64;
     loop {
         match ring.submit_and_wait(want) {
             Ok(n) => {

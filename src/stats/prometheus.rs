@@ -60,9 +60,9 @@ enum Kind {
     Histogram,
 }
 
-/// The value of the `backend` label (a later change adds `"threads"`).
-fn backend(_s: &ShardStats) -> &'static str {
-    "io_uring"
+/// The value of the `backend` label: `"io_uring"` or `"threads"`.
+fn backend(s: &ShardStats) -> &'static str {
+    s.backend.name()
 }
 
 /// Escapes a label value: backslash, double quote and newline.

@@ -108,6 +108,7 @@ impl Setup {
             nodes: &self.cpus.nodes,
             files: &self.files,
             progress,
+            backend: ringshard::BackendChoice::Auto,
         };
         let out = engines::run(engine, &ctx)?;
         if out.checks.mismatches > 0 {

@@ -93,6 +93,8 @@ pub enum EngineKind {
     /// ringshard's in-shard loop (`submit_to` with the raw ring), in any mode: the reference
     /// `--mode tasks` is compared with.
     RingshardInshard,
+    /// The ringshard executor on its threads backend (what runs where io_uring is blocked).
+    RingshardThreads,
 }
 
 impl EngineKind {
@@ -111,6 +113,7 @@ impl EngineKind {
             ],
             Mode::InShard | Mode::Routed => &[
                 EngineKind::Ringshard,
+                EngineKind::RingshardThreads,
                 EngineKind::RawUring,
                 EngineKind::PreadPool,
                 EngineKind::TokioFs,
@@ -131,6 +134,7 @@ impl EngineKind {
             EngineKind::TokioFs => "tokio-fs",
             EngineKind::SpawnBlocking => "spawn-blocking",
             EngineKind::RingshardInshard => "ringshard-inshard",
+            EngineKind::RingshardThreads => "ringshard-threads",
         }
     }
 }

@@ -385,14 +385,23 @@ fn compare_reports_every_engine_with_ratios() {
         .iter()
         .map(|e| e["engine"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["ringshard", "raw-uring", "pread-pool", "tokio-fs"]);
+    assert_eq!(
+        names,
+        [
+            "ringshard",
+            "ringshard-threads",
+            "raw-uring",
+            "pread-pool",
+            "tokio-fs"
+        ]
+    );
     assert_eq!(engines[0]["iops_vs_ringshard"], 1.0);
     for e in engines {
         assert!(num(&e["median"], "iops") > 0.0, "{e}");
         assert!(num(e, "iops_vs_ringshard") > 0.0, "{e}");
         assert_eq!(e["rounds_iops"].as_array().unwrap().len(), 2);
     }
-    assert_eq!(v["runs"].as_array().unwrap().len(), 8);
+    assert_eq!(v["runs"].as_array().unwrap().len(), 10);
     for r in v["runs"].as_array().unwrap() {
         check_run(r, r["engine"].as_str().unwrap(), "in-shard", false);
     }

@@ -24,6 +24,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::time::Duration;
 
 /// What one run works with.
+#[derive(Clone, Copy)]
 pub struct RunCtx<'a> {
     pub w: &'a Workload,
     /// The placement: one shard (or baseline thread) per CPU, in order.
@@ -33,6 +34,8 @@ pub struct RunCtx<'a> {
     pub files: &'a [BenchFile],
     /// Show the live progress line.
     pub progress: bool,
+    /// The ringshard backend (`ringshard-threads` runs `ringshard` with `Threads`).
+    pub backend: ringshard::BackendChoice,
 }
 
 impl RunCtx<'_> {
@@ -193,6 +196,13 @@ pub fn run(engine: EngineKind, ctx: &RunCtx) -> Result<Output, BenchError> {
         ));
     }
     match (engine, ctx.w.mode) {
+        (EngineKind::RingshardThreads, _) => run(
+            EngineKind::Ringshard,
+            &RunCtx {
+                backend: ringshard::BackendChoice::Threads,
+                ..*ctx
+            },
+        ),
         (EngineKind::Ringshard, Mode::InShard) => ringshard_inshard::run(ctx),
         (EngineKind::Ringshard, Mode::Routed) => ringshard_routed::run(ctx),
         (EngineKind::Ringshard, Mode::Async) => ringshard_async::run(ctx),

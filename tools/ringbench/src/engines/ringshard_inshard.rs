@@ -26,7 +26,8 @@ pub fn build_executor(ctx: &RunCtx, buffers: usize) -> Result<Executor, BenchErr
         .cores(ctx.cpus.to_vec())
         .buffer_size(w.bs)
         .buffer_count(buffers)
-        .ring_entries(entries);
+        .ring_entries(entries)
+        .backend(ctx.backend);
     if let Some(us) = w.spin_us {
         b = b.spin(Duration::from_micros(us));
     }

@@ -1,0 +1,332 @@
+//! What a shard submits its SQEs to: the kernel's ring, or the threads backend where io_uring is
+//! blocked. Both take the same SQEs and give one CQE per SQE, so nothing above this module (the
+//! shard loop, the operations, the pool) knows which one runs.
+//!
+//! The backend is chosen once per executor ([`choose`]), before any shard starts:
+//! - `RINGSHARD_BACKEND=threads` or [`BackendChoice::Threads`]: the threads backend;
+//! - `RINGSHARD_BACKEND=io_uring` or [`BackendChoice::IoUring`]: io_uring, and an error (with the
+//!   diagnosis) when it is missing;
+//! - otherwise ([`BackendChoice::Auto`]): io_uring when a ring can be made and has the opcodes the
+//!   shards need; the threads backend when `kernel.io_uring_disabled` is 2, when `io_uring_setup`
+//!   fails with EPERM, ENOSYS, EOPNOTSUPP or EACCES (seccomp filters, gVisor, old kernels), or
+//!   when a required opcode is missing. The reason is kept for stats and logged once.
+
+pub(crate) mod sqe;
+pub(crate) mod threads;
+
+use crate::error::{errno_text, IoUringError, Result};
+use crate::ring::RingConfig;
+use io_uring::{opcode, squeue, IoUring};
+use std::os::fd::RawFd;
+use std::time::Duration;
+pub(crate) use threads::ThreadDriver;
+
+/// Which backend runs a shard's operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    /// The kernel's io_uring.
+    IoUring,
+    /// Blocking system calls (`preadv2`, `pwritev2`, `fsync`, ...) on the shard thread and a few
+    /// worker threads per shard: for machines where io_uring is blocked.
+    Threads,
+}
+
+impl Backend {
+    /// `"io_uring"` or `"threads"`, as in JSON, metric labels and `RINGSHARD_BACKEND`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::IoUring => "io_uring",
+            Backend::Threads => "threads",
+        }
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How [`ExecutorBuilder::backend`](crate::ExecutorBuilder::backend) picks the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendChoice {
+    /// `RINGSHARD_BACKEND` if set, else io_uring where it works and the threads backend where it
+    /// is blocked or lacks what the shards need.
+    #[default]
+    Auto,
+    /// io_uring, or an error saying why it cannot be used.
+    IoUring,
+    /// The threads backend, even where io_uring works.
+    Threads,
+}
+
+/// The backend an executor runs on, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Chosen {
+    pub backend: Backend,
+    /// Why this backend (always set for the threads backend).
+    pub reason: String,
+}
+
+/// The environment variable that forces a backend.
+pub const BACKEND_ENV: &str = "RINGSHARD_BACKEND";
+
+/// Opcodes every shard issues: a kernel without one of them gets the threads backend.
+const REQUIRED: &[(u8, &str)] = &[
+    (opcode::Read::CODE, "READ"),
+    (opcode::Write::CODE, "WRITE"),
+    (opcode::ReadFixed::CODE, "READ_FIXED"),
+    (opcode::WriteFixed::CODE, "WRITE_FIXED"),
+    (opcode::Fsync::CODE, "FSYNC"),
+    (opcode::PollAdd::CODE, "POLL_ADD"),
+    (opcode::Timeout::CODE, "TIMEOUT"),
+    (opcode::TimeoutRemove::CODE, "TIMEOUT_REMOVE"),
+    (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
+];
+
+/// Picks the backend: see the module documentation.
+pub(crate) fn choose(choice: BackendChoice, ring: &RingConfig) -> Result<Chosen> {
+    let env = std::env::var(BACKEND_ENV).ok();
+    let choice = match (choice, env.as_deref()) {
+        (BackendChoice::Auto, Some("threads")) => {
+            return Ok(Chosen {
+                backend: Backend::Threads,
+                reason: format!("{BACKEND_ENV}=threads"),
+            })
+        }
+        (BackendChoice::Auto, Some("io_uring")) => BackendChoice::IoUring,
+        (BackendChoice::Auto, Some("auto" | "")) | (BackendChoice::Auto, None) => {
+            BackendChoice::Auto
+        }
+        (BackendChoice::Auto, Some(other)) => {
+            return Err(IoUringError::InvalidConfig(format!(
+                "{BACKEND_ENV}={other:?}: expected io_uring, threads or auto"
+            )))
+        }
+        (c, _) => c,
+    };
+    let forced = choice == BackendChoice::IoUring;
+    match choice {
+        BackendChoice::Threads => Ok(Chosen {
+            backend: Backend::Threads,
+            reason: "chosen by the builder".into(),
+        }),
+        _ => match io_uring_usable(ring) {
+            Ok(()) => Ok(Chosen {
+                backend: Backend::IoUring,
+                reason: if forced {
+                    "required".into()
+                } else {
+                    "available".into()
+                },
+            }),
+            Err(Blocked::Error(e)) => Err(e),
+            Err(Blocked::Why(why, e)) if forced => Err(e.unwrap_or_else(|| {
+                IoUringError::InvalidConfig(format!(
+                    "io_uring was required ({BACKEND_ENV}=io_uring or the builder) but {why}"
+                ))
+            })),
+            Err(Blocked::Why(why, _)) => Ok(Chosen {
+                backend: Backend::Threads,
+                reason: why,
+            }),
+        },
+    }
+}
+
+enum Blocked {
+    /// io_uring cannot be used here, for this reason (with the setup error, if that was it).
+    Why(String, Option<IoUringError>),
+    /// An error that no backend avoids (a bad configuration).
+    Error(IoUringError),
+}
+
+fn io_uring_usable(cfg: &RingConfig) -> std::result::Result<(), Blocked> {
+    if let Ok(v) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
+        if v.trim() == "2" {
+            return Err(Blocked::Why(
+                "kernel.io_uring_disabled=2 (io_uring is disabled for every process)".into(),
+                None,
+            ));
+        }
+    }
+    cfg.validate().map_err(Blocked::Error)?;
+    let probe_cfg = RingConfig {
+        entries: 2,
+        sqpoll_cpu: None,
+        ..cfg.clone()
+    };
+    let ring = match probe_cfg.build() {
+        Ok((ring, _)) => ring,
+        Err(e @ IoUringError::RingSetup { errno, .. })
+            if matches!(
+                errno,
+                libc::EPERM | libc::ENOSYS | libc::EOPNOTSUPP | libc::EACCES
+            ) =>
+        {
+            let why = format!(
+                "io_uring_setup failed with {} (a seccomp filter, a container's default profile, \
+                 kernel.io_uring_disabled=1 or a kernel without io_uring)",
+                errno_text(errno)
+            );
+            return Err(Blocked::Why(why, Some(e)));
+        }
+        Err(e) => return Err(Blocked::Error(e)),
+    };
+    let mut probe = io_uring::Probe::new();
+    if ring.submitter().register_probe(&mut probe).is_err() {
+        return Err(Blocked::Why(
+            "the kernel cannot report its opcodes (IORING_REGISTER_PROBE, before 5.6)".into(),
+            None,
+        ));
+    }
+    let missing: Vec<&str> = REQUIRED
+        .iter()
+        .filter(|(code, _)| !probe.is_supported(*code))
+        .map(|(_, name)| *name)
+        .collect();
+    if !missing.is_empty() {
+        return Err(Blocked::Why(
+            format!("the kernel's io_uring lacks {}", missing.join(", ")),
+            None,
+        ));
+    }
+    Ok(())
+}
+
+/// A shard's ring: the kernel's, or the threads backend's.
+pub(crate) enum Driver {
+    Uring(IoUring),
+    Threads(ThreadDriver),
+}
+
+impl Driver {
+    pub(crate) fn backend(&self) -> Backend {
+        match self {
+            Driver::Uring(_) => Backend::IoUring,
+            Driver::Threads(_) => Backend::Threads,
+        }
+    }
+
+    /// Queues an SQE; false when the submission queue is full.
+    ///
+    /// # Safety
+    /// Everything `entry` points to stays valid, and is not used by anything else, until its
+    /// completion is reaped (as for `io_uring::SubmissionQueue::push`).
+    pub(crate) unsafe fn push(&mut self, entry: &squeue::Entry) -> bool {
+        match self {
+            // SAFETY: the caller's contract is the kernel's.
+            Driver::Uring(r) => unsafe { r.submission().push(entry) }.is_ok(),
+            Driver::Threads(t) => t.push(entry),
+        }
+    }
+
+    pub(crate) fn sq_len(&mut self) -> usize {
+        match self {
+            Driver::Uring(r) => r.submission().len(),
+            Driver::Threads(t) => t.sq_len(),
+        }
+    }
+
+    pub(crate) fn sq_space(&mut self) -> usize {
+        match self {
+            Driver::Uring(r) => {
+                let sq = r.submission();
+                sq.capacity() - sq.len()
+            }
+            Driver::Threads(t) => t.sq_capacity() - t.sq_len(),
+        }
+    }
+
+    /// Whether the kernel flagged deferred task work (only rings with TASKRUN_FLAG do).
+    pub(crate) fn taskrun(&mut self) -> bool {
+        match self {
+            Driver::Uring(r) => r.submission().taskrun(),
+            Driver::Threads(_) => false,
+        }
+    }
+
+    pub(crate) fn cq_entries(&self) -> u32 {
+        match self {
+            Driver::Uring(r) => r.params().cq_entries(),
+            Driver::Threads(t) => t.cq_entries(),
+        }
+    }
+
+    /// Submits what is queued and waits for `want` completions.
+    pub(crate) fn submit_and_wait(&mut self, want: usize) -> std::io::Result<usize> {
+        match self {
+            Driver::Uring(r) => r.submit_and_wait(want),
+            Driver::Threads(t) => {
+                let n = t.sq_len();
+                t.submit_and_wait(want, None);
+                Ok(n)
+            }
+        }
+    }
+
+    /// Submits and waits for `want` completions or `timeout` (an `ETIME` error then).
+    pub(crate) fn submit_and_wait_for(
+        &mut self,
+        want: usize,
+        timeout: Duration,
+    ) -> std::io::Result<usize> {
+        match self {
+            Driver::Uring(r) => {
+                let ts = io_uring::types::Timespec::from(timeout);
+                let args = io_uring::types::SubmitArgs::new().timespec(&ts);
+                r.submitter().submit_with_args(want, &args)
+            }
+            Driver::Threads(t) => {
+                let n = t.sq_len();
+                if t.submit_and_wait(want, Some(timeout)) {
+                    Ok(n)
+                } else {
+                    Err(std::io::Error::from_raw_os_error(libc::ETIME))
+                }
+            }
+        }
+    }
+
+    /// Runs deferred completions without blocking (an enter with GETEVENTS).
+    pub(crate) fn get_events(&mut self) {
+        if let Driver::Uring(r) = self {
+            // SAFETY: a plain io_uring_enter with no submissions and no argument.
+            let _ = unsafe {
+                r.submitter().enter::<libc::sigset_t>(
+                    0,
+                    0,
+                    io_uring::EnterFlags::GETEVENTS.bits(),
+                    None,
+                )
+            };
+        }
+    }
+
+    /// Appends every ready completion as (user_data, result).
+    pub(crate) fn completions(&mut self, out: &mut Vec<(u64, i32)>) {
+        match self {
+            Driver::Uring(r) => out.extend(r.completion().map(|c| (c.user_data(), c.result()))),
+            Driver::Threads(t) => t.completions(out),
+        }
+    }
+
+    pub(crate) fn register_files_sparse(&mut self, n: u32) -> std::io::Result<()> {
+        match self {
+            Driver::Uring(r) => r.submitter().register_files_sparse(n),
+            Driver::Threads(t) => {
+                t.register_files_sparse(n);
+                Ok(())
+            }
+        }
+    }
+
+    /// Sets registered file slots from `offset` (-1 clears one); false if refused.
+    pub(crate) fn register_files_update(&mut self, offset: u32, fds: &[RawFd]) -> bool {
+        match self {
+            Driver::Uring(r) => r.submitter().register_files_update(offset, fds).is_ok(),
+            Driver::Threads(t) => t.register_files_update(offset, fds) >= 0,
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! Reading a submission queue entry back: the threads backend runs the very SQEs every operation
+//! builds, so it decodes them by the kernel's ABI (`struct io_uring_sqe`, stable since 5.1).
+
+use io_uring::{opcode, squeue};
+
+/// `IOSQE_FIXED_FILE`: `fd` is an index into the registered file table.
+pub(crate) const FIXED_FILE: u8 = 1 << 0;
+/// `IORING_FSYNC_DATASYNC`.
+pub(crate) const FSYNC_DATASYNC: u32 = 1;
+/// `IORING_TIMEOUT_ABS`.
+pub(crate) const TIMEOUT_ABS: u32 = 1;
+
+/// The fields of one SQE, by the kernel's layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Sqe {
+    pub opcode: u8,
+    pub flags: u8,
+    pub fd: i32,
+    /// `off`, or `addr2` (statx's buffer, rename's new path).
+    pub off: u64,
+    /// `addr`: the buffer, iovec array, path, timespec, or the `user_data` to cancel.
+    pub addr: u64,
+    pub len: u32,
+    /// The per-opcode flags word (`rw_flags`, `fsync_flags`, `poll32_events`, ...).
+    pub op_flags: u32,
+    pub user_data: u64,
+}
+
+impl Sqe {
+    /// Decodes `entry`.
+    pub(crate) fn of(entry: &squeue::Entry) -> Sqe {
+        const _: () = assert!(std::mem::size_of::<squeue::Entry>() == 64);
+        // SAFETY: `squeue::Entry` is `#[repr(C)]` around the kernel's 64-byte `io_uring_sqe`
+        // (checked above), which is plain integers: any bit pattern is a valid `[u8; 64]`.
+        let b: [u8; 64] = unsafe { std::mem::transmute_copy(entry) };
+        let u32_at = |i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let u64_at = |i: usize| u64::from(u32_at(i)) | (u64::from(u32_at(i + 4)) << 32);
+        Sqe {
+            opcode: b[0],
+            flags: b[1],
+            fd: u32_at(4) as i32,
+            off: u64_at(8),
+            addr: u64_at(16),
+            len: u32_at(24),
+            op_flags: u32_at(28),
+            user_data: u64_at(32),
+        }
+    }
+}
+
+/// The opcodes the threads backend runs, by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Code {
+    Nop,
+    Read,
+    Write,
+    ReadFixed,
+    WriteFixed,
+    Readv,
+    Writev,
+    Fsync,
+    Fallocate,
+    SyncFileRange,
+    Statx,
+    Ftruncate,
+    Unlinkat,
+    Renameat,
+    Mkdirat,
+    Close,
+    Timeout,
+    TimeoutRemove,
+    PollAdd,
+    AsyncCancel,
+}
+
+impl Code {
+    /// The opcode's name, or None for one the threads backend does not run.
+    pub(crate) fn of(op: u8) -> Option<Code> {
+        Some(match op {
+            opcode::Nop::CODE => Code::Nop,
+            opcode::Read::CODE => Code::Read,
+            opcode::Write::CODE => Code::Write,
+            opcode::ReadFixed::CODE => Code::ReadFixed,
+            opcode::WriteFixed::CODE => Code::WriteFixed,
+            opcode::Readv::CODE => Code::Readv,
+            opcode::Writev::CODE => Code::Writev,
+            opcode::Fsync::CODE => Code::Fsync,
+            opcode::Fallocate::CODE => Code::Fallocate,
+            opcode::SyncFileRange::CODE => Code::SyncFileRange,
+            opcode::Statx::CODE => Code::Statx,
+            opcode::Ftruncate::CODE => Code::Ftruncate,
+            opcode::UnlinkAt::CODE => Code::Unlinkat,
+            opcode::RenameAt::CODE => Code::Renameat,
+            opcode::MkDirAt::CODE => Code::Mkdirat,
+            opcode::Close::CODE => Code::Close,
+            opcode::Timeout::CODE => Code::Timeout,
+            opcode::TimeoutRemove::CODE => Code::TimeoutRemove,
+            opcode::PollAdd::CODE => Code::PollAdd,
+            opcode::AsyncCancel::CODE => Code::AsyncCancel,
+            _ => return None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use io_uring::types;
+
+    #[test]
+    fn decodes_what_the_builders_encode() {
+        let buf = [0u8; 16];
+        let e = opcode::Read::new(types::Fd(7), buf.as_ptr() as *mut u8, 16)
+            .offset(4096)
+            .rw_flags(libc::RWF_NOWAIT)
+            .build()
+            .user_data(0xdead_beef_1234);
+        let s = Sqe::of(&e);
+        assert_eq!(s.opcode, opcode::Read::CODE);
+        assert_eq!(Code::of(s.opcode), Some(Code::Read));
+        assert_eq!((s.fd, s.off, s.len), (7, 4096, 16));
+        assert_eq!(s.addr, buf.as_ptr() as u64);
+        assert_eq!(s.op_flags, libc::RWF_NOWAIT as u32);
+        assert_eq!(s.user_data, 0xdead_beef_1234);
+        assert_eq!(s.flags & FIXED_FILE, 0);
+
+        let e = opcode::Fallocate::new(types::Fixed(3), 8192)
+            .offset(100)
+            .mode(1)
+            .build();
+        let s = Sqe::of(&e);
+        assert_eq!(Code::of(s.opcode), Some(Code::Fallocate));
+        assert_eq!((s.fd, s.off, s.addr, s.len), (3, 100, 8192, 1));
+        assert_ne!(s.flags & FIXED_FILE, 0);
+
+        let e = opcode::Fsync::new(types::Fd(5))
+            .flags(types::FsyncFlags::DATASYNC)
+            .build();
+        assert_eq!(Sqe::of(&e).op_flags, FSYNC_DATASYNC);
+    }
+}

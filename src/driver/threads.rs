@@ -1,0 +1,955 @@
+//! The threads backend: the ring's contract (push SQEs, submit, reap one CQE per SQE) kept with
+//! plain system calls, for machines where io_uring is blocked.
+//!
+//! Every operation builds the same SQE on both backends; this module runs it with the system call
+//! that does the same thing (`preadv2`, `pwritev2`, `fsync`, `statx`, `renameat2`, ...) and posts
+//! the result as the kernel would. So the shard loop, per-file ordering, retries of short
+//! transfers, cancellation and statistics are the same code on both backends.
+//!
+//! Where each SQE runs:
+//! - page-cache reads (`READ`, `READV`) first run on the shard thread with `RWF_NOWAIT`: a cached
+//!   page costs one system call and no hand-off; one that would block goes to a worker;
+//! - everything else that may block (writes, `O_DIRECT` reads through `READ_FIXED`, syncs,
+//!   metadata and path operations) goes to a worker thread of the shard (started on demand, up to
+//!   `max_workers`, pinned to the shard's CPU);
+//! - timeouts, polls and cancellations are kept on the shard thread (a deadline heap, `ppoll`).
+//!
+//! Memory rules are the kernel's: what an SQE points to must stay valid until its CQE is reaped.
+//! The shard keeps to them already (it leaks what is in flight when it stops), and a worker
+//! touches an SQE's memory only while its CQE is not yet posted.
+
+use super::sqe::{Code, Sqe, FIXED_FILE, FSYNC_DATASYNC, TIMEOUT_ABS};
+use io_uring::squeue;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// One SQE handed to a worker, with its descriptor resolved.
+struct Job {
+    sqe: Sqe,
+    code: Code,
+    fd: RawFd,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    /// Workers waiting for a job.
+    idle: usize,
+    workers: usize,
+    stop: bool,
+}
+
+/// What a worker is running, so a cancellation can reach a call that waits in `poll`.
+struct Running {
+    user_data: u64,
+    /// The worker's eventfd: written to cancel its current call.
+    cancel: RawFd,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    /// One entry per worker: the job it runs (user_data 0 when none).
+    running: Mutex<Vec<Running>>,
+    more: Condvar,
+    /// Results posted by workers, taken by the shard.
+    done: Mutex<Vec<(u64, i32)>>,
+    /// Written by a worker that posts a result while the shard sleeps in [`ThreadDriver::wait`].
+    done_efd: OwnedFd,
+    sleeping: AtomicBool,
+}
+
+/// Locks `m`, recovering from a poisoned lock: the queues hold plain data that a panic cannot
+/// leave half-updated (every update is a single push or pop).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A ring without the kernel: see the module documentation.
+pub(crate) struct ThreadDriver {
+    sq: Vec<squeue::Entry>,
+    sq_cap: usize,
+    cq: VecDeque<(u64, i32)>,
+    cq_cap: u32,
+    shared: Arc<Shared>,
+    /// The registered file table (`IOSQE_FIXED_FILE` indexes it); -1 for a free slot.
+    files: Vec<RawFd>,
+    /// Armed timeouts: (deadline, arm number, user_data), earliest first; `timer_live` maps a
+    /// timeout's user_data to its arm number, so a removed timeout's heap entry is skipped.
+    timers: BinaryHeap<Reverse<(Instant, u64, u64)>>,
+    timer_live: HashMap<u64, u64>,
+    timer_seq: u64,
+    /// Armed polls: (fd, events, user_data).
+    polls: Vec<(RawFd, i16, u64)>,
+    cpu: Option<usize>,
+    max_workers: usize,
+    name: String,
+}
+
+impl ThreadDriver {
+    /// A driver with room for `entries` queued SQEs, whose workers (at most `max_workers`) run on
+    /// `cpu` when given. Fails only if the eventfd cannot be made.
+    pub(crate) fn new(
+        entries: u32,
+        cpu: Option<usize>,
+        max_workers: usize,
+        name: String,
+    ) -> std::io::Result<ThreadDriver> {
+        // SAFETY: eventfd takes no pointers; the result is checked before it is owned.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if efd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `efd` is a fresh descriptor nobody else owns.
+        let done_efd = unsafe { OwnedFd::from_raw_fd(efd) };
+        Ok(ThreadDriver {
+            sq: Vec::with_capacity(entries as usize),
+            sq_cap: entries.max(1) as usize,
+            cq: VecDeque::new(),
+            cq_cap: entries.saturating_mul(2).max(2),
+            shared: Arc::new(Shared {
+                queue: Mutex::new(Queue::default()),
+                running: Mutex::new(Vec::new()),
+                more: Condvar::new(),
+                done: Mutex::new(Vec::new()),
+                done_efd,
+                sleeping: AtomicBool::new(false),
+            }),
+            files: Vec::new(),
+            timers: BinaryHeap::new(),
+            timer_live: HashMap::new(),
+            timer_seq: 0,
+            polls: Vec::new(),
+            cpu,
+            max_workers: max_workers.max(1),
+            name,
+        })
+    }
+
+    /// Queues an SQE; false when the queue is full (submit, then push again).
+    pub(crate) fn push(&mut self, entry: &squeue::Entry) -> bool {
+        if self.sq.len() >= self.sq_cap {
+            return false;
+        }
+        self.sq.push(entry.clone());
+        true
+    }
+
+    pub(crate) fn sq_len(&self) -> usize {
+        self.sq.len()
+    }
+
+    pub(crate) fn sq_capacity(&self) -> usize {
+        self.sq_cap
+    }
+
+    pub(crate) fn cq_entries(&self) -> u32 {
+        self.cq_cap
+    }
+
+    /// A sparse registered file table of `n` slots.
+    pub(crate) fn register_files_sparse(&mut self, n: u32) {
+        self.files = vec![-1; n as usize];
+    }
+
+    /// Sets registered file slots from `offset` (-1 clears one).
+    pub(crate) fn register_files_update(&mut self, offset: u32, fds: &[RawFd]) -> i32 {
+        let start = offset as usize;
+        let Some(slots) = self.files.get_mut(start..start.saturating_add(fds.len())) else {
+            return -libc::EINVAL;
+        };
+        slots.copy_from_slice(fds);
+        fds.len() as i32
+    }
+
+    /// Starts everything queued; returns how many SQEs were taken.
+    pub(crate) fn submit(&mut self) -> usize {
+        let sq = std::mem::take(&mut self.sq);
+        let n = sq.len();
+        for entry in &sq {
+            self.start(Sqe::of(entry));
+        }
+        self.sq = sq;
+        self.sq.clear();
+        n
+    }
+
+    /// Submits, then waits until at least `want` completions are ready, or `timeout` passed
+    /// (false then, like the kernel's ETIME).
+    pub(crate) fn submit_and_wait(&mut self, want: usize, timeout: Option<Duration>) -> bool {
+        self.submit();
+        let until = timeout.and_then(|t| Instant::now().checked_add(t));
+        loop {
+            self.collect();
+            if self.cq.len() >= want {
+                return true;
+            }
+            let now = Instant::now();
+            if until.is_some_and(|u| now >= u) {
+                return false;
+            }
+            let next_timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
+            let wake_at = match (until, next_timer) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            self.sleep(wake_at.map(|w| w.saturating_duration_since(now)));
+        }
+    }
+
+    /// Moves every ready completion into `out`.
+    pub(crate) fn completions(&mut self, out: &mut Vec<(u64, i32)>) {
+        self.collect();
+        out.extend(self.cq.drain(..));
+    }
+
+    /// Takes the workers' results and fires due timeouts.
+    fn collect(&mut self) {
+        {
+            let mut done = lock(&self.shared.done);
+            self.cq.extend(done.drain(..));
+        }
+        if self.timers.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        while let Some(Reverse((at, seq, ud))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            if self.timer_live.get(&ud) == Some(&seq) {
+                self.timer_live.remove(&ud);
+                self.cq.push_back((ud, -libc::ETIME));
+            }
+        }
+    }
+
+    /// Sleeps until a worker posts a result, an armed poll's descriptor is ready, or `timeout`.
+    fn sleep(&mut self, timeout: Option<Duration>) {
+        self.shared.sleeping.store(true, Ordering::SeqCst);
+        // Checked after announcing the sleep: a worker that posted before it saw no sleeper.
+        if !lock(&self.shared.done).is_empty() {
+            self.shared.sleeping.store(false, Ordering::SeqCst);
+            return;
+        }
+        let mut fds = Vec::with_capacity(1 + self.polls.len());
+        fds.push(libc::pollfd {
+            fd: self.shared.done_efd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        fds.extend(self.polls.iter().map(|&(fd, events, _)| libc::pollfd {
+            fd,
+            events,
+            revents: 0,
+        }));
+        let ts = timeout.map(|t| libc::timespec {
+            tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
+            tv_nsec: t.subsec_nanos() as libc::c_long,
+        });
+        let ts_ptr = ts.as_ref().map_or(std::ptr::null(), |t| t as *const _);
+        // SAFETY: `fds` is a live array of `fds.len()` pollfds and `ts_ptr` null or a live
+        // timespec; ppoll writes only `revents`.
+        let n = unsafe { libc::ppoll(fds.as_mut_ptr(), fds.len() as _, ts_ptr, std::ptr::null()) };
+        self.shared.sleeping.store(false, Ordering::SeqCst);
+        if n <= 0 {
+            return; // timeout or EINTR: the caller looks again
+        }
+        if fds[0].revents != 0 {
+            let mut v = 0u64;
+            // SAFETY: reads 8 bytes into a local; the eventfd is non-blocking.
+            let _ = unsafe {
+                libc::read(
+                    self.shared.done_efd.as_raw_fd(),
+                    (&mut v as *mut u64).cast(),
+                    8,
+                )
+            };
+        }
+        let ready: Vec<(usize, i16)> = fds[1..]
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.revents != 0)
+            .map(|(i, p)| (i, p.revents))
+            .collect();
+        for &(i, revents) in ready.iter().rev() {
+            let (_, _, ud) = self.polls.swap_remove(i);
+            self.cq.push_back((ud, i32::from(revents)));
+        }
+    }
+
+    /// Starts one SQE: done here when it cannot block, else handed to a worker.
+    fn start(&mut self, sqe: Sqe) {
+        let ud = sqe.user_data;
+        let Some(code) = Code::of(sqe.opcode) else {
+            self.cq.push_back((ud, -libc::EINVAL));
+            return;
+        };
+        // Links, drains and buffer selection are not used by ringshard; refuse them rather than
+        // run them with different semantics.
+        if sqe.flags & !FIXED_FILE != 0 {
+            self.cq.push_back((ud, -libc::EINVAL));
+            return;
+        }
+        match code {
+            Code::Nop => self.cq.push_back((ud, 0)),
+            Code::Timeout => self.arm_timeout(sqe),
+            Code::TimeoutRemove => {
+                let res = match self.timer_live.remove(&sqe.addr) {
+                    Some(_) => {
+                        self.cq.push_back((sqe.addr, -libc::ECANCELED));
+                        0
+                    }
+                    None => -libc::ENOENT,
+                };
+                self.cq.push_back((ud, res));
+            }
+            Code::PollAdd => self.arm_poll(sqe),
+            Code::AsyncCancel => {
+                let res = self.cancel(sqe.addr);
+                self.cq.push_back((ud, res));
+            }
+            _ => {
+                let fd = match self.resolve_fd(&sqe) {
+                    Ok(fd) => fd,
+                    Err(errno) => {
+                        self.cq.push_back((ud, -errno));
+                        return;
+                    }
+                };
+                if matches!(code, Code::Read | Code::Readv) {
+                    // A cached page is read here; one that would block goes to a worker.
+                    let res = run_nowait_read(&sqe, code, fd);
+                    let asked_nowait = sqe.op_flags & libc::RWF_NOWAIT as u32 != 0;
+                    if asked_nowait || (res != -libc::EAGAIN && res != -libc::EOPNOTSUPP) {
+                        self.cq.push_back((ud, res));
+                        return;
+                    }
+                }
+                self.dispatch(Job { sqe, code, fd });
+            }
+        }
+    }
+
+    fn resolve_fd(&self, sqe: &Sqe) -> Result<RawFd, i32> {
+        if sqe.flags & FIXED_FILE == 0 {
+            return Ok(sqe.fd);
+        }
+        match self.files.get(sqe.fd as u32 as usize) {
+            Some(&fd) if fd >= 0 => Ok(fd),
+            _ => Err(libc::EBADF),
+        }
+    }
+
+    fn arm_timeout(&mut self, sqe: Sqe) {
+        if sqe.addr == 0 {
+            self.cq.push_back((sqe.user_data, -libc::EFAULT));
+            return;
+        }
+        // SAFETY: a TIMEOUT's `addr` is a `__kernel_timespec` ({i64, i64}) that its submitter
+        // keeps valid until the CQE (the kernel too reads it at submission, as here).
+        let (sec, nsec) = unsafe {
+            let p = sqe.addr as *const i64;
+            (p.read_unaligned(), p.add(1).read_unaligned())
+        };
+        if sec < 0 || !(0..1_000_000_000).contains(&nsec) {
+            self.cq.push_back((sqe.user_data, -libc::EINVAL));
+            return;
+        }
+        let mut left = Duration::new(sec as u64, nsec as u32);
+        if sqe.op_flags & TIMEOUT_ABS != 0 {
+            let now = monotonic_now();
+            left = left.saturating_sub(now);
+        }
+        // A deadline past Instant's range never fires, like a timeout of centuries.
+        let Some(at) = Instant::now().checked_add(left) else {
+            self.timer_seq += 1;
+            self.timer_live.insert(sqe.user_data, self.timer_seq);
+            return;
+        };
+        self.timer_seq += 1;
+        self.timer_live.insert(sqe.user_data, self.timer_seq);
+        self.timers
+            .push(Reverse((at, self.timer_seq, sqe.user_data)));
+    }
+
+    fn arm_poll(&mut self, sqe: Sqe) {
+        let fd = match self.resolve_fd(&sqe) {
+            Ok(fd) => fd,
+            Err(errno) => {
+                self.cq.push_back((sqe.user_data, -errno));
+                return;
+            }
+        };
+        let events = sqe.op_flags as u16 as i16;
+        let mut p = libc::pollfd {
+            fd,
+            events,
+            revents: 0,
+        };
+        // SAFETY: one live pollfd, no wait.
+        let n = unsafe { libc::poll(&mut p, 1, 0) };
+        if n > 0 {
+            self.cq.push_back((sqe.user_data, i32::from(p.revents)));
+        } else {
+            self.polls.push((fd, events, sqe.user_data));
+        }
+    }
+
+    /// IORING_OP_ASYNC_CANCEL of `target`: what has not started is cancelled; a system call
+    /// already running in a worker cannot be, and completes on its own (as in the kernel for
+    /// regular files).
+    fn cancel(&mut self, target: u64) -> i32 {
+        if self.timer_live.remove(&target).is_some() {
+            self.cq.push_back((target, -libc::ECANCELED));
+            return 0;
+        }
+        if let Some(i) = self.polls.iter().position(|&(_, _, ud)| ud == target) {
+            self.polls.swap_remove(i);
+            self.cq.push_back((target, -libc::ECANCELED));
+            return 0;
+        }
+        let removed = {
+            let mut q = lock(&self.shared.queue);
+            match q.jobs.iter().position(|j| j.sqe.user_data == target) {
+                Some(i) => q.jobs.remove(i).is_some(),
+                None => false,
+            }
+        };
+        if removed {
+            self.cq.push_back((target, -libc::ECANCELED));
+            return 0;
+        }
+        // Running: a call waiting in poll (a pipe, FIFO or socket) ends with ECANCELED; a call
+        // on a regular file or block device cannot be stopped and completes (as in the kernel).
+        let running = lock(&self.shared.running);
+        match running.iter().find(|r| r.user_data == target) {
+            Some(r) => {
+                let one = 1u64;
+                // SAFETY: writes 8 bytes from a local to the worker's eventfd, which lives as
+                // long as its entry in `running` (removed only under this lock).
+                let _ = unsafe { libc::write(r.cancel, (&one as *const u64).cast(), 8) };
+                -libc::EALREADY
+            }
+            None => -libc::ENOENT,
+        }
+    }
+
+    fn dispatch(&mut self, job: Job) {
+        let spawn = {
+            let mut q = lock(&self.shared.queue);
+            q.jobs.push_back(job);
+            let spawn = q.idle == 0 && q.workers < self.max_workers;
+            if spawn {
+                q.workers += 1;
+            }
+            spawn
+        };
+        if spawn && !self.spawn_worker() {
+            let mut q = lock(&self.shared.queue);
+            q.workers -= 1;
+            if q.workers == 0 {
+                // No worker could be started: run it here rather than never.
+                drop(q);
+                self.run_queued_here();
+                return;
+            }
+        }
+        self.shared.more.notify_one();
+    }
+
+    fn spawn_worker(&self) -> bool {
+        let shared = Arc::clone(&self.shared);
+        let cpu = self.cpu;
+        std::thread::Builder::new()
+            .name(self.name.clone())
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                if let Some(cpu) = cpu {
+                    // Best effort: an unpinned worker still does the job.
+                    let _ = core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
+                }
+                worker(&shared);
+            })
+            .is_ok()
+    }
+
+    fn run_queued_here(&mut self) {
+        let jobs: Vec<Job> = lock(&self.shared.queue).jobs.drain(..).collect();
+        for job in jobs {
+            let res = run_blocking(&job.sqe, job.code, job.fd);
+            self.cq.push_back((job.sqe.user_data, res));
+        }
+    }
+
+    /// Whether nothing is queued, running, armed or waiting to be reaped.
+    #[cfg(test)]
+    pub(crate) fn idle(&self) -> bool {
+        let q = lock(&self.shared.queue);
+        q.jobs.is_empty()
+            && q.idle == q.workers
+            && self.cq.is_empty()
+            && lock(&self.shared.done).is_empty()
+            && self.timer_live.is_empty()
+            && self.polls.is_empty()
+    }
+}
+
+impl Drop for ThreadDriver {
+    fn drop(&mut self) {
+        // Workers finish the call they are in (whose memory the shard has leaked, as for the
+        // kernel) and exit; they are not joined, so a stalled device cannot hang the drop.
+        lock(&self.shared.queue).stop = true;
+        self.shared.more.notify_all();
+    }
+}
+
+fn worker(shared: &Shared) {
+    // SAFETY: eventfd takes no pointers; the result is checked before it is owned.
+    let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    let cancel = (efd >= 0).then(|| {
+        // SAFETY: a fresh descriptor nobody else owns.
+        unsafe { OwnedFd::from_raw_fd(efd) }
+    });
+    let slot = {
+        let mut running = lock(&shared.running);
+        running.push(Running {
+            user_data: 0,
+            cancel: cancel.as_ref().map_or(-1, AsRawFd::as_raw_fd),
+        });
+        running.len() - 1
+    };
+    worker_loop(shared, slot, cancel.as_ref().map(AsRawFd::as_raw_fd));
+    // The entry stays (its index is the slot) but names nothing, and its descriptor is closed
+    // after it is cleared, under the lock: no cancellation writes to a closed descriptor.
+    let mut running = lock(&shared.running);
+    if let Some(r) = running.get_mut(slot) {
+        r.user_data = 0;
+        r.cancel = -1;
+    }
+    drop(running);
+    drop(cancel);
+}
+
+fn worker_loop(shared: &Shared, slot: usize, cancel: Option<RawFd>) {
+    loop {
+        let job = {
+            let mut q = lock(&shared.queue);
+            loop {
+                if let Some(job) = q.jobs.pop_front() {
+                    break job;
+                }
+                if q.stop {
+                    q.workers -= 1;
+                    return;
+                }
+                q.idle += 1;
+                q = shared.more.wait(q).unwrap_or_else(|p| p.into_inner());
+                q.idle -= 1;
+            }
+        };
+        let stream = matches!(
+            job.code,
+            Code::Read | Code::Readv | Code::Write | Code::Writev
+        ) && is_stream(job.fd);
+        let res = match cancel {
+            Some(efd) if stream => {
+                set_running(shared, slot, job.sqe.user_data, efd);
+                let res = run_stream(&job.sqe, job.code, job.fd, efd);
+                set_running(shared, slot, 0, efd);
+                res
+            }
+            _ => run_blocking(&job.sqe, job.code, job.fd),
+        };
+        lock(&shared.done).push((job.sqe.user_data, res));
+        if shared.sleeping.load(Ordering::SeqCst) {
+            let one = 1u64;
+            // SAFETY: writes 8 bytes from a local to our eventfd.
+            let _ =
+                unsafe { libc::write(shared.done_efd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        }
+    }
+}
+
+/// Records what worker `slot` runs; clearing it also drains a cancellation that came too late,
+/// so it cannot end the next call (both under the lock the canceller takes).
+fn set_running(shared: &Shared, slot: usize, user_data: u64, efd: RawFd) {
+    let mut running = lock(&shared.running);
+    if let Some(r) = running.get_mut(slot) {
+        r.user_data = user_data;
+    }
+    let mut v = 0u64;
+    // SAFETY: reads 8 bytes into a local from the worker's own non-blocking eventfd.
+    let _ = unsafe { libc::read(efd, (&mut v as *mut u64).cast(), 8) };
+    drop(running);
+}
+
+/// CLOCK_MONOTONIC now, as a duration since its epoch (for IORING_TIMEOUT_ABS).
+fn monotonic_now() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes one timespec into a local.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    Duration::new(
+        ts.tv_sec.max(0) as u64,
+        ts.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
+}
+
+/// The return of a system call as a CQE result: the value, or -errno.
+fn cqe_res(ret: i64) -> i32 {
+    if ret < 0 {
+        -crate::numa::last_errno()
+    } else {
+        ret.min(i64::from(i32::MAX)) as i32
+    }
+}
+
+/// A page-cache read with RWF_NOWAIT added: -EAGAIN when it would block.
+fn run_nowait_read(sqe: &Sqe, code: Code, fd: RawFd) -> i32 {
+    let flags = sqe.op_flags as i32 | libc::RWF_NOWAIT;
+    rw(sqe, code, fd, flags)
+}
+
+/// `preadv2`/`pwritev2` for the read and write opcodes, with `flags` as RWF flags.
+fn rw(sqe: &Sqe, code: Code, fd: RawFd, flags: i32) -> i32 {
+    let one = libc::iovec {
+        iov_base: sqe.addr as *mut libc::c_void,
+        iov_len: sqe.len as usize,
+    };
+    let (iov, cnt) = match code {
+        Code::Readv | Code::Writev => (sqe.addr as *const libc::iovec, sqe.len as i32),
+        _ => (&one as *const libc::iovec, 1),
+    };
+    // An offset of -1 means the file position, for preadv2 as for the ring.
+    let call = |off: i64| {
+        // SAFETY: the SQE's submitter keeps its buffer (or iovec array and buffers) valid and
+        // unaliased until the CQE, which is posted only after this call returns; `one` is a local.
+        let ret = unsafe {
+            match code {
+                Code::Read | Code::ReadFixed | Code::Readv => {
+                    libc::preadv2(fd, iov, cnt, off, flags)
+                }
+                _ => libc::pwritev2(fd, iov, cnt, off, flags),
+            }
+        };
+        cqe_res(ret as i64)
+    };
+    match call(sqe.off as i64) {
+        // A pipe, FIFO or socket has no offset: the ring ignores it there, and so do we.
+        res if res == -libc::ESPIPE && sqe.off != u64::MAX => call(-1),
+        res => res,
+    }
+}
+
+/// Whether `fd` is a pipe, FIFO, socket or character device: a read or write there may wait
+/// forever, so a worker waits for it in `poll`, where a cancellation can reach it.
+fn is_stream(fd: RawFd) -> bool {
+    // SAFETY: fstat writes into a local struct only.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; a bad descriptor fails, and the call that follows reports it.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return false;
+    }
+    matches!(
+        st.st_mode & libc::S_IFMT,
+        libc::S_IFIFO | libc::S_IFSOCK | libc::S_IFCHR
+    )
+}
+
+/// Runs a read or write on a stream descriptor: waits in `poll` for it to be ready or for
+/// `cancel` (the worker's eventfd) to be written, then does the call.
+fn run_stream(sqe: &Sqe, code: Code, fd: RawFd, cancel: RawFd) -> i32 {
+    let events = match code {
+        Code::Read | Code::ReadFixed | Code::Readv => libc::POLLIN,
+        _ => libc::POLLOUT,
+    };
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd,
+                events,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: cancel,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: two live pollfds; no timeout.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if n < 0 {
+            if crate::numa::last_errno() == libc::EINTR {
+                continue;
+            }
+            return -crate::numa::last_errno();
+        }
+        if fds[1].revents != 0 {
+            return -libc::ECANCELED;
+        }
+        if fds[0].revents != 0 {
+            // Ready (or hung up: the call then returns 0 or EPIPE, as it would in the ring).
+            let res = rw(sqe, code, fd, sqe.op_flags as i32 | libc::RWF_NOWAIT);
+            if res == -libc::EAGAIN && sqe.op_flags & libc::RWF_NOWAIT as u32 == 0 {
+                continue; // another reader took the data first
+            }
+            if res == -libc::EOPNOTSUPP {
+                return rw(sqe, code, fd, sqe.op_flags as i32);
+            }
+            return res;
+        }
+    }
+}
+
+/// Runs one SQE with the system call that does what the opcode does.
+fn run_blocking(sqe: &Sqe, code: Code, fd: RawFd) -> i32 {
+    let addr = sqe.addr as *const libc::c_char;
+    // SAFETY (every call below): pointers come from the SQE, whose submitter keeps what they point
+    // to (paths, statx buffers, buffers) valid until the CQE, posted after the call returns.
+    let ret: i64 = unsafe {
+        match code {
+            Code::Read
+            | Code::ReadFixed
+            | Code::Readv
+            | Code::Write
+            | Code::WriteFixed
+            | Code::Writev => return rw(sqe, code, fd, sqe.op_flags as i32),
+            Code::Fsync if sqe.op_flags & FSYNC_DATASYNC != 0 => libc::fdatasync(fd) as i64,
+            Code::Fsync => libc::fsync(fd) as i64,
+            Code::Fallocate => {
+                libc::fallocate(fd, sqe.len as i32, sqe.off as i64, sqe.addr as i64) as i64
+            }
+            Code::SyncFileRange => {
+                libc::sync_file_range(fd, sqe.off as i64, i64::from(sqe.len), sqe.op_flags) as i64
+            }
+            Code::Statx => libc::statx(
+                fd,
+                addr,
+                sqe.op_flags as i32,
+                sqe.len,
+                sqe.off as *mut libc::statx,
+            ) as i64,
+            Code::Ftruncate => libc::ftruncate(fd, sqe.off as i64) as i64,
+            Code::Unlinkat => libc::unlinkat(fd, addr, sqe.op_flags as i32) as i64,
+            Code::Renameat => libc::syscall(
+                libc::SYS_renameat2,
+                fd,
+                addr,
+                sqe.len as i32,
+                sqe.off as *const libc::c_char,
+                sqe.op_flags,
+            ),
+            Code::Mkdirat => libc::mkdirat(fd, addr, sqe.len as libc::mode_t) as i64,
+            Code::Close => libc::close(fd) as i64,
+            Code::Nop | Code::Timeout | Code::TimeoutRemove | Code::PollAdd | Code::AsyncCancel => {
+                0
+            }
+        }
+    };
+    cqe_res(ret)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use io_uring::{opcode, types};
+    use std::io::Write;
+
+    fn driver() -> ThreadDriver {
+        ThreadDriver::new(64, None, 4, "test-worker".into()).unwrap()
+    }
+
+    fn run_one(d: &mut ThreadDriver, e: squeue::Entry) -> (u64, i32) {
+        assert!(d.push(&e));
+        assert!(d.submit_and_wait(1, Some(Duration::from_secs(10))));
+        let mut out = Vec::new();
+        d.completions(&mut out);
+        assert_eq!(out.len(), 1, "{out:?}");
+        out[0]
+    }
+
+    #[test]
+    fn reads_writes_and_syncs_a_real_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(b"hello, world")
+            .unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let fd = f.as_raw_fd();
+        let mut d = driver();
+        let mut buf = vec![0u8; 5];
+        let e = opcode::Read::new(types::Fd(fd), buf.as_mut_ptr(), 5)
+            .offset(7)
+            .build()
+            .user_data(1);
+        assert_eq!(run_one(&mut d, e), (1, 5));
+        assert_eq!(&buf, b"world");
+
+        let data = b"HELLO";
+        d.register_files_sparse(4);
+        assert_eq!(d.register_files_update(2, &[fd]), 1);
+        let e = opcode::Write::new(types::Fixed(2), data.as_ptr(), 5)
+            .build()
+            .user_data(2);
+        assert_eq!(run_one(&mut d, e), (2, 5));
+        let e = opcode::Fsync::new(types::Fixed(2))
+            .flags(types::FsyncFlags::DATASYNC)
+            .build()
+            .user_data(3);
+        assert_eq!(run_one(&mut d, e), (3, 0));
+        assert_eq!(std::fs::read(&path).unwrap(), b"HELLO, world");
+
+        // An empty fixed slot is EBADF, as in the kernel.
+        let e = opcode::Fsync::new(types::Fixed(1)).build().user_data(4);
+        assert_eq!(run_one(&mut d, e), (4, -libc::EBADF));
+        // A read past the end returns 0.
+        let e = opcode::Read::new(types::Fd(fd), buf.as_mut_ptr(), 5)
+            .offset(100)
+            .build()
+            .user_data(5);
+        assert_eq!(run_one(&mut d, e), (5, 0));
+        assert!(d.idle());
+    }
+
+    #[test]
+    fn timeouts_fire_in_order_and_not_early_and_can_be_removed() {
+        let mut d = driver();
+        let t1 = types::Timespec::from(Duration::from_millis(30));
+        let t2 = types::Timespec::from(Duration::from_millis(10));
+        let t3 = types::Timespec::from(Duration::from_secs(60));
+        let start = Instant::now();
+        for (ts, ud) in [(&t1, 1), (&t2, 2), (&t3, 3)] {
+            assert!(d.push(&opcode::Timeout::new(ts).build().user_data(ud)));
+        }
+        let mut out = Vec::new();
+        while out.len() < 2 {
+            d.submit_and_wait(1, Some(Duration::from_secs(5)));
+            d.completions(&mut out);
+        }
+        assert_eq!(out, vec![(2, -libc::ETIME), (1, -libc::ETIME)]);
+        assert!(start.elapsed() >= Duration::from_millis(30));
+        let out = run_two(&mut d, opcode::TimeoutRemove::new(3).build().user_data(9));
+        assert_eq!(out, vec![(3, -libc::ECANCELED), (9, 0)]);
+        assert!(d.idle());
+    }
+
+    /// Pushes `e`, whose submission completes two operations (itself and its target).
+    fn run_two(d: &mut ThreadDriver, e: squeue::Entry) -> Vec<(u64, i32)> {
+        assert!(d.push(&e));
+        d.submit_and_wait(2, Some(Duration::from_secs(5)));
+        let mut out = Vec::new();
+        d.completions(&mut out);
+        out
+    }
+
+    #[test]
+    fn a_poll_on_an_eventfd_completes_when_written_and_wakes_a_sleeper() {
+        let mut d = driver();
+        // SAFETY: eventfd takes no pointers.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        assert!(efd >= 0);
+        // SAFETY: fresh descriptor.
+        let efd = unsafe { OwnedFd::from_raw_fd(efd) };
+        let e = opcode::PollAdd::new(types::Fd(efd.as_raw_fd()), libc::POLLIN as u32)
+            .build()
+            .user_data(7);
+        assert!(d.push(&e));
+        assert!(!d.submit_and_wait(1, Some(Duration::from_millis(20))));
+        let raw = efd.as_raw_fd();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            let one = 1u64;
+            // SAFETY: 8 bytes from a local.
+            unsafe { libc::write(raw, (&one as *const u64).cast(), 8) };
+        });
+        assert!(d.submit_and_wait(1, Some(Duration::from_secs(10))));
+        writer.join().unwrap();
+        let mut out = Vec::new();
+        d.completions(&mut out);
+        assert_eq!(out, vec![(7, i32::from(libc::POLLIN))]);
+    }
+
+    #[test]
+    fn unknown_opcodes_and_links_are_refused() {
+        let mut d = driver();
+        let e = opcode::Nop::new()
+            .build()
+            .flags(squeue::Flags::IO_LINK)
+            .user_data(1);
+        assert_eq!(run_one(&mut d, e), (1, -libc::EINVAL));
+        let e = opcode::Nop::new().build().user_data(2);
+        assert_eq!(run_one(&mut d, e), (2, 0));
+    }
+
+    #[test]
+    fn path_operations_and_statx_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = driver();
+        let a =
+            std::ffi::CString::new(dir.path().join("a").as_os_str().as_encoded_bytes()).unwrap();
+        let b =
+            std::ffi::CString::new(dir.path().join("b").as_os_str().as_encoded_bytes()).unwrap();
+        let e = opcode::MkDirAt::new(types::Fd(libc::AT_FDCWD), a.as_ptr())
+            .mode(0o755)
+            .build()
+            .user_data(1);
+        assert_eq!(run_one(&mut d, e), (1, 0));
+        let e = opcode::MkDirAt::new(types::Fd(libc::AT_FDCWD), a.as_ptr())
+            .build()
+            .user_data(2);
+        assert_eq!(run_one(&mut d, e), (2, -libc::EEXIST));
+        let e = opcode::RenameAt::new(
+            types::Fd(libc::AT_FDCWD),
+            a.as_ptr(),
+            types::Fd(libc::AT_FDCWD),
+            b.as_ptr(),
+        )
+        .build()
+        .user_data(3);
+        assert_eq!(run_one(&mut d, e), (3, 0));
+        // SAFETY: statx is plain data.
+        let mut st: libc::statx = unsafe { std::mem::zeroed() };
+        let e = opcode::Statx::new(
+            types::Fd(libc::AT_FDCWD),
+            b.as_ptr(),
+            (&mut st as *mut libc::statx).cast(),
+        )
+        .mask(libc::STATX_BASIC_STATS)
+        .build()
+        .user_data(4);
+        assert_eq!(run_one(&mut d, e), (4, 0));
+        assert_eq!(u32::from(st.stx_mode) & libc::S_IFMT, libc::S_IFDIR);
+        let e = opcode::UnlinkAt::new(types::Fd(libc::AT_FDCWD), b.as_ptr())
+            .flags(libc::AT_REMOVEDIR)
+            .build()
+            .user_data(5);
+        assert_eq!(run_one(&mut d, e), (5, 0));
+        assert!(!dir.path().join("b").exists());
+    }
+
+    #[test]
+    fn cancel_finds_timers_and_reports_what_it_cannot_cancel() {
+        let mut d = driver();
+        let ts = types::Timespec::from(Duration::from_secs(60));
+        assert!(d.push(&opcode::Timeout::new(&ts).build().user_data(1)));
+        d.submit();
+        let out = run_two(&mut d, opcode::AsyncCancel::new(1).build().user_data(2));
+        assert_eq!(out, vec![(1, -libc::ECANCELED), (2, 0)]);
+        // Nothing by that user_data: ENOENT, as in the kernel.
+        let e = opcode::AsyncCancel::new(77).build().user_data(3);
+        assert_eq!(run_one(&mut d, e), (3, -libc::ENOENT));
+    }
+}

@@ -1,0 +1,311 @@
+//! Where io_uring is blocked or limited: the threads backend chosen automatically under seccomp
+//! filters (EPERM, ENOSYS), `RINGSHARD_BACKEND`, and the pool fitted to a low RLIMIT_MEMLOCK.
+//!
+//! Filters and limits are per process, so each case runs this test binary again as a child
+//! (`child_workload`, which does nothing unless `RINGSHARD_TEST_CHILD` is set) with the filter
+//! or limit installed between fork and exec, and checks what the child reports.
+
+#[path = "support/seccomp.rs"]
+mod seccomp;
+
+use ringshard::{Backend, BackendChoice, Executor, IoUringError, OpenOptions};
+use std::process::Command;
+
+const CHILD: &str = "RINGSHARD_TEST_CHILD";
+
+/// Reads and writes through the executor, buffered and O_DIRECT, routed and in a session, and
+/// checks every byte; then prints what the executor reports about its backend and pool.
+fn workload(exec: &Executor) -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let e = |what: &str| {
+        let what = what.to_string();
+        move |err: IoUringError| format!("{what}: {err}")
+    };
+    let path = dir.path().join("buffered");
+    let f = exec
+        .open(
+            &path,
+            OpenOptions::new().read(true).write(true).create(true),
+        )
+        .wait()
+        .map_err(e("open"))?;
+    let data: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
+    for (i, chunk) in data.chunks(64 * 1024).enumerate() {
+        let n = exec
+            .write(&f, (i * 64 * 1024) as u64, chunk.to_vec())
+            .wait()
+            .map_err(e("write"))?;
+        if n != chunk.len() {
+            return Err(format!("short write {n}"));
+        }
+    }
+    exec.fsync(&f).wait().map_err(e("fsync"))?;
+    let back = exec.read(&f, 0, 2 << 20).wait().map_err(e("read"))?;
+    if back != data {
+        return Err(format!(
+            "read back {} bytes, not the data written",
+            back.len()
+        ));
+    }
+    let mut session = exec.session();
+    for i in 0..16u64 {
+        session
+            .read(&f, i * 4096, 4096, Vec::new(), i)
+            .map_err(e("session read"))?;
+    }
+    session.flush();
+    let mut done = Vec::new();
+    while done.len() < 16 {
+        session.wait(1, &mut done).map_err(e("session wait"))?;
+    }
+    for d in &done {
+        let off = d.token as usize * 4096;
+        if d.result.as_ref().ok() != Some(&4096) || d.buf != data[off..off + 4096] {
+            return Err(format!("session read {} wrong", d.token));
+        }
+    }
+    let dpath = dir.path().join("direct");
+    let d = exec
+        .open(
+            &dpath,
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .direct(true),
+        )
+        .wait()
+        .map_err(e("open O_DIRECT"))?;
+    let block: Vec<u8> = (0..256 * 1024).map(|i: u32| (i % 199) as u8).collect();
+    exec.write(&d, 0, block.clone())
+        .wait()
+        .map_err(e("O_DIRECT write"))?;
+    let got = exec
+        .read(&d, 0, block.len())
+        .wait()
+        .map_err(e("O_DIRECT read"))?;
+    if got != block {
+        return Err("O_DIRECT read back wrong".into());
+    }
+    let stats = exec.stats();
+    let s = &stats.shards[0];
+    println!(
+        "REPORT backend={} ring_mode={} reason={:?} pool_note={:?} pool_buffers={} ops={}",
+        s.backend,
+        s.ring_mode.map_or("none", |m| m.name()),
+        s.backend_reason,
+        s.pool_note,
+        s.pool.total_count,
+        stats.total.total_ops()
+    );
+    println!("DISPLAY {}", stats.to_string().replace('\n', " | "));
+    Ok(())
+}
+
+/// The child's side: builds an executor as a user would (`Executor::new()`), or expects it to
+/// fail when `RINGSHARD_TEST_EXPECT_ERROR` is set, and runs the workload.
+#[test]
+fn child_workload() {
+    if std::env::var_os(CHILD).is_none() {
+        return; // only meaningful as a child of the tests below
+    }
+    let built = Executor::builder().shards(1).build();
+    if std::env::var_os("RINGSHARD_TEST_EXPECT_ERROR").is_some() {
+        match built {
+            Ok(_) => panic!("the executor started, but an error was expected"),
+            Err(e) => {
+                println!("ERROR {e}");
+                println!("DEBUG {e:?}");
+                return;
+            }
+        }
+    }
+    let exec = built.unwrap_or_else(|e| panic!("executor: {e}"));
+    if let Err(e) = workload(&exec) {
+        panic!("workload: {e}");
+    }
+    exec.shutdown().unwrap();
+}
+
+/// Runs `child_workload` in a child process prepared by `prepare`; returns its stdout.
+fn run_child(prepare: impl FnOnce(&mut Command)) -> String {
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = Command::new(exe);
+    cmd.args([
+        "--exact",
+        "child_workload",
+        "--nocapture",
+        "--test-threads",
+        "1",
+    ])
+    .env(CHILD, "1")
+    .env_remove("RINGSHARD_BACKEND");
+    prepare(&mut cmd);
+    let out = cmd.output().expect("run the child");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "child failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert!(
+        stdout.contains("REPORT") || stdout.contains("ERROR"),
+        "the child ran nothing:\n{stdout}\n{stderr}"
+    );
+    stdout
+}
+
+/// The child's line tagged `tag` (the test harness may print its own text before it).
+fn line<'a>(out: &'a str, tag: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.find(&format!("{tag} ")).map(|i| &l[i..]))
+        .unwrap_or_else(|| panic!("no {tag} line in:\n{out}"))
+}
+
+/// The error a child's `build()` reports with `var=value` in its environment.
+fn child_error(var: &str, value: &str) -> String {
+    let out = run_child(|cmd| {
+        cmd.env(var, value).env("RINGSHARD_TEST_EXPECT_ERROR", "1");
+    });
+    line(&out, "ERROR").to_string()
+}
+
+fn filtered(errno: i32, name: &str) {
+    if !seccomp::supported() {
+        println!("SKIPPED: no seccomp filter for this architecture");
+        return;
+    }
+    let out = run_child(|cmd| {
+        seccomp::under_filter(cmd, errno);
+    });
+    let report = line(&out, "REPORT");
+    assert!(report.contains("backend=threads"), "{report}");
+    assert!(report.contains(name), "the reason names {name}: {report}");
+    let display = line(&out, "DISPLAY");
+    assert!(display.contains("backend: threads"), "{display}");
+}
+
+#[test]
+fn under_a_seccomp_filter_giving_eperm_the_threads_backend_does_the_work() {
+    filtered(libc::EPERM, "EPERM");
+}
+
+#[test]
+fn under_a_seccomp_filter_giving_enosys_the_threads_backend_does_the_work() {
+    filtered(libc::ENOSYS, "ENOSYS");
+}
+
+#[test]
+fn requiring_io_uring_under_the_filter_is_an_error_with_the_diagnosis() {
+    if !seccomp::supported() {
+        println!("SKIPPED: no seccomp filter for this architecture");
+        return;
+    }
+    let out = run_child(|cmd| {
+        seccomp::under_filter(cmd, libc::EPERM);
+        cmd.env("RINGSHARD_BACKEND", "io_uring")
+            .env("RINGSHARD_TEST_EXPECT_ERROR", "1");
+    });
+    let err = line(&out, "ERROR");
+    assert!(err.contains("EPERM") && err.contains("seccomp"), "{err}");
+    // Debug (what `main() -> Result` prints) carries the diagnosis too.
+    assert!(line(&out, "DEBUG").contains("seccomp"), "{out}");
+}
+
+#[test]
+fn the_builder_and_the_environment_choose_the_backend() {
+    let exec = Executor::builder()
+        .shards(1)
+        .backend(BackendChoice::Threads)
+        .build()
+        .unwrap();
+    workload(&exec).unwrap();
+    let s = exec.stats();
+    assert_eq!(s.shards[0].backend, Backend::Threads);
+    assert_eq!(
+        s.shards[0].backend_reason.as_deref(),
+        Some("chosen by the builder")
+    );
+    assert!(s.to_prometheus().contains("backend=\"threads\""));
+    exec.shutdown().unwrap();
+
+    let out = run_child(|cmd| {
+        cmd.env("RINGSHARD_BACKEND", "threads");
+    });
+    assert!(
+        line(&out, "REPORT").contains("RINGSHARD_BACKEND=threads"),
+        "{out}"
+    );
+
+    let err = child_error("RINGSHARD_BACKEND", "iouring");
+    assert!(err.contains("expected io_uring, threads or auto"), "{err}");
+}
+
+/// Lowers RLIMIT_MEMLOCK to `limit` in the child, and (when we are root) makes it `nobody`, the
+/// user that the limit really binds (root has CAP_IPC_LOCK).
+fn with_memlock(cmd: &mut Command, limit: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec the closure calls only setrlimit, setgroups, setgid and
+    // setuid (async-signal-safe, no allocation).
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            if libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::geteuid() == 0
+                && (libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(65534) != 0
+                    || libc::setuid(65534) != 0)
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[test]
+fn with_memlock_64k_as_nobody_the_pool_goes_unregistered_and_says_how_to_fix_it() {
+    let out = run_child(|cmd| with_memlock(cmd, 64 * 1024));
+    let report = line(&out, "REPORT");
+    if report.contains("backend=threads") {
+        // A kernel that counts the ring itself against the limit cannot make even the ring:
+        // the threads backend is the fallback, and it was taken.
+        println!("ring refused under the limit; threads backend taken: {report}");
+        return;
+    }
+    assert!(report.contains("backend=io_uring"), "{report}");
+    assert!(
+        report.contains("unregistered") && report.contains("ulimit -l"),
+        "the pool note says what was done and the fix: {report}"
+    );
+    assert!(
+        line(&out, "DISPLAY").contains("pool: buffers unregistered"),
+        "{out}"
+    );
+}
+
+#[test]
+fn each_ring_mode_can_be_forced_and_runs_the_workload() {
+    for (env, name) in [
+        ("defer", "defer_taskrun"),
+        ("coop", "coop_taskrun"),
+        ("plain", "plain"),
+    ] {
+        let out = run_child(|cmd| {
+            cmd.env("RINGSHARD_RING_MODE", env);
+        });
+        let report = line(&out, "REPORT");
+        assert!(
+            report.contains(&format!("ring_mode={name} ")),
+            "RINGSHARD_RING_MODE={env}: {report}"
+        );
+    }
+    let err = child_error("RINGSHARD_RING_MODE", "fast");
+    assert!(err.contains("expected defer, coop or plain"), "{err}");
+}

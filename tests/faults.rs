@@ -855,3 +855,223 @@ fn short_read_at_eof_through_fuse_direct_io() {
         drop((f, exec));
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Shard tasks under faults
+// ---------------------------------------------------------------------------------------------
+
+/// A task's result: how many operations failed as they should, and how many others were intact.
+type Tally = (u64, u64);
+
+/// Tasks on the owning shard (`spawn_on_owner`, `ringshard::local()`) doing their I/O without the
+/// channel on faultfs files: EIO on a read range and on a write range fails exactly the
+/// operations that touch them (op, path, offset, EIO), other ranges and another file are intact;
+/// per-file order holds behind a delayed write; and the same through O_DIRECT (`read` through the
+/// pool and `read_pooled`).
+#[test]
+fn shard_tasks_under_faults() {
+    let _serial = serial();
+    let _dog = Watchdog::new("shard_tasks_under_faults", LIMIT);
+    let start = Instant::now();
+    let fs = mount_or_return!("shard_tasks_under_faults");
+    let exec = executor(true);
+    let a_data = seed(&fs, "ta", 256 * KIB, 21);
+    let b_data = seed(&fs, "tb", 256 * KIB, 22);
+    let a = open(&exec, &fs, "ta");
+    let b = open(&exec, &fs, "tb");
+    let pa = fs.join("ta");
+    {
+        let mut r = fs.rules();
+        r.add(
+            "ta",
+            &[Op::Read],
+            64 * KIB as u64..68 * KIB as u64,
+            Fault::Eio,
+        );
+        r.add(
+            "ta",
+            &[Op::Write],
+            200 * KIB as u64..204 * KIB as u64,
+            Fault::Eio,
+        );
+    }
+
+    // Page cache: EIO on ranges, everything else intact.
+    let (f1, fb, a1, b1) = (a.clone(), b.clone(), a_data.clone(), b_data.clone());
+    let (failed, fine): Tally = exec
+        .spawn_on_owner(&a, async move {
+            let l = ringshard::local().expect("a shard task");
+            assert!(l.owns(&f1) && l.owns(&fb), "one shard owns both files");
+            let (mut failed, mut fine) = (0, 0);
+            // Issued together: all in flight at once, each with its own result.
+            let bad: Vec<_> = [(64 * KIB, 4 * KIB), (60 * KIB, 8 * KIB), (67 * KIB, 100)]
+                .into_iter()
+                .map(|(off, len)| (off, l.read(&f1, off as u64, len)))
+                .collect();
+            let good: Vec<_> = [(0, 64 * KIB), (68 * KIB, 4 * KIB), (128 * KIB, 128 * KIB)]
+                .into_iter()
+                .map(|(off, len)| (off, len, l.read(&f1, off as u64, len)))
+                .collect();
+            let other = l.read(&fb, 0, 256 * KIB);
+            let wbad = l.write(&f1, 202 * KIB as u64, vec![0xEE; 4 * KIB]);
+            let wgood = l.write(&f1, 64 * KIB as u64, vec![0xAB; 4 * KIB]);
+            for (off, c) in bad {
+                let r = c.await;
+                assert_eq!(assert_io(&r, "read", &pa, libc::EIO), Some(off as u64));
+                failed += 1;
+            }
+            for (off, len, c) in good {
+                assert_bytes_eq(
+                    &c.await.expect("read beside"),
+                    &a1[off..off + len],
+                    "beside",
+                );
+                fine += 1;
+            }
+            assert_bytes_eq(&other.await.expect("read b"), &b1, "the other file");
+            let r = wbad.await;
+            assert_eq!(
+                assert_io(&r, "write", &pa, libc::EIO),
+                Some(202 * KIB as u64)
+            );
+            failed += 1;
+            // Writes are not covered by the read rule: one into the bad read range lands.
+            assert_eq!(wgood.await, Ok(4 * KIB));
+            fine += 2;
+            (failed, fine)
+        })
+        .wait()
+        .expect("page-cache task");
+    assert_bytes_eq(
+        &landed(&fs, "ta")[64 * KIB..68 * KIB],
+        &[0xAB; 4 * KIB],
+        "the write into the bad read range",
+    );
+    assert_bytes_eq(
+        &landed(&fs, "ta")[200 * KIB..204 * KIB],
+        &a_data[200 * KIB..204 * KIB],
+        "the failed write left its range untouched",
+    );
+
+    // Per-file order behind a delayed write: the read after it sees it, the write after it lands
+    // last; with writes through the ring (not inline), an unrelated read does not wait.
+    let mut order_lines = Vec::new();
+    let mut order_rounds = 0;
+    for inline in [true, false] {
+        let ex = executor(inline);
+        let fb = open(&ex, &fs, "tb");
+        std::fs::write(fs.backing("tb"), &b_data).unwrap();
+        fs.rules().add(
+            "tb",
+            &[Op::Write],
+            0..1,
+            Fault::Delay(Duration::from_millis(200)),
+        );
+        let f2 = fb.clone();
+        let (r1, r2, other, other_t, all_t) = ex
+            .spawn_on_owner(&fb, async move {
+                let l = ringshard::local().unwrap();
+                let t = Instant::now();
+                let w1 = l.write(&f2, 0, vec![0xA1; 4 * KIB]);
+                let r1 = l.read(&f2, 0, 8 * KIB);
+                let w2 = l.write(&f2, 2 * KIB as u64, vec![0xB2; 4 * KIB]);
+                let r2 = l.read(&f2, 0, 8 * KIB);
+                let other = l.read(&f2, 128 * KIB as u64, 4 * KIB); // no overlap
+                let other = other.await.unwrap();
+                let other_t = t.elapsed();
+                assert_eq!(w1.await, Ok(4 * KIB));
+                let r1 = r1.await.unwrap();
+                assert_eq!(w2.await, Ok(4 * KIB));
+                let r2 = r2.await.unwrap();
+                (r1, r2, other, other_t, t.elapsed())
+            })
+            .wait()
+            .expect("order task");
+        fs.rules().clear();
+        let mut want1 = vec![0xA1; 4 * KIB];
+        want1.extend_from_slice(&b_data[4 * KIB..8 * KIB]);
+        assert_bytes_eq(&r1, &want1, "the read after the delayed write sees it");
+        let mut want2 = vec![0xA1; 2 * KIB];
+        want2.extend_from_slice(&[0xB2; 4 * KIB]);
+        want2.extend_from_slice(&b_data[6 * KIB..8 * KIB]);
+        assert_bytes_eq(&r2, &want2, "the second write landed after the delayed one");
+        assert_bytes_eq(
+            &landed(&fs, "tb")[..8 * KIB],
+            &want2,
+            "what landed, in order",
+        );
+        assert_bytes_eq(&other, &b_data[128 * KIB..132 * KIB], "unrelated read");
+        assert!(
+            all_t >= Duration::from_millis(190),
+            "the delay held: {all_t:?}"
+        );
+        if !inline {
+            assert!(
+                other_t < Duration::from_millis(150),
+                "an unrelated read waited for a delayed ring write: {other_t:?}"
+            );
+        }
+        order_lines.push(format!(
+            "inline_buffered_writes={inline}: ordered ops {all_t:.2?}, unrelated read \
+             {other_t:.2?}"
+        ));
+        order_rounds += 1;
+        drop((fb, ex));
+    }
+    fs.rules().clear();
+
+    // O_DIRECT: `read` through the pool and `read_pooled`, EIO on one block.
+    let d_data = seed(&fs, "td", 256 * KIB, 23);
+    let Some(d) = open_direct(&exec, &fs, "td") else {
+        return;
+    };
+    let pd = fs.join("td");
+    fs.rules().add("td", &[Op::Read], 8192..8193, Fault::Eio);
+    let (d1, dd) = (d.clone(), d_data.clone());
+    let (dfailed, dfine): Tally = exec
+        .spawn_on_with(d.shard(), move |l| async move {
+            let (mut failed, mut fine) = (0, 0);
+            let r = l.read(&d1, 0, 64 * KIB).await;
+            assert_eq!(assert_io(&r, "read", &pd, libc::EIO), Some(0));
+            failed += 1;
+            let r = l.read_pooled(&d1, 8192, 4096).await;
+            assert_eq!(assert_io(&r, "read", &pd, libc::EIO), Some(8192));
+            failed += 1;
+            let got = l.read(&d1, 64 * KIB as u64, 64 * KIB).await.unwrap();
+            assert_bytes_eq(&got, &dd[64 * KIB..128 * KIB], "O_DIRECT read beside");
+            for off in [0, 4096, 12288, 128 * KIB] {
+                let p = l.read_pooled(&d1, off as u64, 4096).await.unwrap();
+                assert_bytes_eq(&p, &dd[off..off + 4096], "pooled read beside");
+                fine += 1;
+            }
+            (failed, fine + 1)
+        })
+        .wait()
+        .expect("O_DIRECT task");
+    fs.rules().clear();
+    let c = fs.counts();
+    let counted = counted_errors(&exec, libc::EIO);
+    let total_failed = failed + dfailed;
+    assert_eq!(
+        counted, total_failed,
+        "the executor counts each failure once"
+    );
+    assert!(c.eio >= total_failed, "{c:?}");
+    eventually("every pool buffer back", HANG, || {
+        let p = exec.stats().total.pool;
+        p.available_count == p.total_count
+    });
+    drop((a, b, d, exec));
+    report!(
+        "FAULTS tasks: injected {} EIO and {} delay into shard tasks' local I/O (page cache, \
+         O_DIRECT read and read_pooled); {total_failed} ops failed with EIO naming op, path and \
+         offset (executor counted {counted}); {} others intact; in {order_rounds} rounds a \
+         read/write behind a 200 ms delayed write waited and saw it, an unrelated read of the \
+         file waited only with inline writes ({}); {:.2?}",
+        c.eio,
+        c.delayed,
+        fine + dfine,
+        order_lines.join("; "),
+        start.elapsed()
+    );
+}

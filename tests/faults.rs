@@ -1075,3 +1075,194 @@ fn shard_tasks_under_faults() {
         start.elapsed()
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Pool buffers of a stalled O_DIRECT read: released only at its CQE
+// ---------------------------------------------------------------------------------------------
+
+/// How the caller lets go of a stalled read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LetGo {
+    /// Drops its `Completion`.
+    Drop,
+    /// Calls `cancel()` and waits.
+    Cancel,
+    /// Its `timeout()` deadline passes.
+    Deadline,
+    /// A task drops its `read_pooled` future before it is done.
+    PooledDropped,
+}
+
+const BUF: usize = 64 * KIB;
+const STALL_CQE: Duration = Duration::from_millis(800);
+
+/// One round: a 64 KiB O_DIRECT read of `f` at 0 (one pool buffer) stalled by a faultfs delay,
+/// let go as `how`; meanwhile a task takes the pool's 3 other buffers with `read_pooled` and asks
+/// for a 4th. Checks that the stalled read's buffer stays out of the pool (the 4th waits) until
+/// the stalled read's completion really arrives, that the held buffers keep their bytes (no late
+/// kernel write into them), and returns a line on what happened.
+fn stalled_round(exec: &Executor, fs: &FaultFs, f: &File, data: &[u8], how: LetGo) -> String {
+    fs.rules()
+        .add("s", &[Op::Read], 0..1, Fault::Delay(STALL_CQE));
+    let exhausted0 = exec.stats().total.pool_exhausted_events;
+    let t0 = Instant::now();
+    let mut handle = None;
+    match how {
+        LetGo::Drop | LetGo::Cancel => {
+            let c = exec.read(f, 0, BUF);
+            eventually("the stalled read holds a buffer", HANG, || {
+                exec.stats().total.pool.kernel_owned_count == 1
+            });
+            if how == LetGo::Cancel {
+                c.cancel();
+                handle = Some(c);
+            }
+        }
+        LetGo::Deadline => {
+            handle = Some(exec.timeout(Duration::from_millis(100)).read(f, 0, BUF));
+        }
+        LetGo::PooledDropped => {}
+    }
+    let (f2, want) = (f.clone(), data.to_vec());
+    let task = exec.spawn_on_with(f.shard(), move |l| async move {
+        if how == LetGo::PooledDropped {
+            let stalled = Box::pin(l.read_pooled(&f2, 0, BUF));
+            let nap = Box::pin(l.sleep(Duration::from_millis(100)));
+            match futures::future::select(stalled, nap).await {
+                futures::future::Either::Left((r, _)) => panic!("not stalled: {r:?}"),
+                futures::future::Either::Right(((), stalled)) => drop(stalled),
+            }
+        }
+        let mut held = Vec::new();
+        for off in [BUF, 2 * BUF, 3 * BUF] {
+            let p = l
+                .read_pooled(&f2, off as u64, BUF)
+                .await
+                .expect("pooled read");
+            held.push((off, p));
+        }
+        let fourth = l.read_pooled(&f2, 4 * BUF as u64, BUF).await;
+        let at = t0.elapsed();
+        let fourth = fourth.expect("the 4th pooled read");
+        assert_bytes_eq(&fourth, &want[4 * BUF..5 * BUF], "the 4th pooled read");
+        let mut indexes = vec![fourth.buffer_index()];
+        for (off, p) in &held {
+            assert_bytes_eq(p, &want[*off..off + BUF], "a buffer held across the stall");
+            indexes.push(p.buffer_index());
+        }
+        (at, indexes)
+    });
+    // While the task waits for its 4th buffer: the pool is empty, one buffer is in the kernel.
+    let mut during = None;
+    eventually("the 4th pooled read waits for a buffer", HANG, || {
+        let total = exec.stats().total;
+        let p = total.pool;
+        let waiting = total.pool_exhausted_events > exhausted0 && p.available_count == 0;
+        if waiting && during.is_none() && t0.elapsed() < STALL_CQE {
+            during = Some(p);
+        }
+        waiting || task.is_finished()
+    });
+    let (at, indexes) = task.wait().expect("the task");
+    let got = handle.map(|mut c| {
+        let r = c.wait_timeout(HANG);
+        (r.map(|v| v.len()), t0.elapsed())
+    });
+    fs.rules().clear();
+    let during = during.expect("pool stats taken during the stall");
+    assert_eq!(
+        (during.available_count, during.kernel_owned_count),
+        (0, 1),
+        "{how:?}: during the stall, 3 buffers lent to the task and 1 in the kernel: {during:?}"
+    );
+    assert!(
+        at >= STALL_CQE,
+        "{how:?}: the 4th buffer was handed out {at:?} after the stalled read started, before \
+         its {STALL_CQE:?} stall ended: its buffer was released before its completion"
+    );
+    let mut sorted = indexes.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), 4, "four distinct buffers: {indexes:?}");
+    eventually("every buffer back in the pool", HANG, || {
+        let p = exec.stats().total.pool;
+        p.available_count == p.total_count && p.kernel_owned_count == 0
+    });
+    format!(
+        "{how:?}: pool during the stall {} free, {} in the kernel; 4th buffer (#{}) handed out \
+         {at:.2?} after the start (stall {STALL_CQE:?}){}",
+        during.available_count,
+        during.kernel_owned_count,
+        indexes[0],
+        match got {
+            Some((r, t)) => format!("; the handle got {r:?} after {t:.2?}"),
+            None => String::new(),
+        }
+    )
+}
+
+/// An O_DIRECT read stalled in FUSE keeps its registered pool buffer out of the pool until its
+/// completion arrives, however the caller lets go of it (drop, `cancel()`, a `timeout()` deadline,
+/// a task dropping its `read_pooled` future); later reads that reuse the buffers get the right
+/// bytes.
+#[test]
+fn stalled_o_direct_read_keeps_its_buffer_until_its_cqe() {
+    let _serial = serial();
+    let _dog = Watchdog::new("stalled_o_direct_buffers", LIMIT);
+    let start = Instant::now();
+    let fs = mount_or_return!("stalled_o_direct_read_keeps_its_buffer_until_its_cqe");
+    let exec = Executor::builder()
+        .shards(1)
+        .buffer_size(BUF)
+        .buffer_count(4)
+        .build()
+        .expect("executor");
+    let data = seed(&fs, "s", 16 * BUF, 31);
+    let Some(f) = open_direct(&exec, &fs, "s") else {
+        return;
+    };
+    let mut lines = Vec::new();
+    for how in [
+        LetGo::Drop,
+        LetGo::Cancel,
+        LetGo::Deadline,
+        LetGo::PooledDropped,
+    ] {
+        lines.push(stalled_round(&exec, &fs, &f, &data, how));
+        // Every buffer reused: reads over the whole file, 4 at a time, routed and pooled.
+        let reads: Vec<_> = (0..16)
+            .map(|i| (i, exec.read(&f, (i * BUF) as u64, BUF)))
+            .collect();
+        for (i, c) in reads {
+            assert_bytes_eq(
+                &ok(c, "read after the stall"),
+                &data[i * BUF..(i + 1) * BUF],
+                "a read reusing the buffers",
+            );
+        }
+        let (f2, want) = (f.clone(), data.clone());
+        exec.spawn_on_with(f.shard(), move |l| async move {
+            for i in 0..16 {
+                let p = l.read_pooled(&f2, (i * BUF) as u64, BUF).await.unwrap();
+                assert_bytes_eq(&p, &want[i * BUF..(i + 1) * BUF], "pooled read after");
+            }
+        })
+        .wait()
+        .expect("pooled reads after the stall");
+    }
+    let c = fs.counts();
+    let pool = exec.stats().total.pool;
+    assert_eq!(pool.misuse_total(), 0, "{pool:?}");
+    drop((f, exec));
+    for l in &lines {
+        report!("  buffers: {l}");
+    }
+    report!(
+        "FAULTS buffers: {} O_DIRECT reads stalled {STALL_CQE:?} in FUSE and let go (drop, \
+         cancel, deadline, dropped read_pooled future); each kept its pool buffer until its \
+         completion (the 4th buffer waited), buffers lent meanwhile kept their bytes, and 128 \
+         reads reusing the buffers afterwards were intact; {:.2?}",
+        c.delayed,
+        start.elapsed()
+    );
+}

@@ -1560,3 +1560,60 @@ fn truncate_and_unlink_while_reads_are_in_flight() {
         start.elapsed()
     );
 }
+
+/// After another handle truncates the file, a write that extends it again followed by a read
+/// between the old end and the write (issued after the write, on the same `File`): `rounds`
+/// times; returns how many reads did not see the write (empty instead of the hole's zeros).
+/// With `resync`, `size()` is called after each truncation (it resets what the shard believes
+/// the size to be).
+fn extend_then_read_after_external_truncate(rounds: u64, resync: bool) -> u64 {
+    let exec = executor(false); // writes through the ring: the write and the read both in flight
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("f");
+    std::fs::write(&p, vec![1u8; MIB]).unwrap();
+    let f = ok(exec.open(&p, &rw()), "open");
+    let other = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+    let mut stale = 0;
+    for i in 0..rounds {
+        other.set_len(256 * KIB as u64).unwrap();
+        if resync {
+            assert_eq!(ok(exec.size(&f), "size"), 256 * KIB as u64);
+        }
+        let w = exec.write(&f, (512 * KIB) as u64 + (i % 64) * 4096, vec![9u8; 4 * KIB]);
+        let r = exec.read(&f, 300 * KIB as u64, 4 * KIB);
+        assert_eq!(ok(w, "write"), 4 * KIB);
+        if ok(r, "read after the write") != vec![0u8; 4 * KIB] {
+            stale += 1;
+        }
+    }
+    stale
+}
+
+/// The shard orders a read that may reach the end of the file after every earlier write above it,
+/// but decides "may reach the end" from the size it believes the file has, which it only raises
+/// (or sets at `size()`): a truncation by another handle is not seen. Then a read issued after an
+/// extending write, between the real end and the write, is not ordered after it and can return
+/// nothing instead of the hole's zeros (seen: 30 of 300 on ext4, kernel 6.18).
+#[test]
+#[ignore = "reason: per-file order is lost after another handle truncates the file -- a read \
+            issued after an extending write can miss it, because the shard's size_hint \
+            (src/shard/files.rs:23-26, only raised by note_size, src/shard/runner.rs:1590) stays \
+            above the real end and runner.rs:934 then orders the read by overlap only (bug found \
+            while testing truncation under in-flight reads; workaround: size() after an outside \
+            truncate, see size_after_an_external_truncate_restores_the_order)"]
+fn read_after_extending_write_sees_it_after_an_external_truncate() {
+    let _serial = serial();
+    let stale = extend_then_read_after_external_truncate(300, false);
+    assert_eq!(
+        stale, 0,
+        "{stale} of 300 reads missed the write issued before them"
+    );
+}
+
+/// The workaround: `size()` after an outside truncation resets the shard's idea of the size, and
+/// the read after an extending write sees it every time.
+#[test]
+fn size_after_an_external_truncate_restores_the_order() {
+    let _serial = serial();
+    assert_eq!(extend_then_read_after_external_truncate(300, true), 0);
+}

@@ -1094,7 +1094,7 @@ enum LetGo {
 }
 
 const BUF: usize = 64 * KIB;
-const STALL_CQE: Duration = Duration::from_millis(800);
+const STALL_CQE: Duration = Duration::from_millis(1000);
 
 /// One round: a 64 KiB O_DIRECT read of `f` at 0 (one pool buffer) stalled by a faultfs delay,
 /// let go as `how`; meanwhile a task takes the pool's 3 other buffers with `read_pooled` and asks

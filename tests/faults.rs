@@ -1,5 +1,9 @@
 //! Faults from below: the executor on a fault-injecting FUSE filesystem (`tests/faultfs`), page-cache
-//! path (files not opened O_DIRECT), through routed requests (`Completion`) and `Session`s.
+//! path (files not opened O_DIRECT), through routed requests (`Completion`) and `Session`s; then
+//! shard tasks' own I/O (`ringshard::local()`, page cache, O_DIRECT and `read_pooled`), pool
+//! buffers of stalled O_DIRECT reads that the caller let go of (released only at their
+//! completion), and truncation and unlinking while reads are in flight (on the local filesystem
+//! too).
 //!
 //! Each test mounts its own filesystem, runs one shard (so "other files" are on the same shard as
 //! the faulty one), injects one kind of fault, checks what the failing operation reports and that

@@ -1060,7 +1060,7 @@ fn shard_tasks_under_faults() {
         counted, total_failed,
         "the executor counts each failure once"
     );
-    assert!(c.eio >= total_failed, "{c:?}");
+    assert_eq!(c.eio, total_failed, "one injected EIO per failed op: {c:?}");
     eventually("every pool buffer back", HANG, || {
         let p = exec.stats().total.pool;
         p.available_count == p.total_count

@@ -1,5 +1,9 @@
 //! Faults from below: the executor on a fault-injecting FUSE filesystem (`tests/faultfs`), page-cache
-//! path (files not opened O_DIRECT), through routed requests (`Completion`) and `Session`s.
+//! path (files not opened O_DIRECT), through routed requests (`Completion`) and `Session`s; then
+//! shard tasks' own I/O (`ringshard::local()`, page cache, O_DIRECT and `read_pooled`), pool
+//! buffers of stalled O_DIRECT reads that the caller let go of (released only at their
+//! completion), and truncation and unlinking while reads are in flight (on the local filesystem
+//! too).
 //!
 //! Each test mounts its own filesystem, runs one shard (so "other files" are on the same shard as
 //! the faulty one), injects one kind of fault, checks what the failing operation reports and that
@@ -854,4 +858,766 @@ fn short_read_at_eof_through_fuse_direct_io() {
         }
         drop((f, exec));
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shard tasks under faults
+// ---------------------------------------------------------------------------------------------
+
+/// A task's result: how many operations failed as they should, and how many others were intact.
+type Tally = (u64, u64);
+
+/// Tasks on the owning shard (`spawn_on_owner`, `ringshard::local()`) doing their I/O without the
+/// channel on faultfs files: EIO on a read range and on a write range fails exactly the
+/// operations that touch them (op, path, offset, EIO), other ranges and another file are intact;
+/// per-file order holds behind a delayed write; and the same through O_DIRECT (`read` through the
+/// pool and `read_pooled`).
+#[test]
+fn shard_tasks_under_faults() {
+    let _serial = serial();
+    let _dog = Watchdog::new("shard_tasks_under_faults", LIMIT);
+    let start = Instant::now();
+    let fs = mount_or_return!("shard_tasks_under_faults");
+    let exec = executor(true);
+    let a_data = seed(&fs, "ta", 256 * KIB, 21);
+    let b_data = seed(&fs, "tb", 256 * KIB, 22);
+    let a = open(&exec, &fs, "ta");
+    let b = open(&exec, &fs, "tb");
+    let pa = fs.join("ta");
+    {
+        let mut r = fs.rules();
+        r.add(
+            "ta",
+            &[Op::Read],
+            64 * KIB as u64..68 * KIB as u64,
+            Fault::Eio,
+        );
+        r.add(
+            "ta",
+            &[Op::Write],
+            200 * KIB as u64..204 * KIB as u64,
+            Fault::Eio,
+        );
+    }
+
+    // Page cache: EIO on ranges, everything else intact.
+    let (f1, fb, a1, b1) = (a.clone(), b.clone(), a_data.clone(), b_data.clone());
+    let (failed, fine): Tally = exec
+        .spawn_on_owner(&a, async move {
+            let l = ringshard::local().expect("a shard task");
+            assert!(l.owns(&f1) && l.owns(&fb), "one shard owns both files");
+            let (mut failed, mut fine) = (0, 0);
+            // Issued together: all in flight at once, each with its own result.
+            let bad: Vec<_> = [(64 * KIB, 4 * KIB), (60 * KIB, 8 * KIB), (67 * KIB, 100)]
+                .into_iter()
+                .map(|(off, len)| (off, l.read(&f1, off as u64, len)))
+                .collect();
+            let good: Vec<_> = [(0, 64 * KIB), (68 * KIB, 4 * KIB), (128 * KIB, 128 * KIB)]
+                .into_iter()
+                .map(|(off, len)| (off, len, l.read(&f1, off as u64, len)))
+                .collect();
+            let other = l.read(&fb, 0, 256 * KIB);
+            let wbad = l.write(&f1, 202 * KIB as u64, vec![0xEE; 4 * KIB]);
+            let wgood = l.write(&f1, 64 * KIB as u64, vec![0xAB; 4 * KIB]);
+            for (off, c) in bad {
+                let r = c.await;
+                assert_eq!(assert_io(&r, "read", &pa, libc::EIO), Some(off as u64));
+                failed += 1;
+            }
+            for (off, len, c) in good {
+                assert_bytes_eq(
+                    &c.await.expect("read beside"),
+                    &a1[off..off + len],
+                    "beside",
+                );
+                fine += 1;
+            }
+            assert_bytes_eq(&other.await.expect("read b"), &b1, "the other file");
+            let r = wbad.await;
+            assert_eq!(
+                assert_io(&r, "write", &pa, libc::EIO),
+                Some(202 * KIB as u64)
+            );
+            failed += 1;
+            // Writes are not covered by the read rule: one into the bad read range lands.
+            assert_eq!(wgood.await, Ok(4 * KIB));
+            fine += 2;
+            (failed, fine)
+        })
+        .wait()
+        .expect("page-cache task");
+    assert_bytes_eq(
+        &landed(&fs, "ta")[64 * KIB..68 * KIB],
+        &[0xAB; 4 * KIB],
+        "the write into the bad read range",
+    );
+    assert_bytes_eq(
+        &landed(&fs, "ta")[200 * KIB..204 * KIB],
+        &a_data[200 * KIB..204 * KIB],
+        "the failed write left its range untouched",
+    );
+
+    // Per-file order behind a delayed write: the read after it sees it, the write after it lands
+    // last; with writes through the ring (not inline), an unrelated read does not wait.
+    let mut order_lines = Vec::new();
+    let mut order_rounds = 0;
+    for inline in [true, false] {
+        let ex = executor(inline);
+        let fb = open(&ex, &fs, "tb");
+        std::fs::write(fs.backing("tb"), &b_data).unwrap();
+        fs.rules().add(
+            "tb",
+            &[Op::Write],
+            0..1,
+            Fault::Delay(Duration::from_millis(200)),
+        );
+        let f2 = fb.clone();
+        let (r1, r2, other, other_t, all_t) = ex
+            .spawn_on_owner(&fb, async move {
+                let l = ringshard::local().unwrap();
+                let t = Instant::now();
+                let w1 = l.write(&f2, 0, vec![0xA1; 4 * KIB]);
+                let r1 = l.read(&f2, 0, 8 * KIB);
+                let w2 = l.write(&f2, 2 * KIB as u64, vec![0xB2; 4 * KIB]);
+                let r2 = l.read(&f2, 0, 8 * KIB);
+                let other = l.read(&f2, 128 * KIB as u64, 4 * KIB); // no overlap
+                let other = other.await.unwrap();
+                let other_t = t.elapsed();
+                assert_eq!(w1.await, Ok(4 * KIB));
+                let r1 = r1.await.unwrap();
+                assert_eq!(w2.await, Ok(4 * KIB));
+                let r2 = r2.await.unwrap();
+                (r1, r2, other, other_t, t.elapsed())
+            })
+            .wait()
+            .expect("order task");
+        fs.rules().clear();
+        let mut want1 = vec![0xA1; 4 * KIB];
+        want1.extend_from_slice(&b_data[4 * KIB..8 * KIB]);
+        assert_bytes_eq(&r1, &want1, "the read after the delayed write sees it");
+        let mut want2 = vec![0xA1; 2 * KIB];
+        want2.extend_from_slice(&[0xB2; 4 * KIB]);
+        want2.extend_from_slice(&b_data[6 * KIB..8 * KIB]);
+        assert_bytes_eq(&r2, &want2, "the second write landed after the delayed one");
+        assert_bytes_eq(
+            &landed(&fs, "tb")[..8 * KIB],
+            &want2,
+            "what landed, in order",
+        );
+        assert_bytes_eq(&other, &b_data[128 * KIB..132 * KIB], "unrelated read");
+        assert!(
+            all_t >= Duration::from_millis(190),
+            "the delay held: {all_t:?}"
+        );
+        if !inline {
+            assert!(
+                other_t < Duration::from_millis(150),
+                "an unrelated read waited for a delayed ring write: {other_t:?}"
+            );
+        }
+        order_lines.push(format!(
+            "inline_buffered_writes={inline}: ordered ops {all_t:.2?}, unrelated read \
+             {other_t:.2?}"
+        ));
+        order_rounds += 1;
+        drop((fb, ex));
+    }
+    fs.rules().clear();
+
+    // O_DIRECT: `read` through the pool and `read_pooled`, EIO on one block.
+    let d_data = seed(&fs, "td", 256 * KIB, 23);
+    let Some(d) = open_direct(&exec, &fs, "td") else {
+        return;
+    };
+    let pd = fs.join("td");
+    fs.rules().add("td", &[Op::Read], 8192..8193, Fault::Eio);
+    let (d1, dd) = (d.clone(), d_data.clone());
+    let (dfailed, dfine): Tally = exec
+        .spawn_on_with(d.shard(), move |l| async move {
+            let (mut failed, mut fine) = (0, 0);
+            let r = l.read(&d1, 0, 64 * KIB).await;
+            assert_eq!(assert_io(&r, "read", &pd, libc::EIO), Some(0));
+            failed += 1;
+            let r = l.read_pooled(&d1, 8192, 4096).await;
+            assert_eq!(assert_io(&r, "read", &pd, libc::EIO), Some(8192));
+            failed += 1;
+            let got = l.read(&d1, 64 * KIB as u64, 64 * KIB).await.unwrap();
+            assert_bytes_eq(&got, &dd[64 * KIB..128 * KIB], "O_DIRECT read beside");
+            for off in [0, 4096, 12288, 128 * KIB] {
+                let p = l.read_pooled(&d1, off as u64, 4096).await.unwrap();
+                assert_bytes_eq(&p, &dd[off..off + 4096], "pooled read beside");
+                fine += 1;
+            }
+            (failed, fine + 1)
+        })
+        .wait()
+        .expect("O_DIRECT task");
+    fs.rules().clear();
+    let c = fs.counts();
+    let counted = counted_errors(&exec, libc::EIO);
+    let total_failed = failed + dfailed;
+    assert_eq!(
+        counted, total_failed,
+        "the executor counts each failure once"
+    );
+    assert_eq!(c.eio, total_failed, "one injected EIO per failed op: {c:?}");
+    eventually("every pool buffer back", HANG, || {
+        let p = exec.stats().total.pool;
+        p.available_count == p.total_count
+    });
+    drop((a, b, d, exec));
+    report!(
+        "FAULTS tasks: injected {} EIO and {} delay into shard tasks' local I/O (page cache, \
+         O_DIRECT read and read_pooled); {total_failed} ops failed with EIO naming op, path and \
+         offset (executor counted {counted}); {} others intact; in {order_rounds} rounds a \
+         read/write behind a 200 ms delayed write waited and saw it, an unrelated read of the \
+         file waited only with inline writes ({}); {:.2?}",
+        c.eio,
+        c.delayed,
+        fine + dfine,
+        order_lines.join("; "),
+        start.elapsed()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pool buffers of a stalled O_DIRECT read: released only at its CQE
+// ---------------------------------------------------------------------------------------------
+
+/// How the caller lets go of a stalled read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LetGo {
+    /// Drops its `Completion`.
+    Drop,
+    /// Calls `cancel()` and waits.
+    Cancel,
+    /// Its `timeout()` deadline passes.
+    Deadline,
+    /// A task drops its `read_pooled` future before it is done.
+    PooledDropped,
+}
+
+const BUF: usize = 64 * KIB;
+const STALL_CQE: Duration = Duration::from_millis(1000);
+
+/// One round: a 64 KiB O_DIRECT read of `f` at 0 (one pool buffer) stalled by a faultfs delay,
+/// let go as `how`; meanwhile a task takes the pool's 3 other buffers with `read_pooled` and asks
+/// for a 4th. Checks that the stalled read's buffer stays out of the pool (the 4th waits) until
+/// the stalled read's completion really arrives, that the held buffers keep their bytes (no late
+/// kernel write into them), and returns a line on what happened.
+fn stalled_round(exec: &Executor, fs: &FaultFs, f: &File, data: &[u8], how: LetGo) -> String {
+    fs.rules()
+        .add("s", &[Op::Read], 0..1, Fault::Delay(STALL_CQE));
+    let exhausted0 = exec.stats().total.pool_exhausted_events;
+    let t0 = Instant::now();
+    let mut handle = None;
+    match how {
+        LetGo::Drop | LetGo::Cancel => {
+            let c = exec.read(f, 0, BUF);
+            eventually("the stalled read holds a buffer", HANG, || {
+                exec.stats().total.pool.kernel_owned_count == 1
+            });
+            if how == LetGo::Cancel {
+                c.cancel();
+                handle = Some(c);
+            }
+        }
+        LetGo::Deadline => {
+            handle = Some(exec.timeout(Duration::from_millis(100)).read(f, 0, BUF));
+        }
+        LetGo::PooledDropped => {}
+    }
+    let (f2, want) = (f.clone(), data.to_vec());
+    let task = exec.spawn_on_with(f.shard(), move |l| async move {
+        if how == LetGo::PooledDropped {
+            let stalled = Box::pin(l.read_pooled(&f2, 0, BUF));
+            let nap = Box::pin(l.sleep(Duration::from_millis(100)));
+            match futures::future::select(stalled, nap).await {
+                futures::future::Either::Left((r, _)) => panic!("not stalled: {r:?}"),
+                futures::future::Either::Right(((), stalled)) => drop(stalled),
+            }
+        }
+        let mut held = Vec::new();
+        for off in [BUF, 2 * BUF, 3 * BUF] {
+            let p = l
+                .read_pooled(&f2, off as u64, BUF)
+                .await
+                .expect("pooled read");
+            held.push((off, p));
+        }
+        let fourth = l.read_pooled(&f2, 4 * BUF as u64, BUF).await;
+        let at = t0.elapsed();
+        let fourth = fourth.expect("the 4th pooled read");
+        assert_bytes_eq(&fourth, &want[4 * BUF..5 * BUF], "the 4th pooled read");
+        let mut indexes = vec![fourth.buffer_index()];
+        for (off, p) in &held {
+            assert_bytes_eq(p, &want[*off..off + BUF], "a buffer held across the stall");
+            indexes.push(p.buffer_index());
+        }
+        (at, indexes)
+    });
+    // While the task waits for its 4th buffer: the pool is empty, one buffer is in the kernel.
+    let mut during = None;
+    eventually("the 4th pooled read waits for a buffer", HANG, || {
+        let total = exec.stats().total;
+        let p = total.pool;
+        let waiting = total.pool_exhausted_events > exhausted0 && p.available_count == 0;
+        if waiting && during.is_none() && t0.elapsed() < STALL_CQE {
+            during = Some(p);
+        }
+        waiting || task.is_finished()
+    });
+    let (at, indexes) = task.wait().expect("the task");
+    let got = handle.map(|mut c| {
+        let r = c.wait_timeout(HANG);
+        (r.map(|v| v.len()), t0.elapsed())
+    });
+    fs.rules().clear();
+    let during = during.expect("pool stats taken during the stall");
+    assert_eq!(
+        (during.available_count, during.kernel_owned_count),
+        (0, 1),
+        "{how:?}: during the stall, 3 buffers lent to the task and 1 in the kernel: {during:?}"
+    );
+    assert!(
+        at >= STALL_CQE,
+        "{how:?}: the 4th buffer was handed out {at:?} after the stalled read started, before \
+         its {STALL_CQE:?} stall ended: its buffer was released before its completion"
+    );
+    let mut sorted = indexes.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), 4, "four distinct buffers: {indexes:?}");
+    eventually("every buffer back in the pool", HANG, || {
+        let p = exec.stats().total.pool;
+        p.available_count == p.total_count && p.kernel_owned_count == 0
+    });
+    format!(
+        "{how:?}: pool during the stall {} free, {} in the kernel; 4th buffer (#{}) handed out \
+         {at:.2?} after the start (stall {STALL_CQE:?}){}",
+        during.available_count,
+        during.kernel_owned_count,
+        indexes[0],
+        match got {
+            Some((r, t)) => format!("; the handle got {r:?} after {t:.2?}"),
+            None => String::new(),
+        }
+    )
+}
+
+/// An O_DIRECT read stalled in FUSE keeps its registered pool buffer out of the pool until its
+/// completion arrives, however the caller lets go of it (drop, `cancel()`, a `timeout()` deadline,
+/// a task dropping its `read_pooled` future); later reads that reuse the buffers get the right
+/// bytes.
+#[test]
+fn stalled_o_direct_read_keeps_its_buffer_until_its_cqe() {
+    let _serial = serial();
+    let _dog = Watchdog::new("stalled_o_direct_buffers", LIMIT);
+    let start = Instant::now();
+    let fs = mount_or_return!("stalled_o_direct_read_keeps_its_buffer_until_its_cqe");
+    let exec = Executor::builder()
+        .shards(1)
+        .buffer_size(BUF)
+        .buffer_count(4)
+        .build()
+        .expect("executor");
+    let data = seed(&fs, "s", 16 * BUF, 31);
+    let Some(f) = open_direct(&exec, &fs, "s") else {
+        return;
+    };
+    let mut lines = Vec::new();
+    for how in [
+        LetGo::Drop,
+        LetGo::Cancel,
+        LetGo::Deadline,
+        LetGo::PooledDropped,
+    ] {
+        lines.push(stalled_round(&exec, &fs, &f, &data, how));
+        // Every buffer reused: reads over the whole file, 4 at a time, routed and pooled.
+        let reads: Vec<_> = (0..16)
+            .map(|i| (i, exec.read(&f, (i * BUF) as u64, BUF)))
+            .collect();
+        for (i, c) in reads {
+            assert_bytes_eq(
+                &ok(c, "read after the stall"),
+                &data[i * BUF..(i + 1) * BUF],
+                "a read reusing the buffers",
+            );
+        }
+        let (f2, want) = (f.clone(), data.clone());
+        exec.spawn_on_with(f.shard(), move |l| async move {
+            for i in 0..16 {
+                let p = l.read_pooled(&f2, (i * BUF) as u64, BUF).await.unwrap();
+                assert_bytes_eq(&p, &want[i * BUF..(i + 1) * BUF], "pooled read after");
+            }
+        })
+        .wait()
+        .expect("pooled reads after the stall");
+    }
+    let c = fs.counts();
+    let pool = exec.stats().total.pool;
+    assert_eq!(pool.misuse_total(), 0, "{pool:?}");
+    drop((f, exec));
+    for l in &lines {
+        report!("  buffers: {l}");
+    }
+    report!(
+        "FAULTS buffers: {} O_DIRECT reads stalled {STALL_CQE:?} in FUSE and let go (drop, \
+         cancel, deadline, dropped read_pooled future); each kept its pool buffer until its \
+         completion (the 4th buffer waited), buffers lent meanwhile kept their bytes, and 128 \
+         reads reusing the buffers afterwards were intact; {:.2?}",
+        c.delayed,
+        start.elapsed()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Truncate and unlink while reads are in flight
+// ---------------------------------------------------------------------------------------------
+
+const T_SIZE: usize = MIB;
+const T_SHORT: usize = 256 * KIB;
+const T_LONG: usize = 768 * KIB;
+
+/// What the reads of one wave returned: (offset, asked length, result).
+type Reads = Vec<(usize, usize, ringshard::Result<Vec<u8>>)>;
+
+/// `n` reads of 4..64 KiB anywhere in the original file, from a seeded generator.
+fn read_set(seed: u64, n: usize) -> Vec<(usize, usize)> {
+    let mut r = Rng::new(seed);
+    (0..n)
+        .map(|_| {
+            let len = r.range(1, 17) as usize * 4 * KIB;
+            let off = r.below((T_SIZE / (4 * KIB)) as u64) as usize * 4 * KIB;
+            (off, len)
+        })
+        .collect()
+}
+
+/// A wave of reads in flight: routed completions, one session, and one task on the file's shard.
+struct Wave {
+    routed: Vec<(usize, usize, Completion<Vec<u8>>)>,
+    session: (Session, Vec<(usize, usize)>),
+    task: ringshard::JoinHandle<Reads>,
+}
+
+impl Wave {
+    fn start(exec: &Executor, f: &File, seed: u64, n: usize) -> Wave {
+        let routed = read_set(seed, n)
+            .into_iter()
+            .map(|(o, l)| (o, l, exec.read(f, o as u64, l)))
+            .collect();
+        let mut s = exec.session();
+        let set = read_set(seed + 1, n);
+        for (i, (o, l)) in set.iter().enumerate() {
+            s.read(f, *o as u64, *l, Vec::new(), i as u64).unwrap();
+        }
+        s.flush();
+        let (f2, set2) = (f.clone(), read_set(seed + 2, n));
+        let task = exec.spawn_on_owner(f, async move {
+            let l = ringshard::local().unwrap();
+            let pending: Vec<_> = set2
+                .into_iter()
+                .map(|(o, n)| (o, n, l.read(&f2, o as u64, n)))
+                .collect();
+            let mut out = Vec::new();
+            for (o, n, c) in pending {
+                out.push((o, n, c.await));
+            }
+            out
+        });
+        Wave {
+            routed,
+            session: (s, set),
+            task,
+        }
+    }
+
+    /// How many of its reads have not completed yet (the session's and task's count as one each
+    /// while any of theirs is pending).
+    fn pending(&self) -> usize {
+        self.routed.iter().filter(|(_, _, c)| !c.is_done()).count()
+            + usize::from(!self.task.is_finished())
+    }
+
+    fn finish(self) -> Reads {
+        let mut out: Reads = self
+            .routed
+            .into_iter()
+            .map(|(o, l, c)| (o, l, wait(c)))
+            .collect();
+        let (mut s, set) = self.session;
+        for d in session_wait(&mut s, set.len()) {
+            let (o, l) = set[d.token as usize];
+            out.push((o, l, d.result.map(|_| d.buf)));
+        }
+        out.extend(self.task.wait().expect("the reading task"));
+        out
+    }
+}
+
+/// What the file holds after the truncations: the original below `T_SHORT`, zeros up to
+/// `T_LONG`, nothing past it.
+fn after_truncations(orig: &[u8]) -> Vec<u8> {
+    let mut v = orig[..T_SHORT].to_vec();
+    v.resize(T_LONG, 0);
+    v
+}
+
+/// Checks reads that raced the truncations: every result is data or the kernel's errno (counted
+/// in `errnos`); reads wholly below the shortest size got the original bytes in full; others got
+/// at most what they asked, each byte the original or a zero (the file re-extended).
+fn check_racing(
+    reads: &Reads,
+    orig: &[u8],
+    errnos: &mut std::collections::BTreeMap<i32, u64>,
+    short: &mut usize,
+) {
+    for (off, len, r) in reads {
+        match r {
+            Ok(got) => {
+                assert!(got.len() <= *len);
+                *short += usize::from(got.len() < *len);
+                if off + len <= T_SHORT {
+                    assert_bytes_eq(got, &orig[*off..off + len], "a read below the new size");
+                } else {
+                    for (i, b) in got.iter().enumerate() {
+                        assert!(
+                            *b == orig[off + i] || *b == 0,
+                            "byte {} read while truncating is neither the old one nor zero",
+                            off + i
+                        );
+                    }
+                }
+            }
+            Err(IoUringError::Io { errno, .. }) => *errnos.entry(*errno).or_default() += 1,
+            Err(e) => panic!("a read racing a truncate failed with a non-kernel error: {e:?}"),
+        }
+    }
+}
+
+/// Checks reads of a file whose content is settled at `now` (exact bytes, short at its end).
+fn check_settled(reads: &Reads, now: &[u8], what: &str) {
+    for (off, len, r) in reads {
+        let got = r
+            .as_ref()
+            .unwrap_or_else(|e| panic!("{what}: read at {off}: {e:?}"));
+        let want = &now[(*off).min(now.len())..(off + len).min(now.len())];
+        assert_bytes_eq(got, want, what);
+    }
+}
+
+/// One run on `dir`'s file `name`: waves of reads in flight while another handle truncates the
+/// file shorter then longer, then while it is unlinked. On faultfs (`fs`), a delay rule keeps the
+/// reads in FUSE while it happens. Returns (reads checked, reads in flight at the truncation and
+/// at the unlink, errnos seen).
+fn truncate_unlink_run(
+    exec: &Executor,
+    path: &Path,
+    fs: Option<&FaultFs>,
+    seed: u64,
+) -> (
+    usize,
+    usize,
+    usize,
+    usize,
+    std::collections::BTreeMap<i32, u64>,
+) {
+    const N: usize = 24;
+    let orig = Rng::new(seed).bytes(T_SIZE);
+    std::fs::write(path, &orig).unwrap();
+    let f = ok(exec.open(path, &rw()), "open");
+    let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+    let delay = |on: bool| {
+        if let Some(fs) = fs {
+            if on {
+                fs.rules().add(
+                    &name,
+                    &[Op::Read],
+                    0..u64::MAX,
+                    Fault::Delay(Duration::from_millis(300)),
+                );
+            } else {
+                fs.rules().clear();
+            }
+        }
+    };
+    let mut errnos = std::collections::BTreeMap::new();
+    let (mut checked, mut short) = (0, 0);
+
+    // Truncate shorter, then longer, with waves in flight (on ext4, truncations race each wave).
+    delay(true);
+    let other = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    let waves: Vec<Wave> = (0..2)
+        .map(|i| Wave::start(exec, &f, seed * 10 + i * 3, N))
+        .collect();
+    if fs.is_some() {
+        std::thread::sleep(Duration::from_millis(20)); // into FUSE, where they stall
+    }
+    let in_flight_trunc: usize = waves.iter().map(Wave::pending).sum();
+    other.set_len(T_SHORT as u64).unwrap();
+    let mid = Wave::start(exec, &f, seed * 10 + 7, N);
+    other.set_len(T_LONG as u64).unwrap();
+    for w in waves.into_iter().chain([mid]) {
+        let reads = w.finish();
+        check_racing(&reads, &orig, &mut errnos, &mut short);
+        checked += reads.len();
+    }
+    delay(false);
+    // Settled: below the new size the right bytes, past it short or empty, by every path.
+    let now = after_truncations(&orig);
+    assert_eq!(ok(exec.size(&f), "size"), T_LONG as u64);
+    let probes = [
+        (0, 4 * KIB),
+        (T_SHORT - 6 * KIB, 12 * KIB),
+        (T_LONG - 68 * KIB, 100 * KIB),
+        (T_LONG, 4 * KIB),
+        (900 * KIB, 64 * KIB),
+    ];
+    let mut reads: Reads = probes
+        .iter()
+        .map(|&(o, l)| (o, l, wait(exec.read(&f, o as u64, l))))
+        .collect();
+    let (f2, p2) = (f.clone(), probes.to_vec());
+    reads.extend(
+        exec.spawn_on_owner(&f, async move {
+            let l = ringshard::local().unwrap();
+            let mut out = Vec::new();
+            for (o, n) in p2 {
+                out.push((o, n, l.read(&f2, o as u64, n).await));
+            }
+            out
+        })
+        .wait()
+        .unwrap(),
+    );
+    let mut s = exec.session();
+    for (i, &(o, l)) in probes.iter().enumerate() {
+        s.read(&f, o as u64, l, Vec::new(), i as u64).unwrap();
+    }
+    for d in session_wait(&mut s, probes.len()) {
+        let (o, l) = probes[d.token as usize];
+        reads.push((o, l, d.result.map(|_| d.buf)));
+    }
+    check_settled(&reads, &now, "after the truncations");
+    checked += reads.len();
+
+    // Unlink with reads in flight: they complete, and the open handle still reads (and writes).
+    delay(true);
+    let wave = Wave::start(exec, &f, seed * 10 + 9, N);
+    if fs.is_some() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let in_flight_unlink = wave.pending();
+    std::fs::remove_file(path).unwrap();
+    assert!(!path.exists());
+    let reads = wave.finish();
+    check_settled(&reads, &now, "reads in flight at the unlink");
+    checked += reads.len();
+    delay(false);
+    let reads = Wave::start(exec, &f, seed * 10 + 11, N).finish();
+    check_settled(&reads, &now, "reads after the unlink");
+    checked += reads.len();
+    assert_eq!(ok(exec.write(&f, 0, vec![0x77; 4 * KIB]), "write"), 4 * KIB);
+    assert_eq!(ok(exec.read(&f, 0, 4 * KIB), "read"), vec![0x77; 4 * KIB]);
+    drop((other, f));
+    (checked, short, in_flight_trunc, in_flight_unlink, errnos)
+}
+
+/// Many reads in flight (routed, a session, a task) while another handle truncates the file
+/// shorter then longer, and while it is unlinked: no hang, no panic, no error but the kernel's;
+/// reads below the new size get the right bytes, past it short or empty; after the unlink the
+/// open handle still reads. On ext4 (a temporary directory) and on faultfs with a delay rule, so
+/// that the reads really are in flight.
+#[test]
+fn truncate_and_unlink_while_reads_are_in_flight() {
+    let _serial = serial();
+    let _dog = Watchdog::new("truncate_and_unlink", LIMIT);
+    let start = Instant::now();
+    let exec = executor(true);
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines = Vec::new();
+    for round in 0..3u64 {
+        let (n, sh, t, u, e) = truncate_unlink_run(&exec, &dir.path().join("t"), None, 40 + round);
+        lines.push(format!(
+            "local fs round {round}: {n} reads checked ({sh} racing reads short), {t} pending at \
+             the truncation, {u} at the unlink, errors {e:?}"
+        ));
+    }
+    let fs = mount_or_return!("truncate_and_unlink_while_reads_are_in_flight");
+    let (n, sh, t, u, e) = truncate_unlink_run(&exec, &fs.join("t"), Some(&fs), 50);
+    let delayed = fs.counts().delayed;
+    assert!(t > 0 && u > 0, "reads were in flight ({t}, {u})");
+    lines.push(format!(
+        "faultfs (300 ms read delay, {delayed} delayed): {n} reads checked ({sh} racing reads \
+         short), {t} pending at the truncation, {u} at the unlink, errors {e:?}"
+    ));
+    drop(exec);
+    for l in &lines {
+        report!("  truncate: {l}");
+    }
+    report!(
+        "FAULTS truncate/unlink: reads in flight (routed, session, task) across truncate \
+         shorter/longer and unlink on ext4 and faultfs: no hang, no non-kernel error, bytes right \
+         below the new size, short/empty past it, reads and writes on the unlinked open file \
+         fine; {:.2?}",
+        start.elapsed()
+    );
+}
+
+/// After another handle truncates the file, a write that extends it again followed by a read
+/// between the old end and the write (issued after the write, on the same `File`): `rounds`
+/// times; returns how many reads did not see the write (empty instead of the hole's zeros).
+/// With `resync`, `size()` is called after each truncation (it resets what the shard believes
+/// the size to be).
+fn extend_then_read_after_external_truncate(rounds: u64, resync: bool) -> u64 {
+    let exec = executor(false); // writes through the ring: the write and the read both in flight
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("f");
+    std::fs::write(&p, vec![1u8; MIB]).unwrap();
+    let f = ok(exec.open(&p, &rw()), "open");
+    let other = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+    let mut stale = 0;
+    for i in 0..rounds {
+        other.set_len(256 * KIB as u64).unwrap();
+        if resync {
+            assert_eq!(ok(exec.size(&f), "size"), 256 * KIB as u64);
+        }
+        let w = exec.write(&f, (512 * KIB) as u64 + (i % 64) * 4096, vec![9u8; 4 * KIB]);
+        let r = exec.read(&f, 300 * KIB as u64, 4 * KIB);
+        assert_eq!(ok(w, "write"), 4 * KIB);
+        if ok(r, "read after the write") != vec![0u8; 4 * KIB] {
+            stale += 1;
+        }
+    }
+    stale
+}
+
+/// The shard orders a read that may reach the end of the file after every earlier write above it,
+/// but decides "may reach the end" from the size it believes the file has, which it only raises
+/// (or sets at `size()`): a truncation by another handle is not seen. Then a read issued after an
+/// extending write, between the real end and the write, is not ordered after it and can return
+/// nothing instead of the hole's zeros (seen: 30 of 300 on ext4, kernel 6.18).
+#[test]
+#[ignore = "reason: per-file order is lost after another handle truncates the file -- a read \
+            issued after an extending write can miss it, because the shard's size_hint \
+            (src/shard/files.rs:23-26, only raised by note_size, src/shard/runner.rs:1590) stays \
+            above the real end and runner.rs:934 then orders the read by overlap only (bug found \
+            while testing truncation under in-flight reads; workaround: size() after an outside \
+            truncate, see size_after_an_external_truncate_restores_the_order)"]
+fn read_after_extending_write_sees_it_after_an_external_truncate() {
+    let _serial = serial();
+    let stale = extend_then_read_after_external_truncate(300, false);
+    assert_eq!(
+        stale, 0,
+        "{stale} of 300 reads missed the write issued before them"
+    );
+}
+
+/// The workaround: `size()` after an outside truncation resets the shard's idea of the size, and
+/// the read after an extending write sees it every time.
+#[test]
+fn size_after_an_external_truncate_restores_the_order() {
+    let _serial = serial();
+    assert_eq!(extend_then_read_after_external_truncate(300, true), 0);
 }

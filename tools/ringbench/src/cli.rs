@@ -38,6 +38,12 @@ pub struct Args {
     /// How long to run (e.g. 5s, 500ms, 1m); default 3s unless --ops is given.
     #[arg(long, value_name = "TIME")]
     pub duration: Option<String>,
+    /// Sample ops, verification mismatches, errors, RSS and open descriptors this often (e.g.
+    /// 10s, 500ms; "off": never), print them as a table with a verdict on growth ("flat" or
+    /// "growing", which fails the run), and add them to --json [default: 10s when --duration is
+    /// at least 1m, else off].
+    #[arg(long, value_name = "TIME")]
+    pub report_every: Option<String>,
     /// Stop after this many reads+writes in total (split over the submitters).
     #[arg(long, value_name = "N")]
     pub ops: Option<u64>,
@@ -335,6 +341,13 @@ impl Args {
             None if self.ops.is_none() => Some(Duration::from_secs(3)),
             None => None,
         };
+        let report_every = match self.report_every.as_deref() {
+            Some("off" | "0") => None,
+            Some(d) => Some(parse_duration("--report-every", d)?),
+            None => duration
+                .filter(|d| *d >= Duration::from_secs(60))
+                .map(|_| Duration::from_secs(10)),
+        };
         let placement = PlacementSpec {
             shards: self.shards,
             cores: self
@@ -436,6 +449,7 @@ impl Args {
             iodepth,
             duration,
             ops: self.ops,
+            report_every,
             direct: self.direct,
             fsync_every: self.fsync_every,
             dir: self.dir,

@@ -98,9 +98,13 @@ impl Control {
         let mut line = Progress::new(progress, start);
         let mut remaining = submitters;
         let tick = Duration::from_millis(250);
+        crate::soak::begin(start);
         while remaining > 0 {
             let now = Instant::now();
             let mut wait = tick;
+            if let Some(next) = crate::soak::tick(self.totals().0) {
+                wait = wait.min(next.max(Duration::from_millis(1)));
+            }
             if let Some(d) = duration {
                 let deadline = start + d;
                 if now >= deadline {
@@ -119,6 +123,7 @@ impl Control {
             }
         }
         let elapsed = start.elapsed();
+        crate::soak::finish(self.totals().0);
         line.clear();
         elapsed
     }

@@ -15,6 +15,7 @@ mod files;
 mod pattern;
 mod placement;
 mod report;
+mod soak;
 mod sweep;
 mod tally;
 mod workload;
@@ -41,6 +42,7 @@ fn main() {
 
 fn run(args: cli::Args) -> Result<i32, BenchError> {
     let cfg = args.into_config()?;
+    soak::set_every(cfg.w.report_every);
     let ws = files::workspace(cfg.w.dir.as_deref())?;
     if cfg.w.direct {
         files::check_direct(&ws.dir)?;

@@ -125,6 +125,8 @@ pub struct RunReport {
     pub library_stats: Option<serde_json::Value>,
     #[serde(skip)]
     pub library_table: Option<String>,
+    /// Samples over time and the growth verdict (`--report-every`), else null.
+    pub soak: Option<crate::soak::SoakReport>,
 }
 
 fn per_sec(n: f64, secs: f64) -> f64 {
@@ -209,12 +211,15 @@ impl RunReport {
             notes: out.notes.clone(),
             library_stats: out.library.as_ref().map(|s| s.to_json_value()),
             library_table: out.library.as_ref().map(|s| s.to_string()),
+            soak: crate::soak::take(),
         }
     }
 
     /// Whether the run failed its checks (errors or verification mismatches).
     pub fn failed(&self) -> bool {
-        self.total.errors > 0 || self.verify.mismatches > 0
+        self.total.errors > 0
+            || self.verify.mismatches > 0
+            || self.soak.as_ref().is_some_and(|s| s.growing())
     }
 
     /// One line saying what ran where.
@@ -374,6 +379,9 @@ impl RunReport {
         }
         for n in &self.notes {
             println!("note: {n}");
+        }
+        if let Some(s) = &self.soak {
+            s.print();
         }
     }
 }

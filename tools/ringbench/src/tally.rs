@@ -68,6 +68,7 @@ pub struct Checks {
 impl Checks {
     pub fn mismatch(&mut self, path: &Path, m: Mismatch) {
         self.mismatches += 1;
+        crate::soak::note_mismatch();
         self.note(format!(
             "verify: {} at offset {}: expected byte 0x{:02x}, read 0x{:02x}",
             path.display(),
@@ -79,6 +80,7 @@ impl Checks {
 
     /// Counts a failed operation; `reason` is an errno name or a description.
     pub fn error(&mut self, kind: IoKind, path: &Path, offset: u64, reason: &str) {
+        crate::soak::note_error();
         *self.errors.entry(reason.to_string()).or_insert(0) += 1;
         let what = match kind {
             IoKind::Read => "read",

@@ -199,6 +199,9 @@ pub struct Workload {
     #[serde(serialize_with = "ser_opt_secs")]
     pub duration: Option<Duration>,
     pub ops: Option<u64>,
+    /// Sampling interval of ops, mismatches, errors, RSS and descriptors (`--report-every`).
+    #[serde(serialize_with = "ser_opt_secs")]
+    pub report_every: Option<Duration>,
     pub direct: bool,
     pub fsync_every: u64,
     pub dir: Option<PathBuf>,
@@ -446,6 +449,7 @@ mod tests {
             iodepth: 4,
             duration: None,
             ops: None,
+            report_every: None,
             direct: false,
             fsync_every: 3,
             dir: None,

@@ -579,3 +579,83 @@ fn not_writable_dir_is_a_usage_error() {
     // Root writes anywhere; a read-only bind would need a mount: use /proc, which refuses files.
     usage_error(&["--dir", "/proc"], "is not writable");
 }
+
+/// `--report-every`: a short soak (randrw with fsyncs, 4 files, verified) in each ringshard mode
+/// samples ops, mismatches, errors, RSS and descriptors over time, prints them with a verdict and
+/// puts them in the JSON.
+#[test]
+fn soak_samples_ops_memory_and_descriptors() {
+    let dir = tempfile::tempdir().unwrap();
+    for mode in ["routed", "in-shard", "tasks"] {
+        let (out, v) = run_in(
+            dir.path(),
+            &[
+                "--mode",
+                mode,
+                "--rw",
+                "randrw",
+                "--fsync-every",
+                "64",
+                "--files",
+                "4",
+                "--iodepth",
+                "8",
+                "--verify",
+                "--duration",
+                "2s",
+                "--report-every",
+                "250ms",
+            ],
+        );
+        check_run(&v, "ringshard", mode, true);
+        assert!(out.contains("samples (every 0.25 s)"), "{out}");
+        assert!(out.contains("soak: flat"), "{out}");
+        let soak = &v["soak"];
+        assert_eq!(soak["verdict"], "flat", "{soak}");
+        assert_eq!(num(soak, "every_s"), 0.25);
+        let samples = soak["samples"].as_array().expect("soak.samples");
+        // A sample at the start, one per 250 ms (some may be late on a busy machine), one at the end.
+        assert!(samples.len() >= 6, "{} samples: {soak}", samples.len());
+        let mut last_ops = 0.0;
+        let mut last_t = -1.0;
+        for s in samples {
+            for key in [
+                "t_s",
+                "ops",
+                "iops",
+                "mismatches",
+                "errors",
+                "rss_kib",
+                "fds",
+            ] {
+                assert!(s.get(key).is_some(), "sample.{key} missing: {s}");
+            }
+            assert!(
+                num(s, "t_s") >= last_t && num(s, "ops") >= last_ops,
+                "{soak}"
+            );
+            (last_t, last_ops) = (num(s, "t_s"), num(s, "ops"));
+            assert_eq!((num(s, "mismatches"), num(s, "errors")), (0.0, 0.0));
+            assert!(num(s, "rss_kib") > 1024.0, "{s}");
+            // stdin/out/err, the ring, eventfd and the 4 files at least.
+            assert!(num(s, "fds") >= 7.0, "{s}");
+        }
+        assert_eq!(num(&samples[0], "ops"), 0.0);
+        assert_eq!(
+            last_ops,
+            num(&v["total"], "ops"),
+            "the last sample is the total"
+        );
+        for key in ["rss_kib_first", "rss_kib_last", "fds_first", "fds_last"] {
+            assert!(num(soak, key) > 0.0, "{key}: {soak}");
+        }
+        assert_eq!(soak["rss_growing"], false);
+        assert_eq!(soak["fds_growing"], false);
+    }
+    // Short runs are not sampled unless asked; "off" turns it off; a bad interval is a usage error.
+    let (_, v) = run_in(dir.path(), &["--duration", "300ms"]);
+    assert!(v["soak"].is_null());
+    let (_, v) = run_in(dir.path(), &["--ops", "1000", "--report-every", "off"]);
+    assert!(v["soak"].is_null());
+    usage_error(&["--report-every", "often"], "--report-every \"often\"");
+}

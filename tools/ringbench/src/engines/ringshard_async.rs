@@ -164,7 +164,7 @@ async fn session_task(io: Arc<RingIo>, job: TaskJob) -> Tally {
             // Only a read's data is checked; every buffer is reused.
             let data: &[u8] = if op.kind == IoKind::Read { &d.buf } else { &[] };
             record(&job, &mut gen, &mut tally, op, r, data, ns_between(t0, now));
-            spare.push(d.buf);
+            super::keep_spare(&mut spare, Some(d.buf), job.depth);
         }
     }
     tally

@@ -274,12 +274,13 @@ impl Client<'_> {
                 let r = match (op.kind, d.result) {
                     (IoKind::Read, Ok(n)) => Ok((n, Some(d.buf))),
                     (_, Ok(n)) => {
-                        spare.push(d.buf);
+                        super::keep_spare(&mut spare, Some(d.buf), w.iodepth);
                         Ok((n, None))
                     }
                     (_, Err(e)) => Err(e),
                 };
-                spare.extend(self.finish(&mut tally, &mut gen, op, t0, r, now, w.verify, bs));
+                let back = self.finish(&mut tally, &mut gen, op, t0, r, now, w.verify, bs);
+                super::keep_spare(&mut spare, back, w.iodepth);
                 (ops, bytes) = count(op, ops, bytes, bs);
             }
             self.control.add(self.sub.index, ops, bytes);

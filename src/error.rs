@@ -104,6 +104,17 @@ pub enum IoUringError {
         /// The errno.
         errno: i32,
     },
+    /// An operation on two paths (rename) completed with an error.
+    PathPair {
+        /// The operation (`"rename"`).
+        op: &'static str,
+        /// The source path.
+        from: PathBuf,
+        /// The destination path.
+        to: PathBuf,
+        /// The errno.
+        errno: i32,
+    },
     /// A pool was used with a ring other than the one its buffers are registered with.
     WrongRing,
     /// The file handle is closed, or belongs to another executor.
@@ -165,7 +176,8 @@ impl IoUringError {
             Self::RingSetup { errno, .. }
             | Self::Registration { errno, .. }
             | Self::Memory { errno, .. }
-            | Self::Io { errno, .. } => Some(*errno),
+            | Self::Io { errno, .. }
+            | Self::PathPair { errno, .. } => Some(*errno),
             _ => None,
         }
     }
@@ -178,7 +190,7 @@ impl IoUringError {
             | Self::PoolExhausted { .. }
             | Self::Timeout
             | Self::SessionFull { .. } => true,
-            Self::Io { errno, .. } => {
+            Self::Io { errno, .. } | Self::PathPair { errno, .. } => {
                 matches!(
                     *errno,
                     libc::EAGAIN | libc::EINTR | libc::EBUSY | libc::ENOBUFS
@@ -264,6 +276,8 @@ fn errno_name(errno: i32) -> Option<&'static str> {
         libc::EOVERFLOW => "EOVERFLOW",
         libc::ENAMETOOLONG => "ENAMETOOLONG",
         libc::ENOTDIR => "ENOTDIR",
+        libc::ENOTEMPTY => "ENOTEMPTY",
+        libc::EXDEV => "EXDEV",
         _ => return None,
     })
 }
@@ -391,6 +405,18 @@ impl fmt::Display for IoUringError {
             ),
             Self::InvalidConfig(reason) => write!(f, "invalid configuration: {reason}"),
             Self::InvalidArgument { op, reason } => write!(f, "{op}: invalid argument: {reason}"),
+            Self::PathPair {
+                op,
+                from,
+                to,
+                errno,
+            } => write!(
+                f,
+                "{op} {} -> {} failed: {}",
+                from.display(),
+                to.display(),
+                errno_text(*errno)
+            ),
             Self::Io {
                 op,
                 path,
@@ -559,6 +585,18 @@ impl fmt::Debug for IoUringError {
                 .field("op", op)
                 .field("path", path)
                 .field("offset", offset)
+                .field("errno", errno)
+                .finish(),
+            Self::PathPair {
+                op,
+                from,
+                to,
+                errno,
+            } => f
+                .debug_struct("PathPair")
+                .field("op", op)
+                .field("from", from)
+                .field("to", to)
                 .field("errno", errno)
                 .finish(),
             Self::WrongRing => f.write_str("WrongRing"),

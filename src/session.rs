@@ -284,12 +284,12 @@ impl Session {
 
     /// Queues an fsync: done after every earlier write to the file is durable.
     pub fn fsync(&mut self, file: &File, token: u64) -> Result<()> {
-        self.submit(file, Ok(IoOp::Sync { datasync: false }), token, Vec::new())
+        self.submit(file, Ok(crate::request::sync_op(false)), token, Vec::new())
     }
 
     /// Queues an fdatasync.
     pub fn fdatasync(&mut self, file: &File, token: u64) -> Result<()> {
-        self.submit(file, Ok(IoOp::Sync { datasync: true }), token, Vec::new())
+        self.submit(file, Ok(crate::request::sync_op(true)), token, Vec::new())
     }
 
     /// Sends the queued requests: one message and at most one wake-up per shard. Never blocks.

@@ -75,6 +75,8 @@ pub(crate) struct ShardConfig {
     /// Buffered writes with `pwrite` on the shard thread instead of through the ring.
     pub inline_buffered_writes: bool,
     pub channel_capacity: usize,
+    /// Op kinds to run with plain system calls even where the kernel has their opcode (tests).
+    pub force_blocking: Vec<OpKind>,
 }
 
 /// Messages taken from the inbox per loop turn, so completions are reaped between bursts.
@@ -100,6 +102,9 @@ const ISSUE_BATCH: usize = 32;
 /// `submit_to` closures may use (2^47 .. 2^62); WAKE and CANCEL are matched before it.
 const TIMER_TAG: u64 = 1 << 62;
 
+/// The `file_slot` of an op on a path: it names no open file.
+const PATH_SLOT: u32 = u32::MAX;
+
 /// O_DIRECT chunks are multiples of this (the logical block size the executor assumes).
 const DIRECT_ALIGN: u64 = 4096;
 
@@ -115,6 +120,9 @@ struct Shard {
     files: FileTable,
     fixed_capacity: u32,
     ops: OpTable,
+    /// By [`OpKind::index`]: the kind runs with plain system calls on this thread (its opcode is
+    /// missing from the kernel's probe, or it was forced there).
+    blocking: [bool; OpKind::COUNT],
     chunks: Vec<Chunk>,
     ready: VecDeque<u32>,
     order: Ordering,
@@ -313,6 +321,7 @@ fn abandon(msg: Message, error: &IoUringError, waiters: &mut Vec<Completer<()>>)
 /// own drop sends no second close once an explicit one was sent).
 fn skip_reason(
     kind: OpKind,
+    io: &IoOp,
     reply: &Reply,
     deadline: Option<Instant>,
     now: Instant,
@@ -324,16 +333,14 @@ fn skip_reason(
     if deadline.is_some_and(|d| now >= d) {
         return Some(CancelWhy::Deadline);
     }
-    reply.is_cancelled(sessions).then_some(CancelWhy::Dropped)
+    (reply.is_cancelled(sessions) || io.is_cancelled()).then_some(CancelWhy::Dropped)
 }
 
 fn abandon_request(req: IoRequest, error: &IoUringError) {
-    let mut op = req.op;
-    let buf = op.take_buf();
     // A request never admitted has no session entry: sessions' requests are abandoned whole, as
     // messages, above.
-    req.reply
-        .deliver(Err(error.clone()), buf, &mut SessionTable::default());
+    req.op
+        .fail(req.reply, error.clone(), &mut SessionTable::default());
 }
 
 impl Shard {
@@ -374,7 +381,12 @@ impl Shard {
             0
         };
         let cq_capacity = ring.params().cq_entries();
+        let blocking = probe_blocking(&ring, &cfg.force_blocking);
         let mut stats = ShardStats::new(cfg.index, cfg.cpu, cfg.node);
+        stats.blocking_ops = OpKind::ALL
+            .into_iter()
+            .filter(|k| blocking[k.index()])
+            .collect();
         stats.pool = pool.stats();
         (stats.ring_mode, stats.mem_policy) = (Some(mode), mem_policy);
         crate::logging::shard_setup(&stats, fixed_capacity);
@@ -390,6 +402,7 @@ impl Shard {
             cfg,
             fixed_capacity,
             ops: OpTable::default(),
+            blocking,
             ready: VecDeque::new(),
             order: Ordering::default(),
             backlog: VecDeque::new(),
@@ -460,8 +473,12 @@ impl Shard {
     /// Pushes an SQE, submitting first when the queue is full.
     fn push_entry(&mut self, entry: &squeue::Entry) -> Result<()> {
         loop {
-            // SAFETY: the entries pushed here (the wake-up poll, fsync, fallocate, cancel, and
-            // page-cache reads and writes) point at no memory or into the heap buffer of an op's
+            // SAFETY: the entries pushed here (the wake-up poll, cancel, task timers, page-cache
+            // reads and writes, and `FileOp` SQEs) point at no memory, at a timer's boxed
+            // timespec (kept in `timers` until its CQE), into memory a boxed `FileOp` owns (path
+            // strings, a statx buffer, iovec arrays and their buffers: heap memory that stays put
+            // when the box moves, left alone by the op until its round's result, and leaked by
+            // Drop for Shard while in the kernel), or into the heap buffer of an op's
             // `out`/`data` vector. That buffer is not reallocated, shrunk or freed while the op
             // has an SQE outstanding: the memory path is serial (one SQE at a time), `out` is
             // grown only before an SQE is issued, an op leaves the table (and frees its vectors)
@@ -671,7 +688,7 @@ impl Shard {
             let why = if self.cancel_all {
                 Some(CancelWhy::Shutdown)
             } else {
-                skip_reason(op.kind, &op.reply, op.deadline, now, &self.sessions)
+                skip_reason(op.kind, &op.io, &op.reply, op.deadline, now, &self.sessions)
             };
             if let Some(why) = why {
                 self.cancel(slot, why);
@@ -852,6 +869,7 @@ impl Shard {
             path: Arc::clone(&path),
             closing: false,
             size_hint,
+            size_setters: 0,
         });
         self.stats.record(OpKind::Open, 0, elapsed_ns(at));
         // Made here, so that a handle dropped by a caller who no longer waits still closes the
@@ -883,11 +901,16 @@ impl Shard {
             deadline,
         } = req;
         let now = self.now();
-        if let Some(why) = skip_reason(op.kind(), &reply, deadline, now, &self.sessions) {
+        if let Some(why) = skip_reason(op.kind(), &op, &reply, deadline, now, &self.sessions) {
             let err = self.cancel_error(why, op.kind(), None);
-            let buf = op.take_buf();
-            reply.deliver(Err(err), buf, &mut self.sessions);
+            op.fail(reply, err, &mut self.sessions);
             return;
+        }
+        if let IoOp::File(f) = &op {
+            if let Some(target) = f.path_target() {
+                self.admit_path(target, op, reply, at, deadline);
+                return;
+            }
         }
         let entry = match self.files.lookup_mut(file) {
             Ok(e) => e,
@@ -897,8 +920,7 @@ impl Shard {
                     e.errno().unwrap_or(libc::EBADF),
                     elapsed_ns(at),
                 );
-                let buf = op.take_buf();
-                reply.deliver(Err(e), buf, &mut self.sessions);
+                op.fail(reply, e, &mut self.sessions);
                 return;
             }
         };
@@ -925,8 +947,7 @@ impl Shard {
                         }
                     ),
                 );
-                let buf = op.take_buf();
-                reply.deliver(Err(e), buf, &mut self.sessions);
+                op.fail(reply, e, &mut self.sessions);
                 return;
             }
         }
@@ -939,12 +960,18 @@ impl Shard {
             // O_APPEND writes land at the end, wherever that is: order them against everything.
             IoOp::Write { .. } if entry.flags.append => Footprint::Barrier,
             IoOp::Write { .. } => Footprint::write(offset, len),
-            IoOp::Sync { .. } => Footprint::Sync,
+            IoOp::File(f) => {
+                let fp = f.footprint(entry.size_hint);
+                f.size_at_admit(&mut entry.size_hint);
+                if f.sets_size() {
+                    entry.size_setters += 1;
+                }
+                fp
+            }
             IoOp::Close => {
                 entry.closing = true;
                 Footprint::Barrier
             }
-            IoOp::Fallocate { .. } | IoOp::Size => Footprint::Barrier,
         };
         let op = Op {
             kind,
@@ -980,6 +1007,47 @@ impl Shard {
         let key = op.key;
         let slot = self.ops.insert(op);
         if self.order.admit(key, slot, fp) {
+            self.enqueue(slot);
+        }
+    }
+
+    /// Admits an operation on a path: ordered (as a barrier) in its directory's order list; it
+    /// names no open file.
+    fn admit_path(
+        &mut self,
+        target: crate::op::PathTarget,
+        io: IoOp,
+        reply: Reply,
+        at: Instant,
+        deadline: Option<Instant>,
+    ) {
+        let op = Op {
+            kind: io.kind(),
+            key: target.key,
+            file_slot: PATH_SLOT,
+            target: Target::Fd(libc::AT_FDCWD),
+            path: target.path,
+            offset: 0,
+            len: 0,
+            issued: 0,
+            outstanding: 0,
+            eof: None,
+            errno: None,
+            serial: true,
+            data_path: DataPath::Memory,
+            transferred: 0,
+            queued: false,
+            at,
+            deadline,
+            cancel: None,
+            out: Vec::new(),
+            io,
+            reply,
+            lent: None,
+        };
+        let key = op.key;
+        let slot = self.ops.insert(op);
+        if self.order.admit(key, slot, Footprint::Barrier) {
             self.enqueue(slot);
         }
     }
@@ -1044,7 +1112,7 @@ impl Shard {
                 // Dropped or past its deadline while it waited: it never runs.
                 let now = self.now();
                 let why = self.ops.get(slot).and_then(|op| {
-                    skip_reason(op.kind, &op.reply, op.deadline, now, &self.sessions)
+                    skip_reason(op.kind, &op.io, &op.reply, op.deadline, now, &self.sessions)
                 });
                 if let Some(why) = why {
                     if let Some(op) = self.ops.get(slot) {
@@ -1128,37 +1196,14 @@ impl Shard {
                 }
             }
             (IoOp::Read { .. }, _) => return self.issue_chunk(slot),
-            (IoOp::Sync { datasync }, _) => {
-                let flags = if *datasync {
-                    types::FsyncFlags::DATASYNC
-                } else {
-                    types::FsyncFlags::empty()
-                };
-                match op.target {
-                    Target::Fixed(s) => opcode::Fsync::new(types::Fixed(s)).flags(flags).build(),
-                    Target::Fd(fd) => opcode::Fsync::new(types::Fd(fd)).flags(flags).build(),
-                }
-            }
-            (IoOp::Fallocate { mode, .. }, _) => match op.target {
-                Target::Fixed(s) => opcode::Fallocate::new(types::Fixed(s), op.len)
-                    .offset(op.offset)
-                    .mode(*mode)
-                    .build(),
-                Target::Fd(fd) => opcode::Fallocate::new(types::Fd(fd), op.len)
-                    .offset(op.offset)
-                    .mode(*mode)
-                    .build(),
-            },
-            (IoOp::Size | IoOp::Close, _) => {
-                // Synchronous and cheap: run them here, in order.
+            (IoOp::File(_), _) => return self.issue_file_op(slot),
+            (IoOp::Close, _) => {
+                // Synchronous and cheap: run it here, in order.
                 op.issued = 1;
-                self.run_sync_op(slot);
+                self.run_close(slot);
                 return Ok(true);
             }
         };
-        if !matches!(op.io, IoOp::Read { .. } | IoOp::Write { .. }) {
-            op.issued = 1;
-        }
         self.push_entry(&entry.user_data(user_data))?;
         if let Some(op) = self.ops.get(slot) {
             op.outstanding = 1;
@@ -1256,31 +1301,75 @@ impl Shard {
         }
     }
 
-    fn run_sync_op(&mut self, slot: u32) {
-        let fd = self.fd_of(slot);
+    /// Issues the next round of a [`FileOp`](crate::op::FileOp): its SQE, or, where the kernel
+    /// lacks its opcode (or the kind is forced there, or the op has no SQE), its blocking call on
+    /// this thread, finished at once.
+    fn issue_file_op(&mut self, slot: u32) -> Result<bool> {
+        let gen = self.ops.gen(slot);
+        let raw = self.fd_of(slot);
+        let Some(op) = self.ops.get(slot) else {
+            return Ok(true);
+        };
+        let blocking = self.blocking[op.kind.index()];
+        let target = op.target;
+        let IoOp::File(f) = &mut op.io else {
+            return Ok(true);
+        };
+        op.issued = 1;
+        let entry = if blocking {
+            None
+        } else {
+            f.sqe(crate::op::OpFd { target, raw })
+        };
+        let entry = match entry {
+            Some(entry) => entry,
+            None => {
+                let res = f.run_blocking(raw);
+                self.file_op_result(slot, res, raw);
+                return Ok(true);
+            }
+        };
+        let user_data = u64::from(slot) | (u64::from(gen) << SLOT_BITS);
+        self.push_entry(&entry.user_data(user_data))?;
+        if let Some(op) = self.ops.get(slot) {
+            op.outstanding = 1;
+        }
+        Ok(true)
+    }
+
+    /// A round of a [`FileOp`](crate::op::FileOp) ended with `res` (a CQE's or its blocking
+    /// call's): another round, or finish.
+    fn file_op_result(&mut self, slot: u32, res: i32, raw: RawFd) {
+        let Some(op) = self.ops.get(slot) else { return };
+        op.outstanding = 0;
+        let IoOp::File(f) = &mut op.io else { return };
+        let again = match res {
+            r if r == -libc::EINTR => true,
+            r if r < 0 => {
+                op.errno = Some(-r);
+                false
+            }
+            r => f.on_result(r, raw) == crate::op::Step::Again,
+        };
+        if again && op.cancel.is_none() {
+            op.issued = 0;
+            self.enqueue(slot);
+        } else {
+            self.finish(slot);
+        }
+    }
+
+    /// Closes op `slot`'s file (removes it from the file table and the ring's registered
+    /// files), then finishes the close.
+    fn run_close(&mut self, slot: u32) {
         let Some(op) = self.ops.get(slot) else { return };
         let file_slot = op.file_slot;
-        match &op.io {
-            IoOp::Size => {
-                // SAFETY: fstat writes into the local struct only.
-                let mut st: libc::stat = unsafe { std::mem::zeroed() };
-                // SAFETY: fd is a descriptor of this shard's file table (or -1, which fails).
-                if unsafe { libc::fstat(fd, &mut st) } == 0 {
-                    op.len = st.st_size as u64;
-                } else {
-                    op.errno = Some(numa::last_errno());
-                }
+        if let Some(entry) = self.files.remove(file_slot) {
+            if let Some(fixed) = entry.fixed {
+                // Drops the ring's reference; failure leaves it until the ring closes.
+                let _ = self.ring.submitter().register_files_update(fixed, &[-1]);
             }
-            IoOp::Close => {
-                if let Some(entry) = self.files.remove(file_slot) {
-                    if let Some(fixed) = entry.fixed {
-                        // Drops the ring's reference; failure leaves it until the ring closes.
-                        let _ = self.ring.submitter().register_files_update(fixed, &[-1]);
-                    }
-                    drop(entry); // closes the descriptor
-                }
-            }
-            _ => {}
+            drop(entry); // closes the descriptor
         }
         self.finish(slot);
     }
@@ -1320,6 +1409,11 @@ impl Shard {
         let slot = (ud & SLOT_MASK) as u32;
         if u64::from(self.ops.gen(slot)) != (ud >> SLOT_BITS) & GEN_MASK {
             return; // stale: cannot happen while slots outlive their SQEs, but never misroute
+        }
+        if matches!(self.ops.get(slot).map(|op| &op.io), Some(IoOp::File(_))) {
+            let raw = self.fd_of(slot);
+            self.file_op_result(slot, res, raw);
+            return;
         }
         let Some(op) = self.ops.get(slot) else { return };
         op.outstanding = op.outstanding.saturating_sub(1);
@@ -1508,6 +1602,18 @@ impl Shard {
             }
         }
         let lat = self.elapsed_since(op.at);
+        if let IoOp::File(f) = op.io {
+            self.finish_file_op(
+                f,
+                op.reply,
+                op.cancel,
+                op.errno,
+                &op.path,
+                op.file_slot,
+                lat,
+            );
+            return;
+        }
         let Op {
             kind,
             mut io,
@@ -1536,11 +1642,7 @@ impl Shard {
             Err(self.cancel_error(why, kind, Some(&path)))
         } else if let Some(errno) = errno {
             self.stats.record_error(kind, errno, lat);
-            let offset = matches!(
-                io,
-                IoOp::Read { .. } | IoOp::Write { .. } | IoOp::Fallocate { .. }
-            )
-            .then_some(offset);
+            let offset = matches!(io, IoOp::Read { .. } | IoOp::Write { .. }).then_some(offset);
             Err(IoUringError::io(
                 kind.name(),
                 Some(path.to_path_buf()),
@@ -1558,12 +1660,7 @@ impl Shard {
                     self.stats.record(kind, len, lat);
                     Ok(len)
                 }
-                // `len` holds the size fstat found.
-                IoOp::Size => {
-                    self.stats.record(kind, 0, lat);
-                    Ok(len)
-                }
-                IoOp::Sync { .. } | IoOp::Fallocate { .. } | IoOp::Close => {
+                IoOp::File(_) | IoOp::Close => {
                     self.stats.record(kind, 0, lat);
                     Ok(0)
                 }
@@ -1587,7 +1684,49 @@ impl Shard {
         reply.deliver(result, buf, &mut self.sessions);
     }
 
-    /// Raises the file's known size after a successful op (`n`: bytes moved, or the size).
+    /// Completes a [`FileOp`](crate::op::FileOp): its outcome to its handle, its known-size
+    /// change to the file (on success), the stats.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_file_op(
+        &mut self,
+        mut f: Box<dyn crate::op::FileOp>,
+        reply: Reply,
+        cancel: Option<CancelWhy>,
+        errno: Option<i32>,
+        path: &Path,
+        file_slot: u32,
+        lat: u64,
+    ) {
+        let kind = f.kind();
+        let result = if let Some(why) = cancel {
+            if let Some(errno) = errno {
+                self.stats.record_error(kind, errno, lat);
+            }
+            Err(self.cancel_error(why, kind, Some(path)))
+        } else if let Some(errno) = errno {
+            self.stats.record_error(kind, errno, lat);
+            Err(f.error(errno, path))
+        } else {
+            if let Some(entry) = self.files.get_mut(file_slot) {
+                if entry.size_setters == 0 || f.sets_size() {
+                    f.size_after(&mut entry.size_hint);
+                }
+            }
+            Ok(())
+        };
+        if f.sets_size() {
+            if let Some(entry) = self.files.get_mut(file_slot) {
+                entry.size_setters = entry.size_setters.saturating_sub(1);
+            }
+        }
+        let ok = result.is_ok();
+        let bytes = f.complete(result, reply, &mut self.sessions);
+        if ok {
+            self.stats.record(kind, bytes, lat);
+        }
+    }
+
+    /// Raises the file's known size after a successful read or write (`n`: bytes moved).
     fn note_size(&mut self, file_slot: u32, io: &IoOp, offset: u64, n: u64) {
         let Some(entry) = self.files.get_mut(file_slot) else {
             return;
@@ -1595,13 +1734,9 @@ impl Shard {
         let at_least = match io {
             // An O_APPEND write lands at the end, not at `offset`: nothing is learnt.
             IoOp::Write { .. } if entry.flags.append => return,
+            // A set_len admitted after this op will set the size: what this op saw is stale.
+            _ if entry.size_setters > 0 => return,
             IoOp::Read { .. } | IoOp::Write { .. } => offset.saturating_add(n),
-            IoOp::Fallocate { mode: 0, len, .. } => offset.saturating_add(*len),
-            IoOp::Size => {
-                // Exact (a barrier: nothing of ours ran meanwhile).
-                entry.size_hint = n;
-                return;
-            }
             _ => return,
         };
         entry.size_hint = entry.size_hint.max(at_least);
@@ -1839,6 +1974,15 @@ impl Drop for Shard {
         };
         for mut op in self.ops.drain() {
             let in_kernel = op.outstanding > 0 && op.data_path == DataPath::Memory;
+            if let IoOp::File(mut f) = op.io {
+                f.complete(Err(error.clone()), op.reply, &mut self.sessions);
+                if in_kernel {
+                    // The kernel may still read or write the memory its SQE names (paths, a
+                    // statx buffer, iovecs and buffers), all owned by the op: leak it.
+                    std::mem::forget(f);
+                }
+                continue;
+            }
             let buf = if in_kernel {
                 std::mem::forget(std::mem::take(&mut op.out));
                 if let IoOp::Write { data, .. } = &mut op.io {
@@ -1854,10 +1998,7 @@ impl Drop for Shard {
                 .deliver(Err(error.clone()), buf, &mut self.sessions);
         }
         for req in std::mem::take(&mut self.backlog) {
-            let mut io = req.op;
-            let buf = io.take_buf();
-            req.reply
-                .deliver(Err(error.clone()), buf, &mut self.sessions);
+            req.op.fail(req.reply, error.clone(), &mut self.sessions);
         }
         self.sessions.deliver();
         self.tasks.clear();
@@ -1894,6 +2035,22 @@ fn short_direct_write_errno(end: u64) -> i32 {
     } else {
         libc::ENOSPC
     }
+}
+
+/// Which op kinds take the blocking path on this ring: those whose opcode the kernel does not
+/// know (`IORING_REGISTER_PROBE`, read once; a kernel without probing (before 5.6) is taken to
+/// have them all, as the ring setup already needs a recent kernel) and those in `forced`.
+fn probe_blocking(ring: &IoUring, forced: &[OpKind]) -> [bool; OpKind::COUNT] {
+    let mut probe = io_uring::Probe::new();
+    let probed = ring.submitter().register_probe(&mut probe).is_ok();
+    let mut out = [false; OpKind::COUNT];
+    for kind in OpKind::ALL {
+        let Some(code) = crate::op::opcode_of(kind) else {
+            continue;
+        };
+        out[kind.index()] = forced.contains(&kind) || (probed && !probe.is_supported(code));
+    }
+    out
 }
 
 /// Resets the wake-up eventfd's counter (non-blocking: EAGAIN means it was already 0).

@@ -738,6 +738,35 @@ impl Executor {
         self.with_deadline(None).write(file, offset, data)
     }
 
+    /// [`read`](Self::read) with per-operation flags ([`RwFlags`](crate::RwFlags): `NOWAIT`,
+    /// `HIPRI`), passed as the SQE's `rw_flags` on every data path. With `NOWAIT`, data not in
+    /// the page cache fails the read with errno EAGAIN (never retried); a read that got part of
+    /// its data before that returns the error too.
+    pub fn read_with(
+        &self,
+        file: &File,
+        offset: u64,
+        len: usize,
+        flags: crate::RwFlags,
+    ) -> Completion<Vec<u8>> {
+        self.with_deadline(None).read_with(file, offset, len, flags)
+    }
+
+    /// [`write`](Self::write) with per-operation flags ([`RwFlags`](crate::RwFlags): `DSYNC`,
+    /// `SYNC`, `NOWAIT`, `HIPRI`, `APPEND`): the SQE's `rw_flags`, or `pwritev2`'s flags on the
+    /// inline path. With `NOWAIT`, a write that would block fails with errno EAGAIN (never
+    /// retried).
+    pub fn write_with(
+        &self,
+        file: &File,
+        offset: u64,
+        data: impl Into<Vec<u8>>,
+        flags: crate::RwFlags,
+    ) -> Completion<usize> {
+        self.with_deadline(None)
+            .write_with(file, offset, data, flags)
+    }
+
     /// fsync: completes after every earlier write to the file (through this executor) is durable.
     pub fn fsync(&self, file: &File) -> Completion<()> {
         self.with_deadline(None).fsync(file)
@@ -1277,6 +1306,41 @@ impl Deadlined<'_> {
             .request(file, op, Reply::Data, self.deadline)
     }
 
+    /// [`Executor::read_with`] with the deadline.
+    pub fn read_with(
+        &self,
+        file: &File,
+        offset: u64,
+        len: usize,
+        flags: crate::RwFlags,
+    ) -> Completion<Vec<u8>> {
+        let op = request::read_op_with(
+            file,
+            offset,
+            len,
+            Vec::new(),
+            flags,
+            self.exec.shared.limits,
+        );
+        self.exec
+            .shared
+            .request(file, op, Reply::Data, self.deadline)
+    }
+
+    /// [`Executor::write_with`] with the deadline.
+    pub fn write_with(
+        &self,
+        file: &File,
+        offset: u64,
+        data: impl Into<Vec<u8>>,
+        flags: crate::RwFlags,
+    ) -> Completion<usize> {
+        let op = request::write_op_with(file, offset, data.into(), flags, self.exec.shared.limits);
+        self.exec
+            .shared
+            .request(file, op, Reply::Count, self.deadline)
+    }
+
     /// [`Executor::write`] with the deadline.
     pub fn write(&self, file: &File, offset: u64, data: impl Into<Vec<u8>>) -> Completion<usize> {
         let op = request::write_op(file, offset, data.into(), self.exec.shared.limits);
@@ -1522,8 +1586,13 @@ impl Batch<'_> {
         data: impl Into<Vec<u8>>,
     ) -> Completion<usize> {
         let data = data.into();
-        let op = request::write(file, offset, data.len(), self.exec.shared.limits)
-            .map(|()| IoOp::Write { offset, data });
+        let op = request::write(file, offset, data.len(), self.exec.shared.limits).map(|()| {
+            IoOp::Write {
+                offset,
+                data,
+                flags: 0,
+            }
+        });
         self.add(file, op, Reply::Count)
     }
 

@@ -51,6 +51,7 @@ pub use executor::{Batch, Deadlined, Executor, ExecutorBuilder};
 pub use file::{File, OpenOptions};
 pub use op::append::Appended;
 pub use op::path::RenameFlags;
+pub use op::rw::RwFlags;
 pub use op::statx::Metadata;
 pub use op::vectored::MAX_IOVECS;
 pub use pool::{BufferPoolStats, RegisteredBufferPool};

@@ -42,12 +42,68 @@ pub(crate) fn read_op(
     buf: Vec<u8>,
     limits: Limits,
 ) -> Result<IoOp> {
-    read(file, offset, len, limits).map(|()| IoOp::Read { offset, len, buf })
+    read_op_with(file, offset, len, buf, crate::RwFlags::empty(), limits)
+}
+
+/// [`read_op`] with `RWF_*` flags.
+pub(crate) fn read_op_with(
+    file: &File,
+    offset: u64,
+    len: usize,
+    buf: Vec<u8>,
+    flags: crate::RwFlags,
+    limits: Limits,
+) -> Result<IoOp> {
+    read(file, offset, len, limits)?;
+    check_rw_flags("read", flags)?;
+    Ok(IoOp::Read {
+        offset,
+        len,
+        buf,
+        flags: flags.bits(),
+    })
 }
 
 /// The checked op of a write of `data` at `offset`.
 pub(crate) fn write_op(file: &File, offset: u64, data: Vec<u8>, limits: Limits) -> Result<IoOp> {
-    write(file, offset, data.len(), limits).map(|()| IoOp::Write { offset, data })
+    write_op_with(file, offset, data, crate::RwFlags::empty(), limits)
+}
+
+/// [`write_op`] with `RWF_*` flags.
+pub(crate) fn write_op_with(
+    file: &File,
+    offset: u64,
+    data: Vec<u8>,
+    flags: crate::RwFlags,
+    limits: Limits,
+) -> Result<IoOp> {
+    write(file, offset, data.len(), limits)?;
+    check_rw_flags("write", flags)?;
+    Ok(IoOp::Write {
+        offset,
+        data,
+        flags: flags.bits(),
+    })
+}
+
+/// Only the known `RWF_*` flags; APPEND, DSYNC and SYNC only on writes.
+fn check_rw_flags(op: &'static str, flags: crate::RwFlags) -> Result<()> {
+    use crate::RwFlags as F;
+    let known = F::DSYNC | F::SYNC | F::NOWAIT | F::HIPRI | F::APPEND;
+    let write_only = F::DSYNC | F::SYNC | F::APPEND;
+    if flags.bits() & !known.bits() != 0 {
+        return Err(IoUringError::invalid(
+            op,
+            format!("unknown RWF flags {:#x}", flags.bits() & !known.bits()),
+        ));
+    }
+    if op == "read" && flags.bits() & write_only.bits() != 0 {
+        return Err(IoUringError::invalid(
+            op,
+            "DSYNC, SYNC and APPEND are flags of writes",
+        ));
+    }
+    Ok(())
 }
 
 /// The op of an fallocate of `len` bytes at `offset` with `mode`.

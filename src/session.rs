@@ -267,7 +267,17 @@ impl Session {
     ) -> Result<()> {
         let limits = self.limits();
         match request::read(file, offset, len, limits) {
-            Ok(()) => self.submit(file, Ok(IoOp::Read { offset, len, buf }), token, Vec::new()),
+            Ok(()) => self.submit(
+                file,
+                Ok(IoOp::Read {
+                    offset,
+                    len,
+                    buf,
+                    flags: 0,
+                }),
+                token,
+                Vec::new(),
+            ),
             Err(e) => self.submit(file, Err(e), token, buf),
         }
     }
@@ -277,7 +287,16 @@ impl Session {
     pub fn write(&mut self, file: &File, offset: u64, data: Vec<u8>, token: u64) -> Result<()> {
         let limits = self.limits();
         match request::write(file, offset, data.len(), limits) {
-            Ok(()) => self.submit(file, Ok(IoOp::Write { offset, data }), token, Vec::new()),
+            Ok(()) => self.submit(
+                file,
+                Ok(IoOp::Write {
+                    offset,
+                    data,
+                    flags: 0,
+                }),
+                token,
+                Vec::new(),
+            ),
             Err(e) => self.submit(file, Err(e), token, data),
         }
     }

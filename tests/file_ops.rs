@@ -463,3 +463,62 @@ fn deadlined_path_and_file_ops() {
     assert_eq!(exec.read(&f, 0, 2).wait().unwrap(), b"ab");
     exec.shutdown().unwrap();
 }
+
+#[test]
+fn rw_flags_reach_reads_and_writes() {
+    use ringshard::RwFlags;
+    for inline in [true, false] {
+        let exec = Executor::builder()
+            .shards(1)
+            .inline_buffered_writes(inline)
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let f = exec.open(&p, &rw()).wait().unwrap();
+        let data: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+        let n = exec
+            .write_with(&f, 0, data.clone(), RwFlags::DSYNC | RwFlags::HIPRI)
+            .wait();
+        // HIPRI on a file without polling support: the kernel may refuse it (EOPNOTSUPP); DSYNC
+        // alone must work.
+        if n.is_err() {
+            exec.write_with(&f, 0, data.clone(), RwFlags::DSYNC)
+                .wait()
+                .unwrap();
+        }
+        // Warm page: NOWAIT succeeds with the right data, or says EAGAIN; never wrong data.
+        match exec.read_with(&f, 0, data.len(), RwFlags::NOWAIT).wait() {
+            Ok(got) => assert_eq!(got, data),
+            Err(e) => assert_eq!(errno(&e), libc::EAGAIN, "{e}"),
+        }
+        // Cold pages: dropped from the page cache (after the data is on disk).
+        exec.fsync(&f).wait().unwrap();
+        let std_f = std::fs::File::open(&p).unwrap();
+        use std::os::fd::AsRawFd;
+        // SAFETY: no memory is passed.
+        unsafe { libc::posix_fadvise(std_f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        match exec.read_with(&f, 0, data.len(), RwFlags::NOWAIT).wait() {
+            Ok(got) => {
+                eprintln!("cold NOWAIT read: served (inline {inline})");
+                assert_eq!(got, data, "NOWAIT returned other bytes");
+            }
+            Err(e) => {
+                eprintln!("cold NOWAIT read: {e} (inline {inline})");
+                assert_eq!(errno(&e), libc::EAGAIN, "{e}");
+                assert!(e.is_transient());
+            }
+        }
+        // Plain reads still see it all.
+        assert_eq!(exec.read(&f, 0, data.len()).wait().unwrap(), data);
+        // APPEND: the write lands at the end, whatever its offset.
+        exec.write_with(&f, 0, b"tail".to_vec(), RwFlags::APPEND)
+            .wait()
+            .unwrap();
+        assert_eq!(exec.size(&f).wait().unwrap(), data.len() as u64 + 4);
+        // Write-only flags are refused on reads.
+        let e = exec.read_with(&f, 0, 1, RwFlags::DSYNC).wait().unwrap_err();
+        assert!(matches!(e, IoUringError::InvalidArgument { .. }), "{e:?}");
+        exec.shutdown().unwrap();
+    }
+}

@@ -37,12 +37,15 @@
 pub(crate) mod append;
 pub(crate) mod fallocate;
 pub(crate) mod path;
+pub(crate) mod read;
+pub(crate) mod rw;
 pub(crate) mod size;
 pub(crate) mod statx;
 pub(crate) mod sync;
 pub(crate) mod sync_range;
 pub(crate) mod truncate;
 pub(crate) mod vectored;
+pub(crate) mod write;
 
 use crate::error::{IoUringError, Result};
 use crate::pool::Target;

@@ -53,10 +53,14 @@ pub(crate) enum IoOp {
         len: usize,
         /// Storage to read into (its capacity is reused; its contents are discarded).
         buf: Vec<u8>,
+        /// `RWF_*` flags ([`RwFlags`](crate::RwFlags)).
+        flags: i32,
     },
     Write {
         offset: u64,
         data: Vec<u8>,
+        /// `RWF_*` flags ([`RwFlags`](crate::RwFlags)).
+        flags: i32,
     },
     /// Every other operation on a file or a path: see [`crate::op`].
     File(Box<dyn crate::op::FileOp>),
@@ -78,7 +82,7 @@ impl IoOp {
     pub(crate) fn range(&self) -> (u64, u64) {
         match self {
             IoOp::Read { offset, len, .. } => (*offset, *len as u64),
-            IoOp::Write { offset, data } => (*offset, data.len() as u64),
+            IoOp::Write { offset, data, .. } => (*offset, data.len() as u64),
             IoOp::File(_) | IoOp::Close => (0, 0),
         }
     }
@@ -89,6 +93,15 @@ impl IoOp {
             IoOp::Read { buf, .. } => std::mem::take(buf),
             IoOp::Write { data, .. } => std::mem::take(data),
             _ => Vec::new(),
+        }
+    }
+
+    /// A read's or write's `RWF_*` flags (0 for other ops).
+    #[inline]
+    pub(crate) fn rw_flags(&self) -> i32 {
+        match self {
+            IoOp::Read { flags, .. } | IoOp::Write { flags, .. } => *flags,
+            _ => 0,
         }
     }
 

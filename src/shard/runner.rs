@@ -86,11 +86,6 @@ const INBOX_BATCH: usize = 256;
 /// shard sleeps while ops are in flight.
 const SCAN_EVERY: Duration = Duration::from_millis(5);
 
-/// A page-cache read asks the kernel for at most this much in its first SQE; each next SQE asks
-/// for as much as has arrived so far. So a read allocates at most about twice what it returns,
-/// whatever length it was given (a 1 TiB read of a 4 KiB file allocates 1 MiB, not 1 TiB).
-const READ_STEP: u64 = 1 << 20;
-
 /// SQEs issued per turn at most. A turn ends with a submit, a reap and the delivery of results,
 /// so a smaller batch hands results back sooner and callers refill while the shard works on the
 /// rest. Measured (routed 4 KiB reads, 1 shard x 1 client, QD32, interleaved): unbounded, the
@@ -952,14 +947,8 @@ impl Shard {
             }
         }
         let fp = match &op {
-            // Within the known size, only overlapping writes matter; past it, any write above.
-            IoOp::Read { .. } if offset.saturating_add(len) <= entry.size_hint => {
-                Footprint::read(offset, len)
-            }
-            IoOp::Read { .. } => Footprint::read_to_end(offset),
-            // O_APPEND writes land at the end, wherever that is: order them against everything.
-            IoOp::Write { .. } if entry.flags.append => Footprint::Barrier,
-            IoOp::Write { .. } => Footprint::write(offset, len),
+            IoOp::Read { .. } => crate::op::read::footprint(offset, len, entry.size_hint),
+            IoOp::Write { .. } => crate::op::write::footprint(offset, len, entry.flags.append),
             IoOp::File(f) => {
                 let fp = f.footprint(entry.size_hint);
                 f.size_at_admit(&mut entry.size_hint);
@@ -1163,7 +1152,7 @@ impl Shard {
                 let at = op.transferred;
                 // Grow as data arrives (READ_STEP, then doubling): memory stays within about
                 // twice what the read returns, whatever length it asked for.
-                let n = (op.len - at).min(MAX_SQE_BYTES).min(READ_STEP.max(at));
+                let n = crate::op::read::next_sqe_len(op.len, at, MAX_SQE_BYTES);
                 // `out.len()` is `at` (set after each completion): room for `n` more.
                 op.out.reserve_exact(n as usize);
                 // SAFETY (pointer arithmetic): `out` has capacity >= len + n = at + n, so the
@@ -1171,16 +1160,19 @@ impl Shard {
                 let ptr = unsafe { op.out.as_mut_ptr().add(at as usize) };
                 let off = op.offset + at;
                 op.issued = at + n;
+                let flags = op.io.rw_flags();
                 match op.target {
                     Target::Fixed(s) => opcode::Read::new(types::Fixed(s), ptr, n as u32)
                         .offset(off)
+                        .rw_flags(flags)
                         .build(),
                     Target::Fd(fd) => opcode::Read::new(types::Fd(fd), ptr, n as u32)
                         .offset(off)
+                        .rw_flags(flags)
                         .build(),
                 }
             }
-            (IoOp::Write { data, .. }, _) => {
+            (IoOp::Write { data, flags, .. }, _) => {
                 let (at, n) = (op.transferred, (op.len - op.transferred).min(MAX_SQE_BYTES));
                 // SAFETY (pointer arithmetic): at + n <= data.len().
                 let ptr = unsafe { data.as_ptr().add(at as usize) };
@@ -1189,9 +1181,11 @@ impl Shard {
                 match op.target {
                     Target::Fixed(s) => opcode::Write::new(types::Fixed(s), ptr, n as u32)
                         .offset(off)
+                        .rw_flags(*flags)
                         .build(),
                     Target::Fd(fd) => opcode::Write::new(types::Fd(fd), ptr, n as u32)
                         .offset(off)
+                        .rw_flags(*flags)
                         .build(),
                 }
             }
@@ -1277,6 +1271,7 @@ impl Shard {
             return Err(IoUringError::invalid("issue", "chunk without op"));
         };
         let (target, file_off) = (op.target, op.offset + ch.rel + u64::from(ch.done));
+        let rw_flags = op.io.rw_flags();
         let entry = self.pool.prepare_at(
             dir,
             target,
@@ -1284,6 +1279,7 @@ impl Shard {
             ch.done as usize,
             file_off,
             ch.len - ch.done,
+            rw_flags,
         )?;
         loop {
             match self.pool.push_prepared(&mut self.ring, entry.clone(), idx) {
@@ -1353,6 +1349,9 @@ impl Shard {
         };
         if again && op.cancel.is_none() {
             op.issued = 0;
+            // Counts finished rounds: the op has started, so it is not skipped between rounds
+            // (a half-done vectored write is not cut short by a dropped handle).
+            op.transferred += 1;
             self.enqueue(slot);
         } else {
             self.finish(slot);
@@ -1410,19 +1409,19 @@ impl Shard {
         if u64::from(self.ops.gen(slot)) != (ud >> SLOT_BITS) & GEN_MASK {
             return; // stale: cannot happen while slots outlive their SQEs, but never misroute
         }
-        if matches!(self.ops.get(slot).map(|op| &op.io), Some(IoOp::File(_))) {
+        let Some(op) = self.ops.get(slot) else { return };
+        if matches!(op.io, IoOp::File(_)) {
             let raw = self.fd_of(slot);
             self.file_op_result(slot, res, raw);
             return;
         }
-        let Some(op) = self.ops.get(slot) else { return };
         op.outstanding = op.outstanding.saturating_sub(1);
         if op.data_path == DataPath::Memory
             && matches!(op.io, IoOp::Read { .. } | IoOp::Write { .. })
         {
             let is_read = matches!(op.io, IoOp::Read { .. });
             match res {
-                r if r < 0 && matches!(-r, libc::EAGAIN | libc::EINTR) => {}
+                r if r < 0 && crate::op::rw::retried(-r, op.io.rw_flags()) => {}
                 r if r < 0 => op.errno = Some(-r),
                 // A read of 0 bytes is the end of the file; a write of 0 would loop forever.
                 0 if is_read => op.eof = Some(op.transferred),
@@ -1456,7 +1455,7 @@ impl Shard {
         if let IoOp::Write { data, .. } = &op.io {
             // fd is the op's file, open until its close op, which cannot run before this one
             // finishes (close is a barrier).
-            match pwrite_all(fd, data, op.offset) {
+            match crate::op::rw::pwrite_all(fd, data, op.offset, op.io.rw_flags()) {
                 Ok(n) => op.transferred = n as u64,
                 Err(errno) => op.errno = Some(errno),
             }
@@ -1498,7 +1497,7 @@ impl Shard {
         };
         let mut retry = false;
         if res < 0 {
-            if matches!(-res, libc::EAGAIN | libc::EINTR) {
+            if crate::op::rw::retried(-res, op.io.rw_flags()) {
                 retry = true;
             } else {
                 op.errno.get_or_insert(-res);
@@ -1732,11 +1731,15 @@ impl Shard {
             return;
         };
         let at_least = match io {
-            // An O_APPEND write lands at the end, not at `offset`: nothing is learnt.
-            IoOp::Write { .. } if entry.flags.append => return,
             // A set_len admitted after this op will set the size: what this op saw is stale.
             _ if entry.size_setters > 0 => return,
-            IoOp::Read { .. } | IoOp::Write { .. } => offset.saturating_add(n),
+            IoOp::Read { .. } => offset.saturating_add(n),
+            IoOp::Write { .. } => {
+                match crate::op::write::size_at_least(offset, n, entry.flags.append) {
+                    Some(s) => s,
+                    None => return,
+                }
+            }
             _ => return,
         };
         entry.size_hint = entry.size_hint.max(at_least);
@@ -2092,35 +2095,6 @@ pub(super) fn submit_counted(
             }
         }
     }
-}
-
-/// Writes all of `data` at `offset` of `fd` with `pwrite`, resuming short writes and retrying
-/// EINTR/EAGAIN; the bytes written, or the errno.
-pub(super) fn pwrite_all(fd: RawFd, data: &[u8], offset: u64) -> std::result::Result<usize, i32> {
-    let mut done = 0usize;
-    while done < data.len() {
-        let rest = &data[done..];
-        // SAFETY: pwrite reads `rest.len()` bytes from a live slice.
-        let n = unsafe {
-            libc::pwrite(
-                fd,
-                rest.as_ptr().cast(),
-                rest.len(),
-                (offset + done as u64) as libc::off_t,
-            )
-        };
-        match n {
-            n if n > 0 => done += n as usize,
-            0 => return Err(libc::EIO), // no progress: would loop forever
-            _ => {
-                let errno = numa::last_errno();
-                if errno != libc::EINTR && errno != libc::EAGAIN {
-                    return Err(errno);
-                }
-            }
-        }
-    }
-    Ok(done)
 }
 
 fn elapsed_ns(at: Instant) -> u64 {

@@ -224,6 +224,13 @@ fn ring_and_blocking_paths_agree() {
     }
     assert!(!stats.total.blocking_ops.contains(&OpKind::Read));
     assert!(stats.to_string().contains("blocking path"), "{stats}");
+    let prom = stats.to_prometheus();
+    for name in ["statx", "rename", "readv", "append", "sync_file_range"] {
+        assert!(
+            prom.contains(&format!("op=\"{name}\"")),
+            "{name} missing:\n{prom}"
+        );
+    }
     let json = serde_json::to_value(&stats).unwrap();
     assert!(json.to_string().contains("\"blocking_ops\""), "{json}");
     blocking.shutdown().unwrap();
@@ -521,4 +528,78 @@ fn rw_flags_reach_reads_and_writes() {
         assert!(matches!(e, IoUringError::InvalidArgument { .. }), "{e:?}");
         exec.shutdown().unwrap();
     }
+}
+
+#[test]
+fn shutdown_with_new_ops_queued_completes_every_handle() {
+    // Many ops sent, then shutdown at once: every handle completes (done, or refused with
+    // Shutdown), none hangs; the directory ends up consistent with the ops that succeeded.
+    for blocking in [false, true] {
+        let exec = if blocking { blocking_exec() } else { exec() };
+        let dir = tempfile::tempdir().unwrap();
+        let f = exec.open(dir.path().join("f"), &rw()).wait().unwrap();
+        let mut units = Vec::new();
+        let mut metas = Vec::new();
+        let mut reads = Vec::new();
+        for i in 0..200u64 {
+            units.push(exec.mkdir(dir.path().join(format!("d{i}")), 0o700));
+            units.push(exec.set_len(&f, i));
+            metas.push(exec.metadata(&f));
+            metas.push(exec.stat(dir.path()));
+            reads.push(exec.read_vectored(&f, 0, &[8, 8]));
+        }
+        exec.shutdown().unwrap();
+        for c in units {
+            match c.wait() {
+                Ok(()) | Err(IoUringError::Shutdown) => {}
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+        for c in metas {
+            match c.wait() {
+                Ok(_) | Err(IoUringError::Shutdown) => {}
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+        for c in reads {
+            match c.wait() {
+                Ok(v) => assert!(v.iter().all(|b| b.iter().all(|&x| x == 0))),
+                Err(IoUringError::Shutdown) => {}
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn a_dying_shard_fails_queued_new_ops() {
+    let exec = exec();
+    let dir = tempfile::tempdir().unwrap();
+    let f = exec.open(dir.path().join("f"), &rw()).wait().unwrap();
+    exec.write(&f, 0, vec![1u8; 64]).wait().unwrap();
+    let dead = exec.kill_shard_for_tests(f.shard(), std::time::Duration::from_millis(20));
+    let cs: Vec<_> = (0..50)
+        .map(|_| {
+            (
+                exec.metadata(&f),
+                exec.read_vectored(&f, 0, &[4, 4]),
+                exec.write_vectored(&f, 0, vec![vec![2u8; 4]]),
+            )
+        })
+        .collect();
+    assert!(dead.wait().is_err());
+    for (m, r, w) in cs {
+        for e in [m.wait().err(), r.wait().err(), w.wait().err()]
+            .into_iter()
+            .flatten()
+        {
+            assert!(matches!(e, IoUringError::ShardFailed { .. }), "{e:?}");
+        }
+    }
+    // Path ops go to the directory's shard: done there, or ShardFailed if it is the dead one.
+    match exec.mkdir(dir.path().join("other"), 0o700).wait() {
+        Ok(()) | Err(IoUringError::ShardFailed { .. }) => {}
+        Err(e) => panic!("{e:?}"),
+    }
+    let _ = exec.shutdown();
 }

@@ -1585,14 +1585,7 @@ impl Batch<'_> {
         offset: u64,
         data: impl Into<Vec<u8>>,
     ) -> Completion<usize> {
-        let data = data.into();
-        let op = request::write(file, offset, data.len(), self.exec.shared.limits).map(|()| {
-            IoOp::Write {
-                offset,
-                data,
-                flags: 0,
-            }
-        });
+        let op = request::write_op(file, offset, data.into(), self.exec.shared.limits);
         self.add(file, op, Reply::Count)
     }
 

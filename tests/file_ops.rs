@@ -315,16 +315,15 @@ fn bad_arguments_fail_before_the_shard() {
     exec.shutdown().unwrap();
 }
 
-/// The open-file flags of the descriptor open on `path` in this process (from
-/// /proc/self/fdinfo), if one is.
+/// `fcntl(F_GETFL)` of the descriptor this process has open on `path` (found in /proc/self/fd),
+/// if one is.
 fn fd_flags_of(path: &Path) -> Option<i32> {
     for entry in std::fs::read_dir("/proc/self/fd").ok()?.flatten() {
         if std::fs::read_link(entry.path()).ok().as_deref() == Some(path) {
-            let info =
-                std::fs::read_to_string(Path::new("/proc/self/fdinfo").join(entry.file_name()))
-                    .ok()?;
-            let flags = info.lines().find_map(|l| l.strip_prefix("flags:"))?;
-            return i32::from_str_radix(flags.trim(), 8).ok();
+            let fd: i32 = entry.file_name().to_str()?.parse().ok()?;
+            // SAFETY: F_GETFL reads the descriptor's flags; no memory is passed.
+            let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+            return (fl >= 0).then_some(fl);
         }
     }
     None

@@ -22,7 +22,10 @@
 //!    (strings, buffers) and where its result goes (a [`Reply`] or its own `Completer`), and an
 //!    `impl FileOp` with `kind`, `sqe` and `run_blocking` (the same system call, returning the
 //!    result or `-errno` like a CQE), and, as needed, `footprint` (default: a barrier on its
-//!    file), `on_result`, `error`, `size_at_admit`/`size_after` and `complete`.
+//!    file), `on_result` (short transfers: return [`Step::Again`]), `error`,
+//!    `size_at_admit`/`size_after`/`sets_size` (the file's known size, which orders reads near
+//!    the end of the file) and `complete` (ops with a result type of their own keep their
+//!    `Completer` and are sent with [`Reply::InOp`]).
 //! 3. Add a validated constructor in `request.rs` and the public method on `Executor` (and
 //!    `Deadlined`) that sends it.
 //!

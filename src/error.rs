@@ -103,6 +103,21 @@ pub enum IoUringError {
         offset: Option<u64>,
         /// The errno.
         errno: i32,
+        /// For a write that failed: how many bytes from `offset` on are known to be written
+        /// (a prefix; an O_DIRECT write's chunks run in parallel, and bytes past the first chunk
+        /// that stopped short may be written too, uncounted). `None` for other operations.
+        written: Option<u64>,
+    },
+    /// An operation on two paths (rename) completed with an error.
+    PathPair {
+        /// The operation (`"rename"`).
+        op: &'static str,
+        /// The source path.
+        from: PathBuf,
+        /// The destination path.
+        to: PathBuf,
+        /// The errno.
+        errno: i32,
     },
     /// A pool was used with a ring other than the one its buffers are registered with.
     WrongRing,
@@ -159,13 +174,31 @@ pub enum IoUringError {
 }
 
 impl IoUringError {
+    /// For a write that failed part-way, the bytes from its offset known to be written: see
+    /// [`Io::written`](Self::Io). `None` for other errors.
+    pub fn written(&self) -> Option<u64> {
+        match self {
+            Self::Io { written, .. } => *written,
+            _ => None,
+        }
+    }
+
+    /// This error with how much of its write is known to be written.
+    pub(crate) fn with_written(mut self, n: u64) -> Self {
+        if let Self::Io { written, .. } = &mut self {
+            *written = Some(n);
+        }
+        self
+    }
+
     /// The errno behind this error, where the kernel gave one.
     pub fn errno(&self) -> Option<i32> {
         match self {
             Self::RingSetup { errno, .. }
             | Self::Registration { errno, .. }
             | Self::Memory { errno, .. }
-            | Self::Io { errno, .. } => Some(*errno),
+            | Self::Io { errno, .. }
+            | Self::PathPair { errno, .. } => Some(*errno),
             _ => None,
         }
     }
@@ -178,7 +211,7 @@ impl IoUringError {
             | Self::PoolExhausted { .. }
             | Self::Timeout
             | Self::SessionFull { .. } => true,
-            Self::Io { errno, .. } => {
+            Self::Io { errno, .. } | Self::PathPair { errno, .. } => {
                 matches!(
                     *errno,
                     libc::EAGAIN | libc::EINTR | libc::EBUSY | libc::ENOBUFS
@@ -214,6 +247,7 @@ impl IoUringError {
             path,
             offset,
             errno: errno.abs(),
+            written: None,
         }
     }
 
@@ -264,6 +298,8 @@ fn errno_name(errno: i32) -> Option<&'static str> {
         libc::EOVERFLOW => "EOVERFLOW",
         libc::ENAMETOOLONG => "ENAMETOOLONG",
         libc::ENOTDIR => "ENOTDIR",
+        libc::ENOTEMPTY => "ENOTEMPTY",
+        libc::EXDEV => "EXDEV",
         _ => return None,
     })
 }
@@ -391,11 +427,24 @@ impl fmt::Display for IoUringError {
             ),
             Self::InvalidConfig(reason) => write!(f, "invalid configuration: {reason}"),
             Self::InvalidArgument { op, reason } => write!(f, "{op}: invalid argument: {reason}"),
+            Self::PathPair {
+                op,
+                from,
+                to,
+                errno,
+            } => write!(
+                f,
+                "{op} {} -> {} failed: {}",
+                from.display(),
+                to.display(),
+                errno_text(*errno)
+            ),
             Self::Io {
                 op,
                 path,
                 offset,
                 errno,
+                written,
             } => {
                 write!(f, "{op}")?;
                 if let Some(p) = path {
@@ -405,6 +454,9 @@ impl fmt::Display for IoUringError {
                     write!(f, " at offset {o}")?;
                 }
                 write!(f, " failed: {}", errno_text(*errno))?;
+                if let Some(n) = written.filter(|n| *n > 0) {
+                    write!(f, " after {n} bytes were written")?;
+                }
                 match *errno {
                     libc::EINVAL if *op == "open" => write!(
                         f,
@@ -554,11 +606,25 @@ impl fmt::Debug for IoUringError {
                 path,
                 offset,
                 errno,
+                written,
             } => f
                 .debug_struct("Io")
                 .field("op", op)
                 .field("path", path)
                 .field("offset", offset)
+                .field("errno", errno)
+                .field("written", written)
+                .finish(),
+            Self::PathPair {
+                op,
+                from,
+                to,
+                errno,
+            } => f
+                .debug_struct("PathPair")
+                .field("op", op)
+                .field("from", from)
+                .field("to", to)
                 .field("errno", errno)
                 .finish(),
             Self::WrongRing => f.write_str("WrongRing"),

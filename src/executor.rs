@@ -4,12 +4,13 @@ use crate::completion::{pair, Completer, Completion};
 use crate::driver::{Backend, BackendChoice};
 use crate::error::{IoUringError, Result};
 use crate::file::{File, FileFlags, FileRef, OpenOptions};
+use crate::op::{self, FileOp};
 use crate::request::{self, Limits, DEFAULT_MAX_REQUEST_SIZE, MAX_REQUEST_SIZE_LIMIT};
 use crate::ring::RingConfig;
 use crate::router::{shard_for, FileKey};
 use crate::session::{Session, DEFAULT_SESSION_CAPACITY};
 use crate::shard::{spawn, IoOp, IoRequest, Message, Reply, ShardConfig, ShardContext, ShardLink};
-use crate::stats::{ExecutorStats, ShardStats};
+use crate::stats::{ExecutorStats, OpKind, ShardStats};
 use crate::topology::{allowed_cpus, Placement, Topology};
 use std::os::fd::OwnedFd;
 use std::path::Path;
@@ -49,6 +50,8 @@ pub struct ExecutorBuilder {
     shutdown_timeout: Duration,
     backend: BackendChoice,
     threads_per_shard: usize,
+    slow_op: Option<Duration>,
+    force_blocking: Vec<OpKind>,
 }
 
 impl Default for ExecutorBuilder {
@@ -68,6 +71,8 @@ impl Default for ExecutorBuilder {
             shutdown_timeout: Duration::from_secs(10),
             backend: BackendChoice::Auto,
             threads_per_shard: DEFAULT_THREADS_PER_SHARD,
+            slow_op: Some(Duration::from_secs(1)),
+            force_blocking: Vec::new(),
         }
     }
 }
@@ -224,6 +229,26 @@ impl ExecutorBuilder {
         self
     }
 
+    /// Operations that take longer than this, from request to result, are logged as warnings
+    /// through `tracing` (feature `tracing`; target `ringshard::slow`, with the shard, the kind,
+    /// the path, the latency and the errno if it failed). Default 1 s; `None` turns it off. Costs
+    /// one comparison per operation.
+    pub fn slow_op_threshold(mut self, threshold: Option<Duration>) -> Self {
+        self.slow_op = threshold;
+        self
+    }
+
+    /// Runs these operation kinds with plain system calls on the shard thread even where the
+    /// kernel has their io_uring opcode: the path taken where it lacks them, so that it can be
+    /// tested on any kernel. Shown in `ShardStats::blocking_ops`. The environment variable
+    /// `RINGSHARD_FORCE_BLOCKING` (kind names separated by commas, as in [`OpKind::name`], or
+    /// `all`) adds to this list. For tests.
+    #[doc(hidden)]
+    pub fn force_blocking(mut self, kinds: &[OpKind]) -> Self {
+        self.force_blocking.extend_from_slice(kinds);
+        self
+    }
+
     /// Whether shard threads pin themselves to their CPU (default true).
     pub fn pin(mut self, on: bool) -> Self {
         self.pin = on;
@@ -272,6 +297,16 @@ impl ExecutorBuilder {
             || self.backend != BackendChoice::Auto)
             .then(|| chosen.reason.clone());
         let id = NEXT_EXECUTOR_ID.fetch_add(1, Ordering::Relaxed);
+        let mut force_blocking = self.force_blocking.clone();
+        if let Ok(v) = std::env::var("RINGSHARD_FORCE_BLOCKING") {
+            for name in v.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                force_blocking.extend(
+                    OpKind::ALL
+                        .into_iter()
+                        .filter(|k| name == "all" || k.name() == name),
+                );
+            }
+        }
         let mut links = Vec::with_capacity(cpus.len());
         let mut threads = Vec::with_capacity(cpus.len());
         for (index, &cpu) in cpus.iter().enumerate() {
@@ -291,6 +326,10 @@ impl ExecutorBuilder {
                 backend: chosen.backend,
                 threads_per_shard: self.threads_per_shard,
                 backend_reason: backend_reason.clone(),
+                slow_op_ns: self
+                    .slow_op
+                    .map_or(u64::MAX, |d| d.as_nanos().min(u128::from(u64::MAX)) as u64),
+                force_blocking: force_blocking.clone(),
             };
             match spawn(cfg) {
                 Ok((link, handle)) => {
@@ -424,6 +463,63 @@ impl ExecShared {
             Err(e) => return Completion::ready(Err(e)),
         };
         let (c, req) = crate::shard::tasks::make(self, file, op, reply, deadline);
+        crate::shard::tasks::route(self, req);
+        c
+    }
+
+    /// Routes a checked [`FileOp`] that holds its own completer, built by `make`, on `file`.
+    pub(crate) fn request_op<T>(
+        &self,
+        file: &File,
+        make: Result<impl FnOnce(Completer<T>) -> Box<dyn FileOp>>,
+        deadline: Option<Instant>,
+    ) -> Completion<T> {
+        let make = match make.and_then(|m| self.check_owner(file).map(|()| m)) {
+            Ok(m) => m,
+            Err(e) => return Completion::ready(Err(e)),
+        };
+        let (c, done) = pair(self.id, file.shard());
+        let req = IoRequest {
+            file: file.handle(),
+            op: IoOp::File(make(done)),
+            reply: Reply::InOp,
+            at: Instant::now(),
+            deadline,
+        };
+        crate::shard::tasks::route(self, req);
+        c
+    }
+
+    /// Routes an operation on a path to the shard of its parent directory (`dir_of`'s, if
+    /// given). `make` builds the op from the path, its order target and the completer.
+    pub(crate) fn request_path<T>(
+        &self,
+        op: &'static str,
+        path: &Path,
+        dir_of: Option<&Path>,
+        make: impl FnOnce(std::ffi::CString, op::PathTarget, Completer<T>) -> Box<dyn FileOp>,
+        deadline: Option<Instant>,
+    ) -> Completion<T> {
+        if self.closed.load(Ordering::Acquire) {
+            return Completion::ready(Err(IoUringError::Shutdown));
+        }
+        let (cpath, target, shard) = match request::path_op(op, path, dir_of, self.shards.len()) {
+            Ok(t) => t,
+            Err(e) => return Completion::ready(Err(e)),
+        };
+        let (c, done) = pair(self.id, shard);
+        let req = IoRequest {
+            file: FileRef {
+                exec: self.id,
+                shard,
+                slot: u32::MAX,
+                gen: 0,
+            },
+            op: IoOp::File(make(cpath, target, done)),
+            reply: Reply::InOp,
+            at: Instant::now(),
+            deadline,
+        };
         crate::shard::tasks::route(self, req);
         c
     }
@@ -689,6 +785,35 @@ impl Executor {
         self.with_deadline(None).write(file, offset, data)
     }
 
+    /// [`read`](Self::read) with per-operation flags ([`RwFlags`](crate::RwFlags): `NOWAIT`,
+    /// `HIPRI`), passed as the SQE's `rw_flags` on every data path. With `NOWAIT`, data not in
+    /// the page cache fails the read with errno EAGAIN (never retried); a read that got part of
+    /// its data before that returns the error too.
+    pub fn read_with(
+        &self,
+        file: &File,
+        offset: u64,
+        len: usize,
+        flags: crate::RwFlags,
+    ) -> Completion<Vec<u8>> {
+        self.with_deadline(None).read_with(file, offset, len, flags)
+    }
+
+    /// [`write`](Self::write) with per-operation flags ([`RwFlags`](crate::RwFlags): `DSYNC`,
+    /// `SYNC`, `NOWAIT`, `HIPRI`, `APPEND`): the SQE's `rw_flags`, or `pwritev2`'s flags on the
+    /// inline path. With `NOWAIT`, a write that would block fails with errno EAGAIN (never
+    /// retried).
+    pub fn write_with(
+        &self,
+        file: &File,
+        offset: u64,
+        data: impl Into<Vec<u8>>,
+        flags: crate::RwFlags,
+    ) -> Completion<usize> {
+        self.with_deadline(None)
+            .write_with(file, offset, data, flags)
+    }
+
     /// fsync: completes after every earlier write to the file (through this executor) is durable.
     pub fn fsync(&self, file: &File) -> Completion<()> {
         self.with_deadline(None).fsync(file)
@@ -701,13 +826,136 @@ impl Executor {
 
     /// fallocate(2) with `mode` (0 allocates and extends the file).
     pub fn fallocate(&self, file: &File, mode: i32, offset: u64, len: u64) -> Completion<()> {
-        let op = request::fallocate(offset, len).map(|()| IoOp::Fallocate { mode, offset, len });
+        let op = request::fallocate_op(mode, offset, len);
         self.shared.request(file, op, Reply::Unit, None)
     }
 
     /// The file's size, after every earlier operation on it.
     pub fn size(&self, file: &File) -> Completion<u64> {
-        self.shared.request(file, Ok(IoOp::Size), Reply::Size, None)
+        self.shared
+            .request(file, Ok(crate::request::size_op()), Reply::Size, None)
+    }
+
+    /// Opens the directory at `path` read-only (O_RDONLY | O_DIRECTORY): a handle to
+    /// [`fsync`](Self::fsync) after creating, renaming or unlinking entries in it, or to get its
+    /// [`metadata`](Self::metadata). Reads and writes on it fail with
+    /// [`IoUringError::BadHandle`]. Blocks like [`open`](Self::open).
+    pub fn open_dir(&self, path: impl AsRef<Path>) -> Completion<File> {
+        self.open(path, OpenOptions::new().read(true).directory(true))
+    }
+
+    /// The file's metadata (`statx` on its descriptor), after every earlier operation on it.
+    pub fn metadata(&self, file: &File) -> Completion<crate::Metadata> {
+        self.with_deadline(None).metadata(file)
+    }
+
+    /// The metadata of the file at `path` (`statx`, following a final symlink). Routed and
+    /// ordered like the other path operations (see [`unlink`](Self::unlink)).
+    pub fn stat(&self, path: impl AsRef<Path>) -> Completion<crate::Metadata> {
+        self.with_deadline(None).stat(path)
+    }
+
+    /// [`stat`](Self::stat) without following a final symlink (so
+    /// [`Metadata::is_symlink`](crate::Metadata::is_symlink) can be true).
+    pub fn symlink_metadata(&self, path: impl AsRef<Path>) -> Completion<crate::Metadata> {
+        self.with_deadline(None).stat_with(path.as_ref(), true)
+    }
+
+    /// Sets the file's length (`ftruncate`: IORING_OP_FTRUNCATE where the kernel has it, Linux
+    /// 6.9, else the system call on the shard thread). Ordered against every operation on the
+    /// file; reads sent after it see the new end of file. Needs write access.
+    pub fn set_len(&self, file: &File, len: u64) -> Completion<()> {
+        self.with_deadline(None).set_len(file, len)
+    }
+
+    /// `sync_file_range(2)` of `len` bytes at `offset` (0: to the end of the file) with `flags`
+    /// (`libc::SYNC_FILE_RANGE_*`), after every earlier write to the file. Not a durability
+    /// guarantee (no metadata, no disk cache flush): see the man page.
+    pub fn sync_file_range(
+        &self,
+        file: &File,
+        offset: u64,
+        len: u64,
+        flags: u32,
+    ) -> Completion<()> {
+        self.with_deadline(None)
+            .sync_file_range(file, offset, len, flags)
+    }
+
+    /// Reads into buffers of `lens` bytes at `offset` with one `readv` (at most
+    /// [`MAX_IOVECS`](crate::MAX_IOVECS) buffers, and
+    /// [`max_request_size`](ExecutorBuilder::max_request_size) bytes in all). A short read is
+    /// continued; at end of file the vectors come back truncated there (later ones empty). Not
+    /// for O_DIRECT files.
+    pub fn read_vectored(
+        &self,
+        file: &File,
+        offset: u64,
+        lens: &[usize],
+    ) -> Completion<Vec<Vec<u8>>> {
+        self.with_deadline(None).read_vectored(file, offset, lens)
+    }
+
+    /// Writes `bufs` one after another at `offset` with `writev` (same bounds as
+    /// [`read_vectored`](Self::read_vectored)); short writes are continued. Returns the bytes
+    /// written.
+    pub fn write_vectored(
+        &self,
+        file: &File,
+        offset: u64,
+        bufs: Vec<Vec<u8>>,
+    ) -> Completion<usize> {
+        self.with_deadline(None).write_vectored(file, offset, bufs)
+    }
+
+    /// Appends `data` at the end of a file opened with [`append(true)`](OpenOptions::append) and
+    /// says where it landed. Appends to one file run one at a time, in the order sent; the
+    /// offset is exact even when other processes append to the file too (the shard reads its
+    /// descriptor's position after the write). If a short write had to be continued after
+    /// another process appended, the data is not contiguous and the call fails with EIO.
+    pub fn append(&self, file: &File, data: impl Into<Vec<u8>>) -> Completion<crate::Appended> {
+        self.with_deadline(None).append(file, data)
+    }
+
+    /// Removes the file at `path` (`unlinkat`).
+    ///
+    /// Path operations (`unlink`, `remove_dir`, `mkdir`, `rename`, `stat`) go through the ring
+    /// (UNLINKAT, MKDIRAT, RENAMEAT, STATX) of the shard that owns the path's **parent
+    /// directory** (its inode, hashed as files are: the shard an [`open_dir`](Self::open_dir) of
+    /// that directory gets). There they are barriers in the directory's order list: path
+    /// operations in one directory run one at a time, in the order they were sent, and an
+    /// `fsync` of the directory's handle runs after those sent before it. Finding the parent
+    /// blocks the caller on one stat(2). Relative paths are resolved against the process's
+    /// working directory.
+    pub fn unlink(&self, path: impl AsRef<Path>) -> Completion<()> {
+        self.with_deadline(None).unlink(path)
+    }
+
+    /// Removes the empty directory at `path` (`unlinkat(AT_REMOVEDIR)`). See
+    /// [`unlink`](Self::unlink) for routing and order.
+    pub fn remove_dir(&self, path: impl AsRef<Path>) -> Completion<()> {
+        self.with_deadline(None).remove_dir(path)
+    }
+
+    /// Creates the directory `path` with permission bits `mode` (less the umask). See
+    /// [`unlink`](Self::unlink) for routing and order.
+    pub fn mkdir(&self, path: impl AsRef<Path>, mode: u32) -> Completion<()> {
+        self.with_deadline(None).mkdir(path, mode)
+    }
+
+    /// Renames `from` to `to` (`renameat2` with `flags`). Routed and ordered by the
+    /// **destination's** parent directory: that is the directory whose contents the caller
+    /// then usually makes durable (`fsync` of its handle, ordered after the rename on the
+    /// same shard), and the name that appears is the one later operations look up. Operations
+    /// in the source's directory on another shard are not ordered against it. Errors name both
+    /// paths ([`IoUringError::PathPair`]).
+    pub fn rename(
+        &self,
+        from: impl AsRef<Path>,
+        to: impl AsRef<Path>,
+        flags: crate::RenameFlags,
+    ) -> Completion<()> {
+        self.with_deadline(None).rename(from, to, flags)
     }
 
     /// Closes the file after every earlier operation on it and reports errors; later operations
@@ -1105,6 +1353,41 @@ impl Deadlined<'_> {
             .request(file, op, Reply::Data, self.deadline)
     }
 
+    /// [`Executor::read_with`] with the deadline.
+    pub fn read_with(
+        &self,
+        file: &File,
+        offset: u64,
+        len: usize,
+        flags: crate::RwFlags,
+    ) -> Completion<Vec<u8>> {
+        let op = request::read_op_with(
+            file,
+            offset,
+            len,
+            Vec::new(),
+            flags,
+            self.exec.shared.limits,
+        );
+        self.exec
+            .shared
+            .request(file, op, Reply::Data, self.deadline)
+    }
+
+    /// [`Executor::write_with`] with the deadline.
+    pub fn write_with(
+        &self,
+        file: &File,
+        offset: u64,
+        data: impl Into<Vec<u8>>,
+        flags: crate::RwFlags,
+    ) -> Completion<usize> {
+        let op = request::write_op_with(file, offset, data.into(), flags, self.exec.shared.limits);
+        self.exec
+            .shared
+            .request(file, op, Reply::Count, self.deadline)
+    }
+
     /// [`Executor::write`] with the deadline.
     pub fn write(&self, file: &File, offset: u64, data: impl Into<Vec<u8>>) -> Completion<usize> {
         let op = request::write_op(file, offset, data.into(), self.exec.shared.limits);
@@ -1115,15 +1398,173 @@ impl Deadlined<'_> {
 
     /// [`Executor::fsync`] with the deadline.
     pub fn fsync(&self, file: &File) -> Completion<()> {
-        let op = Ok(IoOp::Sync { datasync: false });
+        let op = Ok(crate::request::sync_op(false));
         self.exec
             .shared
             .request(file, op, Reply::Unit, self.deadline)
     }
 
+    /// [`Executor::metadata`] with the deadline.
+    pub fn metadata(&self, file: &File) -> Completion<crate::Metadata> {
+        let make = |done| Box::new(op::statx::Statx::of_file(done)) as Box<dyn FileOp>;
+        self.exec.shared.request_op(file, Ok(make), self.deadline)
+    }
+
+    /// [`Executor::stat`] with the deadline.
+    pub fn stat(&self, path: impl AsRef<Path>) -> Completion<crate::Metadata> {
+        self.stat_with(path.as_ref(), false)
+    }
+
+    fn stat_with(&self, path: &Path, nofollow: bool) -> Completion<crate::Metadata> {
+        self.exec.shared.request_path(
+            "stat",
+            path,
+            None,
+            |c, target, done| Box::new(op::statx::Statx::of_path(c, target, nofollow, done)),
+            self.deadline,
+        )
+    }
+
+    /// [`Executor::set_len`] with the deadline.
+    pub fn set_len(&self, file: &File, len: u64) -> Completion<()> {
+        let op = request::set_len(file, len)
+            .map(|()| IoOp::File(Box::new(op::truncate::Truncate { len })));
+        self.exec
+            .shared
+            .request(file, op, Reply::Unit, self.deadline)
+    }
+
+    /// [`Executor::sync_file_range`] with the deadline.
+    pub fn sync_file_range(
+        &self,
+        file: &File,
+        offset: u64,
+        len: u64,
+        flags: u32,
+    ) -> Completion<()> {
+        let op = request::sync_file_range(offset, len, flags)
+            .map(|len| IoOp::File(Box::new(op::sync_range::SyncRange { offset, len, flags })));
+        self.exec
+            .shared
+            .request(file, op, Reply::Unit, self.deadline)
+    }
+
+    /// [`Executor::read_vectored`] with the deadline.
+    pub fn read_vectored(
+        &self,
+        file: &File,
+        offset: u64,
+        lens: &[usize],
+    ) -> Completion<Vec<Vec<u8>>> {
+        let limits = self.exec.shared.limits;
+        let lens = lens.to_vec();
+        let make = request::vectored(
+            file,
+            "readv",
+            offset,
+            lens.iter().copied(),
+            lens.len(),
+            false,
+            limits,
+        )
+        .map(|()| {
+            move |done| Box::new(op::vectored::ReadV::new(offset, lens, 0, done)) as Box<dyn FileOp>
+        });
+        self.exec.shared.request_op(file, make, self.deadline)
+    }
+
+    /// [`Executor::write_vectored`] with the deadline.
+    pub fn write_vectored(
+        &self,
+        file: &File,
+        offset: u64,
+        bufs: Vec<Vec<u8>>,
+    ) -> Completion<usize> {
+        let limits = self.exec.shared.limits;
+        let make = request::vectored(
+            file,
+            "writev",
+            offset,
+            bufs.iter().map(Vec::len),
+            bufs.len(),
+            true,
+            limits,
+        )
+        .map(|()| {
+            move |done| {
+                Box::new(op::vectored::WriteV::new(offset, bufs, 0, done)) as Box<dyn FileOp>
+            }
+        });
+        self.exec.shared.request_op(file, make, self.deadline)
+    }
+
+    /// [`Executor::append`] with the deadline.
+    pub fn append(&self, file: &File, data: impl Into<Vec<u8>>) -> Completion<crate::Appended> {
+        let data = data.into();
+        let make = request::append(file, data.len(), self.exec.shared.limits)
+            .map(|()| move |done| Box::new(op::append::Append::new(data, done)) as Box<dyn FileOp>);
+        self.exec.shared.request_op(file, make, self.deadline)
+    }
+
+    /// [`Executor::unlink`] with the deadline.
+    pub fn unlink(&self, path: impl AsRef<Path>) -> Completion<()> {
+        self.path_call("unlink", path.as_ref(), op::path::PathCall::Unlink)
+    }
+
+    /// [`Executor::remove_dir`] with the deadline.
+    pub fn remove_dir(&self, path: impl AsRef<Path>) -> Completion<()> {
+        self.path_call("remove_dir", path.as_ref(), op::path::PathCall::RemoveDir)
+    }
+
+    /// [`Executor::mkdir`] with the deadline.
+    pub fn mkdir(&self, path: impl AsRef<Path>, mode: u32) -> Completion<()> {
+        self.path_call("mkdir", path.as_ref(), op::path::PathCall::Mkdir { mode })
+    }
+
+    /// [`Executor::rename`] with the deadline.
+    pub fn rename(
+        &self,
+        from: impl AsRef<Path>,
+        to: impl AsRef<Path>,
+        flags: crate::RenameFlags,
+    ) -> Completion<()> {
+        let (from, to) = (from.as_ref(), to.as_ref());
+        let to_c = match op::c_path("rename", to) {
+            Ok(c) => c,
+            Err(e) => return Completion::ready(Err(e)),
+        };
+        let call = op::path::PathCall::Rename {
+            to: to_c,
+            to_path: std::sync::Arc::from(to),
+            flags,
+        };
+        self.exec.shared.request_path(
+            "rename",
+            from,
+            Some(to),
+            |c, target, done| Box::new(op::path::PathOp::new(call, c, target, done)),
+            self.deadline,
+        )
+    }
+
+    fn path_call(
+        &self,
+        name: &'static str,
+        path: &Path,
+        call: op::path::PathCall,
+    ) -> Completion<()> {
+        self.exec.shared.request_path(
+            name,
+            path,
+            None,
+            |c, target, done| Box::new(op::path::PathOp::new(call, c, target, done)),
+            self.deadline,
+        )
+    }
+
     /// [`Executor::fdatasync`] with the deadline.
     pub fn fdatasync(&self, file: &File) -> Completion<()> {
-        let op = Ok(IoOp::Sync { datasync: true });
+        let op = Ok(crate::request::sync_op(true));
         self.exec
             .shared
             .request(file, op, Reply::Unit, self.deadline)
@@ -1191,15 +1632,13 @@ impl Batch<'_> {
         offset: u64,
         data: impl Into<Vec<u8>>,
     ) -> Completion<usize> {
-        let data = data.into();
-        let op = request::write(file, offset, data.len(), self.exec.shared.limits)
-            .map(|()| IoOp::Write { offset, data });
+        let op = request::write_op(file, offset, data.into(), self.exec.shared.limits);
         self.add(file, op, Reply::Count)
     }
 
     /// Adds an fsync (see [`Executor::fsync`]).
     pub fn fsync(&mut self, file: &File) -> Completion<()> {
-        self.add(file, Ok(IoOp::Sync { datasync: false }), Reply::Unit)
+        self.add(file, Ok(crate::request::sync_op(false)), Reply::Unit)
     }
 
     /// Requests in the batch.

@@ -23,8 +23,21 @@ pub struct OpenOptions {
     truncate: bool,
     append: bool,
     direct: bool,
+    directory: bool,
+    custom_flags: i32,
     mode: Option<u32>,
 }
+
+/// Flags [`OpenOptions`] sets itself: `custom_flags` may not contain them.
+const CONTROLLED_FLAGS: i32 = libc::O_ACCMODE
+    | libc::O_CREAT
+    | libc::O_EXCL
+    | libc::O_TRUNC
+    | libc::O_APPEND
+    | libc::O_DIRECT
+    | libc::O_DIRECTORY
+    | libc::O_PATH
+    | libc::O_TMPFILE;
 
 impl OpenOptions {
     /// All switches off; turn on at least `read` or `write`.
@@ -78,6 +91,28 @@ impl OpenOptions {
         self
     }
 
+    /// Opens a directory (O_RDONLY | O_DIRECTORY): a handle for [`Executor::fsync`] of the
+    /// directory (after creating, renaming or unlinking entries in it) and
+    /// [`Executor::metadata`]. Needs `read(true)` and nothing else; reads and writes on it fail
+    /// with [`IoUringError::BadHandle`]. See also [`Executor::open_dir`].
+    ///
+    /// [`Executor::fsync`]: crate::Executor::fsync
+    /// [`Executor::metadata`]: crate::Executor::metadata
+    /// [`Executor::open_dir`]: crate::Executor::open_dir
+    pub fn directory(&mut self, on: bool) -> &mut Self {
+        self.directory = on;
+        self
+    }
+
+    /// Extra `open(2)` flags, OR-ed in: `O_DSYNC`, `O_SYNC`, `O_NOATIME`, `O_NOFOLLOW`, ... Flags
+    /// these options control themselves (access mode, `O_CREAT`, `O_EXCL`, `O_TRUNC`,
+    /// `O_APPEND`, `O_DIRECT`, `O_DIRECTORY`) and `O_PATH`/`O_TMPFILE` are refused at open with
+    /// [`IoUringError::InvalidArgument`]: use the matching switch. `O_CLOEXEC` is always set.
+    pub fn custom_flags(&mut self, flags: i32) -> &mut Self {
+        self.custom_flags = flags;
+        self
+    }
+
     /// Permission bits for a created file (default 0o644).
     pub fn mode(&mut self, mode: u32) -> &mut Self {
         self.mode = Some(mode);
@@ -85,6 +120,34 @@ impl OpenOptions {
     }
 
     fn flags(&self) -> Result<libc::c_int> {
+        if self.custom_flags & CONTROLLED_FLAGS != 0 {
+            return Err(IoUringError::invalid(
+                "open",
+                format!(
+                    "custom_flags {:#o} contain flags OpenOptions sets itself ({:#o}): use \
+                     read/write/create/create_new/truncate/append/direct/directory instead",
+                    self.custom_flags,
+                    self.custom_flags & CONTROLLED_FLAGS
+                ),
+            ));
+        }
+        if self.directory {
+            if !self.read
+                || self.write
+                || self.append
+                || self.create
+                || self.create_new
+                || self.truncate
+                || self.direct
+            {
+                return Err(IoUringError::invalid(
+                    "open",
+                    "directory(true) opens read-only: set read(true) and no write, append, \
+                     create, create_new, truncate or direct",
+                ));
+            }
+            return Ok(libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC | self.custom_flags);
+        }
         let write = self.write || self.append;
         let mut flags =
             match (self.read, write) {
@@ -117,7 +180,7 @@ impl OpenOptions {
         if self.direct {
             flags |= libc::O_DIRECT;
         }
-        Ok(flags)
+        Ok(flags | self.custom_flags)
     }
 
     /// Opens `path` on the calling thread and identifies it.
@@ -148,6 +211,7 @@ impl OpenOptions {
                 writable: self.write || self.append,
                 append: self.append,
                 direct: self.direct,
+                directory: self.directory,
             },
         ))
     }
@@ -202,8 +266,20 @@ pub(crate) fn describe_fd(fd: &OwnedFd, path: &Path) -> Result<(FileKey, FileFla
             writable: acc == libc::O_WRONLY || acc == libc::O_RDWR,
             append: fl & libc::O_APPEND != 0,
             direct: fl & libc::O_DIRECT != 0,
+            directory: is_dir(fd),
         },
     ))
+}
+
+/// Whether a descriptor is a directory.
+fn is_dir(fd: &OwnedFd) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fstat writes into the local struct only.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; fd is a live descriptor.
+    unsafe {
+        libc::fstat(fd.as_raw_fd(), &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFDIR
+    }
 }
 
 /// What a handle may do, fixed at open.
@@ -213,6 +289,8 @@ pub(crate) struct FileFlags {
     pub writable: bool,
     pub append: bool,
     pub direct: bool,
+    /// A directory handle: no reads or writes.
+    pub directory: bool,
 }
 
 /// A file open in an [`Executor`](crate::Executor).

@@ -90,3 +90,26 @@ pub(crate) fn backend_chosen(backend: crate::driver::Backend, reason: &str) {
     #[cfg(not(feature = "tracing"))]
     let _ = (backend, reason);
 }
+
+/// An operation took `latency_ns` or more from request to result (the builder's
+/// `slow_op_threshold`): a device stall, a saturated shard, or a blocking task on it.
+pub(crate) fn slow_op(
+    shard: usize,
+    kind: crate::stats::OpKind,
+    path: &std::path::Path,
+    latency_ns: u64,
+    errno: Option<i32>,
+) {
+    #[cfg(feature = "tracing")]
+    tracing::warn!(
+        target: "ringshard::slow",
+        shard,
+        op = kind.name(),
+        path = %path.display(),
+        latency_ms = latency_ns as f64 / 1e6,
+        errno = errno.map(crate::error::errno_text),
+        "slow operation"
+    );
+    #[cfg(not(feature = "tracing"))]
+    let _ = (shard, kind, path, latency_ns, errno);
+}

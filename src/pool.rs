@@ -861,11 +861,12 @@ impl RegisteredBufferPool {
         offset: u64,
         len: u32,
     ) -> Result<squeue::Entry> {
-        self.prepare_at(dir, target.into(), buf_index, 0, offset, len)
+        self.prepare_at(dir, target.into(), buf_index, 0, offset, len, 0)
     }
 
     /// [`prepare`](Self::prepare) for bytes `buf_offset..buf_offset + len` of the buffer (the rest
-    /// of a short transfer).
+    /// of a short transfer), with `RWF_*` flags `rw_flags`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn prepare_at(
         &self,
         dir: Direction,
@@ -874,6 +875,7 @@ impl RegisteredBufferPool {
         buf_offset: usize,
         offset: u64,
         len: u32,
+        rw_flags: i32,
     ) -> Result<squeue::Entry> {
         self.check_acquired(buf_index)?;
         if buf_offset.saturating_add(len as usize) > self.buffer_size {
@@ -895,21 +897,25 @@ impl RegisteredBufferPool {
             (Direction::Read, Target::Fd(fd), true) => {
                 opcode::ReadFixed::new(types::Fd(fd), ptr, len, buf_index)
                     .offset(offset)
+                    .rw_flags(rw_flags)
                     .build()
             }
             (Direction::Read, Target::Fixed(slot), true) => {
                 opcode::ReadFixed::new(types::Fixed(slot), ptr, len, buf_index)
                     .offset(offset)
+                    .rw_flags(rw_flags)
                     .build()
             }
             (Direction::Write, Target::Fd(fd), true) => {
                 opcode::WriteFixed::new(types::Fd(fd), ptr, len, buf_index)
                     .offset(offset)
+                    .rw_flags(rw_flags)
                     .build()
             }
             (Direction::Write, Target::Fixed(slot), true) => {
                 opcode::WriteFixed::new(types::Fixed(slot), ptr, len, buf_index)
                     .offset(offset)
+                    .rw_flags(rw_flags)
                     .build()
             }
             (Direction::Read, Target::Fd(fd), false) => opcode::Read::new(types::Fd(fd), ptr, len)

@@ -5,7 +5,12 @@
 
 use crate::error::{IoUringError, Result};
 use crate::file::File;
+use crate::op::{self, PathTarget};
+use crate::router::FileKey;
 use crate::shard::IoOp;
+use std::ffi::CString;
+use std::path::Path;
+use std::sync::Arc;
 
 /// The default largest read or write one request may ask for.
 pub const DEFAULT_MAX_REQUEST_SIZE: usize = 256 << 20;
@@ -37,17 +42,238 @@ pub(crate) fn read_op(
     buf: Vec<u8>,
     limits: Limits,
 ) -> Result<IoOp> {
-    read(file, offset, len, limits).map(|()| IoOp::Read { offset, len, buf })
+    read_op_with(file, offset, len, buf, crate::RwFlags::empty(), limits)
+}
+
+/// [`read_op`] with `RWF_*` flags.
+pub(crate) fn read_op_with(
+    file: &File,
+    offset: u64,
+    len: usize,
+    buf: Vec<u8>,
+    flags: crate::RwFlags,
+    limits: Limits,
+) -> Result<IoOp> {
+    read(file, offset, len, limits)?;
+    check_rw_flags("read", flags)?;
+    Ok(IoOp::Read {
+        offset,
+        len,
+        buf,
+        flags: flags.bits(),
+    })
 }
 
 /// The checked op of a write of `data` at `offset`.
 pub(crate) fn write_op(file: &File, offset: u64, data: Vec<u8>, limits: Limits) -> Result<IoOp> {
-    write(file, offset, data.len(), limits).map(|()| IoOp::Write { offset, data })
+    write_op_with(file, offset, data, crate::RwFlags::empty(), limits)
 }
 
-/// An fallocate of `len` bytes at `offset`.
-pub(crate) fn fallocate(offset: u64, len: u64) -> Result<()> {
-    check_end("fallocate", offset, len)
+/// [`write_op`] with `RWF_*` flags.
+pub(crate) fn write_op_with(
+    file: &File,
+    offset: u64,
+    data: Vec<u8>,
+    flags: crate::RwFlags,
+    limits: Limits,
+) -> Result<IoOp> {
+    write(file, offset, data.len(), limits)?;
+    check_rw_flags("write", flags)?;
+    Ok(IoOp::Write {
+        offset,
+        data,
+        flags: flags.bits(),
+    })
+}
+
+/// Only the known `RWF_*` flags; APPEND, DSYNC and SYNC only on writes.
+fn check_rw_flags(op: &'static str, flags: crate::RwFlags) -> Result<()> {
+    use crate::RwFlags as F;
+    let known = F::DSYNC | F::SYNC | F::NOWAIT | F::HIPRI | F::APPEND;
+    let write_only = F::DSYNC | F::SYNC | F::APPEND;
+    if flags.bits() & !known.bits() != 0 {
+        return Err(IoUringError::invalid(
+            op,
+            format!("unknown RWF flags {:#x}", flags.bits() & !known.bits()),
+        ));
+    }
+    if op == "read" && flags.bits() & write_only.bits() != 0 {
+        return Err(IoUringError::invalid(
+            op,
+            "DSYNC, SYNC and APPEND are flags of writes",
+        ));
+    }
+    Ok(())
+}
+
+/// The op of an fallocate of `len` bytes at `offset` with `mode`.
+pub(crate) fn fallocate_op(mode: i32, offset: u64, len: u64) -> Result<IoOp> {
+    check_end("fallocate", offset, len)?;
+    Ok(IoOp::File(Box::new(op::fallocate::Fallocate {
+        mode,
+        offset,
+        len,
+    })))
+}
+
+/// The op of an fsync (fdatasync with `datasync`).
+pub(crate) fn sync_op(datasync: bool) -> IoOp {
+    IoOp::File(Box::new(op::sync::Sync { datasync }))
+}
+
+/// The op of a size query.
+pub(crate) fn size_op() -> IoOp {
+    IoOp::File(Box::<op::size::Size>::default())
+}
+
+/// A set_len to `len`: the file must be open for writing.
+pub(crate) fn set_len(file: &File, len: u64) -> Result<()> {
+    access(file, "set_len", file.flags().writable, "write(true)")?;
+    check_end("set_len", len, 0)
+}
+
+/// A sync_file_range of `len` bytes at `offset`: `len` fits the SQE's 32 bits, flags are
+/// SYNC_FILE_RANGE_* only.
+pub(crate) fn sync_file_range(offset: u64, len: u64, flags: u32) -> Result<u32> {
+    check_end("sync_file_range", offset, len)?;
+    let all = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+        | libc::SYNC_FILE_RANGE_WRITE
+        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    if flags & !all != 0 {
+        return Err(IoUringError::invalid(
+            "sync_file_range",
+            format!("unknown flags {flags:#x}: use SYNC_FILE_RANGE_WAIT_BEFORE/WRITE/WAIT_AFTER"),
+        ));
+    }
+    u32::try_from(len).map_err(|_| {
+        IoUringError::invalid(
+            "sync_file_range",
+            format!("length {len} is more than 4 GiB - 1: split it, or pass 0 for \"to the end\""),
+        )
+    })
+}
+
+/// A vectored read of `lens` or write of buffers of `lens` at `offset`.
+pub(crate) fn vectored(
+    file: &File,
+    op: &'static str,
+    offset: u64,
+    lens: impl Iterator<Item = usize>,
+    count: usize,
+    write: bool,
+    limits: Limits,
+) -> Result<()> {
+    if count > op::vectored::MAX_IOVECS {
+        return Err(IoUringError::invalid(
+            op,
+            format!(
+                "{count} buffers, more than IOV_MAX ({}): split the request",
+                op::vectored::MAX_IOVECS
+            ),
+        ));
+    }
+    if file.is_direct() {
+        return Err(IoUringError::invalid(
+            op,
+            format!(
+                "{} is open with O_DIRECT: vectored I/O needs aligned buffers, use read/write",
+                file.path().display()
+            ),
+        ));
+    }
+    let total = lens.fold(0usize, |a, n| a.saturating_add(n));
+    let (allowed, how) = if write {
+        (file.flags().writable, "write(true)")
+    } else {
+        (file.flags().readable, "read(true)")
+    };
+    access(file, op, allowed, how)?;
+    check_size(file, op, total, limits)?;
+    check_end(op, offset, total as u64)
+}
+
+/// An append of `len` bytes: the file must be open with `append(true)`.
+pub(crate) fn append(file: &File, len: usize, limits: Limits) -> Result<()> {
+    if !file.flags().append {
+        return Err(IoUringError::BadHandle(format!(
+            "append on {}: the file was not opened with append(true) (O_APPEND), so where the \
+             data lands is not the end of the file; open it with append(true)",
+            file.path().display()
+        )));
+    }
+    check_size(file, "append", len, limits)
+}
+
+/// An operation on `path`, routed and ordered by its parent directory (`dir_of`, or the path's
+/// own parent): the path as a C string, the order target, and the shard. Blocks on stat(2) of the
+/// directory (like `open`).
+pub(crate) fn path_op(
+    op: &'static str,
+    path: &Path,
+    dir_of: Option<&Path>,
+    shards: usize,
+) -> Result<(CString, PathTarget, usize)> {
+    let c = op::c_path(op, path)?;
+    let routed = dir_of.unwrap_or(path);
+    let parent = match routed.parent() {
+        Some(p) if p.as_os_str().is_empty() => Path::new("."),
+        Some(p) => p,
+        None => routed, // the root
+    };
+    let pc = op::c_path(op, parent)?;
+    // SAFETY: stat writes into the local struct only; `pc` is NUL-terminated and outlives it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::stat(pc.as_ptr(), &mut st) } != 0 {
+        return Err(IoUringError::io(
+            op,
+            Some(routed.to_path_buf()),
+            None,
+            crate::numa::last_errno(),
+        ));
+    }
+    let key = FileKey {
+        dev: st.st_dev,
+        ino: st.st_ino,
+    };
+    let target = PathTarget {
+        key,
+        path: Arc::from(path),
+    };
+    Ok((c, target, crate::router::shard_for(key, shards)))
+}
+
+fn access(file: &File, op: &'static str, allowed: bool, how: &str) -> Result<()> {
+    if file.flags().directory {
+        return Err(IoUringError::BadHandle(format!(
+            "{op} on {}: it is a directory handle (open_dir / directory(true)); only fsync, \
+             metadata and close work on it",
+            file.path().display()
+        )));
+    }
+    if !allowed {
+        return Err(IoUringError::BadHandle(format!(
+            "{op} on {}: the file was not opened for this; open it with {how}",
+            file.path().display()
+        )));
+    }
+    Ok(())
+}
+
+fn check_size(file: &File, op: &'static str, len: usize, limits: Limits) -> Result<()> {
+    if len > limits.max_request {
+        return Err(IoUringError::invalid(
+            op,
+            format!(
+                "{} bytes asked for on {}, more than the executor's maximum request size of {} \
+                 bytes: split the request, or raise ExecutorBuilder::max_request_size",
+                len,
+                file.path().display(),
+                limits.max_request
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn check_end(op: &'static str, offset: u64, len: u64) -> Result<()> {
@@ -72,6 +298,9 @@ fn check_rw(
     allowed: bool,
     limits: Limits,
 ) -> Result<()> {
+    if file.flags().directory {
+        return access(file, op, allowed, "");
+    }
     if !allowed {
         let how = if op == "read" {
             "read(true)"

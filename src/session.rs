@@ -267,7 +267,17 @@ impl Session {
     ) -> Result<()> {
         let limits = self.limits();
         match request::read(file, offset, len, limits) {
-            Ok(()) => self.submit(file, Ok(IoOp::Read { offset, len, buf }), token, Vec::new()),
+            Ok(()) => self.submit(
+                file,
+                Ok(IoOp::Read {
+                    offset,
+                    len,
+                    buf,
+                    flags: 0,
+                }),
+                token,
+                Vec::new(),
+            ),
             Err(e) => self.submit(file, Err(e), token, buf),
         }
     }
@@ -277,19 +287,28 @@ impl Session {
     pub fn write(&mut self, file: &File, offset: u64, data: Vec<u8>, token: u64) -> Result<()> {
         let limits = self.limits();
         match request::write(file, offset, data.len(), limits) {
-            Ok(()) => self.submit(file, Ok(IoOp::Write { offset, data }), token, Vec::new()),
+            Ok(()) => self.submit(
+                file,
+                Ok(IoOp::Write {
+                    offset,
+                    data,
+                    flags: 0,
+                }),
+                token,
+                Vec::new(),
+            ),
             Err(e) => self.submit(file, Err(e), token, data),
         }
     }
 
     /// Queues an fsync: done after every earlier write to the file is durable.
     pub fn fsync(&mut self, file: &File, token: u64) -> Result<()> {
-        self.submit(file, Ok(IoOp::Sync { datasync: false }), token, Vec::new())
+        self.submit(file, Ok(crate::request::sync_op(false)), token, Vec::new())
     }
 
     /// Queues an fdatasync.
     pub fn fdatasync(&mut self, file: &File, token: u64) -> Result<()> {
-        self.submit(file, Ok(IoOp::Sync { datasync: true }), token, Vec::new())
+        self.submit(file, Ok(crate::request::sync_op(true)), token, Vec::new())
     }
 
     /// Sends the queued requests: one message and at most one wake-up per shard. Never blocks.

@@ -54,67 +54,79 @@ pub const LATENCY_SIGFIGS: u8 = 3;
 /// The `shard` value of a merged (total) [`ShardStats`], as built by [`ExecutorStats::from_shards`].
 pub const TOTAL_SHARD: usize = usize::MAX;
 
-/// The kind of an operation, for per-kind counters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OpKind {
-    /// Opening a file.
-    Open,
-    /// Reading from a file.
-    Read,
-    /// Writing to a file.
-    Write,
-    /// `fsync`.
-    Fsync,
-    /// `fdatasync`.
-    Fdatasync,
-    /// Closing a file.
-    Close,
-    /// `fallocate`.
-    Fallocate,
-    /// Querying a file's size.
-    Size,
-    /// A closure run on the shard thread.
-    Task,
+/// Declares [`OpKind`] from one list: the variants, [`OpKind::COUNT`], [`OpKind::ALL`] and
+/// [`OpKind::name`] stay in step (adding a kind is one line here).
+macro_rules! op_kinds {
+    ($($(#[$doc:meta])* $variant:ident => $name:literal,)+) => {
+        /// The kind of an operation, for per-kind counters.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum OpKind {
+            $($(#[$doc])* $variant,)+
+        }
+
+        impl OpKind {
+            /// Number of kinds (the length of [`ShardStats::ops`]).
+            pub const COUNT: usize = [$(OpKind::$variant,)+].len();
+
+            /// Every kind, in declaration order (`ALL[k.index()] == k`).
+            pub const ALL: [OpKind; OpKind::COUNT] = [$(OpKind::$variant,)+];
+
+            /// Position of this kind in [`ShardStats::ops`].
+            #[inline]
+            pub const fn index(self) -> usize {
+                self as usize
+            }
+
+            /// Lower-case name, as used in JSON (`"read"`, `"fdatasync"`, ...).
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(OpKind::$variant => $name,)+
+                }
+            }
+        }
+    };
 }
 
-impl OpKind {
-    /// Number of kinds (the length of [`ShardStats::ops`]).
-    pub const COUNT: usize = 9;
-
-    /// Every kind, in declaration order (`ALL[k.index()] == k`).
-    pub const ALL: [OpKind; OpKind::COUNT] = [
-        OpKind::Open,
-        OpKind::Read,
-        OpKind::Write,
-        OpKind::Fsync,
-        OpKind::Fdatasync,
-        OpKind::Close,
-        OpKind::Fallocate,
-        OpKind::Size,
-        OpKind::Task,
-    ];
-
-    /// Position of this kind in [`ShardStats::ops`].
-    #[inline]
-    pub const fn index(self) -> usize {
-        self as usize
-    }
-
-    /// Lower-case name, as used in JSON (`"read"`, `"fdatasync"`, ...).
-    pub fn name(self) -> &'static str {
-        match self {
-            OpKind::Open => "open",
-            OpKind::Read => "read",
-            OpKind::Write => "write",
-            OpKind::Fsync => "fsync",
-            OpKind::Fdatasync => "fdatasync",
-            OpKind::Close => "close",
-            OpKind::Fallocate => "fallocate",
-            OpKind::Size => "size",
-            OpKind::Task => "task",
-        }
-    }
+op_kinds! {
+    /// Opening a file.
+    Open => "open",
+    /// Reading from a file.
+    Read => "read",
+    /// Writing to a file.
+    Write => "write",
+    /// `fsync`.
+    Fsync => "fsync",
+    /// `fdatasync`.
+    Fdatasync => "fdatasync",
+    /// Closing a file.
+    Close => "close",
+    /// `fallocate`.
+    Fallocate => "fallocate",
+    /// Querying a file's size.
+    Size => "size",
+    /// A closure run on the shard thread.
+    Task => "task",
+    /// `statx` of an open file or of a path (metadata, stat).
+    Statx => "statx",
+    /// `ftruncate` (set_len).
+    Truncate => "truncate",
+    /// `unlinkat` of a file.
+    Unlink => "unlink",
+    /// `unlinkat(AT_REMOVEDIR)` of a directory.
+    RemoveDir => "remove_dir",
+    /// `mkdirat`.
+    Mkdir => "mkdir",
+    /// `renameat2`.
+    Rename => "rename",
+    /// `readv` (read_vectored).
+    Readv => "readv",
+    /// `writev` (write_vectored).
+    Writev => "writev",
+    /// A write at the end of an O_APPEND file that reports where it landed.
+    Append => "append",
+    /// `sync_file_range`.
+    SyncFileRange => "sync_file_range",
 }
 
 impl fmt::Display for OpKind {
@@ -286,6 +298,11 @@ pub struct ShardStats {
     /// The shard thread's NUMA memory policy (`None` where no node was asked for). In a merged
     /// total: the first failure if any shard failed, else the shards' common value, else `None`.
     pub mem_policy: Option<MemPolicy>,
+    /// Operation kinds this shard runs with plain system calls on its own thread instead of
+    /// through the ring: the kernel lacks their opcode (read once at setup with
+    /// `IORING_REGISTER_PROBE`), or they were forced there. In a merged total: every kind some
+    /// shard runs that way.
+    pub blocking_ops: Vec<OpKind>,
     /// Completed operations (successful or not) by kind, indexed by [`OpKind::index`].
     pub ops: [u64; OpKind::COUNT],
     /// Bytes transferred by successful reads.
@@ -350,6 +367,7 @@ impl ShardStats {
             backend_reason: None,
             pool_note: None,
             mem_policy: None,
+            blocking_ops: Vec::new(),
             ops: [0; OpKind::COUNT],
             bytes_read: 0,
             bytes_written: 0,
@@ -572,6 +590,12 @@ impl ShardStats {
             _ => None,
         };
         self.failed |= other.failed;
+        for k in &other.blocking_ops {
+            if !self.blocking_ops.contains(k) {
+                self.blocking_ops.push(*k);
+            }
+        }
+        self.blocking_ops.sort();
         for (a, b) in self.ops.iter_mut().zip(other.ops.iter()) {
             *a = a.saturating_add(*b);
         }
@@ -719,12 +743,12 @@ impl Serialize for ErrorsView<'_> {
 
 /// JSON shape: every counter; `shard` is `null` for a merged total; `ring_mode` as
 /// [`RingMode::name`] or `null`; `mem_policy` as `"preferred"`, `"failed"` or `null`, with
-/// `mem_policy_errno` (`"EPERM"`, ...) when it failed; `ops` as
+/// `mem_policy_errno` (`"EPERM"`, ...) when it failed; `blocking_ops` as `["statx", ...]`; `ops` as
 /// `{"read": n, ...}`; `errors` as `{"ENOSPC": n, ...}`; `total_ops`, `error_count`;
 /// `latency`, `read_latency`, `write_latency` as [`LatencySummary`]; `pool` as [`BufferPoolStats`].
 impl Serialize for ShardStats {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut s = serializer.serialize_struct("ShardStats", 30)?;
+        let mut s = serializer.serialize_struct("ShardStats", 31)?;
         let shard = if self.is_total() {
             None
         } else {
@@ -744,6 +768,7 @@ impl Serialize for ShardStats {
             _ => None,
         };
         s.serialize_field("mem_policy_errno", &policy_errno)?;
+        s.serialize_field("blocking_ops", &self.blocking_ops)?;
         s.serialize_field("total_ops", &self.total_ops())?;
         s.serialize_field("ops", &OpsView(&self.ops))?;
         s.serialize_field("bytes_read", &self.bytes_read)?;
@@ -1033,6 +1058,14 @@ impl fmt::Display for ExecutorStats {
                 f,
                 "! NUMA memory policy refused ({}): memory may be on another node",
                 errno_name(errno)
+            )?;
+        }
+        if !t.blocking_ops.is_empty() {
+            let names: Vec<&str> = t.blocking_ops.iter().map(|k| k.name()).collect();
+            writeln!(
+                f,
+                "blocking path (no io_uring opcode, or forced): {}",
+                names.join(", ")
             )?;
         }
         if !t.errors.is_empty() {

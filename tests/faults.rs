@@ -68,6 +68,7 @@ fn assert_io<T: std::fmt::Debug>(
             path: Some(p),
             offset,
             errno: e,
+            ..
         }) if *o == op && p == path && *e == errno => *offset,
         other => panic!(
             "want {op} on {} failing with errno {errno}, got {other:?}",
@@ -500,12 +501,18 @@ fn enospc_after_n_bytes_fails_the_write_that_crosses_it() {
             ok(exec.write(&f, 0, data[..64 * KIB].to_vec()), "write"),
             64 * KIB
         );
-        // Crosses the limit: FUSE takes 34,464 of its bytes, then ENOSPC.
+        // Crosses the limit: FUSE takes 34,464 of its bytes, then ENOSPC; the error says how many.
         let r = wait(exec.write(&f, 64 * KIB as u64, data[64 * KIB..].to_vec()));
         assert_eq!(
             assert_io(&r, "write", &path, libc::ENOSPC),
             Some(64 * KIB as u64)
         );
+        assert_eq!(
+            r.as_ref().err().and_then(|e| e.written()),
+            Some(ROOM - 64 * KIB as u64),
+            "the partial write reports what landed: {r:?}"
+        );
+        assert!(format!("{}", r.as_ref().unwrap_err()).contains("bytes were written"));
         reports.push(format!("{r:?}"));
         // The disk is full: later writes fail too; reads and the bytes written so far are fine.
         let r = wait(exec.write(&f, 0, vec![1; 10]));
@@ -545,8 +552,8 @@ fn enospc_after_n_bytes_fails_the_write_that_crosses_it() {
         drop((f, exec));
     }
     report!(
-        "  enospc: the crossing write reports {} -- its offset is where the write started; how \
-         many of its bytes landed ({} of {}) is not reported",
+        "  enospc: the crossing write reports {} -- its offset is where the write started, and \
+         `written` how many of its bytes landed ({} of {})",
         reports[0],
         ROOM - 64 * KIB as u64,
         192 * KIB
@@ -554,7 +561,7 @@ fn enospc_after_n_bytes_fails_the_write_that_crosses_it() {
     report!(
         "FAULTS enospc: injected {} ENOSPC and {} writes cut short at the limit; every crossing or \
          later write failed with ENOSPC (op, path, start offset), bytes before the limit intact, \
-         partial count not reported; {:.2?}",
+         the crossing write's partial count reported exactly; {:.2?}",
         enospc,
         partial,
         start.elapsed()
@@ -802,11 +809,23 @@ fn o_direct_eio_and_enospc_mid_write() {
         .enumerate()
         .position(|(i, b)| b != &new[i * 4096..(i + 1) * 4096])
         .unwrap_or(MIB / 4096);
+    // The error reports a prefix that really landed: never more than the first gap.
+    let written = r.as_ref().err().and_then(|e| e.written()).expect("written");
+    assert!(
+        written <= first_gap as u64 * 4096 && written % 4096 == 0,
+        "reported {written} bytes written, but the landed prefix is {} KiB",
+        first_gap * 4
+    );
+    assert_bytes_eq(
+        &now[..written as usize],
+        &new[..written as usize],
+        "the reported prefix",
+    );
     let c = fs.counts();
     drop((f, exec));
     report!(
         "  o_direct: a 1 MiB O_DIRECT write with room for {} KiB failed with {r:?}; {} KiB of it \
-         landed ({} KiB as one prefix): not reported",
+         landed ({} KiB as one prefix; the error reports a landed prefix)",
         ROOM / 1024,
         new_blocks * 4,
         first_gap * 4
@@ -814,7 +833,8 @@ fn o_direct_eio_and_enospc_mid_write() {
     report!(
         "FAULTS o_direct: injected {eio} EIO on O_DIRECT reads (each covering read failed with \
          EIO, op, path, offset; others intact) and {} ENOSPC + {} cut-short writes in one \
-         multi-chunk O_DIRECT write (reported ENOSPC at its start offset, no byte count); {:.2?}",
+         multi-chunk O_DIRECT write (reported ENOSPC at its start offset, with a written prefix \
+         that really landed); {:.2?}",
         c.enospc,
         c.enospc_partial,
         start.elapsed()
@@ -1110,7 +1130,7 @@ fn stalled_round(exec: &Executor, fs: &FaultFs, f: &File, data: &[u8], how: LetG
         .add("s", &[Op::Read], 0..1, Fault::Delay(STALL_CQE));
     let exhausted0 = exec.stats().total.pool_exhausted_events;
     let t0 = Instant::now();
-    let mut handle = None;
+    let mut early = None;
     match how {
         LetGo::Drop | LetGo::Cancel => {
             let c = exec.read(f, 0, BUF);
@@ -1118,12 +1138,36 @@ fn stalled_round(exec: &Executor, fs: &FaultFs, f: &File, data: &[u8], how: LetG
                 exec.stats().total.pool.kernel_owned_count == 1
             });
             if how == LetGo::Cancel {
+                // Like a deadline: the handle fails at the next scan, not at the completion.
                 c.cancel();
-                handle = Some(c);
+                let mut c = c;
+                let r = c.wait_timeout(HANG);
+                let t = t0.elapsed();
+                assert!(matches!(r, Err(IoUringError::Cancelled { .. })), "{r:?}");
+                assert!(t < STALL_CQE / 2, "cancel() took effect after {t:?}");
+                early = Some((r.map(|v| v.len()), t));
             }
         }
         LetGo::Deadline => {
-            handle = Some(exec.timeout(Duration::from_millis(100)).read(f, 0, BUF));
+            // The handle fails at its deadline (within a scan), not when the stalled read's
+            // completion finally comes: the op and its buffer stay in the shard until then.
+            let mut c = exec.timeout(Duration::from_millis(100)).read(f, 0, BUF);
+            let r = c.wait_timeout(HANG);
+            let t = t0.elapsed();
+            assert!(
+                matches!(r, Err(IoUringError::DeadlineExceeded { .. })),
+                "deadline: {r:?}"
+            );
+            assert!(
+                t < STALL_CQE / 2,
+                "the deadline's error came after {t:?}, with the read stalled for {STALL_CQE:?}"
+            );
+            assert_eq!(
+                exec.stats().total.pool.kernel_owned_count,
+                1,
+                "the read's buffer is still the kernel's after its handle failed"
+            );
+            early = Some((r.map(|v| v.len()), t));
         }
         LetGo::PooledDropped => {}
     }
@@ -1168,10 +1212,7 @@ fn stalled_round(exec: &Executor, fs: &FaultFs, f: &File, data: &[u8], how: LetG
         waiting || task.is_finished()
     });
     let (at, indexes) = task.wait().expect("the task");
-    let got = handle.map(|mut c| {
-        let r = c.wait_timeout(HANG);
-        (r.map(|v| v.len()), t0.elapsed())
-    });
+    let got = early;
     fs.rules().clear();
     let during = during.expect("pool stats taken during the stall");
     assert_eq!(
@@ -1599,12 +1640,10 @@ fn extend_then_read_after_external_truncate(rounds: u64, resync: bool) -> u64 {
 /// extending write, between the real end and the write, is not ordered after it and can return
 /// nothing instead of the hole's zeros (seen: 30 of 300 on ext4, kernel 6.18).
 #[test]
-#[ignore = "reason: per-file order is lost after another handle truncates the file -- a read \
-            issued after an extending write can miss it, because the shard's size_hint \
-            (src/shard/files.rs:23-26, only raised by note_size, src/shard/runner.rs:1590) stays \
-            above the real end and runner.rs:934 then orders the read by overlap only (bug found \
-            while testing truncation under in-flight reads; workaround: size() after an outside \
-            truncate, see size_after_an_external_truncate_restores_the_order)"]
+#[ignore = "the documented limit (README, Guarantees): the shard knows a file's size from what \
+            went through the executor; after another handle or process shrinks the file, call \
+            size() to refresh it (size_after_an_external_truncate_restores_the_order). Run with \
+            --ignored to see what happens without it"]
 fn read_after_extending_write_sees_it_after_an_external_truncate() {
     let _serial = serial();
     let stale = extend_then_read_after_external_truncate(300, false);

@@ -87,4 +87,45 @@ fn setup_and_shard_failure_are_logged() {
     );
     assert!(died[0].contains("shard=1"), "{}", died[0]);
     drop(exec);
+
+    // The backend is logged once per executor, with its reason.
+    let chosen = events_with("ringshard::backend");
+    assert!(!chosen.is_empty(), "no backend event");
+    assert!(chosen[0].contains("backend="), "{}", chosen[0]);
+
+    // Operations over the slow-op threshold are logged with their kind, path and latency.
+    let exec = Executor::builder()
+        .shards(1)
+        .slow_op_threshold(Some(Duration::ZERO))
+        .build()
+        .expect("executor");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("slow");
+    let f = executor_util::ok(
+        exec.open(
+            &path,
+            ringshard::OpenOptions::new().write(true).create(true),
+        ),
+        "open",
+    );
+    executor_util::ok(exec.write(&f, 0, vec![1u8; 10]), "write");
+    let slow = events_with("slow operation");
+    let write = slow
+        .iter()
+        .find(|e| e.contains("op=\"write\""))
+        .unwrap_or_else(|| panic!("no slow write logged: {slow:#?}"));
+    assert!(write.starts_with("WARN ringshard::slow:"), "{write}");
+    assert!(write.contains("latency_ms="), "{write}");
+    assert!(write.contains(path.to_str().unwrap()), "{write}");
+    drop(exec);
+    // Off by default for fast operations: the default threshold is 1 s.
+    let before = events_with("slow operation").len();
+    let exec = Executor::builder().shards(1).build().expect("executor");
+    let f = executor_util::ok(
+        exec.open(&path, ringshard::OpenOptions::new().write(true)),
+        "open",
+    );
+    executor_util::ok(exec.write(&f, 0, vec![2u8; 10]), "write");
+    drop(exec);
+    assert_eq!(events_with("slow operation").len(), before);
 }

@@ -209,6 +209,23 @@ impl Driver {
         }
     }
 
+    /// Which opcodes this driver runs: the kernel's (IORING_REGISTER_PROBE, read once; a kernel
+    /// that cannot tell is taken to have them, as before 5.6 every op it has is basic), or the
+    /// ones the threads backend knows.
+    pub(crate) fn opcode_support(&self) -> Box<dyn Fn(u8) -> bool> {
+        match self {
+            Driver::Uring(r) => {
+                let mut probe = io_uring::Probe::new();
+                if r.submitter().register_probe(&mut probe).is_ok() {
+                    Box::new(move |code| probe.is_supported(code))
+                } else {
+                    Box::new(|_| true)
+                }
+            }
+            Driver::Threads(_) => Box::new(|code| sqe::Code::of(code).is_some()),
+        }
+    }
+
     /// Queues an SQE; false when the submission queue is full.
     ///
     /// # Safety

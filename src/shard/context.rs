@@ -3,9 +3,10 @@
 //! users drive the ring themselves.
 
 use super::files::FileTable;
-use super::runner::{pwrite_all, submit_counted};
+use super::runner::submit_counted;
 use crate::error::{IoUringError, Result};
 use crate::file::File;
+use crate::op::rw::pwrite_all;
 use crate::pool::{Direction, RegisteredBufferPool, Target};
 use crate::stats::{OpKind, ShardStats};
 use io_uring::squeue;
@@ -122,8 +123,9 @@ impl ShardContext<'_> {
             requested: len,
             buffer_size,
         })?;
-        pwrite_all(fd, data, offset).map_err(|errno| {
+        pwrite_all(fd, data, offset, 0).map_err(|(written, errno)| {
             IoUringError::io("write", Some(file.path().into()), Some(offset), errno)
+                .with_written(written as u64)
         })
     }
 

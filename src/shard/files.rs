@@ -24,6 +24,9 @@ pub(crate) struct FileEntry {
     /// writes, fallocate, and set by size): a read that ends within it cannot be changed by a
     /// write it does not overlap (see `order.rs`). Changes made outside the executor are not seen.
     pub(super) size_hint: u64,
+    /// Ops that set the size (set_len) admitted and not finished: meanwhile, completions of
+    /// earlier ops do not raise `size_hint` (see `FileOp::sets_size`).
+    pub(super) size_setters: u32,
 }
 
 impl FileEntry {

@@ -15,6 +15,7 @@ mod runner;
 pub(crate) mod tasks;
 
 pub use context::{ShardContext, ShardCqe, CANCEL_USER_DATA, WAKE_USER_DATA};
+pub(crate) use order::Footprint;
 pub(crate) use runner::{spawn, ShardConfig};
 pub use tasks::{
     block_on, local, yield_now, JoinHandle, LocalShard, PoolBuf, Sleep, YieldNow, SLOW_POLL,
@@ -52,20 +53,17 @@ pub(crate) enum IoOp {
         len: usize,
         /// Storage to read into (its capacity is reused; its contents are discarded).
         buf: Vec<u8>,
+        /// `RWF_*` flags ([`RwFlags`](crate::RwFlags)).
+        flags: i32,
     },
     Write {
         offset: u64,
         data: Vec<u8>,
+        /// `RWF_*` flags ([`RwFlags`](crate::RwFlags)).
+        flags: i32,
     },
-    Sync {
-        datasync: bool,
-    },
-    Fallocate {
-        mode: i32,
-        offset: u64,
-        len: u64,
-    },
-    Size,
+    /// Every other operation on a file or a path: see [`crate::op`].
+    File(Box<dyn crate::op::FileOp>),
     Close,
 }
 
@@ -75,10 +73,7 @@ impl IoOp {
         match self {
             IoOp::Read { .. } => OpKind::Read,
             IoOp::Write { .. } => OpKind::Write,
-            IoOp::Sync { datasync: true } => OpKind::Fdatasync,
-            IoOp::Sync { .. } => OpKind::Fsync,
-            IoOp::Fallocate { .. } => OpKind::Fallocate,
-            IoOp::Size => OpKind::Size,
+            IoOp::File(op) => op.kind(),
             IoOp::Close => OpKind::Close,
         }
     }
@@ -87,9 +82,8 @@ impl IoOp {
     pub(crate) fn range(&self) -> (u64, u64) {
         match self {
             IoOp::Read { offset, len, .. } => (*offset, *len as u64),
-            IoOp::Write { offset, data } => (*offset, data.len() as u64),
-            IoOp::Fallocate { offset, len, .. } => (*offset, *len),
-            IoOp::Sync { .. } | IoOp::Size | IoOp::Close => (0, 0),
+            IoOp::Write { offset, data, .. } => (*offset, data.len() as u64),
+            IoOp::File(_) | IoOp::Close => (0, 0),
         }
     }
 
@@ -99,6 +93,42 @@ impl IoOp {
             IoOp::Read { buf, .. } => std::mem::take(buf),
             IoOp::Write { data, .. } => std::mem::take(data),
             _ => Vec::new(),
+        }
+    }
+
+    /// A read's or write's `RWF_*` flags (0 for other ops).
+    #[inline]
+    pub(crate) fn rw_flags(&self) -> i32 {
+        match self {
+            IoOp::Read { flags, .. } | IoOp::Write { flags, .. } => *flags,
+            _ => 0,
+        }
+    }
+
+    /// Fails a request that will not run (or not finish): its handle (or session token) gets
+    /// `err`, with the caller's buffer back.
+    pub(crate) fn fail(
+        self,
+        reply: Reply,
+        err: IoUringError,
+        sessions: &mut crate::session::SessionTable,
+    ) {
+        match self {
+            IoOp::File(mut op) => {
+                op.complete(Err(err), reply, sessions);
+            }
+            mut io => {
+                let buf = io.take_buf();
+                reply.deliver(Err(err), buf, sessions);
+            }
+        }
+    }
+
+    /// Whether nobody waits for the result (ops that hold their own completer).
+    pub(crate) fn is_cancelled(&self) -> bool {
+        match self {
+            IoOp::File(op) => op.is_cancelled(),
+            _ => false,
         }
     }
 }
@@ -118,6 +148,9 @@ pub(crate) enum Reply {
     Session { session: u32, token: u64 },
     /// Nobody waits: the close of a dropped [`File`].
     Detached,
+    /// The op delivers its result itself (a [`FileOp`](crate::op::FileOp) holding its own
+    /// completer).
+    InOp,
     /// A task's pooled O_DIRECT read: the pool buffer itself, lent until the guard is dropped.
     Lease(Completer<tasks::Lease>),
 }
@@ -144,7 +177,7 @@ impl Reply {
                     buf,
                 },
             ),
-            Reply::Detached => {}
+            Reply::Detached | Reply::InOp => {}
             // Only the shard's finish can lend a buffer: anything arriving here is an error.
             Reply::Lease(c) => c.complete(result.and_then(|_| {
                 Err(IoUringError::invalid(
@@ -163,7 +196,7 @@ impl Reply {
             Reply::Unit(c) => c.is_cancelled(),
             Reply::Size(c) => c.is_cancelled(),
             Reply::Session { session, .. } => sessions.is_dropped(*session),
-            Reply::Detached => false,
+            Reply::Detached | Reply::InOp => false,
             Reply::Lease(c) => c.is_cancelled(),
         }
     }

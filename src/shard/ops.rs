@@ -53,6 +53,9 @@ pub(super) struct Op {
     pub(super) data_path: DataPath,
     /// Bytes moved so far on the memory path.
     pub(super) transferred: u64,
+    /// A write on the pool path: where the first chunk that stopped short (error, or no more
+    /// room) ended, relative to `offset`; `u64::MAX` while none has.
+    pub(super) written_to: u64,
     pub(super) queued: bool,
     pub(super) at: Instant,
     /// Past this instant the op is cancelled.

@@ -83,6 +83,10 @@ pub(crate) struct ShardConfig {
     pub threads_per_shard: usize,
     /// Why that backend (for stats).
     pub backend_reason: Option<String>,
+    /// Operations slower than this (ns) are logged; u64::MAX: never.
+    pub slow_op_ns: u64,
+    /// Op kinds to run with plain system calls even where the kernel has their opcode (tests).
+    pub force_blocking: Vec<OpKind>,
 }
 
 /// What a shard's stats say about its pool when it is not the registered pool asked for.
@@ -114,11 +118,6 @@ const INBOX_BATCH: usize = 256;
 /// shard sleeps while ops are in flight.
 const SCAN_EVERY: Duration = Duration::from_millis(5);
 
-/// A page-cache read asks the kernel for at most this much in its first SQE; each next SQE asks
-/// for as much as has arrived so far. So a read allocates at most about twice what it returns,
-/// whatever length it was given (a 1 TiB read of a 4 KiB file allocates 1 MiB, not 1 TiB).
-const READ_STEP: u64 = 1 << 20;
-
 /// SQEs issued per turn at most. A turn ends with a submit, a reap and the delivery of results,
 /// so a smaller batch hands results back sooner and callers refill while the shard works on the
 /// rest. Measured (routed 4 KiB reads, 1 shard x 1 client, QD32, interleaved): unbounded, the
@@ -129,6 +128,9 @@ const ISSUE_BATCH: usize = 32;
 /// the low bits. Outside the ops' space (below 2^47), the pool's (bit 63) and the range that
 /// `submit_to` closures may use (2^47 .. 2^62); WAKE and CANCEL are matched before it.
 const TIMER_TAG: u64 = 1 << 62;
+
+/// The `file_slot` of an op on a path: it names no open file.
+const PATH_SLOT: u32 = u32::MAX;
 
 /// O_DIRECT chunks are multiples of this (the logical block size the executor assumes).
 const DIRECT_ALIGN: u64 = 4096;
@@ -145,6 +147,9 @@ struct Shard {
     files: FileTable,
     fixed_capacity: u32,
     ops: OpTable,
+    /// By [`OpKind::index`]: the kind runs with plain system calls on this thread (its opcode is
+    /// missing from the kernel's probe, or it was forced there).
+    blocking: [bool; OpKind::COUNT],
     chunks: Vec<Chunk>,
     ready: VecDeque<u32>,
     order: Ordering,
@@ -343,6 +348,7 @@ fn abandon(msg: Message, error: &IoUringError, waiters: &mut Vec<Completer<()>>)
 /// own drop sends no second close once an explicit one was sent).
 fn skip_reason(
     kind: OpKind,
+    io: &IoOp,
     reply: &Reply,
     deadline: Option<Instant>,
     now: Instant,
@@ -354,16 +360,14 @@ fn skip_reason(
     if deadline.is_some_and(|d| now >= d) {
         return Some(CancelWhy::Deadline);
     }
-    reply.is_cancelled(sessions).then_some(CancelWhy::Dropped)
+    (reply.is_cancelled(sessions) || io.is_cancelled()).then_some(CancelWhy::Dropped)
 }
 
 fn abandon_request(req: IoRequest, error: &IoUringError) {
-    let mut op = req.op;
-    let buf = op.take_buf();
     // A request never admitted has no session entry: sessions' requests are abandoned whole, as
     // messages, above.
-    req.reply
-        .deliver(Err(error.clone()), buf, &mut SessionTable::default());
+    req.op
+        .fail(req.reply, error.clone(), &mut SessionTable::default());
 }
 
 impl Shard {
@@ -415,7 +419,12 @@ impl Shard {
             0
         };
         let cq_capacity = ring.cq_entries();
+        let blocking = probe_blocking(&ring, &cfg.force_blocking);
         let mut stats = ShardStats::new(cfg.index, cfg.cpu, cfg.node);
+        stats.blocking_ops = OpKind::ALL
+            .into_iter()
+            .filter(|k| blocking[k.index()])
+            .collect();
         stats.pool = pool.stats();
         (stats.ring_mode, stats.mem_policy) = (mode, mem_policy);
         stats.backend = ring.backend();
@@ -434,6 +443,7 @@ impl Shard {
             cfg,
             fixed_capacity,
             ops: OpTable::default(),
+            blocking,
             ready: VecDeque::new(),
             order: Ordering::default(),
             backlog: VecDeque::new(),
@@ -504,8 +514,12 @@ impl Shard {
     /// Pushes an SQE, submitting first when the queue is full.
     fn push_entry(&mut self, entry: &squeue::Entry) -> Result<()> {
         loop {
-            // SAFETY: the entries pushed here (the wake-up poll, fsync, fallocate, cancel, and
-            // page-cache reads and writes) point at no memory or into the heap buffer of an op's
+            // SAFETY: the entries pushed here (the wake-up poll, cancel, task timers, page-cache
+            // reads and writes, and `FileOp` SQEs) point at no memory, at a timer's boxed
+            // timespec (kept in `timers` until its CQE), into memory a boxed `FileOp` owns (path
+            // strings, a statx buffer, iovec arrays and their buffers: heap memory that stays put
+            // when the box moves, left alone by the op until its round's result, and leaked by
+            // Drop for Shard while in the kernel), or into the heap buffer of an op's
             // `out`/`data` vector. That buffer is not reallocated, shrunk or freed while the op
             // has an SQE outstanding: the memory path is serial (one SQE at a time), `out` is
             // grown only before an SQE is issued, an op leaves the table (and frees its vectors)
@@ -705,7 +719,7 @@ impl Shard {
             let why = if self.cancel_all {
                 Some(CancelWhy::Shutdown)
             } else {
-                skip_reason(op.kind, &op.reply, op.deadline, now, &self.sessions)
+                skip_reason(op.kind, &op.io, &op.reply, op.deadline, now, &self.sessions)
             };
             if let Some(why) = why {
                 self.cancel(slot, why);
@@ -756,11 +770,25 @@ impl Shard {
                 .user_data(CANCEL_USER_DATA);
             sent |= self.push_entry(&entry).is_ok();
         }
+        let Some(op) = self.ops.get(slot) else { return };
         if !sent {
             // Not one cancel went in (the SQ could not be flushed): the next scan tries again.
-            if let Some(op) = self.ops.get(slot) {
-                op.cancel = None;
-            }
+            op.cancel = None;
+            return;
+        }
+        if why != CancelWhy::Shutdown
+            && matches!(
+                op.reply,
+                Reply::Data(_) | Reply::Count(_) | Reply::Unit(_) | Reply::Size(_)
+            )
+        {
+            // why: a read the kernel cannot stop at once (a stalled device, FUSE) would keep a
+            // caller that cancelled it, or whose deadline passed, waiting for the device. The
+            // handle gets its error now; the op, its buffer included, stays in the table until
+            // its own completion (and is counted then).
+            let reply = std::mem::replace(&mut op.reply, Reply::Detached);
+            let e = cancel_error_of(why, op.kind, Some(&op.path));
+            reply.deliver(Err(e), Vec::new(), &mut self.sessions);
         }
     }
 
@@ -882,6 +910,7 @@ impl Shard {
             path: Arc::clone(&path),
             closing: false,
             size_hint,
+            size_setters: 0,
         });
         self.stats.record(OpKind::Open, 0, elapsed_ns(at));
         // Made here, so that a handle dropped by a caller who no longer waits still closes the
@@ -913,11 +942,16 @@ impl Shard {
             deadline,
         } = req;
         let now = self.now();
-        if let Some(why) = skip_reason(op.kind(), &reply, deadline, now, &self.sessions) {
+        if let Some(why) = skip_reason(op.kind(), &op, &reply, deadline, now, &self.sessions) {
             let err = self.cancel_error(why, op.kind(), None);
-            let buf = op.take_buf();
-            reply.deliver(Err(err), buf, &mut self.sessions);
+            op.fail(reply, err, &mut self.sessions);
             return;
+        }
+        if let IoOp::File(f) = &op {
+            if let Some(target) = f.path_target() {
+                self.admit_path(target, op, reply, at, deadline);
+                return;
+            }
         }
         let entry = match self.files.lookup_mut(file) {
             Ok(e) => e,
@@ -927,8 +961,7 @@ impl Shard {
                     e.errno().unwrap_or(libc::EBADF),
                     elapsed_ns(at),
                 );
-                let buf = op.take_buf();
-                reply.deliver(Err(e), buf, &mut self.sessions);
+                op.fail(reply, e, &mut self.sessions);
                 return;
             }
         };
@@ -955,26 +988,25 @@ impl Shard {
                         }
                     ),
                 );
-                let buf = op.take_buf();
-                reply.deliver(Err(e), buf, &mut self.sessions);
+                op.fail(reply, e, &mut self.sessions);
                 return;
             }
         }
         let fp = match &op {
-            // Within the known size, only overlapping writes matter; past it, any write above.
-            IoOp::Read { .. } if offset.saturating_add(len) <= entry.size_hint => {
-                Footprint::read(offset, len)
+            IoOp::Read { .. } => crate::op::read::footprint(offset, len, entry.size_hint),
+            IoOp::Write { .. } => crate::op::write::footprint(offset, len, entry.flags.append),
+            IoOp::File(f) => {
+                let fp = f.footprint(entry.size_hint);
+                f.size_at_admit(&mut entry.size_hint);
+                if f.sets_size() {
+                    entry.size_setters += 1;
+                }
+                fp
             }
-            IoOp::Read { .. } => Footprint::read_to_end(offset),
-            // O_APPEND writes land at the end, wherever that is: order them against everything.
-            IoOp::Write { .. } if entry.flags.append => Footprint::Barrier,
-            IoOp::Write { .. } => Footprint::write(offset, len),
-            IoOp::Sync { .. } => Footprint::Sync,
             IoOp::Close => {
                 entry.closing = true;
                 Footprint::Barrier
             }
-            IoOp::Fallocate { .. } | IoOp::Size => Footprint::Barrier,
         };
         let op = Op {
             kind,
@@ -991,6 +1023,7 @@ impl Shard {
             serial: entry.flags.append || data_path != DataPath::Fixed,
             data_path,
             transferred: 0,
+            written_to: u64::MAX,
             queued: false,
             at,
             deadline,
@@ -1014,25 +1047,56 @@ impl Shard {
         }
     }
 
-    /// The error a cancelled op completes with.
-    fn cancel_error(&mut self, why: CancelWhy, kind: OpKind, path: Option<&Path>) -> IoUringError {
-        let path = path.map(Path::to_path_buf);
-        match why {
-            CancelWhy::Deadline => {
-                self.stats.note_deadline_exceeded();
-                IoUringError::DeadlineExceeded {
-                    op: kind.name(),
-                    path,
-                }
-            }
-            CancelWhy::Dropped | CancelWhy::Shutdown => {
-                self.stats.note_cancelled();
-                IoUringError::Cancelled {
-                    op: kind.name(),
-                    path,
-                }
-            }
+    /// Admits an operation on a path: ordered (as a barrier) in its directory's order list; it
+    /// names no open file.
+    fn admit_path(
+        &mut self,
+        target: crate::op::PathTarget,
+        io: IoOp,
+        reply: Reply,
+        at: Instant,
+        deadline: Option<Instant>,
+    ) {
+        let op = Op {
+            kind: io.kind(),
+            key: target.key,
+            file_slot: PATH_SLOT,
+            target: Target::Fd(libc::AT_FDCWD),
+            path: target.path,
+            offset: 0,
+            len: 0,
+            issued: 0,
+            outstanding: 0,
+            eof: None,
+            errno: None,
+            serial: true,
+            data_path: DataPath::Memory,
+            transferred: 0,
+            written_to: u64::MAX,
+            queued: false,
+            at,
+            deadline,
+            cancel: None,
+            out: Vec::new(),
+            io,
+            reply,
+            lent: None,
+        };
+        let key = op.key;
+        let slot = self.ops.insert(op);
+        if self.order.admit(key, slot, Footprint::Barrier) {
+            self.enqueue(slot);
         }
+    }
+
+    /// The error a cancelled op completes with.
+    /// The error of an op cancelled for `why`, counted in the stats.
+    fn cancel_error(&mut self, why: CancelWhy, kind: OpKind, path: Option<&Path>) -> IoUringError {
+        match why {
+            CancelWhy::Deadline => self.stats.note_deadline_exceeded(),
+            CancelWhy::Dropped | CancelWhy::Shutdown => self.stats.note_cancelled(),
+        }
+        cancel_error_of(why, kind, path)
     }
 
     fn enqueue(&mut self, slot: u32) {
@@ -1074,7 +1138,7 @@ impl Shard {
                 // Dropped or past its deadline while it waited: it never runs.
                 let now = self.now();
                 let why = self.ops.get(slot).and_then(|op| {
-                    skip_reason(op.kind, &op.reply, op.deadline, now, &self.sessions)
+                    skip_reason(op.kind, &op.io, &op.reply, op.deadline, now, &self.sessions)
                 });
                 if let Some(why) = why {
                     if let Some(op) = self.ops.get(slot) {
@@ -1125,7 +1189,7 @@ impl Shard {
                 let at = op.transferred;
                 // Grow as data arrives (READ_STEP, then doubling): memory stays within about
                 // twice what the read returns, whatever length it asked for.
-                let n = (op.len - at).min(MAX_SQE_BYTES).min(READ_STEP.max(at));
+                let n = crate::op::read::next_sqe_len(op.len, at, MAX_SQE_BYTES);
                 // `out.len()` is `at` (set after each completion): room for `n` more.
                 op.out.reserve_exact(n as usize);
                 // SAFETY (pointer arithmetic): `out` has capacity >= len + n = at + n, so the
@@ -1133,16 +1197,19 @@ impl Shard {
                 let ptr = unsafe { op.out.as_mut_ptr().add(at as usize) };
                 let off = op.offset + at;
                 op.issued = at + n;
+                let flags = op.io.rw_flags();
                 match op.target {
                     Target::Fixed(s) => opcode::Read::new(types::Fixed(s), ptr, n as u32)
                         .offset(off)
+                        .rw_flags(flags)
                         .build(),
                     Target::Fd(fd) => opcode::Read::new(types::Fd(fd), ptr, n as u32)
                         .offset(off)
+                        .rw_flags(flags)
                         .build(),
                 }
             }
-            (IoOp::Write { data, .. }, _) => {
+            (IoOp::Write { data, flags, .. }, _) => {
                 let (at, n) = (op.transferred, (op.len - op.transferred).min(MAX_SQE_BYTES));
                 // SAFETY (pointer arithmetic): at + n <= data.len().
                 let ptr = unsafe { data.as_ptr().add(at as usize) };
@@ -1151,44 +1218,23 @@ impl Shard {
                 match op.target {
                     Target::Fixed(s) => opcode::Write::new(types::Fixed(s), ptr, n as u32)
                         .offset(off)
+                        .rw_flags(*flags)
                         .build(),
                     Target::Fd(fd) => opcode::Write::new(types::Fd(fd), ptr, n as u32)
                         .offset(off)
+                        .rw_flags(*flags)
                         .build(),
                 }
             }
             (IoOp::Read { .. }, _) => return self.issue_chunk(slot),
-            (IoOp::Sync { datasync }, _) => {
-                let flags = if *datasync {
-                    types::FsyncFlags::DATASYNC
-                } else {
-                    types::FsyncFlags::empty()
-                };
-                match op.target {
-                    Target::Fixed(s) => opcode::Fsync::new(types::Fixed(s)).flags(flags).build(),
-                    Target::Fd(fd) => opcode::Fsync::new(types::Fd(fd)).flags(flags).build(),
-                }
-            }
-            (IoOp::Fallocate { mode, .. }, _) => match op.target {
-                Target::Fixed(s) => opcode::Fallocate::new(types::Fixed(s), op.len)
-                    .offset(op.offset)
-                    .mode(*mode)
-                    .build(),
-                Target::Fd(fd) => opcode::Fallocate::new(types::Fd(fd), op.len)
-                    .offset(op.offset)
-                    .mode(*mode)
-                    .build(),
-            },
-            (IoOp::Size | IoOp::Close, _) => {
-                // Synchronous and cheap: run them here, in order.
+            (IoOp::File(_), _) => return self.issue_file_op(slot),
+            (IoOp::Close, _) => {
+                // Synchronous and cheap: run it here, in order.
                 op.issued = 1;
-                self.run_sync_op(slot);
+                self.run_close(slot);
                 return Ok(true);
             }
         };
-        if !matches!(op.io, IoOp::Read { .. } | IoOp::Write { .. }) {
-            op.issued = 1;
-        }
         self.push_entry(&entry.user_data(user_data))?;
         if let Some(op) = self.ops.get(slot) {
             op.outstanding = 1;
@@ -1262,6 +1308,7 @@ impl Shard {
             return Err(IoUringError::invalid("issue", "chunk without op"));
         };
         let (target, file_off) = (op.target, op.offset + ch.rel + u64::from(ch.done));
+        let rw_flags = op.io.rw_flags();
         let entry = self.pool.prepare_at(
             dir,
             target,
@@ -1269,6 +1316,7 @@ impl Shard {
             ch.done as usize,
             file_off,
             ch.len - ch.done,
+            rw_flags,
         )?;
         loop {
             match self.pool.push_prepared(&mut self.ring, entry.clone(), idx) {
@@ -1286,32 +1334,78 @@ impl Shard {
         }
     }
 
-    fn run_sync_op(&mut self, slot: u32) {
-        let fd = self.fd_of(slot);
+    /// Issues the next round of a [`FileOp`](crate::op::FileOp): its SQE, or, where the kernel
+    /// lacks its opcode (or the kind is forced there, or the op has no SQE), its blocking call on
+    /// this thread, finished at once.
+    fn issue_file_op(&mut self, slot: u32) -> Result<bool> {
+        let gen = self.ops.gen(slot);
+        let raw = self.fd_of(slot);
+        let Some(op) = self.ops.get(slot) else {
+            return Ok(true);
+        };
+        let blocking = self.blocking[op.kind.index()];
+        let target = op.target;
+        let IoOp::File(f) = &mut op.io else {
+            return Ok(true);
+        };
+        op.issued = 1;
+        let entry = if blocking {
+            None
+        } else {
+            f.sqe(crate::op::OpFd { target, raw })
+        };
+        let entry = match entry {
+            Some(entry) => entry,
+            None => {
+                let res = f.run_blocking(raw);
+                self.file_op_result(slot, res, raw);
+                return Ok(true);
+            }
+        };
+        let user_data = u64::from(slot) | (u64::from(gen) << SLOT_BITS);
+        self.push_entry(&entry.user_data(user_data))?;
+        if let Some(op) = self.ops.get(slot) {
+            op.outstanding = 1;
+        }
+        Ok(true)
+    }
+
+    /// A round of a [`FileOp`](crate::op::FileOp) ended with `res` (a CQE's or its blocking
+    /// call's): another round, or finish.
+    fn file_op_result(&mut self, slot: u32, res: i32, raw: RawFd) {
+        let Some(op) = self.ops.get(slot) else { return };
+        op.outstanding = 0;
+        let IoOp::File(f) = &mut op.io else { return };
+        let again = match res {
+            r if r == -libc::EINTR => true,
+            r if r < 0 => {
+                op.errno = Some(-r);
+                false
+            }
+            r => f.on_result(r, raw) == crate::op::Step::Again,
+        };
+        if again && op.cancel.is_none() {
+            op.issued = 0;
+            // Counts finished rounds: the op has started, so it is not skipped between rounds
+            // (a half-done vectored write is not cut short by a dropped handle).
+            op.transferred += 1;
+            self.enqueue(slot);
+        } else {
+            self.finish(slot);
+        }
+    }
+
+    /// Closes op `slot`'s file (removes it from the file table and the ring's registered
+    /// files), then finishes the close.
+    fn run_close(&mut self, slot: u32) {
         let Some(op) = self.ops.get(slot) else { return };
         let file_slot = op.file_slot;
-        match &op.io {
-            IoOp::Size => {
-                // SAFETY: fstat writes into the local struct only.
-                let mut st: libc::stat = unsafe { std::mem::zeroed() };
-                // SAFETY: fd is a descriptor of this shard's file table (or -1, which fails).
-                if unsafe { libc::fstat(fd, &mut st) } == 0 {
-                    op.len = st.st_size as u64;
-                } else {
-                    op.errno = Some(numa::last_errno());
-                }
+        if let Some(entry) = self.files.remove(file_slot) {
+            if let Some(fixed) = entry.fixed {
+                // Drops the ring's reference; refused, it stays until the ring closes.
+                let _ = self.ring.register_files_update(fixed, &[-1]);
             }
-            IoOp::Close => {
-                if let Some(entry) = self.files.remove(file_slot) {
-                    if let Some(fixed) = entry.fixed {
-                        // Drops the ring's reference; failure leaves it until the ring closes.
-                        // Refused, the ring keeps its reference until it closes.
-                        let _ = self.ring.register_files_update(fixed, &[-1]);
-                    }
-                    drop(entry); // closes the descriptor
-                }
-            }
-            _ => {}
+            drop(entry); // closes the descriptor
         }
         self.finish(slot);
     }
@@ -1353,13 +1447,18 @@ impl Shard {
             return; // stale: cannot happen while slots outlive their SQEs, but never misroute
         }
         let Some(op) = self.ops.get(slot) else { return };
+        if matches!(op.io, IoOp::File(_)) {
+            let raw = self.fd_of(slot);
+            self.file_op_result(slot, res, raw);
+            return;
+        }
         op.outstanding = op.outstanding.saturating_sub(1);
         if op.data_path == DataPath::Memory
             && matches!(op.io, IoOp::Read { .. } | IoOp::Write { .. })
         {
             let is_read = matches!(op.io, IoOp::Read { .. });
             match res {
-                r if r < 0 && matches!(-r, libc::EAGAIN | libc::EINTR) => {}
+                r if r < 0 && crate::op::rw::retried(-r, op.io.rw_flags()) => {}
                 r if r < 0 => op.errno = Some(-r),
                 // A read of 0 bytes is the end of the file; a write of 0 would loop forever.
                 0 if is_read => op.eof = Some(op.transferred),
@@ -1393,9 +1492,12 @@ impl Shard {
         if let IoOp::Write { data, .. } = &op.io {
             // fd is the op's file, open until its close op, which cannot run before this one
             // finishes (close is a barrier).
-            match pwrite_all(fd, data, op.offset) {
+            match crate::op::rw::pwrite_all(fd, data, op.offset, op.io.rw_flags()) {
                 Ok(n) => op.transferred = n as u64,
-                Err(errno) => op.errno = Some(errno),
+                Err((done, errno)) => {
+                    op.transferred = done as u64;
+                    op.errno = Some(errno);
+                }
             }
         }
         op.issued = op.len;
@@ -1435,7 +1537,7 @@ impl Shard {
         };
         let mut retry = false;
         if res < 0 {
-            if matches!(-res, libc::EAGAIN | libc::EINTR) {
+            if crate::op::rw::retried(-res, op.io.rw_flags()) {
                 retry = true;
             } else {
                 op.errno.get_or_insert(-res);
@@ -1485,6 +1587,10 @@ impl Shard {
         let Some(op) = self.ops.get(ch.op) else {
             return;
         };
+        if !is_read && ch.done < ch.len {
+            // This chunk ends the prefix of the write known to be on disk.
+            op.written_to = op.written_to.min(ch.rel + u64::from(ch.done));
+        }
         if is_read && ch.done > 0 && !lease {
             // Grows only as far as data has arrived (chunks may land out of order; the gaps are
             // filled by their own chunks or cut at end of file).
@@ -1539,6 +1645,21 @@ impl Shard {
             }
         }
         let lat = self.elapsed_since(op.at);
+        if lat >= self.cfg.slow_op_ns {
+            crate::logging::slow_op(self.cfg.index, op.kind, &op.path, lat, op.errno);
+        }
+        if let IoOp::File(f) = op.io {
+            self.finish_file_op(
+                f,
+                op.reply,
+                op.cancel,
+                op.errno,
+                &op.path,
+                op.file_slot,
+                lat,
+            );
+            return;
+        }
         let Op {
             kind,
             mut io,
@@ -1552,6 +1673,10 @@ impl Shard {
             eof,
             lent,
             file_slot,
+            data_path,
+            issued,
+            transferred,
+            written_to,
             ..
         } = op;
         let buf = if kind == OpKind::Read {
@@ -1567,17 +1692,19 @@ impl Shard {
             Err(self.cancel_error(why, kind, Some(&path)))
         } else if let Some(errno) = errno {
             self.stats.record_error(kind, errno, lat);
-            let offset = matches!(
-                io,
-                IoOp::Read { .. } | IoOp::Write { .. } | IoOp::Fallocate { .. }
-            )
-            .then_some(offset);
-            Err(IoUringError::io(
-                kind.name(),
-                Some(path.to_path_buf()),
-                offset,
-                errno,
-            ))
+            let offset = matches!(io, IoOp::Read { .. } | IoOp::Write { .. }).then_some(offset);
+            let e = IoUringError::io(kind.name(), Some(path.to_path_buf()), offset, errno);
+            Err(match io {
+                // How much of a failed write is known to be written, from its offset on: the
+                // chunks of an O_DIRECT write run in parallel, so its prefix ends at the first
+                // chunk that stopped short (or the first never issued); the other paths are
+                // serial and count what moved.
+                IoOp::Write { .. } => e.with_written(match data_path {
+                    DataPath::Fixed => written_to.min(issued).min(len),
+                    _ => transferred.min(len),
+                }),
+                _ => e,
+            })
         } else {
             match io {
                 IoOp::Read { .. } => {
@@ -1589,12 +1716,7 @@ impl Shard {
                     self.stats.record(kind, len, lat);
                     Ok(len)
                 }
-                // `len` holds the size fstat found.
-                IoOp::Size => {
-                    self.stats.record(kind, 0, lat);
-                    Ok(len)
-                }
-                IoOp::Sync { .. } | IoOp::Fallocate { .. } | IoOp::Close => {
+                IoOp::File(_) | IoOp::Close => {
                     self.stats.record(kind, 0, lat);
                     Ok(0)
                 }
@@ -1618,20 +1740,62 @@ impl Shard {
         reply.deliver(result, buf, &mut self.sessions);
     }
 
-    /// Raises the file's known size after a successful op (`n`: bytes moved, or the size).
+    /// Completes a [`FileOp`](crate::op::FileOp): its outcome to its handle, its known-size
+    /// change to the file (on success), the stats.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_file_op(
+        &mut self,
+        mut f: Box<dyn crate::op::FileOp>,
+        reply: Reply,
+        cancel: Option<CancelWhy>,
+        errno: Option<i32>,
+        path: &Path,
+        file_slot: u32,
+        lat: u64,
+    ) {
+        let kind = f.kind();
+        let result = if let Some(why) = cancel {
+            if let Some(errno) = errno {
+                self.stats.record_error(kind, errno, lat);
+            }
+            Err(self.cancel_error(why, kind, Some(path)))
+        } else if let Some(errno) = errno {
+            self.stats.record_error(kind, errno, lat);
+            Err(f.error(errno, path))
+        } else {
+            if let Some(entry) = self.files.get_mut(file_slot) {
+                if entry.size_setters == 0 || f.sets_size() {
+                    f.size_after(&mut entry.size_hint);
+                }
+            }
+            Ok(())
+        };
+        if f.sets_size() {
+            if let Some(entry) = self.files.get_mut(file_slot) {
+                entry.size_setters = entry.size_setters.saturating_sub(1);
+            }
+        }
+        let ok = result.is_ok();
+        let bytes = f.complete(result, reply, &mut self.sessions);
+        if ok {
+            self.stats.record(kind, bytes, lat);
+        }
+    }
+
+    /// Raises the file's known size after a successful read or write (`n`: bytes moved).
     fn note_size(&mut self, file_slot: u32, io: &IoOp, offset: u64, n: u64) {
         let Some(entry) = self.files.get_mut(file_slot) else {
             return;
         };
         let at_least = match io {
-            // An O_APPEND write lands at the end, not at `offset`: nothing is learnt.
-            IoOp::Write { .. } if entry.flags.append => return,
-            IoOp::Read { .. } | IoOp::Write { .. } => offset.saturating_add(n),
-            IoOp::Fallocate { mode: 0, len, .. } => offset.saturating_add(*len),
-            IoOp::Size => {
-                // Exact (a barrier: nothing of ours ran meanwhile).
-                entry.size_hint = n;
-                return;
+            // A set_len admitted after this op will set the size: what this op saw is stale.
+            _ if entry.size_setters > 0 => return,
+            IoOp::Read { .. } => offset.saturating_add(n),
+            IoOp::Write { .. } => {
+                match crate::op::write::size_at_least(offset, n, entry.flags.append) {
+                    Some(s) => s,
+                    None => return,
+                }
             }
             _ => return,
         };
@@ -1867,6 +2031,15 @@ impl Drop for Shard {
         };
         for mut op in self.ops.drain() {
             let in_kernel = op.outstanding > 0 && op.data_path == DataPath::Memory;
+            if let IoOp::File(mut f) = op.io {
+                f.complete(Err(error.clone()), op.reply, &mut self.sessions);
+                if in_kernel {
+                    // The kernel may still read or write the memory its SQE names (paths, a
+                    // statx buffer, iovecs and buffers), all owned by the op: leak it.
+                    std::mem::forget(f);
+                }
+                continue;
+            }
             let buf = if in_kernel {
                 std::mem::forget(std::mem::take(&mut op.out));
                 if let IoOp::Write { data, .. } = &mut op.io {
@@ -1882,10 +2055,7 @@ impl Drop for Shard {
                 .deliver(Err(error.clone()), buf, &mut self.sessions);
         }
         for req in std::mem::take(&mut self.backlog) {
-            let mut io = req.op;
-            let buf = io.take_buf();
-            req.reply
-                .deliver(Err(error.clone()), buf, &mut self.sessions);
+            req.op.fail(req.reply, error.clone(), &mut self.sessions);
         }
         self.sessions.deliver();
         self.tasks.clear();
@@ -1924,6 +2094,21 @@ fn short_direct_write_errno(end: u64) -> i32 {
     }
 }
 
+/// Which op kinds take the blocking path on this ring: those whose opcode the kernel does not
+/// know (`IORING_REGISTER_PROBE`, read once; a kernel without probing (before 5.6) is taken to
+/// have them all, as the ring setup already needs a recent kernel) and those in `forced`.
+fn probe_blocking(ring: &Driver, forced: &[OpKind]) -> [bool; OpKind::COUNT] {
+    let supported = ring.opcode_support();
+    let mut out = [false; OpKind::COUNT];
+    for kind in OpKind::ALL {
+        let Some(code) = crate::op::opcode_of(kind) else {
+            continue;
+        };
+        out[kind.index()] = forced.contains(&kind) || !supported(code);
+    }
+    out
+}
+
 /// Resets the wake-up eventfd's counter (non-blocking: EAGAIN means it was already 0).
 fn reset_eventfd(shared: &ShardShared) {
     let mut value: u64 = 0;
@@ -1935,6 +2120,21 @@ fn reset_eventfd(shared: &ShardShared) {
             std::mem::size_of::<u64>(),
         )
     };
+}
+
+/// The error of an op cancelled for `why`.
+fn cancel_error_of(why: CancelWhy, kind: OpKind, path: Option<&Path>) -> IoUringError {
+    let path = path.map(Path::to_path_buf);
+    match why {
+        CancelWhy::Deadline => IoUringError::DeadlineExceeded {
+            op: kind.name(),
+            path,
+        },
+        CancelWhy::Dropped | CancelWhy::Shutdown => IoUringError::Cancelled {
+            op: kind.name(),
+            path,
+        },
+    }
 }
 
 /// Submits what is queued and waits for `want` completions, counting the call in `stats`.
@@ -1963,35 +2163,6 @@ pub(super) fn submit_counted(
             }
         }
     }
-}
-
-/// Writes all of `data` at `offset` of `fd` with `pwrite`, resuming short writes and retrying
-/// EINTR/EAGAIN; the bytes written, or the errno.
-pub(super) fn pwrite_all(fd: RawFd, data: &[u8], offset: u64) -> std::result::Result<usize, i32> {
-    let mut done = 0usize;
-    while done < data.len() {
-        let rest = &data[done..];
-        // SAFETY: pwrite reads `rest.len()` bytes from a live slice.
-        let n = unsafe {
-            libc::pwrite(
-                fd,
-                rest.as_ptr().cast(),
-                rest.len(),
-                (offset + done as u64) as libc::off_t,
-            )
-        };
-        match n {
-            n if n > 0 => done += n as usize,
-            0 => return Err(libc::EIO), // no progress: would loop forever
-            _ => {
-                let errno = numa::last_errno();
-                if errno != libc::EINTR && errno != libc::EAGAIN {
-                    return Err(errno);
-                }
-            }
-        }
-    }
-    Ok(done)
 }
 
 fn elapsed_ns(at: Instant) -> u64 {

@@ -730,18 +730,19 @@ impl LocalShard {
     /// fsync, after every earlier write to the file.
     pub fn fsync(&self, file: &File) -> Completion<()> {
         self.exec
-            .request(file, Ok(IoOp::Sync { datasync: false }), Reply::Unit, None)
+            .request(file, Ok(crate::request::sync_op(false)), Reply::Unit, None)
     }
 
     /// fdatasync, after every earlier write to the file.
     pub fn fdatasync(&self, file: &File) -> Completion<()> {
         self.exec
-            .request(file, Ok(IoOp::Sync { datasync: true }), Reply::Unit, None)
+            .request(file, Ok(crate::request::sync_op(true)), Reply::Unit, None)
     }
 
     /// The file's size, after every earlier operation on it.
     pub fn size(&self, file: &File) -> Completion<u64> {
-        self.exec.request(file, Ok(IoOp::Size), Reply::Size, None)
+        self.exec
+            .request(file, Ok(crate::request::size_op()), Reply::Size, None)
     }
 
     /// Completes after at least `d`, through an `IORING_OP_TIMEOUT` on this shard's ring (no

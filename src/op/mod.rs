@@ -1,0 +1,236 @@
+//! Operations: one file per kind, all behind one small trait, [`FileOp`].
+//!
+//! The shard loop (`shard/runner.rs`) knows no operation here by name: it admits an op in the
+//! per-file order with the op's [`footprint`](FileOp::footprint), asks it for an SQE
+//! ([`sqe`](FileOp::sqe)) or, when the kernel lacks the opcode (probed once per shard) or the
+//! kind is forced to the blocking path, runs it with a plain system call
+//! ([`run_blocking`](FileOp::run_blocking)); it hands each result to
+//! [`on_result`](FileOp::on_result) (which may ask for another round: short transfers), and
+//! at the end calls [`complete`](FileOp::complete) with the outcome. The op is boxed and lives in
+//! the shard's op table until its last CQE has arrived, so every piece of memory its SQE names
+//! (path strings, a statx buffer, iovec arrays, data) stays put whatever the caller does (drop,
+//! cancel, timeout, shutdown); a shard that stops with the op still in the kernel leaks the box.
+//!
+//! Reads and writes are not here: they stay unboxed fast paths in the runner (chunking over pool
+//! buffers, three data paths), and `close` stays special (it edits the file table).
+//!
+//! # How to add an operation
+//!
+//! 1. Add its kind to the `op_kinds!` list in `stats.rs` (one line: variant and name), and its
+//!    opcode to [`opcode_of`] (probing and the blocking-path report use it).
+//! 2. Write `src/op/<name>.rs`: a struct that owns everything the kernel will read or write
+//!    (strings, buffers) and where its result goes (a [`Reply`] or its own `Completer`), and an
+//!    `impl FileOp` with `kind`, `sqe` and `run_blocking` (the same system call, returning the
+//!    result or `-errno` like a CQE), and, as needed, `footprint` (default: a barrier on its
+//!    file), `on_result` (short transfers: return [`Step::Again`]), `error`,
+//!    `size_at_admit`/`size_after`/`sets_size` (the file's known size, which orders reads near
+//!    the end of the file) and `complete` (ops with a result type of their own keep their
+//!    `Completer` and are sent with [`Reply::InOp`]).
+//! 3. Add a validated constructor in `request.rs` and the public method on `Executor` (and
+//!    `Deadlined`) that sends it.
+//!
+//! Operations on paths rather than open files (unlink, mkdir, rename, stat) return a
+//! [`PathTarget`] from [`path_target`](FileOp::path_target): they are ordered per parent
+//! directory instead of per file.
+//!
+//! The same trait serves a backend without io_uring: [`run_blocking`](FileOp::run_blocking) and
+//! [`on_result`](FileOp::on_result) are all such a backend needs to run every op unchanged on
+//! worker threads.
+
+pub(crate) mod append;
+pub(crate) mod fallocate;
+pub(crate) mod path;
+pub(crate) mod read;
+pub(crate) mod rw;
+pub(crate) mod size;
+pub(crate) mod statx;
+pub(crate) mod sync;
+pub(crate) mod sync_range;
+pub(crate) mod truncate;
+pub(crate) mod vectored;
+pub(crate) mod write;
+
+use crate::error::{IoUringError, Result};
+use crate::pool::Target;
+use crate::router::FileKey;
+use crate::session::SessionTable;
+use crate::shard::{Footprint, Reply};
+use crate::stats::OpKind;
+use io_uring::{opcode, squeue, types};
+use std::os::fd::RawFd;
+use std::path::Path;
+use std::sync::Arc;
+
+/// The descriptor an op's SQE or system call names.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OpFd {
+    /// For SQEs: the registered slot, or the plain descriptor.
+    pub target: Target,
+    /// The plain descriptor (for opcodes that take no registered file, like STATX's dirfd).
+    pub raw: RawFd,
+}
+
+/// What an op does after a result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// It is done: complete it.
+    Done,
+    /// Issue it again (the rest of a short transfer).
+    Again,
+}
+
+/// The directory an operation on a path is ordered in, and the path for errors.
+#[derive(Debug, Clone)]
+pub(crate) struct PathTarget {
+    /// The identity of the parent directory (the shard's order list for it).
+    pub key: FileKey,
+    /// The path, for errors.
+    pub path: Arc<Path>,
+}
+
+/// One operation: an SQE (or one blocking system call), results, one completion.
+///
+/// The op table owns the op until its last CQE has arrived (see the module docs for how to add
+/// one). Methods are called on the shard thread, in this order: `footprint` and `size_at_admit`
+/// when admitted; then, once per round, `sqe` (or `run_blocking`) and `on_result` with its
+/// non-negative result (a negative one is the op's errno: EINTR repeats the round, anything else
+/// fails the op); finally `size_after` (on success) and `complete`.
+pub(crate) trait FileOp: Send {
+    /// The kind, for statistics, probing and errors.
+    fn kind(&self) -> OpKind;
+
+    /// The per-file ordering class, given the size the file is known to have at least (default:
+    /// a barrier, ordered against every op on the file).
+    fn footprint(&self, known_size: u64) -> Footprint {
+        let _ = known_size;
+        Footprint::Barrier
+    }
+
+    /// For operations on a path: the directory they are ordered in. `None`: an open file's op.
+    fn path_target(&self) -> Option<PathTarget> {
+        None
+    }
+
+    /// The SQE of the next round; `None`: run [`run_blocking`](Self::run_blocking) instead. Memory
+    /// the SQE points to must be owned by `self` (heap memory that does not move when the op
+    /// does) and left untouched until the round's result arrives.
+    fn sqe(&mut self, fd: OpFd) -> Option<squeue::Entry>;
+
+    /// The same round as a plain system call on the calling thread: its result, or `-errno`, as
+    /// a CQE would carry it. Used where the kernel lacks the opcode, when the kind is forced to the
+    /// blocking path, and by a backend without io_uring.
+    fn run_blocking(&mut self, fd: RawFd) -> i32;
+
+    /// A round's non-negative result; `fd` is the op's plain descriptor.
+    fn on_result(&mut self, res: i32, fd: RawFd) -> Step {
+        let _ = (res, fd);
+        Step::Done
+    }
+
+    /// The error for `errno`; `file` is the op's file (path operations name their own paths).
+    fn error(&self, errno: i32, file: &Path) -> IoUringError {
+        IoUringError::io(self.kind().name(), Some(file.to_path_buf()), None, errno)
+    }
+
+    /// Adjusts the size the file is known to have at least, when the op is admitted (an op that
+    /// may shrink the file lowers it at once, so later reads are ordered as if they may reach the
+    /// end of the file).
+    fn size_at_admit(&self, known: &mut u64) {
+        let _ = known;
+    }
+
+    /// Whether the op sets the file's size to a value of its own (it may shrink it). While one
+    /// such op is admitted and unfinished, the completions of ops admitted before it do not
+    /// raise the known size (their sizes are stale once it runs); its own `size_after` does.
+    fn sets_size(&self) -> bool {
+        false
+    }
+
+    /// Adjusts the known size after the op succeeded.
+    fn size_after(&self, known: &mut u64) {
+        let _ = known;
+    }
+
+    /// The value delivered through a generic [`Reply`] (a size; 0 otherwise).
+    fn value(&self) -> u64 {
+        0
+    }
+
+    /// Delivers the outcome; returns the bytes moved, for statistics. `reply` is the request's
+    /// reply: ops with results of their own type keep their `Completer` in `self` and ignore it
+    /// (it is [`Reply::InOp`]).
+    fn complete(&mut self, result: Result<()>, reply: Reply, sessions: &mut SessionTable) -> u64 {
+        let v = self.value();
+        reply.deliver(result.map(|()| v), Vec::new(), sessions);
+        0
+    }
+
+    /// Nobody waits for the result any more (ops that keep their own `Completer`).
+    fn is_cancelled(&self) -> bool {
+        false
+    }
+}
+
+/// The opcode an op kind needs from the kernel, for probing (`None`: it needs none, or is not a
+/// [`FileOp`]).
+pub(crate) fn opcode_of(kind: OpKind) -> Option<u8> {
+    Some(match kind {
+        OpKind::Fsync | OpKind::Fdatasync => opcode::Fsync::CODE,
+        OpKind::Fallocate => opcode::Fallocate::CODE,
+        OpKind::Statx => opcode::Statx::CODE,
+        OpKind::Truncate => opcode::Ftruncate::CODE,
+        OpKind::Unlink | OpKind::RemoveDir => opcode::UnlinkAt::CODE,
+        OpKind::Mkdir => opcode::MkDirAt::CODE,
+        OpKind::Rename => opcode::RenameAt::CODE,
+        OpKind::Readv => opcode::Readv::CODE,
+        OpKind::Writev => opcode::Writev::CODE,
+        OpKind::Append => opcode::Write::CODE,
+        OpKind::SyncFileRange => opcode::SyncFileRange::CODE,
+        OpKind::Open
+        | OpKind::Read
+        | OpKind::Write
+        | OpKind::Close
+        | OpKind::Size
+        | OpKind::Task => return None,
+    })
+}
+
+/// Builds an SQE on either form of descriptor (registered slot or plain).
+macro_rules! on_fd {
+    ($target:expr, |$fd:ident| $build:expr) => {
+        match $target {
+            $crate::pool::Target::Fixed(s) => {
+                let $fd = io_uring::types::Fixed(s);
+                $build
+            }
+            $crate::pool::Target::Fd(d) => {
+                let $fd = io_uring::types::Fd(d);
+                $build
+            }
+        }
+    };
+}
+pub(crate) use on_fd;
+
+/// A system call's return value as a CQE result: the value, or `-errno`.
+pub(crate) fn syscall_result(ret: i64) -> i32 {
+    if ret < 0 {
+        -crate::numa::last_errno()
+    } else {
+        ret.min(i64::from(i32::MAX)) as i32
+    }
+}
+
+/// `AT_FDCWD` as an SQE's directory descriptor: paths are resolved like the caller's (relative
+/// paths against the process's working directory).
+pub(crate) fn cwd() -> types::Fd {
+    types::Fd(libc::AT_FDCWD)
+}
+
+/// A path as a C string, for an SQE or a system call; a NUL inside is an invalid argument.
+pub(crate) fn c_path(op: &'static str, path: &Path) -> Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| {
+        IoUringError::invalid(op, format!("path {} contains a NUL byte", path.display()))
+    })
+}

@@ -1,0 +1,49 @@
+//! fsync and fdatasync (IORING_OP_FSYNC): ordered after every earlier write to the file.
+
+use super::{on_fd, FileOp, OpFd};
+use crate::shard::Footprint;
+use crate::stats::OpKind;
+use io_uring::{opcode, squeue, types};
+use std::os::fd::RawFd;
+
+/// fsync, or fdatasync with `datasync`.
+pub(crate) struct Sync {
+    pub datasync: bool,
+}
+
+impl FileOp for Sync {
+    fn kind(&self) -> OpKind {
+        if self.datasync {
+            OpKind::Fdatasync
+        } else {
+            OpKind::Fsync
+        }
+    }
+
+    fn footprint(&self, _known_size: u64) -> Footprint {
+        Footprint::Sync
+    }
+
+    fn sqe(&mut self, fd: OpFd) -> Option<squeue::Entry> {
+        let flags = if self.datasync {
+            types::FsyncFlags::DATASYNC
+        } else {
+            types::FsyncFlags::empty()
+        };
+        Some(on_fd!(fd.target, |f| opcode::Fsync::new(f)
+            .flags(flags)
+            .build()))
+    }
+
+    fn run_blocking(&mut self, fd: RawFd) -> i32 {
+        // SAFETY: no memory is passed; fd is the op's descriptor (or -1, which fails with EBADF).
+        let ret = unsafe {
+            if self.datasync {
+                libc::fdatasync(fd)
+            } else {
+                libc::fsync(fd)
+            }
+        };
+        super::syscall_result(i64::from(ret))
+    }
+}

@@ -1,0 +1,57 @@
+//! sync_file_range (IORING_OP_SYNC_FILE_RANGE): ordered like fsync, after earlier writes.
+
+use super::{on_fd, FileOp, OpFd};
+use crate::error::IoUringError;
+use crate::shard::Footprint;
+use crate::stats::OpKind;
+use io_uring::{opcode, squeue};
+use std::os::fd::RawFd;
+use std::path::Path;
+
+/// sync_file_range(2) of `len` bytes (0: to the end of the file) at `offset` with `flags`.
+pub(crate) struct SyncRange {
+    pub offset: u64,
+    pub len: u32,
+    pub flags: u32,
+}
+
+impl FileOp for SyncRange {
+    fn kind(&self) -> OpKind {
+        OpKind::SyncFileRange
+    }
+
+    fn footprint(&self, _known_size: u64) -> Footprint {
+        Footprint::Sync
+    }
+
+    fn sqe(&mut self, fd: OpFd) -> Option<squeue::Entry> {
+        Some(on_fd!(fd.target, |f| opcode::SyncFileRange::new(
+            f, self.len
+        )
+        .offset(self.offset)
+        .flags(self.flags)
+        .build()))
+    }
+
+    fn run_blocking(&mut self, fd: RawFd) -> i32 {
+        // SAFETY: no memory is passed.
+        let ret = unsafe {
+            libc::sync_file_range(
+                fd,
+                self.offset as libc::off64_t,
+                libc::off64_t::from(self.len),
+                self.flags,
+            )
+        };
+        super::syscall_result(i64::from(ret))
+    }
+
+    fn error(&self, errno: i32, file: &Path) -> IoUringError {
+        IoUringError::io(
+            "sync_file_range",
+            Some(file.to_path_buf()),
+            Some(self.offset),
+            errno,
+        )
+    }
+}

@@ -576,3 +576,51 @@ fn sleeping_tasks_do_not_hold_back_submit_to() {
     drop(long);
     exec.shutdown().unwrap();
 }
+
+/// The usual timeout pattern, `select(sleep(60 s), read)`, thousands of times: each dropped sleep
+/// is taken out of the ring (TIMEOUT_REMOVE), so the shard's completion queue does not fill with
+/// sleeps nobody waits for and its I/O keeps flowing (before, after a few hundred the shard
+/// stopped issuing until the sleeps expired).
+#[test]
+fn dropped_sleeps_leave_the_ring() {
+    let exec = shards(1);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t");
+    std::fs::write(&path, vec![7u8; 4096]).unwrap();
+    let f = ok(
+        exec.open(&path, ringshard::OpenOptions::new().read(true)),
+        "open",
+    );
+    let start = Instant::now();
+    let h = exec.spawn_on_with(0, move |l| async move {
+        use futures::future::{select, Either};
+        let mut reads = 0;
+        for _ in 0..3000 {
+            let nap = Box::pin(l.sleep(Duration::from_secs(60)));
+            let read = Box::pin(l.read(&f, 0, 4096));
+            match select(read, nap).await {
+                Either::Left((r, _nap)) => {
+                    assert_eq!(r.unwrap().len(), 4096);
+                    reads += 1;
+                }
+                Either::Right(_) => panic!("a 60 s sleep fired"),
+            }
+        }
+        reads
+    });
+    let reads = loop {
+        if h.is_finished() {
+            break h.wait().unwrap();
+        }
+        assert!(
+            start.elapsed() < HANG,
+            "3000 reads with a dropped sleep each did not finish in {HANG:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(reads, 3000);
+    // Shutdown does not wait for 60 s sleeps either.
+    let t = Instant::now();
+    exec.shutdown().unwrap();
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+}

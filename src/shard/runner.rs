@@ -1828,6 +1828,7 @@ impl Shard {
         }
         self.local_io = reqs;
         tasks::take_timers(&mut self.new_timers);
+        self.remove_dropped_timers();
         // While submit_to closures wait for a quiet ring, new sleeps wait with them.
         if !self.new_timers.is_empty() && self.tasks.is_empty() {
             any = true;
@@ -1840,8 +1841,30 @@ impl Shard {
         any
     }
 
+    /// Takes the sleeps whose `Sleep` was dropped out of the ring (TIMEOUT_REMOVE): left there,
+    /// each would hold a CQ slot until it expired, and enough of them stop the shard's I/O.
+    fn remove_dropped_timers(&mut self) {
+        let mut dropped = Vec::new();
+        tasks::take_dropped_timers(&mut dropped);
+        for t in dropped {
+            let index = t.slot.load(AtomicOrdering::Relaxed);
+            let armed = matches!(self.timers.get(index), Some(Some((a, _))) if Arc::ptr_eq(a, &t));
+            if !armed {
+                continue; // not armed yet (arm_timer skips it), or already fired
+            }
+            let entry = opcode::TimeoutRemove::new(TIMER_TAG | index as u64)
+                .build()
+                .user_data(CANCEL_USER_DATA);
+            // A failed push leaves that sleep to expire on its own.
+            let _ = self.push_entry(&entry);
+        }
+    }
+
     /// Pushes an `IORING_OP_TIMEOUT` for a task's sleep.
     fn arm_timer(&mut self, t: Arc<TimerState>) {
+        if t.is_dropped() {
+            return; // its Sleep is gone: nobody to wake
+        }
         let left = t.deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             t.fire();
@@ -1857,6 +1880,7 @@ impl Shard {
             }
         };
         let entry = entry.user_data(TIMER_TAG | index as u64);
+        t.slot.store(index, AtomicOrdering::Relaxed);
         self.timers[index] = Some((t, ts));
         if self.push_entry(&entry).is_ok() {
             self.timers_armed += 1;
@@ -1873,7 +1897,7 @@ impl Shard {
         if let Some((t, _ts)) = self.timers.get_mut(index).and_then(Option::take) {
             self.timers_armed = self.timers_armed.saturating_sub(1);
             self.timer_free.push(index);
-            if self.parking && res == -libc::ECANCELED {
+            if self.parking && res == -libc::ECANCELED && !t.is_dropped() {
                 // Removed for the closures, not expired: armed again after them.
                 self.parked_timers.push(t);
             } else {

@@ -44,6 +44,8 @@ thread_local! {
     static LOCAL_IO: RefCell<Vec<IoRequest>> = const { RefCell::new(Vec::new()) };
     /// Sleeps started on this thread, to be armed in the ring.
     static TIMERS: RefCell<Vec<Arc<TimerState>>> = const { RefCell::new(Vec::new()) };
+    /// Sleeps dropped before they fired, to be taken out of the ring (TIMEOUT_REMOVE).
+    static DROPPED_TIMERS: RefCell<Vec<Arc<TimerState>>> = const { RefCell::new(Vec::new()) };
     /// The executor of the shard this thread runs (set by the shard at start).
     static EXEC: RefCell<Weak<ExecShared>> = const { RefCell::new(Weak::new()) };
     /// The shard has left its loop: tasks woken here now are dropped (cancelled), not queued.
@@ -422,6 +424,10 @@ pub(crate) struct TimerState {
     pub(crate) deadline: Instant,
     fired: std::sync::atomic::AtomicBool,
     waker: atomic_waker::AtomicWaker,
+    /// Its `Sleep` was dropped before it fired: nobody waits, take it out of the ring.
+    dropped: std::sync::atomic::AtomicBool,
+    /// Where the shard keeps it while armed (its index in the shard's timer table).
+    pub(crate) slot: std::sync::atomic::AtomicUsize,
 }
 
 impl TimerState {
@@ -436,6 +442,16 @@ impl TimerState {
     fn is_fired(&self) -> bool {
         self.fired.load(std::sync::atomic::Ordering::Acquire)
     }
+
+    /// Whether its `Sleep` was dropped before it fired.
+    pub(crate) fn is_dropped(&self) -> bool {
+        self.dropped.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// Moves the sleeps dropped on this thread since the last call into `out`.
+pub(crate) fn take_dropped_timers(out: &mut Vec<Arc<TimerState>>) {
+    DROPPED_TIMERS.with(|q| out.append(&mut q.borrow_mut()));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -793,6 +809,8 @@ impl Future for Sleep {
             deadline,
             fired: std::sync::atomic::AtomicBool::new(false),
             waker: atomic_waker::AtomicWaker::new(),
+            dropped: std::sync::atomic::AtomicBool::new(false),
+            slot: std::sync::atomic::AtomicUsize::new(usize::MAX),
         });
         state.waker.register(cx.waker());
         if current_shard().is_some() && !EXITED.with(Cell::get) {
@@ -814,6 +832,25 @@ impl Future for Sleep {
         }
         self.state = Some(state);
         Poll::Pending
+    }
+}
+
+impl Drop for Sleep {
+    fn drop(&mut self) {
+        let Some(state) = self.state.take() else {
+            return;
+        };
+        if state.is_fired() {
+            return;
+        }
+        state
+            .dropped
+            .store(true, std::sync::atomic::Ordering::Release);
+        // On its shard's thread (where a sleep is armed and polled), the shard takes it out of
+        // the ring on its next turn; elsewhere it just expires.
+        if current_shard().is_some() && !EXITED.with(Cell::get) {
+            DROPPED_TIMERS.with(|q| q.borrow_mut().push(state));
+        }
     }
 }
 

@@ -5,7 +5,7 @@ use super::{FileOp, OpFd, PathTarget};
 use crate::completion::Completer;
 use crate::error::{IoUringError, Result};
 use crate::session::SessionTable;
-use crate::shard::Reply;
+use crate::shard::{Footprint, Reply};
 use crate::stats::OpKind;
 use io_uring::{opcode, squeue, types};
 use std::ffi::CString;
@@ -228,6 +228,13 @@ impl Statx {
 impl FileOp for Statx {
     fn kind(&self) -> OpKind {
         OpKind::Statx
+    }
+
+    /// Reads only: stats run side by side (with each other and with reads), after every
+    /// earlier write, and before later writes (a write overlaps every read of the whole file). In
+    /// a directory's order list, after earlier unlinks, renames and mkdirs (barriers there).
+    fn footprint(&self, _known_size: u64) -> Footprint {
+        Footprint::read_to_end(0)
     }
 
     fn path_target(&self) -> Option<PathTarget> {

@@ -278,8 +278,48 @@ impl Cache {
     }
 }
 
+/// Read buffers of a chunk each, reused: a fresh large `Vec` is a fresh mapping whose pages
+/// fault in (and are zeroed) on every read.
+struct BufPool {
+    free: Mutex<Vec<Vec<u8>>>,
+    keep: usize,
+}
+
+/// A pooled buffer lent to a response body (`Bytes::from_owner`): back to the pool on drop.
+struct Pooled {
+    buf: Vec<u8>,
+    pool: Arc<BufPool>,
+}
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        let mut free = self.pool.free.lock().unwrap_or_else(|p| p.into_inner());
+        if free.len() < self.pool.keep {
+            free.push(buf);
+        }
+    }
+}
+
+impl BufPool {
+    fn take(&self) -> Vec<u8> {
+        self.free
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .unwrap_or_default()
+    }
+}
+
 struct State {
     exec: Executor,
+    bufs: Arc<BufPool>,
     root: PathBuf,
     direct: bool,
     direct_min: u64,
@@ -375,6 +415,8 @@ struct FileStream {
 
 const DIRECT_ALIGN: u64 = 4096;
 const READ_AHEAD: usize = 2;
+/// Reads at least this long use (and return) pooled buffers.
+const POOLED_MIN: u64 = 64 * 1024;
 
 impl FileStream {
     fn fill(&mut self) {
@@ -390,16 +432,25 @@ impl FileStream {
 
 /// Starts a read of `len` bytes at `off` (aligned for O_DIRECT handles).
 fn read_range(st: &State, file: &File, off: u64, len: u64) -> (Completion<Vec<u8>>, usize, usize) {
+    // Small reads take a fresh allocation (cheap from malloc's free lists); large ones a pooled
+    // buffer.
+    let buf = || {
+        if len >= POOLED_MIN {
+            st.bufs.take()
+        } else {
+            Vec::new()
+        }
+    };
     if file.is_direct() {
         let start = off - off % DIRECT_ALIGN;
         let end = (off + len).div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
         let c = st
             .exec
-            .read_into(file, start, (end - start) as usize, Vec::new());
+            .read_into(file, start, (end - start) as usize, buf());
         (c, (off - start) as usize, len as usize)
     } else {
         (
-            st.exec.read_into(file, off, len as usize, Vec::new()),
+            st.exec.read_into(file, off, len as usize, buf()),
             0,
             len as usize,
         )
@@ -407,14 +458,21 @@ fn read_range(st: &State, file: &File, off: u64, len: u64) -> (Completion<Vec<u8
 }
 
 /// The bytes a finished read must yield, or an error if the object came up short.
-fn take_read(data: Vec<u8>, skip: usize, want: usize) -> std::io::Result<Bytes> {
+fn take_read(st: &State, data: Vec<u8>, skip: usize, want: usize) -> std::io::Result<Bytes> {
     if data.len() < skip + want {
         return Err(std::io::Error::new(
             std::io::ErrorKind::UnexpectedEof,
             "object shorter than its metadata",
         ));
     }
-    let b = Bytes::from(data);
+    let b = if data.capacity() as u64 >= POOLED_MIN {
+        Bytes::from_owner(Pooled {
+            buf: data,
+            pool: Arc::clone(&st.bufs),
+        })
+    } else {
+        Bytes::from(data)
+    };
     Ok(if skip == 0 && b.len() == want {
         b
     } else {
@@ -446,7 +504,7 @@ impl Body for ObjBody {
                         s.fill();
                         let r = r
                             .map_err(|e| std::io::Error::other(e.to_string()))
-                            .and_then(|d| take_read(d, skip, want));
+                            .and_then(|d| take_read(&s.state, d, skip, want));
                         Poll::Ready(Some(r.map(Frame::data)))
                     }
                 }
@@ -675,7 +733,7 @@ async fn get(st: &Arc<State>, key: &str, h: &HeaderMap, head: bool) -> Response<
     } else if n <= st.chunk as u64 {
         let (c, skip, want) = read_range(st, &entry.file, start, n);
         match c.await {
-            Ok(d) => match take_read(d, skip, want) {
+            Ok(d) => match take_read(st, d, skip, want) {
                 Ok(b) => ObjBody::Full(Some(b)),
                 Err(e) => return simple(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
             },
@@ -955,6 +1013,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         direct_min: args.direct_min,
         max_object: args.max_object,
         chunk: args.chunk,
+        bufs: Arc::new(BufPool {
+            free: Mutex::new(Vec::new()),
+            keep: 256,
+        }),
         cache: Cache::new(args.cache),
         nonce: AtomicU64::new(seed),
     });

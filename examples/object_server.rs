@@ -857,6 +857,10 @@ async fn put(st: &Arc<State>, key: &str, req: Request<Incoming>) -> Response<Obj
         }
         Err(e) => {
             let _ = st.exec.close(&file).await;
+            // Removed before answering, so a client that sees the error sees no temporary file.
+            if fsops::unlink(&st.exec, &tmp).await.is_ok() {
+                guard.path = None;
+            }
             drop(guard);
             match e {
                 PutError::TooLarge => simple(StatusCode::PAYLOAD_TOO_LARGE, "object too large"),
@@ -885,6 +889,7 @@ async fn write_body(st: &State, file: &File, mut body: Incoming) -> Result<u64, 
             if let Some(p) = pending.take() {
                 let _ = p.await;
             }
+            drain(&mut body).await;
             return Err(PutError::TooLarge);
         }
         if buf.is_empty() && data.len() >= chunk {
@@ -920,6 +925,21 @@ async fn write_body(st: &State, file: &File, mut body: Incoming) -> Result<u64, 
         off += n;
     }
     Ok(off)
+}
+
+/// Reads and drops what is left of a refused body (at most 1 MiB, for at most 2 s), so that the
+/// answer is not lost to a reset when the connection closes with unread bytes.
+async fn drain(body: &mut Incoming) {
+    let mut left: i64 = 1 << 20;
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while left > 0 {
+            match body.frame().await {
+                Some(Ok(f)) => left -= f.data_ref().map_or(0, |d| d.len() as i64),
+                _ => break,
+            }
+        }
+    })
+    .await;
 }
 
 async fn delete(st: &Arc<State>, key: &str) -> Response<ObjBody> {

@@ -356,7 +356,12 @@ impl State {
             o.read(true).direct(direct);
             self.exec.open_async(&path, &o)
         };
-        let mut file = open(self.direct).await.map_err(|e| {
+        let first = match open(self.direct).await {
+            // A filesystem without O_DIRECT (tmpfs on older kernels): read through the page cache.
+            Err(e) if self.direct && errno_of(&e) == Some(libc::EINVAL) => open(false).await,
+            r => r,
+        };
+        let mut file = first.map_err(|e| {
             if not_found_errno(errno_of(&e)) {
                 ServeError::NotFound
             } else {

@@ -809,6 +809,11 @@ async fn put(st: &Arc<State>, key: &str, req: Request<Incoming>) -> Response<Obj
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > st.max_object) {
+        // A client waiting for 100-continue sends nothing (polling the body would invite it);
+        // one already sending gets up to 1 MiB read and dropped, so the answer is not reset.
+        if !req.headers().contains_key(header::EXPECT) {
+            drain(&mut req.into_body()).await;
+        }
         return simple(StatusCode::PAYLOAD_TOO_LARGE, "object too large");
     }
     let nonce = st.nonce.fetch_add(1, Ordering::Relaxed);
@@ -1052,6 +1057,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 
 async fn serve(args: Args, st: Arc<State>) -> Result<(), Box<dyn std::error::Error>> {
     use tokio::signal::unix::{signal, SignalKind};
+    // Signal handlers first: once the address is printed, SIGTERM means a graceful stop.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     {
         use std::io::Write;
@@ -1059,8 +1067,6 @@ async fn serve(args: Args, st: Arc<State>) -> Result<(), Box<dyn std::error::Err
         writeln!(out, "listening on {}", listener.local_addr()?)?;
         out.flush()?;
     }
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())

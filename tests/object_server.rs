@@ -671,3 +671,21 @@ fn direct_reads_serve_the_same_bytes() {
         assert!(r.body == body[a..=b], "{len} bytes, {range}: differ");
     }
 }
+
+#[test]
+fn declared_too_large_without_expect_still_gets_its_413() {
+    // The client sends the body right away (no 100-continue): the server reads and drops it
+    // (up to 1 MiB) and answers 413 on the same connection.
+    let s = Server::start(&["--max-object", "1000"]);
+    let body = pattern(100_000, 5);
+    let head = format!(
+        "PUT /big HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n\r\n",
+        s.addr,
+        body.len()
+    );
+    let ans = raw_exchange(&s.addr, &[head.as_bytes(), &body]);
+    assert!(ans.starts_with("HTTP/1.1 413"), "{ans}");
+    let r = req(&s, Method::PUT, "/big", &[], pattern(2000, 1));
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(s.objects().is_empty(), "{:?}", s.objects());
+}

@@ -83,6 +83,9 @@ struct Args {
     /// Bytes per read or write request, and the largest body served in one piece.
     #[arg(long, default_value_t = 512 * 1024)]
     chunk: usize,
+    /// How long an idle shard spins before it sleeps, in µs (default: the library's).
+    #[arg(long)]
+    spin_us: Option<u64>,
     /// Seconds in-flight requests get to finish after SIGINT/SIGTERM.
     #[arg(long, default_value_t = 30)]
     grace: u64,
@@ -1021,10 +1024,13 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if stale > 0 {
         eprintln!("removed {stale} stale temporary files");
     }
-    let exec = Executor::builder()
+    let mut builder = Executor::builder()
         .shards(args.shards.max(1))
-        .max_files(args.cache.clamp(1024, 65536) as u32)
-        .build()?;
+        .max_files(args.cache.clamp(1024, 65536) as u32);
+    if let Some(us) = args.spin_us {
+        builder = builder.spin(Duration::from_micros(us));
+    }
+    let exec = builder.build()?;
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all();
     if let Some(w) = args.workers {

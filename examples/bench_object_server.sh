@@ -124,21 +124,23 @@ EOF
   echo "$TMP/$1.lua"
 }
 
-# Runs wrk; prints "req/s MB/s p99_ms".
+# Runs wrk; prints "req/s MB/s p99_ms errors" (errors: socket errors, timeouts and non-2xx
+# answers, which a stall shows as).
 run_wrk() { # port lua duration
   wrk -t2 -c64 -d"$3"s --latency -s "$2" "http://127.0.0.1:$1/" > "$TMP/wrk.out"
   awk '
     function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
     function mb(v) { if (v ~ /GB$/) return v * 1024; if (v ~ /MB$/) return v + 0; if (v ~ /KB$/) return v / 1024; return v / 1048576 }
     /Requests\/sec/ { r = $2 } /Transfer\/sec/ { t = mb($2) } $1 == "99%" { p = ms($2) }
-    /Non-2xx/ { bad = $NF }
-    END { if (bad) { print "wrk: non-2xx answers: " bad > "/dev/stderr" } printf "%.0f %.1f %.2f\n", r, t, p }
+    /Non-2xx/ { bad += $NF }
+    /Socket errors/ { gsub(",", ""); bad += $4 + $6 + $8 + $10 }
+    END { printf "%.0f %.1f %.2f %d\n", r, t, p, bad }
   ' "$TMP/wrk.out"
 }
 
 drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 
-declare -A RES
+declare -A RES RATIO
 for case in $CASES; do
   case $case in
     hot4k) prefix=h4k-; count=1000 ;;
@@ -169,6 +171,9 @@ for case in $CASES; do
       RES[$case,$who]="${RES[$case,$who]:-}$out;"
       printf "%-7s round %d %-7s %s\n" "$case" "$round" "$who" "$out" >&2
     done
+    # This round's ratio (server / nginx), from the two runs next to each other.
+    n=${RES[$case,nginx]%;}; n=${n##*;}; v=${RES[$case,server]%;}; v=${v##*;}
+    RATIO[$case]="${RATIO[$case]:-}$(awk -v a="${v%% *}" -v b="${n%% *}" 'BEGIN { print (b > 0 ? a / b : 0) }');"
   done
 done
 
@@ -177,12 +182,17 @@ median() { # "a b c;a b c;..." field
 }
 
 echo
-echo "wrk -t2 -c64, $ROUNDS interleaved rounds (median), ${DUR}s hot / ${COLD_DUR}s cold; $(nproc) CPUs, $(uname -r)"
-printf "%-7s | %12s %12s %7s | %10s %10s %7s | %9s %9s\n" case "nginx req/s" "server req/s" ratio "nginx MB/s" "server MB/s" ratio "nginx p99" "srv p99"
+echo "wrk -t2 -c64, $ROUNDS interleaved rounds (median), ${DUR}s hot / ${COLD_DUR}s cold; $(nproc) CPUs, $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "ratio: of the medians; paired: the median of each round's ratio; err: wrk errors, all rounds"
+printf "%-7s | %12s %12s %7s %7s | %10s %10s %7s | %9s %9s | %5s %5s\n" case "nginx req/s" "server req/s" ratio paired "nginx MB/s" "server MB/s" ratio "nginx p99" "srv p99" "n err" "s err"
 for case in $CASES; do
   nr=$(median "${RES[$case,nginx]}" 1); sr=$(median "${RES[$case,server]}" 1)
   nm=$(median "${RES[$case,nginx]}" 2); sm=$(median "${RES[$case,server]}" 2)
   np=$(median "${RES[$case,nginx]}" 3); sp=$(median "${RES[$case,server]}" 3)
-  printf "%-7s | %12.0f %12.0f %6.2fx | %10.1f %10.1f %6.2fx | %7.2fms %7.2fms\n" \
-    "$case" "$nr" "$sr" "$(awk -v a="$sr" -v b="$nr" 'BEGIN { print (b > 0 ? a / b : 0) }')" "$nm" "$sm" "$(awk -v a="$sm" -v b="$nm" 'BEGIN { print (b > 0 ? a / b : 0) }')" "$np" "$sp"
+  pr=$(median "${RATIO[$case]}" 1)
+  ne=$(echo "${RES[$case,nginx]}" | tr ';' '\n' | awk 'NF { s += $4 } END { print s + 0 }')
+  se=$(echo "${RES[$case,server]}" | tr ';' '\n' | awk 'NF { s += $4 } END { print s + 0 }')
+  printf "%-7s | %12.0f %12.0f %6.2fx %6.2fx | %10.1f %10.1f %6.2fx | %7.2fms %7.2fms | %5d %5d\n" \
+    "$case" "$nr" "$sr" "$(awk -v a="$sr" -v b="$nr" 'BEGIN { print (b > 0 ? a / b : 0) }')" "$pr" \
+    "$nm" "$sm" "$(awk -v a="$sm" -v b="$nm" 'BEGIN { print (b > 0 ? a / b : 0) }')" "$np" "$sp" "$ne" "$se"
 done

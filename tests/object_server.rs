@@ -689,3 +689,37 @@ fn declared_too_large_without_expect_still_gets_its_413() {
     assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert!(s.objects().is_empty(), "{:?}", s.objects());
 }
+
+#[test]
+fn an_abandoned_upload_leaves_no_temp_file_and_no_object() {
+    let s = Server::start(&[]);
+    {
+        let mut c = TcpStream::connect(&s.addr).unwrap();
+        let head = format!(
+            "PUT /gone HTTP/1.1\r\nHost: {}\r\nTransfer-Encoding: chunked\r\n\r\n",
+            s.addr
+        );
+        c.write_all(head.as_bytes()).unwrap();
+        c.write_all(&chunked(&pattern(50_000, 1))).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while s.temp_files().is_empty() {
+            assert!(Instant::now() < deadline, "the upload never started");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // The client goes away mid-body.
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !s.temp_files().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "temporary file left: {:?}",
+            s.temp_files()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(s.objects().is_empty(), "{:?}", s.objects());
+    assert_eq!(
+        req(&s, Method::GET, "/gone", &[], vec![]).status,
+        StatusCode::NOT_FOUND
+    );
+}

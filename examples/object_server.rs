@@ -147,6 +147,13 @@ mod fsops {
         blocking(move || std::fs::metadata(path).map(from_std)).await
     }
 
+    /// The metadata of the file at `path` (following symlinks).
+    // TEMPORARY: becomes exec.stat() when the file operations land.
+    pub async fn stat(_exec: &Executor, path: &Path) -> std::io::Result<Metadata> {
+        let path = path.to_path_buf();
+        blocking(move || std::fs::metadata(path).map(from_std)).await
+    }
+
     /// Renames `from` to `to`, replacing `to`.
     // TEMPORARY: becomes exec.rename() when the file operations land.
     pub async fn rename(_exec: &Executor, from: &Path, to: &Path) -> std::io::Result<()> {
@@ -354,6 +361,19 @@ impl State {
             Err(gen) => gen,
         };
         let path = self.root.join(key);
+        // stat first: a missing key is a 404 without an open, and on a cold cache the inode is
+        // read here, on the blocking pool (many at once), not on the executor's one opener
+        // thread, whose open then finds it cached.
+        let md = fsops::stat(&self.exec, &path).await.map_err(|e| {
+            if not_found_errno(e.raw_os_error()) {
+                ServeError::NotFound
+            } else {
+                ServeError::Io(e.to_string())
+            }
+        })?;
+        if !md.is_file() {
+            return Err(ServeError::NotFound);
+        }
         let open = |direct: bool| {
             let mut o = OpenOptions::new();
             o.read(true).direct(direct);
@@ -371,16 +391,16 @@ impl State {
                 ServeError::Io(e.to_string())
             }
         })?;
-        let md = fsops::metadata(&self.exec, &file).await.map_err(|e| {
-            if not_found_errno(e.raw_os_error()) {
-                ServeError::NotFound
-            } else {
-                ServeError::Io(e.to_string())
-            }
-        })?;
-        if !md.is_file() {
-            return Err(ServeError::NotFound);
-        }
+        // A PUT or DELETE between the stat and the open: describe the file actually opened. (A
+        // new file that reuses the inode number is not caught; exec.metadata on the handle, once
+        // it lands, makes this exact.)
+        let md = if file.key().ino == md.ino() {
+            md
+        } else {
+            fsops::metadata(&self.exec, &file)
+                .await
+                .map_err(|e| ServeError::Io(e.to_string()))?
+        };
         if self.direct && md.len() < self.direct_min {
             file = open(false)
                 .await

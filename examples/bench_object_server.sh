@@ -5,6 +5,7 @@
 #
 #   examples/bench_object_server.sh [--rounds N] [--duration S] [--cold-duration S]
 #                                   [--dir DIR] [--cold-objects N] [--cases "hot4k hot1m cold4k"]
+#                                   [--remove-objects]
 #                                   [-- extra object_server flags]
 #
 # Cases (each a random key per request, from a wrk Lua script):
@@ -14,7 +15,9 @@
 #           dentries and inodes are dropped (echo 3 > /proc/sys/vm/drop_caches) and the server is
 #           restarted (empty handle cache) with --direct
 # Needs root (drop_caches, nginx as root). Installs nginx-light and wrk with apt-get if missing.
-# The objects are made once under DIR (default /var/tmp/ringshard-objbench) and kept for reruns.
+# The objects are made once under DIR (default /var/tmp/ringshard-objbench, ~900 MB) and kept for
+# reruns; --remove-objects deletes DIR on exit. nginx, the server and the temporary directory
+# (config, pid, logs, Lua scripts) are always cleaned up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +27,7 @@ COLD_DUR=5
 DIR=/var/tmp/ringshard-objbench
 COLD_N=200000
 CASES="hot4k hot1m cold4k"
+REMOVE=0
 EXTRA=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -33,6 +37,7 @@ while [ $# -gt 0 ]; do
     --dir) DIR=$2; shift 2 ;;
     --cold-objects) COLD_N=$2; shift 2 ;;
     --cases) CASES=$2; shift 2 ;;
+    --remove-objects) REMOVE=1; shift ;;
     --) shift; EXTRA=("$@"); break ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
@@ -56,6 +61,7 @@ cleanup() {
   if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; fi
   if [ -f "$TMP/nginx.pid" ]; then kill "$(cat "$TMP/nginx.pid")" 2>/dev/null || true; sleep 0.3; fi
   rm -rf "$TMP"
+  if [ "$REMOVE" = 1 ]; then rm -rf "$DIR"; fi
 }
 trap cleanup EXIT INT TERM
 

@@ -924,9 +924,10 @@ impl Executor {
     /// directory** (its inode, hashed as files are: the shard an [`open_dir`](Self::open_dir) of
     /// that directory gets). There they are barriers in the directory's order list: path
     /// operations in one directory run one at a time, in the order they were sent, and an
-    /// `fsync` of the directory's handle runs after those sent before it. Finding the parent
-    /// blocks the caller on one stat(2). Relative paths are resolved against the process's
-    /// working directory.
+    /// `fsync` of the directory's handle runs after those sent before it (a `stat` orders like a
+    /// read: side by side with other stats). Finding the parent's identity blocks the caller on
+    /// one stat(2) the first time a directory is seen; it is remembered by path after that.
+    /// Relative paths are resolved against the process's working directory.
     pub fn unlink(&self, path: impl AsRef<Path>) -> Completion<()> {
         self.with_deadline(None).unlink(path)
     }

@@ -207,19 +207,23 @@ pub(crate) fn append(file: &File, len: usize, limits: Limits) -> Result<()> {
 /// An operation on `path`, routed and ordered by its parent directory (`dir_of`, or the path's
 /// own parent): the path as a C string, the order target, and the shard. Blocks on stat(2) of the
 /// directory (like `open`).
-pub(crate) fn path_op(
-    op: &'static str,
-    path: &Path,
-    dir_of: Option<&Path>,
-    shards: usize,
-) -> Result<(CString, PathTarget, usize)> {
-    let c = op::c_path(op, path)?;
-    let routed = dir_of.unwrap_or(path);
-    let parent = match routed.parent() {
-        Some(p) if p.as_os_str().is_empty() => Path::new("."),
-        Some(p) => p,
-        None => routed, // the root
-    };
+/// Directories' identities by path, so routing a path operation costs a stat(2) only the first
+/// time its directory is seen (not on every call, which would block async callers each time).
+/// A directory replaced at the same path keeps its old route until the cache is cleared (when
+/// full): its operations still act on the path; only their order relative to the new
+/// directory's handle is then not kept.
+static DIR_KEYS: std::sync::Mutex<Option<std::collections::HashMap<std::path::PathBuf, FileKey>>> =
+    std::sync::Mutex::new(None);
+
+/// Directories remembered at most (the cache starts over when full).
+const DIR_KEYS_MAX: usize = 4096;
+
+/// The identity of directory `parent` (for errors, `routed` is the path the op names).
+fn dir_key(op: &'static str, routed: &Path, parent: &Path) -> Result<FileKey> {
+    let lock = || DIR_KEYS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(key) = lock().as_ref().and_then(|m| m.get(parent).copied()) {
+        return Ok(key);
+    }
     let pc = op::c_path(op, parent)?;
     // SAFETY: stat writes into the local struct only; `pc` is NUL-terminated and outlives it.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
@@ -236,6 +240,32 @@ pub(crate) fn path_op(
         dev: st.st_dev,
         ino: st.st_ino,
     };
+    if !parent.is_absolute() {
+        return Ok(key); // relative: it depends on the working directory, which may change
+    }
+    let mut guard = lock();
+    let map = guard.get_or_insert_with(Default::default);
+    if map.len() >= DIR_KEYS_MAX {
+        map.clear();
+    }
+    map.insert(parent.to_path_buf(), key);
+    Ok(key)
+}
+
+pub(crate) fn path_op(
+    op: &'static str,
+    path: &Path,
+    dir_of: Option<&Path>,
+    shards: usize,
+) -> Result<(CString, PathTarget, usize)> {
+    let c = op::c_path(op, path)?;
+    let routed = dir_of.unwrap_or(path);
+    let parent = match routed.parent() {
+        Some(p) if p.as_os_str().is_empty() => Path::new("."),
+        Some(p) => p,
+        None => routed, // the root
+    };
+    let key = dir_key(op, routed, parent)?;
     let target = PathTarget {
         key,
         path: Arc::from(path),

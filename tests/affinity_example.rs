@@ -6,6 +6,9 @@
 #[path = "../examples/affinity/plan.rs"]
 mod plan;
 
+#[path = "support/example.rs"]
+mod example;
+
 use plan::Callers;
 use ringshard::Topology;
 use std::path::{Path, PathBuf};
@@ -29,31 +32,10 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// The example's binary, built (or found up to date) by cargo with this test's profile.
+/// The example's binary, built (or found up to date) once per test run with this test's profile.
 fn example() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        // This test runs from target/<profile>/deps/; examples land in target/<profile>/examples/.
-        let exe = std::env::current_exe().expect("current_exe");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile>/deps");
-        let release = profile_dir.file_name().is_some_and(|n| n == "release");
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "--quiet", "--example", "affinity"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if release {
-            cmd.arg("--release");
-        }
-        let out = cmd.output().expect("run cargo build --example affinity");
-        assert!(
-            out.status.success(),
-            "cargo build --example affinity failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        profile_dir.join("examples/affinity")
-    })
+    BIN.get_or_init(|| example::build_example("affinity"))
 }
 
 fn run(args: &[&str]) -> (Output, String, String) {

@@ -491,7 +491,6 @@ impl ThreadDriver {
     pub(crate) fn idle(&self) -> bool {
         let q = lock(&self.shared.queue);
         q.jobs.is_empty()
-            && q.idle == q.workers
             && self.cq.is_empty()
             && lock(&self.shared.done).is_empty()
             && self.timer_live.is_empty()
@@ -509,21 +508,18 @@ impl Drop for ThreadDriver {
 }
 
 fn worker(shared: &Shared) {
-    // SAFETY: eventfd takes no pointers; the result is checked before it is owned.
-    let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-    let cancel = (efd >= 0).then(|| {
-        // SAFETY: a fresh descriptor nobody else owns.
-        unsafe { OwnedFd::from_raw_fd(efd) }
-    });
     let slot = {
         let mut running = lock(&shared.running);
         running.push(Running {
             user_data: 0,
-            cancel: cancel.as_ref().map_or(-1, AsRawFd::as_raw_fd),
+            cancel: -1,
         });
         running.len() - 1
     };
-    worker_loop(shared, slot, cancel.as_ref().map(AsRawFd::as_raw_fd));
+    // The worker's eventfd, made at its first pipe/FIFO/socket call (workloads on regular files
+    // never need one, and descriptors stay flat as workers start).
+    let mut cancel: Option<OwnedFd> = None;
+    worker_loop(shared, slot, &mut cancel);
     // The entry stays (its index is the slot) but names nothing, and its descriptor is closed
     // after it is cleared, under the lock: no cancellation writes to a closed descriptor.
     let mut running = lock(&shared.running);
@@ -535,7 +531,24 @@ fn worker(shared: &Shared) {
     drop(cancel);
 }
 
-fn worker_loop(shared: &Shared, slot: usize, cancel: Option<RawFd>) {
+/// The worker's cancellation eventfd, made on first use and recorded in its `running` slot.
+fn cancel_fd(shared: &Shared, slot: usize, cancel: &mut Option<OwnedFd>) -> Option<RawFd> {
+    if cancel.is_none() {
+        // SAFETY: eventfd takes no pointers; the result is checked before it is owned.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if efd < 0 {
+            return None;
+        }
+        // SAFETY: a fresh descriptor nobody else owns.
+        *cancel = Some(unsafe { OwnedFd::from_raw_fd(efd) });
+        if let Some(r) = lock(&shared.running).get_mut(slot) {
+            r.cancel = efd;
+        }
+    }
+    cancel.as_ref().map(AsRawFd::as_raw_fd)
+}
+
+fn worker_loop(shared: &Shared, slot: usize, cancel: &mut Option<OwnedFd>) {
     loop {
         let job = {
             let mut q = lock(&shared.queue);
@@ -556,14 +569,19 @@ fn worker_loop(shared: &Shared, slot: usize, cancel: Option<RawFd>) {
             job.code,
             Code::Read | Code::Readv | Code::Write | Code::Writev
         ) && is_stream(job.fd);
-        let res = match cancel {
-            Some(efd) if stream => {
+        let efd = if stream {
+            cancel_fd(shared, slot, cancel)
+        } else {
+            None
+        };
+        let res = match efd {
+            Some(efd) => {
                 set_running(shared, slot, job.sqe.user_data, efd);
                 let res = run_stream(&job.sqe, job.code, job.fd, efd);
                 set_running(shared, slot, 0, efd);
                 res
             }
-            _ => run_blocking(&job.sqe, job.code, job.fd),
+            None => run_blocking(&job.sqe, job.code, job.fd),
         };
         lock(&shared.done).push((job.sqe.user_data, res));
         if shared.sleeping.load(Ordering::SeqCst) {

@@ -56,6 +56,9 @@ pub(super) struct Op {
     /// A write on the pool path: where the first chunk that stopped short (error, or no more
     /// room) ended, relative to `offset`; `u64::MAX` while none has.
     pub(super) written_to: u64,
+    /// Its handle already got its cancellation error (and it was counted): the op only waits
+    /// for the kernel's completion.
+    pub(super) answered: bool,
     pub(super) queued: bool,
     pub(super) at: Instant,
     /// Past this instant the op is cancelled.

@@ -787,7 +787,9 @@ impl Shard {
             // handle gets its error now; the op, its buffer included, stays in the table until
             // its own completion (and is counted then).
             let reply = std::mem::replace(&mut op.reply, Reply::Detached);
-            let e = cancel_error_of(why, op.kind, Some(&op.path));
+            op.answered = true;
+            let (kind, path) = (op.kind, Arc::clone(&op.path));
+            let e = self.cancel_error(why, kind, Some(&path));
             reply.deliver(Err(e), Vec::new(), &mut self.sessions);
         }
     }
@@ -1024,6 +1026,7 @@ impl Shard {
             data_path,
             transferred: 0,
             written_to: u64::MAX,
+            answered: false,
             queued: false,
             at,
             deadline,
@@ -1073,6 +1076,7 @@ impl Shard {
             data_path: DataPath::Memory,
             transferred: 0,
             written_to: u64::MAX,
+            answered: false,
             queued: false,
             at,
             deadline,
@@ -1677,6 +1681,7 @@ impl Shard {
             issued,
             transferred,
             written_to,
+            answered,
             ..
         } = op;
         let buf = if kind == OpKind::Read {
@@ -1689,7 +1694,12 @@ impl Shard {
             if let Some(errno) = errno {
                 self.stats.record_error(kind, errno, lat);
             }
-            Err(self.cancel_error(why, kind, Some(&path)))
+            if answered {
+                // Its handle got (and the stats counted) this error when it was cancelled.
+                Err(cancel_error_of(why, kind, Some(&path)))
+            } else {
+                Err(self.cancel_error(why, kind, Some(&path)))
+            }
         } else if let Some(errno) = errno {
             self.stats.record_error(kind, errno, lat);
             let offset = matches!(io, IoOp::Read { .. } | IoOp::Write { .. }).then_some(offset);

@@ -4,12 +4,11 @@
 //! A sequence works on a few file names (`s{seq}-a` ..; the fault filesystem is flat, so each
 //! sequence has its own prefix instead of its own directory). A step is one of:
 //! - open (create; create + truncate; append + create) of a file that has no open handle;
-//! - rename or unlink with `std::fs`, between executor operations and only on closed files (the
-//!   library has no rename or unlink of its own yet, and renaming a file under an open handle
-//!   only changes what later opens find, which the executor does not see);
+//! - rename or unlink through the executor (`Executor::rename`, `unlink`), between groups and only
+//!   on closed files (renaming a file under an open handle only changes what later opens find);
 //! - a group of 1 to 4 operations (read, write, append -- a write through a handle opened with
-//!   append --, fsync, fdatasync, fallocate mode 0, size, close, or an operation on a handle
-//!   closed earlier, which must fail with `BadHandle`) sent as routed requests (`Completion`s,
+//!   append --, fsync, fdatasync, fallocate mode 0, set_len (on files without faults), size,
+//!   close, or an operation on a handle closed earlier, which must fail with `BadHandle`) sent as routed requests (`Completion`s,
 //!   all sent before the first is waited for), one `Batch` (read, write, fsync) or through one
 //!   `Session` (read, write, fsync, fdatasync), spread over the open files and so over both
 //!   shards.
@@ -94,6 +93,7 @@ enum Kind {
     Write { off: u64, data: Vec<u8> },
     Sync { data_only: bool },
     Fallocate { off: u64, len: u64 },
+    SetLen { len: u64 },
     Size,
     Close,
 }
@@ -112,6 +112,7 @@ impl Kind {
             Kind::Sync { data_only: false } => "fsync".into(),
             Kind::Sync { data_only: true } => "fdatasync".into(),
             Kind::Fallocate { off, len } => format!("fallocate(0, {off}, {len})"),
+            Kind::SetLen { len } => format!("set_len({len})"),
             Kind::Size => "size".into(),
             Kind::Close => "close".into(),
         }
@@ -312,6 +313,11 @@ impl Model {
                 }
                 _ => Want::Unit,
             },
+            Kind::SetLen { len } => {
+                // Planned only on files the model knows byte for byte (no fault on them).
+                data.resize(*len as usize, 0);
+                Want::Unit
+            }
             Kind::Fallocate { off, len } => {
                 let end = (off + len) as usize;
                 if data.len() < end {
@@ -483,9 +489,13 @@ impl Seq<'_> {
             return Ok(());
         }
         let to = targets[self.rng.below(targets.len() as u64) as usize];
-        self.trace.push(format!("std::fs::rename {from} -> {to}"));
-        std::fs::rename(self.exec_path(from), self.exec_path(to))
-            .map_err(|e| self.fail(format!("rename {from} -> {to}: {e}")))?;
+        self.trace.push(format!("rename {from} -> {to}"));
+        wait(self.exec.rename(
+            self.exec_path(from),
+            self.exec_path(to),
+            ringshard::RenameFlags::empty(),
+        ))
+        .map_err(|e| self.fail(format!("rename {from} -> {to}: {e}")))?;
         let data = self.model.files.remove(from).expect("exists");
         self.model.files.insert(to, data);
         self.figures.ops += 1;
@@ -494,8 +504,8 @@ impl Seq<'_> {
     }
 
     fn unlink(&mut self, name: &'static str) -> Result<(), String> {
-        self.trace.push(format!("std::fs::remove_file {name}"));
-        std::fs::remove_file(self.exec_path(name))
+        self.trace.push(format!("unlink {name}"));
+        wait(self.exec.unlink(self.exec_path(name)))
             .map_err(|e| self.fail(format!("unlink {name}: {e}")))?;
         self.model.files.remove(name);
         self.figures.ops += 1;
@@ -610,8 +620,13 @@ impl Seq<'_> {
         let name = names[self.rng.below(names.len() as u64) as usize];
         let size = self.model.files[name].len() as u64;
         let r = self.rng.below(100);
+        let known = !self.model.unknown.contains_key(name)
+            && !matches!(&self.model.fault, Some((n, _)) if *n == name);
         let kind = match how {
             How::Routed if r >= 86 => Kind::Close,
+            How::Routed if (70..74).contains(&r) && known => Kind::SetLen {
+                len: self.rng.below(size + 8192),
+            },
             How::Routed if r >= 82 => Kind::Size,
             How::Routed if r >= 74 => Kind::Fallocate {
                 off: self.rng.below(size + 8192),
@@ -698,6 +713,7 @@ impl Seq<'_> {
                 (Kind::Sync { data_only: false }, _) => "fsyncs",
                 (Kind::Sync { data_only: true }, _) => "fdatasyncs",
                 (Kind::Fallocate { .. }, _) => "fallocates",
+                (Kind::SetLen { .. }, _) => "set_lens",
                 (Kind::Size, _) => "sizes",
                 (Kind::Close, _) => "closes",
             });
@@ -832,6 +848,7 @@ impl Seq<'_> {
                 Kind::Sync { data_only: false } => C::U(e.fsync(&p.file)),
                 Kind::Sync { data_only: true } => C::U(e.fdatasync(&p.file)),
                 Kind::Fallocate { off, len } => C::U(e.fallocate(&p.file, 0, *off, *len)),
+                Kind::SetLen { len } => C::U(e.set_len(&p.file, *len)),
                 Kind::Size => C::S(e.size(&p.file)),
                 Kind::Close => C::U(e.close(&p.file)),
             })

@@ -726,6 +726,21 @@ fn run_stream(sqe: &Sqe, code: Code, fd: RawFd, cancel: RawFd) -> i32 {
     }
 }
 
+/// Runs `entry` on the calling thread with the system call that does what its opcode does: the
+/// result, or -errno, as its CQE would carry it. For ops run blocking on the shard (a kernel
+/// without the opcode, or forced): built for a plain descriptor (no registered file), and not a
+/// timeout, poll or cancellation, which only a driver can run.
+pub(crate) fn run_sqe(entry: &squeue::Entry) -> i32 {
+    let sqe = Sqe::of(entry);
+    match Code::of(sqe.opcode) {
+        _ if sqe.flags != 0 => -libc::EINVAL,
+        Some(Code::Timeout | Code::TimeoutRemove | Code::PollAdd | Code::AsyncCancel) | None => {
+            -libc::EINVAL
+        }
+        Some(code) => run_blocking(&sqe, code, sqe.fd),
+    }
+}
+
 /// Runs one SQE with the system call that does what the opcode does.
 fn run_blocking(sqe: &Sqe, code: Code, fd: RawFd) -> i32 {
     let addr = sqe.addr as *const libc::c_char;

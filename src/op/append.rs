@@ -74,14 +74,6 @@ impl FileOp for Append {
         .build()))
     }
 
-    fn run_blocking(&mut self, fd: RawFd) -> i32 {
-        let rest = &self.data[self.done..];
-        let len = rest.len().min(1 << 30);
-        // SAFETY: write reads `len` bytes of a live slice the op owns.
-        let ret = unsafe { libc::write(fd, rest.as_ptr().cast(), len) };
-        super::syscall_result(ret as i64)
-    }
-
     fn on_result(&mut self, res: i32, fd: RawFd) -> Step {
         if res == 0 && !self.data.is_empty() {
             self.split = true; // no progress: fails with EIO below

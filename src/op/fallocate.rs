@@ -4,7 +4,6 @@ use super::{on_fd, FileOp, OpFd};
 use crate::error::IoUringError;
 use crate::stats::OpKind;
 use io_uring::{opcode, squeue};
-use std::os::fd::RawFd;
 use std::path::Path;
 
 /// fallocate(2) of `len` bytes at `offset` with `mode`.
@@ -24,19 +23,6 @@ impl FileOp for Fallocate {
             .offset(self.offset)
             .mode(self.mode)
             .build()))
-    }
-
-    fn run_blocking(&mut self, fd: RawFd) -> i32 {
-        // SAFETY: no memory is passed; offset + len were checked not to overflow off_t.
-        let ret = unsafe {
-            libc::fallocate(
-                fd,
-                self.mode,
-                self.offset as libc::off_t,
-                self.len as libc::off_t,
-            )
-        };
-        super::syscall_result(i64::from(ret))
     }
 
     fn error(&self, errno: i32, file: &Path) -> IoUringError {

@@ -20,8 +20,8 @@
 //!    opcode to [`opcode_of`] (probing and the blocking-path report use it).
 //! 2. Write `src/op/<name>.rs`: a struct that owns everything the kernel will read or write
 //!    (strings, buffers) and where its result goes (a [`Reply`] or its own `Completer`), and an
-//!    `impl FileOp` with `kind`, `sqe` and `run_blocking` (the same system call, returning the
-//!    result or `-errno` like a CQE), and, as needed, `footprint` (default: a barrier on its
+//!    `impl FileOp` with `kind` and `sqe` (`run_blocking` runs that same SQE as a system call;
+//!    override it only for an op without an SQE, like `size`), and, as needed, `footprint` (default: a barrier on its
 //!    file), `on_result` (short transfers: return [`Step::Again`]), `error`,
 //!    `size_at_admit`/`size_after`/`sets_size` (the file's known size, which orders reads near
 //!    the end of the file) and `complete` (ops with a result type of their own keep their
@@ -33,9 +33,10 @@
 //! [`PathTarget`] from [`path_target`](FileOp::path_target): they are ordered per parent
 //! directory instead of per file.
 //!
-//! The same trait serves a backend without io_uring: [`run_blocking`](FileOp::run_blocking) and
-//! [`on_result`](FileOp::on_result) are all such a backend needs to run every op unchanged on
-//! worker threads.
+//! Both backends run every op unchanged: the threads backend (`driver/threads.rs`) runs the SQE
+//! an op builds with the system call that does the same, and so does
+//! [`run_blocking`](FileOp::run_blocking), through the same function: one place knows how each
+//! opcode maps to a system call.
 
 pub(crate) mod append;
 pub(crate) mod fallocate;
@@ -119,7 +120,18 @@ pub(crate) trait FileOp: Send {
     /// The same round as a plain system call on the calling thread: its result, or `-errno`, as
     /// a CQE would carry it. Used where the kernel lacks the opcode, when the kind is forced to the
     /// blocking path, and by a backend without io_uring.
-    fn run_blocking(&mut self, fd: RawFd) -> i32;
+    fn run_blocking(&mut self, fd: RawFd) -> i32 {
+        // One place runs SQEs as system calls: the threads backend's. The op's own SQE, built
+        // for the plain descriptor, says what to do (an op without an SQE overrides this).
+        let target = OpFd {
+            target: Target::Fd(fd),
+            raw: fd,
+        };
+        match self.sqe(target) {
+            Some(entry) => crate::driver::threads::run_sqe(&entry),
+            None => -libc::ENOSYS,
+        }
+    }
 
     /// A round's non-negative result; `fd` is the op's plain descriptor.
     fn on_result(&mut self, res: i32, fd: RawFd) -> Step {
@@ -211,15 +223,6 @@ macro_rules! on_fd {
     };
 }
 pub(crate) use on_fd;
-
-/// A system call's return value as a CQE result: the value, or `-errno`.
-pub(crate) fn syscall_result(ret: i64) -> i32 {
-    if ret < 0 {
-        -crate::numa::last_errno()
-    } else {
-        ret.min(i64::from(i32::MAX)) as i32
-    }
-}
 
 /// `AT_FDCWD` as an SQE's directory descriptor: paths are resolved like the caller's (relative
 /// paths against the process's working directory).

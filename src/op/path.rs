@@ -12,7 +12,6 @@ use crate::shard::Reply;
 use crate::stats::OpKind;
 use io_uring::{opcode, squeue};
 use std::ffi::CString;
-use std::os::fd::RawFd;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -113,31 +112,6 @@ impl FileOp for PathOp {
                     .build()
             }
         })
-    }
-
-    fn run_blocking(&mut self, _fd: RawFd) -> i32 {
-        let p = self.path.as_ptr();
-        // SAFETY: the paths are NUL-terminated strings owned by the op, alive for the call.
-        let ret = unsafe {
-            match &self.call {
-                PathCall::Unlink => i64::from(libc::unlinkat(libc::AT_FDCWD, p, 0)),
-                PathCall::RemoveDir => {
-                    i64::from(libc::unlinkat(libc::AT_FDCWD, p, libc::AT_REMOVEDIR))
-                }
-                PathCall::Mkdir { mode } => {
-                    i64::from(libc::mkdirat(libc::AT_FDCWD, p, *mode as libc::mode_t))
-                }
-                PathCall::Rename { to, flags, .. } => libc::syscall(
-                    libc::SYS_renameat2,
-                    libc::AT_FDCWD,
-                    p,
-                    libc::AT_FDCWD,
-                    to.as_ptr(),
-                    flags.bits(),
-                ),
-            }
-        };
-        super::syscall_result(ret)
     }
 
     fn error(&self, errno: i32, _file: &Path) -> IoUringError {

@@ -252,14 +252,6 @@ impl FileOp for Statx {
         )
     }
 
-    fn run_blocking(&mut self, fd: RawFd) -> i32 {
-        let (dirfd, path, flags) = self.args(fd);
-        // SAFETY: `path` is a NUL-terminated string owned by the op (or a static empty one) and
-        // `buf` a statx the op owns; both outlive the call.
-        let ret = unsafe { libc::statx(dirfd, path, flags, MASK, &mut *self.buf) };
-        super::syscall_result(i64::from(ret))
-    }
-
     fn error(&self, errno: i32, file: &Path) -> IoUringError {
         let path = self.path.as_ref().map_or(file, |(_, t)| &t.path);
         let op = if self.path.is_some() {

@@ -4,7 +4,6 @@ use super::{on_fd, FileOp, OpFd};
 use crate::shard::Footprint;
 use crate::stats::OpKind;
 use io_uring::{opcode, squeue, types};
-use std::os::fd::RawFd;
 
 /// fsync, or fdatasync with `datasync`.
 pub(crate) struct Sync {
@@ -33,17 +32,5 @@ impl FileOp for Sync {
         Some(on_fd!(fd.target, |f| opcode::Fsync::new(f)
             .flags(flags)
             .build()))
-    }
-
-    fn run_blocking(&mut self, fd: RawFd) -> i32 {
-        // SAFETY: no memory is passed; fd is the op's descriptor (or -1, which fails with EBADF).
-        let ret = unsafe {
-            if self.datasync {
-                libc::fdatasync(fd)
-            } else {
-                libc::fsync(fd)
-            }
-        };
-        super::syscall_result(i64::from(ret))
     }
 }

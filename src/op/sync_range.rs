@@ -5,7 +5,6 @@ use crate::error::IoUringError;
 use crate::shard::Footprint;
 use crate::stats::OpKind;
 use io_uring::{opcode, squeue};
-use std::os::fd::RawFd;
 use std::path::Path;
 
 /// sync_file_range(2) of `len` bytes (0: to the end of the file) at `offset` with `flags`.
@@ -31,19 +30,6 @@ impl FileOp for SyncRange {
         .offset(self.offset)
         .flags(self.flags)
         .build()))
-    }
-
-    fn run_blocking(&mut self, fd: RawFd) -> i32 {
-        // SAFETY: no memory is passed.
-        let ret = unsafe {
-            libc::sync_file_range(
-                fd,
-                self.offset as libc::off64_t,
-                libc::off64_t::from(self.len),
-                self.flags,
-            )
-        };
-        super::syscall_result(i64::from(ret))
     }
 
     fn error(&self, errno: i32, file: &Path) -> IoUringError {

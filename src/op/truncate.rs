@@ -4,7 +4,6 @@
 use super::{on_fd, FileOp, OpFd};
 use crate::stats::OpKind;
 use io_uring::{opcode, squeue};
-use std::os::fd::RawFd;
 
 /// ftruncate(2) to `len`.
 pub(crate) struct Truncate {
@@ -18,12 +17,6 @@ impl FileOp for Truncate {
 
     fn sqe(&mut self, fd: OpFd) -> Option<squeue::Entry> {
         Some(on_fd!(fd.target, |f| opcode::Ftruncate::new(f, self.len).build()))
-    }
-
-    fn run_blocking(&mut self, fd: RawFd) -> i32 {
-        // SAFETY: no memory is passed; len was checked to fit off_t.
-        let ret = unsafe { libc::ftruncate(fd, self.len as libc::off_t) };
-        super::syscall_result(i64::from(ret))
     }
 
     fn size_at_admit(&self, known: &mut u64) {

@@ -107,22 +107,6 @@ impl FileOp for ReadV {
         .build()))
     }
 
-    fn run_blocking(&mut self, fd: RawFd) -> i32 {
-        self.prepare();
-        let off = self.offset + self.done as u64;
-        // SAFETY: the iovecs point into buffers the op owns, with room for their lengths.
-        let ret = unsafe {
-            libc::preadv2(
-                fd,
-                self.iov.as_ptr(),
-                self.iov.len() as i32,
-                off as libc::off_t,
-                self.flags,
-            )
-        };
-        super::syscall_result(ret as i64)
-    }
-
     fn on_result(&mut self, res: i32, _fd: RawFd) -> Step {
         if res == 0 {
             return Step::Done; // end of file
@@ -223,22 +207,6 @@ impl FileOp for WriteV {
         .offset(off)
         .rw_flags(self.flags)
         .build()))
-    }
-
-    fn run_blocking(&mut self, fd: RawFd) -> i32 {
-        self.prepare();
-        let off = self.offset + self.done as u64;
-        // SAFETY: the iovecs point into buffers the op owns.
-        let ret = unsafe {
-            libc::pwritev2(
-                fd,
-                self.iov.as_ptr(),
-                self.iov.len() as i32,
-                off as libc::off_t,
-                self.flags,
-            )
-        };
-        super::syscall_result(ret as i64)
     }
 
     fn on_result(&mut self, res: i32, _fd: RawFd) -> Step {

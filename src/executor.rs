@@ -1514,6 +1514,8 @@ impl Deadlined<'_> {
 
     /// [`Executor::remove_dir`] with the deadline.
     pub fn remove_dir(&self, path: impl AsRef<Path>) -> Completion<()> {
+        // A directory made at this path later is another one: route it anew.
+        request::forget_dirs(path.as_ref());
         self.path_call("remove_dir", path.as_ref(), op::path::PathCall::RemoveDir)
     }
 
@@ -1530,6 +1532,9 @@ impl Deadlined<'_> {
         flags: crate::RenameFlags,
     ) -> Completion<()> {
         let (from, to) = (from.as_ref(), to.as_ref());
+        // Directories renamed away or replaced: route what is at these paths anew.
+        request::forget_dirs(from);
+        request::forget_dirs(to);
         let to_c = match op::c_path("rename", to) {
             Ok(c) => c,
             Err(e) => return Completion::ready(Err(e)),

@@ -920,20 +920,24 @@ impl RegisteredBufferPool {
             }
             (Direction::Read, Target::Fd(fd), false) => opcode::Read::new(types::Fd(fd), ptr, len)
                 .offset(offset)
+                .rw_flags(rw_flags)
                 .build(),
             (Direction::Read, Target::Fixed(slot), false) => {
                 opcode::Read::new(types::Fixed(slot), ptr, len)
                     .offset(offset)
+                    .rw_flags(rw_flags)
                     .build()
             }
             (Direction::Write, Target::Fd(fd), false) => {
                 opcode::Write::new(types::Fd(fd), ptr, len)
                     .offset(offset)
+                    .rw_flags(rw_flags)
                     .build()
             }
             (Direction::Write, Target::Fixed(slot), false) => {
                 opcode::Write::new(types::Fixed(slot), ptr, len)
                     .offset(offset)
+                    .rw_flags(rw_flags)
                     .build()
             }
         })
@@ -1167,6 +1171,29 @@ impl Drop for RegisteredBufferPool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An unregistered pool (low RLIMIT_MEMLOCK, threads backend) builds plain READ/WRITE, with
+    /// the operation's RWF flags (RWF_DSYNC must not be lost on this path).
+    #[test]
+    fn unregistered_pools_build_plain_reads_and_writes_with_their_flags() {
+        use crate::driver::sqe::Sqe;
+        let mut pool = RegisteredBufferPool::unregistered(4096, 2, None, -1).unwrap();
+        let (idx, _) = pool.acquire().unwrap();
+        for (dir, code) in [
+            (Direction::Read, opcode::Read::CODE),
+            (Direction::Write, opcode::Write::CODE),
+        ] {
+            for target in [Target::Fd(5), Target::Fixed(3)] {
+                let e = pool
+                    .prepare_at(dir, target, idx, 0, 8192, 4096, libc::RWF_DSYNC)
+                    .unwrap();
+                let sqe = Sqe::of(&e);
+                assert_eq!(sqe.opcode, code, "{dir:?} {target:?}");
+                assert_eq!(sqe.op_flags, libc::RWF_DSYNC as u32, "{dir:?} {target:?}");
+                assert_eq!((sqe.off, sqe.len), (8192, 4096));
+            }
+        }
+    }
 
     fn ring() -> IoUring {
         IoUring::new(8).expect("io_uring must be available for these tests")

@@ -252,6 +252,15 @@ fn dir_key(op: &'static str, routed: &Path, parent: &Path) -> Result<FileKey> {
     Ok(key)
 }
 
+/// Forgets what is remembered of `dir` and the directories under it (the library removed or
+/// renamed it: a directory made there later is another one).
+pub(crate) fn forget_dirs(dir: &Path) {
+    let mut guard = DIR_KEYS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(map) = guard.as_mut() {
+        map.retain(|p, _| !p.starts_with(dir));
+    }
+}
+
 pub(crate) fn path_op(
     op: &'static str,
     path: &Path,

@@ -24,6 +24,9 @@ pub(crate) struct Sqe {
     /// The per-opcode flags word (`rw_flags`, `fsync_flags`, `poll32_events`, ...).
     pub op_flags: u32,
     pub user_data: u64,
+    /// `file_index` (direct descriptors, e.g. a CLOSE of a registered slot): ringshard uses
+    /// none, and the threads backend refuses SQEs that name one.
+    pub file_index: u32,
 }
 
 impl Sqe {
@@ -44,6 +47,7 @@ impl Sqe {
             len: u32_at(24),
             op_flags: u32_at(28),
             user_data: u64_at(32),
+            file_index: u32_at(44),
         }
     }
 }

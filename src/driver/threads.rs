@@ -7,16 +7,25 @@
 //! transfers, cancellation and statistics are the same code on both backends.
 //!
 //! Where each SQE runs:
-//! - page-cache reads (`READ`, `READV`) first run on the shard thread with `RWF_NOWAIT`: a cached
-//!   page costs one system call and no hand-off; one that would block goes to a worker;
-//! - everything else that may block (writes, `O_DIRECT` reads through `READ_FIXED`, syncs,
-//!   metadata and path operations) goes to a worker thread of the shard (started on demand, up to
-//!   `max_workers`, pinned to the shard's CPU);
-//! - timeouts, polls and cancellations are kept on the shard thread (a deadline heap, `ppoll`).
+//! - reads of files without O_DIRECT (`READ`, `READV`, `READ_FIXED`) first run on the shard thread
+//!   with `RWF_NOWAIT`: a cached page costs one system call and no hand-off; one that would block
+//!   goes to a worker;
+//! - everything else that may block (writes, O_DIRECT reads, which wait for the device even with
+//!   `RWF_NOWAIT`, syncs, metadata and path operations) goes to a worker thread of the shard
+//!   (started on demand, one per queued job up to `max_workers`, pinned to the shard's CPU);
+//! - timeouts, polls and cancellations are kept on the shard thread (a deadline heap, `ppoll`);
+//!   armed polls are looked at when the shard sleeps (the shard's only poll is its wake-up
+//!   eventfd, which matters only then).
 //!
 //! Memory rules are the kernel's: what an SQE points to must stay valid until its CQE is reaped.
 //! The shard keeps to them already (it leaks what is in flight when it stops), and a worker
-//! touches an SQE's memory only while its CQE is not yet posted.
+//! touches an SQE's memory only while its CQE is not yet posted. Like the kernel's file reference
+//! per request, each job holds a duplicate of its descriptor, so a descriptor closed or reused
+//! meanwhile never changes what it acts on; when the driver is dropped, queued jobs are dropped
+//! unrun and calls waiting in `poll` are woken to end.
+//!
+//! Known limit: a read of a pipe, FIFO or socket with nothing to read holds a worker while it
+//! waits (cancellable), so `max_workers` such reads leave no worker for other jobs.
 
 use super::sqe::{Code, Sqe, FIXED_FILE, FSYNC_DATASYNC, TIMEOUT_ABS};
 use io_uring::squeue;
@@ -32,6 +41,32 @@ struct Job {
     sqe: Sqe,
     code: Code,
     fd: RawFd,
+    /// A duplicate of `fd`, held until the call is done: as the kernel holds a file reference
+    /// per request, a descriptor the shard closes (or that is reused for another file) never
+    /// changes what a queued or running job acts on.
+    _held: Option<OwnedFd>,
+}
+
+impl Job {
+    fn new(sqe: Sqe, code: Code, fd: RawFd) -> Job {
+        let held = (fd >= 0)
+            .then(|| {
+                // SAFETY: fcntl(F_DUPFD_CLOEXEC) takes no memory; the result is checked.
+                let d = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+                // SAFETY: a fresh descriptor nobody else owns.
+                (d >= 0).then(|| unsafe { OwnedFd::from_raw_fd(d) })
+            })
+            .flatten();
+        // Without a duplicate (EMFILE), the original: the shard keeps it open while its op is
+        // in flight, except when the shard itself is torn down.
+        let fd = held.as_ref().map_or(fd, AsRawFd::as_raw_fd);
+        Job {
+            sqe,
+            code,
+            fd,
+            _held: held,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -46,8 +81,10 @@ struct Queue {
 /// What a worker is running, so a cancellation can reach a call that waits in `poll`.
 struct Running {
     user_data: u64,
-    /// The worker's eventfd: written to cancel its current call.
+    /// The worker's eventfd: written to cancel its current call (-1 until it needs one).
     cancel: RawFd,
+    /// A cancellation of the current job arrived (seen by a stream call before it waits).
+    cancelled: bool,
 }
 
 struct Shared {
@@ -84,6 +121,8 @@ pub(crate) struct ThreadDriver {
     timer_seq: u64,
     /// Armed polls: (fd, events, user_data).
     polls: Vec<(RawFd, i16, u64)>,
+    /// O_DIRECT or not, by descriptor (see `is_direct`).
+    direct: HashMap<RawFd, bool>,
     cpu: Option<usize>,
     max_workers: usize,
     name: String,
@@ -123,6 +162,7 @@ impl ThreadDriver {
             timer_live: HashMap::new(),
             timer_seq: 0,
             polls: Vec::new(),
+            direct: HashMap::new(),
             cpu,
             max_workers: max_workers.max(1),
             name,
@@ -162,6 +202,9 @@ impl ThreadDriver {
             return -libc::EINVAL;
         };
         slots.copy_from_slice(fds);
+        for fd in fds {
+            self.direct.remove(fd);
+        }
         fds.len() as i32
     }
 
@@ -256,6 +299,11 @@ impl ThreadDriver {
         // timespec; ppoll writes only `revents`.
         let n = unsafe { libc::ppoll(fds.as_mut_ptr(), fds.len() as _, ts_ptr, std::ptr::null()) };
         self.shared.sleeping.store(false, Ordering::SeqCst);
+        if n < 0 && crate::numa::last_errno() != libc::EINTR {
+            // Not expected (ENOMEM): pause rather than spin; the caller looks again.
+            std::thread::sleep(Duration::from_millis(1));
+            return;
+        }
         if n <= 0 {
             return; // timeout or EINTR: the caller looks again
         }
@@ -291,7 +339,7 @@ impl ThreadDriver {
         };
         // Links, drains and buffer selection are not used by ringshard; refuse them rather than
         // run them with different semantics.
-        if sqe.flags & !FIXED_FILE != 0 {
+        if sqe.flags & !FIXED_FILE != 0 || sqe.file_index != 0 {
             self.cq.push_back((ud, -libc::EINVAL));
             return;
         }
@@ -321,7 +369,8 @@ impl ThreadDriver {
                         return;
                     }
                 };
-                if matches!(code, Code::Read | Code::Readv) {
+                if matches!(code, Code::Read | Code::Readv | Code::ReadFixed) && !self.is_direct(fd)
+                {
                     // A cached page is read here; one that would block goes to a worker.
                     let res = run_nowait_read(&sqe, code, fd);
                     let asked_nowait = sqe.op_flags & libc::RWF_NOWAIT as u32 != 0;
@@ -330,9 +379,27 @@ impl ThreadDriver {
                         return;
                     }
                 }
-                self.dispatch(Job { sqe, code, fd });
+                self.dispatch(Job::new(sqe, code, fd));
             }
         }
+    }
+
+    /// Whether `fd` was opened with O_DIRECT (remembered per descriptor; forgotten when a
+    /// registered slot is set to it): an O_DIRECT read waits for the device even with
+    /// RWF_NOWAIT, so it goes to a worker, never inline. A stale answer for a reused number only
+    /// costs speed, never correctness.
+    fn is_direct(&mut self, fd: RawFd) -> bool {
+        if let Some(&d) = self.direct.get(&fd) {
+            return d;
+        }
+        // SAFETY: fcntl(F_GETFL) takes no memory.
+        let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        let d = fl >= 0 && fl & libc::O_DIRECT != 0;
+        if self.direct.len() >= 4096 {
+            self.direct.clear();
+        }
+        self.direct.insert(fd, d);
+        d
     }
 
     fn resolve_fd(&self, sqe: &Sqe) -> Result<RawFd, i32> {
@@ -385,6 +452,10 @@ impl ThreadDriver {
                 return;
             }
         };
+        if fd < 0 {
+            self.cq.push_back((sqe.user_data, -libc::EBADF));
+            return;
+        }
         let events = sqe.op_flags as u16 as i16;
         let mut p = libc::pollfd {
             fd,
@@ -413,26 +484,23 @@ impl ThreadDriver {
             self.cq.push_back((target, -libc::ECANCELED));
             return 0;
         }
-        let removed = {
-            let mut q = lock(&self.shared.queue);
-            match q.jobs.iter().position(|j| j.sqe.user_data == target) {
-                Some(i) => q.jobs.remove(i).is_some(),
-                None => false,
-            }
-        };
-        if removed {
+        // Queued and running are looked at under the queue lock: a worker records its job as
+        // running before it lets go of that lock, so a job is always in one or the other.
+        let mut q = lock(&self.shared.queue);
+        if let Some(i) = q.jobs.iter().position(|j| j.sqe.user_data == target) {
+            drop(q.jobs.remove(i));
+            drop(q);
             self.cq.push_back((target, -libc::ECANCELED));
             return 0;
         }
         // Running: a call waiting in poll (a pipe, FIFO or socket) ends with ECANCELED; a call
         // on a regular file or block device cannot be stopped and completes (as in the kernel).
-        let running = lock(&self.shared.running);
-        match running.iter().find(|r| r.user_data == target) {
+        let mut running = lock(&self.shared.running);
+        drop(q);
+        match running.iter_mut().find(|r| r.user_data == target) {
             Some(r) => {
-                let one = 1u64;
-                // SAFETY: writes 8 bytes from a local to the worker's eventfd, which lives as
-                // long as its entry in `running` (removed only under this lock).
-                let _ = unsafe { libc::write(r.cancel, (&one as *const u64).cast(), 8) };
+                r.cancelled = true;
+                wake_fd(r.cancel);
                 -libc::EALREADY
             }
             None => -libc::ENOENT,
@@ -443,7 +511,10 @@ impl ThreadDriver {
         let spawn = {
             let mut q = lock(&self.shared.queue);
             q.jobs.push_back(job);
-            let spawn = q.idle == 0 && q.workers < self.max_workers;
+            // One idle worker per queued job: an idle worker woken for an earlier job does not
+            // count for this one (a worker waiting on a pipe must not hold up the write that
+            // would feed it).
+            let spawn = q.jobs.len() > q.idle && q.workers < self.max_workers;
             if spawn {
                 q.workers += 1;
             }
@@ -500,11 +571,32 @@ impl ThreadDriver {
 
 impl Drop for ThreadDriver {
     fn drop(&mut self) {
-        // Workers finish the call they are in (whose memory the shard has leaked, as for the
-        // kernel) and exit; they are not joined, so a stalled device cannot hang the drop.
-        lock(&self.shared.queue).stop = true;
+        // Queued jobs never run (the shard has leaked their memory, as for the kernel); calls
+        // waiting in poll are woken to end; workers finish the call they are in and exit. They
+        // are not joined, so a stalled device cannot hang the drop.
+        let mut q = lock(&self.shared.queue);
+        q.stop = true;
+        q.jobs.clear();
+        drop(q);
+        for r in lock(&self.shared.running).iter_mut() {
+            if r.user_data != 0 {
+                r.cancelled = true;
+                wake_fd(r.cancel);
+            }
+        }
         self.shared.more.notify_all();
     }
+}
+
+/// Adds 1 to eventfd `fd` (nothing for -1).
+fn wake_fd(fd: RawFd) {
+    if fd < 0 {
+        return;
+    }
+    let one = 1u64;
+    // SAFETY: writes 8 bytes from a local; `fd` is an eventfd kept open while it is recorded
+    // (its owner clears the record under the same lock before closing it).
+    let _ = unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
 }
 
 fn worker(shared: &Shared) {
@@ -513,6 +605,7 @@ fn worker(shared: &Shared) {
         running.push(Running {
             user_data: 0,
             cancel: -1,
+            cancelled: false,
         });
         running.len() - 1
     };
@@ -554,6 +647,10 @@ fn worker_loop(shared: &Shared, slot: usize, cancel: &mut Option<OwnedFd>) {
             let mut q = lock(&shared.queue);
             loop {
                 if let Some(job) = q.jobs.pop_front() {
+                    if let Some(r) = lock(&shared.running).get_mut(slot) {
+                        r.user_data = job.sqe.user_data;
+                        r.cancelled = false;
+                    }
                     break job;
                 }
                 if q.stop {
@@ -575,15 +672,14 @@ fn worker_loop(shared: &Shared, slot: usize, cancel: &mut Option<OwnedFd>) {
             None
         };
         let res = match efd {
-            Some(efd) => {
-                set_running(shared, slot, job.sqe.user_data, efd);
-                let res = run_stream(&job.sqe, job.code, job.fd, efd);
-                set_running(shared, slot, 0, efd);
-                res
-            }
+            Some(_) if cancelled(shared, slot) => -libc::ECANCELED,
+            Some(efd) => run_stream(&job.sqe, job.code, job.fd, efd),
             None => run_blocking(&job.sqe, job.code, job.fd),
         };
-        lock(&shared.done).push((job.sqe.user_data, res));
+        done_running(shared, slot, efd);
+        let user_data = job.sqe.user_data;
+        drop(job); // closes its duplicate descriptor
+        lock(&shared.done).push((user_data, res));
         if shared.sleeping.load(Ordering::SeqCst) {
             let one = 1u64;
             // SAFETY: writes 8 bytes from a local to our eventfd.
@@ -593,17 +689,26 @@ fn worker_loop(shared: &Shared, slot: usize, cancel: &mut Option<OwnedFd>) {
     }
 }
 
-/// Records what worker `slot` runs; clearing it also drains a cancellation that came too late,
-/// so it cannot end the next call (both under the lock the canceller takes).
-fn set_running(shared: &Shared, slot: usize, user_data: u64, efd: RawFd) {
+/// Worker `slot` is done with its job: nothing recorded as running, and a cancellation that
+/// came for it (its eventfd written) drained, so it cannot end the next call (both under the
+/// lock the canceller takes).
+fn done_running(shared: &Shared, slot: usize, efd: Option<RawFd>) {
     let mut running = lock(&shared.running);
     if let Some(r) = running.get_mut(slot) {
-        r.user_data = user_data;
+        r.user_data = 0;
+        r.cancelled = false;
     }
-    let mut v = 0u64;
-    // SAFETY: reads 8 bytes into a local from the worker's own non-blocking eventfd.
-    let _ = unsafe { libc::read(efd, (&mut v as *mut u64).cast(), 8) };
+    if let Some(efd) = efd {
+        let mut v = 0u64;
+        // SAFETY: reads 8 bytes into a local from the worker's own non-blocking eventfd.
+        let _ = unsafe { libc::read(efd, (&mut v as *mut u64).cast(), 8) };
+    }
     drop(running);
+}
+
+/// Whether the job worker `slot` runs was cancelled before its call started waiting.
+fn cancelled(shared: &Shared, slot: usize) -> bool {
+    lock(&shared.running).get(slot).is_some_and(|r| r.cancelled)
 }
 
 /// CLOCK_MONOTONIC now, as a duration since its epoch (for IORING_TIMEOUT_ABS).
@@ -733,7 +838,17 @@ fn run_stream(sqe: &Sqe, code: Code, fd: RawFd, cancel: RawFd) -> i32 {
 pub(crate) fn run_sqe(entry: &squeue::Entry) -> i32 {
     let sqe = Sqe::of(entry);
     match Code::of(sqe.opcode) {
-        _ if sqe.flags != 0 => -libc::EINVAL,
+        _ if sqe.flags != 0 || sqe.file_index != 0 => -libc::EINVAL,
+        // On a pipe, FIFO or socket a read or write may wait forever, and this is the shard's
+        // thread: it does what it can now (RWF_NOWAIT), or says EAGAIN.
+        Some(
+            code @ (Code::Read
+            | Code::Readv
+            | Code::ReadFixed
+            | Code::Write
+            | Code::Writev
+            | Code::WriteFixed),
+        ) if is_stream(sqe.fd) => rw(&sqe, code, sqe.fd, sqe.op_flags as i32 | libc::RWF_NOWAIT),
         Some(Code::Timeout | Code::TimeoutRemove | Code::PollAdd | Code::AsyncCancel) | None => {
             -libc::EINVAL
         }
@@ -913,6 +1028,47 @@ mod tests {
         let mut out = Vec::new();
         d.completions(&mut out);
         assert_eq!(out, vec![(7, i32::from(libc::POLLIN))]);
+    }
+
+    /// A read of a pipe and the write that feeds it, submitted together: the read waits in a
+    /// worker, and the write gets a worker of its own (one idle worker is not counted for both).
+    #[test]
+    fn a_pipe_read_and_the_write_feeding_it_both_complete() {
+        let mut fds = [0; 2];
+        // SAFETY: pipe writes two descriptors into the array.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: fresh descriptors nobody else owns.
+        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let mut d = ThreadDriver::new(64, None, 4, "test-worker".into()).unwrap();
+        // Start one worker and let it go idle.
+        assert_eq!(
+            run_one(
+                &mut d,
+                opcode::Fsync::new(types::Fd(w.as_raw_fd()))
+                    .build()
+                    .user_data(9)
+            )
+            .0,
+            9
+        );
+        let mut buf = vec![0u8; 5];
+        let data = b"hello";
+        let read = opcode::Read::new(types::Fd(r.as_raw_fd()), buf.as_mut_ptr(), 5)
+            .build()
+            .user_data(1);
+        let write = opcode::Write::new(types::Fd(w.as_raw_fd()), data.as_ptr(), 5)
+            .build()
+            .user_data(2);
+        assert!(d.push(&read) && d.push(&write));
+        let mut out = Vec::new();
+        let until = Instant::now() + Duration::from_secs(10);
+        while out.len() < 2 && Instant::now() < until {
+            d.submit_and_wait(1, Some(Duration::from_millis(100)));
+            d.completions(&mut out);
+        }
+        out.sort();
+        assert_eq!(out, vec![(1, 5), (2, 5)]);
+        assert_eq!(&buf, b"hello");
     }
 
     #[test]

@@ -27,6 +27,10 @@ pub(crate) struct FileEntry {
     /// Ops that set the size (set_len) admitted and not finished: meanwhile, completions of
     /// earlier ops do not raise `size_hint` (see `FileOp::sets_size`).
     pub(super) size_setters: u32,
+    /// Until then, buffered writes of this file go through the ring instead of `pwrite` on the
+    /// shard thread: one of them took longer than `INLINE_SLOW` (a stalled device, a network
+    /// or FUSE filesystem), and inline it would hold every file of the shard.
+    pub(super) inline_paused_until: Option<std::time::Instant>,
 }
 
 impl FileEntry {

@@ -132,6 +132,14 @@ const TIMER_TAG: u64 = 1 << 62;
 /// The `file_slot` of an op on a path: it names no open file.
 const PATH_SLOT: u32 = u32::MAX;
 
+/// An inline buffered write slower than this (a page-cache write takes microseconds; dirty-page
+/// throttling, a stalled or remote device much longer) sends that file's buffered writes through
+/// the ring for [`INLINE_PAUSE`], so one slow file does not hold every file of its shard.
+const INLINE_SLOW: Duration = Duration::from_millis(10);
+
+/// How long a file's buffered writes go through the ring after a slow inline one.
+const INLINE_PAUSE: Duration = Duration::from_secs(5);
+
 /// O_DIRECT chunks are multiples of this (the logical block size the executor assumes).
 const DIRECT_ALIGN: u64 = 4096;
 
@@ -913,6 +921,7 @@ impl Shard {
             closing: false,
             size_hint,
             size_setters: 0,
+            inline_paused_until: None,
         });
         self.stats.record(OpKind::Open, 0, elapsed_ns(at));
         // Made here, so that a handle dropped by a caller who no longer waits still closes the
@@ -1177,9 +1186,21 @@ impl Shard {
     /// Issues the next SQE of op `slot`. `Ok(false)`: it needs a buffer and none is free.
     fn issue_one(&mut self, slot: u32) -> Result<bool> {
         let gen = self.ops.gen(slot);
+        let now = self.now();
         let Some(op) = self.ops.get(slot) else {
             return Ok(true);
         };
+        if op.data_path == DataPath::Inline {
+            let paused = self
+                .files
+                .get(op.file_slot)
+                .and_then(|e| e.inline_paused_until)
+                .is_some_and(|until| now < until);
+            if paused {
+                // A recent write of this file stalled the shard: this one waits in the kernel.
+                op.data_path = DataPath::Memory;
+            }
+        }
         let user_data = u64::from(slot) | (u64::from(gen) << SLOT_BITS);
         let entry = match (&op.io, op.data_path) {
             (IoOp::Read { .. } | IoOp::Write { .. }, DataPath::Fixed) => {
@@ -1298,6 +1319,8 @@ impl Shard {
         if let Err(e) = self.push_chunk(dir, idx) {
             if let Some(op) = self.ops.get(slot) {
                 op.outstanding -= 1;
+                // Never issued: a failed write's known-written prefix ends before this chunk.
+                op.written_to = op.written_to.min(rel);
             }
             self.pool.release(idx);
             return Err(e);
@@ -1492,6 +1515,7 @@ impl Shard {
     /// Writes a buffered write with `pwrite` on this thread, then finishes it.
     fn write_inline(&mut self, slot: u32) {
         let fd = self.fd_of(slot);
+        let start = self.now();
         let Some(op) = self.ops.get(slot) else { return };
         if let IoOp::Write { data, .. } = &op.io {
             // fd is the op's file, open until its close op, which cannot run before this one
@@ -1505,6 +1529,15 @@ impl Shard {
             }
         }
         op.issued = op.len;
+        let file_slot = op.file_slot;
+        let end = Instant::now();
+        if end.saturating_duration_since(start) >= INLINE_SLOW {
+            if let Some(entry) = self.files.get_mut(file_slot) {
+                entry.inline_paused_until = end.checked_add(INLINE_PAUSE);
+            }
+        }
+        // The turn's clock is behind now; later reads of it take the time after this write.
+        self.clock = Some(end);
         self.finish(slot);
     }
 

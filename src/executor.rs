@@ -206,7 +206,10 @@ impl ExecutorBuilder {
     /// true). On ext4 a buffered write cannot be done without blocking, so io_uring hands each one
     /// to a kernel worker thread, which costs more than the write; done inline, the write is a
     /// memory copy into the page cache, but a shard stalls while the kernel throttles writers
-    /// (dirty page limits). Turn it off to keep shards responsive under heavy write-back.
+    /// (dirty page limits). An inline write that takes over 10 ms (a stalled, remote or FUSE
+    /// device) sends that file's buffered writes through the ring for 5 s, so one slow file holds
+    /// its shard once rather than on every write. Turn it off to keep shards responsive under
+    /// heavy write-back.
     pub fn inline_buffered_writes(mut self, on: bool) -> Self {
         self.inline_buffered_writes = on;
         self

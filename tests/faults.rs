@@ -379,6 +379,26 @@ fn a_stalled_file_delays_only_itself() {
         if !inline {
             // Through the ring, the stalled write waits in a kernel worker; the shard goes on.
             m.assert_flowed(STALL, "writes of another file waited for a stalled write");
+        } else {
+            // Inline, the first stalled write held the shard; it also sent this file's buffered
+            // writes to the ring for a while, so a second one no longer does.
+            assert!(
+                m.stalled_done_first,
+                "the first inline stalled write held the shard"
+            );
+            let (n, m) = measure(
+                exec.write(&slow, 0, vec![0x5B; 4 * KIB]),
+                &exec,
+                &fast,
+                true,
+            );
+            assert_eq!(n, 4 * KIB);
+            lines.push(m.line(inline, "second write", "writes"));
+            m.assert_flowed(
+                STALL,
+                "writes of another file waited for a second stalled write of a file whose \
+                 inline write was slow",
+            );
         }
         // A session sees the same: its fast reads come back before its stalled one.
         let mut s = exec.session();
@@ -408,9 +428,9 @@ fn a_stalled_file_delays_only_itself() {
     }
     report!(
         "FAULTS stall: delayed {} operations by {STALL:?}; reads and fsyncs of a stalled file \
-         never held up another file's reads on the same shard; a stalled buffered write holds the \
-         shard when writes are inline (inline_buffered_writes, the default), not when they go \
-         through the ring; {:.2?}",
+         never held up another file's reads on the same shard; with inline buffered writes (the \
+         default) the first stalled write holds the shard and sends that file's writes to the \
+         ring, so the next ones do not; through the ring none does; {:.2?}",
         c.delayed,
         start.elapsed()
     );

@@ -51,6 +51,7 @@ pub struct ExecutorBuilder {
     backend: BackendChoice,
     threads_per_shard: usize,
     slow_op: Option<Duration>,
+    inline_write_stall: Option<Duration>,
     force_blocking: Vec<OpKind>,
 }
 
@@ -72,6 +73,7 @@ impl Default for ExecutorBuilder {
             backend: BackendChoice::Auto,
             threads_per_shard: DEFAULT_THREADS_PER_SHARD,
             slow_op: Some(Duration::from_secs(1)),
+            inline_write_stall: Some(Duration::from_millis(50)),
             force_blocking: Vec::new(),
         }
     }
@@ -206,12 +208,21 @@ impl ExecutorBuilder {
     /// true). On ext4 a buffered write cannot be done without blocking, so io_uring hands each one
     /// to a kernel worker thread, which costs more than the write; done inline, the write is a
     /// memory copy into the page cache, but a shard stalls while the kernel throttles writers
-    /// (dirty page limits). An inline write that takes over 10 ms (a stalled, remote or FUSE
-    /// device) sends that file's buffered writes through the ring for 5 s, so one slow file holds
-    /// its shard once rather than on every write. Turn it off to keep shards responsive under
-    /// heavy write-back.
+    /// (dirty page limits). An inline write whose system call blocks (see
+    /// [`inline_write_stall`](Self::inline_write_stall)) sends that file's buffered writes through
+    /// the ring for 5 s, so one slow file holds its shard once rather than on every write. Turn
+    /// it off to keep shards responsive under heavy write-back.
     pub fn inline_buffered_writes(mut self, on: bool) -> Self {
         self.inline_buffered_writes = on;
+        self
+    }
+
+    /// How long one inline `pwrite` may block (plus 1 ns per byte it copies) before that file's
+    /// buffered writes go through the ring for 5 s (default 50 ms; `None`: never, every buffered
+    /// write stays inline). Keep inline writes on filesystems where ring writes misbehave (FUSE
+    /// `direct_io` with `FUSE_ASYNC_DIO` turns a short ring write into EIO).
+    pub fn inline_write_stall(mut self, threshold: Option<Duration>) -> Self {
+        self.inline_write_stall = threshold;
         self
     }
 
@@ -329,6 +340,7 @@ impl ExecutorBuilder {
                 backend: chosen.backend,
                 threads_per_shard: self.threads_per_shard,
                 backend_reason: backend_reason.clone(),
+                inline_write_stall: self.inline_write_stall,
                 slow_op_ns: self
                     .slow_op
                     .map_or(u64::MAX, |d| d.as_nanos().min(u128::from(u64::MAX)) as u64),

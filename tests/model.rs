@@ -80,7 +80,13 @@ fn env_u64(name: &str) -> Option<u64> {
 }
 
 fn executor() -> Executor {
-    Executor::builder().shards(2).build().expect("executor")
+    Executor::builder()
+        .shards(2)
+        // Buffered writes stay inline whatever a loaded machine does to a FUSE call's timing:
+        // on faultfs (FUSE_ASYNC_DIO) a short write through the ring comes back as EIO.
+        .inline_write_stall(None)
+        .build()
+        .expect("executor")
 }
 
 // ---------------------------------------------------------------------------------------------

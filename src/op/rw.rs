@@ -67,8 +67,21 @@ pub(crate) fn pwrite_all(
     offset: u64,
     rw_flags: i32,
 ) -> std::result::Result<usize, (usize, i32)> {
+    pwrite_all_timed(fd, data, offset, rw_flags, &mut |_, _| {})
+}
+
+/// [`pwrite_all`], telling `each_call` how long every system call took and how many bytes it
+/// was asked to write.
+pub(crate) fn pwrite_all_timed(
+    fd: std::os::fd::RawFd,
+    data: &[u8],
+    offset: u64,
+    rw_flags: i32,
+    each_call: &mut dyn FnMut(std::time::Duration, usize),
+) -> std::result::Result<usize, (usize, i32)> {
     let mut done = 0usize;
     while done < data.len() {
+        let t = std::time::Instant::now();
         let rest = &data[done..];
         let at = (offset + done as u64) as libc::off_t;
         let n = if rw_flags == 0 {
@@ -82,6 +95,7 @@ pub(crate) fn pwrite_all(
             // SAFETY: one iovec over a live slice, only read by the kernel.
             unsafe { libc::pwritev2(fd, &iov, 1, at, rw_flags) }
         };
+        each_call(t.elapsed(), data.len() - done);
         match n {
             n if n > 0 => done += n as usize,
             0 => return Err((done, libc::EIO)), // no progress: would loop forever

@@ -85,6 +85,9 @@ pub(crate) struct ShardConfig {
     pub backend_reason: Option<String>,
     /// Operations slower than this (ns) are logged; u64::MAX: never.
     pub slow_op_ns: u64,
+    /// An inline write's system call blocked longer than this: the file's buffered writes go
+    /// through the ring for `INLINE_PAUSE` (`None`: never).
+    pub inline_write_stall: Option<Duration>,
     /// Op kinds to run with plain system calls even where the kernel has their opcode (tests).
     pub force_blocking: Vec<OpKind>,
 }
@@ -131,11 +134,6 @@ const TIMER_TAG: u64 = 1 << 62;
 
 /// The `file_slot` of an op on a path: it names no open file.
 const PATH_SLOT: u32 = u32::MAX;
-
-/// An inline buffered write slower than this (a page-cache write takes microseconds; dirty-page
-/// throttling, a stalled or remote device much longer) sends that file's buffered writes through
-/// the ring for [`INLINE_PAUSE`], so one slow file does not hold every file of its shard.
-const INLINE_SLOW: Duration = Duration::from_millis(10);
 
 /// How long a file's buffered writes go through the ring after a slow inline one.
 const INLINE_PAUSE: Duration = Duration::from_secs(5);
@@ -1515,12 +1513,27 @@ impl Shard {
     /// Writes a buffered write with `pwrite` on this thread, then finishes it.
     fn write_inline(&mut self, slot: u32) {
         let fd = self.fd_of(slot);
-        let start = self.now();
+        let inline_stall = self.cfg.inline_write_stall;
         let Some(op) = self.ops.get(slot) else { return };
+        // why: one system call that blocked, not a long write: a big write copies for a while
+        // (allowed at 1 GB/s), and a write made of many short ones (FUSE) takes many calls.
+        let mut stalled = false;
+        let mut each_call = |took: Duration, bytes: usize| {
+            // The threshold, plus 1 ns per byte asked: a page-cache write copies at GB/s.
+            if let Some(slow) = inline_stall {
+                stalled |= took > slow.saturating_add(Duration::from_nanos(bytes as u64));
+            }
+        };
         if let IoOp::Write { data, .. } = &op.io {
             // fd is the op's file, open until its close op, which cannot run before this one
             // finishes (close is a barrier).
-            match crate::op::rw::pwrite_all(fd, data, op.offset, op.io.rw_flags()) {
+            match crate::op::rw::pwrite_all_timed(
+                fd,
+                data,
+                op.offset,
+                op.io.rw_flags(),
+                &mut each_call,
+            ) {
                 Ok(n) => op.transferred = n as u64,
                 Err((done, errno)) => {
                     op.transferred = done as u64;
@@ -1530,14 +1543,14 @@ impl Shard {
         }
         op.issued = op.len;
         let file_slot = op.file_slot;
-        let end = Instant::now();
-        if end.saturating_duration_since(start) >= INLINE_SLOW {
+        if stalled {
+            let now = Instant::now();
             if let Some(entry) = self.files.get_mut(file_slot) {
-                entry.inline_paused_until = end.checked_add(INLINE_PAUSE);
+                entry.inline_paused_until = now.checked_add(INLINE_PAUSE);
             }
+            // The turn's clock is far behind now: later reads of it take the time after this.
+            self.clock = Some(now);
         }
-        // The turn's clock is behind now; later reads of it take the time after this write.
-        self.clock = Some(end);
         self.finish(slot);
     }
 

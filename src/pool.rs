@@ -984,7 +984,9 @@ impl RegisteredBufferPool {
         // our slab. The buffer is acquired (checked above); from the push below until its CQE is
         // matched, the pool's own record (`Slot::kernel`, set right after the push, before anything
         // else can touch the pool) keeps it out of the free list and out of `get`/`get_mut`, and
-        // Drop leaks the slab while it is set. Callers pass the ring the pool is registered with.
+        // Drop leaks the slab while it is set. Callers pass the ring the pool is registered with
+        // (or, unregistered, its shard's driver: the threads backend touches the buffer only until
+        // it posts the CQE, like the kernel).
         if !unsafe { ring.push_sqe(&entry) } {
             return Err(IoUringError::SubmissionQueueFull);
         }

@@ -351,18 +351,7 @@ fn check_rw(
             file.path().display()
         )));
     }
-    if len > limits.max_request {
-        return Err(IoUringError::invalid(
-            op,
-            format!(
-                "{} bytes asked for on {}, more than the executor's maximum request size of {} \
-                 bytes: split the request, or raise ExecutorBuilder::max_request_size",
-                len,
-                file.path().display(),
-                limits.max_request
-            ),
-        ));
-    }
+    check_size(file, op, len, limits)?;
     check_end(op, offset, len as u64)?;
     if file.is_direct() && (offset % 4096 != 0 || len % 4096 != 0) {
         return Err(IoUringError::invalid(

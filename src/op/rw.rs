@@ -67,21 +67,22 @@ pub(crate) fn pwrite_all(
     offset: u64,
     rw_flags: i32,
 ) -> std::result::Result<usize, (usize, i32)> {
-    pwrite_all_timed(fd, data, offset, rw_flags, &mut |_, _| {})
+    pwrite_all_timed(fd, data, offset, rw_flags, None)
 }
 
-/// [`pwrite_all`], telling `each_call` how long every system call took and how many bytes it
-/// was asked to write.
+/// [`pwrite_all`], telling `each_call` (if given: only then is the clock read) how long every
+/// system call took and how many bytes it was asked to write.
 pub(crate) fn pwrite_all_timed(
     fd: std::os::fd::RawFd,
     data: &[u8],
     offset: u64,
     rw_flags: i32,
-    each_call: &mut dyn FnMut(std::time::Duration, usize),
+    mut each_call: Option<&mut dyn FnMut(std::time::Duration, usize)>,
 ) -> std::result::Result<usize, (usize, i32)> {
     let mut done = 0usize;
+    // One clock read per call: each call's end is the next one's start.
+    let mut start = each_call.as_ref().map(|_| std::time::Instant::now());
     while done < data.len() {
-        let t = std::time::Instant::now();
         let rest = &data[done..];
         let at = (offset + done as u64) as libc::off_t;
         let n = if rw_flags == 0 {
@@ -95,7 +96,11 @@ pub(crate) fn pwrite_all_timed(
             // SAFETY: one iovec over a live slice, only read by the kernel.
             unsafe { libc::pwritev2(fd, &iov, 1, at, rw_flags) }
         };
-        each_call(t.elapsed(), data.len() - done);
+        if let (Some(f), Some(t)) = (each_call.as_mut(), start.as_mut()) {
+            let end = std::time::Instant::now();
+            f(end.saturating_duration_since(*t), data.len() - done);
+            *t = end;
+        }
         match n {
             n if n > 0 => done += n as usize,
             0 => return Err((done, libc::EIO)), // no progress: would loop forever

@@ -108,15 +108,7 @@ impl FileOp for ReadV {
     }
 
     fn on_result(&mut self, res: i32, _fd: RawFd) -> Step {
-        if res == 0 {
-            return Step::Done; // end of file
-        }
-        self.done = (self.done + res as usize).min(self.total);
-        if self.done < self.total {
-            Step::Again
-        } else {
-            Step::Done
-        }
+        advance(&mut self.done, self.total, res) // 0: end of file
     }
 
     fn error(&self, errno: i32, file: &Path) -> IoUringError {
@@ -210,15 +202,7 @@ impl FileOp for WriteV {
     }
 
     fn on_result(&mut self, res: i32, _fd: RawFd) -> Step {
-        if res == 0 {
-            return Step::Done; // no progress: report what was written
-        }
-        self.done = (self.done + res as usize).min(self.total);
-        if self.done < self.total {
-            Step::Again
-        } else {
-            Step::Done
-        }
+        advance(&mut self.done, self.total, res) // 0: no progress, report what was written
     }
 
     fn error(&self, errno: i32, file: &Path) -> IoUringError {
@@ -238,5 +222,19 @@ impl FileOp for WriteV {
 
     fn is_cancelled(&self) -> bool {
         self.reply.as_ref().is_some_and(Completer::is_cancelled)
+    }
+}
+
+/// Counts a round's `res` bytes into `done`: another round while short of `total`, done at
+/// `total` or when a round moved nothing.
+fn advance(done: &mut usize, total: usize, res: i32) -> Step {
+    if res == 0 {
+        return Step::Done;
+    }
+    *done = (*done + res as usize).min(total);
+    if *done < total {
+        Step::Again
+    } else {
+        Step::Done
     }
 }

@@ -1520,20 +1520,17 @@ impl Shard {
         let mut stalled = false;
         let mut each_call = |took: Duration, bytes: usize| {
             // The threshold, plus 1 ns per byte asked: a page-cache write copies at GB/s.
-            if let Some(slow) = inline_stall {
-                stalled |= took > slow.saturating_add(Duration::from_nanos(bytes as u64));
-            }
+            let slow = inline_stall.unwrap_or(Duration::MAX);
+            stalled |= took > slow.saturating_add(Duration::from_nanos(bytes as u64));
         };
+        // With detection off, no clock is read around the writes.
+        let timing = inline_stall
+            .is_some()
+            .then_some(&mut each_call as &mut dyn FnMut(_, _));
         if let IoOp::Write { data, .. } = &op.io {
             // fd is the op's file, open until its close op, which cannot run before this one
             // finishes (close is a barrier).
-            match crate::op::rw::pwrite_all_timed(
-                fd,
-                data,
-                op.offset,
-                op.io.rw_flags(),
-                &mut each_call,
-            ) {
+            match crate::op::rw::pwrite_all_timed(fd, data, op.offset, op.io.rw_flags(), timing) {
                 Ok(n) => op.transferred = n as u64,
                 Err((done, errno)) => {
                     op.transferred = done as u64;

@@ -4,12 +4,16 @@
 //! Filters and limits are per process, so each case runs this test binary again as a child
 //! (`child_workload`, which does nothing unless `RINGSHARD_TEST_CHILD` is set) with the filter
 //! or limit installed between fork and exec, and checks what the child reports.
+//!
+//! The threads backend's own seams (removed timeouts) are checked at the end, on real files
+//! through the executor.
 
 #[path = "support/seccomp.rs"]
 mod seccomp;
 
 use ringshard::{Backend, BackendChoice, Executor, IoUringError, OpenOptions};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 const CHILD: &str = "RINGSHARD_TEST_CHILD";
 
@@ -308,4 +312,95 @@ fn each_ring_mode_can_be_forced_and_runs_the_workload() {
     }
     let err = child_error("RINGSHARD_RING_MODE", "fast");
     assert!(err.contains("expected defer, coop or plain"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The threads backend's seams
+// ---------------------------------------------------------------------------------------------
+
+/// Longest a step may take before a test calls it a hang (never a timing assertion).
+const HANG: Duration = Duration::from_secs(30);
+
+/// One shard on the threads backend with at most `workers` worker threads.
+fn threads_exec(workers: usize) -> Executor {
+    Executor::builder()
+        .shards(1)
+        .backend(BackendChoice::Threads)
+        .threads_per_shard(workers)
+        .inline_buffered_writes(false)
+        .build()
+        .expect("executor on the threads backend")
+}
+
+/// Polls `cond` every 2 ms until it holds; panics naming `what` after [`HANG`].
+fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < HANG, "{what}: not within {HANG:?}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// How many timeouts shard 0's threads backend keeps (a `submit_to`: the shard's own sleeps are
+/// taken out while it runs).
+fn timer_entries(exec: &Executor) -> usize {
+    exec.submit_to(0, |ctx| ctx.threads_timer_entries_for_tests())
+        .wait()
+        .unwrap()
+        .expect("the threads backend")
+}
+
+const LONG: Duration = Duration::from_secs(3600);
+
+/// On the threads backend a removed timeout leaves the timer store at once. Before, each stayed
+/// until its deadline: a task's sleeps dropped before they fired (`select(sleep(1 h), read)` in a
+/// loop, see tasks.rs `dropped_sleeps_leave_the_ring`) grew it by one entry per iteration.
+#[test]
+fn on_the_threads_backend_dropped_sleeps_leave_the_timer_store() {
+    const ROUNDS: usize = 3000;
+    let exec = threads_exec(4);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t");
+    std::fs::write(&path, vec![7u8; 4096]).unwrap();
+    let f = exec
+        .open(&path, OpenOptions::new().read(true))
+        .wait()
+        .unwrap();
+    let h = exec.spawn_on_with(0, move |l| async move {
+        use futures::future::{select, Either};
+        for _ in 0..ROUNDS {
+            let nap = Box::pin(l.sleep(LONG));
+            let read = Box::pin(l.read(&f, 0, 4096));
+            match select(read, nap).await {
+                Either::Left((r, _nap)) => assert_eq!(r.unwrap().len(), 4096),
+                Either::Right(_) => panic!("a one-hour sleep fired"),
+            }
+        }
+    });
+    eventually("the reads", || h.is_finished());
+    h.wait().unwrap();
+    // Every sleep was dropped, so none is left.
+    assert_eq!(timer_entries(&exec), 0, "after {ROUNDS} dropped sleeps");
+    exec.shutdown().unwrap();
+}
+
+/// The same for the sleeps a `submit_to` takes out of the ring (TIMEOUT_REMOVE) and arms again
+/// after it: before, each call left one more entry behind.
+#[test]
+fn on_the_threads_backend_sleeps_parked_by_submit_to_leave_the_timer_store() {
+    const CALLS: usize = 1000;
+    let exec = threads_exec(4);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = exec.spawn_on_with(0, move |l| async move {
+        tx.send(()).unwrap();
+        l.sleep(LONG).await;
+    });
+    rx.recv_timeout(HANG).expect("the sleeper started");
+    let most = (0..CALLS).map(|_| timer_entries(&exec)).max().unwrap();
+    assert!(
+        most <= 1,
+        "{most} timer entries with one sleep armed, over {CALLS} submit_to calls"
+    );
+    h.cancel();
+    exec.shutdown().unwrap();
 }

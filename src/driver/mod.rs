@@ -339,6 +339,15 @@ impl Driver {
         }
     }
 
+    /// How many timeouts the threads backend keeps (armed, or removed and not yet dropped);
+    /// `None` on io_uring. For tests: it must stay bounded by the sleeps armed.
+    pub(crate) fn threads_timer_entries(&self) -> Option<usize> {
+        match self {
+            Driver::Uring(_) => None,
+            Driver::Threads(t) => Some(t.timer_entries()),
+        }
+    }
+
     /// Sets registered file slots from `offset` (-1 clears one); false if refused.
     pub(crate) fn register_files_update(&mut self, offset: u32, fds: &[RawFd]) -> bool {
         match self {

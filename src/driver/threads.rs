@@ -13,7 +13,7 @@
 //! - everything else that may block (writes, O_DIRECT reads, which wait for the device even with
 //!   `RWF_NOWAIT`, syncs, metadata and path operations) goes to a worker thread of the shard
 //!   (started on demand, one per queued job up to `max_workers`, pinned to the shard's CPU);
-//! - timeouts, polls and cancellations are kept on the shard thread (a deadline heap, `ppoll`);
+//! - timeouts, polls and cancellations are kept on the shard thread (deadlines in order, `ppoll`);
 //!   armed polls are looked at when the shard sleeps (the shard's only poll is its wake-up
 //!   eventfd, which matters only then).
 //!
@@ -29,8 +29,7 @@
 
 use super::sqe::{Code, Sqe, FIXED_FILE, FSYNC_DATASYNC, TIMEOUT_ABS};
 use io_uring::squeue;
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -114,10 +113,13 @@ pub(crate) struct ThreadDriver {
     shared: Arc<Shared>,
     /// The registered file table (`IOSQE_FIXED_FILE` indexes it); -1 for a free slot.
     files: Vec<RawFd>,
-    /// Armed timeouts: (deadline, arm number, user_data), earliest first; `timer_live` maps a
-    /// timeout's user_data to its arm number, so a removed timeout's heap entry is skipped.
-    timers: BinaryHeap<Reverse<(Instant, u64, u64)>>,
-    timer_live: HashMap<u64, u64>,
+    /// Armed timeouts, (deadline, arm number) to user_data, earliest first; `timer_live` maps
+    /// an armed timeout's user_data to its key there (`None`: a deadline past `Instant`'s range,
+    /// which never fires). A timeout removed or cancelled leaves both at once, so they hold
+    /// exactly the armed timeouts (a task's sleeps dropped in a loop, or taken out and armed
+    /// again around every `submit_to`, do not pile up until their deadlines).
+    timers: BTreeMap<(Instant, u64), u64>,
+    timer_live: HashMap<u64, Option<(Instant, u64)>>,
     timer_seq: u64,
     /// Armed polls: (fd, events, user_data).
     polls: Vec<(RawFd, i16, u64)>,
@@ -158,7 +160,7 @@ impl ThreadDriver {
                 sleeping: AtomicBool::new(false),
             }),
             files: Vec::new(),
-            timers: BinaryHeap::new(),
+            timers: BTreeMap::new(),
             timer_live: HashMap::new(),
             timer_seq: 0,
             polls: Vec::new(),
@@ -234,7 +236,7 @@ impl ThreadDriver {
             if until.is_some_and(|u| now >= u) {
                 return false;
             }
-            let next_timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
+            let next_timer = self.timers.first_key_value().map(|(&(at, _), _)| at);
             let wake_at = match (until, next_timer) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -259,15 +261,13 @@ impl ThreadDriver {
             return;
         }
         let now = Instant::now();
-        while let Some(Reverse((at, seq, ud))) = self.timers.peek().copied() {
-            if at > now {
+        while let Some(first) = self.timers.first_entry() {
+            if first.key().0 > now {
                 break;
             }
-            self.timers.pop();
-            if self.timer_live.get(&ud) == Some(&seq) {
-                self.timer_live.remove(&ud);
-                self.cq.push_back((ud, -libc::ETIME));
-            }
+            let ud = first.remove();
+            self.timer_live.remove(&ud);
+            self.cq.push_back((ud, -libc::ETIME));
         }
     }
 
@@ -347,12 +347,11 @@ impl ThreadDriver {
             Code::Nop => self.cq.push_back((ud, 0)),
             Code::Timeout => self.arm_timeout(sqe),
             Code::TimeoutRemove => {
-                let res = match self.timer_live.remove(&sqe.addr) {
-                    Some(_) => {
-                        self.cq.push_back((sqe.addr, -libc::ECANCELED));
-                        0
-                    }
-                    None => -libc::ENOENT,
+                let res = if self.remove_timer(sqe.addr) {
+                    self.cq.push_back((sqe.addr, -libc::ECANCELED));
+                    0
+                } else {
+                    -libc::ENOENT
                 };
                 self.cq.push_back((ud, res));
             }
@@ -432,16 +431,31 @@ impl ThreadDriver {
             let now = monotonic_now();
             left = left.saturating_sub(now);
         }
-        // A deadline past Instant's range never fires, like a timeout of centuries.
-        let Some(at) = Instant::now().checked_add(left) else {
-            self.timer_seq += 1;
-            self.timer_live.insert(sqe.user_data, self.timer_seq);
-            return;
-        };
         self.timer_seq += 1;
-        self.timer_live.insert(sqe.user_data, self.timer_seq);
-        self.timers
-            .push(Reverse((at, self.timer_seq, sqe.user_data)));
+        // A deadline past Instant's range never fires, like a timeout of centuries.
+        let key = Instant::now()
+            .checked_add(left)
+            .map(|at| (at, self.timer_seq));
+        // The same user_data armed again replaces the earlier timeout, which then never
+        // completes (the shard arms each user_data once at a time).
+        self.remove_timer(sqe.user_data);
+        if let Some(key) = key {
+            self.timers.insert(key, sqe.user_data);
+        }
+        self.timer_live.insert(sqe.user_data, key);
+    }
+
+    /// Takes the timeout armed with `user_data` out; false if none is armed.
+    fn remove_timer(&mut self, user_data: u64) -> bool {
+        match self.timer_live.remove(&user_data) {
+            Some(key) => {
+                if let Some(key) = key {
+                    self.timers.remove(&key);
+                }
+                true
+            }
+            None => false,
+        }
     }
 
     fn arm_poll(&mut self, sqe: Sqe) {
@@ -475,7 +489,7 @@ impl ThreadDriver {
     /// already running in a worker cannot be, and completes on its own (as in the kernel for
     /// regular files).
     fn cancel(&mut self, target: u64) -> i32 {
-        if self.timer_live.remove(&target).is_some() {
+        if self.remove_timer(target) {
             self.cq.push_back((target, -libc::ECANCELED));
             return 0;
         }
@@ -557,6 +571,11 @@ impl ThreadDriver {
         }
     }
 
+    /// How many timeouts are kept (see `Driver::threads_timer_entries`).
+    pub(crate) fn timer_entries(&self) -> usize {
+        self.timers.len()
+    }
+
     /// Whether nothing is queued, running, armed or waiting to be reaped.
     #[cfg(test)]
     pub(crate) fn idle(&self) -> bool {
@@ -565,6 +584,7 @@ impl ThreadDriver {
             && self.cq.is_empty()
             && lock(&self.shared.done).is_empty()
             && self.timer_live.is_empty()
+            && self.timers.is_empty()
             && self.polls.is_empty()
     }
 }
@@ -991,6 +1011,33 @@ mod tests {
         assert!(start.elapsed() >= Duration::from_millis(30));
         let out = run_two(&mut d, opcode::TimeoutRemove::new(3).build().user_data(9));
         assert_eq!(out, vec![(3, -libc::ECANCELED), (9, 0)]);
+        assert!(d.idle());
+    }
+
+    /// A removed timeout leaves the store at once (not at its deadline): arming and removing
+    /// many keeps it empty.
+    #[test]
+    fn removed_timeouts_leave_the_store() {
+        let mut d = driver();
+        let hour = types::Timespec::from(Duration::from_secs(3600));
+        for i in 0..1000u64 {
+            let out = {
+                assert!(d.push(&opcode::Timeout::new(&hour).build().user_data(i)));
+                run_two(
+                    &mut d,
+                    opcode::TimeoutRemove::new(i).build().user_data(1 << 40),
+                )
+            };
+            assert_eq!(out, vec![(i, -libc::ECANCELED), (1 << 40, 0)]);
+        }
+        assert_eq!(d.timer_entries(), 0);
+        // ASYNC_CANCEL takes one out too.
+        assert!(d.push(&opcode::Timeout::new(&hour).build().user_data(5)));
+        d.submit();
+        assert_eq!(d.timer_entries(), 1);
+        let out = run_two(&mut d, opcode::AsyncCancel::new(5).build().user_data(6));
+        assert_eq!(out, vec![(5, -libc::ECANCELED), (6, 0)]);
+        assert_eq!(d.timer_entries(), 0);
         assert!(d.idle());
     }
 

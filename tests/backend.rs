@@ -5,13 +5,15 @@
 //! (`child_workload`, which does nothing unless `RINGSHARD_TEST_CHILD` is set) with the filter
 //! or limit installed between fork and exec, and checks what the child reports.
 //!
-//! The threads backend's own seams (removed timeouts) are checked at the end, on real files
-//! through the executor.
+//! The threads backend's own seams (what IORING_OP_CLOSE closes, removed timeouts) are checked
+//! at the end, on real files through the executor.
 
 #[path = "support/seccomp.rs"]
 mod seccomp;
 
 use ringshard::{Backend, BackendChoice, Executor, IoUringError, OpenOptions};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -332,6 +334,23 @@ fn threads_exec(workers: usize) -> Executor {
         .expect("executor on the threads backend")
 }
 
+/// How many of this process's descriptors refer to the file at `path` (canonical).
+fn descriptors_of(path: &Path) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target == path)
+        .count()
+}
+
+/// The file (device, inode) that descriptor `fd` refers to now; `None` if it is closed.
+fn identity(fd: i32) -> Option<(u64, u64)> {
+    // SAFETY: fstat writes into a local struct only; a closed descriptor fails with EBADF.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    (unsafe { libc::fstat(fd, &mut st) } == 0).then_some((st.st_dev, st.st_ino))
+}
+
 /// Polls `cond` every 2 ms until it holds; panics naming `what` after [`HANG`].
 fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -339,6 +358,82 @@ fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
         assert!(start.elapsed() < HANG, "{what}: not within {HANG:?}");
         std::thread::sleep(Duration::from_millis(2));
     }
+}
+
+/// IORING_OP_CLOSE on the threads backend closes the descriptor the SQE names, once. Before, the
+/// job closed the duplicate it held, then closed that number again when the job was dropped
+/// (another thread's new file, had it got the number), left the named descriptor open and said
+/// 0. The close is kept queued behind a pipe read (the one worker waits in it) while another
+/// thread opens a file, so both descriptors exist when it runs.
+#[test]
+fn on_the_threads_backend_close_closes_the_descriptor_it_names() {
+    let exec = threads_exec(1);
+    let dir = tempfile::tempdir().unwrap();
+    let named_path = dir.path().join("named");
+    let named = std::fs::File::create(&named_path).unwrap();
+    let named_path = std::fs::canonicalize(&named_path).unwrap();
+    let named_id = identity(named.as_raw_fd()).expect("open");
+    let other_path = dir.path().join("other");
+    std::fs::write(&other_path, b"other").unwrap();
+    let mut fds = [0; 2];
+    // SAFETY: pipe writes two descriptors into the array.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: fresh descriptors nobody else owns.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    const READ: u64 = 1 << 50;
+    const CLOSE: u64 = READ + 1;
+    let (n, mut got, other, other_id) = exec
+        .submit_to(0, move |ctx| -> ringshard::Result<_> {
+            use io_uring::{opcode, types};
+            let n = named.into_raw_fd(); // the close owns it now
+            let mut byte = [0u8; 1];
+            let read = opcode::Read::new(types::Fd(r.as_raw_fd()), byte.as_mut_ptr(), 1)
+                .build()
+                .user_data(READ);
+            let close = opcode::Close::new(types::Fd(n)).build().user_data(CLOSE);
+            // SAFETY: `byte` and the pipe outlive both operations: both completions are reaped
+            // below, before this closure returns; the close takes a descriptor nobody else owns.
+            unsafe {
+                ctx.push(&read)?;
+                ctx.push(&close)?;
+            }
+            ctx.submit()?;
+            // Opened by another thread while the close waits behind the pipe read.
+            let other = std::thread::spawn(move || std::fs::File::open(other_path).unwrap())
+                .join()
+                .unwrap();
+            let other_id = identity(other.as_raw_fd());
+            // SAFETY: one byte from a local to the pipe's write end.
+            assert_eq!(
+                unsafe { libc::write(w.as_raw_fd(), b"!".as_ptr().cast(), 1) },
+                1
+            );
+            let mut got = Vec::new();
+            let start = Instant::now();
+            while got.len() < 2 {
+                assert!(start.elapsed() < HANG, "completions: {got:?}");
+                ctx.submit_and_wait(1)?;
+                ctx.reap(|c| got.push((c.user_data, c.result)));
+            }
+            assert_eq!(&byte, b"!");
+            Ok((n, got, other, other_id))
+        })
+        .wait()
+        .unwrap()
+        .unwrap();
+    got.sort();
+    assert_eq!(got, vec![(READ, 1), (CLOSE, 0)]);
+    // The named descriptor is closed (its number may be another file's by now, never this one).
+    assert_ne!(identity(n), Some(named_id), "descriptor {n} still open");
+    assert_eq!(
+        descriptors_of(&named_path),
+        0,
+        "a descriptor of the closed file is still open"
+    );
+    // The file another thread opened meanwhile is untouched.
+    assert!(other_id.is_some());
+    assert_eq!(identity(other.as_raw_fd()), other_id);
+    exec.shutdown().unwrap();
 }
 
 /// How many timeouts shard 0's threads backend keeps (a `submit_to`: the shard's own sleeps are

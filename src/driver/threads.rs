@@ -21,8 +21,9 @@
 //! The shard keeps to them already (it leaks what is in flight when it stops), and a worker
 //! touches an SQE's memory only while its CQE is not yet posted. Like the kernel's file reference
 //! per request, each job holds a duplicate of its descriptor, so a descriptor closed or reused
-//! meanwhile never changes what it acts on; when the driver is dropped, queued jobs are dropped
-//! unrun and calls waiting in `poll` are woken to end.
+//! meanwhile never changes what it acts on (a CLOSE holds none: it closes the descriptor it
+//! names, once); when the driver is dropped, queued jobs are dropped unrun and calls waiting in
+//! `poll` are woken to end.
 //!
 //! Known limit: a read of a pipe, FIFO or socket with nothing to read holds a worker while it
 //! waits (cancellable), so `max_workers` such reads leave no worker for other jobs.
@@ -359,6 +360,19 @@ impl ThreadDriver {
             Code::AsyncCancel => {
                 let res = self.cancel(sqe.addr);
                 self.cq.push_back((ud, res));
+            }
+            // As in the kernel: IOSQE_FIXED_FILE does not name a registered slot to close.
+            Code::Close if sqe.flags & FIXED_FILE != 0 => self.cq.push_back((ud, -libc::EBADF)),
+            Code::Close => {
+                // Closes the descriptor named, once, on a worker (a close may flush: NFS, FUSE;
+                // the kernel too leaves those to its workers). The job holds no reference of its
+                // own: the descriptor is what it closes.
+                self.dispatch(Job {
+                    fd: sqe.fd,
+                    sqe,
+                    code,
+                    _held: None,
+                });
             }
             _ => {
                 let fd = match self.resolve_fd(&sqe) {
@@ -929,6 +943,7 @@ mod tests {
     use super::*;
     use io_uring::{opcode, types};
     use std::io::Write;
+    use std::os::fd::IntoRawFd;
 
     fn driver() -> ThreadDriver {
         ThreadDriver::new(64, None, 4, "test-worker".into()).unwrap()
@@ -1116,6 +1131,38 @@ mod tests {
         out.sort();
         assert_eq!(out, vec![(1, 5), (2, 5)]);
         assert_eq!(&buf, b"hello");
+    }
+
+    /// CLOSE closes the descriptor it names, once; with IOSQE_FIXED_FILE it is EBADF (as in the
+    /// kernel), and closes nothing.
+    #[test]
+    fn close_closes_the_descriptor_it_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let fd = std::fs::File::create(dir.path().join("c"))
+            .unwrap()
+            .into_raw_fd();
+        let ino = |fd| {
+            // SAFETY: fstat writes into a local struct only.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: as above; a closed descriptor fails with EBADF.
+            (unsafe { libc::fstat(fd, &mut st) } == 0).then_some((st.st_dev, st.st_ino))
+        };
+        let id = ino(fd).unwrap();
+        let mut d = driver();
+        d.register_files_sparse(2);
+        assert_eq!(d.register_files_update(0, &[fd]), 1);
+        let e = opcode::Close::new(types::Fd(0))
+            .build()
+            .flags(squeue::Flags::FIXED_FILE)
+            .user_data(1);
+        assert_eq!(run_one(&mut d, e), (1, -libc::EBADF));
+        assert_eq!(ino(fd), Some(id), "a refused close closed the file");
+        assert_eq!(d.register_files_update(0, &[-1]), 1);
+        let e = opcode::Close::new(types::Fd(fd)).build().user_data(2);
+        assert_eq!(run_one(&mut d, e), (2, 0));
+        // Closed (the number may be another thread's file by now, never this one).
+        assert_ne!(ino(fd), Some(id));
+        assert!(d.idle());
     }
 
     #[test]

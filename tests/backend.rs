@@ -5,15 +5,15 @@
 //! (`child_workload`, which does nothing unless `RINGSHARD_TEST_CHILD` is set) with the filter
 //! or limit installed between fork and exec, and checks what the child reports.
 //!
-//! The threads backend's own seams (what IORING_OP_CLOSE closes, removed timeouts) are checked
-//! at the end, on real files through the executor.
+//! The threads backend's own seams (what IORING_OP_CLOSE closes, removed timeouts, descriptors
+//! held by queued jobs) are checked at the end, on real files through the executor.
 
 #[path = "support/seccomp.rs"]
 mod seccomp;
 
 use ringshard::{Backend, BackendChoice, Executor, IoUringError, OpenOptions};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -351,6 +351,13 @@ fn identity(fd: i32) -> Option<(u64, u64)> {
     (unsafe { libc::fstat(fd, &mut st) } == 0).then_some((st.st_dev, st.st_ino))
 }
 
+fn mkfifo(path: &Path) -> PathBuf {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    path.to_path_buf()
+}
+
 /// Polls `cond` every 2 ms until it holds; panics naming `what` after [`HANG`].
 fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -403,11 +410,9 @@ fn on_the_threads_backend_close_closes_the_descriptor_it_names() {
                 .join()
                 .unwrap();
             let other_id = identity(other.as_raw_fd());
-            // SAFETY: one byte from a local to the pipe's write end.
-            assert_eq!(
-                unsafe { libc::write(w.as_raw_fd(), b"!".as_ptr().cast(), 1) },
-                1
-            );
+            // SAFETY: one byte from a static to the pipe's write end.
+            let wrote = unsafe { libc::write(w.as_raw_fd(), b"!".as_ptr().cast(), 1) };
+            assert_eq!(wrote, 1);
             let mut got = Vec::new();
             let start = Instant::now();
             while got.len() < 2 {
@@ -497,5 +502,63 @@ fn on_the_threads_backend_sleeps_parked_by_submit_to_leave_the_timer_store() {
         "{most} timer entries with one sleep armed, over {CALLS} submit_to calls"
     );
     h.cancel();
+    exec.shutdown().unwrap();
+}
+
+/// Jobs queued on one file on the threads backend share one reference to it. Before, each held
+/// a duplicate descriptor of its own, so a shard's few hundred queued jobs could use up
+/// RLIMIT_NOFILE (1024 by default), where the kernel holds file references. The one worker waits
+/// in a FIFO's read, so the writes stay queued while the descriptors are counted.
+#[test]
+fn on_the_threads_backend_queued_jobs_on_one_file_share_one_descriptor() {
+    const JOBS: usize = 300;
+    let exec = threads_exec(1);
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = mkfifo(&dir.path().join("fifo"));
+    // Read-write, so open(2) does not wait for a writer.
+    let pipe = exec
+        .open(&fifo, OpenOptions::new().read(true).write(true))
+        .wait()
+        .unwrap();
+    let path = dir.path().join("data");
+    let f = exec
+        .open(
+            &path,
+            OpenOptions::new().read(true).write(true).create(true),
+        )
+        .wait()
+        .unwrap();
+    let path = std::fs::canonicalize(&path).unwrap();
+    assert_eq!(descriptors_of(&path), 1);
+    let stuck = exec.read(&pipe, 0, 1);
+    eventually("the FIFO read issued", || {
+        exec.stats().shards[0].in_flight_hwm >= 1
+    });
+    let writes: Vec<_> = (0..JOBS)
+        .map(|i| exec.write(&f, (i * 4096) as u64, vec![i as u8; 4096]))
+        .collect();
+    // The FIFO read and every write in flight at once.
+    eventually("the writes issued", || {
+        exec.stats().shards[0].in_flight_hwm > JOBS as u64
+    });
+    let held = descriptors_of(&path);
+    assert!(
+        held <= 2,
+        "{held} descriptors of the file with {JOBS} jobs queued on it (its own, and at most one \
+         the jobs share)"
+    );
+    let mut writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    std::io::Write::write_all(&mut writer, b"!").unwrap();
+    assert_eq!(stuck.wait().unwrap(), b"!");
+    for (i, w) in writes.into_iter().enumerate() {
+        assert_eq!(w.wait().unwrap(), 4096, "write {i}");
+    }
+    let data = std::fs::read(&path).unwrap();
+    assert_eq!(data.len(), JOBS * 4096);
+    for (i, chunk) in data.chunks(4096).enumerate() {
+        assert!(chunk.iter().all(|&b| b == i as u8), "block {i}");
+    }
+    // The jobs are done: only the file's own descriptor is left.
+    assert_eq!(descriptors_of(&path), 1);
     exec.shutdown().unwrap();
 }

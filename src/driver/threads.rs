@@ -20,10 +20,13 @@
 //! Memory rules are the kernel's: what an SQE points to must stay valid until its CQE is reaped.
 //! The shard keeps to them already (it leaks what is in flight when it stops), and a worker
 //! touches an SQE's memory only while its CQE is not yet posted. Like the kernel's file reference
-//! per request, each job holds a duplicate of its descriptor, so a descriptor closed or reused
-//! meanwhile never changes what it acts on (a CLOSE holds none: it closes the descriptor it
-//! names, once); when the driver is dropped, queued jobs are dropped unrun and calls waiting in
-//! `poll` are woken to end.
+//! per request, each job holds a reference to its file, a duplicate descriptor, so a descriptor
+//! closed or reused meanwhile never changes what it acts on. The jobs on one of the shard's files
+//! share one duplicate (made when the first is queued, closed with the last: the shard says which
+//! descriptors are its files, `track_file`), so queued jobs do not use up RLIMIT_NOFILE; a
+//! descriptor the shard does not own (a closure's raw SQE) gets a duplicate per job. A CLOSE holds
+//! none: it closes the descriptor it names, once. When the driver is dropped, queued jobs are
+//! dropped unrun and calls waiting in `poll` are woken to end.
 //!
 //! Known limit: a read of a pipe, FIFO or socket with nothing to read holds a worker while it
 //! waits (cancellable), so `max_workers` such reads leave no worker for other jobs.
@@ -33,40 +36,44 @@ use io_uring::squeue;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 /// One SQE handed to a worker, with its descriptor resolved.
 struct Job {
     sqe: Sqe,
     code: Code,
+    /// The descriptor the call uses: `held`'s, else the SQE's own.
     fd: RawFd,
-    /// A duplicate of `fd`, held until the call is done: as the kernel holds a file reference
-    /// per request, a descriptor the shard closes (or that is reused for another file) never
-    /// changes what a queued or running job acts on.
-    _held: Option<OwnedFd>,
+    /// A reference to the file (see [`ThreadDriver::hold`]), kept until the call is done: as
+    /// the kernel holds a file reference per request, a descriptor the shard closes (or that is
+    /// reused for another file) never changes what a queued or running job acts on.
+    _held: Option<Arc<OwnedFd>>,
 }
 
 impl Job {
-    fn new(sqe: Sqe, code: Code, fd: RawFd) -> Job {
-        let held = (fd >= 0)
-            .then(|| {
-                // SAFETY: fcntl(F_DUPFD_CLOEXEC) takes no memory; the result is checked.
-                let d = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
-                // SAFETY: a fresh descriptor nobody else owns.
-                (d >= 0).then(|| unsafe { OwnedFd::from_raw_fd(d) })
-            })
-            .flatten();
-        // Without a duplicate (EMFILE), the original: the shard keeps it open while its op is
-        // in flight, except when the shard itself is torn down.
-        let fd = held.as_ref().map_or(fd, AsRawFd::as_raw_fd);
+    /// A job on `fd`, through `held` when there is one. Without (a negative `fd` such as
+    /// AT_FDCWD, or EMFILE), `fd` itself: the shard keeps its files open while their ops are in
+    /// flight (a close waits for them), except when the shard itself is torn down.
+    fn new(sqe: Sqe, code: Code, fd: RawFd, held: Option<Arc<OwnedFd>>) -> Job {
         Job {
             sqe,
             code,
-            fd,
+            fd: held.as_deref().map_or(fd, AsRawFd::as_raw_fd),
             _held: held,
         }
     }
+}
+
+/// A duplicate of `fd` (close-on-exec); `None` if it cannot be made (EMFILE, a bad descriptor).
+fn dup(fd: RawFd) -> Option<OwnedFd> {
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) takes no memory; the result is checked.
+    let d = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    // SAFETY: a fresh descriptor nobody else owns.
+    (d >= 0).then(|| unsafe { OwnedFd::from_raw_fd(d) })
 }
 
 #[derive(Default)]
@@ -124,6 +131,9 @@ pub(crate) struct ThreadDriver {
     timer_seq: u64,
     /// Armed polls: (fd, events, user_data).
     polls: Vec<(RawFd, i16, u64)>,
+    /// The shard's open files by descriptor (`track_file` to `untrack_file`), each with the
+    /// duplicate its queued and running jobs share while there are any (see `hold`).
+    tracked: HashMap<RawFd, Weak<OwnedFd>>,
     /// O_DIRECT or not, by descriptor (see `is_direct`).
     direct: HashMap<RawFd, bool>,
     cpu: Option<usize>,
@@ -165,6 +175,7 @@ impl ThreadDriver {
             timer_live: HashMap::new(),
             timer_seq: 0,
             polls: Vec::new(),
+            tracked: HashMap::new(),
             direct: HashMap::new(),
             cpu,
             max_workers: max_workers.max(1),
@@ -209,6 +220,37 @@ impl ThreadDriver {
             self.direct.remove(fd);
         }
         fds.len() as i32
+    }
+
+    /// `fd` is one of the shard's open files until [`untrack_file`](Self::untrack_file): the jobs
+    /// on it share one duplicate.
+    pub(crate) fn track_file(&mut self, fd: RawFd) {
+        self.tracked.insert(fd, Weak::new());
+        self.direct.remove(&fd);
+    }
+
+    /// The shard is about to close `fd`. Its queued and running jobs keep the duplicate they
+    /// share (closed with the last of them), so the number may be reused at once; a file that
+    /// gets it is tracked afresh, and its jobs get a duplicate of their own file.
+    pub(crate) fn untrack_file(&mut self, fd: RawFd) {
+        self.tracked.remove(&fd);
+    }
+
+    /// The reference a new job on `fd` holds: for one of the shard's files, the duplicate its
+    /// jobs share (made for the first of them, closed with the last), so a file with hundreds
+    /// of queued jobs costs one descriptor, not hundreds; for any other descriptor (a closure's
+    /// raw SQE: its owner may close it once the SQE is submitted, as with the kernel), one of
+    /// its own. `None` for a negative `fd` (AT_FDCWD) or when no duplicate can be made.
+    fn hold(&mut self, fd: RawFd) -> Option<Arc<OwnedFd>> {
+        let Some(shared) = self.tracked.get_mut(&fd) else {
+            return dup(fd).map(Arc::new);
+        };
+        if let Some(held) = shared.upgrade() {
+            return Some(held);
+        }
+        let held = Arc::new(dup(fd)?);
+        *shared = Arc::downgrade(&held);
+        Some(held)
     }
 
     /// Starts everything queued; returns how many SQEs were taken.
@@ -367,12 +409,7 @@ impl ThreadDriver {
                 // Closes the descriptor named, once, on a worker (a close may flush: NFS, FUSE;
                 // the kernel too leaves those to its workers). The job holds no reference of its
                 // own: the descriptor is what it closes.
-                self.dispatch(Job {
-                    fd: sqe.fd,
-                    sqe,
-                    code,
-                    _held: None,
-                });
+                self.dispatch(Job::new(sqe, code, sqe.fd, None));
             }
             _ => {
                 let fd = match self.resolve_fd(&sqe) {
@@ -392,7 +429,8 @@ impl ThreadDriver {
                         return;
                     }
                 }
-                self.dispatch(Job::new(sqe, code, fd));
+                let held = self.hold(fd);
+                self.dispatch(Job::new(sqe, code, fd, held));
             }
         }
     }
@@ -712,7 +750,7 @@ fn worker_loop(shared: &Shared, slot: usize, cancel: &mut Option<OwnedFd>) {
         };
         done_running(shared, slot, efd);
         let user_data = job.sqe.user_data;
-        drop(job); // closes its duplicate descriptor
+        drop(job); // its reference: the last job on a file closes the duplicate
         lock(&shared.done).push((user_data, res));
         if shared.sleeping.load(Ordering::SeqCst) {
             let one = 1u64;
@@ -1162,6 +1200,90 @@ mod tests {
         assert_eq!(run_one(&mut d, e), (2, 0));
         // Closed (the number may be another thread's file by now, never this one).
         assert_ne!(ino(fd), Some(id));
+        assert!(d.idle());
+    }
+
+    /// How many of this process's descriptors refer to the file at `path` (canonical).
+    fn descriptors_of(path: &std::path::Path) -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|target| target == path)
+            .count()
+    }
+
+    /// Jobs on one of the shard's files share one duplicate of its descriptor, and keep acting
+    /// on that file when the shard closes it while they are queued and its number (and its
+    /// registered slot) goes to another file. The one worker waits in a pipe read meanwhile.
+    #[test]
+    fn queued_jobs_share_one_reference_that_outlives_a_close() {
+        const JOBS: usize = 16;
+        let dir = tempfile::tempdir().unwrap();
+        let old_path = dir.path().join("old");
+        let fd = std::fs::File::create(&old_path).unwrap().into_raw_fd();
+        let old_path = std::fs::canonicalize(&old_path).unwrap();
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 writes two descriptors into the array.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: fresh descriptors nobody else owns.
+        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let mut d = ThreadDriver::new(64, None, 1, "test-worker".into()).unwrap();
+        d.register_files_sparse(1);
+        assert_eq!(d.register_files_update(0, &[fd]), 1);
+        d.track_file(fd);
+        let mut byte = [0u8; 1];
+        let read = opcode::Read::new(types::Fd(r.as_raw_fd()), byte.as_mut_ptr(), 1)
+            .build()
+            .user_data(100);
+        assert!(d.push(&read));
+        let data: Vec<u8> = (0..JOBS * 512).map(|i| (i / 512) as u8 + 1).collect();
+        for (i, block) in data.chunks(512).enumerate() {
+            let e = opcode::Write::new(types::Fixed(0), block.as_ptr(), 512)
+                .offset((i * 512) as u64)
+                .build()
+                .user_data(i as u64);
+            assert!(d.push(&e));
+        }
+        d.submit();
+        assert_eq!(
+            descriptors_of(&old_path),
+            2,
+            "the file's own descriptor and one its {JOBS} queued jobs share"
+        );
+        // The shard closes the file with its jobs queued; its slot (and likely its number) goes
+        // to another file.
+        assert_eq!(d.register_files_update(0, &[-1]), 1);
+        d.untrack_file(fd);
+        // SAFETY: the test owns `fd` (taken from the File above) and closes it once.
+        assert_eq!(unsafe { libc::close(fd) }, 0);
+        let new = std::fs::File::create(dir.path().join("new")).unwrap();
+        assert_eq!(d.register_files_update(0, &[new.as_raw_fd()]), 1);
+        d.track_file(new.as_raw_fd());
+        assert_eq!(descriptors_of(&old_path), 1, "the jobs' shared duplicate");
+        // SAFETY: one byte from a static to the pipe's write end.
+        let wrote = unsafe { libc::write(w.as_raw_fd(), b"!".as_ptr().cast(), 1) };
+        assert_eq!(wrote, 1);
+        let mut out = Vec::new();
+        let until = Instant::now() + Duration::from_secs(30);
+        while out.len() < JOBS + 1 && Instant::now() < until {
+            d.submit_and_wait(1, Some(Duration::from_millis(100)));
+            d.completions(&mut out);
+        }
+        out.sort();
+        let mut want: Vec<(u64, i32)> = (0..JOBS as u64).map(|i| (i, 512)).collect();
+        want.push((100, 1));
+        assert_eq!(out, want);
+        assert_eq!(std::fs::read(&old_path).unwrap(), data);
+        assert_eq!(
+            new.metadata().unwrap().len(),
+            0,
+            "a queued job wrote to the new file"
+        );
+        assert_eq!(
+            descriptors_of(&old_path),
+            0,
+            "the last job closed the duplicate"
+        );
         assert!(d.idle());
     }
 

@@ -4,12 +4,18 @@
 //! Filters and limits are per process, so each case runs this test binary again as a child
 //! (`child_workload`, which does nothing unless `RINGSHARD_TEST_CHILD` is set) with the filter
 //! or limit installed between fork and exec, and checks what the child reports.
+//!
+//! The threads backend's own seams (what IORING_OP_CLOSE closes, removed timeouts, descriptors
+//! held by queued jobs) are checked at the end, on real files through the executor.
 
 #[path = "support/seccomp.rs"]
 mod seccomp;
 
 use ringshard::{Backend, BackendChoice, Executor, IoUringError, OpenOptions};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 const CHILD: &str = "RINGSHARD_TEST_CHILD";
 
@@ -308,4 +314,251 @@ fn each_ring_mode_can_be_forced_and_runs_the_workload() {
     }
     let err = child_error("RINGSHARD_RING_MODE", "fast");
     assert!(err.contains("expected defer, coop or plain"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The threads backend's seams
+// ---------------------------------------------------------------------------------------------
+
+/// Longest a step may take before a test calls it a hang (never a timing assertion).
+const HANG: Duration = Duration::from_secs(30);
+
+/// One shard on the threads backend with at most `workers` worker threads.
+fn threads_exec(workers: usize) -> Executor {
+    Executor::builder()
+        .shards(1)
+        .backend(BackendChoice::Threads)
+        .threads_per_shard(workers)
+        .inline_buffered_writes(false)
+        .build()
+        .expect("executor on the threads backend")
+}
+
+/// How many of this process's descriptors refer to the file at `path` (canonical).
+fn descriptors_of(path: &Path) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target == path)
+        .count()
+}
+
+/// The file (device, inode) that descriptor `fd` refers to now; `None` if it is closed.
+fn identity(fd: i32) -> Option<(u64, u64)> {
+    // SAFETY: fstat writes into a local struct only; a closed descriptor fails with EBADF.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    (unsafe { libc::fstat(fd, &mut st) } == 0).then_some((st.st_dev, st.st_ino))
+}
+
+fn mkfifo(path: &Path) -> PathBuf {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    path.to_path_buf()
+}
+
+/// Polls `cond` every 2 ms until it holds; panics naming `what` after [`HANG`].
+fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < HANG, "{what}: not within {HANG:?}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// IORING_OP_CLOSE on the threads backend closes the descriptor the SQE names, once. Before, the
+/// job closed the duplicate it held, then closed that number again when the job was dropped
+/// (another thread's new file, had it got the number), left the named descriptor open and said
+/// 0. The close is kept queued behind a pipe read (the one worker waits in it) while another
+/// thread opens a file, so both descriptors exist when it runs.
+#[test]
+fn on_the_threads_backend_close_closes_the_descriptor_it_names() {
+    let exec = threads_exec(1);
+    let dir = tempfile::tempdir().unwrap();
+    let named_path = dir.path().join("named");
+    let named = std::fs::File::create(&named_path).unwrap();
+    let named_path = std::fs::canonicalize(&named_path).unwrap();
+    let named_id = identity(named.as_raw_fd()).expect("open");
+    let other_path = dir.path().join("other");
+    std::fs::write(&other_path, b"other").unwrap();
+    let mut fds = [0; 2];
+    // SAFETY: pipe writes two descriptors into the array.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: fresh descriptors nobody else owns.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    const READ: u64 = 1 << 50;
+    const CLOSE: u64 = READ + 1;
+    let (n, mut got, other, other_id) = exec
+        .submit_to(0, move |ctx| -> ringshard::Result<_> {
+            use io_uring::{opcode, types};
+            let n = named.into_raw_fd(); // the close owns it now
+            let mut byte = [0u8; 1];
+            let read = opcode::Read::new(types::Fd(r.as_raw_fd()), byte.as_mut_ptr(), 1)
+                .build()
+                .user_data(READ);
+            let close = opcode::Close::new(types::Fd(n)).build().user_data(CLOSE);
+            // SAFETY: `byte` and the pipe outlive both operations: both completions are reaped
+            // below, before this closure returns; the close takes a descriptor nobody else owns.
+            unsafe {
+                ctx.push(&read)?;
+                ctx.push(&close)?;
+            }
+            ctx.submit()?;
+            // Opened by another thread while the close waits behind the pipe read.
+            let other = std::thread::spawn(move || std::fs::File::open(other_path).unwrap())
+                .join()
+                .unwrap();
+            let other_id = identity(other.as_raw_fd());
+            // SAFETY: one byte from a static to the pipe's write end.
+            let wrote = unsafe { libc::write(w.as_raw_fd(), b"!".as_ptr().cast(), 1) };
+            assert_eq!(wrote, 1);
+            let mut got = Vec::new();
+            let start = Instant::now();
+            while got.len() < 2 {
+                assert!(start.elapsed() < HANG, "completions: {got:?}");
+                ctx.submit_and_wait(1)?;
+                ctx.reap(|c| got.push((c.user_data, c.result)));
+            }
+            assert_eq!(&byte, b"!");
+            Ok((n, got, other, other_id))
+        })
+        .wait()
+        .unwrap()
+        .unwrap();
+    got.sort();
+    assert_eq!(got, vec![(READ, 1), (CLOSE, 0)]);
+    // The named descriptor is closed (its number may be another file's by now, never this one).
+    assert_ne!(identity(n), Some(named_id), "descriptor {n} still open");
+    assert_eq!(
+        descriptors_of(&named_path),
+        0,
+        "a descriptor of the closed file is still open"
+    );
+    // The file another thread opened meanwhile is untouched.
+    assert!(other_id.is_some());
+    assert_eq!(identity(other.as_raw_fd()), other_id);
+    exec.shutdown().unwrap();
+}
+
+/// How many timeouts shard 0's threads backend keeps (a `submit_to`: the shard's own sleeps are
+/// taken out while it runs).
+fn timer_entries(exec: &Executor) -> usize {
+    exec.submit_to(0, |ctx| ctx.threads_timer_entries_for_tests())
+        .wait()
+        .unwrap()
+        .expect("the threads backend")
+}
+
+const LONG: Duration = Duration::from_secs(3600);
+
+/// On the threads backend a removed timeout leaves the timer store at once. Before, each stayed
+/// until its deadline: a task's sleeps dropped before they fired (`select(sleep(1 h), read)` in a
+/// loop, see tasks.rs `dropped_sleeps_leave_the_ring`) grew it by one entry per iteration.
+#[test]
+fn on_the_threads_backend_dropped_sleeps_leave_the_timer_store() {
+    const ROUNDS: usize = 3000;
+    let exec = threads_exec(4);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t");
+    std::fs::write(&path, vec![7u8; 4096]).unwrap();
+    let f = exec
+        .open(&path, OpenOptions::new().read(true))
+        .wait()
+        .unwrap();
+    let h = exec.spawn_on_with(0, move |l| async move {
+        use futures::future::{select, Either};
+        for _ in 0..ROUNDS {
+            let nap = Box::pin(l.sleep(LONG));
+            let read = Box::pin(l.read(&f, 0, 4096));
+            match select(read, nap).await {
+                Either::Left((r, _nap)) => assert_eq!(r.unwrap().len(), 4096),
+                Either::Right(_) => panic!("a one-hour sleep fired"),
+            }
+        }
+    });
+    eventually("the reads", || h.is_finished());
+    h.wait().unwrap();
+    // Every sleep was dropped, so none is left.
+    assert_eq!(timer_entries(&exec), 0, "after {ROUNDS} dropped sleeps");
+    exec.shutdown().unwrap();
+}
+
+/// The same for the sleeps a `submit_to` takes out of the ring (TIMEOUT_REMOVE) and arms again
+/// after it: before, each call left one more entry behind.
+#[test]
+fn on_the_threads_backend_sleeps_parked_by_submit_to_leave_the_timer_store() {
+    const CALLS: usize = 1000;
+    let exec = threads_exec(4);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = exec.spawn_on_with(0, move |l| async move {
+        tx.send(()).unwrap();
+        l.sleep(LONG).await;
+    });
+    rx.recv_timeout(HANG).expect("the sleeper started");
+    let most = (0..CALLS).map(|_| timer_entries(&exec)).max().unwrap();
+    assert!(
+        most <= 1,
+        "{most} timer entries with one sleep armed, over {CALLS} submit_to calls"
+    );
+    h.cancel();
+    exec.shutdown().unwrap();
+}
+
+/// Jobs queued on one file on the threads backend share one reference to it. Before, each held
+/// a duplicate descriptor of its own, so a shard's few hundred queued jobs could use up
+/// RLIMIT_NOFILE (1024 by default), where the kernel holds file references. The one worker waits
+/// in a FIFO's read, so the writes stay queued while the descriptors are counted.
+#[test]
+fn on_the_threads_backend_queued_jobs_on_one_file_share_one_descriptor() {
+    const JOBS: usize = 300;
+    let exec = threads_exec(1);
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = mkfifo(&dir.path().join("fifo"));
+    // Read-write, so open(2) does not wait for a writer.
+    let pipe = exec
+        .open(&fifo, OpenOptions::new().read(true).write(true))
+        .wait()
+        .unwrap();
+    let path = dir.path().join("data");
+    let f = exec
+        .open(
+            &path,
+            OpenOptions::new().read(true).write(true).create(true),
+        )
+        .wait()
+        .unwrap();
+    let path = std::fs::canonicalize(&path).unwrap();
+    assert_eq!(descriptors_of(&path), 1);
+    let stuck = exec.read(&pipe, 0, 1);
+    eventually("the FIFO read issued", || {
+        exec.stats().shards[0].in_flight_hwm >= 1
+    });
+    let writes: Vec<_> = (0..JOBS)
+        .map(|i| exec.write(&f, (i * 4096) as u64, vec![i as u8; 4096]))
+        .collect();
+    // The FIFO read and every write in flight at once.
+    eventually("the writes issued", || {
+        exec.stats().shards[0].in_flight_hwm > JOBS as u64
+    });
+    let held = descriptors_of(&path);
+    assert!(
+        held <= 2,
+        "{held} descriptors of the file with {JOBS} jobs queued on it (its own, and at most one \
+         the jobs share)"
+    );
+    let mut writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    std::io::Write::write_all(&mut writer, b"!").unwrap();
+    assert_eq!(stuck.wait().unwrap(), b"!");
+    for (i, w) in writes.into_iter().enumerate() {
+        assert_eq!(w.wait().unwrap(), 4096, "write {i}");
+    }
+    let data = std::fs::read(&path).unwrap();
+    assert_eq!(data.len(), JOBS * 4096);
+    for (i, chunk) in data.chunks(4096).enumerate() {
+        assert!(chunk.iter().all(|&b| b == i as u8), "block {i}");
+    }
+    // The jobs are done: only the file's own descriptor is left.
+    assert_eq!(descriptors_of(&path), 1);
+    exec.shutdown().unwrap();
 }

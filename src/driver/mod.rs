@@ -339,6 +339,31 @@ impl Driver {
         }
     }
 
+    /// The shard installed `fd` in its file table. On the threads backend its jobs then share
+    /// one duplicate of it; io_uring needs nothing (the kernel takes a file reference per
+    /// request).
+    pub(crate) fn file_opened(&mut self, fd: RawFd) {
+        if let Driver::Threads(t) = self {
+            t.track_file(fd);
+        }
+    }
+
+    /// The shard is about to close `fd` (see [`file_opened`](Self::file_opened)).
+    pub(crate) fn file_closing(&mut self, fd: RawFd) {
+        if let Driver::Threads(t) = self {
+            t.untrack_file(fd);
+        }
+    }
+
+    /// How many timeouts the threads backend keeps (armed, or removed and not yet dropped);
+    /// `None` on io_uring. For tests: it must stay bounded by the sleeps armed.
+    pub(crate) fn threads_timer_entries(&self) -> Option<usize> {
+        match self {
+            Driver::Uring(_) => None,
+            Driver::Threads(t) => Some(t.timer_entries()),
+        }
+    }
+
     /// Sets registered file slots from `offset` (-1 clears one); false if refused.
     pub(crate) fn register_files_update(&mut self, offset: u32, fds: &[RawFd]) -> bool {
         match self {

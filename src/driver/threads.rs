@@ -13,60 +13,67 @@
 //! - everything else that may block (writes, O_DIRECT reads, which wait for the device even with
 //!   `RWF_NOWAIT`, syncs, metadata and path operations) goes to a worker thread of the shard
 //!   (started on demand, one per queued job up to `max_workers`, pinned to the shard's CPU);
-//! - timeouts, polls and cancellations are kept on the shard thread (a deadline heap, `ppoll`);
+//! - timeouts, polls and cancellations are kept on the shard thread (deadlines in order, `ppoll`);
 //!   armed polls are looked at when the shard sleeps (the shard's only poll is its wake-up
 //!   eventfd, which matters only then).
 //!
 //! Memory rules are the kernel's: what an SQE points to must stay valid until its CQE is reaped.
 //! The shard keeps to them already (it leaks what is in flight when it stops), and a worker
 //! touches an SQE's memory only while its CQE is not yet posted. Like the kernel's file reference
-//! per request, each job holds a duplicate of its descriptor, so a descriptor closed or reused
-//! meanwhile never changes what it acts on; when the driver is dropped, queued jobs are dropped
-//! unrun and calls waiting in `poll` are woken to end.
+//! per request, each job holds a reference to its file, a duplicate descriptor, so a descriptor
+//! closed or reused meanwhile never changes what it acts on. The jobs on one of the shard's files
+//! share one duplicate (made when the first is queued, closed with the last: the shard says which
+//! descriptors are its files, `track_file`), so queued jobs do not use up RLIMIT_NOFILE; a
+//! descriptor the shard does not own (a closure's raw SQE) gets a duplicate per job. A CLOSE holds
+//! none: it closes the descriptor it names, once. When the driver is dropped, queued jobs are
+//! dropped unrun and calls waiting in `poll` are woken to end.
 //!
 //! Known limit: a read of a pipe, FIFO or socket with nothing to read holds a worker while it
 //! waits (cancellable), so `max_workers` such reads leave no worker for other jobs.
 
 use super::sqe::{Code, Sqe, FIXED_FILE, FSYNC_DATASYNC, TIMEOUT_ABS};
 use io_uring::squeue;
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 /// One SQE handed to a worker, with its descriptor resolved.
 struct Job {
     sqe: Sqe,
     code: Code,
+    /// The descriptor the call uses: `held`'s, else the SQE's own.
     fd: RawFd,
-    /// A duplicate of `fd`, held until the call is done: as the kernel holds a file reference
-    /// per request, a descriptor the shard closes (or that is reused for another file) never
-    /// changes what a queued or running job acts on.
-    _held: Option<OwnedFd>,
+    /// A reference to the file (see [`ThreadDriver::hold`]), kept until the call is done: as
+    /// the kernel holds a file reference per request, a descriptor the shard closes (or that is
+    /// reused for another file) never changes what a queued or running job acts on.
+    _held: Option<Arc<OwnedFd>>,
 }
 
 impl Job {
-    fn new(sqe: Sqe, code: Code, fd: RawFd) -> Job {
-        let held = (fd >= 0)
-            .then(|| {
-                // SAFETY: fcntl(F_DUPFD_CLOEXEC) takes no memory; the result is checked.
-                let d = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
-                // SAFETY: a fresh descriptor nobody else owns.
-                (d >= 0).then(|| unsafe { OwnedFd::from_raw_fd(d) })
-            })
-            .flatten();
-        // Without a duplicate (EMFILE), the original: the shard keeps it open while its op is
-        // in flight, except when the shard itself is torn down.
-        let fd = held.as_ref().map_or(fd, AsRawFd::as_raw_fd);
+    /// A job on `fd`, through `held` when there is one. Without (a negative `fd` such as
+    /// AT_FDCWD, or EMFILE), `fd` itself: the shard keeps its files open while their ops are in
+    /// flight (a close waits for them), except when the shard itself is torn down.
+    fn new(sqe: Sqe, code: Code, fd: RawFd, held: Option<Arc<OwnedFd>>) -> Job {
         Job {
             sqe,
             code,
-            fd,
+            fd: held.as_deref().map_or(fd, AsRawFd::as_raw_fd),
             _held: held,
         }
     }
+}
+
+/// A duplicate of `fd` (close-on-exec); `None` if it cannot be made (EMFILE, a bad descriptor).
+fn dup(fd: RawFd) -> Option<OwnedFd> {
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) takes no memory; the result is checked.
+    let d = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    // SAFETY: a fresh descriptor nobody else owns.
+    (d >= 0).then(|| unsafe { OwnedFd::from_raw_fd(d) })
 }
 
 #[derive(Default)]
@@ -114,13 +121,19 @@ pub(crate) struct ThreadDriver {
     shared: Arc<Shared>,
     /// The registered file table (`IOSQE_FIXED_FILE` indexes it); -1 for a free slot.
     files: Vec<RawFd>,
-    /// Armed timeouts: (deadline, arm number, user_data), earliest first; `timer_live` maps a
-    /// timeout's user_data to its arm number, so a removed timeout's heap entry is skipped.
-    timers: BinaryHeap<Reverse<(Instant, u64, u64)>>,
-    timer_live: HashMap<u64, u64>,
+    /// Armed timeouts, (deadline, arm number) to user_data, earliest first; `timer_live` maps
+    /// an armed timeout's user_data to its key there (`None`: a deadline past `Instant`'s range,
+    /// which never fires). A timeout removed or cancelled leaves both at once, so they hold
+    /// exactly the armed timeouts (a task's sleeps dropped in a loop, or taken out and armed
+    /// again around every `submit_to`, do not pile up until their deadlines).
+    timers: BTreeMap<(Instant, u64), u64>,
+    timer_live: HashMap<u64, Option<(Instant, u64)>>,
     timer_seq: u64,
     /// Armed polls: (fd, events, user_data).
     polls: Vec<(RawFd, i16, u64)>,
+    /// The shard's open files by descriptor (`track_file` to `untrack_file`), each with the
+    /// duplicate its queued and running jobs share while there are any (see `hold`).
+    tracked: HashMap<RawFd, Weak<OwnedFd>>,
     /// O_DIRECT or not, by descriptor (see `is_direct`).
     direct: HashMap<RawFd, bool>,
     cpu: Option<usize>,
@@ -158,10 +171,11 @@ impl ThreadDriver {
                 sleeping: AtomicBool::new(false),
             }),
             files: Vec::new(),
-            timers: BinaryHeap::new(),
+            timers: BTreeMap::new(),
             timer_live: HashMap::new(),
             timer_seq: 0,
             polls: Vec::new(),
+            tracked: HashMap::new(),
             direct: HashMap::new(),
             cpu,
             max_workers: max_workers.max(1),
@@ -208,6 +222,37 @@ impl ThreadDriver {
         fds.len() as i32
     }
 
+    /// `fd` is one of the shard's open files until [`untrack_file`](Self::untrack_file): the jobs
+    /// on it share one duplicate.
+    pub(crate) fn track_file(&mut self, fd: RawFd) {
+        self.tracked.insert(fd, Weak::new());
+        self.direct.remove(&fd);
+    }
+
+    /// The shard is about to close `fd`. Its queued and running jobs keep the duplicate they
+    /// share (closed with the last of them), so the number may be reused at once; a file that
+    /// gets it is tracked afresh, and its jobs get a duplicate of their own file.
+    pub(crate) fn untrack_file(&mut self, fd: RawFd) {
+        self.tracked.remove(&fd);
+    }
+
+    /// The reference a new job on `fd` holds: for one of the shard's files, the duplicate its
+    /// jobs share (made for the first of them, closed with the last), so a file with hundreds
+    /// of queued jobs costs one descriptor, not hundreds; for any other descriptor (a closure's
+    /// raw SQE: its owner may close it once the SQE is submitted, as with the kernel), one of
+    /// its own. `None` for a negative `fd` (AT_FDCWD) or when no duplicate can be made.
+    fn hold(&mut self, fd: RawFd) -> Option<Arc<OwnedFd>> {
+        let Some(shared) = self.tracked.get_mut(&fd) else {
+            return dup(fd).map(Arc::new);
+        };
+        if let Some(held) = shared.upgrade() {
+            return Some(held);
+        }
+        let held = Arc::new(dup(fd)?);
+        *shared = Arc::downgrade(&held);
+        Some(held)
+    }
+
     /// Starts everything queued; returns how many SQEs were taken.
     pub(crate) fn submit(&mut self) -> usize {
         let sq = std::mem::take(&mut self.sq);
@@ -234,7 +279,7 @@ impl ThreadDriver {
             if until.is_some_and(|u| now >= u) {
                 return false;
             }
-            let next_timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
+            let next_timer = self.timers.first_key_value().map(|(&(at, _), _)| at);
             let wake_at = match (until, next_timer) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -259,15 +304,13 @@ impl ThreadDriver {
             return;
         }
         let now = Instant::now();
-        while let Some(Reverse((at, seq, ud))) = self.timers.peek().copied() {
-            if at > now {
+        while let Some(first) = self.timers.first_entry() {
+            if first.key().0 > now {
                 break;
             }
-            self.timers.pop();
-            if self.timer_live.get(&ud) == Some(&seq) {
-                self.timer_live.remove(&ud);
-                self.cq.push_back((ud, -libc::ETIME));
-            }
+            let ud = first.remove();
+            self.timer_live.remove(&ud);
+            self.cq.push_back((ud, -libc::ETIME));
         }
     }
 
@@ -347,12 +390,11 @@ impl ThreadDriver {
             Code::Nop => self.cq.push_back((ud, 0)),
             Code::Timeout => self.arm_timeout(sqe),
             Code::TimeoutRemove => {
-                let res = match self.timer_live.remove(&sqe.addr) {
-                    Some(_) => {
-                        self.cq.push_back((sqe.addr, -libc::ECANCELED));
-                        0
-                    }
-                    None => -libc::ENOENT,
+                let res = if self.remove_timer(sqe.addr) {
+                    self.cq.push_back((sqe.addr, -libc::ECANCELED));
+                    0
+                } else {
+                    -libc::ENOENT
                 };
                 self.cq.push_back((ud, res));
             }
@@ -360,6 +402,14 @@ impl ThreadDriver {
             Code::AsyncCancel => {
                 let res = self.cancel(sqe.addr);
                 self.cq.push_back((ud, res));
+            }
+            // As in the kernel: IOSQE_FIXED_FILE does not name a registered slot to close.
+            Code::Close if sqe.flags & FIXED_FILE != 0 => self.cq.push_back((ud, -libc::EBADF)),
+            Code::Close => {
+                // Closes the descriptor named, once, on a worker (a close may flush: NFS, FUSE;
+                // the kernel too leaves those to its workers). The job holds no reference of its
+                // own: the descriptor is what it closes.
+                self.dispatch(Job::new(sqe, code, sqe.fd, None));
             }
             _ => {
                 let fd = match self.resolve_fd(&sqe) {
@@ -379,7 +429,8 @@ impl ThreadDriver {
                         return;
                     }
                 }
-                self.dispatch(Job::new(sqe, code, fd));
+                let held = self.hold(fd);
+                self.dispatch(Job::new(sqe, code, fd, held));
             }
         }
     }
@@ -432,16 +483,31 @@ impl ThreadDriver {
             let now = monotonic_now();
             left = left.saturating_sub(now);
         }
-        // A deadline past Instant's range never fires, like a timeout of centuries.
-        let Some(at) = Instant::now().checked_add(left) else {
-            self.timer_seq += 1;
-            self.timer_live.insert(sqe.user_data, self.timer_seq);
-            return;
-        };
         self.timer_seq += 1;
-        self.timer_live.insert(sqe.user_data, self.timer_seq);
-        self.timers
-            .push(Reverse((at, self.timer_seq, sqe.user_data)));
+        // A deadline past Instant's range never fires, like a timeout of centuries.
+        let key = Instant::now()
+            .checked_add(left)
+            .map(|at| (at, self.timer_seq));
+        // The same user_data armed again replaces the earlier timeout, which then never
+        // completes (the shard arms each user_data once at a time).
+        self.remove_timer(sqe.user_data);
+        if let Some(key) = key {
+            self.timers.insert(key, sqe.user_data);
+        }
+        self.timer_live.insert(sqe.user_data, key);
+    }
+
+    /// Takes the timeout armed with `user_data` out; false if none is armed.
+    fn remove_timer(&mut self, user_data: u64) -> bool {
+        match self.timer_live.remove(&user_data) {
+            Some(key) => {
+                if let Some(key) = key {
+                    self.timers.remove(&key);
+                }
+                true
+            }
+            None => false,
+        }
     }
 
     fn arm_poll(&mut self, sqe: Sqe) {
@@ -475,7 +541,7 @@ impl ThreadDriver {
     /// already running in a worker cannot be, and completes on its own (as in the kernel for
     /// regular files).
     fn cancel(&mut self, target: u64) -> i32 {
-        if self.timer_live.remove(&target).is_some() {
+        if self.remove_timer(target) {
             self.cq.push_back((target, -libc::ECANCELED));
             return 0;
         }
@@ -557,6 +623,11 @@ impl ThreadDriver {
         }
     }
 
+    /// How many timeouts are kept (see `Driver::threads_timer_entries`).
+    pub(crate) fn timer_entries(&self) -> usize {
+        self.timers.len()
+    }
+
     /// Whether nothing is queued, running, armed or waiting to be reaped.
     #[cfg(test)]
     pub(crate) fn idle(&self) -> bool {
@@ -565,6 +636,7 @@ impl ThreadDriver {
             && self.cq.is_empty()
             && lock(&self.shared.done).is_empty()
             && self.timer_live.is_empty()
+            && self.timers.is_empty()
             && self.polls.is_empty()
     }
 }
@@ -678,7 +750,7 @@ fn worker_loop(shared: &Shared, slot: usize, cancel: &mut Option<OwnedFd>) {
         };
         done_running(shared, slot, efd);
         let user_data = job.sqe.user_data;
-        drop(job); // closes its duplicate descriptor
+        drop(job); // its reference: the last job on a file closes the duplicate
         lock(&shared.done).push((user_data, res));
         if shared.sleeping.load(Ordering::SeqCst) {
             let one = 1u64;
@@ -909,6 +981,7 @@ mod tests {
     use super::*;
     use io_uring::{opcode, types};
     use std::io::Write;
+    use std::os::fd::IntoRawFd;
 
     fn driver() -> ThreadDriver {
         ThreadDriver::new(64, None, 4, "test-worker".into()).unwrap()
@@ -994,6 +1067,33 @@ mod tests {
         assert!(d.idle());
     }
 
+    /// A removed timeout leaves the store at once (not at its deadline): arming and removing
+    /// many keeps it empty.
+    #[test]
+    fn removed_timeouts_leave_the_store() {
+        let mut d = driver();
+        let hour = types::Timespec::from(Duration::from_secs(3600));
+        for i in 0..1000u64 {
+            let out = {
+                assert!(d.push(&opcode::Timeout::new(&hour).build().user_data(i)));
+                run_two(
+                    &mut d,
+                    opcode::TimeoutRemove::new(i).build().user_data(1 << 40),
+                )
+            };
+            assert_eq!(out, vec![(i, -libc::ECANCELED), (1 << 40, 0)]);
+        }
+        assert_eq!(d.timer_entries(), 0);
+        // ASYNC_CANCEL takes one out too.
+        assert!(d.push(&opcode::Timeout::new(&hour).build().user_data(5)));
+        d.submit();
+        assert_eq!(d.timer_entries(), 1);
+        let out = run_two(&mut d, opcode::AsyncCancel::new(5).build().user_data(6));
+        assert_eq!(out, vec![(5, -libc::ECANCELED), (6, 0)]);
+        assert_eq!(d.timer_entries(), 0);
+        assert!(d.idle());
+    }
+
     /// Pushes `e`, whose submission completes two operations (itself and its target).
     fn run_two(d: &mut ThreadDriver, e: squeue::Entry) -> Vec<(u64, i32)> {
         assert!(d.push(&e));
@@ -1069,6 +1169,122 @@ mod tests {
         out.sort();
         assert_eq!(out, vec![(1, 5), (2, 5)]);
         assert_eq!(&buf, b"hello");
+    }
+
+    /// CLOSE closes the descriptor it names, once; with IOSQE_FIXED_FILE it is EBADF (as in the
+    /// kernel), and closes nothing.
+    #[test]
+    fn close_closes_the_descriptor_it_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let fd = std::fs::File::create(dir.path().join("c"))
+            .unwrap()
+            .into_raw_fd();
+        let ino = |fd| {
+            // SAFETY: fstat writes into a local struct only.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: as above; a closed descriptor fails with EBADF.
+            (unsafe { libc::fstat(fd, &mut st) } == 0).then_some((st.st_dev, st.st_ino))
+        };
+        let id = ino(fd).unwrap();
+        let mut d = driver();
+        d.register_files_sparse(2);
+        assert_eq!(d.register_files_update(0, &[fd]), 1);
+        let e = opcode::Close::new(types::Fd(0))
+            .build()
+            .flags(squeue::Flags::FIXED_FILE)
+            .user_data(1);
+        assert_eq!(run_one(&mut d, e), (1, -libc::EBADF));
+        assert_eq!(ino(fd), Some(id), "a refused close closed the file");
+        assert_eq!(d.register_files_update(0, &[-1]), 1);
+        let e = opcode::Close::new(types::Fd(fd)).build().user_data(2);
+        assert_eq!(run_one(&mut d, e), (2, 0));
+        // Closed (the number may be another thread's file by now, never this one).
+        assert_ne!(ino(fd), Some(id));
+        assert!(d.idle());
+    }
+
+    /// How many of this process's descriptors refer to the file at `path` (canonical).
+    fn descriptors_of(path: &std::path::Path) -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|target| target == path)
+            .count()
+    }
+
+    /// Jobs on one of the shard's files share one duplicate of its descriptor, and keep acting
+    /// on that file when the shard closes it while they are queued and its number (and its
+    /// registered slot) goes to another file. The one worker waits in a pipe read meanwhile.
+    #[test]
+    fn queued_jobs_share_one_reference_that_outlives_a_close() {
+        const JOBS: usize = 16;
+        let dir = tempfile::tempdir().unwrap();
+        let old_path = dir.path().join("old");
+        let fd = std::fs::File::create(&old_path).unwrap().into_raw_fd();
+        let old_path = std::fs::canonicalize(&old_path).unwrap();
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 writes two descriptors into the array.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: fresh descriptors nobody else owns.
+        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let mut d = ThreadDriver::new(64, None, 1, "test-worker".into()).unwrap();
+        d.register_files_sparse(1);
+        assert_eq!(d.register_files_update(0, &[fd]), 1);
+        d.track_file(fd);
+        let mut byte = [0u8; 1];
+        let read = opcode::Read::new(types::Fd(r.as_raw_fd()), byte.as_mut_ptr(), 1)
+            .build()
+            .user_data(100);
+        assert!(d.push(&read));
+        let data: Vec<u8> = (0..JOBS * 512).map(|i| (i / 512) as u8 + 1).collect();
+        for (i, block) in data.chunks(512).enumerate() {
+            let e = opcode::Write::new(types::Fixed(0), block.as_ptr(), 512)
+                .offset((i * 512) as u64)
+                .build()
+                .user_data(i as u64);
+            assert!(d.push(&e));
+        }
+        d.submit();
+        assert_eq!(
+            descriptors_of(&old_path),
+            2,
+            "the file's own descriptor and one its {JOBS} queued jobs share"
+        );
+        // The shard closes the file with its jobs queued; its slot (and likely its number) goes
+        // to another file.
+        assert_eq!(d.register_files_update(0, &[-1]), 1);
+        d.untrack_file(fd);
+        // SAFETY: the test owns `fd` (taken from the File above) and closes it once.
+        assert_eq!(unsafe { libc::close(fd) }, 0);
+        let new = std::fs::File::create(dir.path().join("new")).unwrap();
+        assert_eq!(d.register_files_update(0, &[new.as_raw_fd()]), 1);
+        d.track_file(new.as_raw_fd());
+        assert_eq!(descriptors_of(&old_path), 1, "the jobs' shared duplicate");
+        // SAFETY: one byte from a static to the pipe's write end.
+        let wrote = unsafe { libc::write(w.as_raw_fd(), b"!".as_ptr().cast(), 1) };
+        assert_eq!(wrote, 1);
+        let mut out = Vec::new();
+        let until = Instant::now() + Duration::from_secs(30);
+        while out.len() < JOBS + 1 && Instant::now() < until {
+            d.submit_and_wait(1, Some(Duration::from_millis(100)));
+            d.completions(&mut out);
+        }
+        out.sort();
+        let mut want: Vec<(u64, i32)> = (0..JOBS as u64).map(|i| (i, 512)).collect();
+        want.push((100, 1));
+        assert_eq!(out, want);
+        assert_eq!(std::fs::read(&old_path).unwrap(), data);
+        assert_eq!(
+            new.metadata().unwrap().len(),
+            0,
+            "a queued job wrote to the new file"
+        );
+        assert_eq!(
+            descriptors_of(&old_path),
+            0,
+            "the last job closed the duplicate"
+        );
+        assert!(d.idle());
     }
 
     #[test]

@@ -229,6 +229,13 @@ impl ShardContext<'_> {
         n
     }
 
+    /// How many timeouts the threads backend keeps for this shard (`None` on io_uring). For
+    /// tests: it stays bounded by the sleeps armed, however many were removed.
+    #[doc(hidden)]
+    pub fn threads_timer_entries_for_tests(&self) -> Option<usize> {
+        self.ring.threads_timer_entries()
+    }
+
     /// Counts an operation done by the closure in the shard's statistics.
     pub fn record(&mut self, kind: OpKind, bytes: u64, latency_ns: u64) {
         self.stats.record(kind, bytes, latency_ns);

@@ -902,6 +902,7 @@ impl Shard {
         let fixed = (slot < self.fixed_capacity
             && self.ring.register_files_update(slot, &[fd.as_raw_fd()]))
         .then_some(slot);
+        self.ring.file_opened(fd.as_raw_fd());
         // SAFETY: fstat writes into the local struct only; fd is the descriptor just received.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: as above: a valid descriptor and a struct that lives for the call.
@@ -1430,6 +1431,7 @@ impl Shard {
                 // Drops the ring's reference; refused, it stays until the ring closes.
                 let _ = self.ring.register_files_update(fixed, &[-1]);
             }
+            self.ring.file_closing(entry.fd());
             drop(entry); // closes the descriptor
         }
         self.finish(slot);

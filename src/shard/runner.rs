@@ -1057,8 +1057,9 @@ impl Shard {
         }
     }
 
-    /// Admits an operation on a path: ordered (as a barrier) in its directory's order list; it
-    /// names no open file.
+    /// Admits an operation on a path: ordered in its directory's order list by its footprint
+    /// (unlink, mkdir, rename: barriers; stat: a read, side by side with other stats, after
+    /// earlier mutations); it names no open file.
     fn admit_path(
         &mut self,
         target: crate::op::PathTarget,
@@ -1093,9 +1094,13 @@ impl Shard {
             reply,
             lent: None,
         };
+        let fp = match &op.io {
+            IoOp::File(f) => f.footprint(0),
+            _ => Footprint::Barrier,
+        };
         let key = op.key;
         let slot = self.ops.insert(op);
-        if self.order.admit(key, slot, Footprint::Barrier) {
+        if self.order.admit(key, slot, fp) {
             self.enqueue(slot);
         }
     }

@@ -435,7 +435,10 @@ impl ExecShared {
     /// Sends `msg`; on failure completes the completers inside it with the error.
     pub(crate) fn send_or_fail(&self, shard: usize, msg: Message) {
         if let Err((msg, e)) = self.send(shard, msg) {
-            fail_message(msg, e);
+            // Nothing to wait for: the shard is not running this shutdown.
+            if let Some(done) = msg.fail(&e) {
+                done.complete(Ok(()));
+            }
         }
     }
 
@@ -1068,7 +1071,7 @@ impl Executor {
                 ),
             }));
         });
-        let _ = self.shared.send(shard, Message::Task(task));
+        self.shared.send_or_fail(shard, Message::Task(task));
         c
     }
 
@@ -1694,10 +1697,8 @@ impl Drop for Batch<'_> {
     fn drop(&mut self) {
         for reqs in self.per_shard.drain(..) {
             if !reqs.is_empty() {
-                fail_message(
-                    Message::Batch(reqs),
-                    IoUringError::invalid("batch", "the batch was dropped without submit()"),
-                );
+                let e = IoUringError::invalid("batch", "the batch was dropped without submit()");
+                Message::Batch(reqs).fail(&e);
             }
         }
     }
@@ -1714,29 +1715,5 @@ pub(crate) fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
         s.clone()
     } else {
         "a non-text panic payload".to_string()
-    }
-}
-
-/// Completes the completers inside a message that could not be delivered.
-fn fail_message(msg: Message, e: IoUringError) {
-    let mut sessions = crate::session::SessionTable::default();
-    let mut fail_req = |req: IoRequest| {
-        let mut op = req.op;
-        let buf = op.take_buf();
-        req.reply.deliver(Err(e.clone()), buf, &mut sessions);
-    };
-    match msg {
-        Message::Io(req) => fail_req(req),
-        Message::Batch(reqs) => reqs.into_iter().for_each(fail_req),
-        Message::Install { done, .. } => done.complete(Err(e)),
-        Message::Stats(done) => done.complete(Err(e)),
-        Message::Shutdown { done, .. } => {
-            if let Some(d) = done {
-                d.complete(Ok(()));
-            }
-        }
-        // A task's completer is inside its closure: dropping it fails the handle. A session's
-        // flush handles its own refusals.
-        Message::Task(_) | Message::Session { .. } | Message::Run(_) | Message::SetExec(_) => {}
     }
 }

@@ -49,7 +49,7 @@ use crate::pool::PoolFit;
 use crate::pool::{Direction, RegisteredBufferPool, Target};
 use crate::ring::{pin_workers, RingConfig};
 use crate::router::FileKey;
-use crate::session::{Done, SessionTable};
+use crate::session::SessionTable;
 use crate::stats::{OpKind, ShardStats};
 use crossbeam_channel::{Receiver, TryRecvError};
 use io_uring::{opcode, squeue, types};
@@ -310,7 +310,7 @@ fn shard_main(
     shared.exited.store(true, AtomicOrdering::SeqCst);
     loop {
         while let Ok(msg) = shard.rx.try_recv() {
-            abandon(msg, &error, &mut shard.shutdown_waiters);
+            shard.shutdown_waiters.extend(msg.fail(&error));
         }
         if shared.sending.load(AtomicOrdering::SeqCst) == 0 && shard.rx.is_empty() {
             break;
@@ -321,31 +321,6 @@ fn shard_main(
     drop(shard);
     for w in waiters {
         w.complete(Ok(()));
-    }
-}
-
-/// Fails a message the shard will never run: its handles (and sessions) get `error`.
-fn abandon(msg: Message, error: &IoUringError, waiters: &mut Vec<Completer<()>>) {
-    match msg {
-        Message::Io(req) => abandon_request(req, error),
-        Message::Batch(reqs) => reqs.into_iter().for_each(|r| abandon_request(r, error)),
-        Message::Session { session, reqs, .. } => {
-            let mut out: Vec<Done> = reqs
-                .into_iter()
-                .map(|mut r| Done {
-                    token: r.token,
-                    result: Err(error.clone()),
-                    buf: r.op.take_buf(),
-                })
-                .collect();
-            session.deliver(&mut out);
-        }
-        Message::Install { done, .. } => done.complete(Err(error.clone())),
-        Message::Stats(done) => done.complete(Err(error.clone())),
-        Message::Shutdown { done, .. } => waiters.extend(done),
-        // Dropping the closure fails its handle (its completer is inside); dropping a runnable
-        // cancels its task (this is its shard's thread: `!Send` ones may be dropped here).
-        Message::Task(_) | Message::Run(_) | Message::SetExec(_) => {}
     }
 }
 
@@ -367,13 +342,6 @@ fn skip_reason(
         return Some(CancelWhy::Deadline);
     }
     (reply.is_cancelled(sessions) || io.is_cancelled()).then_some(CancelWhy::Dropped)
-}
-
-fn abandon_request(req: IoRequest, error: &IoUringError) {
-    // A request never admitted has no session entry: sessions' requests are abandoned whole, as
-    // messages, above.
-    req.op
-        .fail(req.reply, error.clone(), &mut SessionTable::default());
 }
 
 impl Shard {
@@ -2111,33 +2079,38 @@ impl Drop for Shard {
         } else {
             IoUringError::Shutdown
         };
-        for mut op in self.ops.drain() {
-            let in_kernel = op.outstanding > 0 && op.data_path == DataPath::Memory;
-            if let IoOp::File(mut f) = op.io {
-                f.complete(Err(error.clone()), op.reply, &mut self.sessions);
-                if in_kernel {
+        for op in self.ops.drain() {
+            let Op {
+                mut io,
+                reply,
+                mut out,
+                outstanding,
+                data_path,
+                ..
+            } = op;
+            let in_kernel = outstanding > 0 && data_path == DataPath::Memory;
+            if in_kernel {
+                // The kernel may still write into a read's vector or read a write's data: leak
+                // them (the handle gets no buffer back).
+                std::mem::forget(out);
+                if let IoOp::Write { data, .. } = &mut io {
+                    std::mem::forget(std::mem::take(data));
+                }
+            } else if let IoOp::Read { buf, .. } = &mut io {
+                // What was read so far goes back as the caller's buffer.
+                *buf = std::mem::take(&mut out);
+            }
+            io.fail(reply, error.clone(), &mut self.sessions);
+            if in_kernel {
+                if let IoOp::File(f) = io {
                     // The kernel may still read or write the memory its SQE names (paths, a
                     // statx buffer, iovecs and buffers), all owned by the op: leak it.
                     std::mem::forget(f);
                 }
-                continue;
             }
-            let buf = if in_kernel {
-                std::mem::forget(std::mem::take(&mut op.out));
-                if let IoOp::Write { data, .. } = &mut op.io {
-                    std::mem::forget(std::mem::take(data));
-                }
-                Vec::new()
-            } else if op.kind == OpKind::Read {
-                std::mem::take(&mut op.out)
-            } else {
-                op.io.take_buf()
-            };
-            op.reply
-                .deliver(Err(error.clone()), buf, &mut self.sessions);
         }
         for req in std::mem::take(&mut self.backlog) {
-            req.op.fail(req.reply, error.clone(), &mut self.sessions);
+            req.fail(error.clone(), &mut self.sessions);
         }
         self.sessions.deliver();
         self.tasks.clear();

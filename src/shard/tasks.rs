@@ -764,8 +764,8 @@ impl LocalShard {
     /// Completes after at least `d`, through an `IORING_OP_TIMEOUT` on this shard's ring (no
     /// timer thread). Sleeps started in one turn are armed in the order they were started.
     ///
-    /// Dropping the future early leaves its timeout in the ring until it expires (harmless; but
-    /// `submit_to` closures wait for the ring to have nothing in flight).
+    /// Dropping the future early takes its timeout out of the ring (`IORING_OP_TIMEOUT_REMOVE`,
+    /// at the shard's next turn): it holds no completion-queue slot after that.
     pub fn sleep(&self, d: Duration) -> Sleep {
         Sleep {
             deadline: Instant::now().checked_add(d),

@@ -394,12 +394,15 @@ struct Handle {
     ino: u64,
 }
 
-/// Operations held by a [`Fault::Hold`] rule: each answers its request when called.
+/// A held operation's answer: called, it carries the operation out and replies.
+type Answer = Box<dyn FnOnce() + Send>;
+
+/// Operations held by a [`Fault::Hold`] rule.
 #[derive(Clone, Default)]
-struct Held(Arc<Mutex<Vec<Box<dyn FnOnce() + Send>>>>);
+struct Held(Arc<Mutex<Vec<Answer>>>);
 
 impl Held {
-    fn lock(&self) -> MutexGuard<'_, Vec<Box<dyn FnOnce() + Send>>> {
+    fn lock(&self) -> MutexGuard<'_, Vec<Answer>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -414,6 +414,11 @@ impl std::fmt::Debug for ExecShared {
 
 impl ExecShared {
     /// Sends `msg` to `shard`; gives it back with the error when it cannot go.
+    ///
+    /// On `shard`'s own thread (a task, a `submit_to` closure, a handle dropped there) the
+    /// message skips the channel: it goes into the shard's thread-local queue, behind everything
+    /// sent there before it, so that every request one thread makes to one file, single or in a
+    /// batch, a session flush or a close, is admitted in the order it was made.
     #[allow(clippy::result_large_err)] // cold path: shut down or the shard is gone
     pub(crate) fn send(
         &self,
@@ -423,6 +428,10 @@ impl ExecShared {
         if self.closed.load(Ordering::Acquire) {
             return Err((msg, IoUringError::Shutdown));
         }
+        let msg = match crate::shard::tasks::try_local(self.id, shard, msg) {
+            Ok(()) => return Ok(()),
+            Err(msg) => msg,
+        };
         match self.shards.get(shard) {
             Some(link) => link.send(msg),
             None => Err((
@@ -468,7 +477,7 @@ impl ExecShared {
     }
 
     /// Routes one checked request. On the thread of the file's own shard (a task, a `submit_to`
-    /// closure) it skips the channel: the shard admits it after its current batch of tasks.
+    /// closure) it skips the channel (see [`send`](Self::send)).
     pub(crate) fn request<T>(
         &self,
         file: &File,
@@ -481,7 +490,7 @@ impl ExecShared {
             Err(e) => return Completion::ready(Err(e)),
         };
         let (c, req) = crate::shard::tasks::make(self, file, op, reply, deadline);
-        crate::shard::tasks::route(self, req);
+        self.send_or_fail(file.shard(), Message::Io(req));
         c
     }
 
@@ -504,7 +513,7 @@ impl ExecShared {
             at: Instant::now(),
             deadline,
         };
-        crate::shard::tasks::route(self, req);
+        self.send_or_fail(file.shard(), Message::Io(req));
         c
     }
 
@@ -538,7 +547,7 @@ impl ExecShared {
             at: Instant::now(),
             deadline,
         };
-        crate::shard::tasks::route(self, req);
+        self.send_or_fail(shard, Message::Io(req));
         c
     }
 

@@ -207,7 +207,8 @@ impl Reply {
 /// A closure to run on the shard thread.
 pub(crate) type Task = Box<dyn FnOnce(&mut ShardContext<'_>) + Send>;
 
-/// What travels over a shard's inbox.
+/// What travels over a shard's inbox (or, sent on the shard's own thread, its thread-local
+/// queue: see `tasks::try_local`).
 pub(crate) enum Message {
     Io(IoRequest),
     Batch(Vec<IoRequest>),
@@ -251,8 +252,8 @@ impl IoRequest {
 impl Message {
     /// Fails a message that will not run, whatever its kind and whatever the reason (shutdown,
     /// a dead shard, a refused send, a dropped batch): every handle, session token and task
-    /// inside gets `err`. The one place that does so: a refused send and a shard's last drain
-    /// come here. Returns a shutdown's waiter, for the caller to
+    /// inside gets `err`. The one place that does so: a refused send, a shard's last drain and
+    /// its thread-local leftovers all come here. Returns a shutdown's waiter, for the caller to
     /// complete once the shard has stopped.
     ///
     /// A refused runnable is dropped (its task cancelled): only its shard's thread sends them

@@ -4,7 +4,8 @@
 //! loop {
 //!     admit: the backlog, then up to 256 inbox messages,   -> op table + per-file order
 //!            while fewer than channel_capacity ops live
-//!     run async tasks (a budget of polls and time)         -> their local I/O is admitted too
+//!     run async tasks (a budget of polls and time)         -> then what this thread sent to
+//!                                                           this shard, like the inbox
 //!     issue ready ops, at most 32 SQEs                     (no buffer: the op waits here;
 //!                                                           SQ full: submit, then go on)
 //!     submit (GETEVENTS when the kernel flags task work), reap CQEs: finish chunks, resubmit
@@ -166,9 +167,9 @@ struct Shard {
     /// Sessions with requests here; their results go out once per turn.
     sessions: SessionTable,
     tasks: VecDeque<Task>,
-    /// Requests async tasks made for this shard's files, taken once per batch (kept to reuse
-    /// its allocation).
-    local_io: Vec<IoRequest>,
+    /// Messages sent on this thread to this shard (tasks' and closures' requests, batches,
+    /// session flushes, closes), taken once per batch of tasks (kept to reuse its allocation).
+    local: Vec<Message>,
     /// Sleeps in the ring: index = `user_data & !TIMER_TAG`. The timespec stays here until the
     /// timeout's completion.
     timers: Vec<Option<(Arc<TimerState>, Box<types::Timespec>)>>,
@@ -281,8 +282,7 @@ fn shard_main(
     let panicked = outcome.is_err();
     // Tasks still runnable are dropped here, on their thread (their handles report it); from now
     // on a task woken on this thread is dropped at once.
-    let unadmitted = tasks::shutdown_here();
-    shard.backlog.extend(unadmitted);
+    let unhandled = tasks::shutdown_here();
     if !panicked {
         // Kept for `Executor::stats` after shutdown.
         shard.stats.pool = shard.pool.stats();
@@ -306,8 +306,12 @@ fn shard_main(
         IoUringError::Shutdown
     };
     // Whatever is still queued for this shard is failed, including what callers put in between
-    // their checks and their send: see `ShardLink::send`.
+    // their checks and their send: see `ShardLink::send`. (Messages sent on this thread that
+    // the loop did not handle are left only by a panic: a clean stop waits for them.)
     shared.exited.store(true, AtomicOrdering::SeqCst);
+    for msg in unhandled {
+        shard.shutdown_waiters.extend(msg.fail(&error));
+    }
     loop {
         while let Ok(msg) = shard.rx.try_recv() {
             shard.shutdown_waiters.extend(msg.fail(&error));
@@ -423,7 +427,7 @@ impl Shard {
             backlog: VecDeque::new(),
             sessions: SessionTable::default(),
             tasks: VecDeque::new(),
-            local_io: Vec::new(),
+            local: Vec::new(),
             timers: Vec::new(),
             timer_free: Vec::new(),
             new_timers: Vec::new(),
@@ -554,6 +558,7 @@ impl Shard {
                 && self.tasks.is_empty()
                 && self.backlog.is_empty()
                 && self.rx.is_empty()
+                && !tasks::has_local()
             {
                 return;
             }
@@ -804,14 +809,16 @@ impl Shard {
         any
     }
 
+    /// Handles one message, from the inbox or from this thread's local queue (see
+    /// `tasks::try_local`): the one entry for every source, so requests are admitted in the
+    /// order each source sent them.
     fn handle(&mut self, msg: Message) {
         match msg {
-            Message::Io(req) if self.can_admit() && self.backlog.is_empty() => self.admit(req),
-            Message::Io(req) => self.backlog.push_back(req),
-            Message::Batch(reqs) => self.backlog.extend(reqs),
+            Message::Io(req) => self.admit_in_order(std::iter::once(req)),
+            Message::Batch(reqs) => self.admit_in_order(reqs.into_iter()),
             Message::Session { session, reqs, at } => {
                 let index = self.sessions.register(session, reqs.len());
-                let mut reqs = reqs.into_iter().map(|r| IoRequest {
+                let reqs = reqs.into_iter().map(|r| IoRequest {
                     file: r.file,
                     op: r.op,
                     reply: Reply::Session {
@@ -821,15 +828,7 @@ impl Shard {
                     at,
                     deadline: r.deadline,
                 });
-                // Straight into the op table while there is room and nothing older waits; the
-                // rest waits in the backlog, in order.
-                if self.backlog.is_empty() {
-                    while self.can_admit() {
-                        let Some(req) = reqs.next() else { break };
-                        self.admit(req);
-                    }
-                }
-                self.backlog.extend(reqs);
+                self.admit_in_order(reqs);
             }
             Message::Install {
                 fd,
@@ -854,6 +853,18 @@ impl Shard {
                 self.shutdown_waiters.extend(done);
             }
         }
+    }
+
+    /// Admits `reqs` in order: straight into the op table while there is room and nothing older
+    /// waits; the rest waits in the backlog (first in, first admitted), behind what was there.
+    fn admit_in_order(&mut self, mut reqs: impl Iterator<Item = IoRequest>) {
+        if self.backlog.is_empty() {
+            while self.can_admit() {
+                let Some(req) = reqs.next() else { return };
+                self.admit(req);
+            }
+        }
+        self.backlog.extend(reqs);
     }
 
     fn install(
@@ -1830,9 +1841,10 @@ impl Shard {
 
     // -- async tasks ---------------------------------------------------------------------------
 
-    /// One batch of async tasks (at most [`TASK_BUDGET`] polls), then what they asked for: their
-    /// requests on this shard's files are admitted (same path as routed ones, in the order they
-    /// were made) and their sleeps armed in the ring.
+    /// One batch of async tasks (at most [`TASK_BUDGET`] polls), then what was sent on this
+    /// thread to this shard (by the tasks, by `submit_to` closures, by handles dropped here) is
+    /// handled like the inbox's messages, in the order sent, and the tasks' sleeps are armed in
+    /// the ring.
     fn run_async_tasks(&mut self) -> bool {
         let (ran, slow) = tasks::run_batch(TASK_BUDGET);
         self.take_back_lent();
@@ -1840,19 +1852,15 @@ impl Shard {
             self.stats.note_task_polls(ran as u64, slow);
         }
         let mut any = ran > 0;
-        let mut reqs = std::mem::take(&mut self.local_io);
-        tasks::take_local_io(&mut reqs);
-        if !reqs.is_empty() {
+        let mut msgs = std::mem::take(&mut self.local);
+        tasks::take_local(&mut msgs);
+        if !msgs.is_empty() {
             any = true;
-            for req in reqs.drain(..) {
-                if self.can_admit() && self.backlog.is_empty() {
-                    self.admit(req);
-                } else {
-                    self.backlog.push_back(req);
-                }
+            for msg in msgs.drain(..) {
+                self.handle(msg);
             }
         }
-        self.local_io = reqs;
+        self.local = msgs;
         tasks::take_timers(&mut self.new_timers);
         self.remove_dropped_timers();
         // While submit_to closures wait for a quiet ring, new sleeps wait with them.

@@ -408,6 +408,23 @@ pub(crate) fn set_abandon_reason(reason: AbandonReason) {
     ABANDON_REASON.with(|r| r.set(Some(reason)));
 }
 
+/// Drops `value`, whose completers (inside closures, out of reach) fail with what `err` says:
+/// [`IoUringError::Shutdown`], or a panicked shard's `ShardFailed` (any other error: the
+/// thread's reason stands).
+pub(crate) fn drop_failing<T>(value: T, err: &IoUringError) {
+    let reason = match err {
+        IoUringError::Shutdown => Some(AbandonReason::Shutdown),
+        IoUringError::ShardFailed { .. } => Some(AbandonReason::ShardPanicked),
+        _ => None,
+    };
+    let Some(reason) = reason else {
+        return drop(value);
+    };
+    let before = ABANDON_REASON.with(|r| r.replace(Some(reason)));
+    drop(value);
+    ABANDON_REASON.with(|r| r.set(before));
+}
+
 impl<T> Drop for Completer<T> {
     fn drop(&mut self) {
         if let Some(inner) = self.inner.take() {

@@ -414,6 +414,11 @@ impl std::fmt::Debug for ExecShared {
 
 impl ExecShared {
     /// Sends `msg` to `shard`; gives it back with the error when it cannot go.
+    ///
+    /// On `shard`'s own thread (a task, a `submit_to` closure, a handle dropped there) the
+    /// message skips the channel: it goes into the shard's thread-local queue, behind everything
+    /// sent there before it, so that every request one thread makes to one file, single or in a
+    /// batch, a session flush or a close, is admitted in the order it was made.
     #[allow(clippy::result_large_err)] // cold path: shut down or the shard is gone
     pub(crate) fn send(
         &self,
@@ -423,6 +428,10 @@ impl ExecShared {
         if self.closed.load(Ordering::Acquire) {
             return Err((msg, IoUringError::Shutdown));
         }
+        let msg = match crate::shard::tasks::try_local(self.id, shard, msg) {
+            Ok(()) => return Ok(()),
+            Err(msg) => msg,
+        };
         match self.shards.get(shard) {
             Some(link) => link.send(msg),
             None => Err((
@@ -435,7 +444,10 @@ impl ExecShared {
     /// Sends `msg`; on failure completes the completers inside it with the error.
     pub(crate) fn send_or_fail(&self, shard: usize, msg: Message) {
         if let Err((msg, e)) = self.send(shard, msg) {
-            fail_message(msg, e);
+            // Nothing to wait for: the shard is not running this shutdown.
+            if let Some(done) = msg.fail(&e) {
+                done.complete(Ok(()));
+            }
         }
     }
 
@@ -465,7 +477,7 @@ impl ExecShared {
     }
 
     /// Routes one checked request. On the thread of the file's own shard (a task, a `submit_to`
-    /// closure) it skips the channel: the shard admits it after its current batch of tasks.
+    /// closure) it skips the channel (see [`send`](Self::send)).
     pub(crate) fn request<T>(
         &self,
         file: &File,
@@ -478,7 +490,7 @@ impl ExecShared {
             Err(e) => return Completion::ready(Err(e)),
         };
         let (c, req) = crate::shard::tasks::make(self, file, op, reply, deadline);
-        crate::shard::tasks::route(self, req);
+        self.send_or_fail(file.shard(), Message::Io(req));
         c
     }
 
@@ -501,7 +513,7 @@ impl ExecShared {
             at: Instant::now(),
             deadline,
         };
-        crate::shard::tasks::route(self, req);
+        self.send_or_fail(file.shard(), Message::Io(req));
         c
     }
 
@@ -535,7 +547,7 @@ impl ExecShared {
             at: Instant::now(),
             deadline,
         };
-        crate::shard::tasks::route(self, req);
+        self.send_or_fail(shard, Message::Io(req));
         c
     }
 
@@ -1068,7 +1080,7 @@ impl Executor {
                 ),
             }));
         });
-        let _ = self.shared.send(shard, Message::Task(task));
+        self.shared.send_or_fail(shard, Message::Task(task));
         c
     }
 
@@ -1694,10 +1706,8 @@ impl Drop for Batch<'_> {
     fn drop(&mut self) {
         for reqs in self.per_shard.drain(..) {
             if !reqs.is_empty() {
-                fail_message(
-                    Message::Batch(reqs),
-                    IoUringError::invalid("batch", "the batch was dropped without submit()"),
-                );
+                let e = IoUringError::invalid("batch", "the batch was dropped without submit()");
+                Message::Batch(reqs).fail(&e);
             }
         }
     }
@@ -1714,29 +1724,5 @@ pub(crate) fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
         s.clone()
     } else {
         "a non-text panic payload".to_string()
-    }
-}
-
-/// Completes the completers inside a message that could not be delivered.
-fn fail_message(msg: Message, e: IoUringError) {
-    let mut sessions = crate::session::SessionTable::default();
-    let mut fail_req = |req: IoRequest| {
-        let mut op = req.op;
-        let buf = op.take_buf();
-        req.reply.deliver(Err(e.clone()), buf, &mut sessions);
-    };
-    match msg {
-        Message::Io(req) => fail_req(req),
-        Message::Batch(reqs) => reqs.into_iter().for_each(fail_req),
-        Message::Install { done, .. } => done.complete(Err(e)),
-        Message::Stats(done) => done.complete(Err(e)),
-        Message::Shutdown { done, .. } => {
-            if let Some(d) = done {
-                d.complete(Ok(()));
-            }
-        }
-        // A task's completer is inside its closure: dropping it fails the handle. A session's
-        // flush handles its own refusals.
-        Message::Task(_) | Message::Session { .. } | Message::Run(_) | Message::SetExec(_) => {}
     }
 }

@@ -325,16 +325,8 @@ impl Session {
                 reqs,
                 at: now,
             };
-            if let Err((Message::Session { reqs, .. }, e)) = self.exec.send(shard, msg) {
-                for mut r in reqs {
-                    let buf = r.op.take_buf();
-                    self.local.push(Done {
-                        token: r.token,
-                        result: Err(e.clone()),
-                        buf,
-                    });
-                }
-            }
+            // Refused (shut down, shard gone): the results come back like the shard's.
+            self.exec.send_or_fail(shard, msg);
         }
         // After the sends: a close these drops may send goes behind the requests.
         self.held.clear();

@@ -461,3 +461,81 @@ fn stats_after_shutdown_keep_the_final_counts() {
     assert_eq!(stats.total.ops(ringshard::OpKind::Read), 1);
     assert_eq!(stats.total.bytes_written, 8192);
 }
+
+/// One request of every kind on `f` (`a`: opened for appending), each waited for: the errors, by
+/// kind (a request that succeeded shows as `None`).
+fn every_kind(exec: &Executor, f: &File, a: &File) -> Vec<(&'static str, Option<IoUringError>)> {
+    let dir = f.path().parent().expect("a directory");
+    vec![
+        ("read", wait(exec.read(f, 0, 1)).err()),
+        ("write", wait(exec.write(f, 0, b"x".to_vec())).err()),
+        ("fsync", wait(exec.fsync(f)).err()),
+        ("size", wait(exec.size(f)).err()),
+        ("set_len", wait(exec.set_len(f, 10)).err()),
+        (
+            "sync_file_range",
+            wait(exec.sync_file_range(f, 0, 0, 0)).err(),
+        ),
+        ("metadata", wait(exec.metadata(f)).err()),
+        (
+            "read_vectored",
+            wait(exec.read_vectored(f, 0, &[1, 2])).err(),
+        ),
+        (
+            "write_vectored",
+            wait(exec.write_vectored(f, 0, vec![vec![1]])).err(),
+        ),
+        ("append", wait(exec.append(a, b"y".to_vec())).err()),
+        ("stat", wait(exec.stat(f.path())).err()),
+        ("mkdir", wait(exec.mkdir(dir.join("d"), 0o700)).err()),
+    ]
+}
+
+/// An executor of one shard (so path operations go to the same shard as the files), a file and
+/// a file opened for appending in `dir`.
+fn one_shard_with_files(dir: &Path) -> (Executor, File, File) {
+    let exec = Executor::builder().shards(1).build().expect("executor");
+    let f = open_rwc(&exec, &dir.join("f"));
+    let mut o = OpenOptions::new();
+    o.append(true).create(true);
+    let a = ok(exec.open(dir.join("a"), &o), "open for appending");
+    (exec, f, a)
+}
+
+/// After shutdown, every kind of request is refused with `Shutdown`, including the ones that
+/// complete through a completer of their own (metadata, append, vectored reads and writes): they
+/// got "ShardFailed .. dropped" (their completer was dropped, not failed).
+#[test]
+fn every_kind_of_request_after_shutdown_gets_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let (exec, f, a) = one_shard_with_files(dir.path());
+    exec.shutdown().unwrap();
+    for (what, e) in every_kind(&exec, &f, &a) {
+        assert_eq!(e, Some(IoUringError::Shutdown), "{what}");
+    }
+    assert_eq!(
+        wait(exec.submit_to(0, |_| ())).err(),
+        Some(IoUringError::Shutdown),
+        "submit_to"
+    );
+}
+
+/// On a dead shard every kind of request fails the same way: the error a read gets.
+#[test]
+fn every_kind_of_request_to_a_dead_shard_gets_the_same_shard_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (exec, f, a) = one_shard_with_files(dir.path());
+    let e = wait(exec.kill_shard_for_tests(0, std::time::Duration::ZERO)).unwrap_err();
+    assert!(is_shard_failed(&e, 0), "{e:?}");
+    // Dead for good: from now on its link refuses every message.
+    eventually("the shard is dead", HANG, || exec.stats().shards[0].failed);
+    let all = every_kind(&exec, &f, &a);
+    let read = all[0].1.clone().expect("the read failed");
+    assert!(is_shard_failed(&read, 0), "{read:?}");
+    for (what, e) in all {
+        assert_eq!(e.as_ref(), Some(&read), "{what}");
+    }
+    let e = wait(exec.submit_to(0, |_| ())).unwrap_err();
+    assert!(is_shard_failed(&e, 0), "submit_to: {e:?}");
+    assert!(exec.shutdown().is_err(), "shutdown reports the dead shard");
+}

@@ -1694,3 +1694,51 @@ fn size_after_an_external_truncate_restores_the_order() {
     let _serial = serial();
     assert_eq!(extend_then_read_after_external_truncate(300, true), 0);
 }
+
+/// Stats of paths order like reads in their directory's order list: a stat whose lookup the
+/// filesystem holds does not hold back a second stat in the same directory (before the fix, every
+/// path operation was a barrier there, and the second waited for the first), while an unlink sent
+/// before a stat still runs first (the stat sees the name gone).
+#[test]
+fn stats_in_one_directory_run_side_by_side_after_its_mutations() {
+    let _serial = serial();
+    let _dog = Watchdog::new("stats_side_by_side", LIMIT);
+    // Declared before the mount: the mount is dropped first, answering whatever is still held,
+    // so the executor's shutdown never waits for an operation the filesystem holds.
+    let exec = executor(true);
+    let fs = mount_or_return!("stats_in_one_directory_run_side_by_side_after_its_mutations");
+    for name in ["a", "b", "u"] {
+        seed(&fs, name, 100, 1);
+    }
+
+    // Two stats: the first is held in the filesystem (its LOOKUP is not answered), the second
+    // must complete meanwhile.
+    fs.rules().add("a", &[Op::Lookup], 0..1, Fault::Hold);
+    let first = exec.stat(fs.join("a"));
+    eventually("the first stat's lookup is held", HANG, || fs.held() == 1);
+    let second = exec.stat(fs.join("b"));
+    let md = ok(second, "a stat beside a held stat in the same directory");
+    assert_eq!(md.len(), 100);
+    assert_eq!(fs.held(), 1, "the first stat is still held");
+    assert!(
+        !first.is_done(),
+        "the first stat finished while its lookup was held"
+    );
+    fs.rules().clear();
+    fs.release_held();
+    assert_eq!(ok(first, "the held stat, released").len(), 100);
+
+    // An unlink held in the filesystem, then a stat of the same name: the stat runs after it.
+    fs.rules().add("u", &[Op::Unlink], 0..1, Fault::Hold);
+    let unlink = exec.unlink(fs.join("u"));
+    eventually("the unlink is held", HANG, || fs.held() == 1);
+    let stat = exec.stat(fs.join("u"));
+    fs.rules().clear();
+    fs.release_held();
+    ok(unlink, "unlink");
+    assert_io(&wait(stat), "stat", &fs.join("u"), libc::ENOENT);
+    report!(
+        "FAULTS stat order: a stat beside a held stat in its directory completed; a stat after a \
+         held unlink saw it"
+    );
+}

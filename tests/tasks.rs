@@ -287,6 +287,145 @@ fn executor_calls_from_a_task_on_its_own_shard_work_too() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// One order for every path from a shard's own thread
+//
+// On a shard's thread, single requests, batches, session flushes and the close of a dropped
+// handle all reach the shard's admission in the order they were made (before, single requests
+// went through a thread-local queue and the rest through the inbox, admitted in no common order).
+
+/// What the file at `path` holds.
+fn contents(path: &std::path::Path) -> Vec<u8> {
+    std::fs::read(path).expect("read the file")
+}
+
+#[test]
+fn a_batch_then_a_write_from_a_task_land_in_that_order() {
+    let exec = Arc::new(shards(1));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f");
+    let f = open_rwc(&exec, &path);
+    let e = Arc::clone(&exec);
+    let h = exec.spawn_on(0, async move {
+        let mut b = e.batch();
+        let wb = b.write(&f, 0, b"B".to_vec());
+        b.submit();
+        let wa = e.write(&f, 0, b"A".to_vec());
+        (wb.await, wa.await)
+    });
+    let (wb, wa) = h.wait().unwrap();
+    assert_eq!((wb, wa), (Ok(1), Ok(1)));
+    assert_eq!(contents(&path), b"A", "the later write landed first");
+    exec.shutdown().unwrap();
+}
+
+#[test]
+fn a_session_flush_then_a_write_from_a_task_land_in_that_order() {
+    let exec = Arc::new(shards(1));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f");
+    let f = open_rwc(&exec, &path);
+    let e = Arc::clone(&exec);
+    let h = exec.spawn_on(0, async move {
+        let mut s = e.session();
+        s.write(&f, 0, b"S".to_vec(), 7).unwrap();
+        s.flush();
+        let w = e.write(&f, 0, b"P".to_vec()).await;
+        let mut done = Vec::new();
+        while s.in_flight() > 0 {
+            s.next(&mut done).await;
+        }
+        (done.pop().map(|d| (d.token, d.result)), w)
+    });
+    let (session, w) = h.wait().unwrap();
+    assert_eq!(session, Some((7, Ok(1))));
+    assert_eq!(w, Ok(1));
+    assert_eq!(contents(&path), b"P", "the later write landed first");
+    exec.shutdown().unwrap();
+}
+
+/// Whether a descriptor of this process names `path`.
+fn is_open(path: &std::path::Path) -> bool {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .flatten()
+        .any(|e| std::fs::read_link(e.path()).is_ok_and(|t| t == path))
+}
+
+#[test]
+fn a_write_then_dropping_the_last_handle_in_submit_to_closes_after_the_write() {
+    let exec = Arc::new(shards(1));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f");
+    let f = open_rwc(&exec, &path);
+    assert!(is_open(&path));
+    let e = Arc::clone(&exec);
+    let write = ok(
+        exec.submit_to(0, move |_| {
+            let w = e.write(&f, 0, b"W".to_vec());
+            drop(f); // the last handle: its close goes after the write
+            w
+        }),
+        "submit_to",
+    );
+    assert_eq!(wait(write), Ok(1), "the write before the close");
+    assert_eq!(contents(&path), b"W");
+    eventually("the file is closed", HANG, || !is_open(&path));
+    exec.shutdown().unwrap();
+}
+
+/// What a closure sent to its own shard and the shard never handled (it died right after)
+/// fails, whatever its kind: nothing hangs.
+#[test]
+fn what_a_closure_left_queued_fails_when_its_shard_dies() {
+    let exec = Arc::new(shards(1));
+    let dir = tempfile::tempdir().unwrap();
+    let f = open_rwc(&exec, &dir.path().join("f"));
+    // A closure that holds the shard until the gate opens, so the next two reach its inbox
+    // meanwhile and run in one turn: the one that sends, then the one that kills the shard
+    // (before the shard's next turn could handle what the first sent).
+    let (open_gate, gate) = std::sync::mpsc::channel::<()>();
+    let (started_tx, started) = std::sync::mpsc::channel::<()>();
+    let blocker = exec.submit_to(0, move |_| {
+        let _ = started_tx.send(());
+        let _ = gate.recv();
+    });
+    started
+        .recv_timeout(HANG)
+        .expect("the blocking closure runs");
+    let e = Arc::clone(&exec);
+    let sender = exec.submit_to(0, move |_| {
+        let w = e.write(&f, 0, b"w".to_vec());
+        let mut b = e.batch();
+        let bw = b.write(&f, 1, b"b".to_vec());
+        b.submit();
+        let md = e.metadata(&f);
+        let mut s = e.session();
+        s.write(&f, 2, b"s".to_vec(), 9).unwrap();
+        s.flush();
+        (w, bw, md, s)
+    });
+    let kill = exec.kill_shard_for_tests(0, Duration::ZERO);
+    open_gate.send(()).unwrap();
+    ok(blocker, "the blocking closure");
+    let (w, bw, md, mut s) = ok(sender, "the sending closure");
+    assert!(wait(kill).is_err());
+    for (what, e) in [
+        ("write", wait(w).err()),
+        ("batched write", wait(bw).err()),
+        ("metadata", wait(md).err()),
+    ] {
+        let e = e.unwrap_or_else(|| panic!("{what} succeeded on a shard that died first"));
+        assert!(is_shard_failed(&e, 0), "{what}: {e:?}");
+    }
+    let mut done = Vec::new();
+    s.wait_timeout(1, HANG, &mut done).unwrap();
+    assert_eq!(done.len(), 1, "the session's write");
+    let e = done[0].result.clone().unwrap_err();
+    assert!(is_shard_failed(&e, 0), "session write: {e:?}");
+    assert!(exec.shutdown().is_err(), "shutdown reports the dead shard");
+}
+
+// ---------------------------------------------------------------------------------------------
 // Timers
 
 #[test]

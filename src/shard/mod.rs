@@ -106,18 +106,20 @@ impl IoOp {
     }
 
     /// Fails a request that will not run (or not finish): its handle (or session token) gets
-    /// `err`, with the caller's buffer back.
+    /// `err`, with the caller's buffer back. An op that holds its own completer (metadata,
+    /// append, vectored) completes it; the op itself stays with the caller (a shard that stops
+    /// with it in the kernel leaks it).
     pub(crate) fn fail(
-        self,
+        &mut self,
         reply: Reply,
         err: IoUringError,
         sessions: &mut crate::session::SessionTable,
     ) {
         match self {
-            IoOp::File(mut op) => {
+            IoOp::File(op) => {
                 op.complete(Err(err), reply, sessions);
             }
-            mut io => {
+            io => {
                 let buf = io.take_buf();
                 reply.deliver(Err(err), buf, sessions);
             }
@@ -205,7 +207,8 @@ impl Reply {
 /// A closure to run on the shard thread.
 pub(crate) type Task = Box<dyn FnOnce(&mut ShardContext<'_>) + Send>;
 
-/// What travels over a shard's inbox.
+/// What travels over a shard's inbox (or, sent on the shard's own thread, its thread-local
+/// queue: see `tasks::try_local`).
 pub(crate) enum Message {
     Io(IoRequest),
     Batch(Vec<IoRequest>),
@@ -236,6 +239,57 @@ pub(crate) enum Message {
         grace: std::time::Duration,
         done: Option<Completer<()>>,
     },
+}
+
+impl IoRequest {
+    /// Fails the request (see [`IoOp::fail`]).
+    pub(crate) fn fail(self, err: IoUringError, sessions: &mut crate::session::SessionTable) {
+        let mut op = self.op;
+        op.fail(self.reply, err, sessions);
+    }
+}
+
+impl Message {
+    /// Fails a message that will not run, whatever its kind and whatever the reason (shutdown,
+    /// a dead shard, a refused send, a dropped batch): every handle, session token and task
+    /// inside gets `err`. The one place that does so: a refused send, a shard's last drain and
+    /// its thread-local leftovers all come here. Returns a shutdown's waiter, for the caller to
+    /// complete once the shard has stopped.
+    ///
+    /// A refused runnable is dropped (its task cancelled): only its shard's thread sends them
+    /// to this function (other threads keep `!Send` tasks away from here).
+    pub(crate) fn fail(self, err: &IoUringError) -> Option<Completer<()>> {
+        // A request not admitted has no session entry (a session's requests travel whole, in
+        // `Message::Session`): nothing is collected here.
+        let mut none = crate::session::SessionTable::default();
+        match self {
+            Message::Io(req) => req.fail(err.clone(), &mut none),
+            Message::Batch(reqs) => {
+                for req in reqs {
+                    req.fail(err.clone(), &mut none);
+                }
+            }
+            Message::Session { session, reqs, .. } => {
+                let mut out: Vec<crate::session::Done> = reqs
+                    .into_iter()
+                    .map(|mut r| crate::session::Done {
+                        token: r.token,
+                        result: Err(err.clone()),
+                        buf: r.op.take_buf(),
+                    })
+                    .collect();
+                session.deliver(&mut out);
+            }
+            Message::Install { done, .. } => done.complete(Err(err.clone())),
+            Message::Stats(done) => done.complete(Err(err.clone())),
+            Message::Shutdown { done, .. } => return done,
+            // A closure's completer is inside it: dropped, it fails with what `err` says.
+            Message::Task(task) => crate::completion::drop_failing(task, err),
+            Message::Run(r) => drop(r),
+            Message::SetExec(_) => {}
+        }
+        None
+    }
 }
 
 /// [`ShardShared::sleep`]: the shard is running.

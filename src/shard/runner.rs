@@ -4,7 +4,8 @@
 //! loop {
 //!     admit: the backlog, then up to 256 inbox messages,   -> op table + per-file order
 //!            while fewer than channel_capacity ops live
-//!     run async tasks (a budget of polls and time)         -> their local I/O is admitted too
+//!     run async tasks (a budget of polls and time)         -> then what this thread sent to
+//!                                                           this shard, like the inbox
 //!     issue ready ops, at most 32 SQEs                     (no buffer: the op waits here;
 //!                                                           SQ full: submit, then go on)
 //!     submit (GETEVENTS when the kernel flags task work), reap CQEs: finish chunks, resubmit
@@ -49,7 +50,7 @@ use crate::pool::PoolFit;
 use crate::pool::{Direction, RegisteredBufferPool, Target};
 use crate::ring::{pin_workers, RingConfig};
 use crate::router::FileKey;
-use crate::session::{Done, SessionTable};
+use crate::session::SessionTable;
 use crate::stats::{OpKind, ShardStats};
 use crossbeam_channel::{Receiver, TryRecvError};
 use io_uring::{opcode, squeue, types};
@@ -166,9 +167,9 @@ struct Shard {
     /// Sessions with requests here; their results go out once per turn.
     sessions: SessionTable,
     tasks: VecDeque<Task>,
-    /// Requests async tasks made for this shard's files, taken once per batch (kept to reuse
-    /// its allocation).
-    local_io: Vec<IoRequest>,
+    /// Messages sent on this thread to this shard (tasks' and closures' requests, batches,
+    /// session flushes, closes), taken once per batch of tasks (kept to reuse its allocation).
+    local: Vec<Message>,
     /// Sleeps in the ring: index = `user_data & !TIMER_TAG`. The timespec stays here until the
     /// timeout's completion.
     timers: Vec<Option<(Arc<TimerState>, Box<types::Timespec>)>>,
@@ -281,8 +282,7 @@ fn shard_main(
     let panicked = outcome.is_err();
     // Tasks still runnable are dropped here, on their thread (their handles report it); from now
     // on a task woken on this thread is dropped at once.
-    let unadmitted = tasks::shutdown_here();
-    shard.backlog.extend(unadmitted);
+    let unhandled = tasks::shutdown_here();
     if !panicked {
         // Kept for `Executor::stats` after shutdown.
         shard.stats.pool = shard.pool.stats();
@@ -306,11 +306,15 @@ fn shard_main(
         IoUringError::Shutdown
     };
     // Whatever is still queued for this shard is failed, including what callers put in between
-    // their checks and their send: see `ShardLink::send`.
+    // their checks and their send: see `ShardLink::send`. (Messages sent on this thread that
+    // the loop did not handle are left only by a panic: a clean stop waits for them.)
     shared.exited.store(true, AtomicOrdering::SeqCst);
+    for msg in unhandled {
+        shard.shutdown_waiters.extend(msg.fail(&error));
+    }
     loop {
         while let Ok(msg) = shard.rx.try_recv() {
-            abandon(msg, &error, &mut shard.shutdown_waiters);
+            shard.shutdown_waiters.extend(msg.fail(&error));
         }
         if shared.sending.load(AtomicOrdering::SeqCst) == 0 && shard.rx.is_empty() {
             break;
@@ -321,31 +325,6 @@ fn shard_main(
     drop(shard);
     for w in waiters {
         w.complete(Ok(()));
-    }
-}
-
-/// Fails a message the shard will never run: its handles (and sessions) get `error`.
-fn abandon(msg: Message, error: &IoUringError, waiters: &mut Vec<Completer<()>>) {
-    match msg {
-        Message::Io(req) => abandon_request(req, error),
-        Message::Batch(reqs) => reqs.into_iter().for_each(|r| abandon_request(r, error)),
-        Message::Session { session, reqs, .. } => {
-            let mut out: Vec<Done> = reqs
-                .into_iter()
-                .map(|mut r| Done {
-                    token: r.token,
-                    result: Err(error.clone()),
-                    buf: r.op.take_buf(),
-                })
-                .collect();
-            session.deliver(&mut out);
-        }
-        Message::Install { done, .. } => done.complete(Err(error.clone())),
-        Message::Stats(done) => done.complete(Err(error.clone())),
-        Message::Shutdown { done, .. } => waiters.extend(done),
-        // Dropping the closure fails its handle (its completer is inside); dropping a runnable
-        // cancels its task (this is its shard's thread: `!Send` ones may be dropped here).
-        Message::Task(_) | Message::Run(_) | Message::SetExec(_) => {}
     }
 }
 
@@ -367,13 +346,6 @@ fn skip_reason(
         return Some(CancelWhy::Deadline);
     }
     (reply.is_cancelled(sessions) || io.is_cancelled()).then_some(CancelWhy::Dropped)
-}
-
-fn abandon_request(req: IoRequest, error: &IoUringError) {
-    // A request never admitted has no session entry: sessions' requests are abandoned whole, as
-    // messages, above.
-    req.op
-        .fail(req.reply, error.clone(), &mut SessionTable::default());
 }
 
 impl Shard {
@@ -455,7 +427,7 @@ impl Shard {
             backlog: VecDeque::new(),
             sessions: SessionTable::default(),
             tasks: VecDeque::new(),
-            local_io: Vec::new(),
+            local: Vec::new(),
             timers: Vec::new(),
             timer_free: Vec::new(),
             new_timers: Vec::new(),
@@ -586,6 +558,7 @@ impl Shard {
                 && self.tasks.is_empty()
                 && self.backlog.is_empty()
                 && self.rx.is_empty()
+                && !tasks::has_local()
             {
                 return;
             }
@@ -836,14 +809,16 @@ impl Shard {
         any
     }
 
+    /// Handles one message, from the inbox or from this thread's local queue (see
+    /// `tasks::try_local`): the one entry for every source, so requests are admitted in the
+    /// order each source sent them.
     fn handle(&mut self, msg: Message) {
         match msg {
-            Message::Io(req) if self.can_admit() && self.backlog.is_empty() => self.admit(req),
-            Message::Io(req) => self.backlog.push_back(req),
-            Message::Batch(reqs) => self.backlog.extend(reqs),
+            Message::Io(req) => self.admit_in_order(std::iter::once(req)),
+            Message::Batch(reqs) => self.admit_in_order(reqs.into_iter()),
             Message::Session { session, reqs, at } => {
                 let index = self.sessions.register(session, reqs.len());
-                let mut reqs = reqs.into_iter().map(|r| IoRequest {
+                let reqs = reqs.into_iter().map(|r| IoRequest {
                     file: r.file,
                     op: r.op,
                     reply: Reply::Session {
@@ -853,15 +828,7 @@ impl Shard {
                     at,
                     deadline: r.deadline,
                 });
-                // Straight into the op table while there is room and nothing older waits; the
-                // rest waits in the backlog, in order.
-                if self.backlog.is_empty() {
-                    while self.can_admit() {
-                        let Some(req) = reqs.next() else { break };
-                        self.admit(req);
-                    }
-                }
-                self.backlog.extend(reqs);
+                self.admit_in_order(reqs);
             }
             Message::Install {
                 fd,
@@ -886,6 +853,18 @@ impl Shard {
                 self.shutdown_waiters.extend(done);
             }
         }
+    }
+
+    /// Admits `reqs` in order: straight into the op table while there is room and nothing older
+    /// waits; the rest waits in the backlog (first in, first admitted), behind what was there.
+    fn admit_in_order(&mut self, mut reqs: impl Iterator<Item = IoRequest>) {
+        if self.backlog.is_empty() {
+            while self.can_admit() {
+                let Some(req) = reqs.next() else { return };
+                self.admit(req);
+            }
+        }
+        self.backlog.extend(reqs);
     }
 
     fn install(
@@ -1058,8 +1037,9 @@ impl Shard {
         }
     }
 
-    /// Admits an operation on a path: ordered (as a barrier) in its directory's order list; it
-    /// names no open file.
+    /// Admits an operation on a path: ordered in its directory's order list by its footprint
+    /// (unlink, mkdir, rename: barriers; stat: a read, side by side with other stats, after
+    /// earlier mutations); it names no open file.
     fn admit_path(
         &mut self,
         target: crate::op::PathTarget,
@@ -1094,9 +1074,13 @@ impl Shard {
             reply,
             lent: None,
         };
+        let fp = match &op.io {
+            IoOp::File(f) => f.footprint(0),
+            _ => Footprint::Barrier,
+        };
         let key = op.key;
         let slot = self.ops.insert(op);
-        if self.order.admit(key, slot, Footprint::Barrier) {
+        if self.order.admit(key, slot, fp) {
             self.enqueue(slot);
         }
     }
@@ -1859,9 +1843,10 @@ impl Shard {
 
     // -- async tasks ---------------------------------------------------------------------------
 
-    /// One batch of async tasks (at most [`TASK_BUDGET`] polls), then what they asked for: their
-    /// requests on this shard's files are admitted (same path as routed ones, in the order they
-    /// were made) and their sleeps armed in the ring.
+    /// One batch of async tasks (at most [`TASK_BUDGET`] polls), then what was sent on this
+    /// thread to this shard (by the tasks, by `submit_to` closures, by handles dropped here) is
+    /// handled like the inbox's messages, in the order sent, and the tasks' sleeps are armed in
+    /// the ring.
     fn run_async_tasks(&mut self) -> bool {
         let (ran, slow) = tasks::run_batch(TASK_BUDGET);
         self.take_back_lent();
@@ -1869,19 +1854,15 @@ impl Shard {
             self.stats.note_task_polls(ran as u64, slow);
         }
         let mut any = ran > 0;
-        let mut reqs = std::mem::take(&mut self.local_io);
-        tasks::take_local_io(&mut reqs);
-        if !reqs.is_empty() {
+        let mut msgs = std::mem::take(&mut self.local);
+        tasks::take_local(&mut msgs);
+        if !msgs.is_empty() {
             any = true;
-            for req in reqs.drain(..) {
-                if self.can_admit() && self.backlog.is_empty() {
-                    self.admit(req);
-                } else {
-                    self.backlog.push_back(req);
-                }
+            for msg in msgs.drain(..) {
+                self.handle(msg);
             }
         }
-        self.local_io = reqs;
+        self.local = msgs;
         tasks::take_timers(&mut self.new_timers);
         self.remove_dropped_timers();
         // While submit_to closures wait for a quiet ring, new sleeps wait with them.
@@ -2108,33 +2089,38 @@ impl Drop for Shard {
         } else {
             IoUringError::Shutdown
         };
-        for mut op in self.ops.drain() {
-            let in_kernel = op.outstanding > 0 && op.data_path == DataPath::Memory;
-            if let IoOp::File(mut f) = op.io {
-                f.complete(Err(error.clone()), op.reply, &mut self.sessions);
-                if in_kernel {
+        for op in self.ops.drain() {
+            let Op {
+                mut io,
+                reply,
+                mut out,
+                outstanding,
+                data_path,
+                ..
+            } = op;
+            let in_kernel = outstanding > 0 && data_path == DataPath::Memory;
+            if in_kernel {
+                // The kernel may still write into a read's vector or read a write's data: leak
+                // them (the handle gets no buffer back).
+                std::mem::forget(out);
+                if let IoOp::Write { data, .. } = &mut io {
+                    std::mem::forget(std::mem::take(data));
+                }
+            } else if let IoOp::Read { buf, .. } = &mut io {
+                // What was read so far goes back as the caller's buffer.
+                *buf = std::mem::take(&mut out);
+            }
+            io.fail(reply, error.clone(), &mut self.sessions);
+            if in_kernel {
+                if let IoOp::File(f) = io {
                     // The kernel may still read or write the memory its SQE names (paths, a
                     // statx buffer, iovecs and buffers), all owned by the op: leak it.
                     std::mem::forget(f);
                 }
-                continue;
             }
-            let buf = if in_kernel {
-                std::mem::forget(std::mem::take(&mut op.out));
-                if let IoOp::Write { data, .. } = &mut op.io {
-                    std::mem::forget(std::mem::take(data));
-                }
-                Vec::new()
-            } else if op.kind == OpKind::Read {
-                std::mem::take(&mut op.out)
-            } else {
-                op.io.take_buf()
-            };
-            op.reply
-                .deliver(Err(error.clone()), buf, &mut self.sessions);
         }
         for req in std::mem::take(&mut self.backlog) {
-            req.op.fail(req.reply, error.clone(), &mut self.sessions);
+            req.fail(error.clone(), &mut self.sessions);
         }
         self.sessions.deliver();
         self.tasks.clear();

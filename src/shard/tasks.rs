@@ -9,9 +9,11 @@
 //!   [`Message::Run`](super::Message) (the inbox's send-and-wake protocol);
 //! - the shard loop calls [`run_batch`] once per turn: at most [`TASK_BUDGET`] polls, then it goes
 //!   back to its inbox, its ring and its completions;
-//! - I/O from a task on the shard's own files is put in a thread-local queue that the shard
-//!   admits right after the batch ([`take_local_io`]): no channel, no wake-up, and the
-//!   completion wakes the task on the same thread;
+//! - every message sent on a shard's thread to that shard (a task's or a `submit_to` closure's
+//!   requests, batches, session flushes, the close of a dropped handle) goes into a thread-local
+//!   queue, in the order made, that the shard handles right after the batch ([`take_local`]),
+//!   through the same admission as its inbox: no channel, no wake-up, one order for all of them,
+//!   and the completion wakes the task on the same thread;
 //! - [`LocalShard::sleep`] is an `IORING_OP_TIMEOUT` on the shard's ring ([`take_timers`]).
 
 use super::{IoOp, IoRequest, Message, Reply};
@@ -40,8 +42,9 @@ pub const SLOW_POLL: Duration = Duration::from_millis(10);
 thread_local! {
     /// Runnable tasks of the shard that runs on this thread.
     static RUN: RefCell<VecDeque<async_task::Runnable>> = const { RefCell::new(VecDeque::new()) };
-    /// Requests made on this shard thread for this shard's files, admitted after each batch.
-    static LOCAL_IO: RefCell<Vec<IoRequest>> = const { RefCell::new(Vec::new()) };
+    /// Messages sent on this shard thread to this shard (requests on its files, batches, session
+    /// flushes, closes), in the order sent; handled after each batch of tasks.
+    static LOCAL: RefCell<Vec<Message>> = const { RefCell::new(Vec::new()) };
     /// Sleeps started on this thread, to be armed in the ring.
     static TIMERS: RefCell<Vec<Arc<TimerState>>> = const { RefCell::new(Vec::new()) };
     /// Sleeps dropped before they fired, to be taken out of the ring (TIMEOUT_REMOVE).
@@ -273,10 +276,11 @@ pub(crate) fn run_batch(budget: usize) -> (usize, u64) {
     (ran, slow)
 }
 
-/// Whether a task is waiting to run, or tasks left I/O, a timer or a lent buffer to be taken.
+/// Whether a task is waiting to run, or tasks left messages, a timer or a lent buffer to be
+/// taken.
 pub(crate) fn has_work() -> bool {
     RUN.with(|q| !q.borrow().is_empty())
-        || LOCAL_IO.with(|q| !q.borrow().is_empty())
+        || has_local()
         || TIMERS.with(|q| !q.borrow().is_empty())
         || RELEASED.with(|q| !q.borrow().is_empty())
 }
@@ -286,9 +290,14 @@ pub(crate) fn push_runnable(r: async_task::Runnable) {
     RUN.with(|q| q.borrow_mut().push_back(r));
 }
 
-/// Moves the requests tasks made for this shard's files into `out` (in the order they were made).
-pub(crate) fn take_local_io(out: &mut Vec<IoRequest>) {
-    LOCAL_IO.with(|q| std::mem::swap(&mut *q.borrow_mut(), out));
+/// Whether messages sent on this thread to its shard wait to be handled.
+pub(crate) fn has_local() -> bool {
+    LOCAL.with(|q| !q.borrow().is_empty())
+}
+
+/// Moves the messages sent on this thread to its shard into `out` (in the order they were sent).
+pub(crate) fn take_local(out: &mut Vec<Message>) {
+    LOCAL.with(|q| std::mem::swap(&mut *q.borrow_mut(), out));
 }
 
 /// Moves the sleeps started since the last call into `out`.
@@ -297,9 +306,11 @@ pub(crate) fn take_timers(out: &mut Vec<Arc<TimerState>>) {
 }
 
 /// Called once the shard has left its loop (on its thread): runnable tasks are dropped (their
-/// handles report the shard gone), pending sleeps wake (and so are dropped too), and requests
-/// not yet admitted are handed back to be failed. Tasks woken later on this thread are dropped.
-pub(crate) fn shutdown_here() -> Vec<IoRequest> {
+/// handles report the shard gone), pending sleeps wake (and so are dropped too), and messages
+/// not yet handled are handed back to be failed. From now on, tasks woken on this thread are
+/// dropped, and messages sent here to this shard go to its inbox (which refuses them once the
+/// shard has drained it).
+pub(crate) fn shutdown_here() -> Vec<Message> {
     EXITED.with(|e| e.set(true));
     loop {
         let r = RUN.with(|q| q.borrow_mut().pop_front());
@@ -312,7 +323,7 @@ pub(crate) fn shutdown_here() -> Vec<IoRequest> {
     for t in timers {
         t.fire();
     }
-    LOCAL_IO.with(|q| std::mem::take(&mut *q.borrow_mut()))
+    LOCAL.with(|q| std::mem::take(&mut *q.borrow_mut()))
 }
 
 /// Marks whether this shard thread's pool is mapped (see [`PoolBuf`]).
@@ -407,15 +418,22 @@ impl std::ops::Deref for PoolBuf {
     }
 }
 
-/// A request routed by the executor: when it is for the shard this thread runs, it is kept for
-/// that shard's next admission (no channel); otherwise it is handed back to be sent.
-pub(crate) fn try_local(exec: u64, req: IoRequest) -> std::result::Result<(), IoRequest> {
-    if on_shard(exec, req.file.shard) {
-        LOCAL_IO.with(|q| q.borrow_mut().push(req));
-        Ok(())
-    } else {
-        Err(req)
+/// A message for shard `shard` of executor `exec`: when this thread runs that shard, it is kept
+/// for the shard's next turn (no channel), behind every message sent here before it, whatever
+/// its kind; otherwise it is handed back to be sent through the inbox.
+pub(crate) fn try_local(exec: u64, shard: usize, msg: Message) -> std::result::Result<(), Message> {
+    if !on_shard(exec, shard) {
+        return Err(msg);
     }
+    let mut slot = Some(msg);
+    // `try_with`: during the thread's teardown the queue may be gone (the message then goes to
+    // the inbox, which refuses it once the shard has stopped).
+    let _ = LOCAL.try_with(|q| {
+        if let Ok(mut q) = q.try_borrow_mut() {
+            q.extend(slot.take());
+        }
+    });
+    slot.map_or(Ok(()), Err)
 }
 
 /// One sleep: armed as an `IORING_OP_TIMEOUT` by the shard, fired at its completion.
@@ -764,8 +782,8 @@ impl LocalShard {
     /// Completes after at least `d`, through an `IORING_OP_TIMEOUT` on this shard's ring (no
     /// timer thread). Sleeps started in one turn are armed in the order they were started.
     ///
-    /// Dropping the future early leaves its timeout in the ring until it expires (harmless; but
-    /// `submit_to` closures wait for the ring to have nothing in flight).
+    /// Dropping the future early takes its timeout out of the ring (`IORING_OP_TIMEOUT_REMOVE`,
+    /// at the shard's next turn): it holds no completion-queue slot after that.
     pub fn sleep(&self, d: Duration) -> Sleep {
         Sleep {
             deadline: Instant::now().checked_add(d),
@@ -877,14 +895,6 @@ impl Future for YieldNow {
         self.yielded = true;
         cx.waker().wake_by_ref();
         Poll::Pending
-    }
-}
-
-/// A request on `file` for the executor: local when this thread is the file's shard.
-pub(crate) fn route(exec: &ExecShared, req: IoRequest) {
-    let shard = req.file.shard;
-    if let Err(req) = try_local(exec.id, req) {
-        exec.send_or_fail(shard, Message::Io(req));
     }
 }
 

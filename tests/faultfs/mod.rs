@@ -10,8 +10,9 @@
 //!
 //! The directory is flat (files only, no subdirectories). Each operation that reaches the
 //! filesystem is checked against [`Rules`], shared as `Arc<Mutex<Rules>>` and changeable while
-//! mounted: per file name, per operation (read, write, fsync) and per byte range, a rule returns
-//! EIO, cuts a transfer short, delays the operation, returns ENOSPC once N bytes were written, or
+//! mounted: per file name, per operation (read, write, fsync; lookup and unlink of a name) and per
+//! byte range, a rule returns EIO, cuts a transfer short, delays the operation, holds it until the
+//! test releases it ([`FaultFs::release_held`]), returns ENOSPC once N bytes were written, or
 //! fails one fsync. Every fault that fires is counted ([`Counts`]).
 //!
 //! Mount and open choices:
@@ -33,6 +34,8 @@
 //!   thread closes a file, the serving thread is gone, the closing thread never returns, and the
 //!   process stays a zombie holding the mount (seen once while writing these tests).
 //! - Attribute and entry timeouts are zero: sizes always come from the backing file.
+//! - Lookups in the directory may run in parallel (`FUSE_PARALLEL_DIROPS`): a held lookup holds
+//!   only its own caller.
 //! - Delayed operations are carried out on a thread of their own, so one stalled file never
 //!   holds up the filesystem's request loop: what stalls is only what the kernel and the executor
 //!   make wait for it.
@@ -63,6 +66,10 @@ pub enum Op {
     Write,
     /// fsync and fdatasync.
     Fsync,
+    /// LOOKUP of the name (a path walk that reaches it: stat, open, unlink, rename ...).
+    Lookup,
+    /// UNLINK of the name.
+    Unlink,
 }
 
 /// What a rule does to a matching operation.
@@ -79,10 +86,14 @@ pub enum Fault {
     EnospcAfter(u64),
     /// The next fsync fails with EIO (without syncing); later ones pass through.
     FailFsyncOnce,
+    /// The operation waits, unanswered, until [`FaultFs::release_held`] (or the unmount): what
+    /// must be in flight stays in flight for as long as the test needs, whatever the machine's
+    /// speed. Only lookups and unlinks honour it.
+    Hold,
 }
 
 /// One rule: `fault` for operations `ops` on file `file` (a name in the mount's root) that touch
-/// `range` (fsync always matches its range).
+/// `range` (fsync, lookup and unlink always match it).
 #[derive(Debug, Clone)]
 pub struct Rule {
     pub file: OsString,
@@ -108,6 +119,8 @@ pub struct Counts {
     /// Writes failed with ENOSPC.
     pub enospc: u64,
     pub fsync_failed: u64,
+    /// Operations held by a `Hold` rule (released or not).
+    pub held: u64,
 }
 
 /// The rules of a mounted [`FaultFs`], and the counts of what fired.
@@ -138,6 +151,7 @@ impl Rules {
     fn decide(&mut self, file: &OsStr, op: Op, off: u64, len: u64) -> Action {
         let mut act = Action {
             delay: Duration::ZERO,
+            hold: false,
             errno: None,
             len,
         };
@@ -145,17 +159,20 @@ impl Rules {
             Op::Read => self.counts.reads += 1,
             Op::Write => self.counts.writes += 1,
             Op::Fsync => self.counts.fsyncs += 1,
+            Op::Lookup | Op::Unlink => {}
         }
         let end = off.saturating_add(len.max(1));
+        let whole = matches!(op, Op::Fsync | Op::Lookup | Op::Unlink);
         for r in &mut self.rules {
             let hit = r.file == file
                 && r.ops.contains(&op)
-                && (op == Op::Fsync || (off < r.range.end && r.range.start < end));
+                && (whole || (off < r.range.end && r.range.start < end));
             if !hit {
                 continue;
             }
             match r.fault {
                 Fault::Delay(d) => act.delay += d,
+                Fault::Hold => act.hold = true,
                 Fault::Eio => act.errno = act.errno.or(Some(libc::EIO)),
                 Fault::Short(max) => act.len = act.len.min(u64::from(max.max(1))),
                 Fault::EnospcAfter(limit) if op == Op::Write => {
@@ -187,6 +204,9 @@ impl Rules {
         if !act.delay.is_zero() {
             self.counts.delayed += 1;
         }
+        if act.hold {
+            self.counts.held += 1;
+        }
         match act.errno {
             Some(libc::ENOSPC) => self.counts.enospc += 1,
             Some(_) if op != Op::Fsync => self.counts.eio += 1,
@@ -213,6 +233,8 @@ impl Rules {
 #[derive(Debug, Clone, Copy)]
 struct Action {
     delay: Duration,
+    /// Wait for [`FaultFs::release_held`].
+    hold: bool,
     errno: Option<i32>,
     /// Bytes to transfer at most.
     len: u64,
@@ -221,6 +243,7 @@ struct Action {
 /// A mounted fault-injecting filesystem; unmounted when dropped.
 pub struct FaultFs {
     rules: Arc<Mutex<Rules>>,
+    held: Held,
     backing: tempfile::TempDir,
     mountpoint: tempfile::TempDir,
     session: Option<fuser::BackgroundSession>,
@@ -241,9 +264,11 @@ impl FaultFs {
         let backing = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
         let mountpoint = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
         let rules = Arc::new(Mutex::new(Rules::default()));
+        let held = Held::default();
         let fs = Fs(Arc::new(Inner {
             root: backing.path().to_path_buf(),
             rules: Arc::clone(&rules),
+            held: held.clone(),
             names: Mutex::new(Names::default()),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -258,6 +283,7 @@ impl FaultFs {
             .map_err(|e| format!("mounting FUSE on {}: {e}", mountpoint.path().display()))?;
         Ok(FaultFs {
             rules,
+            held,
             backing,
             mountpoint,
             session: Some(session),
@@ -267,6 +293,19 @@ impl FaultFs {
     /// The rules, shared with the filesystem: change them at any time.
     pub fn rules(&self) -> MutexGuard<'_, Rules> {
         self.rules.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Operations held by a [`Fault::Hold`] rule now, unanswered.
+    pub fn held(&self) -> usize {
+        self.held.lock().len()
+    }
+
+    /// Answers every held operation (carries it out now).
+    pub fn release_held(&self) {
+        let held = std::mem::take(&mut *self.held.lock());
+        for f in held {
+            f();
+        }
     }
 
     /// The counts so far.
@@ -292,6 +331,8 @@ impl FaultFs {
 
 impl Drop for FaultFs {
     fn drop(&mut self) {
+        // A held operation keeps its caller (and a shard's worker) waiting: answer it first.
+        self.release_held();
         let c = std::ffi::CString::new(self.mountpoint.path().as_os_str().as_bytes())
             .expect("mountpoint without NUL");
         // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
@@ -353,9 +394,23 @@ struct Handle {
     ino: u64,
 }
 
+/// A held operation's answer: called, it carries the operation out and replies.
+type Answer = Box<dyn FnOnce() + Send>;
+
+/// Operations held by a [`Fault::Hold`] rule.
+#[derive(Clone, Default)]
+struct Held(Arc<Mutex<Vec<Answer>>>);
+
+impl Held {
+    fn lock(&self) -> MutexGuard<'_, Vec<Answer>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 struct Inner {
     root: PathBuf,
     rules: Arc<Mutex<Rules>>,
+    held: Held,
     names: Mutex<Names>,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
@@ -471,6 +526,15 @@ impl Inner {
         let name = self.name_of(ino).unwrap_or_default();
         self.rules().decide(&name, op, off, len)
     }
+
+    /// Runs `f` now, after the action's delay, or when the test releases it (held).
+    fn answer(&self, act: Action, f: impl FnOnce() + Send + 'static) {
+        if act.hold {
+            self.held.lock().push(Box::new(f));
+        } else {
+            later(act.delay, f);
+        }
+    }
 }
 
 /// Runs `f` now, or after `delay` on a thread of its own.
@@ -492,6 +556,9 @@ impl Filesystem for Fs {
         if self.0.async_dio {
             let _ = config.add_capabilities(fuser::InitFlags::FUSE_ASYNC_DIO);
         }
+        // Without it, the kernel serializes every lookup in a directory (on the directory's
+        // inode lock): a held lookup would hold back lookups of other names too.
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_PARALLEL_DIROPS);
         Ok(())
     }
 
@@ -499,13 +566,20 @@ impl Filesystem for Fs {
         if parent != INodeNo::ROOT {
             return reply.error(Errno::ENOENT);
         }
-        match std::fs::symlink_metadata(self.0.root.join(name)) {
-            Ok(m) => {
-                let ino = self.0.names().ino(name);
-                reply.entry(&TTL, &attr_of(ino, &m), Generation(0));
+        let act = self.0.rules().decide(name, Op::Lookup, 0, 0);
+        let (inner, name) = (Arc::clone(&self.0), name.to_owned());
+        self.0.answer(act, move || {
+            if let Some(errno) = act.errno {
+                return reply.error(Errno::from_i32(errno));
             }
-            Err(e) => reply.error(errno_of(&e)),
-        }
+            match std::fs::symlink_metadata(inner.root.join(&name)) {
+                Ok(m) => {
+                    let ino = inner.names().ino(&name);
+                    reply.entry(&TTL, &attr_of(ino, &m), Generation(0));
+                }
+                Err(e) => reply.error(errno_of(&e)),
+            }
+        });
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -570,16 +644,23 @@ impl Filesystem for Fs {
         if parent != INodeNo::ROOT {
             return reply.error(Errno::ENOENT);
         }
-        match std::fs::remove_file(self.0.root.join(name)) {
-            Ok(()) => {
-                let mut names = self.0.names();
-                if let Some(ino) = names.ino_of.remove(name) {
-                    names.name_of.remove(&ino);
-                }
-                reply.ok();
+        let act = self.0.rules().decide(name, Op::Unlink, 0, 0);
+        let (inner, name) = (Arc::clone(&self.0), name.to_owned());
+        self.0.answer(act, move || {
+            if let Some(errno) = act.errno {
+                return reply.error(Errno::from_i32(errno));
             }
-            Err(e) => reply.error(errno_of(&e)),
-        }
+            match std::fs::remove_file(inner.root.join(&name)) {
+                Ok(()) => {
+                    let mut names = inner.names();
+                    if let Some(ino) = names.ino_of.remove(&name) {
+                        names.name_of.remove(&ino);
+                    }
+                    reply.ok();
+                }
+                Err(e) => reply.error(errno_of(&e)),
+            }
+        });
     }
 
     fn rename(

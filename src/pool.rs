@@ -4,19 +4,39 @@
 //! The pool is one page-aligned slab; buffer `i` starts at `i * stride`, where the stride is the
 //! buffer size rounded up to a whole page, so every buffer is aligned for O_DIRECT.
 //!
-//! A buffer is free (in the free list), acquired (held by the caller, possibly with I/O in flight)
-//! or quarantined (released by its holder while an operation the pool pushed for it has no matched
-//! completion). Two records say whether the kernel may use a buffer:
+//! A buffer is free (in the free list), acquired (held by the caller, possibly with I/O in flight),
+//! lent (taken by the executor's shard for a task's pooled read, `PoolBuf`: refused to everyone
+//! until the task drops it) or quarantined (released by its holder after `complete_in_flight` said
+//! its operations were done, while the pool has not seen their CQEs). Two records say whether the
+//! kernel may use a buffer:
 //!
 //! - the caller's: [`mark_in_flight`](RegisteredBufferPool::mark_in_flight) and
-//!   [`complete_in_flight`](RegisteredBufferPool::complete_in_flight), which the pool believes;
-//! - the pool's own: set when the pool pushes an SQE for the buffer, cleared only when the CQE with
-//!   that exact `user_data` is matched ([`complete_cqe`](RegisteredBufferPool::complete_cqe),
-//!   [`complete_user_data`](RegisteredBufferPool::complete_user_data)). No public call clears it.
+//!   [`complete_in_flight`](RegisteredBufferPool::complete_in_flight). The pool believes them for
+//!   the caller's own buffer: once they say every operation on it is complete, `get`, `get_mut` and
+//!   `release` work, as the seed API documents;
+//! - the pool's own: set when the pool pushes an SQE for the buffer, cleared when the CQE with that
+//!   exact `user_data` is matched ([`complete_cqe`](RegisteredBufferPool::complete_cqe),
+//!   [`complete_user_data`](RegisteredBufferPool::complete_user_data)), or forgotten on the
+//!   caller's word when the buffer has to be used again after `complete_in_flight` (counted in
+//!   [`unmatched_completions`](BufferPoolStats::unmatched_completions)).
 //!
-//! A buffer either record says is in flight never goes back to the free list, and its memory is
-//! never unmapped while either says so. The pool's own record is what keeps one caller's mistake
-//! from handing a buffer the kernel is writing into to another caller.
+//! What holds whatever the caller says (the invariants the `SAFETY` comments rely on):
+//!
+//! 1. **The slab is never unmapped while an SQE the pool pushed may be outstanding**: Drop unmaps
+//!    it only when neither record holds anything and no record was ever forgotten; otherwise it
+//!    leaks the slab. A caller who says "complete" too early can at worst see the kernel's bytes
+//!    change in its own buffer (or the pool's next holder can, in a buffer `acquire` handed out
+//!    on that word), never touch freed memory.
+//! 2. A buffer either record says is in flight never goes back to the free list. A quarantined
+//!    buffer is handed out again before its CQEs are matched only when no other buffer is free
+//!    (the caller's word is all the pool has then).
+//! 3. A lent buffer is refused by `get`, `get_mut`, `release`, `mark_in_flight`,
+//!    `complete_in_flight` and `submit_*`, and never handed out, until it is taken back.
+//!
+//! The executor never depends on a caller's word: its own operations cannot be declared complete
+//! (`submit_to` closures run only when none is in flight, and lent buffers refuse it), and after
+//! each closure the shard waits at the ring for the CQE of every SQE the closure pushed through
+//! the pool before it uses the pool again.
 
 use crate::error::{memlock_limit, IoUringError, Result};
 use crate::numa::{page_size, Slab};
@@ -84,42 +104,69 @@ enum Hold {
     Free,
     /// Held by a caller.
     Acquired,
-    /// Released by its holder while the pool's record says the kernel may still own it: kept out
-    /// of the free list until the last of its CQEs is matched.
+    /// Lent by the executor's shard to a task (a pooled read's `PoolBuf`, which reads it through a
+    /// raw pointer): refused by every public call until [`take_back`](RegisteredBufferPool::take_back).
+    Lent,
+    /// Released by its holder after `complete_in_flight` said its operations were done, while the
+    /// pool's own record still holds SQEs whose CQE it has not matched: out of the free list until
+    /// they are matched, or until no other buffer is free (then `acquire` takes the caller's word).
     Quarantined,
 }
 
-/// One buffer's state. Invariants: `retired <= kernel`, `kernel - retired <= in_flight`, and
-/// `kernel` equals the number of `user_data` in the buffer's [`Pending`].
+/// One buffer's state. Invariants: `retired + claimed <= kernel`, and `kernel` equals the number
+/// of `user_data` in the buffer's [`Pending`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Slot {
     hold: Hold,
-    /// Operations in flight as the caller's calls say: pushes by the pool and `mark_in_flight`
-    /// raise it, matched completions and `complete_in_flight` lower it. What `is_in_flight` reports
-    /// and what `release` checks first.
-    in_flight: u32,
-    /// The pool's own record: SQEs the pool pushed for this buffer whose CQE it has not matched.
-    /// Raised only by `push_prepared`, lowered only by a matched `user_data`. While it is not 0 the
-    /// buffer is never handed out, never readable through `get`, and the slab is never unmapped.
+    /// Operations the caller marked (`mark_in_flight`) for SQEs it pushed itself, not yet
+    /// completed (`complete_in_flight`).
+    own: u32,
+    /// The pool's own record: SQEs the pool pushed for this buffer whose CQE it has neither matched
+    /// nor forgotten. Raised only by `push_prepared`; lowered by a matched `user_data`, or to 0 by
+    /// `forget_retired` when every one of them was declared complete and the buffer is used again.
     kernel: u32,
-    /// Of `kernel`, the operations `complete_in_flight` already took out of `in_flight` (the caller
-    /// said their CQE was reaped): their matched completion must not lower `in_flight` again.
+    /// Of `kernel`, those `complete_in_flight` declared complete (the caller says it reaped their
+    /// CQE): the pool believes it for `get`, `get_mut` and `release`, not for the free list.
     retired: u32,
+    /// Of `kernel - retired`, those a `mark_in_flight` claimed: the seed API says to mark a buffer
+    /// after submitting, and for a `submit_*` that names the operation the pool already recorded.
+    claimed: u32,
 }
 
 impl Slot {
     const FREE: Slot = Slot {
         hold: Hold::Free,
-        in_flight: 0,
+        own: 0,
         kernel: 0,
         retired: 0,
+        claimed: 0,
     };
-    /// Acquired with nothing in flight by either record (`retired <= kernel`, so it is 0 too).
+    /// Acquired with nothing in flight by either record.
     const ACQUIRED_IDLE: Slot = Slot {
         hold: Hold::Acquired,
         ..Slot::FREE
     };
+
+    /// Operations in flight as the caller's calls say: its own marked ones, and the pool's it has
+    /// not declared complete. What `is_in_flight` reports and what `get`, `get_mut` and `release`
+    /// check.
+    fn in_flight(&self) -> u32 {
+        self.own + (self.kernel - self.retired)
+    }
 }
+
+/// Most operations the pool keeps a record of at once (whose CQE it has not matched), over all
+/// buffers: a bound on the memory of a caller who never gives CQEs to the pool while keeping a
+/// buffer busy. Far above what a ring has in flight in practice (the executor: one per buffer).
+const MAX_RECORDS: usize = 1 << 16;
+
+/// What the public calls say about a lent buffer.
+const LENT: &str = "lent to a task (the PoolBuf of a pooled read): it comes back to the pool when \
+                    the task drops that PoolBuf";
+/// What the public calls say about a quarantined buffer.
+const QUARANTINED: &str =
+    "released (kept out of the free list until the pool is given the CQEs of \
+                           its operations: pass them to complete_cqe)";
 
 /// The direction of a fixed-buffer operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,17 +180,23 @@ pub(crate) enum Direction {
 pub struct BufferPoolStats {
     /// Buffers in the pool.
     pub total_count: usize,
-    /// Buffers in the free list.
+    /// Buffers `acquire` can hand out: the free list, and the quarantined buffers (which it takes
+    /// only when the free list is empty).
     pub available_count: usize,
-    /// Buffers held by callers (including those in flight).
+    /// Buffers held by callers (including those in flight; not the lent ones).
     pub acquired_count: usize,
+    /// Buffers lent to tasks by the executor's shard (a pooled read's `PoolBuf`), refused to
+    /// everyone else until the task drops it.
+    pub lent_count: usize,
     /// Buffers with at least one operation in flight, as the callers' calls say
     /// ([`RegisteredBufferPool::in_flight_count`]).
     pub in_flight_count: usize,
     /// Buffers with an SQE the pool pushed and whose CQE it has not matched
     /// ([`RegisteredBufferPool::kernel_owned_count`]).
     pub kernel_owned_count: usize,
-    /// Buffers released while kernel-owned, waiting out of the free list for their CQE.
+    /// Of `available_count`, buffers released after `complete_in_flight` while kernel-owned by
+    /// the pool's record: out of the free list until their CQE is given to the pool, handed out
+    /// before that only when no free buffer is left.
     pub quarantined_count: usize,
     /// Usable bytes per buffer.
     pub buffer_size: usize,
@@ -155,10 +208,11 @@ pub struct BufferPoolStats {
     pub exhaustions: u64,
     /// `release` calls refused because the buffer was in flight.
     pub misuse_release_in_flight: u64,
-    /// `release` calls of a buffer the caller had declared complete (`complete_in_flight`) while
-    /// the CQE of an operation the pool pushed for it was not yet matched: the buffer was
-    /// quarantined instead of freed.
-    pub misuse_quarantined: u64,
+    /// Operations the pool pushed whose CQE it never saw: `complete_in_flight` said they were
+    /// complete, and the pool took that word when their buffer was used again (submitted again, or
+    /// handed out again from quarantine). Not misuse (the seed API's flow does it), but while it is
+    /// not 0 dropping the pool leaks its slab: give CQEs to `complete_cqe` to avoid that.
+    pub unmatched_completions: u64,
     /// `release`/`mark_in_flight`/`complete_in_flight` calls with an index outside the pool.
     pub misuse_invalid_index: u64,
     /// Other calls refused for the buffer's state (double release, completing what is not in flight).
@@ -170,10 +224,7 @@ pub struct BufferPoolStats {
 impl BufferPoolStats {
     /// All misuse events counted.
     pub fn misuse_total(&self) -> u64 {
-        self.misuse_release_in_flight
-            + self.misuse_quarantined
-            + self.misuse_invalid_index
-            + self.misuse_bad_state
+        self.misuse_release_in_flight + self.misuse_invalid_index + self.misuse_bad_state
     }
 }
 
@@ -191,8 +242,14 @@ impl fmt::Display for BufferPoolStats {
             self.exhaustions,
             self.misuse_total()
         )?;
+        if self.lent_count > 0 {
+            write!(f, ", {} lent", self.lent_count)?;
+        }
         if self.quarantined_count > 0 {
             write!(f, ", {} quarantined", self.quarantined_count)?;
+        }
+        if self.unmatched_completions > 0 {
+            write!(f, ", {} unmatched completions", self.unmatched_completions)?;
         }
         if let Some(n) = self.numa_node {
             write!(f, ", node {n}")?;
@@ -239,33 +296,66 @@ impl fmt::Display for BufferPoolStats {
 /// # Ok(()) }
 /// ```
 ///
+/// # Two ways to finish an operation
+///
+/// - **Give its CQE to the pool** ([`complete_cqe`](Self::complete_cqe), or
+///   [`complete_user_data`](Self::complete_user_data)), as above: the better way. The pool matches
+///   the exact `user_data`, so the buffer is known to be the caller's again, a stale or repeated
+///   CQE changes nothing, and the pool keeps an exact record of what the kernel may still touch.
+/// - **The seed API's flow**: reap the CQE yourself and call
+///   [`complete_in_flight(idx)`](Self::complete_in_flight) ("CQE received"); then
+///   [`get`](Self::get), [`get_mut`](Self::get_mut) and [`release`](Self::release) the buffer. You
+///   may also call [`mark_in_flight(idx)`](Self::mark_in_flight) after a `submit_*`, as that API
+///   says: it names the operation the pool recorded, not a second one.
+///
+/// ```
+/// # use io_uring::IoUring;
+/// # use ringshard::RegisteredBufferPool;
+/// # use std::os::fd::AsRawFd;
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let mut ring = IoUring::new(32)?;
+/// # let mut pool = RegisteredBufferPool::new(&mut ring, 4096, 4)?;
+/// # let file = tempfile::tempfile()?;
+/// let (idx, buf) = pool.acquire()?;
+/// buf[..5].copy_from_slice(b"hello");
+/// pool.submit_write_fixed(&mut ring, file.as_raw_fd(), idx, 0, 5)?;
+/// ring.submit_and_wait(1)?;
+/// let cqe = ring.completion().next().expect("one completion");
+/// assert_eq!(cqe.result(), 5);
+/// pool.complete_in_flight(idx); // the CQE arrived
+/// assert_eq!(&pool.get(idx)?[..5], b"hello");
+/// pool.release(idx);
+/// # Ok(()) }
+/// ```
+///
 /// # What the caller promises, and what the pool guarantees anyway
 ///
 /// [`mark_in_flight`](Self::mark_in_flight) and [`complete_in_flight`](Self::complete_in_flight)
 /// are safe functions, so the pool cannot rely on them being called truthfully. The promise they
-/// ask for:
+/// ask for: `mark_in_flight(i)` for an operation on buffer `i` that is in the kernel (one you
+/// pushed yourself, or just after a `submit_*`), and `complete_in_flight(i)` once per operation,
+/// **only after its CQE has been reaped**.
 ///
-/// - call `mark_in_flight(i)` for an operation on buffer `i` that **you** handed to the kernel by
-///   other means (an SQE you built and pushed yourself); the `submit_*` methods record their own
-///   operations;
-/// - call `complete_in_flight(i)` once per such operation, and **only after its CQE has been
-///   reaped**.
+/// The pool believes `complete_in_flight` **for the caller's own buffer**: once every operation on
+/// it is declared complete, `get`, `get_mut` and `release` work. It keeps its own record of the
+/// SQEs it pushed (set at the push, cleared when the CQE with that `user_data` is given to it), and
+/// that record, not the caller's word, decides what happens to the memory:
 ///
-/// For operations the pool pushed (`submit_*`), the pool does not depend on that promise. It keeps
-/// its own record, set when it pushes the SQE and cleared only when the CQE with that exact
-/// `user_data` is matched ([`complete_cqe`](Self::complete_cqe),
-/// [`complete_user_data`](Self::complete_user_data)): while that record is set, whatever
-/// `complete_in_flight` said, [`acquire`](Self::acquire) never hands the buffer out,
-/// [`get`](Self::get) and [`get_mut`](Self::get_mut) refuse it, [`release`](Self::release)
-/// **quarantines** it (out of the free list until the CQE is matched; counted in
-/// [`BufferPoolStats::misuse_quarantined`]) and dropping the pool leaks the slab. A false
-/// `complete_in_flight` can therefore disturb only the caller's own operation; it can never give
-/// a buffer the kernel is still writing into to another caller.
+/// - a buffer released while the record holds SQEs is **quarantined**: out of the free list until
+///   their CQEs are given to the pool. [`acquire`](Self::acquire) hands a quarantined buffer out
+///   again only when no other buffer is free, and then takes the caller's word (the oldest first;
+///   counted in [`BufferPoolStats::unmatched_completions`]), so a caller who never gives CQEs to
+///   the pool never runs it dry;
+/// - submitting again on a buffer whose every operation was declared complete takes the word the
+///   same way (the old records are dropped, counted alike), so the record never grows without
+///   bound;
+/// - **dropping the pool leaks the slab** while the record holds anything or any record was taken
+///   on the caller's word: the memory is never unmapped while the kernel may still write into it.
 ///
-/// So finish the pool's operations by giving their CQE to the pool: `complete_in_flight` after
-/// reaping one yourself makes `is_in_flight` false, but the buffer comes back only when the pool
-/// sees the CQE (until then it stays kernel-owned, see
-/// [`kernel_owned_count`](Self::kernel_owned_count)).
+/// So a false `complete_in_flight` can at worst let its caller see the kernel's bytes change in
+/// its own buffer (or, once the pool has nothing else to give, in a buffer it handed out again on
+/// that word); it can never make the kernel write into freed memory. Give the CQEs to the pool
+/// (`complete_cqe`) for exact tracking and a slab that is unmapped on drop.
 ///
 /// For operations you submitted yourself the pool has only your word: a false
 /// `complete_in_flight` there lets the kernel write into a buffer the pool may hand out again.
@@ -278,9 +368,9 @@ impl fmt::Display for BufferPoolStats {
 /// no operation is in flight unmaps the slab (the kernel keeps the registered pages pinned, not
 /// mapped, until the ring goes, so nothing can write into memory that is reused). Dropping the pool
 /// while operations are in flight (by the callers' calls, or by the pool's own record of SQEs
-/// whose CQE it has not matched) **leaks the slab** on purpose: the mapping stays until the
-/// process exits, so a late completion writes into memory nobody else owns. Give every completion
-/// to the pool before dropping it to avoid the leak.
+/// whose CQE it has not matched, or after it took a caller's word for one) **leaks the slab** on
+/// purpose: the mapping stays until the process exits, so a late completion writes into memory
+/// nobody else owns. Give every completion to the pool before dropping it to avoid the leak.
 #[derive(Debug)]
 pub struct RegisteredBufferPool {
     slab: Option<Slab>,
@@ -296,15 +386,23 @@ pub struct RegisteredBufferPool {
     /// matched: a completion whose `user_data` is not here is stale and changes nothing.
     pending: Vec<Pending>,
     free: Vec<u16>,
+    /// Quarantined buffers, oldest first: what `acquire` takes when the free list is empty.
+    quarantine: std::collections::VecDeque<u16>,
     acquired_count: usize,
+    lent_count: usize,
     in_flight_count: usize,
     kernel_owned_count: usize,
     quarantined_count: usize,
+    /// Sum of `Slot::kernel`: the records kept, bounded by [`MAX_RECORDS`].
+    records: usize,
+    /// Pushes so far (the next operation's sequence number).
     next_seq: u64,
+    /// Records dropped on the caller's word (`forget_retired`). Never lowered: the slab is not
+    /// unmapped once it is not 0.
+    unmatched_completions: u64,
     acquisitions: u64,
     exhaustions: u64,
     misuse_release_in_flight: u64,
-    misuse_quarantined: u64,
     misuse_invalid_index: u64,
     misuse_bad_state: u64,
 }
@@ -366,15 +464,18 @@ impl RegisteredBufferPool {
             pending: vec![Pending::default(); buffer_count],
             // Reversed so that acquire (pop) hands out 0, 1, 2, ... first.
             free: (0..buffer_count as u16).rev().collect(),
+            quarantine: std::collections::VecDeque::new(),
             acquired_count: 0,
+            lent_count: 0,
             in_flight_count: 0,
             kernel_owned_count: 0,
             quarantined_count: 0,
+            records: 0,
             next_seq: 0,
+            unmatched_completions: 0,
             acquisitions: 0,
             exhaustions: 0,
             misuse_release_in_flight: 0,
-            misuse_quarantined: 0,
             misuse_invalid_index: 0,
             misuse_bad_state: 0,
         })
@@ -510,11 +611,28 @@ impl RegisteredBufferPool {
 
     fn buf_mut(&mut self, idx: u16) -> &mut [u8] {
         // SAFETY: idx is valid (checked by callers); the range [ptr, ptr+buffer_size) lies inside
-        // the slab and does not overlap any other buffer; `&mut self` guarantees no other reference
-        // to it exists in this process; callers only hand it out when neither record says an
-        // operation is in flight, and the pool's own record (`Slot::kernel`) is exact for every
-        // SQE the pool pushed.
+        // the slab, which stays mapped while `self` lives (invariant 1 of the module docs), and
+        // does not overlap any other buffer; `&mut self` guarantees no other reference to it
+        // exists in this process (a lent buffer, which a `PoolBuf` reads through a raw pointer, is
+        // never passed here: `check_idle` and `check_acquired` refuse it, and `acquire` takes
+        // only free or quarantined buffers). Callers hand it out only when the caller's record
+        // says nothing is in flight. For the pool's own operations that is exact unless a caller
+        // declared one complete before its CQE; then the kernel may still write into this buffer
+        // while the slice lives, as it may for an SQE a caller pushed itself and lied about: the
+        // pool cannot stop a lie, only keep it inside the slab, which stays mapped (invariant 1),
+        // so the bytes of that buffer may change under its holder (the liar, or, if `acquire`
+        // had no free buffer left, the pool's next holder), and no other memory is touched. The
+        // executor never takes such a word for its own buffers (module docs).
         unsafe { std::slice::from_raw_parts_mut(self.buf_ptr(idx), self.buffer_size) }
+    }
+
+    /// Buffer `idx` (valid) for reading: by its caller (`get`, same conditions as
+    /// [`buf_mut`](Self::buf_mut)), or by the shard as it lends it (`lend`: idle by both records).
+    fn buf(&self, idx: u16) -> &[u8] {
+        // SAFETY: valid index, inside the mapped slab, as in `buf_mut`; `&self` excludes writers in
+        // this process (a lent buffer is written by nobody: `get_mut` and `submit_*` refuse it);
+        // the kernel writes into it only if its caller declared an operation complete early.
+        unsafe { std::slice::from_raw_parts(self.buf_ptr(idx), self.buffer_size) }
     }
 
     fn check_index(&self, idx: u16) -> Result<()> {
@@ -528,37 +646,86 @@ impl RegisteredBufferPool {
         }
     }
 
-    /// Takes a free buffer. Errors with `PoolExhausted` when none is free.
-    ///
-    /// Never returns a buffer with an SQE the pool pushed whose CQE it has not matched, whatever
-    /// [`complete_in_flight`](Self::complete_in_flight) was told.
-    pub fn acquire(&mut self) -> Result<(u16, &mut [u8])> {
-        match self.free.pop() {
-            Some(idx) => {
-                let slot = &mut self.slots[idx as usize];
-                // Only two places push onto the free list, and both check the pool's own record
-                // first: `try_release` (which quarantines a kernel-owned buffer instead) and
-                // `complete_user_data` (which frees a quarantined one when its last CQE is
-                // matched).
-                debug_assert!(
-                    slot.hold == Hold::Free && slot.kernel == 0,
-                    "free list holds buffer {idx} in state {slot:?}"
-                );
-                slot.hold = Hold::Acquired;
-                self.acquired_count += 1;
-                self.acquisitions += 1;
-                Ok((idx, self.buf_mut(idx)))
-            }
-            None => {
-                self.exhaustions += 1;
-                Err(IoUringError::PoolExhausted {
-                    total: self.total_count,
-                })
-            }
-        }
+    /// Applies `f` to buffer `idx`'s slot (valid) and keeps the per-state counts in step: every
+    /// change of a slot but the two fast paths (`acquire` from the free list, `release` of an idle
+    /// buffer) goes through here.
+    fn update(&mut self, idx: u16, f: impl FnOnce(&mut Slot)) {
+        let before = self.slots[idx as usize];
+        f(&mut self.slots[idx as usize]);
+        let after = self.slots[idx as usize];
+        self.tally(before, false);
+        self.tally(after, true);
+        self.records = self.records + after.kernel as usize - before.kernel as usize;
     }
 
-    /// Takes a free buffer, or `None` when none is free.
+    /// Counts slot `s` in (`add`) or out of the per-state counts.
+    fn tally(&mut self, s: Slot, add: bool) {
+        let step = |n: &mut usize, counted: bool| match (counted, add) {
+            (false, _) => {}
+            (true, true) => *n += 1,
+            (true, false) => *n -= 1,
+        };
+        step(&mut self.acquired_count, s.hold == Hold::Acquired);
+        step(&mut self.lent_count, s.hold == Hold::Lent);
+        step(&mut self.quarantined_count, s.hold == Hold::Quarantined);
+        step(&mut self.in_flight_count, s.in_flight() > 0);
+        step(&mut self.kernel_owned_count, s.kernel > 0);
+    }
+
+    /// Drops buffer `idx`'s records, all of them declared complete by `complete_in_flight`
+    /// (`kernel == retired`), because the buffer is used again: the pool takes the caller's word
+    /// for their CQEs. Counted in `unmatched_completions`, which keeps Drop from ever unmapping
+    /// the slab (an SQE the caller lied about may still be in the kernel).
+    fn forget_retired(&mut self, idx: u16) {
+        let s = self.slots[idx as usize];
+        debug_assert_eq!(s.kernel, s.retired, "buffer {idx}: {s:?}");
+        self.pending[idx as usize] = Pending::default();
+        self.unmatched_completions += u64::from(s.kernel);
+        self.update(idx, |s| {
+            s.kernel = 0;
+            s.retired = 0;
+        });
+    }
+
+    /// Takes a free buffer. Errors with `PoolExhausted` when none is free.
+    ///
+    /// When the free list is empty, takes the oldest quarantined buffer instead (released after
+    /// [`complete_in_flight`](Self::complete_in_flight) said its operations were complete, whose
+    /// CQEs the pool has not been given): the pool takes the caller's word for them (counted in
+    /// [`BufferPoolStats::unmatched_completions`]). So the seed API's flow never runs the pool
+    /// dry, and a buffer the pool's own record still holds is handed out only when there is no
+    /// other. Never returns a buffer in flight by the callers' calls, or lent.
+    pub fn acquire(&mut self) -> Result<(u16, &mut [u8])> {
+        if let Some(idx) = self.free.pop() {
+            let slot = &mut self.slots[idx as usize];
+            // Only three places push onto the free list, and each checks both records first:
+            // `try_release` (which quarantines a buffer the pool's record holds), `take_back` (a
+            // lent buffer, idle when lent) and `complete_user_data` (which frees a quarantined
+            // buffer when its last record is matched).
+            debug_assert!(
+                *slot == Slot::FREE,
+                "free list holds buffer {idx} in state {slot:?}"
+            );
+            slot.hold = Hold::Acquired;
+            self.acquired_count += 1;
+            self.acquisitions += 1;
+            return Ok((idx, self.buf_mut(idx)));
+        }
+        if let Some(idx) = self.quarantine.pop_front() {
+            // Quarantined buffers have nothing in flight by the caller's record (release checked):
+            // every record left was declared complete.
+            self.forget_retired(idx);
+            self.update(idx, |s| s.hold = Hold::Acquired);
+            self.acquisitions += 1;
+            return Ok((idx, self.buf_mut(idx)));
+        }
+        self.exhaustions += 1;
+        Err(IoUringError::PoolExhausted {
+            total: self.total_count,
+        })
+    }
+
+    /// [`acquire`](Self::acquire), or `None` when it has no buffer to hand out.
     pub fn try_acquire(&mut self) -> Option<(u16, &mut [u8])> {
         self.acquire().ok()
     }
@@ -567,14 +734,16 @@ impl RegisteredBufferPool {
     ///
     /// A buffer with I/O in flight is **never** returned: the kernel may still write into it. In
     /// debug builds that misuse panics; in release builds the call is refused and counted in
-    /// [`stats`](Self::stats) (`misuse_release_in_flight`). An invalid index or a buffer that is
-    /// already free is likewise a debug panic, and a counted no-op in release builds.
+    /// [`stats`](Self::stats) (`misuse_release_in_flight`). An invalid index, a buffer that is
+    /// already free, and a lent buffer are likewise a debug panic, and a counted no-op in release
+    /// builds.
     ///
-    /// A buffer that [`complete_in_flight`](Self::complete_in_flight) said is done, but with an
-    /// operation the pool pushed whose CQE the pool has not matched, is taken from the caller and
-    /// **quarantined** instead: it goes back to the free list when that CQE is matched
-    /// ([`complete_cqe`](Self::complete_cqe)). That is counted (`misuse_quarantined`), and is not a
-    /// panic: the pool protects itself.
+    /// "In flight" is what the caller's calls say: after
+    /// [`complete_in_flight`](Self::complete_in_flight) for each operation (the seed API's flow),
+    /// the buffer is released. If the pool's own record still holds an SQE it pushed for it (its
+    /// CQE was not given to [`complete_cqe`](Self::complete_cqe)), the buffer is **quarantined**
+    /// rather than freed: no longer the caller's, and handed out again when that CQE is given to
+    /// the pool, or when no other buffer is free (see [`acquire`](Self::acquire)).
     pub fn release(&mut self, buf_index: u16) {
         if let Err(e) = self.try_release(buf_index) {
             debug_assert!(false, "RegisteredBufferPool::release: {e}");
@@ -582,7 +751,7 @@ impl RegisteredBufferPool {
     }
 
     /// [`release`](Self::release) that reports misuse as an error instead of a debug panic.
-    /// Quarantining a kernel-owned buffer is `Ok`: the buffer is no longer the caller's.
+    /// Quarantining a buffer is `Ok`: the buffer is no longer the caller's.
     pub fn try_release(&mut self, buf_index: u16) -> Result<()> {
         if let Some(slot) = self.slots.get_mut(buf_index as usize) {
             // The common case in one comparison: acquired, idle by both records.
@@ -603,52 +772,64 @@ impl RegisteredBufferPool {
             self.misuse_invalid_index += 1;
             return Err(e);
         }
-        let slot = &mut self.slots[buf_index as usize];
-        match (slot.hold, slot.in_flight) {
-            (Hold::Acquired, 0) => {
-                // Not idle by the pool's own record (else the fast path took it): an operation the
-                // pool pushed has no matched CQE, though `complete_in_flight` said it was done.
-                self.acquired_count -= 1;
-                slot.hold = Hold::Quarantined;
-                self.quarantined_count += 1;
-                self.misuse_quarantined += 1;
+        let slot = self.slots[buf_index as usize];
+        let refused = |state| IoUringError::BufferState {
+            index: buf_index,
+            op: "release",
+            state,
+        };
+        match slot.hold {
+            Hold::Acquired if slot.in_flight() > 0 => {
+                self.misuse_release_in_flight += 1;
+                Err(refused("in flight"))
+            }
+            Hold::Acquired => {
+                // Idle by the caller's word, but the pool's own record holds SQEs whose CQE it has
+                // not been given (else the fast path took it): not the free list (invariant 2).
+                debug_assert!(slot.kernel > 0, "buffer {buf_index}: {slot:?}");
+                self.update(buf_index, |s| s.hold = Hold::Quarantined);
+                self.quarantine.push_back(buf_index);
                 Ok(())
             }
-            (Hold::Acquired, _) => {
-                self.misuse_release_in_flight += 1;
-                Err(IoUringError::BufferState {
-                    index: buf_index,
-                    op: "release",
-                    state: "in flight",
-                })
-            }
-            (Hold::Free, _) => {
+            Hold::Free => {
                 self.misuse_bad_state += 1;
-                Err(IoUringError::BufferState {
-                    index: buf_index,
-                    op: "release",
-                    state: "already free",
-                })
+                Err(refused("already free"))
             }
-            (Hold::Quarantined, _) => {
+            Hold::Lent => {
                 self.misuse_bad_state += 1;
-                Err(IoUringError::BufferState {
-                    index: buf_index,
-                    op: "release",
-                    state: "already released (quarantined until its completion is matched)",
-                })
+                Err(refused(LENT))
+            }
+            Hold::Quarantined => {
+                self.misuse_bad_state += 1;
+                Err(refused(QUARANTINED))
             }
         }
     }
 
-    /// Records that an operation using `buf_index`, which **you** handed to the kernel by other
-    /// means than the pool (an SQE you built and pushed yourself), is in flight. Several operations
-    /// may use one buffer at once (e.g. the same data written to two files); each needs its own
-    /// [`complete_in_flight`](Self::complete_in_flight). Do not call it for `submit_*`: the pool
-    /// records its own operations.
+    /// The error for a call `op` on buffer `idx` (valid) that is not held by a caller.
+    fn not_held(&self, idx: u16, op: &'static str) -> IoUringError {
+        IoUringError::BufferState {
+            index: idx,
+            op,
+            state: match self.slots[idx as usize].hold {
+                Hold::Free => "free (never acquired: acquire it first)",
+                Hold::Lent => LENT,
+                Hold::Quarantined => QUARANTINED,
+                Hold::Acquired => "acquired",
+            },
+        }
+    }
+
+    /// Records that an operation using `buf_index` is in the kernel: one **you** handed to the
+    /// kernel by other means than the pool (an SQE you built and pushed yourself), or, as the seed
+    /// API says ("call this after submitting"), one just pushed by `submit_*`. The pool already
+    /// recorded each of its own operations, so a mark after a `submit_*` names that operation
+    /// (while the buffer has a pool operation no mark has named yet) rather than adding one.
+    /// Several operations may use one buffer at once (e.g. the same data written to two files);
+    /// each needs its own [`complete_in_flight`](Self::complete_in_flight).
     ///
     /// While marked, [`release`](Self::release), [`get`](Self::get) and [`get_mut`](Self::get_mut)
-    /// refuse the buffer. The pool cannot see such an operation end; it believes
+    /// refuse the buffer. The pool cannot see an operation of yours end; it believes
     /// `complete_in_flight`: see
     /// [the caller's promise](Self#what-the-caller-promises-and-what-the-pool-guarantees-anyway).
     ///
@@ -659,23 +840,26 @@ impl RegisteredBufferPool {
             .check_index(buf_index)
             .inspect_err(|_| self.misuse_invalid_index += 1);
         let r = r.and_then(|()| {
-            let slot = &mut self.slots[buf_index as usize];
-            if slot.hold == Hold::Acquired {
-                if slot.in_flight == 0 {
-                    self.in_flight_count += 1;
-                }
-                slot.in_flight += 1;
+            let slot = self.slots[buf_index as usize];
+            if slot.hold == Hold::Acquired && slot.own < u32::MAX {
+                self.update(buf_index, |s| {
+                    if s.kernel - s.retired > s.claimed {
+                        s.claimed += 1;
+                    } else {
+                        s.own += 1;
+                    }
+                });
                 Ok(())
             } else {
                 self.misuse_bad_state += 1;
-                Err(IoUringError::BufferState {
-                    index: buf_index,
-                    op: "mark in flight",
-                    state: if slot.hold == Hold::Free {
-                        "free (never acquired)"
-                    } else {
-                        "released (quarantined until its completion is matched)"
-                    },
+                Err(if slot.hold == Hold::Acquired {
+                    IoUringError::BufferState {
+                        index: buf_index,
+                        op: "mark in flight",
+                        state: "marked in flight 2^32 - 1 times already",
+                    }
+                } else {
+                    self.not_held(buf_index, "mark in flight")
                 })
             }
         });
@@ -684,48 +868,52 @@ impl RegisteredBufferPool {
         }
     }
 
-    /// Records that one operation using `buf_index` has completed. The buffer stays acquired;
+    /// Records that one operation using `buf_index` has completed: its CQE has been received. The
+    /// buffer stays acquired; [`get`](Self::get) / [`get_mut`](Self::get_mut) it, and
     /// [`release`](Self::release) it when done with the data.
     ///
     /// **The promise:** call it only after the CQE of that operation has been reaped, once per
-    /// operation. It is meant for operations recorded with [`mark_in_flight`](Self::mark_in_flight)
-    /// (those are retired first); for the pool's own operations give the CQE to
-    /// [`complete_cqe`](Self::complete_cqe) instead.
+    /// operation. Your own marked operations are completed first, then the pool's (`submit_*`).
+    /// For the pool's operations, giving the CQE to [`complete_cqe`](Self::complete_cqe) instead
+    /// is better: the pool then matches the exact operation.
     ///
-    /// If it retires an operation the pool pushed, it lowers what
-    /// [`is_in_flight`](Self::is_in_flight) reports and nothing else: the pool's own record stays
-    /// until that operation's CQE is matched, and until then the buffer is refused by `get`, is
-    /// never handed out by [`acquire`](Self::acquire), and is quarantined if released. So calling
-    /// it early (before the CQE) can disturb only your own operation, never another caller's
-    /// buffer. See
+    /// The pool believes it for your own buffer: once every operation on the buffer is declared
+    /// complete, `get`, `get_mut` and `release` work. What the pool does with the memory still
+    /// follows its own record of the SQEs it pushed: see
     /// [the caller's promise](Self#what-the-caller-promises-and-what-the-pool-guarantees-anyway).
+    /// Calling it early (before the CQE) lets you see the kernel's bytes change in your own
+    /// buffer; it never lets the kernel write into freed memory.
     ///
-    /// Misuse (invalid index, nothing in flight) is a debug panic and a counted no-op in release
-    /// builds.
+    /// Misuse (invalid index, nothing in flight, a buffer not acquired) is a debug panic and a
+    /// counted no-op in release builds.
     pub fn complete_in_flight(&mut self, buf_index: u16) {
         let r = self
             .check_index(buf_index)
             .inspect_err(|_| self.misuse_invalid_index += 1);
         let r = r.and_then(|()| {
-            let slot = &mut self.slots[buf_index as usize];
-            if slot.hold == Hold::Acquired && slot.in_flight > 0 {
-                // The pool's operations still counted in `in_flight`; the rest were marked by
-                // the caller. Those are retired first: the pool's have their own way out.
-                let pool_ops = slot.kernel - slot.retired;
-                if slot.in_flight == pool_ops {
-                    slot.retired += 1;
-                }
-                slot.in_flight -= 1;
-                if slot.in_flight == 0 {
-                    self.in_flight_count -= 1;
-                }
+            let slot = self.slots[buf_index as usize];
+            if slot.hold == Hold::Acquired && slot.in_flight() > 0 {
+                self.update(buf_index, |s| {
+                    if s.own > 0 {
+                        s.own -= 1;
+                    } else {
+                        // One of the pool's operations still open: a claimed one first (the mark
+                        // and this call are about the same operation).
+                        s.retired += 1;
+                        s.claimed = s.claimed.saturating_sub(1);
+                    }
+                });
                 Ok(())
             } else {
                 self.misuse_bad_state += 1;
-                Err(IoUringError::BufferState {
-                    index: buf_index,
-                    op: "complete",
-                    state: "not in flight",
+                Err(if slot.hold == Hold::Acquired {
+                    IoUringError::BufferState {
+                        index: buf_index,
+                        op: "complete",
+                        state: "not in flight",
+                    }
+                } else {
+                    self.not_held(buf_index, "complete")
                 })
             }
         });
@@ -740,9 +928,9 @@ impl RegisteredBufferPool {
     ///
     /// A completion that does not belong to an operation the pool pushed and has not matched yet
     /// (a stale or repeated CQE) returns `None` and changes nothing, so it can never free a buffer
-    /// that a newer operation is using. This is the only way (with
-    /// [`complete_user_data`](Self::complete_user_data)) the pool learns the kernel is done with a
-    /// buffer it pushed an operation for.
+    /// that a newer operation is using. So does the CQE of an operation the pool already took the
+    /// caller's word for (declared complete by
+    /// [`complete_in_flight`](Self::complete_in_flight), and its buffer used again since).
     pub fn complete_cqe(&mut self, cqe: &cqueue::Entry) -> Option<(u16, i32)> {
         let idx = self.complete_user_data(cqe.user_data())?;
         Some((idx, cqe.result()))
@@ -752,32 +940,32 @@ impl RegisteredBufferPool {
     /// with this `user_data` complete and returns its buffer, or `None` when the pool has no such
     /// operation whose completion it has not matched.
     ///
-    /// If [`complete_in_flight`](Self::complete_in_flight) already retired the operation, this only
-    /// ends the kernel's ownership (and frees the buffer if it was released in the meantime).
+    /// If [`complete_in_flight`](Self::complete_in_flight) already declared the operation
+    /// complete, this only ends the pool's own record of it (and frees the buffer if it was
+    /// released in the meantime).
     pub fn complete_user_data(&mut self, user_data: u64) -> Option<u16> {
         let idx = Self::buffer_index_of(user_data)?;
         if !self.pending.get_mut(idx as usize)?.remove(user_data) {
             return None;
         }
-        let slot = &mut self.slots[idx as usize];
-        if slot.kernel > slot.retired {
-            // Still counted in flight: this completion ends it.
-            slot.in_flight -= 1;
-            if slot.in_flight == 0 {
-                self.in_flight_count -= 1;
+        self.update(idx, |s| {
+            // Which of the buffer's operations this is, the pool cannot tell: take one the caller
+            // has not declared complete (and not claimed) first, so a CQE given to the pool ends
+            // an operation in flight.
+            let open = s.kernel - s.retired;
+            if open > s.claimed {
+            } else if open > 0 {
+                s.claimed -= 1;
+            } else {
+                s.retired -= 1;
             }
-        } else {
-            // The caller retired it already with `complete_in_flight`.
-            slot.retired -= 1;
-        }
-        slot.kernel -= 1;
-        if slot.kernel == 0 {
-            self.kernel_owned_count -= 1;
-            if slot.hold == Hold::Quarantined {
-                slot.hold = Hold::Free;
-                self.quarantined_count -= 1;
-                self.free.push(idx);
-            }
+            s.kernel -= 1;
+        });
+        let slot = self.slots[idx as usize];
+        if slot.kernel == 0 && slot.hold == Hold::Quarantined {
+            self.update(idx, |s| s.hold = Hold::Free);
+            self.quarantine.retain(|&j| j != idx);
+            self.free.push(idx);
         }
         Some(idx)
     }
@@ -787,68 +975,92 @@ impl RegisteredBufferPool {
     pub fn is_in_flight(&self, buf_index: u16) -> bool {
         self.slots
             .get(buf_index as usize)
-            .is_some_and(|s| s.in_flight > 0)
+            .is_some_and(|s| s.in_flight() > 0)
     }
 
-    /// Whether the pool pushed an SQE for `buf_index` whose CQE it has not matched, whatever
-    /// [`complete_in_flight`](Self::complete_in_flight) said (false for invalid indexes).
+    /// Whether the pool's own record holds an SQE it pushed for `buf_index` whose CQE it has not
+    /// matched (false for invalid indexes). It stays true after
+    /// [`complete_in_flight`](Self::complete_in_flight) declared the operation complete, until
+    /// the CQE is given to the pool or the buffer is used again.
     pub fn is_kernel_owned(&self, buf_index: u16) -> bool {
         self.slots
             .get(buf_index as usize)
             .is_some_and(|s| s.kernel > 0)
     }
 
+    /// Checks that buffer `buf_index` may be read or written by its caller now: a valid index,
+    /// not lent or released, nothing in flight by the caller's calls.
     fn check_idle(&self, buf_index: u16, op: &'static str) -> Result<()> {
         self.check_index(buf_index)?;
         let slot = self.slots[buf_index as usize];
-        if slot.in_flight > 0 {
+        if matches!(slot.hold, Hold::Lent | Hold::Quarantined) {
+            return Err(self.not_held(buf_index, op));
+        }
+        if slot.in_flight() > 0 {
             return Err(IoUringError::BufferState {
                 index: buf_index,
                 op,
                 state: "in flight",
             });
         }
-        if slot.kernel > 0 {
-            return Err(IoUringError::BufferState {
-                index: buf_index,
-                op,
-                state: "owned by the kernel: the pool has not matched the completion of an \
-                        operation it pushed for it (pass that CQE to complete_cqe)",
-            });
-        }
         Ok(())
     }
 
     /// The contents of buffer `buf_index` (all `buffer_size` bytes). Errors for an invalid index,
-    /// and for a buffer in flight or kernel-owned (the kernel may be writing into it).
+    /// a buffer in flight (the kernel may be writing into it), a lent one, or one released into
+    /// quarantine.
+    ///
+    /// A buffer whose operations were all declared complete with
+    /// [`complete_in_flight`](Self::complete_in_flight) is readable, even if the pool has not been
+    /// given their CQEs: the pool believes the caller for its own buffer.
     pub fn get(&self, buf_index: u16) -> Result<&[u8]> {
         self.check_idle(buf_index, "read")?;
-        // SAFETY: valid index; the range is inside the slab; neither the callers' record nor the
-        // pool's own says an operation is in flight, and `&self` excludes writers in this process.
-        Ok(unsafe { std::slice::from_raw_parts(self.buf_ptr(buf_index), self.buffer_size) })
+        Ok(self.buf(buf_index))
     }
 
-    /// Mutable contents of buffer `buf_index`. Errors for an invalid index, and for a buffer in
-    /// flight or kernel-owned.
+    /// Mutable contents of buffer `buf_index`. Errors as [`get`](Self::get).
     pub fn get_mut(&mut self, buf_index: u16) -> Result<&mut [u8]> {
         self.check_idle(buf_index, "write")?;
         Ok(self.buf_mut(buf_index))
+    }
+
+    /// Lends acquired buffer `idx`, idle by both records, to a task (the executor's pooled
+    /// reads): from now on every public call refuses it and `acquire` never hands it out, until
+    /// [`take_back`](Self::take_back). Returns its contents, which the task reads through a raw
+    /// pointer while it is lent.
+    pub(crate) fn lend(&mut self, idx: u16) -> Result<&[u8]> {
+        self.check_index(idx)?;
+        if self.slots[idx as usize] != Slot::ACQUIRED_IDLE {
+            return Err(IoUringError::BufferState {
+                index: idx,
+                op: "lend",
+                state: "not acquired and idle",
+            });
+        }
+        self.update(idx, |s| s.hold = Hold::Lent);
+        Ok(self.buf(idx))
+    }
+
+    /// Takes back a buffer [`lend`](Self::lend) lent (its borrower is done) into the free list.
+    pub(crate) fn take_back(&mut self, idx: u16) -> Result<()> {
+        self.check_index(idx)?;
+        if self.slots[idx as usize].hold != Hold::Lent {
+            return Err(IoUringError::BufferState {
+                index: idx,
+                op: "take back",
+                state: "not lent",
+            });
+        }
+        self.update(idx, |s| s.hold = Hold::Free);
+        self.free.push(idx);
+        Ok(())
     }
 
     fn check_acquired(&self, buf_index: u16) -> Result<()> {
         self.check_index(buf_index)?;
         match self.slots[buf_index as usize].hold {
             Hold::Acquired => Ok(()),
-            Hold::Free => Err(IoUringError::BufferState {
-                index: buf_index,
-                op: "submit",
-                state: "free (acquire it first)",
-            }),
-            Hold::Quarantined => Err(IoUringError::BufferState {
-                index: buf_index,
-                op: "submit",
-                state: "released (quarantined until its completion is matched)",
-            }),
+            _ => Err(self.not_held(buf_index, "submit")),
         }
     }
 
@@ -977,29 +1189,40 @@ impl RegisteredBufferPool {
     ) -> Result<u64> {
         // The buffer may have been released since `prepare`: never push for a buffer nobody holds.
         self.check_acquired(buf_index)?;
+        if self.records >= MAX_RECORDS {
+            return Err(IoUringError::invalid(
+                "submit",
+                format!(
+                    "{MAX_RECORDS} operations of this pool have no completion given to it: give \
+                     their CQEs to complete_cqe (or let the buffers' operations all complete)"
+                ),
+            ));
+        }
+        let slot = self.slots[buf_index as usize];
         let user_data =
             POOL_USER_DATA_TAG | ((self.next_seq & SEQ_MASK) << SEQ_SHIFT) | u64::from(buf_index);
         let entry = entry.user_data(user_data);
         // SAFETY: `entry` was built by `prepare` for `buf_index`, so it points into that buffer of
-        // our slab. The buffer is acquired (checked above); from the push below until its CQE is
-        // matched, the pool's own record (`Slot::kernel`, set right after the push, before anything
-        // else can touch the pool) keeps it out of the free list and out of `get`/`get_mut`, and
-        // Drop leaks the slab while it is set. Callers pass the ring the pool is registered with
-        // (or, unregistered, its shard's driver: the threads backend touches the buffer only until
-        // it posts the CQE, like the kernel).
+        // our slab. The buffer is acquired (checked above), so not lent. From the push below, the
+        // pool's own record of it (`Slot::kernel` and `pending`, set right after the push, before
+        // anything else can touch the pool) keeps the slab mapped: Drop leaks it while any record
+        // is kept, or was ever dropped on the caller's word (`unmatched_completions`), so the
+        // memory outlives the SQE whatever the caller says. It keeps the buffer out of the free
+        // list until the CQE is matched, or until its caller declared the operation complete and
+        // the pool has no other buffer to hand out. Callers pass the ring the pool is registered
+        // with (or, unregistered, its shard's driver: the threads backend touches the buffer only
+        // until it posts the CQE, like the kernel).
         if !unsafe { ring.push_sqe(&entry) } {
             return Err(IoUringError::SubmissionQueueFull);
         }
         self.next_seq = self.next_seq.wrapping_add(1);
-        let slot = &mut self.slots[buf_index as usize];
-        if slot.in_flight == 0 {
-            self.in_flight_count += 1;
+        if slot.kernel > 0 && slot.kernel == slot.retired {
+            // The caller declared every earlier operation on this buffer complete and uses it
+            // again: take its word, so the records of a caller who never gives CQEs to the pool
+            // do not pile up.
+            self.forget_retired(buf_index);
         }
-        slot.in_flight += 1;
-        if slot.kernel == 0 {
-            self.kernel_owned_count += 1;
-        }
-        slot.kernel += 1;
+        self.update(buf_index, |s| s.kernel += 1);
         self.pending[buf_index as usize].push(user_data);
         Ok(user_data)
     }
@@ -1007,8 +1230,10 @@ impl RegisteredBufferPool {
     /// Pushes a `READ_FIXED` SQE that reads `len` bytes at `offset` of `fd` into buffer
     /// `buf_index`, and marks the buffer in flight. Returns the operation's `user_data` (unique for
     /// the pool's life, decodable with [`buffer_index_of`](Self::buffer_index_of)). The SQE is
-    /// pushed, not submitted: call `ring.submit()` or `ring.submit_and_wait(n)`. Give its CQE to
-    /// [`complete_cqe`](Self::complete_cqe): until then the buffer stays kernel-owned.
+    /// pushed, not submitted: call `ring.submit()` or `ring.submit_and_wait(n)`. When its CQE
+    /// arrives, give it to [`complete_cqe`](Self::complete_cqe) (best: until then the buffer stays
+    /// kernel-owned by the pool's record), or call
+    /// [`complete_in_flight`](Self::complete_in_flight) as the seed API documents.
     ///
     /// Errors: `SubmissionQueueFull` (nothing changed: submit and retry), `InvalidIndex`,
     /// `BufferState` (buffer not acquired), `BufferTooSmall`, `WrongRing`.
@@ -1052,14 +1277,27 @@ impl RegisteredBufferPool {
         self.total_count
     }
 
-    /// Buffers in the free list.
+    /// Buffers [`acquire`](Self::acquire) can hand out: the free list, and the quarantined buffers
+    /// (released after [`complete_in_flight`](Self::complete_in_flight), their CQEs not given to
+    /// the pool), which it takes only when the free list is empty.
     pub fn available_count(&self) -> usize {
-        self.free.len()
+        self.free.len() + self.quarantine.len()
     }
 
     /// Buffers held by callers (acquired and not yet released), including those in flight.
     pub const fn acquired_count(&self) -> usize {
         self.acquired_count
+    }
+
+    /// Buffers lent to tasks by the executor's shard (pooled reads); see
+    /// [`BufferPoolStats::lent_count`].
+    pub const fn lent_count(&self) -> usize {
+        self.lent_count
+    }
+
+    /// SQEs the pool has pushed so far (for the shard: how many a `submit_to` closure pushed).
+    pub(crate) fn sqes_pushed(&self) -> u64 {
+        self.next_seq
     }
 
     /// Buffers with at least one operation in flight, as the callers' calls say
@@ -1069,18 +1307,19 @@ impl RegisteredBufferPool {
     }
 
     /// Buffers for which the pool pushed an SQE whose CQE it has not matched: the buffers the
-    /// kernel may still read or write, by the pool's own record, whatever `complete_in_flight` was
-    /// told. Only a push raises it and only [`complete_cqe`](Self::complete_cqe) /
-    /// [`complete_user_data`](Self::complete_user_data) lower it. Waiting for it to reach 0
-    /// (reaping every CQE into the pool) is how a ring's owner knows none of the pool's operations
-    /// is left.
+    /// kernel may still read or write, by the pool's own record. Only a push raises it;
+    /// [`complete_cqe`](Self::complete_cqe) / [`complete_user_data`](Self::complete_user_data)
+    /// lower it, and so does using a buffer again after
+    /// [`complete_in_flight`](Self::complete_in_flight) declared all its operations complete (the
+    /// pool then takes the caller's word). Waiting for it to reach 0 while giving every CQE to the
+    /// pool is how a ring's owner knows none of the pool's operations is left.
     pub fn kernel_owned_count(&self) -> usize {
         self.kernel_owned_count
     }
 
-    /// No buffer is free.
+    /// [`acquire`](Self::acquire) has no buffer to hand out.
     pub fn is_exhausted(&self) -> bool {
-        self.free.is_empty()
+        self.free.is_empty() && self.quarantine.is_empty()
     }
 
     /// The NUMA node the slab was bound to, if one was asked for.
@@ -1092,8 +1331,9 @@ impl RegisteredBufferPool {
     pub fn stats(&self) -> BufferPoolStats {
         BufferPoolStats {
             total_count: self.total_count,
-            available_count: self.free.len(),
+            available_count: self.available_count(),
             acquired_count: self.acquired_count,
+            lent_count: self.lent_count,
             in_flight_count: self.in_flight_count,
             kernel_owned_count: self.kernel_owned_count,
             quarantined_count: self.quarantined_count,
@@ -1101,8 +1341,8 @@ impl RegisteredBufferPool {
             total_bytes: self.total_count * self.buffer_size,
             acquisitions: self.acquisitions,
             exhaustions: self.exhaustions,
+            unmatched_completions: self.unmatched_completions,
             misuse_release_in_flight: self.misuse_release_in_flight,
-            misuse_quarantined: self.misuse_quarantined,
             misuse_invalid_index: self.misuse_invalid_index,
             misuse_bad_state: self.misuse_bad_state,
             numa_node: self.numa_node(),
@@ -1159,10 +1399,14 @@ impl From<RawFd> for Target {
 impl Drop for RegisteredBufferPool {
     fn drop(&mut self) {
         if let Some(slab) = self.slab.take() {
-            if self.in_flight_count > 0 || self.kernel_owned_count > 0 {
-                // The kernel may still write into these buffers (by the callers' word, or by the
-                // pool's own record of SQEs whose CQE it has not matched): keep the memory mapped
-                // for the rest of the process rather than let it be reused.
+            if self.in_flight_count > 0
+                || self.kernel_owned_count > 0
+                || self.unmatched_completions > 0
+            {
+                // The kernel may still write into these buffers (by the callers' word, by the
+                // pool's own record of SQEs whose CQE it has not matched, or because the pool took
+                // a caller's word for a CQE it never saw): keep the memory mapped for the rest of
+                // the process rather than let it be reused (invariant 1 of the module docs).
                 slab.leak();
             }
             // Otherwise the slab unmaps here.
@@ -1503,9 +1747,10 @@ mod tests {
         let cqe = next_cqe(&mut r);
         p.complete_in_flight(i);
         assert!(!p.is_in_flight(i));
-        // Completing by index does not end the pool's own record: only the CQE does.
+        // Completing by index does not end the pool's own record: only the CQE does. The caller
+        // is believed for its own buffer: it may read it.
         assert!(p.is_kernel_owned(i));
-        assert!(p.get(i).is_err(), "kernel-owned buffers are not readable");
+        assert!(p.get(i).is_ok(), "declared complete: the caller's again");
         // Matching the CQE ends the kernel's ownership without completing the operation twice.
         assert_eq!(p.complete_cqe(&cqe), Some((i, 4)));
         assert!(!p.is_kernel_owned(i) && !p.is_in_flight(i));
@@ -1517,11 +1762,11 @@ mod tests {
         assert_eq!(p.stats().misuse_total(), 0);
     }
 
-    /// Every buffer `acquire` hands out until the pool is exhausted (then released again).
+    /// Every buffer in the free list, acquired (then released again).
     fn drain_free_list(p: &mut RegisteredBufferPool) -> Vec<u16> {
         let mut got = vec![];
-        while let Some((j, _)) = p.try_acquire() {
-            got.push(j);
+        for _ in 0..p.free.len() {
+            got.push(p.acquire().unwrap().0);
         }
         for &j in &got {
             p.release(j);
@@ -1530,8 +1775,8 @@ mod tests {
     }
 
     /// A READ_FIXED from a real file into buffer `i`; the caller lies with `complete_in_flight(i)`
-    /// before the CQE is reaped, and releases it. Nothing the pool hands out is `i` until its CQE
-    /// is matched; after that, `i` is handed out again.
+    /// before the CQE is reaped, and releases it. Nothing the free list hands out is `i` until its
+    /// CQE is matched; after that, `i` is handed out again.
     #[test]
     fn lying_complete_then_release_quarantines_until_cqe() {
         let mut r = IoUring::new(8).unwrap();
@@ -1550,9 +1795,9 @@ mod tests {
         assert_eq!(p.kernel_owned_count(), 1);
         p.try_release(i).unwrap();
         let s = p.stats();
-        assert_eq!(s.misuse_quarantined, 1);
-        assert_eq!(s.misuse_total(), 1);
-        assert_eq!((s.available_count, s.acquired_count), (3, 0));
+        assert_eq!(s.misuse_total(), 0, "the seed API's flow, not misuse");
+        assert_eq!((s.available_count, s.acquired_count), (4, 0));
+        assert_eq!(p.free.len(), 3);
         assert_eq!((s.quarantined_count, s.kernel_owned_count), (1, 1));
         assert!(s.to_string().contains("1 quarantined"), "{s}");
         // A quarantined buffer cannot be released again, submitted, marked or read.
@@ -1561,6 +1806,7 @@ mod tests {
             .submit_read_fixed(&mut r, f.as_raw_fd(), i, 0, 16)
             .is_err());
         assert!(p.get(i).is_err() && p.get_mut(i).is_err());
+        assert!(p.get(i).unwrap_err().to_string().contains("released"));
         assert_eq!(p.stats().misuse_bad_state, 1, "the second release");
 
         let got = drain_free_list(&mut p);
@@ -1581,7 +1827,8 @@ mod tests {
         assert!(drain_free_list(&mut p).contains(&i));
         // The read landed in the quarantined buffer, nowhere else.
         assert_eq!(p.get(i).unwrap(), &[0xC3; 4096][..]);
-        assert_eq!(p.stats().misuse_quarantined, 1);
+        let s = p.stats();
+        assert_eq!((s.misuse_total(), s.unmatched_completions), (1, 0));
     }
 
     #[test]
@@ -1623,7 +1870,7 @@ mod tests {
         assert_eq!(p.kernel_owned_count(), 1);
         assert_eq!(p.complete_cqe(of_a[0]), Some((a, 4)));
         assert_eq!(p.kernel_owned_count(), 1, "`a` has a second operation");
-        assert_eq!(p.available_count(), 0, "`a` stays quarantined");
+        assert_eq!(p.stats().quarantined_count, 1, "`a` stays quarantined");
         assert_eq!(p.complete_user_data(of_a[1].user_data()), Some(a));
         assert_eq!(p.kernel_owned_count(), 0);
         assert_eq!(p.complete_cqe(of_a[1]), None);
@@ -1635,16 +1882,22 @@ mod tests {
             (s.available_count, s.in_flight_count, s.kernel_owned_count),
             (3, 0, 0)
         );
-        assert_eq!(s.misuse_quarantined, 1);
-        assert_eq!(s.misuse_total(), 1);
+        assert_eq!((s.misuse_total(), s.unmatched_completions), (0, 0));
     }
 
-    /// An operation marked by the caller and one pushed by the pool on the same buffer:
-    /// `complete_in_flight` retires the caller's first, and the pool's CQE ends its own.
+    /// An operation marked by the caller (before the pool's push, so not a mark of the pool's
+    /// operation) and one pushed by the pool on the same buffer: `complete_in_flight` retires the
+    /// caller's first, and the pool's CQE ends its own.
     #[test]
     fn marked_and_pushed_operations_on_one_buffer() {
-        let (mut r, mut p, _f, i) = one_write_pushed();
+        let mut r = ring();
+        let mut p = RegisteredBufferPool::new(&mut r, 16, 1).unwrap();
+        let f = tempfile::tempfile().unwrap();
+        let (i, _) = p.acquire().unwrap();
         p.mark_in_flight(i);
+        p.submit_write_fixed(&mut r, f.as_raw_fd(), i, 0, 4)
+            .unwrap();
+        assert_eq!(p.in_flight_count(), 1);
         p.complete_in_flight(i); // the caller's own operation
         assert!(p.is_in_flight(i), "the pool's operation is still in flight");
         let cqe = next_cqe(&mut r);
@@ -1652,6 +1905,201 @@ mod tests {
         assert!(!p.is_in_flight(i) && !p.is_kernel_owned(i));
         p.try_release(i).unwrap();
         assert_eq!(p.stats().misuse_total(), 0);
+    }
+
+    /// The seed API's flow: `mark_in_flight` after a `submit_*` names the pool's operation (not a
+    /// second one), and one `complete_in_flight` ends it: the buffer is readable, writable and
+    /// released into quarantine (the pool did not see the CQE) without any misuse counted.
+    #[test]
+    fn mark_after_submit_names_the_pools_operation() {
+        let (mut r, mut p, _f, i) = one_write_pushed();
+        p.mark_in_flight(i);
+        assert!(p.is_in_flight(i));
+        assert_eq!(p.in_flight_count(), 1);
+        assert!(p.get(i).is_err(), "in flight");
+        // A second mark has no pool operation left to name: the caller's own.
+        p.mark_in_flight(i);
+        let _cqe = next_cqe(&mut r);
+        p.complete_in_flight(i);
+        assert!(p.is_in_flight(i), "one of two declared complete");
+        p.complete_in_flight(i);
+        assert!(!p.is_in_flight(i));
+        assert_eq!(p.in_flight_count(), 0);
+        p.get_mut(i).unwrap()[0] = 9;
+        assert_eq!(p.get(i).unwrap()[0], 9);
+        p.try_release(i).unwrap();
+        let s = p.stats();
+        assert_eq!((s.quarantined_count, s.kernel_owned_count), (1, 1));
+        assert_eq!(s.misuse_total(), 0);
+    }
+
+    /// A quarantined buffer (released after `complete_in_flight`, its CQE never given to the pool)
+    /// is handed out again only when nothing else is free, oldest first; its records are then
+    /// dropped on the caller's word and counted, its late CQE is stale, and Drop would leak.
+    #[test]
+    fn acquire_takes_quarantined_buffers_only_when_nothing_else_is_free() {
+        let mut r = IoUring::new(8).unwrap();
+        let mut p = RegisteredBufferPool::new(&mut r, 16, 3).unwrap();
+        let f = tempfile::tempfile().unwrap();
+        let (a, _) = p.acquire().unwrap();
+        let (b, _) = p.acquire().unwrap();
+        let ua = p
+            .submit_write_fixed(&mut r, f.as_raw_fd(), a, 0, 4)
+            .unwrap();
+        p.submit_write_fixed(&mut r, f.as_raw_fd(), b, 16, 4)
+            .unwrap();
+        p.complete_in_flight(a);
+        p.complete_in_flight(b);
+        p.release(a);
+        p.release(b);
+        // Available (`acquire` can hand them out), but not free.
+        assert_eq!((p.stats().quarantined_count, p.available_count()), (2, 3));
+        assert_eq!(p.free.len(), 1);
+        let (c, _) = p.acquire().unwrap();
+        assert!(c != a && c != b, "the free buffer first");
+        assert_eq!(p.stats().unmatched_completions, 0);
+        let (first, _) = p.acquire().unwrap();
+        assert_eq!(first, a, "the oldest quarantined buffer");
+        let s = p.stats();
+        assert_eq!((s.quarantined_count, s.kernel_owned_count), (1, 1));
+        assert_eq!((s.unmatched_completions, s.acquired_count), (1, 2));
+        assert!(!p.is_kernel_owned(a) && !p.is_in_flight(a));
+        r.submit_and_wait(2).unwrap();
+        let cqes: Vec<_> = r.completion().collect();
+        for c in &cqes {
+            let got = p.complete_cqe(c);
+            if c.user_data() == ua {
+                assert_eq!(got, None, "its record was dropped on the caller's word");
+            } else {
+                assert_eq!(got, Some((b, 4)));
+            }
+        }
+        // `b`'s CQE was given after all: it is free again, not taken on the word.
+        let s = p.stats();
+        assert_eq!((s.quarantined_count, s.kernel_owned_count), (0, 0));
+        assert_eq!((s.available_count, s.unmatched_completions), (1, 1));
+        assert_eq!(s.misuse_total(), 0);
+        assert!(s.to_string().contains("1 unmatched completions"), "{s}");
+    }
+
+    /// Submitting again on a buffer whose operations were all declared complete drops their
+    /// records (the caller's word), so a caller who never gives CQEs to the pool keeps one record
+    /// per operation in flight, not one per operation ever.
+    #[test]
+    fn submitting_again_after_complete_in_flight_keeps_records_bounded() {
+        let mut r = IoUring::new(8).unwrap();
+        let mut p = RegisteredBufferPool::new(&mut r, 16, 1).unwrap();
+        let f = tempfile::tempfile().unwrap();
+        let (i, _) = p.acquire().unwrap();
+        for round in 0..100u64 {
+            p.submit_write_fixed(&mut r, f.as_raw_fd(), i, round * 16, 4)
+                .unwrap();
+            assert_eq!(next_cqe(&mut r).result(), 4);
+            p.complete_in_flight(i);
+            assert_eq!(p.records, 1, "round {round}");
+        }
+        assert_eq!(p.stats().unmatched_completions, 99);
+        // The last one is dropped by the next push; with that one still open, nothing is.
+        p.submit_write_fixed(&mut r, f.as_raw_fd(), i, 0, 4)
+            .unwrap();
+        p.submit_write_fixed(&mut r, f.as_raw_fd(), i, 16, 4)
+            .unwrap();
+        assert_eq!(p.records, 2);
+        assert_eq!(p.stats().unmatched_completions, 100);
+        r.submit_and_wait(2).unwrap();
+        for c in r.completion().collect::<Vec<_>>() {
+            assert_eq!(p.complete_cqe(&c), Some((i, 4)));
+        }
+        assert!(!p.is_kernel_owned(i) && !p.is_in_flight(i));
+        p.try_release(i).unwrap();
+        let s = p.stats();
+        assert_eq!((s.available_count, s.quarantined_count), (1, 0));
+        assert_eq!(s.misuse_total(), 0);
+    }
+
+    /// The pool refuses to keep more than `MAX_RECORDS` records: a submit past that is an error
+    /// (nothing pushed), not unbounded memory.
+    #[test]
+    fn records_are_bounded() {
+        let mut r = IoUring::new(8).unwrap();
+        let mut p = RegisteredBufferPool::new(&mut r, 16, 2).unwrap();
+        let f = tempfile::tempfile().unwrap();
+        let (i, _) = p.acquire().unwrap();
+        p.submit_write_fixed(&mut r, f.as_raw_fd(), i, 0, 4)
+            .unwrap();
+        // As if MAX_RECORDS - 1 more were kept (pushing them for real would need a huge ring).
+        p.records = MAX_RECORDS;
+        let e = p
+            .submit_write_fixed(&mut r, f.as_raw_fd(), i, 0, 4)
+            .unwrap_err();
+        assert!(e.to_string().contains("complete_cqe"), "{e}");
+        assert_eq!(r.submission().len(), 1, "nothing pushed");
+        p.records = 1;
+        assert_eq!(p.complete_cqe(&next_cqe(&mut r)), Some((i, 4)));
+        assert_eq!(p.records, 0);
+    }
+
+    /// A lent buffer is refused by every public call, never handed out, and counted, until it is
+    /// taken back into the free list.
+    #[test]
+    fn lent_buffers_are_refused_until_taken_back() {
+        let mut r = ring();
+        let mut p = RegisteredBufferPool::new(&mut r, 16, 2).unwrap();
+        let f = tempfile::tempfile().unwrap();
+        let (i, buf) = p.acquire().unwrap();
+        buf[..3].copy_from_slice(b"abc");
+        assert_eq!(&p.lend(i).unwrap()[..3], b"abc");
+        let s = p.stats();
+        assert_eq!(
+            (s.lent_count, s.acquired_count, s.available_count),
+            (1, 0, 1)
+        );
+        assert!(s.to_string().contains("1 lent"), "{s}");
+        assert_eq!(p.lent_count(), 1);
+        for e in [
+            p.get(i).map(|_| ()).unwrap_err(),
+            p.get_mut(i).map(|_| ()).unwrap_err(),
+            p.try_release(i).unwrap_err(),
+            p.submit_read_fixed(&mut r, f.as_raw_fd(), i, 0, 4)
+                .map(|_| ())
+                .unwrap_err(),
+        ] {
+            assert!(
+                matches!(e, IoUringError::BufferState { index, state, .. } if index == i && state == LENT),
+                "{e:?}"
+            );
+        }
+        assert!(p.lend(i).is_err(), "lent twice");
+        assert!(!drain_free_list(&mut p).contains(&i));
+        assert_eq!(p.acquire().unwrap().0, 1 - i);
+        assert!(p.try_acquire().is_none(), "never handed out");
+        p.release(1 - i);
+        p.take_back(i).unwrap();
+        assert!(p.take_back(i).is_err(), "taken back twice");
+        let s = p.stats();
+        assert_eq!((s.lent_count, s.available_count), (0, 2));
+        assert_eq!(s.misuse_bad_state, 1, "the refused release");
+        // Only an acquired, idle buffer can be lent.
+        assert!(p.lend(i).is_err(), "a free buffer");
+        let (j, _) = p.acquire().unwrap();
+        p.submit_write_fixed(&mut r, f.as_raw_fd(), j, 0, 4)
+            .unwrap();
+        assert!(p.lend(j).is_err(), "a buffer in flight");
+        assert_eq!(p.complete_cqe(&next_cqe(&mut r)), Some((j, 4)));
+        p.lend(j).unwrap();
+        p.take_back(j).unwrap();
+    }
+
+    /// In debug builds, the refused calls on a lent buffer that have no `Result` panic, naming it.
+    #[cfg(debug_assertions)]
+    #[test]
+    #[should_panic(expected = "lent to a task")]
+    fn mark_lent_buffer_panics_in_debug() {
+        let mut r = ring();
+        let mut p = RegisteredBufferPool::new(&mut r, 16, 1).unwrap();
+        let (i, _) = p.acquire().unwrap();
+        p.lend(i).unwrap();
+        p.mark_in_flight(i);
     }
 
     #[test]

@@ -662,7 +662,7 @@ impl ShardStats {
         p.acquisitions = sub(p.acquisitions, q.acquisitions);
         p.exhaustions = sub(p.exhaustions, q.exhaustions);
         p.misuse_release_in_flight = sub(p.misuse_release_in_flight, q.misuse_release_in_flight);
-        p.misuse_quarantined = sub(p.misuse_quarantined, q.misuse_quarantined);
+        p.unmatched_completions = sub(p.unmatched_completions, q.unmatched_completions);
         p.misuse_invalid_index = sub(p.misuse_invalid_index, q.misuse_invalid_index);
         p.misuse_bad_state = sub(p.misuse_bad_state, q.misuse_bad_state);
         out.other_latency = self.other_latency.since(&earlier.other_latency);
@@ -679,6 +679,7 @@ pub fn merge_pool_stats(a: &BufferPoolStats, b: &BufferPoolStats) -> BufferPoolS
         total_count: a.total_count.saturating_add(b.total_count),
         available_count: a.available_count.saturating_add(b.available_count),
         acquired_count: a.acquired_count.saturating_add(b.acquired_count),
+        lent_count: a.lent_count.saturating_add(b.lent_count),
         in_flight_count: a.in_flight_count.saturating_add(b.in_flight_count),
         kernel_owned_count: a.kernel_owned_count.saturating_add(b.kernel_owned_count),
         quarantined_count: a.quarantined_count.saturating_add(b.quarantined_count),
@@ -693,7 +694,9 @@ pub fn merge_pool_stats(a: &BufferPoolStats, b: &BufferPoolStats) -> BufferPoolS
         misuse_release_in_flight: a
             .misuse_release_in_flight
             .saturating_add(b.misuse_release_in_flight),
-        misuse_quarantined: a.misuse_quarantined.saturating_add(b.misuse_quarantined),
+        unmatched_completions: a
+            .unmatched_completions
+            .saturating_add(b.unmatched_completions),
         misuse_invalid_index: a
             .misuse_invalid_index
             .saturating_add(b.misuse_invalid_index),
@@ -1238,7 +1241,8 @@ mod tests {
         let p = BufferPoolStats {
             total_count: 16,
             available_count: 10,
-            acquired_count: 6,
+            acquired_count: 5,
+            lent_count: 1,
             in_flight_count: 4,
             kernel_owned_count: 5,
             quarantined_count: 1,
@@ -1246,8 +1250,8 @@ mod tests {
             total_bytes: 16 * 65536,
             acquisitions: 100,
             exhaustions: 2,
+            unmatched_completions: 2,
             misuse_release_in_flight: 1,
-            misuse_quarantined: 2,
             misuse_invalid_index: 0,
             misuse_bad_state: 3,
             numa_node: Some(0),
@@ -1258,8 +1262,9 @@ mod tests {
         assert_eq!(m.acquisitions, 200);
         assert_eq!(m.misuse_bad_state, 6);
         assert_eq!((m.kernel_owned_count, m.quarantined_count), (10, 2));
-        assert_eq!(m.misuse_quarantined, 4);
-        assert_eq!(m.misuse_total(), 12);
+        assert_eq!((m.acquired_count, m.lent_count), (10, 2));
+        assert_eq!(m.unmatched_completions, 4);
+        assert_eq!(m.misuse_total(), 8);
         assert_eq!(m.buffer_size, 65536);
         assert_eq!(m.numa_node, Some(0));
         let q = BufferPoolStats {

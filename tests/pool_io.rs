@@ -672,11 +672,22 @@ fn write_pipe(tx: &OwnedFd, data: &[u8]) {
     assert_eq!(n, data.len() as isize, "write to pipe: errno {}", errno());
 }
 
-/// A READ_FIXED on an empty pipe stays in flight; the pool is dropped (after the caller has
-/// declared the read complete and released the buffer, when `lie`); the buffer's page must still be
-/// mapped, and when data arrives the read completes with the bytes written, into that still-mapped
-/// memory, without a crash.
-fn drop_with_pipe_read_pending(lie: bool) {
+/// What the caller of `drop_with_pipe_read_pending` does before the pool is dropped.
+#[derive(Clone, Copy, PartialEq)]
+enum Lie {
+    /// Nothing: the read is in flight by both records.
+    No,
+    /// Declares the read complete (`complete_in_flight`) and releases the buffer: quarantined.
+    Released,
+    /// The same, then takes every buffer, so the pool hands the quarantined one out again on the
+    /// caller's word (its record dropped).
+    Reclaimed,
+}
+
+/// A READ_FIXED on an empty pipe stays in flight; the pool is dropped (after the caller lied as
+/// `lie` says); the buffer's page must still be mapped, and when data arrives the read completes
+/// with the bytes written, into that still-mapped memory, without a crash.
+fn drop_with_pipe_read_pending(lie: Lie) {
     let _serial = serial();
     let (rx, tx) = pipe();
     let mut ring = new_ring(8);
@@ -692,20 +703,39 @@ fn drop_with_pipe_read_pending(lie: bool) {
         "a read of an empty pipe must stay in flight"
     );
     assert_eq!(pool.kernel_owned_count(), 1);
-    if lie {
+    if lie == Lie::No {
+        assert!(pool.is_in_flight(idx));
+        assert_eq!(pool.in_flight_count(), 1);
+    } else {
         // No CQE has arrived: a false completion, then a release the pool must not honour.
         pool.complete_in_flight(idx);
         pool.release(idx);
         assert!(!pool.is_in_flight(idx));
         assert_eq!(pool.in_flight_count(), 0);
-        assert_eq!(pool.available_count(), 3, "quarantined, not free");
-        assert_eq!(pool.stats().misuse_quarantined, 1);
-    } else {
-        assert!(pool.is_in_flight(idx));
-        assert_eq!(pool.in_flight_count(), 1);
+        let s = pool.stats();
+        assert_eq!(
+            (s.available_count, s.quarantined_count),
+            (4, 1),
+            "quarantined, not free"
+        );
     }
-    assert!(pool.is_kernel_owned(idx));
-    assert_eq!(pool.kernel_owned_count(), 1);
+    if lie == Lie::Reclaimed {
+        let free: Vec<u16> = (0..3).map(|_| pool.acquire().unwrap().0).collect();
+        let (again, _) = pool
+            .acquire()
+            .expect("the quarantined buffer, on the caller's word");
+        assert_eq!(again, idx);
+        assert!(!pool.is_kernel_owned(idx), "its record was dropped");
+        assert_eq!(pool.stats().unmatched_completions, 1);
+        for j in free.into_iter().chain([again]) {
+            pool.release(j);
+        }
+        assert_eq!(pool.available_count(), 4);
+        assert_eq!(pool.kernel_owned_count(), 0);
+    } else {
+        assert!(pool.is_kernel_owned(idx));
+        assert_eq!(pool.kernel_owned_count(), 1);
+    }
 
     drop(pool);
     assert_eq!(
@@ -740,22 +770,30 @@ fn drop_with_pipe_read_pending(lie: bool) {
 /// completion lands in memory nobody else owns.
 #[test]
 fn drop_with_read_in_flight_keeps_buffer_mapped() {
-    drop_with_pipe_read_pending(false);
+    drop_with_pipe_read_pending(Lie::No);
 }
 
 /// The same when the caller has declared the read complete (`complete_in_flight`) before its CQE
 /// and released the buffer: the pool's own record still says the kernel owns it, so the slab leaks.
 #[test]
 fn drop_with_kernel_owned_buffer_keeps_slab_mapped() {
-    drop_with_pipe_read_pending(true);
+    drop_with_pipe_read_pending(Lie::Released);
 }
 
-/// Contrast: with nothing in flight (after a completed write), dropping the pool unmaps the slab:
-/// msync on the buffer's page fails with ENOMEM. (The ring is still alive: the kernel keeps the
-/// registered pages pinned, not mapped, until it goes.)
+/// And when the pool has since handed the buffer out again on that word (nothing else was free),
+/// so its own record of the read is gone and nothing is in flight by either record: it remembers
+/// that it took a word for a CQE it never saw (`unmatched_completions`), and still leaks the slab.
 #[test]
-fn drop_with_nothing_in_flight_unmaps() {
-    let _serial = serial();
+fn drop_after_taking_a_false_word_keeps_slab_mapped() {
+    drop_with_pipe_read_pending(Lie::Reclaimed);
+}
+
+/// Child side of `drop_with_nothing_in_flight_unmaps`; a no-op unless RINGSHARD_CHILD=unmap.
+#[test]
+fn unmap_child_only() {
+    if std::env::var(CHILD_ENV).as_deref() != Ok("unmap") {
+        return;
+    }
     let file = tempfile::tempfile_in("/tmp").unwrap();
     let mut ring = new_ring(8);
     let mut pool = RegisteredBufferPool::new(&mut ring, 4096, 4).unwrap();
@@ -779,6 +817,35 @@ fn drop_with_nothing_in_flight_unmaps() {
     file.read_at(&mut back, 0).unwrap();
     assert_eq!(&back, b"abc");
     drop(ring);
+    println!("{UNMAP_OK}");
+}
+
+const UNMAP_OK: &str = "RINGSHARD_UNMAP_CHILD_OK";
+
+/// Contrast: with nothing in flight (after a completed write), dropping the pool unmaps the slab:
+/// msync on the buffer's page fails with ENOMEM. (The ring is still alive: the kernel keeps the
+/// registered pages pinned, not mapped, until it goes.) Runs this test binary again with only
+/// `unmap_child_only`: in this process, the test harness starting another test's thread maps
+/// that thread's stack, which could land on the range just unmapped (it did, once in a few runs).
+#[test]
+fn drop_with_nothing_in_flight_unmaps() {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "unmap_child_only",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, "unmap")
+        .output()
+        .expect("run the child test");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains(UNMAP_OK) && stdout.contains("1 passed"),
+        "child test failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1180,11 +1247,13 @@ fn direct_file_with_pattern(test: &str) -> Option<(tempfile::TempDir, PathBuf, F
     Some((dir, path, file, theirs))
 }
 
-/// Every buffer the pool hands out now (released again).
+/// Every buffer of the free list, acquired (released again). (Once the free list is empty, the
+/// pool would hand out a quarantined buffer on its caller's word.)
 fn all_acquirable(pool: &mut RegisteredBufferPool) -> Vec<u16> {
     let mut got = Vec::new();
-    while let Some((j, _)) = pool.try_acquire() {
-        got.push(j);
+    let s = pool.stats();
+    for _ in 0..s.available_count - s.quarantined_count {
+        got.push(pool.acquire().unwrap().0);
     }
     for &j in &got {
         pool.release(j);
@@ -1196,7 +1265,8 @@ fn all_acquirable(pool: &mut RegisteredBufferPool) -> Vec<u16> {
 /// while the read still waits on an empty pipe, and releases the buffer. Another caller takes every
 /// buffer the pool will give and does an O_DIRECT read, in flight together with the misused read
 /// when the pipe's data arrives: it never gets the misused buffer, and gets its file's bytes, not
-/// the pipe's. The misused buffer is handed out again only once its CQE is given to the pool.
+/// the pipe's. The misused buffer comes back to the free list only once its CQE is given to the
+/// pool (before that, `acquire` would take it only with no other buffer free).
 #[test]
 fn lie_during_slow_read_never_gives_the_buffer_to_an_o_direct_reader() {
     let _serial = serial();
@@ -1222,17 +1292,15 @@ fn lie_during_slow_read_never_gives_the_buffer_to_an_o_direct_reader() {
     pool.release(mine);
     let s = pool.stats();
     assert_eq!((s.in_flight_count, s.kernel_owned_count), (0, 1));
-    assert_eq!((s.available_count, s.quarantined_count), (1, 1));
-    assert_eq!(s.misuse_quarantined, 1);
+    assert_eq!((s.available_count, s.quarantined_count), (2, 1));
+    assert_eq!(s.misuse_total(), 0);
 
-    // The other caller takes every buffer the pool hands out.
+    // The other caller takes a buffer: the free one, not the misused one (which `acquire` would
+    // hand out only with no free buffer left, on the word it was given).
     let (other, buf) = pool.acquire().unwrap();
     assert_ne!(other, mine);
     buf.fill(0xEE);
-    assert!(
-        pool.try_acquire().is_none(),
-        "the misused buffer is not handed out"
-    );
+    assert_eq!(pool.available_count(), 1, "only the quarantined one");
     let their_ud = pool
         .submit_read_fixed(&mut ring, file.as_raw_fd(), other, 0, LIE_LEN as u32)
         .unwrap();
@@ -1271,8 +1339,7 @@ fn lie_during_slow_read_never_gives_the_buffer_to_an_o_direct_reader() {
     assert_bytes_eq(pool.get(mine).unwrap(), &misused, "the misused buffer");
     assert_bytes_eq(pool.get(other).unwrap(), &theirs, "the other buffer");
     let s = pool.stats();
-    assert_eq!(s.misuse_quarantined, 1);
-    assert_eq!(s.misuse_total(), 1);
+    assert_eq!((s.misuse_total(), s.unmatched_completions), (0, 0));
 }
 
 /// The same through the executor: a task (`submit_to`) reads a FIFO into a buffer of its shard's
@@ -1343,8 +1410,106 @@ fn task_lying_to_its_pool_cannot_corrupt_another_read() {
         );
     }
     let pool = exec.stats().total.pool;
-    assert_eq!(pool.misuse_quarantined, 1);
-    assert_eq!(pool.misuse_total(), 1, "{pool:?}");
+    assert_eq!(pool.misuse_total(), 0, "{pool:?}");
+    assert_eq!(pool.unmatched_completions, 0, "the FIFO's CQE was matched");
     assert_eq!((pool.kernel_owned_count, pool.quarantined_count), (0, 0));
     assert_eq!(pool.available_count, total);
+}
+
+/// A task (`submit_to`) lies about its FIFO read (`complete_in_flight` before any data) and then
+/// submits again on the same buffer, so the pool takes its word and drops its record of the FIFO
+/// read; it releases the buffer and returns. The shard must not take that word: it waits at the
+/// ring for the CQE of every SQE the task pushed through the pool before it uses the pool again.
+/// A task's pooled read (the pool's only buffer, lent to it) made meanwhile holds its file's bytes
+/// when the FIFO's data arrives, not the FIFO's.
+#[test]
+fn task_lying_then_reusing_its_buffer_cannot_reach_a_lent_one() {
+    let _serial = serial();
+    let test = "task_lying_then_reusing_its_buffer_cannot_reach_a_lent_one";
+    let Some((dir, path, _file, theirs)) = direct_file_with_pattern(test) else {
+        return;
+    };
+    let fifo = dir.path().join("fifo");
+    let c = CString::new(fifo.as_os_str().as_bytes()).unwrap();
+    // SAFETY: `c` is a valid NUL-terminated path.
+    assert_eq!(
+        unsafe { libc::mkfifo(c.as_ptr(), 0o600) },
+        0,
+        "mkfifo: errno {}",
+        errno()
+    );
+
+    let exec = ringshard::Executor::builder()
+        .shards(1)
+        .buffer_size(LIE_LEN)
+        .buffer_count(1)
+        .build()
+        .unwrap();
+    let data = exec
+        .open(&path, ringshard::OpenOptions::new().read(true).direct(true))
+        .wait()
+        .unwrap();
+    // Read-write, so the open does not wait for a writer.
+    let ff = exec
+        .open(&fifo, ringshard::OpenOptions::new().read(true).write(true))
+        .wait()
+        .unwrap();
+    let (g, d) = (ff.clone(), data.clone());
+    let unmatched = exec
+        .submit_to(ff.shard(), move |ctx| {
+            let (i, _) = ctx.pool().acquire().expect("a buffer");
+            ctx.push_read_fixed(&g, i, 0, LIE_LEN as u32).expect("push");
+            ctx.submit().expect("submit");
+            ctx.pool().complete_in_flight(i); // the lie: no CQE has arrived
+                                              // The buffer used again: the pool takes the word and forgets the FIFO read.
+            ctx.push_read_fixed(&d, i, 0, LIE_LEN as u32).expect("push");
+            while ctx.reap(|_| {}) == 0 {
+                ctx.submit_and_wait(1).expect("submit");
+            }
+            ctx.pool().release(i);
+            ctx.pool().stats().unmatched_completions
+        })
+        .wait()
+        .unwrap();
+    assert_eq!(unmatched, 1);
+
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
+    let task = exec.spawn_on_with(data.shard(), move |l| async move {
+        let buf = l.read_pooled(&data, 0, LIE_LEN).await.unwrap();
+        held_tx.send(()).unwrap();
+        // Wait (yielding) until the test has written the FIFO.
+        while gate_rx.try_recv().is_err() {
+            ringshard::yield_now().await;
+        }
+        buf.to_vec()
+    });
+    // Where the shard took the task's word, the pooled read would run now, into the buffer the
+    // FIFO read still owns: give it the chance to (it cannot, where the shard waits for the FIFO
+    // read's CQE first: then the read runs after the data below arrives).
+    let early = held_rx.recv_timeout(Duration::from_millis(200)).is_ok();
+    let misused = pattern(0xBAD, LIE_LEN);
+    OpenOptions::new()
+        .write(true)
+        .open(&fifo)
+        .unwrap()
+        .write_all(&misused)
+        .unwrap();
+    if !early {
+        held_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    }
+    gate_tx.send(()).unwrap();
+    assert_bytes_eq(&task.wait().unwrap(), &theirs, "the lent buffer");
+    assert!(
+        !early,
+        "the pooled read ran while the task's FIFO read was in the kernel"
+    );
+    let pool = exec.stats().total.pool;
+    assert_eq!(
+        (pool.kernel_owned_count, pool.lent_count),
+        (0, 0),
+        "{pool:?}"
+    );
+    assert_eq!(pool.unmatched_completions, 1, "{pool:?}");
+    assert_eq!(pool.misuse_total(), 0, "{pool:?}");
 }

@@ -684,6 +684,112 @@ fn pooled_reads_lend_the_buffer_until_the_guard_drops() {
     exec.shutdown().unwrap();
 }
 
+/// Every buffer a pool hands out now (released again).
+fn all_acquirable(pool: &mut ringshard::RegisteredBufferPool) -> Vec<u16> {
+    let mut got = Vec::new();
+    while let Some((j, _)) = pool.try_acquire() {
+        got.push(j);
+    }
+    for &j in &got {
+        pool.release(j);
+    }
+    got
+}
+
+/// A pooled read's buffer is lent to the task: while the task holds its `PoolBuf` (and a slice of
+/// it) across an await, a `submit_to` closure on that shard (closures run while tasks wait) can
+/// neither write into it (`get_mut`), read it (`get`), nor release it (`try_release`): each is a
+/// `BufferState` error, `acquire` never hands it out, and the task's bytes stay as read. (Before,
+/// all three succeeded: a release put it back in the free list, and the next O_DIRECT read landed
+/// in the bytes the task was reading.) Once the guard drops, the buffer is the pool's again.
+#[test]
+fn a_lent_buffer_is_out_of_reach_of_submit_to_until_the_guard_drops() {
+    let exec = Executor::builder()
+        .shards(1)
+        .buffer_size(4096)
+        .buffer_count(3)
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let Some(f) = open_direct(&exec, &dir.path().join("lent")) else {
+        return;
+    };
+    let want: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 3) as u8).collect();
+    assert_eq!(ok(exec.write(&f, 0, want.clone()), "write"), 4096);
+
+    let (idx_tx, idx_rx) = std::sync::mpsc::channel();
+    let (gate_tx, gate_rx) = tokio::sync::oneshot::channel::<()>();
+    let (g, w) = (f.clone(), want.clone());
+    let task = exec.spawn_on_with(0, move |l| async move {
+        let buf = l.read_pooled(&g, 0, 4096).await.unwrap();
+        let held: &[u8] = &buf;
+        assert_eq!(held, &w[..], "the pooled read");
+        idx_tx.send(buf.buffer_index()).unwrap();
+        // Parked here (nothing in flight) while the test's closure runs on the shard.
+        gate_rx.await.unwrap();
+        let intact = held == &w[..];
+        drop(buf);
+        intact
+    });
+    let idx = idx_rx.recv_timeout(HANG).expect("the task's pooled read");
+
+    let (write, read, release, handed_out, stats) = exec
+        .submit_to(0, move |ctx| {
+            let pool = ctx.pool();
+            let write = pool.get_mut(idx).map(|b| b.fill(0xEE));
+            let read = pool.get(idx).map(|b| b[0]);
+            let release = pool.try_release(idx);
+            (write, read, release, all_acquirable(pool), pool.stats())
+        })
+        .wait()
+        .unwrap();
+    for (what, r) in [("get_mut", write.map(|_| ())), ("get", read.map(|_| ()))] {
+        match r {
+            Err(IoUringError::BufferState { index, state, .. }) => {
+                assert_eq!(index, idx);
+                assert!(state.contains("lent"), "{what}: {state}");
+            }
+            other => panic!("{what} of a lent buffer: {other:?}"),
+        }
+    }
+    assert!(
+        matches!(release, Err(IoUringError::BufferState { index, .. }) if index == idx),
+        "release of a lent buffer: {release:?}"
+    );
+    assert!(
+        !handed_out.contains(&idx),
+        "{handed_out:?} includes the lent buffer {idx}"
+    );
+    assert_eq!(handed_out.len(), 2);
+    assert_eq!(
+        (stats.lent_count, stats.available_count),
+        (1, 2),
+        "{stats:?}"
+    );
+
+    gate_tx.send(()).unwrap();
+    assert!(task.wait().unwrap(), "the task's bytes changed under it");
+
+    // The guard is dropped: the buffer is back (taken back in the batch the task ended in, before
+    // any later closure runs).
+    let (handed_out, stats) = exec
+        .submit_to(0, |ctx| (all_acquirable(ctx.pool()), ctx.pool().stats()))
+        .wait()
+        .unwrap();
+    assert!(handed_out.contains(&idx), "{handed_out:?} lacks {idx}");
+    assert_eq!(
+        (stats.lent_count, stats.available_count),
+        (0, 3),
+        "{stats:?}"
+    );
+    assert_eq!(
+        (stats.misuse_bad_state, stats.misuse_total()),
+        (1, 1),
+        "only the refused release counts as misuse: {stats:?}"
+    );
+    exec.shutdown().unwrap();
+}
+
 /// Task sleeps do not hold back `submit_to` closures (which need a ring with nothing in flight):
 /// the sleeps are taken out of the ring for the closure and put back with the time they had
 /// left, so they still fire, and not early.

@@ -36,8 +36,9 @@ pub struct ShardCqe {
 /// When the closure starts, the shard has no operation of its own in flight, so every completion
 /// the closure reaps is its own. Rules: reap completions only through [`reap`](Self::reap) (it keeps
 /// the shard's wake-up working), let every operation you submit complete before returning (the
-/// shard waits until every SQE pushed through the pool has had its completion matched, by the
-/// pool's own records), and release the buffers you acquire.
+/// shard waits until every SQE pushed through the pool has had its completion, counted at the
+/// ring, whatever the pool was told), and release the buffers you acquire. Buffers the shard has
+/// lent to tasks (pooled reads) are refused by the pool until the tasks give them back.
 ///
 /// ```
 /// # fn main() -> ringshard::Result<()> {
@@ -67,6 +68,8 @@ pub struct ShardContext<'a> {
     pub(super) files: &'a FileTable,
     pub(super) stats: &'a mut ShardStats,
     pub(super) wake_seen: &'a mut bool,
+    /// Completions of SQEs pushed through the pool that [`reap`](Self::reap) took from the ring.
+    pub(super) pool_cqes: &'a mut u64,
     pub(super) index: usize,
     pub(super) inline_buffered_writes: bool,
 }
@@ -217,6 +220,9 @@ impl ShardContext<'_> {
             if user_data == WAKE_USER_DATA {
                 *self.wake_seen = true;
                 continue;
+            }
+            if user_data & crate::pool::POOL_USER_DATA_TAG != 0 {
+                *self.pool_cqes += 1;
             }
             let buf_index = self.pool.complete_user_data(user_data);
             f(ShardCqe {

@@ -181,8 +181,7 @@ struct Shard {
     parking: bool,
     /// Sleeps taken out, armed again once the closures have run.
     parked_timers: Vec<Arc<TimerState>>,
-    /// Pool buffers lent to tasks (pooled reads), by index; and the ones handed back this turn.
-    lent_out: Vec<bool>,
+    /// Pool buffers handed back by tasks this turn (the pool knows which are lent).
     released: Vec<u16>,
     stats: ShardStats,
     shared: Arc<ShardShared>,
@@ -434,7 +433,6 @@ impl Shard {
             timers_armed: 0,
             parking: false,
             parked_timers: Vec::new(),
-            lent_out: Vec::new(),
             released: Vec::new(),
             stats,
             shared,
@@ -452,7 +450,6 @@ impl Shard {
             clock: None,
             panicked: false,
         };
-        shard.lent_out = vec![false; shard.cfg.buffer_count];
         shard.arm_wake()?;
         tasks::set_pool_alive(true);
         Ok(shard)
@@ -1968,12 +1965,11 @@ impl Shard {
     /// guard is dropped, see [`tasks::take_released`]); otherwise it goes back now.
     fn lend(&mut self, c: Completer<tasks::Lease>, result: Result<u64>, lent: Option<u16>) {
         match (result, lent) {
-            (Ok(n), Some(idx)) => match self.pool.get(idx) {
+            // Lent in the pool: refused to `submit_to` closures and never handed out until the
+            // task's guard is dropped and `take_back_lent` gives it back.
+            (Ok(n), Some(idx)) => match self.pool.lend(idx) {
                 Ok(buf) => {
                     let ptr = buf.as_ptr();
-                    if let Some(flag) = self.lent_out.get_mut(idx as usize) {
-                        *flag = true;
-                    }
                     let n = (n as usize).min(buf.len());
                     c.complete(Ok(tasks::Lease::new(
                         self.cfg.exec_id,
@@ -2006,10 +2002,9 @@ impl Shard {
         let mut back = std::mem::take(&mut self.released);
         tasks::take_released(&mut back);
         for idx in back.drain(..) {
-            if let Some(flag) = self.lent_out.get_mut(idx as usize) {
-                if std::mem::replace(flag, false) {
-                    self.pool.release(idx);
-                }
+            // Only a dropped `Lease` fills `released`, and only `lend` makes one.
+            if let Err(e) = self.pool.take_back(idx) {
+                debug_assert!(false, "a lease handed back buffer {idx}: {e}");
             }
         }
         self.released = back;
@@ -2021,6 +2016,8 @@ impl Shard {
         while let Some(task) = self.tasks.pop_front() {
             let at = Instant::now();
             let mut wake_seen = false;
+            let pushed = self.pool.sqes_pushed();
+            let mut pool_cqes = 0;
             {
                 let mut ctx = ShardContext {
                     inline_buffered_writes: self.cfg.inline_buffered_writes,
@@ -2029,6 +2026,7 @@ impl Shard {
                     files: &self.files,
                     stats: &mut self.stats,
                     wake_seen: &mut wake_seen,
+                    pool_cqes: &mut pool_cqes,
                     index: self.cfg.index,
                 };
                 // A panicking task (submit_to catches its own; this is the backstop) must not
@@ -2044,14 +2042,18 @@ impl Shard {
                 self.in_flight = self.in_flight.saturating_sub(1);
                 self.on_wake(0);
             }
-            self.drain_task_buffers();
+            let left = self.pool.sqes_pushed().wrapping_sub(pushed);
+            self.drain_task_buffers(left.saturating_sub(pool_cqes));
             self.stats.record(OpKind::Task, 0, elapsed_ns(at));
         }
     }
 
-    /// Waits until no pool buffer a task submitted is in flight (the task broke the contract if
-    /// any is), so the shard never reuses a buffer the kernel may still write into.
-    fn drain_task_buffers(&mut self) {
+    /// Waits for the CQEs of the `outstanding` SQEs a task pushed through the pool and did not
+    /// reap (the task broke the contract if any is left), so the shard never reuses a buffer the
+    /// kernel may still write into. They are counted here, at the ring, not by the pool's records:
+    /// the pool takes a caller's `complete_in_flight` for its word when a buffer is used again,
+    /// and a task's word is not enough for the shard's own reads.
+    fn drain_task_buffers(&mut self, mut outstanding: u64) {
         // why: a task may wait for its own operations without reaping their completions. No op of
         // the shard was in flight while it ran, so every completion in the ring now (but the
         // wake-up's) is the task's: take them all here. Left in the ring, the main loop would
@@ -2065,14 +2067,20 @@ impl Shard {
                     self.in_flight = self.in_flight.saturating_sub(1);
                     self.on_wake(res);
                 } else {
+                    if ud & crate::pool::POOL_USER_DATA_TAG != 0 {
+                        outstanding = outstanding.saturating_sub(1);
+                    }
                     self.pool.complete_user_data(ud);
                 }
             }
-            if self.pool.kernel_owned_count() == 0 {
+            if outstanding == 0 {
                 break;
             }
             let _ = self.submit(1);
         }
+        // Every SQE the task pushed through the pool has had its CQE matched (or its record was
+        // dropped on the task's word): nothing of the task's is left in the pool's record.
+        debug_assert_eq!(self.pool.kernel_owned_count(), 0, "{:?}", self.pool.stats());
     }
 }
 

@@ -406,10 +406,12 @@ impl std::ops::Deref for PoolBuf {
         if !self.lease.readable_here() {
             return &[];
         }
-        // SAFETY: `addr` is buffer `idx` of this thread's shard's pool, read from the pool after
-        // the read's CQE (so the kernel no longer owns it) and `len` is at most the buffer's
-        // size. The shard keeps the buffer acquired and never reuses it until this guard's
-        // `Lease` is dropped (it is released only from `RELEASED`, which only the drop fills).
+        // SAFETY: `addr` is buffer `idx` of this thread's shard's pool, lent by the pool after the
+        // read's CQE was matched (so the kernel no longer owns it) and `len` is at most the
+        // buffer's size. The pool holds it lent: `get`, `get_mut`, `release`, `submit_*` (from a
+        // `submit_to` closure, which may run while this task waits) refuse it and `acquire` never
+        // hands it out, until the shard takes it back, which it does only from `RELEASED`, which
+        // only this guard's `Lease` fills, when dropped: nothing writes into it meanwhile.
         // The slab stays mapped while `POOL_ALIVE` is set on this thread, and it is cleared
         // before the pool is unmapped, on this same thread, where no borrow of this slice can
         // be alive across that point (the shard drops its pool only after its loop, outside any

@@ -176,7 +176,7 @@ impl ShardLabels {
 type Getter = fn(&ShardStats) -> u64;
 
 /// Counters with one value per shard: (name without `_total`, help, getter).
-const COUNTERS: [(&str, &str, Getter); 15] = [
+const COUNTERS: [(&str, &str, Getter); 16] = [
     (
         "ringshard_read_bytes",
         "Bytes transferred by successful reads.",
@@ -249,13 +249,18 @@ const COUNTERS: [(&str, &str, Getter); 15] = [
     ),
     (
         "ringshard_pool_misuse",
-        "Pool calls counted as misuse (refused, or a buffer quarantined for the kernel).",
+        "Pool calls refused as misuse (release in flight, a bad index, a call the buffer's state forbids).",
         |s| s.pool.misuse_total(),
+    ),
+    (
+        "ringshard_pool_unmatched_completions",
+        "Pool operations whose completion the pool took a caller's word for (complete_in_flight) without seeing the CQE.",
+        |s| s.pool.unmatched_completions,
     ),
 ];
 
 /// Gauges with one value per shard: (name, help, getter).
-const GAUGES: [(&str, &str, Getter); 11] = [
+const GAUGES: [(&str, &str, Getter); 12] = [
     (
         "ringshard_shard_failed",
         "1 if the shard thread failed (panicked or could not start).",
@@ -287,6 +292,11 @@ const GAUGES: [(&str, &str, Getter); 11] = [
         |s| s.pool.acquired_count as u64,
     ),
     (
+        "ringshard_pool_lent_buffers",
+        "Pool buffers lent to tasks (pooled reads), refused to everyone else until given back.",
+        |s| s.pool.lent_count as u64,
+    ),
+    (
         "ringshard_pool_in_flight_buffers",
         "Pool buffers in submitted operations.",
         |s| s.pool.in_flight_count as u64,
@@ -298,7 +308,7 @@ const GAUGES: [(&str, &str, Getter); 11] = [
     ),
     (
         "ringshard_pool_quarantined_buffers",
-        "Pool buffers released while the kernel may still use them, held back until their completion.",
+        "Pool buffers released before the pool saw their completion, held back until it does (or until no other is free).",
         |s| s.pool.quarantined_count as u64,
     ),
     (

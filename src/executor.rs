@@ -53,6 +53,9 @@ pub struct ExecutorBuilder {
     slow_op: Option<Duration>,
     inline_write_stall: Option<Duration>,
     force_blocking: Vec<OpKind>,
+    /// Set when a first `build` found io_uring unusable for a shard's ring (ENOMEM at the
+    /// fewest entries): the threads backend, for this reason.
+    threads_because: Option<String>,
 }
 
 impl Default for ExecutorBuilder {
@@ -75,6 +78,7 @@ impl Default for ExecutorBuilder {
             slow_op: Some(Duration::from_secs(1)),
             inline_write_stall: Some(Duration::from_millis(50)),
             force_blocking: Vec::new(),
+            threads_because: None,
         }
     }
 }
@@ -305,7 +309,14 @@ impl ExecutorBuilder {
         let buffer_count = self
             .buffer_count
             .unwrap_or_else(|| default_buffer_count(self.buffer_size, cpus.len()));
-        let chosen = crate::driver::choose(self.backend, &self.ring)?;
+        let chosen = match &self.threads_because {
+            Some(why) => crate::driver::Chosen {
+                backend: Backend::Threads,
+                reason: why.clone(),
+                forced: false,
+            },
+            None => crate::driver::choose(self.backend, &self.ring)?,
+        };
         crate::logging::backend_chosen(chosen.backend, &chosen.reason);
         let backend_reason = (chosen.backend == Backend::Threads
             || self.backend != BackendChoice::Auto)
@@ -360,6 +371,19 @@ impl ExecutorBuilder {
                     }
                     for t in threads {
                         let _ = t.join();
+                    }
+                    // A shard's ring did not fit RLIMIT_MEMLOCK even with the fewest entries
+                    // (the probe's small ring did; the other shards' rings and buffers took the
+                    // rest): every shard starts again on the threads backend, which pins nothing.
+                    if chosen.backend == Backend::IoUring && !chosen.forced {
+                        if let Some(why) = crate::driver::fallback_reason(&e) {
+                            let why = format!("shard {index}: {why}");
+                            return ExecutorBuilder {
+                                threads_because: Some(why),
+                                ..self.clone()
+                            }
+                            .build();
+                        }
                     }
                     return Err(e);
                 }

@@ -391,12 +391,28 @@ impl Shard {
         let mem_policy = numa::prefer_node_for_shard(cfg.index, cfg.node);
         // The ring, the pool and the file table are created here, on the pinned thread: with
         // SINGLE_ISSUER only this thread may use the ring, and first-touch puts memory locally.
+        let mut ring_note = None;
         let (mut ring, mode) = match cfg.backend {
             Backend::IoUring => {
-                let (ring, mode) = cfg.ring.build()?;
+                // ENOMEM even at the fewest entries fails the setup: the executor then starts
+                // every shard on the threads backend.
+                let (ring, mode, shrunk) = cfg.ring.build_fitted()?;
                 if let Some(cpu) = cfg.cpu {
                     pin_workers(&ring, cpu);
                 }
+                ring_note = shrunk.map(|e| {
+                    format!(
+                        "{} entries, not {}: io_uring_setup refused {} entries with {}; rings \
+                         count against RLIMIT_MEMLOCK ({}): raise it with `ulimit -l`",
+                        ring.params().sq_entries(),
+                        cfg.ring.entries,
+                        cfg.ring.entries,
+                        e.errno()
+                            .map_or("an error".into(), crate::error::errno_text),
+                        crate::error::memlock_limit()
+                            .map_or("unlimited".into(), |l| format!("{} KiB", l / 1024)),
+                    )
+                });
                 (Driver::Uring(ring), Some(mode))
             }
             Backend::Threads => {
@@ -436,6 +452,7 @@ impl Shard {
         stats.backend = ring.backend();
         stats.backend_reason = cfg.backend_reason.clone();
         stats.pool_note = pool_note(&fit, &pool);
+        stats.ring_note = ring_note;
         crate::logging::shard_setup(&stats, fixed_capacity);
         let mut shard = Shard {
             chunks: vec![Chunk::default(); cfg.buffer_count],

@@ -887,6 +887,7 @@ impl Shard {
                 path,
                 exec,
                 done,
+                transit: _transit, // dropped after the install
             } => self.install(fd, key, flags, path, exec, done),
             Message::Task(t) => self.tasks.push_back(t),
             Message::Run(r) => tasks::push_runnable(r),
@@ -1029,7 +1030,7 @@ impl Shard {
                 }
                 fp
             }
-            IoOp::Close => {
+            IoOp::Close(_) => {
                 entry.closing = true;
                 Footprint::Barrier
             }
@@ -1268,7 +1269,7 @@ impl Shard {
             }
             (IoOp::Read { .. }, _) => return self.issue_chunk(slot),
             (IoOp::File(_), _) => return self.issue_file_op(slot),
-            (IoOp::Close, _) => {
+            (IoOp::Close(_), _) => {
                 // Synchronous and cheap: run it here, in order.
                 op.issued = 1;
                 self.run_close(slot);
@@ -1786,7 +1787,7 @@ impl Shard {
                     self.stats.record(kind, len, lat);
                     Ok(len)
                 }
-                IoOp::File(_) | IoOp::Close => {
+                IoOp::File(_) | IoOp::Close(_) => {
                     self.stats.record(kind, 0, lat);
                     Ok(0)
                 }

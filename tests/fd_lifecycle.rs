@@ -12,7 +12,7 @@ use ringshard::{Executor, File, IoUringError, DEFAULT_MAX_PENDING_FDS};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Mutex};
+use std::sync::Mutex;
 use std::time::Instant;
 
 /// Open+drop cycles by default: the figure, a thousand times what a 1024-descriptor
@@ -135,13 +135,7 @@ fn a_stalled_shard_makes_openers_wait_at_the_bound() {
     let held: Vec<File> = (0..HELD)
         .map(|_| ok(exec.open(&path, &rw()), "open"))
         .collect();
-    let (entered_tx, entered_rx) = mpsc::channel();
-    let (gate_tx, gate_rx) = mpsc::channel::<()>();
-    let stall = exec.submit_to(0, move |_| {
-        entered_tx.send(()).unwrap();
-        let _ = gate_rx.recv_timeout(HANG);
-    });
-    entered_rx.recv_timeout(HANG).expect("the stall started");
+    let (gate, stall) = hold_shard(&exec, 0);
     drop(held);
     assert_eq!(
         exec.pending_fds().in_transit,
@@ -181,7 +175,7 @@ fn a_stalled_shard_makes_openers_wait_at_the_bound() {
         eventually("open_async's opener thread waits too", HANG, || {
             exec.pending_fds().waiting == 2
         });
-        gate_tx.send(()).unwrap();
+        gate.send(()).unwrap();
         drop(ok(pending, "open_async"));
         opener.join().unwrap();
     });

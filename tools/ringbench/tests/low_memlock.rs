@@ -1,6 +1,6 @@
 //! ringbench as an ordinary user with the distribution's default RLIMIT_MEMLOCK (64 KiB): the
 //! executor fits what it can (smaller rings, fewer or unregistered buffers, or the threads
-//! backend) and every ringshard engine runs with what it got, saying what that was.
+//! backend) and every engine runs with what it got, saying what that was.
 //!
 //! Each test runs ringbench as a user of its own (pinned memory is counted per user; see
 //! `limited_user`), so the tests do not change what fits for each other.
@@ -78,4 +78,18 @@ fn routed_async_and_tasks_modes_run_under_the_limit() {
         assert!(out.contains("\npool: "), "{mode}:\n{out}");
         assert!(out.contains("0 mismatches"), "{mode}:\n{out}");
     }
+}
+
+/// The raw io_uring baseline does what the library does under the limit (smaller rings, plain
+/// READ/WRITE into unregistered buffers) and says so (before, its setup failed with ENOMEM).
+#[test]
+fn the_raw_uring_baseline_runs_under_the_limit() {
+    let Some(out) = ringbench_as(64_205, &["--engine", "raw-uring", "--verify"]) else {
+        return;
+    };
+    assert!(
+        out.contains("note: raw-uring thread ") && out.contains("to fit RLIMIT_MEMLOCK"),
+        "{out}"
+    );
+    assert!(out.contains("0 mismatches"), "{out}");
 }

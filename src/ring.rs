@@ -174,20 +174,31 @@ impl RingConfig {
     /// rings count against RLIMIT_MEMLOCK for users without CAP_IPC_LOCK, with whatever other
     /// rings and registered buffers the same user holds), again with half the entries, down to
     /// [`MIN_FITTED_ENTRIES`]. Returns the ring, its mode and, if it was made smaller than asked,
-    /// the error the full size got. Other errors, and ENOMEM at the smallest size, are returned.
-    pub(crate) fn build_fitted(&self) -> Result<(IoUring, RingMode, Option<IoUringError>)> {
+    /// a note saying so and why (for `ShardStats::ring_note`). Other errors, and ENOMEM at the
+    /// smallest size, are returned.
+    pub(crate) fn build_fitted(&self) -> Result<(IoUring, RingMode, Option<String>)> {
         let mut cfg = self.clone();
-        let mut first = None;
         loop {
             match cfg.build() {
-                Ok((ring, mode)) => return Ok((ring, mode, first)),
-                Err(
-                    e @ IoUringError::RingSetup {
-                        errno: libc::ENOMEM,
-                        ..
-                    },
-                ) if cfg.entries > MIN_FITTED_ENTRIES => {
-                    first.get_or_insert(e);
+                Ok((ring, mode)) => {
+                    let note = (cfg.entries < self.entries).then(|| {
+                        format!(
+                            "{} entries, not {}: io_uring_setup refused {} entries with {}; \
+                             rings count against RLIMIT_MEMLOCK ({}): raise it with `ulimit -l`",
+                            ring.params().sq_entries(),
+                            self.entries,
+                            self.entries,
+                            crate::error::errno_text(libc::ENOMEM),
+                            crate::error::memlock_limit()
+                                .map_or("unlimited".into(), |l| format!("{} KiB", l / 1024)),
+                        )
+                    });
+                    return Ok((ring, mode, note));
+                }
+                Err(IoUringError::RingSetup {
+                    errno: libc::ENOMEM,
+                    ..
+                }) if cfg.entries > MIN_FITTED_ENTRIES => {
                     cfg.entries = (cfg.entries / 2).max(MIN_FITTED_ENTRIES);
                 }
                 Err(e) => return Err(e),
@@ -207,7 +218,7 @@ impl RingConfig {
 
 /// The fewest entries [`RingConfig::build_fitted`] tries before it gives up (from 256: 128, 64,
 /// 32, 16, 8). With 4 KiB pages a ring takes two pages at least (measured on 6.18: 256 entries
-/// about 24 KiB, 64 or fewer 8 KiB); a shard works with any of these, only with fewer SQEs per
+/// 28 KiB, 128 16 KiB, 64 or fewer 8 KiB); a shard works with any of these, only with fewer SQEs per
 /// submit.
 pub(crate) const MIN_FITTED_ENTRIES: u32 = 8;
 

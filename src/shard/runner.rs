@@ -396,23 +396,11 @@ impl Shard {
             Backend::IoUring => {
                 // ENOMEM even at the fewest entries fails the setup: the executor then starts
                 // every shard on the threads backend.
-                let (ring, mode, shrunk) = cfg.ring.build_fitted()?;
+                let (ring, mode, note) = cfg.ring.build_fitted()?;
                 if let Some(cpu) = cfg.cpu {
                     pin_workers(&ring, cpu);
                 }
-                ring_note = shrunk.map(|e| {
-                    format!(
-                        "{} entries, not {}: io_uring_setup refused {} entries with {}; rings \
-                         count against RLIMIT_MEMLOCK ({}): raise it with `ulimit -l`",
-                        ring.params().sq_entries(),
-                        cfg.ring.entries,
-                        cfg.ring.entries,
-                        e.errno()
-                            .map_or("an error".into(), crate::error::errno_text),
-                        crate::error::memlock_limit()
-                            .map_or("unlimited".into(), |l| format!("{} KiB", l / 1024)),
-                    )
-                });
+                ring_note = note;
                 (Driver::Uring(ring), Some(mode))
             }
             Backend::Threads => {

@@ -3,6 +3,7 @@
 use crate::completion::{pair, Completer, Completion};
 use crate::driver::{Backend, BackendChoice};
 use crate::error::{IoUringError, Result};
+use crate::fd_transit::{InTransit, PendingFds};
 use crate::file::{File, FileFlags, FileRef, OpenOptions};
 use crate::op::{self, FileOp};
 use crate::request::{self, Limits, DEFAULT_MAX_REQUEST_SIZE, MAX_REQUEST_SIZE_LIMIT};
@@ -53,6 +54,10 @@ pub struct ExecutorBuilder {
     slow_op: Option<Duration>,
     inline_write_stall: Option<Duration>,
     force_blocking: Vec<OpKind>,
+    max_pending_fds: usize,
+    /// Set when a first `build` found io_uring unusable for a shard's ring (ENOMEM at the
+    /// fewest entries): the threads backend, for this reason.
+    threads_because: Option<String>,
 }
 
 impl Default for ExecutorBuilder {
@@ -75,6 +80,8 @@ impl Default for ExecutorBuilder {
             slow_op: Some(Duration::from_secs(1)),
             inline_write_stall: Some(Duration::from_millis(50)),
             force_blocking: Vec::new(),
+            max_pending_fds: crate::fd_transit::DEFAULT_MAX_PENDING_FDS,
+            threads_because: None,
         }
     }
 }
@@ -177,6 +184,19 @@ impl ExecutorBuilder {
     /// sending never blocks (see "Embedding in a server" in the README for backpressure).
     pub fn channel_capacity(mut self, n: usize) -> Self {
         self.channel_capacity = n;
+        self
+    }
+
+    /// The most descriptors in transit between callers and shards (default
+    /// [`DEFAULT_MAX_PENDING_FDS`](crate::DEFAULT_MAX_PENDING_FDS) = 128; 1 to 2^20): opened and not
+    /// yet in their shard's file table, or dropped (or closed) and not yet closed by their shard.
+    /// While that many are, [`Executor::open`] and [`Executor::adopt`] wait (and `open_async`'s
+    /// opener thread does), so the descriptors an executor holds stay below the files you hold
+    /// open at once plus this bound, however fast you open and drop files and however slowly a
+    /// shard gets to its closes (EMFILE otherwise, with `ulimit -n 1024`). Dropping a file never
+    /// waits. See [`Executor::pending_fds`].
+    pub fn max_pending_fds(mut self, n: usize) -> Self {
+        self.max_pending_fds = n.clamp(1, crate::fd_transit::MAX_PENDING_FDS_LIMIT);
         self
     }
 
@@ -305,7 +325,14 @@ impl ExecutorBuilder {
         let buffer_count = self
             .buffer_count
             .unwrap_or_else(|| default_buffer_count(self.buffer_size, cpus.len()));
-        let chosen = crate::driver::choose(self.backend, &self.ring)?;
+        let chosen = match &self.threads_because {
+            Some(why) => crate::driver::Chosen {
+                backend: Backend::Threads,
+                reason: why.clone(),
+                forced: false,
+            },
+            None => crate::driver::choose(self.backend, &self.ring)?,
+        };
         crate::logging::backend_chosen(chosen.backend, &chosen.reason);
         let backend_reason = (chosen.backend == Backend::Threads
             || self.backend != BackendChoice::Auto)
@@ -361,6 +388,19 @@ impl ExecutorBuilder {
                     for t in threads {
                         let _ = t.join();
                     }
+                    // A shard's ring did not fit RLIMIT_MEMLOCK even with the fewest entries
+                    // (the probe's small ring did; the other shards' rings and buffers took the
+                    // rest): every shard starts again on the threads backend, which pins nothing.
+                    if chosen.backend == Backend::IoUring && !chosen.forced {
+                        if let Some(why) = crate::driver::fallback_reason(&e) {
+                            let why = format!("shard {index}: {why}");
+                            return ExecutorBuilder {
+                                threads_because: Some(why),
+                                ..self.clone()
+                            }
+                            .build();
+                        }
+                    }
                     return Err(e);
                 }
             }
@@ -369,6 +409,7 @@ impl ExecutorBuilder {
             id,
             shards: links,
             closed: AtomicBool::new(false),
+            fds: crate::fd_transit::FdTransit::new(self.max_pending_fds),
             limits: Limits {
                 max_request: self.max_request_size,
             },
@@ -400,6 +441,8 @@ pub(crate) struct ExecShared {
     pub(crate) shards: Vec<ShardLink>,
     /// Shutdown has begun: new work is refused.
     pub(crate) closed: AtomicBool,
+    /// The bound on descriptors in transit (see `fd_transit`).
+    pub(crate) fds: Arc<crate::fd_transit::FdTransit>,
     pub(crate) limits: Limits,
 }
 
@@ -467,7 +510,7 @@ impl ExecShared {
     pub(crate) fn close_detached(&self, file: FileRef) {
         let req = IoRequest {
             file,
-            op: IoOp::Close,
+            op: IoOp::Close(self.fds.enter()),
             reply: Reply::Detached,
             at: Instant::now(),
             deadline: None,
@@ -567,21 +610,40 @@ impl ExecShared {
         done: Completer<File>,
     ) {
         match self.open_fd(path, options) {
-            Ok((fd, key, flags)) => self.install(self_arc, fd, key, flags, path, done),
+            Ok((fd, key, flags, transit)) => {
+                self.install(self_arc, fd, key, flags, path, done, transit)
+            }
             Err(e) => done.complete(Err(e)),
         }
     }
 
-    /// open(2) and fstat(2) on the calling thread, unless shut down.
-    fn open_fd(&self, path: &Path, options: &OpenOptions) -> Result<(OwnedFd, FileKey, FileFlags)> {
+    /// A place among the descriptors in transit: waits for one (blocking) unless called on one
+    /// of this executor's shard threads, which must not wait for closes their own shard runs.
+    fn fd_place(&self) -> Result<InTransit> {
+        if crate::completion::current_shard().is_some_and(|(exec, _)| exec == self.id) {
+            return Ok(self.fds.enter());
+        }
+        self.fds.enter_bounded(&self.closed)
+    }
+
+    /// open(2) and fstat(2) on the calling thread, once there is room among the descriptors in
+    /// transit, unless shut down.
+    fn open_fd(
+        &self,
+        path: &Path,
+        options: &OpenOptions,
+    ) -> Result<(OwnedFd, FileKey, FileFlags, InTransit)> {
+        let transit = self.fd_place()?;
         // why: open(2) runs here, before the request reaches a shard; without this check an open
         // refused after shutdown would still create or truncate the file.
         if self.closed.load(Ordering::Acquire) {
             return Err(IoUringError::Shutdown);
         }
-        options.open_fd(path)
+        let (fd, key, flags) = options.open_fd(path)?;
+        Ok((fd, key, flags, transit))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn install(
         &self,
         self_arc: &Arc<ExecShared>,
@@ -590,6 +652,7 @@ impl ExecShared {
         flags: FileFlags,
         path: &Path,
         done: Completer<File>,
+        transit: InTransit,
     ) {
         let shard = shard_for(key, self.shards.len());
         self.send_or_fail(
@@ -601,6 +664,7 @@ impl ExecShared {
                 path: Arc::from(path),
                 exec: Arc::clone(self_arc),
                 done,
+                transit,
             },
         );
     }
@@ -682,6 +746,13 @@ impl Executor {
         Ok(shard_for(key, self.shared.shards.len()))
     }
 
+    /// Descriptors in transit between callers and shards (opened and not yet installed, or
+    /// dropped and not yet closed by their shard), the opens waiting for room, and the bound
+    /// ([`ExecutorBuilder::max_pending_fds`]).
+    pub fn pending_fds(&self) -> PendingFds {
+        self.shared.fds.snapshot()
+    }
+
     /// The CPU each shard is pinned to (`None` when pinning is off), by shard index.
     pub fn shard_cpus(&self) -> Vec<Option<usize>> {
         self.shared.shards.iter().map(|s| s.cpu).collect()
@@ -691,11 +762,15 @@ impl Executor {
     /// hard links) lands on the same shard, and so does every reopen.
     ///
     /// Blocks the calling thread for open(2) and fstat(2) (on a slow or network filesystem that
-    /// can be long): in async code use [`open_async`](Self::open_async).
+    /// can be long), and first, while [`max_pending_fds`](ExecutorBuilder::max_pending_fds)
+    /// descriptors are in transit, until a shard has taken or closed one (a shard that falls
+    /// behind on closes slows its openers down instead of letting descriptors pile up): in async
+    /// code use [`open_async`](Self::open_async). On one of this executor's shard threads it does
+    /// not wait for that (the closes may be its own shard's).
     pub fn open(&self, path: impl AsRef<Path>, options: &OpenOptions) -> Completion<File> {
         let path = path.as_ref();
         match self.shared.open_fd(path, options) {
-            Ok((fd, key, flags)) => self.install_routed(fd, key, flags, path),
+            Ok((fd, key, flags, transit)) => self.install_routed(fd, key, flags, path, transit),
             Err(e) => Completion::ready(Err(e)),
         }
     }
@@ -707,18 +782,20 @@ impl Executor {
         key: FileKey,
         flags: FileFlags,
         path: &Path,
+        transit: InTransit,
     ) -> Completion<File> {
         // why: the completion names the shard the file goes to, so that waiting for it on that
         // shard's own thread fails with WouldDeadlock; named "no shard", it hung there forever.
         let shard = shard_for(key, self.shared.shards.len());
         let (c, done) = pair(self.shared.id, shard);
         self.shared
-            .install(&self.shared, fd, key, flags, path, done);
+            .install(&self.shared, fd, key, flags, path, done, transit);
         c
     }
 
-    /// Like [`open`](Self::open), with open(2) and fstat(2) done on the executor's opener thread:
-    /// never blocks the caller. Await the result (or wait on it). Called on one of this
+    /// Like [`open`](Self::open), with open(2) and fstat(2) done on the executor's opener thread
+    /// (which also does the waiting for room among the descriptors in transit): never blocks the
+    /// caller. Await the result (or wait on it). Called on one of this
     /// executor's shard threads, it opens there, like [`open`](Self::open).
     pub fn open_async(&self, path: impl AsRef<Path>, options: &OpenOptions) -> Completion<File> {
         // why: on a shard thread, an open done elsewhere cannot say which shard it waits for, and
@@ -776,14 +853,20 @@ impl Executor {
 
     /// Takes over an open descriptor: its shard is picked by its inode like [`open`](Self::open),
     /// its access mode, O_APPEND and O_DIRECT are read from the descriptor, and it is closed when
-    /// the last handle drops. `path` names it in errors.
+    /// the last handle drops. `path` names it in errors. Blocks for fcntl(2) and fstat(2), and
+    /// first, like [`open`](Self::open), while
+    /// [`max_pending_fds`](ExecutorBuilder::max_pending_fds) descriptors are in transit.
     pub fn adopt(&self, fd: OwnedFd, path: impl AsRef<Path>) -> Completion<File> {
         let path = path.as_ref();
+        let transit = match self.shared.fd_place() {
+            Ok(t) => t,
+            Err(e) => return Completion::ready(Err(e)),
+        };
         if self.shared.closed.load(Ordering::Acquire) {
             return Completion::ready(Err(IoUringError::Shutdown));
         }
         match crate::file::describe_fd(&fd, path) {
-            Ok((key, flags)) => self.install_routed(fd, key, flags, path),
+            Ok((key, flags)) => self.install_routed(fd, key, flags, path, transit),
             Err(e) => Completion::ready(Err(e)),
         }
     }
@@ -994,8 +1077,12 @@ impl Executor {
             return Completion::ready(Err(e));
         }
         file.inner.closed.store(true, Ordering::Release);
-        self.shared
-            .request(file, Ok(IoOp::Close), Reply::Unit, None)
+        self.shared.request(
+            file,
+            Ok(IoOp::Close(self.shared.fds.enter())),
+            Reply::Unit,
+            None,
+        )
     }
 
     /// Requests with a deadline `timeout` from now: one not done by then is cancelled (not

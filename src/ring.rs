@@ -98,7 +98,8 @@ impl RingConfig {
     /// Creates a ring on the calling thread. With `defer_taskrun`, tries
     /// `SINGLE_ISSUER|DEFER_TASKRUN`, then `SINGLE_ISSUER|COOP_TASKRUN`, then no flags, keeping the
     /// first the kernel accepts; other errors (EPERM, ENOSYS, ENOMEM) are returned at once with
-    /// their diagnosis.
+    /// their diagnosis. (The executor's shards retry ENOMEM with fewer entries, then fall back to
+    /// the threads backend.)
     pub fn build(&self) -> Result<(IoUring, RingMode)> {
         self.validate()?;
         let cq = self.entries.saturating_mul(2);
@@ -169,6 +170,42 @@ impl RingConfig {
         })
     }
 
+    /// [`build`](Self::build), and where the kernel refuses the ring's memory (ENOMEM: the
+    /// rings count against RLIMIT_MEMLOCK for users without CAP_IPC_LOCK, with whatever other
+    /// rings and registered buffers the same user holds), again with half the entries, down to
+    /// [`MIN_FITTED_ENTRIES`]. Returns the ring, its mode and, if it was made smaller than asked,
+    /// a note saying so and why (for `ShardStats::ring_note`). Other errors, and ENOMEM at the
+    /// smallest size, are returned.
+    pub(crate) fn build_fitted(&self) -> Result<(IoUring, RingMode, Option<String>)> {
+        let mut cfg = self.clone();
+        loop {
+            match cfg.build() {
+                Ok((ring, mode)) => {
+                    let note = (cfg.entries < self.entries).then(|| {
+                        format!(
+                            "{} entries, not {}: io_uring_setup refused {} entries with {}; \
+                             rings count against RLIMIT_MEMLOCK ({}): raise it with `ulimit -l`",
+                            ring.params().sq_entries(),
+                            self.entries,
+                            self.entries,
+                            crate::error::errno_text(libc::ENOMEM),
+                            crate::error::memlock_limit()
+                                .map_or("unlimited".into(), |l| format!("{} KiB", l / 1024)),
+                        )
+                    });
+                    return Ok((ring, mode, note));
+                }
+                Err(IoUringError::RingSetup {
+                    errno: libc::ENOMEM,
+                    ..
+                }) if cfg.entries > MIN_FITTED_ENTRIES => {
+                    cfg.entries = (cfg.entries / 2).max(MIN_FITTED_ENTRIES);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Best-effort tuning that older kernels may refuse without harm.
     fn tune(&self, ring: &IoUring) {
         if let Some(max) = self.iowq_max_workers {
@@ -178,6 +215,12 @@ impl RingConfig {
         }
     }
 }
+
+/// The fewest entries [`RingConfig::build_fitted`] tries before it gives up (from 256: 128, 64,
+/// 32, 16, 8). With 4 KiB pages a ring takes two pages at least (measured on 6.18: 256 entries
+/// 28 KiB, 128 16 KiB, 64 or fewer 8 KiB); a shard works with any of these, only with fewer SQEs per
+/// submit.
+pub(crate) const MIN_FITTED_ENTRIES: u32 = 8;
 
 /// The environment variable that forces a ring mode (`defer`, `coop` or `plain`), to run a
 /// program or test suite as it would run on an older kernel.

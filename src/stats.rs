@@ -295,6 +295,9 @@ pub struct ShardStats {
     /// What the shard did about its buffer pool when it could not register all of it (fewer
     /// buffers to fit RLIMIT_MEMLOCK, or unregistered buffers), with the fix; `None` otherwise.
     pub pool_note: Option<String>,
+    /// Set when the shard's ring was made with fewer entries than asked (io_uring_setup refused
+    /// the full size with ENOMEM: RLIMIT_MEMLOCK), saying how many and why; `None` otherwise.
+    pub ring_note: Option<String>,
     /// The shard thread's NUMA memory policy (`None` where no node was asked for). In a merged
     /// total: the first failure if any shard failed, else the shards' common value, else `None`.
     pub mem_policy: Option<MemPolicy>,
@@ -366,6 +369,7 @@ impl ShardStats {
             backend: Backend::IoUring,
             backend_reason: None,
             pool_note: None,
+            ring_note: None,
             mem_policy: None,
             blocking_ops: Vec::new(),
             ops: [0; OpKind::COUNT],
@@ -582,6 +586,9 @@ impl ShardStats {
         if self.pool_note.is_none() {
             self.pool_note.clone_from(&other.pool_note);
         }
+        if self.ring_note.is_none() {
+            self.ring_note.clone_from(&other.ring_note);
+        }
         self.mem_policy = match (self.mem_policy, other.mem_policy) {
             (Some(f @ MemPolicy::Failed { .. }), _) | (_, Some(f @ MemPolicy::Failed { .. })) => {
                 Some(f)
@@ -765,6 +772,7 @@ impl Serialize for ShardStats {
         s.serialize_field("backend", &self.backend)?;
         s.serialize_field("backend_reason", &self.backend_reason)?;
         s.serialize_field("pool_note", &self.pool_note)?;
+        s.serialize_field("ring_note", &self.ring_note)?;
         s.serialize_field("mem_policy", &self.mem_policy.map(MemPolicy::name))?;
         let policy_errno = match self.mem_policy {
             Some(MemPolicy::Failed { errno }) => Some(errno_name(errno)),
@@ -831,6 +839,56 @@ impl ExecutorStats {
     /// Operations per second over [`elapsed`](Self::elapsed) (0 if no time elapsed).
     pub fn ops_per_sec(&self) -> f64 {
         rate(self.total.total_ops() as f64, self.elapsed)
+    }
+
+    /// What the shards got at setup and why, one line each (the stats table ends with them):
+    /// - `backend: io_uring` or `backend: threads`, with the reason when it was not the default
+    ///   choice (always, for the threads backend: `io_uring_setup failed with ENOMEM ...`);
+    /// - `ring: shard N: ...` for each shard whose ring has fewer entries than asked (ENOMEM);
+    /// - `pool: ...`: buffers, their size and whether they are registered, or what was done to
+    ///   fit RLIMIT_MEMLOCK and how to raise it ([`ShardStats::pool_note`]).
+    pub fn setup(&self) -> String {
+        let t = &self.total;
+        let mut out = format!("backend: {}", t.backend);
+        match (&t.backend_reason, t.backend) {
+            (Some(why), _) => out.push_str(&format!(" ({why})")),
+            (None, Backend::Threads) => out.push_str(" (see each shard)"),
+            (None, Backend::IoUring) => out.push_str(" (the default where it works)"),
+        }
+        out.push('\n');
+        for s in &self.shards {
+            if let Some(note) = &s.ring_note {
+                out.push_str(&format!("ring: shard {}: {note}\n", s.shard));
+            }
+        }
+        let pool = |s: &ShardStats| match &s.pool_note {
+            Some(note) => note.clone(),
+            None => format!(
+                "{} buffers of {} bytes, {}",
+                s.pool.total_count,
+                s.pool.buffer_size,
+                match s.backend {
+                    Backend::IoUring => "registered",
+                    Backend::Threads =>
+                        "unregistered (the threads backend reads and writes them \
+                                         with plain system calls)",
+                }
+            ),
+        };
+        let lines: Vec<String> = self.shards.iter().map(pool).collect();
+        match lines.first() {
+            Some(first) if lines.len() == 1 => out.push_str(&format!("pool: {first}\n")),
+            Some(first) if lines.iter().all(|l| l == first) => {
+                out.push_str(&format!("pool: each of {} shards: {first}\n", lines.len()));
+            }
+            Some(_) => {
+                for (s, line) in self.shards.iter().zip(&lines) {
+                    out.push_str(&format!("pool: shard {}: {line}\n", s.shard));
+                }
+            }
+            None => out.push_str(&format!("pool: {}\n", pool(t))),
+        }
+        out
     }
 
     /// Pretty-printed JSON: `{"elapsed_s": .., "total": {..}, "shards": [..]}`.
@@ -1004,7 +1062,8 @@ fn table_row(s: &ShardStats) -> [String; HEADERS.len()] {
 /// all operations; a `*` after a shard index marks a failed shard; `ring` is the ring's mode (`defer`,
 /// `coop`, `plain`, `sqpoll`; `-` in a total whose shards differ); a `!` after a node marks a shard
 /// whose NUMA memory policy the kernel refused; the total's high-water marks are
-/// the largest single-shard ones), then the errors by errno name, most frequent first.
+/// the largest single-shard ones), then the backend, ring and pool lines of
+/// [`setup`](ExecutorStats::setup), then the errors by errno name, most frequent first.
 impl fmt::Display for ExecutorStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let t = &self.total;
@@ -1046,16 +1105,7 @@ impl fmt::Display for ExecutorStats {
         if self.shards.iter().any(|s| s.failed) {
             writeln!(f, "* shard failed")?;
         }
-        if t.backend == Backend::Threads {
-            writeln!(
-                f,
-                "backend: threads ({})",
-                t.backend_reason.as_deref().unwrap_or("see each shard")
-            )?;
-        }
-        if let Some(note) = &t.pool_note {
-            writeln!(f, "pool: {note}")?;
-        }
+        f.write_str(&self.setup())?;
         if let Some(MemPolicy::Failed { errno }) = t.mem_policy {
             writeln!(
                 f,

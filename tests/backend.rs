@@ -8,6 +8,8 @@
 //! The threads backend's own seams (what IORING_OP_CLOSE closes, removed timeouts, descriptors
 //! held by queued jobs) are checked at the end, on real files through the executor.
 
+#[path = "support/limited_user.rs"]
+mod limited_user;
 #[path = "support/seccomp.rs"]
 mod seccomp;
 
@@ -96,11 +98,13 @@ fn workload(exec: &Executor) -> Result<(), String> {
     let stats = exec.stats();
     let s = &stats.shards[0];
     println!(
-        "REPORT backend={} ring_mode={} reason={:?} pool_note={:?} pool_buffers={} ops={}",
+        "REPORT backend={} ring_mode={} reason={:?} pool_note={:?} ring_note={:?} pool_buffers={} \
+         ops={}",
         s.backend,
         s.ring_mode.map_or("none", |m| m.name()),
         s.backend_reason,
         s.pool_note,
+        s.ring_note,
         s.pool.total_count,
         stats.total.total_ops()
     );
@@ -108,14 +112,19 @@ fn workload(exec: &Executor) -> Result<(), String> {
     Ok(())
 }
 
-/// The child's side: builds an executor as a user would (`Executor::new()`), or expects it to
-/// fail when `RINGSHARD_TEST_EXPECT_ERROR` is set, and runs the workload.
+/// The child's side: builds an executor of `RINGSHARD_TEST_SHARDS` shards (default 1) with the
+/// defaults otherwise, as a user would, or expects it to fail when `RINGSHARD_TEST_EXPECT_ERROR`
+/// is set, and runs the workload.
 #[test]
 fn child_workload() {
     if std::env::var_os(CHILD).is_none() {
         return; // only meaningful as a child of the tests below
     }
-    let built = Executor::builder().shards(1).build();
+    let shards = std::env::var("RINGSHARD_TEST_SHARDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let built = Executor::builder().shards(shards).build();
     if std::env::var_os("RINGSHARD_TEST_EXPECT_ERROR").is_some() {
         match built {
             Ok(_) => panic!("the executor started, but an error was expected"),
@@ -135,7 +144,8 @@ fn child_workload() {
 
 /// Runs `child_workload` in a child process prepared by `prepare`; returns its stdout.
 fn run_child(prepare: impl FnOnce(&mut Command)) -> String {
-    let exe = std::env::current_exe().unwrap();
+    // Children may run as another user (see `limited_user`).
+    let (exe, _copy) = limited_user::runnable_by_others(&std::env::current_exe().unwrap());
     let mut cmd = Command::new(exe);
     cmd.args([
         "--exact",
@@ -248,52 +258,96 @@ fn the_builder_and_the_environment_choose_the_backend() {
     assert!(err.contains("expected io_uring, threads or auto"), "{err}");
 }
 
-/// Lowers RLIMIT_MEMLOCK to `limit` in the child, and (when we are root) makes it `nobody`, the
-/// user that the limit really binds (root has CAP_IPC_LOCK).
-fn with_memlock(cmd: &mut Command, limit: u64) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: between fork and exec the closure calls only setrlimit, setgroups, setgid and
-    // setuid (async-signal-safe, no allocation).
-    unsafe {
-        cmd.pre_exec(move || {
-            let lim = libc::rlimit {
-                rlim_cur: limit,
-                rlim_max: limit,
-            };
-            if libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::geteuid() == 0
-                && (libc::setgroups(0, std::ptr::null()) != 0
-                    || libc::setgid(65534) != 0
-                    || libc::setuid(65534) != 0)
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+/// Runs the workload in a child with RLIMIT_MEMLOCK at `limit` bytes, as user `uid` (a user of
+/// its own per test, see `limited_user`), with `shards` shards; returns its REPORT and DISPLAY
+/// lines.
+fn under_memlock(limit: u64, uid: u32, shards: usize) -> (String, String) {
+    let out = run_child(|cmd| {
+        limited_user::with_memlock_as(cmd, limit, uid);
+        cmd.env("RINGSHARD_TEST_SHARDS", shards.to_string());
+    });
+    (
+        line(&out, "REPORT").to_string(),
+        line(&out, "DISPLAY").to_string(),
+    )
 }
+
+/// The users of the tests below (nobody, and uids nothing else uses: pinned memory is counted
+/// per user).
+const UID_64K: u32 = limited_user::NOBODY;
+const UID_4K: u32 = 64_101;
+const UID_12K: u32 = 64_102;
+const UID_16K: u32 = 64_103;
 
 #[test]
 fn with_memlock_64k_as_nobody_the_pool_goes_unregistered_and_says_how_to_fix_it() {
-    let out = run_child(|cmd| with_memlock(cmd, 64 * 1024));
-    let report = line(&out, "REPORT");
-    if report.contains("backend=threads") {
-        // A kernel that counts the ring itself against the limit cannot make even the ring:
-        // the threads backend is the fallback, and it was taken.
-        println!("ring refused under the limit; threads backend taken: {report}");
-        return;
-    }
+    let (report, display) = under_memlock(64 * 1024, UID_64K, 1);
+    // A 256-entry ring takes 28 KiB (Linux 6.18), and the probe's small ring may not be given
+    // back yet: the ring fits, perhaps smaller; 64 buffers of 64 KiB do not.
     assert!(report.contains("backend=io_uring"), "{report}");
     assert!(
         report.contains("unregistered") && report.contains("ulimit -l"),
         "the pool note says what was done and the fix: {report}"
     );
+    assert!(display.contains("pool: buffers unregistered"), "{display}");
+    assert!(display.contains("backend: io_uring"), "{display}");
+}
+
+/// Below what any ring takes (two pages), the probe's ring is refused with ENOMEM: the threads
+/// backend does the work and says why (before, `build()` failed with the ENOMEM).
+#[test]
+fn with_memlock_4k_no_ring_fits_and_the_threads_backend_says_why() {
+    if !limited_user::is_root() {
+        println!("SKIPPED: not root, so the limit cannot be applied to a user of its own");
+        return;
+    }
+    let (report, display) = under_memlock(4096, UID_4K, 2);
+    assert!(report.contains("backend=threads"), "{report}");
     assert!(
-        line(&out, "DISPLAY").contains("pool: buffers unregistered"),
-        "{out}"
+        report.contains("ENOMEM") && report.contains("RLIMIT_MEMLOCK"),
+        "the reason names ENOMEM and the limit: {report}"
     );
+    assert!(
+        display.contains("backend: threads (io_uring_setup failed with ENOMEM"),
+        "{display}"
+    );
+    assert!(display.contains("pool: each of 2 shards:"), "{display}");
+}
+
+/// 12 KiB: the probe's ring (8 KiB) fits, but two shards' rings (8 KiB each at least) never both
+/// do, even at the fewest entries: whichever shard is refused, every shard starts again on the
+/// threads backend, which says which shard and why (before, `build()` failed).
+#[test]
+fn with_memlock_12k_two_shards_rings_do_not_fit_and_the_executor_falls_back() {
+    if !limited_user::is_root() {
+        println!("SKIPPED: not root, so the limit cannot be applied to a user of its own");
+        return;
+    }
+    let (report, display) = under_memlock(12 * 1024, UID_12K, 2);
+    assert!(report.contains("backend=threads"), "{report}");
+    assert!(
+        report.contains("reason=Some(\"shard ") && report.contains("even for a ring of 8 entries"),
+        "the reason names the shard and the smallest ring tried: {report}"
+    );
+    assert!(display.contains("backend: threads (shard "), "{display}");
+}
+
+/// 16 KiB: a 256-entry ring (28 KiB) never fits, a 64-entry one (8 KiB) always does, even next to
+/// the probe's ring not yet given back: the shard's ring is made smaller and says so (before,
+/// `build()` failed with ENOMEM).
+#[test]
+fn with_memlock_16k_the_ring_is_made_smaller_and_says_so() {
+    if !limited_user::is_root() {
+        println!("SKIPPED: not root, so the limit cannot be applied to a user of its own");
+        return;
+    }
+    let (report, display) = under_memlock(16 * 1024, UID_16K, 1);
+    assert!(report.contains("backend=io_uring"), "{report}");
+    assert!(
+        report.contains("entries, not 256: io_uring_setup refused 256 entries with ENOMEM"),
+        "the ring note says what was done: {report}"
+    );
+    assert!(display.contains("ring: shard 0: "), "{display}");
 }
 
 #[test]

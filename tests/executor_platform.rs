@@ -439,11 +439,8 @@ fn wait_timeout_reports_timeout_then_the_result() {
     let dir = tempfile::tempdir().unwrap();
     let f = open_rwc(&exec, &dir.path().join("f"));
     ok(exec.write(&f, 0, b"0123456789".to_vec()), "write");
-    // Hold the file's shard busy; a read queued behind it cannot finish for a while.
-    let busy = exec.submit_to(f.shard(), |_| {
-        std::thread::sleep(Duration::from_millis(300))
-    });
-    std::thread::sleep(Duration::from_millis(20));
+    // Hold the file's shard on a gate: a read queued behind it cannot finish until it opens.
+    let (gate, busy) = hold_shard(&exec, f.shard());
     let mut r = exec.read(&f, 0, 10);
     assert_eq!(
         r.wait_timeout(Duration::from_millis(10)),
@@ -451,14 +448,21 @@ fn wait_timeout_reports_timeout_then_the_result() {
     );
     assert!(IoUringError::Timeout.is_transient());
     assert_eq!(r.try_take(), None, "still running");
+    gate.send(()).unwrap();
     // The same handle can be waited on again, and gets the result.
     assert_eq!(r.wait().unwrap(), b"0123456789");
     ok(busy, "busy task");
-    // A future on an operation that is still pending resolves when it completes.
-    let busy = exec.submit_to(f.shard(), |_| {
-        std::thread::sleep(Duration::from_millis(100))
-    });
-    let r = exec.read(&f, 2, 3);
+    // A future on an operation that is still pending resolves when it completes: polled while
+    // the shard is held, it is pending; it completes once the gate opens.
+    let (gate, busy) = hold_shard(&exec, f.shard());
+    let mut r = exec.read(&f, 2, 3);
+    let waker = futures::task::noop_waker();
+    let polled = std::future::Future::poll(
+        std::pin::Pin::new(&mut r),
+        &mut std::task::Context::from_waker(&waker),
+    );
+    assert!(polled.is_pending());
+    gate.send(()).unwrap();
     assert_eq!(futures::executor::block_on(r).unwrap(), b"234");
     ok(busy, "busy task");
 }

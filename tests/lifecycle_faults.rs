@@ -33,9 +33,23 @@ fn is_shutdown_refusal(e: &IoUringError) -> bool {
 
 /// The largest write of the load; each write has a slot of this size of its own.
 const SLOT: usize = 1024;
-/// Ops per load thread at most: bounds the run and the files on a fast machine (a thread that
-/// reaches it before the stop simply ends; the others keep shard 1 busy after the kill).
-const MAX_LOAD_OPS: usize = 20_000;
+/// Slots per file and load thread: a thread's writes go round them, so the files stay small
+/// however long the run. Every write of a slot writes the same bytes (`block` depends on the file
+/// and offset only), so a rewrite never changes what an earlier acknowledged write left there.
+const SLOTS: u64 = 1024;
+/// How many successful ops each load thread must see in each phase (before the hold on shard 0,
+/// and on shard 1 after the kill): phases end on progress, never on time.
+const PHASE_OPS: u64 = 200;
+
+/// What one load thread has done so far, for the test's thread to wait on (never on time).
+#[derive(Default)]
+struct Progress {
+    ok0: AtomicU64,
+    ok1_after_kill: AtomicU64,
+    reads_verified: AtomicU64,
+    /// Shard 0's ops sent and not finished yet.
+    pending0: AtomicU64,
+}
 
 /// What one load thread saw.
 #[derive(Default)]
@@ -99,6 +113,7 @@ struct Load<'a> {
     stop: &'a AtomicBool,
     /// Set once shard 0 has died.
     killed: &'a AtomicBool,
+    progress: &'a Progress,
     rng: Rng,
     /// The thread's next slot, per file.
     next_slot: Vec<u64>,
@@ -106,8 +121,15 @@ struct Load<'a> {
 }
 
 impl Load<'_> {
-    fn running(&self, submitted: usize) -> bool {
-        submitted < MAX_LOAD_OPS && !self.stop.load(Ordering::Relaxed)
+    fn running(&self) -> bool {
+        !self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Counts an op sent (shard 0's are watched until they finish).
+    fn sent(&self, op: &LoadOp) {
+        if self.files[op.file()].1.shard() == 0 {
+            self.progress.pending0.fetch_add(1, Ordering::SeqCst);
+        }
     }
 
     /// The next op (a read 1 time in 3 once something was written, else a write), and whether shard 0
@@ -121,7 +143,7 @@ impl Load<'_> {
             return (LoadOp::Read { file, off, len }, after);
         }
         let file = self.rng.below(self.files.len() as u64) as usize;
-        let slot = self.next_slot[file] * self.threads as u64 + self.t as u64;
+        let slot = self.next_slot[file] % SLOTS * self.threads as u64 + self.t as u64;
         self.next_slot[file] += 1;
         let len = SLOT / 2 + self.rng.below(SLOT as u64 / 2 + 1) as usize;
         let off = slot * SLOT as u64;
@@ -143,8 +165,17 @@ impl Load<'_> {
                 self.tally.reads_verified += 1;
             }
         });
-        self.tally
-            .count(self.files[file].1.shard(), res, after, "load op");
+        let shard = self.files[file].1.shard();
+        self.tally.count(shard, res, after, "load op");
+        let p = self.progress;
+        p.ok0.store(self.tally.ok[0], Ordering::SeqCst);
+        p.ok1_after_kill
+            .store(self.tally.ok1_after_kill, Ordering::SeqCst);
+        p.reads_verified
+            .store(self.tally.reads_verified, Ordering::SeqCst);
+        if shard == 0 {
+            p.pending0.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }
 
@@ -163,9 +194,9 @@ fn completion_load(mut load: Load<'_>) -> Tally {
         };
         load.finish(op, after, res);
     };
-    let mut submitted = 0;
-    while load.running(submitted) {
+    while load.running() {
         let (op, after) = load.next_op();
+        load.sent(&op);
         let f = &load.files[op.file()].1;
         let c = match op {
             LoadOp::Write { file, off, len } => {
@@ -173,7 +204,6 @@ fn completion_load(mut load: Load<'_>) -> Tally {
             }
             LoadOp::Read { off, len, .. } => Pending::Read(load.exec.read(f, off, len)),
         };
-        submitted += 1;
         window.push_back((op, after, c));
         if window.len() >= 32 {
             let oldest = window.pop_front().unwrap();
@@ -202,10 +232,11 @@ fn session_load(mut load: Load<'_>) -> Tally {
         }
     };
     let mut token = 0u64;
-    while load.running(token as usize) {
+    while load.running() {
         // Up to 8 at a time: reads check earlier writes, so let results come back often.
-        while s.in_flight() < s.capacity() && load.running(token as usize) {
+        while s.in_flight() < s.capacity() && load.running() {
             let (op, after) = load.next_op();
+            load.sent(&op);
             match op {
                 LoadOp::Write { file, off, len } => {
                     s.write(&load.files[file].1, off, block(file, off, len), token)
@@ -248,6 +279,14 @@ fn session_wait(s: &mut Session, min: usize, out: &mut Vec<Done>) {
     );
 }
 
+/// Shard 0 dies (its thread panics) while 4 threads keep completions and sessions in flight on
+/// both shards. The load is arranged, not timed: first every thread has done some work on
+/// shard 0; then shard 0 is held on a gate (a closure on its thread) until every thread has
+/// requests waiting there; the kill is queued behind the gate and the gate opened, so those
+/// requests are pending in the shard when it dies; then the threads go on until each has done
+/// some work on shard 1 after the kill. Every op completes: shard 0's with success before the
+/// kill or ShardFailed, shard 1's with success; reads return what was written; every
+/// acknowledged write is on disk; stats and shutdown report shard 0.
 #[test]
 fn shard_panic_mid_io_under_load() {
     let _serial = serial();
@@ -258,11 +297,16 @@ fn shard_panic_mid_io_under_load() {
     let files = files_on_every_shard(&exec, dir.path(), "k", 2, 200);
     let (stop, killed) = (AtomicBool::new(false), AtomicBool::new(false));
     const THREADS: usize = 4;
+    let progress: Vec<Progress> = (0..THREADS).map(|_| Progress::default()).collect();
+    let every = |what: &str, cond: &dyn Fn(&Progress) -> bool| {
+        eventually(what, HANG, || progress.iter().all(cond));
+    };
     let start = Instant::now();
     let (tallies, killed_at) = std::thread::scope(|s| {
         let load: Vec<_> = (0..THREADS)
             .map(|t| {
                 let (exec, files, stop, killed) = (&exec, &files, &stop, &killed);
+                let progress = &progress[t];
                 s.spawn(move || {
                     let load = Load {
                         exec,
@@ -271,6 +315,7 @@ fn shard_panic_mid_io_under_load() {
                         threads: THREADS,
                         stop,
                         killed,
+                        progress,
                         rng: Rng::new(t as u64),
                         next_slot: vec![0; files.len()],
                         tally: Tally::default(),
@@ -283,12 +328,32 @@ fn shard_panic_mid_io_under_load() {
                 })
             })
             .collect();
-        std::thread::sleep(Duration::from_millis(300));
-        let e = wait(exec.kill_shard_for_tests(0, Duration::from_millis(10))).unwrap_err();
+        every("every thread has done work on shard 0", &|p| {
+            p.ok0.load(Ordering::SeqCst) >= PHASE_OPS
+        });
+        // Hold shard 0: nothing it has admitted is issued while the closure waits (closures run
+        // on a quiet ring), and what the threads send it stays queued.
+        let (gate, hold) = hold_shard(&exec, 0);
+        every("every thread has requests waiting on shard 0", &|p| {
+            p.pending0.load(Ordering::SeqCst) > 0
+        });
+        // The kill is queued behind the hold: when the gate opens, the shard reads it with the
+        // waiting requests and runs it before issuing any of them (a closure waits for a quiet
+        // ring), so they are pending when the shard dies.
+        let kill = exec.kill_shard_for_tests(0, Duration::from_millis(10));
+        gate.send(()).unwrap();
+        wait(hold).expect("the hold ran");
+        let e = wait(kill).unwrap_err();
         assert!(is_shard_failed(&e, 0), "the kill task: {e:?}");
         killed.store(true, Ordering::SeqCst);
         let killed_at = start.elapsed();
-        std::thread::sleep(Duration::from_millis(300));
+        every(
+            "every thread has done work on shard 1 after the kill, reads included",
+            &|p| {
+                p.ok1_after_kill.load(Ordering::SeqCst) >= PHASE_OPS
+                    && p.reads_verified.load(Ordering::SeqCst) > 0
+            },
+        );
         stop.store(true, Ordering::Relaxed);
         let tallies: Vec<Tally> = load.into_iter().map(|h| h.join().unwrap()).collect();
         (tallies, killed_at)
@@ -296,9 +361,15 @@ fn shard_panic_mid_io_under_load() {
     let sum = |f: fn(&Tally) -> u64| tallies.iter().map(f).sum::<u64>();
     let (ok0, ok1, failed0) = (sum(|t| t.ok[0]), sum(|t| t.ok[1]), sum(|t| t.failed0));
     let (ok1_after, verified) = (sum(|t| t.ok1_after_kill), sum(|t| t.reads_verified));
-    assert!(ok0 > 0, "no op on shard 0 succeeded before the kill");
-    assert!(failed0 > 0, "no op on shard 0 failed with ShardFailed");
-    assert!(ok1_after > 0, "shard 1 did no work after shard 0 died");
+    // Each thread had requests waiting on shard 0 when it died: each saw ShardFailed.
+    for (t, tally) in tallies.iter().enumerate() {
+        assert!(
+            tally.failed0 > 0,
+            "thread {t}: none of its requests waiting on shard 0 at the kill failed with \
+             ShardFailed"
+        );
+    }
+    assert!(ok0 >= PHASE_OPS * THREADS as u64 && ok1_after >= PHASE_OPS * THREADS as u64);
     assert!(verified > 0, "no read was checked");
 
     let stats = exec.stats();

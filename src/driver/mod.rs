@@ -8,8 +8,10 @@
 //!   diagnosis) when it is missing;
 //! - otherwise ([`BackendChoice::Auto`]): io_uring when a ring can be made and has the opcodes the
 //!   shards need; the threads backend when `kernel.io_uring_disabled` is 2, when `io_uring_setup`
-//!   fails with EPERM, ENOSYS, EOPNOTSUPP or EACCES (seccomp filters, gVisor, old kernels), or
-//!   when a required opcode is missing. The reason is kept for stats and logged once.
+//!   fails with EPERM, ENOSYS, EOPNOTSUPP or EACCES (seccomp filters, gVisor, old kernels) or
+//!   ENOMEM (RLIMIT_MEMLOCK used up: a shard's ring is first retried with fewer entries, see
+//!   [`fallback_reason`]), or when a required opcode is missing. The reason is kept for stats and
+//!   logged once.
 
 pub(crate) mod sqe;
 pub(crate) mod threads;
@@ -67,6 +69,8 @@ pub(crate) struct Chosen {
     pub backend: Backend,
     /// Why this backend (always set for the threads backend).
     pub reason: String,
+    /// io_uring was required (no fallback to the threads backend).
+    pub forced: bool,
 }
 
 /// The environment variable that forces a backend.
@@ -93,6 +97,7 @@ pub(crate) fn choose(choice: BackendChoice, ring: &RingConfig) -> Result<Chosen>
             return Ok(Chosen {
                 backend: Backend::Threads,
                 reason: format!("{BACKEND_ENV}=threads"),
+                forced: false,
             })
         }
         (BackendChoice::Auto, Some("io_uring")) => BackendChoice::IoUring,
@@ -111,6 +116,7 @@ pub(crate) fn choose(choice: BackendChoice, ring: &RingConfig) -> Result<Chosen>
         BackendChoice::Threads => Ok(Chosen {
             backend: Backend::Threads,
             reason: "chosen by the builder".into(),
+            forced: false,
         }),
         _ => match io_uring_usable(ring) {
             Ok(()) => Ok(Chosen {
@@ -120,6 +126,7 @@ pub(crate) fn choose(choice: BackendChoice, ring: &RingConfig) -> Result<Chosen>
                 } else {
                     "available".into()
                 },
+                forced,
             }),
             Err(Blocked::Error(e)) => Err(e),
             Err(Blocked::Why(why, e)) if forced => Err(e.unwrap_or_else(|| {
@@ -130,6 +137,7 @@ pub(crate) fn choose(choice: BackendChoice, ring: &RingConfig) -> Result<Chosen>
             Err(Blocked::Why(why, _)) => Ok(Chosen {
                 backend: Backend::Threads,
                 reason: why,
+                forced: false,
             }),
         },
     }
@@ -159,20 +167,12 @@ fn io_uring_usable(cfg: &RingConfig) -> std::result::Result<(), Blocked> {
     };
     let ring = match probe_cfg.build() {
         Ok((ring, _)) => ring,
-        Err(e @ IoUringError::RingSetup { errno, .. })
-            if matches!(
-                errno,
-                libc::EPERM | libc::ENOSYS | libc::EOPNOTSUPP | libc::EACCES
-            ) =>
-        {
-            let why = format!(
-                "io_uring_setup failed with {} (a seccomp filter, a container's default profile, \
-                 kernel.io_uring_disabled=1 or a kernel without io_uring)",
-                errno_text(errno)
-            );
-            return Err(Blocked::Why(why, Some(e)));
+        Err(e) => {
+            return Err(match fallback_reason(&e) {
+                Some(why) => Blocked::Why(why, Some(e)),
+                None => Blocked::Error(e),
+            })
         }
-        Err(e) => return Err(Blocked::Error(e)),
     };
     let mut probe = io_uring::Probe::new();
     if ring.submitter().register_probe(&mut probe).is_err() {
@@ -193,6 +193,33 @@ fn io_uring_usable(cfg: &RingConfig) -> std::result::Result<(), Blocked> {
         ));
     }
     Ok(())
+}
+
+/// Why the threads backend stands in when making a ring failed with `e`, or `None` when no
+/// backend avoids the error (a bad configuration). ENOMEM comes here only once a ring of the
+/// fewest entries was refused too (the probe's ring has 2; a shard's ring is first retried
+/// smaller, see [`RingConfig::build_fitted`]).
+pub(crate) fn fallback_reason(e: &IoUringError) -> Option<String> {
+    let IoUringError::RingSetup { entries, errno, .. } = *e else {
+        return None;
+    };
+    match errno {
+        libc::EPERM | libc::ENOSYS | libc::EOPNOTSUPP | libc::EACCES => Some(format!(
+            "io_uring_setup failed with {} (a seccomp filter, a container's default profile, \
+             kernel.io_uring_disabled=1 or a kernel without io_uring)",
+            errno_text(errno)
+        )),
+        libc::ENOMEM => Some(format!(
+            "io_uring_setup failed with {} even for a ring of {entries} entries: rings and \
+             registered buffers count against RLIMIT_MEMLOCK ({}), shared by every process of \
+             the user; raise it (`ulimit -l`, LimitMEMLOCK= for systemd, --ulimit memlock=-1 \
+             for docker) to use io_uring",
+            errno_text(errno),
+            crate::error::memlock_limit()
+                .map_or("unlimited".to_string(), |l| format!("{} KiB", l / 1024)),
+        )),
+        _ => None,
+    }
 }
 
 /// A shard's ring: the kernel's, or the threads backend's.

@@ -64,7 +64,9 @@ pub(crate) enum IoOp {
     },
     /// Every other operation on a file or a path: see [`crate::op`].
     File(Box<dyn crate::op::FileOp>),
-    Close,
+    /// Holds the descriptor's place in the executor's bound on descriptors in transit until the
+    /// close has run (or will never run) and the op is dropped.
+    Close(#[allow(dead_code)] crate::fd_transit::InTransit),
 }
 
 impl IoOp {
@@ -74,7 +76,7 @@ impl IoOp {
             IoOp::Read { .. } => OpKind::Read,
             IoOp::Write { .. } => OpKind::Write,
             IoOp::File(op) => op.kind(),
-            IoOp::Close => OpKind::Close,
+            IoOp::Close(_) => OpKind::Close,
         }
     }
 
@@ -83,7 +85,7 @@ impl IoOp {
         match self {
             IoOp::Read { offset, len, .. } => (*offset, *len as u64),
             IoOp::Write { offset, data, .. } => (*offset, data.len() as u64),
-            IoOp::File(_) | IoOp::Close => (0, 0),
+            IoOp::File(_) | IoOp::Close(_) => (0, 0),
         }
     }
 
@@ -226,6 +228,8 @@ pub(crate) enum Message {
         /// The executor, for the handle's close-on-drop.
         exec: Arc<crate::executor::ExecShared>,
         done: Completer<File>,
+        /// Dropped once the shard has the descriptor in its file table (or never will).
+        transit: crate::fd_transit::InTransit,
     },
     Task(Task),
     /// The executor, for tasks (`ringshard::local()`); sent once after the shards start.

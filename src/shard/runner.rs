@@ -362,12 +362,16 @@ impl Shard {
         let mem_policy = numa::prefer_node_for_shard(cfg.index, cfg.node);
         // The ring, the pool and the file table are created here, on the pinned thread: with
         // SINGLE_ISSUER only this thread may use the ring, and first-touch puts memory locally.
+        let mut ring_note = None;
         let (mut ring, mode) = match cfg.backend {
             Backend::IoUring => {
-                let (ring, mode) = cfg.ring.build()?;
+                // ENOMEM even at the fewest entries fails the setup: the executor then starts
+                // every shard on the threads backend.
+                let (ring, mode, note) = cfg.ring.build_fitted()?;
                 if let Some(cpu) = cfg.cpu {
                     pin_workers(&ring, cpu);
                 }
+                ring_note = note;
                 (Driver::Uring(ring), Some(mode))
             }
             Backend::Threads => {
@@ -407,6 +411,7 @@ impl Shard {
         stats.backend = ring.backend();
         stats.backend_reason = cfg.backend_reason.clone();
         stats.pool_note = pool_note(&fit, &pool);
+        stats.ring_note = ring_note;
         crate::logging::shard_setup(&stats, fixed_capacity);
         let mut shard = Shard {
             chunks: vec![Chunk::default(); cfg.buffer_count],
@@ -834,6 +839,7 @@ impl Shard {
                 path,
                 exec,
                 done,
+                transit: _transit, // dropped after the install
             } => self.install(fd, key, flags, path, exec, done),
             Message::Task(t) => self.tasks.push_back(t),
             Message::Run(r) => tasks::push_runnable(r),
@@ -989,7 +995,7 @@ impl Shard {
                 }
                 fp
             }
-            IoOp::Close => {
+            IoOp::Close(_) => {
                 entry.closing = true;
                 Footprint::Barrier
             }
@@ -1233,7 +1239,7 @@ impl Shard {
             }
             (IoOp::Read { .. }, _) => return self.issue_chunk(slot),
             (IoOp::File(_), _) => return self.issue_file_op(slot),
-            (IoOp::Close, _) => {
+            (IoOp::Close(_), _) => {
                 // Synchronous and cheap: run it here, in order.
                 op.issued = 1;
                 self.run_close(slot);
@@ -1752,7 +1758,7 @@ impl Shard {
                     self.stats.record(kind, len, lat);
                     Ok(len)
                 }
-                IoOp::File(_) | IoOp::Close => {
+                IoOp::File(_) | IoOp::Close(_) => {
                     self.stats.record(kind, 0, lat);
                     Ok(0)
                 }

@@ -418,3 +418,16 @@ pub fn gettid() -> i32 {
     // SAFETY: gettid has no arguments and cannot fail.
     unsafe { libc::gettid() }
 }
+
+/// A task on `shard` that runs until the returned sender is used (or dropped): the shard is busy
+/// meanwhile. Returns once the task has started.
+pub fn hold_shard(exec: &Executor, shard: usize) -> (std::sync::mpsc::Sender<()>, Completion<()>) {
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
+    let task = exec.submit_to(shard, move |_| {
+        started_tx.send(()).unwrap();
+        let _ = gate_rx.recv_timeout(HANG);
+    });
+    started_rx.recv_timeout(HANG).expect("the task started");
+    (gate_tx, task)
+}

@@ -1,7 +1,8 @@
 //! The ceiling: one plain io_uring loop per thread, pinned like a shard, with its own ring
 //! (SINGLE_ISSUER | DEFER_TASKRUN), registered buffers and registered files, pushing a whole batch
 //! per `io_uring_enter`. Same loop shape and operation sequence as the in-shard ringshard loop,
-//! without the library in between.
+//! without the library in between. Under a low RLIMIT_MEMLOCK it does what the library does (a
+//! smaller ring, plain READ/WRITE into unregistered buffers) and says so in a note.
 
 use super::{ns_between, pin, DoneGuard, Output, RunCtx};
 use crate::buf::{AlignedBuf, ALIGN};
@@ -25,7 +26,8 @@ pub fn run(ctx: &RunCtx) -> Result<Output, BenchError> {
     let patterns = ctx.patterns();
     let control = Control::new(ctx.cpus.len().max(w.clients));
     let barrier = Barrier::new(subs.len() + 1);
-    let (ready_tx, ready_rx) = crossbeam_channel::unbounded::<Result<(), String>>();
+    // Each thread's setup: what it had to give up to fit RLIMIT_MEMLOCK, or why it failed.
+    let (ready_tx, ready_rx) = crossbeam_channel::unbounded::<Result<Option<String>, String>>();
 
     let result = std::thread::scope(|scope| {
         let handles: Vec<_> = subs
@@ -49,10 +51,12 @@ pub fn run(ctx: &RunCtx) -> Result<Output, BenchError> {
                 (h, s.index, cpu, node)
             })
             .collect();
-        let mut setup_errors = Vec::new();
+        let (mut setup_errors, mut notes) = (Vec::new(), Vec::new());
         for _ in 0..subs.len() {
-            if let Ok(Err(e)) = ready_rx.recv() {
-                setup_errors.push(e);
+            match ready_rx.recv() {
+                Ok(Err(e)) => setup_errors.push(e),
+                Ok(Ok(Some(note))) => notes.push(note),
+                _ => {}
             }
         }
         if !setup_errors.is_empty() {
@@ -74,16 +78,11 @@ pub fn run(ctx: &RunCtx) -> Result<Output, BenchError> {
                 setup_errors.join("; ")
             )));
         }
-        Ok((tallies, elapsed, cpu, resident?))
+        Ok((tallies, elapsed, cpu, resident?, notes))
     })?;
-    let (tallies, elapsed, cpu, resident) = result;
+    let (tallies, elapsed, cpu, resident, notes) = result;
     Ok(Output::from_tallies(
-        "thread",
-        tallies,
-        elapsed,
-        cpu,
-        resident,
-        Vec::new(),
+        "thread", tallies, elapsed, cpu, resident, notes,
     ))
 }
 
@@ -95,6 +94,19 @@ struct Thread<'a> {
     patterns: &'a [Pattern],
     control: &'a Control,
     cpu: usize,
+}
+
+/// A ring with the same flags a shard asks for (SQPOLL when `--sqpoll`); refused for its memory
+/// (ENOMEM: RLIMIT_MEMLOCK), again with half the entries, down to 8, as a shard does. Returns the
+/// entries it got.
+fn ring_fitted(entries: u32, sqpoll: Option<u32>) -> std::io::Result<(IoUring, u32)> {
+    let mut n = entries;
+    loop {
+        match ring(n, sqpoll) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOMEM) && n > 8 => n = (n / 2).max(8),
+            r => return r.map(|r| (r, n)),
+        }
+    }
 }
 
 /// A ring with the same flags a shard asks for (SQPOLL when `--sqpoll`).
@@ -119,6 +131,8 @@ struct Setup {
     ring: IoUring,
     slab: AlignedBuf,
     stride: usize,
+    /// The slab is registered (READ_FIXED/WRITE_FIXED); else plain READ/WRITE into it.
+    registered: bool,
     /// Registered file slot of each global file index (u32::MAX: not ours).
     fixed: Vec<u32>,
 }
@@ -128,12 +142,18 @@ impl Thread<'_> {
         self,
         ctx: &RunCtx,
         barrier: &Barrier,
-        ready: crossbeam_channel::Sender<Result<(), String>>,
+        ready: crossbeam_channel::Sender<Result<Option<String>, String>>,
     ) -> Tally {
         let _done = DoneGuard(self.control);
         pin(self.cpu);
         let setup = self.setup(ctx);
-        let _ = ready.send(setup.as_ref().map(drop).map_err(Clone::clone));
+        let _ = ready.send(
+            setup
+                .as_ref()
+                .map(|(_, note)| note.clone())
+                .map_err(Clone::clone),
+        );
+        let setup = setup.map(|(s, _)| s);
         barrier.wait();
         let mut tally = Tally::default();
         if let Ok(mut s) = setup {
@@ -144,11 +164,17 @@ impl Thread<'_> {
         tally
     }
 
-    fn setup(&self, ctx: &RunCtx) -> Result<Setup, String> {
+    /// The thread's ring, buffers and files, and a note on what it gave up to fit RLIMIT_MEMLOCK.
+    fn setup(&self, ctx: &RunCtx) -> Result<(Setup, Option<String>), String> {
         let w = ctx.w;
         let depth = w.iodepth;
         let entries = depth.next_power_of_two().max(8) as u32;
-        let ring = ring(entries, w.sqpoll).map_err(|e| format!("io_uring_setup: {e}"))?;
+        let (ring, got) =
+            ring_fitted(entries, w.sqpoll).map_err(|e| format!("io_uring_setup: {e}"))?;
+        let mut gave_up = Vec::new();
+        if got < entries {
+            gave_up.push(format!("a ring of {got} entries, not {entries}"));
+        }
         let stride = w.bs.div_ceil(ALIGN) * ALIGN;
         let slab = AlignedBuf::new(stride * depth);
         let iovecs: Vec<libc::iovec> = (0..depth)
@@ -160,8 +186,14 @@ impl Thread<'_> {
             .collect();
         // SAFETY: the slab outlives the ring's use of it: `Setup` drops the ring first (field
         // order), and every operation completes before `drive` returns.
-        unsafe { ring.submitter().register_buffers(&iovecs) }
-            .map_err(|e| format!("registering buffers: {e}"))?;
+        let registered = match unsafe { ring.submitter().register_buffers(&iovecs) } {
+            Ok(()) => true,
+            Err(e) if e.raw_os_error() == Some(libc::ENOMEM) => {
+                gave_up.push("unregistered buffers (plain READ/WRITE)".into());
+                false
+            }
+            Err(e) => return Err(format!("registering buffers: {e}")),
+        };
         let fds: Vec<i32> = self
             .sub
             .files
@@ -175,12 +207,23 @@ impl Thread<'_> {
         for (slot, &i) in self.sub.files.iter().enumerate() {
             fixed[i] = slot as u32;
         }
-        Ok(Setup {
-            ring,
-            slab,
-            stride,
-            fixed,
-        })
+        let note = (!gave_up.is_empty()).then(|| {
+            format!(
+                "raw-uring thread {}: {}, to fit RLIMIT_MEMLOCK (ENOMEM)",
+                self.sub.index,
+                gave_up.join(" and ")
+            )
+        });
+        Ok((
+            Setup {
+                ring,
+                slab,
+                stride,
+                registered,
+                fixed,
+            },
+            note,
+        ))
     }
 
     fn drive(&self, ctx: &RunCtx, s: &mut Setup, tally: &mut Tally) {
@@ -207,22 +250,31 @@ impl Thread<'_> {
                     let off = slot * s.stride;
                     let file = types::Fixed(s.fixed[op.file]);
                     let ptr = s.slab[off..].as_mut_ptr();
-                    let entry = match op.kind {
-                        IoKind::Read => opcode::ReadFixed::new(file, ptr, bs as u32, slot as u16)
+                    let (len, idx) = (bs as u32, slot as u16);
+                    let entry = match (op.kind, s.registered) {
+                        (IoKind::Read, true) => opcode::ReadFixed::new(file, ptr, len, idx)
                             .offset(op.offset)
                             .build(),
-                        IoKind::Write => {
+                        (IoKind::Read, false) => {
+                            opcode::Read::new(file, ptr, len).offset(op.offset).build()
+                        }
+                        (IoKind::Write, registered) => {
                             if w.verify {
                                 self.patterns[op.file].fill(&mut s.slab[off..off + bs], op.offset);
                             }
-                            opcode::WriteFixed::new(file, ptr, bs as u32, slot as u16)
-                                .offset(op.offset)
-                                .build()
+                            if registered {
+                                opcode::WriteFixed::new(file, ptr, len, idx)
+                                    .offset(op.offset)
+                                    .build()
+                            } else {
+                                opcode::Write::new(file, ptr, len).offset(op.offset).build()
+                            }
                         }
-                        IoKind::Fsync => opcode::Fsync::new(file).build(),
+                        (IoKind::Fsync, _) => opcode::Fsync::new(file).build(),
                     };
-                    // SAFETY: the entry points into our registered slab, which stays alive and
-                    // untouched until its completion is reaped below. The SQ holds `depth`.
+                    // SAFETY: the entry points into our slab (registered or not), which stays
+                    // alive and untouched until its completion is reaped below. A full SQ (a ring
+                    // made smaller than `depth`) refuses the push: the loop submits first.
                     if unsafe { s.ring.submission().push(&entry.user_data(slot as u64)) }.is_err() {
                         free.push(slot);
                         break;

@@ -105,6 +105,8 @@ pub fn row_of(s: &ShardStats, rw: Rw) -> Row {
 struct ShardResult {
     checks: Checks,
     fatal: Option<String>,
+    /// The depth it ran at when the pool had fewer free buffers than `--iodepth`.
+    capped: Option<usize>,
 }
 
 /// Everything the shard loop needs. Dropping it (after the loop, or with the closure if the shard
@@ -173,6 +175,13 @@ pub fn run(ctx: &RunCtx) -> Result<Output, BenchError> {
                 if let Some(f) = r.fatal {
                     fatal.push(format!("shard {}: {f}", s.index));
                 }
+                if let Some(depth) = r.capped {
+                    notes.push(format!(
+                        "shard {}: iodepth {depth}, not {}: its pool had {depth} free buffer(s) \
+                         (see `pool:` above; each I/O in flight holds one)",
+                        s.index, w.iodepth
+                    ));
+                }
             }
             Err(e) => fatal.push(format!("shard {}: {e}", s.index)),
         }
@@ -223,15 +232,21 @@ fn shard_loop(ctx: &mut ShardContext<'_>, job: Job) -> ShardResult {
     let mut res = ShardResult::default();
     let depth = job.w.iodepth;
     let mut slots = Vec::with_capacity(depth);
-    for _ in 0..depth {
+    // As many buffers as the pool has free, up to the depth: under a low RLIMIT_MEMLOCK the
+    // executor fits its pool to the limit, and the run goes on at the depth it got.
+    while slots.len() < depth {
         match ctx.pool().acquire() {
             Ok((buf, _)) => slots.push(Slot {
                 buf,
                 op: None,
                 t0: Instant::now(),
             }),
-            Err(e) => {
-                res.fatal = Some(format!("acquiring {depth} pool buffers: {e}"));
+            Err(e) if slots.is_empty() => {
+                res.fatal = Some(format!("acquiring a pool buffer: {e}"));
+                break;
+            }
+            Err(_) => {
+                res.capped = Some(slots.len());
                 break;
             }
         }

@@ -413,10 +413,16 @@ fn panics_in_callers_code_do_not_kill_the_shard() {
     assert_eq!(s.poll_next(&mut cx, &mut out), Poll::Pending);
     gate.send(()).unwrap();
     ok(busy, "busy task");
+    // why: the shard wakes the panicking wakers when it completes the two requests; waiting on
+    // them here would first swap those wakers for this thread's and race the shard. So wait
+    // for the two wakes themselves (a hang guard only), then take the results.
+    eventually("the shard woke both wakers", HANG, || {
+        WAKER_PANICS.load(Ordering::SeqCst) - woken >= 2
+    });
     assert_eq!(wait(c).unwrap(), data[..10]);
     assert_eq!(s.wait_timeout(1, HANG, &mut out), Ok(1));
     assert_eq!(out[0].buf, data[10..20]);
-    // The shard woke (and survived) both wakers.
+    // The shard woke (and survived) both wakers, once each.
     assert_eq!(WAKER_PANICS.load(Ordering::SeqCst) - woken, 2);
 
     let e = wait(exec.submit_to(0, |_| -> u32 { panic!("task bug #42") })).unwrap_err();
@@ -823,6 +829,12 @@ fn a_dropped_close_handle_still_closes() {
         let e = exec.read(&clone, 0, 1).wait().unwrap_err();
         assert!(matches!(e, IoUringError::BadHandle(_)), "{e:?}");
     }
+    // why: the refused read proves the close was admitted before it, not that the shard has
+    // run it yet (it fails the read at admission and closes in its issue phase). A close in
+    // transit holds a token until its shard has closed the descriptor: wait for none.
+    eventually("every close has run", HANG, || {
+        exec.pending_fds().in_transit == 0
+    });
     assert_eq!(open_on(&path), 0, "descriptors left open");
     exec.shutdown().unwrap();
 }

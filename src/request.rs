@@ -341,13 +341,13 @@ fn check_rw(
         return access(file, op, allowed, "");
     }
     if !allowed {
-        let how = if op == "read" {
-            "read(true)"
+        let (doing, how) = if op == "read" {
+            ("reading", "read(true)")
         } else {
-            "write(true)"
+            ("writing", "write(true)")
         };
         return Err(IoUringError::BadHandle(format!(
-            "{op} on {}: the file was not opened for {op}ing; open it with {how}",
+            "{op} on {}: the file was not opened for {doing}; open it with {how}",
             file.path().display()
         )));
     }

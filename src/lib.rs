@@ -27,11 +27,14 @@
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod buf;
 pub mod completion;
 mod driver;
 pub mod error;
 pub mod executor;
 pub mod file;
+mod file_ops;
+mod io_adapters;
 mod logging;
 pub mod numa;
 mod op;
@@ -46,11 +49,13 @@ pub mod sharded;
 pub mod stats;
 pub mod topology;
 
+pub use buf::{BufCompletion, BufResult, IoBuf, IoBufMut};
 pub use completion::Completion;
 pub use driver::{Backend, BackendChoice, BACKEND_ENV};
 pub use error::{Error, IoUringError, Result};
 pub use executor::{Batch, Deadlined, Executor, ExecutorBuilder};
 pub use file::{File, OpenOptions};
+pub use io_adapters::FileCursor;
 pub use op::append::Appended;
 pub use op::path::RenameFlags;
 pub use op::rw::RwFlags;

@@ -319,6 +319,19 @@ impl<T> Completion<T> {
     pub fn cancel(&self) {
         self.inner.state.fetch_or(CANCELLED, Ordering::Release);
     }
+
+    /// Lets go of the handle without cancelling the operation (a drop cancels it): it runs to
+    /// its end and its result is dropped. For writes the caller was already told had been made
+    /// (a `FileCursor`'s write-behind).
+    pub(crate) fn detach(self) {
+        let this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `this` is never used or dropped again (ManuallyDrop), so reading its one field
+        // out moves the `Arc` rather than duplicating it; dropping that `Arc` is all that
+        // remains of the handle.
+        let inner = unsafe { std::ptr::read(&this.inner) };
+        // A task's waker would only be woken for nothing.
+        drop(inner.waker.take());
+    }
 }
 
 impl<T> Future for Completion<T> {

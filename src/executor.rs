@@ -1076,13 +1076,7 @@ impl Executor {
         if let Err(e) = self.shared.check_owner(file) {
             return Completion::ready(Err(e));
         }
-        file.inner.closed.store(true, Ordering::Release);
-        self.shared.request(
-            file,
-            Ok(IoOp::Close(self.shared.fds.enter())),
-            Reply::Unit,
-            None,
-        )
+        crate::file_ops::close(file)
     }
 
     /// Requests with a deadline `timeout` from now: one not done by then is cancelled (not

@@ -27,12 +27,15 @@
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod buf;
 pub mod completion;
 mod driver;
 pub mod error;
 pub mod executor;
 mod fd_transit;
 pub mod file;
+mod file_ops;
+mod io_adapters;
 mod logging;
 pub mod numa;
 mod op;
@@ -47,12 +50,14 @@ pub mod sharded;
 pub mod stats;
 pub mod topology;
 
+pub use buf::{BufCompletion, BufResult, IoBuf, IoBufMut};
 pub use completion::Completion;
 pub use driver::{Backend, BackendChoice, BACKEND_ENV};
 pub use error::{Error, IoUringError, Result};
 pub use executor::{Batch, Deadlined, Executor, ExecutorBuilder};
 pub use fd_transit::{PendingFds, DEFAULT_MAX_PENDING_FDS};
 pub use file::{File, OpenOptions};
+pub use io_adapters::FileCursor;
 pub use op::append::Appended;
 pub use op::path::RenameFlags;
 pub use op::rw::RwFlags;

@@ -54,14 +54,28 @@ pub(crate) fn read_op_with(
     flags: crate::RwFlags,
     limits: Limits,
 ) -> Result<IoOp> {
-    read(file, offset, len, limits)?;
-    check_rw_flags("read", flags)?;
-    Ok(IoOp::Read {
-        offset,
-        len,
-        buf,
-        flags: flags.bits(),
-    })
+    read_op_keep(file, offset, len, buf, flags, limits).map_err(|(e, _)| e)
+}
+
+/// [`read_op_with`] that hands `buf` back with the error when the request is refused (for
+/// requests whose buffer comes back whatever happens: [`crate::buf`]).
+pub(crate) fn read_op_keep(
+    file: &File,
+    offset: u64,
+    len: usize,
+    buf: Vec<u8>,
+    flags: crate::RwFlags,
+    limits: Limits,
+) -> std::result::Result<IoOp, (IoUringError, Vec<u8>)> {
+    match read(file, offset, len, limits).and_then(|()| check_rw_flags("read", flags)) {
+        Ok(()) => Ok(IoOp::Read {
+            offset,
+            len,
+            buf,
+            flags: flags.bits(),
+        }),
+        Err(e) => Err((e, buf)),
+    }
 }
 
 /// The checked op of a write of `data` at `offset`.
@@ -77,13 +91,25 @@ pub(crate) fn write_op_with(
     flags: crate::RwFlags,
     limits: Limits,
 ) -> Result<IoOp> {
-    write(file, offset, data.len(), limits)?;
-    check_rw_flags("write", flags)?;
-    Ok(IoOp::Write {
-        offset,
-        data,
-        flags: flags.bits(),
-    })
+    write_op_keep(file, offset, data, flags, limits).map_err(|(e, _)| e)
+}
+
+/// [`write_op_with`] that hands `data` back with the error when the request is refused.
+pub(crate) fn write_op_keep(
+    file: &File,
+    offset: u64,
+    data: Vec<u8>,
+    flags: crate::RwFlags,
+    limits: Limits,
+) -> std::result::Result<IoOp, (IoUringError, Vec<u8>)> {
+    match write(file, offset, data.len(), limits).and_then(|()| check_rw_flags("write", flags)) {
+        Ok(()) => Ok(IoOp::Write {
+            offset,
+            data,
+            flags: flags.bits(),
+        }),
+        Err(e) => Err((e, data)),
+    }
 }
 
 /// Only the known `RWF_*` flags; APPEND, DSYNC and SYNC only on writes.
@@ -341,13 +367,13 @@ fn check_rw(
         return access(file, op, allowed, "");
     }
     if !allowed {
-        let how = if op == "read" {
-            "read(true)"
+        let (doing, how) = if op == "read" {
+            ("reading", "read(true)")
         } else {
-            "write(true)"
+            ("writing", "write(true)")
         };
         return Err(IoUringError::BadHandle(format!(
-            "{op} on {}: the file was not opened for {op}ing; open it with {how}",
+            "{op} on {}: the file was not opened for {doing}; open it with {how}",
             file.path().display()
         )));
     }

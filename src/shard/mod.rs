@@ -143,6 +143,11 @@ pub(crate) enum Reply {
     Data(Completer<Vec<u8>>),
     /// A write's: bytes written.
     Count(Completer<usize>),
+    /// A positioned write's ([`File::write_at`]): the bytes that landed, which for a write that
+    /// failed part-way is the count written before the failure (see `buf::landed`).
+    Landed(Completer<usize>),
+    /// A request on an owned buffer ([`crate::buf`]): the result and the buffer, on error too.
+    Buf(Completer<crate::buf::RawBuf>),
     /// fsync, fallocate, close.
     Unit(Completer<()>),
     /// size.
@@ -171,6 +176,8 @@ impl Reply {
         match self {
             Reply::Data(c) => c.complete(result.map(|_| buf)),
             Reply::Count(c) => c.complete(result.map(|n| n as usize)),
+            Reply::Landed(c) => c.complete(crate::buf::landed(result)),
+            Reply::Buf(c) => c.complete(Ok((result, buf))),
             Reply::Unit(c) => c.complete(result.map(|_| ())),
             Reply::Size(c) => c.complete(result),
             Reply::Session { session, token } => sessions.push(
@@ -196,7 +203,8 @@ impl Reply {
     pub(crate) fn is_cancelled(&self, sessions: &crate::session::SessionTable) -> bool {
         match self {
             Reply::Data(c) => c.is_cancelled(),
-            Reply::Count(c) => c.is_cancelled(),
+            Reply::Count(c) | Reply::Landed(c) => c.is_cancelled(),
+            Reply::Buf(c) => c.is_cancelled(),
             Reply::Unit(c) => c.is_cancelled(),
             Reply::Size(c) => c.is_cancelled(),
             Reply::Session { session, .. } => sessions.is_dropped(*session),

@@ -1,0 +1,291 @@
+//! Operations on the file itself: `file.read_at(..)`, `file.write_all_at(..)`, `file.sync_all()`,
+//! ... as std, tokio and tokio-uring put them on their files. A [`File`] knows its executor, so
+//! these need none at hand; each builds the same checked request as the [`Executor`] method of
+//! the same operation (`request.rs`) and routes it the same way, so checks, order, data paths,
+//! statistics and errors are those of the executor's.
+//!
+//! [`Executor`]: crate::Executor
+
+use crate::buf::{self, BufCompletion, IoBuf, IoBufMut, RawBuf};
+use crate::completion::Completion;
+use crate::error::IoUringError;
+use crate::executor::ExecShared;
+use crate::file::File;
+use crate::op::{self, FileOp};
+use crate::request;
+use crate::shard::{IoOp, Reply};
+use std::sync::atomic::Ordering;
+
+/// Closes `file` after every earlier operation on it: later operations on any clone fail with
+/// [`IoUringError::BadHandle`], and its last drop sends no second close. Shared by
+/// [`File::close`] and [`Executor::close`](crate::Executor::close).
+pub(crate) fn close(file: &File) -> Completion<()> {
+    file.inner.closed.store(true, Ordering::Release);
+    let shared = file.shared();
+    shared.request(file, Ok(IoOp::Close(shared.fds.enter())), Reply::Unit, None)
+}
+
+/// Operations on the file. Each returns a [`Completion`] (`.wait()` blocks, `.await` does not)
+/// and never blocks to send. They are the [`Executor`](crate::Executor)'s operations of the same
+/// names (`fsync` is [`sync_all`](File::sync_all), `fdatasync`
+/// [`sync_data`](File::sync_data)), on the executor that opened the file; once it has shut down
+/// they fail with [`IoUringError::Shutdown`].
+///
+/// ```
+/// # fn main() -> ringshard::Result<()> {
+/// use ringshard::{Executor, OpenOptions};
+/// let exec = Executor::builder().shards(1).build()?;
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let path = dir.path().join("f");
+/// let file = exec.open(&path, OpenOptions::new().read(true).write(true).create(true)).wait()?;
+/// file.write_all_at(0, b"hello, file").wait()?;
+/// file.sync_data().wait()?;
+/// assert_eq!(file.read_at(7, 100).wait()?, b"file");      // fewer only at end of file
+/// assert_eq!(file.size().wait()?, 11);
+///
+/// // Buffers that come back, on error too:
+/// let (n, buf) = file.read_buf_at(Vec::with_capacity(5), 0).wait()?;
+/// assert_eq!((n?, &buf[..]), (5, &b"hello"[..]));
+/// let (n, buf) = file.write_buf_at(buf, 11).wait()?;       // reuse it
+/// assert_eq!((n?, buf.len()), (5, 5));
+/// file.close().wait()?;
+/// # Ok(()) }
+/// ```
+impl File {
+    /// The executor's routes (this file's own executor, so `check_owner` always passes).
+    fn shared(&self) -> &ExecShared {
+        &self.inner.exec
+    }
+
+    /// A buffer request: sent, or answered at once with its buffer when it was refused.
+    fn buf_request(
+        &self,
+        op: std::result::Result<IoOp, (IoUringError, Vec<u8>)>,
+    ) -> Completion<RawBuf> {
+        match op {
+            Ok(op) => self.shared().request(self, Ok(op), Reply::Buf, None),
+            Err((e, vec)) => Completion::ready(Ok((Err(e), vec))),
+        }
+    }
+
+    /// A read of up to `len` bytes at `offset` into `vec` (its allocation reused), with the
+    /// vector back whatever happens.
+    pub(crate) fn read_raw(&self, vec: Vec<u8>, len: usize, offset: u64) -> Completion<RawBuf> {
+        let limits = self.shared().limits;
+        self.buf_request(request::read_op_keep(
+            self,
+            offset,
+            len,
+            vec,
+            crate::RwFlags::empty(),
+            limits,
+        ))
+    }
+
+    /// A write of all of `vec` at `offset`, with the vector back whatever happens.
+    pub(crate) fn write_raw(&self, vec: Vec<u8>, offset: u64) -> Completion<RawBuf> {
+        let limits = self.shared().limits;
+        self.buf_request(request::write_op_keep(
+            self,
+            offset,
+            vec,
+            crate::RwFlags::empty(),
+            limits,
+        ))
+    }
+
+    /// Reads up to `len` bytes at `offset` into a new vector. Fewer come back only at end of
+    /// file (short reads are continued), so a result shorter than `len` means the file ends
+    /// there. See [`Executor::read`](crate::Executor::read).
+    pub fn read_at(&self, offset: u64, len: usize) -> Completion<Vec<u8>> {
+        self.read_into(offset, len, Vec::new())
+    }
+
+    /// [`read_at`](Self::read_at) into `buf`, whose allocation is reused (its contents are
+    /// replaced). On error the vector is dropped: [`read_buf_at`](Self::read_buf_at) gives it
+    /// back.
+    pub fn read_into(&self, offset: u64, len: usize, buf: Vec<u8>) -> Completion<Vec<u8>> {
+        let op = request::read_op(self, offset, len, buf, self.shared().limits);
+        self.shared().request(self, op, Reply::Data, None)
+    }
+
+    /// [`read_at`](Self::read_at) with per-operation flags ([`RwFlags`](crate::RwFlags):
+    /// `NOWAIT`, `HIPRI`); see [`Executor::read_with`](crate::Executor::read_with).
+    pub fn read_with(&self, offset: u64, len: usize, flags: crate::RwFlags) -> Completion<Vec<u8>> {
+        let limits = self.shared().limits;
+        let op = request::read_op_with(self, offset, len, Vec::new(), flags, limits);
+        self.shared().request(self, op, Reply::Data, None)
+    }
+
+    /// Reads into `buf` at `offset`, up to [`buf.read_capacity()`](IoBufMut::read_capacity)
+    /// bytes (a `Vec`'s capacity, a `Box<[u8]>`'s length), and gives the buffer back with the
+    /// count, on error too. As with [`read_at`](Self::read_at), fewer bytes come back only at
+    /// end of file. See [`crate::buf`] for what each buffer type costs.
+    pub fn read_buf_at<B: IoBufMut>(&self, buf: B, offset: u64) -> BufCompletion<usize, B> {
+        let len = buf.read_capacity();
+        let (vec, stash) = buf.into_read_vec();
+        BufCompletion::new(self.read_raw(vec, len, offset), stash, |r| {
+            r.map(|n| n as usize)
+        })
+    }
+
+    /// Reads into buffers of `lens` bytes at `offset` with one `readv`; see
+    /// [`Executor::read_vectored`](crate::Executor::read_vectored).
+    pub fn read_vectored(&self, offset: u64, lens: &[usize]) -> Completion<Vec<Vec<u8>>> {
+        let limits = self.shared().limits;
+        let lens = lens.to_vec();
+        let make = request::vectored(
+            self,
+            "readv",
+            offset,
+            lens.iter().copied(),
+            lens.len(),
+            false,
+            limits,
+        )
+        .map(|()| {
+            move |done| Box::new(op::vectored::ReadV::new(offset, lens, 0, done)) as Box<dyn FileOp>
+        });
+        self.shared().request_op(self, make, None)
+    }
+
+    /// Writes `data` at `offset` and returns how many bytes landed, as std's
+    /// [`FileExt::write_at`](std::os::unix::fs::FileExt::write_at): all of them, unless an
+    /// error stopped the write part-way, when it returns the count written before it (writing
+    /// the rest again reports the error). An error comes back only when nothing was written.
+    /// Short writes are continued, so fewer bytes always mean that an error stopped the write.
+    /// For "all or an error", use [`write_all_at`](Self::write_all_at).
+    pub fn write_at(&self, offset: u64, data: impl Into<Vec<u8>>) -> Completion<usize> {
+        let op = request::write_op(self, offset, data.into(), self.shared().limits);
+        self.shared().request(self, op, Reply::Landed, None)
+    }
+
+    /// Writes all of `data` at `offset`, or fails: the error's
+    /// [`written`](IoUringError::written) says how much of it landed. The same operation as
+    /// [`Executor::write`](crate::Executor::write).
+    pub fn write_all_at(&self, offset: u64, data: impl Into<Vec<u8>>) -> Completion<()> {
+        let op = request::write_op(self, offset, data.into(), self.shared().limits);
+        self.shared().request(self, op, Reply::Unit, None)
+    }
+
+    /// [`write_at`](Self::write_at) with per-operation flags ([`RwFlags`](crate::RwFlags):
+    /// `DSYNC`, `SYNC`, `NOWAIT`, `HIPRI`, `APPEND`); see
+    /// [`Executor::write_with`](crate::Executor::write_with). Like `write_at`, it returns how many
+    /// bytes landed (a `NOWAIT` write that blocked part-way returns what it wrote).
+    pub fn write_with(
+        &self,
+        offset: u64,
+        data: impl Into<Vec<u8>>,
+        flags: crate::RwFlags,
+    ) -> Completion<usize> {
+        let limits = self.shared().limits;
+        let op = request::write_op_with(self, offset, data.into(), flags, limits);
+        self.shared().request(self, op, Reply::Landed, None)
+    }
+
+    /// [`write_at`](Self::write_at) from an owned buffer, given back with the count, on error
+    /// too. See [`crate::buf`] for what each buffer type costs (a `Vec` or `Box<[u8]>` is
+    /// moved, never copied).
+    pub fn write_buf_at<B: IoBuf>(&self, buf: B, offset: u64) -> BufCompletion<usize, B> {
+        let (vec, stash) = buf.into_vec();
+        BufCompletion::new(self.write_raw(vec, offset), stash, buf::landed)
+    }
+
+    /// [`write_all_at`](Self::write_all_at) from an owned buffer, given back on error too.
+    pub fn write_all_buf_at<B: IoBuf>(&self, buf: B, offset: u64) -> BufCompletion<(), B> {
+        let (vec, stash) = buf.into_vec();
+        BufCompletion::new(self.write_raw(vec, offset), stash, |r| r.map(|_| ()))
+    }
+
+    /// Writes `bufs` one after another at `offset` with `writev`; see
+    /// [`Executor::write_vectored`](crate::Executor::write_vectored).
+    pub fn write_vectored(&self, offset: u64, bufs: Vec<Vec<u8>>) -> Completion<usize> {
+        let limits = self.shared().limits;
+        let make = request::vectored(
+            self,
+            "writev",
+            offset,
+            bufs.iter().map(Vec::len),
+            bufs.len(),
+            true,
+            limits,
+        )
+        .map(|()| {
+            move |done| {
+                Box::new(op::vectored::WriteV::new(offset, bufs, 0, done)) as Box<dyn FileOp>
+            }
+        });
+        self.shared().request_op(self, make, None)
+    }
+
+    /// Appends `data` at the end of a file opened with
+    /// [`append(true)`](crate::OpenOptions::append) and says where it landed; see
+    /// [`Executor::append`](crate::Executor::append).
+    pub fn append(&self, data: impl Into<Vec<u8>>) -> Completion<crate::Appended> {
+        let data = data.into();
+        let make = request::append(self, data.len(), self.shared().limits)
+            .map(|()| move |done| Box::new(op::append::Append::new(data, done)) as Box<dyn FileOp>);
+        self.shared().request_op(self, make, None)
+    }
+
+    /// fsync: completes once every earlier write to the file (through this executor) and its
+    /// metadata are durable ([`Executor::fsync`](crate::Executor::fsync)).
+    pub fn sync_all(&self) -> Completion<()> {
+        self.shared()
+            .request(self, Ok(request::sync_op(false)), Reply::Unit, None)
+    }
+
+    /// fdatasync: [`sync_all`](Self::sync_all) without the metadata reads do not need
+    /// ([`Executor::fdatasync`](crate::Executor::fdatasync)).
+    pub fn sync_data(&self) -> Completion<()> {
+        self.shared()
+            .request(self, Ok(request::sync_op(true)), Reply::Unit, None)
+    }
+
+    /// `sync_file_range(2)`; see [`Executor::sync_file_range`](crate::Executor::sync_file_range).
+    pub fn sync_file_range(&self, offset: u64, len: u64, flags: u32) -> Completion<()> {
+        let op = request::sync_file_range(offset, len, flags)
+            .map(|len| IoOp::File(Box::new(op::sync_range::SyncRange { offset, len, flags })));
+        self.shared().request(self, op, Reply::Unit, None)
+    }
+
+    /// The file's metadata (`statx`), after every earlier operation on it.
+    pub fn metadata(&self) -> Completion<crate::Metadata> {
+        let make = |done| Box::new(op::statx::Statx::of_file(done)) as Box<dyn FileOp>;
+        self.shared().request_op(self, Ok(make), None)
+    }
+
+    /// The file's size, after every earlier operation on it.
+    pub fn size(&self) -> Completion<u64> {
+        self.shared()
+            .request(self, Ok(request::size_op()), Reply::Size, None)
+    }
+
+    /// Sets the file's length (`ftruncate`); needs write access. See
+    /// [`Executor::set_len`](crate::Executor::set_len).
+    pub fn set_len(&self, len: u64) -> Completion<()> {
+        let op = request::set_len(self, len)
+            .map(|()| IoOp::File(Box::new(op::truncate::Truncate { len })));
+        self.shared().request(self, op, Reply::Unit, None)
+    }
+
+    /// `fallocate(2)` with `mode` (0 allocates and extends the file; `libc::FALLOC_FL_*`).
+    pub fn fallocate(&self, mode: i32, offset: u64, len: u64) -> Completion<()> {
+        let op = request::fallocate_op(mode, offset, len);
+        self.shared().request(self, op, Reply::Unit, None)
+    }
+
+    /// Closes the file after every earlier operation on it and reports errors; operations on any
+    /// other clone of the handle then fail with [`IoUringError::BadHandle`]. Dropping the last
+    /// clone closes it too, without a report.
+    pub fn close(self) -> Completion<()> {
+        close(&self)
+    }
+
+    /// A cursor at position 0 for `std::io::Read`/`Write`/`Seek` (blocking) and tokio's or the
+    /// futures crates' async I/O traits (features `tokio`, `futures-io`): see
+    /// [`FileCursor`](crate::FileCursor).
+    pub fn cursor(&self) -> crate::FileCursor {
+        crate::FileCursor::new(self.clone(), 0)
+    }
+}

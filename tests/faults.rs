@@ -408,6 +408,8 @@ fn a_stalled_file_delays_only_itself() {
     let mut held = 0;
     for inline in [true, false] {
         let exec = executor_detecting_stalls(inline);
+        // Dropped first if the test fails: nothing held when the executor shuts down.
+        let _release = fs.release_on_drop();
         let line = |what: String| format!("  stall (inline_buffered_writes={inline}): {what}");
         let slow_name = format!("slow-{inline}");
         let slow_data = seed(&fs, &slow_name, 64 * KIB, 7);
@@ -692,6 +694,7 @@ fn per_file_order_holds_under_faults() {
     let mut rounds = 0;
     for inline in [true, false] {
         let exec = executor(inline);
+        let _release = fs.release_on_drop();
         for round in 0..3u8 {
             let name = format!("ord-{inline}-{round}");
             let f = open(&exec, &fs, &name);
@@ -1027,6 +1030,7 @@ fn shard_tasks_under_faults() {
     let mut order_rounds = 0;
     for inline in [true, false] {
         let ex = executor(inline);
+        let _release = fs.release_on_drop();
         let fb = open(&ex, &fs, "tb");
         std::fs::write(fs.backing("tb"), &b_data).unwrap();
         fs.rules().add("tb", &[Op::Write], 0..1, Fault::Hold);
@@ -1312,6 +1316,7 @@ fn stalled_o_direct_read_keeps_its_buffer_until_its_cqe() {
         .buffer_count(4)
         .build()
         .expect("executor");
+    let _release = fs.release_on_drop();
     let data = seed(&fs, "s", 16 * BUF, 31);
     let Some(f) = open_direct(&exec, &fs, "s") else {
         return;

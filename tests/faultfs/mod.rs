@@ -20,6 +20,14 @@
 //! what must hold meanwhile, then lets go ([`FaultFs::release_all`]). A delay only makes an
 //! operation slow; never assert that something is still pending after one.
 //!
+//! A failing test must not leave the process stuck: the filesystem is served by the test process
+//! itself, and a thread waiting in the kernel for an answer that was sent to it waits
+//! uninterruptibly, even for a process being killed. So a test that holds operations keeps a
+//! [`FaultFs::release_on_drop`] guard declared after its executor (its unwinding then answers
+//! what is held before the executor's shutdown waits for it), and a
+//! [`Watchdog`](crate::executor_util::Watchdog) about to abort the process first aborts every
+//! mounted faultfs connection (`umount2(MNT_FORCE)`), which ends all such waits.
+//!
 //! Mount and open choices:
 //! - Files are opened with `FOPEN_DIRECT_IO` and without `FOPEN_KEEP_CACHE`: every read(2) and
 //!   write(2) the executor makes reaches this filesystem with its own offset and length (the
@@ -296,6 +304,9 @@ impl FaultFs {
         ];
         let session = fuser::spawn_mount(fs, mountpoint.path(), &config)
             .map_err(|e| format!("mounting FUSE on {}: {e}", mountpoint.path().display()))?;
+        static HOOK: std::sync::Once = std::sync::Once::new();
+        HOOK.call_once(|| crate::executor_util::before_abort(abort_connections));
+        mounted().push(mountpoint.path().to_path_buf());
         Ok(FaultFs {
             rules,
             held,
@@ -331,6 +342,13 @@ impl FaultFs {
         self.release_held();
     }
 
+    /// A guard that answers everything held ([`release_all`](Self::release_all)) when dropped.
+    /// Declared after the test's executor, it is dropped before it when a failing test unwinds,
+    /// so the executor's shutdown never waits for an operation the filesystem holds.
+    pub fn release_on_drop(&self) -> ReleaseOnDrop<'_> {
+        ReleaseOnDrop(self)
+    }
+
     /// The counts so far.
     pub fn counts(&self) -> Counts {
         self.rules().counts.clone()
@@ -356,6 +374,7 @@ impl Drop for FaultFs {
     fn drop(&mut self) {
         // A held operation keeps its caller (and a shard's worker) waiting: answer it first.
         self.release_all();
+        mounted().retain(|p| p != self.mountpoint.path());
         let c = std::ffi::CString::new(self.mountpoint.path().as_os_str().as_bytes())
             .expect("mountpoint without NUL");
         // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
@@ -364,6 +383,32 @@ impl Drop for FaultFs {
         // closes the connection (once no descriptor on the filesystem is left). Not joined: a
         // leaked descriptor must not hang the test.
         drop(self.session.take());
+    }
+}
+
+/// See [`FaultFs::release_on_drop`].
+pub struct ReleaseOnDrop<'a>(&'a FaultFs);
+
+impl Drop for ReleaseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.release_all();
+    }
+}
+
+/// The mountpoints of the filesystems mounted now.
+fn mounted() -> MutexGuard<'static, Vec<PathBuf>> {
+    static MOUNTED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    MOUNTED.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Aborts the FUSE connection of every filesystem mounted now (and detaches it): every request
+/// waiting for an answer fails at once. For a watchdog about to abort the process.
+fn abort_connections() {
+    for p in mounted().iter() {
+        if let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) {
+            // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_FORCE | libc::MNT_DETACH) };
+        }
     }
 }
 

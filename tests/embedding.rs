@@ -413,10 +413,14 @@ fn panics_in_callers_code_do_not_kill_the_shard() {
     assert_eq!(s.poll_next(&mut cx, &mut out), Poll::Pending);
     gate.send(()).unwrap();
     ok(busy, "busy task");
+    // The shard wakes (and survives) both wakers. Waited for before the handles are: a thread
+    // waiting on one would take the place of its waker, whichever of the two came first.
+    eventually("the shard woke both wakers", HANG, || {
+        WAKER_PANICS.load(Ordering::SeqCst) - woken == 2
+    });
     assert_eq!(wait(c).unwrap(), data[..10]);
     assert_eq!(s.wait_timeout(1, HANG, &mut out), Ok(1));
     assert_eq!(out[0].buf, data[10..20]);
-    // The shard woke (and survived) both wakers.
     assert_eq!(WAKER_PANICS.load(Ordering::SeqCst) - woken, 2);
 
     let e = wait(exec.submit_to(0, |_| -> u32 { panic!("task bug #42") })).unwrap_err();

@@ -485,11 +485,9 @@ fn panics(exec: &Executor, scratch: &File) {
             }
             other => panic!("panicking task: {other:?}"),
         }
-        // Keep the scratch file's shard busy for a moment so the polls below see Pending and the
-        // shard, not this thread, calls the waker.
-        let busy = exec.submit_to(scratch.shard(), |_| {
-            std::thread::sleep(Duration::from_millis(3))
-        });
+        // Hold the scratch file's shard on a gate so the polls below see Pending and the shard,
+        // not this thread, calls the waker.
+        let (gate, busy) = hold_shard(exec, scratch.shard());
         let mut c = exec.read(scratch, 0, 10);
         // The waker panics only when woken; a poll that wakes at once panics here, harmlessly.
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -501,11 +499,16 @@ fn panics(exec: &Executor, scratch: &File) {
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let _ = s.poll_next(&mut cx, &mut out);
         }));
+        gate.send(()).unwrap();
         ok(busy, "busy task");
+        // Both results arrive (and the shard wakes both wakers) before this thread waits on
+        // them: a waiting thread would take the place of the waker.
+        eventually("the read's result", HANG, || c.is_done());
+        eventually("the session's result", HANG, || {
+            s.reap(&mut out);
+            !out.is_empty()
+        });
         assert!(wait(c).is_ok());
-        if out.is_empty() {
-            assert_eq!(s.wait_timeout(1, HANG, &mut out), Ok(1));
-        }
         assert!(out[0].result.is_ok());
     }
 }
@@ -659,7 +662,8 @@ fn abuse_a_running_executor() {
     let stats = exec.stats();
     assert!(!stats.total.failed, "a shard died");
     assert!(stats.total.cancelled > 0 && stats.total.deadline_exceeded > 0);
-    // Shards woke panicking wakers (some polls find the result there already, so not all).
+    // Shards woke panicking wakers (in `panics`, each poll runs while the shard is held, and the
+    // result arrives before anything else waits for it).
     assert!(WAKER_PANICS.load(std::sync::atomic::Ordering::SeqCst) > 0);
 
     // The end: requests still in flight (reads that never end among them); one thread shuts

@@ -370,8 +370,12 @@ fn completions_a_task_leaves_unreaped_harm_nothing() {
     let f = open_rwc(&exec, &dir.path().join("f"));
     ok(exec.write(&f, 0, b"abcdefghij".to_vec()), "write");
     for round in 0..3 {
-        let task = exec.submit_to(0, |ctx| {
-            std::thread::sleep(Duration::from_millis(60));
+        // The task waits on a gate until the reads below are in the shard's inbox.
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
+        let task = exec.submit_to(0, move |ctx| {
+            started_tx.send(()).unwrap();
+            let _ = gate_rx.recv_timeout(HANG);
             for ud in [0u64, 1, 2] {
                 let nop = io_uring::opcode::Nop::new().build().user_data(ud);
                 // SAFETY: a NOP points to no memory.
@@ -380,8 +384,9 @@ fn completions_a_task_leaves_unreaped_harm_nothing() {
             ctx.submit_and_wait(3).expect("submit");
             // Returns without reaping the three completions.
         });
-        std::thread::sleep(Duration::from_millis(20));
+        started_rx.recv_timeout(HANG).expect("the task started");
         let reads: Vec<_> = (0..3).map(|_| exec.read(&f, 0, 10)).collect();
+        gate_tx.send(()).unwrap();
         ok(task, "task");
         for (i, r) in reads.into_iter().enumerate() {
             assert_eq!(ok(r, "read"), b"abcdefghij", "round {round}, read {i}");

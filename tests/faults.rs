@@ -21,6 +21,8 @@ use executor_util::*;
 use faultfs::{Fault, FaultFs, Op};
 use ringshard::{Completion, Done, Executor, File, IoUringError, Session};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const KIB: usize = 1024;
@@ -329,12 +331,11 @@ fn short_reads_and_writes_are_completed() {
 // A stalled file
 // ---------------------------------------------------------------------------------------------
 
-/// Runs `n` 4 KiB reads (or writes) of `fast` one after another; returns the slowest and the total.
-fn flow(exec: &Executor, fast: &File, n: usize, write: bool) -> (Duration, Duration) {
+/// Runs `n` 4 KiB reads (or writes) of `fast` one after another, each waited for (a hang fails
+/// the test after [`HANG`]); returns how long they took, for the report.
+fn flow(exec: &Executor, fast: &File, n: usize, write: bool) -> Duration {
     let start = Instant::now();
-    let mut slowest = Duration::ZERO;
     for i in 0..n {
-        let t = Instant::now();
         let off = (i % 16 * 4 * KIB) as u64;
         if write {
             assert_eq!(
@@ -344,166 +345,171 @@ fn flow(exec: &Executor, fast: &File, n: usize, write: bool) -> (Duration, Durat
         } else {
             assert_eq!(ok(exec.read(fast, off, 4 * KIB), "read").len(), 4 * KIB);
         }
-        slowest = slowest.max(t.elapsed());
     }
-    (slowest, start.elapsed())
+    start.elapsed()
 }
 
+/// Holds the stalled file's reads, writes and fsyncs in the filesystem until released.
+fn hold_slow(fs: &FaultFs, name: &str) {
+    fs.rules().add(
+        name,
+        &[Op::Read, Op::Write, Op::Fsync],
+        0..u64::MAX,
+        Fault::Hold,
+    );
+}
+
+/// With `stalled` (an operation of the stalled file) held in the filesystem, 100 operations of
+/// another file on the same shard: each must complete while it is still held (one that waited
+/// for it would wait until the test's [`HANG`] limit). Then lets it go and returns its result
+/// and a report line.
+fn beside_held<T>(
+    fs: &FaultFs,
+    mut stalled: Completion<T>,
+    exec: &Executor,
+    fast: &File,
+    write: bool,
+    what: &str,
+) -> (T, String) {
+    eventually(
+        &format!("the stalled {what} is held in the filesystem"),
+        HANG,
+        || fs.held() == 1,
+    );
+    let took = flow(exec, fast, 100, write);
+    assert_eq!(fs.held(), 1, "the stalled {what} is still held");
+    assert!(
+        !stalled.is_done(),
+        "the stalled {what} completed while the filesystem held it"
+    );
+    fs.release_all();
+    let v = match stalled.wait_timeout(HANG) {
+        Ok(v) => v,
+        Err(e) => panic!("the stalled {what}, released: {e:?}"),
+    };
+    let others = if write { "writes" } else { "reads" };
+    (
+        v,
+        format!("100 4 KiB {others} of another file in {took:.2?} while a {what} was held"),
+    )
+}
+
+/// One file's operations held in FUSE (unanswered until the test lets go) never hold up another
+/// file's on the same shard: reads, fsyncs, and writes through the ring, routed and in a session.
+/// An inline buffered write (the default) is the exception: the shard thread waits in `pwrite`;
+/// kept there past `inline_write_stall`, it sends that file's later writes through the ring.
 #[test]
 fn a_stalled_file_delays_only_itself() {
     let _serial = serial();
     let _dog = Watchdog::new("a_stalled_file", LIMIT);
     let start = Instant::now();
     let fs = mount_or_return!("a_stalled_file_delays_only_itself");
-    const STALL: Duration = Duration::from_millis(1000);
     let mut lines = Vec::new();
+    let mut held = 0;
     for inline in [true, false] {
         let exec = executor_detecting_stalls(inline);
+        // Dropped first if the test fails: nothing held when the executor shuts down.
+        let _release = fs.release_on_drop();
+        let line = |what: String| format!("  stall (inline_buffered_writes={inline}): {what}");
         let slow_name = format!("slow-{inline}");
         let slow_data = seed(&fs, &slow_name, 64 * KIB, 7);
         seed(&fs, "fast", 64 * KIB, 8);
         let slow = open(&exec, &fs, &slow_name);
         let fast = open(&exec, &fs, "fast");
-        fs.rules().add(
-            &slow_name,
-            &[Op::Read, Op::Write, Op::Fsync],
-            0..u64::MAX,
-            Fault::Delay(STALL),
-        );
 
         // A read of the stalled file, then the other file's reads.
-        let (bytes, m) = measure(exec.read(&slow, 0, 4 * KIB), &exec, &fast, false);
-        assert_bytes_eq(&bytes, &slow_data[..4 * KIB], "stalled read's bytes");
-        lines.push(m.line(inline, "read", "reads"));
-        m.assert_flowed(STALL, "reads of another file waited for a stalled read");
-        // An fsync of the stalled file, then the other file's reads.
-        let ((), m) = measure(exec.fsync(&slow), &exec, &fast, false);
-        lines.push(m.line(inline, "fsync", "reads"));
-        m.assert_flowed(STALL, "reads of another file waited for a stalled fsync");
-        // A write of the stalled file, then the other file's writes.
-        let (n, m) = measure(
-            exec.write(&slow, 0, vec![0x5A; 4 * KIB]),
+        hold_slow(&fs, &slow_name);
+        let (bytes, l) = beside_held(
+            &fs,
+            exec.read(&slow, 0, 4 * KIB),
             &exec,
             &fast,
-            true,
+            false,
+            "read",
         );
-        assert_eq!(n, 4 * KIB);
-        assert_eq!(&landed(&fs, &slow_name)[..4 * KIB], &[0x5A; 4 * KIB][..]);
-        lines.push(m.line(inline, "write", "writes"));
-        if !inline {
-            // Through the ring, the stalled write waits in a kernel worker; the shard goes on.
-            m.assert_flowed(STALL, "writes of another file waited for a stalled write");
-        } else {
-            // Inline, the first stalled write held the shard; it also sent this file's buffered
-            // writes to the ring for a while, so a second one no longer does.
+        assert_bytes_eq(&bytes, &slow_data[..4 * KIB], "the held read's bytes");
+        lines.push(line(l));
+        // An fsync of the stalled file, then the other file's reads.
+        hold_slow(&fs, &slow_name);
+        let ((), l) = beside_held(&fs, exec.fsync(&slow), &exec, &fast, false, "fsync");
+        lines.push(line(l));
+        held += 2;
+        if inline {
+            // The inline write holds the shard thread in pwrite(2): another file's write sent
+            // after it cannot complete until the filesystem answers.
+            hold_slow(&fs, &slow_name);
+            let w = exec.write(&slow, 0, vec![0x5A; 4 * KIB]);
+            eventually("the inline write is held", HANG, || fs.held() == 1);
+            let other = exec.write(&fast, 0, vec![1; 4 * KIB]);
+            // Held well past the 50 ms inline_write_stall (a sleep lasts at least this long),
+            // so the shard sees a stalled inline write.
+            std::thread::sleep(Duration::from_millis(200));
             assert!(
-                m.stalled_done_first,
-                "the first inline stalled write held the shard"
+                !other.is_done(),
+                "another file's write completed while an inline write held the shard"
             );
-            let (n, m) = measure(
-                exec.write(&slow, 0, vec![0x5B; 4 * KIB]),
-                &exec,
-                &fast,
-                true,
-            );
-            assert_eq!(n, 4 * KIB);
-            lines.push(m.line(inline, "second write", "writes"));
-            m.assert_flowed(
-                STALL,
-                "writes of another file waited for a second stalled write of a file whose \
-                 inline write was slow",
-            );
+            fs.release_all();
+            assert_eq!(ok(w, "the held inline write"), 4 * KIB);
+            assert_eq!(ok(other, "the write behind it"), 4 * KIB);
+            assert_eq!(&landed(&fs, &slow_name)[..4 * KIB], &[0x5A; 4 * KIB][..]);
+            lines.push(line(
+                "an inline write held in FUSE held the shard: another file's write waited for it"
+                    .into(),
+            ));
+            held += 1;
         }
-        // A session sees the same: its fast reads come back before its stalled one.
+        // A write of the stalled file, then the other file's writes. Through the ring, it waits
+        // in a kernel worker and the shard goes on; inline, the stalled write above sent this
+        // file's buffered writes to the ring for a while, so this one does not hold the shard.
+        hold_slow(&fs, &slow_name);
+        let w = exec.write(&slow, 0, vec![0x5B; 4 * KIB]);
+        let (n, l) = beside_held(&fs, w, &exec, &fast, true, "write");
+        assert_eq!(n, 4 * KIB);
+        assert_eq!(&landed(&fs, &slow_name)[..4 * KIB], &[0x5B; 4 * KIB][..]);
+        lines.push(line(l));
+        // A session sees the same: its fast reads come back while its stalled one is held.
+        hold_slow(&fs, &slow_name);
         let mut s = exec.session();
         s.read(&slow, 0, 4 * KIB, Vec::new(), 0).unwrap();
         for i in 1..=8u64 {
             s.read(&fast, i * 4096, 4 * KIB, Vec::new(), i).unwrap();
         }
-        let t = Instant::now();
         let mut first = Vec::new();
-        s.wait_timeout(8, HANG, &mut first).expect("session wait");
-        let fast_first = first.iter().filter(|d| d.token != 0).count();
-        let rest = session_wait(&mut s, 9 - first.len());
-        assert!(rest.iter().chain(&first).all(|d| d.result == Ok(4 * KIB)));
-        assert_eq!(
-            fast_first,
-            8,
-            "the session's 8 fast reads came back before its stalled one (took {:?})",
-            t.elapsed()
+        while first.len() < 8 {
+            s.wait_timeout(8 - first.len(), HANG, &mut first)
+                .expect("session wait");
+        }
+        assert!(
+            first.iter().all(|d| d.token != 0),
+            "the session's stalled read completed while the filesystem held it"
         );
-        fs.rules().clear();
+        eventually("the session's stalled read is held", HANG, || {
+            fs.held() == 1
+        });
+        fs.release_all();
+        let rest = session_wait(&mut s, 1);
+        assert_eq!(rest[0].token, 0);
+        assert!(rest.iter().chain(&first).all(|d| d.result == Ok(4 * KIB)));
+        held += 2;
         drop((slow, fast, exec));
     }
     let c = fs.counts();
-    assert!(c.delayed >= 7, "{c:?}");
+    assert_eq!(
+        c.held, held,
+        "one FUSE request held per stalled operation: {c:?}"
+    );
     for l in &lines {
         report!("{l}");
     }
     report!(
-        "FAULTS stall: delayed {} operations by {STALL:?}; reads and fsyncs of a stalled file \
-         never held up another file's reads on the same shard; with inline buffered writes (the \
-         default) the first stalled write holds the shard and sends that file's writes to the \
-         ring, so the next ones do not; through the ring none does; {:.2?}",
-        c.delayed,
+        "FAULTS stall: held {} operations in FUSE until released; while each was held, reads \
+         and fsyncs of the stalled file never held up another file's reads on the same shard, \
+         nor its ring writes another file's writes; with inline buffered writes (the default) \
+         the first stalled write holds the shard and sends that file's writes to the ring, so \
+         the next ones do not; {:.2?}",
+        c.held,
         start.elapsed()
     );
-}
-
-/// How another file's operations fared while one operation of a stalled file waited.
-struct Measured {
-    /// The slowest of the other file's operations.
-    slowest: Duration,
-    /// All of them, one after another.
-    total: Duration,
-    /// Whether the stalled operation had finished when they were done.
-    stalled_done_first: bool,
-    /// How long the stalled operation took.
-    stalled: Duration,
-}
-
-impl Measured {
-    fn line(&self, inline: bool, what: &str, others: &str) -> String {
-        format!(
-            "  stall (inline_buffered_writes={inline}): a {what} of the stalled file took \
-             {:.2?}; meanwhile 100 4 KiB {others} of another file on its shard took {:.2?} \
-             (slowest {:.2?}); stalled {what} finished first: {}",
-            self.stalled, self.total, self.slowest, self.stalled_done_first
-        )
-    }
-
-    #[track_caller]
-    fn assert_flowed(&self, stall: Duration, what: &str) {
-        assert!(
-            !self.stalled_done_first && self.total < stall / 2,
-            "{what}: 100 operations took {:?} (stall {stall:?})",
-            self.total
-        );
-    }
-}
-
-/// Sends `stalled` (an operation of a stalled file), then runs the other file's operations,
-/// then waits for `stalled`.
-fn measure<T>(
-    mut stalled: Completion<T>,
-    exec: &Executor,
-    fast: &File,
-    write: bool,
-) -> (T, Measured) {
-    let t = Instant::now();
-    let (slowest, total) = flow(exec, fast, 100, write);
-    let stalled_done_first = stalled.is_done();
-    let v = match stalled.wait_timeout(HANG) {
-        Ok(v) => v,
-        Err(e) => panic!("the stalled operation: {e:?}"),
-    };
-    let m = Measured {
-        slowest,
-        total,
-        stalled_done_first,
-        stalled: t.elapsed(),
-    };
-    (v, m)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -688,26 +694,23 @@ fn per_file_order_holds_under_faults() {
     let mut rounds = 0;
     for inline in [true, false] {
         let exec = executor(inline);
+        let _release = fs.release_on_drop();
         for round in 0..3u8 {
             let name = format!("ord-{inline}-{round}");
             let f = open(&exec, &fs, &name);
             let path = fs.join(&name);
-            // The first write to 0..4K is held back 100 ms; a write touching byte 8192 fails.
+            // The first write to 0..4K is held in FUSE until everything after it was sent; a
+            // write touching byte 8192 fails.
             {
                 let mut r = fs.rules();
-                r.add(
-                    &name,
-                    &[Op::Write],
-                    0..1,
-                    Fault::Delay(Duration::from_millis(100)),
-                );
+                r.add(&name, &[Op::Write], 0..1, Fault::Hold);
                 r.add(&name, &[Op::Write], 8192..8193, Fault::Eio);
             }
             let a = vec![0xA0 + round; 4 * KIB];
             let b = vec![0xB0 + round; 4 * KIB];
             let x = vec![0xEE; 4 * KIB];
             let y = vec![0xC0 + round; 4 * KIB - 8];
-            let w1 = exec.write(&f, 0, a.clone()); // delayed
+            let w1 = exec.write(&f, 0, a.clone()); // held
             let r1 = exec.read(&f, 0, 4 * KIB); // must see w1
             let w2 = exec.write(&f, 0, b.clone()); // must not overtake w1 or r1
             let w3 = exec.write(&f, 8192, x); // fails
@@ -717,9 +720,17 @@ fn per_file_order_holds_under_faults() {
             s.write(&f, 4096, vec![0xD0 + round; 4 * KIB], 0).unwrap();
             s.read(&f, 0, 12 * KIB, Vec::new(), 1).unwrap();
             s.flush();
+            eventually("the first write is held", HANG, || fs.held() == 1);
+            assert!(
+                !r1.is_done() && !w2.is_done(),
+                "r1 or w2 overtook the held write"
+            );
+            // Only the hold goes: w2 (also at 0) is not held when it comes; the EIO rule stays.
+            fs.rules().remove_holds();
+            fs.release_held();
 
-            assert_eq!(ok(w1, "delayed write"), 4 * KIB);
-            assert_bytes_eq(&ok(r1, "read after the delayed write"), &a, "r1 sees w1");
+            assert_eq!(ok(w1, "held write"), 4 * KIB);
+            assert_bytes_eq(&ok(r1, "read after the held write"), &a, "r1 sees w1");
             assert_eq!(ok(w2, "write after"), 4 * KIB);
             assert_io(&wait(w3), "write", &path, libc::EIO);
             assert_eq!(ok(w4, "write after the failed one"), y.len());
@@ -739,11 +750,11 @@ fn per_file_order_holds_under_faults() {
     let c = fs.counts();
     assert_eq!(c.eio, rounds, "{c:?}");
     report!(
-        "FAULTS order: {rounds} rounds (inline and ring writes), each with a write delayed 100 ms \
-         and one failing with EIO; every later overlapping read/write waited for them, the \
-         failed write left its range untouched and the writes after it landed in order \
-         (injected {} delays, {} EIO); {:.2?}",
-        c.delayed,
+        "FAULTS order: {rounds} rounds (inline and ring writes), each with a write held in FUSE \
+         until the later ones were sent and one failing with EIO; every later overlapping \
+         read/write waited for them, the failed write left its range untouched and the writes \
+         after it landed in order (held {} writes, injected {} EIO); {:.2?}",
+        c.held,
         c.eio,
         start.elapsed()
     );
@@ -924,8 +935,8 @@ type Tally = (u64, u64);
 /// Tasks on the owning shard (`spawn_on_owner`, `ringshard::local()`) doing their I/O without the
 /// channel on faultfs files: EIO on a read range and on a write range fails exactly the
 /// operations that touch them (op, path, offset, EIO), other ranges and another file are intact;
-/// per-file order holds behind a delayed write; and the same through O_DIRECT (`read` through the
-/// pool and `read_pooled`).
+/// per-file order holds behind a write held in FUSE; and the same through O_DIRECT (`read`
+/// through the pool and `read_pooled`).
 #[test]
 fn shard_tasks_under_faults() {
     let _serial = serial();
@@ -1011,72 +1022,75 @@ fn shard_tasks_under_faults() {
         "the failed write left its range untouched",
     );
 
-    // Per-file order behind a delayed write: the read after it sees it, the write after it lands
-    // last; with writes through the ring (not inline), an unrelated read does not wait.
+    // Per-file order behind a write held in FUSE: the read after it sees it, the write after it
+    // lands last; with writes through the ring (not inline), an unrelated read of the file
+    // completes while the write is held; inline, the held write holds the shard thread (and the
+    // task on it) until the filesystem answers.
     let mut order_lines = Vec::new();
     let mut order_rounds = 0;
     for inline in [true, false] {
         let ex = executor(inline);
+        let _release = fs.release_on_drop();
         let fb = open(&ex, &fs, "tb");
         std::fs::write(fs.backing("tb"), &b_data).unwrap();
-        fs.rules().add(
-            "tb",
-            &[Op::Write],
-            0..1,
-            Fault::Delay(Duration::from_millis(200)),
-        );
+        fs.rules().add("tb", &[Op::Write], 0..1, Fault::Hold);
+        let (other_tx, other_rx) = std::sync::mpsc::channel();
         let f2 = fb.clone();
-        let (r1, r2, other, other_t, all_t) = ex
-            .spawn_on_owner(&fb, async move {
-                let l = ringshard::local().unwrap();
-                let t = Instant::now();
-                let w1 = l.write(&f2, 0, vec![0xA1; 4 * KIB]);
-                let r1 = l.read(&f2, 0, 8 * KIB);
-                let w2 = l.write(&f2, 2 * KIB as u64, vec![0xB2; 4 * KIB]);
-                let r2 = l.read(&f2, 0, 8 * KIB);
-                let other = l.read(&f2, 128 * KIB as u64, 4 * KIB); // no overlap
-                let other = other.await.unwrap();
-                let other_t = t.elapsed();
-                assert_eq!(w1.await, Ok(4 * KIB));
-                let r1 = r1.await.unwrap();
-                assert_eq!(w2.await, Ok(4 * KIB));
-                let r2 = r2.await.unwrap();
-                (r1, r2, other, other_t, t.elapsed())
-            })
-            .wait()
-            .expect("order task");
-        fs.rules().clear();
+        let task = ex.spawn_on_owner(&fb, async move {
+            let l = ringshard::local().unwrap();
+            let w1 = l.write(&f2, 0, vec![0xA1; 4 * KIB]);
+            let r1 = l.read(&f2, 0, 8 * KIB);
+            let w2 = l.write(&f2, 2 * KIB as u64, vec![0xB2; 4 * KIB]);
+            let r2 = l.read(&f2, 0, 8 * KIB);
+            let other = l.read(&f2, 128 * KIB as u64, 4 * KIB); // no overlap
+            let other = other.await.unwrap();
+            let _ = other_tx.send(());
+            assert_eq!(w1.await, Ok(4 * KIB));
+            let r1 = r1.await.unwrap();
+            assert_eq!(w2.await, Ok(4 * KIB));
+            let r2 = r2.await.unwrap();
+            (r1, r2, other)
+        });
+        eventually("the first write is held in the filesystem", HANG, || {
+            fs.held() == 1
+        });
+        if inline {
+            assert!(
+                other_rx.try_recv().is_err(),
+                "the task ran while its inline write held the shard thread"
+            );
+        } else {
+            other_rx
+                .recv_timeout(HANG)
+                .expect("an unrelated read waited for a held ring write");
+            assert_eq!(fs.held(), 1, "the first write is still held");
+        }
+        fs.release_all();
+        let (r1, r2, other) = task.wait().expect("order task");
         let mut want1 = vec![0xA1; 4 * KIB];
         want1.extend_from_slice(&b_data[4 * KIB..8 * KIB]);
-        assert_bytes_eq(&r1, &want1, "the read after the delayed write sees it");
+        assert_bytes_eq(&r1, &want1, "the read after the held write sees it");
         let mut want2 = vec![0xA1; 2 * KIB];
         want2.extend_from_slice(&[0xB2; 4 * KIB]);
         want2.extend_from_slice(&b_data[6 * KIB..8 * KIB]);
-        assert_bytes_eq(&r2, &want2, "the second write landed after the delayed one");
+        assert_bytes_eq(&r2, &want2, "the second write landed after the held one");
         assert_bytes_eq(
             &landed(&fs, "tb")[..8 * KIB],
             &want2,
             "what landed, in order",
         );
         assert_bytes_eq(&other, &b_data[128 * KIB..132 * KIB], "unrelated read");
-        assert!(
-            all_t >= Duration::from_millis(190),
-            "the delay held: {all_t:?}"
-        );
-        if !inline {
-            assert!(
-                other_t < Duration::from_millis(150),
-                "an unrelated read waited for a delayed ring write: {other_t:?}"
-            );
-        }
         order_lines.push(format!(
-            "inline_buffered_writes={inline}: ordered ops {all_t:.2?}, unrelated read \
-             {other_t:.2?}"
+            "inline_buffered_writes={inline}: the unrelated read {}",
+            if inline {
+                "waited for the held write"
+            } else {
+                "completed while the write was held"
+            }
         ));
         order_rounds += 1;
         drop((fb, ex));
     }
-    fs.rules().clear();
 
     // O_DIRECT: `read` through the pool and `read_pooled`, EIO on one block.
     let d_data = seed(&fs, "td", 256 * KIB, 23);
@@ -1121,13 +1135,13 @@ fn shard_tasks_under_faults() {
     });
     drop((a, b, d, exec));
     report!(
-        "FAULTS tasks: injected {} EIO and {} delay into shard tasks' local I/O (page cache, \
-         O_DIRECT read and read_pooled); {total_failed} ops failed with EIO naming op, path and \
-         offset (executor counted {counted}); {} others intact; in {order_rounds} rounds a \
-         read/write behind a 200 ms delayed write waited and saw it, an unrelated read of the \
+        "FAULTS tasks: injected {} EIO and held {} writes in FUSE under shard tasks' local I/O \
+         (page cache, O_DIRECT read and read_pooled); {total_failed} ops failed with EIO naming \
+         op, path and offset (executor counted {counted}); {} others intact; in {order_rounds} \
+         rounds a read/write behind a held write waited and saw it, an unrelated read of the \
          file waited only with inline writes ({}); {:.2?}",
         c.eio,
-        c.delayed,
+        c.held,
         fine + dfine,
         order_lines.join("; "),
         start.elapsed()
@@ -1152,67 +1166,72 @@ enum LetGo {
 }
 
 const BUF: usize = 64 * KIB;
-const STALL_CQE: Duration = Duration::from_millis(1000);
 
-/// One round: a 64 KiB O_DIRECT read of `f` at 0 (one pool buffer) stalled by a faultfs delay,
-/// let go as `how`; meanwhile a task takes the pool's 3 other buffers with `read_pooled` and asks
-/// for a 4th. Checks that the stalled read's buffer stays out of the pool (the 4th waits) until
-/// the stalled read's completion really arrives, that the held buffers keep their bytes (no late
-/// kernel write into them), and returns a line on what happened.
+/// One round: a 64 KiB O_DIRECT read of `f` at 0 (one pool buffer) held in FUSE (unanswered until
+/// the test lets go), let go of as `how`; meanwhile a task takes the pool's 3 other buffers with
+/// `read_pooled` and asks for a 4th. Checks that a cancelled or deadlined handle fails while the
+/// read is still held, that the held read's buffer stays out of the pool (the 4th waits) until
+/// the filesystem answers it, that the buffers lent meanwhile keep their bytes (no late kernel
+/// write into them), and returns a line on what happened.
 fn stalled_round(exec: &Executor, fs: &FaultFs, f: &File, data: &[u8], how: LetGo) -> String {
-    fs.rules()
-        .add("s", &[Op::Read], 0..1, Fault::Delay(STALL_CQE));
+    fs.rules().add("s", &[Op::Read], 0..1, Fault::Hold);
     let exhausted0 = exec.stats().total.pool_exhausted_events;
-    let t0 = Instant::now();
+    let in_kernel = |what: &str| {
+        eventually(what, HANG, || {
+            fs.held() == 1 && exec.stats().total.pool.kernel_owned_count == 1
+        });
+    };
     let mut early = None;
     match how {
         LetGo::Drop | LetGo::Cancel => {
             let c = exec.read(f, 0, BUF);
-            eventually("the stalled read holds a buffer", HANG, || {
-                exec.stats().total.pool.kernel_owned_count == 1
-            });
+            in_kernel("the stalled read holds a buffer and is held in the filesystem");
             if how == LetGo::Cancel {
                 // Like a deadline: the handle fails at the next scan, not at the completion.
                 c.cancel();
                 let mut c = c;
                 let r = c.wait_timeout(HANG);
-                let t = t0.elapsed();
                 assert!(matches!(r, Err(IoUringError::Cancelled { .. })), "{r:?}");
-                assert!(t < STALL_CQE / 2, "cancel() took effect after {t:?}");
-                early = Some((r.map(|v| v.len()), t));
+                assert_eq!(fs.held(), 1, "cancel() took effect while the read was held");
+                early = Some("Cancelled");
             }
         }
         LetGo::Deadline => {
-            // The handle fails at its deadline (within a scan), not when the stalled read's
-            // completion finally comes: the op and its buffer stay in the shard until then.
-            let mut c = exec.timeout(Duration::from_millis(100)).read(f, 0, BUF);
-            let r = c.wait_timeout(HANG);
-            let t = t0.elapsed();
-            assert!(
-                matches!(r, Err(IoUringError::DeadlineExceeded { .. })),
-                "deadline: {r:?}"
-            );
-            assert!(
-                t < STALL_CQE / 2,
-                "the deadline's error came after {t:?}, with the read stalled for {STALL_CQE:?}"
-            );
-            assert_eq!(
-                exec.stats().total.pool.kernel_owned_count,
-                1,
-                "the read's buffer is still the kernel's after its handle failed"
-            );
-            early = Some((r.map(|v| v.len()), t));
+            // The handle fails at its deadline (within a scan) while the read is still held:
+            // the op and its buffer stay in the shard until the filesystem answers. A read whose
+            // deadline passed before the shard issued it never runs (a machine too busy to issue
+            // it in time): then again, with a longer deadline.
+            let mut issued = None;
+            for d in [100, 1_000, 10_000].map(Duration::from_millis) {
+                let mut c = exec.timeout(d).read(f, 0, BUF);
+                let r = c.wait_timeout(HANG);
+                assert!(
+                    matches!(r, Err(IoUringError::DeadlineExceeded { .. })),
+                    "deadline: {r:?}"
+                );
+                if exec.stats().total.pool.kernel_owned_count == 1 {
+                    issued = Some("DeadlineExceeded");
+                    break;
+                }
+                assert_eq!(fs.held(), 0, "a read skipped at its deadline reached FUSE");
+            }
+            early = Some(issued.expect("a deadlined read issued before its deadline"));
+            in_kernel("the deadlined read is held in the filesystem");
         }
         LetGo::PooledDropped => {}
     }
-    let (f2, want) = (f.clone(), data.to_vec());
+    // Set just before the held read is answered: a 4th buffer handed out earlier was the held
+    // read's, released before its completion.
+    let answered = Arc::new(AtomicBool::new(false));
+    let (gate_tx, gate_rx) = tokio::sync::oneshot::channel::<()>();
+    let (f2, want, answered2) = (f.clone(), data.to_vec(), Arc::clone(&answered));
     let task = exec.spawn_on_with(f.shard(), move |l| async move {
         if how == LetGo::PooledDropped {
+            // Dropped once the test has seen it held in the filesystem.
             let stalled = Box::pin(l.read_pooled(&f2, 0, BUF));
-            let nap = Box::pin(l.sleep(Duration::from_millis(100)));
-            match futures::future::select(stalled, nap).await {
-                futures::future::Either::Left((r, _)) => panic!("not stalled: {r:?}"),
-                futures::future::Either::Right(((), stalled)) => drop(stalled),
+            match futures::future::select(stalled, gate_rx).await {
+                futures::future::Either::Left((r, _)) => panic!("not held: {r:?}"),
+                futures::future::Either::Right((_, stalled)) => drop(stalled),
             }
         }
         let mut held = Vec::new();
@@ -1224,7 +1243,7 @@ fn stalled_round(exec: &Executor, fs: &FaultFs, f: &File, data: &[u8], how: LetG
             held.push((off, p));
         }
         let fourth = l.read_pooled(&f2, 4 * BUF as u64, BUF).await;
-        let at = t0.elapsed();
+        let after_answer = answered2.load(Ordering::SeqCst);
         let fourth = fourth.expect("the 4th pooled read");
         assert_bytes_eq(&fourth, &want[4 * BUF..5 * BUF], "the 4th pooled read");
         let mut indexes = vec![fourth.buffer_index()];
@@ -1232,32 +1251,33 @@ fn stalled_round(exec: &Executor, fs: &FaultFs, f: &File, data: &[u8], how: LetG
             assert_bytes_eq(p, &want[*off..off + BUF], "a buffer held across the stall");
             indexes.push(p.buffer_index());
         }
-        (at, indexes)
+        (after_answer, indexes)
     });
+    if how == LetGo::PooledDropped {
+        in_kernel("the task's pooled read holds a buffer and is held in the filesystem");
+        let _ = gate_tx.send(());
+    }
     // While the task waits for its 4th buffer: the pool is empty, one buffer is in the kernel.
-    let mut during = None;
     eventually("the 4th pooled read waits for a buffer", HANG, || {
         let total = exec.stats().total;
-        let p = total.pool;
-        let waiting = total.pool_exhausted_events > exhausted0 && p.available_count == 0;
-        if waiting && during.is_none() && t0.elapsed() < STALL_CQE {
-            during = Some(p);
-        }
+        let waiting = total.pool_exhausted_events > exhausted0 && total.pool.available_count == 0;
         waiting || task.is_finished()
     });
-    let (at, indexes) = task.wait().expect("the task");
-    let got = early;
-    fs.rules().clear();
-    let during = during.expect("pool stats taken during the stall");
+    let during = exec.stats().total.pool;
+    assert_eq!(fs.held(), 1, "{how:?}: the read is still held");
+    answered.store(true, Ordering::SeqCst);
+    fs.release_all();
+    let (after_answer, indexes) = task.wait().expect("the task");
+    assert!(
+        after_answer,
+        "{how:?}: the 4th buffer was handed out while the stalled read was still held in FUSE: \
+         its buffer was released before its completion"
+    );
     assert_eq!(
         (during.available_count, during.kernel_owned_count),
         (0, 1),
-        "{how:?}: during the stall, 3 buffers lent to the task and 1 in the kernel: {during:?}"
-    );
-    assert!(
-        at >= STALL_CQE,
-        "{how:?}: the 4th buffer was handed out {at:?} after the stalled read started, before \
-         its {STALL_CQE:?} stall ended: its buffer was released before its completion"
+        "{how:?}: while the read was held, 3 buffers lent to the task and 1 in the kernel: \
+         {during:?}"
     );
     let mut sorted = indexes.clone();
     sorted.sort_unstable();
@@ -1268,19 +1288,19 @@ fn stalled_round(exec: &Executor, fs: &FaultFs, f: &File, data: &[u8], how: LetG
         p.available_count == p.total_count && p.kernel_owned_count == 0
     });
     format!(
-        "{how:?}: pool during the stall {} free, {} in the kernel; 4th buffer (#{}) handed out \
-         {at:.2?} after the start (stall {STALL_CQE:?}){}",
+        "{how:?}: pool while the read was held: {} free, {} in the kernel; the 4th buffer (#{}) \
+         was handed out only after the filesystem answered{}",
         during.available_count,
         during.kernel_owned_count,
         indexes[0],
-        match got {
-            Some((r, t)) => format!("; the handle got {r:?} after {t:.2?}"),
+        match early {
+            Some(e) => format!("; the handle failed ({e}) while the read was held"),
             None => String::new(),
         }
     )
 }
 
-/// An O_DIRECT read stalled in FUSE keeps its registered pool buffer out of the pool until its
+/// An O_DIRECT read held in FUSE keeps its registered pool buffer out of the pool until its
 /// completion arrives, however the caller lets go of it (drop, `cancel()`, a `timeout()` deadline,
 /// a task dropping its `read_pooled` future); later reads that reuse the buffers get the right
 /// bytes.
@@ -1296,6 +1316,7 @@ fn stalled_o_direct_read_keeps_its_buffer_until_its_cqe() {
         .buffer_count(4)
         .build()
         .expect("executor");
+    let _release = fs.release_on_drop();
     let data = seed(&fs, "s", 16 * BUF, 31);
     let Some(f) = open_direct(&exec, &fs, "s") else {
         return;
@@ -1337,11 +1358,11 @@ fn stalled_o_direct_read_keeps_its_buffer_until_its_cqe() {
         report!("  buffers: {l}");
     }
     report!(
-        "FAULTS buffers: {} O_DIRECT reads stalled {STALL_CQE:?} in FUSE and let go (drop, \
-         cancel, deadline, dropped read_pooled future); each kept its pool buffer until its \
-         completion (the 4th buffer waited), buffers lent meanwhile kept their bytes, and 128 \
-         reads reusing the buffers afterwards were intact; {:.2?}",
-        c.delayed,
+        "FAULTS buffers: {} O_DIRECT reads held in FUSE and let go (drop, cancel, deadline, \
+         dropped read_pooled future); each kept its pool buffer until its completion (the 4th \
+         buffer waited), buffers lent meanwhile kept their bytes, and 128 reads reusing the \
+         buffers afterwards were intact; {:.2?}",
+        c.held,
         start.elapsed()
     );
 }
@@ -1374,6 +1395,8 @@ struct Wave {
     routed: Vec<(usize, usize, Completion<Vec<u8>>)>,
     session: (Session, Vec<(usize, usize)>),
     task: ringshard::JoinHandle<Reads>,
+    /// The task's reads (offset, length).
+    task_set: Vec<(usize, usize)>,
 }
 
 impl Wave {
@@ -1389,6 +1412,7 @@ impl Wave {
         }
         s.flush();
         let (f2, set2) = (f.clone(), read_set(seed + 2, n));
+        let task_set = set2.clone();
         let task = exec.spawn_on_owner(f, async move {
             let l = ringshard::local().unwrap();
             let pending: Vec<_> = set2
@@ -1405,6 +1429,7 @@ impl Wave {
             routed,
             session: (s, set),
             task,
+            task_set,
         }
     }
 
@@ -1413,6 +1438,19 @@ impl Wave {
     fn pending(&self) -> usize {
         self.routed.iter().filter(|(_, _, c)| !c.is_done()).count()
             + usize::from(!self.task.is_finished())
+    }
+
+    /// How many of its reads that start below `size` have completed (the task's count as one):
+    /// none may while the filesystem holds the file's reads, as each needs its answer. (A read
+    /// that starts past the end of the file may come back empty without reaching it.)
+    fn completed_below(&self, size: usize) -> usize {
+        let routed = self
+            .routed
+            .iter()
+            .filter(|(o, _, c)| *o < size && c.is_done())
+            .count();
+        let task = self.task.is_finished() && self.task_set.iter().any(|(o, _)| *o < size);
+        routed + usize::from(task)
     }
 
     fn finish(self) -> Reads {
@@ -1483,9 +1521,11 @@ fn check_settled(reads: &Reads, now: &[u8], what: &str) {
 }
 
 /// One run on `dir`'s file `name`: waves of reads in flight while another handle truncates the
-/// file shorter then longer, then while it is unlinked. On faultfs (`fs`), a delay rule keeps the
-/// reads in FUSE while it happens. Returns (reads checked, reads in flight at the truncation and
-/// at the unlink, errnos seen).
+/// file shorter then longer, then while it is unlinked. On faultfs (`fs`), the filesystem holds
+/// every read of the file (unanswered) until both truncations, and again until the unlink, are
+/// done: all of them are in flight then, on any machine (asserted), and are answered after it.
+/// Returns (reads checked, racing reads cut short, reads in flight at the truncation and at the
+/// unlink, errnos seen).
 fn truncate_unlink_run(
     exec: &Executor,
     path: &Path,
@@ -1503,42 +1543,53 @@ fn truncate_unlink_run(
     std::fs::write(path, &orig).unwrap();
     let f = ok(exec.open(path, &rw()), "open");
     let name = path.file_name().unwrap().to_str().unwrap().to_owned();
-    let delay = |on: bool| {
+    let hold = || {
         if let Some(fs) = fs {
-            if on {
-                fs.rules().add(
-                    &name,
-                    &[Op::Read],
-                    0..u64::MAX,
-                    Fault::Delay(Duration::from_millis(300)),
-                );
-            } else {
-                fs.rules().clear();
-            }
+            fs.rules().add(&name, &[Op::Read], 0..u64::MAX, Fault::Hold);
+        }
+    };
+    let wait_held = || {
+        if let Some(fs) = fs {
+            eventually("reads held in the filesystem", HANG, || fs.held() > 0);
+        }
+    };
+    let release = || {
+        if let Some(fs) = fs {
+            fs.release_all();
         }
     };
     let mut errnos = std::collections::BTreeMap::new();
     let (mut checked, mut short) = (0, 0);
 
     // Truncate shorter, then longer, with waves in flight (on ext4, truncations race each wave).
-    delay(true);
+    hold();
     let other = std::fs::OpenOptions::new().write(true).open(path).unwrap();
     let waves: Vec<Wave> = (0..2)
         .map(|i| Wave::start(exec, &f, seed * 10 + i * 3, N))
         .collect();
-    if fs.is_some() {
-        std::thread::sleep(Duration::from_millis(20)); // into FUSE, where they stall
-    }
+    wait_held();
     let in_flight_trunc: usize = waves.iter().map(Wave::pending).sum();
     other.set_len(T_SHORT as u64).unwrap();
     let mid = Wave::start(exec, &f, seed * 10 + 7, N);
     other.set_len(T_LONG as u64).unwrap();
+    if fs.is_some() {
+        // Held: no read of the file could complete before the truncations (all start inside
+        // it), nor after them one that starts below the shortest size.
+        assert_eq!(in_flight_trunc, 2 * (N + 1), "pending at the truncation");
+        for w in waves.iter().chain([&mid]) {
+            assert_eq!(
+                w.completed_below(T_SHORT),
+                0,
+                "completed across the truncations"
+            );
+        }
+    }
+    release();
     for w in waves.into_iter().chain([mid]) {
         let reads = w.finish();
         check_racing(&reads, &orig, &mut errnos, &mut short);
         checked += reads.len();
     }
-    delay(false);
     // Settled: below the new size the right bytes, past it short or empty, by every path.
     let now = after_truncations(&orig);
     assert_eq!(ok(exec.size(&f), "size"), T_LONG as u64);
@@ -1578,18 +1629,25 @@ fn truncate_unlink_run(
     checked += reads.len();
 
     // Unlink with reads in flight: they complete, and the open handle still reads (and writes).
-    delay(true);
+    hold();
     let wave = Wave::start(exec, &f, seed * 10 + 9, N);
-    if fs.is_some() {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_held();
     let in_flight_unlink = wave.pending();
+    if fs.is_some() {
+        assert_eq!(
+            wave.completed_below(T_LONG),
+            0,
+            "completed before the unlink"
+        );
+    }
+    // What the filesystem holds stays held across the unlink (a rule no longer matches the
+    // unlinked file: what reaches FUSE after it is not held).
     std::fs::remove_file(path).unwrap();
     assert!(!path.exists());
+    release();
     let reads = wave.finish();
     check_settled(&reads, &now, "reads in flight at the unlink");
     checked += reads.len();
-    delay(false);
     let reads = Wave::start(exec, &f, seed * 10 + 11, N).finish();
     check_settled(&reads, &now, "reads after the unlink");
     checked += reads.len();
@@ -1602,8 +1660,9 @@ fn truncate_unlink_run(
 /// Many reads in flight (routed, a session, a task) while another handle truncates the file
 /// shorter then longer, and while it is unlinked: no hang, no panic, no error but the kernel's;
 /// reads below the new size get the right bytes, past it short or empty; after the unlink the
-/// open handle still reads. On ext4 (a temporary directory) and on faultfs with a delay rule, so
-/// that the reads really are in flight.
+/// open handle still reads. On ext4 (a temporary directory: the reads race the truncations) and
+/// on faultfs, which holds the reads, so that they really are in flight (files opened
+/// `FOPEN_DIRECT_IO`: a held read holds no page lock, and the truncate and unlink go through).
 #[test]
 fn truncate_and_unlink_while_reads_are_in_flight() {
     let _serial = serial();
@@ -1621,11 +1680,11 @@ fn truncate_and_unlink_while_reads_are_in_flight() {
     }
     let fs = mount_or_return!("truncate_and_unlink_while_reads_are_in_flight");
     let (n, sh, t, u, e) = truncate_unlink_run(&exec, &fs.join("t"), Some(&fs), 50);
-    let delayed = fs.counts().delayed;
-    assert!(t > 0 && u > 0, "reads were in flight ({t}, {u})");
+    let held = fs.counts().held;
     lines.push(format!(
-        "faultfs (300 ms read delay, {delayed} delayed): {n} reads checked ({sh} racing reads \
-         short), {t} pending at the truncation, {u} at the unlink, errors {e:?}"
+        "faultfs (reads held in FUSE across the truncations and the unlink, {held} held): {n} \
+         reads checked ({sh} racing reads short), {t} pending at the truncation, {u} at the \
+         unlink, errors {e:?}"
     ));
     drop(exec);
     for l in &lines {
@@ -1724,8 +1783,7 @@ fn stats_in_one_directory_run_side_by_side_after_its_mutations() {
         !first.is_done(),
         "the first stat finished while its lookup was held"
     );
-    fs.rules().clear();
-    fs.release_held();
+    fs.release_all();
     assert_eq!(ok(first, "the held stat, released").len(), 100);
 
     // An unlink held in the filesystem, then a stat of the same name: the stat runs after it.
@@ -1733,8 +1791,7 @@ fn stats_in_one_directory_run_side_by_side_after_its_mutations() {
     let unlink = exec.unlink(fs.join("u"));
     eventually("the unlink is held", HANG, || fs.held() == 1);
     let stat = exec.stat(fs.join("u"));
-    fs.rules().clear();
-    fs.release_held();
+    fs.release_all();
     ok(unlink, "unlink");
     assert_io(&wait(stat), "stat", &fs.join("u"), libc::ENOENT);
     report!(

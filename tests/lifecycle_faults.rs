@@ -685,6 +685,14 @@ fn a_caller_thread_that_dies_holding_a_session() {
         }
     };
 
+    // A file's size() runs after every earlier request on it: once each file's is answered, the
+    // dead sessions' requests are all done, however far behind the shards were (what RSS and the
+    // descriptor count see then does not depend on the machine's speed).
+    let drained = || {
+        for (_, f) in &files {
+            ok(exec.size(f), "size");
+        }
+    };
     let (report, cancelled, fds, rss) = std::thread::scope(|s| {
         let bystander = s.spawn(|| {
             let mut i = 0u64;
@@ -710,6 +718,7 @@ fn a_caller_thread_that_dies_holding_a_session() {
         });
         // A first round brings the allocator and the shards' tables to their steady state.
         die(0);
+        drained();
         let stats0 = exec.stats();
         let (fd0, rss0) = (fd_count(), rss_bytes());
         let served0 = served.load(Ordering::Relaxed);
@@ -726,6 +735,7 @@ fn a_caller_thread_that_dies_holding_a_session() {
         bystander.join().unwrap();
         // Issued writes of the dead sessions finish on their own; their descriptors and buffers
         // go with them.
+        drained();
         eventually("descriptors back to where they were", HANG, || {
             fd_count() <= fd0
         });

@@ -177,11 +177,13 @@ fn not_send_futures_run_on_their_shard() {
 #[test]
 fn shutdown_ends_pending_tasks_with_an_error() {
     let exec = shards(1);
-    let h = exec.spawn_on(0, async {
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let h = exec.spawn_on(0, async move {
         let l = ringshard::local().unwrap();
+        started_tx.send(()).unwrap();
         l.sleep(Duration::from_secs(3600)).await;
     });
-    std::thread::sleep(Duration::from_millis(20));
+    started_rx.recv_timeout(HANG).expect("the task started");
     exec.shutdown().unwrap();
     let got = h.wait();
     assert!(matches!(got, Err(IoUringError::Shutdown)), "{got:?}");
@@ -428,21 +430,34 @@ fn what_a_closure_left_queued_fails_when_its_shard_dies() {
 // ---------------------------------------------------------------------------------------------
 // Timers
 
+/// Sleeps fire in the order of their deadlines, and never early. A sleep's deadline is taken when
+/// it is made; the shard arms the sleeps in the order they were first polled, each for the time
+/// it has left then. Here they are made and polled longest first (each in a task of its own,
+/// polled in spawn order), so each later one, with an earlier deadline, also has less time left
+/// when armed: it fires first, however slow the machine. A thread preempted for long between two
+/// `sleep` calls can push the later deadline past the earlier one: only pairs whose deadlines are
+/// certainly in that order (bounds read around each call) have their order checked; normally
+/// that is every pair.
 #[test]
 fn sleeps_fire_in_order_and_not_early() {
+    const MS: [u64; 4] = [160, 120, 80, 40];
     let exec = shards(1);
     let h = exec.spawn_on_with(0, |l| async move {
-        let start = Instant::now();
         let order = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
         let mut hs = Vec::new();
-        for ms in [30u64, 10, 20, 5] {
+        for ms in MS {
             let o = std::rc::Rc::clone(&order);
             let l2 = l.clone();
             hs.push(l.spawn_local(async move {
-                l2.sleep(Duration::from_millis(ms)).await;
-                let el = start.elapsed();
+                let d = Duration::from_millis(ms);
+                let before = Instant::now();
+                let nap = l2.sleep(d);
+                let after = Instant::now();
+                nap.await;
+                let fired = Instant::now();
                 o.borrow_mut().push(ms);
-                (ms, el)
+                // The deadline lies between these two; the sleep fired at `fired`.
+                (before + d, after + d, fired)
             }));
         }
         let mut out = Vec::new();
@@ -453,13 +468,28 @@ fn sleeps_fire_in_order_and_not_early() {
         (order, out)
     });
     let (order, out) = h.wait().unwrap();
-    assert_eq!(order, vec![5, 10, 20, 30]);
-    for (ms, el) in out {
+    let pos = |ms: u64| order.iter().position(|&m| m == ms).unwrap();
+    let mut checked = 0;
+    for (i, &(earliest, _, fired)) in out.iter().enumerate() {
         assert!(
-            el >= Duration::from_millis(ms),
-            "{ms} ms fired after {el:?}"
+            fired >= earliest,
+            "the {} ms sleep fired {:?} before its deadline",
+            MS[i],
+            earliest - fired
         );
+        for (j, &(_, latest_j, _)) in out.iter().enumerate().skip(i + 1) {
+            if latest_j < earliest {
+                assert!(
+                    pos(MS[j]) < pos(MS[i]),
+                    "the {} ms sleep, made after the {} ms one, fired after it: {order:?}",
+                    MS[j],
+                    MS[i]
+                );
+                checked += 1;
+            }
+        }
     }
+    println!("sleeps fired in the order {order:?}; {checked} of 6 pairs certainly ordered");
     exec.shutdown().unwrap();
 }
 
@@ -506,8 +536,9 @@ fn routed_reads_stay_fast_while_tasks_saturate_the_shard() {
         p99
     );
     // A turn polls tasks for ~0.5 ms at most (a read needs two or three turns): a few ms on an
-    // idle machine. The bound is generous for a loaded, shared one: it catches starvation.
-    assert!(p99 < Duration::from_secs(1), "p99 {p99:?}");
+    // idle machine. The bound only catches starvation (reads waiting for the tasks to end): a
+    // timing on a loaded, shared machine proves nothing finer.
+    assert!(p99 < Duration::from_secs(5), "p99 {p99:?}");
 
     // A task that does not yield for 30 ms is counted.
     exec.spawn_on(0, async {
@@ -796,21 +827,27 @@ fn a_lent_buffer_is_out_of_reach_of_submit_to_until_the_guard_drops() {
 #[test]
 fn sleeping_tasks_do_not_hold_back_submit_to() {
     let exec = shards(1);
-    let long = exec.spawn_on(0, async {
-        ringshard::local()
-            .unwrap()
-            .sleep(Duration::from_secs(3600))
-            .await
+    // Each task says when it is about to sleep: its sleep is armed at the end of that turn, before
+    // the shard reads the submit_to sent after both messages.
+    let (asleep_tx, asleep_rx) = std::sync::mpsc::channel();
+    let tx = asleep_tx.clone();
+    let long = exec.spawn_on(0, async move {
+        let nap = ringshard::local().unwrap().sleep(Duration::from_secs(3600));
+        tx.send(()).unwrap();
+        nap.await
     });
     let start = Instant::now();
     let short = exec.spawn_on(0, async move {
-        ringshard::local()
+        let nap = ringshard::local()
             .unwrap()
-            .sleep(Duration::from_millis(150))
-            .await;
+            .sleep(Duration::from_millis(150));
+        asleep_tx.send(()).unwrap();
+        nap.await;
         start.elapsed()
     });
-    std::thread::sleep(Duration::from_millis(20));
+    for _ in 0..2 {
+        asleep_rx.recv_timeout(HANG).expect("a task about to sleep");
+    }
     let t = Instant::now();
     let mut c = exec.submit_to(0, |_| 42);
     assert_eq!(c.wait_timeout(Duration::from_secs(10)), Ok(42));

@@ -372,7 +372,8 @@ pub fn mkfifo(path: &Path) {
 }
 
 /// Aborts the process (with a message) unless dropped within `limit`: a test that waits with
-/// `Duration::MAX` somewhere must still not hang CI forever.
+/// `Duration::MAX` somewhere must still not hang CI forever. What was registered with
+/// [`before_abort`] runs first.
 pub struct Watchdog {
     _disarm: std::sync::mpsc::Sender<()>,
 }
@@ -383,11 +384,27 @@ impl Watchdog {
         std::thread::spawn(move || {
             if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
                 eprintln!("{what} hung for {limit:?}: aborting");
+                let hooks = BEFORE_ABORT.lock().unwrap_or_else(|p| p.into_inner());
+                for f in hooks.iter() {
+                    f();
+                }
                 std::process::abort();
             }
         });
         Watchdog { _disarm: tx }
     }
+}
+
+static BEFORE_ABORT: std::sync::Mutex<Vec<fn()>> = std::sync::Mutex::new(Vec::new());
+
+/// Has a [`Watchdog`] call `f` before it aborts the process. (tests/faultfs aborts its FUSE
+/// connections: a thread waiting for an answer from a filesystem served by the dying process
+/// itself would keep it, and its mount, alive for ever.)
+pub fn before_abort(f: fn()) {
+    BEFORE_ABORT
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(f);
 }
 
 /// Serializes the tests of one binary that measure process-wide things (descriptors, RSS, CPU

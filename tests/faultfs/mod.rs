@@ -15,6 +15,19 @@
 //! test releases it ([`FaultFs::release_held`]), returns ENOSPC once N bytes were written, or
 //! fails one fsync. Every fault that fires is counted ([`Counts`]).
 //!
+//! A held operation is what a test uses to have something in flight for as long as it needs,
+//! whatever the machine's speed: it waits until [`FaultFs::held`] counts the operation, asserts
+//! what must hold meanwhile, then lets go ([`FaultFs::release_all`]). A delay only makes an
+//! operation slow; never assert that something is still pending after one.
+//!
+//! A failing test must not leave the process stuck: the filesystem is served by the test process
+//! itself, and a thread waiting in the kernel for an answer that was sent to it waits
+//! uninterruptibly, even for a process being killed. So a test that holds operations keeps a
+//! [`FaultFs::release_on_drop`] guard declared after its executor (its unwinding then answers
+//! what is held before the executor's shutdown waits for it), and a
+//! [`Watchdog`](crate::executor_util::Watchdog) about to abort the process first aborts every
+//! mounted faultfs connection (`umount2(MNT_FORCE)`), which ends all such waits.
+//!
 //! Mount and open choices:
 //! - Files are opened with `FOPEN_DIRECT_IO` and without `FOPEN_KEEP_CACHE`: every read(2) and
 //!   write(2) the executor makes reaches this filesystem with its own offset and length (the
@@ -36,9 +49,9 @@
 //! - Attribute and entry timeouts are zero: sizes always come from the backing file.
 //! - Lookups in the directory may run in parallel (`FUSE_PARALLEL_DIROPS`): a held lookup holds
 //!   only its own caller.
-//! - Delayed operations are carried out on a thread of their own, so one stalled file never
-//!   holds up the filesystem's request loop: what stalls is only what the kernel and the executor
-//!   make wait for it.
+//! - Delayed operations are carried out on a thread of their own, and held ones by the thread that
+//!   releases them, so one stalled file never holds up the filesystem's request loop: what stalls
+//!   is only what the kernel and the executor make wait for it.
 
 #![allow(dead_code)] // each test binary uses a different subset
 
@@ -88,12 +101,16 @@ pub enum Fault {
     FailFsyncOnce,
     /// The operation waits, unanswered, until [`FaultFs::release_held`] (or the unmount): what
     /// must be in flight stays in flight for as long as the test needs, whatever the machine's
-    /// speed. Only lookups and unlinks honour it.
+    /// speed. Files are opened `FOPEN_DIRECT_IO`, so a held read holds no page or inode lock: a
+    /// truncate or unlink of its file, or another file's I/O, goes on beside it (seen on 6.18).
+    /// A held write holds its file's inode lock (FUSE direct writes take it): a truncate or
+    /// another write of that file waits for it.
     Hold,
 }
 
 /// One rule: `fault` for operations `ops` on file `file` (a name in the mount's root) that touch
-/// `range` (fsync, lookup and unlink always match it).
+/// `range` (fsync, lookup and unlink always match it). An open file matches by its name now: once
+/// unlinked, its operations match no rule.
 #[derive(Debug, Clone)]
 pub struct Rule {
     pub file: OsString,
@@ -145,6 +162,12 @@ impl Rules {
     /// Removes every rule (the counts stay).
     pub fn clear(&mut self) {
         self.rules.clear();
+    }
+
+    /// Removes the `Hold` rules; the others stay. Then [`FaultFs::release_held`] lets go of
+    /// everything held, and nothing arriving later is held.
+    pub fn remove_holds(&mut self) {
+        self.rules.retain(|r| r.fault != Fault::Hold);
     }
 
     /// Decides what happens to `op` on `file` over `off..off + len`.
@@ -281,6 +304,9 @@ impl FaultFs {
         ];
         let session = fuser::spawn_mount(fs, mountpoint.path(), &config)
             .map_err(|e| format!("mounting FUSE on {}: {e}", mountpoint.path().display()))?;
+        static HOOK: std::sync::Once = std::sync::Once::new();
+        HOOK.call_once(|| crate::executor_util::before_abort(abort_connections));
+        mounted().push(mountpoint.path().to_path_buf());
         Ok(FaultFs {
             rules,
             held,
@@ -300,12 +326,27 @@ impl FaultFs {
         self.held.lock().len()
     }
 
-    /// Answers every held operation (carries it out now).
+    /// Answers every held operation (carries it out now). A `Hold` rule still in place holds the
+    /// operations that arrive after this call: see [`release_all`](Self::release_all).
     pub fn release_held(&self) {
         let held = std::mem::take(&mut *self.held.lock());
         for f in held {
             f();
         }
+    }
+
+    /// Removes every rule, then answers every held operation: nothing is held after it. (An
+    /// operation is decided and held under the rules' lock, so none can slip in between.)
+    pub fn release_all(&self) {
+        self.rules().clear();
+        self.release_held();
+    }
+
+    /// A guard that answers everything held ([`release_all`](Self::release_all)) when dropped.
+    /// Declared after the test's executor, it is dropped before it when a failing test unwinds,
+    /// so the executor's shutdown never waits for an operation the filesystem holds.
+    pub fn release_on_drop(&self) -> ReleaseOnDrop<'_> {
+        ReleaseOnDrop(self)
     }
 
     /// The counts so far.
@@ -332,7 +373,8 @@ impl FaultFs {
 impl Drop for FaultFs {
     fn drop(&mut self) {
         // A held operation keeps its caller (and a shard's worker) waiting: answer it first.
-        self.release_held();
+        self.release_all();
+        mounted().retain(|p| p != self.mountpoint.path());
         let c = std::ffi::CString::new(self.mountpoint.path().as_os_str().as_bytes())
             .expect("mountpoint without NUL");
         // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
@@ -341,6 +383,32 @@ impl Drop for FaultFs {
         // closes the connection (once no descriptor on the filesystem is left). Not joined: a
         // leaked descriptor must not hang the test.
         drop(self.session.take());
+    }
+}
+
+/// See [`FaultFs::release_on_drop`].
+pub struct ReleaseOnDrop<'a>(&'a FaultFs);
+
+impl Drop for ReleaseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.release_all();
+    }
+}
+
+/// The mountpoints of the filesystems mounted now.
+fn mounted() -> MutexGuard<'static, Vec<PathBuf>> {
+    static MOUNTED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    MOUNTED.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Aborts the FUSE connection of every filesystem mounted now (and detaches it): every request
+/// waiting for an answer fails at once. For a watchdog about to abort the process.
+fn abort_connections() {
+    for p in mounted().iter() {
+        if let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) {
+            // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_FORCE | libc::MNT_DETACH) };
+        }
     }
 }
 
@@ -522,18 +590,39 @@ impl Inner {
         o.open(self.root.join(name))
     }
 
-    fn decide(&self, ino: u64, op: Op, off: u64, len: u64) -> Action {
-        let name = self.name_of(ino).unwrap_or_default();
-        self.rules().decide(&name, op, off, len)
+    /// Decides what happens to `op` on `name` over `off..off + len`, then answers it with `f`:
+    /// now, after the action's delay, or when the test releases it (held).
+    fn answer(
+        &self,
+        name: &OsStr,
+        op: Op,
+        off: u64,
+        len: u64,
+        f: impl FnOnce(Action) + Send + 'static,
+    ) {
+        let mut rules = self.rules();
+        let act = rules.decide(name, op, off, len);
+        if act.hold {
+            // Still under the rules' lock: once a test has cleared its rules, every operation a
+            // rule held is in the list that `release_held` empties.
+            self.held.lock().push(Box::new(move || f(act)));
+            return;
+        }
+        drop(rules);
+        later(act.delay, move || f(act));
     }
 
-    /// Runs `f` now, after the action's delay, or when the test releases it (held).
-    fn answer(&self, act: Action, f: impl FnOnce() + Send + 'static) {
-        if act.hold {
-            self.held.lock().push(Box::new(f));
-        } else {
-            later(act.delay, f);
-        }
+    /// [`answer`](Self::answer) for an operation on the open file `ino`.
+    fn answer_ino(
+        &self,
+        ino: u64,
+        op: Op,
+        off: u64,
+        len: u64,
+        f: impl FnOnce(Action) + Send + 'static,
+    ) {
+        let name = self.name_of(ino).unwrap_or_default();
+        self.answer(&name, op, off, len, f);
     }
 }
 
@@ -566,12 +655,12 @@ impl Filesystem for Fs {
         if parent != INodeNo::ROOT {
             return reply.error(Errno::ENOENT);
         }
-        let act = self.0.rules().decide(name, Op::Lookup, 0, 0);
-        let (inner, name) = (Arc::clone(&self.0), name.to_owned());
-        self.0.answer(act, move || {
+        let (inner, owned) = (Arc::clone(&self.0), name.to_owned());
+        self.0.answer(name, Op::Lookup, 0, 0, move |act| {
             if let Some(errno) = act.errno {
                 return reply.error(Errno::from_i32(errno));
             }
+            let name = owned;
             match std::fs::symlink_metadata(inner.root.join(&name)) {
                 Ok(m) => {
                     let ino = inner.names().ino(&name);
@@ -644,12 +733,12 @@ impl Filesystem for Fs {
         if parent != INodeNo::ROOT {
             return reply.error(Errno::ENOENT);
         }
-        let act = self.0.rules().decide(name, Op::Unlink, 0, 0);
-        let (inner, name) = (Arc::clone(&self.0), name.to_owned());
-        self.0.answer(act, move || {
+        let (inner, owned) = (Arc::clone(&self.0), name.to_owned());
+        self.0.answer(name, Op::Unlink, 0, 0, move |act| {
             if let Some(errno) = act.errno {
                 return reply.error(Errno::from_i32(errno));
             }
+            let name = owned;
             match std::fs::remove_file(inner.root.join(&name)) {
                 Ok(()) => {
                     let mut names = inner.names();
@@ -755,23 +844,23 @@ impl Filesystem for Fs {
         let Some((file, ino)) = self.0.handle(fh) else {
             return reply.error(Errno::EBADF);
         };
-        let act = self.0.decide(ino, Op::Read, offset, u64::from(size));
-        later(act.delay, move || {
-            if let Some(errno) = act.errno {
-                return reply.error(Errno::from_i32(errno));
-            }
-            let mut buf = vec![0u8; act.len as usize];
-            let mut got = 0;
-            while got < buf.len() {
-                match file.read_at(&mut buf[got..], offset + got as u64) {
-                    Ok(0) => break,
-                    Ok(n) => got += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return reply.error(errno_of(&e)),
+        self.0
+            .answer_ino(ino, Op::Read, offset, u64::from(size), move |act| {
+                if let Some(errno) = act.errno {
+                    return reply.error(Errno::from_i32(errno));
                 }
-            }
-            reply.data(&buf[..got]);
-        });
+                let mut buf = vec![0u8; act.len as usize];
+                let mut got = 0;
+                while got < buf.len() {
+                    match file.read_at(&mut buf[got..], offset + got as u64) {
+                        Ok(0) => break,
+                        Ok(n) => got += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => return reply.error(errno_of(&e)),
+                    }
+                }
+                reply.data(&buf[..got]);
+            });
     }
 
     fn write(
@@ -789,17 +878,18 @@ impl Filesystem for Fs {
         let Some((file, ino)) = self.0.handle(fh) else {
             return reply.error(Errno::EBADF);
         };
-        let act = self.0.decide(ino, Op::Write, offset, data.len() as u64);
-        let data = data[..act.len as usize].to_vec();
-        later(act.delay, move || {
-            if let Some(errno) = act.errno {
-                return reply.error(Errno::from_i32(errno));
-            }
-            match file.write_all_at(&data, offset) {
-                Ok(()) => reply.written(data.len() as u32),
-                Err(e) => reply.error(errno_of(&e)),
-            }
-        });
+        let data = data.to_vec();
+        self.0
+            .answer_ino(ino, Op::Write, offset, data.len() as u64, move |act| {
+                if let Some(errno) = act.errno {
+                    return reply.error(Errno::from_i32(errno));
+                }
+                let data = &data[..act.len as usize];
+                match file.write_all_at(data, offset) {
+                    Ok(()) => reply.written(data.len() as u32),
+                    Err(e) => reply.error(errno_of(&e)),
+                }
+            });
     }
 
     fn flush(
@@ -838,8 +928,7 @@ impl Filesystem for Fs {
         let Some((file, ino)) = self.0.handle(fh) else {
             return reply.error(Errno::EBADF);
         };
-        let act = self.0.decide(ino, Op::Fsync, 0, 0);
-        later(act.delay, move || {
+        self.0.answer_ino(ino, Op::Fsync, 0, 0, move |act| {
             if let Some(errno) = act.errno {
                 return reply.error(Errno::from_i32(errno));
             }

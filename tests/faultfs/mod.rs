@@ -13,7 +13,10 @@
 //! mounted: per file name, per operation (read, write, fsync; lookup and unlink of a name) and per
 //! byte range, a rule returns EIO, cuts a transfer short, delays the operation, holds it until the
 //! test releases it ([`FaultFs::release_held`]), returns ENOSPC once N bytes were written, or
-//! fails one fsync. Every fault that fires is counted ([`Counts`]).
+//! fails one fsync. Every fault that fires is counted ([`Counts`]). The fsyncs and fdatasyncs a
+//! rule matched are recorded in the order they reached the filesystem ([`Rules::syncs_seen`]):
+//! syncs of one file in flight together reach it in any order, so this is how a test tells which
+//! one a rule failed.
 //!
 //! Mount and open choices:
 //! - Files are opened with `FOPEN_DIRECT_IO` and without `FOPEN_KEEP_CACHE`: every read(2) and
@@ -123,10 +126,21 @@ pub struct Counts {
     pub held: u64,
 }
 
+/// An fsync or fdatasync that reached the filesystem while a rule on its file matched it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncSeen {
+    /// An fdatasync (not an fsync).
+    pub datasync: bool,
+    /// The error a rule failed it with.
+    pub errno: Option<i32>,
+}
+
 /// The rules of a mounted [`FaultFs`], and the counts of what fired.
 #[derive(Debug, Default)]
 pub struct Rules {
     rules: Vec<Rule>,
+    /// The syncs rules matched since the last [`clear`](Rules::clear), by file, in arrival order.
+    syncs: Vec<(OsString, SyncSeen)>,
     pub counts: Counts,
 }
 
@@ -142,9 +156,42 @@ impl Rules {
         });
     }
 
-    /// Removes every rule (the counts stay).
+    /// Removes every rule and the record of the syncs they saw (the counts stay).
     pub fn clear(&mut self) {
         self.rules.clear();
+        self.syncs.clear();
+    }
+
+    /// The fsyncs and fdatasyncs on `file` that a rule matched since the last
+    /// [`clear`](Self::clear), in the order they reached the filesystem, with what each got.
+    /// Syncs of one file in flight together run on threads of their own (io_uring's io-wq
+    /// workers, the threads backend's workers), which take the inode's lock (`fuse_fsync`) in
+    /// any order: the first one the caller sent need not be the first to arrive, nor the one a
+    /// `FailFsyncOnce` rule fails.
+    pub fn syncs_seen(&self, file: &str) -> Vec<SyncSeen> {
+        self.syncs
+            .iter()
+            .filter(|(f, _)| f == file)
+            .map(|(_, s)| *s)
+            .collect()
+    }
+
+    /// [`decide`](Self::decide) for an fsync (`datasync`: an fdatasync) of `file`, recorded for
+    /// [`syncs_seen`](Self::syncs_seen) if a rule matches it.
+    fn decide_sync(&mut self, file: &OsStr, datasync: bool) -> Action {
+        let act = self.decide(file, Op::Fsync, 0, 0);
+        if self
+            .rules
+            .iter()
+            .any(|r| r.file == file && r.ops.contains(&Op::Fsync))
+        {
+            let seen = SyncSeen {
+                datasync,
+                errno: act.errno,
+            };
+            self.syncs.push((file.to_owned(), seen));
+        }
+        act
     }
 
     /// Decides what happens to `op` on `file` over `off..off + len`.
@@ -838,7 +885,8 @@ impl Filesystem for Fs {
         let Some((file, ino)) = self.0.handle(fh) else {
             return reply.error(Errno::EBADF);
         };
-        let act = self.0.decide(ino, Op::Fsync, 0, 0);
+        let name = self.0.name_of(ino).unwrap_or_default();
+        let act = self.0.rules().decide_sync(&name, datasync);
         later(act.delay, move || {
             if let Some(errno) = act.errno {
                 return reply.error(Errno::from_i32(errno));

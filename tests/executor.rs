@@ -402,6 +402,40 @@ fn early_finished_op_does_not_reorder_later_ones() {
     }
 }
 
+/// A transfer of nothing past the end of the file says nothing of its size. Before the fix, the
+/// shard took `offset + 0` from an empty read (or a zero-length write) at 91 of an empty file as
+/// a size the file has at least: a later read of 12..23 then counted as inside the file, was not
+/// ordered against a write above it sent after it (src/shard/order.rs), and returned the zeros
+/// of the hole that write made (seen once in the model test under faults). The shard is held
+/// while the read and the write are sent, so both are admitted and issued in one turn: unless
+/// the read is ordered first, the inline write runs before the read's SQE is submitted.
+#[test]
+fn a_transfer_of_nothing_past_the_end_leaves_later_reads_ordered() {
+    let exec = one_shard(4096, 4);
+    let dir = tempfile::tempdir().unwrap();
+    for probe in ["read", "write"] {
+        let f = open_rwc(&exec, &dir.path().join(probe));
+        match probe {
+            "read" => assert!(ok(exec.read(&f, 91, 100), "read past the end").is_empty()),
+            _ => assert_eq!(ok(exec.write(&f, 91, Vec::new()), "empty write"), 0),
+        }
+        let (gate, busy) = hold_shard(&exec, f.shard());
+        let r = exec.read(&f, 12, 11);
+        let w = exec.write(&f, 1684, vec![7; 1571]);
+        gate.send(()).unwrap();
+        ok(busy, "busy task");
+        let got = ok(r, "read");
+        assert!(
+            got.is_empty(),
+            "after an empty {probe} past the end: a read sent before the write that made a hole \
+             under it returned {} bytes of it",
+            got.len()
+        );
+        assert_eq!(ok(w, "write"), 1571);
+        assert_eq!(ok(exec.size(&f), "size"), 1684 + 1571);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3. Routing
 // ---------------------------------------------------------------------------------------------

@@ -640,20 +640,36 @@ fn a_failed_fsync_is_reported_never_hidden() {
     assert_io(&r, "fdatasync", &path, libc::EIO);
     failed += 1;
 
-    // Session: write, fsync (fails), write, fsync; in order, each with its own result.
-    fs.rules()
-        .add("sync", &[Op::Fsync], 0..0, Fault::FailFsyncOnce);
+    // Session: write, fsync, write, fdatasync; each with its own result. The executor does not
+    // order syncs of one file against each other: once the (inline) writes are done, both are in
+    // flight together, on threads that reach the filesystem in any order. So the rule fails the
+    // one that arrives first, and the filesystem's record of its kind names the request.
+    let mut rules = fs.rules();
+    rules.clear();
+    rules.add("sync", &[Op::Fsync], 0..0, Fault::FailFsyncOnce);
+    drop(rules);
     let mut s = exec.session();
     s.write(&f, 8 * KIB as u64, vec![2; 4 * KIB], 0).unwrap();
     s.fsync(&f, 1).unwrap();
     s.write(&f, 12 * KIB as u64, vec![3; 4 * KIB], 2).unwrap();
-    s.fsync(&f, 3).unwrap();
+    s.fdatasync(&f, 3).unwrap();
     let done = session_wait(&mut s, 4);
     assert_eq!(done[0].result, Ok(4 * KIB));
-    assert_io(&done[1].result, "fsync", &path, libc::EIO);
-    failed += 1;
     assert_eq!(done[2].result, Ok(4 * KIB));
-    let second_session = format!("{:?}", done[3].result);
+    let seen = fs.rules().syncs_seen("sync");
+    assert_eq!(seen.len(), 2, "both syncs reached the filesystem: {seen:?}");
+    assert_eq!(seen[0].errno, Some(libc::EIO), "{seen:?}");
+    assert_eq!(seen[1].errno, None, "{seen:?}");
+    assert_ne!(seen[0].datasync, seen[1].datasync, "{seen:?}");
+    let (failed_sync, other) = if seen[0].datasync { (3, 1) } else { (1, 3) };
+    let op = if seen[0].datasync {
+        "fdatasync"
+    } else {
+        "fsync"
+    };
+    assert_io(&done[failed_sync].result, op, &path, libc::EIO);
+    failed += 1;
+    let second_session = format!("{:?}", done[other].result);
 
     let c = fs.counts();
     assert_eq!(c.fsync_failed, failed, "{c:?}");
@@ -668,8 +684,9 @@ fn a_failed_fsync_is_reported_never_hidden() {
     );
     drop((f, exec));
     report!(
-        "  fsync: the fsync after a failed one returned {second_routed} (routed) and \
-         {second_session} (session): the filesystem's answer, passed through. A real kernel \
+        "  fsync: the fsync after a failed one returned {second_routed} (routed) and the sync \
+         that reached the filesystem after the failed one {second_session} (session): the \
+         filesystem's answer, passed through. A real kernel \
          does the same after a writeback error (reported once per file description, the pages \
          marked clean): the caller must treat the first failure as data loss."
     );

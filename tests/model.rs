@@ -30,9 +30,15 @@
 //! range inside the file, EIO on writes of a range, short reads and writes (the executor
 //! completes them: results as without the fault), ENOSPC after N bytes, or one failing fsync.
 //! The model expects the error -- its errno, the operation's name (`read`, `write`, `fsync`,
-//! `fdatasync`) and the file's path -- on exactly the operations that touch the faulty range (the
-//! first fsync or fdatasync of the step for a failing fsync), and unchanged contents where a
-//! write failed: EIO fails a write before any byte lands. ENOSPC is different: the filesystem
+//! `fdatasync`) and the file's path -- on exactly the operations that touch the faulty range, and
+//! unchanged contents where a write failed: EIO fails a write before any byte lands. A failing
+//! fsync fails the first sync of the file to reach the filesystem, which need not be the first
+//! the step sent: the executor does not order syncs of one file against each other
+//! (src/shard/order.rs), and those in flight together run on threads of their own (io_uring's
+//! io-wq workers, the threads backend's workers) that reach the filesystem in any order. So in such a step the file gets at most one fsync and one
+//! fdatasync, every one of them must have reached the filesystem (its record,
+//! `Rules::syncs_seen`), and the one of the kind the filesystem failed must fail with EIO and
+//! the other succeed. ENOSPC is different: the filesystem
 //! takes a crossing write's bytes up to the limit and refuses the rest, and the executor reports
 //! ENOSPC without a count, so that write lands partly; and which write of a group crosses the
 //! limit depends on the order the executor runs non-overlapping writes in. So in an ENOSPC step
@@ -52,7 +58,7 @@ mod executor_util;
 mod faultfs;
 
 use executor_util::*;
-use faultfs::{Fault, FaultFs, Op};
+use faultfs::{Fault, FaultFs, Op, SyncSeen};
 use ringshard::{Completion, Done, Executor, File, IoUringError, OpenOptions};
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -140,6 +146,9 @@ enum Want {
     CountOrEnospc(usize),
     /// Not checked: the file's contents are unknown (after a partial ENOSPC write).
     Any,
+    /// A sync of the file under a failing fsync: EIO if the filesystem failed its kind, else
+    /// success; replaced by one of those once the step ran (`Seq::resolve_fsync_once`).
+    FsyncOnce,
 }
 
 #[derive(Debug)]
@@ -217,8 +226,12 @@ enum StepFault {
     Enospc {
         room: u64,
     },
+    /// The first sync of the file to reach the filesystem fails with EIO. The step sends at
+    /// most one fsync and one fdatasync on the file (these say which it sent so far): the kind
+    /// the filesystem failed names the operation.
     FsyncOnce {
-        fired: bool,
+        fsync_sent: bool,
+        fdatasync_sent: bool,
     },
 }
 
@@ -310,12 +323,21 @@ impl Model {
                 Want::Count(bytes.len())
             }
             Kind::Sync { data_only } => match fault {
-                Some(StepFault::FsyncOnce { fired }) if !*fired => {
-                    *fired = true;
-                    Want::Io {
-                        op: if *data_only { "fdatasync" } else { "fsync" },
-                        errno: libc::EIO,
-                    }
+                Some(StepFault::FsyncOnce {
+                    fsync_sent,
+                    fdatasync_sent,
+                }) => {
+                    let sent = if *data_only {
+                        fdatasync_sent
+                    } else {
+                        fsync_sent
+                    };
+                    assert!(
+                        !*sent,
+                        "plan sends one sync of each kind under a failing fsync"
+                    );
+                    *sent = true;
+                    Want::FsyncOnce
                 }
                 _ => Want::Unit,
             },
@@ -372,6 +394,8 @@ struct Figures {
     ops: u64,
     fault_steps: u64,
     expected_errors: u64,
+    /// Failing-fsync steps where the sync the filesystem failed was not the first one sent.
+    syncs_overtaken: u64,
 }
 
 struct Seq<'a> {
@@ -407,6 +431,7 @@ impl Figures {
         self.ops += o.ops;
         self.fault_steps += o.fault_steps;
         self.expected_errors += o.expected_errors;
+        self.syncs_overtaken += o.syncs_overtaken;
     }
 
     fn kinds(&self) -> String {
@@ -571,7 +596,10 @@ impl Seq<'_> {
                 )
             }
             _ => (
-                StepFault::FsyncOnce { fired: false },
+                StepFault::FsyncOnce {
+                    fsync_sent: false,
+                    fdatasync_sent: false,
+                },
                 vec![Op::Fsync],
                 0..u64::MAX,
                 Fault::FailFsyncOnce,
@@ -654,6 +682,33 @@ impl Seq<'_> {
                 data_only: self.rng.chance(50),
             },
         };
+        // Under a failing fsync, one sync of each kind on the file (see `StepFault::FsyncOnce`):
+        // a second one of a kind becomes the other kind where the group can send it, else it is
+        // not sent.
+        let kind = match (kind, &self.model.fault) {
+            (
+                Kind::Sync { data_only },
+                Some((
+                    n,
+                    StepFault::FsyncOnce {
+                        fsync_sent,
+                        fdatasync_sent,
+                    },
+                )),
+            ) if *n == name => {
+                let sent = |d: bool| if d { *fdatasync_sent } else { *fsync_sent };
+                if !sent(data_only) {
+                    Kind::Sync { data_only }
+                } else if how != How::Batched && !sent(!data_only) {
+                    Kind::Sync {
+                        data_only: !data_only,
+                    }
+                } else {
+                    return None;
+                }
+            }
+            (kind, _) => kind,
+        };
         let want = self.model.apply(name, &kind);
         let file = self.model.open_or_stale(name);
         Some(Planned {
@@ -697,10 +752,18 @@ impl Seq<'_> {
             How::Batched => self.run_batch(&planned),
             How::Session => self.run_session(&planned),
         };
-        if let Some(fs) = self.place.fs {
-            fs.rules().clear();
-        }
         let fault = self.model.fault.take();
+        let mut seen = Vec::new();
+        if let Some(fs) = self.place.fs {
+            let mut rules = fs.rules();
+            if let Some((name, StepFault::FsyncOnce { .. })) = &fault {
+                seen = rules.syncs_seen(&format!("{}{name}", self.prefix));
+            }
+            rules.clear();
+        }
+        if let Some((name, StepFault::FsyncOnce { .. })) = &fault {
+            self.resolve_fsync_once(name, &seen, &mut planned)?;
+        }
         self.figures.ops += planned.len() as u64;
         self.figures.count(match how {
             How::Routed => "groups of Completions",
@@ -785,6 +848,75 @@ impl Seq<'_> {
         }
         self.resync()?;
         self.verify_files()
+    }
+
+    /// Under a failing fsync on `name`: checks the filesystem's record of the step's syncs of the
+    /// file (`seen`, in arrival order) -- each one the step sent arrived, nothing else did, and
+    /// the rule failed the first with EIO and only it -- then expects EIO on the step's sync of
+    /// the kind that arrived first and success on the other.
+    fn resolve_fsync_once(
+        &mut self,
+        name: &'static str,
+        seen: &[SyncSeen],
+        planned: &mut [Planned],
+    ) -> Result<(), String> {
+        let label = |data_only: bool| if data_only { "fdatasync" } else { "fsync" };
+        let sent: Vec<bool> = planned
+            .iter()
+            .filter_map(|p| match (p.name, &p.kind) {
+                (Some(n), Kind::Sync { data_only }) if n == name => Some(*data_only),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            !(sent.len() == 2 && sent[0] == sent[1]) && sent.len() <= 2,
+            "plan sends one sync of each kind under a failing fsync: {sent:?}"
+        );
+        let arrived: Vec<bool> = seen.iter().map(|s| s.datasync).collect();
+        let (mut a, mut b) = (arrived.clone(), sent.clone());
+        a.sort_unstable();
+        b.sort_unstable();
+        let rule_kept = seen
+            .iter()
+            .enumerate()
+            .all(|(i, s)| s.errno == (i == 0).then_some(libc::EIO));
+        if a != b || !rule_kept {
+            return Err(self.fail(format!(
+                "syncs of {name} under a failing fsync: the step sent {:?}, the filesystem saw \
+                 {seen:?}",
+                sent.iter().map(|&d| label(d)).collect::<Vec<_>>()
+            )));
+        }
+        let Some(first) = seen.first() else {
+            return Ok(());
+        };
+        self.trace.push(format!(
+            "  the filesystem failed the {} of {name} (arrival order: {})",
+            label(first.datasync),
+            arrived
+                .iter()
+                .map(|&d| label(d))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        if sent[0] != first.datasync {
+            self.figures.syncs_overtaken += 1;
+        }
+        for p in planned.iter_mut() {
+            if let (Some(n), Kind::Sync { data_only }) = (p.name, &p.kind) {
+                if n == name {
+                    p.want = if *data_only == first.datasync {
+                        Want::Io {
+                            op: label(*data_only),
+                            errno: libc::EIO,
+                        }
+                    } else {
+                        Want::Unit
+                    };
+                }
+            }
+        }
+        Ok(())
     }
 
     /// A read in the same group as a write to the same file that does not overlap it may see
@@ -1141,7 +1273,8 @@ fn model_sequences_match_under_faults() {
     report!(
         "model: {} sequences, {} steps, {} faults injected, 0 mismatches ({} operations, {} fault \
          rules over as many steps, {} errors expected and reported; fired: {} EIO, {} short \
-         reads, {} short writes, {} ENOSPC, {} writes cut at an ENOSPC limit, {} failed fsyncs; \
+         reads, {} short writes, {} ENOSPC, {} writes cut at an ENOSPC limit, {} failed fsyncs \
+         ({} of them not on the first sync the step sent: it arrived later); \
          faultfs, 2 shards; {:.2?})\n  model (faults) by kind: {}",
         f.sequences,
         f.steps,
@@ -1155,6 +1288,7 @@ fn model_sequences_match_under_faults() {
         c.enospc,
         c.enospc_partial,
         c.fsync_failed,
+        f.syncs_overtaken,
         start.elapsed(),
         f.kinds()
     );

@@ -21,6 +21,15 @@ pub(crate) fn footprint(offset: u64, len: u64, known_size: u64) -> Footprint {
     }
 }
 
+/// What a successful read that returned `n` bytes at `offset` tells of the file's size: at least
+/// `offset + n` if it returned anything. An empty read only says the end of the file is at or
+/// below `offset`, no lower bound: taken as one, a later read below `offset` would count as
+/// inside the file and not be ordered against a write that extends the file under it.
+#[inline]
+pub(crate) fn size_at_least(offset: u64, n: u64) -> Option<u64> {
+    (n > 0).then(|| offset.saturating_add(n))
+}
+
 /// Bytes the next page-cache SQE of a read of `len` asks for, `at` bytes having arrived: grows as
 /// data arrives (READ_STEP, then doubling), at most `max_sqe`.
 #[inline]

@@ -116,7 +116,9 @@ impl FileOp for ReadV {
     }
 
     fn size_after(&self, known: &mut u64) {
-        *known = (*known).max(self.offset.saturating_add(self.done as u64));
+        if let Some(s) = super::read::size_at_least(self.offset, self.done as u64) {
+            *known = (*known).max(s);
+        }
     }
 
     fn complete(&mut self, result: Result<()>, _reply: Reply, _s: &mut SessionTable) -> u64 {
@@ -210,7 +212,9 @@ impl FileOp for WriteV {
     }
 
     fn size_after(&self, known: &mut u64) {
-        *known = (*known).max(self.offset.saturating_add(self.done as u64));
+        if let Some(s) = super::write::size_at_least(self.offset, self.done as u64, false) {
+            *known = (*known).max(s);
+        }
     }
 
     fn complete(&mut self, result: Result<()>, _reply: Reply, _s: &mut SessionTable) -> u64 {

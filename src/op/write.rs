@@ -16,8 +16,9 @@ pub(crate) fn footprint(offset: u64, len: u64, append: bool) -> Footprint {
 }
 
 /// What a successful write of `n` bytes at `offset` tells of the file's size: at least
-/// `offset + n`, unless it appended (it landed at the end, not at `offset`).
+/// `offset + n`, unless it appended (it landed at the end, not at `offset`) or wrote nothing (a
+/// write of nothing past the end does not extend the file).
 #[inline]
 pub(crate) fn size_at_least(offset: u64, n: u64, append: bool) -> Option<u64> {
-    (!append).then(|| offset.saturating_add(n))
+    (!append && n > 0).then(|| offset.saturating_add(n))
 }

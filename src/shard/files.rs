@@ -20,8 +20,9 @@ pub(crate) struct FileEntry {
     pub(super) path: Arc<Path>,
     /// A close was admitted: new operations on this handle fail.
     pub(super) closing: bool,
-    /// A size the file is known to have at least (fstat at install, raised by completed reads,
-    /// writes, fallocate, and set by size): a read that ends within it cannot be changed by a
+    /// A size the file is known to have at least (fstat at install, raised by completed reads
+    /// and writes that moved bytes -- a transfer of nothing proves nothing --, fallocate, and set
+    /// by size): a read that ends within it cannot be changed by a
     /// write it does not overlap (see `order.rs`). Changes made outside the executor are not seen.
     pub(super) size_hint: u64,
     /// Ops that set the size (set_len) admitted and not finished: meanwhile, completions of

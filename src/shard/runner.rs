@@ -1832,7 +1832,10 @@ impl Shard {
         let at_least = match io {
             // A set_len admitted after this op will set the size: what this op saw is stale.
             _ if entry.size_setters > 0 => return,
-            IoOp::Read { .. } => offset.saturating_add(n),
+            IoOp::Read { .. } => match crate::op::read::size_at_least(offset, n) {
+                Some(s) => s,
+                None => return,
+            },
             IoOp::Write { .. } => {
                 match crate::op::write::size_at_least(offset, n, entry.flags.append) {
                     Some(s) => s,

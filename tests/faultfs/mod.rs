@@ -13,7 +13,10 @@
 //! mounted: per file name, per operation (read, write, fsync; lookup and unlink of a name) and per
 //! byte range, a rule returns EIO, cuts a transfer short, delays the operation, holds it until the
 //! test releases it ([`FaultFs::release_held`]), returns ENOSPC once N bytes were written, or
-//! fails one fsync. Every fault that fires is counted ([`Counts`]).
+//! fails one fsync. Every fault that fires is counted ([`Counts`]). The fsyncs and fdatasyncs a
+//! rule matched are recorded in the order they reached the filesystem ([`Rules::syncs_seen`]):
+//! syncs of one file in flight together reach it in any order, so this is how a test tells which
+//! one a rule failed.
 //!
 //! A held operation is what a test uses to have something in flight for as long as it needs,
 //! whatever the machine's speed: it waits until [`FaultFs::held`] counts the operation, asserts
@@ -140,10 +143,21 @@ pub struct Counts {
     pub held: u64,
 }
 
+/// An fsync or fdatasync that reached the filesystem while a rule on its file matched it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncSeen {
+    /// An fdatasync (not an fsync).
+    pub datasync: bool,
+    /// The error a rule failed it with.
+    pub errno: Option<i32>,
+}
+
 /// The rules of a mounted [`FaultFs`], and the counts of what fired.
 #[derive(Debug, Default)]
 pub struct Rules {
     rules: Vec<Rule>,
+    /// The syncs rules matched since the last [`clear`](Rules::clear), by file, in arrival order.
+    syncs: Vec<(OsString, SyncSeen)>,
     pub counts: Counts,
 }
 
@@ -159,9 +173,42 @@ impl Rules {
         });
     }
 
-    /// Removes every rule (the counts stay).
+    /// Removes every rule and the record of the syncs they saw (the counts stay).
     pub fn clear(&mut self) {
         self.rules.clear();
+        self.syncs.clear();
+    }
+
+    /// The fsyncs and fdatasyncs on `file` that a rule matched since the last
+    /// [`clear`](Self::clear), in the order they reached the filesystem, with what each got.
+    /// Syncs of one file in flight together run on threads of their own (io_uring's io-wq
+    /// workers, the threads backend's workers), which take the inode's lock (`fuse_fsync`) in
+    /// any order: the first one the caller sent need not be the first to arrive, nor the one a
+    /// `FailFsyncOnce` rule fails.
+    pub fn syncs_seen(&self, file: &str) -> Vec<SyncSeen> {
+        self.syncs
+            .iter()
+            .filter(|(f, _)| f == file)
+            .map(|(_, s)| *s)
+            .collect()
+    }
+
+    /// [`decide`](Self::decide) for an fsync (`datasync`: an fdatasync) of `file`, recorded for
+    /// [`syncs_seen`](Self::syncs_seen) if a rule matches it.
+    fn decide_sync(&mut self, file: &OsStr, datasync: bool) -> Action {
+        let act = self.decide(file, Op::Fsync, 0, 0);
+        if self
+            .rules
+            .iter()
+            .any(|r| r.file == file && r.ops.contains(&Op::Fsync))
+        {
+            let seen = SyncSeen {
+                datasync,
+                errno: act.errno,
+            };
+            self.syncs.push((file.to_owned(), seen));
+        }
+        act
     }
 
     /// Removes the `Hold` rules; the others stay. Then [`FaultFs::release_held`] lets go of
@@ -600,8 +647,17 @@ impl Inner {
         len: u64,
         f: impl FnOnce(Action) + Send + 'static,
     ) {
+        self.answer_with(|rules| rules.decide(name, op, off, len), f);
+    }
+
+    /// [`answer`](Self::answer) with the decision made by `decide` under the rules' lock.
+    fn answer_with(
+        &self,
+        decide: impl FnOnce(&mut Rules) -> Action,
+        f: impl FnOnce(Action) + Send + 'static,
+    ) {
         let mut rules = self.rules();
-        let act = rules.decide(name, op, off, len);
+        let act = decide(&mut rules);
         if act.hold {
             // Still under the rules' lock: once a test has cleared its rules, every operation a
             // rule held is in the list that `release_held` empties.
@@ -928,20 +984,24 @@ impl Filesystem for Fs {
         let Some((file, ino)) = self.0.handle(fh) else {
             return reply.error(Errno::EBADF);
         };
-        self.0.answer_ino(ino, Op::Fsync, 0, 0, move |act| {
-            if let Some(errno) = act.errno {
-                return reply.error(Errno::from_i32(errno));
-            }
-            let res = if datasync {
-                file.sync_data()
-            } else {
-                file.sync_all()
-            };
-            match res {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno_of(&e)),
-            }
-        });
+        let name = self.0.name_of(ino).unwrap_or_default();
+        self.0.answer_with(
+            |rules| rules.decide_sync(&name, datasync),
+            move |act| {
+                if let Some(errno) = act.errno {
+                    return reply.error(Errno::from_i32(errno));
+                }
+                let res = if datasync {
+                    file.sync_data()
+                } else {
+                    file.sync_all()
+                };
+                match res {
+                    Ok(()) => reply.ok(),
+                    Err(e) => reply.error(errno_of(&e)),
+                }
+            },
+        );
     }
 
     fn readdir(

@@ -117,12 +117,12 @@ impl Row {
             id,
             cpu,
             numa_node: node,
-            reads: t.reads,
-            writes: t.writes,
-            fsyncs: t.fsyncs,
-            bytes: t.bytes,
+            reads: t.reads(),
+            writes: t.writes(),
+            fsyncs: t.syncs(),
+            bytes: t.bytes(),
             errors: t.errors,
-            lat_us: LatSummary::from_hist(&t.hist),
+            lat_us: LatSummary::from_hist(&t.rw_lat()),
         }
     }
 }
@@ -146,6 +146,8 @@ pub struct Output {
     /// Whether `rows`/`total` latencies were measured by the callers (else by the shards).
     pub client_latency: bool,
     pub notes: Vec<String>,
+    /// Every submitter's counts merged: per-kind latency (slat, clat, lat).
+    pub tally: Tally,
 }
 
 impl Output {
@@ -179,11 +181,12 @@ impl Output {
             total,
             elapsed,
             cpu,
-            checks: all.checks,
+            checks: all.checks.clone(),
             resident,
             library: None,
             client_latency: true,
             notes,
+            tally: all,
         }
     }
 }

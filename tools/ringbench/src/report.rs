@@ -231,6 +231,9 @@ pub struct RunReport {
     pub library_table: Option<String>,
     /// Samples over time and the growth verdict (`--report-every`), else null.
     pub soak: Option<crate::soak::SoakReport>,
+    /// Every submitter's counts merged (for a group's total).
+    #[serde(skip)]
+    pub tally: Tally,
 }
 
 fn per_sec(n: f64, secs: f64) -> f64 {
@@ -317,6 +320,7 @@ impl RunReport {
             library_stats: out.library.as_ref().map(|s| s.to_json_value()),
             library_table: out.library.as_ref().map(|s| s.to_string()),
             soak: crate::soak::take(),
+            tally: out.tally.clone(),
         }
     }
 

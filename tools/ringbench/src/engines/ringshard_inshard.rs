@@ -2,15 +2,15 @@
 //! thread that keeps `--iodepth` READ_FIXED / WRITE_FIXED in flight on the shard's own ring and
 //! pool (no channel per I/O) and records every operation in the shard's statistics.
 
-use super::{ns_between, Output, Row, RunCtx};
+use super::{ns_between, Output, RunCtx};
 use crate::control::{Control, Measure};
 use crate::error::BenchError;
 use crate::pace::{self, Wait};
 use crate::pattern::Pattern;
-use crate::tally::{errno_reason, LatSummary, Tally, Times};
-use crate::workload::{IoKind, Next, Op, OpGen, Rw, Submitter, Workload};
+use crate::tally::{errno_reason, Tally, Times};
+use crate::workload::{IoKind, Next, Op, OpGen, Submitter, Workload};
 use io_uring::{opcode, types};
-use ringshard::{Executor, ExecutorStats, OpKind, OpenOptions, ShardContext, ShardCqe, ShardStats};
+use ringshard::{Executor, ExecutorStats, OpKind, OpenOptions, ShardContext, ShardCqe};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -74,36 +74,6 @@ pub fn start_with_files(
     }
 }
 
-/// The latency the table shows for a shard: reads, writes, or (mixed) every operation of the
-/// shard with the maximum taken over reads and writes only (the all-operations histogram also
-/// holds the benchmark closure itself, as one `task`, and the opens).
-pub fn io_latency(s: &ShardStats, rw: Rw) -> LatSummary {
-    match rw {
-        Rw::Randread | Rw::Read => LatSummary::from_lib(&s.read_latency()),
-        Rw::Randwrite | Rw::Write => LatSummary::from_lib(&s.write_latency()),
-        Rw::Randrw => {
-            let mut l = LatSummary::from_lib(&s.latency());
-            l.max = s.read_latency().max_us.max(s.write_latency().max_us);
-            l
-        }
-    }
-}
-
-/// A table row from a shard's statistics.
-pub fn row_of(s: &ShardStats, rw: Rw) -> Row {
-    Row {
-        id: (!s.is_total()).then_some(s.shard),
-        cpu: s.cpu,
-        numa_node: s.numa_node,
-        reads: s.ops(OpKind::Read),
-        writes: s.ops(OpKind::Write),
-        fsyncs: s.ops(OpKind::Fsync),
-        bytes: s.bytes_read + s.bytes_written,
-        errors: s.error_count(),
-        lat_us: io_latency(s, rw),
-    }
-}
-
 /// What the shard loop returns: its per-kind latency (measured on the shard, from the intended
 /// start in open loop) and checks.
 #[derive(Default)]
@@ -151,7 +121,6 @@ pub fn run(ctx: &RunCtx) -> Result<Output, BenchError> {
 
     let resident = ctx.warm()?;
     let meas = Measure::start();
-    let mut at_ramp_end = None;
     let pending: Vec<_> = subs
         .iter()
         .map(|s| {
@@ -167,47 +136,44 @@ pub fn run(ctx: &RunCtx) -> Result<Output, BenchError> {
             exec.submit_to(s.index, move |sctx| shard_loop(sctx, job))
         })
         .collect();
-    let (elapsed, cpu) = control.supervise(subs.len(), meas, w.duration, ctx.progress, &mut || {
-        if w.ramp.is_some() {
-            at_ramp_end = Some(exec.stats());
-        }
-    });
+    // No library snapshot at the end of a ramp: the shards are busy running the loop and
+    // would only answer after it.
+    let (elapsed, cpu) =
+        control.supervise(subs.len(), meas, w.duration, ctx.progress, &mut || {});
 
-    let mut tally = Tally::default();
+    let mut tallies = Vec::new();
     let mut fatal = Vec::new();
     for (s, c) in subs.iter().zip(pending) {
         match c.wait() {
             Ok(r) => {
-                tally.merge(&r.tally);
                 if let Some(f) = r.fatal {
                     fatal.push(format!("shard {}: {f}", s.index));
                 }
+                let (cpu, node) = ctx.cpu_of(s.index);
+                tallies.push((Some(s.index), Some(cpu), node, r.tally));
             }
             Err(e) => fatal.push(format!("shard {}: {e}", s.index)),
         }
     }
-    let mut stats = exec.stats();
+    let stats = exec.stats();
     let _ = exec.shutdown();
     if !fatal.is_empty() {
         return Err(BenchError::runtime(fatal.join("; ")));
     }
-    if let Some(before) = &at_ramp_end {
-        stats = stats.since(before);
+    let ramped = w.ramp.is_some();
+    if ramped {
+        notes.push(
+            "--ramp-time: ringshard's own statistics are left out (they would include the ramp); \
+             the tables are the loop's own counts after it"
+                .to_string(),
+        );
     }
-    let library = ExecutorStats::from_shards(stats.shards, elapsed);
-    Ok(Output {
-        row_kind: "shard",
-        rows: library.shards.iter().map(|s| row_of(s, w.rw)).collect(),
-        total: row_of(&library.total, w.rw),
-        elapsed,
-        cpu,
-        checks: tally.checks.clone(),
-        resident,
-        library: Some(library),
-        client_latency: false,
-        notes,
-        tally,
-    })
+    // The rows are the loop's own counts (latency from the intended start in open loop), as
+    // for every engine; the library's statistics are shown beside them.
+    let mut out = Output::from_tallies("shard", tallies, elapsed, cpu, resident, notes);
+    out.client_latency = false;
+    out.library = (!ramped).then(|| ExecutorStats::from_shards(stats.shards, elapsed));
+    Ok(out)
 }
 
 impl Drop for Job {

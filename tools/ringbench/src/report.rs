@@ -288,7 +288,10 @@ impl RunReport {
                 mb_s: per_sec(t.bytes as f64 / 1e6, secs),
                 errors: t.errors.max(out.checks.error_count()),
                 lat_us: t.lat_us.clone(),
-                kinds: kind_reports(&out.tally, secs, &w.percentiles),
+                kinds: out
+                    .kinds
+                    .clone()
+                    .unwrap_or_else(|| kind_reports(&out.tally, secs, &w.percentiles)),
             },
             row_kind: out.row_kind,
             latency_measured_by: if out.client_latency {

@@ -97,6 +97,8 @@ pub enum EngineKind {
     RingshardInshard,
     /// The ringshard executor on its threads backend (what runs where io_uring is blocked).
     RingshardThreads,
+    /// fio with its io_uring engine, given the same workload (in --compare when installed).
+    Fio,
 }
 
 impl EngineKind {
@@ -112,6 +114,7 @@ impl EngineKind {
                 EngineKind::Ringshard,
                 EngineKind::RingshardInshard,
                 EngineKind::RawUring,
+                EngineKind::Fio,
             ],
             Mode::InShard | Mode::Routed => &[
                 EngineKind::Ringshard,
@@ -119,6 +122,7 @@ impl EngineKind {
                 EngineKind::RawUring,
                 EngineKind::PreadPool,
                 EngineKind::TokioFs,
+                EngineKind::Fio,
             ],
         }
     }
@@ -137,6 +141,7 @@ impl EngineKind {
             EngineKind::SpawnBlocking => "spawn-blocking",
             EngineKind::RingshardInshard => "ringshard-inshard",
             EngineKind::RingshardThreads => "ringshard-threads",
+            EngineKind::Fio => "fio",
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The engines: ringshard (in-shard, routed and async) and the baselines it is compared with. Each
 //! one sets itself up, warms the files, runs the measured phase and reports what it counted.
 
+pub mod fio;
 pub mod pread_pool;
 pub mod raw_uring;
 pub mod ringshard_async;
@@ -148,6 +149,8 @@ pub struct Output {
     pub notes: Vec<String>,
     /// Every submitter's counts merged: per-kind latency (slat, clat, lat).
     pub tally: Tally,
+    /// Per-kind reports given as such (fio's), instead of from `tally`.
+    pub kinds: Option<std::collections::BTreeMap<&'static str, crate::report::KindReport>>,
 }
 
 impl Output {
@@ -187,6 +190,7 @@ impl Output {
             client_latency: true,
             notes,
             tally: all,
+            kinds: None,
         }
     }
 }
@@ -228,6 +232,7 @@ pub fn run(engine: EngineKind, ctx: &RunCtx) -> Result<Output, BenchError> {
                 engine.name()
             )))
         }
+        (EngineKind::Fio, _) => fio::run(ctx),
         (EngineKind::RawUring, _) => raw_uring::run(ctx),
         (EngineKind::PreadPool, _) => pread_pool::run(ctx),
         (EngineKind::TokioFs, _) => tokio_fs::run(ctx, ctx.w.tokio_api),

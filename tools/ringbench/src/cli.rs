@@ -1,10 +1,10 @@
 //! The command line: fio-like flags, parsed by clap and checked here into a [`Workload`], with
 //! one-line errors that say what is wrong and how to fix it.
 
-use crate::error::BenchError;
-use crate::sweep::SweepKey;
 use crate::distribution::Distribution;
+use crate::error::BenchError;
 use crate::pace::RateProcess;
+use crate::sweep::SweepKey;
 use crate::workload::{Api, EngineKind, Mode, PlacementSpec, Rw, TokioApi, Workload};
 use clap::Parser;
 use std::path::PathBuf;
@@ -21,7 +21,12 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = Rw::Randread)]
     pub rw: Rw,
     /// Percentage of reads for --rw randrw.
-    #[arg(long, alias = "rwmixread", default_value_t = 50, value_name = "PERCENT")]
+    #[arg(
+        long,
+        alias = "rwmixread",
+        default_value_t = 50,
+        value_name = "PERCENT"
+    )]
     pub rwmix_read: u32,
     /// Block size of each operation (k/m/g suffixes: 4k, 64k, 1m).
     #[arg(long, alias = "blocksize", default_value = "4k", value_name = "SIZE")]
@@ -71,7 +76,12 @@ pub struct Args {
     pub random_distribution: Option<String>,
     /// Percent of a random pattern's operations at random offsets; the rest continue
     /// sequentially from the previous one (fio's percentage_random).
-    #[arg(long, alias = "percentage_random", default_value_t = 100, value_name = "PERCENT")]
+    #[arg(
+        long,
+        alias = "percentage_random",
+        default_value_t = 100,
+        value_name = "PERCENT"
+    )]
     pub percentage_random: u32,
     /// Open loop: start this many operations per second per load generator (per shard
     /// in-shard, client routed, task async: fio's rate_iops per job), at intended times;
@@ -87,7 +97,12 @@ pub struct Args {
     pub rate_process: RateProcess,
     /// Latency percentiles to report per operation kind, comma or colon separated (e.g.
     /// 50,99,99.9; fio's percentile_list) [default: 50,99,99.9 in the table, fio's list in JSON].
-    #[arg(long, visible_alias = "percentile-list", alias = "percentile_list", value_name = "LIST")]
+    #[arg(
+        long,
+        visible_alias = "percentile-list",
+        alias = "percentile_list",
+        value_name = "LIST"
+    )]
     pub percentiles: Option<String>,
     /// Name of this job. Several --name groups run several jobs at once, each with the options
     /// after its --name (options before the first --name apply to every job), as fio does.
@@ -113,7 +128,12 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub shards: Option<usize>,
     /// One shard on each of these CPUs (e.g. 0-1,3).
-    #[arg(long, visible_alias = "cpus-allowed", alias = "cpus_allowed", value_name = "LIST")]
+    #[arg(
+        long,
+        visible_alias = "cpus-allowed",
+        alias = "cpus_allowed",
+        value_name = "LIST"
+    )]
     pub cores: Option<String>,
     /// One shard on each CPU of these NUMA nodes (e.g. 0,1).
     #[arg(long, value_name = "LIST")]
@@ -175,7 +195,12 @@ pub struct Args {
     pub json: Option<PathBuf>,
     /// normal (the tables), json (fio's JSON layout, for fio tooling, on stdout or --output),
     /// or normal,json.
-    #[arg(long, alias = "output_format", value_name = "FORMAT", default_value = "normal")]
+    #[arg(
+        long,
+        alias = "output_format",
+        value_name = "FORMAT",
+        default_value = "normal"
+    )]
     pub output_format: String,
     /// Write the --output-format output to this file instead of stdout.
     #[arg(long, value_name = "FILE")]

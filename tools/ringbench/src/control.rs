@@ -8,8 +8,8 @@
 
 use crossbeam_channel::{Receiver, Sender};
 use serde::Serialize;
-use std::io::{IsTerminal, Write};
 use std::cell::RefCell;
+use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};

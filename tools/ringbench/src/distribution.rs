@@ -258,7 +258,10 @@ mod tests {
 
     #[test]
     fn parses_fio_syntax() {
-        assert_eq!(Distribution::parse("random").unwrap(), Distribution::Uniform);
+        assert_eq!(
+            Distribution::parse("random").unwrap(),
+            Distribution::Uniform
+        );
         assert_eq!(
             Distribution::parse("zipf:1.2").unwrap(),
             Distribution::Zipf {
@@ -285,8 +288,16 @@ mod tests {
             "normal:5"
         );
         for bad in [
-            "zipf:0", "zipf:x", "pareto:1", "pareto:0", "normal:100", "normal:-1", "zipf:1:2",
-            "zipf:1:0.5:1", "zoned:60/10", "",
+            "zipf:0",
+            "zipf:x",
+            "pareto:1",
+            "pareto:0",
+            "normal:100",
+            "normal:-1",
+            "zipf:1:2",
+            "zipf:1:0.5:1",
+            "zoned:60/10",
+            "",
         ] {
             let e = Distribution::parse(bad).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{bad}");
@@ -385,7 +396,10 @@ mod tests {
             n,
             100_000,
         );
-        assert!(hot_share(wide, 1.0 / 3.0) < s, "a deviation widens the bell");
+        assert!(
+            hot_share(wide, 1.0 / 3.0) < s,
+            "a deviation widens the bell"
+        );
     }
 
     #[test]

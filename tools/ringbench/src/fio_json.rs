@@ -82,7 +82,10 @@ fn job_options(r: &RunReport) -> Value {
     }
     if let Some(r) = w.rate_iops {
         put("rate_iops", format!("{r}"));
-        put("rate_process", format!("{:?}", w.rate_process).to_lowercase());
+        put(
+            "rate_process",
+            format!("{:?}", w.rate_process).to_lowercase(),
+        );
     }
     if let Some(d) = w.duration {
         put("runtime", format!("{}", d.as_secs_f64()));
@@ -148,9 +151,8 @@ pub fn emit(
     match path {
         Some(p) => crate::report::write_json(p, &doc),
         None => {
-            let text = serde_json::to_string_pretty(&doc).map_err(|e| {
-                crate::error::BenchError::runtime(format!("encoding JSON: {e}"))
-            })?;
+            let text = serde_json::to_string_pretty(&doc)
+                .map_err(|e| crate::error::BenchError::runtime(format!("encoding JSON: {e}")))?;
             println!("{text}");
             Ok(())
         }

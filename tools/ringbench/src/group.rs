@@ -48,7 +48,12 @@ fn job_dir(base: &Path, name: &str) -> Result<std::path::PathBuf, BenchError> {
     Ok(d)
 }
 
-pub fn run(cfgs: &[Config], shared: &Workspace, host: &Host, progress: bool) -> Result<i32, BenchError> {
+pub fn run(
+    cfgs: &[Config],
+    shared: &Workspace,
+    host: &Host,
+    progress: bool,
+) -> Result<i32, BenchError> {
     let mut setups = Vec::with_capacity(cfgs.len());
     let mut spaces = Vec::new();
     for c in cfgs {
@@ -98,10 +103,7 @@ pub fn run(cfgs: &[Config], shared: &Workspace, host: &Host, progress: bool) -> 
             Ok(r) => reports.push(r),
             Err(BenchError::Usage(m)) => return Err(BenchError::Usage(m)),
             Err(BenchError::Runtime(m)) => {
-                eprintln!(
-                    "ringbench: job {}: {m}",
-                    c.w.name.as_deref().unwrap_or("?")
-                );
+                eprintln!("ringbench: job {}: {m}", c.w.name.as_deref().unwrap_or("?"));
                 failed = true;
             }
         }
@@ -110,10 +112,7 @@ pub fn run(cfgs: &[Config], shared: &Workspace, host: &Host, progress: bool) -> 
     let cfg = &cfgs[0];
     if cfg.output_format.normal {
         for r in &reports {
-            println!(
-                "=== job {}",
-                r.workload.name.as_deref().unwrap_or("?")
-            );
+            println!("=== job {}", r.workload.name.as_deref().unwrap_or("?"));
             r.print();
             println!();
         }
@@ -168,7 +167,9 @@ fn total(reports: &[RunReport], percentiles: &[f64]) -> GroupTotal {
 
 fn print_group(reports: &[RunReport], t: &GroupTotal, percentiles: &[f64]) {
     println!("=== group: {} job(s) at once", t.jobs);
-    let head = ["job", "engine", "workload", "ops", "IOPS", "MB/s", "p50 µs", "p99 µs", "s"];
+    let head = [
+        "job", "engine", "workload", "ops", "IOPS", "MB/s", "p50 µs", "p99 µs", "s",
+    ];
     let mut rows: Vec<Vec<String>> = reports
         .iter()
         .map(|r| {

@@ -61,9 +61,8 @@ pub fn parse(argv: Vec<String>) -> Result<Vec<Config>, BenchError> {
                     "a job file and --name groups together: put every job in the file",
                 ));
             }
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                BenchError::usage(format!("job file {}: {e}", path.display()))
-            })?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| BenchError::usage(format!("job file {}: {e}", path.display())))?;
             job_file_tokens(path, &text)?
                 .into_iter()
                 .map(|mut t| {
@@ -178,7 +177,11 @@ fn known_options() -> BTreeMap<String, bool> {
     let mut m = BTreeMap::new();
     for a in cmd.get_arguments() {
         let takes = a.get_action().takes_values();
-        for l in a.get_long().into_iter().chain(a.get_all_aliases().unwrap_or_default()) {
+        for l in a
+            .get_long()
+            .into_iter()
+            .chain(a.get_all_aliases().unwrap_or_default())
+        {
             m.insert(l.to_string(), takes);
         }
     }
@@ -191,8 +194,10 @@ pub fn job_file_tokens(path: &Path, text: &str) -> Result<Vec<Vec<String>>, Benc
         BenchError::usage(format!("job file {} line {line}: {why}", path.display()))
     };
     let known = known_options();
-    let mut global: Vec<(String, String, usize)> = Vec::new();
-    let mut jobs: Vec<(String, Vec<(String, String, usize)>)> = Vec::new();
+    // (key, value, line number)
+    type Opt = (String, String, usize);
+    let mut global: Vec<Opt> = Vec::new();
+    let mut jobs: Vec<(String, Vec<Opt>)> = Vec::new();
     let mut in_global = false;
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim();
@@ -230,7 +235,7 @@ pub fn job_file_tokens(path: &Path, text: &str) -> Result<Vec<Vec<String>>, Benc
     }
     let mut out = Vec::new();
     for (name, opts) in jobs {
-        let all: Vec<&(String, String, usize)> = global.iter().chain(&opts).collect();
+        let all: Vec<&Opt> = global.iter().chain(&opts).collect();
         // fio's size is the job's total over its files; ringbench's --size is per file.
         let nrfiles: Option<u64> = all
             .iter()
@@ -297,8 +302,21 @@ mod tests {
     #[test]
     fn jobs_inherit_global_options_and_override_them() {
         let c = parse(strings(&[
-            "ringbench", "--bs", "8k", "--runtime", "2", "--name", "r", "--rw", "randread",
-            "--name", "w", "--rw", "randwrite", "--bs", "16k",
+            "ringbench",
+            "--bs",
+            "8k",
+            "--runtime",
+            "2",
+            "--name",
+            "r",
+            "--rw",
+            "randread",
+            "--name",
+            "w",
+            "--rw",
+            "randwrite",
+            "--bs",
+            "16k",
         ]))
         .unwrap();
         assert_eq!(c.len(), 2);
@@ -310,7 +328,14 @@ mod tests {
         assert!(e.to_string().contains("before the first --name"), "{e}");
         let e = parse(strings(&["ringbench", "--name", "a", "--name", "a"])).unwrap_err();
         assert!(e.to_string().contains("two jobs are named"), "{e}");
-        let e = parse(strings(&["ringbench", "--compare", "--name", "a", "--name", "b"]));
+        let e = parse(strings(&[
+            "ringbench",
+            "--compare",
+            "--name",
+            "a",
+            "--name",
+            "b",
+        ]));
         assert!(e.unwrap_err().to_string().contains("run one job"));
     }
 

@@ -196,7 +196,10 @@ mod tests {
             wait_for(now + Duration::from_micros(100), now, w),
             Wait::Block(Duration::from_micros(80))
         );
-        assert_eq!(wait_for(now + Duration::from_micros(15), now, w), Wait::Poll);
+        assert_eq!(
+            wait_for(now + Duration::from_micros(15), now, w),
+            Wait::Poll
+        );
         assert_eq!(wait_for(now, now + Duration::from_micros(1), w), Wait::Poll);
         assert_eq!(
             wait_for(now + Duration::from_secs(10), now, w),

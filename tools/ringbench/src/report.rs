@@ -76,7 +76,11 @@ pub struct KindReport {
 }
 
 /// The per-kind reports of `t` over `secs`, with `percentiles` (empty: fio's list).
-pub fn kind_reports(t: &Tally, secs: f64, percentiles: &[f64]) -> BTreeMap<&'static str, KindReport> {
+pub fn kind_reports(
+    t: &Tally,
+    secs: f64,
+    percentiles: &[f64],
+) -> BTreeMap<&'static str, KindReport> {
     let list = if percentiles.is_empty() {
         &FIO_PERCENTILES[..]
     } else {
@@ -125,16 +129,23 @@ pub fn print_kinds(kinds: &BTreeMap<&'static str, KindReport>, percentiles: &[f6
         .iter()
         .map(|s| s.to_string())
         .collect();
-    head.extend(list.iter().map(|p| format!("p{}", crate::tally::pct_key(*p))));
+    head.extend(
+        list.iter()
+            .map(|p| format!("p{}", crate::tally::pct_key(*p))),
+    );
     head.push("max".into());
     let mut rows = Vec::new();
     for k in IoKind::ALL {
         let Some(r) = kinds.get(k.name()) else {
             continue;
         };
-        for (i, (what, l)) in [("lat", &r.lat_us), ("clat", &r.clat_us), ("slat", &r.slat_us)]
-            .into_iter()
-            .enumerate()
+        for (i, (what, l)) in [
+            ("lat", &r.lat_us),
+            ("clat", &r.clat_us),
+            ("slat", &r.slat_us),
+        ]
+        .into_iter()
+        .enumerate()
         {
             let first = i == 0;
             let blank = String::new;

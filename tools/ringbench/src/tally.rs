@@ -349,7 +349,11 @@ mod tests {
         t.ok(IoKind::Read, 4096, Times::new(None, us(0), us(10)));
         // Open loop, issued 100 µs after its intended start (every slot was busy): the wait
         // is submission latency, and counts in lat.
-        t.ok(IoKind::Write, 4096, Times::new(Some(us(0)), us(100), us(130)));
+        t.ok(
+            IoKind::Write,
+            4096,
+            Times::new(Some(us(0)), us(100), us(130)),
+        );
         t.ok(IoKind::Fsync, 0, Times::new(None, us(0), us(5000)));
         let r = t.kind(IoKind::Read).unwrap();
         assert_eq!((r.ops, r.bytes, r.lat.max()), (1, 4096, 10_007));

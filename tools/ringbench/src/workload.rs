@@ -293,7 +293,12 @@ pub enum IoKind {
 }
 
 impl IoKind {
-    pub const ALL: [IoKind; 4] = [IoKind::Read, IoKind::Write, IoKind::Fsync, IoKind::Fdatasync];
+    pub const ALL: [IoKind; 4] = [
+        IoKind::Read,
+        IoKind::Write,
+        IoKind::Fsync,
+        IoKind::Fdatasync,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {

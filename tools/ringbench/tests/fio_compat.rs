@@ -87,7 +87,10 @@ fn check_kind(k: &Value, keys: &[&str]) {
         assert_eq!(got, keys, "{stat}");
     }
     // lat = slat + clat for every operation: the max of lat covers the max of clat.
-    assert!(num(&k["lat_us"], "max") >= num(&k["clat_us"], "max") * 0.99, "{k}");
+    assert!(
+        num(&k["lat_us"], "max") >= num(&k["clat_us"], "max") * 0.99,
+        "{k}"
+    );
 }
 
 #[test]
@@ -170,7 +173,13 @@ fn open_loop(engine: &str, mode: &str, extra: &[&str]) {
 
 #[test]
 fn open_loop_in_shard_engines() {
-    for engine in ["ringshard", "raw-uring", "pread-pool", "tokio-fs", "spawn-blocking"] {
+    for engine in [
+        "ringshard",
+        "raw-uring",
+        "pread-pool",
+        "tokio-fs",
+        "spawn-blocking",
+    ] {
         open_loop(engine, "in-shard", &["--shards", "1"]);
     }
 }
@@ -178,7 +187,11 @@ fn open_loop_in_shard_engines() {
 #[test]
 fn open_loop_routed_async_and_tasks() {
     open_loop("ringshard", "routed", &["--clients", "1"]);
-    open_loop("ringshard", "routed", &["--clients", "1", "--api", "completion"]);
+    open_loop(
+        "ringshard",
+        "routed",
+        &["--clients", "1", "--api", "completion"],
+    );
     open_loop("ringshard", "async", &["--tasks", "1"]);
     open_loop("ringshard", "async", &["--tasks", "1", "--api", "session"]);
     open_loop("tokio-fs", "async", &["--tasks", "1"]);
@@ -231,8 +244,14 @@ fn ramp_time_is_not_counted() {
         ops <= 500.0 * secs * 1.2 + 20.0,
         "{ops} ops in {secs} s measured: the ramp was counted"
     );
-    assert!(out.contains("ringshard's own statistics are left out"), "{out}");
-    usage_error(&["--ramp-time", "1s", "--ops", "10"], "--ramp-time with --ops");
+    assert!(
+        out.contains("ringshard's own statistics are left out"),
+        "{out}"
+    );
+    usage_error(
+        &["--ramp-time", "1s", "--ops", "10"],
+        "--ramp-time with --ops",
+    );
 }
 
 #[test]
@@ -262,7 +281,10 @@ fn skewed_offsets_options() {
         );
         assert_eq!(v["workload"]["distribution"], d);
     }
-    usage_error(&["--random-distribution", "zipf:0"], "--random-distribution");
+    usage_error(
+        &["--random-distribution", "zipf:0"],
+        "--random-distribution",
+    );
     usage_error(&["--random-distribution", "pareto:1.5"], "between 0 and 1");
     usage_error(
         &["--rw", "read", "--random-distribution", "zipf:1.2"],
@@ -315,7 +337,10 @@ fn fio_names_and_fio_json_layout() {
         }
         let p = d["clat_ns"]["percentile"].as_object().unwrap();
         assert_eq!(p.len(), 17, "fio's default list");
-        assert!(p.contains_key("99.000000") && p.contains_key("99.990000"), "{p:?}");
+        assert!(
+            p.contains_key("99.000000") && p.contains_key("99.990000"),
+            "{p:?}"
+        );
     }
     assert!(num(&job["sync"], "total_ios") > 0.0);
     assert_eq!(job["job options"]["fsync"], "16");
@@ -323,7 +348,10 @@ fn fio_names_and_fio_json_layout() {
     assert!(num(job, "job_runtime") > 0.0);
     let rb = &job["ringbench"];
     assert_eq!(rb["workload"]["files"], 2);
-    assert_eq!(rb["workload"]["placement"]["shards"], 1, "--numjobs is --shards");
+    assert_eq!(
+        rb["workload"]["placement"]["shards"], 1,
+        "--numjobs is --shards"
+    );
     assert_eq!(rb["workload"]["placement"]["cores"][0], 0);
     assert_eq!(rb["workload"]["rwmix_read"], 60);
     // --numjobs is --clients routed; --output needs json.
@@ -392,7 +420,10 @@ fn name_groups_run_several_jobs() {
     assert!(g["kinds"]["read"]["ops"].as_u64().unwrap() > 0);
     assert!(g["kinds"]["fsync"]["ops"].as_u64().unwrap() > 0);
     for job in ["reader", "writer"] {
-        assert!(dir.path().join(job).join("ringbench.0.dat").exists(), "{job}");
+        assert!(
+            dir.path().join(job).join("ringbench.0.dat").exists(),
+            "{job}"
+        );
     }
 }
 
@@ -444,14 +475,20 @@ fdatasync=16
         "--json",
         js.to_str().unwrap(),
     ]);
-    assert!(out.contains("=== job hot-reads") && out.contains("=== job writes"), "{out}");
+    assert!(
+        out.contains("=== job hot-reads") && out.contains("=== job writes"),
+        "{out}"
+    );
     let v = json(&js);
     let runs = v["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 2);
     let r = &runs[0]["workload"];
     assert_eq!(r["distribution"], "zipf:1.2");
     assert_eq!(r["rate_iops"], 2000.0);
-    assert_eq!((r["files"].as_u64(), r["size"].as_u64()), (Some(2), Some(2 << 20)));
+    assert_eq!(
+        (r["files"].as_u64(), r["size"].as_u64()),
+        (Some(2), Some(2 << 20))
+    );
     assert_eq!(runs[1]["workload"]["datasync"], true);
     if fio_installed() {
         let parsed = Command::new("fio")
@@ -496,7 +533,10 @@ fn compare_says_when_fio_is_missing() {
         .unwrap()
         .iter()
         .all(|e| e["engine"] != "fio"));
-    let e = ringbench_env(&["--engine", "fio", "--ops", "10"], &[("RINGBENCH_FIO", "")]);
+    let e = ringbench_env(
+        &["--engine", "fio", "--ops", "10"],
+        &[("RINGBENCH_FIO", "")],
+    );
     assert_eq!(e.status.code(), Some(2));
     assert!(text(&e.stderr).contains("fio is not installed"));
 }
@@ -538,5 +578,8 @@ fn compare_runs_fio_with_the_same_workload() {
         assert!(num(&kinds[k]["lat_us"], "p50") > 0.0, "{kinds}");
     }
     assert!(kinds["fsync"]["ops"].as_u64().unwrap() > 0);
-    assert!(fio["notes"][0].as_str().unwrap().contains("coordinated-omission"));
+    assert!(fio["notes"][0]
+        .as_str()
+        .unwrap()
+        .contains("coordinated-omission"));
 }

@@ -134,7 +134,10 @@ fn global_options(ctx: &RunCtx) -> Vec<(&'static str, String)> {
             _ => format!("{}", r.round().max(1.0) as u64),
         };
         o.push(("rate_iops", v));
-        o.push(("rate_process", format!("{:?}", w.rate_process).to_lowercase()));
+        o.push((
+            "rate_process",
+            format!("{:?}", w.rate_process).to_lowercase(),
+        ));
     }
     // An --ops run is io_size-based (per job), else time-based.
     if let Some(d) = w.duration {
@@ -183,7 +186,10 @@ fn lat_from(v: &Value) -> LatSummary {
 }
 
 /// Reads fio's JSON (group-reported: one job) into ringbench's per-kind reports and a row.
-pub fn parse_output(text: &str, w: &crate::workload::Workload) -> Result<(Output, Vec<String>), BenchError> {
+pub fn parse_output(
+    text: &str,
+    w: &crate::workload::Workload,
+) -> Result<(Output, Vec<String>), BenchError> {
     let start = text.find('{').unwrap_or(0);
     let v: Value = serde_json::from_str(&text[start..])
         .map_err(|e| BenchError::runtime(format!("reading fio's JSON: {e}")))?;

@@ -10,8 +10,8 @@ use super::{pin, DoneGuard, Output, RunCtx};
 use crate::buf::AlignedBuf;
 use crate::control::Control;
 use crate::error::BenchError;
-use crate::pattern::Pattern;
 use crate::pace::{self, Wait};
+use crate::pattern::Pattern;
 use crate::tally::{errno_reason, Tally, Times};
 use crate::workload::{IoKind, Next, Op, OpGen, Submitter};
 use crossbeam_channel::RecvTimeoutError;
@@ -217,22 +217,23 @@ impl SubmitterThread<'_> {
             }
             // Open loop with a free slot: wait no longer than until shortly before the next
             // start, then poll.
-            let first = match waiting.map(|at| pace::wait_for(at, Instant::now(), pace::wake_window())) {
-                None => match self.rx.recv() {
-                    Ok(r) => r,
-                    Err(_) => break,
-                },
-                Some(Wait::Block(d)) => match self.rx.recv_timeout(d) {
-                    Ok(r) => r,
-                    Err(RecvTimeoutError::Timeout) => continue,
-                    Err(RecvTimeoutError::Disconnected) => break,
-                },
-                Some(Wait::Poll) => match self.rx.try_recv() {
-                    Ok(r) => r,
-                    Err(crossbeam_channel::TryRecvError::Empty) => continue,
-                    Err(crossbeam_channel::TryRecvError::Disconnected) => break,
-                },
-            };
+            let first =
+                match waiting.map(|at| pace::wait_for(at, Instant::now(), pace::wake_window())) {
+                    None => match self.rx.recv() {
+                        Ok(r) => r,
+                        Err(_) => break,
+                    },
+                    Some(Wait::Block(d)) => match self.rx.recv_timeout(d) {
+                        Ok(r) => r,
+                        Err(RecvTimeoutError::Timeout) => continue,
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    },
+                    Some(Wait::Poll) => match self.rx.try_recv() {
+                        Ok(r) => r,
+                        Err(crossbeam_channel::TryRecvError::Empty) => continue,
+                        Err(crossbeam_channel::TryRecvError::Disconnected) => break,
+                    },
+                };
             let now = Instant::now();
             let (mut n_ops, mut n_bytes) = (0u64, 0u64);
             let mut next = Some(first);

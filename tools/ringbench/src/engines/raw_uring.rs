@@ -7,16 +7,16 @@ use super::{pin, DoneGuard, Output, RunCtx};
 use crate::buf::{AlignedBuf, ALIGN};
 use crate::control::Control;
 use crate::error::BenchError;
-use crate::pattern::Pattern;
 use crate::pace::{self, Wait};
+use crate::pattern::Pattern;
 use crate::tally::{errno_reason, Tally, Times};
 use crate::workload::{IoKind, Next, Op, OpGen, Submitter};
 use io_uring::{opcode, types, IoUring};
-use std::time::Duration;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Barrier;
+use std::time::Duration;
 use std::time::Instant;
 
 pub fn run(ctx: &RunCtx) -> Result<Output, BenchError> {
@@ -278,7 +278,10 @@ impl Thread<'_> {
             match r {
                 Ok(_) => {}
                 Err(e)
-                    if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY | libc::ETIME)) => {}
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINTR | libc::EBUSY | libc::ETIME)
+                    ) => {}
                 Err(e) => {
                     let path = &self.paths[self.sub.files[0]];
                     tally.fail(IoKind::Read, path, 0, &format!("io_uring_enter: {e}"));

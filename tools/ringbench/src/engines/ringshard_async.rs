@@ -100,16 +100,22 @@ pub fn run(ctx: &RunCtx) -> Result<Output, BenchError> {
         }
     };
     let mut at_ramp_end = None;
-    let out = tokio_tasks::run(ctx, &plan, vec![note.to_string()], |job| -> TaskFuture {
-        match api {
-            Api::Session => Box::pin(session_task(Arc::clone(&io), job)),
-            Api::Completion => Box::pin(pipeline(Arc::clone(&io), job)),
-        }
-    }, &mut || {
-        if w.ramp.is_some() {
-            at_ramp_end = Some(exec.stats());
-        }
-    });
+    let out = tokio_tasks::run(
+        ctx,
+        &plan,
+        vec![note.to_string()],
+        |job| -> TaskFuture {
+            match api {
+                Api::Session => Box::pin(session_task(Arc::clone(&io), job)),
+                Api::Completion => Box::pin(pipeline(Arc::clone(&io), job)),
+            }
+        },
+        &mut || {
+            if w.ramp.is_some() {
+                at_ramp_end = Some(exec.stats());
+            }
+        },
+    );
     let mut stats = exec.stats();
     let _ = exec.shutdown();
     if let Some(before) = &at_ramp_end {

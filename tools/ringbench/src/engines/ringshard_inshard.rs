@@ -138,8 +138,7 @@ pub fn run(ctx: &RunCtx) -> Result<Output, BenchError> {
         .collect();
     // No library snapshot at the end of a ramp: the shards are busy running the loop and
     // would only answer after it.
-    let (elapsed, cpu) =
-        control.supervise(subs.len(), meas, w.duration, ctx.progress, &mut || {});
+    let (elapsed, cpu) = control.supervise(subs.len(), meas, w.duration, ctx.progress, &mut || {});
 
     let mut tallies = Vec::new();
     let mut fatal = Vec::new();
@@ -360,13 +359,28 @@ fn drive(ctx: &mut ShardContext<'_>, job: &Job, slots: &mut [Slot], res: &mut Sh
         for s in fresh.drain(..) {
             slots[s].t0 = t;
         }
-        // Wait for the ring only when nothing finished inline; in open loop, no longer than
-        // until shortly before the next start, then poll.
+        // Wait for the ring only when nothing finished inline. In open loop with a free slot,
+        // submit first (a page-cache read completes in the submit: no timer needed; arming one
+        // costs microseconds in a VM), then wait no longer than until shortly before the next
+        // start, then poll.
         let mut want = usize::from(inline_done.is_empty());
         if let (Some(at), 1) = (waiting, want) {
-            want = match pace::wait_for(at, t, window) {
-                Wait::Block(d) => usize::from(timer.arm(ctx, d)),
-                Wait::Poll => 0,
+            if let Err(e) = ctx.submit_and_wait(0) {
+                res.fatal = Some(format!("submit: {e}"));
+                job.control.stop();
+                return;
+            }
+            ctx.reap(|c| inline_done.push(c));
+            want = if !inline_done.is_empty() {
+                0
+            } else {
+                match pace::wait_for(at, Instant::now(), window) {
+                    Wait::Block(d) => usize::from(timer.arm(ctx, d)),
+                    // Polling: a zero timeout, so that the wait still runs deferred
+                    // completions (DEFER_TASKRUN) without blocking.
+                    Wait::Poll if timer.armed => 0,
+                    Wait::Poll => usize::from(timer.arm(ctx, Duration::ZERO)),
+                }
             };
         }
         if let Err(e) = ctx.submit_and_wait(want) {

@@ -238,10 +238,14 @@ impl Client<'_> {
             };
             // Open loop with a free slot: wait for the oldest no longer than until shortly
             // before the next start.
-            let r = match waiting.map(|at| pace::wait_for(at, Instant::now(), pace::wake_window())) {
-                None => Some(first.pending.wait_timeout(std::time::Duration::MAX).unwrap_or_else(
-                    || Err(IoUringError::Timeout),
-                )),
+            let r = match waiting.map(|at| pace::wait_for(at, Instant::now(), pace::wake_window()))
+            {
+                None => Some(
+                    first
+                        .pending
+                        .wait_timeout(std::time::Duration::MAX)
+                        .unwrap_or(Err(IoUringError::Timeout)),
+                ),
                 Some(Wait::Block(d)) => first.pending.wait_timeout(d),
                 Some(Wait::Poll) => first
                     .pending
@@ -347,7 +351,8 @@ impl Client<'_> {
             }
             // Open loop with a free slot: wait no longer than until shortly before the next
             // start, then poll.
-            let r = match waiting.map(|at| pace::wait_for(at, Instant::now(), pace::wake_window())) {
+            let r = match waiting.map(|at| pace::wait_for(at, Instant::now(), pace::wake_window()))
+            {
                 None => session.wait(1, &mut done),
                 Some(Wait::Block(d)) => session.wait_timeout(1, d, &mut done),
                 Some(Wait::Poll) => {

@@ -54,12 +54,18 @@ pub fn run(ctx: &RunCtx, api: TokioApi) -> Result<Output, BenchError> {
         TokioApi::ReadAt => Some(BlockingIo::new(ctx)?),
         TokioApi::SeekRead => None,
     };
-    tokio_tasks::run(ctx, &plan, notes, |job| -> TaskFuture {
-        match &blocking {
-            Some(io) => Box::pin(pipeline(Arc::clone(io), job)),
-            None => Box::pin(seek_read_task(job)),
-        }
-    }, &mut || {})
+    tokio_tasks::run(
+        ctx,
+        &plan,
+        notes,
+        |job| -> TaskFuture {
+            match &blocking {
+                Some(io) => Box::pin(pipeline(Arc::clone(io), job)),
+                None => Box::pin(seek_read_task(job)),
+            }
+        },
+        &mut || {},
+    )
 }
 
 async fn seek_read_task(job: TaskJob) -> Tally {
@@ -126,7 +132,15 @@ async fn seek_read_loop(job: &TaskJob, gen: &mut OpGen, tally: &mut Tally) -> Re
         }
         .await;
         let times = Times::new(start, t0, Instant::now());
-        tokio_tasks::record(job, gen, tally, op, r.map_err(|e| io_reason(&e)), &buf, times);
+        tokio_tasks::record(
+            job,
+            gen,
+            tally,
+            op,
+            r.map_err(|e| io_reason(&e)),
+            &buf,
+            times,
+        );
     }
     Ok(())
 }

@@ -7,12 +7,15 @@
 # counts from the intended start (coordinated omission corrected): the extra is how late the
 # schedule's starts went out, which fio does not report.
 #
-#   tools/ringbench/examples/fio-vs-ringbench.sh            # 3 rounds of 10 s each per tool
-#   ROUNDS=5 RUNTIME=20 DIR=/var/tmp/x tools/ringbench/examples/fio-vs-ringbench.sh
+#   tools/ringbench/examples/fio-vs-ringbench.sh     # 3 rounds of 10 s per tool, 64k, 5000 IOPS
+#   ROUNDS=5 RUNTIME=20 BS=4k RATE=10000 ENGINE=raw-uring DIR=/var/tmp/x tools/ringbench/examples/fio-vs-ringbench.sh
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 ROUNDS=${ROUNDS:-3}
 export RUNTIME=${RUNTIME:-10}
+export BS=${BS:-64k}
+RATE=${RATE:-5000}
+export RATE_R=$((RATE * 70 / 100)) RATE_W=$((RATE - RATE * 70 / 100))
 export DIR=${DIR:-$(mktemp -d /tmp/fio-vs-ringbench.XXXXXX)}
 RINGBENCH=${RINGBENCH:-}
 command -v fio >/dev/null || { echo "fio is not installed (apt-get install fio)" >&2; exit 2; }
@@ -23,9 +26,9 @@ if [ -z "$RINGBENCH" ]; then
 fi
 mkdir -p "$DIR"
 # The ringbench equivalent of zipf-open-loop.fio (--rate-iops is per load generator: one here).
-rb_args=(--dir "$DIR" --cores 1 --files 1 --size 256m --rw randrw --rwmixread 70 --bs 4k
-  --iodepth 8 --random-distribution zipf:1.2 --rate-iops 10000 --ramp-time 2 --runtime "$RUNTIME"
-  --percentiles 50,99 --output-format json --quiet)
+rb_args=(--dir "$DIR" --cores 1 --files 1 --size 256m --rw randrw --rwmixread 70 --bs "$BS"
+  --iodepth 8 --random-distribution zipf:1.2 --rate-iops "$RATE" --ramp-time 2 --runtime "$RUNTIME"
+  --percentiles 50,99 --engine "${ENGINE:-ringshard}" --output-format json --quiet)
 # Creates and fills the file (ringbench.0.dat) once; both tools then use it, warm.
 "$RINGBENCH" --dir "$DIR" --cores 1 --files 1 --size 256m --ops 1 --quiet >/dev/null
 for r in $(seq 1 "$ROUNDS"); do

@@ -91,10 +91,10 @@ pub fn new_hist() -> Histogram<u64> {
 
 /// When an operation started, was issued and completed.
 ///
-/// `start`: its intended start in open loop (`--rate-iops`), else when the submitter took it from
-/// its generator. `issue`: when it was handed to the I/O interface: the `io_uring_enter` that
-/// submits it (ringshard in-shard, raw-uring), else the call (request API, channel send,
-/// `spawn_blocking`, tokio call). slat = issue - start, clat = done - issue, lat = done - start.
+/// `start`: its intended start in open loop (`--rate-iops`), else the issue (slat 0). `issue`:
+/// when it was handed to the I/O interface: the `io_uring_enter` that submits it (ringshard
+/// in-shard, raw-uring), else the call (request API, channel send, `spawn_blocking`, tokio call).
+/// slat = issue - start, clat = done - issue, lat = done - start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Times {
     pub start: Instant,

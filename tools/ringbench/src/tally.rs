@@ -89,6 +89,12 @@ pub fn new_hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("constant histogram bounds are valid")
 }
 
+/// A histogram for the parts of the latency (slat, clat): 1 ns to 60 s, 2 significant digits
+/// (under 1% error, finer than fio's own bins; about 30 KiB instead of 220).
+pub fn new_part_hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 2).expect("constant histogram bounds are valid")
+}
+
 /// When an operation started, was issued and completed.
 ///
 /// `start`: its intended start in open loop (`--rate-iops`), else the issue (slat 0). `issue`:
@@ -149,8 +155,8 @@ impl KindTally {
         KindTally {
             ops: 0,
             bytes: 0,
-            slat: new_hist(),
-            clat: new_hist(),
+            slat: new_part_hist(),
+            clat: new_part_hist(),
             lat: new_hist(),
         }
     }
@@ -225,8 +231,8 @@ impl Checks {
     }
 }
 
-/// Everything one thread counts. Histograms are made for the kinds that occur (three of about
-/// 220 KiB each per kind).
+/// Everything one thread counts. Histograms are made for the kinds that occur (about 280 KiB per
+/// kind).
 #[derive(Debug, Clone, Default)]
 pub struct Tally {
     /// Per kind, indexed by [`IoKind`] order (read, write, fsync, fdatasync).

@@ -340,3 +340,49 @@ impl Measure {
         CpuTimes::now().since(self.cpu)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The only unit test that sets the process-wide ramp (others would see `ramping()`).
+    #[test]
+    fn ramp_restarts_the_clocks_and_runs_the_hook() {
+        set_ramp(Some(Duration::from_millis(200)));
+        let c = Control::new(1);
+        let t0 = Instant::now();
+        let mut hook_at = None;
+        let (elapsed, saw_ramp) = std::thread::scope(|s| {
+            let sub = s.spawn(|| {
+                let mut saw = false;
+                while !c.stopped() {
+                    saw |= ramping();
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                c.done();
+                saw
+            });
+            let (elapsed, _) = c.supervise(
+                1,
+                Measure::restart(),
+                Some(Duration::from_millis(100)),
+                false,
+                &mut || hook_at = Some(t0.elapsed()),
+            );
+            (elapsed, sub.join().unwrap())
+        });
+        set_ramp(None);
+        let wall = t0.elapsed();
+        assert!(saw_ramp, "the submitter saw the ramp");
+        assert!(!ramping());
+        assert!(
+            hook_at.unwrap() >= Duration::from_millis(200),
+            "{hook_at:?}"
+        );
+        assert!(elapsed >= Duration::from_millis(100), "{elapsed:?}");
+        assert!(
+            elapsed <= wall - Duration::from_millis(200),
+            "{elapsed:?} of {wall:?}"
+        );
+    }
+}

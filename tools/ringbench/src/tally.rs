@@ -246,9 +246,14 @@ impl Tally {
     /// (`--ramp-time`: nothing done before it counts).
     #[inline]
     pub fn ok(&mut self, kind: IoKind, bytes: u64, t: Times) {
-        if crate::control::ramping() {
-            return;
+        if !crate::control::ramping() {
+            self.record(kind, bytes, t);
         }
+    }
+
+    /// Counts a successful operation (ramp or not).
+    #[inline]
+    fn record(&mut self, kind: IoKind, bytes: u64, t: Times) {
         let k = self.kinds[kind as usize].get_or_insert_with(|| Box::new(KindTally::new()));
         k.ops += 1;
         if !kind.is_sync() {
@@ -352,15 +357,15 @@ mod tests {
         let us = |n: u64| t0 + Duration::from_micros(n);
         let mut t = Tally::default();
         // Closed loop: started when issued.
-        t.ok(IoKind::Read, 4096, Times::new(None, us(0), us(10)));
+        t.record(IoKind::Read, 4096, Times::new(None, us(0), us(10)));
         // Open loop, issued 100 µs after its intended start (every slot was busy): the wait
         // is submission latency, and counts in lat.
-        t.ok(
+        t.record(
             IoKind::Write,
             4096,
             Times::new(Some(us(0)), us(100), us(130)),
         );
-        t.ok(IoKind::Fsync, 0, Times::new(None, us(0), us(5000)));
+        t.record(IoKind::Fsync, 0, Times::new(None, us(0), us(5000)));
         let r = t.kind(IoKind::Read).unwrap();
         assert_eq!((r.ops, r.bytes, r.lat.max()), (1, 4096, 10_007));
         assert_eq!(r.slat.max(), 0);

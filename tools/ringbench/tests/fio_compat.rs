@@ -155,8 +155,9 @@ fn open_loop(engine: &str, mode: &str, extra: &[&str]) {
     assert!(out.contains("intended start (open loop)"), "{out}");
     assert_eq!(num(&v["workload"], "rate_iops"), 300.0);
     assert_eq!(num(&v["total"], "ops"), 60.0, "{engine} {mode}");
+    // With --iodepth 2, tokio-fs splits a generator into 2 tasks of 30 at 150/s: 29/150 s.
     assert!(
-        num(&v, "duration_s") >= 59.0 / 300.0 * 0.99,
+        num(&v, "duration_s") >= 29.0 / 150.0 * 0.99,
         "{engine} {mode}: 60 ops at 300/s in {} s",
         v["duration_s"]
     );
@@ -220,7 +221,7 @@ fn open_loop_routed_async_and_tasks() {
 #[test]
 fn ramp_time_is_not_counted() {
     let dir = tempfile::tempdir().unwrap();
-    // 500 IOPS: a ramp of 600 ms counted would add about 300 operations to the 400 ms run.
+    let t0 = std::time::Instant::now();
     let (out, v) = run_in(
         dir.path(),
         &[
@@ -236,13 +237,15 @@ fn ramp_time_is_not_counted() {
             "4",
         ],
     );
+    let wall = t0.elapsed().as_secs_f64();
     assert_eq!(num(&v["workload"], "ramp"), 0.6);
-    let ops = num(&v["total"], "ops");
     let secs = num(&v, "duration_s");
-    assert!(ops > 0.0);
+    assert!(num(&v["total"], "ops") > 0.0);
+    // The run lasted the ramp and the duration; the measured time is the part after the ramp.
+    assert!(wall >= 1.0, "{wall} s");
     assert!(
-        ops <= 500.0 * secs * 1.2 + 20.0,
-        "{ops} ops in {secs} s measured: the ramp was counted"
+        secs >= 0.4 && secs <= wall - 0.6,
+        "measured {secs} s of {wall} s"
     );
     assert!(
         out.contains("ringshard's own statistics are left out"),

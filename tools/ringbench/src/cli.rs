@@ -1,7 +1,9 @@
 //! The command line: fio-like flags, parsed by clap and checked here into a [`Workload`], with
 //! one-line errors that say what is wrong and how to fix it.
 
+use crate::distribution::Distribution;
 use crate::error::BenchError;
+use crate::pace::RateProcess;
 use crate::sweep::SweepKey;
 use crate::workload::{Api, EngineKind, Mode, PlacementSpec, Rw, TokioApi, Workload};
 use clap::Parser;
@@ -13,31 +15,41 @@ use std::time::Duration;
 /// With no arguments: 4k random reads from the page cache, one 64 MiB file per shard in a
 /// temporary directory, generated inside every shard, for 3 seconds.
 #[derive(Parser, Debug)]
-#[command(name = "ringbench", version, about)]
+#[command(name = "ringbench", version, about, args_override_self = true)]
 pub struct Args {
     /// I/O pattern.
     #[arg(long, value_enum, default_value_t = Rw::Randread)]
     pub rw: Rw,
     /// Percentage of reads for --rw randrw.
-    #[arg(long, default_value_t = 50, value_name = "PERCENT")]
+    #[arg(
+        long,
+        alias = "rwmixread",
+        default_value_t = 50,
+        value_name = "PERCENT"
+    )]
     pub rwmix_read: u32,
     /// Block size of each operation (k/m/g suffixes: 4k, 64k, 1m).
-    #[arg(long, default_value = "4k", value_name = "SIZE")]
+    #[arg(long, alias = "blocksize", default_value = "4k", value_name = "SIZE")]
     pub bs: String,
-    /// Size of each file (e.g. 64m, 1g).
-    #[arg(long, default_value = "64m", value_name = "SIZE")]
+    /// Size of each file (e.g. 64m, 1g): fio's filesize (fio's size is a job's total over its
+    /// files; in a job file ringbench divides it by nrfiles).
+    #[arg(long, alias = "filesize", default_value = "64m", value_name = "SIZE")]
     pub size: String,
     /// Number of files, spread over the shards by the router (default: one per shard, chosen so
     /// that every shard gets one).
-    #[arg(long, value_name = "N")]
+    #[arg(long, alias = "nrfiles", value_name = "N")]
     pub files: Option<usize>,
     /// Operations in flight per submitter: per shard in-shard, per client routed, per task async
     /// [default: 32; 1 with --mode async].
     #[arg(long, value_name = "N")]
     pub iodepth: Option<usize>,
     /// How long to run (e.g. 5s, 500ms, 1m); default 3s unless --ops is given.
-    #[arg(long, value_name = "TIME")]
+    #[arg(long, alias = "runtime", value_name = "TIME")]
     pub duration: Option<String>,
+    /// Run the load this long before measuring (e.g. 2s; fio's ramp_time): nothing done in the
+    /// ramp is counted.
+    #[arg(long, alias = "ramp_time", value_name = "TIME")]
+    pub ramp_time: Option<String>,
     /// Sample ops, verification mismatches, errors, RSS and open descriptors this often (e.g.
     /// 10s, 500ms; "off": never), print them as a table with a verdict on growth ("flat" or
     /// "growing", which fails the run), and add them to --json [default: 10s when --duration is
@@ -47,15 +59,62 @@ pub struct Args {
     /// Stop after this many reads+writes in total (split over the submitters).
     #[arg(long, value_name = "N")]
     pub ops: Option<u64>,
-    /// Bypass the page cache (O_DIRECT); --bs must be a multiple of 4096.
-    #[arg(long)]
+    /// Bypass the page cache (O_DIRECT); --bs must be a multiple of 4096. fio's --direct=1 and
+    /// --direct=0 work too.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "1",
+          default_value = "0", value_parser = parse_flag, action = clap::ArgAction::Set)]
     pub direct: bool,
-    /// fsync a file after every N writes to it (0: never).
-    #[arg(long, default_value_t = 0, value_name = "N")]
+    /// fsync a file after every N writes to it (0: never; fio's fsync).
+    #[arg(long, alias = "fsync", default_value_t = 0, value_name = "N")]
     pub fsync_every: u64,
+    /// fdatasync a file after every N writes to it (fio's fdatasync); instead of --fsync-every.
+    #[arg(long, value_name = "N")]
+    pub fdatasync: Option<u64>,
+    /// Skewed random offsets, with fio's syntax: zipf:THETA, pareto:H, normal:PCT (each with an
+    /// optional :CENTER from 0 to 1), or random (uniform, the default).
+    #[arg(long, alias = "random_distribution", value_name = "DIST")]
+    pub random_distribution: Option<String>,
+    /// Percent of a random pattern's operations at random offsets; the rest continue
+    /// sequentially from the previous one (fio's percentage_random).
+    #[arg(
+        long,
+        alias = "percentage_random",
+        default_value_t = 100,
+        value_name = "PERCENT"
+    )]
+    pub percentage_random: u32,
+    /// Open loop: start this many operations per second per load generator (per shard
+    /// in-shard, client routed, task async: fio's rate_iops per job), at intended times;
+    /// latency counts from the intended start (coordinated omission corrected).
+    #[arg(long, alias = "rate_iops", value_name = "IOPS")]
+    pub rate_iops: Option<f64>,
+    /// Open loop by bandwidth: bytes per second per load generator (e.g. 100m; fio's rate),
+    /// i.e. --rate-iops RATE/bs.
+    #[arg(long, value_name = "BYTES")]
+    pub rate: Option<String>,
+    /// Spacing of the open-loop starts: evenly (linear), or exponential gaps (poisson).
+    #[arg(long, alias = "rate_process", value_enum, default_value_t = RateProcess::Linear)]
+    pub rate_process: RateProcess,
+    /// Latency percentiles to report per operation kind, comma or colon separated (e.g.
+    /// 50,99,99.9; fio's percentile_list) [default: 50,99,99.9 in the table, fio's list in JSON].
+    #[arg(
+        long,
+        visible_alias = "percentile-list",
+        alias = "percentile_list",
+        value_name = "LIST"
+    )]
+    pub percentiles: Option<String>,
+    /// Name of this job. Several --name groups run several jobs at once, each with the options
+    /// after its --name (options before the first --name apply to every job), as fio does.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Load generators (fio's numjobs): --shards in-shard and tasks, --clients routed, --tasks
+    /// async.
+    #[arg(long, value_name = "N")]
+    pub numjobs: Option<usize>,
     /// Directory for the data files (created and filled as needed, reused when present with the
     /// right size); default: a temporary directory, removed afterwards.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, alias = "directory", value_name = "DIR")]
     pub dir: Option<PathBuf>,
     /// Seed of the operation sequence and of the --verify pattern.
     #[arg(long, default_value_t = 1)]
@@ -69,7 +128,12 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub shards: Option<usize>,
     /// One shard on each of these CPUs (e.g. 0-1,3).
-    #[arg(long, value_name = "LIST")]
+    #[arg(
+        long,
+        visible_alias = "cpus-allowed",
+        alias = "cpus_allowed",
+        value_name = "LIST"
+    )]
     pub cores: Option<String>,
     /// One shard on each CPU of these NUMA nodes (e.g. 0,1).
     #[arg(long, value_name = "LIST")]
@@ -129,9 +193,83 @@ pub struct Args {
     /// Also write the results as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// normal (the tables), json (fio's JSON layout, for fio tooling, on stdout or --output),
+    /// or normal,json.
+    #[arg(
+        long,
+        alias = "output_format",
+        value_name = "FORMAT",
+        default_value = "normal"
+    )]
+    pub output_format: String,
+    /// Write the --output-format output to this file instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
     /// No live progress line.
     #[arg(long)]
     pub quiet: bool,
+    /// A fio job file (ini: [global] and one [section] per job) with the options ringbench has,
+    /// by their fio names; every job runs at once.
+    #[arg(value_name = "JOBFILE")]
+    pub job_file: Option<PathBuf>,
+}
+
+/// fio's boolean values: 1/0, true/false, yes/no, on/off.
+fn parse_flag(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "" | "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(format!("{s:?} is not 0 or 1")),
+    }
+}
+
+/// What to print: the tables, fio's JSON, or both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OutputFormat {
+    pub normal: bool,
+    pub json: bool,
+}
+
+fn parse_output_format(s: &str) -> Result<OutputFormat, BenchError> {
+    let mut f = OutputFormat::default();
+    for part in s.split(',') {
+        match part.trim() {
+            "normal" | "terse" => f.normal = true,
+            "json" | "json+" => f.json = true,
+            other => {
+                return Err(BenchError::usage(format!(
+                    "--output-format {other:?}: use normal, json or normal,json"
+                )))
+            }
+        }
+    }
+    Ok(f)
+}
+
+/// Parses a percentile list ("50,99,99.9" or fio's "50:99:99.9").
+pub fn parse_percentiles(s: &str) -> Result<Vec<f64>, BenchError> {
+    let bad = |why: String| {
+        BenchError::usage(format!(
+            "--percentiles {s:?}: {why}; use percentages above 0 and at most 100, comma or              colon separated (e.g. 50,99,99.9)"
+        ))
+    };
+    let mut v = Vec::new();
+    for p in s.split([',', ':']) {
+        let x: f64 = p
+            .trim()
+            .parse()
+            .map_err(|_| bad(format!("{:?} is not a number", p.trim())))?;
+        if !(x > 0.0 && x <= 100.0) {
+            return Err(bad(format!("{x} is out of range")));
+        }
+        v.push(x);
+    }
+    if v.is_empty() || v.len() > 64 {
+        return Err(bad("give 1 to 64 values".into()));
+    }
+    v.sort_by(f64::total_cmp);
+    v.dedup();
+    Ok(v)
 }
 
 /// What to do with the workload.
@@ -156,6 +294,8 @@ pub struct Config {
     pub json: Option<PathBuf>,
     pub plot: Option<PathBuf>,
     pub quiet: bool,
+    pub output_format: OutputFormat,
+    pub output: Option<PathBuf>,
 }
 
 /// Parses a size: a whole number with an optional k, m, g or t suffix (binary multiples;
@@ -281,7 +421,22 @@ pub const MAX_TASKS: usize = 65_536;
 
 impl Args {
     /// Checks every flag and builds the configuration.
-    pub fn into_config(self) -> Result<Config, BenchError> {
+    pub fn into_config(mut self) -> Result<Config, BenchError> {
+        if let Some(n) = self.numjobs {
+            let (flag, slot) = match self.mode {
+                Mode::InShard | Mode::Tasks => ("--shards", &mut self.shards),
+                Mode::Routed => ("--clients", &mut self.clients),
+                Mode::Async => ("--tasks", &mut self.tasks),
+            };
+            if slot.is_some_and(|v| v != n) {
+                return Err(BenchError::usage(format!(
+                    "--numjobs {n} and {flag} {} disagree: in --mode {} --numjobs is {flag}; give                      one of them",
+                    slot.unwrap_or(0),
+                    self.mode.name()
+                )));
+            }
+            *slot = Some(n);
+        }
         let bs = parse_size("--bs", &self.bs)?;
         let size = parse_size("--size", &self.size)?;
         if bs == 0 {
@@ -335,6 +490,65 @@ impl Args {
         }
         if self.ops == Some(0) {
             return Err(BenchError::usage("--ops 0: use at least one operation"));
+        }
+        let ramp = self
+            .ramp_time
+            .as_deref()
+            .map(|r| parse_duration("--ramp-time", r))
+            .transpose()?;
+        if ramp.is_some() && self.ops.is_some() {
+            return Err(BenchError::usage(
+                "--ramp-time with --ops: the quota would be spent partly in the ramp; use                  --duration (--runtime) with a ramp",
+            ));
+        }
+        let distribution = match &self.random_distribution {
+            Some(d) => Distribution::parse(d)?,
+            None => Distribution::Uniform,
+        };
+        if self.percentage_random > 100 {
+            return Err(BenchError::usage(format!(
+                "--percentage-random {}: a percentage from 0 to 100",
+                self.percentage_random
+            )));
+        }
+        if !self.rw.random() && (!distribution.is_uniform() || self.percentage_random < 100) {
+            return Err(BenchError::usage(format!(
+                "--random-distribution and --percentage-random apply to random patterns: use                  --rw randread, randwrite or randrw (not {})",
+                self.rw.name()
+            )));
+        }
+        let rate_iops = match (self.rate_iops, &self.rate) {
+            (Some(_), Some(_)) => {
+                return Err(BenchError::usage(
+                    "--rate-iops and --rate both set the open-loop rate: give one",
+                ))
+            }
+            (Some(r), None) => Some(r),
+            (None, Some(r)) => Some(parse_size("--rate", r)? as f64 / bs.max(1) as f64),
+            (None, None) => None,
+        };
+        if let Some(r) = rate_iops {
+            if !(r.is_finite() && r > 0.0 && r <= 1e9) {
+                return Err(BenchError::usage(format!(
+                    "--rate-iops {r}: use a rate above 0 and at most 1e9 per second (e.g.                      --rate-iops 10000)"
+                )));
+            }
+        }
+        if self.fdatasync.is_some() && self.fsync_every > 0 {
+            return Err(BenchError::usage(
+                "--fsync-every (--fsync) and --fdatasync together: give one",
+            ));
+        }
+        let percentiles = self
+            .percentiles
+            .as_deref()
+            .map(parse_percentiles)
+            .transpose()?;
+        let output_format = parse_output_format(&self.output_format)?;
+        if self.output.is_some() && !output_format.json {
+            return Err(BenchError::usage(
+                "--output FILE is for --output-format json (the tables go to stdout; --json FILE                  writes ringbench's own JSON)",
+            ));
         }
         let duration = match &self.duration {
             Some(d) => Some(parse_duration("--duration", d)?),
@@ -451,7 +665,15 @@ impl Args {
             ops: self.ops,
             report_every,
             direct: self.direct,
-            fsync_every: self.fsync_every,
+            fsync_every: self.fdatasync.unwrap_or(self.fsync_every),
+            datasync: self.fdatasync.is_some(),
+            distribution,
+            percentage_random: self.percentage_random,
+            rate_iops,
+            rate_process: self.rate_process,
+            ramp,
+            percentiles: percentiles.unwrap_or_default(),
+            name: self.name,
             dir: self.dir,
             seed: self.seed,
             verify: self.verify,
@@ -479,6 +701,8 @@ impl Args {
             json: self.json,
             plot: self.plot,
             quiet: self.quiet,
+            output_format,
+            output: self.output,
         })
     }
 }

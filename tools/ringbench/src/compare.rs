@@ -45,6 +45,8 @@ struct CompareReport<'a> {
     workload: &'a Workload,
     host: &'a Host,
     engines: Vec<EngineSummary>,
+    /// Engines left out, and why (fio not installed, ...).
+    left_out: Vec<String>,
     runs: Vec<&'a RunReport>,
 }
 
@@ -56,7 +58,18 @@ pub fn run(
     progress: bool,
 ) -> Result<i32, BenchError> {
     let setup = Setup::new(&cfg.w, ws, None)?;
-    let engines = EngineKind::compared(cfg.w.mode);
+    let mut left_out = Vec::new();
+    let engines: Vec<EngineKind> = EngineKind::compared(cfg.w.mode)
+        .iter()
+        .copied()
+        .filter(|&e| match (e, crate::engines::fio::unavailable(&cfg.w)) {
+            (EngineKind::Fio, Some(why)) => {
+                left_out.push(why);
+                false
+            }
+            _ => true,
+        })
+        .collect();
     let n = engines.len();
     // results[engine][round]
     let mut results: Vec<Vec<Option<RunReport>>> = vec![Vec::new(); n];
@@ -78,6 +91,9 @@ pub fn run(
         },
         repeat
     );
+    for why in &left_out {
+        println!("{why}");
+    }
     for round in 0..repeat {
         for k in 0..n {
             let e = (round + k) % n;
@@ -176,6 +192,7 @@ pub fn run(
             workload: &cfg.w,
             host,
             engines: summaries,
+            left_out,
             runs,
         };
         report::write_json(p, &rep)?;

@@ -1,11 +1,78 @@
 //! Running a measured phase: the start/stop signal, per-submitter progress counters, the live
-//! progress line on stderr, and the wall-clock and CPU time (getrusage) of the phase.
+//! progress line on stderr, the ramp (`--ramp-time`: the load runs, nothing is counted, then the
+//! clocks start), and the wall-clock and CPU time (getrusage) of the phase.
+//!
+//! The ramp and the start of several jobs run together are process-wide (one group of measured
+//! phases runs at a time): [`set_ramp`] once, and each job's thread joins the [`GroupStart`] so
+//! that every job's load starts at the same moment.
 
 use crossbeam_channel::{Receiver, Sender};
 use serde::Serialize;
+use std::cell::RefCell;
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
+
+static RAMP: Mutex<Option<Duration>> = Mutex::new(None);
+static RAMPING: AtomicBool = AtomicBool::new(false);
+
+/// Sets the ramp of the measured phases to come (`--ramp-time`; None: no ramp).
+pub fn set_ramp(ramp: Option<Duration>) {
+    *RAMP.lock().unwrap_or_else(|p| p.into_inner()) = ramp;
+}
+
+fn ramp() -> Option<Duration> {
+    *RAMP.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether the current phase is still ramping (operations done now are not counted).
+#[inline]
+pub fn ramping() -> bool {
+    RAMPING.load(Ordering::Relaxed)
+}
+
+/// The start line of several jobs run together: each job's load starts when every job is ready
+/// (or has failed before getting there).
+pub struct GroupStart {
+    state: Mutex<Vec<bool>>,
+    cv: Condvar,
+}
+
+impl GroupStart {
+    pub fn new(jobs: usize) -> Arc<Self> {
+        Arc::new(GroupStart {
+            state: Mutex::new(vec![false; jobs]),
+            cv: Condvar::new(),
+        })
+    }
+
+    /// Job `job` is ready (or gone); idempotent.
+    pub fn arrive(&self, job: usize) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(a) = s.get_mut(job) {
+            *a = true;
+        }
+        self.cv.notify_all();
+    }
+
+    fn wait_all(&self) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        while !s.iter().all(|&a| a) {
+            s = self.cv.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+thread_local! {
+    /// The group this thread's job belongs to, and its index in it.
+    static GROUP: RefCell<Option<(Arc<GroupStart>, usize)>> = const { RefCell::new(None) };
+}
+
+/// Makes the calling thread's runs start with the rest of `group` (as job `job`).
+pub fn join_group(group: Arc<GroupStart>, job: usize) {
+    GROUP.with(|g| *g.borrow_mut() = Some((group, job)));
+}
 
 /// One submitter's counters, on their own cache lines (each has a single writer).
 #[repr(align(128))]
@@ -78,35 +145,55 @@ impl Control {
         submitters: usize,
         duration: Option<Duration>,
         progress: bool,
+        on_ramp_end: &mut dyn FnMut(),
     ) -> (Duration, CpuTimes) {
         let meas = Measure::start();
         go.wait();
-        let elapsed = self.supervise(submitters, meas.start, duration, progress);
-        (elapsed, meas.cpu())
+        self.supervise(submitters, meas, duration, progress, on_ramp_end)
     }
 
     /// Waits until `submitters` have called [`done`](Self::done), telling them to stop after
-    /// `duration`, printing progress when `progress`. Returns the time from `start` to the last
-    /// `done`.
+    /// the ramp and `duration`, printing progress when `progress`. At the end of the ramp (at
+    /// once without one) the clocks restart and `on_ramp_end` runs (engines snapshot their
+    /// library statistics). Returns the wall time from the end of the ramp to the last `done`,
+    /// and the process CPU time over it.
     pub fn supervise(
         &self,
         submitters: usize,
-        start: Instant,
+        mut meas: Measure,
         duration: Option<Duration>,
         progress: bool,
-    ) -> Duration {
-        let mut line = Progress::new(progress, start);
+        on_ramp_end: &mut dyn FnMut(),
+    ) -> (Duration, CpuTimes) {
+        let mut line = Progress::new(progress, meas.start);
         let mut remaining = submitters;
         let tick = Duration::from_millis(250);
-        crate::soak::begin(start);
+        let mut ramp_end = ramp().and_then(|r| meas.start.checked_add(r));
+        RAMPING.store(ramp_end.is_some(), Ordering::Relaxed);
+        if ramp_end.is_none() {
+            on_ramp_end();
+            crate::soak::begin(meas.start);
+        }
         while remaining > 0 {
             let now = Instant::now();
             let mut wait = tick;
-            if let Some(next) = crate::soak::tick(self.totals().0) {
+            if let Some(end) = ramp_end {
+                if now >= end {
+                    RAMPING.store(false, Ordering::Relaxed);
+                    ramp_end = None;
+                    meas = Measure::restart();
+                    on_ramp_end();
+                    crate::soak::begin(meas.start);
+                    line.start = meas.start;
+                    continue;
+                }
+                wait = wait.min(end - now);
+            } else if let Some(next) = crate::soak::tick(self.totals().0) {
                 wait = wait.min(next.max(Duration::from_millis(1)));
             }
-            if let Some(d) = duration {
-                let deadline = start + d;
+            if let (Some(d), None) = (duration, ramp_end) {
+                // A duration past Instant's range never ends the run by time.
+                let deadline = meas.start.checked_add(d).unwrap_or(now + tick);
                 if now >= deadline {
                     self.stop();
                 } else {
@@ -122,10 +209,17 @@ impl Control {
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
             }
         }
-        let elapsed = start.elapsed();
+        if ramp_end.is_some() {
+            // Every submitter finished within the ramp (a quota): nothing was measured.
+            RAMPING.store(false, Ordering::Relaxed);
+            meas = Measure::restart();
+            on_ramp_end();
+            crate::soak::begin(meas.start);
+        }
+        let elapsed = meas.start.elapsed();
         crate::soak::finish(self.totals().0);
         line.clear();
-        elapsed
+        (elapsed, meas.cpu())
     }
 }
 
@@ -222,7 +316,18 @@ pub struct Measure {
 }
 
 impl Measure {
+    /// Starts the phase (with every other job of the group, when there is one).
     pub fn start() -> Self {
+        let group = GROUP.with(|g| g.borrow().clone());
+        if let Some((g, job)) = group {
+            g.arrive(job);
+            g.wait_all();
+        }
+        Self::restart()
+    }
+
+    /// Restarts the clocks (the end of the ramp).
+    fn restart() -> Self {
         let cpu = CpuTimes::now();
         Measure {
             start: Instant::now(),
@@ -233,5 +338,51 @@ impl Measure {
     /// CPU time used since [`start`](Self::start).
     pub fn cpu(&self) -> CpuTimes {
         CpuTimes::now().since(self.cpu)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The only unit test that sets the process-wide ramp (others would see `ramping()`).
+    #[test]
+    fn ramp_restarts_the_clocks_and_runs_the_hook() {
+        set_ramp(Some(Duration::from_millis(200)));
+        let c = Control::new(1);
+        let t0 = Instant::now();
+        let mut hook_at = None;
+        let (elapsed, saw_ramp) = std::thread::scope(|s| {
+            let sub = s.spawn(|| {
+                let mut saw = false;
+                while !c.stopped() {
+                    saw |= ramping();
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                c.done();
+                saw
+            });
+            let (elapsed, _) = c.supervise(
+                1,
+                Measure::restart(),
+                Some(Duration::from_millis(100)),
+                false,
+                &mut || hook_at = Some(t0.elapsed()),
+            );
+            (elapsed, sub.join().unwrap())
+        });
+        set_ramp(None);
+        let wall = t0.elapsed();
+        assert!(saw_ramp, "the submitter saw the ramp");
+        assert!(!ramping());
+        assert!(
+            hook_at.unwrap() >= Duration::from_millis(200),
+            "{hook_at:?}"
+        );
+        assert!(elapsed >= Duration::from_millis(100), "{elapsed:?}");
+        assert!(
+            elapsed <= wall - Duration::from_millis(200),
+            "{elapsed:?} of {wall:?}"
+        );
     }
 }

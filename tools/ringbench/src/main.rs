@@ -9,9 +9,14 @@ mod buf;
 mod cli;
 mod compare;
 mod control;
+mod distribution;
 mod engines;
 mod error;
 mod files;
+mod fio_json;
+mod group;
+mod jobs;
+mod pace;
 mod pattern;
 mod placement;
 mod report;
@@ -20,8 +25,7 @@ mod sweep;
 mod tally;
 mod workload;
 
-use clap::Parser;
-use cli::Action;
+use cli::{Action, Config};
 use engines::RunCtx;
 use error::BenchError;
 use files::{BenchFile, Workspace};
@@ -29,8 +33,10 @@ use report::{Host, RunReport};
 use workload::{EngineKind, Workload};
 
 fn main() {
-    let args = cli::Args::parse();
-    let code = match run(args) {
+    let argv: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let code = match jobs::parse(argv).and_then(run) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("ringbench: {e}");
@@ -40,10 +46,21 @@ fn main() {
     std::process::exit(code);
 }
 
-fn run(args: cli::Args) -> Result<i32, BenchError> {
-    let cfg = args.into_config()?;
+fn run(cfgs: Vec<Config>) -> Result<i32, BenchError> {
+    let cfg = &cfgs[0];
     soak::set_every(cfg.w.report_every);
-    let ws = files::workspace(cfg.w.dir.as_deref())?;
+    control::set_ramp(cfg.w.ramp);
+    if cfg.output_format.json && !matches!(cfg.action, Action::Single) {
+        return Err(BenchError::usage(
+            "--output-format json is for runs of one or several jobs, not --compare or --sweep \
+             (their --json FILE has every run)",
+        ));
+    }
+    let ws = files::workspace(if cfgs.len() > 1 {
+        None
+    } else {
+        cfg.w.dir.as_deref()
+    })?;
     if cfg.w.direct {
         files::check_direct(&ws.dir)?;
         if files::fs_type(&ws.dir) == "tmpfs" {
@@ -55,22 +72,30 @@ fn run(args: cli::Args) -> Result<i32, BenchError> {
     }
     let host = Host::detect(&ws.dir);
     let progress = control::progress_wanted(cfg.quiet);
+    if cfgs.len() > 1 {
+        return group::run(&cfgs, &ws, &host, progress);
+    }
     match &cfg.action {
         Action::Single => {
             let setup = Setup::new(&cfg.w, &ws, None)?;
             let report = setup.run(&cfg.w, cfg.w.engine, &host, progress)?;
-            report.print();
+            if cfg.output_format.normal {
+                report.print();
+            }
+            if cfg.output_format.json {
+                fio_json::emit(&[&report], cfg.output.as_deref())?;
+            }
             if let Some(p) = &cfg.json {
                 report::write_json(p, &report)?;
             }
             Ok(i32::from(report.failed()))
         }
-        Action::Compare { repeat } => compare::run(&cfg, &ws, &host, *repeat, progress),
+        Action::Compare { repeat } => compare::run(cfg, &ws, &host, *repeat, progress),
         Action::Sweep {
             key,
             values,
             repeat,
-        } => sweep::run(&cfg, &ws, &host, *key, values, *repeat, progress),
+        } => sweep::run(cfg, &ws, &host, *key, values, *repeat, progress),
     }
 }
 

@@ -4,8 +4,8 @@
 use crate::engines::{Output, Row};
 use crate::error::BenchError;
 use crate::sweep::SweepKey;
-use crate::tally::LatSummary;
-use crate::workload::{Api, EngineKind, Mode, Workload};
+use crate::tally::{LatSummary, Tally, FIO_PERCENTILES};
+use crate::workload::{Api, EngineKind, IoKind, Mode, Workload};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -58,6 +58,121 @@ pub struct Total {
     pub mb_s: f64,
     pub errors: u64,
     pub lat_us: LatSummary,
+    /// Per operation kind (read, write, fsync, fdatasync), with slat, clat and lat.
+    pub kinds: BTreeMap<&'static str, KindReport>,
+}
+
+/// One kind of operation (read, write, fsync, fdatasync): counts and latency, split as fio
+/// splits it: slat (intended start to issue), clat (issue to completion), lat (the two).
+#[derive(Debug, Clone, Serialize)]
+pub struct KindReport {
+    pub ops: u64,
+    pub iops: f64,
+    pub bytes: u64,
+    pub mb_s: f64,
+    pub slat_us: LatSummary,
+    pub clat_us: LatSummary,
+    pub lat_us: LatSummary,
+}
+
+/// The per-kind reports of `t` over `secs`, with `percentiles` (empty: fio's list).
+pub fn kind_reports(
+    t: &Tally,
+    secs: f64,
+    percentiles: &[f64],
+) -> BTreeMap<&'static str, KindReport> {
+    let list = if percentiles.is_empty() {
+        &FIO_PERCENTILES[..]
+    } else {
+        percentiles
+    };
+    IoKind::ALL
+        .iter()
+        .filter_map(|&k| {
+            let kt = t.kind(k)?;
+            Some((
+                k.name(),
+                KindReport {
+                    ops: kt.ops,
+                    iops: per_sec(kt.ops as f64, secs),
+                    bytes: kt.bytes,
+                    mb_s: per_sec(kt.bytes as f64 / 1e6, secs),
+                    slat_us: LatSummary::with_percentiles(&kt.slat, list),
+                    clat_us: LatSummary::with_percentiles(&kt.clat, list),
+                    lat_us: LatSummary::with_percentiles(&kt.lat, list),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Prints the per-kind latency table: one row per kind and measure, with `percentiles` as
+/// columns (empty: p50, p99, p99.9).
+pub fn print_kinds(kinds: &BTreeMap<&'static str, KindReport>, percentiles: &[f64], open: bool) {
+    if kinds.is_empty() {
+        return;
+    }
+    let list: Vec<f64> = if percentiles.is_empty() {
+        vec![50.0, 99.0, 99.9]
+    } else {
+        percentiles.to_vec()
+    };
+    println!(
+        "per operation kind (µs; lat = slat + clat; slat: from the {} to the issue):",
+        if open {
+            "intended start (open loop)"
+        } else {
+            "start"
+        }
+    );
+    let mut head: Vec<String> = ["kind", "", "ops", "IOPS", "MB/s", "min", "mean"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    head.extend(
+        list.iter()
+            .map(|p| format!("p{}", crate::tally::pct_key(*p))),
+    );
+    head.push("max".into());
+    let mut rows = Vec::new();
+    for k in IoKind::ALL {
+        let Some(r) = kinds.get(k.name()) else {
+            continue;
+        };
+        for (i, (what, l)) in [
+            ("lat", &r.lat_us),
+            ("clat", &r.clat_us),
+            ("slat", &r.slat_us),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let first = i == 0;
+            let blank = String::new;
+            let mut row = vec![
+                if first { k.name().to_string() } else { blank() },
+                what.to_string(),
+                if first { r.ops.to_string() } else { blank() },
+                if first { fmt_count(r.iops) } else { blank() },
+                if first && !k.is_sync() {
+                    format!("{:.1}", r.mb_s)
+                } else {
+                    blank()
+                },
+                format!("{:.1}", l.min),
+                format!("{:.1}", l.mean),
+            ];
+            for p in &list {
+                let key = crate::tally::pct_key(*p);
+                let v = l.percentiles.get(&key).copied().unwrap_or(0.0);
+                row.push(format!("{v:.1}"));
+            }
+            row.push(format!("{:.1}", l.max));
+            rows.push(row);
+        }
+    }
+    let head: Vec<&str> = head.iter().map(String::as_str).collect();
+    print_table(&head, &rows);
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -127,6 +242,9 @@ pub struct RunReport {
     pub library_table: Option<String>,
     /// Samples over time and the growth verdict (`--report-every`), else null.
     pub soak: Option<crate::soak::SoakReport>,
+    /// Every submitter's counts merged (for a group's total).
+    #[serde(skip)]
+    pub tally: Tally,
 }
 
 fn per_sec(n: f64, secs: f64) -> f64 {
@@ -146,7 +264,7 @@ fn shard_row(r: &Row, secs: f64) -> ShardRow {
         iops: per_sec(r.ops() as f64, secs),
         mb_s: per_sec(r.bytes as f64 / 1e6, secs),
         errors: r.errors,
-        lat_us: r.lat_us,
+        lat_us: r.lat_us.clone(),
     }
 }
 
@@ -180,7 +298,11 @@ impl RunReport {
                 bytes: t.bytes,
                 mb_s: per_sec(t.bytes as f64 / 1e6, secs),
                 errors: t.errors.max(out.checks.error_count()),
-                lat_us: t.lat_us,
+                lat_us: t.lat_us.clone(),
+                kinds: out
+                    .kinds
+                    .clone()
+                    .unwrap_or_else(|| kind_reports(&out.tally, secs, &w.percentiles)),
             },
             row_kind: out.row_kind,
             latency_measured_by: if out.client_latency {
@@ -212,6 +334,7 @@ impl RunReport {
             library_stats: out.library.as_ref().map(|s| s.to_json_value()),
             library_table: out.library.as_ref().map(|s| s.to_string()),
             soak: crate::soak::take(),
+            tally: out.tally.clone(),
         }
     }
 
@@ -343,6 +466,8 @@ impl RunReport {
                 self.row_kind
             );
         }
+        let w = &self.workload;
+        print_kinds(&t.kinds, &w.percentiles, w.rate_iops.is_some());
         println!(
             "total: {} IOPS, {:.1} MB/s, {} reads + {} writes{} in {:.3} s",
             fmt_count(t.iops),

@@ -3,11 +3,13 @@
 //! Every engine draws its operations from [`OpGen`], seeded by (`--seed`, submitter index), so two
 //! engines given the same workload issue the same sequence of (file, offset, kind) per submitter.
 
+use crate::distribution::{BlockPicker, Distribution};
+use crate::pace::{Pacer, RateProcess};
 use clap::ValueEnum;
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The I/O pattern (`--rw`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -44,7 +46,7 @@ impl Rw {
         !matches!(self, Rw::Randwrite | Rw::Write)
     }
 
-    fn random(self) -> bool {
+    pub fn random(self) -> bool {
         matches!(self, Rw::Randread | Rw::Randwrite | Rw::Randrw)
     }
 }
@@ -95,6 +97,8 @@ pub enum EngineKind {
     RingshardInshard,
     /// The ringshard executor on its threads backend (what runs where io_uring is blocked).
     RingshardThreads,
+    /// fio with its io_uring engine, given the same workload (in --compare when installed).
+    Fio,
 }
 
 impl EngineKind {
@@ -110,6 +114,7 @@ impl EngineKind {
                 EngineKind::Ringshard,
                 EngineKind::RingshardInshard,
                 EngineKind::RawUring,
+                EngineKind::Fio,
             ],
             Mode::InShard | Mode::Routed => &[
                 EngineKind::Ringshard,
@@ -117,6 +122,7 @@ impl EngineKind {
                 EngineKind::RawUring,
                 EngineKind::PreadPool,
                 EngineKind::TokioFs,
+                EngineKind::Fio,
             ],
         }
     }
@@ -135,6 +141,7 @@ impl EngineKind {
             EngineKind::SpawnBlocking => "spawn-blocking",
             EngineKind::RingshardInshard => "ringshard-inshard",
             EngineKind::RingshardThreads => "ringshard-threads",
+            EngineKind::Fio => "fio",
         }
     }
 }
@@ -203,7 +210,25 @@ pub struct Workload {
     #[serde(serialize_with = "ser_opt_secs")]
     pub report_every: Option<Duration>,
     pub direct: bool,
+    /// Sync a file after every N writes to it (0: never): fsync, or fdatasync with `datasync`.
     pub fsync_every: u64,
+    pub datasync: bool,
+    /// How random offsets are drawn (`--random-distribution`).
+    pub distribution: Distribution,
+    /// Percent of the operations of a random pattern at random offsets; the others continue
+    /// sequentially from the previous one (`--percentage-random`, fio's `percentage_random`).
+    pub percentage_random: u32,
+    /// Open loop: intended starts per second of each submitter (`--rate-iops`, or `--rate`
+    /// divided by `--bs`); None: closed loop.
+    pub rate_iops: Option<f64>,
+    pub rate_process: RateProcess,
+    /// Run this long before measuring (`--ramp-time`).
+    #[serde(serialize_with = "ser_opt_secs")]
+    pub ramp: Option<Duration>,
+    /// Latency percentiles reported per operation kind (`--percentiles`).
+    pub percentiles: Vec<f64>,
+    /// The job's name (`--name`, a job file section), for runs of several jobs.
+    pub name: Option<String>,
     pub dir: Option<PathBuf>,
     pub seed: u64,
     pub verify: bool,
@@ -259,11 +284,85 @@ pub struct Op {
     pub offset: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum IoKind {
     Read,
     Write,
     Fsync,
+    Fdatasync,
+}
+
+impl IoKind {
+    pub const ALL: [IoKind; 4] = [
+        IoKind::Read,
+        IoKind::Write,
+        IoKind::Fsync,
+        IoKind::Fdatasync,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            IoKind::Read => "read",
+            IoKind::Write => "write",
+            IoKind::Fsync => "fsync",
+            IoKind::Fdatasync => "fdatasync",
+        }
+    }
+
+    /// fsync or fdatasync: no data, no offset.
+    #[inline]
+    pub fn is_sync(self) -> bool {
+        matches!(self, IoKind::Fsync | IoKind::Fdatasync)
+    }
+}
+
+/// splitmix64 as a random number generator (for rand_distr's samplers).
+#[derive(Debug, Clone)]
+pub struct SplitMix(u64);
+
+impl SplitMix {
+    pub fn new(seed: u64) -> Self {
+        SplitMix(seed)
+    }
+
+    #[inline]
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        mix64(self.0)
+    }
+}
+
+impl rand::TryRng for SplitMix {
+    type Error = std::convert::Infallible;
+
+    #[inline]
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        Ok((self.next() >> 32) as u32)
+    }
+
+    #[inline]
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        Ok(self.next())
+    }
+
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+        for chunk in dst.chunks_mut(8) {
+            let v = self.next().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+        Ok(())
+    }
+}
+
+/// What a submitter does next (see [`OpGen::next`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Issue this operation; in open loop with its intended start time.
+    Go(Op, Option<Instant>),
+    /// Open loop: nothing is due before this time.
+    Wait(Instant),
+    /// The quota is used up (or the submitter has no files).
+    Done,
 }
 
 /// splitmix64: a fast, well-mixed 64-bit generator step / hash.
@@ -277,8 +376,15 @@ pub fn mix64(mut z: u64) -> u64 {
 /// The operation sequence of one submitter.
 #[derive(Debug)]
 pub struct OpGen {
-    state: u64,
+    rng: SplitMix,
     files: Vec<usize>,
+    /// Offsets of random ops, per local file (None: uniform, drawn inline).
+    pickers: Option<Vec<BlockPicker>>,
+    percentage_random: u64,
+    /// The previous block of each local file (where a sequential step of a random pattern goes on).
+    last: Vec<u64>,
+    pacer: Option<Pacer>,
+    sync_kind: IoKind,
     blocks: u64,
     bs: u64,
     rw: Rw,
@@ -308,8 +414,26 @@ impl OpGen {
         let blocks = w.blocks().max(1);
         let start = blocks * submitter as u64 / submitters.max(1) as u64;
         let n = files.len();
+        let seed = mix64(w.seed ^ mix64(0x5eed_0000 + submitter as u64));
+        let pickers = (!w.distribution.is_uniform()).then(|| {
+            files
+                .iter()
+                .map(|&f| BlockPicker::new(w.distribution, blocks, mix64(w.seed ^ f as u64)))
+                .collect()
+        });
         OpGen {
-            state: mix64(w.seed ^ mix64(0x5eed_0000 + submitter as u64)),
+            rng: SplitMix::new(seed),
+            pickers,
+            percentage_random: u64::from(w.percentage_random.min(100)),
+            last: vec![start; n],
+            pacer: w
+                .rate_iops
+                .map(|r| Pacer::new(r, w.rate_process, mix64(seed ^ 0x9ace))),
+            sync_kind: if w.datasync {
+                IoKind::Fdatasync
+            } else {
+                IoKind::Fsync
+            },
             files,
             blocks,
             bs: w.bs as u64,
@@ -323,10 +447,43 @@ impl OpGen {
         }
     }
 
+    /// Divides the open-loop rate by `k` (a submitter run as `k` tasks, each with a share).
+    pub fn rate_share(mut self, k: usize) -> Self {
+        if let Some(p) = &mut self.pacer {
+            p.scale(k.max(1) as f64);
+        }
+        self
+    }
+
+    /// Whether the generator is open loop (`--rate-iops`).
+    pub fn paced(&self) -> bool {
+        self.pacer.is_some()
+    }
+
     #[inline]
     fn rand(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        mix64(self.state)
+        self.rng.next()
+    }
+
+    /// The next thing to do: an operation (in open loop, only when due, with its intended
+    /// start), a time to wait for, or done. Syncs queued by [`write_done`](Self::write_done) go
+    /// first and are not paced (they start when issued).
+    #[inline]
+    pub fn next(&mut self) -> Next {
+        if !self.fsyncs.is_empty() {
+            return self.next_op().map_or(Next::Done, |op| Next::Go(op, None));
+        }
+        if self.files.is_empty() || self.remaining == Some(0) {
+            return Next::Done;
+        }
+        let start = match &mut self.pacer {
+            None => None,
+            Some(p) => match p.due(Instant::now()) {
+                Ok(t) => Some(t),
+                Err(at) => return Next::Wait(at),
+            },
+        };
+        self.next_op().map_or(Next::Done, |op| Next::Go(op, start))
     }
 
     /// Uniform in `0..n` (Lemire's multiply-shift; n > 0).
@@ -340,7 +497,7 @@ impl OpGen {
     pub fn next_op(&mut self) -> Option<Op> {
         if let Some((file, local)) = self.fsyncs.pop_front() {
             return Some(Op {
-                kind: IoKind::Fsync,
+                kind: self.sync_kind,
                 file,
                 local,
                 offset: 0,
@@ -368,8 +525,21 @@ impl OpGen {
                 }
             }
         };
-        let block = if self.rw.random() {
-            self.below(self.blocks)
+        let random = self.rw.random()
+            && (self.percentage_random >= 100 || self.below(100) < self.percentage_random);
+        let block = if random {
+            let b = match &self.pickers {
+                None => self.below(self.blocks),
+                Some(p) => p[local].pick(&mut self.rng),
+            };
+            self.last[local] = b;
+            b
+        } else if self.rw.random() {
+            // The sequential share of a random pattern: on from the previous operation.
+            let b = self.last[local] + 1;
+            let b = if b >= self.blocks { 0 } else { b };
+            self.last[local] = b;
+            b
         } else {
             let b = self.seq[local];
             self.seq[local] = if b + 1 >= self.blocks { 0 } else { b + 1 };
@@ -452,6 +622,14 @@ mod tests {
             report_every: None,
             direct: false,
             fsync_every: 3,
+            datasync: false,
+            distribution: Distribution::Uniform,
+            percentage_random: 100,
+            rate_iops: None,
+            rate_process: RateProcess::Linear,
+            ramp: None,
+            percentiles: Vec::new(),
+            name: None,
             dir: None,
             seed: 7,
             verify: false,
@@ -521,10 +699,69 @@ mod tests {
             match op.kind {
                 IoKind::Write => g.write_done(&op),
                 IoKind::Fsync => fsyncs += 1,
-                IoKind::Read => unreachable!(),
+                IoKind::Read | IoKind::Fdatasync => unreachable!(),
             }
         }
         assert_eq!(fsyncs, 2);
+    }
+
+    #[test]
+    fn fdatasync_every_n_writes_and_syncs_are_not_paced() {
+        let mut w = wl(Rw::Randwrite);
+        w.datasync = true;
+        w.rate_iops = Some(1.0);
+        let mut g = OpGen::new(&w, vec![0], Some(10), 0, 1);
+        // The first write is due at once; the next one a second later.
+        let Next::Go(op, Some(_)) = g.next() else {
+            panic!("first op not due")
+        };
+        assert!(matches!(g.next(), Next::Wait(_)));
+        for _ in 0..2 {
+            g.write_done(&op);
+        }
+        g.write_done(&op);
+        // The queued sync goes out now, with no intended start (it starts when issued).
+        match g.next() {
+            Next::Go(s, None) => assert_eq!(s.kind, IoKind::Fdatasync),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(g.next(), Next::Wait(_)));
+    }
+
+    #[test]
+    fn percentage_random_mixes_in_sequential_steps() {
+        let mut w = wl(Rw::Randread);
+        w.size = 1 << 30;
+        w.percentage_random = 25;
+        let mut g = OpGen::new(&w, vec![0], Some(20_000), 0, 1);
+        let offs: Vec<u64> = std::iter::from_fn(|| g.next_op())
+            .map(|o| o.offset)
+            .collect();
+        let steps = offs.windows(2).filter(|p| p[1] == p[0] + 4096).count();
+        // About 75% of the ops continue from the previous one (random hits are 1 in 262144).
+        let share = steps as f64 / (offs.len() - 1) as f64;
+        assert!((0.72..0.78).contains(&share), "{share}");
+        w.percentage_random = 100;
+        let mut g = OpGen::new(&w, vec![0], Some(20_000), 0, 1);
+        let offs: Vec<u64> = std::iter::from_fn(|| g.next_op())
+            .map(|o| o.offset)
+            .collect();
+        assert!(offs.windows(2).filter(|p| p[1] == p[0] + 4096).count() < 10);
+    }
+
+    #[test]
+    fn zipf_offsets_are_skewed_and_in_range() {
+        let mut w = wl(Rw::Randread);
+        w.distribution = Distribution::parse("zipf:1.2").unwrap();
+        let mut g = OpGen::new(&w, vec![0, 1], Some(50_000), 0, 1);
+        let mut hits = std::collections::HashMap::new();
+        while let Some(op) = g.next_op() {
+            assert!(op.offset % 4096 == 0 && op.offset + 4096 <= w.size);
+            *hits.entry((op.file, op.offset)).or_insert(0u32) += 1;
+        }
+        let top = hits.values().copied().max().unwrap();
+        // 256 blocks per file: uniform would give about 98 hits per block.
+        assert!(top > 2000, "hottest block {top} hits");
     }
 
     #[test]

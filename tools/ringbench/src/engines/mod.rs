@@ -1,6 +1,7 @@
 //! The engines: ringshard (in-shard, routed and async) and the baselines it is compared with. Each
 //! one sets itself up, warms the files, runs the measured phase and reports what it counted.
 
+pub mod fio;
 pub mod pread_pool;
 pub mod raw_uring;
 pub mod ringshard_async;
@@ -117,12 +118,12 @@ impl Row {
             id,
             cpu,
             numa_node: node,
-            reads: t.reads,
-            writes: t.writes,
-            fsyncs: t.fsyncs,
-            bytes: t.bytes,
+            reads: t.reads(),
+            writes: t.writes(),
+            fsyncs: t.syncs(),
+            bytes: t.bytes(),
             errors: t.errors,
-            lat_us: LatSummary::from_hist(&t.hist),
+            lat_us: LatSummary::from_hist(&t.rw_lat()),
         }
     }
 }
@@ -146,6 +147,10 @@ pub struct Output {
     /// Whether `rows`/`total` latencies were measured by the callers (else by the shards).
     pub client_latency: bool,
     pub notes: Vec<String>,
+    /// Every submitter's counts merged: per-kind latency (slat, clat, lat).
+    pub tally: Tally,
+    /// Per-kind reports given as such (fio's), instead of from `tally`.
+    pub kinds: Option<std::collections::BTreeMap<&'static str, crate::report::KindReport>>,
 }
 
 impl Output {
@@ -179,11 +184,13 @@ impl Output {
             total,
             elapsed,
             cpu,
-            checks: all.checks,
+            checks: all.checks.clone(),
             resident,
             library: None,
             client_latency: true,
             notes,
+            tally: all,
+            kinds: None,
         }
     }
 }
@@ -225,6 +232,7 @@ pub fn run(engine: EngineKind, ctx: &RunCtx) -> Result<Output, BenchError> {
                 engine.name()
             )))
         }
+        (EngineKind::Fio, _) => fio::run(ctx),
         (EngineKind::RawUring, _) => raw_uring::run(ctx),
         (EngineKind::PreadPool, _) => pread_pool::run(ctx),
         (EngineKind::TokioFs, _) => tokio_fs::run(ctx, ctx.w.tokio_api),

@@ -6,13 +6,15 @@
 //! runs have one submitter per shard, so "one shard" compares with "one worker thread doing pread,
 //! one caller submitting".
 
-use super::{ns_between, pin, DoneGuard, Output, RunCtx};
+use super::{pin, DoneGuard, Output, RunCtx};
 use crate::buf::AlignedBuf;
 use crate::control::Control;
 use crate::error::BenchError;
+use crate::pace::{self, Wait};
 use crate::pattern::Pattern;
-use crate::tally::{errno_reason, Tally};
-use crate::workload::{IoKind, Op, OpGen, Submitter};
+use crate::tally::{errno_reason, Tally, Times};
+use crate::workload::{IoKind, Next, Op, OpGen, Submitter};
+use crossbeam_channel::RecvTimeoutError;
 use crossbeam_channel::{Receiver, Sender};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -92,7 +94,8 @@ pub fn run(ctx: &RunCtx) -> Result<Output, BenchError> {
             })
             .collect();
         drop(req_tx);
-        let (elapsed, cpu) = control.measure_phase(&barrier, subs.len(), w.duration, ctx.progress);
+        let (elapsed, cpu) =
+            control.measure_phase(&barrier, subs.len(), w.duration, ctx.progress, &mut || {});
         let tallies: Vec<_> = handles
             .into_iter()
             .zip(&subs)
@@ -126,6 +129,7 @@ fn worker(rx: Receiver<Req>, replies: Vec<Sender<Resp>>, files: &[File]) {
             IoKind::Read => f.read_at(&mut req.buf, req.op.offset),
             IoKind::Write => f.write_at(&req.buf, req.op.offset),
             IoKind::Fsync => f.sync_all().map(|()| 0),
+            IoKind::Fdatasync => f.sync_data().map(|()| 0),
         };
         let result = r.map_err(|e| e.raw_os_error().unwrap_or(libc::EIO));
         let _ = replies[req.reply].send(Resp {
@@ -167,13 +171,25 @@ impl SubmitterThread<'_> {
             .collect();
         let mut ops: Vec<Option<Op>> = vec![None; depth];
         let mut t0 = vec![Instant::now(); depth];
+        let mut starts: Vec<Option<Instant>> = vec![None; depth];
         let mut free: Vec<usize> = (0..depth).rev().collect();
         let mut in_flight = 0usize;
+        if gen.paced() {
+            pace::precise_timers();
+        }
         loop {
+            let mut waiting = None;
             if !self.control.stopped() {
                 let t = Instant::now();
                 while let Some(&slot) = free.last() {
-                    let Some(op) = gen.next_op() else { break };
+                    let (op, start) = match gen.next() {
+                        Next::Go(op, start) => (op, start),
+                        Next::Wait(at) => {
+                            waiting = Some(at);
+                            break;
+                        }
+                        Next::Done => break,
+                    };
                     free.pop();
                     let Some(mut buf) = bufs[slot].take() else {
                         break;
@@ -182,7 +198,8 @@ impl SubmitterThread<'_> {
                         self.patterns[op.file].fill(&mut buf, op.offset);
                     }
                     ops[slot] = Some(op);
-                    t0[slot] = t;
+                    t0[slot] = if start.is_some() { Instant::now() } else { t };
+                    starts[slot] = start;
                     in_flight += 1;
                     let req = Req {
                         op,
@@ -195,10 +212,28 @@ impl SubmitterThread<'_> {
                     }
                 }
             }
-            if in_flight == 0 {
+            if in_flight == 0 && waiting.is_none() {
                 break;
             }
-            let Ok(first) = self.rx.recv() else { break };
+            // Open loop with a free slot: wait no longer than until shortly before the next
+            // start, then poll.
+            let first =
+                match waiting.map(|at| pace::wait_for(at, Instant::now(), pace::wake_window())) {
+                    None => match self.rx.recv() {
+                        Ok(r) => r,
+                        Err(_) => break,
+                    },
+                    Some(Wait::Block(d)) => match self.rx.recv_timeout(d) {
+                        Ok(r) => r,
+                        Err(RecvTimeoutError::Timeout) => continue,
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    },
+                    Some(Wait::Poll) => match self.rx.try_recv() {
+                        Ok(r) => r,
+                        Err(crossbeam_channel::TryRecvError::Empty) => continue,
+                        Err(crossbeam_channel::TryRecvError::Disconnected) => break,
+                    },
+                };
             let now = Instant::now();
             let (mut n_ops, mut n_bytes) = (0u64, 0u64);
             let mut next = Some(first);
@@ -207,7 +242,8 @@ impl SubmitterThread<'_> {
                 in_flight -= 1;
                 free.push(slot);
                 if let Some(op) = ops[slot].take() {
-                    if self.finish(&mut tally, &mut gen, op, &r, ns_between(t0[slot], now), bs) {
+                    let times = Times::new(starts[slot], t0[slot], now);
+                    if self.finish(&mut tally, &mut gen, op, &r, times, bs) {
                         n_ops += 1;
                         n_bytes += bs as u64;
                     }
@@ -227,7 +263,7 @@ impl SubmitterThread<'_> {
         gen: &mut OpGen,
         op: Op,
         r: &Resp,
-        lat: u64,
+        times: Times,
         bs: usize,
     ) -> bool {
         let path = &self.paths[op.file];
@@ -236,7 +272,7 @@ impl SubmitterThread<'_> {
                 tally.fail(op.kind, path, op.offset, &errno_reason(errno));
                 false
             }
-            Ok(n) if op.kind != IoKind::Fsync && n != bs => {
+            Ok(n) if !op.kind.is_sync() && n != bs => {
                 let what = format!("short transfer ({n} of {bs} bytes)");
                 tally.fail(op.kind, path, op.offset, &what);
                 false
@@ -248,9 +284,9 @@ impl SubmitterThread<'_> {
                         tally.checks.mismatch(path, m);
                     }
                 }
-                tally.ok(op.kind, n as u64, lat);
+                tally.ok(op.kind, n as u64, times);
                 gen.write_done(&op);
-                op.kind != IoKind::Fsync
+                !op.kind.is_sync()
             }
         }
     }

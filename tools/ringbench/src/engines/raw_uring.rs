@@ -4,18 +4,20 @@
 //! without the library in between. Under a low RLIMIT_MEMLOCK it does what the library does (a
 //! smaller ring, plain READ/WRITE into unregistered buffers) and says so in a note.
 
-use super::{ns_between, pin, DoneGuard, Output, RunCtx};
+use super::{pin, DoneGuard, Output, RunCtx};
 use crate::buf::{AlignedBuf, ALIGN};
 use crate::control::Control;
 use crate::error::BenchError;
+use crate::pace::{self, Wait};
 use crate::pattern::Pattern;
-use crate::tally::{errno_reason, Tally};
-use crate::workload::{IoKind, Op, OpGen, Submitter};
+use crate::tally::{errno_reason, Tally, Times};
+use crate::workload::{IoKind, Next, Op, OpGen, Submitter};
 use io_uring::{opcode, types, IoUring};
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Barrier;
+use std::time::Duration;
 use std::time::Instant;
 
 pub fn run(ctx: &RunCtx) -> Result<Output, BenchError> {
@@ -67,7 +69,8 @@ pub fn run(ctx: &RunCtx) -> Result<Output, BenchError> {
         } else {
             Ok(None)
         };
-        let (elapsed, cpu) = control.measure_phase(&barrier, subs.len(), w.duration, ctx.progress);
+        let (elapsed, cpu) =
+            control.measure_phase(&barrier, subs.len(), w.duration, ctx.progress, &mut || {});
         let tallies: Vec<_> = handles
             .into_iter()
             .map(|(h, i, c, n)| (Some(i), Some(c), n, h.join().unwrap_or_default()))
@@ -239,13 +242,28 @@ impl Thread<'_> {
         }
         let mut ops: Vec<Option<Op>> = vec![None; depth];
         let mut t0 = vec![Instant::now(); depth];
+        let mut starts: Vec<Option<Instant>> = vec![None; depth];
         let mut free: Vec<usize> = (0..depth).rev().collect();
         let mut fresh: Vec<usize> = Vec::with_capacity(depth);
         let mut in_flight = 0usize;
+        let window = if gen.paced() {
+            pace::precise_timers();
+            pace::wake_window()
+        } else {
+            Duration::ZERO
+        };
         loop {
+            let mut waiting = None;
             if !self.control.stopped() {
                 while let Some(&slot) = free.last() {
-                    let Some(op) = gen.next_op() else { break };
+                    let (op, start) = match gen.next() {
+                        Next::Go(op, start) => (op, start),
+                        Next::Wait(at) => {
+                            waiting = Some(at);
+                            break;
+                        }
+                        Next::Done => break,
+                    };
                     free.pop();
                     let off = slot * s.stride;
                     let file = types::Fixed(s.fixed[op.file]);
@@ -271,6 +289,9 @@ impl Thread<'_> {
                             }
                         }
                         (IoKind::Fsync, _) => opcode::Fsync::new(file).build(),
+                        (IoKind::Fdatasync, _) => opcode::Fsync::new(file)
+                            .flags(types::FsyncFlags::DATASYNC)
+                            .build(),
                     };
                     // SAFETY: the entry points into our slab (registered or not), which stays
                     // alive and untouched until its completion is reaped below. A full SQ (a ring
@@ -280,20 +301,39 @@ impl Thread<'_> {
                         break;
                     }
                     ops[slot] = Some(op);
+                    starts[slot] = start;
                     fresh.push(slot);
                     in_flight += 1;
                 }
             }
-            if in_flight == 0 {
+            if in_flight == 0 && waiting.is_none() {
                 break;
             }
             let t = Instant::now();
             for slot in fresh.drain(..) {
                 t0[slot] = t;
             }
-            match s.ring.submit_and_wait(1) {
+            // Closed loop: wait for a completion. Open loop with a free slot: no longer than
+            // until shortly before the next start (EXT_ARG timeout), then poll.
+            let r = match waiting.map(|at| pace::wait_for(at, t, window)) {
+                None => s.ring.submit_and_wait(1),
+                Some(wait) => {
+                    let d = match wait {
+                        Wait::Block(d) => d,
+                        Wait::Poll => Duration::ZERO,
+                    };
+                    let ts = types::Timespec::from(d);
+                    let args = types::SubmitArgs::new().timespec(&ts);
+                    s.ring.submitter().submit_with_args(1, &args)
+                }
+            };
+            match r {
                 Ok(_) => {}
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY)) => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINTR | libc::EBUSY | libc::ETIME)
+                    ) => {}
                 Err(e) => {
                     let path = &self.paths[self.sub.files[0]];
                     tally.fail(IoKind::Read, path, 0, &format!("io_uring_enter: {e}"));
@@ -319,7 +359,7 @@ impl Thread<'_> {
                     tally.fail(op.kind, path, op.offset, &errno_reason(res));
                     continue;
                 }
-                if op.kind != IoKind::Fsync && res as usize != bs {
+                if !op.kind.is_sync() && res as usize != bs {
                     let what = format!("short transfer ({res} of {bs} bytes)");
                     tally.fail(op.kind, path, op.offset, &what);
                     continue;
@@ -332,9 +372,9 @@ impl Thread<'_> {
                         tally.checks.mismatch(path, m);
                     }
                 }
-                tally.ok(op.kind, res as u64, ns_between(t0[slot], now));
+                tally.ok(op.kind, res as u64, Times::new(starts[slot], t0[slot], now));
                 gen.write_done(&op);
-                if op.kind != IoKind::Fsync {
+                if !op.kind.is_sync() {
                     done_ops += 1;
                     done_bytes += bs as u64;
                 }

@@ -8,11 +8,13 @@
 
 use super::ringshard_inshard::start_with_files;
 use super::ringshard_routed::Pending;
-use super::tokio_tasks::{self, pipeline, record, Plan, TaskFuture, TaskIo, TaskJob};
-use super::{ns_between, DoneGuard, Output, RunCtx};
+use super::tokio_tasks::{
+    self, first_or, pace_timer, pace_wait, pipeline, record, Plan, TaskFuture, TaskIo, TaskJob,
+};
+use super::{DoneGuard, Output, RunCtx};
 use crate::error::BenchError;
-use crate::tally::{lib_reason, Tally};
-use crate::workload::{Api, IoKind, Op};
+use crate::tally::{lib_reason, Tally, Times};
+use crate::workload::{Api, IoKind, Next, Op};
 use ringshard::{Executor, ExecutorStats};
 use std::sync::Arc;
 use std::time::Instant;
@@ -56,7 +58,7 @@ impl TaskIo for RingIo {
                 d
             }
             IoKind::Write => self.template.clone(),
-            IoKind::Fsync => Vec::new(),
+            IoKind::Fsync | IoKind::Fdatasync => Vec::new(),
         }
     }
 
@@ -66,6 +68,7 @@ impl TaskIo for RingIo {
             IoKind::Read => Pending::Read(self.exec.read_into(f, op.offset, self.bs, buf)),
             IoKind::Write => Pending::Write(self.exec.write(f, op.offset, buf)),
             IoKind::Fsync => Pending::Sync(self.exec.fsync(f)),
+            IoKind::Fdatasync => Pending::Sync(self.exec.fdatasync(f)),
         }
     }
 
@@ -96,14 +99,28 @@ pub fn run(ctx: &RunCtx) -> Result<Output, BenchError> {
             "each task awaits Executor::read_into / write / fsync (a Completion is a Future)"
         }
     };
-    let out = tokio_tasks::run(ctx, &plan, vec![note.to_string()], |job| -> TaskFuture {
-        match api {
-            Api::Session => Box::pin(session_task(Arc::clone(&io), job)),
-            Api::Completion => Box::pin(pipeline(Arc::clone(&io), job)),
-        }
-    });
-    let stats = exec.stats();
+    let mut at_ramp_end = None;
+    let out = tokio_tasks::run(
+        ctx,
+        &plan,
+        vec![note.to_string()],
+        |job| -> TaskFuture {
+            match api {
+                Api::Session => Box::pin(session_task(Arc::clone(&io), job)),
+                Api::Completion => Box::pin(pipeline(Arc::clone(&io), job)),
+            }
+        },
+        &mut || {
+            if w.ramp.is_some() {
+                at_ramp_end = Some(exec.stats());
+            }
+        },
+    );
+    let mut stats = exec.stats();
     let _ = exec.shutdown();
+    if let Some(before) = &at_ramp_end {
+        stats = stats.since(before);
+    }
     let mut out = out?;
     out.library = Some(ExecutorStats::from_shards(stats.shards, out.elapsed));
     Ok(out)
@@ -122,16 +139,25 @@ async fn session_task(io: Arc<RingIo>, job: TaskJob) -> Tally {
             return tally;
         }
     };
-    let mut slots: Vec<Option<(Op, Instant)>> = vec![None; job.depth];
+    let mut slots: Vec<Option<(Op, Instant, Option<Instant>)>> = vec![None; job.depth];
     let mut free: Vec<usize> = (0..job.depth).rev().collect();
     let mut spare: Vec<Vec<u8>> = Vec::with_capacity(job.depth);
     let mut done = Vec::with_capacity(job.depth);
     loop {
+        let mut waiting = None;
         if !job.control.stopped() {
             while let Some(slot) = free.pop() {
-                let Some(op) = gen.next_op() else {
-                    free.push(slot);
-                    break;
+                let (op, start) = match gen.next() {
+                    Next::Go(op, start) => (op, start),
+                    Next::Wait(at) => {
+                        waiting = Some(at);
+                        free.push(slot);
+                        break;
+                    }
+                    Next::Done => {
+                        free.push(slot);
+                        break;
+                    }
                 };
                 let buf = io.buffer(&job, &op, &mut spare);
                 let f = &io.files[op.file];
@@ -141,29 +167,46 @@ async fn session_task(io: Arc<RingIo>, job: TaskJob) -> Tally {
                     IoKind::Read => session.read(f, op.offset, io.bs, buf, token),
                     IoKind::Write => session.write(f, op.offset, buf, token),
                     IoKind::Fsync => session.fsync(f, token),
+                    IoKind::Fdatasync => session.fdatasync(f, token),
                 };
                 if sent.is_err() {
                     free.push(slot);
                     break;
                 }
-                slots[slot] = Some((op, t0));
+                slots[slot] = Some((op, t0, start));
             }
         }
         if session.in_flight() == 0 {
-            break;
+            match waiting {
+                None => break,
+                Some(at) => {
+                    pace_wait(at).await;
+                    continue;
+                }
+            }
         }
-        session.next(&mut done).await;
+        // Open loop with a free slot: no longer than until the next start (then refill).
+        match waiting {
+            None => {
+                session.next(&mut done).await;
+            }
+            Some(at) => {
+                let mut next = Box::pin(session.next(&mut done));
+                let _ = first_or(&mut next, pace_timer(at)).await;
+            }
+        }
         let now = Instant::now();
         for d in done.drain(..) {
             let slot = d.token as usize;
-            let Some((op, t0)) = slots.get_mut(slot).and_then(Option::take) else {
+            let Some((op, t0, start)) = slots.get_mut(slot).and_then(Option::take) else {
                 continue;
             };
             free.push(slot);
             let r = d.result.map_err(|e| lib_reason(&e));
             // Only a read's data is checked; every buffer is reused.
             let data: &[u8] = if op.kind == IoKind::Read { &d.buf } else { &[] };
-            record(&job, &mut gen, &mut tally, op, r, data, ns_between(t0, now));
+            let times = Times::new(start, t0, now);
+            record(&job, &mut gen, &mut tally, op, r, data, times);
             super::keep_spare(&mut spare, Some(d.buf), job.depth);
         }
     }

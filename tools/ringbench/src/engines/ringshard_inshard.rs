@@ -2,21 +2,25 @@
 //! thread that keeps `--iodepth` READ_FIXED / WRITE_FIXED in flight on the shard's own ring and
 //! pool (no channel per I/O) and records every operation in the shard's statistics.
 
-use super::{ns_between, Output, Row, RunCtx};
+use super::{ns_between, Output, RunCtx};
 use crate::control::{Control, Measure};
 use crate::error::BenchError;
+use crate::pace::{self, Wait};
 use crate::pattern::Pattern;
-use crate::tally::{errno_reason, Checks, LatSummary};
-use crate::workload::{IoKind, Op, OpGen, Rw, Submitter, Workload};
+use crate::tally::{errno_reason, Tally, Times};
+use crate::workload::{IoKind, Next, Op, OpGen, Submitter, Workload};
 use io_uring::{opcode, types};
-use ringshard::{Executor, ExecutorStats, OpKind, OpenOptions, ShardContext, ShardCqe, ShardStats};
+use ringshard::{Executor, ExecutorStats, OpKind, OpenOptions, ShardContext, ShardCqe};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// `user_data` of our fsync SQEs: bit 62 set (pool operations use bit 63), and the index of the
-/// slot's (idle) buffer in the low 16 bits.
-const FSYNC_TAG: u64 = 1 << 62;
+/// `user_data` of our fsync SQEs: bit 60 set (inside the range `ShardContext::push` leaves to
+/// closures, 2^47..2^62), and the index of the slot's (idle) buffer in the low 16 bits.
+const FSYNC_TAG: u64 = 1 << 60;
+/// `user_data` of the open-loop wake-up timer (an IORING_OP_TIMEOUT), and of its removal.
+const TIMER_TAG: u64 = 1 << 61;
+const TIMER_REMOVE_TAG: u64 = (1 << 61) | 1;
 
 /// Starts an executor on the run's CPUs with `buffers` pool buffers of `--bs` per shard.
 pub fn build_executor(ctx: &RunCtx, buffers: usize) -> Result<Executor, BenchError> {
@@ -70,40 +74,11 @@ pub fn start_with_files(
     }
 }
 
-/// The latency the table shows for a shard: reads, writes, or (mixed) every operation of the
-/// shard with the maximum taken over reads and writes only (the all-operations histogram also
-/// holds the benchmark closure itself, as one `task`, and the opens).
-pub fn io_latency(s: &ShardStats, rw: Rw) -> LatSummary {
-    match rw {
-        Rw::Randread | Rw::Read => LatSummary::from_lib(&s.read_latency()),
-        Rw::Randwrite | Rw::Write => LatSummary::from_lib(&s.write_latency()),
-        Rw::Randrw => {
-            let mut l = LatSummary::from_lib(&s.latency());
-            l.max = s.read_latency().max_us.max(s.write_latency().max_us);
-            l
-        }
-    }
-}
-
-/// A table row from a shard's statistics.
-pub fn row_of(s: &ShardStats, rw: Rw) -> Row {
-    Row {
-        id: (!s.is_total()).then_some(s.shard),
-        cpu: s.cpu,
-        numa_node: s.numa_node,
-        reads: s.ops(OpKind::Read),
-        writes: s.ops(OpKind::Write),
-        fsyncs: s.ops(OpKind::Fsync),
-        bytes: s.bytes_read + s.bytes_written,
-        errors: s.error_count(),
-        lat_us: io_latency(s, rw),
-    }
-}
-
-/// What the shard loop returns.
+/// What the shard loop returns: its per-kind latency (measured on the shard, from the intended
+/// start in open loop) and checks.
 #[derive(Default)]
 struct ShardResult {
-    checks: Checks,
+    tally: Tally,
     fatal: Option<String>,
     /// The depth it ran at when the pool had fewer free buffers than `--iodepth`.
     capped: Option<usize>,
@@ -163,15 +138,15 @@ pub fn run(ctx: &RunCtx) -> Result<Output, BenchError> {
             exec.submit_to(s.index, move |sctx| shard_loop(sctx, job))
         })
         .collect();
-    let elapsed = control.supervise(subs.len(), meas.start, w.duration, ctx.progress);
-    let cpu = meas.cpu();
+    // No library snapshot at the end of a ramp: the shards are busy running the loop and
+    // would only answer after it.
+    let (elapsed, cpu) = control.supervise(subs.len(), meas, w.duration, ctx.progress, &mut || {});
 
-    let mut checks = Checks::default();
+    let mut tallies = Vec::new();
     let mut fatal = Vec::new();
     for (s, c) in subs.iter().zip(pending) {
         match c.wait() {
             Ok(r) => {
-                checks.merge(&r.checks);
                 if let Some(f) = r.fatal {
                     fatal.push(format!("shard {}: {f}", s.index));
                 }
@@ -182,6 +157,8 @@ pub fn run(ctx: &RunCtx) -> Result<Output, BenchError> {
                         s.index, w.iodepth
                     ));
                 }
+                let (cpu, node) = ctx.cpu_of(s.index);
+                tallies.push((Some(s.index), Some(cpu), node, r.tally));
             }
             Err(e) => fatal.push(format!("shard {}: {e}", s.index)),
         }
@@ -191,19 +168,20 @@ pub fn run(ctx: &RunCtx) -> Result<Output, BenchError> {
     if !fatal.is_empty() {
         return Err(BenchError::runtime(fatal.join("; ")));
     }
-    let library = ExecutorStats::from_shards(stats.shards, elapsed);
-    Ok(Output {
-        row_kind: "shard",
-        rows: library.shards.iter().map(|s| row_of(s, w.rw)).collect(),
-        total: row_of(&library.total, w.rw),
-        elapsed,
-        cpu,
-        checks,
-        resident,
-        library: Some(library),
-        client_latency: false,
-        notes,
-    })
+    let ramped = w.ramp.is_some();
+    if ramped {
+        notes.push(
+            "--ramp-time: ringshard's own statistics are left out (they would include the ramp); \
+             the tables are the loop's own counts after it"
+                .to_string(),
+        );
+    }
+    // The rows are the loop's own counts (latency from the intended start in open loop), as
+    // for every engine; the library's statistics are shown beside them.
+    let mut out = Output::from_tallies("shard", tallies, elapsed, cpu, resident, notes);
+    out.client_latency = false;
+    out.library = (!ramped).then(|| ExecutorStats::from_shards(stats.shards, elapsed));
+    Ok(out)
 }
 
 impl Drop for Job {
@@ -212,11 +190,13 @@ impl Drop for Job {
     }
 }
 
-/// One in-flight slot: its buffer and the operation using it.
+/// One in-flight slot: its buffer, the operation using it, when it was issued (the
+/// `io_uring_enter` that submitted it) and when it started (see [`Times`]).
 struct Slot {
     buf: u16,
     op: Option<Op>,
     t0: Instant,
+    start: Option<Instant>,
 }
 
 fn lib_kind(k: IoKind) -> OpKind {
@@ -224,6 +204,55 @@ fn lib_kind(k: IoKind) -> OpKind {
         IoKind::Read => OpKind::Read,
         IoKind::Write => OpKind::Write,
         IoKind::Fsync => OpKind::Fsync,
+        IoKind::Fdatasync => OpKind::Fdatasync,
+    }
+}
+
+/// The open-loop wake-up: one IORING_OP_TIMEOUT at a time, so that waiting for completions
+/// also ends in time for the next intended start.
+struct Timer {
+    /// The timespec of the armed timeout (the kernel reads it when the SQE is submitted).
+    ts: Box<io_uring::types::Timespec>,
+    armed: bool,
+}
+
+impl Timer {
+    /// Arms a timeout of `d` unless one is armed (that one ends soon enough: it was armed for an
+    /// earlier or equal start). False if the SQ is full.
+    fn arm(&mut self, ctx: &mut ShardContext<'_>, d: Duration) -> bool {
+        if self.armed {
+            return true;
+        }
+        *self.ts = io_uring::types::Timespec::new()
+            .sec(d.as_secs())
+            .nsec(d.subsec_nanos());
+        let e = opcode::Timeout::new(&*self.ts).build().user_data(TIMER_TAG);
+        // SAFETY: the timespec lives in `self.ts` for the whole loop (and the kernel copies it
+        // at submission); the user_data is in the range left to closures; the timeout completes
+        // (fires or is removed in `disarm`) before the loop returns.
+        self.armed = unsafe { ctx.push(&e) }.is_ok();
+        self.armed
+    }
+
+    /// Removes an armed timeout and reaps its completion (and the removal's) before returning.
+    fn disarm(&mut self, ctx: &mut ShardContext<'_>) -> ringshard::Result<()> {
+        if !self.armed {
+            return Ok(());
+        }
+        let e = opcode::TimeoutRemove::new(TIMER_TAG)
+            .build()
+            .user_data(TIMER_REMOVE_TAG);
+        // SAFETY: points to no memory; user_data in the closures' range; reaped below.
+        let mut removal = unsafe { ctx.push(&e) }.is_ok();
+        while self.armed || removal {
+            ctx.submit_and_wait(1)?;
+            ctx.reap(|c| match c.user_data {
+                TIMER_TAG => self.armed = false,
+                TIMER_REMOVE_TAG => removal = false,
+                _ => {}
+            });
+        }
+        Ok(())
     }
 }
 
@@ -240,6 +269,7 @@ fn shard_loop(ctx: &mut ShardContext<'_>, job: Job) -> ShardResult {
                 buf,
                 op: None,
                 t0: Instant::now(),
+                start: None,
             }),
             Err(e) if slots.is_empty() => {
                 res.fatal = Some(format!("acquiring a pool buffer: {e}"));
@@ -276,22 +306,42 @@ fn drive(ctx: &mut ShardContext<'_>, job: &Job, slots: &mut [Slot], res: &mut Sh
             }
         }
     }
+    let window = if gen.paced() {
+        pace::precise_timers();
+        pace::wake_window()
+    } else {
+        Duration::ZERO
+    };
+    let mut timer = Timer {
+        ts: Box::new(io_uring::types::Timespec::new()),
+        armed: false,
+    };
     let mut free: Vec<usize> = (0..slots.len()).rev().collect();
     let mut fresh: Vec<usize> = Vec::with_capacity(slots.len());
     let mut cqes = Vec::with_capacity(slots.len() * 2);
     let mut inline_done: Vec<ShardCqe> = Vec::with_capacity(slots.len());
     let mut in_flight = 0usize;
     loop {
+        // Open loop: the next intended start, when nothing is due yet and a slot is free.
+        let mut waiting = None;
         if !job.control.stopped() {
             while let Some(&s) = free.last() {
-                let Some(op) = gen.next_op() else { break };
-                // Only a write can complete inline (and needs its start time now): reads skip
+                let (op, start) = match gen.next() {
+                    Next::Go(op, start) => (op, start),
+                    Next::Wait(at) => {
+                        waiting = Some(at);
+                        break;
+                    }
+                    Next::Done => break,
+                };
+                // Only a write can complete inline (and needs its issue time now): reads skip
                 // the clock here.
                 let t_push = (op.kind == IoKind::Write).then(Instant::now);
                 match push(ctx, job, &slots[s], &op, bs) {
                     Ok(done_now) => {
                         free.pop();
                         slots[s].op = Some(op);
+                        slots[s].start = start;
                         in_flight += 1;
                         match done_now {
                             // Done on this thread (a buffered write, as the executor does it):
@@ -309,23 +359,45 @@ fn drive(ctx: &mut ShardContext<'_>, job: &Job, slots: &mut [Slot], res: &mut Sh
                     }
                     Err(e) => {
                         ctx.record_error(lib_kind(op.kind), e.errno().unwrap_or(libc::EINVAL), 0);
-                        res.checks
-                            .error(op.kind, &job.paths[op.file], op.offset, &e.to_string());
+                        res.tally
+                            .fail(op.kind, &job.paths[op.file], op.offset, &e.to_string());
                         job.control.stop();
                         break;
                     }
                 }
             }
         }
-        if in_flight == 0 {
+        if in_flight == 0 && waiting.is_none() {
             break;
         }
         let t = Instant::now();
         for s in fresh.drain(..) {
             slots[s].t0 = t;
         }
-        // Wait for the ring only when nothing finished inline.
-        let want = usize::from(inline_done.is_empty());
+        // Wait for the ring only when nothing finished inline. In open loop with a free slot,
+        // submit first (a page-cache read completes in the submit: no timer needed; arming one
+        // costs microseconds in a VM), then wait no longer than until shortly before the next
+        // start, then poll.
+        let mut want = usize::from(inline_done.is_empty());
+        if let (Some(at), 1) = (waiting, want) {
+            if let Err(e) = ctx.submit_and_wait(0) {
+                res.fatal = Some(format!("submit: {e}"));
+                job.control.stop();
+                return;
+            }
+            ctx.reap(|c| inline_done.push(c));
+            want = if !inline_done.is_empty() {
+                0
+            } else {
+                match pace::wait_for(at, Instant::now(), window) {
+                    Wait::Block(d) => usize::from(timer.arm(ctx, d)),
+                    // Polling: a zero timeout, so that the wait still runs deferred
+                    // completions (DEFER_TASKRUN) without blocking.
+                    Wait::Poll if timer.armed => 0,
+                    Wait::Poll => usize::from(timer.arm(ctx, Duration::ZERO)),
+                }
+            };
+        }
         if let Err(e) = ctx.submit_and_wait(want) {
             // The shard waits for our in-flight buffers after we return.
             res.fatal = Some(format!("submit: {e}"));
@@ -340,6 +412,10 @@ fn drive(ctx: &mut ShardContext<'_>, job: &Job, slots: &mut [Slot], res: &mut Sh
         for c in &cqes {
             let buf = match c.buf_index {
                 Some(b) => b,
+                None if c.user_data == TIMER_TAG => {
+                    timer.armed = false;
+                    continue;
+                }
                 None if c.user_data & FSYNC_TAG != 0 => c.user_data as u16,
                 None => continue,
             };
@@ -354,32 +430,37 @@ fn drive(ctx: &mut ShardContext<'_>, job: &Job, slots: &mut [Slot], res: &mut Sh
             let path = &job.paths[op.file];
             if c.result < 0 {
                 ctx.record_error(kind, -c.result, lat);
-                res.checks
-                    .error(op.kind, path, op.offset, &errno_reason(c.result));
+                res.tally
+                    .fail(op.kind, path, op.offset, &errno_reason(c.result));
                 continue;
             }
-            if op.kind != IoKind::Fsync && c.result as u32 != bs {
+            if !op.kind.is_sync() && c.result as u32 != bs {
                 ctx.record_error(kind, libc::EIO, lat);
                 let what = format!("short transfer ({} of {bs} bytes)", c.result);
-                res.checks.error(op.kind, path, op.offset, &what);
+                res.tally.fail(op.kind, path, op.offset, &what);
                 continue;
             }
             if op.kind == IoKind::Read && w.verify {
-                res.checks.verified += 1;
+                res.tally.checks.verified += 1;
                 if let Ok(b) = ctx.pool().get(slots[s].buf) {
                     if let Some(m) = job.patterns[op.file].check(&b[..bs as usize], op.offset) {
-                        res.checks.mismatch(path, m);
+                        res.tally.checks.mismatch(path, m);
                     }
                 }
             }
             ctx.record(kind, c.result as u64, lat);
-            if op.kind != IoKind::Fsync {
+            let times = Times::new(slots[s].start, slots[s].t0, now);
+            res.tally.ok(op.kind, c.result as u64, times);
+            if !op.kind.is_sync() {
                 ops += 1;
                 bytes += u64::from(bs);
             }
             gen.write_done(&op);
         }
         job.control.add(job.sub.index, ops, bytes);
+    }
+    if let Err(e) = timer.disarm(ctx) {
+        res.fatal = Some(format!("removing the pacing timer: {e}"));
     }
 }
 
@@ -412,10 +493,16 @@ fn push(
             ctx.push_write_fixed(file, slot.buf, op.offset, bs)
                 .map(|_| None)
         }
-        IoKind::Fsync => {
+        IoKind::Fsync | IoKind::Fdatasync => {
             // The slot is found again through its (idle) buffer's index.
             let fd = ctx.raw_fd(file)?;
+            let flags = if op.kind == IoKind::Fdatasync {
+                types::FsyncFlags::DATASYNC
+            } else {
+                types::FsyncFlags::empty()
+            };
             let e = opcode::Fsync::new(types::Fd(fd))
+                .flags(flags)
                 .build()
                 .user_data(FSYNC_TAG | u64::from(slot.buf));
             // SAFETY: an fsync points to no memory; its user_data has bit 63 clear and is not

@@ -6,13 +6,14 @@
 //! the callers.
 
 use super::ringshard_inshard::{build_executor, open_files};
-use super::{ns_between, DoneGuard, Output, RunCtx};
+use super::{DoneGuard, Output, RunCtx};
 use crate::control::Control;
 use crate::error::BenchError;
+use crate::pace::{self, Wait};
 use crate::pattern::Pattern;
-use crate::tally::Tally;
-use crate::workload::{Api, IoKind, Op, OpGen, Submitter};
-use ringshard::{Completion, Executor, ExecutorStats};
+use crate::tally::{Tally, Times};
+use crate::workload::{Api, IoKind, Next, Op, OpGen, Submitter};
+use ringshard::{Completion, Executor, ExecutorStats, IoUringError};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::path::PathBuf;
@@ -45,6 +46,22 @@ impl Pending {
             Pending::Sync(c) => c.wait().map(|()| (0, None)),
         }
     }
+
+    /// Waits up to `d`; None if the request is still running.
+    fn wait_timeout(
+        &mut self,
+        d: std::time::Duration,
+    ) -> Option<ringshard::Result<(usize, Option<Vec<u8>>)>> {
+        let r = match self {
+            Pending::Read(c) => c.wait_timeout(d).map(|d| (d.len(), Some(d))),
+            Pending::Write(c) => c.wait_timeout(d).map(|n| (n, None)),
+            Pending::Sync(c) => c.wait_timeout(d).map(|()| (0, None)),
+        };
+        match r {
+            Err(IoUringError::Timeout) => None,
+            r => Some(r),
+        }
+    }
 }
 
 impl Future for Pending {
@@ -64,6 +81,7 @@ struct InFlight {
     pending: Pending,
     op: Op,
     t0: Instant,
+    start: Option<Instant>,
 }
 
 pub fn run(ctx: &RunCtx) -> Result<Output, BenchError> {
@@ -79,7 +97,7 @@ pub fn run(ctx: &RunCtx) -> Result<Output, BenchError> {
     let barrier = Barrier::new(subs.len() + 1);
 
     let resident = ctx.warm()?;
-    let (tallies, elapsed, cpu) = std::thread::scope(|scope| {
+    let (tallies, elapsed, cpu, at_ramp_end) = std::thread::scope(|scope| {
         let handles: Vec<_> = subs
             .iter()
             .map(|s| {
@@ -105,7 +123,13 @@ pub fn run(ctx: &RunCtx) -> Result<Output, BenchError> {
                     .expect("spawning a client thread")
             })
             .collect();
-        let (elapsed, cpu) = control.measure_phase(&barrier, subs.len(), w.duration, ctx.progress);
+        let mut at_ramp_end = None;
+        let (elapsed, cpu) =
+            control.measure_phase(&barrier, subs.len(), w.duration, ctx.progress, &mut || {
+                if w.ramp.is_some() {
+                    at_ramp_end = Some(exec.stats());
+                }
+            });
         let tallies: Vec<_> = handles
             .into_iter()
             .zip(&subs)
@@ -114,10 +138,14 @@ pub fn run(ctx: &RunCtx) -> Result<Output, BenchError> {
                 (Some(s.index), None, None, t)
             })
             .collect();
-        (tallies, elapsed, cpu)
+        (tallies, elapsed, cpu, at_ramp_end)
     });
-    let stats = exec.stats();
+    let (tallies, elapsed, cpu, at_ramp_end) = (tallies, elapsed, cpu, at_ramp_end);
+    let mut stats = exec.stats();
     let _ = exec.shutdown();
+    if let Some(before) = &at_ramp_end {
+        stats = stats.since(before);
+    }
     let mut out = Output::from_tallies("client", tallies, elapsed, cpu, resident, Vec::new());
     out.library = Some(ExecutorStats::from_shards(stats.shards, elapsed));
     Ok(out)
@@ -143,14 +171,25 @@ impl Client<'_> {
         let mut template = vec![0u8; bs];
         self.patterns[0].fill(&mut template, 0);
         let mut q: VecDeque<InFlight> = VecDeque::with_capacity(w.iodepth);
-        let mut added: Vec<(Pending, Op)> = Vec::with_capacity(w.iodepth);
+        let mut added: Vec<(Pending, Op, Option<Instant>)> = Vec::with_capacity(w.iodepth);
         // Read buffers come back with their data and are reused (Executor::read_into).
         let mut spare: Vec<Vec<u8>> = Vec::with_capacity(w.iodepth);
+        if gen.paced() {
+            pace::precise_timers();
+        }
         loop {
+            let mut waiting = None;
             if !self.control.stopped() && q.len() < w.iodepth {
                 let mut batch = self.exec.batch();
                 while q.len() + added.len() < w.iodepth {
-                    let Some(op) = gen.next_op() else { break };
+                    let (op, start) = match gen.next() {
+                        Next::Go(op, start) => (op, start),
+                        Next::Wait(at) => {
+                            waiting = Some(at);
+                            break;
+                        }
+                        Next::Done => break,
+                    };
                     let f = &self.files[op.file];
                     let p = match op.kind {
                         IoKind::Read => {
@@ -168,29 +207,66 @@ impl Client<'_> {
                             Pending::Write(batch.write(f, op.offset, data))
                         }
                         IoKind::Fsync => Pending::Sync(batch.fsync(f)),
+                        // A batch has no fdatasync: sent on its own (after the batch's writes,
+                        // which are sent first below).
+                        IoKind::Fdatasync => Pending::Sync(Completion::ready(Ok(()))),
                     };
-                    added.push((p, op));
+                    added.push((p, op, start));
                 }
                 let t0 = Instant::now();
                 batch.submit();
-                q.extend(
-                    added
-                        .drain(..)
-                        .map(|(pending, op)| InFlight { pending, op, t0 }),
-                );
+                q.extend(added.drain(..).map(|(mut pending, op, start)| {
+                    if op.kind == IoKind::Fdatasync {
+                        pending = Pending::Sync(self.exec.fdatasync(&self.files[op.file]));
+                    }
+                    InFlight {
+                        pending,
+                        op,
+                        t0,
+                        start,
+                    }
+                }));
             }
-            let Some(first) = q.pop_front() else { break };
-            let r = first.pending.wait();
+            let Some(mut first) = q.pop_front() else {
+                match waiting {
+                    None => break,
+                    Some(at) => {
+                        pace::sleep_until(at.min(Instant::now() + pace::MAX_BLOCK));
+                        continue;
+                    }
+                }
+            };
+            // Open loop with a free slot: wait for the oldest no longer than until shortly
+            // before the next start.
+            let r = match waiting.map(|at| pace::wait_for(at, Instant::now(), pace::wake_window()))
+            {
+                None => Some(
+                    first
+                        .pending
+                        .wait_timeout(std::time::Duration::MAX)
+                        .unwrap_or(Err(IoUringError::Timeout)),
+                ),
+                Some(Wait::Block(d)) => first.pending.wait_timeout(d),
+                Some(Wait::Poll) => first
+                    .pending
+                    .is_done()
+                    .then(|| first.pending.wait_timeout(std::time::Duration::ZERO))
+                    .flatten(),
+            };
+            let Some(r) = r else {
+                q.push_front(first);
+                continue;
+            };
             let now = Instant::now();
             let (mut ops, mut bytes) = (0, 0);
-            spare.extend(self.finish(
-                &mut tally, &mut gen, first.op, first.t0, r, now, w.verify, bs,
-            ));
+            let times = Times::new(first.start, first.t0, now);
+            spare.extend(self.finish(&mut tally, &mut gen, first.op, times, r, w.verify, bs));
             (ops, bytes) = count(first.op, ops, bytes, bs);
             while q.front().is_some_and(|f| f.pending.is_done()) {
                 let Some(f) = q.pop_front() else { break };
                 let r = f.pending.wait();
-                spare.extend(self.finish(&mut tally, &mut gen, f.op, f.t0, r, now, w.verify, bs));
+                let times = Times::new(f.start, f.t0, now);
+                spare.extend(self.finish(&mut tally, &mut gen, f.op, times, r, w.verify, bs));
                 (ops, bytes) = count(f.op, ops, bytes, bs);
             }
             self.control.add(self.sub.index, ops, bytes);
@@ -215,18 +291,31 @@ impl Client<'_> {
         let mut template = vec![0u8; bs];
         self.patterns[0].fill(&mut template, 0);
         // Slot i holds the op whose token is i; buffers come back with results and are reused.
-        let mut slots: Vec<Option<(Op, Instant)>> = vec![None; w.iodepth];
+        let mut slots: Vec<Option<(Op, Instant, Option<Instant>)>> = vec![None; w.iodepth];
         let mut free: Vec<usize> = (0..w.iodepth).rev().collect();
         let mut spare: Vec<Vec<u8>> = Vec::with_capacity(w.iodepth);
         let mut done = Vec::with_capacity(w.iodepth);
+        if gen.paced() {
+            pace::precise_timers();
+        }
         loop {
+            let mut waiting = None;
             if !self.control.stopped() {
                 let t0 = Instant::now();
                 while let Some(slot) = free.pop() {
-                    let Some(op) = gen.next_op() else {
-                        free.push(slot);
-                        break;
+                    let (op, start) = match gen.next() {
+                        Next::Go(op, start) => (op, start),
+                        Next::Wait(at) => {
+                            waiting = Some(at);
+                            free.push(slot);
+                            break;
+                        }
+                        Next::Done => {
+                            free.push(slot);
+                            break;
+                        }
                     };
+                    let issue = if start.is_some() { Instant::now() } else { t0 };
                     let f = &self.files[op.file];
                     let token = slot as u64;
                     let submitted = match op.kind {
@@ -246,20 +335,32 @@ impl Client<'_> {
                             session.write(f, op.offset, data, token)
                         }
                         IoKind::Fsync => session.fsync(f, token),
+                        IoKind::Fdatasync => session.fdatasync(f, token),
                     };
                     // The session holds `iodepth` requests, as many as there are slots.
                     if submitted.is_ok() {
-                        slots[slot] = Some((op, t0));
+                        slots[slot] = Some((op, issue, start));
                     } else {
                         free.push(slot);
                         break;
                     }
                 }
             }
-            if session.in_flight() == 0 {
+            if session.in_flight() == 0 && waiting.is_none() {
                 break;
             }
-            if let Err(e) = session.wait(1, &mut done) {
+            // Open loop with a free slot: wait no longer than until shortly before the next
+            // start, then poll.
+            let r = match waiting.map(|at| pace::wait_for(at, Instant::now(), pace::wake_window()))
+            {
+                None => session.wait(1, &mut done),
+                Some(Wait::Block(d)) => session.wait_timeout(1, d, &mut done),
+                Some(Wait::Poll) => {
+                    session.flush();
+                    Ok(session.reap(&mut done))
+                }
+            };
+            if let Err(e) = r {
                 tally.fail(IoKind::Read, &self.paths[0], 0, &e.to_string());
                 break;
             }
@@ -267,7 +368,7 @@ impl Client<'_> {
             let (mut ops, mut bytes) = (0, 0);
             for d in done.drain(..) {
                 let slot = d.token as usize;
-                let Some((op, t0)) = slots.get_mut(slot).and_then(Option::take) else {
+                let Some((op, t0, start)) = slots.get_mut(slot).and_then(Option::take) else {
                     continue;
                 };
                 free.push(slot);
@@ -279,7 +380,8 @@ impl Client<'_> {
                     }
                     (_, Err(e)) => Err(e),
                 };
-                let back = self.finish(&mut tally, &mut gen, op, t0, r, now, w.verify, bs);
+                let times = Times::new(start, t0, now);
+                let back = self.finish(&mut tally, &mut gen, op, times, r, w.verify, bs);
                 super::keep_spare(&mut spare, back, w.iodepth);
                 (ops, bytes) = count(op, ops, bytes, bs);
             }
@@ -294,9 +396,8 @@ impl Client<'_> {
         tally: &mut Tally,
         gen: &mut OpGen,
         op: Op,
-        t0: Instant,
+        times: Times,
         r: ringshard::Result<(usize, Option<Vec<u8>>)>,
-        now: Instant,
         verify: bool,
         bs: usize,
     ) -> Option<Vec<u8>> {
@@ -306,7 +407,7 @@ impl Client<'_> {
                 tally.fail(op.kind, path, op.offset, &crate::tally::lib_reason(&e));
                 None
             }
-            Ok((n, _)) if op.kind != IoKind::Fsync && n != bs => {
+            Ok((n, _)) if !op.kind.is_sync() && n != bs => {
                 let what = format!("short transfer ({n} of {bs} bytes)");
                 tally.fail(op.kind, path, op.offset, &what);
                 None
@@ -318,7 +419,7 @@ impl Client<'_> {
                         tally.checks.mismatch(path, m);
                     }
                 }
-                tally.ok(op.kind, n as u64, ns_between(t0, now));
+                tally.ok(op.kind, n as u64, times);
                 gen.write_done(&op);
                 // The read's buffer goes back to the client for its next read.
                 data
@@ -328,7 +429,7 @@ impl Client<'_> {
 }
 
 fn count(op: Op, ops: u64, bytes: u64, bs: usize) -> (u64, u64) {
-    if op.kind == IoKind::Fsync {
+    if op.kind.is_sync() {
         (ops, bytes)
     } else {
         (ops + 1, bytes + bs as u64)

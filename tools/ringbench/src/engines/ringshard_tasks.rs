@@ -47,8 +47,12 @@ pub fn run(ctx: &RunCtx) -> Result<Output, BenchError> {
         .into_iter()
         .map(|(shard, job)| exec.spawn_on(shard, pipeline(Arc::clone(&io), job)))
         .collect();
-    let elapsed = control.supervise(tasks, meas.start, w.duration, ctx.progress);
-    let cpu = meas.cpu();
+    let mut at_ramp_end = None;
+    let (elapsed, cpu) = control.supervise(tasks, meas, w.duration, ctx.progress, &mut || {
+        if w.ramp.is_some() {
+            at_ramp_end = Some(exec.stats());
+        }
+    });
     let mut fatal = Vec::new();
     let per_task: Vec<Tally> = handles
         .into_iter()
@@ -61,8 +65,11 @@ pub fn run(ctx: &RunCtx) -> Result<Output, BenchError> {
         })
         .collect();
     drop(io);
-    let stats = exec.stats();
+    let mut stats = exec.stats();
     let _ = exec.shutdown();
+    if let Some(before) = &at_ramp_end {
+        stats = stats.since(before);
+    }
     if !fatal.is_empty() {
         return Err(BenchError::runtime(fatal.join("; ")));
     }

@@ -63,6 +63,7 @@ impl TaskIo for BlockingIo {
                 IoKind::Read => f.read_at(&mut b, op.offset),
                 IoKind::Write => f.write_at(&b, op.offset),
                 IoKind::Fsync => f.sync_all().map(|()| 0),
+                IoKind::Fdatasync => f.sync_data().map(|()| 0),
             };
             (b, r)
         })

@@ -16,8 +16,8 @@ use super::spawn_blocking::BlockingIo;
 use super::tokio_tasks::{self, pipeline, Plan, TaskFuture, TaskJob};
 use super::{DoneGuard, Output, RunCtx};
 use crate::error::BenchError;
-use crate::tally::{io_reason, Tally};
-use crate::workload::{IoKind, Mode, OpGen, TokioApi};
+use crate::tally::{io_reason, Tally, Times};
+use crate::workload::{IoKind, Mode, Next, OpGen, TokioApi};
 use std::io::SeekFrom;
 use std::sync::Arc;
 use std::time::Instant;
@@ -54,12 +54,18 @@ pub fn run(ctx: &RunCtx, api: TokioApi) -> Result<Output, BenchError> {
         TokioApi::ReadAt => Some(BlockingIo::new(ctx)?),
         TokioApi::SeekRead => None,
     };
-    tokio_tasks::run(ctx, &plan, notes, |job| -> TaskFuture {
-        match &blocking {
-            Some(io) => Box::pin(pipeline(Arc::clone(io), job)),
-            None => Box::pin(seek_read_task(job)),
-        }
-    })
+    tokio_tasks::run(
+        ctx,
+        &plan,
+        notes,
+        |job| -> TaskFuture {
+            match &blocking {
+                Some(io) => Box::pin(pipeline(Arc::clone(io), job)),
+                None => Box::pin(seek_read_task(job)),
+            }
+        },
+        &mut || {},
+    )
 }
 
 async fn seek_read_task(job: TaskJob) -> Tally {
@@ -93,7 +99,15 @@ async fn seek_read_loop(job: &TaskJob, gen: &mut OpGen, tally: &mut Tally) -> Re
         job.patterns[0].fill(&mut buf, 0);
     }
     while !job.control.stopped() {
-        let Some(op) = gen.next_op() else { break };
+        let (op, start) = match gen.next() {
+            Next::Go(op, start) => (op, start),
+            Next::Wait(at) => {
+                // Open loop: one operation at a time, so nothing to reap meanwhile.
+                tokio_tasks::pace_wait(at).await;
+                continue;
+            }
+            Next::Done => break,
+        };
         let Some(f) = handles[op.file].as_mut() else {
             break;
         };
@@ -113,11 +127,20 @@ async fn seek_read_loop(job: &TaskJob, gen: &mut OpGen, tally: &mut Tally) -> Re
                     f.flush().await.map(|()| bs)
                 }
                 IoKind::Fsync => f.sync_all().await.map(|()| 0),
+                IoKind::Fdatasync => f.sync_data().await.map(|()| 0),
             }
         }
         .await;
-        let lat = t0.elapsed().as_nanos() as u64;
-        tokio_tasks::record(job, gen, tally, op, r.map_err(|e| io_reason(&e)), &buf, lat);
+        let times = Times::new(start, t0, Instant::now());
+        tokio_tasks::record(
+            job,
+            gen,
+            tally,
+            op,
+            r.map_err(|e| io_reason(&e)),
+            &buf,
+            times,
+        );
     }
     Ok(())
 }

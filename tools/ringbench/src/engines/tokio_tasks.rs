@@ -6,17 +6,19 @@
 //! [`pipeline`]: it keeps `depth` requests of a [`TaskIo`] in flight, awaiting the oldest. With
 //! depth 1 (the default of `--mode async`) that is "await one request, issue the next".
 
-use super::{ns_between, DoneGuard, Output, RunCtx};
+use super::{DoneGuard, Output, RunCtx};
 use crate::control::{Control, Measure};
 use crate::error::BenchError;
+use crate::pace::{self, Wait};
 use crate::pattern::Pattern;
-use crate::tally::Tally;
-use crate::workload::{IoKind, Mode, Op, OpGen, Submitter, Workload};
+use crate::tally::{Tally, Times};
+use crate::workload::{IoKind, Mode, Next, Op, OpGen, Submitter, Workload};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 /// How a run is laid out on tokio.
@@ -61,6 +63,8 @@ pub struct TaskJob {
     /// Generator stream: distinct per task.
     pub stream: usize,
     pub streams: usize,
+    /// Tasks sharing one submitter's open-loop rate.
+    pub rate_share: usize,
     /// The task's progress slot in `control`.
     pub index: usize,
     /// Operations to keep in flight.
@@ -80,6 +84,7 @@ impl TaskJob {
             self.stream,
             self.streams,
         )
+        .rate_share(self.rate_share)
     }
 }
 
@@ -94,11 +99,13 @@ pub fn run(
     plan: &Plan,
     mut notes: Vec<String>,
     spawn: impl Fn(TaskJob) -> TaskFuture,
+    on_ramp_end: &mut dyn FnMut(),
 ) -> Result<Output, BenchError> {
     let w = ctx.w;
     let per = plan.per_group;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(plan.workers)
+        .enable_time()
         .thread_name("ringbench-tokio")
         .build()
         .map_err(|e| BenchError::runtime(format!("starting the tokio runtime: {e}")))?;
@@ -122,8 +129,7 @@ pub fn run(
     .into_iter()
     .map(|(_, job)| rt.spawn(spawn(job)))
     .collect();
-    let elapsed = control.supervise(tasks, meas.start, w.duration, ctx.progress);
-    let cpu = meas.cpu();
+    let (elapsed, cpu) = control.supervise(tasks, meas, w.duration, ctx.progress, on_ramp_end);
     let per_task: Vec<Tally> = rt.block_on(async {
         let mut out = Vec::with_capacity(handles.len());
         for h in handles {
@@ -185,6 +191,7 @@ pub fn jobs(
                 quota,
                 stream: s.index * per + d,
                 streams: groups.len() * per,
+                rate_share: per,
                 index: k * per + d,
                 depth,
                 paths: Arc::clone(paths),
@@ -235,42 +242,137 @@ pub trait TaskIo: Send + Sync + 'static {
 
 /// A task keeping `job.depth` operations of `io` in flight: issues up to the depth, awaits the
 /// oldest, takes every other one already done with the same clock reading, and refills. Latency
-/// is from just before the call that starts an operation to its completion, as the task sees it.
+/// is from just before the call that starts an operation (open loop: from its intended start) to
+/// its completion, as the task sees it.
 pub async fn pipeline<E: TaskIo>(io: Arc<E>, job: TaskJob) -> Tally {
     let _done = DoneGuard(&job.control);
     let mut tally = Tally::default();
     let mut gen = job.gen();
-    let mut q: VecDeque<(E::Pending, Op, Instant)> = VecDeque::with_capacity(job.depth);
+    if gen.paced() {
+        pace::precise_timers();
+    }
+    let mut q: VecDeque<(E::Pending, Op, Instant, Option<Instant>)> =
+        VecDeque::with_capacity(job.depth);
     let mut spare: Vec<E::Buf> = Vec::with_capacity(job.depth);
     loop {
+        let mut waiting = None;
         if !job.control.stopped() {
             while q.len() < job.depth {
-                let Some(op) = gen.next_op() else { break };
+                let (op, start) = match gen.next() {
+                    Next::Go(op, start) => (op, start),
+                    Next::Wait(at) => {
+                        waiting = Some(at);
+                        break;
+                    }
+                    Next::Done => break,
+                };
                 let buf = io.buffer(&job, &op, &mut spare);
                 let t0 = Instant::now();
-                q.push_back((io.issue(&op, buf), op, t0));
+                q.push_back((io.issue(&op, buf), op, t0, start));
             }
         }
-        let Some((first, op, t0)) = q.pop_front() else {
+        let Some(front) = q.front_mut() else {
+            match waiting {
+                None => break,
+                Some(at) => {
+                    pace_wait(at).await;
+                    continue;
+                }
+            }
+        };
+        // Open loop with a free slot: the oldest, or the time to issue the next.
+        let out = match waiting {
+            None => (&mut front.0).await,
+            Some(at) => match first_or(&mut front.0, pace_timer(at)).await {
+                Some(out) => out,
+                None => continue,
+            },
+        };
+        let Some((_, op, t0, start)) = q.pop_front() else {
             break;
         };
-        let out = first.await;
         let now = Instant::now();
-        let mut done = |op: Op, t0: Instant, out| {
+        let mut done = |op: Op, t0: Instant, start: Option<Instant>, out| {
             let (buf, r) = E::result(out);
             let data = buf.as_deref().unwrap_or(&[]);
-            record(&job, &mut gen, &mut tally, op, r, data, ns_between(t0, now));
+            let times = Times::new(start, t0, now);
+            record(&job, &mut gen, &mut tally, op, r, data, times);
             spare.extend(buf);
         };
-        done(op, t0, out);
-        while q.front().is_some_and(|(p, _, _)| E::is_done(p)) {
-            let Some((p, op, t0)) = q.pop_front() else {
+        done(op, t0, start, out);
+        while q.front().is_some_and(|(p, _, _, _)| E::is_done(p)) {
+            let Some((p, op, t0, start)) = q.pop_front() else {
                 break;
             };
-            done(op, t0, p.await);
+            done(op, t0, start, p.await);
         }
     }
     tally
+}
+
+/// How late this task's timer may fire: a shard task's (an io_uring timeout: the thread's wake-up
+/// delay) or tokio's (1 ms ticks).
+fn timer_window() -> Duration {
+    if ringshard::local().is_some() {
+        pace::wake_window()
+    } else {
+        Duration::from_millis(2)
+    }
+}
+
+/// Sleeps `d` on the runtime the task runs on: the shard's ring (`--mode tasks`) or tokio's timer.
+fn runtime_sleep(d: Duration) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    match ringshard::local() {
+        Some(shard) => Box::pin(shard.sleep(d)),
+        None => Box::pin(tokio::time::sleep(d)),
+    }
+}
+
+/// Ready on its second poll: lets the other tasks run once.
+struct YieldOnce(bool);
+
+impl Future for YieldOnce {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0 {
+            return Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// What to wait on before looking at the schedule again: a sleep until shortly before `at`, or,
+/// when it is close, one yield (the task polls until the start is due).
+pub fn pace_timer(at: Instant) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    match pace::wait_for(at, Instant::now(), timer_window()) {
+        Wait::Block(d) => runtime_sleep(d),
+        Wait::Poll => Box::pin(YieldOnce(false)),
+    }
+}
+
+/// Waits (with nothing in flight) until `at`, or at most [`pace::MAX_BLOCK`].
+pub async fn pace_wait(at: Instant) {
+    let at = at.min(Instant::now() + pace::MAX_BLOCK);
+    while Instant::now() < at {
+        pace_timer(at).await;
+    }
+}
+
+/// The output of `first` if it completes before `timer`, else None (`first` stays in flight).
+pub async fn first_or<F: Future + Unpin>(
+    first: &mut F,
+    mut timer: Pin<Box<dyn Future<Output = ()> + Send>>,
+) -> Option<F::Output> {
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = Pin::new(&mut *first).poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        timer.as_mut().poll(cx).map(|()| None)
+    })
+    .await
 }
 
 /// Counts one finished operation: errors, short transfers, the `--verify` check of a read, its
@@ -282,13 +384,13 @@ pub fn record(
     op: Op,
     r: Result<usize, String>,
     buf: &[u8],
-    lat: u64,
+    times: Times,
 ) {
     let bs = job.w.bs;
     let path = &job.paths[op.file];
     match r {
         Err(reason) => tally.fail(op.kind, path, op.offset, &reason),
-        Ok(n) if op.kind != IoKind::Fsync && n != bs => {
+        Ok(n) if !op.kind.is_sync() && n != bs => {
             let what = format!("short transfer ({n} of {bs} bytes)");
             tally.fail(op.kind, path, op.offset, &what);
         }
@@ -308,9 +410,9 @@ pub fn record(
                     }
                 }
             }
-            tally.ok(op.kind, n as u64, lat);
+            tally.ok(op.kind, n as u64, times);
             gen.write_done(&op);
-            if op.kind != IoKind::Fsync {
+            if !op.kind.is_sync() {
                 job.control.add(job.index, 1, bs as u64);
             }
         }

@@ -208,7 +208,7 @@ pub struct Args {
     /// No live progress line.
     #[arg(long)]
     pub quiet: bool,
-    /// A fio job file (ini: [global] and one [section] per job) with the options ringbench has,
+    /// A fio job file (ini: `[global]` and one `[section]` per job) with the options ringbench has,
     /// by their fio names; every job runs at once.
     #[arg(value_name = "JOBFILE")]
     pub job_file: Option<PathBuf>,

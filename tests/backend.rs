@@ -275,9 +275,15 @@ fn under_memlock(limit: u64, uid: u32, shards: usize) -> (String, String) {
 /// The users of the tests below (nobody, and uids nothing else uses: pinned memory is counted
 /// per user).
 const UID_64K: u32 = limited_user::NOBODY;
-const UID_4K: u32 = 64_101;
-const UID_12K: u32 = 64_102;
-const UID_16K: u32 = 64_103;
+fn uid_4k() -> u32 {
+    limited_user::private_uid(1)
+}
+fn uid_12k() -> u32 {
+    limited_user::private_uid(2)
+}
+fn uid_16k() -> u32 {
+    limited_user::private_uid(3)
+}
 
 #[test]
 fn with_memlock_64k_as_nobody_the_pool_goes_unregistered_and_says_how_to_fix_it() {
@@ -301,7 +307,7 @@ fn with_memlock_4k_no_ring_fits_and_the_threads_backend_says_why() {
         println!("SKIPPED: not root, so the limit cannot be applied to a user of its own");
         return;
     }
-    let (report, display) = under_memlock(4096, UID_4K, 2);
+    let (report, display) = under_memlock(4096, uid_4k(), 2);
     assert!(report.contains("backend=threads"), "{report}");
     assert!(
         report.contains("ENOMEM") && report.contains("RLIMIT_MEMLOCK"),
@@ -323,7 +329,7 @@ fn with_memlock_12k_two_shards_rings_do_not_fit_and_the_executor_falls_back() {
         println!("SKIPPED: not root, so the limit cannot be applied to a user of its own");
         return;
     }
-    let (report, display) = under_memlock(12 * 1024, UID_12K, 2);
+    let (report, display) = under_memlock(12 * 1024, uid_12k(), 2);
     assert!(report.contains("backend=threads"), "{report}");
     assert!(
         report.contains("reason=Some(\"shard ") && report.contains("even for a ring of 8 entries"),
@@ -341,7 +347,7 @@ fn with_memlock_16k_the_ring_is_made_smaller_and_says_so() {
         println!("SKIPPED: not root, so the limit cannot be applied to a user of its own");
         return;
     }
-    let (report, display) = under_memlock(16 * 1024, UID_16K, 1);
+    let (report, display) = under_memlock(16 * 1024, uid_16k(), 1);
     assert!(report.contains("backend=io_uring"), "{report}");
     assert!(
         report.contains("entries, not 256: io_uring_setup refused 256 entries with ENOMEM"),

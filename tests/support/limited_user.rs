@@ -4,7 +4,7 @@
 //!
 //! Pinned memory (io_uring rings, registered buffers) is counted per user, over every process of
 //! that user, and the kernel gives a closed ring's memory back a little later, asynchronously.
-//! So each test runs its child as a user of its own (a uid nothing else on the machine uses),
+//! So each test runs its child as a user of its own ([`private_uid`]: a uid nothing else uses),
 //! so that neither another test's children nor their closing rings change what fits.
 
 #![allow(dead_code)] // each includer uses a part
@@ -16,6 +16,14 @@ use std::process::Command;
 
 /// `nobody`.
 pub const NOBODY: u32 = 65534;
+
+/// A uid nothing else on the machine uses, for the test numbered `slot` (below 16) of this
+/// process: the process id is part of it, so neither another test process running at the same
+/// time (a second `cargo test`, a CI step) nor the closing rings of an earlier run, given back
+/// asynchronously, are counted against the same user.
+pub fn private_uid(slot: u32) -> u32 {
+    200_000 + (std::process::id() % 100_000) * 16 + slot % 16
+}
 
 /// Whether this process runs as root (and so can make its children another user).
 pub fn is_root() -> bool {

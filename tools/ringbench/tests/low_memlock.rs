@@ -56,7 +56,10 @@ fn default_run_as_nobody_with_memlock_64k_runs_and_says_what_it_got() {
 /// engine runs at the depth it could get, and says so.
 #[test]
 fn in_shard_with_one_shard_runs_at_the_depth_its_pool_allows() {
-    let Some(out) = ringbench_as(64_201, &["--shards", "1", "--iodepth", "32", "--verify"]) else {
+    let Some(out) = ringbench_as(
+        limited_user::private_uid(1),
+        &["--shards", "1", "--iodepth", "32", "--verify"],
+    ) else {
         return;
     };
     assert!(out.contains("\nbackend: io_uring"), "{out}");
@@ -71,7 +74,8 @@ fn in_shard_with_one_shard_runs_at_the_depth_its_pool_allows() {
 /// executor got.
 #[test]
 fn routed_async_and_tasks_modes_run_under_the_limit() {
-    for (uid, mode) in [(64_202, "routed"), (64_203, "async"), (64_204, "tasks")] {
+    for (slot, mode) in [(2, "routed"), (3, "async"), (4, "tasks")] {
+        let uid = limited_user::private_uid(slot);
         let Some(out) = ringbench_as(uid, &["--mode", mode, "--verify", "--rw", "randrw"]) else {
             return;
         };
@@ -84,7 +88,10 @@ fn routed_async_and_tasks_modes_run_under_the_limit() {
 /// READ/WRITE into unregistered buffers) and says so (before, its setup failed with ENOMEM).
 #[test]
 fn the_raw_uring_baseline_runs_under_the_limit() {
-    let Some(out) = ringbench_as(64_205, &["--engine", "raw-uring", "--verify"]) else {
+    let Some(out) = ringbench_as(
+        limited_user::private_uid(5),
+        &["--engine", "raw-uring", "--verify"],
+    ) else {
         return;
     };
     assert!(

@@ -34,7 +34,7 @@ static NEXT_EXECUTOR_ID: AtomicU64 = AtomicU64::new(1);
 /// assert_eq!(exec.shard_count(), 2);
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ExecutorBuilder {
     placement: Placement,
     ring: RingConfig,
@@ -53,6 +53,35 @@ pub struct ExecutorBuilder {
     slow_op: Option<Duration>,
     inline_write_stall: Option<Duration>,
     force_blocking: Vec<OpKind>,
+    inline_reads: bool,
+    inline_read_limit: usize,
+    inline_read_hook: Option<crate::inline::TestHook>,
+}
+
+impl std::fmt::Debug for ExecutorBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecutorBuilder")
+            .field("placement", &self.placement)
+            .field("ring", &self.ring)
+            .field("buffer_size", &self.buffer_size)
+            .field("buffer_count", &self.buffer_count)
+            .field("max_files", &self.max_files)
+            .field("channel_capacity", &self.channel_capacity)
+            .field("spin", &self.spin)
+            .field("pin", &self.pin)
+            .field("inline_buffered_writes", &self.inline_buffered_writes)
+            .field("sysfs_root", &self.sysfs_root)
+            .field("max_request_size", &self.max_request_size)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("backend", &self.backend)
+            .field("threads_per_shard", &self.threads_per_shard)
+            .field("slow_op", &self.slow_op)
+            .field("inline_write_stall", &self.inline_write_stall)
+            .field("force_blocking", &self.force_blocking)
+            .field("inline_reads", &self.inline_reads)
+            .field("inline_read_limit", &self.inline_read_limit)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for ExecutorBuilder {
@@ -75,6 +104,9 @@ impl Default for ExecutorBuilder {
             slow_op: Some(Duration::from_secs(1)),
             inline_write_stall: Some(Duration::from_millis(50)),
             force_blocking: Vec::new(),
+            inline_reads: true,
+            inline_read_limit: crate::inline::DEFAULT_INLINE_READ_LIMIT,
+            inline_read_hook: None,
         }
     }
 }
@@ -226,6 +258,47 @@ impl ExecutorBuilder {
         self
     }
 
+    /// Whether buffered reads are first tried on the caller's thread (default true): a read of
+    /// a regular file opened without O_DIRECT, of at most
+    /// [`inline_read_limit`](Self::inline_read_limit) bytes, calls `preadv2(.., RWF_NOWAIT)`
+    /// right there. If the data is in the page cache the read is done, with no hand-off to the
+    /// shard (a ready [`Completion`], or a result in the [`Session`]'s own queue); if it is not
+    /// (EAGAIN), the read goes to the shard as it would without this, with whatever part
+    /// arrived. Reads never overtake a write, `set_len`, `fallocate`, append or `writev` of the
+    /// same file sent before them through this executor: while one is unfinished, the file's
+    /// reads go to the shard. Counted per shard in `ShardStats::inline_reads` and
+    /// `inline_fallbacks`.
+    ///
+    /// The trade-off: a hit costs the calling thread the copy (at most the limit) instead of a
+    /// hand-off, and a miss costs it one failed system call (about a microsecond) before the
+    /// read is routed. Turn it off to keep callers' threads out of the kernel entirely, or when
+    /// nearly every read misses the page cache. Filesystems that refuse RWF_NOWAIT (tmpfs,
+    /// procfs) are detected on the first read of each file and routed from then on.
+    pub fn inline_reads(mut self, on: bool) -> Self {
+        self.inline_reads = on;
+        self
+    }
+
+    /// The longest read tried on the caller's thread (see [`inline_reads`](Self::inline_reads);
+    /// default [`DEFAULT_INLINE_READ_LIMIT`](crate::DEFAULT_INLINE_READ_LIMIT), 64 KiB; at most
+    /// [`MAX_INLINE_READ_LIMIT`](crate::MAX_INLINE_READ_LIMIT)). Longer reads go to the shard,
+    /// so a runtime thread is never held for a long copy.
+    pub fn inline_read_limit(mut self, bytes: usize) -> Self {
+        self.inline_read_limit = bytes;
+        self
+    }
+
+    /// Runs `hook` inside every inline read, after its checks and before its system call: a test
+    /// can hold a reader exactly where a concurrent close must wait for it. For tests.
+    #[doc(hidden)]
+    pub fn inline_read_hook_for_tests(
+        mut self,
+        hook: std::sync::Arc<dyn Fn() + Send + Sync>,
+    ) -> Self {
+        self.inline_read_hook = Some(hook);
+        self
+    }
+
     /// Which backend runs the shards' operations (default [`BackendChoice::Auto`]: io_uring where
     /// it works, the threads backend where it is blocked; `RINGSHARD_BACKEND=threads|io_uring`
     /// decides when this is `Auto`). The choice and its reason are in
@@ -289,6 +362,14 @@ impl ExecutorBuilder {
             return Err(IoUringError::InvalidConfig(format!(
                 "max_request_size {} out of range: use 1 to {MAX_REQUEST_SIZE_LIMIT} bytes",
                 self.max_request_size
+            )));
+        }
+        if self.inline_read_limit > crate::inline::MAX_INLINE_READ_LIMIT {
+            return Err(IoUringError::InvalidConfig(format!(
+                "inline_read_limit {} out of range: use 0 to {} bytes (longer reads should go \
+                 to the shards), or inline_reads(false)",
+                self.inline_read_limit,
+                crate::inline::MAX_INLINE_READ_LIMIT
             )));
         }
         let topo = match &self.sysfs_root {
@@ -372,6 +453,12 @@ impl ExecutorBuilder {
             limits: Limits {
                 max_request: self.max_request_size,
             },
+            inline: crate::inline::InlineReads::new(
+                self.inline_reads,
+                self.inline_read_limit,
+                cpus.len(),
+                self.inline_read_hook.clone(),
+            ),
         });
         // Tasks find their executor (for `ringshard::local()`) through this; a weak reference,
         // so the shards never keep the executor's routes alive.
@@ -401,6 +488,8 @@ pub(crate) struct ExecShared {
     /// Shutdown has begun: new work is refused.
     pub(crate) closed: AtomicBool,
     pub(crate) limits: Limits,
+    /// Inline reads: settings and the per-shard counters of reads done on callers' threads.
+    pub(crate) inline: crate::inline::InlineReads,
 }
 
 impl std::fmt::Debug for ExecShared {
@@ -459,6 +548,7 @@ impl ExecShared {
             reply: Reply::Detached,
             at: Instant::now(),
             deadline: None,
+            pending: None,
         };
         // Refused after shutdown: the shard closes every file as it stops.
         let _ = self.send(file.shard, Message::Io(req));
@@ -482,6 +572,66 @@ impl ExecShared {
         c
     }
 
+    /// A checked read: done on this thread if its data is cached (see `crate::inline`), else
+    /// routed like any request (with the part that arrived here, if any).
+    pub(crate) fn read(
+        &self,
+        file: &File,
+        op: Result<IoOp>,
+        deadline: Option<Instant>,
+    ) -> Completion<Vec<u8>> {
+        match self.inline_op(file, op) {
+            Ok(data) => Completion::ready(Ok(data)),
+            Err(op) => self.request(file, op, Reply::Data, deadline),
+        }
+    }
+
+    /// Tries a checked read op on this thread: `Ok` with its data when done, else the op to
+    /// route (a plain read with flags, or after a partial attempt, with the part kept).
+    pub(crate) fn inline_op(
+        &self,
+        file: &File,
+        op: Result<IoOp>,
+    ) -> std::result::Result<Vec<u8>, Result<IoOp>> {
+        match op {
+            Ok(IoOp::Read {
+                offset,
+                len,
+                buf,
+                kept: 0,
+                flags: 0,
+            }) => match self.try_inline_read(file, offset, len, buf) {
+                crate::inline::Attempt::Done(data) => Ok(data),
+                crate::inline::Attempt::Route { buf, kept } => Err(Ok(IoOp::Read {
+                    offset,
+                    len,
+                    buf,
+                    kept,
+                    flags: 0,
+                })),
+            },
+            other => Err(other),
+        }
+    }
+
+    /// [`InlineReads::try_read`](crate::inline::InlineReads::try_read) of a checked read, for a
+    /// file of this executor while it runs (otherwise routed, and refused there).
+    pub(crate) fn try_inline_read(
+        &self,
+        file: &File,
+        offset: u64,
+        len: usize,
+        buf: Vec<u8>,
+    ) -> crate::inline::Attempt {
+        if !self.inline.enabled
+            || file.handle().exec != self.id
+            || self.closed.load(Ordering::Acquire)
+        {
+            return crate::inline::Attempt::Route { buf, kept: 0 };
+        }
+        self.inline.try_read(file, offset, len, buf)
+    }
+
     /// Routes a checked [`FileOp`] that holds its own completer, built by `make`, on `file`.
     pub(crate) fn request_op<T>(
         &self,
@@ -494,12 +644,15 @@ impl ExecShared {
             Err(e) => return Completion::ready(Err(e)),
         };
         let (c, done) = pair(self.id, file.shard());
+        let op = make(done);
+        let pending = crate::inline::pending_for(file, op.kind());
         let req = IoRequest {
             file: file.handle(),
-            op: IoOp::File(make(done)),
+            op: IoOp::File(op),
             reply: Reply::InOp,
             at: Instant::now(),
             deadline,
+            pending,
         };
         crate::shard::tasks::route(self, req);
         c
@@ -534,6 +687,7 @@ impl ExecShared {
             reply: Reply::InOp,
             at: Instant::now(),
             deadline,
+            pending: None,
         };
         crate::shard::tasks::route(self, req);
         c
@@ -1208,6 +1362,8 @@ impl Executor {
         s.cancelled = s
             .cancelled
             .saturating_add(link.shared.cancelled_unsent.load(Ordering::Relaxed));
+        // Reads done on callers' threads for this shard's files.
+        s.add_inline(&self.shared.inline.snapshot(index));
         s
     }
 
@@ -1364,9 +1520,7 @@ impl Deadlined<'_> {
         buf: Vec<u8>,
     ) -> Completion<Vec<u8>> {
         let op = request::read_op(file, offset, len, buf, self.exec.shared.limits);
-        self.exec
-            .shared
-            .request(file, op, Reply::Data, self.deadline)
+        self.exec.shared.read(file, op, self.deadline)
     }
 
     /// [`Executor::read_with`] with the deadline.
@@ -1620,6 +1774,7 @@ impl Batch<'_> {
         if let Some(list) = self.per_shard.get_mut(file.shard()) {
             list.push(IoRequest {
                 file: file.handle(),
+                pending: crate::inline::pending_for(file, op.kind()),
                 op,
                 reply: reply(done),
                 at: self.created,
@@ -1643,7 +1798,12 @@ impl Batch<'_> {
         buf: Vec<u8>,
     ) -> Completion<Vec<u8>> {
         let op = request::read_op(file, offset, len, buf, self.exec.shared.limits);
-        self.add(file, op, Reply::Data)
+        // A read of cached data is done at once (see `crate::inline`); a write of the file
+        // added earlier to this batch (or sent earlier) keeps it for the shard.
+        match self.exec.shared.inline_op(file, op) {
+            Ok(data) => Completion::ready(Ok(data)),
+            Err(op) => self.add(file, op, Reply::Data),
+        }
     }
 
     /// Adds a write (see [`Executor::write`]).

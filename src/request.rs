@@ -60,6 +60,7 @@ pub(crate) fn read_op_with(
         offset,
         len,
         buf,
+        kept: 0,
         flags: flags.bits(),
     })
 }

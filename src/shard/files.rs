@@ -3,8 +3,10 @@
 
 use crate::error::{IoUringError, Result};
 use crate::file::{FileFlags, FileRef};
+use crate::inline::{InlineFile, PendingCount};
 use crate::pool::Target;
 use crate::router::FileKey;
+use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::sync::Arc;
@@ -31,6 +33,18 @@ pub(crate) struct FileEntry {
     /// shard thread: one of them took longer than `INLINE_SLOW` (a stalled device, a network
     /// or FUSE filesystem), and inline it would hold every file of the shard.
     pub(super) inline_paused_until: Option<std::time::Instant>,
+    /// Shared with the file's handles for inline reads on callers' threads: retired (no new
+    /// inline read, those in progress waited for) before `fd` is closed.
+    pub(super) inline: Arc<InlineFile>,
+}
+
+impl Drop for FileEntry {
+    fn drop(&mut self) {
+        // why: callers may be reading `fd` inline (a clone of the handle on another thread, or
+        // every handle at shutdown or when the shard dies): the number must not be closed, and
+        // reused by another open, under them. This runs before the fields drop (`fd` closes).
+        self.inline.retire();
+    }
 }
 
 impl FileEntry {
@@ -64,6 +78,9 @@ pub(crate) struct FileTable {
     pub(super) free: Vec<u32>,
     pub(super) exec_id: u64,
     pub(super) shard: usize,
+    /// The unfinished-mutation count of each inode with an open entry here, and how many
+    /// entries are open on it: every handle on one inode shares one count (see `crate::inline`).
+    pub(super) pending: HashMap<FileKey, (Arc<PendingCount>, u32)>,
 }
 
 impl FileTable {
@@ -133,7 +150,20 @@ impl FileTable {
         s.gen = s.gen.wrapping_add(1);
         s.closed_path = Some(Arc::clone(&e.path));
         self.free.push(slot);
+        if let Some((_, opens)) = self.pending.get_mut(&e.key) {
+            *opens = opens.saturating_sub(1);
+            if *opens == 0 {
+                self.pending.remove(&e.key);
+            }
+        }
         Some(e)
+    }
+
+    /// The unfinished-mutation count of inode `key` for one more entry about to be inserted.
+    pub(super) fn pending_for(&mut self, key: FileKey) -> Arc<PendingCount> {
+        let (count, opens) = self.pending.entry(key).or_default();
+        *opens += 1;
+        Arc::clone(count)
     }
 
     pub(super) fn next_slot(&self) -> u32 {

@@ -44,6 +44,7 @@ use crate::completion::{set_abandon_reason, set_current_shard, AbandonReason, Co
 use crate::driver::{Backend, Driver, ThreadDriver};
 use crate::error::{IoUringError, Result};
 use crate::file::{File, FileFlags, FileInner, FileRef};
+use crate::inline::InlineFile;
 use crate::numa;
 use crate::pool::PoolFit;
 use crate::pool::{Direction, RegisteredBufferPool, Target};
@@ -852,6 +853,7 @@ impl Shard {
                     },
                     at,
                     deadline: r.deadline,
+                    pending: r.pending,
                 });
                 // Straight into the op table while there is room and nothing older waits; the
                 // rest waits in the backlog, in order.
@@ -905,11 +907,20 @@ impl Shard {
         // SAFETY: fstat writes into the local struct only; fd is the descriptor just received.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: as above: a valid descriptor and a struct that lives for the call.
-        let size_hint = if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } == 0 {
+        let stat_ok = unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } == 0;
+        let size_hint = if stat_ok {
             st.st_size.max(0) as u64
         } else {
             0 // unknown: every read is ordered as if it could reach the end of the file
         };
+        // Inline reads (on callers' threads) only of regular files read through the page cache:
+        // a FIFO or a device has no offsets to read at, and O_DIRECT waits for the device.
+        let regular = stat_ok && st.st_mode & libc::S_IFMT == libc::S_IFREG;
+        let inline = Arc::new(InlineFile::new(
+            fd.as_raw_fd(),
+            regular && flags.readable && !flags.direct && !flags.directory,
+            self.files.pending_for(key),
+        ));
         let (slot, gen) = self.files.insert(FileEntry {
             fd,
             fixed,
@@ -920,6 +931,7 @@ impl Shard {
             size_hint,
             size_setters: 0,
             inline_paused_until: None,
+            inline: Arc::clone(&inline),
         });
         self.stats.record(OpKind::Open, 0, elapsed_ns(at));
         // Made here, so that a handle dropped by a caller who no longer waits still closes the
@@ -937,6 +949,7 @@ impl Shard {
                 path,
                 exec,
                 closed: AtomicBool::new(false),
+                inline,
             }),
         }));
     }
@@ -949,6 +962,7 @@ impl Shard {
             reply,
             at,
             deadline,
+            pending,
         } = req;
         let now = self.now();
         if let Some(why) = skip_reason(op.kind(), &op, &reply, deadline, now, &self.sessions) {
@@ -1017,6 +1031,14 @@ impl Shard {
                 Footprint::Barrier
             }
         };
+        // An inline attempt's part of a page-cache read stays in the result: the shard reads
+        // the rest (the memory path continues from `transferred`).
+        let kept = match &op {
+            IoOp::Read { kept, buf, .. } if data_path == DataPath::Memory => {
+                (*kept as usize).min(buf.len()).min(len as usize)
+            }
+            _ => 0,
+        };
         let op = Op {
             kind,
             key: entry.key,
@@ -1025,13 +1047,13 @@ impl Shard {
             path: Arc::clone(&entry.path),
             offset,
             len,
-            issued: 0,
+            issued: kept as u64,
             outstanding: 0,
             eof: None,
             errno: None,
             serial: entry.flags.append || data_path != DataPath::Fixed,
             data_path,
-            transferred: 0,
+            transferred: kept as u64,
             written_to: u64::MAX,
             answered: false,
             queued: false,
@@ -1041,7 +1063,7 @@ impl Shard {
             out: match &mut op {
                 IoOp::Read { buf, .. } => {
                     let mut b = std::mem::take(buf);
-                    b.clear();
+                    b.truncate(kept);
                     b
                 }
                 _ => Vec::new(),
@@ -1049,6 +1071,7 @@ impl Shard {
             io: op,
             reply,
             lent: None,
+            pending,
         };
         let key = op.key;
         let slot = self.ops.insert(op);
@@ -1092,6 +1115,7 @@ impl Shard {
             io,
             reply,
             lent: None,
+            pending: None,
         };
         let key = op.key;
         let slot = self.ops.insert(op);
@@ -1671,9 +1695,13 @@ impl Shard {
 
     /// Completes op `slot`'s handle, counts it, and lets the next ops of its file go.
     fn finish(&mut self, slot: u32) {
-        let Some(op) = self.ops.remove(slot) else {
+        let Some(mut op) = self.ops.remove(slot) else {
             return;
         };
+        // The op is over (nothing of it in the kernel): a mutation no longer holds back inline
+        // reads of its inode. Before its handle completes, so a caller that waited for it reads
+        // inline at once.
+        drop(op.pending.take());
         // why: an op can finish while still queued (a read that met end of file, or failed, while
         // waiting at the head of `ready` for a buffer). Its slot is freed and the next admitted op
         // reuses it; a stale entry left here would issue that op ahead of the ops it must wait for.
@@ -2108,6 +2136,11 @@ impl Drop for Shard {
         };
         for mut op in self.ops.drain() {
             let in_kernel = op.outstanding > 0 && op.data_path == DataPath::Memory;
+            if op.outstanding > 0 {
+                // It may still change the file: the inode's reads keep going to the shard (a
+                // dead one fails them), never inline past a write that is still landing.
+                std::mem::forget(op.pending.take());
+            }
             if let IoOp::File(mut f) = op.io {
                 f.complete(Err(error.clone()), op.reply, &mut self.sessions);
                 if in_kernel {

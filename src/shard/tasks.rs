@@ -409,6 +409,7 @@ impl std::ops::Deref for PoolBuf {
 
 /// A request routed by the executor: when it is for the shard this thread runs, it is kept for
 /// that shard's next admission (no channel); otherwise it is handed back to be sent.
+#[allow(clippy::result_large_err)] // the request handed back is to be sent, not an error
 pub(crate) fn try_local(exec: u64, req: IoRequest) -> std::result::Result<(), IoRequest> {
     if on_shard(exec, req.file.shard) {
         LOCAL_IO.with(|q| q.borrow_mut().push(req));
@@ -708,7 +709,7 @@ impl LocalShard {
         buf: Vec<u8>,
     ) -> Completion<Vec<u8>> {
         let op = crate::request::read_op(file, offset, len, buf, self.exec.limits);
-        self.exec.request(file, op, Reply::Data, None)
+        self.exec.read(file, op, None)
     }
 
     /// Writes all of `data` at `offset` (see [`Executor::write`](crate::Executor::write)).
@@ -901,6 +902,7 @@ pub(crate) fn make<T>(
         c,
         IoRequest {
             file: file.handle(),
+            pending: crate::inline::pending_for(file, op.kind()),
             op,
             reply: reply(done),
             // In a shard task: the start of its poll, at most a poll earlier than now.

@@ -102,7 +102,7 @@ pub struct Args {
     /// requests in flight), completion for async (each task awaits its own requests)].
     #[arg(long, value_enum, value_name = "API")]
     pub api: Option<Api>,
-    /// Implementation doing the I/O (--mode async: ringshard, spawn-blocking or tokio-fs).
+    /// Implementation doing the I/O (--mode async: ringshard, inline-nowait, spawn-blocking or tokio-fs).
     #[arg(long, value_enum, default_value_t = EngineKind::Ringshard)]
     pub engine: EngineKind,
     /// pread-pool worker threads (default: one per shard of the placement).
@@ -112,8 +112,8 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = TokioApi::SeekRead)]
     pub tokio_api: TokioApi,
 
-    /// Run the workload on every engine (--mode async: ringshard, spawn-blocking, tokio-fs),
-    /// interleaved over --repeat rounds, and compare.
+    /// Run the workload on every engine (--mode async: ringshard, inline-nowait, spawn-blocking,
+    /// tokio-fs), interleaved over --repeat rounds, and compare.
     #[arg(long)]
     pub compare: bool,
     /// Rounds for --compare and --sweep (default: 3 for --compare, 1 for --sweep).
@@ -434,7 +434,7 @@ impl Args {
         }
         if self.mode == Mode::Async && !self.engine.has_async_form() {
             return Err(BenchError::usage(format!(
-                "--engine {} has no async form: --mode async runs ringshard, spawn-blocking or \
+                "--engine {} has no async form: --mode async runs ringshard, inline-nowait, spawn-blocking or \
                  tokio-fs (use --mode in-shard or routed for {})",
                 self.engine.name(),
                 self.engine.name()

@@ -95,6 +95,9 @@ pub enum EngineKind {
     RingshardInshard,
     /// The ringshard executor on its threads backend (what runs where io_uring is blocked).
     RingshardThreads,
+    /// tokio tasks calling `preadv2(RWF_NOWAIT)` themselves, `spawn_blocking` for what would
+    /// block (misses, writes, syncs, O_DIRECT).
+    InlineNowait,
 }
 
 impl EngineKind {
@@ -103,6 +106,7 @@ impl EngineKind {
         match mode {
             Mode::Async => &[
                 EngineKind::Ringshard,
+                EngineKind::InlineNowait,
                 EngineKind::SpawnBlocking,
                 EngineKind::TokioFs,
             ],
@@ -116,6 +120,7 @@ impl EngineKind {
                 EngineKind::RingshardThreads,
                 EngineKind::RawUring,
                 EngineKind::PreadPool,
+                EngineKind::InlineNowait,
                 EngineKind::TokioFs,
             ],
         }
@@ -135,6 +140,7 @@ impl EngineKind {
             EngineKind::SpawnBlocking => "spawn-blocking",
             EngineKind::RingshardInshard => "ringshard-inshard",
             EngineKind::RingshardThreads => "ringshard-threads",
+            EngineKind::InlineNowait => "inline-nowait",
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The engines: ringshard (in-shard, routed and async) and the baselines it is compared with. Each
 //! one sets itself up, warms the files, runs the measured phase and reports what it counted.
 
+pub mod inline_nowait;
 pub mod pread_pool;
 pub mod raw_uring;
 pub mod ringshard_async;
@@ -220,7 +221,7 @@ pub fn run(engine: EngineKind, ctx: &RunCtx) -> Result<Output, BenchError> {
         }
         (EngineKind::RawUring | EngineKind::PreadPool, Mode::Async) => {
             Err(BenchError::usage(format!(
-                "--engine {} has no async form: --mode async runs ringshard, spawn-blocking or \
+                "--engine {} has no async form: --mode async runs ringshard, inline-nowait, spawn-blocking or \
                  tokio-fs",
                 engine.name()
             )))
@@ -229,6 +230,11 @@ pub fn run(engine: EngineKind, ctx: &RunCtx) -> Result<Output, BenchError> {
         (EngineKind::PreadPool, _) => pread_pool::run(ctx),
         (EngineKind::TokioFs, _) => tokio_fs::run(ctx, ctx.w.tokio_api),
         (EngineKind::SpawnBlocking, _) => tokio_fs::run(ctx, TokioApi::ReadAt),
+        (EngineKind::InlineNowait, Mode::Tasks) => Err(BenchError::usage(
+            "--engine inline-nowait has no tasks form: --mode tasks runs ringshard, \
+             ringshard-inshard or raw-uring",
+        )),
+        (EngineKind::InlineNowait, _) => inline_nowait::run(ctx),
     }
 }
 

@@ -22,13 +22,6 @@ pub(crate) struct FileEntry {
     pub(super) path: Arc<Path>,
     /// A close was admitted: new operations on this handle fail.
     pub(super) closing: bool,
-    /// A size the file is known to have at least (fstat at install, raised by completed reads,
-    /// writes, fallocate, and set by size): a read that ends within it cannot be changed by a
-    /// write it does not overlap (see `order.rs`). Changes made outside the executor are not seen.
-    pub(super) size_hint: u64,
-    /// Ops that set the size (set_len) admitted and not finished: meanwhile, completions of
-    /// earlier ops do not raise `size_hint` (see `FileOp::sets_size`).
-    pub(super) size_setters: u32,
     /// Until then, buffered writes of this file go through the ring instead of `pwrite` on the
     /// shard thread: one of them took longer than `INLINE_SLOW` (a stalled device, a network
     /// or FUSE filesystem), and inline it would hold every file of the shard.
@@ -78,9 +71,27 @@ pub(crate) struct FileTable {
     pub(super) free: Vec<u32>,
     pub(super) exec_id: u64,
     pub(super) shard: usize,
-    /// The unfinished-mutation count of each inode with an open entry here, and how many
-    /// entries are open on it: every handle on one inode shares one count (see `crate::inline`).
-    pub(super) pending: HashMap<FileKey, (Arc<PendingCount>, u32)>,
+    /// What the handles open on one inode share (its order list is shared too: `order.rs` is
+    /// keyed by inode), while any is open here.
+    pub(super) inodes: HashMap<FileKey, Inode>,
+}
+
+/// The state of one inode with handles open on the shard.
+#[derive(Debug, Default)]
+pub(crate) struct Inode {
+    /// Entries open on it.
+    opens: u32,
+    /// A size the file is known to have at least (fstat at the first open, raised by completed
+    /// reads, writes, fallocate, and set by size): a read that ends within it cannot be changed
+    /// by a write it does not overlap (see `order.rs`). Changes made outside the executor are
+    /// not seen. Per inode, not per handle: a size change through one handle (set_len, a write
+    /// past the end) must order the reads of every other handle near the end of the file.
+    pub(super) size_hint: u64,
+    /// Ops that set the size (set_len) admitted and not finished: meanwhile, completions of
+    /// earlier ops do not raise `size_hint` (see `FileOp::sets_size`).
+    pub(super) size_setters: u32,
+    /// Its unfinished mutations, shared with callers for inline reads (see `crate::inline`).
+    pending: Arc<PendingCount>,
 }
 
 impl FileTable {
@@ -115,14 +126,6 @@ impl FileTable {
         }
     }
 
-    pub(super) fn lookup_mut(&mut self, file: FileRef) -> Result<&mut FileEntry> {
-        self.lookup(file)?;
-        match self.slots.get_mut(file.slot as usize) {
-            Some(FileSlot { entry: Some(e), .. }) => Ok(e),
-            _ => Err(IoUringError::BadHandle("the file is closed".into())),
-        }
-    }
-
     pub(super) fn get(&self, slot: u32) -> Option<&FileEntry> {
         self.slots.get(slot as usize)?.entry.as_ref()
     }
@@ -150,20 +153,46 @@ impl FileTable {
         s.gen = s.gen.wrapping_add(1);
         s.closed_path = Some(Arc::clone(&e.path));
         self.free.push(slot);
-        if let Some((_, opens)) = self.pending.get_mut(&e.key) {
-            *opens = opens.saturating_sub(1);
-            if *opens == 0 {
-                self.pending.remove(&e.key);
+        if let Some(inode) = self.inodes.get_mut(&e.key) {
+            inode.opens = inode.opens.saturating_sub(1);
+            if inode.opens == 0 {
+                self.inodes.remove(&e.key);
             }
         }
         Some(e)
     }
 
-    /// The unfinished-mutation count of inode `key` for one more entry about to be inserted.
-    pub(super) fn pending_for(&mut self, key: FileKey) -> Arc<PendingCount> {
-        let (count, opens) = self.pending.entry(key).or_default();
-        *opens += 1;
-        Arc::clone(count)
+    /// Counts one more entry about to be inserted on inode `key` (of `size` bytes, if it is the
+    /// first); returns its unfinished-mutation count.
+    pub(super) fn open_inode(&mut self, key: FileKey, size: u64) -> Arc<PendingCount> {
+        let inode = self.inodes.entry(key).or_insert_with(|| Inode {
+            size_hint: size,
+            ..Inode::default()
+        });
+        inode.opens += 1;
+        Arc::clone(&inode.pending)
+    }
+
+    /// The inode of the entry in `slot`.
+    pub(super) fn inode_of(&mut self, slot: u32) -> Option<&mut Inode> {
+        let key = self.get(slot)?.key;
+        self.inodes.get_mut(&key)
+    }
+
+    /// The entry of `file`, checked as by [`lookup`](Self::lookup), and its inode.
+    pub(super) fn lookup_with_inode(
+        &mut self,
+        file: FileRef,
+    ) -> Result<(&mut FileEntry, &mut Inode)> {
+        self.lookup(file)?;
+        let FileTable { slots, inodes, .. } = self;
+        match slots.get_mut(file.slot as usize) {
+            Some(FileSlot { entry: Some(e), .. }) => {
+                let inode = inodes.entry(e.key).or_default();
+                Ok((e, inode))
+            }
+            _ => Err(IoUringError::BadHandle("the file is closed".into())),
+        }
     }
 
     pub(super) fn next_slot(&self) -> u32 {

@@ -919,7 +919,7 @@ impl Shard {
         let inline = Arc::new(InlineFile::new(
             fd.as_raw_fd(),
             regular && flags.readable && !flags.direct && !flags.directory,
-            self.files.pending_for(key),
+            self.files.open_inode(key, size_hint),
         ));
         let (slot, gen) = self.files.insert(FileEntry {
             fd,
@@ -928,8 +928,6 @@ impl Shard {
             flags,
             path: Arc::clone(&path),
             closing: false,
-            size_hint,
-            size_setters: 0,
             inline_paused_until: None,
             inline: Arc::clone(&inline),
         });
@@ -976,7 +974,7 @@ impl Shard {
                 return;
             }
         }
-        let entry = match self.files.lookup_mut(file) {
+        let (entry, inode) = match self.files.lookup_with_inode(file) {
             Ok(e) => e,
             Err(e) => {
                 self.stats.record_error(
@@ -1016,13 +1014,13 @@ impl Shard {
             }
         }
         let fp = match &op {
-            IoOp::Read { .. } => crate::op::read::footprint(offset, len, entry.size_hint),
+            IoOp::Read { .. } => crate::op::read::footprint(offset, len, inode.size_hint),
             IoOp::Write { .. } => crate::op::write::footprint(offset, len, entry.flags.append),
             IoOp::File(f) => {
-                let fp = f.footprint(entry.size_hint);
-                f.size_at_admit(&mut entry.size_hint);
+                let fp = f.footprint(inode.size_hint);
+                f.size_at_admit(&mut inode.size_hint);
                 if f.sets_size() {
-                    entry.size_setters += 1;
+                    inode.size_setters += 1;
                 }
                 fp
             }
@@ -1844,16 +1842,16 @@ impl Shard {
             self.stats.record_error(kind, errno, lat);
             Err(f.error(errno, path))
         } else {
-            if let Some(entry) = self.files.get_mut(file_slot) {
-                if entry.size_setters == 0 || f.sets_size() {
-                    f.size_after(&mut entry.size_hint);
+            if let Some(inode) = self.files.inode_of(file_slot) {
+                if inode.size_setters == 0 || f.sets_size() {
+                    f.size_after(&mut inode.size_hint);
                 }
             }
             Ok(())
         };
         if f.sets_size() {
-            if let Some(entry) = self.files.get_mut(file_slot) {
-                entry.size_setters = entry.size_setters.saturating_sub(1);
+            if let Some(inode) = self.files.inode_of(file_slot) {
+                inode.size_setters = inode.size_setters.saturating_sub(1);
             }
         }
         let ok = result.is_ok();
@@ -1865,22 +1863,23 @@ impl Shard {
 
     /// Raises the file's known size after a successful read or write (`n`: bytes moved).
     fn note_size(&mut self, file_slot: u32, io: &IoOp, offset: u64, n: u64) {
-        let Some(entry) = self.files.get_mut(file_slot) else {
+        let Some(append) = self.files.get(file_slot).map(|e| e.flags.append) else {
+            return;
+        };
+        let Some(inode) = self.files.inode_of(file_slot) else {
             return;
         };
         let at_least = match io {
             // A set_len admitted after this op will set the size: what this op saw is stale.
-            _ if entry.size_setters > 0 => return,
+            _ if inode.size_setters > 0 => return,
             IoOp::Read { .. } => offset.saturating_add(n),
-            IoOp::Write { .. } => {
-                match crate::op::write::size_at_least(offset, n, entry.flags.append) {
-                    Some(s) => s,
-                    None => return,
-                }
-            }
+            IoOp::Write { .. } => match crate::op::write::size_at_least(offset, n, append) {
+                Some(s) => s,
+                None => return,
+            },
             _ => return,
         };
-        entry.size_hint = entry.size_hint.max(at_least);
+        inode.size_hint = inode.size_hint.max(at_least);
     }
 
     // -- async tasks ---------------------------------------------------------------------------

@@ -50,6 +50,10 @@ pub struct Args {
     /// Bypass the page cache (O_DIRECT); --bs must be a multiple of 4096.
     #[arg(long)]
     pub direct: bool,
+    /// Start from a cold page cache: instead of warming the files, drop their pages (fsync, then
+    /// POSIX_FADV_DONTNEED) right before each measured phase.
+    #[arg(long)]
+    pub cold: bool,
     /// fsync a file after every N writes to it (0: never).
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub fsync_every: u64,
@@ -301,6 +305,11 @@ impl Args {
                 self.bs, self.size
             )));
         }
+        if self.cold && self.direct {
+            return Err(BenchError::usage(
+                "--cold is for page-cache runs: --direct bypasses the cache already",
+            ));
+        }
         if self.direct && bs % 4096 != 0 {
             return Err(BenchError::usage(format!(
                 "--direct needs --bs to be a multiple of 4096 (got {}): use e.g. 4k or 64k",
@@ -451,6 +460,7 @@ impl Args {
             ops: self.ops,
             report_every,
             direct: self.direct,
+            cold: self.cold,
             fsync_every: self.fsync_every,
             dir: self.dir,
             seed: self.seed,

@@ -209,6 +209,8 @@ pub struct Workload {
     #[serde(serialize_with = "ser_opt_secs")]
     pub report_every: Option<Duration>,
     pub direct: bool,
+    /// Drop the files from the page cache before measuring, instead of warming them.
+    pub cold: bool,
     pub fsync_every: u64,
     pub dir: Option<PathBuf>,
     pub seed: u64,
@@ -457,6 +459,7 @@ mod tests {
             ops: None,
             report_every: None,
             direct: false,
+            cold: false,
             fsync_every: 3,
             dir: None,
             seed: 7,

@@ -61,10 +61,14 @@ impl RunCtx<'_> {
         (self.cpus[k], self.nodes[k])
     }
 
-    /// Reads the files into the page cache right before the measured phase (not with --direct).
+    /// Reads the files into the page cache right before the measured phase (not with --direct;
+    /// with --cold, drops them from it instead). The share of their pages cached then.
     pub fn warm(&self) -> Result<Option<f64>, BenchError> {
         if self.w.direct {
             return Ok(None);
+        }
+        if self.w.cold {
+            return files::drop_cached(self.files, self.w.size).map(Some);
         }
         files::warm(self.files, self.w.size).map(Some)
     }

@@ -735,7 +735,7 @@ fn a_task_served_inline_lets_others_run() {
         assert!(d.inline_reads > 0, "the reads were inline");
         match seen_at {
             Some(i) => assert!(
-                i <= 128,
+                i <= 256, // a yield every 128 ready results at most
                 "session {use_session}: the other task ran after {i} reads"
             ),
             None => panic!("session {use_session}: the other task never ran during 1000 reads"),

@@ -932,7 +932,9 @@ impl Executor {
 
     /// Reads up to `len` bytes at `offset`. Fewer come back only at end of file. Lengths up to
     /// [`max_request_size`](ExecutorBuilder::max_request_size) work: long reads are split, and
-    /// memory grows only as data arrives.
+    /// memory grows only as data arrives. Data already in the page cache is read on this thread
+    /// (see [`inline_reads`](ExecutorBuilder::inline_reads)): the completion is then ready when
+    /// this returns.
     pub fn read(&self, file: &File, offset: u64, len: usize) -> Completion<Vec<u8>> {
         self.read_into(file, offset, len, Vec::new())
     }
@@ -1130,7 +1132,10 @@ impl Executor {
 
     /// Closes the file after every earlier operation on it and reports errors; later operations
     /// on any clone of the handle fail with [`IoUringError::BadHandle`]. (Dropping the last
-    /// clone closes it too, without a report.)
+    /// clone closes it too, without a report.) A read of the file that another clone is doing
+    /// on its own thread at that moment (an inline read, see
+    /// [`inline_reads`](ExecutorBuilder::inline_reads)) finishes first: the descriptor is never
+    /// closed under it.
     pub fn close(&self, file: &File) -> Completion<()> {
         if let Err(e) = self.shared.check_owner(file) {
             return Completion::ready(Err(e));
@@ -1784,7 +1789,9 @@ impl Batch<'_> {
         c
     }
 
-    /// Adds a read (see [`Executor::read`]).
+    /// Adds a read (see [`Executor::read`]). A read of cached data is done at once (see
+    /// [`ExecutorBuilder::inline_reads`](crate::ExecutorBuilder::inline_reads)), unless a write
+    /// of the file is unfinished or added to the batch before it.
     pub fn read(&mut self, file: &File, offset: u64, len: usize) -> Completion<Vec<u8>> {
         self.read_into(file, offset, len, Vec::new())
     }

@@ -258,7 +258,10 @@ impl Session {
     }
 
     /// Queues a read of up to `len` bytes at `offset` into `buf` (its allocation is reused; its
-    /// contents are replaced). Fewer bytes come back only at end of file. Fails only when the
+    /// contents are replaced). Fewer bytes come back only at end of file. Data already in the page
+    /// cache is read at once on this thread (see
+    /// [`inline_reads`](crate::ExecutorBuilder::inline_reads)), unless a write of the file is
+    /// unfinished or queued before it: its result is then in this session's queue already. Fails only when the
     /// session is full ([`SessionFull`](IoUringError::SessionFull)); any other error comes back
     /// as the request's result, with its buffer.
     pub fn read(

@@ -87,6 +87,11 @@ pub struct Args {
     /// How long an idle shard spins before sleeping, in microseconds.
     #[arg(long, value_name = "N")]
     pub spin_us: Option<u64>,
+    /// ringshard's inline read limit: reads up to this size are tried on the caller's thread
+    /// (`ExecutorBuilder::inline_read_limit`); 0 turns inline reads off [default: the
+    /// library's, 64k].
+    #[arg(long, value_name = "SIZE")]
+    pub inline_limit: Option<String>,
 
     /// Where load is generated: inside each shard, by --clients caller threads, by --tasks
     /// tokio tasks (async), or by --tasks async tasks on each shard (tasks).
@@ -468,6 +473,12 @@ impl Args {
             placement,
             sqpoll: self.sqpoll,
             spin_us: self.spin_us,
+            inline_limit: match &self.inline_limit {
+                Some(s) => Some(usize::try_from(parse_size("--inline-limit", s)?).map_err(
+                    |_| BenchError::usage("--inline-limit is too large for this machine"),
+                )?),
+                None => None,
+            },
             mode: self.mode,
             clients: self
                 .clients

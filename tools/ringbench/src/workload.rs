@@ -218,6 +218,8 @@ pub struct Workload {
     pub placement: PlacementSpec,
     pub sqpoll: Option<u32>,
     pub spin_us: Option<u64>,
+    /// ringshard's inline read limit (0: inline reads off; `None`: the library's default).
+    pub inline_limit: Option<usize>,
     pub mode: Mode,
     /// Caller threads (routed) or tokio worker threads (async).
     pub clients: usize,
@@ -467,6 +469,7 @@ mod tests {
             placement: PlacementSpec::default(),
             sqpoll: None,
             spin_us: None,
+            inline_limit: None,
             mode: Mode::InShard,
             clients: 1,
             tasks: 64,

@@ -178,6 +178,25 @@ fn cached_reads_are_done_on_the_callers_thread_and_counted() {
         assert!(prom.contains("# TYPE ringshard_inline_read_latency_seconds histogram"));
         assert!(prom.contains("ringshard_inline_fallbacks_total{"));
         assert!(stats.to_json().contains("\"inline_reads\""));
+
+        // Each inline read is timed inside the call that makes it, so their total is at most the
+        // calls' own (up to the histogram's 6%): a clock read in the wrong unit would not be.
+        let before = shard_stats(&exec, &f);
+        let t = std::time::Instant::now();
+        for i in 0..500u64 {
+            let c = exec.read(&f, (i % 60) * 4096, 4096);
+            assert!(c.is_done());
+            drop(c.wait().unwrap());
+        }
+        let calls = t.elapsed().as_secs_f64() * 1e6;
+        let d = shard_stats(&exec, &f).since(&before);
+        let l = d.inline_latency();
+        assert_eq!(l.count, 500);
+        let timed = l.mean_us * l.count as f64;
+        assert!(
+            timed > 0.0 && timed <= calls * 1.07,
+            "{backend:?}: inline reads timed {timed:.1} µs in all, the calls took {calls:.1} µs"
+        );
         exec.shutdown().unwrap();
     }
 }

@@ -1333,8 +1333,9 @@ impl Executor {
         let (c, done) = pair(self.shared.id, shard);
         let task = Box::new(move |_: &mut ShardContext<'_>| {
             std::thread::sleep(after);
-            // Dropped while unwinding: the handle fails with ShardFailed.
-            let _pending = done;
+            // Failed with ShardFailed once the shard is marked dead (not while unwinding, when
+            // its files could still be read inline).
+            crate::shard::notify_death(done);
             std::panic::panic_any(KillShard);
         });
         self.shared.send_or_fail(shard, Message::Task(task));

@@ -179,6 +179,13 @@ impl FileTable {
         self.inodes.get_mut(&key)
     }
 
+    /// Stops inline reads of every open file (waiting for those in progress): the shard died.
+    pub(super) fn retire_all(&self) {
+        for e in self.slots.iter().filter_map(|s| s.entry.as_ref()) {
+            e.inline.retire();
+        }
+    }
+
     /// The entry of `file`, checked as by [`lookup`](Self::lookup), and its inode.
     pub(super) fn lookup_with_inode(
         &mut self,

@@ -16,7 +16,7 @@ pub(crate) mod tasks;
 
 pub use context::{ShardContext, ShardCqe, CANCEL_USER_DATA, WAKE_USER_DATA};
 pub(crate) use order::Footprint;
-pub(crate) use runner::{spawn, ShardConfig};
+pub(crate) use runner::{notify_death, spawn, ShardConfig};
 pub use tasks::{
     block_on, local, yield_now, JoinHandle, LocalShard, PoolBuf, Sleep, YieldNow, SLOW_POLL,
 };

@@ -280,6 +280,14 @@ fn shard_main(
         crate::logging::shard_panicked(index, payload.as_ref());
     }
     let panicked = outcome.is_err();
+    if panicked {
+        // First of all: from now on the shard is dead, and its files are read by nobody (not even
+        // inline on callers' threads) before any handle is told so.
+        shard.files.retire_all();
+        shared.dead.store(true, AtomicOrdering::Release);
+        set_abandon_reason(AbandonReason::ShardPanicked);
+        DEATH_NOTICES.with(|n| n.borrow_mut().clear());
+    }
     // Tasks still runnable are dropped here, on their thread (their handles report it); from now
     // on a task woken on this thread is dropped at once.
     let unadmitted = tasks::shutdown_here();
@@ -323,6 +331,18 @@ fn shard_main(
     for w in waiters {
         w.complete(Ok(()));
     }
+}
+
+thread_local! {
+    /// Completers to fail once this shard thread has died (`kill_shard_for_tests`).
+    static DEATH_NOTICES: std::cell::RefCell<Vec<Completer<()>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Keeps `done` until this shard thread is marked dead, then drops it (failing its handle with
+/// ShardFailed). Called on a shard thread about to panic.
+pub(crate) fn notify_death(done: Completer<()>) {
+    let _ = DEATH_NOTICES.try_with(|n| n.borrow_mut().push(done));
 }
 
 /// Fails a message the shard will never run: its handles (and sessions) get `error`.

@@ -104,9 +104,10 @@ pub struct Completion<T> {
 enum Repr<T> {
     /// Shared with the shard's `Completer`.
     Shared(Arc<Inner<T>>),
-    /// Known when the handle was made (an inline read, a refused request): no allocation, no
-    /// atomics. `None` once taken.
-    Ready(Option<Result<T>>),
+    /// Known when the handle was made (an inline read, a refused request): no allocation for a
+    /// value, no atomics. `None` once taken. The error is boxed (refusals are rare, and an
+    /// `IoUringError` is 80 bytes): the handle stays small to move around futures.
+    Ready(Option<std::result::Result<T, Box<IoUringError>>>),
 }
 
 // A `Completion` never pins its result: `poll` moves it out whole. So it is `Unpin` whatever `T`
@@ -201,6 +202,14 @@ pub(crate) fn coop_yield(cx: &mut Context<'_>) -> bool {
     }
 }
 
+/// The result of a [`Repr::Ready`] completion (an error once taken).
+fn take_known<T>(r: &mut Option<std::result::Result<T, Box<IoUringError>>>) -> Result<T> {
+    match r.take() {
+        Some(r) => r.map_err(|e| *e),
+        None => Err(already_taken()),
+    }
+}
+
 impl<T> Completion<T> {
     /// A completion that is already done, with `result`. Allocates nothing. Awaited, it is ready
     /// at once, except that one in 128 such completions awaited on a thread first yields to the
@@ -208,7 +217,7 @@ impl<T> Completion<T> {
     /// other tasks of its thread run.
     pub fn ready(result: Result<T>) -> Self {
         Completion {
-            repr: Repr::Ready(Some(result)),
+            repr: Repr::Ready(Some(result.map_err(Box::new))),
         }
     }
 
@@ -247,7 +256,7 @@ impl<T> Completion<T> {
     /// The result if it is there (`Some`), or `None`; also `Some` (an error) if it was taken.
     fn check(&mut self) -> Option<Result<T>> {
         match &mut self.repr {
-            Repr::Ready(r) => Some(r.take().unwrap_or_else(|| Err(already_taken()))),
+            Repr::Ready(r) => Some(take_known(r)),
             Repr::Shared(inner) => {
                 let s = inner.state.load(Ordering::Acquire);
                 if s & TAKEN != 0 {
@@ -393,7 +402,7 @@ impl<T> Future for Completion<T> {
                 if r.is_some() && coop_yield(cx) {
                     return Poll::Pending;
                 }
-                return Poll::Ready(r.take().unwrap_or_else(|| Err(already_taken())));
+                return Poll::Ready(take_known(r));
             }
             Repr::Shared(inner) => inner,
         };

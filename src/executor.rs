@@ -572,18 +572,33 @@ impl ExecShared {
         c
     }
 
-    /// A checked read: done on this thread if its data is cached (see `crate::inline`), else
-    /// routed like any request (with the part that arrived here, if any).
+    /// A read of `len` bytes at `offset` into `buf` (checked here): done on this thread if its
+    /// data is cached (see `crate::inline`), else routed like any request (with the part that
+    /// arrived here, if any).
     pub(crate) fn read(
         &self,
         file: &File,
-        op: Result<IoOp>,
+        offset: u64,
+        len: usize,
+        buf: Vec<u8>,
         deadline: Option<Instant>,
     ) -> Completion<Vec<u8>> {
-        match self.inline_op(file, op) {
-            Ok(data) => Completion::ready(Ok(data)),
-            Err(op) => self.request(file, op, Reply::Data, deadline),
+        if let Err(e) = request::read(file, offset, len, self.limits) {
+            return Completion::ready(Err(e));
         }
+        // The op is built only for the shard: a hit needs none.
+        let (buf, kept) = match self.try_inline_read(file, offset, len, buf) {
+            crate::inline::Attempt::Done(data) => return Completion::ready(Ok(data)),
+            crate::inline::Attempt::Route { buf, kept } => (buf, kept),
+        };
+        let op = IoOp::Read {
+            offset,
+            len,
+            buf,
+            kept,
+            flags: 0,
+        };
+        self.request(file, Ok(op), Reply::Data, deadline)
     }
 
     /// Tries a checked read op on this thread: `Ok` with its data when done, else the op to
@@ -1525,8 +1540,7 @@ impl Deadlined<'_> {
         len: usize,
         buf: Vec<u8>,
     ) -> Completion<Vec<u8>> {
-        let op = request::read_op(file, offset, len, buf, self.exec.shared.limits);
-        self.exec.shared.read(file, op, self.deadline)
+        self.exec.shared.read(file, offset, len, buf, self.deadline)
     }
 
     /// [`Executor::read_with`] with the deadline.

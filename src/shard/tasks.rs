@@ -708,8 +708,7 @@ impl LocalShard {
         len: usize,
         buf: Vec<u8>,
     ) -> Completion<Vec<u8>> {
-        let op = crate::request::read_op(file, offset, len, buf, self.exec.limits);
-        self.exec.read(file, op, None)
+        self.exec.read(file, offset, len, buf, None)
     }
 
     /// Writes all of `data` at `offset` (see [`Executor::write`](crate::Executor::write)).

@@ -729,8 +729,9 @@ impl ExecShared {
 ///
 /// What blocks: [`open`](Self::open) (it waits for the open; use
 /// [`open_async`](Self::open_async) in async code), [`adopt`](Self::adopt),
-/// [`stats`](Self::stats), [`shutdown`](Self::shutdown) and `Drop` (they have async forms), and
-/// the `wait` methods of [`Completion`] and [`Session`]. Sending a request never blocks.
+/// [`stats`](Self::stats) and [`shutdown`](Self::shutdown) (they have async forms), and the
+/// `wait` methods of [`Completion`] and [`Session`]. Sending a request never blocks, and neither
+/// does dropping the executor (it begins the shutdown and returns: see `Drop for Executor`).
 #[derive(Debug)]
 pub struct Executor {
     shared: Arc<ExecShared>,
@@ -1428,11 +1429,23 @@ impl Executor {
     }
 }
 
+/// Dropping the executor begins its shutdown, as [`Executor::shutdown`] does (new work is
+/// refused; queued and in-flight operations finish and complete their handles, what is still in
+/// flight after `shutdown_timeout` is cancelled, files are closed), and returns at once: it never
+/// blocks the thread that drops it (an async runtime's worker, a shard's own thread, any other).
+/// The shard threads finish the shutdown by themselves and exit; nobody joins them. To wait for
+/// them (before the process exits, say, so that queued writes you did not wait for are done),
+/// call [`shutdown`](Executor::shutdown) or `shutdown_async().await` before the drop.
 impl Drop for Executor {
-    /// Shuts down (see [`Executor::shutdown`]): blocks until the shards have stopped. In async
-    /// code, `shutdown_async().await` first.
     fn drop(&mut self) {
-        let _ = self.shutdown();
+        drop(self.begin_shutdown());
+        // why: joining here would block the dropping thread until every shard has drained, up to
+        // `shutdown_timeout` with a stalled operation: an async runtime's worker (the last
+        // `Arc<Executor>` dropped in a task) or a shard thread (which can never join itself). The
+        // handles are dropped, which detaches the threads; an explicit `shutdown` joined them
+        // already.
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        drop(threads);
     }
 }
 

@@ -1,7 +1,7 @@
 //! Opens through the shards' rings: cold opens run side by side (a lookup held in a FUSE
 //! filesystem holds only its own open), `open_async` waits for room among the descriptors in
-//! transit without blocking its runtime, and no descriptor leaks on any path (a dropped handle,
-//! shutdown, a dead shard).
+//! transit without blocking its runtime, no descriptor leaks on any path (a dropped handle,
+//! shutdown, a dead shard), and dropping the last `Executor` never blocks the thread that drops it.
 //!
 //! `cold_open_throughput` (ignored: a measurement, not a check) prints cold opens per second with
 //! every FUSE lookup delayed: `cargo test --release --test opens -- --ignored --nocapture`.
@@ -380,6 +380,53 @@ fn no_descriptor_leaks_on_any_path() {
         back_to_base("descriptors after opens with a dead shard");
     }
     drop(fs);
+}
+
+/// The last `Executor` dropped inside a tokio task, with a shard held busy by a gate: the drop
+/// returns (and the task ends) while the gate is still closed; the shards then stop by themselves
+/// once it opens. Before, the drop shut down and joined, blocking the runtime's thread until the
+/// busy shard let go.
+#[test]
+fn dropping_the_last_executor_in_a_task_returns_at_once() {
+    let _g = serial();
+    let _dog = Watchdog::new(
+        "dropping_the_last_executor_in_a_task_returns_at_once",
+        Duration::from_secs(120),
+    );
+    let exec = Executor::builder().shards(2).build().expect("executor");
+    let tids: Vec<i32> = (0..2)
+        .map(|s| ok(exec.submit_to(s, |_| gettid()), "tid"))
+        .collect();
+    let (gate, held) = hold_shard(&exec, 1);
+    let (dropped_tx, dropped) = std::sync::mpsc::channel();
+    let runtime = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            tokio::spawn(async move { drop(exec) }).await.unwrap();
+            dropped_tx.send(()).unwrap();
+        });
+    });
+    let returned = dropped.recv_timeout(HANG);
+    // The gate is still closed here: the shard is still busy.
+    assert!(
+        !held.is_done(),
+        "the held shard let go before the drop returned"
+    );
+    gate.send(()).unwrap();
+    assert!(
+        returned.is_ok(),
+        "the drop did not return while a shard was busy"
+    );
+    runtime.join().unwrap();
+    ok(held, "the hold");
+    for tid in tids {
+        eventually("a shard thread ends", HANG, || {
+            !Path::new(&format!("/proc/self/task/{tid}")).exists()
+        });
+    }
 }
 
 /// `n` files `f0..` in the backing directory of `fs`, each with its lookup delayed by `delay`.

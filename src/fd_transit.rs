@@ -66,8 +66,8 @@ pub const MAX_PENDING_FDS_LIMIT: usize = 1 << 20;
 /// What [`Executor::pending_fds`](crate::Executor::pending_fds) reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PendingFds {
-    /// Descriptors opened (or adopted) and not yet installed on their shard, or dropped (or
-    /// closed) and not yet closed by their shard.
+    /// Opens sent to a shard (and adopted descriptors) not yet installed on their file's shard,
+    /// and files dropped (or closed) and not yet closed by their shard.
     pub in_transit: usize,
     /// Opens (`open`, `open_async`) and calls of `adopt` waiting for `in_transit` to fall below
     /// `max`.

@@ -623,10 +623,46 @@ impl ExecShared {
         if self.closed.load(Ordering::Acquire) {
             return Completion::ready(Err(IoUringError::Shutdown));
         }
+        match options.plan(path) {
+            Ok(plan) => self.open_planned(plan, path),
+            Err(e) => Completion::ready(Err(e)),
+        }
+    }
+
+    /// The blocking open, on a thread that may block: a hot open (lookup cached, no create or
+    /// truncate) on this thread (`op::open::open_cached`) when a place among the descriptors in
+    /// transit is free now, returning the install's completion; else [`open`](Self::open) and a
+    /// wait. Either way the open itself is done when this returns.
+    pub(crate) fn open_blocking(
+        self: &Arc<Self>,
+        path: &Path,
+        options: &OpenOptions,
+    ) -> Completion<File> {
+        if self.closed.load(Ordering::Acquire) {
+            return Completion::ready(Err(IoUringError::Shutdown));
+        }
         let plan = match options.plan(path) {
             Ok(p) => p,
             Err(e) => return Completion::ready(Err(e)),
         };
+        if let Some(transit) = self.fds.try_enter_now() {
+            if let Some((fd, key)) = crate::op::open::open_cached(&plan) {
+                // why: the completion names the file's shard, so that a wait for it on that
+                // shard's own thread fails with WouldDeadlock instead of hanging.
+                let (c, done) = pair(self.id, shard_for(key, self.shards.len()));
+                self.install(self, fd, key, plan.file, path, done, transit, true);
+                return c;
+            }
+        }
+        Completion::ready(self.open_planned(plan, path).wait())
+    }
+
+    /// [`open`](Self::open) of a checked plan.
+    fn open_planned(
+        self: &Arc<Self>,
+        plan: crate::file::OpenPlan,
+        path: &Path,
+    ) -> Completion<File> {
         let seq = self.opens.fetch_add(1, Ordering::Relaxed);
         let n = self.shards.len().max(1);
         let first = (seq % n as u64) as usize;
@@ -789,10 +825,17 @@ impl Executor {
         self.shared.shards.iter().map(|s| s.cpu).collect()
     }
 
-    /// Opens `path` and waits for it: [`open_async`](Self::open_async), then
-    /// [`Completion::wait`]; the completion it returns is already done. The file's inode picks
-    /// its shard: every path to the same file (symlinks, hard links) lands on the same shard, and
-    /// so does every reopen.
+    /// Opens `path`, blocking until the file is open: when it returns, the open (and any create
+    /// or truncate) is done, and the completion finishes once the file is installed on its
+    /// shard. The file's inode picks its shard: every path to the same file (symlinks, hard
+    /// links) lands on the same shard, and so does every reopen.
+    ///
+    /// As this thread waits anyway, a hot open is done right here: `openat2` with
+    /// `RESOLVE_CACHED`, which the kernel does only when the whole lookup is in its caches (never
+    /// with `create`, `create_new` or `truncate`; a FUSE or network filesystem's own open call
+    /// may still take long), when a place among the descriptors in transit is free now; then
+    /// only the install goes to a shard. Anything else (a cold lookup, a create) goes through a
+    /// shard's ring, as with [`open_async`](Self::open_async), and this waits for it.
     ///
     /// Blocks the calling thread until the open is done (on a slow or network filesystem that
     /// can be long), including the wait while
@@ -802,11 +845,10 @@ impl Executor {
     /// threads it does not block: it returns `open_async`'s completion (await it in a shard task;
     /// waiting on it there fails with [`IoUringError::WouldDeadlock`]).
     pub fn open(&self, path: impl AsRef<Path>, options: &OpenOptions) -> Completion<File> {
-        let c = self.shared.open(path.as_ref(), options);
         if crate::completion::current_shard().is_some_and(|(exec, _)| exec == self.shared.id) {
-            return c;
+            return self.shared.open(path.as_ref(), options);
         }
-        Completion::ready(c.wait())
+        self.shared.open_blocking(path.as_ref(), options)
     }
 
     /// Sends a descriptor adopted on this thread to its shard.

@@ -112,6 +112,14 @@ impl FdTransit {
         None
     }
 
+    /// A token now, if there is room and no open waits for one (it must not overtake them).
+    pub(crate) fn try_enter_now(self: &Arc<Self>) -> Option<InTransit> {
+        if self.queued.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        self.try_enter()
+    }
+
     /// Runs `then` with a token once fewer than `max` are out: now, on this thread, if there is
     /// room and no open waits before it; otherwise later, in arrival order, on the thread whose
     /// token drop makes room. Never blocks. `then` gets [`IoUringError::Shutdown`] instead once

@@ -125,6 +125,31 @@ fn cold_opens_run_side_by_side() {
     exec.shutdown().unwrap();
 }
 
+/// The blocking `open` of a file whose lookup is cached runs on its caller's thread: with the
+/// other shard held busy by a gate, two opens in a row of a file of shard 0 complete (through a
+/// ring, the shards take opens in turn, so one of the two would wait for the held shard).
+#[test]
+fn a_hot_blocking_open_runs_on_its_caller() {
+    let _g = serial();
+    let _dog = Watchdog::new(
+        "a_hot_blocking_open_runs_on_its_caller",
+        Duration::from_secs(120),
+    );
+    let exec = Executor::builder().shards(2).build().expect("executor");
+    let dir = tempfile::tempdir().unwrap();
+    let path = file_on(&exec, dir.path(), "h", 0);
+    std::fs::write(&path, b"hot").unwrap();
+    drop(std::fs::File::open(&path).unwrap()); // its lookup is cached now
+    let (gate, held) = hold_shard(&exec, 1);
+    for _ in 0..2 {
+        let f = ok(exec.open(&path, &ro()), "a hot open with shard 1 held");
+        assert_eq!(f.shard(), 0);
+        assert_eq!(ok(exec.read(&f, 0, 3), "read"), b"hot");
+    }
+    gate.send(()).unwrap();
+    ok(held, "the hold");
+}
+
 /// `open_async` on a current-thread tokio runtime, with the bound on descriptors in transit
 /// reached (the two held files' closes wait on a shard held by a gate): the call returns at once,
 /// a timer task on the same runtime ticks meanwhile (the runtime's only thread is free), the open

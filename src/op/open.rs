@@ -22,6 +22,9 @@
 //! the rule for every op: a shard thread that panics with the OPENAT still in the kernel leaks
 //! the op, and the descriptor the kernel may open after that is never seen (a panic is the
 //! shard's own bug; `kill_shard_for_tests` waits for a quiet ring and so never does this).
+//! [`open_cached`] (the blocking `open`'s hot path, on the caller's thread) keeps the same
+//! rule: its descriptor is an `OwnedFd` from `openat2`'s return, moved into the install or
+//! dropped.
 
 use super::{cwd, FileOp, OpFd, PathTarget};
 use crate::completion::Completer;
@@ -104,39 +107,82 @@ impl OpenAt {
             .build()
     }
 
-    /// The new descriptor's device and inode, without asking the filesystem (see the module
-    /// docs): 0 or -errno.
+    /// The new descriptor's identity: 0 or -errno.
     fn identify(&mut self) -> i32 {
         let Some(fd) = &self.fd else {
             return -libc::EBADF;
         };
-        // SAFETY: statx is plain data; zeroed is a valid value.
-        let mut stx: libc::statx = unsafe { std::mem::zeroed() };
-        // SAFETY: an empty NUL-terminated path with AT_EMPTY_PATH names `fd`, a live descriptor
-        // this op owns; statx writes only into `stx`, which outlives the call.
-        let rc = unsafe {
-            libc::statx(
-                fd.as_raw_fd(),
-                c"".as_ptr(),
-                libc::AT_EMPTY_PATH | libc::AT_STATX_DONT_SYNC,
-                libc::STATX_INO,
-                &mut stx,
-            )
-        };
-        if rc != 0 {
-            return -crate::numa::last_errno();
+        match identify(fd) {
+            Ok(key) => {
+                self.key = Some(key);
+                0
+            }
+            Err(errno) => -errno,
         }
-        // `st_dev` as stat(2) reports it, as `FileKey::of_fd` and `shard_of_path` read it.
-        self.key = Some(FileKey {
-            dev: libc::makedev(stx.stx_dev_major, stx.stx_dev_minor),
-            ino: stx.stx_ino,
-        });
-        0
     }
 
     fn shutting_down(&self) -> bool {
         self.exec.closed.load(Ordering::Acquire)
     }
+}
+
+/// The device and inode of `fd`, without asking its filesystem (see the module docs), or the
+/// errno.
+fn identify(fd: &OwnedFd) -> std::result::Result<FileKey, i32> {
+    // SAFETY: statx is plain data; zeroed is a valid value.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: an empty NUL-terminated path with AT_EMPTY_PATH names `fd`, a live descriptor;
+    // statx writes only into `stx`, which outlives the call.
+    let rc = unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_STATX_DONT_SYNC,
+            libc::STATX_INO,
+            &mut stx,
+        )
+    };
+    if rc != 0 {
+        return Err(crate::numa::last_errno());
+    }
+    // `st_dev` as stat(2) reports it, as `FileKey::of_fd` and `shard_of_path` read it.
+    Ok(FileKey {
+        dev: libc::makedev(stx.stx_dev_major, stx.stx_dev_minor),
+        ino: stx.stx_ino,
+    })
+}
+
+/// The blocking `open`'s first try, on the caller's thread: `openat2` with `RESOLVE_CACHED`,
+/// which the kernel does only if every step of the lookup is in its caches (no disk, network or
+/// FUSE lookup; `O_CREAT` and `O_TRUNC` are refused with EAGAIN), then [`identify`]. The same
+/// inline attempt the ring makes before it hands an open to a worker, made where the caller
+/// waits anyway: a hot open costs one hop (the install), not two. `None` on any failure: the
+/// attempt has no side effect, and the open then goes through a shard's ring, which reports
+/// the real error. The descriptor is owned from the call's return: dropped (closed) if it cannot
+/// be identified.
+pub(crate) fn open_cached(plan: &OpenPlan) -> Option<(OwnedFd, FileKey)> {
+    // SAFETY: open_how is plain data; zeroed is a valid value (and the kernel wants the rest 0).
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = plan.flags as u32 as u64;
+    how.resolve = libc::RESOLVE_CACHED;
+    // SAFETY: `plan.path` is NUL-terminated and `how` a live open_how of the size passed; the
+    // kernel reads both during the call only.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            plan.path.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return None; // EAGAIN (not cached, or creates), ENOSYS (before 5.6), EINVAL, any error
+    }
+    // SAFETY: openat2 returned a new descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    let key = identify(&fd).ok()?;
+    Some((fd, key))
 }
 
 impl FileOp for OpenAt {
@@ -227,5 +273,46 @@ impl FileOp for OpenAt {
 
     fn is_cancelled(&self) -> bool {
         self.done.as_ref().is_some_and(Completer::is_cancelled)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::OpenOptions;
+
+    #[test]
+    fn identify_agrees_with_fstat() {
+        let f = tempfile::tempfile().unwrap();
+        let fd = OwnedFd::from(f);
+        assert_eq!(
+            identify(&fd).unwrap(),
+            FileKey::of_fd(fd.as_raw_fd()).unwrap()
+        );
+    }
+
+    #[test]
+    fn the_hot_open_never_creates_or_truncates() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"data").unwrap();
+        let plan = |o: &OpenOptions| o.plan(&path).unwrap();
+        // Cached (just written): opened here, and identified.
+        let (fd, key) = open_cached(&plan(OpenOptions::new().read(true))).expect("a hot open");
+        assert_eq!(key, FileKey::of_fd(fd.as_raw_fd()).unwrap());
+        // Creates and truncates are left to the ring, untouched.
+        assert!(open_cached(&plan(OpenOptions::new().write(true).truncate(true))).is_none());
+        assert_eq!(std::fs::read(&path).unwrap(), b"data");
+        let new = dir.path().join("new");
+        let create = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .plan(&new)
+            .unwrap();
+        assert!(open_cached(&create).is_none());
+        assert!(!new.exists());
+        // A missing file: no answer here (the ring reports the error).
+        let missing = OpenOptions::new().read(true).plan(&new).unwrap();
+        assert!(open_cached(&missing).is_none());
     }
 }

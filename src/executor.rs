@@ -35,7 +35,7 @@ static NEXT_EXECUTOR_ID: AtomicU64 = AtomicU64::new(1);
 /// assert_eq!(exec.shard_count(), 2);
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ExecutorBuilder {
     placement: Placement,
     ring: RingConfig,
@@ -58,6 +58,37 @@ pub struct ExecutorBuilder {
     /// Set when a first `build` found io_uring unusable for a shard's ring (ENOMEM at the
     /// fewest entries): the threads backend, for this reason.
     threads_because: Option<String>,
+    inline_reads: bool,
+    inline_read_limit: usize,
+    inline_read_hook: Option<crate::inline::TestHook>,
+}
+
+impl std::fmt::Debug for ExecutorBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecutorBuilder")
+            .field("placement", &self.placement)
+            .field("ring", &self.ring)
+            .field("buffer_size", &self.buffer_size)
+            .field("buffer_count", &self.buffer_count)
+            .field("max_files", &self.max_files)
+            .field("channel_capacity", &self.channel_capacity)
+            .field("spin", &self.spin)
+            .field("pin", &self.pin)
+            .field("inline_buffered_writes", &self.inline_buffered_writes)
+            .field("sysfs_root", &self.sysfs_root)
+            .field("max_request_size", &self.max_request_size)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("backend", &self.backend)
+            .field("threads_per_shard", &self.threads_per_shard)
+            .field("slow_op", &self.slow_op)
+            .field("inline_write_stall", &self.inline_write_stall)
+            .field("force_blocking", &self.force_blocking)
+            .field("max_pending_fds", &self.max_pending_fds)
+            .field("threads_because", &self.threads_because)
+            .field("inline_reads", &self.inline_reads)
+            .field("inline_read_limit", &self.inline_read_limit)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for ExecutorBuilder {
@@ -82,6 +113,9 @@ impl Default for ExecutorBuilder {
             force_blocking: Vec::new(),
             max_pending_fds: crate::fd_transit::DEFAULT_MAX_PENDING_FDS,
             threads_because: None,
+            inline_reads: true,
+            inline_read_limit: crate::inline::DEFAULT_INLINE_READ_LIMIT,
+            inline_read_hook: None,
         }
     }
 }
@@ -246,6 +280,47 @@ impl ExecutorBuilder {
         self
     }
 
+    /// Whether buffered reads are first tried on the caller's thread (default true): a read of
+    /// a regular file opened without O_DIRECT, of at most
+    /// [`inline_read_limit`](Self::inline_read_limit) bytes, calls `preadv2(.., RWF_NOWAIT)`
+    /// right there. If the data is in the page cache the read is done, with no hand-off to the
+    /// shard (a ready [`Completion`], or a result in the [`Session`]'s own queue); if it is not
+    /// (EAGAIN), the read goes to the shard as it would without this, with whatever part
+    /// arrived. Reads never overtake a write, `set_len`, `fallocate`, append or `writev` of the
+    /// same file sent before them through this executor: while one is unfinished, the file's
+    /// reads go to the shard. Counted per shard in `ShardStats::inline_reads` and
+    /// `inline_fallbacks`.
+    ///
+    /// The trade-off: a hit costs the calling thread the copy (at most the limit) instead of a
+    /// hand-off, and a miss costs it one failed system call (about a microsecond) before the
+    /// read is routed. Turn it off to keep callers' threads out of the kernel entirely, or when
+    /// nearly every read misses the page cache. Filesystems that refuse RWF_NOWAIT (tmpfs,
+    /// procfs) are detected on the first read of each file and routed from then on.
+    pub fn inline_reads(mut self, on: bool) -> Self {
+        self.inline_reads = on;
+        self
+    }
+
+    /// The longest read tried on the caller's thread (see [`inline_reads`](Self::inline_reads);
+    /// default [`DEFAULT_INLINE_READ_LIMIT`](crate::DEFAULT_INLINE_READ_LIMIT), 64 KiB; at most
+    /// [`MAX_INLINE_READ_LIMIT`](crate::MAX_INLINE_READ_LIMIT)). Longer reads go to the shard,
+    /// so a runtime thread is never held for a long copy.
+    pub fn inline_read_limit(mut self, bytes: usize) -> Self {
+        self.inline_read_limit = bytes;
+        self
+    }
+
+    /// Runs `hook` inside every inline read, after its checks and before its system call: a test
+    /// can hold a reader exactly where a concurrent close must wait for it. For tests.
+    #[doc(hidden)]
+    pub fn inline_read_hook_for_tests(
+        mut self,
+        hook: std::sync::Arc<dyn Fn() + Send + Sync>,
+    ) -> Self {
+        self.inline_read_hook = Some(hook);
+        self
+    }
+
     /// Which backend runs the shards' operations (default [`BackendChoice::Auto`]: io_uring where
     /// it works, the threads backend where it is blocked; `RINGSHARD_BACKEND=threads|io_uring`
     /// decides when this is `Auto`). The choice and its reason are in
@@ -309,6 +384,14 @@ impl ExecutorBuilder {
             return Err(IoUringError::InvalidConfig(format!(
                 "max_request_size {} out of range: use 1 to {MAX_REQUEST_SIZE_LIMIT} bytes",
                 self.max_request_size
+            )));
+        }
+        if self.inline_read_limit > crate::inline::MAX_INLINE_READ_LIMIT {
+            return Err(IoUringError::InvalidConfig(format!(
+                "inline_read_limit {} out of range: use 0 to {} bytes (longer reads should go \
+                 to the shards), or inline_reads(false)",
+                self.inline_read_limit,
+                crate::inline::MAX_INLINE_READ_LIMIT
             )));
         }
         let topo = match &self.sysfs_root {
@@ -413,6 +496,12 @@ impl ExecutorBuilder {
             limits: Limits {
                 max_request: self.max_request_size,
             },
+            inline: crate::inline::InlineReads::new(
+                self.inline_reads,
+                self.inline_read_limit,
+                cpus.len(),
+                self.inline_read_hook.clone(),
+            ),
         });
         // Tasks find their executor (for `ringshard::local()`) through this; a weak reference,
         // so the shards never keep the executor's routes alive.
@@ -444,6 +533,8 @@ pub(crate) struct ExecShared {
     /// The bound on descriptors in transit (see `fd_transit`).
     pub(crate) fds: Arc<crate::fd_transit::FdTransit>,
     pub(crate) limits: Limits,
+    /// Inline reads: settings and the per-shard counters of reads done on callers' threads.
+    pub(crate) inline: crate::inline::InlineReads,
 }
 
 impl std::fmt::Debug for ExecShared {
@@ -514,6 +605,7 @@ impl ExecShared {
             reply: Reply::Detached,
             at: Instant::now(),
             deadline: None,
+            pending: None,
         };
         // Refused after shutdown: the shard closes every file as it stops.
         let _ = self.send(file.shard, Message::Io(req));
@@ -537,6 +629,81 @@ impl ExecShared {
         c
     }
 
+    /// A read of `len` bytes at `offset` into `buf` (checked here): done on this thread if its
+    /// data is cached (see `crate::inline`), else routed like any request (with the part that
+    /// arrived here, if any).
+    pub(crate) fn read(
+        &self,
+        file: &File,
+        offset: u64,
+        len: usize,
+        buf: Vec<u8>,
+        deadline: Option<Instant>,
+    ) -> Completion<Vec<u8>> {
+        if let Err(e) = request::read(file, offset, len, self.limits) {
+            return Completion::ready(Err(e));
+        }
+        // The op is built only for the shard: a hit needs none.
+        let (buf, kept) = match self.try_inline_read(file, offset, len, buf) {
+            crate::inline::Attempt::Done(data) => return Completion::ready(Ok(data)),
+            crate::inline::Attempt::Route { buf, kept } => (buf, kept),
+        };
+        let op = IoOp::Read {
+            offset,
+            len,
+            buf,
+            kept,
+            flags: 0,
+        };
+        self.request(file, Ok(op), Reply::Data, deadline)
+    }
+
+    /// Tries a checked read op on this thread: `Ok` with its data when done, else the op to
+    /// route (a plain read with flags, or after a partial attempt, with the part kept).
+    pub(crate) fn inline_op(
+        &self,
+        file: &File,
+        op: Result<IoOp>,
+    ) -> std::result::Result<Vec<u8>, Result<IoOp>> {
+        match op {
+            Ok(IoOp::Read {
+                offset,
+                len,
+                buf,
+                kept: 0,
+                flags: 0,
+            }) => match self.try_inline_read(file, offset, len, buf) {
+                crate::inline::Attempt::Done(data) => Ok(data),
+                crate::inline::Attempt::Route { buf, kept } => Err(Ok(IoOp::Read {
+                    offset,
+                    len,
+                    buf,
+                    kept,
+                    flags: 0,
+                })),
+            },
+            other => Err(other),
+        }
+    }
+
+    /// [`InlineReads::try_read`](crate::inline::InlineReads::try_read) of a checked read, for a
+    /// file of this executor while it runs (otherwise routed, and refused there).
+    pub(crate) fn try_inline_read(
+        &self,
+        file: &File,
+        offset: u64,
+        len: usize,
+        buf: Vec<u8>,
+    ) -> crate::inline::Attempt {
+        if !self.inline.enabled
+            || file.handle().exec != self.id
+            || self.closed.load(Ordering::Acquire)
+        {
+            return crate::inline::Attempt::Route { buf, kept: 0 };
+        }
+        self.inline.try_read(file, offset, len, buf)
+    }
+
     /// Routes a checked [`FileOp`] that holds its own completer, built by `make`, on `file`.
     pub(crate) fn request_op<T>(
         &self,
@@ -549,12 +716,15 @@ impl ExecShared {
             Err(e) => return Completion::ready(Err(e)),
         };
         let (c, done) = pair(self.id, file.shard());
+        let op = make(done);
+        let pending = crate::inline::pending_for(file, op.kind());
         let req = IoRequest {
             file: file.handle(),
-            op: IoOp::File(make(done)),
+            op: IoOp::File(op),
             reply: Reply::InOp,
             at: Instant::now(),
             deadline,
+            pending,
         };
         self.send_or_fail(file.shard(), Message::Io(req));
         c
@@ -589,6 +759,7 @@ impl ExecShared {
             reply: Reply::InOp,
             at: Instant::now(),
             deadline,
+            pending: None,
         };
         self.send_or_fail(shard, Message::Io(req));
         c
@@ -873,7 +1044,9 @@ impl Executor {
 
     /// Reads up to `len` bytes at `offset`. Fewer come back only at end of file. Lengths up to
     /// [`max_request_size`](ExecutorBuilder::max_request_size) work: long reads are split, and
-    /// memory grows only as data arrives.
+    /// memory grows only as data arrives. Data already in the page cache is read on this thread
+    /// (see [`inline_reads`](ExecutorBuilder::inline_reads)): the completion is then ready when
+    /// this returns.
     pub fn read(&self, file: &File, offset: u64, len: usize) -> Completion<Vec<u8>> {
         self.read_into(file, offset, len, Vec::new())
     }
@@ -1071,7 +1244,10 @@ impl Executor {
 
     /// Closes the file after every earlier operation on it and reports errors; later operations
     /// on any clone of the handle fail with [`IoUringError::BadHandle`]. (Dropping the last
-    /// clone closes it too, without a report.)
+    /// clone closes it too, without a report.) A read of the file that another clone is doing
+    /// on its own thread at that moment (an inline read, see
+    /// [`inline_reads`](ExecutorBuilder::inline_reads)) finishes first: the descriptor is never
+    /// closed under it.
     pub fn close(&self, file: &File) -> Completion<()> {
         if let Err(e) = self.shared.check_owner(file) {
             return Completion::ready(Err(e));
@@ -1267,8 +1443,9 @@ impl Executor {
         let (c, done) = pair(self.shared.id, shard);
         let task = Box::new(move |_: &mut ShardContext<'_>| {
             std::thread::sleep(after);
-            // Dropped while unwinding: the handle fails with ShardFailed.
-            let _pending = done;
+            // Failed with ShardFailed once the shard is marked dead (not while unwinding, when
+            // its files could still be read inline).
+            crate::shard::notify_death(done);
             std::panic::panic_any(KillShard);
         });
         self.shared.send_or_fail(shard, Message::Task(task));
@@ -1301,6 +1478,8 @@ impl Executor {
         s.cancelled = s
             .cancelled
             .saturating_add(link.shared.cancelled_unsent.load(Ordering::Relaxed));
+        // Reads done on callers' threads for this shard's files.
+        s.add_inline(&self.shared.inline.snapshot(index));
         s
     }
 
@@ -1456,10 +1635,7 @@ impl Deadlined<'_> {
         len: usize,
         buf: Vec<u8>,
     ) -> Completion<Vec<u8>> {
-        let op = request::read_op(file, offset, len, buf, self.exec.shared.limits);
-        self.exec
-            .shared
-            .request(file, op, Reply::Data, self.deadline)
+        self.exec.shared.read(file, offset, len, buf, self.deadline)
     }
 
     /// [`Executor::read_with`] with the deadline.
@@ -1713,6 +1889,7 @@ impl Batch<'_> {
         if let Some(list) = self.per_shard.get_mut(file.shard()) {
             list.push(IoRequest {
                 file: file.handle(),
+                pending: crate::inline::pending_for(file, op.kind()),
                 op,
                 reply: reply(done),
                 at: self.created,
@@ -1722,7 +1899,9 @@ impl Batch<'_> {
         c
     }
 
-    /// Adds a read (see [`Executor::read`]).
+    /// Adds a read (see [`Executor::read`]). A read of cached data is done at once (see
+    /// [`ExecutorBuilder::inline_reads`](crate::ExecutorBuilder::inline_reads)), unless a write
+    /// of the file is unfinished or added to the batch before it.
     pub fn read(&mut self, file: &File, offset: u64, len: usize) -> Completion<Vec<u8>> {
         self.read_into(file, offset, len, Vec::new())
     }
@@ -1736,7 +1915,12 @@ impl Batch<'_> {
         buf: Vec<u8>,
     ) -> Completion<Vec<u8>> {
         let op = request::read_op(file, offset, len, buf, self.exec.shared.limits);
-        self.add(file, op, Reply::Data)
+        // A read of cached data is done at once (see `crate::inline`); a write of the file
+        // added earlier to this batch (or sent earlier) keeps it for the shard.
+        match self.exec.shared.inline_op(file, op) {
+            Ok(data) => Completion::ready(Ok(data)),
+            Err(op) => self.add(file, op, Reply::Data),
+        }
     }
 
     /// Adds a write (see [`Executor::write`]).

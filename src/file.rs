@@ -314,6 +314,9 @@ pub(crate) struct FileInner {
     pub(crate) exec: Arc<crate::executor::ExecShared>,
     /// An explicit close was sent: the drop sends none.
     pub(crate) closed: AtomicBool,
+    /// What inline reads on the caller's thread need: the shard's descriptor (retired before it
+    /// is closed), the inode's unfinished mutations (see `crate::inline`).
+    pub(crate) inline: Arc<crate::inline::InlineFile>,
 }
 
 impl Drop for FileInner {

@@ -70,16 +70,18 @@ impl File {
 
     /// A read of up to `len` bytes at `offset` into `vec` (its allocation reused), with the
     /// vector back whatever happens.
+    /// Like every buffered read, it is done on the caller's thread when its data is cached (see
+    /// `crate::inline`).
     pub(crate) fn read_raw(&self, vec: Vec<u8>, len: usize, offset: u64) -> Completion<RawBuf> {
         let limits = self.shared().limits;
-        self.buf_request(request::read_op_keep(
-            self,
-            offset,
-            len,
-            vec,
-            crate::RwFlags::empty(),
-            limits,
-        ))
+        let op = request::read_op_keep(self, offset, len, vec, crate::RwFlags::empty(), limits);
+        match op {
+            Ok(op) => match self.shared().inline_op(self, Ok(op)) {
+                Ok(data) => Completion::ready(Ok((Ok(data.len() as u64), data))),
+                Err(op) => self.shared().request(self, op, Reply::Buf, None),
+            },
+            Err((e, vec)) => Completion::ready(Ok((Err(e), vec))),
+        }
     }
 
     /// A write of all of `vec` at `offset`, with the vector back whatever happens.
@@ -105,8 +107,7 @@ impl File {
     /// replaced). On error the vector is dropped: [`read_buf_at`](Self::read_buf_at) gives it
     /// back.
     pub fn read_into(&self, offset: u64, len: usize, buf: Vec<u8>) -> Completion<Vec<u8>> {
-        let op = request::read_op(self, offset, len, buf, self.shared().limits);
-        self.shared().request(self, op, Reply::Data, None)
+        self.shared().read(self, offset, len, buf, None)
     }
 
     /// [`read_at`](Self::read_at) with per-operation flags ([`RwFlags`](crate::RwFlags):

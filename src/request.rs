@@ -72,6 +72,7 @@ pub(crate) fn read_op_keep(
             offset,
             len,
             buf,
+            kept: 0,
             flags: flags.bits(),
         }),
         Err(e) => Err((e, buf)),

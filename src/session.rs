@@ -53,6 +53,9 @@ pub(crate) struct SessionReq {
     pub op: IoOp,
     pub token: u64,
     pub deadline: Option<Instant>,
+    /// A mutation's count in its inode's unfinished mutations, from the moment it is queued
+    /// (a later read of the inode goes to the shard, behind it).
+    pub pending: Option<crate::inline::Pending>,
 }
 
 /// The part of a session its shards see: where results are delivered.
@@ -238,6 +241,7 @@ impl Session {
                 if let Some(q) = self.pending.get_mut(file.shard()) {
                     q.push(SessionReq {
                         file: file.handle(),
+                        pending: crate::inline::pending_for(file, op.kind()),
                         op,
                         token,
                         deadline,
@@ -254,7 +258,10 @@ impl Session {
     }
 
     /// Queues a read of up to `len` bytes at `offset` into `buf` (its allocation is reused; its
-    /// contents are replaced). Fewer bytes come back only at end of file. Fails only when the
+    /// contents are replaced). Fewer bytes come back only at end of file. Data already in the page
+    /// cache is read at once on this thread (see
+    /// [`inline_reads`](crate::ExecutorBuilder::inline_reads)), unless a write of the file is
+    /// unfinished or queued before it: its result is then in this session's queue already. Fails only when the
     /// session is full ([`SessionFull`](IoUringError::SessionFull)); any other error comes back
     /// as the request's result, with its buffer.
     pub fn read(
@@ -266,20 +273,40 @@ impl Session {
         token: u64,
     ) -> Result<()> {
         let limits = self.limits();
-        match request::read(file, offset, len, limits) {
-            Ok(()) => self.submit(
-                file,
-                Ok(IoOp::Read {
-                    offset,
-                    len,
-                    buf,
-                    flags: 0,
-                }),
-                token,
-                Vec::new(),
-            ),
-            Err(e) => self.submit(file, Err(e), token, buf),
+        if let Err(e) = request::read(file, offset, len, limits) {
+            return self.submit(file, Err(e), token, buf);
         }
+        if self.in_flight >= self.capacity {
+            return Err(IoUringError::SessionFull {
+                capacity: self.capacity,
+            });
+        }
+        // A read of cached data is done here, its result straight into this session's own
+        // queue (see `crate::inline`); the rest goes to the shard with whatever arrived.
+        let (buf, kept) = match self.exec.try_inline_read(file, offset, len, buf) {
+            crate::inline::Attempt::Done(buf) => {
+                self.in_flight += 1;
+                self.local.push(Done {
+                    token,
+                    result: Ok(buf.len()),
+                    buf,
+                });
+                return Ok(());
+            }
+            crate::inline::Attempt::Route { buf, kept } => (buf, kept),
+        };
+        self.submit(
+            file,
+            Ok(IoOp::Read {
+                offset,
+                len,
+                buf,
+                kept,
+                flags: 0,
+            }),
+            token,
+            Vec::new(),
+        )
     }
 
     /// Queues a write of all of `data` at `offset` (short writes are completed). Fails only when
@@ -453,6 +480,11 @@ impl Session {
 
     /// The polling form of [`next`](Self::next).
     pub fn poll_next(&mut self, cx: &mut Context<'_>, out: &mut Vec<Done>) -> Poll<usize> {
+        // Results this thread made itself (reads served inline) are ready without waiting: a
+        // task that only ever finds them must still yield to its runtime now and then.
+        if !self.local.is_empty() && crate::completion::coop_yield(cx) {
+            return Poll::Pending;
+        }
         self.flush();
         let n = self.take(out);
         if n > 0 || self.in_flight == 0 {

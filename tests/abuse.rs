@@ -488,13 +488,15 @@ fn panics(exec: &Executor, scratch: &File) {
         // Hold the scratch file's shard on a gate so the polls below see Pending and the shard,
         // not this thread, calls the waker.
         let (gate, busy) = hold_shard(exec, scratch.shard());
-        let mut c = exec.read(scratch, 0, 10);
+        // Longer than the inline read limit, so the shard serves it (and calls the waker).
+        let long = ringshard::DEFAULT_INLINE_READ_LIMIT + 1;
+        let mut c = exec.read(scratch, 0, long);
         // The waker panics only when woken; a poll that wakes at once panics here, harmlessly.
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let _ = Pin::new(&mut c).poll(&mut cx);
         }));
         let mut s = exec.session();
-        s.read(scratch, 0, 10, Vec::new(), 0).unwrap();
+        s.read(scratch, 0, long, Vec::new(), 0).unwrap();
         let mut out = Vec::new();
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let _ = s.poll_next(&mut cx, &mut out);

@@ -396,7 +396,12 @@ fn duration_max_is_accepted_everywhere() {
 fn panics_in_callers_code_do_not_kill_the_shard() {
     let _g = serial();
     let _quiet = QuietShardPanics::install();
-    let exec = one_shard();
+    // The reads must be pending on the held shard (the shard wakes the waker).
+    let exec = Executor::builder()
+        .shards(1)
+        .inline_reads(false)
+        .build()
+        .expect("executor");
     let dir = tempfile::tempdir().unwrap();
     let (f, data) = file_with(&exec, &dir.path().join("f"), 4096);
     let waker = panicking_waker();
@@ -512,7 +517,14 @@ fn the_last_executor_dropped_on_its_own_shard_thread() {
 #[test]
 fn waits_on_a_shards_own_thread_say_would_deadlock() {
     let _g = serial();
-    let exec = Arc::new(Executor::builder().shards(2).build().expect("executor"));
+    // The reads must need the shard (a read served inline would just be done).
+    let exec = Arc::new(
+        Executor::builder()
+            .shards(2)
+            .inline_reads(false)
+            .build()
+            .expect("executor"),
+    );
     let dir = tempfile::tempdir().unwrap();
     let files = files_on_every_shard(&exec, dir.path(), "f", 1, 200);
     let (p0, f0) = files.iter().find(|(_, f)| f.shard() == 0).unwrap().clone();
@@ -600,6 +612,8 @@ fn channel_capacity_bounds_what_a_shard_admits() {
     let exec = Executor::builder()
         .shards(1)
         .channel_capacity(8)
+        // The reads must all go through the shard's admission.
+        .inline_reads(false)
         .build()
         .expect("executor");
     let dir = tempfile::tempdir().unwrap();

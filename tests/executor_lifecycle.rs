@@ -264,7 +264,14 @@ fn shutdown_races_with_submitters_without_stranding_requests() {
 #[test]
 fn a_panicking_shard_fails_its_work_and_the_other_goes_on() {
     let _quiet = QuietShardPanics::install();
-    let exec = small_exec();
+    // Reads must be pending on the dying shard: none is served on this thread.
+    let exec = Executor::builder()
+        .shards(2)
+        .buffer_size(16 * 1024)
+        .buffer_count(4)
+        .inline_reads(false)
+        .build()
+        .expect("executor");
     let dir = tempfile::tempdir().unwrap();
     let files = files_on_every_shard(&exec, dir.path(), "p", 2, 200);
     let f0 = files

@@ -434,6 +434,8 @@ fn wait_timeout_reports_timeout_then_the_result() {
     let exec = Executor::builder()
         .shards(2)
         .buffer_count(4)
+        // The read must queue behind the busy shard, not be served on this thread.
+        .inline_reads(false)
         .build()
         .expect("executor");
     let dir = tempfile::tempdir().unwrap();

@@ -633,7 +633,15 @@ fn a_caller_thread_that_dies_holding_a_session() {
         "a_caller_thread_that_dies_holding_a_session",
         Duration::from_secs(120),
     );
-    let exec = exec2();
+    // Its requests must be queued in the session (a read served inline on the caller's thread
+    // is done, not left unsent): exec2() without inline reads.
+    let exec = Executor::builder()
+        .shards(2)
+        .buffer_size(16 * 1024)
+        .buffer_count(8)
+        .inline_reads(false)
+        .build()
+        .expect("executor");
     let dir = tempfile::tempdir().unwrap();
     let files = files_on_every_shard(&exec, dir.path(), "c", 2, 200);
     for (k, (path, _)) in files.iter().enumerate() {

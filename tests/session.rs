@@ -240,7 +240,12 @@ fn tokio_tasks_with_sessions() {
 /// shards keep serving, unsent and unissued requests count as cancelled, and memory stays flat.
 #[test]
 fn dropping_sessions_with_requests_in_flight() {
-    let exec = Executor::builder().shards(2).build().unwrap();
+    // Requests must be queued and in flight on the shards: none is served on this thread.
+    let exec = Executor::builder()
+        .shards(2)
+        .inline_reads(false)
+        .build()
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let files: Vec<_> = files_on_every_shard(&exec, dir.path(), "d", 1, 64)
         .into_iter()
@@ -345,7 +350,14 @@ fn session_across_shutdown() {
 /// (Before the fix, deferred completions were posted only when the shard slept.)
 #[test]
 fn direct_read_is_not_starved_by_a_busy_inbox() {
-    let exec = Arc::new(Executor::builder().shards(1).build().unwrap());
+    // The page-cache load must keep the shard busy: none of it is served on the callers' threads.
+    let exec = Arc::new(
+        Executor::builder()
+            .shards(1)
+            .inline_reads(false)
+            .build()
+            .unwrap(),
+    );
     let dir = tempfile::tempdir().unwrap();
     let hot = ok(
         exec.open(dir.path().join("hot"), &executor_util::rwc()),
@@ -450,7 +462,13 @@ fn direct_read_is_not_starved_by_a_busy_inbox() {
 /// for it closes after those requests, not before them.
 #[test]
 fn dropping_the_last_file_handle_before_a_flush() {
-    let exec = Executor::builder().shards(1).build().unwrap();
+    // The requests must wait in the session and batch (a read served on this thread holds
+    // nothing).
+    let exec = Executor::builder()
+        .shards(1)
+        .inline_reads(false)
+        .build()
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("f"), vec![4u8; 8192]).unwrap();
     for round in 0..50u64 {

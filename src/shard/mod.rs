@@ -16,7 +16,7 @@ pub(crate) mod tasks;
 
 pub use context::{ShardContext, ShardCqe, CANCEL_USER_DATA, WAKE_USER_DATA};
 pub(crate) use order::Footprint;
-pub(crate) use runner::{spawn, ShardConfig};
+pub(crate) use runner::{notify_death, spawn, ShardConfig};
 pub use tasks::{
     block_on, local, yield_now, JoinHandle, LocalShard, PoolBuf, Sleep, YieldNow, SLOW_POLL,
 };
@@ -43,6 +43,9 @@ pub(crate) struct IoRequest {
     pub at: Instant,
     /// Past this instant the request is cancelled (not issued, or cancelled in the kernel).
     pub deadline: Option<Instant>,
+    /// A mutation's count in its inode's unfinished mutations (inline reads wait for it to
+    /// finish): dropped by the shard once the op has finished, before its handle is completed.
+    pub pending: Option<crate::inline::Pending>,
 }
 
 /// What an [`IoRequest`] does. Validated by the caller's side before it is sent
@@ -51,8 +54,13 @@ pub(crate) enum IoOp {
     Read {
         offset: u64,
         len: usize,
-        /// Storage to read into (its capacity is reused; its contents are discarded).
+        /// Storage to read into (its capacity is reused; its contents past `kept` are
+        /// discarded).
         buf: Vec<u8>,
+        /// Bytes at the start of `buf` already read (by an inline attempt on the caller's
+        /// thread that got part of the range): the shard reads the rest. 0 otherwise. (At most
+        /// the inline read limit, which fits.)
+        kept: u32,
         /// `RWF_*` flags ([`RwFlags`](crate::RwFlags)).
         flags: i32,
     },

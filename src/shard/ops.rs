@@ -74,6 +74,8 @@ pub(super) struct Op {
     /// A pooled read's buffer (reply [`Reply::Lease`](super::Reply::Lease)): kept, not copied
     /// and released, after its CQE; handed to the task at finish (or released on error).
     pub(super) lent: Option<u16>,
+    /// A mutation's count in its inode's unfinished mutations: dropped when the op finishes.
+    pub(super) pending: Option<crate::inline::Pending>,
 }
 
 impl Op {

@@ -45,6 +45,7 @@ use crate::completion::{set_abandon_reason, set_current_shard, AbandonReason, Co
 use crate::driver::{Backend, Driver, ThreadDriver};
 use crate::error::{IoUringError, Result};
 use crate::file::{File, FileFlags, FileInner, FileRef};
+use crate::inline::InlineFile;
 use crate::numa;
 use crate::pool::PoolFit;
 use crate::pool::{Direction, RegisteredBufferPool, Target};
@@ -279,6 +280,14 @@ fn shard_main(
         crate::logging::shard_panicked(index, payload.as_ref());
     }
     let panicked = outcome.is_err();
+    if panicked {
+        // First of all: from now on the shard is dead, and its files are read by nobody (not even
+        // inline on callers' threads) before any handle is told so.
+        shard.files.retire_all();
+        shared.dead.store(true, AtomicOrdering::Release);
+        set_abandon_reason(AbandonReason::ShardPanicked);
+        DEATH_NOTICES.with(|n| n.borrow_mut().clear());
+    }
     // Tasks still runnable are dropped here, on their thread (their handles report it); from now
     // on a task woken on this thread is dropped at once.
     let unhandled = tasks::shutdown_here();
@@ -325,6 +334,18 @@ fn shard_main(
     for w in waiters {
         w.complete(Ok(()));
     }
+}
+
+thread_local! {
+    /// Completers to fail once this shard thread has died (`kill_shard_for_tests`).
+    static DEATH_NOTICES: std::cell::RefCell<Vec<Completer<()>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Keeps `done` until this shard thread is marked dead, then drops it (failing its handle with
+/// ShardFailed). Called on a shard thread about to panic.
+pub(crate) fn notify_death(done: Completer<()>) {
+    let _ = DEATH_NOTICES.try_with(|n| n.borrow_mut().push(done));
 }
 
 /// Why an op should not run (or go on) any more: nobody waits for it, or its deadline passed.
@@ -829,6 +850,7 @@ impl Shard {
                     },
                     at,
                     deadline: r.deadline,
+                    pending: r.pending,
                 });
                 self.admit_in_order(reqs);
             }
@@ -888,11 +910,20 @@ impl Shard {
         // SAFETY: fstat writes into the local struct only; fd is the descriptor just received.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: as above: a valid descriptor and a struct that lives for the call.
-        let size_hint = if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } == 0 {
+        let stat_ok = unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } == 0;
+        let size_hint = if stat_ok {
             st.st_size.max(0) as u64
         } else {
             0 // unknown: every read is ordered as if it could reach the end of the file
         };
+        // Inline reads (on callers' threads) only of regular files read through the page cache:
+        // a FIFO or a device has no offsets to read at, and O_DIRECT waits for the device.
+        let regular = stat_ok && st.st_mode & libc::S_IFMT == libc::S_IFREG;
+        let inline = Arc::new(InlineFile::new(
+            fd.as_raw_fd(),
+            regular && flags.readable && !flags.direct && !flags.directory,
+            self.files.open_inode(key, size_hint),
+        ));
         let (slot, gen) = self.files.insert(FileEntry {
             fd,
             fixed,
@@ -900,9 +931,8 @@ impl Shard {
             flags,
             path: Arc::clone(&path),
             closing: false,
-            size_hint,
-            size_setters: 0,
             inline_paused_until: None,
+            inline: Arc::clone(&inline),
         });
         self.stats.record(OpKind::Open, 0, elapsed_ns(at));
         // Made here, so that a handle dropped by a caller who no longer waits still closes the
@@ -920,6 +950,7 @@ impl Shard {
                 path,
                 exec,
                 closed: AtomicBool::new(false),
+                inline,
             }),
         }));
     }
@@ -932,6 +963,7 @@ impl Shard {
             reply,
             at,
             deadline,
+            pending,
         } = req;
         let now = self.now();
         if let Some(why) = skip_reason(op.kind(), &op, &reply, deadline, now, &self.sessions) {
@@ -945,7 +977,7 @@ impl Shard {
                 return;
             }
         }
-        let entry = match self.files.lookup_mut(file) {
+        let (entry, inode) = match self.files.lookup_with_inode(file) {
             Ok(e) => e,
             Err(e) => {
                 self.stats.record_error(
@@ -985,13 +1017,13 @@ impl Shard {
             }
         }
         let fp = match &op {
-            IoOp::Read { .. } => crate::op::read::footprint(offset, len, entry.size_hint),
+            IoOp::Read { .. } => crate::op::read::footprint(offset, len, inode.size_hint),
             IoOp::Write { .. } => crate::op::write::footprint(offset, len, entry.flags.append),
             IoOp::File(f) => {
-                let fp = f.footprint(entry.size_hint);
-                f.size_at_admit(&mut entry.size_hint);
+                let fp = f.footprint(inode.size_hint);
+                f.size_at_admit(&mut inode.size_hint);
                 if f.sets_size() {
-                    entry.size_setters += 1;
+                    inode.size_setters += 1;
                 }
                 fp
             }
@@ -999,6 +1031,14 @@ impl Shard {
                 entry.closing = true;
                 Footprint::Barrier
             }
+        };
+        // An inline attempt's part of a page-cache read stays in the result: the shard reads
+        // the rest (the memory path continues from `transferred`).
+        let kept = match &op {
+            IoOp::Read { kept, buf, .. } if data_path == DataPath::Memory => {
+                (*kept as usize).min(buf.len()).min(len as usize)
+            }
+            _ => 0,
         };
         let op = Op {
             kind,
@@ -1008,13 +1048,13 @@ impl Shard {
             path: Arc::clone(&entry.path),
             offset,
             len,
-            issued: 0,
+            issued: kept as u64,
             outstanding: 0,
             eof: None,
             errno: None,
             serial: entry.flags.append || data_path != DataPath::Fixed,
             data_path,
-            transferred: 0,
+            transferred: kept as u64,
             written_to: u64::MAX,
             answered: false,
             queued: false,
@@ -1024,7 +1064,7 @@ impl Shard {
             out: match &mut op {
                 IoOp::Read { buf, .. } => {
                     let mut b = std::mem::take(buf);
-                    b.clear();
+                    b.truncate(kept);
                     b
                 }
                 _ => Vec::new(),
@@ -1032,6 +1072,7 @@ impl Shard {
             io: op,
             reply,
             lent: None,
+            pending,
         };
         let key = op.key;
         let slot = self.ops.insert(op);
@@ -1076,6 +1117,7 @@ impl Shard {
             io,
             reply,
             lent: None,
+            pending: None,
         };
         let fp = match &op.io {
             IoOp::File(f) => f.footprint(0),
@@ -1660,9 +1702,13 @@ impl Shard {
 
     /// Completes op `slot`'s handle, counts it, and lets the next ops of its file go.
     fn finish(&mut self, slot: u32) {
-        let Some(op) = self.ops.remove(slot) else {
+        let Some(mut op) = self.ops.remove(slot) else {
             return;
         };
+        // The op is over (nothing of it in the kernel): a mutation no longer holds back inline
+        // reads of its inode. Before its handle completes, so a caller that waited for it reads
+        // inline at once.
+        drop(op.pending.take());
         // why: an op can finish while still queued (a read that met end of file, or failed, while
         // waiting at the head of `ready` for a buffer). Its slot is freed and the next admitted op
         // reuses it; a stale entry left here would issue that op ahead of the ops it must wait for.
@@ -1805,16 +1851,16 @@ impl Shard {
             self.stats.record_error(kind, errno, lat);
             Err(f.error(errno, path))
         } else {
-            if let Some(entry) = self.files.get_mut(file_slot) {
-                if entry.size_setters == 0 || f.sets_size() {
-                    f.size_after(&mut entry.size_hint);
+            if let Some(inode) = self.files.inode_of(file_slot) {
+                if inode.size_setters == 0 || f.sets_size() {
+                    f.size_after(&mut inode.size_hint);
                 }
             }
             Ok(())
         };
         if f.sets_size() {
-            if let Some(entry) = self.files.get_mut(file_slot) {
-                entry.size_setters = entry.size_setters.saturating_sub(1);
+            if let Some(inode) = self.files.inode_of(file_slot) {
+                inode.size_setters = inode.size_setters.saturating_sub(1);
             }
         }
         let ok = result.is_ok();
@@ -1826,25 +1872,26 @@ impl Shard {
 
     /// Raises the file's known size after a successful read or write (`n`: bytes moved).
     fn note_size(&mut self, file_slot: u32, io: &IoOp, offset: u64, n: u64) {
-        let Some(entry) = self.files.get_mut(file_slot) else {
+        let Some(append) = self.files.get(file_slot).map(|e| e.flags.append) else {
+            return;
+        };
+        let Some(inode) = self.files.inode_of(file_slot) else {
             return;
         };
         let at_least = match io {
             // A set_len admitted after this op will set the size: what this op saw is stale.
-            _ if entry.size_setters > 0 => return,
+            _ if inode.size_setters > 0 => return,
             IoOp::Read { .. } => match crate::op::read::size_at_least(offset, n) {
                 Some(s) => s,
                 None => return,
             },
-            IoOp::Write { .. } => {
-                match crate::op::write::size_at_least(offset, n, entry.flags.append) {
-                    Some(s) => s,
-                    None => return,
-                }
-            }
+            IoOp::Write { .. } => match crate::op::write::size_at_least(offset, n, append) {
+                Some(s) => s,
+                None => return,
+            },
             _ => return,
         };
-        entry.size_hint = entry.size_hint.max(at_least);
+        inode.size_hint = inode.size_hint.max(at_least);
     }
 
     // -- async tasks ---------------------------------------------------------------------------
@@ -2113,8 +2160,14 @@ impl Drop for Shard {
                 mut out,
                 outstanding,
                 data_path,
+                mut pending,
                 ..
             } = op;
+            if outstanding > 0 {
+                // It may still change the file: the inode's reads keep going to the shard (a
+                // dead one fails them), never inline past a write that is still landing.
+                std::mem::forget(pending.take());
+            }
             let in_kernel = outstanding > 0 && data_path == DataPath::Memory;
             if in_kernel {
                 // The kernel may still write into a read's vector or read a write's data: leak

@@ -423,6 +423,7 @@ impl std::ops::Deref for PoolBuf {
 /// A message for shard `shard` of executor `exec`: when this thread runs that shard, it is kept
 /// for the shard's next turn (no channel), behind every message sent here before it, whatever
 /// its kind; otherwise it is handed back to be sent through the inbox.
+#[allow(clippy::result_large_err)] // the message handed back is to be sent, not an error
 pub(crate) fn try_local(exec: u64, shard: usize, msg: Message) -> std::result::Result<(), Message> {
     if !on_shard(exec, shard) {
         return Err(msg);
@@ -727,8 +728,7 @@ impl LocalShard {
         len: usize,
         buf: Vec<u8>,
     ) -> Completion<Vec<u8>> {
-        let op = crate::request::read_op(file, offset, len, buf, self.exec.limits);
-        self.exec.request(file, op, Reply::Data, None)
+        self.exec.read(file, offset, len, buf, None)
     }
 
     /// Writes all of `data` at `offset` (see [`Executor::write`](crate::Executor::write)).
@@ -913,6 +913,7 @@ pub(crate) fn make<T>(
         c,
         IoRequest {
             file: file.handle(),
+            pending: crate::inline::pending_for(file, op.kind()),
             op,
             reply: reply(done),
             // In a shard task: the start of its poll, at most a poll earlier than now.

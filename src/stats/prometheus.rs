@@ -176,11 +176,21 @@ impl ShardLabels {
 type Getter = fn(&ShardStats) -> u64;
 
 /// Counters with one value per shard: (name without `_total`, help, getter).
-const COUNTERS: [(&str, &str, Getter); 16] = [
+const COUNTERS: [(&str, &str, Getter); 18] = [
     (
         "ringshard_read_bytes",
         "Bytes transferred by successful reads.",
         |s| s.bytes_read,
+    ),
+    (
+        "ringshard_inline_reads",
+        "Reads of the shard's files done on the caller's thread from the page cache (also counted in ringshard_ops_total{op=\"read\"}).",
+        |s| s.inline_reads,
+    ),
+    (
+        "ringshard_inline_fallbacks",
+        "Inline read attempts that went to the shard after all (not cached, RWF_NOWAIT refused, or failed).",
+        |s| s.inline_fallbacks,
     ),
     (
         "ringshard_written_bytes",
@@ -332,6 +342,35 @@ fn latency_of<'a>(s: &'a ShardStats, op: &str) -> Option<&'a LatencyHistogram> {
     }
 }
 
+/// The samples of one latency histogram series (`labels`), with buckets at
+/// [`LATENCY_BUCKETS_NS`].
+fn write_histogram<W: Write>(
+    w: &mut Writer<'_, W>,
+    h: Option<&hdrhistogram::Histogram<u64>>,
+    labels: Vec<(&str, &str)>,
+    bucket: &str,
+    sum: &str,
+    count: &str,
+) -> fmt::Result {
+    let total = h.map(|h| h.len()).unwrap_or(0);
+    for &b in &LATENCY_BUCKETS_NS {
+        let n = h.map(|h| h.count_between(0, b)).unwrap_or(0).min(total);
+        let le = float(b as f64 / 1e9);
+        let mut ls = labels.clone();
+        ls.push(("le", &le));
+        w.sample(bucket, &ls, &n.to_string())?;
+    }
+    let mut ls = labels.clone();
+    ls.push(("le", "+Inf"));
+    w.sample(bucket, &ls, &total.to_string())?;
+    let sum_s = match h {
+        Some(h) if total > 0 => h.mean() * total as f64 / 1e9,
+        _ => 0.0,
+    };
+    w.sample(sum, &labels, &float(sum_s))?;
+    w.sample(count, &labels, &total.to_string())
+}
+
 pub(super) fn write<W: Write>(stats: &ExecutorStats, out: &mut W, flavor: Flavor) -> fmt::Result {
     let mut w = Writer { out, flavor };
     let counter_sample = |name: &str| format!("{name}_total");
@@ -432,24 +471,28 @@ pub(super) fn write<W: Write>(stats: &ExecutorStats, out: &mut W, flavor: Flavor
     for (s, l) in shards() {
         for op in ["read", "write", "other"] {
             let h = latency_of(s, op).and_then(|h| h.0.as_ref());
-            let total = h.map(|h| h.len()).unwrap_or(0);
-            for &b in &LATENCY_BUCKETS_NS {
-                let n = h.map(|h| h.count_between(0, b)).unwrap_or(0).min(total);
-                let le = float(b as f64 / 1e9);
-                w.sample(&bucket, &l.with(&[("op", op), ("le", &le)]), &n.to_string())?;
-            }
-            w.sample(
-                &bucket,
-                &l.with(&[("op", op), ("le", "+Inf")]),
-                &total.to_string(),
-            )?;
-            let sum_s = match h {
-                Some(h) if total > 0 => h.mean() * total as f64 / 1e9,
-                _ => 0.0,
-            };
-            w.sample(&sum, &l.with(&[("op", op)]), &float(sum_s))?;
-            w.sample(&count, &l.with(&[("op", op)]), &total.to_string())?;
+            write_histogram(&mut w, h, l.with(&[("op", op)]), &bucket, &sum, &count)?;
         }
+    }
+
+    let hist = "ringshard_inline_read_latency_seconds";
+    w.family(
+        hist,
+        Kind::Histogram,
+        "Latency of inline reads (done on the caller's thread; a subset of op=\"read\" above), measured by the caller, to about 6%.",
+    )?;
+    let bucket = format!("{hist}_bucket");
+    let sum = format!("{hist}_sum");
+    let count = format!("{hist}_count");
+    for (s, l) in shards() {
+        write_histogram(
+            &mut w,
+            s.inline_latency.0.as_ref(),
+            l.with(&[]),
+            &bucket,
+            &sum,
+            &count,
+        )?;
     }
 
     if flavor == Flavor::OpenMetrics {

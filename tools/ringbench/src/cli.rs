@@ -64,6 +64,10 @@ pub struct Args {
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "1",
           default_value = "0", value_parser = parse_flag, action = clap::ArgAction::Set)]
     pub direct: bool,
+    /// Start from a cold page cache: instead of warming the files, drop their pages (fsync, then
+    /// POSIX_FADV_DONTNEED) right before each measured phase.
+    #[arg(long)]
+    pub cold: bool,
     /// fsync a file after every N writes to it (0: never; fio's fsync).
     #[arg(long, alias = "fsync", default_value_t = 0, value_name = "N")]
     pub fsync_every: u64,
@@ -147,6 +151,11 @@ pub struct Args {
     /// How long an idle shard spins before sleeping, in microseconds.
     #[arg(long, value_name = "N")]
     pub spin_us: Option<u64>,
+    /// ringshard's inline read limit: reads up to this size are tried on the caller's thread
+    /// (`ExecutorBuilder::inline_read_limit`); 0 turns inline reads off [default: the
+    /// library's, 64k].
+    #[arg(long, value_name = "SIZE")]
+    pub inline_limit: Option<String>,
 
     /// Where load is generated: inside each shard, by --clients caller threads, by --tasks
     /// tokio tasks (async), or by --tasks async tasks on each shard (tasks).
@@ -166,7 +175,7 @@ pub struct Args {
     /// requests in flight), completion for async (each task awaits its own requests)].
     #[arg(long, value_enum, value_name = "API")]
     pub api: Option<Api>,
-    /// Implementation doing the I/O (--mode async: ringshard, spawn-blocking or tokio-fs).
+    /// Implementation doing the I/O (--mode async: ringshard, inline-nowait, spawn-blocking or tokio-fs).
     #[arg(long, value_enum, default_value_t = EngineKind::Ringshard)]
     pub engine: EngineKind,
     /// pread-pool worker threads (default: one per shard of the placement).
@@ -176,8 +185,8 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = TokioApi::SeekRead)]
     pub tokio_api: TokioApi,
 
-    /// Run the workload on every engine (--mode async: ringshard, spawn-blocking, tokio-fs),
-    /// interleaved over --repeat rounds, and compare.
+    /// Run the workload on every engine (--mode async: ringshard, inline-nowait, spawn-blocking,
+    /// tokio-fs), interleaved over --repeat rounds, and compare.
     #[arg(long)]
     pub compare: bool,
     /// Rounds for --compare and --sweep (default: 3 for --compare, 1 for --sweep).
@@ -456,6 +465,11 @@ impl Args {
                 self.bs, self.size
             )));
         }
+        if self.cold && self.direct {
+            return Err(BenchError::usage(
+                "--cold is for page-cache runs: --direct bypasses the cache already",
+            ));
+        }
         if self.direct && bs % 4096 != 0 {
             return Err(BenchError::usage(format!(
                 "--direct needs --bs to be a multiple of 4096 (got {}): use e.g. 4k or 64k",
@@ -648,7 +662,7 @@ impl Args {
         }
         if self.mode == Mode::Async && !self.engine.has_async_form() {
             return Err(BenchError::usage(format!(
-                "--engine {} has no async form: --mode async runs ringshard, spawn-blocking or \
+                "--engine {} has no async form: --mode async runs ringshard, inline-nowait, spawn-blocking or \
                  tokio-fs (use --mode in-shard or routed for {})",
                 self.engine.name(),
                 self.engine.name()
@@ -674,12 +688,19 @@ impl Args {
             ramp,
             percentiles: percentiles.unwrap_or_default(),
             name: self.name,
+            cold: self.cold,
             dir: self.dir,
             seed: self.seed,
             verify: self.verify,
             placement,
             sqpoll: self.sqpoll,
             spin_us: self.spin_us,
+            inline_limit: match &self.inline_limit {
+                Some(s) => Some(usize::try_from(parse_size("--inline-limit", s)?).map_err(
+                    |_| BenchError::usage("--inline-limit is too large for this machine"),
+                )?),
+                None => None,
+            },
             mode: self.mode,
             clients: self
                 .clients

@@ -86,6 +86,8 @@ pub fn run(
         crate::cli::fmt_size(cfg.w.size),
         if cfg.w.direct {
             "O_DIRECT"
+        } else if cfg.w.cold {
+            "page cache, cold at the start of each run"
         } else {
             "page cache"
         },

@@ -338,6 +338,23 @@ pub fn warm(files: &[BenchFile], size: u64) -> Result<f64, BenchError> {
     Ok(resident_share(files, size))
 }
 
+/// Writes the files back and drops their pages from the page cache (`--cold`); returns the share
+/// still cached (pages the kernel could not drop: mapped or locked elsewhere).
+pub fn drop_cached(files: &[BenchFile], size: u64) -> Result<f64, BenchError> {
+    use std::os::fd::AsRawFd;
+    for f in files {
+        let file = File::open(&f.path).map_err(|e| io_err("opening", &f.path, e))?;
+        file.sync_all().map_err(|e| io_err("fsync", &f.path, e))?;
+        // SAFETY: fadvise takes no memory.
+        let r = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        if r != 0 {
+            let e = std::io::Error::from_raw_os_error(r);
+            return Err(io_err("dropping from the page cache", &f.path, e));
+        }
+    }
+    Ok(resident_share(files, size))
+}
+
 /// Share of the files' pages in the page cache (mincore), 0.0..=1.0.
 pub fn resident_share(files: &[BenchFile], size: u64) -> f64 {
     let (mut resident, mut total) = (0u64, 0u64);

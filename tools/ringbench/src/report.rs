@@ -229,7 +229,10 @@ pub struct RunReport {
     pub shards: Vec<ShardRow>,
     pub cpu: CpuReport,
     pub direct: bool,
-    /// Share of the files in the page cache after warming, in percent (null with --direct).
+    /// --cold: the files were dropped from the page cache instead of warmed.
+    pub cold: bool,
+    /// Share of the files in the page cache after warming (or dropping, with --cold), in percent
+    /// (null with --direct).
     pub resident_pct: Option<f64>,
     pub verify: VerifyReport,
     pub errors: BTreeMap<String, u64>,
@@ -322,6 +325,7 @@ impl RunReport {
                 cores: per_sec(out.cpu.total(), secs),
             },
             direct: w.direct,
+            cold: w.cold,
             resident_pct: out.resident.map(|r| r * 100.0),
             verify: VerifyReport {
                 enabled: w.verify,
@@ -370,6 +374,7 @@ impl RunReport {
         };
         let cache = match self.resident_pct {
             _ if self.direct => "O_DIRECT".to_string(),
+            Some(p) if self.cold => format!("page cache, cold ({p:.0}% resident at the start)"),
             Some(p) => format!("page cache ({p:.0}% resident after warming)"),
             None => "page cache".to_string(),
         };

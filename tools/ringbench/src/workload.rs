@@ -99,6 +99,9 @@ pub enum EngineKind {
     RingshardThreads,
     /// fio with its io_uring engine, given the same workload (in --compare when installed).
     Fio,
+    /// tokio tasks calling `preadv2(RWF_NOWAIT)` themselves, `spawn_blocking` for what would
+    /// block (misses, writes, syncs, O_DIRECT).
+    InlineNowait,
 }
 
 impl EngineKind {
@@ -107,6 +110,7 @@ impl EngineKind {
         match mode {
             Mode::Async => &[
                 EngineKind::Ringshard,
+                EngineKind::InlineNowait,
                 EngineKind::SpawnBlocking,
                 EngineKind::TokioFs,
             ],
@@ -121,6 +125,7 @@ impl EngineKind {
                 EngineKind::RingshardThreads,
                 EngineKind::RawUring,
                 EngineKind::PreadPool,
+                EngineKind::InlineNowait,
                 EngineKind::TokioFs,
                 EngineKind::Fio,
             ],
@@ -142,6 +147,7 @@ impl EngineKind {
             EngineKind::RingshardInshard => "ringshard-inshard",
             EngineKind::RingshardThreads => "ringshard-threads",
             EngineKind::Fio => "fio",
+            EngineKind::InlineNowait => "inline-nowait",
         }
     }
 }
@@ -210,6 +216,8 @@ pub struct Workload {
     #[serde(serialize_with = "ser_opt_secs")]
     pub report_every: Option<Duration>,
     pub direct: bool,
+    /// Drop the files from the page cache before measuring, instead of warming them.
+    pub cold: bool,
     /// Sync a file after every N writes to it (0: never): fsync, or fdatasync with `datasync`.
     pub fsync_every: u64,
     pub datasync: bool,
@@ -235,6 +243,8 @@ pub struct Workload {
     pub placement: PlacementSpec,
     pub sqpoll: Option<u32>,
     pub spin_us: Option<u64>,
+    /// ringshard's inline read limit (0: inline reads off; `None`: the library's default).
+    pub inline_limit: Option<usize>,
     pub mode: Mode,
     /// Caller threads (routed) or tokio worker threads (async).
     pub clients: usize,
@@ -621,6 +631,7 @@ mod tests {
             ops: None,
             report_every: None,
             direct: false,
+            cold: false,
             fsync_every: 3,
             datasync: false,
             distribution: Distribution::Uniform,
@@ -636,6 +647,7 @@ mod tests {
             placement: PlacementSpec::default(),
             sqpoll: None,
             spin_us: None,
+            inline_limit: None,
             mode: Mode::InShard,
             clients: 1,
             tasks: 64,

@@ -312,7 +312,10 @@ fn compare_in_async_mode_runs_the_async_engines() {
         .iter()
         .map(|e| e["engine"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["ringshard", "spawn-blocking", "tokio-fs"]);
+    assert_eq!(
+        names,
+        ["ringshard", "inline-nowait", "spawn-blocking", "tokio-fs"]
+    );
     assert_eq!(v["api"], "completion");
     for r in v["runs"].as_array().unwrap() {
         check_run(r, r["engine"].as_str().unwrap(), "async", false);
@@ -404,6 +407,7 @@ fn compare_reports_every_engine_with_ratios() {
             "ringshard-threads",
             "raw-uring",
             "pread-pool",
+            "inline-nowait",
             "tokio-fs"
         ]
     );
@@ -413,7 +417,7 @@ fn compare_reports_every_engine_with_ratios() {
         assert!(num(e, "iops_vs_ringshard") > 0.0, "{e}");
         assert_eq!(e["rounds_iops"].as_array().unwrap().len(), 2);
     }
-    assert_eq!(v["runs"].as_array().unwrap().len(), 10);
+    assert_eq!(v["runs"].as_array().unwrap().len(), 12); // 6 engines x 2 rounds
     for r in v["runs"].as_array().unwrap() {
         check_run(r, r["engine"].as_str().unwrap(), "in-shard", false);
     }

@@ -2,6 +2,7 @@
 //! one sets itself up, warms the files, runs the measured phase and reports what it counted.
 
 pub mod fio;
+pub mod inline_nowait;
 pub mod pread_pool;
 pub mod raw_uring;
 pub mod ringshard_async;
@@ -61,10 +62,14 @@ impl RunCtx<'_> {
         (self.cpus[k], self.nodes[k])
     }
 
-    /// Reads the files into the page cache right before the measured phase (not with --direct).
+    /// Reads the files into the page cache right before the measured phase (not with --direct;
+    /// with --cold, drops them from it instead). The share of their pages cached then.
     pub fn warm(&self) -> Result<Option<f64>, BenchError> {
         if self.w.direct {
             return Ok(None);
+        }
+        if self.w.cold {
+            return files::drop_cached(self.files, self.w.size).map(Some);
         }
         files::warm(self.files, self.w.size).map(Some)
     }
@@ -227,7 +232,7 @@ pub fn run(engine: EngineKind, ctx: &RunCtx) -> Result<Output, BenchError> {
         }
         (EngineKind::RawUring | EngineKind::PreadPool, Mode::Async) => {
             Err(BenchError::usage(format!(
-                "--engine {} has no async form: --mode async runs ringshard, spawn-blocking or \
+                "--engine {} has no async form: --mode async runs ringshard, inline-nowait, spawn-blocking or \
                  tokio-fs",
                 engine.name()
             )))
@@ -237,6 +242,11 @@ pub fn run(engine: EngineKind, ctx: &RunCtx) -> Result<Output, BenchError> {
         (EngineKind::PreadPool, _) => pread_pool::run(ctx),
         (EngineKind::TokioFs, _) => tokio_fs::run(ctx, ctx.w.tokio_api),
         (EngineKind::SpawnBlocking, _) => tokio_fs::run(ctx, TokioApi::ReadAt),
+        (EngineKind::InlineNowait, Mode::Tasks) => Err(BenchError::usage(
+            "--engine inline-nowait has no tasks form: --mode tasks runs ringshard, \
+             ringshard-inshard or raw-uring",
+        )),
+        (EngineKind::InlineNowait, _) => inline_nowait::run(ctx),
     }
 }
 

@@ -1,8 +1,8 @@
 //! ringshard from async code: `--tasks` tokio tasks on a multi-thread runtime with `--clients`
 //! worker threads, each with `--iodepth` requests in flight (default 1). With `--api session`
 //! (the default) each task owns a `Session` and awaits `Session::next`; with `--api completion`
-//! it awaits the executor's `Completion` futures (`exec.read_into(&file, off, bs, buf).await`,
-//! `exec.write(..)`, `exec.fsync(..)`). Read buffers come back with their data and are
+//! it awaits the file's `Completion` futures (`file.read_into(off, bs, buf).await`,
+//! `file.write_at(..)`, `file.sync_all()`). Read buffers come back with their data and are
 //! reused; writes send a copy of a template block (or, with `--verify`, the pattern), as the
 //! routed engine does. Latency is measured by the tasks.
 
@@ -19,8 +19,9 @@ use ringshard::{Executor, ExecutorStats};
 use std::sync::Arc;
 use std::time::Instant;
 
-/// ringshard's request API as a [`TaskIo`]: `Executor::read_into` / `write` / `fsync`. (On a
-/// file's own shard, in a shard task, these skip the channel.)
+/// ringshard's file API as a [`TaskIo`]: `File::read_into` / `write_at` / `sync_all`. (Cached
+/// reads run on the task's own thread; on a file's own shard, in a shard task, the rest skip the
+/// channel.)
 pub struct RingIo {
     exec: Arc<Executor>,
     files: Vec<ringshard::File>,
@@ -65,10 +66,10 @@ impl TaskIo for RingIo {
     fn issue(self: &Arc<Self>, op: &Op, buf: Vec<u8>) -> Pending {
         let f = &self.files[op.file];
         match op.kind {
-            IoKind::Read => Pending::Read(self.exec.read_into(f, op.offset, self.bs, buf)),
-            IoKind::Write => Pending::Write(self.exec.write(f, op.offset, buf)),
-            IoKind::Fsync => Pending::Sync(self.exec.fsync(f)),
-            IoKind::Fdatasync => Pending::Sync(self.exec.fdatasync(f)),
+            IoKind::Read => Pending::Read(f.read_into(op.offset, self.bs, buf)),
+            IoKind::Write => Pending::Write(f.write_at(op.offset, buf)),
+            IoKind::Fsync => Pending::Sync(f.sync_all()),
+            IoKind::Fdatasync => Pending::Sync(f.sync_data()),
         }
     }
 
@@ -96,7 +97,7 @@ pub fn run(ctx: &RunCtx) -> Result<Output, BenchError> {
     let note = match api {
         Api::Session => "each task owns a Session (capacity --iodepth) and awaits Session::next",
         Api::Completion => {
-            "each task awaits Executor::read_into / write / fsync (a Completion is a Future)"
+            "each task awaits File::read_into / write_at / sync_all (a Completion is a Future)"
         }
     };
     let mut at_ramp_end = None;

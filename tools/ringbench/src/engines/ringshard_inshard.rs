@@ -38,6 +38,11 @@ pub fn build_executor(ctx: &RunCtx, buffers: usize) -> Result<Executor, BenchErr
     if let Some(cpu) = w.sqpoll {
         b = b.sqpoll(cpu);
     }
+    match w.inline_limit {
+        Some(0) => b = b.inline_reads(false),
+        Some(n) => b = b.inline_read_limit(n),
+        None => {}
+    }
     b.build()
         .map_err(|e| BenchError::from_lib("starting the ringshard executor", e))
 }

@@ -37,6 +37,27 @@ impl BlockingIo {
     }
 }
 
+impl BlockingIo {
+    /// The open file at position `i` of the run's file list.
+    pub fn file(&self, i: usize) -> &std::fs::File {
+        &self.files[i]
+    }
+
+    /// [`TaskIo::issue`] on a shared handle (for engines that wrap this one).
+    pub fn issue(
+        self: &Arc<Self>,
+        op: &Op,
+        b: AlignedBuf,
+    ) -> JoinHandle<(AlignedBuf, std::io::Result<usize>)> {
+        <Self as TaskIo>::issue(self, op, b)
+    }
+
+    /// [`TaskIo::buffer`] (for engines that wrap this one).
+    pub fn buffer(&self, job: &TaskJob, op: &Op, spare: &mut Vec<AlignedBuf>) -> AlignedBuf {
+        <Self as TaskIo>::buffer(self, job, op, spare)
+    }
+}
+
 impl TaskIo for BlockingIo {
     type Buf = AlignedBuf;
     type Pending = JoinHandle<(AlignedBuf, std::io::Result<usize>)>;

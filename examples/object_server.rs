@@ -136,7 +136,7 @@ mod fsops {
     }
 
     /// fsyncs a directory (makes the renames and unlinks in it durable): a directory handle,
-    /// opened on the executor's opener thread, and an fsync on its shard, ordered after the
+    /// opened through a shard's ring, and an fsync on its shard, ordered after the
     /// path operations sent to that directory before it.
     pub async fn fsync_dir(exec: &Executor, dir: &Path) -> std::io::Result<()> {
         let d = exec
@@ -323,9 +323,8 @@ impl State {
             Err(gen) => gen,
         };
         let path = self.root.join(key);
-        // stat first: a missing key is a 404 without an open, and on a cold cache the inode is
-        // read here, by the ring's STATX (stats run side by side), not on the executor's one
-        // opener thread, whose open then finds it cached.
+        // stat first: a missing key is a 404 without an open (and a directory is refused before
+        // it is opened).
         let md = fsops::stat(&self.exec, &path).await.map_err(|e| {
             if not_found_errno(e.raw_os_error()) {
                 ServeError::NotFound

@@ -390,10 +390,13 @@ impl<T> Completion<T> {
         }
     }
 
-    /// Lets go of the handle without cancelling the operation (a drop cancels it): it runs to
-    /// its end and its result is dropped. For writes the caller was already told had been made
-    /// (a `FileCursor`'s write-behind).
-    pub(crate) fn detach(self) {
+    /// Lets go of the handle without cancelling the operation (dropping it cancels): the
+    /// operation runs to its end and its result, errors included, is dropped. For writes whose
+    /// outcome nobody will look at (a `FileCursor`'s write-behind, a log line). A detached
+    /// operation still finishes before its executor's shutdown completes, and before the process
+    /// exits when the executor was dropped (see [`Executor`](crate::Executor)'s `Drop`). Never
+    /// blocks.
+    pub fn detach(self) {
         let this = std::mem::ManuallyDrop::new(self);
         // SAFETY: `this` is never used or dropped again (ManuallyDrop), so reading its one field
         // out moves the `Arc` (or the known result) rather than duplicating it; dropping that is

@@ -16,7 +16,7 @@ use crate::topology::{allowed_cpus, Placement, Topology};
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -224,11 +224,12 @@ impl ExecutorBuilder {
     /// The most descriptors in transit between callers and shards (default
     /// [`DEFAULT_MAX_PENDING_FDS`](crate::DEFAULT_MAX_PENDING_FDS) = 128; 1 to 2^20): opened and not
     /// yet in their shard's file table, or dropped (or closed) and not yet closed by their shard.
-    /// While that many are, [`Executor::open`] and [`Executor::adopt`] wait (and `open_async`'s
-    /// opener thread does), so the descriptors an executor holds stay below the files you hold
-    /// open at once plus this bound, however fast you open and drop files and however slowly a
-    /// shard gets to its closes (EMFILE otherwise, with `ulimit -n 1024`). Dropping a file never
-    /// waits. See [`Executor::pending_fds`].
+    /// While that many are, opens wait before they go to a shard ([`Executor::open_async`]
+    /// without blocking anything: its completion comes later; [`Executor::open`] waits for that
+    /// completion) and [`Executor::adopt`] blocks, so the descriptors an executor holds stay below
+    /// the files you hold open at once plus this bound, however fast you open and drop files and
+    /// however slowly a shard gets to its closes (EMFILE otherwise, with `ulimit -n 1024`).
+    /// Dropping a file never waits. See [`Executor::pending_fds`].
     pub fn max_pending_fds(mut self, n: usize) -> Self {
         self.max_pending_fds = n.clamp(1, crate::fd_transit::MAX_PENDING_FDS_LIMIT);
         self
@@ -493,6 +494,7 @@ impl ExecutorBuilder {
             shards: links,
             closed: AtomicBool::new(false),
             fds: crate::fd_transit::FdTransit::new(self.max_pending_fds),
+            opens: AtomicU64::new(0),
             limits: Limits {
                 max_request: self.max_request_size,
             },
@@ -513,7 +515,6 @@ impl ExecutorBuilder {
             threads: Mutex::new(threads),
             started: Instant::now(),
             shutdown_timeout: self.shutdown_timeout,
-            opener: OnceLock::new(),
         })
     }
 }
@@ -532,6 +533,8 @@ pub(crate) struct ExecShared {
     pub(crate) closed: AtomicBool,
     /// The bound on descriptors in transit (see `fd_transit`).
     pub(crate) fds: Arc<crate::fd_transit::FdTransit>,
+    /// Opens sent so far: the next one's shard (in turn) and its own order key.
+    opens: AtomicU64,
     pub(crate) limits: Limits,
     /// Inline reads: settings and the per-shard counters of reads done on callers' threads.
     pub(crate) inline: crate::inline::InlineReads,
@@ -772,24 +775,9 @@ impl ExecShared {
         }
     }
 
-    /// Opens `path` on the calling thread (open(2), fstat(2)) and sends it to its shard.
-    fn open_here(
-        &self,
-        self_arc: &Arc<ExecShared>,
-        path: &Path,
-        options: &OpenOptions,
-        done: Completer<File>,
-    ) {
-        match self.open_fd(path, options) {
-            Ok((fd, key, flags, transit)) => {
-                self.install(self_arc, fd, key, flags, path, done, transit)
-            }
-            Err(e) => done.complete(Err(e)),
-        }
-    }
-
-    /// A place among the descriptors in transit: waits for one (blocking) unless called on one
-    /// of this executor's shard threads, which must not wait for closes their own shard runs.
+    /// A place among the descriptors in transit for `adopt`: waits for one (blocking) unless
+    /// called on one of this executor's shard threads, which must not wait for closes their own
+    /// shard runs.
     fn fd_place(&self) -> Result<InTransit> {
         if crate::completion::current_shard().is_some_and(|(exec, _)| exec == self.id) {
             return Ok(self.fds.enter());
@@ -797,25 +785,112 @@ impl ExecShared {
         self.fds.enter_bounded(&self.closed)
     }
 
-    /// open(2) and fstat(2) on the calling thread, once there is room among the descriptors in
-    /// transit, unless shut down.
-    fn open_fd(
-        &self,
-        path: &Path,
-        options: &OpenOptions,
-    ) -> Result<(OwnedFd, FileKey, FileFlags, InTransit)> {
-        let transit = self.fd_place()?;
-        // why: open(2) runs here, before the request reaches a shard; without this check an open
-        // refused after shutdown would still create or truncate the file.
+    /// Opens `path` through a shard's ring (see `op/open.rs`); never blocks. The options are
+    /// checked here; then, once there is room among the descriptors in transit (at once, or
+    /// when a token drop makes room: see `fd_transit`), the open goes to the next shard in turn
+    /// that is alive, which opens and identifies the file and installs it on the shard its
+    /// inode hashes to.
+    pub(crate) fn open(self: &Arc<Self>, path: &Path, options: &OpenOptions) -> Completion<File> {
         if self.closed.load(Ordering::Acquire) {
-            return Err(IoUringError::Shutdown);
+            return Completion::ready(Err(IoUringError::Shutdown));
         }
-        let (fd, key, flags) = options.open_fd(path)?;
-        Ok((fd, key, flags, transit))
+        match options.plan(path) {
+            Ok(plan) => self.open_planned(plan, path),
+            Err(e) => Completion::ready(Err(e)),
+        }
     }
 
+    /// The blocking open, on a thread that may block: a hot open (lookup cached, no create or
+    /// truncate) on this thread (`op::open::open_cached`) when a place among the descriptors in
+    /// transit is free now, returning the install's completion; else [`open`](Self::open) and a
+    /// wait. Either way the open itself is done when this returns.
+    pub(crate) fn open_blocking(
+        self: &Arc<Self>,
+        path: &Path,
+        options: &OpenOptions,
+    ) -> Completion<File> {
+        if self.closed.load(Ordering::Acquire) {
+            return Completion::ready(Err(IoUringError::Shutdown));
+        }
+        let plan = match options.plan(path) {
+            Ok(p) => p,
+            Err(e) => return Completion::ready(Err(e)),
+        };
+        if let Some(transit) = self.fds.try_enter_now() {
+            if let Some((fd, key)) = crate::op::open::open_cached(&plan) {
+                // why: the completion names the file's shard, so that a wait for it on that
+                // shard's own thread fails with WouldDeadlock instead of hanging.
+                let (c, done) = pair(self.id, shard_for(key, self.shards.len()));
+                self.install(self, fd, key, plan.file, path, done, transit, true);
+                return c;
+            }
+        }
+        Completion::ready(self.open_planned(plan, path).wait())
+    }
+
+    /// [`open`](Self::open) of a checked plan.
+    fn open_planned(
+        self: &Arc<Self>,
+        plan: crate::file::OpenPlan,
+        path: &Path,
+    ) -> Completion<File> {
+        let seq = self.opens.fetch_add(1, Ordering::Relaxed);
+        let n = self.shards.len().max(1);
+        let first = (seq % n as u64) as usize;
+        let (c, done) = pair(self.id, first);
+        let path: Arc<Path> = Arc::from(path);
+        let exec = Arc::clone(self);
+        self.fds.enter_then(
+            &self.closed,
+            Box::new(move |place| {
+                let transit = match place {
+                    Ok(t) => t,
+                    Err(e) => return done.complete(Err(e)),
+                };
+                if done.is_cancelled() {
+                    // The place goes back unused; a handle kept after `cancel` learns why.
+                    return done.complete(Err(IoUringError::Cancelled {
+                        op: "open",
+                        path: Some(path.to_path_buf()),
+                    }));
+                }
+                // why: a dead shard would fail every open sent to it, whichever shard the file
+                // lives on; another one opens it.
+                let alive = |s: usize| {
+                    exec.shards
+                        .get(s)
+                        .is_some_and(|l| !l.shared.dead.load(Ordering::Acquire))
+                };
+                let shard = (0..n)
+                    .map(|i| (first + i) % n)
+                    .find(|&s| alive(s))
+                    .unwrap_or(first);
+                let op =
+                    crate::op::open::OpenAt::new(plan, path, seq, Arc::clone(&exec), done, transit);
+                let req = IoRequest {
+                    file: FileRef {
+                        exec: exec.id,
+                        shard,
+                        slot: u32::MAX,
+                        gen: 0,
+                    },
+                    op: IoOp::File(Box::new(op)),
+                    reply: Reply::InOp,
+                    at: Instant::now(),
+                    deadline: None,
+                    // An open changes no file's data or size: inline reads need not wait for it.
+                    pending: None,
+                };
+                exec.send_or_fail(shard, Message::Io(req));
+            }),
+        );
+        c
+    }
+
+    /// Sends an open descriptor to the shard its inode hashes to, to be installed there.
+    /// `count_open`: count it as an open there (an adopted descriptor).
     #[allow(clippy::too_many_arguments)]
-    fn install(
+    pub(crate) fn install(
         &self,
         self_arc: &Arc<ExecShared>,
         fd: OwnedFd,
@@ -824,6 +899,7 @@ impl ExecShared {
         path: &Path,
         done: Completer<File>,
         transit: InTransit,
+        count_open: bool,
     ) {
         let shard = shard_for(key, self.shards.len());
         self.send_or_fail(
@@ -836,6 +912,7 @@ impl ExecShared {
                 exec: Arc::clone(self_arc),
                 done,
                 transit,
+                count_open,
             },
         );
     }
@@ -859,25 +936,17 @@ impl ExecShared {
 /// # Ok(()) }
 /// ```
 ///
-/// What blocks: [`open`](Self::open) (open(2) and fstat(2) on the calling thread; use
-/// [`open_async`](Self::open_async) in async code), [`stats`](Self::stats),
-/// [`shutdown`](Self::shutdown) and `Drop` (they have async forms), and the `wait` methods of
-/// [`Completion`] and [`Session`]. Sending a request never blocks.
+/// What blocks: [`open`](Self::open) (it waits for the open; use
+/// [`open_async`](Self::open_async) in async code), [`adopt`](Self::adopt),
+/// [`stats`](Self::stats) and [`shutdown`](Self::shutdown) (they have async forms), and the
+/// `wait` methods of [`Completion`] and [`Session`]. Sending a request never blocks, and neither
+/// does dropping the executor (it begins the shutdown and returns: see `Drop for Executor`).
 #[derive(Debug)]
 pub struct Executor {
     shared: Arc<ExecShared>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     started: Instant,
     shutdown_timeout: Duration,
-    /// The thread that runs `open_async`'s open(2) calls, started on first use.
-    opener: OnceLock<crossbeam_channel::Sender<OpenJob>>,
-}
-
-/// An open for the opener thread.
-struct OpenJob {
-    path: std::path::PathBuf,
-    options: OpenOptions,
-    done: Completer<File>,
 }
 
 impl Executor {
@@ -929,24 +998,33 @@ impl Executor {
         self.shared.shards.iter().map(|s| s.cpu).collect()
     }
 
-    /// Opens `path`. The file's inode picks its shard: every path to the same file (symlinks,
-    /// hard links) lands on the same shard, and so does every reopen.
+    /// Opens `path`, blocking until the file is open: when it returns, the open (and any create
+    /// or truncate) is done, and the completion finishes once the file is installed on its
+    /// shard. The file's inode picks its shard: every path to the same file (symlinks, hard
+    /// links) lands on the same shard, and so does every reopen.
     ///
-    /// Blocks the calling thread for open(2) and fstat(2) (on a slow or network filesystem that
-    /// can be long), and first, while [`max_pending_fds`](ExecutorBuilder::max_pending_fds)
-    /// descriptors are in transit, until a shard has taken or closed one (a shard that falls
-    /// behind on closes slows its openers down instead of letting descriptors pile up): in async
-    /// code use [`open_async`](Self::open_async). On one of this executor's shard threads it does
-    /// not wait for that (the closes may be its own shard's).
+    /// As this thread waits anyway, a hot open is done right here: `openat2` with
+    /// `RESOLVE_CACHED`, which the kernel does only when the whole lookup is in its caches (never
+    /// with `create`, `create_new` or `truncate`; a FUSE or network filesystem's own open call
+    /// may still take long), when a place among the descriptors in transit is free now; then
+    /// only the install goes to a shard. Anything else (a cold lookup, a create) goes through a
+    /// shard's ring, as with [`open_async`](Self::open_async), and this waits for it.
+    ///
+    /// Blocks the calling thread until the open is done (on a slow or network filesystem that
+    /// can be long), including the wait while
+    /// [`max_pending_fds`](ExecutorBuilder::max_pending_fds) descriptors are in transit (a shard
+    /// that falls behind on closes slows its openers down instead of letting descriptors pile
+    /// up): in async code use [`open_async`](Self::open_async). On one of this executor's shard
+    /// threads it does not block: it returns `open_async`'s completion (await it in a shard task;
+    /// waiting on it there fails with [`IoUringError::WouldDeadlock`]).
     pub fn open(&self, path: impl AsRef<Path>, options: &OpenOptions) -> Completion<File> {
-        let path = path.as_ref();
-        match self.shared.open_fd(path, options) {
-            Ok((fd, key, flags, transit)) => self.install_routed(fd, key, flags, path, transit),
-            Err(e) => Completion::ready(Err(e)),
+        if crate::completion::current_shard().is_some_and(|(exec, _)| exec == self.shared.id) {
+            return self.shared.open(path.as_ref(), options);
         }
+        self.shared.open_blocking(path.as_ref(), options)
     }
 
-    /// Sends a descriptor opened on this thread to its shard.
+    /// Sends a descriptor adopted on this thread to its shard.
     fn install_routed(
         &self,
         fd: OwnedFd,
@@ -960,66 +1038,26 @@ impl Executor {
         let shard = shard_for(key, self.shared.shards.len());
         let (c, done) = pair(self.shared.id, shard);
         self.shared
-            .install(&self.shared, fd, key, flags, path, done, transit);
+            .install(&self.shared, fd, key, flags, path, done, transit, true);
         c
     }
 
-    /// Like [`open`](Self::open), with open(2) and fstat(2) done on the executor's opener thread
-    /// (which also does the waiting for room among the descriptors in transit): never blocks the
-    /// caller. Await the result (or wait on it). Called on one of this
-    /// executor's shard threads, it opens there, like [`open`](Self::open).
+    /// Opens `path` without blocking: the completion finishes once the file is open and
+    /// installed on its shard. Await it (or wait on it).
+    ///
+    /// The open runs on a shard's ring (IORING_OP_OPENAT; the shards take opens in turn), so
+    /// opens run side by side: the kernel hands a lookup that must read the disk (or wait for a
+    /// network or FUSE filesystem) to a worker, and other opens go on meanwhile. The shard then
+    /// reads the file's identity (device and inode, without asking the filesystem) and hands the
+    /// descriptor to the shard its inode picks. While
+    /// [`max_pending_fds`](ExecutorBuilder::max_pending_fds) descriptors are in transit, the
+    /// open waits in a queue, in order, and goes out when a shard has installed or closed one:
+    /// nothing blocks, the completion just comes later. Dropping the completion before the
+    /// open is sent (or issued) means it never runs; dropped later, the descriptor is closed.
+    /// Once [`shutdown`](Self::shutdown) has begun, an open that has not reached the kernel
+    /// fails with [`IoUringError::Shutdown`] and creates or truncates nothing.
     pub fn open_async(&self, path: impl AsRef<Path>, options: &OpenOptions) -> Completion<File> {
-        // why: on a shard thread, an open done elsewhere cannot say which shard it waits for, and
-        // waiting for it there hangs if the file lives on that very shard. A shard thread is not
-        // an async runtime's, so it opens here, as `open` does, and gets WouldDeadlock instead.
-        if crate::completion::current_shard().is_some_and(|(exec, _)| exec == self.shared.id) {
-            return self.open(path, options);
-        }
-        let (c, done) = pair(self.shared.id, usize::MAX);
-        if self.shared.closed.load(Ordering::Acquire) {
-            done.complete(Err(IoUringError::Shutdown));
-            return c;
-        }
-        let job = OpenJob {
-            path: path.as_ref().to_path_buf(),
-            options: options.clone(),
-            done,
-        };
-        match self.opener() {
-            Ok(tx) => {
-                if let Err(e) = tx.send(job) {
-                    e.0.done.complete(Err(IoUringError::Shutdown));
-                }
-            }
-            Err(e) => job.done.complete(Err(e)),
-        }
-        c
-    }
-
-    fn opener(&self) -> Result<&crossbeam_channel::Sender<OpenJob>> {
-        if let Some(tx) = self.opener.get() {
-            return Ok(tx);
-        }
-        let (tx, rx) = crossbeam_channel::unbounded::<OpenJob>();
-        let shared = Arc::clone(&self.shared);
-        std::thread::Builder::new()
-            .name(format!("ringshard-open-{}", self.shared.id))
-            .spawn(move || {
-                // Ends when the executor (the only sender) is dropped.
-                for job in rx {
-                    shared.open_here(&shared, &job.path, &job.options, job.done);
-                }
-            })
-            .map_err(|e| {
-                IoUringError::io(
-                    "spawn opener thread",
-                    None,
-                    None,
-                    e.raw_os_error().unwrap_or(libc::EAGAIN),
-                )
-            })?;
-        // A racing caller may have set it first: its thread serves; ours ends with its sender.
-        Ok(self.opener.get_or_init(|| tx))
+        self.shared.open(path.as_ref(), options)
     }
 
     /// Takes over an open descriptor: its shard is picked by its inode like [`open`](Self::open),
@@ -1532,6 +1570,8 @@ impl Executor {
     /// Tells every shard to stop; the completions finish when each has stopped.
     fn begin_shutdown(&self) -> Vec<Completion<()>> {
         self.shared.closed.store(true, Ordering::Release);
+        // Opens still waiting for room among the descriptors in transit never go out.
+        self.shared.fds.fail_queued();
         self.shared
             .shards
             .iter()
@@ -1606,11 +1646,26 @@ impl Executor {
     }
 }
 
+/// Dropping the executor begins its shutdown, as [`Executor::shutdown`] does (new work is
+/// refused; queued and in-flight operations finish and complete their handles, what is still in
+/// flight after `shutdown_timeout` is cancelled, files are closed), and returns at once: it never
+/// blocks the thread that drops it (an async runtime's worker, a shard's own thread, any other).
+/// The shard threads finish the shutdown by themselves and exit, and the process waits for them
+/// when it exits (`main` returning, or `std::process::exit`; for at most `shutdown_timeout` and
+/// a second), so that writes queued and never waited for are done before it ends. To wait for
+/// them yourself (to have the files closed and the pinned memory released before building
+/// another executor, say), call [`shutdown`](Executor::shutdown) or `shutdown_async().await`
+/// before the drop.
 impl Drop for Executor {
-    /// Shuts down (see [`Executor::shutdown`]): blocks until the shards have stopped. In async
-    /// code, `shutdown_async().await` first.
     fn drop(&mut self) {
-        let _ = self.shutdown();
+        drop(self.begin_shutdown());
+        // why: joining here would block the dropping thread until every shard has drained, up to
+        // `shutdown_timeout` with a stalled operation: an async runtime's worker (the last
+        // `Arc<Executor>` dropped in a task) or a shard thread (which can never join itself). The
+        // handles are dropped, which detaches the threads; an explicit `shutdown` joined them
+        // already.
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        crate::stop_at_exit::adopt(threads, self.shutdown_timeout);
     }
 }
 

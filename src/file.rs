@@ -1,14 +1,14 @@
 //! File handles and open options.
 //!
-//! Opening happens on the caller's thread (`open(2)` then `fstat(2)`): the inode decides the shard
-//! (see [`router`](crate::router)), and the descriptor is then handed to that shard, which installs
-//! it in its ring's registered file table. Opens are rare; reads and writes are the hot path.
+//! Opening happens on a shard's ring (IORING_OP_OPENAT, see `op/open.rs`): the options are
+//! checked on the caller's thread, the shard opens the path and reads the file's identity, and the
+//! inode decides the shard that keeps it (see [`router`](crate::router)), which installs the
+//! descriptor in its ring's registered file table.
 
 use crate::error::{IoUringError, Result};
 use crate::router::FileKey;
 use std::ffi::CString;
-use std::os::fd::{FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::Arc;
@@ -183,38 +183,32 @@ impl OpenOptions {
         Ok(flags | self.custom_flags)
     }
 
-    /// Opens `path` on the calling thread and identifies it.
-    pub(crate) fn open_fd(&self, path: &Path) -> Result<(OwnedFd, FileKey, FileFlags)> {
+    /// Checks the options and `path` for an open (no system call): what the shard's OPENAT gets.
+    pub(crate) fn plan(&self, path: &Path) -> Result<OpenPlan> {
         let flags = self.flags()?;
-        let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| {
-            IoUringError::invalid("open", format!("path {:?} contains a NUL byte", path))
-        })?;
-        let mode = self.mode.unwrap_or(0o644) as libc::c_uint;
-        // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
-        let fd = unsafe { libc::open(c.as_ptr(), flags, mode) };
-        if fd < 0 {
-            return Err(IoUringError::io(
-                "open",
-                Some(path.to_path_buf()),
-                None,
-                crate::numa::last_errno(),
-            ));
-        }
-        // SAFETY: open returned a new descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let key = key_of(&fd, path)?;
-        Ok((
-            fd,
-            key,
-            FileFlags {
+        let path = crate::op::c_path("open", path)?;
+        Ok(OpenPlan {
+            path,
+            flags,
+            mode: self.mode.unwrap_or(0o644),
+            file: FileFlags {
                 readable: self.read,
                 writable: self.write || self.append,
                 append: self.append,
                 direct: self.direct,
                 directory: self.directory,
             },
-        ))
+        })
     }
+}
+
+/// An open, checked: the arguments of its OPENAT and what its handle may do.
+#[derive(Debug)]
+pub(crate) struct OpenPlan {
+    pub path: CString,
+    pub flags: libc::c_int,
+    pub mode: u32,
+    pub file: FileFlags,
 }
 
 /// The identity (device, inode) of an open descriptor, which decides its shard.
@@ -404,19 +398,26 @@ mod tests {
     fn nul_in_path_is_invalid_argument() {
         let e = OpenOptions::new()
             .read(true)
-            .open_fd(Path::new("/tmp/a\0b"))
+            .plan(Path::new("/tmp/a\0b"))
             .unwrap_err();
         assert!(matches!(e, IoUringError::InvalidArgument { .. }), "{e}");
         assert!(e.to_string().contains("NUL"), "{e}");
     }
 
     #[test]
-    fn missing_file_names_path_and_errno() {
-        let e = OpenOptions::new()
-            .read(true)
-            .open_fd(Path::new("/nonexistent/ringshard"))
-            .unwrap_err();
-        assert_eq!(e.errno(), Some(libc::ENOENT));
-        assert!(e.to_string().contains("/nonexistent/ringshard"), "{e}");
+    fn a_plan_carries_the_flags_mode_and_access() {
+        let p = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .plan(Path::new("/tmp/x"))
+            .unwrap();
+        assert_eq!(p.path.as_bytes(), b"/tmp/x");
+        assert_ne!(p.flags & libc::O_APPEND, 0);
+        assert_ne!(p.flags & libc::O_CLOEXEC, 0);
+        assert_eq!(p.mode, 0o600);
+        assert!(p.file.writable && p.file.append && !p.file.readable);
+        let p = OpenOptions::new().read(true).plan(Path::new("y")).unwrap();
+        assert_eq!(p.mode, 0o644);
     }
 }

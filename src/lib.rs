@@ -49,6 +49,7 @@ pub mod session;
 pub mod shard;
 pub mod sharded;
 pub mod stats;
+mod stop_at_exit;
 pub mod topology;
 
 pub use buf::{BufCompletion, BufResult, IoBuf, IoBufMut};

@@ -11,7 +11,6 @@ use executor_util::*;
 use ringshard::{Executor, File, IoUringError, DEFAULT_MAX_PENDING_FDS};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -109,12 +108,15 @@ fn open_drop_cycles_keep_the_descriptor_count_flat() {
 }
 
 /// A shard that falls behind on its closes, on purpose: a closure on its thread waits on a gate
-/// (the shard reads nothing meanwhile) while a caller opens and drops files as fast as it can,
-/// never waiting for the shard (it drops each open's handle unread). The opener is held at the
-/// bound: exactly `MAX - HELD` of its opens get through, then it waits (and `open_async` waits
-/// on the opener thread, not in the caller); the descriptor count never exceeds the files held
-/// plus the bound; when the gate opens, everything goes through and every descriptor is closed.
-/// (Before the bound, the opener finished all its opens at once: one descriptor each.)
+/// (the shard reads nothing meanwhile) while a caller sends opens as fast as it can. The file
+/// lives on the stalled shard (1 of 2), so every open's descriptor stays in transit: the shards
+/// take opens in turn, and shard 0's are opened and then wait to be installed on shard 1, shard
+/// 1's wait to be opened. Exactly `MAX - HELD` opens get a place (the held files' closes have the
+/// rest); the others wait in the queue, and `open_async` returns at once for each (nothing
+/// blocks); a blocking `open` from another thread waits too. The descriptor count never exceeds
+/// the files held plus the bound; when the gate opens, every open completes and every descriptor
+/// is closed once the handles drop. (Without the bound, every open of shard 0 went through while
+/// the shard was stalled: one descriptor each.)
 #[test]
 fn a_stalled_shard_makes_openers_wait_at_the_bound() {
     let _g = serial();
@@ -123,68 +125,62 @@ fn a_stalled_shard_makes_openers_wait_at_the_bound() {
     const HELD: usize = MAX / 2;
     const CYCLES: usize = 4 * MAX;
     let exec = Executor::builder()
-        .shards(1)
+        .shards(2)
         .max_pending_fds(MAX)
         .build()
         .expect("executor");
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("f");
-    std::fs::write(&path, b"x").unwrap();
+    let path = (0..200)
+        .map(|i| dir.path().join(format!("f{i}")))
+        .find(|p| {
+            std::fs::write(p, b"x").unwrap();
+            exec.shard_of_path(p).unwrap() == 1
+        })
+        .expect("a file on shard 1");
     let base = fd_count();
     // Files held open before the stall: their closes will wait behind it.
     let held: Vec<File> = (0..HELD)
         .map(|_| ok(exec.open(&path, &rw()), "open"))
         .collect();
-    let (gate, stall) = hold_shard(&exec, 0);
+    let (gate, stall) = hold_shard(&exec, 1);
     drop(held);
     assert_eq!(
         exec.pending_fds().in_transit,
         HELD,
         "the held files' closes"
     );
-    let opened = AtomicUsize::new(0);
-    let peak = AtomicUsize::new(0);
+    // open_async never blocks: every call returns at once, whatever the bound.
+    let pending: Vec<_> = (0..CYCLES).map(|_| exec.open_async(&path, &rw())).collect();
+    eventually("the opens fill the bound", HANG, || {
+        exec.pending_fds().in_transit == MAX
+    });
+    let p = exec.pending_fds();
+    assert_eq!(
+        (p.in_transit, p.waiting, p.max),
+        (MAX, CYCLES - (MAX - HELD), MAX),
+        "{p:?}"
+    );
+    assert!(pending.iter().all(|c| !c.is_done()), "an open finished");
     std::thread::scope(|s| {
-        let (exec, path, opened, peak) = (&exec, &path, &opened, &peak);
-        let opener = s.spawn(move || {
-            for _ in 0..CYCLES {
-                drop(exec.open(path, &rw()));
-                opened.fetch_add(1, Ordering::SeqCst);
-                peak.fetch_max(fd_count(), Ordering::SeqCst);
-            }
+        let (exec, path) = (&exec, &path);
+        // A blocking open waits with them.
+        let blocking = s.spawn(move || ok(exec.open(path, &rw()), "open"));
+        eventually("the blocking open waits too", HANG, || {
+            exec.pending_fds().waiting == CYCLES - (MAX - HELD) + 1
         });
-        eventually("the opener waits at the bound", HANG, || {
-            exec.pending_fds().waiting == 1 || opener.is_finished()
-        });
-        assert!(
-            !opener.is_finished(),
-            "the opener never waited: {CYCLES} opens went through while the shard was stalled \
-             (peak {} descriptors, {base} before)",
-            peak.load(Ordering::SeqCst)
-        );
-        assert_eq!(opened.load(Ordering::SeqCst), MAX - HELD);
-        let p = exec.pending_fds();
-        assert_eq!((p.in_transit, p.max), (MAX, MAX), "{p:?}");
+        assert!(!blocking.is_finished());
         let fds = fd_count();
         assert!(
             fds <= base + HELD + MAX,
             "{fds} descriptors open, {base} before: above the {HELD} held plus the bound {MAX}"
         );
-        // open_async does its waiting on the opener thread: the caller gets its handle at once.
-        let pending = exec.open_async(path, &rw());
-        eventually("open_async's opener thread waits too", HANG, || {
-            exec.pending_fds().waiting == 2
-        });
         gate.send(()).unwrap();
-        drop(ok(pending, "open_async"));
-        opener.join().unwrap();
+        drop(blocking.join().unwrap());
     });
     wait(stall).unwrap();
-    let peak = peak.load(Ordering::SeqCst);
-    assert!(
-        peak <= base + HELD + MAX,
-        "peak {peak} descriptors, {base} before: above the {HELD} held plus the bound {MAX}"
-    );
+    let files: Vec<File> = pending.into_iter().map(|c| ok(c, "open_async")).collect();
+    assert!(files.iter().all(|f| f.shard() == 1));
+    drop(files);
     eventually("every descriptor closed after the stall", HANG, || {
         fd_count() <= base + END_SLACK && exec.pending_fds().in_transit == 0
     });

@@ -207,6 +207,7 @@ fn ring_and_blocking_paths_agree() {
     let b = scenario(&blocking, d2.path());
     let stats = blocking.stats();
     for k in [
+        OpKind::Open,
         OpKind::Fsync,
         OpKind::Statx,
         OpKind::Truncate,

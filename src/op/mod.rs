@@ -29,9 +29,9 @@
 //! 3. Add a validated constructor in `request.rs` and the public method on `Executor` (and
 //!    `Deadlined`) that sends it.
 //!
-//! Operations on paths rather than open files (unlink, mkdir, rename, stat) return a
+//! Operations on paths rather than open files (unlink, mkdir, rename, stat, open) return a
 //! [`PathTarget`] from [`path_target`](FileOp::path_target): they are ordered per parent
-//! directory instead of per file.
+//! directory instead of per file (an open gets an order key of its own: it waits for nothing).
 //!
 //! Both backends run every op unchanged: the threads backend (`driver/threads.rs`) runs the SQE
 //! an op builds with the system call that does the same, and so does
@@ -40,6 +40,7 @@
 
 pub(crate) mod append;
 pub(crate) mod fallocate;
+pub(crate) mod open;
 pub(crate) mod path;
 pub(crate) mod read;
 pub(crate) mod rw;
@@ -198,12 +199,8 @@ pub(crate) fn opcode_of(kind: OpKind) -> Option<u8> {
         OpKind::Writev => opcode::Writev::CODE,
         OpKind::Append => opcode::Write::CODE,
         OpKind::SyncFileRange => opcode::SyncFileRange::CODE,
-        OpKind::Open
-        | OpKind::Read
-        | OpKind::Write
-        | OpKind::Close
-        | OpKind::Size
-        | OpKind::Task => return None,
+        OpKind::Open => opcode::OpenAt::CODE,
+        OpKind::Read | OpKind::Write | OpKind::Close | OpKind::Size | OpKind::Task => return None,
     })
 }
 

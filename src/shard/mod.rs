@@ -246,6 +246,9 @@ pub(crate) enum Message {
         done: Completer<File>,
         /// Dropped once the shard has the descriptor in its file table (or never will).
         transit: crate::fd_transit::InTransit,
+        /// Count it as an open in this shard's stats: an adopted descriptor (an open through a
+        /// ring was counted by the shard that opened it).
+        count_open: bool,
     },
     Task(Task),
     /// The executor, for tasks (`ringshard::local()`); sent once after the shards start.

@@ -862,7 +862,8 @@ impl Shard {
                 exec,
                 done,
                 transit: _transit, // dropped after the install
-            } => self.install(fd, key, flags, path, exec, done),
+                count_open,
+            } => self.install(fd, key, flags, path, exec, done, count_open),
             Message::Task(t) => self.tasks.push_back(t),
             Message::Run(r) => tasks::push_runnable(r),
             Message::SetExec(exec) => tasks::set_executor(exec),
@@ -892,6 +893,7 @@ impl Shard {
         self.backlog.extend(reqs);
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn install(
         &mut self,
         fd: OwnedFd,
@@ -900,6 +902,7 @@ impl Shard {
         path: Arc<Path>,
         exec: Arc<crate::executor::ExecShared>,
         done: Completer<File>,
+        count_open: bool,
     ) {
         let at = Instant::now();
         let slot = self.files.next_slot();
@@ -934,7 +937,9 @@ impl Shard {
             inline_paused_until: None,
             inline: Arc::clone(&inline),
         });
-        self.stats.record(OpKind::Open, 0, elapsed_ns(at));
+        if count_open {
+            self.stats.record(OpKind::Open, 0, elapsed_ns(at));
+        }
         // Made here, so that a handle dropped by a caller who no longer waits still closes the
         // file (its drop sends the close).
         done.complete(Ok(File {

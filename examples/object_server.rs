@@ -41,7 +41,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use ringshard::{Completion, Executor, File, IoUringError, OpenOptions};
+use ringshard::{Completion, Error, Executor, File, OpenOptions};
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::hash::BuildHasher;
@@ -95,12 +95,12 @@ struct Args {
 /// `metadata`, `stat`, `rename`, `unlink`, `mkdir` and a directory handle's `fsync`, with their
 /// errors as `std::io::Error` (the errno kept) for the handlers' status mapping.
 mod fsops {
-    use ringshard::{Executor, File, IoUringError, OpenOptions, RenameFlags};
+    use ringshard::{Error, Executor, File, OpenOptions, RenameFlags};
     use std::path::Path;
 
     pub use ringshard::Metadata;
 
-    fn io(e: IoUringError) -> std::io::Error {
+    fn io(e: Error) -> std::io::Error {
         match e.errno() {
             Some(errno) => std::io::Error::from_raw_os_error(errno),
             None => std::io::Error::other(e.to_string()),
@@ -307,7 +307,7 @@ enum ServeError {
     Io(String),
 }
 
-fn errno_of(e: &IoUringError) -> Option<i32> {
+fn errno_of(e: &Error) -> Option<i32> {
     e.errno()
 }
 
@@ -867,7 +867,7 @@ async fn write_body(st: &State, file: &File, mut body: Incoming) -> Result<u64, 
     let mut off = 0u64;
     let mut total = 0u64;
     let mut pending: Option<Completion<usize>> = None;
-    let io = |e: IoUringError| PutError::Io(e.to_string());
+    let io = |e: Error| PutError::Io(e.to_string());
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| PutError::Body(e.to_string()))?;
         let Ok(data) = frame.into_data() else {

@@ -6,7 +6,7 @@
 //!
 //! Run: `cargo run --example shard_log`
 
-use ringshard::{Executor, File, IoUringError, OpenOptions, Sharded};
+use ringshard::{Error, Executor, File, OpenOptions, Sharded};
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -109,7 +109,7 @@ fn open_one_log_per_shard(exec: &Executor, dir: &Path) -> ringshard::Result<Vec<
     per_shard
         .into_iter()
         .map(|f| {
-            f.ok_or_else(|| IoUringError::InvalidArgument {
+            f.ok_or_else(|| Error::InvalidArgument {
                 op: "open",
                 reason: "could not place a log file on every shard".into(),
             })
@@ -152,7 +152,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             println!("key-{i} = {}", String::from_utf8_lossy(&v));
         }
         assert_eq!(s.get("missing").await?, None);
-        Ok::<_, IoUringError>(())
+        Ok::<_, Error>(())
     })?;
 
     // Per-shard figures, gathered with map_reduce.

@@ -22,13 +22,13 @@
 //! timed-out request completes only once the kernel has let go of the buffer.
 //!
 //! The buffer is lost only when the result is (the outer `Err` of a [`BufCompletion`]): a shard
-//! thread that died, or a wait that gave up ([`IoUringError::Timeout`],
-//! [`IoUringError::WouldDeadlock`]) while the request runs on; and when the executor stops with the
+//! thread that died, or a wait that gave up ([`Error::Timeout`],
+//! [`Error::WouldDeadlock`]) while the request runs on; and when the executor stops with the
 //! request still in the kernel, the memory is leaked on purpose and an empty buffer (a zeroed one
 //! for `Box<[u8]>`) comes back with the error.
 
 use crate::completion::Completion;
-use crate::error::{IoUringError, Result};
+use crate::error::{Error, Result};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -191,7 +191,7 @@ pub(crate) fn landed(result: Result<u64>) -> Result<usize> {
 /// success and on error alike (see [`BufResult`]).
 ///
 /// The same handle as a [`Completion`]: [`wait`](Self::wait) blocks (and returns
-/// [`IoUringError::WouldDeadlock`] on a shard thread of the same executor), `.await` does not,
+/// [`Error::WouldDeadlock`] on a shard thread of the same executor), `.await` does not,
 /// dropping it cancels the request, and the outer `Err` is what a [`Completion`] would give
 /// besides the operation's own result: the buffer is lost only then (a shard that died, a wait
 /// that timed out while the request runs on). The buffer is rebuilt from the vector it travelled
@@ -236,7 +236,7 @@ impl<T, B: IoBuf> BufCompletion<T, B> {
         (result, vec): RawBuf,
     ) -> Result<BufResult<T, B>> {
         let stash = stash.ok_or_else(|| {
-            IoUringError::invalid("wait", "the result of this completion was already taken")
+            Error::invalid("wait", "the result of this completion was already taken")
         })?;
         Ok((finish(result), B::from_vec(vec, stash)))
     }
@@ -254,7 +254,7 @@ impl<T, B: IoBuf> BufCompletion<T, B> {
     }
 
     /// Blocks up to `timeout`, like [`Completion::wait_timeout`]: on
-    /// [`IoUringError::Timeout`] the operation (and its buffer) is still in flight, and this
+    /// [`Error::Timeout`] the operation (and its buffer) is still in flight, and this
     /// handle can be waited on again.
     pub fn wait_timeout(&mut self, timeout: Duration) -> Result<BufResult<T, B>> {
         let r = self.raw.wait_timeout(timeout);
@@ -273,7 +273,7 @@ impl<T, B: IoBuf> BufCompletion<T, B> {
     }
 
     /// Asks for the operation to be cancelled (see [`Completion::cancel`]); the buffer still
-    /// comes back, with [`IoUringError::Cancelled`] or the operation's real result.
+    /// comes back, with [`Error::Cancelled`] or the operation's real result.
     pub fn cancel(&self) {
         self.raw.cancel();
     }
@@ -323,7 +323,7 @@ mod tests {
 
     #[test]
     fn landed_is_the_written_prefix() {
-        let e = IoUringError::io("write", None, Some(0), libc::EFBIG);
+        let e = Error::io("write", None, Some(0), libc::EFBIG);
         assert_eq!(landed(Ok(7)), Ok(7));
         assert_eq!(landed(Err(e.clone().with_written(3))), Ok(3));
         assert_eq!(

@@ -33,7 +33,7 @@
 //!   lost, and a completion nobody sleeps on costs no system call.
 //! - The result lives and dies with the `Arc`: a result never taken is dropped with `Inner`.
 
-use crate::error::{IoUringError, Result};
+use crate::error::{Error, Result};
 use crate::park;
 use atomic_waker::AtomicWaker;
 use std::cell::{Cell, UnsafeCell};
@@ -106,8 +106,8 @@ enum Repr<T> {
     Shared(Arc<Inner<T>>),
     /// Known when the handle was made (an inline read, a refused request): no allocation for a
     /// value, no atomics. `None` once taken. The error is boxed (refusals are rare, and an
-    /// `IoUringError` is 80 bytes): the handle stays small to move around futures.
-    Ready(Option<std::result::Result<T, Box<IoUringError>>>),
+    /// `Error` is 80 bytes): the handle stays small to move around futures.
+    Ready(Option<std::result::Result<T, Box<Error>>>),
 }
 
 // A `Completion` never pins its result: `poll` moves it out whole. So it is `Unpin` whatever `T`
@@ -152,7 +152,7 @@ thread_local! {
 }
 
 /// Marks this thread as shard `shard` of executor `exec`: a blocking wait here for that shard's
-/// own work then fails with [`IoUringError::WouldDeadlock`] instead of hanging.
+/// own work then fails with [`Error::WouldDeadlock`] instead of hanging.
 pub(crate) fn set_current_shard(exec: u64, shard: usize) {
     CURRENT_SHARD.with(|c| c.set(Some((exec, shard))));
 }
@@ -169,8 +169,8 @@ pub(crate) fn wake_guarded(w: Waker) {
 }
 
 /// The error a second take of one result gets.
-fn already_taken() -> IoUringError {
-    IoUringError::invalid("wait", "the result of this completion was already taken")
+fn already_taken() -> Error {
+    Error::invalid("wait", "the result of this completion was already taken")
 }
 
 /// Results known at once that a thread may take, as futures, before it yields to its runtime
@@ -203,7 +203,7 @@ pub(crate) fn coop_yield(cx: &mut Context<'_>) -> bool {
 }
 
 /// The result of a [`Repr::Ready`] completion (an error once taken).
-fn take_known<T>(r: &mut Option<std::result::Result<T, Box<IoUringError>>>) -> Result<T> {
+fn take_known<T>(r: &mut Option<std::result::Result<T, Box<Error>>>) -> Result<T> {
     match r.take() {
         Some(r) => r.map_err(|e| *e),
         None => Err(already_taken()),
@@ -274,12 +274,10 @@ impl<T> Completion<T> {
     /// Blocking on a thread of one of this executor's shards: waiting for that shard can never
     /// end, and waiting for another can deadlock (two shards waiting on each other), and either
     /// stalls every request of the blocked shard meanwhile.
-    fn would_deadlock(&self) -> Option<IoUringError> {
+    fn would_deadlock(&self) -> Option<Error> {
         let exec = self.shared()?.exec;
         match current_shard() {
-            Some((e, shard)) if e == exec => {
-                Some(IoUringError::WouldDeadlock { op: "wait", shard })
-            }
+            Some((e, shard)) if e == exec => Some(Error::WouldDeadlock { op: "wait", shard }),
             _ => None,
         }
     }
@@ -304,7 +302,7 @@ impl<T> Completion<T> {
     /// then sleeps until the result arrives.
     ///
     /// Called on the thread of the very shard this operation waits for, while the result has not
-    /// arrived, it returns [`IoUringError::WouldDeadlock`] at once: that shard cannot run while its
+    /// arrived, it returns [`Error::WouldDeadlock`] at once: that shard cannot run while its
     /// thread waits.
     pub fn wait(mut self) -> Result<T> {
         if let Some(r) = self.check() {
@@ -334,8 +332,8 @@ impl<T> Completion<T> {
     }
 
     /// Blocks up to `timeout` (any `Duration`; `Duration::MAX` waits as long as it takes). On
-    /// [`IoUringError::Timeout`] the operation is still running and this handle can be waited on
-    /// again. Like [`wait`](Self::wait), it returns [`IoUringError::WouldDeadlock`] on the thread
+    /// [`Error::Timeout`] the operation is still running and this handle can be waited on
+    /// again. Like [`wait`](Self::wait), it returns [`Error::WouldDeadlock`] on the thread
     /// of the shard it waits for.
     pub fn wait_timeout(&mut self, timeout: Duration) -> Result<T> {
         if let Some(r) = self.check() {
@@ -361,7 +359,7 @@ impl<T> Completion<T> {
                         if old & READY != 0 {
                             return Self::take_ready(inner, old);
                         }
-                        return Err(IoUringError::Timeout);
+                        return Err(Error::Timeout);
                     }
                 },
             };
@@ -375,14 +373,14 @@ impl<T> Completion<T> {
     }
 
     /// The result if it has arrived, without blocking. After the result was taken (by this call,
-    /// `wait_timeout` or `.await`), gives an [`IoUringError::InvalidArgument`] error.
+    /// `wait_timeout` or `.await`), gives an [`Error::InvalidArgument`] error.
     pub fn try_take(&mut self) -> Option<Result<T>> {
         self.check()
     }
 
     /// Asks for the operation to be cancelled. The shard skips an operation it has not issued yet
     /// and asks the kernel to cancel an issued read; the handle then completes with
-    /// [`IoUringError::Cancelled`], or with the operation's real result if it finished first.
+    /// [`Error::Cancelled`], or with the operation's real result if it finished first.
     /// Waiting (or awaiting) after `cancel` still works. Never blocks.
     pub fn cancel(&self) {
         if let Some(inner) = self.shared() {
@@ -511,12 +509,12 @@ pub(crate) fn set_abandon_reason(reason: AbandonReason) {
 }
 
 /// Drops `value`, whose completers (inside closures, out of reach) fail with what `err` says:
-/// [`IoUringError::Shutdown`], or a panicked shard's `ShardFailed` (any other error: the
+/// [`Error::Shutdown`], or a panicked shard's `ShardFailed` (any other error: the
 /// thread's reason stands).
-pub(crate) fn drop_failing<T>(value: T, err: &IoUringError) {
+pub(crate) fn drop_failing<T>(value: T, err: &Error) {
     let reason = match err {
-        IoUringError::Shutdown => Some(AbandonReason::Shutdown),
-        IoUringError::ShardFailed { .. } => Some(AbandonReason::ShardPanicked),
+        Error::Shutdown => Some(AbandonReason::Shutdown),
+        Error::ShardFailed { .. } => Some(AbandonReason::ShardPanicked),
         _ => None,
     };
     let Some(reason) = reason else {
@@ -532,12 +530,12 @@ impl<T> Drop for Completer<T> {
         if let Some(inner) = self.inner.take() {
             let shard = inner.shard;
             let err = match ABANDON_REASON.with(Cell::get) {
-                Some(AbandonReason::Shutdown) => IoUringError::Shutdown,
-                Some(AbandonReason::ShardPanicked) => IoUringError::ShardFailed {
+                Some(AbandonReason::Shutdown) => Error::Shutdown,
+                Some(AbandonReason::ShardPanicked) => Error::ShardFailed {
                     shard,
                     reason: "the shard thread panicked; this operation did not complete".into(),
                 },
-                None => IoUringError::ShardFailed {
+                None => Error::ShardFailed {
                     shard,
                     reason: "the operation was dropped before it completed".into(),
                 },
@@ -569,7 +567,7 @@ mod tests {
         let (mut c, done) = pair::<u32>(1, 0);
         assert_eq!(
             c.wait_timeout(Duration::from_millis(10)),
-            Err(IoUringError::Timeout)
+            Err(Error::Timeout)
         );
         assert!(!c.is_done());
         assert_eq!(
@@ -589,7 +587,7 @@ mod tests {
         let (c, done) = pair::<u32>(1, 3);
         drop(done);
         match c.wait() {
-            Err(IoUringError::ShardFailed { shard: 3, .. }) => {}
+            Err(Error::ShardFailed { shard: 3, .. }) => {}
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -600,7 +598,7 @@ mod tests {
             set_abandon_reason(AbandonReason::Shutdown);
             let (c, done) = pair::<u32>(1, 0);
             drop(done);
-            assert_eq!(c.wait(), Err(IoUringError::Shutdown));
+            assert_eq!(c.wait(), Err(Error::Shutdown));
         })
         .join()
         .unwrap();
@@ -736,7 +734,7 @@ mod tests {
                             let r = match v % 4 {
                                 0 => c.wait(),
                                 1 => match c.wait_timeout(Duration::from_micros(5)) {
-                                    Err(IoUringError::Timeout) => c.wait(),
+                                    Err(Error::Timeout) => c.wait(),
                                     other => {
                                         assert!(c.try_take().unwrap().is_err());
                                         other
@@ -804,7 +802,7 @@ mod tests {
         assert!(start.elapsed() < Duration::from_secs(5));
         // Zero is "do not wait": a pending handle times out at once.
         let (mut c, _done) = pair::<u32>(1, 0);
-        assert_eq!(c.wait_timeout(Duration::ZERO), Err(IoUringError::Timeout));
+        assert_eq!(c.wait_timeout(Duration::ZERO), Err(Error::Timeout));
     }
 
     #[test]
@@ -820,12 +818,12 @@ mod tests {
         assert!(done.is_cancelled());
         let t = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(10));
-            done.complete(Err(IoUringError::Cancelled {
+            done.complete(Err(Error::Cancelled {
                 op: "read",
                 path: None,
             }));
         });
-        assert!(matches!(c.wait(), Err(IoUringError::Cancelled { .. })));
+        assert!(matches!(c.wait(), Err(Error::Cancelled { .. })));
         t.join().unwrap();
 
         // Finished, then dropped: not cancelled, nothing fails.
@@ -860,7 +858,7 @@ mod tests {
             let (c, _done) = pair::<u32>(1, 0);
             assert_eq!(
                 c.wait(),
-                Err(IoUringError::WouldDeadlock {
+                Err(Error::WouldDeadlock {
                     op: "wait",
                     shard: 0
                 })
@@ -868,7 +866,7 @@ mod tests {
             let (mut c, done) = pair::<u32>(1, 0);
             assert!(matches!(
                 c.wait_timeout(Duration::from_secs(30)),
-                Err(IoUringError::WouldDeadlock { .. })
+                Err(Error::WouldDeadlock { .. })
             ));
             // Already there: no deadlock, just the result.
             done.complete(Ok(3));
@@ -879,7 +877,7 @@ mod tests {
             let (c, _done) = pair::<u32>(1, 1);
             assert!(matches!(
                 c.wait(),
-                Err(IoUringError::WouldDeadlock { shard: 0, .. })
+                Err(Error::WouldDeadlock { shard: 0, .. })
             ));
             // Another executor's shards: a normal wait.
             for (exec, shard) in [(2, 0), (2, 1)] {

@@ -7,10 +7,11 @@ use std::fmt;
 use std::path::PathBuf;
 
 /// Result alias used throughout ringshard.
-pub type Result<T, E = IoUringError> = std::result::Result<T, E>;
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Alias: the crate's one error enum under a shorter name.
-pub type Error = IoUringError;
+/// The error's name before 0.2 (when every error came from io_uring); it is [`Error`].
+#[deprecated(note = "renamed to `ringshard::Error`")]
+pub type IoUringError = Error;
 
 /// Everything that can go wrong in ringshard.
 ///
@@ -23,7 +24,7 @@ pub type Error = IoUringError;
 /// `Error: RingSetup { entries: 256, flags: "...", errno: 1 }: io_uring_setup(...) failed: ...`.
 #[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum IoUringError {
+pub enum Error {
     /// Creating an io_uring instance failed (`io_uring_setup`).
     RingSetup {
         /// Ring entries asked for.
@@ -173,7 +174,7 @@ pub enum IoUringError {
     },
 }
 
-impl IoUringError {
+impl Error {
     /// For a write that failed part-way, the bytes from its offset known to be written: see
     /// [`Io::written`](Self::Io). `None` for other errors.
     pub fn written(&self) -> Option<u64> {
@@ -311,7 +312,7 @@ fn fmt_limit(limit: Option<u64>) -> String {
     }
 }
 
-impl fmt::Display for IoUringError {
+impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::RingSetup {
@@ -540,7 +541,7 @@ impl fmt::Display for IoUringError {
 
 /// The variant and its fields (like a derived `Debug`), then `": "` and the `Display` text: the
 /// form a `main` returning [`Result`] prints, so it carries the diagnosis.
-impl fmt::Debug for IoUringError {
+impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::RingSetup {
@@ -666,18 +667,30 @@ impl fmt::Debug for IoUringError {
     }
 }
 
-impl std::error::Error for IoUringError {}
+impl std::error::Error for Error {}
 
-impl From<IoUringError> for std::io::Error {
-    fn from(e: IoUringError) -> Self {
-        let kind_errno = e.errno();
-        let msg = e.to_string();
-        match kind_errno {
-            Some(errno) => {
-                std::io::Error::new(std::io::Error::from_raw_os_error(errno).kind(), msg)
-            }
-            None => std::io::Error::other(msg),
+/// For code written against `std::io` (a [`FileCursor`](crate::FileCursor)'s std and async impls
+/// use it). An error with an errno becomes that OS error, so `raw_os_error()` and `kind()` are
+/// the kernel's (the operation and the file are then not in the `io::Error`: log the ringshard
+/// error first where you need them). A [`Timeout`](Error::Timeout) is
+/// [`ErrorKind::TimedOut`](std::io::ErrorKind::TimedOut); a [`Cancelled`](Error::Cancelled) is
+/// `Interrupted`; the others keep the whole error as their source, with a kind that says what
+/// it is where std has one (`WouldBlock` for [`WouldDeadlock`](Error::WouldDeadlock),
+/// `InvalidInput` for [`InvalidArgument`](Error::InvalidArgument)), else `Other`.
+impl From<Error> for std::io::Error {
+    fn from(e: Error) -> Self {
+        use std::io::ErrorKind;
+        if let Some(errno) = e.errno() {
+            return std::io::Error::from_raw_os_error(errno);
         }
+        let kind = match &e {
+            Error::Timeout => ErrorKind::TimedOut,
+            Error::Cancelled { .. } => ErrorKind::Interrupted,
+            Error::WouldDeadlock { .. } => ErrorKind::WouldBlock,
+            Error::InvalidArgument { .. } => ErrorKind::InvalidInput,
+            _ => ErrorKind::Other,
+        };
+        std::io::Error::new(kind, e)
     }
 }
 
@@ -708,8 +721,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn into_io_error_keeps_the_errno_and_maps_the_rest_by_kind() {
+        let e = Error::invalid("read", "x");
+        let io: std::io::Error = Error::Io {
+            op: "read",
+            errno: libc::ENOENT,
+            path: Some("/nowhere".into()),
+            offset: None,
+            written: None,
+        }
+        .into();
+        assert_eq!(io.raw_os_error(), Some(libc::ENOENT));
+        assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
+        let io: std::io::Error = Error::Timeout.into();
+        assert_eq!(io.kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(io.raw_os_error(), None);
+        let io: std::io::Error = e.clone().into();
+        assert_eq!(io.kind(), std::io::ErrorKind::InvalidInput);
+        // The whole ringshard error is the source: its text and variant stay reachable.
+        let inner = io.get_ref().and_then(|r| r.downcast_ref::<Error>());
+        assert_eq!(inner, Some(&e));
+    }
+
+    #[test]
     fn memlock_message_names_limit_bytes_and_fixes() {
-        let e = IoUringError::Registration {
+        let e = Error::Registration {
             what: "buffers",
             bytes: 16 << 20,
             errno: libc::ENOMEM,
@@ -729,7 +765,7 @@ mod tests {
 
     #[test]
     fn setup_eperm_explains_sysctl_and_seccomp() {
-        let e = IoUringError::RingSetup {
+        let e = Error::RingSetup {
             entries: 64,
             flags: "none".into(),
             errno: libc::EPERM,
@@ -741,27 +777,27 @@ mod tests {
 
     #[test]
     fn io_error_carries_op_path_offset_errno() {
-        let e = IoUringError::io("read", Some("/x/y".into()), Some(4096), -libc::EIO);
+        let e = Error::io("read", Some("/x/y".into()), Some(4096), -libc::EIO);
         assert_eq!(e.errno(), Some(libc::EIO));
         let s = e.to_string();
         assert!(s.contains("read /x/y at offset 4096 failed: EIO"), "{s}");
         let io: std::io::Error = e.into();
-        assert!(io.to_string().contains("EIO"));
+        assert_eq!(io.raw_os_error(), Some(libc::EIO));
     }
 
     #[test]
     fn transient_and_fatal_classification() {
-        assert!(IoUringError::SubmissionQueueFull.is_transient());
-        assert!(IoUringError::PoolExhausted { total: 1 }.is_transient());
-        assert!(IoUringError::io("read", None, None, libc::EAGAIN).is_transient());
-        assert!(!IoUringError::io("read", None, None, libc::EIO).is_transient());
-        assert!(IoUringError::Shutdown.is_fatal());
-        assert!(!IoUringError::InvalidIndex { index: 3, total: 2 }.is_fatal());
+        assert!(Error::SubmissionQueueFull.is_transient());
+        assert!(Error::PoolExhausted { total: 1 }.is_transient());
+        assert!(Error::io("read", None, None, libc::EAGAIN).is_transient());
+        assert!(!Error::io("read", None, None, libc::EIO).is_transient());
+        assert!(Error::Shutdown.is_fatal());
+        assert!(!Error::InvalidIndex { index: 3, total: 2 }.is_fatal());
     }
 
     #[test]
     fn debug_shows_fields_and_diagnosis() {
-        let e = IoUringError::RingSetup {
+        let e = Error::RingSetup {
             entries: 256,
             flags: "SINGLE_ISSUER|DEFER_TASKRUN".into(),
             errno: libc::EPERM,
@@ -780,9 +816,9 @@ mod tests {
         let boxed: Box<dyn std::error::Error> = Box::new(e.clone());
         assert_eq!(format!("{boxed:?}"), d);
         // Unit and tuple variants.
-        let d = format!("{:?}", IoUringError::Shutdown);
+        let d = format!("{:?}", Error::Shutdown);
         assert!(d.starts_with("Shutdown: the executor is shut down"), "{d}");
-        let d = format!("{:?}", IoUringError::InvalidConfig("x".into()));
+        let d = format!("{:?}", Error::InvalidConfig("x".into()));
         assert_eq!(d, "InvalidConfig(\"x\"): invalid configuration: x");
         // The alternate form keeps the pretty fields.
         let d = format!("{e:#?}");

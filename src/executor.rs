@@ -2,7 +2,7 @@
 
 use crate::completion::{pair, Completer, Completion};
 use crate::driver::{Backend, BackendChoice};
-use crate::error::{IoUringError, Result};
+use crate::error::{Error, Result};
 use crate::fd_transit::{InTransit, PendingFds};
 use crate::file::{File, FileFlags, FileRef, OpenOptions};
 use crate::op::{self, FileOp};
@@ -243,7 +243,7 @@ impl ExecutorBuilder {
     }
 
     /// The largest read or write one request may ask for (default 256 MiB, at most 1 TiB).
-    /// Larger requests fail with [`IoUringError::InvalidArgument`] before they leave the caller.
+    /// Larger requests fail with [`Error::InvalidArgument`] before they leave the caller.
     /// A read allocates only as its data arrives, so a read past the end of a small file costs
     /// little whatever its length.
     pub fn max_request_size(mut self, bytes: usize) -> Self {
@@ -376,19 +376,19 @@ impl ExecutorBuilder {
     pub fn build(self) -> Result<Executor> {
         self.ring.validate()?;
         if self.channel_capacity == 0 || self.channel_capacity > MAX_CHANNEL_CAPACITY {
-            return Err(IoUringError::InvalidConfig(format!(
+            return Err(Error::InvalidConfig(format!(
                 "channel_capacity {} out of range: use 1 to {MAX_CHANNEL_CAPACITY}",
                 self.channel_capacity
             )));
         }
         if self.max_request_size == 0 || self.max_request_size > MAX_REQUEST_SIZE_LIMIT {
-            return Err(IoUringError::InvalidConfig(format!(
+            return Err(Error::InvalidConfig(format!(
                 "max_request_size {} out of range: use 1 to {MAX_REQUEST_SIZE_LIMIT} bytes",
                 self.max_request_size
             )));
         }
         if self.inline_read_limit > crate::inline::MAX_INLINE_READ_LIMIT {
-            return Err(IoUringError::InvalidConfig(format!(
+            return Err(Error::InvalidConfig(format!(
                 "inline_read_limit {} out of range: use 0 to {} bytes (longer reads should go \
                  to the shards), or inline_reads(false)",
                 self.inline_read_limit,
@@ -561,9 +561,9 @@ impl ExecShared {
         &self,
         shard: usize,
         msg: Message,
-    ) -> std::result::Result<(), (Message, IoUringError)> {
+    ) -> std::result::Result<(), (Message, Error)> {
         if self.closed.load(Ordering::Acquire) {
-            return Err((msg, IoUringError::Shutdown));
+            return Err((msg, Error::Shutdown));
         }
         let msg = match crate::shard::tasks::try_local(self.id, shard, msg) {
             Ok(()) => return Ok(()),
@@ -571,10 +571,7 @@ impl ExecShared {
         };
         match self.shards.get(shard) {
             Some(link) => link.send(msg),
-            None => Err((
-                msg,
-                IoUringError::invalid("route", format!("no shard {shard}")),
-            )),
+            None => Err((msg, Error::invalid("route", format!("no shard {shard}")))),
         }
     }
 
@@ -593,7 +590,7 @@ impl ExecShared {
         if file.handle().exec == self.id {
             Ok(())
         } else {
-            Err(IoUringError::BadHandle(format!(
+            Err(Error::BadHandle(format!(
                 "{} was opened by another executor",
                 file.path().display()
             )))
@@ -744,7 +741,7 @@ impl ExecShared {
         deadline: Option<Instant>,
     ) -> Completion<T> {
         if self.closed.load(Ordering::Acquire) {
-            return Completion::ready(Err(IoUringError::Shutdown));
+            return Completion::ready(Err(Error::Shutdown));
         }
         let (cpath, target, shard) = match request::path_op(op, path, dir_of, self.shards.len()) {
             Ok(t) => t,
@@ -792,7 +789,7 @@ impl ExecShared {
     /// inode hashes to.
     pub(crate) fn open(self: &Arc<Self>, path: &Path, options: &OpenOptions) -> Completion<File> {
         if self.closed.load(Ordering::Acquire) {
-            return Completion::ready(Err(IoUringError::Shutdown));
+            return Completion::ready(Err(Error::Shutdown));
         }
         match options.plan(path) {
             Ok(plan) => self.open_planned(plan, path),
@@ -810,7 +807,7 @@ impl ExecShared {
         options: &OpenOptions,
     ) -> Completion<File> {
         if self.closed.load(Ordering::Acquire) {
-            return Completion::ready(Err(IoUringError::Shutdown));
+            return Completion::ready(Err(Error::Shutdown));
         }
         let plan = match options.plan(path) {
             Ok(p) => p,
@@ -849,7 +846,7 @@ impl ExecShared {
                 };
                 if done.is_cancelled() {
                     // The place goes back unused; a handle kept after `cancel` learns why.
-                    return done.complete(Err(IoUringError::Cancelled {
+                    return done.complete(Err(Error::Cancelled {
                         op: "open",
                         path: Some(path.to_path_buf()),
                     }));
@@ -972,7 +969,7 @@ impl Executor {
         use std::os::unix::fs::MetadataExt;
         let path = path.as_ref();
         let md = std::fs::metadata(path).map_err(|e| {
-            IoUringError::io(
+            Error::io(
                 "stat",
                 Some(path.to_path_buf()),
                 None,
@@ -1016,7 +1013,7 @@ impl Executor {
     /// that falls behind on closes slows its openers down instead of letting descriptors pile
     /// up): in async code use [`open_async`](Self::open_async). On one of this executor's shard
     /// threads it does not block: it returns `open_async`'s completion (await it in a shard task;
-    /// waiting on it there fails with [`IoUringError::WouldDeadlock`]).
+    /// waiting on it there fails with [`Error::WouldDeadlock`]).
     pub fn open(&self, path: impl AsRef<Path>, options: &OpenOptions) -> Completion<File> {
         if crate::completion::current_shard().is_some_and(|(exec, _)| exec == self.shared.id) {
             return self.shared.open(path.as_ref(), options);
@@ -1055,7 +1052,7 @@ impl Executor {
     /// nothing blocks, the completion just comes later. Dropping the completion before the
     /// open is sent (or issued) means it never runs; dropped later, the descriptor is closed.
     /// Once [`shutdown`](Self::shutdown) has begun, an open that has not reached the kernel
-    /// fails with [`IoUringError::Shutdown`] and creates or truncates nothing.
+    /// fails with [`Error::Shutdown`] and creates or truncates nothing.
     pub fn open_async(&self, path: impl AsRef<Path>, options: &OpenOptions) -> Completion<File> {
         self.shared.open(path.as_ref(), options)
     }
@@ -1072,7 +1069,7 @@ impl Executor {
             Err(e) => return Completion::ready(Err(e)),
         };
         if self.shared.closed.load(Ordering::Acquire) {
-            return Completion::ready(Err(IoUringError::Shutdown));
+            return Completion::ready(Err(Error::Shutdown));
         }
         match crate::file::describe_fd(&fd, path) {
             Ok((key, flags)) => self.install_routed(fd, key, flags, path, transit),
@@ -1160,7 +1157,7 @@ impl Executor {
     /// Opens the directory at `path` read-only (O_RDONLY | O_DIRECTORY): a handle to
     /// [`fsync`](Self::fsync) after creating, renaming or unlinking entries in it, or to get its
     /// [`metadata`](Self::metadata). Reads and writes on it fail with
-    /// [`IoUringError::BadHandle`]. Blocks like [`open`](Self::open).
+    /// [`Error::BadHandle`]. Blocks like [`open`](Self::open).
     pub fn open_dir(&self, path: impl AsRef<Path>) -> Completion<File> {
         self.open(path, OpenOptions::new().read(true).directory(true))
     }
@@ -1270,7 +1267,7 @@ impl Executor {
     /// then usually makes durable (`fsync` of its handle, ordered after the rename on the
     /// same shard), and the name that appears is the one later operations look up. Operations
     /// in the source's directory on another shard are not ordered against it. Errors name both
-    /// paths ([`IoUringError::PathPair`]).
+    /// paths ([`Error::PathPair`]).
     pub fn rename(
         &self,
         from: impl AsRef<Path>,
@@ -1281,7 +1278,7 @@ impl Executor {
     }
 
     /// Closes the file after every earlier operation on it and reports errors; later operations
-    /// on any clone of the handle fail with [`IoUringError::BadHandle`]. (Dropping the last
+    /// on any clone of the handle fail with [`Error::BadHandle`]. (Dropping the last
     /// clone closes it too, without a report.) A read of the file that another clone is doing
     /// on its own thread at that moment (an inline read, see
     /// [`inline_reads`](ExecutorBuilder::inline_reads)) finishes first: the descriptor is never
@@ -1295,7 +1292,7 @@ impl Executor {
 
     /// Requests with a deadline `timeout` from now: one not done by then is cancelled (not
     /// issued; or, for reads, cancelled in the kernel) and fails with
-    /// [`IoUringError::DeadlineExceeded`]. Writes already issued are not torn: they finish.
+    /// [`Error::DeadlineExceeded`]. Writes already issued are not torn: they finish.
     /// A timeout too large to be a point in time means no deadline.
     ///
     /// ```
@@ -1342,20 +1339,20 @@ impl Executor {
     /// Runs `f` on shard `shard`'s thread with direct access to its ring and pool (see
     /// [`ShardContext`]), after the shard's own in-flight operations have completed (operations
     /// queued but not yet issued may run after it). A panic in `f` fails this call with
-    /// [`IoUringError::ShardFailed`] (naming the panic); the shard goes on.
+    /// [`Error::ShardFailed`] (naming the panic); the shard goes on.
     pub fn submit_to<R, F>(&self, shard: usize, f: F) -> Completion<R>
     where
         F: FnOnce(&mut ShardContext<'_>) -> R + Send + 'static,
         R: Send + 'static,
     {
         if self.shared.closed.load(Ordering::Acquire) {
-            return Completion::ready(Err(IoUringError::Shutdown));
+            return Completion::ready(Err(Error::Shutdown));
         }
         // why: `send` cannot fail a task's completer with its error (the completer is inside the
         // closure), so an unknown shard would surface as "ShardFailed { shard }" for a shard that
         // does not exist.
         if shard >= self.shared.shards.len() {
-            return Completion::ready(Err(IoUringError::invalid(
+            return Completion::ready(Err(Error::invalid(
                 "submit_to",
                 format!(
                     "no shard {shard}: this executor has {} shards (0..{})",
@@ -1367,7 +1364,7 @@ impl Executor {
         let (c, done) = pair(self.shared.id, shard);
         let task = Box::new(move |ctx: &mut ShardContext<'_>| {
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(ctx)));
-            done.complete(r.map_err(|p| IoUringError::ShardFailed {
+            done.complete(r.map_err(|p| Error::ShardFailed {
                 shard,
                 reason: format!(
                     "the task panicked ({}); the shard goes on",
@@ -1386,7 +1383,7 @@ impl Executor {
     ///
     /// The [`JoinHandle`](crate::JoinHandle) can be awaited anywhere or waited on; dropping it
     /// cancels the task ([`detach`](crate::JoinHandle::detach) to let it run). A panic in the task
-    /// comes back as [`IoUringError::TaskPanicked`]; the shard goes on. A task must not block its
+    /// comes back as [`Error::TaskPanicked`]; the shard goes on. A task must not block its
     /// thread (no blocking waits, no long computations without [`crate::yield_now`]): the shard's
     /// I/O and its other tasks stop meanwhile (polls over
     /// [`SLOW_POLL`](crate::SLOW_POLL) are counted in `ShardStats::slow_task_polls`).
@@ -1401,7 +1398,7 @@ impl Executor {
     ///     .spawn_on_owner(&file, async move {
     ///         let local = ringshard::local().expect("on a shard");
     ///         local.write(&f, 0, b"hello".to_vec()).await?;
-    ///         Ok::<_, ringshard::IoUringError>(local.read(&f, 0, 5).await?.len())
+    ///         Ok::<_, ringshard::Error>(local.read(&f, 0, 5).await?.len())
     ///     })
     ///     .wait()??; // or `.await` from any runtime, or from another shard's task
     /// assert_eq!(n, 5);
@@ -1445,9 +1442,9 @@ impl Executor {
     /// allocated on the shard's NUMA node), like Seastar's `sharded<T>`: see
     /// [`Sharded`](crate::Sharded) for running code on each and `map_reduce`.
     ///
-    /// Blocks until every shard has built its `T` (a [`WouldDeadlock`](IoUringError::WouldDeadlock)
+    /// Blocks until every shard has built its `T` (a [`WouldDeadlock`](Error::WouldDeadlock)
     /// on a shard's own thread); [`sharded_async`](Self::sharded_async) awaits instead. A panic
-    /// in `make` fails the call with [`IoUringError::TaskPanicked`].
+    /// in `make` fails the call with [`Error::TaskPanicked`].
     pub fn sharded<T, F>(&self, make: F) -> Result<crate::Sharded<T>>
     where
         T: Send + Sync + 'static,
@@ -1455,7 +1452,7 @@ impl Executor {
     {
         if let Some((id, shard)) = crate::completion::current_shard() {
             if id == self.shared.id {
-                return Err(IoUringError::WouldDeadlock {
+                return Err(Error::WouldDeadlock {
                     op: "sharded",
                     shard,
                 });
@@ -1475,7 +1472,7 @@ impl Executor {
 
     /// Fault injection for tests: shard `shard`'s thread panics after sleeping `after`, as if
     /// the shard itself had a bug (a task's own panic does not kill a shard). Its pending work
-    /// fails with [`IoUringError::ShardFailed`]; other shards go on. Not for production use.
+    /// fails with [`Error::ShardFailed`]; other shards go on. Not for production use.
     #[doc(hidden)]
     pub fn kill_shard_for_tests(&self, shard: usize, after: Duration) -> Completion<()> {
         let (c, done) = pair(self.shared.id, shard);
@@ -1540,12 +1537,12 @@ impl Executor {
         ExecutorStats::from_shards(shards, self.started.elapsed())
     }
 
-    /// [`stats`](Self::stats), failing with [`IoUringError::WouldDeadlock`] on a shard thread of
+    /// [`stats`](Self::stats), failing with [`Error::WouldDeadlock`] on a shard thread of
     /// this executor instead of showing shards as failed.
     pub fn try_stats(&self) -> Result<ExecutorStats> {
         if let Some((exec, shard)) = crate::completion::current_shard() {
             if exec == self.shared.id {
-                return Err(IoUringError::WouldDeadlock {
+                return Err(Error::WouldDeadlock {
                     op: "Executor::stats",
                     shard,
                 });
@@ -1611,7 +1608,7 @@ impl Executor {
             .iter()
             .find(|l| l.shared.dead.load(Ordering::Acquire))
         {
-            Some(l) => Err(IoUringError::ShardFailed {
+            Some(l) => Err(Error::ShardFailed {
                 shard: l.index,
                 reason: "the shard thread panicked".into(),
             }),
@@ -1619,7 +1616,7 @@ impl Executor {
         }
     }
 
-    /// Stops accepting work (new calls fail with [`IoUringError::Shutdown`]), lets every queued and
+    /// Stops accepting work (new calls fail with [`Error::Shutdown`]), lets every queued and
     /// in-flight operation finish and complete its handle, cancels what is still in flight after
     /// [`shutdown_timeout`](ExecutorBuilder::shutdown_timeout), closes files, unregisters and
     /// unmaps, and joins the shard threads. Returns an error if a shard had died. Idempotent.
@@ -1917,7 +1914,7 @@ impl Deadlined<'_> {
 }
 
 /// A group of requests sent with one message per shard. Dropping a batch without submitting it
-/// fails its completions with [`IoUringError::InvalidArgument`].
+/// fails its completions with [`Error::InvalidArgument`].
 pub struct Batch<'a> {
     exec: &'a Executor,
     /// Placeholder timestamp for requests; `submit` stamps them.
@@ -2026,7 +2023,7 @@ impl Drop for Batch<'_> {
     fn drop(&mut self) {
         for reqs in self.per_shard.drain(..) {
             if !reqs.is_empty() {
-                let e = IoUringError::invalid("batch", "the batch was dropped without submit()");
+                let e = Error::invalid("batch", "the batch was dropped without submit()");
                 Message::Batch(reqs).fail(&e);
             }
         }

@@ -18,7 +18,7 @@
 //! closed, refused after shutdown, or dropped with a dead shard's messages. Descriptors the
 //! executor holds are therefore at most the files the application holds open at once plus `max`.
 
-use crate::error::{IoUringError, Result};
+use crate::error::{Error, Result};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -122,7 +122,7 @@ impl FdTransit {
 
     /// Runs `then` with a token once fewer than `max` are out: now, on this thread, if there is
     /// room and no open waits before it; otherwise later, in arrival order, on the thread whose
-    /// token drop makes room. Never blocks. `then` gets [`IoUringError::Shutdown`] instead once
+    /// token drop makes room. Never blocks. `then` gets [`Error::Shutdown`] instead once
     /// `closed` is set (here, or from [`fail_queued`](Self::fail_queued) at shutdown).
     pub(crate) fn enter_then(self: &Arc<Self>, closed: &AtomicBool, then: Handoff) {
         {
@@ -131,7 +131,7 @@ impl FdTransit {
             // either sees `closed` here or is in the queue it takes.
             if closed.load(Ordering::Acquire) {
                 drop(q);
-                return then(Err(IoUringError::Shutdown));
+                return then(Err(Error::Shutdown));
             }
             if q.is_empty() {
                 if let Some(token) = self.try_enter() {
@@ -185,7 +185,7 @@ impl FdTransit {
         }
     }
 
-    /// Fails every queued open with [`IoUringError::Shutdown`] (the executor set `closed`).
+    /// Fails every queued open with [`Error::Shutdown`] (the executor set `closed`).
     pub(crate) fn fail_queued(&self) {
         let queued: Vec<Handoff> = {
             let mut q = self.lock_queue();
@@ -193,7 +193,7 @@ impl FdTransit {
             q.drain(..).collect()
         };
         for then in queued {
-            then(Err(IoUringError::Shutdown));
+            then(Err(Error::Shutdown));
         }
     }
 
@@ -205,11 +205,11 @@ impl FdTransit {
     }
 
     /// One more descriptor in transit, once fewer than `max` are: blocks the calling thread
-    /// until then. Fails with [`IoUringError::Shutdown`] once `closed` is set.
+    /// until then. Fails with [`Error::Shutdown`] once `closed` is set.
     pub(crate) fn enter_bounded(self: &Arc<Self>, closed: &AtomicBool) -> Result<InTransit> {
         loop {
             if closed.load(Ordering::Acquire) {
-                return Err(IoUringError::Shutdown);
+                return Err(Error::Shutdown);
             }
             let n = self.count.load(Ordering::SeqCst);
             if n < self.max {
@@ -335,9 +335,9 @@ mod tests {
                 Ok(0),
                 Ok(1),
                 Ok(2),
-                Err(IoUringError::Shutdown),
-                Err(IoUringError::Shutdown),
-                Err(IoUringError::Shutdown)
+                Err(Error::Shutdown),
+                Err(Error::Shutdown),
+                Err(Error::Shutdown)
             ]
         );
         assert_eq!(t.snapshot().waiting, 0);
@@ -437,7 +437,7 @@ mod tests {
             std::thread::yield_now();
         }
         closed.store(true, Ordering::Release);
-        assert_eq!(opener.join().unwrap(), Err(IoUringError::Shutdown));
+        assert_eq!(opener.join().unwrap(), Err(Error::Shutdown));
         assert_eq!(t.snapshot().in_transit, 1);
     }
 }

@@ -5,7 +5,7 @@
 //! inode decides the shard that keeps it (see [`router`](crate::router)), which installs the
 //! descriptor in its ring's registered file table.
 
-use crate::error::{IoUringError, Result};
+use crate::error::{Error, Result};
 use crate::router::FileKey;
 use std::ffi::CString;
 use std::os::fd::OwnedFd;
@@ -94,7 +94,7 @@ impl OpenOptions {
     /// Opens a directory (O_RDONLY | O_DIRECTORY): a handle for [`Executor::fsync`] of the
     /// directory (after creating, renaming or unlinking entries in it) and
     /// [`Executor::metadata`]. Needs `read(true)` and nothing else; reads and writes on it fail
-    /// with [`IoUringError::BadHandle`]. See also [`Executor::open_dir`].
+    /// with [`Error::BadHandle`]. See also [`Executor::open_dir`].
     ///
     /// [`Executor::fsync`]: crate::Executor::fsync
     /// [`Executor::metadata`]: crate::Executor::metadata
@@ -107,7 +107,7 @@ impl OpenOptions {
     /// Extra `open(2)` flags, OR-ed in: `O_DSYNC`, `O_SYNC`, `O_NOATIME`, `O_NOFOLLOW`, ... Flags
     /// these options control themselves (access mode, `O_CREAT`, `O_EXCL`, `O_TRUNC`,
     /// `O_APPEND`, `O_DIRECT`, `O_DIRECTORY`) and `O_PATH`/`O_TMPFILE` are refused at open with
-    /// [`IoUringError::InvalidArgument`]: use the matching switch. `O_CLOEXEC` is always set.
+    /// [`Error::InvalidArgument`]: use the matching switch. `O_CLOEXEC` is always set.
     pub fn custom_flags(&mut self, flags: i32) -> &mut Self {
         self.custom_flags = flags;
         self
@@ -121,7 +121,7 @@ impl OpenOptions {
 
     fn flags(&self) -> Result<libc::c_int> {
         if self.custom_flags & CONTROLLED_FLAGS != 0 {
-            return Err(IoUringError::invalid(
+            return Err(Error::invalid(
                 "open",
                 format!(
                     "custom_flags {:#o} contain flags OpenOptions sets itself ({:#o}): use \
@@ -140,7 +140,7 @@ impl OpenOptions {
                 || self.truncate
                 || self.direct
             {
-                return Err(IoUringError::invalid(
+                return Err(Error::invalid(
                     "open",
                     "directory(true) opens read-only: set read(true) and no write, append, \
                      create, create_new, truncate or direct",
@@ -154,13 +154,13 @@ impl OpenOptions {
                 (true, false) => libc::O_RDONLY,
                 (false, true) => libc::O_WRONLY,
                 (true, true) => libc::O_RDWR,
-                (false, false) => return Err(IoUringError::invalid(
+                (false, false) => return Err(Error::invalid(
                     "open",
                     "neither read nor write access asked for: set read(true) and/or write(true)",
                 )),
             };
         if (self.create || self.create_new || self.truncate) && !write {
-            return Err(IoUringError::invalid(
+            return Err(Error::invalid(
                 "open",
                 "create/create_new/truncate need write access: set write(true)",
             ));
@@ -215,7 +215,7 @@ pub(crate) struct OpenPlan {
 fn key_of(fd: &OwnedFd, path: &Path) -> Result<FileKey> {
     use std::os::fd::AsRawFd;
     FileKey::of_fd(fd.as_raw_fd()).map_err(|e| {
-        IoUringError::io(
+        Error::io(
             "fstat",
             Some(path.to_path_buf()),
             None,
@@ -244,7 +244,7 @@ pub(crate) fn describe_fd(fd: &OwnedFd, path: &Path) -> Result<(FileKey, FileFla
     // SAFETY: F_GETFL reads the descriptor's flags; no memory is passed.
     let fl = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
     if fl < 0 {
-        return Err(IoUringError::io(
+        return Err(Error::io(
             "fcntl(F_GETFL)",
             Some(path.to_path_buf()),
             None,
@@ -292,7 +292,7 @@ pub(crate) struct FileFlags {
 /// Cheap to clone: clones name the same open file. When the last clone is dropped, the file is
 /// closed on its shard (after every operation already sent for it), and its registered slot is
 /// reused. [`Executor::close`](crate::Executor::close) closes it earlier and reports errors;
-/// after that, every clone is stale and operations on it fail with [`IoUringError::BadHandle`],
+/// after that, every clone is stale and operations on it fail with [`Error::BadHandle`],
 /// as do operations on a handle from another executor.
 #[derive(Clone)]
 pub struct File {
@@ -400,7 +400,7 @@ mod tests {
             .read(true)
             .plan(Path::new("/tmp/a\0b"))
             .unwrap_err();
-        assert!(matches!(e, IoUringError::InvalidArgument { .. }), "{e}");
+        assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
         assert!(e.to_string().contains("NUL"), "{e}");
     }
 

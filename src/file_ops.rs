@@ -8,7 +8,7 @@
 
 use crate::buf::{self, BufCompletion, IoBuf, IoBufMut, RawBuf};
 use crate::completion::Completion;
-use crate::error::IoUringError;
+use crate::error::Error;
 use crate::executor::ExecShared;
 use crate::file::File;
 use crate::op::{self, FileOp};
@@ -17,7 +17,7 @@ use crate::shard::{IoOp, Reply};
 use std::sync::atomic::Ordering;
 
 /// Closes `file` after every earlier operation on it: later operations on any clone fail with
-/// [`IoUringError::BadHandle`], and its last drop sends no second close. Shared by
+/// [`Error::BadHandle`], and its last drop sends no second close. Shared by
 /// [`File::close`] and [`Executor::close`](crate::Executor::close).
 pub(crate) fn close(file: &File) -> Completion<()> {
     file.inner.closed.store(true, Ordering::Release);
@@ -29,7 +29,7 @@ pub(crate) fn close(file: &File) -> Completion<()> {
 /// and never blocks to send. They are the [`Executor`](crate::Executor)'s operations of the same
 /// names (`fsync` is [`sync_all`](File::sync_all), `fdatasync`
 /// [`sync_data`](File::sync_data)), on the executor that opened the file; once it has shut down
-/// they fail with [`IoUringError::Shutdown`].
+/// they fail with [`Error::Shutdown`].
 ///
 /// ```
 /// # fn main() -> ringshard::Result<()> {
@@ -58,10 +58,7 @@ impl File {
     }
 
     /// A buffer request: sent, or answered at once with its buffer when it was refused.
-    fn buf_request(
-        &self,
-        op: std::result::Result<IoOp, (IoUringError, Vec<u8>)>,
-    ) -> Completion<RawBuf> {
+    fn buf_request(&self, op: std::result::Result<IoOp, (Error, Vec<u8>)>) -> Completion<RawBuf> {
         match op {
             Ok(op) => self.shared().request(self, Ok(op), Reply::Buf, None),
             Err((e, vec)) => Completion::ready(Ok((Err(e), vec))),
@@ -162,7 +159,7 @@ impl File {
     }
 
     /// Writes all of `data` at `offset`, or fails: the error's
-    /// [`written`](IoUringError::written) says how much of it landed. The same operation as
+    /// [`written`](Error::written) says how much of it landed. The same operation as
     /// [`Executor::write`](crate::Executor::write).
     pub fn write_all_at(&self, offset: u64, data: impl Into<Vec<u8>>) -> Completion<()> {
         let op = request::write_op(self, offset, data.into(), self.shared().limits);
@@ -277,7 +274,7 @@ impl File {
     }
 
     /// Closes the file after every earlier operation on it and reports errors; operations on any
-    /// other clone of the handle then fail with [`IoUringError::BadHandle`]. Dropping the last
+    /// other clone of the handle then fail with [`Error::BadHandle`]. Dropping the last
     /// clone closes it too, without a report.
     pub fn close(self) -> Completion<()> {
         close(&self)

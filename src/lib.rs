@@ -55,6 +55,7 @@ pub mod topology;
 pub use buf::{BufCompletion, BufResult, IoBuf, IoBufMut};
 pub use completion::Completion;
 pub use driver::{Backend, BackendChoice, BACKEND_ENV};
+#[allow(deprecated)]
 pub use error::{Error, IoUringError, Result};
 pub use executor::{Batch, Deadlined, Executor, ExecutorBuilder};
 pub use fd_transit::{PendingFds, DEFAULT_MAX_PENDING_FDS};

@@ -4,7 +4,7 @@
 //! the application installed, and nowhere without one (silent by default). Targets are
 //! `ringshard::shard`.
 
-use crate::error::IoUringError;
+use crate::error::Error;
 use crate::stats::ShardStats;
 
 /// A shard is set up: its core, node, ring mode, pool and memory policy.
@@ -28,7 +28,7 @@ pub(crate) fn shard_setup(stats: &ShardStats, fixed_files: u32) {
 }
 
 /// The kernel refused the shard thread's NUMA memory policy.
-pub(crate) fn mem_policy_failed(shard: usize, node: u32, error: &IoUringError) {
+pub(crate) fn mem_policy_failed(shard: usize, node: u32, error: &Error) {
     #[cfg(feature = "tracing")]
     tracing::warn!(
         target: "ringshard::shard",
@@ -42,7 +42,7 @@ pub(crate) fn mem_policy_failed(shard: usize, node: u32, error: &IoUringError) {
 }
 
 /// A shard could not be set up.
-pub(crate) fn shard_setup_failed(shard: usize, error: &IoUringError) {
+pub(crate) fn shard_setup_failed(shard: usize, error: &Error) {
     #[cfg(feature = "tracing")]
     tracing::error!(target: "ringshard::shard", shard, error = %error, "shard setup failed");
     #[cfg(not(feature = "tracing"))]

@@ -4,7 +4,7 @@
 //! The C library has no wrappers for these system calls without libnuma, so they are made with
 //! `libc::syscall`. Node masks are fixed at [`MAX_NODES`] bits.
 
-use crate::error::{IoUringError, Result};
+use crate::error::{Error, Result};
 use crate::stats::MemPolicy;
 use std::ptr::NonNull;
 
@@ -32,7 +32,7 @@ pub fn page_size() -> usize {
 fn node_mask(node: u32) -> Result<[libc::c_ulong; MASK_WORDS]> {
     let n = node as usize;
     if n >= MAX_NODES {
-        return Err(IoUringError::InvalidConfig(format!(
+        return Err(Error::InvalidConfig(format!(
             "NUMA node {node} is out of range (0..{MAX_NODES})"
         )));
     }
@@ -73,7 +73,7 @@ impl Slab {
             .checked_add(page - 1)
             .map(|l| l / page * page)
             .filter(|&l| l > 0)
-            .ok_or_else(|| IoUringError::InvalidConfig(format!("slab size {len} is invalid")))?;
+            .ok_or_else(|| Error::InvalidConfig(format!("slab size {len} is invalid")))?;
         let mask = node.map(node_mask).transpose()?;
         // SAFETY: an anonymous private mapping with no address hint; the kernel picks the address,
         // and we check for MAP_FAILED before using it.
@@ -88,13 +88,13 @@ impl Slab {
             )
         };
         if raw == libc::MAP_FAILED {
-            return Err(IoUringError::Memory {
+            return Err(Error::Memory {
                 op: "mmap",
                 bytes: len,
                 errno: last_errno(),
             });
         }
-        let ptr = NonNull::new(raw.cast::<u8>()).ok_or(IoUringError::Memory {
+        let ptr = NonNull::new(raw.cast::<u8>()).ok_or(Error::Memory {
             op: "mmap",
             bytes: len,
             errno: libc::ENOMEM,
@@ -118,12 +118,12 @@ impl Slab {
             if rc != 0 {
                 let errno = last_errno();
                 return Err(if errno == libc::EINVAL {
-                    IoUringError::InvalidConfig(format!(
+                    Error::InvalidConfig(format!(
                         "mbind to NUMA node {node} failed with EINVAL: the node does not exist or \
                          has no memory on this machine"
                     ))
                 } else {
-                    IoUringError::Memory {
+                    Error::Memory {
                         op: "mbind",
                         bytes: slab.len,
                         errno,
@@ -200,7 +200,7 @@ pub fn node_of_address(addr: *const u8) -> Result<u32> {
         )
     };
     if rc != 0 {
-        return Err(IoUringError::Memory {
+        return Err(Error::Memory {
             op: "get_mempolicy",
             bytes: 0,
             errno: last_errno(),
@@ -224,7 +224,7 @@ pub fn prefer_node_for_thread(node: u32) -> Result<()> {
         )
     };
     if rc != 0 {
-        return Err(IoUringError::Memory {
+        return Err(Error::Memory {
             op: "set_mempolicy",
             bytes: 0,
             errno: last_errno(),
@@ -281,7 +281,7 @@ mod tests {
     fn slab_on_missing_node_is_a_clear_error() {
         // Node 1000 does not exist on any machine this runs on.
         let e = Slab::new_on_node(4096, 1000).unwrap_err();
-        assert!(matches!(e, IoUringError::InvalidConfig(_)), "{e}");
+        assert!(matches!(e, Error::InvalidConfig(_)), "{e}");
         assert!(e.to_string().contains("node 1000"), "{e}");
         let e = Slab::new_on_node(4096, 5000).unwrap_err();
         assert!(e.to_string().contains("out of range"), "{e}");

@@ -38,7 +38,7 @@
 //! each closure the shard waits at the ring for the CQE of every SQE the closure pushed through
 //! the pool before it uses the pool again.
 
-use crate::error::{memlock_limit, IoUringError, Result};
+use crate::error::{memlock_limit, Error, Result};
 use crate::numa::{page_size, Slab};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use serde::Serialize;
@@ -77,10 +77,7 @@ pub(crate) enum PoolFit {
     /// All buffers registered.
     Registered,
     /// Fewer buffers than asked, to fit RLIMIT_MEMLOCK; the error the full size got.
-    Fitted {
-        asked: usize,
-        error: Option<IoUringError>,
-    },
+    Fitted { asked: usize, error: Option<Error> },
     /// Unregistered buffers: the threads backend (`bytes` 0), or not even
     /// [`MIN_REGISTERED`] buffers fit the limit (`bytes` is what the full pool would pin).
     Unregistered { bytes: usize },
@@ -484,7 +481,7 @@ impl RegisteredBufferPool {
     /// Registers every buffer with `ring` (before any is used).
     fn register(&mut self, ring: &mut IoUring) -> Result<()> {
         let Some(slab) = self.slab.as_ref() else {
-            return Err(IoUringError::invalid("register", "the pool has no slab"));
+            return Err(Error::invalid("register", "the pool has no slab"));
         };
         let (stride, size) = (self.stride, self.buffer_size);
         let iovecs: Vec<libc::iovec> = (0..self.total_count)
@@ -498,7 +495,7 @@ impl RegisteredBufferPool {
         // as any operation may use it (see Drop); the registration pins the pages.
         let reg = unsafe { ring.submitter().register_buffers(&iovecs) };
         if let Err(e) = reg {
-            return Err(IoUringError::Registration {
+            return Err(Error::Registration {
                 what: "buffers",
                 bytes: stride.saturating_mul(self.total_count),
                 errno: e.raw_os_error().unwrap_or(libc::EIO),
@@ -541,7 +538,7 @@ impl RegisteredBufferPool {
                     ))
                 }
                 Err(
-                    e @ IoUringError::Registration {
+                    e @ Error::Registration {
                         errno: libc::ENOMEM,
                         ..
                     },
@@ -571,17 +568,17 @@ impl RegisteredBufferPool {
     /// Validates the configuration and returns (stride, slab length).
     fn layout(buffer_size: usize, buffer_count: usize) -> Result<(usize, usize)> {
         if buffer_size == 0 {
-            return Err(IoUringError::InvalidConfig(
+            return Err(Error::InvalidConfig(
                 "buffer_size is 0: buffers must hold at least one byte".into(),
             ));
         }
         if buffer_size > MAX_BUFFER_SIZE {
-            return Err(IoUringError::InvalidConfig(format!(
+            return Err(Error::InvalidConfig(format!(
                 "buffer_size {buffer_size} exceeds the kernel's 1 GiB per registered buffer"
             )));
         }
         if buffer_count == 0 || buffer_count > MAX_BUFFERS {
-            return Err(IoUringError::InvalidConfig(format!(
+            return Err(Error::InvalidConfig(format!(
                 "buffer_count {buffer_count} is out of range: the kernel accepts 1 to {MAX_BUFFERS} \
                  registered buffers per ring"
             )));
@@ -589,7 +586,7 @@ impl RegisteredBufferPool {
         let page = page_size();
         let stride = buffer_size.div_ceil(page) * page;
         let slab_len = stride.checked_mul(buffer_count).ok_or_else(|| {
-            IoUringError::InvalidConfig(format!(
+            Error::InvalidConfig(format!(
                 "{buffer_count} buffers of {buffer_size} bytes overflow the address space"
             ))
         })?;
@@ -639,7 +636,7 @@ impl RegisteredBufferPool {
         if (idx as usize) < self.total_count {
             Ok(())
         } else {
-            Err(IoUringError::InvalidIndex {
+            Err(Error::InvalidIndex {
                 index: idx,
                 total: self.total_count,
             })
@@ -720,7 +717,7 @@ impl RegisteredBufferPool {
             return Ok((idx, self.buf_mut(idx)));
         }
         self.exhaustions += 1;
-        Err(IoUringError::PoolExhausted {
+        Err(Error::PoolExhausted {
             total: self.total_count,
         })
     }
@@ -773,7 +770,7 @@ impl RegisteredBufferPool {
             return Err(e);
         }
         let slot = self.slots[buf_index as usize];
-        let refused = |state| IoUringError::BufferState {
+        let refused = |state| Error::BufferState {
             index: buf_index,
             op: "release",
             state,
@@ -807,8 +804,8 @@ impl RegisteredBufferPool {
     }
 
     /// The error for a call `op` on buffer `idx` (valid) that is not held by a caller.
-    fn not_held(&self, idx: u16, op: &'static str) -> IoUringError {
-        IoUringError::BufferState {
+    fn not_held(&self, idx: u16, op: &'static str) -> Error {
+        Error::BufferState {
             index: idx,
             op,
             state: match self.slots[idx as usize].hold {
@@ -853,7 +850,7 @@ impl RegisteredBufferPool {
             } else {
                 self.misuse_bad_state += 1;
                 Err(if slot.hold == Hold::Acquired {
-                    IoUringError::BufferState {
+                    Error::BufferState {
                         index: buf_index,
                         op: "mark in flight",
                         state: "marked in flight 2^32 - 1 times already",
@@ -907,7 +904,7 @@ impl RegisteredBufferPool {
             } else {
                 self.misuse_bad_state += 1;
                 Err(if slot.hold == Hold::Acquired {
-                    IoUringError::BufferState {
+                    Error::BufferState {
                         index: buf_index,
                         op: "complete",
                         state: "not in flight",
@@ -997,7 +994,7 @@ impl RegisteredBufferPool {
             return Err(self.not_held(buf_index, op));
         }
         if slot.in_flight() > 0 {
-            return Err(IoUringError::BufferState {
+            return Err(Error::BufferState {
                 index: buf_index,
                 op,
                 state: "in flight",
@@ -1031,7 +1028,7 @@ impl RegisteredBufferPool {
     pub(crate) fn lend(&mut self, idx: u16) -> Result<&[u8]> {
         self.check_index(idx)?;
         if self.slots[idx as usize] != Slot::ACQUIRED_IDLE {
-            return Err(IoUringError::BufferState {
+            return Err(Error::BufferState {
                 index: idx,
                 op: "lend",
                 state: "not acquired and idle",
@@ -1045,7 +1042,7 @@ impl RegisteredBufferPool {
     pub(crate) fn take_back(&mut self, idx: u16) -> Result<()> {
         self.check_index(idx)?;
         if self.slots[idx as usize].hold != Hold::Lent {
-            return Err(IoUringError::BufferState {
+            return Err(Error::BufferState {
                 index: idx,
                 op: "take back",
                 state: "not lent",
@@ -1091,13 +1088,13 @@ impl RegisteredBufferPool {
     ) -> Result<squeue::Entry> {
         self.check_acquired(buf_index)?;
         if buf_offset.saturating_add(len as usize) > self.buffer_size {
-            return Err(IoUringError::BufferTooSmall {
+            return Err(Error::BufferTooSmall {
                 requested: buf_offset.saturating_add(len as usize),
                 buffer_size: self.buffer_size,
             });
         }
         if offset > i64::MAX as u64 {
-            return Err(IoUringError::invalid(
+            return Err(Error::invalid(
                 "submit",
                 format!("offset {offset} exceeds the largest file offset"),
             ));
@@ -1165,13 +1162,10 @@ impl RegisteredBufferPool {
         len: u32,
     ) -> Result<u64> {
         if ring.as_raw_fd() != self.ring_fd {
-            return Err(IoUringError::WrongRing);
+            return Err(Error::WrongRing);
         }
         if fd < 0 {
-            return Err(IoUringError::invalid(
-                "submit",
-                format!("fd {fd} is negative"),
-            ));
+            return Err(Error::invalid("submit", format!("fd {fd} is negative")));
         }
         let entry = self.prepare(dir, Target::Fd(fd), buf_index, offset, len)?;
         self.push_prepared(ring, entry, buf_index)
@@ -1190,7 +1184,7 @@ impl RegisteredBufferPool {
         // The buffer may have been released since `prepare`: never push for a buffer nobody holds.
         self.check_acquired(buf_index)?;
         if self.records >= MAX_RECORDS {
-            return Err(IoUringError::invalid(
+            return Err(Error::invalid(
                 "submit",
                 format!(
                     "{MAX_RECORDS} operations of this pool have no completion given to it: give \
@@ -1213,7 +1207,7 @@ impl RegisteredBufferPool {
         // with (or, unregistered, its shard's driver: the threads backend touches the buffer only
         // until it posts the CQE, like the kernel).
         if !unsafe { ring.push_sqe(&entry) } {
-            return Err(IoUringError::SubmissionQueueFull);
+            return Err(Error::SubmissionQueueFull);
         }
         self.next_seq = self.next_seq.wrapping_add(1);
         if slot.kernel > 0 && slot.kernel == slot.retired {
@@ -1467,13 +1461,13 @@ mod tests {
     fn config_errors() {
         let mut r = ring();
         let e = RegisteredBufferPool::new(&mut r, 0, 4).unwrap_err();
-        assert!(matches!(e, IoUringError::InvalidConfig(_)), "{e}");
+        assert!(matches!(e, Error::InvalidConfig(_)), "{e}");
         let e = RegisteredBufferPool::new(&mut r, 4096, 0).unwrap_err();
         assert!(e.to_string().contains("16384"), "{e}");
         let e = RegisteredBufferPool::new(&mut r, 4096, MAX_BUFFERS + 1).unwrap_err();
-        assert!(matches!(e, IoUringError::InvalidConfig(_)), "{e}");
+        assert!(matches!(e, Error::InvalidConfig(_)), "{e}");
         let e = RegisteredBufferPool::new(&mut r, MAX_BUFFER_SIZE + 1, 1).unwrap_err();
-        assert!(matches!(e, IoUringError::InvalidConfig(_)), "{e}");
+        assert!(matches!(e, Error::InvalidConfig(_)), "{e}");
         // After all these refusals the ring can still take a pool.
         assert!(RegisteredBufferPool::new(&mut r, 4096, 4).is_ok());
     }
@@ -1523,7 +1517,7 @@ mod tests {
         assert_eq!(p.available_count(), 0);
         assert!(matches!(
             p.acquire(),
-            Err(IoUringError::PoolExhausted { total: 2 })
+            Err(Error::PoolExhausted { total: 2 })
         ));
         assert!(p.try_acquire().is_none());
         p.release(a);
@@ -1547,7 +1541,7 @@ mod tests {
         assert_eq!(&p.get(i).unwrap()[..3], b"xbc");
         assert!(matches!(
             p.get(2),
-            Err(IoUringError::InvalidIndex { index: 2, total: 2 })
+            Err(Error::InvalidIndex { index: 2, total: 2 })
         ));
         assert!(p.get_mut(99).is_err());
     }
@@ -1654,26 +1648,26 @@ mod tests {
         // Never acquired.
         assert!(matches!(
             p.submit_read_fixed(&mut r, fd, 0, 0, 4),
-            Err(IoUringError::BufferState { .. })
+            Err(Error::BufferState { .. })
         ));
         let (i, _) = p.acquire().unwrap();
         assert!(matches!(
             p.submit_read_fixed(&mut r, fd, i, 0, 17),
-            Err(IoUringError::BufferTooSmall {
+            Err(Error::BufferTooSmall {
                 requested: 17,
                 buffer_size: 16
             })
         ));
         assert!(matches!(
             p.submit_write_fixed(&mut r, fd, 9, 0, 4),
-            Err(IoUringError::InvalidIndex { .. })
+            Err(Error::InvalidIndex { .. })
         ));
         assert!(p.submit_read_fixed(&mut r, fd, i, u64::MAX, 4).is_err());
         assert!(p.submit_read_fixed(&mut r, -1, i, 0, 4).is_err());
         let mut other = ring();
         assert!(matches!(
             p.submit_read_fixed(&mut other, fd, i, 0, 4),
-            Err(IoUringError::WrongRing)
+            Err(Error::WrongRing)
         ));
         assert!(!p.is_in_flight(i), "failed submits leave the buffer idle");
     }
@@ -1689,7 +1683,7 @@ mod tests {
         p.submit_read_fixed(&mut r, fd, idx[1], 0, 4).unwrap();
         assert_eq!(
             p.submit_read_fixed(&mut r, fd, idx[2], 0, 4),
-            Err(IoUringError::SubmissionQueueFull)
+            Err(Error::SubmissionQueueFull)
         );
         assert!(!p.is_in_flight(idx[2]));
         r.submit_and_wait(2).unwrap();
@@ -2065,7 +2059,7 @@ mod tests {
                 .unwrap_err(),
         ] {
             assert!(
-                matches!(e, IoUringError::BufferState { index, state, .. } if index == i && state == LENT),
+                matches!(e, Error::BufferState { index, state, .. } if index == i && state == LENT),
                 "{e:?}"
             );
         }

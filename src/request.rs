@@ -3,7 +3,7 @@
 //! What passes here cannot make the shard allocate more than the request can return, overflow a
 //! file offset, or break O_DIRECT's alignment rules.
 
-use crate::error::{IoUringError, Result};
+use crate::error::{Error, Result};
 use crate::file::File;
 use crate::op::{self, PathTarget};
 use crate::router::FileKey;
@@ -66,7 +66,7 @@ pub(crate) fn read_op_keep(
     buf: Vec<u8>,
     flags: crate::RwFlags,
     limits: Limits,
-) -> std::result::Result<IoOp, (IoUringError, Vec<u8>)> {
+) -> std::result::Result<IoOp, (Error, Vec<u8>)> {
     match read(file, offset, len, limits).and_then(|()| check_rw_flags("read", flags)) {
         Ok(()) => Ok(IoOp::Read {
             offset,
@@ -102,7 +102,7 @@ pub(crate) fn write_op_keep(
     data: Vec<u8>,
     flags: crate::RwFlags,
     limits: Limits,
-) -> std::result::Result<IoOp, (IoUringError, Vec<u8>)> {
+) -> std::result::Result<IoOp, (Error, Vec<u8>)> {
     match write(file, offset, data.len(), limits).and_then(|()| check_rw_flags("write", flags)) {
         Ok(()) => Ok(IoOp::Write {
             offset,
@@ -119,13 +119,13 @@ fn check_rw_flags(op: &'static str, flags: crate::RwFlags) -> Result<()> {
     let known = F::DSYNC | F::SYNC | F::NOWAIT | F::HIPRI | F::APPEND;
     let write_only = F::DSYNC | F::SYNC | F::APPEND;
     if flags.bits() & !known.bits() != 0 {
-        return Err(IoUringError::invalid(
+        return Err(Error::invalid(
             op,
             format!("unknown RWF flags {:#x}", flags.bits() & !known.bits()),
         ));
     }
     if op == "read" && flags.bits() & write_only.bits() != 0 {
-        return Err(IoUringError::invalid(
+        return Err(Error::invalid(
             op,
             "DSYNC, SYNC and APPEND are flags of writes",
         ));
@@ -167,13 +167,13 @@ pub(crate) fn sync_file_range(offset: u64, len: u64, flags: u32) -> Result<u32> 
         | libc::SYNC_FILE_RANGE_WRITE
         | libc::SYNC_FILE_RANGE_WAIT_AFTER;
     if flags & !all != 0 {
-        return Err(IoUringError::invalid(
+        return Err(Error::invalid(
             "sync_file_range",
             format!("unknown flags {flags:#x}: use SYNC_FILE_RANGE_WAIT_BEFORE/WRITE/WAIT_AFTER"),
         ));
     }
     u32::try_from(len).map_err(|_| {
-        IoUringError::invalid(
+        Error::invalid(
             "sync_file_range",
             format!("length {len} is more than 4 GiB - 1: split it, or pass 0 for \"to the end\""),
         )
@@ -191,7 +191,7 @@ pub(crate) fn vectored(
     limits: Limits,
 ) -> Result<()> {
     if count > op::vectored::MAX_IOVECS {
-        return Err(IoUringError::invalid(
+        return Err(Error::invalid(
             op,
             format!(
                 "{count} buffers, more than IOV_MAX ({}): split the request",
@@ -200,7 +200,7 @@ pub(crate) fn vectored(
         ));
     }
     if file.is_direct() {
-        return Err(IoUringError::invalid(
+        return Err(Error::invalid(
             op,
             format!(
                 "{} is open with O_DIRECT: vectored I/O needs aligned buffers, use read/write",
@@ -222,7 +222,7 @@ pub(crate) fn vectored(
 /// An append of `len` bytes: the file must be open with `append(true)`.
 pub(crate) fn append(file: &File, len: usize, limits: Limits) -> Result<()> {
     if !file.flags().append {
-        return Err(IoUringError::BadHandle(format!(
+        return Err(Error::BadHandle(format!(
             "append on {}: the file was not opened with append(true) (O_APPEND), so where the \
              data lands is not the end of the file; open it with append(true)",
             file.path().display()
@@ -256,7 +256,7 @@ fn dir_key(op: &'static str, routed: &Path, parent: &Path) -> Result<FileKey> {
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
     if unsafe { libc::stat(pc.as_ptr(), &mut st) } != 0 {
-        return Err(IoUringError::io(
+        return Err(Error::io(
             op,
             Some(routed.to_path_buf()),
             None,
@@ -311,14 +311,14 @@ pub(crate) fn path_op(
 
 fn access(file: &File, op: &'static str, allowed: bool, how: &str) -> Result<()> {
     if file.flags().directory {
-        return Err(IoUringError::BadHandle(format!(
+        return Err(Error::BadHandle(format!(
             "{op} on {}: it is a directory handle (open_dir / directory(true)); only fsync, \
              metadata and close work on it",
             file.path().display()
         )));
     }
     if !allowed {
-        return Err(IoUringError::BadHandle(format!(
+        return Err(Error::BadHandle(format!(
             "{op} on {}: the file was not opened for this; open it with {how}",
             file.path().display()
         )));
@@ -328,7 +328,7 @@ fn access(file: &File, op: &'static str, allowed: bool, how: &str) -> Result<()>
 
 fn check_size(file: &File, op: &'static str, len: usize, limits: Limits) -> Result<()> {
     if len > limits.max_request {
-        return Err(IoUringError::invalid(
+        return Err(Error::invalid(
             op,
             format!(
                 "{} bytes asked for on {}, more than the executor's maximum request size of {} \
@@ -347,7 +347,7 @@ fn check_end(op: &'static str, offset: u64, len: u64) -> Result<()> {
         .checked_add(len)
         .is_none_or(|end| end > i64::MAX as u64)
     {
-        return Err(IoUringError::invalid(
+        return Err(Error::invalid(
             op,
             format!("offset {offset} + length {len} overflows the largest file offset"),
         ));
@@ -373,7 +373,7 @@ fn check_rw(
         } else {
             ("writing", "write(true)")
         };
-        return Err(IoUringError::BadHandle(format!(
+        return Err(Error::BadHandle(format!(
             "{op} on {}: the file was not opened for {doing}; open it with {how}",
             file.path().display()
         )));
@@ -381,7 +381,7 @@ fn check_rw(
     check_size(file, op, len, limits)?;
     check_end(op, offset, len as u64)?;
     if file.is_direct() && (offset % 4096 != 0 || len % 4096 != 0) {
-        return Err(IoUringError::invalid(
+        return Err(Error::invalid(
             op,
             format!(
                 "{} is open with O_DIRECT: offset {offset} and length {len} must be multiples of \

@@ -1,7 +1,7 @@
 //! Ring configuration: which setup flags a shard's ring gets, and the fallbacks for kernels that
 //! lack them.
 
-use crate::error::{IoUringError, Result};
+use crate::error::{Error, Result};
 use io_uring::IoUring;
 
 /// How a shard's io_uring ring is set up.
@@ -87,7 +87,7 @@ impl RingConfig {
     /// Checks the values without touching the kernel.
     pub fn validate(&self) -> Result<()> {
         if self.entries == 0 || self.entries > 32_768 {
-            return Err(IoUringError::InvalidConfig(format!(
+            return Err(Error::InvalidConfig(format!(
                 "ring entries {} out of range: use 1 to 32768",
                 self.entries
             )));
@@ -150,7 +150,7 @@ impl RingConfig {
                 Err(e) => {
                     last = e.raw_os_error().unwrap_or(libc::EIO);
                     if last != libc::EINVAL {
-                        return Err(IoUringError::RingSetup {
+                        return Err(Error::RingSetup {
                             entries: self.entries,
                             flags: mode.flags().to_string(),
                             errno: last,
@@ -159,7 +159,7 @@ impl RingConfig {
                 }
             }
         }
-        Err(IoUringError::RingSetup {
+        Err(Error::RingSetup {
             entries: self.entries,
             flags: attempts
                 .iter()
@@ -195,7 +195,7 @@ impl RingConfig {
                     });
                     return Ok((ring, mode, note));
                 }
-                Err(IoUringError::RingSetup {
+                Err(Error::RingSetup {
                     errno: libc::ENOMEM,
                     ..
                 }) if cfg.entries > MIN_FITTED_ENTRIES => {
@@ -233,7 +233,7 @@ fn forced_mode() -> Result<Option<RingMode>> {
         Some("defer") => Ok(Some(RingMode::DeferTaskrun)),
         Some("coop") => Ok(Some(RingMode::CoopTaskrun)),
         Some("plain") => Ok(Some(RingMode::Plain)),
-        Some(other) => Err(IoUringError::InvalidConfig(format!(
+        Some(other) => Err(Error::InvalidConfig(format!(
             "{RING_MODE_ENV}={other:?}: expected defer, coop or plain"
         ))),
     }
@@ -311,7 +311,7 @@ mod tests {
             let Err(e) = r else {
                 panic!("{entries} entries must be refused")
             };
-            assert!(matches!(e, IoUringError::InvalidConfig(_)), "{e}");
+            assert!(matches!(e, Error::InvalidConfig(_)), "{e}");
         }
     }
 

@@ -16,7 +16,7 @@
 //! ```
 
 use crate::completion::wake_guarded;
-use crate::error::{IoUringError, Result};
+use crate::error::{Error, Result};
 use crate::executor::ExecShared;
 use crate::file::{File, FileRef};
 use crate::park;
@@ -180,7 +180,7 @@ impl Session {
     /// A session of `capacity` (checked: 1 to [`MAX_SESSION_CAPACITY`]).
     pub(crate) fn with_capacity(exec: Arc<ExecShared>, capacity: usize) -> Result<Self> {
         if capacity == 0 || capacity > MAX_SESSION_CAPACITY {
-            return Err(IoUringError::InvalidConfig(format!(
+            return Err(Error::InvalidConfig(format!(
                 "session capacity {capacity} out of range: use 1 to {MAX_SESSION_CAPACITY}"
             )));
         }
@@ -215,7 +215,7 @@ impl Session {
 
     /// A timeout for the requests submitted from now on (`None`: no deadline). A request not
     /// done in time is cancelled and completes with
-    /// [`DeadlineExceeded`](IoUringError::DeadlineExceeded). Durations too large to be a point in
+    /// [`DeadlineExceeded`](Error::DeadlineExceeded). Durations too large to be a point in
     /// time mean no deadline.
     pub fn set_timeout(&mut self, timeout: Option<Duration>) {
         self.timeout = timeout;
@@ -228,7 +228,7 @@ impl Session {
     /// Queues `op` on `file` under `token`; a request refused here completes with its error.
     fn submit(&mut self, file: &File, op: Result<IoOp>, token: u64, buf: Vec<u8>) -> Result<()> {
         if self.in_flight >= self.capacity {
-            return Err(IoUringError::SessionFull {
+            return Err(Error::SessionFull {
                 capacity: self.capacity,
             });
         }
@@ -262,7 +262,7 @@ impl Session {
     /// cache is read at once on this thread (see
     /// [`inline_reads`](crate::ExecutorBuilder::inline_reads)), unless a write of the file is
     /// unfinished or queued before it: its result is then in this session's queue already. Fails only when the
-    /// session is full ([`SessionFull`](IoUringError::SessionFull)); any other error comes back
+    /// session is full ([`SessionFull`](Error::SessionFull)); any other error comes back
     /// as the request's result, with its buffer.
     pub fn read(
         &mut self,
@@ -277,7 +277,7 @@ impl Session {
             return self.submit(file, Err(e), token, buf);
         }
         if self.in_flight >= self.capacity {
-            return Err(IoUringError::SessionFull {
+            return Err(Error::SessionFull {
                 capacity: self.capacity,
             });
         }
@@ -462,7 +462,7 @@ impl Session {
     fn check_not_on_own_shard(&self) -> Result<()> {
         if let Some((exec, shard)) = crate::completion::current_shard() {
             if exec == self.exec.id {
-                return Err(IoUringError::WouldDeadlock {
+                return Err(Error::WouldDeadlock {
                     op: "Session::wait",
                     shard,
                 });

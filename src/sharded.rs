@@ -1,7 +1,7 @@
 //! Per-shard state, like Seastar's `sharded<T>`: one `T` per shard, built on that shard's thread
 //! (so its memory is first touched there, on the shard's NUMA node), used by that shard's tasks.
 
-use crate::error::{IoUringError, Result};
+use crate::error::{Error, Result};
 use crate::executor::ExecShared;
 use crate::shard::tasks::{spawn, JoinHandle, LocalShard};
 use std::future::Future;
@@ -47,7 +47,7 @@ where
             let make = Arc::clone(&make);
             spawn(exec, shard, async move {
                 let local = crate::shard::tasks::local()
-                    .ok_or_else(|| IoUringError::invalid("sharded", "not on a shard"))?;
+                    .ok_or_else(|| Error::invalid("sharded", "not on a shard"))?;
                 // Built here: the allocation is first touched on the shard's thread (node).
                 Ok(Arc::new(make(&local)))
             })

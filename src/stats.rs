@@ -348,7 +348,7 @@ pub struct ShardStats {
     /// [`ops`](Self::ops) or [`errors`](Self::errors) unless the kernel had already started them.
     pub cancelled: u64,
     /// Operations cancelled because their deadline passed (also failed with
-    /// [`DeadlineExceeded`](crate::IoUringError::DeadlineExceeded)).
+    /// [`DeadlineExceeded`](crate::Error::DeadlineExceeded)).
     pub deadline_exceeded: u64,
     /// SQEs submitted to the kernel.
     pub sqes_submitted: u64,

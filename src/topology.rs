@@ -24,7 +24,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
-use crate::error::{IoUringError, Result};
+use crate::error::{Error, Result};
 
 /// Largest CPU id [`parse_cpu_list`] accepts. Linux's `CONFIG_NR_CPUS` tops out at 8192 today;
 /// the guard exists so that garbage such as `"0-99999999999"` is an error instead of a vector that
@@ -66,7 +66,7 @@ impl Topology {
     ///
     /// # Errors
     ///
-    /// [`IoUringError::Topology`] when sysfs is missing or malformed (the text names the file).
+    /// [`Error::Topology`] when sysfs is missing or malformed (the text names the file).
     pub fn detect() -> Result<Topology> {
         Self::from_sysfs(Path::new("/sys"))
     }
@@ -91,14 +91,14 @@ impl Topology {
     ///
     /// # Errors
     ///
-    /// [`IoUringError::Topology`] naming the file that could not be read or parsed, when no CPU
+    /// [`Error::Topology`] naming the file that could not be read or parsed, when no CPU
     /// is online, or when one CPU is listed by two nodes.
     pub fn from_sysfs(root: &Path) -> Result<Topology> {
         let cpu_dir = root.join("devices/system/cpu");
         let online_path = cpu_dir.join("online");
         let online = read_cpu_list_file(&online_path, true)?.unwrap_or_default();
         if online.is_empty() {
-            return Err(IoUringError::Topology(format!(
+            return Err(Error::Topology(format!(
                 "{} lists no online CPU; is a sysfs tree mounted at {}?",
                 online_path.display(),
                 root.display()
@@ -180,7 +180,7 @@ impl Topology {
     ///
     /// # Errors
     ///
-    /// [`IoUringError::Topology`] when hwloc cannot load the topology or reports no PU.
+    /// [`Error::Topology`] when hwloc cannot load the topology or reports no PU.
     #[cfg(feature = "hwloc")]
     pub fn from_hwloc() -> Result<Topology> {
         use hwloc2::{ObjectType, TopologyFlag, TopologyObject};
@@ -204,7 +204,7 @@ impl Topology {
 
         let topo = hwloc2::Topology::with_flags(vec![TopologyFlag::IncludeDisallowed]).ok_or_else(
             || {
-                IoUringError::Topology(
+                Error::Topology(
                     "hwloc could not load the topology (hwloc_topology_init/load failed); use \
                      Topology::detect() (sysfs) instead, or check HWLOC_* environment variables"
                         .to_string(),
@@ -212,7 +212,7 @@ impl Topology {
             },
         )?;
         let pu_depth = topo.depth_for_type(&ObjectType::PU).map_err(|e| {
-            IoUringError::Topology(format!(
+            Error::Topology(format!(
                 "hwloc reports no depth for PU objects ({e:?}); use Topology::detect() (sysfs) \
                  instead"
             ))
@@ -256,7 +256,7 @@ impl Topology {
             });
         }
         if cpus.is_empty() {
-            return Err(IoUringError::Topology(
+            return Err(Error::Topology(
                 "hwloc reports no PU (logical CPU); use Topology::detect() (sysfs) instead"
                     .to_string(),
             ));
@@ -272,10 +272,7 @@ impl Topology {
             .zip(cpus.iter().skip(1))
             .find(|(a, b)| a.id == b.id)
         {
-            return Err(IoUringError::Topology(format!(
-                "CPU {} is reported twice",
-                a.id
-            )));
+            return Err(Error::Topology(format!("CPU {} is reported twice", a.id)));
         }
         let nodes: BTreeSet<u32> = cpus.iter().map(|c| c.node).collect();
         Ok(Topology {
@@ -319,14 +316,14 @@ impl Topology {
     ///
     /// # Errors
     ///
-    /// [`IoUringError::InvalidConfig`] for a node that does not exist or has no online CPU, and
+    /// [`Error::InvalidConfig`] for a node that does not exist or has no online CPU, and
     /// for a node listed twice.
     pub fn cpus_of_nodes(&self, nodes: &[u32]) -> Result<Vec<usize>> {
         let mut seen = BTreeSet::new();
         let mut out = Vec::new();
         for &node in nodes {
             if !seen.insert(node) {
-                return Err(IoUringError::InvalidConfig(format!(
+                return Err(Error::InvalidConfig(format!(
                     "NUMA node {node} is listed twice; list each node once"
                 )));
             }
@@ -347,15 +344,15 @@ impl Topology {
     ///
     /// # Errors
     ///
-    /// [`IoUringError::InvalidConfig`] when `n` is 0 or larger than the number of online CPUs.
+    /// [`Error::InvalidConfig`] when `n` is 0 or larger than the number of online CPUs.
     pub fn spread(&self, n: usize) -> Result<Vec<usize>> {
         if n == 0 {
-            return Err(IoUringError::InvalidConfig(
+            return Err(Error::InvalidConfig(
                 "spread over 0 CPUs: ask for at least one shard".to_string(),
             ));
         }
         if n > self.cpus.len() {
-            return Err(IoUringError::InvalidConfig(format!(
+            return Err(Error::InvalidConfig(format!(
                 "cannot spread {n} shards: this machine has {} online CPUs ({}); ask for at \
                  most {}",
                 self.cpus.len(),
@@ -368,8 +365,8 @@ impl Topology {
         Ok(order)
     }
 
-    fn unknown_node(&self, node: u32) -> IoUringError {
-        IoUringError::InvalidConfig(format!(
+    fn unknown_node(&self, node: u32) -> Error {
+        Error::InvalidConfig(format!(
             "NUMA node {node} does not exist or has no online CPU; nodes with online CPUs: {}",
             self.nodes
                 .iter()
@@ -435,12 +432,12 @@ fn spread_order<'a>(cpus: impl Iterator<Item = &'a Cpu>) -> Vec<usize> {
 ///
 /// # Errors
 ///
-/// [`IoUringError::InvalidConfig`] for anything else: an empty item (`"1,,2"`, `"1,"`), a
+/// [`Error::InvalidConfig`] for anything else: an empty item (`"1,,2"`, `"1,"`), a
 /// missing bound (`"0-"`), a reversed range (`"3-1"`), a non-number (`"a"`, `"+1"`, `"0x1"`),
 /// or an id above 65536. Never panics.
 pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>> {
     let bad = |why: String| {
-        IoUringError::InvalidConfig(format!(
+        Error::InvalidConfig(format!(
             "invalid CPU list {s:?}: {why}; expected comma-separated CPU ids and ranges, e.g. \
              \"0-3,8,10-11\""
         ))
@@ -521,7 +518,7 @@ fn format_cpu_list(ids: &[usize]) -> String {
 ///
 /// # Errors
 ///
-/// [`IoUringError::Topology`] when `sched_getaffinity` fails.
+/// [`Error::Topology`] when `sched_getaffinity` fails.
 pub fn allowed_cpus() -> Result<Vec<usize>> {
     const WORD_BITS: usize = u64::BITS as usize;
     // Far above any kernel's NR_CPUS (8192 today): stops the doubling if EINVAL has another cause.
@@ -554,7 +551,7 @@ pub fn allowed_cpus() -> Result<Vec<usize>> {
             words *= 2;
             continue;
         }
-        return Err(IoUringError::Topology(format!(
+        return Err(Error::Topology(format!(
             "sched_getaffinity(0) failed: {err}"
         )));
     }
@@ -589,7 +586,7 @@ impl Placement {
     ///
     /// # Errors
     ///
-    /// [`IoUringError::InvalidConfig`] with the reason and the fix: an empty list, a CPU or node
+    /// [`Error::InvalidConfig`] with the reason and the fix: an empty list, a CPU or node
     /// listed twice, a CPU that is not online, a CPU outside the process's affinity mask, a node
     /// that does not exist or has no allowed CPU, `Spread(0)`, or more shards than allowed CPUs.
     pub fn resolve(&self, topo: &Topology, allowed: &[usize]) -> Result<Vec<usize>> {
@@ -602,7 +599,7 @@ impl Placement {
         let online_list = || format_cpu_list(&topo.cpus().iter().map(|c| c.id).collect::<Vec<_>>());
         let allowed_list = || format_cpu_list(allowed);
         let nothing_usable = || {
-            IoUringError::InvalidConfig(format!(
+            Error::InvalidConfig(format!(
                 "no online CPU is in the process's affinity mask / cpuset (online: {}, \
                  allowed: {}); run the process with a mask that includes online CPUs (taskset \
                  -c, numactl, or the container's cpuset)",
@@ -626,7 +623,7 @@ impl Placement {
             }
             Placement::Cores(list) => {
                 if list.is_empty() {
-                    return Err(IoUringError::InvalidConfig(
+                    return Err(Error::InvalidConfig(
                         "Placement::Cores with an empty CPU list: name at least one CPU (e.g. \
                          --cores 0-3), or use Placement::AllCores"
                             .to_string(),
@@ -635,7 +632,7 @@ impl Placement {
                 let mut seen = BTreeSet::new();
                 for &id in list {
                     if !seen.insert(id) {
-                        return Err(IoUringError::InvalidConfig(format!(
+                        return Err(Error::InvalidConfig(format!(
                             "CPU {id} is listed twice in Placement::Cores ({}); list each CPU \
                              once: one shard per CPU",
                             list.iter()
@@ -645,14 +642,14 @@ impl Placement {
                         )));
                     }
                     if topo.cpu(id).is_none() {
-                        return Err(IoUringError::InvalidConfig(format!(
+                        return Err(Error::InvalidConfig(format!(
                             "CPU {id} is not online (online CPUs: {}); choose online CPUs, or \
                              bring it online (echo 1 > /sys/devices/system/cpu/cpu{id}/online)",
                             online_list()
                         )));
                     }
                     if !allowed_set.contains(&id) {
-                        return Err(IoUringError::InvalidConfig(format!(
+                        return Err(Error::InvalidConfig(format!(
                             "CPU {id} is outside the process's affinity mask / cpuset (allowed: \
                              {}); choose CPUs from the allowed set (or fewer cores), or start \
                              the process with a mask that includes it (taskset -c {}, or the \
@@ -666,7 +663,7 @@ impl Placement {
             }
             Placement::NumaNodes(nodes) => {
                 if nodes.is_empty() {
-                    return Err(IoUringError::InvalidConfig(format!(
+                    return Err(Error::InvalidConfig(format!(
                         "Placement::NumaNodes with an empty node list: name at least one node \
                          (nodes with online CPUs: {})",
                         topo.nodes()
@@ -680,7 +677,7 @@ impl Placement {
                 let mut seen = BTreeSet::new();
                 for &node in nodes {
                     if !seen.insert(node) {
-                        return Err(IoUringError::InvalidConfig(format!(
+                        return Err(Error::InvalidConfig(format!(
                             "NUMA node {node} is listed twice in Placement::NumaNodes; list \
                              each node once"
                         )));
@@ -689,7 +686,7 @@ impl Placement {
                     let before = out.len();
                     out.extend(of_node.iter().copied().filter(|c| allowed_set.contains(c)));
                     if out.len() == before {
-                        return Err(IoUringError::InvalidConfig(format!(
+                        return Err(Error::InvalidConfig(format!(
                             "none of NUMA node {node}'s CPUs ({}) is in the process's affinity \
                              mask / cpuset (allowed: {}); choose another node, or start the \
                              process with a mask that includes them (taskset -c {}, numactl \
@@ -704,12 +701,12 @@ impl Placement {
             }
             Placement::Spread(n) => {
                 if *n == 0 {
-                    return Err(IoUringError::InvalidConfig(
+                    return Err(Error::InvalidConfig(
                         "Placement::Spread(0): ask for at least one shard".to_string(),
                     ));
                 }
                 if *n > usable.len() {
-                    return Err(IoUringError::InvalidConfig(format!(
+                    return Err(Error::InvalidConfig(format!(
                         "more shards than cores: Placement::Spread({n}) asks for {n} shards but \
                          only {} CPUs are online and in the process's affinity mask ({}); ask \
                          for at most {} shards, or start the process with a wider mask (taskset \
@@ -767,7 +764,7 @@ fn read_node_map(root: &Path, online: &BTreeSet<usize>) -> Result<NodeMap> {
         for cpu in list.into_iter().filter(|c| online.contains(c)) {
             if let Some(other) = of_cpu.insert(cpu, node) {
                 if other != node {
-                    return Err(IoUringError::Topology(format!(
+                    return Err(Error::Topology(format!(
                         "CPU {cpu} is listed by both node{other} and node{node} under {}; the \
                          sysfs tree is inconsistent",
                         node_dir.display()
@@ -801,8 +798,8 @@ fn list_node_dirs(node_dir: &Path) -> Result<Vec<u32>> {
     Ok(ids)
 }
 
-fn read_error(path: &Path, e: &std::io::Error) -> IoUringError {
-    IoUringError::Topology(format!(
+fn read_error(path: &Path, e: &std::io::Error) -> Error {
+    Error::Topology(format!(
         "cannot read {}: {e}; ringshard reads the CPU topology from sysfs (mount sysfs at /sys, \
          or in a container make the host's /sys/devices/system visible)",
         path.display()
@@ -825,10 +822,10 @@ fn read_cpu_list_file(path: &Path, required: bool) -> Result<Option<Vec<usize>>>
     };
     let mut list = parse_cpu_list(&text).map_err(|e| {
         let why = match e {
-            IoUringError::InvalidConfig(why) => why,
+            Error::InvalidConfig(why) => why,
             other => other.to_string(),
         };
-        IoUringError::Topology(format!("{}: {why}", path.display()))
+        Error::Topology(format!("{}: {why}", path.display()))
     })?;
     list.sort_unstable();
     list.dedup();
@@ -841,7 +838,7 @@ fn read_int_file(path: &Path) -> Result<Option<i64>> {
         return Ok(None);
     };
     text.trim().parse::<i64>().map(Some).map_err(|_| {
-        IoUringError::Topology(format!(
+        Error::Topology(format!(
             "{}: expected an integer, found {:?}",
             path.display(),
             text.trim()
@@ -869,7 +866,7 @@ mod tests {
 
     fn config_err(r: Result<Vec<usize>>) -> String {
         match r {
-            Err(IoUringError::InvalidConfig(s)) => s,
+            Err(Error::InvalidConfig(s)) => s,
             other => panic!("expected InvalidConfig, got {other:?}"),
         }
     }
@@ -922,7 +919,7 @@ mod tests {
         ] {
             let e = parse_cpu_list(bad).unwrap_err();
             match &e {
-                IoUringError::InvalidConfig(s) => {
+                Error::InvalidConfig(s) => {
                     assert!(s.contains("invalid CPU list"), "{bad:?}: {s}");
                     assert!(s.contains("0-3,8,10-11"), "{bad:?}: {s}");
                 }
@@ -1094,7 +1091,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let r = dir.path();
         let msg = |res: Result<Topology>| match res {
-            Err(IoUringError::Topology(s)) => s,
+            Err(Error::Topology(s)) => s,
             other => panic!("expected Topology error, got {other:?}"),
         };
 

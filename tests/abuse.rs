@@ -15,7 +15,7 @@
 mod executor_util;
 
 use executor_util::*;
-use ringshard::{Completion, Executor, File, IoUringError, OpenOptions, Session};
+use ringshard::{Completion, Error, Executor, File, OpenOptions, Session};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -52,17 +52,17 @@ struct Valid {
     file: File,
 }
 
-fn is_invalid(e: &IoUringError) -> bool {
-    matches!(e, IoUringError::InvalidArgument { .. })
+fn is_invalid(e: &Error) -> bool {
+    matches!(e, Error::InvalidArgument { .. })
 }
 
-fn is_bad_handle(e: &IoUringError) -> bool {
-    matches!(e, IoUringError::BadHandle(_))
+fn is_bad_handle(e: &Error) -> bool {
+    matches!(e, Error::BadHandle(_))
 }
 
 /// Waits for `c` and checks its error with `want`.
 #[track_caller]
-fn expect_err<T: std::fmt::Debug>(c: Completion<T>, want: fn(&IoUringError) -> bool, what: &str) {
+fn expect_err<T: std::fmt::Debug>(c: Completion<T>, want: fn(&Error) -> bool, what: &str) {
     match wait(c) {
         Err(e) if want(&e) => {}
         other => panic!("{what}: unexpected {other:?}"),
@@ -262,7 +262,7 @@ fn bad_arguments(exec: &Executor, scratch: &File, read_only: &File, direct: Opti
         assert!(c.wait_timeout(Duration::MAX).is_ok());
         never.fsync(scratch).wait_timeout(Duration::MAX).unwrap();
         match wait(exec.timeout(Duration::ZERO).read(scratch, 0, 10)) {
-            Ok(_) | Err(IoUringError::DeadlineExceeded { .. }) => {}
+            Ok(_) | Err(Error::DeadlineExceeded { .. }) => {}
             other => panic!("zero deadline: {other:?}"),
         }
         // Batches.
@@ -443,7 +443,7 @@ fn cancel_storm(exec: &Executor, scratch: &File, valid: &[Valid], fifo: &File, s
         for (i, c) in cancelled.into_iter().enumerate() {
             match wait(c) {
                 Ok(_) if i % 10 != 0 => {}
-                Err(IoUringError::Cancelled { .. }) => {}
+                Err(Error::Cancelled { .. }) => {}
                 other => panic!("cancelled read {i}: {other:?}"),
             }
         }
@@ -477,7 +477,7 @@ fn panics(exec: &Executor, scratch: &File) {
         let e = wait(exec.submit_to(i % 2, move |_| -> u8 { panic!("abuse task panic {i}") }))
             .unwrap_err();
         match &e {
-            IoUringError::ShardFailed { reason, .. } => {
+            Error::ShardFailed { reason, .. } => {
                 assert!(
                     reason.contains(&format!("abuse task panic {i}")),
                     "{reason}"
@@ -685,7 +685,7 @@ fn abuse_a_running_executor() {
     assert_eq!(shut, Ok(()));
     for c in hung {
         match wait(c) {
-            Err(IoUringError::Cancelled { .. }) => {}
+            Err(Error::Cancelled { .. }) => {}
             other => panic!("a FIFO read at shutdown: {other:?}"),
         }
     }

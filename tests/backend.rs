@@ -13,7 +13,7 @@ mod limited_user;
 #[path = "support/seccomp.rs"]
 mod seccomp;
 
-use ringshard::{Backend, BackendChoice, Executor, IoUringError, OpenOptions};
+use ringshard::{Backend, BackendChoice, Error, Executor, OpenOptions};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -27,7 +27,7 @@ fn workload(exec: &Executor) -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let e = |what: &str| {
         let what = what.to_string();
-        move |err: IoUringError| format!("{what}: {err}")
+        move |err: Error| format!("{what}: {err}")
     };
     let path = dir.path().join("buffered");
     let f = exec

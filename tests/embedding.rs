@@ -9,7 +9,7 @@
 mod executor_util;
 
 use executor_util::*;
-use ringshard::{Executor, File, IoUringError, OpKind, OpenOptions};
+use ringshard::{Error, Executor, File, OpKind, OpenOptions};
 use std::future::Future;
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -217,7 +217,7 @@ fn a_deadline_cancels_a_stuck_fifo_read() {
     let start = Instant::now();
     let e = wait(exec.timeout(Duration::from_millis(50)).read(&fifo, 0, 100)).unwrap_err();
     assert!(
-        matches!(e, IoUringError::DeadlineExceeded { op: "read", .. }),
+        matches!(e, Error::DeadlineExceeded { op: "read", .. }),
         "{e:?}"
     );
     assert!(start.elapsed() >= Duration::from_millis(50));
@@ -245,10 +245,7 @@ fn shutdown_cancels_a_stuck_read_after_shutdown_timeout() {
     let took = start.elapsed();
     assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
     let e = wait(r).unwrap_err();
-    assert!(
-        matches!(e, IoUringError::Cancelled { op: "read", .. }),
-        "{e:?}"
-    );
+    assert!(matches!(e, Error::Cancelled { op: "read", .. }), "{e:?}");
 }
 
 /// The same with the shard's op table full of such reads (channel_capacity 2, three reads): stats
@@ -286,7 +283,7 @@ fn a_shard_full_of_stuck_reads_still_answers_stats_and_shutdown() {
     assert_eq!(shutdown, Ok(true), "shutdown() with a full op table");
     for r in std::iter::once(first).chain(rest) {
         let e = wait(r).unwrap_err();
-        assert!(matches!(e, IoUringError::Cancelled { .. }), "{e:?}");
+        assert!(matches!(e, Error::Cancelled { .. }), "{e:?}");
     }
 }
 
@@ -307,7 +304,7 @@ fn a_huge_read_is_refused_or_costs_what_it_returns() {
     let (f, data) = file_with(&exec, &path, 4096);
     let e = wait(exec.read(&f, 0, 1 << 40)).unwrap_err();
     assert!(
-        matches!(e, IoUringError::InvalidArgument { op: "read", .. }),
+        matches!(e, Error::InvalidArgument { op: "read", .. }),
         "{e:?}"
     );
     assert!(e.to_string().contains("max_request_size"), "{e}");
@@ -432,7 +429,7 @@ fn panics_in_callers_code_do_not_kill_the_shard() {
 
     let e = wait(exec.submit_to(0, |_| -> u32 { panic!("task bug #42") })).unwrap_err();
     match &e {
-        IoUringError::ShardFailed { shard: 0, reason } => {
+        Error::ShardFailed { shard: 0, reason } => {
             assert!(reason.contains("task bug #42"), "{reason}")
         }
         other => panic!("expected ShardFailed, got {other:?}"),
@@ -537,7 +534,7 @@ fn waits_on_a_shards_own_thread_say_would_deadlock() {
     ok(exec.write(&f1, 0, b"other".to_vec()), "write");
     let e = Arc::clone(&exec);
     let deadlock = |r: ringshard::Result<()>, what: &str| match r {
-        Err(IoUringError::WouldDeadlock { shard: 0, .. }) => String::new(),
+        Err(Error::WouldDeadlock { shard: 0, .. }) => String::new(),
         other => format!("{what}: {other:?}; "),
     };
     let (gate1, held1) = hold_shard(&exec, 1);
@@ -605,7 +602,7 @@ fn channel_capacity_bounds_what_a_shard_admits() {
     let _g = serial();
     for bad in [0, 65_537, 1 << 20] {
         match Executor::builder().shards(1).channel_capacity(bad).build() {
-            Err(IoUringError::InvalidConfig(m)) => assert!(m.contains("channel_capacity"), "{m}"),
+            Err(Error::InvalidConfig(m)) => assert!(m.contains("channel_capacity"), "{m}"),
             other => panic!("channel_capacity({bad}): {other:?}"),
         }
     }
@@ -782,7 +779,7 @@ fn an_o_direct_write_cut_short_inside_a_block_fails_instead_of_spinning() {
     drop(limit); // a spinning shard gets unstuck once the limit is gone
     match r {
         Err(e) if e.errno() == Some(libc::EFBIG) => {}
-        Err(IoUringError::Timeout) => panic!("the write never completed: the shard spins on it"),
+        Err(Error::Timeout) => panic!("the write never completed: the shard spins on it"),
         other => panic!("expected EFBIG, got {other:?}"),
     }
     // The shard goes on, and the file can grow again.
@@ -841,7 +838,7 @@ fn a_dropped_close_handle_still_closes() {
         drop(exec.close(&f)); // nobody waits for the close
                               // The close runs: a later request on a clone is refused, not served.
         let e = exec.read(&clone, 0, 1).wait().unwrap_err();
-        assert!(matches!(e, IoUringError::BadHandle(_)), "{e:?}");
+        assert!(matches!(e, Error::BadHandle(_)), "{e:?}");
     }
     // why: the refused read proves the close was admitted before it, not that the shard has
     // run it yet (it fails the read at admission and closes in its issue phase). A close in

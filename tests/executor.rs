@@ -9,7 +9,7 @@ mod executor_util;
 
 use executor_util::*;
 use ringshard::router::shard_for;
-use ringshard::{Completion, Executor, File, IoUringError, OpKind, OpenOptions};
+use ringshard::{Completion, Error, Executor, File, OpKind, OpenOptions};
 use std::collections::HashSet;
 use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
@@ -331,7 +331,7 @@ fn close_after_pending_writes_then_bad_handle() {
         wait(exec.fsync(&clone)).unwrap_err(),
         wait(exec.close(&f)).unwrap_err(),
     ] {
-        assert!(matches!(e, IoUringError::BadHandle(_)), "{e:?}");
+        assert!(matches!(e, Error::BadHandle(_)), "{e:?}");
         assert!(e.to_string().contains("closed"), "{e}");
     }
     let disk = std::fs::read(&path).unwrap();
@@ -678,7 +678,7 @@ fn files_beyond_the_registered_table_and_fallocate() {
         assert!(
             matches!(
                 e,
-                IoUringError::Io {
+                Error::Io {
                     op: "fallocate",
                     ..
                 }

@@ -4,7 +4,7 @@
 mod executor_util;
 
 use executor_util::*;
-use ringshard::{Executor, File, IoUringError, OpKind, OpenOptions};
+use ringshard::{Error, Executor, File, OpKind, OpenOptions};
 use std::path::Path;
 
 /// A good write and read on `f` through `exec` (proves the executor still works).
@@ -18,7 +18,7 @@ fn still_works(exec: &Executor, f: &File, tag: &str) {
 #[track_caller]
 fn expect_bad_handle<T: std::fmt::Debug>(r: ringshard::Result<T>, must_say: &[&str], tag: &str) {
     match r {
-        Err(e @ IoUringError::BadHandle(_)) => {
+        Err(e @ Error::BadHandle(_)) => {
             let s = e.to_string();
             for m in must_say {
                 assert!(s.contains(m), "{tag}: message {s:?} should mention {m:?}");
@@ -31,7 +31,7 @@ fn expect_bad_handle<T: std::fmt::Debug>(r: ringshard::Result<T>, must_say: &[&s
 #[track_caller]
 fn expect_invalid<T: std::fmt::Debug>(r: ringshard::Result<T>, must_say: &str, tag: &str) {
     match r {
-        Err(e @ IoUringError::InvalidArgument { .. }) => {
+        Err(e @ Error::InvalidArgument { .. }) => {
             let s = e.to_string();
             assert!(
                 s.contains(must_say),
@@ -257,7 +257,7 @@ fn o_direct_alignment_and_unsupported_filesystems() {
     assert!(
         matches!(
             e,
-            IoUringError::Io {
+            Error::Io {
                 op: "open",
                 errno: libc::EINVAL,
                 ..
@@ -314,7 +314,7 @@ fn enospc_is_an_io_error_and_counted() {
 
     let e = wait(exec.write(&f, 0, vec![0xab; 512 * 1024])).unwrap_err();
     match &e {
-        IoUringError::Io {
+        Error::Io {
             op, errno, path, ..
         } => {
             assert_eq!(*op, "write");
@@ -365,8 +365,8 @@ fn everything_after_shutdown_is_refused_with_shutdown() {
     exec.shutdown().expect("shutdown");
     exec.shutdown().expect("shutdown is idempotent");
 
-    let is_shutdown = |e: IoUringError, what: &str| {
-        assert_eq!(e, IoUringError::Shutdown, "{what}");
+    let is_shutdown = |e: Error, what: &str| {
+        assert_eq!(e, Error::Shutdown, "{what}");
         assert!(e.is_fatal());
     };
     is_shutdown(wait(exec.open(&path, &rw())).unwrap_err(), "open");
@@ -413,13 +413,13 @@ fn submit_to_a_shard_that_does_not_exist_is_an_invalid_argument() {
     let exec = exec2();
     let e = wait(exec.submit_to(2, |_| 1)).unwrap_err();
     assert!(
-        matches!(e, IoUringError::InvalidArgument { .. }),
+        matches!(e, Error::InvalidArgument { .. }),
         "expected InvalidArgument, got {e:?}"
     );
     assert!(!e.is_fatal(), "{e:?}");
     assert!(e.to_string().contains('2'), "{e}");
     let e = wait(exec.submit_to(usize::MAX, |_| 1)).unwrap_err();
-    assert!(matches!(e, IoUringError::InvalidArgument { .. }), "{e:?}");
+    assert!(matches!(e, Error::InvalidArgument { .. }), "{e:?}");
     // Both shards are fine.
     assert_eq!(ok(exec.submit_to(0, |ctx| ctx.shard()), "task"), 0);
     assert_eq!(ok(exec.submit_to(1, |ctx| ctx.shard()), "task"), 1);
@@ -440,9 +440,9 @@ fn a_dropped_batch_fails_its_completions_and_nothing_runs() {
     let ew = wait(w).unwrap_err();
     let er = wait(r).unwrap_err();
     println!("dropped batch: write -> {ew}; read -> {er}");
-    assert!(matches!(ew, IoUringError::InvalidArgument { .. }), "{ew:?}");
+    assert!(matches!(ew, Error::InvalidArgument { .. }), "{ew:?}");
     assert!(ew.to_string().contains("without submit"), "{ew}");
-    assert!(matches!(er, IoUringError::InvalidArgument { .. }), "{er:?}");
+    assert!(matches!(er, Error::InvalidArgument { .. }), "{er:?}");
     assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
     still_works(&exec, &f, "dropped batch");
 }
@@ -464,7 +464,7 @@ fn stats_after_shutdown_keep_the_final_counts() {
 
 /// One request of every kind on `f` (`a`: opened for appending), each waited for: the errors, by
 /// kind (a request that succeeded shows as `None`).
-fn every_kind(exec: &Executor, f: &File, a: &File) -> Vec<(&'static str, Option<IoUringError>)> {
+fn every_kind(exec: &Executor, f: &File, a: &File) -> Vec<(&'static str, Option<Error>)> {
     let dir = f.path().parent().expect("a directory");
     vec![
         ("read", wait(exec.read(f, 0, 1)).err()),
@@ -511,11 +511,11 @@ fn every_kind_of_request_after_shutdown_gets_shutdown() {
     let (exec, f, a) = one_shard_with_files(dir.path());
     exec.shutdown().unwrap();
     for (what, e) in every_kind(&exec, &f, &a) {
-        assert_eq!(e, Some(IoUringError::Shutdown), "{what}");
+        assert_eq!(e, Some(Error::Shutdown), "{what}");
     }
     assert_eq!(
         wait(exec.submit_to(0, |_| ())).err(),
-        Some(IoUringError::Shutdown),
+        Some(Error::Shutdown),
         "submit_to"
     );
 }

@@ -4,7 +4,7 @@
 mod executor_util;
 
 use executor_util::*;
-use ringshard::{Completion, Executor, File, IoUringError, OpKind};
+use ringshard::{Completion, Error, Executor, File, OpKind};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -102,7 +102,7 @@ fn settle_all(ops: Vec<Op>, files: &[(PathBuf, File)], must_succeed: usize) -> (
         };
         match res {
             Ok(()) => good += 1,
-            Err(IoUringError::Shutdown) if i >= must_succeed => refused += 1,
+            Err(Error::Shutdown) if i >= must_succeed => refused += 1,
             Err(e) => panic!("op {i} (must succeed: {}): {e:?}", i < must_succeed),
         }
     }
@@ -175,7 +175,7 @@ fn shutdown_from_another_thread_completes_everything_in_flight() {
     // After shutdown everything is refused; shutdown again is fine.
     assert_eq!(
         wait(exec.read(&files[0].1, 0, 1)).unwrap_err(),
-        IoUringError::Shutdown
+        Error::Shutdown
     );
     exec.shutdown().expect("second shutdown");
 }
@@ -219,7 +219,7 @@ fn shutdown_races_with_submitters_without_stranding_requests() {
                         let mut c = exec.write(&f, t * 100, vec![t as u8; 10]);
                         match c.try_take() {
                             // Refused: the executor is closed.
-                            Some(Err(IoUringError::Shutdown)) => break,
+                            Some(Err(Error::Shutdown)) => break,
                             Some(Ok(10)) => continue,
                             Some(other) => panic!("submitter {t}: {other:?}"),
                             None => handles.push(c),
@@ -229,7 +229,7 @@ fn shutdown_races_with_submitters_without_stranding_requests() {
                             let mut last = handles.pop().unwrap();
                             match last.wait_timeout(Duration::from_secs(10)) {
                                 Ok(10) => {}
-                                Err(IoUringError::Shutdown) => break,
+                                Err(Error::Shutdown) => break,
                                 other => panic!("submitter {t}: {other:?}"),
                             }
                         }
@@ -246,8 +246,8 @@ fn shutdown_races_with_submitters_without_stranding_requests() {
         for s in submitters {
             for (i, mut c) in s.join().unwrap().into_iter().enumerate() {
                 match c.wait_timeout(Duration::from_secs(10)) {
-                    Ok(10) | Err(IoUringError::Shutdown) => {}
-                    Err(IoUringError::Timeout) => {
+                    Ok(10) | Err(Error::Shutdown) => {}
+                    Err(Error::Timeout) => {
                         panic!("round {round}: request {i} never completed after shutdown")
                     }
                     other => panic!("round {round}: request {i}: {other:?}"),
@@ -343,7 +343,7 @@ fn a_panicking_shard_fails_its_work_and_the_other_goes_on() {
     assert!(stats.shards[1].ops(OpKind::Write) >= 1);
 
     match exec.shutdown() {
-        Err(IoUringError::ShardFailed { shard: 0, .. }) => {}
+        Err(Error::ShardFailed { shard: 0, .. }) => {}
         other => panic!("shutdown: expected ShardFailed for shard 0, got {other:?}"),
     }
     // Shard 1's writes made it to the file.
@@ -509,7 +509,7 @@ fn a_shard_that_dies_with_a_full_inbox_strands_nothing() {
         for (t, c) in callers.into_iter().enumerate() {
             for (i, mut h) in c.join().unwrap().into_iter().enumerate() {
                 match h.wait_timeout(Duration::from_secs(10)) {
-                    Err(IoUringError::Timeout) => panic!(
+                    Err(Error::Timeout) => panic!(
                         "round {round}: caller {t} request {i} was stranded in the dead shard's \
                          inbox"
                     ),
@@ -557,7 +557,7 @@ fn shutdown_with_a_full_inbox_strands_nothing() {
                         let at = off as usize;
                         assert_eq!(disk[at..at + 10], [t as u8 + 1; 10]);
                     }
-                    Err(IoUringError::Shutdown) => {}
+                    Err(Error::Shutdown) => {}
                     other => panic!("round {round}: caller {t} request {i}: {other:?}"),
                 }
             }

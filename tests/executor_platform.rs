@@ -6,7 +6,7 @@ mod executor_util;
 
 use executor_util::*;
 use ringshard::numa::node_of_address;
-use ringshard::{Executor, File, IoUringError, OpKind, Placement, ShardStats, Topology};
+use ringshard::{Error, Executor, File, OpKind, Placement, ShardStats, Topology};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -134,7 +134,7 @@ fn fixture_topology_maps_shards_to_its_nodes() {
         assert!(seen.iter().all(|&n| n == 1), "{seen:?}");
     } else {
         let e = built.expect_err("this machine has no NUMA node 1");
-        assert!(matches!(e, IoUringError::InvalidConfig(_)), "{e:?}");
+        assert!(matches!(e, Error::InvalidConfig(_)), "{e:?}");
         assert!(e.to_string().contains("node 1"), "{e}");
     }
 }
@@ -279,7 +279,7 @@ fn stats_count_exactly_what_was_done() {
     let ebadf = 2u64;
     for _ in 0..ebadf {
         let e = wait(exec.write(&g, 0, vec![1u8])).unwrap_err();
-        assert!(matches!(e, IoUringError::BadHandle(_)), "{e:?}");
+        assert!(matches!(e, Error::BadHandle(_)), "{e:?}");
     }
 
     let stats = exec.stats();
@@ -446,9 +446,9 @@ fn wait_timeout_reports_timeout_then_the_result() {
     let mut r = exec.read(&f, 0, 10);
     assert_eq!(
         r.wait_timeout(Duration::from_millis(10)),
-        Err(IoUringError::Timeout)
+        Err(Error::Timeout)
     );
-    assert!(IoUringError::Timeout.is_transient());
+    assert!(Error::Timeout.is_transient());
     assert_eq!(r.try_take(), None, "still running");
     gate.send(()).unwrap();
     // The same handle can be waited on again, and gets the result.
@@ -503,14 +503,14 @@ fn sleeping_shards_never_miss_a_request() {
                         let mut c = exec.write(f, off, i.to_le_bytes().to_vec());
                         match c.wait_timeout(Duration::from_secs(10)) {
                             Ok(8) => {}
-                            Err(IoUringError::Timeout) => lost(),
+                            Err(Error::Timeout) => lost(),
                             other => panic!("thread {t}: write {i}: {other:?}"),
                         }
                     } else {
                         let mut c = exec.read(f, off, 8);
                         match c.wait_timeout(Duration::from_secs(10)) {
                             Ok(v) => assert_eq!(v, (i - 1).to_le_bytes(), "thread {t} read {i}"),
-                            Err(IoUringError::Timeout) => lost(),
+                            Err(Error::Timeout) => lost(),
                             Err(e) => panic!("thread {t}: read {i}: {e:?}"),
                         }
                     }

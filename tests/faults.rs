@@ -19,7 +19,7 @@ mod faultfs;
 
 use executor_util::*;
 use faultfs::{Fault, FaultFs, Op};
-use ringshard::{Completion, Done, Executor, File, IoUringError, Session};
+use ringshard::{Completion, Done, Error, Executor, File, Session};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -79,7 +79,7 @@ fn assert_io<T: std::fmt::Debug>(
     errno: i32,
 ) -> Option<u64> {
     match r {
-        Err(IoUringError::Io {
+        Err(Error::Io {
             op: o,
             path: Some(p),
             offset,
@@ -1208,7 +1208,7 @@ fn stalled_round(exec: &Executor, fs: &FaultFs, f: &File, data: &[u8], how: LetG
                 c.cancel();
                 let mut c = c;
                 let r = c.wait_timeout(HANG);
-                assert!(matches!(r, Err(IoUringError::Cancelled { .. })), "{r:?}");
+                assert!(matches!(r, Err(Error::Cancelled { .. })), "{r:?}");
                 assert_eq!(fs.held(), 1, "cancel() took effect while the read was held");
                 early = Some("Cancelled");
             }
@@ -1223,7 +1223,7 @@ fn stalled_round(exec: &Executor, fs: &FaultFs, f: &File, data: &[u8], how: LetG
                 let mut c = exec.timeout(d).read(f, 0, BUF);
                 let r = c.wait_timeout(HANG);
                 assert!(
-                    matches!(r, Err(IoUringError::DeadlineExceeded { .. })),
+                    matches!(r, Err(Error::DeadlineExceeded { .. })),
                     "deadline: {r:?}"
                 );
                 if exec.stats().total.pool.kernel_owned_count == 1 {
@@ -1520,7 +1520,7 @@ fn check_racing(
                     }
                 }
             }
-            Err(IoUringError::Io { errno, .. }) => *errnos.entry(*errno).or_default() += 1,
+            Err(Error::Io { errno, .. }) => *errnos.entry(*errno).or_default() += 1,
             Err(e) => panic!("a read racing a truncate failed with a non-kernel error: {e:?}"),
         }
     }

@@ -8,7 +8,7 @@
 mod executor_util;
 
 use executor_util::*;
-use ringshard::{Executor, File, IoUringError, DEFAULT_MAX_PENDING_FDS};
+use ringshard::{Error, Executor, File, DEFAULT_MAX_PENDING_FDS};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::Mutex;
@@ -258,7 +258,7 @@ fn an_adopted_descriptor_is_closed_with_its_last_handle() {
     let late_raw = fd.as_raw_fd();
     assert_eq!(
         wait(exec.adopt(fd, &late_path)).unwrap_err(),
-        IoUringError::Shutdown
+        Error::Shutdown
     );
     assert!(no_longer(late_raw, &late_path), "leaked by a refused adopt");
 }

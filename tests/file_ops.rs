@@ -2,7 +2,7 @@
 //! operations, vectored I/O, append, sync_file_range, directory handles and custom open flags,
 //! their errors, and the same results on the blocking path (every kind forced there).
 
-use ringshard::{Executor, IoUringError, OpKind, OpenOptions, RenameFlags, MAX_IOVECS};
+use ringshard::{Error, Executor, OpKind, OpenOptions, RenameFlags, MAX_IOVECS};
 use std::path::Path;
 
 fn exec() -> Executor {
@@ -24,7 +24,7 @@ fn rw() -> OpenOptions {
     o
 }
 
-fn errno(e: &IoUringError) -> i32 {
+fn errno(e: &Error) -> i32 {
     e.errno().unwrap_or_else(|| panic!("no errno in {e:?}"))
 }
 
@@ -171,9 +171,9 @@ fn scenario(exec: &Executor, dir: &Path) -> Vec<String> {
     exec.fsync(&dh).wait().unwrap();
     assert!(exec.metadata(&dh).wait().unwrap().is_dir());
     let e = exec.read(&dh, 0, 10).wait().unwrap_err();
-    assert!(matches!(e, IoUringError::BadHandle(_)), "{e:?}");
+    assert!(matches!(e, Error::BadHandle(_)), "{e:?}");
     let e = exec.write(&dh, 0, b"x".to_vec()).wait().unwrap_err();
-    assert!(matches!(e, IoUringError::BadHandle(_)), "{e:?}");
+    assert!(matches!(e, Error::BadHandle(_)), "{e:?}");
     exec.close(&dh).wait().unwrap();
     exec.close(&ap).wait().unwrap();
     exec.close(&f).wait().unwrap();
@@ -245,33 +245,33 @@ fn bad_arguments_fail_before_the_shard() {
     let f = exec.open(dir.path().join("f"), &rw()).wait().unwrap();
     let too_many = vec![1usize; MAX_IOVECS + 1];
     let e = exec.read_vectored(&f, 0, &too_many).wait().unwrap_err();
-    assert!(matches!(e, IoUringError::InvalidArgument { .. }), "{e:?}");
+    assert!(matches!(e, Error::InvalidArgument { .. }), "{e:?}");
     let e = exec
         .write_vectored(&f, 0, vec![vec![0u8; 1]; MAX_IOVECS + 1])
         .wait()
         .unwrap_err();
-    assert!(matches!(e, IoUringError::InvalidArgument { .. }), "{e:?}");
+    assert!(matches!(e, Error::InvalidArgument { .. }), "{e:?}");
     let e = exec
         .read_vectored(&f, 0, &[usize::MAX, 1])
         .wait()
         .unwrap_err();
-    assert!(matches!(e, IoUringError::InvalidArgument { .. }), "{e:?}");
+    assert!(matches!(e, Error::InvalidArgument { .. }), "{e:?}");
     let e = exec
         .read_vectored(&f, u64::MAX - 1, &[4])
         .wait()
         .unwrap_err();
-    assert!(matches!(e, IoUringError::InvalidArgument { .. }), "{e:?}");
+    assert!(matches!(e, Error::InvalidArgument { .. }), "{e:?}");
     let e = exec.set_len(&f, u64::MAX).wait().unwrap_err();
-    assert!(matches!(e, IoUringError::InvalidArgument { .. }), "{e:?}");
+    assert!(matches!(e, Error::InvalidArgument { .. }), "{e:?}");
     let e = exec.sync_file_range(&f, 0, 1 << 33, 0).wait().unwrap_err();
-    assert!(matches!(e, IoUringError::InvalidArgument { .. }), "{e:?}");
+    assert!(matches!(e, Error::InvalidArgument { .. }), "{e:?}");
     let e = exec.sync_file_range(&f, 0, 0, 0x100).wait().unwrap_err();
-    assert!(matches!(e, IoUringError::InvalidArgument { .. }), "{e:?}");
+    assert!(matches!(e, Error::InvalidArgument { .. }), "{e:?}");
     let e = exec.append(&f, b"x".to_vec()).wait().unwrap_err();
-    assert!(matches!(e, IoUringError::BadHandle(_)), "{e:?}");
+    assert!(matches!(e, Error::BadHandle(_)), "{e:?}");
     assert!(e.to_string().contains("append(true)"), "{e}");
     let e = exec.unlink(dir.path().join("a\0b")).wait().unwrap_err();
-    assert!(matches!(e, IoUringError::InvalidArgument { .. }), "{e:?}");
+    assert!(matches!(e, Error::InvalidArgument { .. }), "{e:?}");
     let e = exec
         .mkdir(dir.path().join("no/such/dir"), 0o755)
         .wait()
@@ -287,22 +287,22 @@ fn bad_arguments_fail_before_the_shard() {
         .write_vectored(&ro, 0, vec![b"x".to_vec()])
         .wait()
         .unwrap_err();
-    assert!(matches!(e, IoUringError::BadHandle(_)), "{e:?}");
+    assert!(matches!(e, Error::BadHandle(_)), "{e:?}");
     let e = exec.set_len(&ro, 0).wait().unwrap_err();
-    assert!(matches!(e, IoUringError::BadHandle(_)), "{e:?}");
+    assert!(matches!(e, Error::BadHandle(_)), "{e:?}");
     let wo = exec
         .open(dir.path().join("f"), OpenOptions::new().write(true))
         .wait()
         .unwrap();
     let e = exec.read_vectored(&wo, 0, &[1]).wait().unwrap_err();
-    assert!(matches!(e, IoUringError::BadHandle(_)), "{e:?}");
+    assert!(matches!(e, Error::BadHandle(_)), "{e:?}");
 
     // Open flags: conflicts are refused; directory(true) needs read-only.
     let e = exec
         .open(dir.path().join("g"), rw().custom_flags(libc::O_TRUNC))
         .wait()
         .unwrap_err();
-    assert!(matches!(e, IoUringError::InvalidArgument { .. }), "{e:?}");
+    assert!(matches!(e, Error::InvalidArgument { .. }), "{e:?}");
     let e = exec
         .open(
             dir.path(),
@@ -310,7 +310,7 @@ fn bad_arguments_fail_before_the_shard() {
         )
         .wait()
         .unwrap_err();
-    assert!(matches!(e, IoUringError::InvalidArgument { .. }), "{e:?}");
+    assert!(matches!(e, Error::InvalidArgument { .. }), "{e:?}");
     let e = exec.open_dir(dir.path().join("f")).wait().unwrap_err();
     assert_eq!(errno(&e), libc::ENOTDIR);
     exec.shutdown().unwrap();
@@ -525,7 +525,7 @@ fn rw_flags_reach_reads_and_writes() {
         assert_eq!(exec.size(&f).wait().unwrap(), data.len() as u64 + 4);
         // Write-only flags are refused on reads.
         let e = exec.read_with(&f, 0, 1, RwFlags::DSYNC).wait().unwrap_err();
-        assert!(matches!(e, IoUringError::InvalidArgument { .. }), "{e:?}");
+        assert!(matches!(e, Error::InvalidArgument { .. }), "{e:?}");
         exec.shutdown().unwrap();
     }
 }
@@ -551,20 +551,20 @@ fn shutdown_with_new_ops_queued_completes_every_handle() {
         exec.shutdown().unwrap();
         for c in units {
             match c.wait() {
-                Ok(()) | Err(IoUringError::Shutdown) => {}
+                Ok(()) | Err(Error::Shutdown) => {}
                 Err(e) => panic!("{e:?}"),
             }
         }
         for c in metas {
             match c.wait() {
-                Ok(_) | Err(IoUringError::Shutdown) => {}
+                Ok(_) | Err(Error::Shutdown) => {}
                 Err(e) => panic!("{e:?}"),
             }
         }
         for c in reads {
             match c.wait() {
                 Ok(v) => assert!(v.iter().all(|b| b.iter().all(|&x| x == 0))),
-                Err(IoUringError::Shutdown) => {}
+                Err(Error::Shutdown) => {}
                 Err(e) => panic!("{e:?}"),
             }
         }
@@ -593,12 +593,12 @@ fn a_dying_shard_fails_queued_new_ops() {
             .into_iter()
             .flatten()
         {
-            assert!(matches!(e, IoUringError::ShardFailed { .. }), "{e:?}");
+            assert!(matches!(e, Error::ShardFailed { .. }), "{e:?}");
         }
     }
     // Path ops go to the directory's shard: done there, or ShardFailed if it is the dead one.
     match exec.mkdir(dir.path().join("other"), 0o700).wait() {
-        Ok(()) | Err(IoUringError::ShardFailed { .. }) => {}
+        Ok(()) | Err(Error::ShardFailed { .. }) => {}
         Err(e) => panic!("{e:?}"),
     }
     let _ = exec.shutdown();

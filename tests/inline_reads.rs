@@ -12,7 +12,7 @@
 mod executor_util;
 
 use executor_util::*;
-use ringshard::{BackendChoice, Executor, File, IoUringError, OpKind, OpenOptions, ShardStats};
+use ringshard::{BackendChoice, Error, Executor, File, OpKind, OpenOptions, ShardStats};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -135,7 +135,7 @@ fn cached_reads_are_done_on_the_callers_thread_and_counted() {
                 let local = ringshard::local().expect("on a shard");
                 let a = local.read(&f2, 0, 512).await?;
                 let b = e2.read(&f2, 512, 512).await?;
-                Ok::<_, IoUringError>([a, b].concat())
+                Ok::<_, Error>([a, b].concat())
             })
             .wait()
             .unwrap()
@@ -540,7 +540,7 @@ fn what_is_not_tried_inline() {
         .inline_read_limit(ringshard::MAX_INLINE_READ_LIMIT + 1)
         .build()
     {
-        Err(IoUringError::InvalidConfig(m)) => assert!(m.contains("inline_read_limit"), "{m}"),
+        Err(Error::InvalidConfig(m)) => assert!(m.contains("inline_read_limit"), "{m}"),
         other => panic!("a limit over the maximum: {other:?}"),
     }
     for backend in BACKENDS {
@@ -713,9 +713,7 @@ fn closing_under_inline_readers_never_reads_another_file() {
                                         );
                                         reads.fetch_add(1, Ordering::Relaxed);
                                     }
-                                    Err(IoUringError::BadHandle(_) | IoUringError::Shutdown) => {
-                                        break
-                                    }
+                                    Err(Error::BadHandle(_) | Error::Shutdown) => break,
                                     Err(e) => panic!("{backend:?} round {round}: {e}"),
                                 }
                             }

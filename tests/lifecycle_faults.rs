@@ -10,7 +10,7 @@
 mod executor_util;
 
 use executor_util::*;
-use ringshard::{Completion, Done, Executor, File, IoUringError, Session};
+use ringshard::{Completion, Done, Error, Executor, File, Session};
 use std::collections::{HashMap, VecDeque};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -23,8 +23,8 @@ fn block(file: usize, off: u64, len: usize) -> Vec<u8> {
 }
 
 /// Whether `e` is what an operation the executor refused or cancelled at shutdown may get.
-fn is_shutdown_refusal(e: &IoUringError) -> bool {
-    matches!(e, IoUringError::Shutdown | IoUringError::Cancelled { .. })
+fn is_shutdown_refusal(e: &Error) -> bool {
+    matches!(e, Error::Shutdown | Error::Cancelled { .. })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -70,7 +70,7 @@ impl Tally {
     /// Counts an op on `file` (of `shard`), submitted after the kill or not. Shard 1's ops must
     /// succeed; shard 0's succeed before the kill or fail with ShardFailed, and always fail once
     /// the shard has died.
-    fn count(&mut self, shard: usize, res: Result<(), IoUringError>, after_kill: bool, what: &str) {
+    fn count(&mut self, shard: usize, res: Result<(), Error>, after_kill: bool, what: &str) {
         match (shard, res) {
             (1, Ok(())) => {
                 self.ok[1] += 1;
@@ -152,7 +152,7 @@ impl Load<'_> {
 
     /// Checks and counts a finished op: a write wrote all its bytes (and is remembered), a read
     /// got the bytes written; `res` is a write's length as a vector of that length.
-    fn finish(&mut self, op: LoadOp, after: bool, res: Result<Vec<u8>, IoUringError>) {
+    fn finish(&mut self, op: LoadOp, after: bool, res: Result<Vec<u8>, Error>) {
         let file = op.file();
         let res = res.map(|got| match op {
             LoadOp::Write { file, off, len } => {
@@ -375,7 +375,7 @@ fn shard_panic_mid_io_under_load() {
     let stats = exec.stats();
     assert!(stats.shards[0].failed && !stats.shards[1].failed);
     match exec.shutdown() {
-        Err(IoUringError::ShardFailed { shard: 0, .. }) => {}
+        Err(Error::ShardFailed { shard: 0, .. }) => {}
         other => panic!("shutdown: expected ShardFailed for shard 0, got {other:?}"),
     }
     // Every write that reported success is in its file, on both shards (shard 0's were
@@ -442,7 +442,7 @@ struct Outcome {
 }
 
 impl Outcome {
-    fn settle(&mut self, g: usize, nfiles: usize, res: Result<Vec<u8>, IoUringError>) {
+    fn settle(&mut self, g: usize, nfiles: usize, res: Result<Vec<u8>, Error>) {
         let (write, file, off) = queued_op(nfiles, g);
         match res {
             Ok(got) if write => {

@@ -59,7 +59,7 @@ mod faultfs;
 
 use executor_util::*;
 use faultfs::{Fault, FaultFs, Op, SyncSeen};
-use ringshard::{Completion, Done, Executor, File, IoUringError, OpenOptions};
+use ringshard::{Completion, Done, Error, Executor, File, OpenOptions};
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -157,7 +157,7 @@ enum Got {
     Count(usize),
     Unit,
     Size(u64),
-    Err(IoUringError),
+    Err(Error),
 }
 
 fn got<T>(r: ringshard::Result<T>, f: impl FnOnce(T) -> Got) -> Got {
@@ -175,11 +175,11 @@ fn check(want: &Want, got: &Got, path: &Path) -> Result<(), String> {
         (Want::Count(w), Got::Count(g)) => w == g,
         (Want::Unit, Got::Unit) => true,
         (Want::Size(w), Got::Size(g)) => w == g,
-        (Want::BadHandle, Got::Err(IoUringError::BadHandle(_))) => true,
+        (Want::BadHandle, Got::Err(Error::BadHandle(_))) => true,
         (Want::CountOrEnospc(w), Got::Count(g)) => w == g,
         (
             Want::CountOrEnospc(_),
-            Got::Err(IoUringError::Io {
+            Got::Err(Error::Io {
                 op: "write",
                 path: Some(p),
                 errno: libc::ENOSPC,
@@ -188,7 +188,7 @@ fn check(want: &Want, got: &Got, path: &Path) -> Result<(), String> {
         ) => p == path,
         (
             Want::Io { op, errno },
-            Got::Err(IoUringError::Io {
+            Got::Err(Error::Io {
                 op: o,
                 path: Some(p),
                 errno: e,

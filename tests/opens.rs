@@ -11,7 +11,7 @@ mod faultfs;
 
 use executor_util::*;
 use faultfs::{Fault, FaultFs, Op};
-use ringshard::{Executor, File, IoUringError, OpKind, OpenOptions};
+use ringshard::{Error, Executor, File, OpKind, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -248,7 +248,7 @@ fn no_descriptor_leaks_on_any_path() {
             fs.release_held();
             if let Some(c) = kept {
                 assert!(
-                    matches!(wait(c), Err(IoUringError::Cancelled { op: "open", .. })),
+                    matches!(wait(c), Err(Error::Cancelled { op: "open", .. })),
                     "a cancelled open"
                 );
             }
@@ -284,7 +284,7 @@ fn no_descriptor_leaks_on_any_path() {
         assert!(
             matches!(
                 wait(cancelled_waiting),
-                Err(IoUringError::Cancelled { op: "open", .. })
+                Err(Error::Cancelled { op: "open", .. })
             ),
             "an open cancelled while it waited for room"
         );
@@ -350,14 +350,14 @@ fn no_descriptor_leaks_on_any_path() {
         eventually("shutdown has begun", HANG, || {
             exec.submit_to(1, |_| ()).is_done()
         });
-        assert_eq!(wait(waiting).unwrap_err(), IoUringError::Shutdown);
+        assert_eq!(wait(waiting).unwrap_err(), Error::Shutdown);
         if let Some(fs) = &fs {
             fs.rules().clear();
             fs.release_held();
         }
         gate.send(()).unwrap();
         ok(stall, "the hold");
-        assert_eq!(wait(queued).unwrap_err(), IoUringError::Shutdown);
+        assert_eq!(wait(queued).unwrap_err(), Error::Shutdown);
         assert!(
             !created.exists(),
             "an open refused at shutdown created its file"
@@ -365,7 +365,7 @@ fn no_descriptor_leaks_on_any_path() {
         assert!(!dir.path().join("created2").exists());
         if let Some(c) = in_kernel {
             match wait(c) {
-                Err(IoUringError::Shutdown | IoUringError::Cancelled { .. }) => {}
+                Err(Error::Shutdown | Error::Cancelled { .. }) => {}
                 other => panic!("an open in the kernel at shutdown: {other:?}"),
             }
         }

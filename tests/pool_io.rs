@@ -13,7 +13,7 @@
 
 use io_uring::{cqueue, types, IoUring};
 use ringshard::numa::{node_of_address, page_size};
-use ringshard::{IoUringError, RegisteredBufferPool};
+use ringshard::{Error, RegisteredBufferPool};
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
@@ -915,7 +915,7 @@ fn memlock_child_only() {
         .expect_err("16 MiB of registered buffers must not fit an 8 MiB RLIMIT_MEMLOCK");
     println!("child: 256 x 64 KiB refused: {err}");
     match &err {
-        IoUringError::Registration {
+        Error::Registration {
             what,
             bytes,
             errno,
@@ -926,7 +926,7 @@ fn memlock_child_only() {
             assert_eq!(*errno, libc::ENOMEM);
             assert_eq!(*memlock_limit, Some(MEMLOCK));
         }
-        other => panic!("expected IoUringError::Registration, got {other:?}"),
+        other => panic!("expected Error::Registration, got {other:?}"),
     }
     assert_eq!(err.errno(), Some(libc::ENOMEM));
     let msg = err.to_string();
@@ -1081,7 +1081,7 @@ fn numa_placement() {
     } else {
         let mut ring = new_ring(8);
         let e = RegisteredBufferPool::new_on_node(&mut ring, 4096, 64, 7).unwrap_err();
-        assert!(matches!(e, IoUringError::InvalidConfig(_)), "{e:?}");
+        assert!(matches!(e, Error::InvalidConfig(_)), "{e:?}");
         let msg = e.to_string();
         assert!(
             msg.contains("node 7") && msg.contains("does not exist"),

@@ -10,7 +10,7 @@
 //! and released buffers come back, however many rounds there are.
 
 use io_uring::{cqueue, IoUring};
-use ringshard::{IoUringError, RegisteredBufferPool};
+use ringshard::{Error, RegisteredBufferPool};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
@@ -173,7 +173,7 @@ fn new_errors_when_registration_fails() {
     let mut ring = IoUring::new(8).expect("io_uring");
     let _pool = RegisteredBufferPool::new(&mut ring, 4096, 2).expect("pool");
     let e = RegisteredBufferPool::new(&mut ring, 4096, 2).unwrap_err();
-    assert!(matches!(e, IoUringError::Registration { .. }), "{e:?}");
+    assert!(matches!(e, Error::Registration { .. }), "{e:?}");
     assert_eq!(e.errno(), Some(libc::EBUSY), "{e}");
 }
 
@@ -190,7 +190,7 @@ fn acquire_errors_when_no_buffer_is_available() {
     assert!(pool.is_exhausted());
     assert!(matches!(
         pool.acquire(),
-        Err(IoUringError::PoolExhausted { total: 2 })
+        Err(Error::PoolExhausted { total: 2 })
     ));
     assert!(pool.try_acquire().is_none());
 
@@ -215,11 +215,11 @@ fn get_errors_for_an_invalid_index() {
     let mut pool = RegisteredBufferPool::new(&mut ring, 4096, 2).expect("pool");
     assert!(matches!(
         pool.get(2),
-        Err(IoUringError::InvalidIndex { index: 2, total: 2 })
+        Err(Error::InvalidIndex { index: 2, total: 2 })
     ));
     assert!(matches!(
         pool.get_mut(u16::MAX),
-        Err(IoUringError::InvalidIndex { .. })
+        Err(Error::InvalidIndex { .. })
     ));
 }
 
@@ -238,7 +238,7 @@ fn submit_errors_when_the_submission_queue_is_full() {
         .unwrap();
     assert!(matches!(
         pool.submit_read_fixed(&mut ring, fd, idx[2], 0, 4096),
-        Err(IoUringError::SubmissionQueueFull)
+        Err(Error::SubmissionQueueFull)
     ));
     assert!(!pool.is_in_flight(idx[2]));
     ring.submit_and_wait(2).unwrap();

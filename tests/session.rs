@@ -5,7 +5,7 @@
 mod executor_util;
 
 use executor_util::{files_on_every_shard, ok, Rng, HANG};
-use ringshard::{Done, Executor, IoUringError, OpenOptions};
+use ringshard::{Done, Error, Executor, OpenOptions};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -96,7 +96,7 @@ fn many_threads_random_flush_and_wait_every_token_once() {
                         // makes room (every turn sends one: a count that does not depend on how
                         // fast the shards answer).
                         let e = s.fsync(&files[0], u64::MAX).unwrap_err();
-                        assert!(matches!(e, IoUringError::SessionFull { .. }), "{e}");
+                        assert!(matches!(e, Error::SessionFull { .. }), "{e}");
                         s.wait(1, &mut done).unwrap();
                     }
                     let fi = rng.below(files.len() as u64) as usize;
@@ -339,7 +339,7 @@ fn session_across_shutdown() {
         assert!(!seen[d.token as usize]);
         seen[d.token as usize] = true;
         if d.token >= 100 {
-            assert_eq!(d.result, Err(IoUringError::Shutdown), "token {}", d.token);
+            assert_eq!(d.result, Err(Error::Shutdown), "token {}", d.token);
         } else {
             assert_eq!(d.result, Ok(8), "sent before shutdown: drained");
         }

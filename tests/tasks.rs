@@ -5,7 +5,7 @@
 mod executor_util;
 
 use executor_util::*;
-use ringshard::{Executor, IoUringError};
+use ringshard::{Error, Executor};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -71,7 +71,7 @@ fn a_panic_fails_only_its_task() {
     let exec = shards(1);
     let h = exec.spawn_on(0, async { panic!("boom in a task") });
     match h.wait() {
-        Err(IoUringError::TaskPanicked { shard: 0, message }) => {
+        Err(Error::TaskPanicked { shard: 0, message }) => {
             assert!(message.contains("boom in a task"), "{message}")
         }
         other => panic!("expected TaskPanicked, got {other:?}"),
@@ -150,7 +150,7 @@ fn waiting_on_the_tasks_own_shard_would_deadlock() {
         "submit_to",
     );
     assert!(
-        matches!(got, Err(IoUringError::WouldDeadlock { shard: 0, .. })),
+        matches!(got, Err(Error::WouldDeadlock { shard: 0, .. })),
         "{got:?}"
     );
     exec.shutdown().unwrap();
@@ -186,11 +186,11 @@ fn shutdown_ends_pending_tasks_with_an_error() {
     started_rx.recv_timeout(HANG).expect("the task started");
     exec.shutdown().unwrap();
     let got = h.wait();
-    assert!(matches!(got, Err(IoUringError::Shutdown)), "{got:?}");
+    assert!(matches!(got, Err(Error::Shutdown)), "{got:?}");
     // Spawning after shutdown fails at once.
     assert!(matches!(
         exec.spawn_on(0, async {}).wait(),
-        Err(IoUringError::Shutdown)
+        Err(Error::Shutdown)
     ));
 }
 
@@ -199,7 +199,7 @@ fn a_bad_shard_index_is_an_error() {
     let exec = shards(1);
     assert!(matches!(
         exec.spawn_on(5, async {}).wait(),
-        Err(IoUringError::InvalidArgument { .. })
+        Err(Error::InvalidArgument { .. })
     ));
     exec.shutdown().unwrap();
 }
@@ -695,12 +695,12 @@ fn pooled_reads_lend_the_buffer_until_the_guard_drops() {
         drop((a, c));
         let too_big = l.read_pooled(&f, 0, 16384).await;
         assert!(
-            matches!(too_big, Err(IoUringError::InvalidArgument { .. })),
+            matches!(too_big, Err(Error::InvalidArgument { .. })),
             "{too_big:?}"
         );
         let not_direct = l.read_pooled(&plain, 0, 4096).await;
         assert!(
-            matches!(not_direct, Err(IoUringError::InvalidArgument { .. })),
+            matches!(not_direct, Err(Error::InvalidArgument { .. })),
             "{not_direct:?}"
         );
         // Let the shard take the buffers back.
@@ -776,7 +776,7 @@ fn a_lent_buffer_is_out_of_reach_of_submit_to_until_the_guard_drops() {
         .unwrap();
     for (what, r) in [("get_mut", write.map(|_| ())), ("get", read.map(|_| ()))] {
         match r {
-            Err(IoUringError::BufferState { index, state, .. }) => {
+            Err(Error::BufferState { index, state, .. }) => {
                 assert_eq!(index, idx);
                 assert!(state.contains("lent"), "{what}: {state}");
             }
@@ -784,7 +784,7 @@ fn a_lent_buffer_is_out_of_reach_of_submit_to_until_the_guard_drops() {
         }
     }
     assert!(
-        matches!(release, Err(IoUringError::BufferState { index, .. }) if index == idx),
+        matches!(release, Err(Error::BufferState { index, .. }) if index == idx),
         "release of a lent buffer: {release:?}"
     );
     assert!(

@@ -16,7 +16,7 @@
 pub(crate) mod sqe;
 pub(crate) mod threads;
 
-use crate::error::{errno_text, IoUringError, Result};
+use crate::error::{errno_text, Error, Result};
 use crate::ring::RingConfig;
 use io_uring::{opcode, squeue, IoUring};
 use std::os::fd::RawFd;
@@ -105,7 +105,7 @@ pub(crate) fn choose(choice: BackendChoice, ring: &RingConfig) -> Result<Chosen>
             BackendChoice::Auto
         }
         (BackendChoice::Auto, Some(other)) => {
-            return Err(IoUringError::InvalidConfig(format!(
+            return Err(Error::InvalidConfig(format!(
                 "{BACKEND_ENV}={other:?}: expected io_uring, threads or auto"
             )))
         }
@@ -130,7 +130,7 @@ pub(crate) fn choose(choice: BackendChoice, ring: &RingConfig) -> Result<Chosen>
             }),
             Err(Blocked::Error(e)) => Err(e),
             Err(Blocked::Why(why, e)) if forced => Err(e.unwrap_or_else(|| {
-                IoUringError::InvalidConfig(format!(
+                Error::InvalidConfig(format!(
                     "io_uring was required ({BACKEND_ENV}=io_uring or the builder) but {why}"
                 ))
             })),
@@ -145,9 +145,9 @@ pub(crate) fn choose(choice: BackendChoice, ring: &RingConfig) -> Result<Chosen>
 
 enum Blocked {
     /// io_uring cannot be used here, for this reason (with the setup error, if that was it).
-    Why(String, Option<IoUringError>),
+    Why(String, Option<Error>),
     /// An error that no backend avoids (a bad configuration).
-    Error(IoUringError),
+    Error(Error),
 }
 
 fn io_uring_usable(cfg: &RingConfig) -> std::result::Result<(), Blocked> {
@@ -199,8 +199,8 @@ fn io_uring_usable(cfg: &RingConfig) -> std::result::Result<(), Blocked> {
 /// backend avoids the error (a bad configuration). ENOMEM comes here only once a ring of the
 /// fewest entries was refused too (the probe's ring has 2; a shard's ring is first retried
 /// smaller, see [`RingConfig::build_fitted`]).
-pub(crate) fn fallback_reason(e: &IoUringError) -> Option<String> {
-    let IoUringError::RingSetup { entries, errno, .. } = *e else {
+pub(crate) fn fallback_reason(e: &Error) -> Option<String> {
+    let Error::RingSetup { entries, errno, .. } = *e else {
         return None;
     };
     match errno {

@@ -30,7 +30,7 @@ mod tokio;
 ///
 /// **The std impls block the calling thread** until the request completes (never call them on
 /// an async runtime's thread; on a shard thread of the same executor they fail with
-/// [`WouldDeadlock`](crate::IoUringError::WouldDeadlock)). A std `write` returns how many bytes
+/// [`WouldDeadlock`](crate::Error::WouldDeadlock)). A std `write` returns how many bytes
 /// landed, as [`File::write_at`] does; `flush` waits for nothing more (the data is in the page
 /// cache: use [`File::sync_all`] for durability).
 ///

@@ -13,7 +13,7 @@
 
 use super::{on_fd, FileOp, OpFd, Step};
 use crate::completion::Completer;
-use crate::error::{IoUringError, Result};
+use crate::error::{Error, Result};
 use crate::session::SessionTable;
 use crate::shard::Reply;
 use crate::stats::OpKind;
@@ -102,8 +102,8 @@ impl FileOp for Append {
         }
     }
 
-    fn error(&self, errno: i32, file: &Path) -> IoUringError {
-        IoUringError::io("append", Some(file.to_path_buf()), None, errno)
+    fn error(&self, errno: i32, file: &Path) -> Error {
+        Error::io("append", Some(file.to_path_buf()), None, errno)
     }
 
     fn size_after(&self, known: &mut u64) {
@@ -123,7 +123,7 @@ impl FileOp for Append {
                 offset: self.end,
                 len: 0,
             }),
-            (true, _) => Err(IoUringError::io("append", None, self.start, libc::EIO)),
+            (true, _) => Err(Error::io("append", None, self.start, libc::EIO)),
         });
         done.complete(r);
         self.done as u64

@@ -1,7 +1,7 @@
 //! fallocate (IORING_OP_FALLOCATE): a barrier on its file.
 
 use super::{on_fd, FileOp, OpFd};
-use crate::error::IoUringError;
+use crate::error::Error;
 use crate::stats::OpKind;
 use io_uring::{opcode, squeue};
 use std::path::Path;
@@ -25,8 +25,8 @@ impl FileOp for Fallocate {
             .build()))
     }
 
-    fn error(&self, errno: i32, file: &Path) -> IoUringError {
-        IoUringError::io(
+    fn error(&self, errno: i32, file: &Path) -> Error {
+        Error::io(
             "fallocate",
             Some(file.to_path_buf()),
             Some(self.offset),

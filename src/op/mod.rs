@@ -52,7 +52,7 @@ pub(crate) mod truncate;
 pub(crate) mod vectored;
 pub(crate) mod write;
 
-use crate::error::{IoUringError, Result};
+use crate::error::{Error, Result};
 use crate::pool::Target;
 use crate::router::FileKey;
 use crate::session::SessionTable;
@@ -141,8 +141,8 @@ pub(crate) trait FileOp: Send {
     }
 
     /// The error for `errno`; `file` is the op's file (path operations name their own paths).
-    fn error(&self, errno: i32, file: &Path) -> IoUringError {
-        IoUringError::io(self.kind().name(), Some(file.to_path_buf()), None, errno)
+    fn error(&self, errno: i32, file: &Path) -> Error {
+        Error::io(self.kind().name(), Some(file.to_path_buf()), None, errno)
     }
 
     /// Adjusts the size the file is known to have at least, when the op is admitted (an op that
@@ -230,7 +230,6 @@ pub(crate) fn cwd() -> types::Fd {
 /// A path as a C string, for an SQE or a system call; a NUL inside is an invalid argument.
 pub(crate) fn c_path(op: &'static str, path: &Path) -> Result<std::ffi::CString> {
     use std::os::unix::ffi::OsStrExt;
-    std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| {
-        IoUringError::invalid(op, format!("path {} contains a NUL byte", path.display()))
-    })
+    std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| Error::invalid(op, format!("path {} contains a NUL byte", path.display())))
 }

@@ -28,7 +28,7 @@
 
 use super::{cwd, FileOp, OpFd, PathTarget};
 use crate::completion::Completer;
-use crate::error::{IoUringError, Result};
+use crate::error::{Error, Result};
 use crate::executor::ExecShared;
 use crate::fd_transit::InTransit;
 use crate::file::{File, OpenPlan};
@@ -230,11 +230,11 @@ impl FileOp for OpenAt {
         }
     }
 
-    fn error(&self, errno: i32, file: &Path) -> IoUringError {
+    fn error(&self, errno: i32, file: &Path) -> Error {
         match self.stage {
-            _ if self.refused => IoUringError::Shutdown,
-            Stage::Open => IoUringError::io("open", Some(file.to_path_buf()), None, errno),
-            Stage::Identify => IoUringError::io("statx", Some(file.to_path_buf()), None, errno),
+            _ if self.refused => Error::Shutdown,
+            Stage::Open => Error::io("open", Some(file.to_path_buf()), None, errno),
+            Stage::Identify => Error::io("statx", Some(file.to_path_buf()), None, errno),
         }
     }
 
@@ -245,7 +245,7 @@ impl FileOp for OpenAt {
         if done.is_cancelled() {
             // Nobody waits (or the caller cancelled): not installed; a descriptor still here is
             // closed when the op drops.
-            done.complete(Err(IoUringError::Cancelled {
+            done.complete(Err(Error::Cancelled {
                 op: "open",
                 path: Some(self.target.path.to_path_buf()),
             }));
@@ -254,7 +254,7 @@ impl FileOp for OpenAt {
         let installed =
             result.and_then(|()| match (self.fd.take(), self.key, self.transit.take()) {
                 (Some(fd), Some(key), Some(transit)) => Ok((fd, key, transit)),
-                _ => Err(IoUringError::invalid(
+                _ => Err(Error::invalid(
                     "open",
                     "the open finished without a descriptor",
                 )),

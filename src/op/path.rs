@@ -6,7 +6,7 @@
 
 use super::{cwd, FileOp, OpFd, PathTarget};
 use crate::completion::Completer;
-use crate::error::{IoUringError, Result};
+use crate::error::{Error, Result};
 use crate::session::SessionTable;
 use crate::shard::Reply;
 use crate::stats::OpKind;
@@ -114,16 +114,16 @@ impl FileOp for PathOp {
         })
     }
 
-    fn error(&self, errno: i32, _file: &Path) -> IoUringError {
+    fn error(&self, errno: i32, _file: &Path) -> Error {
         let from = self.target.path.to_path_buf();
         match &self.call {
-            PathCall::Rename { to_path, .. } => IoUringError::PathPair {
+            PathCall::Rename { to_path, .. } => Error::PathPair {
                 op: "rename",
                 from,
                 to: to_path.to_path_buf(),
                 errno,
             },
-            _ => IoUringError::io(self.kind().name(), Some(from), None, errno),
+            _ => Error::io(self.kind().name(), Some(from), None, errno),
         }
     }
 

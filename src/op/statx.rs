@@ -3,7 +3,7 @@
 
 use super::{FileOp, OpFd, PathTarget};
 use crate::completion::Completer;
-use crate::error::{IoUringError, Result};
+use crate::error::{Error, Result};
 use crate::session::SessionTable;
 use crate::shard::{Footprint, Reply};
 use crate::stats::OpKind;
@@ -252,14 +252,14 @@ impl FileOp for Statx {
         )
     }
 
-    fn error(&self, errno: i32, file: &Path) -> IoUringError {
+    fn error(&self, errno: i32, file: &Path) -> Error {
         let path = self.path.as_ref().map_or(file, |(_, t)| &t.path);
         let op = if self.path.is_some() {
             "stat"
         } else {
             "metadata"
         };
-        IoUringError::io(op, Some(path.to_path_buf()), None, errno)
+        Error::io(op, Some(path.to_path_buf()), None, errno)
     }
 
     fn complete(&mut self, result: Result<()>, _reply: Reply, _s: &mut SessionTable) -> u64 {

@@ -1,7 +1,7 @@
 //! sync_file_range (IORING_OP_SYNC_FILE_RANGE): ordered like fsync, after earlier writes.
 
 use super::{on_fd, FileOp, OpFd};
-use crate::error::IoUringError;
+use crate::error::Error;
 use crate::shard::Footprint;
 use crate::stats::OpKind;
 use io_uring::{opcode, squeue};
@@ -32,8 +32,8 @@ impl FileOp for SyncRange {
         .build()))
     }
 
-    fn error(&self, errno: i32, file: &Path) -> IoUringError {
-        IoUringError::io(
+    fn error(&self, errno: i32, file: &Path) -> Error {
+        Error::io(
             "sync_file_range",
             Some(file.to_path_buf()),
             Some(self.offset),

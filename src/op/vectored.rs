@@ -5,7 +5,7 @@
 
 use super::{on_fd, FileOp, OpFd, Step};
 use crate::completion::Completer;
-use crate::error::{IoUringError, Result};
+use crate::error::{Error, Result};
 use crate::session::SessionTable;
 use crate::shard::{Footprint, Reply};
 use crate::stats::OpKind;
@@ -111,8 +111,8 @@ impl FileOp for ReadV {
         advance(&mut self.done, self.total, res) // 0: end of file
     }
 
-    fn error(&self, errno: i32, file: &Path) -> IoUringError {
-        IoUringError::io("readv", Some(file.to_path_buf()), Some(self.offset), errno)
+    fn error(&self, errno: i32, file: &Path) -> Error {
+        Error::io("readv", Some(file.to_path_buf()), Some(self.offset), errno)
     }
 
     fn size_after(&self, known: &mut u64) {
@@ -207,8 +207,8 @@ impl FileOp for WriteV {
         advance(&mut self.done, self.total, res) // 0: no progress, report what was written
     }
 
-    fn error(&self, errno: i32, file: &Path) -> IoUringError {
-        IoUringError::io("writev", Some(file.to_path_buf()), Some(self.offset), errno)
+    fn error(&self, errno: i32, file: &Path) -> Error {
+        Error::io("writev", Some(file.to_path_buf()), Some(self.offset), errno)
     }
 
     fn size_after(&self, known: &mut u64) {

@@ -4,7 +4,7 @@
 
 use super::files::FileTable;
 use super::runner::submit_counted;
-use crate::error::{IoUringError, Result};
+use crate::error::{Error, Result};
 use crate::file::File;
 use crate::op::rw::pwrite_all;
 use crate::pool::{Direction, RegisteredBufferPool, Target};
@@ -122,12 +122,12 @@ impl ShardContext<'_> {
         let fd = self.files.lookup(file.handle())?.fd();
         let buffer_size = self.pool.buffer_size();
         let data = self.pool.get(buf_index)?;
-        let data = data.get(..len).ok_or(IoUringError::BufferTooSmall {
+        let data = data.get(..len).ok_or(Error::BufferTooSmall {
             requested: len,
             buffer_size,
         })?;
         pwrite_all(fd, data, offset, 0).map_err(|(written, errno)| {
-            IoUringError::io("write", Some(file.path().into()), Some(offset), errno)
+            Error::io("write", Some(file.path().into()), Some(offset), errno)
                 .with_written(written as u64)
         })
     }
@@ -195,7 +195,7 @@ impl ShardContext<'_> {
         if unsafe { self.ring.push(entry) } {
             Ok(())
         } else {
-            Err(IoUringError::SubmissionQueueFull)
+            Err(Error::SubmissionQueueFull)
         }
     }
 

@@ -1,7 +1,7 @@
 //! The shard's file table: open files by slot, with generations so a stale handle can never
 //! reach a file opened later in the same slot.
 
-use crate::error::{IoUringError, Result};
+use crate::error::{Error, Result};
 use crate::file::{FileFlags, FileRef};
 use crate::inline::{InlineFile, PendingCount};
 use crate::pool::Target;
@@ -98,7 +98,7 @@ pub(crate) struct Inode {
 impl FileTable {
     pub(crate) fn lookup(&self, file: FileRef) -> Result<&FileEntry> {
         if file.exec != self.exec_id || file.shard != self.shard {
-            return Err(IoUringError::BadHandle(
+            return Err(Error::BadHandle(
                 "the file belongs to another executor".into(),
             ));
         }
@@ -112,18 +112,14 @@ impl FileTable {
                 gen,
                 entry: Some(e),
                 ..
-            }) if *gen == file.gen => Err(IoUringError::BadHandle(format!(
-                "{} is closed",
-                e.path.display()
-            ))),
+            }) if *gen == file.gen => {
+                Err(Error::BadHandle(format!("{} is closed", e.path.display())))
+            }
             Some(s) if s.gen == file.gen.wrapping_add(1) && s.closed_path.is_some() => {
                 let p = s.closed_path.as_deref().unwrap_or(Path::new("the file"));
-                Err(IoUringError::BadHandle(format!(
-                    "{} is closed",
-                    p.display()
-                )))
+                Err(Error::BadHandle(format!("{} is closed", p.display())))
             }
-            _ => Err(IoUringError::BadHandle("the file is closed".into())),
+            _ => Err(Error::BadHandle("the file is closed".into())),
         }
     }
 
@@ -199,7 +195,7 @@ impl FileTable {
                 let inode = inodes.entry(e.key).or_default();
                 Ok((e, inode))
             }
-            _ => Err(IoUringError::BadHandle("the file is closed".into())),
+            _ => Err(Error::BadHandle("the file is closed".into())),
         }
     }
 

@@ -22,7 +22,7 @@ pub use tasks::{
 };
 
 use crate::completion::Completer;
-use crate::error::{IoUringError, Result};
+use crate::error::{Error, Result};
 use crate::file::{File, FileFlags, FileRef};
 use crate::router::FileKey;
 use crate::stats::{OpKind, ShardStats};
@@ -122,7 +122,7 @@ impl IoOp {
     pub(crate) fn fail(
         &mut self,
         reply: Reply,
-        err: IoUringError,
+        err: Error,
         sessions: &mut crate::session::SessionTable,
     ) {
         match self {
@@ -198,12 +198,9 @@ impl Reply {
             ),
             Reply::Detached | Reply::InOp => {}
             // Only the shard's finish can lend a buffer: anything arriving here is an error.
-            Reply::Lease(c) => c.complete(result.and_then(|_| {
-                Err(IoUringError::invalid(
-                    "read_pooled",
-                    "no pool buffer was lent",
-                ))
-            })),
+            Reply::Lease(c) => c.complete(
+                result.and_then(|_| Err(Error::invalid("read_pooled", "no pool buffer was lent"))),
+            ),
         }
     }
 
@@ -266,7 +263,7 @@ pub(crate) enum Message {
 
 impl IoRequest {
     /// Fails the request (see [`IoOp::fail`]).
-    pub(crate) fn fail(self, err: IoUringError, sessions: &mut crate::session::SessionTable) {
+    pub(crate) fn fail(self, err: Error, sessions: &mut crate::session::SessionTable) {
         let mut op = self.op;
         op.fail(self.reply, err, sessions);
     }
@@ -281,7 +278,7 @@ impl Message {
     ///
     /// A refused runnable is dropped (its task cancelled): only its shard's thread sends them
     /// to this function (other threads keep `!Send` tasks away from here).
-    pub(crate) fn fail(self, err: &IoUringError) -> Option<Completer<()>> {
+    pub(crate) fn fail(self, err: &Error) -> Option<Completer<()>> {
         // A request not admitted has no session entry (a session's requests travel whole, in
         // `Message::Session`): nothing is collected here.
         let mut none = crate::session::SessionTable::default();
@@ -351,12 +348,7 @@ impl ShardShared {
         // SAFETY: eventfd has no memory arguments.
         let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if fd < 0 {
-            return Err(IoUringError::io(
-                "eventfd",
-                None,
-                None,
-                crate::numa::last_errno(),
-            ));
+            return Err(Error::io("eventfd", None, None, crate::numa::last_errno()));
         }
         // SAFETY: eventfd returned a new descriptor that nothing else owns.
         let eventfd = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) };
@@ -417,7 +409,7 @@ impl ShardLink {
     /// unbounded, and what a shard has admitted is bounded on its side (the rest waits in the
     /// inbox, in order). Gives the message back when the shard is gone.
     #[allow(clippy::result_large_err)] // cold path: the shard is gone
-    pub(crate) fn send(&self, msg: Message) -> std::result::Result<(), (Message, IoUringError)> {
+    pub(crate) fn send(&self, msg: Message) -> std::result::Result<(), (Message, Error)> {
         if self.shared.dead.load(Ordering::Acquire) {
             return Err((msg, self.dead_error()));
         }
@@ -441,18 +433,18 @@ impl ShardLink {
         result
     }
 
-    fn dead_error(&self) -> IoUringError {
-        IoUringError::ShardFailed {
+    fn dead_error(&self) -> Error {
+        Error::ShardFailed {
             shard: self.index,
             reason: "the shard thread panicked earlier; its files are unavailable".into(),
         }
     }
 
-    fn gone_error(&self) -> IoUringError {
+    fn gone_error(&self) -> Error {
         if self.shared.dead.load(Ordering::Acquire) {
             self.dead_error()
         } else {
-            IoUringError::Shutdown
+            Error::Shutdown
         }
     }
 }

@@ -43,7 +43,7 @@ use super::{
 };
 use crate::completion::{set_abandon_reason, set_current_shard, AbandonReason, Completer};
 use crate::driver::{Backend, Driver, ThreadDriver};
-use crate::error::{IoUringError, Result};
+use crate::error::{Error, Result};
 use crate::file::{File, FileFlags, FileInner, FileRef};
 use crate::inline::InlineFile;
 use crate::numa;
@@ -224,7 +224,7 @@ pub(crate) fn spawn(cfg: ShardConfig) -> Result<(ShardLink, std::thread::JoinHan
         .name(format!("ringshard-{}", cfg.index))
         .spawn(move || shard_main(thread_cfg, rx, thread_shared, ready_tx))
         .map_err(|e| {
-            IoUringError::io(
+            Error::io(
                 "spawn shard thread",
                 None,
                 None,
@@ -248,7 +248,7 @@ pub(crate) fn spawn(cfg: ShardConfig) -> Result<(ShardLink, std::thread::JoinHan
         }
         Err(_) => {
             let _ = handle.join();
-            Err(IoUringError::ShardFailed {
+            Err(Error::ShardFailed {
                 shard: cfg.index,
                 reason: "the shard thread died during setup".into(),
             })
@@ -305,13 +305,13 @@ fn shard_main(
         shared.dead.store(true, AtomicOrdering::Release);
         set_abandon_reason(AbandonReason::ShardPanicked);
         shard.panicked = true;
-        IoUringError::ShardFailed {
+        Error::ShardFailed {
             shard: index,
             reason: "the shard thread panicked; this operation did not complete".into(),
         }
     } else {
         set_abandon_reason(AbandonReason::Shutdown);
-        IoUringError::Shutdown
+        Error::Shutdown
     };
     // Whatever is still queued for this shard is failed, including what callers put in between
     // their checks and their send: see `ShardLink::send`. (Messages sent on this thread that
@@ -372,7 +372,7 @@ impl Shard {
     fn new(cfg: ShardConfig, rx: Receiver<Message>, shared: Arc<ShardShared>) -> Result<Self> {
         if let Some(cpu) = cfg.cpu {
             if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
-                return Err(IoUringError::InvalidConfig(format!(
+                return Err(Error::InvalidConfig(format!(
                     "shard {}: cannot pin to CPU {cpu} (sched_setaffinity refused): the CPU may \
                      be offline or outside this process's cpuset",
                     cfg.index
@@ -403,7 +403,7 @@ impl Shard {
                     format!("ringshard-{}-io", cfg.index),
                 )
                 .map_err(|e| {
-                    IoUringError::io("eventfd", None, None, e.raw_os_error().unwrap_or(libc::EIO))
+                    Error::io("eventfd", None, None, e.raw_os_error().unwrap_or(libc::EIO))
                 })?;
                 (Driver::Threads(driver), None)
             }
@@ -1005,7 +1005,7 @@ impl Shard {
             // A pooled read fills exactly one pool buffer, in place.
             let chunk = self.pool.buffer_size() as u64 / DIRECT_ALIGN * DIRECT_ALIGN;
             if data_path != DataPath::Fixed || len > chunk || !matches!(op, IoOp::Read { .. }) {
-                let e = IoUringError::invalid(
+                let e = Error::invalid(
                     "read_pooled",
                     format!(
                         "a pooled read is an O_DIRECT read of at most one pool buffer \
@@ -1137,7 +1137,7 @@ impl Shard {
 
     /// The error a cancelled op completes with.
     /// The error of an op cancelled for `why`, counted in the stats.
-    fn cancel_error(&mut self, why: CancelWhy, kind: OpKind, path: Option<&Path>) -> IoUringError {
+    fn cancel_error(&mut self, why: CancelWhy, kind: OpKind, path: Option<&Path>) -> Error {
         match why {
             CancelWhy::Deadline => self.stats.note_deadline_exceeded(),
             CancelWhy::Dropped | CancelWhy::Shutdown => self.stats.note_cancelled(),
@@ -1365,7 +1365,7 @@ impl Shard {
     fn push_chunk(&mut self, dir: Direction, idx: u16) -> Result<()> {
         let ch = self.chunks[idx as usize];
         let Some(op) = self.ops.get(ch.op) else {
-            return Err(IoUringError::invalid("issue", "chunk without op"));
+            return Err(Error::invalid("issue", "chunk without op"));
         };
         let (target, file_off) = (op.target, op.offset + ch.rel + u64::from(ch.done));
         let rw_flags = op.io.rw_flags();
@@ -1385,7 +1385,7 @@ impl Shard {
                     self.chunks[idx as usize].user_data = user_data;
                     return Ok(());
                 }
-                Err(IoUringError::SubmissionQueueFull) => {
+                Err(Error::SubmissionQueueFull) => {
                     self.stats.note_sq_full();
                     self.submit(0)?;
                 }
@@ -1786,7 +1786,7 @@ impl Shard {
         } else if let Some(errno) = errno {
             self.stats.record_error(kind, errno, lat);
             let offset = matches!(io, IoOp::Read { .. } | IoOp::Write { .. }).then_some(offset);
-            let e = IoUringError::io(kind.name(), Some(path.to_path_buf()), offset, errno);
+            let e = Error::io(kind.name(), Some(path.to_path_buf()), offset, errno);
             Err(match io {
                 // How much of a failed write is known to be written, from its offset on: the
                 // chunks of an O_DIRECT write run in parallel, so its prefix ends at the first
@@ -2045,7 +2045,7 @@ impl Shard {
                     c.complete(Err(e));
                 }
             },
-            (Ok(_), None) => c.complete(Err(IoUringError::invalid(
+            (Ok(_), None) => c.complete(Err(Error::invalid(
                 "read_pooled",
                 "the read completed without a buffer",
             ))),
@@ -2151,12 +2151,12 @@ impl Drop for Shard {
         // every file. Memory the kernel may still read or write (the memory path of an op in
         // flight) is leaked, not freed: the ring is closed only after this.
         let error = if self.panicked {
-            IoUringError::ShardFailed {
+            Error::ShardFailed {
                 shard: self.cfg.index,
                 reason: "the shard thread panicked; this operation did not complete".into(),
             }
         } else {
-            IoUringError::Shutdown
+            Error::Shutdown
         };
         for op in self.ops.drain() {
             let Op {
@@ -2263,14 +2263,14 @@ fn reset_eventfd(shared: &ShardShared) {
 }
 
 /// The error of an op cancelled for `why`.
-fn cancel_error_of(why: CancelWhy, kind: OpKind, path: Option<&Path>) -> IoUringError {
+fn cancel_error_of(why: CancelWhy, kind: OpKind, path: Option<&Path>) -> Error {
     let path = path.map(Path::to_path_buf);
     match why {
-        CancelWhy::Deadline => IoUringError::DeadlineExceeded {
+        CancelWhy::Deadline => Error::DeadlineExceeded {
             op: kind.name(),
             path,
         },
-        CancelWhy::Dropped | CancelWhy::Shutdown => IoUringError::Cancelled {
+        CancelWhy::Dropped | CancelWhy::Shutdown => Error::Cancelled {
             op: kind.name(),
             path,
         },
@@ -2294,7 +2294,7 @@ pub(super) fn submit_counted(
             Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR)) => continue,
             Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN)) => return Ok(0),
             Err(e) => {
-                return Err(IoUringError::io(
+                return Err(Error::io(
                     "io_uring_enter",
                     None,
                     None,

@@ -18,7 +18,7 @@
 
 use super::{IoOp, IoRequest, Message, Reply};
 use crate::completion::{current_shard, pair, Completion};
-use crate::error::{IoUringError, Result};
+use crate::error::{Error, Result};
 use crate::executor::ExecShared;
 use crate::file::File;
 use std::cell::{Cell, RefCell};
@@ -117,7 +117,7 @@ fn forget_or_drop(r: async_task::Runnable, local: bool) {
     }
 }
 
-/// Wraps a task's future: a panic in a poll ends the task with [`IoUringError::TaskPanicked`].
+/// Wraps a task's future: a panic in a poll ends the task with [`Error::TaskPanicked`].
 struct Guarded<F> {
     fut: F,
     shard: usize,
@@ -137,7 +137,7 @@ impl<T, F: Future<Output = Result<T>>> Future for Guarded<F> {
             Ok(Poll::Ready(v)) => Poll::Ready(v),
             Ok(Poll::Pending) => Poll::Pending,
             // async-task never polls a finished task again, so the broken future is only dropped.
-            Err(p) => Poll::Ready(Err(IoUringError::TaskPanicked {
+            Err(p) => Poll::Ready(Err(Error::TaskPanicked {
                 shard,
                 message: crate::executor::panic_text(p.as_ref()),
             })),
@@ -176,10 +176,10 @@ where
 
 fn check_shard(exec: &ExecShared, shard: usize) -> Result<()> {
     if exec.closed.load(std::sync::atomic::Ordering::Acquire) {
-        return Err(IoUringError::Shutdown);
+        return Err(Error::Shutdown);
     }
     if shard >= exec.shards.len() {
-        return Err(IoUringError::invalid(
+        return Err(Error::invalid(
             "spawn_on",
             format!(
                 "no shard {shard}: this executor has {} shards (0..{})",
@@ -201,7 +201,7 @@ where
         return JoinHandle::failed(exec, shard, e);
     }
     if !on_shard(exec.id, shard) {
-        let e = IoUringError::invalid(
+        let e = Error::invalid(
             "spawn_local",
             format!(
                 "called off shard {shard}'s thread: use spawn_on_with to build the future there"
@@ -236,7 +236,7 @@ where
                 let fut = f(l.clone());
                 l.spawn_local(fut)
             }
-            None => return Err(IoUringError::invalid("spawn_on_with", "not on a shard")),
+            None => return Err(Error::invalid("spawn_on_with", "not on a shard")),
         };
         inner.await
     })
@@ -484,13 +484,13 @@ pub(crate) fn take_dropped_timers(out: &mut Vec<Arc<TimerState>>) {
 ///
 /// - **Dropping the handle cancels the task** (its future is dropped on its shard before its next
 ///   poll); [`detach`](Self::detach) lets it run to the end instead.
-/// - A panic in the task comes back as [`IoUringError::TaskPanicked`]; the shard goes on.
+/// - A panic in the task comes back as [`Error::TaskPanicked`]; the shard goes on.
 /// - A task cancelled, or dropped because its shard stopped, reports
-///   [`IoUringError::Cancelled`] (op `"task"`) or [`IoUringError::Shutdown`].
+///   [`Error::Cancelled`] (op `"task"`) or [`Error::Shutdown`].
 #[must_use = "dropping a JoinHandle cancels its task; call detach() to let it run"]
 pub struct JoinHandle<T> {
     task: Option<async_task::FallibleTask<Result<T>>>,
-    early: Option<IoUringError>,
+    early: Option<Error>,
     exec: Arc<ExecShared>,
     shard: usize,
 }
@@ -518,7 +518,7 @@ impl<T> JoinHandle<T> {
         }
     }
 
-    fn failed(exec: &Arc<ExecShared>, shard: usize, e: IoUringError) -> JoinHandle<T> {
+    fn failed(exec: &Arc<ExecShared>, shard: usize, e: Error) -> JoinHandle<T> {
         JoinHandle {
             task: None,
             early: Some(e),
@@ -552,13 +552,13 @@ impl<T> JoinHandle<T> {
 
     /// Blocks the calling thread until the task ends.
     ///
-    /// On a shard thread of the same executor it returns [`IoUringError::WouldDeadlock`] unless
+    /// On a shard thread of the same executor it returns [`Error::WouldDeadlock`] unless
     /// the task has finished: the task's own shard cannot run it while its thread waits, and two
     /// shards waiting on each other never finish. Await the handle in a task instead.
     pub fn wait(self) -> Result<T> {
         if let Some((exec, shard)) = current_shard() {
             if exec == self.exec.id && !self.is_finished() {
-                return Err(IoUringError::WouldDeadlock {
+                return Err(Error::WouldDeadlock {
                     op: "JoinHandle::wait",
                     shard,
                 });
@@ -568,14 +568,14 @@ impl<T> JoinHandle<T> {
     }
 
     /// Why the task ended without output.
-    fn gone(&self) -> IoUringError {
+    fn gone(&self) -> Error {
         let dead = self
             .exec
             .shards
             .get(self.shard)
             .is_some_and(|l| l.shared.dead.load(std::sync::atomic::Ordering::Acquire));
         if dead {
-            IoUringError::ShardFailed {
+            Error::ShardFailed {
                 shard: self.shard,
                 reason: "the shard thread panicked; the task was dropped".into(),
             }
@@ -586,9 +586,9 @@ impl<T> JoinHandle<T> {
                 .get(self.shard)
                 .is_some_and(|l| l.shared.exited.load(std::sync::atomic::Ordering::Acquire))
         {
-            IoUringError::Shutdown
+            Error::Shutdown
         } else {
-            IoUringError::Cancelled {
+            Error::Cancelled {
                 op: "task",
                 path: None,
             }
@@ -604,7 +604,7 @@ impl<T> Future for JoinHandle<T> {
             return Poll::Ready(Err(e));
         }
         let Some(task) = self.task.as_mut() else {
-            return Poll::Ready(Err(IoUringError::invalid(
+            return Poll::Ready(Err(Error::invalid(
                 "JoinHandle",
                 "the task's output was already taken",
             )));
@@ -697,7 +697,7 @@ impl LocalShard {
 
     /// Spawns a future that need not be `Send` on this shard. It runs, and is dropped, only on
     /// this shard's thread. Called on any other thread, the handle fails with
-    /// [`IoUringError::InvalidArgument`].
+    /// [`Error::InvalidArgument`].
     pub fn spawn_local<F>(&self, fut: F) -> JoinHandle<F::Output>
     where
         F: Future + 'static,
@@ -745,7 +745,7 @@ impl LocalShard {
     /// waits while the pool is empty.
     pub async fn read_pooled(&self, file: &File, offset: u64, len: usize) -> Result<PoolBuf> {
         if !self.owns(file) || !on_shard(self.exec.id, self.index) {
-            return Err(IoUringError::invalid(
+            return Err(Error::invalid(
                 "read_pooled",
                 format!(
                     "{} is not owned by shard {} (or this is not its thread): pooled reads use \

@@ -3,7 +3,7 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
-use ringshard::{Completion, Executor, File, IoUringError, OpenOptions};
+use ringshard::{Completion, Error, Executor, File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -16,7 +16,7 @@ pub const HANG: Duration = Duration::from_secs(30);
 #[track_caller]
 pub fn wait<T>(mut c: Completion<T>) -> ringshard::Result<T> {
     match c.wait_timeout(HANG) {
-        Err(IoUringError::Timeout) => panic!("operation did not complete within {HANG:?}"),
+        Err(Error::Timeout) => panic!("operation did not complete within {HANG:?}"),
         r => r,
     }
 }
@@ -288,9 +288,9 @@ impl Drop for QuietShardPanics {
     }
 }
 
-/// Whether `e` is [`IoUringError::ShardFailed`] for `shard`.
-pub fn is_shard_failed(e: &IoUringError, shard: usize) -> bool {
-    matches!(e, IoUringError::ShardFailed { shard: s, .. } if *s == shard)
+/// Whether `e` is [`Error::ShardFailed`] for `shard`.
+pub fn is_shard_failed(e: &Error, shard: usize) -> bool {
+    matches!(e, Error::ShardFailed { shard: s, .. } if *s == shard)
 }
 
 /// The text every [`panicking_waker`] panics with.

@@ -13,7 +13,7 @@ use crate::pace::{self, Wait};
 use crate::pattern::Pattern;
 use crate::tally::{Tally, Times};
 use crate::workload::{Api, IoKind, Next, Op, OpGen, Submitter};
-use ringshard::{Completion, Executor, ExecutorStats, IoUringError};
+use ringshard::{Completion, Error, Executor, ExecutorStats};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::path::PathBuf;
@@ -58,7 +58,7 @@ impl Pending {
             Pending::Sync(c) => c.wait_timeout(d).map(|()| (0, None)),
         };
         match r {
-            Err(IoUringError::Timeout) => None,
+            Err(Error::Timeout) => None,
             r => Some(r),
         }
     }
@@ -244,7 +244,7 @@ impl Client<'_> {
                     first
                         .pending
                         .wait_timeout(std::time::Duration::MAX)
-                        .unwrap_or(Err(IoUringError::Timeout)),
+                        .unwrap_or(Err(Error::Timeout)),
                 ),
                 Some(Wait::Block(d)) => first.pending.wait_timeout(d),
                 Some(Wait::Poll) => first

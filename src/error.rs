@@ -338,8 +338,9 @@ impl fmt::Display for Error {
                     libc::ENOSYS => write!(
                         f,
                         "; this kernel has no io_uring (built without CONFIG_IO_URING, or a \
-                         sandbox such as gVisor or a seccomp filter hides it); ringshard needs \
-                         Linux 5.19 or later with io_uring enabled"
+                         sandbox such as gVisor or a seccomp filter hides it); ringshard's io_uring \
+                         backend needs Linux 5.6 or later with io_uring enabled (6.1 or later \
+                         for its best ring mode)"
                     ),
                     libc::EINVAL => write!(
                         f,

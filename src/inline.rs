@@ -38,7 +38,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 /// The default [`inline_read_limit`](crate::ExecutorBuilder::inline_read_limit): reads up to
-/// this many bytes are tried on the caller's thread. Chosen by measurement (README,
+/// this many bytes are tried on the caller's thread. Chosen by measurement (BENCHMARKS.md,
 /// "Inline cached reads"): a 64 KiB copy from the page cache takes a few microseconds, so a
 /// runtime thread is never held for long.
 pub const DEFAULT_INLINE_READ_LIMIT: usize = 64 * 1024;

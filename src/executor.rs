@@ -1200,6 +1200,22 @@ impl Executor {
             .sync_file_range(file, offset, len, flags)
     }
 
+    /// `posix_fadvise(2)` of `len` bytes at `offset` (0: to the end of the file; at most
+    /// 4 GiB - 1) with `advice` (IORING_OP_FADVISE; the system call on the threads backend),
+    /// after every earlier write to the file: [`Advice::DontNeed`](crate::Advice::DontNeed)
+    /// drops the clean cached pages of the range, [`Advice::WillNeed`](crate::Advice::WillNeed)
+    /// starts reading it in. Advice only: the kernel may ignore it (as tmpfs does for
+    /// `DontNeed`). Same as [`File::fadvise`].
+    pub fn fadvise(
+        &self,
+        file: &File,
+        offset: u64,
+        len: u64,
+        advice: crate::Advice,
+    ) -> Completion<()> {
+        self.with_deadline(None).fadvise(file, offset, len, advice)
+    }
+
     /// Reads into buffers of `lens` bytes at `offset` with one `readv` (at most
     /// [`MAX_IOVECS`](crate::MAX_IOVECS) buffers, and
     /// [`max_request_size`](ExecutorBuilder::max_request_size) bytes in all). A short read is
@@ -1784,6 +1800,20 @@ impl Deadlined<'_> {
         self.exec
             .shared
             .request(file, op, Reply::Unit, self.deadline)
+    }
+
+    /// [`Executor::fadvise`] with the deadline.
+    pub fn fadvise(
+        &self,
+        file: &File,
+        offset: u64,
+        len: u64,
+        advice: crate::Advice,
+    ) -> Completion<()> {
+        if let Err(e) = self.exec.shared.check_owner(file) {
+            return Completion::ready(Err(e));
+        }
+        crate::file_ops::fadvise(file, offset, len, advice, self.deadline)
     }
 
     /// [`Executor::read_vectored`] with the deadline.

@@ -25,6 +25,19 @@ pub(crate) fn close(file: &File) -> Completion<()> {
     shared.request(file, Ok(IoOp::Close(shared.fds.enter())), Reply::Unit, None)
 }
 
+/// Sends an fadvise of `file`: the one implementation of [`File::fadvise`],
+/// [`Executor::fadvise`](crate::Executor::fadvise) and its [`Deadlined`](crate::Deadlined) form.
+pub(crate) fn fadvise(
+    file: &File,
+    offset: u64,
+    len: u64,
+    advice: crate::Advice,
+    deadline: Option<std::time::Instant>,
+) -> Completion<()> {
+    let op = request::fadvise_op(offset, len, advice);
+    file.shared().request(file, op, Reply::Unit, deadline)
+}
+
 /// Operations on the file. Each returns a [`Completion`] (`.wait()` blocks, `.await` does not)
 /// and never blocks to send. They are the [`Executor`](crate::Executor)'s operations of the same
 /// names (`fsync` is [`sync_all`](File::sync_all), `fdatasync`
@@ -271,6 +284,13 @@ impl File {
     pub fn fallocate(&self, mode: i32, offset: u64, len: u64) -> Completion<()> {
         let op = request::fallocate_op(mode, offset, len);
         self.shared().request(self, op, Reply::Unit, None)
+    }
+
+    /// `posix_fadvise(2)`: advice about the file's page cache for `len` bytes at `offset` (0: to
+    /// the end of the file; at most 4 GiB - 1), after earlier writes to the file. See
+    /// [`Executor::fadvise`](crate::Executor::fadvise).
+    pub fn fadvise(&self, offset: u64, len: u64, advice: crate::Advice) -> Completion<()> {
+        fadvise(self, offset, len, advice, None)
     }
 
     /// Closes the file after every earlier operation on it and reports errors; operations on any

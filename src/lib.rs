@@ -63,6 +63,7 @@ pub use file::{File, OpenOptions};
 pub use inline::{DEFAULT_INLINE_READ_LIMIT, MAX_INLINE_READ_LIMIT};
 pub use io_adapters::FileCursor;
 pub use op::append::Appended;
+pub use op::fadvise::Advice;
 pub use op::path::RenameFlags;
 pub use op::rw::RwFlags;
 pub use op::statx::Metadata;

@@ -180,6 +180,23 @@ pub(crate) fn sync_file_range(offset: u64, len: u64, flags: u32) -> Result<u32> 
     })
 }
 
+/// An fadvise of `len` bytes at `offset` (0: to the end of the file): `len` fits the SQE's 32
+/// bits.
+pub(crate) fn fadvise_op(offset: u64, len: u64, advice: crate::Advice) -> Result<IoOp> {
+    check_end("fadvise", offset, len)?;
+    let len = u32::try_from(len).map_err(|_| {
+        Error::invalid(
+            "fadvise",
+            format!("length {len} is more than 4 GiB - 1: split it, or pass 0 for \"to the end\""),
+        )
+    })?;
+    Ok(IoOp::File(Box::new(op::fadvise::Fadvise {
+        offset,
+        len,
+        advice,
+    })))
+}
+
 /// A vectored read of `lens` or write of buffers of `lens` at `offset`.
 pub(crate) fn vectored(
     file: &File,

@@ -127,6 +127,8 @@ op_kinds! {
     Append => "append",
     /// `sync_file_range`.
     SyncFileRange => "sync_file_range",
+    /// `posix_fadvise` (fadvise).
+    Fadvise => "fadvise",
 }
 
 impl fmt::Display for OpKind {

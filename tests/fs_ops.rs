@@ -1,0 +1,145 @@
+//! The file operations added for issue 20 item 4 on real files, on whichever backend the
+//! environment picks (`RINGSHARD_BACKEND=threads` for the threads backend) and on the blocking
+//! path (every kind forced there): fadvise, hard and symbolic links, O_TMPFILE published with a
+//! link, directory listings.
+
+use ringshard::{Advice, Error, Executor, OpKind, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+fn exec() -> Executor {
+    Executor::builder().shards(2).build().unwrap()
+}
+
+/// Every kind with an opcode forced to the blocking path (the system call on the shard thread).
+fn blocking_exec() -> Executor {
+    Executor::builder()
+        .shards(2)
+        .force_blocking(&OpKind::ALL)
+        .build()
+        .unwrap()
+}
+
+/// Both ways of running the ops: their SQEs (io_uring, or the threads backend's workers), and
+/// the blocking path.
+fn execs() -> Vec<(&'static str, Executor)> {
+    vec![("ring", exec()), ("blocking", blocking_exec())]
+}
+
+fn rw() -> OpenOptions {
+    let mut o = OpenOptions::new();
+    o.read(true).write(true).create(true);
+    o
+}
+
+fn errno(e: &Error) -> i32 {
+    e.errno().unwrap_or_else(|| panic!("no errno in {e:?}"))
+}
+
+/// Which pages of `path` are in the page cache (`mincore` of a shared mapping, unmapped again
+/// at once: a mapped page would not be dropped by DONTNEED).
+fn resident_pages(path: &Path) -> Vec<bool> {
+    let f = std::fs::File::open(path).unwrap();
+    let len = f.metadata().unwrap().len() as usize;
+    // SAFETY: a read-only shared mapping of a file we opened; unmapped below, never read.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED, "mmap");
+    let mut vec = vec![0u8; len.div_ceil(4096)];
+    // SAFETY: `p` maps `len` bytes; `vec` has one byte per page.
+    let r = unsafe { libc::mincore(p, len, vec.as_mut_ptr()) };
+    // SAFETY: unmaps what was mapped above.
+    unsafe { libc::munmap(p, len) };
+    assert_eq!(r, 0, "mincore");
+    vec.iter().map(|b| b & 1 != 0).collect()
+}
+
+#[test]
+fn fadvise_dontneed_drops_pages_and_willneed_reads_them_in() {
+    // /tmp is ext4 here (tmpfs ignores DONTNEED: its pages are the file).
+    let dir = tempfile::tempdir().unwrap();
+    for (how, exec) in execs() {
+        let p = dir.path().join(format!("f-{how}"));
+        let f = exec.open(&p, &rw()).wait().unwrap();
+        // 64 KiB: within the smallest readahead window, so WILLNEED reads all of it.
+        exec.write(&f, 0, vec![5u8; 65536]).wait().unwrap();
+        f.sync_all().wait().unwrap(); // clean pages: DONTNEED can drop them
+        assert!(resident_pages(&p).iter().all(|r| *r), "{how}: written pages cached");
+
+        f.fadvise(0, 0, Advice::DontNeed).wait().unwrap();
+        let left = resident_pages(&p).iter().filter(|r| **r).count();
+        assert_eq!(left, 0, "{how}: DONTNEED left {left} pages cached");
+
+        // WILLNEED starts the reads and returns; mincore counts a page once its read is done.
+        // Nothing else reads the file meanwhile, so a page that shows up is WILLNEED's.
+        exec.fadvise(&f, 0, 65536, Advice::WillNeed).wait().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !resident_pages(&p)[0] {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{how}: WILLNEED read nothing in"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(f.read_at(0, 65536).wait().unwrap(), vec![5u8; 65536]);
+
+        for advice in [
+            Advice::Normal,
+            Advice::Sequential,
+            Advice::Random,
+            Advice::NoReuse,
+        ] {
+            exec.fadvise(&f, 4096, 8192, advice).wait().unwrap();
+        }
+        // The deadline form reaches the same operation.
+        exec.timeout(std::time::Duration::from_secs(60))
+            .fadvise(&f, 0, 0, Advice::DontNeed)
+            .wait()
+            .unwrap();
+        exec.shutdown().unwrap();
+    }
+}
+
+#[test]
+fn fadvise_errors_carry_op_errno_and_path() {
+    let dir = tempfile::tempdir().unwrap();
+    for (how, exec) in execs() {
+        let p = dir.path().join(format!("f-{how}"));
+        let f = exec.open(&p, &rw()).wait().unwrap();
+        // Ranges refused before anything is sent.
+        let e = f.fadvise(u64::MAX, 2, Advice::WillNeed).wait().unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument { op: "fadvise", .. }), "{e:?}");
+        let e = f.fadvise(0, 1 << 32, Advice::WillNeed).wait().unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument { op: "fadvise", .. }), "{e:?}");
+        assert!(e.to_string().contains("4 GiB"), "{e}");
+
+        // The kernel's own refusal: a FIFO has no page cache (ESPIPE).
+        let fifo = dir.path().join(format!("fifo-{how}"));
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a NUL-terminated path, read during the call only.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let ff = exec.open(&fifo, &rw()).wait().unwrap();
+        let e = ff.fadvise(0, 0, Advice::DontNeed).wait().unwrap_err();
+        assert_eq!(errno(&e), libc::ESPIPE, "{how}: {e:?}");
+        match &e {
+            Error::Io { op, path, .. } => {
+                assert_eq!(*op, "fadvise");
+                assert_eq!(path.as_deref(), Some(fifo.as_path()));
+            }
+            other => panic!("{how}: {other:?}"),
+        }
+        // A file of another executor is refused, as for every Executor method.
+        let other = Executor::builder().shards(1).build().unwrap();
+        let e = other.fadvise(&f, 0, 0, Advice::Normal).wait().unwrap_err();
+        assert!(matches!(e, Error::BadHandle(_)), "{e:?}");
+        exec.shutdown().unwrap();
+    }
+}

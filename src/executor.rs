@@ -1293,6 +1293,24 @@ impl Executor {
         self.with_deadline(None).rename(from, to, flags)
     }
 
+    /// Makes `new` a hard link to the file at `original` (`linkat`, IORING_OP_LINKAT; a final
+    /// symlink at `original` is linked itself, not followed). Routed and ordered like
+    /// [`rename`](Self::rename), by the **new** name's parent directory. Fails with EEXIST if
+    /// `new` exists, EXDEV across filesystems, EPERM for a directory. Errors name both paths
+    /// ([`Error::PathPair`], op `"hard_link"`).
+    pub fn hard_link(&self, original: impl AsRef<Path>, new: impl AsRef<Path>) -> Completion<()> {
+        self.with_deadline(None).hard_link(original, new)
+    }
+
+    /// Creates a symbolic link at `link` whose contents are `target` (`symlinkat`,
+    /// IORING_OP_SYMLINKAT). `target` is stored as given, not looked up: it may be relative (to
+    /// the link's directory) or name nothing yet. Routed and ordered by `link`'s parent
+    /// directory (see [`unlink`](Self::unlink)). Fails with EEXIST if `link` exists. Errors name
+    /// both ([`Error::PathPair`], op `"symlink"`, `from` the target, `to` the link).
+    pub fn symlink(&self, target: impl AsRef<Path>, link: impl AsRef<Path>) -> Completion<()> {
+        self.with_deadline(None).symlink(target, link)
+    }
+
     /// Closes the file after every earlier operation on it and reports errors; later operations
     /// on any clone of the handle fail with [`Error::BadHandle`]. (Dropping the last
     /// clone closes it too, without a report.) A read of the file that another clone is doing
@@ -1917,6 +1935,40 @@ impl Deadlined<'_> {
             |c, target, done| Box::new(op::path::PathOp::new(call, c, target, done)),
             self.deadline,
         )
+    }
+
+    /// [`Executor::hard_link`] with the deadline.
+    pub fn hard_link(&self, original: impl AsRef<Path>, new: impl AsRef<Path>) -> Completion<()> {
+        let (original, new) = (original.as_ref(), new.as_ref());
+        let to = match op::c_path("hard_link", new) {
+            Ok(c) => c,
+            Err(e) => return Completion::ready(Err(e)),
+        };
+        let call = op::path::PathCall::Link {
+            to,
+            to_path: std::sync::Arc::from(new),
+        };
+        self.exec.shared.request_path(
+            "hard_link",
+            original,
+            Some(new),
+            |c, target, done| Box::new(op::path::PathOp::new(call, c, target, done)),
+            self.deadline,
+        )
+    }
+
+    /// [`Executor::symlink`] with the deadline.
+    pub fn symlink(&self, target: impl AsRef<Path>, link: impl AsRef<Path>) -> Completion<()> {
+        let target = target.as_ref();
+        let c = match op::c_path("symlink", target) {
+            Ok(c) => c,
+            Err(e) => return Completion::ready(Err(e)),
+        };
+        let call = op::path::PathCall::Symlink {
+            target: c,
+            target_path: std::sync::Arc::from(target),
+        };
+        self.path_call("symlink", link.as_ref(), call)
     }
 
     fn path_call(

@@ -129,6 +129,10 @@ op_kinds! {
     SyncFileRange => "sync_file_range",
     /// `posix_fadvise` (fadvise).
     Fadvise => "fadvise",
+    /// `linkat` (hard_link).
+    Link => "hard_link",
+    /// `symlinkat`.
+    Symlink => "symlink",
 }
 
 impl fmt::Display for OpKind {

@@ -143,3 +143,98 @@ fn fadvise_errors_carry_op_errno_and_path() {
         exec.shutdown().unwrap();
     }
 }
+
+/// The paths of a [`Error::PathPair`].
+fn pair(e: &Error) -> (&'static str, &Path, &Path, i32) {
+    match e {
+        Error::PathPair {
+            op,
+            from,
+            to,
+            errno,
+        } => (op, from.as_path(), to.as_path(), *errno),
+        other => panic!("not a PathPair: {other:?}"),
+    }
+}
+
+#[test]
+fn hard_link_then_read_through_it() {
+    let dir = tempfile::tempdir().unwrap();
+    for (how, exec) in execs() {
+        let d = dir.path().join(how);
+        std::fs::create_dir(&d).unwrap();
+        let (a, b) = (d.join("a"), d.join("b"));
+        let f = exec.open(&a, &rw()).wait().unwrap();
+        f.write_all_at(0, b"linked data").wait().unwrap();
+        exec.hard_link(&a, &b).wait().unwrap();
+        let md = exec.stat(&b).wait().unwrap();
+        assert_eq!(md.nlink(), 2, "{how}");
+        assert_eq!(md.ino(), exec.metadata(&f).wait().unwrap().ino(), "{how}");
+        // Sent in order in one directory: the unlink of the original runs after the link.
+        let link = exec.hard_link(&a, d.join("c"));
+        let gone = exec.unlink(&a);
+        link.wait().unwrap();
+        gone.wait().unwrap();
+        let g = exec
+            .open(&b, OpenOptions::new().read(true))
+            .wait()
+            .unwrap();
+        assert_eq!(g.read_at(0, 100).wait().unwrap(), b"linked data", "{how}");
+        assert_eq!(std::fs::read(d.join("c")).unwrap(), b"linked data", "{how}");
+
+        // EEXIST names both paths.
+        let e = exec.hard_link(&b, d.join("c")).wait().unwrap_err();
+        assert_eq!(pair(&e), ("hard_link", b.as_path(), d.join("c").as_path(), libc::EEXIST));
+        assert!(e.to_string().contains("EEXIST"), "{e}");
+        // A missing original: ENOENT.
+        let e = exec.hard_link(&a, d.join("x")).wait().unwrap_err();
+        assert_eq!(pair(&e), ("hard_link", a.as_path(), d.join("x").as_path(), libc::ENOENT));
+        // A directory cannot be hard-linked.
+        let e = exec.hard_link(&d, dir.path().join(format!("{how}-dir"))).wait().unwrap_err();
+        assert_eq!(errno(&e), libc::EPERM, "{how}: {e:?}");
+        exec.shutdown().unwrap();
+    }
+}
+
+#[test]
+fn symlink_then_metadata_and_readlink() {
+    let dir = tempfile::tempdir().unwrap();
+    for (how, exec) in execs() {
+        let d = dir.path().join(how);
+        std::fs::create_dir(&d).unwrap();
+        let a = d.join("a");
+        std::fs::write(&a, b"through the link").unwrap();
+
+        // A relative target resolves against the link's directory.
+        let l = d.join("l");
+        exec.symlink("a", &l).wait().unwrap();
+        assert!(exec.symlink_metadata(&l).wait().unwrap().is_symlink(), "{how}");
+        assert!(exec.stat(&l).wait().unwrap().is_file(), "{how}");
+        assert_eq!(std::fs::read_link(&l).unwrap(), Path::new("a"), "{how}");
+        let f = exec
+            .open(&l, OpenOptions::new().read(true))
+            .wait()
+            .unwrap();
+        assert_eq!(f.read_at(0, 100).wait().unwrap(), b"through the link");
+
+        // The target is stored as given: a dangling link is fine, and odd bytes survive.
+        use std::os::unix::ffi::OsStrExt;
+        let odd = std::ffi::OsStr::from_bytes(b"no such \xff\x01 target");
+        let dangling = d.join("dangling");
+        exec.symlink(odd, &dangling).wait().unwrap();
+        assert_eq!(std::fs::read_link(&dangling).unwrap().as_os_str(), odd);
+        let e = exec.stat(&dangling).wait().unwrap_err();
+        assert_eq!(errno(&e), libc::ENOENT, "{how}: {e:?}");
+
+        // EEXIST names the target and the link.
+        let e = exec.symlink("elsewhere", &a).wait().unwrap_err();
+        assert_eq!(pair(&e), ("symlink", Path::new("elsewhere"), a.as_path(), libc::EEXIST));
+        // A missing directory for the link: refused while routing (its parent is stat'ed).
+        let e = exec.symlink("a", d.join("no/l")).wait().unwrap_err();
+        assert_eq!(errno(&e), libc::ENOENT, "{how}: {e:?}");
+        // A NUL in the target is refused before anything is sent.
+        let e = exec.symlink("a\0b", d.join("n")).wait().unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument { op: "symlink", .. }), "{e:?}");
+        exec.shutdown().unwrap();
+    }
+}

@@ -207,6 +207,8 @@ pub(crate) fn opcode_of(kind: OpKind) -> Option<u8> {
         OpKind::SyncFileRange => opcode::SyncFileRange::CODE,
         OpKind::Open => opcode::OpenAt::CODE,
         OpKind::Fadvise => opcode::Fadvise::CODE,
+        OpKind::Link => opcode::LinkAt::CODE,
+        OpKind::Symlink => opcode::SymlinkAt::CODE,
         OpKind::Read | OpKind::Write | OpKind::Close | OpKind::Size | OpKind::Task => return None,
     })
 }

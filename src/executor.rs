@@ -1311,6 +1311,27 @@ impl Executor {
         self.with_deadline(None).symlink(target, link)
     }
 
+    /// Opens an unnamed temporary file in directory `dir` for reading and writing, with
+    /// permission bits `mode` (O_TMPFILE: see [`OpenOptions::tmpfile`]); give it a name with
+    /// [`link_file`](Self::link_file) once it is written. Blocks like [`open`](Self::open).
+    pub fn open_tmpfile(&self, dir: impl AsRef<Path>, mode: u32) -> Completion<File> {
+        self.open(
+            dir,
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .tmpfile(true)
+                .mode(mode),
+        )
+    }
+
+    /// Gives `file` the name `path` (`linkat` of its descriptor on the file's shard), after
+    /// every earlier operation on it: an [`open_tmpfile`](Self::open_tmpfile) file, written in
+    /// full, appears at `path` at once. Same as [`File::link_into`], which says more.
+    pub fn link_file(&self, file: &File, path: impl AsRef<Path>) -> Completion<()> {
+        self.with_deadline(None).link_file(file, path)
+    }
+
     /// Closes the file after every earlier operation on it and reports errors; later operations
     /// on any clone of the handle fail with [`Error::BadHandle`]. (Dropping the last
     /// clone closes it too, without a report.) A read of the file that another clone is doing
@@ -1935,6 +1956,14 @@ impl Deadlined<'_> {
             |c, target, done| Box::new(op::path::PathOp::new(call, c, target, done)),
             self.deadline,
         )
+    }
+
+    /// [`Executor::link_file`] with the deadline.
+    pub fn link_file(&self, file: &File, path: impl AsRef<Path>) -> Completion<()> {
+        if let Err(e) = self.exec.shared.check_owner(file) {
+            return Completion::ready(Err(e));
+        }
+        crate::file_ops::link_into(file, path.as_ref(), self.deadline)
     }
 
     /// [`Executor::hard_link`] with the deadline.

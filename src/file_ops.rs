@@ -38,6 +38,21 @@ pub(crate) fn fadvise(
     file.shared().request(file, op, Reply::Unit, deadline)
 }
 
+/// Sends a link of `file` at `path`: the one implementation of [`File::link_into`],
+/// [`Executor::link_file`](crate::Executor::link_file) and its [`Deadlined`](crate::Deadlined)
+/// form.
+pub(crate) fn link_into(
+    file: &File,
+    path: &std::path::Path,
+    deadline: Option<std::time::Instant>,
+) -> Completion<()> {
+    let make = op::c_path("link_into", path).map(|to| {
+        let to_path = std::sync::Arc::from(path);
+        move |done| Box::new(op::link_file::LinkFile::new(to, to_path, done)) as Box<dyn FileOp>
+    });
+    file.shared().request_op(file, make, deadline)
+}
+
 /// Operations on the file. Each returns a [`Completion`] (`.wait()` blocks, `.await` does not)
 /// and never blocks to send. They are the [`Executor`](crate::Executor)'s operations of the same
 /// names (`fsync` is [`sync_all`](File::sync_all), `fdatasync`
@@ -291,6 +306,20 @@ impl File {
     /// [`Executor::fadvise`](crate::Executor::fadvise).
     pub fn fadvise(&self, offset: u64, len: u64, advice: crate::Advice) -> Completion<()> {
         fadvise(self, offset, len, advice, None)
+    }
+
+    /// Gives the file the name `path` (`linkat` of its descriptor, IORING_OP_LINKAT), after
+    /// every earlier operation on it: the way to publish a file opened with
+    /// [`tmpfile(true)`](crate::OpenOptions::tmpfile) once it is written, so that `path`
+    /// appears with all of its data at once (add [`sync_all`](Self::sync_all) before it for
+    /// durability, and an fsync of the directory after). Fails with EEXIST if `path` exists
+    /// (to replace a file, link to a temporary name and [`rename`](crate::Executor::rename)),
+    /// EXDEV if `path` is on another filesystem. Works for any user: the descriptor is named as
+    /// `/proc/self/fd/N`, so /proc must be mounted. Errors name both paths
+    /// ([`Error::PathPair`], op `"link_into"`). See
+    /// [`Executor::link_file`](crate::Executor::link_file).
+    pub fn link_into(&self, path: impl AsRef<std::path::Path>) -> Completion<()> {
+        link_into(self, path.as_ref(), None)
     }
 
     /// Closes the file after every earlier operation on it and reports errors; operations on any

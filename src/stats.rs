@@ -133,6 +133,8 @@ op_kinds! {
     Link => "hard_link",
     /// `symlinkat`.
     Symlink => "symlink",
+    /// `linkat` of an open file (link_into: an O_TMPFILE file given a name).
+    LinkFile => "link_into",
 }
 
 impl fmt::Display for OpKind {

@@ -238,3 +238,136 @@ fn symlink_then_metadata_and_readlink() {
         exec.shutdown().unwrap();
     }
 }
+
+/// The names in `dir` (std's listing, for checking).
+fn names(dir: &Path) -> Vec<std::ffi::OsString> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn tmpfile_is_published_whole_by_link_into() {
+    let ext4 = tempfile::tempdir().unwrap();
+    // tmpfs too, where there is one (O_TMPFILE is a per-filesystem feature).
+    let shm = tempfile::tempdir_in("/dev/shm").ok();
+    let roots: Vec<&Path> = std::iter::once(ext4.path())
+        .chain(shm.as_ref().map(|d| d.path()))
+        .collect();
+    for root in roots {
+        for (how, exec) in execs() {
+            let d = root.join(how);
+            std::fs::create_dir(&d).unwrap();
+            let fin = d.join("final");
+            let f = exec.open_tmpfile(&d, 0o640).wait().unwrap();
+            assert!(exec.metadata(&f).wait().unwrap().is_file());
+            // Written in several requests; until the link, no name shows any of it.
+            let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+            for (i, chunk) in data.chunks(65536).enumerate() {
+                f.write_all_at((i * 65536) as u64, chunk.to_vec())
+                    .wait()
+                    .unwrap();
+            }
+            assert!(names(&d).is_empty(), "{how}: {:?}", names(&d));
+            assert_eq!(
+                std::fs::metadata(&fin).unwrap_err().kind(),
+                std::io::ErrorKind::NotFound
+            );
+            assert_eq!(exec.metadata(&f).wait().unwrap().nlink(), 0, "{how}");
+
+            // The link is sent right after the last write, without waiting for it: it runs
+            // after every write sent before it, so the name appears with all the data.
+            let tail = f.write_all_at(data.len() as u64, b"END".to_vec());
+            let linked = f.link_into(&fin);
+            tail.wait().unwrap();
+            linked.wait().unwrap();
+            let mut want = data.clone();
+            want.extend_from_slice(b"END");
+            assert_eq!(std::fs::read(&fin).unwrap(), want, "{how}");
+            use std::os::unix::fs::PermissionsExt;
+            let md = std::fs::metadata(&fin).unwrap();
+            assert_eq!(md.permissions().mode() & 0o777, 0o640, "{how}");
+            assert_eq!(exec.metadata(&f).wait().unwrap().nlink(), 1, "{how}");
+
+            // A second name through the Executor's face; EEXIST leaves the existing file.
+            exec.link_file(&f, d.join("again")).wait().unwrap();
+            std::fs::write(d.join("taken"), b"old").unwrap();
+            let g = exec.open_tmpfile(&d, 0o600).wait().unwrap();
+            g.write_all_at(0, b"new".to_vec()).wait().unwrap();
+            let e = g.link_into(d.join("taken")).wait().unwrap_err();
+            match &e {
+                Error::PathPair {
+                    op,
+                    from,
+                    to,
+                    errno,
+                } => {
+                    assert_eq!((*op, *errno), ("link_into", libc::EEXIST), "{how}");
+                    assert_eq!((from.as_path(), to.as_path()), (d.as_path(), &*d.join("taken")));
+                }
+                other => panic!("{how}: {other:?}"),
+            }
+            assert!(e.to_string().contains("exists already"), "{e}");
+            assert_eq!(std::fs::read(d.join("taken")).unwrap(), b"old");
+            // Never linked: gone with its last handle.
+            g.close().wait().unwrap();
+            let mut want_names = vec!["again", "final", "taken"];
+            want_names.sort();
+            assert_eq!(names(&d), want_names, "{how}");
+            // A link into a directory that does not exist.
+            let e = f.link_into(d.join("no/such")).wait().unwrap_err();
+            assert_eq!(errno(&e), libc::ENOENT, "{how}: {e:?}");
+            exec.shutdown().unwrap();
+        }
+    }
+}
+
+#[test]
+fn tmpfile_options_and_unsupported_filesystems() {
+    let exec = exec();
+    let dir = tempfile::tempdir().unwrap();
+    // Needs write access; create/truncate/directory make no sense with it.
+    for opts in [
+        OpenOptions::new().read(true).tmpfile(true).clone(),
+        OpenOptions::new().write(true).create(true).tmpfile(true).clone(),
+        OpenOptions::new().write(true).truncate(true).tmpfile(true).clone(),
+    ] {
+        let e = exec.open(dir.path(), &opts).wait().unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument { op: "open", .. }), "{e:?}");
+    }
+    let e = exec
+        .open(
+            dir.path(),
+            OpenOptions::new().write(true).custom_flags(libc::O_TMPFILE),
+        )
+        .wait()
+        .unwrap_err();
+    assert!(e.to_string().contains("tmpfile"), "{e}");
+    // A path that is not a directory.
+    let file = dir.path().join("f");
+    std::fs::write(&file, b"").unwrap();
+    let e = exec.open_tmpfile(&file, 0o600).wait().unwrap_err();
+    assert_eq!(errno(&e), libc::ENOTDIR, "{e:?}");
+    // procfs cannot make unnamed files: EOPNOTSUPP, with the way out. (Only root gets that far:
+    // anyone else is refused /proc's write permission first, EACCES.)
+    let e = exec.open_tmpfile("/proc", 0o600).wait().unwrap_err();
+    // SAFETY: geteuid takes nothing and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        assert_eq!(errno(&e), libc::EACCES, "{e:?}");
+        return;
+    }
+    match &e {
+        Error::Io {
+            op, path, errno, ..
+        } => {
+            assert_eq!((*op, *errno), ("open", libc::EOPNOTSUPP));
+            assert_eq!(path.as_deref(), Some(Path::new("/proc")));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(e.to_string().contains("rename it into place"), "{e}");
+    exec.shutdown().unwrap();
+}

@@ -46,6 +46,7 @@
 pub(crate) mod append;
 pub(crate) mod fadvise;
 pub(crate) mod fallocate;
+pub(crate) mod link_file;
 pub(crate) mod open;
 pub(crate) mod path;
 pub(crate) mod read;
@@ -207,7 +208,7 @@ pub(crate) fn opcode_of(kind: OpKind) -> Option<u8> {
         OpKind::SyncFileRange => opcode::SyncFileRange::CODE,
         OpKind::Open => opcode::OpenAt::CODE,
         OpKind::Fadvise => opcode::Fadvise::CODE,
-        OpKind::Link => opcode::LinkAt::CODE,
+        OpKind::Link | OpKind::LinkFile => opcode::LinkAt::CODE,
         OpKind::Symlink => opcode::SymlinkAt::CODE,
         OpKind::Read | OpKind::Write | OpKind::Close | OpKind::Size | OpKind::Task => return None,
     })

@@ -730,20 +730,26 @@ impl ExecShared {
         c
     }
 
-    /// Routes an operation on a path to the shard of its parent directory (`dir_of`'s, if
-    /// given). `make` builds the op from the path, its order target and the completer.
+    /// Routes an operation on a path to the shard of its parent directory (`dir_of`: another
+    /// path's, or the path's own directory itself). `make` builds the op from the path, its
+    /// order target and the completer.
     pub(crate) fn request_path<T>(
         &self,
         op: &'static str,
         path: &Path,
-        dir_of: Option<&Path>,
+        dir_of: Option<DirOf<'_>>,
         make: impl FnOnce(std::ffi::CString, op::PathTarget, Completer<T>) -> Box<dyn FileOp>,
         deadline: Option<Instant>,
     ) -> Completion<T> {
         if self.closed.load(Ordering::Acquire) {
             return Completion::ready(Err(Error::Shutdown));
         }
-        let (cpath, target, shard) = match request::path_op(op, path, dir_of, self.shards.len()) {
+        let routed = match dir_of {
+            Some(DirOf::Path(d)) => request::path_op(op, path, Some(d), self.shards.len()),
+            Some(DirOf::Itself) => request::dir_op(op, path, self.shards.len()),
+            None => request::path_op(op, path, None, self.shards.len()),
+        };
+        let (cpath, target, shard) = match routed {
             Ok(t) => t,
             Err(e) => return Completion::ready(Err(e)),
         };
@@ -1309,6 +1315,24 @@ impl Executor {
     /// both ([`Error::PathPair`], op `"symlink"`, `from` the target, `to` the link).
     pub fn symlink(&self, target: impl AsRef<Path>, link: impl AsRef<Path>) -> Completion<()> {
         self.with_deadline(None).symlink(target, link)
+    }
+
+    /// The entries of the directory at `path` (`getdents64`), but `.` and `..`, in the order the
+    /// directory gives them: each [`DirEntry`](crate::DirEntry) has the name (any bytes), the
+    /// inode number and the [`EntryType`](crate::EntryType) the directory records.
+    ///
+    /// Runs on the shard of the directory itself (the one an [`open_dir`](Self::open_dir) of
+    /// it gets), never on the caller's thread: the directory is opened in the ring (OPENAT),
+    /// then read with one `getdents64` of 32 KiB per round on the shard thread (io_uring has no
+    /// opcode for it; a directory block not cached is read from the device within that call).
+    /// Ordered after the path operations in that directory sent before it (`unlink`, `mkdir`,
+    /// `rename`, `hard_link`, `symlink`: see [`unlink`](Self::unlink)), so it sees them.
+    /// Memory grows with the entries as they arrive (a list of a million entries is tens of
+    /// MB). Routing it blocks the caller on one stat(2) of the directory the first time it is
+    /// seen. Errors (ENOENT, ENOTDIR, EACCES) name `read_dir` and the path. On an open
+    /// directory handle: [`File::read_dir`].
+    pub fn read_dir(&self, path: impl AsRef<Path>) -> Completion<Vec<crate::DirEntry>> {
+        self.with_deadline(None).read_dir(path)
     }
 
     /// Opens an unnamed temporary file in directory `dir` for reading and writing, with
@@ -1952,8 +1976,19 @@ impl Deadlined<'_> {
         self.exec.shared.request_path(
             "rename",
             from,
-            Some(to),
+            Some(DirOf::Path(to)),
             |c, target, done| Box::new(op::path::PathOp::new(call, c, target, done)),
+            self.deadline,
+        )
+    }
+
+    /// [`Executor::read_dir`] with the deadline.
+    pub fn read_dir(&self, path: impl AsRef<Path>) -> Completion<Vec<crate::DirEntry>> {
+        self.exec.shared.request_path(
+            "read_dir",
+            path.as_ref(),
+            Some(DirOf::Itself),
+            |c, target, done| Box::new(op::read_dir::ReadDir::of_path(c, target, done)),
             self.deadline,
         )
     }
@@ -1980,7 +2015,7 @@ impl Deadlined<'_> {
         self.exec.shared.request_path(
             "hard_link",
             original,
-            Some(new),
+            Some(DirOf::Path(new)),
             |c, target, done| Box::new(op::path::PathOp::new(call, c, target, done)),
             self.deadline,
         )
@@ -2022,6 +2057,15 @@ impl Deadlined<'_> {
             .shared
             .request(file, op, Reply::Unit, self.deadline)
     }
+}
+
+/// Which directory a path operation is routed and ordered by, when not the path's parent.
+#[derive(Clone, Copy)]
+pub(crate) enum DirOf<'a> {
+    /// The parent of this other path (rename, hard_link: the destination's).
+    Path(&'a Path),
+    /// The path itself, a directory (read_dir).
+    Itself,
 }
 
 /// A group of requests sent with one message per shard. Dropping a batch without submitting it

@@ -322,6 +322,16 @@ impl File {
         link_into(self, path.as_ref(), None)
     }
 
+    /// The entries of this directory handle (from [`open_dir`](crate::Executor::open_dir) or
+    /// [`OpenOptions::directory`](crate::OpenOptions::directory)), from its start, after every
+    /// earlier operation on it: the listing of
+    /// [`Executor::read_dir`](crate::Executor::read_dir), on the handle's descriptor and its
+    /// shard. Listings of one handle run one at a time. ENOTDIR on a handle of a file.
+    pub fn read_dir(&self) -> Completion<Vec<crate::DirEntry>> {
+        let make = |done| Box::new(op::read_dir::ReadDir::of_handle(done)) as Box<dyn FileOp>;
+        self.shared().request_op(self, Ok(make), None)
+    }
+
     /// Closes the file after every earlier operation on it and reports errors; operations on any
     /// other clone of the handle then fail with [`Error::BadHandle`]. Dropping the last
     /// clone closes it too, without a report.

@@ -65,6 +65,7 @@ pub use io_adapters::FileCursor;
 pub use op::append::Appended;
 pub use op::fadvise::Advice;
 pub use op::path::RenameFlags;
+pub use op::read_dir::{DirEntry, EntryType};
 pub use op::rw::RwFlags;
 pub use op::statx::Metadata;
 pub use op::vectored::MAX_IOVECS;

@@ -326,6 +326,28 @@ pub(crate) fn path_op(
     Ok((c, target, crate::router::shard_for(key, shards)))
 }
 
+/// An operation on the directory `path` itself (read_dir), routed and ordered by its own
+/// identity (the order list the path operations inside it use): the path as a C string, the
+/// order target, and the shard. Blocks on stat(2) of the directory the first time it is seen.
+pub(crate) fn dir_op(
+    op: &'static str,
+    path: &Path,
+    shards: usize,
+) -> Result<(CString, PathTarget, usize)> {
+    let c = op::c_path(op, path)?;
+    let dir = if path.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        path
+    };
+    let key = dir_key(op, path, dir)?;
+    let target = PathTarget {
+        key,
+        path: Arc::from(path),
+    };
+    Ok((c, target, crate::router::shard_for(key, shards)))
+}
+
 fn access(file: &File, op: &'static str, allowed: bool, how: &str) -> Result<()> {
     if file.flags().directory {
         return Err(Error::BadHandle(format!(

@@ -135,6 +135,8 @@ op_kinds! {
     Symlink => "symlink",
     /// `linkat` of an open file (link_into: an O_TMPFILE file given a name).
     LinkFile => "link_into",
+    /// A directory listing (`getdents64`, read_dir).
+    ReadDir => "read_dir",
 }
 
 impl fmt::Display for OpKind {

@@ -72,7 +72,10 @@ fn fadvise_dontneed_drops_pages_and_willneed_reads_them_in() {
         // 64 KiB: within the smallest readahead window, so WILLNEED reads all of it.
         exec.write(&f, 0, vec![5u8; 65536]).wait().unwrap();
         f.sync_all().wait().unwrap(); // clean pages: DONTNEED can drop them
-        assert!(resident_pages(&p).iter().all(|r| *r), "{how}: written pages cached");
+        assert!(
+            resident_pages(&p).iter().all(|r| *r),
+            "{how}: written pages cached"
+        );
 
         f.fadvise(0, 0, Advice::DontNeed).wait().unwrap();
         let left = resident_pages(&p).iter().filter(|r| **r).count();
@@ -116,9 +119,15 @@ fn fadvise_errors_carry_op_errno_and_path() {
         let f = exec.open(&p, &rw()).wait().unwrap();
         // Ranges refused before anything is sent.
         let e = f.fadvise(u64::MAX, 2, Advice::WillNeed).wait().unwrap_err();
-        assert!(matches!(e, Error::InvalidArgument { op: "fadvise", .. }), "{e:?}");
+        assert!(
+            matches!(e, Error::InvalidArgument { op: "fadvise", .. }),
+            "{e:?}"
+        );
         let e = f.fadvise(0, 1 << 32, Advice::WillNeed).wait().unwrap_err();
-        assert!(matches!(e, Error::InvalidArgument { op: "fadvise", .. }), "{e:?}");
+        assert!(
+            matches!(e, Error::InvalidArgument { op: "fadvise", .. }),
+            "{e:?}"
+        );
         assert!(e.to_string().contains("4 GiB"), "{e}");
 
         // The kernel's own refusal: a FIFO has no page cache (ESPIPE).
@@ -175,22 +184,38 @@ fn hard_link_then_read_through_it() {
         let gone = exec.unlink(&a);
         link.wait().unwrap();
         gone.wait().unwrap();
-        let g = exec
-            .open(&b, OpenOptions::new().read(true))
-            .wait()
-            .unwrap();
+        let g = exec.open(&b, OpenOptions::new().read(true)).wait().unwrap();
         assert_eq!(g.read_at(0, 100).wait().unwrap(), b"linked data", "{how}");
         assert_eq!(std::fs::read(d.join("c")).unwrap(), b"linked data", "{how}");
 
         // EEXIST names both paths.
         let e = exec.hard_link(&b, d.join("c")).wait().unwrap_err();
-        assert_eq!(pair(&e), ("hard_link", b.as_path(), d.join("c").as_path(), libc::EEXIST));
+        assert_eq!(
+            pair(&e),
+            (
+                "hard_link",
+                b.as_path(),
+                d.join("c").as_path(),
+                libc::EEXIST
+            )
+        );
         assert!(e.to_string().contains("EEXIST"), "{e}");
         // A missing original: ENOENT.
         let e = exec.hard_link(&a, d.join("x")).wait().unwrap_err();
-        assert_eq!(pair(&e), ("hard_link", a.as_path(), d.join("x").as_path(), libc::ENOENT));
+        assert_eq!(
+            pair(&e),
+            (
+                "hard_link",
+                a.as_path(),
+                d.join("x").as_path(),
+                libc::ENOENT
+            )
+        );
         // A directory cannot be hard-linked.
-        let e = exec.hard_link(&d, dir.path().join(format!("{how}-dir"))).wait().unwrap_err();
+        let e = exec
+            .hard_link(&d, dir.path().join(format!("{how}-dir")))
+            .wait()
+            .unwrap_err();
         assert_eq!(errno(&e), libc::EPERM, "{how}: {e:?}");
         exec.shutdown().unwrap();
     }
@@ -208,13 +233,13 @@ fn symlink_then_metadata_and_readlink() {
         // A relative target resolves against the link's directory.
         let l = d.join("l");
         exec.symlink("a", &l).wait().unwrap();
-        assert!(exec.symlink_metadata(&l).wait().unwrap().is_symlink(), "{how}");
+        assert!(
+            exec.symlink_metadata(&l).wait().unwrap().is_symlink(),
+            "{how}"
+        );
         assert!(exec.stat(&l).wait().unwrap().is_file(), "{how}");
         assert_eq!(std::fs::read_link(&l).unwrap(), Path::new("a"), "{how}");
-        let f = exec
-            .open(&l, OpenOptions::new().read(true))
-            .wait()
-            .unwrap();
+        let f = exec.open(&l, OpenOptions::new().read(true)).wait().unwrap();
         assert_eq!(f.read_at(0, 100).wait().unwrap(), b"through the link");
 
         // The target is stored as given: a dangling link is fine, and odd bytes survive.
@@ -228,13 +253,19 @@ fn symlink_then_metadata_and_readlink() {
 
         // EEXIST names the target and the link.
         let e = exec.symlink("elsewhere", &a).wait().unwrap_err();
-        assert_eq!(pair(&e), ("symlink", Path::new("elsewhere"), a.as_path(), libc::EEXIST));
+        assert_eq!(
+            pair(&e),
+            ("symlink", Path::new("elsewhere"), a.as_path(), libc::EEXIST)
+        );
         // A missing directory for the link: refused while routing (its parent is stat'ed).
         let e = exec.symlink("a", d.join("no/l")).wait().unwrap_err();
         assert_eq!(errno(&e), libc::ENOENT, "{how}: {e:?}");
         // A NUL in the target is refused before anything is sent.
         let e = exec.symlink("a\0b", d.join("n")).wait().unwrap_err();
-        assert!(matches!(e, Error::InvalidArgument { op: "symlink", .. }), "{e:?}");
+        assert!(
+            matches!(e, Error::InvalidArgument { op: "symlink", .. }),
+            "{e:?}"
+        );
         exec.shutdown().unwrap();
     }
 }
@@ -306,7 +337,10 @@ fn tmpfile_is_published_whole_by_link_into() {
                     errno,
                 } => {
                     assert_eq!((*op, *errno), ("link_into", libc::EEXIST), "{how}");
-                    assert_eq!((from.as_path(), to.as_path()), (d.as_path(), &*d.join("taken")));
+                    assert_eq!(
+                        (from.as_path(), to.as_path()),
+                        (d.as_path(), &*d.join("taken"))
+                    );
                 }
                 other => panic!("{how}: {other:?}"),
             }
@@ -332,11 +366,22 @@ fn tmpfile_options_and_unsupported_filesystems() {
     // Needs write access; create/truncate/directory make no sense with it.
     for opts in [
         OpenOptions::new().read(true).tmpfile(true).clone(),
-        OpenOptions::new().write(true).create(true).tmpfile(true).clone(),
-        OpenOptions::new().write(true).truncate(true).tmpfile(true).clone(),
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .tmpfile(true)
+            .clone(),
+        OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .tmpfile(true)
+            .clone(),
     ] {
         let e = exec.open(dir.path(), &opts).wait().unwrap_err();
-        assert!(matches!(e, Error::InvalidArgument { op: "open", .. }), "{e:?}");
+        assert!(
+            matches!(e, Error::InvalidArgument { op: "open", .. }),
+            "{e:?}"
+        );
     }
     let e = exec
         .open(
@@ -370,4 +415,143 @@ fn tmpfile_options_and_unsupported_filesystems() {
     }
     assert!(e.to_string().contains("rename it into place"), "{e}");
     exec.shutdown().unwrap();
+}
+
+/// `(name, inode, type)` of each entry, sorted.
+fn listing(
+    entries: &[ringshard::DirEntry],
+) -> Vec<(std::ffi::OsString, u64, ringshard::EntryType)> {
+    let mut v: Vec<_> = entries
+        .iter()
+        .map(|e| (e.name().to_os_string(), e.ino(), e.file_type()))
+        .collect();
+    v.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    v
+}
+
+/// The same from std's listing (`symlink_metadata`: types not followed).
+fn std_listing(dir: &Path) -> Vec<(std::ffi::OsString, u64, ringshard::EntryType)> {
+    use ringshard::EntryType;
+    use std::os::unix::fs::{DirEntryExt, FileTypeExt};
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let t = e.file_type().unwrap();
+            let t = if t.is_file() {
+                EntryType::File
+            } else if t.is_dir() {
+                EntryType::Dir
+            } else if t.is_symlink() {
+                EntryType::Symlink
+            } else if t.is_fifo() {
+                EntryType::Fifo
+            } else {
+                EntryType::Unknown
+            };
+            (e.file_name(), e.ino(), t)
+        })
+        .collect();
+    v.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    v
+}
+
+#[test]
+fn read_dir_lists_many_odd_and_no_entries() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    for (how, exec) in execs() {
+        let d = dir.path().join(how);
+        std::fs::create_dir(&d).unwrap();
+        // Many entries: about 150 KiB of dirents, several 32 KiB getdents64 rounds.
+        for i in 0..2000 {
+            std::fs::write(
+                d.join(format!("entry-{i:05}-with-a-longer-name-to-fill")),
+                b"",
+            )
+            .unwrap();
+        }
+        // Odd bytes (not UTF-8, control characters, spaces) and every common type.
+        let odd = std::ffi::OsStr::from_bytes(b"\xff\xfe not utf-8 \x01\n\ttab");
+        std::fs::write(d.join(odd), b"").unwrap();
+        std::fs::create_dir(d.join("sub dir")).unwrap();
+        std::os::unix::fs::symlink("nowhere", d.join("a link")).unwrap();
+        let fifo = std::ffi::CString::new(d.join("fifo").as_os_str().as_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path, read during the call only.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+
+        let got = exec.read_dir(&d).wait().unwrap();
+        assert_eq!(got.len(), 2004, "{how}");
+        assert_eq!(listing(&got), std_listing(&d), "{how}");
+        assert!(got.iter().any(|e| e.name() == odd), "{how}");
+
+        // Path operations in the directory sent before the listing (not waited for) are seen.
+        let gone = exec.unlink(d.join("entry-00000-with-a-longer-name-to-fill"));
+        let made = exec.mkdir(d.join("made"), 0o755);
+        let got = exec.read_dir(&d).wait().unwrap();
+        gone.wait().unwrap();
+        made.wait().unwrap();
+        let names: Vec<_> = got.iter().map(|e| e.name().to_os_string()).collect();
+        assert!(names.iter().any(|n| n == "made"), "{how}");
+        assert!(!names
+            .iter()
+            .any(|n| n == "entry-00000-with-a-longer-name-to-fill"));
+        assert_eq!(listing(&got), std_listing(&d), "{how}");
+
+        // An open directory handle: the same listing, from the start each time.
+        let h = exec.open_dir(&d).wait().unwrap();
+        assert_eq!(
+            listing(&h.read_dir().wait().unwrap()),
+            std_listing(&d),
+            "{how}"
+        );
+        assert_eq!(
+            listing(&h.read_dir().wait().unwrap()),
+            std_listing(&d),
+            "{how}"
+        );
+
+        // An empty directory.
+        let empty = d.join("sub dir");
+        assert!(exec.read_dir(&empty).wait().unwrap().is_empty(), "{how}");
+        let eh = exec.open_dir(&empty).wait().unwrap();
+        assert!(eh.read_dir().wait().unwrap().is_empty(), "{how}");
+        exec.shutdown().unwrap();
+    }
+}
+
+#[test]
+fn read_dir_errors_carry_op_errno_and_path() {
+    let dir = tempfile::tempdir().unwrap();
+    for (how, exec) in execs() {
+        let file = dir.path().join(format!("file-{how}"));
+        std::fs::write(&file, b"x").unwrap();
+        let check = |e: Error, want: i32, path: &Path| match &e {
+            Error::Io {
+                op, path: p, errno, ..
+            } => {
+                assert_eq!((*op, *errno), ("read_dir", want), "{how}: {e}");
+                assert_eq!(p.as_deref(), Some(path), "{how}");
+            }
+            other => panic!("{how}: {other:?}"),
+        };
+        check(
+            exec.read_dir(&file).wait().unwrap_err(),
+            libc::ENOTDIR,
+            &file,
+        );
+        let missing = dir.path().join("missing");
+        check(
+            exec.read_dir(&missing).wait().unwrap_err(),
+            libc::ENOENT,
+            &missing,
+        );
+        // A handle of a regular file.
+        let f = exec
+            .open(&file, OpenOptions::new().read(true))
+            .wait()
+            .unwrap();
+        check(f.read_dir().wait().unwrap_err(), libc::ENOTDIR, &file);
+        exec.shutdown().unwrap();
+    }
 }

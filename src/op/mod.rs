@@ -50,6 +50,7 @@ pub(crate) mod link_file;
 pub(crate) mod open;
 pub(crate) mod path;
 pub(crate) mod read;
+pub(crate) mod read_dir;
 pub(crate) mod rw;
 pub(crate) mod size;
 pub(crate) mod statx;
@@ -207,6 +208,8 @@ pub(crate) fn opcode_of(kind: OpKind) -> Option<u8> {
         OpKind::Append => opcode::Write::CODE,
         OpKind::SyncFileRange => opcode::SyncFileRange::CODE,
         OpKind::Open => opcode::OpenAt::CODE,
+        // Its first round opens the directory; its getdents64 rounds have no opcode.
+        OpKind::ReadDir => opcode::OpenAt::CODE,
         OpKind::Fadvise => opcode::Fadvise::CODE,
         OpKind::Link | OpKind::LinkFile => opcode::LinkAt::CODE,
         OpKind::Symlink => opcode::SymlinkAt::CODE,

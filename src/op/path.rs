@@ -57,9 +57,15 @@ pub(crate) enum PathCall {
         flags: RenameFlags,
     },
     /// A hard link at `to` to the op's path (`linkat`, not following a final symlink).
-    Link { to: CString, to_path: Arc<Path> },
+    Link {
+        to: CString,
+        to_path: Arc<Path>,
+    },
     /// A symbolic link at the op's path whose contents are `target` (`symlinkat`).
-    Symlink { target: CString, target_path: Arc<Path> },
+    Symlink {
+        target: CString,
+        target_path: Arc<Path>,
+    },
 }
 
 /// One path operation: its call, its (first) path, the directory it is ordered in (whose

@@ -130,11 +130,11 @@ op_kinds! {
     /// `posix_fadvise` (fadvise).
     Fadvise => "fadvise",
     /// `linkat` (hard_link).
-    Link => "hard_link",
+    HardLink => "hard_link",
     /// `symlinkat`.
     Symlink => "symlink",
     /// `linkat` of an open file (link_into: an O_TMPFILE file given a name).
-    LinkFile => "link_into",
+    LinkInto => "link_into",
     /// A directory listing (`getdents64`, read_dir).
     ReadDir => "read_dir",
 }

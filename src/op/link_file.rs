@@ -41,7 +41,7 @@ impl LinkFile {
 
 impl FileOp for LinkFile {
     fn kind(&self) -> OpKind {
-        OpKind::LinkFile
+        OpKind::LinkInto
     }
 
     fn sqe(&mut self, fd: OpFd) -> Option<squeue::Entry> {

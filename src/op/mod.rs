@@ -211,7 +211,7 @@ pub(crate) fn opcode_of(kind: OpKind) -> Option<u8> {
         // Its first round opens the directory; its getdents64 rounds have no opcode.
         OpKind::ReadDir => opcode::OpenAt::CODE,
         OpKind::Fadvise => opcode::Fadvise::CODE,
-        OpKind::Link | OpKind::LinkFile => opcode::LinkAt::CODE,
+        OpKind::HardLink | OpKind::LinkInto => opcode::LinkAt::CODE,
         OpKind::Symlink => opcode::SymlinkAt::CODE,
         OpKind::Read | OpKind::Write | OpKind::Close | OpKind::Size | OpKind::Task => return None,
     })

@@ -100,7 +100,7 @@ impl FileOp for PathOp {
             PathCall::RemoveDir => OpKind::RemoveDir,
             PathCall::Mkdir { .. } => OpKind::Mkdir,
             PathCall::Rename { .. } => OpKind::Rename,
-            PathCall::Link { .. } => OpKind::Link,
+            PathCall::Link { .. } => OpKind::HardLink,
             PathCall::Symlink { .. } => OpKind::Symlink,
         }
     }

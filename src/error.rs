@@ -434,13 +434,25 @@ impl fmt::Display for Error {
                 from,
                 to,
                 errno,
-            } => write!(
-                f,
-                "{op} {} -> {} failed: {}",
-                from.display(),
-                to.display(),
-                errno_text(*errno)
-            ),
+            } => {
+                write!(
+                    f,
+                    "{op} {} -> {} failed: {}",
+                    from.display(),
+                    to.display(),
+                    errno_text(*errno)
+                )?;
+                match *errno {
+                    libc::EEXIST => write!(f, "; the new name exists already"),
+                    libc::EXDEV => write!(f, "; both paths must be on the same filesystem"),
+                    libc::ENOENT if *op == "link_into" => write!(
+                        f,
+                        "; the new name's directory must exist, and /proc must be mounted (the \
+                         file is named by its descriptor as /proc/self/fd/N)"
+                    ),
+                    _ => Ok(()),
+                }
+            }
             Self::Io {
                 op,
                 path,
@@ -465,6 +477,12 @@ impl fmt::Display for Error {
                         "; if O_DIRECT was asked for, this filesystem may not support it (tmpfs \
                          before Linux 6.6, some FUSE and network filesystems): open without \
                          direct, or put the file on a filesystem that supports it"
+                    ),
+                    libc::EOPNOTSUPP if *op == "open" => write!(
+                        f,
+                        "; if tmpfile (O_TMPFILE) was asked for, this filesystem cannot make \
+                         unnamed files (procfs, some FUSE and network filesystems): create a \
+                         named temporary file and rename it into place instead"
                     ),
                     libc::EINVAL if *op == "read" || *op == "write" => write!(
                         f,

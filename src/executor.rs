@@ -730,20 +730,26 @@ impl ExecShared {
         c
     }
 
-    /// Routes an operation on a path to the shard of its parent directory (`dir_of`'s, if
-    /// given). `make` builds the op from the path, its order target and the completer.
+    /// Routes an operation on a path to the shard of its parent directory (`dir_of`: another
+    /// path's, or the path's own directory itself). `make` builds the op from the path, its
+    /// order target and the completer.
     pub(crate) fn request_path<T>(
         &self,
         op: &'static str,
         path: &Path,
-        dir_of: Option<&Path>,
+        dir_of: Option<DirOf<'_>>,
         make: impl FnOnce(std::ffi::CString, op::PathTarget, Completer<T>) -> Box<dyn FileOp>,
         deadline: Option<Instant>,
     ) -> Completion<T> {
         if self.closed.load(Ordering::Acquire) {
             return Completion::ready(Err(Error::Shutdown));
         }
-        let (cpath, target, shard) = match request::path_op(op, path, dir_of, self.shards.len()) {
+        let routed = match dir_of {
+            Some(DirOf::Path(d)) => request::path_op(op, path, Some(d), self.shards.len()),
+            Some(DirOf::Itself) => request::dir_op(op, path, self.shards.len()),
+            None => request::path_op(op, path, None, self.shards.len()),
+        };
+        let (cpath, target, shard) = match routed {
             Ok(t) => t,
             Err(e) => return Completion::ready(Err(e)),
         };
@@ -1200,6 +1206,22 @@ impl Executor {
             .sync_file_range(file, offset, len, flags)
     }
 
+    /// `posix_fadvise(2)` of `len` bytes at `offset` (0: to the end of the file; at most
+    /// 4 GiB - 1) with `advice` (IORING_OP_FADVISE; the system call on the threads backend),
+    /// after every earlier write to the file: [`Advice::DontNeed`](crate::Advice::DontNeed)
+    /// drops the clean cached pages of the range, [`Advice::WillNeed`](crate::Advice::WillNeed)
+    /// starts reading it in. Advice only: the kernel may ignore it (as tmpfs does for
+    /// `DontNeed`). Same as [`File::fadvise`].
+    pub fn fadvise(
+        &self,
+        file: &File,
+        offset: u64,
+        len: u64,
+        advice: crate::Advice,
+    ) -> Completion<()> {
+        self.with_deadline(None).fadvise(file, offset, len, advice)
+    }
+
     /// Reads into buffers of `lens` bytes at `offset` with one `readv` (at most
     /// [`MAX_IOVECS`](crate::MAX_IOVECS) buffers, and
     /// [`max_request_size`](ExecutorBuilder::max_request_size) bytes in all). A short read is
@@ -1275,6 +1297,63 @@ impl Executor {
         flags: crate::RenameFlags,
     ) -> Completion<()> {
         self.with_deadline(None).rename(from, to, flags)
+    }
+
+    /// Makes `new` a hard link to the file at `original` (`linkat`, IORING_OP_LINKAT; a final
+    /// symlink at `original` is linked itself, not followed). Routed and ordered like
+    /// [`rename`](Self::rename), by the **new** name's parent directory. Fails with EEXIST if
+    /// `new` exists, EXDEV across filesystems, EPERM for a directory. Errors name both paths
+    /// ([`Error::PathPair`], op `"hard_link"`).
+    pub fn hard_link(&self, original: impl AsRef<Path>, new: impl AsRef<Path>) -> Completion<()> {
+        self.with_deadline(None).hard_link(original, new)
+    }
+
+    /// Creates a symbolic link at `link` whose contents are `target` (`symlinkat`,
+    /// IORING_OP_SYMLINKAT). `target` is stored as given, not looked up: it may be relative (to
+    /// the link's directory) or name nothing yet. Routed and ordered by `link`'s parent
+    /// directory (see [`unlink`](Self::unlink)). Fails with EEXIST if `link` exists. Errors name
+    /// both ([`Error::PathPair`], op `"symlink"`, `from` the target, `to` the link).
+    pub fn symlink(&self, target: impl AsRef<Path>, link: impl AsRef<Path>) -> Completion<()> {
+        self.with_deadline(None).symlink(target, link)
+    }
+
+    /// The entries of the directory at `path` (`getdents64`), but `.` and `..`, in the order the
+    /// directory gives them: each [`DirEntry`](crate::DirEntry) has the name (any bytes), the
+    /// inode number and the [`EntryType`](crate::EntryType) the directory records.
+    ///
+    /// Runs on the shard of the directory itself (the one an [`open_dir`](Self::open_dir) of
+    /// it gets), never on the caller's thread: the directory is opened in the ring (OPENAT),
+    /// then read with one `getdents64` of 32 KiB per round on the shard thread (io_uring has no
+    /// opcode for it; a directory block not cached is read from the device within that call).
+    /// Ordered after the path operations in that directory sent before it (`unlink`, `mkdir`,
+    /// `rename`, `hard_link`, `symlink`: see [`unlink`](Self::unlink)), so it sees them.
+    /// Memory grows with the entries as they arrive (a list of a million entries is tens of
+    /// MB). Routing it blocks the caller on one stat(2) of the directory the first time it is
+    /// seen. Errors (ENOENT, ENOTDIR, EACCES) name `read_dir` and the path. On an open
+    /// directory handle: [`File::read_dir`].
+    pub fn read_dir(&self, path: impl AsRef<Path>) -> Completion<Vec<crate::DirEntry>> {
+        self.with_deadline(None).read_dir(path)
+    }
+
+    /// Opens an unnamed temporary file in directory `dir` for reading and writing, with
+    /// permission bits `mode` (O_TMPFILE: see [`OpenOptions::tmpfile`]); give it a name with
+    /// [`link_file`](Self::link_file) once it is written. Blocks like [`open`](Self::open).
+    pub fn open_tmpfile(&self, dir: impl AsRef<Path>, mode: u32) -> Completion<File> {
+        self.open(
+            dir,
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .tmpfile(true)
+                .mode(mode),
+        )
+    }
+
+    /// Gives `file` the name `path` (`linkat` of its descriptor on the file's shard), after
+    /// every earlier operation on it: an [`open_tmpfile`](Self::open_tmpfile) file, written in
+    /// full, appears at `path` at once. Same as [`File::link_into`], which says more.
+    pub fn link_file(&self, file: &File, path: impl AsRef<Path>) -> Completion<()> {
+        self.with_deadline(None).link_file(file, path)
     }
 
     /// Closes the file after every earlier operation on it and reports errors; later operations
@@ -1786,6 +1865,20 @@ impl Deadlined<'_> {
             .request(file, op, Reply::Unit, self.deadline)
     }
 
+    /// [`Executor::fadvise`] with the deadline.
+    pub fn fadvise(
+        &self,
+        file: &File,
+        offset: u64,
+        len: u64,
+        advice: crate::Advice,
+    ) -> Completion<()> {
+        if let Err(e) = self.exec.shared.check_owner(file) {
+            return Completion::ready(Err(e));
+        }
+        crate::file_ops::fadvise(file, offset, len, advice, self.deadline)
+    }
+
     /// [`Executor::read_vectored`] with the deadline.
     pub fn read_vectored(
         &self,
@@ -1883,10 +1976,63 @@ impl Deadlined<'_> {
         self.exec.shared.request_path(
             "rename",
             from,
-            Some(to),
+            Some(DirOf::Path(to)),
             |c, target, done| Box::new(op::path::PathOp::new(call, c, target, done)),
             self.deadline,
         )
+    }
+
+    /// [`Executor::read_dir`] with the deadline.
+    pub fn read_dir(&self, path: impl AsRef<Path>) -> Completion<Vec<crate::DirEntry>> {
+        self.exec.shared.request_path(
+            "read_dir",
+            path.as_ref(),
+            Some(DirOf::Itself),
+            |c, target, done| Box::new(op::read_dir::ReadDir::of_path(c, target, done)),
+            self.deadline,
+        )
+    }
+
+    /// [`Executor::link_file`] with the deadline.
+    pub fn link_file(&self, file: &File, path: impl AsRef<Path>) -> Completion<()> {
+        if let Err(e) = self.exec.shared.check_owner(file) {
+            return Completion::ready(Err(e));
+        }
+        crate::file_ops::link_into(file, path.as_ref(), self.deadline)
+    }
+
+    /// [`Executor::hard_link`] with the deadline.
+    pub fn hard_link(&self, original: impl AsRef<Path>, new: impl AsRef<Path>) -> Completion<()> {
+        let (original, new) = (original.as_ref(), new.as_ref());
+        let to = match op::c_path("hard_link", new) {
+            Ok(c) => c,
+            Err(e) => return Completion::ready(Err(e)),
+        };
+        let call = op::path::PathCall::Link {
+            to,
+            to_path: std::sync::Arc::from(new),
+        };
+        self.exec.shared.request_path(
+            "hard_link",
+            original,
+            Some(DirOf::Path(new)),
+            |c, target, done| Box::new(op::path::PathOp::new(call, c, target, done)),
+            self.deadline,
+        )
+    }
+
+    /// [`Executor::symlink`] with the deadline.
+    pub fn symlink(&self, target: impl AsRef<Path>, link: impl AsRef<Path>) -> Completion<()> {
+        let target = target.as_ref();
+        let c = match op::c_path("symlink", target) {
+            Ok(c) => c,
+            Err(e) => return Completion::ready(Err(e)),
+        };
+        let call = op::path::PathCall::Symlink {
+            target: c,
+            target_path: std::sync::Arc::from(target),
+        };
+        self.path_call("symlink", link.as_ref(), call)
     }
 
     fn path_call(
@@ -1911,6 +2057,15 @@ impl Deadlined<'_> {
             .shared
             .request(file, op, Reply::Unit, self.deadline)
     }
+}
+
+/// Which directory a path operation is routed and ordered by, when not the path's parent.
+#[derive(Clone, Copy)]
+pub(crate) enum DirOf<'a> {
+    /// The parent of this other path (rename, hard_link: the destination's).
+    Path(&'a Path),
+    /// The path itself, a directory (read_dir).
+    Itself,
 }
 
 /// A group of requests sent with one message per shard. Dropping a batch without submitting it

@@ -24,6 +24,7 @@ pub struct OpenOptions {
     append: bool,
     direct: bool,
     directory: bool,
+    tmpfile: bool,
     custom_flags: i32,
     mode: Option<u32>,
 }
@@ -104,9 +105,21 @@ impl OpenOptions {
         self
     }
 
+    /// O_TMPFILE: the path names a **directory**, and the open makes an unnamed regular file
+    /// on its filesystem, which is gone when closed unless it is given a name first with
+    /// [`File::link_into`] (so readers never see it half-written at that name). Needs
+    /// `write(true)`; `create`, `create_new`, `truncate` and `directory` are refused. Not every
+    /// filesystem supports it (ext4, xfs, btrfs and tmpfs do; procfs, some FUSE and network
+    /// filesystems do not): `open` then fails with EOPNOTSUPP. See also
+    /// [`Executor::open_tmpfile`](crate::Executor::open_tmpfile).
+    pub fn tmpfile(&mut self, on: bool) -> &mut Self {
+        self.tmpfile = on;
+        self
+    }
+
     /// Extra `open(2)` flags, OR-ed in: `O_DSYNC`, `O_SYNC`, `O_NOATIME`, `O_NOFOLLOW`, ... Flags
     /// these options control themselves (access mode, `O_CREAT`, `O_EXCL`, `O_TRUNC`,
-    /// `O_APPEND`, `O_DIRECT`, `O_DIRECTORY`) and `O_PATH`/`O_TMPFILE` are refused at open with
+    /// `O_APPEND`, `O_DIRECT`, `O_DIRECTORY`, `O_TMPFILE`) and `O_PATH` are refused at open with
     /// [`Error::InvalidArgument`]: use the matching switch. `O_CLOEXEC` is always set.
     pub fn custom_flags(&mut self, flags: i32) -> &mut Self {
         self.custom_flags = flags;
@@ -125,7 +138,8 @@ impl OpenOptions {
                 "open",
                 format!(
                     "custom_flags {:#o} contain flags OpenOptions sets itself ({:#o}): use \
-                     read/write/create/create_new/truncate/append/direct/directory instead",
+                     read/write/create/create_new/truncate/append/direct/directory/tmpfile \
+                     instead",
                     self.custom_flags,
                     self.custom_flags & CONTROLLED_FLAGS
                 ),
@@ -159,6 +173,17 @@ impl OpenOptions {
                     "neither read nor write access asked for: set read(true) and/or write(true)",
                 )),
             };
+        if self.tmpfile {
+            if !write || self.create || self.create_new || self.truncate || self.directory {
+                return Err(Error::invalid(
+                    "open",
+                    "tmpfile(true) makes a new unnamed file in the directory given: set \
+                     write(true) and no create, create_new, truncate or directory",
+                ));
+            }
+            // O_TMPFILE without O_EXCL: the file may be linked into the filesystem later.
+            flags |= libc::O_TMPFILE;
+        }
         if (self.create || self.create_new || self.truncate) && !write {
             return Err(Error::invalid(
                 "open",

@@ -25,6 +25,34 @@ pub(crate) fn close(file: &File) -> Completion<()> {
     shared.request(file, Ok(IoOp::Close(shared.fds.enter())), Reply::Unit, None)
 }
 
+/// Sends an fadvise of `file`: the one implementation of [`File::fadvise`],
+/// [`Executor::fadvise`](crate::Executor::fadvise) and its [`Deadlined`](crate::Deadlined) form.
+pub(crate) fn fadvise(
+    file: &File,
+    offset: u64,
+    len: u64,
+    advice: crate::Advice,
+    deadline: Option<std::time::Instant>,
+) -> Completion<()> {
+    let op = request::fadvise_op(offset, len, advice);
+    file.shared().request(file, op, Reply::Unit, deadline)
+}
+
+/// Sends a link of `file` at `path`: the one implementation of [`File::link_into`],
+/// [`Executor::link_file`](crate::Executor::link_file) and its [`Deadlined`](crate::Deadlined)
+/// form.
+pub(crate) fn link_into(
+    file: &File,
+    path: &std::path::Path,
+    deadline: Option<std::time::Instant>,
+) -> Completion<()> {
+    let make = op::c_path("link_into", path).map(|to| {
+        let to_path = std::sync::Arc::from(path);
+        move |done| Box::new(op::link_file::LinkFile::new(to, to_path, done)) as Box<dyn FileOp>
+    });
+    file.shared().request_op(file, make, deadline)
+}
+
 /// Operations on the file. Each returns a [`Completion`] (`.wait()` blocks, `.await` does not)
 /// and never blocks to send. They are the [`Executor`](crate::Executor)'s operations of the same
 /// names (`fsync` is [`sync_all`](File::sync_all), `fdatasync`
@@ -271,6 +299,37 @@ impl File {
     pub fn fallocate(&self, mode: i32, offset: u64, len: u64) -> Completion<()> {
         let op = request::fallocate_op(mode, offset, len);
         self.shared().request(self, op, Reply::Unit, None)
+    }
+
+    /// `posix_fadvise(2)`: advice about the file's page cache for `len` bytes at `offset` (0: to
+    /// the end of the file; at most 4 GiB - 1), after earlier writes to the file. See
+    /// [`Executor::fadvise`](crate::Executor::fadvise).
+    pub fn fadvise(&self, offset: u64, len: u64, advice: crate::Advice) -> Completion<()> {
+        fadvise(self, offset, len, advice, None)
+    }
+
+    /// Gives the file the name `path` (`linkat` of its descriptor, IORING_OP_LINKAT), after
+    /// every earlier operation on it: the way to publish a file opened with
+    /// [`tmpfile(true)`](crate::OpenOptions::tmpfile) once it is written, so that `path`
+    /// appears with all of its data at once (add [`sync_all`](Self::sync_all) before it for
+    /// durability, and an fsync of the directory after). Fails with EEXIST if `path` exists
+    /// (to replace a file, link to a temporary name and [`rename`](crate::Executor::rename)),
+    /// EXDEV if `path` is on another filesystem. Works for any user: the descriptor is named as
+    /// `/proc/self/fd/N`, so /proc must be mounted. Errors name both paths
+    /// ([`Error::PathPair`], op `"link_into"`). See
+    /// [`Executor::link_file`](crate::Executor::link_file).
+    pub fn link_into(&self, path: impl AsRef<std::path::Path>) -> Completion<()> {
+        link_into(self, path.as_ref(), None)
+    }
+
+    /// The entries of this directory handle (from [`open_dir`](crate::Executor::open_dir) or
+    /// [`OpenOptions::directory`](crate::OpenOptions::directory)), from its start, after every
+    /// earlier operation on it: the listing of
+    /// [`Executor::read_dir`](crate::Executor::read_dir), on the handle's descriptor and its
+    /// shard. Listings of one handle run one at a time. ENOTDIR on a handle of a file.
+    pub fn read_dir(&self) -> Completion<Vec<crate::DirEntry>> {
+        let make = |done| Box::new(op::read_dir::ReadDir::of_handle(done)) as Box<dyn FileOp>;
+        self.shared().request_op(self, Ok(make), None)
     }
 
     /// Closes the file after every earlier operation on it and reports errors; operations on any

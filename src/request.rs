@@ -180,6 +180,23 @@ pub(crate) fn sync_file_range(offset: u64, len: u64, flags: u32) -> Result<u32> 
     })
 }
 
+/// An fadvise of `len` bytes at `offset` (0: to the end of the file): `len` fits the SQE's 32
+/// bits.
+pub(crate) fn fadvise_op(offset: u64, len: u64, advice: crate::Advice) -> Result<IoOp> {
+    check_end("fadvise", offset, len)?;
+    let len = u32::try_from(len).map_err(|_| {
+        Error::invalid(
+            "fadvise",
+            format!("length {len} is more than 4 GiB - 1: split it, or pass 0 for \"to the end\""),
+        )
+    })?;
+    Ok(IoOp::File(Box::new(op::fadvise::Fadvise {
+        offset,
+        len,
+        advice,
+    })))
+}
+
 /// A vectored read of `lens` or write of buffers of `lens` at `offset`.
 pub(crate) fn vectored(
     file: &File,
@@ -302,6 +319,28 @@ pub(crate) fn path_op(
         None => routed, // the root
     };
     let key = dir_key(op, routed, parent)?;
+    let target = PathTarget {
+        key,
+        path: Arc::from(path),
+    };
+    Ok((c, target, crate::router::shard_for(key, shards)))
+}
+
+/// An operation on the directory `path` itself (read_dir), routed and ordered by its own
+/// identity (the order list the path operations inside it use): the path as a C string, the
+/// order target, and the shard. Blocks on stat(2) of the directory the first time it is seen.
+pub(crate) fn dir_op(
+    op: &'static str,
+    path: &Path,
+    shards: usize,
+) -> Result<(CString, PathTarget, usize)> {
+    let c = op::c_path(op, path)?;
+    let dir = if path.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        path
+    };
+    let key = dir_key(op, path, dir)?;
     let target = PathTarget {
         key,
         path: Arc::from(path),

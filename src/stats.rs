@@ -127,6 +127,16 @@ op_kinds! {
     Append => "append",
     /// `sync_file_range`.
     SyncFileRange => "sync_file_range",
+    /// `posix_fadvise` (fadvise).
+    Fadvise => "fadvise",
+    /// `linkat` (hard_link).
+    HardLink => "hard_link",
+    /// `symlinkat`.
+    Symlink => "symlink",
+    /// `linkat` of an open file (link_into: an O_TMPFILE file given a name).
+    LinkInto => "link_into",
+    /// A directory listing (`getdents64`, read_dir).
+    ReadDir => "read_dir",
 }
 
 impl fmt::Display for OpKind {

@@ -16,7 +16,7 @@ pub(crate) struct Sqe {
     pub opcode: u8,
     pub flags: u8,
     pub fd: i32,
-    /// `off`, or `addr2` (statx's buffer, rename's new path).
+    /// `off`, or `addr2` (statx's buffer; rename's, linkat's and symlinkat's new path).
     pub off: u64,
     /// `addr`: the buffer, iovec array, path, timespec, or the `user_data` to cancel.
     pub addr: u64,
@@ -71,6 +71,9 @@ pub(crate) enum Code {
     Renameat,
     Mkdirat,
     Openat,
+    Fadvise,
+    Linkat,
+    Symlinkat,
     Close,
     Timeout,
     TimeoutRemove,
@@ -98,6 +101,9 @@ impl Code {
             opcode::RenameAt::CODE => Code::Renameat,
             opcode::MkDirAt::CODE => Code::Mkdirat,
             opcode::OpenAt::CODE => Code::Openat,
+            opcode::Fadvise::CODE => Code::Fadvise,
+            opcode::LinkAt::CODE => Code::Linkat,
+            opcode::SymlinkAt::CODE => Code::Symlinkat,
             opcode::Close::CODE => Code::Close,
             opcode::Timeout::CODE => Code::Timeout,
             opcode::TimeoutRemove::CODE => Code::TimeoutRemove,

@@ -972,6 +972,24 @@ fn run_blocking(sqe: &Sqe, code: Code, fd: RawFd) -> i32 {
                 libc::openat(fd, addr, sqe.op_flags as i32, sqe.len as libc::c_uint) as i64
             }
             Code::Close => libc::close(fd) as i64,
+            // FADVISE: the advice in the flags word; posix_fadvise returns the errno itself.
+            Code::Fadvise => {
+                let advice = sqe.op_flags as i32;
+                let len = i64::from(sqe.len);
+                let err = libc::posix_fadvise(fd, sqe.off as i64, len, advice);
+                return if err == 0 { 0 } else { -err };
+            }
+            // LINKAT: the new directory in `len`, the new path in `addr2`, flags in the flags
+            // word. SYMLINKAT: the target in `addr`, the link's directory in `fd`, its path in
+            // `addr2`.
+            Code::Linkat => libc::linkat(
+                fd,
+                addr,
+                sqe.len as i32,
+                sqe.off as *const libc::c_char,
+                sqe.op_flags as i32,
+            ) as i64,
+            Code::Symlinkat => libc::symlinkat(addr, fd, sqe.off as *const libc::c_char) as i64,
             Code::Nop | Code::Timeout | Code::TimeoutRemove | Code::PollAdd | Code::AsyncCancel => {
                 0
             }

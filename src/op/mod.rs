@@ -18,7 +18,11 @@
 //!
 //! 1. Add its kind to the `op_kinds!` list in `stats.rs` (one line: variant and name), and its
 //!    opcode to [`opcode_of`] (probing and the blocking-path report use it).
-//! 2. Write `src/op/<name>.rs`: a struct that owns everything the kernel will read or write
+//! 2. Teach the threads backend the opcode, or every SQE of the op fails there (and on the
+//!    blocking path) with EINVAL, silently: a `Code` variant and its line in `Code::of`
+//!    (`driver/sqe.rs`), and the system call that does the same in `run_blocking`
+//!    (`driver/threads.rs`), which reads the SQE's fields by the kernel's layout (`Sqe`).
+//! 3. Write `src/op/<name>.rs`: a struct that owns everything the kernel will read or write
 //!    (strings, buffers) and where its result goes (a [`Reply`] or its own `Completer`), and an
 //!    `impl FileOp` with `kind` and `sqe` (`run_blocking` runs that same SQE as a system call;
 //!    override it only for an op without an SQE, like `size`), and, as needed, `footprint` (default: a barrier on its
@@ -26,8 +30,9 @@
 //!    `size_at_admit`/`size_after`/`sets_size` (the file's known size, which orders reads near
 //!    the end of the file) and `complete` (ops with a result type of their own keep their
 //!    `Completer` and are sent with [`Reply::InOp`]).
-//! 3. Add a validated constructor in `request.rs` and the public method on `Executor` (and
-//!    `Deadlined`) that sends it.
+//! 4. Add a validated constructor in `request.rs` and one function that sends it (an
+//!    `ExecShared` method or a helper in `file_ops.rs`), which the public faces call: the
+//!    `Executor` method (through `Deadlined`) and, for an op on an open file, the `File` method.
 //!
 //! Operations on paths rather than open files (unlink, mkdir, rename, stat, open) return a
 //! [`PathTarget`] from [`path_target`](FileOp::path_target): they are ordered per parent
@@ -39,10 +44,13 @@
 //! opcode maps to a system call.
 
 pub(crate) mod append;
+pub(crate) mod fadvise;
 pub(crate) mod fallocate;
+pub(crate) mod link_file;
 pub(crate) mod open;
 pub(crate) mod path;
 pub(crate) mod read;
+pub(crate) mod read_dir;
 pub(crate) mod rw;
 pub(crate) mod size;
 pub(crate) mod statx;
@@ -200,6 +208,11 @@ pub(crate) fn opcode_of(kind: OpKind) -> Option<u8> {
         OpKind::Append => opcode::Write::CODE,
         OpKind::SyncFileRange => opcode::SyncFileRange::CODE,
         OpKind::Open => opcode::OpenAt::CODE,
+        // Its first round opens the directory; its getdents64 rounds have no opcode.
+        OpKind::ReadDir => opcode::OpenAt::CODE,
+        OpKind::Fadvise => opcode::Fadvise::CODE,
+        OpKind::HardLink | OpKind::LinkInto => opcode::LinkAt::CODE,
+        OpKind::Symlink => opcode::SymlinkAt::CODE,
         OpKind::Read | OpKind::Write | OpKind::Close | OpKind::Size | OpKind::Task => return None,
     })
 }

@@ -1,5 +1,6 @@
-//! Operations on paths (IORING_OP_UNLINKAT, MKDIRAT, RENAMEAT): unlink, remove_dir, mkdir,
-//! rename. They are routed by their parent directory (rename: the destination's) and ordered in
+//! Operations on paths (IORING_OP_UNLINKAT, MKDIRAT, RENAMEAT, LINKAT, SYMLINKAT): unlink,
+//! remove_dir, mkdir, rename, hard_link, symlink. They are routed by their parent directory
+//! (rename and hard_link: the destination's; symlink: the new link's) and ordered in
 //! that directory's order list as barriers: on one shard, path operations in one directory run one
 //! at a time, in the order they were sent, and an `fsync` of the directory's open handle (same
 //! inode, so same shard and list) runs after them. The path strings belong to the op until its CQE.
@@ -55,6 +56,16 @@ pub(crate) enum PathCall {
         to_path: Arc<Path>,
         flags: RenameFlags,
     },
+    /// A hard link at `to` to the op's path (`linkat`, not following a final symlink).
+    Link {
+        to: CString,
+        to_path: Arc<Path>,
+    },
+    /// A symbolic link at the op's path whose contents are `target` (`symlinkat`).
+    Symlink {
+        target: CString,
+        target_path: Arc<Path>,
+    },
 }
 
 /// One path operation: its call, its (first) path, the directory it is ordered in (whose
@@ -89,6 +100,8 @@ impl FileOp for PathOp {
             PathCall::RemoveDir => OpKind::RemoveDir,
             PathCall::Mkdir { .. } => OpKind::Mkdir,
             PathCall::Rename { .. } => OpKind::Rename,
+            PathCall::Link { .. } => OpKind::HardLink,
+            PathCall::Symlink { .. } => OpKind::Symlink,
         }
     }
 
@@ -111,6 +124,10 @@ impl FileOp for PathOp {
                     .flags(flags.bits())
                     .build()
             }
+            PathCall::Link { to, .. } => opcode::LinkAt::new(cwd(), p, cwd(), to.as_ptr()).build(),
+            PathCall::Symlink { target, .. } => {
+                opcode::SymlinkAt::new(cwd(), target.as_ptr(), p).build()
+            }
         })
     }
 
@@ -121,6 +138,19 @@ impl FileOp for PathOp {
                 op: "rename",
                 from,
                 to: to_path.to_path_buf(),
+                errno,
+            },
+            PathCall::Link { to_path, .. } => Error::PathPair {
+                op: "hard_link",
+                from,
+                to: to_path.to_path_buf(),
+                errno,
+            },
+            // The link's target first, as in `symlink(target, linkpath)`.
+            PathCall::Symlink { target_path, .. } => Error::PathPair {
+                op: "symlink",
+                from: target_path.to_path_buf(),
+                to: from,
                 errno,
             },
             _ => Error::io(self.kind().name(), Some(from), None, errno),

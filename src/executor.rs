@@ -1142,8 +1142,17 @@ impl Executor {
         self.with_deadline(None).fdatasync(file)
     }
 
-    /// fallocate(2) with `mode` (0 allocates and extends the file).
-    pub fn fallocate(&self, file: &File, mode: i32, offset: u64, len: u64) -> Completion<()> {
+    /// fallocate(2) of `len` bytes at `offset` with `mode` ([`FallocateMode`](crate::FallocateMode):
+    /// allocate, punch a hole, zero, collapse or insert a range), ordered against every
+    /// operation on the file; reads sent after it see its effect. A mode the filesystem lacks
+    /// fails with errno EOPNOTSUPP.
+    pub fn fallocate(
+        &self,
+        file: &File,
+        mode: crate::FallocateMode,
+        offset: u64,
+        len: u64,
+    ) -> Completion<()> {
         let op = request::fallocate_op(mode, offset, len);
         self.shared.request(file, op, Reply::Unit, None)
     }
@@ -1187,14 +1196,14 @@ impl Executor {
     }
 
     /// `sync_file_range(2)` of `len` bytes at `offset` (0: to the end of the file) with `flags`
-    /// (`libc::SYNC_FILE_RANGE_*`), after every earlier write to the file. Not a durability
+    /// ([`SyncRangeFlags`](crate::SyncRangeFlags)), after every earlier write to the file. Not a durability
     /// guarantee (no metadata, no disk cache flush): see the man page.
     pub fn sync_file_range(
         &self,
         file: &File,
         offset: u64,
         len: u64,
-        flags: u32,
+        flags: crate::SyncRangeFlags,
     ) -> Completion<()> {
         self.with_deadline(None)
             .sync_file_range(file, offset, len, flags)
@@ -1777,10 +1786,9 @@ impl Deadlined<'_> {
         file: &File,
         offset: u64,
         len: u64,
-        flags: u32,
+        flags: crate::SyncRangeFlags,
     ) -> Completion<()> {
-        let op = request::sync_file_range(offset, len, flags)
-            .map(|len| IoOp::File(Box::new(op::sync_range::SyncRange { offset, len, flags })));
+        let op = request::sync_file_range(offset, len, flags);
         self.exec
             .shared
             .request(file, op, Reply::Unit, self.deadline)

@@ -241,9 +241,13 @@ impl File {
     }
 
     /// `sync_file_range(2)`; see [`Executor::sync_file_range`](crate::Executor::sync_file_range).
-    pub fn sync_file_range(&self, offset: u64, len: u64, flags: u32) -> Completion<()> {
-        let op = request::sync_file_range(offset, len, flags)
-            .map(|len| IoOp::File(Box::new(op::sync_range::SyncRange { offset, len, flags })));
+    pub fn sync_file_range(
+        &self,
+        offset: u64,
+        len: u64,
+        flags: crate::SyncRangeFlags,
+    ) -> Completion<()> {
+        let op = request::sync_file_range(offset, len, flags);
         self.shared().request(self, op, Reply::Unit, None)
     }
 
@@ -267,8 +271,8 @@ impl File {
         self.shared().request(self, op, Reply::Unit, None)
     }
 
-    /// `fallocate(2)` with `mode` (0 allocates and extends the file; `libc::FALLOC_FL_*`).
-    pub fn fallocate(&self, mode: i32, offset: u64, len: u64) -> Completion<()> {
+    /// `fallocate(2)` with `mode`; see [`Executor::fallocate`](crate::Executor::fallocate).
+    pub fn fallocate(&self, mode: crate::FallocateMode, offset: u64, len: u64) -> Completion<()> {
         let op = request::fallocate_op(mode, offset, len);
         self.shared().request(self, op, Reply::Unit, None)
     }

@@ -134,7 +134,11 @@ fn check_rw_flags(op: &'static str, flags: crate::RwFlags) -> Result<()> {
 }
 
 /// The op of an fallocate of `len` bytes at `offset` with `mode`.
-pub(crate) fn fallocate_op(mode: i32, offset: u64, len: u64) -> Result<IoOp> {
+pub(crate) fn fallocate_op(
+    mode: op::fallocate::FallocateMode,
+    offset: u64,
+    len: u64,
+) -> Result<IoOp> {
     check_end("fallocate", offset, len)?;
     Ok(IoOp::File(Box::new(op::fallocate::Fallocate {
         mode,
@@ -159,25 +163,24 @@ pub(crate) fn set_len(file: &File, len: u64) -> Result<()> {
     check_end("set_len", len, 0)
 }
 
-/// A sync_file_range of `len` bytes at `offset`: `len` fits the SQE's 32 bits, flags are
-/// SYNC_FILE_RANGE_* only.
-pub(crate) fn sync_file_range(offset: u64, len: u64, flags: u32) -> Result<u32> {
+/// A sync_file_range of `len` bytes at `offset` with `flags`: `len` fits the SQE's 32 bits.
+pub(crate) fn sync_file_range(
+    offset: u64,
+    len: u64,
+    flags: op::sync_range::SyncRangeFlags,
+) -> Result<IoOp> {
     check_end("sync_file_range", offset, len)?;
-    let all = libc::SYNC_FILE_RANGE_WAIT_BEFORE
-        | libc::SYNC_FILE_RANGE_WRITE
-        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
-    if flags & !all != 0 {
-        return Err(Error::invalid(
-            "sync_file_range",
-            format!("unknown flags {flags:#x}: use SYNC_FILE_RANGE_WAIT_BEFORE/WRITE/WAIT_AFTER"),
-        ));
-    }
-    u32::try_from(len).map_err(|_| {
+    let len = u32::try_from(len).map_err(|_| {
         Error::invalid(
             "sync_file_range",
             format!("length {len} is more than 4 GiB - 1: split it, or pass 0 for \"to the end\""),
         )
-    })
+    })?;
+    Ok(IoOp::File(Box::new(op::sync_range::SyncRange {
+        offset,
+        len,
+        flags,
+    })))
 }
 
 /// A vectored read of `lens` or write of buffers of `lens` at `offset`.

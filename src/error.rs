@@ -433,13 +433,33 @@ impl fmt::Display for Error {
                 from,
                 to,
                 errno,
-            } => write!(
-                f,
-                "{op} {} -> {} failed: {}",
-                from.display(),
-                to.display(),
-                errno_text(*errno)
-            ),
+            } => {
+                write!(
+                    f,
+                    "{op} {} -> {} failed: {}",
+                    from.display(),
+                    to.display(),
+                    errno_text(*errno)
+                )?;
+                match *errno {
+                    libc::EOPNOTSUPP | libc::EINVAL | libc::ENOTTY if *op == "clone_range" => {
+                        write!(
+                            f,
+                            "; this filesystem cannot share blocks between files (reflink: \
+                             btrfs, xfs with reflink=1, bcachefs, ocfs2; not ext4 or tmpfs), or \
+                             the range is not aligned to its block size (offset, length and \
+                             destination offset must be multiples of it, except a length that \
+                             reaches the source's end): use copy_range_to, which copies"
+                        )
+                    }
+                    libc::EXDEV if *op == "clone_range" || *op == "copy_file_range" => write!(
+                        f,
+                        "; the two files are on different filesystems (or mounts the kernel \
+                         will not copy between): copy them with read and write"
+                    ),
+                    _ => Ok(()),
+                }
+            }
             Self::Io {
                 op,
                 path,
@@ -480,21 +500,6 @@ impl fmt::Display for Error {
                         f,
                         "; CollapseRange and InsertRange need offset and length in multiples of \
                          the filesystem's block size, and a range inside the file"
-                    ),
-                    libc::EOPNOTSUPP | libc::EINVAL | libc::ENOTTY if *op == "clone_range" => {
-                        write!(
-                            f,
-                            "; this filesystem cannot share blocks between files (reflink: \
-                             btrfs, xfs with reflink=1, bcachefs, ocfs2; not ext4 or tmpfs), or \
-                             the range is not aligned to its block size (offset, length and \
-                             destination offset must be multiples of it, except a length that \
-                             reaches the source's end): use copy_range_to, which copies"
-                        )
-                    }
-                    libc::EXDEV if *op == "clone_range" || *op == "copy_file_range" => write!(
-                        f,
-                        "; the two files are on different filesystems (or mounts the kernel \
-                         will not copy between): copy them with read and write"
                     ),
                     libc::EBADF if *op == "write" => {
                         write!(

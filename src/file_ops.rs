@@ -277,6 +277,36 @@ impl File {
         self.shared().request(self, op, Reply::Unit, None)
     }
 
+    /// Copies `len` bytes at `offset` of this file to `dst_offset` of `dst` in the kernel;
+    /// returns the bytes copied (fewer only where this file ends). See
+    /// [`Executor::copy_file_range`](crate::Executor::copy_file_range).
+    pub fn copy_range_to(
+        &self,
+        offset: u64,
+        dst: &File,
+        dst_offset: u64,
+        len: u64,
+    ) -> Completion<u64> {
+        use crate::op::copy_range::How;
+        self.shared()
+            .copy_range(How::Copy, self, offset, dst, dst_offset, len, None)
+    }
+
+    /// Shares `len` bytes at `offset` of this file with `dst_offset` of `dst` (reflink,
+    /// `FICLONERANGE`); returns `len`. See
+    /// [`Executor::clone_range`](crate::Executor::clone_range).
+    pub fn clone_range_to(
+        &self,
+        offset: u64,
+        dst: &File,
+        dst_offset: u64,
+        len: u64,
+    ) -> Completion<u64> {
+        use crate::op::copy_range::How;
+        self.shared()
+            .copy_range(How::Clone, self, offset, dst, dst_offset, len, None)
+    }
+
     /// Closes the file after every earlier operation on it and reports errors; operations on any
     /// other clone of the handle then fail with [`Error::BadHandle`]. Dropping the last
     /// clone closes it too, without a report.

@@ -163,6 +163,36 @@ pub(crate) fn set_len(file: &File, len: u64) -> Result<()> {
     check_end("set_len", len, 0)
 }
 
+/// A copy (or clone) of `len` bytes at `src_off` of `src` to `dst_off` of `dst`: `src` open
+/// for reading, `dst` for writing and not for appending (the kernel refuses O_APPEND
+/// destinations), neither range past the largest offset. `len` bounds no allocation: the copy
+/// moves at most `copy_range::ROUND_MAX` bytes per round, in the kernel.
+pub(crate) fn copy_range(
+    op: &'static str,
+    src: &File,
+    src_off: u64,
+    dst: &File,
+    dst_off: u64,
+    len: u64,
+) -> Result<()> {
+    access(src, op, src.flags().readable, "read(true) (the source)")?;
+    access(
+        dst,
+        op,
+        dst.flags().writable,
+        "write(true) (the destination)",
+    )?;
+    if dst.flags().append {
+        return Err(Error::BadHandle(format!(
+            "{op} to {}: the destination is open with append(true), which the kernel refuses \
+             (EBADF); open it without append",
+            dst.path().display()
+        )));
+    }
+    check_end(op, src_off, len)?;
+    check_end(op, dst_off, len)
+}
+
 /// A sync_file_range of `len` bytes at `offset` with `flags`: `len` fits the SQE's 32 bits.
 pub(crate) fn sync_file_range(
     offset: u64,

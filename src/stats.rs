@@ -127,6 +127,10 @@ op_kinds! {
     Append => "append",
     /// `sync_file_range`.
     SyncFileRange => "sync_file_range",
+    /// `copy_file_range` between two files (copy_range_to).
+    CopyFileRange => "copy_file_range",
+    /// `FICLONERANGE` between two files (clone_range_to: reflink).
+    CloneRange => "clone_range",
 }
 
 impl fmt::Display for OpKind {

@@ -149,3 +149,208 @@ fn sync_range_flags_write_and_wait() {
         .unwrap();
     assert_eq!(f.read_at(0, 10).wait().unwrap(), vec![9u8; 10]);
 }
+
+/// Two files of `exec` on different shards (names tried until the inode hashes differ).
+fn on_two_shards(exec: &Executor, dir: &Path) -> (File, File) {
+    let a = open(exec, &dir.join("a"));
+    for i in 0..1000 {
+        let b = open(exec, &dir.join(format!("b{i}")));
+        if b.shard() != a.shard() {
+            return (a, b);
+        }
+    }
+    panic!("no second shard in 1000 files");
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+#[test]
+fn copy_within_a_file() {
+    let exec = exec();
+    let dir = tempfile::tempdir().unwrap();
+    let f = open(&exec, &dir.path().join("f"));
+    let data = pattern(8192, 1);
+    f.write_all_at(0, data.clone()).wait().unwrap();
+    assert_eq!(f.copy_range_to(100, &f, 8192, 4000).wait().unwrap(), 4000);
+    let got = f.read_at(0, 1 << 20).wait().unwrap();
+    assert_eq!(got.len(), 8192 + 4000);
+    assert_eq!(&got[..8192], &data[..]);
+    assert_eq!(&got[8192..], &data[100..4100]);
+    // Overlapping ranges of one file: the kernel's EINVAL, with both paths.
+    let e = f.copy_range_to(0, &f, 100, 4000).wait().unwrap_err();
+    assert_eq!(e.errno(), Some(libc::EINVAL), "{e}");
+    assert!(
+        matches!(
+            e,
+            Error::PathPair {
+                op: "copy_file_range",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn copy_across_files_on_different_shards_in_rounds() {
+    let exec = exec();
+    let dir = tempfile::tempdir().unwrap();
+    let (src, dst) = on_two_shards(&exec, dir.path());
+    // More than one round (1 MiB each) and not a multiple of it.
+    let data = pattern(3 << 20 | 12_345, 7);
+    src.write_all_at(0, data.clone()).wait().unwrap();
+    let n = exec
+        .copy_file_range(&src, 0, &dst, 4096, data.len() as u64)
+        .wait()
+        .unwrap();
+    assert_eq!(n, data.len() as u64);
+    let got = std::fs::read(dir.path().join(dst.path().file_name().unwrap())).unwrap();
+    assert!(got[..4096].iter().all(|&b| b == 0));
+    assert!(got[4096..] == data[..], "the copy is the source's data");
+    assert_eq!(dst.size().wait().unwrap(), 4096 + data.len() as u64);
+    assert!(exec.stats().total.ops(ringshard::OpKind::CopyFileRange) >= 1);
+}
+
+#[test]
+fn a_copy_sees_the_writes_sent_before_it_and_reads_after_it_see_the_copy() {
+    let exec = exec();
+    let dir = tempfile::tempdir().unwrap();
+    let (src, dst) = on_two_shards(&exec, dir.path());
+    for round in 0..20u8 {
+        // Nothing is waited for between the writes, the copy and the read: the order is the
+        // executor's.
+        let w_src = src.write_all_at(0, vec![round; 64 << 10]);
+        let w_dst = dst.write_all_at(0, vec![0xee; 128 << 10]);
+        let copy = src.copy_range_to(0, &dst, 0, 64 << 10);
+        let read = dst.read_at(0, 128 << 10);
+        w_src.wait().unwrap();
+        w_dst.wait().unwrap();
+        assert_eq!(copy.wait().unwrap(), 64 << 10);
+        let got = read.wait().unwrap();
+        assert!(got[..64 << 10].iter().all(|&b| b == round), "round {round}");
+        assert!(got[64 << 10..].iter().all(|&b| b == 0xee), "round {round}");
+    }
+}
+
+#[test]
+fn a_copy_stops_short_at_the_end_of_the_source() {
+    let exec = exec();
+    let dir = tempfile::tempdir().unwrap();
+    let (src, dst) = on_two_shards(&exec, dir.path());
+    src.write_all_at(0, pattern(5000, 3)).wait().unwrap();
+    assert_eq!(
+        src.copy_range_to(1000, &dst, 0, 1 << 30).wait().unwrap(),
+        4000
+    );
+    assert_eq!(
+        dst.read_at(0, 1 << 20).wait().unwrap(),
+        &pattern(5000, 3)[1000..]
+    );
+    // At or past the end: nothing to copy.
+    assert_eq!(src.copy_range_to(5000, &dst, 0, 10).wait().unwrap(), 0);
+    assert_eq!(exec.copy_file_range(&src, 0, &dst, 0, 0).wait().unwrap(), 0);
+}
+
+#[test]
+fn copy_checks_access_and_owner() {
+    let exec = exec();
+    let other = self::exec();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("f");
+    let f = open(&exec, &p);
+    let ro = exec.open(&p, OpenOptions::new().read(true)).wait().unwrap();
+    let e = f.copy_range_to(0, &ro, 0, 10).wait().unwrap_err();
+    assert!(
+        matches!(e, Error::BadHandle(_)) && e.to_string().contains("write(true)"),
+        "{e}"
+    );
+    let wo = exec
+        .open(&p, OpenOptions::new().write(true))
+        .wait()
+        .unwrap();
+    let e = wo.copy_range_to(0, &f, 0, 10).wait().unwrap_err();
+    assert!(
+        matches!(e, Error::BadHandle(_)) && e.to_string().contains("read(true)"),
+        "{e}"
+    );
+    let ap = exec
+        .open(&p, OpenOptions::new().append(true))
+        .wait()
+        .unwrap();
+    let e = f.copy_range_to(0, &ap, 0, 10).wait().unwrap_err();
+    assert!(e.to_string().contains("append"), "{e}");
+    let g = open(&other, &dir.path().join("g"));
+    let e = exec.copy_file_range(&f, 0, &g, 0, 10).wait().unwrap_err();
+    assert!(matches!(e, Error::BadHandle(_)), "{e}");
+    let e = f.copy_range_to(u64::MAX - 5, &f, 0, 10).wait().unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
+}
+
+#[test]
+fn clone_on_ext4_or_tmpfs_says_there_is_no_reflink() {
+    // /tmp here is ext4, which cannot share extents.
+    let exec = exec();
+    let dir = tempfile::tempdir().unwrap();
+    let (src, dst) = on_two_shards(&exec, dir.path());
+    src.write_all_at(0, vec![1u8; 8192]).wait().unwrap();
+    let e = src.clone_range_to(0, &dst, 0, 8192).wait().unwrap_err();
+    match &e {
+        Error::PathPair {
+            op: "clone_range",
+            from,
+            to,
+            errno,
+        } => {
+            assert_eq!(from, src.path());
+            assert_eq!(to, dst.path());
+            assert!(
+                *errno == libc::EOPNOTSUPP || *errno == libc::EXDEV || *errno == libc::EINVAL,
+                "{e}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(e.to_string().contains("reflink"), "{e}");
+    assert_eq!(dst.size().wait().unwrap(), 0, "nothing happened");
+}
+
+#[test]
+fn a_copy_between_filesystems_is_exdev_or_done() {
+    let Ok(shm) = tempfile::tempdir_in("/dev/shm") else {
+        return; // no tmpfs here
+    };
+    let exec = exec();
+    let dir = tempfile::tempdir().unwrap();
+    let src = open(&exec, &shm.path().join("src"));
+    let dst = open(&exec, &dir.path().join("dst"));
+    src.write_all_at(0, pattern(10_000, 9)).wait().unwrap();
+    match src.copy_range_to(0, &dst, 0, 10_000).wait() {
+        // Linux 5.19 on: only filesystems of one type copy between themselves.
+        Err(e) => {
+            assert_eq!(e.errno(), Some(libc::EXDEV), "{e}");
+            assert!(e.to_string().contains("different filesystems"), "{e}");
+        }
+        Ok(n) => {
+            assert_eq!(n, 10_000);
+            assert_eq!(dst.read_at(0, 20_000).wait().unwrap(), pattern(10_000, 9));
+        }
+    }
+}
+
+#[test]
+fn a_copy_whose_source_was_closed_fails_with_the_sources_error_and_does_not_hang() {
+    let exec = exec();
+    let dir = tempfile::tempdir().unwrap();
+    let (src, dst) = on_two_shards(&exec, dir.path());
+    src.write_all_at(0, vec![1u8; 100]).wait().unwrap();
+    src.clone().close().wait().unwrap();
+    let e = src.copy_range_to(0, &dst, 0, 100).wait().unwrap_err();
+    assert!(matches!(e, Error::BadHandle(_)), "{e:?}");
+    // The destination's shard is free again.
+    dst.write_all_at(0, vec![2u8; 10]).wait().unwrap();
+    assert_eq!(dst.read_at(0, 100).wait().unwrap(), vec![2u8; 10]);
+}

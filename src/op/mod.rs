@@ -28,6 +28,15 @@
 //!    `Completer` and are sent with [`Reply::InOp`]).
 //! 3. Add a validated constructor in `request.rs` and the public method on `Executor` (and
 //!    `Deadlined`) that sends it.
+//! 4. If the op builds an SQE with an opcode no other op uses: add the opcode to
+//!    `driver/sqe.rs` (`Code` and `Code::of`) and its system call to `driver/threads.rs`
+//!    (`run_blocking`). Without them the threads backend, and every blocking run, answers the SQE
+//!    with EINVAL. An op with no SQE of its own (`size`, `copy_range`) overrides
+//!    [`run_blocking`](FileOp::run_blocking) instead and needs neither.
+//!
+//! An op that needs a second file (copy_file_range, FICLONERANGE; splice) gets that file's
+//! descriptor from the file's own shard: see `copy_range.rs` (a duplicate handed over, waited
+//! for with a POLL_ADD, so neither shard blocks).
 //!
 //! Operations on paths rather than open files (unlink, mkdir, rename, stat, open) return a
 //! [`PathTarget`] from [`path_target`](FileOp::path_target): they are ordered per parent
@@ -39,6 +48,7 @@
 //! opcode maps to a system call.
 
 pub(crate) mod append;
+pub(crate) mod copy_range;
 pub(crate) mod fallocate;
 pub(crate) mod open;
 pub(crate) mod path;
@@ -200,6 +210,8 @@ pub(crate) fn opcode_of(kind: OpKind) -> Option<u8> {
         OpKind::Append => opcode::Write::CODE,
         OpKind::SyncFileRange => opcode::SyncFileRange::CODE,
         OpKind::Open => opcode::OpenAt::CODE,
+        // No opcode: run_blocking on the shard thread (copy_range.rs says why).
+        OpKind::CopyFileRange | OpKind::CloneRange => return None,
         OpKind::Read | OpKind::Write | OpKind::Close | OpKind::Size | OpKind::Task => return None,
     })
 }

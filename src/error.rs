@@ -501,6 +501,12 @@ impl fmt::Display for Error {
                         "; CollapseRange and InsertRange need offset and length in multiples of \
                          the filesystem's block size, and a range inside the file"
                     ),
+                    libc::EOPNOTSUPP if *op == "read" || *op == "write" => write!(
+                        f,
+                        "; the file refused an RWF flag: RWF_DONTCACHE needs Linux 6.14 and a \
+                         filesystem that supports it (ext4, xfs, btrfs; not tmpfs), RWF_NOWAIT \
+                         a filesystem that supports it: drop the flag for this file"
+                    ),
                     libc::EBADF if *op == "write" => {
                         write!(
                             f,

@@ -1158,7 +1158,7 @@ impl Executor {
     }
 
     /// [`read`](Self::read) with per-operation flags ([`RwFlags`](crate::RwFlags): `NOWAIT`,
-    /// `HIPRI`), passed as the SQE's `rw_flags` on every data path. With `NOWAIT`, data not in
+    /// `HIPRI`, `DONTCACHE`), passed as the SQE's `rw_flags` on every data path. With `NOWAIT`, data not in
     /// the page cache fails the read with errno EAGAIN (never retried); a read that got part of
     /// its data before that returns the error too.
     pub fn read_with(
@@ -1172,7 +1172,7 @@ impl Executor {
     }
 
     /// [`write`](Self::write) with per-operation flags ([`RwFlags`](crate::RwFlags): `DSYNC`,
-    /// `SYNC`, `NOWAIT`, `HIPRI`, `APPEND`): the SQE's `rw_flags`, or `pwritev2`'s flags on the
+    /// `SYNC`, `NOWAIT`, `HIPRI`, `APPEND`, `DONTCACHE`): the SQE's `rw_flags`, or `pwritev2`'s flags on the
     /// inline path. With `NOWAIT`, a write that would block fails with errno EAGAIN (never
     /// retried).
     pub fn write_with(

@@ -116,13 +116,26 @@ pub(crate) fn write_op_keep(
 /// Only the known `RWF_*` flags; APPEND, DSYNC and SYNC only on writes.
 fn check_rw_flags(op: &'static str, flags: crate::RwFlags) -> Result<()> {
     use crate::RwFlags as F;
-    let known = F::DSYNC | F::SYNC | F::NOWAIT | F::HIPRI | F::APPEND;
+    let known = F::DSYNC | F::SYNC | F::NOWAIT | F::HIPRI | F::APPEND | F::DONTCACHE;
     let write_only = F::DSYNC | F::SYNC | F::APPEND;
     if flags.bits() & !known.bits() != 0 {
         return Err(Error::invalid(
             op,
             format!("unknown RWF flags {:#x}", flags.bits() & !known.bits()),
         ));
+    }
+    if flags.contains(F::DONTCACHE) {
+        let (supported, release) = crate::op::rw::dontcache_supported();
+        if !supported {
+            return Err(Error::invalid(
+                op,
+                format!(
+                    "RWF_DONTCACHE needs Linux 6.14 and a filesystem that supports it (ext4, \
+                     xfs, btrfs): this kernel is {release}; drop RwFlags::DONTCACHE (or use \
+                     posix_fadvise(POSIX_FADV_DONTNEED) after the I/O)"
+                ),
+            ));
+        }
     }
     if op == "read" && flags.bits() & write_only.bits() != 0 {
         return Err(Error::invalid(

@@ -354,3 +354,108 @@ fn a_copy_whose_source_was_closed_fails_with_the_sources_error_and_does_not_hang
     dst.write_all_at(0, vec![2u8; 10]).wait().unwrap();
     assert_eq!(dst.read_at(0, 100).wait().unwrap(), vec![2u8; 10]);
 }
+
+/// Pages of `path` in the page cache, and pages in all (mincore over a shared mapping).
+fn resident(path: &Path) -> (usize, usize) {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).unwrap();
+    let len = f.metadata().unwrap().len() as usize;
+    let page = 4096;
+    let pages = len.div_ceil(page);
+    // SAFETY: a fresh read-only shared mapping of the whole file, unmapped below; mincore
+    // writes one byte per page into a vector of that many.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED);
+        let mut v = vec![0u8; pages];
+        assert_eq!(libc::mincore(p, len, v.as_mut_ptr()), 0);
+        libc::munmap(p, len);
+        (v.iter().filter(|&&b| b & 1 != 0).count(), pages)
+    }
+}
+
+/// Writes `len` bytes to `path`, makes them durable and drops them from the page cache.
+fn uncached_file(path: &Path, data: &[u8]) {
+    use std::os::fd::AsRawFd;
+    std::fs::write(path, data).unwrap();
+    let f = std::fs::File::open(path).unwrap();
+    f.sync_all().unwrap();
+    // SAFETY: fadvise takes no memory.
+    let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(r, 0);
+    assert_eq!(
+        resident(path).0,
+        0,
+        "the test needs the file out of the page cache"
+    );
+}
+
+#[test]
+fn a_dontcache_read_returns_the_data_and_leaves_the_pages_uncached() {
+    let exec = exec();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("f");
+    let data = pattern(256 << 10, 4);
+    uncached_file(&p, &data);
+    let f = exec.open(&p, OpenOptions::new().read(true)).wait().unwrap();
+    let got = f
+        .read_with(0, 1 << 20, ringshard::RwFlags::DONTCACHE)
+        .wait()
+        .unwrap();
+    assert!(got == data);
+    let (cached, pages) = resident(&p);
+    // Pages are dropped as each read completes (a page whose lock another thread held at that
+    // moment may stay): never the whole file, which a plain read leaves cached (below).
+    assert!(
+        cached < pages / 2,
+        "{cached} of {pages} pages cached after RWF_DONTCACHE"
+    );
+    let got = exec.read(&f, 0, 1 << 20).wait().unwrap();
+    assert!(got == data);
+    assert_eq!(resident(&p), (pages, pages), "a plain read caches");
+}
+
+#[test]
+fn a_dontcache_write_lands() {
+    let exec = exec();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("f");
+    let f = open(&exec, &p);
+    let data = pattern(64 << 10, 5);
+    let n = exec
+        .write_with(&f, 0, data.clone(), ringshard::RwFlags::DONTCACHE)
+        .wait()
+        .unwrap();
+    assert_eq!(n, data.len());
+    assert!(std::fs::read(&p).unwrap() == data);
+}
+
+#[test]
+fn a_dontcache_read_on_tmpfs_is_refused_with_what_it_needs() {
+    let Ok(shm) = tempfile::tempdir_in("/dev/shm") else {
+        return; // no tmpfs here
+    };
+    let exec = exec();
+    let p = shm.path().join("f");
+    std::fs::write(&p, b"data").unwrap();
+    let f = exec.open(&p, OpenOptions::new().read(true)).wait().unwrap();
+    let e = f
+        .read_with(0, 10, ringshard::RwFlags::DONTCACHE)
+        .wait()
+        .unwrap_err();
+    assert_eq!(e.errno(), Some(libc::EOPNOTSUPP), "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains("RWF_DONTCACHE needs Linux 6.14") && text.contains(&p.display().to_string()),
+        "{text}"
+    );
+    // Without the flag the same read works.
+    assert_eq!(f.read_at(0, 10).wait().unwrap(), b"data");
+}

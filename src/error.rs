@@ -488,7 +488,7 @@ impl fmt::Display for Error {
                     libc::EINVAL if *op == "read" || *op == "write" => write!(
                         f,
                         "; with O_DIRECT, offset and length must be multiples of the device's \
-                         logical block size (use 4096)"
+                         logical block size (File::direct_io_align says which)"
                     ),
                     libc::EOPNOTSUPP if *op == "fallocate" => write!(
                         f,

@@ -426,15 +426,19 @@ fn check_rw(
     }
     check_size(file, op, len, limits)?;
     check_end(op, offset, len as u64)?;
-    if file.is_direct() && (offset % 4096 != 0 || len % 4096 != 0) {
-        return Err(Error::invalid(
-            op,
-            format!(
-                "{} is open with O_DIRECT: offset {offset} and length {len} must be multiples of \
-                 4096",
-                file.path().display()
-            ),
-        ));
+    if let Some(align) = file.direct_io_align() {
+        let a = u64::from(align.offset);
+        if offset % a != 0 || len as u64 % a != 0 {
+            return Err(Error::invalid(
+                op,
+                format!(
+                    "{} is open with O_DIRECT: offset {offset} and length {len} must be \
+                     multiples of {a}, its filesystem's O_DIRECT alignment (STATX_DIOALIGN, \
+                     File::direct_io_align): align them, or open the file without direct",
+                    file.path().display()
+                ),
+            ));
+        }
     }
     Ok(())
 }

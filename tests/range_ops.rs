@@ -459,3 +459,58 @@ fn a_dontcache_read_on_tmpfs_is_refused_with_what_it_needs() {
     // Without the flag the same read works.
     assert_eq!(f.read_at(0, 10).wait().unwrap(), b"data");
 }
+
+#[test]
+fn o_direct_alignment_comes_from_the_filesystem() {
+    let exec = exec();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("f");
+    std::fs::write(&p, pattern(16 << 10, 6)).unwrap();
+    let buffered = exec.open(&p, OpenOptions::new().read(true)).wait().unwrap();
+    assert_eq!(buffered.direct_io_align(), None);
+    let Ok(f) = exec
+        .open(&p, OpenOptions::new().read(true).write(true).direct(true))
+        .wait()
+    else {
+        return; // a filesystem without O_DIRECT
+    };
+    let align = f
+        .direct_io_align()
+        .expect("an O_DIRECT file has an alignment");
+    // What the kernel says (STATX_DIOALIGN, Linux 6.1), or the device's logical block size.
+    assert!(
+        align.offset.is_power_of_two() && (512..=4096).contains(&align.offset),
+        "{align:?}"
+    );
+    assert!(
+        align.memory.is_power_of_two() && align.memory <= 4096,
+        "{align:?}"
+    );
+    let a = align.offset as u64;
+    // An aligned read at the smallest step the file allows is accepted and returns the data.
+    let got = f.read_at(a, a as usize).wait().unwrap();
+    assert_eq!(got, &pattern(16 << 10, 6)[a as usize..2 * a as usize]);
+    // 512-aligned: accepted where the file allows it, else refused naming the alignment.
+    match f.read_at(512, 512).wait() {
+        Ok(got) => {
+            assert_eq!(a, 512);
+            assert_eq!(got, &pattern(16 << 10, 6)[512..1024]);
+        }
+        Err(e) => {
+            assert!(a > 512, "{e}");
+            assert!(
+                matches!(e, Error::InvalidArgument { op: "read", .. }),
+                "{e:?}"
+            );
+            assert!(e.to_string().contains(&format!("multiples of {a}")), "{e}");
+        }
+    }
+    // Never aligned: refused before it is sent, with the alignment and the file.
+    let e = f.write_at(100, vec![0u8; 512]).wait().unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains(&format!("multiples of {a}")) && text.contains("STATX_DIOALIGN"),
+        "{text}"
+    );
+    assert!(text.contains(&p.display().to_string()), "{text}");
+}

@@ -443,6 +443,21 @@ impl fmt::Display for Error {
                     errno_text(*errno)
                 )?;
                 match *errno {
+                    libc::EOPNOTSUPP | libc::EINVAL | libc::ENOTTY if *op == "clone_range" => {
+                        write!(
+                            f,
+                            "; this filesystem cannot share blocks between files (reflink: \
+                             btrfs, xfs with reflink=1, bcachefs, ocfs2; not ext4 or tmpfs), or \
+                             the range is not aligned to its block size (offset, length and \
+                             destination offset must be multiples of it, except a length that \
+                             reaches the source's end): use copy_range_to, which copies"
+                        )
+                    }
+                    libc::EXDEV if *op == "clone_range" || *op == "copy_file_range" => write!(
+                        f,
+                        "; the two files are on different filesystems (or mounts the kernel \
+                         will not copy between): copy them with read and write"
+                    ),
                     libc::EEXIST => write!(f, "; the new name exists already"),
                     libc::EXDEV => write!(f, "; both paths must be on the same filesystem"),
                     libc::ENOENT if *op == "link_into" => write!(
@@ -487,7 +502,24 @@ impl fmt::Display for Error {
                     libc::EINVAL if *op == "read" || *op == "write" => write!(
                         f,
                         "; with O_DIRECT, offset and length must be multiples of the device's \
-                         logical block size (use 4096)"
+                         logical block size (File::direct_io_align says which)"
+                    ),
+                    libc::EOPNOTSUPP if *op == "fallocate" => write!(
+                        f,
+                        "; this filesystem does not support this fallocate mode (tmpfs has only \
+                         Allocate, KeepSize and PunchHole; ext4 has no UnshareRange): use a mode \
+                         it has, or write zeros instead"
+                    ),
+                    libc::EINVAL if *op == "fallocate" => write!(
+                        f,
+                        "; CollapseRange and InsertRange need offset and length in multiples of \
+                         the filesystem's block size, and a range inside the file"
+                    ),
+                    libc::EOPNOTSUPP if *op == "read" || *op == "write" => write!(
+                        f,
+                        "; the file refused an RWF flag: RWF_DONTCACHE needs Linux 6.14 and a \
+                         filesystem that supports it (ext4, xfs, btrfs; not tmpfs), RWF_NOWAIT \
+                         a filesystem that supports it: drop the flag for this file"
                     ),
                     libc::EBADF if *op == "write" => {
                         write!(

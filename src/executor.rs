@@ -730,6 +730,60 @@ impl ExecShared {
         c
     }
 
+    /// A copy (or clone) of `len` bytes at `src_off` of `src` to `dst_off` of `dst`: the one
+    /// route of `Executor::copy_file_range`/`clone_range` and `File::copy_range_to`/
+    /// `clone_range_to`. Two steps, source's shard then destination's: see `op::copy_range`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn copy_range(
+        &self,
+        how: op::copy_range::How,
+        src: &File,
+        src_off: u64,
+        dst: &File,
+        dst_off: u64,
+        len: u64,
+        deadline: Option<Instant>,
+    ) -> Completion<u64> {
+        let name = match how {
+            op::copy_range::How::Copy => "copy_file_range",
+            op::copy_range::How::Clone => "clone_range",
+        };
+        let checked = self
+            .check_owner(src)
+            .and_then(|()| self.check_owner(dst))
+            .and_then(|()| request::copy_range(name, src, src_off, dst, dst_off, len));
+        if let Err(e) = checked {
+            return Completion::ready(Err(e));
+        }
+        if len == 0 {
+            return Completion::ready(Ok(0));
+        }
+        let handoff = match op::copy_range::Handoff::new(name) {
+            Ok(h) => h,
+            Err(e) => return Completion::ready(Err(e)),
+        };
+        // The source's step first: it hands the copy the source's descriptor.
+        let sfd = op::copy_range::SourceFd::new(how, Arc::clone(&handoff));
+        let req = IoRequest {
+            file: src.handle(),
+            op: IoOp::File(Box::new(sfd)),
+            reply: Reply::InOp,
+            at: Instant::now(),
+            deadline: None,
+            // The source is not changed.
+            pending: None,
+        };
+        self.send_or_fail(src.shard(), Message::Io(req));
+        // Then the copy, which holds its place among the destination's operations from now on
+        // and waits for the descriptor (on the same inode: after the source's step).
+        let make = |done| {
+            Box::new(op::copy_range::CopyRange::new(
+                how, handoff, src, src_off, dst_off, len, done,
+            )) as Box<dyn FileOp>
+        };
+        self.request_op(dst, Ok(make), deadline)
+    }
+
     /// Routes an operation on a path to the shard of its parent directory (`dir_of`: another
     /// path's, or the path's own directory itself). `make` builds the op from the path, its
     /// order target and the completer.
@@ -1110,7 +1164,7 @@ impl Executor {
     }
 
     /// [`read`](Self::read) with per-operation flags ([`RwFlags`](crate::RwFlags): `NOWAIT`,
-    /// `HIPRI`), passed as the SQE's `rw_flags` on every data path. With `NOWAIT`, data not in
+    /// `HIPRI`, `DONTCACHE`), passed as the SQE's `rw_flags` on every data path. With `NOWAIT`, data not in
     /// the page cache fails the read with errno EAGAIN (never retried); a read that got part of
     /// its data before that returns the error too.
     pub fn read_with(
@@ -1124,7 +1178,7 @@ impl Executor {
     }
 
     /// [`write`](Self::write) with per-operation flags ([`RwFlags`](crate::RwFlags): `DSYNC`,
-    /// `SYNC`, `NOWAIT`, `HIPRI`, `APPEND`): the SQE's `rw_flags`, or `pwritev2`'s flags on the
+    /// `SYNC`, `NOWAIT`, `HIPRI`, `APPEND`, `DONTCACHE`): the SQE's `rw_flags`, or `pwritev2`'s flags on the
     /// inline path. With `NOWAIT`, a write that would block fails with errno EAGAIN (never
     /// retried).
     pub fn write_with(
@@ -1148,10 +1202,65 @@ impl Executor {
         self.with_deadline(None).fdatasync(file)
     }
 
-    /// fallocate(2) with `mode` (0 allocates and extends the file).
-    pub fn fallocate(&self, file: &File, mode: i32, offset: u64, len: u64) -> Completion<()> {
+    /// fallocate(2) of `len` bytes at `offset` with `mode` ([`FallocateMode`](crate::FallocateMode):
+    /// allocate, punch a hole, zero, collapse or insert a range), ordered against every
+    /// operation on the file; reads sent after it see its effect. A mode the filesystem lacks
+    /// fails with errno EOPNOTSUPP.
+    pub fn fallocate(
+        &self,
+        file: &File,
+        mode: crate::FallocateMode,
+        offset: u64,
+        len: u64,
+    ) -> Completion<()> {
         let op = request::fallocate_op(mode, offset, len);
         self.shared.request(file, op, Reply::Unit, None)
+    }
+
+    /// Copies `len` bytes at `src_off` of `src` to `dst_off` of `dst` in the kernel
+    /// (`copy_file_range(2)`: no data through user space; filesystems that can share extents,
+    /// btrfs, xfs, NFS 4.2, may do so), and returns the bytes copied: fewer than `len` only
+    /// where `src` ends. Both files are of this executor; they may be the same file (ranges
+    /// must not overlap: EINVAL) or on different shards. `src` must be open for reading, `dst`
+    /// for writing (not append).
+    ///
+    /// Order: the copy runs after every operation on `dst` and every write, set_len or
+    /// fallocate of `src` sent before it, and reads of `dst` sent after it see it. Writes to
+    /// `src` sent after it are not held back: they may land before or during the copy. It runs
+    /// on `dst`'s shard thread (io_uring has no copy opcode), at most 1 MiB per system call, so
+    /// a large copy holds that shard for one call at a time. Different filesystems: errno
+    /// EXDEV.
+    pub fn copy_file_range(
+        &self,
+        src: &File,
+        src_off: u64,
+        dst: &File,
+        dst_off: u64,
+        len: u64,
+    ) -> Completion<u64> {
+        use crate::op::copy_range::How;
+        self.shared
+            .copy_range(How::Copy, src, src_off, dst, dst_off, len, None)
+    }
+
+    /// Shares the extents of `len` bytes at `src_off` of `src` with `dst_off` of `dst`
+    /// (`FICLONERANGE`, a reflink: no data is copied, and later writes to either file
+    /// unshare what they touch), with the order of [`copy_file_range`](Self::copy_file_range);
+    /// returns `len`. All or nothing. Needs a filesystem with reflink (btrfs, xfs formatted with
+    /// reflink, bcachefs): elsewhere (ext4, tmpfs) errno EOPNOTSUPP, between filesystems EXDEV;
+    /// offsets and `len` must be multiples of the filesystem's block size (else EINVAL), except a
+    /// `len` that reaches the end of `src`.
+    pub fn clone_range(
+        &self,
+        src: &File,
+        src_off: u64,
+        dst: &File,
+        dst_off: u64,
+        len: u64,
+    ) -> Completion<u64> {
+        use crate::op::copy_range::How;
+        self.shared
+            .copy_range(How::Clone, src, src_off, dst, dst_off, len, None)
     }
 
     /// The file's size, after every earlier operation on it.
@@ -1193,14 +1302,14 @@ impl Executor {
     }
 
     /// `sync_file_range(2)` of `len` bytes at `offset` (0: to the end of the file) with `flags`
-    /// (`libc::SYNC_FILE_RANGE_*`), after every earlier write to the file. Not a durability
+    /// ([`SyncRangeFlags`](crate::SyncRangeFlags)), after every earlier write to the file. Not a durability
     /// guarantee (no metadata, no disk cache flush): see the man page.
     pub fn sync_file_range(
         &self,
         file: &File,
         offset: u64,
         len: u64,
-        flags: u32,
+        flags: crate::SyncRangeFlags,
     ) -> Completion<()> {
         self.with_deadline(None)
             .sync_file_range(file, offset, len, flags)
@@ -1856,10 +1965,9 @@ impl Deadlined<'_> {
         file: &File,
         offset: u64,
         len: u64,
-        flags: u32,
+        flags: crate::SyncRangeFlags,
     ) -> Completion<()> {
-        let op = request::sync_file_range(offset, len, flags)
-            .map(|len| IoOp::File(Box::new(op::sync_range::SyncRange { offset, len, flags })));
+        let op = request::sync_file_range(offset, len, flags);
         self.exec
             .shared
             .request(file, op, Reply::Unit, self.deadline)

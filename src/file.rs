@@ -84,7 +84,8 @@ impl OpenOptions {
     }
 
     /// O_DIRECT: bypass the page cache. Offsets and lengths of reads and writes must then be
-    /// multiples of 4096 (the executor's buffers are page-aligned). Not every filesystem supports
+    /// multiples of the file's O_DIRECT alignment ([`File::direct_io_align`]: 512 or 4096 on
+    /// most devices; the executor's buffers are page-aligned). Not every filesystem supports
     /// it (tmpfs before Linux 6.6, some FUSE and network filesystems): `open` then fails with
     /// EINVAL.
     pub fn direct(&mut self, on: bool) -> &mut Self {
@@ -336,6 +337,8 @@ pub(crate) struct FileInner {
     /// What inline reads on the caller's thread need: the shard's descriptor (retired before it
     /// is closed), the inode's unfinished mutations (see `crate::inline`).
     pub(crate) inline: Arc<crate::inline::InlineFile>,
+    /// O_DIRECT files: the alignment their I/O needs (read at install).
+    pub(crate) direct_align: Option<DirectIoAlign>,
 }
 
 impl Drop for FileInner {
@@ -396,6 +399,75 @@ impl File {
     /// Whether the file was opened with O_DIRECT.
     pub fn is_direct(&self) -> bool {
         self.inner.flags.direct
+    }
+
+    /// For an O_DIRECT file, the alignment its reads and writes need (read once at open, see
+    /// [`DirectIoAlign`]); `None` for a file opened without O_DIRECT.
+    pub fn direct_io_align(&self) -> Option<DirectIoAlign> {
+        self.inner.direct_align
+    }
+}
+
+/// The alignment O_DIRECT reads and writes of a file need: from `statx(STATX_DIOALIGN)` (Linux
+/// 6.1) where the kernel and filesystem report it, else the logical block size of the
+/// filesystem's device (sysfs), else 4096.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DirectIoAlign {
+    /// Buffers' addresses must be multiples of this (`stx_dio_mem_align`). The executor's pool
+    /// buffers are page-aligned, which satisfies any value up to the page size.
+    pub memory: u32,
+    /// Offsets and lengths must be multiples of this (`stx_dio_offset_align`); requests that are
+    /// not are refused before they are sent, with this value in the error.
+    pub offset: u32,
+}
+
+impl DirectIoAlign {
+    /// What the executor assumed before it asked the kernel, and the last fallback.
+    const DEFAULT: DirectIoAlign = DirectIoAlign {
+        memory: 4096,
+        offset: 4096,
+    };
+
+    /// The alignment of the O_DIRECT descriptor `fd` (statx with `AT_STATX_DONT_SYNC`, which
+    /// asks no remote server, and a sysfs read: neither waits for a device).
+    pub(crate) fn of(fd: std::os::fd::RawFd) -> DirectIoAlign {
+        // SAFETY: statx is plain data; zeroed is a valid value.
+        let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+        // SAFETY: statx writes only into `stx`, which outlives the call; the path is "".
+        let r = unsafe {
+            libc::statx(
+                fd,
+                c"".as_ptr(),
+                libc::AT_EMPTY_PATH | libc::AT_STATX_DONT_SYNC,
+                libc::STATX_DIOALIGN,
+                &mut stx,
+            )
+        };
+        if r != 0 {
+            return Self::DEFAULT;
+        }
+        let valid = |v: u32| v.is_power_of_two().then_some(v);
+        if stx.stx_mask & libc::STATX_DIOALIGN != 0 {
+            if let (Some(memory), Some(offset)) = (
+                valid(stx.stx_dio_mem_align),
+                valid(stx.stx_dio_offset_align),
+            ) {
+                return DirectIoAlign { memory, offset };
+            }
+        }
+        // No answer (before 6.1, or a filesystem that does not say): the device's logical
+        // block size, for both.
+        let dev = format!("/sys/dev/block/{}:{}", stx.stx_dev_major, stx.stx_dev_minor);
+        ["queue/logical_block_size", "../queue/logical_block_size"]
+            .iter()
+            .find_map(|f| {
+                let text = std::fs::read_to_string(format!("{dev}/{f}")).ok()?;
+                valid(text.trim().parse().ok()?)
+            })
+            .map_or(Self::DEFAULT, |b| DirectIoAlign {
+                memory: b,
+                offset: b,
+            })
     }
 }
 

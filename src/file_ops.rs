@@ -269,9 +269,13 @@ impl File {
     }
 
     /// `sync_file_range(2)`; see [`Executor::sync_file_range`](crate::Executor::sync_file_range).
-    pub fn sync_file_range(&self, offset: u64, len: u64, flags: u32) -> Completion<()> {
-        let op = request::sync_file_range(offset, len, flags)
-            .map(|len| IoOp::File(Box::new(op::sync_range::SyncRange { offset, len, flags })));
+    pub fn sync_file_range(
+        &self,
+        offset: u64,
+        len: u64,
+        flags: crate::SyncRangeFlags,
+    ) -> Completion<()> {
+        let op = request::sync_file_range(offset, len, flags);
         self.shared().request(self, op, Reply::Unit, None)
     }
 
@@ -295,8 +299,8 @@ impl File {
         self.shared().request(self, op, Reply::Unit, None)
     }
 
-    /// `fallocate(2)` with `mode` (0 allocates and extends the file; `libc::FALLOC_FL_*`).
-    pub fn fallocate(&self, mode: i32, offset: u64, len: u64) -> Completion<()> {
+    /// `fallocate(2)` with `mode`; see [`Executor::fallocate`](crate::Executor::fallocate).
+    pub fn fallocate(&self, mode: crate::FallocateMode, offset: u64, len: u64) -> Completion<()> {
         let op = request::fallocate_op(mode, offset, len);
         self.shared().request(self, op, Reply::Unit, None)
     }
@@ -330,6 +334,36 @@ impl File {
     pub fn read_dir(&self) -> Completion<Vec<crate::DirEntry>> {
         let make = |done| Box::new(op::read_dir::ReadDir::of_handle(done)) as Box<dyn FileOp>;
         self.shared().request_op(self, Ok(make), None)
+    }
+
+    /// Copies `len` bytes at `offset` of this file to `dst_offset` of `dst` in the kernel;
+    /// returns the bytes copied (fewer only where this file ends). See
+    /// [`Executor::copy_file_range`](crate::Executor::copy_file_range).
+    pub fn copy_range_to(
+        &self,
+        offset: u64,
+        dst: &File,
+        dst_offset: u64,
+        len: u64,
+    ) -> Completion<u64> {
+        use crate::op::copy_range::How;
+        self.shared()
+            .copy_range(How::Copy, self, offset, dst, dst_offset, len, None)
+    }
+
+    /// Shares `len` bytes at `offset` of this file with `dst_offset` of `dst` (reflink,
+    /// `FICLONERANGE`); returns `len`. See
+    /// [`Executor::clone_range`](crate::Executor::clone_range).
+    pub fn clone_range_to(
+        &self,
+        offset: u64,
+        dst: &File,
+        dst_offset: u64,
+        len: u64,
+    ) -> Completion<u64> {
+        use crate::op::copy_range::How;
+        self.shared()
+            .copy_range(How::Clone, self, offset, dst, dst_offset, len, None)
     }
 
     /// Closes the file after every earlier operation on it and reports errors; operations on any

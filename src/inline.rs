@@ -91,7 +91,13 @@ pub(crate) fn mutates(kind: crate::stats::OpKind) -> bool {
     use crate::stats::OpKind as K;
     matches!(
         kind,
-        K::Write | K::Writev | K::Append | K::Truncate | K::Fallocate
+        K::Write
+            | K::Writev
+            | K::Append
+            | K::Truncate
+            | K::Fallocate
+            | K::CopyFileRange
+            | K::CloneRange
     )
 }
 

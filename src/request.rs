@@ -116,13 +116,26 @@ pub(crate) fn write_op_keep(
 /// Only the known `RWF_*` flags; APPEND, DSYNC and SYNC only on writes.
 fn check_rw_flags(op: &'static str, flags: crate::RwFlags) -> Result<()> {
     use crate::RwFlags as F;
-    let known = F::DSYNC | F::SYNC | F::NOWAIT | F::HIPRI | F::APPEND;
+    let known = F::DSYNC | F::SYNC | F::NOWAIT | F::HIPRI | F::APPEND | F::DONTCACHE;
     let write_only = F::DSYNC | F::SYNC | F::APPEND;
     if flags.bits() & !known.bits() != 0 {
         return Err(Error::invalid(
             op,
             format!("unknown RWF flags {:#x}", flags.bits() & !known.bits()),
         ));
+    }
+    if flags.contains(F::DONTCACHE) {
+        let (supported, release) = crate::op::rw::dontcache_supported();
+        if !supported {
+            return Err(Error::invalid(
+                op,
+                format!(
+                    "RWF_DONTCACHE needs Linux 6.14 and a filesystem that supports it (ext4, \
+                     xfs, btrfs): this kernel is {release}; drop RwFlags::DONTCACHE (or use \
+                     posix_fadvise(POSIX_FADV_DONTNEED) after the I/O)"
+                ),
+            ));
+        }
     }
     if op == "read" && flags.bits() & write_only.bits() != 0 {
         return Err(Error::invalid(
@@ -134,7 +147,11 @@ fn check_rw_flags(op: &'static str, flags: crate::RwFlags) -> Result<()> {
 }
 
 /// The op of an fallocate of `len` bytes at `offset` with `mode`.
-pub(crate) fn fallocate_op(mode: i32, offset: u64, len: u64) -> Result<IoOp> {
+pub(crate) fn fallocate_op(
+    mode: op::fallocate::FallocateMode,
+    offset: u64,
+    len: u64,
+) -> Result<IoOp> {
     check_end("fallocate", offset, len)?;
     Ok(IoOp::File(Box::new(op::fallocate::Fallocate {
         mode,
@@ -159,25 +176,54 @@ pub(crate) fn set_len(file: &File, len: u64) -> Result<()> {
     check_end("set_len", len, 0)
 }
 
-/// A sync_file_range of `len` bytes at `offset`: `len` fits the SQE's 32 bits, flags are
-/// SYNC_FILE_RANGE_* only.
-pub(crate) fn sync_file_range(offset: u64, len: u64, flags: u32) -> Result<u32> {
-    check_end("sync_file_range", offset, len)?;
-    let all = libc::SYNC_FILE_RANGE_WAIT_BEFORE
-        | libc::SYNC_FILE_RANGE_WRITE
-        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
-    if flags & !all != 0 {
-        return Err(Error::invalid(
-            "sync_file_range",
-            format!("unknown flags {flags:#x}: use SYNC_FILE_RANGE_WAIT_BEFORE/WRITE/WAIT_AFTER"),
-        ));
+/// A copy (or clone) of `len` bytes at `src_off` of `src` to `dst_off` of `dst`: `src` open
+/// for reading, `dst` for writing and not for appending (the kernel refuses O_APPEND
+/// destinations), neither range past the largest offset. `len` bounds no allocation: the copy
+/// moves at most `copy_range::ROUND_MAX` bytes per round, in the kernel.
+pub(crate) fn copy_range(
+    op: &'static str,
+    src: &File,
+    src_off: u64,
+    dst: &File,
+    dst_off: u64,
+    len: u64,
+) -> Result<()> {
+    access(src, op, src.flags().readable, "read(true) (the source)")?;
+    access(
+        dst,
+        op,
+        dst.flags().writable,
+        "write(true) (the destination)",
+    )?;
+    if dst.flags().append {
+        return Err(Error::BadHandle(format!(
+            "{op} to {}: the destination is open with append(true), which the kernel refuses \
+             (EBADF); open it without append",
+            dst.path().display()
+        )));
     }
-    u32::try_from(len).map_err(|_| {
+    check_end(op, src_off, len)?;
+    check_end(op, dst_off, len)
+}
+
+/// A sync_file_range of `len` bytes at `offset` with `flags`: `len` fits the SQE's 32 bits.
+pub(crate) fn sync_file_range(
+    offset: u64,
+    len: u64,
+    flags: op::sync_range::SyncRangeFlags,
+) -> Result<IoOp> {
+    check_end("sync_file_range", offset, len)?;
+    let len = u32::try_from(len).map_err(|_| {
         Error::invalid(
             "sync_file_range",
             format!("length {len} is more than 4 GiB - 1: split it, or pass 0 for \"to the end\""),
         )
-    })
+    })?;
+    Ok(IoOp::File(Box::new(op::sync_range::SyncRange {
+        offset,
+        len,
+        flags,
+    })))
 }
 
 /// An fadvise of `len` bytes at `offset` (0: to the end of the file): `len` fits the SQE's 32
@@ -419,15 +465,19 @@ fn check_rw(
     }
     check_size(file, op, len, limits)?;
     check_end(op, offset, len as u64)?;
-    if file.is_direct() && (offset % 4096 != 0 || len % 4096 != 0) {
-        return Err(Error::invalid(
-            op,
-            format!(
-                "{} is open with O_DIRECT: offset {offset} and length {len} must be multiples of \
-                 4096",
-                file.path().display()
-            ),
-        ));
+    if let Some(align) = file.direct_io_align() {
+        let a = u64::from(align.offset);
+        if offset % a != 0 || len as u64 % a != 0 {
+            return Err(Error::invalid(
+                op,
+                format!(
+                    "{} is open with O_DIRECT: offset {offset} and length {len} must be \
+                     multiples of {a}, its filesystem's O_DIRECT alignment (STATX_DIOALIGN, \
+                     File::direct_io_align): align them, or open the file without direct",
+                    file.path().display()
+                ),
+            ));
+        }
     }
     Ok(())
 }

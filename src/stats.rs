@@ -137,6 +137,10 @@ op_kinds! {
     LinkInto => "link_into",
     /// A directory listing (`getdents64`, read_dir).
     ReadDir => "read_dir",
+    /// `copy_file_range` between two files (copy_range_to).
+    CopyFileRange => "copy_file_range",
+    /// `FICLONERANGE` between two files (clone_range_to: reflink).
+    CloneRange => "clone_range",
 }
 
 impl fmt::Display for OpKind {

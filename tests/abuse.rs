@@ -15,7 +15,7 @@
 mod executor_util;
 
 use executor_util::*;
-use ringshard::{Completion, Error, Executor, File, OpenOptions, Session};
+use ringshard::{Completion, Error, Executor, FallocateMode, File, OpenOptions, Session};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -219,12 +219,12 @@ fn bad_arguments(exec: &Executor, scratch: &File, read_only: &File, direct: Opti
             "write past i64::MAX",
         );
         expect_err(
-            exec.fallocate(scratch, 0, u64::MAX - 1, 10),
+            exec.fallocate(scratch, FallocateMode::Allocate, u64::MAX - 1, 10),
             is_invalid,
             "fallocate",
         );
         expect_err(
-            exec.fallocate(scratch, 0, 0, u64::MAX),
+            exec.fallocate(scratch, FallocateMode::Allocate, 0, u64::MAX),
             is_invalid,
             "fallocate len",
         );
@@ -232,7 +232,7 @@ fn bad_arguments(exec: &Executor, scratch: &File, read_only: &File, direct: Opti
         settle(exec.read(scratch, 1 << 40, 10));
         settle(exec.read(scratch, end - 10, 10));
         settle(exec.write(scratch, 1 << 40, vec![7u8; 8]));
-        settle(exec.fallocate(scratch, 0x7fff_ffff, 0, 10));
+        settle(exec.fallocate(scratch, FallocateMode::InsertRange, 0, 10));
         expect_err(
             exec.write(read_only, 0, vec![1]),
             is_bad_handle,
@@ -350,7 +350,7 @@ fn stale_and_foreign(exec: &Executor, other: &Executor, dir: &Path, foreign: &Fi
         expect_err(exec.fdatasync(&stale), is_bad_handle, "stale fdatasync");
         expect_err(exec.size(&stale), is_bad_handle, "stale size");
         expect_err(
-            exec.fallocate(&stale, 0, 0, 10),
+            exec.fallocate(&stale, FallocateMode::Allocate, 0, 10),
             is_bad_handle,
             "stale fallocate",
         );

@@ -9,7 +9,7 @@ mod executor_util;
 
 use executor_util::*;
 use ringshard::router::shard_for;
-use ringshard::{Completion, Error, Executor, File, OpKind, OpenOptions};
+use ringshard::{Completion, Error, Executor, FallocateMode, File, OpKind, OpenOptions};
 use std::collections::HashSet;
 use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
@@ -663,18 +663,21 @@ fn files_beyond_the_registered_table_and_fallocate() {
             );
         }
 
-        // fallocate: mode 0 extends; KEEP_SIZE does not; both leave the data alone.
+        // fallocate: Allocate extends; KeepSize does not; both leave the data alone.
         let f = &files[1];
-        ok(exec.fallocate(f, 0, 0, 1 << 20), "fallocate");
+        ok(
+            exec.fallocate(f, FallocateMode::Allocate, 0, 1 << 20),
+            "fallocate",
+        );
         assert_eq!(ok(exec.size(f), "size"), 1 << 20);
         ok(
-            exec.fallocate(f, libc::FALLOC_FL_KEEP_SIZE, 1 << 20, 1 << 20),
+            exec.fallocate(f, FallocateMode::KeepSize, 1 << 20, 1 << 20),
             "fallocate keep size",
         );
         assert_eq!(ok(exec.size(f), "size"), 1 << 20);
         assert_eq!(ok(exec.read(f, 1, 10), "read"), vec![2u8; 10]);
-        // A bad mode is the kernel's EINVAL, reported as an Io error of op "fallocate".
-        let e = wait(exec.fallocate(f, -1, 0, 10)).unwrap_err();
+        // An unaligned collapse is the kernel's EINVAL, reported as an Io error of op "fallocate".
+        let e = wait(exec.fallocate(f, FallocateMode::CollapseRange, 1, 10)).unwrap_err();
         assert!(
             matches!(
                 e,

@@ -119,7 +119,7 @@ fn every_file_method_on_a_real_file() {
     ok(f.sync_all(), "sync_all");
     ok(f.sync_data(), "sync_data");
     ok(
-        f.sync_file_range(0, 0, libc::SYNC_FILE_RANGE_WRITE),
+        f.sync_file_range(0, 0, ringshard::SyncRangeFlags::WRITE),
         "sync_file_range",
     );
 
@@ -127,7 +127,10 @@ fn every_file_method_on_a_real_file() {
     ok(f.set_len(5), "set_len");
     assert_eq!(ok(f.size(), "size after set_len"), 5);
     assert_eq!(ok(f.read_at(0, 100), "read after set_len"), b"Hello");
-    ok(f.fallocate(0, 0, 8192), "fallocate");
+    ok(
+        f.fallocate(ringshard::FallocateMode::Allocate, 0, 8192),
+        "fallocate",
+    );
     assert_eq!(ok(f.size(), "size after fallocate"), 8192);
     assert_eq!(std::fs::metadata(&p).unwrap().len(), 8192);
 

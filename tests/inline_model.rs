@@ -193,7 +193,12 @@ fn run_thread(exec: &Executor, dir: &Path, t: u64, seed: u64, groups: u64) -> Co
                     if s.size() < off + len {
                         s.model.resize((off + len) as usize, 0);
                     }
-                    sent.push(Sent::Unit(exec.fallocate(&s.rw, 0, off, len)));
+                    sent.push(Sent::Unit(exec.fallocate(
+                        &s.rw,
+                        ringshard::FallocateMode::Allocate,
+                        off,
+                        len,
+                    )));
                 }
                 8 => {
                     let n = rng.range(1, 2048) as usize;

@@ -251,7 +251,7 @@ fn a_read_after_an_unfinished_mutation_waits_for_it() {
                 "fallocate",
                 Box::new(|d: &mut Vec<u8>| {
                     d.resize(40_000, 0);
-                    waiter(exec.fallocate(&f, 0, 0, 40_000))
+                    waiter(exec.fallocate(&f, ringshard::FallocateMode::Allocate, 0, 40_000))
                 }),
             ),
             (

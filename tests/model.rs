@@ -985,7 +985,9 @@ impl Seq<'_> {
                 Kind::Write { off, data } => C::N(e.write(&p.file, *off, data.clone())),
                 Kind::Sync { data_only: false } => C::U(e.fsync(&p.file)),
                 Kind::Sync { data_only: true } => C::U(e.fdatasync(&p.file)),
-                Kind::Fallocate { off, len } => C::U(e.fallocate(&p.file, 0, *off, *len)),
+                Kind::Fallocate { off, len } => {
+                    C::U(e.fallocate(&p.file, ringshard::FallocateMode::Allocate, *off, *len))
+                }
                 Kind::SetLen { len } => C::U(e.set_len(&p.file, *len)),
                 Kind::Size => C::S(e.size(&p.file)),
                 Kind::Close => C::U(e.close(&p.file)),

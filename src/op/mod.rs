@@ -33,6 +33,13 @@
 //! 4. Add a validated constructor in `request.rs` and one function that sends it (an
 //!    `ExecShared` method or a helper in `file_ops.rs`), which the public faces call: the
 //!    `Executor` method (through `Deadlined`) and, for an op on an open file, the `File` method.
+//! 5. An op with no SQE of its own (`size`, `copy_range`) overrides
+//!    [`run_blocking`](FileOp::run_blocking) instead, returns `None` from [`opcode_of`], and
+//!    needs none of step 2.
+//!
+//! An op that needs a second file (copy_file_range, FICLONERANGE; splice) gets that file's
+//! descriptor from the file's own shard: see `copy_range.rs` (a duplicate handed over, waited
+//! for with a POLL_ADD, so neither shard blocks).
 //!
 //! Operations on paths rather than open files (unlink, mkdir, rename, stat, open) return a
 //! [`PathTarget`] from [`path_target`](FileOp::path_target): they are ordered per parent
@@ -44,6 +51,7 @@
 //! opcode maps to a system call.
 
 pub(crate) mod append;
+pub(crate) mod copy_range;
 pub(crate) mod fadvise;
 pub(crate) mod fallocate;
 pub(crate) mod link_file;
@@ -213,6 +221,8 @@ pub(crate) fn opcode_of(kind: OpKind) -> Option<u8> {
         OpKind::Fadvise => opcode::Fadvise::CODE,
         OpKind::HardLink | OpKind::LinkInto => opcode::LinkAt::CODE,
         OpKind::Symlink => opcode::SymlinkAt::CODE,
+        // No opcode: run_blocking on the shard thread (copy_range.rs says why).
+        OpKind::CopyFileRange | OpKind::CloneRange => return None,
         OpKind::Read | OpKind::Write | OpKind::Close | OpKind::Size | OpKind::Task => return None,
     })
 }

@@ -927,6 +927,9 @@ impl Shard {
             regular && flags.readable && !flags.direct && !flags.directory,
             self.files.open_inode(key, size_hint),
         ));
+        let direct_align = flags
+            .direct
+            .then(|| crate::file::DirectIoAlign::of(fd.as_raw_fd()));
         let (slot, gen) = self.files.insert(FileEntry {
             fd,
             fixed,
@@ -956,6 +959,7 @@ impl Shard {
                 exec,
                 closed: AtomicBool::new(false),
                 inline,
+                direct_align,
             }),
         }));
     }

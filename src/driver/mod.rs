@@ -200,10 +200,23 @@ fn io_uring_usable(cfg: &RingConfig) -> std::result::Result<(), Blocked> {
 /// fewest entries was refused too (the probe's ring has 2; a shard's ring is first retried
 /// smaller, see [`RingConfig::build_fitted`]).
 pub(crate) fn fallback_reason(e: &Error) -> Option<String> {
-    let Error::RingSetup { entries, errno, .. } = *e else {
+    let Error::RingSetup {
+        entries,
+        errno,
+        ref flags,
+    } = *e
+    else {
         return None;
     };
     match errno {
+        // The plainest ring (no mode flags, only CQSIZE and CLAMP, both in 5.6) was refused
+        // last: a kernel too old for ringshard's rings. A forced or SQPOLL mode's EINVAL is the
+        // configuration's, and stays an error.
+        libc::EINVAL if flags.ends_with(crate::ring::RingMode::Plain.flags()) => Some(format!(
+            "io_uring_setup refused even a plain ring with {} (its CQSIZE and CLAMP flags need \
+             Linux 5.6 or later): the kernel's io_uring is too old for ringshard's rings",
+            errno_text(errno)
+        )),
         libc::EPERM | libc::ENOSYS | libc::EOPNOTSUPP | libc::EACCES => Some(format!(
             "io_uring_setup failed with {} (a seccomp filter, a container's default profile, \
              kernel.io_uring_disabled=1 or a kernel without io_uring)",
@@ -397,5 +410,47 @@ impl Driver {
             Driver::Uring(r) => r.submitter().register_files_update(offset, fds).is_ok(),
             Driver::Threads(t) => t.register_files_update(offset, fds) >= 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ring::RingMode;
+
+    fn setup_error(flags: &str, errno: i32) -> Error {
+        Error::RingSetup {
+            entries: 2,
+            flags: flags.to_string(),
+            errno,
+        }
+    }
+
+    /// A kernel older than 5.6 refuses every ring mode with EINVAL, the plain one last: the
+    /// threads backend stands in. A forced mode or SQPOLL refused with EINVAL is a configuration
+    /// error and stays one.
+    #[test]
+    fn einval_for_the_plain_ring_falls_back_and_a_forced_mode_does_not() {
+        let all = [
+            RingMode::DeferTaskrun.flags(),
+            RingMode::CoopTaskrun.flags(),
+            RingMode::Plain.flags(),
+        ]
+        .join(" / ");
+        let why = fallback_reason(&setup_error(&all, libc::EINVAL)).expect("falls back");
+        assert!(why.contains("5.6") && why.contains("EINVAL"), "{why}");
+        assert!(fallback_reason(&setup_error(RingMode::Plain.flags(), libc::EINVAL)).is_some());
+        for forced in [
+            RingMode::Sqpoll,
+            RingMode::DeferTaskrun,
+            RingMode::CoopTaskrun,
+        ] {
+            assert_eq!(
+                fallback_reason(&setup_error(forced.flags(), libc::EINVAL)),
+                None,
+                "{forced:?}"
+            );
+        }
+        assert_eq!(fallback_reason(&setup_error(&all, libc::EFAULT)), None);
     }
 }

@@ -1982,6 +1982,7 @@ impl Deadlined<'_> {
 
 /// A group of requests sent with one message per shard. Dropping a batch without submitting it
 /// fails its completions with [`Error::InvalidArgument`].
+#[must_use = "a batch sends nothing until it is submitted; dropped, its completions fail"]
 pub struct Batch<'a> {
     exec: &'a Executor,
     /// Placeholder timestamp for requests; `submit` stamps them.

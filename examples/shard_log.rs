@@ -1,28 +1,28 @@
-//! A sharded key-value log: every shard keeps its own append-only log file and an in-memory index
-//! (key -> offset and length of the latest record), built on the shard's own thread with
-//! `Executor::sharded`. A key belongs to one shard (by hash); puts and gets run as async tasks on
-//! that shard, so the index is touched by one thread only and the log's I/O goes straight into
-//! that shard's ring (no channel).
+//! A sharded key-value log: every shard keeps its own append-only log file (opened onto that
+//! shard with `Executor::open_on`) and an in-memory index (key -> offset and length of the
+//! latest record), built on the shard's own thread with `Executor::sharded`. A key belongs to one
+//! shard (by hash); puts and gets run as async tasks on that shard, so the index is touched by
+//! one thread only (a plain `RefCell`, no lock) and the log's I/O goes straight into that shard's
+//! ring (no channel).
 //!
 //! Run: `cargo run --example shard_log`
 
 use ringshard::{Error, Executor, File, OpenOptions, Sharded};
+use std::cell::{Cell, RefCell};
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// One shard's log.
 struct ShardLog {
-    /// Owned by this shard (see `open_one_log_per_shard`).
+    /// Opened onto this shard (`open_on`).
     file: File,
     /// Where the next record goes. Only this shard appends, so a plain counter is enough.
-    tail: AtomicU64,
-    /// key -> (offset of the value, its length). Only this shard's thread locks it: never
-    /// contended (the Mutex makes `ShardLog` Sync, which `Sharded` asks for).
-    index: Mutex<HashMap<String, (u64, usize)>>,
+    tail: Cell<u64>,
+    /// key -> (offset of the value, its length). Only this shard's thread touches it: the
+    /// state stays on its shard (`Sharded` asks for neither `Send` nor `Sync`).
+    index: RefCell<HashMap<String, (u64, usize)>>,
 }
 
 /// A record: key length (u32), value length (u32), key, value. The index points at the value.
@@ -33,11 +33,6 @@ fn record(key: &str, value: &[u8]) -> Vec<u8> {
     r.extend_from_slice(key.as_bytes());
     r.extend_from_slice(value);
     r
-}
-
-/// The index's lock (a panic while it was held leaves a usable map: take it).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 struct Store {
@@ -59,12 +54,15 @@ impl Store {
         self.exec
             .spawn_on(shard, async move {
                 let local = ringshard::local().expect("a shard task");
-                let log = logs.local().expect("this shard's log");
                 let rec = record(&key, &value);
-                let at = log.tail.fetch_add(rec.len() as u64, Ordering::Relaxed);
-                local.write(&log.file, at, rec).await?;
+                let (file, at) = logs.with(|log| {
+                    let at = log.tail.get();
+                    log.tail.set(at + rec.len() as u64);
+                    (log.file.clone(), at)
+                })?;
+                local.write(&file, at, rec).await?;
                 let value_at = at + 8 + key.len() as u64;
-                lock(&log.index).insert(key, (value_at, value.len()));
+                logs.with(|log| log.index.borrow_mut().insert(key, (value_at, value.len())))?;
                 Ok(())
             })
             .await?
@@ -76,10 +74,12 @@ impl Store {
         self.exec
             .spawn_on(self.shard_of(&key), async move {
                 let local = ringshard::local().expect("a shard task");
-                let log = logs.local().expect("this shard's log");
-                let found = lock(&log.index).get(&key).copied();
+                let found = logs.with(|log| {
+                    let at = log.index.borrow().get(&key).copied();
+                    at.map(|at| (log.file.clone(), at))
+                })?;
                 match found {
-                    Some((at, len)) => Ok(Some(local.read(&log.file, at, len).await?)),
+                    Some((file, (at, len))) => Ok(Some(local.read(&file, at, len).await?)),
                     None => Ok(None),
                 }
             })
@@ -87,45 +87,28 @@ impl Store {
     }
 }
 
-/// Files land on shards by inode: open `log-N` files until every shard owns one.
-fn open_one_log_per_shard(exec: &Executor, dir: &Path) -> ringshard::Result<Vec<File>> {
-    let mut per_shard: Vec<Option<File>> = (0..exec.shard_count()).map(|_| None).collect();
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let exec = Arc::new(Executor::new()?);
+    let dir = tempfile::tempdir()?;
+    // One log file per shard, opened onto that shard (files land on shards by inode otherwise).
     let opts = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(true)
         .clone();
-    for i in 0..1000 {
-        if per_shard.iter().all(Option::is_some) {
-            break;
-        }
-        let f = exec.open(dir.join(format!("log-{i}")), &opts).wait()?;
-        let slot = &mut per_shard[f.shard()];
-        if slot.is_none() {
-            *slot = Some(f);
-        }
-    }
-    per_shard
-        .into_iter()
-        .map(|f| {
-            f.ok_or_else(|| Error::InvalidArgument {
-                op: "open",
-                reason: "could not place a log file on every shard".into(),
-            })
+    let files = (0..exec.shard_count())
+        .map(|s| {
+            exec.open_on(s, dir.path().join(format!("log-{s}")), &opts)
+                .wait()
         })
-        .collect()
-}
-
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let exec = Arc::new(Executor::new()?);
-    let dir = tempfile::tempdir()?;
-    let files = Arc::new(open_one_log_per_shard(&exec, dir.path())?);
+        .collect::<ringshard::Result<Vec<File>>>()?;
+    let files = Arc::new(files);
     // Each shard builds its own log state, on its own thread.
     let logs = exec.sharded(move |local| ShardLog {
         file: files[local.index()].clone(),
-        tail: AtomicU64::new(0),
-        index: Mutex::new(HashMap::new()),
+        tail: Cell::new(0),
+        index: RefCell::new(HashMap::new()),
     })?;
     let store = Arc::new(Store {
         exec: Arc::clone(&exec),
@@ -157,10 +140,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Per-shard figures, gathered with map_reduce.
     let per_shard = ringshard::block_on(store.logs.map_reduce(
-        |log| async move {
-            let keys = lock(&log.index).len();
-            (keys, log.tail.load(Ordering::Relaxed))
-        },
+        |log| async move { (log.index.borrow().len(), log.tail.get()) },
         Vec::new(),
         |mut acc, x| {
             acc.push(x);

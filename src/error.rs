@@ -165,6 +165,12 @@ pub enum Error {
         /// The shard whose thread made the call.
         shard: usize,
     },
+    /// Per-shard state ([`Sharded`](crate::Sharded)) was asked for off the shards: it lives on
+    /// its shards' threads and is reachable only from code running there.
+    NotOnShard {
+        /// What was called.
+        op: &'static str,
+    },
     /// An async task spawned on a shard panicked; the shard goes on.
     TaskPanicked {
         /// The shard the task ran on.
@@ -582,6 +588,11 @@ impl fmt::Display for Error {
                  on each other never finish; inside shard code, use the ShardContext or an async \
                  form instead of blocking"
             ),
+            Self::NotOnShard { op } => write!(
+                f,
+                "{op} called off the executor's shards: per-shard state lives on the shard \
+                 threads; run the code there (spawn_on, submit_to, Sharded::run_on_each)"
+            ),
             Self::TaskPanicked { shard, message } => write!(
                 f,
                 "a task on shard {shard} panicked ({message}); the shard goes on"
@@ -708,6 +719,7 @@ impl fmt::Debug for Error {
                 .field("op", op)
                 .field("shard", shard)
                 .finish(),
+            Self::NotOnShard { op } => f.debug_struct("NotOnShard").field("op", op).finish(),
             Self::TaskPanicked { shard, message } => f
                 .debug_struct("TaskPanicked")
                 .field("shard", shard)

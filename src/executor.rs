@@ -847,12 +847,28 @@ impl ExecShared {
     /// when a token drop makes room: see `fd_transit`), the open goes to the next shard in turn
     /// that is alive, which opens and identifies the file and installs it on the shard its
     /// inode hashes to.
-    pub(crate) fn open(self: &Arc<Self>, path: &Path, options: &OpenOptions) -> Completion<File> {
+    /// `on`: install it on that shard instead (`Executor::open_on`).
+    pub(crate) fn open(
+        self: &Arc<Self>,
+        path: &Path,
+        options: &OpenOptions,
+        on: Option<usize>,
+    ) -> Completion<File> {
         if self.closed.load(Ordering::Acquire) {
             return Completion::ready(Err(Error::Shutdown));
         }
+        if let Some(shard) = on.filter(|&s| s >= self.shards.len()) {
+            return Completion::ready(Err(Error::invalid(
+                "open_on",
+                format!(
+                    "no shard {shard}: this executor has {} shards (0..{})",
+                    self.shards.len(),
+                    self.shards.len()
+                ),
+            )));
+        }
         match options.plan(path) {
-            Ok(plan) => self.open_planned(plan, path),
+            Ok(plan) => self.open_planned(plan, path, on),
             Err(e) => Completion::ready(Err(e)),
         }
     }
@@ -882,7 +898,7 @@ impl ExecShared {
                 return c;
             }
         }
-        Completion::ready(self.open_planned(plan, path).wait())
+        Completion::ready(self.open_planned(plan, path, None).wait())
     }
 
     /// [`open`](Self::open) of a checked plan.
@@ -890,11 +906,14 @@ impl ExecShared {
         self: &Arc<Self>,
         plan: crate::file::OpenPlan,
         path: &Path,
+        on: Option<usize>,
     ) -> Completion<File> {
         let seq = self.opens.fetch_add(1, Ordering::Relaxed);
         let n = self.shards.len().max(1);
         let first = (seq % n as u64) as usize;
-        let (c, done) = pair(self.id, first);
+        // why: a completion named after the shard it installs on makes a wait for it on that
+        // shard's thread fail with WouldDeadlock (it could only finish there).
+        let (c, done) = pair(self.id, on.unwrap_or(first));
         let path: Arc<Path> = Arc::from(path);
         let exec = Arc::clone(self);
         self.fds.enter_then(
@@ -922,8 +941,15 @@ impl ExecShared {
                     .map(|i| (first + i) % n)
                     .find(|&s| alive(s))
                     .unwrap_or(first);
-                let op =
-                    crate::op::open::OpenAt::new(plan, path, seq, Arc::clone(&exec), done, transit);
+                let op = crate::op::open::OpenAt::new(
+                    plan,
+                    path,
+                    seq,
+                    Arc::clone(&exec),
+                    done,
+                    transit,
+                    on,
+                );
                 let req = IoRequest {
                     file: FileRef {
                         exec: exec.id,
@@ -959,6 +985,25 @@ impl ExecShared {
         count_open: bool,
     ) {
         let shard = shard_for(key, self.shards.len());
+        self.install_on(
+            shard, self_arc, fd, key, flags, path, done, transit, count_open,
+        );
+    }
+
+    /// [`install`](Self::install) on shard `shard`, whatever the inode (`open_on`).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn install_on(
+        &self,
+        shard: usize,
+        self_arc: &Arc<ExecShared>,
+        fd: OwnedFd,
+        key: FileKey,
+        flags: FileFlags,
+        path: &Path,
+        done: Completer<File>,
+        transit: InTransit,
+        count_open: bool,
+    ) {
         self.send_or_fail(
             shard,
             Message::Install {
@@ -1076,7 +1121,7 @@ impl Executor {
     /// waiting on it there fails with [`Error::WouldDeadlock`]).
     pub fn open(&self, path: impl AsRef<Path>, options: &OpenOptions) -> Completion<File> {
         if crate::completion::current_shard().is_some_and(|(exec, _)| exec == self.shared.id) {
-            return self.shared.open(path.as_ref(), options);
+            return self.shared.open(path.as_ref(), options, None);
         }
         self.shared.open_blocking(path.as_ref(), options)
     }
@@ -1114,7 +1159,28 @@ impl Executor {
     /// Once [`shutdown`](Self::shutdown) has begun, an open that has not reached the kernel
     /// fails with [`Error::Shutdown`] and creates or truncates nothing.
     pub fn open_async(&self, path: impl AsRef<Path>, options: &OpenOptions) -> Completion<File> {
-        self.shared.open(path.as_ref(), options)
+        self.shared.open(path.as_ref(), options, None)
+    }
+
+    /// Opens `path` like [`open_async`](Self::open_async) (without blocking), but installs the
+    /// file on shard `shard` instead of the shard its inode hashes to: for state placed by key
+    /// (a per-shard log, a partition of an index) whose files must live on the shard that owns
+    /// the key, so that its tasks do their I/O straight into their own ring.
+    ///
+    /// Per-file ordering (overlapping writes in order, reads near the end of the file ordered
+    /// against writes above them, fsync after writes) and the size a shard knows a file to have
+    /// are kept per shard: they hold among the handles on one shard. Opening an inode that is
+    /// also open on another shard (through `open_on`, or `open` picking its shard by inode) is
+    /// allowed, and then requests through handles on different shards are as independent as
+    /// two processes' I/O on one file: order them yourself (await one before making the other).
+    /// A shard index out of range fails with [`Error::InvalidArgument`].
+    pub fn open_on(
+        &self,
+        shard: usize,
+        path: impl AsRef<Path>,
+        options: &OpenOptions,
+    ) -> Completion<File> {
+        self.shared.open(path.as_ref(), options, Some(shard))
     }
 
     /// Takes over an open descriptor: its shard is picked by its inode like [`open`](Self::open),
@@ -1628,14 +1694,15 @@ impl Executor {
 
     /// Builds one `T` per shard, each by `make` on its own shard's thread (so its memory is
     /// allocated on the shard's NUMA node), like Seastar's `sharded<T>`: see
-    /// [`Sharded`](crate::Sharded) for running code on each and `map_reduce`.
+    /// [`Sharded`](crate::Sharded) for running code on each and `map_reduce`. Each `T` stays on
+    /// its shard's thread (it need not be `Send` or `Sync`) and is dropped there.
     ///
     /// Blocks until every shard has built its `T` (a [`WouldDeadlock`](Error::WouldDeadlock)
     /// on a shard's own thread); [`sharded_async`](Self::sharded_async) awaits instead. A panic
     /// in `make` fails the call with [`Error::TaskPanicked`].
     pub fn sharded<T, F>(&self, make: F) -> Result<crate::Sharded<T>>
     where
-        T: Send + Sync + 'static,
+        T: 'static,
         F: Fn(&crate::shard::LocalShard) -> T + Send + Sync + 'static,
     {
         if let Some((id, shard)) = crate::completion::current_shard() {
@@ -1652,7 +1719,7 @@ impl Executor {
     /// [`sharded`](Self::sharded) without blocking.
     pub async fn sharded_async<T, F>(&self, make: F) -> Result<crate::Sharded<T>>
     where
-        T: Send + Sync + 'static,
+        T: 'static,
         F: Fn(&crate::shard::LocalShard) -> T + Send + Sync + 'static,
     {
         crate::sharded::build(&self.shared, make).await
@@ -2178,6 +2245,7 @@ pub(crate) enum DirOf<'a> {
 
 /// A group of requests sent with one message per shard. Dropping a batch without submitting it
 /// fails its completions with [`Error::InvalidArgument`].
+#[must_use = "a batch sends nothing until it is submitted; dropped, its completions fail"]
 pub struct Batch<'a> {
     exec: &'a Executor,
     /// Placeholder timestamp for requests; `submit` stamps them.

@@ -41,7 +41,6 @@
 use crate::error::{memlock_limit, Error, Result};
 use crate::numa::{page_size, Slab};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
-use serde::Serialize;
 use std::fmt;
 use std::os::fd::{AsRawFd, RawFd};
 
@@ -173,7 +172,9 @@ pub(crate) enum Direction {
 }
 
 /// Statistics of one buffer pool.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
 pub struct BufferPoolStats {
     /// Buffers in the pool.
     pub total_count: usize,

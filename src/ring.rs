@@ -37,8 +37,12 @@ impl Default for RingConfig {
 /// The flags a ring was finally created with.
 ///
 /// Serialized (JSON) and labelled (Prometheus) by [`name`](Self::name).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize),
+    serde(rename_all = "snake_case")
+)]
 pub enum RingMode {
     /// `SINGLE_ISSUER | DEFER_TASKRUN`.
     DeferTaskrun,

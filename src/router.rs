@@ -5,10 +5,9 @@
 //! same shard, and so does every reopen, for as long as the file exists. The hash is fixed (no
 //! per-process random seed), so routing is also stable across runs with the same shard count.
 
-use serde::Serialize;
-
 /// The identity of an open file: device and inode number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct FileKey {
     /// `st_dev`.
     pub dev: u64,

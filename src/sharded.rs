@@ -1,28 +1,135 @@
 //! Per-shard state, like Seastar's `sharded<T>`: one `T` per shard, built on that shard's thread
 //! (so its memory is first touched there, on the shard's NUMA node), used by that shard's tasks.
+//!
+//! The values live in their shard thread's own storage (a thread-local table keyed by the
+//! `Sharded`'s id), not in the handle: only code running on a shard reaches a value, and only
+//! that shard's. So `T` need be neither `Send` nor `Sync` (an `Rc<RefCell<..>>` index is fine),
+//! and is dropped on its shard's thread: when the last handle drops (a task on each shard takes
+//! it out of the table), or when the shard stops, whichever comes first.
 
 use crate::error::{Error, Result};
 use crate::executor::ExecShared;
-use crate::shard::tasks::{spawn, JoinHandle, LocalShard};
+use crate::shard::tasks::{local, spawn, spawn_result, JoinHandle, LocalShard};
+use std::any::Any;
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::future::Future;
+use std::marker::PhantomData;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+/// Ids of `Sharded` values, unique in the process (the key of each shard thread's table).
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// The values this shard thread holds, by `Sharded` id.
+    static VALUES: RefCell<HashMap<u64, Rc<dyn Any>>> = RefCell::new(HashMap::new());
+}
+
+/// This thread's value of `Sharded` `id`, if it holds one.
+fn get_here<T: 'static>(id: u64) -> Option<Rc<T>> {
+    // why: the Rc is cloned out, so no borrow of the table is held while user code runs (it may
+    // use another `Sharded`, or drop one).
+    let v = VALUES
+        .try_with(|m| m.try_borrow().ok()?.get(&id).cloned())
+        .ok()??;
+    Rc::downcast::<T>(v).ok()
+}
+
+/// Takes this thread's value of `Sharded` `id` out of the table and drops it (outside the
+/// table's borrow: its drop may touch another `Sharded`).
+fn remove_here(id: u64) {
+    let v = VALUES
+        .try_with(|m| m.try_borrow_mut().ok()?.remove(&id))
+        .ok()
+        .flatten();
+    drop(v);
+}
+
+/// Called by a shard thread as it stops, after its tasks are dropped: drops every value it
+/// still holds, here on its own thread. A panicking drop is contained (the shard is finishing
+/// its shutdown and must go on).
+pub(crate) fn drop_here() {
+    let values: Vec<Rc<dyn Any>> = VALUES
+        .try_with(|m| {
+            m.try_borrow_mut()
+                .map(|mut m| m.drain().map(|(_, v)| v).collect())
+        })
+        .ok()
+        .and_then(|r| r.ok())
+        .unwrap_or_default();
+    for v in values {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(v)));
+    }
+}
 
 /// One `T` per shard of an executor ([`Executor::sharded`](crate::Executor::sharded)).
 ///
-/// Each `T` is built on its shard's thread; tasks on shard `i` use `get(i)` (or
-/// [`local`](Self::local)). `T` must be `Send + Sync` because the handle can be cloned and used
-/// from anywhere; the point is that each shard touches only its own `T`, so no lock in it is ever
-/// contended (a `RefCell`-like state needs `spawn_on_with` and a thread-local instead).
+/// Each `T` is built on its shard's thread and stays there: code running on a shard (a task,
+/// a [`submit_to`](crate::Executor::submit_to) closure) reaches that shard's `T` with
+/// [`with`](Self::with) or [`local`](Self::local); anywhere else they refuse
+/// ([`Error::NotOnShard`], `None`). So `T` need not be `Send` or `Sync`: per-core state needs
+/// no lock and no atomics (`Rc<RefCell<..>>`, `Cell` counters), as in Seastar or glommio.
+/// [`run_on_each`](Self::run_on_each), [`map`](Self::map) and [`map_reduce`](Self::map_reduce)
+/// run code on every shard with its `T`.
+///
+/// The handle itself is `Send + Sync` and cheap to clone (move clones into tasks). Each `T` is
+/// dropped on its own shard's thread: when the last handle drops (a task on each shard drops
+/// it), or when the executor shuts down (each shard drops what it holds as it stops).
+///
+/// ```
+/// # fn main() -> ringshard::Result<()> {
+/// use std::cell::RefCell;
+/// use std::collections::HashMap;
+/// use std::rc::Rc;
+///
+/// let exec = ringshard::Executor::builder().shards(2).build()?;
+/// // Per-shard, lock-free state: an index that only its shard's thread ever touches.
+/// let index = exec.sharded(|_| Rc::new(RefCell::new(HashMap::<String, u64>::new())))?;
+/// let i = index.clone();
+/// exec.spawn_on(1, async move {
+///     i.with(|m| m.borrow_mut().insert("key".to_string(), 7))
+/// })
+/// .wait()??;
+/// let sizes: Vec<usize> = index
+///     .run_on_each(|m| m.borrow().len())
+///     .into_iter()
+///     .map(|h| h.wait())
+///     .collect::<ringshard::Result<_>>()?;
+/// assert_eq!(sizes, [0, 1]);
+/// assert!(index.with(|_| ()).is_err(), "not on a shard here");
+/// # exec.shutdown() }
+/// ```
 pub struct Sharded<T> {
+    inner: Arc<Inner>,
+    /// `fn() -> T`: the handle holds no `T` (so it is `Send + Sync` whatever `T` is).
+    _values: PhantomData<fn() -> T>,
+}
+
+/// What the handles share; its drop takes the values out of their shards.
+struct Inner {
     exec: Arc<ExecShared>,
-    items: Arc<Vec<Arc<T>>>,
+    id: u64,
+    shards: usize,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let id = self.id;
+        for shard in 0..self.shards {
+            // Refused once the executor is shut down: each shard then drops its values as it
+            // stops (`drop_here`).
+            spawn(&self.exec, shard, async move { remove_here(id) }).detach();
+        }
+    }
 }
 
 impl<T> Clone for Sharded<T> {
     fn clone(&self) -> Self {
         Sharded {
-            exec: Arc::clone(&self.exec),
-            items: Arc::clone(&self.items),
+            inner: Arc::clone(&self.inner),
+            _values: PhantomData,
         }
     }
 }
@@ -30,7 +137,7 @@ impl<T> Clone for Sharded<T> {
 impl<T> std::fmt::Debug for Sharded<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sharded")
-            .field("shards", &self.items.len())
+            .field("shards", &self.inner.shards)
             .finish()
     }
 }
@@ -38,51 +145,71 @@ impl<T> std::fmt::Debug for Sharded<T> {
 /// Builds one `T` per shard, each on its own shard (see [`Executor::sharded`]).
 pub(crate) async fn build<T, F>(exec: &Arc<ExecShared>, make: F) -> Result<Sharded<T>>
 where
-    T: Send + Sync + 'static,
+    T: 'static,
     F: Fn(&LocalShard) -> T + Send + Sync + 'static,
 {
+    // Made first: if a shard fails to build its value, dropping it takes the others' back out.
+    let sharded = Sharded {
+        inner: Arc::new(Inner {
+            exec: Arc::clone(exec),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            shards: exec.shards.len(),
+        }),
+        _values: PhantomData,
+    };
+    let id = sharded.inner.id;
     let make = Arc::new(make);
-    let handles: Vec<JoinHandle<Result<Arc<T>>>> = (0..exec.shards.len())
+    let handles: Vec<JoinHandle<()>> = (0..exec.shards.len())
         .map(|shard| {
             let make = Arc::clone(&make);
-            spawn(exec, shard, async move {
-                let local = crate::shard::tasks::local()
-                    .ok_or_else(|| Error::invalid("sharded", "not on a shard"))?;
-                // Built here: the allocation is first touched on the shard's thread (node).
-                Ok(Arc::new(make(&local)))
+            spawn_result(exec, shard, async move {
+                let local = local().ok_or_else(|| Error::invalid("sharded", "not on a shard"))?;
+                // Built here (its allocation first touched on the shard's thread and node) and
+                // stored in this thread's table within the same poll: it never leaves the thread.
+                let value: Rc<dyn Any> = Rc::new(make(&local));
+                VALUES.with(|m| m.borrow_mut().insert(id, value));
+                Ok(())
             })
         })
         .collect();
-    let mut items = Vec::with_capacity(handles.len());
     for h in handles {
-        items.push(h.await??);
+        h.await?;
     }
-    Ok(Sharded {
-        exec: Arc::clone(exec),
-        items: Arc::new(items),
-    })
+    Ok(sharded)
 }
 
-impl<T: Send + Sync + 'static> Sharded<T> {
+impl<T: 'static> Sharded<T> {
     /// The number of shards (and of `T`s).
     pub fn len(&self) -> usize {
-        self.items.len()
+        self.inner.shards
     }
 
     /// Always false: an executor has at least one shard.
     pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
+        self.inner.shards == 0
     }
 
-    /// Shard `shard`'s `T`.
-    pub fn get(&self, shard: usize) -> Option<&Arc<T>> {
-        self.items.get(shard)
+    /// The `T` of the shard this code runs on (in a shard task or `submit_to` closure), or
+    /// `None` off this executor's shards. The `Rc` cannot leave the thread; a task may hold it
+    /// across `.await` if it runs there as a `!Send` future
+    /// ([`spawn_on_with`](crate::Executor::spawn_on_with), [`map`](Self::map)).
+    pub fn local(&self) -> Option<Rc<T>> {
+        let (exec, _) = crate::completion::current_shard()?;
+        if exec != self.inner.exec.id {
+            return None;
+        }
+        get_here(self.inner.id)
     }
 
-    /// The `T` of the shard this code runs on (in a shard task), or `None` off the shards.
-    pub fn local(&self) -> Option<&Arc<T>> {
-        let (exec, shard) = crate::completion::current_shard()?;
-        (exec == self.exec.id).then(|| self.items.get(shard))?
+    /// Calls `f` with the `T` of the shard this code runs on. Off this executor's shards (any
+    /// other thread, or a shard of another executor) it fails with [`Error::NotOnShard`]: run the
+    /// code on a shard instead ([`Executor::spawn_on`](crate::Executor::spawn_on),
+    /// [`run_on_each`](Self::run_on_each)).
+    pub fn with<R>(&self, f: impl FnOnce(&T) -> R) -> Result<R> {
+        let t = self.local().ok_or(Error::NotOnShard {
+            op: "Sharded::with",
+        })?;
+        Ok(f(&t))
     }
 
     /// Runs `f` on every shard with that shard's `T`, as a task; one handle per shard, in order.
@@ -92,23 +219,40 @@ impl<T: Send + Sync + 'static> Sharded<T> {
         F: Fn(&T) -> R + Send + Sync + 'static,
     {
         let f = Arc::new(f);
-        self.map(move |t| {
-            let f = Arc::clone(&f);
-            async move { f(&t) }
-        })
+        (0..self.len())
+            .map(|shard| {
+                let (f, this) = (Arc::clone(&f), self.clone());
+                spawn_result(&self.inner.exec, shard, async move { this.with(|t| f(t)) })
+            })
+            .collect()
     }
 
-    /// Runs the future `f(t)` on every shard with that shard's `T`; one handle per shard.
+    /// Runs the future `f(t)` on every shard, `t` being that shard's `T`; one handle per shard,
+    /// in order. `f` runs on the shard's thread and its future need not be `Send` (it may hold
+    /// `t` across `.await`); only its output travels back.
     pub fn map<R, F, Fut>(&self, f: F) -> Vec<JoinHandle<R>>
     where
         R: Send + 'static,
-        F: Fn(Arc<T>) -> Fut,
-        Fut: Future<Output = R> + Send + 'static,
+        F: Fn(Rc<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = R> + 'static,
     {
-        self.items
-            .iter()
-            .enumerate()
-            .map(|(shard, t)| spawn(&self.exec, shard, f(Arc::clone(t))))
+        let f = Arc::new(f);
+        (0..self.len())
+            .map(|shard| {
+                let (f, this) = (Arc::clone(&f), self.clone());
+                // The outer task is `Send`: it starts the `!Send` future on the shard and
+                // holds only its handle across the await.
+                spawn_result(&self.inner.exec, shard, async move {
+                    let inner = {
+                        let local = local().ok_or(Error::NotOnShard { op: "Sharded::map" })?;
+                        let t = this
+                            .local()
+                            .ok_or(Error::NotOnShard { op: "Sharded::map" })?;
+                        local.spawn_local(f(t))
+                    };
+                    inner.await
+                })
+            })
             .collect()
     }
 
@@ -117,8 +261,8 @@ impl<T: Send + Sync + 'static> Sharded<T> {
     pub async fn map_reduce<R, A, F, Fut, G>(&self, f: F, init: A, mut reduce: G) -> Result<A>
     where
         R: Send + 'static,
-        F: Fn(Arc<T>) -> Fut,
-        Fut: Future<Output = R> + Send + 'static,
+        F: Fn(Rc<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = R> + 'static,
         G: FnMut(A, R) -> A,
     {
         let mut acc = init;

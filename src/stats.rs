@@ -25,16 +25,23 @@
 //! assert_eq!(stats.total.total_ops(), 3);
 //! assert_eq!(stats.total.error_count(), 1);
 //! println!("{stats}");
-//! let json = stats.to_json();
+//! # #[cfg(feature = "serde")] {
+//! let json = stats.to_json(); // feature `serde`
 //! assert!(json.contains("\"ENOSPC\": 1"));
+//! # }
 //! ```
+//!
+//! With the `serde` feature, the stats types implement `serde::Serialize` and
+//! [`ExecutorStats::to_json`] writes them as JSON; without it the library builds no serde.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
+#[cfg(feature = "serde")]
 use serde::ser::{SerializeMap, SerializeStruct};
+#[cfg(feature = "serde")]
 use serde::{Serialize, Serializer};
 
 use crate::driver::Backend;
@@ -59,8 +66,11 @@ pub const TOTAL_SHARD: usize = usize::MAX;
 macro_rules! op_kinds {
     ($($(#[$doc:meta])* $variant:ident => $name:literal,)+) => {
         /// The kind of an operation, for per-kind counters.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-        #[serde(rename_all = "snake_case")]
+        ///
+        /// `#[non_exhaustive]`: new operations add kinds (match with a `_` arm).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[cfg_attr(feature = "serde", derive(Serialize), serde(rename_all = "snake_case"))]
+        #[non_exhaustive]
         pub enum OpKind {
             $($(#[$doc])* $variant,)+
         }
@@ -152,6 +162,7 @@ impl fmt::Display for OpKind {
 /// What became of a shard thread's NUMA memory policy (`set_mempolicy(MPOL_PREFERRED)` for the
 /// node of its core), which puts its ring, stacks and heap pages on that node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum MemPolicy {
     /// The thread prefers memory from its node.
     Preferred,
@@ -177,7 +188,9 @@ impl MemPolicy {
 ///
 /// All fields are zero when no sample was recorded. Percentiles and the maximum are accurate to the
 /// histogram's resolution (3 significant digits); the mean is computed from the histogram too.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
+#[non_exhaustive]
 pub struct LatencySummary {
     /// Samples recorded.
     pub count: u64,
@@ -297,6 +310,7 @@ impl fmt::Debug for LatencyHistogram {
 /// The coordinator gets a clone from each shard and merges them with [`merge`](Self::merge) (or
 /// [`ExecutorStats::from_shards`]).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ShardStats {
     /// Shard index ([`TOTAL_SHARD`] for a merged total).
     pub shard: usize,
@@ -789,9 +803,11 @@ pub fn errno_name(errno: i32) -> String {
     }
 }
 
+#[cfg(feature = "serde")]
 /// Serializes `ops` as `{"open": n, "read": n, ...}` in [`OpKind::ALL`] order.
 struct OpsView<'a>(&'a [u64; OpKind::COUNT]);
 
+#[cfg(feature = "serde")]
 impl Serialize for OpsView<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(Some(OpKind::COUNT))?;
@@ -802,9 +818,11 @@ impl Serialize for OpsView<'_> {
     }
 }
 
+#[cfg(feature = "serde")]
 /// Serializes errors as `{"ENOSPC": n, ...}` (errno order).
 struct ErrorsView<'a>(&'a BTreeMap<i32, u64>);
 
+#[cfg(feature = "serde")]
 impl Serialize for ErrorsView<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(Some(self.0.len()))?;
@@ -820,6 +838,7 @@ impl Serialize for ErrorsView<'_> {
 /// `mem_policy_errno` (`"EPERM"`, ...) when it failed; `blocking_ops` as `["statx", ...]`; `ops` as
 /// `{"read": n, ...}`; `errors` as `{"ENOSPC": n, ...}`; `total_ops`, `error_count`;
 /// `latency`, `read_latency`, `write_latency` as [`LatencySummary`]; `pool` as [`BufferPoolStats`].
+#[cfg(feature = "serde")]
 impl Serialize for ShardStats {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut s = serializer.serialize_struct("ShardStats", 34)?;
@@ -875,6 +894,7 @@ impl Serialize for ShardStats {
 
 /// The coordinator's view: every shard's statistics and their exact merge.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ExecutorStats {
     /// Per-shard statistics, in the order given (normally by shard index).
     pub shards: Vec<ShardStats>,
@@ -958,7 +978,9 @@ impl ExecutorStats {
         out
     }
 
-    /// Pretty-printed JSON: `{"elapsed_s": .., "total": {..}, "shards": [..]}`.
+    /// Pretty-printed JSON: `{"elapsed_s": .., "total": {..}, "shards": [..]}` (feature
+    /// `serde`; for a value, `serde_json::to_value(&stats)`: `ExecutorStats` is `Serialize`).
+    #[cfg(feature = "serde")]
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).unwrap_or_else(|e| {
             // Not reachable: every map key is a string and serde_json writes NaN as null.
@@ -1033,11 +1055,6 @@ impl ExecutorStats {
     pub fn write_openmetrics(&self, out: &mut impl fmt::Write) -> fmt::Result {
         prometheus::write(self, out, prometheus::Flavor::OpenMetrics)
     }
-
-    /// The same JSON as [`to_json`](Self::to_json), as a value.
-    pub fn to_json_value(&self) -> serde_json::Value {
-        serde_json::to_value(self).unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
-    }
 }
 
 fn rate(amount: f64, elapsed: Duration) -> f64 {
@@ -1049,6 +1066,7 @@ fn rate(amount: f64, elapsed: Duration) -> f64 {
     }
 }
 
+#[cfg(feature = "serde")]
 impl Serialize for ExecutorStats {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut s = serializer.serialize_struct("ExecutorStats", 3)?;
@@ -1208,6 +1226,7 @@ impl fmt::Display for ExecutorStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(feature = "serde")]
     use serde_json::Value;
 
     /// Deterministic pseudo-random latencies spanning ns to tens of ms.
@@ -1239,6 +1258,7 @@ mod tests {
     fn op_kind_indices_and_names() {
         for (i, k) in OpKind::ALL.iter().enumerate() {
             assert_eq!(k.index(), i);
+            #[cfg(feature = "serde")]
             assert_eq!(serde_json::to_value(k).unwrap(), Value::from(k.name()));
         }
         assert_eq!(OpKind::Fdatasync.name(), "fdatasync");
@@ -1483,11 +1503,12 @@ mod tests {
         assert!(widths.iter().all(|&w| w == widths[0]), "{widths:?}");
     }
 
+    #[cfg(feature = "serde")]
     #[test]
     fn json_fields() {
         let stats = two_shards();
         let v: Value = serde_json::from_str(&stats.to_json()).unwrap();
-        assert_eq!(v, stats.to_json_value());
+        assert_eq!(v, serde_json::to_value(&stats).unwrap());
         assert_eq!(v["elapsed_s"], 2.0);
         let shards = v["shards"].as_array().unwrap();
         assert_eq!(shards.len(), 2);

@@ -32,7 +32,8 @@ use crate::error::{Error, Result};
 const MAX_CPU_ID: usize = 1 << 16;
 
 /// One online logical CPU (a PU, in hwloc's words).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Cpu {
     /// The kernel's CPU number (`cpuN` in sysfs; what `sched_setaffinity` takes).
     pub id: usize,
@@ -1270,6 +1271,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "serde")]
     #[test]
     fn cpu_serializes_to_json() {
         let t = fixture("two_socket_smt");

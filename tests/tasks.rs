@@ -1,6 +1,6 @@
 //! Async tasks on the shards: spawning from threads, tokio and other shards' tasks; join, cancel
-//! and panic; I/O from tasks (local and routed) in per-file order; timers; fairness; per-shard
-//! state.
+//! and panic; I/O from tasks (local and routed) in per-file order; timers; fairness. Per-shard
+//! state: tests/sharded.rs.
 
 mod executor_util;
 
@@ -556,61 +556,6 @@ fn routed_reads_stay_fast_while_tasks_saturate_the_shard() {
 
 // ---------------------------------------------------------------------------------------------
 // Per-shard state
-
-struct PerShard {
-    shard: usize,
-    thread: Option<String>,
-    /// Allocated (and touched) while the shard built this value.
-    block: Vec<u8>,
-    hits: AtomicUsize,
-}
-
-#[test]
-fn sharded_state_is_built_on_each_shard_and_on_its_node() {
-    let exec = shards(2);
-    let per = exec
-        .sharded(|l| PerShard {
-            shard: l.index(),
-            thread: std::thread::current().name().map(str::to_string),
-            block: vec![1u8; 1 << 20],
-            hits: AtomicUsize::new(0),
-        })
-        .unwrap();
-    assert_eq!(per.len(), 2);
-    assert!(per.local().is_none(), "not on a shard here");
-    let nodes: Vec<Option<u32>> = exec.stats().shards.iter().map(|s| s.numa_node).collect();
-    for (s, want_node) in nodes.iter().enumerate() {
-        let t = per.get(s).unwrap();
-        assert_eq!(t.shard, s);
-        assert_eq!(t.thread.as_deref(), Some(format!("ringshard-{s}").as_str()));
-        let node = ringshard::numa::node_of_address(t.block.as_ptr()).expect("get_mempolicy");
-        println!("shard {s}: block on node {node}, shard node {want_node:?}");
-        if let Some(want) = *want_node {
-            assert_eq!(node, want, "shard {s}'s memory is on its node");
-        }
-    }
-    // run_on_each / map / map_reduce: each shard touches its own value, on its own thread.
-    let p = per.clone();
-    let seen: Vec<usize> = per
-        .run_on_each(move |t| {
-            t.hits.fetch_add(1, Ordering::SeqCst);
-            let mine = p.local().expect("on a shard");
-            assert!(std::ptr::eq(&**mine, t), "local() is this shard's value");
-            t.shard
-        })
-        .into_iter()
-        .map(|h| h.wait().unwrap())
-        .collect();
-    assert_eq!(seen, vec![0, 1]);
-    let total = ringshard::block_on(per.map_reduce(
-        |t| async move { t.hits.load(Ordering::SeqCst) + t.block.len() },
-        0usize,
-        |a, b| a + b,
-    ))
-    .unwrap();
-    assert_eq!(total, 2 + 2 * (1 << 20));
-    exec.shutdown().unwrap();
-}
 
 /// Opens `path` with O_DIRECT, or says why the test is skipped (tmpfs and some filesystems
 /// refuse it).

@@ -24,8 +24,12 @@ use std::time::Duration;
 pub(crate) use threads::ThreadDriver;
 
 /// Which backend runs a shard's operations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize),
+    serde(rename_all = "snake_case")
+)]
 pub enum Backend {
     /// The kernel's io_uring.
     IoUring,

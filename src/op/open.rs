@@ -1,5 +1,6 @@
 //! open (IORING_OP_OPENAT): opens a path on a shard's ring, reads the file's identity, and hands
-//! the descriptor to the shard its inode hashes to (`Message::Install`, as `adopt` does).
+//! the descriptor to the shard its inode hashes to (`Message::Install`, as `adopt` does), or to
+//! the shard `open_on` named.
 //!
 //! Any shard can run an open (the executor picks them in turn), and its ring runs many at once:
 //! the kernel tries each inline with only cached lookups and hands the rest to its io-wq workers
@@ -70,6 +71,8 @@ pub(crate) struct OpenAt {
     key: Option<FileKey>,
     /// The executor was shutting down before the OPENAT: refused, not run.
     refused: bool,
+    /// The shard to install the file on (`open_on`); `None`: the one its inode hashes to.
+    on: Option<usize>,
 }
 
 impl OpenAt {
@@ -80,6 +83,7 @@ impl OpenAt {
         exec: Arc<ExecShared>,
         done: Completer<File>,
         transit: InTransit,
+        on: Option<usize>,
     ) -> Self {
         OpenAt {
             plan,
@@ -97,6 +101,7 @@ impl OpenAt {
             fd: None,
             key: None,
             refused: false,
+            on,
         }
     }
 
@@ -263,7 +268,13 @@ impl FileOp for OpenAt {
             Ok((fd, key, transit)) => {
                 let exec = Arc::clone(&self.exec);
                 let path = Arc::clone(&self.target.path);
-                exec.install(&exec, fd, key, self.plan.file, &path, done, transit, false);
+                let flags = self.plan.file;
+                match self.on {
+                    Some(shard) => {
+                        exec.install_on(shard, &exec, fd, key, flags, &path, done, transit, false)
+                    }
+                    None => exec.install(&exec, fd, key, flags, &path, done, transit, false),
+                }
             }
             // A descriptor still here is closed when the op drops.
             Err(e) => done.complete(Err(e)),

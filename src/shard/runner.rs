@@ -317,6 +317,9 @@ fn shard_main(
     // their checks and their send: see `ShardLink::send`. (Messages sent on this thread that
     // the loop did not handle are left only by a panic: a clean stop waits for them.)
     shared.exited.store(true, AtomicOrdering::SeqCst);
+    // Per-shard state (`Sharded`) is dropped here, on its own thread, after the tasks that
+    // used it; what its drops send to this shard is refused or failed below like the rest.
+    crate::sharded::drop_here();
     for msg in unhandled {
         shard.shutdown_waiters.extend(msg.fail(&error));
     }

@@ -158,7 +158,7 @@ where
 }
 
 /// Spawns a `Send` future whose output is already a `Result` (its error is the task's).
-fn spawn_result<T, F>(exec: &Arc<ExecShared>, shard: usize, fut: F) -> JoinHandle<T>
+pub(crate) fn spawn_result<T, F>(exec: &Arc<ExecShared>, shard: usize, fut: F) -> JoinHandle<T>
 where
     F: Future<Output = Result<T>> + Send + 'static,
     T: Send + 'static,

@@ -335,7 +335,10 @@ impl RunReport {
             errors: out.checks.errors.clone(),
             messages: out.checks.messages.clone(),
             notes: out.notes.clone(),
-            library_stats: out.library.as_ref().map(|s| s.to_json_value()),
+            library_stats: out
+                .library
+                .as_ref()
+                .and_then(|s| serde_json::to_value(s).ok()),
             library_table: out.library.as_ref().map(|s| s.to_string()),
             soak: crate::soak::take(),
             tally: out.tally.clone(),

@@ -54,6 +54,7 @@ pub(crate) mod append;
 pub(crate) mod copy_range;
 pub(crate) mod fadvise;
 pub(crate) mod fallocate;
+pub(crate) mod kind;
 pub(crate) mod link_file;
 pub(crate) mod open;
 pub(crate) mod path;
@@ -74,7 +75,7 @@ use crate::router::FileKey;
 use crate::session::SessionTable;
 use crate::shard::{Footprint, Reply};
 use crate::stats::OpKind;
-use io_uring::{opcode, squeue, types};
+use io_uring::{squeue, types};
 use std::os::fd::RawFd;
 use std::path::Path;
 use std::sync::Arc;
@@ -198,33 +199,6 @@ pub(crate) trait FileOp: Send {
     fn is_cancelled(&self) -> bool {
         false
     }
-}
-
-/// The opcode an op kind needs from the kernel, for probing (`None`: it needs none, or is not a
-/// [`FileOp`]).
-pub(crate) fn opcode_of(kind: OpKind) -> Option<u8> {
-    Some(match kind {
-        OpKind::Fsync | OpKind::Fdatasync => opcode::Fsync::CODE,
-        OpKind::Fallocate => opcode::Fallocate::CODE,
-        OpKind::Statx => opcode::Statx::CODE,
-        OpKind::Truncate => opcode::Ftruncate::CODE,
-        OpKind::Unlink | OpKind::RemoveDir => opcode::UnlinkAt::CODE,
-        OpKind::Mkdir => opcode::MkDirAt::CODE,
-        OpKind::Rename => opcode::RenameAt::CODE,
-        OpKind::Readv => opcode::Readv::CODE,
-        OpKind::Writev => opcode::Writev::CODE,
-        OpKind::Append => opcode::Write::CODE,
-        OpKind::SyncFileRange => opcode::SyncFileRange::CODE,
-        OpKind::Open => opcode::OpenAt::CODE,
-        // Its first round opens the directory; its getdents64 rounds have no opcode.
-        OpKind::ReadDir => opcode::OpenAt::CODE,
-        OpKind::Fadvise => opcode::Fadvise::CODE,
-        OpKind::HardLink | OpKind::LinkInto => opcode::LinkAt::CODE,
-        OpKind::Symlink => opcode::SymlinkAt::CODE,
-        // No opcode: run_blocking on the shard thread (copy_range.rs says why).
-        OpKind::CopyFileRange | OpKind::CloneRange => return None,
-        OpKind::Read | OpKind::Write | OpKind::Close | OpKind::Size | OpKind::Task => return None,
-    })
 }
 
 /// Builds an SQE on either form of descriptor (registered slot or plain).

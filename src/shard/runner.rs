@@ -2245,7 +2245,7 @@ fn probe_blocking(ring: &Driver, forced: &[OpKind]) -> [bool; OpKind::COUNT] {
     let supported = ring.opcode_support();
     let mut out = [false; OpKind::COUNT];
     for kind in OpKind::ALL {
-        let Some(code) = crate::op::opcode_of(kind) else {
+        let Some(code) = kind.opcode() else {
             continue;
         };
         out[kind.index()] = forced.contains(&kind) || !supported(code);

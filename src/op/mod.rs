@@ -72,10 +72,8 @@ pub(crate) mod write;
 use crate::error::{Error, Result};
 use crate::pool::Target;
 use crate::router::FileKey;
-use crate::session::SessionTable;
-use crate::shard::{Footprint, Reply};
-use crate::stats::OpKind;
 use io_uring::{squeue, types};
+pub(crate) use kind::OpKind;
 use std::os::fd::RawFd;
 use std::path::Path;
 use std::sync::Arc;
@@ -98,6 +96,20 @@ pub(crate) enum Step {
     Again,
 }
 
+/// How an op ended, from [`FileOp::complete`]: what the shard delivers.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// The result for the request's reply (a completion or a session's batch), delivered by the
+    /// shard: the op's [`value`](FileOp::value), or the error. Counts no bytes in statistics.
+    Value(Result<u64>),
+    /// The op completed its own `Completer` (its request's reply is `Reply::InOp`): nothing is
+    /// left to deliver. `bytes` moved, for statistics.
+    Delivered {
+        /// Bytes moved.
+        bytes: u64,
+    },
+}
+
 /// The directory an operation on a path is ordered in, and the path for errors.
 #[derive(Debug, Clone)]
 pub(crate) struct PathTarget {
@@ -105,6 +117,45 @@ pub(crate) struct PathTarget {
     pub key: FileKey,
     /// The path, for errors.
     pub path: Arc<Path>,
+}
+
+/// What an operation touches, for the shard's per-file order (`shard/order.rs` says what
+/// waits for what).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Footprint {
+    /// Reads bytes `start..end`.
+    Read { start: u64, end: u64 },
+    /// Writes bytes `start..end`.
+    Write { start: u64, end: u64 },
+    /// fsync / fdatasync: must follow earlier writes.
+    Sync,
+    /// close, fallocate, size: ordered against everything.
+    Barrier,
+}
+
+impl Footprint {
+    pub(crate) fn read(offset: u64, len: u64) -> Self {
+        Footprint::Read {
+            start: offset,
+            end: offset.saturating_add(len),
+        }
+    }
+
+    /// A read from `offset` that may reach the end of the file: ordered against every write that
+    /// ends above `offset`.
+    pub(crate) fn read_to_end(offset: u64) -> Self {
+        Footprint::Read {
+            start: offset,
+            end: u64::MAX,
+        }
+    }
+
+    pub(crate) fn write(offset: u64, len: u64) -> Self {
+        Footprint::Write {
+            start: offset,
+            end: offset.saturating_add(len),
+        }
+    }
 }
 
 /// One operation: an SQE (or one blocking system call), results, one completion.
@@ -181,18 +232,17 @@ pub(crate) trait FileOp: Send {
         let _ = known;
     }
 
-    /// The value delivered through a generic [`Reply`] (a size; 0 otherwise).
+    /// The value of a successful op's [`Outcome::Value`] (a size; 0 otherwise).
     fn value(&self) -> u64 {
         0
     }
 
-    /// Delivers the outcome; returns the bytes moved, for statistics. `reply` is the request's
-    /// reply: ops with results of their own type keep their `Completer` in `self` and ignore it
-    /// (it is [`Reply::InOp`]).
-    fn complete(&mut self, result: Result<()>, reply: Reply, sessions: &mut SessionTable) -> u64 {
-        let v = self.value();
-        reply.deliver(result.map(|()| v), Vec::new(), sessions);
-        0
+    /// Ends the op with `result`: what the shard is to deliver. The default hands the result (and
+    /// [`value`](Self::value)) to the request's reply; ops with results of their own type keep
+    /// their `Completer` in `self`, complete it here and return [`Outcome::Delivered`] (their
+    /// request's reply is `Reply::InOp`).
+    fn complete(&mut self, result: Result<()>) -> Outcome {
+        Outcome::Value(result.map(|()| self.value()))
     }
 
     /// Nobody waits for the result any more (ops that keep their own `Completer`).

@@ -26,25 +26,40 @@
 //! rule: its descriptor is an `OwnedFd` from `openat2`'s return, moved into the install or
 //! dropped.
 
-use super::{cwd, FileOp, OpFd, PathTarget};
+use super::{cwd, FileOp, OpFd, OpKind, Outcome, PathTarget};
 use crate::completion::Completer;
 use crate::error::{Error, Result};
-use crate::executor::ExecShared;
 use crate::fd_transit::InTransit;
-use crate::file::{File, OpenPlan};
+use crate::file::{File, FileFlags, OpenPlan};
 use crate::router::FileKey;
-use crate::session::SessionTable;
-use crate::shard::Reply;
-use crate::stats::OpKind;
 use io_uring::{opcode, squeue};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// The `dev` of the order key an open gets: no device has it (`dev_t` values fit in 32 bits), so
 /// opens are ordered against nothing (each has a key of its own, `ino` a sequence number).
 pub(crate) const OPEN_KEY_DEV: u64 = u64::MAX;
+
+/// Where an open's descriptor goes: the executor (`ExecShared`), which sends it to the shard its
+/// inode hashes to. A trait here, so that `op/` needs nothing above it.
+pub(crate) trait Installer: Send + Sync {
+    /// Shutdown has begun: an open not yet run is refused.
+    fn closed(&self) -> bool;
+
+    /// Sends `fd` to be installed on the shard `key` hashes to, which completes `done` (or, if
+    /// the message is refused, fails it and closes `fd`). Never blocks.
+    #[allow(clippy::too_many_arguments)]
+    fn install(
+        self: Arc<Self>,
+        fd: OwnedFd,
+        key: FileKey,
+        flags: FileFlags,
+        path: &Path,
+        done: Completer<File>,
+        transit: InTransit,
+    );
+}
 
 /// Where an open is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,7 +75,7 @@ pub(crate) struct OpenAt {
     plan: OpenPlan,
     /// The path (errors) and the op's own order key.
     target: PathTarget,
-    exec: Arc<ExecShared>,
+    exec: Arc<dyn Installer>,
     done: Option<Completer<File>>,
     /// This descriptor's place in the executor's bound on descriptors in transit: taken before
     /// the open was sent, handed on with the install (or dropped with the op).
@@ -77,7 +92,7 @@ impl OpenAt {
         plan: OpenPlan,
         path: Arc<Path>,
         seq: u64,
-        exec: Arc<ExecShared>,
+        exec: Arc<dyn Installer>,
         done: Completer<File>,
         transit: InTransit,
     ) -> Self {
@@ -122,7 +137,7 @@ impl OpenAt {
     }
 
     fn shutting_down(&self) -> bool {
-        self.exec.closed.load(Ordering::Acquire)
+        self.exec.closed()
     }
 }
 
@@ -238,9 +253,9 @@ impl FileOp for OpenAt {
         }
     }
 
-    fn complete(&mut self, result: Result<()>, _reply: Reply, _s: &mut SessionTable) -> u64 {
+    fn complete(&mut self, result: Result<()>) -> Outcome {
         let Some(done) = self.done.take() else {
-            return 0;
+            return Outcome::Delivered { bytes: 0 };
         };
         if done.is_cancelled() {
             // Nobody waits (or the caller cancelled): not installed; a descriptor still here is
@@ -249,7 +264,7 @@ impl FileOp for OpenAt {
                 op: "open",
                 path: Some(self.target.path.to_path_buf()),
             }));
-            return 0;
+            return Outcome::Delivered { bytes: 0 };
         }
         let installed =
             result.and_then(|()| match (self.fd.take(), self.key, self.transit.take()) {
@@ -262,13 +277,12 @@ impl FileOp for OpenAt {
         match installed {
             Ok((fd, key, transit)) => {
                 let exec = Arc::clone(&self.exec);
-                let path = Arc::clone(&self.target.path);
-                exec.install(&exec, fd, key, self.plan.file, &path, done, transit, false);
+                exec.install(fd, key, self.plan.file, &self.target.path, done, transit);
             }
             // A descriptor still here is closed when the op drops.
             Err(e) => done.complete(Err(e)),
         }
-        0
+        Outcome::Delivered { bytes: 0 }
     }
 
     fn is_cancelled(&self) -> bool {

@@ -6,7 +6,8 @@
 //! kind is forced to the blocking path, runs it with a plain system call
 //! ([`run_blocking`](FileOp::run_blocking)); it hands each result to
 //! [`on_result`](FileOp::on_result) (which may ask for another round: short transfers), and
-//! at the end calls [`complete`](FileOp::complete) with the outcome. The op is boxed and lives in
+//! at the end calls [`complete`](FileOp::complete) with the result and delivers the
+//! [`Outcome`] it returns. The op is boxed and lives in
 //! the shard's op table until its last CQE has arrived, so every piece of memory its SQE names
 //! (path strings, a statx buffer, iovec arrays, data) stays put whatever the caller does (drop,
 //! cancel, timeout, shutdown); a shard that stops with the op still in the kernel leaks the box.
@@ -16,26 +17,27 @@
 //!
 //! # How to add an operation
 //!
-//! 1. Add its kind to the `op_kinds!` list in `stats.rs` (one line: variant and name), and its
-//!    opcode to [`opcode_of`] (probing and the blocking-path report use it).
-//! 2. Teach the threads backend the opcode, or every SQE of the op fails there (and on the
-//!    blocking path) with EINVAL, silently: a `Code` variant and its line in `Code::of`
-//!    (`driver/sqe.rs`), and the system call that does the same in `run_blocking`
-//!    (`driver/threads.rs`), which reads the SQE's fields by the kernel's layout (`Sqe`).
-//! 3. Write `src/op/<name>.rs`: a struct that owns everything the kernel will read or write
-//!    (strings, buffers) and where its result goes (a [`Reply`] or its own `Completer`), and an
-//!    `impl FileOp` with `kind` and `sqe` (`run_blocking` runs that same SQE as a system call;
-//!    override it only for an op without an SQE, like `size`), and, as needed, `footprint` (default: a barrier on its
-//!    file), `on_result` (short transfers: return [`Step::Again`]), `error`,
+//! 1. One line in the `op_kinds!` list in `op/kind.rs`: the variant, its name and its driver
+//!    `Code` (the opcode it needs and how the blocking path runs it), or `None` for an op with no
+//!    SQE of its own (`size`, `copy_range`: it overrides [`run_blocking`](FileOp::run_blocking)).
+//!    An opcode ringshard did not use yet also needs its line in the `codes!` list and in
+//!    `Code::driver_only` (`driver/sqe.rs`) and the system call that does the same in
+//!    `run_blocking` (`driver/threads.rs`, reading the SQE's fields by the kernel's layout,
+//!    `Sqe`): none of these build until all are there, so no op can fail with EINVAL on the
+//!    threads backend for want of them.
+//! 2. Write `src/op/<name>.rs` (and its `mod` line here): a struct that owns everything the
+//!    kernel will read or write (strings, buffers), and an `impl FileOp` with `kind` and `sqe`
+//!    (`run_blocking` runs that same SQE as a system call) and, as needed, `footprint` (default:
+//!    a barrier on its file), `on_result` (short transfers: return [`Step::Again`]), `error`,
 //!    `size_at_admit`/`size_after`/`sets_size` (the file's known size, which orders reads near
-//!    the end of the file) and `complete` (ops with a result type of their own keep their
-//!    `Completer` and are sent with [`Reply::InOp`]).
-//! 4. Add a validated constructor in `request.rs` and one function that sends it (an
+//!    the end of the file), `value` and `complete`: an op whose result is a plain value (a size;
+//!    nothing) returns it in [`Outcome::Value`] and the shard delivers it through the request's
+//!    reply; one with a result type of its own keeps its `Completer`, completes it in `complete`
+//!    and returns [`Outcome::Delivered`] (it is sent with `Reply::InOp`). Nothing here imports
+//!    the shard, sessions or the executor.
+//! 3. Add a validated constructor in `request.rs` and one function that sends it (an
 //!    `ExecShared` method or a helper in `file_ops.rs`), which the public faces call: the
 //!    `Executor` method (through `Deadlined`) and, for an op on an open file, the `File` method.
-//! 5. An op with no SQE of its own (`size`, `copy_range`) overrides
-//!    [`run_blocking`](FileOp::run_blocking) instead, returns `None` from [`opcode_of`], and
-//!    needs none of step 2.
 //!
 //! An op that needs a second file (copy_file_range, FICLONERANGE; splice) gets that file's
 //! descriptor from the file's own shard: see `copy_range.rs` (a duplicate handed over, waited

@@ -778,7 +778,13 @@ impl ExecShared {
         // and waits for the descriptor (on the same inode: after the source's step).
         let make = |done| {
             Box::new(op::copy_range::CopyRange::new(
-                how, handoff, src, src_off, dst_off, len, done,
+                how,
+                handoff,
+                src.path(),
+                src_off,
+                dst_off,
+                len,
+                done,
             )) as Box<dyn FileOp>
         };
         self.request_op(dst, Ok(make), deadline)
@@ -941,15 +947,9 @@ impl ExecShared {
                     .map(|i| (first + i) % n)
                     .find(|&s| alive(s))
                     .unwrap_or(first);
-                let op = crate::op::open::OpenAt::new(
-                    plan,
-                    path,
-                    seq,
-                    Arc::clone(&exec),
-                    done,
-                    transit,
-                    on,
-                );
+                let installer: Arc<ExecShared> = Arc::clone(&exec);
+                let op =
+                    crate::op::open::OpenAt::new(plan, path, seq, installer, done, transit, on);
                 let req = IoRequest {
                     file: FileRef {
                         exec: exec.id,
@@ -1017,6 +1017,31 @@ impl ExecShared {
                 count_open,
             },
         );
+    }
+}
+
+/// An open run on a shard hands its descriptor to the executor (see `op/open.rs`).
+impl crate::op::open::Installer for ExecShared {
+    fn closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    fn install(
+        self: Arc<Self>,
+        on: Option<usize>,
+        fd: OwnedFd,
+        key: FileKey,
+        flags: FileFlags,
+        path: &Path,
+        done: Completer<File>,
+        transit: InTransit,
+    ) {
+        match on {
+            Some(shard) => {
+                self.install_on(shard, &self, fd, key, flags, path, done, transit, false)
+            }
+            None => ExecShared::install(&self, &self, fd, key, flags, path, done, transit, false),
+        }
     }
 }
 

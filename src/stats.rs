@@ -50,6 +50,7 @@ use crate::pool::BufferPoolStats;
 use crate::ring::RingMode;
 
 mod prometheus;
+pub use crate::op::kind::OpKind;
 pub use prometheus::{LATENCY_BUCKETS_NS, OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE};
 
 /// Lowest latency the histograms discern, in nanoseconds.
@@ -60,104 +61,6 @@ pub const LATENCY_MAX_NS: u64 = 60_000_000_000;
 pub const LATENCY_SIGFIGS: u8 = 3;
 /// The `shard` value of a merged (total) [`ShardStats`], as built by [`ExecutorStats::from_shards`].
 pub const TOTAL_SHARD: usize = usize::MAX;
-
-/// Declares [`OpKind`] from one list: the variants, [`OpKind::COUNT`], [`OpKind::ALL`] and
-/// [`OpKind::name`] stay in step (adding a kind is one line here).
-macro_rules! op_kinds {
-    ($($(#[$doc:meta])* $variant:ident => $name:literal,)+) => {
-        /// The kind of an operation, for per-kind counters.
-        ///
-        /// `#[non_exhaustive]`: new operations add kinds (match with a `_` arm).
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        #[cfg_attr(feature = "serde", derive(Serialize), serde(rename_all = "snake_case"))]
-        #[non_exhaustive]
-        pub enum OpKind {
-            $($(#[$doc])* $variant,)+
-        }
-
-        impl OpKind {
-            /// Number of kinds (the length of [`ShardStats::ops`]).
-            pub const COUNT: usize = [$(OpKind::$variant,)+].len();
-
-            /// Every kind, in declaration order (`ALL[k.index()] == k`).
-            pub const ALL: [OpKind; OpKind::COUNT] = [$(OpKind::$variant,)+];
-
-            /// Position of this kind in [`ShardStats::ops`].
-            #[inline]
-            pub const fn index(self) -> usize {
-                self as usize
-            }
-
-            /// Lower-case name, as used in JSON (`"read"`, `"fdatasync"`, ...).
-            pub fn name(self) -> &'static str {
-                match self {
-                    $(OpKind::$variant => $name,)+
-                }
-            }
-        }
-    };
-}
-
-op_kinds! {
-    /// Opening a file.
-    Open => "open",
-    /// Reading from a file.
-    Read => "read",
-    /// Writing to a file.
-    Write => "write",
-    /// `fsync`.
-    Fsync => "fsync",
-    /// `fdatasync`.
-    Fdatasync => "fdatasync",
-    /// Closing a file.
-    Close => "close",
-    /// `fallocate`.
-    Fallocate => "fallocate",
-    /// Querying a file's size.
-    Size => "size",
-    /// A closure run on the shard thread.
-    Task => "task",
-    /// `statx` of an open file or of a path (metadata, stat).
-    Statx => "statx",
-    /// `ftruncate` (set_len).
-    Truncate => "truncate",
-    /// `unlinkat` of a file.
-    Unlink => "unlink",
-    /// `unlinkat(AT_REMOVEDIR)` of a directory.
-    RemoveDir => "remove_dir",
-    /// `mkdirat`.
-    Mkdir => "mkdir",
-    /// `renameat2`.
-    Rename => "rename",
-    /// `readv` (read_vectored).
-    Readv => "readv",
-    /// `writev` (write_vectored).
-    Writev => "writev",
-    /// A write at the end of an O_APPEND file that reports where it landed.
-    Append => "append",
-    /// `sync_file_range`.
-    SyncFileRange => "sync_file_range",
-    /// `posix_fadvise` (fadvise).
-    Fadvise => "fadvise",
-    /// `linkat` (hard_link).
-    HardLink => "hard_link",
-    /// `symlinkat`.
-    Symlink => "symlink",
-    /// `linkat` of an open file (link_into: an O_TMPFILE file given a name).
-    LinkInto => "link_into",
-    /// A directory listing (`getdents64`, read_dir).
-    ReadDir => "read_dir",
-    /// `copy_file_range` between two files (copy_range_to).
-    CopyFileRange => "copy_file_range",
-    /// `FICLONERANGE` between two files (clone_range_to: reflink).
-    CloneRange => "clone_range",
-}
-
-impl fmt::Display for OpKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 /// What became of a shard thread's NUMA memory policy (`set_mempolicy(MPOL_PREFERRED)` for the
 /// node of its core), which puts its ring, stacks and heap pages on that node.

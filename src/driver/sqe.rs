@@ -52,65 +52,95 @@ impl Sqe {
     }
 }
 
-/// The opcodes the threads backend runs, by name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Code {
-    Nop,
-    Read,
-    Write,
-    ReadFixed,
-    WriteFixed,
-    Readv,
-    Writev,
-    Fsync,
-    Fallocate,
-    SyncFileRange,
-    Statx,
-    Ftruncate,
-    Unlinkat,
-    Renameat,
-    Mkdirat,
-    Openat,
-    Fadvise,
-    Linkat,
-    Symlinkat,
-    Close,
-    Timeout,
-    TimeoutRemove,
-    PollAdd,
-    AsyncCancel,
+/// Declares [`Code`] from one list: each line names a variant and its `io_uring::opcode` type,
+/// so [`Code::of`] and [`Code::opcode`] cannot disagree, and a [`Code`] is both an opcode and
+/// its blocking implementation (its arm in `threads::run_blocking`, a match with no default: a
+/// new line here does not build until that arm exists).
+macro_rules! codes {
+    ($($variant:ident = $op:ident,)+) => {
+        /// The opcodes the threads backend runs, by name.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub(crate) enum Code {
+            $($variant,)+
+        }
+
+        impl Code {
+            /// Every code, in the list's order.
+            #[cfg(test)]
+            pub(crate) const ALL: &'static [Code] = &[$(Code::$variant,)+];
+
+            /// The opcode's name, or None for one the threads backend does not run.
+            pub(crate) fn of(op: u8) -> Option<Code> {
+                match op {
+                    $(opcode::$op::CODE => Some(Code::$variant),)+
+                    _ => None,
+                }
+            }
+
+            /// The io_uring opcode.
+            pub(crate) const fn opcode(self) -> u8 {
+                match self {
+                    $(Code::$variant => opcode::$op::CODE,)+
+                }
+            }
+        }
+    };
+}
+
+codes! {
+    Nop = Nop,
+    Read = Read,
+    Write = Write,
+    ReadFixed = ReadFixed,
+    WriteFixed = WriteFixed,
+    Readv = Readv,
+    Writev = Writev,
+    Fsync = Fsync,
+    Fallocate = Fallocate,
+    SyncFileRange = SyncFileRange,
+    Statx = Statx,
+    Ftruncate = Ftruncate,
+    Unlinkat = UnlinkAt,
+    Renameat = RenameAt,
+    Mkdirat = MkDirAt,
+    Openat = OpenAt,
+    Fadvise = Fadvise,
+    Linkat = LinkAt,
+    Symlinkat = SymlinkAt,
+    Close = Close,
+    Timeout = Timeout,
+    TimeoutRemove = TimeoutRemove,
+    PollAdd = PollAdd,
+    AsyncCancel = AsyncCancel,
 }
 
 impl Code {
-    /// The opcode's name, or None for one the threads backend does not run.
-    pub(crate) fn of(op: u8) -> Option<Code> {
-        Some(match op {
-            opcode::Nop::CODE => Code::Nop,
-            opcode::Read::CODE => Code::Read,
-            opcode::Write::CODE => Code::Write,
-            opcode::ReadFixed::CODE => Code::ReadFixed,
-            opcode::WriteFixed::CODE => Code::WriteFixed,
-            opcode::Readv::CODE => Code::Readv,
-            opcode::Writev::CODE => Code::Writev,
-            opcode::Fsync::CODE => Code::Fsync,
-            opcode::Fallocate::CODE => Code::Fallocate,
-            opcode::SyncFileRange::CODE => Code::SyncFileRange,
-            opcode::Statx::CODE => Code::Statx,
-            opcode::Ftruncate::CODE => Code::Ftruncate,
-            opcode::UnlinkAt::CODE => Code::Unlinkat,
-            opcode::RenameAt::CODE => Code::Renameat,
-            opcode::MkDirAt::CODE => Code::Mkdirat,
-            opcode::OpenAt::CODE => Code::Openat,
-            opcode::Fadvise::CODE => Code::Fadvise,
-            opcode::LinkAt::CODE => Code::Linkat,
-            opcode::SymlinkAt::CODE => Code::Symlinkat,
-            opcode::Close::CODE => Code::Close,
-            opcode::Timeout::CODE => Code::Timeout,
-            opcode::TimeoutRemove::CODE => Code::TimeoutRemove,
-            opcode::PollAdd::CODE => Code::PollAdd,
-            opcode::AsyncCancel::CODE => Code::AsyncCancel,
-            _ => return None,
-        })
+    /// Whether only a driver can run it: it acts on the ring's own state (its timers, polls and
+    /// in-flight SQEs), so the blocking path (`threads::run_sqe`) refuses it with EINVAL.
+    pub(crate) const fn driver_only(self) -> bool {
+        match self {
+            Code::Timeout | Code::TimeoutRemove | Code::PollAdd | Code::AsyncCancel => true,
+            Code::Nop
+            | Code::Read
+            | Code::Write
+            | Code::ReadFixed
+            | Code::WriteFixed
+            | Code::Readv
+            | Code::Writev
+            | Code::Fsync
+            | Code::Fallocate
+            | Code::SyncFileRange
+            | Code::Statx
+            | Code::Ftruncate
+            | Code::Unlinkat
+            | Code::Renameat
+            | Code::Mkdirat
+            | Code::Openat
+            | Code::Fadvise
+            | Code::Linkat
+            | Code::Symlinkat
+            | Code::Close => false,
+        }
     }
 }
 
@@ -149,5 +179,17 @@ mod tests {
             .flags(types::FsyncFlags::DATASYNC)
             .build();
         assert_eq!(Sqe::of(&e).op_flags, FSYNC_DATASYNC);
+    }
+
+    #[test]
+    fn each_code_is_its_own_opcode() {
+        for &code in Code::ALL {
+            assert_eq!(
+                Code::of(code.opcode()),
+                Some(code),
+                "{code:?}: two lines, one opcode"
+            );
+        }
+        assert_eq!(Code::of(u8::MAX), None);
     }
 }

@@ -921,10 +921,8 @@ pub(crate) fn run_sqe(entry: &squeue::Entry) -> i32 {
             | Code::Writev
             | Code::WriteFixed),
         ) if is_stream(sqe.fd) => rw(&sqe, code, sqe.fd, sqe.op_flags as i32 | libc::RWF_NOWAIT),
-        Some(Code::Timeout | Code::TimeoutRemove | Code::PollAdd | Code::AsyncCancel) | None => {
-            -libc::EINVAL
-        }
-        Some(code) => run_blocking(&sqe, code, sqe.fd),
+        Some(code) if !code.driver_only() => run_blocking(&sqe, code, sqe.fd),
+        Some(_) | None => -libc::EINVAL,
     }
 }
 

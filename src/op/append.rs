@@ -11,12 +11,9 @@
 //! appended in between, the data is then in two pieces and the call fails with EIO rather than
 //! report a range that is not the data's.
 
-use super::{on_fd, FileOp, OpFd, Step};
+use super::{on_fd, FileOp, OpFd, OpKind, Outcome, Step};
 use crate::completion::Completer;
 use crate::error::{Error, Result};
-use crate::session::SessionTable;
-use crate::shard::Reply;
-use crate::stats::OpKind;
 use io_uring::{opcode, squeue};
 use std::os::fd::RawFd;
 use std::path::Path;
@@ -110,9 +107,9 @@ impl FileOp for Append {
         *known = (*known).max(self.end);
     }
 
-    fn complete(&mut self, result: Result<()>, _reply: Reply, _s: &mut SessionTable) -> u64 {
+    fn complete(&mut self, result: Result<()>) -> Outcome {
         let Some(done) = self.reply.take() else {
-            return 0;
+            return Outcome::Delivered { bytes: 0 };
         };
         let r = result.and_then(|()| match (self.split, self.start) {
             (false, Some(offset)) => Ok(Appended {
@@ -126,7 +123,9 @@ impl FileOp for Append {
             (true, _) => Err(Error::io("append", None, self.start, libc::EIO)),
         });
         done.complete(r);
-        self.done as u64
+        Outcome::Delivered {
+            bytes: self.done as u64,
+        }
     }
 
     fn is_cancelled(&self) -> bool {

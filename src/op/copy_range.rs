@@ -23,13 +23,9 @@
 //! Writes to the source sent after the copy are ordered after [`SourceFd`] only: they may land
 //! before or during the copy, as with two threads calling copy_file_range and pwrite.
 
-use super::{FileOp, OpFd};
+use super::{FileOp, Footprint, OpFd, OpKind, Outcome};
 use crate::completion::Completer;
 use crate::error::{Error, Result};
-use crate::file::File;
-use crate::session::SessionTable;
-use crate::shard::{Footprint, Reply};
-use crate::stats::OpKind;
 use io_uring::{opcode, squeue, types};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
@@ -119,13 +115,13 @@ pub(crate) struct CopyRange {
 }
 
 impl CopyRange {
-    /// The copy (or clone) of `len` bytes at `src_off` of `src` to `dst_off` of the op's file,
-    /// waiting on `handoff` for the source's descriptor.
+    /// The copy (or clone) of `len` bytes at `src_off` of the source (`src_path`, for errors) to
+    /// `dst_off` of the op's file, waiting on `handoff` for the source's descriptor.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         how: How,
         handoff: Arc<Handoff>,
-        src: &File,
+        src_path: &Path,
         src_off: u64,
         dst_off: u64,
         len: u64,
@@ -137,7 +133,7 @@ impl CopyRange {
             src: None,
             failed: None,
             waiting: false,
-            src_path: Arc::from(src.path()),
+            src_path: Arc::from(src_path),
             src_off,
             dst_off,
             len,
@@ -269,11 +265,11 @@ impl FileOp for CopyRange {
         *known = (*known).max(self.dst_off.saturating_add(self.copied));
     }
 
-    fn complete(&mut self, result: Result<()>, _reply: Reply, _s: &mut SessionTable) -> u64 {
+    fn complete(&mut self, result: Result<()>) -> Outcome {
         if let Some(done) = self.done.take() {
             done.complete(result.map(|()| self.copied));
         }
-        self.copied
+        Outcome::Delivered { bytes: self.copied }
     }
 
     fn is_cancelled(&self) -> bool {
@@ -324,11 +320,11 @@ impl FileOp for SourceFd {
         Error::io(self.kind().name(), Some(file.to_path_buf()), None, errno)
     }
 
-    fn complete(&mut self, result: Result<()>, _reply: Reply, _s: &mut SessionTable) -> u64 {
+    fn complete(&mut self, result: Result<()>) -> Outcome {
         if let Err(e) = result {
             self.handoff.give(Err(e));
         }
-        0
+        Outcome::Delivered { bytes: 0 }
     }
 }
 

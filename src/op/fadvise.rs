@@ -2,10 +2,8 @@
 //! page cache. Ordered like `sync_file_range`, after earlier writes to the file, so advice such
 //! as [`Advice::DontNeed`] covers the data they wrote.
 
-use super::{on_fd, FileOp, OpFd};
+use super::{on_fd, FileOp, Footprint, OpFd, OpKind};
 use crate::error::Error;
-use crate::shard::Footprint;
-use crate::stats::OpKind;
 use io_uring::{opcode, squeue};
 use std::path::Path;
 

@@ -1,8 +1,7 @@
 //! fallocate (IORING_OP_FALLOCATE): a barrier on its file; [`FallocateMode`], its typed modes.
 
-use super::{on_fd, FileOp, OpFd};
+use super::{on_fd, FileOp, OpFd, OpKind};
 use crate::error::Error;
-use crate::stats::OpKind;
 use io_uring::{opcode, squeue};
 use std::path::Path;
 

@@ -7,12 +7,9 @@
 //! before it, and the descriptor stays open until it is done (a close waits for it). The path
 //! strings belong to the op until its CQE.
 
-use super::{cwd, FileOp, OpFd};
+use super::{cwd, FileOp, OpFd, OpKind, Outcome};
 use crate::completion::Completer;
 use crate::error::{Error, Result};
-use crate::session::SessionTable;
-use crate::shard::Reply;
-use crate::stats::OpKind;
 use io_uring::{opcode, squeue};
 use std::ffi::CString;
 use std::path::Path;
@@ -64,11 +61,11 @@ impl FileOp for LinkFile {
         }
     }
 
-    fn complete(&mut self, result: Result<()>, _reply: Reply, _s: &mut SessionTable) -> u64 {
+    fn complete(&mut self, result: Result<()>) -> Outcome {
         if let Some(done) = self.done.take() {
             done.complete(result);
         }
-        0
+        Outcome::Delivered { bytes: 0 }
     }
 
     fn is_cancelled(&self) -> bool {

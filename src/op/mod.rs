@@ -6,7 +6,8 @@
 //! kind is forced to the blocking path, runs it with a plain system call
 //! ([`run_blocking`](FileOp::run_blocking)); it hands each result to
 //! [`on_result`](FileOp::on_result) (which may ask for another round: short transfers), and
-//! at the end calls [`complete`](FileOp::complete) with the outcome. The op is boxed and lives in
+//! at the end calls [`complete`](FileOp::complete) with the result and delivers the
+//! [`Outcome`] it returns. The op is boxed and lives in
 //! the shard's op table until its last CQE has arrived, so every piece of memory its SQE names
 //! (path strings, a statx buffer, iovec arrays, data) stays put whatever the caller does (drop,
 //! cancel, timeout, shutdown); a shard that stops with the op still in the kernel leaks the box.
@@ -16,26 +17,27 @@
 //!
 //! # How to add an operation
 //!
-//! 1. Add its kind to the `op_kinds!` list in `stats.rs` (one line: variant and name), and its
-//!    opcode to [`opcode_of`] (probing and the blocking-path report use it).
-//! 2. Teach the threads backend the opcode, or every SQE of the op fails there (and on the
-//!    blocking path) with EINVAL, silently: a `Code` variant and its line in `Code::of`
-//!    (`driver/sqe.rs`), and the system call that does the same in `run_blocking`
-//!    (`driver/threads.rs`), which reads the SQE's fields by the kernel's layout (`Sqe`).
-//! 3. Write `src/op/<name>.rs`: a struct that owns everything the kernel will read or write
-//!    (strings, buffers) and where its result goes (a [`Reply`] or its own `Completer`), and an
-//!    `impl FileOp` with `kind` and `sqe` (`run_blocking` runs that same SQE as a system call;
-//!    override it only for an op without an SQE, like `size`), and, as needed, `footprint` (default: a barrier on its
-//!    file), `on_result` (short transfers: return [`Step::Again`]), `error`,
+//! 1. One line in the `op_kinds!` list in `op/kind.rs`: the variant, its name and its driver
+//!    `Code` (the opcode it needs and how the blocking path runs it), or `None` for an op with no
+//!    SQE of its own (`size`, `copy_range`: it overrides [`run_blocking`](FileOp::run_blocking)).
+//!    An opcode ringshard did not use yet also needs its line in the `codes!` list and in
+//!    `Code::driver_only` (`driver/sqe.rs`) and the system call that does the same in
+//!    `run_blocking` (`driver/threads.rs`, reading the SQE's fields by the kernel's layout,
+//!    `Sqe`): none of these build until all are there, so no op can fail with EINVAL on the
+//!    threads backend for want of them.
+//! 2. Write `src/op/<name>.rs` (and its `mod` line here): a struct that owns everything the
+//!    kernel will read or write (strings, buffers), and an `impl FileOp` with `kind` and `sqe`
+//!    (`run_blocking` runs that same SQE as a system call) and, as needed, `footprint` (default:
+//!    a barrier on its file), `on_result` (short transfers: return [`Step::Again`]), `error`,
 //!    `size_at_admit`/`size_after`/`sets_size` (the file's known size, which orders reads near
-//!    the end of the file) and `complete` (ops with a result type of their own keep their
-//!    `Completer` and are sent with [`Reply::InOp`]).
-//! 4. Add a validated constructor in `request.rs` and one function that sends it (an
+//!    the end of the file), `value` and `complete`: an op whose result is a plain value (a size;
+//!    nothing) returns it in [`Outcome::Value`] and the shard delivers it through the request's
+//!    reply; one with a result type of its own keeps its `Completer`, completes it in `complete`
+//!    and returns [`Outcome::Delivered`] (it is sent with `Reply::InOp`). Nothing here imports
+//!    the shard, sessions or the executor.
+//! 3. Add a validated constructor in `request.rs` and one function that sends it (an
 //!    `ExecShared` method or a helper in `file_ops.rs`), which the public faces call: the
 //!    `Executor` method (through `Deadlined`) and, for an op on an open file, the `File` method.
-//! 5. An op with no SQE of its own (`size`, `copy_range`) overrides
-//!    [`run_blocking`](FileOp::run_blocking) instead, returns `None` from [`opcode_of`], and
-//!    needs none of step 2.
 //!
 //! An op that needs a second file (copy_file_range, FICLONERANGE; splice) gets that file's
 //! descriptor from the file's own shard: see `copy_range.rs` (a duplicate handed over, waited
@@ -54,6 +56,7 @@ pub(crate) mod append;
 pub(crate) mod copy_range;
 pub(crate) mod fadvise;
 pub(crate) mod fallocate;
+pub(crate) mod kind;
 pub(crate) mod link_file;
 pub(crate) mod open;
 pub(crate) mod path;
@@ -71,10 +74,8 @@ pub(crate) mod write;
 use crate::error::{Error, Result};
 use crate::pool::Target;
 use crate::router::FileKey;
-use crate::session::SessionTable;
-use crate::shard::{Footprint, Reply};
-use crate::stats::OpKind;
-use io_uring::{opcode, squeue, types};
+use io_uring::{squeue, types};
+pub(crate) use kind::OpKind;
 use std::os::fd::RawFd;
 use std::path::Path;
 use std::sync::Arc;
@@ -97,6 +98,20 @@ pub(crate) enum Step {
     Again,
 }
 
+/// How an op ended, from [`FileOp::complete`]: what the shard delivers.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// The result for the request's reply (a completion or a session's batch), delivered by the
+    /// shard: the op's [`value`](FileOp::value), or the error. Counts no bytes in statistics.
+    Value(Result<u64>),
+    /// The op completed its own `Completer` (its request's reply is `Reply::InOp`): nothing is
+    /// left to deliver. `bytes` moved, for statistics.
+    Delivered {
+        /// Bytes moved.
+        bytes: u64,
+    },
+}
+
 /// The directory an operation on a path is ordered in, and the path for errors.
 #[derive(Debug, Clone)]
 pub(crate) struct PathTarget {
@@ -104,6 +119,45 @@ pub(crate) struct PathTarget {
     pub key: FileKey,
     /// The path, for errors.
     pub path: Arc<Path>,
+}
+
+/// What an operation touches, for the shard's per-file order (`shard/order.rs` says what
+/// waits for what).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Footprint {
+    /// Reads bytes `start..end`.
+    Read { start: u64, end: u64 },
+    /// Writes bytes `start..end`.
+    Write { start: u64, end: u64 },
+    /// fsync / fdatasync: must follow earlier writes.
+    Sync,
+    /// close, fallocate, size: ordered against everything.
+    Barrier,
+}
+
+impl Footprint {
+    pub(crate) fn read(offset: u64, len: u64) -> Self {
+        Footprint::Read {
+            start: offset,
+            end: offset.saturating_add(len),
+        }
+    }
+
+    /// A read from `offset` that may reach the end of the file: ordered against every write that
+    /// ends above `offset`.
+    pub(crate) fn read_to_end(offset: u64) -> Self {
+        Footprint::Read {
+            start: offset,
+            end: u64::MAX,
+        }
+    }
+
+    pub(crate) fn write(offset: u64, len: u64) -> Self {
+        Footprint::Write {
+            start: offset,
+            end: offset.saturating_add(len),
+        }
+    }
 }
 
 /// One operation: an SQE (or one blocking system call), results, one completion.
@@ -180,51 +234,23 @@ pub(crate) trait FileOp: Send {
         let _ = known;
     }
 
-    /// The value delivered through a generic [`Reply`] (a size; 0 otherwise).
+    /// The value of a successful op's [`Outcome::Value`] (a size; 0 otherwise).
     fn value(&self) -> u64 {
         0
     }
 
-    /// Delivers the outcome; returns the bytes moved, for statistics. `reply` is the request's
-    /// reply: ops with results of their own type keep their `Completer` in `self` and ignore it
-    /// (it is [`Reply::InOp`]).
-    fn complete(&mut self, result: Result<()>, reply: Reply, sessions: &mut SessionTable) -> u64 {
-        let v = self.value();
-        reply.deliver(result.map(|()| v), Vec::new(), sessions);
-        0
+    /// Ends the op with `result`: what the shard is to deliver. The default hands the result (and
+    /// [`value`](Self::value)) to the request's reply; ops with results of their own type keep
+    /// their `Completer` in `self`, complete it here and return [`Outcome::Delivered`] (their
+    /// request's reply is `Reply::InOp`).
+    fn complete(&mut self, result: Result<()>) -> Outcome {
+        Outcome::Value(result.map(|()| self.value()))
     }
 
     /// Nobody waits for the result any more (ops that keep their own `Completer`).
     fn is_cancelled(&self) -> bool {
         false
     }
-}
-
-/// The opcode an op kind needs from the kernel, for probing (`None`: it needs none, or is not a
-/// [`FileOp`]).
-pub(crate) fn opcode_of(kind: OpKind) -> Option<u8> {
-    Some(match kind {
-        OpKind::Fsync | OpKind::Fdatasync => opcode::Fsync::CODE,
-        OpKind::Fallocate => opcode::Fallocate::CODE,
-        OpKind::Statx => opcode::Statx::CODE,
-        OpKind::Truncate => opcode::Ftruncate::CODE,
-        OpKind::Unlink | OpKind::RemoveDir => opcode::UnlinkAt::CODE,
-        OpKind::Mkdir => opcode::MkDirAt::CODE,
-        OpKind::Rename => opcode::RenameAt::CODE,
-        OpKind::Readv => opcode::Readv::CODE,
-        OpKind::Writev => opcode::Writev::CODE,
-        OpKind::Append => opcode::Write::CODE,
-        OpKind::SyncFileRange => opcode::SyncFileRange::CODE,
-        OpKind::Open => opcode::OpenAt::CODE,
-        // Its first round opens the directory; its getdents64 rounds have no opcode.
-        OpKind::ReadDir => opcode::OpenAt::CODE,
-        OpKind::Fadvise => opcode::Fadvise::CODE,
-        OpKind::HardLink | OpKind::LinkInto => opcode::LinkAt::CODE,
-        OpKind::Symlink => opcode::SymlinkAt::CODE,
-        // No opcode: run_blocking on the shard thread (copy_range.rs says why).
-        OpKind::CopyFileRange | OpKind::CloneRange => return None,
-        OpKind::Read | OpKind::Write | OpKind::Close | OpKind::Size | OpKind::Task => return None,
-    })
 }
 
 /// Builds an SQE on either form of descriptor (registered slot or plain).

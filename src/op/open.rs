@@ -27,25 +27,42 @@
 //! rule: its descriptor is an `OwnedFd` from `openat2`'s return, moved into the install or
 //! dropped.
 
-use super::{cwd, FileOp, OpFd, PathTarget};
+use super::{cwd, FileOp, OpFd, OpKind, Outcome, PathTarget};
 use crate::completion::Completer;
 use crate::error::{Error, Result};
-use crate::executor::ExecShared;
 use crate::fd_transit::InTransit;
-use crate::file::{File, OpenPlan};
+use crate::file::{File, FileFlags, OpenPlan};
 use crate::router::FileKey;
-use crate::session::SessionTable;
-use crate::shard::Reply;
-use crate::stats::OpKind;
 use io_uring::{opcode, squeue};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// The `dev` of the order key an open gets: no device has it (`dev_t` values fit in 32 bits), so
 /// opens are ordered against nothing (each has a key of its own, `ino` a sequence number).
 pub(crate) const OPEN_KEY_DEV: u64 = u64::MAX;
+
+/// Where an open's descriptor goes: the executor (`ExecShared`), which sends it to the shard its
+/// inode hashes to. A trait here, so that `op/` needs nothing above it.
+pub(crate) trait Installer: Send + Sync {
+    /// Shutdown has begun: an open not yet run is refused.
+    fn closed(&self) -> bool;
+
+    /// Sends `fd` to be installed on shard `on`, or if `None` on the shard `key` hashes to,
+    /// which completes `done` (or, if the message is refused, fails it and closes `fd`). Never
+    /// blocks.
+    #[allow(clippy::too_many_arguments)]
+    fn install(
+        self: Arc<Self>,
+        on: Option<usize>,
+        fd: OwnedFd,
+        key: FileKey,
+        flags: FileFlags,
+        path: &Path,
+        done: Completer<File>,
+        transit: InTransit,
+    );
+}
 
 /// Where an open is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,7 +78,7 @@ pub(crate) struct OpenAt {
     plan: OpenPlan,
     /// The path (errors) and the op's own order key.
     target: PathTarget,
-    exec: Arc<ExecShared>,
+    exec: Arc<dyn Installer>,
     done: Option<Completer<File>>,
     /// This descriptor's place in the executor's bound on descriptors in transit: taken before
     /// the open was sent, handed on with the install (or dropped with the op).
@@ -80,7 +97,7 @@ impl OpenAt {
         plan: OpenPlan,
         path: Arc<Path>,
         seq: u64,
-        exec: Arc<ExecShared>,
+        exec: Arc<dyn Installer>,
         done: Completer<File>,
         transit: InTransit,
         on: Option<usize>,
@@ -127,7 +144,7 @@ impl OpenAt {
     }
 
     fn shutting_down(&self) -> bool {
-        self.exec.closed.load(Ordering::Acquire)
+        self.exec.closed()
     }
 }
 
@@ -243,9 +260,9 @@ impl FileOp for OpenAt {
         }
     }
 
-    fn complete(&mut self, result: Result<()>, _reply: Reply, _s: &mut SessionTable) -> u64 {
+    fn complete(&mut self, result: Result<()>) -> Outcome {
         let Some(done) = self.done.take() else {
-            return 0;
+            return Outcome::Delivered { bytes: 0 };
         };
         if done.is_cancelled() {
             // Nobody waits (or the caller cancelled): not installed; a descriptor still here is
@@ -254,7 +271,7 @@ impl FileOp for OpenAt {
                 op: "open",
                 path: Some(self.target.path.to_path_buf()),
             }));
-            return 0;
+            return Outcome::Delivered { bytes: 0 };
         }
         let installed =
             result.and_then(|()| match (self.fd.take(), self.key, self.transit.take()) {
@@ -267,19 +284,20 @@ impl FileOp for OpenAt {
         match installed {
             Ok((fd, key, transit)) => {
                 let exec = Arc::clone(&self.exec);
-                let path = Arc::clone(&self.target.path);
-                let flags = self.plan.file;
-                match self.on {
-                    Some(shard) => {
-                        exec.install_on(shard, &exec, fd, key, flags, &path, done, transit, false)
-                    }
-                    None => exec.install(&exec, fd, key, flags, &path, done, transit, false),
-                }
+                exec.install(
+                    self.on,
+                    fd,
+                    key,
+                    self.plan.file,
+                    &self.target.path,
+                    done,
+                    transit,
+                );
             }
             // A descriptor still here is closed when the op drops.
             Err(e) => done.complete(Err(e)),
         }
-        0
+        Outcome::Delivered { bytes: 0 }
     }
 
     fn is_cancelled(&self) -> bool {

@@ -5,12 +5,9 @@
 //! at a time, in the order they were sent, and an `fsync` of the directory's open handle (same
 //! inode, so same shard and list) runs after them. The path strings belong to the op until its CQE.
 
-use super::{cwd, FileOp, OpFd, PathTarget};
+use super::{cwd, FileOp, OpFd, OpKind, Outcome, PathTarget};
 use crate::completion::Completer;
 use crate::error::{Error, Result};
-use crate::session::SessionTable;
-use crate::shard::Reply;
-use crate::stats::OpKind;
 use io_uring::{opcode, squeue};
 use std::ffi::CString;
 use std::path::Path;
@@ -157,11 +154,11 @@ impl FileOp for PathOp {
         }
     }
 
-    fn complete(&mut self, result: Result<()>, _reply: Reply, _s: &mut SessionTable) -> u64 {
+    fn complete(&mut self, result: Result<()>) -> Outcome {
         if let Some(done) = self.done.take() {
             done.complete(result);
         }
-        0
+        Outcome::Delivered { bytes: 0 }
     }
 
     fn is_cancelled(&self) -> bool {

@@ -2,7 +2,7 @@
 //! unboxed `IoOp::Read` in the runner (chunks over pool buffers for O_DIRECT, the result vector
 //! for the page cache); its flags and retry rule are in [`rw`](super::rw).
 
-use crate::shard::Footprint;
+use super::Footprint;
 
 /// A page-cache read asks the kernel for at most this much in its first SQE; each next SQE asks
 /// for as much as has arrived so far. So a read allocates at most about twice what it returns,

@@ -16,12 +16,9 @@
 //! listing of it interleaves). By path it is ordered in the directory's order list like a
 //! `stat`: after the unlinks, renames and mkdirs in that directory sent before it.
 
-use super::{cwd, FileOp, OpFd, PathTarget, Step};
+use super::{cwd, FileOp, Footprint, OpFd, OpKind, Outcome, PathTarget, Step};
 use crate::completion::Completer;
 use crate::error::{Error, Result};
-use crate::session::SessionTable;
-use crate::shard::{Footprint, Reply};
-use crate::stats::OpKind;
 use io_uring::{opcode, squeue};
 use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -276,11 +273,11 @@ impl FileOp for ReadDir {
         Error::io("read_dir", Some(path.to_path_buf()), None, errno)
     }
 
-    fn complete(&mut self, result: Result<()>, _reply: Reply, _s: &mut SessionTable) -> u64 {
+    fn complete(&mut self, result: Result<()>) -> Outcome {
         if let Some(done) = self.done.take() {
             done.complete(result.map(|()| std::mem::take(&mut self.entries)));
         }
-        0
+        Outcome::Delivered { bytes: 0 }
     }
 
     fn is_cancelled(&self) -> bool {

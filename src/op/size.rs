@@ -1,8 +1,7 @@
 //! size: fstat on the shard thread (cheap and never blocking on a local filesystem), as a
 //! barrier so it sees every earlier operation of the file.
 
-use super::{FileOp, OpFd};
-use crate::stats::OpKind;
+use super::{FileOp, OpFd, OpKind};
 use io_uring::squeue;
 use std::os::fd::RawFd;
 

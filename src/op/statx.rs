@@ -1,12 +1,9 @@
 //! statx (IORING_OP_STATX): the metadata of an open file (`AT_EMPTY_PATH` on its descriptor) or
 //! of a path. The statx buffer and the path belong to the op until its CQE.
 
-use super::{FileOp, OpFd, PathTarget};
+use super::{FileOp, Footprint, OpFd, OpKind, Outcome, PathTarget};
 use crate::completion::Completer;
 use crate::error::{Error, Result};
-use crate::session::SessionTable;
-use crate::shard::{Footprint, Reply};
-use crate::stats::OpKind;
 use io_uring::{opcode, squeue, types};
 use std::ffi::CString;
 use std::os::fd::RawFd;
@@ -262,11 +259,11 @@ impl FileOp for Statx {
         Error::io(op, Some(path.to_path_buf()), None, errno)
     }
 
-    fn complete(&mut self, result: Result<()>, _reply: Reply, _s: &mut SessionTable) -> u64 {
+    fn complete(&mut self, result: Result<()>) -> Outcome {
         if let Some(done) = self.done.take() {
             done.complete(result.map(|()| Metadata::from_statx(&self.buf)));
         }
-        0
+        Outcome::Delivered { bytes: 0 }
     }
 
     fn is_cancelled(&self) -> bool {

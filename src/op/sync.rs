@@ -1,8 +1,6 @@
 //! fsync and fdatasync (IORING_OP_FSYNC): ordered after every earlier write to the file.
 
-use super::{on_fd, FileOp, OpFd};
-use crate::shard::Footprint;
-use crate::stats::OpKind;
+use super::{on_fd, FileOp, Footprint, OpFd, OpKind};
 use io_uring::{opcode, squeue, types};
 
 /// fsync, or fdatasync with `datasync`.

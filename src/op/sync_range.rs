@@ -1,10 +1,8 @@
 //! sync_file_range (IORING_OP_SYNC_FILE_RANGE): ordered like fsync, after earlier writes;
 //! [`SyncRangeFlags`], its typed flags.
 
-use super::{on_fd, FileOp, OpFd};
+use super::{on_fd, FileOp, Footprint, OpFd, OpKind};
 use crate::error::Error;
-use crate::shard::Footprint;
-use crate::stats::OpKind;
 use io_uring::{opcode, squeue};
 use std::path::Path;
 

@@ -1,8 +1,7 @@
 //! set_len (IORING_OP_FTRUNCATE, Linux 6.9; `ftruncate` on the blocking path): a barrier that
 //! sets the file's known size.
 
-use super::{on_fd, FileOp, OpFd};
-use crate::stats::OpKind;
+use super::{on_fd, FileOp, OpFd, OpKind};
 use io_uring::{opcode, squeue};
 
 /// ftruncate(2) to `len`.

@@ -3,12 +3,9 @@
 //! the iovecs between rounds, never while the kernel holds them); a read that meets the end of
 //! the file returns its vectors truncated there.
 
-use super::{on_fd, FileOp, OpFd, Step};
+use super::{on_fd, FileOp, Footprint, OpFd, OpKind, Outcome, Step};
 use crate::completion::Completer;
 use crate::error::{Error, Result};
-use crate::session::SessionTable;
-use crate::shard::{Footprint, Reply};
-use crate::stats::OpKind;
 use io_uring::{opcode, squeue};
 use std::os::fd::RawFd;
 use std::path::Path;
@@ -121,13 +118,13 @@ impl FileOp for ReadV {
         }
     }
 
-    fn complete(&mut self, result: Result<()>, _reply: Reply, _s: &mut SessionTable) -> u64 {
+    fn complete(&mut self, result: Result<()>) -> Outcome {
         let Some(done) = self.reply.take() else {
-            return 0;
+            return Outcome::Delivered { bytes: 0 };
         };
         if let Err(e) = result {
             done.complete(Err(e));
-            return 0;
+            return Outcome::Delivered { bytes: 0 };
         }
         let mut start = 0usize;
         let mut bufs = std::mem::take(&mut self.bufs);
@@ -139,7 +136,9 @@ impl FileOp for ReadV {
             unsafe { b.set_len(filled) };
         }
         done.complete(Ok(bufs));
-        self.done as u64
+        Outcome::Delivered {
+            bytes: self.done as u64,
+        }
     }
 
     fn is_cancelled(&self) -> bool {
@@ -217,11 +216,13 @@ impl FileOp for WriteV {
         }
     }
 
-    fn complete(&mut self, result: Result<()>, _reply: Reply, _s: &mut SessionTable) -> u64 {
+    fn complete(&mut self, result: Result<()>) -> Outcome {
         if let Some(done) = self.reply.take() {
             done.complete(result.map(|()| self.done));
         }
-        self.done as u64
+        Outcome::Delivered {
+            bytes: self.done as u64,
+        }
     }
 
     fn is_cancelled(&self) -> bool {

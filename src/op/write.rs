@@ -2,7 +2,7 @@
 //! unboxed `IoOp::Write` in the runner (pool buffers for O_DIRECT, the caller's data on the ring,
 //! or `pwrite` on the shard thread: [`rw::pwrite_all`](super::rw::pwrite_all)).
 
-use crate::shard::Footprint;
+use super::Footprint;
 
 /// The ordering class of a write of `len` bytes at `offset`. An O_APPEND write lands at the end,
 /// wherever that is: it is ordered against everything.

@@ -15,7 +15,6 @@ mod runner;
 pub(crate) mod tasks;
 
 pub use context::{ShardContext, ShardCqe, CANCEL_USER_DATA, WAKE_USER_DATA};
-pub(crate) use order::Footprint;
 pub(crate) use runner::{notify_death, spawn, ShardConfig};
 pub use tasks::{
     block_on, local, yield_now, JoinHandle, LocalShard, PoolBuf, Sleep, YieldNow, SLOW_POLL,
@@ -127,7 +126,7 @@ impl IoOp {
     ) {
         match self {
             IoOp::File(op) => {
-                op.complete(Err(err), reply, sessions);
+                reply.deliver_outcome(op.complete(Err(err)), sessions);
             }
             io => {
                 let buf = io.take_buf();
@@ -201,6 +200,22 @@ impl Reply {
             Reply::Lease(c) => c.complete(
                 result.and_then(|_| Err(Error::invalid("read_pooled", "no pool buffer was lent"))),
             ),
+        }
+    }
+
+    /// Delivers what a [`FileOp`](crate::op::FileOp) ended with: a value through this reply, or
+    /// nothing (the op completed its own completer). Returns the bytes moved, for statistics.
+    pub(crate) fn deliver_outcome(
+        self,
+        outcome: crate::op::Outcome,
+        sessions: &mut crate::session::SessionTable,
+    ) -> u64 {
+        match outcome {
+            crate::op::Outcome::Value(result) => {
+                self.deliver(result, Vec::new(), sessions);
+                0
+            }
+            crate::op::Outcome::Delivered { bytes } => bytes,
         }
     }
 

@@ -21,46 +21,9 @@
 //! order too. A read that ends within the size the file is known to have cannot be changed by a
 //! write it does not overlap.
 
+use crate::op::Footprint;
 use crate::router::FileKey;
 use std::collections::{HashMap, VecDeque};
-
-/// What an operation touches, for ordering.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Footprint {
-    /// Reads bytes `start..end`.
-    Read { start: u64, end: u64 },
-    /// Writes bytes `start..end`.
-    Write { start: u64, end: u64 },
-    /// fsync / fdatasync: must follow earlier writes.
-    Sync,
-    /// close, fallocate, size: ordered against everything.
-    Barrier,
-}
-
-impl Footprint {
-    pub(crate) fn read(offset: u64, len: u64) -> Self {
-        Footprint::Read {
-            start: offset,
-            end: offset.saturating_add(len),
-        }
-    }
-
-    /// A read from `offset` that may reach the end of the file: ordered against every write that
-    /// ends above `offset`.
-    pub(crate) fn read_to_end(offset: u64) -> Self {
-        Footprint::Read {
-            start: offset,
-            end: u64::MAX,
-        }
-    }
-
-    pub(crate) fn write(offset: u64, len: u64) -> Self {
-        Footprint::Write {
-            start: offset,
-            end: offset.saturating_add(len),
-        }
-    }
-}
 
 fn overlap(a: (u64, u64), b: (u64, u64)) -> bool {
     a.0 < b.1 && b.0 < a.1

@@ -36,7 +36,7 @@ use super::files::{FileEntry, FileTable};
 use super::ops::{
     CancelWhy, Chunk, DataPath, Op, OpTable, GEN_MASK, MAX_SQE_BYTES, SLOT_BITS, SLOT_MASK,
 };
-use super::order::{Footprint, Ordering};
+use super::order::Ordering;
 use super::tasks::{self, TimerState, TASK_BUDGET};
 use super::{
     IoOp, IoRequest, Message, Reply, ShardLink, ShardShared, Task, AWAKE, IN_RING, ON_FUTEX,
@@ -47,6 +47,7 @@ use crate::error::{Error, Result};
 use crate::file::{File, FileFlags, FileInner, FileRef};
 use crate::inline::InlineFile;
 use crate::numa;
+use crate::op::Footprint;
 use crate::pool::PoolFit;
 use crate::pool::{Direction, RegisteredBufferPool, Target};
 use crate::ring::{pin_workers, RingConfig};
@@ -1876,7 +1877,7 @@ impl Shard {
             }
         }
         let ok = result.is_ok();
-        let bytes = f.complete(result, reply, &mut self.sessions);
+        let bytes = reply.deliver_outcome(f.complete(result), &mut self.sessions);
         if ok {
             self.stats.record(kind, bytes, lat);
         }
@@ -2248,7 +2249,7 @@ fn probe_blocking(ring: &Driver, forced: &[OpKind]) -> [bool; OpKind::COUNT] {
     let supported = ring.opcode_support();
     let mut out = [false; OpKind::COUNT];
     for kind in OpKind::ALL {
-        let Some(code) = crate::op::opcode_of(kind) else {
+        let Some(code) = kind.opcode() else {
             continue;
         };
         out[kind.index()] = forced.contains(&kind) || !supported(code);

@@ -3,8 +3,10 @@
 //! path (every kind forced there): fadvise, hard and symbolic links, O_TMPFILE published with a
 //! link, directory listings.
 
+mod executor_util;
+
+use executor_util::resident_pages;
 use ringshard::{Advice, Error, Executor, OpKind, OpenOptions};
-use std::os::fd::AsRawFd;
 use std::path::Path;
 
 fn exec() -> Executor {
@@ -34,32 +36,6 @@ fn rw() -> OpenOptions {
 
 fn errno(e: &Error) -> i32 {
     e.errno().unwrap_or_else(|| panic!("no errno in {e:?}"))
-}
-
-/// Which pages of `path` are in the page cache (`mincore` of a shared mapping, unmapped again
-/// at once: a mapped page would not be dropped by DONTNEED).
-fn resident_pages(path: &Path) -> Vec<bool> {
-    let f = std::fs::File::open(path).unwrap();
-    let len = f.metadata().unwrap().len() as usize;
-    // SAFETY: a read-only shared mapping of a file we opened; unmapped below, never read.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            f.as_raw_fd(),
-            0,
-        )
-    };
-    assert_ne!(p, libc::MAP_FAILED, "mmap");
-    let mut vec = vec![0u8; len.div_ceil(4096)];
-    // SAFETY: `p` maps `len` bytes; `vec` has one byte per page.
-    let r = unsafe { libc::mincore(p, len, vec.as_mut_ptr()) };
-    // SAFETY: unmaps what was mapped above.
-    unsafe { libc::munmap(p, len) };
-    assert_eq!(r, 0, "mincore");
-    vec.iter().map(|b| b & 1 != 0).collect()
 }
 
 #[test]

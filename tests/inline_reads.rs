@@ -339,34 +339,6 @@ fn a_read_after_an_unfinished_mutation_waits_for_it() {
     }
 }
 
-/// Which pages of `path` are in the page cache (`mincore` of a shared mapping).
-fn resident_pages(path: &Path) -> Vec<bool> {
-    let f = std::fs::File::open(path).unwrap();
-    let len = f.metadata().unwrap().len() as usize;
-    if len == 0 {
-        return Vec::new();
-    }
-    // SAFETY: a read-only shared mapping of a file we opened; unmapped below, never read.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            f.as_raw_fd(),
-            0,
-        )
-    };
-    assert_ne!(p, libc::MAP_FAILED, "mmap");
-    let mut vec = vec![0u8; len.div_ceil(4096)];
-    // SAFETY: `p` maps `len` bytes; `vec` has one byte per page.
-    let r = unsafe { libc::mincore(p, len, vec.as_mut_ptr()) };
-    // SAFETY: unmaps what was mapped above.
-    unsafe { libc::munmap(p, len) };
-    assert_eq!(r, 0, "mincore");
-    vec.iter().map(|b| b & 1 != 0).collect()
-}
-
 /// Writes back and drops `path`'s pages from the page cache; checks that none is left.
 fn drop_cache(path: &Path) {
     let f = std::fs::File::open(path).unwrap();

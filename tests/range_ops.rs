@@ -1,6 +1,8 @@
 //! Range operations on real files, on whichever backend `RINGSHARD_BACKEND` picks: typed
 //! fallocate modes and sync_file_range flags.
 
+mod executor_util;
+
 use ringshard::{Error, Executor, FallocateMode, File, OpenOptions, SyncRangeFlags};
 use std::path::Path;
 
@@ -355,30 +357,10 @@ fn a_copy_whose_source_was_closed_fails_with_the_sources_error_and_does_not_hang
     assert_eq!(dst.read_at(0, 100).wait().unwrap(), vec![2u8; 10]);
 }
 
-/// Pages of `path` in the page cache, and pages in all (mincore over a shared mapping).
+/// Pages of `path` in the page cache, and pages in all.
 fn resident(path: &Path) -> (usize, usize) {
-    use std::os::fd::AsRawFd;
-    let f = std::fs::File::open(path).unwrap();
-    let len = f.metadata().unwrap().len() as usize;
-    let page = 4096;
-    let pages = len.div_ceil(page);
-    // SAFETY: a fresh read-only shared mapping of the whole file, unmapped below; mincore
-    // writes one byte per page into a vector of that many.
-    unsafe {
-        let p = libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            f.as_raw_fd(),
-            0,
-        );
-        assert_ne!(p, libc::MAP_FAILED);
-        let mut v = vec![0u8; pages];
-        assert_eq!(libc::mincore(p, len, v.as_mut_ptr()), 0);
-        libc::munmap(p, len);
-        (v.iter().filter(|&&b| b & 1 != 0).count(), pages)
-    }
+    let pages = executor_util::resident_pages(path);
+    (pages.iter().filter(|&&r| r).count(), pages.len())
 }
 
 /// Writes `len` bytes to `path`, makes them durable and drops them from the page cache.

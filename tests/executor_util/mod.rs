@@ -448,3 +448,31 @@ pub fn hold_shard(exec: &Executor, shard: usize) -> (std::sync::mpsc::Sender<()>
     started_rx.recv_timeout(HANG).expect("the task started");
     (gate_tx, task)
 }
+
+/// Which pages of `path` are in the page cache (`mincore` of a shared mapping).
+pub fn resident_pages(path: &Path) -> Vec<bool> {
+    let f = std::fs::File::open(path).unwrap();
+    let len = f.metadata().unwrap().len() as usize;
+    if len == 0 {
+        return Vec::new();
+    }
+    // SAFETY: a read-only shared mapping of a file we opened; unmapped below, never read.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED, "mmap");
+    let mut vec = vec![0u8; len.div_ceil(4096)];
+    // SAFETY: `p` maps `len` bytes; `vec` has one byte per page.
+    let r = unsafe { libc::mincore(p, len, vec.as_mut_ptr()) };
+    // SAFETY: unmaps what was mapped above.
+    unsafe { libc::munmap(p, len) };
+    assert_eq!(r, 0, "mincore");
+    vec.iter().map(|b| b & 1 != 0).collect()
+}

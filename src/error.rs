@@ -779,6 +779,17 @@ pub(crate) fn memlock_limit() -> Option<u64> {
     }
 }
 
+/// The text of a panic payload.
+pub(crate) fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a non-text panic payload".to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

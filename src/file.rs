@@ -331,7 +331,7 @@ pub(crate) struct FileInner {
     pub(crate) key: FileKey,
     pub(crate) flags: FileFlags,
     pub(crate) path: Arc<Path>,
-    pub(crate) exec: Arc<crate::executor::ExecShared>,
+    pub(crate) exec: Arc<crate::routes::ExecShared>,
     /// An explicit close was sent: the drop sends none.
     pub(crate) closed: AtomicBool,
     /// What inline reads on the caller's thread need: the shard's descriptor (retired before it

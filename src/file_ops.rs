@@ -1,7 +1,7 @@
 //! Operations on the file itself: `file.read_at(..)`, `file.write_all_at(..)`, `file.sync_all()`,
 //! ... as std, tokio and tokio-uring put them on their files. A [`File`] knows its executor, so
 //! these need none at hand; each builds the same checked request as the [`Executor`] method of
-//! the same operation (`request.rs`) and routes it the same way, so checks, order, data paths,
+//! the same operation (`validate.rs`) and routes it the same way, so checks, order, data paths,
 //! statistics and errors are those of the executor's.
 //!
 //! [`Executor`]: crate::Executor
@@ -9,11 +9,11 @@
 use crate::buf::{self, BufCompletion, IoBuf, IoBufMut, RawBuf};
 use crate::completion::Completion;
 use crate::error::Error;
-use crate::executor::ExecShared;
 use crate::file::File;
 use crate::op::{self, FileOp};
-use crate::request;
+use crate::routes::ExecShared;
 use crate::shard::{IoOp, Reply};
+use crate::validate;
 use std::sync::atomic::Ordering;
 
 /// Closes `file` after every earlier operation on it: later operations on any clone fail with
@@ -34,7 +34,7 @@ pub(crate) fn fadvise(
     advice: crate::Advice,
     deadline: Option<std::time::Instant>,
 ) -> Completion<()> {
-    let op = request::fadvise_op(offset, len, advice);
+    let op = validate::fadvise_op(offset, len, advice);
     file.shared().request(file, op, Reply::Unit, deadline)
 }
 
@@ -99,7 +99,7 @@ impl File {
     /// `crate::inline`).
     pub(crate) fn read_raw(&self, vec: Vec<u8>, len: usize, offset: u64) -> Completion<RawBuf> {
         let limits = self.shared().limits;
-        let op = request::read_op_keep(self, offset, len, vec, crate::RwFlags::empty(), limits);
+        let op = validate::read_op_keep(self, offset, len, vec, crate::RwFlags::empty(), limits);
         match op {
             Ok(op) => match self.shared().inline_op(self, Ok(op)) {
                 Ok(data) => Completion::ready(Ok((Ok(data.len() as u64), data))),
@@ -112,7 +112,7 @@ impl File {
     /// A write of all of `vec` at `offset`, with the vector back whatever happens.
     pub(crate) fn write_raw(&self, vec: Vec<u8>, offset: u64) -> Completion<RawBuf> {
         let limits = self.shared().limits;
-        self.buf_request(request::write_op_keep(
+        self.buf_request(validate::write_op_keep(
             self,
             offset,
             vec,
@@ -139,7 +139,7 @@ impl File {
     /// `NOWAIT`, `HIPRI`); see [`Executor::read_with`](crate::Executor::read_with).
     pub fn read_with(&self, offset: u64, len: usize, flags: crate::RwFlags) -> Completion<Vec<u8>> {
         let limits = self.shared().limits;
-        let op = request::read_op_with(self, offset, len, Vec::new(), flags, limits);
+        let op = validate::read_op_with(self, offset, len, Vec::new(), flags, limits);
         self.shared().request(self, op, Reply::Data, None)
     }
 
@@ -160,7 +160,7 @@ impl File {
     pub fn read_vectored(&self, offset: u64, lens: &[usize]) -> Completion<Vec<Vec<u8>>> {
         let limits = self.shared().limits;
         let lens = lens.to_vec();
-        let make = request::vectored(
+        let make = validate::vectored(
             self,
             "readv",
             offset,
@@ -182,7 +182,7 @@ impl File {
     /// Short writes are continued, so fewer bytes always mean that an error stopped the write.
     /// For "all or an error", use [`write_all_at`](Self::write_all_at).
     pub fn write_at(&self, offset: u64, data: impl Into<Vec<u8>>) -> Completion<usize> {
-        let op = request::write_op(self, offset, data.into(), self.shared().limits);
+        let op = validate::write_op(self, offset, data.into(), self.shared().limits);
         self.shared().request(self, op, Reply::Landed, None)
     }
 
@@ -190,7 +190,7 @@ impl File {
     /// [`written`](Error::written) says how much of it landed. The same operation as
     /// [`Executor::write`](crate::Executor::write).
     pub fn write_all_at(&self, offset: u64, data: impl Into<Vec<u8>>) -> Completion<()> {
-        let op = request::write_op(self, offset, data.into(), self.shared().limits);
+        let op = validate::write_op(self, offset, data.into(), self.shared().limits);
         self.shared().request(self, op, Reply::Unit, None)
     }
 
@@ -205,7 +205,7 @@ impl File {
         flags: crate::RwFlags,
     ) -> Completion<usize> {
         let limits = self.shared().limits;
-        let op = request::write_op_with(self, offset, data.into(), flags, limits);
+        let op = validate::write_op_with(self, offset, data.into(), flags, limits);
         self.shared().request(self, op, Reply::Landed, None)
     }
 
@@ -227,7 +227,7 @@ impl File {
     /// [`Executor::write_vectored`](crate::Executor::write_vectored).
     pub fn write_vectored(&self, offset: u64, bufs: Vec<Vec<u8>>) -> Completion<usize> {
         let limits = self.shared().limits;
-        let make = request::vectored(
+        let make = validate::vectored(
             self,
             "writev",
             offset,
@@ -249,7 +249,7 @@ impl File {
     /// [`Executor::append`](crate::Executor::append).
     pub fn append(&self, data: impl Into<Vec<u8>>) -> Completion<crate::Appended> {
         let data = data.into();
-        let make = request::append(self, data.len(), self.shared().limits)
+        let make = validate::append(self, data.len(), self.shared().limits)
             .map(|()| move |done| Box::new(op::append::Append::new(data, done)) as Box<dyn FileOp>);
         self.shared().request_op(self, make, None)
     }
@@ -258,14 +258,14 @@ impl File {
     /// metadata are durable ([`Executor::fsync`](crate::Executor::fsync)).
     pub fn sync_all(&self) -> Completion<()> {
         self.shared()
-            .request(self, Ok(request::sync_op(false)), Reply::Unit, None)
+            .request(self, Ok(validate::sync_op(false)), Reply::Unit, None)
     }
 
     /// fdatasync: [`sync_all`](Self::sync_all) without the metadata reads do not need
     /// ([`Executor::fdatasync`](crate::Executor::fdatasync)).
     pub fn sync_data(&self) -> Completion<()> {
         self.shared()
-            .request(self, Ok(request::sync_op(true)), Reply::Unit, None)
+            .request(self, Ok(validate::sync_op(true)), Reply::Unit, None)
     }
 
     /// `sync_file_range(2)`; see [`Executor::sync_file_range`](crate::Executor::sync_file_range).
@@ -275,7 +275,7 @@ impl File {
         len: u64,
         flags: crate::SyncRangeFlags,
     ) -> Completion<()> {
-        let op = request::sync_file_range(offset, len, flags);
+        let op = validate::sync_file_range(offset, len, flags);
         self.shared().request(self, op, Reply::Unit, None)
     }
 
@@ -288,20 +288,20 @@ impl File {
     /// The file's size, after every earlier operation on it.
     pub fn size(&self) -> Completion<u64> {
         self.shared()
-            .request(self, Ok(request::size_op()), Reply::Size, None)
+            .request(self, Ok(validate::size_op()), Reply::Size, None)
     }
 
     /// Sets the file's length (`ftruncate`); needs write access. See
     /// [`Executor::set_len`](crate::Executor::set_len).
     pub fn set_len(&self, len: u64) -> Completion<()> {
-        let op = request::set_len(self, len)
+        let op = validate::set_len(self, len)
             .map(|()| IoOp::File(Box::new(op::truncate::Truncate { len })));
         self.shared().request(self, op, Reply::Unit, None)
     }
 
     /// `fallocate(2)` with `mode`; see [`Executor::fallocate`](crate::Executor::fallocate).
     pub fn fallocate(&self, mode: crate::FallocateMode, offset: u64, len: u64) -> Completion<()> {
-        let op = request::fallocate_op(mode, offset, len);
+        let op = validate::fallocate_op(mode, offset, len);
         self.shared().request(self, op, Reply::Unit, None)
     }
 

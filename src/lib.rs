@@ -133,8 +133,11 @@
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod batch;
 pub mod buf;
+mod builder;
 pub mod completion;
+mod deadlined;
 mod driver;
 pub mod error;
 pub mod executor;
@@ -148,7 +151,12 @@ pub mod numa;
 mod op;
 mod park;
 pub mod pool;
-pub mod request;
+mod routes;
+mod validate;
+/// The request size limits (the checks themselves are in the crate's `validate` module).
+pub mod request {
+    pub use crate::validate::{DEFAULT_MAX_REQUEST_SIZE, MAX_REQUEST_SIZE_LIMIT};
+}
 pub mod ring;
 pub mod router;
 pub mod session;

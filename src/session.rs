@@ -17,11 +17,11 @@
 
 use crate::completion::wake_guarded;
 use crate::error::{Error, Result};
-use crate::executor::ExecShared;
 use crate::file::{File, FileRef};
 use crate::park;
-use crate::request::{self, Limits};
+use crate::routes::ExecShared;
 use crate::shard::{IoOp, Message};
+use crate::validate::{self, Limits};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -273,7 +273,7 @@ impl Session {
         token: u64,
     ) -> Result<()> {
         let limits = self.limits();
-        if let Err(e) = request::read(file, offset, len, limits) {
+        if let Err(e) = validate::read(file, offset, len, limits) {
             return self.submit(file, Err(e), token, buf);
         }
         if self.in_flight >= self.capacity {
@@ -313,7 +313,7 @@ impl Session {
     /// the session is full; other errors come back as the request's result, with `data`.
     pub fn write(&mut self, file: &File, offset: u64, data: Vec<u8>, token: u64) -> Result<()> {
         let limits = self.limits();
-        match request::write(file, offset, data.len(), limits) {
+        match validate::write(file, offset, data.len(), limits) {
             Ok(()) => self.submit(
                 file,
                 Ok(IoOp::Write {
@@ -330,12 +330,12 @@ impl Session {
 
     /// Queues an fsync: done after every earlier write to the file is durable.
     pub fn fsync(&mut self, file: &File, token: u64) -> Result<()> {
-        self.submit(file, Ok(crate::request::sync_op(false)), token, Vec::new())
+        self.submit(file, Ok(crate::validate::sync_op(false)), token, Vec::new())
     }
 
     /// Queues an fdatasync.
     pub fn fdatasync(&mut self, file: &File, token: u64) -> Result<()> {
-        self.submit(file, Ok(crate::request::sync_op(true)), token, Vec::new())
+        self.submit(file, Ok(crate::validate::sync_op(true)), token, Vec::new())
     }
 
     /// Sends the queued requests: one message and at most one wake-up per shard. Never blocks.

@@ -8,7 +8,7 @@
 //! it out of the table), or when the shard stops, whichever comes first.
 
 use crate::error::{Error, Result};
-use crate::executor::ExecShared;
+use crate::routes::ExecShared;
 use crate::shard::tasks::{local, spawn, spawn_result, JoinHandle, LocalShard};
 use std::any::Any;
 use std::cell::RefCell;

@@ -44,7 +44,7 @@ impl Advice {
 /// fadvise of `len` bytes (0: to the end of the file) at `offset`.
 pub(crate) struct Fadvise {
     pub offset: u64,
-    /// The SQE's length field is 32 bits wide (checked in `request::fadvise_op`).
+    /// The SQE's length field is 32 bits wide (checked in `validate::fadvise_op`).
     pub len: u32,
     pub advice: Advice,
 }

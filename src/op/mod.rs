@@ -35,7 +35,7 @@
 //!    reply; one with a result type of its own keeps its `Completer`, completes it in `complete`
 //!    and returns [`Outcome::Delivered`] (it is sent with `Reply::InOp`). Nothing here imports
 //!    the shard, sessions or the executor.
-//! 3. Add a validated constructor in `request.rs` and one function that sends it (an
+//! 3. Add a validated constructor in `validate.rs` and one function that sends it (an
 //!    `ExecShared` method or a helper in `file_ops.rs`), which the public faces call: the
 //!    `Executor` method (through `Deadlined`) and, for an op on an open file, the `File` method.
 //!

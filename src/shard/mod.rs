@@ -48,7 +48,7 @@ pub(crate) struct IoRequest {
 }
 
 /// What an [`IoRequest`] does. Validated by the caller's side before it is sent
-/// (see `request.rs`).
+/// (see `validate.rs`).
 pub(crate) enum IoOp {
     Read {
         offset: u64,
@@ -254,7 +254,7 @@ pub(crate) enum Message {
         flags: FileFlags,
         path: Arc<Path>,
         /// The executor, for the handle's close-on-drop.
-        exec: Arc<crate::executor::ExecShared>,
+        exec: Arc<crate::routes::ExecShared>,
         done: Completer<File>,
         /// Dropped once the shard has the descriptor in its file table (or never will).
         transit: crate::fd_transit::InTransit,
@@ -264,7 +264,7 @@ pub(crate) enum Message {
     },
     Task(Task),
     /// The executor, for tasks (`ringshard::local()`); sent once after the shards start.
-    SetExec(std::sync::Weak<crate::executor::ExecShared>),
+    SetExec(std::sync::Weak<crate::routes::ExecShared>),
     /// An async task woken on another thread: it runs on the shard's next batch.
     Run(async_task::Runnable),
     Stats(Completer<ShardStats>),
@@ -463,3 +463,6 @@ impl ShardLink {
         }
     }
 }
+
+/// The panic payload of `Executor::kill_shard_for_tests`: the shard lets it unwind.
+pub(crate) struct KillShard;

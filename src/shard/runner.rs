@@ -904,7 +904,7 @@ impl Shard {
         key: FileKey,
         flags: FileFlags,
         path: Arc<Path>,
-        exec: Arc<crate::executor::ExecShared>,
+        exec: Arc<crate::routes::ExecShared>,
         done: Completer<File>,
         count_open: bool,
     ) {
@@ -2102,7 +2102,7 @@ impl Shard {
                 // take the shard down: its buffers are drained below all the same.
                 let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task(&mut ctx)));
                 if let Err(p) = run {
-                    if p.is::<crate::executor::KillShard>() {
+                    if p.is::<super::KillShard>() {
                         std::panic::resume_unwind(p);
                     }
                 }

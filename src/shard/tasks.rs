@@ -19,8 +19,8 @@
 use super::{IoOp, IoRequest, Message, Reply};
 use crate::completion::{current_shard, pair, Completion};
 use crate::error::{Error, Result};
-use crate::executor::ExecShared;
 use crate::file::File;
+use crate::routes::ExecShared;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
@@ -139,7 +139,7 @@ impl<T, F: Future<Output = Result<T>>> Future for Guarded<F> {
             // async-task never polls a finished task again, so the broken future is only dropped.
             Err(p) => Poll::Ready(Err(Error::TaskPanicked {
                 shard,
-                message: crate::executor::panic_text(p.as_ref()),
+                message: crate::error::panic_text(p.as_ref()),
             })),
         }
     }
@@ -733,7 +733,7 @@ impl LocalShard {
 
     /// Writes all of `data` at `offset` (see [`Executor::write`](crate::Executor::write)).
     pub fn write(&self, file: &File, offset: u64, data: impl Into<Vec<u8>>) -> Completion<usize> {
-        let op = crate::request::write_op(file, offset, data.into(), self.exec.limits);
+        let op = crate::validate::write_op(file, offset, data.into(), self.exec.limits);
         self.exec.request(file, op, Reply::Count, None)
     }
 
@@ -755,7 +755,7 @@ impl LocalShard {
                 ),
             ));
         }
-        let op = crate::request::read_op(file, offset, len, Vec::new(), self.exec.limits);
+        let op = crate::validate::read_op(file, offset, len, Vec::new(), self.exec.limits);
         let lease = self.exec.request(file, op, Reply::Lease, None).await?;
         Ok(PoolBuf {
             lease,
@@ -766,19 +766,19 @@ impl LocalShard {
     /// fsync, after every earlier write to the file.
     pub fn fsync(&self, file: &File) -> Completion<()> {
         self.exec
-            .request(file, Ok(crate::request::sync_op(false)), Reply::Unit, None)
+            .request(file, Ok(crate::validate::sync_op(false)), Reply::Unit, None)
     }
 
     /// fdatasync, after every earlier write to the file.
     pub fn fdatasync(&self, file: &File) -> Completion<()> {
         self.exec
-            .request(file, Ok(crate::request::sync_op(true)), Reply::Unit, None)
+            .request(file, Ok(crate::validate::sync_op(true)), Reply::Unit, None)
     }
 
     /// The file's size, after every earlier operation on it.
     pub fn size(&self, file: &File) -> Completion<u64> {
         self.exec
-            .request(file, Ok(crate::request::size_op()), Reply::Size, None)
+            .request(file, Ok(crate::validate::size_op()), Reply::Size, None)
     }
 
     /// Completes after at least `d`, through an `IORING_OP_TIMEOUT` on this shard's ring (no

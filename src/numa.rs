@@ -5,7 +5,6 @@
 //! `libc::syscall`. Node masks are fixed at [`MAX_NODES`] bits.
 
 use crate::error::{Error, Result};
-use crate::stats::MemPolicy;
 use std::ptr::NonNull;
 
 /// Highest NUMA node count ringshard can address (the size of the node masks it passes the kernel).
@@ -252,6 +251,31 @@ pub(crate) fn last_errno() -> i32 {
     std::io::Error::last_os_error()
         .raw_os_error()
         .unwrap_or(libc::EIO)
+}
+
+/// What became of a shard thread's NUMA memory policy (`set_mempolicy(MPOL_PREFERRED)` for the
+/// node of its core), which puts its ring, stacks and heap pages on that node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum MemPolicy {
+    /// The thread prefers memory from its node.
+    Preferred,
+    /// The kernel refused the policy (no NUMA support, or a seccomp filter): memory comes from
+    /// wherever the kernel's default policy puts it.
+    Failed {
+        /// The errno of `set_mempolicy`.
+        errno: i32,
+    },
+}
+
+impl MemPolicy {
+    /// `"preferred"` or `"failed"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            MemPolicy::Preferred => "preferred",
+            MemPolicy::Failed { .. } => "failed",
+        }
+    }
 }
 
 #[cfg(test)]

@@ -39,7 +39,7 @@ impl Deadlined<'_> {
         file: &File,
         offset: u64,
         len: usize,
-        flags: crate::RwFlags,
+        flags: crate::op::rw::RwFlags,
     ) -> Completion<Vec<u8>> {
         let op = validate::read_op_with(
             file,
@@ -60,7 +60,7 @@ impl Deadlined<'_> {
         file: &File,
         offset: u64,
         data: impl Into<Vec<u8>>,
-        flags: crate::RwFlags,
+        flags: crate::op::rw::RwFlags,
     ) -> Completion<usize> {
         let op = validate::write_op_with(file, offset, data.into(), flags, self.exec.shared.limits);
         self.exec
@@ -85,17 +85,21 @@ impl Deadlined<'_> {
     }
 
     /// [`Executor::metadata`] with the deadline.
-    pub fn metadata(&self, file: &File) -> Completion<crate::Metadata> {
+    pub fn metadata(&self, file: &File) -> Completion<crate::op::statx::Metadata> {
         let make = |done| Box::new(op::statx::Statx::of_file(done)) as Box<dyn FileOp>;
         self.exec.shared.request_op(file, Ok(make), self.deadline)
     }
 
     /// [`Executor::stat`] with the deadline.
-    pub fn stat(&self, path: impl AsRef<Path>) -> Completion<crate::Metadata> {
+    pub fn stat(&self, path: impl AsRef<Path>) -> Completion<crate::op::statx::Metadata> {
         self.stat_with(path.as_ref(), false)
     }
 
-    pub(crate) fn stat_with(&self, path: &Path, nofollow: bool) -> Completion<crate::Metadata> {
+    pub(crate) fn stat_with(
+        &self,
+        path: &Path,
+        nofollow: bool,
+    ) -> Completion<crate::op::statx::Metadata> {
         self.exec.shared.request_path(
             "stat",
             path,
@@ -120,7 +124,7 @@ impl Deadlined<'_> {
         file: &File,
         offset: u64,
         len: u64,
-        flags: crate::SyncRangeFlags,
+        flags: crate::op::sync_range::SyncRangeFlags,
     ) -> Completion<()> {
         let op = validate::sync_file_range(offset, len, flags);
         self.exec
@@ -134,12 +138,12 @@ impl Deadlined<'_> {
         file: &File,
         offset: u64,
         len: u64,
-        advice: crate::Advice,
+        advice: crate::op::fadvise::Advice,
     ) -> Completion<()> {
         if let Err(e) = self.exec.shared.check_owner(file) {
             return Completion::ready(Err(e));
         }
-        crate::file_ops::fadvise(file, offset, len, advice, self.deadline)
+        crate::routes::fadvise(file, offset, len, advice, self.deadline)
     }
 
     /// [`Executor::read_vectored`] with the deadline.
@@ -192,7 +196,11 @@ impl Deadlined<'_> {
     }
 
     /// [`Executor::append`] with the deadline.
-    pub fn append(&self, file: &File, data: impl Into<Vec<u8>>) -> Completion<crate::Appended> {
+    pub fn append(
+        &self,
+        file: &File,
+        data: impl Into<Vec<u8>>,
+    ) -> Completion<crate::op::append::Appended> {
         let data = data.into();
         let make = validate::append(file, data.len(), self.exec.shared.limits)
             .map(|()| move |done| Box::new(op::append::Append::new(data, done)) as Box<dyn FileOp>);
@@ -221,7 +229,7 @@ impl Deadlined<'_> {
         &self,
         from: impl AsRef<Path>,
         to: impl AsRef<Path>,
-        flags: crate::RenameFlags,
+        flags: crate::op::path::RenameFlags,
     ) -> Completion<()> {
         let (from, to) = (from.as_ref(), to.as_ref());
         // Directories renamed away or replaced: route what is at these paths anew.
@@ -246,7 +254,10 @@ impl Deadlined<'_> {
     }
 
     /// [`Executor::read_dir`] with the deadline.
-    pub fn read_dir(&self, path: impl AsRef<Path>) -> Completion<Vec<crate::DirEntry>> {
+    pub fn read_dir(
+        &self,
+        path: impl AsRef<Path>,
+    ) -> Completion<Vec<crate::op::read_dir::DirEntry>> {
         self.exec.shared.request_path(
             "read_dir",
             path.as_ref(),
@@ -261,7 +272,7 @@ impl Deadlined<'_> {
         if let Err(e) = self.exec.shared.check_owner(file) {
             return Completion::ready(Err(e));
         }
-        crate::file_ops::link_into(file, path.as_ref(), self.deadline)
+        crate::routes::link_into(file, path.as_ref(), self.deadline)
     }
 
     /// [`Executor::hard_link`] with the deadline.

@@ -239,7 +239,7 @@ impl Executor {
         file: &File,
         offset: u64,
         len: usize,
-        flags: crate::RwFlags,
+        flags: crate::op::rw::RwFlags,
     ) -> Completion<Vec<u8>> {
         self.with_deadline(None).read_with(file, offset, len, flags)
     }
@@ -253,7 +253,7 @@ impl Executor {
         file: &File,
         offset: u64,
         data: impl Into<Vec<u8>>,
-        flags: crate::RwFlags,
+        flags: crate::op::rw::RwFlags,
     ) -> Completion<usize> {
         self.with_deadline(None)
             .write_with(file, offset, data, flags)
@@ -276,7 +276,7 @@ impl Executor {
     pub fn fallocate(
         &self,
         file: &File,
-        mode: crate::FallocateMode,
+        mode: crate::op::fallocate::FallocateMode,
         offset: u64,
         len: u64,
     ) -> Completion<()> {
@@ -345,19 +345,22 @@ impl Executor {
     }
 
     /// The file's metadata (`statx` on its descriptor), after every earlier operation on it.
-    pub fn metadata(&self, file: &File) -> Completion<crate::Metadata> {
+    pub fn metadata(&self, file: &File) -> Completion<crate::op::statx::Metadata> {
         self.with_deadline(None).metadata(file)
     }
 
     /// The metadata of the file at `path` (`statx`, following a final symlink). Routed and
     /// ordered like the other path operations (see [`unlink`](Self::unlink)).
-    pub fn stat(&self, path: impl AsRef<Path>) -> Completion<crate::Metadata> {
+    pub fn stat(&self, path: impl AsRef<Path>) -> Completion<crate::op::statx::Metadata> {
         self.with_deadline(None).stat(path)
     }
 
     /// [`stat`](Self::stat) without following a final symlink (so
     /// [`Metadata::is_symlink`](crate::Metadata::is_symlink) can be true).
-    pub fn symlink_metadata(&self, path: impl AsRef<Path>) -> Completion<crate::Metadata> {
+    pub fn symlink_metadata(
+        &self,
+        path: impl AsRef<Path>,
+    ) -> Completion<crate::op::statx::Metadata> {
         self.with_deadline(None).stat_with(path.as_ref(), true)
     }
 
@@ -376,7 +379,7 @@ impl Executor {
         file: &File,
         offset: u64,
         len: u64,
-        flags: crate::SyncRangeFlags,
+        flags: crate::op::sync_range::SyncRangeFlags,
     ) -> Completion<()> {
         self.with_deadline(None)
             .sync_file_range(file, offset, len, flags)
@@ -393,7 +396,7 @@ impl Executor {
         file: &File,
         offset: u64,
         len: u64,
-        advice: crate::Advice,
+        advice: crate::op::fadvise::Advice,
     ) -> Completion<()> {
         self.with_deadline(None).fadvise(file, offset, len, advice)
     }
@@ -429,7 +432,11 @@ impl Executor {
     /// offset is exact even when other processes append to the file too (the shard reads its
     /// descriptor's position after the write). If a short write had to be continued after
     /// another process appended, the data is not contiguous and the call fails with EIO.
-    pub fn append(&self, file: &File, data: impl Into<Vec<u8>>) -> Completion<crate::Appended> {
+    pub fn append(
+        &self,
+        file: &File,
+        data: impl Into<Vec<u8>>,
+    ) -> Completion<crate::op::append::Appended> {
         self.with_deadline(None).append(file, data)
     }
 
@@ -470,7 +477,7 @@ impl Executor {
         &self,
         from: impl AsRef<Path>,
         to: impl AsRef<Path>,
-        flags: crate::RenameFlags,
+        flags: crate::op::path::RenameFlags,
     ) -> Completion<()> {
         self.with_deadline(None).rename(from, to, flags)
     }
@@ -507,7 +514,10 @@ impl Executor {
     /// MB). Routing it blocks the caller on one stat(2) of the directory the first time it is
     /// seen. Errors (ENOENT, ENOTDIR, EACCES) name `read_dir` and the path. On an open
     /// directory handle: [`File::read_dir`].
-    pub fn read_dir(&self, path: impl AsRef<Path>) -> Completion<Vec<crate::DirEntry>> {
+    pub fn read_dir(
+        &self,
+        path: impl AsRef<Path>,
+    ) -> Completion<Vec<crate::op::read_dir::DirEntry>> {
         self.with_deadline(None).read_dir(path)
     }
 
@@ -542,7 +552,7 @@ impl Executor {
         if let Err(e) = self.shared.check_owner(file) {
             return Completion::ready(Err(e));
         }
-        crate::file_ops::close(file)
+        crate::routes::close(file)
     }
 
     /// Requests with a deadline `timeout` from now: one not done by then is cancelled (not
@@ -701,7 +711,7 @@ impl Executor {
     /// Blocks until every shard has built its `T` (a [`WouldDeadlock`](Error::WouldDeadlock)
     /// on a shard's own thread); [`sharded_async`](Self::sharded_async) awaits instead. A panic
     /// in `make` fails the call with [`Error::TaskPanicked`].
-    pub fn sharded<T, F>(&self, make: F) -> Result<crate::Sharded<T>>
+    pub fn sharded<T, F>(&self, make: F) -> Result<crate::sharded::Sharded<T>>
     where
         T: 'static,
         F: Fn(&crate::shard::LocalShard) -> T + Send + Sync + 'static,
@@ -718,7 +728,7 @@ impl Executor {
     }
 
     /// [`sharded`](Self::sharded) without blocking.
-    pub async fn sharded_async<T, F>(&self, make: F) -> Result<crate::Sharded<T>>
+    pub async fn sharded_async<T, F>(&self, make: F) -> Result<crate::sharded::Sharded<T>>
     where
         T: 'static,
         F: Fn(&crate::shard::LocalShard) -> T + Send + Sync + 'static,

@@ -212,7 +212,7 @@ impl OpenOptions {
     /// Checks the options and `path` for an open (no system call): what the shard's OPENAT gets.
     pub(crate) fn plan(&self, path: &Path) -> Result<OpenPlan> {
         let flags = self.flags()?;
-        let path = crate::op::c_path("open", path)?;
+        let path = c_path("open", path)?;
         Ok(OpenPlan {
             path,
             flags,
@@ -469,6 +469,13 @@ impl DirectIoAlign {
                 offset: b,
             })
     }
+}
+
+/// A path as a C string, for an SQE or a system call; a NUL inside is an invalid argument.
+pub(crate) fn c_path(op: &'static str, path: &Path) -> Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| Error::invalid(op, format!("path {} contains a NUL byte", path.display())))
 }
 
 #[cfg(test)]

@@ -11,47 +11,9 @@ use crate::completion::Completion;
 use crate::error::Error;
 use crate::file::File;
 use crate::op::{self, FileOp};
-use crate::routes::ExecShared;
+use crate::routes::{close, fadvise, link_into};
 use crate::shard::{IoOp, Reply};
 use crate::validate;
-use std::sync::atomic::Ordering;
-
-/// Closes `file` after every earlier operation on it: later operations on any clone fail with
-/// [`Error::BadHandle`], and its last drop sends no second close. Shared by
-/// [`File::close`] and [`Executor::close`](crate::Executor::close).
-pub(crate) fn close(file: &File) -> Completion<()> {
-    file.inner.closed.store(true, Ordering::Release);
-    let shared = file.shared();
-    shared.request(file, Ok(IoOp::Close(shared.fds.enter())), Reply::Unit, None)
-}
-
-/// Sends an fadvise of `file`: the one implementation of [`File::fadvise`],
-/// [`Executor::fadvise`](crate::Executor::fadvise) and its [`Deadlined`](crate::Deadlined) form.
-pub(crate) fn fadvise(
-    file: &File,
-    offset: u64,
-    len: u64,
-    advice: crate::Advice,
-    deadline: Option<std::time::Instant>,
-) -> Completion<()> {
-    let op = validate::fadvise_op(offset, len, advice);
-    file.shared().request(file, op, Reply::Unit, deadline)
-}
-
-/// Sends a link of `file` at `path`: the one implementation of [`File::link_into`],
-/// [`Executor::link_file`](crate::Executor::link_file) and its [`Deadlined`](crate::Deadlined)
-/// form.
-pub(crate) fn link_into(
-    file: &File,
-    path: &std::path::Path,
-    deadline: Option<std::time::Instant>,
-) -> Completion<()> {
-    let make = op::c_path("link_into", path).map(|to| {
-        let to_path = std::sync::Arc::from(path);
-        move |done| Box::new(op::link_file::LinkFile::new(to, to_path, done)) as Box<dyn FileOp>
-    });
-    file.shared().request_op(file, make, deadline)
-}
 
 /// Operations on the file. Each returns a [`Completion`] (`.wait()` blocks, `.await` does not)
 /// and never blocks to send. They are the [`Executor`](crate::Executor)'s operations of the same
@@ -80,11 +42,6 @@ pub(crate) fn link_into(
 /// # Ok(()) }
 /// ```
 impl File {
-    /// The executor's routes (this file's own executor, so `check_owner` always passes).
-    fn shared(&self) -> &ExecShared {
-        &self.inner.exec
-    }
-
     /// A buffer request: sent, or answered at once with its buffer when it was refused.
     fn buf_request(&self, op: std::result::Result<IoOp, (Error, Vec<u8>)>) -> Completion<RawBuf> {
         match op {
@@ -99,7 +56,14 @@ impl File {
     /// `crate::inline`).
     pub(crate) fn read_raw(&self, vec: Vec<u8>, len: usize, offset: u64) -> Completion<RawBuf> {
         let limits = self.shared().limits;
-        let op = validate::read_op_keep(self, offset, len, vec, crate::RwFlags::empty(), limits);
+        let op = validate::read_op_keep(
+            self,
+            offset,
+            len,
+            vec,
+            crate::op::rw::RwFlags::empty(),
+            limits,
+        );
         match op {
             Ok(op) => match self.shared().inline_op(self, Ok(op)) {
                 Ok(data) => Completion::ready(Ok((Ok(data.len() as u64), data))),
@@ -116,7 +80,7 @@ impl File {
             self,
             offset,
             vec,
-            crate::RwFlags::empty(),
+            crate::op::rw::RwFlags::empty(),
             limits,
         ))
     }
@@ -137,7 +101,12 @@ impl File {
 
     /// [`read_at`](Self::read_at) with per-operation flags ([`RwFlags`](crate::RwFlags):
     /// `NOWAIT`, `HIPRI`); see [`Executor::read_with`](crate::Executor::read_with).
-    pub fn read_with(&self, offset: u64, len: usize, flags: crate::RwFlags) -> Completion<Vec<u8>> {
+    pub fn read_with(
+        &self,
+        offset: u64,
+        len: usize,
+        flags: crate::op::rw::RwFlags,
+    ) -> Completion<Vec<u8>> {
         let limits = self.shared().limits;
         let op = validate::read_op_with(self, offset, len, Vec::new(), flags, limits);
         self.shared().request(self, op, Reply::Data, None)
@@ -202,7 +171,7 @@ impl File {
         &self,
         offset: u64,
         data: impl Into<Vec<u8>>,
-        flags: crate::RwFlags,
+        flags: crate::op::rw::RwFlags,
     ) -> Completion<usize> {
         let limits = self.shared().limits;
         let op = validate::write_op_with(self, offset, data.into(), flags, limits);
@@ -247,7 +216,7 @@ impl File {
     /// Appends `data` at the end of a file opened with
     /// [`append(true)`](crate::OpenOptions::append) and says where it landed; see
     /// [`Executor::append`](crate::Executor::append).
-    pub fn append(&self, data: impl Into<Vec<u8>>) -> Completion<crate::Appended> {
+    pub fn append(&self, data: impl Into<Vec<u8>>) -> Completion<crate::op::append::Appended> {
         let data = data.into();
         let make = validate::append(self, data.len(), self.shared().limits)
             .map(|()| move |done| Box::new(op::append::Append::new(data, done)) as Box<dyn FileOp>);
@@ -273,14 +242,14 @@ impl File {
         &self,
         offset: u64,
         len: u64,
-        flags: crate::SyncRangeFlags,
+        flags: crate::op::sync_range::SyncRangeFlags,
     ) -> Completion<()> {
         let op = validate::sync_file_range(offset, len, flags);
         self.shared().request(self, op, Reply::Unit, None)
     }
 
     /// The file's metadata (`statx`), after every earlier operation on it.
-    pub fn metadata(&self) -> Completion<crate::Metadata> {
+    pub fn metadata(&self) -> Completion<crate::op::statx::Metadata> {
         let make = |done| Box::new(op::statx::Statx::of_file(done)) as Box<dyn FileOp>;
         self.shared().request_op(self, Ok(make), None)
     }
@@ -300,7 +269,12 @@ impl File {
     }
 
     /// `fallocate(2)` with `mode`; see [`Executor::fallocate`](crate::Executor::fallocate).
-    pub fn fallocate(&self, mode: crate::FallocateMode, offset: u64, len: u64) -> Completion<()> {
+    pub fn fallocate(
+        &self,
+        mode: crate::op::fallocate::FallocateMode,
+        offset: u64,
+        len: u64,
+    ) -> Completion<()> {
         let op = validate::fallocate_op(mode, offset, len);
         self.shared().request(self, op, Reply::Unit, None)
     }
@@ -308,7 +282,12 @@ impl File {
     /// `posix_fadvise(2)`: advice about the file's page cache for `len` bytes at `offset` (0: to
     /// the end of the file; at most 4 GiB - 1), after earlier writes to the file. See
     /// [`Executor::fadvise`](crate::Executor::fadvise).
-    pub fn fadvise(&self, offset: u64, len: u64, advice: crate::Advice) -> Completion<()> {
+    pub fn fadvise(
+        &self,
+        offset: u64,
+        len: u64,
+        advice: crate::op::fadvise::Advice,
+    ) -> Completion<()> {
         fadvise(self, offset, len, advice, None)
     }
 
@@ -331,7 +310,7 @@ impl File {
     /// earlier operation on it: the listing of
     /// [`Executor::read_dir`](crate::Executor::read_dir), on the handle's descriptor and its
     /// shard. Listings of one handle run one at a time. ENOTDIR on a handle of a file.
-    pub fn read_dir(&self) -> Completion<Vec<crate::DirEntry>> {
+    pub fn read_dir(&self) -> Completion<Vec<crate::op::read_dir::DirEntry>> {
         let make = |done| Box::new(op::read_dir::ReadDir::of_handle(done)) as Box<dyn FileOp>;
         self.shared().request_op(self, Ok(make), None)
     }
@@ -376,7 +355,7 @@ impl File {
     /// A cursor at position 0 for `std::io::Read`/`Write`/`Seek` (blocking) and tokio's or the
     /// futures crates' async I/O traits (features `tokio`, `futures-io`): see
     /// [`FileCursor`](crate::FileCursor).
-    pub fn cursor(&self) -> crate::FileCursor {
-        crate::FileCursor::new(self.clone(), 0)
+    pub fn cursor(&self) -> crate::io_adapters::FileCursor {
+        crate::io_adapters::FileCursor::new(self.clone(), 0)
     }
 }

@@ -87,8 +87,8 @@ impl Drop for Pending {
 }
 
 /// Whether `kind` changes a file's data or size: a read sent after it must see it.
-pub(crate) fn mutates(kind: crate::stats::OpKind) -> bool {
-    use crate::stats::OpKind as K;
+pub(crate) fn mutates(kind: crate::op::kind::OpKind) -> bool {
+    use crate::op::kind::OpKind as K;
     matches!(
         kind,
         K::Write
@@ -102,7 +102,7 @@ pub(crate) fn mutates(kind: crate::stats::OpKind) -> bool {
 }
 
 /// The [`Pending`] of a request of `kind` on `file`, if it mutates.
-pub(crate) fn pending_for(file: &File, kind: crate::stats::OpKind) -> Option<Pending> {
+pub(crate) fn pending_for(file: &File, kind: crate::op::kind::OpKind) -> Option<Pending> {
     mutates(kind).then(|| Pending::of(file))
 }
 

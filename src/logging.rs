@@ -27,20 +27,6 @@ pub(crate) fn shard_setup(stats: &ShardStats, fixed_files: u32) {
     let _ = (stats, fixed_files);
 }
 
-/// The kernel refused the shard thread's NUMA memory policy.
-pub(crate) fn mem_policy_failed(shard: usize, node: u32, error: &Error) {
-    #[cfg(feature = "tracing")]
-    tracing::warn!(
-        target: "ringshard::shard",
-        shard,
-        node,
-        error = %error,
-        "NUMA memory policy refused: the shard's memory may come from another node"
-    );
-    #[cfg(not(feature = "tracing"))]
-    let _ = (shard, node, error);
-}
-
 /// A shard could not be set up.
 pub(crate) fn shard_setup_failed(shard: usize, error: &Error) {
     #[cfg(feature = "tracing")]

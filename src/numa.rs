@@ -239,7 +239,7 @@ pub(crate) fn prefer_node_for_shard(shard: usize, node: Option<u32>) -> Option<M
     Some(match prefer_node_for_thread(node) {
         Ok(()) => MemPolicy::Preferred,
         Err(e) => {
-            crate::logging::mem_policy_failed(shard, node, &e);
+            mem_policy_failed(shard, node, &e);
             MemPolicy::Failed {
                 errno: e.errno().unwrap_or(libc::EIO),
             }
@@ -276,6 +276,20 @@ impl MemPolicy {
             MemPolicy::Failed { .. } => "failed",
         }
     }
+}
+
+/// Logs (feature `tracing`) that the kernel refused the shard thread's NUMA memory policy.
+fn mem_policy_failed(shard: usize, node: u32, error: &Error) {
+    #[cfg(feature = "tracing")]
+    tracing::warn!(
+        target: "ringshard::shard",
+        shard,
+        node,
+        error = %error,
+        "NUMA memory policy refused: the shard's memory may come from another node"
+    );
+    #[cfg(not(feature = "tracing"))]
+    let _ = (shard, node, error);
 }
 
 #[cfg(test)]

@@ -542,3 +542,47 @@ pub(crate) enum DirOf<'a> {
     /// The path itself, a directory (read_dir).
     Itself,
 }
+
+/// Closes `file` after every earlier operation on it: later operations on any clone fail with
+/// [`Error::BadHandle`], and its last drop sends no second close. Shared by
+/// [`File::close`](crate::File::close) and [`Executor::close`](crate::Executor::close).
+pub(crate) fn close(file: &File) -> Completion<()> {
+    file.inner.closed.store(true, Ordering::Release);
+    let shared = file.shared();
+    shared.request(file, Ok(IoOp::Close(shared.fds.enter())), Reply::Unit, None)
+}
+
+/// Sends an fadvise of `file`: the one implementation of [`File::fadvise`](crate::File::fadvise),
+/// [`Executor::fadvise`](crate::Executor::fadvise) and its [`Deadlined`](crate::Deadlined) form.
+pub(crate) fn fadvise(
+    file: &File,
+    offset: u64,
+    len: u64,
+    advice: crate::op::fadvise::Advice,
+    deadline: Option<std::time::Instant>,
+) -> Completion<()> {
+    let op = validate::fadvise_op(offset, len, advice);
+    file.shared().request(file, op, Reply::Unit, deadline)
+}
+
+/// Sends a link of `file` at `path`: the one implementation of [`File::link_into`](crate::File::link_into),
+/// [`Executor::link_file`](crate::Executor::link_file) and its [`Deadlined`](crate::Deadlined)
+/// form.
+pub(crate) fn link_into(
+    file: &File,
+    path: &std::path::Path,
+    deadline: Option<std::time::Instant>,
+) -> Completion<()> {
+    let make = op::c_path("link_into", path).map(|to| {
+        let to_path = std::sync::Arc::from(path);
+        move |done| Box::new(op::link_file::LinkFile::new(to, to_path, done)) as Box<dyn FileOp>
+    });
+    file.shared().request_op(file, make, deadline)
+}
+
+impl File {
+    /// The executor's routes (this file's own executor, so `check_owner` always passes).
+    pub(crate) fn shared(&self) -> &ExecShared {
+        &self.inner.exec
+    }
+}

@@ -42,7 +42,14 @@ pub(crate) fn read_op(
     buf: Vec<u8>,
     limits: Limits,
 ) -> Result<IoOp> {
-    read_op_with(file, offset, len, buf, crate::RwFlags::empty(), limits)
+    read_op_with(
+        file,
+        offset,
+        len,
+        buf,
+        crate::op::rw::RwFlags::empty(),
+        limits,
+    )
 }
 
 /// [`read_op`] with `RWF_*` flags.
@@ -51,7 +58,7 @@ pub(crate) fn read_op_with(
     offset: u64,
     len: usize,
     buf: Vec<u8>,
-    flags: crate::RwFlags,
+    flags: crate::op::rw::RwFlags,
     limits: Limits,
 ) -> Result<IoOp> {
     read_op_keep(file, offset, len, buf, flags, limits).map_err(|(e, _)| e)
@@ -64,7 +71,7 @@ pub(crate) fn read_op_keep(
     offset: u64,
     len: usize,
     buf: Vec<u8>,
-    flags: crate::RwFlags,
+    flags: crate::op::rw::RwFlags,
     limits: Limits,
 ) -> std::result::Result<IoOp, (Error, Vec<u8>)> {
     match read(file, offset, len, limits).and_then(|()| check_rw_flags("read", flags)) {
@@ -81,7 +88,7 @@ pub(crate) fn read_op_keep(
 
 /// The checked op of a write of `data` at `offset`.
 pub(crate) fn write_op(file: &File, offset: u64, data: Vec<u8>, limits: Limits) -> Result<IoOp> {
-    write_op_with(file, offset, data, crate::RwFlags::empty(), limits)
+    write_op_with(file, offset, data, crate::op::rw::RwFlags::empty(), limits)
 }
 
 /// [`write_op`] with `RWF_*` flags.
@@ -89,7 +96,7 @@ pub(crate) fn write_op_with(
     file: &File,
     offset: u64,
     data: Vec<u8>,
-    flags: crate::RwFlags,
+    flags: crate::op::rw::RwFlags,
     limits: Limits,
 ) -> Result<IoOp> {
     write_op_keep(file, offset, data, flags, limits).map_err(|(e, _)| e)
@@ -100,7 +107,7 @@ pub(crate) fn write_op_keep(
     file: &File,
     offset: u64,
     data: Vec<u8>,
-    flags: crate::RwFlags,
+    flags: crate::op::rw::RwFlags,
     limits: Limits,
 ) -> std::result::Result<IoOp, (Error, Vec<u8>)> {
     match write(file, offset, data.len(), limits).and_then(|()| check_rw_flags("write", flags)) {
@@ -114,8 +121,8 @@ pub(crate) fn write_op_keep(
 }
 
 /// Only the known `RWF_*` flags; APPEND, DSYNC and SYNC only on writes.
-fn check_rw_flags(op: &'static str, flags: crate::RwFlags) -> Result<()> {
-    use crate::RwFlags as F;
+fn check_rw_flags(op: &'static str, flags: crate::op::rw::RwFlags) -> Result<()> {
+    use crate::op::rw::RwFlags as F;
     let known = F::DSYNC | F::SYNC | F::NOWAIT | F::HIPRI | F::APPEND | F::DONTCACHE;
     let write_only = F::DSYNC | F::SYNC | F::APPEND;
     if flags.bits() & !known.bits() != 0 {
@@ -228,7 +235,11 @@ pub(crate) fn sync_file_range(
 
 /// An fadvise of `len` bytes at `offset` (0: to the end of the file): `len` fits the SQE's 32
 /// bits.
-pub(crate) fn fadvise_op(offset: u64, len: u64, advice: crate::Advice) -> Result<IoOp> {
+pub(crate) fn fadvise_op(
+    offset: u64,
+    len: u64,
+    advice: crate::op::fadvise::Advice,
+) -> Result<IoOp> {
     check_end("fadvise", offset, len)?;
     let len = u32::try_from(len).map_err(|_| {
         Error::invalid(

@@ -276,9 +276,4 @@ pub(crate) fn cwd() -> types::Fd {
     types::Fd(libc::AT_FDCWD)
 }
 
-/// A path as a C string, for an SQE or a system call; a NUL inside is an invalid argument.
-pub(crate) fn c_path(op: &'static str, path: &Path) -> Result<std::ffi::CString> {
-    use std::os::unix::ffi::OsStrExt;
-    std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| Error::invalid(op, format!("path {} contains a NUL byte", path.display())))
-}
+pub(crate) use crate::file::c_path;

@@ -308,7 +308,7 @@ impl FileOp for OpenAt {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::OpenOptions;
+    use crate::file::OpenOptions;
 
     #[test]
     fn identify_agrees_with_fstat() {

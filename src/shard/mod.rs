@@ -12,6 +12,7 @@ mod files;
 mod ops;
 mod order;
 mod runner;
+pub(crate) mod session_table;
 pub(crate) mod tasks;
 
 pub use context::{ShardContext, ShardCqe, CANCEL_USER_DATA, WAKE_USER_DATA};
@@ -122,7 +123,7 @@ impl IoOp {
         &mut self,
         reply: Reply,
         err: Error,
-        sessions: &mut crate::session::SessionTable,
+        sessions: &mut session_table::SessionTable,
     ) {
         match self {
             IoOp::File(op) => {
@@ -178,7 +179,7 @@ impl Reply {
         self,
         result: Result<u64>,
         buf: Vec<u8>,
-        sessions: &mut crate::session::SessionTable,
+        sessions: &mut session_table::SessionTable,
     ) {
         match self {
             Reply::Data(c) => c.complete(result.map(|_| buf)),
@@ -189,7 +190,7 @@ impl Reply {
             Reply::Size(c) => c.complete(result),
             Reply::Session { session, token } => sessions.push(
                 session,
-                crate::session::Done {
+                session_table::Done {
                     token,
                     result: result.map(|n| n as usize),
                     buf,
@@ -208,7 +209,7 @@ impl Reply {
     pub(crate) fn deliver_outcome(
         self,
         outcome: crate::op::Outcome,
-        sessions: &mut crate::session::SessionTable,
+        sessions: &mut session_table::SessionTable,
     ) -> u64 {
         match outcome {
             crate::op::Outcome::Value(result) => {
@@ -220,7 +221,7 @@ impl Reply {
     }
 
     /// Whether nobody wants the result any more (handle dropped or cancelled, session dropped).
-    pub(crate) fn is_cancelled(&self, sessions: &crate::session::SessionTable) -> bool {
+    pub(crate) fn is_cancelled(&self, sessions: &session_table::SessionTable) -> bool {
         match self {
             Reply::Data(c) => c.is_cancelled(),
             Reply::Count(c) | Reply::Landed(c) => c.is_cancelled(),
@@ -244,8 +245,8 @@ pub(crate) enum Message {
     Batch(Vec<IoRequest>),
     /// A session's flush: its requests for this shard, in order.
     Session {
-        session: Arc<crate::session::SessionShared>,
-        reqs: Vec<crate::session::SessionReq>,
+        session: Arc<session_table::SessionShared>,
+        reqs: Vec<session_table::SessionReq>,
         at: Instant,
     },
     Install {
@@ -278,7 +279,7 @@ pub(crate) enum Message {
 
 impl IoRequest {
     /// Fails the request (see [`IoOp::fail`]).
-    pub(crate) fn fail(self, err: Error, sessions: &mut crate::session::SessionTable) {
+    pub(crate) fn fail(self, err: Error, sessions: &mut session_table::SessionTable) {
         let mut op = self.op;
         op.fail(self.reply, err, sessions);
     }
@@ -296,7 +297,7 @@ impl Message {
     pub(crate) fn fail(self, err: &Error) -> Option<Completer<()>> {
         // A request not admitted has no session entry (a session's requests travel whole, in
         // `Message::Session`): nothing is collected here.
-        let mut none = crate::session::SessionTable::default();
+        let mut none = session_table::SessionTable::default();
         match self {
             Message::Io(req) => req.fail(err.clone(), &mut none),
             Message::Batch(reqs) => {
@@ -305,9 +306,9 @@ impl Message {
                 }
             }
             Message::Session { session, reqs, .. } => {
-                let mut out: Vec<crate::session::Done> = reqs
+                let mut out: Vec<session_table::Done> = reqs
                     .into_iter()
-                    .map(|mut r| crate::session::Done {
+                    .map(|mut r| session_table::Done {
                         token: r.token,
                         result: Err(err.clone()),
                         buf: r.op.take_buf(),

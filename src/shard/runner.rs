@@ -37,6 +37,7 @@ use super::ops::{
     CancelWhy, Chunk, DataPath, Op, OpTable, GEN_MASK, MAX_SQE_BYTES, SLOT_BITS, SLOT_MASK,
 };
 use super::order::Ordering;
+use super::session_table::SessionTable;
 use super::tasks::{self, TimerState, TASK_BUDGET};
 use super::{
     IoOp, IoRequest, Message, Reply, ShardLink, ShardShared, Task, AWAKE, IN_RING, ON_FUTEX,
@@ -52,7 +53,6 @@ use crate::pool::PoolFit;
 use crate::pool::{Direction, RegisteredBufferPool, Target};
 use crate::ring::{pin_workers, RingConfig};
 use crate::router::FileKey;
-use crate::session::SessionTable;
 use crate::stats::{OpKind, ShardStats};
 use crossbeam_channel::{Receiver, TryRecvError};
 use io_uring::{opcode, squeue, types};

@@ -134,7 +134,7 @@ impl ExecutorStats {
     /// [`PROMETHEUS_CONTENT_TYPE`]), for a `/metrics` endpoint.
     ///
     /// Every series is per shard, labelled `shard`, `backend` (`"io_uring"`) and `ring_mode`
-    /// ([`RingMode::name`], `"none"` without a ring); per-kind series add `op`, errors add `errno`
+    /// ([`RingMode::name`](crate::ring::RingMode::name), `"none"` without a ring); per-kind series add `op`, errors add `errno`
     /// (`"ENOSPC"`). There are no totals: sum over `shard`. Counters (`_total`): operations by
     /// kind, bytes read and written, errors by errno, cancelled, deadline exceeded, sleeps,
     /// wake-ups, submit calls, SQEs, queue-full and pool-exhausted waits, pool acquisitions,

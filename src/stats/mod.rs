@@ -32,7 +32,7 @@
 //! ```
 //!
 //! With the `serde` feature, the stats types implement `serde::Serialize` and
-//! [`ExecutorStats::to_json`] writes them as JSON; without it the library builds no serde.
+//! `ExecutorStats::to_json` writes them as JSON; without it the library builds no serde.
 
 use crate::error::errno_text;
 

@@ -3,7 +3,7 @@
 //! users drive the ring themselves.
 
 use super::files::FileTable;
-use super::runner::submit_counted;
+use super::submit::submit_counted;
 use crate::error::{Error, Result};
 use crate::file::File;
 use crate::op::rw::pwrite_all;

@@ -1,25 +1,52 @@
 //! The shard: one pinned thread that owns one ring, one registered buffer pool and one file table.
 //!
 //! - `ShardLink` is the callers' side: the inbox sender and the wake-up eventfd.
-//! - `runner` is the thread's loop: admit requests, issue SQEs, submit, reap, sleep.
+//! - `runner` is the thread's loop (admit requests, issue SQEs, submit, reap, sleep) and the
+//!   `Shard` it runs on; each step is a file of its own, in the order a turn takes them:
+//!   - `setup`: the thread, pinned, with its ring, pool and file table; `teardown`: its stop;
+//!   - `inbox`: messages in, in order; `install`: files in and out of the file table;
+//!   - `admit`: a request becomes an op, in its file's order;
+//!   - `issue`: ready ops get their SQEs; the data paths: `data_path` (memory and inline) and
+//!     `direct` (O_DIRECT in pool buffers); `file_ops`: the host of every other operation;
+//!   - `submit`: pushing SQEs, submitting, reaping CQEs; `finish`: results to their handles;
+//!   - `cancel`: cancellation and deadlines;
+//!   - `task_host` and `timers`: async tasks, their leases and their sleeps; `submit_to`: closures;
+//!   - `sleep`: sleeping and waking up.
 //! - `files` is the shard's file table; `ops` what an admitted request becomes.
 //! - `order` keeps operations on one file in a safe order.
 //! - [`ShardContext`] is what a closure run on the shard (`Executor::submit_to`) gets.
 //! - `tasks` runs async tasks on the shard ([`JoinHandle`], [`LocalShard`], sleep, yield).
 
+mod admit;
+mod cancel;
 mod context;
+mod data_path;
+mod direct;
+mod file_ops;
 mod files;
+mod finish;
+mod inbox;
+mod install;
+mod issue;
 mod ops;
 mod order;
 mod runner;
 pub(crate) mod session_table;
+mod setup;
+mod sleep;
+mod submit;
+mod submit_to;
+mod task_host;
 pub(crate) mod tasks;
+mod teardown;
+mod timers;
 
 pub use context::{ShardContext, ShardCqe, CANCEL_USER_DATA, WAKE_USER_DATA};
-pub(crate) use runner::{notify_death, spawn, ShardConfig};
+pub(crate) use setup::{spawn, ShardConfig};
 pub use tasks::{
     block_on, local, yield_now, JoinHandle, LocalShard, PoolBuf, Sleep, YieldNow, SLOW_POLL,
 };
+pub(crate) use teardown::notify_death;
 
 use crate::completion::Completer;
 use crate::error::{Error, Result};

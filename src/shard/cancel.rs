@@ -1,0 +1,170 @@
+//! Cancellation and deadlines: an op whose handle was dropped (or cancelled), whose session was dropped, or
+//! whose deadline passed is skipped if the kernel has not seen it, checked when it is admitted
+//! and when it is issued. Ops already in the kernel are looked at every [`SCAN_EVERY`] (the shard
+//! sleeps no longer than that while ops are in flight): reads get an ASYNC_CANCEL, writes and
+//! syncs finish (a write is never torn out of order), except after shutdown's grace period, when
+//! everything left is cancelled. Buffers are released only at each SQE's own completion.
+
+use super::context::CANCEL_USER_DATA;
+use super::ops::{CancelWhy, DataPath, SLOT_BITS};
+use super::runner::Shard;
+use super::session_table::SessionTable;
+use super::{IoOp, Reply};
+use crate::error::Error;
+use crate::stats::OpKind;
+use io_uring::opcode;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How often ops in the kernel are checked for cancellation and deadlines, and the longest the
+/// shard sleeps while ops are in flight.
+pub(super) const SCAN_EVERY: Duration = Duration::from_millis(5);
+
+/// Why an op should not run (or go on) any more: nobody waits for it, or its deadline passed.
+/// A close is never skipped: whoever dropped its handle still wants the file closed (the handle's
+/// own drop sends no second close once an explicit one was sent).
+pub(super) fn skip_reason(
+    kind: OpKind,
+    io: &IoOp,
+    reply: &Reply,
+    deadline: Option<Instant>,
+    now: Instant,
+    sessions: &SessionTable,
+) -> Option<CancelWhy> {
+    if kind == OpKind::Close {
+        return None;
+    }
+    if deadline.is_some_and(|d| now >= d) {
+        return Some(CancelWhy::Deadline);
+    }
+    (reply.is_cancelled(sessions) || io.is_cancelled()).then_some(CancelWhy::Dropped)
+}
+
+impl Shard {
+    /// Every [`SCAN_EVERY`]: cancels what nobody waits for or what is past its deadline, and
+    /// ends shutdown's grace period.
+    pub(super) fn housekeeping(&mut self) {
+        let now = self.now();
+        if now.saturating_duration_since(self.last_scan) < SCAN_EVERY {
+            return;
+        }
+        self.last_scan = now;
+        if self.closing && !self.cancel_all && self.closing_deadline.is_some_and(|d| now >= d) {
+            self.cancel_all = true;
+        }
+        for slot in 0..self.ops.slots.len() as u32 {
+            let Some(op) = self.ops.get(slot) else {
+                continue;
+            };
+            if op.cancel.is_some() {
+                continue;
+            }
+            let why = if self.cancel_all {
+                Some(CancelWhy::Shutdown)
+            } else {
+                skip_reason(op.kind, &op.io, &op.reply, op.deadline, now, &self.sessions)
+            };
+            if let Some(why) = why {
+                self.cancel(slot, why);
+            }
+        }
+    }
+
+    /// Cancels op `slot`: one the kernel has not seen is finished now; of one in the kernel,
+    /// reads (everything, after shutdown's grace) get an ASYNC_CANCEL per SQE, and it finishes
+    /// at its completions. Issued writes and syncs finish normally.
+    fn cancel(&mut self, slot: u32, why: CancelWhy) {
+        let gen = self.ops.gen(slot);
+        let Some(op) = self.ops.get(slot) else { return };
+        if !op.started() {
+            op.cancel = Some(why);
+            self.finish(slot);
+            return;
+        }
+        let is_read = matches!(op.io, IoOp::Read { .. });
+        if !is_read && why != CancelWhy::Shutdown {
+            return;
+        }
+        op.cancel = Some(why);
+        let targets: Vec<u64> = match op.data_path {
+            DataPath::Fixed => self
+                .chunks
+                .iter()
+                .enumerate()
+                .filter(|(i, c)| c.op == slot && self.pool.is_kernel_owned(*i as u16))
+                .map(|(_, c)| c.user_data)
+                .collect(),
+            _ if op.outstanding > 0 => vec![u64::from(slot) | (u64::from(gen) << SLOT_BITS)],
+            _ => Vec::new(),
+        };
+        if targets.is_empty() {
+            // Nothing in the kernel right now (between two SQEs of a long read): done.
+            if let Some(op) = self.ops.get(slot) {
+                if op.outstanding == 0 {
+                    self.finish(slot);
+                }
+            }
+            return;
+        }
+        let mut sent = false;
+        for ud in targets {
+            let entry = opcode::AsyncCancel::new(ud)
+                .build()
+                .user_data(CANCEL_USER_DATA);
+            sent |= self.push_entry(&entry).is_ok();
+        }
+        let Some(op) = self.ops.get(slot) else { return };
+        if !sent {
+            // Not one cancel went in (the SQ could not be flushed): the next scan tries again.
+            op.cancel = None;
+            return;
+        }
+        if why != CancelWhy::Shutdown
+            && matches!(
+                op.reply,
+                Reply::Data(_) | Reply::Count(_) | Reply::Unit(_) | Reply::Size(_)
+            )
+        {
+            // why: a read the kernel cannot stop at once (a stalled device, FUSE) would keep a
+            // caller that cancelled it, or whose deadline passed, waiting for the device. The
+            // handle gets its error now; the op, its buffer included, stays in the table until
+            // its own completion (and is counted then).
+            let reply = std::mem::replace(&mut op.reply, Reply::Detached);
+            op.answered = true;
+            let (kind, path) = (op.kind, Arc::clone(&op.path));
+            let e = self.cancel_error(why, kind, Some(&path));
+            reply.deliver(Err(e), Vec::new(), &mut self.sessions);
+        }
+    }
+
+    /// The error a cancelled op completes with.
+    /// The error of an op cancelled for `why`, counted in the stats.
+    pub(super) fn cancel_error(
+        &mut self,
+        why: CancelWhy,
+        kind: OpKind,
+        path: Option<&Path>,
+    ) -> Error {
+        match why {
+            CancelWhy::Deadline => self.stats.note_deadline_exceeded(),
+            CancelWhy::Dropped | CancelWhy::Shutdown => self.stats.note_cancelled(),
+        }
+        cancel_error_of(why, kind, path)
+    }
+}
+
+/// The error of an op cancelled for `why`.
+pub(super) fn cancel_error_of(why: CancelWhy, kind: OpKind, path: Option<&Path>) -> Error {
+    let path = path.map(Path::to_path_buf);
+    match why {
+        CancelWhy::Deadline => Error::DeadlineExceeded {
+            op: kind.name(),
+            path,
+        },
+        CancelWhy::Dropped | CancelWhy::Shutdown => Error::Cancelled {
+            op: kind.name(),
+            path,
+        },
+    }
+}

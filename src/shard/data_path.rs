@@ -1,0 +1,99 @@
+//! The read and write paths that use no pool buffer: the memory path's completions (a page-cache
+//! read into the caller's vector, a write from the caller's data; a short transfer's rest goes out
+//! next turn) and inline buffered writes (`pwrite` on this thread, sent through the ring for a
+//! while after one stalls).
+
+use super::ops::{DataPath, GEN_MASK, SLOT_BITS, SLOT_MASK};
+use super::runner::Shard;
+use super::IoOp;
+use std::time::{Duration, Instant};
+
+/// How long a file's buffered writes go through the ring after a slow inline one.
+pub(super) const INLINE_PAUSE: Duration = Duration::from_secs(5);
+
+impl Shard {
+    pub(super) fn complete_plain(&mut self, ud: u64, res: i32) {
+        let slot = (ud & SLOT_MASK) as u32;
+        if u64::from(self.ops.gen(slot)) != (ud >> SLOT_BITS) & GEN_MASK {
+            return; // stale: cannot happen while slots outlive their SQEs, but never misroute
+        }
+        let Some(op) = self.ops.get(slot) else { return };
+        if matches!(op.io, IoOp::File(_)) {
+            let raw = self.fd_of(slot);
+            self.file_op_result(slot, res, raw);
+            return;
+        }
+        op.outstanding = op.outstanding.saturating_sub(1);
+        if op.data_path == DataPath::Memory
+            && matches!(op.io, IoOp::Read { .. } | IoOp::Write { .. })
+        {
+            let is_read = matches!(op.io, IoOp::Read { .. });
+            match res {
+                r if r < 0 && crate::op::rw::retried(-r, op.io.rw_flags()) => {}
+                r if r < 0 => op.errno = Some(-r),
+                // A read of 0 bytes is the end of the file; a write of 0 would loop forever.
+                0 if is_read => op.eof = Some(op.transferred),
+                0 => op.errno = Some(libc::EIO),
+                r => {
+                    op.transferred += r as u64;
+                    if is_read {
+                        debug_assert!(op.out.len() + r as usize == op.transferred as usize);
+                        // SAFETY: the kernel initialized bytes up to `transferred`, which is
+                        // within the capacity reserved before the read was issued.
+                        unsafe { op.out.set_len(op.transferred as usize) };
+                    }
+                }
+            }
+            // The rest of a short transfer (or a retry) goes out next turn.
+            op.issued = op.transferred;
+            if !op.finished() {
+                self.enqueue(slot);
+                return;
+            }
+        } else if res < 0 {
+            op.errno = Some(-res);
+        }
+        self.finish(slot);
+    }
+
+    /// Writes a buffered write with `pwrite` on this thread, then finishes it.
+    pub(super) fn write_inline(&mut self, slot: u32) {
+        let fd = self.fd_of(slot);
+        let inline_stall = self.cfg.inline_write_stall;
+        let Some(op) = self.ops.get(slot) else { return };
+        // why: one system call that blocked, not a long write: a big write copies for a while
+        // (allowed at 1 GB/s), and a write made of many short ones (FUSE) takes many calls.
+        let mut stalled = false;
+        let mut each_call = |took: Duration, bytes: usize| {
+            // The threshold, plus 1 ns per byte asked: a page-cache write copies at GB/s.
+            let slow = inline_stall.unwrap_or(Duration::MAX);
+            stalled |= took > slow.saturating_add(Duration::from_nanos(bytes as u64));
+        };
+        // With detection off, no clock is read around the writes.
+        let timing = inline_stall
+            .is_some()
+            .then_some(&mut each_call as &mut dyn FnMut(_, _));
+        if let IoOp::Write { data, .. } = &op.io {
+            // fd is the op's file, open until its close op, which cannot run before this one
+            // finishes (close is a barrier).
+            match crate::op::rw::pwrite_all_timed(fd, data, op.offset, op.io.rw_flags(), timing) {
+                Ok(n) => op.transferred = n as u64,
+                Err((done, errno)) => {
+                    op.transferred = done as u64;
+                    op.errno = Some(errno);
+                }
+            }
+        }
+        op.issued = op.len;
+        let file_slot = op.file_slot;
+        if stalled {
+            let now = Instant::now();
+            if let Some(entry) = self.files.get_mut(file_slot) {
+                entry.inline_paused_until = now.checked_add(INLINE_PAUSE);
+            }
+            // The turn's clock is far behind now: later reads of it take the time after this.
+            self.clock = Some(now);
+        }
+        self.finish(slot);
+    }
+}

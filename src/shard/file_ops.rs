@@ -1,0 +1,116 @@
+//! The `FileOp` host: every operation but read, write and close is a boxed
+//! [`FileOp`](crate::op::FileOp). The shard issues its rounds (an SQE, or its blocking call where
+//! the kernel lacks the opcode or the kind is forced there), feeds each result back, and delivers
+//! the outcome the op returns.
+
+use super::ops::{CancelWhy, SLOT_BITS};
+use super::runner::Shard;
+use super::{IoOp, Reply};
+use crate::error::Result;
+use std::os::fd::RawFd;
+use std::path::Path;
+
+impl Shard {
+    /// Issues the next round of a [`FileOp`](crate::op::FileOp): its SQE, or, where the kernel
+    /// lacks its opcode (or the kind is forced there, or the op has no SQE), its blocking call on
+    /// this thread, finished at once.
+    pub(super) fn issue_file_op(&mut self, slot: u32) -> Result<bool> {
+        let gen = self.ops.gen(slot);
+        let raw = self.fd_of(slot);
+        let Some(op) = self.ops.get(slot) else {
+            return Ok(true);
+        };
+        let blocking = self.blocking[op.kind.index()];
+        let target = op.target;
+        let IoOp::File(f) = &mut op.io else {
+            return Ok(true);
+        };
+        op.issued = 1;
+        let entry = if blocking {
+            None
+        } else {
+            f.sqe(crate::op::OpFd { target, raw })
+        };
+        let entry = match entry {
+            Some(entry) => entry,
+            None => {
+                let res = f.run_blocking(raw);
+                self.file_op_result(slot, res, raw);
+                return Ok(true);
+            }
+        };
+        let user_data = u64::from(slot) | (u64::from(gen) << SLOT_BITS);
+        self.push_entry(&entry.user_data(user_data))?;
+        if let Some(op) = self.ops.get(slot) {
+            op.outstanding = 1;
+        }
+        Ok(true)
+    }
+
+    /// A round of a [`FileOp`](crate::op::FileOp) ended with `res` (a CQE's or its blocking
+    /// call's): another round, or finish.
+    pub(super) fn file_op_result(&mut self, slot: u32, res: i32, raw: RawFd) {
+        let Some(op) = self.ops.get(slot) else { return };
+        op.outstanding = 0;
+        let IoOp::File(f) = &mut op.io else { return };
+        let again = match res {
+            r if r == -libc::EINTR => true,
+            r if r < 0 => {
+                op.errno = Some(-r);
+                false
+            }
+            r => f.on_result(r, raw) == crate::op::Step::Again,
+        };
+        if again && op.cancel.is_none() {
+            op.issued = 0;
+            // Counts finished rounds: the op has started, so it is not skipped between rounds
+            // (a half-done vectored write is not cut short by a dropped handle).
+            op.transferred += 1;
+            self.enqueue(slot);
+        } else {
+            self.finish(slot);
+        }
+    }
+
+    /// Completes a [`FileOp`](crate::op::FileOp): its outcome to its handle, its known-size
+    /// change to the file (on success), the stats.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn finish_file_op(
+        &mut self,
+        mut f: Box<dyn crate::op::FileOp>,
+        reply: Reply,
+        cancel: Option<CancelWhy>,
+        errno: Option<i32>,
+        path: &Path,
+        file_slot: u32,
+        lat: u64,
+    ) {
+        let kind = f.kind();
+        let result = if let Some(why) = cancel {
+            if let Some(errno) = errno {
+                self.stats.record_error(kind, errno, lat);
+            }
+            Err(self.cancel_error(why, kind, Some(path)))
+        } else if let Some(errno) = errno {
+            self.stats.record_error(kind, errno, lat);
+            Err(f.error(errno, path))
+        } else {
+            if let Some(inode) = self.files.inode_of(file_slot) {
+                if inode.size_setters == 0 || f.sets_size() {
+                    f.size_after(&mut inode.size_hint);
+                }
+            }
+            Ok(())
+        };
+        if f.sets_size() {
+            if let Some(inode) = self.files.inode_of(file_slot) {
+                inode.size_setters = inode.size_setters.saturating_sub(1);
+            }
+        }
+        let ok = result.is_ok();
+        let bytes = reply.deliver_outcome(f.complete(result), &mut self.sessions);
+        if ok {
+            self.stats.record(kind, bytes, lat);
+        }
+    }
+}

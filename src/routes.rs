@@ -137,6 +137,14 @@ impl ExecShared {
             crate::inline::Attempt::Done(data) => return Completion::ready(Ok(data)),
             crate::inline::Attempt::Route { buf, kept } => (buf, kept),
         };
+        // A task on the file's own shard: straight to its ring (shard/task_io.rs).
+        let buf = match kept {
+            0 => match crate::shard::local_io::try_read(self, file, offset, len, buf, deadline) {
+                Ok(c) => return c,
+                Err(buf) => buf,
+            },
+            _ => buf,
+        };
         let op = IoOp::Read {
             offset,
             len,

@@ -69,6 +69,7 @@ impl Shard {
                 self.cancel(slot, why);
             }
         }
+        self.scan_task_reads(now);
     }
 
     /// Cancels op `slot`: one the kernel has not seen is finished now; of one in the kernel,

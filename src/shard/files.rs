@@ -6,7 +6,6 @@ use crate::file::{FileFlags, FileRef};
 use crate::inline::{InlineFile, PendingCount};
 use crate::pool::Target;
 use crate::router::FileKey;
-use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::sync::Arc;
@@ -73,7 +72,7 @@ pub(crate) struct FileTable {
     pub(super) shard: usize,
     /// What the handles open on one inode share (its order list is shared too: `order.rs` is
     /// keyed by inode), while any is open here.
-    pub(super) inodes: HashMap<FileKey, Inode>,
+    pub(super) inodes: super::order::KeyMap<Inode>,
 }
 
 /// The state of one inode with handles open on the shard.

@@ -40,6 +40,9 @@ impl Shard {
                 continue;
             }
             let fresh = !op.started();
+            if fresh && self.hold_behind_task_reads(slot) {
+                continue;
+            }
             if !self.has_cq_room() {
                 break;
             }

@@ -79,7 +79,7 @@ impl std::hash::Hasher for KeyHasher {
     }
 }
 
-type KeyMap<V> = HashMap<FileKey, V, std::hash::BuildHasherDefault<KeyHasher>>;
+pub(crate) type KeyMap<V> = HashMap<FileKey, V, std::hash::BuildHasherDefault<KeyHasher>>;
 
 /// The unfinished operations of every file of one shard.
 #[derive(Debug, Default)]
@@ -145,6 +145,11 @@ impl Ordering {
                 break;
             }
         }
+    }
+
+    /// Whether file `key` has no unfinished operation here.
+    pub(crate) fn is_idle(&self, key: FileKey) -> bool {
+        !self.files.contains_key(&key)
     }
 
     /// Operations waiting behind others, over all files.

@@ -103,6 +103,8 @@ pub(super) struct Shard {
     pub(super) clock: Option<Instant>,
     /// The thread is unwinding from a panic: pending results report ShardFailed.
     pub(super) panicked: bool,
+    /// Tasks' reads of this shard's files that skip the op table (task_io.rs).
+    pub(super) fast: super::task_io::TaskReads,
 }
 
 impl Shard {
@@ -133,12 +135,13 @@ impl Shard {
                 let _ = self.submit(0);
             }
             progress |= self.reap() > 0;
-            if self.ops.live > 0 || self.closing {
+            if self.ops.live > 0 || self.closing || self.fast.live > 0 {
                 self.housekeeping();
             }
             self.sessions.deliver();
             if self.closing
                 && self.ops.live == 0
+                && self.fast.live == 0
                 && self.tasks.is_empty()
                 && self.backlog.is_empty()
                 && self.rx.is_empty()

@@ -235,6 +235,7 @@ impl Shard {
             cqes: Vec::with_capacity(256),
             clock: None,
             panicked: false,
+            fast: super::task_io::TaskReads::default(),
         };
         shard.arm_wake()?;
         tasks::set_pool_alive(true);

@@ -81,7 +81,7 @@ impl Shard {
             return;
         }
         self.stats.note_sleep();
-        let bounded = self.ops.live > 0 || self.closing;
+        let bounded = self.ops.live > 0 || self.closing || self.fast.live > 0;
         if !in_ring {
             let timeout = bounded.then_some(SCAN_EVERY);
             crate::park::wait(&self.shared.sleep, ON_FUTEX, timeout);

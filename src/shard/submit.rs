@@ -69,6 +69,11 @@ impl Shard {
                 // The cancelled op reports through its own completion.
                 continue;
             }
+            let tags = TIMER_TAG | crate::pool::POOL_USER_DATA_TAG | super::task_io::TASK_READ_TAG;
+            if ud & tags == super::task_io::TASK_READ_TAG {
+                self.complete_task_read(ud, res);
+                continue;
+            }
             if ud & (TIMER_TAG | crate::pool::POOL_USER_DATA_TAG) == TIMER_TAG {
                 self.timer_fired((ud & !TIMER_TAG) as usize, res);
                 continue;

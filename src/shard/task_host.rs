@@ -19,6 +19,7 @@ impl Shard {
             self.stats.note_task_polls(ran as u64, slow);
         }
         let mut any = ran > 0;
+        any |= self.admit_task_reads();
         let mut msgs = std::mem::take(&mut self.local);
         tasks::take_local(&mut msgs);
         if !msgs.is_empty() {

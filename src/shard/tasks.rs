@@ -68,7 +68,7 @@ pub(crate) fn set_executor(exec: Weak<ExecShared>) {
 }
 
 /// Whether this thread is shard `shard` of executor `exec` and still runs its loop.
-fn on_shard(exec: u64, shard: usize) -> bool {
+pub(crate) fn on_shard(exec: u64, shard: usize) -> bool {
     current_shard() == Some((exec, shard)) && !EXITED.with(Cell::get)
 }
 
@@ -293,6 +293,11 @@ pub(crate) fn push_runnable(r: async_task::Runnable) {
 /// Whether messages sent on this thread to its shard wait to be handled.
 pub(crate) fn has_local() -> bool {
     LOCAL.with(|q| !q.borrow().is_empty())
+}
+
+/// When the task being polled on this thread started its poll; `None` outside a task's poll.
+pub(crate) fn poll_start() -> Option<Instant> {
+    POLL_START.with(Cell::get)
 }
 
 /// Moves the messages sent on this thread to its shard into `out` (in the order they were sent).

@@ -97,6 +97,7 @@ impl Drop for Shard {
         } else {
             Error::Shutdown
         };
+        self.abandon_task_reads(&error);
         for op in self.ops.drain() {
             let Op {
                 mut io,

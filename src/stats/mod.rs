@@ -402,6 +402,7 @@ mod tests {
         }
         for key in [
             "sq_full_events",
+            "task_local_reads",
             "pool_exhausted_events",
             "wakeups",
             "submit_calls",

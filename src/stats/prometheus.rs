@@ -176,7 +176,7 @@ impl ShardLabels {
 type Getter = fn(&ShardStats) -> u64;
 
 /// Counters with one value per shard: (name without `_total`, help, getter).
-const COUNTERS: [(&str, &str, Getter); 18] = [
+const COUNTERS: [(&str, &str, Getter); 19] = [
     (
         "ringshard_read_bytes",
         "Bytes transferred by successful reads.",
@@ -236,6 +236,11 @@ const COUNTERS: [(&str, &str, Getter); 18] = [
         "ringshard_sqes_submitted",
         "Submission queue entries passed to the kernel.",
         |s| s.sqes_submitted,
+    ),
+    (
+        "ringshard_task_local_reads",
+        "Reads by tasks of their own shard's files that took the task-local path (also counted in ringshard_ops_total{op=\"read\"}).",
+        |s| s.task_local_reads,
     ),
     (
         "ringshard_sq_full_waits",

@@ -82,6 +82,11 @@ pub struct ShardStats {
     pub deadline_exceeded: u64,
     /// SQEs submitted to the kernel.
     pub sqes_submitted: u64,
+    /// Reads made by tasks on this shard of its own files that took the task-local path: their
+    /// SQE pushed as the shard took them, with no message, op table slot or order list entry
+    /// (also counted in [`ops`](Self::ops), [`bytes_read`](Self::bytes_read) and the read
+    /// latency).
+    pub task_local_reads: u64,
     /// Reads of this shard's files done on the caller's thread from the page cache
     /// ([`inline_reads`](crate::ExecutorBuilder::inline_reads)): also counted in
     /// [`ops`](Self::ops), [`bytes_read`](Self::bytes_read) and the read latency, and on their
@@ -140,6 +145,7 @@ impl ShardStats {
             cancelled: 0,
             deadline_exceeded: 0,
             sqes_submitted: 0,
+            task_local_reads: 0,
             pool: BufferPoolStats::default(),
             other_latency: LatencyHistogram::new(),
             read_latency: LatencyHistogram::new(),
@@ -225,6 +231,12 @@ impl ShardStats {
     #[inline]
     pub fn note_sleep(&mut self) {
         self.sleeps = self.sleeps.saturating_add(1);
+    }
+
+    /// Counts one read that took the task-local path.
+    #[inline]
+    pub fn note_task_local_read(&mut self) {
+        self.task_local_reads = self.task_local_reads.saturating_add(1);
     }
 
     /// Counts `polls` async task polls, `slow` of them over [`SLOW_POLL`](crate::SLOW_POLL).
@@ -398,6 +410,7 @@ impl ShardStats {
         self.slow_task_polls = self.slow_task_polls.saturating_add(other.slow_task_polls);
         self.submit_calls = self.submit_calls.saturating_add(other.submit_calls);
         self.sqes_submitted = self.sqes_submitted.saturating_add(other.sqes_submitted);
+        self.task_local_reads = self.task_local_reads.saturating_add(other.task_local_reads);
         self.cancelled = self.cancelled.saturating_add(other.cancelled);
         self.deadline_exceeded = self
             .deadline_exceeded
@@ -438,6 +451,7 @@ impl ShardStats {
         out.wakeups = sub(self.wakeups, earlier.wakeups);
         out.submit_calls = sub(self.submit_calls, earlier.submit_calls);
         out.sqes_submitted = sub(self.sqes_submitted, earlier.sqes_submitted);
+        out.task_local_reads = sub(self.task_local_reads, earlier.task_local_reads);
         out.cancelled = sub(self.cancelled, earlier.cancelled);
         out.deadline_exceeded = sub(self.deadline_exceeded, earlier.deadline_exceeded);
         out.task_polls = sub(self.task_polls, earlier.task_polls);

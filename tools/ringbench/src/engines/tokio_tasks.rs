@@ -295,7 +295,7 @@ pub async fn pipeline<E: TaskIo>(io: Arc<E>, job: TaskJob) -> Tally {
         let mut done = |op: Op, t0: Instant, start: Option<Instant>, out| {
             let (buf, r) = E::result(out);
             let data = buf.as_deref().unwrap_or(&[]);
-            let times = Times::new(start, t0, now);
+            let times = Times::at_call(start, t0, now);
             record(&job, &mut gen, &mut tally, op, r, data, times);
             spare.extend(buf);
         };

@@ -4,8 +4,8 @@
 //! rate and durations; page cache left as warmed: `invalidate=0`), runs fio (`$RINGBENCH_FIO`,
 //! else `fio` on the PATH) and reads its JSON back, group-reported.
 //!
-//! What differs, and is said in the report: fio counts latency from when it issues an I/O, not
-//! from its intended start (no coordinated-omission correction); its random offsets come from
+//! What differs, and is said in the report: fio has no co_lat (latency from the intended start:
+//! its slat, clat and lat, as ringbench's, count from when an I/O started); its random offsets come from
 //! its own generator (same law, other draws); fio cannot write ringbench's `--verify` pattern.
 
 use super::{Output, Row, RunCtx};
@@ -264,8 +264,8 @@ pub fn parse_output(
         sys_s: pct("sys_cpu"),
     };
     let notes = vec![format!(
-        "{} (io_uring engine), group-reported; latency counted from when fio issues an I/O \
-         (no coordinated-omission correction); CPU from fio's usr_cpu/sys_cpu",
+        "{} (io_uring engine), group-reported; latency counted from when fio starts an I/O \
+         (fio's lat; no co_lat: no coordinated-omission correction); CPU from fio's usr_cpu/sys_cpu",
         v["fio version"].as_str().unwrap_or("fio")
     )];
     let mut out = Output::from_tallies("fio job", Vec::new(), runtime, cpu, None, Vec::new());

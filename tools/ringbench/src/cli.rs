@@ -3,7 +3,7 @@
 
 use crate::distribution::Distribution;
 use crate::error::BenchError;
-use crate::pace::RateProcess;
+use crate::pace::{RateProcess, RateWait};
 use crate::sweep::SweepKey;
 use crate::workload::{Api, EngineKind, Mode, PlacementSpec, Rw, TokioApi, Workload};
 use clap::Parser;
@@ -88,8 +88,8 @@ pub struct Args {
     )]
     pub percentage_random: u32,
     /// Open loop: start this many operations per second per load generator (per shard
-    /// in-shard, client routed, task async: fio's rate_iops per job), at intended times;
-    /// latency counts from the intended start (coordinated omission corrected).
+    /// in-shard, client routed, task async: fio's rate_iops per job), at intended times; co_lat
+    /// counts from the intended start (coordinated omission corrected), lat as fio's.
     #[arg(long, alias = "rate_iops", value_name = "IOPS")]
     pub rate_iops: Option<f64>,
     /// Open loop by bandwidth: bytes per second per load generator (e.g. 100m; fio's rate),
@@ -99,6 +99,17 @@ pub struct Args {
     /// Spacing of the open-loop starts: evenly (linear), or exponential gaps (poisson).
     #[arg(long, alias = "rate_process", value_enum, default_value_t = RateProcess::Linear)]
     pub rate_process: RateProcess,
+    /// Open loop, how a load generator waits for its next start: poll (block on completions
+    /// until shortly before it, then poll them) or sleep (fio's way: reap everything in flight,
+    /// then nanosleep until fio's sleep granularity short of the start and spin the rest;
+    /// in-shard ringshard and raw-uring).
+    #[arg(long, alias = "rate_wait", value_enum, default_value_t = RateWait::Poll)]
+    pub rate_wait: RateWait,
+    /// Open loop with --rw randrw: split the rate between reads and writes by --rwmixread, each
+    /// with its own schedule, as fio's rate_iops=R,W (a start's kind is then the direction that
+    /// is due); else one schedule, each start's kind drawn by the mix.
+    #[arg(long, alias = "rate_per_direction")]
+    pub rate_per_direction: bool,
     /// Latency percentiles to report per operation kind, comma or colon separated (e.g.
     /// 50,99,99.9; fio's percentile_list) [default: 50,99,99.9 in the table, fio's list in JSON].
     #[arg(
@@ -685,6 +696,8 @@ impl Args {
             percentage_random: self.percentage_random,
             rate_iops,
             rate_process: self.rate_process,
+            rate_wait: self.rate_wait,
+            rate_per_direction: self.rate_per_direction,
             ramp,
             percentiles: percentiles.unwrap_or_default(),
             name: self.name,

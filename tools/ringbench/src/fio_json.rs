@@ -2,7 +2,8 @@
 //! both have, so that tools written for fio's output read ringbench's: `jobs[].jobname`,
 //! `jobs[].read` / `write` (`io_bytes`, `io_kbytes`, `bw_bytes`, `bw` in KiB/s, `iops`, `runtime`
 //! in ms, `total_ios`, `slat_ns` / `clat_ns` / `lat_ns` with `min`, `max`, `mean`, `stddev`, `N`
-//! and `percentile` keyed "99.900000"), `jobs[].sync` (`total_ios`, `lat_ns`: fsyncs or
+//! and `percentile` keyed "99.900000", meant as fio means them; and, not fio's, `co_lat_ns`:
+//! from the intended start), `jobs[].sync` (`total_ios`, `lat_ns`: fsyncs or
 //! fdatasyncs), `job_runtime`, `usr_cpu` and `sys_cpu` (percent of the runtime). ringbench's own
 //! report of the job is under `jobs[].ringbench`.
 
@@ -51,6 +52,8 @@ fn dir_block(k: Option<&KindReport>, runtime_ms: u64) -> Value {
         "slat_ns": lat_block(&k.slat_us),
         "clat_ns": lat_block(&k.clat_us),
         "lat_ns": lat_block(&k.lat_us),
+        // Not fio's: lat from the intended start (open loop; coordinated omission corrected).
+        "co_lat_ns": k.co_lat_us.as_ref().map(lat_block),
     })
 }
 

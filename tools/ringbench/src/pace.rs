@@ -1,14 +1,17 @@
 //! Open-loop load (`--rate-iops`, `--rate`): each submitter has a schedule of intended start
 //! times at its rate (evenly spaced, or with `--rate-process poisson` exponential gaps, as fio's
 //! `rate_process`). An operation is issued at its intended time or, when every slot is busy, as
-//! soon as one frees up; its latency is counted from the intended time either way, so a stall
-//! shows as the latency of every operation that should have started during it (coordinated
-//! omission corrected). Behind schedule, the schedule is not skipped: late operations go out
+//! soon as one frees up; its co_lat is counted from the intended time either way, so a stall
+//! shows in every operation that should have started during it (coordinated omission corrected;
+//! fio's slat, clat and lat count from when the operation actually started). Behind schedule, the schedule is not skipped: late operations go out
 //! back to back until it is caught up.
 //!
-//! Waiting for the next start: the submitter blocks (or sleeps) until shortly before it, then
-//! polls until it is due, so that starts are not late by the timer's wake-up delay (fio does the
-//! same: it sleeps the measured sleep granularity short and spins the rest).
+//! Waiting for the next start (`--rate-wait`): `poll` (default) blocks on completions (or
+//! sleeps) until shortly before it, with a 1 ns timer slack, then polls completions until it is
+//! due, so that starts are not late by the timer's wake-up delay and completions are reaped while
+//! waiting. `sleep` does what fio does: reap everything in flight first (fio's `io_u_quiesce`),
+//! then `nanosleep` with the thread's default timer slack until fio's sleep granularity short of
+//! the start, and spin the rest.
 
 use rand_distr::{Distribution as _, Exp};
 use serde::Serialize;
@@ -24,6 +27,17 @@ pub enum RateProcess {
     Linear,
     /// Exponential gaps with the same mean (a Poisson arrival process).
     Poisson,
+}
+
+/// How an open-loop submitter waits for its next start (`--rate-wait`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateWait {
+    /// Block on completions until shortly before the start, then poll them (ringbench's).
+    #[default]
+    Poll,
+    /// Reap everything in flight, then sleep until the start (fio's).
+    Sleep,
 }
 
 /// The longest a paced submitter blocks before looking at the stop flag again.
@@ -59,6 +73,12 @@ impl Pacer {
     /// Spreads the rate over `k` schedules: each gets 1/k of it.
     pub fn scale(&mut self, k: f64) {
         self.gap_ns *= k;
+    }
+
+    /// The intended start of the next operation (the schedule starts at `now` if it has not).
+    #[inline]
+    pub fn peek(&mut self, now: Instant) -> Instant {
+        *self.next.get_or_insert(now)
     }
 
     /// The intended start of the next operation if it is due at `now` (and moves the schedule
@@ -138,6 +158,42 @@ pub fn sleep_until(due: Instant) {
             Wait::Poll if now >= due => return,
             Wait::Poll => std::hint::spin_loop(),
         }
+    }
+}
+
+/// fio's sleep granularity (`ns_granularity`): the longest of 10 `nanosleep`s of 1 µs, whole
+/// µs, with the calling thread's timer slack as it is (fio leaves the default 50 µs). Measured
+/// once per process.
+pub fn fio_granularity() -> Duration {
+    static G: OnceLock<Duration> = OnceLock::new();
+    *G.get_or_init(|| {
+        (0..10)
+            .map(|_| {
+                let t = Instant::now();
+                std::thread::sleep(Duration::from_micros(1));
+                Duration::from_micros(t.elapsed().as_micros() as u64)
+            })
+            .max()
+            .unwrap_or_default()
+    })
+}
+
+/// fio's `usec_sleep` until `due`: sleeps the granularity short of it, again while more than the
+/// granularity is left, and spins the rest.
+pub fn fio_sleep_until(due: Instant) {
+    let g = fio_granularity();
+    loop {
+        let now = Instant::now();
+        let Some(left) = due.checked_duration_since(now) else {
+            return;
+        };
+        if left < g {
+            while Instant::now() < due {
+                std::hint::spin_loop();
+            }
+            return;
+        }
+        std::thread::sleep((left - g).min(MAX_BLOCK));
     }
 }
 

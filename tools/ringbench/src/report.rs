@@ -63,7 +63,8 @@ pub struct Total {
 }
 
 /// One kind of operation (read, write, fsync, fdatasync): counts and latency, split as fio
-/// splits it: slat (intended start to issue), clat (issue to completion), lat (the two).
+/// splits it: slat (start to issue), clat (issue to completion), lat (start to completion); and
+/// co_lat, from the intended start (open loop; coordinated omission corrected) to completion.
 #[derive(Debug, Clone, Serialize)]
 pub struct KindReport {
     pub ops: u64,
@@ -73,6 +74,8 @@ pub struct KindReport {
     pub slat_us: LatSummary,
     pub clat_us: LatSummary,
     pub lat_us: LatSummary,
+    /// Latency from the intended start (closed loop: lat). None when the engine cannot tell (fio).
+    pub co_lat_us: Option<LatSummary>,
 }
 
 /// The per-kind reports of `t` over `secs`, with `percentiles` (empty: fio's list).
@@ -100,6 +103,7 @@ pub fn kind_reports(
                     slat_us: LatSummary::with_percentiles(&kt.slat, list),
                     clat_us: LatSummary::with_percentiles(&kt.clat, list),
                     lat_us: LatSummary::with_percentiles(&kt.lat, list),
+                    co_lat_us: Some(LatSummary::with_percentiles(&kt.co_lat, list)),
                 },
             ))
         })
@@ -118,11 +122,12 @@ pub fn print_kinds(kinds: &BTreeMap<&'static str, KindReport>, percentiles: &[f6
         percentiles.to_vec()
     };
     println!(
-        "per operation kind (µs; lat = slat + clat; slat: from the {} to the issue):",
+        "per operation kind (µs, as fio: slat start to issue, clat issue to completion, lat start \
+         to completion{}):",
         if open {
-            "intended start (open loop)"
+            "; co_lat from the intended start (open loop), coordinated omission corrected"
         } else {
-            "start"
+            ""
         }
     );
     let mut head: Vec<String> = ["kind", "", "ops", "IOPS", "MB/s", "min", "mean"]
@@ -139,12 +144,15 @@ pub fn print_kinds(kinds: &BTreeMap<&'static str, KindReport>, percentiles: &[f6
         let Some(r) = kinds.get(k.name()) else {
             continue;
         };
+        let co = r.co_lat_us.as_ref().filter(|_| open);
         for (i, (what, l)) in [
-            ("lat", &r.lat_us),
-            ("clat", &r.clat_us),
-            ("slat", &r.slat_us),
+            ("lat", Some(&r.lat_us)),
+            ("clat", Some(&r.clat_us)),
+            ("slat", Some(&r.slat_us)),
+            ("co_lat", co),
         ]
         .into_iter()
+        .filter_map(|(what, l)| Some((what, l?)))
         .enumerate()
         {
             let first = i == 0;

@@ -4,7 +4,7 @@
 //! engines given the same workload issue the same sequence of (file, offset, kind) per submitter.
 
 use crate::distribution::{BlockPicker, Distribution};
-use crate::pace::{Pacer, RateProcess};
+use crate::pace::{Pacer, RateProcess, RateWait};
 use clap::ValueEnum;
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -230,6 +230,11 @@ pub struct Workload {
     /// divided by `--bs`); None: closed loop.
     pub rate_iops: Option<f64>,
     pub rate_process: RateProcess,
+    /// How an open-loop submitter waits for its next start (`--rate-wait`).
+    pub rate_wait: RateWait,
+    /// `--rate-per-direction`: a mix's rate split between reads and writes by `rwmix_read`, each
+    /// with its own schedule (fio's `rate_iops=R,W`).
+    pub rate_per_direction: bool,
     /// Run this long before measuring (`--ramp-time`).
     #[serde(serialize_with = "ser_opt_secs")]
     pub ramp: Option<Duration>,
@@ -394,6 +399,8 @@ pub struct OpGen {
     /// The previous block of each local file (where a sequential step of a random pattern goes on).
     last: Vec<u64>,
     pacer: Option<Pacer>,
+    /// `--rate-per-direction` with a mix: the writes' own schedule (`pacer` is the reads').
+    write_pacer: Option<Pacer>,
     sync_kind: IoKind,
     blocks: u64,
     bs: u64,
@@ -425,6 +432,9 @@ impl OpGen {
         let start = blocks * submitter as u64 / submitters.max(1) as u64;
         let n = files.len();
         let seed = mix64(w.seed ^ mix64(0x5eed_0000 + submitter as u64));
+        // fio's rate_iops=R,W: reads and writes on schedules of their own.
+        let split = w.rate_per_direction && w.rw == Rw::Randrw;
+        let read_share = f64::from(w.rwmix_read.min(100)) / 100.0;
         let pickers = (!w.distribution.is_uniform()).then(|| {
             files
                 .iter()
@@ -436,9 +446,14 @@ impl OpGen {
             pickers,
             percentage_random: u64::from(w.percentage_random.min(100)),
             last: vec![start; n],
-            pacer: w
+            pacer: w.rate_iops.map(|r| {
+                let r = if split { r * read_share } else { r };
+                Pacer::new(r, w.rate_process, mix64(seed ^ 0x9ace))
+            }),
+            write_pacer: w
                 .rate_iops
-                .map(|r| Pacer::new(r, w.rate_process, mix64(seed ^ 0x9ace))),
+                .filter(|_| split)
+                .map(|r| Pacer::new(r * (1.0 - read_share), w.rate_process, mix64(seed ^ 0x3a1e))),
             sync_kind: if w.datasync {
                 IoKind::Fdatasync
             } else {
@@ -459,7 +474,7 @@ impl OpGen {
 
     /// Divides the open-loop rate by `k` (a submitter run as `k` tasks, each with a share).
     pub fn rate_share(mut self, k: usize) -> Self {
-        if let Some(p) = &mut self.pacer {
+        for p in self.pacer.iter_mut().chain(self.write_pacer.iter_mut()) {
             p.scale(k.max(1) as f64);
         }
         self
@@ -486,6 +501,9 @@ impl OpGen {
         if self.files.is_empty() || self.remaining == Some(0) {
             return Next::Done;
         }
+        if self.write_pacer.is_some() {
+            return self.next_per_direction();
+        }
         let start = match &mut self.pacer {
             None => None,
             Some(p) => match p.due(Instant::now()) {
@@ -494,6 +512,31 @@ impl OpGen {
             },
         };
         self.next_op().map_or(Next::Done, |op| Next::Go(op, start))
+    }
+
+    /// [`next`](Self::next) with a schedule per direction, as fio's `rate_ddir`: the mix picks a
+    /// direction; if it is not due and the other is, the other goes; if neither is, wait for the
+    /// earlier.
+    fn next_per_direction(&mut self) -> Next {
+        let (Some(rp), Some(wp)) = (&mut self.pacer, &mut self.write_pacer) else {
+            return Next::Done;
+        };
+        let now = Instant::now();
+        let (r_at, w_at) = (rp.peek(now), wp.peek(now));
+        let read = self.below(100) < self.read_pct;
+        let kind = match (read, r_at <= now, w_at <= now) {
+            (true, true, _) | (false, true, false) => IoKind::Read,
+            (false, _, true) | (true, false, true) => IoKind::Write,
+            _ => return Next::Wait(r_at.min(w_at)),
+        };
+        let p = if kind == IoKind::Read {
+            &mut self.pacer
+        } else {
+            &mut self.write_pacer
+        };
+        let start = p.as_mut().and_then(|p| p.due(now).ok());
+        self.next_op_of(Some(kind))
+            .map_or(Next::Done, |op| Next::Go(op, start))
     }
 
     /// Uniform in `0..n` (Lemire's multiply-shift; n > 0).
@@ -505,6 +548,12 @@ impl OpGen {
     /// The next operation, or `None` when the quota is used up (or the generator has no files).
     #[inline]
     pub fn next_op(&mut self) -> Option<Op> {
+        self.next_op_of(None)
+    }
+
+    /// [`next_op`](Self::next_op), of this kind if given (a read or a write of a mix).
+    #[inline]
+    fn next_op_of(&mut self, kind: Option<IoKind>) -> Option<Op> {
         if let Some((file, local)) = self.fsyncs.pop_front() {
             return Some(Op {
                 kind: self.sync_kind,
@@ -524,10 +573,11 @@ impl OpGen {
         } else {
             self.below(self.files.len() as u64) as usize
         };
-        let kind = match self.rw {
-            Rw::Randread | Rw::Read => IoKind::Read,
-            Rw::Randwrite | Rw::Write => IoKind::Write,
-            Rw::Randrw => {
+        let kind = match (kind, self.rw) {
+            (Some(k), _) => k,
+            (None, Rw::Randread | Rw::Read) => IoKind::Read,
+            (None, Rw::Randwrite | Rw::Write) => IoKind::Write,
+            (None, Rw::Randrw) => {
                 if self.below(100) < self.read_pct {
                     IoKind::Read
                 } else {
@@ -638,6 +688,8 @@ mod tests {
             percentage_random: 100,
             rate_iops: None,
             rate_process: RateProcess::Linear,
+            rate_wait: RateWait::Poll,
+            rate_per_direction: false,
             ramp: None,
             percentiles: Vec::new(),
             name: None,

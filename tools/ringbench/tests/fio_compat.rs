@@ -74,10 +74,13 @@ fn usage_error(args: &[&str], needle: &str) {
     assert!(err.contains(needle), "{args:?}: {err}");
 }
 
-/// Checks one kind's report: ops, and slat/clat/lat with the requested percentiles.
+/// Checks one kind's report: ops, slat/clat/lat/co_lat with the requested percentiles, and what
+/// holds for every operation: lat = slat + clat covers each part, co_lat (from the intended
+/// start) covers lat. An order that holds per operation holds for every percentile, min, mean
+/// and max; 1% for the parts' coarser histograms (2 significant digits, lat's 3).
 fn check_kind(k: &Value, keys: &[&str]) {
     assert!(num(k, "ops") > 0.0, "{k}");
-    for stat in ["slat_us", "clat_us", "lat_us"] {
+    for stat in ["slat_us", "clat_us", "lat_us", "co_lat_us"] {
         let s = &k[stat];
         for key in ["min", "mean", "max", "p50", "p99"] {
             assert!(s.get(key).is_some(), "{stat}.{key}: {k}");
@@ -86,11 +89,25 @@ fn check_kind(k: &Value, keys: &[&str]) {
         let got: Vec<&str> = pct.keys().map(String::as_str).collect();
         assert_eq!(got, keys, "{stat}");
     }
-    // lat = slat + clat for every operation: the max of lat covers the max of clat.
-    assert!(
-        num(&k["lat_us"], "max") >= num(&k["clat_us"], "max") * 0.99,
-        "{k}"
-    );
+    let at = |stat: &str, key: &str| -> f64 {
+        match key.parse::<f64>() {
+            Ok(_) => num(&k[stat]["percentiles"], key),
+            Err(_) => num(&k[stat], key),
+        }
+    };
+    let mut points = vec!["min", "mean", "max", "p50", "p99"];
+    points.extend(keys);
+    for p in points {
+        let (lat, co) = (at("lat_us", p), at("co_lat_us", p));
+        for part in ["slat_us", "clat_us"] {
+            let v = at(part, p);
+            assert!(lat >= v * 0.99 - 0.002, "lat {p} {lat} < {part} {v}: {k}");
+        }
+        assert!(
+            co >= lat * 0.999 - 0.002,
+            "co_lat {p} {co} < lat {lat}: {k}"
+        );
+    }
 }
 
 #[test]
@@ -149,6 +166,8 @@ fn open_loop(engine: &str, mode: &str, extra: &[&str]) {
         "randrw",
         "--fsync",
         "16",
+        "--percentiles",
+        "50,99",
     ];
     args.extend(extra);
     let (out, v) = run_in(dir.path(), &args);
@@ -166,9 +185,12 @@ fn open_loop(engine: &str, mode: &str, extra: &[&str]) {
         let lat = &kinds[k]["lat_us"];
         assert!(num(lat, "n") > 0.0, "{engine} {mode} {k}: {kinds}");
     }
-    // Syncs are not paced: they start when issued (slat 0).
+    for k in kinds.as_object().expect("kinds").values() {
+        check_kind(k, &["50", "99"]);
+    }
+    // Syncs are not paced: meant to start when they started (co_lat = lat).
     if let Some(f) = kinds.get("fsync") {
-        assert_eq!(num(&f["slat_us"], "max"), 0.0, "{f}");
+        assert_eq!(f["co_lat_us"]["max"], f["lat_us"]["max"], "{f}");
     }
 }
 
@@ -183,6 +205,130 @@ fn open_loop_in_shard_engines() {
     ] {
         open_loop(engine, "in-shard", &["--shards", "1"]);
     }
+    for engine in ["ringshard", "raw-uring"] {
+        open_loop(
+            engine,
+            "in-shard",
+            &["--shards", "1", "--rate-wait", "sleep"],
+        );
+    }
+}
+
+/// fio's definitions on real runs of the ring engines (open loop both ways of waiting, and
+/// closed loop): per kind lat >= slat and lat >= clat, co_lat >= lat; in fio's JSON layout too
+/// (`slat_ns`, `clat_ns`, `lat_ns` and ringbench's `co_lat_ns`).
+#[test]
+fn fio_latency_definitions_hold_per_kind() {
+    let runs: [&[&str]; 6] = [
+        &[
+            "--engine",
+            "raw-uring",
+            "--rate-iops",
+            "2000",
+            "--rate-wait",
+            "poll",
+        ],
+        &[
+            "--engine",
+            "raw-uring",
+            "--rate-iops",
+            "2000",
+            "--rate-wait",
+            "sleep",
+        ],
+        &[
+            "--engine",
+            "ringshard",
+            "--rate-iops",
+            "2000",
+            "--rate-wait",
+            "poll",
+        ],
+        &[
+            "--engine",
+            "ringshard",
+            "--rate-iops",
+            "2000",
+            "--rate-wait",
+            "sleep",
+        ],
+        &["--engine", "raw-uring"],
+        // fio's rate_iops=R,W: reads and writes on schedules of their own.
+        &[
+            "--engine",
+            "raw-uring",
+            "--rate-iops",
+            "2000",
+            "--rate-wait",
+            "sleep",
+            "--rate-per-direction",
+        ],
+    ];
+    for extra in runs {
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = vec![
+            "--rw",
+            "randrw",
+            "--ops",
+            "600",
+            "--iodepth",
+            "4",
+            "--shards",
+            "1",
+            "--fsync",
+            "32",
+            "--percentiles",
+            "50,99,99.9",
+        ];
+        args.extend(extra);
+        let (out, v) = run_in(dir.path(), &args);
+        let open = extra.contains(&"--rate-iops");
+        assert_eq!(
+            out.contains("co_lat from the intended start"),
+            open,
+            "{out}"
+        );
+        let kinds = v["total"]["kinds"].as_object().expect("kinds");
+        for k in ["read", "write", "fsync"] {
+            check_kind(&kinds[k], &["50", "99", "99.9"]);
+        }
+        let split = extra.contains(&"--rate-per-direction");
+        assert_eq!(v["workload"]["rate_per_direction"], split, "{extra:?}");
+        if split {
+            // Neither schedule goes faster than its share (1400 reads/s, 600 writes/s): 600
+            // operations take at least (600 - 2) / 2000 s.
+            assert!(num(&v, "duration_s") >= 0.29, "{v}");
+        }
+        if let Some(w) = extra.iter().position(|a| *a == "--rate-wait") {
+            assert_eq!(v["workload"]["rate_wait"], extra[w + 1], "{extra:?}");
+        }
+        // fio's layout: the same numbers in ns.
+        let mut fio_args = args.clone();
+        let d = dir.path().to_str().unwrap();
+        fio_args.extend([
+            "--quiet",
+            "--size",
+            "2m",
+            "--dir",
+            d,
+            "--output-format",
+            "json",
+        ]);
+        let j: Value = serde_json::from_str(&ok(&fio_args)).expect("fio JSON");
+        for k in ["read", "write"] {
+            let b = &j["jobs"][0][k];
+            for p in ["50.000000", "99.000000", "99.900000"] {
+                let at = |f: &str| num(&b[f]["percentile"], p);
+                let lat = at("lat_ns");
+                assert!(
+                    lat >= at("slat_ns") * 0.99 && lat >= at("clat_ns") * 0.99,
+                    "{b}"
+                );
+                assert!(at("co_lat_ns") >= lat * 0.999, "{b}");
+            }
+        }
+    }
+    usage_error(&["--rate-wait", "spin"], "--rate-wait");
 }
 
 #[test]

@@ -281,3 +281,12 @@ impl Drop for DoneGuard<'_> {
 pub fn pin(cpu: usize) -> bool {
     core_affinity::set_for_current(core_affinity::CoreId { id: cpu })
 }
+
+/// An operation in flight under a request token: the operation, when it started, when the call
+/// that sent it returned (its issue), and its intended start (open loop).
+pub type Sent = (
+    crate::workload::Op,
+    std::time::Instant,
+    std::time::Instant,
+    Option<std::time::Instant>,
+);

@@ -171,6 +171,8 @@ impl SubmitterThread<'_> {
             .collect();
         let mut ops: Vec<Option<Op>> = vec![None; depth];
         let mut t0 = vec![Instant::now(); depth];
+        // When the channel send of each slot's request returned (its issue).
+        let mut sent = t0.clone();
         let mut starts: Vec<Option<Instant>> = vec![None; depth];
         let mut free: Vec<usize> = (0..depth).rev().collect();
         let mut in_flight = 0usize;
@@ -210,6 +212,7 @@ impl SubmitterThread<'_> {
                     if self.tx.send(req).is_err() {
                         return tally;
                     }
+                    sent[slot] = Instant::now();
                 }
             }
             if in_flight == 0 && waiting.is_none() {
@@ -242,7 +245,7 @@ impl SubmitterThread<'_> {
                 in_flight -= 1;
                 free.push(slot);
                 if let Some(op) = ops[slot].take() {
-                    let times = Times::new(starts[slot], t0[slot], now);
+                    let times = Times::new(starts[slot], t0[slot], sent[slot], now);
                     if self.finish(&mut tally, &mut gen, op, &r, times, bs) {
                         n_ops += 1;
                         n_bytes += bs as u64;

@@ -8,7 +8,7 @@ use super::{pin, DoneGuard, Output, RunCtx};
 use crate::buf::{AlignedBuf, ALIGN};
 use crate::control::Control;
 use crate::error::BenchError;
-use crate::pace::{self, Wait};
+use crate::pace::{self, RateWait, Wait};
 use crate::pattern::Pattern;
 use crate::tally::{errno_reason, Tally, Times};
 use crate::workload::{IoKind, Next, Op, OpGen, Submitter};
@@ -240,13 +240,20 @@ impl Thread<'_> {
                 self.patterns[0].fill(b, 0);
             }
         }
-        let mut ops: Vec<Option<Op>> = vec![None; depth];
-        let mut t0 = vec![Instant::now(); depth];
-        let mut starts: Vec<Option<Instant>> = vec![None; depth];
-        let mut free: Vec<usize> = (0..depth).rev().collect();
+        let now = Instant::now();
+        let mut st = Slots {
+            ops: vec![None; depth],
+            intended: vec![None; depth],
+            start: vec![now; depth],
+            issue: vec![now; depth],
+            free: (0..depth).rev().collect(),
+            in_flight: 0,
+        };
         let mut fresh: Vec<usize> = Vec::with_capacity(depth);
-        let mut in_flight = 0usize;
-        let window = if gen.paced() {
+        let paced = gen.paced();
+        let sleep = paced && w.rate_wait == RateWait::Sleep;
+        // fio's way leaves the timer slack as it is; polling wants timers on time.
+        let window = if paced && !sleep {
             pace::precise_timers();
             pace::wake_window()
         } else {
@@ -255,16 +262,16 @@ impl Thread<'_> {
         loop {
             let mut waiting = None;
             if !self.control.stopped() {
-                while let Some(&slot) = free.last() {
-                    let (op, start) = match gen.next() {
-                        Next::Go(op, start) => (op, start),
+                while let Some(&slot) = st.free.last() {
+                    let (op, intended) = match gen.next() {
+                        Next::Go(op, intended) => (op, intended),
                         Next::Wait(at) => {
                             waiting = Some(at);
                             break;
                         }
                         Next::Done => break,
                     };
-                    free.pop();
+                    st.free.pop();
                     let off = slot * s.stride;
                     let file = types::Fixed(s.fixed[op.file]);
                     let ptr = s.slab[off..].as_mut_ptr();
@@ -297,89 +304,202 @@ impl Thread<'_> {
                     // alive and untouched until its completion is reaped below. A full SQ (a ring
                     // made smaller than `depth`) refuses the push: the loop submits first.
                     if unsafe { s.ring.submission().push(&entry.user_data(slot as u64)) }.is_err() {
-                        free.push(slot);
+                        st.free.push(slot);
                         break;
                     }
-                    ops[slot] = Some(op);
-                    starts[slot] = start;
+                    // Prepared: fio's start_time (taken after its prep builds the SQE).
+                    st.start[slot] = Instant::now();
+                    st.ops[slot] = Some(op);
+                    st.intended[slot] = intended;
                     fresh.push(slot);
-                    in_flight += 1;
-                }
-            }
-            if in_flight == 0 && waiting.is_none() {
-                break;
-            }
-            let t = Instant::now();
-            for slot in fresh.drain(..) {
-                t0[slot] = t;
-            }
-            // Closed loop: wait for a completion. Open loop with a free slot: no longer than
-            // until shortly before the next start (EXT_ARG timeout), then poll.
-            let r = match waiting.map(|at| pace::wait_for(at, t, window)) {
-                None => s.ring.submit_and_wait(1),
-                Some(wait) => {
-                    let d = match wait {
-                        Wait::Block(d) => d,
-                        Wait::Poll => Duration::ZERO,
-                    };
-                    let ts = types::Timespec::from(d);
-                    let args = types::SubmitArgs::new().timespec(&ts);
-                    s.ring.submitter().submit_with_args(1, &args)
-                }
-            };
-            match r {
-                Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EINTR | libc::EBUSY | libc::ETIME)
-                    ) => {}
-                Err(e) => {
-                    let path = &self.paths[self.sub.files[0]];
-                    tally.fail(IoKind::Read, path, 0, &format!("io_uring_enter: {e}"));
-                    self.control.stop();
-                    // Nothing more can be reaped safely: keep the slab (leak) rather than free it
-                    // under the kernel.
-                    std::mem::forget(std::mem::replace(&mut s.slab, AlignedBuf::new(1)));
-                    return;
-                }
-            }
-            let now = Instant::now();
-            let (mut done_ops, mut done_bytes) = (0u64, 0u64);
-            for cqe in s.ring.completion() {
-                let slot = cqe.user_data() as usize;
-                let Some(op) = ops.get_mut(slot).and_then(Option::take) else {
-                    continue;
-                };
-                in_flight -= 1;
-                free.push(slot);
-                let path = &self.paths[op.file];
-                let res = cqe.result();
-                if res < 0 {
-                    tally.fail(op.kind, path, op.offset, &errno_reason(res));
-                    continue;
-                }
-                if !op.kind.is_sync() && res as usize != bs {
-                    let what = format!("short transfer ({res} of {bs} bytes)");
-                    tally.fail(op.kind, path, op.offset, &what);
-                    continue;
-                }
-                if op.kind == IoKind::Read && w.verify {
-                    tally.checks.verified += 1;
-                    let off = slot * s.stride;
-                    if let Some(m) = self.patterns[op.file].check(&s.slab[off..off + bs], op.offset)
-                    {
-                        tally.checks.mismatch(path, m);
+                    st.in_flight += 1;
+                    // fio's way: one operation per submit (iodepth_batch_submit=1), so that each
+                    // one's issue is its own.
+                    if sleep {
+                        break;
                     }
                 }
-                tally.ok(op.kind, res as u64, Times::new(starts[slot], t0[slot], now));
-                gen.write_done(&op);
-                if !op.kind.is_sync() {
-                    done_ops += 1;
-                    done_bytes += bs as u64;
+            }
+            if st.in_flight == 0 && waiting.is_none() {
+                break;
+            }
+            if !paced {
+                // Closed loop: submit and wait for a completion in one call (the ceiling's way);
+                // the issue is taken before it.
+                let t = Instant::now();
+                for slot in fresh.drain(..) {
+                    st.issue[slot] = t;
+                }
+                let r = s.ring.submit_and_wait(1);
+                if !self.entered(r, s, tally) {
+                    return;
+                }
+                self.reap(w, s, &mut st, &mut gen, tally);
+                continue;
+            }
+            // Open loop: submit on its own (as fio does), so that the issue is when it returns.
+            if !fresh.is_empty() {
+                let r = submit(&mut s.ring, w.sqpoll.is_some());
+                if !self.entered(r, s, tally) {
+                    return;
+                }
+                let t = Instant::now();
+                for slot in fresh.drain(..) {
+                    st.issue[slot] = t;
+                }
+                // fio's way: the next operation is prepared (or found not due) before anything
+                // is reaped, even what completed in the submit.
+                if sleep {
+                    continue;
                 }
             }
-            self.control.add(self.sub.index, done_ops, done_bytes);
+            let reaped = self.reap(w, s, &mut st, &mut gen, tally);
+            match waiting {
+                // Every slot busy, or no more starts: wait for a completion.
+                None => {
+                    if reaped == 0 && st.in_flight > 0 {
+                        let r = s.ring.submit_and_wait(1);
+                        if !self.entered(r, s, tally) {
+                            return;
+                        }
+                        self.reap(w, s, &mut st, &mut gen, tally);
+                    }
+                }
+                // fio's way: reap everything in flight (io_u_quiesce), then sleep to the start.
+                Some(at) if sleep => {
+                    while st.in_flight > 0 {
+                        let r = s.ring.submit_and_wait(1);
+                        if !self.entered(r, s, tally) {
+                            return;
+                        }
+                        self.reap(w, s, &mut st, &mut gen, tally);
+                    }
+                    pace::fio_sleep_until(at.min(Instant::now() + pace::MAX_BLOCK));
+                }
+                // Block on completions no longer than until shortly before the next start
+                // (EXT_ARG timeout), then poll.
+                Some(at) => {
+                    if reaped == 0 {
+                        let d = match pace::wait_for(at, Instant::now(), window) {
+                            Wait::Block(d) => d,
+                            Wait::Poll => Duration::ZERO,
+                        };
+                        let ts = types::Timespec::from(d);
+                        let args = types::SubmitArgs::new().timespec(&ts);
+                        let r = s.ring.submitter().submit_with_args(1, &args);
+                        if !self.entered(r, s, tally) {
+                            return;
+                        }
+                        self.reap(w, s, &mut st, &mut gen, tally);
+                    }
+                }
+            }
         }
+    }
+
+    /// Whether an `io_uring_enter` went well enough to go on (a timeout or an interruption
+    /// does); else counts the failure and stops the run.
+    fn entered(&self, r: std::io::Result<usize>, s: &mut Setup, tally: &mut Tally) -> bool {
+        match r {
+            Ok(_) => true,
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR | libc::EBUSY | libc::ETIME)
+                ) =>
+            {
+                true
+            }
+            Err(e) => {
+                let path = &self.paths[self.sub.files[0]];
+                tally.fail(IoKind::Read, path, 0, &format!("io_uring_enter: {e}"));
+                self.control.stop();
+                // Nothing more can be reaped safely: keep the slab (leak) rather than free it
+                // under the kernel.
+                std::mem::forget(std::mem::replace(&mut s.slab, AlignedBuf::new(1)));
+                false
+            }
+        }
+    }
+
+    /// Takes the completions there are (without waiting), all reaped now; returns how many.
+    fn reap(
+        &self,
+        w: &crate::workload::Workload,
+        s: &mut Setup,
+        st: &mut Slots,
+        gen: &mut OpGen,
+        tally: &mut Tally,
+    ) -> usize {
+        let bs = w.bs;
+        let now = Instant::now();
+        let (mut n, mut done_ops, mut done_bytes) = (0usize, 0u64, 0u64);
+        for cqe in s.ring.completion() {
+            let slot = cqe.user_data() as usize;
+            let Some(op) = st.ops.get_mut(slot).and_then(Option::take) else {
+                continue;
+            };
+            n += 1;
+            st.in_flight -= 1;
+            st.free.push(slot);
+            let path = &self.paths[op.file];
+            let res = cqe.result();
+            if res < 0 {
+                tally.fail(op.kind, path, op.offset, &errno_reason(res));
+                continue;
+            }
+            if !op.kind.is_sync() && res as usize != bs {
+                let what = format!("short transfer ({res} of {bs} bytes)");
+                tally.fail(op.kind, path, op.offset, &what);
+                continue;
+            }
+            if op.kind == IoKind::Read && w.verify {
+                tally.checks.verified += 1;
+                let off = slot * s.stride;
+                if let Some(m) = self.patterns[op.file].check(&s.slab[off..off + bs], op.offset) {
+                    tally.checks.mismatch(path, m);
+                }
+            }
+            let times = Times::new(st.intended[slot], st.start[slot], st.issue[slot], now);
+            tally.ok(op.kind, res as u64, times);
+            gen.write_done(&op);
+            if !op.kind.is_sync() {
+                done_ops += 1;
+                done_bytes += bs as u64;
+            }
+        }
+        self.control.add(self.sub.index, done_ops, done_bytes);
+        n
+    }
+}
+
+/// A thread's operations in flight, by slot.
+struct Slots {
+    ops: Vec<Option<Op>>,
+    /// Intended start (open loop).
+    intended: Vec<Option<Instant>>,
+    /// When prepared, and when the `io_uring_enter` that submitted it returned.
+    start: Vec<Instant>,
+    issue: Vec<Instant>,
+    free: Vec<usize>,
+    in_flight: usize,
+}
+
+/// Submits what is queued without waiting, with GETEVENTS so that deferred task work runs (as
+/// fio's submit does: `io_uring_enter(n, 0, GETEVENTS)`); with SQPOLL, the crate's submit.
+fn submit(ring: &mut IoUring, sqpoll: bool) -> std::io::Result<usize> {
+    if sqpoll {
+        return ring.submit();
+    }
+    let n = ring.submission().len();
+    // SAFETY: no argument pointer (None), flags GETEVENTS only, min_complete 0: a plain submit
+    // of the `n` entries the ring holds.
+    unsafe {
+        ring.submitter().enter::<libc::sigset_t>(
+            n as u32,
+            0,
+            io_uring::EnterFlags::GETEVENTS.bits(),
+            None,
+        )
     }
 }

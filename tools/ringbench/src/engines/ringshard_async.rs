@@ -140,7 +140,7 @@ async fn session_task(io: Arc<RingIo>, job: TaskJob) -> Tally {
             return tally;
         }
     };
-    let mut slots: Vec<Option<(Op, Instant, Option<Instant>)>> = vec![None; job.depth];
+    let mut slots: Vec<Option<super::Sent>> = vec![None; job.depth];
     let mut free: Vec<usize> = (0..job.depth).rev().collect();
     let mut spare: Vec<Vec<u8>> = Vec::with_capacity(job.depth);
     let mut done = Vec::with_capacity(job.depth);
@@ -174,7 +174,7 @@ async fn session_task(io: Arc<RingIo>, job: TaskJob) -> Tally {
                     free.push(slot);
                     break;
                 }
-                slots[slot] = Some((op, t0, start));
+                slots[slot] = Some((op, t0, Instant::now(), start));
             }
         }
         if session.in_flight() == 0 {
@@ -199,14 +199,14 @@ async fn session_task(io: Arc<RingIo>, job: TaskJob) -> Tally {
         let now = Instant::now();
         for d in done.drain(..) {
             let slot = d.token as usize;
-            let Some((op, t0, start)) = slots.get_mut(slot).and_then(Option::take) else {
+            let Some((op, t0, issued, start)) = slots.get_mut(slot).and_then(Option::take) else {
                 continue;
             };
             free.push(slot);
             let r = d.result.map_err(|e| lib_reason(&e));
             // Only a read's data is checked; every buffer is reused.
             let data: &[u8] = if op.kind == IoKind::Read { &d.buf } else { &[] };
-            let times = Times::new(start, t0, now);
+            let times = Times::new(start, t0, issued, now);
             record(&job, &mut gen, &mut tally, op, r, data, times);
             super::keep_spare(&mut spare, Some(d.buf), job.depth);
         }

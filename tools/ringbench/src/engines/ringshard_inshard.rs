@@ -5,7 +5,7 @@
 use super::{ns_between, Output, RunCtx};
 use crate::control::{Control, Measure};
 use crate::error::BenchError;
-use crate::pace::{self, Wait};
+use crate::pace::{self, RateWait, Wait};
 use crate::pattern::Pattern;
 use crate::tally::{errno_reason, Tally, Times};
 use crate::workload::{IoKind, Next, Op, OpGen, Submitter, Workload};
@@ -200,8 +200,13 @@ impl Drop for Job {
 struct Slot {
     buf: u16,
     op: Option<Op>,
-    t0: Instant,
-    start: Option<Instant>,
+    /// Intended start (open loop).
+    intended: Option<Instant>,
+    /// When prepared (pushed), and when the call that submitted it returned (see [`Times`]).
+    start: Instant,
+    issue: Instant,
+    /// Done on this thread (a buffered write): when.
+    done: Option<Instant>,
 }
 
 fn lib_kind(k: IoKind) -> OpKind {
@@ -273,8 +278,10 @@ fn shard_loop(ctx: &mut ShardContext<'_>, job: Job) -> ShardResult {
             Ok((buf, _)) => slots.push(Slot {
                 buf,
                 op: None,
-                t0: Instant::now(),
-                start: None,
+                intended: None,
+                start: Instant::now(),
+                issue: Instant::now(),
+                done: None,
             }),
             Err(e) if slots.is_empty() => {
                 res.fatal = Some(format!("acquiring a pool buffer: {e}"));
@@ -311,7 +318,10 @@ fn drive(ctx: &mut ShardContext<'_>, job: &Job, slots: &mut [Slot], res: &mut Sh
             }
         }
     }
-    let window = if gen.paced() {
+    let paced = gen.paced();
+    let sleep = paced && w.rate_wait == RateWait::Sleep;
+    // fio's way leaves the timer slack as it is; polling wants timers on time.
+    let window = if paced && !sleep {
         pace::precise_timers();
         pace::wake_window()
     } else {
@@ -331,28 +341,35 @@ fn drive(ctx: &mut ShardContext<'_>, job: &Job, slots: &mut [Slot], res: &mut Sh
         let mut waiting = None;
         if !job.control.stopped() {
             while let Some(&s) = free.last() {
-                let (op, start) = match gen.next() {
-                    Next::Go(op, start) => (op, start),
+                let (op, intended) = match gen.next() {
+                    Next::Go(op, intended) => (op, intended),
                     Next::Wait(at) => {
                         waiting = Some(at);
                         break;
                     }
                     Next::Done => break,
                 };
-                // Only a write can complete inline (and needs its issue time now): reads skip
-                // the clock here.
+                // Only a write can complete inline (and needs its start before the call): reads
+                // skip the clock here.
                 let t_push = (op.kind == IoKind::Write).then(Instant::now);
                 match push(ctx, job, &slots[s], &op, bs) {
                     Ok(done_now) => {
                         free.pop();
                         slots[s].op = Some(op);
-                        slots[s].start = start;
+                        slots[s].intended = intended;
+                        // Prepared: fio's start_time (taken after its prep builds the SQE).
+                        let pushed = Instant::now();
+                        slots[s].start = pushed;
+                        slots[s].done = None;
                         in_flight += 1;
                         match done_now {
-                            // Done on this thread (a buffered write, as the executor does it):
-                            // handled with the ring's completions below.
+                            // Done on this thread (a buffered write, as the executor does it),
+                            // issued and completed by the call: handled with the ring's
+                            // completions below.
                             Some(result) => {
-                                slots[s].t0 = t_push.unwrap_or_else(Instant::now);
+                                slots[s].start = t_push.unwrap_or(pushed);
+                                slots[s].issue = pushed;
+                                slots[s].done = Some(pushed);
                                 inline_done.push(ShardCqe {
                                     user_data: 0,
                                     result,
@@ -360,6 +377,11 @@ fn drive(ctx: &mut ShardContext<'_>, job: &Job, slots: &mut [Slot], res: &mut Sh
                                 });
                             }
                             None => fresh.push(s),
+                        }
+                        // fio's way: one operation per submit (iodepth_batch_submit=1), so that
+                        // each one's issue is its own.
+                        if sleep {
+                            break;
                         }
                     }
                     Err(e) => {
@@ -375,39 +397,62 @@ fn drive(ctx: &mut ShardContext<'_>, job: &Job, slots: &mut [Slot], res: &mut Sh
         if in_flight == 0 && waiting.is_none() {
             break;
         }
-        let t = Instant::now();
-        for s in fresh.drain(..) {
-            slots[s].t0 = t;
-        }
-        // Wait for the ring only when nothing finished inline. In open loop with a free slot,
-        // submit first (a page-cache read completes in the submit: no timer needed; arming one
-        // costs microseconds in a VM), then wait no longer than until shortly before the next
-        // start, then poll.
-        let mut want = usize::from(inline_done.is_empty());
-        if let (Some(at), 1) = (waiting, want) {
-            if let Err(e) = ctx.submit_and_wait(0) {
+        if !paced {
+            // Closed loop: submit and wait in one call (the issue is taken before it); wait for
+            // the ring only when nothing finished inline.
+            let t = Instant::now();
+            for s in fresh.drain(..) {
+                slots[s].issue = t;
+            }
+            if let Err(e) = ctx.submit_and_wait(usize::from(inline_done.is_empty())) {
+                // The shard waits for our in-flight buffers after we return.
                 res.fatal = Some(format!("submit: {e}"));
                 job.control.stop();
                 return;
             }
+        } else {
+            // Open loop: submit on its own (as fio does), so that the issue is when it returns
+            // (a page-cache read completes in the submit).
+            if !fresh.is_empty() {
+                if let Err(e) = ctx.submit_and_wait(0) {
+                    res.fatal = Some(format!("submit: {e}"));
+                    job.control.stop();
+                    return;
+                }
+                let t = Instant::now();
+                for s in fresh.drain(..) {
+                    slots[s].issue = t;
+                }
+                // fio's way: the next operation is prepared (or found not due) before anything
+                // is reaped, even what completed in the submit.
+                if sleep {
+                    continue;
+                }
+            }
             ctx.reap(|c| inline_done.push(c));
-            want = if !inline_done.is_empty() {
-                0
-            } else {
-                match pace::wait_for(at, Instant::now(), window) {
+            // Nothing finished: wait. Every slot busy (or no more starts): for a completion.
+            // fio's way (`sleep`): for every operation in flight, one at a time, and then sleep
+            // below. Else no longer than until shortly before the next start, then poll
+            // (arming a timer costs microseconds in a VM: not when something is done already).
+            let want = match waiting {
+                _ if !inline_done.is_empty() => None,
+                None => (in_flight > 0).then_some(1),
+                Some(_) if sleep => (in_flight > 0).then_some(1),
+                Some(at) => Some(match pace::wait_for(at, Instant::now(), window) {
                     Wait::Block(d) => usize::from(timer.arm(ctx, d)),
                     // Polling: a zero timeout, so that the wait still runs deferred
                     // completions (DEFER_TASKRUN) without blocking.
                     Wait::Poll if timer.armed => 0,
                     Wait::Poll => usize::from(timer.arm(ctx, Duration::ZERO)),
-                }
+                }),
             };
-        }
-        if let Err(e) = ctx.submit_and_wait(want) {
-            // The shard waits for our in-flight buffers after we return.
-            res.fatal = Some(format!("submit: {e}"));
-            job.control.stop();
-            return;
+            if let Some(want) = want {
+                if let Err(e) = ctx.submit_and_wait(want) {
+                    res.fatal = Some(format!("submit: {e}"));
+                    job.control.stop();
+                    return;
+                }
+            }
         }
         let now = Instant::now();
         cqes.clear();
@@ -430,7 +475,8 @@ fn drive(ctx: &mut ShardContext<'_>, job: &Job, slots: &mut [Slot], res: &mut Sh
             };
             in_flight -= 1;
             free.push(s);
-            let lat = ns_between(slots[s].t0, now);
+            let done = slots[s].done.take().unwrap_or(now);
+            let lat = ns_between(slots[s].start, done);
             let kind = lib_kind(op.kind);
             let path = &job.paths[op.file];
             if c.result < 0 {
@@ -454,7 +500,7 @@ fn drive(ctx: &mut ShardContext<'_>, job: &Job, slots: &mut [Slot], res: &mut Sh
                 }
             }
             ctx.record(kind, c.result as u64, lat);
-            let times = Times::new(slots[s].start, slots[s].t0, now);
+            let times = Times::new(slots[s].intended, slots[s].start, slots[s].issue, done);
             res.tally.ok(op.kind, c.result as u64, times);
             if !op.kind.is_sync() {
                 ops += 1;
@@ -463,6 +509,10 @@ fn drive(ctx: &mut ShardContext<'_>, job: &Job, slots: &mut [Slot], res: &mut Sh
             gen.write_done(&op);
         }
         job.control.add(job.sub.index, ops, bytes);
+        // fio's way: with everything in flight reaped, sleep until the next start.
+        if let (true, Some(at), 0) = (sleep, waiting, in_flight) {
+            pace::fio_sleep_until(at.min(Instant::now() + pace::MAX_BLOCK));
+        }
     }
     if let Err(e) = timer.disarm(ctx) {
         res.fatal = Some(format!("removing the pacing timer: {e}"));

@@ -80,7 +80,9 @@ impl Future for Pending {
 struct InFlight {
     pending: Pending,
     op: Op,
+    /// Just before the batch was submitted, and when `submit` returned.
     t0: Instant,
+    issued: Instant,
     start: Option<Instant>,
 }
 
@@ -215,6 +217,7 @@ impl Client<'_> {
                 }
                 let t0 = Instant::now();
                 batch.submit();
+                let issued = Instant::now();
                 q.extend(added.drain(..).map(|(mut pending, op, start)| {
                     if op.kind == IoKind::Fdatasync {
                         pending = Pending::Sync(self.exec.fdatasync(&self.files[op.file]));
@@ -223,6 +226,7 @@ impl Client<'_> {
                         pending,
                         op,
                         t0,
+                        issued,
                         start,
                     }
                 }));
@@ -259,13 +263,13 @@ impl Client<'_> {
             };
             let now = Instant::now();
             let (mut ops, mut bytes) = (0, 0);
-            let times = Times::new(first.start, first.t0, now);
+            let times = Times::new(first.start, first.t0, first.issued, now);
             spare.extend(self.finish(&mut tally, &mut gen, first.op, times, r, w.verify, bs));
             (ops, bytes) = count(first.op, ops, bytes, bs);
             while q.front().is_some_and(|f| f.pending.is_done()) {
                 let Some(f) = q.pop_front() else { break };
                 let r = f.pending.wait();
-                let times = Times::new(f.start, f.t0, now);
+                let times = Times::new(f.start, f.t0, f.issued, now);
                 spare.extend(self.finish(&mut tally, &mut gen, f.op, times, r, w.verify, bs));
                 (ops, bytes) = count(f.op, ops, bytes, bs);
             }
@@ -291,7 +295,7 @@ impl Client<'_> {
         let mut template = vec![0u8; bs];
         self.patterns[0].fill(&mut template, 0);
         // Slot i holds the op whose token is i; buffers come back with results and are reused.
-        let mut slots: Vec<Option<(Op, Instant, Option<Instant>)>> = vec![None; w.iodepth];
+        let mut slots: Vec<Option<super::Sent>> = vec![None; w.iodepth];
         let mut free: Vec<usize> = (0..w.iodepth).rev().collect();
         let mut spare: Vec<Vec<u8>> = Vec::with_capacity(w.iodepth);
         let mut done = Vec::with_capacity(w.iodepth);
@@ -339,7 +343,7 @@ impl Client<'_> {
                     };
                     // The session holds `iodepth` requests, as many as there are slots.
                     if submitted.is_ok() {
-                        slots[slot] = Some((op, issue, start));
+                        slots[slot] = Some((op, issue, Instant::now(), start));
                     } else {
                         free.push(slot);
                         break;
@@ -368,7 +372,8 @@ impl Client<'_> {
             let (mut ops, mut bytes) = (0, 0);
             for d in done.drain(..) {
                 let slot = d.token as usize;
-                let Some((op, t0, start)) = slots.get_mut(slot).and_then(Option::take) else {
+                let Some((op, t0, issued, start)) = slots.get_mut(slot).and_then(Option::take)
+                else {
                     continue;
                 };
                 free.push(slot);
@@ -380,7 +385,7 @@ impl Client<'_> {
                     }
                     (_, Err(e)) => Err(e),
                 };
-                let times = Times::new(start, t0, now);
+                let times = Times::new(start, t0, issued, now);
                 let back = self.finish(&mut tally, &mut gen, op, times, r, w.verify, bs);
                 super::keep_spare(&mut spare, back, w.iodepth);
                 (ops, bytes) = count(op, ops, bytes, bs);

@@ -131,7 +131,7 @@ async fn seek_read_loop(job: &TaskJob, gen: &mut OpGen, tally: &mut Tally) -> Re
             }
         }
         .await;
-        let times = Times::new(start, t0, Instant::now());
+        let times = Times::at_call(start, t0, Instant::now());
         tokio_tasks::record(
             job,
             gen,

@@ -241,9 +241,9 @@ pub trait TaskIo: Send + Sync + 'static {
 }
 
 /// A task keeping `job.depth` operations of `io` in flight: issues up to the depth, awaits the
-/// oldest, takes every other one already done with the same clock reading, and refills. Latency
-/// is from just before the call that starts an operation (open loop: from its intended start) to
-/// its completion, as the task sees it.
+/// oldest, takes every other one already done with the same clock reading, and refills. lat is
+/// from just before the call that starts an operation (start and issue in one) to its
+/// completion as the task sees it; co_lat in open loop from its intended start.
 pub async fn pipeline<E: TaskIo>(io: Arc<E>, job: TaskJob) -> Tally {
     let _done = DoneGuard(&job.control);
     let mut tally = Tally::default();
@@ -295,7 +295,7 @@ pub async fn pipeline<E: TaskIo>(io: Arc<E>, job: TaskJob) -> Tally {
         let mut done = |op: Op, t0: Instant, start: Option<Instant>, out| {
             let (buf, r) = E::result(out);
             let data = buf.as_deref().unwrap_or(&[]);
-            let times = Times::new(start, t0, now);
+            let times = Times::at_call(start, t0, now);
             record(&job, &mut gen, &mut tally, op, r, data, times);
             spare.extend(buf);
         };

@@ -47,8 +47,13 @@ async fn yield_once() {
 
 /// Polls `fut` once; gives it back if it is still pending.
 fn poll_once<F: Future + Unpin>(fut: &mut F) -> Option<F::Output> {
-    let waker = std::task::Waker::noop();
-    let mut cx = Context::from_waker(waker);
+    // why: `Waker::noop` needs Rust 1.85; the crate's rust-version is older.
+    struct Noop;
+    impl std::task::Wake for Noop {
+        fn wake(self: Arc<Self>) {}
+    }
+    let waker = std::task::Waker::from(Arc::new(Noop));
+    let mut cx = Context::from_waker(&waker);
     match Pin::new(fut).poll(&mut cx) {
         Poll::Ready(v) => Some(v),
         Poll::Pending => None,

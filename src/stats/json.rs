@@ -34,10 +34,10 @@ impl Serialize for ErrorsView<'_> {
 }
 
 /// JSON shape: every counter; `shard` is `null` for a merged total; `ring_mode` as
-/// [`RingMode::name`] or `null`; `mem_policy` as `"preferred"`, `"failed"` or `null`, with
+/// [`RingMode::name`](crate::RingMode::name) or `null`; `mem_policy` as `"preferred"`, `"failed"` or `null`, with
 /// `mem_policy_errno` (`"EPERM"`, ...) when it failed; `blocking_ops` as `["statx", ...]`; `ops` as
 /// `{"read": n, ...}`; `errors` as `{"ENOSPC": n, ...}`; `total_ops`, `error_count`;
-/// `latency`, `read_latency`, `write_latency` as [`LatencySummary`]; `pool` as [`BufferPoolStats`].
+/// `latency`, `read_latency`, `write_latency` as [`LatencySummary`]; `pool` as [`BufferPoolStats`](crate::BufferPoolStats).
 impl Serialize for ShardStats {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut s = serializer.serialize_struct("ShardStats", 35)?;

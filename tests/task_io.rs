@@ -315,3 +315,114 @@ fn shutdown_cancels_a_read_left_in_the_kernel() {
         assert!(r.is_err(), "{r:?}");
     }
 }
+
+/// One shard with inline buffered writes `on` (the default) or off, inline reads off.
+fn one_shard_writes(on: bool) -> Arc<Executor> {
+    Arc::new(
+        Executor::builder()
+            .shards(1)
+            .inline_read_limit(0)
+            .inline_buffered_writes(on)
+            .build()
+            .expect("executor"),
+    )
+}
+
+#[test]
+fn writes_to_a_file_with_nothing_unfinished_are_written_at_admission_and_counted() {
+    for inline in [true, false] {
+        let exec = one_shard_writes(inline);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let f = open_rwc(&exec, &path);
+        let before = exec.stats().total;
+        // Routed from this thread, then from a task on the file's shard, one at a time: each
+        // finds its file with nothing unfinished.
+        for i in 0..20u64 {
+            let n = exec
+                .write(&f, i * BLOCK as u64, vec![i as u8; BLOCK])
+                .wait();
+            assert_eq!(n.unwrap(), BLOCK);
+        }
+        let tf = f.clone();
+        exec.spawn_on_owner(&f.clone(), async move {
+            let l = ringshard::local().expect("on a shard");
+            for i in 20..40u64 {
+                let n = l.write(&tf, i * BLOCK as u64, vec![i as u8; BLOCK]).await;
+                assert_eq!(n.unwrap(), BLOCK);
+            }
+        })
+        .wait()
+        .unwrap();
+        let st = exec.stats().total;
+        assert_eq!(st.ops(OpKind::Write) - before.ops(OpKind::Write), 40);
+        assert_eq!(st.bytes_written - before.bytes_written, 40 * BLOCK as u64);
+        assert_eq!(st.errors, before.errors, "{st:?}");
+        // With inline writes off every write goes through the ring, in order.
+        let expected = if inline { 40 } else { 0 };
+        assert_eq!(
+            st.writes_at_admission - before.writes_at_admission,
+            expected,
+            "inline_buffered_writes={inline}: {st:?}"
+        );
+        let data = std::fs::read(&path).unwrap();
+        assert_eq!(data.len(), 40 * BLOCK);
+        for (i, block) in data.chunks(BLOCK).enumerate() {
+            assert!(block.iter().all(|&b| b == i as u8), "block {i}");
+        }
+        exec.shutdown().unwrap();
+    }
+}
+
+#[test]
+fn a_write_behind_an_unfinished_read_of_its_file_waits_for_it() {
+    // The read is a FIFO's, which stays in the kernel until the test writes into the FIFO; the
+    // write is a pwrite of the FIFO, which fails (ESPIPE) when it runs: what matters is when.
+    for from_task in [false, true] {
+        let exec = one_shard();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fifo");
+        mkfifo(&path);
+        let fifo = ok(exec.open(&path, &rw()), "open fifo");
+        let other = open_rwc(&exec, &dir.path().join("other"));
+        let before = exec.stats().total;
+        let (read, mut write) = if from_task {
+            // A task's read (the task-local path, no order list entry), then its write.
+            let f = fifo.clone();
+            exec.spawn_on_owner(&fifo.clone(), async move {
+                let l = ringshard::local().expect("on a shard");
+                let read = l.read(&f, 0, 5);
+                yield_once().await; // the read's SQE is pushed
+                let write = l.write(&f, 0, b"x".to_vec());
+                yield_once().await; // the write is admitted
+                (read, write)
+            })
+            .wait()
+            .unwrap()
+        } else {
+            (exec.read(&fifo, 0, 5), exec.write(&fifo, 0, b"x".to_vec()))
+        };
+        // Requests from one thread are admitted in order: once this write to another file is
+        // done, the FIFO's write has been admitted.
+        exec.write(&other, 0, b"y".to_vec()).wait().unwrap();
+        assert!(
+            poll_once(&mut write).is_none(),
+            "the write ran before the read"
+        );
+        let mut w = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        std::io::Write::write_all(&mut w, b"hello").unwrap();
+        assert_eq!(read.wait().unwrap(), b"hello");
+        match write.wait() {
+            Err(e) => assert_eq!(e.errno(), Some(libc::ESPIPE), "{e}"),
+            Ok(n) => panic!("a pwrite of a FIFO wrote {n} bytes"),
+        }
+        let st = exec.stats().total;
+        // Only the write to the other file found its file with nothing unfinished.
+        assert_eq!(
+            st.writes_at_admission - before.writes_at_admission,
+            1,
+            "from_task={from_task}: {st:?}"
+        );
+        exec.shutdown().unwrap();
+    }
+}

@@ -1,7 +1,8 @@
 //! Admission: a request becomes an op in the op table. It is checked (dropped, past its deadline,
 //! on an unknown file, a pooled read that does not fit), given its data path and its footprint,
 //! and placed in its file's (or directory's) order list; an op free to run goes on the ready
-//! queue.
+//! queue. A buffered write whose file has nothing unfinished here is written at once instead
+//! (`pwrite`, as the ready queue would have it written next), never entering the table.
 
 use super::cancel::skip_reason;
 use super::direct::DIRECT_ALIGN;
@@ -54,6 +55,7 @@ impl Shard {
             }
         };
         let kind = op.kind();
+        let entry_fd = entry.fd();
         let (offset, len) = op.range();
         let data_path = match (&op, entry.flags.direct) {
             (IoOp::Read { .. } | IoOp::Write { .. }, true) => DataPath::Fixed,
@@ -139,10 +141,32 @@ impl Shard {
             pending,
         };
         let key = op.key;
+        if data_path == DataPath::Inline && self.may_write_now(key, file.slot, fp) {
+            let fd = entry_fd;
+            self.write_inline_now(op, fd);
+            return;
+        }
         let slot = self.ops.insert(op);
         if self.order.admit(key, slot, fp) {
             self.enqueue(slot);
         }
+    }
+
+    /// Whether a buffered write (footprint `fp`) of file `file_slot` may be written at once, at
+    /// its admission, skipping the op table, its file's order list and the ready queue: nothing
+    /// of its file (inode) is unfinished here (no op in its order list, no task read that it
+    /// overlaps in flight), so it is next in the file's order whichever way it goes, and its
+    /// file's inline writes are not paused after a stall. A write that may not waits in order
+    /// as any op.
+    fn may_write_now(
+        &mut self,
+        key: crate::router::FileKey,
+        file_slot: u32,
+        fp: Footprint,
+    ) -> bool {
+        self.order.is_idle(key)
+            && !self.task_reads_conflict(key, fp)
+            && !self.inline_writes_paused(file_slot)
     }
 
     /// Admits an operation on a path: ordered in its directory's order list by its footprint

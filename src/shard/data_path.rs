@@ -3,9 +3,10 @@
 //! next turn) and inline buffered writes (`pwrite` on this thread, sent through the ring for a
 //! while after one stalls).
 
-use super::ops::{DataPath, GEN_MASK, SLOT_BITS, SLOT_MASK};
+use super::ops::{DataPath, Op, GEN_MASK, SLOT_BITS, SLOT_MASK};
 use super::runner::Shard;
 use super::IoOp;
+use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
 /// How long a file's buffered writes go through the ring after a slow inline one.
@@ -56,36 +57,28 @@ impl Shard {
         self.finish(slot);
     }
 
-    /// Writes a buffered write with `pwrite` on this thread, then finishes it.
+    /// Writes a buffered write of the op table with `pwrite` on this thread, then finishes it.
     pub(super) fn write_inline(&mut self, slot: u32) {
         let fd = self.fd_of(slot);
-        let inline_stall = self.cfg.inline_write_stall;
         let Some(op) = self.ops.get(slot) else { return };
-        // why: one system call that blocked, not a long write: a big write copies for a while
-        // (allowed at 1 GB/s), and a write made of many short ones (FUSE) takes many calls.
-        let mut stalled = false;
-        let mut each_call = |took: Duration, bytes: usize| {
-            // The threshold, plus 1 ns per byte asked: a page-cache write copies at GB/s.
-            let slow = inline_stall.unwrap_or(Duration::MAX);
-            stalled |= took > slow.saturating_add(Duration::from_nanos(bytes as u64));
-        };
-        // With detection off, no clock is read around the writes.
-        let timing = inline_stall
-            .is_some()
-            .then_some(&mut each_call as &mut dyn FnMut(_, _));
-        if let IoOp::Write { data, .. } = &op.io {
-            // fd is the op's file, open until its close op, which cannot run before this one
-            // finishes (close is a barrier).
-            match crate::op::rw::pwrite_all_timed(fd, data, op.offset, op.io.rw_flags(), timing) {
-                Ok(n) => op.transferred = n as u64,
-                Err((done, errno)) => {
-                    op.transferred = done as u64;
-                    op.errno = Some(errno);
-                }
-            }
-        }
-        op.issued = op.len;
-        let file_slot = op.file_slot;
+        let (stalled, file_slot) = pwrite_op(op, fd, self.cfg.inline_write_stall);
+        self.after_inline_write(stalled, file_slot);
+        self.finish(slot);
+    }
+
+    /// A buffered write admitted while nothing of its file is unfinished (see
+    /// `admit::write_now`): written with `pwrite` at once and completed, never in the op table
+    /// or its file's order. `fd` is its file's descriptor.
+    pub(super) fn write_inline_now(&mut self, mut op: Op, fd: RawFd) {
+        let (stalled, file_slot) = pwrite_op(&mut op, fd, self.cfg.inline_write_stall);
+        self.after_inline_write(stalled, file_slot);
+        self.stats.note_write_at_admission();
+        self.complete(op);
+    }
+
+    /// After an inline write: one that stalled sends its file's next writes through the ring
+    /// for a while.
+    fn after_inline_write(&mut self, stalled: bool, file_slot: u32) {
         if stalled {
             let now = Instant::now();
             if let Some(entry) = self.files.get_mut(file_slot) {
@@ -94,6 +87,44 @@ impl Shard {
             // The turn's clock is far behind now: later reads of it take the time after this.
             self.clock = Some(now);
         }
-        self.finish(slot);
     }
+
+    /// Whether buffered writes of file `file_slot` go through the ring now (a recent one
+    /// stalled the shard).
+    pub(super) fn inline_writes_paused(&mut self, file_slot: u32) -> bool {
+        let now = self.now();
+        self.files
+            .get(file_slot)
+            .and_then(|e| e.inline_paused_until)
+            .is_some_and(|until| now < until)
+    }
+}
+
+/// Writes `op`'s data with `pwrite` on `fd` (its file's, open until its close, which cannot run
+/// before the write is over: close is a barrier), recording what landed and the errno. Returns
+/// whether one system call stalled (see `ShardConfig::inline_write_stall`), and the op's file slot.
+fn pwrite_op(op: &mut Op, fd: RawFd, inline_stall: Option<Duration>) -> (bool, u32) {
+    // why: one system call that blocked, not a long write: a big write copies for a while
+    // (allowed at 1 GB/s), and a write made of many short ones (FUSE) takes many calls.
+    let mut stalled = false;
+    let mut each_call = |took: Duration, bytes: usize| {
+        // The threshold, plus 1 ns per byte asked: a page-cache write copies at GB/s.
+        let slow = inline_stall.unwrap_or(Duration::MAX);
+        stalled |= took > slow.saturating_add(Duration::from_nanos(bytes as u64));
+    };
+    // With detection off, no clock is read around the writes.
+    let timing = inline_stall
+        .is_some()
+        .then_some(&mut each_call as &mut dyn FnMut(_, _));
+    if let IoOp::Write { data, .. } = &op.io {
+        match crate::op::rw::pwrite_all_timed(fd, data, op.offset, op.io.rw_flags(), timing) {
+            Ok(n) => op.transferred = n as u64,
+            Err((done, errno)) => {
+                op.transferred = done as u64;
+                op.errno = Some(errno);
+            }
+        }
+    }
+    op.issued = op.len;
+    (stalled, op.file_slot)
 }

@@ -12,13 +12,9 @@ use crate::stats::OpKind;
 impl Shard {
     /// Completes op `slot`'s handle, counts it, and lets the next ops of its file go.
     pub(super) fn finish(&mut self, slot: u32) {
-        let Some(mut op) = self.ops.remove(slot) else {
+        let Some(op) = self.ops.remove(slot) else {
             return;
         };
-        // The op is over (nothing of it in the kernel): a mutation no longer holds back inline
-        // reads of its inode. Before its handle completes, so a caller that waited for it reads
-        // inline at once.
-        drop(op.pending.take());
         // why: an op can finish while still queued (a read that met end of file, or failed, while
         // waiting at the head of `ready` for a buffer). Its slot is freed and the next admitted op
         // reuses it; a stale entry left here would issue that op ahead of the ops it must wait for.
@@ -36,6 +32,16 @@ impl Shard {
                 o.queued = true;
             }
         }
+        self.complete(op);
+    }
+
+    /// Counts an op that is over (out of the table and its file's order, or never in them: a
+    /// write done at admission) and delivers its result.
+    pub(super) fn complete(&mut self, mut op: Op) {
+        // The op is over (nothing of it in the kernel): a mutation no longer holds back inline
+        // reads of its inode. Before its handle completes, so a caller that waited for it reads
+        // inline at once.
+        drop(op.pending.take());
         let lat = self.elapsed_since(op.at);
         if lat >= self.cfg.slow_op_ns {
             crate::logging::slow_op(self.cfg.index, op.kind, &op.path, lat, op.errno);

@@ -85,21 +85,21 @@ impl Shard {
     /// Issues the next SQE of op `slot`. `Ok(false)`: it needs a buffer and none is free.
     fn issue_one(&mut self, slot: u32) -> Result<bool> {
         let gen = self.ops.gen(slot);
-        let now = self.now();
         let Some(op) = self.ops.get(slot) else {
             return Ok(true);
         };
         if op.data_path == DataPath::Inline {
-            let paused = self
-                .files
-                .get(op.file_slot)
-                .and_then(|e| e.inline_paused_until)
-                .is_some_and(|until| now < until);
-            if paused {
+            let file_slot = op.file_slot;
+            if self.inline_writes_paused(file_slot) {
                 // A recent write of this file stalled the shard: this one waits in the kernel.
-                op.data_path = DataPath::Memory;
+                if let Some(op) = self.ops.get(slot) {
+                    op.data_path = DataPath::Memory;
+                }
             }
         }
+        let Some(op) = self.ops.get(slot) else {
+            return Ok(true);
+        };
         let user_data = u64::from(slot) | (u64::from(gen) << SLOT_BITS);
         let entry = match (&op.io, op.data_path) {
             (IoOp::Read { .. } | IoOp::Write { .. }, DataPath::Fixed) => {

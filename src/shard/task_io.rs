@@ -349,9 +349,6 @@ impl Shard {
         let Some(op) = self.ops.get(slot) else {
             return false;
         };
-        let Some(covering) = self.fast.covering(op.key) else {
-            return false;
-        };
         let fp = match &op.io {
             IoOp::Read { .. } => return false,
             IoOp::Write { .. } => Footprint::write(op.offset, op.len),
@@ -361,14 +358,23 @@ impl Shard {
             // Anything else is ordered against everything (close, fallocate, size...).
             _ => Footprint::Barrier,
         };
-        if !conflicts(covering, fp) {
+        let key = op.key;
+        if !self.task_reads_conflict(key, fp) {
             return false;
         }
-        let key = op.key;
+        let Some(op) = self.ops.get(slot) else {
+            return false;
+        };
         op.queued = false;
         self.ready.pop_front();
         self.fast.held.push((slot, gen, key));
         true
+    }
+
+    /// Whether an op of footprint `fp` on file `key` must wait for the task reads of that file
+    /// in flight here (see the module's doc).
+    pub(super) fn task_reads_conflict(&self, key: FileKey, fp: Footprint) -> bool {
+        self.fast.covering(key).is_some_and(|c| conflicts(c, fp))
     }
 
     /// Queues again the ops held behind the reads of `key` (all of them are done).

@@ -403,6 +403,7 @@ mod tests {
         for key in [
             "sq_full_events",
             "task_local_reads",
+            "writes_at_admission",
             "pool_exhausted_events",
             "wakeups",
             "submit_calls",

@@ -176,7 +176,7 @@ impl ShardLabels {
 type Getter = fn(&ShardStats) -> u64;
 
 /// Counters with one value per shard: (name without `_total`, help, getter).
-const COUNTERS: [(&str, &str, Getter); 19] = [
+const COUNTERS: [(&str, &str, Getter); 20] = [
     (
         "ringshard_read_bytes",
         "Bytes transferred by successful reads.",
@@ -241,6 +241,11 @@ const COUNTERS: [(&str, &str, Getter); 19] = [
         "ringshard_task_local_reads",
         "Reads by tasks of their own shard's files that took the task-local path (also counted in ringshard_ops_total{op=\"read\"}).",
         |s| s.task_local_reads,
+    ),
+    (
+        "ringshard_writes_at_admission",
+        "Buffered writes written with pwrite on the shard thread as they were admitted, their file having nothing unfinished (also counted in ringshard_ops_total{op=\"write\"}).",
+        |s| s.writes_at_admission,
     ),
     (
         "ringshard_sq_full_waits",

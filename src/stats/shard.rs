@@ -87,6 +87,11 @@ pub struct ShardStats {
     /// (also counted in [`ops`](Self::ops), [`bytes_read`](Self::bytes_read) and the read
     /// latency).
     pub task_local_reads: u64,
+    /// Buffered writes written with `pwrite` on the shard thread as they were admitted, their
+    /// file having nothing unfinished here: no op table slot, order list entry or ready queue
+    /// turn (also counted in [`ops`](Self::ops), [`bytes_written`](Self::bytes_written) and the
+    /// write latency).
+    pub writes_at_admission: u64,
     /// Reads of this shard's files done on the caller's thread from the page cache
     /// ([`inline_reads`](crate::ExecutorBuilder::inline_reads)): also counted in
     /// [`ops`](Self::ops), [`bytes_read`](Self::bytes_read) and the read latency, and on their
@@ -146,6 +151,7 @@ impl ShardStats {
             deadline_exceeded: 0,
             sqes_submitted: 0,
             task_local_reads: 0,
+            writes_at_admission: 0,
             pool: BufferPoolStats::default(),
             other_latency: LatencyHistogram::new(),
             read_latency: LatencyHistogram::new(),
@@ -231,6 +237,12 @@ impl ShardStats {
     #[inline]
     pub fn note_sleep(&mut self) {
         self.sleeps = self.sleeps.saturating_add(1);
+    }
+
+    /// Counts one buffered write written at its admission.
+    #[inline]
+    pub fn note_write_at_admission(&mut self) {
+        self.writes_at_admission = self.writes_at_admission.saturating_add(1);
     }
 
     /// Counts one read that took the task-local path.
@@ -411,6 +423,9 @@ impl ShardStats {
         self.submit_calls = self.submit_calls.saturating_add(other.submit_calls);
         self.sqes_submitted = self.sqes_submitted.saturating_add(other.sqes_submitted);
         self.task_local_reads = self.task_local_reads.saturating_add(other.task_local_reads);
+        self.writes_at_admission = self
+            .writes_at_admission
+            .saturating_add(other.writes_at_admission);
         self.cancelled = self.cancelled.saturating_add(other.cancelled);
         self.deadline_exceeded = self
             .deadline_exceeded
@@ -452,6 +467,7 @@ impl ShardStats {
         out.submit_calls = sub(self.submit_calls, earlier.submit_calls);
         out.sqes_submitted = sub(self.sqes_submitted, earlier.sqes_submitted);
         out.task_local_reads = sub(self.task_local_reads, earlier.task_local_reads);
+        out.writes_at_admission = sub(self.writes_at_admission, earlier.writes_at_admission);
         out.cancelled = sub(self.cancelled, earlier.cancelled);
         out.deadline_exceeded = sub(self.deadline_exceeded, earlier.deadline_exceeded);
         out.task_polls = sub(self.task_polls, earlier.task_polls);

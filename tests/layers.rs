@@ -282,8 +282,6 @@ const KNOWN: &[(&str, &str)] = &[
     ("src/shard/task_host.rs", "shard::tasks"),
     ("src/shard/teardown.rs", "shard::tasks"),
     ("src/shard/timers.rs", "shard::tasks"),
-    // Per-shard values of `Sharded<T>` are dropped on their shard at teardown.
-    ("src/shard/teardown.rs", "sharded"),
 ];
 
 #[test]

@@ -29,6 +29,7 @@ mod inbox;
 mod install;
 mod issue;
 pub(crate) mod local_io;
+pub(crate) mod local_values;
 mod ops;
 mod order;
 mod runner;

@@ -52,7 +52,7 @@ pub(super) fn stop(mut shard: Shard, shared: &ShardShared, index: usize, panicke
     shared.exited.store(true, AtomicOrdering::SeqCst);
     // Per-shard state (`Sharded`) is dropped here, on its own thread, after the tasks that
     // used it; what its drops send to this shard is refused or failed below like the rest.
-    crate::sharded::drop_here();
+    super::local_values::drop_here();
     for msg in unhandled {
         shard.shutdown_waiters.extend(msg.fail(&error));
     }

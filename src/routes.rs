@@ -54,7 +54,7 @@ impl ExecShared {
         if self.closed.load(Ordering::Acquire) {
             return Err((msg, Error::Shutdown));
         }
-        let msg = match crate::shard::tasks::try_local(self.id, shard, msg) {
+        let msg = match crate::shard::task_queues::try_local(self.id, shard, msg) {
             Ok(()) => return Ok(()),
             Err(msg) => msg,
         };
@@ -113,7 +113,16 @@ impl ExecShared {
             Ok(op) => op,
             Err(e) => return Completion::ready(Err(e)),
         };
-        let (c, req) = crate::shard::tasks::make(self, file, op, reply, deadline);
+        let (c, done) = pair(self.id, file.shard());
+        let req = IoRequest {
+            file: file.handle(),
+            pending: crate::inline::pending_for(file, op.kind()),
+            op,
+            reply: reply(done),
+            // In a shard task: the start of its poll, at most a poll earlier than now.
+            at: crate::shard::task_queues::poll_start().unwrap_or_else(Instant::now),
+            deadline,
+        };
         self.send_or_fail(file.shard(), Message::Io(req));
         c
     }

@@ -10,7 +10,7 @@
 use crate::error::{Error, Result};
 use crate::routes::ExecShared;
 use crate::shard::local_values;
-use crate::shard::tasks::{local, spawn, spawn_result, JoinHandle, LocalShard};
+use crate::task::{local, spawn, spawn_result, JoinHandle, LocalShard};
 use std::any::Any;
 use std::future::Future;
 use std::marker::PhantomData;

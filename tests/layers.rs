@@ -272,16 +272,6 @@ const KNOWN: &[(&str, &str)] = &[
     ("src/shard/mod.rs", "routes"),
     ("src/shard/install.rs", "routes"),
     ("src/shard/local_io.rs", "routes"),
-    // The task run queue, timers and per-thread queues live with the task face in tasks.rs.
-    ("src/routes.rs", "shard::tasks"),
-    ("src/shard/inbox.rs", "shard::tasks"),
-    ("src/shard/local_io.rs", "shard::tasks"),
-    ("src/shard/runner.rs", "shard::tasks"),
-    ("src/shard/setup.rs", "shard::tasks"),
-    ("src/shard/sleep.rs", "shard::tasks"),
-    ("src/shard/task_host.rs", "shard::tasks"),
-    ("src/shard/teardown.rs", "shard::tasks"),
-    ("src/shard/timers.rs", "shard::tasks"),
 ];
 
 #[test]

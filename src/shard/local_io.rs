@@ -9,7 +9,6 @@
 use super::task_queues;
 use crate::completion::{pair, Completer, Completion};
 use crate::file::{File, FileRef};
-use crate::routes::ExecShared;
 use std::cell::RefCell;
 use std::time::Instant;
 
@@ -35,7 +34,7 @@ thread_local! {
 /// thread is polling a task of the file's own shard and nothing that task's shard was sent on
 /// this thread waits before it; otherwise hands `buf` back (the caller routes the read).
 pub(crate) fn try_read(
-    exec: &ExecShared,
+    exec: u64,
     file: &File,
     offset: u64,
     len: usize,
@@ -50,14 +49,14 @@ pub(crate) fn try_read(
     };
     // why: a message sent on this thread before (an fsync, a write) must be admitted first; the
     // queue is taken before those messages, so a read may only join it while there are none.
-    if handle.exec != exec.id
-        || !task_queues::on_shard(exec.id, handle.shard)
+    if handle.exec != exec
+        || !task_queues::on_shard(exec, handle.shard)
         || task_queues::has_local()
         || file.flags().direct
     {
         return Err(buf);
     }
-    let (c, done) = pair(exec.id, handle.shard);
+    let (c, done) = pair(exec, handle.shard);
     let read = QueuedRead {
         file: handle,
         offset,

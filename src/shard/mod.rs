@@ -287,7 +287,7 @@ pub(crate) enum Message {
         flags: FileFlags,
         path: Arc<Path>,
         /// The executor, for the handle's close-on-drop.
-        exec: Arc<crate::routes::ExecShared>,
+        exec: Arc<dyn crate::file::FileOwner>,
         done: Completer<File>,
         /// Dropped once the shard has the descriptor in its file table (or never will).
         transit: crate::fd_transit::InTransit,
@@ -296,8 +296,9 @@ pub(crate) enum Message {
         count_open: bool,
     },
     Task(Task),
-    /// The executor, for tasks (`ringshard::local()`); sent once after the shards start.
-    SetExec(std::sync::Weak<crate::routes::ExecShared>),
+    /// The executor, for tasks (`ringshard::local()`, which knows its type: the shard is below it);
+    /// sent once after the shards start.
+    SetExec(std::sync::Weak<dyn std::any::Any + Send + Sync>),
     /// An async task woken on another thread: it runs on the shard's next batch.
     Run(async_task::Runnable),
     Stats(Completer<ShardStats>),

@@ -18,7 +18,7 @@ use crate::validate;
 /// and never blocks to send. They are the [`Executor`](crate::Executor)'s operations of the same
 /// names (`fsync` is [`sync_all`](File::sync_all), `fdatasync`
 /// [`sync_data`](File::sync_data)), on the executor that opened the file; once it has shut down
-/// they fail with [`Error::Shutdown`].
+/// they fail with [`Error::Shutdown`](crate::Error::Shutdown).
 ///
 /// ```
 /// # fn main() -> ringshard::Result<()> {
@@ -158,7 +158,7 @@ impl File {
     }
 
     /// Writes all of `data` at `offset`, or fails: the error's
-    /// [`written`](Error::written) says how much of it landed. The same operation as
+    /// [`written`](crate::Error::written) says how much of it landed. The same operation as
     /// [`Executor::write`](crate::Executor::write).
     pub fn write_all_at(&self, offset: u64, data: impl Into<Vec<u8>>) -> Completion<()> {
         self.route(|r| {
@@ -305,7 +305,7 @@ impl File {
     /// (to replace a file, link to a temporary name and [`rename`](crate::Executor::rename)),
     /// EXDEV if `path` is on another filesystem. Works for any user: the descriptor is named as
     /// `/proc/self/fd/N`, so /proc must be mounted. Errors name both paths
-    /// ([`Error::PathPair`], op `"link_into"`). See
+    /// ([`Error::PathPair`](crate::Error::PathPair), op `"link_into"`). See
     /// [`Executor::link_file`](crate::Executor::link_file).
     pub fn link_into(&self, path: impl AsRef<std::path::Path>) -> Completion<()> {
         link_into(self, path.as_ref(), None)
@@ -350,7 +350,7 @@ impl File {
     }
 
     /// Closes the file after every earlier operation on it and reports errors; operations on any
-    /// other clone of the handle then fail with [`Error::BadHandle`]. Dropping the last
+    /// other clone of the handle then fail with [`Error::BadHandle`](crate::Error::BadHandle). Dropping the last
     /// clone closes it too, without a report.
     pub fn close(self) -> Completion<()> {
         close(&self)

@@ -188,16 +188,17 @@ impl std::ops::Deref for PoolBuf {
         if !self.lease.readable_here() {
             return &[];
         }
-        // SAFETY: `addr` is buffer `idx` of this thread's shard's pool, lent by the pool after the
-        // read's CQE was matched (so the kernel no longer owns it) and `len` is at most the
-        // buffer's size. The pool holds it lent: `get`, `get_mut`, `release`, `submit_*` (from a
-        // `submit_to` closure, which may run while this task waits) refuse it and `acquire` never
-        // hands it out, until the shard takes it back, which it does only from its released list
-        // (`task_queues::take_released`), which only this guard's `Lease` fills, when dropped: nothing writes into it meanwhile.
-        // The slab stays mapped while `task_queues::pool_alive()` holds on this thread, and it is cleared
-        // before the pool is unmapped, on this same thread, where no borrow of this slice can
-        // be alive across that point (the shard drops its pool only after its loop, outside any
-        // task's poll). `PoolBuf` is not `Send`, and `readable_here` checked the thread.
+        // SAFETY: `addr()` is buffer `index()` of this thread's shard's pool, lent by the pool
+        // after the read's CQE was matched (so the kernel no longer owns it) and `read_len()` is
+        // at most the buffer's size. The pool holds it lent: `get`, `get_mut`, `release`,
+        // `submit_*` (from a `submit_to` closure, which may run while this task waits) refuse it
+        // and `acquire` never hands it out, until the shard takes it back, which it does only
+        // from its released list (`task_queues::take_released`), which only this guard's
+        // `Lease` fills, when dropped: nothing writes into it meanwhile. The slab stays mapped
+        // while `task_queues::pool_alive()` holds on this thread, and that is cleared before the
+        // pool is unmapped, on this same thread, where no borrow of this slice can be alive
+        // across that point (the shard drops its pool only after its loop, outside any task's
+        // poll). `PoolBuf` is not `Send`, and `readable_here` checked the thread.
         unsafe { std::slice::from_raw_parts(self.lease.addr(), self.lease.read_len()) }
     }
 }

@@ -499,9 +499,11 @@ impl ExecutorBuilder {
             ),
         });
         // Tasks find their executor (for `ringshard::local()`) through this; a weak reference,
-        // so the shards never keep the executor's routes alive.
+        // so the shards never keep the executor's routes alive; type-erased, as the shard is
+        // below the routes (`local()` knows the type).
         for link in &shared.shards {
-            let _ = link.send(Message::SetExec(Arc::downgrade(&shared)));
+            let exec: std::sync::Weak<ExecShared> = Arc::downgrade(&shared);
+            let _ = link.send(Message::SetExec(exec));
         }
         Ok(Executor {
             shared,

@@ -674,16 +674,16 @@ impl Executor {
     /// shard's work and awaits I/O); use [`submit_to`](Self::submit_to) for a synchronous closure
     /// that needs the raw ring and pool ([`ShardContext`]), which runs only once the shard has
     /// no I/O in flight (task sleeps are taken out of the ring for it and put back after).
-    pub fn spawn_on<F>(&self, shard: usize, fut: F) -> crate::shard::JoinHandle<F::Output>
+    pub fn spawn_on<F>(&self, shard: usize, fut: F) -> crate::task::JoinHandle<F::Output>
     where
         F: std::future::Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        crate::shard::tasks::spawn(&self.shared, shard, fut)
+        crate::task::spawn(&self.shared, shard, fut)
     }
 
     /// [`spawn_on`](Self::spawn_on) the shard that owns `file`.
-    pub fn spawn_on_owner<F>(&self, file: &File, fut: F) -> crate::shard::JoinHandle<F::Output>
+    pub fn spawn_on_owner<F>(&self, file: &File, fut: F) -> crate::task::JoinHandle<F::Output>
     where
         F: std::future::Future + Send + 'static,
         F::Output: Send + 'static,
@@ -694,13 +694,13 @@ impl Executor {
     /// Runs a future that need not be `Send` on shard `shard`: `f` (which is `Send`) builds it on
     /// the shard's thread, from the shard's [`LocalShard`](crate::LocalShard). The output must be
     /// `Send`, as it travels back to the handle.
-    pub fn spawn_on_with<F, Fut>(&self, shard: usize, f: F) -> crate::shard::JoinHandle<Fut::Output>
+    pub fn spawn_on_with<F, Fut>(&self, shard: usize, f: F) -> crate::task::JoinHandle<Fut::Output>
     where
-        F: FnOnce(crate::shard::LocalShard) -> Fut + Send + 'static,
+        F: FnOnce(crate::task::LocalShard) -> Fut + Send + 'static,
         Fut: std::future::Future + 'static,
         Fut::Output: Send + 'static,
     {
-        crate::shard::tasks::spawn_with(&self.shared, shard, f)
+        crate::task::spawn_with(&self.shared, shard, f)
     }
 
     /// Builds one `T` per shard, each by `make` on its own shard's thread (so its memory is
@@ -714,7 +714,7 @@ impl Executor {
     pub fn sharded<T, F>(&self, make: F) -> Result<crate::sharded::Sharded<T>>
     where
         T: 'static,
-        F: Fn(&crate::shard::LocalShard) -> T + Send + Sync + 'static,
+        F: Fn(&crate::task::LocalShard) -> T + Send + Sync + 'static,
     {
         if let Some((id, shard)) = crate::completion::current_shard() {
             if id == self.shared.id {
@@ -724,14 +724,14 @@ impl Executor {
                 });
             }
         }
-        crate::shard::block_on(self.sharded_async(make))
+        crate::task::block_on(self.sharded_async(make))
     }
 
     /// [`sharded`](Self::sharded) without blocking.
     pub async fn sharded_async<T, F>(&self, make: F) -> Result<crate::sharded::Sharded<T>>
     where
         T: 'static,
-        F: Fn(&crate::shard::LocalShard) -> T + Send + Sync + 'static,
+        F: Fn(&crate::task::LocalShard) -> T + Send + Sync + 'static,
     {
         crate::sharded::build(&self.shared, make).await
     }

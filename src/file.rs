@@ -325,13 +325,25 @@ pub struct File {
     pub(crate) inner: Arc<FileInner>,
 }
 
+/// The executor a [`File`] belongs to, as the file itself needs it: the close of its last
+/// handle. Defined here, below the routes that implement it (`routes::ExecShared`, the one
+/// implementation), so that this file and the shard that builds `File`s name nothing above
+/// them; the layers above get their own type back through [`as_any`](Self::as_any).
+pub(crate) trait FileOwner: Send + Sync {
+    /// Sends the close of a file whose last handle was dropped (nobody waits for the result).
+    fn close_detached(&self, file: FileRef);
+    /// Itself, for the routes to name their own type.
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
 /// The shared part of a [`File`]: what its clones name, and the close on drop.
 pub(crate) struct FileInner {
     pub(crate) handle: FileRef,
     pub(crate) key: FileKey,
     pub(crate) flags: FileFlags,
     pub(crate) path: Arc<Path>,
-    pub(crate) exec: Arc<crate::routes::ExecShared>,
+    /// The executor that opened it (its routes).
+    pub(crate) exec: Arc<dyn FileOwner>,
     /// An explicit close was sent: the drop sends none.
     pub(crate) closed: AtomicBool,
     /// What inline reads on the caller's thread need: the shard's descriptor (retired before it

@@ -8,7 +8,6 @@
 
 use crate::buf::{self, BufCompletion, IoBuf, IoBufMut, RawBuf};
 use crate::completion::Completion;
-use crate::error::Error;
 use crate::file::File;
 use crate::op::{self, FileOp};
 use crate::routes::{close, fadvise, link_into};
@@ -19,7 +18,7 @@ use crate::validate;
 /// and never blocks to send. They are the [`Executor`](crate::Executor)'s operations of the same
 /// names (`fsync` is [`sync_all`](File::sync_all), `fdatasync`
 /// [`sync_data`](File::sync_data)), on the executor that opened the file; once it has shut down
-/// they fail with [`Error::Shutdown`].
+/// they fail with [`Error::Shutdown`](crate::Error::Shutdown).
 ///
 /// ```
 /// # fn main() -> ringshard::Result<()> {
@@ -42,32 +41,27 @@ use crate::validate;
 /// # Ok(()) }
 /// ```
 impl File {
-    /// A buffer request: sent, or answered at once with its buffer when it was refused.
-    fn buf_request(&self, op: std::result::Result<IoOp, (Error, Vec<u8>)>) -> Completion<RawBuf> {
-        match op {
-            Ok(op) => self.shared().request(self, Ok(op), Reply::Buf, None),
-            Err((e, vec)) => Completion::ready(Ok((Err(e), vec))),
-        }
-    }
-
     /// A read of up to `len` bytes at `offset` into `vec` (its allocation reused), with the
     /// vector back whatever happens.
     /// Like every buffered read, it is done on the caller's thread when its data is cached (see
     /// `crate::inline`).
     pub(crate) fn read_raw(&self, vec: Vec<u8>, len: usize, offset: u64) -> Completion<RawBuf> {
-        let limits = self.shared().limits;
+        let r = match self.routes() {
+            Ok(r) => r,
+            Err(e) => return Completion::ready(Ok((Err(e), vec))),
+        };
         let op = validate::read_op_keep(
             self,
             offset,
             len,
             vec,
             crate::op::rw::RwFlags::empty(),
-            limits,
+            r.limits,
         );
         match op {
-            Ok(op) => match self.shared().inline_op(self, Ok(op)) {
+            Ok(op) => match r.inline_op(self, Ok(op)) {
                 Ok(data) => Completion::ready(Ok((Ok(data.len() as u64), data))),
-                Err(op) => self.shared().request(self, op, Reply::Buf, None),
+                Err(op) => r.request(self, op, Reply::Buf, None),
             },
             Err((e, vec)) => Completion::ready(Ok((Err(e), vec))),
         }
@@ -75,14 +69,16 @@ impl File {
 
     /// A write of all of `vec` at `offset`, with the vector back whatever happens.
     pub(crate) fn write_raw(&self, vec: Vec<u8>, offset: u64) -> Completion<RawBuf> {
-        let limits = self.shared().limits;
-        self.buf_request(validate::write_op_keep(
-            self,
-            offset,
-            vec,
-            crate::op::rw::RwFlags::empty(),
-            limits,
-        ))
+        let r = match self.routes() {
+            Ok(r) => r,
+            Err(e) => return Completion::ready(Ok((Err(e), vec))),
+        };
+        let op =
+            validate::write_op_keep(self, offset, vec, crate::op::rw::RwFlags::empty(), r.limits);
+        match op {
+            Ok(op) => r.request(self, Ok(op), Reply::Buf, None),
+            Err((e, vec)) => Completion::ready(Ok((Err(e), vec))),
+        }
     }
 
     /// Reads up to `len` bytes at `offset` into a new vector. Fewer come back only at end of
@@ -96,7 +92,7 @@ impl File {
     /// replaced). On error the vector is dropped: [`read_buf_at`](Self::read_buf_at) gives it
     /// back.
     pub fn read_into(&self, offset: u64, len: usize, buf: Vec<u8>) -> Completion<Vec<u8>> {
-        self.shared().read(self, offset, len, buf, None)
+        self.route(|r| r.read(self, offset, len, buf, None))
     }
 
     /// [`read_at`](Self::read_at) with per-operation flags ([`RwFlags`](crate::RwFlags):
@@ -107,9 +103,10 @@ impl File {
         len: usize,
         flags: crate::op::rw::RwFlags,
     ) -> Completion<Vec<u8>> {
-        let limits = self.shared().limits;
-        let op = validate::read_op_with(self, offset, len, Vec::new(), flags, limits);
-        self.shared().request(self, op, Reply::Data, None)
+        self.route(|r| {
+            let op = validate::read_op_with(self, offset, len, Vec::new(), flags, r.limits);
+            r.request(self, op, Reply::Data, None)
+        })
     }
 
     /// Reads into `buf` at `offset`, up to [`buf.read_capacity()`](IoBufMut::read_capacity)
@@ -127,21 +124,24 @@ impl File {
     /// Reads into buffers of `lens` bytes at `offset` with one `readv`; see
     /// [`Executor::read_vectored`](crate::Executor::read_vectored).
     pub fn read_vectored(&self, offset: u64, lens: &[usize]) -> Completion<Vec<Vec<u8>>> {
-        let limits = self.shared().limits;
         let lens = lens.to_vec();
-        let make = validate::vectored(
-            self,
-            "readv",
-            offset,
-            lens.iter().copied(),
-            lens.len(),
-            false,
-            limits,
-        )
-        .map(|()| {
-            move |done| Box::new(op::vectored::ReadV::new(offset, lens, 0, done)) as Box<dyn FileOp>
-        });
-        self.shared().request_op(self, make, None)
+        self.route(|r| {
+            let make = validate::vectored(
+                self,
+                "readv",
+                offset,
+                lens.iter().copied(),
+                lens.len(),
+                false,
+                r.limits,
+            )
+            .map(|()| {
+                move |done| {
+                    Box::new(op::vectored::ReadV::new(offset, lens, 0, done)) as Box<dyn FileOp>
+                }
+            });
+            r.request_op(self, make, None)
+        })
     }
 
     /// Writes `data` at `offset` and returns how many bytes landed, as std's
@@ -151,16 +151,20 @@ impl File {
     /// Short writes are continued, so fewer bytes always mean that an error stopped the write.
     /// For "all or an error", use [`write_all_at`](Self::write_all_at).
     pub fn write_at(&self, offset: u64, data: impl Into<Vec<u8>>) -> Completion<usize> {
-        let op = validate::write_op(self, offset, data.into(), self.shared().limits);
-        self.shared().request(self, op, Reply::Landed, None)
+        self.route(|r| {
+            let op = validate::write_op(self, offset, data.into(), r.limits);
+            r.request(self, op, Reply::Landed, None)
+        })
     }
 
     /// Writes all of `data` at `offset`, or fails: the error's
-    /// [`written`](Error::written) says how much of it landed. The same operation as
+    /// [`written`](crate::Error::written) says how much of it landed. The same operation as
     /// [`Executor::write`](crate::Executor::write).
     pub fn write_all_at(&self, offset: u64, data: impl Into<Vec<u8>>) -> Completion<()> {
-        let op = validate::write_op(self, offset, data.into(), self.shared().limits);
-        self.shared().request(self, op, Reply::Unit, None)
+        self.route(|r| {
+            let op = validate::write_op(self, offset, data.into(), r.limits);
+            r.request(self, op, Reply::Unit, None)
+        })
     }
 
     /// [`write_at`](Self::write_at) with per-operation flags ([`RwFlags`](crate::RwFlags):
@@ -173,9 +177,10 @@ impl File {
         data: impl Into<Vec<u8>>,
         flags: crate::op::rw::RwFlags,
     ) -> Completion<usize> {
-        let limits = self.shared().limits;
-        let op = validate::write_op_with(self, offset, data.into(), flags, limits);
-        self.shared().request(self, op, Reply::Landed, None)
+        self.route(|r| {
+            let op = validate::write_op_with(self, offset, data.into(), flags, r.limits);
+            r.request(self, op, Reply::Landed, None)
+        })
     }
 
     /// [`write_at`](Self::write_at) from an owned buffer, given back with the count, on error
@@ -195,22 +200,23 @@ impl File {
     /// Writes `bufs` one after another at `offset` with `writev`; see
     /// [`Executor::write_vectored`](crate::Executor::write_vectored).
     pub fn write_vectored(&self, offset: u64, bufs: Vec<Vec<u8>>) -> Completion<usize> {
-        let limits = self.shared().limits;
-        let make = validate::vectored(
-            self,
-            "writev",
-            offset,
-            bufs.iter().map(Vec::len),
-            bufs.len(),
-            true,
-            limits,
-        )
-        .map(|()| {
-            move |done| {
-                Box::new(op::vectored::WriteV::new(offset, bufs, 0, done)) as Box<dyn FileOp>
-            }
-        });
-        self.shared().request_op(self, make, None)
+        self.route(|r| {
+            let make = validate::vectored(
+                self,
+                "writev",
+                offset,
+                bufs.iter().map(Vec::len),
+                bufs.len(),
+                true,
+                r.limits,
+            )
+            .map(|()| {
+                move |done| {
+                    Box::new(op::vectored::WriteV::new(offset, bufs, 0, done)) as Box<dyn FileOp>
+                }
+            });
+            r.request_op(self, make, None)
+        })
     }
 
     /// Appends `data` at the end of a file opened with
@@ -218,23 +224,24 @@ impl File {
     /// [`Executor::append`](crate::Executor::append).
     pub fn append(&self, data: impl Into<Vec<u8>>) -> Completion<crate::op::append::Appended> {
         let data = data.into();
-        let make = validate::append(self, data.len(), self.shared().limits)
-            .map(|()| move |done| Box::new(op::append::Append::new(data, done)) as Box<dyn FileOp>);
-        self.shared().request_op(self, make, None)
+        self.route(|r| {
+            let make = validate::append(self, data.len(), r.limits).map(|()| {
+                move |done| Box::new(op::append::Append::new(data, done)) as Box<dyn FileOp>
+            });
+            r.request_op(self, make, None)
+        })
     }
 
     /// fsync: completes once every earlier write to the file (through this executor) and its
     /// metadata are durable ([`Executor::fsync`](crate::Executor::fsync)).
     pub fn sync_all(&self) -> Completion<()> {
-        self.shared()
-            .request(self, Ok(validate::sync_op(false)), Reply::Unit, None)
+        self.route(|r| r.request(self, Ok(validate::sync_op(false)), Reply::Unit, None))
     }
 
     /// fdatasync: [`sync_all`](Self::sync_all) without the metadata reads do not need
     /// ([`Executor::fdatasync`](crate::Executor::fdatasync)).
     pub fn sync_data(&self) -> Completion<()> {
-        self.shared()
-            .request(self, Ok(validate::sync_op(true)), Reply::Unit, None)
+        self.route(|r| r.request(self, Ok(validate::sync_op(true)), Reply::Unit, None))
     }
 
     /// `sync_file_range(2)`; see [`Executor::sync_file_range`](crate::Executor::sync_file_range).
@@ -245,19 +252,18 @@ impl File {
         flags: crate::op::sync_range::SyncRangeFlags,
     ) -> Completion<()> {
         let op = validate::sync_file_range(offset, len, flags);
-        self.shared().request(self, op, Reply::Unit, None)
+        self.route(|r| r.request(self, op, Reply::Unit, None))
     }
 
     /// The file's metadata (`statx`), after every earlier operation on it.
     pub fn metadata(&self) -> Completion<crate::op::statx::Metadata> {
         let make = |done| Box::new(op::statx::Statx::of_file(done)) as Box<dyn FileOp>;
-        self.shared().request_op(self, Ok(make), None)
+        self.route(|r| r.request_op(self, Ok(make), None))
     }
 
     /// The file's size, after every earlier operation on it.
     pub fn size(&self) -> Completion<u64> {
-        self.shared()
-            .request(self, Ok(validate::size_op()), Reply::Size, None)
+        self.route(|r| r.request(self, Ok(validate::size_op()), Reply::Size, None))
     }
 
     /// Sets the file's length (`ftruncate`); needs write access. See
@@ -265,7 +271,7 @@ impl File {
     pub fn set_len(&self, len: u64) -> Completion<()> {
         let op = validate::set_len(self, len)
             .map(|()| IoOp::File(Box::new(op::truncate::Truncate { len })));
-        self.shared().request(self, op, Reply::Unit, None)
+        self.route(|r| r.request(self, op, Reply::Unit, None))
     }
 
     /// `fallocate(2)` with `mode`; see [`Executor::fallocate`](crate::Executor::fallocate).
@@ -276,7 +282,7 @@ impl File {
         len: u64,
     ) -> Completion<()> {
         let op = validate::fallocate_op(mode, offset, len);
-        self.shared().request(self, op, Reply::Unit, None)
+        self.route(|r| r.request(self, op, Reply::Unit, None))
     }
 
     /// `posix_fadvise(2)`: advice about the file's page cache for `len` bytes at `offset` (0: to
@@ -299,7 +305,7 @@ impl File {
     /// (to replace a file, link to a temporary name and [`rename`](crate::Executor::rename)),
     /// EXDEV if `path` is on another filesystem. Works for any user: the descriptor is named as
     /// `/proc/self/fd/N`, so /proc must be mounted. Errors name both paths
-    /// ([`Error::PathPair`], op `"link_into"`). See
+    /// ([`Error::PathPair`](crate::Error::PathPair), op `"link_into"`). See
     /// [`Executor::link_file`](crate::Executor::link_file).
     pub fn link_into(&self, path: impl AsRef<std::path::Path>) -> Completion<()> {
         link_into(self, path.as_ref(), None)
@@ -312,7 +318,7 @@ impl File {
     /// shard. Listings of one handle run one at a time. ENOTDIR on a handle of a file.
     pub fn read_dir(&self) -> Completion<Vec<crate::op::read_dir::DirEntry>> {
         let make = |done| Box::new(op::read_dir::ReadDir::of_handle(done)) as Box<dyn FileOp>;
-        self.shared().request_op(self, Ok(make), None)
+        self.route(|r| r.request_op(self, Ok(make), None))
     }
 
     /// Copies `len` bytes at `offset` of this file to `dst_offset` of `dst` in the kernel;
@@ -326,8 +332,7 @@ impl File {
         len: u64,
     ) -> Completion<u64> {
         use crate::op::copy_range::How;
-        self.shared()
-            .copy_range(How::Copy, self, offset, dst, dst_offset, len, None)
+        self.route(|r| r.copy_range(How::Copy, self, offset, dst, dst_offset, len, None))
     }
 
     /// Shares `len` bytes at `offset` of this file with `dst_offset` of `dst` (reflink,
@@ -341,12 +346,11 @@ impl File {
         len: u64,
     ) -> Completion<u64> {
         use crate::op::copy_range::How;
-        self.shared()
-            .copy_range(How::Clone, self, offset, dst, dst_offset, len, None)
+        self.route(|r| r.copy_range(How::Clone, self, offset, dst, dst_offset, len, None))
     }
 
     /// Closes the file after every earlier operation on it and reports errors; operations on any
-    /// other clone of the handle then fail with [`Error::BadHandle`]. Dropping the last
+    /// other clone of the handle then fail with [`Error::BadHandle`](crate::Error::BadHandle). Dropping the last
     /// clone closes it too, without a report.
     pub fn close(self) -> Completion<()> {
         close(&self)

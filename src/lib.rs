@@ -164,6 +164,7 @@ pub mod shard;
 pub mod sharded;
 pub mod stats;
 mod stop_at_exit;
+mod task;
 pub mod topology;
 
 pub use buf::{BufCompletion, BufResult, IoBuf, IoBufMut};
@@ -188,10 +189,8 @@ pub use op::vectored::MAX_IOVECS;
 pub use pool::{BufferPoolStats, RegisteredBufferPool};
 pub use ring::{RingConfig, RingMode};
 pub use session::{Done, Session};
-pub use shard::{
-    block_on, local, yield_now, JoinHandle, LocalShard, PoolBuf, ShardContext, ShardCqe, Sleep,
-    YieldNow, SLOW_POLL,
-};
+pub use shard::{ShardContext, ShardCqe, SLOW_POLL};
 pub use sharded::Sharded;
 pub use stats::{ExecutorStats, LatencySummary, MemPolicy, OpKind, ShardStats};
+pub use task::{block_on, local, yield_now, JoinHandle, LocalShard, PoolBuf, Sleep, YieldNow};
 pub use topology::{Placement, Topology};

@@ -4,7 +4,7 @@
 use crate::completion::{pair, Completer, Completion};
 use crate::error::{Error, Result};
 use crate::fd_transit::InTransit;
-use crate::file::{File, FileFlags, FileRef, OpenOptions};
+use crate::file::{File, FileFlags, FileOwner, FileRef, OpenOptions};
 use crate::op::{self, FileOp};
 use crate::router::{shard_for, FileKey};
 use crate::shard::{IoOp, IoRequest, Message, Reply, ShardLink};
@@ -54,7 +54,7 @@ impl ExecShared {
         if self.closed.load(Ordering::Acquire) {
             return Err((msg, Error::Shutdown));
         }
-        let msg = match crate::shard::tasks::try_local(self.id, shard, msg) {
+        let msg = match crate::shard::task_queues::try_local(self.id, shard, msg) {
             Ok(()) => return Ok(()),
             Err(msg) => msg,
         };
@@ -86,20 +86,6 @@ impl ExecShared {
         }
     }
 
-    /// Closes a file whose last handle was dropped: nobody waits for the result.
-    pub(crate) fn close_detached(&self, file: FileRef) {
-        let req = IoRequest {
-            file,
-            op: IoOp::Close(self.fds.enter()),
-            reply: Reply::Detached,
-            at: Instant::now(),
-            deadline: None,
-            pending: None,
-        };
-        // Refused after shutdown: the shard closes every file as it stops.
-        let _ = self.send(file.shard, Message::Io(req));
-    }
-
     /// Routes one checked request. On the thread of the file's own shard (a task, a `submit_to`
     /// closure) it skips the channel (see [`send`](Self::send)).
     pub(crate) fn request<T>(
@@ -113,7 +99,16 @@ impl ExecShared {
             Ok(op) => op,
             Err(e) => return Completion::ready(Err(e)),
         };
-        let (c, req) = crate::shard::tasks::make(self, file, op, reply, deadline);
+        let (c, done) = pair(self.id, file.shard());
+        let req = IoRequest {
+            file: file.handle(),
+            pending: crate::inline::pending_for(file, op.kind()),
+            op,
+            reply: reply(done),
+            // In a shard task: the start of its poll, at most a poll earlier than now.
+            at: crate::shard::task_queues::poll_start().unwrap_or_else(Instant::now),
+            deadline,
+        };
         self.send_or_fail(file.shard(), Message::Io(req));
         c
     }
@@ -139,10 +134,12 @@ impl ExecShared {
         };
         // A task on the file's own shard: straight to its ring (shard/task_io.rs).
         let buf = match kept {
-            0 => match crate::shard::local_io::try_read(self, file, offset, len, buf, deadline) {
-                Ok(c) => return c,
-                Err(buf) => buf,
-            },
+            0 => {
+                match crate::shard::local_io::try_read(self.id, file, offset, len, buf, deadline) {
+                    Ok(c) => return c,
+                    Err(buf) => buf,
+                }
+            }
             _ => buf,
         };
         let op = IoOp::Read {
@@ -508,12 +505,32 @@ impl ExecShared {
                 key,
                 flags,
                 path: Arc::from(path),
-                exec: Arc::clone(self_arc),
+                exec: Arc::clone(self_arc) as Arc<dyn FileOwner>,
                 done,
                 transit,
                 count_open,
             },
         );
+    }
+}
+
+/// A `File` closes through its executor when its last handle drops (see `file.rs`).
+impl FileOwner for ExecShared {
+    fn close_detached(&self, file: FileRef) {
+        let req = IoRequest {
+            file,
+            op: IoOp::Close(self.fds.enter()),
+            reply: Reply::Detached,
+            at: Instant::now(),
+            deadline: None,
+            pending: None,
+        };
+        // Refused after shutdown: the shard closes every file as it stops.
+        let _ = self.send(file.shard, Message::Io(req));
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }
 
@@ -556,8 +573,7 @@ pub(crate) enum DirOf<'a> {
 /// [`File::close`](crate::File::close) and [`Executor::close`](crate::Executor::close).
 pub(crate) fn close(file: &File) -> Completion<()> {
     file.inner.closed.store(true, Ordering::Release);
-    let shared = file.shared();
-    shared.request(file, Ok(IoOp::Close(shared.fds.enter())), Reply::Unit, None)
+    file.route(|r| r.request(file, Ok(IoOp::Close(r.fds.enter())), Reply::Unit, None))
 }
 
 /// Sends an fadvise of `file`: the one implementation of [`File::fadvise`](crate::File::fadvise),
@@ -570,7 +586,7 @@ pub(crate) fn fadvise(
     deadline: Option<std::time::Instant>,
 ) -> Completion<()> {
     let op = validate::fadvise_op(offset, len, advice);
-    file.shared().request(file, op, Reply::Unit, deadline)
+    file.route(|r| r.request(file, op, Reply::Unit, deadline))
 }
 
 /// Sends a link of `file` at `path`: the one implementation of [`File::link_into`](crate::File::link_into),
@@ -585,12 +601,28 @@ pub(crate) fn link_into(
         let to_path = std::sync::Arc::from(path);
         move |done| Box::new(op::link_file::LinkFile::new(to, to_path, done)) as Box<dyn FileOp>
     });
-    file.shared().request_op(file, make, deadline)
+    file.route(|r| r.request_op(file, make, deadline))
 }
 
 impl File {
-    /// The executor's routes (this file's own executor, so `check_owner` always passes).
-    pub(crate) fn shared(&self) -> &ExecShared {
-        &self.inner.exec
+    /// The routes of the executor that opened this file (so `check_owner` passes). The file
+    /// holds them as a [`FileOwner`] (`file.rs` is below this layer); `ExecShared` is the only
+    /// one, so the error, `BadHandle`, is never seen.
+    pub(crate) fn routes(&self) -> Result<&ExecShared> {
+        self.inner.exec.as_any().downcast_ref().ok_or_else(|| {
+            Error::BadHandle(format!(
+                "{} has no ringshard executor to route it",
+                self.path().display()
+            ))
+        })
+    }
+
+    /// What `f` sends on this file's routes; completed with [`routes`](Self::routes)' error
+    /// when there are none.
+    pub(crate) fn route<T>(&self, f: impl FnOnce(&ExecShared) -> Completion<T>) -> Completion<T> {
+        match self.routes() {
+            Ok(r) => f(r),
+            Err(e) => Completion::ready(Err(e)),
+        }
     }
 }

@@ -9,10 +9,9 @@
 
 use crate::error::{Error, Result};
 use crate::routes::ExecShared;
-use crate::shard::tasks::{local, spawn, spawn_result, JoinHandle, LocalShard};
+use crate::shard::local_values;
+use crate::task::{local, spawn, spawn_result, JoinHandle, LocalShard};
 use std::any::Any;
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::rc::Rc;
@@ -21,48 +20,6 @@ use std::sync::Arc;
 
 /// Ids of `Sharded` values, unique in the process (the key of each shard thread's table).
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-
-thread_local! {
-    /// The values this shard thread holds, by `Sharded` id.
-    static VALUES: RefCell<HashMap<u64, Rc<dyn Any>>> = RefCell::new(HashMap::new());
-}
-
-/// This thread's value of `Sharded` `id`, if it holds one.
-fn get_here<T: 'static>(id: u64) -> Option<Rc<T>> {
-    // why: the Rc is cloned out, so no borrow of the table is held while user code runs (it may
-    // use another `Sharded`, or drop one).
-    let v = VALUES
-        .try_with(|m| m.try_borrow().ok()?.get(&id).cloned())
-        .ok()??;
-    Rc::downcast::<T>(v).ok()
-}
-
-/// Takes this thread's value of `Sharded` `id` out of the table and drops it (outside the
-/// table's borrow: its drop may touch another `Sharded`).
-fn remove_here(id: u64) {
-    let v = VALUES
-        .try_with(|m| m.try_borrow_mut().ok()?.remove(&id))
-        .ok()
-        .flatten();
-    drop(v);
-}
-
-/// Called by a shard thread as it stops, after its tasks are dropped: drops every value it
-/// still holds, here on its own thread. A panicking drop is contained (the shard is finishing
-/// its shutdown and must go on).
-pub(crate) fn drop_here() {
-    let values: Vec<Rc<dyn Any>> = VALUES
-        .try_with(|m| {
-            m.try_borrow_mut()
-                .map(|mut m| m.drain().map(|(_, v)| v).collect())
-        })
-        .ok()
-        .and_then(|r| r.ok())
-        .unwrap_or_default();
-    for v in values {
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(v)));
-    }
-}
 
 /// One `T` per shard of an executor ([`Executor::sharded`](crate::Executor::sharded)).
 ///
@@ -119,8 +76,8 @@ impl Drop for Inner {
         let id = self.id;
         for shard in 0..self.shards {
             // Refused once the executor is shut down: each shard then drops its values as it
-            // stops (`drop_here`).
-            spawn(&self.exec, shard, async move { remove_here(id) }).detach();
+            // stops (`local_values::drop_here`).
+            spawn(&self.exec, shard, async move { local_values::remove(id) }).detach();
         }
     }
 }
@@ -167,7 +124,7 @@ where
                 // Built here (its allocation first touched on the shard's thread and node) and
                 // stored in this thread's table within the same poll: it never leaves the thread.
                 let value: Rc<dyn Any> = Rc::new(make(&local));
-                VALUES.with(|m| m.borrow_mut().insert(id, value));
+                local_values::insert(id, value);
                 Ok(())
             })
         })
@@ -198,7 +155,7 @@ impl<T: 'static> Sharded<T> {
         if exec != self.inner.exec.id {
             return None;
         }
-        get_here(self.inner.id)
+        local_values::get(self.inner.id)
     }
 
     /// Calls `f` with the `T` of the shard this code runs on. Off this executor's shards (any

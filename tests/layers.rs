@@ -2,9 +2,9 @@
 //! its own.
 //!
 //! ARCHITECTURE.md's "## Layers" table lists the layers top first, each row naming its modules as
-//! crate paths in backticks (`shard` covers every file under `src/shard/` unless a longer path such
-//! as `shard::tasks` is listed too). A module may use modules of its own layer and of the layers
-//! below. This test reads every `.rs` file under `src/`, finds each `crate::` and `super::` path
+//! crate paths in backticks (a directory's module, such as `op`, covers every file under it unless
+//! a longer path such as `op::kind` is listed too). A module may use modules of its own layer and
+//! of the layers below; there are no exceptions. This test reads every `.rs` file under `src/`, finds each `crate::` and `super::` path
 //! outside comments and outside the trailing `#[cfg(test)] mod` (unit tests may reach anywhere),
 //! and fails with one line per upward use, naming both modules and their layers.
 
@@ -263,29 +263,6 @@ fn through_reexports(map: &[(String, Vec<String>)], path: Vec<String>) -> Vec<St
     }
 }
 
-/// The upward uses that remain (file, the module it uses), listed in ARCHITECTURE.md with why:
-/// debt to pay down, not a licence. The list only shrinks: a new upward use fails the test, and
-/// so does a pair here that no longer occurs.
-const KNOWN: &[(&str, &str)] = &[
-    // `File` routes its own requests and closes on drop through the executor's router.
-    ("src/file.rs", "routes"),
-    ("src/shard/mod.rs", "routes"),
-    ("src/shard/install.rs", "routes"),
-    ("src/shard/local_io.rs", "routes"),
-    // The task run queue, timers and per-thread queues live with the task face in tasks.rs.
-    ("src/routes.rs", "shard::tasks"),
-    ("src/shard/inbox.rs", "shard::tasks"),
-    ("src/shard/local_io.rs", "shard::tasks"),
-    ("src/shard/runner.rs", "shard::tasks"),
-    ("src/shard/setup.rs", "shard::tasks"),
-    ("src/shard/sleep.rs", "shard::tasks"),
-    ("src/shard/task_host.rs", "shard::tasks"),
-    ("src/shard/teardown.rs", "shard::tasks"),
-    ("src/shard/timers.rs", "shard::tasks"),
-    // Per-shard values of `Sharded<T>` are dropped on their shard at teardown.
-    ("src/shard/teardown.rs", "sharded"),
-];
-
 #[test]
 fn no_module_uses_one_above_it() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -298,7 +275,6 @@ fn no_module_uses_one_above_it() {
     let lib = std::fs::read_to_string(src.join("lib.rs")).expect("read src/lib.rs");
     let reexports = root_reexports(&code_of(&lib));
     let mut problems = BTreeSet::new();
-    let mut known_seen = BTreeSet::new();
     for file in &files {
         let module = module_of(&src, file);
         let shown = file.strip_prefix(root).expect("under root").display();
@@ -330,9 +306,7 @@ fn no_module_uses_one_above_it() {
             let Some((theirs, their_entry)) = layer_of(&layers, &full) else {
                 continue;
             };
-            if theirs < own && KNOWN.contains(&(&*shown.to_string(), &*their_entry)) {
-                known_seen.insert((shown.to_string(), their_entry.clone()));
-            } else if theirs < own {
+            if theirs < own {
                 problems.insert(format!(
                     "{shown} (`{own_entry}`, layer {}) uses `crate::{}` of `{their_entry}` \
                      (layer {}), a layer above it",
@@ -341,14 +315,6 @@ fn no_module_uses_one_above_it() {
                     layers[theirs].label,
                 ));
             }
-        }
-    }
-    for (file, entry) in KNOWN {
-        if !known_seen.contains(&(file.to_string(), entry.to_string())) {
-            problems.insert(format!(
-                "{file} no longer uses `{entry}`: remove the pair from KNOWN in tests/layers.rs \
-                 (and from ARCHITECTURE.md's list of upward uses)"
-            ));
         }
     }
     assert!(

@@ -156,7 +156,12 @@ impl FileCursor {
 
     /// The most bytes one request asks for.
     fn max_chunk(&self) -> usize {
-        self.file.inner.exec.limits.max_request
+        // A file without routes fails every request; any size does for it.
+        self.file
+            .routes()
+            .map_or(crate::validate::DEFAULT_MAX_REQUEST_SIZE, |r| {
+                r.limits.max_request
+            })
     }
 
     /// The outcome of the operation in flight: polled with `cx`, or waited for without.

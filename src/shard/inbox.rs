@@ -4,7 +4,7 @@
 //! table wait in the backlog, ahead of anything newer.
 
 use super::runner::Shard;
-use super::tasks;
+use super::task_queues;
 use super::{IoRequest, Message, Reply};
 use crossbeam_channel::TryRecvError;
 
@@ -47,7 +47,7 @@ impl Shard {
     }
 
     /// Handles one message, from the inbox or from this thread's local queue (see
-    /// `tasks::try_local`): the one entry for every source, so requests are admitted in the
+    /// `task_queues::try_local`): the one entry for every source, so requests are admitted in the
     /// order each source sent them.
     pub(super) fn handle(&mut self, msg: Message) {
         match msg {
@@ -79,8 +79,8 @@ impl Shard {
                 count_open,
             } => self.install(fd, key, flags, path, exec, done, count_open),
             Message::Task(t) => self.tasks.push_back(t),
-            Message::Run(r) => tasks::push_runnable(r),
-            Message::SetExec(exec) => tasks::set_executor(exec),
+            Message::Run(r) => task_queues::push_runnable(r),
+            Message::SetExec(exec) => task_queues::set_executor(exec),
             Message::Stats(done) => {
                 self.stats.pool = self.pool.stats();
                 done.complete(Ok(self.stats.clone()));

@@ -6,7 +6,7 @@ use super::files::FileEntry;
 use super::runner::elapsed_ns;
 use super::runner::Shard;
 use crate::completion::Completer;
-use crate::file::{File, FileFlags, FileInner, FileRef};
+use crate::file::{File, FileFlags, FileInner, FileOwner, FileRef};
 use crate::inline::InlineFile;
 use crate::router::FileKey;
 use crate::stats::OpKind;
@@ -24,7 +24,7 @@ impl Shard {
         key: FileKey,
         flags: FileFlags,
         path: Arc<Path>,
-        exec: Arc<crate::routes::ExecShared>,
+        exec: Arc<dyn FileOwner>,
         done: Completer<File>,
         count_open: bool,
     ) {

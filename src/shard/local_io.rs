@@ -6,10 +6,9 @@
 //! then pushes its SQE at once when the file has nothing older unfinished, or admits it as an
 //! ordinary request otherwise: the read keeps its place in the file's order either way.
 
-use super::tasks;
+use super::task_queues;
 use crate::completion::{pair, Completer, Completion};
 use crate::file::{File, FileRef};
-use crate::routes::ExecShared;
 use std::cell::RefCell;
 use std::time::Instant;
 
@@ -35,7 +34,7 @@ thread_local! {
 /// thread is polling a task of the file's own shard and nothing that task's shard was sent on
 /// this thread waits before it; otherwise hands `buf` back (the caller routes the read).
 pub(crate) fn try_read(
-    exec: &ExecShared,
+    exec: u64,
     file: &File,
     offset: u64,
     len: usize,
@@ -45,19 +44,19 @@ pub(crate) fn try_read(
     let handle = file.handle();
     // why: only inside a task's poll: the shard takes the queue right after the batch of polls,
     // so nothing is left in it when the shard looks for work or goes to sleep.
-    let Some(at) = tasks::poll_start() else {
+    let Some(at) = task_queues::poll_start() else {
         return Err(buf);
     };
     // why: a message sent on this thread before (an fsync, a write) must be admitted first; the
     // queue is taken before those messages, so a read may only join it while there are none.
-    if handle.exec != exec.id
-        || !tasks::on_shard(exec.id, handle.shard)
-        || tasks::has_local()
+    if handle.exec != exec
+        || !task_queues::on_shard(exec, handle.shard)
+        || task_queues::has_local()
         || file.flags().direct
     {
         return Err(buf);
     }
-    let (c, done) = pair(exec.id, handle.shard);
+    let (c, done) = pair(exec, handle.shard);
     let read = QueuedRead {
         file: handle,
         offset,

@@ -15,7 +15,10 @@
 //! - `files` is the shard's file table; `ops` what an admitted request becomes.
 //! - `order` keeps operations on one file in a safe order.
 //! - [`ShardContext`] is what a closure run on the shard (`Executor::submit_to`) gets.
-//! - `tasks` runs async tasks on the shard ([`JoinHandle`], [`LocalShard`], sleep, yield).
+//! - `task_queues`: the per-thread queues between the shard and its async tasks (run queue,
+//!   messages sent on its thread, sleeps to arm, lent buffers: `lease`); the tasks themselves,
+//!   as their code sees them, are `crate::task`.
+//! - `local_values`: values the layers above keep on the shard thread (`Sharded<T>`'s).
 
 mod admit;
 mod cancel;
@@ -28,7 +31,9 @@ mod finish;
 mod inbox;
 mod install;
 mod issue;
+pub(crate) mod lease;
 pub(crate) mod local_io;
+pub(crate) mod local_values;
 mod ops;
 mod order;
 mod runner;
@@ -39,15 +44,13 @@ mod submit;
 mod submit_to;
 mod task_host;
 mod task_io;
-pub(crate) mod tasks;
+pub(crate) mod task_queues;
 mod teardown;
 mod timers;
 
 pub use context::{ShardContext, ShardCqe, CANCEL_USER_DATA, WAKE_USER_DATA};
 pub(crate) use setup::{spawn, ShardConfig};
-pub use tasks::{
-    block_on, local, yield_now, JoinHandle, LocalShard, PoolBuf, Sleep, YieldNow, SLOW_POLL,
-};
+pub use task_queues::SLOW_POLL;
 pub(crate) use teardown::notify_death;
 
 use crate::completion::Completer;
@@ -198,7 +201,7 @@ pub(crate) enum Reply {
     /// completer).
     InOp,
     /// A task's pooled O_DIRECT read: the pool buffer itself, lent until the guard is dropped.
-    Lease(Completer<tasks::Lease>),
+    Lease(Completer<lease::Lease>),
 }
 
 impl Reply {
@@ -268,7 +271,7 @@ impl Reply {
 pub(crate) type Task = Box<dyn FnOnce(&mut ShardContext<'_>) + Send>;
 
 /// What travels over a shard's inbox (or, sent on the shard's own thread, its thread-local
-/// queue: see `tasks::try_local`).
+/// queue: see `task_queues::try_local`).
 pub(crate) enum Message {
     Io(IoRequest),
     Batch(Vec<IoRequest>),
@@ -284,7 +287,7 @@ pub(crate) enum Message {
         flags: FileFlags,
         path: Arc<Path>,
         /// The executor, for the handle's close-on-drop.
-        exec: Arc<crate::routes::ExecShared>,
+        exec: Arc<dyn crate::file::FileOwner>,
         done: Completer<File>,
         /// Dropped once the shard has the descriptor in its file table (or never will).
         transit: crate::fd_transit::InTransit,
@@ -293,8 +296,9 @@ pub(crate) enum Message {
         count_open: bool,
     },
     Task(Task),
-    /// The executor, for tasks (`ringshard::local()`); sent once after the shards start.
-    SetExec(std::sync::Weak<crate::routes::ExecShared>),
+    /// The executor, for tasks (`ringshard::local()`, which knows its type: the shard is below it);
+    /// sent once after the shards start.
+    SetExec(std::sync::Weak<dyn std::any::Any + Send + Sync>),
     /// An async task woken on another thread: it runs on the shard's next batch.
     Run(async_task::Runnable),
     Stats(Completer<ShardStats>),

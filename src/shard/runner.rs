@@ -28,7 +28,7 @@ use super::ops::{Chunk, OpTable};
 use super::order::Ordering;
 use super::session_table::SessionTable;
 use super::setup::ShardConfig;
-use super::tasks::{self, TimerState};
+use super::task_queues::{self, TimerState};
 use super::{IoRequest, Message, ShardShared, Task};
 use crate::completion::Completer;
 use crate::driver::Driver;
@@ -145,11 +145,11 @@ impl Shard {
                 && self.tasks.is_empty()
                 && self.backlog.is_empty()
                 && self.rx.is_empty()
-                && !tasks::has_local()
+                && !task_queues::has_local()
             {
                 return;
             }
-            if progress || tasks::has_work() {
+            if progress || task_queues::has_work() {
                 continue;
             }
             // Idle. With I/O in flight, wait in the ring: the next completion or request wakes

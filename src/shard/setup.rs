@@ -8,7 +8,7 @@ use super::ops::{Chunk, OpTable};
 use super::order::Ordering;
 use super::runner::Shard;
 use super::session_table::SessionTable;
-use super::tasks;
+use super::task_queues;
 use super::teardown::stop;
 use super::{Message, ShardLink, ShardShared};
 use crate::completion::set_current_shard;
@@ -238,7 +238,7 @@ impl Shard {
             fast: super::task_io::TaskReads::default(),
         };
         shard.arm_wake()?;
-        tasks::set_pool_alive(true);
+        task_queues::set_pool_alive(true);
         Ok(shard)
     }
 }

@@ -6,7 +6,7 @@
 use super::cancel::SCAN_EVERY;
 use super::context::WAKE_USER_DATA;
 use super::runner::Shard;
-use super::tasks;
+use super::task_queues;
 use super::{ShardShared, AWAKE, IN_RING, ON_FUTEX};
 use crate::error::Result;
 use io_uring::{opcode, types};
@@ -76,7 +76,7 @@ impl Shard {
         fence(AtomicOrdering::SeqCst);
         // A message we cannot admit yet (too many ops) is no reason to stay up: the completions
         // that make room come only from waiting in the ring.
-        if (self.can_admit() && self.has_incoming()) || tasks::has_work() {
+        if (self.can_admit() && self.has_incoming()) || task_queues::has_work() {
             self.shared.sleep.store(AWAKE, AtomicOrdering::Relaxed);
             return;
         }

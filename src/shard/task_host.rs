@@ -2,8 +2,9 @@
 //! like the inbox's messages, and their sleeps armed. A task's pooled read is answered with a
 //! lease: the pool buffer itself, lent until the task's guard is dropped.
 
+use super::lease::Lease;
 use super::runner::Shard;
-use super::tasks::{self, TASK_BUDGET};
+use super::task_queues::{self, TASK_BUDGET};
 use crate::completion::Completer;
 use crate::error::{Error, Result};
 
@@ -13,7 +14,7 @@ impl Shard {
     /// handled like the inbox's messages, in the order sent, and the tasks' sleeps are armed in
     /// the ring.
     pub(super) fn run_async_tasks(&mut self) -> bool {
-        let (ran, slow) = tasks::run_batch(TASK_BUDGET);
+        let (ran, slow) = task_queues::run_batch(TASK_BUDGET);
         self.take_back_lent();
         if ran > 0 {
             self.stats.note_task_polls(ran as u64, slow);
@@ -21,7 +22,7 @@ impl Shard {
         let mut any = ran > 0;
         any |= self.admit_task_reads();
         let mut msgs = std::mem::take(&mut self.local);
-        tasks::take_local(&mut msgs);
+        task_queues::take_local(&mut msgs);
         if !msgs.is_empty() {
             any = true;
             for msg in msgs.drain(..) {
@@ -29,7 +30,7 @@ impl Shard {
             }
         }
         self.local = msgs;
-        tasks::take_timers(&mut self.new_timers);
+        task_queues::take_timers(&mut self.new_timers);
         self.remove_dropped_timers();
         // While submit_to closures wait for a quiet ring, new sleeps wait with them.
         if !self.new_timers.is_empty() && self.tasks.is_empty() {
@@ -44,13 +45,8 @@ impl Shard {
     }
 
     /// Finishes a pooled read: on success the buffer is lent to the task (released when its
-    /// guard is dropped, see [`tasks::take_released`]); otherwise it goes back now.
-    pub(super) fn lend(
-        &mut self,
-        c: Completer<tasks::Lease>,
-        result: Result<u64>,
-        lent: Option<u16>,
-    ) {
+    /// guard is dropped, see [`task_queues::take_released`]); otherwise it goes back now.
+    pub(super) fn lend(&mut self, c: Completer<Lease>, result: Result<u64>, lent: Option<u16>) {
         match (result, lent) {
             // Lent in the pool: refused to `submit_to` closures and never handed out until the
             // task's guard is dropped and `take_back_lent` gives it back.
@@ -58,7 +54,7 @@ impl Shard {
                 Ok(buf) => {
                     let ptr = buf.as_ptr();
                     let n = (n as usize).min(buf.len());
-                    c.complete(Ok(tasks::Lease::new(
+                    c.complete(Ok(Lease::new(
                         self.cfg.exec_id,
                         self.cfg.index,
                         idx,
@@ -87,7 +83,7 @@ impl Shard {
     /// Takes back the buffers whose guards were dropped on this thread.
     fn take_back_lent(&mut self) {
         let mut back = std::mem::take(&mut self.released);
-        tasks::take_released(&mut back);
+        task_queues::take_released(&mut back);
         for idx in back.drain(..) {
             // Only a dropped `Lease` fills `released`, and only `lend` makes one.
             if let Err(e) = self.pool.take_back(idx) {

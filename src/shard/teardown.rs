@@ -5,7 +5,7 @@
 
 use super::ops::{DataPath, Op};
 use super::runner::Shard;
-use super::tasks;
+use super::task_queues;
 use super::{IoOp, ShardShared};
 use crate::completion::{set_abandon_reason, AbandonReason, Completer};
 use crate::error::Error;
@@ -23,7 +23,7 @@ pub(super) fn stop(mut shard: Shard, shared: &ShardShared, index: usize, panicke
     }
     // Tasks still runnable are dropped here, on their thread (their handles report it); from now
     // on a task woken on this thread is dropped at once.
-    let unhandled = tasks::shutdown_here();
+    let unhandled = task_queues::shutdown_here();
     if !panicked {
         // Kept for `Executor::stats` after shutdown.
         shard.stats.pool = shard.pool.stats();
@@ -52,7 +52,7 @@ pub(super) fn stop(mut shard: Shard, shared: &ShardShared, index: usize, panicke
     shared.exited.store(true, AtomicOrdering::SeqCst);
     // Per-shard state (`Sharded`) is dropped here, on its own thread, after the tasks that
     // used it; what its drops send to this shard is refused or failed below like the rest.
-    crate::sharded::drop_here();
+    super::local_values::drop_here();
     for msg in unhandled {
         shard.shutdown_waiters.extend(msg.fail(&error));
     }
@@ -152,6 +152,6 @@ impl Drop for Shard {
             t.fire();
         }
         // The pool is unmapped after this body: guards of lent buffers read nothing from now on.
-        tasks::set_pool_alive(false);
+        task_queues::set_pool_alive(false);
     }
 }

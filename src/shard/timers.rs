@@ -4,7 +4,7 @@
 
 use super::context::CANCEL_USER_DATA;
 use super::runner::Shard;
-use super::tasks::{self, TimerState};
+use super::task_queues::{self, TimerState};
 use io_uring::{opcode, types};
 use std::sync::atomic::Ordering as AtomicOrdering;
 use std::sync::Arc;
@@ -20,7 +20,7 @@ impl Shard {
     /// each would hold a CQ slot until it expired, and enough of them stop the shard's I/O.
     pub(super) fn remove_dropped_timers(&mut self) {
         let mut dropped = Vec::new();
-        tasks::take_dropped_timers(&mut dropped);
+        task_queues::take_dropped_timers(&mut dropped);
         for t in dropped {
             let index = t.slot.load(AtomicOrdering::Relaxed);
             let armed = matches!(self.timers.get(index), Some(Some((a, _))) if Arc::ptr_eq(a, &t));

@@ -29,20 +29,14 @@ fn one_shard() -> Arc<Executor> {
     )
 }
 
-/// Yields once to the shard loop: what the task queued before is taken by the shard (its SQE
-/// pushed) before the task runs again.
-async fn yield_once() {
-    let mut yielded = false;
-    std::future::poll_fn(move |cx| {
-        if yielded {
-            Poll::Ready(())
-        } else {
-            yielded = true;
-            cx.waker().wake_by_ref();
-            Poll::Pending
-        }
-    })
-    .await
+/// Lets the shard end its turn before the task runs again: what the task queued is taken (its
+/// SQE pushed and submitted, a write admitted). A 1 ms sleep, because a task that only yields is
+/// polled again in the same batch of polls, before the shard takes anything.
+async fn next_turn() {
+    ringshard::local()
+        .expect("on a shard")
+        .sleep(Duration::from_millis(1))
+        .await
 }
 
 /// Polls `fut` once; gives it back if it is still pending.
@@ -163,7 +157,7 @@ fn dropping_or_cancelling_a_read_in_the_kernel_cancels_it() {
         let l = ringshard::local().expect("on a shard");
         let mut r = l.read(&f, 0, 64);
         assert!(poll_once(&mut r).is_none());
-        yield_once().await; // the SQE is pushed
+        next_turn().await; // the SQE is in the kernel
         drop(r);
     });
     dropped.wait().unwrap();
@@ -177,7 +171,7 @@ fn dropping_or_cancelling_a_read_in_the_kernel_cancels_it() {
         let l = ringshard::local().expect("on a shard");
         let mut r = l.read(&f, 0, 64);
         assert!(poll_once(&mut r).is_none());
-        yield_once().await;
+        next_turn().await;
         r.cancel();
         r.await
     });
@@ -192,12 +186,12 @@ fn dropping_or_cancelling_a_read_in_the_kernel_cancels_it() {
         e.stats().total.cancelled >= before.cancelled + 2
     });
     // why: a cancellation is counted (and its caller answered) when the shard pushes the
-    // ASYNC_CANCEL; the SQE reaches the kernel at the shard's next submit. A task that yields
+    // ASYNC_CANCEL; the SQE reaches the kernel at the shard's next submit. A task that sleeps
     // twice spans two loop turns, each ending in a submit, so after it the cancels are in the
     // kernel, which removes a read that waits on a FIFO at once.
     exec.spawn_on_owner(&fifo.clone(), async move {
-        yield_once().await;
-        yield_once().await;
+        next_turn().await;
+        next_turn().await;
     })
     .wait()
     .unwrap();
@@ -217,6 +211,17 @@ fn dropping_or_cancelling_a_read_in_the_kernel_cancels_it() {
     assert!(!after.failed);
     assert_eq!(after.errors, before.errors, "{after:?}");
     exec.shutdown().unwrap();
+    // After shutdown every CQE is in, the cancelled reads' too (whenever the kernel answered
+    // their ASYNC_CANCEL): its ECANCELED is the cancellation, counted once, never as an error.
+    let last = exec.stats().total;
+    assert_eq!(last.errors, before.errors, "{last:?}");
+    assert_eq!(last.cancelled, before.cancelled + 2, "{last:?}");
+    // All three reads took the task-local path: the two were cancelled in the kernel.
+    assert_eq!(
+        last.task_local_reads - before.task_local_reads,
+        3,
+        "{last:?}"
+    );
 }
 
 #[test]
@@ -300,7 +305,7 @@ fn shutdown_cancels_a_read_left_in_the_kernel() {
         let l = ringshard::local().expect("on a shard");
         let mut r = l.read(&f, 0, 64);
         assert!(poll_once(&mut r).is_none());
-        yield_once().await;
+        next_turn().await;
         tx.send(()).unwrap();
         r.await
     });
@@ -392,9 +397,9 @@ fn a_write_behind_an_unfinished_read_of_its_file_waits_for_it() {
             exec.spawn_on_owner(&fifo.clone(), async move {
                 let l = ringshard::local().expect("on a shard");
                 let read = l.read(&f, 0, 5);
-                yield_once().await; // the read's SQE is pushed
+                next_turn().await; // the read's SQE is pushed
                 let write = l.write(&f, 0, b"x".to_vec());
-                yield_once().await; // the write is admitted
+                next_turn().await; // the write is admitted
                 (read, write)
             })
             .wait()

@@ -155,6 +155,14 @@ impl Shard {
     }
 }
 
+/// What a cancelled op's own failure adds to the error counts: nothing when it is the kernel's
+/// answer to the cancellation (ECANCELED; EINTR from a blocking call the cancel interrupted),
+/// which `cancelled` or `deadline_exceeded` counts already, whenever that CQE arrives; any other
+/// error the op got before it was stopped (EIO, ...) is counted.
+pub(super) fn counted_after_cancel(errno: Option<i32>) -> Option<i32> {
+    errno.filter(|&e| e != libc::ECANCELED && e != libc::EINTR)
+}
+
 /// The error of an op cancelled for `why`.
 pub(super) fn cancel_error_of(why: CancelWhy, kind: OpKind, path: Option<&Path>) -> Error {
     let path = path.map(Path::to_path_buf);

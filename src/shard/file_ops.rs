@@ -87,7 +87,7 @@ impl Shard {
     ) {
         let kind = f.kind();
         let result = if let Some(why) = cancel {
-            if let Some(errno) = errno {
+            if let Some(errno) = super::cancel::counted_after_cancel(errno) {
                 self.stats.record_error(kind, errno, lat);
             }
             Err(self.cancel_error(why, kind, Some(path)))

@@ -2,7 +2,7 @@
 //! the stats, and its result goes to its handle or session (a successful read or write also
 //! raises the file's known size).
 
-use super::cancel::cancel_error_of;
+use super::cancel::{cancel_error_of, counted_after_cancel};
 use super::ops::{DataPath, Op};
 use super::runner::Shard;
 use super::{IoOp, Reply};
@@ -85,7 +85,7 @@ impl Shard {
         };
         let result = if let Some(why) = cancel {
             // A cancelled op that the kernel had started is counted as the error it got too.
-            if let Some(errno) = errno {
+            if let Some(errno) = counted_after_cancel(errno) {
                 self.stats.record_error(kind, errno, lat);
             }
             if answered {

@@ -306,7 +306,7 @@ impl Shard {
         }
         let n = read.buf.len() as u64;
         let result = if let Some(why) = read.cancel {
-            if let Some(errno) = read.errno {
+            if let Some(errno) = super::cancel::counted_after_cancel(read.errno) {
                 self.stats.record_error(OpKind::Read, errno, lat);
             }
             match read.done {

@@ -30,13 +30,9 @@ fn one_shard() -> Arc<Executor> {
 }
 
 /// Lets the shard end its turn before the task runs again: what the task queued is taken (its
-/// SQE pushed and submitted, a write admitted). A 1 ms sleep, because a task that only yields is
-/// polled again in the same batch of polls, before the shard takes anything.
+/// SQE pushed and submitted, a write admitted). `yield_now` promises that on a shard.
 async fn next_turn() {
-    ringshard::local()
-        .expect("on a shard")
-        .sleep(Duration::from_millis(1))
-        .await
+    ringshard::yield_now().await
 }
 
 /// Polls `fut` once; gives it back if it is still pending.

@@ -39,6 +39,9 @@ pub const SLOW_POLL: Duration = Duration::from_millis(10);
 thread_local! {
     /// Runnable tasks of the shard that runs on this thread.
     static RUN: RefCell<VecDeque<async_task::Runnable>> = const { RefCell::new(VecDeque::new()) };
+    /// Tasks that yielded during this batch of polls, woken when the next batch starts: a yield
+    /// lets the shard take what the task queued, issue, submit and reap first.
+    static YIELDED: RefCell<Vec<Waker>> = const { RefCell::new(Vec::new()) };
     /// Messages sent on this shard thread to this shard (requests on its files, batches, session
     /// flushes, closes), in the order sent; handled after each batch of tasks.
     static LOCAL: RefCell<Vec<Message>> = const { RefCell::new(Vec::new()) };
@@ -103,6 +106,11 @@ pub(crate) fn run_batch(budget: usize) -> (usize, u64) {
     let mut slow = 0;
     let mut last = None;
     let mut first = None;
+    // Woken here, the tasks that yielded in the last batch go to the back of the run queue.
+    let yielded = YIELDED.with(|y| std::mem::take(&mut *y.borrow_mut()));
+    for w in yielded {
+        w.wake();
+    }
     while ran < budget {
         let Some(r) = RUN.with(|q| q.borrow_mut().pop_front()) else {
             break;
@@ -131,6 +139,7 @@ pub(crate) fn run_batch(budget: usize) -> (usize, u64) {
 /// taken.
 pub(crate) fn has_work() -> bool {
     RUN.with(|q| !q.borrow().is_empty())
+        || YIELDED.with(|y| !y.borrow().is_empty())
         || has_local()
         || TIMERS.with(|q| !q.borrow().is_empty())
         || RELEASED.with(|q| !q.borrow().is_empty())
@@ -149,6 +158,17 @@ pub(crate) fn has_local() -> bool {
 /// When the task being polled on this thread started its poll; `None` outside a task's poll.
 pub(crate) fn poll_start() -> Option<Instant> {
     POLL_START.with(Cell::get)
+}
+
+/// Keeps `waker` to be woken when the next batch of polls starts, when this thread is polling
+/// one of its shard's tasks; false otherwise (the caller wakes it now).
+pub(crate) fn wake_next_batch(waker: &Waker) -> bool {
+    if poll_start().is_none() || EXITED.with(Cell::get) {
+        return false;
+    }
+    YIELDED
+        .try_with(|y| y.borrow_mut().push(waker.clone()))
+        .is_ok()
 }
 
 /// Moves the messages sent on this thread to its shard into `out` (in the order they were sent).
@@ -182,6 +202,11 @@ pub(crate) fn try_local(exec: u64, shard: usize, msg: Message) -> std::result::R
 /// shard has drained it).
 pub(crate) fn shutdown_here() -> Vec<Message> {
     EXITED.with(|e| e.set(true));
+    // Woken now that the shard has exited, the tasks that yielded are dropped like the others.
+    let yielded = YIELDED.with(|y| std::mem::take(&mut *y.borrow_mut()));
+    for w in yielded {
+        w.wake();
+    }
     loop {
         let r = RUN.with(|q| q.borrow_mut().pop_front());
         match r {

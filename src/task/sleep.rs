@@ -91,8 +91,10 @@ impl Drop for Sleep {
     }
 }
 
-/// Gives the other tasks of the shard (and its inbox and ring) a turn: the task goes to the back
-/// of the run queue.
+/// Gives the shard a turn: on a shard's thread the task runs again when the shard's next batch of
+/// polls starts, after the shard has taken what the task queued (its reads pushed, its requests
+/// admitted), submitted, reaped and read its inbox, and after the other runnable tasks. Polled
+/// anywhere else, the task is woken at once (it goes to the back of its runtime's queue).
 pub fn yield_now() -> YieldNow {
     YieldNow { yielded: false }
 }
@@ -112,7 +114,9 @@ impl Future for YieldNow {
             return Poll::Ready(());
         }
         self.yielded = true;
-        cx.waker().wake_by_ref();
+        if !task_queues::wake_next_batch(cx.waker()) {
+            cx.waker().wake_by_ref();
+        }
         Poll::Pending
     }
 }

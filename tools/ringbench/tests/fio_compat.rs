@@ -202,6 +202,8 @@ fn open_loop_in_shard_engines() {
         "pread-pool",
         "tokio-fs",
         "spawn-blocking",
+        "ringshard-inshard",
+        "ringshard-threads",
     ] {
         open_loop(engine, "in-shard", &["--shards", "1"]);
     }
@@ -342,7 +344,13 @@ fn open_loop_routed_async_and_tasks() {
     open_loop("ringshard", "async", &["--tasks", "1"]);
     open_loop("ringshard", "async", &["--tasks", "1", "--api", "session"]);
     open_loop("tokio-fs", "async", &["--tasks", "1"]);
+    open_loop("inline-nowait", "async", &["--tasks", "1"]);
+    open_loop("spawn-blocking", "async", &["--tasks", "1"]);
     open_loop("ringshard", "tasks", &["--shards", "1"]);
+    open_loop("ringshard-inshard", "tasks", &["--shards", "1"]);
+    open_loop("raw-uring", "tasks", &["--shards", "1"]);
+    open_loop("ringshard-threads", "routed", &["--clients", "1"]);
+    open_loop("pread-pool", "routed", &["--clients", "1"]);
     // --rate is bytes per second: 1.2 MB/s of 4k blocks is 300 IOPS.
     let dir = tempfile::tempdir().unwrap();
     let (_, v) = run_in(
@@ -583,6 +591,15 @@ fn fio_installed() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// True (and says so) when fio is not installed: the tests that run fio are then skipped.
+fn skip_without_fio() -> bool {
+    let missing = !fio_installed();
+    if missing {
+        println!("SKIPPED: fio is not installed (apt-get install fio)");
+    }
+    missing
+}
+
 /// A fio job file: ringbench runs it (fio's names, [global] shared, size split over nrfiles),
 /// and, where fio is installed, fio accepts the same file.
 #[test]
@@ -692,8 +709,7 @@ fn compare_says_when_fio_is_missing() {
 
 #[test]
 fn compare_runs_fio_with_the_same_workload() {
-    if !fio_installed() {
-        println!("SKIPPED: fio is not installed (apt-get install fio)");
+    if skip_without_fio() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -731,4 +747,56 @@ fn compare_runs_fio_with_the_same_workload() {
         .as_str()
         .unwrap()
         .contains("coordinated-omission"));
+}
+
+/// The fio engine in open loop: fio's `rate_iops` is per direction, so ringbench gives each
+/// direction the mix's share (700 reads + 300 writes per second here). fio never goes faster
+/// than its schedule, so neither direction's IOPS is above its share, on any machine (10% for
+/// fio's millisecond runtime and the first operation of each schedule, which goes at once).
+#[test]
+fn fio_engine_runs_open_loop_at_the_rate_per_direction() {
+    if skip_without_fio() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (out, v) = run_in(
+        dir.path(),
+        &[
+            "--engine",
+            "fio",
+            "--rate-iops",
+            "1000",
+            "--ops",
+            "300",
+            "--rw",
+            "randrw",
+            "--rwmixread",
+            "70",
+            "--random-distribution",
+            "zipf:1.2",
+            "--iodepth",
+            "2",
+            "--shards",
+            "1",
+            "--percentiles",
+            "50,90,99",
+        ],
+    );
+    assert!(out.contains("no co_lat"), "{out}");
+    let kinds = &v["total"]["kinds"];
+    assert_eq!(
+        num(&kinds["read"], "ops") + num(&kinds["write"], "ops"),
+        300.0,
+        "{kinds}"
+    );
+    for (k, share) in [("read", 700.0), ("write", 300.0)] {
+        let iops = num(&kinds[k], "iops");
+        assert!(iops > 0.0 && iops <= share * 1.1, "{k}: {iops} IOPS");
+        let lat = &kinds[k]["lat_us"];
+        let pct = lat["percentiles"].as_object().expect("percentiles");
+        let got: Vec<&str> = pct.keys().map(String::as_str).collect();
+        assert_eq!(got, ["50", "90", "99"], "{k}");
+        assert!(num(&lat["percentiles"], "99") >= num(&lat["percentiles"], "50"));
+        assert!(kinds[k]["co_lat_us"].is_null(), "fio has no co_lat: {k}");
+    }
 }

@@ -1,19 +1,37 @@
-//! `Deadlined`: requests with a deadline ([`Executor::timeout`](crate::Executor::timeout)).
+//! `Deadlined`: requests with a deadline ([`Executor::timeout`](crate::Executor::timeout),
+//! [`LocalShard::timeout`](crate::LocalShard::timeout)), and the one face of every per-operation
+//! method: `Executor`'s and `LocalShard`'s methods are this face without a deadline.
 
 use crate::completion::Completion;
+#[cfg(doc)]
 use crate::executor::Executor;
 use crate::file::File;
 use crate::op::{self, FileOp};
-use crate::routes::DirOf;
+use crate::routes::{DirOf, ExecShared};
 use crate::shard::{IoOp, Reply};
 use crate::validate::{self};
 use std::path::Path;
 use std::time::Instant;
 /// Requests with a deadline: see [`Executor::timeout`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct Deadlined<'a> {
-    pub(crate) exec: &'a Executor,
-    pub(crate) deadline: Option<Instant>,
+    exec: &'a ExecShared,
+    deadline: Option<Instant>,
+}
+
+impl std::fmt::Debug for Deadlined<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deadlined")
+            .field("deadline", &self.deadline)
+            .finish()
+    }
+}
+
+impl<'a> Deadlined<'a> {
+    /// Requests routed by `exec`, failed with `DeadlineExceeded` past `deadline` (none: never).
+    pub(crate) fn new(exec: &'a ExecShared, deadline: Option<Instant>) -> Self {
+        Deadlined { exec, deadline }
+    }
 }
 
 impl Deadlined<'_> {
@@ -30,7 +48,7 @@ impl Deadlined<'_> {
         len: usize,
         buf: Vec<u8>,
     ) -> Completion<Vec<u8>> {
-        self.exec.shared.read(file, offset, len, buf, self.deadline)
+        self.exec.read(file, offset, len, buf, self.deadline)
     }
 
     /// [`Executor::read_with`] with the deadline.
@@ -41,17 +59,8 @@ impl Deadlined<'_> {
         len: usize,
         flags: crate::op::rw::RwFlags,
     ) -> Completion<Vec<u8>> {
-        let op = validate::read_op_with(
-            file,
-            offset,
-            len,
-            Vec::new(),
-            flags,
-            self.exec.shared.limits,
-        );
-        self.exec
-            .shared
-            .request(file, op, Reply::Data, self.deadline)
+        let op = validate::read_op_with(file, offset, len, Vec::new(), flags, self.exec.limits);
+        self.exec.request(file, op, Reply::Data, self.deadline)
     }
 
     /// [`Executor::write_with`] with the deadline.
@@ -62,32 +71,36 @@ impl Deadlined<'_> {
         data: impl Into<Vec<u8>>,
         flags: crate::op::rw::RwFlags,
     ) -> Completion<usize> {
-        let op = validate::write_op_with(file, offset, data.into(), flags, self.exec.shared.limits);
-        self.exec
-            .shared
-            .request(file, op, Reply::Count, self.deadline)
+        let op = validate::write_op_with(file, offset, data.into(), flags, self.exec.limits);
+        self.exec.request(file, op, Reply::Count, self.deadline)
     }
 
     /// [`Executor::write`] with the deadline.
     pub fn write(&self, file: &File, offset: u64, data: impl Into<Vec<u8>>) -> Completion<usize> {
-        let op = validate::write_op(file, offset, data.into(), self.exec.shared.limits);
-        self.exec
-            .shared
-            .request(file, op, Reply::Count, self.deadline)
+        let op = validate::write_op(file, offset, data.into(), self.exec.limits);
+        self.exec.request(file, op, Reply::Count, self.deadline)
     }
 
     /// [`Executor::fsync`] with the deadline.
     pub fn fsync(&self, file: &File) -> Completion<()> {
         let op = Ok(crate::validate::sync_op(false));
-        self.exec
-            .shared
-            .request(file, op, Reply::Unit, self.deadline)
+        self.exec.request(file, op, Reply::Unit, self.deadline)
+    }
+
+    /// [`Executor::size`] with the deadline.
+    pub fn size(&self, file: &File) -> Completion<u64> {
+        self.exec.request(
+            file,
+            Ok(crate::validate::size_op()),
+            Reply::Size,
+            self.deadline,
+        )
     }
 
     /// [`Executor::metadata`] with the deadline.
     pub fn metadata(&self, file: &File) -> Completion<crate::op::statx::Metadata> {
         let make = |done| Box::new(op::statx::Statx::of_file(done)) as Box<dyn FileOp>;
-        self.exec.shared.request_op(file, Ok(make), self.deadline)
+        self.exec.request_op(file, Ok(make), self.deadline)
     }
 
     /// [`Executor::stat`] with the deadline.
@@ -100,7 +113,7 @@ impl Deadlined<'_> {
         path: &Path,
         nofollow: bool,
     ) -> Completion<crate::op::statx::Metadata> {
-        self.exec.shared.request_path(
+        self.exec.request_path(
             "stat",
             path,
             None,
@@ -113,9 +126,7 @@ impl Deadlined<'_> {
     pub fn set_len(&self, file: &File, len: u64) -> Completion<()> {
         let op = validate::set_len(file, len)
             .map(|()| IoOp::File(Box::new(op::truncate::Truncate { len })));
-        self.exec
-            .shared
-            .request(file, op, Reply::Unit, self.deadline)
+        self.exec.request(file, op, Reply::Unit, self.deadline)
     }
 
     /// [`Executor::sync_file_range`] with the deadline.
@@ -127,9 +138,7 @@ impl Deadlined<'_> {
         flags: crate::op::sync_range::SyncRangeFlags,
     ) -> Completion<()> {
         let op = validate::sync_file_range(offset, len, flags);
-        self.exec
-            .shared
-            .request(file, op, Reply::Unit, self.deadline)
+        self.exec.request(file, op, Reply::Unit, self.deadline)
     }
 
     /// [`Executor::fadvise`] with the deadline.
@@ -140,7 +149,7 @@ impl Deadlined<'_> {
         len: u64,
         advice: crate::op::fadvise::Advice,
     ) -> Completion<()> {
-        if let Err(e) = self.exec.shared.check_owner(file) {
+        if let Err(e) = self.exec.check_owner(file) {
             return Completion::ready(Err(e));
         }
         crate::routes::fadvise(file, offset, len, advice, self.deadline)
@@ -153,7 +162,7 @@ impl Deadlined<'_> {
         offset: u64,
         lens: &[usize],
     ) -> Completion<Vec<Vec<u8>>> {
-        let limits = self.exec.shared.limits;
+        let limits = self.exec.limits;
         let lens = lens.to_vec();
         let make = validate::vectored(
             file,
@@ -167,7 +176,7 @@ impl Deadlined<'_> {
         .map(|()| {
             move |done| Box::new(op::vectored::ReadV::new(offset, lens, 0, done)) as Box<dyn FileOp>
         });
-        self.exec.shared.request_op(file, make, self.deadline)
+        self.exec.request_op(file, make, self.deadline)
     }
 
     /// [`Executor::write_vectored`] with the deadline.
@@ -177,7 +186,7 @@ impl Deadlined<'_> {
         offset: u64,
         bufs: Vec<Vec<u8>>,
     ) -> Completion<usize> {
-        let limits = self.exec.shared.limits;
+        let limits = self.exec.limits;
         let make = validate::vectored(
             file,
             "writev",
@@ -192,7 +201,7 @@ impl Deadlined<'_> {
                 Box::new(op::vectored::WriteV::new(offset, bufs, 0, done)) as Box<dyn FileOp>
             }
         });
-        self.exec.shared.request_op(file, make, self.deadline)
+        self.exec.request_op(file, make, self.deadline)
     }
 
     /// [`Executor::append`] with the deadline.
@@ -202,9 +211,9 @@ impl Deadlined<'_> {
         data: impl Into<Vec<u8>>,
     ) -> Completion<crate::op::append::Appended> {
         let data = data.into();
-        let make = validate::append(file, data.len(), self.exec.shared.limits)
+        let make = validate::append(file, data.len(), self.exec.limits)
             .map(|()| move |done| Box::new(op::append::Append::new(data, done)) as Box<dyn FileOp>);
-        self.exec.shared.request_op(file, make, self.deadline)
+        self.exec.request_op(file, make, self.deadline)
     }
 
     /// [`Executor::unlink`] with the deadline.
@@ -244,7 +253,7 @@ impl Deadlined<'_> {
             to_path: std::sync::Arc::from(to),
             flags,
         };
-        self.exec.shared.request_path(
+        self.exec.request_path(
             "rename",
             from,
             Some(DirOf::Path(to)),
@@ -258,7 +267,7 @@ impl Deadlined<'_> {
         &self,
         path: impl AsRef<Path>,
     ) -> Completion<Vec<crate::op::read_dir::DirEntry>> {
-        self.exec.shared.request_path(
+        self.exec.request_path(
             "read_dir",
             path.as_ref(),
             Some(DirOf::Itself),
@@ -269,7 +278,7 @@ impl Deadlined<'_> {
 
     /// [`Executor::link_file`] with the deadline.
     pub fn link_file(&self, file: &File, path: impl AsRef<Path>) -> Completion<()> {
-        if let Err(e) = self.exec.shared.check_owner(file) {
+        if let Err(e) = self.exec.check_owner(file) {
             return Completion::ready(Err(e));
         }
         crate::routes::link_into(file, path.as_ref(), self.deadline)
@@ -286,7 +295,7 @@ impl Deadlined<'_> {
             to,
             to_path: std::sync::Arc::from(new),
         };
-        self.exec.shared.request_path(
+        self.exec.request_path(
             "hard_link",
             original,
             Some(DirOf::Path(new)),
@@ -315,7 +324,7 @@ impl Deadlined<'_> {
         path: &Path,
         call: op::path::PathCall,
     ) -> Completion<()> {
-        self.exec.shared.request_path(
+        self.exec.request_path(
             name,
             path,
             None,
@@ -327,8 +336,6 @@ impl Deadlined<'_> {
     /// [`Executor::fdatasync`] with the deadline.
     pub fn fdatasync(&self, file: &File) -> Completion<()> {
         let op = Ok(crate::validate::sync_op(true));
-        self.exec
-            .shared
-            .request(file, op, Reply::Unit, self.deadline)
+        self.exec.request(file, op, Reply::Unit, self.deadline)
     }
 }

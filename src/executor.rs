@@ -332,8 +332,7 @@ impl Executor {
 
     /// The file's size, after every earlier operation on it.
     pub fn size(&self, file: &File) -> Completion<u64> {
-        self.shared
-            .request(file, Ok(crate::validate::size_op()), Reply::Size, None)
+        self.with_deadline(None).size(file)
     }
 
     /// Opens the directory at `path` read-only (O_RDONLY | O_DIRECTORY): a handle to
@@ -574,10 +573,7 @@ impl Executor {
     }
 
     fn with_deadline(&self, deadline: Option<Instant>) -> Deadlined<'_> {
-        Deadlined {
-            exec: self,
-            deadline,
-        }
+        Deadlined::new(&self.shared, deadline)
     }
 
     /// Starts a batch: requests added to it go out with one message (and at most one wake-up) per

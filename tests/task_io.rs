@@ -239,9 +239,22 @@ fn a_read_past_its_deadline_fails_and_is_counted() {
         matches!(r, Err(Error::DeadlineExceeded { .. })),
         "expected DeadlineExceeded, got {r:?}"
     );
+    // The same through the task's own face, `LocalShard::timeout`.
+    let f = fifo.clone();
+    let r = exec
+        .spawn_on_owner(&fifo.clone(), async move {
+            let l = ringshard::local().expect("on a shard");
+            l.timeout(Duration::from_millis(20)).read(&f, 0, 64).await
+        })
+        .wait()
+        .unwrap();
+    assert!(
+        matches!(r, Err(Error::DeadlineExceeded { .. })),
+        "expected DeadlineExceeded, got {r:?}"
+    );
     let e = Arc::clone(&exec);
-    wait_until("the deadline counted", move || {
-        e.stats().total.deadline_exceeded >= 1
+    wait_until("both deadlines counted", move || {
+        e.stats().total.deadline_exceeded >= 2
     });
     exec.shutdown().unwrap();
 }

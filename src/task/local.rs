@@ -6,6 +6,7 @@ use super::join::JoinHandle;
 use super::sleep::Sleep;
 use super::spawn::{spawn, spawn_here};
 use crate::completion::{current_shard, Completion};
+use crate::deadlined::Deadlined;
 use crate::error::{Error, Result};
 use crate::file::File;
 use crate::routes::ExecShared;
@@ -94,13 +95,23 @@ impl LocalShard {
         len: usize,
         buf: Vec<u8>,
     ) -> Completion<Vec<u8>> {
-        self.exec.read(file, offset, len, buf, None)
+        self.with_deadline(None).read_into(file, offset, len, buf)
     }
 
     /// Writes all of `data` at `offset` (see [`Executor::write`](crate::Executor::write)).
     pub fn write(&self, file: &File, offset: u64, data: impl Into<Vec<u8>>) -> Completion<usize> {
-        let op = crate::validate::write_op(file, offset, data.into(), self.exec.limits);
-        self.exec.request(file, op, Reply::Count, None)
+        self.with_deadline(None).write(file, offset, data)
+    }
+
+    /// This shard's requests with a deadline, as [`Executor::timeout`](crate::Executor::timeout):
+    /// past it a request fails with [`DeadlineExceeded`](crate::Error::DeadlineExceeded) and is
+    /// cancelled in the kernel. Every operation of [`Deadlined`] is there.
+    pub fn timeout(&self, timeout: Duration) -> Deadlined<'_> {
+        self.with_deadline(Instant::now().checked_add(timeout))
+    }
+
+    fn with_deadline(&self, deadline: Option<Instant>) -> Deadlined<'_> {
+        Deadlined::new(&self.exec, deadline)
     }
 
     /// Reads up to `len` bytes at `offset` of an O_DIRECT file owned by this shard straight into
@@ -131,20 +142,17 @@ impl LocalShard {
 
     /// fsync, after every earlier write to the file.
     pub fn fsync(&self, file: &File) -> Completion<()> {
-        self.exec
-            .request(file, Ok(crate::validate::sync_op(false)), Reply::Unit, None)
+        self.with_deadline(None).fsync(file)
     }
 
     /// fdatasync, after every earlier write to the file.
     pub fn fdatasync(&self, file: &File) -> Completion<()> {
-        self.exec
-            .request(file, Ok(crate::validate::sync_op(true)), Reply::Unit, None)
+        self.with_deadline(None).fdatasync(file)
     }
 
     /// The file's size, after every earlier operation on it.
     pub fn size(&self, file: &File) -> Completion<u64> {
-        self.exec
-            .request(file, Ok(crate::validate::size_op()), Reply::Size, None)
+        self.with_deadline(None).size(file)
     }
 
     /// Completes after at least `d`, through an `IORING_OP_TIMEOUT` on this shard's ring (no

@@ -142,8 +142,7 @@ impl Shard {
         };
         let key = op.key;
         if data_path == DataPath::Inline && self.may_write_now(key, file.slot, fp) {
-            let fd = entry_fd;
-            self.write_inline_now(op, fd);
+            self.write_inline_now(op, entry_fd);
             return;
         }
         let slot = self.ops.insert(op);

@@ -8,10 +8,11 @@
 
 use crate::buf::{self, BufCompletion, IoBuf, IoBufMut, RawBuf};
 use crate::completion::Completion;
+use crate::deadlined::Deadlined;
 use crate::file::File;
 use crate::op::{self, FileOp};
 use crate::routes::{close, fadvise, link_into};
-use crate::shard::{IoOp, Reply};
+use crate::shard::Reply;
 use crate::validate;
 
 /// Operations on the file. Each returns a [`Completion`] (`.wait()` blocks, `.await` does not)
@@ -41,6 +42,13 @@ use crate::validate;
 /// # Ok(()) }
 /// ```
 impl File {
+    /// What `f` asks of the one face of the per-operation methods ([`Deadlined`], with no
+    /// deadline) on this file's routes: the file methods that mean the same as an `Executor`
+    /// method are that method.
+    fn face<T>(&self, f: impl FnOnce(Deadlined<'_>) -> Completion<T>) -> Completion<T> {
+        self.route(|r| f(Deadlined::new(r, None)))
+    }
+
     /// A read of up to `len` bytes at `offset` into `vec` (its allocation reused), with the
     /// vector back whatever happens.
     /// Like every buffered read, it is done on the caller's thread when its data is cached (see
@@ -103,10 +111,7 @@ impl File {
         len: usize,
         flags: crate::op::rw::RwFlags,
     ) -> Completion<Vec<u8>> {
-        self.route(|r| {
-            let op = validate::read_op_with(self, offset, len, Vec::new(), flags, r.limits);
-            r.request(self, op, Reply::Data, None)
-        })
+        self.face(|d| d.read_with(self, offset, len, flags))
     }
 
     /// Reads into `buf` at `offset`, up to [`buf.read_capacity()`](IoBufMut::read_capacity)
@@ -124,24 +129,7 @@ impl File {
     /// Reads into buffers of `lens` bytes at `offset` with one `readv`; see
     /// [`Executor::read_vectored`](crate::Executor::read_vectored).
     pub fn read_vectored(&self, offset: u64, lens: &[usize]) -> Completion<Vec<Vec<u8>>> {
-        let lens = lens.to_vec();
-        self.route(|r| {
-            let make = validate::vectored(
-                self,
-                "readv",
-                offset,
-                lens.iter().copied(),
-                lens.len(),
-                false,
-                r.limits,
-            )
-            .map(|()| {
-                move |done| {
-                    Box::new(op::vectored::ReadV::new(offset, lens, 0, done)) as Box<dyn FileOp>
-                }
-            });
-            r.request_op(self, make, None)
-        })
+        self.face(|d| d.read_vectored(self, offset, lens))
     }
 
     /// Writes `data` at `offset` and returns how many bytes landed, as std's
@@ -200,48 +188,26 @@ impl File {
     /// Writes `bufs` one after another at `offset` with `writev`; see
     /// [`Executor::write_vectored`](crate::Executor::write_vectored).
     pub fn write_vectored(&self, offset: u64, bufs: Vec<Vec<u8>>) -> Completion<usize> {
-        self.route(|r| {
-            let make = validate::vectored(
-                self,
-                "writev",
-                offset,
-                bufs.iter().map(Vec::len),
-                bufs.len(),
-                true,
-                r.limits,
-            )
-            .map(|()| {
-                move |done| {
-                    Box::new(op::vectored::WriteV::new(offset, bufs, 0, done)) as Box<dyn FileOp>
-                }
-            });
-            r.request_op(self, make, None)
-        })
+        self.face(|d| d.write_vectored(self, offset, bufs))
     }
 
     /// Appends `data` at the end of a file opened with
     /// [`append(true)`](crate::OpenOptions::append) and says where it landed; see
     /// [`Executor::append`](crate::Executor::append).
     pub fn append(&self, data: impl Into<Vec<u8>>) -> Completion<crate::op::append::Appended> {
-        let data = data.into();
-        self.route(|r| {
-            let make = validate::append(self, data.len(), r.limits).map(|()| {
-                move |done| Box::new(op::append::Append::new(data, done)) as Box<dyn FileOp>
-            });
-            r.request_op(self, make, None)
-        })
+        self.face(|d| d.append(self, data))
     }
 
     /// fsync: completes once every earlier write to the file (through this executor) and its
     /// metadata are durable ([`Executor::fsync`](crate::Executor::fsync)).
     pub fn sync_all(&self) -> Completion<()> {
-        self.route(|r| r.request(self, Ok(validate::sync_op(false)), Reply::Unit, None))
+        self.face(|d| d.fsync(self))
     }
 
     /// fdatasync: [`sync_all`](Self::sync_all) without the metadata reads do not need
     /// ([`Executor::fdatasync`](crate::Executor::fdatasync)).
     pub fn sync_data(&self) -> Completion<()> {
-        self.route(|r| r.request(self, Ok(validate::sync_op(true)), Reply::Unit, None))
+        self.face(|d| d.fdatasync(self))
     }
 
     /// `sync_file_range(2)`; see [`Executor::sync_file_range`](crate::Executor::sync_file_range).
@@ -251,27 +217,23 @@ impl File {
         len: u64,
         flags: crate::op::sync_range::SyncRangeFlags,
     ) -> Completion<()> {
-        let op = validate::sync_file_range(offset, len, flags);
-        self.route(|r| r.request(self, op, Reply::Unit, None))
+        self.face(|d| d.sync_file_range(self, offset, len, flags))
     }
 
     /// The file's metadata (`statx`), after every earlier operation on it.
     pub fn metadata(&self) -> Completion<crate::op::statx::Metadata> {
-        let make = |done| Box::new(op::statx::Statx::of_file(done)) as Box<dyn FileOp>;
-        self.route(|r| r.request_op(self, Ok(make), None))
+        self.face(|d| d.metadata(self))
     }
 
     /// The file's size, after every earlier operation on it.
     pub fn size(&self) -> Completion<u64> {
-        self.route(|r| r.request(self, Ok(validate::size_op()), Reply::Size, None))
+        self.face(|d| d.size(self))
     }
 
     /// Sets the file's length (`ftruncate`); needs write access. See
     /// [`Executor::set_len`](crate::Executor::set_len).
     pub fn set_len(&self, len: u64) -> Completion<()> {
-        let op = validate::set_len(self, len)
-            .map(|()| IoOp::File(Box::new(op::truncate::Truncate { len })));
-        self.route(|r| r.request(self, op, Reply::Unit, None))
+        self.face(|d| d.set_len(self, len))
     }
 
     /// `fallocate(2)` with `mode`; see [`Executor::fallocate`](crate::Executor::fallocate).

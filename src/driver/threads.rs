@@ -15,7 +15,13 @@
 //!   (started on demand, one per queued job up to `max_workers`, pinned to the shard's CPU);
 //! - timeouts, polls and cancellations are kept on the shard thread (deadlines in order, `ppoll`);
 //!   armed polls are looked at when the shard sleeps (the shard's only poll is its wake-up
-//!   eventfd, which matters only then).
+//!   eventfd, which matters only then);
+//! - socket calls (accept, connect, recv, send, shutdown) run on the shard thread without
+//!   blocking (`MSG_DONTWAIT`; a listener or connecting socket is made `O_NONBLOCK`); one that
+//!   would wait is kept like an armed poll on its socket and run again when the socket is
+//!   ready, looked at every time completions are collected and when the shard sleeps. So a peer
+//!   that never sends (or never reads) holds no thread, and a cancellation takes the wait out
+//!   as it takes out a poll.
 //!
 //! Memory rules are the kernel's: what an SQE points to must stay valid until its CQE is reaped.
 //! The shard keeps to them already (it leaks what is in flight when it stops), and a worker
@@ -131,6 +137,8 @@ pub(crate) struct ThreadDriver {
     timer_seq: u64,
     /// Armed polls: (fd, events, user_data).
     polls: Vec<(RawFd, i16, u64)>,
+    /// Socket calls that would have waited, each run again when its socket is ready.
+    socket_waits: Vec<SocketWait>,
     /// The shard's open files by descriptor (`track_file` to `untrack_file`), each with the
     /// duplicate its queued and running jobs share while there are any (see `hold`).
     tracked: HashMap<RawFd, Weak<OwnedFd>>,
@@ -175,6 +183,7 @@ impl ThreadDriver {
             timer_live: HashMap::new(),
             timer_seq: 0,
             polls: Vec::new(),
+            socket_waits: Vec::new(),
             tracked: HashMap::new(),
             direct: HashMap::new(),
             cpu,
@@ -294,12 +303,14 @@ impl ThreadDriver {
         out.extend(self.cq.drain(..));
     }
 
-    /// Takes the workers' results and fires due timeouts.
+    /// Takes the workers' results, runs the socket calls whose sockets are ready and fires due
+    /// timeouts.
     fn collect(&mut self) {
         {
             let mut done = lock(&self.shared.done);
             self.cq.extend(done.drain(..));
         }
+        self.poll_sockets();
         if self.timers.is_empty() {
             return;
         }
@@ -322,7 +333,7 @@ impl ThreadDriver {
             self.shared.sleeping.store(false, Ordering::SeqCst);
             return;
         }
-        let mut fds = Vec::with_capacity(1 + self.polls.len());
+        let mut fds = Vec::with_capacity(1 + self.polls.len() + self.socket_waits.len());
         fds.push(libc::pollfd {
             fd: self.shared.done_efd.as_raw_fd(),
             events: libc::POLLIN,
@@ -331,6 +342,11 @@ impl ThreadDriver {
         fds.extend(self.polls.iter().map(|&(fd, events, _)| libc::pollfd {
             fd,
             events,
+            revents: 0,
+        }));
+        fds.extend(self.socket_waits.iter().map(|w| libc::pollfd {
+            fd: w.fd,
+            events: w.events,
             revents: 0,
         }));
         let ts = timeout.map(|t| libc::timespec {
@@ -361,7 +377,11 @@ impl ThreadDriver {
                 )
             };
         }
-        let ready: Vec<(usize, i16)> = fds[1..]
+        let polls = self.polls.len();
+        if fds[1 + polls..].iter().any(|p| p.revents != 0) {
+            self.poll_sockets();
+        }
+        let ready: Vec<(usize, i16)> = fds[1..1 + polls]
             .iter()
             .enumerate()
             .filter(|(_, p)| p.revents != 0)
@@ -399,6 +419,16 @@ impl ThreadDriver {
                 self.cq.push_back((ud, res));
             }
             Code::PollAdd => self.arm_poll(sqe),
+            code if code.is_socket() => match self.resolve_fd(&sqe) {
+                Ok(fd) => self.run_socket(SocketWait {
+                    fd,
+                    events: 0,
+                    sqe,
+                    code,
+                    again: false,
+                }),
+                Err(errno) => self.cq.push_back((ud, -errno)),
+            },
             Code::AsyncCancel => {
                 let res = self.cancel(sqe.addr);
                 self.cq.push_back((ud, res));
@@ -510,6 +540,46 @@ impl ThreadDriver {
         }
     }
 
+    /// Runs a socket call now (never blocking): its result goes to the completion queue, or,
+    /// if it would wait, it waits among `socket_waits` for its socket to be ready.
+    fn run_socket(&mut self, mut wait: SocketWait) {
+        match socket_call(&wait.sqe, wait.code, wait.fd, wait.again) {
+            Ok(res) => self.cq.push_back((wait.sqe.user_data, res)),
+            Err(events) => {
+                wait.events = events;
+                wait.again = true;
+                self.socket_waits.push(wait);
+            }
+        }
+    }
+
+    /// Runs again, without waiting, every socket call whose socket is ready.
+    fn poll_sockets(&mut self) {
+        if self.socket_waits.is_empty() {
+            return;
+        }
+        let mut fds: Vec<libc::pollfd> = self
+            .socket_waits
+            .iter()
+            .map(|w| libc::pollfd {
+                fd: w.fd,
+                events: w.events,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: a live array of `fds.len()` pollfds; no wait; poll writes only `revents`.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as _, 0) };
+        if n <= 0 {
+            return;
+        }
+        for i in (0..fds.len()).rev() {
+            if fds[i].revents != 0 {
+                let wait = self.socket_waits.swap_remove(i);
+                self.run_socket(wait);
+            }
+        }
+    }
+
     fn arm_poll(&mut self, sqe: Sqe) {
         let fd = match self.resolve_fd(&sqe) {
             Ok(fd) => fd,
@@ -547,6 +617,15 @@ impl ThreadDriver {
         }
         if let Some(i) = self.polls.iter().position(|&(_, _, ud)| ud == target) {
             self.polls.swap_remove(i);
+            self.cq.push_back((target, -libc::ECANCELED));
+            return 0;
+        }
+        if let Some(i) = self
+            .socket_waits
+            .iter()
+            .position(|w| w.sqe.user_data == target)
+        {
+            self.socket_waits.swap_remove(i);
             self.cq.push_back((target, -libc::ECANCELED));
             return 0;
         }
@@ -638,6 +717,7 @@ impl ThreadDriver {
             && self.timer_live.is_empty()
             && self.timers.is_empty()
             && self.polls.is_empty()
+            && self.socket_waits.is_empty()
     }
 }
 
@@ -781,6 +861,100 @@ fn done_running(shared: &Shared, slot: usize, efd: Option<RawFd>) {
 /// Whether the job worker `slot` runs was cancelled before its call started waiting.
 fn cancelled(shared: &Shared, slot: usize) -> bool {
     lock(&shared.running).get(slot).is_some_and(|r| r.cancelled)
+}
+
+/// A socket call that would have waited (see [`ThreadDriver::run_socket`]).
+struct SocketWait {
+    fd: RawFd,
+    /// What it waits for (`POLLIN`, `POLLOUT`).
+    events: i16,
+    sqe: Sqe,
+    code: Code,
+    /// It ran before: a connect then reads its outcome (`SO_ERROR`) instead of connecting again.
+    again: bool,
+}
+
+/// Sets `O_NONBLOCK` on `fd` (a listener or a connecting socket), so that accept and connect
+/// never wait on the shard thread.
+fn set_nonblocking(fd: RawFd) {
+    // SAFETY: fcntl on a descriptor takes no memory.
+    let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if fl >= 0 && fl & libc::O_NONBLOCK == 0 {
+        // SAFETY: as above.
+        unsafe { libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) };
+    }
+}
+
+/// Runs a socket SQE without blocking: `Ok(result)` (or `-errno`) as its CQE would carry it, or
+/// `Err(events)` when it would wait for them. `again`: it waited, and its socket is ready now.
+fn socket_call(sqe: &Sqe, code: Code, fd: RawFd, again: bool) -> Result<i32, i16> {
+    let buf = sqe.addr as *mut libc::c_void;
+    let len = sqe.len as usize;
+    loop {
+        // SAFETY (every call): the pointers come from the SQE, whose submitter keeps the buffer,
+        // sockaddr and length it names valid until its CQE, posted after this call returns.
+        let (ret, wait) = unsafe {
+            match code {
+                Code::Recv => (
+                    libc::recv(fd, buf, len, sqe.op_flags as i32 | libc::MSG_DONTWAIT) as i64,
+                    libc::POLLIN,
+                ),
+                Code::Send => (
+                    libc::send(
+                        fd,
+                        buf,
+                        len,
+                        sqe.op_flags as i32 | libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                    ) as i64,
+                    libc::POLLOUT,
+                ),
+                Code::Accept => {
+                    set_nonblocking(fd);
+                    let addr = sqe.addr as *mut libc::sockaddr;
+                    let addrlen = sqe.off as *mut libc::socklen_t;
+                    (
+                        libc::accept4(fd, addr, addrlen, sqe.op_flags as i32) as i64,
+                        libc::POLLIN,
+                    )
+                }
+                Code::Connect if again => {
+                    let mut err: libc::c_int = 0;
+                    let mut n = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+                    let rc = libc::getsockopt(
+                        fd,
+                        libc::SOL_SOCKET,
+                        libc::SO_ERROR,
+                        (&mut err as *mut libc::c_int).cast(),
+                        &mut n,
+                    );
+                    if rc < 0 {
+                        return Ok(-crate::numa::last_errno());
+                    }
+                    return Ok(-err);
+                }
+                Code::Connect => {
+                    set_nonblocking(fd);
+                    let rc = libc::connect(
+                        fd,
+                        sqe.addr as *const libc::sockaddr,
+                        sqe.off as libc::socklen_t,
+                    );
+                    if rc < 0 && crate::numa::last_errno() == libc::EINPROGRESS {
+                        return Err(libc::POLLOUT);
+                    }
+                    (i64::from(rc), libc::POLLOUT)
+                }
+                Code::Shutdown => (i64::from(libc::shutdown(fd, sqe.len as i32)), libc::POLLOUT),
+                _ => return Ok(-libc::EINVAL),
+            }
+        };
+        let res = cqe_res(ret);
+        match -res {
+            libc::EINTR => continue,
+            libc::EAGAIN => return Err(wait),
+            _ => return Ok(res),
+        }
+    }
 }
 
 /// CLOCK_MONOTONIC now, as a duration since its epoch (for IORING_TIMEOUT_ABS).
@@ -988,6 +1162,12 @@ fn run_blocking(sqe: &Sqe, code: Code, fd: RawFd) -> i32 {
                 sqe.op_flags as i32,
             ) as i64,
             Code::Symlinkat => libc::symlinkat(addr, fd, sqe.off as *const libc::c_char) as i64,
+            // Never waits (this may be the shard thread): what would wait says EAGAIN. The
+            // threads backend itself runs these on the shard thread with `socket_call` and
+            // waits for readiness there.
+            Code::Accept | Code::Connect | Code::Recv | Code::Send | Code::Shutdown => {
+                return socket_call(sqe, code, fd, false).unwrap_or(-libc::EAGAIN);
+            }
             Code::Nop | Code::Timeout | Code::TimeoutRemove | Code::PollAdd | Code::AsyncCancel => {
                 0
             }

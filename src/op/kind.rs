@@ -114,6 +114,16 @@ op_kinds! {
     /// `FICLONERANGE` between two files (clone_range_to: reflink). No opcode, as
     /// `copy_file_range`.
     CloneRange => "clone_range", None,
+    /// Accepting a connection on a listening socket (`accept4`).
+    Accept => "accept", Some(Code::Accept),
+    /// Connecting a socket (`connect`).
+    Connect => "connect", Some(Code::Connect),
+    /// Receiving from a connected socket (`recv`).
+    Recv => "recv", Some(Code::Recv),
+    /// Sending on a connected socket (`send`).
+    Send => "send", Some(Code::Send),
+    /// Shutting down one or both directions of a connection (`shutdown`).
+    Shutdown => "shutdown", Some(Code::Shutdown),
 }
 
 impl OpKind {

@@ -52,7 +52,9 @@
 //! [`run_blocking`](FileOp::run_blocking), through the same function: one place knows how each
 //! opcode maps to a system call.
 
+pub(crate) mod accept;
 pub(crate) mod append;
+pub(crate) mod connect;
 pub(crate) mod copy_range;
 pub(crate) mod fadvise;
 pub(crate) mod fallocate;
@@ -62,8 +64,12 @@ pub(crate) mod open;
 pub(crate) mod path;
 pub(crate) mod read;
 pub(crate) mod read_dir;
+pub(crate) mod recv;
 pub(crate) mod rw;
+pub(crate) mod send;
+pub(crate) mod shutdown;
 pub(crate) mod size;
+pub(crate) mod sockaddr;
 pub(crate) mod statx;
 pub(crate) mod sync;
 pub(crate) mod sync_range;
@@ -133,6 +139,13 @@ pub(crate) enum Footprint {
     Sync,
     /// close, fallocate, size: ordered against everything.
     Barrier,
+    /// A socket's receive: in order among its receives, beside its sends.
+    Recv,
+    /// A socket's send: in order among its sends, beside its receives.
+    Send,
+    /// A socket operation that waits for none of the socket's others (accept; shutdown of the
+    /// receiving side, which ends a receive that waits).
+    Unordered,
 }
 
 impl Footprint {
@@ -249,6 +262,15 @@ pub(crate) trait FileOp: Send {
 
     /// Nobody waits for the result any more (ops that keep their own `Completer`).
     fn is_cancelled(&self) -> bool {
+        false
+    }
+
+    /// Whether an issued round is taken out of the kernel (ASYNC_CANCEL) when the op is
+    /// cancelled or its deadline passes, as reads are: a socket call that waits for its peer
+    /// may wait forever. A round that finished before the cancellation reached it keeps its
+    /// result (received bytes are never dropped for a cancellation that came too late). Other
+    /// ops, once issued, finish (a write is never torn out of order).
+    fn cancel_in_kernel(&self) -> bool {
         false
     }
 }

@@ -61,6 +61,11 @@ impl Shard {
             }
             r => f.on_result(r, raw) == crate::op::Step::Again,
         };
+        if res >= 0 && !again && f.cancel_in_kernel() {
+            // The kernel finished the op before its cancellation reached it: its result (bytes
+            // received, a connection accepted) is delivered, not lost.
+            op.cancel = None;
+        }
         if again && op.cancel.is_none() {
             op.issued = 0;
             // Counts finished rounds: the op has started, so it is not skipped between rounds

@@ -1,0 +1,445 @@
+//! Sockets on shards (`ringshard::net`): real TCP sockets on 127.0.0.1, std clients on test
+//! threads, servers in shard tasks. Run on both backends (RINGSHARD_BACKEND=threads too).
+//! States are arranged, never slept for: a peer that never sends, a peer that never reads, a
+//! cancellation waited for through the shard's own counters.
+
+mod executor_util;
+
+use executor_util::*;
+use ringshard::{Error, Executor, TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The tests of this file run one at a time: one counts the process's descriptors and memory,
+/// which the others would change under it.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn exec(shards: usize) -> Arc<Executor> {
+    Arc::new(
+        Executor::builder()
+            .shards(shards)
+            .build()
+            .expect("executor"),
+    )
+}
+
+/// Binds a listener on `shard` and runs `serve` with it in a task there; returns its address.
+fn serve<F, Fut>(exec: &Executor, shard: usize, serve: F) -> (SocketAddr, ringshard::JoinHandle<()>)
+where
+    F: FnOnce(TcpListener) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    let (tx, rx) = mpsc::channel();
+    let h = exec.spawn_on(shard, async move {
+        let local = ringshard::local().expect("on a shard");
+        let l = TcpListener::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .expect("bind");
+        tx.send(l.local_addr()).unwrap();
+        // `serve`'s future need not be Send: it runs on this shard only.
+        local.spawn_local(serve(l)).await.expect("server task");
+    });
+    let addr = rx.recv_timeout(HANG).expect("listener address");
+    (addr, h)
+}
+
+/// Echoes what `s` receives until end of stream.
+async fn echo(s: TcpStream) {
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        let (r, b) = s.recv(buf).await.expect("recv handle");
+        let n = r.expect("recv");
+        if n == 0 {
+            return;
+        }
+        let (r, b) = s.send_all(b).await.expect("send handle");
+        r.expect("send");
+        buf = b;
+    }
+}
+
+fn std_echo(addr: SocketAddr, msg: &[u8]) -> Vec<u8> {
+    let mut c = std::net::TcpStream::connect(addr).expect("connect");
+    c.set_read_timeout(Some(HANG)).unwrap();
+    c.write_all(msg).unwrap();
+    let mut got = vec![0; msg.len()];
+    c.read_exact(&mut got).unwrap();
+    got
+}
+
+fn shard_stats(exec: &Executor, shard: usize) -> ringshard::ShardStats {
+    exec.stats().shards[shard].clone()
+}
+
+/// Waits (bounded by a watchdog) until `cond` holds.
+fn wait_until(what: &'static str, mut cond: impl FnMut() -> bool) {
+    let _w = Watchdog::new(what, HANG);
+    while !cond() {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn an_echo_server_on_a_shard_serves_std_clients() {
+    let _serial = serial();
+    let _w = Watchdog::new("echo", HANG);
+    let exec = exec(2);
+    let (addr, _h) = serve(&exec, 1, |l| async move {
+        let local = ringshard::local().unwrap();
+        loop {
+            let (s, peer) = l.accept().await.expect("accept");
+            assert_eq!(s.peer_addr().unwrap(), peer);
+            assert_eq!(s.local_addr().unwrap(), l.local_addr());
+            assert_eq!(s.shard(), 1);
+            local.spawn_local(echo(s)).detach();
+        }
+    });
+    for i in 0..20u8 {
+        let msg: Vec<u8> = (0..1000 + i as usize * 977)
+            .map(|j| (j as u8) ^ i)
+            .collect();
+        assert_eq!(std_echo(addr, &msg), msg);
+    }
+    let st = shard_stats(&exec, 1);
+    assert!(st.ops[ringshard::OpKind::Accept.index()] >= 20, "{st:?}");
+}
+
+#[test]
+fn many_connections_at_once_are_all_served() {
+    let _serial = serial();
+    let _w = Watchdog::new("many", HANG);
+    let exec = exec(1);
+    let (addr, _h) = serve(&exec, 0, |l| async move {
+        let local = ringshard::local().unwrap();
+        loop {
+            let (s, _) = l.accept().await.expect("accept");
+            local.spawn_local(echo(s)).detach();
+        }
+    });
+    let mut clients: Vec<std::net::TcpStream> = (0..300)
+        .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
+        .collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.set_read_timeout(Some(HANG)).unwrap();
+        c.write_all(format!("client {i:04}").as_bytes()).unwrap();
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        let mut got = [0u8; 11];
+        c.read_exact(&mut got).unwrap();
+        assert_eq!(&got, format!("client {i:04}").as_bytes());
+    }
+}
+
+#[test]
+fn a_task_connects_and_talks_to_a_std_server() {
+    let _serial = serial();
+    let _w = Watchdog::new("connect", HANG);
+    let exec = exec(1);
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = server.local_addr().unwrap();
+    let t = std::thread::spawn(move || {
+        let (mut s, _) = server.accept().unwrap();
+        let mut b = [0u8; 5];
+        s.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"hello");
+        s.write_all(b"world").unwrap();
+    });
+    let got = exec
+        .spawn_on(0, async move {
+            let s = TcpStream::connect(addr).await.expect("connect");
+            assert_eq!(s.peer_addr().unwrap(), addr);
+            let (r, _) = s.send_all(b"hello".to_vec()).await.unwrap();
+            assert_eq!(r.unwrap(), 5);
+            let mut all = Vec::new();
+            loop {
+                let (r, b) = s.recv(Vec::with_capacity(64)).await.unwrap();
+                if r.unwrap() == 0 {
+                    break;
+                }
+                all.extend_from_slice(&b);
+            }
+            all
+        })
+        .wait()
+        .unwrap();
+    assert_eq!(got, b"world");
+    t.join().unwrap();
+    // Nobody listens there any more: refused, and the error names the operation and the peer.
+    let err = exec
+        .spawn_on(0, async move { TcpStream::connect(addr).await.map(|_| ()) })
+        .wait()
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.errno(), Some(libc::ECONNREFUSED), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("connect") && text.contains(&addr.to_string()),
+        "{text}"
+    );
+}
+
+#[test]
+fn bind_outside_a_shard_task_says_where_to_call_it() {
+    let _serial = serial();
+    let err = ringshard::block_on(TcpListener::bind("127.0.0.1:0".parse().unwrap())).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+}
+
+#[test]
+fn a_dropped_accept_is_cancelled_and_the_next_one_gets_the_connection() {
+    let _serial = serial();
+    let _w = Watchdog::new("accept cancel", HANG);
+    let exec = exec(1);
+    let before = shard_stats(&exec, 0).cancelled;
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let go_rx = std::sync::Mutex::new(go_rx);
+    let (addr, h) = serve(&exec, 0, move |l| async move {
+        {
+            let mut first = Box::pin(l.accept());
+            assert!(poll_once(&mut first).is_none(), "no client yet");
+            ringshard::yield_now().await; // the accept reaches the ring
+        } // dropped: cancelled
+          // Wait (without blocking the shard) for the test thread to say the cancel landed.
+        loop {
+            if go_rx.lock().unwrap().try_recv().is_ok() {
+                break;
+            }
+            ringshard::yield_now().await;
+        }
+        let (s, _) = l.accept().await.expect("second accept");
+        echo(s).await;
+    });
+    wait_until("the accept's cancellation", || {
+        shard_stats(&exec, 0).cancelled > before
+    });
+    go_tx.send(()).unwrap();
+    assert_eq!(std_echo(addr, b"after a cancel"), b"after a cancel");
+    h.wait().unwrap();
+}
+
+fn poll_once<F: std::future::Future + Unpin>(fut: &mut F) -> Option<F::Output> {
+    struct Noop;
+    impl std::task::Wake for Noop {
+        fn wake(self: Arc<Self>) {}
+    }
+    let waker = std::task::Waker::from(Arc::new(Noop));
+    let mut cx = std::task::Context::from_waker(&waker);
+    match std::pin::Pin::new(fut).poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
+    }
+}
+
+#[test]
+fn a_recv_from_a_silent_peer_ends_at_its_deadline_or_when_dropped() {
+    let _serial = serial();
+    let _w = Watchdog::new("silent peer", HANG);
+    let exec = exec(1);
+    let (res_tx, res_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let go_rx = std::sync::Mutex::new(go_rx);
+    let (addr, _h) = serve(&exec, 0, move |l| async move {
+        let (mut s, _) = l.accept().await.expect("accept");
+        // 1. A deadline: the peer sends nothing.
+        s.set_recv_timeout(Some(Duration::from_millis(20)));
+        let (r, b) = s.recv(Vec::with_capacity(100)).await.expect("recv handle");
+        res_tx
+            .send(format!(
+                "{:?} cap {}",
+                r.map_err(|e| e.to_string()),
+                b.capacity() >= 100
+            ))
+            .unwrap();
+        // 2. Dropped while waiting in the kernel.
+        s.set_recv_timeout(None);
+        {
+            let mut r = s.recv(Vec::with_capacity(100));
+            assert!(poll_once(&mut r).is_none());
+            ringshard::yield_now().await;
+        }
+        loop {
+            if go_rx.lock().unwrap().try_recv().is_ok() {
+                break;
+            }
+            ringshard::yield_now().await;
+        }
+        // 3. Nothing was lost: the next receive gets what the peer sends now.
+        let (r, b) = s.recv(Vec::with_capacity(100)).await.expect("recv handle");
+        r.expect("recv");
+        res_tx.send(String::from_utf8(b).unwrap()).unwrap();
+    });
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    let first = res_rx.recv_timeout(HANG).unwrap();
+    assert!(
+        first.contains("deadline") && first.ends_with("cap true"),
+        "{first}"
+    );
+    let before = shard_stats(&exec, 0).cancelled;
+    wait_until("the recv's cancellation", || {
+        shard_stats(&exec, 0).cancelled > before
+    });
+    go_tx.send(()).unwrap();
+    c.write_all(b"late words").unwrap();
+    assert_eq!(res_rx.recv_timeout(HANG).unwrap(), "late words");
+    assert!(shard_stats(&exec, 0).deadline_exceeded >= 1);
+}
+
+#[test]
+fn a_send_to_a_peer_that_stops_reading_ends_at_its_deadline_and_others_are_served() {
+    let _serial = serial();
+    let _w = Watchdog::new("stuck peer", HANG);
+    let exec = exec(1);
+    let (res_tx, res_rx) = mpsc::channel();
+    let (addr, _h) = serve(&exec, 0, move |l| async move {
+        let local = ringshard::local().unwrap();
+        let (mut stuck, _) = l.accept().await.expect("accept");
+        stuck.set_send_timeout(Some(Duration::from_millis(100)));
+        // Far more than the socket buffers hold: the send waits in the kernel.
+        let sender = local.spawn_local(async move {
+            let (r, b) = stuck
+                .send_all(vec![7u8; 64 << 20])
+                .await
+                .expect("send handle");
+            (r.map_err(|e| e.to_string()), b.len())
+        });
+        // Meanwhile other clients are served.
+        for _ in 0..3 {
+            let (s, _) = l.accept().await.expect("accept");
+            local.spawn_local(echo(s)).detach();
+        }
+        res_tx.send(sender.await.expect("sender")).unwrap();
+    });
+    let _stuck = std::net::TcpStream::connect(addr).unwrap(); // never reads
+    for _ in 0..3 {
+        assert_eq!(std_echo(addr, b"still served"), b"still served");
+    }
+    let (r, len) = res_rx.recv_timeout(HANG).unwrap();
+    let e = r.unwrap_err();
+    assert!(e.contains("deadline"), "{e}");
+    assert_eq!(len, 64 << 20, "the buffer comes back whole");
+}
+
+#[test]
+fn a_half_open_connection_reads_to_the_end_and_answers() {
+    let _serial = serial();
+    let _w = Watchdog::new("half open", HANG);
+    let exec = exec(1);
+    let (addr, _h) = serve(&exec, 0, |l| async move {
+        loop {
+            let (s, _) = l.accept().await.expect("accept");
+            let mut all = Vec::new();
+            loop {
+                let (r, b) = s.recv(Vec::with_capacity(3)).await.unwrap();
+                if r.unwrap() == 0 {
+                    break;
+                }
+                all.extend_from_slice(&b);
+            }
+            all.reverse();
+            let (r, _) = s.send_all(all).await.unwrap();
+            r.unwrap();
+            s.shutdown(std::net::Shutdown::Write).await.unwrap();
+        }
+    });
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(HANG)).unwrap();
+    c.write_all(b"half open").unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut back = Vec::new();
+    c.read_to_end(&mut back).unwrap();
+    assert_eq!(back, b"nepo flah");
+}
+
+#[test]
+fn a_peer_reset_fails_recv_with_an_error_naming_the_peer() {
+    let _serial = serial();
+    let _w = Watchdog::new("reset", HANG);
+    let exec = exec(1);
+    let (res_tx, res_rx) = mpsc::channel();
+    let (addr, _h) = serve(&exec, 0, move |l| async move {
+        let (s, peer) = l.accept().await.expect("accept");
+        let (r, _) = s.recv(Vec::with_capacity(10)).await.unwrap();
+        let e = r.unwrap_err();
+        res_tx.send((e.errno(), e.to_string(), peer)).unwrap();
+    });
+    let c = std::net::TcpStream::connect(addr).unwrap();
+    let local = c.local_addr().unwrap();
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    use std::os::fd::AsRawFd;
+    // SAFETY: a live linger struct of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            c.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+    drop(c); // RST
+    let (errno, text, peer) = res_rx.recv_timeout(HANG).unwrap();
+    assert_eq!(peer, local);
+    assert_eq!(errno, Some(libc::ECONNRESET), "{text}");
+    assert!(
+        text.contains("recv") && text.contains(&local.to_string()),
+        "{text}"
+    );
+}
+
+const TEN_K: u64 = 10_000;
+
+#[test]
+fn ten_thousand_connections_opened_and_dropped_leave_no_descriptor_behind() {
+    let _serial = serial();
+    let _w = Watchdog::new("10k", Duration::from_secs(120));
+    let exec = exec(1);
+    let (count_tx, count_rx) = mpsc::channel();
+    let (addr, _h) = serve(&exec, 0, move |l| async move {
+        let local = ringshard::local().unwrap();
+        let mut n = 0u64;
+        loop {
+            let (s, _) = l.accept().await.expect("accept");
+            n += 1;
+            if n % 2 == 0 && n <= TEN_K {
+                drop(s); // closed at once
+            } else {
+                local.spawn_local(echo(s)).detach(); // closed at the client's end of stream
+            }
+            let _ = count_tx.send(n);
+        }
+    });
+    // Warm up (threads, lazily made descriptors), then count.
+    assert_eq!(std_echo(addr, b"warm"), b"warm");
+    let _ = count_rx.recv_timeout(HANG).unwrap();
+    let fds_before = fd_count();
+    let rss_before = rss_bytes();
+    const N: u64 = TEN_K;
+    for _ in 0..N {
+        drop(std::net::TcpStream::connect(addr).expect("connect"));
+    }
+    let mut seen = 0;
+    while seen < N + 1 {
+        seen = count_rx.recv_timeout(HANG).expect("accepted");
+    }
+    // Closes run on the shard after the handles drop: wait for them (bounded).
+    wait_until("descriptors back to the count before", || {
+        fd_count() <= fds_before
+    });
+    assert_eq!(std_echo(addr, b"still here"), b"still here");
+    let rss_after = rss_bytes();
+    assert!(
+        rss_after < rss_before + (64 << 20),
+        "memory grew from {rss_before} to {rss_after} bytes"
+    );
+}

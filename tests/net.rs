@@ -443,3 +443,86 @@ fn ten_thousand_connections_opened_and_dropped_leave_no_descriptor_behind() {
         "memory grew from {rss_before} to {rss_after} bytes"
     );
 }
+
+#[test]
+fn cancelled_accepts_and_dropped_listeners_leak_no_connection() {
+    let _serial = serial();
+    let _w = Watchdog::new("accept leaks", Duration::from_secs(120));
+    let exec = exec(1);
+    // Warm up: threads and lazily made descriptors exist before the count.
+    let (addr, h) = serve(&exec, 0, |l| async move {
+        let (s, _) = l.accept().await.expect("accept");
+        echo(s).await;
+    });
+    assert_eq!(std_echo(addr, b"warm"), b"warm");
+    h.wait().unwrap();
+    let fds_before = fd_count();
+    for round in 0..50 {
+        // An accept in the kernel, a client connecting meanwhile, then the accept and the
+        // listener dropped: whichever wins (the accept's CQE or its cancellation), the
+        // connection is closed, never leaked. On even rounds the client's connection is in the
+        // listener's queue (its connect returned) before the drop; on odd ones it races it (and
+        // may be refused).
+        let connected = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (go_tx, go_rx) = mpsc::channel::<SocketAddr>();
+        let flag = Arc::clone(&connected);
+        let client = std::thread::spawn(move || {
+            let addr = go_rx.recv().unwrap();
+            let c = std::net::TcpStream::connect(addr);
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            c
+        });
+        let (done_tx, done_rx) = mpsc::channel::<()>();
+        exec.spawn_on(0, async move {
+            let l = TcpListener::bind("127.0.0.1:0".parse().unwrap())
+                .await
+                .unwrap();
+            let mut a = Box::pin(l.accept());
+            assert!(poll_once(&mut a).is_none());
+            ringshard::yield_now().await; // in the kernel now
+            go_tx.send(l.local_addr()).unwrap();
+            if round % 2 == 0 {
+                while !connected.load(std::sync::atomic::Ordering::SeqCst) {
+                    ringshard::yield_now().await;
+                }
+            }
+            drop(a);
+            drop(l);
+            done_tx.send(()).unwrap();
+        })
+        .detach();
+        done_rx.recv_timeout(HANG).unwrap();
+        let c = client.join().unwrap();
+        if round % 2 == 0 {
+            c.expect("connected before the drop");
+        }
+    }
+    wait_until("descriptors back to the count before", || {
+        fd_count() <= fds_before
+    });
+}
+
+#[test]
+fn shutdown_does_not_wait_for_silent_peers() {
+    let _serial = serial();
+    let _w = Watchdog::new("shutdown with silent peers", HANG);
+    let exec = Arc::new(
+        Executor::builder()
+            .shards(1)
+            .shutdown_timeout(Duration::from_secs(3600))
+            .build()
+            .expect("executor"),
+    );
+    let (res_tx, res_rx) = mpsc::channel();
+    let (addr, _h) = serve(&exec, 0, move |l| async move {
+        let (s, _) = l.accept().await.expect("accept");
+        res_tx.send("accepted".to_string()).unwrap();
+        let (r, _) = s.recv(Vec::with_capacity(10)).await.expect("recv handle");
+        res_tx.send(format!("{r:?}")).unwrap();
+        let _ = l.accept().await; // and an accept waiting too
+    });
+    let _silent = std::net::TcpStream::connect(addr).unwrap();
+    assert_eq!(res_rx.recv_timeout(HANG).unwrap(), "accepted");
+    // The grace period (an hour) is for writes to land, not for peers to speak.
+    exec.shutdown().expect("shutdown");
+}

@@ -127,6 +127,15 @@ op_kinds! {
 }
 
 impl OpKind {
+    /// Whether the op's time is spent waiting for a socket's peer (accept, connect, recv,
+    /// send), not on a device.
+    pub(crate) fn waits_for_peer(self) -> bool {
+        matches!(
+            self,
+            OpKind::Accept | OpKind::Connect | OpKind::Recv | OpKind::Send
+        )
+    }
+
     /// The opcode the kind needs from the kernel, for probing (`None`: it needs none, or is not
     /// a [`FileOp`](super::FileOp)).
     pub(crate) fn opcode(self) -> Option<u8> {

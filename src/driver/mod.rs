@@ -308,6 +308,15 @@ impl Driver {
         }
     }
 
+    /// Completions the kernel kept aside because the CQ was full, posted by the next enter with
+    /// GETEVENTS.
+    pub(crate) fn cq_overflow(&mut self) -> bool {
+        match self {
+            Driver::Uring(r) => r.submission().cq_overflow(),
+            Driver::Threads(_) => false,
+        }
+    }
+
     pub(crate) fn cq_entries(&self) -> u32 {
         match self {
             Driver::Uring(r) => r.params().cq_entries(),

@@ -13,6 +13,7 @@
 //!   [`fallback_reason`]), or when a required opcode is missing. The reason is kept for stats and
 //!   logged once.
 
+pub(crate) mod socket_waits;
 pub(crate) mod sqe;
 pub(crate) mod threads;
 

@@ -18,10 +18,10 @@
 //!   eventfd, which matters only then);
 //! - socket calls (accept, connect, recv, send, shutdown) run on the shard thread without
 //!   blocking (`MSG_DONTWAIT`; a listener or connecting socket is made `O_NONBLOCK`); one that
-//!   would wait is kept like an armed poll on its socket and run again when the socket is
+//!   would wait is kept in an epoll set (`socket_waits.rs`) and run again when its socket is
 //!   ready, looked at every time completions are collected and when the shard sleeps. So a peer
-//!   that never sends (or never reads) holds no thread, and a cancellation takes the wait out
-//!   as it takes out a poll.
+//!   that never sends (or never reads) holds no thread, a cancellation takes the wait out as it
+//!   takes out a poll, and ten thousand idle connections cost a turn nothing.
 //!
 //! Memory rules are the kernel's: what an SQE points to must stay valid until its CQE is reaped.
 //! The shard keeps to them already (it leaks what is in flight when it stops), and a worker
@@ -37,6 +37,7 @@
 //! Known limit: a read of a pipe, FIFO or socket with nothing to read holds a worker while it
 //! waits (cancellable), so `max_workers` such reads leave no worker for other jobs.
 
+use super::socket_waits::{SocketWait, SocketWaits};
 use super::sqe::{Code, Sqe, FIXED_FILE, FSYNC_DATASYNC, TIMEOUT_ABS};
 use io_uring::squeue;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -138,7 +139,7 @@ pub(crate) struct ThreadDriver {
     /// Armed polls: (fd, events, user_data).
     polls: Vec<(RawFd, i16, u64)>,
     /// Socket calls that would have waited, each run again when its socket is ready.
-    socket_waits: Vec<SocketWait>,
+    sockets: SocketWaits,
     /// The shard's open files by descriptor (`track_file` to `untrack_file`), each with the
     /// duplicate its queued and running jobs share while there are any (see `hold`).
     tracked: HashMap<RawFd, Weak<OwnedFd>>,
@@ -183,7 +184,7 @@ impl ThreadDriver {
             timer_live: HashMap::new(),
             timer_seq: 0,
             polls: Vec::new(),
-            socket_waits: Vec::new(),
+            sockets: SocketWaits::default(),
             tracked: HashMap::new(),
             direct: HashMap::new(),
             cpu,
@@ -310,7 +311,7 @@ impl ThreadDriver {
             let mut done = lock(&self.shared.done);
             self.cq.extend(done.drain(..));
         }
-        self.poll_sockets();
+        self.sockets.run_ready(&mut self.cq);
         if self.timers.is_empty() {
             return;
         }
@@ -333,7 +334,7 @@ impl ThreadDriver {
             self.shared.sleeping.store(false, Ordering::SeqCst);
             return;
         }
-        let mut fds = Vec::with_capacity(1 + self.polls.len() + self.socket_waits.len());
+        let mut fds = Vec::with_capacity(2 + self.polls.len());
         fds.push(libc::pollfd {
             fd: self.shared.done_efd.as_raw_fd(),
             events: libc::POLLIN,
@@ -344,9 +345,10 @@ impl ThreadDriver {
             events,
             revents: 0,
         }));
-        fds.extend(self.socket_waits.iter().map(|w| libc::pollfd {
-            fd: w.fd,
-            events: w.events,
+        // The socket waits' epoll set is readable when one of their sockets is ready.
+        fds.extend(self.sockets.epoll_fd().map(|fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
             revents: 0,
         }));
         let ts = timeout.map(|t| libc::timespec {
@@ -379,7 +381,7 @@ impl ThreadDriver {
         }
         let polls = self.polls.len();
         if fds[1 + polls..].iter().any(|p| p.revents != 0) {
-            self.poll_sockets();
+            self.sockets.run_ready(&mut self.cq);
         }
         let ready: Vec<(usize, i16)> = fds[1..1 + polls]
             .iter()
@@ -420,13 +422,9 @@ impl ThreadDriver {
             }
             Code::PollAdd => self.arm_poll(sqe),
             code if code.is_socket() => match self.resolve_fd(&sqe) {
-                Ok(fd) => self.run_socket(SocketWait {
-                    fd,
-                    events: 0,
-                    sqe,
-                    code,
-                    again: false,
-                }),
+                Ok(fd) => self
+                    .sockets
+                    .run(SocketWait::new(fd, sqe, code), &mut self.cq),
                 Err(errno) => self.cq.push_back((ud, -errno)),
             },
             Code::AsyncCancel => {
@@ -540,46 +538,6 @@ impl ThreadDriver {
         }
     }
 
-    /// Runs a socket call now (never blocking): its result goes to the completion queue, or,
-    /// if it would wait, it waits among `socket_waits` for its socket to be ready.
-    fn run_socket(&mut self, mut wait: SocketWait) {
-        match socket_call(&wait.sqe, wait.code, wait.fd, wait.again) {
-            Ok(res) => self.cq.push_back((wait.sqe.user_data, res)),
-            Err(events) => {
-                wait.events = events;
-                wait.again = true;
-                self.socket_waits.push(wait);
-            }
-        }
-    }
-
-    /// Runs again, without waiting, every socket call whose socket is ready.
-    fn poll_sockets(&mut self) {
-        if self.socket_waits.is_empty() {
-            return;
-        }
-        let mut fds: Vec<libc::pollfd> = self
-            .socket_waits
-            .iter()
-            .map(|w| libc::pollfd {
-                fd: w.fd,
-                events: w.events,
-                revents: 0,
-            })
-            .collect();
-        // SAFETY: a live array of `fds.len()` pollfds; no wait; poll writes only `revents`.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as _, 0) };
-        if n <= 0 {
-            return;
-        }
-        for i in (0..fds.len()).rev() {
-            if fds[i].revents != 0 {
-                let wait = self.socket_waits.swap_remove(i);
-                self.run_socket(wait);
-            }
-        }
-    }
-
     fn arm_poll(&mut self, sqe: Sqe) {
         let fd = match self.resolve_fd(&sqe) {
             Ok(fd) => fd,
@@ -620,12 +578,7 @@ impl ThreadDriver {
             self.cq.push_back((target, -libc::ECANCELED));
             return 0;
         }
-        if let Some(i) = self
-            .socket_waits
-            .iter()
-            .position(|w| w.sqe.user_data == target)
-        {
-            self.socket_waits.swap_remove(i);
+        if self.sockets.cancel(target, &mut self.cq) {
             self.cq.push_back((target, -libc::ECANCELED));
             return 0;
         }
@@ -717,7 +670,7 @@ impl ThreadDriver {
             && self.timer_live.is_empty()
             && self.timers.is_empty()
             && self.polls.is_empty()
-            && self.socket_waits.is_empty()
+            && self.sockets.is_empty()
     }
 }
 
@@ -863,100 +816,6 @@ fn cancelled(shared: &Shared, slot: usize) -> bool {
     lock(&shared.running).get(slot).is_some_and(|r| r.cancelled)
 }
 
-/// A socket call that would have waited (see [`ThreadDriver::run_socket`]).
-struct SocketWait {
-    fd: RawFd,
-    /// What it waits for (`POLLIN`, `POLLOUT`).
-    events: i16,
-    sqe: Sqe,
-    code: Code,
-    /// It ran before: a connect then reads its outcome (`SO_ERROR`) instead of connecting again.
-    again: bool,
-}
-
-/// Sets `O_NONBLOCK` on `fd` (a listener or a connecting socket), so that accept and connect
-/// never wait on the shard thread.
-fn set_nonblocking(fd: RawFd) {
-    // SAFETY: fcntl on a descriptor takes no memory.
-    let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    if fl >= 0 && fl & libc::O_NONBLOCK == 0 {
-        // SAFETY: as above.
-        unsafe { libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) };
-    }
-}
-
-/// Runs a socket SQE without blocking: `Ok(result)` (or `-errno`) as its CQE would carry it, or
-/// `Err(events)` when it would wait for them. `again`: it waited, and its socket is ready now.
-fn socket_call(sqe: &Sqe, code: Code, fd: RawFd, again: bool) -> Result<i32, i16> {
-    let buf = sqe.addr as *mut libc::c_void;
-    let len = sqe.len as usize;
-    loop {
-        // SAFETY (every call): the pointers come from the SQE, whose submitter keeps the buffer,
-        // sockaddr and length it names valid until its CQE, posted after this call returns.
-        let (ret, wait) = unsafe {
-            match code {
-                Code::Recv => (
-                    libc::recv(fd, buf, len, sqe.op_flags as i32 | libc::MSG_DONTWAIT) as i64,
-                    libc::POLLIN,
-                ),
-                Code::Send => (
-                    libc::send(
-                        fd,
-                        buf,
-                        len,
-                        sqe.op_flags as i32 | libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                    ) as i64,
-                    libc::POLLOUT,
-                ),
-                Code::Accept => {
-                    set_nonblocking(fd);
-                    let addr = sqe.addr as *mut libc::sockaddr;
-                    let addrlen = sqe.off as *mut libc::socklen_t;
-                    (
-                        libc::accept4(fd, addr, addrlen, sqe.op_flags as i32) as i64,
-                        libc::POLLIN,
-                    )
-                }
-                Code::Connect if again => {
-                    let mut err: libc::c_int = 0;
-                    let mut n = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-                    let rc = libc::getsockopt(
-                        fd,
-                        libc::SOL_SOCKET,
-                        libc::SO_ERROR,
-                        (&mut err as *mut libc::c_int).cast(),
-                        &mut n,
-                    );
-                    if rc < 0 {
-                        return Ok(-crate::numa::last_errno());
-                    }
-                    return Ok(-err);
-                }
-                Code::Connect => {
-                    set_nonblocking(fd);
-                    let rc = libc::connect(
-                        fd,
-                        sqe.addr as *const libc::sockaddr,
-                        sqe.off as libc::socklen_t,
-                    );
-                    if rc < 0 && crate::numa::last_errno() == libc::EINPROGRESS {
-                        return Err(libc::POLLOUT);
-                    }
-                    (i64::from(rc), libc::POLLOUT)
-                }
-                Code::Shutdown => (i64::from(libc::shutdown(fd, sqe.len as i32)), libc::POLLOUT),
-                _ => return Ok(-libc::EINVAL),
-            }
-        };
-        let res = cqe_res(ret);
-        match -res {
-            libc::EINTR => continue,
-            libc::EAGAIN => return Err(wait),
-            _ => return Ok(res),
-        }
-    }
-}
-
 /// CLOCK_MONOTONIC now, as a duration since its epoch (for IORING_TIMEOUT_ABS).
 fn monotonic_now() -> Duration {
     let mut ts = libc::timespec {
@@ -972,7 +831,7 @@ fn monotonic_now() -> Duration {
 }
 
 /// The return of a system call as a CQE result: the value, or -errno.
-fn cqe_res(ret: i64) -> i32 {
+pub(crate) fn cqe_res(ret: i64) -> i32 {
     if ret < 0 {
         -crate::numa::last_errno()
     } else {
@@ -1166,7 +1025,8 @@ fn run_blocking(sqe: &Sqe, code: Code, fd: RawFd) -> i32 {
             // threads backend itself runs these on the shard thread with `socket_call` and
             // waits for readiness there.
             Code::Accept | Code::Connect | Code::Recv | Code::Send | Code::Shutdown => {
-                return socket_call(sqe, code, fd, false).unwrap_or(-libc::EAGAIN);
+                return super::socket_waits::socket_call(sqe, code, fd, false)
+                    .unwrap_or(-libc::EAGAIN);
             }
             Code::Nop | Code::Timeout | Code::TimeoutRemove | Code::PollAdd | Code::AsyncCancel => {
                 0
@@ -1295,6 +1155,63 @@ mod tests {
     }
 
     /// Pushes `e`, whose submission completes two operations (itself and its target).
+    /// A receive with nothing to read waits on the shard thread (no worker), completes when
+    /// the peer writes, and a second one is taken out by ASYNC_CANCEL; a send beside a waiting
+    /// receive on the same socket completes at once.
+    #[test]
+    fn socket_calls_wait_for_readiness_and_can_be_cancelled() {
+        let mut d = driver();
+        let mut fds = [0i32; 2];
+        // SAFETY: socketpair writes two descriptors into `fds`.
+        assert_eq!(
+            unsafe {
+                libc::socketpair(
+                    libc::AF_UNIX,
+                    libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+                    0,
+                    fds.as_mut_ptr(),
+                )
+            },
+            0
+        );
+        // SAFETY: fresh descriptors, ours alone.
+        let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let mut buf = [0u8; 16];
+        let e = opcode::Recv::new(types::Fd(a.as_raw_fd()), buf.as_mut_ptr(), 16)
+            .build()
+            .user_data(1);
+        assert!(d.push(&e));
+        assert!(
+            !d.submit_and_wait(1, Some(Duration::from_millis(10))),
+            "nothing to read"
+        );
+        assert_eq!(lock(&d.shared.queue).workers, 0, "no worker holds the wait");
+        let msg = *b"ping";
+        let e = opcode::Send::new(types::Fd(a.as_raw_fd()), msg.as_ptr(), 4)
+            .build()
+            .user_data(2);
+        assert_eq!(run_one(&mut d, e), (2, 4), "the send beside it");
+        // SAFETY: 4 bytes from a local.
+        assert_eq!(
+            unsafe { libc::write(b.as_raw_fd(), msg.as_ptr().cast(), 4) },
+            4
+        );
+        assert!(d.submit_and_wait(1, Some(Duration::from_secs(10))));
+        let mut out = Vec::new();
+        d.completions(&mut out);
+        assert_eq!(out, vec![(1, 4)]);
+        assert_eq!(&buf[..4], b"ping");
+        let e = opcode::Recv::new(types::Fd(a.as_raw_fd()), buf.as_mut_ptr(), 16)
+            .build()
+            .user_data(3);
+        assert!(d.push(&e));
+        d.submit();
+        let mut out = run_two(&mut d, opcode::AsyncCancel::new(3).build().user_data(4));
+        out.sort_unstable();
+        assert_eq!(out, vec![(3, -libc::ECANCELED), (4, 0)]);
+        assert!(d.idle());
+    }
+
     fn run_two(d: &mut ThreadDriver, e: squeue::Entry) -> Vec<(u64, i32)> {
         assert!(d.push(&e));
         d.submit_and_wait(2, Some(Duration::from_secs(5)));

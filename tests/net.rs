@@ -270,7 +270,10 @@ fn a_recv_from_a_silent_peer_ends_at_its_deadline_or_when_dropped() {
             }
             ringshard::yield_now().await;
         }
-        // 3. Nothing was lost: the next receive gets what the peer sends now.
+        // 3. A buffer with no room is refused (0 would read as the end of the stream).
+        let (r, _) = s.recv(Vec::new()).await.expect("recv handle");
+        assert!(matches!(r, Err(Error::InvalidArgument { .. })), "{r:?}");
+        // 4. Nothing was lost: the next receive gets what the peer sends now.
         let (r, b) = s.recv(Vec::with_capacity(100)).await.expect("recv handle");
         r.expect("recv");
         res_tx.send(String::from_utf8(b).unwrap()).unwrap();

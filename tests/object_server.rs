@@ -804,17 +804,23 @@ fn content_type_is_stored_at_put_and_returned() {
 impl Server {
     /// Starts another server on the same root (with `types`), and checks that it serves
     /// `/page` with the type stored by this one.
-    fn child_restart(&self, types: &[&str]) -> Resp {
-        let (mut child, addr) = spawn_server(&self.root(), types, Stdio::null());
+    fn child_restart(&self, types: &[&str]) {
+        /// Kills and reaps the child however the check ends.
+        struct Reaped(Child);
+        impl Drop for Reaped {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let (child, addr) = spawn_server(&self.root(), types, Stdio::null());
+        let _reaped = Reaped(child);
         let r = rt().block_on(request(&addr, Method::GET, "/page", &[], vec![]));
         assert_eq!(
             r.header("content-type"),
             Some("text/css"),
             "after a restart"
         );
-        let _ = child.kill();
-        let _ = child.wait();
-        r
     }
 }
 

@@ -1068,7 +1068,6 @@ fn a_client_that_stops_mid_body_is_answered_408_and_its_temp_file_removed() {
         took >= Duration::from_millis(900),
         "answered after {took:?}"
     );
-    assert!(!got.contains('/') || got.starts_with("HTTP/1.1"), "{got}");
     // The temporary file is gone by the time of the answer; no object.
     assert!(s.temp_files().is_empty(), "{:?}", s.temp_files());
     assert!(s.objects().is_empty(), "{:?}", s.objects());

@@ -11,15 +11,25 @@
 //! # Layout
 //!
 //! The HTTP semantics are transport-independent, so every engine serves the same protocol:
-//! - [`http`]: keys, routes, conditional headers, ranges, validators, replies and their body plans
+//! - `http`: keys, routes, conditional headers, ranges, validators, replies and their body plans
 //!   (`Empty`, bytes, or "object O bytes a..b"), error bodies, the listing's JSON, the access
 //!   log's event;
-//! - [`store`]: the files, through ringshard (lookups, the handle cache, uploads and their commit,
+//! - `store`: the files, through ringshard (lookups, the handle cache, uploads and their commit,
 //!   Content-Types, listing);
-//! - [`service`]: one request from its parts (method, path, query, headers, a body source) to
-//!   its [`http::Reply`];
-//! - [`tokio_engine`]: `--engine tokio`, hyper on tokio as the transport (timeouts, connection
+//! - `service`: one request from its parts (method, path, query, headers, a body source) to
+//!   its `http::Reply`;
+//! - `tokio_engine`: `--engine tokio`, hyper on tokio as the transport (timeouts, connection
 //!   cap, streaming bodies). The only engine for now; `--engine` refuses any other name.
+//!
+//! Another engine (sockets on ringshard's shards, say) needs only its transport: parse a request
+//! into `service::Request` (method, path, query, `HeaderMap`), implement
+//! `store::BodySource` over its body (the body timeout lives there: `BodyError::Timeout` makes
+//! the 408 and removes the upload), give the `store::Store` a `store::Blocking` runner, call
+//! `service::handle`, and write the `http::Reply`: its status and headers, then its
+//! `http::BodyPlan` (`File { file, start, end }`: read with `Store::read_range` and
+//! `Store::take_read`, or hand the range to a file-to-socket operation), closing the connection
+//! if `Answer::close`; then call `http::access_event`. Connection timeouts and the cap are the
+//! transport's (see `tokio_engine` for what they mean).
 //!
 //! # Behaviour
 //!
@@ -41,7 +51,7 @@
 //!   modified since); a non-matching `If-Range` serves the whole object. Objects larger than one
 //!   chunk (`--chunk`, 512 KiB) are streamed chunk by chunk with one read ahead.
 //! - `PUT` streams the body into a `.tmp-` file in `--root` with ringshard writes, stores its
-//!   `Content-Type` (see [`store`]: an xattr, or a sidecar where xattrs are refused), fsyncs it,
+//!   `Content-Type` (see `store`: an xattr, or a sidecar where xattrs are refused), fsyncs it,
 //!   renames it over the key and fsyncs the directory: a 201 means the object is durable, and
 //!   readers see the old object or the new one, never part of one. Conditional PUTs are checked
 //!   before the upload and again under the key's commit lock just before the rename, which every
@@ -56,7 +66,7 @@
 //! - Errors answer a fixed text (`no such key`, `internal error`, ...), never a server path or an
 //!   errno; the detail goes to the log (stderr).
 //! - Timeouts (`--header-timeout`, `--idle-timeout`, `--body-timeout`) and the connection cap
-//!   (`--max-connections`, 503 beyond it): see [`tokio_engine`].
+//!   (`--max-connections`, 503 beyond it): see `tokio_engine`.
 //! - `--access-log`: one `tracing` event per request on stderr (target `access`: method, key,
 //!   status, bytes, µs).
 //! - Open handles and metadata are cached by key (`--cache` entries, least recently used out); the

@@ -1,7 +1,7 @@
 //! One request, apart from any transport: the engine hands over method, path, query, headers
 //! and a [`BodySource`], and gets an [`Answer`] (a [`Reply`] whose body plan may name an open
 //! object's byte range) to write. Every engine calls [`handle`]; this is where the HTTP
-//! semantics ([`http`](crate::http)) meet the store ([`store`](crate::store)).
+//! semantics ([`http`]) meet the store ([`store`](crate::store)).
 
 use crate::http::{self, Precondition, Reply, Route, Validators};
 use crate::store::{BodyError, BodySource, Entry, LookupError, PutError, Store};

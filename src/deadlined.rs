@@ -351,7 +351,10 @@ impl Deadlined<'_> {
             Err(e) => return Completion::ready(Err(e)),
         };
         let make = |done| {
-            Box::new(op::send_file::SendFile::new(dest, name, offset, len, done)) as Box<dyn FileOp>
+            let direct = file.direct_io_align().is_some();
+            Box::new(op::send_file::SendFile::new(
+                dest, name, offset, len, direct, done,
+            )) as Box<dyn FileOp>
         };
         self.exec.request_op(file, Ok(make), self.deadline)
     }

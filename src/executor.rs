@@ -312,7 +312,10 @@ impl Executor {
 
     /// Sends `len` bytes at `offset` of `file` to `dest`, a socket, pipe or FIFO (a
     /// `TcpStream`, `UnixStream`, ...), without passing them through user space: SPLICE
-    /// (file -> pipe -> `dest`) in rounds of at most a pipe of the shard's pool (256 KiB). Returns
+    /// (file -> pipe -> `dest`) in rounds of at most a pipe of the shard's pool (256 KiB).
+    /// Sends of at most 64 KiB of a file without O_DIRECT are copied instead (READ into a
+    /// buffer of the op, then WRITE, on the ring: at that size two SPLICEs, each handed to a
+    /// kernel worker, cost more CPU than the copy; BENCHMARKS.md). Returns
     /// the bytes sent: `len`, or fewer where the file ends. `file` must be open for reading (an
     /// O_DIRECT file's offset and length aligned as for a read).
     ///
@@ -321,7 +324,7 @@ impl Executor {
     /// range, after earlier writes to it. A peer that stops reading leaves the send waiting
     /// (nothing blocks a shard thread): cancel it, drop it or give it a deadline
     /// ([`timeout`](Self::timeout)); what was sent before is not taken back. A peer that went
-    /// away: [`Error::PathPair`](crate::Error::PathPair) with EPIPE or ECONNRESET (SIGPIPE is not
+    /// away: [`Error::PathPair`] with EPIPE or ECONNRESET (SIGPIPE is not
     /// raised in Rust programs, which ignore it; a program that does not should too). On the
     /// threads backend the same rounds run as splice(2) on the shard's workers.
     pub fn send_file(

@@ -140,11 +140,12 @@ fn a_stalled_peer_is_cancelled_and_the_next_send_is_exact() {
             }
         }
         drop((a, b));
-        // The next send on the same shard: exact, whatever pipe it gets.
-        for _ in 0..3 {
+        // The next send on the same shard: exact, whatever pipe it gets (and on the copy
+        // path, small sends).
+        for len in [700_000, 700_000, 700_000, 5000] {
             let (a, b) = UnixStream::pair().unwrap();
-            let r = reader(b, 4, 0, 700_000);
-            assert_eq!(ok(exec.send_file(&g, 0, 700_000, &a), how), 700_000);
+            let r = reader(b, 4, 0, len);
+            assert_eq!(ok(exec.send_file(&g, 0, len, &a), how), len);
             drop(a);
             r.join().unwrap();
         }
@@ -152,7 +153,7 @@ fn a_stalled_peer_is_cancelled_and_the_next_send_is_exact() {
     let stats = exec.stats();
     let kind = ringshard::OpKind::SendFile.index();
     let done: u64 = stats.shards.iter().map(|s| s.ops[kind]).sum();
-    assert!(done >= 9, "{done} send_file ops counted");
+    assert!(done >= 12, "{done} send_file ops counted");
     // The cancelled and the dropped send ended with bytes in their pipes (their socket was
     // full: a drain was waiting): closed, not reused.
     assert!(
@@ -161,6 +162,30 @@ fn a_stalled_peer_is_cancelled_and_the_next_send_is_exact() {
         stats.total.pipes_dirty
     );
     assert!(stats.total.pipes_made >= 3);
+}
+
+/// Sends to `s` until its buffer is full, without blocking.
+fn fill(s: &UnixStream) {
+    use std::os::fd::AsRawFd;
+    let junk = [0u8; 4096];
+    loop {
+        // SAFETY: reads 4096 bytes from a live local.
+        let n = unsafe {
+            libc::send(
+                s.as_raw_fd(),
+                junk.as_ptr().cast(),
+                4096,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            assert_eq!(
+                std::io::Error::last_os_error().raw_os_error(),
+                Some(libc::EAGAIN)
+            );
+            return;
+        }
+    }
 }
 
 /// Waits until `s` takes no more bytes (its buffer is full: the send's drain waits).
@@ -185,6 +210,33 @@ fn wait_until_full(s: &UnixStream) {
         // Writable: the send is still filling it; look again shortly.
         std::thread::yield_now();
     }
+}
+
+/// The copy path (sends of at most 64 KiB): a stalled peer is cancelled too, and a peer that
+/// went away is EPIPE.
+#[test]
+fn small_sends_to_a_stalled_or_closed_peer() {
+    let exec = exec();
+    let dir = tempfile::tempdir().unwrap();
+    let f = make(&exec, &dir.path().join("f"), 8, 60_000);
+    let (a, b) = UnixStream::pair().unwrap();
+    // Fill the socket (MSG_DONTWAIT: this call only; the socket stays blocking), so the
+    // send cannot finish.
+    fill(&a);
+    let stalled = exec.send_file(&f, 0, 60_000, &a);
+    stalled.cancel();
+    assert!(matches!(wait(stalled), Err(Error::Cancelled { .. })));
+    drop(b);
+    match wait(exec.send_file(&f, 0, 60_000, &a)) {
+        Err(e) => assert_eq!(e.errno(), Some(libc::EPIPE), "{e}"),
+        Ok(n) => panic!("sent {n} bytes to a closed peer"),
+    }
+    // And the next small send is exact.
+    let (a, b) = UnixStream::pair().unwrap();
+    let r = reader(b, 8, 100, 59_900);
+    assert_eq!(ok(exec.send_file(&f, 100, 60_000, &a), "copy"), 59_900);
+    drop(a);
+    r.join().unwrap();
 }
 
 /// The peer closes mid-send: EPIPE or ECONNRESET, named, not a panic.

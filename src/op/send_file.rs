@@ -9,6 +9,12 @@
 //! leaves one SPLICE waiting in the kernel (an io-wq worker on the ring, `poll` on a worker of
 //! the threads backend), which a cancellation, a deadline or a dropped handle ends.
 //!
+//! Sends of at most [`COPY_MAX`] bytes of a file without O_DIRECT take the copy path instead:
+//! READ into a buffer of the op, then WRITE to the destination (the same rounds otherwise).
+//! Every SPLICE is handed to an io-wq worker, where a READ of cached data and a WRITE to a
+//! socket with room complete inline: below the threshold the copy costs less CPU (measured:
+//! BENCHMARKS.md, "send_file").
+//!
 //! The destination. The kernel uses it while the op runs, whatever the caller does with its own
 //! descriptor meanwhile (closes it, reuses the number), so the op owns a duplicate made at
 //! request time (`F_DUPFD_CLOEXEC`: one system call and one descriptor per send, closed when
@@ -24,7 +30,7 @@
 //! drain waits for room in `poll`, where cancellation reaches it, and takes no more than the
 //! socket's send buffer has room for, so it never blocks in the kernel).
 
-use super::{FileOp, Footprint, OpFd, OpKind, Outcome, Step};
+use super::{on_fd, FileOp, Footprint, OpFd, OpKind, Outcome, Step};
 use crate::completion::Completer;
 use crate::error::{Error, Result};
 use crate::pipes::Pipe;
@@ -87,6 +93,29 @@ enum Phase {
     Fill,
     /// Pipe -> destination.
     Drain,
+    /// File -> the op's buffer (the copy path).
+    Read,
+    /// The op's buffer -> destination (the copy path).
+    Write,
+}
+
+/// Sends of at most this many bytes of a file without O_DIRECT are copied (READ into a buffer
+/// of the op, then WRITE to the destination) instead of spliced. Both SQEs of a copy complete
+/// without leaving the ring when the data is cached and the socket has room, where every
+/// SPLICE is handed to an io-wq worker: measured over loopback TCP (examples/send_file_bench,
+/// CPU time of the whole process per GiB), the copy cost less CPU up to this size. It bounds the
+/// op's buffer too. `RINGSHARD_SEND_FILE_COPY_MAX` (bytes, read once) overrides it.
+pub(crate) const COPY_MAX: u64 = 64 * 1024;
+
+/// [`COPY_MAX`], or the process's override.
+fn copy_max() -> u64 {
+    static MAX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *MAX.get_or_init(|| {
+        std::env::var("RINGSHARD_SEND_FILE_COPY_MAX")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(COPY_MAX, |v| v.min(1 << 30))
+    })
 }
 
 /// A send of `len` bytes at `offset` of the op's file to `dest`.
@@ -106,18 +135,25 @@ pub(crate) struct SendFile {
     pipe: Option<Pipe>,
     /// Why there is no pipe (pipe2's errno: EMFILE, ENFILE).
     no_pipe: Option<i32>,
+    /// The copy path's buffer (`len` bytes at most, `COPY_MAX` at most), allocated once: the
+    /// SQE in flight points into it, and the op (boxed in the op table) keeps it put.
+    buf: Vec<u8>,
     done: Option<Completer<u64>>,
 }
 
 impl SendFile {
-    /// The send of `len` bytes at `offset` to `dest` (named `dest_name` in errors).
+    /// The send of `len` bytes at `offset` to `dest` (named `dest_name` in errors); `direct`:
+    /// the file is open with O_DIRECT (always spliced: the kernel reads it into the pipe's
+    /// pages, aligned; the copy path's buffer is not).
     pub(crate) fn new(
         dest: Dest,
         dest_name: PathBuf,
         offset: u64,
         len: u64,
+        direct: bool,
         done: Completer<u64>,
     ) -> SendFile {
+        let copy = !direct && len <= copy_max();
         SendFile {
             dest,
             dest_name,
@@ -126,9 +162,15 @@ impl SendFile {
             filled: 0,
             sent: 0,
             eof: false,
-            phase: Phase::Fill,
+            phase: if copy { Phase::Read } else { Phase::Fill },
             pipe: None,
             no_pipe: None,
+            // Bounded by `copy_max()` (at most 1 GiB even when overridden).
+            buf: if copy {
+                vec![0; len as usize]
+            } else {
+                Vec::new()
+            },
             done: Some(done),
         }
     }
@@ -138,16 +180,40 @@ impl SendFile {
         self.filled - self.sent
     }
 
-    /// The next round after one that ended with the pipe holding `in_pipe()` bytes.
+    /// The next round after one that ended with the pipe (or buffer) holding `in_pipe()`
+    /// bytes.
     fn next(&mut self) -> Step {
+        let copy = matches!(self.phase, Phase::Read | Phase::Write);
         if self.in_pipe() > 0 {
-            self.phase = Phase::Drain;
+            self.phase = if copy { Phase::Write } else { Phase::Drain };
             Step::Again
         } else if self.eof || self.filled >= self.len {
             Step::Done
         } else {
-            self.phase = Phase::Fill;
+            self.phase = if copy { Phase::Read } else { Phase::Fill };
             Step::Again
+        }
+    }
+
+    /// The copy path's SQEs: the whole range is read into `buf` (a short read: the rest), then
+    /// written from where the destination stopped taking it.
+    fn copy_sqe(&mut self, fd: OpFd) -> squeue::Entry {
+        if self.phase == Phase::Read {
+            let at = self.filled as usize;
+            let n = (self.buf.len() - at) as u32;
+            // SAFETY (pointer arithmetic): `at <= buf.len()`.
+            let ptr = unsafe { self.buf.as_mut_ptr().add(at) };
+            let off = self.offset + self.filled;
+            on_fd!(fd.target, |f| opcode::Read::new(f, ptr, n)
+                .offset(off)
+                .build())
+        } else {
+            let from = self.sent as usize;
+            let n = (self.filled - self.sent) as u32;
+            // SAFETY (pointer arithmetic): `sent <= filled <= buf.len()`.
+            let ptr = unsafe { self.buf.as_ptr().add(from) };
+            // Offset 0: a socket or pipe has none (the ring ignores it there).
+            opcode::Write::new(types::Fd(self.dest.raw()), ptr, n).build()
         }
     }
 }
@@ -166,6 +232,9 @@ impl FileOp for SendFile {
     }
 
     fn sqe(&mut self, fd: OpFd) -> Option<squeue::Entry> {
+        if matches!(self.phase, Phase::Read | Phase::Write) {
+            return Some(self.copy_sqe(fd));
+        }
         if self.pipe.is_none() && self.no_pipe.is_none() {
             match crate::pipes::take() {
                 Ok(p) => self.pipe = Some(p),
@@ -174,15 +243,13 @@ impl FileOp for SendFile {
         }
         let pipe = self.pipe.as_ref()?; // none: `run_blocking` reports why
         let entry = match self.phase {
+            Phase::Read | Phase::Write => return None, // the copy path, above
             Phase::Fill => {
                 let n = (self.len - self.filled).min(pipe.cap as u64).min(SQE_MAX) as u32;
                 let at = (self.offset + self.filled) as i64;
                 let out = types::Fd(pipe.write.as_raw_fd());
-                match fd.target {
-                    Target::Fixed(s) => opcode::Splice::new(types::Fixed(s), at, out, -1, n),
-                    Target::Fd(d) => opcode::Splice::new(types::Fd(d), at, out, -1, n),
-                }
-                .build()
+                on_fd!(fd.target, |f| opcode::Splice::new(f, at, out, -1, n)
+                    .build())
             }
             Phase::Drain => {
                 let n = self.in_pipe().min(SQE_MAX) as u32;
@@ -215,12 +282,12 @@ impl FileOp for SendFile {
     fn on_result(&mut self, res: i32, _fd: RawFd) -> Step {
         let n = res.max(0) as u64;
         match self.phase {
-            Phase::Fill if n == 0 => self.eof = true,
-            Phase::Fill => self.filled += n,
+            Phase::Fill | Phase::Read if n == 0 => self.eof = true,
+            Phase::Fill | Phase::Read => self.filled += n,
             // A destination that takes nothing of a non-empty pipe: stop (short), rather than
             // ask again forever.
-            Phase::Drain if n == 0 => return Step::Done,
-            Phase::Drain => self.sent += n.min(self.in_pipe()),
+            Phase::Drain | Phase::Write if n == 0 => return Step::Done,
+            Phase::Drain | Phase::Write => self.sent += n.min(self.in_pipe()),
         }
         self.next()
     }

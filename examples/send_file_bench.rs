@@ -180,29 +180,94 @@ fn main() {
                         _ => unreachable!(),
                     }
                 }
-                while got.load(Ordering::Acquire) < target {
-                    std::thread::yield_now();
-                }
-                let (wall, c) = (t0.elapsed(), cpu() - c0);
-                let bytes = (n * size) as f64;
-                results[m].push((
-                    bytes / wall.as_secs_f64() / 1e6,
-                    c.as_secs_f64() * 1e3 / (bytes / (1u64 << 30) as f64),
-                ));
+                results[m].push(finish(&got, target, t0, c0, n * size));
             }
         }
-        for (m, mode) in MODES.iter().enumerate() {
-            let mut mbs: Vec<f64> = results[m].iter().map(|r| r.0).collect();
-            let mut cpu: Vec<f64> = results[m].iter().map(|r| r.1).collect();
-            mbs.sort_by(f64::total_cmp);
-            cpu.sort_by(f64::total_cmp);
-            println!(
-                "{mode:<10} {:>8} {:>8.0} {:>10.0}",
-                size,
-                mbs[mbs.len() / 2],
-                cpu[cpu.len() / 2]
-            );
-        }
+        print_medians(&MODES, size, &results);
     }
+    cross_shard(&path, per_run, rounds, &got, &sock);
     drop(sock);
+}
+
+/// Waits until the reader got `target` bytes in all; then (MB/s, CPU ms per GiB) of the
+/// `bytes` sent since `t0` and `c0`.
+fn finish(got: &AtomicU64, target: u64, t0: Instant, c0: Duration, bytes: u64) -> (f64, f64) {
+    while got.load(Ordering::Acquire) < target {
+        std::thread::yield_now();
+    }
+    let (wall, c) = (t0.elapsed(), cpu() - c0);
+    let bytes = bytes as f64;
+    (
+        bytes / wall.as_secs_f64() / 1e6,
+        c.as_secs_f64() * 1e3 / (bytes / (1u64 << 30) as f64),
+    )
+}
+
+/// One line per mode: the medians of its rounds.
+fn print_medians(modes: &[&str], size: u64, results: &[Vec<(f64, f64)>]) {
+    for (mode, r) in modes.iter().zip(results) {
+        let mut mbs: Vec<f64> = r.iter().map(|r| r.0).collect();
+        let mut cpu: Vec<f64> = r.iter().map(|r| r.1).collect();
+        mbs.sort_by(f64::total_cmp);
+        cpu.sort_by(f64::total_cmp);
+        println!(
+            "{mode:<10} {size:>8} {:>8.0} {:>10.0}",
+            mbs[mbs.len() / 2],
+            cpu[cpu.len() / 2]
+        );
+    }
+}
+
+/// Where a send is asked from, when the bytes always move on the file's shard: the caller's
+/// thread, a task on the file's shard, or a task on the other shard (the request crosses to
+/// the file's shard, as for a connection owned by another shard). 2 shards.
+fn cross_shard(
+    path: &std::path::Path,
+    per_run: u64,
+    rounds: usize,
+    got: &AtomicU64,
+    sock: &TcpStream,
+) {
+    let exec = Executor::builder().shards(2).build().unwrap();
+    let file = exec
+        .open(path, OpenOptions::new().read(true))
+        .wait()
+        .unwrap();
+    let owner = file.shard();
+    let modes = ["caller", "task-own", "task-other"];
+    println!("send_file asked from (2 shards; bytes move on the file's shard)");
+    for size in [64u64 << 10, 1 << 20] {
+        let n = per_run / size;
+        let mut results: Vec<Vec<(f64, f64)>> = vec![Vec::new(); modes.len()];
+        for _ in 0..rounds {
+            for (m, mode) in modes.iter().enumerate() {
+                let target = got.load(Ordering::Acquire) + n * size;
+                let (t0, c0) = (Instant::now(), cpu());
+                if *mode == "caller" {
+                    for i in 0..n {
+                        let off = (i * size) % (FILE_LEN - size);
+                        exec.send_file(&file, off, size, sock).wait().unwrap();
+                    }
+                } else {
+                    let shard = if *mode == "task-own" {
+                        owner
+                    } else {
+                        1 - owner
+                    };
+                    let (f, s) = (file.clone(), sock.try_clone().unwrap());
+                    exec.spawn_on(shard, async move {
+                        let l = ringshard::local().unwrap();
+                        for i in 0..n {
+                            let off = (i * size) % (FILE_LEN - size);
+                            l.send_file(&f, off, size, &s).await.unwrap();
+                        }
+                    })
+                    .wait()
+                    .unwrap();
+                }
+                results[m].push(finish(got, target, t0, c0, n * size));
+            }
+        }
+        print_medians(&modes, size, &results);
+    }
 }

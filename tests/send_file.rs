@@ -352,3 +352,34 @@ fn a_destination_that_is_not_a_socket_or_pipe_is_refused_by_name() {
         Err(Error::BadHandle(_))
     ));
 }
+
+/// From a task: on the file's own shard and on another shard (the request crosses to the
+/// file's shard, which moves the bytes with its duplicate of the socket), with a deadline
+/// through the task's face.
+#[test]
+fn from_tasks_on_the_files_shard_and_on_another() {
+    let exec = Executor::builder().shards(2).build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let len = 1 << 20;
+    let f = make(&exec, &dir.path().join("f"), 9, len);
+    let owner = f.shard();
+    for shard in [owner, 1 - owner] {
+        let (a, b) = UnixStream::pair().unwrap();
+        let r = reader(b, 9, 10, len - 10);
+        let file = f.clone();
+        let h = exec.spawn_on(shard, async move {
+            let l = ringshard::local().expect("on a shard");
+            let sent = l.send_file(&file, 10, len - 20, &a).await.unwrap();
+            // The last 10 bytes (the copy path), with a deadline it meets.
+            let small = l
+                .timeout(Duration::from_secs(30))
+                .send_file(&file, len - 10, 10, &a)
+                .await
+                .unwrap();
+            (sent, small)
+        });
+        let (sent, small) = h.wait().unwrap();
+        assert_eq!((sent, small), (len - 20, 10), "task on shard {shard}");
+        r.join().unwrap();
+    }
+}

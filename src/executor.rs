@@ -326,7 +326,10 @@ impl Executor {
     /// ([`timeout`](Self::timeout)); what was sent before is not taken back. A peer that went
     /// away: [`Error::PathPair`] with EPIPE or ECONNRESET (SIGPIPE is not
     /// raised in Rust programs, which ignore it; a program that does not should too). On the
-    /// threads backend the same rounds run as splice(2) on the shard's workers.
+    /// threads backend the same rounds run as splice(2) (and pread/write) on the shard's
+    /// workers. Forced to the blocking path
+    /// ([`force_blocking`](crate::ExecutorBuilder::force_blocking)), its rounds run on the shard
+    /// thread without waiting for the destination: one without room fails it with EAGAIN.
     pub fn send_file(
         &self,
         file: &File,

@@ -383,3 +383,23 @@ fn from_tasks_on_the_files_shard_and_on_another() {
         r.join().unwrap();
     }
 }
+
+/// Forced to the blocking path (the shard thread runs the rounds as system calls): sends that
+/// fit the socket's buffer, on both paths (copy and splice).
+#[test]
+fn on_the_blocking_path() {
+    let exec = Executor::builder()
+        .shards(1)
+        .force_blocking(&[ringshard::OpKind::SendFile])
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let f = make(&exec, &dir.path().join("f"), 10, 100_000);
+    for len in [50_000u64, 80_000] {
+        let (a, b) = UnixStream::pair().unwrap();
+        let r = reader(b, 10, 7, len);
+        assert_eq!(ok(exec.send_file(&f, 7, len, &a), "blocking path"), len);
+        drop(a);
+        r.join().unwrap();
+    }
+}

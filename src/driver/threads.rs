@@ -993,7 +993,9 @@ fn splice_call(sqe: &Sqe, fd_out: RawFd, len: usize, flags: u32) -> i32 {
 /// the kernel.
 fn splice_now(sqe: &Sqe, fd_out: RawFd) -> i32 {
     let len = match socket_room(fd_out) {
-        Some(room) => (sqe.len as usize).min(room.max(1)),
+        // No room: a splice would block (a worker polls again; the shard thread says EAGAIN).
+        Some(0) => return -libc::EAGAIN,
+        Some(room) => (sqe.len as usize).min(room),
         None => sqe.len as usize,
     };
     splice_call(sqe, fd_out, len, sqe.op_flags | libc::SPLICE_F_NONBLOCK)

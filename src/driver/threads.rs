@@ -1152,6 +1152,18 @@ mod tests {
         out[0]
     }
 
+    /// Submits and reaps until `n` completions came (10 s at most), sorted by user_data.
+    fn reap_sorted(d: &mut ThreadDriver, n: usize) -> Vec<(u64, i32)> {
+        let mut out = Vec::new();
+        let until = Instant::now() + Duration::from_secs(10);
+        while out.len() < n && Instant::now() < until {
+            d.submit_and_wait(1, Some(Duration::from_millis(100)));
+            d.completions(&mut out);
+        }
+        out.sort();
+        out
+    }
+
     #[test]
     fn reads_writes_and_syncs_a_real_file() {
         let dir = tempfile::tempdir().unwrap();
@@ -1316,15 +1328,89 @@ mod tests {
             .build()
             .user_data(2);
         assert!(d.push(&read) && d.push(&write));
-        let mut out = Vec::new();
-        let until = Instant::now() + Duration::from_secs(10);
-        while out.len() < 2 && Instant::now() < until {
-            d.submit_and_wait(1, Some(Duration::from_millis(100)));
-            d.completions(&mut out);
-        }
-        out.sort();
+        let out = reap_sorted(&mut d, 2);
         assert_eq!(out, vec![(1, 5), (2, 5)]);
         assert_eq!(&buf, b"hello");
+    }
+
+    /// SPLICE: a file into a pipe, then the pipe into a socket nobody reads whose buffer is full:
+    /// that splice waits in `poll` on a worker (it does not block in the kernel) and a
+    /// cancellation ends it; after the peer reads, the bytes left in the pipe go through.
+    #[test]
+    fn a_splice_into_a_full_socket_waits_cancellably() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, vec![7u8; 100_000]).unwrap();
+        let f = std::fs::File::open(&path).unwrap();
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 writes two descriptors into the array.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: fresh descriptors nobody else owns.
+        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut d = driver();
+        let fill = opcode::Splice::new(
+            types::Fd(f.as_raw_fd()),
+            0,
+            types::Fd(w.as_raw_fd()),
+            -1,
+            65536,
+        );
+        assert_eq!(run_one(&mut d, fill.build().user_data(1)), (1, 65536));
+        // Fill the socket without blocking (MSG_DONTWAIT: this call only).
+        let junk = [0u8; 4096];
+        // SAFETY: reads 4096 bytes from a live local.
+        while unsafe {
+            libc::send(
+                a.as_raw_fd(),
+                junk.as_ptr().cast(),
+                4096,
+                libc::MSG_DONTWAIT,
+            )
+        } > 0
+        {}
+        let drain = opcode::Splice::new(
+            types::Fd(r.as_raw_fd()),
+            -1,
+            types::Fd(a.as_raw_fd()),
+            -1,
+            65536,
+        );
+        assert!(d.push(&drain.build().user_data(2)));
+        // Nobody reads: it cannot complete.
+        assert!(!d.submit_and_wait(1, Some(Duration::from_millis(50))));
+        let cancel = opcode::AsyncCancel::new(2).build().user_data(3);
+        assert!(d.push(&cancel));
+        let out = reap_sorted(&mut d, 2);
+        assert_eq!(out[0], (2, -libc::ECANCELED), "{out:?}");
+        assert!(out[1].0 == 3 && (out[1].1 == -libc::EALREADY || out[1].1 == 0));
+        // The peer reads: the pipe's 64 KiB go through (in rounds no larger than the room).
+        let reader = std::thread::spawn(move || {
+            let mut v = vec![0u8; 1 << 20];
+            let mut got = 0;
+            // The junk, then the file's 65536 bytes of 7.
+            loop {
+                let n = std::io::Read::read(&mut b, &mut v).unwrap();
+                got += v[..n].iter().filter(|&&x| x == 7).count();
+                if got >= 65536 {
+                    return got;
+                }
+            }
+        });
+        let mut sent = 0;
+        while sent < 65536 {
+            let drain = opcode::Splice::new(
+                types::Fd(r.as_raw_fd()),
+                -1,
+                types::Fd(a.as_raw_fd()),
+                -1,
+                65536 - sent,
+            );
+            let (ud, res) = run_one(&mut d, drain.build().user_data(4));
+            assert!(ud == 4 && res > 0, "{res}");
+            sent += res as u32;
+        }
+        assert_eq!(reader.join().unwrap(), 65536);
     }
 
     /// CLOSE closes the descriptor it names, once; with IOSQE_FIXED_FILE it is EBADF (as in the

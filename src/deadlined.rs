@@ -333,6 +333,32 @@ impl Deadlined<'_> {
         )
     }
 
+    /// [`Executor::send_file`] with the deadline.
+    pub fn send_file(
+        &self,
+        file: &File,
+        offset: u64,
+        len: u64,
+        dest: impl std::os::fd::AsFd,
+    ) -> Completion<u64> {
+        let checked = self
+            .exec
+            .check_owner(file)
+            .and_then(|()| validate::send_file(file, offset, len, dest.as_fd()));
+        let (dest, name) = match checked {
+            Ok(_) if len == 0 => return Completion::ready(Ok(0)),
+            Ok(d) => d,
+            Err(e) => return Completion::ready(Err(e)),
+        };
+        let make = |done| {
+            let direct = file.direct_io_align().is_some();
+            Box::new(op::send_file::SendFile::new(
+                dest, name, offset, len, direct, done,
+            )) as Box<dyn FileOp>
+        };
+        self.exec.request_op(file, Ok(make), self.deadline)
+    }
+
     /// [`Executor::fdatasync`] with the deadline.
     pub fn fdatasync(&self, file: &File) -> Completion<()> {
         let op = Ok(crate::validate::sync_op(true));

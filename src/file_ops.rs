@@ -297,6 +297,13 @@ impl File {
         self.route(|r| r.copy_range(How::Copy, self, offset, dst, dst_offset, len, None))
     }
 
+    /// Sends `len` bytes at `offset` of this file to `dest` (a socket, pipe or FIFO) without
+    /// passing them through user space; returns the bytes sent (fewer only where this file
+    /// ends). See [`Executor::send_file`](crate::Executor::send_file).
+    pub fn send_to(&self, offset: u64, len: u64, dest: impl std::os::fd::AsFd) -> Completion<u64> {
+        self.face(|d| d.send_file(self, offset, len, dest))
+    }
+
     /// Shares `len` bytes at `offset` of this file with `dst_offset` of `dst` (reflink,
     /// `FICLONERANGE`); returns `len`. See
     /// [`Executor::clone_range`](crate::Executor::clone_range).

@@ -150,6 +150,7 @@ mod logging;
 pub mod numa;
 mod op;
 mod park;
+mod pipes;
 pub mod pool;
 mod routes;
 mod validate;

@@ -213,6 +213,42 @@ pub(crate) fn copy_range(
     check_end(op, dst_off, len)
 }
 
+/// A send_file of `len` bytes at `offset` of `file` to `dest`: `file` open for reading, the
+/// range within the largest offset, an O_DIRECT file's offset and length multiples of its
+/// alignment (the kernel reads it with O_DIRECT into the pipe's pages); `dest` a socket, pipe or
+/// FIFO, duplicated for the op (see `op::send_file`). `len` bounds no allocation: each round
+/// moves at most a pipe's size, in the kernel.
+pub(crate) fn send_file(
+    file: &File,
+    offset: u64,
+    len: u64,
+    dest: std::os::fd::BorrowedFd<'_>,
+) -> Result<(op::send_file::Dest, std::path::PathBuf)> {
+    const OP: &str = "send_file";
+    access(file, OP, file.flags().readable, "read(true)")?;
+    check_end(OP, offset, len)?;
+    if let Some(align) = file.direct_io_align() {
+        let a = u64::from(align.offset);
+        if offset % a != 0 || len % a != 0 {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "{} is open with O_DIRECT: offset {offset} and length {len} must be \
+                     multiples of {a}, its filesystem's O_DIRECT alignment: align them, or \
+                     open the file without direct",
+                    file.path().display()
+                ),
+            ));
+        }
+    }
+    op::send_file::own_dest(dest).map_err(|(errno, name)| Error::PathPair {
+        op: OP,
+        from: file.path().to_path_buf(),
+        to: name,
+        errno,
+    })
+}
+
 /// A sync_file_range of `len` bytes at `offset` with `flags`: `len` fits the SQE's 32 bits.
 pub(crate) fn sync_file_range(
     offset: u64,

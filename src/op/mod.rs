@@ -39,9 +39,14 @@
 //!    `ExecShared` method or a helper in `file_ops.rs`), which the public faces call: the
 //!    `Executor` method (through `Deadlined`) and, for an op on an open file, the `File` method.
 //!
-//! An op that needs a second file (copy_file_range, FICLONERANGE; splice) gets that file's
+//! An op that needs a second file (copy_file_range, FICLONERANGE) gets that file's
 //! descriptor from the file's own shard: see `copy_range.rs` (a duplicate handed over, waited
-//! for with a POLL_ADD, so neither shard blocks).
+//! for with a POLL_ADD, so neither shard blocks). One whose second descriptor is the caller's
+//! (send_file's socket) owns a duplicate made at request time: see `send_file.rs`.
+//!
+//! An op whose round may wait forever (a socket that stops taking bytes) says so with
+//! [`cancel_in_flight`](FileOp::cancel_in_flight): a deadline or a dropped handle then cancels
+//! its round in the kernel, as a read's.
 //!
 //! Operations on paths rather than open files (unlink, mkdir, rename, stat, open) return a
 //! [`PathTarget`] from [`path_target`](FileOp::path_target): they are ordered per parent
@@ -63,6 +68,7 @@ pub(crate) mod path;
 pub(crate) mod read;
 pub(crate) mod read_dir;
 pub(crate) mod rw;
+pub(crate) mod send_file;
 pub(crate) mod size;
 pub(crate) mod statx;
 pub(crate) mod sync;
@@ -249,6 +255,13 @@ pub(crate) trait FileOp: Send {
 
     /// Nobody waits for the result any more (ops that keep their own `Completer`).
     fn is_cancelled(&self) -> bool {
+        false
+    }
+
+    /// Whether a round already in the kernel is cancelled (ASYNC_CANCEL) when the op is dropped
+    /// or past its deadline, as a read's is: for rounds that may wait forever (a socket that
+    /// stops taking bytes). Default: no, the round completes (a started sync or write lands).
+    fn cancel_in_flight(&self) -> bool {
         false
     }
 }

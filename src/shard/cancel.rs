@@ -83,7 +83,11 @@ impl Shard {
             self.finish(slot);
             return;
         }
-        let is_read = matches!(op.io, IoOp::Read { .. });
+        let is_read = match &op.io {
+            IoOp::Read { .. } => true,
+            IoOp::File(f) => f.cancel_in_flight(),
+            _ => false,
+        };
         if !is_read && why != CancelWhy::Shutdown {
             return;
         }

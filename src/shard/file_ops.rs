@@ -69,7 +69,7 @@ impl Shard {
             }
             r => f.on_result(r, raw) == crate::op::Step::Again,
         };
-        if res >= 0 && !again && f.cancel_in_kernel() {
+        if res >= 0 && !again && f.cancel_in_flight() {
             // The kernel finished the op before its cancellation reached it: its result (bytes
             // received, a connection accepted) is delivered, not lost.
             op.cancel = None;

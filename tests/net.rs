@@ -208,6 +208,12 @@ fn a_dropped_accept_is_cancelled_and_the_next_one_gets_the_connection() {
     let (go_tx, go_rx) = mpsc::channel::<()>();
     let go_rx = std::sync::Mutex::new(go_rx);
     let (addr, h) = serve(&exec, 0, move |l| async move {
+        // With a deadline and nobody connecting yet (the client waits until the dropped accept
+        // below is counted as cancelled): DeadlineExceeded.
+        let mut timed = l.clone();
+        timed.set_accept_timeout(Some(Duration::from_millis(20)));
+        let e = timed.accept().await.map(|_| ()).unwrap_err();
+        assert!(matches!(e, Error::DeadlineExceeded { .. }), "{e}");
         {
             let mut first = Box::pin(l.accept());
             assert!(poll_once(&mut first).is_none(), "no client yet");

@@ -544,6 +544,20 @@ impl fmt::Display for Error {
                             "; the file may be open read-only: open it with write access"
                         )
                     }
+                    libc::ECONNRESET | libc::EPIPE => write!(
+                        f,
+                        "; the peer closed or reset the connection: it is over, drop the stream"
+                    ),
+                    libc::ECONNREFUSED => write!(
+                        f,
+                        "; nothing listens at that address: check the address and that the \
+                         server runs"
+                    ),
+                    libc::EADDRINUSE => write!(
+                        f,
+                        "; the address is taken by a socket without SO_REUSEPORT (or of another \
+                         user): pick another port, or port 0 for one the kernel picks"
+                    ),
                     libc::ENOSPC => write!(f, "; the filesystem is full"),
                     libc::EMFILE => write!(
                         f,

@@ -393,6 +393,12 @@ impl File {
         self.inner.flags
     }
 
+    /// The shard's descriptor of the file (valid while this handle lives; for calls that
+    /// change nothing, such as a socket's getpeername).
+    pub(crate) fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.inner.inline.raw_fd()
+    }
+
     /// The shard that runs every operation on this file.
     pub fn shard(&self) -> usize {
         self.inner.handle.shard

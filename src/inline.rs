@@ -136,6 +136,11 @@ impl InlineFile {
         }
     }
 
+    /// The shard's descriptor.
+    pub(crate) fn raw_fd(&self) -> RawFd {
+        self.fd
+    }
+
     /// Called before the descriptor is closed (by the shard's file entry, on every path): no
     /// inline read starts on it after this, and this waits for those in progress, which are each
     /// one `preadv2` with RWF_NOWAIT of at most the inline limit (a copy from the page cache,

@@ -489,6 +489,10 @@ impl crate::op::open::Installer for ExecShared {
         self.closed.load(Ordering::Acquire)
     }
 
+    fn fd_token(&self) -> InTransit {
+        self.fds.enter()
+    }
+
     fn install(
         self: Arc<Self>,
         on: Option<usize>,

@@ -123,6 +123,11 @@ codes! {
     Linkat = LinkAt,
     Symlinkat = SymlinkAt,
     Close = Close,
+    Accept = Accept,
+    Connect = Connect,
+    Recv = Recv,
+    Send = Send,
+    Shutdown = Shutdown,
     Timeout = Timeout,
     TimeoutRemove = TimeoutRemove,
     PollAdd = PollAdd,
@@ -131,6 +136,15 @@ codes! {
 }
 
 impl Code {
+    /// Whether it acts on a socket and may wait for its peer: the threads backend runs it on the
+    /// shard thread without blocking, and waits for readiness like a POLL_ADD (never a worker).
+    pub(crate) const fn is_socket(self) -> bool {
+        matches!(
+            self,
+            Code::Accept | Code::Connect | Code::Recv | Code::Send | Code::Shutdown
+        )
+    }
+
     /// Whether only a driver can run it: it acts on the ring's own state (its timers, polls and
     /// in-flight SQEs), so the blocking path (`threads::run_sqe`) refuses it with EINVAL.
     pub(crate) const fn driver_only(self) -> bool {
@@ -156,6 +170,11 @@ impl Code {
             | Code::Linkat
             | Code::Symlinkat
             | Code::Close
+            | Code::Accept
+            | Code::Connect
+            | Code::Recv
+            | Code::Send
+            | Code::Shutdown
             | Code::Splice => false,
         }
     }

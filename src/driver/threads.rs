@@ -15,7 +15,13 @@
 //!   (started on demand, one per queued job up to `max_workers`, pinned to the shard's CPU);
 //! - timeouts, polls and cancellations are kept on the shard thread (deadlines in order, `ppoll`);
 //!   armed polls are looked at when the shard sleeps (the shard's only poll is its wake-up
-//!   eventfd, which matters only then).
+//!   eventfd, which matters only then);
+//! - socket calls (accept, connect, recv, send, shutdown) run on the shard thread without
+//!   blocking (`MSG_DONTWAIT`; a listener or connecting socket is made `O_NONBLOCK`); one that
+//!   would wait is kept in an epoll set (`socket_waits.rs`) and run again when its socket is
+//!   ready, looked at every time completions are collected and when the shard sleeps. So a peer
+//!   that never sends (or never reads) holds no thread, a cancellation takes the wait out as it
+//!   takes out a poll, and ten thousand idle connections cost a turn nothing.
 //!
 //! Memory rules are the kernel's: what an SQE points to must stay valid until its CQE is reaped.
 //! The shard keeps to them already (it leaks what is in flight when it stops), and a worker
@@ -31,6 +37,7 @@
 //! Known limit: a read of a pipe, FIFO or socket with nothing to read holds a worker while it
 //! waits (cancellable), so `max_workers` such reads leave no worker for other jobs.
 
+use super::socket_waits::{SocketWait, SocketWaits};
 use super::sqe::{Code, Sqe, FIXED_FILE, FSYNC_DATASYNC, SPLICE_F_FD_IN_FIXED, TIMEOUT_ABS};
 use io_uring::squeue;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -131,6 +138,8 @@ pub(crate) struct ThreadDriver {
     timer_seq: u64,
     /// Armed polls: (fd, events, user_data).
     polls: Vec<(RawFd, i16, u64)>,
+    /// Socket calls that would have waited, each run again when its socket is ready.
+    sockets: SocketWaits,
     /// The shard's open files by descriptor (`track_file` to `untrack_file`), each with the
     /// duplicate its queued and running jobs share while there are any (see `hold`).
     tracked: HashMap<RawFd, Weak<OwnedFd>>,
@@ -175,6 +184,7 @@ impl ThreadDriver {
             timer_live: HashMap::new(),
             timer_seq: 0,
             polls: Vec::new(),
+            sockets: SocketWaits::default(),
             tracked: HashMap::new(),
             direct: HashMap::new(),
             cpu,
@@ -294,12 +304,14 @@ impl ThreadDriver {
         out.extend(self.cq.drain(..));
     }
 
-    /// Takes the workers' results and fires due timeouts.
+    /// Takes the workers' results, runs the socket calls whose sockets are ready and fires due
+    /// timeouts.
     fn collect(&mut self) {
         {
             let mut done = lock(&self.shared.done);
             self.cq.extend(done.drain(..));
         }
+        self.sockets.run_ready(&mut self.cq);
         if self.timers.is_empty() {
             return;
         }
@@ -322,7 +334,7 @@ impl ThreadDriver {
             self.shared.sleeping.store(false, Ordering::SeqCst);
             return;
         }
-        let mut fds = Vec::with_capacity(1 + self.polls.len());
+        let mut fds = Vec::with_capacity(2 + self.polls.len());
         fds.push(libc::pollfd {
             fd: self.shared.done_efd.as_raw_fd(),
             events: libc::POLLIN,
@@ -331,6 +343,12 @@ impl ThreadDriver {
         fds.extend(self.polls.iter().map(|&(fd, events, _)| libc::pollfd {
             fd,
             events,
+            revents: 0,
+        }));
+        // The socket waits' epoll set is readable when one of their sockets is ready.
+        fds.extend(self.sockets.epoll_fd().map(|fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
             revents: 0,
         }));
         let ts = timeout.map(|t| libc::timespec {
@@ -361,7 +379,11 @@ impl ThreadDriver {
                 )
             };
         }
-        let ready: Vec<(usize, i16)> = fds[1..]
+        let polls = self.polls.len();
+        if fds[1 + polls..].iter().any(|p| p.revents != 0) {
+            self.sockets.run_ready(&mut self.cq);
+        }
+        let ready: Vec<(usize, i16)> = fds[1..1 + polls]
             .iter()
             .enumerate()
             .filter(|(_, p)| p.revents != 0)
@@ -412,6 +434,12 @@ impl ThreadDriver {
                 self.cq.push_back((ud, res));
             }
             Code::PollAdd => self.arm_poll(sqe),
+            code if code.is_socket() => match self.resolve_fd(&sqe) {
+                Ok(fd) => self
+                    .sockets
+                    .run(SocketWait::new(fd, sqe, code), &mut self.cq),
+                Err(errno) => self.cq.push_back((ud, -errno)),
+            },
             Code::AsyncCancel => {
                 let res = self.cancel(sqe.addr);
                 self.cq.push_back((ud, res));
@@ -563,6 +591,10 @@ impl ThreadDriver {
             self.cq.push_back((target, -libc::ECANCELED));
             return 0;
         }
+        if self.sockets.cancel(target, &mut self.cq) {
+            self.cq.push_back((target, -libc::ECANCELED));
+            return 0;
+        }
         // Queued and running are looked at under the queue lock: a worker records its job as
         // running before it lets go of that lock, so a job is always in one or the other.
         let mut q = lock(&self.shared.queue);
@@ -651,6 +683,7 @@ impl ThreadDriver {
             && self.timer_live.is_empty()
             && self.timers.is_empty()
             && self.polls.is_empty()
+            && self.sockets.is_empty()
     }
 }
 
@@ -811,7 +844,7 @@ fn monotonic_now() -> Duration {
 }
 
 /// The return of a system call as a CQE result: the value, or -errno.
-fn cqe_res(ret: i64) -> i32 {
+pub(crate) fn cqe_res(ret: i64) -> i32 {
     if ret < 0 {
         -crate::numa::last_errno()
     } else {
@@ -1121,6 +1154,13 @@ fn run_blocking(sqe: &Sqe, code: Code, fd: RawFd) -> i32 {
                 sqe.op_flags as i32,
             ) as i64,
             Code::Symlinkat => libc::symlinkat(addr, fd, sqe.off as *const libc::c_char) as i64,
+            // Never waits (this may be the shard thread): what would wait says EAGAIN. The
+            // threads backend itself runs these on the shard thread with `socket_call` and
+            // waits for readiness there.
+            Code::Accept | Code::Connect | Code::Recv | Code::Send | Code::Shutdown => {
+                return super::socket_waits::socket_call(sqe, code, fd, false)
+                    .unwrap_or(-libc::EAGAIN);
+            }
             // SPLICE: the destination in `fd` (at `off`, -1: none), the source in
             // `splice_fd_in` (at `splice_off_in`), flags in the flags word.
             Code::Splice => return splice_call(sqe, fd, sqe.len as usize, sqe.op_flags),
@@ -1263,6 +1303,63 @@ mod tests {
     }
 
     /// Pushes `e`, whose submission completes two operations (itself and its target).
+    /// A receive with nothing to read waits on the shard thread (no worker), completes when
+    /// the peer writes, and a second one is taken out by ASYNC_CANCEL; a send beside a waiting
+    /// receive on the same socket completes at once.
+    #[test]
+    fn socket_calls_wait_for_readiness_and_can_be_cancelled() {
+        let mut d = driver();
+        let mut fds = [0i32; 2];
+        // SAFETY: socketpair writes two descriptors into `fds`.
+        assert_eq!(
+            unsafe {
+                libc::socketpair(
+                    libc::AF_UNIX,
+                    libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+                    0,
+                    fds.as_mut_ptr(),
+                )
+            },
+            0
+        );
+        // SAFETY: fresh descriptors, ours alone.
+        let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let mut buf = [0u8; 16];
+        let e = opcode::Recv::new(types::Fd(a.as_raw_fd()), buf.as_mut_ptr(), 16)
+            .build()
+            .user_data(1);
+        assert!(d.push(&e));
+        assert!(
+            !d.submit_and_wait(1, Some(Duration::from_millis(10))),
+            "nothing to read"
+        );
+        assert_eq!(lock(&d.shared.queue).workers, 0, "no worker holds the wait");
+        let msg = *b"ping";
+        let e = opcode::Send::new(types::Fd(a.as_raw_fd()), msg.as_ptr(), 4)
+            .build()
+            .user_data(2);
+        assert_eq!(run_one(&mut d, e), (2, 4), "the send beside it");
+        // SAFETY: 4 bytes from a local.
+        assert_eq!(
+            unsafe { libc::write(b.as_raw_fd(), msg.as_ptr().cast(), 4) },
+            4
+        );
+        assert!(d.submit_and_wait(1, Some(Duration::from_secs(10))));
+        let mut out = Vec::new();
+        d.completions(&mut out);
+        assert_eq!(out, vec![(1, 4)]);
+        assert_eq!(&buf[..4], b"ping");
+        let e = opcode::Recv::new(types::Fd(a.as_raw_fd()), buf.as_mut_ptr(), 16)
+            .build()
+            .user_data(3);
+        assert!(d.push(&e));
+        d.submit();
+        let mut out = run_two(&mut d, opcode::AsyncCancel::new(3).build().user_data(4));
+        out.sort_unstable();
+        assert_eq!(out, vec![(3, -libc::ECANCELED), (4, 0)]);
+        assert!(d.idle());
+    }
+
     fn run_two(d: &mut ThreadDriver, e: squeue::Entry) -> Vec<(u64, i32)> {
         assert!(d.push(&e));
         d.submit_and_wait(2, Some(Duration::from_secs(5)));

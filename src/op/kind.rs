@@ -116,9 +116,28 @@ op_kinds! {
     CloneRange => "clone_range", None,
     /// A file's bytes to a socket or pipe (send_file): SPLICE rounds through a pipe.
     SendFile => "send_file", Some(Code::Splice),
+    /// Accepting a connection on a listening socket (`accept4`).
+    Accept => "accept", Some(Code::Accept),
+    /// Connecting a socket (`connect`).
+    Connect => "connect", Some(Code::Connect),
+    /// Receiving from a connected socket (`recv`).
+    Recv => "recv", Some(Code::Recv),
+    /// Sending on a connected socket (`send`).
+    Send => "send", Some(Code::Send),
+    /// Shutting down one or both directions of a connection (`shutdown`).
+    Shutdown => "shutdown", Some(Code::Shutdown),
 }
 
 impl OpKind {
+    /// Whether the op's time is spent waiting for a socket's peer (accept, connect, recv,
+    /// send), not on a device.
+    pub(crate) fn waits_for_peer(self) -> bool {
+        matches!(
+            self,
+            OpKind::Accept | OpKind::Connect | OpKind::Recv | OpKind::Send
+        )
+    }
+
     /// The opcode the kind needs from the kernel, for probing (`None`: it needs none, or is not
     /// a [`FileOp`](super::FileOp)).
     pub(crate) fn opcode(self) -> Option<u8> {

@@ -57,7 +57,9 @@
 //! [`run_blocking`](FileOp::run_blocking), through the same function: one place knows how each
 //! opcode maps to a system call.
 
+pub(crate) mod accept;
 pub(crate) mod append;
+pub(crate) mod connect;
 pub(crate) mod copy_range;
 pub(crate) mod fadvise;
 pub(crate) mod fallocate;
@@ -67,9 +69,13 @@ pub(crate) mod open;
 pub(crate) mod path;
 pub(crate) mod read;
 pub(crate) mod read_dir;
+pub(crate) mod recv;
 pub(crate) mod rw;
+pub(crate) mod send;
 pub(crate) mod send_file;
+pub(crate) mod shutdown;
 pub(crate) mod size;
+pub(crate) mod sockaddr;
 pub(crate) mod statx;
 pub(crate) mod sync;
 pub(crate) mod sync_range;
@@ -139,6 +145,13 @@ pub(crate) enum Footprint {
     Sync,
     /// close, fallocate, size: ordered against everything.
     Barrier,
+    /// A socket's receive: in order among its receives, beside its sends.
+    Recv,
+    /// A socket's send: in order among its sends, beside its receives.
+    Send,
+    /// A socket operation that waits for none of the socket's others (accept; shutdown of the
+    /// receiving side, which ends a receive that waits).
+    Unordered,
 }
 
 impl Footprint {
@@ -260,7 +273,11 @@ pub(crate) trait FileOp: Send {
 
     /// Whether a round already in the kernel is cancelled (ASYNC_CANCEL) when the op is dropped
     /// or past its deadline, as a read's is: for rounds that may wait forever (a socket that
-    /// stops taking bytes). Default: no, the round completes (a started sync or write lands).
+    /// stops taking bytes, a peer that sends nothing). Default: no, the round completes (a
+    /// started sync or write lands). A last round that finished before the cancellation reached
+    /// it keeps its result (received bytes, an accepted connection, are not dropped for a
+    /// cancellation that came too late), and such ops are cancelled at once when shutdown
+    /// begins (they wait for a peer, not for a device).
     fn cancel_in_flight(&self) -> bool {
         false
     }

@@ -48,6 +48,11 @@ pub(crate) trait Installer: Send + Sync {
     /// Shutdown has begun: an open not yet run is refused.
     fn closed(&self) -> bool;
 
+    /// A place among the descriptors in transit, taken at once (on a shard thread, which must
+    /// not wait for closes its own shard runs): for a descriptor the kernel made here (an
+    /// accepted connection) on its way to the file table.
+    fn fd_token(&self) -> InTransit;
+
     /// Sends `fd` to be installed on shard `on`, or if `None` on the shard `key` hashes to,
     /// which completes `done` (or, if the message is refused, fails it and closes `fd`). Never
     /// blocks.

@@ -43,7 +43,9 @@ impl Shard {
         // inline at once.
         drop(op.pending.take());
         let lat = self.elapsed_since(op.at);
-        if lat >= self.cfg.slow_op_ns {
+        // A socket op's time is mostly its peer's (a receive waits for the peer to speak): not
+        // a slow device or filesystem, so not logged as one.
+        if lat >= self.cfg.slow_op_ns && !op.kind.waits_for_peer() {
             crate::logging::slow_op(self.cfg.index, op.kind, &op.path, lat, op.errno);
         }
         if let IoOp::File(f) = op.io {

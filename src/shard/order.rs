@@ -11,6 +11,14 @@
 //! | sync            | -           | -           | -     | yes     |
 //! | barrier         | yes         | yes         | yes   | yes     |
 //!
+//! A socket's operations (`op/recv.rs`, `op/send.rs`, `op/accept.rs`, `op/shutdown.rs`) keep
+//! their own order: a receive waits for earlier receives, a send for earlier sends, and the two
+//! directions run side by side (a receive waiting for a peer that says nothing does not hold up
+//! a send); accepts run side by side; connect and close are barriers; a shutdown of the sending
+//! side (or both) follows earlier sends, one of the receiving side waits for nothing (it ends a
+//! receive that waits). A file's footprints and a socket's meet only on a socket handed to a
+//! file operation, where they keep their order (conflict).
+//!
 //! So reads run in parallel, a read sees every earlier overlapping write, a write never overtakes
 //! an earlier overlapping read or write, an fsync covers every earlier write, and close, fallocate
 //! and size wait for everything before them and hold back everything after.
@@ -39,7 +47,11 @@ pub(crate) fn conflicts(earlier: Footprint, later: Footprint) -> bool {
         | (Write { start: a, end: b }, Read { start: c, end: d })
         | (Write { start: a, end: b }, Write { start: c, end: d }) => overlap((a, b), (c, d)),
         (Write { .. }, Sync) => true,
-        (Read { .. }, Sync) | (Sync, _) => false,
+        (Read { .. }, Sync) | (Sync, Read { .. } | Write { .. } | Sync) => false,
+        (Recv, Recv) | (Send, Send) => true,
+        (Recv | Send | Unordered, Recv | Send | Unordered) => false,
+        // A file's operations and a socket's on one descriptor: kept in order.
+        (Recv | Send | Unordered, _) | (_, Recv | Send | Unordered) => true,
     }
 }
 

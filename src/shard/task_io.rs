@@ -160,7 +160,7 @@ impl Shard {
             || len > crate::op::read::READ_STEP.min(MAX_SQE_BYTES)
             || self.closing
             || !self.backlog.is_empty()
-            || self.ops.live + self.fast.live >= self.cfg.channel_capacity
+            || self.ops.bounded() + self.fast.live >= self.cfg.channel_capacity
             || !self.has_cq_room()
             || r.done.is_cancelled()
             || r.deadline.is_some_and(|d| self.now() >= d)

@@ -57,6 +57,11 @@ impl LocalShard {
         self.index
     }
 
+    /// The executor's routes (for the socket faces, `net/`).
+    pub(crate) fn routes(&self) -> &Arc<ExecShared> {
+        &self.exec
+    }
+
     /// Whether `file` is owned by this shard (its I/O skips the channel).
     pub fn owns(&self, file: &File) -> bool {
         file.handle().exec == self.exec.id && file.shard() == self.index

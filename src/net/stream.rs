@@ -1,0 +1,189 @@
+//! [`TcpStream`]: a connection on the shard that accepted or made it.
+
+use super::{here, install_here, tcp_socket};
+use crate::buf::{BufCompletion, IoBuf, IoBufMut};
+use crate::completion::Completion;
+use crate::error::{Error, Result};
+use crate::file::File;
+use crate::op::connect::Connect;
+use crate::op::recv::Recv;
+use crate::op::send::Send;
+use crate::op::shutdown::Shutdown;
+use crate::op::sockaddr::{address_of, peer_name, peer_of_name};
+use crate::op::FileOp;
+use crate::routes::ExecShared;
+use crate::shard::{IoOp, Reply};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A TCP connection on one shard, from [`TcpListener::accept`](super::TcpListener::accept) or
+/// [`connect`](Self::connect).
+///
+/// Its operations go through its shard's ring (from a task on that shard, with no hop); the
+/// buffers are owned: [`recv`](Self::recv) and [`send`](Self::send) take one and give it back
+/// with the result, so the kernel never writes into memory the caller may free. A clone shares
+/// the connection (a task that receives and one that sends); the socket is closed when the last
+/// clone drops, after the operations made before.
+#[derive(Clone)]
+pub struct TcpStream {
+    file: File,
+    exec: Arc<ExecShared>,
+    peer: Option<SocketAddr>,
+    local: Option<SocketAddr>,
+    recv_timeout: Option<Duration>,
+    send_timeout: Option<Duration>,
+}
+
+impl std::fmt::Debug for TcpStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpStream")
+            .field("peer", &self.peer)
+            .field("local", &self.local)
+            .field("shard", &self.file.shard())
+            .finish()
+    }
+}
+
+impl TcpStream {
+    /// A stream around an installed socket: its addresses are read now (the peer's from the
+    /// name it was installed under when the connection is already gone).
+    pub(super) fn from_file(file: File, exec: Arc<ExecShared>) -> TcpStream {
+        let fd = file.raw_fd();
+        let peer = address_of(fd, true)
+            .ok()
+            .or_else(|| peer_of_name(file.path()));
+        TcpStream {
+            local: address_of(fd, false).ok(),
+            peer,
+            file,
+            exec,
+            recv_timeout: None,
+            send_timeout: None,
+        }
+    }
+
+    /// Connects to `addr` from the shard whose task calls this (anywhere else it fails with
+    /// [`InvalidArgument`](crate::Error::InvalidArgument)): a socket installed on this shard,
+    /// then IORING_OP_CONNECT on its ring. Dropping the future cancels the connect and closes
+    /// the socket.
+    pub async fn connect(addr: SocketAddr) -> Result<TcpStream> {
+        let (exec, shard) = here("connect")?;
+        let name = peer_name(Some(addr));
+        let fd = tcp_socket("connect", &addr, &name)?;
+        let file = install_here(&exec, shard, fd, &name).await?;
+        let op = IoOp::File(Box::new(Connect::new(&addr)));
+        exec.request(&file, Ok(op), Reply::Unit, None).await?;
+        Ok(TcpStream::from_file(file, exec))
+    }
+
+    /// The peer's address (read when the stream was made; from the kernel's accept when the
+    /// connection was already gone by then).
+    pub fn peer_addr(&self) -> Result<SocketAddr> {
+        self.known("getpeername", self.peer)
+    }
+
+    /// The local address (read when the stream was made).
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        self.known("getsockname", self.local)
+    }
+
+    /// `addr`, or the error of `op` that found none (ENOTCONN: the connection was gone).
+    fn known(&self, op: &'static str, addr: Option<SocketAddr>) -> Result<SocketAddr> {
+        let name = self.file.path().to_path_buf();
+        addr.ok_or_else(|| Error::io(op, Some(name), None, libc::ENOTCONN))
+    }
+
+    /// The shard it lives on.
+    pub fn shard(&self) -> usize {
+        self.file.shard()
+    }
+
+    /// Each later receive of this handle fails with
+    /// [`DeadlineExceeded`](crate::Error::DeadlineExceeded) (its buffer back, the receive taken
+    /// out of the kernel) if it has not finished `timeout` after it was made; `None`: never.
+    /// Deadlines are checked every few milliseconds, so one may end up to ~5 ms late.
+    pub fn set_recv_timeout(&mut self, timeout: Option<Duration>) {
+        self.recv_timeout = timeout;
+    }
+
+    /// As [`set_recv_timeout`](Self::set_recv_timeout), for sends (a peer that does not read).
+    pub fn set_send_timeout(&mut self, timeout: Option<Duration>) {
+        self.send_timeout = timeout;
+    }
+
+    /// Receives what has arrived, up to the buffer's
+    /// [`read_capacity`](IoBufMut::read_capacity) (at most
+    /// [`max_request_size`](crate::ExecutorBuilder::max_request_size)), into `buf`: the count
+    /// and the buffer come back (its length is the count). 0: the peer shut down its sending
+    /// side (end of stream). Receives of one socket run in the order made. A buffer with no
+    /// room fails with [`InvalidArgument`](crate::Error::InvalidArgument) (and comes back).
+    ///
+    /// Dropping the completion cancels the receive; bytes the kernel received before the
+    /// cancellation reached it are lost with it (the stream is then cut at an unknown place).
+    /// A deadline ([`set_recv_timeout`](Self::set_recv_timeout)) keeps them: a receive that
+    /// finished before its cancellation returns its bytes.
+    pub fn recv<B: IoBufMut>(&self, buf: B) -> BufCompletion<usize, B> {
+        let cap = buf.read_capacity().min(self.exec.limits.max_request);
+        let (vec, stash) = buf.into_read_vec();
+        if cap == 0 {
+            // A receive of nothing would return 0, which reads as the end of the stream.
+            let e = Error::invalid(
+                "recv",
+                "the buffer has no room (a Vec's capacity, a Box<[u8]>'s length): give it some, \
+                 e.g. Vec::with_capacity(4096)",
+            );
+            return BufCompletion::new(Completion::ready(Ok((Err(e), vec))), stash, count);
+        }
+        let make = move |done| Box::new(Recv::new(vec, cap, done)) as Box<dyn FileOp>;
+        let raw = self
+            .exec
+            .request_op(&self.file, Ok(make), deadline(self.recv_timeout));
+        BufCompletion::new(raw, stash, count)
+    }
+
+    /// Sends what the socket takes of `buf` now (at least one byte, unless the buffer is
+    /// empty): the count and the buffer come back. Sends of one socket run in the order made.
+    pub fn send<B: IoBuf>(&self, buf: B) -> BufCompletion<usize, B> {
+        self.send_with(buf, false)
+    }
+
+    /// Sends all of `buf` (round after round, no other send of the socket in between): the
+    /// count and the buffer come back. On an error the count already sent is in the error
+    /// ([`Error::written`]).
+    pub fn send_all<B: IoBuf>(&self, buf: B) -> BufCompletion<usize, B> {
+        self.send_with(buf, true)
+    }
+
+    fn send_with<B: IoBuf>(&self, buf: B, all: bool) -> BufCompletion<usize, B> {
+        let (vec, stash) = buf.into_vec();
+        let make = move |done| Box::new(Send::new(vec, all, done)) as Box<dyn FileOp>;
+        let raw = self
+            .exec
+            .request_op(&self.file, Ok(make), deadline(self.send_timeout));
+        BufCompletion::new(raw, stash, count)
+    }
+
+    /// Shuts down the sending side (after the sends made before it: the peer reads their bytes,
+    /// then end of stream), the receiving side (at once: a receive that waits returns 0), or
+    /// both.
+    pub fn shutdown(&self, how: std::net::Shutdown) -> Completion<()> {
+        let how = match how {
+            std::net::Shutdown::Read => libc::SHUT_RD,
+            std::net::Shutdown::Write => libc::SHUT_WR,
+            std::net::Shutdown::Both => libc::SHUT_RDWR,
+        };
+        let op = IoOp::File(Box::new(Shutdown { how }));
+        self.exec.request(&self.file, Ok(op), Reply::Unit, None)
+    }
+}
+
+/// The deadline of an operation made now with `timeout`.
+fn deadline(timeout: Option<Duration>) -> Option<Instant> {
+    timeout.and_then(|t| Instant::now().checked_add(t))
+}
+
+/// A count of bytes moved as the caller's `usize`.
+fn count(result: Result<u64>) -> Result<usize> {
+    result.map(|n| n as usize)
+}

@@ -1,0 +1,83 @@
+//! send (IORING_OP_SEND): the caller's buffer to a connected socket, owned by the op until its
+//! last CQE. Sends on one socket run in the order made, beside its receives (`Footprint::Send`);
+//! `send_all` sends the rest after a short send, round after round, so no other send of the
+//! socket comes between its bytes. A send that waits for a peer who does not read is taken out
+//! of the kernel when its handle is dropped or its deadline passes (the bytes already sent stay
+//! sent: the error says how many). `MSG_NOSIGNAL`: a peer that closed gives EPIPE, never SIGPIPE.
+
+use super::{on_fd, FileOp, Footprint, OpFd, OpKind, Outcome, Step};
+use crate::buf::RawBuf;
+use crate::completion::Completer;
+use crate::error::{Error, Result};
+use io_uring::{opcode, squeue};
+use std::os::fd::RawFd;
+use std::path::Path;
+
+/// One send of `buf` (all of it, with `all`).
+pub(crate) struct Send {
+    buf: Vec<u8>,
+    sent: usize,
+    all: bool,
+    done: Option<Completer<RawBuf>>,
+}
+
+impl Send {
+    pub(crate) fn new(buf: Vec<u8>, all: bool, done: Completer<RawBuf>) -> Self {
+        Send {
+            buf,
+            sent: 0,
+            all,
+            done: Some(done),
+        }
+    }
+}
+
+impl FileOp for Send {
+    fn kind(&self) -> OpKind {
+        OpKind::Send
+    }
+
+    fn footprint(&self, _known_size: u64) -> Footprint {
+        Footprint::Send
+    }
+
+    fn sqe(&mut self, fd: OpFd) -> Option<squeue::Entry> {
+        let rest = &self.buf[self.sent.min(self.buf.len())..];
+        let len = rest.len().min(u32::MAX as usize) as u32;
+        let ptr = rest.as_ptr();
+        Some(on_fd!(fd.target, |f| opcode::Send::new(f, ptr, len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()))
+    }
+
+    fn on_result(&mut self, res: i32, _fd: RawFd) -> Step {
+        let n = res.max(0) as usize;
+        self.sent = self.sent.saturating_add(n).min(self.buf.len());
+        if self.all && n > 0 && self.sent < self.buf.len() {
+            Step::Again
+        } else {
+            Step::Done
+        }
+    }
+
+    fn error(&self, errno: i32, file: &Path) -> Error {
+        Error::io("send", Some(file.to_path_buf()), None, errno).with_written(self.sent as u64)
+    }
+
+    fn complete(&mut self, result: Result<()>) -> Outcome {
+        let buf = std::mem::take(&mut self.buf);
+        let sent = self.sent as u64;
+        if let Some(done) = self.done.take() {
+            done.complete(Ok((result.map(|()| sent), buf)));
+        }
+        Outcome::Delivered { bytes: sent }
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.done.as_ref().is_some_and(Completer::is_cancelled)
+    }
+
+    fn cancel_in_flight(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,597 @@
+//! Sockets on shards (`ringshard::net`): real TCP sockets on 127.0.0.1, std clients on test
+//! threads, servers in shard tasks. Run on both backends (RINGSHARD_BACKEND=threads too).
+//! States are arranged, never slept for: a peer that never sends, a peer that never reads, a
+//! cancellation waited for through the shard's own counters.
+
+mod executor_util;
+
+use executor_util::*;
+use ringshard::{Error, Executor, TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The tests of this file run one at a time: one counts the process's descriptors and memory,
+/// which the others would change under it.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn exec(shards: usize) -> Arc<Executor> {
+    Arc::new(
+        Executor::builder()
+            .shards(shards)
+            .build()
+            .expect("executor"),
+    )
+}
+
+/// Binds a listener on `shard` and runs `serve` with it in a task there; returns its address.
+fn serve<F, Fut>(exec: &Executor, shard: usize, serve: F) -> (SocketAddr, ringshard::JoinHandle<()>)
+where
+    F: FnOnce(TcpListener) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    let (tx, rx) = mpsc::channel();
+    let h = exec.spawn_on(shard, async move {
+        let local = ringshard::local().expect("on a shard");
+        let l = TcpListener::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .expect("bind");
+        tx.send(l.local_addr()).unwrap();
+        // `serve`'s future need not be Send: it runs on this shard only.
+        local.spawn_local(serve(l)).await.expect("server task");
+    });
+    let addr = rx.recv_timeout(HANG).expect("listener address");
+    (addr, h)
+}
+
+/// Echoes what `s` receives until end of stream (or until the test's executor shuts down: its
+/// socket ops are cancelled then).
+async fn echo(s: TcpStream) {
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        let (r, b) = s.recv(buf).await.expect("recv handle");
+        let n = match r {
+            Err(Error::Shutdown) => return,
+            r => r.expect("recv"),
+        };
+        if n == 0 {
+            return;
+        }
+        let (r, b) = s.send_all(b).await.expect("send handle");
+        match r {
+            Err(Error::Shutdown) => return,
+            r => r.expect("send"),
+        };
+        buf = b;
+    }
+}
+
+fn std_echo(addr: SocketAddr, msg: &[u8]) -> Vec<u8> {
+    let mut c = std::net::TcpStream::connect(addr).expect("connect");
+    c.set_read_timeout(Some(HANG)).unwrap();
+    c.write_all(msg).unwrap();
+    let mut got = vec![0; msg.len()];
+    c.read_exact(&mut got).unwrap();
+    got
+}
+
+fn shard_stats(exec: &Executor, shard: usize) -> ringshard::ShardStats {
+    exec.stats().shards[shard].clone()
+}
+
+/// Waits (bounded by a watchdog) until `cond` holds.
+fn wait_until(what: &'static str, mut cond: impl FnMut() -> bool) {
+    let _w = Watchdog::new(what, HANG);
+    while !cond() {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn an_echo_server_on_a_shard_serves_std_clients() {
+    let _serial = serial();
+    let _w = Watchdog::new("echo", HANG);
+    let exec = exec(2);
+    let (addr, _h) = serve(&exec, 1, |l| async move {
+        let local = ringshard::local().unwrap();
+        loop {
+            let (s, peer) = l.accept().await.expect("accept");
+            assert_eq!(s.peer_addr().unwrap(), peer);
+            assert_eq!(s.local_addr().unwrap(), l.local_addr());
+            assert_eq!(s.shard(), 1);
+            local.spawn_local(echo(s)).detach();
+        }
+    });
+    for i in 0..20u8 {
+        let msg: Vec<u8> = (0..1000 + i as usize * 977)
+            .map(|j| (j as u8) ^ i)
+            .collect();
+        assert_eq!(std_echo(addr, &msg), msg);
+    }
+    let st = shard_stats(&exec, 1);
+    assert!(st.ops[ringshard::OpKind::Accept.index()] >= 20, "{st:?}");
+}
+
+#[test]
+fn many_connections_at_once_are_all_served() {
+    let _serial = serial();
+    let _w = Watchdog::new("many", HANG);
+    let exec = exec(1);
+    let (addr, _h) = serve(&exec, 0, |l| async move {
+        let local = ringshard::local().unwrap();
+        loop {
+            let (s, _) = l.accept().await.expect("accept");
+            local.spawn_local(echo(s)).detach();
+        }
+    });
+    let mut clients: Vec<std::net::TcpStream> = (0..300)
+        .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
+        .collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.set_read_timeout(Some(HANG)).unwrap();
+        c.write_all(format!("client {i:04}").as_bytes()).unwrap();
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        let mut got = [0u8; 11];
+        c.read_exact(&mut got).unwrap();
+        assert_eq!(&got, format!("client {i:04}").as_bytes());
+    }
+}
+
+#[test]
+fn a_task_connects_and_talks_to_a_std_server() {
+    let _serial = serial();
+    let _w = Watchdog::new("connect", HANG);
+    let exec = exec(1);
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = server.local_addr().unwrap();
+    let t = std::thread::spawn(move || {
+        let (mut s, _) = server.accept().unwrap();
+        let mut b = [0u8; 5];
+        s.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"hello");
+        s.write_all(b"world").unwrap();
+    });
+    let got = exec
+        .spawn_on(0, async move {
+            let s = TcpStream::connect(addr).await.expect("connect");
+            assert_eq!(s.peer_addr().unwrap(), addr);
+            let (r, _) = s.send_all(b"hello".to_vec()).await.unwrap();
+            assert_eq!(r.unwrap(), 5);
+            let mut all = Vec::new();
+            loop {
+                let (r, b) = s.recv(Vec::with_capacity(64)).await.unwrap();
+                if r.unwrap() == 0 {
+                    break;
+                }
+                all.extend_from_slice(&b);
+            }
+            all
+        })
+        .wait()
+        .unwrap();
+    assert_eq!(got, b"world");
+    t.join().unwrap();
+    // Nobody listens there any more: refused, and the error names the operation and the peer.
+    let err = exec
+        .spawn_on(0, async move { TcpStream::connect(addr).await.map(|_| ()) })
+        .wait()
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.errno(), Some(libc::ECONNREFUSED), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("connect") && text.contains(&addr.to_string()),
+        "{text}"
+    );
+}
+
+#[test]
+fn bind_outside_a_shard_task_says_where_to_call_it() {
+    let _serial = serial();
+    let err = ringshard::block_on(TcpListener::bind("127.0.0.1:0".parse().unwrap())).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+}
+
+#[test]
+fn a_dropped_accept_is_cancelled_and_the_next_one_gets_the_connection() {
+    let _serial = serial();
+    let _w = Watchdog::new("accept cancel", HANG);
+    let exec = exec(1);
+    let before = shard_stats(&exec, 0).cancelled;
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let go_rx = std::sync::Mutex::new(go_rx);
+    let (addr, h) = serve(&exec, 0, move |l| async move {
+        // With a deadline and nobody connecting yet (the client waits until the dropped accept
+        // below is counted as cancelled): DeadlineExceeded.
+        let mut timed = l.clone();
+        timed.set_accept_timeout(Some(Duration::from_millis(20)));
+        let e = timed.accept().await.map(|_| ()).unwrap_err();
+        assert!(matches!(e, Error::DeadlineExceeded { .. }), "{e}");
+        {
+            let mut first = Box::pin(l.accept());
+            assert!(poll_once(&mut first).is_none(), "no client yet");
+            ringshard::yield_now().await; // the accept reaches the ring
+        } // dropped: cancelled
+          // Wait (without blocking the shard) for the test thread to say the cancel landed.
+        loop {
+            if go_rx.lock().unwrap().try_recv().is_ok() {
+                break;
+            }
+            ringshard::yield_now().await;
+        }
+        let (s, _) = l.accept().await.expect("second accept");
+        echo(s).await;
+    });
+    wait_until("the accept's cancellation", || {
+        shard_stats(&exec, 0).cancelled > before
+    });
+    go_tx.send(()).unwrap();
+    assert_eq!(std_echo(addr, b"after a cancel"), b"after a cancel");
+    h.wait().unwrap();
+}
+
+fn poll_once<F: std::future::Future + Unpin>(fut: &mut F) -> Option<F::Output> {
+    struct Noop;
+    impl std::task::Wake for Noop {
+        fn wake(self: Arc<Self>) {}
+    }
+    let waker = std::task::Waker::from(Arc::new(Noop));
+    let mut cx = std::task::Context::from_waker(&waker);
+    match std::pin::Pin::new(fut).poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
+    }
+}
+
+#[test]
+fn a_recv_from_a_silent_peer_ends_at_its_deadline_or_when_dropped() {
+    let _serial = serial();
+    let _w = Watchdog::new("silent peer", HANG);
+    let exec = exec(1);
+    let (res_tx, res_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let go_rx = std::sync::Mutex::new(go_rx);
+    let (addr, _h) = serve(&exec, 0, move |l| async move {
+        let (mut s, _) = l.accept().await.expect("accept");
+        // 1. A deadline: the peer sends nothing.
+        s.set_recv_timeout(Some(Duration::from_millis(20)));
+        let (r, b) = s.recv(Vec::with_capacity(100)).await.expect("recv handle");
+        res_tx
+            .send(format!(
+                "{:?} cap {}",
+                r.map_err(|e| e.to_string()),
+                b.capacity() >= 100
+            ))
+            .unwrap();
+        // 2. Dropped while waiting in the kernel.
+        s.set_recv_timeout(None);
+        {
+            let mut r = s.recv(Vec::with_capacity(100));
+            assert!(poll_once(&mut r).is_none());
+            ringshard::yield_now().await;
+        }
+        loop {
+            if go_rx.lock().unwrap().try_recv().is_ok() {
+                break;
+            }
+            ringshard::yield_now().await;
+        }
+        // 3. A buffer with no room is refused (0 would read as the end of the stream).
+        let (r, _) = s.recv(Vec::new()).await.expect("recv handle");
+        assert!(matches!(r, Err(Error::InvalidArgument { .. })), "{r:?}");
+        // 4. Nothing was lost: the next receive gets what the peer sends now.
+        let (r, b) = s.recv(Vec::with_capacity(100)).await.expect("recv handle");
+        r.expect("recv");
+        res_tx.send(String::from_utf8(b).unwrap()).unwrap();
+    });
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    let first = res_rx.recv_timeout(HANG).unwrap();
+    assert!(
+        first.contains("deadline") && first.ends_with("cap true"),
+        "{first}"
+    );
+    let before = shard_stats(&exec, 0).cancelled;
+    wait_until("the recv's cancellation", || {
+        shard_stats(&exec, 0).cancelled > before
+    });
+    go_tx.send(()).unwrap();
+    c.write_all(b"late words").unwrap();
+    assert_eq!(res_rx.recv_timeout(HANG).unwrap(), "late words");
+    assert!(shard_stats(&exec, 0).deadline_exceeded >= 1);
+}
+
+#[test]
+fn a_send_to_a_peer_that_stops_reading_ends_at_its_deadline_and_others_are_served() {
+    let _serial = serial();
+    let _w = Watchdog::new("stuck peer", HANG);
+    let exec = exec(1);
+    let (res_tx, res_rx) = mpsc::channel();
+    let (addr, _h) = serve(&exec, 0, move |l| async move {
+        let local = ringshard::local().unwrap();
+        let (mut stuck, _) = l.accept().await.expect("accept");
+        stuck.set_send_timeout(Some(Duration::from_millis(100)));
+        // Far more than the socket buffers hold: the send waits in the kernel.
+        let sender = local.spawn_local(async move {
+            let (r, b) = stuck
+                .send_all(vec![7u8; 64 << 20])
+                .await
+                .expect("send handle");
+            (r.map_err(|e| e.to_string()), b.len())
+        });
+        // Meanwhile other clients are served.
+        for _ in 0..3 {
+            let (s, _) = l.accept().await.expect("accept");
+            local.spawn_local(echo(s)).detach();
+        }
+        res_tx.send(sender.await.expect("sender")).unwrap();
+    });
+    let _stuck = std::net::TcpStream::connect(addr).unwrap(); // never reads
+    for _ in 0..3 {
+        assert_eq!(std_echo(addr, b"still served"), b"still served");
+    }
+    let (r, len) = res_rx.recv_timeout(HANG).unwrap();
+    let e = r.unwrap_err();
+    assert!(e.contains("deadline"), "{e}");
+    assert_eq!(len, 64 << 20, "the buffer comes back whole");
+}
+
+#[test]
+fn a_half_open_connection_reads_to_the_end_and_answers() {
+    let _serial = serial();
+    let _w = Watchdog::new("half open", HANG);
+    let exec = exec(1);
+    let (addr, _h) = serve(&exec, 0, |l| async move {
+        loop {
+            let (s, _) = l.accept().await.expect("accept");
+            let mut all = Vec::new();
+            loop {
+                let (r, b) = s.recv(Vec::with_capacity(3)).await.unwrap();
+                if r.unwrap() == 0 {
+                    break;
+                }
+                all.extend_from_slice(&b);
+            }
+            all.reverse();
+            let (r, _) = s.send_all(all).await.unwrap();
+            r.unwrap();
+            s.shutdown(std::net::Shutdown::Write).await.unwrap();
+        }
+    });
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(HANG)).unwrap();
+    c.write_all(b"half open").unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut back = Vec::new();
+    c.read_to_end(&mut back).unwrap();
+    assert_eq!(back, b"nepo flah");
+}
+
+#[test]
+fn a_peer_reset_fails_recv_with_an_error_naming_the_peer() {
+    let _serial = serial();
+    let _w = Watchdog::new("reset", HANG);
+    let exec = exec(1);
+    let (res_tx, res_rx) = mpsc::channel();
+    let (addr, _h) = serve(&exec, 0, move |l| async move {
+        let (s, peer) = l.accept().await.expect("accept");
+        let (r, _) = s.recv(Vec::with_capacity(10)).await.unwrap();
+        let e = r.unwrap_err();
+        res_tx.send((e.errno(), e.to_string(), peer)).unwrap();
+    });
+    let c = std::net::TcpStream::connect(addr).unwrap();
+    let local = c.local_addr().unwrap();
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    use std::os::fd::AsRawFd;
+    // SAFETY: a live linger struct of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            c.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+    drop(c); // RST
+    let (errno, text, peer) = res_rx.recv_timeout(HANG).unwrap();
+    assert_eq!(peer, local);
+    assert_eq!(errno, Some(libc::ECONNRESET), "{text}");
+    assert!(
+        text.contains("recv") && text.contains(&local.to_string()),
+        "{text}"
+    );
+}
+
+const TEN_K: u64 = 10_000;
+
+#[test]
+fn ten_thousand_connections_opened_and_dropped_leave_no_descriptor_behind() {
+    let _serial = serial();
+    let _w = Watchdog::new("2 x 10k", Duration::from_secs(240));
+    let exec = exec(1);
+    let (count_tx, count_rx) = mpsc::channel();
+    let (addr, _h) = serve(&exec, 0, move |l| async move {
+        let local = ringshard::local().unwrap();
+        let mut n = 0u64;
+        loop {
+            let (s, _) = l.accept().await.expect("accept");
+            n += 1;
+            if n % 2 == 0 && n <= 2 * TEN_K + 1 {
+                drop(s); // closed at once
+            } else {
+                local.spawn_local(echo(s)).detach(); // closed at the client's end of stream
+            }
+            let _ = count_tx.send(n);
+        }
+    });
+    // Warm up (threads, lazily made descriptors), then count.
+    assert_eq!(std_echo(addr, b"warm"), b"warm");
+    let mut seen = count_rx.recv_timeout(HANG).unwrap();
+    let fds_before = fd_count();
+    let mut round = |what: &'static str| {
+        for _ in 0..TEN_K {
+            drop(std::net::TcpStream::connect(addr).expect("connect"));
+        }
+        let until = seen + TEN_K;
+        while seen < until {
+            seen = count_rx.recv_timeout(HANG).expect("accepted");
+        }
+        // Closes run on the shard after the handles drop: wait for them (bounded).
+        wait_until(what, || fd_count() <= fds_before);
+        rss_bytes()
+    };
+    // Two rounds: a leak grows with each; what the allocator keeps from the first round's peak
+    // (every connection's task and buffer, if many were open at once) is reused by the second.
+    let rss_first = round("descriptors back after the first 10,000");
+    let rss_second = round("descriptors back after the second 10,000");
+    report_line(format_args!(
+        "NET 2 x 10,000 connections: descriptors back to {fds_before}; RSS {rss_first} bytes \
+         after the first round, {rss_second} after the second"
+    ));
+    assert!(
+        rss_second < rss_first + (16 << 20),
+        "memory grew from {rss_first} to {rss_second} bytes over 10,000 connections"
+    );
+    assert_eq!(std_echo(addr, b"still here"), b"still here");
+}
+
+#[test]
+fn cancelled_accepts_and_dropped_listeners_leak_no_connection() {
+    let _serial = serial();
+    let _w = Watchdog::new("accept leaks", Duration::from_secs(120));
+    let exec = exec(1);
+    // Warm up: threads and lazily made descriptors exist before the count.
+    let (addr, h) = serve(&exec, 0, |l| async move {
+        let (s, _) = l.accept().await.expect("accept");
+        echo(s).await;
+    });
+    assert_eq!(std_echo(addr, b"warm"), b"warm");
+    h.wait().unwrap();
+    let fds_before = fd_count();
+    for round in 0..50 {
+        // An accept in the kernel, a client connecting meanwhile, then the accept and the
+        // listener dropped: whichever wins (the accept's CQE or its cancellation), the
+        // connection is closed, never leaked. On even rounds the client's connection is in the
+        // listener's queue (its connect returned) before the drop; on odd ones it races it (and
+        // may be refused).
+        let connected = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (go_tx, go_rx) = mpsc::channel::<SocketAddr>();
+        let flag = Arc::clone(&connected);
+        let client = std::thread::spawn(move || {
+            let addr = go_rx.recv().unwrap();
+            let c = std::net::TcpStream::connect(addr);
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            c
+        });
+        let (done_tx, done_rx) = mpsc::channel::<()>();
+        exec.spawn_on(0, async move {
+            let l = TcpListener::bind("127.0.0.1:0".parse().unwrap())
+                .await
+                .unwrap();
+            let mut a = Box::pin(l.accept());
+            assert!(poll_once(&mut a).is_none());
+            ringshard::yield_now().await; // in the kernel now
+            go_tx.send(l.local_addr()).unwrap();
+            if round % 2 == 0 {
+                while !connected.load(std::sync::atomic::Ordering::SeqCst) {
+                    ringshard::yield_now().await;
+                }
+            }
+            drop(a);
+            drop(l);
+            done_tx.send(()).unwrap();
+        })
+        .detach();
+        done_rx.recv_timeout(HANG).unwrap();
+        let c = client.join().unwrap();
+        if round % 2 == 0 {
+            c.expect("connected before the drop");
+        }
+    }
+    wait_until("descriptors back to the count before", || {
+        fd_count() <= fds_before
+    });
+}
+
+#[test]
+fn shutdown_does_not_wait_for_silent_peers() {
+    let _serial = serial();
+    let _w = Watchdog::new("shutdown with silent peers", HANG);
+    let exec = Arc::new(
+        Executor::builder()
+            .shards(1)
+            .shutdown_timeout(Duration::from_secs(3600))
+            .build()
+            .expect("executor"),
+    );
+    let (res_tx, res_rx) = mpsc::channel();
+    let (addr, _h) = serve(&exec, 0, move |l| async move {
+        let (s, _) = l.accept().await.expect("accept");
+        res_tx.send("accepted".to_string()).unwrap();
+        let (r, _) = s.recv(Vec::with_capacity(10)).await.expect("recv handle");
+        res_tx.send(format!("{r:?}")).unwrap();
+        let _ = l.accept().await; // and an accept waiting too
+    });
+    let _silent = std::net::TcpStream::connect(addr).unwrap();
+    assert_eq!(res_rx.recv_timeout(HANG).unwrap(), "accepted");
+    // The grace period (an hour) is for writes to land, not for peers to speak.
+    exec.shutdown().expect("shutdown");
+}
+
+#[test]
+fn idle_connections_beyond_the_admission_bound_and_the_cq_do_not_stop_the_shard() {
+    let _serial = serial();
+    let _w = Watchdog::new("idle connections", HANG);
+    // A small shard: at most 16 ops admitted, a CQ of 16 entries. Each idle connection keeps a
+    // receive waiting for its peer: 200 of them are far past both.
+    let exec = Arc::new(
+        Executor::builder()
+            .shards(1)
+            .channel_capacity(16)
+            .ring_entries(8)
+            .build()
+            .expect("executor"),
+    );
+    let (addr, _h) = serve(&exec, 0, |l| async move {
+        let local = ringshard::local().unwrap();
+        loop {
+            let (s, _) = l.accept().await.expect("accept");
+            local.spawn_local(echo(s)).detach();
+        }
+    });
+    let idle: Vec<std::net::TcpStream> = (0..200)
+        .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
+        .collect();
+    // Every idle connection was accepted and waits in a receive...
+    wait_until("200 receives waiting", || {
+        shard_stats(&exec, 0).ops[ringshard::OpKind::Accept.index()] >= 200
+    });
+    // ...and the shard still serves: a connection, and a file.
+    assert_eq!(std_echo(addr, b"still served"), b"still served");
+    let dir = tempfile::tempdir().unwrap();
+    let f = open_rwc(&exec, &dir.path().join("f"));
+    assert_eq!(wait(exec.write(&f, 0, b"file too".to_vec())).unwrap(), 8);
+    assert_eq!(wait(exec.read(&f, 0, 8)).unwrap(), b"file too");
+    // All at once: more completions than the CQ holds.
+    let mut idle = idle;
+    for (i, c) in idle.iter_mut().enumerate() {
+        c.write_all(&[i as u8; 3]).unwrap();
+    }
+    for (i, c) in idle.iter_mut().enumerate() {
+        c.set_read_timeout(Some(HANG)).unwrap();
+        let mut b = [0u8; 3];
+        c.read_exact(&mut b).unwrap();
+        assert_eq!(b, [i as u8; 3]);
+    }
+}

@@ -595,3 +595,73 @@ fn idle_connections_beyond_the_admission_bound_and_the_cq_do_not_stop_the_shard(
         assert_eq!(b, [i as u8; 3]);
     }
 }
+
+/// A response as a server sends one: a header with send_all, then a file's bytes with
+/// `TcpStream::send_file`, for a file on the connection's shard and on the other one, below the
+/// copy threshold (a ring copy) and above it (SPLICE through a pipe); the client checks every
+/// byte, in order.
+#[test]
+fn send_file_on_a_stream_follows_its_earlier_sends_from_either_shard() {
+    let _serial = serial();
+    let _w = Watchdog::new("send_file on a stream", HANG);
+    let exec = exec(2);
+    let dir = tempfile::tempdir().unwrap();
+    // One file on each shard, each with bytes of its own.
+    let files: Vec<(ringshard::File, Vec<u8>)> = {
+        let mut placed = files_on_every_shard(&exec, dir.path(), "f", 1, 64);
+        let mut files: Vec<Option<(ringshard::File, Vec<u8>)>> = vec![None, None];
+        for (i, (path, f)) in placed.drain(..).enumerate() {
+            let s = f.shard();
+            if files[s].is_none() {
+                let data: Vec<u8> = (0..300_001 + i)
+                    .map(|j| (j % 251) as u8 ^ i as u8)
+                    .collect();
+                std::fs::write(&path, &data).unwrap();
+                files[s] = Some((f, data));
+            }
+        }
+        files
+            .into_iter()
+            .map(|f| f.expect("a file on each shard"))
+            .collect()
+    };
+    // (which file, offset, length): a small send (copied) and a large one (spliced) of each.
+    let plan: Vec<(usize, u64, u64)> =
+        vec![(0, 7, 4000), (1, 1, 5000), (0, 3, 250_000), (1, 0, 300_001)];
+    let (wanted, served) = {
+        let mut wanted = Vec::new();
+        let mut served = Vec::new();
+        for (k, &(which, off, len)) in plan.iter().enumerate() {
+            let header = format!("part {k} {len}\n").into_bytes();
+            wanted.extend_from_slice(&header);
+            let data = &files[which].1;
+            wanted.extend_from_slice(&data[off as usize..(off + len) as usize]);
+            served.push((header, files[which].0.clone(), off, len));
+        }
+        (wanted, served)
+    };
+    let (addr, _h) = serve(&exec, 1, move |l| async move {
+        let (s, _) = l.accept().await.expect("accept");
+        for (header, file, off, len) in served {
+            let (r, _) = s.send_all(header).await.expect("send handle");
+            r.expect("header");
+            assert_eq!(s.send_file(&file, off, len).await.expect("send_file"), len);
+        }
+        s.shutdown(std::net::Shutdown::Write)
+            .await
+            .expect("shutdown");
+    });
+    let mut c = std::net::TcpStream::connect(addr).expect("connect");
+    c.set_read_timeout(Some(HANG)).unwrap();
+    let mut got = Vec::new();
+    c.read_to_end(&mut got).unwrap();
+    assert_eq!(got.len(), wanted.len());
+    assert!(got == wanted, "bytes differ");
+    let st = exec.stats();
+    let sends: u64 = st
+        .shards
+        .iter()
+        .map(|s| s.ops[ringshard::OpKind::SendFile.index()])
+        .sum();
+    assert_eq!(sends, 4, "{st:?}");
+}

@@ -61,6 +61,7 @@ pub(crate) mod accept;
 pub(crate) mod append;
 pub(crate) mod connect;
 pub(crate) mod copy_range;
+pub(crate) mod dup_fd;
 pub(crate) mod fadvise;
 pub(crate) mod fallocate;
 pub(crate) mod kind;

@@ -224,6 +224,14 @@ pub(crate) trait FileOp: Send {
         }
     }
 
+    /// A round ended with `errno` (not EINTR, which repeats the round): `Some(Step::Again)` to
+    /// issue another round instead of failing (send_file waits for room on a non-blocking
+    /// destination after EAGAIN); `None` (the default): the op fails with `errno`.
+    fn on_errno(&mut self, errno: i32) -> Option<Step> {
+        let _ = errno;
+        None
+    }
+
     /// A round's non-negative result; `fd` is the op's plain descriptor.
     fn on_result(&mut self, res: i32, fd: RawFd) -> Step {
         let _ = (res, fd);

@@ -833,6 +833,7 @@ mod tests {
             done.complete(Err(Error::Cancelled {
                 op: "read",
                 path: None,
+                written: None,
             }));
         });
         assert!(matches!(c.wait(), Err(Error::Cancelled { .. })));

@@ -144,6 +144,9 @@ pub enum Error {
         op: &'static str,
         /// The file, where known.
         path: Option<PathBuf>,
+        /// For a send (or write) cut short: the bytes known to have gone out before it was
+        /// stopped ([`Error::written`]); `None` otherwise.
+        written: Option<u64>,
     },
     /// The operation's deadline passed before it completed; it was cancelled.
     DeadlineExceeded {
@@ -151,6 +154,9 @@ pub enum Error {
         op: &'static str,
         /// The file, where known.
         path: Option<PathBuf>,
+        /// For a send (or write) cut short: the bytes known to have gone out before it was
+        /// stopped ([`Error::written`]); `None` otherwise.
+        written: Option<u64>,
     },
     /// A [`Session`](crate::Session) already has as many requests in flight as its capacity.
     SessionFull {
@@ -182,17 +188,23 @@ pub enum Error {
 
 impl Error {
     /// For a write that failed part-way, the bytes from its offset known to be written: see
-    /// [`Io::written`](Self::Io). `None` for other errors.
+    /// [`Io::written`](Self::Io); for a send cut short by a cancellation or deadline, the bytes
+    /// that went out before. `None` for other errors.
     pub fn written(&self) -> Option<u64> {
         match self {
-            Self::Io { written, .. } => *written,
+            Self::Io { written, .. }
+            | Self::Cancelled { written, .. }
+            | Self::DeadlineExceeded { written, .. } => *written,
             _ => None,
         }
     }
 
     /// This error with how much of its write is known to be written.
     pub(crate) fn with_written(mut self, n: u64) -> Self {
-        if let Self::Io { written, .. } = &mut self {
+        if let Self::Io { written, .. }
+        | Self::Cancelled { written, .. }
+        | Self::DeadlineExceeded { written, .. } = &mut self
+        {
             *written = Some(n);
         }
         self
@@ -579,7 +591,7 @@ impl fmt::Display for Error {
                 "timed out waiting for a completion; the operation is still running"
             ),
             Self::Topology(reason) => write!(f, "reading the CPU/NUMA topology failed: {reason}"),
-            Self::Cancelled { op, path } => {
+            Self::Cancelled { op, path, written } => {
                 write!(f, "{op}")?;
                 if let Some(p) = path {
                     write!(f, " {}", p.display())?;
@@ -588,18 +600,28 @@ impl fmt::Display for Error {
                     f,
                     " was cancelled before it completed (its handle was dropped or cancelled, or \
                      the executor shut down while it could not finish)"
-                )
+                )?;
+                sent_before(f, *written)
             }
-            Self::DeadlineExceeded { op, path } => {
+            Self::DeadlineExceeded { op, path, written } => {
                 write!(f, "{op}")?;
                 if let Some(p) = path {
                     write!(f, " {}", p.display())?;
                 }
-                write!(
-                    f,
-                    " did not complete before its deadline and was cancelled: allow more time, \
-                     or look for a slow device or a blocking file (FIFO, network filesystem)"
-                )
+                write!(f, " did not complete before its deadline and was cancelled")?;
+                sent_before(f, *written)?;
+                if matches!(*op, "accept" | "connect" | "recv" | "send") {
+                    write!(
+                        f,
+                        ": allow more time, or look at the peer (it sent or read nothing)"
+                    )
+                } else {
+                    write!(
+                        f,
+                        ": allow more time, or look for a slow device or a blocking file (FIFO, \
+                         network filesystem)"
+                    )
+                }
             }
             Self::SessionFull { capacity } => write!(
                 f,
@@ -725,15 +747,17 @@ impl fmt::Debug for Error {
                 .finish(),
             Self::Timeout => f.write_str("Timeout"),
             Self::Topology(reason) => f.debug_tuple("Topology").field(reason).finish(),
-            Self::Cancelled { op, path } => f
+            Self::Cancelled { op, path, written } => f
                 .debug_struct("Cancelled")
                 .field("op", op)
                 .field("path", path)
+                .field("written", written)
                 .finish(),
-            Self::DeadlineExceeded { op, path } => f
+            Self::DeadlineExceeded { op, path, written } => f
                 .debug_struct("DeadlineExceeded")
                 .field("op", op)
                 .field("path", path)
+                .field("written", written)
                 .finish(),
             Self::SessionFull { capacity } => f
                 .debug_struct("SessionFull")
@@ -812,6 +836,14 @@ pub(crate) fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
         s.clone()
     } else {
         "a non-text panic payload".to_string()
+    }
+}
+
+/// ", after N bytes went out" for an error that carries a count sent (a send cut short).
+fn sent_before(f: &mut fmt::Formatter<'_>, written: Option<u64>) -> fmt::Result {
+    match written {
+        Some(n) => write!(f, " after {n} bytes went out"),
+        None => Ok(()),
     }
 }
 

@@ -291,6 +291,12 @@ pub(crate) fn describe_fd(fd: &OwnedFd, path: &Path) -> Result<(FileKey, FileFla
     ))
 }
 
+/// [`describe_fd`] for a socket of `ringshard::net`: its key is unique
+/// ([`FileKey::unique_socket`]), not its (dev, ino), which the kernel reuses.
+pub(crate) fn describe_socket(fd: &OwnedFd, path: &Path) -> Result<(FileKey, FileFlags)> {
+    describe_fd(fd, path).map(|(_, flags)| (FileKey::unique_socket(), flags))
+}
+
 /// Whether a descriptor is a directory.
 fn is_dir(fd: &OwnedFd) -> bool {
     use std::os::fd::AsRawFd;

@@ -31,6 +31,21 @@ impl FileKey {
     }
 }
 
+impl FileKey {
+    /// A key no other descriptor has, for a socket `ringshard::net` made or accepted: the
+    /// kernel numbers sockets (and pipes) from one 32-bit counter that wraps, so a new
+    /// connection could get a live one's (dev, ino), and with it its order list (its receive
+    /// would wait behind the other's). Sockets are installed on a shard chosen by the caller,
+    /// never routed by key, so any unique value serves. `dev` u64::MAX is no device.
+    pub(crate) fn unique_socket() -> FileKey {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        FileKey {
+            dev: u64::MAX,
+            ino: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+}
+
 /// splitmix64's finalizer: a fixed, well-mixing 64-bit hash.
 pub(crate) fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -47,6 +62,14 @@ pub fn shard_for(key: FileKey, shards: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn socket_keys_are_unique_and_name_no_device() {
+        let a = FileKey::unique_socket();
+        let b = FileKey::unique_socket();
+        assert_ne!(a, b);
+        assert_eq!((a.dev, b.dev), (u64::MAX, u64::MAX));
+    }
 
     #[test]
     fn stable_and_in_range() {

@@ -377,6 +377,7 @@ impl ExecShared {
                     return done.complete(Err(Error::Cancelled {
                         op: "open",
                         path: Some(path.to_path_buf()),
+                        written: None,
                     }));
                 }
                 // why: a dead shard would fail every open sent to it, whichever shard the file

@@ -163,7 +163,15 @@ impl SocketWaits {
 
     /// Fails every call waiting on `fd` with `errno`.
     fn fail(&mut self, fd: RawFd, errno: i32, cq: &mut VecDeque<(u64, i32)>) {
-        if let Some((_, calls)) = self.by_fd.remove(&fd) {
+        if let Some((registered, calls)) = self.by_fd.remove(&fd) {
+            if registered != 0 {
+                // A failed MOD leaves the old registration: take it out, or a ready socket
+                // with no call would wake every wait at once (and a later ADD get EEXIST).
+                if let Some(ep) = self.epoll.as_ref().map(AsRawFd::as_raw_fd) {
+                    // SAFETY: EPOLL_CTL_DEL reads no event (a null one is allowed since 2.6.9).
+                    unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut()) };
+                }
+            }
             for w in calls {
                 self.fd_of.remove(&w.sqe.user_data);
                 cq.push_back((w.sqe.user_data, -errno.max(1)));

@@ -105,12 +105,9 @@ fn tcp_socket(op: &'static str, addr: &SocketAddr, name: &Path) -> Result<OwnedF
 
 /// The last system call's error as an `Error` of `op` on `name`.
 fn os_error(op: &'static str, name: &Path) -> Error {
-    Error::io(
-        op,
-        Some(name.to_path_buf()),
-        None,
-        crate::numa::last_errno(),
-    )
+    // The errno first: the path's allocation may change it.
+    let errno = crate::numa::last_errno();
+    Error::io(op, Some(name.to_path_buf()), None, errno)
 }
 
 /// Installs `fd` in the file table of shard `shard` (this task's) and hands back its `File`.
@@ -120,7 +117,7 @@ async fn install_here(
     fd: OwnedFd,
     name: &Path,
 ) -> Result<File> {
-    let (key, flags) = crate::file::describe_fd(&fd, name)?;
+    let (key, flags) = crate::file::describe_socket(&fd, name)?;
     let transit = exec.fd_place()?;
     let (c, done) = pair(exec.id, shard);
     exec.install_on(shard, exec, fd, key, flags, name, done, transit, false);

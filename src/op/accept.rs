@@ -81,7 +81,7 @@ impl FileOp for Accept {
         match (result, self.fd.take()) {
             (Ok(()), Some(fd)) => {
                 let name = peer_name(self.addr.get());
-                match crate::file::describe_fd(&fd, &name) {
+                match crate::file::describe_socket(&fd, &name) {
                     Ok((key, flags)) => {
                         let transit = self.exec.fd_token();
                         Arc::clone(&self.exec).install(

@@ -333,6 +333,7 @@ impl Drop for SourceFd {
         self.handoff.give(Err(Error::Cancelled {
             op: self.how.kind().name(),
             path: None,
+            written: None,
         }));
     }
 }

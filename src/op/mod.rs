@@ -275,6 +275,12 @@ pub(crate) trait FileOp: Send {
         Outcome::Value(result.map(|()| self.value()))
     }
 
+    /// The shard stops with a round of this op still in the kernel (a failed shard, shutdown's
+    /// grace period over): leak what its SQE names that [`complete`](Self::complete) would hand
+    /// back to the caller (a receive's buffer, a send's), which the kernel may still write or
+    /// read. `complete` runs right after, and the op itself is leaked then too.
+    fn abandon_memory(&mut self) {}
+
     /// Nobody waits for the result any more (ops that keep their own `Completer`).
     fn is_cancelled(&self) -> bool {
         false

@@ -275,6 +275,7 @@ impl FileOp for OpenAt {
             done.complete(Err(Error::Cancelled {
                 op: "open",
                 path: Some(self.target.path.to_path_buf()),
+                written: None,
             }));
             return Outcome::Delivered { bytes: 0 };
         }

@@ -59,11 +59,18 @@ impl FileOp for Recv {
         Error::io("recv", Some(file.to_path_buf()), None, errno)
     }
 
+    fn abandon_memory(&mut self) {
+        // The kernel may still write into it: the caller gets an empty buffer back.
+        std::mem::forget(std::mem::take(&mut self.buf));
+    }
+
     fn complete(&mut self, result: Result<()>) -> Outcome {
         let mut buf = std::mem::take(&mut self.buf);
         let got = if result.is_ok() { self.got } else { 0 };
         // SAFETY: the kernel wrote `got` bytes (at most the capacity, clamped in `on_result`)
-        // from the start of the buffer, and its CQE has arrived: it writes nothing more.
+        // from the start of the buffer, and its CQE has arrived: it writes nothing more. (A
+        // shard that stopped with the receive in the kernel took the buffer first,
+        // `abandon_memory`: this is an empty one and `got` is 0, the result being an error.)
         unsafe { buf.set_len(got) };
         if let Some(done) = self.done.take() {
             done.complete(Ok((result.map(|()| got as u64), buf)));

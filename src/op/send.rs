@@ -64,9 +64,17 @@ impl FileOp for Send {
         Error::io("send", Some(file.to_path_buf()), None, errno).with_written(self.sent as u64)
     }
 
+    fn abandon_memory(&mut self) {
+        // The kernel may still read it: the caller gets an empty buffer back.
+        std::mem::forget(std::mem::take(&mut self.buf));
+    }
+
     fn complete(&mut self, result: Result<()>) -> Outcome {
         let buf = std::mem::take(&mut self.buf);
         let sent = self.sent as u64;
+        // A send stopped part-way (cancelled, late) says how much went out: the stream's
+        // position is known to the caller.
+        let result = result.map_err(|e| if sent > 0 { e.with_written(sent) } else { e });
         if let Some(done) = self.done.take() {
             done.complete(Ok((result.map(|()| sent), buf)));
         }

@@ -179,10 +179,12 @@ pub(super) fn cancel_error_of(why: CancelWhy, kind: OpKind, path: Option<&Path>)
         CancelWhy::Deadline => Error::DeadlineExceeded {
             op: kind.name(),
             path,
+            written: None,
         },
         CancelWhy::Dropped | CancelWhy::Shutdown => Error::Cancelled {
             op: kind.name(),
             path,
+            written: None,
         },
     }
 }

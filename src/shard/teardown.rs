@@ -119,8 +119,11 @@ impl Drop for Shard {
                 // The kernel may still write into a read's vector or read a write's data: leak
                 // them (the handle gets no buffer back).
                 std::mem::forget(out);
-                if let IoOp::Write { data, .. } = &mut io {
-                    std::mem::forget(std::mem::take(data));
+                match &mut io {
+                    IoOp::Write { data, .. } => std::mem::forget(std::mem::take(data)),
+                    // Before `fail` completes it: what its completion would hand back.
+                    IoOp::File(f) => f.abandon_memory(),
+                    _ => {}
                 }
             } else if let IoOp::Read { buf, .. } = &mut io {
                 // What was read so far goes back as the caller's buffer.

@@ -122,6 +122,7 @@ impl<T> JoinHandle<T> {
             Error::Cancelled {
                 op: "task",
                 path: None,
+                written: None,
             }
         }
     }

@@ -670,3 +670,35 @@ fn send_file_on_a_stream_follows_its_earlier_sends_from_either_shard() {
         .sum();
     assert_eq!(sends, 4, "{st:?}");
 }
+
+/// A `submit_to` closure runs once nothing of its shard's is in the kernel: a receive waiting
+/// for a silent peer must not hold it (nor everything queued behind it) forever. The receive is
+/// taken out of the ring for the closure and put back after it, and still gets the peer's
+/// bytes. Arranged: the receive is made, then the task yields (the shard issues and submits
+/// what was made before it polls the task again), and only then is the closure sent.
+#[test]
+fn submit_to_runs_while_a_receive_waits_for_a_silent_peer() {
+    let _serial = serial();
+    let _w = Watchdog::new("submit_to beside an idle connection", HANG);
+    let exec = exec(1);
+    let (in_kernel_tx, in_kernel_rx) = mpsc::channel();
+    let (got_tx, got_rx) = mpsc::channel();
+    let (addr, _h) = serve(&exec, 0, move |l| async move {
+        let (s, _) = l.accept().await.expect("accept");
+        let recv = s.recv(Vec::with_capacity(16));
+        ringshard::yield_now().await;
+        in_kernel_tx.send(()).unwrap();
+        let (r, b) = recv.await.expect("recv handle");
+        got_tx.send((r.map_err(|e| e.to_string()), b)).unwrap();
+    });
+    let mut idle = std::net::TcpStream::connect(addr).unwrap();
+    in_kernel_rx.recv_timeout(HANG).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let f = open_rwc(&exec, &dir.path().join("f"));
+    assert_eq!(ok(exec.submit_to(0, |_ctx| 42u32), "submit_to"), 42);
+    ok(exec.fsync(&f), "fsync after the closure");
+    idle.write_all(b"x").unwrap();
+    let (r, b) = got_rx.recv_timeout(HANG).unwrap();
+    assert_eq!(r, Ok(1));
+    assert_eq!(b, b"x");
+}

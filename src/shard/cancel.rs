@@ -44,6 +44,35 @@ pub(super) fn skip_reason(
 }
 
 impl Shard {
+    /// Takes the socket ops waiting for peers out of the ring (ASYNC_CANCEL), so queued
+    /// `submit_to` closures, which run once nothing of the shard's is in the kernel, do not wait
+    /// for a peer that may never speak. Each is marked `parked`: its ECANCELED puts it back in
+    /// the ready queue (`file_op_result`), and it is issued again after the closures; a result
+    /// that beat the cancellation is its result, as for any cancellation.
+    pub(super) fn park_peer_ops(&mut self) {
+        self.parking_peers = true;
+        let mut targets = Vec::new();
+        for (slot, (gen, op)) in self.ops.slots.iter_mut().enumerate() {
+            let Some(op) = op else { continue };
+            if op.outstanding > 0 && op.kind.waits_for_peer() && op.cancel.is_none() && !op.parked {
+                op.parked = true;
+                targets.push(slot as u64 | (u64::from(*gen) << SLOT_BITS));
+            }
+        }
+        for ud in targets {
+            let entry = opcode::AsyncCancel::new(ud)
+                .build()
+                .user_data(CANCEL_USER_DATA);
+            if self.push_entry(&entry).is_err() {
+                // Not pushed: the op stays in the kernel; the next park tries again.
+                self.parking_peers = false;
+                if let Some(op) = self.ops.get((ud & ((1 << SLOT_BITS) - 1)) as u32) {
+                    op.parked = false;
+                }
+            }
+        }
+    }
+
     /// Every [`SCAN_EVERY`]: cancels what nobody waits for or what is past its deadline, and
     /// ends shutdown's grace period.
     pub(super) fn housekeeping(&mut self) {

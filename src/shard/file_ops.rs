@@ -60,6 +60,13 @@ impl Shard {
             self.peer_in_flight = self.peer_in_flight.saturating_sub(1);
         }
         let Some(op) = self.ops.get(slot) else { return };
+        if std::mem::take(&mut op.parked) && op.cancel.is_none() && res == -libc::ECANCELED {
+            // Taken out for closures (`park_peer_ops`), not ended: the same round again after
+            // them (issue() runs once no closure is queued).
+            op.issued = 0;
+            self.enqueue(slot);
+            return;
+        }
         let IoOp::File(f) = &mut op.io else { return };
         let again = match res {
             r if r == -libc::EINTR => true,

@@ -60,6 +60,9 @@ pub(super) struct Op {
     /// for the kernel's completion.
     pub(super) answered: bool,
     pub(super) queued: bool,
+    /// Its SQE was cancelled to let `submit_to` closures run (a socket op waiting for a peer):
+    /// its ECANCELED is not its end; it is issued again after the closures.
+    pub(super) parked: bool,
     pub(super) at: Instant,
     /// Past this instant the op is cancelled.
     pub(super) deadline: Option<Instant>,

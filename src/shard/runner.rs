@@ -76,6 +76,9 @@ pub(super) struct Shard {
     pub(super) timers_armed: u32,
     /// Sleeps are being taken out of the ring so that queued closures can run.
     pub(super) parking: bool,
+    /// Socket ops waiting for peers are being taken out of the ring for queued closures
+    /// (`cancel::park_peer_ops`).
+    pub(super) parking_peers: bool,
     /// Sleeps taken out, armed again once the closures have run.
     pub(super) parked_timers: Vec<Arc<TimerState>>,
     /// Pool buffers handed back by tasks this turn (the pool knows which are lent).
@@ -120,13 +123,21 @@ impl Shard {
                 progress |= self.issue();
             } else if self.ops_in_flight() == 0 {
                 self.run_tasks();
-                // Sleeps taken out of the ring for the closures go back in (the time left).
+                // Sleeps taken out of the ring for the closures go back in (the time left); socket
+                // ops taken out wait in the ready queue, issued again from the next turn.
                 self.new_timers.append(&mut self.parked_timers);
+                self.parking_peers = false;
                 progress = true;
-            } else if self.ops_in_flight() == self.timers_armed && !self.parking {
-                // Only task sleeps keep the ring busy: take them out (TIMEOUT_REMOVE) rather than
-                // make the closures wait for them; they are armed again after the closures.
-                self.park_timers();
+            } else if self.ops_in_flight() == self.timers_armed + self.peer_in_flight {
+                // Only task sleeps and socket ops waiting for peers keep the ring busy: take
+                // them out (TIMEOUT_REMOVE, ASYNC_CANCEL) rather than make the closures wait for
+                // them (a silent peer would make them wait forever); they go back in after.
+                if self.timers_armed > 0 && !self.parking {
+                    self.park_timers();
+                }
+                if self.peer_in_flight > 0 && !self.parking_peers {
+                    self.park_peer_ops();
+                }
             }
             // With DEFER_TASKRUN, completions that need task work (O_DIRECT, page-cache misses,
             // anything punted) are posted only by an enter with GETEVENTS. The kernel flags such

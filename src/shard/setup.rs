@@ -218,6 +218,7 @@ impl Shard {
             new_timers: Vec::new(),
             timers_armed: 0,
             parking: false,
+            parking_peers: false,
             parked_timers: Vec::new(),
             released: Vec::new(),
             stats,

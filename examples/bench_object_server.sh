@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# examples/object_server against nginx (2 workers, sendfile on) serving the same directory, with
-# wrk -t2 -c64, interleaved over several rounds; prints the median req/s, MB/s and p99 of each
-# side and the ratio (server / nginx).
+# examples/object_server (each engine in ENGINES) against nginx (2 workers, sendfile on) serving
+# the same directory, with wrk -t2 -c64, interleaved over ROUNDS rounds. Per round and as medians:
+# requests per second, MB/s, p99, and the CPU time per request of each server's processes (user +
+# system, from /proc/PID/stat before and after the run; nginx: its master and workers).
 #
-#   examples/bench_object_server.sh [--rounds N] [--duration S] [--cold-duration S]
-#                                   [--dir DIR] [--cold-objects N] [--cases "hot4k hot1m cold4k"]
-#                                   [--remove-objects]
-#                                   [-- extra object_server flags]
+#   [ENGINES="tokio shards"] [ROUNDS=5] examples/bench_object_server.sh
+#       [--rounds N] [--duration S] [--cold-duration S] [--dir DIR] [--cold-objects N]
+#       [--cases "hot4k hot1m cold4k"] [--remove-objects] [-- extra object_server flags]
+#
+# ENGINES: the server's --engine values to run (default "tokio shards"); one the binary refuses
+# is skipped, and the script says so. ROUNDS (or --rounds): default 5. DURATION and COLD_DURATION
+# (or --duration, --cold-duration): seconds per hot and cold run (default 10 and 5).
 #
 # Cases (each a random key per request, from a wrk Lua script):
 #   hot4k   1,000 objects of 4 KiB, page cache warm (read once before, and a 2 s warm-up run)
@@ -15,15 +19,18 @@
 #           dentries and inodes are dropped (echo 3 > /proc/sys/vm/drop_caches) and the server is
 #           restarted (empty handle cache) with --direct
 # Needs root (drop_caches, nginx as root). Installs nginx-light and wrk with apt-get if missing.
-# The objects are made once under DIR (default /var/tmp/ringshard-objbench, ~900 MB) and kept for
-# reruns; --remove-objects deletes DIR on exit. nginx, the server and the temporary directory
-# (config, pid, logs, Lua scripts) are always cleaned up.
+# The binary is built with `cargo build --release` and run from where cargo says it put it
+# (CARGO_TARGET_DIR and build.target-dir included). The objects are made once under DIR (default
+# /var/tmp/ringshard-objbench, ~900 MB) and kept for reruns; --remove-objects deletes DIR on
+# exit. nginx, the servers and the temporary directory (config, pid, logs, Lua scripts) are
+# always cleaned up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ROUNDS=3
-DUR=10
-COLD_DUR=5
+ROUNDS=${ROUNDS:-5}
+DUR=${DURATION:-10}
+COLD_DUR=${COLD_DURATION:-5}
+ENGINES=${ENGINES:-"tokio shards"}
 DIR=/var/tmp/ringshard-objbench
 COLD_N=200000
 CASES="hot4k hot1m cold4k"
@@ -52,13 +59,39 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-cargo build --release --quiet --example object_server
-BIN=$PWD/target/release/examples/object_server
+# The binary where cargo put it: the build's own report names the executable.
+BIN=$(cargo build --release --quiet --example object_server --message-format=json \
+  | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "object_server" and m.get("executable"):
+        print(m["executable"])
+')
+[ -x "$BIN" ] || { echo "cargo did not report the object_server binary" >&2; exit 1; }
+
+# The engines this binary takes.
+RUN_ENGINES=()
+for e in $ENGINES; do
+  # A taken engine fails on the missing root instead (and listens on nothing).
+  probe=$("$BIN" --engine "$e" --root /nonexistent-objbench-probe 2>&1 || true)
+  if [[ $probe == *"invalid value"* ]]; then
+    echo "skipping engine $e: $BIN refuses --engine $e" >&2
+  else
+    RUN_ENGINES+=("$e")
+  fi
+done
+[ ${#RUN_ENGINES[@]} -gt 0 ] || { echo "no engine to run (ENGINES=\"$ENGINES\")" >&2; exit 1; }
 
 TMP=$(mktemp -d /tmp/objbench.XXXXXX)
-SERVER_PID=
+declare -A PID PORT
+stop_server() { # engine
+  local p=${PID[$1]:-}
+  if [ -n "$p" ]; then kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; fi
+  PID[$1]=
+}
 cleanup() {
-  if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; fi
+  for e in "${RUN_ENGINES[@]}"; do stop_server "$e"; done
   if [ -f "$TMP/nginx.pid" ]; then kill "$(cat "$TMP/nginx.pid")" 2>/dev/null || true; sleep 0.3; fi
   rm -rf "$TMP"
   if [ "$REMOVE" = 1 ]; then rm -rf "$DIR"; fi
@@ -84,7 +117,8 @@ EOF
 fi
 
 NGINX_PORT=18481
-SERVER_PORT=18482
+i=0
+for e in "${RUN_ENGINES[@]}"; do PORT[$e]=$((18482 + i)); i=$((i + 1)); done
 mkdir -p "$TMP/nginx"
 cat > "$TMP/nginx.conf" <<EOF
 user root;
@@ -108,17 +142,38 @@ http {
 EOF
 nginx -c "$TMP/nginx.conf"
 
-start_server() { # flags...
-  if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; fi
-  "$BIN" --root "$DIR" --listen "127.0.0.1:$SERVER_PORT" "$@" ${EXTRA[@]+"${EXTRA[@]}"} \
-    > "$TMP/server.out" 2> "$TMP/server.err" &
-  SERVER_PID=$!
+start_server() { # engine flags...
+  local e=$1; shift
+  stop_server "$e"
+  "$BIN" --engine "$e" --root "$DIR" --listen "127.0.0.1:${PORT[$e]}" "$@" ${EXTRA[@]+"${EXTRA[@]}"} \
+    > "$TMP/server-$e.out" 2> "$TMP/server-$e.err" &
+  PID[$e]=$!
   for _ in $(seq 100); do
-    grep -q "^listening on" "$TMP/server.out" 2>/dev/null && return 0
+    grep -q "^listening on" "$TMP/server-$e.out" 2>/dev/null && return 0
     sleep 0.05
   done
-  echo "object_server did not start:" >&2; cat "$TMP/server.err" >&2; exit 1
+  echo "object_server --engine $e did not start:" >&2; cat "$TMP/server-$e.err" >&2; exit 1
 }
+
+# The processes of a side: the server's one, or nginx's master and workers.
+pids_of() { # who
+  if [ "$1" = nginx ]; then
+    local m; m=$(cat "$TMP/nginx.pid"); echo "$m" $(pgrep -P "$m" || true)
+  else
+    echo "${PID[$1]}"
+  fi
+}
+
+# User + system CPU ticks of these processes (all their threads), from /proc/PID/stat.
+cpu_ticks() { # pids...
+  local t=0 p
+  for p in "$@"; do
+    # Fields after the ")" that ends the command name: utime is the 12th, stime the 13th.
+    t=$((t + $(sed 's/.*) //' "/proc/$p/stat" | awk '{ print $12 + $13 }')))
+  done
+  echo "$t"
+}
+HZ=$(getconf CLK_TCK)
 
 lua() { # prefix count
   cat > "$TMP/$1.lua" <<EOF
@@ -130,23 +185,35 @@ EOF
   echo "$TMP/$1.lua"
 }
 
-# Runs wrk; prints "req/s MB/s p99_ms errors" (errors: socket errors, timeouts and non-2xx
-# answers, which a stall shows as).
-run_wrk() { # port lua duration
-  wrk -t2 -c64 -d"$3"s --latency -s "$2" "http://127.0.0.1:$1/" > "$TMP/wrk.out"
-  awk '
+# Runs wrk against a side; prints "req/s MB/s p99_ms cpu_us_per_req errors" (errors: socket
+# errors, timeouts and non-2xx answers, which a stall shows as).
+run_wrk() { # who port lua duration
+  local pids t0 t1
+  pids=$(pids_of "$1")
+  # shellcheck disable=SC2086
+  t0=$(cpu_ticks $pids)
+  wrk -t2 -c64 -d"$4"s --latency -s "$3" "http://127.0.0.1:$2/" > "$TMP/wrk.out"
+  # shellcheck disable=SC2086
+  t1=$(cpu_ticks $pids)
+  awk -v ticks=$((t1 - t0)) -v hz="$HZ" '
     function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
     function mb(v) { if (v ~ /GB$/) return v * 1024; if (v ~ /MB$/) return v + 0; if (v ~ /KB$/) return v / 1024; return v / 1048576 }
     /Requests\/sec/ { r = $2 } /Transfer\/sec/ { t = mb($2) } $1 == "99%" { p = ms($2) }
+    / requests in / { n = $1 }
     /Non-2xx/ { bad += $NF }
     /Socket errors/ { gsub(",", ""); bad += $4 + $6 + $8 + $10 }
-    END { printf "%.0f %.1f %.2f %d\n", r, t, p, bad }
+    END { printf "%.0f %.1f %.2f %.1f %d\n", r, t, p, (n > 0 ? ticks / hz / n * 1e6 : 0), bad }
   ' "$TMP/wrk.out"
 }
 
+port_of() { if [ "$1" = nginx ]; then echo $NGINX_PORT; else echo "${PORT[$1]}"; fi; }
+
 drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 
+SIDES=(nginx "${RUN_ENGINES[@]}")
+NS=${#SIDES[@]}
 declare -A RES RATIO
+echo "per run: req/s MB/s p99_ms cpu_us/req errors" >&2
 for case in $CASES; do
   case $case in
     hot4k) prefix=h4k-; count=1000 ;;
@@ -156,31 +223,37 @@ for case in $CASES; do
   esac
   script=$(lua "$prefix" "$count")
   if [ "$case" != cold4k ]; then
-    start_server
     cat "$DIR/$prefix"* > /dev/null
-    run_wrk $NGINX_PORT "$script" 2 > /dev/null
-    run_wrk $SERVER_PORT "$script" 2 > /dev/null
+    run_wrk nginx $NGINX_PORT "$script" 2 > /dev/null
+    for e in "${RUN_ENGINES[@]}"; do
+      start_server "$e"
+      run_wrk "$e" "${PORT[$e]}" "$script" 2 > /dev/null
+    done
   fi
   for round in $(seq "$ROUNDS"); do
-    # Alternate who goes first.
-    if [ $((round % 2)) -eq 1 ]; then order="nginx server"; else order="server nginx"; fi
-    for who in $order; do
+    # Rotate who goes first.
+    order=()
+    for k in $(seq 0 $((NS - 1))); do order+=("${SIDES[$(( (k + round - 1) % NS ))]}"); done
+    for who in "${order[@]}"; do
       if [ "$case" = cold4k ]; then
-        [ "$who" = server ] && start_server --direct
+        [ "$who" != nginx ] && start_server "$who" --direct
         drop_caches
         dur=$COLD_DUR
       else
         dur=$DUR
       fi
-      port=$NGINX_PORT; [ "$who" = server ] && port=$SERVER_PORT
-      out=$(run_wrk "$port" "$script" "$dur")
+      out=$(run_wrk "$who" "$(port_of "$who")" "$script" "$dur")
       RES[$case,$who]="${RES[$case,$who]:-}$out;"
       printf "%-7s round %d %-7s %s\n" "$case" "$round" "$who" "$out" >&2
     done
-    # This round's ratio (server / nginx), from the two runs next to each other.
-    n=${RES[$case,nginx]%;}; n=${n##*;}; v=${RES[$case,server]%;}; v=${v##*;}
-    RATIO[$case]="${RATIO[$case]:-}$(awk -v a="${v%% *}" -v b="${n%% *}" 'BEGIN { print (b > 0 ? a / b : 0) }');"
+    # This round's ratio of each engine to nginx (req/s), from runs next to each other.
+    n=${RES[$case,nginx]%;}; n=${n##*;}
+    for e in "${RUN_ENGINES[@]}"; do
+      v=${RES[$case,$e]%;}; v=${v##*;}
+      RATIO[$case,$e]="${RATIO[$case,$e]:-}$(awk -v a="${v%% *}" -v b="${n%% *}" 'BEGIN { print (b > 0 ? a / b : 0) }');"
+    done
   done
+  if [ "$case" = cold4k ]; then for e in "${RUN_ENGINES[@]}"; do stop_server "$e"; done; fi
 done
 
 median() { # "a b c;a b c;..." field
@@ -189,16 +262,18 @@ median() { # "a b c;a b c;..." field
 
 echo
 echo "wrk -t2 -c64, $ROUNDS interleaved rounds (median), ${DUR}s hot / ${COLD_DUR}s cold; $(nproc) CPUs, $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "ratio: of the medians; paired: the median of each round's ratio; err: wrk errors, all rounds"
-printf "%-7s | %12s %12s %7s %7s | %10s %10s %7s | %9s %9s | %5s %5s\n" case "nginx req/s" "server req/s" ratio paired "nginx MB/s" "server MB/s" ratio "nginx p99" "srv p99" "n err" "s err"
+echo "engines: ${RUN_ENGINES[*]}; x nginx: the ratio of the medians (paired: the median of each round's ratio); CPU: user+system of the side's processes per request; err: wrk errors, all rounds"
+printf "%-7s %-7s | %9s %7s %7s | %9s | %8s | %10s | %5s\n" case side "req/s" "x nginx" paired "MB/s" "p99 ms" "CPU us/req" err
 for case in $CASES; do
-  nr=$(median "${RES[$case,nginx]}" 1); sr=$(median "${RES[$case,server]}" 1)
-  nm=$(median "${RES[$case,nginx]}" 2); sm=$(median "${RES[$case,server]}" 2)
-  np=$(median "${RES[$case,nginx]}" 3); sp=$(median "${RES[$case,server]}" 3)
-  pr=$(median "${RATIO[$case]}" 1)
-  ne=$(echo "${RES[$case,nginx]}" | tr ';' '\n' | awk 'NF { s += $4 } END { print s + 0 }')
-  se=$(echo "${RES[$case,server]}" | tr ';' '\n' | awk 'NF { s += $4 } END { print s + 0 }')
-  printf "%-7s | %12.0f %12.0f %6.2fx %6.2fx | %10.1f %10.1f %6.2fx | %7.2fms %7.2fms | %5d %5d\n" \
-    "$case" "$nr" "$sr" "$(awk -v a="$sr" -v b="$nr" 'BEGIN { print (b > 0 ? a / b : 0) }')" "$pr" \
-    "$nm" "$sm" "$(awk -v a="$sm" -v b="$nm" 'BEGIN { print (b > 0 ? a / b : 0) }')" "$np" "$sp" "$ne" "$se"
+  nr=$(median "${RES[$case,nginx]}" 1)
+  for who in "${SIDES[@]}"; do
+    r=$(median "${RES[$case,$who]}" 1); m=$(median "${RES[$case,$who]}" 2)
+    p=$(median "${RES[$case,$who]}" 3); c=$(median "${RES[$case,$who]}" 4)
+    err=$(echo "${RES[$case,$who]}" | tr ';' '\n' | awk 'NF { s += $5 } END { print s + 0 }')
+    if [ "$who" = nginx ]; then x="-"; pr="-"; else
+      x=$(awk -v a="$r" -v b="$nr" 'BEGIN { printf "%.2fx", (b > 0 ? a / b : 0) }')
+      pr=$(awk -v v="$(median "${RATIO[$case,$who]}" 1)" 'BEGIN { printf "%.2fx", v }')
+    fi
+    printf "%-7s %-7s | %9.0f %7s %7s | %9.1f | %8.2f | %10.1f | %5d\n" "$case" "$who" "$r" "$x" "$pr" "$m" "$p" "$c" "$err"
+  done
 done

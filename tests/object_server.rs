@@ -38,24 +38,7 @@ impl Server {
         let outer = tempfile::tempdir().expect("tempdir");
         let root = outer.path().join("root");
         std::fs::create_dir(&root).unwrap();
-        let mut child = Command::new(server_bin())
-            .arg("--root")
-            .arg(&root)
-            .args(["--listen", "127.0.0.1:0", "--shards", "1", "--workers", "2"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start object_server");
-        let mut first = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut first)
-            .unwrap();
-        let addr = first
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("first line {first:?}"))
-            .to_string();
+        let (mut child, addr) = spawn_server(&root, extra, Stdio::piped());
         let log = spawn_log_reader(child.stderr.take().unwrap());
         Server {
             child,
@@ -97,6 +80,30 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Starts the server on `root` (port 0, one shard, two workers, `extra` flags); the child and
+/// the address it printed.
+fn spawn_server(root: &Path, extra: &[&str], stderr: Stdio) -> (Child, String) {
+    let mut child = Command::new(server_bin())
+        .arg("--root")
+        .arg(root)
+        .args(["--listen", "127.0.0.1:0", "--shards", "1", "--workers", "2"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .expect("start object_server");
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let addr = first
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("first line {first:?}"))
+        .to_string();
+    (child, addr)
 }
 
 fn spawn_log_reader(err: ChildStderr) -> mpsc::Receiver<String> {
@@ -231,6 +238,22 @@ fn read_status_and_headers(s: &mut TcpStream) -> String {
         }
     }
     String::from_utf8_lossy(&got).into_owned()
+}
+
+/// Reads one whole response (headers, then `Content-Length` bytes of body).
+fn read_response(s: &mut TcpStream) -> String {
+    let head = read_status_and_headers(s);
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).unwrap();
+    head + &String::from_utf8_lossy(&body)
 }
 
 fn chunked(data: &[u8]) -> Vec<u8> {
@@ -703,4 +726,621 @@ fn an_abandoned_upload_leaves_no_temp_file_and_no_object() {
         req(&s, Method::GET, "/gone", &[], vec![]).status,
         StatusCode::NOT_FOUND
     );
+}
+
+/// The `user.ringshard.content_type` xattr of `path`, if any.
+fn type_xattr(path: &Path) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let mut buf = [0u8; 512];
+    // SAFETY: NUL-terminated names and a live buffer of the length passed.
+    let n = unsafe {
+        libc::lgetxattr(
+            p.as_ptr(),
+            c"user.ringshard.content_type".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    (n >= 0).then(|| String::from_utf8_lossy(&buf[..n as usize]).into_owned())
+}
+
+#[test]
+fn content_type_is_stored_at_put_and_returned() {
+    for store in ["xattr", "sidecar"] {
+        let s = Server::start(&["--content-types", store]);
+        let put = |key: &str, ct: Option<&str>, body: &[u8]| {
+            let h: Vec<(&str, &str)> = ct.map(|c| ("content-type", c)).into_iter().collect();
+            req(&s, Method::PUT, key, &h, body.to_vec()).status
+        };
+        assert_eq!(
+            put("/page", Some("text/html; charset=utf-8"), b"<p>"),
+            StatusCode::CREATED
+        );
+        assert_eq!(put("/blob", None, b"x"), StatusCode::CREATED);
+        for m in [Method::GET, Method::HEAD] {
+            let r = req(&s, m.clone(), "/page", &[], vec![]);
+            assert_eq!(
+                r.header("content-type"),
+                Some("text/html; charset=utf-8"),
+                "{store} {m}"
+            );
+            let r = req(&s, m.clone(), "/blob", &[], vec![]);
+            assert_eq!(
+                r.header("content-type"),
+                Some("application/octet-stream"),
+                "{store} {m}"
+            );
+        }
+        // A range answer keeps it; a new PUT replaces it (or drops it to the default).
+        let r = req(&s, Method::GET, "/page", &[("range", "bytes=0-0")], vec![]);
+        assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+        assert_eq!(put("/page", Some("image/png"), b"png"), StatusCode::CREATED);
+        let r = req(&s, Method::GET, "/page", &[], vec![]);
+        assert_eq!(r.header("content-type"), Some("image/png"), "{store}");
+        assert_eq!(put("/page", None, b"raw"), StatusCode::CREATED);
+        let r = req(&s, Method::GET, "/page", &[], vec![]);
+        assert_eq!(
+            r.header("content-type"),
+            Some("application/octet-stream"),
+            "{store}"
+        );
+        assert_eq!(put("/page", Some("text/css"), b"a{}"), StatusCode::CREATED);
+        // Where it is kept: the xattr on the object, or the sidecar (not a key).
+        let xattr = type_xattr(&s.root().join("page"));
+        if store == "xattr" {
+            assert_eq!(xattr.as_deref(), Some("text/css"));
+        } else {
+            assert_eq!(xattr, None);
+            let side = std::fs::read_to_string(s.root().join(".ct-page")).unwrap();
+            assert!(side.ends_with("\ntext/css"), "{side:?}");
+        }
+        // A restarted server (empty cache) reads it back.
+        s.child_restart(&["--content-types", store]);
+        assert!(s.temp_files().is_empty(), "{:?}", s.temp_files());
+    }
+}
+
+impl Server {
+    /// Starts another server on the same root (with `types`), and checks that it serves
+    /// `/page` with the type stored by this one.
+    fn child_restart(&self, types: &[&str]) {
+        /// Kills and reaps the child however the check ends.
+        struct Reaped(Child);
+        impl Drop for Reaped {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let (child, addr) = spawn_server(&self.root(), types, Stdio::null());
+        let _reaped = Reaped(child);
+        let r = rt().block_on(request(&addr, Method::GET, "/page", &[], vec![]));
+        assert_eq!(
+            r.header("content-type"),
+            Some("text/css"),
+            "after a restart"
+        );
+    }
+}
+
+#[test]
+fn conditional_get_and_head() {
+    let s = Server::start(&[]);
+    req(&s, Method::PUT, "/c", &[], pattern(100, 1));
+    let h = req(&s, Method::HEAD, "/c", &[], vec![]);
+    let etag = h.header("etag").unwrap().to_string();
+    let past = "Sun, 06 Nov 1994 08:49:37 GMT";
+    let future = "Fri, 01 Jan 2100 00:00:00 GMT";
+    let weak = format!("W/{etag}");
+    let cases: &[(&str, &str, StatusCode)] = &[
+        ("if-match", &etag, StatusCode::OK),
+        ("if-match", "*", StatusCode::OK),
+        ("if-match", "\"other\"", StatusCode::PRECONDITION_FAILED),
+        // If-Match compares strongly: a weak tag never matches.
+        ("if-match", &weak, StatusCode::PRECONDITION_FAILED),
+        ("if-unmodified-since", future, StatusCode::OK),
+        ("if-unmodified-since", past, StatusCode::PRECONDITION_FAILED),
+        ("if-unmodified-since", "not a date", StatusCode::OK),
+        ("if-modified-since", past, StatusCode::OK),
+        ("if-modified-since", future, StatusCode::NOT_MODIFIED),
+        ("if-modified-since", "not a date", StatusCode::OK),
+        ("if-none-match", &weak, StatusCode::NOT_MODIFIED),
+        ("if-none-match", "*", StatusCode::NOT_MODIFIED),
+    ];
+    for (name, value, want) in cases {
+        for m in [Method::GET, Method::HEAD] {
+            let r = req(&s, m.clone(), "/c", &[(name, value)], vec![]);
+            assert_eq!(r.status, *want, "{m} {name}: {value}");
+        }
+    }
+    // The RFC's order: If-Match decides before If-Unmodified-Since, If-None-Match before
+    // If-Modified-Since.
+    let r = req(
+        &s,
+        Method::GET,
+        "/c",
+        &[("if-match", &etag), ("if-unmodified-since", past)],
+        vec![],
+    );
+    assert_eq!(r.status, StatusCode::OK);
+    let r = req(
+        &s,
+        Method::GET,
+        "/c",
+        &[
+            ("if-none-match", "\"other\""),
+            ("if-modified-since", future),
+        ],
+        vec![],
+    );
+    assert_eq!(r.status, StatusCode::OK);
+    // Last-Modified itself is "not modified since".
+    let lm = h.header("last-modified").unwrap().to_string();
+    let r = req(&s, Method::GET, "/c", &[("if-modified-since", &lm)], vec![]);
+    assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(r.header("etag"), Some(etag.as_str()));
+    // A missing key is a 404 whatever the conditions.
+    let r = req(&s, Method::GET, "/none", &[("if-match", "*")], vec![]);
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+}
+
+#[test]
+fn conditional_put_and_delete() {
+    let s = Server::start(&[]);
+    let inm = [("if-none-match", "*")];
+    // Create-only: the first wins, the second is a 412 and changes nothing.
+    let r = req(&s, Method::PUT, "/k", &inm, b"one".to_vec());
+    assert_eq!(r.status, StatusCode::CREATED);
+    let etag1 = r.header("etag").unwrap().to_string();
+    let r = req(&s, Method::PUT, "/k", &inm, b"two".to_vec());
+    assert_eq!(r.status, StatusCode::PRECONDITION_FAILED);
+    assert_eq!(std::fs::read(s.root().join("k")).unwrap(), b"one");
+    // If-Match: replace only the version named.
+    let r = req(
+        &s,
+        Method::PUT,
+        "/k",
+        &[("if-match", "\"stale\"")],
+        b"three".to_vec(),
+    );
+    assert_eq!(r.status, StatusCode::PRECONDITION_FAILED);
+    let r = req(
+        &s,
+        Method::PUT,
+        "/k",
+        &[("if-match", &etag1)],
+        b"four".to_vec(),
+    );
+    assert_eq!(r.status, StatusCode::CREATED);
+    let etag2 = r.header("etag").unwrap().to_string();
+    assert_ne!(etag1, etag2);
+    assert_eq!(
+        req(&s, Method::GET, "/k", &[], vec![]).header("etag"),
+        Some(etag2.as_str()),
+        "a PUT's ETag is the one GET serves"
+    );
+    let r = req(
+        &s,
+        Method::PUT,
+        "/k",
+        &[("if-match", &etag1)],
+        b"five".to_vec(),
+    );
+    assert_eq!(r.status, StatusCode::PRECONDITION_FAILED);
+    // If-Match on a missing key: 412, nothing created.
+    let r = req(&s, Method::PUT, "/new", &[("if-match", "*")], b"x".to_vec());
+    assert_eq!(r.status, StatusCode::PRECONDITION_FAILED);
+    // If-Unmodified-Since on PUT.
+    let past = "Sun, 06 Nov 1994 08:49:37 GMT";
+    let r = req(
+        &s,
+        Method::PUT,
+        "/k",
+        &[("if-unmodified-since", past)],
+        b"six".to_vec(),
+    );
+    assert_eq!(r.status, StatusCode::PRECONDITION_FAILED);
+    assert_eq!(std::fs::read(s.root().join("k")).unwrap(), b"four");
+    // DELETE: If-Match false, then true.
+    let r = req(&s, Method::DELETE, "/k", &[("if-match", &etag1)], vec![]);
+    assert_eq!(r.status, StatusCode::PRECONDITION_FAILED);
+    assert!(s.root().join("k").exists());
+    let r = req(&s, Method::DELETE, "/k", &[("if-match", &etag2)], vec![]);
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_eq!(s.objects(), Vec::<String>::new());
+    assert!(s.temp_files().is_empty());
+
+    // Concurrent create-only PUTs of one key: exactly one 201.
+    let rt = rt();
+    for round in 0..3 {
+        let key = format!("/race{round}");
+        let statuses = rt.block_on(async {
+            let mut tasks = Vec::new();
+            for i in 0..8u64 {
+                let (addr, key) = (s.addr.clone(), key.clone());
+                tasks.push(tokio::spawn(async move {
+                    let body = pattern(256 << 10, i);
+                    let st = request(&addr, Method::PUT, &key, &[("if-none-match", "*")], body)
+                        .await
+                        .status;
+                    (st, i)
+                }));
+            }
+            let mut v = Vec::new();
+            for t in tasks {
+                v.push(t.await.unwrap());
+            }
+            v
+        });
+        let won: Vec<u64> = statuses
+            .iter()
+            .filter(|(st, _)| *st == StatusCode::CREATED)
+            .map(|(_, i)| *i)
+            .collect();
+        assert_eq!(won.len(), 1, "round {round}: {statuses:?}");
+        assert!(statuses
+            .iter()
+            .all(|(st, _)| *st == StatusCode::CREATED || *st == StatusCode::PRECONDITION_FAILED));
+        let got = std::fs::read(s.root().join(&key[1..])).unwrap();
+        assert!(
+            got == pattern(256 << 10, won[0]),
+            "round {round}: not the winner's body"
+        );
+    }
+    assert!(s.temp_files().is_empty(), "{:?}", s.temp_files());
+}
+
+/// Reads until the server closes the connection (EOF or reset), within `bound`; what it sent.
+fn read_until_closed(s: &mut TcpStream, bound: Duration) -> (String, Duration) {
+    let t0 = Instant::now();
+    s.set_read_timeout(Some(bound)).unwrap();
+    let mut got = Vec::new();
+    let mut b = [0u8; 4096];
+    loop {
+        match s.read(&mut b) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&b[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!(
+                "not closed within {bound:?}: {e} (got {:?})",
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+    (String::from_utf8_lossy(&got).into_owned(), t0.elapsed())
+}
+
+#[test]
+fn header_and_idle_timeouts_close_the_connection() {
+    // Half a header, then nothing: closed by the header timeout (1 s), not the idle one.
+    let s = Server::start(&["--header-timeout", "1", "--idle-timeout", "600"]);
+    let mut c = TcpStream::connect(&s.addr).unwrap();
+    c.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\nX-Slow: ")
+        .unwrap();
+    let (_, took) = read_until_closed(&mut c, Duration::from_secs(30));
+    assert!(took >= Duration::from_millis(900), "closed after {took:?}");
+    // An idle connection (nothing sent) lives past the header timeout...
+    let mut idle = TcpStream::connect(&s.addr).unwrap();
+    idle.set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    let mut b = [0u8; 1];
+    let e = idle.read(&mut b).unwrap_err();
+    assert!(
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        "{e}"
+    );
+    // ... and serves a request afterwards.
+    idle.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let ans = read_status_and_headers(&mut idle);
+    assert!(ans.starts_with("HTTP/1.1 404"), "{ans}");
+
+    // With the idle timeout short: a connection with nothing to say is closed, also after a
+    // request on it was answered.
+    let s = Server::start(&["--header-timeout", "600", "--idle-timeout", "1"]);
+    let mut c = TcpStream::connect(&s.addr).unwrap();
+    let (_, took) = read_until_closed(&mut c, Duration::from_secs(30));
+    assert!(took >= Duration::from_millis(900), "closed after {took:?}");
+    let mut c = TcpStream::connect(&s.addr).unwrap();
+    c.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    let (got, _) = read_until_closed(&mut c, Duration::from_secs(30));
+    assert!(got.starts_with("HTTP/1.1 404"), "{got}");
+}
+
+#[test]
+fn a_client_that_stops_mid_body_is_answered_408_and_its_temp_file_removed() {
+    let s = Server::start(&["--body-timeout", "1"]);
+    let mut c = TcpStream::connect(&s.addr).unwrap();
+    let head = format!(
+        "PUT /stalled HTTP/1.1\r\nHost: {}\r\nContent-Length: 100000\r\n\r\n",
+        s.addr
+    );
+    c.write_all(head.as_bytes()).unwrap();
+    c.write_all(&pattern(1000, 1)).unwrap();
+    // The client sends nothing more and keeps the connection open.
+    let (got, took) = read_until_closed(&mut c, Duration::from_secs(30));
+    assert!(got.starts_with("HTTP/1.1 408"), "{got}");
+    assert!(
+        took >= Duration::from_millis(900),
+        "answered after {took:?}"
+    );
+    // The temporary file is gone by the time of the answer; no object.
+    assert!(s.temp_files().is_empty(), "{:?}", s.temp_files());
+    assert!(s.objects().is_empty(), "{:?}", s.objects());
+}
+
+#[test]
+fn connections_over_the_cap_are_answered_503() {
+    let s = Server::start(&["--max-connections", "1"]);
+    // The one allowed connection: served, and kept open.
+    let mut first = TcpStream::connect(&s.addr).unwrap();
+    first
+        .write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let ans = read_response(&mut first);
+    assert!(ans.starts_with("HTTP/1.1 404"), "{ans}");
+    // A second one while it is open: 503, closed.
+    let mut second = TcpStream::connect(&s.addr).unwrap();
+    second
+        .write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let (got, _) = read_until_closed(&mut second, Duration::from_secs(30));
+    assert!(got.starts_with("HTTP/1.1 503"), "{got}");
+    assert!(got.contains("Retry-After: 1"), "{got}");
+    // The first still works; once it closes, a new connection is served.
+    first
+        .write_all(b"GET /y HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let ans = read_response(&mut first);
+    assert!(ans.starts_with("HTTP/1.1 404"), "{ans}");
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = req(&s, Method::GET, "/x", &[], vec![]);
+        if r.status == StatusCode::NOT_FOUND {
+            break;
+        }
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(Instant::now() < deadline, "the slot never came back");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn symlinks_in_the_root_are_never_followed() {
+    let s = Server::start(&[]);
+    let secret = s.outer.path().join("secret");
+    std::fs::write(&secret, b"outside the root").unwrap();
+    let root = s.root();
+    std::os::unix::fs::symlink(&secret, root.join("abs")).unwrap();
+    std::os::unix::fs::symlink("../secret", root.join("rel")).unwrap();
+    std::os::unix::fs::symlink(s.outer.path(), root.join("dir")).unwrap();
+    // A FIFO is not an object either (and opening it must not hang the server).
+    let fifo = std::ffi::CString::new(root.join("fifo").to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    for key in ["/abs", "/rel", "/dir", "/fifo"] {
+        for m in [Method::GET, Method::HEAD, Method::DELETE] {
+            let r = req(&s, m.clone(), key, &[], vec![]);
+            assert!(
+                r.status == StatusCode::NOT_FOUND || r.status == StatusCode::FORBIDDEN,
+                "{m} {key}: {}",
+                r.status
+            );
+            assert!(
+                !String::from_utf8_lossy(&r.body).contains("outside"),
+                "{m} {key}"
+            );
+        }
+    }
+    assert!(root.join("abs").is_symlink() && root.join("rel").is_symlink());
+    // A listing shows none of them.
+    let r = req(&s, Method::GET, "/?prefix=", &[], vec![]);
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["keys"], serde_json::json!([]));
+    // A PUT to a symlinked key replaces the link, never writes through it.
+    let r = req(&s, Method::PUT, "/abs", &[], b"new".to_vec());
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(std::fs::read(&secret).unwrap(), b"outside the root");
+    assert!(!root.join("abs").is_symlink());
+    assert_eq!(req(&s, Method::GET, "/abs", &[], vec![]).body, b"new");
+    // A symlink swapped in behind the server's back (after a cached lookup was dropped by a
+    // DELETE) is not followed either.
+    assert_eq!(
+        req(&s, Method::DELETE, "/abs", &[], vec![]).status,
+        StatusCode::NO_CONTENT
+    );
+    std::os::unix::fs::symlink(&secret, root.join("abs")).unwrap();
+    assert_eq!(
+        req(&s, Method::GET, "/abs", &[], vec![]).status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[test]
+fn listing_by_prefix_is_json() {
+    let s = Server::start(&["--list-max", "3", "--content-types", "sidecar"]);
+    for k in ["a1", "a2", "ab", "b1", "b2", "a b", "a\"q"] {
+        let path = format!("/{}", k.replace(' ', "%20").replace('"', "%22"));
+        let r = req(
+            &s,
+            Method::PUT,
+            &path,
+            &[("content-type", "text/plain")],
+            b"x".to_vec(),
+        );
+        assert_eq!(r.status, StatusCode::CREATED, "{k}");
+    }
+    let list = |q: &str| {
+        let r = req(&s, Method::GET, &format!("/?{q}"), &[], vec![]);
+        assert_eq!(r.status, StatusCode::OK, "{q}");
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        let keys: Vec<String> = v["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k.as_str().unwrap().to_string())
+            .collect();
+        (keys, v["truncated"].as_bool().unwrap(), v["prefix"].clone())
+    };
+    assert_eq!(
+        list("prefix=b"),
+        (vec!["b1".into(), "b2".into()], false, "b".into())
+    );
+    assert_eq!(
+        list("prefix=a%20"),
+        (vec!["a b".into()], false, "a ".into())
+    );
+    assert_eq!(
+        list("prefix=a%22"),
+        (vec!["a\"q".into()], false, "a\"".into())
+    );
+    assert_eq!(list("prefix=zz"), (vec![], false, "zz".into()));
+    // Sorted, cut at --list-max.
+    assert_eq!(
+        list("prefix=a"),
+        (
+            vec!["a b".into(), "a\"q".into(), "a1".into()],
+            true,
+            "a".into()
+        )
+    );
+    assert!(list("x=1&prefix=").1);
+    // Sidecars and temporary files are not keys.
+    assert!(s.objects().iter().any(|o| o.starts_with(".ct-")));
+    let (all, _, _) = list("prefix=.");
+    assert!(all.is_empty(), "{all:?}");
+    let r = req(&s, Method::HEAD, "/?prefix=a", &[], vec![]);
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.is_empty());
+    assert_eq!(
+        req(&s, Method::PUT, "/?prefix=a", &[], vec![]).status,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+}
+
+#[test]
+fn error_bodies_name_no_server_path_or_errno() {
+    let s = Server::start(&["--max-object", "10"]);
+    req(&s, Method::PUT, "/e", &[], b"12345".to_vec());
+    let mut answers = vec![
+        req(&s, Method::GET, "/missing", &[], vec![]),
+        req(&s, Method::GET, "/%2e%2e", &[], vec![]),
+        req(&s, Method::POST, "/e", &[], vec![]),
+        req(&s, Method::GET, "/e", &[("if-match", "\"x\"")], vec![]),
+        req(&s, Method::GET, "/e", &[("range", "bytes=99-")], vec![]),
+        req(&s, Method::PUT, "/big", &[], pattern(100, 1)),
+    ];
+    // An I/O failure: the root is gone (renamed away) under the server.
+    let moved = s.outer.path().join("moved");
+    std::fs::rename(s.root(), &moved).unwrap();
+    let r = req(&s, Method::PUT, "/e2", &[], b"x".to_vec());
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    answers.push(r);
+    let r = req(&s, Method::GET, "/?prefix=", &[], vec![]);
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    answers.push(r);
+    std::fs::rename(&moved, s.root()).unwrap();
+    for r in &answers {
+        assert!(r.status.as_u16() >= 400, "{}", r.status);
+        let body = String::from_utf8_lossy(&r.body);
+        assert!(!body.is_empty(), "{}", r.status);
+        for bad in ["/", "errno", "os error", "No such file", "root"] {
+            assert!(
+                !body.contains(bad),
+                "{}: {body:?} contains {bad:?}",
+                r.status
+            );
+        }
+    }
+    // The detail went to the server's log instead.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match s.log.recv_timeout(left) {
+            Ok(l) if l.contains("ERROR") && l.contains("No such file") => break,
+            Ok(_) => {}
+            Err(e) => panic!("no error detail in the log: {e}"),
+        }
+    }
+}
+
+#[test]
+fn access_log_has_one_event_per_request() {
+    let s = Server::start(&["--access-log"]);
+    req(&s, Method::PUT, "/logged", &[], pattern(3000, 1));
+    req(&s, Method::GET, "/logged", &[], vec![]);
+    req(&s, Method::GET, "/nope", &[], vec![]);
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lines.len() < 3 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let l = s
+            .log
+            .recv_timeout(left)
+            .unwrap_or_else(|e| panic!("{e}: {lines:?}"));
+        if l.contains(" access:") {
+            lines.push(l);
+        }
+    }
+    let want = [
+        ("method=PUT", "key=\"logged\"", "status=201", "bytes=3000"),
+        ("method=GET", "key=\"logged\"", "status=200", "bytes=3000"),
+        ("method=GET", "key=\"nope\"", "status=404", "bytes="),
+    ];
+    for (l, (m, k, st, b)) in lines.iter().zip(want) {
+        for part in [m, k, st, b, "us="] {
+            assert!(l.contains(part), "{l:?} lacks {part:?}");
+        }
+    }
+    // Without the flag: no access events.
+    let quiet = Server::start(&[]);
+    req(&quiet, Method::GET, "/nope", &[], vec![]);
+    quiet.child_kill();
+    let rest: Vec<String> = quiet.log.try_iter().collect();
+    assert!(!rest.iter().any(|l| l.contains(" access:")), "{rest:?}");
+}
+
+impl Server {
+    /// Stops the server and waits for it (its stderr is then complete).
+    fn child_kill(&self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGKILL) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::fs::metadata(format!("/proc/{}/status", self.child.id()))
+            .and_then(|_| std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())))
+            .is_ok_and(|s| !s.contains(") Z "))
+        {
+            assert!(Instant::now() < deadline, "the server did not die");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+#[test]
+fn engine_flag_takes_tokio_and_refuses_others() {
+    let s = Server::start(&["--engine", "tokio"]);
+    assert_eq!(
+        req(&s, Method::GET, "/none", &[], vec![]).status,
+        StatusCode::NOT_FOUND
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(server_bin())
+        .arg("--root")
+        .arg(dir.path())
+        .args(["--listen", "127.0.0.1:0", "--engine", "shards"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("invalid value 'shards'") && err.contains("tokio"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty(), "it must not listen");
 }

@@ -99,6 +99,34 @@ impl TcpStream {
         self.file.shard()
     }
 
+    /// Sets `TCP_NODELAY` (on: small segments go out at once instead of waiting for the peer's
+    /// acknowledgement of earlier ones; a server that writes a response in more than one send
+    /// wants it). The call does not block.
+    pub fn set_nodelay(&self, on: bool) -> Result<()> {
+        let v: libc::c_int = on.into();
+        // SAFETY: the descriptor is valid while `self.file` lives; `v` is a live c_int of the
+        // size passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.file.raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            let name = self.file.path().to_path_buf();
+            return Err(Error::io(
+                "setsockopt TCP_NODELAY",
+                Some(name),
+                None,
+                crate::numa::last_errno(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Each later receive of this handle fails with
     /// [`DeadlineExceeded`](crate::Error::DeadlineExceeded) (its buffer back, the receive taken
     /// out of the kernel) if it has not finished `timeout` after it was made; `None`: never.

@@ -1,11 +1,12 @@
 //! `Batch`: many requests sent as one message per shard.
 
 use crate::completion::{pair, Completer, Completion};
-use crate::error::{Error, Result};
+use crate::deadlined::Sink;
+use crate::error::Error;
 use crate::executor::Executor;
 use crate::file::File;
+use crate::routes::ExecShared;
 use crate::shard::{IoOp, IoRequest, Message, Reply};
-use crate::validate::{self};
 use std::time::Instant;
 /// A group of requests sent with one message per shard. Dropping a batch without submitting it
 /// fails its completions with [`Error::InvalidArgument`].
@@ -20,23 +21,39 @@ pub struct Batch<'a> {
     pub(crate) held: Vec<File>,
 }
 
-impl Batch<'_> {
-    fn add<T>(
-        &mut self,
+/// Added to the batch, answered with a [`Completion`]: the per-operation methods are
+/// [`Sink`]'s.
+impl Sink for &mut Batch<'_> {
+    type Out<T> = Completion<T>;
+
+    #[inline]
+    fn routes(&self) -> &ExecShared {
+        &self.exec.shared
+    }
+
+    fn refuse<T>(self, err: Error, _buf: Vec<u8>) -> Completion<T> {
+        Completion::ready(Err(err))
+    }
+
+    #[inline]
+    fn read_here(self, data: Vec<u8>) -> Completion<Vec<u8>> {
+        Completion::ready(Ok(data))
+    }
+
+    #[inline]
+    fn send<T>(
+        self,
         file: &File,
-        op: Result<IoOp>,
-        reply: impl FnOnce(Completer<T>) -> Reply,
+        op: IoOp,
+        pending: Option<crate::inline::Pending>,
+        reply: fn(Completer<T>) -> Reply,
     ) -> Completion<T> {
-        let op = match op.and_then(|op| self.exec.shared.check_owner(file).map(|()| op)) {
-            Ok(op) => op,
-            Err(e) => return Completion::ready(Err(e)),
-        };
         let (c, done) = pair(self.exec.shared.id, file.shard());
         crate::file::hold(&mut self.held, file);
         if let Some(list) = self.per_shard.get_mut(file.shard()) {
             list.push(IoRequest {
                 file: file.handle(),
-                pending: crate::inline::pending_for(file, op.kind()),
+                pending,
                 op,
                 reply: reply(done),
                 at: self.created,
@@ -45,7 +62,9 @@ impl Batch<'_> {
         }
         c
     }
+}
 
+impl Batch<'_> {
     /// Adds a read (see [`Executor::read`]). A read of cached data is done at once (see
     /// [`ExecutorBuilder::inline_reads`](crate::ExecutorBuilder::inline_reads)), unless a write
     /// of the file is unfinished or added to the batch before it.
@@ -61,13 +80,7 @@ impl Batch<'_> {
         len: usize,
         buf: Vec<u8>,
     ) -> Completion<Vec<u8>> {
-        let op = validate::read_op(file, offset, len, buf, self.exec.shared.limits);
-        // A read of cached data is done at once (see `crate::inline`); a write of the file
-        // added earlier to this batch (or sent earlier) keeps it for the shard.
-        match self.exec.shared.inline_op(file, op) {
-            Ok(data) => Completion::ready(Ok(data)),
-            Err(op) => self.add(file, op, Reply::Data),
-        }
+        Sink::read_into(self, file, offset, len, buf)
     }
 
     /// Adds a write (see [`Executor::write`]).
@@ -77,13 +90,12 @@ impl Batch<'_> {
         offset: u64,
         data: impl Into<Vec<u8>>,
     ) -> Completion<usize> {
-        let op = validate::write_op(file, offset, data.into(), self.exec.shared.limits);
-        self.add(file, op, Reply::Count)
+        Sink::write(self, file, offset, data.into())
     }
 
     /// Adds an fsync (see [`Executor::fsync`]).
     pub fn fsync(&mut self, file: &File) -> Completion<()> {
-        self.add(file, Ok(crate::validate::sync_op(false)), Reply::Unit)
+        Sink::sync(self, file, false)
     }
 
     /// Requests in the batch.

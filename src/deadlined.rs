@@ -1,17 +1,140 @@
 //! `Deadlined`: requests with a deadline ([`Executor::timeout`](crate::Executor::timeout),
 //! [`LocalShard::timeout`](crate::LocalShard::timeout)), and the one face of every per-operation
 //! method: `Executor`'s and `LocalShard`'s methods are this face without a deadline.
+//!
+//! The operations that a [`Batch`](crate::Batch) and a [`Session`](crate::Session) offer too
+//! (read, write, fsync, fdatasync) are written once, as the provided methods of [`Sink`]: each
+//! checks its request (`validate.rs`), takes the file's footprint (`crate::inline::pending_for`)
+//! and names its reply, then hands it to the sink, which says only where it goes: sent now
+//! (`Deadlined`, and the owned-buffer forms of `File`'s methods), added to a batch, or queued in a
+//! session under a token.
 
-use crate::completion::Completion;
+use crate::completion::{Completer, Completion};
+use crate::error::Error;
 #[cfg(doc)]
 use crate::executor::Executor;
 use crate::file::File;
+use crate::op::rw::RwFlags;
 use crate::op::{self, FileOp};
 use crate::routes::{DirOf, ExecShared};
 use crate::shard::{IoOp, Reply};
 use crate::validate::{self};
 use std::path::Path;
 use std::time::Instant;
+
+/// Where a request made by the per-operation methods below goes, and what its caller gets back.
+/// The methods themselves are written once, here; an implementation says only where a checked
+/// request goes.
+pub(crate) trait Sink: Sized {
+    /// What the caller gets for a request whose result is a `T`.
+    type Out<T>;
+
+    /// The routes the request goes by (limits, inline reads, the owner check).
+    fn routes(&self) -> &ExecShared;
+
+    /// A request refused before it left: `err`, with the caller's buffer.
+    fn refuse<T>(self, err: Error, buf: Vec<u8>) -> Self::Out<T>;
+
+    /// A read done on this thread (see `crate::inline`), with its data.
+    fn read_here(self, data: Vec<u8>) -> Self::Out<Vec<u8>>;
+
+    /// A read a task makes of its own shard's file, straight to that shard's ring
+    /// (`shard::local_io`); `Err` hands the buffer back to route the read. Only requests sent
+    /// at once, with a `Completion`, take that path.
+    fn read_local(
+        &self,
+        _file: &File,
+        _offset: u64,
+        _len: usize,
+        buf: Vec<u8>,
+    ) -> std::result::Result<Self::Out<Vec<u8>>, Vec<u8>> {
+        Err(buf)
+    }
+
+    /// A checked request on `file` (`pending`: its count among the inode's unfinished
+    /// mutations), answered through `reply`.
+    fn send<T>(
+        self,
+        file: &File,
+        op: IoOp,
+        pending: Option<crate::inline::Pending>,
+        reply: fn(Completer<T>) -> Reply,
+    ) -> Self::Out<T>;
+
+    /// A read of up to `len` bytes at `offset` into `buf`'s allocation: done on this thread if
+    /// its data is cached (see `crate::inline`), else routed with the part that arrived here.
+    #[inline]
+    fn read_into(self, file: &File, offset: u64, len: usize, buf: Vec<u8>) -> Self::Out<Vec<u8>> {
+        if let Err(e) = validate::read(file, offset, len, self.routes().limits) {
+            return self.refuse(e, buf);
+        }
+        // The op is built only for the shard: a hit needs none.
+        let (buf, kept) = match self.routes().try_inline_read(file, offset, len, buf) {
+            crate::inline::Attempt::Done(data) => return self.read_here(data),
+            crate::inline::Attempt::Route { buf, kept } => (buf, kept),
+        };
+        let buf = match kept {
+            0 => match self.read_local(file, offset, len, buf) {
+                Ok(out) => return out,
+                Err(buf) => buf,
+            },
+            _ => buf,
+        };
+        let op = IoOp::Read {
+            offset,
+            len,
+            buf,
+            kept,
+            flags: 0,
+        };
+        self.checked(file, op, Reply::Data)
+    }
+
+    /// A write of all of `data` at `offset` with `flags`, answered through `reply` (the bytes
+    /// written, or those that landed, or nothing).
+    #[inline]
+    fn write_as<T>(
+        self,
+        file: &File,
+        offset: u64,
+        data: Vec<u8>,
+        flags: RwFlags,
+        reply: fn(Completer<T>) -> Reply,
+    ) -> Self::Out<T> {
+        match validate::write_op(file, offset, data, flags, self.routes().limits) {
+            Ok(op) => self.checked(file, op, reply),
+            Err((e, data)) => self.refuse(e, data),
+        }
+    }
+
+    /// A write of all of `data` at `offset`: the bytes written.
+    #[inline]
+    fn write(self, file: &File, offset: u64, data: Vec<u8>) -> Self::Out<usize> {
+        self.write_as(file, offset, data, RwFlags::empty(), Reply::Count)
+    }
+
+    /// An fsync (fdatasync with `datasync`), after every earlier write to the file.
+    #[inline]
+    fn sync(self, file: &File, datasync: bool) -> Self::Out<()> {
+        self.checked(file, validate::sync_op(datasync), Reply::Unit)
+    }
+
+    /// Sends `op` on `file` if it was opened by these routes; refuses it otherwise.
+    #[inline]
+    fn checked<T>(
+        self,
+        file: &File,
+        mut op: IoOp,
+        reply: fn(Completer<T>) -> Reply,
+    ) -> Self::Out<T> {
+        if let Err(e) = self.routes().check_owner(file) {
+            return self.refuse(e, op.take_buf());
+        }
+        let pending = crate::inline::pending_for(file, op.kind());
+        self.send(file, op, pending, reply)
+    }
+}
+
 /// Requests with a deadline: see [`Executor::timeout`].
 #[derive(Clone, Copy)]
 pub struct Deadlined<'a> {
@@ -34,6 +157,81 @@ impl<'a> Deadlined<'a> {
     }
 }
 
+/// Sent now, answered with a [`Completion`]. (Called as `Sink::read_into(*self, ..)`: the
+/// public methods of the same names are these.)
+impl Sink for Deadlined<'_> {
+    type Out<T> = Completion<T>;
+
+    #[inline]
+    fn routes(&self) -> &ExecShared {
+        self.exec
+    }
+
+    fn refuse<T>(self, err: Error, _buf: Vec<u8>) -> Completion<T> {
+        Completion::ready(Err(err))
+    }
+
+    #[inline]
+    fn read_here(self, data: Vec<u8>) -> Completion<Vec<u8>> {
+        Completion::ready(Ok(data))
+    }
+
+    #[inline]
+    fn read_local(
+        &self,
+        file: &File,
+        offset: u64,
+        len: usize,
+        buf: Vec<u8>,
+    ) -> std::result::Result<Completion<Vec<u8>>, Vec<u8>> {
+        crate::shard::local_io::try_read(self.exec.id, file, offset, len, buf, self.deadline)
+    }
+
+    #[inline]
+    fn send<T>(
+        self,
+        file: &File,
+        op: IoOp,
+        pending: Option<crate::inline::Pending>,
+        reply: fn(Completer<T>) -> Reply,
+    ) -> Completion<T> {
+        self.exec
+            .send_checked(file, op, pending, reply, self.deadline)
+    }
+}
+
+/// The owned-buffer forms of `File`'s reads and writes ([`crate::buf`]): sent now, answered
+/// with the result and the buffer, on error too.
+pub(crate) struct Owned<'a>(pub(crate) Deadlined<'a>);
+
+impl Sink for Owned<'_> {
+    type Out<T> = Completion<crate::buf::RawBuf>;
+
+    fn routes(&self) -> &ExecShared {
+        self.0.exec
+    }
+
+    fn refuse<T>(self, err: Error, buf: Vec<u8>) -> Self::Out<T> {
+        Completion::ready(Ok((Err(err), buf)))
+    }
+
+    fn read_here(self, data: Vec<u8>) -> Self::Out<Vec<u8>> {
+        Completion::ready(Ok((Ok(data.len() as u64), data)))
+    }
+
+    fn send<T>(
+        self,
+        file: &File,
+        op: IoOp,
+        pending: Option<crate::inline::Pending>,
+        _reply: fn(Completer<T>) -> Reply,
+    ) -> Self::Out<T> {
+        self.0
+            .exec
+            .send_checked(file, op, pending, Reply::Buf, self.0.deadline)
+    }
+}
+
 impl Deadlined<'_> {
     /// [`Executor::read`] with the deadline.
     pub fn read(&self, file: &File, offset: u64, len: usize) -> Completion<Vec<u8>> {
@@ -48,7 +246,7 @@ impl Deadlined<'_> {
         len: usize,
         buf: Vec<u8>,
     ) -> Completion<Vec<u8>> {
-        self.exec.read(file, offset, len, buf, self.deadline)
+        Sink::read_into(*self, file, offset, len, buf)
     }
 
     /// [`Executor::read_with`] with the deadline.
@@ -71,20 +269,17 @@ impl Deadlined<'_> {
         data: impl Into<Vec<u8>>,
         flags: crate::op::rw::RwFlags,
     ) -> Completion<usize> {
-        let op = validate::write_op_with(file, offset, data.into(), flags, self.exec.limits);
-        self.exec.request(file, op, Reply::Count, self.deadline)
+        Sink::write_as(*self, file, offset, data.into(), flags, Reply::Count)
     }
 
     /// [`Executor::write`] with the deadline.
     pub fn write(&self, file: &File, offset: u64, data: impl Into<Vec<u8>>) -> Completion<usize> {
-        let op = validate::write_op(file, offset, data.into(), self.exec.limits);
-        self.exec.request(file, op, Reply::Count, self.deadline)
+        Sink::write(*self, file, offset, data.into())
     }
 
     /// [`Executor::fsync`] with the deadline.
     pub fn fsync(&self, file: &File) -> Completion<()> {
-        let op = Ok(crate::validate::sync_op(false));
-        self.exec.request(file, op, Reply::Unit, self.deadline)
+        Sink::sync(*self, file, false)
     }
 
     /// [`Executor::size`] with the deadline.
@@ -333,9 +528,34 @@ impl Deadlined<'_> {
         )
     }
 
+    /// [`Executor::send_file`] with the deadline.
+    pub fn send_file(
+        &self,
+        file: &File,
+        offset: u64,
+        len: u64,
+        dest: impl std::os::fd::AsFd,
+    ) -> Completion<u64> {
+        let checked = self
+            .exec
+            .check_owner(file)
+            .and_then(|()| validate::send_file(file, offset, len, dest.as_fd()));
+        let (dest, name) = match checked {
+            Ok(_) if len == 0 => return Completion::ready(Ok(0)),
+            Ok(d) => d,
+            Err(e) => return Completion::ready(Err(e)),
+        };
+        let make = |done| {
+            let direct = file.direct_io_align().is_some();
+            Box::new(op::send_file::SendFile::new(
+                dest, name, offset, len, direct, done,
+            )) as Box<dyn FileOp>
+        };
+        self.exec.request_op(file, Ok(make), self.deadline)
+    }
+
     /// [`Executor::fdatasync`] with the deadline.
     pub fn fdatasync(&self, file: &File) -> Completion<()> {
-        let op = Ok(crate::validate::sync_op(true));
-        self.exec.request(file, op, Reply::Unit, self.deadline)
+        Sink::sync(*self, file, true)
     }
 }

@@ -298,6 +298,8 @@ fn errno_name(errno: i32) -> Option<&'static str> {
         libc::EFBIG => "EFBIG",
         libc::ENOSPC => "ENOSPC",
         libc::EROFS => "EROFS",
+        libc::EPIPE => "EPIPE",
+        libc::ECONNRESET => "ECONNRESET",
         libc::ENOSYS => "ENOSYS",
         libc::EOPNOTSUPP => "EOPNOTSUPP",
         libc::ECANCELED => "ECANCELED",
@@ -463,6 +465,15 @@ impl fmt::Display for Error {
                         f,
                         "; the two files are on different filesystems (or mounts the kernel \
                          will not copy between): copy them with read and write"
+                    ),
+                    libc::EPIPE | libc::ECONNRESET if *op == "send_file" => write!(
+                        f,
+                        "; the peer closed (or reset) the connection before everything was sent"
+                    ),
+                    libc::EINVAL if *op == "send_file" => write!(
+                        f,
+                        "; the destination must be a socket or a pipe, and an O_DIRECT source's \
+                         offset a multiple of its block size"
                     ),
                     libc::EEXIST => write!(f, "; the new name exists already"),
                     libc::EXDEV => write!(f, "; both paths must be on the same filesystem"),

@@ -310,6 +310,36 @@ impl Executor {
             .copy_range(How::Copy, src, src_off, dst, dst_off, len, None)
     }
 
+    /// Sends `len` bytes at `offset` of `file` to `dest`, a socket, pipe or FIFO (a
+    /// `TcpStream`, `UnixStream`, ...), without passing them through user space: SPLICE
+    /// (file -> pipe -> `dest`) in rounds of at most a pipe of the shard's pool (256 KiB).
+    /// Sends of at most 64 KiB of a file without O_DIRECT are copied instead (READ into a
+    /// buffer of the op, then WRITE, on the ring: at that size two SPLICEs, each handed to a
+    /// kernel worker, cost more CPU than the copy; BENCHMARKS.md). Returns
+    /// the bytes sent: `len`, or fewer where the file ends. `file` must be open for reading (an
+    /// O_DIRECT file's offset and length aligned as for a read).
+    ///
+    /// `dest` is duplicated for the send (one descriptor, closed when it ends), so it may be
+    /// closed or dropped meanwhile; it is not set non-blocking. Order: like a read of the
+    /// range, after earlier writes to it. A peer that stops reading leaves the send waiting
+    /// (nothing blocks a shard thread): cancel it, drop it or give it a deadline
+    /// ([`timeout`](Self::timeout)); what was sent before is not taken back. A peer that went
+    /// away: [`Error::PathPair`] with EPIPE or ECONNRESET (SIGPIPE is not
+    /// raised in Rust programs, which ignore it; a program that does not should too). On the
+    /// threads backend the same rounds run as splice(2) (and pread/write) on the shard's
+    /// workers. Forced to the blocking path
+    /// ([`force_blocking`](crate::ExecutorBuilder::force_blocking)), its rounds run on the shard
+    /// thread without waiting for the destination: one without room fails it with EAGAIN.
+    pub fn send_file(
+        &self,
+        file: &File,
+        offset: u64,
+        len: u64,
+        dest: impl std::os::fd::AsFd,
+    ) -> Completion<u64> {
+        self.with_deadline(None).send_file(file, offset, len, dest)
+    }
+
     /// Shares the extents of `len` bytes at `src_off` of `src` with `dst_off` of `dst`
     /// (`FICLONERANGE`, a reflink: no data is copied, and later writes to either file
     /// unshare what they touch), with the order of [`copy_file_range`](Self::copy_file_range);

@@ -1,14 +1,14 @@
 //! Operations on the file itself: `file.read_at(..)`, `file.write_all_at(..)`, `file.sync_all()`,
 //! ... as std, tokio and tokio-uring put them on their files. A [`File`] knows its executor, so
-//! these need none at hand; each builds the same checked request as the [`Executor`] method of
-//! the same operation (`validate.rs`) and routes it the same way, so checks, order, data paths,
-//! statistics and errors are those of the executor's.
+//! these need none at hand; each is the per-operation method of the [`Executor`] method of the
+//! same operation (`deadlined.rs`), so checks, order, data paths, statistics and errors are
+//! those of the executor's.
 //!
 //! [`Executor`]: crate::Executor
 
 use crate::buf::{self, BufCompletion, IoBuf, IoBufMut, RawBuf};
 use crate::completion::Completion;
-use crate::deadlined::Deadlined;
+use crate::deadlined::{Deadlined, Owned, Sink};
 use crate::file::File;
 use crate::op::{self, FileOp};
 use crate::routes::{close, fadvise, link_into};
@@ -50,42 +50,21 @@ impl File {
     }
 
     /// A read of up to `len` bytes at `offset` into `vec` (its allocation reused), with the
-    /// vector back whatever happens.
+    /// vector back whatever happens: [`Deadlined`]'s read, answered with the buffer ([`Owned`]).
     /// Like every buffered read, it is done on the caller's thread when its data is cached (see
     /// `crate::inline`).
     pub(crate) fn read_raw(&self, vec: Vec<u8>, len: usize, offset: u64) -> Completion<RawBuf> {
-        let r = match self.routes() {
-            Ok(r) => r,
-            Err(e) => return Completion::ready(Ok((Err(e), vec))),
-        };
-        let op = validate::read_op_keep(
-            self,
-            offset,
-            len,
-            vec,
-            crate::op::rw::RwFlags::empty(),
-            r.limits,
-        );
-        match op {
-            Ok(op) => match r.inline_op(self, Ok(op)) {
-                Ok(data) => Completion::ready(Ok((Ok(data.len() as u64), data))),
-                Err(op) => r.request(self, op, Reply::Buf, None),
-            },
-            Err((e, vec)) => Completion::ready(Ok((Err(e), vec))),
+        match self.routes() {
+            Ok(r) => Sink::read_into(Owned(Deadlined::new(r, None)), self, offset, len, vec),
+            Err(e) => Completion::ready(Ok((Err(e), vec))),
         }
     }
 
     /// A write of all of `vec` at `offset`, with the vector back whatever happens.
     pub(crate) fn write_raw(&self, vec: Vec<u8>, offset: u64) -> Completion<RawBuf> {
-        let r = match self.routes() {
-            Ok(r) => r,
-            Err(e) => return Completion::ready(Ok((Err(e), vec))),
-        };
-        let op =
-            validate::write_op_keep(self, offset, vec, crate::op::rw::RwFlags::empty(), r.limits);
-        match op {
-            Ok(op) => r.request(self, Ok(op), Reply::Buf, None),
-            Err((e, vec)) => Completion::ready(Ok((Err(e), vec))),
+        match self.routes() {
+            Ok(r) => Sink::write(Owned(Deadlined::new(r, None)), self, offset, vec),
+            Err(e) => Completion::ready(Ok((Err(e), vec))),
         }
     }
 
@@ -100,7 +79,7 @@ impl File {
     /// replaced). On error the vector is dropped: [`read_buf_at`](Self::read_buf_at) gives it
     /// back.
     pub fn read_into(&self, offset: u64, len: usize, buf: Vec<u8>) -> Completion<Vec<u8>> {
-        self.route(|r| r.read(self, offset, len, buf, None))
+        self.face(|d| d.read_into(self, offset, len, buf))
     }
 
     /// [`read_at`](Self::read_at) with per-operation flags ([`RwFlags`](crate::RwFlags):
@@ -139,19 +118,23 @@ impl File {
     /// Short writes are continued, so fewer bytes always mean that an error stopped the write.
     /// For "all or an error", use [`write_all_at`](Self::write_all_at).
     pub fn write_at(&self, offset: u64, data: impl Into<Vec<u8>>) -> Completion<usize> {
-        self.route(|r| {
-            let op = validate::write_op(self, offset, data.into(), r.limits);
-            r.request(self, op, Reply::Landed, None)
-        })
+        self.write_with(offset, data, crate::op::rw::RwFlags::empty())
     }
 
     /// Writes all of `data` at `offset`, or fails: the error's
     /// [`written`](crate::Error::written) says how much of it landed. The same operation as
     /// [`Executor::write`](crate::Executor::write).
     pub fn write_all_at(&self, offset: u64, data: impl Into<Vec<u8>>) -> Completion<()> {
-        self.route(|r| {
-            let op = validate::write_op(self, offset, data.into(), r.limits);
-            r.request(self, op, Reply::Unit, None)
+        let data = data.into();
+        self.face(|d| {
+            Sink::write_as(
+                d,
+                self,
+                offset,
+                data,
+                crate::op::rw::RwFlags::empty(),
+                Reply::Unit,
+            )
         })
     }
 
@@ -165,10 +148,8 @@ impl File {
         data: impl Into<Vec<u8>>,
         flags: crate::op::rw::RwFlags,
     ) -> Completion<usize> {
-        self.route(|r| {
-            let op = validate::write_op_with(self, offset, data.into(), flags, r.limits);
-            r.request(self, op, Reply::Landed, None)
-        })
+        let data = data.into();
+        self.face(|d| Sink::write_as(d, self, offset, data, flags, Reply::Landed))
     }
 
     /// [`write_at`](Self::write_at) from an owned buffer, given back with the count, on error
@@ -295,6 +276,13 @@ impl File {
     ) -> Completion<u64> {
         use crate::op::copy_range::How;
         self.route(|r| r.copy_range(How::Copy, self, offset, dst, dst_offset, len, None))
+    }
+
+    /// Sends `len` bytes at `offset` of this file to `dest` (a socket, pipe or FIFO) without
+    /// passing them through user space; returns the bytes sent (fewer only where this file
+    /// ends). See [`Executor::send_file`](crate::Executor::send_file).
+    pub fn send_to(&self, offset: u64, len: u64, dest: impl std::os::fd::AsFd) -> Completion<u64> {
+        self.face(|d| d.send_file(self, offset, len, dest))
     }
 
     /// Shares `len` bytes at `offset` of this file with `dst_offset` of `dst` (reflink,

@@ -151,6 +151,7 @@ pub mod net;
 pub mod numa;
 mod op;
 mod park;
+mod pipes;
 pub mod pool;
 mod routes;
 mod validate;

@@ -86,8 +86,9 @@ impl ExecShared {
         }
     }
 
-    /// Routes one checked request. On the thread of the file's own shard (a task, a `submit_to`
-    /// closure) it skips the channel (see [`send`](Self::send)).
+    /// Routes one request, checked here to be on a file of this executor. On the thread of the
+    /// file's own shard (a task, a `submit_to` closure) it skips the channel (see
+    /// [`send`](Self::send)).
     pub(crate) fn request<T>(
         &self,
         file: &File,
@@ -99,10 +100,25 @@ impl ExecShared {
             Ok(op) => op,
             Err(e) => return Completion::ready(Err(e)),
         };
+        let pending = crate::inline::pending_for(file, op.kind());
+        self.send_checked(file, op, pending, reply, deadline)
+    }
+
+    /// Routes a request on a file of this executor (`pending`: its count among the inode's
+    /// unfinished mutations).
+    #[inline]
+    pub(crate) fn send_checked<T>(
+        &self,
+        file: &File,
+        op: IoOp,
+        pending: Option<crate::inline::Pending>,
+        reply: impl FnOnce(Completer<T>) -> Reply,
+        deadline: Option<Instant>,
+    ) -> Completion<T> {
         let (c, done) = pair(self.id, file.shard());
         let req = IoRequest {
             file: file.handle(),
-            pending: crate::inline::pending_for(file, op.kind()),
+            pending,
             op,
             reply: reply(done),
             // In a shard task: the start of its poll, at most a poll earlier than now.
@@ -111,73 +127,6 @@ impl ExecShared {
         };
         self.send_or_fail(file.shard(), Message::Io(req));
         c
-    }
-
-    /// A read of `len` bytes at `offset` into `buf` (checked here): done on this thread if its
-    /// data is cached (see `crate::inline`), else routed like any request (with the part that
-    /// arrived here, if any).
-    pub(crate) fn read(
-        &self,
-        file: &File,
-        offset: u64,
-        len: usize,
-        buf: Vec<u8>,
-        deadline: Option<Instant>,
-    ) -> Completion<Vec<u8>> {
-        if let Err(e) = validate::read(file, offset, len, self.limits) {
-            return Completion::ready(Err(e));
-        }
-        // The op is built only for the shard: a hit needs none.
-        let (buf, kept) = match self.try_inline_read(file, offset, len, buf) {
-            crate::inline::Attempt::Done(data) => return Completion::ready(Ok(data)),
-            crate::inline::Attempt::Route { buf, kept } => (buf, kept),
-        };
-        // A task on the file's own shard: straight to its ring (shard/task_io.rs).
-        let buf = match kept {
-            0 => {
-                match crate::shard::local_io::try_read(self.id, file, offset, len, buf, deadline) {
-                    Ok(c) => return c,
-                    Err(buf) => buf,
-                }
-            }
-            _ => buf,
-        };
-        let op = IoOp::Read {
-            offset,
-            len,
-            buf,
-            kept,
-            flags: 0,
-        };
-        self.request(file, Ok(op), Reply::Data, deadline)
-    }
-
-    /// Tries a checked read op on this thread: `Ok` with its data when done, else the op to
-    /// route (a plain read with flags, or after a partial attempt, with the part kept).
-    pub(crate) fn inline_op(
-        &self,
-        file: &File,
-        op: Result<IoOp>,
-    ) -> std::result::Result<Vec<u8>, Result<IoOp>> {
-        match op {
-            Ok(IoOp::Read {
-                offset,
-                len,
-                buf,
-                kept: 0,
-                flags: 0,
-            }) => match self.try_inline_read(file, offset, len, buf) {
-                crate::inline::Attempt::Done(data) => Ok(data),
-                crate::inline::Attempt::Route { buf, kept } => Err(Ok(IoOp::Read {
-                    offset,
-                    len,
-                    buf,
-                    kept,
-                    flags: 0,
-                })),
-            },
-            other => Err(other),
-        }
     }
 
     /// [`InlineReads::try_read`](crate::inline::InlineReads::try_read) of a checked read, for a

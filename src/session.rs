@@ -15,6 +15,7 @@
 //! reap/wait/next: take the batch <--(one lock, one wake per batch)-- end of turn: deliver
 //! ```
 
+use crate::deadlined::Sink;
 use crate::error::{Error, Result};
 use crate::file::File;
 use crate::park;
@@ -22,7 +23,6 @@ use crate::routes::ExecShared;
 pub use crate::shard::session_table::Done;
 pub(crate) use crate::shard::session_table::{SessionReq, SessionShared};
 use crate::shard::{IoOp, Message};
-use crate::validate::{self, Limits};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{fence, Ordering};
@@ -143,40 +143,20 @@ impl Session {
         self.timeout = timeout;
     }
 
-    fn limits(&self) -> Limits {
-        self.exec.limits
-    }
-
-    /// Queues `op` on `file` under `token`; a request refused here completes with its error.
-    fn submit(&mut self, file: &File, op: Result<IoOp>, token: u64, buf: Vec<u8>) -> Result<()> {
+    /// The place of one more request in flight, under `token`: fails with
+    /// [`SessionFull`](Error::SessionFull) when there is none. Whatever becomes of the request
+    /// from here (queued, refused, or done at once) its result comes back under `token`.
+    fn slot(&mut self, token: u64) -> Result<Slot<'_>> {
         if self.in_flight >= self.capacity {
             return Err(Error::SessionFull {
                 capacity: self.capacity,
             });
         }
         self.in_flight += 1;
-        let checked = op.and_then(|op| self.exec.check_owner(file).map(|()| op));
-        match checked {
-            Ok(op) => {
-                let deadline = self.timeout.and_then(|t| Instant::now().checked_add(t));
-                crate::file::hold(&mut self.held, file);
-                if let Some(q) = self.pending.get_mut(file.shard()) {
-                    q.push(SessionReq {
-                        file: file.handle(),
-                        pending: crate::inline::pending_for(file, op.kind()),
-                        op,
-                        token,
-                        deadline,
-                    });
-                }
-            }
-            Err(e) => self.local.push(Done {
-                token,
-                result: Err(e),
-                buf,
-            }),
-        }
-        Ok(())
+        Ok(Slot {
+            session: self,
+            token,
+        })
     }
 
     /// Queues a read of up to `len` bytes at `offset` into `buf` (its allocation is reused; its
@@ -194,70 +174,23 @@ impl Session {
         buf: Vec<u8>,
         token: u64,
     ) -> Result<()> {
-        let limits = self.limits();
-        if let Err(e) = validate::read(file, offset, len, limits) {
-            return self.submit(file, Err(e), token, buf);
-        }
-        if self.in_flight >= self.capacity {
-            return Err(Error::SessionFull {
-                capacity: self.capacity,
-            });
-        }
-        // A read of cached data is done here, its result straight into this session's own
-        // queue (see `crate::inline`); the rest goes to the shard with whatever arrived.
-        let (buf, kept) = match self.exec.try_inline_read(file, offset, len, buf) {
-            crate::inline::Attempt::Done(buf) => {
-                self.in_flight += 1;
-                self.local.push(Done {
-                    token,
-                    result: Ok(buf.len()),
-                    buf,
-                });
-                return Ok(());
-            }
-            crate::inline::Attempt::Route { buf, kept } => (buf, kept),
-        };
-        self.submit(
-            file,
-            Ok(IoOp::Read {
-                offset,
-                len,
-                buf,
-                kept,
-                flags: 0,
-            }),
-            token,
-            Vec::new(),
-        )
+        Sink::read_into(self.slot(token)?, file, offset, len, buf)
     }
 
     /// Queues a write of all of `data` at `offset` (short writes are completed). Fails only when
     /// the session is full; other errors come back as the request's result, with `data`.
     pub fn write(&mut self, file: &File, offset: u64, data: Vec<u8>, token: u64) -> Result<()> {
-        let limits = self.limits();
-        match validate::write(file, offset, data.len(), limits) {
-            Ok(()) => self.submit(
-                file,
-                Ok(IoOp::Write {
-                    offset,
-                    data,
-                    flags: 0,
-                }),
-                token,
-                Vec::new(),
-            ),
-            Err(e) => self.submit(file, Err(e), token, data),
-        }
+        Sink::write(self.slot(token)?, file, offset, data)
     }
 
     /// Queues an fsync: done after every earlier write to the file is durable.
     pub fn fsync(&mut self, file: &File, token: u64) -> Result<()> {
-        self.submit(file, Ok(crate::validate::sync_op(false)), token, Vec::new())
+        Sink::sync(self.slot(token)?, file, false)
     }
 
     /// Queues an fdatasync.
     pub fn fdatasync(&mut self, file: &File, token: u64) -> Result<()> {
-        self.submit(file, Ok(crate::validate::sync_op(true)), token, Vec::new())
+        Sink::sync(self.slot(token)?, file, true)
     }
 
     /// Sends the queued requests: one message and at most one wake-up per shard. Never blocks.
@@ -420,6 +353,67 @@ impl Session {
         } else {
             Poll::Pending
         }
+    }
+}
+
+/// One request's place in a [`Session`] ([`Session::slot`]): the per-operation methods are
+/// [`Sink`]'s; the request is queued for its shard, and its result (or its refusal, or a read
+/// done at once) comes back in the session's queue under the token.
+struct Slot<'s> {
+    session: &'s mut Session,
+    token: u64,
+}
+
+impl Slot<'_> {
+    /// A result made on the caller's side.
+    fn done_here(self, result: Result<usize>, buf: Vec<u8>) -> Result<()> {
+        self.session.local.push(Done {
+            token: self.token,
+            result,
+            buf,
+        });
+        Ok(())
+    }
+}
+
+impl Sink for Slot<'_> {
+    type Out<T> = Result<()>;
+
+    #[inline]
+    fn routes(&self) -> &ExecShared {
+        &self.session.exec
+    }
+
+    fn refuse<T>(self, err: Error, buf: Vec<u8>) -> Result<()> {
+        self.done_here(Err(err), buf)
+    }
+
+    #[inline]
+    fn read_here(self, data: Vec<u8>) -> Result<()> {
+        self.done_here(Ok(data.len()), data)
+    }
+
+    #[inline]
+    fn send<T>(
+        self,
+        file: &File,
+        op: IoOp,
+        pending: Option<crate::inline::Pending>,
+        _reply: fn(crate::completion::Completer<T>) -> crate::shard::Reply,
+    ) -> Result<()> {
+        let s = self.session;
+        let deadline = s.timeout.and_then(|t| Instant::now().checked_add(t));
+        crate::file::hold(&mut s.held, file);
+        if let Some(q) = s.pending.get_mut(file.shard()) {
+            q.push(SessionReq {
+                file: file.handle(),
+                pending,
+                op,
+                token: self.token,
+                deadline,
+            });
+        }
+        Ok(())
     }
 }
 

@@ -1,5 +1,6 @@
-//! Checks a request before it leaves the caller: one validated constructor per operation, shared
-//! by [`Executor`](crate::Executor), [`Batch`](crate::Batch) and [`Session`](crate::Session).
+//! Checks a request before it leaves the caller: one validated constructor per operation, used
+//! by the one face of the per-operation methods (`deadlined.rs`), whichever way the request goes
+//! ([`Executor`](crate::Executor), [`Batch`](crate::Batch), [`Session`](crate::Session), `File`).
 //! What passes here cannot make the shard allocate more than the request can return, overflow a
 //! file offset, or break O_DIRECT's alignment rules.
 
@@ -61,49 +62,21 @@ pub(crate) fn read_op_with(
     flags: crate::op::rw::RwFlags,
     limits: Limits,
 ) -> Result<IoOp> {
-    read_op_keep(file, offset, len, buf, flags, limits).map_err(|(e, _)| e)
+    read(file, offset, len, limits)?;
+    check_rw_flags("read", flags)?;
+    Ok(IoOp::Read {
+        offset,
+        len,
+        buf,
+        kept: 0,
+        flags: flags.bits(),
+    })
 }
 
-/// [`read_op_with`] that hands `buf` back with the error when the request is refused (for
-/// requests whose buffer comes back whatever happens: [`crate::buf`]).
-pub(crate) fn read_op_keep(
-    file: &File,
-    offset: u64,
-    len: usize,
-    buf: Vec<u8>,
-    flags: crate::op::rw::RwFlags,
-    limits: Limits,
-) -> std::result::Result<IoOp, (Error, Vec<u8>)> {
-    match read(file, offset, len, limits).and_then(|()| check_rw_flags("read", flags)) {
-        Ok(()) => Ok(IoOp::Read {
-            offset,
-            len,
-            buf,
-            kept: 0,
-            flags: flags.bits(),
-        }),
-        Err(e) => Err((e, buf)),
-    }
-}
-
-/// The checked op of a write of `data` at `offset`.
-pub(crate) fn write_op(file: &File, offset: u64, data: Vec<u8>, limits: Limits) -> Result<IoOp> {
-    write_op_with(file, offset, data, crate::op::rw::RwFlags::empty(), limits)
-}
-
-/// [`write_op`] with `RWF_*` flags.
-pub(crate) fn write_op_with(
-    file: &File,
-    offset: u64,
-    data: Vec<u8>,
-    flags: crate::op::rw::RwFlags,
-    limits: Limits,
-) -> Result<IoOp> {
-    write_op_keep(file, offset, data, flags, limits).map_err(|(e, _)| e)
-}
-
-/// [`write_op_with`] that hands `data` back with the error when the request is refused.
-pub(crate) fn write_op_keep(
+/// The checked op of a write of `data` at `offset` with `RWF_*` flags; refused, `data` comes
+/// back with the error (for requests whose buffer comes back whatever happens: sessions,
+/// [`crate::buf`]).
+pub(crate) fn write_op(
     file: &File,
     offset: u64,
     data: Vec<u8>,
@@ -211,6 +184,42 @@ pub(crate) fn copy_range(
     }
     check_end(op, src_off, len)?;
     check_end(op, dst_off, len)
+}
+
+/// A send_file of `len` bytes at `offset` of `file` to `dest`: `file` open for reading, the
+/// range within the largest offset, an O_DIRECT file's offset and length multiples of its
+/// alignment (the kernel reads it with O_DIRECT into the pipe's pages); `dest` a socket, pipe or
+/// FIFO, duplicated for the op (see `op::send_file`). `len` bounds no allocation: each round
+/// moves at most a pipe's size, in the kernel.
+pub(crate) fn send_file(
+    file: &File,
+    offset: u64,
+    len: u64,
+    dest: std::os::fd::BorrowedFd<'_>,
+) -> Result<(op::send_file::Dest, std::path::PathBuf)> {
+    const OP: &str = "send_file";
+    access(file, OP, file.flags().readable, "read(true)")?;
+    check_end(OP, offset, len)?;
+    if let Some(align) = file.direct_io_align() {
+        let a = u64::from(align.offset);
+        if offset % a != 0 || len % a != 0 {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "{} is open with O_DIRECT: offset {offset} and length {len} must be \
+                     multiples of {a}, its filesystem's O_DIRECT alignment: align them, or \
+                     open the file without direct",
+                    file.path().display()
+                ),
+            ));
+        }
+    }
+    op::send_file::own_dest(dest).map_err(|(errno, name)| Error::PathPair {
+        op: OP,
+        from: file.path().to_path_buf(),
+        to: name,
+        errno,
+    })
 }
 
 /// A sync_file_range of `len` bytes at `offset` with `flags`: `len` fits the SQE's 32 bits.

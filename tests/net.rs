@@ -270,7 +270,10 @@ fn a_recv_from_a_silent_peer_ends_at_its_deadline_or_when_dropped() {
             }
             ringshard::yield_now().await;
         }
-        // 3. Nothing was lost: the next receive gets what the peer sends now.
+        // 3. A buffer with no room is refused (0 would read as the end of the stream).
+        let (r, _) = s.recv(Vec::new()).await.expect("recv handle");
+        assert!(matches!(r, Err(Error::InvalidArgument { .. })), "{r:?}");
+        // 4. Nothing was lost: the next receive gets what the peer sends now.
         let (r, b) = s.recv(Vec::with_capacity(100)).await.expect("recv handle");
         r.expect("recv");
         res_tx.send(String::from_utf8(b).unwrap()).unwrap();
@@ -525,4 +528,51 @@ fn shutdown_does_not_wait_for_silent_peers() {
     assert_eq!(res_rx.recv_timeout(HANG).unwrap(), "accepted");
     // The grace period (an hour) is for writes to land, not for peers to speak.
     exec.shutdown().expect("shutdown");
+}
+
+#[test]
+fn idle_connections_beyond_the_admission_bound_and_the_cq_do_not_stop_the_shard() {
+    let _serial = serial();
+    let _w = Watchdog::new("idle connections", HANG);
+    // A small shard: at most 16 ops admitted, a CQ of 16 entries. Each idle connection keeps a
+    // receive waiting for its peer: 200 of them are far past both.
+    let exec = Arc::new(
+        Executor::builder()
+            .shards(1)
+            .channel_capacity(16)
+            .ring_entries(8)
+            .build()
+            .expect("executor"),
+    );
+    let (addr, _h) = serve(&exec, 0, |l| async move {
+        let local = ringshard::local().unwrap();
+        loop {
+            let (s, _) = l.accept().await.expect("accept");
+            local.spawn_local(echo(s)).detach();
+        }
+    });
+    let idle: Vec<std::net::TcpStream> = (0..200)
+        .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
+        .collect();
+    // Every idle connection was accepted and waits in a receive...
+    wait_until("200 receives waiting", || {
+        shard_stats(&exec, 0).ops[ringshard::OpKind::Accept.index()] >= 200
+    });
+    // ...and the shard still serves: a connection, and a file.
+    assert_eq!(std_echo(addr, b"still served"), b"still served");
+    let dir = tempfile::tempdir().unwrap();
+    let f = open_rwc(&exec, &dir.path().join("f"));
+    assert_eq!(wait(exec.write(&f, 0, b"file too".to_vec())).unwrap(), 8);
+    assert_eq!(wait(exec.read(&f, 0, 8)).unwrap(), b"file too");
+    // All at once: more completions than the CQ holds.
+    let mut idle = idle;
+    for (i, c) in idle.iter_mut().enumerate() {
+        c.write_all(&[i as u8; 3]).unwrap();
+    }
+    for (i, c) in idle.iter_mut().enumerate() {
+        c.set_read_timeout(Some(HANG)).unwrap();
+        let mut b = [0u8; 3];
+        c.read_exact(&mut b).unwrap();
+        assert_eq!(b, [i as u8; 3]);
+    }
 }

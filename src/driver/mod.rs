@@ -13,6 +13,7 @@
 //!   [`fallback_reason`]), or when a required opcode is missing. The reason is kept for stats and
 //!   logged once.
 
+pub(crate) mod socket_waits;
 pub(crate) mod sqe;
 pub(crate) mod threads;
 
@@ -304,6 +305,15 @@ impl Driver {
     pub(crate) fn taskrun(&mut self) -> bool {
         match self {
             Driver::Uring(r) => r.submission().taskrun(),
+            Driver::Threads(_) => false,
+        }
+    }
+
+    /// Completions the kernel kept aside because the CQ was full, posted by the next enter with
+    /// GETEVENTS.
+    pub(crate) fn cq_overflow(&mut self) -> bool {
+        match self {
+            Driver::Uring(r) => r.submission().cq_overflow(),
             Driver::Threads(_) => false,
         }
     }

@@ -25,7 +25,8 @@ pub(crate) struct Sqe {
     pub op_flags: u32,
     pub user_data: u64,
     /// `file_index` (direct descriptors, e.g. a CLOSE of a registered slot): ringshard uses
-    /// none, and the threads backend refuses SQEs that name one.
+    /// none, and the threads backend refuses SQEs that name one. The same word is SPLICE's
+    /// `splice_fd_in` (see [`Sqe::splice_fd_in`]).
     pub file_index: u32,
 }
 
@@ -50,7 +51,21 @@ impl Sqe {
             file_index: u32_at(44),
         }
     }
+
+    /// SPLICE's source descriptor (`splice_fd_in`, the word `file_index` shares); a registered
+    /// slot when `op_flags` has [`SPLICE_F_FD_IN_FIXED`].
+    pub(crate) fn splice_fd_in(&self) -> i32 {
+        self.file_index as i32
+    }
+
+    /// SPLICE's source offset (`splice_off_in`, in `addr`): `None` for -1 (a pipe: no offset).
+    pub(crate) fn splice_off_in(&self) -> Option<i64> {
+        (self.addr != u64::MAX).then_some(self.addr as i64)
+    }
 }
+
+/// `SPLICE_F_FD_IN_FIXED`: SPLICE's `splice_fd_in` is a registered slot.
+pub(crate) const SPLICE_F_FD_IN_FIXED: u32 = 1 << 31;
 
 /// Declares [`Code`] from one list: each line names a variant and its `io_uring::opcode` type,
 /// so [`Code::of`] and [`Code::opcode`] cannot disagree, and a [`Code`] is both an opcode and
@@ -117,6 +132,7 @@ codes! {
     TimeoutRemove = TimeoutRemove,
     PollAdd = PollAdd,
     AsyncCancel = AsyncCancel,
+    Splice = Splice,
 }
 
 impl Code {
@@ -158,7 +174,8 @@ impl Code {
             | Code::Connect
             | Code::Recv
             | Code::Send
-            | Code::Shutdown => false,
+            | Code::Shutdown
+            | Code::Splice => false,
         }
     }
 }
@@ -198,6 +215,19 @@ mod tests {
             .flags(types::FsyncFlags::DATASYNC)
             .build();
         assert_eq!(Sqe::of(&e).op_flags, FSYNC_DATASYNC);
+
+        let e = opcode::Splice::new(types::Fd(9), 4096, types::Fd(11), -1, 512)
+            .flags(libc::SPLICE_F_MORE)
+            .build();
+        let s = Sqe::of(&e);
+        assert_eq!(Code::of(s.opcode), Some(Code::Splice));
+        assert_eq!((s.fd, s.splice_fd_in(), s.len), (11, 9, 512));
+        assert_eq!((s.splice_off_in(), s.off), (Some(4096), u64::MAX));
+        assert_eq!(s.op_flags, libc::SPLICE_F_MORE);
+        let e = opcode::Splice::new(types::Fixed(2), -1, types::Fd(11), -1, 1).build();
+        let s = Sqe::of(&e);
+        assert_eq!((s.splice_fd_in(), s.splice_off_in()), (2, None));
+        assert_ne!(s.op_flags & SPLICE_F_FD_IN_FIXED, 0);
     }
 
     #[test]

@@ -18,10 +18,10 @@
 //!   eventfd, which matters only then);
 //! - socket calls (accept, connect, recv, send, shutdown) run on the shard thread without
 //!   blocking (`MSG_DONTWAIT`; a listener or connecting socket is made `O_NONBLOCK`); one that
-//!   would wait is kept like an armed poll on its socket and run again when the socket is
+//!   would wait is kept in an epoll set (`socket_waits.rs`) and run again when its socket is
 //!   ready, looked at every time completions are collected and when the shard sleeps. So a peer
-//!   that never sends (or never reads) holds no thread, and a cancellation takes the wait out
-//!   as it takes out a poll.
+//!   that never sends (or never reads) holds no thread, a cancellation takes the wait out as it
+//!   takes out a poll, and ten thousand idle connections cost a turn nothing.
 //!
 //! Memory rules are the kernel's: what an SQE points to must stay valid until its CQE is reaped.
 //! The shard keeps to them already (it leaks what is in flight when it stops), and a worker
@@ -37,7 +37,8 @@
 //! Known limit: a read of a pipe, FIFO or socket with nothing to read holds a worker while it
 //! waits (cancellable), so `max_workers` such reads leave no worker for other jobs.
 
-use super::sqe::{Code, Sqe, FIXED_FILE, FSYNC_DATASYNC, TIMEOUT_ABS};
+use super::socket_waits::{SocketWait, SocketWaits};
+use super::sqe::{Code, Sqe, FIXED_FILE, FSYNC_DATASYNC, SPLICE_F_FD_IN_FIXED, TIMEOUT_ABS};
 use io_uring::squeue;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -138,7 +139,7 @@ pub(crate) struct ThreadDriver {
     /// Armed polls: (fd, events, user_data).
     polls: Vec<(RawFd, i16, u64)>,
     /// Socket calls that would have waited, each run again when its socket is ready.
-    socket_waits: Vec<SocketWait>,
+    sockets: SocketWaits,
     /// The shard's open files by descriptor (`track_file` to `untrack_file`), each with the
     /// duplicate its queued and running jobs share while there are any (see `hold`).
     tracked: HashMap<RawFd, Weak<OwnedFd>>,
@@ -183,7 +184,7 @@ impl ThreadDriver {
             timer_live: HashMap::new(),
             timer_seq: 0,
             polls: Vec::new(),
-            socket_waits: Vec::new(),
+            sockets: SocketWaits::default(),
             tracked: HashMap::new(),
             direct: HashMap::new(),
             cpu,
@@ -310,7 +311,7 @@ impl ThreadDriver {
             let mut done = lock(&self.shared.done);
             self.cq.extend(done.drain(..));
         }
-        self.poll_sockets();
+        self.sockets.run_ready(&mut self.cq);
         if self.timers.is_empty() {
             return;
         }
@@ -333,7 +334,7 @@ impl ThreadDriver {
             self.shared.sleeping.store(false, Ordering::SeqCst);
             return;
         }
-        let mut fds = Vec::with_capacity(1 + self.polls.len() + self.socket_waits.len());
+        let mut fds = Vec::with_capacity(2 + self.polls.len());
         fds.push(libc::pollfd {
             fd: self.shared.done_efd.as_raw_fd(),
             events: libc::POLLIN,
@@ -344,9 +345,10 @@ impl ThreadDriver {
             events,
             revents: 0,
         }));
-        fds.extend(self.socket_waits.iter().map(|w| libc::pollfd {
-            fd: w.fd,
-            events: w.events,
+        // The socket waits' epoll set is readable when one of their sockets is ready.
+        fds.extend(self.sockets.epoll_fd().map(|fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
             revents: 0,
         }));
         let ts = timeout.map(|t| libc::timespec {
@@ -379,7 +381,7 @@ impl ThreadDriver {
         }
         let polls = self.polls.len();
         if fds[1 + polls..].iter().any(|p| p.revents != 0) {
-            self.poll_sockets();
+            self.sockets.run_ready(&mut self.cq);
         }
         let ready: Vec<(usize, i16)> = fds[1..1 + polls]
             .iter()
@@ -394,17 +396,30 @@ impl ThreadDriver {
     }
 
     /// Starts one SQE: done here when it cannot block, else handed to a worker.
-    fn start(&mut self, sqe: Sqe) {
+    fn start(&mut self, mut sqe: Sqe) {
         let ud = sqe.user_data;
         let Some(code) = Code::of(sqe.opcode) else {
             self.cq.push_back((ud, -libc::EINVAL));
             return;
         };
         // Links, drains and buffer selection are not used by ringshard; refuse them rather than
-        // run them with different semantics.
-        if sqe.flags & !FIXED_FILE != 0 || sqe.file_index != 0 {
+        // run them with different semantics. (SPLICE's source shares `file_index`'s word.)
+        if sqe.flags & !FIXED_FILE != 0 || (sqe.file_index != 0 && code != Code::Splice) {
             self.cq.push_back((ud, -libc::EINVAL));
             return;
+        }
+        if code == Code::Splice && sqe.op_flags & SPLICE_F_FD_IN_FIXED != 0 {
+            // The source is a registered slot: the plain descriptor, as the kernel would find.
+            match self.files.get(sqe.splice_fd_in() as u32 as usize) {
+                Some(&fd) if fd >= 0 => {
+                    sqe.file_index = fd as u32;
+                    sqe.op_flags &= !SPLICE_F_FD_IN_FIXED;
+                }
+                _ => {
+                    self.cq.push_back((ud, -libc::EBADF));
+                    return;
+                }
+            }
         }
         match code {
             Code::Nop => self.cq.push_back((ud, 0)),
@@ -420,13 +435,9 @@ impl ThreadDriver {
             }
             Code::PollAdd => self.arm_poll(sqe),
             code if code.is_socket() => match self.resolve_fd(&sqe) {
-                Ok(fd) => self.run_socket(SocketWait {
-                    fd,
-                    events: 0,
-                    sqe,
-                    code,
-                    again: false,
-                }),
+                Ok(fd) => self
+                    .sockets
+                    .run(SocketWait::new(fd, sqe, code), &mut self.cq),
                 Err(errno) => self.cq.push_back((ud, -errno)),
             },
             Code::AsyncCancel => {
@@ -540,46 +551,6 @@ impl ThreadDriver {
         }
     }
 
-    /// Runs a socket call now (never blocking): its result goes to the completion queue, or,
-    /// if it would wait, it waits among `socket_waits` for its socket to be ready.
-    fn run_socket(&mut self, mut wait: SocketWait) {
-        match socket_call(&wait.sqe, wait.code, wait.fd, wait.again) {
-            Ok(res) => self.cq.push_back((wait.sqe.user_data, res)),
-            Err(events) => {
-                wait.events = events;
-                wait.again = true;
-                self.socket_waits.push(wait);
-            }
-        }
-    }
-
-    /// Runs again, without waiting, every socket call whose socket is ready.
-    fn poll_sockets(&mut self) {
-        if self.socket_waits.is_empty() {
-            return;
-        }
-        let mut fds: Vec<libc::pollfd> = self
-            .socket_waits
-            .iter()
-            .map(|w| libc::pollfd {
-                fd: w.fd,
-                events: w.events,
-                revents: 0,
-            })
-            .collect();
-        // SAFETY: a live array of `fds.len()` pollfds; no wait; poll writes only `revents`.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as _, 0) };
-        if n <= 0 {
-            return;
-        }
-        for i in (0..fds.len()).rev() {
-            if fds[i].revents != 0 {
-                let wait = self.socket_waits.swap_remove(i);
-                self.run_socket(wait);
-            }
-        }
-    }
-
     fn arm_poll(&mut self, sqe: Sqe) {
         let fd = match self.resolve_fd(&sqe) {
             Ok(fd) => fd,
@@ -620,12 +591,7 @@ impl ThreadDriver {
             self.cq.push_back((target, -libc::ECANCELED));
             return 0;
         }
-        if let Some(i) = self
-            .socket_waits
-            .iter()
-            .position(|w| w.sqe.user_data == target)
-        {
-            self.socket_waits.swap_remove(i);
+        if self.sockets.cancel(target, &mut self.cq) {
             self.cq.push_back((target, -libc::ECANCELED));
             return 0;
         }
@@ -717,7 +683,7 @@ impl ThreadDriver {
             && self.timer_live.is_empty()
             && self.timers.is_empty()
             && self.polls.is_empty()
-            && self.socket_waits.is_empty()
+            && self.sockets.is_empty()
     }
 }
 
@@ -816,7 +782,7 @@ fn worker_loop(shared: &Shared, slot: usize, cancel: &mut Option<OwnedFd>) {
         };
         let stream = matches!(
             job.code,
-            Code::Read | Code::Readv | Code::Write | Code::Writev
+            Code::Read | Code::Readv | Code::Write | Code::Writev | Code::Splice
         ) && is_stream(job.fd);
         let efd = if stream {
             cancel_fd(shared, slot, cancel)
@@ -863,100 +829,6 @@ fn cancelled(shared: &Shared, slot: usize) -> bool {
     lock(&shared.running).get(slot).is_some_and(|r| r.cancelled)
 }
 
-/// A socket call that would have waited (see [`ThreadDriver::run_socket`]).
-struct SocketWait {
-    fd: RawFd,
-    /// What it waits for (`POLLIN`, `POLLOUT`).
-    events: i16,
-    sqe: Sqe,
-    code: Code,
-    /// It ran before: a connect then reads its outcome (`SO_ERROR`) instead of connecting again.
-    again: bool,
-}
-
-/// Sets `O_NONBLOCK` on `fd` (a listener or a connecting socket), so that accept and connect
-/// never wait on the shard thread.
-fn set_nonblocking(fd: RawFd) {
-    // SAFETY: fcntl on a descriptor takes no memory.
-    let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    if fl >= 0 && fl & libc::O_NONBLOCK == 0 {
-        // SAFETY: as above.
-        unsafe { libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) };
-    }
-}
-
-/// Runs a socket SQE without blocking: `Ok(result)` (or `-errno`) as its CQE would carry it, or
-/// `Err(events)` when it would wait for them. `again`: it waited, and its socket is ready now.
-fn socket_call(sqe: &Sqe, code: Code, fd: RawFd, again: bool) -> Result<i32, i16> {
-    let buf = sqe.addr as *mut libc::c_void;
-    let len = sqe.len as usize;
-    loop {
-        // SAFETY (every call): the pointers come from the SQE, whose submitter keeps the buffer,
-        // sockaddr and length it names valid until its CQE, posted after this call returns.
-        let (ret, wait) = unsafe {
-            match code {
-                Code::Recv => (
-                    libc::recv(fd, buf, len, sqe.op_flags as i32 | libc::MSG_DONTWAIT) as i64,
-                    libc::POLLIN,
-                ),
-                Code::Send => (
-                    libc::send(
-                        fd,
-                        buf,
-                        len,
-                        sqe.op_flags as i32 | libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                    ) as i64,
-                    libc::POLLOUT,
-                ),
-                Code::Accept => {
-                    set_nonblocking(fd);
-                    let addr = sqe.addr as *mut libc::sockaddr;
-                    let addrlen = sqe.off as *mut libc::socklen_t;
-                    (
-                        libc::accept4(fd, addr, addrlen, sqe.op_flags as i32) as i64,
-                        libc::POLLIN,
-                    )
-                }
-                Code::Connect if again => {
-                    let mut err: libc::c_int = 0;
-                    let mut n = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-                    let rc = libc::getsockopt(
-                        fd,
-                        libc::SOL_SOCKET,
-                        libc::SO_ERROR,
-                        (&mut err as *mut libc::c_int).cast(),
-                        &mut n,
-                    );
-                    if rc < 0 {
-                        return Ok(-crate::numa::last_errno());
-                    }
-                    return Ok(-err);
-                }
-                Code::Connect => {
-                    set_nonblocking(fd);
-                    let rc = libc::connect(
-                        fd,
-                        sqe.addr as *const libc::sockaddr,
-                        sqe.off as libc::socklen_t,
-                    );
-                    if rc < 0 && crate::numa::last_errno() == libc::EINPROGRESS {
-                        return Err(libc::POLLOUT);
-                    }
-                    (i64::from(rc), libc::POLLOUT)
-                }
-                Code::Shutdown => (i64::from(libc::shutdown(fd, sqe.len as i32)), libc::POLLOUT),
-                _ => return Ok(-libc::EINVAL),
-            }
-        };
-        let res = cqe_res(ret);
-        match -res {
-            libc::EINTR => continue,
-            libc::EAGAIN => return Err(wait),
-            _ => return Ok(res),
-        }
-    }
-}
-
 /// CLOCK_MONOTONIC now, as a duration since its epoch (for IORING_TIMEOUT_ABS).
 fn monotonic_now() -> Duration {
     let mut ts = libc::timespec {
@@ -972,7 +844,7 @@ fn monotonic_now() -> Duration {
 }
 
 /// The return of a system call as a CQE result: the value, or -errno.
-fn cqe_res(ret: i64) -> i32 {
+pub(crate) fn cqe_res(ret: i64) -> i32 {
     if ret < 0 {
         -crate::numa::last_errno()
     } else {
@@ -1035,10 +907,32 @@ fn is_stream(fd: RawFd) -> bool {
 /// Runs a read or write on a stream descriptor: waits in `poll` for it to be ready or for
 /// `cancel` (the worker's eventfd) to be written, then does the call.
 fn run_stream(sqe: &Sqe, code: Code, fd: RawFd, cancel: RawFd) -> i32 {
+    if code == Code::Splice {
+        return run_stream_splice(sqe, fd, cancel);
+    }
     let events = match code {
         Code::Read | Code::ReadFixed | Code::Readv => libc::POLLIN,
         _ => libc::POLLOUT,
     };
+    loop {
+        if let Err(res) = wait_ready(fd, events, cancel) {
+            return res;
+        }
+        // Ready (or hung up: the call then returns 0 or EPIPE, as it would in the ring).
+        let res = rw(sqe, code, fd, sqe.op_flags as i32 | libc::RWF_NOWAIT);
+        if res == -libc::EAGAIN && sqe.op_flags & libc::RWF_NOWAIT as u32 == 0 {
+            continue; // another reader took the data first
+        }
+        if res == -libc::EOPNOTSUPP {
+            return rw(sqe, code, fd, sqe.op_flags as i32);
+        }
+        return res;
+    }
+}
+
+/// Waits in `poll` until `fd` has `events` or `cancel` (the worker's eventfd) is written:
+/// `Err(-ECANCELED)` for a cancellation, `Err(-errno)` if poll fails.
+fn wait_ready(fd: RawFd, events: i16, cancel: RawFd) -> Result<(), i32> {
     loop {
         let mut fds = [
             libc::pollfd {
@@ -1058,23 +952,113 @@ fn run_stream(sqe: &Sqe, code: Code, fd: RawFd, cancel: RawFd) -> i32 {
             if crate::numa::last_errno() == libc::EINTR {
                 continue;
             }
-            return -crate::numa::last_errno();
+            return Err(-crate::numa::last_errno());
         }
         if fds[1].revents != 0 {
-            return -libc::ECANCELED;
+            return Err(-libc::ECANCELED);
         }
         if fds[0].revents != 0 {
-            // Ready (or hung up: the call then returns 0 or EPIPE, as it would in the ring).
-            let res = rw(sqe, code, fd, sqe.op_flags as i32 | libc::RWF_NOWAIT);
-            if res == -libc::EAGAIN && sqe.op_flags & libc::RWF_NOWAIT as u32 == 0 {
-                continue; // another reader took the data first
-            }
-            if res == -libc::EOPNOTSUPP {
-                return rw(sqe, code, fd, sqe.op_flags as i32);
-            }
-            return res;
+            return Ok(()); // ready, or hung up: the call then says which
         }
     }
+}
+
+/// A SPLICE whose destination is a pipe, FIFO or socket, on a worker: waits in `poll` (where a
+/// cancellation reaches it) for its source to have data (when the source is a stream) and its
+/// destination room, then splices without waiting ([`splice_now`]).
+fn run_stream_splice(sqe: &Sqe, fd_out: RawFd, cancel: RawFd) -> i32 {
+    let fd_in = sqe.splice_fd_in();
+    let in_is_stream = is_stream(fd_in);
+    loop {
+        if in_is_stream {
+            if let Err(res) = wait_ready(fd_in, libc::POLLIN, cancel) {
+                return res;
+            }
+        }
+        if let Err(res) = wait_ready(fd_out, libc::POLLOUT, cancel) {
+            return res;
+        }
+        match splice_now(sqe, fd_out) {
+            // A file source that would block (the destination has room: polled): its read
+            // waits for the device, as a read on a worker does.
+            res if res == -libc::EAGAIN && !in_is_stream => {
+                return splice_call(sqe, fd_out, sqe.len as usize, sqe.op_flags)
+            }
+            res if res == -libc::EAGAIN => continue, // someone else took the room or the data
+            res => return res,
+        }
+    }
+}
+
+/// `splice(2)` of `sqe` to `fd_out`, as the ring runs it; `SPLICE_F_FD_IN_FIXED` is resolved by
+/// the driver before (the blocking path never sees one: its ops name plain descriptors).
+fn splice_call(sqe: &Sqe, fd_out: RawFd, len: usize, flags: u32) -> i32 {
+    let mut off_in = sqe.splice_off_in().unwrap_or(-1);
+    let mut off_out = sqe.off as i64;
+    let p_in = if off_in < 0 {
+        std::ptr::null_mut()
+    } else {
+        &mut off_in as *mut i64
+    };
+    let p_out = if sqe.off == u64::MAX {
+        std::ptr::null_mut()
+    } else {
+        &mut off_out as *mut i64
+    };
+    // SAFETY: the offsets are locals (or null); splice reads no other memory of ours.
+    let ret = unsafe {
+        libc::splice(
+            sqe.splice_fd_in(),
+            p_in,
+            fd_out,
+            p_out,
+            len,
+            flags & !SPLICE_F_FD_IN_FIXED,
+        )
+    };
+    cqe_res(ret as i64)
+}
+
+/// A SPLICE that does not wait: `SPLICE_F_NONBLOCK` for the pipe side, and, for a socket
+/// destination (which SPLICE_F_NONBLOCK does not make non-blocking, and whose O_NONBLOCK is its
+/// owner's to set), at most the room its send buffer has ([`socket_room`]): a peer that stops
+/// reading makes the next round wait in `poll`, cancellable, instead of holding a worker in
+/// the kernel.
+fn splice_now(sqe: &Sqe, fd_out: RawFd) -> i32 {
+    let len = match socket_room(fd_out) {
+        // No room: a splice would block (a worker polls again; the shard thread says EAGAIN).
+        Some(0) => return -libc::EAGAIN,
+        Some(room) => (sqe.len as usize).min(room),
+        None => sqe.len as usize,
+    };
+    splice_call(sqe, fd_out, len, sqe.op_flags | libc::SPLICE_F_NONBLOCK)
+}
+
+/// For a socket: about how many more bytes its send buffer takes without blocking, half of
+/// `SO_SNDBUF` less what is queued (`SIOCOUTQ`), as the kernel also counts each segment's
+/// overhead against the buffer. `None`: not a socket (or it cannot say).
+pub(crate) fn socket_room(fd: RawFd) -> Option<usize> {
+    let mut sndbuf: libc::c_int = 0;
+    let mut optlen = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: writes one int and its length into locals; ENOTSOCK for anything but a socket.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&mut sndbuf as *mut libc::c_int).cast(),
+            &mut optlen,
+        )
+    };
+    if r != 0 {
+        return None;
+    }
+    let mut queued: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one int into a local.
+    if unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut queued as *mut libc::c_int) } != 0 {
+        queued = 0;
+    }
+    Some((sndbuf.max(0) as usize).saturating_sub(queued.max(0) as usize) / 2)
 }
 
 /// Runs `entry` on the calling thread with the system call that does what its opcode does: the
@@ -1084,6 +1068,14 @@ fn run_stream(sqe: &Sqe, code: Code, fd: RawFd, cancel: RawFd) -> i32 {
 pub(crate) fn run_sqe(entry: &squeue::Entry) -> i32 {
     let sqe = Sqe::of(entry);
     match Code::of(sqe.opcode) {
+        Some(Code::Splice) if sqe.flags != 0 || sqe.op_flags & SPLICE_F_FD_IN_FIXED != 0 => {
+            -libc::EINVAL
+        }
+        // On a pipe, FIFO or socket a splice may wait forever: what it can do now, or EAGAIN.
+        Some(Code::Splice) if is_stream(sqe.fd) || is_stream(sqe.splice_fd_in()) => {
+            splice_now(&sqe, sqe.fd)
+        }
+        Some(Code::Splice) => run_blocking(&sqe, Code::Splice, sqe.fd),
         _ if sqe.flags != 0 || sqe.file_index != 0 => -libc::EINVAL,
         // On a pipe, FIFO or socket a read or write may wait forever, and this is the shard's
         // thread: it does what it can now (RWF_NOWAIT), or says EAGAIN.
@@ -1166,8 +1158,12 @@ fn run_blocking(sqe: &Sqe, code: Code, fd: RawFd) -> i32 {
             // threads backend itself runs these on the shard thread with `socket_call` and
             // waits for readiness there.
             Code::Accept | Code::Connect | Code::Recv | Code::Send | Code::Shutdown => {
-                return socket_call(sqe, code, fd, false).unwrap_or(-libc::EAGAIN);
+                return super::socket_waits::socket_call(sqe, code, fd, false)
+                    .unwrap_or(-libc::EAGAIN);
             }
+            // SPLICE: the destination in `fd` (at `off`, -1: none), the source in
+            // `splice_fd_in` (at `splice_off_in`), flags in the flags word.
+            Code::Splice => return splice_call(sqe, fd, sqe.len as usize, sqe.op_flags),
             Code::Nop | Code::Timeout | Code::TimeoutRemove | Code::PollAdd | Code::AsyncCancel => {
                 0
             }
@@ -1194,6 +1190,18 @@ mod tests {
         d.completions(&mut out);
         assert_eq!(out.len(), 1, "{out:?}");
         out[0]
+    }
+
+    /// Submits and reaps until `n` completions came (10 s at most), sorted by user_data.
+    fn reap_sorted(d: &mut ThreadDriver, n: usize) -> Vec<(u64, i32)> {
+        let mut out = Vec::new();
+        let until = Instant::now() + Duration::from_secs(10);
+        while out.len() < n && Instant::now() < until {
+            d.submit_and_wait(1, Some(Duration::from_millis(100)));
+            d.completions(&mut out);
+        }
+        out.sort();
+        out
     }
 
     #[test]
@@ -1295,6 +1303,63 @@ mod tests {
     }
 
     /// Pushes `e`, whose submission completes two operations (itself and its target).
+    /// A receive with nothing to read waits on the shard thread (no worker), completes when
+    /// the peer writes, and a second one is taken out by ASYNC_CANCEL; a send beside a waiting
+    /// receive on the same socket completes at once.
+    #[test]
+    fn socket_calls_wait_for_readiness_and_can_be_cancelled() {
+        let mut d = driver();
+        let mut fds = [0i32; 2];
+        // SAFETY: socketpair writes two descriptors into `fds`.
+        assert_eq!(
+            unsafe {
+                libc::socketpair(
+                    libc::AF_UNIX,
+                    libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+                    0,
+                    fds.as_mut_ptr(),
+                )
+            },
+            0
+        );
+        // SAFETY: fresh descriptors, ours alone.
+        let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let mut buf = [0u8; 16];
+        let e = opcode::Recv::new(types::Fd(a.as_raw_fd()), buf.as_mut_ptr(), 16)
+            .build()
+            .user_data(1);
+        assert!(d.push(&e));
+        assert!(
+            !d.submit_and_wait(1, Some(Duration::from_millis(10))),
+            "nothing to read"
+        );
+        assert_eq!(lock(&d.shared.queue).workers, 0, "no worker holds the wait");
+        let msg = *b"ping";
+        let e = opcode::Send::new(types::Fd(a.as_raw_fd()), msg.as_ptr(), 4)
+            .build()
+            .user_data(2);
+        assert_eq!(run_one(&mut d, e), (2, 4), "the send beside it");
+        // SAFETY: 4 bytes from a local.
+        assert_eq!(
+            unsafe { libc::write(b.as_raw_fd(), msg.as_ptr().cast(), 4) },
+            4
+        );
+        assert!(d.submit_and_wait(1, Some(Duration::from_secs(10))));
+        let mut out = Vec::new();
+        d.completions(&mut out);
+        assert_eq!(out, vec![(1, 4)]);
+        assert_eq!(&buf[..4], b"ping");
+        let e = opcode::Recv::new(types::Fd(a.as_raw_fd()), buf.as_mut_ptr(), 16)
+            .build()
+            .user_data(3);
+        assert!(d.push(&e));
+        d.submit();
+        let mut out = run_two(&mut d, opcode::AsyncCancel::new(3).build().user_data(4));
+        out.sort_unstable();
+        assert_eq!(out, vec![(3, -libc::ECANCELED), (4, 0)]);
+        assert!(d.idle());
+    }
+
     fn run_two(d: &mut ThreadDriver, e: squeue::Entry) -> Vec<(u64, i32)> {
         assert!(d.push(&e));
         d.submit_and_wait(2, Some(Duration::from_secs(5)));
@@ -1360,15 +1425,89 @@ mod tests {
             .build()
             .user_data(2);
         assert!(d.push(&read) && d.push(&write));
-        let mut out = Vec::new();
-        let until = Instant::now() + Duration::from_secs(10);
-        while out.len() < 2 && Instant::now() < until {
-            d.submit_and_wait(1, Some(Duration::from_millis(100)));
-            d.completions(&mut out);
-        }
-        out.sort();
+        let out = reap_sorted(&mut d, 2);
         assert_eq!(out, vec![(1, 5), (2, 5)]);
         assert_eq!(&buf, b"hello");
+    }
+
+    /// SPLICE: a file into a pipe, then the pipe into a socket nobody reads whose buffer is full:
+    /// that splice waits in `poll` on a worker (it does not block in the kernel) and a
+    /// cancellation ends it; after the peer reads, the bytes left in the pipe go through.
+    #[test]
+    fn a_splice_into_a_full_socket_waits_cancellably() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, vec![7u8; 100_000]).unwrap();
+        let f = std::fs::File::open(&path).unwrap();
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 writes two descriptors into the array.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: fresh descriptors nobody else owns.
+        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut d = driver();
+        let fill = opcode::Splice::new(
+            types::Fd(f.as_raw_fd()),
+            0,
+            types::Fd(w.as_raw_fd()),
+            -1,
+            65536,
+        );
+        assert_eq!(run_one(&mut d, fill.build().user_data(1)), (1, 65536));
+        // Fill the socket without blocking (MSG_DONTWAIT: this call only).
+        let junk = [0u8; 4096];
+        // SAFETY: reads 4096 bytes from a live local.
+        while unsafe {
+            libc::send(
+                a.as_raw_fd(),
+                junk.as_ptr().cast(),
+                4096,
+                libc::MSG_DONTWAIT,
+            )
+        } > 0
+        {}
+        let drain = opcode::Splice::new(
+            types::Fd(r.as_raw_fd()),
+            -1,
+            types::Fd(a.as_raw_fd()),
+            -1,
+            65536,
+        );
+        assert!(d.push(&drain.build().user_data(2)));
+        // Nobody reads: it cannot complete.
+        assert!(!d.submit_and_wait(1, Some(Duration::from_millis(50))));
+        let cancel = opcode::AsyncCancel::new(2).build().user_data(3);
+        assert!(d.push(&cancel));
+        let out = reap_sorted(&mut d, 2);
+        assert_eq!(out[0], (2, -libc::ECANCELED), "{out:?}");
+        assert!(out[1].0 == 3 && (out[1].1 == -libc::EALREADY || out[1].1 == 0));
+        // The peer reads: the pipe's 64 KiB go through (in rounds no larger than the room).
+        let reader = std::thread::spawn(move || {
+            let mut v = vec![0u8; 1 << 20];
+            let mut got = 0;
+            // The junk, then the file's 65536 bytes of 7.
+            loop {
+                let n = std::io::Read::read(&mut b, &mut v).unwrap();
+                got += v[..n].iter().filter(|&&x| x == 7).count();
+                if got >= 65536 {
+                    return got;
+                }
+            }
+        });
+        let mut sent = 0;
+        while sent < 65536 {
+            let drain = opcode::Splice::new(
+                types::Fd(r.as_raw_fd()),
+                -1,
+                types::Fd(a.as_raw_fd()),
+                -1,
+                65536 - sent,
+            );
+            let (ud, res) = run_one(&mut d, drain.build().user_data(4));
+            assert!(ud == 4 && res > 0, "{res}");
+            sent += res as u32;
+        }
+        assert_eq!(reader.join().unwrap(), 65536);
     }
 
     /// CLOSE closes the descriptor it names, once; with IOSQE_FIXED_FILE it is EBADF (as in the

@@ -24,6 +24,39 @@
 //! thread. On a ring without the socket opcodes (Linux before 5.6; 5.11 for shutdown), or with
 //! the kinds forced to the blocking path, a call that would wait fails with EAGAIN.
 //!
+//! ```no_run
+//! # fn main() -> ringshard::Result<()> {
+//! let exec = ringshard::Executor::builder().shards(2).build()?;
+//! let addr: std::net::SocketAddr = "127.0.0.1:8080".parse().unwrap();
+//! for shard in 0..exec.shard_count() {
+//!     exec.spawn_on(shard, async move {
+//!         let local = ringshard::local().expect("on a shard");
+//!         let listener = ringshard::TcpListener::bind(addr).await?;
+//!         loop {
+//!             let (stream, _peer) = listener.accept().await?;
+//!             local.spawn_local(async move {
+//!                 let mut buf = Vec::with_capacity(4096);
+//!                 loop {
+//!                     let (n, b) = stream.recv(buf).await?;
+//!                     if n? == 0 {
+//!                         return Ok::<_, ringshard::Error>(()); // end of stream
+//!                     }
+//!                     let (sent, b) = stream.send_all(b).await?;
+//!                     sent?;
+//!                     buf = b;
+//!                 }
+//!             })
+//!             .detach();
+//!         }
+//!         #[allow(unreachable_code)]
+//!         Ok::<_, ringshard::Error>(())
+//!     })
+//!     .detach();
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! Errors name the operation and the peer (`recv peer 127.0.0.1:41234 failed: ECONNRESET ...`)
 //! or the listener (`accept listener 0.0.0.0:8080 failed: ...`).
 

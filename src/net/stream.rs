@@ -144,10 +144,25 @@ impl TcpStream {
     /// [`read_capacity`](IoBufMut::read_capacity) (at most
     /// [`max_request_size`](crate::ExecutorBuilder::max_request_size)), into `buf`: the count
     /// and the buffer come back (its length is the count). 0: the peer shut down its sending
-    /// side (end of stream). Receives of one socket run in the order made.
+    /// side (end of stream). Receives of one socket run in the order made. A buffer with no
+    /// room fails with [`InvalidArgument`](crate::Error::InvalidArgument) (and comes back).
+    ///
+    /// Dropping the completion cancels the receive; bytes the kernel received before the
+    /// cancellation reached it are lost with it (the stream is then cut at an unknown place).
+    /// A deadline ([`set_recv_timeout`](Self::set_recv_timeout)) keeps them: a receive that
+    /// finished before its cancellation returns its bytes.
     pub fn recv<B: IoBufMut>(&self, buf: B) -> BufCompletion<usize, B> {
         let cap = buf.read_capacity().min(self.exec.limits.max_request);
         let (vec, stash) = buf.into_read_vec();
+        if cap == 0 {
+            // A receive of nothing would return 0, which reads as the end of the stream.
+            let e = Error::invalid(
+                "recv",
+                "the buffer has no room (a Vec's capacity, a Box<[u8]>'s length): give it some, \
+                 e.g. Vec::with_capacity(4096)",
+            );
+            return BufCompletion::new(Completion::ready(Ok((Err(e), vec))), stash, count);
+        }
         let make = move |done| Box::new(Recv::new(vec, cap, done)) as Box<dyn FileOp>;
         let raw = self
             .exec

@@ -107,7 +107,7 @@ impl FileOp for Accept {
         self.done.as_ref().is_some_and(Completer::is_cancelled)
     }
 
-    fn cancel_in_kernel(&self) -> bool {
+    fn cancel_in_flight(&self) -> bool {
         true
     }
 }

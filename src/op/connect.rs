@@ -37,7 +37,7 @@ impl FileOp for Connect {
         Error::io("connect", Some(file.to_path_buf()), None, errno)
     }
 
-    fn cancel_in_kernel(&self) -> bool {
+    fn cancel_in_flight(&self) -> bool {
         true
     }
 }

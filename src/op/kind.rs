@@ -114,6 +114,8 @@ op_kinds! {
     /// `FICLONERANGE` between two files (clone_range_to: reflink). No opcode, as
     /// `copy_file_range`.
     CloneRange => "clone_range", None,
+    /// A file's bytes to a socket or pipe (send_file): SPLICE rounds through a pipe.
+    SendFile => "send_file", Some(Code::Splice),
     /// Accepting a connection on a listening socket (`accept4`).
     Accept => "accept", Some(Code::Accept),
     /// Connecting a socket (`connect`).

@@ -39,9 +39,14 @@
 //!    `ExecShared` method or a helper in `file_ops.rs`), which the public faces call: the
 //!    `Executor` method (through `Deadlined`) and, for an op on an open file, the `File` method.
 //!
-//! An op that needs a second file (copy_file_range, FICLONERANGE; splice) gets that file's
+//! An op that needs a second file (copy_file_range, FICLONERANGE) gets that file's
 //! descriptor from the file's own shard: see `copy_range.rs` (a duplicate handed over, waited
-//! for with a POLL_ADD, so neither shard blocks).
+//! for with a POLL_ADD, so neither shard blocks). One whose second descriptor is the caller's
+//! (send_file's socket) owns a duplicate made at request time: see `send_file.rs`.
+//!
+//! An op whose round may wait forever (a socket that stops taking bytes) says so with
+//! [`cancel_in_flight`](FileOp::cancel_in_flight): a deadline or a dropped handle then cancels
+//! its round in the kernel, as a read's.
 //!
 //! Operations on paths rather than open files (unlink, mkdir, rename, stat, open) return a
 //! [`PathTarget`] from [`path_target`](FileOp::path_target): they are ordered per parent
@@ -67,6 +72,7 @@ pub(crate) mod read_dir;
 pub(crate) mod recv;
 pub(crate) mod rw;
 pub(crate) mod send;
+pub(crate) mod send_file;
 pub(crate) mod shutdown;
 pub(crate) mod size;
 pub(crate) mod sockaddr;
@@ -265,12 +271,14 @@ pub(crate) trait FileOp: Send {
         false
     }
 
-    /// Whether an issued round is taken out of the kernel (ASYNC_CANCEL) when the op is
-    /// cancelled or its deadline passes, as reads are: a socket call that waits for its peer
-    /// may wait forever. A round that finished before the cancellation reached it keeps its
-    /// result (received bytes are never dropped for a cancellation that came too late). Other
-    /// ops, once issued, finish (a write is never torn out of order).
-    fn cancel_in_kernel(&self) -> bool {
+    /// Whether a round already in the kernel is cancelled (ASYNC_CANCEL) when the op is dropped
+    /// or past its deadline, as a read's is: for rounds that may wait forever (a socket that
+    /// stops taking bytes, a peer that sends nothing). Default: no, the round completes (a
+    /// started sync or write lands). A last round that finished before the cancellation reached
+    /// it keeps its result (received bytes, an accepted connection, are not dropped for a
+    /// cancellation that came too late), and such ops are cancelled at once when shutdown
+    /// begins (they wait for a peer, not for a device).
+    fn cancel_in_flight(&self) -> bool {
         false
     }
 }

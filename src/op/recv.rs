@@ -75,7 +75,7 @@ impl FileOp for Recv {
         self.done.as_ref().is_some_and(Completer::is_cancelled)
     }
 
-    fn cancel_in_kernel(&self) -> bool {
+    fn cancel_in_flight(&self) -> bool {
         true
     }
 }

@@ -3,8 +3,9 @@
 //! and when it is issued. Ops already in the kernel are looked at every [`SCAN_EVERY`] (the shard
 //! sleeps no longer than that while ops are in flight): reads get an ASYNC_CANCEL, writes and
 //! syncs finish (a write is never torn out of order), except after shutdown's grace period, when
-//! everything left is cancelled. Socket ops (`FileOp::cancel_in_kernel`) are cancelled like
-//! reads, and at once when shutdown begins: they wait for a peer, not for a device. Buffers are released only at each SQE's own completion.
+//! everything left is cancelled. Ops whose rounds may wait forever (`FileOp::cancel_in_flight`:
+//! sockets, send_file) are cancelled like reads, and at once when shutdown begins: they wait for
+//! a peer, not for a device. Buffers are released only at each SQE's own completion.
 
 use super::context::CANCEL_USER_DATA;
 use super::ops::{CancelWhy, DataPath, SLOT_BITS};
@@ -63,7 +64,7 @@ impl Shard {
             }
             // A socket op waiting for its peer is not work in progress that the grace period
             // lets land: a peer that says nothing would hold shutdown for all of it.
-            let waits_for_peer = matches!(&op.io, IoOp::File(f) if f.cancel_in_kernel());
+            let waits_for_peer = matches!(&op.io, IoOp::File(f) if f.cancel_in_flight());
             let why = if self.cancel_all || (self.closing && waits_for_peer) {
                 Some(CancelWhy::Shutdown)
             } else {
@@ -89,7 +90,7 @@ impl Shard {
         }
         let is_read = match &op.io {
             IoOp::Read { .. } => true,
-            IoOp::File(f) => f.cancel_in_kernel(),
+            IoOp::File(f) => f.cancel_in_flight(),
             _ => false,
         };
         if !is_read && why != CancelWhy::Shutdown {

@@ -43,6 +43,9 @@ impl Shard {
         self.push_entry(&entry.user_data(user_data))?;
         if let Some(op) = self.ops.get(slot) {
             op.outstanding = 1;
+            if op.kind.waits_for_peer() {
+                self.peer_in_flight += 1;
+            }
         }
         Ok(true)
     }
@@ -51,7 +54,12 @@ impl Shard {
     /// call's): another round, or finish.
     pub(super) fn file_op_result(&mut self, slot: u32, res: i32, raw: RawFd) {
         let Some(op) = self.ops.get(slot) else { return };
+        let peer_sqe = op.outstanding > 0 && op.kind.waits_for_peer();
         op.outstanding = 0;
+        if peer_sqe {
+            self.peer_in_flight = self.peer_in_flight.saturating_sub(1);
+        }
+        let Some(op) = self.ops.get(slot) else { return };
         let IoOp::File(f) = &mut op.io else { return };
         let again = match res {
             r if r == -libc::EINTR => true,
@@ -61,7 +69,7 @@ impl Shard {
             }
             r => f.on_result(r, raw) == crate::op::Step::Again,
         };
-        if res >= 0 && !again && f.cancel_in_kernel() {
+        if res >= 0 && !again && f.cancel_in_flight() {
             // The kernel finished the op before its cancellation reached it: its result (bytes
             // received, a connection accepted) is delivered, not lost.
             op.cancel = None;

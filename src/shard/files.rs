@@ -92,6 +92,8 @@ pub(crate) struct Inode {
     pub(super) size_setters: u32,
     /// Its unfinished mutations, shared with callers for inline reads (see `crate::inline`).
     pending: Arc<PendingCount>,
+    /// Its reads in flight on the shard's task-local path (`task_io.rs`).
+    pub(super) task_reads: super::task_io::FileReads,
 }
 
 impl FileTable {
@@ -180,6 +182,16 @@ impl FileTable {
         for e in self.slots.iter().filter_map(|s| s.entry.as_ref()) {
             e.inline.retire();
         }
+    }
+
+    /// The inode `key`, while a handle of it is open here.
+    pub(super) fn inode(&self, key: FileKey) -> Option<&Inode> {
+        self.inodes.get(&key)
+    }
+
+    /// [`inode`](Self::inode), to change.
+    pub(super) fn inode_mut(&mut self, key: FileKey) -> Option<&mut Inode> {
+        self.inodes.get_mut(&key)
     }
 
     /// The entry of `file`, checked as by [`lookup`](Self::lookup), and its inode.

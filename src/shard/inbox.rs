@@ -83,6 +83,7 @@ impl Shard {
             Message::SetExec(exec) => task_queues::set_executor(exec),
             Message::Stats(done) => {
                 self.stats.pool = self.pool.stats();
+                self.stats.note_pipes();
                 done.complete(Ok(self.stats.clone()));
             }
             Message::Shutdown { grace, done } => {

@@ -136,6 +136,9 @@ pub(super) struct OpTable {
     pub(super) slots: Vec<(u32, Option<Op>)>,
     pub(super) free: Vec<u32>,
     pub(super) live: usize,
+    /// Of `live`, the socket ops waiting for a peer (`OpKind::waits_for_peer`): not bounded by
+    /// `channel_capacity` (see [`bounded`](Self::bounded)).
+    pub(super) peer: usize,
 }
 
 impl OpTable {
@@ -147,6 +150,7 @@ impl OpTable {
                 (self.slots.len() - 1) as u32
             }
         };
+        self.peer += usize::from(op.kind.waits_for_peer());
         self.slots[slot as usize].1 = Some(op);
         self.live += 1;
         slot
@@ -166,12 +170,23 @@ impl OpTable {
         s.0 = s.0.wrapping_add(1) & GEN_MASK as u32;
         self.free.push(slot);
         self.live -= 1;
+        self.peer -= usize::from(op.kind.waits_for_peer());
         Some(op)
+    }
+
+    /// The live ops admission is bounded by: all but the socket ops waiting for a peer. Those
+    /// last as long as their peers say nothing (a server's idle connections each keep a receive
+    /// waiting), so counted they would stop the shard from admitting anything once there are
+    /// `channel_capacity` idle connections. Their number is bounded by the sockets (descriptors)
+    /// and the tasks that wait on them, which are the user's.
+    pub(super) fn bounded(&self) -> usize {
+        self.live - self.peer
     }
 
     pub(super) fn drain(&mut self) -> Vec<Op> {
         self.free.clear();
         self.live = 0;
+        self.peer = 0;
         self.slots.drain(..).filter_map(|s| s.1).collect()
     }
 }

@@ -88,6 +88,9 @@ pub(super) struct Shard {
     pub(super) wake_broken: bool,
     /// SQEs pushed and not yet reaped (the wake-up poll and cancel requests included).
     pub(super) in_flight: u32,
+    /// Of `in_flight`, SQEs of socket ops waiting for a peer: not bounded by the CQ's size (see
+    /// `has_cq_room`).
+    pub(super) peer_in_flight: u32,
     pub(super) cq_capacity: u32,
     pub(super) closing: bool,
     /// When shutdown's grace period ends: then everything still in flight is cancelled.
@@ -128,9 +131,12 @@ impl Shard {
             // With DEFER_TASKRUN, completions that need task work (O_DIRECT, page-cache misses,
             // anything punted) are posted only by an enter with GETEVENTS. The kernel flags such
             // work in the SQ (TASKRUN_FLAG), and `submit` then asks for it: so a loop kept busy
-            // by its inbox still runs them every turn.
+            // by its inbox still runs them every turn. Likewise completions kept aside when the CQ
+            // was full (possible with many socket ops in flight: `has_cq_room`).
             let pending = self.ring.sq_len();
-            if pending > 0 || (self.ops_in_flight() > 0 && self.ring.taskrun()) {
+            if pending > 0
+                || (self.ops_in_flight() > 0 && (self.ring.taskrun() || self.ring.cq_overflow()))
+            {
                 // A failed submit is retried next turn; a persistent failure shows in stats.
                 let _ = self.submit(0);
             }
@@ -165,7 +171,7 @@ impl Shard {
     /// Admitted ops are bounded: past the bound, requests stay in the inbox (or backlog), and per-
     /// file order lists stay short.
     pub(super) fn can_admit(&self) -> bool {
-        self.ops.live < self.cfg.channel_capacity
+        self.ops.bounded() < self.cfg.channel_capacity
     }
 
     /// Whether requests wait to be admitted.

@@ -226,6 +226,7 @@ impl Shard {
             wake_armed: false,
             wake_broken: false,
             in_flight: 0,
+            peer_in_flight: 0,
             cq_capacity,
             closing: false,
             closing_deadline: None,

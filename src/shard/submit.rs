@@ -40,8 +40,13 @@ impl Shard {
     }
 
     pub(super) fn has_cq_room(&mut self) -> bool {
-        // Keep the CQ from overflowing: never more in flight than it holds.
-        self.in_flight < self.cq_capacity
+        // Keep the CQ from overflowing: never more in flight than it holds. Socket ops waiting
+        // for peers are not counted: a server's idle connections each keep a receive in flight,
+        // and counted, a few hundred of them would stop the shard issuing anything. Should
+        // more complete at once than the CQ holds, the kernel keeps the rest aside
+        // (IORING_FEAT_NODROP: every kernel with the socket opcodes has it) until the next enter
+        // with GETEVENTS, which the loop makes while the SQ flags it (`Driver::cq_overflow`).
+        self.in_flight.saturating_sub(self.peer_in_flight) < self.cq_capacity
     }
 
     pub(super) fn submit(&mut self, want: usize) -> Result<usize> {

@@ -7,7 +7,8 @@
 //! completes its handle.
 //!
 //! Order. Per file (inode) the only state is a count of such reads in flight and the byte range
-//! that covers them (counters, no list):
+//! that covers them (counters, no list), kept in the inode's entry of the file table, which a
+//! read looks up anyway when it starts and when it ends:
 //! - a queued read goes this way only while the file's order list is empty (nothing older
 //!   unfinished: no write waiting or running) and the backlog is empty; otherwise it is admitted
 //!   as an ordinary request, behind what is there;
@@ -34,7 +35,7 @@ use crate::file::FileRef;
 use crate::op::Footprint;
 use crate::router::FileKey;
 use crate::shard::local_io::{self, QueuedRead};
-use crate::shard::order::{conflicts, KeyMap};
+use crate::shard::order::conflicts;
 use crate::shard::{IoOp, IoRequest, Message, Reply};
 use crate::stats::OpKind;
 use io_uring::{opcode, types};
@@ -65,13 +66,40 @@ struct InFlight {
     eof: bool,
 }
 
-/// One file's reads in flight here.
-#[derive(Default)]
-struct FileReads {
+/// One inode's reads in flight here, kept in its entry of the file table (`files::Inode`), which
+/// a read looks up anyway: no table of its own to look up per read.
+#[derive(Default, Debug)]
+pub(super) struct FileReads {
     count: u32,
     /// Covers every one of them (grows until the count drops to zero).
     start: u64,
     end: u64,
+}
+
+impl FileReads {
+    /// One more read of `start..end`.
+    fn add(&mut self, start: u64, end: u64) {
+        if self.count == 0 {
+            (self.start, self.end) = (start, end);
+        } else {
+            (self.start, self.end) = (self.start.min(start), self.end.max(end));
+        }
+        self.count += 1;
+    }
+
+    /// One read fewer; returns whether it was the last.
+    fn remove(&mut self) -> bool {
+        self.count = self.count.saturating_sub(1);
+        self.count == 0
+    }
+
+    /// The footprint covering the reads, if any.
+    fn covering(&self) -> Option<Footprint> {
+        (self.count > 0).then_some(Footprint::Read {
+            start: self.start,
+            end: self.end,
+        })
+    }
 }
 
 /// The shard's task reads in flight and the ops held behind them.
@@ -81,7 +109,6 @@ pub(super) struct TaskReads {
     free: Vec<u32>,
     /// Reads in flight.
     pub(super) live: usize,
-    files: KeyMap<FileReads>,
     /// Ordinary ops (op-table slot, generation, file) held until the file's reads here finish.
     held: Vec<(u32, u32, FileKey)>,
     /// Kept to reuse its allocation.
@@ -92,15 +119,6 @@ impl TaskReads {
     fn user_data(&self, slot: u32) -> u64 {
         let gen = self.slots.get(slot as usize).map_or(0, |s| s.0);
         TASK_READ_TAG | (u64::from(gen) << 32) | u64::from(slot)
-    }
-
-    /// The footprint covering the reads of `key` here, if any.
-    fn covering(&self, key: FileKey) -> Option<Footprint> {
-        let f = self.files.get(&key)?;
-        Some(Footprint::Read {
-            start: f.start,
-            end: f.end,
-        })
     }
 }
 
@@ -142,24 +160,26 @@ impl Shard {
             || len > crate::op::read::READ_STEP.min(MAX_SQE_BYTES)
             || self.closing
             || !self.backlog.is_empty()
-            || self.ops.live + self.fast.live >= self.cfg.channel_capacity
+            || self.ops.bounded() + self.fast.live >= self.cfg.channel_capacity
             || !self.has_cq_room()
             || r.done.is_cancelled()
             || r.deadline.is_some_and(|d| self.now() >= d)
         {
             return Err(r);
         }
-        let (target, key, size_hint) = match self.files.lookup_with_inode(r.file) {
-            Ok((e, inode)) if !e.flags.direct => (e.target(), e.key, inode.size_hint),
-            _ => return Err(r),
+        let Ok((e, inode)) = self.files.lookup_with_inode(r.file) else {
+            return Err(r);
         };
-        if !self.order.is_idle(key) {
+        if e.flags.direct || !self.order.is_idle(e.key) {
             return Err(r);
         }
-        let Footprint::Read { start, end } = crate::op::read::footprint(r.offset, len, size_hint)
+        let Footprint::Read { start, end } =
+            crate::op::read::footprint(r.offset, len, inode.size_hint)
         else {
             return Err(r);
         };
+        let (target, key) = (e.target(), e.key);
+        inode.task_reads.add(start, end);
         r.buf.clear();
         r.buf.reserve_exact(r.len);
         let slot = match self.fast.free.pop() {
@@ -184,13 +204,6 @@ impl Shard {
             eof: false,
         });
         self.fast.live += 1;
-        let f = self.fast.files.entry(key).or_default();
-        if f.count == 0 {
-            (f.start, f.end) = (start, end);
-        } else {
-            (f.start, f.end) = (f.start.min(start), f.end.max(end));
-        }
-        f.count += 1;
         self.stats.note_task_local_read();
         self.push_task_read(slot, target, ptr, len as u32, r.offset);
         Ok(())
@@ -282,29 +295,36 @@ impl Shard {
         self.fast.free.push(slot);
         self.fast.live -= 1;
         let key = read.key;
-        let last = match self.fast.files.get_mut(&key) {
-            Some(f) => {
-                f.count -= 1;
-                f.count == 0
+        let n = read.buf.len() as u64;
+        let ok = read.cancel.is_none() && read.errno.is_none();
+        // One look-up of the inode: its reads here, and the size a read that moved bytes proves.
+        let last = match self.files.inode_mut(key) {
+            Some(inode) => {
+                if ok && inode.size_setters == 0 {
+                    if let Some(s) = crate::op::read::size_at_least(read.offset, n) {
+                        inode.size_hint = inode.size_hint.max(s);
+                    }
+                }
+                inode.task_reads.remove()
             }
             None => false,
         };
         if last {
-            self.fast.files.remove(&key);
             self.release_held(key);
         }
         let lat = self.elapsed_since(read.at);
-        let path = self
-            .files
-            .get(read.file.slot)
+        let slow = lat >= self.cfg.slow_op_ns;
+        // The path names the file in a slow-op log line or an error only.
+        let path = (slow || !ok)
+            .then(|| self.files.get(read.file.slot))
+            .flatten()
             .map(|e| std::sync::Arc::clone(&e.path));
         let path = path.as_deref();
-        if lat >= self.cfg.slow_op_ns {
+        if slow {
             if let Some(p) = path {
                 crate::logging::slow_op(self.cfg.index, OpKind::Read, p, lat, read.errno);
             }
         }
-        let n = read.buf.len() as u64;
         let result = if let Some(why) = read.cancel {
             if let Some(errno) = super::cancel::counted_after_cancel(read.errno) {
                 self.stats.record_error(OpKind::Read, errno, lat);
@@ -324,13 +344,6 @@ impl Shard {
             ))
         } else {
             self.stats.record(OpKind::Read, n, lat);
-            if let Some(inode) = self.files.inode_of(read.file.slot) {
-                if inode.size_setters == 0 {
-                    if let Some(s) = crate::op::read::size_at_least(read.offset, n) {
-                        inode.size_hint = inode.size_hint.max(s);
-                    }
-                }
-            }
             Ok(read.buf)
         };
         if let Some(done) = read.done {
@@ -374,7 +387,10 @@ impl Shard {
     /// Whether an op of footprint `fp` on file `key` must wait for the task reads of that file
     /// in flight here (see the module's doc).
     pub(super) fn task_reads_conflict(&self, key: FileKey, fp: Footprint) -> bool {
-        self.fast.covering(key).is_some_and(|c| conflicts(c, fp))
+        self.files
+            .inode(key)
+            .and_then(|i| i.task_reads.covering())
+            .is_some_and(|c| conflicts(c, fp))
     }
 
     /// Queues again the ops held behind the reads of `key` (all of them are done).

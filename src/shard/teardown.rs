@@ -27,6 +27,7 @@ pub(super) fn stop(mut shard: Shard, shared: &ShardShared, index: usize, panicke
     if !panicked {
         // Kept for `Executor::stats` after shutdown.
         shard.stats.pool = shard.pool.stats();
+        shard.stats.note_pipes();
         if let Ok(mut last) = shared.final_stats.lock() {
             *last = Some(shard.stats.clone());
         }

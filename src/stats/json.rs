@@ -40,7 +40,7 @@ impl Serialize for ErrorsView<'_> {
 /// `latency`, `read_latency`, `write_latency` as [`LatencySummary`]; `pool` as [`BufferPoolStats`](crate::BufferPoolStats).
 impl Serialize for ShardStats {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut s = serializer.serialize_struct("ShardStats", 36)?;
+        let mut s = serializer.serialize_struct("ShardStats", 39)?;
         let shard = if self.is_total() {
             None
         } else {
@@ -88,6 +88,9 @@ impl Serialize for ShardStats {
         s.serialize_field("inline_reads", &self.inline_reads)?;
         s.serialize_field("inline_fallbacks", &self.inline_fallbacks)?;
         s.serialize_field("inline_latency", &self.inline_latency())?;
+        s.serialize_field("pipes_made", &self.pipes_made)?;
+        s.serialize_field("pipes_shrunk", &self.pipes_shrunk)?;
+        s.serialize_field("pipes_dirty", &self.pipes_dirty)?;
         s.serialize_field("pool", &self.pool)?;
         s.end()
     }

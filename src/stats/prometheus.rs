@@ -176,7 +176,7 @@ impl ShardLabels {
 type Getter = fn(&ShardStats) -> u64;
 
 /// Counters with one value per shard: (name without `_total`, help, getter).
-const COUNTERS: [(&str, &str, Getter); 20] = [
+const COUNTERS: [(&str, &str, Getter); 23] = [
     (
         "ringshard_read_bytes",
         "Bytes transferred by successful reads.",
@@ -191,6 +191,21 @@ const COUNTERS: [(&str, &str, Getter); 20] = [
         "ringshard_inline_fallbacks",
         "Inline read attempts that went to the shard after all (not cached, RWF_NOWAIT refused, or failed).",
         |s| s.inline_fallbacks,
+    ),
+    (
+        "ringshard_send_file_pipes_made",
+        "Pipes made for send_file.",
+        |s| s.pipes_made,
+    ),
+    (
+        "ringshard_send_file_pipes_shrunk",
+        "send_file pipes smaller than asked (pipe-max-size, pipe-user-pages-soft, or a refused F_SETPIPE_SZ).",
+        |s| s.pipes_shrunk,
+    ),
+    (
+        "ringshard_send_file_pipes_dirty",
+        "send_file pipes closed because a send ended with bytes in them.",
+        |s| s.pipes_dirty,
     ),
     (
         "ringshard_written_bytes",

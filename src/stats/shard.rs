@@ -103,6 +103,16 @@ pub struct ShardStats {
     /// reports the error). Reads not tried inline (too long, O_DIRECT, a write of the file
     /// unfinished, inline reads off) are not counted.
     pub inline_fallbacks: u64,
+    /// Pipes made for [`send_file`](crate::Executor::send_file) (the shard keeps up to 4 idle
+    /// ones for the next sends).
+    pub pipes_made: u64,
+    /// Of those, pipes smaller than the 256 KiB asked for: `/proc/sys/fs/pipe-max-size`, half of
+    /// `pipe-user-pages-soft` for all of the process's pipes, or a refused `F_SETPIPE_SZ`
+    /// (sends still work, in more and smaller rounds; raise the limits to avoid it).
+    pub pipes_shrunk: u64,
+    /// Pipes closed, not reused, because a send ended with bytes in them (an error, a
+    /// cancellation, a deadline).
+    pub pipes_dirty: u64,
     /// The shard's buffer pool at snapshot time (merged: see [`merge_pool_stats`]).
     pub pool: BufferPoolStats,
     /// Latency of operations other than reads, writes and tasks. The all-operations histogram is
@@ -158,6 +168,9 @@ impl ShardStats {
             write_latency: LatencyHistogram::new(),
             inline_reads: 0,
             inline_fallbacks: 0,
+            pipes_made: 0,
+            pipes_shrunk: 0,
+            pipes_dirty: 0,
             inline_latency: LatencyHistogram::new(),
         }
     }
@@ -335,6 +348,14 @@ impl ShardStats {
         self.inline_latency.summary()
     }
 
+    /// Takes the counters of the calling shard thread's pipe pool (`crate::pipes`).
+    pub(crate) fn note_pipes(&mut self) {
+        let p = crate::pipes::stats();
+        self.pipes_made = p.made;
+        self.pipes_shrunk = p.shrunk;
+        self.pipes_dirty = p.dirty;
+    }
+
     /// Adds the reads callers did inline for this shard's files (a snapshot of their counters):
     /// to the read counts, bytes and latency, and to the inline ones.
     pub(crate) fn add_inline(&mut self, s: &crate::inline::Snapshot) {
@@ -436,6 +457,9 @@ impl ShardStats {
         self.write_latency.merge(&other.write_latency);
         self.inline_reads = self.inline_reads.saturating_add(other.inline_reads);
         self.inline_fallbacks = self.inline_fallbacks.saturating_add(other.inline_fallbacks);
+        self.pipes_made = self.pipes_made.saturating_add(other.pipes_made);
+        self.pipes_shrunk = self.pipes_shrunk.saturating_add(other.pipes_shrunk);
+        self.pipes_dirty = self.pipes_dirty.saturating_add(other.pipes_dirty);
         self.inline_latency.merge(&other.inline_latency);
     }
 }
@@ -484,6 +508,9 @@ impl ShardStats {
         out.write_latency = self.write_latency.since(&earlier.write_latency);
         out.inline_reads = sub(self.inline_reads, earlier.inline_reads);
         out.inline_fallbacks = sub(self.inline_fallbacks, earlier.inline_fallbacks);
+        out.pipes_made = sub(self.pipes_made, earlier.pipes_made);
+        out.pipes_shrunk = sub(self.pipes_shrunk, earlier.pipes_shrunk);
+        out.pipes_dirty = sub(self.pipes_dirty, earlier.pipes_dirty);
         out.inline_latency = self.inline_latency.since(&earlier.inline_latency);
         out
     }

@@ -108,6 +108,19 @@ impl LocalShard {
         self.with_deadline(None).write(file, offset, data)
     }
 
+    /// Sends `len` bytes at `offset` of `file` to `dest` (a socket, pipe or FIFO) without
+    /// passing them through user space (see
+    /// [`Executor::send_file`](crate::Executor::send_file)).
+    pub fn send_file(
+        &self,
+        file: &File,
+        offset: u64,
+        len: u64,
+        dest: impl std::os::fd::AsFd,
+    ) -> Completion<u64> {
+        self.with_deadline(None).send_file(file, offset, len, dest)
+    }
+
     /// This shard's requests with a deadline, as [`Executor::timeout`](crate::Executor::timeout):
     /// past it a request fails with [`DeadlineExceeded`](crate::Error::DeadlineExceeded) and is
     /// cancelled in the kernel. Every operation of [`Deadlined`] is there.

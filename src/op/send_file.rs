@@ -1,0 +1,330 @@
+//! send_file: bytes of a file to a socket (or pipe) without passing through user space.
+//!
+//! Two IORING_OP_SPLICEs per round through a pipe of the shard's pool (`crate::pipes`): the
+//! file's bytes into the pipe (`fill`: at the file's offset, at most the pipe's size), then the
+//! pipe into the destination (`drain`, repeated while the destination takes less than the pipe
+//! holds), until `len` bytes are sent or the file ends (then fewer: what exists). The page cache's
+//! pages are referenced by the pipe and handed to the socket: nothing is copied through user
+//! space. One SQE at a time, each waiting for the last: a destination that stops taking bytes
+//! leaves one SPLICE waiting in the kernel (an io-wq worker on the ring, `poll` on a worker of
+//! the threads backend), which a cancellation, a deadline or a dropped handle ends.
+//!
+//! Sends of at most [`COPY_MAX`] bytes of a file without O_DIRECT take the copy path instead:
+//! READ into a buffer of the op, then WRITE to the destination (the same rounds otherwise).
+//! Every SPLICE is handed to an io-wq worker, where a READ of cached data and a WRITE to a
+//! socket with room complete inline: below the threshold the copy costs less CPU (measured:
+//! BENCHMARKS.md, "send_file").
+//!
+//! The destination. The kernel uses it while the op runs, whatever the caller does with its own
+//! descriptor meanwhile (closes it, reuses the number), so the op owns a duplicate made at
+//! request time (`F_DUPFD_CLOEXEC`: one system call and one descriptor per send, closed when
+//! the op ends); it refers to the same socket (closing it does not close the connection while
+//! the caller's is open). An op whose destination is a slot of the shard's registered file
+//! table (a socket installed there) would name that slot instead ([`Dest`]).
+//!
+//! The pipe. A pipe goes back to the pool only empty: an op that ends with bytes in its pipe (an
+//! error, a cancellation or deadline between its fill and its drain) closes it, so no later send
+//! starts with another's bytes.
+//!
+//! Both backends run these SQEs: the threads backend with splice(2) on the shard's workers (its
+//! drain waits for room in `poll`, where cancellation reaches it, and takes no more than the
+//! socket's send buffer has room for, so it never blocks in the kernel).
+
+use super::{on_fd, FileOp, Footprint, OpFd, OpKind, Outcome, Step};
+use crate::completion::Completer;
+use crate::error::{Error, Result};
+use crate::pipes::Pipe;
+use crate::pool::Target;
+use io_uring::{opcode, squeue, types};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+/// Where the bytes go.
+#[derive(Debug)]
+pub(crate) enum Dest {
+    /// A duplicate of the caller's descriptor, owned (closed) by the op.
+    Owned(OwnedFd),
+}
+
+impl Dest {
+    fn raw(&self) -> RawFd {
+        match self {
+            Dest::Owned(fd) => fd.as_raw_fd(),
+        }
+    }
+}
+
+/// The destination for an op: a duplicate of `dest` (close-on-exec) and its name for errors,
+/// or the errno and that name: ENOTSOCK for anything but a socket, pipe or FIFO (splice needs
+/// one of them), EMFILE when no descriptor is left.
+pub(crate) fn own_dest(
+    dest: std::os::fd::BorrowedFd<'_>,
+) -> std::result::Result<(Dest, PathBuf), (i32, PathBuf)> {
+    let raw = dest.as_raw_fd();
+    // SAFETY: fstat writes into a local struct only.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; `raw` is a live descriptor the caller lends.
+    let what = if unsafe { libc::fstat(raw, &mut st) } != 0 {
+        None
+    } else {
+        match st.st_mode & libc::S_IFMT {
+            libc::S_IFSOCK => Some("socket"),
+            libc::S_IFIFO => Some("pipe"),
+            _ => None,
+        }
+    };
+    let name = PathBuf::from(format!(
+        "fd {raw} ({})",
+        what.unwrap_or("not a socket or pipe")
+    ));
+    if what.is_none() {
+        return Err((libc::ENOTSOCK, name));
+    }
+    match dest.try_clone_to_owned() {
+        Ok(fd) => Ok((Dest::Owned(fd), name)),
+        Err(e) => Err((e.raw_os_error().unwrap_or(libc::EMFILE), name)),
+    }
+}
+
+/// The round in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// File -> pipe.
+    Fill,
+    /// Pipe -> destination.
+    Drain,
+    /// File -> the op's buffer (the copy path).
+    Read,
+    /// The op's buffer -> destination (the copy path).
+    Write,
+}
+
+/// Sends of at most this many bytes of a file without O_DIRECT are copied (READ into a buffer
+/// of the op, then WRITE to the destination) instead of spliced. Both SQEs of a copy complete
+/// without leaving the ring when the data is cached and the socket has room, where every
+/// SPLICE is handed to an io-wq worker: measured over loopback TCP (examples/send_file_bench,
+/// CPU time of the whole process per GiB), the copy cost less CPU up to this size. It bounds the
+/// op's buffer too. `RINGSHARD_SEND_FILE_COPY_MAX` (bytes, read once) overrides it.
+pub(crate) const COPY_MAX: u64 = 64 * 1024;
+
+/// [`COPY_MAX`], or the process's override.
+fn copy_max() -> u64 {
+    static MAX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *MAX.get_or_init(|| {
+        std::env::var("RINGSHARD_SEND_FILE_COPY_MAX")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(COPY_MAX, |v| v.min(1 << 30))
+    })
+}
+
+/// A send of `len` bytes at `offset` of the op's file to `dest`.
+pub(crate) struct SendFile {
+    dest: Dest,
+    /// The destination as errors name it (`fd 7 (socket)`).
+    dest_name: PathBuf,
+    offset: u64,
+    len: u64,
+    /// Bytes read from the file into the pipe so far.
+    filled: u64,
+    /// Bytes the destination took so far.
+    sent: u64,
+    /// The file ended (a fill returned 0).
+    eof: bool,
+    phase: Phase,
+    pipe: Option<Pipe>,
+    /// Why there is no pipe (pipe2's errno: EMFILE, ENFILE).
+    no_pipe: Option<i32>,
+    /// The copy path's buffer (`len` bytes at most, `COPY_MAX` at most), allocated once: the
+    /// SQE in flight points into it, and the op (boxed in the op table) keeps it put.
+    buf: Vec<u8>,
+    done: Option<Completer<u64>>,
+}
+
+impl SendFile {
+    /// The send of `len` bytes at `offset` to `dest` (named `dest_name` in errors); `direct`:
+    /// the file is open with O_DIRECT (always spliced: the kernel reads it into the pipe's
+    /// pages, aligned; the copy path's buffer is not).
+    pub(crate) fn new(
+        dest: Dest,
+        dest_name: PathBuf,
+        offset: u64,
+        len: u64,
+        direct: bool,
+        done: Completer<u64>,
+    ) -> SendFile {
+        let copy = !direct && len <= copy_max();
+        SendFile {
+            dest,
+            dest_name,
+            offset,
+            len,
+            filled: 0,
+            sent: 0,
+            eof: false,
+            phase: if copy { Phase::Read } else { Phase::Fill },
+            pipe: None,
+            no_pipe: None,
+            // Bounded by `copy_max()` (at most 1 GiB even when overridden).
+            buf: if copy {
+                vec![0; len as usize]
+            } else {
+                Vec::new()
+            },
+            done: Some(done),
+        }
+    }
+
+    /// Bytes in the pipe, not yet sent.
+    fn in_pipe(&self) -> u64 {
+        self.filled - self.sent
+    }
+
+    /// The next round after one that ended with the pipe (or buffer) holding `in_pipe()`
+    /// bytes.
+    fn next(&mut self) -> Step {
+        let copy = matches!(self.phase, Phase::Read | Phase::Write);
+        if self.in_pipe() > 0 {
+            self.phase = if copy { Phase::Write } else { Phase::Drain };
+            Step::Again
+        } else if self.eof || self.filled >= self.len {
+            Step::Done
+        } else {
+            self.phase = if copy { Phase::Read } else { Phase::Fill };
+            Step::Again
+        }
+    }
+
+    /// The copy path's SQEs: the whole range is read into `buf` (a short read: the rest), then
+    /// written from where the destination stopped taking it.
+    fn copy_sqe(&mut self, fd: OpFd) -> squeue::Entry {
+        if self.phase == Phase::Read {
+            let at = self.filled as usize;
+            let n = (self.buf.len() - at) as u32;
+            // SAFETY (pointer arithmetic): `at <= buf.len()`.
+            let ptr = unsafe { self.buf.as_mut_ptr().add(at) };
+            let off = self.offset + self.filled;
+            on_fd!(fd.target, |f| opcode::Read::new(f, ptr, n)
+                .offset(off)
+                .build())
+        } else {
+            let from = self.sent as usize;
+            let n = (self.filled - self.sent) as u32;
+            // SAFETY (pointer arithmetic): `sent <= filled <= buf.len()`.
+            let ptr = unsafe { self.buf.as_ptr().add(from) };
+            // Offset 0: a socket or pipe has none (the ring ignores it there).
+            opcode::Write::new(types::Fd(self.dest.raw()), ptr, n).build()
+        }
+    }
+}
+
+/// The most bytes one SPLICE is asked for.
+const SQE_MAX: u64 = 1 << 30;
+
+impl FileOp for SendFile {
+    fn kind(&self) -> OpKind {
+        OpKind::SendFile
+    }
+
+    /// A read of the range: after earlier writes to it, side by side with other reads.
+    fn footprint(&self, known_size: u64) -> Footprint {
+        crate::op::read::footprint(self.offset, self.len, known_size)
+    }
+
+    fn sqe(&mut self, fd: OpFd) -> Option<squeue::Entry> {
+        if matches!(self.phase, Phase::Read | Phase::Write) {
+            return Some(self.copy_sqe(fd));
+        }
+        if self.pipe.is_none() && self.no_pipe.is_none() {
+            match crate::pipes::take() {
+                Ok(p) => self.pipe = Some(p),
+                Err(errno) => self.no_pipe = Some(errno),
+            }
+        }
+        let pipe = self.pipe.as_ref()?; // none: `run_blocking` reports why
+        let entry = match self.phase {
+            Phase::Read | Phase::Write => return None, // the copy path, above
+            Phase::Fill => {
+                let n = (self.len - self.filled).min(pipe.cap as u64).min(SQE_MAX) as u32;
+                let at = (self.offset + self.filled) as i64;
+                let out = types::Fd(pipe.write.as_raw_fd());
+                on_fd!(fd.target, |f| opcode::Splice::new(f, at, out, -1, n)
+                    .build())
+            }
+            Phase::Drain => {
+                let n = self.in_pipe().min(SQE_MAX) as u32;
+                // More follows this round: the socket may hold a partial segment back for it.
+                let more = !self.eof && self.filled < self.len;
+                let flags = if more { libc::SPLICE_F_MORE } else { 0 };
+                let dest = types::Fd(self.dest.raw());
+                opcode::Splice::new(types::Fd(pipe.read.as_raw_fd()), -1, dest, -1, n)
+                    .flags(flags)
+                    .build()
+            }
+        };
+        Some(entry)
+    }
+
+    fn run_blocking(&mut self, fd: RawFd) -> i32 {
+        if let Some(errno) = self.no_pipe {
+            return -errno;
+        }
+        let target = OpFd {
+            target: Target::Fd(fd),
+            raw: fd,
+        };
+        match self.sqe(target) {
+            Some(entry) => crate::driver::threads::run_sqe(&entry),
+            None => -self.no_pipe.unwrap_or(libc::EMFILE),
+        }
+    }
+
+    fn on_result(&mut self, res: i32, _fd: RawFd) -> Step {
+        let n = res.max(0) as u64;
+        match self.phase {
+            Phase::Fill | Phase::Read if n == 0 => self.eof = true,
+            Phase::Fill | Phase::Read => self.filled += n,
+            // A destination that takes nothing of a non-empty pipe: stop (short), rather than
+            // ask again forever.
+            Phase::Drain | Phase::Write if n == 0 => return Step::Done,
+            Phase::Drain | Phase::Write => self.sent += n.min(self.in_pipe()),
+        }
+        self.next()
+    }
+
+    fn error(&self, errno: i32, file: &Path) -> Error {
+        Error::PathPair {
+            op: OpKind::SendFile.name(),
+            from: file.to_path_buf(),
+            to: self.dest_name.clone(),
+            errno,
+        }
+    }
+
+    fn complete(&mut self, result: Result<()>) -> Outcome {
+        if let Some(done) = self.done.take() {
+            done.complete(result.map(|()| self.sent));
+        }
+        Outcome::Delivered { bytes: self.sent }
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.done.as_ref().is_some_and(Completer::is_cancelled)
+    }
+
+    /// A destination may stop taking bytes for good: its round in the kernel is cancelled.
+    fn cancel_in_flight(&self) -> bool {
+        true
+    }
+}
+
+impl Drop for SendFile {
+    fn drop(&mut self) {
+        // Only an empty pipe goes back (the op is dropped only once nothing of it is in the
+        // kernel: the shard leaks an op it stops with in flight).
+        if let Some(pipe) = self.pipe.take() {
+            let empty = self.in_pipe() == 0;
+            crate::pipes::give(pipe, empty);
+        }
+    }
+}

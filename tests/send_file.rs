@@ -1,0 +1,405 @@
+//! send_file: a file's bytes to a socket or pipe without a user-space copy, on whichever backend
+//! `RINGSHARD_BACKEND` picks. Every reader checks every byte it gets.
+
+mod executor_util;
+
+use executor_util::{ok, rwc, wait};
+use ringshard::{Error, Executor, File, OpenOptions};
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// One shard: every send below uses the same shard's pipe pool.
+fn exec() -> Executor {
+    Executor::builder().shards(1).build().unwrap()
+}
+
+/// The byte at `i` of a file made by [`make`] with `seed`: no period a misplaced round could
+/// line up with.
+fn byte(seed: u64, i: u64) -> u8 {
+    let x = (i ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)).wrapping_mul(0x2545_f491_4f6c_dd1d);
+    (x >> 56) as u8
+}
+
+fn pattern(seed: u64, len: u64) -> Vec<u8> {
+    (0..len).map(|i| byte(seed, i)).collect()
+}
+
+/// A file at `path` of `len` bytes of pattern `seed`, written with std.
+fn make(exec: &Executor, path: &Path, seed: u64, len: u64) -> File {
+    std::fs::write(path, pattern(seed, len)).unwrap();
+    ok(exec.open(path, &rwc()), "open")
+}
+
+/// Reads exactly `n` bytes on a thread and checks they are bytes `from..from + n` of pattern
+/// `seed`; then reads on to end of stream when `to_eof` (nothing more may come).
+fn reader<R: Read + Send + 'static>(mut r: R, seed: u64, from: u64, n: u64) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut got = 0u64;
+        let mut buf = vec![0u8; 64 * 1024];
+        while got < n {
+            let want = ((n - got) as usize).min(buf.len());
+            let k = r.read(&mut buf[..want]).unwrap();
+            assert!(k > 0, "stream ended after {got} of {n} bytes");
+            for (j, &b) in buf[..k].iter().enumerate() {
+                let i = from + got + j as u64;
+                assert_eq!(b, byte(seed, i), "byte {i} of the file (received #{})", got);
+            }
+            got += k as u64;
+        }
+    })
+}
+
+#[test]
+fn lengths_zero_one_unaligned_larger_than_the_pipe_and_past_eof() {
+    let exec = exec();
+    let dir = tempfile::tempdir().unwrap();
+    let size: u64 = 3 * 1024 * 1024 + 517;
+    let f = make(&exec, &dir.path().join("f"), 1, size);
+    // (offset, len, bytes that exist there)
+    let cases: [(u64, u64, u64); 7] = [
+        (0, 0, 0),
+        (0, 1, 1),
+        (7, 4097, 4097),
+        (4095, 300_001, 300_001),
+        (0, size, size), // 12+ pipes' worth: many rounds
+        (size - 10, 100, 10),
+        (size + 5, 100, 0),
+    ];
+    for (offset, len, exist) in cases {
+        let (a, b) = UnixStream::pair().unwrap();
+        let r = reader(b, 1, offset, exist);
+        let sent = ok(exec.send_file(&f, offset, len, &a), "send_file");
+        assert_eq!(sent, exist, "offset {offset} len {len}");
+        drop(a);
+        r.join().unwrap();
+    }
+    // The same through the file's own face, to a TCP connection over loopback.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (s, _) = l.accept().unwrap();
+    let r = reader(c, 1, 1000, size - 1000);
+    assert_eq!(ok(f.send_to(1000, size, &s), "send_to"), size - 1000);
+    r.join().unwrap();
+}
+
+#[test]
+fn the_destination_may_be_closed_by_its_owner_while_the_send_runs() {
+    let exec = exec();
+    let dir = tempfile::tempdir().unwrap();
+    let len = 2 << 20;
+    let f = make(&exec, &dir.path().join("f"), 2, len);
+    let (a, b) = UnixStream::pair().unwrap();
+    // Nobody reads yet: the send cannot finish before `a` is closed here.
+    let c = exec.send_file(&f, 0, len, &a);
+    drop(a);
+    let r = reader(b, 2, 0, len);
+    assert_eq!(ok(c, "send_file"), len);
+    r.join().unwrap();
+}
+
+/// A peer that stops reading: the send waits (arranged: nobody reads, and the file is larger
+/// than the socket's buffer and the pipe together); a deadline, a cancellation or a dropped
+/// handle ends it, and the pipe it leaves with bytes in it is never reused: the next send on
+/// the shard is byte-exact.
+#[test]
+fn a_stalled_peer_is_cancelled_and_the_next_send_is_exact() {
+    let exec = exec();
+    let dir = tempfile::tempdir().unwrap();
+    let big = 16 << 20;
+    let f = make(&exec, &dir.path().join("big"), 3, big);
+    let g = make(&exec, &dir.path().join("small"), 4, 700_000);
+    for how in ["deadline", "cancel", "drop"] {
+        let (a, b) = UnixStream::pair().unwrap();
+        match how {
+            "deadline" => {
+                let c = exec
+                    .timeout(Duration::from_millis(50))
+                    .send_file(&f, 0, big, &a);
+                match wait(c) {
+                    Err(Error::DeadlineExceeded { .. }) => {}
+                    other => panic!("{how}: {other:?}"),
+                }
+            }
+            "cancel" => {
+                let c = exec.send_file(&f, 0, big, &a);
+                wait_until_full(&a);
+                c.cancel();
+                match wait(c) {
+                    Err(Error::Cancelled { .. }) => {}
+                    other => panic!("{how}: {other:?}"),
+                }
+            }
+            _ => {
+                let c = exec.send_file(&f, 0, big, &a);
+                wait_until_full(&a);
+                drop(c);
+            }
+        }
+        drop((a, b));
+        // The next send on the same shard: exact, whatever pipe it gets (and on the copy
+        // path, small sends).
+        for len in [700_000, 700_000, 700_000, 5000] {
+            let (a, b) = UnixStream::pair().unwrap();
+            let r = reader(b, 4, 0, len);
+            assert_eq!(ok(exec.send_file(&g, 0, len, &a), how), len);
+            drop(a);
+            r.join().unwrap();
+        }
+    }
+    let stats = exec.stats();
+    let kind = ringshard::OpKind::SendFile.index();
+    let done: u64 = stats.shards.iter().map(|s| s.ops[kind]).sum();
+    assert!(done >= 12, "{done} send_file ops counted");
+    // The cancelled and the dropped send ended with bytes in their pipes (their socket was
+    // full: a drain was waiting): closed, not reused.
+    assert!(
+        stats.total.pipes_dirty >= 1,
+        "{:?}",
+        stats.total.pipes_dirty
+    );
+    assert!(stats.total.pipes_made >= 3);
+}
+
+/// Sends to `s` until its buffer is full, without blocking.
+fn fill(s: &UnixStream) {
+    use std::os::fd::AsRawFd;
+    let junk = [0u8; 4096];
+    loop {
+        // SAFETY: reads 4096 bytes from a live local.
+        let n = unsafe {
+            libc::send(
+                s.as_raw_fd(),
+                junk.as_ptr().cast(),
+                4096,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            assert_eq!(
+                std::io::Error::last_os_error().raw_os_error(),
+                Some(libc::EAGAIN)
+            );
+            return;
+        }
+    }
+}
+
+/// Waits until `s` takes no more bytes (its buffer is full: the send's drain waits).
+fn wait_until_full(s: &UnixStream) {
+    use std::os::fd::AsRawFd;
+    let start = std::time::Instant::now();
+    loop {
+        let mut p = libc::pollfd {
+            fd: s.as_raw_fd(),
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: one live pollfd.
+        let n = unsafe { libc::poll(&mut p, 1, 10) };
+        if n == 0 {
+            return;
+        }
+        assert!(
+            start.elapsed() < executor_util::HANG,
+            "the socket never filled"
+        );
+        // Writable: the send is still filling it; look again shortly.
+        std::thread::yield_now();
+    }
+}
+
+/// The copy path (sends of at most 64 KiB): a stalled peer is cancelled too, and a peer that
+/// went away is EPIPE.
+#[test]
+fn small_sends_to_a_stalled_or_closed_peer() {
+    let exec = exec();
+    let dir = tempfile::tempdir().unwrap();
+    let f = make(&exec, &dir.path().join("f"), 8, 60_000);
+    let (a, b) = UnixStream::pair().unwrap();
+    // Fill the socket (MSG_DONTWAIT: this call only; the socket stays blocking), so the
+    // send cannot finish.
+    fill(&a);
+    let stalled = exec.send_file(&f, 0, 60_000, &a);
+    stalled.cancel();
+    assert!(matches!(wait(stalled), Err(Error::Cancelled { .. })));
+    drop(b);
+    match wait(exec.send_file(&f, 0, 60_000, &a)) {
+        Err(e) => assert_eq!(e.errno(), Some(libc::EPIPE), "{e}"),
+        Ok(n) => panic!("sent {n} bytes to a closed peer"),
+    }
+    // And the next small send is exact.
+    let (a, b) = UnixStream::pair().unwrap();
+    let r = reader(b, 8, 100, 59_900);
+    assert_eq!(ok(exec.send_file(&f, 100, 60_000, &a), "copy"), 59_900);
+    drop(a);
+    r.join().unwrap();
+}
+
+/// The peer closes mid-send: EPIPE or ECONNRESET, named, not a panic.
+#[test]
+fn a_peer_that_goes_away_is_epipe_or_econnreset() {
+    let exec = exec();
+    let dir = tempfile::tempdir().unwrap();
+    let big = 16 << 20;
+    let f = make(&exec, &dir.path().join("f"), 5, big);
+    for tcp in [false, true] {
+        let (sender, mut peer): (Box<dyn std::os::fd::AsFd>, Box<dyn Read + Send>) = if tcp {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let (s, _) = l.accept().unwrap();
+            (Box::new(s), Box::new(c))
+        } else {
+            let (a, b) = UnixStream::pair().unwrap();
+            (Box::new(a), Box::new(b))
+        };
+        let c = exec.send_file(&f, 0, big, &*sender);
+        // Read a little (the send has started), then go away with bytes unread.
+        let mut buf = vec![0u8; 4096];
+        peer.read_exact(&mut buf).unwrap();
+        assert_eq!(buf, pattern(5, 4096));
+        drop(peer);
+        match wait(c) {
+            Err(e @ Error::PathPair { .. }) => {
+                let errno = e.errno().unwrap();
+                assert!(
+                    errno == libc::EPIPE || errno == libc::ECONNRESET,
+                    "tcp {tcp}: {e}"
+                );
+                let text = e.to_string();
+                assert!(text.contains("send_file") && text.contains("/f"), "{text}");
+            }
+            other => panic!("tcp {tcp}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn o_direct_files_are_sent_and_checked_for_alignment() {
+    let exec = exec();
+    // /tmp: ext4 on the development machines (tmpfs may refuse O_DIRECT).
+    let dir = tempfile::Builder::new().tempdir_in("/tmp").unwrap();
+    let path = dir.path().join("d");
+    let len: u64 = 1 << 20;
+    std::fs::write(&path, pattern(6, len)).unwrap();
+    let f = match wait(exec.open(&path, OpenOptions::new().read(true).direct(true))) {
+        Ok(f) => f,
+        Err(e) if e.errno() == Some(libc::EINVAL) => return, // no O_DIRECT here
+        Err(e) => panic!("{e}"),
+    };
+    let (a, b) = UnixStream::pair().unwrap();
+    let r = reader(b, 6, 4096, len - 4096);
+    assert_eq!(
+        ok(exec.send_file(&f, 4096, len, &a), "O_DIRECT"),
+        len - 4096
+    );
+    r.join().unwrap();
+    match wait(exec.send_file(&f, 1, 4096, &a)) {
+        Err(Error::InvalidArgument {
+            op: "send_file", ..
+        }) => {}
+        other => panic!("unaligned O_DIRECT: {other:?}"),
+    }
+}
+
+#[test]
+fn a_destination_that_is_not_a_socket_or_pipe_is_refused_by_name() {
+    let exec = exec();
+    let dir = tempfile::tempdir().unwrap();
+    let f = make(&exec, &dir.path().join("f"), 7, 100);
+    let plain = std::fs::File::create(dir.path().join("plain")).unwrap();
+    match wait(exec.send_file(&f, 0, 100, &plain)) {
+        Err(e @ Error::PathPair { .. }) => {
+            assert_eq!(e.errno(), Some(libc::ENOTSOCK));
+            assert!(e.to_string().contains("send_file"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // A pipe is a destination too.
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into the array.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: two fresh descriptors nobody else owns.
+    let (mut r, w) = unsafe {
+        use std::os::fd::FromRawFd;
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    };
+    let t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        r.read_to_end(&mut v).unwrap();
+        v
+    });
+    assert_eq!(ok(exec.send_file(&f, 10, 90, &w), "to a pipe"), 90);
+    drop(w);
+    assert_eq!(t.join().unwrap(), pattern(7, 100)[10..].to_vec());
+    // A file not opened for reading.
+    let wo = ok(
+        exec.open(
+            dir.path().join("wo"),
+            OpenOptions::new().write(true).create(true),
+        ),
+        "open",
+    );
+    let (a, _b) = UnixStream::pair().unwrap();
+    assert!(matches!(
+        wait(exec.send_file(&wo, 0, 1, &a)),
+        Err(Error::BadHandle(_))
+    ));
+}
+
+/// From a task: on the file's own shard and on another shard (the request crosses to the
+/// file's shard, which moves the bytes with its duplicate of the socket), with a deadline
+/// through the task's face.
+#[test]
+fn from_tasks_on_the_files_shard_and_on_another() {
+    let exec = Executor::builder().shards(2).build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let len = 1 << 20;
+    let f = make(&exec, &dir.path().join("f"), 9, len);
+    let owner = f.shard();
+    for shard in [owner, 1 - owner] {
+        let (a, b) = UnixStream::pair().unwrap();
+        let r = reader(b, 9, 10, len - 10);
+        let file = f.clone();
+        let h = exec.spawn_on(shard, async move {
+            let l = ringshard::local().expect("on a shard");
+            let sent = l.send_file(&file, 10, len - 20, &a).await.unwrap();
+            // The last 10 bytes (the copy path), with a deadline it meets.
+            let small = l
+                .timeout(Duration::from_secs(30))
+                .send_file(&file, len - 10, 10, &a)
+                .await
+                .unwrap();
+            (sent, small)
+        });
+        let (sent, small) = h.wait().unwrap();
+        assert_eq!((sent, small), (len - 20, 10), "task on shard {shard}");
+        r.join().unwrap();
+    }
+}
+
+/// Forced to the blocking path (the shard thread runs the rounds as system calls): sends that
+/// fit the socket's buffer, on both paths (copy and splice).
+#[test]
+fn on_the_blocking_path() {
+    let exec = Executor::builder()
+        .shards(1)
+        .force_blocking(&[ringshard::OpKind::SendFile])
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let f = make(&exec, &dir.path().join("f"), 10, 100_000);
+    for len in [50_000u64, 80_000] {
+        let (a, b) = UnixStream::pair().unwrap();
+        let r = reader(b, 10, 7, len);
+        assert_eq!(ok(exec.send_file(&f, 7, len, &a), "blocking path"), len);
+        drop(a);
+        r.join().unwrap();
+    }
+}

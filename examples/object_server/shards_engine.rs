@@ -14,9 +14,9 @@
 //!   [`SMALL_BODY`]) go in one send. The parsed headers go into a `HeaderMap` and the target into
 //!   a `String` that are both reused (the service takes a `HeaderMap`).
 //! - Small objects are read into a buffer kept by the connection (`Store::read_range_into`):
-//!   a read of a cached page on the file's own shard completes on this thread
-//!   (ringshard's inline read), elsewhere it is a routed request. Larger objects are sent a chunk
-//!   at a time with one read ahead ([`send_object`]: where a zero-copy `send_file` plugs in).
+//!   a read of cached pages completes on this thread (ringshard's inline read, whichever shard
+//!   holds the file), else it is a request to the file's shard. Larger objects go through
+//!   ringshard's `send_file` (zero-copy SPLICE; [`send_object`]), after their head.
 //! - PUT bodies: `Content-Length` bodies are received straight into a fresh buffer per piece
 //!   (handed to the store without a copy), chunked ones decoded from the read buffer; the store
 //!   writes them into the temporary file a chunk at a time with one write in flight while the
@@ -695,6 +695,8 @@ struct Conn {
     chunks: Vec<Vec<u8>>,
     target: String,
     hm: HeaderMap,
+    /// A send (or `send_file`) must finish within this (`--idle-timeout`).
+    send_timeout: Duration,
 }
 
 /// Serves one connection on this shard until it closes.
@@ -719,6 +721,7 @@ async fn connection(st: Arc<Store>, reg: Rc<Registry>, stream: TcpStream, live: 
         chunks: Vec::new(),
         target: String::new(),
         hm: HeaderMap::new(),
+        send_timeout: live.0.limits.idle,
     };
     let linger_after = c.run(&st, &reg, &slot, &live.0.limits).await;
     reg.remove(i);
@@ -962,11 +965,10 @@ fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
 
 /// Sends bytes `start..end` of `entry` after the head already in `c.out`: the bytes sent.
 ///
-/// **The file-to-socket path.** For now a chunk at a time (`--chunk`) read through ringshard
-/// (one read ahead) and sent with `send_all`. A zero-copy `send_file` operation (h-splice)
-/// replaces the read loop below: flush the head, then one `send_file` of `entry.file` from
-/// `start` to `end` on `c.io.stream` (O_DIRECT handles, whose reads need aligned buffers, may
-/// keep this loop).
+/// **The file-to-socket path.** A file without O_DIRECT goes through ringshard's `send_file`
+/// (SPLICE through the shard's pipes: the bytes do not pass through user space), after the head
+/// is sent (the two are not ordered with each other). O_DIRECT handles, whose reads need
+/// aligned ranges, are read a chunk at a time (`--chunk`, one read ahead) and sent.
 async fn send_object(
     c: &mut Conn,
     st: &Store,
@@ -974,6 +976,19 @@ async fn send_object(
     start: u64,
     end: u64,
 ) -> Result<u64, String> {
+    if !entry.file.is_direct() {
+        c.flush().await?;
+        let n = st
+            .exec
+            .timeout(c.send_timeout)
+            .send_file(&entry.file, start, end - start, &c.io.stream)
+            .await
+            .map_err(|e| format!("send_file: {e}"))?;
+        if n < end - start {
+            return Err("send_file: object shorter than its metadata".into());
+        }
+        return Ok(n);
+    }
     let chunk = st.cfg.chunk as u64;
     let mut next = start;
     let mut reads = VecDeque::with_capacity(READ_AHEAD);

@@ -45,6 +45,18 @@ impl std::fmt::Debug for TcpStream {
     }
 }
 
+/// The socket's descriptor, for calls that take one (such as
+/// [`Executor::send_file`](crate::Executor::send_file), which duplicates it). Operations made
+/// through it are not ordered with this stream's own receives and sends: finish one before
+/// starting the other.
+impl std::os::fd::AsFd for TcpStream {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        // SAFETY: the descriptor stays open while `self.file` lives (it is closed on its shard
+        // only when the last handle drops), and the borrow cannot outlive `self`.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(self.file.raw_fd()) }
+    }
+}
+
 impl TcpStream {
     /// A stream around an installed socket: its addresses are read now (the peer's from the
     /// name it was installed under when the connection is already gone).

@@ -576,3 +576,60 @@ fn idle_connections_beyond_the_admission_bound_and_the_cq_do_not_stop_the_shard(
         assert_eq!(b, [i as u8; 3]);
     }
 }
+
+#[test]
+fn set_nodelay_sets_tcp_nodelay_and_send_file_takes_the_stream() {
+    let _g = serial();
+    let exec = exec(1);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f");
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&path, &data).unwrap();
+    let file = exec
+        .open(&path, ringshard::OpenOptions::new().read(true))
+        .wait()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let ex2 = Arc::clone(&exec);
+    let (addr, _h) = serve(&exec, 0, move |l| async move {
+        let (s, _) = l.accept().await.expect("accept");
+        let get = |s: &TcpStream| {
+            use std::os::fd::{AsFd, AsRawFd};
+            let mut v: libc::c_int = -1;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: `v` and `len` are live locals of the sizes passed.
+            let rc = unsafe {
+                libc::getsockopt(
+                    s.as_fd().as_raw_fd(),
+                    libc::IPPROTO_TCP,
+                    libc::TCP_NODELAY,
+                    (&mut v as *mut libc::c_int).cast(),
+                    &mut len,
+                )
+            };
+            assert_eq!(rc, 0);
+            v
+        };
+        let before = get(&s);
+        s.set_nodelay(true).expect("set_nodelay");
+        let on = get(&s);
+        s.set_nodelay(false).expect("set_nodelay");
+        let off = get(&s);
+        // A head through the stream, then the file's bytes through send_file to it.
+        let (r, _) = s.send_all(b"head:".to_vec()).await.expect("send");
+        r.expect("send head");
+        let n = ex2
+            .send_file(&file, 0, 200_000, &s)
+            .await
+            .expect("send_file");
+        tx.send((before, on, off, n)).unwrap();
+    });
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(HANG)).unwrap();
+    let mut got = vec![0u8; 5 + 200_000];
+    c.read_exact(&mut got).unwrap();
+    let (before, on, off, n) = rx.recv_timeout(HANG).unwrap();
+    assert_eq!((before, on, off, n), (0, 1, 0, 200_000));
+    assert_eq!(&got[..5], b"head:");
+    assert!(got[5..] == data[..], "send_file's bytes differ");
+}

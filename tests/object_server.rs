@@ -1387,6 +1387,18 @@ fn keep_alive_serves_many_requests_on_one_connection(engine: &'static str) {
             tx.ready().await.expect("the connection is kept");
         }
     });
+    // HTTP/1.0 asking for keep-alive: kept (two requests on one connection), and said so. Every
+    // answer has a Date.
+    let mut c = TcpStream::connect(&s.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    for _ in 0..2 {
+        c.write_all(b"GET /small HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            .unwrap();
+        let got = read_response(&mut c).to_ascii_lowercase();
+        assert!(got.contains(" 200 ok\r\n"), "{got}");
+        assert!(got.contains("\r\nconnection: keep-alive\r\n"), "{got}");
+        assert!(got.contains("\r\ndate: "), "{got}");
+    }
     // HTTP/1.0 without keep-alive, and 1.1 with `Connection: close`: answered, then closed.
     for head in [
         "GET /small HTTP/1.0\r\n\r\n",

@@ -684,6 +684,11 @@ fn framing(hm: &HeaderMap) -> Result<(Framing, bool), ()> {
     Ok((Framing::Length(len.unwrap_or(0)), false))
 }
 
+thread_local! {
+    /// This thread's `Date` header line and the second it names (formatted once a second).
+    static DATE: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
+}
+
 /// A connection: its socket, buffers reused across requests, and its shard's registry.
 struct Conn {
     io: Io,
@@ -697,6 +702,8 @@ struct Conn {
     hm: HeaderMap,
     /// A send (or `send_file`) must finish within this (`--idle-timeout`).
     send_timeout: Duration,
+    /// The request being answered is HTTP/1.0 (keep-alive is then said in the answer).
+    http10: bool,
 }
 
 /// Serves one connection on this shard until it closes.
@@ -722,6 +729,7 @@ async fn connection(st: Arc<Store>, reg: Rc<Registry>, stream: TcpStream, live: 
         target: String::new(),
         hm: HeaderMap::new(),
         send_timeout: live.0.limits.idle,
+        http10: false,
     };
     let linger_after = c.run(&st, &reg, &slot, &live.0.limits).await;
     reg.remove(i);
@@ -794,6 +802,7 @@ impl Conn {
             } else {
                 has_token(&self.hm, header::CONNECTION, "keep-alive")
             };
+            self.http10 = !head.v11;
             let has_body = !matches!(framing, Framing::Length(0));
             if has_body && !self.out.is_empty() && self.flush().await.is_err() {
                 return false;
@@ -886,7 +895,20 @@ impl Conn {
         }
         if close {
             out.extend_from_slice(b"connection: close\r\n");
+        } else if self.http10 {
+            out.extend_from_slice(b"connection: keep-alive\r\n");
         }
+        DATE.with(|d| {
+            let mut d = d.borrow_mut();
+            let now = std::time::SystemTime::now();
+            let secs = now
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |t| t.as_secs());
+            if d.0 != secs || d.1.is_empty() {
+                *d = (secs, format!("date: {}\r\n", httpdate::fmt_http_date(now)));
+            }
+            out.extend_from_slice(d.1.as_bytes());
+        });
         out.extend_from_slice(b"\r\n");
     }
 

@@ -276,7 +276,9 @@ async fn acceptor(
                 let n = shared.live.fetch_add(1, Ordering::AcqRel);
                 let live = Live(Arc::clone(&shared));
                 if n >= shared.limits.max_connections {
-                    local.spawn_local(over_cap(stream, live)).detach();
+                    // Not counted while it is answered 503 (nor waited for at a stop).
+                    drop(live);
+                    local.spawn_local(over_cap(stream)).detach();
                     continue;
                 }
                 let task = connection(Arc::clone(&st), Rc::clone(&reg), stream, live);
@@ -298,7 +300,7 @@ async fn acceptor(
 }
 
 /// Answers a connection over the cap with a 503 and closes it.
-async fn over_cap(stream: TcpStream, _live: Live) {
+async fn over_cap(stream: TcpStream) {
     let msg = "server busy\n";
     let resp = format!(
         "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n\

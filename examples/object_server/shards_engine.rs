@@ -70,6 +70,8 @@ pub const SMALL_BODY: u64 = 64 * 1024;
 const OUT_FLUSH: usize = 64 * 1024;
 /// The most a receive of a `Content-Length` body asks for at once.
 const BODY_RECV: u64 = 256 * 1024;
+/// The most one `send_file` sends (each piece has the send timeout).
+const SEND_FILE_PIECE: u64 = 4 << 20;
 /// Reads in flight for a large object.
 const READ_AHEAD: usize = 2;
 /// How long, and how much, a closing connection reads and drops (so its answer is not reset
@@ -1002,16 +1004,23 @@ async fn send_object(
 ) -> Result<u64, String> {
     if !entry.file.is_direct() {
         c.flush().await?;
-        let n = st
-            .exec
-            .timeout(c.send_timeout)
-            .send_file(&entry.file, start, end - start, &c.io.stream)
-            .await
-            .map_err(|e| format!("send_file: {e}"))?;
-        if n < end - start {
-            return Err("send_file: object shorter than its metadata".into());
+        // In pieces, each with the send timeout: a slow reader of a large object is cut off
+        // only when a piece makes no headway for that long, not when the whole takes longer.
+        let mut at = start;
+        while at < end {
+            let len = (end - at).min(SEND_FILE_PIECE);
+            let n = st
+                .exec
+                .timeout(c.send_timeout)
+                .send_file(&entry.file, at, len, &c.io.stream)
+                .await
+                .map_err(|e| format!("send_file: {e}"))?;
+            if n < len {
+                return Err("send_file: object shorter than its metadata".into());
+            }
+            at += n;
         }
-        return Ok(n);
+        return Ok(end - start);
     }
     let chunk = st.cfg.chunk as u64;
     let mut next = start;

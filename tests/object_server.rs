@@ -78,6 +78,21 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Waits (at most 60 s) for the server to exit, and checks that it exited 0.
+    fn exits_zero(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                break st;
+            }
+            assert!(Instant::now() < deadline, "the server did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "{status:?}");
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -637,15 +652,7 @@ fn sigterm_lets_an_in_flight_upload_finish_and_exits_zero(engine: &'static str) 
     want.extend_from_slice(&part2);
     assert!(std::fs::read(s.root().join("slow")).unwrap() == want);
     // And the process exits 0 within a bound.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(st) = s.child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(Instant::now() < deadline, "the server did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(status.success(), "{status:?}");
+    s.exits_zero();
     assert!(s.temp_files().is_empty());
 }
 
@@ -1399,6 +1406,17 @@ fn keep_alive_serves_many_requests_on_one_connection(engine: &'static str) {
         assert!(got.contains("\r\nconnection: keep-alive\r\n"), "{got}");
         assert!(got.contains("\r\ndate: "), "{got}");
     }
+    // A target in absolute form names the same object.
+    let mut c = TcpStream::connect(&s.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let head = format!(
+        "GET http://{}/small HTTP/1.1\r\nHost: {}\r\n\r\n",
+        s.addr, s.addr
+    );
+    c.write_all(head.as_bytes()).unwrap();
+    let got = read_response(&mut c);
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(got.ends_with(&*String::from_utf8_lossy(&small)));
     // HTTP/1.0 without keep-alive, and 1.1 with `Connection: close`: answered, then closed.
     for head in [
         "GET /small HTTP/1.0\r\n\r\n",
@@ -1475,6 +1493,27 @@ fn pipelined_requests_are_answered_in_order(engine: &'static str) {
     assert!(got[2].ends_with("abc"), "{}", got[2]);
 }
 
+fn sigterm_closes_idle_keep_alive_connections_at_once(engine: &'static str) {
+    // A grace period far longer than the test's bound: an idle connection must not hold the
+    // stop for it.
+    let mut s = Server::start(engine, &["--grace", "600"]);
+    let mut idle = TcpStream::connect(&s.addr).unwrap();
+    idle.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let ans = read_response(&mut idle);
+    assert!(ans.starts_with("HTTP/1.1 404"), "{ans}");
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(
+        unsafe { libc::kill(s.child.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    let (rest, _) = read_until_closed(&mut idle, Duration::from_secs(60));
+    assert!(rest.is_empty(), "{rest}");
+    s.exits_zero();
+}
+
 /// Every test above runs against both engines: "both pass the same integration tests".
 macro_rules! on_both_engines {
     ($($name:ident),* $(,)?) => {
@@ -1511,4 +1550,5 @@ on_both_engines!(
     access_log_has_one_event_per_request,
     keep_alive_serves_many_requests_on_one_connection,
     pipelined_requests_are_answered_in_order,
+    sigterm_closes_idle_keep_alive_connections_at_once,
 );

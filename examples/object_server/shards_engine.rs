@@ -626,6 +626,15 @@ fn parse(buf: &[u8], target: &mut String, hm: &mut HeaderMap) -> Parsed {
     let Ok(method) = Method::from_bytes(m.as_bytes()) else {
         return Parsed::Bad(StatusCode::BAD_REQUEST, "bad request");
     };
+    // The absolute form (`GET http://host/key`), which servers must accept: its path.
+    let path = match path.split_once("://") {
+        Some((scheme, rest))
+            if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https") =>
+        {
+            rest.find('/').map_or("/", |i| &rest[i..])
+        }
+        _ => path,
+    };
     if !path.starts_with('/') {
         return Parsed::Bad(StatusCode::BAD_REQUEST, "bad request");
     }

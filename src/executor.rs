@@ -320,7 +320,7 @@ impl Executor {
     /// O_DIRECT file's offset and length aligned as for a read).
     ///
     /// `dest` is duplicated for the send (one descriptor, closed when it ends), so it may be
-    /// closed or dropped meanwhile; it is not set non-blocking. Order: like a read of the
+    /// closed or dropped meanwhile; it is not set non-blocking (a non-blocking one is waited for with a poll when full). Order: like a read of the
     /// range, after earlier writes to it. A peer that stops reading leaves the send waiting
     /// (nothing blocks a shard thread): cancel it, drop it or give it a deadline
     /// ([`timeout`](Self::timeout)); what was sent before is not taken back. A peer that went

@@ -150,17 +150,20 @@ pub(crate) fn take() -> Result<Pipe, i32> {
 
 /// Gives `pipe` back: kept if `empty` and the pool has room, else closed. A pipe that may
 /// hold bytes is never kept.
+///
+/// An op dropped while the thread's locals are being torn down (a leaked op table freed at
+/// thread exit) finds no pool: its pipe is closed.
 pub(crate) fn give(pipe: Pipe, empty: bool) {
-    POOL.with(|p| {
+    let mut pipe = Some(pipe);
+    let _ = POOL.try_with(|p| {
         let mut p = p.borrow_mut();
         if !empty {
             p.stats.dirty += 1;
         } else if p.idle.len() < MAX_IDLE {
-            p.idle.push(pipe);
-            return;
+            p.idle.extend(pipe.take());
         }
-        drop(pipe);
     });
+    drop(pipe);
 }
 
 /// This thread's pool's counters.

@@ -403,3 +403,57 @@ fn on_the_blocking_path() {
         r.join().unwrap();
     }
 }
+
+/// A non-blocking destination (its O_NONBLOCK is shared with the op's duplicate) answers EAGAIN
+/// once full, which io_uring does not retry for SPLICE or a socket WRITE: the send waits for
+/// room and goes on, whole, once the peer reads (spliced and copied sends). The peer starts
+/// reading only once the socket is full, so the wait is always taken.
+#[test]
+fn a_non_blocking_destination_that_fills_is_waited_for() {
+    let exec = exec();
+    let dir = tempfile::tempdir().unwrap();
+    let size: u64 = 4 * 1024 * 1024;
+    let f = make(&exec, &dir.path().join("f"), 11, size);
+    for len in [size, 60_000] {
+        let (a, b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        if len < 64 * 1024 {
+            fill(&a); // a small send must meet a full socket too
+        }
+        let sending = exec.send_file(&f, 0, len, &a);
+        if len < 64 * 1024 {
+            // The junk first, then the file's bytes.
+            let mut b2 = b.try_clone().unwrap();
+            let mut junk = vec![0u8; 4096];
+            // Nothing of the file can arrive before the junk is read: drain until the send ends.
+            let r = std::thread::spawn(move || {
+                let mut all = Vec::new();
+                loop {
+                    match b2.read(&mut junk) {
+                        Ok(0) => return all,
+                        Ok(k) => all.extend_from_slice(&junk[..k]),
+                        Err(e) => panic!("read: {e}"),
+                    }
+                }
+            });
+            let sent = sending.wait().expect("send_file to a non-blocking socket");
+            assert_eq!(sent, len);
+            drop(a);
+            let all = r.join().unwrap();
+            let tail = &all[all.len() - len as usize..];
+            assert!(
+                tail == &pattern(11, len)[..],
+                "the file's bytes after the junk"
+            );
+            continue;
+        }
+        wait_until_full(&a);
+        let r = reader(b, 11, 0, len);
+        assert_eq!(
+            sending.wait().expect("send_file to a non-blocking socket"),
+            len
+        );
+        drop(a);
+        r.join().unwrap();
+    }
+}

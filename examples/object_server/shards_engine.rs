@@ -713,8 +713,6 @@ struct Conn {
     chunks: Vec<Vec<u8>>,
     target: String,
     hm: HeaderMap,
-    /// A send (or `send_file`) must finish within this (`--idle-timeout`).
-    send_timeout: Duration,
     /// The request being answered is HTTP/1.0 (keep-alive is then said in the answer).
     http10: bool,
 }
@@ -741,7 +739,6 @@ async fn connection(st: Arc<Store>, reg: Rc<Registry>, stream: TcpStream, live: 
         chunks: Vec::new(),
         target: String::new(),
         hm: HeaderMap::new(),
-        send_timeout: live.0.limits.idle,
         http10: false,
     };
     let linger_after = c.run(&st, &reg, &slot, &live.0.limits).await;
@@ -1000,9 +997,9 @@ fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
 
 /// Sends bytes `start..end` of `entry` after the head already in `c.out`: the bytes sent.
 ///
-/// **The file-to-socket path.** A file without O_DIRECT goes through ringshard's `send_file`
-/// (SPLICE through the shard's pipes: the bytes do not pass through user space), after the head
-/// is sent (the two are not ordered with each other). O_DIRECT handles, whose reads need
+/// **The file-to-socket path.** A file without O_DIRECT goes through `TcpStream::send_file`
+/// (SPLICE through a pipe of the file's shard: the bytes do not pass through user space), with
+/// the stream's send timeout, after the head. O_DIRECT handles, whose reads need
 /// aligned ranges, are read a chunk at a time (`--chunk`, one read ahead) and sent.
 async fn send_object(
     c: &mut Conn,
@@ -1018,12 +1015,11 @@ async fn send_object(
         let mut at = start;
         while at < end {
             let len = (end - at).min(SEND_FILE_PIECE);
-            let n = st
-                .exec
-                .timeout(c.send_timeout)
-                .send_file(&entry.file, at, len, &c.io.stream)
-                .await
-                .map_err(|e| format!("send_file: {e}"))?;
+            let n =
+                c.io.stream
+                    .send_file(&entry.file, at, len)
+                    .await
+                    .map_err(|e| format!("send_file: {e}"))?;
             if n < len {
                 return Err("send_file: object shorter than its metadata".into());
             }

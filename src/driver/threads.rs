@@ -94,7 +94,9 @@ struct Queue {
 
 /// What a worker is running, so a cancellation can reach a call that waits in `poll`.
 struct Running {
-    user_data: u64,
+    /// The job's user_data; `None` when the worker runs nothing (0 is a valid user_data: the
+    /// shard's op slot 0, generation 0).
+    user_data: Option<u64>,
     /// The worker's eventfd: written to cancel its current call (-1 until it needs one).
     cancel: RawFd,
     /// A cancellation of the current job arrived (seen by a stream call before it waits).
@@ -608,7 +610,7 @@ impl ThreadDriver {
         // on a regular file or block device cannot be stopped and completes (as in the kernel).
         let mut running = lock(&self.shared.running);
         drop(q);
-        match running.iter_mut().find(|r| r.user_data == target) {
+        match running.iter_mut().find(|r| r.user_data == Some(target)) {
             Some(r) => {
                 r.cancelled = true;
                 wake_fd(r.cancel);
@@ -697,7 +699,7 @@ impl Drop for ThreadDriver {
         q.jobs.clear();
         drop(q);
         for r in lock(&self.shared.running).iter_mut() {
-            if r.user_data != 0 {
+            if r.user_data.is_some() {
                 r.cancelled = true;
                 wake_fd(r.cancel);
             }
@@ -721,7 +723,7 @@ fn worker(shared: &Shared) {
     let slot = {
         let mut running = lock(&shared.running);
         running.push(Running {
-            user_data: 0,
+            user_data: None,
             cancel: -1,
             cancelled: false,
         });
@@ -735,7 +737,7 @@ fn worker(shared: &Shared) {
     // after it is cleared, under the lock: no cancellation writes to a closed descriptor.
     let mut running = lock(&shared.running);
     if let Some(r) = running.get_mut(slot) {
-        r.user_data = 0;
+        r.user_data = None;
         r.cancel = -1;
     }
     drop(running);
@@ -766,7 +768,7 @@ fn worker_loop(shared: &Shared, slot: usize, cancel: &mut Option<OwnedFd>) {
             loop {
                 if let Some(job) = q.jobs.pop_front() {
                     if let Some(r) = lock(&shared.running).get_mut(slot) {
-                        r.user_data = job.sqe.user_data;
+                        r.user_data = Some(job.sqe.user_data);
                         r.cancelled = false;
                     }
                     break job;
@@ -813,7 +815,7 @@ fn worker_loop(shared: &Shared, slot: usize, cancel: &mut Option<OwnedFd>) {
 fn done_running(shared: &Shared, slot: usize, efd: Option<RawFd>) {
     let mut running = lock(&shared.running);
     if let Some(r) = running.get_mut(slot) {
-        r.user_data = 0;
+        r.user_data = None;
         r.cancelled = false;
     }
     if let Some(efd) = efd {
@@ -1058,7 +1060,39 @@ pub(crate) fn socket_room(fd: RawFd) -> Option<usize> {
     if unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut queued as *mut libc::c_int) } != 0 {
         queued = 0;
     }
-    Some((sndbuf.max(0) as usize).saturating_sub(queued.max(0) as usize) / 2)
+    let room = (sndbuf.max(0) as usize).saturating_sub(queued.max(0) as usize) / 2;
+    // TCP_NOTSENT_LOWAT (the socket's, else the sysctl's): tcp_sendmsg waits once the unsent
+    // bytes reach it, whatever SO_SNDBUF says.
+    let mut lowat: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: writes one int and its length into locals; fails on anything but TCP.
+    let tcp = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            (&mut lowat as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    } == 0;
+    if !tcp {
+        return Some(room);
+    }
+    let lowat = if lowat > 0 {
+        lowat as u32 as usize
+    } else {
+        std::fs::read_to_string("/proc/sys/net/ipv4/tcp_notsent_lowat")
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .unwrap_or(u32::MAX as usize)
+    };
+    let mut unsent: libc::c_int = 0;
+    const SIOCOUTQNSD: libc::c_ulong = 0x894B;
+    // SAFETY: SIOCOUTQNSD writes one int into a local.
+    if unsafe { libc::ioctl(fd, SIOCOUTQNSD, &mut unsent as *mut libc::c_int) } != 0 {
+        unsent = 0;
+    }
+    Some(room.min(lowat.saturating_sub(unsent.max(0) as usize)))
 }
 
 /// Runs `entry` on the calling thread with the system call that does what its opcode does: the
@@ -1732,5 +1766,59 @@ mod tests {
         // Nothing by that user_data: ENOENT, as in the kernel.
         let e = opcode::AsyncCancel::new(77).build().user_data(3);
         assert_eq!(run_one(&mut d, e), (3, -libc::ENOENT));
+    }
+    /// A running job whose user_data is 0 (the shard's op slot 0, generation 0) is cancelled
+    /// like any other, and no idle worker takes the cancellation instead (0 once meant "idle").
+    /// The sleeps only let workers take their jobs; the outcome does not depend on them (a
+    /// cancelled job that was still queued ends with ECANCELED too).
+    #[test]
+    fn a_running_job_with_user_data_zero_is_cancelled() {
+        let pipe = || {
+            let mut fds = [0i32; 2];
+            // SAFETY: pipe2 writes two descriptors into the array.
+            assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+            // SAFETY: fresh descriptors nobody else owns.
+            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+        };
+        let mut misses = 0;
+        for _ in 0..20 {
+            let mut d = driver();
+            let (r0, w0) = pipe();
+            let (r7, w7) = pipe();
+            let mut b0 = [0u8; 8];
+            let mut b7 = [0u8; 8];
+            let e0 = opcode::Read::new(types::Fd(r0.as_raw_fd()), b0.as_mut_ptr(), 8)
+                .build()
+                .user_data(0);
+            let e7 = opcode::Read::new(types::Fd(r7.as_raw_fd()), b7.as_mut_ptr(), 8)
+                .build()
+                .user_data(7);
+            assert!(d.push(&e7));
+            assert!(d.push(&e0));
+            d.submit();
+            std::thread::sleep(Duration::from_millis(20));
+            // SAFETY: one byte from a static.
+            assert_eq!(
+                unsafe { libc::write(w7.as_raw_fd(), b"x".as_ptr().cast(), 1) },
+                1
+            );
+            assert!(d.submit_and_wait(1, Some(Duration::from_secs(5))));
+            let mut out = Vec::new();
+            d.completions(&mut out);
+            assert_eq!(out, vec![(7, 1)]);
+            std::thread::sleep(Duration::from_millis(20));
+            let c = opcode::AsyncCancel::new(0).build().user_data(99);
+            assert!(d.push(&c));
+            d.submit_and_wait(2, Some(Duration::from_millis(500)));
+            let mut out = Vec::new();
+            d.completions(&mut out);
+            if !out.contains(&(0, -libc::ECANCELED)) {
+                misses += 1;
+                // Let the read end, so the driver can go.
+                // SAFETY: one byte from a static.
+                unsafe { libc::write(w0.as_raw_fd(), b"x".as_ptr().cast(), 1) };
+            }
+        }
+        assert_eq!(misses, 0, "cancellations of user_data 0 that missed");
     }
 }

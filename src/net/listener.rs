@@ -11,6 +11,7 @@ use crate::routes::ExecShared;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// The backlog of a listener: the kernel caps it at `net.core.somaxconn`.
 const BACKLOG: i32 = 4096;
@@ -24,6 +25,7 @@ pub struct TcpListener {
     file: File,
     exec: Arc<ExecShared>,
     local: SocketAddr,
+    accept_timeout: Option<Duration>,
 }
 
 impl std::fmt::Debug for TcpListener {
@@ -72,12 +74,24 @@ impl TcpListener {
         }
         let local = address_of(fd.as_raw_fd(), false).unwrap_or(addr);
         let file = install_here(&exec, shard, fd, &listener_name(local)).await?;
-        Ok(TcpListener { file, exec, local })
+        Ok(TcpListener {
+            file,
+            exec,
+            local,
+            accept_timeout: None,
+        })
     }
 
     /// The address it listens on (with the port the kernel picked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// Each later accept of this handle fails with
+    /// [`DeadlineExceeded`](crate::Error::DeadlineExceeded) (and is taken out of the kernel) if
+    /// no connection came `timeout` after it was made; `None`: never.
+    pub fn set_accept_timeout(&mut self, timeout: Option<Duration>) {
+        self.accept_timeout = timeout;
     }
 
     /// The shard it lives on (and its connections).
@@ -93,7 +107,10 @@ impl TcpListener {
         let shard = self.file.shard();
         let installer = Arc::clone(&self.exec) as Arc<dyn Installer>;
         let make = move |done| Box::new(Accept::new(installer, shard, done)) as Box<dyn FileOp>;
-        let file = self.exec.request_op(&self.file, Ok(make), None).await?;
+        let deadline = self
+            .accept_timeout
+            .and_then(|t| Instant::now().checked_add(t));
+        let file = self.exec.request_op(&self.file, Ok(make), deadline).await?;
         let stream = TcpStream::from_file(file, Arc::clone(&self.exec));
         let peer = stream.peer_addr()?;
         Ok((stream, peer))

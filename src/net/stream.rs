@@ -6,6 +6,7 @@ use crate::completion::Completion;
 use crate::error::{Error, Result};
 use crate::file::File;
 use crate::op::connect::Connect;
+use crate::op::dup_fd::DupFd;
 use crate::op::recv::Recv;
 use crate::op::send::Send;
 use crate::op::shutdown::Shutdown;
@@ -45,10 +46,9 @@ impl std::fmt::Debug for TcpStream {
     }
 }
 
-/// The socket's descriptor, for calls that take one (such as
-/// [`Executor::send_file`](crate::Executor::send_file), which duplicates it). Operations made
-/// through it are not ordered with this stream's own receives and sends: finish one before
-/// starting the other.
+/// The socket's descriptor, for system calls on it such as `getsockopt` (valid while this handle
+/// lives). To send a file's bytes, use [`TcpStream::send_file`]: it is ordered after the
+/// stream's earlier sends and owns a duplicate of the socket.
 impl std::os::fd::AsFd for TcpStream {
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         // SAFETY: the descriptor stays open while `self.file` lives (it is closed on its shard
@@ -202,6 +202,38 @@ impl TcpStream {
             .exec
             .request_op(&self.file, Ok(make), deadline(self.send_timeout));
         BufCompletion::new(raw, stash, count)
+    }
+
+    /// Sends `len` bytes of `file` from `offset` to the peer without copying them through user
+    /// space where that pays: [`Executor::send_file`](crate::Executor::send_file) (SPLICE through
+    /// a pipe of the file's shard; a ring copy for small sends), with this stream's send
+    /// timeout. The count comes back: fewer than `len` only where the file ends.
+    ///
+    /// It follows this stream's earlier sends (their bytes go first: the stream's shard makes a
+    /// duplicate of the socket after them, which the send owns, so dropping the stream meanwhile
+    /// cannot cut it off). A send made before this one finishes may go first: await it before
+    /// sending more. The bytes move on the file's shard; from a task there (and the connection
+    /// there too) nothing crosses threads but the duplicate.
+    pub async fn send_file(&self, file: &File, offset: u64, len: u64) -> Result<u64> {
+        let deadline = deadline(self.send_timeout);
+        let make = |done| Box::new(DupFd::new(done)) as Box<dyn FileOp>;
+        let dup = self.exec.request_op(&self.file, Ok(make), deadline).await?;
+        // Errors name the peer, not the duplicate's descriptor number.
+        let dest_name = |e: Error| match e {
+            Error::PathPair {
+                op, from, errno, ..
+            } => Error::PathPair {
+                op,
+                from,
+                to: self.file.path().to_path_buf(),
+                errno,
+            },
+            e => e,
+        };
+        crate::deadlined::Deadlined::new(&self.exec, deadline)
+            .send_file(file, offset, len, &dup)
+            .await
+            .map_err(dest_name)
     }
 
     /// Shuts down the sending side (after the sends made before it: the peer reads their bytes,

@@ -306,14 +306,13 @@ impl FileOp for SourceFd {
     }
 
     fn run_blocking(&mut self, fd: RawFd) -> i32 {
-        // SAFETY: fcntl(F_DUPFD_CLOEXEC) takes no memory; `fd` is this shard's descriptor.
-        let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
-        if dup < 0 {
-            return -crate::numa::last_errno();
+        match super::dup_fd::dup_cloexec(fd) {
+            Ok(dup) => {
+                self.handoff.give(Ok(dup));
+                0
+            }
+            Err(errno) => -errno,
         }
-        // SAFETY: `dup` is a new descriptor nothing else owns.
-        self.handoff.give(Ok(unsafe { OwnedFd::from_raw_fd(dup) }));
-        0
     }
 
     fn error(&self, errno: i32, file: &Path) -> Error {

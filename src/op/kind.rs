@@ -126,6 +126,9 @@ op_kinds! {
     Send => "send", Some(Code::Send),
     /// Shutting down one or both directions of a connection (`shutdown`).
     Shutdown => "shutdown", Some(Code::Shutdown),
+    /// A duplicate of a socket's descriptor for an op on another shard (`TcpStream::send_file`).
+    /// No opcode: `fcntl` on the shard thread.
+    Dup => "dup", None,
 }
 
 impl OpKind {

@@ -61,6 +61,7 @@ pub(crate) mod accept;
 pub(crate) mod append;
 pub(crate) mod connect;
 pub(crate) mod copy_range;
+pub(crate) mod dup_fd;
 pub(crate) mod fadvise;
 pub(crate) mod fallocate;
 pub(crate) mod kind;
@@ -221,6 +222,14 @@ pub(crate) trait FileOp: Send {
             Some(entry) => crate::driver::threads::run_sqe(&entry),
             None => -libc::ENOSYS,
         }
+    }
+
+    /// A round ended with `errno` (not EINTR, which repeats the round): `Some(Step::Again)` to
+    /// issue another round instead of failing (send_file waits for room on a non-blocking
+    /// destination after EAGAIN); `None` (the default): the op fails with `errno`.
+    fn on_errno(&mut self, errno: i32) -> Option<Step> {
+        let _ = errno;
+        None
     }
 
     /// A round's non-negative result; `fd` is the op's plain descriptor.

@@ -19,8 +19,10 @@
 //! descriptor meanwhile (closes it, reuses the number), so the op owns a duplicate made at
 //! request time (`F_DUPFD_CLOEXEC`: one system call and one descriptor per send, closed when
 //! the op ends); it refers to the same socket (closing it does not close the connection while
-//! the caller's is open). An op whose destination is a slot of the shard's registered file
-//! table (a socket installed there) would name that slot instead ([`Dest`]).
+//! the caller's is open). A non-blocking destination (O_NONBLOCK is shared with the caller's
+//! descriptor) answers EAGAIN when full, which io_uring does not retry for SPLICE: the op then
+//! waits for room with a POLL_ADD and goes on (`FileOp::on_errno`); the blocking path, which
+//! runs no polls, fails with EAGAIN instead.
 //!
 //! The pipe. A pipe goes back to the pool only empty: an op that ends with bytes in its pipe (an
 //! error, a cancellation or deadline between its fill and its drain) closes it, so no later send
@@ -55,20 +57,22 @@ impl Dest {
 }
 
 /// The destination for an op: a duplicate of `dest` (close-on-exec) and its name for errors,
-/// or the errno and that name: ENOTSOCK for anything but a socket, pipe or FIFO (splice needs
-/// one of them), EMFILE when no descriptor is left.
+/// or the errno and that name: ENOTSOCK for anything but a stream socket, pipe or FIFO (splice
+/// needs one of them), EMFILE when no descriptor is left.
 pub(crate) fn own_dest(
     dest: std::os::fd::BorrowedFd<'_>,
 ) -> std::result::Result<(Dest, PathBuf), (i32, PathBuf)> {
     let raw = dest.as_raw_fd();
-    // SAFETY: fstat writes into a local struct only.
+    // SAFETY: all-zero bytes are a valid `libc::stat` (integers only).
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: as above; `raw` is a live descriptor the caller lends.
+    // SAFETY: fstat writes into that local only; `raw` is a live descriptor the caller lends.
     let what = if unsafe { libc::fstat(raw, &mut st) } != 0 {
         None
     } else {
         match st.st_mode & libc::S_IFMT {
-            libc::S_IFSOCK => Some("socket"),
+            // A stream socket only: a datagram or seqpacket socket waits on its peer's queue
+            // whatever its send buffer says, which the threads backend's room estimate cannot see.
+            libc::S_IFSOCK if is_stream_socket(raw) => Some("socket"),
             libc::S_IFIFO => Some("pipe"),
             _ => None,
         }
@@ -84,6 +88,23 @@ pub(crate) fn own_dest(
         Ok(fd) => Ok((Dest::Owned(fd), name)),
         Err(e) => Err((e.raw_os_error().unwrap_or(libc::EMFILE), name)),
     }
+}
+
+/// Whether `fd` is a SOCK_STREAM socket.
+fn is_stream_socket(fd: RawFd) -> bool {
+    let mut ty: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes one int and its length into locals.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            (&mut ty as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    rc == 0 && ty == libc::SOCK_STREAM
 }
 
 /// The round in flight.
@@ -131,7 +152,17 @@ pub(crate) struct SendFile {
     sent: u64,
     /// The file ended (a fill returned 0).
     eof: bool,
+    /// Bytes the last fill asked for, and whether it got fewer (the file may end there: its
+    /// drain goes without SPLICE_F_MORE, which would hold the tail back ~200 ms).
+    asked: u64,
+    short_fill: bool,
     phase: Phase,
+    /// The destination said EAGAIN (a non-blocking socket: io_uring does not retry SPLICE on
+    /// it): the next round is a POLL_ADD for room, then the same phase again.
+    wait_out: bool,
+    /// A wait for room was asked of the blocking path, which runs no polls: the op fails with
+    /// EAGAIN there instead (documented).
+    no_wait: bool,
     pipe: Option<Pipe>,
     /// Why there is no pipe (pipe2's errno: EMFILE, ENFILE).
     no_pipe: Option<i32>,
@@ -162,6 +193,10 @@ impl SendFile {
             filled: 0,
             sent: 0,
             eof: false,
+            asked: 0,
+            short_fill: false,
+            wait_out: false,
+            no_wait: false,
             phase: if copy { Phase::Read } else { Phase::Fill },
             pipe: None,
             no_pipe: None,
@@ -232,6 +267,10 @@ impl FileOp for SendFile {
     }
 
     fn sqe(&mut self, fd: OpFd) -> Option<squeue::Entry> {
+        if self.wait_out {
+            let dest = types::Fd(self.dest.raw());
+            return Some(opcode::PollAdd::new(dest, libc::POLLOUT as u32).build());
+        }
         if matches!(self.phase, Phase::Read | Phase::Write) {
             return Some(self.copy_sqe(fd));
         }
@@ -246,6 +285,7 @@ impl FileOp for SendFile {
             Phase::Read | Phase::Write => return None, // the copy path, above
             Phase::Fill => {
                 let n = (self.len - self.filled).min(pipe.cap as u64).min(SQE_MAX) as u32;
+                self.asked = u64::from(n);
                 let at = (self.offset + self.filled) as i64;
                 let out = types::Fd(pipe.write.as_raw_fd());
                 on_fd!(fd.target, |f| opcode::Splice::new(f, at, out, -1, n)
@@ -254,7 +294,7 @@ impl FileOp for SendFile {
             Phase::Drain => {
                 let n = self.in_pipe().min(SQE_MAX) as u32;
                 // More follows this round: the socket may hold a partial segment back for it.
-                let more = !self.eof && self.filled < self.len;
+                let more = !self.eof && !self.short_fill && self.filled < self.len;
                 let flags = if more { libc::SPLICE_F_MORE } else { 0 };
                 let dest = types::Fd(self.dest.raw());
                 opcode::Splice::new(types::Fd(pipe.read.as_raw_fd()), -1, dest, -1, n)
@@ -266,6 +306,11 @@ impl FileOp for SendFile {
     }
 
     fn run_blocking(&mut self, fd: RawFd) -> i32 {
+        if self.wait_out {
+            // No poll on the blocking path (it would block the shard thread): EAGAIN.
+            self.no_wait = true;
+            return -libc::EAGAIN;
+        }
         if let Some(errno) = self.no_pipe {
             return -errno;
         }
@@ -279,11 +324,29 @@ impl FileOp for SendFile {
         }
     }
 
+    fn on_errno(&mut self, errno: i32) -> Option<Step> {
+        let out = matches!(self.phase, Phase::Drain | Phase::Write);
+        if errno == libc::EAGAIN && out && !self.no_wait {
+            self.wait_out = true;
+            return Some(Step::Again);
+        }
+        None
+    }
+
     fn on_result(&mut self, res: i32, _fd: RawFd) -> Step {
+        if self.wait_out {
+            // Room (or an error the next round will see): the same phase again.
+            self.wait_out = false;
+            return Step::Again;
+        }
         let n = res.max(0) as u64;
         match self.phase {
             Phase::Fill | Phase::Read if n == 0 => self.eof = true,
-            Phase::Fill | Phase::Read => self.filled += n,
+            Phase::Fill => {
+                self.short_fill = n < self.asked;
+                self.filled += n;
+            }
+            Phase::Read => self.filled += n,
             // A destination that takes nothing of a non-empty pipe: stop (short), rather than
             // ask again forever.
             Phase::Drain | Phase::Write if n == 0 => return Step::Done,

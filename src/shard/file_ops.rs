@@ -63,10 +63,13 @@ impl Shard {
         let IoOp::File(f) = &mut op.io else { return };
         let again = match res {
             r if r == -libc::EINTR => true,
-            r if r < 0 => {
-                op.errno = Some(-r);
-                false
-            }
+            r if r < 0 => match f.on_errno(-r) {
+                Some(crate::op::Step::Again) => true,
+                _ => {
+                    op.errno = Some(-r);
+                    false
+                }
+            },
             r => f.on_result(r, raw) == crate::op::Step::Again,
         };
         if res >= 0 && !again && f.cancel_in_flight() {

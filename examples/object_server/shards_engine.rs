@@ -12,15 +12,16 @@
 //!   pipelined requests are gathered in one output buffer, in order, and sent together once no
 //!   complete request is left in the read buffer; a head and a small body (at most
 //!   [`SMALL_BODY`]) go in one send. The parsed headers go into a `HeaderMap` and the target into
-//!   a `String` that are both reused (the service takes a `HeaderMap`).
+//!   a `String` that are both reused (the service takes a `HeaderMap`; each header value is
+//!   still copied into one of its own, an allocation per header).
 //! - Small objects are read into a buffer kept by the connection (`Store::read_range_into`):
 //!   a read of cached pages completes on this thread (ringshard's inline read, whichever shard
 //!   holds the file), else it is a request to the file's shard. Larger objects go through
-//!   ringshard's `send_file` (zero-copy SPLICE; [`send_object`]), after their head.
+//!   `TcpStream::send_file` (SPLICE: no user-space copy; [`send_object`]), after their head.
 //! - PUT bodies: `Content-Length` bodies are received straight into a fresh buffer per piece
-//!   (handed to the store without a copy), chunked ones decoded from the read buffer; the store
-//!   writes them into the temporary file a chunk at a time with one write in flight while the
-//!   next piece arrives. `Expect: 100-continue` is answered when the service first asks for the
+//!   (handed to the store as is), chunked ones decoded from the read buffer (copied out); the
+//!   store gathers pieces into chunks (a copy, unless a piece is a whole chunk) and writes them
+//!   into the temporary file with one write in flight while the next piece arrives. `Expect: 100-continue` is answered when the service first asks for the
 //!   body (a refused upload never asks, and the connection closes after its answer).
 //! - Blocking calls: the store's lookups, renames, unlinks, fsyncs and statx are ringshard
 //!   operations already; what is left (the Content-Type's xattr or sidecar, removing an abandoned

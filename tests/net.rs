@@ -601,6 +601,41 @@ fn idle_connections_beyond_the_admission_bound_and_the_cq_do_not_stop_the_shard(
     }
 }
 
+#[test]
+fn set_nodelay_sets_tcp_nodelay() {
+    let _g = serial();
+    let exec = exec(1);
+    let (tx, rx) = mpsc::channel();
+    let (addr, _h) = serve(&exec, 0, move |l| async move {
+        let (s, _) = l.accept().await.expect("accept");
+        let get = |s: &TcpStream| {
+            use std::os::fd::{AsFd, AsRawFd};
+            let mut v: libc::c_int = -1;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: `v` and `len` are live locals of the sizes passed.
+            let rc = unsafe {
+                libc::getsockopt(
+                    s.as_fd().as_raw_fd(),
+                    libc::IPPROTO_TCP,
+                    libc::TCP_NODELAY,
+                    (&mut v as *mut libc::c_int).cast(),
+                    &mut len,
+                )
+            };
+            assert_eq!(rc, 0);
+            v
+        };
+        let before = get(&s);
+        s.set_nodelay(true).expect("set_nodelay");
+        let on = get(&s);
+        s.set_nodelay(false).expect("set_nodelay");
+        let off = get(&s);
+        tx.send((before, on, off)).unwrap();
+    });
+    let _c = std::net::TcpStream::connect(addr).unwrap();
+    assert_eq!(rx.recv_timeout(HANG).unwrap(), (0, 1, 0));
+}
+
 /// A response as a server sends one: a header with send_all, then a file's bytes with
 /// `TcpStream::send_file`, for a file on the connection's shard and on the other one, below the
 /// copy threshold (a ring copy) and above it (SPLICE through a pipe); the client checks every

@@ -18,10 +18,12 @@
 //!   Content-Types, listing);
 //! - `service`: one request from its parts (method, path, query, headers, a body source) to
 //!   its `http::Reply`;
-//! - `tokio_engine`: `--engine tokio`, hyper on tokio as the transport (timeouts, connection
-//!   cap, streaming bodies). The only engine for now; `--engine` refuses any other name.
+//! - `tokio_engine`: `--engine tokio` (the default), hyper on tokio as the transport (timeouts,
+//!   connection cap, streaming bodies): the example of embedding ringshard in a tokio server;
+//! - `shards_engine`: `--engine shards`, HTTP/1.1 (httparse) on ringshard's own sockets, every
+//!   connection a task on the shard that accepted it (keep-alive, pipelining).
 //!
-//! Another engine (sockets on ringshard's shards, say) needs only its transport: parse a request
+//! An engine needs only its transport: parse a request
 //! into `service::Request` (method, path, query, `HeaderMap`), implement
 //! `store::BodySource` over its body (the body timeout lives there: `BodyError::Timeout` makes
 //! the 408 and removes the upload), give the `store::Store` a `store::Blocking` runner, call
@@ -79,6 +81,7 @@
 
 mod http;
 mod service;
+mod shards_engine;
 mod store;
 mod tokio_engine;
 
@@ -94,6 +97,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 enum Engine {
     /// hyper's HTTP/1.1 on a tokio runtime.
     Tokio,
+    /// ringshard's sockets: every connection a task on the shard that accepted it.
+    Shards,
 }
 
 #[derive(Parser, Debug)]
@@ -120,7 +125,8 @@ struct Args {
     /// Largest object a PUT may store, in bytes (default 64 MiB).
     #[arg(long, default_value_t = 64 << 20)]
     max_object: u64,
-    /// tokio worker threads (default: one per CPU).
+    /// tokio worker threads (default: one per CPU); with `--engine shards`, the threads for the
+    /// store's few blocking calls (default 2).
     #[arg(long)]
     workers: Option<usize>,
     /// Open handles (with metadata) cached by key.
@@ -270,6 +276,11 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             let st = Arc::new(store::Store::new(exec, cfg, seed, blocking));
             rt.block_on(tokio_engine::serve(args.listen, st, limits))?;
             drop(rt);
+        }
+        Engine::Shards => {
+            let blocking = shards_engine::blocking_pool(args.workers.unwrap_or(2))?;
+            let st = Arc::new(store::Store::new(exec, cfg, seed, blocking));
+            shards_engine::serve(args.listen, st, limits)?;
         }
     }
     Ok(())

@@ -507,23 +507,33 @@ impl Store {
     ) -> (Completion<Vec<u8>>, usize, usize) {
         // Small reads take a fresh allocation (cheap from malloc's free lists); large ones a
         // pooled buffer.
-        let buf = || {
-            if len >= POOLED_MIN {
-                self.bufs.take()
-            } else {
-                Vec::new()
-            }
+        let buf = if len >= POOLED_MIN {
+            self.bufs.take()
+        } else {
+            Vec::new()
         };
+        self.read_range_into(file, off, len, buf)
+    }
+
+    /// [`read_range`](Self::read_range) into `buf` (its allocation reused, its contents
+    /// replaced): for an engine that keeps a buffer per connection.
+    pub fn read_range_into(
+        &self,
+        file: &File,
+        off: u64,
+        len: u64,
+        buf: Vec<u8>,
+    ) -> (Completion<Vec<u8>>, usize, usize) {
         if file.is_direct() {
             let start = off - off % DIRECT_ALIGN;
             let end = (off + len).div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
             let c = self
                 .exec
-                .read_into(file, start, (end - start) as usize, buf());
+                .read_into(file, start, (end - start) as usize, buf);
             (c, (off - start) as usize, len as usize)
         } else {
             (
-                self.exec.read_into(file, off, len as usize, buf()),
+                self.exec.read_into(file, off, len as usize, buf),
                 0,
                 len as usize,
             )

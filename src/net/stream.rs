@@ -46,6 +46,17 @@ impl std::fmt::Debug for TcpStream {
     }
 }
 
+/// The socket's descriptor, for system calls on it such as `getsockopt` (valid while this handle
+/// lives). To send a file's bytes, use [`TcpStream::send_file`]: it is ordered after the
+/// stream's earlier sends and owns a duplicate of the socket.
+impl std::os::fd::AsFd for TcpStream {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        // SAFETY: the descriptor stays open while `self.file` lives (it is closed on its shard
+        // only when the last handle drops), and the borrow cannot outlive `self`.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(self.file.raw_fd()) }
+    }
+}
+
 impl TcpStream {
     /// A stream around an installed socket: its addresses are read now (the peer's from the
     /// name it was installed under when the connection is already gone).
@@ -98,6 +109,34 @@ impl TcpStream {
     /// The shard it lives on.
     pub fn shard(&self) -> usize {
         self.file.shard()
+    }
+
+    /// Sets `TCP_NODELAY` (on: small segments go out at once instead of waiting for the peer's
+    /// acknowledgement of earlier ones; a server that writes a response in more than one send
+    /// wants it). The call does not block.
+    pub fn set_nodelay(&self, on: bool) -> Result<()> {
+        let v: libc::c_int = on.into();
+        // SAFETY: the descriptor is valid while `self.file` lives; `v` is a live c_int of the
+        // size passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.file.raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            let name = self.file.path().to_path_buf();
+            return Err(Error::io(
+                "setsockopt TCP_NODELAY",
+                Some(name),
+                None,
+                crate::numa::last_errno(),
+            ));
+        }
+        Ok(())
     }
 
     /// Each later receive of this handle fails with

@@ -608,23 +608,7 @@ fn set_nodelay_sets_tcp_nodelay() {
     let (tx, rx) = mpsc::channel();
     let (addr, _h) = serve(&exec, 0, move |l| async move {
         let (s, _) = l.accept().await.expect("accept");
-        let get = |s: &TcpStream| {
-            use std::os::fd::{AsFd, AsRawFd};
-            let mut v: libc::c_int = -1;
-            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-            // SAFETY: `v` and `len` are live locals of the sizes passed.
-            let rc = unsafe {
-                libc::getsockopt(
-                    s.as_fd().as_raw_fd(),
-                    libc::IPPROTO_TCP,
-                    libc::TCP_NODELAY,
-                    (&mut v as *mut libc::c_int).cast(),
-                    &mut len,
-                )
-            };
-            assert_eq!(rc, 0);
-            v
-        };
+        let get = |s: &TcpStream| i32::from(s.nodelay().expect("nodelay"));
         let before = get(&s);
         s.set_nodelay(true).expect("set_nodelay");
         let on = get(&s);

@@ -46,17 +46,6 @@ impl std::fmt::Debug for TcpStream {
     }
 }
 
-/// The socket's descriptor, for system calls on it such as `getsockopt` (valid while this handle
-/// lives). To send a file's bytes, use [`TcpStream::send_file`]: it is ordered after the
-/// stream's earlier sends and owns a duplicate of the socket.
-impl std::os::fd::AsFd for TcpStream {
-    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        // SAFETY: the descriptor stays open while `self.file` lives (it is closed on its shard
-        // only when the last handle drops), and the borrow cannot outlive `self`.
-        unsafe { std::os::fd::BorrowedFd::borrow_raw(self.file.raw_fd()) }
-    }
-}
-
 impl TcpStream {
     /// A stream around an installed socket: its addresses are read now (the peer's from the
     /// name it was installed under when the connection is already gone).
@@ -116,8 +105,10 @@ impl TcpStream {
     /// wants it). The call does not block.
     pub fn set_nodelay(&self, on: bool) -> Result<()> {
         let v: libc::c_int = on.into();
-        // SAFETY: the descriptor is valid while `self.file` lives; `v` is a live c_int of the
-        // size passed.
+        // SAFETY: setsockopt reads one c_int from a live local of the size passed; no memory of
+        // ours is kept. The descriptor is the shard's, open while this handle lives and the
+        // executor runs (once it has stopped, the number may name another descriptor: the call
+        // would then fail or set the option there; it never touches memory).
         let rc = unsafe {
             libc::setsockopt(
                 self.file.raw_fd(),
@@ -137,6 +128,29 @@ impl TcpStream {
             ));
         }
         Ok(())
+    }
+
+    /// Whether `TCP_NODELAY` is set. The call does not block.
+    pub fn nodelay(&self) -> Result<bool> {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes one c_int and its length into live locals of the sizes
+        // passed; the descriptor as in `set_nodelay`.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.file.raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        if rc < 0 {
+            let errno = crate::numa::last_errno();
+            let name = self.file.path().to_path_buf();
+            return Err(Error::io("getsockopt TCP_NODELAY", Some(name), None, errno));
+        }
+        Ok(v != 0)
     }
 
     /// Each later receive of this handle fails with

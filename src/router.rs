@@ -31,16 +31,25 @@ impl FileKey {
     }
 }
 
+/// The `dev` of the order key an open gets: no device has it (`dev_t` values fit in 32 bits), so
+/// opens are ordered against nothing (each has a key of its own, `ino` a sequence number).
+pub(crate) const OPEN_KEY_DEV: u64 = u64::MAX;
+
+/// The `dev` of a socket's key ([`FileKey::unique_socket`]): no device has it, and it is not
+/// [`OPEN_KEY_DEV`] (a socket sharing an open's key would share its order list: an open would
+/// wait behind a receive that waits for its peer).
+pub(crate) const SOCKET_KEY_DEV: u64 = u64::MAX - 1;
+
 impl FileKey {
     /// A key no other descriptor has, for a socket `ringshard::net` made or accepted: the
     /// kernel numbers sockets (and pipes) from one 32-bit counter that wraps, so a new
     /// connection could get a live one's (dev, ino), and with it its order list (its receive
     /// would wait behind the other's). Sockets are installed on a shard chosen by the caller,
-    /// never routed by key, so any unique value serves. `dev` u64::MAX is no device.
+    /// never routed by key, so any unique value serves ([`SOCKET_KEY_DEV`]).
     pub(crate) fn unique_socket() -> FileKey {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         FileKey {
-            dev: u64::MAX,
+            dev: SOCKET_KEY_DEV,
             ino: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
     }
@@ -68,7 +77,11 @@ mod tests {
         let a = FileKey::unique_socket();
         let b = FileKey::unique_socket();
         assert_ne!(a, b);
-        assert_eq!((a.dev, b.dev), (u64::MAX, u64::MAX));
+        assert_eq!((a.dev, b.dev), (SOCKET_KEY_DEV, SOCKET_KEY_DEV));
+        assert_ne!(
+            SOCKET_KEY_DEV, OPEN_KEY_DEV,
+            "an open would share a socket's order list"
+        );
     }
 
     #[test]

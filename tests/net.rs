@@ -716,6 +716,13 @@ fn submit_to_runs_while_a_receive_waits_for_a_silent_peer() {
     let f = open_rwc(&exec, &dir.path().join("f"));
     assert_eq!(ok(exec.submit_to(0, |_ctx| 42u32), "submit_to"), 42);
     ok(exec.fsync(&f), "fsync after the closure");
+    // An open (OPENAT: each has an order key of its own, as each socket does; the two kinds of
+    // key must never meet, or it would wait behind the receive).
+    let g = ok(
+        exec.open_async(dir.path().join("g"), &rwc()),
+        "open_async beside a waiting receive",
+    );
+    assert_eq!(ok(exec.write(&g, 0, b"ok".to_vec()), "write"), 2);
     idle.write_all(b"x").unwrap();
     let (r, b) = got_rx.recv_timeout(HANG).unwrap();
     assert_eq!(r, Ok(1));

@@ -113,9 +113,11 @@ struct Args {
     /// The transport (the HTTP semantics are the same on every engine).
     #[arg(long, value_enum, default_value_t = Engine::Tokio)]
     engine: Engine,
-    /// ringshard shards (default 1).
-    #[arg(long, default_value_t = 1)]
-    shards: usize,
+    /// ringshard shards. Default: with `--engine shards` one per CPU this process may run on
+    /// (thread per core: each shard serves its own connections); with `--engine tokio` 1 (file
+    /// I/O only; tokio's workers serve the connections).
+    #[arg(long)]
+    shards: Option<usize>,
     /// Read objects of at least --direct-min bytes with O_DIRECT.
     #[arg(long)]
     direct: bool,
@@ -240,7 +242,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         eprintln!("removed {stale} stale temporary files");
     }
     let mut builder = Executor::builder()
-        .shards(args.shards.max(1))
+        .shards(shard_count(&args))
         .max_files(args.cache.clamp(1024, 65536) as u32);
     if let Some(us) = args.spin_us {
         builder = builder.spin(Duration::from_micros(us));
@@ -284,4 +286,14 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     Ok(())
+}
+
+/// `--shards`, or its default for the engine (see [`Args::shards`]).
+fn shard_count(args: &Args) -> usize {
+    let cpus = || std::thread::available_parallelism().map_or(1, |n| n.get());
+    match (args.shards, args.engine) {
+        (Some(n), _) => n.max(1),
+        (None, Engine::Shards) => cpus(),
+        (None, Engine::Tokio) => 1,
+    }
 }

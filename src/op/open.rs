@@ -38,9 +38,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::sync::Arc;
 
-/// The `dev` of the order key an open gets: no device has it (`dev_t` values fit in 32 bits), so
-/// opens are ordered against nothing (each has a key of its own, `ino` a sequence number).
-pub(crate) const OPEN_KEY_DEV: u64 = u64::MAX;
+pub(crate) use crate::router::OPEN_KEY_DEV;
 
 /// Where an open's descriptor goes: the executor (`ExecShared`), which sends it to the shard its
 /// inode hashes to. A trait here, so that `op/` needs nothing above it.

@@ -240,6 +240,12 @@ pub(crate) fn fallback_reason(e: &Error) -> Option<String> {
     }
 }
 
+/// One completion: `user_data`, result, and the CQE's flags (`IORING_CQE_F_MORE`: more CQEs of
+/// this multishot SQE follow; `IORING_CQE_F_BUFFER`: a provided buffer's id in the upper 16 bits;
+/// `IORING_CQE_F_NOTIF`: a zero-copy send's notification). The threads backend sets none: it runs
+/// no multishot, provided-buffer or zero-copy request, so each of its SQEs has one CQE.
+pub(crate) type Cqe = (u64, i32, u32);
+
 /// A shard's ring: the kernel's, or the threads backend's.
 pub(crate) enum Driver {
     Uring(IoUring),
@@ -375,11 +381,14 @@ impl Driver {
         }
     }
 
-    /// Appends every ready completion as (user_data, result).
-    pub(crate) fn completions(&mut self, out: &mut Vec<(u64, i32)>) {
+    /// Appends every ready completion as a [`Cqe`].
+    pub(crate) fn completions(&mut self, out: &mut Vec<Cqe>) {
         match self {
-            Driver::Uring(r) => out.extend(r.completion().map(|c| (c.user_data(), c.result()))),
-            Driver::Threads(t) => t.completions(out),
+            Driver::Uring(r) => out.extend(
+                r.completion()
+                    .map(|c| (c.user_data(), c.result(), c.flags())),
+            ),
+            Driver::Threads(t) => t.flagged_completions(out),
         }
     }
 

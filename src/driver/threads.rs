@@ -300,7 +300,14 @@ impl ThreadDriver {
         }
     }
 
-    /// Moves every ready completion into `out`.
+    /// Moves every ready completion into `out`, with no CQE flags (see [`super::Cqe`]).
+    pub(crate) fn flagged_completions(&mut self, out: &mut Vec<super::Cqe>) {
+        self.collect();
+        out.extend(self.cq.drain(..).map(|(ud, res)| (ud, res, 0)));
+    }
+
+    /// Moves every ready completion into `out` as (user_data, result).
+    #[cfg(test)]
     pub(crate) fn completions(&mut self, out: &mut Vec<(u64, i32)>) {
         self.collect();
         out.extend(self.cq.drain(..));

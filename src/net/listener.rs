@@ -1,13 +1,16 @@
 //! [`TcpListener`]: a listening socket on the shard that bound it.
 
 use super::{here, install_here, os_error, tcp_socket, TcpStream};
+use crate::completion::pair;
+use crate::error::Error;
 use crate::error::Result;
 use crate::file::File;
-use crate::op::accept::Accept;
+use crate::op::accept::{self, AcceptRounds, SharedQueue, Take};
 use crate::op::open::Installer;
 use crate::op::sockaddr::{address_of, listener_name, RawAddr};
 use crate::op::FileOp;
 use crate::routes::ExecShared;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -18,11 +21,14 @@ const BACKLOG: i32 = 4096;
 
 /// A TCP listener on one shard (see the [module docs](super) for the per-shard shape).
 ///
-/// Closed when the last handle drops (a clone shares it). An accept in flight keeps it open
-/// until that accept ends.
+/// Closed when the last handle drops (a clone shares it), with the connections it accepted
+/// that no accept took (see [`accept`](Self::accept)).
 #[derive(Clone)]
 pub struct TcpListener {
     file: File,
+    /// Connections accepted and not taken, accepts waiting: shared with the op taking
+    /// connections (`op/accept.rs`).
+    queue: SharedQueue,
     exec: Arc<ExecShared>,
     local: SocketAddr,
     accept_timeout: Option<Duration>,
@@ -76,6 +82,7 @@ impl TcpListener {
         let file = install_here(&exec, shard, fd, &listener_name(local)).await?;
         Ok(TcpListener {
             file,
+            queue: SharedQueue::default(),
             exec,
             local,
             accept_timeout: None,
@@ -99,20 +106,96 @@ impl TcpListener {
         self.file.shard()
     }
 
-    /// Waits for a connection (IORING_OP_ACCEPT on the shard's ring) and returns it, installed
-    /// on this listener's shard, with the peer's address. Accepts run side by side. Dropping
-    /// the future cancels the accept; a connection the kernel accepted meanwhile is closed, never
-    /// leaked.
+    /// Waits for a connection and returns it, installed on this listener's shard, with the
+    /// peer's address. Accepts run side by side and get connections in the order they came.
+    ///
+    /// The first accept arms one accept in the shard's ring that stays armed and takes every
+    /// connection that comes (IORING_OP_ACCEPT with IORING_ACCEPT_MULTISHOT, Linux 5.19; one
+    /// round per connection on older kernels and the threads backend): a connection that comes
+    /// while no accept waits is queued for the next one, up to 128 (then the kernel's listen
+    /// backlog holds the next ones until accepts take the queued). Dropping the future (or its
+    /// timeout) gives up the wait: a connection is never handed to it after that, but one
+    /// handed to it just before is closed, never leaked. Dropping the listener's last handle
+    /// closes the connections queued and takes the accept out of the kernel. A connection its
+    /// peer reset before a multishot accept's completion was reaped comes with the unspecified
+    /// address (`0.0.0.0:0`): its address is gone, and its first receive reports the reset.
     pub async fn accept(&self) -> Result<(TcpStream, SocketAddr)> {
         let shard = self.file.shard();
         let installer = Arc::clone(&self.exec) as Arc<dyn Installer>;
-        let make = move |done| Box::new(Accept::new(installer, shard, done)) as Box<dyn FileOp>;
         let deadline = self
             .accept_timeout
             .and_then(|t| Instant::now().checked_add(t));
-        let file = self.exec.request_op(&self.file, Ok(make), deadline).await?;
+        let (c, done) = pair(self.exec.id, shard);
+        let taken = accept::lock(&self.queue).take(done);
+        match taken {
+            Take::Ready(fd, name, done) => {
+                accept::install_connection(&installer, shard, fd, name, done)
+            }
+            Take::Wait(None) => {}
+            Take::Wait(Some(id)) => {
+                // Nothing takes connections now: arm the op that does (outside the lock: a
+                // refused request completes the op, which locks the queue).
+                let queue = Arc::clone(&self.queue);
+                let make = move |d| {
+                    Box::new(AcceptRounds::new(queue, id, installer, shard, d)) as Box<dyn FileOp>
+                };
+                let mut armed = self.exec.request_op(&self.file, Ok(make), None);
+                match armed.try_take() {
+                    Some(Err(e)) => accept::lock(&self.queue).not_armed(id, &e),
+                    _ => armed.detach(),
+                }
+            }
+        }
+        let file = self.wait_for(c, deadline).await?;
         let stream = TcpStream::from_file(file, Arc::clone(&self.exec));
-        let peer = stream.peer_addr()?;
+        // A connection its peer reset before the shard took it from a multishot accept has no
+        // address any more (its first recv reports the reset): the unspecified one stands in.
+        let peer = stream
+            .peer_addr()
+            .unwrap_or_else(|_| unspecified(self.local));
         Ok((stream, peer))
+    }
+
+    /// How many connections were accepted and wait for an accept to take them. For tests.
+    #[doc(hidden)]
+    pub fn queued_connections_for_tests(&self) -> usize {
+        accept::lock(&self.queue).queued()
+    }
+
+    /// `c`'s connection, or DeadlineExceeded past `deadline` (then `c` is dropped: no
+    /// connection is handed to it any more).
+    async fn wait_for(
+        &self,
+        mut c: crate::completion::Completion<File>,
+        deadline: Option<Instant>,
+    ) -> Result<File> {
+        if deadline.is_none() {
+            return c.await;
+        }
+        let mut sleep = std::pin::pin!(crate::task::sleep_until(deadline));
+        std::future::poll_fn(|cx| {
+            if let std::task::Poll::Ready(r) = std::pin::Pin::new(&mut c).poll(cx) {
+                return std::task::Poll::Ready(r);
+            }
+            match sleep.as_mut().poll(cx) {
+                std::task::Poll::Ready(()) => {
+                    std::task::Poll::Ready(Err(Error::DeadlineExceeded {
+                        op: "accept",
+                        path: Some(self.file.path().to_path_buf()),
+                        written: None,
+                    }))
+                }
+                std::task::Poll::Pending => std::task::Poll::Pending,
+            }
+        })
+        .await
+    }
+}
+
+/// The unspecified address of `local`'s family, port 0.
+fn unspecified(local: SocketAddr) -> SocketAddr {
+    match local {
+        SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        SocketAddr::V6(_) => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
     }
 }

@@ -71,7 +71,7 @@ impl FileOp for Append {
         .build()))
     }
 
-    fn on_result(&mut self, res: i32, fd: RawFd) -> Step {
+    fn on_result(&mut self, res: i32, _flags: u32, fd: RawFd) -> Step {
         if res == 0 && !self.data.is_empty() {
             self.split = true; // no progress: fails with EIO below
             return Step::Done;

@@ -232,7 +232,7 @@ impl FileOp for CopyRange {
         ret.min(i64::from(i32::MAX)) as i32
     }
 
-    fn on_result(&mut self, res: i32, _fd: RawFd) -> super::Step {
+    fn on_result(&mut self, res: i32, _flags: u32, _fd: RawFd) -> super::Step {
         if std::mem::take(&mut self.waiting) {
             return super::Step::Again; // handed over: now the copy
         }

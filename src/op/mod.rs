@@ -184,9 +184,9 @@ impl Footprint {
 ///
 /// The op table owns the op until its last CQE has arrived (see the module docs for how to add
 /// one). Methods are called on the shard thread, in this order: `footprint` and `size_at_admit`
-/// when admitted; then, once per round, `sqe` (or `run_blocking`) and `on_result` with its
-/// non-negative result (a negative one is the op's errno: EINTR repeats the round, anything else
-/// fails the op); finally `size_after` (on success) and `complete`.
+/// when admitted; then, once per round, `sqe` (or `run_blocking`), `on_more` for each CQE of a
+/// multishot round but its last, and `on_result` with its (last) non-negative result (a
+/// negative one is the op's errno: EINTR repeats the round, anything else fails the op); finally `size_after` (on success) and `complete`.
 pub(crate) trait FileOp: Send {
     /// The kind, for statistics, probing and errors.
     fn kind(&self) -> OpKind;
@@ -232,10 +232,27 @@ pub(crate) trait FileOp: Send {
         None
     }
 
-    /// A round's non-negative result; `fd` is the op's plain descriptor.
-    fn on_result(&mut self, res: i32, fd: RawFd) -> Step {
-        let _ = (res, fd);
+    /// A round's non-negative result and its CQE's flags (`IORING_CQE_F_BUFFER` with the
+    /// provided buffer's id, ...; 0 from a blocking call or the threads backend); `fd` is the op's
+    /// plain descriptor. For a multishot round this is its last CQE (the one without
+    /// `IORING_CQE_F_MORE`): [`Step::Again`] arms a new round.
+    fn on_result(&mut self, res: i32, flags: u32, fd: RawFd) -> Step {
+        let _ = (res, flags, fd);
         Step::Done
+    }
+
+    /// A CQE of a multishot round that is not its last (it has `IORING_CQE_F_MORE`): `res` is
+    /// its result (a non-negative one: the kernel ends a multishot round at its first error,
+    /// with a CQE without the flag), `flags` its flags. The round stays in the kernel, and the op
+    /// in the op table, counted in flight, until the last CQE comes; everything the SQE names
+    /// stays put until then. [`Step::Again`]: keep the round armed; [`Step::Done`]: stop it (the
+    /// shard cancels it with ASYNC_CANCEL; CQEs already on their way still come here, and the
+    /// last one, `-ECANCELED` or a result, ends the op as a cancelled op's does). Only an op
+    /// whose SQE asks for a multishot round gets this; the threads backend runs none (it runs
+    /// each SQE once: its CQE is the last).
+    fn on_more(&mut self, res: i32, flags: u32, fd: RawFd) -> Step {
+        let _ = (res, flags, fd);
+        Step::Again
     }
 
     /// The error for `errno`; `file` is the op's file (path operations name their own paths).
@@ -286,6 +303,14 @@ pub(crate) trait FileOp: Send {
         false
     }
 
+    /// Whether each round's result is an operation of its own in the statistics (an accept's
+    /// rounds each take a connection), counted when it comes (with the time since the op or its
+    /// last counted round began), rather than the op once at its end. Each CQE of a multishot
+    /// round but its last is counted so always.
+    fn rounds_are_ops(&self) -> bool {
+        false
+    }
+
     /// Whether a round already in the kernel is cancelled (ASYNC_CANCEL) when the op is dropped
     /// or past its deadline, as a read's is: for rounds that may wait forever (a socket that
     /// stops taking bytes, a peer that sends nothing). Default: no, the round completes (a
@@ -322,3 +347,45 @@ pub(crate) fn cwd() -> types::Fd {
 }
 
 pub(crate) use crate::file::c_path;
+
+/// The running kernel's release (`uname`, read once): for request flags that the opcode probe
+/// cannot tell about (an older kernel refuses an unknown flag on every request alike).
+pub(crate) struct KernelRelease {
+    /// Major and minor version; `None` when `uname` failed (then every flag is tried, and the
+    /// kernel answers per request).
+    version: Option<(u32, u32)>,
+    /// The release as `uname` gives it, for errors.
+    pub text: String,
+}
+
+impl KernelRelease {
+    /// Whether the kernel is `major.minor` or later (true when unknown).
+    pub(crate) fn at_least(&self, major: u32, minor: u32) -> bool {
+        self.version.is_none_or(|v| v >= (major, minor))
+    }
+}
+
+/// See [`KernelRelease`].
+pub(crate) fn kernel_release() -> &'static KernelRelease {
+    static KERNEL: std::sync::OnceLock<KernelRelease> = std::sync::OnceLock::new();
+    KERNEL.get_or_init(|| {
+        // SAFETY: uname fills a local struct of fixed-size arrays.
+        let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+        // SAFETY: as above; the release is NUL-terminated by the kernel.
+        if unsafe { libc::uname(&mut u) } != 0 {
+            return KernelRelease {
+                version: None,
+                text: String::from("unknown"),
+            };
+        }
+        // SAFETY: `release` is a NUL-terminated array inside `u`.
+        let text = unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }
+            .to_string_lossy()
+            .into_owned();
+        let mut parts = text
+            .split(|c: char| !c.is_ascii_digit())
+            .map(|p| p.parse::<u32>().unwrap_or(0));
+        let version = Some((parts.next().unwrap_or(0), parts.next().unwrap_or(0)));
+        KernelRelease { version, text }
+    })
+}

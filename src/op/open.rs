@@ -239,7 +239,7 @@ impl FileOp for OpenAt {
         }
     }
 
-    fn on_result(&mut self, res: i32, _fd: RawFd) -> super::Step {
+    fn on_result(&mut self, res: i32, _flags: u32, _fd: RawFd) -> super::Step {
         match self.stage {
             Stage::Open => {
                 // SAFETY: a successful OPENAT's result is a new descriptor that nothing else

@@ -251,7 +251,7 @@ impl FileOp for ReadDir {
         }
     }
 
-    fn on_result(&mut self, res: i32, _fd: RawFd) -> Step {
+    fn on_result(&mut self, res: i32, _flags: u32, _fd: RawFd) -> Step {
         if let Source::Path { fd: own @ None, .. } = &mut self.source {
             // SAFETY: the OPENAT's result is a new descriptor nobody else owns; owned from
             // here, it is closed when the op is dropped, however the op ends.

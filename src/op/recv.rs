@@ -50,7 +50,7 @@ impl FileOp for Recv {
         Some(on_fd!(fd.target, |f| opcode::Recv::new(f, ptr, len).build()))
     }
 
-    fn on_result(&mut self, res: i32, _fd: RawFd) -> Step {
+    fn on_result(&mut self, res: i32, _flags: u32, _fd: RawFd) -> Step {
         self.got = (res.max(0) as usize).min(self.buf.capacity());
         Step::Done
     }

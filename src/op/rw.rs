@@ -65,25 +65,8 @@ const RWF_DONTCACHE: i32 = 0x0000_0080;
 /// `uname`), and the release, for errors. A kernel that does not know the flag refuses it with
 /// EOPNOTSUPP on every file, so asking it per file would only repeat that answer.
 pub(crate) fn dontcache_supported() -> (bool, &'static str) {
-    static KERNEL: std::sync::OnceLock<(bool, String)> = std::sync::OnceLock::new();
-    let (ok, release) = KERNEL.get_or_init(|| {
-        // SAFETY: uname fills a local struct of fixed-size arrays.
-        let mut u: libc::utsname = unsafe { std::mem::zeroed() };
-        // SAFETY: as above; the release is NUL-terminated by the kernel.
-        if unsafe { libc::uname(&mut u) } != 0 {
-            return (true, String::from("unknown")); // let the kernel answer per operation
-        }
-        // SAFETY: `release` is a NUL-terminated array inside `u`.
-        let release = unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }
-            .to_string_lossy()
-            .into_owned();
-        let mut parts = release
-            .split(|c: char| !c.is_ascii_digit())
-            .map(|p| p.parse::<u32>().unwrap_or(0));
-        let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-        ((major, minor) >= (6, 14), release)
-    });
-    (*ok, release.as_str())
+    let release = super::kernel_release();
+    (release.at_least(6, 14), release.text.as_str())
 }
 
 /// Whether a read or write chunk that failed with `errno` is issued again: EINTR always; EAGAIN

@@ -50,7 +50,7 @@ impl FileOp for Send {
             .build()))
     }
 
-    fn on_result(&mut self, res: i32, _fd: RawFd) -> Step {
+    fn on_result(&mut self, res: i32, _flags: u32, _fd: RawFd) -> Step {
         let n = res.max(0) as usize;
         self.sent = self.sent.saturating_add(n).min(self.buf.len());
         if self.all && n > 0 && self.sent < self.buf.len() {

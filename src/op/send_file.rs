@@ -333,7 +333,7 @@ impl FileOp for SendFile {
         None
     }
 
-    fn on_result(&mut self, res: i32, _fd: RawFd) -> Step {
+    fn on_result(&mut self, res: i32, _flags: u32, _fd: RawFd) -> Step {
         if self.wait_out {
             // Room (or an error the next round will see): the same phase again.
             self.wait_out = false;

@@ -104,7 +104,7 @@ impl FileOp for ReadV {
         .build()))
     }
 
-    fn on_result(&mut self, res: i32, _fd: RawFd) -> Step {
+    fn on_result(&mut self, res: i32, _flags: u32, _fd: RawFd) -> Step {
         advance(&mut self.done, self.total, res) // 0: end of file
     }
 
@@ -202,7 +202,7 @@ impl FileOp for WriteV {
         .build()))
     }
 
-    fn on_result(&mut self, res: i32, _fd: RawFd) -> Step {
+    fn on_result(&mut self, res: i32, _flags: u32, _fd: RawFd) -> Step {
         advance(&mut self.done, self.total, res) // 0: no progress, report what was written
     }
 

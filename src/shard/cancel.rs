@@ -109,7 +109,7 @@ impl Shard {
     /// Cancels op `slot`: one the kernel has not seen is finished now; of one in the kernel,
     /// reads (everything, after shutdown's grace) get an ASYNC_CANCEL per SQE, and it finishes
     /// at its completions. Issued writes and syncs finish normally.
-    fn cancel(&mut self, slot: u32, why: CancelWhy) {
+    pub(super) fn cancel(&mut self, slot: u32, why: CancelWhy) {
         let gen = self.ops.gen(slot);
         let Some(op) = self.ops.get(slot) else { return };
         if !op.started() {
@@ -188,6 +188,7 @@ impl Shard {
         match why {
             CancelWhy::Deadline => self.stats.note_deadline_exceeded(),
             CancelWhy::Dropped | CancelWhy::Shutdown => self.stats.note_cancelled(),
+            CancelWhy::Stopped => {}
         }
         cancel_error_of(why, kind, path)
     }
@@ -210,7 +211,7 @@ pub(super) fn cancel_error_of(why: CancelWhy, kind: OpKind, path: Option<&Path>)
             path,
             written: None,
         },
-        CancelWhy::Dropped | CancelWhy::Shutdown => Error::Cancelled {
+        CancelWhy::Dropped | CancelWhy::Shutdown | CancelWhy::Stopped => Error::Cancelled {
             op: kind.name(),
             path,
             written: None,

@@ -26,6 +26,10 @@ pub struct ShardCqe {
     pub user_data: u64,
     /// Bytes transferred, or a negative errno.
     pub result: i32,
+    /// The CQE's flags (`IORING_CQE_F_MORE`, `IORING_CQE_F_BUFFER` with a buffer id in the upper
+    /// 16 bits, ...; see `io_uring::cqueue`). Always 0 on the threads backend, which runs no
+    /// multishot or provided-buffer request.
+    pub flags: u32,
     /// For operations pushed through the pool: the buffer, already marked complete (still
     /// acquired: release it when done with the data).
     pub buf_index: Option<u16>,
@@ -216,7 +220,7 @@ impl ShardContext<'_> {
         let mut n = 0;
         let mut cqes = Vec::new();
         self.ring.completions(&mut cqes);
-        for (user_data, result) in cqes {
+        for (user_data, result, flags) in cqes {
             if user_data == WAKE_USER_DATA {
                 *self.wake_seen = true;
                 continue;
@@ -228,6 +232,7 @@ impl ShardContext<'_> {
             f(ShardCqe {
                 user_data,
                 result,
+                flags,
                 buf_index,
             });
             n += 1;

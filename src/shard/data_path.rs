@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 pub(super) const INLINE_PAUSE: Duration = Duration::from_secs(5);
 
 impl Shard {
-    pub(super) fn complete_plain(&mut self, ud: u64, res: i32) {
+    pub(super) fn complete_plain(&mut self, ud: u64, res: i32, flags: u32) {
         let slot = (ud & SLOT_MASK) as u32;
         if u64::from(self.ops.gen(slot)) != (ud >> SLOT_BITS) & GEN_MASK {
             return; // stale: cannot happen while slots outlive their SQEs, but never misroute
@@ -21,7 +21,7 @@ impl Shard {
         let Some(op) = self.ops.get(slot) else { return };
         if matches!(op.io, IoOp::File(_)) {
             let raw = self.fd_of(slot);
-            self.file_op_result(slot, res, raw);
+            self.file_op_result(slot, res, flags, raw);
             return;
         }
         op.outstanding = op.outstanding.saturating_sub(1);

@@ -35,7 +35,7 @@ impl Shard {
             Some(entry) => entry,
             None => {
                 let res = f.run_blocking(raw);
-                self.file_op_result(slot, res, raw);
+                self.file_op_result(slot, res, 0, raw);
                 return Ok(true);
             }
         };
@@ -51,8 +51,13 @@ impl Shard {
     }
 
     /// A round of a [`FileOp`](crate::op::FileOp) ended with `res` (a CQE's or its blocking
-    /// call's): another round, or finish.
-    pub(super) fn file_op_result(&mut self, slot: u32, res: i32, raw: RawFd) {
+    /// call's; `flags`: the CQE's): another round, or finish. A CQE with `IORING_CQE_F_MORE` does
+    /// not end its multishot round: see [`file_op_more`](Self::file_op_more).
+    pub(super) fn file_op_result(&mut self, slot: u32, res: i32, flags: u32, raw: RawFd) {
+        if io_uring::cqueue::more(flags) {
+            self.file_op_more(slot, res, flags, raw);
+            return;
+        }
         let Some(op) = self.ops.get(slot) else { return };
         let peer_sqe = op.outstanding > 0 && op.kind.waits_for_peer();
         op.outstanding = 0;
@@ -77,7 +82,7 @@ impl Shard {
                     false
                 }
             },
-            r => f.on_result(r, raw) == crate::op::Step::Again,
+            r => f.on_result(r, flags, raw) == crate::op::Step::Again,
         };
         if res >= 0 && !again && f.cancel_in_flight() {
             // The kernel finished the op before its cancellation reached it: its result (bytes
@@ -85,6 +90,10 @@ impl Shard {
             op.cancel = None;
         }
         if again && op.cancel.is_none() {
+            if res >= 0 && f.rounds_are_ops() {
+                self.count_round(slot);
+            }
+            let Some(op) = self.ops.get(slot) else { return };
             op.issued = 0;
             // Counts finished rounds: the op has started, so it is not skipped between rounds
             // (a half-done vectored write is not cut short by a dropped handle).
@@ -93,6 +102,42 @@ impl Shard {
         } else {
             self.finish(slot);
         }
+    }
+
+    /// A CQE of a multishot round that more CQEs follow: the op stays in the table with its SQE
+    /// counted in flight (`outstanding`, `in_flight`, `peer_in_flight` are left as they are), so
+    /// drain, shutdown and `Drop for Shard` treat it as in the kernel until its last CQE. If
+    /// the op asks to stop, or nobody waits for it any more, its round is cancelled in the
+    /// kernel (ASYNC_CANCEL, once); its last CQE then finishes it.
+    fn file_op_more(&mut self, slot: u32, res: i32, flags: u32, raw: RawFd) {
+        let Some(op) = self.ops.get(slot) else { return };
+        let IoOp::File(f) = &mut op.io else { return };
+        let step = f.on_more(res, flags, raw);
+        let why = if op.cancel.is_some() {
+            None // cancelled already: its last CQE is on its way
+        } else if step == crate::op::Step::Done {
+            Some(CancelWhy::Stopped)
+        } else if f.is_cancelled() {
+            Some(CancelWhy::Dropped)
+        } else {
+            None
+        };
+        self.count_round(slot);
+        if let Some(why) = why {
+            self.cancel(slot, why);
+        }
+    }
+
+    /// Counts a round of op `slot` that ended well as an operation of its own (see
+    /// [`FileOp::rounds_are_ops`](crate::op::FileOp::rounds_are_ops)); the next round's time
+    /// starts now.
+    fn count_round(&mut self, slot: u32) {
+        let now = self.now();
+        let Some(op) = self.ops.get(slot) else { return };
+        let (kind, at) = (op.kind, op.at);
+        op.at = now;
+        let lat = self.elapsed_since(at);
+        self.stats.record(kind, 0, lat);
     }
 
     /// Completes a [`FileOp`](crate::op::FileOp): its outcome to its handle, its known-size

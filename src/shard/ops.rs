@@ -114,6 +114,9 @@ pub(super) enum CancelWhy {
     Deadline,
     /// Shutdown's grace period ran out.
     Shutdown,
+    /// The op stopped its own multishot round (`FileOp::on_more` said `Done`): not a
+    /// cancellation anyone asked for, so not counted as one.
+    Stopped,
 }
 
 /// A part of a read or write that fits one buffer.

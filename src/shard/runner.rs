@@ -104,7 +104,7 @@ pub(super) struct Shard {
     pub(super) shutdown_waiters: Vec<Completer<()>>,
     /// The last cancellation/deadline scan.
     pub(super) last_scan: Instant,
-    pub(super) cqes: Vec<(u64, i32)>,
+    pub(super) cqes: Vec<crate::driver::Cqe>,
     /// The time, read at most once per loop turn: completions finished in one turn share it.
     pub(super) clock: Option<Instant>,
     /// The thread is unwinding from a panic: pending results report ShardFailed.

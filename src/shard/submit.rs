@@ -63,8 +63,11 @@ impl Shard {
         cqes.clear();
         self.ring.completions(&mut cqes);
         let n = cqes.len();
-        for &(ud, res) in &cqes {
-            self.in_flight = self.in_flight.saturating_sub(1);
+        for &(ud, res, flags) in &cqes {
+            // A multishot SQE's CQEs but its last (F_MORE) leave it in flight.
+            self.in_flight = self
+                .in_flight
+                .saturating_sub(u32::from(!io_uring::cqueue::more(flags)));
             if ud == WAKE_USER_DATA {
                 // Re-armed before the next sleep.
                 self.on_wake(res);
@@ -85,7 +88,7 @@ impl Shard {
             }
             match RegisteredBufferPool::buffer_index_of(ud) {
                 Some(idx) => self.complete_chunk(idx, ud, res),
-                None => self.complete_plain(ud, res),
+                None => self.complete_plain(ud, res, flags),
             }
         }
         self.cqes = cqes;

@@ -59,7 +59,7 @@ impl Shard {
         loop {
             let mut cqes = Vec::new();
             self.ring.completions(&mut cqes);
-            for (ud, res) in cqes {
+            for (ud, res, _flags) in cqes {
                 if ud == WAKE_USER_DATA {
                     self.in_flight = self.in_flight.saturating_sub(1);
                     self.on_wake(res);

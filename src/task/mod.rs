@@ -16,4 +16,9 @@ mod spawn;
 pub use join::{block_on, JoinHandle};
 pub use local::{local, LocalShard, PoolBuf};
 pub use sleep::{yield_now, Sleep, YieldNow};
+
+/// A [`Sleep`] until `deadline` (`None`: never), for the crate's own timeouts.
+pub(crate) fn sleep_until(deadline: Option<std::time::Instant>) -> Sleep {
+    Sleep::new(deadline)
+}
 pub(crate) use spawn::{spawn, spawn_result, spawn_with};

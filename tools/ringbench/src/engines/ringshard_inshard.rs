@@ -373,6 +373,7 @@ fn drive(ctx: &mut ShardContext<'_>, job: &Job, slots: &mut [Slot], res: &mut Sh
                                 inline_done.push(ShardCqe {
                                     user_data: 0,
                                     result,
+                                    flags: 0,
                                     buf_index: Some(slots[s].buf),
                                 });
                             }

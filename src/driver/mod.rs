@@ -318,6 +318,15 @@ impl Driver {
         }
     }
 
+    /// Whether completions that find the CQ full are kept aside rather than lost: the kernel's
+    /// IORING_FEAT_NODROP (5.5); the threads backend's queue is a vector, which never drops.
+    pub(crate) fn cq_nodrop(&self) -> bool {
+        match self {
+            Driver::Uring(r) => r.params().is_feature_nodrop(),
+            Driver::Threads(_) => true,
+        }
+    }
+
     pub(crate) fn cq_entries(&self) -> u32 {
         match self {
             Driver::Uring(r) => r.params().cq_entries(),

@@ -181,6 +181,19 @@ impl Shard {
             0
         };
         let cq_capacity = ring.cq_entries();
+        let cq_nodrop = ring.cq_nodrop();
+        if !cq_nodrop {
+            // Recorded where the shard's setup is read (stats, its log line): without NODROP
+            // every socket op counts against the CQ, so idle connections limit the shard.
+            let note = format!(
+                "the kernel lacks IORING_FEAT_NODROP (5.5): at most {cq_capacity} operations in \
+                 flight, socket operations waiting for peers included; upgrade the kernel"
+            );
+            ring_note = Some(match ring_note {
+                Some(n) => format!("{n}; {note}"),
+                None => note,
+            });
+        }
         let blocking = probe_blocking(&ring, &cfg.force_blocking);
         let mut stats = ShardStats::new(cfg.index, cfg.cpu, cfg.node);
         stats.blocking_ops = OpKind::ALL
@@ -229,6 +242,7 @@ impl Shard {
             in_flight: 0,
             peer_in_flight: 0,
             cq_capacity,
+            cq_nodrop,
             closing: false,
             closing_deadline: None,
             cancel_all: false,

@@ -76,7 +76,11 @@ impl Shard {
         fence(AtomicOrdering::SeqCst);
         // A message we cannot admit yet (too many ops) is no reason to stay up: the completions
         // that make room come only from waiting in the ring.
-        if (self.can_admit() && self.has_incoming()) || task_queues::has_work() {
+        // Completions moved out of the CQ (`make_sq_room`) are not in the ring to wake us.
+        if (self.can_admit() && self.has_incoming())
+            || task_queues::has_work()
+            || !self.cqes.is_empty()
+        {
             self.shared.sleep.store(AWAKE, AtomicOrdering::Relaxed);
             return;
         }

@@ -721,3 +721,53 @@ fn submit_to_runs_while_a_receive_waits_for_a_silent_peer() {
     assert_eq!(r, Ok(1));
     assert_eq!(b, b"x");
 }
+
+#[test]
+fn past_the_live_op_cap_a_request_fails_and_names_the_limit() {
+    let _serial = serial();
+    let _w = Watchdog::new("live op cap", HANG);
+    // Socket ops waiting for peers escape channel_capacity; the op table's hard cap still holds
+    // them (lowered here to 1 so that one waiting receive reaches it).
+    let exec = Arc::new(
+        Executor::builder()
+            .shards(1)
+            .max_live_ops_for_tests(1)
+            .build()
+            .expect("executor"),
+    );
+    let (res_tx, res_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let go_rx = std::sync::Mutex::new(go_rx);
+    let before = shard_stats(&exec, 0).cancelled;
+    let (addr, h) = serve(&exec, 0, move |l| async move {
+        let (s, _) = l.accept().await.expect("accept");
+        {
+            // A receive from a silent peer: the one live op.
+            let mut r = s.recv(Vec::with_capacity(8));
+            assert!(poll_once(&mut r).is_none());
+            // Sent after it, admitted after it: refused.
+            let e = l.accept().await.map(|_| ()).unwrap_err();
+            res_tx.send(e.to_string()).unwrap();
+        } // the receive dropped: cancelled, and then the table has room again
+        loop {
+            if go_rx.lock().unwrap().try_recv().is_ok() {
+                break;
+            }
+            ringshard::yield_now().await;
+        }
+        let (s2, _) = l.accept().await.expect("accept after the cap");
+        echo(s2).await;
+    });
+    let _silent = std::net::TcpStream::connect(addr).unwrap();
+    let e = res_rx.recv_timeout(HANG).unwrap();
+    assert!(
+        e.contains("accept") && e.contains("1 live operations"),
+        "{e}"
+    );
+    wait_until("the recv's cancellation", || {
+        shard_stats(&exec, 0).cancelled > before
+    });
+    go_tx.send(()).unwrap();
+    assert_eq!(std_echo(addr, b"room again"), b"room again");
+    h.wait().unwrap();
+}

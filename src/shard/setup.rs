@@ -53,6 +53,9 @@ pub(crate) struct ShardConfig {
     pub inline_write_stall: Option<Duration>,
     /// Op kinds to run with plain system calls even where the kernel has their opcode (tests).
     pub force_blocking: Vec<OpKind>,
+    /// Live ops at most, of every kind ([`MAX_LIVE_OPS`](super::ops::MAX_LIVE_OPS); lower in
+    /// tests): past it a request fails at admission.
+    pub max_live_ops: usize,
 }
 
 /// Starts shard `cfg.index` on its own thread. Returns once the shard is set up (pinned, memory

@@ -771,3 +771,41 @@ fn past_the_live_op_cap_a_request_fails_and_names_the_limit() {
     assert_eq!(std_echo(addr, b"room again"), b"room again");
     h.wait().unwrap();
 }
+
+#[test]
+fn bind_exclusive_refuses_a_second_bind_with_eaddrinuse_naming_the_address() {
+    let _serial = serial();
+    let _w = Watchdog::new("bind_exclusive", HANG);
+    let exec = exec(1);
+    let h = exec.spawn_on(0, async move {
+        // The default: SO_REUSEPORT, a second bind of the same address joins the group.
+        let shared = TcpListener::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .expect("bind");
+        let again = TcpListener::bind(shared.local_addr())
+            .await
+            .expect("a second SO_REUSEPORT bind");
+        drop((shared, again));
+        // Exclusive: every other bind of the address fails, whatever its options.
+        let only = TcpListener::bind_exclusive("127.0.0.1:0".parse().unwrap())
+            .await
+            .expect("bind_exclusive");
+        let addr = only.local_addr();
+        let e = TcpListener::bind(addr).await.map(|_| ()).unwrap_err();
+        assert_eq!(e.errno(), Some(libc::EADDRINUSE), "{e}");
+        assert!(e.to_string().contains(&addr.to_string()), "{e}");
+        let e = TcpListener::bind_exclusive(addr)
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(e.errno(), Some(libc::EADDRINUSE), "{e}");
+        // As for another process's listener (std sets SO_REUSEADDR only).
+        let e = std::net::TcpListener::bind(addr).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EADDRINUSE), "{e}");
+        // It still accepts.
+        let c = std::thread::spawn(move || std::net::TcpStream::connect(addr).map(|_| ()));
+        only.accept().await.expect("accept");
+        c.join().unwrap().expect("connect");
+    });
+    h.wait().unwrap();
+}

@@ -9,6 +9,11 @@
 //! sends go straight into that shard's ring, with no hop. (One acceptor handing connections to
 //! other shards would pay a hop per connection and put every accept on one core.)
 //!
+//! `SO_REUSEPORT` lets any process of the same user join the group (and take connections);
+//! [`TcpListener::bind_exclusive`] binds without it, so a second bind fails with EADDRINUSE.
+//! A listener of the group that closes resets the connections queued on it (not yet accepted)
+//! unless `net.ipv4.tcp_migrate_req` is set (5.14), which moves them to the group's others.
+//!
 //! # Operations
 //!
 //! accept, connect, recv, send, shutdown are operations like a file's (`src/op/`: one SQE each,

@@ -327,6 +327,16 @@ impl Driver {
         }
     }
 
+    /// Whether a socket op that must wait is armed on an internal poll rather than handed to
+    /// an io-wq worker that blocks: the kernel's IORING_FEAT_FAST_POLL (5.7); the threads
+    /// backend waits in its epoll set.
+    pub(crate) fn fast_poll(&self) -> bool {
+        match self {
+            Driver::Uring(r) => r.params().is_feature_fast_poll(),
+            Driver::Threads(_) => true,
+        }
+    }
+
     pub(crate) fn cq_entries(&self) -> u32 {
         match self {
             Driver::Uring(r) => r.params().cq_entries(),

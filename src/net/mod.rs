@@ -27,7 +27,11 @@
 //! On the threads backend the socket calls run on the shard thread without blocking and wait for
 //! readiness as the ring's polls do (`driver/threads.rs`): a peer that never sends holds no
 //! thread. On a ring without the socket opcodes (Linux before 5.6; 5.11 for shutdown), or with
-//! the kinds forced to the blocking path, a call that would wait fails with EAGAIN.
+//! the kinds forced to the blocking path, a call that would wait fails with EAGAIN. So does an
+//! accept, receive or send on a ring without IORING_FEAT_FAST_POLL (Linux 5.6): there the kernel
+//! would hand each waiting one to an io-wq worker thread blocked in the call for as long as the
+//! peer is silent, a thread per idle connection; they run on the blocking path instead
+//! (`ShardStats::blocking_ops` lists them; `shard/setup.rs`, `needs_fast_poll`).
 //!
 //! ```no_run
 //! # fn main() -> ringshard::Result<()> {

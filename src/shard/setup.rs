@@ -264,17 +264,34 @@ impl Shard {
 
 /// Which op kinds take the blocking path on this ring: those whose opcode the kernel does not
 /// know (`IORING_REGISTER_PROBE`, read once; a kernel without probing (before 5.6) is taken to
-/// have them all, as the ring setup already needs a recent kernel) and those in `forced`.
+/// have them all, as the ring setup already needs a recent kernel), those in `forced`, and the
+/// socket kinds that wait for peers where the ring lacks IORING_FEAT_FAST_POLL (5.7; see
+/// [`needs_fast_poll`]).
 fn probe_blocking(ring: &Driver, forced: &[OpKind]) -> [bool; OpKind::COUNT] {
     let supported = ring.opcode_support();
+    let fast_poll = ring.fast_poll();
     let mut out = [false; OpKind::COUNT];
     for kind in OpKind::ALL {
         let Some(code) = kind.opcode() else {
             continue;
         };
-        out[kind.index()] = forced.contains(&kind) || !supported(code);
+        out[kind.index()] =
+            forced.contains(&kind) || !supported(code) || (needs_fast_poll(kind) && !fast_poll);
     }
     out
+}
+
+/// Whether `kind` runs in the ring only where the kernel has IORING_FEAT_FAST_POLL. Without it
+/// (Linux 5.6: the socket opcodes came in 5.5 and 5.6, FAST_POLL in 5.7) a receive, send or
+/// accept that must wait is handed to an io-wq worker thread, which blocks in the system call
+/// for as long as the peer is silent: a kernel thread per idle connection, and, where
+/// RLIMIT_NPROC caps the workers, operations queued behind silent peers. Such a ring runs them
+/// as a kernel without their opcodes would: one non-blocking attempt on the shard thread (a call
+/// that would wait fails with EAGAIN), shown in `ShardStats::blocking_ops`. (A POLL_ADD round
+/// before each would keep them in the ring; not worth it for one kernel release.) Connect
+/// waits for the handshake, not for a peer that may stay silent, and keeps its opcode.
+fn needs_fast_poll(kind: OpKind) -> bool {
+    matches!(kind, OpKind::Accept | OpKind::Recv | OpKind::Send)
 }
 
 /// What a shard's stats say about its pool when it is not the registered pool asked for.
@@ -296,5 +313,28 @@ fn pool_note(fit: &PoolFit, pool: &RegisteredBufferPool) -> Option<String> {
             crate::pool::MIN_REGISTERED,
             crate::error::memlock_limit().map_or("unlimited".to_string(), |l| format!("{l} bytes")),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_fast_poll_only_the_socket_waits_leave_the_ring() {
+        let kinds: Vec<OpKind> = OpKind::ALL
+            .into_iter()
+            .filter(|k| needs_fast_poll(*k))
+            .collect();
+        assert_eq!(kinds, [OpKind::Accept, OpKind::Recv, OpKind::Send]);
+    }
+
+    #[test]
+    fn this_kernel_has_fast_poll_so_sockets_stay_in_the_ring() {
+        let (ring, _) = RingConfig::default().build().unwrap();
+        let ring = Driver::Uring(ring);
+        assert!(ring.fast_poll());
+        let blocking = probe_blocking(&ring, &[]);
+        assert!(!blocking[OpKind::Recv.index()]);
     }
 }

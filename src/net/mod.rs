@@ -23,6 +23,9 @@
 //! that waits for its peer (a peer that sends nothing, or does not read) is taken out of the
 //! kernel when cancelled or late; the kernel never writes into a buffer after its completion.
 //! The socket is closed when its last handle drops, on its shard, like a [`File`].
+//! A connect the kernel answers with EINPROGRESS (or, repeated after EINTR, EALREADY) waits for
+//! the socket to be writable and reads the handshake's outcome (`SO_ERROR`); EISCONN on a
+//! repeated connect is success (`op/connect.rs`).
 //!
 //! On the threads backend the socket calls run on the shard thread without blocking and wait for
 //! readiness as the ring's polls do (`driver/threads.rs`): a peer that never sends holds no

@@ -879,3 +879,36 @@ fn on_the_blocking_path_a_wait_fails_with_eagain_and_the_socket_stays_usable() {
     assert_eq!(&got, b"hello");
     h.wait().unwrap();
 }
+
+/// On the blocking path (forced here) a connect that would wait fails with EAGAIN naming the
+/// peer, and closes nothing else: the shard's other sockets go on.
+#[test]
+fn a_blocking_path_connect_under_way_fails_with_eagain_and_closes_nothing_else() {
+    use std::os::fd::AsRawFd;
+    let _serial = serial();
+    let _w = Watchdog::new("blocking connect", HANG);
+    let exec = Arc::new(
+        Executor::builder()
+            .shards(1)
+            .force_blocking(&[ringshard::OpKind::Connect])
+            .build()
+            .expect("executor"),
+    );
+    // A listener whose accept queue (backlog 0: one connection) is full: a connect to it stays
+    // under way (its SYN dropped).
+    let full = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // SAFETY: listen takes no pointers; `full` is a live listening socket.
+    assert_eq!(unsafe { libc::listen(full.as_raw_fd(), 0) }, 0);
+    let full_addr = full.local_addr().unwrap();
+    let _queued = std::net::TcpStream::connect(full_addr).unwrap();
+    let (addr, h) = serve(&exec, 0, move |l| async move {
+        let (s, _) = l.accept().await.expect("accept");
+        let e = TcpStream::connect(full_addr).await.map(|_| ()).unwrap_err();
+        assert_eq!(e.errno(), Some(libc::EAGAIN), "{e}");
+        assert!(e.to_string().contains(&full_addr.to_string()), "{e}");
+        // The accepted stream is untouched.
+        echo(s).await;
+    });
+    assert_eq!(std_echo(addr, b"still open"), b"still open");
+    h.wait().unwrap();
+}

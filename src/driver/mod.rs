@@ -379,19 +379,21 @@ impl Driver {
         }
     }
 
-    /// Runs deferred completions without blocking (an enter with GETEVENTS).
-    pub(crate) fn get_events(&mut self) {
+    /// Runs deferred completions without blocking (an enter with GETEVENTS); the enter's error,
+    /// if any (EBADR: completions were dropped).
+    pub(crate) fn get_events(&mut self) -> std::io::Result<()> {
         if let Driver::Uring(r) = self {
             // SAFETY: a plain io_uring_enter with no submissions and no argument.
-            let _ = unsafe {
+            unsafe {
                 r.submitter().enter::<libc::sigset_t>(
                     0,
                     0,
                     io_uring::EnterFlags::GETEVENTS.bits(),
                     None,
                 )
-            };
+            }?;
         }
+        Ok(())
     }
 
     /// Appends every ready completion as (user_data, result).

@@ -102,6 +102,10 @@ impl Shard {
                     Ok(_) => {}
                     // ETIME: the timeout passed; EINTR: a signal. Both just end the wait.
                     Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR)) => {}
+                    // Dropped completions: counted; the loop goes on (the next turn reaps).
+                    Err(e) if e.raw_os_error() == Some(libc::EBADR) => {
+                        self.note_enter_error(libc::EBADR);
+                    }
                     // No EXT_ARG (before 5.11): an unbounded wait; scans happen on the next wake.
                     Err(_) => {
                         let _ = self.submit(1);

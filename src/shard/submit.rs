@@ -75,7 +75,18 @@ impl Shard {
 
     /// Runs deferred completions without blocking.
     pub(super) fn poll_completions(&mut self) {
-        self.ring.get_events();
+        if let Err(e) = self.ring.get_events() {
+            self.note_enter_error(e.raw_os_error().unwrap_or(libc::EIO));
+        }
+    }
+
+    /// An error of an enter made outside `submit` (a wait, a poll for deferred completions):
+    /// dropped completions (EBADR) are counted and logged; the rest are what `submit` retries
+    /// or reports on its own.
+    pub(super) fn note_enter_error(&mut self, errno: i32) {
+        if enter_error(errno) == EnterError::Dropped {
+            note_dropped(&mut self.stats);
+        }
     }
 
     pub(super) fn reap(&mut self) -> usize {
@@ -139,8 +150,7 @@ pub(super) fn submit_counted(
                     EnterError::Retry => continue,
                     EnterError::Reap => return Ok(0),
                     EnterError::Dropped => {
-                        stats.note_cqes_dropped();
-                        crate::logging::cqes_dropped(stats.shard);
+                        note_dropped(stats);
                         return Ok(0);
                     }
                     EnterError::Fail => {
@@ -160,6 +170,12 @@ fn counted_against_cq(in_flight: u32, peer: u32, nodrop: bool) -> u32 {
     } else {
         in_flight
     }
+}
+
+/// Counts and logs a report of dropped completions (EBADR).
+fn note_dropped(stats: &mut ShardStats) {
+    stats.note_cqes_dropped();
+    crate::logging::cqes_dropped(stats.shard);
 }
 
 /// What to do about an error of io_uring_enter (see io_uring_enter(2), ERRORS).

@@ -48,8 +48,10 @@ impl Shard {
     pub(super) fn make_sq_room(&mut self) -> Result<bool> {
         self.stats.note_sq_full();
         let before = self.ring.sq_len();
-        self.submit(0)?;
-        let took = self.ring.sq_len() < before;
+        // Taken: the enter says so (n > 0; with SQPOLL, the kernel thread takes them in its own
+        // time, as before), or the SQ shrank. EBUSY/EAGAIN come back as 0 with the SQ as it was.
+        let n = self.submit(0)?;
+        let took = n > 0 || self.ring.sq_len() < before;
         let kept = self.cqes.len();
         if !took {
             self.ring.completions(&mut self.cqes);
@@ -227,8 +229,9 @@ enum SqFull {
 }
 
 /// [`SqFull`] after a submit that took SQEs (`took`) or not, and moved completions out of the
-/// CQ (`reaped`) or not. Each `Push` either shrinks the SQ or empties the CQ of at least one
-/// completion (bounded by what is in flight), so the loop ends.
+/// CQ (`reaped`) or not. Each `Push` either follows SQEs the kernel took or empties the CQ of at
+/// least one completion (bounded by what is in flight), so a refusing kernel (EBUSY) never
+/// makes the loop spin.
 fn after_full_submit(took: bool, reaped: bool) -> SqFull {
     if took || reaped {
         SqFull::Push

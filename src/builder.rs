@@ -47,6 +47,7 @@ pub struct ExecutorBuilder {
     slow_op: Option<Duration>,
     inline_write_stall: Option<Duration>,
     force_blocking: Vec<OpKind>,
+    max_live_ops: usize,
     max_pending_fds: usize,
     /// Set when a first `build` found io_uring unusable for a shard's ring (ENOMEM at the
     /// fewest entries): the threads backend, for this reason.
@@ -76,6 +77,7 @@ impl std::fmt::Debug for ExecutorBuilder {
             .field("slow_op", &self.slow_op)
             .field("inline_write_stall", &self.inline_write_stall)
             .field("force_blocking", &self.force_blocking)
+            .field("max_live_ops", &self.max_live_ops)
             .field("max_pending_fds", &self.max_pending_fds)
             .field("threads_because", &self.threads_because)
             .field("inline_reads", &self.inline_reads)
@@ -104,6 +106,7 @@ impl Default for ExecutorBuilder {
             slow_op: Some(Duration::from_secs(1)),
             inline_write_stall: Some(Duration::from_millis(50)),
             force_blocking: Vec::new(),
+            max_live_ops: crate::shard::MAX_LIVE_OPS,
             max_pending_fds: crate::fd_transit::DEFAULT_MAX_PENDING_FDS,
             threads_because: None,
             inline_reads: true,
@@ -352,6 +355,15 @@ impl ExecutorBuilder {
         self
     }
 
+    /// Lowers the hard cap on a shard's live operations (socket operations waiting for peers
+    /// included; normally half the op table's slot space), past which a request fails at
+    /// admission, so that a test can reach it. Clamped to 1 ..= the normal cap. For tests.
+    #[doc(hidden)]
+    pub fn max_live_ops_for_tests(mut self, n: usize) -> Self {
+        self.max_live_ops = n.clamp(1, crate::shard::MAX_LIVE_OPS);
+        self
+    }
+
     /// Whether shard threads pin themselves to their CPU (default true).
     pub fn pin(mut self, on: bool) -> Self {
         self.pin = on;
@@ -449,6 +461,7 @@ impl ExecutorBuilder {
                     .slow_op
                     .map_or(u64::MAX, |d| d.as_nanos().min(u128::from(u64::MAX)) as u64),
                 force_blocking: force_blocking.clone(),
+                max_live_ops: self.max_live_ops,
             };
             match spawn(cfg) {
                 Ok((link, handle)) => {

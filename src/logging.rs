@@ -27,6 +27,20 @@ pub(crate) fn shard_setup(stats: &ShardStats, fixed_files: u32) {
     let _ = (stats, fixed_files);
 }
 
+/// io_uring_enter reported dropped completions (EBADR): operations that will never complete.
+pub(crate) fn cqes_dropped(shard: usize) {
+    #[cfg(feature = "tracing")]
+    tracing::error!(
+        target: "ringshard::shard",
+        shard,
+        "io_uring_enter: EBADR: the kernel dropped completions (it could not keep an overflowing \
+         CQE aside: the machine is critically short of memory); the operations they belonged to \
+         never complete"
+    );
+    #[cfg(not(feature = "tracing"))]
+    let _ = shard;
+}
+
 /// A shard could not be set up.
 pub(crate) fn shard_setup_failed(shard: usize, error: &Error) {
     #[cfg(feature = "tracing")]

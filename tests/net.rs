@@ -838,3 +838,214 @@ fn submit_to_runs_while_a_receive_waits_for_a_silent_peer() {
     assert_eq!(r, Ok(1));
     assert_eq!(b, b"x");
 }
+
+#[test]
+fn past_the_live_op_cap_a_request_fails_and_names_the_limit() {
+    let _serial = serial();
+    let _w = Watchdog::new("live op cap", HANG);
+    // Socket ops waiting for peers escape channel_capacity; the op table's hard cap still holds
+    // them (lowered here to 3: the listener's armed accept, then receives from a silent peer,
+    // until one is refused).
+    const CAP: usize = 3;
+    let exec = Arc::new(
+        Executor::builder()
+            .shards(1)
+            .max_live_ops_for_tests(CAP)
+            .build()
+            .expect("executor"),
+    );
+    let (res_tx, res_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let go_rx = std::sync::Mutex::new(go_rx);
+    let before = shard_stats(&exec, 0).cancelled;
+    let (addr, h) = serve(&exec, 0, move |l| async move {
+        let (s, _) = l.accept().await.expect("accept");
+        {
+            // Receives from a silent peer, each admitted (the task yields: the shard takes what
+            // was made before it polls the task again) before the next is made.
+            let mut held = Vec::new();
+            let mut refused = None;
+            for _ in 0..=CAP {
+                let mut r = s.recv(Vec::with_capacity(8));
+                ringshard::yield_now().await;
+                match poll_once(&mut r) {
+                    None => held.push(r),
+                    Some(done) => {
+                        refused = Some(done.map(|(res, _)| res));
+                        break;
+                    }
+                }
+            }
+            let e = match refused {
+                Some(Ok(Err(e))) => e.to_string(),
+                other => format!("no refusal: {} held, {:?}", held.len(), other.map(|_| ())),
+            };
+            res_tx.send((e, held.len())).unwrap();
+        } // the receives dropped: cancelled, and then the table has room again
+        loop {
+            if go_rx.lock().unwrap().try_recv().is_ok() {
+                break;
+            }
+            ringshard::yield_now().await;
+        }
+        let (s2, _) = l.accept().await.expect("accept after the cap");
+        echo(s2).await;
+    });
+    let _silent = std::net::TcpStream::connect(addr).unwrap();
+    let (e, held) = res_rx.recv_timeout(HANG).unwrap();
+    assert!(
+        e.contains("recv") && e.contains(&format!("{CAP} live operations")),
+        "{e}"
+    );
+    assert!(
+        (1..CAP).contains(&held),
+        "{held} receives admitted before the refusal"
+    );
+    wait_until("the receives' cancellation", || {
+        shard_stats(&exec, 0).cancelled > before
+    });
+    go_tx.send(()).unwrap();
+    assert_eq!(std_echo(addr, b"room again"), b"room again");
+    h.wait().unwrap();
+}
+
+#[test]
+fn bind_exclusive_refuses_a_second_bind_with_eaddrinuse_naming_the_address() {
+    let _serial = serial();
+    let _w = Watchdog::new("bind_exclusive", HANG);
+    let exec = exec(1);
+    let h = exec.spawn_on(0, async move {
+        // The default: SO_REUSEPORT, a second bind of the same address joins the group.
+        let shared = TcpListener::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .expect("bind");
+        let again = TcpListener::bind(shared.local_addr())
+            .await
+            .expect("a second SO_REUSEPORT bind");
+        drop((shared, again));
+        // Exclusive: every other bind of the address fails, whatever its options.
+        let only = TcpListener::bind_exclusive("127.0.0.1:0".parse().unwrap())
+            .await
+            .expect("bind_exclusive");
+        let addr = only.local_addr();
+        let e = TcpListener::bind(addr).await.map(|_| ()).unwrap_err();
+        assert_eq!(e.errno(), Some(libc::EADDRINUSE), "{e}");
+        assert!(e.to_string().contains(&addr.to_string()), "{e}");
+        let e = TcpListener::bind_exclusive(addr)
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(e.errno(), Some(libc::EADDRINUSE), "{e}");
+        // As for another process's listener (std sets SO_REUSEADDR only).
+        let e = std::net::TcpListener::bind(addr).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EADDRINUSE), "{e}");
+        // It still accepts.
+        let c = std::thread::spawn(move || std::net::TcpStream::connect(addr).map(|_| ()));
+        only.accept().await.expect("accept");
+        c.join().unwrap().expect("connect");
+    });
+    h.wait().unwrap();
+}
+
+/// The path a ring without IORING_FEAT_FAST_POLL (Linux 5.6) gives accept, recv and send, forced
+/// here: one non-blocking attempt, EAGAIN where it would wait, and the socket still usable.
+#[test]
+fn on_the_blocking_path_a_wait_fails_with_eagain_and_the_socket_stays_usable() {
+    use ringshard::OpKind;
+    let _serial = serial();
+    let _w = Watchdog::new("blocking sockets", HANG);
+    let exec = Arc::new(
+        Executor::builder()
+            .shards(1)
+            .force_blocking(&[OpKind::Accept, OpKind::Recv, OpKind::Send])
+            .build()
+            .expect("executor"),
+    );
+    let blocking = &shard_stats(&exec, 0).blocking_ops;
+    assert!(blocking.contains(&OpKind::Recv), "{blocking:?}");
+    let (addr_tx, addr_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let go_rx = std::sync::Mutex::new(go_rx);
+    let h = exec.spawn_on(0, async move {
+        let l = TcpListener::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .expect("bind");
+        // Nobody connecting yet: EAGAIN, and the listener goes on.
+        let e = l.accept().await.map(|_| ()).unwrap_err();
+        assert_eq!(e.errno(), Some(libc::EAGAIN), "{e}");
+        addr_tx.send(l.local_addr()).unwrap();
+        let s = loop {
+            match l.accept().await {
+                Ok((s, _)) => break s,
+                Err(e) if e.errno() == Some(libc::EAGAIN) => ringshard::yield_now().await,
+                Err(e) => panic!("accept: {e}"),
+            }
+        };
+        // The peer has sent nothing yet.
+        let (r, b) = s.recv(Vec::with_capacity(16)).await.expect("recv handle");
+        assert_eq!(r.unwrap_err().errno(), Some(libc::EAGAIN));
+        addr_tx.send(s.local_addr().unwrap()).unwrap();
+        loop {
+            if go_rx.lock().unwrap().try_recv().is_ok() {
+                break;
+            }
+            ringshard::yield_now().await;
+        }
+        // Sent by now; retried should loopback delivery lag.
+        let mut b = b;
+        let n = loop {
+            let (r, back) = s.recv(b).await.expect("recv handle");
+            b = back;
+            match r {
+                Err(e) if e.errno() == Some(libc::EAGAIN) => ringshard::yield_now().await,
+                r => break r.expect("recv"),
+            }
+        };
+        assert_eq!(n, 5);
+        let (r, _) = s.send_all(b).await.expect("send handle");
+        r.expect("send");
+    });
+    let addr = addr_rx.recv_timeout(HANG).unwrap();
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    addr_rx.recv_timeout(HANG).unwrap();
+    c.write_all(b"hello").unwrap();
+    go_tx.send(()).unwrap();
+    c.set_read_timeout(Some(HANG)).unwrap();
+    let mut got = [0u8; 5];
+    c.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"hello");
+    h.wait().unwrap();
+}
+
+/// On the blocking path (forced here) a connect that would wait fails with EAGAIN naming the
+/// peer, and closes nothing else: the shard's other sockets go on.
+#[test]
+fn a_blocking_path_connect_under_way_fails_with_eagain_and_closes_nothing_else() {
+    use std::os::fd::AsRawFd;
+    let _serial = serial();
+    let _w = Watchdog::new("blocking connect", HANG);
+    let exec = Arc::new(
+        Executor::builder()
+            .shards(1)
+            .force_blocking(&[ringshard::OpKind::Connect])
+            .build()
+            .expect("executor"),
+    );
+    // A listener whose accept queue (backlog 0: one connection) is full: a connect to it stays
+    // under way (its SYN dropped).
+    let full = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // SAFETY: listen takes no pointers; `full` is a live listening socket.
+    assert_eq!(unsafe { libc::listen(full.as_raw_fd(), 0) }, 0);
+    let full_addr = full.local_addr().unwrap();
+    let _queued = std::net::TcpStream::connect(full_addr).unwrap();
+    let (addr, h) = serve(&exec, 0, move |l| async move {
+        let (s, _) = l.accept().await.expect("accept");
+        let e = TcpStream::connect(full_addr).await.map(|_| ()).unwrap_err();
+        assert_eq!(e.errno(), Some(libc::EAGAIN), "{e}");
+        assert!(e.to_string().contains(&full_addr.to_string()), "{e}");
+        // The accepted stream is untouched.
+        echo(s).await;
+    });
+    assert_eq!(std_echo(addr, b"still open"), b"still open");
+    h.wait().unwrap();
+}

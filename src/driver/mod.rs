@@ -324,6 +324,25 @@ impl Driver {
         }
     }
 
+    /// Whether completions that find the CQ full are kept aside rather than lost: the kernel's
+    /// IORING_FEAT_NODROP (5.5); the threads backend's queue is a vector, which never drops.
+    pub(crate) fn cq_nodrop(&self) -> bool {
+        match self {
+            Driver::Uring(r) => r.params().is_feature_nodrop(),
+            Driver::Threads(_) => true,
+        }
+    }
+
+    /// Whether a socket op that must wait is armed on an internal poll rather than handed to
+    /// an io-wq worker that blocks: the kernel's IORING_FEAT_FAST_POLL (5.7); the threads
+    /// backend waits in its epoll set.
+    pub(crate) fn fast_poll(&self) -> bool {
+        match self {
+            Driver::Uring(r) => r.params().is_feature_fast_poll(),
+            Driver::Threads(_) => true,
+        }
+    }
+
     pub(crate) fn cq_entries(&self) -> u32 {
         match self {
             Driver::Uring(r) => r.params().cq_entries(),
@@ -366,19 +385,21 @@ impl Driver {
         }
     }
 
-    /// Runs deferred completions without blocking (an enter with GETEVENTS).
-    pub(crate) fn get_events(&mut self) {
+    /// Runs deferred completions without blocking (an enter with GETEVENTS); the enter's error,
+    /// if any (EBADR: completions were dropped).
+    pub(crate) fn get_events(&mut self) -> std::io::Result<()> {
         if let Driver::Uring(r) = self {
             // SAFETY: a plain io_uring_enter with no submissions and no argument.
-            let _ = unsafe {
+            unsafe {
                 r.submitter().enter::<libc::sigset_t>(
                     0,
                     0,
                     io_uring::EnterFlags::GETEVENTS.bits(),
                     None,
                 )
-            };
+            }?;
         }
+        Ok(())
     }
 
     /// Appends every ready completion as a [`Cqe`].

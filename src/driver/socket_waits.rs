@@ -204,6 +204,28 @@ fn set_nonblocking(fd: RawFd) {
     }
 }
 
+/// The socket's pending error (`SO_ERROR`, cleared by reading it): 0 once a connect is done,
+/// or `-errno` (as a CQE would carry it) when it failed. Never waits.
+pub(crate) fn socket_error(fd: RawFd) -> i32 {
+    let mut err: libc::c_int = 0;
+    let mut n = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `n` bytes into the local `err` and updates `n`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut err as *mut libc::c_int).cast(),
+            &mut n,
+        )
+    };
+    if rc < 0 {
+        -crate::numa::last_errno()
+    } else {
+        -err
+    }
+}
+
 /// Runs a socket SQE without blocking: `Ok(result)` (or `-errno`) as its CQE would carry it, or
 /// `Err(events)` when it would wait for them. `again`: it waited, and its socket is ready now.
 pub(crate) fn socket_call(sqe: &Sqe, code: Code, fd: RawFd, again: bool) -> Result<i32, i16> {
@@ -236,21 +258,7 @@ pub(crate) fn socket_call(sqe: &Sqe, code: Code, fd: RawFd, again: bool) -> Resu
                         libc::POLLIN,
                     )
                 }
-                Code::Connect if again => {
-                    let mut err: libc::c_int = 0;
-                    let mut n = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-                    let rc = libc::getsockopt(
-                        fd,
-                        libc::SOL_SOCKET,
-                        libc::SO_ERROR,
-                        (&mut err as *mut libc::c_int).cast(),
-                        &mut n,
-                    );
-                    if rc < 0 {
-                        return Ok(-crate::numa::last_errno());
-                    }
-                    return Ok(-err);
-                }
+                Code::Connect if again => return Ok(socket_error(fd)),
                 Code::Connect => {
                     set_nonblocking(fd);
                     let rc = libc::connect(

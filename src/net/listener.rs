@@ -49,12 +49,36 @@ impl TcpListener {
     /// `SO_REUSEPORT` are set, so a task on each shard can bind the same address and the kernel
     /// spreads connections over them. The system calls (socket, setsockopt, bind, listen) do not
     /// block; the listener is then installed in this shard's file table.
+    ///
+    /// `SO_REUSEPORT` also lets another process of the same user bind the address and take a
+    /// share of its connections (a second copy of a server started by mistake gets no
+    /// EADDRINUSE); [`bind_exclusive`](Self::bind_exclusive) refuses that. And when one listener
+    /// of the group closes, the connections queued on it and not yet accepted are reset, unless
+    /// `net.ipv4.tcp_migrate_req` is 1 (Linux 5.14): then the kernel moves them to another
+    /// listener of the group. Close listeners after the last accept, or set that sysctl.
     pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
+        Self::bind_with(addr, true).await
+    }
+
+    /// [`bind`](Self::bind) without `SO_REUSEPORT` (`SO_REUSEADDR` only): the address is this
+    /// listener's alone, and any other bind of it (another process, another shard, a `bind`)
+    /// fails with EADDRINUSE naming the address. For a server that must not run twice, or one
+    /// listener that accepts for a single shard.
+    pub async fn bind_exclusive(addr: SocketAddr) -> Result<TcpListener> {
+        Self::bind_with(addr, false).await
+    }
+
+    async fn bind_with(addr: SocketAddr, reuse_port: bool) -> Result<TcpListener> {
         let (exec, shard) = here("bind")?;
         let name = listener_name(addr);
         let fd = tcp_socket("bind", &addr, &name)?;
         let one: libc::c_int = 1;
-        for opt in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
+        let opts: &[libc::c_int] = if reuse_port {
+            &[libc::SO_REUSEADDR, libc::SO_REUSEPORT]
+        } else {
+            &[libc::SO_REUSEADDR]
+        };
+        for &opt in opts {
             // SAFETY: `one` is a live c_int of the size passed.
             let rc = unsafe {
                 libc::setsockopt(

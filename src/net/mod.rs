@@ -9,6 +9,11 @@
 //! sends go straight into that shard's ring, with no hop. (One acceptor handing connections to
 //! other shards would pay a hop per connection and put every accept on one core.)
 //!
+//! `SO_REUSEPORT` lets any process of the same user join the group (and take connections);
+//! [`TcpListener::bind_exclusive`] binds without it, so a second bind fails with EADDRINUSE.
+//! A listener of the group that closes resets the connections queued on it (not yet accepted)
+//! unless `net.ipv4.tcp_migrate_req` is set (5.14), which moves them to the group's others.
+//!
 //! # Operations
 //!
 //! accept, connect, recv, send, shutdown are operations like a file's (`src/op/`: one SQE each,
@@ -18,11 +23,18 @@
 //! that waits for its peer (a peer that sends nothing, or does not read) is taken out of the
 //! kernel when cancelled or late; the kernel never writes into a buffer after its completion.
 //! The socket is closed when its last handle drops, on its shard, like a [`File`].
+//! A connect the kernel answers with EINPROGRESS (or, repeated after EINTR, EALREADY) waits for
+//! the socket to be writable and reads the handshake's outcome (`SO_ERROR`); EISCONN on a
+//! repeated connect is success (`op/connect.rs`).
 //!
 //! On the threads backend the socket calls run on the shard thread without blocking and wait for
 //! readiness as the ring's polls do (`driver/threads.rs`): a peer that never sends holds no
 //! thread. On a ring without the socket opcodes (Linux before 5.6; 5.11 for shutdown), or with
-//! the kinds forced to the blocking path, a call that would wait fails with EAGAIN.
+//! the kinds forced to the blocking path, a call that would wait fails with EAGAIN. So does an
+//! accept, receive or send on a ring without IORING_FEAT_FAST_POLL (Linux 5.6): there the kernel
+//! would hand each waiting one to an io-wq worker thread blocked in the call for as long as the
+//! peer is silent, a thread per idle connection; they run on the blocking path instead
+//! (`ShardStats::blocking_ops` lists them; `shard/setup.rs`, `needs_fast_poll`).
 //!
 //! ```no_run
 //! # fn main() -> ringshard::Result<()> {

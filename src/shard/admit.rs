@@ -19,6 +19,19 @@ use std::time::Instant;
 /// The `file_slot` of an op on a path: it names no open file.
 const PATH_SLOT: u32 = u32::MAX;
 
+/// The error of a request refused because its shard already holds `max` live ops (the op
+/// table's hard cap, [`MAX_LIVE_OPS`](super::ops::MAX_LIVE_OPS) unless a test lowered it).
+fn too_many_live_ops(kind: crate::stats::OpKind, shard: usize, max: usize) -> Error {
+    Error::invalid(
+        kind.name(),
+        format!(
+            "shard {shard} already holds {max} live operations, its limit (most of them socket \
+             operations waiting for peers: each idle connection keeps one); close idle \
+             connections (a receive timeout ends them), or spread them over more shards"
+        ),
+    )
+}
+
 impl Shard {
     /// Checks a request and queues it as an op.
     pub(super) fn admit(&mut self, req: IoRequest) {
@@ -34,6 +47,13 @@ impl Shard {
         if let Some(why) = skip_reason(op.kind(), &op, &reply, deadline, now, &self.sessions) {
             let err = self.cancel_error(why, op.kind(), None);
             op.fail(reply, err, &mut self.sessions);
+            return;
+        }
+        if self.ops.live >= self.cfg.max_live_ops {
+            let e = too_many_live_ops(op.kind(), self.cfg.index, self.cfg.max_live_ops);
+            self.stats
+                .record_error(op.kind(), libc::EAGAIN, elapsed_ns(at));
+            op.fail(reply, e, &mut self.sessions);
             return;
         }
         if let IoOp::File(f) = &op {

@@ -98,8 +98,9 @@ impl Shard {
                     return Ok(());
                 }
                 Err(Error::SubmissionQueueFull) => {
-                    self.stats.note_sq_full();
-                    self.submit(0)?;
+                    if !self.make_sq_room()? {
+                        return Err(super::submit::would_block());
+                    }
                 }
                 Err(e) => return Err(e),
             }

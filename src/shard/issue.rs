@@ -46,6 +46,11 @@ impl Shard {
             if !self.has_cq_room() {
                 break;
             }
+            // Room for the op's SQE before it is built (an op is not undone halfway): a kernel
+            // that takes nothing until completions are reaped (EBUSY) stops the turn here.
+            if self.ring.sq_space() == 0 && !matches!(self.make_sq_room(), Ok(true)) {
+                break;
+            }
             if fresh {
                 // Dropped or past its deadline while it waited: it never runs.
                 let now = self.now();

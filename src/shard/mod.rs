@@ -49,6 +49,7 @@ mod teardown;
 mod timers;
 
 pub use context::{ShardContext, ShardCqe, CANCEL_USER_DATA, WAKE_USER_DATA};
+pub(crate) use ops::MAX_LIVE_OPS;
 pub(crate) use setup::{spawn, ShardConfig};
 pub use task_queues::SLOW_POLL;
 pub(crate) use teardown::notify_death;

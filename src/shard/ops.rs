@@ -15,6 +15,11 @@ pub(super) const SLOT_BITS: u32 = 24;
 pub(super) const SLOT_MASK: u64 = (1 << SLOT_BITS) - 1;
 /// Mask of the generation part (23 bits: bit 63 stays clear, it is the pool's tag).
 pub(super) const GEN_MASK: u64 = (1 << 23) - 1;
+/// Live ops a shard holds at most, whatever their kind: a slot past `SLOT_MASK` would spill into
+/// the generation bits of `user_data`, and a completion could then finish another op. Socket ops
+/// waiting for peers are outside `channel_capacity` (see [`OpTable::bounded`]), so this is their
+/// bound; half the slot space, with room to spare.
+pub(crate) const MAX_LIVE_OPS: usize = 1 << (SLOT_BITS - 1);
 
 /// Where a read or write moves its bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -95,6 +95,10 @@ pub(super) struct Shard {
     /// `has_cq_room`).
     pub(super) peer_in_flight: u32,
     pub(super) cq_capacity: u32,
+    /// The kernel keeps completions that find the CQ full aside (IORING_FEAT_NODROP, read at
+    /// setup): only then are socket ops waiting for peers left out of the CQ bound
+    /// (`has_cq_room`).
+    pub(super) cq_nodrop: bool,
     pub(super) closing: bool,
     /// When shutdown's grace period ends: then everything still in flight is cancelled.
     pub(super) closing_deadline: Option<Instant>,

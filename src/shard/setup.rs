@@ -53,6 +53,9 @@ pub(crate) struct ShardConfig {
     pub inline_write_stall: Option<Duration>,
     /// Op kinds to run with plain system calls even where the kernel has their opcode (tests).
     pub force_blocking: Vec<OpKind>,
+    /// Live ops at most, of every kind ([`MAX_LIVE_OPS`](super::ops::MAX_LIVE_OPS); lower in
+    /// tests): past it a request fails at admission.
+    pub max_live_ops: usize,
 }
 
 /// Starts shard `cfg.index` on its own thread. Returns once the shard is set up (pinned, memory
@@ -181,6 +184,19 @@ impl Shard {
             0
         };
         let cq_capacity = ring.cq_entries();
+        let cq_nodrop = ring.cq_nodrop();
+        if !cq_nodrop {
+            // Recorded where the shard's setup is read (stats, its log line): without NODROP
+            // every socket op counts against the CQ, so idle connections limit the shard.
+            let note = format!(
+                "the kernel lacks IORING_FEAT_NODROP (5.5): at most {cq_capacity} operations in \
+                 flight, socket operations waiting for peers included; upgrade the kernel"
+            );
+            ring_note = Some(match ring_note {
+                Some(n) => format!("{n}; {note}"),
+                None => note,
+            });
+        }
         let blocking = probe_blocking(&ring, &cfg.force_blocking);
         let mut stats = ShardStats::new(cfg.index, cfg.cpu, cfg.node);
         stats.blocking_ops = OpKind::ALL
@@ -229,6 +245,7 @@ impl Shard {
             in_flight: 0,
             peer_in_flight: 0,
             cq_capacity,
+            cq_nodrop,
             closing: false,
             closing_deadline: None,
             cancel_all: false,
@@ -247,17 +264,34 @@ impl Shard {
 
 /// Which op kinds take the blocking path on this ring: those whose opcode the kernel does not
 /// know (`IORING_REGISTER_PROBE`, read once; a kernel without probing (before 5.6) is taken to
-/// have them all, as the ring setup already needs a recent kernel) and those in `forced`.
+/// have them all, as the ring setup already needs a recent kernel), those in `forced`, and the
+/// socket kinds that wait for peers where the ring lacks IORING_FEAT_FAST_POLL (5.7; see
+/// [`needs_fast_poll`]).
 fn probe_blocking(ring: &Driver, forced: &[OpKind]) -> [bool; OpKind::COUNT] {
     let supported = ring.opcode_support();
+    let fast_poll = ring.fast_poll();
     let mut out = [false; OpKind::COUNT];
     for kind in OpKind::ALL {
         let Some(code) = kind.opcode() else {
             continue;
         };
-        out[kind.index()] = forced.contains(&kind) || !supported(code);
+        out[kind.index()] =
+            forced.contains(&kind) || !supported(code) || (needs_fast_poll(kind) && !fast_poll);
     }
     out
+}
+
+/// Whether `kind` runs in the ring only where the kernel has IORING_FEAT_FAST_POLL. Without it
+/// (Linux 5.6: the socket opcodes came in 5.5 and 5.6, FAST_POLL in 5.7) a receive, send or
+/// accept that must wait is handed to an io-wq worker thread, which blocks in the system call
+/// for as long as the peer is silent: a kernel thread per idle connection, and, where
+/// RLIMIT_NPROC caps the workers, operations queued behind silent peers. Such a ring runs them
+/// as a kernel without their opcodes would: one non-blocking attempt on the shard thread (a call
+/// that would wait fails with EAGAIN), shown in `ShardStats::blocking_ops`. (A POLL_ADD round
+/// before each would keep them in the ring; not worth it for one kernel release.) Connect
+/// waits for the handshake, not for a peer that may stay silent, and keeps its opcode.
+fn needs_fast_poll(kind: OpKind) -> bool {
+    matches!(kind, OpKind::Accept | OpKind::Recv | OpKind::Send)
 }
 
 /// What a shard's stats say about its pool when it is not the registered pool asked for.
@@ -279,5 +313,28 @@ fn pool_note(fit: &PoolFit, pool: &RegisteredBufferPool) -> Option<String> {
             crate::pool::MIN_REGISTERED,
             crate::error::memlock_limit().map_or("unlimited".to_string(), |l| format!("{l} bytes")),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_fast_poll_only_the_socket_waits_leave_the_ring() {
+        let kinds: Vec<OpKind> = OpKind::ALL
+            .into_iter()
+            .filter(|k| needs_fast_poll(*k))
+            .collect();
+        assert_eq!(kinds, [OpKind::Accept, OpKind::Recv, OpKind::Send]);
+    }
+
+    #[test]
+    fn this_kernel_has_fast_poll_so_sockets_stay_in_the_ring() {
+        let (ring, _) = RingConfig::default().build().unwrap();
+        let ring = Driver::Uring(ring);
+        assert!(ring.fast_poll());
+        let blocking = probe_blocking(&ring, &[]);
+        assert!(!blocking[OpKind::Recv.index()]);
     }
 }

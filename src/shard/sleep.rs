@@ -76,7 +76,11 @@ impl Shard {
         fence(AtomicOrdering::SeqCst);
         // A message we cannot admit yet (too many ops) is no reason to stay up: the completions
         // that make room come only from waiting in the ring.
-        if (self.can_admit() && self.has_incoming()) || task_queues::has_work() {
+        // Completions moved out of the CQ (`make_sq_room`) are not in the ring to wake us.
+        if (self.can_admit() && self.has_incoming())
+            || task_queues::has_work()
+            || !self.cqes.is_empty()
+        {
             self.shared.sleep.store(AWAKE, AtomicOrdering::Relaxed);
             return;
         }
@@ -98,6 +102,10 @@ impl Shard {
                     Ok(_) => {}
                     // ETIME: the timeout passed; EINTR: a signal. Both just end the wait.
                     Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR)) => {}
+                    // Dropped completions: counted; the loop goes on (the next turn reaps).
+                    Err(e) if e.raw_os_error() == Some(libc::EBADR) => {
+                        self.note_enter_error(libc::EBADR);
+                    }
                     // No EXT_ARG (before 5.11): an unbounded wait; scans happen on the next wake.
                     Err(_) => {
                         let _ = self.submit(1);

@@ -40,7 +40,7 @@ impl Serialize for ErrorsView<'_> {
 /// `latency`, `read_latency`, `write_latency` as [`LatencySummary`]; `pool` as [`BufferPoolStats`](crate::BufferPoolStats).
 impl Serialize for ShardStats {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut s = serializer.serialize_struct("ShardStats", 39)?;
+        let mut s = serializer.serialize_struct("ShardStats", 40)?;
         let shard = if self.is_total() {
             None
         } else {
@@ -71,6 +71,7 @@ impl Serialize for ShardStats {
         s.serialize_field("in_flight_hwm", &self.in_flight_hwm)?;
         s.serialize_field("queued_hwm", &self.queued_hwm)?;
         s.serialize_field("sq_full_events", &self.sq_full_events)?;
+        s.serialize_field("cqes_dropped", &self.cqes_dropped)?;
         s.serialize_field("task_local_reads", &self.task_local_reads)?;
         s.serialize_field("writes_at_admission", &self.writes_at_admission)?;
         s.serialize_field("pool_exhausted_events", &self.pool_exhausted_events)?;

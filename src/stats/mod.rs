@@ -402,6 +402,7 @@ mod tests {
         }
         for key in [
             "sq_full_events",
+            "cqes_dropped",
             "task_local_reads",
             "writes_at_admission",
             "pool_exhausted_events",

@@ -176,7 +176,7 @@ impl ShardLabels {
 type Getter = fn(&ShardStats) -> u64;
 
 /// Counters with one value per shard: (name without `_total`, help, getter).
-const COUNTERS: [(&str, &str, Getter); 23] = [
+const COUNTERS: [(&str, &str, Getter); 24] = [
     (
         "ringshard_read_bytes",
         "Bytes transferred by successful reads.",
@@ -266,6 +266,11 @@ const COUNTERS: [(&str, &str, Getter); 23] = [
         "ringshard_sq_full_waits",
         "Times a request waited for a full submission queue.",
         |s| s.sq_full_events,
+    ),
+    (
+        "ringshard_cqes_dropped",
+        "Times io_uring_enter reported completions dropped under memory pressure (EBADR): operations that never complete.",
+        |s| s.cqes_dropped,
     ),
     (
         "ringshard_pool_exhausted_waits",

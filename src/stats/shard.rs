@@ -33,7 +33,9 @@ pub struct ShardStats {
     /// buffers to fit RLIMIT_MEMLOCK, or unregistered buffers), with the fix; `None` otherwise.
     pub pool_note: Option<String>,
     /// Set when the shard's ring was made with fewer entries than asked (io_uring_setup refused
-    /// the full size with ENOMEM: RLIMIT_MEMLOCK), saying how many and why; `None` otherwise.
+    /// the full size with ENOMEM: RLIMIT_MEMLOCK), saying how many and why, or when the kernel
+    /// lacks IORING_FEAT_NODROP (socket operations then count against the CQ's size); `None`
+    /// otherwise.
     pub ring_note: Option<String>,
     /// The shard thread's NUMA memory policy (`None` where no node was asked for). In a merged
     /// total: the first failure if any shard failed, else the shards' common value, else `None`.
@@ -59,6 +61,10 @@ pub struct ShardStats {
     pub queued_hwm: u64,
     /// Times a request had to wait because the submission queue was full.
     pub sq_full_events: u64,
+    /// Completions the kernel dropped (io_uring_enter failed with EBADR: it could not keep an
+    /// overflowing completion aside, being short of memory). Each is an operation that never
+    /// completes; any is a sign the machine ran critically low on memory.
+    pub cqes_dropped: u64,
     /// Times a request had to wait because the buffer pool was empty.
     pub pool_exhausted_events: u64,
     /// Times the shard went to sleep waiting for work.
@@ -151,6 +157,7 @@ impl ShardStats {
             in_flight_hwm: 0,
             queued_hwm: 0,
             sq_full_events: 0,
+            cqes_dropped: 0,
             pool_exhausted_events: 0,
             sleeps: 0,
             wakeups: 0,
@@ -238,6 +245,12 @@ impl ShardStats {
     #[inline]
     pub fn note_sq_full(&mut self) {
         self.sq_full_events = self.sq_full_events.saturating_add(1);
+    }
+
+    /// Counts one report of dropped completions (EBADR from io_uring_enter).
+    #[inline]
+    pub fn note_cqes_dropped(&mut self) {
+        self.cqes_dropped = self.cqes_dropped.saturating_add(1);
     }
 
     /// Counts one wait on an exhausted buffer pool.
@@ -434,6 +447,7 @@ impl ShardStats {
         self.in_flight_hwm = self.in_flight_hwm.max(other.in_flight_hwm);
         self.queued_hwm = self.queued_hwm.max(other.queued_hwm);
         self.sq_full_events = self.sq_full_events.saturating_add(other.sq_full_events);
+        self.cqes_dropped = self.cqes_dropped.saturating_add(other.cqes_dropped);
         self.pool_exhausted_events = self
             .pool_exhausted_events
             .saturating_add(other.pool_exhausted_events);
@@ -485,6 +499,7 @@ impl ShardStats {
         }
         out.errors.retain(|_, n| *n > 0);
         out.sq_full_events = sub(self.sq_full_events, earlier.sq_full_events);
+        out.cqes_dropped = sub(self.cqes_dropped, earlier.cqes_dropped);
         out.pool_exhausted_events = sub(self.pool_exhausted_events, earlier.pool_exhausted_events);
         out.sleeps = sub(self.sleeps, earlier.sleeps);
         out.wakeups = sub(self.wakeups, earlier.wakeups);

@@ -14,6 +14,7 @@
 //!   logged once.
 
 pub(crate) mod socket_waits;
+pub(crate) mod sockopt;
 pub(crate) mod sqe;
 pub(crate) mod threads;
 

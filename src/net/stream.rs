@@ -3,6 +3,7 @@
 use super::{here, install_here, tcp_socket};
 use crate::buf::{BufCompletion, IoBuf, IoBufMut};
 use crate::completion::Completion;
+use crate::driver::sockopt::getsockopt_int;
 use crate::error::{Error, Result};
 use crate::file::File;
 use crate::op::connect::Connect;
@@ -132,24 +133,12 @@ impl TcpStream {
 
     /// Whether `TCP_NODELAY` is set. The call does not block.
     pub fn nodelay(&self) -> Result<bool> {
-        let mut v: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: getsockopt writes one c_int and its length into live locals of the sizes
-        // passed; the descriptor as in `set_nodelay`.
-        let rc = unsafe {
-            libc::getsockopt(
-                self.file.raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_NODELAY,
-                (&mut v as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        if rc < 0 {
-            let errno = crate::numa::last_errno();
-            let name = self.file.path().to_path_buf();
-            return Err(Error::io("getsockopt TCP_NODELAY", Some(name), None, errno));
-        }
+        let v = getsockopt_int(self.file.raw_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY).map_err(
+            |errno| {
+                let name = self.file.path().to_path_buf();
+                Error::io("getsockopt TCP_NODELAY", Some(name), None, errno)
+            },
+        )?;
         Ok(v != 0)
     }
 

@@ -49,6 +49,7 @@ pub struct ExecutorBuilder {
     force_blocking: Vec<OpKind>,
     max_live_ops: usize,
     max_pending_fds: usize,
+    recv_buffers: (u16, usize),
     /// Set when a first `build` found io_uring unusable for a shard's ring (ENOMEM at the
     /// fewest entries): the threads backend, for this reason.
     threads_because: Option<String>,
@@ -79,6 +80,7 @@ impl std::fmt::Debug for ExecutorBuilder {
             .field("force_blocking", &self.force_blocking)
             .field("max_live_ops", &self.max_live_ops)
             .field("max_pending_fds", &self.max_pending_fds)
+            .field("recv_buffers", &self.recv_buffers)
             .field("threads_because", &self.threads_because)
             .field("inline_reads", &self.inline_reads)
             .field("inline_read_limit", &self.inline_read_limit)
@@ -108,6 +110,10 @@ impl Default for ExecutorBuilder {
             force_blocking: Vec::new(),
             max_live_ops: crate::shard::MAX_LIVE_OPS,
             max_pending_fds: crate::fd_transit::DEFAULT_MAX_PENDING_FDS,
+            recv_buffers: (
+                crate::recv_ring::DEFAULT_COUNT,
+                crate::recv_ring::DEFAULT_SIZE,
+            ),
             threads_because: None,
             inline_reads: true,
             inline_read_limit: crate::inline::DEFAULT_INLINE_READ_LIMIT,
@@ -364,6 +370,20 @@ impl ExecutorBuilder {
         self
     }
 
+    /// The receive buffers of each shard, for
+    /// [`TcpStream::recv_pooled`](crate::net::TcpStream::recv_pooled): `count` buffers of `size`
+    /// bytes (default 256 x 16 KiB: 4 MiB of address space per shard, touched as the kernel
+    /// fills buffers) in a provided-buffer ring (Linux 5.19+), from which the kernel takes one only
+    /// when bytes have arrived, so a connection that waits holds none. `count` is a power of two
+    /// up to 32,768, or 0 for no ring; `size` 1 byte to 1 MiB. When every buffer is leased a
+    /// receive takes a plain buffer of `size` bytes for itself (`ShardStats::recv_buffers_exhausted`);
+    /// without a ring (the threads backend, an older kernel, `count` 0) every receive does, once
+    /// its socket is readable.
+    pub fn recv_buffers(mut self, count: u16, size: usize) -> Self {
+        self.recv_buffers = (count, size);
+        self
+    }
+
     /// Whether shard threads pin themselves to their CPU (default true).
     pub fn pin(mut self, on: bool) -> Self {
         self.pin = on;
@@ -390,6 +410,19 @@ impl ExecutorBuilder {
             return Err(Error::InvalidConfig(format!(
                 "max_request_size {} out of range: use 1 to {MAX_REQUEST_SIZE_LIMIT} bytes",
                 self.max_request_size
+            )));
+        }
+        let (count, size) = self.recv_buffers;
+        if (count != 0 && !count.is_power_of_two())
+            || count > crate::recv_ring::MAX_COUNT
+            || size == 0
+            || size > crate::recv_ring::MAX_SIZE
+        {
+            return Err(Error::InvalidConfig(format!(
+                "recv_buffers({count}, {size}) out of range: use a power of two up to {} \
+                 buffers (or 0 for none) of 1 to {} bytes",
+                crate::recv_ring::MAX_COUNT,
+                crate::recv_ring::MAX_SIZE
             )));
         }
         if self.inline_read_limit > crate::inline::MAX_INLINE_READ_LIMIT {
@@ -462,6 +495,8 @@ impl ExecutorBuilder {
                     .map_or(u64::MAX, |d| d.as_nanos().min(u128::from(u64::MAX)) as u64),
                 force_blocking: force_blocking.clone(),
                 max_live_ops: self.max_live_ops,
+                recv_buffer_count: self.recv_buffers.0,
+                recv_buffer_size: self.recv_buffers.1,
             };
             match spawn(cfg) {
                 Ok((link, handle)) => {

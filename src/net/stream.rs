@@ -9,10 +9,12 @@ use crate::file::File;
 use crate::op::connect::Connect;
 use crate::op::dup_fd::DupFd;
 use crate::op::recv::Recv;
+use crate::op::recv_pooled::RecvPooled;
 use crate::op::send::Send;
 use crate::op::shutdown::Shutdown;
 use crate::op::sockaddr::{address_of, peer_name, peer_of_name};
 use crate::op::FileOp;
+use crate::recv_ring::RecvBuf;
 use crate::routes::ExecShared;
 use crate::shard::{IoOp, Reply};
 use std::net::SocketAddr;
@@ -183,6 +185,25 @@ impl TcpStream {
             .exec
             .request_op(&self.file, Ok(make), deadline(self.recv_timeout));
         BufCompletion::new(raw, stash, count)
+    }
+
+    /// Receives what has arrived into one of this shard's receive buffers, taken only once bytes
+    /// are there: a connection that waits for its peer holds no buffer (see
+    /// [`ExecutorBuilder::recv_buffers`](crate::ExecutorBuilder::recv_buffers)). The
+    /// [`RecvBuf`] derefs to the bytes (at most the buffer size); an empty one: the peer shut
+    /// down its sending side. Dropping it gives the buffer back (from any thread): hold it only
+    /// while you need the bytes.
+    ///
+    /// Where the kernel has provided-buffer rings (Linux 5.19) the kernel picks the buffer
+    /// (IOSQE_BUFFER_SELECT); when all are leased, or without a ring (the threads backend, an
+    /// older kernel), the receive waits for the socket to be readable and then takes a plain
+    /// buffer of the same size. Ordering, cancellation and the deadline
+    /// ([`set_recv_timeout`](Self::set_recv_timeout)) are [`recv`](Self::recv)'s; a buffer is
+    /// never handed out while the kernel may write it.
+    pub fn recv_pooled(&self) -> Completion<RecvBuf> {
+        let make = |done| Box::new(RecvPooled::new(done)) as Box<dyn FileOp>;
+        self.exec
+            .request_op(&self.file, Ok(make), deadline(self.recv_timeout))
     }
 
     /// Sends what the socket takes of `buf` now (at least one byte, unless the buffer is

@@ -122,6 +122,9 @@ op_kinds! {
     Connect => "connect", Some(Code::Connect),
     /// Receiving from a connected socket (`recv`).
     Recv => "recv", Some(Code::Recv),
+    /// Receiving into a shard's receive buffer (`TcpStream::recv_pooled`): RECV with a buffer
+    /// the kernel selects from the shard's provided-buffer ring, or POLL_ADD then RECV.
+    RecvPooled => "recv_pooled", Some(Code::Recv),
     /// Sending on a connected socket (`send`).
     Send => "send", Some(Code::Send),
     /// Shutting down one or both directions of a connection (`shutdown`).
@@ -137,7 +140,7 @@ impl OpKind {
     pub(crate) fn waits_for_peer(self) -> bool {
         matches!(
             self,
-            OpKind::Accept | OpKind::Connect | OpKind::Recv | OpKind::Send
+            OpKind::Accept | OpKind::Connect | OpKind::Recv | OpKind::RecvPooled | OpKind::Send
         )
     }
 

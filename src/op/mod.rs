@@ -71,6 +71,7 @@ pub(crate) mod path;
 pub(crate) mod read;
 pub(crate) mod read_dir;
 pub(crate) mod recv;
+pub(crate) mod recv_pooled;
 pub(crate) mod rw;
 pub(crate) mod send;
 pub(crate) mod send_file;
@@ -212,16 +213,7 @@ pub(crate) trait FileOp: Send {
     /// a CQE would carry it. Used where the kernel lacks the opcode, when the kind is forced to the
     /// blocking path, and by a backend without io_uring.
     fn run_blocking(&mut self, fd: RawFd) -> i32 {
-        // One place runs SQEs as system calls: the threads backend's. The op's own SQE, built
-        // for the plain descriptor, says what to do (an op without an SQE overrides this).
-        let target = OpFd {
-            target: Target::Fd(fd),
-            raw: fd,
-        };
-        match self.sqe(target) {
-            Some(entry) => crate::driver::threads::run_sqe(&entry),
-            None => -libc::ENOSYS,
-        }
+        run_own_sqe(self, fd)
     }
 
     /// A round ended with `errno` (not EINTR, which repeats the round): `Some(Step::Again)` to
@@ -320,6 +312,20 @@ pub(crate) trait FileOp: Send {
     /// begins (they wait for a peer, not for a device).
     fn cancel_in_flight(&self) -> bool {
         false
+    }
+}
+
+/// The default [`FileOp::run_blocking`]: the op's own SQE, built for the plain descriptor, run
+/// as a system call. One place runs SQEs as system calls: the threads backend's (an op without
+/// an SQE overrides `run_blocking`; one that picks another round there calls this after).
+pub(crate) fn run_own_sqe<O: FileOp + ?Sized>(op: &mut O, fd: RawFd) -> i32 {
+    let target = OpFd {
+        target: Target::Fd(fd),
+        raw: fd,
+    };
+    match op.sqe(target) {
+        Some(entry) => crate::driver::threads::run_sqe(&entry),
+        None => -libc::ENOSYS,
     }
 }
 

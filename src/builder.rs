@@ -50,6 +50,7 @@ pub struct ExecutorBuilder {
     max_live_ops: usize,
     max_pending_fds: usize,
     recv_buffers: (u16, usize),
+    send_zc_min: u64,
     /// Set when a first `build` found io_uring unusable for a shard's ring (ENOMEM at the
     /// fewest entries): the threads backend, for this reason.
     threads_because: Option<String>,
@@ -81,6 +82,7 @@ impl std::fmt::Debug for ExecutorBuilder {
             .field("max_live_ops", &self.max_live_ops)
             .field("max_pending_fds", &self.max_pending_fds)
             .field("recv_buffers", &self.recv_buffers)
+            .field("send_zc_min", &self.send_zc_min)
             .field("threads_because", &self.threads_because)
             .field("inline_reads", &self.inline_reads)
             .field("inline_read_limit", &self.inline_read_limit)
@@ -110,6 +112,7 @@ impl Default for ExecutorBuilder {
             force_blocking: Vec::new(),
             max_live_ops: crate::shard::MAX_LIVE_OPS,
             max_pending_fds: crate::fd_transit::DEFAULT_MAX_PENDING_FDS,
+            send_zc_min: crate::op::send_file_direct::DEFAULT_ZC_MIN,
             recv_buffers: (
                 crate::recv_ring::DEFAULT_COUNT,
                 crate::recv_ring::DEFAULT_SIZE,
@@ -384,6 +387,17 @@ impl ExecutorBuilder {
         self
     }
 
+    /// [`send_file`](crate::Executor::send_file) of a file open with O_DIRECT reads into a
+    /// buffer and sends rounds of at least this many bytes (at most 256 KiB each) with
+    /// IORING_OP_SEND_ZC (Linux 6.0; elsewhere, and on the threads backend, a plain send), and
+    /// smaller ones with a plain send (a copy). Default 64 KiB; 0: always zero-copy;
+    /// `u64::MAX`: never. Zero-copy saves a copy only towards a network device: to a local
+    /// peer (loopback, veth) the kernel copies anyway. See BENCHMARKS.md.
+    pub fn send_zc_min(mut self, bytes: u64) -> Self {
+        self.send_zc_min = bytes;
+        self
+    }
+
     /// Whether shard threads pin themselves to their CPU (default true).
     pub fn pin(mut self, on: bool) -> Self {
         self.pin = on;
@@ -538,6 +552,7 @@ impl ExecutorBuilder {
             opens: AtomicU64::new(0),
             limits: Limits {
                 max_request: self.max_request_size,
+                send_zc_min: self.send_zc_min,
             },
             inline: crate::inline::InlineReads::new(
                 self.inline_reads,

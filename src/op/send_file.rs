@@ -50,7 +50,7 @@ pub(crate) enum Dest {
 }
 
 impl Dest {
-    fn raw(&self) -> RawFd {
+    pub(crate) fn raw(&self) -> RawFd {
         match self {
             Dest::Owned(fd) => fd.as_raw_fd(),
         }

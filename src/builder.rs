@@ -390,9 +390,12 @@ impl ExecutorBuilder {
     /// [`send_file`](crate::Executor::send_file) of a file open with O_DIRECT reads into a
     /// buffer and sends rounds of at least this many bytes (at most 256 KiB each) with
     /// IORING_OP_SEND_ZC (Linux 6.0; elsewhere, and on the threads backend, a plain send), and
-    /// smaller ones with a plain send (a copy). Default 64 KiB; 0: always zero-copy;
-    /// `u64::MAX`: never. Zero-copy saves a copy only towards a network device: to a local
-    /// peer (loopback, veth) the kernel copies anyway. See BENCHMARKS.md.
+    /// smaller ones with a plain send (a copy). 0: always zero-copy; `u64::MAX` (the default):
+    /// never. Zero-copy saves a copy only towards a network device (to a local peer, loopback or
+    /// veth, the kernel copies anyway: measured, it cost as much CPU as a copy or more), and a
+    /// round's buffer is the kernel's until the peer acknowledges the round, so rounds follow
+    /// one another at the round trip's pace: try `256 << 10` (whole rounds) on a NIC with short
+    /// round trips, and measure. See BENCHMARKS.md ("send_file from O_DIRECT files").
     pub fn send_zc_min(mut self, bytes: u64) -> Self {
         self.send_zc_min = bytes;
         self

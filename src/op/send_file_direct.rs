@@ -1,6 +1,6 @@
 //! send_file of a file open with O_DIRECT: READ into a buffer of the op, then SEND_ZC (Linux 6.0)
-//! of what was read, or SEND below [`DEFAULT_ZC_MIN`] (`ExecutorBuilder::send_zc_min`), round
-//! after round until `len` bytes are sent or the file ends. (Page-cache files splice:
+//! of what was read for rounds of at least `ExecutorBuilder::send_zc_min` bytes ([`DEFAULT_ZC_MIN`]:
+//! never), SEND below it, round after round until `len` bytes are sent or the file ends. (Page-cache files splice:
 //! `send_file.rs`.)
 //!
 //! The buffer. One per op, `CHUNK` bytes (at most; less for a shorter send), aligned for
@@ -41,9 +41,13 @@ use std::ptr::NonNull;
 /// The most bytes one round reads and sends.
 const CHUNK: usize = 256 * 1024;
 
-/// Sends of this many bytes or more per round use SEND_ZC (below: SEND): see the module docs and
-/// BENCHMARKS.md.
-pub(crate) const DEFAULT_ZC_MIN: u64 = 64 * 1024;
+/// Sends of this many bytes or more per round use SEND_ZC (below: SEND). Default: never. Measured
+/// here (BENCHMARKS.md, loopback and veth: local delivery, where the kernel copies anyway) it
+/// cost as much CPU per GiB as a copy or more at every size, and a round's notification waits
+/// for the peer's acknowledgement of the round, which with one buffer per op serializes rounds
+/// on the round trip (256 KiB per RTT): a server sending through a NIC over short round trips
+/// may set `send_zc_min(256 << 10)` (whole rounds only) after measuring.
+pub(crate) const DEFAULT_ZC_MIN: u64 = u64::MAX;
 
 /// `IORING_CQE_F_NOTIF`: a SEND_ZC's notification (its buffer is free again).
 const CQE_F_NOTIF: u32 = 1 << 3;

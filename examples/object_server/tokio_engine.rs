@@ -6,23 +6,27 @@
 //!
 //! # File bodies
 //!
-//! A range of at most `--chunk` bytes is read into one buffer, which hyper writes. A longer one
-//! from a handle without O_DIRECT goes from the page cache to the socket without passing
-//! through user space, by ringshard's `send_file`, although hyper owns the socket and frames
-//! the response: the body gives hyper *placeholder frames* (`Bytes` over one static zeroed
-//! region, at most [`SPAN_MAX`] each) and queues the file range each stands for on the
-//! connection (`ConnState::spans`) as it hands the frame over. hyper writes a response's head,
-//! then its body frames, in order, through [`TimedStream`]; with `writev(true)` it queues body
-//! buffers and passes them to `poll_write_vectored` as they are (hyper 1's `WriteBuf` "queue"
-//! strategy; only the "flatten" strategy, which that setting turns off, copies them). The
-//! stream writes real bytes up to the first placeholder byte as usual; placeholder bytes (known
-//! by their address) it sends from the front range with `Executor::send_file` on the socket's
-//! descriptor (the op uses a duplicate, so a dropped connection cannot redirect it), and
-//! reports them written when that completes. hyper waits for that write, so nothing else
-//! writes to the socket meanwhile, and hyper's own accounting (Content-Length, keep-alive,
-//! pipelining) is unchanged. A placeholder without a range (which would mean hyper copied a
-//! frame) fails the connection rather than send zeros. Bytes from an O_DIRECT handle (aligned
-//! reads) are read a chunk at a time with one read ahead and written by hyper.
+//! A range of at most [`SEND_FILE_MIN`] bytes is read and written by hyper. A longer one from a
+//! handle without O_DIRECT goes from the page cache to the socket by ringshard's `send_file`,
+//! without passing through user space, although hyper owns the socket and frames the response:
+//! - the body gives hyper *placeholder frames*, `Bytes` over one zeroed region allocated once
+//!   (at most [`SPAN_MAX`] bytes each), and queues the file range each stands for on the
+//!   connection (`ConnState::spans`) as it hands the frame over;
+//! - hyper writes a response's head, then its body frames, in order, through [`TimedStream`].
+//!   With `writev(true)` it queues body buffers and passes them to `poll_write_vectored` as they
+//!   are (hyper 1's `WriteBuf` "queue" strategy; the "flatten" strategy, which that setting
+//!   turns off, would copy them);
+//! - the stream writes real bytes up to the first placeholder byte as usual. Placeholder bytes,
+//!   known by their address, it sends from the front range with `Executor::send_file` on the
+//!   socket's descriptor (the op owns a duplicate: a connection dropped meanwhile cannot
+//!   redirect it), and reports them written when that completes.
+//!
+//! hyper waits for that write, so nothing else writes to the socket meanwhile, and hyper's own
+//! accounting (Content-Length, keep-alive, pipelining) is unchanged. Placeholder bytes with no
+//! queued range behind them fail the connection. The one thing this relies on, hyper handing
+//! body buffers over uncopied, is what every large-object test checks (they compare the bytes).
+//! Bytes from an O_DIRECT handle (aligned reads) are read, into one buffer up to `--chunk`
+//! bytes, beyond that a chunk at a time with one read ahead, and written by hyper.
 //!
 //! # Timeouts
 //!
@@ -94,6 +98,13 @@ struct Span {
     off: u64,
     len: u64,
 }
+
+/// Ranges longer than this (from a handle without O_DIRECT) are sent from the page cache by
+/// `send_file`; shorter ones are read (on the calling thread when cached: an inline read) and
+/// written by hyper. Measured on hot objects (wrk -t2 -c64): at 128 KiB and 256 KiB `send_file`
+/// took about half the CPU per request of the read and copy; at this size and below
+/// `send_file` itself copies (READ and WRITE on the ring, after a hop to the shard).
+const SEND_FILE_MIN: u64 = 64 * 1024;
 
 /// The longest placeholder frame, and so the most one `send_file` sends (each has the send
 /// timeout, like `--engine shards`'s pieces).
@@ -494,10 +505,10 @@ impl Body for ObjBody {
     }
 }
 
-/// The body of a plan: a range of at most a chunk is read now (one buffer); a longer one is
-/// sent from the file by `send_file` (placeholder frames, see the module docs), or, from an
-/// O_DIRECT handle, read a chunk at a time with one read ahead. `Err`: the read failed (a 500
-/// instead).
+/// The body of a plan: a range longer than [`SEND_FILE_MIN`] from a handle without O_DIRECT
+/// is sent from the file by `send_file` (placeholder frames, see the module docs); any other
+/// range of at most a chunk is read now (one buffer), a longer one a chunk at a time with one
+/// read ahead. `Err`: the read failed (a 500 instead).
 async fn body_of(
     st: &Arc<Store>,
     conn: &Arc<ConnState>,
@@ -506,6 +517,16 @@ async fn body_of(
     Ok(match plan {
         BodyPlan::Empty => Kind::Empty,
         BodyPlan::Bytes(b) => Kind::Full(Some(b)),
+        BodyPlan::File { file, start, end }
+            if end - start > SEND_FILE_MIN && !file.file.is_direct() =>
+        {
+            Kind::Spans {
+                entry: file,
+                next: start,
+                end,
+                conn: Arc::clone(conn),
+            }
+        }
         BodyPlan::File { file, start, end } if end - start <= st.cfg.chunk as u64 => {
             let (c, skip, want) = st.read_range(&file.file, start, end - start);
             let d = c.await.map_err(|e| e.to_string())?;
@@ -513,12 +534,6 @@ async fn body_of(
                 st.take_read(d, skip, want).map_err(|e| e.to_string())?,
             ))
         }
-        BodyPlan::File { file, start, end } if !file.file.is_direct() => Kind::Spans {
-            entry: file,
-            next: start,
-            end,
-            conn: Arc::clone(conn),
-        },
         BodyPlan::File { file, start, end } => {
             let mut s = FileStream {
                 st: Arc::clone(st),

@@ -176,7 +176,7 @@ impl ShardLabels {
 type Getter = fn(&ShardStats) -> u64;
 
 /// Counters with one value per shard: (name without `_total`, help, getter).
-const COUNTERS: [(&str, &str, Getter); 24] = [
+const COUNTERS: [(&str, &str, Getter); 26] = [
     (
         "ringshard_read_bytes",
         "Bytes transferred by successful reads.",
@@ -206,6 +206,16 @@ const COUNTERS: [(&str, &str, Getter); 24] = [
         "ringshard_send_file_pipes_dirty",
         "send_file pipes closed because a send ended with bytes in them.",
         |s| s.pipes_dirty,
+    ),
+    (
+        "ringshard_send_file_inline_rounds",
+        "send_file rounds sent with sendfile(2) on the shard thread (range in the page cache).",
+        |s| s.send_file_inline,
+    ),
+    (
+        "ringshard_send_file_uncached_rounds",
+        "send_file rounds to a socket that went through a pipe: range not all in the page cache.",
+        |s| s.send_file_uncached,
     ),
     (
         "ringshard_written_bytes",

@@ -119,6 +119,12 @@ pub struct ShardStats {
     /// Pipes closed, not reused, because a send ended with bytes in them (an error, a
     /// cancellation, a deadline).
     pub pipes_dirty: u64,
+    /// [`send_file`](crate::Executor::send_file) rounds sent inline: sendfile(2) on the shard
+    /// thread to a socket with room, the range being in the page cache (no pipe, no io-wq).
+    pub send_file_inline: u64,
+    /// send_file rounds to a socket that went through a pipe because their range was not all
+    /// in the page cache (or the kernel has no `cachestat`, Linux 6.5).
+    pub send_file_uncached: u64,
     /// The shard's buffer pool at snapshot time (merged: see [`merge_pool_stats`]).
     pub pool: BufferPoolStats,
     /// Latency of operations other than reads, writes and tasks. The all-operations histogram is
@@ -178,6 +184,8 @@ impl ShardStats {
             pipes_made: 0,
             pipes_shrunk: 0,
             pipes_dirty: 0,
+            send_file_inline: 0,
+            send_file_uncached: 0,
             inline_latency: LatencyHistogram::new(),
         }
     }
@@ -367,6 +375,8 @@ impl ShardStats {
         self.pipes_made = p.made;
         self.pipes_shrunk = p.shrunk;
         self.pipes_dirty = p.dirty;
+        self.send_file_inline = p.inline_rounds;
+        self.send_file_uncached = p.uncached_rounds;
     }
 
     /// Adds the reads callers did inline for this shard's files (a snapshot of their counters):
@@ -474,6 +484,10 @@ impl ShardStats {
         self.pipes_made = self.pipes_made.saturating_add(other.pipes_made);
         self.pipes_shrunk = self.pipes_shrunk.saturating_add(other.pipes_shrunk);
         self.pipes_dirty = self.pipes_dirty.saturating_add(other.pipes_dirty);
+        self.send_file_inline = self.send_file_inline.saturating_add(other.send_file_inline);
+        self.send_file_uncached = self
+            .send_file_uncached
+            .saturating_add(other.send_file_uncached);
         self.inline_latency.merge(&other.inline_latency);
     }
 }
@@ -526,6 +540,8 @@ impl ShardStats {
         out.pipes_made = sub(self.pipes_made, earlier.pipes_made);
         out.pipes_shrunk = sub(self.pipes_shrunk, earlier.pipes_shrunk);
         out.pipes_dirty = sub(self.pipes_dirty, earlier.pipes_dirty);
+        out.send_file_inline = sub(self.send_file_inline, earlier.send_file_inline);
+        out.send_file_uncached = sub(self.send_file_uncached, earlier.send_file_uncached);
         out.inline_latency = self.inline_latency.since(&earlier.inline_latency);
         out
     }

@@ -16,8 +16,8 @@
 //!
 //! Memory: `count * size` bytes per shard (default 256 x 16 KiB = 4 MiB;
 //! `ExecutorBuilder::recv_buffers`), plus `count * 16` bytes of ring. When all buffers are
-//! leased the kernel answers ENOBUFS; the receive then takes a plain buffer of `size` bytes for
-//! itself (counted in `exhausted`), so it neither hangs nor fails.
+//! leased the kernel answers ENOBUFS (counted in `exhausted`); the receive then waits for bytes
+//! and takes a plain buffer of `size` bytes for itself, so it neither hangs nor fails.
 
 use crate::numa::Slab;
 use std::cell::RefCell;

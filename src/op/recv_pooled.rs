@@ -3,7 +3,8 @@
 //!
 //! With a provided-buffer ring: one RECV with IOSQE_BUFFER_SELECT; the kernel picks a buffer
 //! when data is there and names it in the CQE (`IORING_CQE_F_BUFFER`, its id in the upper 16
-//! bits). ENOBUFS (every buffer leased): the receive takes a plain buffer and goes again. Without
+//! bits). ENOBUFS (every buffer leased; the kernel answers so when it issues the RECV, bytes or
+//! not): the receive waits for bytes as without a ring, then takes a plain buffer. Without
 //! a ring (threads backend, a kernel before 5.19): a RECV of one byte with MSG_PEEK first (it
 //! waits for bytes, or the end of the stream, into a byte of the op's own), then a RECV into a
 //! plain buffer taken then. (Not POLL_ADD: the threads backend looks at its polls only when the
@@ -148,11 +149,14 @@ impl FileOp for RecvPooled {
         if self.phase == Some(Phase::Select) {
             self.disarm();
             if errno == libc::ENOBUFS {
-                // Every ring buffer is leased, and bytes are there: take a plain one.
+                // Every ring buffer is leased. The kernel selects a buffer when it issues the
+                // RECV, before it looks for bytes: ENOBUFS comes whether or not any have
+                // arrived. Wait for bytes (MSG_PEEK) before taking a plain buffer, so a receive
+                // whose peer is silent holds none.
                 if let Some(b) = &self.bufs {
                     b.note_exhausted();
                 }
-                self.phase = Some(Phase::Plain);
+                self.phase = Some(Phase::Wait);
                 return Some(Step::Again);
             }
         }

@@ -147,3 +147,73 @@ fn a_peer_that_stops_reading_ends_the_send_and_its_buffer_is_not_reused_before_t
         }
     }
 }
+
+/// A connected MPTCP pair on 127.0.0.1 (AF_INET, SOCK_STREAM, IPPROTO_MPTCP): an inet stream
+/// socket without zero-copy sends. `None` where the kernel has no MPTCP.
+fn mptcp_pair() -> Option<(TcpStream, TcpStream)> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: socket(2) makes a new descriptor, owned by the TcpListener from here on.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_MPTCP) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` is new and owned by nothing else.
+    let l = unsafe { TcpListener::from_raw_fd(fd) };
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes([127, 0, 0, 1]),
+        },
+        sin_zero: [0; 8],
+    };
+    use std::os::fd::AsRawFd;
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: `addr` is a sockaddr_in of `len` bytes.
+    let bound = unsafe { libc::bind(l.as_raw_fd(), (&raw const addr).cast(), len) };
+    // SAFETY: a bound socket.
+    if bound != 0 || unsafe { libc::listen(l.as_raw_fd(), 1) } != 0 {
+        return None;
+    }
+    let to = l.local_addr().unwrap();
+    // SAFETY: as above.
+    let c = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_MPTCP) };
+    assert!(c >= 0);
+    // SAFETY: `c` is new and owned by nothing else.
+    let a = unsafe { TcpStream::from_raw_fd(c) };
+    let std::net::SocketAddr::V4(to4) = to else {
+        return None;
+    };
+    let peer = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: to4.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(to4.ip().octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: `peer` is a sockaddr_in of `len` bytes.
+    assert_eq!(
+        unsafe { libc::connect(a.as_raw_fd(), (&raw const peer).cast(), len) },
+        0
+    );
+    let (b, _) = l.accept().unwrap();
+    Some((a, b))
+}
+
+#[test]
+fn an_inet_socket_without_zero_copy_falls_back_to_send() {
+    let _w = Watchdog::new("send_file O_DIRECT to MPTCP", HANG);
+    let dir = tempfile::Builder::new().tempdir_in("/tmp").unwrap();
+    let exec = exec(0);
+    let Some(f) = make(&exec, dir.path(), "m", 5, 1 << 20) else {
+        return;
+    };
+    let Some((a, b)) = mptcp_pair() else {
+        return;
+    };
+    let r = reader(b, 5, 0, 1 << 20);
+    assert_eq!(ok(exec.send_file(&f, 0, 1 << 20, &a), "mptcp"), 1 << 20);
+    drop(a);
+    r.join().unwrap();
+}

@@ -286,6 +286,13 @@ pub(crate) trait FileOp: Send {
         Outcome::Value(result.map(|()| self.value()))
     }
 
+    /// An error the op met in a CQE that did not end its round as an error (a SEND_ZC's result,
+    /// whose notification ends the round with 0; no memory for its buffer): the shard ends the
+    /// op with it, as with an errno from [`on_errno`](Self::on_errno), and counts it as one.
+    fn failed(&self) -> Option<i32> {
+        None
+    }
+
     /// The shard stops with a round of this op still in the kernel (a failed shard, shutdown's
     /// grace period over): leak what its SQE names that [`complete`](Self::complete) would hand
     /// back to the caller (a receive's buffer, a send's), which the kernel may still write or

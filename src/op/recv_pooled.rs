@@ -213,11 +213,12 @@ impl FileOp for RecvPooled {
         self.armed = false;
     }
 
+    fn failed(&self) -> Option<i32> {
+        self.bad_cqe.then_some(libc::EIO)
+    }
+
     fn complete(&mut self, result: Result<()>) -> Outcome {
-        let result = match result {
-            Ok(()) if self.bad_cqe => Err(Error::io("recv", None, None, libc::EIO)),
-            r => r,
-        };
+        // (A bad CQE comes here as EIO: `failed`.)
         let got = self.got.take().unwrap_or_else(RecvBuf::empty);
         let bytes = if result.is_ok() { got.len() as u64 } else { 0 };
         if let Some(done) = self.done.take() {

@@ -400,11 +400,12 @@ impl FileOp for SendFileDirect {
         }
     }
 
+    fn failed(&self) -> Option<i32> {
+        self.failed
+    }
+
     fn complete(&mut self, result: Result<()>) -> Outcome {
-        let result = match (result, self.failed) {
-            (Ok(()), Some(errno)) => Err(self.error(errno, &self.file_path.clone())),
-            (r, _) => r,
-        };
+        // (An error of `failed` comes here as `result`, made by `error`.)
         let sent = self.sent;
         if let Some(done) = self.done.take() {
             done.complete(result.map(|()| sent));
@@ -414,11 +415,14 @@ impl FileOp for SendFileDirect {
 
     fn answer_when_cancelled(&mut self, error: Error) -> bool {
         // Whatever round is in the kernel (a SEND_ZC waiting for room or for its notification,
-        // a READ, a POLL_ADD), the handle need not wait for it: the op keeps the buffer.
-        if self.done.is_some() {
-            let e = error.with_written(self.sent);
-            self.answer(Err(e));
+        // a READ, a POLL_ADD), the handle need not wait for it: the op keeps the buffer. A
+        // handle answered already (a SEND_ZC's result said how it went) is not answered, or
+        // counted, again: the op ends as that result said.
+        if self.done.is_none() {
+            return false;
         }
+        let e = error.with_written(self.sent);
+        self.answer(Err(e));
         true
     }
 

@@ -160,6 +160,7 @@ impl Shard {
         answered: bool,
     ) {
         let kind = f.kind();
+        let errno = errno.or_else(|| f.failed());
         let result = if let Some(why) = cancel {
             if let Some(errno) = super::cancel::counted_after_cancel(errno) {
                 self.stats.record_error(kind, errno, lat);

@@ -251,6 +251,14 @@ impl RecvBuffers {
         }))
     }
 
+    /// The ring's tail as last published (each buffer put back adds one).
+    #[cfg(test)]
+    pub(crate) fn published_tail(&self) -> Option<u16> {
+        self.ring
+            .as_ref()
+            .map(|r| *r.tail.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     /// A plain buffer of `size` bytes' room for one receive, counted as held until it drops.
     pub(crate) fn plain(self: &Arc<Self>) -> PlainBuf {
         self.plain_held.fetch_add(1, Ordering::Relaxed);

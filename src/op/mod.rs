@@ -217,6 +217,15 @@ pub(crate) trait FileOp: Send {
         run_own_sqe(self, fd)
     }
 
+    /// Every CQE that ends a round, before anything else looks at it (even one the shard repeats
+    /// or a parked op's ECANCELED): `res` and `flags` as the kernel gave them. An op whose SQE
+    /// selects a provided buffer takes back here a buffer named (`IORING_CQE_F_BUFFER`) by a
+    /// CQE that carries no bytes: the kernel commits a buffer when it selects it on some paths
+    /// (io-wq), and then names it in an end-of-stream or error CQE as well.
+    fn on_cqe(&mut self, res: i32, flags: u32) {
+        let _ = (res, flags);
+    }
+
     /// A round ended with `errno` (not EINTR, which repeats the round): `Some(Step::Again)` to
     /// issue another round instead of failing (send_file waits for room on a non-blocking
     /// destination after EAGAIN); `None` (the default): the op fails with `errno`.

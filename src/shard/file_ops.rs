@@ -59,6 +59,9 @@ impl Shard {
             return;
         }
         let Some(op) = self.ops.get(slot) else { return };
+        if let IoOp::File(f) = &mut op.io {
+            f.on_cqe(res, flags);
+        }
         let peer_sqe = op.outstanding > 0 && op.kind.waits_for_peer();
         op.outstanding = 0;
         if peer_sqe {

@@ -146,6 +146,15 @@ fn a_peer_that_stops_reading_ends_the_send_and_its_buffer_is_not_reused_before_t
             assert_eq!(x, byte(3, i as u64), "{how}: byte {i} of {}", got.len());
         }
     }
+    // Each stopped send is counted once, as cancelled or past its deadline, and not as an error.
+    let stopped = || {
+        let st = exec.stats().total;
+        st.cancelled + st.deadline_exceeded
+    };
+    eventually("the stopped sends counted", HANG, || stopped() >= 3);
+    let st = exec.stats().total;
+    assert_eq!(stopped(), 3, "{st:?}");
+    assert!(!st.errors.contains_key(&libc::ECANCELED), "{st:?}");
 }
 
 fn sockaddr_in(ip: [u8; 4], port: u16) -> libc::sockaddr_in {

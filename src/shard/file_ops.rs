@@ -87,9 +87,10 @@ impl Shard {
             },
             r => f.on_result(r, flags, raw) == crate::op::Step::Again,
         };
-        if res >= 0 && !again && f.cancel_in_flight() {
+        if res >= 0 && !again && f.cancel_in_flight() && f.failed().is_none() {
             // The kernel finished the op before its cancellation reached it: its result (bytes
-            // received, a connection accepted) is delivered, not lost.
+            // received, a connection accepted) is delivered, not lost. (Not one that failed
+            // earlier, a SEND_ZC whose result was ECANCELED and whose notification ends it.)
             op.cancel = None;
         }
         if again && op.cancel.is_none() {

@@ -206,6 +206,12 @@ impl RecvBuffers {
         }
     }
 
+    /// Rounds counted in the kernel now (unit tests).
+    #[cfg(test)]
+    pub(crate) fn in_kernel_for_tests(&self) -> usize {
+        self.in_kernel.load(Ordering::Relaxed)
+    }
+
     /// The kernel found no buffer in the ring (ENOBUFS).
     pub(crate) fn note_exhausted(&self) {
         self.exhausted.fetch_add(1, Ordering::Relaxed);
@@ -220,12 +226,15 @@ impl RecvBuffers {
         // SAFETY: `tail & mask` < count, inside the entries' mapping; the entry at the tail is
         // not one the kernel may read (it reads from its head up to the published tail, and at
         // most `count` buffers exist, so this slot's last buffer was taken already). The
-        // buffer's address and length are inside the buffers' mapping (bid < count).
+        // buffer's address and length are inside the buffers' mapping (bid < count). The
+        // fields are written through raw pointers, never a `&mut` to the entry: entry 0's last
+        // field is the ring's tail, which the kernel reads meanwhile.
         unsafe {
-            let entry = &mut *base.add(usize::from(*tail & ring.mask));
-            entry.set_addr(ring.buffers.as_ptr().add(usize::from(bid) * self.size) as u64);
-            entry.set_len(self.size as u32);
-            entry.set_bid(bid);
+            let entry = base.add(usize::from(*tail & ring.mask)).cast::<RawEntry>();
+            let addr = ring.buffers.as_ptr().add(usize::from(bid) * self.size) as u64;
+            std::ptr::addr_of_mut!((*entry).addr).write(addr);
+            std::ptr::addr_of_mut!((*entry).len).write(self.size as u32);
+            std::ptr::addr_of_mut!((*entry).bid).write(bid);
         }
         *tail = tail.wrapping_add(1);
         // SAFETY: the tail field is inside the first entry (`BufRingEntry::tail`), aligned for a
@@ -382,3 +391,17 @@ impl Drop for RecvBuf {
         }
     }
 }
+
+/// The kernel's `struct io_uring_buf` (what `BufRingEntry` wraps), for writing one field at a
+/// time: `resv` of entry 0 is the ring's tail.
+#[repr(C)]
+struct RawEntry {
+    addr: u64,
+    len: u32,
+    bid: u16,
+    resv: u16,
+}
+
+const _: () = assert!(
+    std::mem::size_of::<RawEntry>() == std::mem::size_of::<io_uring::types::BufRingEntry>()
+);

@@ -98,6 +98,16 @@ impl RecvPooled {
     }
 }
 
+/// An op is dropped only once nothing of it is in the kernel (the shard keeps it until its last
+/// CQE; an op abandoned at teardown is `abandon_memory`'d first, or leaked), so a `Select`
+/// round still counted here is over: one parked (its round ended by ECANCELED to let other
+/// work through) and then cancelled or dropped before it was issued again.
+impl Drop for RecvPooled {
+    fn drop(&mut self) {
+        self.disarm();
+    }
+}
+
 impl FileOp for RecvPooled {
     fn kind(&self) -> OpKind {
         OpKind::RecvPooled
@@ -210,13 +220,14 @@ impl FileOp for RecvPooled {
     }
 
     fn error(&self, errno: i32, file: &Path) -> Error {
-        Error::io("recv", Some(file.to_path_buf()), None, errno)
+        Error::io("recv_pooled", Some(file.to_path_buf()), None, errno)
     }
 
     fn abandon_memory(&mut self) {
         // The kernel may still write into the plain buffer: leak it (still counted as held).
-        // A selected buffer's round stays counted in `in_kernel` (`armed` is left set), so the
-        // ring's mapping is leaked with the shard.
+        // A selected buffer's round stays counted in `in_kernel`: `armed` is cleared without
+        // the count going down (the drop below then leaves it), so the ring's mapping is leaked
+        // with the shard rather than unmapped under the kernel.
         if let Some(plain) = self.plain.take() {
             std::mem::forget(plain);
         }
@@ -286,6 +297,26 @@ mod tests {
             let mut op = armed();
             op.on_cqe(5, CQE_F_BUFFER);
             assert_eq!(bufs.published_tail(), Some(7));
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// A receive dropped while counted in the kernel's rounds (parked, then cancelled before it
+    /// was issued again) uncounts itself, so the ring's mapping can be unmapped at the end; one
+    /// abandoned at teardown stays counted (the kernel may still select a buffer for it).
+    #[test]
+    fn a_dropped_receive_leaves_the_in_kernel_count_and_an_abandoned_one_keeps_it() {
+        std::thread::spawn(|| {
+            let mut register = |_: u64, _: u16, _: u16| Ok(());
+            assert!(RecvBuffers::install(4, 4096, Some(&mut register)).is_none());
+            let bufs = RecvBuffers::local();
+            drop(armed());
+            assert_eq!(bufs.in_kernel_for_tests(), 0);
+            let mut op = armed();
+            op.abandon_memory();
+            drop(op);
+            assert_eq!(bufs.in_kernel_for_tests(), 1);
         })
         .join()
         .unwrap();

@@ -44,6 +44,10 @@ use std::ptr::NonNull;
 /// The most bytes one round reads and sends.
 const CHUNK: usize = 256 * 1024;
 
+/// The largest O_DIRECT alignment the op's buffer honours (statx reports a few KiB at most on
+/// real devices).
+const MAX_ALIGN: u64 = 1 << 20;
+
 /// Sends of this many bytes or more per round use SEND_ZC (below: SEND). Default: never. Measured
 /// here (BENCHMARKS.md, loopback and veth: local delivery, where the kernel copies anyway) it
 /// cost as much CPU per GiB as a copy or more at every size, and a round's notification waits
@@ -165,7 +169,11 @@ impl SendFileDirect {
         done: Completer<u64>,
     ) -> Self {
         let page = crate::numa::page_size() as u64;
-        let align = u64::from(align.offset.max(align.memory)).max(page);
+        // Bounded: the buffer is at least one alignment unit, and a device that reported an
+        // absurd one must not make a huge allocation (its READs then fail with EINVAL instead).
+        let align = u64::from(align.offset.max(align.memory))
+            .max(page)
+            .min(MAX_ALIGN);
         // Enough for `len` from an unaligned offset, at most CHUNK (itself a multiple of pages).
         let want = (len.saturating_add(2 * align) / align * align).min(CHUNK as u64) as usize;
         let cap = want.max(align as usize);

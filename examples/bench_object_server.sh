@@ -17,7 +17,8 @@
 #   hot1m   64 objects of 1 MiB, page cache warm
 #   cold4k  --cold-objects (default 200,000) objects of 4 KiB; before every run the page cache,
 #           dentries and inodes are dropped (echo 3 > /proc/sys/vm/drop_caches) and the server is
-#           restarted (empty handle cache) with --direct
+#           restarted (empty handle cache). No --direct: the server chooses O_DIRECT per object
+#           (--direct auto); pass `-- --direct` to force it
 # Needs root (drop_caches, nginx as root). Installs nginx-light and wrk with apt-get if missing.
 # The binary is built with `cargo build --release` and run from where cargo says it put it
 # (CARGO_TARGET_DIR and build.target-dir included). The objects are made once under DIR (default
@@ -236,7 +237,7 @@ for case in $CASES; do
     for k in $(seq 0 $((NS - 1))); do order+=("${SIDES[$(( (k + round - 1) % NS ))]}"); done
     for who in "${order[@]}"; do
       if [ "$case" = cold4k ]; then
-        [ "$who" != nginx ] && start_server "$who" --direct
+        [ "$who" != nginx ] && start_server "$who"
         drop_caches
         dur=$COLD_DUR
       else

@@ -281,14 +281,24 @@ impl Store {
                 return Err(LookupError::NotFound);
             }
             let at = &path;
+            // On a shard (the shards engine), the handle lives on this shard: its statx, reads
+            // and close need no hop to another thread (the inode's shard is the other one half
+            // of the time with 2 shards). A cached handle read from another shard is routed
+            // there, as any file's request; the server never writes an object's open inode, so
+            // handles of one inode on two shards need no ordering between them.
+            let local = ringshard::local().map(|l| l.index());
             let open = |direct: bool| async move {
                 let mut o = OpenOptions::new();
                 o.read(true).direct(direct).custom_flags(libc::O_NOFOLLOW);
-                match self.exec.open_async(at, &o).await {
+                let open = |o: &OpenOptions| match local {
+                    Some(shard) => self.exec.open_on(shard, at, o),
+                    None => self.exec.open_async(at, o),
+                };
+                match open(&o).await {
                     // A filesystem without O_DIRECT (tmpfs on older kernels): the page cache.
                     Err(e) if direct && e.errno() == Some(libc::EINVAL) => {
                         o.direct(false);
-                        self.exec.open_async(at, &o).await
+                        open(&o).await
                     }
                     r => r,
                 }

@@ -8,6 +8,7 @@
 #       [--rounds N] [--duration S] [--cold-duration S] [--dir DIR] [--cold-objects N]
 #       [--cases "hot4k hot1m cold4k"] [--remove-objects] [-- extra object_server flags]
 #
+# PORT_BASE: nginx listens there, the engines on the ports after it (default 18481).
 # ENGINES: the server's --engine values to run (default "tokio shards"); one the binary refuses
 # is skipped, and the script says so. ROUNDS (or --rounds): default 5. DURATION and COLD_DURATION
 # (or --duration, --cold-duration): seconds per hot and cold run (default 10 and 5).
@@ -117,9 +118,12 @@ EOF
   echo "v1 $COLD_N" > "$DIR/.made"
 fi
 
-NGINX_PORT=18481
+# PORT_BASE (default 18481): nginx's port; the engines take the next ones. Two benches on one
+# machine need different bases (the shards engine's listeners use SO_REUSEPORT: a second server
+# on the same port would share its connections).
+NGINX_PORT=${PORT_BASE:-18481}
 i=0
-for e in "${RUN_ENGINES[@]}"; do PORT[$e]=$((18482 + i)); i=$((i + 1)); done
+for e in "${RUN_ENGINES[@]}"; do PORT[$e]=$((NGINX_PORT + 1 + i)); i=$((i + 1)); done
 mkdir -p "$TMP/nginx"
 cat > "$TMP/nginx.conf" <<EOF
 user root;

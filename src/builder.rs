@@ -49,6 +49,8 @@ pub struct ExecutorBuilder {
     force_blocking: Vec<OpKind>,
     max_live_ops: usize,
     max_pending_fds: usize,
+    recv_buffers: (u16, usize),
+    send_zc_min: u64,
     /// Set when a first `build` found io_uring unusable for a shard's ring (ENOMEM at the
     /// fewest entries): the threads backend, for this reason.
     threads_because: Option<String>,
@@ -79,6 +81,8 @@ impl std::fmt::Debug for ExecutorBuilder {
             .field("force_blocking", &self.force_blocking)
             .field("max_live_ops", &self.max_live_ops)
             .field("max_pending_fds", &self.max_pending_fds)
+            .field("recv_buffers", &self.recv_buffers)
+            .field("send_zc_min", &self.send_zc_min)
             .field("threads_because", &self.threads_because)
             .field("inline_reads", &self.inline_reads)
             .field("inline_read_limit", &self.inline_read_limit)
@@ -108,6 +112,11 @@ impl Default for ExecutorBuilder {
             force_blocking: Vec::new(),
             max_live_ops: crate::shard::MAX_LIVE_OPS,
             max_pending_fds: crate::fd_transit::DEFAULT_MAX_PENDING_FDS,
+            send_zc_min: crate::op::send_file_direct::DEFAULT_ZC_MIN,
+            recv_buffers: (
+                crate::recv_ring::DEFAULT_COUNT,
+                crate::recv_ring::DEFAULT_SIZE,
+            ),
             threads_because: None,
             inline_reads: true,
             inline_read_limit: crate::inline::DEFAULT_INLINE_READ_LIMIT,
@@ -364,6 +373,34 @@ impl ExecutorBuilder {
         self
     }
 
+    /// The receive buffers of each shard, for
+    /// [`TcpStream::recv_pooled`](crate::net::TcpStream::recv_pooled): `count` buffers of `size`
+    /// bytes (default 256 x 16 KiB: 4 MiB of address space per shard, touched as the kernel
+    /// fills buffers) in a provided-buffer ring (Linux 5.19+), from which the kernel takes one only
+    /// when bytes have arrived, so a connection that waits holds none. `count` is a power of two
+    /// up to 32,768, or 0 for no ring; `size` 1 byte to 1 MiB. When every buffer is leased a
+    /// receive takes a plain buffer of `size` bytes for itself (`ShardStats::recv_buffers_exhausted`);
+    /// without a ring (the threads backend, an older kernel, `count` 0) every receive does, once
+    /// its socket is readable.
+    pub fn recv_buffers(mut self, count: u16, size: usize) -> Self {
+        self.recv_buffers = (count, size);
+        self
+    }
+
+    /// [`send_file`](crate::Executor::send_file) of a file open with O_DIRECT reads into a
+    /// buffer and sends rounds of at least this many bytes (at most 256 KiB each) with
+    /// IORING_OP_SEND_ZC (Linux 6.0; elsewhere, and on the threads backend, a plain send), and
+    /// smaller ones with a plain send (a copy). 0: always zero-copy; `u64::MAX` (the default):
+    /// never. Zero-copy saves a copy only towards a network device (to a local peer, loopback or
+    /// veth, the kernel copies anyway: measured, it cost as much CPU as a copy or more), and a
+    /// round's buffer is the kernel's until the peer acknowledges the round, so rounds follow
+    /// one another at the round trip's pace: try `256 << 10` (whole rounds) on a NIC with short
+    /// round trips, and measure. See BENCHMARKS.md ("send_file from O_DIRECT files").
+    pub fn send_zc_min(mut self, bytes: u64) -> Self {
+        self.send_zc_min = bytes;
+        self
+    }
+
     /// Whether shard threads pin themselves to their CPU (default true).
     pub fn pin(mut self, on: bool) -> Self {
         self.pin = on;
@@ -390,6 +427,19 @@ impl ExecutorBuilder {
             return Err(Error::InvalidConfig(format!(
                 "max_request_size {} out of range: use 1 to {MAX_REQUEST_SIZE_LIMIT} bytes",
                 self.max_request_size
+            )));
+        }
+        let (count, size) = self.recv_buffers;
+        if (count != 0 && !count.is_power_of_two())
+            || count > crate::recv_ring::MAX_COUNT
+            || size == 0
+            || size > crate::recv_ring::MAX_SIZE
+        {
+            return Err(Error::InvalidConfig(format!(
+                "recv_buffers({count}, {size}) out of range: use a power of two up to {} \
+                 buffers (or 0 for none) of 1 to {} bytes",
+                crate::recv_ring::MAX_COUNT,
+                crate::recv_ring::MAX_SIZE
             )));
         }
         if self.inline_read_limit > crate::inline::MAX_INLINE_READ_LIMIT {
@@ -462,6 +512,8 @@ impl ExecutorBuilder {
                     .map_or(u64::MAX, |d| d.as_nanos().min(u128::from(u64::MAX)) as u64),
                 force_blocking: force_blocking.clone(),
                 max_live_ops: self.max_live_ops,
+                recv_buffer_count: self.recv_buffers.0,
+                recv_buffer_size: self.recv_buffers.1,
             };
             match spawn(cfg) {
                 Ok((link, handle)) => {
@@ -503,6 +555,7 @@ impl ExecutorBuilder {
             opens: AtomicU64::new(0),
             limits: Limits {
                 max_request: self.max_request_size,
+                send_zc_min: self.send_zc_min,
             },
             inline: crate::inline::InlineReads::new(
                 self.inline_reads,

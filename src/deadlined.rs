@@ -545,11 +545,22 @@ impl Deadlined<'_> {
             Ok(d) => d,
             Err(e) => return Completion::ready(Err(e)),
         };
-        let make = |done| {
-            let direct = file.direct_io_align().is_some();
-            Box::new(op::send_file::SendFile::new(
-                dest, name, offset, len, direct, done,
-            )) as Box<dyn FileOp>
+        let zc_min = self.exec.limits.send_zc_min;
+        let make = |done| match file.direct_io_align() {
+            // O_DIRECT: read into the op's buffer, then SEND_ZC or SEND.
+            Some(align) => Box::new(op::send_file_direct::SendFileDirect::new(
+                dest,
+                name,
+                file.path().to_path_buf(),
+                offset,
+                len,
+                align,
+                zc_min,
+                done,
+            )) as Box<dyn FileOp>,
+            None => Box::new(op::send_file::SendFile::new(
+                dest, name, offset, len, false, done,
+            )) as Box<dyn FileOp>,
         };
         self.exec.request_op(file, Ok(make), self.deadline)
     }

@@ -153,6 +153,7 @@ mod op;
 mod park;
 mod pipes;
 pub mod pool;
+mod recv_ring;
 mod routes;
 mod validate;
 /// The request size limits (the checks themselves are in the crate's `validate` module).

@@ -23,6 +23,8 @@ pub const MAX_REQUEST_SIZE_LIMIT: usize = 1 << 40;
 pub(crate) struct Limits {
     /// Largest read or write length, in bytes.
     pub max_request: usize,
+    /// send_file of an O_DIRECT file: rounds of at least this many bytes go as SEND_ZC.
+    pub send_zc_min: u64,
 }
 
 /// A read of `len` bytes at `offset`.

@@ -3,25 +3,19 @@
 
 mod executor_util;
 
-use executor_util::{ok, rwc, wait};
+use executor_util::{
+    ok, pattern_byte as byte, pattern_reader as reader, rwc, stop_stalled_send_file, wait,
+};
 use ringshard::{Error, Executor, File, OpenOptions};
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// One shard: every send below uses the same shard's pipe pool.
 fn exec() -> Executor {
     Executor::builder().shards(1).build().unwrap()
-}
-
-/// The byte at `i` of a file made by [`make`] with `seed`: no period a misplaced round could
-/// line up with.
-fn byte(seed: u64, i: u64) -> u8 {
-    let x = (i ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)).wrapping_mul(0x2545_f491_4f6c_dd1d);
-    (x >> 56) as u8
 }
 
 fn pattern(seed: u64, len: u64) -> Vec<u8> {
@@ -32,25 +26,6 @@ fn pattern(seed: u64, len: u64) -> Vec<u8> {
 fn make(exec: &Executor, path: &Path, seed: u64, len: u64) -> File {
     std::fs::write(path, pattern(seed, len)).unwrap();
     ok(exec.open(path, &rwc()), "open")
-}
-
-/// Reads exactly `n` bytes on a thread and checks they are bytes `from..from + n` of pattern
-/// `seed`; then reads on to end of stream when `to_eof` (nothing more may come).
-fn reader<R: Read + Send + 'static>(mut r: R, seed: u64, from: u64, n: u64) -> JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut got = 0u64;
-        let mut buf = vec![0u8; 64 * 1024];
-        while got < n {
-            let want = ((n - got) as usize).min(buf.len());
-            let k = r.read(&mut buf[..want]).unwrap();
-            assert!(k > 0, "stream ended after {got} of {n} bytes");
-            for (j, &b) in buf[..k].iter().enumerate() {
-                let i = from + got + j as u64;
-                assert_eq!(b, byte(seed, i), "byte {i} of the file (received #{})", got);
-            }
-            got += k as u64;
-        }
-    })
 }
 
 #[test]
@@ -114,31 +89,10 @@ fn a_stalled_peer_is_cancelled_and_the_next_send_is_exact() {
     let g = make(&exec, &dir.path().join("small"), 4, 700_000);
     for how in ["deadline", "cancel", "drop"] {
         let (a, b) = UnixStream::pair().unwrap();
-        match how {
-            "deadline" => {
-                let c = exec
-                    .timeout(Duration::from_millis(50))
-                    .send_file(&f, 0, big, &a);
-                match wait(c) {
-                    Err(Error::DeadlineExceeded { .. }) => {}
-                    other => panic!("{how}: {other:?}"),
-                }
-            }
-            "cancel" => {
-                let c = exec.send_file(&f, 0, big, &a);
-                wait_until_full(&a);
-                c.cancel();
-                match wait(c) {
-                    Err(Error::Cancelled { .. }) => {}
-                    other => panic!("{how}: {other:?}"),
-                }
-            }
-            _ => {
-                let c = exec.send_file(&f, 0, big, &a);
-                wait_until_full(&a);
-                drop(c);
-            }
-        }
+        stop_stalled_send_file(&exec, how, &f, big, &a, || {
+            wait_until_full(&a);
+            true
+        });
         drop((a, b));
         // The next send on the same shard: exact, whatever pipe it gets (and on the copy
         // path, small sends).

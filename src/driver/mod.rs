@@ -14,6 +14,7 @@
 //!   logged once.
 
 pub(crate) mod socket_waits;
+pub(crate) mod sockopt;
 pub(crate) mod sqe;
 pub(crate) mod threads;
 
@@ -445,6 +446,28 @@ impl Driver {
         match self {
             Driver::Uring(_) => None,
             Driver::Threads(t) => Some(t.timer_entries()),
+        }
+    }
+
+    /// Registers a provided-buffer ring of `entries` entries at `ring_addr` as group `bgid`
+    /// (IORING_REGISTER_PBUF_RING, Linux 5.19); the threads backend has none (EOPNOTSUPP).
+    ///
+    /// # Safety
+    /// The `entries * 16` bytes at `ring_addr` (page-aligned), and every buffer later put in the
+    /// ring, stay mapped while the ring is alive and a request may select a buffer from it.
+    pub(crate) unsafe fn register_buf_ring(
+        &mut self,
+        ring_addr: u64,
+        entries: u16,
+        bgid: u16,
+    ) -> std::io::Result<()> {
+        match self {
+            // SAFETY: the caller's contract is the kernel's.
+            Driver::Uring(r) => unsafe {
+                r.submitter()
+                    .register_buf_ring_with_flags(ring_addr, entries, bgid, 0)
+            },
+            Driver::Threads(_) => Err(std::io::Error::from_raw_os_error(libc::EOPNOTSUPP)),
         }
     }
 

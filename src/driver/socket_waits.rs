@@ -207,22 +207,9 @@ fn set_nonblocking(fd: RawFd) {
 /// The socket's pending error (`SO_ERROR`, cleared by reading it): 0 once a connect is done,
 /// or `-errno` (as a CQE would carry it) when it failed. Never waits.
 pub(crate) fn socket_error(fd: RawFd) -> i32 {
-    let mut err: libc::c_int = 0;
-    let mut n = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `n` bytes into the local `err` and updates `n`.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ERROR,
-            (&mut err as *mut libc::c_int).cast(),
-            &mut n,
-        )
-    };
-    if rc < 0 {
-        -crate::numa::last_errno()
-    } else {
-        -err
+    match super::sockopt::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_ERROR) {
+        Ok(err) => -err,
+        Err(errno) => -errno,
     }
 }
 

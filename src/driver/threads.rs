@@ -38,6 +38,7 @@
 //! waits (cancellable), so `max_workers` such reads leave no worker for other jobs.
 
 use super::socket_waits::{SocketWait, SocketWaits};
+use super::sockopt::getsockopt_int;
 use super::sqe::{Code, Sqe, FIXED_FILE, FSYNC_DATASYNC, SPLICE_F_FD_IN_FIXED, TIMEOUT_ABS};
 use io_uring::squeue;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -1047,21 +1048,7 @@ fn splice_now(sqe: &Sqe, fd_out: RawFd) -> i32 {
 /// `SO_SNDBUF` less what is queued (`SIOCOUTQ`), as the kernel also counts each segment's
 /// overhead against the buffer. `None`: not a socket (or it cannot say).
 pub(crate) fn socket_room(fd: RawFd) -> Option<usize> {
-    let mut sndbuf: libc::c_int = 0;
-    let mut optlen = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: writes one int and its length into locals; ENOTSOCK for anything but a socket.
-    let r = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUF,
-            (&mut sndbuf as *mut libc::c_int).cast(),
-            &mut optlen,
-        )
-    };
-    if r != 0 {
-        return None;
-    }
+    let sndbuf = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF).ok()?;
     let mut queued: libc::c_int = 0;
     // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one int into a local.
     if unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut queued as *mut libc::c_int) } != 0 {
@@ -1070,21 +1057,10 @@ pub(crate) fn socket_room(fd: RawFd) -> Option<usize> {
     let room = (sndbuf.max(0) as usize).saturating_sub(queued.max(0) as usize) / 2;
     // TCP_NOTSENT_LOWAT (the socket's, else the sysctl's): tcp_sendmsg waits once the unsent
     // bytes reach it, whatever SO_SNDBUF says.
-    let mut lowat: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: writes one int and its length into locals; fails on anything but TCP.
-    let tcp = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_NOTSENT_LOWAT,
-            (&mut lowat as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    } == 0;
-    if !tcp {
+    let Ok(lowat) = getsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT) else {
+        // Not TCP: the send buffer alone says.
         return Some(room);
-    }
+    };
     let lowat = if lowat > 0 {
         lowat as u32 as usize
     } else {

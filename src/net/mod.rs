@@ -75,6 +75,7 @@
 mod listener;
 mod stream;
 
+pub use crate::recv_ring::RecvBuf;
 pub use listener::TcpListener;
 pub use stream::TcpStream;
 

@@ -3,15 +3,18 @@
 use super::{here, install_here, tcp_socket};
 use crate::buf::{BufCompletion, IoBuf, IoBufMut};
 use crate::completion::Completion;
+use crate::driver::sockopt::getsockopt_int;
 use crate::error::{Error, Result};
 use crate::file::File;
 use crate::op::connect::Connect;
 use crate::op::dup_fd::DupFd;
 use crate::op::recv::Recv;
+use crate::op::recv_pooled::RecvPooled;
 use crate::op::send::Send;
 use crate::op::shutdown::Shutdown;
 use crate::op::sockaddr::{address_of, peer_name, peer_of_name};
 use crate::op::FileOp;
+use crate::recv_ring::RecvBuf;
 use crate::routes::ExecShared;
 use crate::shard::{IoOp, Reply};
 use std::net::SocketAddr;
@@ -132,24 +135,12 @@ impl TcpStream {
 
     /// Whether `TCP_NODELAY` is set. The call does not block.
     pub fn nodelay(&self) -> Result<bool> {
-        let mut v: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: getsockopt writes one c_int and its length into live locals of the sizes
-        // passed; the descriptor as in `set_nodelay`.
-        let rc = unsafe {
-            libc::getsockopt(
-                self.file.raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_NODELAY,
-                (&mut v as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        if rc < 0 {
-            let errno = crate::numa::last_errno();
-            let name = self.file.path().to_path_buf();
-            return Err(Error::io("getsockopt TCP_NODELAY", Some(name), None, errno));
-        }
+        let v = getsockopt_int(self.file.raw_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY).map_err(
+            |errno| {
+                let name = self.file.path().to_path_buf();
+                Error::io("getsockopt TCP_NODELAY", Some(name), None, errno)
+            },
+        )?;
         Ok(v != 0)
     }
 
@@ -194,6 +185,25 @@ impl TcpStream {
             .exec
             .request_op(&self.file, Ok(make), deadline(self.recv_timeout));
         BufCompletion::new(raw, stash, count)
+    }
+
+    /// Receives what has arrived into one of this shard's receive buffers, taken only once bytes
+    /// are there: a connection that waits for its peer holds no buffer (see
+    /// [`ExecutorBuilder::recv_buffers`](crate::ExecutorBuilder::recv_buffers)). The
+    /// [`RecvBuf`] derefs to the bytes (at most the buffer size); an empty one: the peer shut
+    /// down its sending side. Dropping it gives the buffer back (from any thread): hold it only
+    /// while you need the bytes.
+    ///
+    /// Where the kernel has provided-buffer rings (Linux 5.19) the kernel picks the buffer
+    /// (IOSQE_BUFFER_SELECT); when all are leased, or without a ring (the threads backend, an
+    /// older kernel), the receive waits for the socket to be readable and then takes a plain
+    /// buffer of the same size. Ordering, cancellation and the deadline
+    /// ([`set_recv_timeout`](Self::set_recv_timeout)) are [`recv`](Self::recv)'s; a buffer is
+    /// never handed out while the kernel may write it.
+    pub fn recv_pooled(&self) -> Completion<RecvBuf> {
+        let make = |done| Box::new(RecvPooled::new(done)) as Box<dyn FileOp>;
+        self.exec
+            .request_op(&self.file, Ok(make), deadline(self.recv_timeout))
     }
 
     /// Sends what the socket takes of `buf` now (at least one byte, unless the buffer is

@@ -116,12 +116,17 @@ op_kinds! {
     CloneRange => "clone_range", None,
     /// A file's bytes to a socket or pipe (send_file): SPLICE rounds through a pipe.
     SendFile => "send_file", Some(Code::Splice),
+    /// send_file of an O_DIRECT file: READ into the op's buffer, then SEND_ZC (6.0) or SEND.
+    SendFileDirect => "send_file_direct", Some(Code::Read),
     /// Accepting a connection on a listening socket (`accept4`).
     Accept => "accept", Some(Code::Accept),
     /// Connecting a socket (`connect`).
     Connect => "connect", Some(Code::Connect),
     /// Receiving from a connected socket (`recv`).
     Recv => "recv", Some(Code::Recv),
+    /// Receiving into a shard's receive buffer (`TcpStream::recv_pooled`): RECV with a buffer
+    /// the kernel selects from the shard's provided-buffer ring, or POLL_ADD then RECV.
+    RecvPooled => "recv_pooled", Some(Code::Recv),
     /// Sending on a connected socket (`send`).
     Send => "send", Some(Code::Send),
     /// Shutting down one or both directions of a connection (`shutdown`).
@@ -137,7 +142,7 @@ impl OpKind {
     pub(crate) fn waits_for_peer(self) -> bool {
         matches!(
             self,
-            OpKind::Accept | OpKind::Connect | OpKind::Recv | OpKind::Send
+            OpKind::Accept | OpKind::Connect | OpKind::Recv | OpKind::RecvPooled | OpKind::Send
         )
     }
 

@@ -71,9 +71,11 @@ pub(crate) mod path;
 pub(crate) mod read;
 pub(crate) mod read_dir;
 pub(crate) mod recv;
+pub(crate) mod recv_pooled;
 pub(crate) mod rw;
 pub(crate) mod send;
 pub(crate) mod send_file;
+pub(crate) mod send_file_direct;
 pub(crate) mod shutdown;
 pub(crate) mod size;
 pub(crate) mod sockaddr;
@@ -212,16 +214,7 @@ pub(crate) trait FileOp: Send {
     /// a CQE would carry it. Used where the kernel lacks the opcode, when the kind is forced to the
     /// blocking path, and by a backend without io_uring.
     fn run_blocking(&mut self, fd: RawFd) -> i32 {
-        // One place runs SQEs as system calls: the threads backend's. The op's own SQE, built
-        // for the plain descriptor, says what to do (an op without an SQE overrides this).
-        let target = OpFd {
-            target: Target::Fd(fd),
-            raw: fd,
-        };
-        match self.sqe(target) {
-            Some(entry) => crate::driver::threads::run_sqe(&entry),
-            None => -libc::ENOSYS,
-        }
+        run_own_sqe(self, fd)
     }
 
     /// A round ended with `errno` (not EINTR, which repeats the round): `Some(Step::Again)` to
@@ -242,13 +235,14 @@ pub(crate) trait FileOp: Send {
     }
 
     /// A CQE of a multishot round that is not its last (it has `IORING_CQE_F_MORE`): `res` is
-    /// its result (a non-negative one: the kernel ends a multishot round at its first error,
-    /// with a CQE without the flag), `flags` its flags. The round stays in the kernel, and the op
+    /// its result (for a multishot round a non-negative one: the kernel ends it at its first
+    /// error, with a CQE without the flag; a SEND_ZC's first CQE, its result, may be an error,
+    /// and its notification, with `IORING_CQE_F_NOTIF`, is the last), `flags` its flags. The round stays in the kernel, and the op
     /// in the op table, counted in flight, until the last CQE comes; everything the SQE names
     /// stays put until then. [`Step::Again`]: keep the round armed; [`Step::Done`]: stop it (the
     /// shard cancels it with ASYNC_CANCEL; CQEs already on their way still come here, and the
     /// last one, `-ECANCELED` or a result, ends the op as a cancelled op's does). Only an op
-    /// whose SQE asks for a multishot round gets this; the threads backend runs none (it runs
+    /// whose SQE asks for a multishot round or a SEND_ZC gets this; the threads backend runs none (it runs
     /// each SQE once: its CQE is the last).
     fn on_more(&mut self, res: i32, flags: u32, fd: RawFd) -> Step {
         let _ = (res, flags, fd);
@@ -303,10 +297,20 @@ pub(crate) trait FileOp: Send {
         false
     }
 
+    /// The op was cancelled (a deadline, a dropped or cancelled handle) with a round in the
+    /// kernel, which ASYNC_CANCEL may not end soon: answer the handle with `error` now and return
+    /// true, or false (the default) to answer it when the op ends (a receive keeps bytes that
+    /// beat the cancellation). The op stays in the table, its memory with it, until its last
+    /// CQE either way; its later answer is dropped. For ops with their own `Completer`.
+    fn answer_when_cancelled(&mut self, error: Error) -> bool {
+        let _ = error;
+        false
+    }
+
     /// Whether each round's result is an operation of its own in the statistics (an accept's
     /// rounds each take a connection), counted when it comes (with the time since the op or its
-    /// last counted round began), rather than the op once at its end. Each CQE of a multishot
-    /// round but its last is counted so always.
+    /// last counted round began), rather than the op once at its end; so is each CQE of a
+    /// multishot round but its last (a SEND_ZC's result, before its notification, is not).
     fn rounds_are_ops(&self) -> bool {
         false
     }
@@ -320,6 +324,20 @@ pub(crate) trait FileOp: Send {
     /// begins (they wait for a peer, not for a device).
     fn cancel_in_flight(&self) -> bool {
         false
+    }
+}
+
+/// The default [`FileOp::run_blocking`]: the op's own SQE, built for the plain descriptor, run
+/// as a system call. One place runs SQEs as system calls: the threads backend's (an op without
+/// an SQE overrides `run_blocking`; one that picks another round there calls this after).
+pub(crate) fn run_own_sqe<O: FileOp + ?Sized>(op: &mut O, fd: RawFd) -> i32 {
+    let target = OpFd {
+        target: Target::Fd(fd),
+        raw: fd,
+    };
+    match op.sqe(target) {
+        Some(entry) => crate::driver::threads::run_sqe(&entry),
+        None => -libc::ENOSYS,
     }
 }
 

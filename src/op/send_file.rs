@@ -34,6 +34,7 @@
 
 use super::{on_fd, FileOp, Footprint, OpFd, OpKind, Outcome, Step};
 use crate::completion::Completer;
+use crate::driver::sockopt::getsockopt_int;
 use crate::error::{Error, Result};
 use crate::pipes::Pipe;
 use crate::pool::Target;
@@ -49,7 +50,7 @@ pub(crate) enum Dest {
 }
 
 impl Dest {
-    fn raw(&self) -> RawFd {
+    pub(crate) fn raw(&self) -> RawFd {
         match self {
             Dest::Owned(fd) => fd.as_raw_fd(),
         }
@@ -92,19 +93,7 @@ pub(crate) fn own_dest(
 
 /// Whether `fd` is a SOCK_STREAM socket.
 fn is_stream_socket(fd: RawFd) -> bool {
-    let mut ty: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt writes one int and its length into locals.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_TYPE,
-            (&mut ty as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    rc == 0 && ty == libc::SOCK_STREAM
+    getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE) == Ok(libc::SOCK_STREAM)
 }
 
 /// The round in flight.

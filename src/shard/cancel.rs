@@ -174,6 +174,18 @@ impl Shard {
             let (kind, path) = (op.kind, Arc::clone(&op.path));
             let e = self.cancel_error(why, kind, Some(&path));
             reply.deliver(Err(e), Vec::new(), &mut self.sessions);
+        } else if why != CancelWhy::Shutdown && matches!(op.reply, Reply::InOp) {
+            // An op with its own completer whose round may outlive the cancellation by far (a
+            // SEND_ZC's notification waits for the peer's acknowledgement) answers now if it
+            // can (`FileOp::answer_when_cancelled`); it stays in the table until its last CQE.
+            let (kind, path) = (op.kind, Arc::clone(&op.path));
+            let e = cancel_error_of(why, kind, Some(&path));
+            let IoOp::File(f) = &mut op.io else { return };
+            if f.answer_when_cancelled(e) {
+                op.answered = true;
+                // Counted once, now.
+                let _ = self.cancel_error(why, kind, Some(&path));
+            }
         }
     }
 

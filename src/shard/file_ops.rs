@@ -113,6 +113,9 @@ impl Shard {
         let Some(op) = self.ops.get(slot) else { return };
         let IoOp::File(f) = &mut op.io else { return };
         let step = f.on_more(res, flags, raw);
+        // A multishot accept's CQEs are connections, each counted; a SEND_ZC's first CQE is
+        // half of one round.
+        let counted = f.rounds_are_ops();
         let why = if op.cancel.is_some() {
             None // cancelled already: its last CQE is on its way
         } else if step == crate::op::Step::Done {
@@ -122,7 +125,9 @@ impl Shard {
         } else {
             None
         };
-        self.count_round(slot);
+        if counted {
+            self.count_round(slot);
+        }
         if let Some(why) = why {
             self.cancel(slot, why);
         }
@@ -152,13 +157,19 @@ impl Shard {
         path: &Path,
         file_slot: u32,
         lat: u64,
+        answered: bool,
     ) {
         let kind = f.kind();
         let result = if let Some(why) = cancel {
             if let Some(errno) = super::cancel::counted_after_cancel(errno) {
                 self.stats.record_error(kind, errno, lat);
             }
-            Err(self.cancel_error(why, kind, Some(path)))
+            if answered {
+                // Its handle got (and the stats counted) this error when it was cancelled.
+                Err(super::cancel::cancel_error_of(why, kind, Some(path)))
+            } else {
+                Err(self.cancel_error(why, kind, Some(path)))
+            }
         } else if let Some(errno) = errno {
             self.stats.record_error(kind, errno, lat);
             Err(f.error(errno, path))

@@ -57,6 +57,7 @@ impl Shard {
                 &op.path,
                 op.file_slot,
                 lat,
+                op.answered,
             );
             return;
         }

@@ -56,6 +56,10 @@ pub(crate) struct ShardConfig {
     /// Live ops at most, of every kind ([`MAX_LIVE_OPS`](super::ops::MAX_LIVE_OPS); lower in
     /// tests): past it a request fails at admission.
     pub max_live_ops: usize,
+    /// Buffers in the shard's provided-buffer ring for `recv_pooled` (0: plain buffers).
+    pub recv_buffer_count: u16,
+    /// Bytes per receive buffer.
+    pub recv_buffer_size: usize,
 }
 
 /// Starts shard `cfg.index` on its own thread. Returns once the shard is set up (pinned, memory
@@ -197,6 +201,28 @@ impl Shard {
                 None => note,
             });
         }
+        // The receive buffers of `TcpStream::recv_pooled`: a provided-buffer ring on io_uring
+        // (5.19+), else plain buffers; a refusal is noted, not an error.
+        let recv_note = if ring.backend() == Backend::IoUring {
+            let mut register = |addr: u64, entries: u16, bgid: u16| {
+                // SAFETY: `recv_ring` keeps the ring's and the buffers' mappings until no request
+                // can select a buffer (leaked otherwise), as the registration requires.
+                unsafe { ring.register_buf_ring(addr, entries, bgid) }
+            };
+            crate::recv_ring::RecvBuffers::install(
+                cfg.recv_buffer_count,
+                cfg.recv_buffer_size,
+                Some(&mut register),
+            )
+        } else {
+            crate::recv_ring::RecvBuffers::install(0, cfg.recv_buffer_size, None)
+        };
+        if let Some(note) = recv_note {
+            ring_note = Some(match ring_note {
+                Some(n) => format!("{n}; {note}"),
+                None => note,
+            });
+        }
         let blocking = probe_blocking(&ring, &cfg.force_blocking);
         let mut stats = ShardStats::new(cfg.index, cfg.cpu, cfg.node);
         stats.blocking_ops = OpKind::ALL
@@ -291,7 +317,10 @@ fn probe_blocking(ring: &Driver, forced: &[OpKind]) -> [bool; OpKind::COUNT] {
 /// before each would keep them in the ring; not worth it for one kernel release.) Connect
 /// waits for the handshake, not for a peer that may stay silent, and keeps its opcode.
 fn needs_fast_poll(kind: OpKind) -> bool {
-    matches!(kind, OpKind::Accept | OpKind::Recv | OpKind::Send)
+    matches!(
+        kind,
+        OpKind::Accept | OpKind::Recv | OpKind::RecvPooled | OpKind::Send
+    )
 }
 
 /// What a shard's stats say about its pool when it is not the registered pool asked for.
@@ -326,7 +355,15 @@ mod tests {
             .into_iter()
             .filter(|k| needs_fast_poll(*k))
             .collect();
-        assert_eq!(kinds, [OpKind::Accept, OpKind::Recv, OpKind::Send]);
+        assert_eq!(
+            kinds,
+            [
+                OpKind::Accept,
+                OpKind::Recv,
+                OpKind::RecvPooled,
+                OpKind::Send
+            ]
+        );
     }
 
     #[test]

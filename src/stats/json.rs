@@ -40,7 +40,7 @@ impl Serialize for ErrorsView<'_> {
 /// `latency`, `read_latency`, `write_latency` as [`LatencySummary`]; `pool` as [`BufferPoolStats`](crate::BufferPoolStats).
 impl Serialize for ShardStats {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut s = serializer.serialize_struct("ShardStats", 40)?;
+        let mut s = serializer.serialize_struct("ShardStats", 43)?;
         let shard = if self.is_total() {
             None
         } else {
@@ -92,6 +92,9 @@ impl Serialize for ShardStats {
         s.serialize_field("pipes_made", &self.pipes_made)?;
         s.serialize_field("pipes_shrunk", &self.pipes_shrunk)?;
         s.serialize_field("pipes_dirty", &self.pipes_dirty)?;
+        s.serialize_field("recv_buffers", &self.recv_buffers)?;
+        s.serialize_field("recv_buffers_held", &self.recv_buffers_held)?;
+        s.serialize_field("recv_buffers_exhausted", &self.recv_buffers_exhausted)?;
         s.serialize_field("pool", &self.pool)?;
         s.end()
     }

@@ -176,7 +176,7 @@ impl ShardLabels {
 type Getter = fn(&ShardStats) -> u64;
 
 /// Counters with one value per shard: (name without `_total`, help, getter).
-const COUNTERS: [(&str, &str, Getter); 24] = [
+const COUNTERS: [(&str, &str, Getter); 25] = [
     (
         "ringshard_read_bytes",
         "Bytes transferred by successful reads.",
@@ -206,6 +206,11 @@ const COUNTERS: [(&str, &str, Getter); 24] = [
         "ringshard_send_file_pipes_dirty",
         "send_file pipes closed because a send ended with bytes in them.",
         |s| s.pipes_dirty,
+    ),
+    (
+        "ringshard_recv_buffers_exhausted",
+        "recv_pooled receives that found every ring buffer leased (ENOBUFS) and took a plain one.",
+        |s| s.recv_buffers_exhausted,
     ),
     (
         "ringshard_written_bytes",
@@ -300,7 +305,17 @@ const COUNTERS: [(&str, &str, Getter); 24] = [
 ];
 
 /// Gauges with one value per shard: (name, help, getter).
-const GAUGES: [(&str, &str, Getter); 12] = [
+const GAUGES: [(&str, &str, Getter); 14] = [
+    (
+        "ringshard_recv_buffers",
+        "Buffers in the shards' provided-buffer rings for recv_pooled.",
+        |s| s.recv_buffers,
+    ),
+    (
+        "ringshard_recv_buffers_held",
+        "Receive buffers held (leases alive, plain buffers of receives under way).",
+        |s| s.recv_buffers_held,
+    ),
     (
         "ringshard_shard_failed",
         "1 if the shard thread failed (panicked or could not start).",

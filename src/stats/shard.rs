@@ -119,6 +119,16 @@ pub struct ShardStats {
     /// Pipes closed, not reused, because a send ended with bytes in them (an error, a
     /// cancellation, a deadline).
     pub pipes_dirty: u64,
+    /// Buffers in the shard's provided-buffer ring for
+    /// [`TcpStream::recv_pooled`](crate::net::TcpStream::recv_pooled) (0: none; receives take
+    /// plain buffers). See [`ExecutorBuilder::recv_buffers`](crate::ExecutorBuilder::recv_buffers).
+    pub recv_buffers: u64,
+    /// Receive buffers held at snapshot time: leases alive ([`RecvBuf`](crate::net::RecvBuf)) and
+    /// plain buffers of receives whose bytes are arriving. A receive that waits for its peer
+    /// holds none.
+    pub recv_buffers_held: u64,
+    /// Receives that found every ring buffer leased (ENOBUFS) and took a plain buffer.
+    pub recv_buffers_exhausted: u64,
     /// The shard's buffer pool at snapshot time (merged: see [`merge_pool_stats`]).
     pub pool: BufferPoolStats,
     /// Latency of operations other than reads, writes and tasks. The all-operations histogram is
@@ -178,6 +188,9 @@ impl ShardStats {
             pipes_made: 0,
             pipes_shrunk: 0,
             pipes_dirty: 0,
+            recv_buffers: 0,
+            recv_buffers_held: 0,
+            recv_buffers_exhausted: 0,
             inline_latency: LatencyHistogram::new(),
         }
     }
@@ -361,12 +374,17 @@ impl ShardStats {
         self.inline_latency.summary()
     }
 
-    /// Takes the counters of the calling shard thread's pipe pool (`crate::pipes`).
+    /// Takes the counters of the calling shard thread's pipe pool (`crate::pipes`) and receive
+    /// buffers (`crate::recv_ring`).
     pub(crate) fn note_pipes(&mut self) {
         let p = crate::pipes::stats();
         self.pipes_made = p.made;
         self.pipes_shrunk = p.shrunk;
         self.pipes_dirty = p.dirty;
+        let r = crate::recv_ring::RecvBuffers::stats();
+        self.recv_buffers = r.ring_buffers;
+        self.recv_buffers_held = r.held;
+        self.recv_buffers_exhausted = r.exhausted;
     }
 
     /// Adds the reads callers did inline for this shard's files (a snapshot of their counters):
@@ -474,6 +492,13 @@ impl ShardStats {
         self.pipes_made = self.pipes_made.saturating_add(other.pipes_made);
         self.pipes_shrunk = self.pipes_shrunk.saturating_add(other.pipes_shrunk);
         self.pipes_dirty = self.pipes_dirty.saturating_add(other.pipes_dirty);
+        self.recv_buffers = self.recv_buffers.saturating_add(other.recv_buffers);
+        self.recv_buffers_held = self
+            .recv_buffers_held
+            .saturating_add(other.recv_buffers_held);
+        self.recv_buffers_exhausted = self
+            .recv_buffers_exhausted
+            .saturating_add(other.recv_buffers_exhausted);
         self.inline_latency.merge(&other.inline_latency);
     }
 }
@@ -526,6 +551,9 @@ impl ShardStats {
         out.pipes_made = sub(self.pipes_made, earlier.pipes_made);
         out.pipes_shrunk = sub(self.pipes_shrunk, earlier.pipes_shrunk);
         out.pipes_dirty = sub(self.pipes_dirty, earlier.pipes_dirty);
+        // recv_buffers and recv_buffers_held are levels: the later snapshot's.
+        out.recv_buffers_exhausted =
+            sub(self.recv_buffers_exhausted, earlier.recv_buffers_exhausted);
         out.inline_latency = self.inline_latency.since(&earlier.inline_latency);
         out
     }

@@ -476,3 +476,77 @@ pub fn resident_pages(path: &Path) -> Vec<bool> {
     assert_eq!(r, 0, "mincore");
     vec.iter().map(|b| b & 1 != 0).collect()
 }
+
+/// Stops a send_file of `len` bytes of `file` to `dest` whose peer does not read, the way `how`
+/// says: "deadline" (a 50 ms timeout: DeadlineExceeded), "cancel" (once `stalled()` holds:
+/// Cancelled) or "drop" (once `stalled()` holds, the handle dropped).
+pub fn stop_stalled_send_file(
+    exec: &Executor,
+    how: &str,
+    file: &ringshard::File,
+    len: u64,
+    dest: impl std::os::fd::AsFd,
+    stalled: impl Fn() -> bool,
+) {
+    let c = match how {
+        "deadline" => exec
+            .timeout(Duration::from_millis(50))
+            .send_file(file, 0, len, dest),
+        _ => exec.send_file(file, 0, len, dest),
+    };
+    if how != "deadline" {
+        let _w = Watchdog::new("the send's peer stalled", HANG);
+        while !stalled() {
+            std::thread::yield_now();
+        }
+    }
+    match how {
+        "deadline" => match wait(c) {
+            Err(Error::DeadlineExceeded { .. }) => {}
+            other => panic!("{how}: {other:?}"),
+        },
+        "cancel" => {
+            c.cancel();
+            match wait(c) {
+                Err(Error::Cancelled { .. }) => {}
+                other => panic!("{how}: {other:?}"),
+            }
+        }
+        _ => drop(c),
+    }
+}
+
+/// The byte at `i` of a file of pattern `seed`: no period a misplaced round could line up with.
+pub fn pattern_byte(seed: u64, i: u64) -> u8 {
+    let x = (i ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)).wrapping_mul(0x2545_f491_4f6c_dd1d);
+    (x >> 56) as u8
+}
+
+/// Reads exactly `n` bytes on a thread and checks they are bytes `from..from + n` of pattern
+/// `seed` ([`pattern_byte`]).
+pub fn pattern_reader<R: std::io::Read + Send + 'static>(
+    mut r: R,
+    seed: u64,
+    from: u64,
+    n: u64,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut got = 0u64;
+        let mut buf = vec![0u8; 64 * 1024];
+        while got < n {
+            let want = ((n - got) as usize).min(buf.len());
+            let k = r.read(&mut buf[..want]).unwrap();
+            assert!(k > 0, "stream ended after {got} of {n} bytes");
+            for (j, &b) in buf[..k].iter().enumerate() {
+                let i = from + got + j as u64;
+                assert_eq!(
+                    b,
+                    pattern_byte(seed, i),
+                    "byte {i} of the file (received #{})",
+                    got
+                );
+            }
+            got += k as u64;
+        }
+    })
+}

@@ -1,0 +1,149 @@
+//! send_file of an O_DIRECT file: READ into the op's buffer, then SEND_ZC (io_uring, 6.0+) or
+//! SEND (below `send_zc_min`, the threads backend, a kernel without SEND_ZC), WRITE to a pipe.
+//! On whichever backend `RINGSHARD_BACKEND` picks; every reader checks every byte.
+
+mod executor_util;
+
+use executor_util::{
+    ok, pattern_byte as byte, pattern_reader as reader, stop_stalled_send_file, wait, Watchdog,
+    HANG,
+};
+use ringshard::{Executor, File, OpenOptions};
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+fn exec(zc_min: u64) -> Executor {
+    Executor::builder()
+        .shards(1)
+        .send_zc_min(zc_min)
+        .build()
+        .unwrap()
+}
+
+/// An O_DIRECT file of `len` bytes of pattern `seed` under /tmp (tmpfs may refuse O_DIRECT:
+/// `None` then).
+fn make(exec: &Executor, dir: &Path, name: &str, seed: u64, len: u64) -> Option<File> {
+    let path = dir.join(name);
+    std::fs::write(&path, (0..len).map(|i| byte(seed, i)).collect::<Vec<_>>()).unwrap();
+    match wait(exec.open(&path, OpenOptions::new().read(true).direct(true))) {
+        Ok(f) => Some(f),
+        Err(e) if e.errno() == Some(libc::EINVAL) => None,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn pipe() -> (std::fs::File, std::fs::File) {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into the local array.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: both descriptors are new and owned by nothing else.
+    unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    }
+}
+
+fn tcp_pair() -> (TcpStream, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (b, _) = l.accept().unwrap();
+    (a, b)
+}
+
+#[test]
+fn o_direct_files_go_byte_for_byte_to_tcp_unix_sockets_and_pipes_zero_copy_or_not() {
+    let _w = Watchdog::new("send_file O_DIRECT", HANG);
+    let dir = tempfile::Builder::new().tempdir_in("/tmp").unwrap();
+    let size: u64 = 3 * (1 << 20) + 517;
+    // Always zero-copy, the default threshold, never.
+    for zc_min in [0, 64 * 1024, u64::MAX] {
+        let exec = exec(zc_min);
+        let Some(f) = make(&exec, dir.path(), "d", 9, size) else {
+            return;
+        };
+        // (offset, len, bytes that exist there): offsets and lengths aligned (O_DIRECT asks
+        // it), lengths below one round, of many rounds, and past the end of the file.
+        let past = size.div_ceil(4096) * 4096;
+        let cases: [(u64, u64, u64); 5] = [
+            (0, 4096, 4096),
+            (4096, 1536, 1536),
+            (8192, 300_032, 300_032),
+            (0, past, size),
+            (size / 4096 * 4096, 8192, size % 4096),
+        ];
+        for (offset, len, exist) in cases {
+            let (a, b) = tcp_pair();
+            let r = reader(b, 9, offset, exist);
+            let sent = ok(exec.send_file(&f, offset, len, &a), "tcp");
+            assert_eq!(sent, exist, "tcp zc_min {zc_min} offset {offset} len {len}");
+            drop(a);
+            r.join().unwrap();
+        }
+        let (a, b) = UnixStream::pair().unwrap();
+        let r = reader(b, 9, 4096, 700_416);
+        assert_eq!(ok(exec.send_file(&f, 4096, 700_416, &a), "unix"), 700_416);
+        r.join().unwrap();
+        let (pr, pw) = pipe();
+        let r = reader(pr, 9, 0, 600_064);
+        assert_eq!(ok(exec.send_file(&f, 0, 600_064, &pw), "pipe"), 600_064);
+        r.join().unwrap();
+        let st = exec.stats();
+        let kind = ringshard::OpKind::SendFileDirect.index();
+        assert_eq!(st.total.ops[kind], 7, "one op counted per send");
+    }
+}
+
+/// Whether `s` holds bytes its peer has not taken (SIOCOUTQ: unsent or unacknowledged): with
+/// a peer that stops reading, the pages of a zero-copy send stay the kernel's.
+fn bytes_held(s: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut out: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ writes one int into a local.
+    unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut out) };
+    out > 0
+}
+
+#[test]
+fn a_peer_that_stops_reading_ends_the_send_and_its_buffer_is_not_reused_before_the_kernel_is_done()
+{
+    let _w = Watchdog::new("stalled zero-copy peer", HANG);
+    let dir = tempfile::Builder::new().tempdir_in("/tmp").unwrap();
+    let exec = exec(0);
+    let big = 32 << 20;
+    let Some(f) = make(&exec, dir.path(), "big", 3, big) else {
+        return;
+    };
+    let Some(g) = make(&exec, dir.path(), "other", 4, 4 << 20) else {
+        return;
+    };
+    for how in ["deadline", "cancel", "drop"] {
+        let (a, b) = tcp_pair();
+        stop_stalled_send_file(&exec, how, &f, big, &a, || bytes_held(&a));
+        // Other sends run on the same shard while the stalled socket still holds (zero-copy)
+        // pages of the first send's buffer: their buffers must not be that one.
+        for _ in 0..3 {
+            let (c, d) = tcp_pair();
+            let r = reader(d, 4, 0, 4 << 20);
+            assert_eq!(ok(exec.send_file(&g, 0, 4 << 20, &c), how), 4 << 20);
+            r.join().unwrap();
+        }
+        // Now the stalled peer reads what was sent: a prefix of the big file, every byte right.
+        drop(a);
+        let mut b = b;
+        let mut got = Vec::new();
+        b.read_to_end(&mut got).unwrap();
+        // (A deadline may pass before a byte went out; the others waited for bytes held.)
+        assert!(
+            how == "deadline" || !got.is_empty(),
+            "{how}: nothing arrived"
+        );
+        for (i, &x) in got.iter().enumerate() {
+            assert_eq!(x, byte(3, i as u64), "{how}: byte {i} of {}", got.len());
+        }
+    }
+}

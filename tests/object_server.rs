@@ -1691,6 +1691,51 @@ fn sigterm_closes_idle_keep_alive_connections_at_once(engine: &'static str) {
     s.exits_zero();
 }
 
+fn a_client_that_stops_reading_a_large_body_is_cut_off(engine: &'static str) {
+    // The send timeout is the idle one; 32 MiB is far more than loopback's socket buffers hold,
+    // so the answer's send (from the file, without a user-space copy) stalls when its client
+    // reads nothing.
+    let s = Server::start(engine, &["--idle-timeout", "1", "--access-log"]);
+    let big = pattern(32 << 20, 5);
+    assert_eq!(
+        req(&s, Method::PUT, "/big", &[], big.clone()).status,
+        StatusCode::CREATED
+    );
+    let mut stalled = TcpStream::connect(&s.addr).unwrap();
+    stalled
+        .write_all(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    // Meanwhile another client gets the same object whole.
+    assert!(req(&s, Method::GET, "/big", &[], vec![]).body == big);
+    // The stalled answer ends when its send has made no progress for the timeout: both GETs
+    // are in the access log (an answer's event comes when it is over, sent or not)...
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut gets = 0;
+    while gets < 2 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let l = s.log.recv_timeout(left).expect("the stalled answer ends");
+        if l.contains(" access:") && l.contains("method=GET") && l.contains("key=\"big\"") {
+            gets += 1;
+        }
+    }
+    // ... and its client finds the answer cut short and the connection closed.
+    let mut got = Vec::new();
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut b = vec![0u8; 1 << 16];
+    loop {
+        match stalled.read(&mut b) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&b[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("not closed: {e} after {} bytes", got.len()),
+        }
+    }
+    assert!(got.starts_with(b"HTTP/1.1 200"));
+    assert!(got.len() < big.len(), "{} bytes: not cut short", got.len());
+}
+
 /// Every test above runs against both engines: "both pass the same integration tests".
 macro_rules! on_both_engines {
     ($($name:ident),* $(,)?) => {
@@ -1730,4 +1775,5 @@ on_both_engines!(
     keep_alive_serves_many_requests_on_one_connection,
     pipelined_requests_are_answered_in_order,
     sigterm_closes_idle_keep_alive_connections_at_once,
+    a_client_that_stops_reading_a_large_body_is_cut_off,
 );

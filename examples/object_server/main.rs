@@ -50,8 +50,10 @@
 //!   section 13.2.2 orders them: `If-Match` (412 unless it names the ETag), else
 //!   `If-Unmodified-Since` (412 if modified after); then `If-None-Match` (304 for GET/HEAD, 412
 //!   for PUT/DELETE, if it names the ETag or is `*`), else `If-Modified-Since` (304 if not
-//!   modified since); a non-matching `If-Range` serves the whole object. Objects larger than one
-//!   chunk (`--chunk`, 512 KiB) are streamed chunk by chunk with one read ahead.
+//!   modified since); a non-matching `If-Range` serves the whole object. A body over 64 KiB
+//!   goes from the page cache to the socket with ringshard's `send_file` (no user-space copy);
+//!   one from an O_DIRECT handle larger than one chunk (`--chunk`, 512 KiB) is streamed chunk by
+//!   chunk with one read ahead.
 //! - `PUT` streams the body into a `.tmp-` file in `--root` with ringshard writes, stores its
 //!   `Content-Type` (see `store`: an xattr, or a sidecar where xattrs are refused), fsyncs it,
 //!   renames it over the key and fsyncs the directory: a 201 means the object is durable, and

@@ -1,8 +1,32 @@
 //! `--engine tokio`: hyper's HTTP/1.1 on a tokio runtime is the transport; every answer comes
 //! from [`service::handle`]. This module only moves bytes: it parses with hyper, reads PUT bodies
-//! (with the body timeout), writes the [`Reply`](crate::http::Reply)'s body plan (an object's
-//! range is read a chunk at a time with one read ahead), enforces the connection timeouts and
-//! cap, and emits the access log when an answer is done.
+//! (with the body timeout), writes the [`Reply`](crate::http::Reply)'s body plan (see "File
+//! bodies"), enforces the connection timeouts and cap, and emits the access log when an answer
+//! is done.
+//!
+//! # File bodies
+//!
+//! A range of at most [`SEND_FILE_MIN`] bytes is read and written by hyper. A longer one from a
+//! handle without O_DIRECT goes from the page cache to the socket by ringshard's `send_file`,
+//! without passing through user space, although hyper owns the socket and frames the response:
+//! - the body gives hyper *placeholder frames*, `Bytes` over one zeroed region allocated once
+//!   (at most [`SPAN_MAX`] bytes each), and queues the file range each stands for on the
+//!   connection (`ConnState::spans`) as it hands the frame over;
+//! - hyper writes a response's head, then its body frames, in order, through [`TimedStream`].
+//!   With `writev(true)` it queues body buffers and passes them to `poll_write_vectored` as they
+//!   are (hyper 1's `WriteBuf` "queue" strategy; the "flatten" strategy, which that setting
+//!   turns off, would copy them);
+//! - the stream writes real bytes up to the first placeholder byte as usual. Placeholder bytes,
+//!   known by their address, it sends from the front range with `Executor::send_file` on the
+//!   socket's descriptor (the op owns a duplicate: a connection dropped meanwhile cannot
+//!   redirect it), and reports them written when that completes.
+//!
+//! hyper waits for that write, so nothing else writes to the socket meanwhile, and hyper's own
+//! accounting (Content-Length, keep-alive, pipelining) is unchanged. Placeholder bytes with no
+//! queued range behind them fail the connection. The one thing this relies on, hyper handing
+//! body buffers over uncopied, is what every large-object test checks (they compare the bytes).
+//! Bytes from an O_DIRECT handle (aligned reads) are read, into one buffer up to `--chunk`
+//! bytes, beyond that a chunk at a time with one read ahead, and written by hyper.
 //!
 //! # Timeouts
 //!
@@ -12,7 +36,8 @@
 //! - idle (`--idle-timeout`): no request in flight and no byte received for that long: closed;
 //! - header (`--header-timeout`): from the first byte of a request's head to its end;
 //! - send: a response write that makes no progress for `--idle-timeout` (a client that stopped
-//!   reading): closed;
+//!   reading): closed (a `send_file` of placeholder bytes, up to [`SPAN_MAX`], counts as one
+//!   write: it is cancelled with the connection);
 //! - body (`--body-timeout`): the longest gap between pieces of a PUT body; the upload is
 //!   abandoned (its temporary file removed) and answered 408, and the connection closed.
 //!
@@ -37,7 +62,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -62,6 +87,44 @@ struct ConnState {
     /// last request ends, so that its read starts the idle clock (hyper, still waiting on the
     /// socket, would not poll again before a byte arrives).
     reader: atomic_waker::AtomicWaker,
+    /// The file ranges behind the placeholder frames this connection's bodies gave hyper, in
+    /// the order hyper writes them (see "File bodies" in the module docs).
+    spans: Mutex<VecDeque<Span>>,
+}
+
+/// A file range that placeholder frames stand for.
+struct Span {
+    entry: Arc<Entry>,
+    off: u64,
+    len: u64,
+}
+
+/// Ranges longer than this (from a handle without O_DIRECT) are sent from the page cache by
+/// `send_file`; shorter ones are read (on the calling thread when cached: an inline read) and
+/// written by hyper. Measured on hot objects (wrk -t2 -c64): at 128 KiB and 256 KiB `send_file`
+/// took about half the CPU per request of the read and copy; at this size and below
+/// `send_file` itself copies (READ and WRITE on the ring, after a hop to the shard).
+const SEND_FILE_MIN: u64 = 64 * 1024;
+
+/// The longest placeholder frame, and so the most one `send_file` sends (each has the send
+/// timeout, like `--engine shards`'s pieces).
+const SPAN_MAX: usize = 4 << 20;
+
+/// The memory of every placeholder frame: zeros that hyper queues and hands back to
+/// [`TimedStream`] as they are, which knows them by their address and never reads them. Leaked
+/// once, and allocated zeroed (calloc: fresh pages that nothing touches, so no memory is used).
+fn placeholder() -> &'static [u8] {
+    static P: OnceLock<&'static [u8]> = OnceLock::new();
+    P.get_or_init(|| Vec::leak(vec![0u8; SPAN_MAX]))
+}
+
+/// Whether `b` is (part of) a placeholder frame.
+fn is_placeholder(b: &[u8]) -> bool {
+    !b.is_empty() && placeholder().as_ptr_range().contains(&b.as_ptr())
+}
+
+fn spans(conn: &ConnState) -> std::sync::MutexGuard<'_, VecDeque<Span>> {
+    conn.spans.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A TCP stream with the connection's idle, header and send clocks (see the module docs).
@@ -75,6 +138,10 @@ struct TimedStream {
     in_head: bool,
     /// `conn.started` when last looked at: a new request resets the read clock.
     seen: u64,
+    /// Where placeholder frames' bytes come from: the store's executor.
+    st: Arc<Store>,
+    /// The `send_file` of placeholder bytes in flight, and how many it stands for.
+    sending: Option<(Completion<u64>, usize)>,
 }
 
 fn timed_out(what: &str) -> io::Error {
@@ -154,9 +221,63 @@ impl TimedStream {
     }
 }
 
+impl TimedStream {
+    /// Writes `want` placeholder bytes: sends the file bytes they stand for (the front of the
+    /// connection's spans) into this socket with ringshard's `send_file`, through the send
+    /// clock. Hyper waits meanwhile, so nothing else writes to the socket.
+    fn poll_span(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+        if self.sending.is_none() {
+            let mut q = spans(&self.conn);
+            let Some(s) = q.front_mut().filter(|s| want as u64 <= s.len) else {
+                // Cannot happen while hyper writes body buffers as they are (module docs).
+                tracing::error!(target: "object_server", "placeholder bytes without a file range");
+                return Poll::Ready(Err(io::Error::other("placeholder without a file range")));
+            };
+            let c = self
+                .st
+                .exec
+                .send_file(&s.entry.file, s.off, want as u64, &self.io);
+            s.off += want as u64;
+            s.len -= want as u64;
+            if s.len == 0 {
+                q.pop_front();
+            }
+            self.sending = Some((c, want));
+        }
+        let Some((c, want)) = self.sending.as_mut() else {
+            return Poll::Pending;
+        };
+        let want = *want;
+        let r = match Pin::new(c).poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(r) => {
+                self.sending = None;
+                Poll::Ready(match r {
+                    Ok(n) if n == want as u64 => Ok(want),
+                    Ok(_) => {
+                        tracing::error!(target: "object_server", "send_file: object shorter than its metadata");
+                        Err(io::Error::other("object shorter than its metadata"))
+                    }
+                    Err(e) => {
+                        // A client that went away is no server error.
+                        if !matches!(e.errno(), Some(libc::EPIPE | libc::ECONNRESET)) {
+                            tracing::error!(target: "object_server", "send_file: {e}");
+                        }
+                        Err(io::Error::other("send_file failed"))
+                    }
+                })
+            }
+        };
+        self.send_clock(cx, r)
+    }
+}
+
 impl AsyncWrite for TimedStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if is_placeholder(b) {
+            return this.poll_span(cx, b.len());
+        }
         let r = Pin::new(&mut this.io).poll_write(cx, b);
         this.send_clock(cx, r)
     }
@@ -167,7 +288,13 @@ impl AsyncWrite for TimedStream {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        // Real bytes up to the first placeholder go out as they are; placeholder bytes first
+        // are sent from their file.
+        let lead = bufs.iter().take_while(|b| !is_placeholder(b)).count();
+        if lead == 0 && !bufs.is_empty() {
+            return this.poll_span(cx, bufs[0].len());
+        }
+        let r = Pin::new(&mut this.io).poll_write_vectored(cx, &bufs[..lead]);
         this.send_clock(cx, r)
     }
 
@@ -260,6 +387,14 @@ enum Kind {
     Empty,
     Full(Option<Bytes>),
     Stream(Box<FileStream>),
+    /// An object's range as placeholder frames of at most [`SPAN_MAX`] bytes (see "File
+    /// bodies" in the module docs).
+    Spans {
+        entry: Arc<Entry>,
+        next: u64,
+        end: u64,
+        conn: Arc<ConnState>,
+    },
 }
 
 struct FileStream {
@@ -298,6 +433,28 @@ impl Body for ObjBody {
         let r = match &mut this.kind {
             Kind::Empty => Poll::Ready(None),
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Spans {
+                entry,
+                next,
+                end,
+                conn,
+            } => {
+                if *next >= *end {
+                    return Poll::Ready(None);
+                }
+                let len = (*end - *next).min(SPAN_MAX as u64);
+                // Queued before hyper has the frame: the stream finds the range when hyper
+                // writes it.
+                spans(conn).push_back(Span {
+                    entry: Arc::clone(entry),
+                    off: *next,
+                    len,
+                });
+                *next += len;
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
+                    &placeholder()[..len as usize],
+                )))))
+            }
             Kind::Stream(s) => {
                 s.fill();
                 let Some((c, skip, want)) = s.inflight.front_mut() else {
@@ -331,6 +488,7 @@ impl Body for ObjBody {
             Kind::Empty => true,
             Kind::Full(b) => b.is_none(),
             Kind::Stream(s) => s.inflight.is_empty() && s.next >= s.end,
+            Kind::Spans { next, end, .. } => next >= end,
         }
     }
 
@@ -342,16 +500,33 @@ impl Body for ObjBody {
                 let queued: u64 = s.inflight.iter().map(|(_, _, w)| *w as u64).sum();
                 SizeHint::with_exact(queued + (s.end - s.next))
             }
+            Kind::Spans { next, end, .. } => SizeHint::with_exact(end - next),
         }
     }
 }
 
-/// The body of a plan: a range of at most a chunk is read now (one buffer), a longer one is
-/// streamed. `Err`: the read failed (a 500 instead).
-async fn body_of(st: &Arc<Store>, plan: BodyPlan<Arc<Entry>>) -> Result<Kind, String> {
+/// The body of a plan: a range longer than [`SEND_FILE_MIN`] from a handle without O_DIRECT
+/// is sent from the file by `send_file` (placeholder frames, see the module docs); any other
+/// range of at most a chunk is read now (one buffer), a longer one a chunk at a time with one
+/// read ahead. `Err`: the read failed (a 500 instead).
+async fn body_of(
+    st: &Arc<Store>,
+    conn: &Arc<ConnState>,
+    plan: BodyPlan<Arc<Entry>>,
+) -> Result<Kind, String> {
     Ok(match plan {
         BodyPlan::Empty => Kind::Empty,
         BodyPlan::Bytes(b) => Kind::Full(Some(b)),
+        BodyPlan::File { file, start, end }
+            if end - start > SEND_FILE_MIN && !file.file.is_direct() =>
+        {
+            Kind::Spans {
+                entry: file,
+                next: start,
+                end,
+                conn: Arc::clone(conn),
+            }
+        }
         BodyPlan::File { file, start, end } if end - start <= st.cfg.chunk as u64 => {
             let (c, skip, want) = st.read_range(&file.file, start, end - start);
             let d = c.await.map_err(|e| e.to_string())?;
@@ -409,7 +584,7 @@ async fn handle(
         close,
     } = service::handle(&st, &r, &mut body).await;
     let (mut status, mut headers) = (reply.status, reply.headers);
-    let kind = match body_of(&st, reply.body).await {
+    let kind = match body_of(&st, &done.conn, reply.body).await {
         Ok(k) => k,
         Err(d) => {
             let r = http::Reply::<()>::internal("read", &d);
@@ -478,6 +653,9 @@ pub async fn serve(
     let mut http = hyper::server::conn::http1::Builder::new();
     // The stream keeps the header clock (see the module docs).
     http.timer(TokioTimer::new()).header_read_timeout(None);
+    // Body buffers queued and written as they are, never copied: placeholder frames rely on
+    // it (see the module docs).
+    http.writev(true);
     loop {
         tokio::select! {
             acc = listener.accept() => {
@@ -504,6 +682,8 @@ pub async fn serve(
                     write_timer: None,
                     in_head: false,
                     seen: 0,
+                    st: Arc::clone(&st),
+                    sending: None,
                 };
                 let (st, limits2) = (Arc::clone(&st), Arc::clone(&limits));
                 let svc = hyper::service::service_fn(move |req| {

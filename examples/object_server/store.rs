@@ -40,9 +40,10 @@
 //! insertion. An object whose O_DIRECT handle is found again in the handle cache is read a
 //! second time: it is promoted (looked up again with a buffered handle), like the kernel's LRU
 //! moves a page read twice to its active list. Which handle is opened first follows what the
-//! last misses found (mostly cached: buffered first), so the common case takes one open; the
-//! other case opens the other handle too. Without cachestat (before Linux 6.5) every miss opens
-//! O_DIRECT, and a second read promotes. `--direct always`: every object of at least
+//! last misses found (mostly cached: buffered first; a new server guesses buffered), so the
+//! common case takes one open; the other case opens the other handle too (a longer lookup: two
+//! requests for one key are then likelier to both miss and open a handle each). Without
+//! cachestat (before Linux 6.5) every object is read through the page cache, as with `never`. `--direct always`: every object of at least
 //! `--direct-min` bytes through O_DIRECT (the old `--direct`); `--direct never`: the page cache.
 
 use crate::http::Validators;
@@ -213,7 +214,8 @@ impl Store {
                 .collect(),
             hasher: Default::default(),
             blocking,
-            cached_misses: Default::default(),
+            // A new server guesses "cached": buffered first.
+            cached_misses: std::sync::atomic::AtomicI32::new(1),
             opens: Default::default(),
         }
     }
@@ -346,7 +348,8 @@ impl Store {
                             file = other;
                         }
                     }
-                    // No cachestat: O_DIRECT, promoted on a second read.
+                    // No cachestat: the handle opened (buffered, since no answer ever moved the
+                    // guess off "cached").
                     None => chose_direct = file.is_direct(),
                 }
             }

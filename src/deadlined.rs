@@ -536,15 +536,54 @@ impl Deadlined<'_> {
         len: u64,
         dest: impl std::os::fd::AsFd,
     ) -> Completion<u64> {
+        let dest = dest.as_fd();
         let checked = self
             .exec
             .check_owner(file)
-            .and_then(|()| validate::send_file(file, offset, len, dest.as_fd()));
-        let (dest, name) = match checked {
+            .and_then(|()| validate::send_file(file, offset, len, dest));
+        let (kind, name) = match checked {
             Ok(_) if len == 0 => return Completion::ready(Ok(0)),
             Ok(d) => d,
             Err(e) => return Completion::ready(Err(e)),
         };
+        match validate::send_file_dup(file, dest, &name) {
+            Ok(dup) => self.send_file_as(file, offset, len, dup, kind, name),
+            Err(e) => Completion::ready(Err(e)),
+        }
+    }
+
+    /// [`send_file`](Self::send_file) to a duplicate the caller made for it (a stream's, made on
+    /// its shard after its earlier sends): the op owns and closes it; no other is made.
+    pub(crate) fn send_file_owned(
+        &self,
+        file: &File,
+        offset: u64,
+        len: u64,
+        dest: std::os::fd::OwnedFd,
+    ) -> Completion<u64> {
+        let checked = self
+            .exec
+            .check_owner(file)
+            .and_then(|()| validate::send_file(file, offset, len, std::os::fd::AsFd::as_fd(&dest)));
+        match checked {
+            Ok(_) if len == 0 => Completion::ready(Ok(0)),
+            Ok((kind, name)) => {
+                let dup = op::send_file::Dest::Owned(dest);
+                self.send_file_as(file, offset, len, dup, kind, name)
+            }
+            Err(e) => Completion::ready(Err(e)),
+        }
+    }
+
+    fn send_file_as(
+        &self,
+        file: &File,
+        offset: u64,
+        len: u64,
+        dest: op::send_file::Dest,
+        kind: op::send_file::DestKind,
+        name: std::path::PathBuf,
+    ) -> Completion<u64> {
         let zc_min = self.exec.limits.send_zc_min;
         let make = |done| match file.direct_io_align() {
             // O_DIRECT: read into the op's buffer, then SEND_ZC or SEND.
@@ -559,7 +598,7 @@ impl Deadlined<'_> {
                 done,
             )) as Box<dyn FileOp>,
             None => Box::new(op::send_file::SendFile::new(
-                dest, name, offset, len, false, done,
+                dest, kind, name, offset, len, done,
             )) as Box<dyn FileOp>,
         };
         self.exec.request_op(file, Ok(make), self.deadline)

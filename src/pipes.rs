@@ -107,6 +107,11 @@ pub(crate) struct PoolStats {
     pub shrunk: u64,
     /// Pipes closed because they were given back with bytes in them.
     pub dirty: u64,
+    /// send_file rounds sent inline (sendfile(2) on the shard thread: the range was cached).
+    pub inline_rounds: u64,
+    /// send_file rounds that could have gone inline but for a range not all in the page cache
+    /// (they went through a pipe).
+    pub uncached_rounds: u64,
 }
 
 #[derive(Default)]
@@ -164,6 +169,18 @@ pub(crate) fn give(pipe: Pipe, empty: bool) {
         }
     });
     drop(pipe);
+}
+
+/// Counts a send_file round that went inline (`true`) or found its range not all cached.
+pub(crate) fn note_send_file_round(inline: bool) {
+    let _ = POOL.try_with(|p| {
+        let mut p = p.borrow_mut();
+        if inline {
+            p.stats.inline_rounds += 1;
+        } else {
+            p.stats.uncached_rounds += 1;
+        }
+    });
 }
 
 /// This thread's pool's counters.

@@ -16,8 +16,8 @@
 //!
 //! Memory: `count * size` bytes per shard (default 256 x 16 KiB = 4 MiB;
 //! `ExecutorBuilder::recv_buffers`), plus `count * 16` bytes of ring. When all buffers are
-//! leased the kernel answers ENOBUFS; the receive then takes a plain buffer of `size` bytes for
-//! itself (counted in `exhausted`), so it neither hangs nor fails.
+//! leased the kernel answers ENOBUFS (counted in `exhausted`); the receive then waits for bytes
+//! and takes a plain buffer of `size` bytes for itself, so it neither hangs nor fails.
 
 use crate::numa::Slab;
 use std::cell::RefCell;
@@ -249,6 +249,14 @@ impl RecvBuffers {
             bid,
             len,
         }))
+    }
+
+    /// The ring's tail as last published (each buffer put back adds one).
+    #[cfg(test)]
+    pub(crate) fn published_tail(&self) -> Option<u16> {
+        self.ring
+            .as_ref()
+            .map(|r| *r.tail.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// A plain buffer of `size` bytes' room for one receive, counted as held until it drops.

@@ -190,15 +190,16 @@ pub(crate) fn copy_range(
 
 /// A send_file of `len` bytes at `offset` of `file` to `dest`: `file` open for reading, the
 /// range within the largest offset, an O_DIRECT file's offset and length multiples of its
-/// alignment (the kernel reads it with O_DIRECT into the pipe's pages); `dest` a socket, pipe or
-/// FIFO, duplicated for the op (see `op::send_file`). `len` bounds no allocation: each round
-/// moves at most a pipe's size, in the kernel.
+/// alignment (the kernel reads it with O_DIRECT into the pipe's pages); `dest` a stream socket,
+/// pipe or FIFO (what it is, and its name for errors, come back). The op owns a duplicate of
+/// `dest` (see `op::send_file`), made by the caller: [`send_file_dup`], or one it has already.
+/// `len` bounds no allocation: each round moves at most a pipe's size, in the kernel.
 pub(crate) fn send_file(
     file: &File,
     offset: u64,
     len: u64,
     dest: std::os::fd::BorrowedFd<'_>,
-) -> Result<(op::send_file::Dest, std::path::PathBuf)> {
+) -> Result<(op::send_file::DestKind, std::path::PathBuf)> {
     const OP: &str = "send_file";
     access(file, OP, file.flags().readable, "read(true)")?;
     check_end(OP, offset, len)?;
@@ -216,12 +217,25 @@ pub(crate) fn send_file(
             ));
         }
     }
-    op::send_file::own_dest(dest).map_err(|(errno, name)| Error::PathPair {
-        op: OP,
+    op::send_file::check_dest(dest).map_err(|(errno, name)| send_file_error(file, name, errno))
+}
+
+/// The op's own duplicate of a checked `dest` (named `name`), or the error (EMFILE).
+pub(crate) fn send_file_dup(
+    file: &File,
+    dest: std::os::fd::BorrowedFd<'_>,
+    name: &std::path::Path,
+) -> Result<op::send_file::Dest> {
+    op::send_file::dup_dest(dest).map_err(|errno| send_file_error(file, name.to_path_buf(), errno))
+}
+
+fn send_file_error(file: &File, to: std::path::PathBuf, errno: i32) -> Error {
+    Error::PathPair {
+        op: "send_file",
         from: file.path().to_path_buf(),
-        to: name,
+        to,
         errno,
-    })
+    }
 }
 
 /// A sync_file_range of `len` bytes at `offset` with `flags`: `len` fits the SQE's 32 bits.

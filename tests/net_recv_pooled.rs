@@ -326,3 +326,52 @@ fn recv_buffers_out_of_range_are_refused_with_the_range() {
     let exec = exec_with(0, 4096);
     assert_eq!(stats(&exec).recv_buffers, 0);
 }
+
+#[test]
+fn a_receive_that_finds_the_ring_empty_holds_no_buffer_while_its_peer_is_silent() {
+    let _serial = serial();
+    let _w = Watchdog::new("idle receive, ring empty", HANG);
+    let exec = exec_with(1, 4096);
+    let waiting = Arc::new(AtomicUsize::new(0));
+    let (lease_tx, lease_rx) = mpsc::channel::<RecvBuf>();
+    let lease_tx = Arc::new(Mutex::new(lease_tx));
+    let w = waiting.clone();
+    let addr = serve(&exec, move |s| {
+        let (tx, w) = (lease_tx.clone(), w.clone());
+        async move {
+            let mut c = s.recv_pooled();
+            if pending(&mut c) {
+                w.fetch_add(1, Ordering::SeqCst);
+            }
+            if let Ok(b) = c.await {
+                tx.lock().unwrap().send(b).unwrap();
+            }
+        }
+    });
+    // The one ring buffer is leased (held by this thread).
+    let mut first = std::net::TcpStream::connect(addr).unwrap();
+    first.write_all(b"a").unwrap();
+    let held = lease_rx.recv_timeout(HANG).expect("first lease");
+    assert_eq!(&held[..], b"a");
+    // A second connection whose peer says nothing: its receive finds the ring empty.
+    let mut second = std::net::TcpStream::connect(addr).unwrap();
+    eventually("the second receive is waiting", HANG, || {
+        waiting.load(Ordering::SeqCst) == 1
+    });
+    // Wait until the shard has issued it (the exhaustion is counted when the kernel answers).
+    if has_ring(&exec) {
+        eventually("ENOBUFS seen", HANG, || {
+            stats(&exec).recv_buffers_exhausted >= 1
+        });
+    }
+    let st = stats(&exec);
+    // Only the first lease is held: a waiting receive holds none.
+    assert_eq!(st.recv_buffers_held, 1, "{st:?}");
+    second.write_all(b"b").unwrap();
+    let b = lease_rx.recv_timeout(HANG).expect("second lease");
+    assert_eq!(&b[..], b"b");
+    drop((held, b));
+    eventually("every lease dropped", HANG, || {
+        stats(&exec).recv_buffers_held == 0
+    });
+}

@@ -77,9 +77,10 @@ fn the_destination_may_be_closed_by_its_owner_while_the_send_runs() {
 }
 
 /// A peer that stops reading: the send waits (arranged: nobody reads, and the file is larger
-/// than the socket's buffer and the pipe together); a deadline, a cancellation or a dropped
-/// handle ends it, and the pipe it leaves with bytes in it is never reused: the next send on
-/// the shard is byte-exact.
+/// than the destination pipe and the send's pipe together); a deadline, a cancellation or a
+/// dropped handle ends it, and the pipe it leaves with bytes in it is never reused: the next
+/// sends on the shard, which take pipes from the same pool, are byte-exact. (The destination
+/// is a pipe: a socket's send of a cached range goes inline, with no pipe to leave bytes in.)
 #[test]
 fn a_stalled_peer_is_cancelled_and_the_next_send_is_exact() {
     let exec = exec();
@@ -88,7 +89,7 @@ fn a_stalled_peer_is_cancelled_and_the_next_send_is_exact() {
     let f = make(&exec, &dir.path().join("big"), 3, big);
     let g = make(&exec, &dir.path().join("small"), 4, 700_000);
     for how in ["deadline", "cancel", "drop"] {
-        let (a, b) = UnixStream::pair().unwrap();
+        let (b, a) = pipe();
         stop_stalled_send_file(&exec, how, &f, big, &a, || {
             wait_until_full(&a);
             true
@@ -97,7 +98,7 @@ fn a_stalled_peer_is_cancelled_and_the_next_send_is_exact() {
         // The next send on the same shard: exact, whatever pipe it gets (and on the copy
         // path, small sends).
         for len in [700_000, 700_000, 700_000, 5000] {
-            let (a, b) = UnixStream::pair().unwrap();
+            let (b, a) = pipe();
             let r = reader(b, 4, 0, len);
             assert_eq!(ok(exec.send_file(&g, 0, len, &a), how), len);
             drop(a);
@@ -116,6 +117,63 @@ fn a_stalled_peer_is_cancelled_and_the_next_send_is_exact() {
         stats.total.pipes_dirty
     );
     assert!(stats.total.pipes_made >= 3);
+}
+
+/// A directory on the target's disk (not a tmpfs, whose pages cannot be evicted).
+fn disk_dir() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
+}
+
+/// cachestat(2) over the whole file at `path`: (pages in the page cache, pages of the file), or
+/// `None` where the kernel has no cachestat (before 6.5: send_file then never goes inline).
+fn cached_pages(path: &Path) -> Option<(u64, u64)> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).unwrap();
+    let len = f.metadata().unwrap().len();
+    let range = [0u64, len]; // struct cachestat_range { off, len }
+    let mut st = [0u64; 5]; // struct cachestat: nr_cache first
+                            // SAFETY: cachestat (451) reads `range` and writes `st`, two locals of its layout.
+    let rc = unsafe {
+        libc::syscall(
+            451,
+            f.as_raw_fd() as libc::c_uint,
+            range.as_ptr(),
+            st.as_mut_ptr(),
+            0 as libc::c_uint,
+        )
+    };
+    if rc != 0 {
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::ENOSYS),
+            "cachestat"
+        );
+        return None;
+    }
+    Some((st[0], len.div_ceil(4096)))
+}
+
+/// Drops the file at `path` from the page cache (written back first, then
+/// POSIX_FADV_DONTNEED), and checks it is gone where the kernel can tell.
+fn evict(path: &Path) {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).unwrap();
+    f.sync_all().unwrap();
+    // SAFETY: posix_fadvise takes no memory.
+    let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(rc, 0, "posix_fadvise");
+    if let Some((cached, _)) = cached_pages(path) {
+        assert_eq!(cached, 0, "{} still cached after DONTNEED", path.display());
+    }
+}
+
+/// Reads the whole file at `path` (into the page cache), and checks it is all there where the
+/// kernel can tell.
+fn make_resident(path: &Path) {
+    std::fs::read(path).unwrap();
+    if let Some((cached, pages)) = cached_pages(path) {
+        assert!(cached >= pages, "{cached} of {pages} pages cached");
+    }
 }
 
 /// Sends to `s` until its buffer is full, without blocking.
@@ -142,9 +200,23 @@ fn fill(s: &UnixStream) {
     }
 }
 
+/// A pipe: (read end, write end).
+fn pipe() -> (std::fs::File, std::fs::File) {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 writes two descriptors into the array.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: two fresh descriptors nobody else owns.
+    unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    }
+}
+
 /// Waits until `s` takes no more bytes (its buffer is full: the send's drain waits).
-fn wait_until_full(s: &UnixStream) {
-    use std::os::fd::AsRawFd;
+fn wait_until_full(s: &impl std::os::fd::AsRawFd) {
     let start = std::time::Instant::now();
     loop {
         let mut p = libc::pollfd {
@@ -409,5 +481,98 @@ fn a_non_blocking_destination_that_fills_is_waited_for() {
         );
         drop(a);
         r.join().unwrap();
+    }
+}
+
+/// The inline path: a range all in the page cache goes to the socket with sendfile(2) on the
+/// shard thread (no pipe, no io-wq); one evicted from the cache goes through a pipe (its first
+/// round at least: the pipe's reads bring pages in). Both byte-exact, over TCP.
+#[test]
+fn a_cached_range_is_sent_inline_and_an_evicted_one_through_a_pipe() {
+    let exec = exec();
+    let dir = disk_dir();
+    let path = dir.path().join("f");
+    let size: u64 = 3 * 1024 * 1024 + 517;
+    let f = make(&exec, &path, 12, size);
+    let has_cachestat = cached_pages(&path).is_some();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let send = |offset: u64| {
+        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        let r = reader(c, 12, offset, size - offset);
+        assert_eq!(
+            ok(exec.send_file(&f, offset, size, &s), "send_file"),
+            size - offset
+        );
+        r.join().unwrap();
+        exec.stats().total
+    };
+    evict(&path);
+    let before = exec.stats().total;
+    let evicted = send(0);
+    if has_cachestat {
+        assert!(
+            evicted.send_file_uncached > before.send_file_uncached,
+            "an evicted range went inline"
+        );
+    }
+    make_resident(&path);
+    let resident = send(4095);
+    if has_cachestat {
+        assert!(
+            resident.send_file_inline > evicted.send_file_inline,
+            "a cached range did not go inline"
+        );
+        assert_eq!(
+            resident.send_file_uncached, evicted.send_file_uncached,
+            "a cached range was taken for uncached"
+        );
+    } else {
+        assert_eq!(resident.send_file_inline, 0, "inline without cachestat");
+    }
+}
+
+/// An inline send to a blocking socket whose peer reads slowly: each round takes no more than
+/// the socket's room (the shard thread never waits in the kernel for the peer), waits for room
+/// with a poll once the socket is full (arranged: nobody reads until then), and goes on in
+/// many short rounds as the peer reads 1000 bytes at a time; every byte checked.
+#[test]
+fn an_inline_send_to_a_slow_reader_waits_for_room_and_is_exact() {
+    let exec = exec();
+    let dir = disk_dir();
+    let path = dir.path().join("f");
+    let size: u64 = 4 * 1024 * 1024 + 3;
+    let f = make(&exec, &path, 13, size);
+    make_resident(&path);
+    let has_cachestat = cached_pages(&path).is_some();
+    let before = exec.stats().total;
+    let (a, b) = UnixStream::pair().unwrap();
+    let sending = exec.send_file(&f, 1, size, &a);
+    wait_until_full(&a);
+    let slow = std::thread::spawn(move || {
+        let mut b = b;
+        let mut got = 0u64;
+        let mut buf = [0u8; 1000];
+        while got < size - 1 {
+            let k = b.read(&mut buf).unwrap();
+            assert!(k > 0, "stream ended after {got} bytes");
+            for (j, &x) in buf[..k].iter().enumerate() {
+                let i = 1 + got + j as u64;
+                assert_eq!(x, byte(13, i), "byte {i} of the file");
+            }
+            got += k as u64;
+        }
+        b
+    });
+    assert_eq!(ok(sending, "send_file"), size - 1);
+    drop(a);
+    let mut b = slow.join().unwrap();
+    assert_eq!(b.read(&mut [0u8; 16]).unwrap(), 0, "bytes after the range");
+    let after = exec.stats().total;
+    if has_cachestat {
+        assert!(
+            after.send_file_inline >= before.send_file_inline + 2,
+            "the send did not go inline (and wait between rounds)"
+        );
     }
 }

@@ -5,8 +5,8 @@
 mod executor_util;
 
 use executor_util::{
-    ok, pattern_byte as byte, pattern_reader as reader, stop_stalled_send_file, wait, Watchdog,
-    HANG,
+    eventually, ok, pattern_byte as byte, pattern_reader as reader, stop_stalled_send_file, wait,
+    Watchdog, HANG,
 };
 use ringshard::{Executor, File, OpenOptions};
 use std::io::Read;
@@ -146,4 +146,134 @@ fn a_peer_that_stops_reading_ends_the_send_and_its_buffer_is_not_reused_before_t
             assert_eq!(x, byte(3, i as u64), "{how}: byte {i} of {}", got.len());
         }
     }
+    // Each stopped send is counted once, as cancelled or past its deadline, and not as an error.
+    let stopped = || {
+        let st = exec.stats().total;
+        st.cancelled + st.deadline_exceeded
+    };
+    eventually("the stopped sends counted", HANG, || stopped() >= 3);
+    let st = exec.stats().total;
+    assert_eq!(stopped(), 3, "{st:?}");
+    assert!(!st.errors.contains_key(&libc::ECANCELED), "{st:?}");
+}
+
+fn sockaddr_in(ip: [u8; 4], port: u16) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(ip),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+/// A connected MPTCP pair on 127.0.0.1 (AF_INET, SOCK_STREAM, IPPROTO_MPTCP): an inet stream
+/// socket without zero-copy sends. `None` where the kernel has no MPTCP.
+fn mptcp_pair() -> Option<(TcpStream, TcpStream)> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: socket(2) makes a new descriptor, owned by the TcpListener from here on.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_MPTCP) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` is new and owned by nothing else.
+    let l = unsafe { TcpListener::from_raw_fd(fd) };
+    let addr = sockaddr_in([127, 0, 0, 1], 0);
+    use std::os::fd::AsRawFd;
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: `addr` is a sockaddr_in of `len` bytes.
+    let bound = unsafe { libc::bind(l.as_raw_fd(), (&raw const addr).cast(), len) };
+    // SAFETY: a bound socket.
+    if bound != 0 || unsafe { libc::listen(l.as_raw_fd(), 1) } != 0 {
+        return None;
+    }
+    let to = l.local_addr().unwrap();
+    // SAFETY: as above.
+    let c = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_MPTCP) };
+    assert!(c >= 0);
+    // SAFETY: `c` is new and owned by nothing else.
+    let a = unsafe { TcpStream::from_raw_fd(c) };
+    let std::net::SocketAddr::V4(to4) = to else {
+        return None;
+    };
+    let peer = sockaddr_in(to4.ip().octets(), to4.port());
+    // SAFETY: `peer` is a sockaddr_in of `len` bytes.
+    assert_eq!(
+        unsafe { libc::connect(a.as_raw_fd(), (&raw const peer).cast(), len) },
+        0
+    );
+    let (b, _) = l.accept().unwrap();
+    Some((a, b))
+}
+
+#[test]
+fn an_inet_socket_without_zero_copy_falls_back_to_send() {
+    let _w = Watchdog::new("send_file O_DIRECT to MPTCP", HANG);
+    let dir = tempfile::Builder::new().tempdir_in("/tmp").unwrap();
+    let exec = exec(0);
+    let Some(f) = make(&exec, dir.path(), "m", 5, 1 << 20) else {
+        return;
+    };
+    let Some((a, b)) = mptcp_pair() else {
+        return;
+    };
+    let r = reader(b, 5, 0, 1 << 20);
+    assert_eq!(ok(exec.send_file(&f, 0, 1 << 20, &a), "mptcp"), 1 << 20);
+    drop(a);
+    r.join().unwrap();
+}
+
+#[test]
+fn a_zero_copy_send_to_a_reset_connection_fails_and_is_counted_as_failed() {
+    use std::os::fd::AsRawFd;
+    let _w = Watchdog::new("send_file O_DIRECT to a reset peer", HANG);
+    let dir = tempfile::Builder::new().tempdir_in("/tmp").unwrap();
+    let exec = exec(0);
+    let Some(f) = make(&exec, dir.path(), "r", 6, 64 << 10) else {
+        return;
+    };
+    let (a, b) = tcp_pair();
+    // The peer resets the connection (SO_LINGER 0), and `a` has seen it (readable) before the
+    // send starts.
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a linger struct of its size for SO_LINGER.
+    unsafe {
+        libc::setsockopt(
+            b.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    drop(b);
+    let mut p = libc::pollfd {
+        fd: a.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one pollfd.
+    assert_eq!(unsafe { libc::poll(&mut p, 1, HANG.as_millis() as i32) }, 1);
+    let e = wait(exec.send_file(&f, 0, 64 << 10, &a)).expect_err("a send to a reset peer");
+    assert!(
+        matches!(e.errno(), Some(libc::ECONNRESET | libc::EPIPE)),
+        "{e}"
+    );
+    // The handle is answered at the SEND_ZC's result; the op ends (and is counted) at its
+    // notification.
+    let kind = ringshard::OpKind::SendFileDirect.index();
+    eventually("the send counted", HANG, || {
+        let st = exec.stats().total;
+        st.ops[kind] > 0 || !st.errors.is_empty()
+    });
+    let st = exec.stats().total;
+    assert_eq!(st.ops[kind], 1, "one op: {st:?}");
+    assert!(
+        st.errors.contains_key(&libc::ECONNRESET) || st.errors.contains_key(&libc::EPIPE),
+        "the failure is counted: {st:?}"
+    );
 }

@@ -1064,10 +1064,15 @@ pub(crate) fn socket_room(fd: RawFd) -> Option<usize> {
     let lowat = if lowat > 0 {
         lowat as u32 as usize
     } else {
-        std::fs::read_to_string("/proc/sys/net/ipv4/tcp_notsent_lowat")
-            .ok()
-            .and_then(|s| s.trim().parse::<usize>().ok())
-            .unwrap_or(u32::MAX as usize)
+        // The sysctl, read once per process (send_file's inline path asks before every round;
+        // a later change of the sysctl is not seen).
+        static SYSCTL: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        *SYSCTL.get_or_init(|| {
+            std::fs::read_to_string("/proc/sys/net/ipv4/tcp_notsent_lowat")
+                .ok()
+                .and_then(|s| s.trim().parse::<usize>().ok())
+                .unwrap_or(u32::MAX as usize)
+        })
     };
     let mut unsent: libc::c_int = 0;
     const SIOCOUTQNSD: libc::c_ulong = 0x894B;

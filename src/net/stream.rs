@@ -255,7 +255,7 @@ impl TcpStream {
             e => e,
         };
         crate::deadlined::Deadlined::new(&self.exec, deadline)
-            .send_file(file, offset, len, &dup)
+            .send_file_owned(file, offset, len, dup)
             .await
             .map_err(dest_name)
     }

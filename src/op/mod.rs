@@ -217,6 +217,15 @@ pub(crate) trait FileOp: Send {
         run_own_sqe(self, fd)
     }
 
+    /// Every CQE that ends a round, before anything else looks at it (even one the shard repeats
+    /// or a parked op's ECANCELED): `res` and `flags` as the kernel gave them. An op whose SQE
+    /// selects a provided buffer takes back here a buffer named (`IORING_CQE_F_BUFFER`) by a
+    /// CQE that carries no bytes: the kernel commits a buffer when it selects it on some paths
+    /// (io-wq), and then names it in an end-of-stream or error CQE as well.
+    fn on_cqe(&mut self, res: i32, flags: u32) {
+        let _ = (res, flags);
+    }
+
     /// A round ended with `errno` (not EINTR, which repeats the round): `Some(Step::Again)` to
     /// issue another round instead of failing (send_file waits for room on a non-blocking
     /// destination after EAGAIN); `None` (the default): the op fails with `errno`.
@@ -284,6 +293,13 @@ pub(crate) trait FileOp: Send {
     /// request's reply is `Reply::InOp`).
     fn complete(&mut self, result: Result<()>) -> Outcome {
         Outcome::Value(result.map(|()| self.value()))
+    }
+
+    /// An error the op met in a CQE that did not end its round as an error (a SEND_ZC's result,
+    /// whose notification ends the round with 0; no memory for its buffer): the shard ends the
+    /// op with it, as with an errno from [`on_errno`](Self::on_errno), and counts it as one.
+    fn failed(&self) -> Option<i32> {
+        None
     }
 
     /// The shard stops with a round of this op still in the kernel (a failed shard, shutdown's

@@ -3,7 +3,8 @@
 //!
 //! With a provided-buffer ring: one RECV with IOSQE_BUFFER_SELECT; the kernel picks a buffer
 //! when data is there and names it in the CQE (`IORING_CQE_F_BUFFER`, its id in the upper 16
-//! bits). ENOBUFS (every buffer leased): the receive takes a plain buffer and goes again. Without
+//! bits). ENOBUFS (every buffer leased; the kernel answers so when it issues the RECV, bytes or
+//! not): the receive waits for bytes as without a ring, then takes a plain buffer. Without
 //! a ring (threads backend, a kernel before 5.19): a RECV of one byte with MSG_PEEK first (it
 //! waits for bytes, or the end of the stream, into a byte of the op's own), then a RECV into a
 //! plain buffer taken then. (Not POLL_ADD: the threads backend looks at its polls only when the
@@ -144,15 +145,28 @@ impl FileOp for RecvPooled {
         super::run_own_sqe(self, fd)
     }
 
+    fn on_cqe(&mut self, res: i32, flags: u32) {
+        if res <= 0 && flags & CQE_F_BUFFER != 0 && self.phase == Some(Phase::Select) {
+            // No bytes, yet a buffer (committed when the kernel selected it: io-wq): back to
+            // the ring (the lease drops here), else it would be out of the ring for good.
+            if let Some(b) = &self.bufs {
+                drop(b.selected((flags >> 16) as u16, 0));
+            }
+        }
+    }
+
     fn on_errno(&mut self, errno: i32) -> Option<Step> {
         if self.phase == Some(Phase::Select) {
             self.disarm();
             if errno == libc::ENOBUFS {
-                // Every ring buffer is leased, and bytes are there: take a plain one.
+                // Every ring buffer is leased. The kernel selects a buffer when it issues the
+                // RECV, before it looks for bytes: ENOBUFS comes whether or not any have
+                // arrived. Wait for bytes (MSG_PEEK) before taking a plain buffer, so a receive
+                // whose peer is silent holds none.
                 if let Some(b) = &self.bufs {
                     b.note_exhausted();
                 }
-                self.phase = Some(Phase::Plain);
+                self.phase = Some(Phase::Wait);
                 return Some(Step::Again);
             }
         }
@@ -209,11 +223,12 @@ impl FileOp for RecvPooled {
         self.armed = false;
     }
 
+    fn failed(&self) -> Option<i32> {
+        self.bad_cqe.then_some(libc::EIO)
+    }
+
     fn complete(&mut self, result: Result<()>) -> Outcome {
-        let result = match result {
-            Ok(()) if self.bad_cqe => Err(Error::io("recv", None, None, libc::EIO)),
-            r => r,
-        };
+        // (A bad CQE comes here as EIO: `failed`.)
         let got = self.got.take().unwrap_or_else(RecvBuf::empty);
         let bytes = if result.is_ok() { got.len() as u64 } else { 0 };
         if let Some(done) = self.done.take() {
@@ -230,5 +245,49 @@ impl FileOp for RecvPooled {
 
     fn cancel_in_flight(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::op::OpFd;
+
+    /// A receive whose `Select` round is "in the kernel" (its handle dropped: nobody waits).
+    fn armed() -> RecvPooled {
+        let (_c, done) = crate::completion::pair::<RecvBuf>(0, 0);
+        let mut op = RecvPooled::new(done);
+        let fd = OpFd {
+            target: crate::op::Target::Fd(-1),
+            raw: -1,
+        };
+        assert!(op.sqe(fd).is_some());
+        op
+    }
+
+    /// A CQE without bytes that names a buffer (the kernel committed it at selection: io-wq,
+    /// seen on 6.18 for an end of stream under IOSQE_ASYNC) gives the buffer back to the ring.
+    #[test]
+    fn a_cqe_without_bytes_that_names_a_buffer_puts_it_back() {
+        std::thread::spawn(|| {
+            // A ring in user memory only (no kernel reads it here): its tail says what was put.
+            let mut register = |_: u64, _: u16, _: u16| Ok(());
+            assert!(RecvBuffers::install(4, 4096, Some(&mut register)).is_none());
+            let bufs = RecvBuffers::local();
+            assert_eq!(bufs.published_tail(), Some(4));
+            for (res, bid) in [(0, 2u16), (-libc::ECANCELED, 3), (-libc::EINTR, 1)] {
+                let mut op = armed();
+                op.on_cqe(res, CQE_F_BUFFER | (u32::from(bid) << 16));
+            }
+            // Each buffer went back (one entry each); none is counted as held.
+            assert_eq!(bufs.published_tail(), Some(7));
+            assert_eq!(RecvBuffers::stats().held, 0);
+            // A CQE with bytes is not one: its buffer becomes the lease (not put back here).
+            let mut op = armed();
+            op.on_cqe(5, CQE_F_BUFFER);
+            assert_eq!(bufs.published_tail(), Some(7));
+        })
+        .join()
+        .unwrap();
     }
 }

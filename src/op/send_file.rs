@@ -9,6 +9,19 @@
 //! leaves one SPLICE waiting in the kernel (an io-wq worker on the ring, `poll` on a worker of
 //! the threads backend), which a cancellation, a deadline or a dropped handle ends.
 //!
+//! **The inline path.** A round to a stream socket with room, over a range of a file without
+//! O_DIRECT whose every page is in the page cache (`cachestat(2)`, Linux 6.5+: [`cached`]),
+//! is one sendfile(2) on the shard thread, at most the socket's room
+//! ([`SendFile::inline_round`]): no pipe, no io-wq worker, no trip through the ring, as nginx
+//! sends (sendfile to a socket, a poll for room when it is full). A socket without room is
+//! waited for with a POLL_ADD first. Every SPLICE costs a wake-up of an io-wq worker and one of
+//! the shard to hear of it: measured on hot 1 MiB objects (BENCHMARKS.md, "send_file"), the
+//! pipe's eight SPLICEs per body cost ~9 context switches of the server per body, the inline
+//! path under one, and less CPU per request on both the server's and the client's side. Where the kernel's view changes between the checks and the call (a page
+//! evicted meanwhile), the shard thread waits: see [`SendFile::send_inline`]. Ranges not all
+//! cached (and kernels without cachestat) take the pipe's rounds, which read on io-wq.
+//! `RINGSHARD_SEND_FILE_INLINE=0` turns the inline path off.
+//!
 //! Sends of at most [`COPY_MAX`] bytes of a file without O_DIRECT take the copy path instead:
 //! READ into a buffer of the op, then WRITE to the destination (the same rounds otherwise).
 //! Every SPLICE is handed to an io-wq worker, where a READ of cached data and a WRITE to a
@@ -16,10 +29,11 @@
 //! BENCHMARKS.md, "send_file").
 //!
 //! The destination. The kernel uses it while the op runs, whatever the caller does with its own
-//! descriptor meanwhile (closes it, reuses the number), so the op owns a duplicate made at
-//! request time (`F_DUPFD_CLOEXEC`: one system call and one descriptor per send, closed when
-//! the op ends); it refers to the same socket (closing it does not close the connection while
-//! the caller's is open). A non-blocking destination (O_NONBLOCK is shared with the caller's
+//! descriptor meanwhile (closes it, reuses the number), so the op owns a duplicate
+//! (`F_DUPFD_CLOEXEC`: one system call and one descriptor per send, closed when the op ends):
+//! made at request time ([`dup_dest`]), or, for `TcpStream::send_file`, the one its stream's
+//! shard made after the stream's earlier sends (no second one); it refers to the same socket
+//! (closing it does not close the connection while the caller's is open). A non-blocking destination (O_NONBLOCK is shared with the caller's
 //! descriptor) answers EAGAIN when full, which io_uring does not retry for SPLICE: the op then
 //! waits for room with a POLL_ADD and goes on (`FileOp::on_errno`); the blocking path, which
 //! runs no polls, fails with EAGAIN instead.
@@ -57,38 +71,53 @@ impl Dest {
     }
 }
 
-/// The destination for an op: a duplicate of `dest` (close-on-exec) and its name for errors,
-/// or the errno and that name: ENOTSOCK for anything but a stream socket, pipe or FIFO (splice
-/// needs one of them), EMFILE when no descriptor is left.
-pub(crate) fn own_dest(
+/// What a destination is: splice needs a stream socket, pipe or FIFO.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DestKind {
+    /// A SOCK_STREAM socket.
+    Socket,
+    /// A pipe or FIFO.
+    Pipe,
+}
+
+/// What `dest` is and its name for errors (`fd 7 (socket)`), or ENOTSOCK (anything but a
+/// stream socket, pipe or FIFO) and that name. Makes no descriptor.
+pub(crate) fn check_dest(
     dest: std::os::fd::BorrowedFd<'_>,
-) -> std::result::Result<(Dest, PathBuf), (i32, PathBuf)> {
+) -> std::result::Result<(DestKind, PathBuf), (i32, PathBuf)> {
     let raw = dest.as_raw_fd();
     // SAFETY: all-zero bytes are a valid `libc::stat` (integers only).
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: fstat writes into that local only; `raw` is a live descriptor the caller lends.
-    let what = if unsafe { libc::fstat(raw, &mut st) } != 0 {
+    let kind = if unsafe { libc::fstat(raw, &mut st) } != 0 {
         None
     } else {
         match st.st_mode & libc::S_IFMT {
             // A stream socket only: a datagram or seqpacket socket waits on its peer's queue
             // whatever its send buffer says, which the threads backend's room estimate cannot see.
-            libc::S_IFSOCK if is_stream_socket(raw) => Some("socket"),
-            libc::S_IFIFO => Some("pipe"),
+            libc::S_IFSOCK if is_stream_socket(raw) => Some(DestKind::Socket),
+            libc::S_IFIFO => Some(DestKind::Pipe),
             _ => None,
         }
     };
-    let name = PathBuf::from(format!(
-        "fd {raw} ({})",
-        what.unwrap_or("not a socket or pipe")
-    ));
-    if what.is_none() {
-        return Err((libc::ENOTSOCK, name));
+    let what = match kind {
+        Some(DestKind::Socket) => "socket",
+        Some(DestKind::Pipe) => "pipe",
+        None => "not a socket or pipe",
+    };
+    let name = PathBuf::from(format!("fd {raw} ({what})"));
+    match kind {
+        Some(kind) => Ok((kind, name)),
+        None => Err((libc::ENOTSOCK, name)),
     }
-    match dest.try_clone_to_owned() {
-        Ok(fd) => Ok((Dest::Owned(fd), name)),
-        Err(e) => Err((e.raw_os_error().unwrap_or(libc::EMFILE), name)),
-    }
+}
+
+/// A close-on-exec duplicate of `dest` for an op (see the module docs), or the errno (EMFILE
+/// when no descriptor is left).
+pub(crate) fn dup_dest(dest: std::os::fd::BorrowedFd<'_>) -> std::result::Result<Dest, i32> {
+    dest.try_clone_to_owned()
+        .map(Dest::Owned)
+        .map_err(|e| e.raw_os_error().unwrap_or(libc::EMFILE))
 }
 
 /// Whether `fd` is a SOCK_STREAM socket.
@@ -107,6 +136,9 @@ enum Phase {
     Read,
     /// The op's buffer -> destination (the copy path).
     Write,
+    /// File -> socket with sendfile(2) on the shard thread, the range being in the page cache
+    /// (the inline path: no pipe, no io-wq; see [`SendFile::inline_round`]).
+    Inline,
 }
 
 /// Sends of at most this many bytes of a file without O_DIRECT are copied (READ into a buffer
@@ -131,6 +163,11 @@ fn copy_max() -> u64 {
 /// A send of `len` bytes at `offset` of the op's file to `dest`.
 pub(crate) struct SendFile {
     dest: Dest,
+    /// A socket (the inline path's destination) or a pipe.
+    dest_kind: DestKind,
+    /// `sqe` is asked by `run_blocking` (the blocking path, which runs no polls), not by the
+    /// shard's issue.
+    blocking_call: bool,
     /// The destination as errors name it (`fd 7 (socket)`).
     dest_name: PathBuf,
     offset: u64,
@@ -162,20 +199,21 @@ pub(crate) struct SendFile {
 }
 
 impl SendFile {
-    /// The send of `len` bytes at `offset` to `dest` (named `dest_name` in errors); `direct`:
-    /// the file is open with O_DIRECT (always spliced: the kernel reads it into the pipe's
-    /// pages, aligned; the copy path's buffer is not).
+    /// The send of `len` bytes at `offset` to `dest` (named `dest_name` in errors), from a file
+    /// without O_DIRECT (an O_DIRECT file's send is `send_file_direct`'s).
     pub(crate) fn new(
         dest: Dest,
+        dest_kind: DestKind,
         dest_name: PathBuf,
         offset: u64,
         len: u64,
-        direct: bool,
         done: Completer<u64>,
     ) -> SendFile {
-        let copy = !direct && len <= copy_max();
+        let copy = len <= copy_max();
         SendFile {
             dest,
+            dest_kind,
+            blocking_call: false,
             dest_name,
             offset,
             len,
@@ -242,6 +280,159 @@ impl SendFile {
     }
 }
 
+/// What [`SendFile::inline_round`] decided for the next round.
+enum Inline {
+    /// Send it with sendfile(2) on this thread (`run_blocking`).
+    Send,
+    /// The socket has no room: wait for it (POLL_ADD), then decide again.
+    WaitRoom,
+    /// Through the pipe, on io-wq.
+    No,
+}
+
+impl SendFile {
+    /// Whether the next round goes inline: a socket destination with room, and a range of a
+    /// file without O_DIRECT whose every page is in the page cache ([`cached`]). Then the
+    /// round is at most [`INLINE_MAX`] bytes, and no more than the socket's room.
+    ///
+    /// A socket without room is waited for (POLL_ADD), except on the blocking path, which runs
+    /// no polls (it takes the pipe's rounds then, as before).
+    fn inline_round(&mut self, file: RawFd) -> Inline {
+        if self.dest_kind != DestKind::Socket || !inline_enabled() {
+            return Inline::No;
+        }
+        let Some(room) = crate::driver::threads::socket_room(self.dest.raw()) else {
+            return Inline::No;
+        };
+        if room == 0 {
+            return if self.blocking_call {
+                Inline::No
+            } else {
+                Inline::WaitRoom
+            };
+        }
+        let at = self.offset + self.filled;
+        let n = (self.len - self.filled).min(room as u64).min(INLINE_MAX);
+        if !cached(file, at, n) {
+            crate::pipes::note_send_file_round(false);
+            return Inline::No;
+        }
+        self.asked = n;
+        self.phase = Phase::Inline;
+        Inline::Send
+    }
+
+    /// The inline round: sendfile(2) of the `asked` bytes that [`inline_round`](Self::inline_round)
+    /// found cached, to the socket, which has room for them.
+    ///
+    /// **Blocks the shard thread only where the kernel's view changed since the checks**, both
+    /// rare and bounded:
+    /// - a page evicted between `cachestat` and this call (memory pressure within those
+    ///   microseconds) is read from the disk here, on the shard thread: one read's latency
+    ///   (a page, or the readahead around it), which the shard's other work waits for. The
+    ///   file side of sendfile and splice honours no non-blocking flag (O_NONBLOCK on a regular
+    ///   file and SPLICE_F_NONBLOCK concern only sockets and pipes), so nothing cheaper can
+    ///   refuse instead; a page being read in (in the cache, not yet up to date) is waited for
+    ///   the same way.
+    /// - a blocking socket whose room `socket_room` overestimated waits in the kernel for the
+    ///   peer to take bytes; the estimate (half of what `SO_SNDBUF` leaves, within
+    ///   `TCP_NOTSENT_LOWAT`) is the one the threads backend's shard-thread splices rely on.
+    ///   A non-blocking socket answers EAGAIN instead, and the op waits for room with a poll.
+    fn send_inline(&mut self, file: RawFd) -> i32 {
+        crate::pipes::note_send_file_round(true);
+        // `offset + len` was checked to fit an `off_t` (validate::send_file's check_end).
+        let mut off = (self.offset + self.filled) as libc::off_t;
+        let n = self.asked.min(INLINE_MAX) as usize;
+        // SAFETY: sendfile reads and updates `off`, a local; it names no other memory of ours.
+        let res = unsafe { libc::sendfile(self.dest.raw(), file, &mut off, n) };
+        if res < 0 {
+            -crate::numa::last_errno()
+        } else {
+            res as i32 // at most INLINE_MAX
+        }
+    }
+}
+
+/// The most bytes one inline round sends (it runs on the shard thread: this bounds how long
+/// the shard's other work waits for it; the socket's room usually bounds it first).
+const INLINE_MAX: u64 = 1 << 20;
+
+/// Whether the inline path is on: `RINGSHARD_SEND_FILE_INLINE=0` (read once) turns it off
+/// (every round then goes through the pipe), for comparisons.
+fn inline_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("RINGSHARD_SEND_FILE_INLINE").map_or(true, |v| v != "0"))
+}
+
+/// cachestat(2)'s number (Linux 6.5): 451 on every architecture of the unified table.
+const SYS_CACHESTAT: libc::c_long = 451;
+/// The kernel has no cachestat (ENOSYS, or a seccomp filter that refuses it): never ask again.
+static NO_CACHESTAT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `struct cachestat_range`.
+#[repr(C)]
+struct CachestatRange {
+    off: u64,
+    len: u64,
+}
+
+/// `struct cachestat`: page counts over the range.
+#[repr(C)]
+#[derive(Default)]
+struct Cachestat {
+    nr_cache: u64,
+    nr_dirty: u64,
+    nr_writeback: u64,
+    nr_evicted: u64,
+    nr_recently_evicted: u64,
+}
+
+/// Whether every page of bytes `off..off + len` of `fd` that exists is in the page cache
+/// (cachestat(2), Linux 6.5+): one system call that looks the pages up without reading,
+/// faulting or waiting. Where it counts fewer, the file's size (fstat) says whether the range
+/// only reaches past the end of the file, whose pages do not exist (and past which sendfile
+/// reads nothing). False where it cannot say (no cachestat: ENOSYS, then never asked again; a
+/// file it does not take, such as hugetlbfs): those rounds go through a pipe.
+pub(crate) fn cached(fd: RawFd, off: u64, len: u64) -> bool {
+    use std::sync::atomic::Ordering;
+    if len == 0 || NO_CACHESTAT.load(Ordering::Relaxed) {
+        return false;
+    }
+    let range = CachestatRange { off, len };
+    let mut st = Cachestat::default();
+    // SAFETY: cachestat reads `range` and writes `st`, two locals of the kernel's layout.
+    let rc = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            fd as libc::c_uint,
+            &range as *const CachestatRange,
+            &mut st as *mut Cachestat,
+            0 as libc::c_uint,
+        )
+    };
+    if rc != 0 {
+        let errno = crate::numa::last_errno();
+        if errno == libc::ENOSYS || errno == libc::EPERM {
+            NO_CACHESTAT.store(true, Ordering::Relaxed);
+        }
+        return false;
+    }
+    let page = crate::numa::page_size().max(1) as u64;
+    let pages = |end: u64| end.div_ceil(page).saturating_sub(off / page);
+    let end = off.saturating_add(len);
+    if st.nr_cache >= pages(end) {
+        return true;
+    }
+    // SAFETY: all-zero bytes are a valid `libc::stat` (integers only).
+    let mut meta: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat writes into that local only; `fd` is the op's open file.
+    if unsafe { libc::fstat(fd, &mut meta) } != 0 {
+        return false;
+    }
+    let size = meta.st_size.max(0) as u64;
+    end > size && st.nr_cache >= pages(size)
+}
+
 /// The most bytes one SPLICE is asked for.
 const SQE_MAX: u64 = 1 << 30;
 
@@ -263,6 +454,20 @@ impl FileOp for SendFile {
         if matches!(self.phase, Phase::Read | Phase::Write) {
             return Some(self.copy_sqe(fd));
         }
+        if self.phase == Phase::Inline {
+            self.phase = Phase::Fill; // a round after a wait for room: decided again
+        }
+        if self.phase == Phase::Fill {
+            match self.inline_round(fd.raw) {
+                Inline::Send => return None, // `run_blocking` sends it
+                Inline::WaitRoom => {
+                    self.wait_out = true;
+                    let dest = types::Fd(self.dest.raw());
+                    return Some(opcode::PollAdd::new(dest, libc::POLLOUT as u32).build());
+                }
+                Inline::No => {}
+            }
+        }
         if self.pipe.is_none() && self.no_pipe.is_none() {
             match crate::pipes::take() {
                 Ok(p) => self.pipe = Some(p),
@@ -271,7 +476,8 @@ impl FileOp for SendFile {
         }
         let pipe = self.pipe.as_ref()?; // none: `run_blocking` reports why
         let entry = match self.phase {
-            Phase::Read | Phase::Write => return None, // the copy path, above
+            // The copy path and the inline path: above.
+            Phase::Read | Phase::Write | Phase::Inline => return None,
             Phase::Fill => {
                 let n = (self.len - self.filled).min(pipe.cap as u64).min(SQE_MAX) as u32;
                 self.asked = u64::from(n);
@@ -300,6 +506,9 @@ impl FileOp for SendFile {
             self.no_wait = true;
             return -libc::EAGAIN;
         }
+        if self.phase == Phase::Inline {
+            return self.send_inline(fd); // chosen by `sqe` just now
+        }
         if let Some(errno) = self.no_pipe {
             return -errno;
         }
@@ -307,14 +516,18 @@ impl FileOp for SendFile {
             target: Target::Fd(fd),
             raw: fd,
         };
-        match self.sqe(target) {
+        self.blocking_call = true;
+        let entry = self.sqe(target);
+        self.blocking_call = false;
+        match entry {
             Some(entry) => crate::driver::threads::run_sqe(&entry),
+            None if self.phase == Phase::Inline => self.send_inline(fd),
             None => -self.no_pipe.unwrap_or(libc::EMFILE),
         }
     }
 
     fn on_errno(&mut self, errno: i32) -> Option<Step> {
-        let out = matches!(self.phase, Phase::Drain | Phase::Write);
+        let out = matches!(self.phase, Phase::Drain | Phase::Write | Phase::Inline);
         if errno == libc::EAGAIN && out && !self.no_wait {
             self.wait_out = true;
             return Some(Step::Again);
@@ -330,7 +543,12 @@ impl FileOp for SendFile {
         }
         let n = res.max(0) as u64;
         match self.phase {
-            Phase::Fill | Phase::Read if n == 0 => self.eof = true,
+            // A round asks for at least one byte: none is the end of the file.
+            Phase::Fill | Phase::Read | Phase::Inline if n == 0 => self.eof = true,
+            Phase::Inline => {
+                self.filled += n;
+                self.sent += n;
+            }
             Phase::Fill => {
                 self.short_fill = n < self.asked;
                 self.filled += n;

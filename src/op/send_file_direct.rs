@@ -13,10 +13,13 @@
 //! (deadline, cancel, drop, shutdown: a shard that stops with it in flight leaks it,
 //! [`abandon_memory`](FileOp::abandon_memory)).
 //!
-//! Fallbacks. A kernel (or socket) without SEND_ZC answers EINVAL or EOPNOTSUPP: the round goes
-//! again as a SEND, and the shard thread remembers not to try again (one probe per shard
-//! thread); the threads backend, which has no SEND_ZC, answers EINVAL once the same way and
-//! then sends with `send(2)`. A non-blocking destination that is full (EAGAIN) is waited for
+//! Fallbacks. A kernel without SEND_ZC answers EINVAL (at prep: a CQE without
+//! `IORING_CQE_F_MORE`): the round goes again as a SEND, and the shard thread remembers not to
+//! try again (one probe per shard thread); the threads backend, which has no SEND_ZC, answers
+//! EINVAL once the same way and then sends with `send(2)`. A socket without zero-copy (MPTCP)
+//! answers EOPNOTSUPP at issue, in a first CQE with `IORING_CQE_F_MORE` and a notification
+//! after it: the round goes again as a SEND after the notification, and this op sends with
+//! SEND from then on. A non-blocking destination that is full (EAGAIN) is waited for
 //! with a POLL_ADD, as `send_file.rs` does.
 //!
 //! What the threshold means here. On loopback and on a veth pair between network namespaces the
@@ -139,6 +142,12 @@ pub(crate) struct SendFileDirect {
     zc_result: Option<i32>,
     /// An error a SEND_ZC's first CQE carried (its notification ends the round).
     failed: Option<i32>,
+    /// The socket refused SEND_ZC in the round's first CQE: its notification starts the round
+    /// again as a SEND.
+    zc_refused: bool,
+    /// This destination refused SEND_ZC (EOPNOTSUPP: the socket's own refusal, not the
+    /// kernel's): SEND to it.
+    no_zc: bool,
     file_path: PathBuf,
     done: Option<Completer<u64>>,
 }
@@ -176,6 +185,8 @@ impl SendFileDirect {
             phase: Phase::Read,
             zc_result: None,
             failed: None,
+            zc_refused: false,
+            no_zc: false,
             file_path,
             done: Some(done),
         }
@@ -208,8 +219,19 @@ impl SendFileDirect {
         self.dest = None;
     }
 
+    /// SEND_ZC was refused with `errno`: EINVAL, the kernel (or the threads backend) has none,
+    /// remembered for the shard thread; EOPNOTSUPP, this socket has none, for this op.
+    fn refuse_zc(&mut self, errno: i32) {
+        if errno == libc::EOPNOTSUPP {
+            self.no_zc = true;
+        } else {
+            ZC_REFUSED.with(|r| r.set(true));
+        }
+    }
+
     fn send_phase(&self) -> Phase {
         let zc = self.dest_kind == DestKind::Tcp
+            && !self.no_zc
             && (self.end - self.start) as u64 >= self.zc_min
             && !ZC_REFUSED.with(Cell::get);
         Phase::Send { zc }
@@ -268,6 +290,15 @@ impl FileOp for SendFileDirect {
     }
 
     fn on_more(&mut self, res: i32, _flags: u32, _fd: RawFd) -> Step {
+        if matches!(-res, libc::EINVAL | libc::EOPNOTSUPP) {
+            // A refusal at issue (a socket without zero-copy: MPTCP, ...) comes with
+            // IORING_CQE_F_MORE and a notification like any SEND_ZC result (a kernel without the
+            // opcode refuses it at prep, without one: `on_errno`). SEND from now on, once the
+            // notification has come.
+            self.refuse_zc(-res);
+            self.zc_refused = true;
+            return Step::Again;
+        }
         // A SEND_ZC's result: its notification (the round's last CQE) follows, when the kernel
         // lets go of the buffer's pages, which a peer that stops reading can put off for as long
         // as the connection lives. The handle is answered now where the outcome is known (the
@@ -298,7 +329,7 @@ impl FileOp for SendFileDirect {
         match (self.phase, errno) {
             (Phase::Send { zc: true }, libc::EINVAL | libc::EOPNOTSUPP) => {
                 // No SEND_ZC here (kernel, socket, or the threads backend): SEND from now on.
-                ZC_REFUSED.with(|r| r.set(true));
+                self.refuse_zc(errno);
                 self.phase = Phase::Send { zc: false };
                 Some(Step::Again)
             }
@@ -333,6 +364,10 @@ impl FileOp for SendFileDirect {
                 if self.failed.is_some() {
                     return Step::Done;
                 }
+                if std::mem::take(&mut self.zc_refused) {
+                    self.phase = Phase::Send { zc: false };
+                    return Step::Again;
+                }
                 let n = self.zc_result.take().unwrap_or(0).max(0) as usize;
                 self.sent(n)
             }
@@ -365,11 +400,12 @@ impl FileOp for SendFileDirect {
         }
     }
 
+    fn failed(&self) -> Option<i32> {
+        self.failed
+    }
+
     fn complete(&mut self, result: Result<()>) -> Outcome {
-        let result = match (result, self.failed) {
-            (Ok(()), Some(errno)) => Err(self.error(errno, &self.file_path.clone())),
-            (r, _) => r,
-        };
+        // (An error of `failed` comes here as `result`, made by `error`.)
         let sent = self.sent;
         if let Some(done) = self.done.take() {
             done.complete(result.map(|()| sent));
@@ -379,11 +415,14 @@ impl FileOp for SendFileDirect {
 
     fn answer_when_cancelled(&mut self, error: Error) -> bool {
         // Whatever round is in the kernel (a SEND_ZC waiting for room or for its notification,
-        // a READ, a POLL_ADD), the handle need not wait for it: the op keeps the buffer.
-        if self.done.is_some() {
-            let e = error.with_written(self.sent);
-            self.answer(Err(e));
+        // a READ, a POLL_ADD), the handle need not wait for it: the op keeps the buffer. A
+        // handle answered already (a SEND_ZC's result said how it went) is not answered, or
+        // counted, again: the op ends as that result said.
+        if self.done.is_none() {
+            return false;
         }
+        let e = error.with_written(self.sent);
+        self.answer(Err(e));
         true
     }
 

@@ -59,6 +59,9 @@ impl Shard {
             return;
         }
         let Some(op) = self.ops.get(slot) else { return };
+        if let IoOp::File(f) = &mut op.io {
+            f.on_cqe(res, flags);
+        }
         let peer_sqe = op.outstanding > 0 && op.kind.waits_for_peer();
         op.outstanding = 0;
         if peer_sqe {
@@ -84,9 +87,10 @@ impl Shard {
             },
             r => f.on_result(r, flags, raw) == crate::op::Step::Again,
         };
-        if res >= 0 && !again && f.cancel_in_flight() {
+        if res >= 0 && !again && f.cancel_in_flight() && f.failed().is_none() {
             // The kernel finished the op before its cancellation reached it: its result (bytes
-            // received, a connection accepted) is delivered, not lost.
+            // received, a connection accepted) is delivered, not lost. (Not one that failed
+            // earlier, a SEND_ZC whose result was ECANCELED and whose notification ends it.)
             op.cancel = None;
         }
         if again && op.cancel.is_none() {
@@ -160,6 +164,7 @@ impl Shard {
         answered: bool,
     ) {
         let kind = f.kind();
+        let errno = errno.or_else(|| f.failed());
         let result = if let Some(why) = cancel {
             if let Some(errno) = super::cancel::counted_after_cancel(errno) {
                 self.stats.record_error(kind, errno, lat);

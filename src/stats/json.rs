@@ -40,7 +40,7 @@ impl Serialize for ErrorsView<'_> {
 /// `latency`, `read_latency`, `write_latency` as [`LatencySummary`]; `pool` as [`BufferPoolStats`](crate::BufferPoolStats).
 impl Serialize for ShardStats {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut s = serializer.serialize_struct("ShardStats", 43)?;
+        let mut s = serializer.serialize_struct("ShardStats", 45)?;
         let shard = if self.is_total() {
             None
         } else {
@@ -95,6 +95,8 @@ impl Serialize for ShardStats {
         s.serialize_field("recv_buffers", &self.recv_buffers)?;
         s.serialize_field("recv_buffers_held", &self.recv_buffers_held)?;
         s.serialize_field("recv_buffers_exhausted", &self.recv_buffers_exhausted)?;
+        s.serialize_field("send_file_inline", &self.send_file_inline)?;
+        s.serialize_field("send_file_uncached", &self.send_file_uncached)?;
         s.serialize_field("pool", &self.pool)?;
         s.end()
     }

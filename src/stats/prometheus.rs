@@ -176,7 +176,7 @@ impl ShardLabels {
 type Getter = fn(&ShardStats) -> u64;
 
 /// Counters with one value per shard: (name without `_total`, help, getter).
-const COUNTERS: [(&str, &str, Getter); 25] = [
+const COUNTERS: [(&str, &str, Getter); 27] = [
     (
         "ringshard_read_bytes",
         "Bytes transferred by successful reads.",
@@ -211,6 +211,16 @@ const COUNTERS: [(&str, &str, Getter); 25] = [
         "ringshard_recv_buffers_exhausted",
         "recv_pooled receives that found every ring buffer leased (ENOBUFS) and took a plain one.",
         |s| s.recv_buffers_exhausted,
+    ),
+    (
+        "ringshard_send_file_inline_rounds",
+        "send_file rounds sent with sendfile(2) on the shard thread (range in the page cache).",
+        |s| s.send_file_inline,
+    ),
+    (
+        "ringshard_send_file_uncached_rounds",
+        "send_file rounds to a socket that went through a pipe: range not all in the page cache.",
+        |s| s.send_file_uncached,
     ),
     (
         "ringshard_written_bytes",

@@ -129,6 +129,12 @@ pub struct ShardStats {
     pub recv_buffers_held: u64,
     /// Receives that found every ring buffer leased (ENOBUFS) and took a plain buffer.
     pub recv_buffers_exhausted: u64,
+    /// [`send_file`](crate::Executor::send_file) rounds sent inline: sendfile(2) on the shard
+    /// thread to a socket with room, the range being in the page cache (no pipe, no io-wq).
+    pub send_file_inline: u64,
+    /// send_file rounds to a socket that went through a pipe because their range was not all
+    /// in the page cache (or the kernel has no `cachestat`, Linux 6.5).
+    pub send_file_uncached: u64,
     /// The shard's buffer pool at snapshot time (merged: see [`merge_pool_stats`]).
     pub pool: BufferPoolStats,
     /// Latency of operations other than reads, writes and tasks. The all-operations histogram is
@@ -191,6 +197,8 @@ impl ShardStats {
             recv_buffers: 0,
             recv_buffers_held: 0,
             recv_buffers_exhausted: 0,
+            send_file_inline: 0,
+            send_file_uncached: 0,
             inline_latency: LatencyHistogram::new(),
         }
     }
@@ -385,6 +393,8 @@ impl ShardStats {
         self.recv_buffers = r.ring_buffers;
         self.recv_buffers_held = r.held;
         self.recv_buffers_exhausted = r.exhausted;
+        self.send_file_inline = p.inline_rounds;
+        self.send_file_uncached = p.uncached_rounds;
     }
 
     /// Adds the reads callers did inline for this shard's files (a snapshot of their counters):
@@ -499,6 +509,10 @@ impl ShardStats {
         self.recv_buffers_exhausted = self
             .recv_buffers_exhausted
             .saturating_add(other.recv_buffers_exhausted);
+        self.send_file_inline = self.send_file_inline.saturating_add(other.send_file_inline);
+        self.send_file_uncached = self
+            .send_file_uncached
+            .saturating_add(other.send_file_uncached);
         self.inline_latency.merge(&other.inline_latency);
     }
 }
@@ -554,6 +568,8 @@ impl ShardStats {
         // recv_buffers and recv_buffers_held are levels: the later snapshot's.
         out.recv_buffers_exhausted =
             sub(self.recv_buffers_exhausted, earlier.recv_buffers_exhausted);
+        out.send_file_inline = sub(self.send_file_inline, earlier.send_file_inline);
+        out.send_file_uncached = sub(self.send_file_uncached, earlier.send_file_uncached);
         out.inline_latency = self.inline_latency.since(&earlier.inline_latency);
         out
     }

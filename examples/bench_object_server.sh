@@ -8,6 +8,7 @@
 #       [--rounds N] [--duration S] [--cold-duration S] [--dir DIR] [--cold-objects N]
 #       [--cases "hot4k hot1m cold4k"] [--remove-objects] [-- extra object_server flags]
 #
+# PORT_BASE: nginx listens there, the engines on the ports after it (default 18481).
 # ENGINES: the server's --engine values to run (default "tokio shards"); one the binary refuses
 # is skipped, and the script says so. ROUNDS (or --rounds): default 5. DURATION and COLD_DURATION
 # (or --duration, --cold-duration): seconds per hot and cold run (default 10 and 5).
@@ -17,7 +18,8 @@
 #   hot1m   64 objects of 1 MiB, page cache warm
 #   cold4k  --cold-objects (default 200,000) objects of 4 KiB; before every run the page cache,
 #           dentries and inodes are dropped (echo 3 > /proc/sys/vm/drop_caches) and the server is
-#           restarted (empty handle cache) with --direct
+#           restarted (empty handle cache). No --direct: the server chooses O_DIRECT per object
+#           (--direct auto); pass `-- --direct` to force it
 # Needs root (drop_caches, nginx as root). Installs nginx-light and wrk with apt-get if missing.
 # The binary is built with `cargo build --release` and run from where cargo says it put it
 # (CARGO_TARGET_DIR and build.target-dir included). The objects are made once under DIR (default
@@ -116,9 +118,12 @@ EOF
   echo "v1 $COLD_N" > "$DIR/.made"
 fi
 
-NGINX_PORT=18481
+# PORT_BASE (default 18481): nginx's port; the engines take the next ones. Two benches on one
+# machine need different bases (the shards engine's listeners use SO_REUSEPORT: a second server
+# on the same port would share its connections).
+NGINX_PORT=${PORT_BASE:-18481}
 i=0
-for e in "${RUN_ENGINES[@]}"; do PORT[$e]=$((18482 + i)); i=$((i + 1)); done
+for e in "${RUN_ENGINES[@]}"; do PORT[$e]=$((NGINX_PORT + 1 + i)); i=$((i + 1)); done
 mkdir -p "$TMP/nginx"
 cat > "$TMP/nginx.conf" <<EOF
 user root;
@@ -236,7 +241,7 @@ for case in $CASES; do
     for k in $(seq 0 $((NS - 1))); do order+=("${SIDES[$(( (k + round - 1) % NS ))]}"); done
     for who in "${order[@]}"; do
       if [ "$case" = cold4k ]; then
-        [ "$who" != nginx ] && start_server "$who" --direct
+        [ "$who" != nginx ] && start_server "$who"
         drop_caches
         dur=$COLD_DUR
       else

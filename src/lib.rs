@@ -177,7 +177,7 @@ pub use driver::{Backend, BackendChoice, BACKEND_ENV};
 pub use error::{Error, IoUringError, Result};
 pub use executor::{Batch, Deadlined, Executor, ExecutorBuilder};
 pub use fd_transit::{PendingFds, DEFAULT_MAX_PENDING_FDS};
-pub use file::{DirectIoAlign, File, OpenOptions};
+pub use file::{DirectIoAlign, File, OpenOptions, PageCacheState};
 pub use inline::{DEFAULT_INLINE_READ_LIMIT, MAX_INLINE_READ_LIMIT};
 pub use io_adapters::FileCursor;
 pub use net::{TcpListener, TcpStream};

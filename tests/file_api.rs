@@ -678,3 +678,42 @@ fn futures_io_copy_and_seek() {
         assert_eq!(ok(f.read_at(0, 4), "read"), [data[0], b'a', b'b', data[3]]);
     });
 }
+
+#[test]
+fn page_cache_says_how_much_of_a_range_is_cached() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("f");
+    std::fs::write(&path, vec![7u8; 64 * 1024]).unwrap();
+    std::fs::File::open(&path).unwrap().sync_all().unwrap();
+    let exec = exec();
+    let file = open_with(&exec, &path, OpenOptions::new().read(true));
+    // Clean pages (synced above) are dropped by DONTNEED.
+    ok(
+        exec.fadvise(&file, 0, 0, ringshard::Advice::DontNeed),
+        "fadvise",
+    );
+    let Some(st) = file.page_cache(0, 0).expect("page_cache") else {
+        eprintln!("no cachestat (Linux before 6.5): nothing to check");
+        return;
+    };
+    assert_eq!(st.cached, 0, "{st:?}");
+    assert_eq!(ok(exec.read(&file, 0, 64 * 1024), "read").len(), 64 * 1024);
+    let st = file.page_cache(0, 0).unwrap().unwrap();
+    assert_eq!(st.cached, 16, "{st:?}");
+    assert_eq!(st.dirty, 0, "{st:?}");
+    // A range: its own pages only.
+    assert_eq!(file.page_cache(4096, 8192).unwrap().unwrap().cached, 2);
+    // The answer is the inode's: an O_DIRECT handle of it sees the same pages.
+    let direct = open_with(&exec, &path, OpenOptions::new().read(true).direct(true));
+    assert!(direct.is_direct());
+    assert_eq!(direct.page_cache(0, 0).unwrap().unwrap().cached, 16);
+    // After an explicit close: an error naming the call and the file.
+    ok(exec.close(&file), "close");
+    let e = file.page_cache(0, 0).unwrap_err();
+    assert_eq!(e.errno(), Some(libc::EBADF), "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains("cachestat") && text.contains(&path.display().to_string()),
+        "{text}"
+    );
+}

@@ -68,10 +68,12 @@ impl Server {
             .collect()
     }
 
+    /// Names in the root, but the marker the server writes at startup (`.types-marked`).
     fn objects(&self) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(self.root())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != ".types-marked")
             .collect();
         v.sort();
         v
@@ -788,6 +790,9 @@ fn content_type_is_stored_at_put_and_returned(engine: &'static str) {
             "{store}"
         );
         assert_eq!(put("/page", Some("text/css"), b"a{}"), StatusCode::CREATED);
+        // The object carries the mark of a stored type (see store.rs).
+        assert!(typed_mark(&s.root().join("page")), "{store}");
+        assert!(!typed_mark(&s.root().join("blob")), "{store}");
         // Where it is kept: the xattr on the object, or the sidecar (not a key).
         let xattr = type_xattr(&s.root().join("page"));
         if store == "xattr" {
@@ -800,6 +805,178 @@ fn content_type_is_stored_at_put_and_returned(engine: &'static str) {
         // A restarted server (empty cache) reads it back.
         s.child_restart(&["--content-types", store]);
         assert!(s.temp_files().is_empty(), "{:?}", s.temp_files());
+    }
+}
+
+/// Whether `path` carries the sticky bit (the server's mark of an object stored with a type).
+fn typed_mark(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path).unwrap().mode() & libc::S_ISVTX != 0
+}
+
+/// A metric's value in `/metrics`' text (the whole series name, labels included).
+fn metric(s: &Server, series: &str) -> f64 {
+    let r = req(s, Method::GET, "/metrics", &[], vec![]);
+    let text = String::from_utf8(r.body).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in /metrics"))
+}
+
+fn content_type_marks_typed_objects_and_marks_older_ones_at_startup(engine: &'static str) {
+    // An object stored with a type carries the mark; one without does not, and its lookup reads
+    // no type.
+    let s = Server::start(engine, &["--cache", "0"]);
+    let h = [("content-type", "text/plain")];
+    assert_eq!(
+        req(&s, Method::PUT, "/t", &h, b"t".to_vec()).status,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        req(&s, Method::PUT, "/u", &[], b"u".to_vec()).status,
+        StatusCode::CREATED
+    );
+    assert!(typed_mark(&s.root().join("t")));
+    assert!(!typed_mark(&s.root().join("u")));
+    assert!(s.root().join(".types-marked").exists());
+    let before = metric(&s, "object_server_type_reads_total");
+    let r = req(&s, Method::GET, "/u", &[], vec![]);
+    assert_eq!(r.header("content-type"), Some("application/octet-stream"));
+    assert_eq!(metric(&s, "object_server_type_reads_total"), before);
+    let r = req(&s, Method::GET, "/t", &[], vec![]);
+    assert_eq!(r.header("content-type"), Some("text/plain"));
+    assert_eq!(metric(&s, "object_server_type_reads_total"), before + 1.0);
+    drop(s);
+
+    // A root written by an older server: a typed object without the mark, no marker file. The
+    // server marks it at startup, and serves its type.
+    let outer = tempfile::tempdir().unwrap();
+    let root = outer.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    let old = root.join("old");
+    std::fs::write(&old, b"old").unwrap();
+    std::fs::write(root.join("plain"), b"plain").unwrap();
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let p = std::ffi::CString::new(old.as_os_str().as_bytes()).unwrap();
+        let ct = b"text/old";
+        // SAFETY: NUL-terminated names; `ct` is live for the call and its length is passed.
+        let rc = unsafe {
+            libc::lsetxattr(
+                p.as_ptr(),
+                c"user.ringshard.content_type".as_ptr(),
+                ct.as_ptr().cast(),
+                ct.len(),
+                0,
+            )
+        };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    }
+    let (child, addr) = spawn_server(&root, engine, &[], Stdio::null());
+    struct Reaped(Child);
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _reaped = Reaped(child);
+    assert!(typed_mark(&old));
+    assert!(!typed_mark(&root.join("plain")));
+    assert!(root.join(".types-marked").exists());
+    let r = rt().block_on(request(&addr, Method::GET, "/old", &[], vec![]));
+    assert_eq!(r.header("content-type"), Some("text/old"));
+    assert_eq!(r.body, b"old");
+    let r = rt().block_on(request(&addr, Method::GET, "/plain", &[], vec![]));
+    assert_eq!(r.header("content-type"), Some("application/octet-stream"));
+}
+
+/// cachestat(2) (Linux 6.5): the pages of `path` in the page cache; `None` without it.
+fn cached_pages(path: &Path) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).unwrap();
+    let range = [0u64, 0u64];
+    let mut out = [0u64; 5];
+    // SAFETY: cachestat reads `range` (off, len) and writes five u64 into `out`; both outlive
+    // the call.
+    let r = unsafe { libc::syscall(451, f.as_raw_fd(), range.as_ptr(), out.as_mut_ptr(), 0u32) };
+    (r == 0).then_some(out[0])
+}
+
+/// Writes `data` to `path`, durably, and drops its pages from the page cache.
+fn write_uncached(path: &Path, data: &[u8]) {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::create(path).unwrap();
+    (&f).write_all(data).unwrap();
+    f.sync_all().unwrap();
+    // SAFETY: a live descriptor; fadvise changes only the page cache.
+    let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(rc, 0);
+}
+
+fn direct_is_chosen_by_the_page_cache(engine: &'static str) {
+    let s = Server::start(engine, &[]);
+    let (warm, cold) = (pattern(64 * 1024, 7), pattern(64 * 1024 + 100, 8));
+    write_uncached(&s.root().join("warm"), &warm);
+    write_uncached(&s.root().join("cold"), &cold);
+    let Some(0) = cached_pages(&s.root().join("cold")) else {
+        eprintln!("no cachestat, or the pages stayed: the page-cache checks are skipped");
+        return;
+    };
+    assert_eq!(std::fs::read(s.root().join("warm")).unwrap(), warm);
+    assert_eq!(cached_pages(&s.root().join("warm")), Some(16));
+    let opens = |mode: &str| metric(&s, &format!("object_server_opens_total{{mode=\"{mode}\"}}"));
+    let (b0, d0) = (opens("buffered"), opens("direct"));
+
+    // Cached: read through the page cache (a buffered handle). Not cached: O_DIRECT, and the
+    // page cache stays empty.
+    let r = req(&s, Method::GET, "/warm", &[], vec![]);
+    assert_eq!(r.body, warm);
+    assert_eq!(opens("buffered"), b0 + 1.0);
+    let r = req(&s, Method::GET, "/cold", &[], vec![]);
+    assert_eq!(r.body, cold);
+    assert!(opens("direct") >= d0 + 1.0);
+    assert_eq!(
+        cached_pages(&s.root().join("cold")),
+        Some(0),
+        "a cold read filled the cache"
+    );
+
+    // Read again (its O_DIRECT handle found in the handle cache): promoted to a buffered handle,
+    // and from now on in the page cache.
+    let promoted = metric(&s, "object_server_promoted_total");
+    let r = req(
+        &s,
+        Method::GET,
+        "/cold",
+        &[("range", "bytes=5000-70000")],
+        vec![],
+    );
+    assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.body, &cold[5000..=65635]);
+    assert_eq!(metric(&s, "object_server_promoted_total"), promoted + 1.0);
+    assert!(cached_pages(&s.root().join("cold")).unwrap() > 0);
+    let r = req(&s, Method::GET, "/cold", &[], vec![]);
+    assert_eq!(r.body, cold);
+    assert_eq!(metric(&s, "object_server_promoted_total"), promoted + 1.0);
+
+    // Forced either way.
+    drop(s);
+    for (flag, direct) in [("never", false), ("always", true)] {
+        let s = Server::start(engine, &["--direct", flag]);
+        write_uncached(&s.root().join("cold"), &cold);
+        let r = req(&s, Method::GET, "/cold", &[], vec![]);
+        assert_eq!(r.body, cold);
+        let mode = if direct { "direct" } else { "buffered" };
+        assert_eq!(
+            metric(&s, &format!("object_server_opens_total{{mode=\"{mode}\"}}")),
+            1.0
+        );
+        assert_eq!(
+            cached_pages(&s.root().join("cold")) == Some(0),
+            direct,
+            "--direct {flag}"
+        );
     }
 }
 
@@ -1584,6 +1761,8 @@ on_both_engines!(
     declared_too_large_without_expect_still_gets_its_413,
     an_abandoned_upload_leaves_no_temp_file_and_no_object,
     content_type_is_stored_at_put_and_returned,
+    content_type_marks_typed_objects_and_marks_older_ones_at_startup,
+    direct_is_chosen_by_the_page_cache,
     conditional_get_and_head,
     conditional_put_and_delete,
     header_and_idle_timeouts_close_the_connection,

@@ -76,8 +76,17 @@
 //! - Open handles and metadata are cached by key (`--cache` entries, least recently used out); the
 //!   server owns `--root`, and its own `PUT`/`DELETE` invalidate the entry. Changes made to the
 //!   directory behind the server's back are not seen while an entry is cached.
-//! - `--direct`: objects of at least `--direct-min` bytes (default 4 KiB) are read through an
-//!   O_DIRECT handle. Writes stay buffered (the fsync before the rename makes them durable).
+//! - O_DIRECT is chosen per object (`--direct auto`, the default): a handle-cache miss asks the
+//!   kernel (cachestat) how much of the object is in the page cache; cached, the object is read
+//!   through the page cache (and spliced to the socket); not cached, through an O_DIRECT handle,
+//!   so a cold set read once does not fill the page cache. An O_DIRECT handle found again in the
+//!   handle cache is replaced by a buffered one (the object is being re-read). `--direct`
+//!   (`always`) forces O_DIRECT for objects of at least `--direct-min` bytes (default 4 KiB),
+//!   `--direct never` the page cache. Writes stay buffered (the fsync before the rename makes
+//!   them durable). `/metrics` counts the handles opened each way (`object_server_opens_total`).
+//! - A Content-Type is read (an xattr, on the blocking pool) only for objects whose mode carries
+//!   the sticky bit, which a PUT with a type sets; a root is scanned once at startup to mark
+//!   objects typed by older servers (the marker file `.types-marked`; see `store`).
 //! - SIGINT/SIGTERM: stop accepting, let in-flight requests finish (at most `--grace` seconds),
 //!   then shut the executor down and exit 0.
 
@@ -120,10 +129,13 @@ struct Args {
     /// I/O only; tokio's workers serve the connections).
     #[arg(long)]
     shards: Option<usize>,
-    /// Read objects of at least --direct-min bytes with O_DIRECT.
-    #[arg(long)]
-    direct: bool,
-    /// Smallest object read with O_DIRECT under --direct.
+    /// When objects are read with O_DIRECT: `auto` (per object: O_DIRECT when the object is not
+    /// in the page cache at open, promoted to the page cache when read again), `always` (every
+    /// object of at least --direct-min bytes; `--direct` alone), `never`.
+    #[arg(long, value_enum, default_value_t = store::DirectMode::Auto, num_args = 0..=1,
+          default_missing_value = "always")]
+    direct: store::DirectMode,
+    /// Smallest object read with O_DIRECT.
     #[arg(long, default_value_t = 4096)]
     direct_min: u64,
     /// Largest object a PUT may store, in bytes (default 64 MiB).
@@ -243,6 +255,15 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if stale > 0 {
         eprintln!("removed {stale} stale temporary files");
     }
+    let types_marked =
+        store::mark_typed_objects(&args.root, args.content_types).unwrap_or_else(|e| {
+            eprintln!(
+                "could not mark the typed objects in {} ({e}): every lookup reads its \
+                 Content-Type",
+                args.root.display()
+            );
+            false
+        });
     let mut builder = Executor::builder()
         .shards(shard_count(&args))
         .max_files(args.cache.clamp(1024, 65536) as u32);
@@ -259,6 +280,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         root: args.root.clone(),
         direct: args.direct,
         direct_min: args.direct_min,
+        types_marked,
         max_object: args.max_object,
         chunk: args.chunk,
         cache: args.cache,

@@ -133,7 +133,7 @@ async fn put(st: &Store, key: &str, req: &Request<'_>, body: &mut impl BodySourc
     if let Some(r) = check_write(st, key, &Method::PUT, h).await {
         return done(refuse(body, h, r).await);
     }
-    let (file, mut guard) = match st.create_tmp(key).await {
+    let (file, mut guard) = match st.create_tmp(key, ct.is_some()).await {
         Ok(f) => f,
         Err(d) => return done(Reply::internal("create a temporary file", &d)),
     };
@@ -234,7 +234,25 @@ async fn list(st: &Store, prefix: &str, head: bool) -> Reply<Arc<Entry>> {
 }
 
 async fn metrics(st: &Store, head: bool) -> Reply<Arc<Entry>> {
-    let text = st.exec.stats_async().await.to_prometheus();
+    let mut text = st.exec.stats_async().await.to_prometheus();
+    let o = &st.opens;
+    let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    text.push_str(&format!(
+        "# HELP object_server_opens_total Object handles opened, by page-cache mode.\n\
+         # TYPE object_server_opens_total counter\n\
+         object_server_opens_total{{mode=\"buffered\"}} {}\n\
+         object_server_opens_total{{mode=\"direct\"}} {}\n\
+         # HELP object_server_promoted_total O_DIRECT handles replaced by buffered ones on a second read.\n\
+         # TYPE object_server_promoted_total counter\n\
+         object_server_promoted_total {}\n\
+         # HELP object_server_type_reads_total Lookups that read a stored Content-Type.\n\
+         # TYPE object_server_type_reads_total counter\n\
+         object_server_type_reads_total {}\n",
+        n(&o.buffered),
+        n(&o.direct),
+        n(&o.promoted),
+        n(&o.type_reads)
+    ));
     let mut r = Reply::empty(StatusCode::OK);
     r.headers.insert(
         header::CONTENT_TYPE,

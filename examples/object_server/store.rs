@@ -14,11 +14,37 @@
 //! `application/octet-stream`.
 //!
 //! Reading it is the one thing a lookup does off the executor: `lgetxattr` and an `lstat` on the
-//! blocking runner (an xattr outside the inode can need a disk read), once per handle-cache miss.
-//! That trip is most of what a miss costs over the server before Content-Types: with `--cache 0`
-//! (every GET a miss), 4 KiB objects, wrk -c64, about 62 to 75 µs of CPU per request against 38
-//! to 42 (load average 5 to 6 on the 2-vCPU machine); hits cost the same (12 to 14 µs). An
-//! io_uring GETXATTR (Linux 5.19) through ringshard would remove the trip.
+//! blocking runner (an xattr outside the inode can need a disk read). That trip cost about 25 to
+//! 35 µs of CPU per handle-cache miss (62 to 75 µs against 38 to 42 with `--cache 0`, 4 KiB
+//! objects), so a lookup makes it only for an object that may have a type:
+//!
+//! **The rule.** An object stored with a Content-Type carries the sticky bit (`S_ISVTX`, which
+//! Linux ignores on a regular file) in its mode, set when its temporary file is created; one
+//! without it has no type, and its lookup reads no xattr (the statx of the opened handle shows
+//! the mode). Objects written by servers before this rule have a type and no mark: at startup,
+//! a root without the marker file `.types-marked` is scanned once ([`mark_typed_objects`]: every
+//! object with a stored type gets the bit), then the marker is written. Until it is (the scan
+//! failed), every lookup reads the xattr as before. A root with the marker must not be written by
+//! an older server (its typed objects would lack the bit: their type would read as none), nor
+//! typed behind the server's back; `chmod` that clears the bit drops the type.
+//! An io_uring GETXATTR (Linux 5.19) would not help much: the kernel runs it on an io-wq worker
+//! (it forces async), a thread trip as well.
+//!
+//! # O_DIRECT: chosen per object
+//!
+//! `--direct auto` (the default): a handle-cache miss asks the kernel how much of the object is
+//! in the page cache (`cachestat(2)` through [`ringshard::File::page_cache`]: no I/O, no side
+//! effect, unlike a RWF_NOWAIT read, whose miss starts readahead into the cache). Half of it or
+//! more cached: a buffered handle (page-cache reads, SPLICE to the socket); less: an O_DIRECT
+//! handle, so a cold object read once does not fill the page cache, nor pay the page-cache
+//! insertion. An object whose O_DIRECT handle is found again in the handle cache is read a
+//! second time: it is promoted (looked up again with a buffered handle), like the kernel's LRU
+//! moves a page read twice to its active list. Which handle is opened first follows what the
+//! last misses found (mostly cached: buffered first; a new server guesses buffered), so the
+//! common case takes one open; the other case opens the other handle too (a longer lookup: two
+//! requests for one key are then likelier to both miss and open a handle each). Without
+//! cachestat (before Linux 6.5) every object is read through the page cache, as with `never`. `--direct always`: every object of at least
+//! `--direct-min` bytes through O_DIRECT (the old `--direct`); `--direct never`: the page cache.
 
 use crate::http::Validators;
 use bytes::Bytes;
@@ -31,6 +57,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+/// Objects stored with a Content-Type carry this mode bit (see the module docs).
+const TYPED_MARK: u32 = libc::S_ISVTX;
+/// In the root: every typed object there carries [`TYPED_MARK`].
+const TYPES_MARKED_FILE: &str = ".types-marked";
 /// The xattr holding an object's Content-Type.
 const TYPE_XATTR: &std::ffi::CStr = c"user.ringshard.content_type";
 /// Temporary files (uploads, sidecars) start with this; removed at startup.
@@ -51,11 +81,24 @@ pub enum TypeStore {
     Sidecar,
 }
 
+/// When objects are read through O_DIRECT (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DirectMode {
+    /// Per object, from the page cache's state at open (cachestat).
+    Auto,
+    /// Every object of at least `--direct-min` bytes.
+    Always,
+    /// Never: the page cache.
+    Never,
+}
+
 /// The store's settings.
 pub struct Config {
     pub root: PathBuf,
-    pub direct: bool,
+    pub direct: DirectMode,
     pub direct_min: u64,
+    /// Every typed object in the root carries [`TYPED_MARK`] ([`mark_typed_objects`] said so).
+    pub types_marked: bool,
     pub max_object: u64,
     pub chunk: usize,
     pub cache: usize,
@@ -67,6 +110,23 @@ pub struct Config {
 pub struct Entry {
     pub file: File,
     pub v: Validators,
+    /// O_DIRECT chosen because the object was not cached: found again in the handle cache, the
+    /// object is read a second time and promoted to a buffered handle.
+    promote_on_hit: bool,
+}
+
+/// What the lookups chose, for `/metrics`.
+#[derive(Default)]
+pub struct OpenCounts {
+    /// Handles opened without O_DIRECT.
+    pub buffered: AtomicU64,
+    /// Handles opened with O_DIRECT.
+    pub direct: AtomicU64,
+    /// O_DIRECT handles replaced by buffered ones on a second read.
+    pub promoted: AtomicU64,
+    /// Handle-cache misses whose Content-Type was read (the object carries the mark, or the
+    /// root is not marked).
+    pub type_reads: AtomicU64,
 }
 
 /// Why a lookup found nothing to serve.
@@ -113,10 +173,17 @@ pub struct Store {
     locks: Vec<tokio::sync::Mutex<()>>,
     hasher: std::collections::hash_map::RandomState,
     blocking: Blocking,
+    /// What the last misses found under `--direct auto`, from -8 (not cached) to 8 (cached):
+    /// the handle a miss opens first.
+    cached_misses: std::sync::atomic::AtomicI32,
+    pub opens: OpenCounts,
 }
 
 const LOCK_STRIPES: usize = 64;
 const DIRECT_ALIGN: u64 = 4096;
+/// The page size cachestat counts in (4 KiB on the machines this runs on; a larger page only
+/// makes the "half cached" test stricter).
+const PAGE: u64 = 4096;
 /// Reads at least this long use (and return) pooled buffers.
 const POOLED_MIN: u64 = 64 * 1024;
 
@@ -147,6 +214,9 @@ impl Store {
                 .collect(),
             hasher: Default::default(),
             blocking,
+            // A new server guesses "cached": buffered first.
+            cached_misses: std::sync::atomic::AtomicI32::new(1),
+            opens: Default::default(),
         }
     }
 
@@ -191,7 +261,7 @@ impl Store {
     /// The open object for `key`, from the cache or opened now. Never follows a symlink: the
     /// key is one directory entry of the root, `lstat`ed first (a symlink, directory or FIFO is
     /// not found, and a FIFO is never opened) and opened with O_NOFOLLOW (a symlink swapped in
-    /// between is ELOOP: not found).
+    /// between is ELOOP: not found). With or without O_DIRECT: see the module docs.
     pub async fn lookup(&self, key: &str) -> Result<Arc<Entry>, LookupError> {
         let io = |e: Error| {
             if not_found_errno(e.errno()) {
@@ -202,27 +272,47 @@ impl Store {
         };
         // A PUT between the open and the type's read is seen (the type's inode differs): again.
         for _ in 0..3 {
-            let gen = match self.cache.get(key) {
-                Ok(e) => return Ok(e),
-                Err(gen) => gen,
+            let (gen, promote) = match self.cache.get(key) {
+                Ok(e) if !e.promote_on_hit => return Ok(e),
+                Ok(_) => (self.cache.gen(key), true),
+                Err(gen) => (gen, false),
             };
             let path = self.path(key);
             let md = self.exec.symlink_metadata(&path).await.map_err(io)?;
             if !md.is_file() {
                 return Err(LookupError::NotFound);
             }
-            let open = |direct: bool| {
+            let at = &path;
+            // On a shard (the shards engine), the handle lives on this shard: its statx, reads
+            // and close need no hop to another thread (the inode's shard is the other one half
+            // of the time with 2 shards). A cached handle read from another shard is routed
+            // there, as any file's request; the server never writes an object's open inode, so
+            // handles of one inode on two shards need no ordering between them.
+            let local = ringshard::local().map(|l| l.index());
+            let open = |direct: bool| async move {
                 let mut o = OpenOptions::new();
                 o.read(true).direct(direct).custom_flags(libc::O_NOFOLLOW);
-                self.exec.open_async(&path, &o)
+                let open = |o: &OpenOptions| match local {
+                    Some(shard) => self.exec.open_on(shard, at, o),
+                    None => self.exec.open_async(at, o),
+                };
+                match open(&o).await {
+                    // A filesystem without O_DIRECT (tmpfs on older kernels): the page cache.
+                    Err(e) if direct && e.errno() == Some(libc::EINVAL) => {
+                        o.direct(false);
+                        open(&o).await
+                    }
+                    r => r,
+                }
             };
-            let direct = self.cfg.direct && md.len() >= self.cfg.direct_min;
-            let file = match open(direct).await {
-                // A filesystem without O_DIRECT (tmpfs on older kernels): the page cache.
-                Err(e) if direct && e.errno() == Some(libc::EINVAL) => open(false).await,
-                r => r,
-            }
-            .map_err(io)?;
+            let may_direct = md.len() >= self.cfg.direct_min.max(1);
+            let auto = self.cfg.direct == DirectMode::Auto && may_direct && !promote;
+            let direct = match self.cfg.direct {
+                DirectMode::Always => may_direct,
+                DirectMode::Never => false,
+                DirectMode::Auto => auto && self.cached_misses.load(Ordering::Relaxed) <= 0,
+            };
+            let mut file = open(direct).await.map_err(io)?;
             // Describe the file actually opened (statx on the handle): a PUT or DELETE between
             // the lstat and the open cannot give this file another file's ETag.
             let md = self
@@ -233,12 +323,59 @@ impl Store {
             if !md.is_file() {
                 return Err(LookupError::NotFound);
             }
-            let Some(ct) = self.read_type(key, md.ino()).await else {
-                continue;
+            let mut chose_direct = false;
+            if auto {
+                match self.cached(&file, md.len()) {
+                    Some(cached) => {
+                        let step = if cached { 1 } else { -1 };
+                        let _ = self.cached_misses.fetch_update(
+                            Ordering::Relaxed,
+                            Ordering::Relaxed,
+                            |v| Some((v + step).clamp(-8, 8)),
+                        );
+                        chose_direct = !cached;
+                        if cached == file.is_direct() {
+                            // The other handle; the same inode, or the key changed: again.
+                            let other = open(!cached).await.map_err(io)?;
+                            let same = self
+                                .exec
+                                .metadata(&other)
+                                .await
+                                .map_err(|e| LookupError::Io(e.to_string()))?;
+                            if same.ino() != md.ino() {
+                                continue;
+                            }
+                            file = other;
+                        }
+                    }
+                    // No cachestat: the handle opened (buffered, since no answer ever moved the
+                    // guess off "cached").
+                    None => chose_direct = file.is_direct(),
+                }
+            }
+            let counter = if file.is_direct() {
+                &self.opens.direct
+            } else {
+                &self.opens.buffered
             };
+            counter.fetch_add(1, Ordering::Relaxed);
+            if promote {
+                self.opens.promoted.fetch_add(1, Ordering::Relaxed);
+            }
+            let ct = if !self.cfg.types_marked || md.mode() & TYPED_MARK != 0 {
+                self.opens.type_reads.fetch_add(1, Ordering::Relaxed);
+                let Some(ct) = self.read_type(key, md.ino()).await else {
+                    continue;
+                };
+                ct
+            } else {
+                None
+            };
+            let promote_on_hit = chose_direct && file.is_direct();
             let entry = Arc::new(Entry {
                 file,
                 v: Validators::new(md.ino(), md.len(), md.modified(), ct.as_deref()),
+                promote_on_hit,
             });
             self.cache.insert(key, gen, Arc::clone(&entry));
             return Ok(entry);
@@ -246,6 +383,16 @@ impl Store {
         Err(LookupError::Io(format!(
             "{key}: replaced during every lookup"
         )))
+    }
+
+    /// Whether at least half of the first `len` bytes of `file` are in the page cache; `None`
+    /// where the kernel cannot say (no cachestat, or it failed).
+    fn cached(&self, file: &File, len: u64) -> Option<bool> {
+        let pages = len.div_ceil(PAGE).max(1);
+        match file.page_cache(0, len) {
+            Ok(Some(s)) => Some(s.cached * 2 >= pages),
+            _ => None,
+        }
     }
 
     /// The Content-Type stored for inode `ino` at `key`: `Some(None)` if none is; `None` if the
@@ -268,11 +415,13 @@ impl Store {
             .join(format!("{TMP_PREFIX}{what}-{nonce:016x}"))
     }
 
-    /// A new temporary file for an upload of `key`, and the guard that removes it.
-    pub async fn create_tmp(&self, key: &str) -> Result<(File, TmpGuard), String> {
+    /// A new temporary file for an upload of `key`, and the guard that removes it; `typed`:
+    /// the upload has a Content-Type, and the file carries the mark (see the module docs).
+    pub async fn create_tmp(&self, key: &str, typed: bool) -> Result<(File, TmpGuard), String> {
         let tmp = self.tmp_path(key);
         let mut opts = OpenOptions::new();
-        opts.write(true).create_new(true).mode(0o644);
+        let mark = if typed { TYPED_MARK } else { 0 };
+        opts.write(true).create_new(true).mode(0o644 | mark);
         let file = self
             .exec
             .open_async(&tmp, &opts)
@@ -663,6 +812,42 @@ impl Drop for TmpGuard {
     }
 }
 
+/// Makes the root follow the Content-Type rule (see the module docs): unless the marker file is
+/// there, gives every object with a stored type the mark, then writes the marker. `Ok(true)`: the
+/// root is marked (lookups of unmarked objects read no type). Blocks (at startup, before serving;
+/// one `lgetxattr` per unmarked object, once per root).
+pub fn mark_typed_objects(root: &Path, types: TypeStore) -> std::io::Result<bool> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let marker = root.join(TYPES_MARKED_FILE);
+    if marker.exists() {
+        return Ok(true);
+    }
+    for e in std::fs::read_dir(root)? {
+        let e = e?;
+        let name = e.file_name();
+        if name.as_encoded_bytes().starts_with(b".") {
+            continue;
+        }
+        let path = e.path();
+        let md = std::fs::symlink_metadata(&path)?;
+        if !md.is_file() || md.mode() & TYPED_MARK != 0 {
+            continue;
+        }
+        let sidecar = root.join(format!("{SIDECAR_PREFIX}{}", name.to_string_lossy()));
+        if let Some(Some(_)) = read_type(&path, &sidecar, md.ino(), types) {
+            // A regular file (lstat above; the server is not serving yet).
+            std::fs::set_permissions(
+                &path,
+                std::fs::Permissions::from_mode(md.mode() & 0o7777 | TYPED_MARK),
+            )?;
+        }
+    }
+    let f = std::fs::File::create(&marker)?;
+    f.sync_all()?;
+    std::fs::File::open(root)?.sync_all()?;
+    Ok(true)
+}
+
 /// Removes temporary files a crash left behind.
 pub fn remove_stale_tmp(root: &Path) -> std::io::Result<usize> {
     let mut n = 0;
@@ -718,6 +903,11 @@ impl Cache {
 
     fn lock(m: &Mutex<CacheShard>) -> std::sync::MutexGuard<'_, CacheShard> {
         m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The generation to pass to `insert`.
+    fn gen(&self, key: &str) -> u64 {
+        Self::lock(self.shard(key)).gen
     }
 
     /// The entry, or the generation to pass to `insert`.

@@ -1,5 +1,11 @@
-//! statx (IORING_OP_STATX): the metadata of an open file (`AT_EMPTY_PATH` on its descriptor) or
-//! of a path. The statx buffer and the path belong to the op until its CQE.
+//! statx: the metadata of an open file (`AT_EMPTY_PATH` on its descriptor) or of a path. The
+//! statx buffer and the path belong to the op until its CQE.
+//!
+//! A path goes through the ring (IORING_OP_STATX: the lookup may read the disk). An open file's
+//! is a `statx` call on the shard thread, like `size`'s fstat: io_uring runs every STATX on an
+//! io-wq worker (it forces async), a thread trip that costs more than the call, and an open
+//! file's inode is in memory, so a local filesystem answers without I/O (a network filesystem may
+//! ask its server, as for `size`).
 
 use super::{FileOp, Footprint, OpFd, OpKind, Outcome, PathTarget};
 use crate::completion::Completer;
@@ -239,6 +245,8 @@ impl FileOp for Statx {
     }
 
     fn sqe(&mut self, fd: OpFd) -> Option<squeue::Entry> {
+        // An open file's: run_blocking, on the shard thread (see the module docs).
+        self.path.as_ref()?;
         let (dirfd, path, flags) = self.args(fd.raw);
         let buf = (&mut *self.buf as *mut libc::statx).cast::<types::statx>();
         Some(
@@ -247,6 +255,18 @@ impl FileOp for Statx {
                 .mask(MASK)
                 .build(),
         )
+    }
+
+    fn run_blocking(&mut self, fd: RawFd) -> i32 {
+        let (dirfd, path, flags) = self.args(fd);
+        // SAFETY: `path` is NUL-terminated and lives in `self` (or is the static ""); statx
+        // writes only into `*self.buf`, a live statx owned by the op, during the call.
+        let r = unsafe { libc::statx(dirfd, path, flags, MASK, &mut *self.buf) };
+        if r == 0 {
+            0
+        } else {
+            -crate::numa::last_errno()
+        }
     }
 
     fn error(&self, errno: i32, file: &Path) -> Error {

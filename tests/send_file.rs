@@ -201,6 +201,42 @@ fn fill(s: &UnixStream) {
 }
 
 /// A pipe: (read end, write end).
+/// Two handles of one file on one shard share its order list: dropping one whose send waits for
+/// a peer that reads nothing queues its close behind that send, and the other handle's reads
+/// and sends go on meanwhile (the close holds back nothing after it). Arranged: nobody reads
+/// the first pipe, and the file is larger than that pipe and the send's own together.
+#[test]
+fn a_handle_closed_behind_a_stalled_send_holds_back_no_other_handle_of_the_file() {
+    let exec = exec();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f");
+    let big = 16 << 20;
+    let f = make(&exec, &path, 6, big);
+    let g = ok(exec.open(&path, OpenOptions::new().read(true)), "open");
+    let (b, a) = pipe();
+    let stalled = exec.send_file(&f, 0, big, &a);
+    wait_until_full(&a);
+    drop(f);
+    let _w = executor_util::Watchdog::new("a handle behind another's close", executor_util::HANG);
+    let head = ok(exec.read(&g, 0, 4096), "read");
+    assert_eq!(head.len(), 4096);
+    assert!(head
+        .iter()
+        .enumerate()
+        .all(|(i, &x)| x == byte(6, i as u64)));
+    let (b2, a2) = pipe();
+    let r = reader(b2, 6, 1000, 700_000);
+    assert_eq!(
+        ok(exec.send_file(&g, 1000, 700_000, &a2), "send_file"),
+        700_000
+    );
+    drop(a2);
+    r.join().unwrap();
+    stalled.cancel();
+    assert!(matches!(wait(stalled), Err(Error::Cancelled { .. })));
+    drop((a, b));
+}
+
 fn pipe() -> (std::fs::File, std::fs::File) {
     use std::os::fd::FromRawFd;
     let mut fds = [0 as libc::c_int; 2];
@@ -484,9 +520,11 @@ fn a_non_blocking_destination_that_fills_is_waited_for() {
     }
 }
 
-/// The inline path: a range all in the page cache goes to the socket with sendfile(2) on the
-/// shard thread (no pipe, no io-wq); one evicted from the cache goes through a pipe (its first
-/// round at least: the pipe's reads bring pages in). Both byte-exact, over TCP.
+/// The inline path: a range all in the page cache goes to a non-blocking socket with
+/// sendfile(2) on the shard thread (no pipe, no io-wq); one evicted from the cache goes through
+/// a pipe (its first round at least: the pipe's reads bring pages in), and so does a cached
+/// range to a blocking socket (sendfile could wait there for the peer, on the shard thread).
+/// All byte-exact, over TCP.
 #[test]
 fn a_cached_range_is_sent_inline_and_an_evicted_one_through_a_pipe() {
     let exec = exec();
@@ -496,9 +534,10 @@ fn a_cached_range_is_sent_inline_and_an_evicted_one_through_a_pipe() {
     let f = make(&exec, &path, 12, size);
     let has_cachestat = cached_pages(&path).is_some();
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let send = |offset: u64| {
+    let send_to = |offset: u64, nonblocking: bool| {
         let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (s, _) = l.accept().unwrap();
+        s.set_nonblocking(nonblocking).unwrap();
         let r = reader(c, 12, offset, size - offset);
         assert_eq!(
             ok(exec.send_file(&f, offset, size, &s), "send_file"),
@@ -507,6 +546,7 @@ fn a_cached_range_is_sent_inline_and_an_evicted_one_through_a_pipe() {
         r.join().unwrap();
         exec.stats().total
     };
+    let send = |offset: u64| send_to(offset, true);
     evict(&path);
     let before = exec.stats().total;
     let evicted = send(0);
@@ -530,12 +570,17 @@ fn a_cached_range_is_sent_inline_and_an_evicted_one_through_a_pipe() {
     } else {
         assert_eq!(resident.send_file_inline, 0, "inline without cachestat");
     }
+    let blocking = send_to(0, false);
+    assert_eq!(
+        blocking.send_file_inline, resident.send_file_inline,
+        "a blocking socket was sent to inline"
+    );
 }
 
-/// An inline send to a blocking socket whose peer reads slowly: each round takes no more than
-/// the socket's room (the shard thread never waits in the kernel for the peer), waits for room
-/// with a poll once the socket is full (arranged: nobody reads until then), and goes on in
-/// many short rounds as the peer reads 1000 bytes at a time; every byte checked.
+/// An inline send to a non-blocking socket whose peer reads slowly: each round takes no more
+/// than the socket's room (the shard thread never waits in the kernel for the peer), waits for
+/// room with a poll once the socket is full (arranged: nobody reads until then), and goes on
+/// in many short rounds as the peer reads 1000 bytes at a time; every byte checked.
 #[test]
 fn an_inline_send_to_a_slow_reader_waits_for_room_and_is_exact() {
     let exec = exec();
@@ -547,6 +592,7 @@ fn an_inline_send_to_a_slow_reader_waits_for_room_and_is_exact() {
     let has_cachestat = cached_pages(&path).is_some();
     let before = exec.stats().total;
     let (a, b) = UnixStream::pair().unwrap();
+    a.set_nonblocking(true).unwrap();
     let sending = exec.send_file(&f, 1, size, &a);
     wait_until_full(&a);
     let slow = std::thread::spawn(move || {

@@ -215,14 +215,15 @@ impl FileOp for AcceptRounds {
         self.addr = RawAddr::empty();
         let addr = self.addr.as_mut_ptr();
         let len = &mut self.addr.len as *mut libc::socklen_t;
+        // Connections are non-blocking, as connected streams are (op/connect.rs): ring RECV/SEND
+        // wait by polling whatever the flag, the blocking path and the threads backend use
+        // MSG_DONTWAIT anyway, and a send_file may then run on the shard thread (its inline
+        // path) without a full socket ever blocking the shard.
+        let flags = libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK;
         Some(on_fd!(fd.target, |f| if multishot {
-            opcode::AcceptMulti::new(f)
-                .flags(libc::SOCK_CLOEXEC)
-                .build()
+            opcode::AcceptMulti::new(f).flags(flags).build()
         } else {
-            opcode::Accept::new(f, addr, len)
-                .flags(libc::SOCK_CLOEXEC)
-                .build()
+            opcode::Accept::new(f, addr, len).flags(flags).build()
         }))
     }
 

@@ -146,8 +146,14 @@ pub(crate) enum Footprint {
     Write { start: u64, end: u64 },
     /// fsync / fdatasync: must follow earlier writes.
     Sync,
-    /// close, fallocate, size: ordered against everything.
+    /// fallocate, size: ordered against everything.
     Barrier,
+    /// close: after every earlier operation of the file (its own descriptor's among them), and
+    /// holding back none after it. Later operations use other descriptors of the inode (nothing
+    /// uses a closed handle), so they need not wait for it: a handle closed while one of its
+    /// operations waits for a peer (a send_file to a client that stopped reading) must not stall
+    /// every other handle of the same file behind the close.
+    Close,
     /// A socket's receive: in order among its receives, beside its sends.
     Recv,
     /// A socket's send: in order among its sends, beside its receives.

@@ -298,7 +298,13 @@ impl SendFile {
     /// A socket without room is waited for (POLL_ADD), except on the blocking path, which runs
     /// no polls (it takes the pipe's rounds then, as before).
     fn inline_round(&mut self, file: RawFd) -> Inline {
-        if self.dest_kind != DestKind::Socket || !inline_enabled() {
+        // Only a non-blocking socket (O_NONBLOCK, asked every round: it belongs to the open file
+        // description the caller shares): sendfile to a blocking one waits in the kernel when
+        // the room estimate is wrong (the kernel's accounting is by skb truesize, and global
+        // TCP memory pressure makes any send wait), which would stall the shard thread until
+        // the peer reads. Seen: a client that stopped reading hung a 1-shard server.
+        if self.dest_kind != DestKind::Socket || !inline_enabled() || !nonblocking(self.dest.raw())
+        {
             return Inline::No;
         }
         let Some(room) = crate::driver::threads::socket_room(self.dest.raw()) else {
@@ -325,8 +331,8 @@ impl SendFile {
     /// The inline round: sendfile(2) of the `asked` bytes that [`inline_round`](Self::inline_round)
     /// found cached, to the socket, which has room for them.
     ///
-    /// **Blocks the shard thread only where the kernel's view changed since the checks**, both
-    /// rare and bounded:
+    /// **Blocks the shard thread only where the kernel's view changed since the checks**, rare
+    /// and bounded:
     /// - a page evicted between `cachestat` and this call (memory pressure within those
     ///   microseconds) is read from the disk here, on the shard thread: one read's latency
     ///   (a page, or the readahead around it), which the shard's other work waits for. The
@@ -334,10 +340,10 @@ impl SendFile {
     ///   file and SPLICE_F_NONBLOCK concern only sockets and pipes), so nothing cheaper can
     ///   refuse instead; a page being read in (in the cache, not yet up to date) is waited for
     ///   the same way.
-    /// - a blocking socket whose room `socket_room` overestimated waits in the kernel for the
-    ///   peer to take bytes; the estimate (half of what `SO_SNDBUF` leaves, within
-    ///   `TCP_NOTSENT_LOWAT`) is the one the threads backend's shard-thread splices rely on.
-    ///   A non-blocking socket answers EAGAIN instead, and the op waits for room with a poll.
+    ///
+    /// The socket never blocks it: only a non-blocking one is sent to here ([`inline_round`](
+    /// Self::inline_round)); a full one answers EAGAIN (a short count when partly full), and the
+    /// op waits for room with a poll.
     fn send_inline(&mut self, file: RawFd) -> i32 {
         crate::pipes::note_send_file_round(true);
         // `offset + len` was checked to fit an `off_t` (validate::send_file's check_end).
@@ -351,6 +357,13 @@ impl SendFile {
             res as i32 // at most INLINE_MAX
         }
     }
+}
+
+/// Whether `fd`'s open file description is O_NONBLOCK (false where fcntl fails).
+fn nonblocking(fd: RawFd) -> bool {
+    // SAFETY: F_GETFL reads the descriptor's flags; no memory of ours is named.
+    let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    fl >= 0 && fl & libc::O_NONBLOCK != 0
 }
 
 /// The most bytes one inline round sends (it runs on the shard thread: this bounds how long

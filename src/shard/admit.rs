@@ -115,7 +115,7 @@ impl Shard {
             }
             IoOp::Close(_) => {
                 entry.closing = true;
-                Footprint::Barrier
+                Footprint::Close
             }
         };
         // An inline attempt's part of a page-cache read stays in the result: the shard reads

@@ -4,24 +4,28 @@
 //! unfinished operations in arrival order. An operation is issued only when it conflicts with no
 //! earlier unfinished one:
 //!
-//! | earlier \ later | read        | write       | sync  | barrier |
-//! |-----------------|-------------|-------------|-------|---------|
-//! | read            | -           | if overlap  | -     | yes     |
-//! | write           | if overlap  | if overlap  | yes   | yes     |
-//! | sync            | -           | -           | -     | yes     |
-//! | barrier         | yes         | yes         | yes   | yes     |
+//! | earlier \ later | read        | write       | sync  | barrier | close |
+//! |-----------------|-------------|-------------|-------|---------|-------|
+//! | read            | -           | if overlap  | -     | yes     | yes   |
+//! | write           | if overlap  | if overlap  | yes   | yes     | yes   |
+//! | sync            | -           | -           | -     | yes     | yes   |
+//! | barrier         | yes         | yes         | yes   | yes     | yes   |
+//! | close           | -           | -           | -     | yes     | -     |
 //!
 //! A socket's operations (`op/recv.rs`, `op/send.rs`, `op/accept.rs`, `op/shutdown.rs`) keep
 //! their own order: a receive waits for earlier receives, a send for earlier sends, and the two
 //! directions run side by side (a receive waiting for a peer that says nothing does not hold up
-//! a send); accepts run side by side; connect and close are barriers; a shutdown of the sending
-//! side (or both) follows earlier sends, one of the receiving side waits for nothing (it ends a
-//! receive that waits). A file's footprints and a socket's meet only on a socket handed to a
+//! a send); accepts run side by side; connect is a barrier and close follows everything
+//! earlier; a shutdown of the sending side (or both) follows earlier sends, one of the receiving
+//! side waits for nothing (it ends a receive that waits). A file's footprints and a socket's meet only on a socket handed to a
 //! file operation, where they keep their order (conflict).
 //!
 //! So reads run in parallel, a read sees every earlier overlapping write, a write never overtakes
-//! an earlier overlapping read or write, an fsync covers every earlier write, and close, fallocate
-//! and size wait for everything before them and hold back everything after.
+//! an earlier overlapping read or write, an fsync covers every earlier write, fallocate and size
+//! wait for everything before them and hold back everything after, and a close waits for
+//! everything before it and holds back nothing: the operations after it are other handles'
+//! (the inode's list is shared by all its handles on the shard), which must not wait for a
+//! handle whose last operation waits on a peer.
 //!
 //! A read that may reach the end of the file ([`Footprint::read_to_end`]) touches everything from
 //! its start up: a write above it, though it does not overlap the read's bytes, moves the end of
@@ -42,6 +46,8 @@ pub(crate) fn conflicts(earlier: Footprint, later: Footprint) -> bool {
     use Footprint::*;
     match (earlier, later) {
         (Barrier, _) | (_, Barrier) => true,
+        (_, Close) => true,
+        (Close, _) => false,
         (Read { .. }, Read { .. }) => false,
         (Read { start: a, end: b }, Write { start: c, end: d })
         | (Write { start: a, end: b }, Read { start: c, end: d })
@@ -313,5 +319,29 @@ mod tests {
             }
             assert_eq!(o.waiting(), model.iter().filter(|m| !m.3).count());
         }
+    }
+
+    /// A close waits for what came before it on the file and holds back nothing after it (the
+    /// later operations are other handles' of the same inode).
+    #[test]
+    fn a_close_waits_for_earlier_operations_and_holds_back_none_after_it() {
+        let mut o = Ordering::default();
+        let mut ready = VecDeque::new();
+        assert!(o.admit(K, 1, Footprint::read(0, 10)));
+        assert!(!o.admit(K, 2, Footprint::Close));
+        assert!(o.admit(K, 3, Footprint::read(0, 10)));
+        assert!(o.admit(K, 4, Footprint::write(100, 10)));
+        assert!(!o.admit(K, 5, Footprint::Barrier));
+        o.finish(K, 3, &mut ready);
+        o.finish(K, 4, &mut ready);
+        assert!(
+            ready.is_empty(),
+            "the close still waits for op 1: {ready:?}"
+        );
+        o.finish(K, 1, &mut ready);
+        assert_eq!(ready, [2]);
+        ready.clear();
+        o.finish(K, 2, &mut ready);
+        assert_eq!(ready, [5]);
     }
 }

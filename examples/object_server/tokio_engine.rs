@@ -174,13 +174,18 @@ impl AsyncRead for TimedStream {
                 }
                 Poll::Ready(r)
             }
-            Poll::Pending if !idle => {
-                // A request is in flight: its body has the body timeout, its answer its own.
-                this.read_timer = None;
-                this.conn.reader.register(cx.waker());
-                Poll::Pending
-            }
             Poll::Pending => {
+                if !idle {
+                    // A request is in flight: its body has the body timeout, its answer its
+                    // own. Registered, then looked at again: a request that ended between the
+                    // first look and the registration woke nobody, and the connection would
+                    // wait with no idle clock for a byte that may never come.
+                    this.conn.reader.register(cx.waker());
+                    if this.conn.active.load(Ordering::Acquire) != 0 {
+                        this.read_timer = None;
+                        return Poll::Pending;
+                    }
+                }
                 let (limit, what) = if this.in_head {
                     (this.limits.header, "header")
                 } else {

@@ -6,8 +6,9 @@
 //! is the union of what its calls wait for, and when it is ready each of its calls is tried
 //! again (one that still would wait stays). Level-triggered: a ready socket is reported until
 //! its calls are done. The epoll descriptor is made at the first wait. Sockets are the shard's
-//! own, closed only after their operations end (a close is a barrier in the per-socket order),
-//! so a number in the set is never reused under it; a cancelled call leaves at once.
+//! own, closed only after their operations end (a close follows every earlier operation in the
+//! per-socket order), so a number in the set is never reused under it; a cancelled call leaves
+//! at once.
 
 use super::sqe::{Code, Sqe};
 use std::collections::{HashMap, VecDeque};

@@ -101,7 +101,7 @@ impl Shard {
 }
 
 /// Writes `op`'s data with `pwrite` on `fd` (its file's, open until its close, which cannot run
-/// before the write is over: close is a barrier), recording what landed and the errno. Returns
+/// before the write is over: a close waits for it), recording what landed and the errno. Returns
 /// whether one system call stalled (see `ShardConfig::inline_write_stall`), and the op's file slot.
 fn pwrite_op(op: &mut Op, fd: RawFd, inline_stall: Option<Duration>) -> (bool, u32) {
     // why: one system call that blocked, not a long write: a big write copies for a while

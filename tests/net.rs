@@ -802,6 +802,69 @@ fn send_file_on_a_stream_follows_its_earlier_sends_from_either_shard() {
     assert_eq!(sends, 4, "{st:?}");
 }
 
+/// A head sent with `send_all_more` (MSG_MORE) is pushed by the body that follows it: the
+/// client gets every byte of each response, head and body, while the connection stays open (the
+/// server waits for the client's answer before the next response), for a body copied (small), sent
+/// inline (cached) and spliced through a pipe (evicted: the threads backend and kernels without
+/// cachestat splice anyway).
+#[test]
+fn a_head_sent_with_more_goes_out_with_the_body_after_it() {
+    let _serial = serial();
+    let _w = Watchdog::new("send_all_more then send_file", HANG);
+    let exec = exec(1);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("body");
+    let data: Vec<u8> = (0..400_000u32).map(|j| (j % 253) as u8).collect();
+    std::fs::write(&path, &data).unwrap();
+    let file = open_rwc(&exec, &path);
+    // (offset, length, evict first): copied, inline (cached), spliced (evicted).
+    let plan: Vec<(u64, u64, bool)> =
+        vec![(5, 3000, false), (0, 400_000, false), (1, 399_000, true)];
+    let sizes: Vec<(usize, usize)> = plan
+        .iter()
+        .enumerate()
+        .map(|(k, &(_, len, _))| (format!("head {k}\n").len(), len as usize))
+        .collect();
+    let evict_path = path.clone();
+    let (addr, _h) = serve(&exec, 0, move |l| async move {
+        let (s, _) = l.accept().await.expect("accept");
+        for (k, (off, len, evict)) in plan.into_iter().enumerate() {
+            if evict {
+                let f = std::fs::File::open(&evict_path).unwrap();
+                // SAFETY: fadvise on an open descriptor; no memory is passed.
+                unsafe {
+                    libc::posix_fadvise(
+                        std::os::fd::AsRawFd::as_raw_fd(&f),
+                        0,
+                        0,
+                        libc::POSIX_FADV_DONTNEED,
+                    )
+                };
+            }
+            let (r, _) = s
+                .send_all_more(format!("head {k}\n").into_bytes())
+                .await
+                .expect("send handle");
+            r.expect("head");
+            assert_eq!(s.send_file(&file, off, len).await.expect("send_file"), len);
+            // The client answers once it has the whole response.
+            let (r, _) = s.recv(vec![0u8; 1]).await.expect("recv handle");
+            assert_eq!(r.expect("the client's answer"), 1);
+        }
+    });
+    let mut c = std::net::TcpStream::connect(addr).expect("connect");
+    c.set_read_timeout(Some(HANG)).unwrap();
+    let offs = [5usize, 0, 1];
+    for (k, (hl, bl)) in sizes.into_iter().enumerate() {
+        let mut got = vec![0u8; hl + bl];
+        c.read_exact(&mut got)
+            .expect("a whole response with the connection open");
+        assert_eq!(&got[..hl], format!("head {k}\n").as_bytes());
+        assert!(got[hl..] == data[offs[k]..offs[k] + bl], "body {k} differs");
+        c.write_all(b"k").unwrap();
+    }
+}
+
 /// A `submit_to` closure runs once nothing of its shard's is in the kernel: a receive waiting
 /// for a silent peer must not hold it (nor everything queued behind it) forever. The receive is
 /// taken out of the ring for the closure and put back after it, and still gets the peer's

@@ -408,9 +408,15 @@ impl Io {
         }
     }
 
-    /// Sends all of `buf` (given back cleared); `Err`: the connection is unusable.
-    async fn send_all(&mut self, buf: Vec<u8>) -> Result<Vec<u8>, String> {
-        match self.stream.send_all(buf).await {
+    /// Sends all of `buf` (given back cleared; with `more`, MSG_MORE: more follows at once);
+    /// `Err`: the connection is unusable.
+    async fn send_all(&mut self, buf: Vec<u8>, more: bool) -> Result<Vec<u8>, String> {
+        let sending = if more {
+            self.stream.send_all_more(buf)
+        } else {
+            self.stream.send_all(buf)
+        };
+        match sending.await {
             Ok((Ok(_), mut b)) => {
                 b.clear();
                 Ok(b)
@@ -466,7 +472,7 @@ impl ConnBody<'_> {
     async fn piece(&mut self, timeout: Duration) -> Option<Result<Bytes, BodyError>> {
         if std::mem::take(&mut self.expect) && !self.finished() {
             let cont = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
-            if let Err(d) = self.io.send_all(cont).await {
+            if let Err(d) = self.io.send_all(cont, false).await {
                 return Some(Err(BodyError::Broken(d)));
             }
         }
@@ -877,7 +883,15 @@ impl Conn {
 
     async fn flush(&mut self) -> Result<(), String> {
         let out = std::mem::take(&mut self.out);
-        self.out = self.io.send_all(out).await?;
+        self.out = self.io.send_all(out, false).await?;
+        Ok(())
+    }
+
+    /// `flush` before a body that follows at once: with MSG_MORE, so the head's segment carries
+    /// the body's first bytes (the client takes one segment less per response; nginx corks).
+    async fn flush_before_body(&mut self) -> Result<(), String> {
+        let out = std::mem::take(&mut self.out);
+        self.out = self.io.send_all(out, true).await?;
         Ok(())
     }
 
@@ -1010,7 +1024,7 @@ async fn send_object(
     end: u64,
 ) -> Result<u64, String> {
     if !entry.file.is_direct() {
-        c.flush().await?;
+        c.flush_before_body().await?;
         // In pieces, each with the send timeout: a slow reader of a large object is cut off
         // only when a piece makes no headway for that long, not when the whole takes longer.
         let mut at = start;
@@ -1040,7 +1054,7 @@ async fn send_object(
         }
     };
     fill(c, &mut reads);
-    c.flush().await?;
+    c.flush_before_body().await?;
     let mut sent = 0u64;
     while let Some((rd, skip, want)) = reads.pop_front() {
         let mut d = rd.await.map_err(|e| format!("read: {e}"))?;
@@ -1052,7 +1066,7 @@ async fn send_object(
             d.truncate(skip + want);
             d.drain(..skip);
         }
-        let d = c.io.send_all(d).await?;
+        let d = c.io.send_all(d, false).await?;
         sent += want as u64;
         if c.chunks.len() < READ_AHEAD {
             c.chunks.push(d);

@@ -209,19 +209,29 @@ impl TcpStream {
     /// Sends what the socket takes of `buf` now (at least one byte, unless the buffer is
     /// empty): the count and the buffer come back. Sends of one socket run in the order made.
     pub fn send<B: IoBuf>(&self, buf: B) -> BufCompletion<usize, B> {
-        self.send_with(buf, false)
+        self.send_with(buf, false, false)
     }
 
     /// Sends all of `buf` (round after round, no other send of the socket in between): the
     /// count and the buffer come back. On an error the count already sent is in the error
     /// ([`Error::written`]).
     pub fn send_all<B: IoBuf>(&self, buf: B) -> BufCompletion<usize, B> {
-        self.send_with(buf, true)
+        self.send_with(buf, true, false)
     }
 
-    fn send_with<B: IoBuf>(&self, buf: B, all: bool) -> BufCompletion<usize, B> {
+    /// [`send_all`](Self::send_all) with `MSG_MORE`: more follows at once (a response head before
+    /// its body from [`send_file`](Self::send_file)). TCP keeps the last partial segment back,
+    /// and the next send's first bytes go in it: a small head and its body reach the peer in
+    /// one segment rather than two, as TCP_CORK would do, without a cork's two system calls.
+    /// The next send without it pushes what was kept: make one at once, or the kept bytes may
+    /// wait (for a later send, or the stream's close).
+    pub fn send_all_more<B: IoBuf>(&self, buf: B) -> BufCompletion<usize, B> {
+        self.send_with(buf, true, true)
+    }
+
+    fn send_with<B: IoBuf>(&self, buf: B, all: bool, more: bool) -> BufCompletion<usize, B> {
         let (vec, stash) = buf.into_vec();
-        let make = move |done| Box::new(Send::new(vec, all, done)) as Box<dyn FileOp>;
+        let make = move |done| Box::new(Send::new(vec, all, more, done)) as Box<dyn FileOp>;
         let raw = self
             .exec
             .request_op(&self.file, Ok(make), deadline(self.send_timeout));

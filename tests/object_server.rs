@@ -300,6 +300,14 @@ fn put_get_round_trips_of_several_sizes(engine: &'static str) {
         // On disk, too.
         assert!(std::fs::read(s.root().join(&key)).unwrap() == body);
     }
+    // The shards engine received the large body straight into its file (recv_file: whatever
+    // part of it came with the head aside).
+    if engine == "shards" {
+        assert!(
+            ops_total(&s, "recv_file") >= 1.0,
+            "the 8 MiB upload took no recv_file"
+        );
+    }
     // Overwrite: the new bytes are served (the cached handle was invalidated).
     let r = req(&s, Method::PUT, "/obj4096", &[], b"new".to_vec());
     assert_eq!(r.status, StatusCode::CREATED);
@@ -812,6 +820,18 @@ fn content_type_is_stored_at_put_and_returned(engine: &'static str) {
 fn typed_mark(path: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     std::fs::symlink_metadata(path).unwrap().mode() & libc::S_ISVTX != 0
+}
+
+/// `ringshard_ops_total` of `op`, summed over the shards.
+fn ops_total(s: &Server, op: &str) -> f64 {
+    let r = req(s, Method::GET, "/metrics", &[], vec![]);
+    let label = format!("op=\"{op}\"}}");
+    String::from_utf8(r.body)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("ringshard_ops_total{") && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// A metric's value in `/metrics`' text (the whole series name, labels included).

@@ -152,6 +152,19 @@ pub trait BodySource: Send {
     /// Reads and drops what is left of a refused body (bounded), so the answer is not lost to a
     /// reset when the connection closes with unread bytes.
     fn discard(&mut self) -> impl Future<Output = ()> + Send;
+    /// Moves the rest of the body straight into `file` at `offset`, if this source can and it is
+    /// at most `limit` bytes: its length (the body is then finished). `None` (the default): it
+    /// cannot (part of the body already received, a chunked body, an engine without it), and
+    /// the caller takes pieces with `next`.
+    fn rest_to_file(
+        &mut self,
+        file: &File,
+        offset: u64,
+        limit: u64,
+    ) -> impl Future<Output = Option<Result<u64, BodyError>>> + Send {
+        let _ = (file, offset, limit);
+        async { None }
+    }
 }
 
 /// Why an upload failed.
@@ -436,7 +449,9 @@ impl Store {
         ))
     }
 
-    /// Streams `body` into `file` a chunk at a time, one write in flight; its length.
+    /// Streams `body` into `file` a chunk at a time, one write in flight, or the rest of it
+    /// straight from the connection where the engine can (`BodySource::rest_to_file`); its
+    /// length.
     pub async fn write_body(
         &self,
         file: &File,
@@ -448,7 +463,24 @@ impl Store {
         let mut total = 0u64;
         let mut pending: Option<Completion<usize>> = None;
         let io = |e: Error| PutError::Io(e.to_string());
-        while let Some(data) = body.next().await {
+        loop {
+            // The rest straight from the connection, after what is gathered in `buf` (written
+            // beside it: another range of the file).
+            let limit = self.cfg.max_object.saturating_sub(total);
+            let at = off + buf.len() as u64;
+            if let Some(r) = body.rest_to_file(file, at, limit).await {
+                if let Some(p) = pending.take() {
+                    p.await.map_err(io)?;
+                }
+                let n = r.map_err(PutError::Body)?;
+                if !buf.is_empty() {
+                    self.exec.write(file, off, buf).await.map_err(io)?;
+                }
+                return Ok(at + n);
+            }
+            let Some(data) = body.next().await else {
+                break;
+            };
             let data = data.map_err(PutError::Body)?;
             total += data.len() as u64;
             if total > self.cfg.max_object {

@@ -250,7 +250,7 @@ impl TcpStream {
     /// there too) nothing crosses threads but the duplicate.
     pub async fn send_file(&self, file: &File, offset: u64, len: u64) -> Result<u64> {
         let deadline = deadline(self.send_timeout);
-        let make = |done| Box::new(DupFd::new(done)) as Box<dyn FileOp>;
+        let make = |done| Box::new(DupFd::after_sends(done)) as Box<dyn FileOp>;
         let dup = self.exec.request_op(&self.file, Ok(make), deadline).await?;
         // Errors name the peer, not the duplicate's descriptor number.
         let dest_name = |e: Error| match e {
@@ -268,6 +268,37 @@ impl TcpStream {
             .send_file_owned(file, offset, len, dup)
             .await
             .map_err(dest_name)
+    }
+
+    /// Receives up to `len` bytes from the peer into `file` at `offset` without copying them
+    /// through user space: [`Executor::recv_file`](crate::Executor::recv_file) (SPLICE through a
+    /// pipe of the file's shard), with this stream's receive timeout. The count comes back:
+    /// fewer than `len` only where the peer ended its stream. An upload whose length is known
+    /// (`Content-Length`) goes straight into its file.
+    ///
+    /// It follows this stream's earlier receives (they take their bytes first: the stream's
+    /// shard makes a duplicate of the socket after them, which the receive owns). A receive made
+    /// before this one finishes may take bytes first: await it before receiving more. After an
+    /// error (a deadline, a reset) the stream's position is unknown (bytes received but not yet
+    /// written are lost): close the connection.
+    pub async fn recv_file(&self, file: &File, offset: u64, len: u64) -> Result<u64> {
+        let deadline = deadline(self.recv_timeout);
+        let make = |done| Box::new(DupFd::after_receives(done)) as Box<dyn FileOp>;
+        let dup = self.exec.request_op(&self.file, Ok(make), deadline).await?;
+        // Errors name the peer, not the duplicate's descriptor number.
+        let src_name = |e: Error| match e {
+            Error::PathPair { op, to, errno, .. } => Error::PathPair {
+                op,
+                from: self.file.path().to_path_buf(),
+                to,
+                errno,
+            },
+            e => e,
+        };
+        crate::deadlined::Deadlined::new(&self.exec, deadline)
+            .recv_file_owned(file, offset, len, dup)
+            .await
+            .map_err(src_name)
     }
 
     /// Shuts down the sending side (after the sends made before it: the peer reads their bytes,

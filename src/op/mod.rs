@@ -71,6 +71,7 @@ pub(crate) mod path;
 pub(crate) mod read;
 pub(crate) mod read_dir;
 pub(crate) mod recv;
+pub(crate) mod recv_file;
 pub(crate) mod recv_pooled;
 pub(crate) mod rw;
 pub(crate) mod send;

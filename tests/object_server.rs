@@ -962,9 +962,25 @@ fn direct_is_chosen_by_the_page_cache(engine: &'static str) {
         "a cold read filled the cache"
     );
 
+    // A HEAD finds its O_DIRECT handle in the handle cache and reads no body: not a second
+    // read, so no promotion, no new handle, and the page cache stays empty.
+    let promoted = metric(&s, "object_server_promoted_total");
+    let (b1, d1) = (opens("buffered"), opens("direct"));
+    let r = req(&s, Method::HEAD, "/cold", &[], vec![]);
+    assert_eq!(r.status, StatusCode::OK);
+    let len = cold.len().to_string();
+    assert_eq!(r.header("content-length"), Some(len.as_str()));
+    assert!(r.body.is_empty());
+    assert_eq!(metric(&s, "object_server_promoted_total"), promoted);
+    assert_eq!((opens("buffered"), opens("direct")), (b1, d1));
+    assert_eq!(
+        cached_pages(&s.root().join("cold")),
+        Some(0),
+        "a HEAD filled the cache"
+    );
+
     // Read again (its O_DIRECT handle found in the handle cache): promoted to a buffered handle,
     // and from now on in the page cache.
-    let promoted = metric(&s, "object_server_promoted_total");
     let r = req(
         &s,
         Method::GET,

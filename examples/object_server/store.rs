@@ -37,9 +37,10 @@
 //! effect, unlike a RWF_NOWAIT read, whose miss starts readahead into the cache). Half of it or
 //! more cached: a buffered handle (page-cache reads, SPLICE to the socket); less: an O_DIRECT
 //! handle, so a cold object read once does not fill the page cache, nor pay the page-cache
-//! insertion. An object whose O_DIRECT handle is found again in the handle cache is read a
-//! second time: it is promoted (looked up again with a buffered handle), like the kernel's LRU
-//! moves a page read twice to its active list. Which handle is opened first follows what the
+//! insertion. An object whose O_DIRECT handle is found again in the handle cache by a GET is
+//! read a second time: it is promoted (looked up again with a buffered handle), like the
+//! kernel's LRU moves a page read twice to its active list (a HEAD reads no bytes: it promotes
+//! nothing). Which handle is opened first follows what the
 //! last misses found (mostly cached: buffered first; a new server guesses buffered), so the
 //! common case takes one open; the other case opens the other handle too (a longer lookup: two
 //! requests for one key are then likelier to both miss and open a handle each). Without
@@ -275,7 +276,10 @@ impl Store {
     /// key is one directory entry of the root, `lstat`ed first (a symlink, directory or FIFO is
     /// not found, and a FIFO is never opened) and opened with O_NOFOLLOW (a symlink swapped in
     /// between is ELOOP: not found). With or without O_DIRECT: see the module docs.
-    pub async fn lookup(&self, key: &str) -> Result<Arc<Entry>, LookupError> {
+    /// `reads_body`: the request reads the object's bytes (a GET); a HEAD does not, so an
+    /// O_DIRECT handle it finds in the handle cache is not promoted (only a second read is a
+    /// reason to move an object into the page cache).
+    pub async fn lookup(&self, key: &str, reads_body: bool) -> Result<Arc<Entry>, LookupError> {
         let io = |e: Error| {
             if not_found_errno(e.errno()) {
                 LookupError::NotFound
@@ -286,7 +290,7 @@ impl Store {
         // A PUT between the open and the type's read is seen (the type's inode differs): again.
         for _ in 0..3 {
             let (gen, promote) = match self.cache.get(key) {
-                Ok(e) if !e.promote_on_hit => return Ok(e),
+                Ok(e) if !e.promote_on_hit || !reads_body => return Ok(e),
                 Ok(_) => (self.cache.gen(key), true),
                 Err(gen) => (gen, false),
             };

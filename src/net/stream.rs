@@ -197,9 +197,11 @@ impl TcpStream {
     /// Where the kernel has provided-buffer rings (Linux 5.19) the kernel picks the buffer
     /// (IOSQE_BUFFER_SELECT); when all are leased, or without a ring (the threads backend, an
     /// older kernel), the receive waits for the socket to be readable and then takes a plain
-    /// buffer of the same size. Ordering, cancellation and the deadline
-    /// ([`set_recv_timeout`](Self::set_recv_timeout)) are [`recv`](Self::recv)'s; a buffer is
-    /// never handed out while the kernel may write it.
+    /// buffer of the same size. On the blocking path (a ring without IORING_FEAT_FAST_POLL, or
+    /// the kind forced there: see [`net`](crate::net)) it is one non-blocking receive into a
+    /// plain buffer: EAGAIN where nothing has arrived, and no buffer held. Ordering,
+    /// cancellation and the deadline ([`set_recv_timeout`](Self::set_recv_timeout)) are
+    /// [`recv`](Self::recv)'s; a buffer is never handed out while the kernel may write it.
     pub fn recv_pooled(&self) -> Completion<RecvBuf> {
         let make = |done| Box::new(RecvPooled::new(done)) as Box<dyn FileOp>;
         self.exec

@@ -320,6 +320,15 @@ pub(crate) trait FileOp: Send {
         false
     }
 
+    /// The op has no more work to do, by its own rules rather than anyone's cancellation (an
+    /// accept whose listener's last handle is gone, or that is no longer its listener's live
+    /// op): taken out of the kernel as a cancelled op is (ASYNC_CANCEL of its round), but
+    /// counted in no stat (`CancelWhy::Stopped`), since nobody asked for it. Looked at before
+    /// [`is_cancelled`](Self::is_cancelled).
+    fn stopped(&self) -> bool {
+        false
+    }
+
     /// The op was cancelled (a deadline, a dropped or cancelled handle) with a round in the
     /// kernel, which ASYNC_CANCEL may not end soon: answer the handle with `error` now and return
     /// true, or false (the default) to answer it when the op ends (a receive keeps bytes that

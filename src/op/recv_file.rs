@@ -33,6 +33,7 @@
 
 use super::{on_fd, FileOp, Footprint, OpFd, OpKind, Outcome, Step};
 use crate::completion::Completer;
+use crate::driver::fd_flags::is_nonblocking;
 use crate::error::{Error, Result};
 use crate::pipes::Pipe;
 use io_uring::{opcode, squeue, types};
@@ -150,13 +151,6 @@ fn fill_inline() -> bool {
     *ON.get_or_init(|| std::env::var("RINGSHARD_RECV_FILE_INLINE").map_or(true, |v| v != "0"))
 }
 
-/// Whether `fd`'s open file description is O_NONBLOCK (false where fcntl fails).
-fn nonblocking(fd: RawFd) -> bool {
-    // SAFETY: F_GETFL reads the descriptor's flags; no memory of ours is named.
-    let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    fl >= 0 && fl & libc::O_NONBLOCK != 0
-}
-
 impl FileOp for RecvFile {
     fn kind(&self) -> OpKind {
         OpKind::RecvFile
@@ -179,7 +173,7 @@ impl FileOp for RecvFile {
             }
         }
         let pipe = self.pipe.as_ref()?; // none: `run_blocking` reports why
-        if self.phase == Phase::Fill && fill_inline() && nonblocking(self.src.as_raw_fd()) {
+        if self.phase == Phase::Fill && fill_inline() && is_nonblocking(self.src.as_raw_fd()) {
             self.inline = true;
             return None; // `run_blocking`: the fill on this thread
         }

@@ -73,10 +73,12 @@
 //! or the listener (`accept listener 0.0.0.0:8080 failed: ...`).
 
 mod listener;
+mod recv_stream;
 mod stream;
 
 pub use crate::recv_ring::RecvBuf;
 pub use listener::TcpListener;
+pub use recv_stream::RecvStream;
 pub use stream::TcpStream;
 
 use crate::completion::pair;

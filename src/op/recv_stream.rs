@@ -136,6 +136,9 @@ pub(crate) struct StreamRounds {
     name: PathBuf,
     /// An errno the kernel ended a round with (not ECANCELED): the stream's end.
     errno: Option<i32>,
+    /// Bytes received, for statistics (recorded when the op ends without an error, as the
+    /// shard records every op's bytes; not for an op stopped or dropped).
+    bytes: u64,
     /// Completed when the op ends (nobody waits for it).
     done: Option<Completer<()>>,
 }
@@ -148,6 +151,7 @@ impl StreamRounds {
             id,
             name,
             errno: None,
+            bytes: 0,
             done: Some(done),
         }
     }
@@ -159,7 +163,10 @@ impl StreamRounds {
         let mut q = lock(&self.queue);
         let got = match round {
             Round::Again => return Step::Again,
-            Round::Got(b) => Ok(b),
+            Round::Got(b) => {
+                self.bytes += b.len() as u64;
+                Ok(b)
+            }
             Round::End => Ok(RecvBuf::empty()),
             Round::Bad => Err(self.error(libc::EIO, &self.name)),
         };
@@ -269,7 +276,7 @@ impl FileOp for StreamRounds {
         if let Some(done) = self.done.take() {
             done.complete(Ok(()));
         }
-        Outcome::Delivered { bytes: 0 }
+        Outcome::Delivered { bytes: self.bytes }
     }
 
     /// The stream is gone: its round is cancelled.

@@ -81,8 +81,7 @@ impl RecvStream {
     /// one, arming the receive if it is not armed (see the [type docs](Self)).
     pub async fn next(&mut self) -> Result<RecvBuf> {
         let deadline = self.timeout.and_then(|t| Instant::now().checked_add(t));
-        let (c, done) = pair(self.stream.exec.id, self.stream.shard());
-        let arm = {
+        let (arm, c) = {
             let mut q = recv_stream::lock(&self.queue);
             if let Some(b) = q.ready.pop_front() {
                 let arm = q.arm_next();
@@ -95,8 +94,10 @@ impl RecvStream {
             if let Some(end) = &q.end {
                 return end.clone().map(|()| RecvBuf::empty());
             }
+            // Nothing queued: wait (a completion made only now: a queued chunk costs none).
+            let (c, done) = pair(self.stream.exec.id, self.stream.shard());
             q.waiter = Some(done);
-            q.arm_next()
+            (q.arm_next(), c)
         };
         if let Some(id) = arm {
             self.arm(id);

@@ -16,7 +16,7 @@
 //! shard's watch of its inbox while it waits for the client.
 //!
 //! `cargo run --release --example recv_stream_bench -- [sink|echo] [pooled|stream|recv]
-//! [messages] [size]` (RINGSHARD_BACKEND=threads for the threads backend: `stream` then runs
+//! [messages] [size] [connections]` (RINGSHARD_BACKEND=threads for the threads backend: `stream` then runs
 //! `recv_pooled`'s rounds).
 
 use ringshard::{Executor, TcpListener, TcpStream};
@@ -92,6 +92,7 @@ fn main() {
     let mode = args.get(2).cloned().unwrap_or_else(|| "stream".into());
     let messages: u64 = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(200_000);
     let size: usize = args.get(4).and_then(|a| a.parse().ok()).unwrap_or(64);
+    let conns: u64 = args.get(5).and_then(|a| a.parse().ok()).unwrap_or(1).max(1);
     let echo = load == "echo";
     // No idle spin: an idle shard sleeps at once, so its CPU time is the work of the receives,
     // not the 20 µs watch of its inbox after each (which would cost both modes alike).
@@ -100,33 +101,63 @@ fn main() {
         .spin(std::time::Duration::ZERO)
         .build()
         .expect("executor");
+    // `conns` connections, each with its share of the messages (a client thread each): with
+    // several, the shard has work waiting more often and sleeps less per receive.
+    let per_conn = messages / conns;
+    let messages = per_conn * conns;
     let want = messages * size as u64;
     let (addr_tx, addr_rx) = mpsc::channel();
     let (done_tx, done_rx) = mpsc::channel();
     let m = mode.clone();
     exec.spawn_on(0, async move {
+        let local = ringshard::local().expect("on a shard");
         let l = TcpListener::bind("127.0.0.1:0".parse().unwrap())
             .await
             .expect("bind");
         addr_tx.send(l.local_addr()).unwrap();
-        let (s, _) = l.accept().await.expect("accept");
-        serve(s, m, want, echo, done_tx).await;
+        for _ in 0..conns {
+            let (s, _) = l.accept().await.expect("accept");
+            let want = per_conn * size as u64;
+            local
+                .spawn_local(serve(s, m.clone(), want, echo, done_tx.clone()))
+                .detach();
+        }
     })
     .detach();
     let addr = addr_rx.recv().unwrap();
-    let mut c = std::net::TcpStream::connect(addr).unwrap();
-    c.set_nodelay(true).unwrap();
-    let msg = vec![42u8; size];
-    let mut back = vec![0u8; size];
-    let (cpu0, sqes0) = (shard_cpu_us(&exec), exec.stats().shards[0].sqes_submitted);
+    let clients: Vec<std::net::TcpStream> = (0..conns)
+        .map(|_| {
+            let c = std::net::TcpStream::connect(addr).unwrap();
+            c.set_nodelay(true).unwrap();
+            c
+        })
+        .collect();
+    let st0 = exec.stats().shards[0].clone();
+    let (cpu0, sqes0) = (shard_cpu_us(&exec), st0.sqes_submitted);
     let t0 = std::time::Instant::now();
-    for _ in 0..messages {
-        c.write_all(&msg).unwrap();
-        if echo {
-            c.read_exact(&mut back).unwrap();
-        }
+    let threads: Vec<_> = clients
+        .into_iter()
+        .map(|mut c| {
+            std::thread::spawn(move || {
+                let msg = vec![42u8; size];
+                let mut back = vec![0u8; size];
+                for _ in 0..per_conn {
+                    c.write_all(&msg).unwrap();
+                    if echo {
+                        c.read_exact(&mut back).unwrap();
+                    }
+                }
+                c
+            })
+        })
+        .collect();
+    let (mut got, mut chunks) = (0, 0);
+    for _ in 0..conns {
+        let (g, c) = done_rx.recv().unwrap();
+        got += g;
+        chunks += c;
     }
-    let (got, chunks) = done_rx.recv().unwrap();
+    let _clients: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
     let secs = t0.elapsed().as_secs_f64();
     let (cpu, sqes) = (
         shard_cpu_us(&exec) - cpu0,
@@ -135,14 +166,17 @@ fn main() {
     assert_eq!(got, want, "bytes received");
     let st = &exec.stats().shards[0];
     println!(
-        "load={load} mode={mode} backend={:?} messages={messages} size={size} \
+        "load={load} mode={mode} backend={:?} messages={messages} size={size} conns={conns} \
          chunks={chunks} shard_cpu_us_per_msg={:.3} shard_cpu_us_per_chunk={:.3} \
-         shard_cpu_ms_per_mb={:.2} sqes_per_chunk={:.3} msg_per_s={:.0}",
+         shard_cpu_ms_per_mb={:.2} sqes_per_chunk={:.3} enters_per_chunk={:.3} \
+         sleeps_per_chunk={:.3} msg_per_s={:.0}",
         st.backend,
         cpu / messages as f64,
         cpu / chunks as f64,
         cpu / 1e3 / (want as f64 / 1e6),
         sqes as f64 / chunks as f64,
+        (st.submit_calls - st0.submit_calls) as f64 / chunks as f64,
+        (st.sleeps - st0.sleeps) as f64 / chunks as f64,
         messages as f64 / secs,
     );
 }

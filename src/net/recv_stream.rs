@@ -106,6 +106,7 @@ impl RecvStream {
             queue: &self.queue,
             path: self.stream.file.path(),
             c,
+            answered: false,
         };
         waiting.wait(deadline).await
     }
@@ -147,21 +148,27 @@ struct Waiting<'a> {
     queue: &'a SharedStream,
     path: &'a Path,
     c: Completion<RecvBuf>,
+    /// The call has its answer (its completion's, or the deadline's): nothing to take back.
+    answered: bool,
 }
 
 impl Waiting<'_> {
     /// The chunk, or DeadlineExceeded past `deadline`.
     async fn wait(mut self, deadline: Option<Instant>) -> Result<RecvBuf> {
-        if deadline.is_none() {
-            return (&mut self.c).await;
-        }
         let mut sleep = std::pin::pin!(crate::task::sleep_until(deadline));
         std::future::poll_fn(|cx| {
             if let Poll::Ready(r) = Pin::new(&mut self.c).poll(cx) {
+                self.answered = true;
                 return Poll::Ready(r);
             }
+            if deadline.is_none() {
+                return Poll::Pending;
+            }
             match sleep.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(self.timed_out()),
+                Poll::Ready(()) => {
+                    self.answered = true;
+                    Poll::Ready(self.timed_out())
+                }
                 Poll::Pending => Poll::Pending,
             }
         })
@@ -188,6 +195,9 @@ impl Waiting<'_> {
 /// handed to it goes back to the front of the queue (completions are made under the lock).
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
         let mut q = recv_stream::lock(self.queue);
         if q.waiter.take().is_some() {
             return;

@@ -192,6 +192,11 @@ impl RecvBuffers {
         self.ring.is_some()
     }
 
+    /// Buffers in the ring (0: plain buffers).
+    pub(crate) fn count(&self) -> usize {
+        usize::from(self.count)
+    }
+
     /// Bytes per buffer.
     pub(crate) fn size(&self) -> usize {
         self.size

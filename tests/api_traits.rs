@@ -57,7 +57,19 @@ fn shared_handles_are_send_and_sync() {
     send_sync::<Topology>();
     send_sync::<Placement>();
     send_sync::<RingConfig>();
+    // Sockets, and a connection's stream of chunks: its `next` future can go to a
+    // work-stealing runtime.
+    send_sync::<ringshard::TcpStream>();
+    send_sync::<ringshard::net::RecvStream>();
+    send_sync::<ringshard::net::RecvBuf>();
+    fn next_is_send(s: &mut ringshard::net::RecvStream) {
+        send_value(s.next());
+    }
+    let _ = next_is_send;
 }
+
+/// Compiles only for a `Send` value (a future, whose type has no name to write).
+fn send_value<T: Send>(_: T) {}
 
 #[test]
 fn single_owner_types_are_send() {

@@ -4,60 +4,16 @@
 //! never slept for.
 
 mod executor_util;
+mod net_util;
 
 use executor_util::*;
+use net_util::*;
 use ringshard::net::RecvBuf;
-use ringshard::{Backend, Error, Executor, TcpListener, TcpStream};
+use ringshard::{Backend, Error, Executor, TcpStream};
 use std::io::{Read, Write};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
-
-fn exec_with(count: u16, size: usize) -> Arc<Executor> {
-    Arc::new(
-        Executor::builder()
-            .shards(1)
-            .recv_buffers(count, size)
-            .build()
-            .expect("executor"),
-    )
-}
-
-fn stats(exec: &Executor) -> ringshard::ShardStats {
-    exec.stats().shards[0].clone()
-}
-
-/// Whether this executor's shard receives from a provided-buffer ring.
-fn has_ring(exec: &Executor) -> bool {
-    let st = stats(exec);
-    st.backend == Backend::IoUring && st.recv_buffers > 0
-}
-
-/// Binds a listener on shard 0 and runs `serve` with each connection in a task of its own.
-fn serve<F, Fut>(exec: &Executor, serve: F) -> SocketAddr
-where
-    F: Fn(TcpStream) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + 'static,
-{
-    let (tx, rx) = mpsc::channel();
-    exec.spawn_on(0, async move {
-        let local = ringshard::local().expect("on a shard");
-        let l = TcpListener::bind("127.0.0.1:0".parse().unwrap())
-            .await
-            .expect("bind");
-        tx.send(l.local_addr()).unwrap();
-        loop {
-            let (s, _) = match l.accept().await {
-                Ok(c) => c,
-                Err(_) => return,
-            };
-            local.spawn_local(serve(s)).detach();
-        }
-    })
-    .detach();
-    rx.recv_timeout(HANG).expect("listener address")
-}
 
 /// Echoes with `recv_pooled` until end of stream; counts the receives served from the ring.
 async fn pooled_echo(s: TcpStream, from_ring: Arc<AtomicUsize>) {
@@ -82,17 +38,6 @@ async fn pooled_echo(s: TcpStream, from_ring: Arc<AtomicUsize>) {
     }
 }
 
-/// Polls `fut` once: whether it is still pending.
-fn pending<F: std::future::Future + Unpin>(fut: &mut F) -> bool {
-    struct Noop;
-    impl std::task::Wake for Noop {
-        fn wake(self: Arc<Self>) {}
-    }
-    let waker = std::task::Waker::from(Arc::new(Noop));
-    let mut cx = std::task::Context::from_waker(&waker);
-    std::pin::Pin::new(fut).poll(&mut cx).is_pending()
-}
-
 #[test]
 fn recv_pooled_receives_byte_for_byte() {
     let _serial = serial();
@@ -100,7 +45,7 @@ fn recv_pooled_receives_byte_for_byte() {
     let exec = exec_with(8, 4096);
     let from_ring = Arc::new(AtomicUsize::new(0));
     let fr = from_ring.clone();
-    let addr = serve(&exec, move |s| pooled_echo(s, fr.clone()));
+    let addr = serve(&exec, HANG, move |s| pooled_echo(s, fr.clone()));
     let mut rng = Rng::new(19);
     for round in 0..4 {
         let msg = rng.bytes(300_000 + round * 12_345);
@@ -143,7 +88,7 @@ fn idle_connections_hold_no_buffers_and_leases_are_counted_until_dropped() {
     let release_rx = Arc::new(Mutex::new(release_rx));
     let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (w, r, rel) = (waiting.clone(), received.clone(), released.clone());
-    let addr = serve(&exec, move |s| {
+    let addr = serve(&exec, HANG, move |s| {
         let (w, r, rel, rx) = (w.clone(), r.clone(), rel.clone(), release_rx.clone());
         async move {
             let c = s.recv_pooled();
@@ -208,7 +153,7 @@ fn more_receivers_than_buffers_all_receive_and_buffers_come_back() {
     let exec = exec_with(4, 4096);
     let (lease_tx, lease_rx) = mpsc::channel::<(usize, RecvBuf)>();
     let lease_tx = Arc::new(Mutex::new(lease_tx));
-    let addr = serve(&exec, move |s| {
+    let addr = serve(&exec, HANG, move |s| {
         let tx = lease_tx.clone();
         async move {
             let b = s.recv_pooled().await.expect("recv_pooled");
@@ -262,7 +207,7 @@ fn a_pooled_receive_dropped_or_past_its_deadline_holds_no_buffer_and_loses_nothi
     let (go_tx, go_rx) = mpsc::channel::<()>();
     let go_rx = Arc::new(Mutex::new(go_rx));
     let res_tx = Arc::new(Mutex::new(res_tx));
-    let addr = serve(&exec, move |mut s| {
+    let addr = serve(&exec, HANG, move |mut s| {
         let (res_tx, go_rx) = (res_tx.clone(), go_rx.clone());
         async move {
             // 1. A deadline: the peer sends nothing.
@@ -274,7 +219,7 @@ fn a_pooled_receive_dropped_or_past_its_deadline_holds_no_buffer_and_loses_nothi
             s.set_recv_timeout(None);
             {
                 let mut c = s.recv_pooled();
-                assert!(pending(&mut c));
+                assert!(poll_once(std::pin::Pin::new(&mut c)));
                 ringshard::yield_now().await;
             }
             while go_rx.lock().unwrap().try_recv().is_err() {
@@ -338,11 +283,11 @@ fn a_receive_that_finds_the_ring_empty_holds_no_buffer_while_its_peer_is_silent(
     let (lease_tx, lease_rx) = mpsc::channel::<RecvBuf>();
     let lease_tx = Arc::new(Mutex::new(lease_tx));
     let w = waiting.clone();
-    let addr = serve(&exec, move |s| {
+    let addr = serve(&exec, HANG, move |s| {
         let (tx, w) = (lease_tx.clone(), w.clone());
         async move {
             let mut c = s.recv_pooled();
-            if pending(&mut c) {
+            if poll_once(std::pin::Pin::new(&mut c)) {
                 w.fetch_add(1, Ordering::SeqCst);
             }
             if let Ok(b) = c.await {
@@ -403,7 +348,7 @@ fn on_the_blocking_path_a_pooled_receive_takes_what_arrived_or_fails_with_eagain
     let (step_tx, step_rx) = mpsc::channel::<Result<Vec<u8>, (Option<i32>, String)>>();
     let (go_tx, go_rx) = mpsc::channel::<()>();
     let go_rx = Arc::new(Mutex::new(go_rx));
-    let addr = serve(&exec, move |s| {
+    let addr = serve(&exec, HANG, move |s| {
         let (step_tx, go_rx) = (step_tx.clone(), go_rx.clone());
         async move {
             // Waits (yielding) for the test's word that the peer acted.

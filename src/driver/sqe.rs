@@ -64,6 +64,19 @@ impl Sqe {
     }
 }
 
+/// `entry` with `optlen` (the word `file_index` shares, at byte 44) set to `optlen`: a multishot
+/// RECV's total byte limit (IORING_RECV_MSHOT_LIM; kernels without it refuse the SQE with EINVAL),
+/// which `io_uring::opcode::RecvMulti` has no setter for.
+pub(crate) fn with_optlen(entry: squeue::Entry, optlen: u32) -> squeue::Entry {
+    // SAFETY: `squeue::Entry` is `#[repr(C)]` around the kernel's 64-byte `io_uring_sqe`
+    // (asserted in `Sqe::of`), plain integers: any bit pattern of 64 bytes is a valid one, and
+    // bytes 44..48 are the `file_index`/`optlen` word of the kernel's layout.
+    let mut b: [u8; 64] = unsafe { std::mem::transmute_copy(&entry) };
+    b[44..48].copy_from_slice(&optlen.to_ne_bytes());
+    // SAFETY: as above, in the other direction.
+    unsafe { std::mem::transmute::<[u8; 64], squeue::Entry>(b) }
+}
+
 /// `SPLICE_F_FD_IN_FIXED`: SPLICE's `splice_fd_in` is a registered slot.
 pub(crate) const SPLICE_F_FD_IN_FIXED: u32 = 1 << 31;
 

@@ -1,4 +1,5 @@
-//! Sockets on shards: [`TcpListener`] and [`TcpStream`], used from shard tasks.
+//! Sockets on shards: [`TcpListener`] and [`TcpStream`] (and a stream's [`RecvStream`]), used
+//! from shard tasks.
 //!
 //! # The shape: a listener per shard
 //!
@@ -17,7 +18,8 @@
 //! # Operations
 //!
 //! accept, connect, recv, send, shutdown are operations like a file's (`src/op/`: one SQE each,
-//! through the shard's ring): ordered per socket (receives in order among receives, sends among
+//! through the shard's ring; a listener's accepts and a [`RecvStream`]'s receives keep one
+//! multishot SQE armed where the kernel has it): ordered per socket (receives in order among receives, sends among
 //! sends, the two directions side by side), cancelled when their handle is dropped, failed with
 //! [`Error::DeadlineExceeded`] past the socket's timeout, with the buffer back. A receive or send
 //! that waits for its peer (a peer that sends nothing, or does not read) is taken out of the
@@ -73,10 +75,12 @@
 //! or the listener (`accept listener 0.0.0.0:8080 failed: ...`).
 
 mod listener;
+mod recv_stream;
 mod stream;
 
 pub use crate::recv_ring::RecvBuf;
 pub use listener::TcpListener;
+pub use recv_stream::RecvStream;
 pub use stream::TcpStream;
 
 use crate::completion::pair;

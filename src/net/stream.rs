@@ -1,6 +1,6 @@
 //! [`TcpStream`]: a connection on the shard that accepted or made it.
 
-use super::{here, install_here, tcp_socket};
+use super::{here, install_here, tcp_socket, RecvStream};
 use crate::buf::{BufCompletion, IoBuf, IoBufMut};
 use crate::completion::Completion;
 use crate::driver::sockopt::getsockopt_int;
@@ -31,11 +31,11 @@ use std::time::{Duration, Instant};
 /// clone drops, after the operations made before.
 #[derive(Clone)]
 pub struct TcpStream {
-    file: File,
-    exec: Arc<ExecShared>,
+    pub(super) file: File,
+    pub(super) exec: Arc<ExecShared>,
     peer: Option<SocketAddr>,
     local: Option<SocketAddr>,
-    recv_timeout: Option<Duration>,
+    pub(super) recv_timeout: Option<Duration>,
     send_timeout: Option<Duration>,
 }
 
@@ -206,6 +206,15 @@ impl TcpStream {
         let make = |done| Box::new(RecvPooled::new(done)) as Box<dyn FileOp>;
         self.exec
             .request_op(&self.file, Ok(make), deadline(self.recv_timeout))
+    }
+
+    /// The connection's chunks, from one receive that stays armed in the kernel while the
+    /// stream is read in a loop (a multishot receive into the shard's receive buffers, Linux
+    /// 6.0; [`recv_pooled`](Self::recv_pooled) per chunk elsewhere): see [`RecvStream`] for
+    /// its bound, order and drop. For a connection read until it ends (a request stream, a
+    /// sink); read a socket through one stream, or through `recv`/`recv_pooled`, at a time.
+    pub fn recv_stream(&self) -> RecvStream {
+        RecvStream::new(self.clone())
     }
 
     /// Sends what the socket takes of `buf` now (at least one byte, unless the buffer is

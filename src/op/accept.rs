@@ -190,11 +190,7 @@ impl AcceptRounds {
             // Stopped: the next accept that finds nothing queued arms a new op.
             q.live = None;
         }
-        if go_on {
-            Step::Again
-        } else {
-            Step::Done
-        }
+        Step::again_if(go_on)
     }
 }
 

@@ -129,6 +129,10 @@ op_kinds! {
     /// Receiving into a shard's receive buffer (`TcpStream::recv_pooled`): RECV with a buffer
     /// the kernel selects from the shard's provided-buffer ring, or POLL_ADD then RECV.
     RecvPooled => "recv_pooled", Some(Code::Recv),
+    /// A connection's chunks through a `RecvStream` (`TcpStream::recv_stream`): a multishot RECV
+    /// with buffers the kernel selects from the shard's ring (Linux 6.0), or `recv_pooled`'s
+    /// rounds; each chunk counted as one.
+    RecvStream => "recv_stream", Some(Code::Recv),
     /// Sending on a connected socket (`send`).
     Send => "send", Some(Code::Send),
     /// Shutting down one or both directions of a connection (`shutdown`).
@@ -144,7 +148,12 @@ impl OpKind {
     pub(crate) fn waits_for_peer(self) -> bool {
         matches!(
             self,
-            OpKind::Accept | OpKind::Connect | OpKind::Recv | OpKind::RecvPooled | OpKind::Send
+            OpKind::Accept
+                | OpKind::Connect
+                | OpKind::Recv
+                | OpKind::RecvPooled
+                | OpKind::RecvStream
+                | OpKind::Send
         )
     }
 

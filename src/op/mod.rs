@@ -73,6 +73,7 @@ pub(crate) mod read_dir;
 pub(crate) mod recv;
 pub(crate) mod recv_file;
 pub(crate) mod recv_pooled;
+pub(crate) mod recv_stream;
 pub(crate) mod rw;
 pub(crate) mod send;
 pub(crate) mod send_file;
@@ -112,6 +113,17 @@ pub(crate) enum Step {
     Done,
     /// Issue it again (the rest of a short transfer).
     Again,
+}
+
+impl Step {
+    /// [`Step::Again`] if `go_on`, else [`Step::Done`].
+    pub(crate) fn again_if(go_on: bool) -> Step {
+        if go_on {
+            Step::Again
+        } else {
+            Step::Done
+        }
+    }
 }
 
 /// How an op ended, from [`FileOp::complete`]: what the shard delivers.

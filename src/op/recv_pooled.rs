@@ -11,6 +11,9 @@
 //! shard sleeps, and a busy shard would leave such receives waiting.) On the blocking path (no FAST_POLL, or forced) one RECV into a
 //! plain buffer.
 //!
+//! These rounds are [`Rounds`], shared with `recv_stream.rs`, whose selecting round is a
+//! multishot RECV (IORING_RECV_MULTISHOT) that stays armed across chunks.
+//!
 //! As a plain receive it is ordered among the socket's receives (`Footprint::Recv`), taken out
 //! of the kernel when its handle is dropped or its deadline passes, and keeps a result that beat
 //! the cancellation (the lease is then dropped, its buffer back in the ring).
@@ -22,6 +25,7 @@ use crate::recv_ring::{PlainBuf, RecvBuf, RecvBuffers, BGID};
 use io_uring::{opcode, squeue};
 use std::os::fd::RawFd;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// `IORING_CQE_F_BUFFER`: the CQE names a provided buffer (in its upper 16 bits).
@@ -30,7 +34,7 @@ const CQE_F_BUFFER: u32 = 1;
 /// The round in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    /// RECV with a buffer the kernel selects from the ring.
+    /// RECV with a buffer the kernel selects from the ring (multishot for a stream).
     Select,
     /// RECV of one byte with MSG_PEEK: wait for bytes before taking a plain buffer.
     Wait,
@@ -38,32 +42,59 @@ enum Phase {
     Plain,
 }
 
-/// One receive into a shard buffer.
-pub(crate) struct RecvPooled {
+/// What a round that ended (or a multishot CQE) brought.
+pub(crate) enum Round {
+    /// Bytes, in a lease.
+    Got(RecvBuf),
+    /// The end of the stream (0 bytes).
+    End,
+    /// Nothing yet: another round follows (bytes are there: take a plain buffer for them).
+    Again,
+    /// A CQE that named no buffer of ours (a kernel bug): the receive fails with EIO.
+    Bad,
+}
+
+/// The rounds of a receive into a shard buffer (see the module docs), for one result
+/// ([`RecvPooled`]) or a stream of them (`recv_stream.rs`). Everything the kernel writes is
+/// owned here (the peeked byte, the plain buffer) or is the ring's.
+pub(crate) struct Rounds {
     phase: Option<Phase>,
     bufs: Option<Arc<RecvBuffers>>,
     /// A `Select` round is in the kernel (counted in the buffers' `in_kernel`).
     armed: bool,
+    /// `Select` rounds are multishot (asked for, and the kernel has IORING_RECV_MULTISHOT).
+    multishot: bool,
     plain: Option<PlainBuf>,
     /// The byte the `Wait` round peeks into (boxed: it stays put whatever moves the op).
     peek: Box<[u8; 1]>,
-    got: Option<RecvBuf>,
-    /// A CQE named a buffer that cannot be ours (a kernel bug): the op fails with EIO.
-    bad_cqe: bool,
-    done: Option<Completer<RecvBuf>>,
+    /// A stream's `Wait` round saw bytes: it selects from the ring once more (leases may have
+    /// come back meanwhile), and takes a plain buffer at once if the ring is still empty.
+    waited: bool,
+    /// The most bytes a multishot round takes before the kernel ends it (0: no limit).
+    limit: u32,
+    /// The multishot round in the kernel asked for `limit`.
+    limited: bool,
 }
 
-impl RecvPooled {
-    pub(crate) fn new(done: Completer<RecvBuf>) -> Self {
-        RecvPooled {
+/// The kernel refused a multishot receive's byte limit (EINVAL: a kernel without
+/// IORING_RECV_MSHOT_LIM, which reads the word as `file_index`): multishot rounds go without one
+/// from then on, in every shard (a property of the kernel).
+static LIMIT_REFUSED: AtomicBool = AtomicBool::new(false);
+
+impl Rounds {
+    /// Rounds of one receive, or (`multishot`) of a stream where the kernel has multishot
+    /// receives (Linux 6.0).
+    pub(crate) fn new(multishot: bool) -> Self {
+        Rounds {
             phase: None,
             bufs: None,
             armed: false,
+            multishot: multishot && super::kernel_release().at_least(6, 0),
             plain: None,
             peek: Box::new([0]),
-            got: None,
-            bad_cqe: false,
-            done: Some(done),
+            waited: false,
+            limit: 0,
+            limited: false,
         }
     }
 
@@ -81,6 +112,42 @@ impl RecvPooled {
         bufs
     }
 
+    /// The next round selects from the ring again (where there is one): after a plain buffer
+    /// was filled, a stream goes back to its multishot round.
+    pub(crate) fn reselect(&mut self) {
+        self.phase = None;
+    }
+
+    /// Whether selecting rounds are multishot here (asked for, a kernel with multishot
+    /// receives, a provided-buffer ring, not the blocking path): a stream's op goes on after a
+    /// chunk only then.
+    pub(crate) fn multishot(&mut self) -> bool {
+        self.multishot && self.bufs().has_ring()
+    }
+
+    /// Multishot rounds end after `bytes` (IORING_RECV_MSHOT_LIM, the SQE's `optlen`: recent
+    /// kernels, 6.18 among them; where the kernel refuses it, they go without: see `on_errno`). The kernel takes buffers for the bytes
+    /// waiting in the socket before its CQEs are seen; this bounds how many it takes at once.
+    pub(crate) fn limit_multishot(&mut self, bytes: u32) {
+        self.limit = bytes;
+    }
+
+    /// As on a kernel before 6.0: selecting rounds are single-shot. (Unit tests.)
+    #[cfg(test)]
+    pub(crate) fn without_multishot(&mut self) {
+        self.multishot = false;
+    }
+
+    /// Bytes per buffer.
+    pub(crate) fn buffer_size(&mut self) -> usize {
+        self.bufs().size()
+    }
+
+    /// The buffers in the shard's ring (0: plain buffers).
+    pub(crate) fn ring_count(&mut self) -> usize {
+        self.bufs().count()
+    }
+
     /// The plain buffer's pointer and room (taken now if not yet).
     fn plain_room(&mut self, bufs: &Arc<RecvBuffers>) -> (*mut u8, u32) {
         let plain = self.plain.get_or_insert_with(|| bufs.plain());
@@ -96,33 +163,24 @@ impl RecvPooled {
             }
         }
     }
-}
 
-/// An op is dropped only once nothing of it is in the kernel (the shard keeps it until its last
-/// CQE; an op abandoned at teardown is `abandon_memory`'d first, or leaked), so a `Select`
-/// round still counted here is over: one parked (its round ended by ECANCELED to let other
-/// work through) and then cancelled or dropped before it was issued again.
-impl Drop for RecvPooled {
-    fn drop(&mut self) {
-        self.disarm();
-    }
-}
-
-impl FileOp for RecvPooled {
-    fn kind(&self) -> OpKind {
-        OpKind::RecvPooled
-    }
-
-    fn footprint(&self, _known_size: u64) -> Footprint {
-        Footprint::Recv
-    }
-
-    fn sqe(&mut self, fd: OpFd) -> Option<squeue::Entry> {
+    /// The next round's SQE.
+    pub(crate) fn sqe(&mut self, fd: OpFd) -> squeue::Entry {
         let bufs = self.bufs();
-        Some(match self.phase.unwrap_or(Phase::Wait) {
+        match self.phase.unwrap_or(Phase::Wait) {
             Phase::Select => {
                 if !std::mem::replace(&mut self.armed, true) {
                     bufs.note_in_kernel(true);
+                }
+                if self.multishot {
+                    // len 0: each chunk fills at most one buffer of the group.
+                    let entry = on_fd!(fd.target, |f| opcode::RecvMulti::new(f, BGID).build());
+                    self.limited = self.limit > 0 && !LIMIT_REFUSED.load(Ordering::Relaxed);
+                    return if self.limited {
+                        crate::driver::sqe::with_optlen(entry, self.limit)
+                    } else {
+                        entry
+                    };
                 }
                 let len = bufs.size().min(u32::MAX as usize) as u32;
                 on_fd!(fd.target, |f| opcode::Recv::new(
@@ -144,18 +202,20 @@ impl FileOp for RecvPooled {
                 let (ptr, len) = self.plain_room(&bufs);
                 on_fd!(fd.target, |f| opcode::Recv::new(f, ptr, len).build())
             }
-        })
+        }
     }
 
-    fn run_blocking(&mut self, fd: RawFd) -> i32 {
-        // No ring selection and no poll here (the blocking path runs neither): one receive into
-        // a plain buffer, which fails with EAGAIN rather than wait.
+    /// The blocking path's round (no ring selection, no poll: the blocking path runs neither):
+    /// one receive into a plain buffer, which fails with EAGAIN rather than wait. Call
+    /// `run_own_sqe` after.
+    pub(crate) fn for_blocking_path(&mut self) {
         self.bufs();
+        self.multishot = false;
         self.phase = Some(Phase::Plain);
-        super::run_own_sqe(self, fd)
     }
 
-    fn on_cqe(&mut self, res: i32, flags: u32) {
+    /// `FileOp::on_cqe`.
+    pub(crate) fn on_cqe(&mut self, res: i32, flags: u32) {
         if res <= 0 && flags & CQE_F_BUFFER != 0 && self.phase == Some(Phase::Select) {
             // No bytes, yet a buffer (committed when the kernel selected it: io-wq): back to
             // the ring (the lease drops here), else it would be out of the ring for good.
@@ -165,14 +225,26 @@ impl FileOp for RecvPooled {
         }
     }
 
-    fn on_errno(&mut self, errno: i32) -> Option<Step> {
+    /// `FileOp::on_errno`: ENOBUFS (every ring buffer leased) makes the next round wait for
+    /// bytes; `None` for any other errno.
+    pub(crate) fn on_errno(&mut self, errno: i32) -> Option<Step> {
         if self.phase == Some(Phase::Select) {
             self.disarm();
+            if errno == libc::EINVAL && std::mem::take(&mut self.limited) {
+                // A kernel without multishot byte limits: the round again without one. The stream's queue bound then stops the round only once its
+                // CQEs are seen.
+                LIMIT_REFUSED.store(true, Ordering::Relaxed);
+                return Some(Step::Again);
+            }
             if errno == libc::ENOBUFS {
-                // Every ring buffer is leased. The kernel selects a buffer when it issues the
-                // RECV, before it looks for bytes: ENOBUFS comes whether or not any have
-                // arrived. Wait for bytes (MSG_PEEK) before taking a plain buffer, so a receive
-                // whose peer is silent holds none.
+                // The kernel selects a buffer when it issues the RECV, before it looks for
+                // bytes: ENOBUFS comes whether or not any have arrived (and ends a multishot
+                // round). Wait for bytes (MSG_PEEK) before taking a plain buffer, so a
+                // receive whose peer is silent holds none; after a wait, bytes are there.
+                if std::mem::take(&mut self.waited) {
+                    self.phase = Some(Phase::Plain);
+                    return Some(Step::Again);
+                }
                 if let Some(b) = &self.bufs {
                     b.note_exhausted();
                 }
@@ -183,47 +255,63 @@ impl FileOp for RecvPooled {
         None
     }
 
-    fn on_result(&mut self, res: i32, flags: u32, _fd: RawFd) -> Step {
+    /// A multishot CQE with `IORING_CQE_F_MORE`: its bytes (the round stays armed).
+    pub(crate) fn on_more(&mut self, res: i32, flags: u32) -> Round {
+        self.selected(res, flags)
+    }
+
+    /// The lease of the buffer a selecting CQE names.
+    fn selected(&self, res: i32, flags: u32) -> Round {
+        if res <= 0 {
+            return Round::End;
+        }
+        let bid = (flags >> 16) as u16;
+        (flags & CQE_F_BUFFER != 0)
+            .then_some(self.bufs.as_ref())
+            .flatten()
+            .and_then(|b| b.selected(bid, res as usize))
+            .map_or(Round::Bad, Round::Got)
+    }
+
+    /// A round's last CQE, with a non-negative result.
+    pub(crate) fn on_result(&mut self, res: i32, flags: u32) -> Round {
         match self.phase {
             Some(Phase::Select) => {
                 self.disarm();
-                if res > 0 {
-                    let bid = (flags >> 16) as u16;
-                    let lease = (flags & CQE_F_BUFFER != 0)
-                        .then_some(self.bufs.as_ref())
-                        .flatten()
-                        .and_then(|b| b.selected(bid, res as usize));
-                    self.bad_cqe = lease.is_none();
-                    self.got = lease;
-                }
-                Step::Done
+                self.waited = false;
+                self.selected(res, flags)
             }
-            // Bytes are there: take the buffer now. (0: the end of the stream, nothing to take.)
+            // Bytes are there: take the buffer now (a stream first tries the ring again). (0:
+            // the end of the stream, nothing to take.)
             Some(Phase::Wait) if res > 0 => {
-                self.phase = Some(Phase::Plain);
-                Step::Again
+                self.waited = self.multishot && self.bufs.as_ref().is_some_and(|b| b.has_ring());
+                self.phase = Some(if self.waited {
+                    Phase::Select
+                } else {
+                    Phase::Plain
+                });
+                Round::Again
             }
-            Some(Phase::Wait) => Step::Done,
+            Some(Phase::Wait) => Round::End,
             _ => {
-                if let Some(mut plain) = self.plain.take() {
-                    let n = (res.max(0) as usize).min(plain.vec.capacity());
-                    // SAFETY: the kernel wrote `n` bytes (at most the capacity) from the start
-                    // of the vector, and its CQE has arrived: it writes nothing more.
-                    unsafe { plain.vec.set_len(n) };
-                    if n > 0 {
-                        self.got = Some(RecvBuf::from_plain(plain));
-                    }
+                let Some(mut plain) = self.plain.take() else {
+                    return Round::End;
+                };
+                let n = (res.max(0) as usize).min(plain.vec.capacity());
+                // SAFETY: the kernel wrote `n` bytes (at most the capacity) from the start of
+                // the vector, and its CQE has arrived: it writes nothing more.
+                unsafe { plain.vec.set_len(n) };
+                if n > 0 {
+                    Round::Got(RecvBuf::from_plain(plain))
+                } else {
+                    Round::End
                 }
-                Step::Done
             }
         }
     }
 
-    fn error(&self, errno: i32, file: &Path) -> Error {
-        Error::io("recv_pooled", Some(file.to_path_buf()), None, errno)
-    }
-
-    fn abandon_memory(&mut self) {
+    /// `FileOp::abandon_memory`.
+    pub(crate) fn abandon_memory(&mut self) {
         // The kernel may still write into the plain buffer: leak it (still counted as held).
         // A selected buffer's round stays counted in `in_kernel`: `armed` is cleared without
         // the count going down (the drop below then leaves it), so the ring's mapping is leaked
@@ -232,6 +320,81 @@ impl FileOp for RecvPooled {
             std::mem::forget(plain);
         }
         self.armed = false;
+    }
+}
+
+/// An op is dropped only once nothing of it is in the kernel (the shard keeps it until its last
+/// CQE; an op abandoned at teardown is `abandon_memory`'d first, or leaked), so a `Select`
+/// round still counted here is over: one parked (its round ended by ECANCELED to let other
+/// work through) and then cancelled or dropped before it was issued again.
+impl Drop for Rounds {
+    fn drop(&mut self) {
+        self.disarm();
+    }
+}
+
+/// One receive into a shard buffer.
+pub(crate) struct RecvPooled {
+    rounds: Rounds,
+    got: Option<RecvBuf>,
+    /// A CQE named a buffer that cannot be ours (a kernel bug): the op fails with EIO.
+    bad_cqe: bool,
+    done: Option<Completer<RecvBuf>>,
+}
+
+impl RecvPooled {
+    pub(crate) fn new(done: Completer<RecvBuf>) -> Self {
+        RecvPooled {
+            rounds: Rounds::new(false),
+            got: None,
+            bad_cqe: false,
+            done: Some(done),
+        }
+    }
+}
+
+impl FileOp for RecvPooled {
+    fn kind(&self) -> OpKind {
+        OpKind::RecvPooled
+    }
+
+    fn footprint(&self, _known_size: u64) -> Footprint {
+        Footprint::Recv
+    }
+
+    fn sqe(&mut self, fd: OpFd) -> Option<squeue::Entry> {
+        Some(self.rounds.sqe(fd))
+    }
+
+    fn run_blocking(&mut self, fd: RawFd) -> i32 {
+        self.rounds.for_blocking_path();
+        super::run_own_sqe(self, fd)
+    }
+
+    fn on_cqe(&mut self, res: i32, flags: u32) {
+        self.rounds.on_cqe(res, flags);
+    }
+
+    fn on_errno(&mut self, errno: i32) -> Option<Step> {
+        self.rounds.on_errno(errno)
+    }
+
+    fn on_result(&mut self, res: i32, flags: u32, _fd: RawFd) -> Step {
+        match self.rounds.on_result(res, flags) {
+            Round::Got(b) => self.got = Some(b),
+            Round::Again => return Step::Again,
+            Round::End => {}
+            Round::Bad => self.bad_cqe = true,
+        }
+        Step::Done
+    }
+
+    fn error(&self, errno: i32, file: &Path) -> Error {
+        Error::io("recv_pooled", Some(file.to_path_buf()), None, errno)
+    }
+
+    fn abandon_memory(&mut self) {
+        self.rounds.abandon_memory();
     }
 
     fn failed(&self) -> Option<i32> {

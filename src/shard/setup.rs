@@ -319,7 +319,7 @@ fn probe_blocking(ring: &Driver, forced: &[OpKind]) -> [bool; OpKind::COUNT] {
 fn needs_fast_poll(kind: OpKind) -> bool {
     matches!(
         kind,
-        OpKind::Accept | OpKind::Recv | OpKind::RecvPooled | OpKind::Send
+        OpKind::Accept | OpKind::Recv | OpKind::RecvPooled | OpKind::RecvStream | OpKind::Send
     )
 }
 
@@ -361,6 +361,7 @@ mod tests {
                 OpKind::Accept,
                 OpKind::Recv,
                 OpKind::RecvPooled,
+                OpKind::RecvStream,
                 OpKind::Send
             ]
         );

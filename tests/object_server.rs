@@ -978,6 +978,18 @@ fn direct_is_chosen_by_the_page_cache(engine: &'static str) {
         Some(0),
         "a HEAD filled the cache"
     );
+    // Nor a conditional GET answered 304 (its validator matches: no body).
+    let etag = r.header("etag").expect("etag").to_string();
+    let r = req(
+        &s,
+        Method::GET,
+        "/cold",
+        &[("if-none-match", etag.as_str())],
+        vec![],
+    );
+    assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(metric(&s, "object_server_promoted_total"), promoted);
+    assert_eq!((opens("buffered"), opens("direct")), (b1, d1));
 
     // Read again (its O_DIRECT handle found in the handle cache): promoted to a buffered handle,
     // and from now on in the page cache.

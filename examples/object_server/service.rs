@@ -66,7 +66,12 @@ pub async fn handle(st: &Store, req: &Request<'_>, body: &mut impl BodySource) -
 }
 
 async fn get(st: &Store, key: &str, req: &Request<'_>) -> Reply<Arc<Entry>> {
-    match st.lookup(key, *req.method != Method::HEAD).await {
+    // A HEAD reads no body; a conditional GET may be answered 304 without one (if it is not,
+    // it reads the bytes from the entry as it is: the next read promotes it).
+    let conditional = req.headers.contains_key(hyper::header::IF_NONE_MATCH)
+        || req.headers.contains_key(hyper::header::IF_MODIFIED_SINCE);
+    let reads_body = *req.method == Method::GET && !conditional;
+    match st.lookup(key, reads_body).await {
         Ok(e) => {
             let file = Arc::clone(&e);
             http::object_reply(req.method, req.headers, &e.v, file)

@@ -51,6 +51,7 @@ pub struct ExecutorBuilder {
     max_pending_fds: usize,
     recv_buffers: (u16, usize),
     send_zc_min: u64,
+    send_file_buffers: usize,
     /// Set when a first `build` found io_uring unusable for a shard's ring (ENOMEM at the
     /// fewest entries): the threads backend, for this reason.
     threads_because: Option<String>,
@@ -83,6 +84,7 @@ impl std::fmt::Debug for ExecutorBuilder {
             .field("max_pending_fds", &self.max_pending_fds)
             .field("recv_buffers", &self.recv_buffers)
             .field("send_zc_min", &self.send_zc_min)
+            .field("send_file_buffers", &self.send_file_buffers)
             .field("threads_because", &self.threads_because)
             .field("inline_reads", &self.inline_reads)
             .field("inline_read_limit", &self.inline_read_limit)
@@ -113,6 +115,7 @@ impl Default for ExecutorBuilder {
             max_live_ops: crate::shard::MAX_LIVE_OPS,
             max_pending_fds: crate::fd_transit::DEFAULT_MAX_PENDING_FDS,
             send_zc_min: crate::op::send_file_direct::DEFAULT_ZC_MIN,
+            send_file_buffers: 2,
             recv_buffers: (
                 crate::recv_ring::DEFAULT_COUNT,
                 crate::recv_ring::DEFAULT_SIZE,
@@ -401,6 +404,15 @@ impl ExecutorBuilder {
         self
     }
 
+    /// Buffers per [`send_file`](crate::Executor::send_file) of an O_DIRECT file: 2 (the
+    /// default) reads each round while the round before it is sent; 1 reads and sends in turn
+    /// (half the memory per send). Clamped to 1..=2. For measuring (BENCHMARKS.md).
+    #[doc(hidden)]
+    pub fn send_file_buffers(mut self, n: usize) -> Self {
+        self.send_file_buffers = n.clamp(1, 2);
+        self
+    }
+
     /// Whether shard threads pin themselves to their CPU (default true).
     pub fn pin(mut self, on: bool) -> Self {
         self.pin = on;
@@ -556,6 +568,7 @@ impl ExecutorBuilder {
             limits: Limits {
                 max_request: self.max_request_size,
                 send_zc_min: self.send_zc_min,
+                send_file_buffers: self.send_file_buffers,
             },
             inline: crate::inline::InlineReads::new(
                 self.inline_reads,

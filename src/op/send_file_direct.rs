@@ -9,10 +9,12 @@
 //! and the sends take the part asked for. Each is a registered pool buffer the shard lends the
 //! op for its life ([`fixed_wanted`](FileOp::fixed_wanted): READ_FIXED, and SEND_ZC with
 //! `IORING_RECVSEND_FIXED_BUF`, so the kernel neither pins nor looks up the pages per request)
-//! when the pool has one free beyond its reserve and of at least the op's round; otherwise an
-//! aligned buffer of the op's own (the threads backend, an exhausted or too small pool).
+//! when the pool has one free beyond its reserve and of at least the op's round. Without one
+//! (the threads backend, an exhausted or too small pool) the op has one aligned buffer of its
+//! own and no second: a second one of its own cost more CPU per GiB than the overlap saved
+//! (measured, BENCHMARKS.md).
 //!
-//! Rounds. A round sends from one buffer (`front`) while, beside it
+//! Rounds. With two buffers, a round sends from one (`front`) while, beside it
 //! ([`sqe_beside`](FileOp::sqe_beside)), a READ fills the other with the bytes after it
 //! ([`Ahead`]); the next round sends those and reads into the first. Only READs overlap: one
 //! send at a time, in order, so the bytes reach the socket in the file's order. The kernel
@@ -64,10 +66,12 @@ const MAX_ALIGN: u64 = 1 << 20;
 
 /// Sends of this many bytes or more per round use SEND_ZC (below: SEND). Default: never. Measured
 /// here (BENCHMARKS.md, loopback and veth: local delivery, where the kernel copies anyway) it
-/// cost as much CPU per GiB as a copy or more at every size, and a round's notification waits
-/// for the peer's acknowledgement of the round, which with one buffer per op serializes rounds
-/// on the round trip (256 KiB per RTT): a server sending through a NIC over short round trips
-/// may set `send_zc_min(256 << 10)` (whole rounds only) after measuring.
+/// cost as much CPU per GiB as a copy or more, from the op's own buffer and from registered pool
+/// buffers alike. A round's notification waits for the peer's acknowledgement of the round, and
+/// sends stay one at a time, so sends follow one another at the round trip's pace (256 KiB per
+/// RTT; with two pool buffers the next round's READ runs meanwhile): a server sending through a
+/// NIC over short round trips may set `send_zc_min(256 << 10)` (whole rounds only) after
+/// measuring.
 pub(crate) const DEFAULT_ZC_MIN: u64 = u64::MAX;
 
 /// `IORING_CQE_F_NOTIF`: a SEND_ZC's notification (its buffer is free again).
@@ -191,8 +195,8 @@ pub(crate) struct SendFileDirect {
     sent: u64,
     align: u64,
     zc_min: u64,
-    /// The buffers: made at the first round (the shard's lent ones, or the op's own; the
-    /// second only when a round is sent with more to read after it). `bufs[front]` is read into
+    /// The buffers: the shard's lent ones, or, at the first round, one of the op's own (a
+    /// second only from the pool). `bufs[front]` is read into
     /// by the round's own READ and sent from; the other is [`Ahead`]'s. A buffer is reused
     /// only in a round after the one that sent from it: a SEND_ZC's round ends at its
     /// notification, so the kernel is done with its pages by then.
@@ -434,11 +438,10 @@ impl FileOp for SendFileDirect {
         }
         let held = (self.end - self.start) as u64;
         let want = self.left.checked_sub(held).filter(|&w| w > 0)?;
-        let back = 1 - self.front;
-        if self.bufs[back].is_none() {
-            self.bufs[back] = AlignedBuf::new(self.cap, self.align as usize).map(Buf::Own);
-        }
-        let buf = self.bufs[back].as_ref()?;
+        // Only a lent pool buffer: a second buffer of the op's own cost more CPU per GiB than
+        // it saved (a fresh allocation per send, faulted in and pinned by each O_DIRECT READ;
+        // BENCHMARKS.md, "send_file from O_DIRECT files").
+        let buf = self.bufs[1 - self.front].as_ref()?;
         let from = self.offset + held;
         let (entry, skip) = self.read(fd.target, buf, from, want);
         self.ahead = Ahead::Reading { from, skip, want };

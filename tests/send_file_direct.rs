@@ -443,3 +443,71 @@ fn an_exhausted_pool_falls_back_and_leased_buffers_come_back_only_after_the_noti
     let want = if fixed { 2 } else { 0 };
     assert_eq!(pool(&exec).acquisitions - before, want);
 }
+
+#[test]
+fn shutdown_answers_a_send_stalled_on_its_leased_buffers_which_come_back_after_the_peer_reads() {
+    let _w = Watchdog::new("shutdown with a stalled send_file O_DIRECT", HANG);
+    let dir = tempfile::Builder::new().tempdir_in("/tmp").unwrap();
+    let exec = Executor::builder()
+        .shards(1)
+        .send_zc_min(0)
+        .buffer_size(256 << 10)
+        .buffer_count(4)
+        .shutdown_timeout(std::time::Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let big = 32 << 20;
+    let Some(f) = make(&exec, dir.path(), "big", 8, big) else {
+        return;
+    };
+    let fixed = pool_registered(&exec);
+    let (a, b) = tcp_pair_small_rcvbuf();
+    let c = exec.send_file(&f, 0, big, &a);
+    eventually("the send stalled", HANG, || {
+        bytes_held(&a) && (!fixed || pool(&exec).acquired_count == 2)
+    });
+    // Shutdown cancels the send; the op, and its pool buffers, stay with the shard until the
+    // SEND_ZC's notification, which may need the peer to read (its handle is answered then,
+    // and the shard stops, and `shutdown` returns, after it).
+    std::thread::scope(|s| {
+        let stopper = s.spawn(|| exec.shutdown());
+        // Let the shutdown begin (and the send be cancelled) before the peer reads.
+        eventually("shutdown begun", HANG, || {
+            matches!(
+                exec.read(&f, 0, 4096).wait(),
+                Err(ringshard::Error::Shutdown)
+            )
+        });
+        let mut b = b;
+        let reader = s.spawn(move || {
+            let mut got = Vec::new();
+            b.read_to_end(&mut got).unwrap();
+            got
+        });
+        // Cancelled (or, had the peer read it all before the cancellation reached it, done).
+        let r = wait(c);
+        drop(a);
+        let got = reader.join().unwrap();
+        match r {
+            Ok(n) => assert_eq!((n, got.len() as u64), (big, big)),
+            Err(e) => assert!(
+                matches!(
+                    e,
+                    ringshard::Error::Cancelled { .. } | ringshard::Error::Shutdown
+                ),
+                "{e}"
+            ),
+        }
+        assert!(!got.is_empty());
+        for (i, &x) in got.iter().enumerate() {
+            assert_eq!(x, byte(8, i as u64), "byte {i} of {}", got.len());
+        }
+        stopper.join().unwrap().unwrap();
+    });
+    // The shard's last statistics, kept when it stopped: every buffer back in the pool.
+    let p = pool(&exec);
+    assert!(
+        p.acquired_count == 0 && p.available_count == p.total_count,
+        "{p:?}"
+    );
+}

@@ -44,6 +44,12 @@
 //! for with a POLL_ADD, so neither shard blocks). One whose second descriptor is the caller's
 //! (send_file's socket) owns a duplicate made at request time: see `send_file.rs`.
 //!
+//! An op that moves file data through memory of its own may ask for registered pool buffers
+//! instead ([`fixed_wanted`](FileOp::fixed_wanted), [`use_fixed`](FileOp::use_fixed): READ_FIXED,
+//! a SEND_ZC from a fixed buffer), lent for its life and taken back when it leaves the op table,
+//! and may run a second SQE in the same round ([`sqe_beside`](FileOp::sqe_beside): the next READ
+//! while the current send is in the kernel): see `send_file_direct.rs`.
+//!
 //! An op whose round may wait forever (a socket that stops taking bytes) says so with
 //! [`cancel_in_flight`](FileOp::cancel_in_flight): a deadline or a dropped handle then cancels
 //! its round in the kernel, as a read's.

@@ -190,24 +190,29 @@ EOF
   echo "$TMP/$1.lua"
 }
 
-# Runs wrk against a side; prints "req/s MB/s p99_ms cpu_us_per_req errors" (errors: socket
-# errors, timeouts and non-2xx answers, which a stall shows as).
+# Runs wrk against a side; prints "req/s MB/s p99_ms cpu_us_per_req errors client_us_per_req"
+# (errors: socket errors, timeouts and non-2xx answers, which a stall shows as; client: wrk's own
+# user + system CPU per request: the two share the machine's CPUs, so what a server's way of
+# sending costs its client shows in the server's throughput).
 run_wrk() { # who port lua duration
-  local pids t0 t1
+  local pids t0 t1 client
   pids=$(pids_of "$1")
   # shellcheck disable=SC2086
   t0=$(cpu_ticks $pids)
-  wrk -t2 -c64 -d"$4"s --latency -s "$3" "http://127.0.0.1:$2/" > "$TMP/wrk.out"
+  client=$( { TIMEFORMAT='%U %S'; time wrk -t2 -c64 -d"$4"s --latency -s "$3" "http://127.0.0.1:$2/" > "$TMP/wrk.out" 2> "$TMP/wrk.err"; } 2>&1 )
   # shellcheck disable=SC2086
   t1=$(cpu_ticks $pids)
-  awk -v ticks=$((t1 - t0)) -v hz="$HZ" '
+  awk -v ticks=$((t1 - t0)) -v hz="$HZ" -v client="$client" '
     function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
     function mb(v) { if (v ~ /GB$/) return v * 1024; if (v ~ /MB$/) return v + 0; if (v ~ /KB$/) return v / 1024; return v / 1048576 }
     /Requests\/sec/ { r = $2 } /Transfer\/sec/ { t = mb($2) } $1 == "99%" { p = ms($2) }
     / requests in / { n = $1 }
     /Non-2xx/ { bad += $NF }
     /Socket errors/ { gsub(",", ""); bad += $4 + $6 + $8 + $10 }
-    END { printf "%.0f %.1f %.2f %.1f %d\n", r, t, p, (n > 0 ? ticks / hz / n * 1e6 : 0), bad }
+    END {
+      split(client, c, " ")
+      printf "%.0f %.1f %.2f %.1f %d %.1f\n", r, t, p, (n > 0 ? ticks / hz / n * 1e6 : 0), bad, (n > 0 ? (c[1] + c[2]) / n * 1e6 : 0)
+    }
   ' "$TMP/wrk.out"
 }
 
@@ -218,7 +223,7 @@ drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 SIDES=(nginx "${RUN_ENGINES[@]}")
 NS=${#SIDES[@]}
 declare -A RES RATIO
-echo "per run: req/s MB/s p99_ms cpu_us/req errors" >&2
+echo "per run: req/s MB/s p99_ms cpu_us/req errors client_cpu_us/req" >&2
 for case in $CASES; do
   case $case in
     hot4k) prefix=h4k-; count=1000 ;;
@@ -267,18 +272,19 @@ median() { # "a b c;a b c;..." field
 
 echo
 echo "wrk -t2 -c64, $ROUNDS interleaved rounds (median), ${DUR}s hot / ${COLD_DUR}s cold; $(nproc) CPUs, $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "engines: ${RUN_ENGINES[*]}; x nginx: the ratio of the medians (paired: the median of each round's ratio); CPU: user+system of the side's processes per request; err: wrk errors, all rounds"
-printf "%-7s %-7s | %9s %7s %7s | %9s | %8s | %10s | %5s\n" case side "req/s" "x nginx" paired "MB/s" "p99 ms" "CPU us/req" err
+echo "engines: ${RUN_ENGINES[*]}; x nginx: the ratio of the medians (paired: the median of each round's ratio); CPU: user+system of the side's processes per request; client: wrk's per request; err: wrk errors, all rounds"
+printf "%-7s %-7s | %9s %7s %7s | %9s | %8s | %10s | %10s | %5s\n" case side "req/s" "x nginx" paired "MB/s" "p99 ms" "CPU us/req" "client us" err
 for case in $CASES; do
   nr=$(median "${RES[$case,nginx]}" 1)
   for who in "${SIDES[@]}"; do
     r=$(median "${RES[$case,$who]}" 1); m=$(median "${RES[$case,$who]}" 2)
     p=$(median "${RES[$case,$who]}" 3); c=$(median "${RES[$case,$who]}" 4)
+    cl=$(median "${RES[$case,$who]}" 6)
     err=$(echo "${RES[$case,$who]}" | tr ';' '\n' | awk 'NF { s += $5 } END { print s + 0 }')
     if [ "$who" = nginx ]; then x="-"; pr="-"; else
       x=$(awk -v a="$r" -v b="$nr" 'BEGIN { printf "%.2fx", (b > 0 ? a / b : 0) }')
       pr=$(awk -v v="$(median "${RATIO[$case,$who]}" 1)" 'BEGIN { printf "%.2fx", v }')
     fi
-    printf "%-7s %-7s | %9.0f %7s %7s | %9.1f | %8.2f | %10.1f | %5d\n" "$case" "$who" "$r" "$x" "$pr" "$m" "$p" "$c" "$err"
+    printf "%-7s %-7s | %9.0f %7s %7s | %9.1f | %8.2f | %10.1f | %10.1f | %5d\n" "$case" "$who" "$r" "$x" "$pr" "$m" "$p" "$c" "$cl" "$err"
   done
 done

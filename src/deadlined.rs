@@ -606,6 +606,71 @@ impl Deadlined<'_> {
         self.exec.request_op(file, Ok(make), self.deadline)
     }
 
+    /// [`Executor::recv_file`] with the deadline.
+    pub fn recv_file(
+        &self,
+        file: &File,
+        offset: u64,
+        len: u64,
+        src: impl std::os::fd::AsFd,
+    ) -> Completion<u64> {
+        let src = src.as_fd();
+        let dup = |name: std::path::PathBuf| {
+            src.try_clone_to_owned().map_err(|e| Error::PathPair {
+                op: "recv_file",
+                from: name,
+                to: file.path().to_path_buf(),
+                errno: e.raw_os_error().unwrap_or(libc::EMFILE),
+            })
+        };
+        let checked = self
+            .exec
+            .check_owner(file)
+            .and_then(|()| validate::recv_file(file, offset, len, src));
+        match checked {
+            Ok(_) if len == 0 => Completion::ready(Ok(0)),
+            Ok(name) => match dup(name.clone()) {
+                Ok(owned) => self.recv_file_as(file, offset, len, owned, name),
+                Err(e) => Completion::ready(Err(e)),
+            },
+            Err(e) => Completion::ready(Err(e)),
+        }
+    }
+
+    /// [`recv_file`](Self::recv_file) from a duplicate the caller made for it (a stream's, made
+    /// on its shard after its earlier receives): the op owns and closes it; no other is made.
+    pub(crate) fn recv_file_owned(
+        &self,
+        file: &File,
+        offset: u64,
+        len: u64,
+        src: std::os::fd::OwnedFd,
+    ) -> Completion<u64> {
+        let checked = self
+            .exec
+            .check_owner(file)
+            .and_then(|()| validate::recv_file(file, offset, len, std::os::fd::AsFd::as_fd(&src)));
+        match checked {
+            Ok(_) if len == 0 => Completion::ready(Ok(0)),
+            Ok(name) => self.recv_file_as(file, offset, len, src, name),
+            Err(e) => Completion::ready(Err(e)),
+        }
+    }
+
+    fn recv_file_as(
+        &self,
+        file: &File,
+        offset: u64,
+        len: u64,
+        src: std::os::fd::OwnedFd,
+        name: std::path::PathBuf,
+    ) -> Completion<u64> {
+        let make = |done| {
+            Box::new(op::recv_file::RecvFile::new(src, name, offset, len, done)) as Box<dyn FileOp>
+        };
+        self.exec.request_op(file, Ok(make), self.deadline)
+    }
+
     /// [`Executor::fdatasync`] with the deadline.
     pub fn fdatasync(&self, file: &File) -> Completion<()> {
         Sink::sync(*self, file, true)

@@ -340,6 +340,34 @@ impl Executor {
         self.with_deadline(None).send_file(file, offset, len, dest)
     }
 
+    /// Receives up to `len` bytes from `src` (a stream socket, pipe or FIFO) into `file` at
+    /// `offset` without passing them through user space: SPLICE rounds through a pipe of the
+    /// file's shard (the socket's pages go to the pipe by reference; the one copy is into the
+    /// page cache, where `recv` and `write` copy twice). The count comes back: fewer than `len`
+    /// only where the source ended its stream (the peer closed, or shut down its side).
+    ///
+    /// `file` must be open for writing, without O_APPEND or O_DIRECT
+    /// ([`InvalidArgument`](Error::InvalidArgument) says so). `src` is duplicated for the receive
+    /// (one descriptor, closed when it ends), so it may be closed meanwhile; a non-blocking one
+    /// is waited for with a poll when it has nothing to read. Order: like a write of the range.
+    /// A peer that sends nothing leaves the receive waiting (nothing blocks a shard thread):
+    /// cancel it, drop it or give it a deadline ([`timeout`](Self::timeout)); that error then
+    /// says how many bytes reached the file before ([`Error::written`]), and bytes received but
+    /// not yet written are lost with the connection's position in its stream: treat the
+    /// connection as unusable after an error. On the threads backend the same rounds run as
+    /// splice(2) on the shard's workers. Forced to the blocking path
+    /// ([`force_blocking`](crate::ExecutorBuilder::force_blocking)), a source with nothing to
+    /// read yet fails it with EAGAIN.
+    pub fn recv_file(
+        &self,
+        file: &File,
+        offset: u64,
+        len: u64,
+        src: impl std::os::fd::AsFd,
+    ) -> Completion<u64> {
+        self.with_deadline(None).recv_file(file, offset, len, src)
+    }
+
     /// Shares the extents of `len` bytes at `src_off` of `src` with `dst_off` of `dst`
     /// (`FICLONERANGE`, a reflink: no data is copied, and later writes to either file
     /// unshare what they touch), with the order of [`copy_file_range`](Self::copy_file_range);

@@ -5,6 +5,7 @@
 //! inode decides the shard that keeps it (see [`router`](crate::router)), which installs the
 //! descriptor in its ring's registered file table.
 
+pub use crate::driver::cachestat::PageCacheState;
 use crate::error::{Error, Result};
 use crate::router::FileKey;
 use std::ffi::CString;
@@ -267,16 +268,8 @@ pub(crate) fn hold(held: &mut Vec<File>, file: &File) {
 /// mode, O_APPEND and O_DIRECT from `fcntl(F_GETFL)`, its identity from `fstat`.
 pub(crate) fn describe_fd(fd: &OwnedFd, path: &Path) -> Result<(FileKey, FileFlags)> {
     use std::os::fd::AsRawFd;
-    // SAFETY: F_GETFL reads the descriptor's flags; no memory is passed.
-    let fl = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
-    if fl < 0 {
-        return Err(Error::io(
-            "fcntl(F_GETFL)",
-            Some(path.to_path_buf()),
-            None,
-            crate::numa::last_errno(),
-        ));
-    }
+    let fl = crate::driver::fd_flags::fd_flags(fd.as_raw_fd())
+        .map_err(|errno| Error::io("fcntl(F_GETFL)", Some(path.to_path_buf()), None, errno))?;
     let key = key_of(fd, path)?;
     let acc = fl & libc::O_ACCMODE;
     Ok((
@@ -430,7 +423,8 @@ impl File {
     /// reads the inode's page-cache counters (no I/O, no lock held for long; about a
     /// microsecond). The answer is about the inode, whatever this handle's O_DIRECT flag: use it
     /// to choose between a handle with and one without O_DIRECT. `Ok(None)` where the kernel
-    /// has no cachestat (before Linux 6.5: ENOSYS). Fails after an explicit
+    /// has no cachestat (before Linux 6.5: ENOSYS); any other refusal is an error with its
+    /// errno (EPERM: a seccomp filter refuses the call). Fails after an explicit
     /// [`close`](crate::Executor::close) of this file; a close racing with the call can make it
     /// describe whatever file reuses the descriptor number (a wrong hint, never a fault).
     pub fn page_cache(&self, offset: u64, len: u64) -> Result<Option<PageCacheState>> {
@@ -442,7 +436,7 @@ impl File {
                 libc::EBADF,
             ));
         }
-        PageCacheState::of(self.inner.inline.raw_fd(), offset, len)
+        crate::driver::cachestat::cachestat(self.inner.inline.raw_fd(), offset, len)
             .map_err(|errno| Error::io("cachestat", Some(self.path().into()), Some(offset), errno))
     }
 
@@ -513,66 +507,6 @@ impl DirectIoAlign {
                 memory: b,
                 offset: b,
             })
-    }
-}
-
-/// A range of a file's pages in the page cache ([`File::page_cache`]), in pages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct PageCacheState {
-    /// Pages of the range in the page cache.
-    pub cached: u64,
-    /// Of those, dirty (written, not yet written back).
-    pub dirty: u64,
-    /// Pages of the range under writeback.
-    pub writeback: u64,
-    /// Pages of the range evicted from the cache (shadow entries).
-    pub evicted: u64,
-    /// Of those, evicted recently (they would be in the cache with a little more memory).
-    pub recently_evicted: u64,
-}
-
-/// cachestat(2)'s number: the same on every architecture (Linux 6.5); the libc crate names it
-/// only on some.
-const SYS_CACHESTAT: libc::c_long = 451;
-
-impl PageCacheState {
-    /// cachestat(2) of `fd`'s range: `Ok(None)` on ENOSYS, else the errno on failure.
-    fn of(fd: std::os::fd::RawFd, offset: u64, len: u64) -> std::result::Result<Option<Self>, i32> {
-        #[repr(C)]
-        struct Range {
-            off: u64,
-            len: u64,
-        }
-        let range = Range { off: offset, len };
-        let mut out = [0u64; 5];
-        // SAFETY: cachestat reads `range` (a live `struct cachestat_range`: two u64) and writes
-        // `struct cachestat` (five u64) into `out`, both outliving the call; it changes nothing.
-        let r = unsafe {
-            libc::syscall(
-                SYS_CACHESTAT,
-                fd,
-                &range as *const Range,
-                out.as_mut_ptr(),
-                0u32,
-            )
-        };
-        if r == 0 {
-            let [cached, dirty, writeback, evicted, recently_evicted] = out;
-            return Ok(Some(PageCacheState {
-                cached,
-                dirty,
-                writeback,
-                evicted,
-                recently_evicted,
-            }));
-        }
-        match std::io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO)
-        {
-            libc::ENOSYS => Ok(None),
-            e => Err(e),
-        }
     }
 }
 

@@ -223,6 +223,53 @@ pub(crate) fn send_file(
     op::send_file::check_dest(dest).map_err(|(errno, name)| send_file_error(file, name, errno))
 }
 
+/// A recv_file of up to `len` bytes from `src` into `file` at `offset`: `file` open for writing,
+/// without O_APPEND (the bytes land at `offset`) or O_DIRECT (the pipe's pages have no alignment
+/// to give), the range within the largest offset; `src` a stream socket, pipe or FIFO (its name
+/// for errors comes back). `len` bounds no allocation: each round moves at most a pipe's size,
+/// in the kernel.
+pub(crate) fn recv_file(
+    file: &File,
+    offset: u64,
+    len: u64,
+    src: std::os::fd::BorrowedFd<'_>,
+) -> Result<std::path::PathBuf> {
+    const OP: &str = "recv_file";
+    access(file, OP, file.flags().writable, "write(true)")?;
+    check_end(OP, offset, len)?;
+    let refuse = |what: &str, how: &str| {
+        Error::invalid(
+            OP,
+            format!(
+                "{} is open with {what}: recv_file writes at the offset it is given through a \
+                 pipe; {how}",
+                file.path().display()
+            ),
+        )
+    };
+    if file.flags().append {
+        return Err(refuse(
+            "O_APPEND",
+            "open it without append and pass the offset",
+        ));
+    }
+    if file.flags().direct {
+        return Err(refuse(
+            "O_DIRECT",
+            "open it without direct, or receive into a buffer and write that",
+        ));
+    }
+    match op::send_file::check_dest(src) {
+        Ok((_, name)) => Ok(name),
+        Err((errno, name)) => Err(Error::PathPair {
+            op: OP,
+            from: name,
+            to: file.path().to_path_buf(),
+            errno,
+        }),
+    }
+}
+
 /// The op's own duplicate of a checked `dest` (named `name`), or the error (EMFILE).
 pub(crate) fn send_file_dup(
     file: &File,

@@ -380,3 +380,78 @@ fn a_receive_that_finds_the_ring_empty_holds_no_buffer_while_its_peer_is_silent(
         stats(&exec).recv_buffers_held == 0
     });
 }
+
+/// The blocking path (a ring without IORING_FEAT_FAST_POLL, Linux 5.6; forced here): one
+/// non-blocking RECV into a plain buffer, no ring selection and no wait. A silent peer: EAGAIN
+/// at once (the socket still usable, no buffer held); bytes that arrived: received, byte for
+/// byte, in a plain buffer; the peer's shutdown: an empty buffer.
+#[test]
+fn on_the_blocking_path_a_pooled_receive_takes_what_arrived_or_fails_with_eagain() {
+    use ringshard::OpKind;
+    let _serial = serial();
+    let _w = Watchdog::new("blocking recv_pooled", HANG);
+    let exec = Arc::new(
+        Executor::builder()
+            .shards(1)
+            .recv_buffers(8, 4096)
+            .force_blocking(&[OpKind::RecvPooled])
+            .build()
+            .expect("executor"),
+    );
+    let blocking = &stats(&exec).blocking_ops;
+    assert!(blocking.contains(&OpKind::RecvPooled), "{blocking:?}");
+    let (step_tx, step_rx) = mpsc::channel::<Result<Vec<u8>, (Option<i32>, String)>>();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let go_rx = Arc::new(Mutex::new(go_rx));
+    let addr = serve(&exec, move |s| {
+        let (step_tx, go_rx) = (step_tx.clone(), go_rx.clone());
+        async move {
+            // Waits (yielding) for the test's word that the peer acted.
+            let go = || async {
+                while go_rx.lock().unwrap().try_recv().is_err() {
+                    ringshard::yield_now().await;
+                }
+            };
+            // Receives, again while loopback delivery lags (EAGAIN: nothing yet).
+            let recv = || async {
+                loop {
+                    match s.recv_pooled().await {
+                        Err(e) if e.errno() == Some(libc::EAGAIN) => ringshard::yield_now().await,
+                        r => return r,
+                    }
+                }
+            };
+            // 1. The peer has sent nothing: EAGAIN at once, naming the operation.
+            let r = s.recv_pooled().await.map(|b| b.to_vec());
+            step_tx
+                .send(r.map_err(|e| (e.errno(), e.to_string())))
+                .unwrap();
+            // 2. Bytes sent: received into a plain buffer (no ring on this path).
+            go().await;
+            let got = recv().await.expect("recv_pooled");
+            assert!(!got.is_from_ring());
+            step_tx.send(Ok(got.to_vec())).unwrap();
+            drop(got);
+            // 3. The peer shut down its sending side: an empty buffer.
+            go().await;
+            let end = recv().await.expect("recv_pooled at the end");
+            step_tx.send(Ok(end.to_vec())).unwrap();
+        }
+    });
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    let first = step_rx.recv_timeout(HANG).unwrap();
+    let (errno, e) = first.expect_err("a receive with nothing arrived");
+    assert_eq!(errno, Some(libc::EAGAIN), "{e}");
+    assert!(e.contains("recv_pooled"), "{e}");
+    assert_eq!(stats(&exec).recv_buffers_held, 0, "EAGAIN held a buffer");
+    c.write_all(b"hello, blocking path").unwrap();
+    go_tx.send(()).unwrap();
+    assert_eq!(
+        step_rx.recv_timeout(HANG).unwrap().unwrap(),
+        b"hello, blocking path"
+    );
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    go_tx.send(()).unwrap();
+    assert_eq!(step_rx.recv_timeout(HANG).unwrap().unwrap(), b"");
+    assert_eq!(stats(&exec).recv_buffers_held, 0, "a buffer still held");
+}

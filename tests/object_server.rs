@@ -300,6 +300,14 @@ fn put_get_round_trips_of_several_sizes(engine: &'static str) {
         // On disk, too.
         assert!(std::fs::read(s.root().join(&key)).unwrap() == body);
     }
+    // The shards engine received the large body straight into its file (recv_file: whatever
+    // part of it came with the head aside).
+    if engine == "shards" {
+        assert!(
+            ops_total(&s, "recv_file") >= 1.0,
+            "the 8 MiB upload took no recv_file"
+        );
+    }
     // Overwrite: the new bytes are served (the cached handle was invalidated).
     let r = req(&s, Method::PUT, "/obj4096", &[], b"new".to_vec());
     assert_eq!(r.status, StatusCode::CREATED);
@@ -814,6 +822,18 @@ fn typed_mark(path: &Path) -> bool {
     std::fs::symlink_metadata(path).unwrap().mode() & libc::S_ISVTX != 0
 }
 
+/// `ringshard_ops_total` of `op`, summed over the shards.
+fn ops_total(s: &Server, op: &str) -> f64 {
+    let r = req(s, Method::GET, "/metrics", &[], vec![]);
+    let label = format!("op=\"{op}\"}}");
+    String::from_utf8(r.body)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("ringshard_ops_total{") && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// A metric's value in `/metrics`' text (the whole series name, labels included).
 fn metric(s: &Server, series: &str) -> f64 {
     let r = req(s, Method::GET, "/metrics", &[], vec![]);
@@ -942,9 +962,25 @@ fn direct_is_chosen_by_the_page_cache(engine: &'static str) {
         "a cold read filled the cache"
     );
 
+    // A HEAD finds its O_DIRECT handle in the handle cache and reads no body: not a second
+    // read, so no promotion, no new handle, and the page cache stays empty.
+    let promoted = metric(&s, "object_server_promoted_total");
+    let (b1, d1) = (opens("buffered"), opens("direct"));
+    let r = req(&s, Method::HEAD, "/cold", &[], vec![]);
+    assert_eq!(r.status, StatusCode::OK);
+    let len = cold.len().to_string();
+    assert_eq!(r.header("content-length"), Some(len.as_str()));
+    assert!(r.body.is_empty());
+    assert_eq!(metric(&s, "object_server_promoted_total"), promoted);
+    assert_eq!((opens("buffered"), opens("direct")), (b1, d1));
+    assert_eq!(
+        cached_pages(&s.root().join("cold")),
+        Some(0),
+        "a HEAD filled the cache"
+    );
+
     // Read again (its O_DIRECT handle found in the handle cache): promoted to a buffered handle,
     // and from now on in the page cache.
-    let promoted = metric(&s, "object_server_promoted_total");
     let r = req(
         &s,
         Method::GET,

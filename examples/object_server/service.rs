@@ -66,7 +66,7 @@ pub async fn handle(st: &Store, req: &Request<'_>, body: &mut impl BodySource) -
 }
 
 async fn get(st: &Store, key: &str, req: &Request<'_>) -> Reply<Arc<Entry>> {
-    match st.lookup(key).await {
+    match st.lookup(key, *req.method != Method::HEAD).await {
         Ok(e) => {
             let file = Arc::clone(&e);
             http::object_reply(req.method, req.headers, &e.v, file)

@@ -50,7 +50,7 @@ use crate::tokio_engine::Limits;
 use bytes::Bytes;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, StatusCode};
-use ringshard::{Error, LocalShard, TcpListener, TcpStream};
+use ringshard::{Error, File, LocalShard, TcpListener, TcpStream};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -71,6 +71,13 @@ pub const SMALL_BODY: u64 = 64 * 1024;
 const OUT_FLUSH: usize = 64 * 1024;
 /// The most a receive of a `Content-Length` body asks for at once.
 const BODY_RECV: u64 = 256 * 1024;
+/// A `Content-Length` body of at least this many bytes, none of it received yet, goes straight
+/// from the socket into its file (`TcpStream::recv_file`); a smaller one is received into a
+/// buffer and written (every SPLICE round is an io-wq hand-off, which a small body does not pay
+/// back).
+const RECV_FILE_MIN: u64 = 64 * 1024;
+/// The most one `recv_file` receives (each piece has the body timeout).
+const RECV_FILE_PIECE: u64 = 4 << 20;
 /// The most one `send_file` sends (each piece has the send timeout).
 const SEND_FILE_PIECE: u64 = 4 << 20;
 /// Reads in flight for a large object.
@@ -408,9 +415,15 @@ impl Io {
         }
     }
 
-    /// Sends all of `buf` (given back cleared); `Err`: the connection is unusable.
-    async fn send_all(&mut self, buf: Vec<u8>) -> Result<Vec<u8>, String> {
-        match self.stream.send_all(buf).await {
+    /// Sends all of `buf` (given back cleared; with `more`, MSG_MORE: more follows at once);
+    /// `Err`: the connection is unusable.
+    async fn send_all(&mut self, buf: Vec<u8>, more: bool) -> Result<Vec<u8>, String> {
+        let sending = if more {
+            self.stream.send_all_more(buf)
+        } else {
+            self.stream.send_all(buf)
+        };
+        match sending.await {
             Ok((Ok(_), mut b)) => {
                 b.clear();
                 Ok(b)
@@ -466,7 +479,7 @@ impl ConnBody<'_> {
     async fn piece(&mut self, timeout: Duration) -> Option<Result<Bytes, BodyError>> {
         if std::mem::take(&mut self.expect) && !self.finished() {
             let cont = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
-            if let Err(d) = self.io.send_all(cont).await {
+            if let Err(d) = self.io.send_all(cont, false).await {
                 return Some(Err(BodyError::Broken(d)));
             }
         }
@@ -570,6 +583,53 @@ impl BodySource for ConnBody<'_> {
     async fn next(&mut self) -> Option<Result<Bytes, BodyError>> {
         let t = self.timeout;
         self.piece(t).await
+    }
+
+    /// A `Content-Length` body of at least [`RECV_FILE_MIN`] bytes of which nothing was received
+    /// yet: from the socket into the file by `TcpStream::recv_file` (no copy through user space),
+    /// in pieces of at most [`RECV_FILE_PIECE`], each with the body timeout.
+    async fn rest_to_file(
+        &mut self,
+        file: &File,
+        offset: u64,
+        limit: u64,
+    ) -> Option<Result<u64, BodyError>> {
+        let Framing::Length(left) = self.framing else {
+            return None;
+        };
+        if left < RECV_FILE_MIN || left > limit || self.io.avail() > 0 {
+            return None;
+        }
+        if std::mem::take(&mut self.expect) {
+            let cont = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
+            if let Err(d) = self.io.send_all(cont, false).await {
+                return Some(Err(BodyError::Broken(d)));
+            }
+        }
+        let mut got = 0u64;
+        while got < left {
+            let piece = (left - got).min(RECV_FILE_PIECE);
+            self.io.stream.set_recv_timeout(Some(self.timeout));
+            let r = self.io.stream.recv_file(file, offset + got, piece).await;
+            match r {
+                Ok(n) if n == piece => got += n,
+                Ok(_) => {
+                    self.framing = Framing::Length(left - got);
+                    return Some(Err(BodyError::Broken("connection closed mid-body".into())));
+                }
+                Err(e) => {
+                    // Unfinished (the connection closes after the answer): its place in its
+                    // stream is lost with the bytes the receive had not written yet.
+                    self.framing = Framing::Length(left - got);
+                    return Some(Err(match e {
+                        Error::DeadlineExceeded { .. } => BodyError::Timeout,
+                        e => BodyError::Broken(e.to_string()),
+                    }));
+                }
+            }
+        }
+        self.framing = Framing::Done;
+        Some(Ok(got))
     }
 
     /// At most 1 MiB, for at most 2 s.
@@ -877,7 +937,15 @@ impl Conn {
 
     async fn flush(&mut self) -> Result<(), String> {
         let out = std::mem::take(&mut self.out);
-        self.out = self.io.send_all(out).await?;
+        self.out = self.io.send_all(out, false).await?;
+        Ok(())
+    }
+
+    /// `flush` before a body that follows at once: with MSG_MORE, so the head's segment carries
+    /// the body's first bytes (the client takes one segment less per response; nginx corks).
+    async fn flush_before_body(&mut self) -> Result<(), String> {
+        let out = std::mem::take(&mut self.out);
+        self.out = self.io.send_all(out, true).await?;
         Ok(())
     }
 
@@ -1010,7 +1078,7 @@ async fn send_object(
     end: u64,
 ) -> Result<u64, String> {
     if !entry.file.is_direct() {
-        c.flush().await?;
+        c.flush_before_body().await?;
         // In pieces, each with the send timeout: a slow reader of a large object is cut off
         // only when a piece makes no headway for that long, not when the whole takes longer.
         let mut at = start;
@@ -1040,7 +1108,7 @@ async fn send_object(
         }
     };
     fill(c, &mut reads);
-    c.flush().await?;
+    c.flush_before_body().await?;
     let mut sent = 0u64;
     while let Some((rd, skip, want)) = reads.pop_front() {
         let mut d = rd.await.map_err(|e| format!("read: {e}"))?;
@@ -1052,7 +1120,7 @@ async fn send_object(
             d.truncate(skip + want);
             d.drain(..skip);
         }
-        let d = c.io.send_all(d).await?;
+        let d = c.io.send_all(d, false).await?;
         sent += want as u64;
         if c.chunks.len() < READ_AHEAD {
             c.chunks.push(d);

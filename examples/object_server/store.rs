@@ -37,9 +37,10 @@
 //! effect, unlike a RWF_NOWAIT read, whose miss starts readahead into the cache). Half of it or
 //! more cached: a buffered handle (page-cache reads, SPLICE to the socket); less: an O_DIRECT
 //! handle, so a cold object read once does not fill the page cache, nor pay the page-cache
-//! insertion. An object whose O_DIRECT handle is found again in the handle cache is read a
-//! second time: it is promoted (looked up again with a buffered handle), like the kernel's LRU
-//! moves a page read twice to its active list. Which handle is opened first follows what the
+//! insertion. An object whose O_DIRECT handle is found again in the handle cache by a GET is
+//! read a second time: it is promoted (looked up again with a buffered handle), like the
+//! kernel's LRU moves a page read twice to its active list (a HEAD reads no bytes: it promotes
+//! nothing). Which handle is opened first follows what the
 //! last misses found (mostly cached: buffered first; a new server guesses buffered), so the
 //! common case takes one open; the other case opens the other handle too (a longer lookup: two
 //! requests for one key are then likelier to both miss and open a handle each). Without
@@ -152,6 +153,19 @@ pub trait BodySource: Send {
     /// Reads and drops what is left of a refused body (bounded), so the answer is not lost to a
     /// reset when the connection closes with unread bytes.
     fn discard(&mut self) -> impl Future<Output = ()> + Send;
+    /// Moves the rest of the body straight into `file` at `offset`, if this source can and it is
+    /// at most `limit` bytes: its length (the body is then finished). `None` (the default): it
+    /// cannot (part of the body already received, a chunked body, an engine without it), and
+    /// the caller takes pieces with `next`.
+    fn rest_to_file(
+        &mut self,
+        file: &File,
+        offset: u64,
+        limit: u64,
+    ) -> impl Future<Output = Option<Result<u64, BodyError>>> + Send {
+        let _ = (file, offset, limit);
+        async { None }
+    }
 }
 
 /// Why an upload failed.
@@ -262,7 +276,10 @@ impl Store {
     /// key is one directory entry of the root, `lstat`ed first (a symlink, directory or FIFO is
     /// not found, and a FIFO is never opened) and opened with O_NOFOLLOW (a symlink swapped in
     /// between is ELOOP: not found). With or without O_DIRECT: see the module docs.
-    pub async fn lookup(&self, key: &str) -> Result<Arc<Entry>, LookupError> {
+    /// `reads_body`: the request reads the object's bytes (a GET); a HEAD does not, so an
+    /// O_DIRECT handle it finds in the handle cache is not promoted (only a second read is a
+    /// reason to move an object into the page cache).
+    pub async fn lookup(&self, key: &str, reads_body: bool) -> Result<Arc<Entry>, LookupError> {
         let io = |e: Error| {
             if not_found_errno(e.errno()) {
                 LookupError::NotFound
@@ -273,7 +290,7 @@ impl Store {
         // A PUT between the open and the type's read is seen (the type's inode differs): again.
         for _ in 0..3 {
             let (gen, promote) = match self.cache.get(key) {
-                Ok(e) if !e.promote_on_hit => return Ok(e),
+                Ok(e) if !e.promote_on_hit || !reads_body => return Ok(e),
                 Ok(_) => (self.cache.gen(key), true),
                 Err(gen) => (gen, false),
             };
@@ -436,7 +453,9 @@ impl Store {
         ))
     }
 
-    /// Streams `body` into `file` a chunk at a time, one write in flight; its length.
+    /// Streams `body` into `file` a chunk at a time, one write in flight, or the rest of it
+    /// straight from the connection where the engine can (`BodySource::rest_to_file`); its
+    /// length.
     pub async fn write_body(
         &self,
         file: &File,
@@ -448,7 +467,24 @@ impl Store {
         let mut total = 0u64;
         let mut pending: Option<Completion<usize>> = None;
         let io = |e: Error| PutError::Io(e.to_string());
-        while let Some(data) = body.next().await {
+        loop {
+            // The rest straight from the connection, after what is gathered in `buf` (written
+            // beside it: another range of the file).
+            let limit = self.cfg.max_object.saturating_sub(total);
+            let at = off + buf.len() as u64;
+            if let Some(r) = body.rest_to_file(file, at, limit).await {
+                if let Some(p) = pending.take() {
+                    p.await.map_err(io)?;
+                }
+                let n = r.map_err(PutError::Body)?;
+                if !buf.is_empty() {
+                    self.exec.write(file, off, buf).await.map_err(io)?;
+                }
+                return Ok(at + n);
+            }
+            let Some(data) = body.next().await else {
+                break;
+            };
             let data = data.map_err(PutError::Body)?;
             total += data.len() as u64;
             if total > self.cfg.max_object {

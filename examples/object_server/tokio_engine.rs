@@ -277,6 +277,45 @@ impl TimedStream {
     }
 }
 
+/// `bufs` sent to `io` with sendmsg(2) and `MSG_MORE` (more follows at once): what the socket
+/// takes now, or `Pending` until it has room.
+fn poll_send_more(
+    io: &TcpStream,
+    cx: &mut Context<'_>,
+    bufs: &[io::IoSlice<'_>],
+) -> Poll<io::Result<usize>> {
+    use std::os::fd::AsRawFd;
+    let fd = io.as_raw_fd();
+    loop {
+        std::task::ready!(io.poll_write_ready(cx))?;
+        let sent = io.try_io(tokio::io::Interest::WRITABLE, || {
+            // SAFETY: an all-zero msghdr is valid (no address, no control data).
+            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+            // IoSlice is ABI-compatible with iovec (std documents it); sendmsg only reads them.
+            msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+            msg.msg_iovlen = bufs.len().min(libc::UIO_MAXIOV as usize) as _;
+            // SAFETY: `msg` points at `bufs`' iovecs, live and unchanged for this call; `fd` is
+            // `io`'s open socket, borrowed for the call.
+            let n = unsafe {
+                libc::sendmsg(
+                    fd,
+                    &msg,
+                    libc::MSG_MORE | libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+                )
+            };
+            if n < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(n as usize)
+            }
+        });
+        match sent {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            r => return Poll::Ready(r),
+        }
+    }
+}
+
 impl AsyncWrite for TimedStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
@@ -299,7 +338,14 @@ impl AsyncWrite for TimedStream {
         if lead == 0 && !bufs.is_empty() {
             return this.poll_span(cx, bufs[0].len());
         }
-        let r = Pin::new(&mut this.io).poll_write_vectored(cx, &bufs[..lead]);
+        let r = if lead < bufs.len() {
+            // A head before placeholder bytes: MSG_MORE, so its segment carries the body's first
+            // bytes (`send_file` next; its last round pushes). The client takes one segment
+            // less per response, as nginx's TCP_CORK gives it, without the cork's two calls.
+            poll_send_more(&this.io, cx, &bufs[..lead])
+        } else {
+            Pin::new(&mut this.io).poll_write_vectored(cx, &bufs[..lead])
+        };
         this.send_clock(cx, r)
     }
 

@@ -13,6 +13,8 @@
 //!   [`fallback_reason`]), or when a required opcode is missing. The reason is kept for stats and
 //!   logged once.
 
+pub(crate) mod cachestat;
+pub(crate) mod fd_flags;
 pub(crate) mod socket_waits;
 pub(crate) mod sockopt;
 pub(crate) mod sqe;

@@ -10,6 +10,7 @@
 //! per-socket order), so a number in the set is never reused under it; a cancelled call leaves
 //! at once.
 
+use super::fd_flags::set_nonblocking;
 use super::sqe::{Code, Sqe};
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -194,17 +195,6 @@ impl SocketWaits {
     }
 }
 
-/// Sets `O_NONBLOCK` on `fd` (a listener or a connecting socket), so that accept and connect
-/// never wait on the shard thread.
-fn set_nonblocking(fd: RawFd) {
-    // SAFETY: fcntl on a descriptor takes no memory.
-    let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    if fl >= 0 && fl & libc::O_NONBLOCK == 0 {
-        // SAFETY: as above.
-        unsafe { libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) };
-    }
-}
-
 /// The socket's pending error (`SO_ERROR`, cleared by reading it): 0 once a connect is done,
 /// or `-errno` (as a CQE would carry it) when it failed. Never waits.
 pub(crate) fn socket_error(fd: RawFd) -> i32 {
@@ -238,6 +228,7 @@ pub(crate) fn socket_call(sqe: &Sqe, code: Code, fd: RawFd, again: bool) -> Resu
                     libc::POLLOUT,
                 ),
                 Code::Accept => {
+                    // O_NONBLOCK on the listener: accept never waits on the shard thread.
                     set_nonblocking(fd);
                     let addr = sqe.addr as *mut libc::sockaddr;
                     let addrlen = sqe.off as *mut libc::socklen_t;
@@ -248,6 +239,7 @@ pub(crate) fn socket_call(sqe: &Sqe, code: Code, fd: RawFd, again: bool) -> Resu
                 }
                 Code::Connect if again => return Ok(socket_error(fd)),
                 Code::Connect => {
+                    // And on a connecting socket: connect answers EINPROGRESS, never waits.
                     set_nonblocking(fd);
                     let rc = libc::connect(
                         fd,

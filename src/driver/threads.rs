@@ -494,9 +494,7 @@ impl ThreadDriver {
         if let Some(&d) = self.direct.get(&fd) {
             return d;
         }
-        // SAFETY: fcntl(F_GETFL) takes no memory.
-        let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-        let d = fl >= 0 && fl & libc::O_DIRECT != 0;
+        let d = super::fd_flags::fd_flags(fd).is_ok_and(|fl| fl & libc::O_DIRECT != 0);
         if self.direct.len() >= 4096 {
             self.direct.clear();
         }

@@ -197,9 +197,11 @@ impl TcpStream {
     /// Where the kernel has provided-buffer rings (Linux 5.19) the kernel picks the buffer
     /// (IOSQE_BUFFER_SELECT); when all are leased, or without a ring (the threads backend, an
     /// older kernel), the receive waits for the socket to be readable and then takes a plain
-    /// buffer of the same size. Ordering, cancellation and the deadline
-    /// ([`set_recv_timeout`](Self::set_recv_timeout)) are [`recv`](Self::recv)'s; a buffer is
-    /// never handed out while the kernel may write it.
+    /// buffer of the same size. On the blocking path (a ring without IORING_FEAT_FAST_POLL, or
+    /// the kind forced there: see [`net`](crate::net)) it is one non-blocking receive into a
+    /// plain buffer: EAGAIN where nothing has arrived, and no buffer held. Ordering,
+    /// cancellation and the deadline ([`set_recv_timeout`](Self::set_recv_timeout)) are
+    /// [`recv`](Self::recv)'s; a buffer is never handed out while the kernel may write it.
     pub fn recv_pooled(&self) -> Completion<RecvBuf> {
         let make = |done| Box::new(RecvPooled::new(done)) as Box<dyn FileOp>;
         self.exec
@@ -209,19 +211,29 @@ impl TcpStream {
     /// Sends what the socket takes of `buf` now (at least one byte, unless the buffer is
     /// empty): the count and the buffer come back. Sends of one socket run in the order made.
     pub fn send<B: IoBuf>(&self, buf: B) -> BufCompletion<usize, B> {
-        self.send_with(buf, false)
+        self.send_with(buf, false, false)
     }
 
     /// Sends all of `buf` (round after round, no other send of the socket in between): the
     /// count and the buffer come back. On an error the count already sent is in the error
     /// ([`Error::written`]).
     pub fn send_all<B: IoBuf>(&self, buf: B) -> BufCompletion<usize, B> {
-        self.send_with(buf, true)
+        self.send_with(buf, true, false)
     }
 
-    fn send_with<B: IoBuf>(&self, buf: B, all: bool) -> BufCompletion<usize, B> {
+    /// [`send_all`](Self::send_all) with `MSG_MORE`: more follows at once (a response head before
+    /// its body from [`send_file`](Self::send_file)). TCP keeps the last partial segment back,
+    /// and the next send's first bytes go in it: a small head and its body reach the peer in
+    /// one segment rather than two, as TCP_CORK would do, without a cork's two system calls.
+    /// The next send without it pushes what was kept: make one at once, or the kept bytes may
+    /// wait (for a later send, or the stream's close).
+    pub fn send_all_more<B: IoBuf>(&self, buf: B) -> BufCompletion<usize, B> {
+        self.send_with(buf, true, true)
+    }
+
+    fn send_with<B: IoBuf>(&self, buf: B, all: bool, more: bool) -> BufCompletion<usize, B> {
         let (vec, stash) = buf.into_vec();
-        let make = move |done| Box::new(Send::new(vec, all, done)) as Box<dyn FileOp>;
+        let make = move |done| Box::new(Send::new(vec, all, more, done)) as Box<dyn FileOp>;
         let raw = self
             .exec
             .request_op(&self.file, Ok(make), deadline(self.send_timeout));
@@ -240,7 +252,7 @@ impl TcpStream {
     /// there too) nothing crosses threads but the duplicate.
     pub async fn send_file(&self, file: &File, offset: u64, len: u64) -> Result<u64> {
         let deadline = deadline(self.send_timeout);
-        let make = |done| Box::new(DupFd::new(done)) as Box<dyn FileOp>;
+        let make = |done| Box::new(DupFd::after_sends(done)) as Box<dyn FileOp>;
         let dup = self.exec.request_op(&self.file, Ok(make), deadline).await?;
         // Errors name the peer, not the duplicate's descriptor number.
         let dest_name = |e: Error| match e {
@@ -258,6 +270,37 @@ impl TcpStream {
             .send_file_owned(file, offset, len, dup)
             .await
             .map_err(dest_name)
+    }
+
+    /// Receives up to `len` bytes from the peer into `file` at `offset` without copying them
+    /// through user space: [`Executor::recv_file`](crate::Executor::recv_file) (SPLICE through a
+    /// pipe of the file's shard), with this stream's receive timeout. The count comes back:
+    /// fewer than `len` only where the peer ended its stream. An upload whose length is known
+    /// (`Content-Length`) goes straight into its file.
+    ///
+    /// It follows this stream's earlier receives (they take their bytes first: the stream's
+    /// shard makes a duplicate of the socket after them, which the receive owns). A receive made
+    /// before this one finishes may take bytes first: await it before receiving more. After an
+    /// error (a deadline, a reset) the stream's position is unknown (bytes received but not yet
+    /// written are lost): close the connection.
+    pub async fn recv_file(&self, file: &File, offset: u64, len: u64) -> Result<u64> {
+        let deadline = deadline(self.recv_timeout);
+        let make = |done| Box::new(DupFd::after_receives(done)) as Box<dyn FileOp>;
+        let dup = self.exec.request_op(&self.file, Ok(make), deadline).await?;
+        // Errors name the peer, not the duplicate's descriptor number.
+        let src_name = |e: Error| match e {
+            Error::PathPair { op, to, errno, .. } => Error::PathPair {
+                op,
+                from: self.file.path().to_path_buf(),
+                to,
+                errno,
+            },
+            e => e,
+        };
+        crate::deadlined::Deadlined::new(&self.exec, deadline)
+            .recv_file_owned(file, offset, len, dup)
+            .await
+            .map_err(src_name)
     }
 
     /// Shuts down the sending side (after the sends made before it: the peer reads their bytes,

@@ -260,8 +260,12 @@ impl FileOp for AcceptRounds {
         Outcome::Delivered { bytes: 0 }
     }
 
-    /// Stopped, or its listener's last handle is gone: its round is cancelled.
-    fn is_cancelled(&self) -> bool {
+    /// No longer the live op, or its listener's last handle is gone: its round is taken out
+    /// of the kernel. Not a cancellation in the stats: nobody waits on this op (its accepts
+    /// wait in the queue, and hold the listener), so its end is nobody's cancellation, as a
+    /// full queue's stop is not (found beside `stress-ng --cpu 4`: the scan that saw the
+    /// listener dropped counted one `cancelled`).
+    fn stopped(&self) -> bool {
         Arc::strong_count(&self.queue) == 1 || lock(&self.queue).live != Some(self.id)
     }
 

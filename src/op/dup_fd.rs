@@ -1,5 +1,6 @@
 //! dup: a duplicate of a socket's descriptor, made on its shard after the socket's earlier sends
-//! (`TcpStream::send_file` hands it to a send_file op, which owns and closes it: the shard's own
+//! or receives (`TcpStream::send_file` hands it to a send_file op, `TcpStream::recv_file` to a
+//! recv_file op, which owns and closes it: the shard's own
 //! descriptor is never named by an op on another shard, so closing the stream cannot close what
 //! such an op is using, nor let a reused number reach it).
 
@@ -24,14 +25,29 @@ pub(crate) fn dup_cloexec(fd: RawFd) -> std::result::Result<OwnedFd, i32> {
 
 /// `fcntl(F_DUPFD_CLOEXEC)` of the op's descriptor on its shard thread.
 pub(crate) struct DupFd {
+    /// What it follows: the socket's earlier sends (`Footprint::Send`) or receives
+    /// (`Footprint::Recv`).
+    after: Footprint,
     got: Option<OwnedFd>,
     done: Option<Completer<OwnedFd>>,
 }
 
 impl DupFd {
-    /// A dup whose descriptor goes to `done`.
-    pub(crate) fn new(done: Completer<OwnedFd>) -> DupFd {
+    /// A dup after the socket's earlier sends (what is sent through it follows their bytes),
+    /// whose descriptor goes to `done`.
+    pub(crate) fn after_sends(done: Completer<OwnedFd>) -> DupFd {
         DupFd {
+            after: Footprint::Send,
+            got: None,
+            done: Some(done),
+        }
+    }
+
+    /// A dup after the socket's earlier receives (what is received through it follows the
+    /// bytes they took), whose descriptor goes to `done`.
+    pub(crate) fn after_receives(done: Completer<OwnedFd>) -> DupFd {
+        DupFd {
+            after: Footprint::Recv,
             got: None,
             done: Some(done),
         }
@@ -43,9 +59,9 @@ impl FileOp for DupFd {
         OpKind::Dup
     }
 
-    /// After the socket's earlier sends (what is sent through the duplicate follows their bytes).
+    /// After the socket's earlier sends or receives (see the constructors).
     fn footprint(&self, _known_size: u64) -> Footprint {
-        Footprint::Send
+        self.after
     }
 
     fn sqe(&mut self, _fd: OpFd) -> Option<squeue::Entry> {

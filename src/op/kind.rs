@@ -116,6 +116,8 @@ op_kinds! {
     CloneRange => "clone_range", None,
     /// A file's bytes to a socket or pipe (send_file): SPLICE rounds through a pipe.
     SendFile => "send_file", Some(Code::Splice),
+    /// A socket's or pipe's bytes into a file (recv_file): SPLICE rounds through a pipe.
+    RecvFile => "recv_file", Some(Code::Splice),
     /// send_file of an O_DIRECT file: READ into the op's buffer, then SEND_ZC (6.0) or SEND.
     SendFileDirect => "send_file_direct", Some(Code::Read),
     /// Accepting a connection on a listening socket (`accept4`).

@@ -77,6 +77,7 @@ pub(crate) mod path;
 pub(crate) mod read;
 pub(crate) mod read_dir;
 pub(crate) mod recv;
+pub(crate) mod recv_file;
 pub(crate) mod recv_pooled;
 pub(crate) mod rw;
 pub(crate) mod send;
@@ -375,6 +376,15 @@ pub(crate) trait FileOp: Send {
 
     /// Nobody waits for the result any more (ops that keep their own `Completer`).
     fn is_cancelled(&self) -> bool {
+        false
+    }
+
+    /// The op has no more work to do, by its own rules rather than anyone's cancellation (an
+    /// accept whose listener's last handle is gone, or that is no longer its listener's live
+    /// op): taken out of the kernel as a cancelled op is (ASYNC_CANCEL of its round), but
+    /// counted in no stat (`CancelWhy::Stopped`), since nobody asked for it. Looked at before
+    /// [`is_cancelled`](Self::is_cancelled).
+    fn stopped(&self) -> bool {
         false
     }
 

@@ -4,6 +4,8 @@
 //! socket comes between its bytes. A send that waits for a peer who does not read is taken out
 //! of the kernel when its handle is dropped or its deadline passes (the bytes already sent stay
 //! sent: the error says how many). `MSG_NOSIGNAL`: a peer that closed gives EPIPE, never SIGPIPE.
+//! `MSG_MORE` on request (`TcpStream::send_all_more`): TCP keeps a last partial segment back
+//! for the next send to fill, as TCP_CORK would, without the two setsockopt calls a cork costs.
 
 use super::{on_fd, FileOp, Footprint, OpFd, OpKind, Outcome, Step};
 use crate::buf::RawBuf;
@@ -13,20 +15,22 @@ use io_uring::{opcode, squeue};
 use std::os::fd::RawFd;
 use std::path::Path;
 
-/// One send of `buf` (all of it, with `all`).
+/// One send of `buf` (all of it, with `all`; with `more`, MSG_MORE: more follows at once).
 pub(crate) struct Send {
     buf: Vec<u8>,
     sent: usize,
     all: bool,
+    more: bool,
     done: Option<Completer<RawBuf>>,
 }
 
 impl Send {
-    pub(crate) fn new(buf: Vec<u8>, all: bool, done: Completer<RawBuf>) -> Self {
+    pub(crate) fn new(buf: Vec<u8>, all: bool, more: bool, done: Completer<RawBuf>) -> Self {
         Send {
             buf,
             sent: 0,
             all,
+            more,
             done: Some(done),
         }
     }
@@ -45,8 +49,13 @@ impl FileOp for Send {
         let rest = &self.buf[self.sent.min(self.buf.len())..];
         let len = rest.len().min(u32::MAX as usize) as u32;
         let ptr = rest.as_ptr();
+        let flags = if self.more {
+            libc::MSG_NOSIGNAL | libc::MSG_MORE
+        } else {
+            libc::MSG_NOSIGNAL
+        };
         Some(on_fd!(fd.target, |f| opcode::Send::new(f, ptr, len)
-            .flags(libc::MSG_NOSIGNAL)
+            .flags(flags)
             .build()))
     }
 

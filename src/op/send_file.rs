@@ -303,7 +303,9 @@ impl SendFile {
         // the room estimate is wrong (the kernel's accounting is by skb truesize, and global
         // TCP memory pressure makes any send wait), which would stall the shard thread until
         // the peer reads. Seen: a client that stopped reading hung a 1-shard server.
-        if self.dest_kind != DestKind::Socket || !inline_enabled() || !nonblocking(self.dest.raw())
+        if self.dest_kind != DestKind::Socket
+            || !inline_enabled()
+            || !crate::driver::fd_flags::is_nonblocking(self.dest.raw())
         {
             return Inline::No;
         }
@@ -359,13 +361,6 @@ impl SendFile {
     }
 }
 
-/// Whether `fd`'s open file description is O_NONBLOCK (false where fcntl fails).
-fn nonblocking(fd: RawFd) -> bool {
-    // SAFETY: F_GETFL reads the descriptor's flags; no memory of ours is named.
-    let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    fl >= 0 && fl & libc::O_NONBLOCK != 0
-}
-
 /// The most bytes one inline round sends (it runs on the shard thread: this bounds how long
 /// the shard's other work waits for it; the socket's room usually bounds it first).
 const INLINE_MAX: u64 = 1 << 20;
@@ -377,63 +372,34 @@ fn inline_enabled() -> bool {
     *ON.get_or_init(|| std::env::var("RINGSHARD_SEND_FILE_INLINE").map_or(true, |v| v != "0"))
 }
 
-/// cachestat(2)'s number (Linux 6.5): 451 on every architecture of the unified table.
-const SYS_CACHESTAT: libc::c_long = 451;
-/// The kernel has no cachestat (ENOSYS, or a seccomp filter that refuses it): never ask again.
+/// The kernel has no cachestat (ENOSYS), or a seccomp filter refuses it (EPERM): never ask
+/// again. Other errors (a file it does not take, such as hugetlbfs) concern one file.
 static NO_CACHESTAT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// `struct cachestat_range`.
-#[repr(C)]
-struct CachestatRange {
-    off: u64,
-    len: u64,
-}
-
-/// `struct cachestat`: page counts over the range.
-#[repr(C)]
-#[derive(Default)]
-struct Cachestat {
-    nr_cache: u64,
-    nr_dirty: u64,
-    nr_writeback: u64,
-    nr_evicted: u64,
-    nr_recently_evicted: u64,
-}
 
 /// Whether every page of bytes `off..off + len` of `fd` that exists is in the page cache
 /// (cachestat(2), Linux 6.5+): one system call that looks the pages up without reading,
 /// faulting or waiting. Where it counts fewer, the file's size (fstat) says whether the range
 /// only reaches past the end of the file, whose pages do not exist (and past which sendfile
-/// reads nothing). False where it cannot say (no cachestat: ENOSYS, then never asked again; a
-/// file it does not take, such as hugetlbfs): those rounds go through a pipe.
+/// reads nothing). False where it cannot say (no cachestat: ENOSYS or a seccomp filter's EPERM,
+/// then never asked again; a file it does not take, such as hugetlbfs): those rounds go
+/// through a pipe. The system call is `driver::cachestat`'s; this keeps only send_file's rules.
 pub(crate) fn cached(fd: RawFd, off: u64, len: u64) -> bool {
     use std::sync::atomic::Ordering;
     if len == 0 || NO_CACHESTAT.load(Ordering::Relaxed) {
         return false;
     }
-    let range = CachestatRange { off, len };
-    let mut st = Cachestat::default();
-    // SAFETY: cachestat reads `range` and writes `st`, two locals of the kernel's layout.
-    let rc = unsafe {
-        libc::syscall(
-            SYS_CACHESTAT,
-            fd as libc::c_uint,
-            &range as *const CachestatRange,
-            &mut st as *mut Cachestat,
-            0 as libc::c_uint,
-        )
-    };
-    if rc != 0 {
-        let errno = crate::numa::last_errno();
-        if errno == libc::ENOSYS || errno == libc::EPERM {
+    let st = match crate::driver::cachestat::cachestat(fd, off, len) {
+        Ok(Some(st)) => st,
+        Ok(None) | Err(libc::EPERM) => {
             NO_CACHESTAT.store(true, Ordering::Relaxed);
+            return false;
         }
-        return false;
-    }
+        Err(_) => return false,
+    };
     let page = crate::numa::page_size().max(1) as u64;
     let pages = |end: u64| end.div_ceil(page).saturating_sub(off / page);
     let end = off.saturating_add(len);
-    if st.nr_cache >= pages(end) {
+    if st.cached >= pages(end) {
         return true;
     }
     // SAFETY: all-zero bytes are a valid `libc::stat` (integers only).
@@ -443,7 +409,7 @@ pub(crate) fn cached(fd: RawFd, off: u64, len: u64) -> bool {
         return false;
     }
     let size = meta.st_size.max(0) as u64;
-    end > size && st.nr_cache >= pages(size)
+    end > size && st.cached >= pages(size)
 }
 
 /// The most bytes one SPLICE is asked for.

@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 /// shard sleeps while ops are in flight.
 pub(super) const SCAN_EVERY: Duration = Duration::from_millis(5);
 
-/// Why an op should not run (or go on) any more: nobody waits for it, or its deadline passed.
+/// Why an op should not run (or go on) any more: nobody waits for it, its deadline passed, or
+/// it stopped by its own rules (`FileOp::stopped`).
 /// A close is never skipped: whoever dropped its handle still wants the file closed (the handle's
 /// own drop sends no second close once an explicit one was sent).
 pub(super) fn skip_reason(
@@ -39,6 +40,10 @@ pub(super) fn skip_reason(
     }
     if deadline.is_some_and(|d| now >= d) {
         return Some(CancelWhy::Deadline);
+    }
+    if io.stopped() {
+        // Its own end (an accept whose listener is gone): taken out, counted as nothing.
+        return Some(CancelWhy::Stopped);
     }
     (reply.is_cancelled(sessions) || io.is_cancelled()).then_some(CancelWhy::Dropped)
 }

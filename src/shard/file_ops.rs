@@ -209,7 +209,7 @@ impl Shard {
         let counted = f.rounds_are_ops();
         let why = if op.cancel.is_some() {
             None // cancelled already: its last CQE is on its way
-        } else if step == crate::op::Step::Done {
+        } else if step == crate::op::Step::Done || f.stopped() {
             Some(CancelWhy::Stopped)
         } else if f.is_cancelled() {
             Some(CancelWhy::Dropped)

@@ -176,6 +176,14 @@ impl IoOp {
             _ => false,
         }
     }
+
+    /// Whether the op ended its own work (`FileOp::stopped`): not a cancellation to count.
+    pub(crate) fn stopped(&self) -> bool {
+        match self {
+            IoOp::File(op) => op.stopped(),
+            _ => false,
+        }
+    }
 }
 
 /// Where an operation's result goes.

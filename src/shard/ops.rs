@@ -133,7 +133,8 @@ pub(super) enum CancelWhy {
     Deadline,
     /// Shutdown's grace period ran out.
     Shutdown,
-    /// The op stopped its own multishot round (`FileOp::on_more` said `Done`): not a
+    /// The op stopped its own multishot round (`FileOp::on_more` said `Done`), or has no more
+    /// work by its own rules (`FileOp::stopped`: an accept whose listener was dropped): not a
     /// cancellation anyone asked for, so not counted as one.
     Stopped,
 }

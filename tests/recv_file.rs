@@ -1,0 +1,291 @@
+//! recv_file: a socket's or pipe's bytes into a file without a user-space copy, on whichever
+//! backend `RINGSHARD_BACKEND` picks. Every file is read back and checked byte by byte.
+
+mod executor_util;
+
+use executor_util::{eventually, ok, pattern_byte as byte, rwc, wait, Watchdog, HANG};
+use ringshard::{Error, Executor, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+fn exec() -> Executor {
+    Executor::builder().shards(1).build().unwrap()
+}
+
+fn pattern(seed: u64, len: u64) -> Vec<u8> {
+    (0..len).map(|i| byte(seed, i)).collect()
+}
+
+/// Writes `data` to `w` on a thread (then drops it: the end of the stream, when `close`).
+fn writer<W: Write + Send + 'static>(
+    mut w: W,
+    data: Vec<u8>,
+    close: bool,
+) -> std::thread::JoinHandle<Option<W>> {
+    std::thread::spawn(move || {
+        w.write_all(&data).expect("the peer's write");
+        (!close).then_some(w)
+    })
+}
+
+fn new_file(exec: &Executor, path: &Path) -> File {
+    ok(exec.open(path, &rwc()), "open")
+}
+
+/// Lengths 0, 1, odd, many pipes' worth; a peer that ends its stream early gives a short count;
+/// at an offset past the file's end (the file grows, with a hole before).
+#[test]
+fn lengths_zero_one_odd_many_pipes_and_a_peer_that_ends_early() {
+    let _w = Watchdog::new("recv_file lengths", HANG);
+    let exec = exec();
+    let dir = tempfile::tempdir().unwrap();
+    // (offset, len asked, bytes the peer sends before closing)
+    let cases: [(u64, u64, u64); 6] = [
+        (0, 0, 0),
+        (0, 1, 1),
+        (7, 4097, 4097),
+        (0, 3 * 1024 * 1024 + 517, 3 * 1024 * 1024 + 517),
+        (100, 1 << 20, 300_001),
+        (5 << 20, 70_000, 70_000),
+    ];
+    for (k, (offset, len, sent)) in cases.into_iter().enumerate() {
+        let path = dir.path().join(format!("f{k}"));
+        let f = new_file(&exec, &path);
+        let (a, b) = UnixStream::pair().unwrap();
+        let data = pattern(k as u64, sent);
+        // The peer closes after its bytes unless it sends exactly what is asked (then it
+        // stays open: the count, not the end of the stream, must end the receive).
+        let w = writer(b, data.clone(), sent < len);
+        let got = ok(exec.recv_file(&f, offset, len, &a), "recv_file");
+        assert_eq!(got, sent, "case {k}: offset {offset} len {len}");
+        drop(w.join().unwrap());
+        let on_disk = std::fs::read(&path).unwrap();
+        let end = if sent == 0 { 0 } else { offset + sent };
+        assert_eq!(on_disk.len() as u64, end, "case {k}: file size");
+        if sent > 0 {
+            assert!(on_disk[..offset as usize].iter().all(|&b| b == 0));
+            assert!(
+                on_disk[offset as usize..] == data[..],
+                "case {k}: bytes differ"
+            );
+        }
+        // A read through the executor after it sees the bytes (it is ordered after the write).
+        if sent > 0 {
+            let back = ok(exec.read(&f, offset, sent as usize), "read back");
+            assert!(back == data, "case {k}: read back differs");
+        }
+    }
+}
+
+/// Over TCP: a non-blocking source (O_NONBLOCK, shared with the op's duplicate) with nothing to
+/// read answers EAGAIN, which io_uring does not retry for SPLICE: the receive waits for input
+/// and goes on. Arranged: the peer sends a first part, the receive writes it to the file (seen
+/// from here), and only then the rest: the receive's next round found the socket empty.
+#[test]
+fn a_non_blocking_source_with_nothing_yet_is_waited_for() {
+    let _w = Watchdog::new("recv_file waits for input", HANG);
+    let exec = exec();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f");
+    let f = new_file(&exec, &path);
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (s, _) = l.accept().unwrap();
+    s.set_nonblocking(true).unwrap();
+    let len = 2_000_000u64;
+    let data = pattern(3, len);
+    c.write_all(&data[..1000]).unwrap();
+    let rx = exec.recv_file(&f, 0, len, &s);
+    eventually("the first part in the file", HANG, || {
+        std::fs::metadata(&path).is_ok_and(|m| m.len() == 1000)
+    });
+    c.write_all(&data[1000..]).unwrap();
+    assert_eq!(ok(rx, "recv_file"), len);
+    assert!(std::fs::read(&path).unwrap() == data);
+}
+
+/// A peer that sends part and then nothing: a deadline ends the receive with
+/// `DeadlineExceeded`, saying how many bytes reached the file (the part sent before the call
+/// was made: its first round takes them), and the file holds exactly those. A cancelled and a
+/// dropped receive end too, and the next receive on the shard (pipes from the same pool) is
+/// exact.
+#[test]
+fn a_silent_peer_is_cut_off_and_the_next_receive_is_exact() {
+    let _w = Watchdog::new("recv_file from a silent peer", HANG);
+    let exec = exec();
+    let dir = tempfile::tempdir().unwrap();
+    for how in ["deadline", "cancel", "drop"] {
+        let path = dir.path().join(format!("silent-{how}"));
+        let f = new_file(&exec, &path);
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let part = pattern(5, 1000);
+        b.write_all(&part).unwrap();
+        match how {
+            "deadline" => {
+                let r = wait(
+                    exec.timeout(Duration::from_secs(1))
+                        .recv_file(&f, 0, 5000, &a),
+                );
+                match r {
+                    Err(e @ Error::DeadlineExceeded { .. }) => {
+                        assert_eq!(e.written(), Some(1000), "{e:?}")
+                    }
+                    r => panic!("a silent peer's receive: {r:?}"),
+                }
+                assert!(std::fs::read(&path).unwrap() == part);
+            }
+            "cancel" => {
+                let c = exec.recv_file(&f, 0, 5000, &a);
+                c.cancel();
+                assert!(matches!(wait(c), Err(Error::Cancelled { .. })));
+            }
+            _ => drop(exec.recv_file(&f, 0, 5000, &a)),
+        }
+        drop((a, b));
+        // The next receive on the same shard: exact.
+        let g = new_file(&exec, &dir.path().join(format!("next-{how}")));
+        let (a, b) = UnixStream::pair().unwrap();
+        let data = pattern(6, 700_000);
+        let w = writer(b, data.clone(), true);
+        assert_eq!(ok(exec.recv_file(&g, 0, 700_000, &a), how), 700_000);
+        w.join().unwrap();
+        assert!(std::fs::read(dir.path().join(format!("next-{how}"))).unwrap() == data);
+    }
+    // Every ended receive is accounted: nothing left in flight.
+    let st = exec.stats();
+    let kind = ringshard::OpKind::RecvFile.index();
+    let done: u64 = st.shards.iter().map(|s| s.ops[kind]).sum();
+    assert!(done >= 3, "{done} recv_file ops counted");
+}
+
+/// What it refuses, by name, before anything is sent: a file not open for writing, one with
+/// O_APPEND or O_DIRECT, a source that is not a socket or pipe, a range past the largest offset.
+#[test]
+fn what_it_refuses_and_why() {
+    let exec = exec();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = dir.path().join("f");
+    std::fs::write(&path, b"x").unwrap();
+    let (a, _b) = UnixStream::pair().unwrap();
+    let ro = ok(exec.open(&path, OpenOptions::new().read(true)), "open ro");
+    assert!(matches!(
+        wait(exec.recv_file(&ro, 0, 10, &a)),
+        Err(Error::BadHandle(_))
+    ));
+    let ap = ok(
+        exec.open(&path, OpenOptions::new().write(true).append(true)),
+        "open append",
+    );
+    match wait(exec.recv_file(&ap, 0, 10, &a)) {
+        Err(e @ Error::InvalidArgument { .. }) => assert!(e.to_string().contains("O_APPEND")),
+        r => panic!("append: {r:?}"),
+    }
+    if let Ok(d) = wait(exec.open(&path, OpenOptions::new().write(true).direct(true))) {
+        match wait(exec.recv_file(&d, 0, 4096, &a)) {
+            Err(e @ Error::InvalidArgument { .. }) => assert!(e.to_string().contains("O_DIRECT")),
+            r => panic!("direct: {r:?}"),
+        }
+    }
+    let f = ok(exec.open(&path, &rwc()), "open");
+    let plain = std::fs::File::open(&path).unwrap();
+    match wait(exec.recv_file(&f, 0, 10, &plain)) {
+        Err(e) => assert_eq!(e.errno(), Some(libc::ENOTSOCK), "{e:?}"),
+        r => panic!("a regular file as source: {r:?}"),
+    }
+    assert!(matches!(
+        wait(exec.recv_file(&f, u64::MAX - 5, 10, &a)),
+        Err(Error::InvalidArgument { .. })
+    ));
+}
+
+/// Forced to the blocking path (the shard thread runs the rounds as system calls, without
+/// waiting for input): bytes already there are received; a source with nothing fails EAGAIN.
+#[test]
+fn on_the_blocking_path() {
+    let exec = Executor::builder()
+        .shards(1)
+        .force_blocking(&[ringshard::OpKind::RecvFile])
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f");
+    let f = new_file(&exec, &path);
+    let (a, mut b) = UnixStream::pair().unwrap();
+    let data = pattern(8, 50_000);
+    b.write_all(&data).unwrap();
+    assert_eq!(
+        ok(exec.recv_file(&f, 0, 50_000, &a), "blocking path"),
+        50_000
+    );
+    assert!(std::fs::read(&path).unwrap() == data);
+    match wait(exec.recv_file(&f, 50_000, 10, &a)) {
+        Err(e) => assert_eq!(e.errno(), Some(libc::EAGAIN), "{e:?}"),
+        r => panic!("nothing to read on the blocking path: {r:?}"),
+    }
+}
+
+/// From tasks on shards: `TcpStream::recv_file` after a receive of the head on the same stream
+/// (the head's bytes are not in the file, the body's all are), into a file on the connection's
+/// shard and on the other one, with the stream's receive timeout.
+#[test]
+fn a_stream_receives_an_upload_after_its_head_into_a_file_on_either_shard() {
+    let _w = Watchdog::new("TcpStream::recv_file", HANG);
+    let exec = std::sync::Arc::new(Executor::builder().shards(2).build().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    for file_shard in 0..2 {
+        // A file placed on `file_shard`.
+        let (path, f) = (0..64)
+            .map(|i| {
+                let p = dir.path().join(format!("up-{file_shard}-{i}"));
+                let f = new_file(&exec, &p);
+                (p, f)
+            })
+            .find(|(_, f)| f.shard() == file_shard)
+            .expect("a file on each shard");
+        let body = pattern(9 + file_shard as u64, 1_500_003);
+        let head = format!("PUT {}\n", body.len()).into_bytes();
+        let e2 = std::sync::Arc::clone(&exec);
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let h = exec.spawn_on(0, async move {
+            let _keep = e2;
+            let l = ringshard::TcpListener::bind("127.0.0.1:0".parse().unwrap())
+                .await
+                .expect("bind");
+            addr_tx.send(l.local_addr()).unwrap();
+            let (mut s, _) = l.accept().await.expect("accept");
+            s.set_recv_timeout(Some(Duration::from_secs(30)));
+            // The head: read up to its newline, one byte at a time (so no body byte is taken).
+            let mut line = Vec::new();
+            loop {
+                let (r, b) = s.recv(Vec::with_capacity(1)).await.expect("recv handle");
+                assert_eq!(r.expect("recv"), 1);
+                line.push(b[0]);
+                if b[0] == b'\n' {
+                    break;
+                }
+            }
+            let len: u64 = std::str::from_utf8(&line[4..line.len() - 1])
+                .unwrap()
+                .parse()
+                .unwrap();
+            let got = s.recv_file(&f, 0, len).await.expect("recv_file");
+            let (r, _) = s.send_all(b"ok".to_vec()).await.expect("send handle");
+            r.expect("answer");
+            got
+        });
+        let addr = addr_rx.recv_timeout(HANG).unwrap();
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.write_all(&head).unwrap();
+        c.write_all(&body).unwrap();
+        let mut ans = [0u8; 2];
+        std::io::Read::read_exact(&mut c, &mut ans).unwrap();
+        assert_eq!(&ans, b"ok");
+        assert_eq!(h.wait().unwrap(), body.len() as u64);
+        assert!(
+            std::fs::read(&path).unwrap() == body,
+            "file on shard {file_shard}"
+        );
+    }
+}

@@ -1,14 +1,19 @@
-//! send_file of an O_DIRECT file, zero-copy (SEND_ZC) against copy (SEND), to a TCP sink: sends
-//! per second and CPU time of this process (user + system: the shard, io-wq workers) per GiB,
-//! per send size, the two modes interleaved round by round (load on a shared machine hits both
-//! alike). The sink is another process (`sink` mode), so its copy-out is not counted; run it in
-//! another network namespace to send over a veth pair.
+//! send_file of an O_DIRECT file to a TCP sink, by how it sends: SEND (a copy) or SEND_ZC
+//! (zero-copy), from the op's own buffers or from registered pool buffers (READ_FIXED, SEND_ZC
+//! with IORING_RECVSEND_FIXED_BUF), with one buffer per send or two (the next round's READ
+//! beside the current send). Sends per second and CPU time of this process (user + system: the
+//! shards, io-wq workers) per GiB, per send size, the modes interleaved round by round (load on
+//! a shared machine hits all alike). The sink is another process (`sink` mode), so its copy-out
+//! is not counted; run it in another network namespace to send over a veth pair.
 //!
 //! Usage:
 //!   send_zc_bench sink 0.0.0.0:7000
 //!   send_zc_bench send 127.0.0.1:7000 /tmp/file [MiB per run] [rounds] [sizes in KiB, comma]
 //!
 //! The file must exist (its first 64 MiB are sent, from offset 0 up); it is opened with O_DIRECT.
+//! Modes: `copy`/`zc` (send_zc_min u64::MAX / 0), `own`/`fixed` (a pool of 4 KiB buffers, too
+//! small for a round, or of 8 x 1 MiB: each send leases its buffers), `1`/`2` pool buffers per
+//! send.
 
 use ringshard::{Executor, OpenOptions};
 use std::io::Read;
@@ -57,13 +62,25 @@ fn main() {
         .map(|k| k * 1024)
         .collect();
     let span: u64 = 64 << 20;
-    let modes = [("zc", 0u64), ("copy", u64::MAX)];
+    // (name, send_zc_min, pool buffer size, buffers per send)
+    // (A send without pool buffers has one of its own: no `own-2`.)
+    let modes: [(&str, u64, usize, usize); 6] = [
+        ("copy-own", u64::MAX, 4096, 1),
+        ("copy-fixed-1", u64::MAX, 1 << 20, 1),
+        ("copy-fixed-2", u64::MAX, 1 << 20, 2),
+        ("zc-own", 0, 4096, 1),
+        ("zc-fixed-1", 0, 1 << 20, 1),
+        ("zc-fixed-2", 0, 1 << 20, 2),
+    ];
     let execs: Vec<Executor> = modes
         .iter()
-        .map(|&(_, min)| {
+        .map(|&(_, min, size, buffers)| {
             Executor::builder()
                 .shards(1)
                 .send_zc_min(min)
+                .buffer_size(size)
+                .buffer_count(8)
+                .send_file_buffers(buffers)
                 .build()
                 .unwrap()
         })
@@ -80,11 +97,14 @@ fn main() {
         .iter()
         .map(|_| TcpStream::connect(&addr).expect("connect"))
         .collect();
-    println!("size_kib mode round sends_per_s gib_per_s cpu_s_per_gib");
+    // leases_per_send: pool buffers leased per send_file (0: the op's own buffers).
+    println!("size_kib mode round sends_per_s gib_per_s cpu_s_per_gib leases_per_send");
+    let leases = |e: &Executor| e.stats().shards[0].pool.acquisitions;
     for &size in &sizes {
         let n = (mib << 20) / size;
         for round in 0..rounds {
-            for (i, &(name, _)) in modes.iter().enumerate() {
+            for (i, &(name, ..)) in modes.iter().enumerate() {
+                let l0 = leases(&execs[i]);
                 let (t0, c0) = (Instant::now(), cpu());
                 let mut off = 0u64;
                 for _ in 0..n {
@@ -96,9 +116,10 @@ fn main() {
                     off = (off + size) % span;
                 }
                 let (wall, cpu_t) = (t0.elapsed().as_secs_f64(), (cpu() - c0).as_secs_f64());
+                let leased = (leases(&execs[i]) - l0) as f64 / n as f64;
                 let gib = (n * size) as f64 / f64::from(1u32 << 30);
                 println!(
-                    "{} {name} {round} {:.0} {:.3} {:.3}",
+                    "{} {name} {round} {:.0} {:.3} {:.3} {leased:.2}",
                     size / 1024,
                     n as f64 / wall,
                     gib / wall,

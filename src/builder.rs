@@ -51,6 +51,7 @@ pub struct ExecutorBuilder {
     max_pending_fds: usize,
     recv_buffers: (u16, usize),
     send_zc_min: u64,
+    send_file_buffers: usize,
     /// Set when a first `build` found io_uring unusable for a shard's ring (ENOMEM at the
     /// fewest entries): the threads backend, for this reason.
     threads_because: Option<String>,
@@ -83,6 +84,7 @@ impl std::fmt::Debug for ExecutorBuilder {
             .field("max_pending_fds", &self.max_pending_fds)
             .field("recv_buffers", &self.recv_buffers)
             .field("send_zc_min", &self.send_zc_min)
+            .field("send_file_buffers", &self.send_file_buffers)
             .field("threads_because", &self.threads_because)
             .field("inline_reads", &self.inline_reads)
             .field("inline_read_limit", &self.inline_read_limit)
@@ -113,6 +115,7 @@ impl Default for ExecutorBuilder {
             max_live_ops: crate::shard::MAX_LIVE_OPS,
             max_pending_fds: crate::fd_transit::DEFAULT_MAX_PENDING_FDS,
             send_zc_min: crate::op::send_file_direct::DEFAULT_ZC_MIN,
+            send_file_buffers: 2,
             recv_buffers: (
                 crate::recv_ring::DEFAULT_COUNT,
                 crate::recv_ring::DEFAULT_SIZE,
@@ -388,16 +391,29 @@ impl ExecutorBuilder {
     }
 
     /// [`send_file`](crate::Executor::send_file) of a file open with O_DIRECT reads into a
-    /// buffer and sends rounds of at least this many bytes (at most 256 KiB each) with
-    /// IORING_OP_SEND_ZC (Linux 6.0; elsewhere, and on the threads backend, a plain send), and
-    /// smaller ones with a plain send (a copy). 0: always zero-copy; `u64::MAX` (the default):
-    /// never. Zero-copy saves a copy only towards a network device (to a local peer, loopback or
-    /// veth, the kernel copies anyway: measured, it cost as much CPU as a copy or more), and a
-    /// round's buffer is the kernel's until the peer acknowledges the round, so rounds follow
-    /// one another at the round trip's pace: try `256 << 10` (whole rounds) on a NIC with short
+    /// buffer (a registered pool buffer when one of at least the round's size is free: set
+    /// [`buffer_size`](Self::buffer_size) to 256 KiB or more for sends of whole rounds) and
+    /// sends rounds of at least this many bytes (at most 256 KiB each) with IORING_OP_SEND_ZC
+    /// (Linux 6.0; elsewhere, and on the threads backend, a plain send), and smaller ones with a
+    /// plain send (a copy). 0: always zero-copy; `u64::MAX` (the default): never. Zero-copy
+    /// saves a copy only towards a network device (to a local peer, loopback or veth, the
+    /// kernel copies anyway: measured, it cost as much CPU as a copy or more), and a round's
+    /// buffer is the kernel's until the peer acknowledges the round, so sends follow one
+    /// another at the round trip's pace (the next round's READ runs meanwhile, into a second
+    /// pool buffer): try `256 << 10` (whole rounds) on a NIC with short
     /// round trips, and measure. See BENCHMARKS.md ("send_file from O_DIRECT files").
     pub fn send_zc_min(mut self, bytes: u64) -> Self {
         self.send_zc_min = bytes;
+        self
+    }
+
+    /// Registered pool buffers per [`send_file`](crate::Executor::send_file) of an O_DIRECT
+    /// file: 2 (the default) reads each round while the round before it is sent; 1 reads and
+    /// sends in turn. Clamped to 1..=2. (Without pool buffers a send has one of its own.) For
+    /// measuring (BENCHMARKS.md).
+    #[doc(hidden)]
+    pub fn send_file_buffers(mut self, n: usize) -> Self {
+        self.send_file_buffers = n.clamp(1, 2);
         self
     }
 
@@ -556,6 +572,7 @@ impl ExecutorBuilder {
             limits: Limits {
                 max_request: self.max_request_size,
                 send_zc_min: self.send_zc_min,
+                send_file_buffers: self.send_file_buffers,
             },
             inline: crate::inline::InlineReads::new(
                 self.inline_reads,

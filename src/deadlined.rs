@@ -585,6 +585,7 @@ impl Deadlined<'_> {
         name: std::path::PathBuf,
     ) -> Completion<u64> {
         let zc_min = self.exec.limits.send_zc_min;
+        let buffers = self.exec.limits.send_file_buffers;
         let make = |done| match file.direct_io_align() {
             // O_DIRECT: read into the op's buffer, then SEND_ZC or SEND.
             Some(align) => Box::new(op::send_file_direct::SendFileDirect::new(
@@ -595,6 +596,7 @@ impl Deadlined<'_> {
                 len,
                 align,
                 zc_min,
+                buffers,
                 done,
             )) as Box<dyn FileOp>,
             None => Box::new(op::send_file::SendFile::new(

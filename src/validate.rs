@@ -25,6 +25,9 @@ pub(crate) struct Limits {
     pub max_request: usize,
     /// send_file of an O_DIRECT file: rounds of at least this many bytes go as SEND_ZC.
     pub send_zc_min: u64,
+    /// send_file of an O_DIRECT file: buffers per send (2: each round's READ runs while the
+    /// round before it is sent).
+    pub send_file_buffers: usize,
 }
 
 /// A read of `len` bytes at `offset`.

@@ -49,7 +49,33 @@ fn pipe() -> (std::fs::File, std::fs::File) {
 }
 
 fn tcp_pair() -> (TcpStream, TcpStream) {
+    tcp_pair_rcvbuf(None)
+}
+
+/// Sets SOL_SOCKET option `opt` of socket `fd` to `value`.
+fn set_sockopt<T>(fd: std::os::fd::RawFd, opt: libc::c_int, value: &T) {
+    // SAFETY: `value` is a `T` of its size, the option's type for `opt` (the callers': an int
+    // for SO_RCVBUF, a linger for SO_LINGER).
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0, "setsockopt {opt}");
+}
+
+/// A TCP pair on loopback; `rcvbuf`: the accepting end's (`b`) SO_RCVBUF.
+fn tcp_pair_rcvbuf(rcvbuf: Option<libc::c_int>) -> (TcpStream, TcpStream) {
+    use std::os::fd::AsRawFd;
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    if let Some(size) = rcvbuf {
+        // (Inherited by the accepted socket.)
+        set_sockopt(l.as_raw_fd(), libc::SO_RCVBUF, &size);
+    }
     let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
     let (b, _) = l.accept().unwrap();
     (a, b)
@@ -240,16 +266,7 @@ fn a_zero_copy_send_to_a_reset_connection_fails_and_is_counted_as_failed() {
         l_onoff: 1,
         l_linger: 0,
     };
-    // SAFETY: a linger struct of its size for SO_LINGER.
-    unsafe {
-        libc::setsockopt(
-            b.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&raw const linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
+    set_sockopt(b.as_raw_fd(), libc::SO_LINGER, &linger);
     drop(b);
     let mut p = libc::pollfd {
         fd: a.as_raw_fd(),
@@ -275,5 +292,222 @@ fn a_zero_copy_send_to_a_reset_connection_fails_and_is_counted_as_failed() {
     assert!(
         st.errors.contains_key(&libc::ECONNRESET) || st.errors.contains_key(&libc::EPIPE),
         "the failure is counted: {st:?}"
+    );
+}
+
+/// A one-shard executor whose pool has `count` registered buffers of 256 KiB (a whole round of
+/// send_file's), sending with `buffers` buffers per send.
+fn exec_pool(zc_min: u64, count: usize, buffers: usize) -> Executor {
+    Executor::builder()
+        .shards(1)
+        .send_zc_min(zc_min)
+        .buffer_size(256 << 10)
+        .buffer_count(count)
+        .send_file_buffers(buffers)
+        .build()
+        .unwrap()
+}
+
+/// Whether the shard's pool is registered with its ring (io_uring, all of it registered): only
+/// then does send_file lease pool buffers (READ_FIXED, SEND_ZC from a fixed buffer).
+fn pool_registered(exec: &Executor) -> bool {
+    let sh = &exec.stats().shards[0];
+    sh.backend == ringshard::Backend::IoUring && sh.pool_note.is_none()
+}
+
+fn pool(exec: &Executor) -> ringshard::BufferPoolStats {
+    exec.stats().shards[0].pool
+}
+
+/// A TCP pair whose accepting end (`b`) has a small receive buffer and nobody reads it yet: a
+/// send to `a` stops once a few hundred KiB are on their way.
+fn tcp_pair_small_rcvbuf() -> (TcpStream, TcpStream) {
+    tcp_pair_rcvbuf(Some(16 << 10))
+}
+
+#[test]
+fn registered_pool_buffers_one_or_two_per_send_carry_every_byte_around_round_boundaries() {
+    let _w = Watchdog::new("send_file O_DIRECT from pool buffers", HANG);
+    let dir = tempfile::Builder::new().tempdir_in("/tmp").unwrap();
+    const CHUNK: u64 = 256 << 10;
+    let size = 5 * CHUNK + 517;
+    for buffers in [1, 2] {
+        for zc_min in [0, u64::MAX] {
+            let exec = exec_pool(zc_min, 8, buffers);
+            let Some(f) = make(&exec, dir.path(), "p", 7, size) else {
+                return;
+            };
+            let fixed = pool_registered(&exec);
+            let past = size.div_ceil(4096) * 4096;
+            // Lengths just below, at and above one and two rounds, the whole file and past its
+            // end (517 bytes into a block); offsets at and off a round's start and a page's
+            // (O_DIRECT asks multiples of the filesystem's 512 bytes of the caller).
+            let cases: [(u64, u64, u64); 9] = [
+                (0, CHUNK - 4096, CHUNK - 4096),
+                (0, CHUNK, CHUNK),
+                (0, CHUNK + 4096, CHUNK + 4096),
+                (4096, CHUNK + 512, CHUNK + 512),
+                (0, 2 * CHUNK, 2 * CHUNK),
+                (8192 + 512, 2 * CHUNK - 1536, 2 * CHUNK - 1536),
+                (CHUNK, 3 * CHUNK + 1024, 3 * CHUNK + 1024),
+                (0, past, size),
+                (CHUNK - 4096, past, size - (CHUNK - 4096)),
+            ];
+            for (offset, len, exist) in cases {
+                let before = pool(&exec).acquisitions;
+                let (a, b) = tcp_pair();
+                let r = reader(b, 7, offset, exist);
+                let sent = ok(exec.send_file(&f, offset, len, &a), "tcp");
+                let what = format!("buffers {buffers} zc_min {zc_min} offset {offset} len {len}");
+                assert_eq!(sent, exist, "{what}");
+                drop(a);
+                r.join().unwrap();
+                // Every leased buffer comes back once the op has ended (its last notification).
+                eventually("pool buffers back", HANG, || {
+                    pool(&exec).acquired_count == 0
+                });
+                let leased = pool(&exec).acquisitions - before;
+                // Two buffers only for sends of more than one round: the aligned span (from
+                // the page below `offset`) is above one.
+                let rounds = (offset % 4096 + len).div_ceil(4096) * 4096 > CHUNK;
+                let want = match (fixed, buffers, rounds) {
+                    (false, ..) => 0,
+                    (true, 2, true) => 2,
+                    _ => 1,
+                };
+                assert_eq!(leased, want, "pool buffers leased: {what}");
+            }
+        }
+    }
+}
+
+#[test]
+fn an_exhausted_pool_falls_back_and_leased_buffers_come_back_only_after_the_notifications() {
+    let _w = Watchdog::new("send_file O_DIRECT with the pool held", HANG);
+    let dir = tempfile::Builder::new().tempdir_in("/tmp").unwrap();
+    // 4 buffers: a send leases at most half of them (the rest stay for O_DIRECT reads and
+    // writes), so the first send below takes both it may and the next finds none.
+    let exec = exec_pool(0, 4, 2);
+    let big = 32 << 20;
+    let Some(f) = make(&exec, dir.path(), "big", 3, big) else {
+        return;
+    };
+    let Some(g) = make(&exec, dir.path(), "other", 4, 4 << 20) else {
+        return;
+    };
+    let fixed = pool_registered(&exec);
+    for how in ["drop", "deadline", "cancel"] {
+        let (a, b) = tcp_pair_small_rcvbuf();
+        let held = || bytes_held(&a) && (!fixed || pool(&exec).acquired_count == 2);
+        stop_stalled_send_file(&exec, how, &f, big, &a, held);
+        let before = pool(&exec).acquisitions;
+        // Another send while the stalled one holds its buffers: the op's own buffers.
+        let (c, d) = tcp_pair();
+        let r = reader(d, 4, 0, 4 << 20);
+        assert_eq!(ok(exec.send_file(&g, 0, 4 << 20, &c), how), 4 << 20);
+        r.join().unwrap();
+        assert_eq!(
+            pool(&exec).acquisitions,
+            before,
+            "{how}: no pool buffer was free"
+        );
+        if fixed && how != "deadline" {
+            // The stopped send's last SEND_ZC still has bytes in the socket (its notification
+            // has not come): its buffers are not back. (A deadline may pass before the send
+            // has stalled.)
+            assert!(bytes_held(&a), "{how}");
+            assert_eq!(pool(&exec).acquired_count, 2, "{how}: {:?}", pool(&exec));
+        }
+        // The peer reads: the notifications come, and the buffers go back.
+        drop(a);
+        let mut b = b;
+        let mut got = Vec::new();
+        b.read_to_end(&mut got).unwrap();
+        for (i, &x) in got.iter().enumerate() {
+            assert_eq!(x, byte(3, i as u64), "{how}: byte {i} of {}", got.len());
+        }
+        eventually("pool buffers back", HANG, || {
+            let p = pool(&exec);
+            p.acquired_count == 0 && p.available_count == p.total_count
+        });
+    }
+    // With the pool free again, a send leases again.
+    let before = pool(&exec).acquisitions;
+    let (c, d) = tcp_pair();
+    let r = reader(d, 4, 0, 4 << 20);
+    assert_eq!(ok(exec.send_file(&g, 0, 4 << 20, &c), "again"), 4 << 20);
+    r.join().unwrap();
+    eventually("pool buffers back", HANG, || {
+        pool(&exec).acquired_count == 0
+    });
+    let want = if fixed { 2 } else { 0 };
+    assert_eq!(pool(&exec).acquisitions - before, want);
+}
+
+#[test]
+fn shutdown_answers_a_send_stalled_on_its_leased_buffers_which_come_back_after_the_peer_reads() {
+    let _w = Watchdog::new("shutdown with a stalled send_file O_DIRECT", HANG);
+    let dir = tempfile::Builder::new().tempdir_in("/tmp").unwrap();
+    let exec = Executor::builder()
+        .shards(1)
+        .send_zc_min(0)
+        .buffer_size(256 << 10)
+        .buffer_count(4)
+        .shutdown_timeout(std::time::Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let big = 32 << 20;
+    let Some(f) = make(&exec, dir.path(), "big", 8, big) else {
+        return;
+    };
+    let fixed = pool_registered(&exec);
+    let (a, b) = tcp_pair_small_rcvbuf();
+    let c = exec.send_file(&f, 0, big, &a);
+    eventually("the send stalled", HANG, || {
+        bytes_held(&a) && (!fixed || pool(&exec).acquired_count == 2)
+    });
+    // Shutdown cancels the send; the op, and its pool buffers, stay with the shard until the
+    // SEND_ZC's notification, which may need the peer to read (its handle is answered then,
+    // and the shard stops, and `shutdown` returns, after it).
+    std::thread::scope(|s| {
+        let stopper = s.spawn(|| exec.shutdown());
+        // Let the shutdown begin (and the send be cancelled) before the peer reads.
+        eventually("shutdown begun", HANG, || {
+            matches!(
+                exec.read(&f, 0, 4096).wait(),
+                Err(ringshard::Error::Shutdown)
+            )
+        });
+        let mut b = b;
+        let reader = s.spawn(move || {
+            let mut got = Vec::new();
+            b.read_to_end(&mut got).unwrap();
+            got
+        });
+        // Cancelled (or, had the peer read it all before the cancellation reached it, done).
+        let r = wait(c);
+        drop(a);
+        let got = reader.join().unwrap();
+        match r {
+            Ok(n) => assert_eq!((n, got.len() as u64), (big, big)),
+            Err(e) => assert!(
+                matches!(
+                    e,
+                    ringshard::Error::Cancelled { .. } | ringshard::Error::Shutdown
+                ),
+                "{e}"
+            ),
+        }
+        assert!(!got.is_empty());
+        for (i, &x) in got.iter().enumerate() {
+            assert_eq!(x, byte(8, i as u64), "byte {i} of {}", got.len());
+        }
+        stopper.join().unwrap().unwrap();
+    });
+    // The shard's last statistics, kept when it stopped: every buffer back in the pool.
+    let p = pool(&exec);
+    assert!(
+        p.acquired_count == 0 && p.available_count == p.total_count,
+        "{p:?}"
     );
 }

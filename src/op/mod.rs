@@ -44,6 +44,12 @@
 //! for with a POLL_ADD, so neither shard blocks). One whose second descriptor is the caller's
 //! (send_file's socket) owns a duplicate made at request time: see `send_file.rs`.
 //!
+//! An op that moves file data through memory of its own may ask for registered pool buffers
+//! instead ([`fixed_wanted`](FileOp::fixed_wanted), [`use_fixed`](FileOp::use_fixed): READ_FIXED,
+//! a SEND_ZC from a fixed buffer), lent for its life and taken back when it leaves the op table,
+//! and may run a second SQE in the same round ([`sqe_beside`](FileOp::sqe_beside): the next READ
+//! while the current send is in the kernel): see `send_file_direct.rs`.
+//!
 //! An op whose round may wait forever (a socket that stops taking bytes) says so with
 //! [`cancel_in_flight`](FileOp::cancel_in_flight): a deadline or a dropped handle then cancels
 //! its round in the kernel, as a read's.
@@ -96,6 +102,27 @@ pub(crate) use kind::OpKind;
 use std::os::fd::RawFd;
 use std::path::Path;
 use std::sync::Arc;
+
+/// A registered pool buffer the shard lends an op for the op's life
+/// ([`FileOp::fixed_wanted`], [`FileOp::use_fixed`]): the op reads and writes it through `ptr`
+/// and names it by `index` in READ_FIXED and in a SEND_ZC with `IORING_RECVSEND_FIXED_BUF`.
+/// The shard takes it back only once the op has left the op table (its last CQE, a SEND_ZC's
+/// notification included, has come), and never if the op is abandoned in the kernel (the pool
+/// then keeps its slab mapped for the rest of the process).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FixedBuf {
+    /// The buffer's index in the registered pool.
+    pub index: u16,
+    /// Its first byte (page-aligned: the pool's stride is whole pages).
+    pub ptr: std::ptr::NonNull<u8>,
+    /// Its usable bytes.
+    pub len: usize,
+}
+
+// SAFETY: a pointer into the shard's pool slab, used only by the op that holds it, on the shard
+// thread (an op gets it after it reached its shard); the slab outlives every op that holds one
+// (see `FixedBuf`).
+unsafe impl Send for FixedBuf {}
 
 /// The descriptor an op's SQE or system call names.
 #[derive(Debug, Clone, Copy)]
@@ -229,6 +256,23 @@ pub(crate) trait FileOp: Send {
     /// does) and left untouched until the round's result arrives.
     fn sqe(&mut self, fd: OpFd) -> Option<squeue::Entry>;
 
+    /// A second SQE for the round [`sqe`](Self::sqe) just built, run beside it; `None` (the
+    /// default): none. Both are in the kernel at once (with `outstanding` 2), the round ends
+    /// only once both have their last CQE (the first one's result waits for the other), and
+    /// this one's result goes to [`on_beside`](Self::on_beside): it neither repeats nor fails
+    /// the round. send_file of an O_DIRECT file reads its next round here while the current
+    /// one is sent. Not asked on the blocking path.
+    fn sqe_beside(&mut self, fd: OpFd) -> Option<squeue::Entry> {
+        let _ = fd;
+        None
+    }
+
+    /// The result (or `-errno`) of the round's [`sqe_beside`](Self::sqe_beside) SQE, before the
+    /// round ends; `-EAGAIN` when it could not be pushed (a full submission queue).
+    fn on_beside(&mut self, res: i32) {
+        let _ = res;
+    }
+
     /// The same round as a plain system call on the calling thread: its result, or `-errno`, as
     /// a CQE would carry it. Used where the kernel lacks the opcode, when the kind is forced to the
     /// blocking path, and by a backend without io_uring.
@@ -275,6 +319,21 @@ pub(crate) trait FileOp: Send {
     fn on_more(&mut self, res: i32, flags: u32, fd: RawFd) -> Step {
         let _ = (res, flags, fd);
         Step::Again
+    }
+
+    /// Registered pool buffers the op can use instead of memory of its own: how many, and the
+    /// fewest bytes each must hold; `(0, _)` (the default): none. Asked once, before the op's
+    /// first round, on a ring with a registered pool (never on the threads backend or the
+    /// blocking path).
+    fn fixed_wanted(&self) -> (usize, usize) {
+        (0, 0)
+    }
+
+    /// The pool buffers lent for the op's life, before its first round: as many as it wanted
+    /// or fewer (none free, or the shard keeps the rest of its pool for O_DIRECT reads and
+    /// writes); not called when none was lent. The op must work with what it gets.
+    fn use_fixed(&mut self, bufs: &[FixedBuf]) {
+        let _ = bufs;
     }
 
     /// The error for `errno`; `file` is the op's file (path operations name their own paths).

@@ -160,6 +160,8 @@ impl Shard {
             reply,
             lent: None,
             pending,
+            fixed: None,
+            round_end: None,
         };
         let key = op.key;
         if data_path == DataPath::Inline && self.may_write_now(key, file.slot, fp) {
@@ -227,6 +229,8 @@ impl Shard {
             reply,
             lent: None,
             pending: None,
+            fixed: None,
+            round_end: None,
         };
         let fp = match &op.io {
             IoOp::File(f) => f.footprint(0),

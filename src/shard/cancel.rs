@@ -8,7 +8,7 @@
 //! a peer, not for a device. Buffers are released only at each SQE's own completion.
 
 use super::context::CANCEL_USER_DATA;
-use super::ops::{CancelWhy, DataPath, SLOT_BITS};
+use super::ops::{CancelWhy, DataPath, BESIDE_TAG, SLOT_BITS};
 use super::runner::Shard;
 use super::session_table::SessionTable;
 use super::{IoOp, Reply};
@@ -139,7 +139,12 @@ impl Shard {
                 .filter(|(i, c)| c.op == slot && self.pool.is_kernel_owned(*i as u16))
                 .map(|(_, c)| c.user_data)
                 .collect(),
-            _ if op.outstanding > 0 => vec![u64::from(slot) | (u64::from(gen) << SLOT_BITS)],
+            _ if op.outstanding > 0 => {
+                let ud = u64::from(slot) | (u64::from(gen) << SLOT_BITS);
+                // Two: a `FileOp` round with an SQE beside its own (`sqe_beside`).
+                let beside = (op.outstanding > 1).then_some(ud | BESIDE_TAG);
+                std::iter::once(ud).chain(beside).collect()
+            }
             _ => Vec::new(),
         };
         if targets.is_empty() {

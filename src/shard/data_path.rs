@@ -3,7 +3,7 @@
 //! next turn) and inline buffered writes (`pwrite` on this thread, sent through the ring for a
 //! while after one stalls).
 
-use super::ops::{DataPath, Op, GEN_MASK, SLOT_BITS, SLOT_MASK};
+use super::ops::{DataPath, Op, BESIDE_TAG, GEN_MASK, SLOT_BITS, SLOT_MASK};
 use super::runner::Shard;
 use super::IoOp;
 use std::os::fd::RawFd;
@@ -21,7 +21,11 @@ impl Shard {
         let Some(op) = self.ops.get(slot) else { return };
         if matches!(op.io, IoOp::File(_)) {
             let raw = self.fd_of(slot);
-            self.file_op_result(slot, res, flags, raw);
+            if ud & BESIDE_TAG != 0 {
+                self.file_op_beside(slot, res, raw);
+            } else {
+                self.file_op_result(slot, res, flags, raw);
+            }
             return;
         }
         op.outstanding = op.outstanding.saturating_sub(1);

@@ -3,10 +3,11 @@
 //! the kernel lacks the opcode or the kind is forced there), feeds each result back, and delivers
 //! the outcome the op returns.
 
-use super::ops::{CancelWhy, SLOT_BITS};
+use super::ops::{CancelWhy, BESIDE_TAG, MAX_FIXED_PER_OP, SLOT_BITS};
 use super::runner::Shard;
 use super::{IoOp, Reply};
 use crate::error::Result;
+use crate::op::FixedBuf;
 use std::os::fd::RawFd;
 use std::path::Path;
 
@@ -22,15 +23,21 @@ impl Shard {
         };
         let blocking = self.blocking[op.kind.index()];
         let target = op.target;
+        if !matches!(op.io, IoOp::File(_)) {
+            return Ok(true);
+        }
+        op.issued = 1;
+        if !blocking && op.fixed.is_none() {
+            self.lend_fixed(slot);
+        }
+        let Some(op) = self.ops.get(slot) else {
+            return Ok(true);
+        };
         let IoOp::File(f) = &mut op.io else {
             return Ok(true);
         };
-        op.issued = 1;
-        let entry = if blocking {
-            None
-        } else {
-            f.sqe(crate::op::OpFd { target, raw })
-        };
+        let fd = crate::op::OpFd { target, raw };
+        let entry = if blocking { None } else { f.sqe(fd) };
         let entry = match entry {
             Some(entry) => entry,
             None => {
@@ -39,15 +46,89 @@ impl Shard {
                 return Ok(true);
             }
         };
+        let beside = f.sqe_beside(fd);
         let user_data = u64::from(slot) | (u64::from(gen) << SLOT_BITS);
-        self.push_entry(&entry.user_data(user_data))?;
+        if let Err(e) = self.push_entry(&entry.user_data(user_data)) {
+            if beside.is_some() {
+                if let Some(IoOp::File(f)) = self.ops.get(slot).map(|op| &mut op.io) {
+                    f.on_beside(-libc::EAGAIN);
+                }
+            }
+            return Err(e);
+        }
+        // The SQE beside it, if any: not pushed (a full SQ the kernel will not take), it is
+        // answered EAGAIN and the round goes on without it.
+        let beside = beside.map(|b| self.push_entry(&b.user_data(user_data | BESIDE_TAG)));
         if let Some(op) = self.ops.get(slot) {
-            op.outstanding = 1;
+            op.outstanding = 1 + u32::from(matches!(beside, Some(Ok(()))));
             if op.kind.waits_for_peer() {
                 self.peer_in_flight += 1;
             }
+            if let (Some(Err(_)), IoOp::File(f)) = (&beside, &mut op.io) {
+                f.on_beside(-libc::EAGAIN);
+            }
         }
         Ok(true)
+    }
+
+    /// The CQE of the SQE beside a round's own ([`FileOp::sqe_beside`](crate::op::FileOp::sqe_beside)):
+    /// to the op; and if the round's own last CQE came first (kept in `round_end`), the round
+    /// ends now.
+    pub(super) fn file_op_beside(&mut self, slot: u32, res: i32, raw: RawFd) {
+        let Some(op) = self.ops.get(slot) else { return };
+        op.outstanding = op.outstanding.saturating_sub(1);
+        if let IoOp::File(f) = &mut op.io {
+            f.on_beside(res);
+        }
+        if let Some((res, flags)) = op.round_end.take() {
+            self.file_op_result(slot, res, flags, raw);
+        }
+    }
+
+    /// Before the first round of op `slot`: lends it the registered pool buffers it asks for
+    /// ([`FileOp::fixed_wanted`](crate::op::FileOp::fixed_wanted)), as many as are free beyond
+    /// half the pool, which stays for O_DIRECT reads and writes (an op may hold its buffers as
+    /// long as a peer that stops reading holds its SEND_ZC's pages: it must not starve the
+    /// shard's file I/O, which waits for a free buffer). Each is marked in flight in the pool
+    /// (the caller's record) until [`return_fixed`](Self::return_fixed): a shard that stops with
+    /// the op in the kernel leaves the mark, and the pool keeps its slab mapped.
+    fn lend_fixed(&mut self, slot: u32) {
+        let mut held = [None; MAX_FIXED_PER_OP];
+        let mut bufs = [None; MAX_FIXED_PER_OP];
+        let registered = self.pool.is_registered();
+        let Some(op) = self.ops.get(slot) else { return };
+        let IoOp::File(f) = &mut op.io else { return };
+        let (want, bytes) = f.fixed_wanted();
+        let reserve = self.pool.total_count() / 2;
+        if registered && want > 0 && self.pool.buffer_size() >= bytes {
+            for (h, b) in held.iter_mut().zip(&mut bufs).take(want) {
+                if self.pool.available_count() <= reserve {
+                    break;
+                }
+                let Some((index, buf)) = self.pool.try_acquire() else {
+                    break;
+                };
+                let (ptr, len) = (buf.as_mut_ptr(), buf.len());
+                self.pool.mark_in_flight(index);
+                *h = Some(index);
+                *b = std::ptr::NonNull::new(ptr).map(|ptr| FixedBuf { index, ptr, len });
+            }
+        }
+        let Some(op) = self.ops.get(slot) else { return };
+        op.fixed = Some(held);
+        let lent: Vec<FixedBuf> = bufs.iter().flatten().copied().collect();
+        if let (IoOp::File(f), false) = (&mut op.io, lent.is_empty()) {
+            f.use_fixed(&lent);
+        }
+    }
+
+    /// Takes back the pool buffers a `FileOp` that has left the op table held (nothing of it is
+    /// in the kernel: its last CQE came).
+    pub(super) fn return_fixed(&mut self, held: Option<[Option<u16>; MAX_FIXED_PER_OP]>) {
+        for index in held.iter().flatten().flatten() {
+            self.pool.complete_in_flight(*index);
+            self.pool.release(*index);
+        }
     }
 
     /// A round of a [`FileOp`](crate::op::FileOp) ended with `res` (a CQE's or its blocking
@@ -59,6 +140,12 @@ impl Shard {
             return;
         }
         let Some(op) = self.ops.get(slot) else { return };
+        if op.outstanding > 1 {
+            // The SQE beside this one is still in the kernel: the round ends with its CQE
+            // (`file_op_beside`), this one counted in flight until then.
+            op.round_end = Some((res, flags));
+            return;
+        }
         if let IoOp::File(f) = &mut op.io {
             f.on_cqe(res, flags);
         }

@@ -49,6 +49,8 @@ impl Shard {
             crate::logging::slow_op(self.cfg.index, op.kind, &op.path, lat, op.errno);
         }
         if let IoOp::File(f) = op.io {
+            // Out of the table with nothing in the kernel: its pool buffers come back.
+            self.return_fixed(op.fixed);
             self.finish_file_op(
                 f,
                 op.reply,

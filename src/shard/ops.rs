@@ -84,7 +84,21 @@ pub(super) struct Op {
     pub(super) lent: Option<u16>,
     /// A mutation's count in its inode's unfinished mutations: dropped when the op finishes.
     pub(super) pending: Option<crate::inline::Pending>,
+    /// Pool buffers lent to a `FileOp` for its life (`FileOp::fixed_wanted`; `shard/file_ops.rs`):
+    /// `None` until offered (before its first round). Taken back when it leaves the table.
+    pub(super) fixed: Option<[Option<u16>; MAX_FIXED_PER_OP]>,
+    /// A `FileOp` round's last CQE (result, flags), kept while the SQE beside it
+    /// (`FileOp::sqe_beside`) is still in the kernel: the round ends when that one's CQE comes.
+    pub(super) round_end: Option<(i32, u32)>,
 }
+
+/// Tag of the `user_data` of a `FileOp` round's second SQE (`FileOp::sqe_beside`): bit 60, clear
+/// in every other `user_data` the shard makes (pool: 63, timers: 62, task reads: 61; op slots and
+/// generations stop at bit 46).
+pub(super) const BESIDE_TAG: u64 = 1 << 60;
+
+/// Most pool buffers one `FileOp` holds at once.
+pub(super) const MAX_FIXED_PER_OP: usize = 2;
 
 impl Op {
     /// Whether the kernel has seen any of it (or, inline, it ran): then it is not skipped.

@@ -107,8 +107,14 @@ impl Drop for Shard {
                 outstanding,
                 data_path,
                 mut pending,
+                fixed,
                 ..
             } = op;
+            if outstanding == 0 {
+                // Nothing of it in the kernel: its pool buffers (a `FileOp`'s) come back. An op
+                // still in the kernel keeps them marked in flight: the pool leaks its slab.
+                self.return_fixed(fixed);
+            }
             if outstanding > 0 {
                 // It may still change the file: the inode's reads keep going to the shard (a
                 // dead one fails them), never inline past a write that is still landing.

@@ -261,7 +261,12 @@ impl ExecutorBuilder {
 
     /// How long [`Executor::shutdown`] lets in-flight operations run before it cancels those
     /// that have not finished (a read from a FIFO with no writer, a stalled device). Default
-    /// 10 s; any `Duration` works.
+    /// 10 s; any `Duration` works. What a cancellation does not end within a second more (a
+    /// zero-copy send whose pages a peer that stopped reading still holds, a write stuck in a
+    /// device that takes no cancellation) is abandoned: its handle fails with
+    /// [`Error::Shutdown`](crate::Error::Shutdown), and the memory the kernel may still use
+    /// (its buffers; a registered pool buffer keeps the pool's memory mapped) and its
+    /// descriptors are leaked, never freed or reused, so shutdown returns.
     pub fn shutdown_timeout(mut self, d: Duration) -> Self {
         self.shutdown_timeout = d;
         self

@@ -938,7 +938,8 @@ impl Executor {
 
     /// Stops accepting work (new calls fail with [`Error::Shutdown`]), lets every queued and
     /// in-flight operation finish and complete its handle, cancels what is still in flight after
-    /// [`shutdown_timeout`](ExecutorBuilder::shutdown_timeout), closes files, unregisters and
+    /// [`shutdown_timeout`](ExecutorBuilder::shutdown_timeout) (and abandons, a second later,
+    /// what the kernel did not end when cancelled: see there), closes files, unregisters and
     /// unmaps, and joins the shard threads. Returns an error if a shard had died. Idempotent.
     ///
     /// Blocks until the shards have stopped: in async code use

@@ -511,3 +511,43 @@ fn shutdown_answers_a_send_stalled_on_its_leased_buffers_which_come_back_after_t
         "{p:?}"
     );
 }
+
+/// A peer that never reads holds a SEND_ZC's notification (the kernel keeps the pages until the
+/// peer takes them or the connection closes), which no cancellation ends: shutdown still
+/// returns, a bounded time after its grace period (it abandons the op: its handle fails, its
+/// buffers, leased ones included, are leaked rather than reused), instead of waiting forever.
+/// Arranged: the send is stalled (bytes held in the socket, and on io_uring with SEND_ZC its
+/// buffers leased) before shutdown, and the peer never reads until shutdown has returned.
+#[test]
+fn shutdown_returns_while_a_peer_that_never_reads_holds_a_zero_copy_send() {
+    let _w = Watchdog::new("shutdown beside a peer that never reads", HANG);
+    let dir = tempfile::Builder::new().tempdir_in("/tmp").unwrap();
+    let exec = Executor::builder()
+        .shards(1)
+        .send_zc_min(0)
+        .buffer_size(256 << 10)
+        .buffer_count(4)
+        .shutdown_timeout(std::time::Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let big = 32 << 20;
+    let Some(f) = make(&exec, dir.path(), "big", 9, big) else {
+        return;
+    };
+    let fixed = pool_registered(&exec);
+    let (a, b) = tcp_pair_small_rcvbuf();
+    let c = exec.send_file(&f, 0, big, &a);
+    eventually("the send stalled", HANG, || {
+        bytes_held(&a) && (!fixed || pool(&exec).acquired_count == 2)
+    });
+    let t0 = std::time::Instant::now();
+    exec.shutdown().unwrap();
+    let took = t0.elapsed();
+    match wait(c) {
+        Err(ringshard::Error::Cancelled { .. } | ringshard::Error::Shutdown) => {}
+        r => panic!("a send to a peer that never read: {r:?}"),
+    }
+    // Only now may the peer go away.
+    drop((a, b));
+    assert!(took < HANG, "shutdown took {took:?}");
+}

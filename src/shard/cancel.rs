@@ -88,6 +88,7 @@ impl Shard {
         self.last_scan = now;
         if self.closing && !self.cancel_all && self.closing_deadline.is_some_and(|d| now >= d) {
             self.cancel_all = true;
+            self.abandon_at = now.checked_add(super::runner::ABANDON_AFTER);
         }
         for slot in 0..self.ops.slots.len() as u32 {
             let Some(op) = self.ops.get(slot) else {

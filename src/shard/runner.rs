@@ -40,6 +40,15 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// How long shutdown waits, after its grace period cancelled everything still in flight, for
+/// ops the kernel does not end when cancelled: a SEND_ZC whose notification waits for a peer that
+/// stopped reading (the kernel holds its pages until the peer takes them or the connection
+/// closes), a write stuck in a device that takes no cancellation. Then the shard stops anyway:
+/// their handles fail with `Shutdown`, and what the kernel may still read or write (their
+/// buffers, a lent pool buffer and so the pool's slab, their descriptors) is leaked, never freed
+/// (`Shard`'s `Drop`). A cancellation the kernel honours takes well under this.
+pub(super) const ABANDON_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// One shard's state, owned by its thread: the loop below and the `impl Shard` blocks of the
 /// other files in `src/shard/` work on it.
 pub(super) struct Shard {
@@ -104,6 +113,9 @@ pub(super) struct Shard {
     pub(super) closing_deadline: Option<Instant>,
     /// Shutdown's grace period is over.
     pub(super) cancel_all: bool,
+    /// When the shard stops even with ops still in the kernel: [`ABANDON_AFTER`] after the grace
+    /// period ended and everything was cancelled.
+    pub(super) abandon_at: Option<Instant>,
     /// Completed when the shard has stopped.
     pub(super) shutdown_waiters: Vec<Completer<()>>,
     /// The last cancellation/deadline scan.
@@ -170,6 +182,11 @@ impl Shard {
             {
                 return;
             }
+            if self.abandon_due() {
+                // What the kernel did not end when cancelled: `Drop` fails its handles and leaks
+                // the memory it may still use (see `ABANDON_AFTER`).
+                return;
+            }
             if progress || task_queues::has_work() {
                 continue;
             }
@@ -181,6 +198,15 @@ impl Shard {
             }
             self.sleep();
         }
+    }
+
+    /// Whether shutdown stops waiting for ops still in the kernel ([`ABANDON_AFTER`] after its
+    /// grace period cancelled them all).
+    fn abandon_due(&mut self) -> bool {
+        let Some(at) = self.abandon_at else {
+            return false;
+        };
+        self.now() >= at
     }
 
     /// Admitted ops are bounded: past the bound, requests stay in the inbox (or backlog), and per-

@@ -274,6 +274,7 @@ impl Shard {
             cq_nodrop,
             closing: false,
             closing_deadline: None,
+            abandon_at: None,
             cancel_all: false,
             shutdown_waiters: Vec::new(),
             last_scan: Instant::now(),

@@ -200,10 +200,9 @@ fn what_it_refuses_and_why() {
     ));
 }
 
-/// Forced to the blocking path (the shard thread runs the rounds as system calls, without
-/// waiting for input): bytes already there are received; a source with nothing fails EAGAIN.
-#[test]
-fn on_the_blocking_path() {
+/// One shard with recv_file forced to the blocking path, and a new file `f` in a temporary
+/// directory.
+fn blocking_path() -> (Executor, tempfile::TempDir, std::path::PathBuf, File) {
     let exec = Executor::builder()
         .shards(1)
         .force_blocking(&[ringshard::OpKind::RecvFile])
@@ -212,6 +211,14 @@ fn on_the_blocking_path() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("f");
     let f = new_file(&exec, &path);
+    (exec, dir, path, f)
+}
+
+/// Forced to the blocking path (the shard thread runs the rounds as system calls, without
+/// waiting for input): bytes already there are received; a source with nothing fails EAGAIN.
+#[test]
+fn on_the_blocking_path() {
+    let (exec, _dir, path, f) = blocking_path();
     let (a, mut b) = UnixStream::pair().unwrap();
     let data = pattern(8, 50_000);
     b.write_all(&data).unwrap();
@@ -288,4 +295,78 @@ fn a_stream_receives_an_upload_after_its_head_into_a_file_on_either_shard() {
             "file on shard {file_shard}"
         );
     }
+}
+
+/// A `submit_to` closure runs once nothing of its shard's is in the kernel: a receive waiting
+/// for a silent peer (a SPLICE waiting in the kernel for a blocking source, a POLL_ADD for a
+/// non-blocking one) must not hold it, nor every op queued behind it, until the peer speaks. It
+/// is taken out of the ring for the closure and put back after, and still receives every byte.
+/// Arranged: an fsync sent after the receive completes only once the shard issued what came
+/// before it (the receive's round, in the kernel from then on while the peer says nothing).
+#[test]
+fn submit_to_runs_while_a_receive_waits_for_a_silent_peer() {
+    let _w = Watchdog::new("submit_to beside a waiting recv_file", HANG * 2);
+    let exec = exec();
+    let dir = tempfile::tempdir().unwrap();
+    let other = new_file(&exec, &dir.path().join("other"));
+    for source in ["blocking unix stream", "non-blocking tcp"] {
+        let path = dir.path().join(format!("silent {source}"));
+        let f = new_file(&exec, &path);
+        // (The source is kept open: only the op's duplicate must be needed, but a receive that
+        // ended early shows as its error, not as the peer's EPIPE.)
+        type Ends = (Box<dyn Write + Send>, Box<dyn Send>);
+        let ((mut peer, _src), rx): (Ends, _) = if source.starts_with("blocking") {
+            let (a, b) = UnixStream::pair().unwrap();
+            let rx = exec.recv_file(&f, 0, 3000, &a);
+            ((Box::new(b), Box::new(a)), rx)
+        } else {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let (s, _) = l.accept().unwrap();
+            s.set_nonblocking(true).unwrap();
+            let rx = exec.recv_file(&f, 0, 3000, &s);
+            ((Box::new(c), Box::new(s)), rx)
+        };
+        ok(exec.fsync(&other), "an fsync after the receive");
+        assert_eq!(ok(exec.submit_to(0, |_ctx| 42u32), source), 42, "{source}");
+        ok(exec.fsync(&other), "an fsync after the closure");
+        let data = pattern(11, 3000);
+        peer.write_all(&data).unwrap();
+        assert_eq!(ok(rx, source), 3000, "{source}");
+        assert!(std::fs::read(&path).unwrap() == data, "{source}");
+    }
+}
+
+/// Forced to the blocking path, a blocking TCP socket with nothing to read fails the receive
+/// with EAGAIN at once: the shard thread runs the round and must not wait in the kernel for the
+/// peer (SPLICE_F_NONBLOCK does not stop a TCP socket's splice from waiting, only O_NONBLOCK
+/// does). Then the peer's bytes are received.
+#[test]
+fn on_the_blocking_path_a_blocking_tcp_socket_with_nothing_fails_at_once() {
+    let _w = Watchdog::new("blocking path, blocking tcp source", HANG * 2);
+    let (exec, _dir, path, f) = blocking_path();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // Declared after `exec`, dropped before it: a shard stuck in the peer's socket is let go
+    // (end of stream) when the test fails.
+    let mut c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (s, _) = l.accept().unwrap();
+    match wait(exec.recv_file(&f, 0, 10, &s)) {
+        Err(e) => assert_eq!(e.errno(), Some(libc::EAGAIN), "{e:?}"),
+        r => panic!("nothing to read on the blocking path: {r:?}"),
+    }
+    let data = pattern(12, 5000);
+    c.write_all(&data).unwrap();
+    let mut got = 0u64;
+    eventually("the bytes sent are received", HANG, || {
+        match wait(exec.recv_file(&f, got, 5000 - got, &s)) {
+            Ok(n) => got += n,
+            // Part received, then nothing yet: EAGAIN, saying how much reached the file.
+            Err(e) => {
+                assert_eq!(e.errno(), Some(libc::EAGAIN), "{e:?}");
+                got += e.written().unwrap_or(0);
+            }
+        }
+        got == 5000
+    });
+    assert!(std::fs::read(&path).unwrap() == data);
 }

@@ -258,8 +258,13 @@ impl FileOp for RecvFile {
         }
     }
 
+    /// At least `offset + written`, if it wrote anything: a receive of nothing (a peer that
+    /// ended at once) past the end does not extend the file, and a known size raised to its
+    /// offset would let a later read below it skip waiting for a write that extends the file.
     fn size_after(&self, known: &mut u64) {
-        *known = (*known).max(self.offset.saturating_add(self.written));
+        if let Some(end) = super::write::size_at_least(self.offset, self.written, false) {
+            *known = (*known).max(end);
+        }
     }
 
     fn complete(&mut self, result: Result<()>) -> Outcome {
@@ -296,5 +301,29 @@ impl Drop for RecvFile {
             let empty = self.in_pipe() == 0;
             crate::pipes::give(pipe, empty);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(offset: u64) -> RecvFile {
+        let (_rx, done) = crate::completion::pair(0, 0);
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        RecvFile::new(OwnedFd::from(a), PathBuf::from("src"), offset, 100, done)
+    }
+
+    #[test]
+    fn the_known_size_rises_to_the_end_of_what_was_written_and_not_for_nothing() {
+        let mut f = op(1 << 20);
+        let mut known = 10;
+        // The peer ended at once: nothing written, the file is as it was.
+        f.size_after(&mut known);
+        assert_eq!(known, 10);
+        f.filled = 30;
+        f.written = 30;
+        f.size_after(&mut known);
+        assert_eq!(known, (1 << 20) + 30);
     }
 }

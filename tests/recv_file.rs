@@ -2,6 +2,7 @@
 //! backend `RINGSHARD_BACKEND` picks. Every file is read back and checked byte by byte.
 
 mod executor_util;
+mod faultfs;
 
 use executor_util::{eventually, ok, pattern_byte as byte, rwc, wait, Watchdog, HANG};
 use ringshard::{Error, Executor, File, OpenOptions};
@@ -369,4 +370,117 @@ fn on_the_blocking_path_a_blocking_tcp_socket_with_nothing_fails_at_once() {
         got == 5000
     });
     assert!(std::fs::read(&path).unwrap() == data);
+}
+
+/// A deadline that passes while received bytes are on their way into the file (the drain held
+/// in the filesystem, then taking 100 bytes a call) does not drop them: the receive writes all
+/// it took, then stops with `DeadlineExceeded` saying so, and the source's next reader gets the
+/// byte after them. Arranged: the first drain is held in FUSE (faultfs) until the deadline has
+/// passed and the shard has scanned for it many times over.
+#[test]
+fn a_deadline_during_a_drain_writes_every_byte_received_first() {
+    use faultfs::{Fault, FaultFs, Op};
+    let _w = Watchdog::new("recv_file deadline during a held drain", HANG);
+    let fs = match FaultFs::mount() {
+        Ok(fs) => fs,
+        Err(e) => {
+            eprintln!("skipped: no FUSE mount ({e})");
+            return;
+        }
+    };
+    let _release = fs.release_on_drop();
+    let exec = exec();
+    let name = "upload";
+    let f = ok(exec.open(fs.join(name), &rwc()), "open on faultfs");
+    {
+        let mut r = fs.rules();
+        r.add(name, &[Op::Write], 0..u64::MAX, Fault::Hold);
+        r.add(name, &[Op::Write], 0..u64::MAX, Fault::Short(100));
+    }
+    let (a, mut b) = UnixStream::pair().unwrap();
+    a.set_nonblocking(true).unwrap();
+    let data = pattern(14, 1500);
+    b.write_all(&data[..1000]).unwrap();
+    let limit = Duration::from_millis(100);
+    let start = std::time::Instant::now();
+    let rx = exec.timeout(limit).recv_file(&f, 0, 1500, &a);
+    eventually("the first drain is held in the filesystem", HANG, || {
+        fs.held() == 1
+    });
+    // The shard looks for passed deadlines every 5 ms: 40 scans past it.
+    while start.elapsed() < limit + Duration::from_millis(200) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    fs.rules().remove_holds();
+    fs.release_held();
+    match wait(rx) {
+        Err(e @ Error::DeadlineExceeded { .. }) => assert_eq!(e.written(), Some(1000), "{e:?}"),
+        r => panic!("a receive past its deadline: {r:?}"),
+    }
+    assert!(std::fs::read(fs.backing(name)).unwrap() == data[..1000]);
+    b.write_all(&data[1000..]).unwrap();
+    a.set_nonblocking(false).unwrap();
+    let mut next = vec![0u8; 500];
+    std::io::Read::read_exact(&mut &a, &mut next).unwrap();
+    assert!(
+        next == data[1000..],
+        "the source's next bytes are not the ones after the file's"
+    );
+}
+
+/// A file system that fills up mid-receive (a 1 MiB tmpfs, 2 MiB sent): the receive fails with
+/// ENOSPC naming the source and the file, the file holds what fitted, and the file's next
+/// write is not held back by anything the failed receive left.
+#[test]
+fn a_full_file_system_fails_the_receive_with_enospc_by_name() {
+    let _w = Watchdog::new("recv_file into a full tmpfs", HANG);
+    let dir = tempfile::tempdir().unwrap();
+    let c_dir = std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: C strings that live across the call.
+    let mounted = unsafe {
+        libc::mount(
+            c"tmpfs".as_ptr(),
+            c_dir.as_ptr(),
+            c"tmpfs".as_ptr(),
+            0,
+            c"size=1m".as_ptr().cast(),
+        )
+    } == 0;
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs here (not root?)");
+        return;
+    }
+    struct Unmount<'a>(&'a std::ffi::CString);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            // SAFETY: a C string that lives across the call.
+            unsafe { libc::umount2(self.0.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+    let _unmount = Unmount(&c_dir);
+    let exec = exec();
+    let path = dir.path().join("big");
+    let f = new_file(&exec, &path);
+    let (a, b) = UnixStream::pair().unwrap();
+    let data = pattern(15, 2 << 20);
+    let w = std::thread::spawn(move || {
+        let mut b = b;
+        // The receive stops reading at ENOSPC: the rest of the write fails with EPIPE.
+        let _ = b.write_all(&data);
+    });
+    match wait(exec.recv_file(&f, 0, 2 << 20, &a)) {
+        Err(e) => {
+            assert_eq!(e.errno(), Some(libc::ENOSPC), "{e:?}");
+            let text = e.to_string();
+            assert!(text.contains("recv_file") && text.contains("big"), "{text}");
+        }
+        r => panic!("a receive larger than the file system: {r:?}"),
+    }
+    drop(a);
+    w.join().unwrap();
+    let on_disk = std::fs::read(&path).unwrap();
+    assert!(on_disk.len() <= 1 << 20, "{}", on_disk.len());
+    assert!(on_disk[..] == pattern(15, on_disk.len() as u64)[..]);
+    ok(exec.set_len(&f, 0), "truncate after the failed receive");
+    assert_eq!(ok(exec.write(&f, 0, b"ok".to_vec()), "write after it"), 2);
 }

@@ -15,7 +15,11 @@
 //! worker of the threads backend), a non-blocking one (EAGAIN, which io_uring does not retry
 //! for SPLICE) with a POLL_ADD for input, then the fill again. A peer that sends nothing keeps
 //! it waiting: a deadline, a cancellation or a dropped handle ends the wait (`cancel_in_flight`),
-//! and the error says how many bytes reached the file before (`Error::written`). The blocking
+//! and the error says how many bytes reached the file before (`Error::written`). Bytes already
+//! received into the pipe are written first (the drain is not cancelled; the op stops after
+//! it), so a cancelled or late receive took from its source exactly the bytes that reached the
+//! file: the source's next reader gets the byte after them (not after shutdown's grace period,
+//! which stops everything). The blocking
 //! path, which runs no polls, fails with EAGAIN where the source has nothing yet.
 //!
 //! **Inline fills.** From a non-blocking source (O_NONBLOCK: accepted and connected shard
@@ -25,8 +29,8 @@
 //! for writeback) stays on the ring.
 //!
 //! The pipe goes back to the pool only empty: bytes received and not yet in the file when the op
-//! ends (a cancellation or a file error between fill and drain) are dropped with it (the pipe
-//! is closed), never handed to a later op.
+//! ends (a file error between fill and drain, shutdown's end) are dropped with it (the pipe is
+//! closed), never handed to a later op.
 //!
 //! Ordering: a write of the range (`Footprint::write`): after earlier reads and writes that
 //! overlap it, before later ones.
@@ -287,9 +291,12 @@ impl FileOp for RecvFile {
         self.done.as_ref().is_some_and(Completer::is_cancelled)
     }
 
-    /// A source may never send: its round in the kernel is cancelled.
+    /// A source may never send: a round that waits for it (a fill, a poll for input) is
+    /// cancelled in the kernel. Not while the pipe holds received bytes: those drains land
+    /// first (a file write, which ends), and the op stops after them, so a cancelled or late
+    /// receive has taken from its source exactly what reached the file (`Error::written`).
     fn cancel_in_flight(&self) -> bool {
-        true
+        self.in_pipe() == 0
     }
 }
 

@@ -94,7 +94,15 @@ impl Shard {
             // earlier, a SEND_ZC whose result was ECANCELED and whose notification ends it.)
             op.cancel = None;
         }
-        if again && op.cancel.is_none() {
+        // A cancelled op whose next round must land runs it, and ends as cancelled at the first
+        // round that may be cancelled (a receive that took bytes from its peer writes them
+        // before it stops: `FileOp::cancel_in_flight` is false while it holds them). Not after
+        // shutdown's grace period, which stops everything.
+        let go_on = match op.cancel {
+            None => true,
+            Some(why) => why != CancelWhy::Shutdown && !f.cancel_in_flight(),
+        };
+        if again && go_on {
             if res >= 0 && f.rounds_are_ops() {
                 self.count_round(slot);
             }

@@ -379,15 +379,9 @@ fn on_the_blocking_path_a_blocking_tcp_socket_with_nothing_fails_at_once() {
 /// passed and the shard has scanned for it many times over.
 #[test]
 fn a_deadline_during_a_drain_writes_every_byte_received_first() {
-    use faultfs::{Fault, FaultFs, Op};
+    use faultfs::{Fault, Op};
     let _w = Watchdog::new("recv_file deadline during a held drain", HANG);
-    let fs = match FaultFs::mount() {
-        Ok(fs) => fs,
-        Err(e) => {
-            eprintln!("skipped: no FUSE mount ({e})");
-            return;
-        }
-    };
+    let Some(fs) = fault_fs() else { return };
     let _release = fs.release_on_drop();
     let exec = exec();
     let name = "upload";
@@ -483,4 +477,36 @@ fn a_full_file_system_fails_the_receive_with_enospc_by_name() {
     assert!(on_disk[..] == pattern(15, on_disk.len() as u64)[..]);
     ok(exec.set_len(&f, 0), "truncate after the failed receive");
     assert_eq!(ok(exec.write(&f, 0, b"ok".to_vec()), "write after it"), 2);
+}
+
+/// A file that takes nothing of a non-empty pipe without an error (a broken filesystem: here a
+/// FUSE write answered "0 bytes written") fails the receive with EIO, as a write that makes no
+/// progress does: not a success short of `len`, which says the peer ended its stream.
+#[test]
+fn a_file_that_takes_nothing_fails_the_receive_with_eio() {
+    use faultfs::{Fault, Op};
+    let _w = Watchdog::new("recv_file into a file that takes nothing", HANG);
+    let Some(fs) = fault_fs() else { return };
+    let exec = exec();
+    let name = "nothing";
+    let f = ok(exec.open(fs.join(name), &rwc()), "open on faultfs");
+    fs.rules()
+        .add(name, &[Op::Write], 0..u64::MAX, Fault::WriteNothing);
+    let (a, mut b) = UnixStream::pair().unwrap();
+    b.write_all(&pattern(16, 1000)).unwrap();
+    match wait(exec.recv_file(&f, 0, 5000, &a)) {
+        Err(e) => assert_eq!(e.errno(), Some(libc::EIO), "{e:?}"),
+        r => panic!("a file that takes nothing: {r:?}"),
+    }
+}
+
+/// A faultfs mount, or `None` (the test is skipped, saying why) where FUSE is not available.
+fn fault_fs() -> Option<faultfs::FaultFs> {
+    match faultfs::FaultFs::mount() {
+        Ok(fs) => Some(fs),
+        Err(e) => {
+            eprintln!("skipped: no FUSE mount ({e})");
+            None
+        }
+    }
 }

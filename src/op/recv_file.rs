@@ -80,6 +80,8 @@ pub(crate) struct RecvFile {
     no_pipe: Option<i32>,
     /// This round runs on the shard thread (`run_blocking`), chosen by `sqe`.
     inline: bool,
+    /// The file took nothing of a non-empty pipe, without an error: the op fails with EIO.
+    stuck: bool,
     done: Option<Completer<u64>>,
 }
 
@@ -108,6 +110,7 @@ impl RecvFile {
             pipe: None,
             no_pipe: None,
             inline: false,
+            stuck: false,
             done: Some(done),
         }
     }
@@ -237,9 +240,13 @@ impl FileOp for RecvFile {
             // A fill asks for at least one byte: none is the end of the source's stream.
             Phase::Fill if n == 0 => self.eof = true,
             Phase::Fill => self.filled += n,
-            // A file that takes nothing of a non-empty pipe (it cannot grow: a write of nothing
-            // without an error): stop, short, rather than ask again forever.
-            Phase::Drain if n == 0 => return Step::Done,
+            // A file that takes nothing of a non-empty pipe without an error (a broken
+            // filesystem): fail with EIO, as a write that makes no progress does, rather than
+            // ask again forever or end short, which says the source ended its stream.
+            Phase::Drain if n == 0 => {
+                self.stuck = true;
+                return Step::Done;
+            }
             Phase::Drain => self.written += n.min(self.in_pipe()),
         }
         if self.in_pipe() > 0 {
@@ -285,6 +292,10 @@ impl FileOp for RecvFile {
             done.complete(result.map(|()| written));
         }
         Outcome::Delivered { bytes: written }
+    }
+
+    fn failed(&self) -> Option<i32> {
+        self.stuck.then_some(libc::EIO)
     }
 
     fn is_cancelled(&self) -> bool {

@@ -510,3 +510,33 @@ fn fault_fs() -> Option<faultfs::FaultFs> {
         }
     }
 }
+
+/// Shutdown does not wait for a receive whose peer says nothing (the grace period, an hour
+/// here, is for writes to land): the receive is cancelled at once, whether it waits in a
+/// SPLICE (a blocking source) or a POLL_ADD (a non-blocking one), and its handle says so.
+/// Arranged: an fsync sent after the receives completes only once their rounds were issued.
+#[test]
+fn shutdown_does_not_wait_for_a_silent_peer() {
+    let _w = Watchdog::new("shutdown beside waiting recv_files", HANG);
+    let exec = Executor::builder()
+        .shards(1)
+        .shutdown_timeout(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let f = new_file(&exec, &dir.path().join("f"));
+    let other = new_file(&exec, &dir.path().join("other"));
+    let (blocking, _peer1) = UnixStream::pair().unwrap();
+    let (nonblocking, _peer2) = UnixStream::pair().unwrap();
+    nonblocking.set_nonblocking(true).unwrap();
+    let r1 = exec.recv_file(&f, 0, 100, &blocking);
+    let r2 = exec.recv_file(&f, 100, 100, &nonblocking);
+    ok(exec.fsync(&other), "an fsync after the receives");
+    exec.shutdown().expect("shutdown");
+    for r in [r1, r2] {
+        match wait(r) {
+            Err(Error::Cancelled { .. }) => {}
+            r => panic!("a receive at shutdown: {r:?}"),
+        }
+    }
+}

@@ -601,7 +601,7 @@ impl fmt::Display for Error {
                     " was cancelled before it completed (its handle was dropped or cancelled, or \
                      the executor shut down while it could not finish)"
                 )?;
-                sent_before(f, *written)
+                sent_before(f, op, *written)
             }
             Self::DeadlineExceeded { op, path, written } => {
                 write!(f, "{op}")?;
@@ -609,8 +609,11 @@ impl fmt::Display for Error {
                     write!(f, " {}", p.display())?;
                 }
                 write!(f, " did not complete before its deadline and was cancelled")?;
-                sent_before(f, *written)?;
-                if matches!(*op, "accept" | "connect" | "recv" | "send") {
+                sent_before(f, op, *written)?;
+                if matches!(
+                    *op,
+                    "accept" | "connect" | "recv" | "recv_pooled" | "send" | "recv_file"
+                ) {
                     write!(
                         f,
                         ": allow more time, or look at the peer (it sent or read nothing)"
@@ -840,8 +843,10 @@ pub(crate) fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// ", after N bytes went out" for an error that carries a count sent (a send cut short).
-fn sent_before(f: &mut fmt::Formatter<'_>, written: Option<u64>) -> fmt::Result {
+fn sent_before(f: &mut fmt::Formatter<'_>, op: &str, written: Option<u64>) -> fmt::Result {
     match written {
+        // A receive into a file counts what it wrote, not what it sent.
+        Some(n) if op == "recv_file" => write!(f, " after {n} received bytes reached the file"),
         Some(n) => write!(f, " after {n} bytes went out"),
         None => Ok(()),
     }
@@ -850,6 +855,27 @@ fn sent_before(f: &mut fmt::Formatter<'_>, written: Option<u64>) -> fmt::Result 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_late_receive_into_a_file_points_at_the_peer_and_counts_what_reached_the_file() {
+        let e = Error::DeadlineExceeded {
+            op: "recv_file",
+            path: Some("/up/f".into()),
+            written: Some(1000),
+        };
+        let text = e.to_string();
+        assert!(
+            text.contains("after 1000 received bytes reached the file"),
+            "{text}"
+        );
+        assert!(text.contains("look at the peer"), "{text}");
+        let e = Error::DeadlineExceeded {
+            op: "recv_pooled",
+            path: None,
+            written: None,
+        };
+        assert!(e.to_string().contains("look at the peer"), "{e}");
+    }
 
     #[test]
     fn into_io_error_keeps_the_errno_and_maps_the_rest_by_kind() {

@@ -352,9 +352,11 @@ impl Executor {
     /// is waited for with a poll when it has nothing to read. Order: like a write of the range.
     /// A peer that sends nothing leaves the receive waiting (nothing blocks a shard thread):
     /// cancel it, drop it or give it a deadline ([`timeout`](Self::timeout)); that error then
-    /// says how many bytes reached the file before ([`Error::written`]), and bytes received but
-    /// not yet written are lost with the connection's position in its stream: treat the
-    /// connection as unusable after an error. On the threads backend the same rounds run as
+    /// says how many bytes reached the file before ([`Error::written`]), and those are exactly
+    /// the bytes taken from `src` (bytes received are written before the receive stops): the
+    /// next read of `src` gets the byte after them. After any other error (the file's, such
+    /// as ENOSPC, or the peer's reset) bytes received but not yet written are lost with the
+    /// connection's position in its stream: treat the connection as unusable then. On the threads backend the same rounds run as
     /// splice(2) on the shard's workers. Forced to the blocking path
     /// ([`force_blocking`](crate::ExecutorBuilder::force_blocking)), a source with nothing to
     /// read yet fails it with EAGAIN.

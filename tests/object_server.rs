@@ -1296,6 +1296,33 @@ fn a_client_that_stops_mid_body_is_answered_408_and_its_temp_file_removed(engine
     assert!(s.objects().is_empty(), "{:?}", s.objects());
 }
 
+/// The body timeout is the longest gap between a body's pieces, not a limit on the whole body:
+/// an upload that keeps coming, slower than the timeout for the whole but never pausing that
+/// long, is stored (on the shards engine, a large body goes straight into its file with
+/// `recv_file`, whose deadline covers a whole receive). Paced by the client: a 10 KiB piece
+/// every 100 ms for 2.4 s, against a 1 s timeout.
+fn a_slow_steady_upload_is_not_cut_off_by_the_body_timeout(engine: &'static str) {
+    let s = Server::start(engine, &["--body-timeout", "1"]);
+    let mut c = TcpStream::connect(&s.addr).unwrap();
+    let body = pattern(240 << 10, 7);
+    let head = format!(
+        "PUT /slow HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n\r\n",
+        s.addr,
+        body.len()
+    );
+    c.write_all(head.as_bytes()).unwrap();
+    for piece in body.chunks(10 << 10) {
+        std::thread::sleep(Duration::from_millis(100));
+        c.write_all(piece).unwrap();
+    }
+    let ans = read_response(&mut c);
+    assert!(ans.starts_with("HTTP/1.1 201"), "{ans}");
+    let r = req(&s, Method::GET, "/slow", &[], vec![]);
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body == body, "the slow upload's body differs");
+    assert!(s.temp_files().is_empty(), "{:?}", s.temp_files());
+}
+
 fn connections_over_the_cap_are_answered_503(engine: &'static str) {
     let s = Server::start(engine, &["--max-connections", "1"]);
     // The one allowed connection: served, and kept open.
@@ -1815,6 +1842,7 @@ on_both_engines!(
     conditional_put_and_delete,
     header_and_idle_timeouts_close_the_connection,
     a_client_that_stops_mid_body_is_answered_408_and_its_temp_file_removed,
+    a_slow_steady_upload_is_not_cut_off_by_the_body_timeout,
     connections_over_the_cap_are_answered_503,
     symlinks_in_the_root_are_never_followed,
     listing_by_prefix_is_json,

@@ -2,10 +2,12 @@
 //! backend `RINGSHARD_BACKEND` picks. Every file is read back and checked byte by byte.
 
 mod executor_util;
+mod faultfs;
 
 use executor_util::{eventually, ok, pattern_byte as byte, rwc, wait, Watchdog, HANG};
 use ringshard::{Error, Executor, File, OpenOptions};
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -200,10 +202,9 @@ fn what_it_refuses_and_why() {
     ));
 }
 
-/// Forced to the blocking path (the shard thread runs the rounds as system calls, without
-/// waiting for input): bytes already there are received; a source with nothing fails EAGAIN.
-#[test]
-fn on_the_blocking_path() {
+/// One shard with recv_file forced to the blocking path, and a new file `f` in a temporary
+/// directory.
+fn blocking_path() -> (Executor, tempfile::TempDir, std::path::PathBuf, File) {
     let exec = Executor::builder()
         .shards(1)
         .force_blocking(&[ringshard::OpKind::RecvFile])
@@ -212,6 +213,14 @@ fn on_the_blocking_path() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("f");
     let f = new_file(&exec, &path);
+    (exec, dir, path, f)
+}
+
+/// Forced to the blocking path (the shard thread runs the rounds as system calls, without
+/// waiting for input): bytes already there are received; a source with nothing fails EAGAIN.
+#[test]
+fn on_the_blocking_path() {
+    let (exec, _dir, path, f) = blocking_path();
     let (a, mut b) = UnixStream::pair().unwrap();
     let data = pattern(8, 50_000);
     b.write_all(&data).unwrap();
@@ -287,5 +296,245 @@ fn a_stream_receives_an_upload_after_its_head_into_a_file_on_either_shard() {
             std::fs::read(&path).unwrap() == body,
             "file on shard {file_shard}"
         );
+    }
+}
+
+/// A `submit_to` closure runs once nothing of its shard's is in the kernel: a receive waiting
+/// for a silent peer (a SPLICE waiting in the kernel for a blocking source, a POLL_ADD for a
+/// non-blocking one) must not hold it, nor every op queued behind it, until the peer speaks. It
+/// is taken out of the ring for the closure and put back after, and still receives every byte.
+/// Arranged: an fsync sent after the receive completes only once the shard issued what came
+/// before it (the receive's round, in the kernel from then on while the peer says nothing).
+#[test]
+fn submit_to_runs_while_a_receive_waits_for_a_silent_peer() {
+    let _w = Watchdog::new("submit_to beside a waiting recv_file", HANG * 2);
+    let exec = exec();
+    let dir = tempfile::tempdir().unwrap();
+    let other = new_file(&exec, &dir.path().join("other"));
+    for source in ["blocking unix stream", "non-blocking tcp"] {
+        let path = dir.path().join(format!("silent {source}"));
+        let f = new_file(&exec, &path);
+        // (The source is kept open: only the op's duplicate must be needed, but a receive that
+        // ended early shows as its error, not as the peer's EPIPE.)
+        type Ends = (Box<dyn Write + Send>, Box<dyn Send>);
+        let ((mut peer, _src), rx): (Ends, _) = if source.starts_with("blocking") {
+            let (a, b) = UnixStream::pair().unwrap();
+            let rx = exec.recv_file(&f, 0, 3000, &a);
+            ((Box::new(b), Box::new(a)), rx)
+        } else {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let (s, _) = l.accept().unwrap();
+            s.set_nonblocking(true).unwrap();
+            let rx = exec.recv_file(&f, 0, 3000, &s);
+            ((Box::new(c), Box::new(s)), rx)
+        };
+        ok(exec.fsync(&other), "an fsync after the receive");
+        assert_eq!(ok(exec.submit_to(0, |_ctx| 42u32), source), 42, "{source}");
+        ok(exec.fsync(&other), "an fsync after the closure");
+        let data = pattern(11, 3000);
+        peer.write_all(&data).unwrap();
+        assert_eq!(ok(rx, source), 3000, "{source}");
+        assert!(std::fs::read(&path).unwrap() == data, "{source}");
+    }
+}
+
+/// Forced to the blocking path, a blocking TCP socket with nothing to read fails the receive
+/// with EAGAIN at once: the shard thread runs the round and must not wait in the kernel for the
+/// peer (SPLICE_F_NONBLOCK does not stop a TCP socket's splice from waiting, only O_NONBLOCK
+/// does). Then the peer's bytes are received.
+#[test]
+fn on_the_blocking_path_a_blocking_tcp_socket_with_nothing_fails_at_once() {
+    let _w = Watchdog::new("blocking path, blocking tcp source", HANG * 2);
+    let (exec, _dir, path, f) = blocking_path();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // Declared after `exec`, dropped before it: a shard stuck in the peer's socket is let go
+    // (end of stream) when the test fails.
+    let mut c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (s, _) = l.accept().unwrap();
+    match wait(exec.recv_file(&f, 0, 10, &s)) {
+        Err(e) => assert_eq!(e.errno(), Some(libc::EAGAIN), "{e:?}"),
+        r => panic!("nothing to read on the blocking path: {r:?}"),
+    }
+    let data = pattern(12, 5000);
+    c.write_all(&data).unwrap();
+    // All of it in the socket first (one round takes it: a pipe holds 64 KiB at least), since
+    // on the blocking path a receive that takes part and then finds nothing fails EAGAIN.
+    eventually("the bytes sent are in the socket", HANG, || {
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int into a local.
+        let r = unsafe { libc::ioctl(s.as_raw_fd(), libc::FIONREAD, &mut n) };
+        r == 0 && n == 5000
+    });
+    assert_eq!(ok(exec.recv_file(&f, 0, 5000, &s), "the bytes sent"), 5000);
+    assert!(std::fs::read(&path).unwrap() == data);
+}
+
+/// A deadline that passes while received bytes are on their way into the file (the drain held
+/// in the filesystem, then taking 100 bytes a call) does not drop them: the receive writes all
+/// it took, then stops with `DeadlineExceeded` saying so, and the source's next reader gets the
+/// byte after them. Arranged: the first drain is held in FUSE (faultfs) until the deadline has
+/// passed and the shard has scanned for it many times over.
+#[test]
+fn a_deadline_during_a_drain_writes_every_byte_received_first() {
+    use faultfs::{Fault, Op};
+    let _w = Watchdog::new("recv_file deadline during a held drain", HANG);
+    let Some(fs) = fault_fs() else { return };
+    let _release = fs.release_on_drop();
+    let exec = exec();
+    let name = "upload";
+    let f = ok(exec.open(fs.join(name), &rwc()), "open on faultfs");
+    {
+        let mut r = fs.rules();
+        r.add(name, &[Op::Write], 0..u64::MAX, Fault::Hold);
+        r.add(name, &[Op::Write], 0..u64::MAX, Fault::Short(100));
+    }
+    let (a, mut b) = UnixStream::pair().unwrap();
+    a.set_nonblocking(true).unwrap();
+    let data = pattern(14, 1500);
+    b.write_all(&data[..1000]).unwrap();
+    let limit = Duration::from_millis(100);
+    let start = std::time::Instant::now();
+    let rx = exec.timeout(limit).recv_file(&f, 0, 1500, &a);
+    eventually("the first drain is held in the filesystem", HANG, || {
+        fs.held() == 1
+    });
+    // The shard looks for passed deadlines every 5 ms: 40 scans past it.
+    while start.elapsed() < limit + Duration::from_millis(200) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    fs.rules().remove_holds();
+    fs.release_held();
+    match wait(rx) {
+        Err(e @ Error::DeadlineExceeded { .. }) => assert_eq!(e.written(), Some(1000), "{e:?}"),
+        r => panic!("a receive past its deadline: {r:?}"),
+    }
+    assert!(std::fs::read(fs.backing(name)).unwrap() == data[..1000]);
+    b.write_all(&data[1000..]).unwrap();
+    a.set_nonblocking(false).unwrap();
+    let mut next = vec![0u8; 500];
+    std::io::Read::read_exact(&mut &a, &mut next).unwrap();
+    assert!(
+        next == data[1000..],
+        "the source's next bytes are not the ones after the file's"
+    );
+}
+
+/// A file system that fills up mid-receive (a 1 MiB tmpfs, 2 MiB sent): the receive fails with
+/// ENOSPC naming the source and the file, the file holds what fitted, and the file's next
+/// write is not held back by anything the failed receive left.
+#[test]
+fn a_full_file_system_fails_the_receive_with_enospc_by_name() {
+    let _w = Watchdog::new("recv_file into a full tmpfs", HANG);
+    let dir = tempfile::tempdir().unwrap();
+    let c_dir = std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: C strings that live across the call.
+    let mounted = unsafe {
+        libc::mount(
+            c"tmpfs".as_ptr(),
+            c_dir.as_ptr(),
+            c"tmpfs".as_ptr(),
+            0,
+            c"size=1m".as_ptr().cast(),
+        )
+    } == 0;
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs here (not root?)");
+        return;
+    }
+    struct Unmount<'a>(&'a std::ffi::CString);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            // SAFETY: a C string that lives across the call.
+            unsafe { libc::umount2(self.0.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+    let _unmount = Unmount(&c_dir);
+    let exec = exec();
+    let path = dir.path().join("big");
+    let f = new_file(&exec, &path);
+    let (a, b) = UnixStream::pair().unwrap();
+    let data = pattern(15, 2 << 20);
+    let w = std::thread::spawn(move || {
+        let mut b = b;
+        // The receive stops reading at ENOSPC: the rest of the write fails with EPIPE.
+        let _ = b.write_all(&data);
+    });
+    match wait(exec.recv_file(&f, 0, 2 << 20, &a)) {
+        Err(e) => {
+            assert_eq!(e.errno(), Some(libc::ENOSPC), "{e:?}");
+            let text = e.to_string();
+            assert!(text.contains("recv_file") && text.contains("big"), "{text}");
+        }
+        r => panic!("a receive larger than the file system: {r:?}"),
+    }
+    drop(a);
+    w.join().unwrap();
+    let on_disk = std::fs::read(&path).unwrap();
+    assert!(on_disk.len() <= 1 << 20, "{}", on_disk.len());
+    assert!(on_disk[..] == pattern(15, on_disk.len() as u64)[..]);
+    ok(exec.set_len(&f, 0), "truncate after the failed receive");
+    assert_eq!(ok(exec.write(&f, 0, b"ok".to_vec()), "write after it"), 2);
+}
+
+/// A file that takes nothing of a non-empty pipe without an error (a broken filesystem: here a
+/// FUSE write answered "0 bytes written") fails the receive with EIO, as a write that makes no
+/// progress does: not a success short of `len`, which says the peer ended its stream.
+#[test]
+fn a_file_that_takes_nothing_fails_the_receive_with_eio() {
+    use faultfs::{Fault, Op};
+    let _w = Watchdog::new("recv_file into a file that takes nothing", HANG);
+    let Some(fs) = fault_fs() else { return };
+    let exec = exec();
+    let name = "nothing";
+    let f = ok(exec.open(fs.join(name), &rwc()), "open on faultfs");
+    fs.rules()
+        .add(name, &[Op::Write], 0..u64::MAX, Fault::WriteNothing);
+    let (a, mut b) = UnixStream::pair().unwrap();
+    b.write_all(&pattern(16, 1000)).unwrap();
+    match wait(exec.recv_file(&f, 0, 5000, &a)) {
+        Err(e) => assert_eq!(e.errno(), Some(libc::EIO), "{e:?}"),
+        r => panic!("a file that takes nothing: {r:?}"),
+    }
+}
+
+/// A faultfs mount, or `None` (the test is skipped, saying why) where FUSE is not available.
+fn fault_fs() -> Option<faultfs::FaultFs> {
+    match faultfs::FaultFs::mount() {
+        Ok(fs) => Some(fs),
+        Err(e) => {
+            eprintln!("skipped: no FUSE mount ({e})");
+            None
+        }
+    }
+}
+
+/// Shutdown does not wait for a receive whose peer says nothing (the grace period, an hour
+/// here, is for writes to land): the receive is cancelled at once, whether it waits in a
+/// SPLICE (a blocking source) or a POLL_ADD (a non-blocking one), and its handle says so.
+/// Arranged: an fsync sent after the receives completes only once their rounds were issued.
+#[test]
+fn shutdown_does_not_wait_for_a_silent_peer() {
+    let _w = Watchdog::new("shutdown beside waiting recv_files", HANG);
+    let exec = Executor::builder()
+        .shards(1)
+        .shutdown_timeout(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let f = new_file(&exec, &dir.path().join("f"));
+    let other = new_file(&exec, &dir.path().join("other"));
+    let (blocking, _peer1) = UnixStream::pair().unwrap();
+    let (nonblocking, _peer2) = UnixStream::pair().unwrap();
+    nonblocking.set_nonblocking(true).unwrap();
+    let r1 = exec.recv_file(&f, 0, 100, &blocking);
+    let r2 = exec.recv_file(&f, 100, 100, &nonblocking);
+    ok(exec.fsync(&other), "an fsync after the receives");
+    exec.shutdown().expect("shutdown");
+    for r in [r1, r2] {
+        match wait(r) {
+            Err(Error::Cancelled { .. }) => {}
+            r => panic!("a receive at shutdown: {r:?}"),
+        }
     }
 }

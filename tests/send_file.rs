@@ -622,3 +622,28 @@ fn an_inline_send_to_a_slow_reader_waits_for_room_and_is_exact() {
         );
     }
 }
+
+/// A `submit_to` closure runs once nothing of its shard's is in the kernel: a send waiting for
+/// room that a peer who reads nothing never makes must not hold it (nor every op queued behind
+/// it) for ever. The send's round is taken out of the ring for the closure and put back after,
+/// and every byte still arrives. Arranged: the pipe is full (the send's drain waits in the
+/// kernel) before the closure is sent.
+#[test]
+fn submit_to_runs_while_a_send_waits_for_a_peer_that_reads_nothing() {
+    let _w = executor_util::Watchdog::new(
+        "submit_to beside a stalled send_file",
+        executor_util::HANG * 2,
+    );
+    let exec = exec();
+    let dir = tempfile::tempdir().unwrap();
+    let len = 4 << 20;
+    let f = make(&exec, &dir.path().join("f"), 13, len);
+    let (b, a) = pipe();
+    let rx = exec.send_file(&f, 0, len, &a);
+    wait_until_full(&a);
+    assert_eq!(ok(exec.submit_to(0, |_ctx| 42u32), "submit_to"), 42);
+    let r = reader(b, 13, 0, len);
+    assert_eq!(ok(rx, "send_file after the closure"), len);
+    drop(a);
+    r.join().unwrap();
+}

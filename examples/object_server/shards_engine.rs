@@ -587,7 +587,11 @@ impl BodySource for ConnBody<'_> {
 
     /// A `Content-Length` body of at least [`RECV_FILE_MIN`] bytes of which nothing was received
     /// yet: from the socket into the file by `TcpStream::recv_file` (no copy through user space),
-    /// in pieces of at most [`RECV_FILE_PIECE`], each with the body timeout.
+    /// in pieces of at most [`RECV_FILE_PIECE`], each with the body timeout. The timeout is the
+    /// longest gap between pieces, not a limit on the whole: a receive cut off by it after bytes
+    /// came goes on from there (a deadline leaves the stream right after the bytes written), so
+    /// only a client silent for a whole timeout is cut off (within two timeouts of its last
+    /// byte).
     async fn rest_to_file(
         &mut self,
         file: &File,
@@ -613,6 +617,10 @@ impl BodySource for ConnBody<'_> {
             let r = self.io.stream.recv_file(file, offset + got, piece).await;
             match r {
                 Ok(n) if n == piece => got += n,
+                // The client kept sending, slower than a piece per timeout: go on.
+                Err(e @ Error::DeadlineExceeded { .. }) if e.written().is_some_and(|n| n > 0) => {
+                    got += e.written().unwrap_or(0);
+                }
                 Ok(_) => {
                     self.framing = Framing::Length(left - got);
                     return Some(Err(BodyError::Broken("connection closed mid-body".into())));

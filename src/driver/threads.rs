@@ -1042,6 +1042,32 @@ fn splice_now(sqe: &Sqe, fd_out: RawFd) -> i32 {
     splice_call(sqe, fd_out, len, sqe.op_flags | libc::SPLICE_F_NONBLOCK)
 }
 
+/// Whether a splice from `fd` can start without waiting for input. SPLICE_F_NONBLOCK keeps a
+/// pipe from waiting, and a Unix socket, but not a TCP socket's splice_read, which waits for
+/// data unless its file is O_NONBLOCK: a blocking socket is asked with a poll that does not
+/// wait (readable, or at its end or in error: the splice then returns at once). Another reader
+/// of the same socket may take the bytes between the two calls: the splice then waits for more,
+/// as a blocking receive of a socket two threads read from does.
+fn input_now(fd: RawFd) -> bool {
+    // SAFETY: fstat writes into a local struct only.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; a bad descriptor fails, and the splice reports it.
+    if unsafe { libc::fstat(fd, &mut st) } != 0
+        || st.st_mode & libc::S_IFMT != libc::S_IFSOCK
+        || super::fd_flags::is_nonblocking(fd)
+    {
+        return true;
+    }
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one live pollfd, no wait.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n != 0
+}
+
 /// For a socket: about how many more bytes its send buffer takes without blocking, half of
 /// `SO_SNDBUF` less what is queued (`SIOCOUTQ`), as the kernel also counts each segment's
 /// overhead against the buffer. `None`: not a socket (or it cannot say).
@@ -1093,6 +1119,9 @@ pub(crate) fn run_sqe(entry: &squeue::Entry) -> i32 {
         }
         // On a pipe, FIFO or socket a splice may wait forever: what it can do now, or EAGAIN.
         Some(Code::Splice) if is_stream(sqe.fd) || is_stream(sqe.splice_fd_in()) => {
+            if !input_now(sqe.splice_fd_in()) {
+                return -libc::EAGAIN;
+            }
             splice_now(&sqe, sqe.fd)
         }
         Some(Code::Splice) => run_blocking(&sqe, Code::Splice, sqe.fd),

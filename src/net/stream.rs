@@ -289,9 +289,11 @@ impl TcpStream {
     ///
     /// It follows this stream's earlier receives (they take their bytes first: the stream's
     /// shard makes a duplicate of the socket after them, which the receive owns). A receive made
-    /// before this one finishes may take bytes first: await it before receiving more. After an
-    /// error (a deadline, a reset) the stream's position is unknown (bytes received but not yet
-    /// written are lost): close the connection.
+    /// before this one finishes may take bytes first: await it before receiving more. Cut off by
+    /// its deadline (or cancelled), it took exactly the bytes that reached the file
+    /// ([`Error::written`]): the stream goes on after them. After another error (the file's,
+    /// a reset) the stream's position is unknown (bytes received but not yet written are
+    /// lost): close the connection.
     pub async fn recv_file(&self, file: &File, offset: u64, len: u64) -> Result<u64> {
         let deadline = deadline(self.recv_timeout);
         let make = |done| Box::new(DupFd::after_receives(done)) as Box<dyn FileOp>;

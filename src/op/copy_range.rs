@@ -261,8 +261,13 @@ impl FileOp for CopyRange {
         }
     }
 
+    /// At least `dst_off + copied`, if it copied anything: a copy of nothing (the source ends
+    /// before `src_off`; a clone to the source's end, whose length is not known here) past the
+    /// destination's end does not extend it.
     fn size_after(&self, known: &mut u64) {
-        *known = (*known).max(self.dst_off.saturating_add(self.copied));
+        if let Some(end) = super::write::size_at_least(self.dst_off, self.copied, false) {
+            *known = (*known).max(end);
+        }
     }
 
     fn complete(&mut self, result: Result<()>) -> Outcome {
@@ -335,5 +340,23 @@ impl Drop for SourceFd {
             path: None,
             written: None,
         }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_known_size_rises_to_the_end_of_what_was_copied_and_not_for_nothing() {
+        let (_rx, done) = crate::completion::pair(0, 0);
+        let handoff = Handoff::new("copy_file_range").unwrap();
+        let mut op = CopyRange::new(How::Copy, handoff, Path::new("src"), 0, 1 << 20, 100, done);
+        let mut known = 10;
+        op.size_after(&mut known);
+        assert_eq!(known, 10, "a copy of nothing past the end");
+        op.copied = 30;
+        op.size_after(&mut known);
+        assert_eq!(known, (1 << 20) + 30);
     }
 }

@@ -144,7 +144,9 @@ op_kinds! {
 
 impl OpKind {
     /// Whether the op's time is spent waiting for a socket's peer (accept, connect, recv,
-    /// send), not on a device.
+    /// send; send_file and recv_file, whose rounds wait for a socket's room or input), not on
+    /// a device. Such rounds are taken out of the ring for `submit_to` closures
+    /// (`cancel::park_peer_ops`), which would otherwise wait for a silent peer.
     pub(crate) fn waits_for_peer(self) -> bool {
         matches!(
             self,
@@ -154,6 +156,8 @@ impl OpKind {
                 | OpKind::RecvPooled
                 | OpKind::RecvStream
                 | OpKind::Send
+                | OpKind::SendFile
+                | OpKind::RecvFile
         )
     }
 

@@ -15,7 +15,11 @@
 //! worker of the threads backend), a non-blocking one (EAGAIN, which io_uring does not retry
 //! for SPLICE) with a POLL_ADD for input, then the fill again. A peer that sends nothing keeps
 //! it waiting: a deadline, a cancellation or a dropped handle ends the wait (`cancel_in_flight`),
-//! and the error says how many bytes reached the file before (`Error::written`). The blocking
+//! and the error says how many bytes reached the file before (`Error::written`). Bytes already
+//! received into the pipe are written first (the drain is not cancelled; the op stops after
+//! it), so a cancelled or late receive took from its source exactly the bytes that reached the
+//! file: the source's next reader gets the byte after them (not after shutdown's grace period,
+//! which stops everything). The blocking
 //! path, which runs no polls, fails with EAGAIN where the source has nothing yet.
 //!
 //! **Inline fills.** From a non-blocking source (O_NONBLOCK: accepted and connected shard
@@ -25,8 +29,8 @@
 //! for writeback) stays on the ring.
 //!
 //! The pipe goes back to the pool only empty: bytes received and not yet in the file when the op
-//! ends (a cancellation or a file error between fill and drain) are dropped with it (the pipe
-//! is closed), never handed to a later op.
+//! ends (a file error between fill and drain, shutdown's end) are dropped with it (the pipe is
+//! closed), never handed to a later op.
 //!
 //! Ordering: a write of the range (`Footprint::write`): after earlier reads and writes that
 //! overlap it, before later ones.
@@ -76,6 +80,8 @@ pub(crate) struct RecvFile {
     no_pipe: Option<i32>,
     /// This round runs on the shard thread (`run_blocking`), chosen by `sqe`.
     inline: bool,
+    /// The file took nothing of a non-empty pipe, without an error: the op fails with EIO.
+    stuck: bool,
     done: Option<Completer<u64>>,
 }
 
@@ -104,6 +110,7 @@ impl RecvFile {
             pipe: None,
             no_pipe: None,
             inline: false,
+            stuck: false,
             done: Some(done),
         }
     }
@@ -233,9 +240,13 @@ impl FileOp for RecvFile {
             // A fill asks for at least one byte: none is the end of the source's stream.
             Phase::Fill if n == 0 => self.eof = true,
             Phase::Fill => self.filled += n,
-            // A file that takes nothing of a non-empty pipe (it cannot grow: a write of nothing
-            // without an error): stop, short, rather than ask again forever.
-            Phase::Drain if n == 0 => return Step::Done,
+            // A file that takes nothing of a non-empty pipe without an error (a broken
+            // filesystem): fail with EIO, as a write that makes no progress does, rather than
+            // ask again forever or end short, which says the source ended its stream.
+            Phase::Drain if n == 0 => {
+                self.stuck = true;
+                return Step::Done;
+            }
             Phase::Drain => self.written += n.min(self.in_pipe()),
         }
         if self.in_pipe() > 0 {
@@ -258,8 +269,13 @@ impl FileOp for RecvFile {
         }
     }
 
+    /// At least `offset + written`, if it wrote anything: a receive of nothing (a peer that
+    /// ended at once) past the end does not extend the file, and a known size raised to its
+    /// offset would let a later read below it skip waiting for a write that extends the file.
     fn size_after(&self, known: &mut u64) {
-        *known = (*known).max(self.offset.saturating_add(self.written));
+        if let Some(end) = super::write::size_at_least(self.offset, self.written, false) {
+            *known = (*known).max(end);
+        }
     }
 
     fn complete(&mut self, result: Result<()>) -> Outcome {
@@ -278,13 +294,20 @@ impl FileOp for RecvFile {
         Outcome::Delivered { bytes: written }
     }
 
+    fn failed(&self) -> Option<i32> {
+        self.stuck.then_some(libc::EIO)
+    }
+
     fn is_cancelled(&self) -> bool {
         self.done.as_ref().is_some_and(Completer::is_cancelled)
     }
 
-    /// A source may never send: its round in the kernel is cancelled.
+    /// A source may never send: a round that waits for it (a fill, a poll for input) is
+    /// cancelled in the kernel. Not while the pipe holds received bytes: those drains land
+    /// first (a file write, which ends), and the op stops after them, so a cancelled or late
+    /// receive has taken from its source exactly what reached the file (`Error::written`).
     fn cancel_in_flight(&self) -> bool {
-        true
+        self.in_pipe() == 0
     }
 }
 
@@ -296,5 +319,29 @@ impl Drop for RecvFile {
             let empty = self.in_pipe() == 0;
             crate::pipes::give(pipe, empty);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(offset: u64) -> RecvFile {
+        let (_rx, done) = crate::completion::pair(0, 0);
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        RecvFile::new(OwnedFd::from(a), PathBuf::from("src"), offset, 100, done)
+    }
+
+    #[test]
+    fn the_known_size_rises_to_the_end_of_what_was_written_and_not_for_nothing() {
+        let mut f = op(1 << 20);
+        let mut known = 10;
+        // The peer ended at once: nothing written, the file is as it was.
+        f.size_after(&mut known);
+        assert_eq!(known, 10);
+        f.filled = 30;
+        f.written = 30;
+        f.size_after(&mut known);
+        assert_eq!(known, (1 << 20) + 30);
     }
 }

@@ -149,6 +149,7 @@ impl Shard {
         if let IoOp::File(f) = &mut op.io {
             f.on_cqe(res, flags);
         }
+        let res = restart_as_eintr(res);
         let peer_sqe = op.outstanding > 0 && op.kind.waits_for_peer();
         op.outstanding = 0;
         if peer_sqe {
@@ -180,7 +181,15 @@ impl Shard {
             // earlier, a SEND_ZC whose result was ECANCELED and whose notification ends it.)
             op.cancel = None;
         }
-        if again && op.cancel.is_none() {
+        // A cancelled op whose next round must land runs it, and ends as cancelled at the first
+        // round that may be cancelled (a receive that took bytes from its peer writes them
+        // before it stops: `FileOp::cancel_in_flight` is false while it holds them). Not after
+        // shutdown's grace period, which stops everything.
+        let go_on = match op.cancel {
+            None => true,
+            Some(why) => why != CancelWhy::Shutdown && !f.cancel_in_flight(),
+        };
+        if again && go_on {
             if res >= 0 && f.rounds_are_ops() {
                 self.count_round(slot);
             }
@@ -282,6 +291,46 @@ impl Shard {
         let bytes = reply.deliver_outcome(f.complete(result), &mut self.sessions);
         if ok {
             self.stats.record(kind, bytes, lat);
+        }
+    }
+}
+
+/// A result with one of the kernel's internal restart codes (ERESTARTSYS 512 to
+/// ERESTART_RESTARTBLOCK 516) as -EINTR, what a system call interrupted by a signal returns.
+/// They never reach user space from a system call, but a CQE can carry one: a SPLICE that an
+/// io-wq worker runs, waiting for a socket, ends with -ERESTARTSYS when an ASYNC_CANCEL
+/// interrupts it (seen on 6.18: "errno 512" for a recv_file taken out for a closure). As EINTR
+/// the round is repeated, or ends a cancelled op as its cancellation, never as an unknown error.
+fn restart_as_eintr(res: i32) -> i32 {
+    const ERESTARTSYS: i32 = 512;
+    const ERESTART_RESTARTBLOCK: i32 = 516;
+    if (-ERESTART_RESTARTBLOCK..=-ERESTARTSYS).contains(&res) {
+        -libc::EINTR
+    } else {
+        res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::restart_as_eintr;
+
+    #[test]
+    fn kernel_restart_codes_are_eintr_and_nothing_else_is() {
+        for code in 512..=516 {
+            assert_eq!(restart_as_eintr(-code), -libc::EINTR);
+        }
+        for res in [
+            0,
+            1,
+            512,
+            -511,
+            -517,
+            -libc::ECANCELED,
+            -libc::EAGAIN,
+            i32::MIN,
+        ] {
+            assert_eq!(restart_as_eintr(res), res);
         }
     }
 }

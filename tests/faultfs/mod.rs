@@ -95,6 +95,9 @@ pub enum Fault {
     Eio,
     /// Transfer at most this many bytes (at least 1) per call: a short read or short write.
     Short(u32),
+    /// Writes answer that they wrote nothing, without an error (a broken filesystem): a caller
+    /// that asks again forever, or takes it for success, is caught.
+    WriteNothing,
     /// Carry the operation out this much later.
     Delay(Duration),
     /// Writes succeed until this many bytes were written through the rule; the write that
@@ -245,6 +248,7 @@ impl Rules {
                 Fault::Hold => act.hold = true,
                 Fault::Eio => act.errno = act.errno.or(Some(libc::EIO)),
                 Fault::Short(max) => act.len = act.len.min(u64::from(max.max(1))),
+                Fault::WriteNothing if op == Op::Write => act.len = 0,
                 Fault::EnospcAfter(limit) if op == Op::Write => {
                     let room = limit.saturating_sub(r.used);
                     if room == 0 {

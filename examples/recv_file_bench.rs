@@ -1,6 +1,6 @@
 //! recv_file against a copy through user space, over a loopback TCP connection: MB/s and CPU
 //! time (user + system, of the whole process: shard, io-wq workers and the sending thread) per
-//! GiB received into a file (page cache; no fsync), for receives of 64 KiB, 1 MiB and 4 MiB.
+//! GiB received into a file (page cache; no fsync), for receives of 64 KiB, 256 KiB, 1 MiB and 4 MiB.
 //! Modes run interleaved, round by round, so load on a shared machine hits both alike.
 //!
 //! - `recv_file`: `Executor::recv_file` from a non-blocking socket (splice socket -> pipe on the
@@ -18,7 +18,7 @@ use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 const MODES: [&str; 2] = ["recv_file", "recv+write"];
-const SIZES: [u64; 3] = [64 << 10, 1 << 20, 4 << 20];
+const SIZES: [u64; 4] = [64 << 10, 256 << 10, 1 << 20, 4 << 20];
 
 /// CPU time of the whole process so far (every thread, io_uring's workers included).
 fn cpu() -> Duration {

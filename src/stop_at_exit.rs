@@ -15,8 +15,10 @@ static STOPPING: Mutex<Vec<(JoinHandle<()>, Duration)>> = Mutex::new(Vec::new())
 static AT_EXIT: Once = Once::new();
 
 /// Beyond a shard's `shutdown_timeout`, how long the exit waits for it to close its files and
-/// end (a shard stuck in a system call that never returns must not hold the process forever).
-const EXIT_SLACK: Duration = Duration::from_secs(1);
+/// end (a shard stuck in a system call that never returns must not hold the process forever):
+/// a second more than the shard itself waits for ops the kernel does not end when cancelled
+/// (`shard::ABANDON_AFTER`, a second after the grace period).
+const EXIT_SLACK: Duration = Duration::from_secs(2);
 
 /// Keeps `threads` (a dropped executor's shards, told to stop) to be waited for at exit.
 pub(crate) fn adopt(threads: Vec<JoinHandle<()>>, grace: Duration) {

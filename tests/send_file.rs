@@ -5,6 +5,7 @@ mod executor_util;
 
 use executor_util::{
     ok, pattern_byte as byte, pattern_reader as reader, rwc, stop_stalled_send_file, wait,
+    wait_until_full,
 };
 use ringshard::{Error, Executor, File, OpenOptions};
 use std::io::Read;
@@ -248,29 +249,6 @@ fn pipe() -> (std::fs::File, std::fs::File) {
             std::fs::File::from_raw_fd(fds[0]),
             std::fs::File::from_raw_fd(fds[1]),
         )
-    }
-}
-
-/// Waits until `s` takes no more bytes (its buffer is full: the send's drain waits).
-fn wait_until_full(s: &impl std::os::fd::AsRawFd) {
-    let start = std::time::Instant::now();
-    loop {
-        let mut p = libc::pollfd {
-            fd: s.as_raw_fd(),
-            events: libc::POLLOUT,
-            revents: 0,
-        };
-        // SAFETY: one live pollfd.
-        let n = unsafe { libc::poll(&mut p, 1, 10) };
-        if n == 0 {
-            return;
-        }
-        assert!(
-            start.elapsed() < executor_util::HANG,
-            "the socket never filled"
-        );
-        // Writable: the send is still filling it; look again shortly.
-        std::thread::yield_now();
     }
 }
 

@@ -6,7 +6,7 @@ mod executor_util;
 
 use executor_util::{
     eventually, ok, pattern_byte as byte, pattern_reader as reader, stop_stalled_send_file, wait,
-    Watchdog, HANG,
+    wait_until_full, Watchdog, HANG,
 };
 use ringshard::{Executor, File, OpenOptions};
 use std::io::Read;
@@ -453,7 +453,9 @@ fn shutdown_answers_a_send_stalled_on_its_leased_buffers_which_come_back_after_t
         .send_zc_min(0)
         .buffer_size(256 << 10)
         .buffer_count(4)
-        .shutdown_timeout(std::time::Duration::from_millis(100))
+        // Long: ops waiting for a peer are cancelled as soon as shutdown begins whatever the
+        // grace period, and only after it would the op be abandoned (its buffers kept).
+        .shutdown_timeout(HANG)
         .build()
         .unwrap();
     let big = 32 << 20;
@@ -549,5 +551,38 @@ fn shutdown_returns_while_a_peer_that_never_reads_holds_a_zero_copy_send() {
     }
     // Only now may the peer go away.
     drop((a, b));
-    assert!(took < HANG, "shutdown took {took:?}");
+    // The grace period (50 ms) and a second more, with room for a loaded machine.
+    assert!(
+        took < std::time::Duration::from_secs(10),
+        "shutdown took {took:?}"
+    );
+}
+
+/// A `submit_to` closure runs once nothing of its shard's is in the kernel: an O_DIRECT send
+/// that waits for a peer who reads nothing (a SEND to a blocking socket, or a wait for room on a
+/// non-blocking one) must not hold it, nor every op queued behind it, for ever. Its round is
+/// taken out of the ring for the closure and issued again after it, and every byte still
+/// arrives. Arranged: the socket takes no more bytes (not writable: its peer's window is shut,
+/// and nothing is acknowledged any more) before the closure is sent, so the send's round waits
+/// in the kernel.
+#[test]
+fn submit_to_runs_while_an_o_direct_send_waits_for_a_peer_that_reads_nothing() {
+    let _w = Watchdog::new("submit_to beside a stalled O_DIRECT send_file", HANG * 2);
+    let dir = tempfile::Builder::new().tempdir_in("/tmp").unwrap();
+    let exec = exec(u64::MAX);
+    let len = 8 << 20;
+    let Some(f) = make(&exec, dir.path(), "f", 14, len) else {
+        return;
+    };
+    for nonblocking in [false, true] {
+        let (a, b) = tcp_pair_small_rcvbuf();
+        a.set_nonblocking(nonblocking).unwrap();
+        let rx = exec.send_file(&f, 0, len, &a);
+        wait_until_full(&a);
+        assert_eq!(ok(exec.submit_to(0, |_ctx| 42u32), "submit_to"), 42);
+        let r = reader(b, 14, 0, len);
+        assert_eq!(ok(rx, "send_file after the closure"), len, "{nonblocking}");
+        drop(a);
+        r.join().unwrap();
+    }
 }

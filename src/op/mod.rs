@@ -418,6 +418,15 @@ pub(crate) trait FileOp: Send {
         false
     }
 
+    /// Whether the round about to be issued waits for a socket's peer and may be taken out of
+    /// the ring for `submit_to` closures and issued again after them (an ECANCELED from that is
+    /// not its end), for an op whose kind is not one of `OpKind::waits_for_peer`'s: send_file of
+    /// an O_DIRECT file while it waits for room or sends without zero copy (a SEND_ZC cannot be
+    /// taken back, nor a READ of the device). Asked when the round is issued. Default: no.
+    fn round_waits_for_peer(&self) -> bool {
+        false
+    }
+
     /// Whether a round already in the kernel is cancelled (ASYNC_CANCEL) when the op is dropped
     /// or past its deadline, as a read's is: for rounds that may wait forever (a socket that
     /// stops taking bytes, a peer that sends nothing). Default: no, the round completes (a

@@ -613,4 +613,11 @@ impl FileOp for SendFileDirect {
     fn cancel_in_flight(&self) -> bool {
         true
     }
+
+    /// A wait for room, or a plain SEND (which the kernel ends with ECANCELED only when it sent
+    /// nothing): taken out for `submit_to` closures and issued again. Not a SEND_ZC (its pages
+    /// are the kernel's until the notification) nor a READ.
+    fn round_waits_for_peer(&self) -> bool {
+        matches!(self.phase, Phase::Room | Phase::Send { zc: false })
+    }
 }

@@ -59,7 +59,7 @@ impl Shard {
         let mut targets = Vec::new();
         for (slot, (gen, op)) in self.ops.slots.iter_mut().enumerate() {
             let Some(op) = op else { continue };
-            if op.outstanding > 0 && op.kind.waits_for_peer() && op.cancel.is_none() && !op.parked {
+            if op.outstanding > 0 && op.peer_round && op.cancel.is_none() && !op.parked {
                 op.parked = true;
                 targets.push(slot as u64 | (u64::from(*gen) << SLOT_BITS));
             }

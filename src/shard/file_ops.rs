@@ -61,7 +61,9 @@ impl Shard {
         let beside = beside.map(|b| self.push_entry(&b.user_data(user_data | BESIDE_TAG)));
         if let Some(op) = self.ops.get(slot) {
             op.outstanding = 1 + u32::from(matches!(beside, Some(Ok(()))));
-            if op.kind.waits_for_peer() {
+            op.peer_round = op.kind.waits_for_peer()
+                || matches!(&op.io, IoOp::File(f) if f.round_waits_for_peer());
+            if op.peer_round {
                 self.peer_in_flight += 1;
             }
             if let (Some(Err(_)), IoOp::File(f)) = (&beside, &mut op.io) {
@@ -150,7 +152,7 @@ impl Shard {
             f.on_cqe(res, flags);
         }
         let res = restart_as_eintr(res);
-        let peer_sqe = op.outstanding > 0 && op.kind.waits_for_peer();
+        let peer_sqe = op.outstanding > 0 && std::mem::take(&mut op.peer_round);
         op.outstanding = 0;
         if peer_sqe {
             self.peer_in_flight = self.peer_in_flight.saturating_sub(1);

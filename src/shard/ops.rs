@@ -68,6 +68,10 @@ pub(super) struct Op {
     /// Its SQE was cancelled to let `submit_to` closures run (a socket op waiting for a peer):
     /// its ECANCELED is not its end; it is issued again after the closures.
     pub(super) parked: bool,
+    /// The round in the kernel waits for a socket's peer (`OpKind::waits_for_peer`, or
+    /// `FileOp::round_waits_for_peer` when it was issued): counted in `peer_in_flight`, and
+    /// parked for closures.
+    pub(super) peer_round: bool,
     pub(super) at: Instant,
     /// Past this instant the op is cancelled.
     pub(super) deadline: Option<Instant>,

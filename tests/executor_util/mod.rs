@@ -550,3 +550,23 @@ pub fn pattern_reader<R: std::io::Read + Send + 'static>(
         }
     })
 }
+
+/// Waits until `s` takes no more bytes (its buffer is full: the send's drain waits).
+pub fn wait_until_full(s: &impl std::os::fd::AsRawFd) {
+    let start = std::time::Instant::now();
+    loop {
+        let mut p = libc::pollfd {
+            fd: s.as_raw_fd(),
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: one live pollfd.
+        let n = unsafe { libc::poll(&mut p, 1, 10) };
+        if n == 0 {
+            return;
+        }
+        assert!(start.elapsed() < HANG, "the socket never filled");
+        // Writable: the send is still filling it; look again shortly.
+        std::thread::yield_now();
+    }
+}

@@ -261,24 +261,11 @@ impl TcpStream {
     /// there too) nothing crosses threads but the duplicate.
     pub async fn send_file(&self, file: &File, offset: u64, len: u64) -> Result<u64> {
         let deadline = deadline(self.send_timeout);
-        let make = |done| Box::new(DupFd::after_sends(done)) as Box<dyn FileOp>;
-        let dup = self.exec.request_op(&self.file, Ok(make), deadline).await?;
-        // Errors name the peer, not the duplicate's descriptor number.
-        let dest_name = |e: Error| match e {
-            Error::PathPair {
-                op, from, errno, ..
-            } => Error::PathPair {
-                op,
-                from,
-                to: self.file.path().to_path_buf(),
-                errno,
-            },
-            e => e,
-        };
+        let dup = self.dup_after(DupFd::after_sends, deadline).await?;
         crate::deadlined::Deadlined::new(&self.exec, deadline)
             .send_file_owned(file, offset, len, dup)
             .await
-            .map_err(dest_name)
+            .map_err(|e| self.named_peer(e, true))
     }
 
     /// Receives up to `len` bytes from the peer into `file` at `offset` without copying them
@@ -296,22 +283,45 @@ impl TcpStream {
     /// lost): close the connection.
     pub async fn recv_file(&self, file: &File, offset: u64, len: u64) -> Result<u64> {
         let deadline = deadline(self.recv_timeout);
-        let make = |done| Box::new(DupFd::after_receives(done)) as Box<dyn FileOp>;
-        let dup = self.exec.request_op(&self.file, Ok(make), deadline).await?;
-        // Errors name the peer, not the duplicate's descriptor number.
-        let src_name = |e: Error| match e {
-            Error::PathPair { op, to, errno, .. } => Error::PathPair {
-                op,
-                from: self.file.path().to_path_buf(),
-                to,
-                errno,
-            },
-            e => e,
-        };
+        let dup = self.dup_after(DupFd::after_receives, deadline).await?;
         crate::deadlined::Deadlined::new(&self.exec, deadline)
             .recv_file_owned(file, offset, len, dup)
             .await
-            .map_err(src_name)
+            .map_err(|e| self.named_peer(e, false))
+    }
+
+    /// A duplicate of the socket made on its shard by `dup` (after the stream's earlier sends
+    /// or receives), for an op on a file's shard, which owns it.
+    async fn dup_after(
+        &self,
+        dup: fn(crate::completion::Completer<std::os::fd::OwnedFd>) -> DupFd,
+        deadline: Option<Instant>,
+    ) -> Result<std::os::fd::OwnedFd> {
+        let make = move |done| Box::new(dup(done)) as Box<dyn FileOp>;
+        self.exec.request_op(&self.file, Ok(make), deadline).await
+    }
+
+    /// `e` naming this stream's peer where it named the duplicate's descriptor number: the
+    /// socket side of a `PathPair`, `to` of a send (`peer_is_to`), `from` of a receive.
+    fn named_peer(&self, e: Error, peer_is_to: bool) -> Error {
+        match e {
+            Error::PathPair {
+                op,
+                from,
+                to,
+                errno,
+            } => {
+                let peer = self.file.path().to_path_buf();
+                let (from, to) = if peer_is_to { (from, peer) } else { (peer, to) };
+                Error::PathPair {
+                    op,
+                    from,
+                    to,
+                    errno,
+                }
+            }
+            e => e,
+        }
     }
 
     /// Shuts down the sending side (after the sends made before it: the peer reads their bytes,

@@ -153,7 +153,7 @@ impl RecvFile {
 
 /// Whether fills from non-blocking sources run on the shard thread:
 /// `RINGSHARD_RECV_FILE_INLINE=0` (read once) sends every fill through the ring, for comparisons.
-fn fill_inline() -> bool {
+fn inline_fills_on() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("RINGSHARD_RECV_FILE_INLINE").map_or(true, |v| v != "0"))
 }
@@ -180,7 +180,7 @@ impl FileOp for RecvFile {
             }
         }
         let pipe = self.pipe.as_ref()?; // none: `run_blocking` reports why
-        if self.phase == Phase::Fill && fill_inline() && is_nonblocking(self.src.as_raw_fd()) {
+        if self.phase == Phase::Fill && inline_fills_on() && is_nonblocking(self.src.as_raw_fd()) {
             self.inline = true;
             return None; // `run_blocking`: the fill on this thread
         }
